@@ -1,0 +1,107 @@
+"""Command line: ``python -m fiftyone_ai_search <command>``.
+
+Commands:
+    demo            build the synthetic shapes dataset, enable AI search with
+                    the bundled tiny CLIP, compute embeddings, show status
+    sync            synchronise one dataset's index (the background worker)
+    status          print a dataset's AI search status
+    install-plugin  make FiftyOne's App find this plugin (pip installs)
+"""
+
+import argparse
+import json
+import logging
+import sys
+
+
+def _load_dataset(name=None, dataset_id=None):
+    import fiftyone as fo
+
+    if dataset_id is not None:
+        from bson import ObjectId
+        import fiftyone.core.odm as foo
+
+        doc = foo.get_db_conn().datasets.find_one(
+            {"_id": ObjectId(dataset_id)}, {"name": 1}
+        )
+        if doc is None:
+            raise SystemExit(f"No dataset with id {dataset_id}")
+        name = doc["name"]
+    return fo.load_dataset(name)
+
+
+def _cmd_sync(args):
+    import fiftyone_ai_search as ais
+
+    dataset = _load_dataset(args.dataset, args.dataset_id)
+    report = ais.calculate_embeddings(
+        dataset,
+        force=args.force,
+        verify_files=args.verify_files,
+        wait=True,
+        progress=not args.quiet,
+    )
+    print(f"AI search sync of '{dataset.name}': {report}")
+
+
+def _cmd_status(args):
+    import fiftyone_ai_search as ais
+
+    dataset = _load_dataset(args.dataset)
+    print(json.dumps(ais.get_status(dataset), indent=2, default=str))
+
+
+def _cmd_demo(args):
+    from .demo.quickstart import run_demo
+
+    run_demo(name=args.name, num_samples=args.num_samples,
+             images_dir=args.images_dir)
+
+
+def _cmd_install_plugin(args):
+    from .app.install import install_plugin
+
+    path = install_plugin(plugins_dir=args.plugins_dir)
+    print(f"Installed the AI search plugin at {path}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="fiftyone-ai-search", description=__doc__.split("\n")[0]
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="run the offline demo on synthetic shapes")
+    p.add_argument("--name", default="ai-search-demo")
+    p.add_argument("--num-samples", type=int, default=300)
+    p.add_argument("--images-dir", default=None)
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("sync", help="synchronise a dataset's index")
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--dataset", help="dataset name")
+    group.add_argument("--dataset-id", help="dataset id")
+    p.add_argument("--force", action="store_true", help="rebuild the index")
+    p.add_argument("--verify-files", action="store_true",
+                   help="check every file's fingerprint")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_sync)
+
+    p = sub.add_parser("status", help="print a dataset's AI search status")
+    p.add_argument("dataset", help="dataset name")
+    p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser("install-plugin",
+                       help="make the FiftyOne App find this plugin")
+    p.add_argument("--plugins-dir", default=None,
+                   help="default: FiftyOne's plugins_dir")
+    p.set_defaults(func=_cmd_install_plugin)
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    args.func(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,14 @@
+"""The FiftyOne App layer: operators (and panels) that call the SDK."""
+
+from .manifest import PLUGIN_NAME, manifest
+
+
+def register(plugin):
+    """Registers the plugin's operators; called by FiftyOne's plugin loader."""
+    from .operators import OPERATORS
+
+    for cls in OPERATORS:
+        plugin.register(cls)
+
+
+__all__ = ["PLUGIN_NAME", "manifest", "register"]

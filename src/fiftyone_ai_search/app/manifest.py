@@ -1,0 +1,41 @@
+"""The plugin manifest (``fiftyone.yml``) as data.
+
+The repository's own ``fiftyone.yml`` (found when the repository sits under
+FiftyOne's plugins directory) and the one ``install-plugin`` writes (for pip
+installs) are both this manifest; a test keeps them equal.
+"""
+
+import fiftyone_ai_search
+
+PLUGIN_NAME = "@fiftyone-ai-search/ai-search"
+
+OPERATOR_NAMES = (
+    "enable_ai_search",
+    "disable_ai_search",
+    "compute_embeddings",
+    "ai_search_status",
+)
+
+SECRETS = (
+    "FIFTYONE_AI_SEARCH_QDRANT_URL",
+    "FIFTYONE_AI_SEARCH_QDRANT_API_KEY",
+)
+
+
+def manifest(py_entry="__init__.py"):
+    """The manifest as a dict; ``py_entry`` is relative to the plugin dir."""
+    return {
+        "name": PLUGIN_NAME,
+        "type": "plugin",
+        "version": fiftyone_ai_search.__version__,
+        "description": (
+            "AI Search: CLIP embeddings in a self-syncing Qdrant index; "
+            "prompt, image and diverse search; collections"
+        ),
+        "url": "https://github.com/fiftyone-ai-search/fiftyone-ai-search",
+        "license": "Apache-2.0",
+        "fiftyone": {"version": ">=1.5"},
+        "py_entry": py_entry,
+        "secrets": list(SECRETS),
+        "operators": list(OPERATOR_NAMES),
+    }

@@ -1,0 +1,137 @@
+"""Settings: defaults that work with nothing set, overridden by environment
+variables and by FiftyOne plugin secrets.
+
+=================================  =========================================
+variable                           meaning (default)
+=================================  =========================================
+``FIFTYONE_AI_SEARCH_BACKEND``     ``edge`` (embedded Qdrant Edge) or
+                                   ``server`` (Qdrant server / cluster)
+``FIFTYONE_AI_SEARCH_DIR``         where embedded indexes live
+                                   (``~/.fiftyone/ai_search``)
+``FIFTYONE_AI_SEARCH_QDRANT_URL``  Qdrant server URL; ``:memory:`` runs
+                                   qdrant-client's in-process local mode
+``FIFTYONE_AI_SEARCH_QDRANT_API_KEY``  Qdrant API key (a secret)
+``FIFTYONE_AI_SEARCH_MODEL``       default open_clip model (``ViT-B-32``)
+``FIFTYONE_AI_SEARCH_PRETRAINED``  default tag (``laion2b_s34b_b79k``)
+``FIFTYONE_AI_SEARCH_BATCH_SIZE``  images per model call (32)
+``FIFTYONE_AI_SEARCH_NUM_WORKERS`` image-decoding workers (cores - 1, >= 1)
+``FIFTYONE_AI_SEARCH_DEVICE``      ``cuda``, ``mps`` or ``cpu`` (best found)
+``FIFTYONE_AI_SEARCH_LOCK_TIMEOUT``  seconds a reader waits for an embedded
+                                   index held by another process (60)
+``FIFTYONE_AI_SEARCH_REFRESH_MINUTES``  refresher interval, 1-1440 (10)
+=================================  =========================================
+
+Secrets (``FIFTYONE_AI_SEARCH_QDRANT_URL``, ``FIFTYONE_AI_SEARCH_QDRANT_API_KEY``)
+may also come from FiftyOne plugin secrets; they are never logged and never
+stored in a dataset.
+"""
+
+import dataclasses
+import os
+
+ENV_PREFIX = "FIFTYONE_AI_SEARCH_"
+
+DEFAULT_MODEL = "ViT-B-32"
+DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
+
+BACKENDS = ("edge", "server")
+
+#: plugin secrets the App may hand us
+SECRET_KEYS = (ENV_PREFIX + "QDRANT_URL", ENV_PREFIX + "QDRANT_API_KEY")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Resolved settings. Build with :func:`get_settings`."""
+
+    backend: str = "edge"
+    storage_dir: str | None = None
+    qdrant_url: str | None = None
+    qdrant_api_key: str | None = dataclasses.field(default=None, repr=False)
+    model: str = DEFAULT_MODEL
+    pretrained: str | None = DEFAULT_PRETRAINED
+    batch_size: int = 32
+    num_workers: int = 1
+    device: str | None = None
+    lock_timeout: float = 60.0
+    refresh_minutes: int = 10
+
+    def __post_init__(self):
+        if self.backend not in BACKENDS:
+            raise ValueError(
+                f"backend must be one of {BACKENDS}, got {self.backend!r}"
+            )
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.num_workers < 0:
+            raise ValueError(
+                f"num_workers must be >= 0, got {self.num_workers}"
+            )
+        if not 1 <= self.refresh_minutes <= 1440:
+            raise ValueError(
+                "refresh interval must be 1-1440 minutes, got "
+                f"{self.refresh_minutes}"
+            )
+
+    def replace(self, **kwargs):
+        return dataclasses.replace(self, **kwargs)
+
+
+def _default_storage_dir():
+    import fiftyone.constants as foc
+
+    return os.path.join(foc.FIFTYONE_CONFIG_DIR, "ai_search")
+
+
+def _default_num_workers():
+    return max(1, (os.cpu_count() or 2) - 1)
+
+
+def get_settings(secrets=None, **overrides):
+    """Returns the :class:`Settings` in force.
+
+    Args:
+        secrets (None): a dict of plugin secrets (e.g. ``ctx.secrets``); they
+            win over environment variables
+        **overrides: explicit values, which win over everything
+
+    Returns:
+        a :class:`Settings`
+    """
+    env = dict(os.environ)
+    for key, value in (secrets or {}).items():
+        if key in SECRET_KEYS and value:
+            env[key] = value
+
+    def get(name, cast=str, default=None):
+        raw = env.get(ENV_PREFIX + name)
+        if raw is None or raw == "":
+            return default
+        try:
+            return cast(raw)
+        except ValueError:
+            raise ValueError(
+                f"{ENV_PREFIX}{name}={raw!r} is not a valid {cast.__name__}"
+            ) from None
+
+    url = get("QDRANT_URL")
+    values = dict(
+        backend=get("BACKEND", default="server" if url else "edge"),
+        storage_dir=get("DIR"),
+        qdrant_url=url,
+        qdrant_api_key=get("QDRANT_API_KEY"),
+        model=get("MODEL", default=DEFAULT_MODEL),
+        pretrained=get("PRETRAINED", default=DEFAULT_PRETRAINED),
+        batch_size=get("BATCH_SIZE", int, 32),
+        num_workers=get("NUM_WORKERS", int, None),
+        device=get("DEVICE"),
+        lock_timeout=get("LOCK_TIMEOUT", float, 60.0),
+        refresh_minutes=get("REFRESH_MINUTES", int, 10),
+    )
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    if values["storage_dir"] is None:
+        values["storage_dir"] = _default_storage_dir()
+    if values["num_workers"] is None:
+        values["num_workers"] = _default_num_workers()
+
+    return Settings(**values)

@@ -1,0 +1,280 @@
+"""Public SDK: switching AI search on and off, computing embeddings, status.
+
+| Copyright the fiftyone-ai-search authors, Apache-2.0.
+"""
+
+import logging
+
+import numpy as np
+
+from . import runner
+from . import state as st
+from .config import BACKENDS, get_settings
+
+logger = logging.getLogger(__name__)
+
+
+class AISearchNotEnabledError(RuntimeError):
+    """AI search is off for the dataset."""
+
+
+def _dataset_of(samples):
+    # a Dataset is its own _dataset; a view points at its dataset
+    return samples._dataset
+
+
+def _require_doc(dataset):
+    doc = st.get(dataset)
+    if doc is None or not doc.get("enabled"):
+        raise AISearchNotEnabledError(
+            f"AI search is not enabled on dataset '{dataset.name}'. Enable it "
+            "with fiftyone_ai_search.enable_embeddings(dataset) (or the "
+            "'Enable AI search' operator in the App)"
+        )
+    return doc
+
+
+def enable_embeddings(dataset, model=None, pretrained=None, backend=None,
+                      compute=True, secrets=None):
+    """Switches AI search on for a dataset and starts computing embeddings.
+
+    Returns at once: embeddings are computed by a background worker. Use
+    :func:`get_status` to follow it, or :func:`calculate_embeddings` with
+    ``wait=True`` to block.
+
+    Enabling an already-enabled dataset with the same model is a no-op
+    (besides starting a sync); another model means the index is rebuilt with
+    it on the next sync, never mixed.
+
+    Examples::
+
+        import fiftyone.zoo as foz
+        import fiftyone_ai_search as ais
+
+        dataset = foz.load_zoo_dataset("quickstart")
+        ais.enable_embeddings(dataset)  # ViT-B-32 / laion2b_s34b_b79k
+
+        # any open_clip model and tag, a local weights file, or a checkpoint
+        ais.enable_embeddings(dataset, model="ViT-B-16", pretrained="openai")
+        ais.enable_embeddings(dataset, model="ViT-B-32",
+                              pretrained="/models/vit-b-32.safetensors")
+        ais.enable_embeddings(dataset, model="local-dir:/models/my-clip")
+
+    Args:
+        dataset: a :class:`fiftyone.core.dataset.Dataset`
+        model (None): an open_clip model name, ``"local-dir:/path"`` or
+            ``"hf-hub:org/name"``; default from settings (``ViT-B-32``)
+        pretrained (None): an open_clip pretrained tag or a local weights
+            file; default from settings when ``model`` is also None
+        backend (None): ``"edge"`` (embedded Qdrant Edge, the default) or
+            ``"server"`` (Qdrant server, from the configured URL)
+        compute (True): whether to start computing now
+        secrets (None): plugin secrets (Qdrant URL / API key) for the worker
+
+    Returns:
+        the result of :func:`get_status`
+
+    Raises:
+        ValueError: for an unknown backend or model
+        fiftyone_ai_search.model.ModelUnavailableError: if the weights cannot
+            be found (offline); the message says how to supply them
+    """
+    from .model import load_model, resolve_model
+
+    settings = get_settings(secrets=secrets)
+    if backend is None:
+        doc = st.get(dataset)
+        backend = doc["backend"] if doc else settings.backend
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "server" and not settings.qdrant_url:
+        raise ValueError(
+            "backend='server' needs a Qdrant URL: set "
+            "FIFTYONE_AI_SEARCH_QDRANT_URL (and FIFTYONE_AI_SEARCH_QDRANT_API_KEY)"
+        )
+
+    if model is None:
+        model = settings.model
+        if pretrained is None:
+            pretrained = settings.pretrained
+    spec = resolve_model(model, pretrained)
+    # load now, so a missing model fails here rather than in the background
+    load_model(spec, device=settings.device)
+
+    st.enable(dataset, spec.name, spec.pretrained, spec.identity, backend)
+    if compute:
+        runner.start_background(dataset, secrets=secrets)
+    return get_status(dataset)
+
+
+def disable_embeddings(dataset):
+    """Switches AI search off: deletes the index and all its state.
+
+    A computation still running stops at its next batch.
+
+    Args:
+        dataset: a :class:`fiftyone.core.dataset.Dataset`
+    """
+    doc = st.get(dataset)
+    if doc is None:
+        return
+    st.update(dataset, enabled=False)
+    store = runner.open_index(dataset, doc=doc)
+    try:
+        store.drop()
+    finally:
+        store.close()
+    st.delete(dataset)
+
+
+def is_embeddings_enabled(dataset):
+    """Whether AI search is on for ``dataset``."""
+    doc = st.get(dataset)
+    return bool(doc and doc.get("enabled"))
+
+
+def calculate_embeddings(dataset, force=False, wait=False, verify_files=False,
+                         progress=True, secrets=None):
+    """Brings the dataset's embeddings up to date (incrementally).
+
+    New samples are embedded, samples whose image changed (other filepath or
+    file content) are re-embedded, deleted samples are removed; edits that do
+    not touch the image embed nothing. If a computation already runs for the
+    dataset (in any process), ``wait=True`` waits for it and then syncs what
+    is left, and ``wait=False`` asks it to sync once more when done.
+
+    Examples::
+
+        report = ais.calculate_embeddings(dataset, wait=True)
+        print(report)  # added 200, updated 0, removed 0, failed 1, ...
+
+    Args:
+        dataset: a :class:`fiftyone.core.dataset.Dataset`
+        force (False): rebuild the index from scratch
+        wait (False): block until done and return a report
+        verify_files (False): check the fingerprint of every sample's file,
+            not only of samples edited since the last sync (finds images
+            overwritten on disk without FiftyOne knowing)
+        progress (True): show a progress bar when ``wait=True``; or a
+            callable ``progress(done, total)``
+        secrets (None): plugin secrets (Qdrant URL / API key)
+
+    Returns:
+        a :class:`fiftyone_ai_search.sync.SyncReport` if ``wait=True``, else
+        None
+    """
+    _require_doc(dataset)
+    if not wait:
+        runner.start_background(
+            dataset, force=force, verify_files=verify_files, secrets=secrets
+        )
+        return None
+
+    settings = get_settings(secrets=secrets)
+    bar = None
+    if progress is True:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(desc=f"Embedding '{dataset.name}'", unit="img")
+
+        def progress(done, total):
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+    try:
+        return runner.run_sync(
+            dataset,
+            force=force,
+            verify_files=verify_files,
+            progress=progress or None,
+            settings=settings,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def get_embeddings_in_progress(dataset):
+    """Whether embeddings of ``dataset`` are being computed right now."""
+    return st.is_running(st.get(dataset))
+
+
+def get_embeddings_updated_at(dataset):
+    """When the index last finished a sync (naive UTC datetime), or None."""
+    doc = st.get(dataset)
+    return doc.get("updated_at") if doc else None
+
+
+def get_status(dataset, max_failures=100):
+    """The AI search status of a dataset.
+
+    Returns:
+        a dict with ``enabled``, ``in_progress``, ``progress`` (``done``,
+        ``total``, ``fraction``), ``updated_at``, ``model``, ``pretrained``,
+        ``backend``, ``counts`` (``num_samples``, ``num_indexed``,
+        ``num_failed``), ``failures`` (up to ``max_failures`` of
+        ``sample_id``, ``filepath``, ``reason``), ``last_report`` and
+        ``last_error``
+    """
+    doc = st.get(dataset)
+    if doc is None or not doc.get("enabled"):
+        return {"enabled": False, "in_progress": False}
+
+    running = st.is_running(doc)
+    progress = dict(doc.get("progress") or {})
+    progress.pop("started_at", None)
+    if progress.get("total"):
+        progress["fraction"] = progress["done"] / progress["total"]
+
+    store = runner.open_index(dataset, doc=doc)
+    try:
+        num_indexed = store.count() if store.exists() else 0
+    finally:
+        store.close()
+
+    return {
+        "enabled": True,
+        "in_progress": running,
+        "progress": progress if running else None,
+        "updated_at": doc.get("updated_at"),
+        "model": doc["model"],
+        "pretrained": doc["pretrained"],
+        "backend": doc["backend"],
+        "counts": {
+            "num_samples": dataset.count(),
+            "num_indexed": num_indexed,
+            "num_failed": st.count_failures(dataset),
+        },
+        "failures": [
+            {k: f.get(k) for k in ("sample_id", "filepath", "reason")}
+            for f in st.get_failures(dataset, limit=max_failures)
+        ],
+        "last_report": doc.get("last_report"),
+        "last_error": doc.get("last_error"),
+    }
+
+
+def get_embeddings(samples):
+    """The embeddings the index holds for ``samples``.
+
+    Args:
+        samples: a :class:`fiftyone.core.collections.SampleCollection`
+
+    Returns:
+        a tuple ``(sample_ids, embeddings)``: the ids (in the order of
+        ``samples``) of the samples that have an embedding, and an
+        ``(n, dim)`` float32 array of L2-normalised vectors
+    """
+    dataset = _dataset_of(samples)
+    doc = _require_doc(dataset)
+    wanted = samples.values("id")
+    store = runner.open_index(dataset, doc=doc)
+    try:
+        ids, vectors = store.get_vectors(wanted)
+    finally:
+        store.close()
+
+    pos = {sid: i for i, sid in enumerate(ids)}
+    order = [pos[sid] for sid in wanted if sid in pos]
+    return [ids[i] for i in order], np.asarray(vectors)[order]

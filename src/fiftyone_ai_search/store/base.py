@@ -1,0 +1,224 @@
+"""The vector-store interface that every backend implements.
+
+A store holds one index per dataset: one vector per sample, keyed by the
+sample id, with a small payload (``filepath``, ``fingerprint``). It also
+records which model produced the vectors (:class:`IndexInfo`), so an index can
+never hold vectors of two models.
+"""
+
+import abc
+import dataclasses
+import uuid
+
+import numpy as np
+
+#: Version of the on-disk / in-collection layout of an index. Bump it, and
+#: teach the backends to migrate (or rebuild) older indexes, whenever the
+#: layout of points, payloads or the recorded :class:`IndexInfo` changes.
+SCHEMA_VERSION = 1
+
+
+class IndexMismatchError(ValueError):
+    """The index was built with another model (or schema) than requested."""
+
+
+class IndexBusyError(RuntimeError):
+    """The index stayed locked by another process for longer than allowed."""
+
+
+class IndexNotFoundError(LookupError):
+    """The index does not exist."""
+
+
+@dataclasses.dataclass(frozen=True)
+class IndexInfo:
+    """What an index holds: which model made its vectors, and their size.
+
+    Args:
+        model: the model name as the user gave it (an open_clip name or
+            ``"local-dir:/path"``)
+        pretrained: the pretrained tag or weights path as given, or None
+        model_identity: a stable identity of the weights; two indexes are
+            compatible iff their identities and dimensions match
+        dim: the embedding size
+        schema_version: the layout version, :data:`SCHEMA_VERSION`
+    """
+
+    model: str
+    pretrained: str | None
+    model_identity: str
+    dim: int
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        fields = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in fields})
+
+    def is_compatible(self, other):
+        return (
+            self.model_identity == other.model_identity
+            and self.dim == other.dim
+            and self.schema_version == other.schema_version
+        )
+
+
+def sample_id_to_point_id(sample_id):
+    """Maps a FiftyOne sample id (24 hex digits) to a Qdrant point id (UUID).
+
+    The mapping is reversible, so the sample id never needs a payload lookup.
+    """
+    if len(sample_id) != 24:
+        raise ValueError(f"Not a sample id: {sample_id!r}")
+    return str(uuid.UUID(sample_id + "0" * 8))
+
+
+def point_id_to_sample_id(point_id):
+    """Inverse of :func:`sample_id_to_point_id`."""
+    return uuid.UUID(str(point_id)).hex[:24]
+
+
+class VectorStore(abc.ABC):
+    """One index of sample embeddings.
+
+    Implementations: :class:`fiftyone_ai_search.store.edge.EdgeStore`
+    (embedded Qdrant Edge shard) and
+    :class:`fiftyone_ai_search.store.server.ServerStore` (Qdrant server or
+    cluster through ``qdrant-client``).
+
+    Vectors go in and come out L2-normalised ``float32``; scores are cosine
+    similarities.
+    """
+
+    #: short backend name, e.g. ``"edge"`` or ``"server"``
+    backend = None
+
+    def __init__(self, name):
+        self.name = name
+
+    # -- lifecycle ---------------------------------------------------------
+
+    @abc.abstractmethod
+    def exists(self):
+        """Whether the index exists."""
+
+    @abc.abstractmethod
+    def info(self):
+        """The :class:`IndexInfo` of the index, or None if it does not exist."""
+
+    @abc.abstractmethod
+    def create(self, info):
+        """Creates an empty index for vectors described by ``info``.
+
+        Raises:
+            ValueError: if the index already exists
+        """
+
+    @abc.abstractmethod
+    def drop(self):
+        """Deletes the index and everything in it. No-op if missing."""
+
+    def ensure(self, info, rebuild=False):
+        """Opens the index for ``info``, creating it if needed.
+
+        Args:
+            info: the :class:`IndexInfo` the caller will write
+            rebuild (False): whether an index of another model may be dropped
+                and recreated; otherwise that is an error
+
+        Returns:
+            True if the index was (re)created empty, False if it existed
+
+        Raises:
+            IndexMismatchError: if the index holds another model's vectors and
+                ``rebuild`` is False
+        """
+        current = self.info()
+        if current is not None and current.is_compatible(info):
+            return False
+
+        if current is not None:
+            if not rebuild:
+                raise IndexMismatchError(
+                    f"Index '{self.name}' holds embeddings of model "
+                    f"{current.model!r} (pretrained={current.pretrained!r}, "
+                    f"dim={current.dim}), not of {info.model!r} "
+                    f"(pretrained={info.pretrained!r}, dim={info.dim}). "
+                    "Rebuild it (calculate_embeddings(..., force=True)) or "
+                    "use the model it was built with."
+                )
+            self.drop()
+
+        self.create(info)
+        return True
+
+    def close(self):
+        """Releases any resources held. The store can be reused afterwards."""
+
+    # -- writes ------------------------------------------------------------
+
+    @abc.abstractmethod
+    def upsert(self, sample_ids, vectors, payloads):
+        """Inserts or replaces the vectors of the given samples.
+
+        Args:
+            sample_ids: a list of sample ids
+            vectors: an ``(n, dim)`` array
+            payloads: a list of ``n`` dicts (JSON-serialisable); the sample id
+                is added to each by the store
+        """
+
+    @abc.abstractmethod
+    def delete(self, sample_ids):
+        """Deletes the given samples' vectors. Missing ids are ignored."""
+
+    # -- reads -------------------------------------------------------------
+
+    @abc.abstractmethod
+    def count(self):
+        """The number of vectors in the index."""
+
+    @abc.abstractmethod
+    def get_payloads(self, sample_ids):
+        """Returns ``{sample_id: payload}`` for those ids that are present."""
+
+    @abc.abstractmethod
+    def get_sample_ids(self):
+        """Returns the ids of all samples in the index (any order)."""
+
+    @abc.abstractmethod
+    def get_vectors(self, sample_ids=None):
+        """Returns ``(sample_ids, vectors)`` of the given (default all) samples.
+
+        Missing ids are left out; ``vectors`` is an ``(n, dim)`` float32 array
+        in the order of the returned ids.
+        """
+
+    @abc.abstractmethod
+    def query(self, vector, limit, sample_ids=None, min_score=None):
+        """Exact nearest neighbours of ``vector`` by cosine similarity.
+
+        Args:
+            vector: a ``(dim,)`` array
+            limit: the most results to return
+            sample_ids (None): restrict the search to these samples
+            min_score (None): only return scores ``>= min_score``
+
+        Returns:
+            a list of ``(sample_id, score)``, best first
+        """
+
+
+def as_float32_matrix(vectors, dim=None):
+    """Validates and converts ``vectors`` to a C-contiguous float32 matrix."""
+    arr = np.ascontiguousarray(vectors, dtype=np.float32)
+    if arr.ndim != 2:
+        raise ValueError(f"Expected a 2-D array of vectors, got shape {arr.shape}")
+    if dim is not None and arr.shape[1] != dim:
+        raise ValueError(
+            f"Expected vectors of size {dim}, got size {arr.shape[1]}"
+        )
+    return arr

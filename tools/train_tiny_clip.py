@@ -42,13 +42,16 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+import open_clip
+from safetensors.torch import save_file
+
 _HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(_HERE), "src"))
+sys.path.insert(0, _HERE)
 
-import open_clip  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
+import eval_tiny_clip  # noqa: E402
 
-from fiftyone_ai_search.demo import shapes  # noqa: E402
+# the shapes world of fiftyone_ai_search.demo, loaded by file path
+shapes = eval_tiny_clip.shapes
 
 #: the architecture (open_clip ``model_cfg``)
 MODEL_CFG = {
@@ -120,7 +123,12 @@ def build_model():
         open_clip.add_model_config(path)
 
     model, _, preprocess = open_clip.create_model_and_transforms(
-        _ARCH_NAME, pretrained=None, force_preprocess_cfg=PREPROCESS_CFG
+        _ARCH_NAME,
+        pretrained=None,
+        image_mean=PREPROCESS_CFG["mean"],
+        image_std=PREPROCESS_CFG["std"],
+        image_interpolation=PREPROCESS_CFG["interpolation"],
+        image_resize_mode=PREPROCESS_CFG["resize_mode"],
     )
     tokenizer = open_clip.get_tokenizer(_ARCH_NAME)
     return model, preprocess, tokenizer
@@ -372,9 +380,6 @@ def main(argv=None):
     save(model, args.out, args)
     print(f"wrote {args.out} after {time.time() - t0:.0f} s", flush=True)
     if not args.no_eval:
-        sys.path.insert(0, _HERE)
-        import eval_tiny_clip
-
         eval_tiny_clip.main(["--model", "local-dir:" + os.path.abspath(args.out)])
 
 

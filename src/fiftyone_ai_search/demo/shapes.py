@@ -57,6 +57,7 @@ MAX_SHAPE_FRACTION = 0.6
 _COLOR_JITTER = 20  # per RGB channel
 _MAX_ROTATION = 20.0  # degrees; more would turn squares into diamonds
 _SUPERSAMPLING = 2  # shape masks are drawn larger, then reduced: smooth edges
+_REACH = 1.27  # how far any vertex may lie from a shape's centre, in radii
 
 # caption templates. "{a}" is the article ("a" or "an") for the word after it
 _COLOR_SHAPE_TEMPLATES = (
@@ -254,8 +255,10 @@ def sample_spec(seed, index, color=None, shape=None):
     jitter = rng.integers(-_COLOR_JITTER, _COLOR_JITTER + 1, size=3)
     rgb = tuple(int(v) for v in np.clip(np.add(COLORS[color], jitter), 0, 255))
     size = float(rng.uniform(MIN_SHAPE_FRACTION, MAX_SHAPE_FRACTION))
-    # keep the whole shape (and a small margin) inside the image
-    lo, hi = size / 2 + 0.03, 1 - size / 2 - 0.03
+    # keep the whole shape and a margin inside the image: a triangle's
+    # vertex reaches up to 1.26 times the shape's radius from its centre
+    reach = _REACH * size / 2 + 0.02
+    lo, hi = reach, 1 - reach
     center = (float(rng.uniform(lo, hi)), float(rng.uniform(lo, hi)))
     rotation = float(rng.uniform(-_MAX_ROTATION, _MAX_ROTATION))
     background = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]

@@ -7,7 +7,9 @@ never hold vectors of two models.
 """
 
 import abc
+import contextlib
 import dataclasses
+import re
 import uuid
 
 import numpy as np
@@ -28,6 +30,28 @@ class IndexBusyError(RuntimeError):
 
 class IndexNotFoundError(LookupError):
     """The index does not exist."""
+
+
+class IndexExistsError(ValueError):
+    """The index already exists (raised by :meth:`VectorStore.create`)."""
+
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+
+
+def validate_index_name(name):
+    """Checks that ``name`` is usable as a directory and a collection name.
+
+    Raises:
+        ValueError: if it is not 1-128 letters, digits, ``_`` or ``-``,
+            starting with a letter or digit
+    """
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise ValueError(
+            f"Invalid index name {name!r}: use 1-128 letters, digits, '_' "
+            "or '-', starting with a letter or digit"
+        )
+    return name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,14 +114,18 @@ class VectorStore(abc.ABC):
     cluster through ``qdrant-client``).
 
     Vectors go in and come out L2-normalised ``float32``; scores are cosine
-    similarities.
+    similarities. Reads and writes of an index that does not exist raise
+    :class:`IndexNotFoundError`.
     """
 
     #: short backend name, e.g. ``"edge"`` or ``"server"``
     backend = None
 
     def __init__(self, name):
-        self.name = name
+        self.name = validate_index_name(name)
+
+    def __repr__(self):
+        return f"{type(self).__name__}(name={self.name!r})"
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -114,7 +142,7 @@ class VectorStore(abc.ABC):
         """Creates an empty index for vectors described by ``info``.
 
         Raises:
-            ValueError: if the index already exists
+            IndexExistsError: if the index already exists
         """
 
     @abc.abstractmethod
@@ -136,27 +164,52 @@ class VectorStore(abc.ABC):
             IndexMismatchError: if the index holds another model's vectors and
                 ``rebuild`` is False
         """
-        current = self.info()
-        if current is not None and current.is_compatible(info):
-            return False
+        # one session: an embedded index stays locked from the check to the
+        # creation, so two processes cannot both (re)create it
+        with self.session():
+            current = self.info()
+            if current is not None and current.is_compatible(info):
+                return False
 
-        if current is not None:
-            if not rebuild:
-                raise IndexMismatchError(
-                    f"Index '{self.name}' holds embeddings of model "
-                    f"{current.model!r} (pretrained={current.pretrained!r}, "
-                    f"dim={current.dim}), not of {info.model!r} "
-                    f"(pretrained={info.pretrained!r}, dim={info.dim}). "
-                    "Rebuild it (calculate_embeddings(..., force=True)) or "
-                    "use the model it was built with."
-                )
-            self.drop()
+            if current is not None:
+                if not rebuild:
+                    raise IndexMismatchError(
+                        f"Index '{self.name}' holds embeddings of model "
+                        f"{current.model!r} (pretrained={current.pretrained!r}"
+                        f", dim={current.dim}), not of {info.model!r} "
+                        f"(pretrained={info.pretrained!r}, dim={info.dim}). "
+                        "Rebuild it (calculate_embeddings(..., force=True)) "
+                        "or use the model it was built with."
+                    )
+                self.drop()
 
-        self.create(info)
-        return True
+            try:
+                self.create(info)
+            except IndexExistsError:
+                # a server index created concurrently by another process:
+                # fine if it is the same model
+                current = self.info()
+                if current is None or not current.is_compatible(info):
+                    raise
+                return False
+
+            return True
 
     def close(self):
         """Releases any resources held. The store can be reused afterwards."""
+
+    @contextlib.contextmanager
+    def session(self):
+        """Groups several operations so that they share one opening.
+
+        An embedded index is locked (other processes wait) for the whole
+        block, so keep it short: a few reads or one commit, never a model
+        computation. For a server it is a no-op. Sessions nest.
+
+        Returns:
+            a context manager yielding this store
+        """
+        yield self
 
     # -- writes ------------------------------------------------------------
 
@@ -183,7 +236,10 @@ class VectorStore(abc.ABC):
 
     @abc.abstractmethod
     def get_payloads(self, sample_ids):
-        """Returns ``{sample_id: payload}`` for those ids that are present."""
+        """Returns ``{sample_id: payload}`` for those ids that are present.
+
+        Each payload is the dict given to :meth:`upsert`, plus ``sample_id``.
+        """
 
     @abc.abstractmethod
     def get_sample_ids(self):
@@ -194,7 +250,8 @@ class VectorStore(abc.ABC):
         """Returns ``(sample_ids, vectors)`` of the given (default all) samples.
 
         Missing ids are left out; ``vectors`` is an ``(n, dim)`` float32 array
-        in the order of the returned ids.
+        of unit rows in the order of the returned ids, which follow the order
+        of ``sample_ids`` when given.
         """
 
     @abc.abstractmethod
@@ -222,3 +279,43 @@ def as_float32_matrix(vectors, dim=None):
             f"Expected vectors of size {dim}, got size {arr.shape[1]}"
         )
     return arr
+
+
+def normalize_rows(vectors, dim=None):
+    """Validates ``vectors`` and L2-normalises each row.
+
+    Args:
+        vectors: an ``(n, dim)`` array-like
+        dim (None): the required vector size
+
+    Returns:
+        a C-contiguous float32 ``(n, dim)`` array of unit rows
+
+    Raises:
+        ValueError: for a wrong shape, a non-finite value or a zero vector,
+            none of which has a cosine similarity
+    """
+    arr = as_float32_matrix(vectors, dim=dim)
+    if not np.isfinite(arr).all():
+        raise ValueError("Vectors must be finite")
+    norms = np.linalg.norm(arr, axis=1, keepdims=True)
+    if (norms == 0).any():
+        raise ValueError("Vectors must not be zero")
+    return np.ascontiguousarray(arr / norms, dtype=np.float32)
+
+
+def normalize_vector(vector, dim=None):
+    """Like :func:`normalize_rows` for one ``(dim,)`` query vector."""
+    arr = np.asarray(vector, dtype=np.float32)
+    if arr.ndim != 1:
+        raise ValueError(f"Expected a 1-D query vector, got shape {arr.shape}")
+    return normalize_rows(arr[None, :], dim=dim)[0]
+
+
+def check_limit(limit):
+    """Validates a query ``limit`` (a positive integer) and returns it."""
+    if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)):
+        raise ValueError(f"limit must be an integer, got {limit!r}")
+    if limit < 1:
+        raise ValueError(f"limit must be >= 1, got {limit}")
+    return int(limit)

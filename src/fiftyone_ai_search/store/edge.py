@@ -1,0 +1,452 @@
+"""The embedded index: a Qdrant Edge shard on local disk.
+
+Layout of ``<root_dir>/<name>/``:
+
+- ``shard/``: the Qdrant Edge shard (one unnamed dense vector, cosine);
+- ``index.json``: the :class:`IndexInfo`; written last on creation and
+  removed first on drop, so its presence means a complete index;
+- ``.lock``, ``.gate``: lock files, see :mod:`fiftyone_ai_search.store.locks`.
+
+Concurrency: a shard can be open in one process at a time, so it is opened
+for each operation (or each :meth:`EdgeStore.session`) and closed right after,
+under a thread lock and a process lock. Another process waits for its turn
+for at most ``lock_timeout`` seconds, then gets :class:`IndexBusyError`. Long
+operations (big upserts, reading all vectors) work in chunks and hand the
+index over between two chunks when someone waits, so that searches stay
+possible while a long computation commits. Opening costs ~0.1-0.3 s (20k-100k
+512-d points); changes are flushed before each close.
+"""
+
+import contextlib
+import json
+import os
+import shutil
+import threading
+import time
+
+import numpy as np
+import qdrant_edge as qe
+
+from .base import (
+    IndexBusyError,
+    IndexExistsError,
+    IndexInfo,
+    IndexNotFoundError,
+    VectorStore,
+    as_float32_matrix,
+    check_limit,
+    normalize_rows,
+    normalize_vector,
+    point_id_to_sample_id,
+    sample_id_to_point_id,
+)
+from .locks import FairLock, ProcessLock, _backoff
+
+SHARD_DIR = "shard"
+INFO_FILE = "index.json"
+
+#: points per update / retrieve call; between two chunks the index is handed
+#: over to anyone waiting (a chunk of 512-d points takes ~0.1 s)
+CHUNK = 2048
+
+#: ids per scroll page when only ids are read
+ID_PAGE = 10000
+
+
+class _Shared:
+    """What the threads of one process share about one index directory."""
+
+    def __init__(self, dirpath):
+        self.thread_lock = FairLock()
+        self.process_lock = ProcessLock(dirpath)
+        self.shard = None
+        self.info = None
+        self.dirty = False
+
+
+_registry = {}
+_registry_lock = threading.Lock()
+
+
+def _shared_for(dirpath):
+    with _registry_lock:
+        shared = _registry.get(dirpath)
+        if shared is None:
+            shared = _registry[dirpath] = _Shared(dirpath)
+        return shared
+
+
+def _reset_registry_in_child():
+    # a forked child must not inherit locks held by its parent's threads
+    global _registry, _registry_lock
+    _registry = {}
+    _registry_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_registry_in_child)
+
+
+class EdgeStore(VectorStore):
+    """An index in an embedded Qdrant Edge shard.
+
+    Thread-safe, and usable by several processes at once (they take turns).
+
+    Args:
+        name: the index name (letters, digits, ``_``, ``-``)
+        root_dir: the directory holding all embedded indexes
+        lock_timeout (60.0): the most seconds to wait for an index that
+            another thread or process holds
+    """
+
+    backend = "edge"
+
+    def __init__(self, name, root_dir, lock_timeout=60.0):
+        super().__init__(name)
+        self.root_dir = os.path.abspath(os.path.expanduser(root_dir))
+        self.path = os.path.join(self.root_dir, name)
+        self.lock_timeout = float(lock_timeout)
+
+    def __repr__(self):
+        return f"EdgeStore(name={self.name!r}, path={self.path!r})"
+
+    @property
+    def _shard_path(self):
+        return os.path.join(self.path, SHARD_DIR)
+
+    @property
+    def _info_path(self):
+        return os.path.join(self.path, INFO_FILE)
+
+    # -- locking -------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def session(self):
+        with self._locked():
+            yield self
+
+    @contextlib.contextmanager
+    def _locked(self):
+        """Holds the index (re-entrant); on the outermost exit, flushes and
+        closes the shard and releases the locks."""
+        shared = _shared_for(self.path)
+        deadline = time.monotonic() + self.lock_timeout
+        self._acquire(shared, deadline)
+        try:
+            yield shared
+        finally:
+            if shared.thread_lock.is_owned():
+                try:
+                    if shared.thread_lock.depth == 1:
+                        self._release_index(shared)
+                finally:
+                    shared.thread_lock.release()
+
+    def _acquire(self, shared, deadline):
+        if not shared.thread_lock.acquire(
+            timeout=max(0.0, deadline - time.monotonic())
+        ):
+            raise self._busy_error("another thread of this process")
+        if shared.process_lock.held:
+            return  # re-entered
+        try:
+            # create: the directory may not exist yet (a new index)
+            ok = shared.process_lock.acquire(deadline, create=True)
+        except BaseException:
+            shared.thread_lock.release()
+            raise
+        if not ok:
+            shared.thread_lock.release()
+            raise self._busy_error("another process")
+
+    def _release_index(self, shared):
+        try:
+            self._close_shard(shared)
+        finally:
+            if not os.path.exists(self._info_path):
+                # no index (dropped, never created, or a failed creation):
+                # leave nothing behind; waiters notice the lock files went
+                shutil.rmtree(self.path, ignore_errors=True)
+            shared.process_lock.release()
+
+    def _yield_if_wanted(self, shared):
+        """Between two chunks of a long operation: lets a waiting thread or
+        process have the index, then takes it back.
+
+        Returns:
+            the ``(shard, info)`` to continue with
+        """
+        lock = shared.thread_lock
+        # inside a caller's session, the caller decides when to let go
+        if lock.depth == 1 and (lock.waiting() or shared.process_lock.wanted()):
+            self._release_index(shared)
+            lock.release()
+            # FIFO thread lock + turnstile: waiters go first
+            self._acquire(shared, time.monotonic() + self.lock_timeout)
+        return self._open(shared)
+
+    def _busy_error(self, holder):
+        return IndexBusyError(
+            f"The AI search index '{self.name}' ({self.path}) is in use by "
+            f"{holder} and stayed busy for more than {self.lock_timeout:g} s. "
+            "Try again later, or raise FIFTYONE_AI_SEARCH_LOCK_TIMEOUT."
+        )
+
+    # -- shard ---------------------------------------------------------------
+
+    def _open(self, shared):
+        """Returns the open ``(shard, info)``; the index must be held."""
+        if shared.shard is None:
+            info = self.info()
+            if info is None:
+                raise IndexNotFoundError(
+                    f"The AI search index '{self.name}' does not exist"
+                )
+            shared.shard = self._load(time.monotonic() + self.lock_timeout)
+            shared.info = info
+            shared.dirty = False
+        return shared.shard, shared.info
+
+    def _load(self, deadline):
+        attempt = 0
+        while True:
+            try:
+                return qe.EdgeShard.load(self._shard_path)
+            except Exception as e:
+                # only a process that does not take our locks (e.g. one
+                # forked while the shard was open) can get here
+                if "WouldBlock" not in str(e):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise self._busy_error(
+                        "a process that holds its files directly (one forked "
+                        "while the index was open?)"
+                    ) from None
+            time.sleep(_backoff(attempt))
+            attempt += 1
+
+    def _close_shard(self, shared):
+        shard, shared.shard, shared.info = shared.shard, None, None
+        if shard is None:
+            return
+        try:
+            if shared.dirty:
+                # durable before anyone else sees the index as free
+                shard.flush()
+        finally:
+            shared.dirty = False
+            shard.close()
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def exists(self):
+        return os.path.isfile(self._info_path)
+
+    def info(self):
+        try:
+            with open(self._info_path) as f:
+                return IndexInfo.from_dict(json.load(f))
+        except FileNotFoundError:
+            return None
+
+    def create(self, info):
+        with self._locked() as shared:
+            if self.exists():
+                raise IndexExistsError(
+                    f"The AI search index '{self.name}' already exists"
+                )
+            self._close_shard(shared)
+            # leftovers of a creation that crashed before index.json
+            shutil.rmtree(self._shard_path, ignore_errors=True)
+            config = qe.EdgeConfig(
+                vectors=qe.EdgeVectorParams(
+                    size=int(info.dim), distance=qe.Distance.Cosine
+                )
+            )
+            qe.EdgeShard.create(self._shard_path, config).close()
+            _write_json_atomic(self._info_path, info.to_dict())
+
+    def drop(self):
+        with self._locked() as shared:
+            self._close_shard(shared)
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self._info_path)
+            shutil.rmtree(self._shard_path, ignore_errors=True)
+            # the directory and its lock files go on the outermost release
+
+    # -- writes --------------------------------------------------------------
+
+    def upsert(self, sample_ids, vectors, payloads):
+        sample_ids = list(sample_ids)
+        payloads = list(payloads)
+        point_ids = [sample_id_to_point_id(i) for i in sample_ids]
+        vectors = as_float32_matrix(vectors)
+        if not len(sample_ids) == len(vectors) == len(payloads):
+            raise ValueError(
+                f"Got {len(sample_ids)} ids, {len(vectors)} vectors and "
+                f"{len(payloads)} payloads"
+            )
+        if not sample_ids:
+            return
+
+        with self._locked() as shared:
+            shard, info = self._open(shared)
+            vectors = normalize_rows(vectors, dim=info.dim)
+            for start in range(0, len(point_ids), CHUNK):
+                if start:
+                    shard, info = self._yield_if_wanted(shared)
+                end = start + CHUNK
+                points = [
+                    qe.Point(pid, vec, {**payload, "sample_id": sid})
+                    for pid, vec, payload, sid in zip(
+                        point_ids[start:end],
+                        vectors[start:end].tolist(),
+                        payloads[start:end],
+                        sample_ids[start:end],
+                    )
+                ]
+                shard.update(qe.UpdateOperation.upsert_points(points))
+                shared.dirty = True
+
+    def delete(self, sample_ids):
+        point_ids = [sample_id_to_point_id(i) for i in sample_ids]
+        if not point_ids:
+            return
+
+        with self._locked() as shared:
+            shard, _ = self._open(shared)
+            for start in range(0, len(point_ids), CHUNK):
+                if start:
+                    shard, _ = self._yield_if_wanted(shared)
+                chunk = point_ids[start : start + CHUNK]
+                shard.update(qe.UpdateOperation.delete_points(chunk))
+                shared.dirty = True
+
+    # -- reads ---------------------------------------------------------------
+
+    def count(self):
+        with self._locked() as shared:
+            shard, _ = self._open(shared)
+            return shard.count(qe.CountRequest(exact=True))
+
+    def get_payloads(self, sample_ids):
+        point_ids = [sample_id_to_point_id(i) for i in sample_ids]
+        result = {}
+        with self._locked() as shared:
+            shard, _ = self._open(shared)
+            for start in range(0, len(point_ids), CHUNK):
+                if start:
+                    shard, _ = self._yield_if_wanted(shared)
+                records = shard.retrieve(
+                    point_ids[start : start + CHUNK],
+                    with_payload=True,
+                    with_vector=False,
+                )
+                for r in records:
+                    result[point_id_to_sample_id(r.id)] = r.payload or {}
+        return result
+
+    def get_sample_ids(self):
+        return [
+            point_id_to_sample_id(r.id)
+            for r in self._scroll(ID_PAGE, with_vector=False)
+        ]
+
+    def get_vectors(self, sample_ids=None):
+        if sample_ids is None:
+            records = self._scroll(CHUNK, with_vector=True)
+        else:
+            records = self._retrieve_vectors(list(sample_ids))
+        return _ids_and_matrix(records, self._dim_hint())
+
+    def _dim_hint(self):
+        info = self.info()
+        return info.dim if info is not None else 0
+
+    def _retrieve_vectors(self, sample_ids):
+        point_ids = [sample_id_to_point_id(i) for i in sample_ids]
+        found = {}
+        with self._locked() as shared:
+            shard, _ = self._open(shared)
+            for start in range(0, len(point_ids), CHUNK):
+                if start:
+                    shard, _ = self._yield_if_wanted(shared)
+                for r in shard.retrieve(
+                    point_ids[start : start + CHUNK],
+                    with_payload=False,
+                    with_vector=True,
+                ):
+                    found[str(r.id)] = r
+        # in the order asked for, each id once
+        return list({pid: found[pid] for pid in point_ids if pid in found}.values())
+
+    def _scroll(self, page, with_vector):
+        records = []
+        offset = None
+        with self._locked() as shared:
+            shard, _ = self._open(shared)
+            while True:
+                batch, offset = shard.scroll(
+                    qe.ScrollRequest(
+                        offset=offset,
+                        limit=page,
+                        with_payload=False,
+                        with_vector=with_vector,
+                    )
+                )
+                records.extend(batch)
+                if offset is None:
+                    return records
+                # the offset is a point id, so it survives a hand-over
+                shard, _ = self._yield_if_wanted(shared)
+
+    def query(self, vector, limit, sample_ids=None, min_score=None):
+        limit = check_limit(limit)
+        query_filter = None
+        if sample_ids is not None:
+            scope = {sample_id_to_point_id(i) for i in sample_ids}
+            if not scope:
+                return []
+            query_filter = qe.Filter(must=[qe.HasIdCondition(scope)])
+
+        with self._locked() as shared:
+            shard, info = self._open(shared)
+            vector = normalize_vector(vector, dim=info.dim)
+            points = shard.query(
+                qe.QueryRequest(
+                    limit=limit,
+                    query=qe.Query.Nearest(vector.tolist()),
+                    filter=query_filter,
+                    score_threshold=(
+                        None if min_score is None else float(min_score)
+                    ),
+                    with_payload=False,
+                    with_vector=False,
+                    # brute force even after an optimize() built HNSW
+                    params=qe.SearchParams(exact=True),
+                )
+            )
+        return [(point_id_to_sample_id(p.id), float(p.score)) for p in points]
+
+
+def _record_vector(record):
+    vec = record.vector
+    if isinstance(vec, dict):  # named vectors: ours is the unnamed one
+        vec = vec[""]
+    return vec
+
+
+def _ids_and_matrix(records, dim):
+    ids = [point_id_to_sample_id(r.id) for r in records]
+    if not records:
+        return ids, np.zeros((0, dim), dtype=np.float32)
+    # stored normalised already; renormalise to unit length in float32
+    return ids, normalize_rows([_record_vector(r) for r in records])
+
+
+def _write_json_atomic(path, data):
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

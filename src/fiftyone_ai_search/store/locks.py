@@ -1,0 +1,262 @@
+"""Locks that let threads and processes take turns on one embedded index.
+
+A Qdrant Edge shard can be open in one place at a time (it locks its WAL), so
+every user of an index takes two locks around each opening:
+
+- :class:`FairLock`, between the threads of a process: first come, first
+  served, so a thread that commits in a loop cannot starve a searching one;
+- :class:`ProcessLock`, between processes: ``flock`` on files in the index
+  directory, with a turnstile (a second lock file that a waiting process
+  holds) so that a process that releases and immediately re-acquires lets a
+  waiting process in first, and so that a holder can see that someone waits
+  (:meth:`ProcessLock.wanted`) and yield.
+
+``flock`` locks die with their process, so a crashed or killed holder never
+leaves an index locked.
+"""
+
+import collections
+import errno
+import fcntl
+import os
+import random
+import threading
+import time
+import weakref
+
+#: first and largest pause between two attempts at a busy lock (seconds)
+_MIN_BACKOFF = 0.002
+_MAX_BACKOFF = 0.05
+
+MUTEX_FILE = ".lock"
+GATE_FILE = ".gate"
+
+
+class FairLock:
+    """A re-entrant thread lock that is granted in request order.
+
+    Unlike :class:`threading.RLock`, a thread that releases and re-acquires
+    it goes behind the threads already waiting.
+    """
+
+    def __init__(self):
+        self._cond = threading.Condition(threading.Lock())
+        self._queue = collections.deque()
+        self._owner = None
+        self._depth = 0
+
+    @property
+    def depth(self):
+        """How many times the owner holds the lock (0 when free)."""
+        return self._depth
+
+    def is_owned(self):
+        """Whether the calling thread holds the lock."""
+        return self._owner == threading.get_ident()
+
+    def waiting(self):
+        """The number of threads waiting for the lock."""
+        with self._cond:
+            return len(self._queue)
+
+    def acquire(self, timeout=None):
+        """Acquires the lock.
+
+        Args:
+            timeout (None): the most seconds to wait, or None for no limit
+
+        Returns:
+            True if acquired, False on timeout
+        """
+        me = threading.get_ident()
+        with self._cond:
+            if self._owner == me:
+                self._depth += 1
+                return True
+
+            token = object()
+            self._queue.append(token)
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while self._owner is not None or self._queue[0] is not token:
+                remaining = None
+                if deadline is not None:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        self._queue.remove(token)
+                        # the next in line may be free to go now
+                        self._cond.notify_all()
+                        return False
+                self._cond.wait(remaining)
+
+            self._queue.popleft()
+            self._owner = me
+            self._depth = 1
+            return True
+
+    def release(self):
+        """Releases one level of the lock held by the calling thread."""
+        with self._cond:
+            if self._owner != threading.get_ident():
+                raise RuntimeError("release of a FairLock not held")
+            self._depth -= 1
+            if self._depth == 0:
+                self._owner = None
+                self._cond.notify_all()
+
+
+def _try_flock(path, create):
+    """Tries once to lock ``path`` exclusively.
+
+    Returns:
+        a file descriptor holding the lock, or None if the lock is busy or
+        the file was replaced meanwhile
+
+    Raises:
+        FileNotFoundError: if the directory of ``path`` does not exist and
+            ``create`` is False
+    """
+    dirpath = os.path.dirname(path)
+    if create:
+        os.makedirs(dirpath, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except FileNotFoundError:
+        if create:
+            return None  # the directory was removed meanwhile: try again
+        raise
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        os.close(fd)
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return None
+        raise
+
+    # the index may have been dropped (its directory removed) between our
+    # open() and flock(): a lock on an unlinked file excludes nobody
+    try:
+        st = os.stat(path)
+        same = (st.st_ino, st.st_dev) == (os.fstat(fd).st_ino, os.fstat(fd).st_dev)
+    except FileNotFoundError:
+        same = False
+    if not same:
+        os.close(fd)
+        return None
+
+    return fd
+
+
+def _backoff(attempt):
+    pause = min(_MAX_BACKOFF, _MIN_BACKOFF * 1.5**attempt)
+    return pause * random.uniform(0.5, 1.0)
+
+
+class ProcessLock:
+    """An exclusive lock on a directory, shared by all processes.
+
+    Not thread-safe by itself: guard it with a :class:`FairLock`.
+
+    Args:
+        dirpath: the directory (the index directory)
+    """
+
+    def __init__(self, dirpath):
+        self.dirpath = dirpath
+        self._mutex_path = os.path.join(dirpath, MUTEX_FILE)
+        self._gate_path = os.path.join(dirpath, GATE_FILE)
+        self._fd = None
+        _HELD.add(self)
+
+    @property
+    def held(self):
+        return self._fd is not None
+
+    def acquire(self, deadline, create=False):
+        """Acquires the lock, waiting until ``deadline`` at most.
+
+        Args:
+            deadline: a :func:`time.monotonic` time
+            create (False): whether to create the directory if missing
+
+        Returns:
+            True if acquired, False if ``deadline`` passed
+
+        Raises:
+            FileNotFoundError: if the directory does not exist and ``create``
+                is False
+        """
+        if self._fd is not None:
+            raise RuntimeError("ProcessLock already held")
+
+        gate = None
+        attempt = 0
+        try:
+            while True:
+                # holding the gate while waiting for the mutex makes the
+                # holder's next acquire() wait until we got the mutex
+                if gate is None:
+                    gate = _try_flock(self._gate_path, create)
+                if gate is not None:
+                    fd = _try_flock(self._mutex_path, create)
+                    if fd is not None:
+                        self._fd = fd
+                        return True
+                    if not _same_file(gate, self._gate_path):
+                        os.close(gate)  # the directory was replaced
+                        gate = None
+
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(_backoff(attempt))
+                attempt += 1
+        finally:
+            if gate is not None:
+                os.close(gate)
+
+    def release(self):
+        """Releases the lock."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def wanted(self):
+        """Whether another process is waiting for the lock (we hold it)."""
+        try:
+            gate = _try_flock(self._gate_path, create=False)
+        except FileNotFoundError:
+            return False
+        if gate is None:
+            return True
+        os.close(gate)
+        return False
+
+    def _forget_after_fork(self):
+        # the child's copy of the descriptor shares the parent's lock: close
+        # it, or the lock would outlive the parent's release
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def _same_file(fd, path):
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    fst = os.fstat(fd)
+    return (st.st_ino, st.st_dev) == (fst.st_ino, fst.st_dev)
+
+
+_HELD = weakref.WeakSet()
+
+
+def _after_fork_in_child():
+    for lock in list(_HELD):
+        lock._forget_after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

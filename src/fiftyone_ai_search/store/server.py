@@ -1,0 +1,393 @@
+"""Indexes in a Qdrant server or cluster, through ``qdrant-client``.
+
+One collection per index, named ``<prefix><name>``. The :class:`IndexInfo`
+lives in the collection's metadata (Qdrant >= 1.16), under the key
+:data:`METADATA_KEY`, so it is created and deleted with the collection.
+
+``":memory:"`` as the URL runs qdrant-client's in-process local mode, which
+speaks the same API; it is how this code path is tested without a server.
+
+The API key is handed to the client and kept nowhere else: it never appears
+in a repr, a log message or an error of this module.
+"""
+
+import contextlib
+import hashlib
+import threading
+import urllib.parse
+import weakref
+
+import numpy as np
+from qdrant_client import QdrantClient, models
+
+from .base import (
+    IndexExistsError,
+    IndexInfo,
+    IndexNotFoundError,
+    VectorStore,
+    as_float32_matrix,
+    check_limit,
+    normalize_rows,
+    normalize_vector,
+    point_id_to_sample_id,
+    sample_id_to_point_id,
+)
+
+DEFAULT_PREFIX = "fiftyone_ai_search_"
+
+#: where the IndexInfo is kept in the collection metadata
+METADATA_KEY = "fiftyone_ai_search"
+
+MEMORY = ":memory:"
+
+#: points per upsert request (~2.5 MB of JSON at 512-d)
+UPSERT_CHUNK = 256
+
+#: ids per retrieve / delete request, and records per scroll page
+ID_CHUNK = 2048
+
+#: seconds a request to a server may take
+REQUEST_TIMEOUT = 60
+
+_clients = {}
+_clients_lock = threading.Lock()
+
+#: local-mode clients are not thread-safe: their calls are serialised
+_local_locks = weakref.WeakKeyDictionary()
+
+
+def get_client(url=None, api_key=None, location=None):
+    """Returns this process's client for a server (one per URL and key).
+
+    Args:
+        url (None): the server URL, or ``":memory:"``
+        api_key (None): the API key
+        location (None): a qdrant-client location, e.g. ``":memory:"``
+
+    Returns:
+        a :class:`qdrant_client.QdrantClient`
+    """
+    if url == MEMORY:
+        url, location = None, MEMORY
+    if not (url or location):
+        raise ValueError(
+            "The Qdrant server backend needs a URL: set "
+            "FIFTYONE_AI_SEARCH_QDRANT_URL (or ':memory:' for an in-process "
+            "store)"
+        )
+
+    # the key itself is not kept as a cache key, only its digest
+    digest = hashlib.sha256(api_key.encode()).hexdigest() if api_key else None
+    key = (url, location, digest)
+    with _clients_lock:
+        client = _clients.get(key)
+        if client is None:
+            if location is not None:
+                client = QdrantClient(location=location)
+                _local_locks[client] = threading.RLock()
+            else:
+                client = QdrantClient(
+                    url=url, api_key=api_key, timeout=REQUEST_TIMEOUT
+                )
+            _clients[key] = client
+        return client
+
+
+def _redact_url(url):
+    """The URL without any ``user:password@`` part."""
+    if not url or url == MEMORY:
+        return url
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "<invalid url>"
+    if parts.username or parts.password:
+        netloc = parts.hostname or ""
+        if parts.port:
+            netloc += f":{parts.port}"
+        parts = parts._replace(netloc=netloc)
+    return urllib.parse.urlunsplit(parts)
+
+
+class ServerStore(VectorStore):
+    """An index in a collection of a Qdrant server or cluster.
+
+    Thread- and process-safe (the server serialises writes).
+
+    Args:
+        name: the index name (letters, digits, ``_``, ``-``)
+        url (None): the server URL, or ``":memory:"``
+        api_key (None): the API key
+        location (None): a qdrant-client location instead of ``url``, e.g.
+            ``":memory:"``
+        prefix ("fiftyone_ai_search_"): prepended to ``name`` to make the
+            collection name
+        client (None): a :class:`qdrant_client.QdrantClient` to use instead
+            of this process's shared one for ``url`` / ``location``
+    """
+
+    backend = "server"
+
+    def __init__(
+        self,
+        name,
+        url=None,
+        api_key=None,
+        location=None,
+        prefix=DEFAULT_PREFIX,
+        client=None,
+    ):
+        super().__init__(name)
+        if client is None:
+            client = get_client(url=url, api_key=api_key, location=location)
+        self._client = client
+        self.collection_name = prefix + name
+        self._where = _redact_url(url or location) or "<client>"
+
+    def __repr__(self):
+        return (
+            f"ServerStore(name={self.name!r}, "
+            f"collection={self.collection_name!r}, url={self._where!r})"
+        )
+
+    # -- plumbing ------------------------------------------------------------
+
+    def _guard(self):
+        lock = _local_locks.get(self._client)
+        return lock if lock is not None else contextlib.nullcontext()
+
+    def _exists(self):
+        with self._guard():
+            return self._client.collection_exists(self.collection_name)
+
+    def _call(self, method, *args, **kwargs):
+        """Calls a client method on our collection; a missing collection
+        becomes :class:`IndexNotFoundError`."""
+        try:
+            with self._guard():
+                return getattr(self._client, method)(
+                    self.collection_name, *args, **kwargs
+                )
+        except Exception:
+            if not self._exists():
+                raise self._not_found() from None
+            raise
+
+    def _not_found(self):
+        return IndexNotFoundError(
+            f"The AI search index '{self.name}' does not exist (collection "
+            f"'{self.collection_name}' on {self._where})"
+        )
+
+    def _require_info(self):
+        info = self.info()
+        if info is None:
+            raise self._not_found()
+        return info
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def exists(self):
+        return self._exists()
+
+    def info(self):
+        if not self._exists():
+            return None
+        try:
+            desc = self._call("get_collection")
+        except IndexNotFoundError:
+            return None  # dropped meanwhile
+
+        meta = (desc.config.metadata or {}).get(METADATA_KEY)
+        if meta:
+            return IndexInfo.from_dict(meta)
+
+        # a collection we did not make (or an old server that dropped the
+        # metadata): compatible with nothing, so ensure() never writes to it
+        vectors = desc.config.params.vectors
+        size = vectors.size if isinstance(vectors, models.VectorParams) else 0
+        return IndexInfo(
+            model="<unknown>",
+            pretrained=None,
+            model_identity="",
+            dim=size,
+            schema_version=0,
+        )
+
+    def create(self, info):
+        if self._exists():
+            raise IndexExistsError(
+                f"The AI search index '{self.name}' already exists"
+            )
+        try:
+            with self._guard():
+                self._client.create_collection(
+                    self.collection_name,
+                    vectors_config=models.VectorParams(
+                        size=int(info.dim), distance=models.Distance.COSINE
+                    ),
+                    metadata={METADATA_KEY: info.to_dict()},
+                )
+        except Exception:
+            if self._exists():  # created concurrently by another process
+                raise IndexExistsError(
+                    f"The AI search index '{self.name}' already exists"
+                ) from None
+            raise
+
+        stored = self.info()
+        if stored is None or stored.model_identity != info.model_identity:
+            self.drop()
+            raise RuntimeError(
+                f"The Qdrant server at {self._where} did not keep the "
+                "collection metadata: AI search needs Qdrant >= 1.16"
+            )
+
+    def drop(self):
+        with self._guard():
+            self._client.delete_collection(self.collection_name)
+
+    # -- writes --------------------------------------------------------------
+
+    def upsert(self, sample_ids, vectors, payloads):
+        sample_ids = list(sample_ids)
+        payloads = list(payloads)
+        point_ids = [sample_id_to_point_id(i) for i in sample_ids]
+        vectors = as_float32_matrix(vectors)
+        if not len(sample_ids) == len(vectors) == len(payloads):
+            raise ValueError(
+                f"Got {len(sample_ids)} ids, {len(vectors)} vectors and "
+                f"{len(payloads)} payloads"
+            )
+        if not sample_ids:
+            return
+
+        info = self._require_info()
+        vectors = normalize_rows(vectors, dim=info.dim)
+        for start in range(0, len(point_ids), UPSERT_CHUNK):
+            end = start + UPSERT_CHUNK
+            self._call(
+                "upsert",
+                points=models.Batch(
+                    ids=point_ids[start:end],
+                    vectors=vectors[start:end].tolist(),
+                    payloads=[
+                        {**payload, "sample_id": sid}
+                        for payload, sid in zip(
+                            payloads[start:end], sample_ids[start:end]
+                        )
+                    ],
+                ),
+                wait=True,
+            )
+
+    def delete(self, sample_ids):
+        point_ids = [sample_id_to_point_id(i) for i in sample_ids]
+        for start in range(0, len(point_ids), ID_CHUNK):
+            self._call(
+                "delete",
+                points_selector=models.PointIdsList(
+                    points=point_ids[start : start + ID_CHUNK]
+                ),
+                wait=True,
+            )
+
+    # -- reads ---------------------------------------------------------------
+
+    def count(self):
+        return self._call("count", exact=True).count
+
+    def get_payloads(self, sample_ids):
+        point_ids = [sample_id_to_point_id(i) for i in sample_ids]
+        result = {}
+        for start in range(0, len(point_ids), ID_CHUNK):
+            records = self._call(
+                "retrieve",
+                point_ids[start : start + ID_CHUNK],
+                with_payload=True,
+                with_vectors=False,
+            )
+            for r in records:
+                result[point_id_to_sample_id(r.id)] = r.payload or {}
+        return result
+
+    def get_sample_ids(self):
+        return [
+            point_id_to_sample_id(r.id) for r in self._scroll(with_vectors=False)
+        ]
+
+    def get_vectors(self, sample_ids=None):
+        if sample_ids is None:
+            records = self._scroll(with_vectors=True)
+        else:
+            records = self._retrieve_vectors(list(sample_ids))
+
+        ids = [point_id_to_sample_id(r.id) for r in records]
+        if not records:
+            info = self._require_info()
+            return ids, np.zeros((0, info.dim), dtype=np.float32)
+        # stored normalised already; renormalise to unit length in float32
+        return ids, normalize_rows([_record_vector(r) for r in records])
+
+    def _retrieve_vectors(self, sample_ids):
+        point_ids = [sample_id_to_point_id(i) for i in sample_ids]
+        found = {}
+        for start in range(0, len(point_ids), ID_CHUNK):
+            for r in self._call(
+                "retrieve",
+                point_ids[start : start + ID_CHUNK],
+                with_payload=False,
+                with_vectors=True,
+            ):
+                found[str(r.id)] = r
+        # in the order asked for, each id once
+        return list({pid: found[pid] for pid in point_ids if pid in found}.values())
+
+    def _scroll(self, with_vectors):
+        records = []
+        offset = None
+        while True:
+            batch, offset = self._call(
+                "scroll",
+                limit=ID_CHUNK,
+                offset=offset,
+                with_payload=False,
+                with_vectors=with_vectors,
+            )
+            records.extend(batch)
+            if offset is None:
+                return records
+
+    def query(self, vector, limit, sample_ids=None, min_score=None):
+        limit = check_limit(limit)
+        query_filter = None
+        if sample_ids is not None:
+            scope = list({sample_id_to_point_id(i) for i in sample_ids})
+            if not scope:
+                return []
+            query_filter = models.Filter(must=[models.HasIdCondition(has_id=scope)])
+
+        vector = normalize_vector(vector)
+        response = self._call(
+            "query_points",
+            query=vector.tolist(),
+            limit=limit,
+            query_filter=query_filter,
+            score_threshold=None if min_score is None else float(min_score),
+            # exact like the embedded backend; a server's HNSW would trade
+            # recall for speed
+            search_params=models.SearchParams(exact=True),
+            with_payload=False,
+            with_vectors=False,
+        )
+        return [
+            (point_id_to_sample_id(p.id), float(p.score))
+            for p in response.points
+        ]
+
+
+def _record_vector(record):
+    vec = record.vector
+    if isinstance(vec, dict):  # named vectors: ours is the unnamed one
+        vec = vec[""]
+    return vec

@@ -1,0 +1,98 @@
+"""The computation lease: one computation per dataset, across processes."""
+
+import datetime
+import multiprocessing
+import os
+import socket
+
+import fiftyone as fo
+
+from fiftyone_ai_search import state as st
+
+
+def _dataset():
+    dataset = fo.Dataset()
+    st.enable(dataset, "m", None, "m/none", "edge")
+    return dataset
+
+
+def _grab(name, results):
+    import fiftyone as fo
+
+    from fiftyone_ai_search import state
+
+    lease = state.try_acquire(fo.load_dataset(name))
+    results.put(lease is not None)
+    if lease is not None:
+        multiprocessing.Event().wait(1.0)  # hold it while the others try
+        lease.release()
+
+
+def test_only_one_of_many_racing_processes_gets_the_lease():
+    dataset = _dataset()
+    dataset.persistent = True
+    try:
+        ctx = multiprocessing.get_context("spawn")
+        results = ctx.Queue()
+        procs = [ctx.Process(target=_grab, args=(dataset.name, results))
+                 for _ in range(4)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+        won = [results.get(timeout=5) for _ in procs]
+        assert won.count(True) == 1
+    finally:
+        dataset.delete()
+
+
+def test_lease_blocks_until_released_and_shows_in_progress():
+    dataset = _dataset()
+    lease = st.try_acquire(dataset)
+    assert lease is not None
+    assert st.is_running(st.get(dataset))
+    assert st.try_acquire(dataset) is None
+
+    lease.release()
+
+    assert not st.is_running(st.get(dataset))
+    again = st.try_acquire(dataset)
+    assert again is not None
+    again.release()
+
+
+def test_lease_of_a_dead_process_is_taken_over_at_once():
+    dataset = _dataset()
+    proc = multiprocessing.get_context("spawn").Process(target=os.getpid)
+    proc.start()
+    proc.join()
+    now = st.utcnow()
+    st.update(dataset, lease={"token": "x", "host": socket.gethostname(),
+                              "pid": proc.pid, "acquired": now,
+                              "heartbeat": now})
+
+    assert not st.is_running(st.get(dataset))
+    lease = st.try_acquire(dataset)
+    assert lease is not None
+    lease.release()
+
+
+def test_lease_of_another_host_expires_when_its_heartbeat_stops():
+    dataset = _dataset()
+    fresh = st.utcnow()
+    st.update(dataset, lease={"token": "x", "host": "elsewhere", "pid": 1,
+                              "acquired": fresh, "heartbeat": fresh})
+    assert st.try_acquire(dataset) is None
+
+    stale = fresh - datetime.timedelta(seconds=st.LEASE_STALE_SECONDS + 1)
+    st.update(dataset, **{"lease.heartbeat": stale})
+    lease = st.try_acquire(dataset)
+    assert lease is not None
+    lease.release()
+
+
+def test_state_is_not_stored_on_the_dataset():
+    dataset = _dataset()
+    dataset.reload()
+    assert not dataset.info
+    assert "ai_search" not in str(dataset._doc.to_dict())

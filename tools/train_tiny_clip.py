@@ -25,7 +25,8 @@ preprocessing, so the model sees what it will see at inference.
 
 The loss is CLIP's contrastive loss with several positives: a caption such as
 "something red" matches every red image of the batch, not only its own, so
-those images are not pushed away from it as negatives.
+those images are not pushed away from it as negatives (see
+:func:`multi_positive_clip_loss`).
 """
 
 import argparse
@@ -228,23 +229,41 @@ class CaptionBank:
         return torch.tensor(result)
 
 
-def multi_positive_clip_loss(img, txt, logit_scale, compat):
+def multi_positive_clip_loss(img, txt, logit_scale, compat, same_kind):
     """CLIP's symmetric contrastive loss where a row may have many positives.
+
+    Text -> image: every image that a caption describes is a positive ("a
+    red thing" matches all red images). Image -> text: the positives are the
+    captions that describe the image AND are of the kind of its own caption
+    (colour+shape, colour only or shape only); describing captions of another
+    kind are left out, neither positive nor negative. Asking an image to be
+    as close to "something red" as to "a red circle" would fight the natural
+    geometry, where "a red circle" lies between "red" and "circle".
 
     Args:
         img: L2-normalised image embeddings, ``B x D``
-        txt: L2-normalised text embeddings, ``B x D``
+        txt: L2-normalised text embeddings, ``B x D``; text ``i`` is the
+            caption drawn for image ``i``
         logit_scale: the learned log temperature
         compat: boolean ``B x B``, whether text ``j`` describes image ``i``
+        same_kind: boolean ``B x B``, whether texts ``i`` and ``j`` are of the
+            same kind
 
     Returns:
         a scalar tensor
     """
     logits = logit_scale.exp() * img @ txt.T
-    target = compat.float()
-    i2t = F.cross_entropy(logits, target / target.sum(1, keepdim=True))
-    t2i = F.cross_entropy(logits.T, target.T / target.T.sum(1, keepdim=True))
+    t2i = _soft_cross_entropy(logits.T, compat.T)
+    # a large negative rather than -inf: 0 * -inf would be nan
+    left_out = compat & ~same_kind
+    i2t = _soft_cross_entropy(logits.masked_fill(left_out, -1e4), compat & same_kind)
     return (i2t + t2i) / 2
+
+
+def _soft_cross_entropy(logits, positives):
+    # cross-entropy against a uniform distribution over each row's positives
+    target = positives.float()
+    return F.cross_entropy(logits, target / target.sum(1, keepdim=True))
 
 
 def _param_groups(model, weight_decay):
@@ -305,10 +324,12 @@ def train(args):
         tc, ts = bank.colors[caps], bank.shapes[caps]
         ic, is_ = colors[idx][:, None], kinds[idx][:, None]
         compat = ((tc[None] == -1) | (tc[None] == ic)) & ((ts[None] == -1) | (ts[None] == is_))
+        kind = (tc == -1).long() + 2 * (ts == -1).long()  # 0 both, 1 shape, 2 colour
+        same_kind = kind[:, None] == kind[None]
 
         img = F.normalize(model.encode_image(images[idx].float()), dim=-1)
         txt = F.normalize(model.encode_text(bank.tokens[caps]), dim=-1)
-        loss = multi_positive_clip_loss(img, txt, model.logit_scale, compat)
+        loss = multi_positive_clip_loss(img, txt, model.logit_scale, compat, same_kind)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

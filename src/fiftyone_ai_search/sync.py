@@ -158,9 +158,11 @@ class Synchronizer:
             model_identity=spec.identity,
             dim=self.model.dim,
         )
+        if force:
+            self.store.drop()
         report.rebuilt = self.store.ensure(
-            info, rebuild=force or bool(doc.get("rebuild"))
-        ) or force
+            info, rebuild=bool(doc.get("rebuild"))
+        )
         if report.rebuilt:
             st.clear_failures(self.dataset)
             watermark = None
@@ -235,25 +237,29 @@ class Synchronizer:
             a list of ``(sample_id, filepath, fingerprint, is_new)`` to embed
         """
         todo = []
-        empty = self.store.count() == 0
         failures = {
             f["sample_id"]: f for f in st.get_failures(self.dataset)
         }
-        for i in range(0, len(ids), LOOKUP_CHUNK):
-            chunk_ids = ids[i : i + LOOKUP_CHUNK]
-            chunk_paths = paths[i : i + LOOKUP_CHUNK]
-            stored = {} if empty else self.store.get_payloads(chunk_ids)
-            for sample_id, path in zip(chunk_ids, chunk_paths):
-                fp = file_fingerprint(path)
-                old = stored.get(sample_id) or failures.get(sample_id)
-                if (
-                    old is not None
-                    and old.get("filepath") == path
-                    and old.get("fingerprint") == fp
-                ):
-                    report.skipped += 1
-                    continue
-                todo.append((sample_id, path, fp, sample_id not in stored))
+        fingerprints = [file_fingerprint(path) for path in paths]
+        # one opening of the index for all lookups (each costs ~0.2-0.5 s)
+        with self.store.session():
+            empty = self.store.count() == 0
+            stored = {}
+            for i in range(0, 0 if empty else len(ids), LOOKUP_CHUNK):
+                stored.update(
+                    self.store.get_payloads(ids[i : i + LOOKUP_CHUNK])
+                )
+
+        for sample_id, path, fp in zip(ids, paths, fingerprints):
+            old = stored.get(sample_id) or failures.get(sample_id)
+            if (
+                old is not None
+                and old.get("filepath") == path
+                and old.get("fingerprint") == fp
+            ):
+                report.skipped += 1
+                continue
+            todo.append((sample_id, path, fp, sample_id not in stored))
         return todo
 
     def _embed(self, todo, report):

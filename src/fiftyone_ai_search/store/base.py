@@ -90,18 +90,26 @@ class IndexInfo:
         )
 
 
+_SAMPLE_ID_RE = re.compile(r"[0-9a-fA-F]{24}")
+
+
 def sample_id_to_point_id(sample_id):
     """Maps a FiftyOne sample id (24 hex digits) to a Qdrant point id (UUID).
 
     The mapping is reversible, so the sample id never needs a payload lookup.
+    The result is the canonical (lowercase, hyphenated) UUID string.
     """
-    if len(sample_id) != 24:
+    # string slicing, not uuid.UUID: scopes of 100k ids are mapped per query
+    if not isinstance(sample_id, str) or not _SAMPLE_ID_RE.fullmatch(sample_id):
         raise ValueError(f"Not a sample id: {sample_id!r}")
-    return str(uuid.UUID(sample_id + "0" * 8))
+    h = sample_id.lower()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}00000000"
 
 
 def point_id_to_sample_id(point_id):
     """Inverse of :func:`sample_id_to_point_id`."""
+    if isinstance(point_id, uuid.UUID):
+        return point_id.hex[:24]
     return uuid.UUID(str(point_id)).hex[:24]
 
 

@@ -40,7 +40,7 @@ from .base import (
     point_id_to_sample_id,
     sample_id_to_point_id,
 )
-from .locks import FairLock, ProcessLock, _backoff
+from .locks import FairLock, ProcessLock, backoff
 
 SHARD_DIR = "shard"
 INFO_FILE = "index.json"
@@ -52,13 +52,20 @@ CHUNK = 2048
 #: ids per scroll page when only ids are read
 ID_PAGE = 10000
 
+#: a long operation hands the index over to a waiting thread or process
+#: once it held it this long (seconds); each hand-over costs a close and an
+#: opening, so slices much shorter than that would mostly reopen
+HOLD_SLICE = 0.5
+
 
 class _Shared:
     """What the threads of one process share about one index directory."""
 
     def __init__(self, dirpath):
+        self.shard_path = os.path.join(dirpath, SHARD_DIR)
         self.thread_lock = FairLock()
         self.process_lock = ProcessLock(dirpath)
+        self.held_since = 0.0
         self.shard = None
         self.info = None
         self.dirty = False
@@ -66,6 +73,9 @@ class _Shared:
 
 _registry = {}
 _registry_lock = threading.Lock()
+
+#: what a forked child inherited and must never destroy (see below)
+_inherited = []
 
 
 def _shared_for(dirpath):
@@ -76,14 +86,39 @@ def _shared_for(dirpath):
         return shared
 
 
-def _reset_registry_in_child():
-    # a forked child must not inherit locks held by its parent's threads
+def _after_fork_in_child():
+    """Makes a forked child (e.g. a worker pool) harmless to the index.
+
+    The child gets copies of its parent's open shards, lock files and thread
+    locks. The copied descriptors would keep the parent's locks alive after
+    the parent closes the shard, locking everyone out until the child exits:
+    close them. The copied shard objects are kept alive, never closed: their
+    threads do not exist in the child.
+    """
     global _registry, _registry_lock
-    _registry = {}
-    _registry_lock = threading.Lock()
+    old, _registry, _registry_lock = _registry, {}, threading.Lock()
+    open_paths = [s.shard_path for s in old.values() if s.shard is not None]
+    if open_paths:
+        _inherited.append(old)
+        _close_descriptors_under(open_paths)
 
 
-os.register_at_fork(after_in_child=_reset_registry_in_child)
+def _close_descriptors_under(paths):
+    try:
+        fds = os.listdir("/proc/self/fd")  # Linux; elsewhere nothing to do
+    except OSError:
+        return
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if any(target == p or target.startswith(p + os.sep) for p in paths):
+            with contextlib.suppress(OSError):
+                os.close(int(fd))
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class EdgeStore(VectorStore):
@@ -157,6 +192,7 @@ class EdgeStore(VectorStore):
         if not ok:
             shared.thread_lock.release()
             raise self._busy_error("another process")
+        shared.held_since = time.monotonic()
 
     def _release_index(self, shared):
         try:
@@ -177,7 +213,11 @@ class EdgeStore(VectorStore):
         """
         lock = shared.thread_lock
         # inside a caller's session, the caller decides when to let go
-        if lock.depth == 1 and (lock.waiting() or shared.process_lock.wanted()):
+        if (
+            lock.depth == 1
+            and time.monotonic() - shared.held_since >= HOLD_SLICE
+            and (lock.waiting() or shared.process_lock.wanted())
+        ):
             self._release_index(shared)
             lock.release()
             # FIFO thread lock + turnstile: waiters go first
@@ -221,7 +261,7 @@ class EdgeStore(VectorStore):
                         "a process that holds its files directly (one forked "
                         "while the index was open?)"
                     ) from None
-            time.sleep(_backoff(attempt))
+            time.sleep(backoff(attempt))
             attempt += 1
 
     def _close_shard(self, shared):

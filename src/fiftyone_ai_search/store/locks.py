@@ -147,7 +147,8 @@ def _try_flock(path, create):
     return fd
 
 
-def _backoff(attempt):
+def backoff(attempt):
+    """Seconds to sleep before retry number ``attempt`` of a busy lock."""
     pause = min(_MAX_BACKOFF, _MIN_BACKOFF * 1.5**attempt)
     return pause * random.uniform(0.5, 1.0)
 
@@ -166,7 +167,7 @@ class ProcessLock:
         self._mutex_path = os.path.join(dirpath, MUTEX_FILE)
         self._gate_path = os.path.join(dirpath, GATE_FILE)
         self._fd = None
-        _HELD.add(self)
+        _ALL_LOCKS.add(self)
 
     @property
     def held(self):
@@ -208,7 +209,7 @@ class ProcessLock:
 
                 if time.monotonic() >= deadline:
                     return False
-                time.sleep(_backoff(attempt))
+                time.sleep(backoff(attempt))
                 attempt += 1
         finally:
             if gate is not None:
@@ -251,11 +252,11 @@ def _same_file(fd, path):
     return (st.st_ino, st.st_dev) == (fst.st_ino, fst.st_dev)
 
 
-_HELD = weakref.WeakSet()
+_ALL_LOCKS = weakref.WeakSet()
 
 
 def _after_fork_in_child():
-    for lock in list(_HELD):
+    for lock in list(_ALL_LOCKS):
         lock._forget_after_fork()
 
 

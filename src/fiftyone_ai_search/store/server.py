@@ -84,13 +84,26 @@ def get_client(url=None, api_key=None, location=None):
         if client is None:
             if location is not None:
                 client = QdrantClient(location=location)
-                _local_locks[client] = threading.RLock()
             else:
                 client = QdrantClient(
                     url=url, api_key=api_key, timeout=REQUEST_TIMEOUT
                 )
             _clients[key] = client
         return client
+
+
+def _is_local(client):
+    """Whether ``client`` runs qdrant-client's in-process local mode."""
+    options = client.init_options
+    return options.get("location") == MEMORY or options.get("path") is not None
+
+
+def _local_lock(client):
+    """The lock serialising calls to a local-mode client, or None."""
+    if not _is_local(client):
+        return None
+    with _clients_lock:
+        return _local_locks.setdefault(client, threading.RLock())
 
 
 def _redact_url(url):
@@ -141,6 +154,7 @@ class ServerStore(VectorStore):
         if client is None:
             client = get_client(url=url, api_key=api_key, location=location)
         self._client = client
+        self._local_lock = _local_lock(client)
         self.collection_name = prefix + name
         self._where = _redact_url(url or location) or "<client>"
 
@@ -153,7 +167,7 @@ class ServerStore(VectorStore):
     # -- plumbing ------------------------------------------------------------
 
     def _guard(self):
-        lock = _local_locks.get(self._client)
+        lock = self._local_lock
         return lock if lock is not None else contextlib.nullcontext()
 
     def _exists(self):
@@ -368,15 +382,19 @@ class ServerStore(VectorStore):
             query_filter = models.Filter(must=[models.HasIdCondition(has_id=scope)])
 
         vector = normalize_vector(vector)
+        # exact like the embedded backend (a server's HNSW would trade recall
+        # for speed); local mode is always exact and warns about the option
+        search_params = (
+            None if self._local_lock is not None
+            else models.SearchParams(exact=True)
+        )
         response = self._call(
             "query_points",
             query=vector.tolist(),
             limit=limit,
             query_filter=query_filter,
             score_threshold=None if min_score is None else float(min_score),
-            # exact like the embedded backend; a server's HNSW would trade
-            # recall for speed
-            search_params=models.SearchParams(exact=True),
+            search_params=search_params,
             with_payload=False,
             with_vectors=False,
         )

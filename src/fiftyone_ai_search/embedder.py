@@ -1,0 +1,687 @@
+"""The embedding pipeline: image files in, L2-normalised vectors out, batch by
+batch.
+
+Decoding and open_clip's preprocessing run in worker processes while the
+calling thread runs the model, so decoding overlaps the model. Workers are
+fresh interpreters (``subprocess``) rather than ``multiprocessing`` children:
+
+- nothing is forked, so a caller holding threads, locks or a MongoDB client
+  (a FiftyOne process) is safe;
+- unlike ``spawn`` / ``forkserver``, the caller's ``__main__`` is not
+  re-imported in each worker, so an unguarded user script is not re-run;
+- a worker that crashes (a decoder segfault) fails only the image that
+  crashed it, found by retrying its batch one image at a time.
+
+A worker needs a few seconds to start (it imports torch for the transform).
+The calling thread decodes by itself while workers start, and whenever no
+decoded batch is waiting, so a short run never waits for workers and a
+decode-bound model uses every core.
+"""
+
+import atexit
+import collections
+import dataclasses
+import itertools
+import logging
+import os
+import pickle
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import traceback
+
+import numpy as np
+
+from .images import ImageDecodeError, load_image
+
+logger = logging.getLogger(__name__)
+
+#: JPEGs are decoded (PIL ``draft``) at no less than this multiple of the
+#: model's input size, which keeps embeddings within cosine ~0.9999 of full
+#: decoding while decoding ~3x faster
+DRAFT_FACTOR = 2
+
+#: batches handed to a worker at a time: one being decoded, one queued, so a
+#: worker never waits for the calling thread
+PREFETCH_PER_WORKER = 2
+
+#: runs of at most this many images are decoded in the calling thread only:
+#: starting workers (~5 s of CPU each, mostly importing torch) would cost
+#: more than it saves
+MIN_ITEMS_FOR_WORKERS = 128
+
+#: worker restarts allowed per run after crashes
+MAX_RESTARTS = 16
+
+#: idle workers stay warm this long for the next run
+IDLE_SECONDS = 300.0
+
+# Whether the calling thread decodes batches itself when none is waiting.
+# Tests switch it off to make workers do all the decoding
+_MAIN_THREAD_DECODES = True
+
+_POLL_SECONDS = 0.5
+_STOP_SECONDS = 5.0
+
+
+@dataclasses.dataclass
+class EmbeddedBatch:
+    """The outcome of one batch.
+
+    Attributes:
+        keys: the keys embedded, in the order of ``vectors``
+        vectors: a float32 array of shape ``(len(keys), dim)``, L2-normalised
+        failures: a dict mapping keys that failed to a short reason
+    """
+
+    keys: list
+    vectors: np.ndarray
+    failures: dict
+
+    def __len__(self):
+        return len(self.keys) + len(self.failures)
+
+
+def embed_images(
+    model, items, batch_size=None, num_workers=None, progress=None
+):
+    """Embeds image files, yielding each batch as soon as it is ready.
+
+    A file that cannot be decoded fails only its own item; its reason is in
+    the batch's ``failures``. Batches in which every item failed are yielded
+    too, with empty ``vectors``. Batches come in the order they are ready,
+    which may differ from the order of ``items``.
+
+    Args:
+        model: a :class:`fiftyone_ai_search.model.ClipModel`
+        items: an iterable of ``(key, filepath)``
+        batch_size (None): images per model call; defaults to the configured
+            value
+        num_workers (None): decoding worker processes; 0 decodes in the
+            calling thread only. Defaults to the configured value
+        progress (None): a callable called with the number of items done
+            after each batch (e.g. ``tqdm.update``)
+
+    Returns:
+        an iterator of :class:`EmbeddedBatch`
+    """
+    if batch_size is None or num_workers is None:
+        settings = _settings()
+        batch_size = settings.batch_size if batch_size is None else batch_size
+        if num_workers is None:
+            num_workers = settings.num_workers
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+
+    decoder = _Decoder(
+        model.preprocess,
+        draft_size=DRAFT_FACTOR * model.image_size,
+        max_pixels=None,
+    )
+    items, enough = _enough_for_workers(items, batch_size)
+    if not enough:
+        num_workers = 0
+
+    # A separate generator, so that bad arguments raise at the call
+    return _embed(model, decoder, items, batch_size, num_workers, progress)
+
+
+def _embed(model, decoder, items, batch_size, num_workers, progress):
+    batches = _batched(items, batch_size)
+    if num_workers > 0:
+        source = _pooled(batches, decoder, num_workers)
+    else:
+        source = (decoder.decode(batch) for batch in batches)
+
+    try:
+        for keys, pixels, failures in source:
+            if keys:
+                vectors = model.encode_images(pixels)
+            else:
+                vectors = np.zeros((0, model.dim), dtype=np.float32)
+
+            batch = EmbeddedBatch(keys=keys, vectors=vectors, failures=failures)
+            if progress is not None:
+                progress(len(batch))
+
+            yield batch
+    finally:
+        # Stops the workers when the caller stops early
+        source.close()
+
+
+class _Decoder:
+    """Decodes and preprocesses batches of ``(key, filepath)``."""
+
+    def __init__(self, preprocess, draft_size=None, max_pixels=None):
+        self.preprocess = preprocess
+        self.draft_size = draft_size
+        self.max_pixels = max_pixels
+
+    def decode(self, batch):
+        """Returns ``(keys, pixels, failures)``; ``pixels`` is a float32
+        array of shape ``(len(keys), 3, H, W)``, or None if ``keys`` is
+        empty."""
+        keys, arrays, failures = [], [], {}
+        for key, filepath in batch:
+            try:
+                image = load_image(
+                    filepath,
+                    draft_size=self.draft_size,
+                    max_pixels=self.max_pixels,
+                )
+                array = np.asarray(self.preprocess(image), dtype=np.float32)
+            except ImageDecodeError as e:
+                failures[key] = e.reason
+                continue
+            except Exception as e:
+                failures[key] = f"cannot preprocess image: {e}"
+                continue
+
+            keys.append(key)
+            arrays.append(array)
+
+        pixels = np.stack(arrays) if arrays else None
+        return keys, pixels, failures
+
+
+def _batched(items, batch_size):
+    batch = []
+    for key, filepath in items:
+        batch.append((key, filepath))
+        if len(batch) >= batch_size:
+            yield batch
+            batch = []
+
+    if batch:
+        yield batch
+
+
+def _enough_for_workers(items, batch_size):
+    """Returns ``(items, whether the run is long enough for workers)``."""
+    threshold = max(MIN_ITEMS_FOR_WORKERS, batch_size)
+    try:
+        return items, len(items) > threshold
+    except TypeError:
+        pass
+
+    # An iterator: look ahead, then chain what was read back in front
+    items = iter(items)
+    head = list(itertools.islice(items, threshold + 1))
+    return itertools.chain(head, items), len(head) > threshold
+
+
+def _pooled(batches, decoder, num_workers):
+    """Decodes batches with worker processes and the calling thread.
+
+    Yields ``(keys, pixels, failures)`` in the order batches complete.
+    """
+    pool = _WorkerPool(decoder, num_workers)
+    retries = collections.deque()  # single items of crashed batches
+    exhausted = False
+
+    def next_batch(for_worker):
+        nonlocal exhausted
+        if pool.returned:
+            return pool.returned.popleft(), False
+
+        # Items that may crash a decoder only go to workers, one at a time
+        if for_worker and retries:
+            return retries.popleft(), True
+
+        if exhausted:
+            return None, False
+
+        batch = next(batches, None)
+        exhausted = batch is None
+        return batch, False
+
+    try:
+        while True:
+            pool.poll(retries, block=False)
+
+            while not pool.broken:
+                worker = pool.idlest()
+                if worker is None:
+                    break
+
+                batch, isolated = next_batch(for_worker=True)
+                if batch is None:
+                    break
+
+                worker.submit(batch, isolated)
+
+            if pool.done:
+                yield pool.done.popleft()
+                continue
+
+            if pool.broken and retries:
+                # No worker is left to isolate the item that crashed one:
+                # fail the suspects rather than risk crashing this process
+                ((key, _),) = retries.popleft()
+                yield [], None, {key: "decoder crashed"}
+                continue
+
+            if _MAIN_THREAD_DECODES or pool.broken:
+                batch, _ = next_batch(for_worker=False)
+                if batch is not None:
+                    yield decoder.decode(batch)
+                    continue
+
+            if exhausted and not retries and not pool.busy():
+                return
+
+            pool.poll(retries, block=True)
+    finally:
+        pool.close()
+
+
+class _WorkerPool:
+    """The worker processes of one run.
+
+    Workers left warm by an earlier run are reused; missing ones start in
+    the background.
+    """
+
+    def __init__(self, decoder, num_workers):
+        self._setup = pickle.dumps(
+            (decoder.preprocess, decoder.draft_size, decoder.max_pixels),
+            protocol=pickle.HIGHEST_PROTOCOL,
+        )
+        self._events = queue.Queue()
+        self._restarts = 0
+        self.done = collections.deque()  # decoded batches
+        self.returned = collections.deque()  # batches a worker gave back
+        self.broken = False
+
+        self._workers = _SPARES.take(num_workers)
+        for worker in self._workers:
+            worker.attach(self._setup, self._events)
+
+        for _ in range(num_workers - len(self._workers)):
+            self._start()
+
+    def _start(self):
+        try:
+            worker = _Worker()
+        except Exception as e:
+            logger.warning("Cannot start a decoding worker: %s", e)
+        else:
+            worker.attach(self._setup, self._events)
+            self._workers.append(worker)
+
+        self._check_broken()
+
+    def _check_broken(self):
+        if not self._workers and not self.broken:
+            logger.warning(
+                "No decoding worker is running; decoding in this process"
+            )
+
+        self.broken = not self._workers
+
+    def idlest(self):
+        """Returns the ready worker with the least work if it can take more,
+        else None."""
+        ready = [w for w in self._workers if w.ready]
+        if not ready:
+            return None
+
+        worker = min(ready, key=lambda w: len(w.assigned))
+        return worker if len(worker.assigned) < PREFETCH_PER_WORKER else None
+
+    def busy(self):
+        return any(w.assigned for w in self._workers)
+
+    def poll(self, retries, block):
+        """Handles the workers' messages; if ``block``, waits a while for
+        one first."""
+        try:
+            event = self._events.get(block=block, timeout=_POLL_SECONDS)
+        except queue.Empty:
+            return
+
+        while True:
+            worker, message = event
+            if worker in self._workers:
+                self._on_message(worker, message, retries)
+
+            try:
+                event = self._events.get(block=False)
+            except queue.Empty:
+                return
+
+    def _on_message(self, worker, message, retries):
+        kind = message[0]
+        if kind == "done":
+            _, batch_id, keys, pixels, failures = message
+            if worker.assigned.pop(batch_id, None) is not None:
+                self.done.append((keys, pixels, failures))
+        elif kind == "exited":
+            self._on_exit(worker, message[1], retries)
+
+    def _on_exit(self, worker, error, retries):
+        self._workers.remove(worker)
+        worker.close(wait=False)
+        assigned = list(worker.assigned.values())
+        worker.assigned.clear()
+
+        if error is not None:
+            # It failed to start or to set up, before decoding anything: its
+            # batches are safe to decode elsewhere, and a new worker would
+            # fail the same way
+            logger.warning("A decoding worker failed: %s", error)
+            self.returned.extend(batch for batch, _ in assigned)
+            self._check_broken()
+            return
+
+        code = worker.returncode()
+        logger.warning("A decoding worker died (exit code %s)", code)
+
+        # A worker decodes its batches in order, so the first one not done
+        # crashed it; the others had not started
+        for i, (batch, isolated) in enumerate(assigned):
+            if i > 0:
+                (retries if isolated else self.returned).append(batch)
+            elif isolated:
+                ((key, _),) = batch
+                reason = f"decoder crashed (worker exit code {code})"
+                self.done.append(([], None, {key: reason}))
+            else:
+                # Which of its images crashed it is unknown: one at a time
+                retries.extend([item] for item in batch)
+
+        if self._restarts < MAX_RESTARTS:
+            self._restarts += 1
+            self._start()
+        else:
+            self._check_broken()
+
+    def close(self):
+        """Gives idle workers back for later runs and stops the others."""
+        workers, self._workers = self._workers, []
+        _SPARES.give_back(workers)
+
+
+class _Spares:
+    """Idle workers kept warm between runs, stopped after
+    :data:`IDLE_SECONDS` without use and at exit."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._workers = []
+        self._timer = None
+        atexit.register(self.stop_all)
+
+    def take(self, count):
+        with self._lock:
+            self._workers = [w for w in self._workers if w.alive]
+            taken = self._workers[:count]
+            del self._workers[:count]
+            return taken
+
+    def give_back(self, workers):
+        stopping = []
+        with self._lock:
+            for worker in workers:
+                # A worker still decoding for an abandoned run would send
+                # stale results to the next one
+                if worker.alive and not worker.assigned and not worker.failed:
+                    worker.detach()
+                    self._workers.append(worker)
+                else:
+                    stopping.append(worker)
+
+            if self._timer is not None:
+                self._timer.cancel()
+
+            self._timer = threading.Timer(IDLE_SECONDS, self.stop_all)
+            self._timer.daemon = True
+            self._timer.start()
+
+        _stop(stopping)
+
+    def stop_all(self):
+        with self._lock:
+            workers, self._workers = self._workers, []
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+        _stop(workers)
+
+
+def _stop(workers):
+    for worker in workers:
+        worker.stop()
+
+    for worker in workers:
+        worker.close(wait=True)
+
+
+class _Worker:
+    """One worker process and the thread that reads its messages.
+
+    Attributes:
+        ready: it has started and can take batches
+        alive: its process runs
+        failed: it exited with an error before decoding anything
+        assigned: batch id -> ``(batch, isolated)`` not yet done
+    """
+
+    def __init__(self):
+        self.ready = False
+        self.alive = True
+        self.failed = False
+        self.assigned = {}
+        self._next_id = 0
+        self._error = None
+        self._events = None
+        self._events_lock = threading.Lock()
+        self._process = subprocess.Popen(
+            [sys.executable, "-c", _BOOTSTRAP, _package_dir()],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=_worker_env(),
+            close_fds=True,
+        )
+        self._stdin = self._process.stdin
+        self._reader = threading.Thread(
+            target=self._read, name="ai-search-decoder", daemon=True
+        )
+        self._reader.start()
+        self._send(("path", list(sys.path)))
+
+    def attach(self, setup, events):
+        """Sets the worker up for a run whose messages go to ``events``."""
+        with self._events_lock:
+            self._events = events
+
+        self._send(("setup", setup))
+        if not self.alive:
+            events.put((self, ("exited", self._error)))
+
+    def detach(self):
+        with self._events_lock:
+            self._events = None
+
+    def submit(self, batch, isolated):
+        batch_id = self._next_id
+        self._next_id += 1
+        self.assigned[batch_id] = (batch, isolated)
+        self._send(("decode", batch_id, batch))
+
+    def returncode(self):
+        return self._process.poll()
+
+    def stop(self):
+        self._send(("stop",))
+
+    def close(self, wait):
+        try:
+            self._stdin.close()
+        except OSError:
+            pass
+
+        if wait:
+            try:
+                self._process.wait(timeout=_STOP_SECONDS)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+
+            self._reader.join(timeout=_STOP_SECONDS)
+
+    def _send(self, message):
+        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            self._stdin.write(len(data).to_bytes(8, "little") + data)
+            self._stdin.flush()
+        except (OSError, ValueError):
+            pass  # it died: the reader reports it
+
+    def _post(self, message):
+        with self._events_lock:
+            if self._events is not None:
+                self._events.put((self, message))
+
+    def _read(self):
+        stream = self._process.stdout
+        try:
+            while True:
+                message = _read_message(stream)
+                if message is None:
+                    break
+
+                if message[0] == "ready":
+                    self.ready = True
+                    self._post(message)  # wakes a run waiting for it
+                elif message[0] == "error":
+                    self._error = message[1]
+                    self.failed = True
+                    break
+                else:
+                    self._post(message)
+        except Exception as e:
+            self._error = f"unreadable message: {e}"
+            self.failed = True
+        finally:
+            stream.close()
+            try:
+                self._process.wait(timeout=_STOP_SECONDS)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+
+            self.alive = False
+            self.ready = False
+            self._post(("exited", self._error))
+
+
+def _read_message(stream):
+    header = stream.read(8)
+    if len(header) < 8:
+        return None
+
+    size = int.from_bytes(header, "little")
+    data = stream.read(size)
+    if len(data) < size:
+        return None
+
+    return pickle.loads(data)
+
+
+def _package_dir():
+    return os.path.dirname(os.path.abspath(__file__))
+
+
+def _worker_env():
+    env = dict(os.environ)
+    # One thread each: workers run side by side with the model, and torch's
+    # OpenMP pool would only oversubscribe the cores
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        env[name] = "1"
+
+    # Workers never touch a GPU; initialising CUDA would cost memory
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    return env
+
+
+# Runs in the worker. The package is stubbed so that importing this module
+# does not run the package's __init__ (which imports FiftyOne)
+_BOOTSTRAP = """
+import sys, types
+package = types.ModuleType("fiftyone_ai_search")
+package.__path__ = [sys.argv[1]]
+sys.modules["fiftyone_ai_search"] = package
+from fiftyone_ai_search.embedder import _worker_main
+_worker_main()
+"""
+
+
+def _worker_main():
+    """The main loop of a worker process."""
+    # Ctrl-C reaches the whole process group; the caller stops workers
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    # Messages go through a private copy of stdout; anything a library
+    # prints goes to stderr instead of corrupting them
+    output = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    source = sys.stdin.buffer
+
+    def send(message):
+        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        output.write(len(data).to_bytes(8, "little") + data)
+        output.flush()
+
+    decoder = None
+    try:
+        _, parent_path = _read_message(source)
+        sys.path[:0] = [p for p in parent_path if p not in sys.path]
+
+        import warnings
+
+        # Reasons are reported per image; PIL's warnings would be noise
+        warnings.simplefilter("ignore")
+
+        import torch
+
+        torch.set_num_threads(1)
+    except Exception:
+        send(("error", traceback.format_exc(limit=5)))
+        return
+
+    send(("ready",))
+    while True:
+        message = _read_message(source)
+        if message is None or message[0] == "stop":
+            return
+
+        if message[0] == "setup":
+            try:
+                decoder = _Decoder(*pickle.loads(message[1]))
+            except Exception:
+                send(("error", traceback.format_exc(limit=5)))
+                return
+        else:
+            _, batch_id, batch = message
+            keys, pixels, failures = decoder.decode(batch)
+            send(("done", batch_id, keys, pixels, failures))
+
+
+def _settings():
+    from .config import get_settings
+
+    # storage_dir is not needed here; passing one keeps get_settings() from
+    # importing fiftyone to compute its default
+    return get_settings(storage_dir=os.curdir)
+
+
+_SPARES = _Spares()

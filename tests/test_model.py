@@ -1,0 +1,369 @@
+"""Model specs (names, tags, local weights, identities) and model loading
+(device, precision, eval mode, caching, offline errors)."""
+
+import json
+import os
+import shutil
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import open_clip
+from fiftyone_ai_search import model as fm
+from fiftyone_ai_search.model import (
+    ModelSpec,
+    ModelUnavailableError,
+    load_model,
+    resolve_model,
+)
+
+# Tiny architectures that build in well under a second, with random weights
+TINY_VIT = "ais-test-tiny-vit"
+TINY_RN = "ais-test-tiny-rn"
+_TEXT_CFG = {
+    "context_length": 16,
+    "vocab_size": 49408,
+    "width": 32,
+    "heads": 2,
+    "layers": 1,
+}
+CONFIGS = {
+    TINY_VIT: {
+        "embed_dim": 32,
+        "vision_cfg": {
+            "image_size": 224,
+            "layers": 2,
+            "width": 64,
+            "patch_size": 32,
+            "head_width": 32,
+        },
+        "text_cfg": _TEXT_CFG,
+    },
+    # a BatchNorm tower, as in the bundled tiny CLIP
+    TINY_RN: {
+        "embed_dim": 32,
+        "vision_cfg": {
+            "image_size": 64,
+            "layers": [1, 1, 1, 1],
+            "width": 8,
+            "head_width": 32,
+        },
+        "text_cfg": _TEXT_CFG,
+    },
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tiny_configs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("configs")
+    for name, config in CONFIGS.items():
+        (root / f"{name}.json").write_text(json.dumps(config))
+
+    open_clip.add_model_config(root)
+
+
+def _images(n, size, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, size, size, generator=gen)
+
+
+def _save_weights(module, path):
+    from safetensors.torch import save_file
+
+    state = {k: v.contiguous() for k, v in module.state_dict().items()}
+    save_file(state, str(path))
+    return str(path)
+
+
+def _local_dir(path, name, weights_path):
+    os.makedirs(path, exist_ok=True)
+    config = {"model_cfg": CONFIGS[name], "preprocess_cfg": {}}
+    with open(os.path.join(path, "open_clip_config.json"), "w") as f:
+        json.dump(config, f)
+
+    shutil.copy(weights_path, os.path.join(path, "open_clip_model.safetensors"))
+    return f"local-dir:{path}"
+
+
+# --- resolve_model -----------------------------------------------------------
+
+
+def test_default_model_is_the_configured_one(monkeypatch):
+    monkeypatch.delenv("FIFTYONE_AI_SEARCH_MODEL", raising=False)
+    monkeypatch.delenv("FIFTYONE_AI_SEARCH_PRETRAINED", raising=False)
+    assert resolve_model() == ModelSpec(
+        "ViT-B-32", "laion2b_s34b_b79k", "ViT-B-32/laion2b_s34b_b79k"
+    )
+
+    monkeypatch.setenv("FIFTYONE_AI_SEARCH_MODEL", "RN50")
+    monkeypatch.setenv("FIFTYONE_AI_SEARCH_PRETRAINED", "openai")
+    assert resolve_model().identity == "RN50/openai"
+    # an explicit model does not take the configured tag
+    assert resolve_model(TINY_VIT).pretrained is None
+
+
+def test_registry_tags_are_normalised():
+    spec = resolve_model("ViT-B/32", "LAION2B-S34B-B79K")
+    assert spec.name == "ViT-B-32"
+    assert spec.pretrained == "laion2b_s34b_b79k"
+    assert spec.identity == "ViT-B-32/laion2b_s34b_b79k"
+
+
+def test_random_weights_say_so():
+    spec = resolve_model(TINY_VIT)
+    assert spec.pretrained is None
+    assert "random" in spec.identity
+
+
+def test_unknown_model_name():
+    with pytest.raises(ValueError) as info:
+        resolve_model("ViT-B-99", "openai")
+
+    message = str(info.value)
+    assert "ViT-B-99" in message and "open_clip.list_models()" in message
+
+
+def test_unknown_tag_lists_the_known_ones():
+    with pytest.raises(ValueError) as info:
+        resolve_model("ViT-B-32", "no-such-tag")
+
+    assert "laion2b_s34b_b79k" in str(info.value)
+
+
+def test_missing_weights_file(tmp_path):
+    with pytest.raises(ModelUnavailableError, match="does not exist"):
+        resolve_model(TINY_VIT, str(tmp_path / "missing.safetensors"))
+
+
+def test_hf_hub_names_pass_through():
+    spec = resolve_model("hf-hub:org/repo", "ignored")
+    assert spec == ModelSpec("hf-hub:org/repo", None, "hf-hub:org/repo")
+
+
+# --- load_model --------------------------------------------------------------
+
+
+def test_load_on_cpu_in_fp32_eval_mode():
+    model = load_model(resolve_model(TINY_VIT), device="cpu")
+    assert model.device == torch.device("cpu")
+    assert model.dtype == torch.float32
+    assert model.dim == 32 and model.image_size == 224
+    assert not model.module.training
+    assert all(p.dtype == torch.float32 for p in model.module.parameters())
+
+    images = model.encode_images(_images(3, 224))
+    texts = model.encode_text(["a red circle", "a blue square"])
+    for vectors, n in ((images, 3), (texts, 2)):
+        assert vectors.dtype == np.float32 and vectors.shape == (n, 32)
+        assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+    assert model.encode_images(torch.zeros(0, 3, 224, 224)).shape == (0, 32)
+    assert model.encode_text([]).shape == (0, 32)
+
+
+def test_loaded_once_per_process_even_across_threads():
+    fm.clear_model_cache()
+    spec = resolve_model(TINY_VIT)
+    loaded = []
+    threads = [
+        threading.Thread(target=lambda: loaded.append(load_model(spec, "cpu")))
+        for _ in range(4)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert len(loaded) == 4 and all(m is loaded[0] for m in loaded)
+    assert load_model(spec, "cpu") is loaded[0]
+
+
+def test_random_weights_are_reproducible():
+    spec = resolve_model(TINY_VIT)
+    first = load_model(spec, "cpu").encode_images(_images(2, 224))
+    fm.clear_model_cache()
+    second = load_model(spec, "cpu").encode_images(_images(2, 224))
+    assert np.array_equal(first, second)
+
+
+def test_batchnorm_tower_runs_in_eval_mode():
+    model = load_model(resolve_model(TINY_RN), "cpu")
+    batchnorm = next(
+        m for m in model.module.visual.modules()
+        if isinstance(m, torch.nn.BatchNorm2d)
+    )
+    stats = batchnorm.running_mean.clone()
+
+    images = _images(5, 64)
+    together = model.encode_images(images)
+    alone = model.encode_images(images[:1])
+
+    # an embedding does not depend on its batch mates, nor changes the model
+    assert np.allclose(together[:1], alone, atol=1e-5)
+    assert torch.equal(batchnorm.running_mean, stats)
+
+
+def test_device_choice(monkeypatch):
+    assert fm.resolve_device("cpu") == torch.device("cpu")
+
+    monkeypatch.setenv("FIFTYONE_AI_SEARCH_DEVICE", "cpu")
+    assert fm.resolve_device() == torch.device("cpu")
+
+    monkeypatch.delenv("FIFTYONE_AI_SEARCH_DEVICE")
+    expected = "cuda" if torch.cuda.is_available() else None
+    if expected is None and torch.backends.mps.is_available():
+        expected = "mps"
+    assert fm.resolve_device().type == (expected or "cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fp16_on_cuda():
+    model = load_model(resolve_model(TINY_VIT), "cuda")
+    assert model.dtype == torch.float16
+    vectors = model.encode_images(_images(2, 224))
+    assert vectors.dtype == np.float32
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-3)
+
+
+# --- local weights -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    """A random tiny model saved as .safetensors, and a perturbed copy."""
+    root = tmp_path_factory.mktemp("weights")
+    module = load_model(resolve_model(TINY_VIT), "cpu").module
+    path = _save_weights(module, root / "tiny.safetensors")
+
+    other = {k: v.clone() for k, v in module.state_dict().items()}
+    gen = torch.Generator().manual_seed(1)
+    other["visual.proj"] += torch.randn(other["visual.proj"].shape, generator=gen)
+    from safetensors.torch import save_file
+
+    other_path = root / "other.safetensors"
+    save_file({k: v.contiguous() for k, v in other.items()}, str(other_path))
+    return path, str(other_path)
+
+
+def test_weights_file_identity_is_its_content(weights, tmp_path):
+    path, other = weights
+    spec = resolve_model(TINY_VIT, path)
+    assert spec.pretrained == path
+    assert spec.identity.startswith(f"{TINY_VIT}/sha256:")
+
+    # the same weights installed elsewhere are the same model
+    copy = shutil.copy(path, tmp_path / "copy.safetensors")
+    assert resolve_model(TINY_VIT, str(copy)).identity == spec.identity
+    assert resolve_model(TINY_VIT, path).identity == spec.identity
+
+    assert resolve_model(TINY_VIT, other).identity != spec.identity
+
+
+def test_weights_file_loads_those_weights(weights, tmp_path):
+    path, other = weights
+    random = load_model(resolve_model(TINY_VIT), "cpu")
+    loaded = load_model(resolve_model(TINY_VIT, path), "cpu")
+    assert loaded is not random
+    assert loaded.spec.identity != random.spec.identity
+
+    images = _images(3, 224)
+    assert np.allclose(
+        loaded.encode_images(images), random.encode_images(images), atol=1e-6
+    )
+
+    perturbed = load_model(resolve_model(TINY_VIT, other), "cpu")
+    assert not np.allclose(
+        perturbed.encode_images(images), random.encode_images(images), atol=1e-3
+    )
+
+    # a torch pickle (.bin) works too
+    bin_path = tmp_path / "tiny.bin"
+    torch.save(random.module.state_dict(), bin_path)
+    from_bin = load_model(resolve_model(TINY_VIT, str(bin_path)), "cpu")
+    assert np.allclose(
+        from_bin.encode_images(images), random.encode_images(images), atol=1e-6
+    )
+
+
+def test_local_dir_checkpoint(weights, tmp_path):
+    path, other = weights
+    name = _local_dir(str(tmp_path / "a"), TINY_VIT, path)
+    spec = resolve_model(name, "ignored-tag")
+    assert spec.name == name and spec.pretrained is None
+    assert spec.identity.startswith("local-dir/sha256:")
+
+    # wherever it is installed, the same checkpoint is the same model
+    elsewhere = _local_dir(str(tmp_path / "b"), TINY_VIT, path)
+    assert resolve_model(elsewhere).identity == spec.identity
+    changed = _local_dir(str(tmp_path / "c"), TINY_VIT, other)
+    assert resolve_model(changed).identity != spec.identity
+
+    model = load_model(spec, "cpu")
+    images = _images(2, 224)
+    reference = load_model(resolve_model(TINY_VIT), "cpu")
+    assert np.allclose(
+        model.encode_images(images), reference.encode_images(images), atol=1e-6
+    )
+    assert model.encode_text(["a dog"]).shape == (1, 32)
+
+
+def test_local_dir_errors(tmp_path):
+    with pytest.raises(ModelUnavailableError, match="not found"):
+        resolve_model(f"local-dir:{tmp_path / 'missing'}")
+
+    with pytest.raises(ModelUnavailableError, match="open_clip_config.json"):
+        resolve_model(f"local-dir:{tmp_path}")
+
+    (tmp_path / "open_clip_config.json").write_text(
+        json.dumps({"model_cfg": CONFIGS[TINY_VIT]})
+    )
+    with pytest.raises(ModelUnavailableError, match="no weights"):
+        resolve_model(f"local-dir:{tmp_path}")
+
+
+def test_bundled_tiny_clip_identity_is_stable():
+    from fiftyone_ai_search import demo
+
+    model_dir = getattr(demo, "DEFAULT_MODEL_DIR", None)
+    if not model_dir or not os.path.isfile(
+        os.path.join(model_dir, "open_clip_config.json")
+    ):
+        pytest.skip("the bundled tiny CLIP is not there")
+
+    spec = resolve_model(f"local-dir:{model_dir}")
+    assert spec.identity == resolve_model(f"local-dir:{model_dir}/").identity
+    model = load_model(spec, "cpu")
+    assert not model.module.training
+
+
+# --- offline -----------------------------------------------------------------
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """Offline with an empty Hugging Face cache."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+
+
+@pytest.mark.parametrize(
+    "name,pretrained",
+    [("ViT-B-32", "laion2b_s34b_b79k"), ("hf-hub:org/missing-repo", None)],
+)
+def test_offline_error_is_fast_and_says_what_to_do(offline, name, pretrained):
+    spec = resolve_model(name, pretrained)
+    start = time.perf_counter()
+    with pytest.raises(ModelUnavailableError) as info:
+        load_model(spec, "cpu")
+
+    assert time.perf_counter() - start < 2.0
+    message = str(info.value)
+    assert spec.identity in message
+    for hint in ("HF_HUB_OFFLINE", "pretrained=", "local-dir:", "cache"):
+        assert hint in message

@@ -98,7 +98,9 @@ def main(argv=None):
     p.set_defaults(func=_cmd_install_plugin)
 
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
+    if args.command == "sync":  # a worker: its log says what it did
+        logging.getLogger("fiftyone_ai_search").setLevel(logging.INFO)
     args.func(args)
     return 0
 

@@ -367,3 +367,24 @@ def test_offline_error_is_fast_and_says_what_to_do(offline, name, pretrained):
     assert spec.identity in message
     for hint in ("HF_HUB_OFFLINE", "pretrained=", "local-dir:", "cache"):
         assert hint in message
+
+
+def test_offline_with_a_populated_hf_cache_loads(offline, weights, tmp_path):
+    from huggingface_hub import constants
+
+    # the layout huggingface_hub writes: refs/main -> snapshots/<commit>/
+    repo = os.path.join(constants.HF_HUB_CACHE, "models--org--tiny")
+    snapshot = os.path.join(repo, "snapshots", "0" * 40)
+    os.makedirs(snapshot)
+    os.makedirs(os.path.join(repo, "refs"))
+    with open(os.path.join(repo, "refs", "main"), "w") as f:
+        f.write("0" * 40)
+
+    _local_dir(snapshot, TINY_VIT, weights[0])
+    model = load_model(resolve_model("hf-hub:org/tiny"), "cpu")
+
+    reference = load_model(resolve_model(TINY_VIT), "cpu")
+    images = _images(2, 224)
+    assert np.allclose(
+        model.encode_images(images), reference.encode_images(images), atol=1e-6
+    )

@@ -221,7 +221,7 @@ def test_make_shapes_dataset(tmp_path):
             with Image.open(path) as im:
                 assert im.format == "JPEG" and im.size == (128, 128)
 
-        # the same seed, as PNG: the same samples, the same pixels (but JPEG's)
+        # the same seed as PNG: the same samples, the same images up to JPEG loss
         png = shapes.make_shapes_dataset(
             num_samples=60, seed=3, images_dir=str(tmp_path / "png"),
             image_format="png", image_size=128,

@@ -10,8 +10,22 @@ Examples::
     ais.enable_embeddings(dataset)                  # starts computing
     report = ais.calculate_embeddings(dataset, wait=True)
     print(ais.get_status(dataset))
+
+    name = ais.perform_ai_search(dataset, prompt="a person riding a bicycle")
+    view = ais.get_collection(dataset, name, min_score=0.25)
 """
 
+from .collections import (
+    TEMPORARY_COLLECTION,
+    CollectionNotFoundError,
+    delete_collection,
+    get_collection,
+    get_collection_scores,
+    get_score_histogram,
+    list_collections,
+    rename_collection,
+    save_collection,
+)
 from .config import get_settings
 from .embeddings import (
     AISearchNotEnabledError,
@@ -24,13 +38,25 @@ from .embeddings import (
     get_status,
     is_embeddings_enabled,
 )
+from .search import IndexNotReadyError, perform_ai_search
 from .sync import SyncReport
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AISearchNotEnabledError",
+    "CollectionNotFoundError",
+    "IndexNotReadyError",
     "SyncReport",
+    "TEMPORARY_COLLECTION",
+    "delete_collection",
+    "get_collection",
+    "get_collection_scores",
+    "get_score_histogram",
+    "list_collections",
+    "perform_ai_search",
+    "rename_collection",
+    "save_collection",
     "calculate_embeddings",
     "disable_embeddings",
     "enable_embeddings",

@@ -12,10 +12,11 @@ fresh interpreters (``subprocess``) rather than ``multiprocessing`` children:
 - a worker that crashes (a decoder segfault) fails only the image that
   crashed it, found by retrying its batch one image at a time.
 
-A worker needs a few seconds to start (it imports torch for the transform).
-The calling thread decodes by itself while workers start, and whenever no
-decoded batch is waiting, so a short run never waits for workers and a
-decode-bound model uses every core.
+A worker needs a few seconds to start (it imports torch for the transform),
+so idle workers stay warm for the next run (:data:`IDLE_SECONDS`), short runs
+(:data:`MIN_ITEMS_FOR_WORKERS`) start none, and the calling thread decodes by
+itself while workers start and whenever no decoded batch is waiting: no run
+waits for workers, and a decode-bound model uses every core.
 """
 
 import atexit
@@ -64,6 +65,7 @@ IDLE_SECONDS = 300.0
 _MAIN_THREAD_DECODES = True
 
 _POLL_SECONDS = 0.5
+_MAX_SPARES = max(1, os.cpu_count() or 1)
 _STOP_SECONDS = 5.0
 
 
@@ -198,19 +200,29 @@ class _Decoder:
 def _one_torch_thread():
     """Runs the transform's tensor ops on one thread: they are tiny, and
     waking torch's thread pool for each costs more than it saves (50x on a
-    busy machine). The model's thread count is restored right after."""
+    busy machine). The model's thread count is restored right after, also
+    when several threads decode at once."""
     import torch
 
-    threads = torch.get_num_threads()
-    if threads == 1:
-        yield
-        return
+    with _THREADS_LOCK:
+        if _THREADS["users"] == 0:
+            _THREADS["saved"] = torch.get_num_threads()
+            if _THREADS["saved"] != 1:
+                torch.set_num_threads(1)
 
-    torch.set_num_threads(1)
+        _THREADS["users"] += 1
+
     try:
         yield
     finally:
-        torch.set_num_threads(threads)
+        with _THREADS_LOCK:
+            _THREADS["users"] -= 1
+            if _THREADS["users"] == 0 and _THREADS["saved"] != 1:
+                torch.set_num_threads(_THREADS["saved"])
+
+
+_THREADS = {"users": 0, "saved": 1}
+_THREADS_LOCK = threading.Lock()
 
 
 def _batched(items, batch_size):
@@ -296,7 +308,7 @@ def _pooled(batches, decoder, num_workers):
                     yield decoder.decode(batch)
                     continue
 
-            if exhausted and not retries and not pool.busy():
+            if exhausted and not (retries or pool.returned or pool.busy()):
                 return
 
             pool.poll(retries, block=True)
@@ -399,7 +411,9 @@ class _WorkerPool:
             # batches are safe to decode elsewhere, and a new worker would
             # fail the same way
             logger.warning("A decoding worker failed: %s", error)
-            self.returned.extend(batch for batch, _ in assigned)
+            for batch, isolated in assigned:
+                (retries if isolated else self.returned).append(batch)
+
             self._check_broken()
             return
 
@@ -440,6 +454,14 @@ class _Spares:
         self._workers = []
         self._timer = None
         atexit.register(self.stop_all)
+        if hasattr(os, "register_at_fork"):
+            # A forked child must not talk to its parent's workers
+            os.register_at_fork(after_in_child=self._forget)
+
+    def _forget(self):
+        self._lock = threading.Lock()
+        self._workers = []
+        self._timer = None
 
     def take(self, count):
         with self._lock:
@@ -454,7 +476,8 @@ class _Spares:
             for worker in workers:
                 # A worker still decoding for an abandoned run would send
                 # stale results to the next one
-                if worker.alive and not worker.assigned and not worker.failed:
+                idle = not worker.assigned and not worker.failed
+                if worker.alive and idle and len(self._workers) < _MAX_SPARES:
                     worker.detach()
                     self._workers.append(worker)
                 else:
@@ -481,7 +504,8 @@ class _Spares:
 
 def _stop(workers):
     for worker in workers:
-        worker.stop()
+        # Busy or starting workers hold nothing worth waiting for
+        worker.stop(kill=bool(worker.assigned) or not worker.ready)
 
     for worker in workers:
         worker.close(wait=True)
@@ -542,8 +566,11 @@ class _Worker:
     def returncode(self):
         return self._process.poll()
 
-    def stop(self):
-        self._send(("stop",))
+    def stop(self, kill=False):
+        if kill:
+            self._process.kill()
+        else:
+            self._send(("stop",))
 
     def close(self, wait):
         try:
@@ -684,7 +711,8 @@ def _worker_main():
     while True:
         message = _read_message(source)
         if message is None or message[0] == "stop":
-            return
+            # Nothing to clean up, and tearing torch down takes seconds
+            os._exit(0)
 
         if message[0] == "setup":
             try:

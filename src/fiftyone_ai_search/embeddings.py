@@ -118,12 +118,15 @@ def disable_embeddings(dataset):
     doc = st.get(dataset)
     if doc is None:
         return
+    from .collections import delete_all_collections
+
     st.update(dataset, enabled=False)
     store = runner.open_index(dataset, doc=doc)
     try:
         store.drop()
     finally:
         store.close()
+    delete_all_collections(dataset)
     st.delete(dataset)
 
 

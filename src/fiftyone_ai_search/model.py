@@ -490,11 +490,10 @@ def _is_offline():
 
 def _weights_cached(spec):
     """Whether the weights of ``spec`` can be had without a download."""
-    if spec.name.startswith(LOCAL_DIR_PREFIX) or spec.pretrained is None:
-        return not spec.name.startswith(HF_HUB_PREFIX)
-
-    if os.path.isfile(spec.pretrained):
-        return True
+    if not spec.name.startswith(HF_HUB_PREFIX):
+        local = spec.name.startswith(LOCAL_DIR_PREFIX)
+        if local or spec.pretrained is None or os.path.isfile(spec.pretrained):
+            return True
 
     for repo, filenames in _hub_files(spec):
         if all(_in_hf_cache(repo, names) for names in filenames):

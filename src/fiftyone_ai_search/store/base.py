@@ -221,7 +221,6 @@ class VectorStore(abc.ABC):
 
     # -- writes ------------------------------------------------------------
 
-    @abc.abstractmethod
     def upsert(self, sample_ids, vectors, payloads):
         """Inserts or replaces the vectors of the given samples.
 
@@ -230,11 +229,39 @@ class VectorStore(abc.ABC):
             vectors: an ``(n, dim)`` array
             payloads: a list of ``n`` dicts (JSON-serialisable); the sample id
                 is added to each by the store
-        """
 
-    @abc.abstractmethod
+        Raises:
+            ValueError: for a bad sample id, mismatched lengths, or vectors
+                of the wrong size, non-finite or zero
+            IndexNotFoundError: if the index does not exist
+        """
+        sample_ids = list(sample_ids)
+        payloads = list(payloads)
+        point_ids = [sample_id_to_point_id(i) for i in sample_ids]
+        vectors = as_float32_matrix(vectors)
+        if not len(sample_ids) == len(vectors) == len(payloads):
+            raise ValueError(
+                f"Got {len(sample_ids)} ids, {len(vectors)} vectors and "
+                f"{len(payloads)} payloads"
+            )
+        if not sample_ids:
+            return
+
+        payloads = [
+            {**payload, "sample_id": sid}
+            for payload, sid in zip(payloads, sample_ids)
+        ]
+        self._upsert_points(point_ids, normalize_rows(vectors), payloads)
+
     def delete(self, sample_ids):
-        """Deletes the given samples' vectors. Missing ids are ignored."""
+        """Deletes the given samples' vectors. Missing ids are ignored.
+
+        Args:
+            sample_ids: a list of sample ids
+        """
+        point_ids = [sample_id_to_point_id(i) for i in sample_ids]
+        if point_ids:
+            self._delete_points(point_ids)
 
     # -- reads -------------------------------------------------------------
 
@@ -242,27 +269,65 @@ class VectorStore(abc.ABC):
     def count(self):
         """The number of vectors in the index."""
 
-    @abc.abstractmethod
     def get_payloads(self, sample_ids):
         """Returns ``{sample_id: payload}`` for those ids that are present.
 
         Each payload is the dict given to :meth:`upsert`, plus ``sample_id``.
-        """
 
-    @abc.abstractmethod
+        Args:
+            sample_ids: a list of sample ids
+
+        Returns:
+            a dict
+        """
+        point_ids = [sample_id_to_point_id(i) for i in sample_ids]
+        records = self._retrieve_points(
+            point_ids, with_payload=True, with_vector=False
+        )
+        return {point_id_to_sample_id(r.id): r.payload or {} for r in records}
+
     def get_sample_ids(self):
         """Returns the ids of all samples in the index (any order)."""
+        return [
+            point_id_to_sample_id(r.id)
+            for r in self._scroll_points(with_vector=False)
+        ]
 
-    @abc.abstractmethod
     def get_vectors(self, sample_ids=None):
         """Returns ``(sample_ids, vectors)`` of the given (default all) samples.
 
         Missing ids are left out; ``vectors`` is an ``(n, dim)`` float32 array
         of unit rows in the order of the returned ids, which follow the order
         of ``sample_ids`` when given.
-        """
 
-    @abc.abstractmethod
+        Args:
+            sample_ids (None): a list of sample ids
+
+        Returns:
+            a tuple of a list of sample ids and an array
+        """
+        if sample_ids is None:
+            records = self._scroll_points(with_vector=True)
+        else:
+            point_ids = [sample_id_to_point_id(i) for i in sample_ids]
+            found = {
+                str(r.id): r
+                for r in self._retrieve_points(
+                    point_ids, with_payload=False, with_vector=True
+                )
+            }
+            # in the order asked for, each id once
+            records = [
+                found[pid] for pid in dict.fromkeys(point_ids) if pid in found
+            ]
+
+        ids = [point_id_to_sample_id(r.id) for r in records]
+        if not records:
+            dim = self._require_info().dim
+            return ids, np.zeros((0, dim), dtype=np.float32)
+        # stored normalised already; renormalise to unit length in float32
+        return ids, normalize_rows([_record_vector(r) for r in records])
+
     def query(self, vector, limit, sample_ids=None, min_score=None):
         """Exact nearest neighbours of ``vector`` by cosine similarity.
 
@@ -275,6 +340,102 @@ class VectorStore(abc.ABC):
         Returns:
             a list of ``(sample_id, score)``, best first
         """
+        limit = check_limit(limit)
+        point_ids = None
+        if sample_ids is not None:
+            point_ids = {sample_id_to_point_id(i) for i in sample_ids}
+            if not point_ids:
+                return []
+
+        points = self._query_points(
+            normalize_vector(vector),
+            limit,
+            point_ids,
+            None if min_score is None else float(min_score),
+        )
+        return [(point_id_to_sample_id(p.id), float(p.score)) for p in points]
+
+    # -- backend hooks -----------------------------------------------------
+    # The public methods above validate and convert their arguments; these
+    # only talk to the engine. Point ids are those of sample_id_to_point_id().
+
+    def _not_found(self):
+        """The :class:`IndexNotFoundError` to raise for this index."""
+        return IndexNotFoundError(
+            f"The AI search index '{self.name}' does not exist"
+        )
+
+    def _require_info(self):
+        """The :class:`IndexInfo` of the index, which must exist."""
+        info = self.info()
+        if info is None:
+            raise self._not_found()
+        return info
+
+    @abc.abstractmethod
+    def _upsert_points(self, point_ids, vectors, payloads):
+        """Writes points to the index.
+
+        Args:
+            point_ids: a non-empty list of point ids
+            vectors: an ``(n, d)`` float32 array of unit rows, whose size
+                ``d`` the backend checks against the index (:func:`check_dim`)
+            payloads: a list of ``n`` dicts, each holding its ``sample_id``
+        """
+
+    @abc.abstractmethod
+    def _delete_points(self, point_ids):
+        """Deletes points from the index.
+
+        Args:
+            point_ids: a non-empty list of point ids
+        """
+
+    @abc.abstractmethod
+    def _retrieve_points(self, point_ids, with_payload, with_vector):
+        """Reads the given points that are present.
+
+        Args:
+            point_ids: a list of point ids, possibly empty
+            with_payload: whether to read the payloads
+            with_vector: whether to read the vectors
+
+        Returns:
+            a list of records (``id``, ``payload``, ``vector``), any order
+        """
+
+    @abc.abstractmethod
+    def _scroll_points(self, with_vector):
+        """Reads all points, without payloads.
+
+        Args:
+            with_vector: whether to read the vectors
+
+        Returns:
+            a list of records (``id``, ``vector``), any order
+        """
+
+    @abc.abstractmethod
+    def _query_points(self, vector, limit, point_ids, min_score):
+        """Exact cosine search.
+
+        Args:
+            vector: a unit ``(d,)`` float32 array
+            limit: a positive int
+            point_ids: a non-empty set of point ids to search in, or None for
+                all
+            min_score: a float, or None
+
+        Returns:
+            a list of scored points (``id``, ``score``), best first
+        """
+
+
+def _record_vector(record):
+    vec = record.vector
+    if isinstance(vec, dict):  # named vectors: ours is the unnamed one
+        vec = vec[""]
+    return vec
 
 
 def as_float32_matrix(vectors, dim=None):
@@ -282,11 +443,21 @@ def as_float32_matrix(vectors, dim=None):
     arr = np.ascontiguousarray(vectors, dtype=np.float32)
     if arr.ndim != 2:
         raise ValueError(f"Expected a 2-D array of vectors, got shape {arr.shape}")
-    if dim is not None and arr.shape[1] != dim:
-        raise ValueError(
-            f"Expected vectors of size {dim}, got size {arr.shape[1]}"
-        )
+    if dim is not None:
+        check_dim(arr, dim)
     return arr
+
+
+def check_dim(vectors, dim):
+    """Checks that the rows of ``vectors`` (or one vector) have size ``dim``.
+
+    Raises:
+        ValueError: if they do not
+    """
+    if vectors.shape[-1] != dim:
+        raise ValueError(
+            f"Expected vectors of size {dim}, got size {vectors.shape[-1]}"
+        )
 
 
 def normalize_rows(vectors, dim=None):

@@ -24,21 +24,14 @@ import shutil
 import threading
 import time
 
-import numpy as np
 import qdrant_edge as qe
 
 from .base import (
     IndexBusyError,
     IndexExistsError,
     IndexInfo,
-    IndexNotFoundError,
     VectorStore,
-    as_float32_matrix,
-    check_limit,
-    normalize_rows,
-    normalize_vector,
-    point_id_to_sample_id,
-    sample_id_to_point_id,
+    check_dim,
 )
 from .locks import FairLock, ProcessLock, backoff
 
@@ -49,7 +42,7 @@ INFO_FILE = "index.json"
 #: over to anyone waiting (a chunk of 512-d points takes ~0.1 s)
 CHUNK = 2048
 
-#: ids per scroll page when only ids are read
+#: points per scroll page when only ids are read
 ID_PAGE = 10000
 
 #: a long operation hands the index over to a waiting thread or process
@@ -236,11 +229,7 @@ class EdgeStore(VectorStore):
     def _open(self, shared):
         """Returns the open ``(shard, info)``; the index must be held."""
         if shared.shard is None:
-            info = self.info()
-            if info is None:
-                raise IndexNotFoundError(
-                    f"The AI search index '{self.name}' does not exist"
-                )
+            info = self._require_info()
             shared.shard = self._load(time.monotonic() + self.lock_timeout)
             shared.info = info
             shared.dirty = False
@@ -313,54 +302,6 @@ class EdgeStore(VectorStore):
             shutil.rmtree(self._shard_path, ignore_errors=True)
             # the directory and its lock files go on the outermost release
 
-    # -- writes --------------------------------------------------------------
-
-    def upsert(self, sample_ids, vectors, payloads):
-        sample_ids = list(sample_ids)
-        payloads = list(payloads)
-        point_ids = [sample_id_to_point_id(i) for i in sample_ids]
-        vectors = as_float32_matrix(vectors)
-        if not len(sample_ids) == len(vectors) == len(payloads):
-            raise ValueError(
-                f"Got {len(sample_ids)} ids, {len(vectors)} vectors and "
-                f"{len(payloads)} payloads"
-            )
-        if not sample_ids:
-            return
-
-        with self._locked() as shared:
-            shard, info = self._open(shared)
-            vectors = normalize_rows(vectors, dim=info.dim)
-            for start in range(0, len(point_ids), CHUNK):
-                if start:
-                    shard, info = self._yield_if_wanted(shared)
-                end = start + CHUNK
-                points = [
-                    qe.Point(pid, vec, {**payload, "sample_id": sid})
-                    for pid, vec, payload, sid in zip(
-                        point_ids[start:end],
-                        vectors[start:end].tolist(),
-                        payloads[start:end],
-                        sample_ids[start:end],
-                    )
-                ]
-                shard.update(qe.UpdateOperation.upsert_points(points))
-                shared.dirty = True
-
-    def delete(self, sample_ids):
-        point_ids = [sample_id_to_point_id(i) for i in sample_ids]
-        if not point_ids:
-            return
-
-        with self._locked() as shared:
-            shard, _ = self._open(shared)
-            for start in range(0, len(point_ids), CHUNK):
-                if start:
-                    shard, _ = self._yield_if_wanted(shared)
-                chunk = point_ids[start : start + CHUNK]
-                shard.update(qe.UpdateOperation.delete_points(chunk))
-                shared.dirty = True
-
     # -- reads ---------------------------------------------------------------
 
     def count(self):
@@ -368,58 +309,58 @@ class EdgeStore(VectorStore):
             shard, _ = self._open(shared)
             return shard.count(qe.CountRequest(exact=True))
 
-    def get_payloads(self, sample_ids):
-        point_ids = [sample_id_to_point_id(i) for i in sample_ids]
-        result = {}
+    # -- engine --------------------------------------------------------------
+
+    def _in_chunks(self, n, work, writes=False):
+        """Runs ``work(shard, info, chunk)`` for each ``chunk`` (a slice) of
+        ``range(n)``, holding the index; between two chunks, hands it over
+        to anyone waiting. With ``n == 0`` it still opens the index, so a
+        missing one raises :class:`IndexNotFoundError`."""
         with self._locked() as shared:
-            shard, _ = self._open(shared)
-            for start in range(0, len(point_ids), CHUNK):
+            shard, info = self._open(shared)
+            for start in range(0, n, CHUNK):
                 if start:
-                    shard, _ = self._yield_if_wanted(shared)
-                records = shard.retrieve(
-                    point_ids[start : start + CHUNK],
-                    with_payload=True,
-                    with_vector=False,
+                    shard, info = self._yield_if_wanted(shared)
+                work(shard, info, slice(start, start + CHUNK))
+                if writes:
+                    shared.dirty = True
+
+    def _upsert_points(self, point_ids, vectors, payloads):
+        def upsert(shard, info, chunk):
+            # per chunk: a hand-over may have let the index be recreated
+            check_dim(vectors, info.dim)
+            points = [
+                qe.Point(pid, vec, payload)
+                for pid, vec, payload in zip(
+                    point_ids[chunk], vectors[chunk].tolist(), payloads[chunk]
                 )
-                for r in records:
-                    result[point_id_to_sample_id(r.id)] = r.payload or {}
-        return result
+            ]
+            shard.update(qe.UpdateOperation.upsert_points(points))
 
-    def get_sample_ids(self):
-        return [
-            point_id_to_sample_id(r.id)
-            for r in self._scroll(ID_PAGE, with_vector=False)
-        ]
+        self._in_chunks(len(point_ids), upsert, writes=True)
 
-    def get_vectors(self, sample_ids=None):
-        if sample_ids is None:
-            records = self._scroll(CHUNK, with_vector=True)
-        else:
-            records = self._retrieve_vectors(list(sample_ids))
-        return _ids_and_matrix(records, self._dim_hint())
+    def _delete_points(self, point_ids):
+        def delete(shard, info, chunk):
+            shard.update(qe.UpdateOperation.delete_points(point_ids[chunk]))
 
-    def _dim_hint(self):
-        info = self.info()
-        return info.dim if info is not None else 0
+        self._in_chunks(len(point_ids), delete, writes=True)
 
-    def _retrieve_vectors(self, sample_ids):
-        point_ids = [sample_id_to_point_id(i) for i in sample_ids]
-        found = {}
-        with self._locked() as shared:
-            shard, _ = self._open(shared)
-            for start in range(0, len(point_ids), CHUNK):
-                if start:
-                    shard, _ = self._yield_if_wanted(shared)
-                for r in shard.retrieve(
-                    point_ids[start : start + CHUNK],
-                    with_payload=False,
-                    with_vector=True,
-                ):
-                    found[str(r.id)] = r
-        # in the order asked for, each id once
-        return list({pid: found[pid] for pid in point_ids if pid in found}.values())
+    def _retrieve_points(self, point_ids, with_payload, with_vector):
+        records = []
 
-    def _scroll(self, page, with_vector):
+        def retrieve(shard, info, chunk):
+            records.extend(
+                shard.retrieve(
+                    point_ids[chunk],
+                    with_payload=with_payload,
+                    with_vector=with_vector,
+                )
+            )
+
+        self._in_chunks(len(point_ids), retrieve)
+        return records
+
+    def _scroll_points(self, with_vector):
         records = []
         offset = None
         with self._locked() as shared:
@@ -428,7 +369,7 @@ class EdgeStore(VectorStore):
                 batch, offset = shard.scroll(
                     qe.ScrollRequest(
                         offset=offset,
-                        limit=page,
+                        limit=CHUNK if with_vector else ID_PAGE,
                         with_payload=False,
                         with_vector=with_vector,
                     )
@@ -439,48 +380,26 @@ class EdgeStore(VectorStore):
                 # the offset is a point id, so it survives a hand-over
                 shard, _ = self._yield_if_wanted(shared)
 
-    def query(self, vector, limit, sample_ids=None, min_score=None):
-        limit = check_limit(limit)
+    def _query_points(self, vector, limit, point_ids, min_score):
         query_filter = None
-        if sample_ids is not None:
-            scope = {sample_id_to_point_id(i) for i in sample_ids}
-            if not scope:
-                return []
-            query_filter = qe.Filter(must=[qe.HasIdCondition(scope)])
+        if point_ids is not None:
+            query_filter = qe.Filter(must=[qe.HasIdCondition(point_ids)])
 
         with self._locked() as shared:
             shard, info = self._open(shared)
-            vector = normalize_vector(vector, dim=info.dim)
-            points = shard.query(
+            check_dim(vector, info.dim)
+            return shard.query(
                 qe.QueryRequest(
                     limit=limit,
                     query=qe.Query.Nearest(vector.tolist()),
                     filter=query_filter,
-                    score_threshold=(
-                        None if min_score is None else float(min_score)
-                    ),
+                    score_threshold=min_score,
                     with_payload=False,
                     with_vector=False,
                     # brute force even after an optimize() built HNSW
                     params=qe.SearchParams(exact=True),
                 )
             )
-        return [(point_id_to_sample_id(p.id), float(p.score)) for p in points]
-
-
-def _record_vector(record):
-    vec = record.vector
-    if isinstance(vec, dict):  # named vectors: ours is the unnamed one
-        vec = vec[""]
-    return vec
-
-
-def _ids_and_matrix(records, dim):
-    ids = [point_id_to_sample_id(r.id) for r in records]
-    if not records:
-        return ids, np.zeros((0, dim), dtype=np.float32)
-    # stored normalised already; renormalise to unit length in float32
-    return ids, normalize_rows([_record_vector(r) for r in records])
 
 
 def _write_json_atomic(path, data):

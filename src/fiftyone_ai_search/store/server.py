@@ -17,7 +17,6 @@ import threading
 import urllib.parse
 import weakref
 
-import numpy as np
 from qdrant_client import QdrantClient, models
 
 from .base import (
@@ -25,12 +24,7 @@ from .base import (
     IndexInfo,
     IndexNotFoundError,
     VectorStore,
-    as_float32_matrix,
-    check_limit,
-    normalize_rows,
-    normalize_vector,
-    point_id_to_sample_id,
-    sample_id_to_point_id,
+    check_dim,
 )
 
 DEFAULT_PREFIX = "fiftyone_ai_search_"
@@ -193,12 +187,6 @@ class ServerStore(VectorStore):
             f"'{self.collection_name}' on {self._where})"
         )
 
-    def _require_info(self):
-        info = self.info()
-        if info is None:
-            raise self._not_found()
-        return info
-
     # -- lifecycle -----------------------------------------------------------
 
     def exists(self):
@@ -261,42 +249,28 @@ class ServerStore(VectorStore):
         with self._guard():
             self._client.delete_collection(self.collection_name)
 
-    # -- writes --------------------------------------------------------------
+    # -- reads ---------------------------------------------------------------
 
-    def upsert(self, sample_ids, vectors, payloads):
-        sample_ids = list(sample_ids)
-        payloads = list(payloads)
-        point_ids = [sample_id_to_point_id(i) for i in sample_ids]
-        vectors = as_float32_matrix(vectors)
-        if not len(sample_ids) == len(vectors) == len(payloads):
-            raise ValueError(
-                f"Got {len(sample_ids)} ids, {len(vectors)} vectors and "
-                f"{len(payloads)} payloads"
-            )
-        if not sample_ids:
-            return
+    def count(self):
+        return self._call("count", exact=True).count
 
-        info = self._require_info()
-        vectors = normalize_rows(vectors, dim=info.dim)
+    # -- engine --------------------------------------------------------------
+
+    def _upsert_points(self, point_ids, vectors, payloads):
+        check_dim(vectors, self._require_info().dim)
         for start in range(0, len(point_ids), UPSERT_CHUNK):
-            end = start + UPSERT_CHUNK
+            chunk = slice(start, start + UPSERT_CHUNK)
             self._call(
                 "upsert",
                 points=models.Batch(
-                    ids=point_ids[start:end],
-                    vectors=vectors[start:end].tolist(),
-                    payloads=[
-                        {**payload, "sample_id": sid}
-                        for payload, sid in zip(
-                            payloads[start:end], sample_ids[start:end]
-                        )
-                    ],
+                    ids=point_ids[chunk],
+                    vectors=vectors[chunk].tolist(),
+                    payloads=payloads[chunk],
                 ),
                 wait=True,
             )
 
-    def delete(self, sample_ids):
-        point_ids = [sample_id_to_point_id(i) for i in sample_ids]
+    def _delete_points(self, point_ids):
         for start in range(0, len(point_ids), ID_CHUNK):
             self._call(
                 "delete",
@@ -306,58 +280,20 @@ class ServerStore(VectorStore):
                 wait=True,
             )
 
-    # -- reads ---------------------------------------------------------------
-
-    def count(self):
-        return self._call("count", exact=True).count
-
-    def get_payloads(self, sample_ids):
-        point_ids = [sample_id_to_point_id(i) for i in sample_ids]
-        result = {}
+    def _retrieve_points(self, point_ids, with_payload, with_vector):
+        records = []
         for start in range(0, len(point_ids), ID_CHUNK):
-            records = self._call(
-                "retrieve",
-                point_ids[start : start + ID_CHUNK],
-                with_payload=True,
-                with_vectors=False,
+            records.extend(
+                self._call(
+                    "retrieve",
+                    point_ids[start : start + ID_CHUNK],
+                    with_payload=with_payload,
+                    with_vectors=with_vector,
+                )
             )
-            for r in records:
-                result[point_id_to_sample_id(r.id)] = r.payload or {}
-        return result
+        return records
 
-    def get_sample_ids(self):
-        return [
-            point_id_to_sample_id(r.id) for r in self._scroll(with_vectors=False)
-        ]
-
-    def get_vectors(self, sample_ids=None):
-        if sample_ids is None:
-            records = self._scroll(with_vectors=True)
-        else:
-            records = self._retrieve_vectors(list(sample_ids))
-
-        ids = [point_id_to_sample_id(r.id) for r in records]
-        if not records:
-            info = self._require_info()
-            return ids, np.zeros((0, info.dim), dtype=np.float32)
-        # stored normalised already; renormalise to unit length in float32
-        return ids, normalize_rows([_record_vector(r) for r in records])
-
-    def _retrieve_vectors(self, sample_ids):
-        point_ids = [sample_id_to_point_id(i) for i in sample_ids]
-        found = {}
-        for start in range(0, len(point_ids), ID_CHUNK):
-            for r in self._call(
-                "retrieve",
-                point_ids[start : start + ID_CHUNK],
-                with_payload=False,
-                with_vectors=True,
-            ):
-                found[str(r.id)] = r
-        # in the order asked for, each id once
-        return list({pid: found[pid] for pid in point_ids if pid in found}.values())
-
-    def _scroll(self, with_vectors):
+    def _scroll_points(self, with_vector):
         records = []
         offset = None
         while True:
@@ -366,46 +302,32 @@ class ServerStore(VectorStore):
                 limit=ID_CHUNK,
                 offset=offset,
                 with_payload=False,
-                with_vectors=with_vectors,
+                with_vectors=with_vector,
             )
             records.extend(batch)
             if offset is None:
                 return records
 
-    def query(self, vector, limit, sample_ids=None, min_score=None):
-        limit = check_limit(limit)
+    def _query_points(self, vector, limit, point_ids, min_score):
         query_filter = None
-        if sample_ids is not None:
-            scope = list({sample_id_to_point_id(i) for i in sample_ids})
-            if not scope:
-                return []
-            query_filter = models.Filter(must=[models.HasIdCondition(has_id=scope)])
+        if point_ids is not None:
+            query_filter = models.Filter(
+                must=[models.HasIdCondition(has_id=list(point_ids))]
+            )
 
-        vector = normalize_vector(vector)
         # exact like the embedded backend (a server's HNSW would trade recall
         # for speed); local mode is always exact and warns about the option
         search_params = (
             None if self._local_lock is not None
             else models.SearchParams(exact=True)
         )
-        response = self._call(
+        return self._call(
             "query_points",
             query=vector.tolist(),
             limit=limit,
             query_filter=query_filter,
-            score_threshold=None if min_score is None else float(min_score),
+            score_threshold=min_score,
             search_params=search_params,
             with_payload=False,
             with_vectors=False,
-        )
-        return [
-            (point_id_to_sample_id(p.id), float(p.score))
-            for p in response.points
-        ]
-
-
-def _record_vector(record):
-    vec = record.vector
-    if isinstance(vec, dict):  # named vectors: ours is the unnamed one
-        vec = vec[""]
-    return vec
+        ).points

@@ -1,0 +1,261 @@
+"""Collections: search results kept as FiftyOne saved views, with their scores.
+
+A collection is an ordinary saved view of the dataset (an ordered
+``select`` of the result samples), so the App lists it, and it can be tagged,
+cloned or exported like any view. Its scores are kept beside it in our own
+MongoDB collection (``ai_search_collections``), keyed by the saved view's id
+so that a rename in the App keeps them. Scores never go on samples: that
+would bump ``last_modified_at`` and make the index re-sync itself.
+
+Every search overwrites the dataset's temporary collection,
+:data:`TEMPORARY_COLLECTION`; :func:`save_collection` keeps it under a name.
+"""
+
+import numpy as np
+
+from . import state as st
+
+#: the collection each search overwrites
+TEMPORARY_COLLECTION = "AI search results"
+
+SCORES_COLLECTION = "ai_search_collections"
+
+
+class CollectionNotFoundError(ValueError):
+    """No collection of that name in the dataset."""
+
+
+def _scores():
+    coll = st._db()[SCORES_COLLECTION]
+    coll.create_index([("dataset_id", 1), ("view_id", 1)], unique=True)
+    return coll
+
+
+def _view_id(dataset, name):
+    # reload: another process (the App, a notebook) may have changed them
+    dataset._doc.reload("saved_views")
+    for doc in dataset._doc.saved_views:
+        if doc.name == name:
+            return str(doc.id)
+    return None
+
+
+def _require_view_id(dataset, name):
+    view_id = _view_id(dataset, name)
+    if view_id is None or _scores().find_one(
+        {"dataset_id": st.dataset_key(dataset), "view_id": view_id}, {"_id": 1}
+    ) is None:
+        raise CollectionNotFoundError(
+            f"Dataset '{dataset.name}' has no AI search collection named "
+            f"{name!r}; see list_collections(dataset)"
+        )
+    return view_id
+
+
+def write_collection(dataset, name, sample_ids, scores, query=None):
+    """Saves ``sample_ids`` (in this order) and their scores as collection
+    ``name``, replacing any collection of that name.
+
+    Returns:
+        the name
+    """
+    import fiftyone as fo  # noqa: F401 (dataset methods need it loaded)
+
+    view = dataset.select(list(sample_ids), ordered=True)
+    dataset.save_view(name, view, overwrite=True)
+    view_id = _view_id(dataset, name)
+    _scores().replace_one(
+        {"dataset_id": st.dataset_key(dataset), "view_id": view_id},
+        {
+            "dataset_id": st.dataset_key(dataset),
+            "view_id": view_id,
+            "sample_ids": list(sample_ids),
+            "scores": [float(s) for s in scores],
+            "query": query or {},
+            "created_at": st.utcnow(),
+        },
+        upsert=True,
+    )
+    return name
+
+
+def _load(dataset, name):
+    view_id = _require_view_id(dataset, name)
+    return _scores().find_one(
+        {"dataset_id": st.dataset_key(dataset), "view_id": view_id}
+    )
+
+
+def get_collection_scores(dataset, name):
+    """The ``(sample_id, score)`` pairs of a collection, in its order.
+
+    Examples::
+
+        name = ais.perform_ai_search(dataset, prompt="a dog on a beach")
+        for sample_id, score in ais.get_collection_scores(dataset, name):
+            print(sample_id, score)
+
+    Args:
+        dataset: a :class:`fiftyone.core.dataset.Dataset`
+        name: the collection's name
+
+    Returns:
+        a list of ``(sample_id, score)`` tuples
+    """
+    doc = _load(dataset, name)
+    return list(zip(doc["sample_ids"], doc["scores"]))
+
+
+def get_collection(dataset, name, min_score=None, max_score=None):
+    """The samples of a collection, in its order, optionally cut to a score
+    range. No model is run.
+
+    Examples::
+
+        view = ais.get_collection(dataset, name, min_score=0.25)
+        session.view = view
+
+    Args:
+        dataset: a :class:`fiftyone.core.dataset.Dataset`
+        name: the collection's name
+        min_score (None): keep samples scoring ``>= min_score``
+        max_score (None): keep samples scoring ``<= max_score``
+
+    Returns:
+        a :class:`fiftyone.core.view.DatasetView`
+    """
+    if min_score is None and max_score is None:
+        _require_view_id(dataset, name)
+        return dataset.load_saved_view(name)
+
+    _check_score("min_score", min_score)
+    _check_score("max_score", max_score)
+    lo = -np.inf if min_score is None else min_score
+    hi = np.inf if max_score is None else max_score
+    keep = [
+        sample_id
+        for sample_id, score in get_collection_scores(dataset, name)
+        if lo <= score <= hi
+    ]
+    return dataset.select(keep, ordered=True)
+
+
+def _check_score(arg, value):
+    if value is not None and not -1.0 <= value <= 1.0:
+        raise ValueError(f"{arg} must be within [-1, 1], got {value}")
+
+
+def get_score_histogram(dataset, name, bins=20):
+    """A histogram of a collection's scores, for a chart.
+
+    Args:
+        dataset: a :class:`fiftyone.core.dataset.Dataset`
+        name: the collection's name
+        bins (20): the number of bins
+
+    Returns:
+        a tuple ``(edges, counts)``: ``bins + 1`` bin edges and ``bins``
+        counts (lists)
+    """
+    if bins < 1:
+        raise ValueError(f"bins must be >= 1, got {bins}")
+    scores = np.asarray(_load(dataset, name)["scores"], dtype=float)
+    if len(scores) == 0:
+        return [], []
+    lo, hi = float(scores.min()), float(scores.max())
+    if lo == hi:  # one distinct score: a bin around it
+        lo, hi = lo - 0.005, hi + 0.005
+    counts, edges = np.histogram(scores, bins=bins, range=(lo, hi))
+    return edges.tolist(), counts.tolist()
+
+
+def list_collections(dataset):
+    """The dataset's AI search collections.
+
+    Returns:
+        a list of dicts with ``name``, ``size``, ``created_at`` and ``query``
+        (what produced it), the temporary collection included
+    """
+    dataset._doc.reload("saved_views")
+    names = {str(doc.id): doc.name for doc in dataset._doc.saved_views}
+    docs = _scores().aggregate(
+        [
+            {"$match": {"dataset_id": st.dataset_key(dataset)}},
+            {"$project": {"view_id": 1, "created_at": 1, "query": 1,
+                          "size": {"$size": "$sample_ids"}}},
+            {"$sort": {"created_at": 1}},
+        ]
+    )
+    return [
+        {
+            "name": names[doc["view_id"]],
+            "size": doc["size"],
+            "created_at": doc["created_at"],
+            "query": doc.get("query", {}),
+        }
+        for doc in docs
+        if doc["view_id"] in names  # its saved view may be gone
+    ]
+
+
+def save_collection(dataset, name, source=TEMPORARY_COLLECTION,
+                    overwrite=False):
+    """Keeps a collection (by default the latest search results) under a name.
+
+    Examples::
+
+        ais.perform_ai_search(dataset, prompt="a scratch on metal")
+        ais.save_collection(dataset, "scratches")
+
+    Args:
+        dataset: a :class:`fiftyone.core.dataset.Dataset`
+        name: the new collection's name
+        source (TEMPORARY_COLLECTION): the collection to copy
+        overwrite (False): whether to replace an existing saved view ``name``
+
+    Returns:
+        the name
+    """
+    _check_name(name)
+    if not overwrite and dataset.has_saved_view(name):
+        raise ValueError(
+            f"name: dataset '{dataset.name}' already has a saved view named "
+            f"{name!r}; pass overwrite=True to replace it"
+        )
+    doc = _load(dataset, source)
+    return write_collection(
+        dataset, name, doc["sample_ids"], doc["scores"], doc.get("query")
+    )
+
+
+def rename_collection(dataset, name, new_name):
+    """Renames a collection (its saved view; the scores follow)."""
+    _check_name(new_name)
+    _require_view_id(dataset, name)
+    if dataset.has_saved_view(new_name):
+        raise ValueError(
+            f"new_name: dataset '{dataset.name}' already has a saved view "
+            f"named {new_name!r}"
+        )
+    dataset.update_saved_view_info(name, {"name": new_name})
+    return new_name
+
+
+def delete_collection(dataset, name):
+    """Deletes a collection: its saved view and its scores."""
+    view_id = _require_view_id(dataset, name)
+    dataset.delete_saved_view(name)
+    _scores().delete_one(
+        {"dataset_id": st.dataset_key(dataset), "view_id": view_id}
+    )
+
+
+def delete_all_collections(dataset):
+    """Deletes the scores of every collection of ``dataset`` (saved views are
+    left to FiftyOne: they outlive AI search as plain views)."""
+    _scores().delete_many({"dataset_id": st.dataset_key(dataset)})
+
+
+def _check_name(name):
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"name must be a non-empty string, got {name!r}")

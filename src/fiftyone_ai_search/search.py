@@ -1,0 +1,479 @@
+"""Public SDK: ``perform_ai_search`` — by prompt, by example images, diverse.
+
+Scores are cosine similarities between L2-normalised CLIP embeddings. Results
+are exact: the same as a brute-force top-k over the stored vectors of the
+search scope.
+"""
+
+import collections as _collections
+import math
+import threading
+
+import numpy as np
+
+from . import collections as colls
+from . import diverse
+from . import runner
+from . import state as st
+from .embeddings import AISearchNotEnabledError
+
+#: scopes up to this many ids are filtered inside Qdrant; larger ones search
+#: the whole index for more than ``limit`` and filter here (measured: an id
+#: filter costs ~5 us per id, an unscoped top-1000 ~6 ms)
+MAX_FILTERED_SCOPE = 10_000
+
+#: default weight of a negative prompt, see :func:`prompt_vectors`
+NEGATIVE_WEIGHT = 0.5
+
+AGGREGATIONS = ("max", "mean")
+
+
+class IndexNotReadyError(RuntimeError):
+    """The dataset's first indexing has not finished."""
+
+
+def perform_ai_search(
+    samples,
+    prompt=None,
+    image_id=None,
+    method=None,
+    limit=100,
+    clustering_method=None,
+    num_clusters=None,
+    image_id_scope=None,
+    threshold=None,
+    negative_prompt=None,
+    image=None,
+    aggregation="max",
+    negative_weight=NEGATIVE_WEIGHT,
+    seed=0,
+):
+    """Searches a dataset (or a view of it) and keeps the results as the
+    dataset's temporary collection.
+
+    Exactly one kind of query is given:
+
+    -   ``prompt``: natural language. Commas split it into several prompts;
+        a sample's score is its best score over them. ``negative_prompt``
+        (commas too) pushes away what it describes: each prompt's query
+        vector becomes ``normalize(p - negative_weight * n)``, with ``p`` the
+        prompt's embedding and ``n`` the normalised mean embedding of the
+        negative prompts, so scores stay cosines.
+    -   ``image_id``: one or more sample ids of the dataset ("more like
+        these"). ``aggregation="max"`` (default) scores each sample by its
+        best similarity to any of them (the union of their neighbours);
+        ``"mean"`` searches with their mean embedding. The reference samples
+        themselves are part of the results when in scope (score 1.0 for
+        ``"max"``, so they come first).
+    -   ``image``: an image from outside the dataset, a file path or a
+        ``PIL.Image``.
+    -   ``method``: diverse sampling, no query: ``"centroids"`` or
+        ``"random"``, over ``clustering_method`` ``"kmeans"`` (default, with
+        ``num_clusters``) or ``"dbscan"``; see
+        :mod:`fiftyone_ai_search.diverse`. Results are in pick order
+        (round-robin over clusters), scored by similarity to their cluster
+        centre; the same call gives the same result.
+
+    Examples::
+
+        import fiftyone_ai_search as ais
+
+        name = ais.perform_ai_search(dataset, prompt="a red car, a red truck")
+        view = ais.get_collection(dataset, name)
+
+        ais.perform_ai_search(dataset.match_tags("unlabeled"),
+                              prompt="a dog", negative_prompt="a cartoon")
+        ais.perform_ai_search(dataset, image_id=[id1, id2], limit=50)
+        ais.perform_ai_search(dataset, method="centroids", limit=200,
+                              clustering_method="kmeans", num_clusters=20)
+
+    Args:
+        samples: a :class:`fiftyone.core.dataset.Dataset` or a view of it:
+            the search scope
+        prompt (None): a text prompt; commas separate several
+        image_id (None): a sample id or a list of them
+        method (None): ``"centroids"`` or ``"random"`` (diverse search)
+        limit (100): the most results
+        clustering_method (None): ``"kmeans"`` or ``"dbscan"`` (diverse)
+        num_clusters (None): the k-means cluster count (diverse, kmeans)
+        image_id_scope (None): sample ids to search within (intersected with
+            ``samples``)
+        threshold (None): only results scoring ``>= threshold``, in [-1, 1]
+        negative_prompt (None): what to push away (prompt search)
+        image (None): a file path or ``PIL.Image`` to search by
+        aggregation ("max"): ``"max"`` or ``"mean"`` (several references)
+        negative_weight (0.5): how hard a negative prompt pushes
+        seed (0): the random seed of diverse search
+
+    Returns:
+        the name of the collection holding the results, or None when nothing
+        matched (the previous results are then left as they were)
+
+    Raises:
+        ValueError: for invalid arguments; the message names the argument
+        AISearchNotEnabledError: if AI search is off for the dataset
+        IndexNotReadyError: if the first indexing has not finished
+    """
+    query = _Query.validate(
+        prompt=prompt, image_id=image_id, method=method, limit=limit,
+        clustering_method=clustering_method, num_clusters=num_clusters,
+        threshold=threshold, negative_prompt=negative_prompt, image=image,
+        aggregation=aggregation, negative_weight=negative_weight, seed=seed,
+        image_id_scope=image_id_scope,
+    )
+    dataset = samples._dataset
+    doc = _require_ready(dataset)
+    scope = _scope_ids(samples, query.image_id_scope)
+    if query.image_ids:
+        _check_known_ids(dataset, query.image_ids, "image_id")
+
+    store = runner.open_index(dataset, doc=doc)
+    try:
+        ids, scores = query.run(dataset, doc, store, scope)
+    finally:
+        store.close()
+
+    if not ids:
+        return None
+    return colls.write_collection(
+        dataset, colls.TEMPORARY_COLLECTION, ids, scores,
+        query=query.describe(scope),
+    )
+
+
+# -- validation ---------------------------------------------------------------
+
+
+def _split(text, arg):
+    if not isinstance(text, str):
+        raise ValueError(f"{arg} must be a string, got {type(text).__name__}")
+    parts = [p.strip() for p in text.split(",")]
+    parts = [p for p in parts if p]
+    if not parts:
+        raise ValueError(f"{arg} is empty")
+    return parts
+
+
+def _id_list(value, arg):
+    values = [value] if isinstance(value, str) else value
+    try:
+        values = list(values)
+    except TypeError:
+        raise ValueError(
+            f"{arg} must be a sample id or a list of them, got {value!r}"
+        ) from None
+    bad = [v for v in values if not _is_object_id(v)]
+    if bad:
+        raise ValueError(f"{arg}: not sample ids: {bad[:5]}")
+    if not values:
+        raise ValueError(f"{arg} is empty")
+    return list(dict.fromkeys(values))  # unique, order kept
+
+
+def _is_object_id(value):
+    return (isinstance(value, str) and len(value) == 24
+            and all(c in "0123456789abcdef" for c in value.lower()))
+
+
+class _Query:
+    """A validated search request; validation touches nothing, so nothing
+    is written when it fails."""
+
+    @classmethod
+    def validate(cls, prompt, image_id, method, limit, clustering_method,
+                 num_clusters, threshold, negative_prompt, image, aggregation,
+                 negative_weight, seed, image_id_scope):
+        given = [name for name, v in (("prompt", prompt),
+                                      ("image_id", image_id),
+                                      ("image", image),
+                                      ("method", method)) if v is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "Give exactly one of prompt, image_id, image or method (diverse "
+                f"search); got {', '.join(given) if given else 'none'}"
+            )
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"limit must be an integer >= 1, got {limit!r}")
+        if threshold is not None and not (
+            isinstance(threshold, (int, float)) and -1.0 <= threshold <= 1.0
+        ):
+            raise ValueError(f"threshold must be within [-1, 1], got {threshold!r}")
+        if method is not None and method not in diverse.METHODS:
+            raise ValueError(
+                f"method must be one of {diverse.METHODS}, got {method!r}"
+            )
+        if clustering_method is not None and (
+            clustering_method not in diverse.CLUSTERING_METHODS
+        ):
+            raise ValueError(
+                "clustering_method must be one of "
+                f"{diverse.CLUSTERING_METHODS}, got {clustering_method!r}"
+            )
+        if clustering_method is not None and method is None:
+            raise ValueError("clustering_method applies to diverse search "
+                             "only (method=...)")
+        if num_clusters is not None:
+            if (clustering_method or "kmeans") != "kmeans" or method is None:
+                raise ValueError(
+                    "num_clusters applies to diverse search with "
+                    "clustering_method='kmeans' only"
+                )
+            if isinstance(num_clusters, bool) or not isinstance(
+                num_clusters, int
+            ) or num_clusters < 1:
+                raise ValueError(
+                    f"num_clusters must be an integer >= 1, got {num_clusters!r}"
+                )
+        if negative_prompt is not None and prompt is None:
+            raise ValueError("negative_prompt applies to prompt search only")
+        if aggregation not in AGGREGATIONS:
+            raise ValueError(
+                f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}"
+            )
+
+        q = cls()
+        q.prompts = _split(prompt, "prompt") if prompt is not None else None
+        q.negatives = (_split(negative_prompt, "negative_prompt")
+                       if negative_prompt is not None else [])
+        q.image_ids = _id_list(image_id, "image_id") if image_id is not None else None
+        q.image = image
+        q.method = method
+        q.clustering_method = clustering_method or "kmeans"
+        q.num_clusters = num_clusters
+        q.limit = limit
+        q.threshold = None if threshold is None else float(threshold)
+        q.aggregation = aggregation
+        q.negative_weight = float(negative_weight)
+        q.seed = seed
+        q.image_id_scope = (_id_list(image_id_scope, "image_id_scope")
+                            if image_id_scope is not None else None)
+        return q
+
+    def run(self, dataset, doc, store, scope):
+        """Returns ``(sample_ids, scores)``."""
+        if self.method is not None:
+            return _diverse(store, scope, self)
+
+        if self.prompts is not None:
+            model = runner.load_index_model(doc)
+            vectors = prompt_vectors(model, self.prompts, self.negatives,
+                                     self.negative_weight)
+        elif self.image_ids is not None:
+            vectors = _reference_vectors(dataset, store, self.image_ids)
+            if self.aggregation == "mean":
+                vectors = _normalize(vectors.mean(axis=0, keepdims=True))
+        else:
+            model = runner.load_index_model(doc)
+            vectors = _image_vector(model, self.image)
+
+        return nearest(store, vectors, self.limit, scope, self.threshold)
+
+    def describe(self, scope):
+        """What produced a collection (kept with it, shown in the App)."""
+        d = {"limit": self.limit, "threshold": self.threshold,
+             "scope_size": None if scope is None else len(scope)}
+        if self.method is not None:
+            d.update(mode="diverse", method=self.method,
+                     clustering_method=self.clustering_method,
+                     num_clusters=self.num_clusters, seed=self.seed)
+        elif self.prompts is not None:
+            d.update(mode="prompt", prompt=", ".join(self.prompts),
+                     negative_prompt=", ".join(self.negatives) or None)
+        elif self.image_ids is not None:
+            d.update(mode="image", image_id=self.image_ids,
+                     aggregation=self.aggregation)
+        else:
+            d.update(mode="image", image=str(getattr(self.image, "filename", "")
+                                             or self.image)[:500])
+        return d
+
+
+# -- readiness and scope ---------------------------------------------------------
+
+
+def _require_ready(dataset):
+    doc = st.get(dataset)
+    if doc is None or not doc.get("enabled"):
+        raise AISearchNotEnabledError(
+            f"AI search is not enabled on dataset '{dataset.name}'. Enable it "
+            "with fiftyone_ai_search.enable_embeddings(dataset) (or the 'AI "
+            "search: enable' operator in the App), then search"
+        )
+    if doc.get("updated_at") is None:
+        p = doc.get("progress") or {}
+        done = f" ({p['done']} of {p['total']} embedded)" if p.get("total") else ""
+        raise IndexNotReadyError(
+            f"AI search of dataset '{dataset.name}' is still computing its "
+            f"first index{done}. Wait for it: "
+            "fiftyone_ai_search.calculate_embeddings(dataset, wait=True), "
+            "or check get_status(dataset)"
+        )
+    return doc
+
+
+def _scope_ids(samples, image_id_scope):
+    """The ids to search within, or None for the whole dataset."""
+    dataset = samples._dataset
+    scope = None if samples is dataset else samples.values("id")
+    if image_id_scope is not None:
+        _check_known_ids(dataset, image_id_scope, "image_id_scope")
+        if scope is None:
+            scope = image_id_scope
+        else:
+            allowed = set(image_id_scope)
+            scope = [i for i in scope if i in allowed]
+    return scope
+
+
+def _check_known_ids(dataset, ids, arg):
+    from bson import ObjectId
+    from fiftyone import ViewField as F
+
+    found = set(
+        dataset.match(F("_id").is_in([ObjectId(i) for i in ids])).values("id")
+    )
+    unknown = [i for i in ids if i not in found]
+    if unknown:
+        raise ValueError(
+            f"{arg}: {len(unknown)} sample id(s) not in dataset "
+            f"'{dataset.name}': {unknown[:5]}"
+        )
+
+
+# -- query vectors -------------------------------------------------------------
+
+
+def _normalize(x):
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+class _TextCache:
+    """Text embeddings of recent prompts, per model (prompts repeat: the
+    App re-runs a search as its limit or threshold changes)."""
+
+    def __init__(self, size=1024):
+        self.size = size
+        self._items = _collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def encode(self, model, prompts):
+        keys = [(model.spec.identity, p) for p in prompts]
+        with self._lock:
+            missing = [k[1] for k in keys if k not in self._items]
+        if missing:
+            vectors = model.encode_text(missing)
+            with self._lock:
+                for p, v in zip(missing, vectors):
+                    self._items[(model.spec.identity, p)] = v
+                while len(self._items) > self.size:
+                    self._items.popitem(last=False)
+        with self._lock:
+            for k in keys:
+                self._items.move_to_end(k)
+            return np.stack([self._items[k] for k in keys])
+
+
+_TEXT_CACHE = _TextCache()
+
+
+def prompt_vectors(model, prompts, negatives=(), negative_weight=NEGATIVE_WEIGHT):
+    """Query vectors of prompts, with negative prompts subtracted.
+
+    Returns:
+        an ``(len(prompts), dim)`` array of unit vectors
+    """
+    vectors = _TEXT_CACHE.encode(model, list(prompts))
+    if negatives:
+        n = _normalize(_TEXT_CACHE.encode(model, list(negatives)).mean(axis=0))
+        vectors = _normalize(vectors - negative_weight * n)
+    return vectors
+
+
+def _reference_vectors(dataset, store, image_ids):
+    ids, vectors = store.get_vectors(image_ids)
+    missing = [i for i in image_ids if i not in set(ids)]
+    if missing:
+        failed = {f["sample_id"]: f["reason"] for f in st.get_failures(dataset)}
+        why = "; ".join(
+            f"{i}: " + (f"its image failed ({failed[i]})" if i in failed
+                        else "not embedded yet")
+            for i in missing[:5]
+        )
+        raise ValueError(f"image_id: no embedding for {why}")
+    return np.asarray(vectors, dtype=np.float32)
+
+
+def _image_vector(model, image):
+    from .embedder import embed_images
+    from .images import to_rgb
+
+    if isinstance(image, str):
+        (batch,) = list(embed_images(model, [("image", image)], num_workers=0))
+        if batch.failures:
+            raise ValueError(f"image: cannot read {image!r}: "
+                             f"{batch.failures['image']}")
+        return batch.vectors[:1]
+    if hasattr(image, "convert"):
+        import torch
+
+        pixels = model.preprocess(to_rgb(image)).unsqueeze(0)
+        return model.encode_images(torch.as_tensor(pixels))
+    raise ValueError(
+        f"image must be a file path or a PIL image, got {type(image).__name__}"
+    )
+
+
+# -- nearest neighbours ----------------------------------------------------------
+
+
+def nearest(store, vectors, limit, scope=None, threshold=None):
+    """Exact top-``limit`` of the union of several queries (best score per
+    sample), within ``scope``.
+
+    Returns:
+        ``(sample_ids, scores)``, best first
+    """
+    best = {}
+    with store.session():
+        total = store.count()
+        for vector in np.atleast_2d(vectors):
+            for sample_id, score in _top_k(store, vector, limit, scope,
+                                           threshold, total):
+                if score > best.get(sample_id, -np.inf):
+                    best[sample_id] = score
+    ranked = sorted(best.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
+    return [k for k, _ in ranked], [v for _, v in ranked]
+
+
+def _top_k(store, vector, limit, scope, threshold, total):
+    if scope is None:
+        return store.query(vector, limit, min_score=threshold)
+    if not scope:
+        return []
+    if len(scope) <= MAX_FILTERED_SCOPE:
+        return store.query(vector, limit, sample_ids=scope, min_score=threshold)
+
+    # a large scope: fetch the unscoped top-k' and keep what is in scope.
+    # It is exact once k' hits hold `limit` in scope (nothing in scope can
+    # score above a hit we kept), or k' covers the whole index.
+    allowed = set(scope)
+    k = min(total, math.ceil(1.5 * limit * total / len(scope)) + 16)
+    while True:
+        hits = store.query(vector, k, min_score=threshold)
+        kept = [h for h in hits if h[0] in allowed]
+        if len(kept) >= limit or len(hits) < k or k >= total:
+            return kept[:limit]
+        k = min(total, 2 * k)
+
+
+def _diverse(store, scope, q):
+    ids, vectors = store.get_vectors(scope)
+    picked, scores = diverse.diverse_sample(
+        vectors, q.limit, method=q.method,
+        clustering_method=q.clustering_method,
+        num_clusters=q.num_clusters, seed=q.seed,
+    )
+    out = [(ids[i], float(s)) for i, s in zip(picked, scores)
+           if q.threshold is None or s >= q.threshold]
+    return [i for i, _ in out], [s for _, s in out]

@@ -51,15 +51,14 @@ def make_images(root, count, size=(1280, 960)):
 
         rng = np.random.default_rng(i)
         phase = rng.uniform(0, 6, 3)
-        base = np.stack(
-            [127 + 90 * np.sin(x / width * 5 + p + y / height * 3) for p in phase],
-            -1,
-        )
+        waves = [np.sin(x / width * 5 + p + y / height * 3) for p in phase]
+        base = 127 + 90 * np.stack(waves, -1)
         base += rng.normal(0, 10, base.shape)
         image = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
         draw = ImageDraw.Draw(image)
         for _ in range(12):
-            x0, y0 = rng.integers(0, width - 200), rng.integers(0, height - 200)
+            x0 = rng.integers(0, width - 200)
+            y0 = rng.integers(0, height - 200)
             w, h = rng.integers(30, 300, 2)
             color = tuple(int(c) for c in rng.integers(0, 256, 3))
             draw.ellipse([x0, y0, x0 + w, y0 + h], fill=color)
@@ -93,9 +92,8 @@ def decode_rates(model, paths):
 
 def model_rate(model, paths, batch_size, count):
     draft = DRAFT_FACTOR * model.image_size
-    batch = torch.stack(
-        [model.preprocess(load_image(p, draft_size=draft)) for p in paths[:batch_size]]
-    )
+    images = [load_image(p, draft_size=draft) for p in paths[:batch_size]]
+    batch = torch.stack([model.preprocess(image) for image in images])
     model.encode_images(batch)  # warm-up
     done = 0
     start = time.perf_counter()

@@ -56,10 +56,8 @@ def _picture(seed, size=(320, 240)):
     width, height = size
     y, x = np.mgrid[0:height, 0:width]
     phase = rng.uniform(0, 6, 3)
-    base = np.stack(
-        [127 + 100 * np.sin(x / width * 6 + p + y / height * 3) for p in phase],
-        -1,
-    )
+    waves = [np.sin(x / width * 6 + p + y / height * 3) for p in phase]
+    base = 127 + 100 * np.stack(waves, -1)
     image = Image.fromarray(base.astype(np.uint8))
     draw = ImageDraw.Draw(image)
     for _ in range(6):
@@ -299,7 +297,9 @@ class _CrashingModel:
         return self._model.encode_images(batch)
 
 
-def test_a_crashing_decoder_fails_only_its_image(model, tmp_path, workers_only):
+def test_a_crashing_decoder_fails_only_its_image(
+    model, tmp_path, workers_only
+):
     good = _good_files(str(tmp_path), 7)
     poison = str(tmp_path / "poison.png")
     Image.new("RGB", (13, 13)).save(poison)

@@ -36,6 +36,10 @@ def _reason(path, **kwargs):
     return info.value.reason
 
 
+def _gray(image):
+    return np.asarray(image)[0, :, 0].tolist()
+
+
 def _png_header_only(path, width, height):
     """A PNG that claims ``width`` x ``height`` but holds almost no data:
     a decompression bomb as far as its header goes."""
@@ -88,7 +92,8 @@ def test_rgba_is_composited_on_white(tmp_path):
     pixels = np.zeros((10, 20, 4), np.uint8)
     pixels[..., 0] = 200  # red, hidden where transparent
     pixels[:, :10, 3] = 255  # left half opaque, right half transparent
-    image = load_image(_save(Image.fromarray(pixels, "RGBA"), tmp_path / "a.png"))
+    path = _save(Image.fromarray(pixels, "RGBA"), tmp_path / "a.png")
+    image = load_image(path)
 
     out = np.asarray(image)
     assert image.mode == "RGB"
@@ -99,7 +104,8 @@ def test_rgba_is_composited_on_white(tmp_path):
 def test_la_is_composited_on_white(tmp_path):
     pixels = np.zeros((10, 20, 2), np.uint8)
     pixels[:, :10, 1] = 255
-    image = load_image(_save(Image.fromarray(pixels, "LA"), tmp_path / "la.png"))
+    path = _save(Image.fromarray(pixels, "LA"), tmp_path / "la.png")
+    image = load_image(path)
 
     out = np.asarray(image)
     assert tuple(out[5, 2]) == (0, 0, 0)
@@ -122,7 +128,8 @@ def test_palette_with_and_without_transparency(tmp_path):
     assert tuple(out[5, 2]) == (255, 0, 0)
     assert tuple(out[5, 15]) == (255, 255, 255)
 
-    gif = np.asarray(load_image(_save(palette, tmp_path / "pt.gif", transparency=0)))
+    gif = _save(palette, tmp_path / "pt.gif", transparency=0)
+    gif = np.asarray(load_image(gif))
     assert tuple(gif[5, 15]) == (255, 255, 255)
 
 
@@ -144,18 +151,10 @@ def test_32_bit_integer_and_float(tmp_path):
     assert np.asarray(image)[0, :, 0].tolist() == [0, 100, 255]
 
     eight = np.array([[0, 100, 255]], dtype=np.int32)
-    assert np.asarray(to_rgb(Image.fromarray(eight, "I")))[0, :, 0].tolist() == [
-        0,
-        100,
-        255,
-    ]
+    assert _gray(to_rgb(Image.fromarray(eight, "I"))) == [0, 100, 255]
 
     wide = np.array([[-1000, 0, 1000]], dtype=np.int32)
-    assert np.asarray(to_rgb(Image.fromarray(wide, "I")))[0, :, 0].tolist() == [
-        0,
-        128,
-        255,
-    ]
+    assert _gray(to_rgb(Image.fromarray(wide, "I"))) == [0, 128, 255]
 
     unit = np.array([[0.0, 0.5, 1.0]], dtype=np.float32)
     path = _save(Image.fromarray(unit, "F"), tmp_path / "f.tif")
@@ -269,7 +268,9 @@ def test_missing_empty_directory_and_not_an_image(tmp_path):
     )
 
 
-@pytest.mark.parametrize("ext,keep", [("jpg", 0.5), ("jpg", 0.98), ("png", 0.5)])
+@pytest.mark.parametrize(
+    "ext,keep", [("jpg", 0.5), ("jpg", 0.98), ("png", 0.5)]
+)
 def test_truncated_files_fail(tmp_path, ext, keep):
     rng = np.random.default_rng(0)
     noise = rng.integers(0, 256, (200, 300, 3), dtype=np.uint8)

@@ -84,7 +84,8 @@ def _local_dir(path, name, weights_path):
     with open(os.path.join(path, "open_clip_config.json"), "w") as f:
         json.dump(config, f)
 
-    shutil.copy(weights_path, os.path.join(path, "open_clip_model.safetensors"))
+    target = os.path.join(path, "open_clip_model.safetensors")
+    shutil.copy(weights_path, target)
     return f"local-dir:{path}"
 
 
@@ -240,7 +241,8 @@ def weights(tmp_path_factory):
 
     other = {k: v.clone() for k, v in module.state_dict().items()}
     gen = torch.Generator().manual_seed(1)
-    other["visual.proj"] += torch.randn(other["visual.proj"].shape, generator=gen)
+    proj = other["visual.proj"]
+    proj += torch.randn(proj.shape, generator=gen)
     from safetensors.torch import save_file
 
     other_path = root / "other.safetensors"
@@ -276,7 +278,9 @@ def test_weights_file_loads_those_weights(weights, tmp_path):
 
     perturbed = load_model(resolve_model(TINY_VIT, other), "cpu")
     assert not np.allclose(
-        perturbed.encode_images(images), random.encode_images(images), atol=1e-3
+        perturbed.encode_images(images),
+        random.encode_images(images),
+        atol=1e-3,
     )
 
     # a torch pickle (.bin) works too

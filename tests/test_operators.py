@@ -36,9 +36,9 @@ def repo_as_plugin():
     os.unlink(link)
 
 
-def _run(name, dataset, **params):
-    result = foo.execute_operator(uri(name), ctx={"dataset": dataset,
-                                                  "params": params})
+def _run(operator, dataset, **params):
+    result = foo.execute_operator(uri(operator), ctx={"dataset": dataset,
+                                                      "params": params})
     assert result.error is None, result.error_message
     return result.result
 
@@ -109,3 +109,49 @@ def test_compute_embeddings_delegated_reports_progress(tmp_path):
     assert op.result.result["added"] == 15
     assert op.status.progress == pytest.approx(1.0)
     assert ais.get_status(dataset)["counts"]["num_indexed"] == 15
+
+
+def test_search_operators(tmp_path):
+    from fiftyone import ViewField as F
+
+    dataset = shapes_dataset(tmp_path, num_samples=60)
+    ais.calculate_embeddings(dataset, wait=True, progress=False)
+
+    out = _run("ai_search", dataset, mode="prompt",
+               prompt="a photo of a red circle", limit=5)
+    assert out == {"collection": ais.TEMPORARY_COLLECTION, "count": 5}
+    labels = ais.get_collection(dataset, out["collection"]).values(
+        "ground_truth.label")
+    assert labels.count("red circle") >= 2  # 60 samples hold 2 of each class
+
+    # similar to the App's selected samples, within the App's current view
+    ref = dataset.match(F("ground_truth.label") == "blue star").first()
+    view = dataset.match(F("shape") == "star")
+    result = foo.execute_operator(uri("ai_search"), ctx={
+        "dataset": dataset, "view": view, "selected": [ref.id],
+        "params": {"mode": "similar", "limit": 3}})
+    assert result.error is None, result.error_message
+    scores = ais.get_collection_scores(dataset, ais.TEMPORARY_COLLECTION)
+    assert scores[0][0] == ref.id and len(scores) == 3
+    assert set(ais.get_collection(dataset, ais.TEMPORARY_COLLECTION)
+               .values("shape")) == {"star"}
+
+    out = _run("ai_search", dataset, mode="diverse", method="random",
+               clustering_method="kmeans", num_clusters=4, limit=8)
+    assert out["count"] == 8
+
+    cut = scores[1][1]
+    out = _run("filter_by_score", dataset, min_score=cut)
+    assert out["count"] == sum(s >= cut for _, s in
+                               ais.get_collection_scores(dataset, ais.TEMPORARY_COLLECTION))
+
+    assert _run("save_collection", dataset, name="keep") == {"collection": "keep"}
+    assert _run("rename_collection", dataset, name="keep", new_name="kept") == {
+        "collection": "kept"}
+    assert _run("delete_collection", dataset, name="kept") == {"deleted": "kept"}
+    assert "kept" not in dataset.list_saved_views()
+
+    # the SDK's error, naming the argument, reaches the App
+    with pytest.raises(Exception, match="prompt is empty"):
+        foo.execute_operator(uri("ai_search"), ctx={
+            "dataset": dataset, "params": {"mode": "prompt", "prompt": " , "}})

@@ -149,7 +149,7 @@ def _embed(model, decoder, items, batch_size, num_workers, progress):
             else:
                 vectors = np.zeros((0, model.dim), dtype=np.float32)
 
-            batch = EmbeddedBatch(keys=keys, vectors=vectors, failures=failures)
+            batch = EmbeddedBatch(keys, vectors, failures)
             if progress is not None:
                 progress(len(batch))
 
@@ -182,7 +182,9 @@ class _Decoder:
     def _decode_one(self, key, filepath, keys, arrays, failures):
         try:
             image = load_image(
-                filepath, draft_size=self.draft_size, max_pixels=self.max_pixels
+                filepath,
+                draft_size=self.draft_size,
+                max_pixels=self.max_pixels,
             )
             array = np.asarray(self.preprocess(image), dtype=np.float32)
         except ImageDecodeError as e:

@@ -156,7 +156,8 @@ def _check_file(filepath):
     except PermissionError:
         raise ImageDecodeError("permission denied") from None
     except OSError as e:
-        raise ImageDecodeError(f"cannot read file: {e.strerror or e}") from None
+        reason = f"cannot read file: {e.strerror or e}"
+        raise ImageDecodeError(reason) from None
 
     if not os.path.isfile(filepath):
         raise ImageDecodeError("not a file")

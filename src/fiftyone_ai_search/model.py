@@ -361,7 +361,8 @@ def _embedding_dim(module, image_size, device, dtype):
     import torch
 
     # Towers that do not say: ask them
-    probe = torch.zeros(1, 3, image_size, image_size, device=device, dtype=dtype)
+    probe = torch.zeros(1, 3, image_size, image_size, dtype=dtype)
+    probe = probe.to(device)
     with torch.inference_mode():
         return int(module.encode_image(probe).shape[-1])
 

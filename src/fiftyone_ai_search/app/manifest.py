@@ -14,6 +14,11 @@ OPERATOR_NAMES = (
     "disable_ai_search",
     "compute_embeddings",
     "ai_search_status",
+    "ai_search",
+    "filter_by_score",
+    "save_collection",
+    "rename_collection",
+    "delete_collection",
 )
 
 SECRETS = (

@@ -203,4 +203,213 @@ class AISearchStatus(foo.Operator):
         return types.Property(outputs)
 
 
-OPERATORS = (EnableAISearch, DisableAISearch, ComputeEmbeddings, AISearchStatus)
+# -- search and collections ------------------------------------------------------
+
+SEARCH_MODES = ("prompt", "similar", "diverse")
+
+
+def _search_inputs(ctx, inputs):
+    """The search form; shared by the operator and the panel."""
+    mode = ctx.params.get("mode") or ("similar" if ctx.selected else "prompt")
+    inputs.enum(
+        "mode", list(SEARCH_MODES), label="Search by", default=mode,
+        view=types.RadioGroup(),
+        description="prompt: describe it; similar: like the selected "
+        "samples; diverse: a representative spread",
+    )
+    if mode == "prompt":
+        inputs.str("prompt", label="Prompt", required=True,
+                   description="Commas separate several prompts")
+        inputs.str("negative_prompt", label="Negative prompt",
+                   description="Push away what this describes (optional)")
+    elif mode == "similar":
+        n = len(ctx.selected or [])
+        inputs.view("selected", types.Notice(
+            label=f"Similar to the {n} selected sample(s)" if n else
+            "Select samples in the grid first"))
+    else:
+        inputs.enum("method", ["centroids", "random"], label="Take",
+                    default="centroids",
+                    description="centroids: the most typical of each "
+                    "cluster; random: random members")
+        inputs.enum("clustering_method", ["kmeans", "dbscan"],
+                    label="Clustering", default="kmeans")
+        if ctx.params.get("clustering_method", "kmeans") == "kmeans":
+            inputs.int("num_clusters", label="Clusters",
+                       description="Default: about 2 x sqrt(limit)")
+    inputs.int("limit", label="Limit", default=100, min=1)
+    inputs.float("threshold", label="Minimum score",
+                 description="Only results scoring at least this (-1 to 1)",
+                 min=-1.0, max=1.0)
+
+
+def search_from_params(ctx, params):
+    """Runs the search that ``params`` (the form above) describes, within
+    the App's current view. Returns the collection name or None."""
+    mode = params.get("mode") or "prompt"
+    kwargs = dict(limit=int(params.get("limit") or 100),
+                  threshold=params.get("threshold"))
+    if mode == "prompt":
+        kwargs.update(prompt=params.get("prompt") or "",
+                      negative_prompt=params.get("negative_prompt") or None)
+    elif mode == "similar":
+        kwargs["image_id"] = list(ctx.selected or [])
+    elif mode == "diverse":
+        kwargs.update(method=params.get("method") or "centroids",
+                      clustering_method=params.get("clustering_method")
+                      or "kmeans",
+                      num_clusters=params.get("num_clusters") or None)
+        if kwargs["clustering_method"] != "kmeans":
+            kwargs.pop("num_clusters")
+    else:
+        raise ValueError(f"mode must be one of {SEARCH_MODES}, got {mode!r}")
+    return ais.perform_ai_search(ctx.view, **kwargs)
+
+
+class AISearch(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(
+            name="ai_search",
+            label="AI search",
+            description="Find samples by prompt, by similarity to the "
+            "selected samples, or a diverse spread; within the current view",
+            icon="travel_explore",
+            dynamic=True,
+        )
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        _search_inputs(ctx, inputs)
+        return types.Property(inputs, view=types.View(label="AI search"))
+
+    def execute(self, ctx):
+        name = search_from_params(ctx, ctx.params)
+        if name is None:
+            ctx.ops.notify("Nothing matched", variant="warning")
+            return {"collection": None, "count": 0}
+        ctx.ops.set_view(name=name)
+        return {"collection": name,
+                "count": len(ais.get_collection_scores(ctx.dataset, name))}
+
+
+class FilterByScore(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(
+            name="filter_by_score",
+            label="AI search: filter results by score",
+            icon="filter_alt",
+            dynamic=True,
+        )
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        inputs.str("collection", label="Collection",
+                   default=ais.TEMPORARY_COLLECTION)
+        inputs.float("min_score", label="Minimum score", min=-1.0, max=1.0)
+        inputs.float("max_score", label="Maximum score", min=-1.0, max=1.0)
+        return types.Property(inputs, view=types.View(label="Filter by score"))
+
+    def execute(self, ctx):
+        name = ctx.params.get("collection") or ais.TEMPORARY_COLLECTION
+        view = ais.get_collection(
+            ctx.dataset, name,
+            min_score=ctx.params.get("min_score"),
+            max_score=ctx.params.get("max_score"),
+        )
+        ctx.ops.set_view(view=view)
+        return {"collection": name, "count": len(view)}
+
+
+class SaveCollection(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(
+            name="save_collection",
+            label="AI search: save results as a collection",
+            icon="bookmark_add",
+            dynamic=True,
+        )
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        inputs.str("name", label="Name", required=True)
+        inputs.str("source", label="Collection to save",
+                   default=ais.TEMPORARY_COLLECTION)
+        inputs.bool("overwrite", label="Replace a view of that name",
+                    default=False)
+        return types.Property(inputs, view=types.View(label="Save collection"))
+
+    def execute(self, ctx):
+        name = ais.save_collection(
+            ctx.dataset, ctx.params.get("name"),
+            source=ctx.params.get("source") or ais.TEMPORARY_COLLECTION,
+            overwrite=bool(ctx.params.get("overwrite", False)),
+        )
+        return {"collection": name}
+
+
+class RenameCollection(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(
+            name="rename_collection",
+            label="AI search: rename a collection",
+            icon="edit",
+            dynamic=True,
+        )
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        _collection_choice(ctx, inputs)
+        inputs.str("new_name", label="New name", required=True)
+        return types.Property(inputs, view=types.View(label="Rename collection"))
+
+    def execute(self, ctx):
+        name = ais.rename_collection(ctx.dataset, ctx.params.get("name"),
+                                     ctx.params.get("new_name"))
+        return {"collection": name}
+
+
+class DeleteCollection(foo.Operator):
+    @property
+    def config(self):
+        return foo.OperatorConfig(
+            name="delete_collection",
+            label="AI search: delete a collection",
+            icon="delete",
+            dynamic=True,
+        )
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        _collection_choice(ctx, inputs)
+        return types.Property(inputs, view=types.View(label="Delete collection"))
+
+    def execute(self, ctx):
+        name = ctx.params.get("name")
+        ais.delete_collection(ctx.dataset, name)
+        return {"deleted": name}
+
+
+def _collection_choice(ctx, inputs):
+    names = [c["name"] for c in ais.list_collections(ctx.dataset)]
+    choices = types.Dropdown()
+    for name in names:
+        choices.add_choice(name, label=name)
+    inputs.enum("name", names, label="Collection", required=True,
+                view=choices)
+
+
+OPERATORS = (
+    EnableAISearch,
+    DisableAISearch,
+    ComputeEmbeddings,
+    AISearchStatus,
+    AISearch,
+    FilterByScore,
+    SaveCollection,
+    RenameCollection,
+    DeleteCollection,
+)

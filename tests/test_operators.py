@@ -46,7 +46,8 @@ def _run(operator, dataset, **params):
 def test_repository_checkout_is_found_as_a_plugin():
     plugin = fop.get_plugin(PLUGIN_NAME)
     assert os.path.realpath(plugin.directory) == REPO_DIR
-    assert set(plugin.operators) == set(manifest()["operators"])
+    assert set(plugin.operators) == set(manifest()["operators"]) | set(
+        manifest()["panels"])
 
 
 def test_repository_manifest_is_the_package_manifest():
@@ -155,3 +156,41 @@ def test_search_operators(tmp_path):
     with pytest.raises(Exception, match="prompt is empty"):
         foo.execute_operator(uri("ai_search"), ctx={
             "dataset": dataset, "params": {"mode": "prompt", "prompt": " , "}})
+
+
+def test_panel_loads_searches_and_filters_by_a_histogram_range(tmp_path):
+    dataset = shapes_dataset(tmp_path, num_samples=30)
+    panel = uri("ai_search_panel")
+
+    def call(method, state=None, **params):
+        result = foo.execute_operator(panel, ctx={
+            "dataset": dataset,
+            "params": dict(params, __method__=method, panel_id="p1",
+                           panel_state=state or {})})
+        assert result.error is None, result.error_message
+        return result
+
+    call("on_load")  # enabled, not computed yet: renders without error
+    ais.calculate_embeddings(dataset, wait=True, progress=False)
+
+    state = {"search": {"mode": "prompt", "prompt": "a photo of a red circle",
+                        "limit": 10}}
+    call("on_search", state=state)
+    scores = ais.get_collection_scores(dataset, ais.TEMPORARY_COLLECTION)
+    assert len(scores) == 10
+
+    edges, counts = ais.get_score_histogram(
+        dataset, ais.TEMPORARY_COLLECTION, bins=25)
+    from fiftyone_ai_search.app.panel import selected_range, histogram_chart
+    chart = histogram_chart(edges, counts)
+    top_bar = [{"x": chart[0]["x"][-1], "y": chart[0]["y"][-1]}]
+    lo, hi = selected_range(top_bar, edges)
+    assert lo <= scores[0][1] <= hi
+    call("on_range", state=state, data=top_bar)
+    view = ais.get_collection(dataset, ais.TEMPORARY_COLLECTION,
+                              min_score=lo, max_score=hi)
+    assert scores[0][0] in view.values("id")
+    assert len(view) == counts[-1]
+
+    call("on_save", state=dict(state, collection_name="from panel"))
+    assert "from panel" in [c["name"] for c in ais.list_collections(dataset)]

@@ -16,7 +16,7 @@ def _dataset():
     return dataset
 
 
-def _grab(name, results):
+def _grab(name, results, done):
     import fiftyone as fo
 
     from fiftyone_ai_search import state
@@ -24,7 +24,7 @@ def _grab(name, results):
     lease = state.try_acquire(fo.load_dataset(name))
     results.put(lease is not None)
     if lease is not None:
-        multiprocessing.Event().wait(1.0)  # hold it while the others try
+        done.wait(120)  # hold it until every process has tried
         lease.release()
 
 
@@ -33,14 +33,15 @@ def test_only_one_of_many_racing_processes_gets_the_lease():
     dataset.persistent = True
     try:
         ctx = multiprocessing.get_context("spawn")
-        results = ctx.Queue()
-        procs = [ctx.Process(target=_grab, args=(dataset.name, results))
+        results, done = ctx.Queue(), ctx.Event()
+        procs = [ctx.Process(target=_grab, args=(dataset.name, results, done))
                  for _ in range(4)]
         for p in procs:
             p.start()
+        won = [results.get(timeout=120) for _ in procs]
+        done.set()
         for p in procs:
             p.join(60)
-        won = [results.get(timeout=5) for _ in procs]
         assert won.count(True) == 1
     finally:
         dataset.delete()

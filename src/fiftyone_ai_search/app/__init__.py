@@ -6,8 +6,9 @@ from .manifest import PLUGIN_NAME, manifest
 def register(plugin):
     """Registers the plugin's operators; called by FiftyOne's plugin loader."""
     from .operators import OPERATORS
+    from .panel import AISearchPanel
 
-    for cls in OPERATORS:
+    for cls in OPERATORS + (AISearchPanel,):
         plugin.register(cls)
 
 

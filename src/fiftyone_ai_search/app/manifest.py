@@ -21,6 +21,8 @@ OPERATOR_NAMES = (
     "delete_collection",
 )
 
+PANEL_NAMES = ("ai_search_panel",)
+
 SECRETS = (
     "FIFTYONE_AI_SEARCH_QDRANT_URL",
     "FIFTYONE_AI_SEARCH_QDRANT_API_KEY",
@@ -43,4 +45,5 @@ def manifest(py_entry="__init__.py"):
         "py_entry": py_entry,
         "secrets": list(SECRETS),
         "operators": list(OPERATOR_NAMES),
+        "panels": list(PANEL_NAMES),
     }

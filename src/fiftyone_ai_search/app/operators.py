@@ -27,20 +27,23 @@ def _jsonable(status):
     return out
 
 
+def status_text(status):
+    """One line saying where AI search of a dataset stands."""
+    if not status["enabled"]:
+        return "AI search is off for this dataset."
+    if status["in_progress"]:
+        p = status.get("progress") or {}
+        return f"Computing embeddings: {p.get('done', 0)} / {p.get('total', '?')}"
+    c = status["counts"]
+    return (
+        f"Ready: {c['num_indexed']} of {c['num_samples']} samples indexed"
+        f" with {status['model']}, {c['num_failed']} failed."
+    )
+
+
 def _status_view(ctx, inputs_or_outputs):
     status = ais.get_status(ctx.dataset)
-    if not status["enabled"]:
-        text = "AI search is off for this dataset."
-    elif status["in_progress"]:
-        p = status.get("progress") or {}
-        text = f"Computing embeddings: {p.get('done', 0)} / {p.get('total', '?')}"
-    else:
-        c = status["counts"]
-        text = (
-            f"Ready: {c['num_indexed']} of {c['num_samples']} samples indexed"
-            f" with {status['model']}, {c['num_failed']} failed."
-        )
-    inputs_or_outputs.view("status", types.Notice(label=text))
+    inputs_or_outputs.view("status", types.Notice(label=status_text(status)))
     return status
 
 

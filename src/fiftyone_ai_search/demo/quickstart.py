@@ -13,7 +13,8 @@ os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
 
 def run_demo(name="ai-search-demo", num_samples=300, images_dir=None):
     """Builds the shapes dataset, enables AI search with the bundled tiny
-    CLIP, computes its embeddings (with a progress bar) and shows the status.
+    CLIP, computes its embeddings (with a progress bar), shows the status and
+    runs a first prompt search.
 
     Args:
         name ("ai-search-demo"): the dataset name (replaced if it exists)
@@ -51,8 +52,7 @@ def run_demo(name="ai-search-demo", num_samples=300, images_dir=None):
         f"backend {status['backend']}, updated {status['updated_at']:%Y-%m-%d %H:%M:%S} UTC"
     )
 
-    if hasattr(ais, "perform_ai_search"):
-        _first_search(ais, dataset)
+    _first_search(ais, dataset)
 
     print(f"Done in {time.time() - t0:.1f} s. Open it in the App with:\n"
           f"  python -c \"import fiftyone as fo; "
@@ -63,8 +63,7 @@ def run_demo(name="ai-search-demo", num_samples=300, images_dir=None):
 def _first_search(ais, dataset):
     prompt = "a photo of a red circle"
     name = ais.perform_ai_search(dataset, prompt=prompt, limit=10)
-    view = ais.get_collection(dataset, name)
-    scores = dict(ais.get_collection_scores(dataset, name))
-    print(f"Top 10 for {prompt!r}:")
-    for sample in view:
-        print(f"  {scores[sample.id]:.3f}  {sample.ground_truth.label}")
+    labels = dict(zip(*dataset.values(["id", "ground_truth.label"])))
+    print(f"Top 10 for {prompt!r} (collection '{name}'):")
+    for sample_id, score in ais.get_collection_scores(dataset, name):
+        print(f"  {score:.3f}  {labels[sample_id]}")

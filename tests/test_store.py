@@ -573,13 +573,17 @@ def test_edge_fork_while_open_does_not_lock_the_index(tmp_path):
 
     store = EdgeStore("fork", tmp_path)
     store.ensure(INFO)
+    ready_r, ready_w = os.pipe()
     with store.session():
         store.count()  # the shard is open now
         pid = os.fork()
         if pid == 0:  # a worker forked at a bad moment: it just lives on
+            # at-fork hooks have run once fork() returns here
+            os.write(ready_w, b"x")
             time.sleep(30)
             os._exit(0)
     try:
+        assert os.read(ready_r, 1) == b"x"
         # the child's copies of the lock and shard descriptors were closed,
         # so the parent's close really released the index
         qdrant_edge.EdgeShard.load(os.path.join(store.path, "shard")).close()
@@ -587,3 +591,5 @@ def test_edge_fork_while_open_does_not_lock_the_index(tmp_path):
     finally:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
+        os.close(ready_r)
+        os.close(ready_w)

@@ -284,3 +284,21 @@ def test_kill_9_keeps_committed_work_and_resume_finishes(tmp_path):
     assert report.added == 240 - committed  # committed work is not redone
     assert report.skipped == committed
     assert ais.get_status(dataset)["counts"]["num_indexed"] == 240
+
+
+def test_enable_refuses_random_weights_and_says_why(tmp_path):
+    dataset = shapes_dataset(tmp_path, num_samples=2, enable=False)
+    with pytest.raises(ValueError, match="pretrained.*laion2b_s34b_b79k"):
+        ais.enable_embeddings(dataset, model="ViT-B-32")
+    assert not ais.is_embeddings_enabled(dataset)
+
+
+def test_enable_offline_fails_at_once_saying_how_to_supply_weights(tmp_path):
+    from fiftyone_ai_search.model import ModelUnavailableError
+
+    dataset = shapes_dataset(tmp_path, num_samples=2, enable=False)
+    start = time.time()
+    with pytest.raises(ModelUnavailableError, match="local-dir:"):
+        ais.enable_embeddings(dataset)  # ViT-B-32 / laion2b_s34b_b79k
+    assert time.time() - start < 10
+    assert not ais.is_embeddings_enabled(dataset)

@@ -97,6 +97,16 @@ def enable_embeddings(dataset, model=None, pretrained=None, backend=None,
         model = settings.model
         if pretrained is None:
             pretrained = settings.pretrained
+    if pretrained is None and not str(model).startswith(("local-dir:", "hf-hub:")):
+        # open_clip would build a model with random weights: never what a
+        # search index wants
+        import open_clip
+
+        tags = open_clip.list_pretrained_tags_by_model(model) or []
+        raise ValueError(
+            f"pretrained: model {model!r} needs pretrained weights: a tag "
+            f"(one of {tags}) or a local weights file"
+        )
     spec = resolve_model(model, pretrained)
     # load now, so a missing model fails here rather than in the background
     load_model(spec, device=settings.device)

@@ -13,10 +13,19 @@ under a thread lock and a process lock. Another process waits for its turn
 for at most ``lock_timeout`` seconds, then gets :class:`IndexBusyError`. Long
 operations (big upserts, reading all vectors) work in chunks and hand the
 index over between two chunks when someone waits, so that searches stay
-possible while a long computation commits. Opening costs ~0.1-0.3 s (20k-100k
-512-d points); changes are flushed before each close.
+possible while a long computation commits. Opening and closing cost
+~0.1-0.5 s (20k-100k 512-d points); changes are flushed before each close.
+
+Searches repeat (the App re-runs one as its limit or threshold changes), so
+``session(keep_open=True)`` keeps the shard open after the session, for
+:data:`KEEP_OPEN` seconds of idleness: a watcher thread closes it as soon as
+another process asks for the index (within :data:`KEEP_OPEN_POLL` seconds),
+when it has been idle that long, on :meth:`EdgeStore.close`, or at exit.
+Changes are flushed before the shard is kept, so a kept shard holds nothing
+that is not on disk.
 """
 
+import atexit
 import contextlib
 import json
 import os
@@ -50,6 +59,15 @@ ID_PAGE = 10000
 #: opening, so slices much shorter than that would mostly reopen
 HOLD_SLICE = 0.5
 
+#: seconds of idleness after which a shard kept open (see
+#: ``EdgeStore.session(keep_open=True)``) is closed; at 100k 512-d points a
+#: reopening costs ~0.3-0.5 s, more than a whole search
+KEEP_OPEN = 30.0
+
+#: how often (seconds) a kept-open shard checks whether another process waits
+#: for it, and so the most that process waits for a kept shard
+KEEP_OPEN_POLL = 0.02
+
 
 class _Shared:
     """What the threads of one process share about one index directory."""
@@ -62,6 +80,12 @@ class _Shared:
         self.shard = None
         self.info = None
         self.dirty = False
+        #: a session asked to keep the shard open after it
+        self.keep_requested = False
+        #: while the shard is kept open: when to close it (monotonic time)
+        self.keep_until = None
+        #: the watcher thread of a kept-open shard
+        self.keeper = None
 
 
 _registry = {}
@@ -148,24 +172,35 @@ class EdgeStore(VectorStore):
     # -- locking -------------------------------------------------------------
 
     @contextlib.contextmanager
-    def session(self):
-        with self._locked():
+    def session(self, keep_open=False):
+        """Holds the index for a block of operations (one opening).
+
+        Args:
+            keep_open (False): keep the shard open after the block, for
+                later sessions of this process, until another process asks
+                for the index or it stays unused for :data:`KEEP_OPEN`
+                seconds (see the module's doc)
+        """
+        with self._locked(keep_open=keep_open):
             yield self
 
     @contextlib.contextmanager
-    def _locked(self):
+    def _locked(self, keep_open=False):
         """Holds the index (re-entrant); on the outermost exit, flushes and
-        closes the shard and releases the locks."""
+        closes the shard (or keeps it open, see :meth:`session`) and releases
+        the locks."""
         shared = _shared_for(self.path)
         deadline = time.monotonic() + self.lock_timeout
         self._acquire(shared, deadline)
+        if keep_open:
+            shared.keep_requested = True
         try:
             yield shared
         finally:
             if shared.thread_lock.is_owned():
                 try:
                     if shared.thread_lock.depth == 1:
-                        self._release_index(shared)
+                        self._end_hold(shared)
                 finally:
                     shared.thread_lock.release()
 
@@ -175,7 +210,7 @@ class EdgeStore(VectorStore):
         ):
             raise self._busy_error("another thread of this process")
         if shared.process_lock.held:
-            return  # re-entered
+            return  # re-entered, or the shard is kept open
         try:
             # create: the directory may not exist yet (a new index)
             ok = shared.process_lock.acquire(deadline, create=True)
@@ -187,7 +222,72 @@ class EdgeStore(VectorStore):
             raise self._busy_error("another process")
         shared.held_since = time.monotonic()
 
+    def _end_hold(self, shared):
+        """At the outermost exit of a hold: closes the index and releases
+        it, or keeps it open (flushed) if a session asked for that or it was
+        kept open already."""
+        keep = shared.keep_requested or shared.keep_until is not None
+        shared.keep_requested = False
+        if keep and shared.shard is not None and self.exists():
+            if shared.dirty:
+                shared.shard.flush()
+                shared.dirty = False
+            shared.keep_until = time.monotonic() + KEEP_OPEN
+            if shared.keeper is None:
+                shared.keeper = threading.Thread(
+                    target=self._keep_open, args=(shared,),
+                    name=f"ai-search-keep-{self.name}", daemon=True,
+                )
+                shared.keeper.start()
+            return
+        self._release_index(shared)
+
+    def _keep_open(self, shared):
+        """The watcher of a kept-open shard (a daemon thread): closes it
+        when another process waits for the index, or once it is idle."""
+        lock = shared.thread_lock
+        while True:
+            time.sleep(KEEP_OPEN_POLL)
+            if not lock.acquire(timeout=0):
+                continue  # in use here: its user re-arms the deadline
+            try:
+                if (
+                    shared.keep_until is None
+                    or not shared.process_lock.held
+                    or time.monotonic() >= shared.keep_until
+                    or shared.process_lock.wanted()
+                ):
+                    if shared.process_lock.held:
+                        self._release_index(shared)
+                    shared.keeper = None
+                    return
+            except BaseException:
+                shared.keeper = None
+                raise
+            finally:
+                lock.release()
+
+    def close(self):
+        """Closes the shard if it is kept open (see :meth:`session`).
+
+        Inside a session of this thread, nothing happens: the session
+        closes the shard when it ends.
+        """
+        with _registry_lock:
+            shared = _registry.get(self.path)
+        if shared is None:
+            return
+        if not shared.thread_lock.acquire(timeout=self.lock_timeout):
+            raise self._busy_error("another thread of this process")
+        try:
+            if shared.thread_lock.depth == 1 and shared.process_lock.held:
+                self._release_index(shared)
+        finally:
+            shared.thread_lock.release()
+
     def _release_index(self, shared):
+        shared.keep_until = None
+        shared.keep_requested = False
         try:
             self._close_shard(shared)
         finally:
@@ -400,6 +500,28 @@ class EdgeStore(VectorStore):
                     params=qe.SearchParams(exact=True),
                 )
             )
+
+
+def _close_kept_open():
+    """At exit: closes the shards kept open (they hold no unflushed data,
+    but a clean close is cheaper for the next opening)."""
+    with _registry_lock:
+        items = list(_registry.items())
+    for path, shared in items:
+        if shared.keep_until is None:
+            continue
+        if shared.thread_lock.acquire(timeout=1.0):
+            try:
+                if shared.thread_lock.depth == 1 and shared.process_lock.held:
+                    EdgeStore(os.path.basename(path),
+                              os.path.dirname(path))._release_index(shared)
+            except Exception:
+                pass
+            finally:
+                shared.thread_lock.release()
+
+
+atexit.register(_close_kept_open)
 
 
 def _write_json_atomic(path, data):

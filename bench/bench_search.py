@@ -1,0 +1,434 @@
+"""Search latency at scale: ``perform_ai_search`` against FiftyOne Brain's
+sklearn similarity backend, on the same vectors and the same model.
+
+One run builds a FiftyOne dataset of ``--samples`` samples (filepaths point
+at a few small real images, reused: nothing is embedded), fills our index
+with random unit vectors straight through the vector store, marks it
+indexed, and gives FiftyOne Brain's sklearn backend the very same matrix
+(``compute_similarity(embeddings=...)``). Both sides wrap the same open_clip
+model (a random-weight ViT-B-32 saved to a local ``.safetensors``, or the
+bundled 64-d tiny CLIP), so prompt encoding costs the same on both.
+
+Then, measured in turn (ours, Brain, ours, ...) so that a busy machine
+slows both alike, and reported as medians and ratios:
+
+- (a) prompt search of the whole dataset, a new prompt each run (so both
+  encode it); ours also with a repeated prompt (our text cache) and both
+  with a ready-made query vector;
+- (b) search by the vector of a sample id;
+- (c) prompt search within a view holding half the dataset;
+- (d) diverse search (kmeans centroids, kmeans random, dbscan);
+- (e) in-Qdrant id filter vs over-fetch for scopes of several sizes (how
+  ``search.MAX_FILTERED_SCOPE`` was chosen);
+- store costs: opening the shard, reading all vectors.
+
+"Ours" is end to end: validation, query, and the result saved as the
+temporary collection (a saved view + scores), then materialised
+(``values("id")``); "Brain" is ``sort_by_similarity(..., k=limit)`` and the
+view materialised. Examples::
+
+    python bench/bench_search.py                        # 100k x 512-d
+    python bench/bench_search.py --samples 20000 --model tiny
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _env  # noqa: E402
+
+LIMIT = 100
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--samples", type=int, default=100_000)
+    p.add_argument("--model", choices=("vit-b-32", "tiny"), default="vit-b-32",
+                   help="random-weight ViT-B-32 (512-d) or the tiny CLIP (64-d)")
+    p.add_argument("--repeat", type=int, default=7,
+                   help="runs per search measurement (median reported)")
+    p.add_argument("--diverse-repeat", type=int, default=3)
+    p.add_argument("--scopes", default="1000,10000,50000",
+                   help="scope sizes for the filter vs over-fetch study")
+    p.add_argument("--cache-dir",
+                   default=os.path.join(tempfile.gettempdir(), "ais-bench-search"),
+                   help="where the random ViT-B-32 weights are kept")
+    p.add_argument("--skip", default="",
+                   help="comma-separated parts to skip: brain,diverse,scopes,store")
+    return p.parse_args(argv)
+
+
+# -- helpers -------------------------------------------------------------------
+
+
+def median_s(fn, repeat):
+    """Median seconds of ``fn(i)`` over ``repeat`` runs (run index ``i``)."""
+    times = []
+    for i in range(repeat):
+        t = time.perf_counter()
+        fn(i)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def paired(fn_a, fn_b, repeat):
+    """Medians of two functions run in turn (a, b, a, b, ...)."""
+    ta, tb = [], []
+    for i in range(repeat):
+        for fn, times in ((fn_a, ta), (fn_b, tb)):
+            t = time.perf_counter()
+            fn(i)
+            times.append(time.perf_counter() - t)
+    return statistics.median(ta), statistics.median(tb)
+
+
+def timed_once(fn):
+    t = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - t, result
+
+
+def fmt_s(seconds):
+    return f"{seconds * 1000:8.1f} ms" if seconds < 10 else f"{seconds:8.2f} s "
+
+
+class Table:
+    def __init__(self):
+        self.rows = []
+
+    def add(self, what, ours, brain=None, note=""):
+        ratio = "" if brain is None else f"{ours / brain:5.2f}"
+        self.rows.append((what, fmt_s(ours), "" if brain is None else fmt_s(brain),
+                          ratio, note))
+        print(f"  {what}: ours {fmt_s(ours).strip()}"
+              + ("" if brain is None else
+                 f", Brain {fmt_s(brain).strip()}, ratio {ratio.strip()}")
+              + (f"  ({note})" if note else ""), flush=True)
+
+    def render(self):
+        head = ("measurement", "ours", "Brain sklearn", "ours/Brain", "note")
+        widths = [max(len(str(r[i])) for r in [head] + self.rows)
+                  for i in range(5)]
+        lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |",
+                 "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+        for r in self.rows:
+            lines.append("| " + " | ".join(str(c).ljust(w)
+                                           for c, w in zip(r, widths)) + " |")
+        return "\n".join(lines)
+
+
+# -- setup ---------------------------------------------------------------------
+
+
+def vit_weights(cache_dir):
+    """A random-weight ViT-B-32 saved as ``.safetensors`` (built once)."""
+    path = os.path.join(cache_dir, "vit-b-32-random.safetensors")
+    if not os.path.exists(path):
+        import open_clip
+        import torch
+        from safetensors.torch import save_file
+
+        os.makedirs(cache_dir, exist_ok=True)
+        torch.manual_seed(0)
+        model, _, _ = open_clip.create_model_and_transforms("ViT-B-32",
+                                                            pretrained=None)
+        state = {k: v.detach().clone().contiguous()
+                 for k, v in model.state_dict().items()}
+        save_file(state, path + ".tmp")
+        os.replace(path + ".tmp", path)
+    return path
+
+
+def model_choice(args):
+    """``(our model, our pretrained, Brain's open_clip name, Brain's
+    pretrained)``: the same weights on both sides."""
+    if args.model == "tiny":
+        from fiftyone_ai_search.demo import DEFAULT_MODEL_DIR, tiny_clip_model_name
+
+        return (tiny_clip_model_name(), None, "local-dir:" + DEFAULT_MODEL_DIR,
+                None)
+    path = vit_weights(args.cache_dir)
+    return "ViT-B-32", path, "ViT-B-32", path
+
+
+def brain_model(clip_model, pretrained):
+    """FiftyOne's own open_clip wrapper around the same weights."""
+    import fiftyone.utils.open_clip as fouo
+
+    config = fouo.TorchOpenClipModelConfig({
+        "clip_model": clip_model,
+        "pretrained": pretrained,
+        "text_prompt": "",
+        "device": "cpu",
+    })
+    return fouo.TorchOpenClipModel(config)
+
+
+def small_images(root, count=8):
+    from PIL import Image
+
+    os.makedirs(root, exist_ok=True)
+    paths = []
+    for i in range(count):
+        path = os.path.join(root, f"{i}.jpg")
+        if not os.path.exists(path):
+            Image.new("RGB", (64, 64), (30 * i, 255 - 30 * i, 128)).save(path)
+        paths.append(path)
+    return paths
+
+
+def build_dataset(n, image_paths):
+    import fiftyone as fo
+
+    dataset = fo.Dataset()
+    batch = 10_000
+    for start in range(0, n, batch):
+        dataset.add_samples(
+            [fo.Sample(filepath=image_paths[i % len(image_paths)],
+                       half=bool(i % 2 == 0))
+             for i in range(start, min(n, start + batch))],
+            progress=False,
+        )
+    return dataset
+
+
+def random_unit_vectors(n, dim, seed=0):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    v = rng.standard_normal((n, dim), dtype=np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    return v
+
+
+def fill_index(dataset, ids, vectors, model, pretrained):
+    """Enables AI search and writes ``vectors`` straight into our index,
+    then marks the dataset as indexed (what a finished sync leaves)."""
+    import fiftyone_ai_search as ais
+    from fiftyone_ai_search import runner
+    from fiftyone_ai_search import state as st
+    from fiftyone_ai_search.store import IndexInfo
+
+    ais.enable_embeddings(dataset, model=model, pretrained=pretrained,
+                          compute=False)
+    doc = st.get(dataset)
+    clip = runner.load_index_model(doc)
+    store = runner.open_index(dataset, doc=doc)
+    store.ensure(IndexInfo(model=clip.spec.name, pretrained=clip.spec.pretrained,
+                           model_identity=clip.spec.identity, dim=clip.dim))
+    paths = dataset.values("filepath")
+    chunk = 10_000
+    for start in range(0, len(ids), chunk):
+        sl = slice(start, start + chunk)
+        store.upsert(ids[sl], vectors[sl],
+                     [{"filepath": p, "fingerprint": "1024:0"} for p in paths[sl]])
+    store.close()
+    now = st.utcnow()
+    st.update(dataset, updated_at=now, watermark=now,
+              deletion_watermark=dataset._doc.last_deletion_at, rebuild=False)
+    return clip
+
+
+# -- measurements --------------------------------------------------------------
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    skip = set(filter(None, args.skip.split(",")))
+    scratch = _env.setup()
+
+    import numpy as np
+
+    import fiftyone as fo  # noqa: F401
+    import fiftyone.brain as fob
+    from fiftyone import ViewField as F
+
+    import fiftyone_ai_search as ais
+    from fiftyone_ai_search import collections as colls
+    from fiftyone_ai_search import runner, search
+    from fiftyone_ai_search import state as st
+
+    n = args.samples
+    model, pretrained, brain_clip, brain_pretrained = model_choice(args)
+    print(f"{n:,} samples, model {args.model}, {args.repeat} runs per "
+          f"measurement (median), cpus {os.cpu_count()}, load average "
+          f"{os.getloadavg()[0]:.1f}", flush=True)
+
+    setup = Table()
+    t, dataset = timed_once(
+        lambda: build_dataset(n, small_images(os.path.join(scratch, "images"))))
+    print(f"dataset of {n:,} samples built in {t:.1f} s", flush=True)
+    ids = dataset.values("id")
+    vectors = random_unit_vectors(n, 64 if args.model == "tiny" else 512)
+    t, clip = timed_once(
+        lambda: fill_index(dataset, ids, vectors, model, pretrained))
+    print(f"our index filled ({vectors.shape[1]}-d) in {t:.1f} s", flush=True)
+
+    brain = "brain" not in skip
+    results = None
+    if brain:
+        bmodel = brain_model(brain_clip, brain_pretrained)
+        t, results = timed_once(lambda: fob.compute_similarity(
+            dataset, embeddings=vectors, backend="sklearn", brain_key="bench",
+            model=bmodel))
+        print(f"Brain sklearn index built in {t:.1f} s", flush=True)
+        # same model, same query vector: the two must agree
+        q = clip.encode_text(["a check of both sides"])[0]
+        qb = bmodel.embed_prompt("a check of both sides")
+        qb = qb / np.linalg.norm(qb)
+        assert float(q @ qb) > 0.999, "the two model wrappers disagree"
+
+    table = Table()
+    half = dataset.match(F("half") == True)  # noqa: E712
+
+    def compare(label, ours_fn, brain_fn, note=""):
+        if brain:
+            table.add(label, *paired(ours_fn, brain_fn, args.repeat), note=note)
+        else:
+            table.add(label, median_s(ours_fn, args.repeat), note=note)
+    doc = st.get(dataset)
+
+    def ours_prompt(samples, prompt):
+        name = ais.perform_ai_search(samples, prompt=prompt, limit=LIMIT)
+        return ais.get_collection(dataset, name).values("id")
+
+    def brain_query(samples, query):
+        return samples.sort_by_similarity(query, k=LIMIT,
+                                          brain_key="bench").values("id")
+
+    def check_same(ours_ids, brain_ids, what):
+        if brain and ours_ids != brain_ids:
+            common = len(set(ours_ids) & set(brain_ids))
+            print(f"  !! {what}: results differ ({common} of {LIMIT} shared)")
+
+    # cold: the first call of each (model loads, index opens, Brain loads)
+    t_ours, got = timed_once(lambda: ours_prompt(dataset, "a cold start"))
+    t_brain, want = (timed_once(lambda: brain_query(dataset, "a cold start"))
+                     if brain else (None, None))
+    table.add("(a) prompt, first call in the process", t_ours, t_brain,
+              "model + index already loaded by setup")
+    check_same(got, want, "prompt")
+
+    print("(a) prompt search, whole dataset", flush=True)
+    compare("(a) prompt, new prompt each run",
+            lambda i: ours_prompt(dataset, f"a photo of thing {i}"),
+            lambda i: brain_query(dataset, f"a photo of thing {i}"))
+    ours_rep = median_s(lambda i: ours_prompt(dataset, "a photo of thing 0"),
+                        args.repeat)
+    table.add("(a) prompt, same prompt again (our text cache)", ours_rep,
+              None, "Brain has no prompt cache: compare with the row above")
+
+    qvecs = [clip.encode_text([f"vector {i}"])[0] for i in range(args.repeat)]
+
+    def ours_vector(i):
+        store = runner.open_index(dataset, doc=doc)
+        got_ids, scores = search.nearest(store, qvecs[i], LIMIT)
+        colls.write_collection(dataset, colls.TEMPORARY_COLLECTION, got_ids,
+                               scores)
+        return ais.get_collection(dataset, colls.TEMPORARY_COLLECTION).values("id")
+
+    if brain:
+        check_same(ours_vector(0), brain_query(dataset, qvecs[0]), "vector")
+    compare("(a) query vector given (no encoding)", ours_vector,
+            lambda i: brain_query(dataset, qvecs[i]),
+            "ours: search.nearest + collection saved (internal API)")
+
+    print("(b) image search by sample id", flush=True)
+    rng = np.random.default_rng(1)
+    refs = [ids[j] for j in rng.choice(n, size=args.repeat, replace=False)]
+
+    def ours_image(i):
+        name = ais.perform_ai_search(dataset, image_id=refs[i], limit=LIMIT)
+        return ais.get_collection(dataset, name).values("id")
+
+    if brain:
+        check_same(ours_image(0), brain_query(dataset, refs[0]), "image")
+    compare("(b) image search by a sample id", ours_image,
+            lambda i: brain_query(dataset, refs[i]))
+
+    print("(c) prompt search within half the dataset", flush=True)
+    if brain:
+        check_same(ours_prompt(half, "half check"),
+                   brain_query(half, "half check"), "half view")
+    compare(f"(c) prompt, view of {n // 2:,} samples",
+            lambda i: ours_prompt(half, f"a half photo {i}"),
+            lambda i: brain_query(half, f"a half photo {i}"))
+    t_scope = median_s(lambda i: half.values("id"), args.repeat)
+    table.add("(c) of which: the view's ids (values('id'))", t_scope, None,
+              "paid by both sides")
+
+    if "diverse" not in skip:
+        print("(d) diverse search", flush=True)
+        for label, kwargs in (
+            ("centroids, kmeans, 10 clusters",
+             dict(method="centroids", clustering_method="kmeans",
+                  num_clusters=10)),
+            ("random, kmeans (default clusters)",
+             dict(method="random", clustering_method="kmeans")),
+            ("centroids, dbscan", dict(method="centroids",
+                                       clustering_method="dbscan")),
+        ):
+            runs = []
+            for i in range(args.diverse_repeat):
+                t, name = timed_once(lambda: ais.perform_ai_search(
+                    dataset, limit=LIMIT, **kwargs))
+                runs.append(t)
+                picked = ais.get_collection_scores(dataset, name)
+                if i == 0:
+                    first = picked
+                elif picked != first:
+                    print(f"  !! diverse {label}: not reproducible")
+            table.add(f"(d) diverse {label}", statistics.median(runs), None,
+                      f"{len(first)} picked")
+
+    if "scopes" not in skip:
+        print("(e) in-Qdrant id filter vs over-fetch", flush=True)
+        store = runner.open_index(dataset, doc=doc)
+        saved = search.MAX_FILTERED_SCOPE
+        try:
+            for size in [int(s) for s in args.scopes.split(",") if s]:
+                scope = [ids[j] for j in np.sort(
+                    np.random.default_rng(size).choice(n, size=min(size, n),
+                                                       replace=False))]
+
+                def run(mode, i):
+                    search.MAX_FILTERED_SCOPE = n + 1 if mode == "filter" else 0
+                    return search.nearest(store, qvecs[i], LIMIT, scope)
+
+                assert run("filter", 0)[0] == run("overfetch", 0)[0]
+                t_f, t_o = paired(lambda i: run("filter", i),
+                                  lambda i: run("overfetch", i), args.repeat)
+                table.add(f"(e) scope {size:,}: id filter in Qdrant", t_f, None)
+                table.add(f"(e) scope {size:,}: over-fetch + filter here", t_o,
+                          None, f"chosen: {'filter' if size <= saved else 'over-fetch'}")
+        finally:
+            search.MAX_FILTERED_SCOPE = saved
+
+    if "store" not in skip:
+        print("store costs", flush=True)
+        store = runner.open_index(dataset, doc=doc)
+        store.close()  # nothing kept open: each run below opens the shard
+
+        def open_count(i):
+            store.count()
+            store.close()
+
+        table.add("store: open + count + close", median_s(open_count,
+                                                          args.repeat), None)
+        t = median_s(lambda i: store.get_vectors(), args.diverse_repeat)
+        table.add(f"store: get_vectors() of all {n:,}", t, None)
+        store.close()
+
+    print()
+    print(f"{n:,} samples x {vectors.shape[1]}-d, limit {LIMIT}, medians of "
+          f"{args.repeat} runs ({args.diverse_repeat} for diverse and "
+          "get_vectors); ours/Brain < 1 means ours is faster")
+    print(table.render())
+
+
+if __name__ == "__main__":
+    main()

@@ -50,6 +50,14 @@ def test_repository_checkout_is_found_as_a_plugin():
         manifest()["panels"])
 
 
+def test_manifest_lists_every_operator_and_panel():
+    from fiftyone_ai_search.app.operators import OPERATORS
+    from fiftyone_ai_search.app.panel import AISearchPanel
+
+    assert [op.CONFIG["name"] for op in OPERATORS] == manifest()["operators"]
+    assert [AISearchPanel().config.name] == manifest()["panels"]
+
+
 def test_repository_manifest_is_the_package_manifest():
     with open(os.path.join(REPO_DIR, "fiftyone.yml")) as f:
         on_disk = yaml.safe_load(f)

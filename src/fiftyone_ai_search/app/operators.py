@@ -1,6 +1,7 @@
 """FiftyOne App operators. They read parameters and call the SDK; no logic.
 
-Headless, ``resolve_input`` defaults are not applied, so every ``execute``
+Each operator declares its FiftyOne config as data (``CONFIG``) and its form
+in ``form()``. Headless, form defaults are not applied, so every ``execute``
 reads its parameters with the same defaults as its form.
 """
 
@@ -9,6 +10,8 @@ import fiftyone.operators.types as types
 
 import fiftyone_ai_search as ais
 from fiftyone_ai_search.config import BACKENDS
+
+SEARCH_MODES = ("prompt", "similar", "diverse")
 
 
 def _secrets(ctx):
@@ -41,48 +44,52 @@ def status_text(status):
     )
 
 
-def _status_view(ctx, inputs_or_outputs):
-    status = ais.get_status(ctx.dataset)
-    inputs_or_outputs.view("status", types.Notice(label=status_text(status)))
-    return status
+class _Operator(foo.Operator):
+    """An operator whose config is the data in ``CONFIG`` and whose form is
+    built by :meth:`form`."""
 
+    #: keyword arguments of ``fiftyone.operators.OperatorConfig``
+    CONFIG = {}
 
-class EnableAISearch(foo.Operator):
     @property
     def config(self):
-        return foo.OperatorConfig(
-            name="enable_ai_search",
-            label="AI search: enable",
-            description="Embed this dataset's images with CLIP and keep them "
-            "in sync, so it can be searched by prompt and example",
-            icon="travel_explore",
-            dynamic=True,
-        )
+        return foo.OperatorConfig(**self.CONFIG)
+
+    def form(self, ctx, inputs):
+        """Adds the operator's inputs to ``inputs``."""
 
     def resolve_input(self, ctx):
         inputs = types.Object()
+        self.form(ctx, inputs)
+        return types.Property(
+            inputs, view=types.View(label=self.CONFIG["label"])
+        )
+
+
+# -- the index -----------------------------------------------------------------
+
+
+class EnableAISearch(_Operator):
+    CONFIG = dict(
+        name="enable_ai_search",
+        label="AI search: enable",
+        description="Embed this dataset's images with CLIP and keep them in "
+        "sync, so it can be searched by prompt and example",
+        icon="travel_explore",
+        dynamic=True,
+    )
+
+    def form(self, ctx, inputs):
         settings = ais.get_settings()
-        inputs.str(
-            "model",
-            label="Model",
-            description="An open_clip model name or local-dir:/path",
-            default=settings.model,
-        )
-        inputs.str(
-            "pretrained",
-            label="Pretrained",
-            description="An open_clip tag or a local weights file",
-            default=settings.pretrained,
-        )
-        inputs.enum(
-            "backend",
-            list(BACKENDS),
-            label="Index",
-            description="edge: embedded, nothing to run; server: a Qdrant "
-            "server (URL and API key from plugin secrets)",
-            default=settings.backend,
-        )
-        return types.Property(inputs, view=types.View(label="Enable AI search"))
+        inputs.str("model", label="Model", default=settings.model,
+                   description="An open_clip model name or local-dir:/path")
+        inputs.str("pretrained", label="Pretrained",
+                   default=settings.pretrained,
+                   description="An open_clip tag or a local weights file")
+        inputs.enum("backend", list(BACKENDS), label="Index",
+                    default=settings.backend,
+                    description="edge: embedded, nothing to run; server: a "
+                    "Qdrant server (URL and API key from plugin secrets)")
 
     def execute(self, ctx):
         status = ais.enable_embeddings(
@@ -95,63 +102,41 @@ class EnableAISearch(foo.Operator):
         return _jsonable(status)
 
 
-class DisableAISearch(foo.Operator):
-    @property
-    def config(self):
-        return foo.OperatorConfig(
-            name="disable_ai_search",
-            label="AI search: disable",
-            description="Delete this dataset's AI search index",
-            icon="search_off",
-        )
+class DisableAISearch(_Operator):
+    CONFIG = dict(
+        name="disable_ai_search",
+        label="AI search: disable",
+        description="Delete this dataset's AI search index",
+        icon="search_off",
+    )
 
-    def resolve_input(self, ctx):
-        inputs = types.Object()
-        inputs.view(
-            "warning",
-            types.Warning(
-                label="This deletes the dataset's embeddings index. "
-                "Re-enabling computes it again."
-            ),
-        )
-        return types.Property(inputs, view=types.View(label="Disable AI search"))
+    def form(self, ctx, inputs):
+        inputs.view("warning", types.Warning(
+            label="This deletes the dataset's embeddings index. "
+            "Re-enabling computes it again."))
 
     def execute(self, ctx):
         ais.disable_embeddings(ctx.dataset)
         return {"enabled": False}
 
 
-class ComputeEmbeddings(foo.Operator):
-    @property
-    def config(self):
-        return foo.OperatorConfig(
-            name="compute_embeddings",
-            label="AI search: compute embeddings",
-            description="Embed new and changed samples, remove deleted ones",
-            icon="sync",
-            dynamic=True,
-            allow_immediate_execution=True,
-            allow_delegated_execution=True,
-            default_choice_to_delegated=True,
-        )
+class ComputeEmbeddings(_Operator):
+    CONFIG = dict(
+        name="compute_embeddings",
+        label="AI search: compute embeddings",
+        description="Embed new and changed samples, remove deleted ones",
+        icon="sync",
+        dynamic=True,
+        allow_immediate_execution=True,
+        allow_delegated_execution=True,
+        default_choice_to_delegated=True,
+    )
 
-    def resolve_input(self, ctx):
-        inputs = types.Object()
-        inputs.bool(
-            "force",
-            label="Rebuild",
-            description="Embed every sample again from scratch",
-            default=False,
-        )
-        inputs.bool(
-            "verify_files",
-            label="Check every file",
-            description="Also find images overwritten on disk",
-            default=False,
-        )
-        return types.Property(
-            inputs, view=types.View(label="Compute embeddings")
-        )
+    def form(self, ctx, inputs):
+        inputs.bool("force", label="Rebuild", default=False,
+                    description="Embed every sample again from scratch")
+        inputs.bool("verify_files", label="Check every file", default=False,
+                    description="Also find images overwritten on disk")
 
     def resolve_delegation(self, ctx):
         return ctx.params.get("delegate", None)
@@ -168,10 +153,8 @@ class ComputeEmbeddings(foo.Operator):
             return {"started": True}
 
         def progress(done, total):
-            ctx.set_progress(
-                progress=done / total if total else 1.0,
-                label=f"Embedded {done} / {total}",
-            )
+            ctx.set_progress(progress=done / total if total else 1.0,
+                             label=f"Embedded {done} / {total}")
 
         report = ais.calculate_embeddings(
             ctx.dataset, force=force, verify_files=verify_files, wait=True,
@@ -180,20 +163,17 @@ class ComputeEmbeddings(foo.Operator):
         return report.to_dict()
 
 
-class AISearchStatus(foo.Operator):
-    @property
-    def config(self):
-        return foo.OperatorConfig(
-            name="ai_search_status",
-            label="AI search: status",
-            icon="info",
-            dynamic=True,
-        )
+class AISearchStatus(_Operator):
+    CONFIG = dict(
+        name="ai_search_status",
+        label="AI search: status",
+        icon="info",
+        dynamic=True,
+    )
 
-    def resolve_input(self, ctx):
-        inputs = types.Object()
-        _status_view(ctx, inputs)
-        return types.Property(inputs, view=types.View(label="AI search status"))
+    def form(self, ctx, inputs):
+        status = ais.get_status(ctx.dataset)
+        inputs.view("status", types.Notice(label=status_text(status)))
 
     def execute(self, ctx):
         return _jsonable(ais.get_status(ctx.dataset))
@@ -208,10 +188,8 @@ class AISearchStatus(foo.Operator):
 
 # -- search and collections ------------------------------------------------------
 
-SEARCH_MODES = ("prompt", "similar", "diverse")
 
-
-def _search_inputs(ctx, inputs):
+def search_form(ctx, inputs):
     """The search form; shared by the operator and the panel."""
     mode = ctx.params.get("mode") or ("similar" if ctx.selected else "prompt")
     inputs.enum(
@@ -239,7 +217,7 @@ def _search_inputs(ctx, inputs):
                     label="Clustering", default="kmeans")
         if ctx.params.get("clustering_method", "kmeans") == "kmeans":
             inputs.int("num_clusters", label="Clusters",
-                       description="Default: about 2 x sqrt(limit)")
+                       description="Default: one per result (up to a cap)")
     inputs.int("limit", label="Limit", default=100, min=1)
     inputs.float("threshold", label="Minimum score",
                  description="Only results scoring at least this (-1 to 1)",
@@ -260,31 +238,35 @@ def search_from_params(ctx, params):
     elif mode == "diverse":
         kwargs.update(method=params.get("method") or "centroids",
                       clustering_method=params.get("clustering_method")
-                      or "kmeans",
-                      num_clusters=params.get("num_clusters") or None)
-        if kwargs["clustering_method"] != "kmeans":
-            kwargs.pop("num_clusters")
+                      or "kmeans")
+        if kwargs["clustering_method"] == "kmeans":
+            kwargs["num_clusters"] = params.get("num_clusters") or None
     else:
         raise ValueError(f"mode must be one of {SEARCH_MODES}, got {mode!r}")
     return ais.perform_ai_search(ctx.view, **kwargs)
 
 
-class AISearch(foo.Operator):
-    @property
-    def config(self):
-        return foo.OperatorConfig(
-            name="ai_search",
-            label="AI search",
-            description="Find samples by prompt, by similarity to the "
-            "selected samples, or a diverse spread; within the current view",
-            icon="travel_explore",
-            dynamic=True,
-        )
+def _collection_choice(ctx, inputs):
+    names = [c["name"] for c in ais.list_collections(ctx.dataset)]
+    choices = types.Dropdown()
+    for name in names:
+        choices.add_choice(name, label=name)
+    inputs.enum("name", names, label="Collection", required=True,
+                view=choices)
 
-    def resolve_input(self, ctx):
-        inputs = types.Object()
-        _search_inputs(ctx, inputs)
-        return types.Property(inputs, view=types.View(label="AI search"))
+
+class AISearch(_Operator):
+    CONFIG = dict(
+        name="ai_search",
+        label="AI search",
+        description="Find samples by prompt, by similarity to the selected "
+        "samples, or a diverse spread; within the current view",
+        icon="travel_explore",
+        dynamic=True,
+    )
+
+    def form(self, ctx, inputs):
+        search_form(ctx, inputs)
 
     def execute(self, ctx):
         name = search_from_params(ctx, ctx.params)
@@ -296,23 +278,19 @@ class AISearch(foo.Operator):
                 "count": len(ais.get_collection_scores(ctx.dataset, name))}
 
 
-class FilterByScore(foo.Operator):
-    @property
-    def config(self):
-        return foo.OperatorConfig(
-            name="filter_by_score",
-            label="AI search: filter results by score",
-            icon="filter_alt",
-            dynamic=True,
-        )
+class FilterByScore(_Operator):
+    CONFIG = dict(
+        name="filter_by_score",
+        label="AI search: filter results by score",
+        icon="filter_alt",
+        dynamic=True,
+    )
 
-    def resolve_input(self, ctx):
-        inputs = types.Object()
+    def form(self, ctx, inputs):
         inputs.str("collection", label="Collection",
                    default=ais.TEMPORARY_COLLECTION)
         inputs.float("min_score", label="Minimum score", min=-1.0, max=1.0)
         inputs.float("max_score", label="Maximum score", min=-1.0, max=1.0)
-        return types.Property(inputs, view=types.View(label="Filter by score"))
 
     def execute(self, ctx):
         name = ctx.params.get("collection") or ais.TEMPORARY_COLLECTION
@@ -325,24 +303,20 @@ class FilterByScore(foo.Operator):
         return {"collection": name, "count": len(view)}
 
 
-class SaveCollection(foo.Operator):
-    @property
-    def config(self):
-        return foo.OperatorConfig(
-            name="save_collection",
-            label="AI search: save results as a collection",
-            icon="bookmark_add",
-            dynamic=True,
-        )
+class SaveCollection(_Operator):
+    CONFIG = dict(
+        name="save_collection",
+        label="AI search: save results as a collection",
+        icon="bookmark_add",
+        dynamic=True,
+    )
 
-    def resolve_input(self, ctx):
-        inputs = types.Object()
+    def form(self, ctx, inputs):
         inputs.str("name", label="Name", required=True)
         inputs.str("source", label="Collection to save",
                    default=ais.TEMPORARY_COLLECTION)
         inputs.bool("overwrite", label="Replace a view of that name",
                     default=False)
-        return types.Property(inputs, view=types.View(label="Save collection"))
 
     def execute(self, ctx):
         name = ais.save_collection(
@@ -353,21 +327,17 @@ class SaveCollection(foo.Operator):
         return {"collection": name}
 
 
-class RenameCollection(foo.Operator):
-    @property
-    def config(self):
-        return foo.OperatorConfig(
-            name="rename_collection",
-            label="AI search: rename a collection",
-            icon="edit",
-            dynamic=True,
-        )
+class RenameCollection(_Operator):
+    CONFIG = dict(
+        name="rename_collection",
+        label="AI search: rename a collection",
+        icon="edit",
+        dynamic=True,
+    )
 
-    def resolve_input(self, ctx):
-        inputs = types.Object()
+    def form(self, ctx, inputs):
         _collection_choice(ctx, inputs)
         inputs.str("new_name", label="New name", required=True)
-        return types.Property(inputs, view=types.View(label="Rename collection"))
 
     def execute(self, ctx):
         name = ais.rename_collection(ctx.dataset, ctx.params.get("name"),
@@ -375,34 +345,21 @@ class RenameCollection(foo.Operator):
         return {"collection": name}
 
 
-class DeleteCollection(foo.Operator):
-    @property
-    def config(self):
-        return foo.OperatorConfig(
-            name="delete_collection",
-            label="AI search: delete a collection",
-            icon="delete",
-            dynamic=True,
-        )
+class DeleteCollection(_Operator):
+    CONFIG = dict(
+        name="delete_collection",
+        label="AI search: delete a collection",
+        icon="delete",
+        dynamic=True,
+    )
 
-    def resolve_input(self, ctx):
-        inputs = types.Object()
+    def form(self, ctx, inputs):
         _collection_choice(ctx, inputs)
-        return types.Property(inputs, view=types.View(label="Delete collection"))
 
     def execute(self, ctx):
         name = ctx.params.get("name")
         ais.delete_collection(ctx.dataset, name)
         return {"deleted": name}
-
-
-def _collection_choice(ctx, inputs):
-    names = [c["name"] for c in ais.list_collections(ctx.dataset)]
-    choices = types.Dropdown()
-    for name in names:
-        choices.add_choice(name, label=name)
-    inputs.enum("name", names, label="Collection", required=True,
-                view=choices)
 
 
 OPERATORS = (

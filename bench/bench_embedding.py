@@ -1,40 +1,79 @@
-"""Throughput of the embedding pipeline against the model alone.
+"""Embedding throughput: our sync against the model alone and FiftyOne Brain.
 
-Measures, on synthetic 1280x960 JPEGs (written once to ``--dir``):
+One run measures, on the same synthetic 1280x960 JPEGs (photo-like: smooth
+colour, shapes and sensor-like noise, ~330 KB each, written once to
+``--dir``), for each of two models:
 
-- decoding alone in one process: full size, with ``draft``, and ``draft`` +
-  open_clip's preprocessing;
-- the model alone on ready-made tensors (``encode_images``);
-- :func:`fiftyone_ai_search.embedder.embed_images` end to end, for each
-  ``--workers`` value, with workers already warm (the cold start, which
-  includes starting the workers, is reported separately).
+- ``vit``: open_clip ``ViT-B-32`` with random weights, saved once to a
+  ``.safetensors`` file in ``--dir`` and then loaded by everyone as
+  ``pretrained=<file>`` (speed does not depend on the values): compute-bound
+  on a CPU;
+- ``tiny``: the bundled tiny CLIP (``local-dir:`` checkpoint, 32 px input):
+  decode-bound.
 
-Every figure is the best of ``--repeat`` runs, taken in turn so that a busy
-machine affects them alike. Examples::
+Rows, all in images per second:
 
-    # compute-bound: ViT-B-32 (random weights: speed does not depend on them)
-    python bench/bench_embedding.py --model ViT-B-32 --images 96
+1. model only: ``encode_images`` on ready-made tensors, batch 32;
+2. ours: ``ais.calculate_embeddings(dataset, force=True, wait=True)`` on a
+   FiftyOne dataset of the files, with the default settings (everything a
+   user waits for: reading the dataset, decoding, the model, writing the
+   Qdrant Edge index). *Cold* is the first call of the process (no decoding
+   worker running yet; the model is already loaded); *warm* reuses the
+   workers that stay up for :data:`fiftyone_ai_search.embedder.IDLE_SECONDS`;
+3. FiftyOne Brain: ``fob.compute_similarity(dataset, model=<zoo
+   "open-clip-torch" with the same open_clip model and weights>,
+   backend="sklearn", brain_key=...)``. *Cold* is its first call for the
+   model; *best* is its fastest ``batch_size`` x ``num_workers`` of a small
+   grid (on ``--grid-images`` images), then run on the whole set.
 
-    # decode-bound: the bundled tiny CLIP (32 px input)
-    python bench/bench_embedding.py \\
-        --model local-dir:src/fiftyone_ai_search/demo/tiny_clip --images 512
+Also, as diagnostics: decoding rates in one process, and
+:func:`fiftyone_ai_search.embedder.embed_images` alone (no dataset, no
+index), which separates the pipeline from the sync around it.
+
+Warm rows are the median of ``--repeat`` rounds; in each round the rows are
+taken back to back, so that a busy machine slows them alike, and the ratios
+are also given per round. Example (~10 min on 2 busy cores)::
+
+    python bench/bench_embedding.py --images 256 --repeat 3
 """
 
 import argparse
+import logging
 import os
+import statistics
 import sys
 import time
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import numpy as np
-import torch
-from PIL import Image, ImageDraw
+import _env  # noqa: E402  (must run before fiftyone is imported)
 
-from fiftyone_ai_search import embedder
-from fiftyone_ai_search.embedder import DRAFT_FACTOR, embed_images
-from fiftyone_ai_search.images import load_image
-from fiftyone_ai_search.model import load_model, resolve_model
+SCRATCH = _env.setup()
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
+
+import fiftyone as fo  # noqa: E402
+import fiftyone.brain as fob  # noqa: E402
+import fiftyone.zoo as foz  # noqa: E402
+
+import fiftyone_ai_search as ais  # noqa: E402
+from fiftyone_ai_search import embedder  # noqa: E402
+from fiftyone_ai_search.demo import tiny_clip_model_name  # noqa: E402
+from fiftyone_ai_search.embedder import DRAFT_FACTOR, embed_images  # noqa: E402
+from fiftyone_ai_search.images import load_image  # noqa: E402
+from fiftyone_ai_search.model import load_model, resolve_model  # noqa: E402
+
+BRAIN_KEY = "bench"
+
+# the table is the output: no progress bars, no library notices
+fo.config.show_progress_bars = False
+for _name in ("", "fiftyone", "eta"):
+    logging.getLogger(_name).setLevel(logging.ERROR)
+
+
+# -- inputs ------------------------------------------------------------------
 
 
 def make_images(root, count, size=(1280, 960)):
@@ -53,6 +92,7 @@ def make_images(root, count, size=(1280, 960)):
         phase = rng.uniform(0, 6, 3)
         waves = [np.sin(x / width * 5 + p + y / height * 3) for p in phase]
         base = 127 + 90 * np.stack(waves, -1)
+        # noise keeps JPEG from compressing them absurdly well (~330 KB)
         base += rng.normal(0, 10, base.shape)
         image = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
         draw = ImageDraw.Draw(image)
@@ -68,8 +108,35 @@ def make_images(root, count, size=(1280, 960)):
     return paths
 
 
+def vit_weights(root):
+    """Saves random ViT-B-32 weights once; returns the file's path."""
+    path = os.path.join(root, "vit-b-32-random.safetensors")
+    if not os.path.exists(path):
+        import open_clip
+        from safetensors.torch import save_file
+
+        torch.manual_seed(0)
+        module, _, _ = open_clip.create_model_and_transforms(
+            "ViT-B-32", pretrained=None
+        )
+        state = {k: v.contiguous() for k, v in module.state_dict().items()}
+        save_file(state, path + ".tmp")
+        os.replace(path + ".tmp", path)
+
+    return path
+
+
+# -- measurements -------------------------------------------------------------
+
+
 def rate(count, seconds):
     return count / seconds if seconds > 0 else float("inf")
+
+
+def timed(fn):
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
 
 def decode_rates(model, paths):
@@ -82,91 +149,236 @@ def decode_rates(model, paths):
         ("decode draft", lambda p: load_image(p, draft_size=draft)),
         ("decode draft + preprocess", lambda p: decoder.decode([(p, p)])),
     ):
-        start = time.perf_counter()
-        for path in paths:
-            work(path)
-        results[name] = rate(len(paths), time.perf_counter() - start)
+        seconds = timed(lambda: [work(p) for p in paths])
+        results[name] = rate(len(paths), seconds)
 
     return results
 
 
-def model_rate(model, paths, batch_size, count):
-    draft = DRAFT_FACTOR * model.image_size
-    images = [load_image(p, draft_size=draft) for p in paths[:batch_size]]
-    batch = torch.stack([model.preprocess(image) for image in images])
-    model.encode_images(batch)  # warm-up
-    done = 0
-    start = time.perf_counter()
-    while done < count:
-        model.encode_images(batch[: min(batch_size, count - done)])
-        done += min(batch_size, count - done)
+def model_rate(model, batch, count):
+    """``encode_images`` on ready-made tensors, ``count`` images."""
+    n = len(batch)
 
-    return rate(count, time.perf_counter() - start)
+    def run():
+        done = 0
+        while done < count:
+            model.encode_images(batch[: min(n, count - done)])
+            done += min(n, count - done)
+
+    return rate(count, timed(run))
 
 
-def pipeline_rate(model, paths, batch_size, num_workers):
+def pipeline_rate(model, paths):
+    """:func:`embed_images` alone, with the default settings."""
     items = [(p, p) for p in paths]
-    start = time.perf_counter()
     embedded = 0
-    for batch in embed_images(
-        model, items, batch_size=batch_size, num_workers=num_workers
-    ):
-        embedded += len(batch.keys)
-        assert not batch.failures, batch.failures
 
-    return rate(embedded, time.perf_counter() - start)
+    def run():
+        nonlocal embedded
+        for batch in embed_images(model, items):
+            assert not batch.failures, batch.failures
+            embedded += len(batch.keys)
+
+    seconds = timed(run)
+    return rate(embedded, seconds)
+
+
+def ours_rate(dataset):
+    reports = []
+    seconds = timed(
+        lambda: reports.append(
+            ais.calculate_embeddings(
+                dataset, force=True, wait=True, progress=False
+            )
+        )
+    )
+    (report,) = reports
+    assert report.added == len(dataset) and not report.failed, report
+    return rate(report.added, seconds)
+
+
+def brain_rate(samples, brain_model, batch_size, num_workers):
+    dataset = samples._dataset
+    if BRAIN_KEY in dataset.list_brain_runs():
+        dataset.delete_brain_run(BRAIN_KEY)
+
+    seconds = timed(
+        lambda: fob.compute_similarity(
+            samples,
+            model=brain_model,
+            backend="sklearn",
+            brain_key=BRAIN_KEY,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            progress=False,
+        )
+    )
+    return rate(len(samples), seconds)
+
+
+def load_avg():
+    return "/".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+# -- one model ------------------------------------------------------------------
+
+
+def bench_model(label, name, pretrained, paths, args):
+    """Returns a list of table rows ``(row, img/s, note)`` and notes."""
+    spec = resolve_model(name, pretrained)
+    model = load_model(spec, "cpu")
+    print(
+        f"\n## {label}: {spec.name}"
+        + (f" pretrained={pretrained}" if pretrained else "")
+        + f", input {model.image_size} px, dim {model.dim}, "
+        f"torch threads {torch.get_num_threads()}, load {load_avg()}",
+        flush=True,
+    )
+
+    for what, value in decode_rates(model, paths[:32]).items():
+        print(f"  {what:>28}: {value:7.1f} img/s (one process)")
+
+    dataset = fo.Dataset(f"bench-{label}", overwrite=True)
+    dataset.add_samples([fo.Sample(filepath=p) for p in paths])
+    ais.enable_embeddings(
+        dataset, model=name, pretrained=pretrained, compute=False
+    )
+    brain_model = foz.load_zoo_model(
+        "open-clip-torch", clip_model=name, pretrained=pretrained
+    )
+
+    draft = DRAFT_FACTOR * model.image_size
+    batch = torch.stack(
+        [model.preprocess(load_image(p, draft_size=draft)) for p in paths[:32]]
+    )
+    model.encode_images(batch)  # warm-up, as ours and Brain are warmed too
+
+    # Cold: the first call of each in this process (for ours: no decoding
+    # worker up; another model's warm workers would be reused, so stop them)
+    embedder._SPARES.stop_all()
+    ours_cold = ours_rate(dataset)
+    print(f"  ours cold: {ours_cold:.1f} img/s (load {load_avg()})", flush=True)
+    cold_config = (32, 1)  # FiftyOne's CPU default workers: cores // 2
+    brain_cold = brain_rate(dataset, brain_model, *cold_config)
+    print(f"  Brain cold (batch 32, workers 1): {brain_cold:.1f} img/s",
+          flush=True)
+
+    # Brain's best settings, on a subset
+    subset = dataset.limit(args.grid_images)
+    grid = {}
+    for bs in args.brain_batch_sizes:
+        for nw in args.brain_workers:
+            grid[bs, nw] = brain_rate(subset, brain_model, bs, nw)
+            print(f"  Brain grid batch {bs:>3} workers {nw}: "
+                  f"{grid[bs, nw]:6.1f} img/s", flush=True)
+
+    best = max(grid, key=grid.get)
+
+    rounds = []
+    for r in range(args.repeat):
+        row = {
+            "model": model_rate(model, batch, len(paths)),
+            "pipeline": pipeline_rate(model, paths),
+            "ours": ours_rate(dataset),
+            "brain": brain_rate(dataset, brain_model, *best),
+            "load": os.getloadavg()[0],
+        }
+        rounds.append(row)
+        print(
+            f"  round {r + 1}: model {row['model']:.1f}, embed_images "
+            f"{row['pipeline']:.1f}, ours {row['ours']:.1f}, Brain "
+            f"{row['brain']:.1f} img/s; ours/model "
+            f"{row['ours'] / row['model']:.2f}, ours/Brain "
+            f"{row['ours'] / row['brain']:.2f} (load {load_avg()})",
+            flush=True,
+        )
+
+    med = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
+    per_round = {
+        "ours/model": [r["ours"] / r["model"] for r in rounds],
+        "ours/Brain": [r["ours"] / r["brain"] for r in rounds],
+    }
+    settings = ais.get_settings()
+    ours_cfg = f"batch {settings.batch_size}, workers {settings.num_workers}"
+    return {
+        "label": label,
+        "name": spec.name if pretrained is None else f"{spec.name} (saved)",
+        "rows": [
+            ("model only (ready tensors, batch 32)", med["model"]),
+            (f"embed_images only, warm ({ours_cfg})", med["pipeline"]),
+            (f"ours cold: calculate_embeddings ({ours_cfg})", ours_cold),
+            (f"ours warm: calculate_embeddings ({ours_cfg})", med["ours"]),
+            ("Brain cold (batch 32, workers 1)", brain_cold),
+            (f"Brain best (batch {best[0]}, workers {best[1]})", med["brain"]),
+        ],
+        "med": med,
+        "ours_cold": ours_cold,
+        "brain_cold": brain_cold,
+        "per_round": per_round,
+        "best": best,
+        "grid": grid,
+    }
+
+
+def print_table(results, args):
+    print(
+        f"\n# {args.images} JPEGs of 1280x960 (~330 KB), {os.cpu_count()} "
+        f"cores, torch threads {torch.get_num_threads()}, median of "
+        f"{args.repeat} rounds (cold: one run); load average now {load_avg()}"
+    )
+    print()
+    print("| model | row | img/s |")
+    print("|---|---|---:|")
+    for res in results:
+        for row, value in res["rows"]:
+            print(f"| {res['label']} | {row} | {value:.1f} |")
+
+    print()
+    print("| model | ours warm / model only | ours warm / Brain best "
+          "| ours cold / Brain cold | per-round ours/model | "
+          "per-round ours/Brain |")
+    print("|---|---:|---:|---:|---|---|")
+    for res in results:
+        med = res["med"]
+        pr = res["per_round"]
+        print(
+            f"| {res['label']} | {med['ours'] / med['model']:.2f} "
+            f"| {med['ours'] / med['brain']:.2f} "
+            f"| {res['ours_cold'] / res['brain_cold']:.2f} "
+            f"| {', '.join(f'{v:.2f}' for v in pr['ours/model'])} "
+            f"| {', '.join(f'{v:.2f}' for v in pr['ours/Brain'])} |"
+        )
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="ViT-B-32")
-    parser.add_argument("--pretrained", default=None)
-    parser.add_argument("--images", type=int, default=96)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--workers", default="0,1,2")
-    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--images", type=int, default=256)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--models", default="vit,tiny",
+                        help="comma-separated: vit, tiny")
+    parser.add_argument("--grid-images", type=int, default=128)
+    parser.add_argument("--brain-batch-sizes", default="16,32,64")
+    parser.add_argument("--brain-workers", default="0,1,2")
     parser.add_argument("--dir", default="/tmp/ais-bench-1280x960")
     args = parser.parse_args(argv)
-
-    # short benchmark runs must still use workers
-    embedder.MIN_ITEMS_FOR_WORKERS = 0
+    args.brain_batch_sizes = [int(v) for v in args.brain_batch_sizes.split(",")]
+    args.brain_workers = [int(v) for v in args.brain_workers.split(",")]
 
     paths = make_images(args.dir, args.images)
-    model = load_model(resolve_model(args.model, args.pretrained), "cpu")
-    workers = [int(w) for w in args.workers.split(",")]
-    print(
-        f"model {model.spec.identity}, input {model.image_size} px, "
-        f"{args.images} images of 1280x960, batch {args.batch_size}, "
-        f"torch threads {torch.get_num_threads()}, cpus {os.cpu_count()}"
-    )
+    print(f"{len(paths)} images in {args.dir}, "
+          f"{np.mean([os.path.getsize(p) for p in paths]) / 1024:.0f} KB "
+          f"on average; load average {load_avg()}")
 
-    for name, value in decode_rates(model, paths[:48]).items():
-        print(f"{name:>32}: {value:7.1f} img/s (one process)")
+    models = {
+        "vit": ("ViT-B-32", vit_weights(args.dir)),
+        "tiny": (tiny_clip_model_name(), None),
+    }
+    results = []
+    for label in args.models.split(","):
+        name, pretrained = models[label]
+        results.append(bench_model(label, name, pretrained, paths, args))
 
-    cold = {}
-    for w in workers:
-        start = time.perf_counter()
-        cold[w] = pipeline_rate(model, paths, args.batch_size, w)
-        print(f"{f'pipeline cold, workers={w}':>32}: {cold[w]:7.1f} img/s "
-              f"({time.perf_counter() - start:.1f} s, incl. worker start)")
-
-    best = {"model": 0.0, **{w: 0.0 for w in workers}}
-    for _ in range(args.repeat):
-        best["model"] = max(
-            best["model"],
-            model_rate(model, paths, args.batch_size, args.images),
-        )
-        for w in workers:
-            best[w] = max(
-                best[w], pipeline_rate(model, paths, args.batch_size, w)
-            )
-
-    print(f"{'model only (ready tensors)':>32}: {best['model']:7.1f} img/s")
-    for w in workers:
-        print(
-            f"{f'pipeline warm, workers={w}':>32}: {best[w]:7.1f} img/s "
-            f"= {best[w] / best['model']:.2f} x model only"
-        )
+    print_table(results, args)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ slows both alike, and reported as medians and ratios:
 - (c) prompt search within a view holding half the dataset;
 - (d) diverse search (kmeans centroids, kmeans random, dbscan);
 - (e) in-Qdrant id filter vs over-fetch for scopes of several sizes (how
-  ``search.MAX_FILTERED_SCOPE`` was chosen);
+  ``search._use_id_filter`` chooses);
 - store costs: opening the shard, reading all vectors.
 
 "Ours" is end to end: validation, query, and the result saved as the
@@ -52,11 +52,17 @@ def parse_args(argv=None):
     p.add_argument("--repeat", type=int, default=7,
                    help="runs per search measurement (median reported)")
     p.add_argument("--diverse-repeat", type=int, default=3)
-    p.add_argument("--scopes", default="1000,10000,50000",
+    p.add_argument("--scopes", default="1000,2000,4000,10000,50000",
                    help="scope sizes for the filter vs over-fetch study")
     p.add_argument("--cache-dir",
                    default=os.path.join(tempfile.gettempdir(), "ais-bench-search"),
                    help="where the random ViT-B-32 weights are kept")
+    p.add_argument("--threads", type=int, default=1,
+                   help="threads for torch, BLAS and OpenMP, both sides alike "
+                        "(0: the libraries' defaults). One by default: on a "
+                        "busy machine their spinning threads make timings "
+                        "swing 10x (ViT-B-32 text encoding: 115 ms on one "
+                        "thread, 1.6 s on two, measured here)")
     p.add_argument("--skip", default="",
                    help="comma-separated parts to skip: brain,diverse,scopes,store")
     return p.parse_args(argv)
@@ -253,10 +259,20 @@ def main(argv=None):
     from fiftyone_ai_search import state as st
 
     n = args.samples
+    limits = None
+    if args.threads:
+        import sklearn.cluster  # noqa: F401 (loaded before the limit is set)
+        import sklearn.neighbors  # noqa: F401
+        import torch
+        from threadpoolctl import threadpool_limits
+
+        torch.set_num_threads(args.threads)
+        limits = threadpool_limits(limits=args.threads)  # noqa: F841
     model, pretrained, brain_clip, brain_pretrained = model_choice(args)
     print(f"{n:,} samples, model {args.model}, {args.repeat} runs per "
-          f"measurement (median), cpus {os.cpu_count()}, load average "
-          f"{os.getloadavg()[0]:.1f}", flush=True)
+          f"measurement (median), threads {args.threads or 'default'}, cpus "
+          f"{os.cpu_count()}, load average {os.getloadavg()[0]:.1f}",
+          flush=True)
 
     setup = Table()
     t, dataset = timed_once(
@@ -310,7 +326,7 @@ def main(argv=None):
     t_brain, want = (timed_once(lambda: brain_query(dataset, "a cold start"))
                      if brain else (None, None))
     table.add("(a) prompt, first call in the process", t_ours, t_brain,
-              "model + index already loaded by setup")
+              "models loaded by setup; ours opens the index")
     check_same(got, want, "prompt")
 
     print("(a) prompt search, whole dataset", flush=True)
@@ -326,7 +342,8 @@ def main(argv=None):
 
     def ours_vector(i):
         store = runner.open_index(dataset, doc=doc)
-        got_ids, scores = search.nearest(store, qvecs[i], LIMIT)
+        got_ids, scores = search.nearest(store, qvecs[i], LIMIT,
+                                         keep_open=True)
         colls.write_collection(dataset, colls.TEMPORARY_COLLECTION, got_ids,
                                scores)
         return ais.get_collection(dataset, colls.TEMPORARY_COLLECTION).values("id")
@@ -385,28 +402,40 @@ def main(argv=None):
             table.add(f"(d) diverse {label}", statistics.median(runs), None,
                       f"{len(first)} picked")
 
+        # what reading every vector of the scope costs (the result is the same)
+        store = runner.open_index(dataset, doc=doc)
+        t, (all_ids, _) = timed_once(lambda: search.diverse_sample(
+            store, LIMIT, method="centroids", num_clusters=10, read_all=True))
+        lazy_ids, _ = search.diverse_sample(store, LIMIT, method="centroids",
+                                            num_clusters=10)
+        table.add("(d) diverse centroids, kmeans, 10 clusters, every vector "
+                  "read", t, None,
+                  "same picks" if all_ids == lazy_ids else "!! other picks")
+
     if "scopes" not in skip:
         print("(e) in-Qdrant id filter vs over-fetch", flush=True)
         store = runner.open_index(dataset, doc=doc)
-        saved = search.MAX_FILTERED_SCOPE
-        try:
+        with store.session(keep_open=True):  # only the queries are measured
+            total = store.count()
             for size in [int(s) for s in args.scopes.split(",") if s]:
                 scope = [ids[j] for j in np.sort(
                     np.random.default_rng(size).choice(n, size=min(size, n),
                                                        replace=False))]
 
-                def run(mode, i):
-                    search.MAX_FILTERED_SCOPE = n + 1 if mode == "filter" else 0
-                    return search.nearest(store, qvecs[i], LIMIT, scope)
+                def id_filter(i):
+                    return store.query(qvecs[i], LIMIT, sample_ids=scope)
 
-                assert run("filter", 0)[0] == run("overfetch", 0)[0]
-                t_f, t_o = paired(lambda i: run("filter", i),
-                                  lambda i: run("overfetch", i), args.repeat)
+                def over_fetch(i):
+                    return search._over_fetch(store, qvecs[i], LIMIT, scope,
+                                              None, total)
+
+                assert id_filter(0) == over_fetch(0)
+                t_f, t_o = paired(id_filter, over_fetch, args.repeat)
+                chosen = ("id filter" if search._use_id_filter(size, LIMIT, total)
+                          else "over-fetch")
                 table.add(f"(e) scope {size:,}: id filter in Qdrant", t_f, None)
                 table.add(f"(e) scope {size:,}: over-fetch + filter here", t_o,
-                          None, f"chosen: {'filter' if size <= saved else 'over-fetch'}")
-        finally:
-            search.MAX_FILTERED_SCOPE = saved
+                          None, f"search chooses: {chosen}")
 
     if "store" not in skip:
         print("store costs", flush=True)
@@ -426,7 +455,8 @@ def main(argv=None):
     print()
     print(f"{n:,} samples x {vectors.shape[1]}-d, limit {LIMIT}, medians of "
           f"{args.repeat} runs ({args.diverse_repeat} for diverse and "
-          "get_vectors); ours/Brain < 1 means ours is faster")
+          f"get_vectors), threads {args.threads or 'default'}; ours/Brain < 1 "
+          "means ours is faster")
     print(table.render())
 
 

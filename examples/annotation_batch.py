@@ -17,7 +17,7 @@ import fiftyone_ai_search as ais
 
 
 def main(name="ai-search-example-annotation", num_samples=300,
-         prompt="a photo of a red circle", threshold=0.45, limit=100,
+         prompt="a photo of a red circle", threshold=0.8, limit=100,
          tag="to_annotate", batch_name=None):
     """Searches ``prompt``, tags the results ``tag`` and clones them into
     the dataset ``batch_name`` (default ``"<name>-batch"``).

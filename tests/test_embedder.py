@@ -317,3 +317,28 @@ def test_a_crashing_decoder_fails_only_its_image(
     )[0]
     for key, vector in vectors.items():
         assert np.allclose(reference[key], vector, atol=1e-6)
+
+
+def test_a_decode_bound_run_leaves_the_workers_their_cores(model):
+    """While the calling thread keeps decoding batches itself (workers busy),
+    the model runs on the threads the workers leave; then on all again."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        bottleneck = embedder._Bottleneck()
+        with embedder._model_threads(model, bottleneck, num_workers=1):
+            assert torch.get_num_threads() == 2
+
+        for _ in range(embedder.DECODE_BOUND_MIN):
+            bottleneck.note(True)
+        with embedder._model_threads(model, bottleneck, num_workers=1):
+            assert torch.get_num_threads() == 1
+        with embedder._model_threads(model, bottleneck, num_workers=0):
+            assert torch.get_num_threads() == 2
+        assert torch.get_num_threads() == 2
+
+        for _ in range(embedder.DECODE_WINDOW):
+            bottleneck.note(False)
+        assert not bottleneck.decoding
+    finally:
+        torch.set_num_threads(threads)

@@ -26,7 +26,7 @@ def _name(prefix):
 
 def test_annotation_batch_clones_the_tagged_results():
     out = annotation_batch.main(name=_name("ex-annotation"), num_samples=90,
-                                threshold=0.45)
+                                threshold=0.8)
 
     dataset, batch = out["dataset"], out["batch"]
     assert fo.dataset_exists(batch.name)
@@ -34,7 +34,7 @@ def test_annotation_batch_clones_the_tagged_results():
     assert len(tagged) > 0
     assert sorted(batch.values("filepath")) == sorted(tagged.values("filepath"))
     scores = [s for _, s in ais.get_collection_scores(dataset, out["collection"])]
-    assert len(scores) == len(batch) and min(scores) >= 0.45
+    assert len(scores) == len(batch) and min(scores) >= 0.8
     assert set(batch.values("ground_truth.label")) == {"red circle"}
 
 

@@ -129,6 +129,34 @@ def test_threshold_and_scope(indexed):
     assert {i for i, _ in ais.get_collection_scores(indexed, name)} <= set(some)
 
 
+@pytest.mark.parametrize("make_view", [
+    lambda d: d.match(F("shape") != "star"),
+    # membership depends on the whole pipeline, not a filter of samples
+    lambda d: d.sort_by("filepath", reverse=True).limit(200),
+])
+def test_large_view_is_searched_without_reading_its_ids(indexed, make_view,
+                                                          monkeypatch):
+    view = make_view(indexed)
+    prompts = ["a photo of a green circle", "a photo of a red star"]
+    # a view this large (for limit 10) is searched by over-fetching from the
+    # whole index and asking MongoDB which hits are in the view
+    assert not search._use_id_filter(len(view), 10, len(indexed))
+    read = []
+    values = type(view).values
+    monkeypatch.setattr(type(view), "values", lambda self, *a, **kw: (
+        read.append(len(self)) or values(self, *a, **kw)))
+    name = ais.perform_ai_search(view, prompt=", ".join(prompts), limit=10)
+    assert max(read) < len(view)  # the view's ids were never all read
+    monkeypatch.undo()
+
+    vectors = search.prompt_vectors(_model(indexed), prompts)
+    expected_ids, expected_scores = _brute_force(
+        indexed, vectors, 10, scope=set(view.values("id")))
+    got = ais.get_collection_scores(indexed, name)
+    assert [i for i, _ in got] == expected_ids
+    assert [s for _, s in got] == pytest.approx(expected_scores, abs=1e-4)
+
+
 def test_nothing_above_threshold_returns_none(indexed):
     assert ais.perform_ai_search(indexed, prompt="a red circle",
                                  threshold=0.999) is None

@@ -26,7 +26,6 @@ def tiny():
     import open_clip
 
     name = shapes.tiny_clip_model_name()
-    torch.set_num_threads(2)
     model, _, preprocess = open_clip.create_model_and_transforms(name)
     model.eval()  # BatchNorm tower: embeddings must not depend on the batch
     return model, preprocess, open_clip.get_tokenizer(name)

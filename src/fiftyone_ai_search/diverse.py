@@ -10,8 +10,29 @@ in every round, so any prefix of the result is spread over the data:
 
 Each sample's score is the cosine similarity between its embedding and the
 centre of its cluster (how typical it is of its cluster). DBSCAN's noise
-points form a group of their own, visited after the clusters in each round.
-The same inputs and seed always give the same result.
+points form a group of their own, visited after the clusters in each round,
+always in the seeded random order: outliers have no typical member (and
+the noise points nearest their mean are scattered over the whole set). The
+same inputs and seed always give the same result.
+
+Large sets are never read whole. The clustering is fitted on a seeded random
+sample of at most :data:`FIT_SAMPLE` points (all of them when there are
+fewer), and then decides the cluster of any point by itself (k-means: the
+nearest centre; DBSCAN: the cluster of the nearest core point within eps,
+else noise). A pick needs only the first few members of each cluster, and
+those are found on demand:
+
+- ``centroids``: the points nearest a cluster's centre, from exact
+  nearest-neighbour queries of the index, keeping those in the cluster;
+- ``random`` (and DBSCAN noise): the points in a seeded random order of
+  all of them (the fit sample is its beginning), read on only while a
+  group lacks members.
+
+So a diverse search over 100k indexed points reads ~:data:`FIT_SAMPLE`
+vectors, not 100k; the result is the same as if every point had been read
+and assigned. Only a cluster far smaller than the others (fewer members in
+the whole set than the rounds ask of it) makes the search read on until it
+has seen every point.
 """
 
 import math
@@ -21,11 +42,21 @@ import numpy as np
 METHODS = ("centroids", "random")
 CLUSTERING_METHODS = ("kmeans", "dbscan")
 
+#: the clustering is fitted on a random sample of at most this many points
+#: (or ``20 x num_clusters``, if more). Measured at 100k 512-d points on 2
+#: cores: k-means (10 clusters) on 10k points ~0.4-1 s; reading 10k vectors
+#: from the index ~0.2-0.5 s, all 100k ~3-6 s
+FIT_SAMPLE = 10_000
+
 #: DBSCAN is fitted on at most this many points (the rest are assigned to the
 #: nearest core point), in at most this many PCA dimensions: exact DBSCAN is
 #: quadratic in the number of points
 DBSCAN_MAX_FIT = 5000
 DBSCAN_MAX_DIMS = 64
+
+#: once a cluster's nearest-neighbour query would ask for more than this
+#: share of all points, every point is read instead
+READ_ALL_SHARE = 0.25
 
 
 def default_num_clusters(limit, num_vectors):
@@ -34,6 +65,33 @@ def default_num_clusters(limit, num_vectors):
     ``limit`` or the number of vectors."""
     k = max(2, 2 * round(math.sqrt(limit)))
     return max(1, min(k, 64, limit, num_vectors))
+
+
+class ArraySource:
+    """Embeddings held in memory, for :func:`sample_source`.
+
+    A source has a ``size`` (its rows are ``0 .. size - 1``) and two methods:
+
+    -   ``fetch(rows)``: ``(rows, vectors)`` of those of ``rows`` that have a
+        vector, in the order given, as an int array and an ``(n, dim)``
+        float32 array of unit rows;
+    -   ``nearest(vector, k)``: the rows of the ``k`` vectors most similar
+        (cosine) to a unit ``vector``, best first (fewer when there are not
+        ``k``).
+    """
+
+    def __init__(self, vectors):
+        self.vectors = np.asarray(vectors, dtype=np.float32)
+        self.size = len(self.vectors)
+
+    def fetch(self, rows):
+        rows = np.asarray(rows, dtype=int)
+        return rows, self.vectors[rows]
+
+    def nearest(self, vector, k):
+        scores = self.vectors @ vector
+        order = np.lexsort((np.arange(len(scores)), -scores))  # stable
+        return order[:k]
 
 
 def diverse_sample(vectors, limit, method="centroids",
@@ -52,74 +110,206 @@ def diverse_sample(vectors, limit, method="centroids",
     Returns:
         a tuple ``(indices, scores)`` of the picked rows, in pick order
     """
-    vectors = np.asarray(vectors, dtype=np.float32)
-    n = len(vectors)
+    return sample_source(ArraySource(vectors), limit, method=method,
+                         clustering_method=clustering_method,
+                         num_clusters=num_clusters, seed=seed)
+
+
+def sample_source(source, limit, method="centroids",
+                  clustering_method="kmeans", num_clusters=None, seed=0,
+                  read_all=False):
+    """Like :func:`diverse_sample`, for embeddings read from ``source`` on
+    demand (see :class:`ArraySource` for what a source is).
+
+    Args:
+        read_all (False): read every point once the clustering is fitted,
+            rather than only what the picks need; the result is the same
+            (what tests check), only slower
+
+    Returns:
+        a tuple ``(rows, scores)`` of the picked rows, in pick order
+    """
+    n = source.size
     if n == 0:
         return np.zeros(0, dtype=int), np.zeros(0, dtype=np.float32)
 
+    walk = np.random.default_rng(seed).permutation(n)
+    k = None
     if clustering_method == "kmeans":
-        k = num_clusters or default_num_clusters(limit, n)
-        labels = _kmeans(vectors, min(k, n), seed)
-    else:
-        labels = _dbscan(vectors, seed)
+        k = min(num_clusters or default_num_clusters(limit, n), n)
+    walked = min(n, max(FIT_SAMPLE, 20 * (k or 0)))
+    with _one_thread():
+        rows, x = source.fetch(walk[:walked])
+        if len(rows) == 0 and walked < n:
+            # nothing of the sample is embedded: fit on all there is
+            walked = n
+            rows, x = source.fetch(walk)
+        if len(rows) == 0:
+            return np.zeros(0, dtype=int), np.zeros(0, dtype=np.float32)
+        # fitted in row order: a set small enough to be its own sample is
+        # clustered as it comes, whatever the seed's walk
+        order = np.argsort(rows, kind="stable")
+        rows, x = rows[order], x[order]
 
-    groups = _groups(vectors, labels, method, seed)
-    return _round_robin(groups, limit)
+        if clustering_method == "kmeans":
+            groups = _fit_kmeans(x, k, seed)
+        else:
+            groups = _fit_dbscan(x, seed)
+
+        picker = _Picker(source, walk, method, groups, limit)
+        picker.start(rows, groups.fit_groups, groups.fit_scores, walked)
+        if read_all and walked < n:
+            picker.read_all()
+        return picker.pick(limit)
 
 
-def _kmeans(vectors, k, seed):
+# -- clusterings ------------------------------------------------------------------
+
+
+class _Groups:
+    """A fitted clustering, able to tell the group of any vector.
+
+    Groups are numbered in visiting order: by their size in the fit sample,
+    largest first (ties by cluster label), DBSCAN's noise last.
+
+    Args:
+        assign_raw: a function of an ``(n, dim)`` array returning the
+            clustering's labels (``-1`` for noise)
+        centres: ``{label: centre}``, the centre of every label that
+            ``assign_raw`` can return
+        fit_vectors: the vectors the clustering was fitted on
+        fit_labels (None): ``assign_raw(fit_vectors)``, if known
+    """
+
+    def __init__(self, assign_raw, centres, fit_vectors, fit_labels=None):
+        self._assign_raw = assign_raw
+        if fit_labels is None:
+            fit_labels = assign_raw(fit_vectors)
+        counts = {label: 0 for label in centres}
+        for label, count in zip(*np.unique(fit_labels, return_counts=True)):
+            counts[int(label)] = int(count)
+        labels = sorted((c for c in counts if c != -1),
+                        key=lambda c: (-counts[c], c))
+        if -1 in counts:
+            labels.append(-1)
+        self.labels = labels
+        self.centres = np.stack([_unit(centres[c]) for c in labels])
+        lookup = np.full(max(labels) + 2, -1, dtype=int)  # index -1: noise
+        for g, c in enumerate(labels):
+            lookup[c] = g
+        self._lookup = lookup
+        #: the group and score of each fit vector
+        self.fit_groups, self.fit_scores = self._score(fit_vectors, fit_labels)
+
+    def __len__(self):
+        return len(self.labels)
+
+    def assign(self, vectors):
+        """``(groups, scores)``: the group of each vector and its cosine
+        similarity to the group's centre."""
+        return self._score(vectors, self._assign_raw(vectors))
+
+    def _score(self, vectors, raw_labels):
+        groups = self._lookup[np.asarray(raw_labels, dtype=int)]
+        # summed in float64 and rounded: the same float32 score whatever
+        # the order of the sum
+        scores = np.einsum("ij,ij->i", np.asarray(vectors, dtype=np.float64),
+                           self.centres[groups].astype(np.float64))
+        return groups, scores.astype(np.float32)
+
+
+def _unit(v):
+    v = np.asarray(v, dtype=np.float32)
+    norm = float(np.linalg.norm(v))
+    return v / norm if norm > 0 else v
+
+
+def _single_group(x):
+    return _Groups(lambda v: np.zeros(len(v), dtype=int),
+                   {0: x.mean(axis=0)}, x)
+
+
+def _one_thread():
+    """Runs scikit-learn and numpy single-threaded.
+
+    On a busy machine OpenMP threads spin-wait for each other (measured on 2
+    loaded cores: k-means of 5,000 512-d points 0.4-1.0 s on one thread,
+    2.2-2.7 s on two), and the fit sample is too small to gain from more.
+    One thread also makes the result independent of the machine's core
+    count: k-means sums in another order on another number of threads.
+    """
+    # loaded first: a limit set before a library is loaded misses it
+    import sklearn.cluster  # noqa: F401
+    import sklearn.decomposition  # noqa: F401
+    import sklearn.neighbors  # noqa: F401
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1)
+
+
+def _fit_kmeans(x, k, seed):
     from sklearn.cluster import KMeans
 
+    k = min(k, len(x))
     if k == 1:
-        return np.zeros(len(vectors), dtype=int)
-    km = KMeans(n_clusters=k, n_init=1, max_iter=100, random_state=seed)
-    return km.fit_predict(vectors)
+        return _single_group(x)
+    km = KMeans(n_clusters=k, n_init=1, max_iter=100, random_state=seed).fit(x)
+
+    def assign(v):
+        return km.predict(np.asarray(v, dtype=km.cluster_centers_.dtype))
+
+    return _Groups(assign, dict(enumerate(km.cluster_centers_)), x)
 
 
-def _dbscan(vectors, seed):
+def _fit_dbscan(x, seed):
     """DBSCAN labels (-1 for noise), eps chosen at the knee of the sorted
-    k-distance curve of a sample of the data."""
+    k-distance curve of (the start of) the fit sample, which is random
+    already; any point then joins the cluster of its nearest core point if
+    that is within eps, else it is noise."""
     from sklearn.cluster import DBSCAN
     from sklearn.neighbors import NearestNeighbors
 
-    rng = np.random.default_rng(seed)
-    x = _reduce(vectors, seed)
-    n = len(x)
-    fit_idx = np.sort(rng.choice(n, size=min(n, DBSCAN_MAX_FIT), replace=False))
-    fit = x[fit_idx]
-
+    reduce = _reducer(x, seed)
+    z = reduce(x)
+    fit = z[:DBSCAN_MAX_FIT]
     min_samples = max(3, min(10, len(fit) // 50))
     if len(fit) <= min_samples:
-        return np.zeros(n, dtype=int)
+        return _single_group(x)
 
     dist, _ = NearestNeighbors(n_neighbors=min_samples).fit(fit).kneighbors(fit)
     eps = _knee(np.sort(dist[:, -1]))
     if eps <= 0:
-        return np.zeros(n, dtype=int)
+        return _single_group(x)
 
     db = DBSCAN(eps=eps, min_samples=min_samples).fit(fit)
-    labels = np.full(n, -1, dtype=int)
-    labels[fit_idx] = db.labels_
-
-    # the points left out of the fit join the cluster of their nearest core
-    # point, if it is within eps
-    rest = np.setdiff1d(np.arange(n), fit_idx)
     core = db.core_sample_indices_
-    if len(rest) and len(core):
-        d, j = NearestNeighbors(n_neighbors=1).fit(fit[core]).kneighbors(x[rest])
-        near = d[:, 0] <= eps
-        labels[rest[near]] = db.labels_[core[j[near, 0]]]
-    return labels
+    if len(core) == 0:  # all noise
+        return _Groups(lambda v: np.full(len(v), -1, dtype=int),
+                       {-1: x.mean(axis=0)}, x)
+    core_labels = db.labels_[core]
+    nearest_core = NearestNeighbors(n_neighbors=1).fit(fit[core])
+
+    def assign_reduced(zv):
+        d, j = nearest_core.kneighbors(zv)
+        return np.where(d[:, 0] <= eps, core_labels[j[:, 0]], -1)
+
+    labels = assign_reduced(z)
+    centres = {int(c): x[labels == c].mean(axis=0) for c in np.unique(labels)}
+    # noise can turn up outside the fit sample even when none is in it
+    centres.setdefault(-1, x.mean(axis=0))
+    return _Groups(lambda v: assign_reduced(reduce(v)), centres, x,
+                   fit_labels=labels)
 
 
-def _reduce(vectors, seed):
-    if vectors.shape[1] <= DBSCAN_MAX_DIMS or len(vectors) <= DBSCAN_MAX_DIMS:
-        return vectors
+def _reducer(x, seed):
+    """A projection to at most :data:`DBSCAN_MAX_DIMS` PCA dimensions,
+    fitted on ``x``."""
+    if x.shape[1] <= DBSCAN_MAX_DIMS or len(x) <= DBSCAN_MAX_DIMS:
+        return lambda v: np.asarray(v, dtype=np.float32)
     from sklearn.decomposition import PCA
 
-    return PCA(n_components=DBSCAN_MAX_DIMS, random_state=seed).fit_transform(
-        vectors
-    ).astype(np.float32)
+    pca = PCA(n_components=DBSCAN_MAX_DIMS, random_state=seed).fit(x)
+    return lambda v: pca.transform(v).astype(np.float32)
 
 
 def _knee(curve):
@@ -131,42 +321,137 @@ def _knee(curve):
     return float(curve[int(np.argmax(x - y))])
 
 
-def _groups(vectors, labels, method, seed):
-    """Per group (clusters by size, then noise): member indices in pick order
-    and their scores."""
-    rng = np.random.default_rng(seed)
-    ids = [c for c in np.unique(labels) if c != -1]
-    ids.sort(key=lambda c: (-np.count_nonzero(labels == c), c))
-    if np.any(labels == -1):
-        ids.append(-1)
-
-    groups = []
-    for c in ids:
-        members = np.flatnonzero(labels == c)
-        centre = vectors[members].mean(axis=0)
-        norm = np.linalg.norm(centre)
-        scores = vectors[members] @ (centre / norm if norm > 0 else centre)
-        if method == "centroids":
-            order = np.lexsort((members, -scores))  # ties by index: stable
-        else:
-            order = rng.permutation(len(members))
-        groups.append((members[order], scores[order]))
-    return groups
+# -- picking --------------------------------------------------------------------
 
 
-def _round_robin(groups, limit):
-    picked, scores = [], []
-    depth = 0
-    while len(picked) < limit:
-        took = False
-        for members, member_scores in groups:
-            if depth < len(members):
-                picked.append(members[depth])
-                scores.append(member_scores[depth])
-                took = True
-                if len(picked) == limit:
-                    break
-        if not took:
-            break
-        depth += 1
-    return np.asarray(picked, dtype=int), np.asarray(scores, dtype=np.float32)
+class _Picker:
+    """Round-robin picking over the groups, reading members on demand.
+
+    ``lists[g]`` holds group ``g``'s members found so far, in pick order
+    (a prefix of its full order); ``complete[g]`` tells whether that list is
+    the whole group. ``walked`` points of the walk have been read. A group
+    is ordered by score (``centroids``, DBSCAN noise excepted) or by the
+    walk.
+    """
+
+    def __init__(self, source, walk, method, groups, limit):
+        self.source = source
+        self.walk = walk
+        self.groups = groups
+        self.limit = limit
+        self.n = source.size
+        self.known = {}  # row -> (group, score)
+        self.by_score = [method == "centroids" and label != -1
+                         for label in groups.labels]
+
+    def start(self, rows, groups, scores, walked):
+        for r, g, s in zip(np.asarray(rows).tolist(), groups.tolist(),
+                           scores.tolist()):
+            self.known[r] = (g, s)
+        self.walked = walked
+        num = len(self.groups)
+        self.complete = [walked >= self.n] * num
+        self.query_size = [0] * num
+        self.lists = [[] for _ in range(num)]
+        self._rebuild_lists()
+
+    # -- reading ---------------------------------------------------------------
+
+    def _fetch(self, rows):
+        rows = [r for r in np.asarray(rows, dtype=int).tolist()
+                if r not in self.known]
+        if not rows:
+            return
+        got, x = self.source.fetch(np.asarray(rows, dtype=int))
+        if len(got):
+            groups, scores = self.groups.assign(x)
+            for r, g, s in zip(np.asarray(got).tolist(), groups.tolist(),
+                               scores.tolist()):
+                self.known[r] = (g, s)
+
+    def _rebuild_lists(self):
+        """Lists from the points of the walk read so far: in walk order for
+        the groups ordered by it; best score first for the others, once every
+        point is read (until then their lists come from queries)."""
+        everything = self.walked >= self.n
+        rebuild = [everything or not by for by in self.by_score]
+        lists = [[] for _ in range(len(self.groups))]
+        for r in self.walk[: self.walked].tolist():
+            hit = self.known.get(r)
+            if hit is not None and rebuild[hit[0]]:
+                lists[hit[0]].append(r)
+        for g, members in enumerate(lists):
+            if not rebuild[g]:
+                continue
+            if self.by_score[g]:
+                members.sort(key=lambda r: (-self.known[r][1], r))
+            self.lists[g] = members
+
+    def read_all(self):
+        self._fetch(self.walk[self.walked:])
+        self.walked = self.n
+        self.complete = [True] * len(self.groups)
+        self._rebuild_lists()
+
+    def _walk_on(self):
+        """Reads the next stretch of the walk (as much again as read so
+        far)."""
+        end = min(self.n, 2 * self.walked)
+        if end >= self.n:
+            self.read_all()
+            return
+        self._fetch(self.walk[self.walked:end])
+        self.walked = end
+        self._rebuild_lists()
+
+    def _query_on(self, g, depth):
+        """Finds at least ``depth + 1`` members of group ``g`` (or all of
+        them) among its centre's nearest neighbours."""
+        expected = max(depth + 1, math.ceil(self.limit / len(self.groups)))
+        k = max(2 * self.query_size[g], 2 * expected + 16)
+        if k > READ_ALL_SHARE * self.n:
+            self.read_all()
+            return
+        self.query_size[g] = k
+        rows = np.asarray(self.source.nearest(self.groups.centres[g], k),
+                          dtype=int)
+        self._fetch(rows)
+        self.lists[g] = [r for r in rows.tolist()
+                         if self.known.get(r, (None,))[0] == g]
+        if len(rows) < k:
+            self.complete[g] = True
+
+    # -- picking ---------------------------------------------------------------
+
+    def pick(self, limit):
+        while True:
+            picked, short = self._round_robin(limit)
+            if short is None:
+                scores = [self.known[r][1] for r in picked]
+                return (np.asarray(picked, dtype=int),
+                        np.asarray(scores, dtype=np.float32))
+            g, depth = short
+            if self.by_score[g]:
+                self._query_on(g, depth)
+            else:
+                self._walk_on()
+
+    def _round_robin(self, limit):
+        """``(picks, None)``, or ``(None, (group, depth))`` when a group's
+        list is too short and may not be complete."""
+        picked = []
+        depth = 0
+        while len(picked) < limit:
+            took = False
+            for g, members in enumerate(self.lists):
+                if depth < len(members):
+                    picked.append(members[depth])
+                    took = True
+                    if len(picked) == limit:
+                        break
+                elif not self.complete[g]:
+                    return None, (g, depth)
+            if not took:
+                break
+            depth += 1
+        return picked, None

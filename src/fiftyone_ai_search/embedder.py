@@ -17,6 +17,14 @@ so idle workers stay warm for the next run (:data:`IDLE_SECONDS`), short runs
 (:data:`MIN_ITEMS_FOR_WORKERS`) start none, and the calling thread decodes by
 itself while workers start and whenever no decoded batch is waiting: no run
 waits for workers, and a decode-bound model uses every core.
+
+When decoding is the bottleneck (the calling thread keeps finding no decoded
+batch waiting although workers are up), the workers are busy all the time
+and a model running on all of torch's threads would compete with them for
+the cores: each of its parallel steps then waits for a descheduled thread,
+which made a small model 5-10x slower on 2 cores. The model then runs on the
+cores the workers leave (``threads - num_workers``, at least one) until the
+workers keep up again (:func:`_model_threads`).
 """
 
 import atexit
@@ -59,6 +67,12 @@ MAX_RESTARTS = 16
 
 #: idle workers stay warm this long for the next run
 IDLE_SECONDS = 300.0
+
+#: the model runs on fewer threads while the calling thread had to decode at
+#: least :data:`DECODE_BOUND_MIN` of the last :data:`DECODE_WINDOW` batches
+#: itself, with workers up and busy: decoding is then the bottleneck
+DECODE_WINDOW = 8
+DECODE_BOUND_MIN = 2
 
 # Whether the calling thread decodes batches itself when none is waiting.
 # Tests switch it off to make workers do all the decoding
@@ -137,15 +151,17 @@ def embed_images(
 
 def _embed(model, decoder, items, batch_size, num_workers, progress):
     batches = _batched(items, batch_size)
+    bottleneck = _Bottleneck()
     if num_workers > 0:
-        source = _pooled(batches, decoder, num_workers)
+        source = _pooled(batches, decoder, num_workers, bottleneck)
     else:
         source = (decoder.decode(batch) for batch in batches)
 
     try:
         for keys, pixels, failures in source:
             if keys:
-                vectors = model.encode_images(pixels)
+                with _model_threads(model, bottleneck, num_workers):
+                    vectors = model.encode_images(pixels)
             else:
                 vectors = np.zeros((0, model.dim), dtype=np.float32)
 
@@ -198,19 +214,52 @@ class _Decoder:
         arrays.append(array)
 
 
-@contextlib.contextmanager
+class _Bottleneck:
+    """Tells whether decoding holds a run back: the calling thread had to
+    decode recent batches itself although workers were up (and so busy)."""
+
+    def __init__(self):
+        self._recent = collections.deque(maxlen=DECODE_WINDOW)
+
+    def note(self, decoded_here):
+        self._recent.append(bool(decoded_here))
+
+    @property
+    def decoding(self):
+        return sum(self._recent) >= DECODE_BOUND_MIN
+
+
+def _model_threads(model, bottleneck, num_workers):
+    """While decoding is the bottleneck, runs the model on the CPU threads
+    that busy workers leave free; otherwise changes nothing."""
+    device = getattr(getattr(model, "device", None), "type", "cpu")
+    if num_workers < 1 or device != "cpu" or not bottleneck.decoding:
+        return contextlib.nullcontext()
+
+    import torch
+
+    return _fewer_torch_threads(max(1, torch.get_num_threads() - num_workers))
+
+
 def _one_torch_thread():
     """Runs the transform's tensor ops on one thread: they are tiny, and
     waking torch's thread pool for each costs more than it saves (50x on a
-    busy machine). The model's thread count is restored right after, also
-    when several threads decode at once."""
+    busy machine)."""
+    return _fewer_torch_threads(1)
+
+
+@contextlib.contextmanager
+def _fewer_torch_threads(count):
+    """Runs the block with at most ``count`` torch threads. The thread count
+    is restored right after, also when several threads use this at once."""
     import torch
 
     with _THREADS_LOCK:
         if _THREADS["users"] == 0:
             _THREADS["saved"] = torch.get_num_threads()
-            if _THREADS["saved"] != 1:
-                torch.set_num_threads(1)
+
+        if torch.get_num_threads() > count:
+            torch.set_num_threads(count)
 
         _THREADS["users"] += 1
 
@@ -219,7 +268,10 @@ def _one_torch_thread():
     finally:
         with _THREADS_LOCK:
             _THREADS["users"] -= 1
-            if _THREADS["users"] == 0 and _THREADS["saved"] != 1:
+            if (
+                _THREADS["users"] == 0
+                and torch.get_num_threads() != _THREADS["saved"]
+            ):
                 torch.set_num_threads(_THREADS["saved"])
 
 
@@ -253,10 +305,11 @@ def _enough_for_workers(items, batch_size):
     return itertools.chain(head, items), len(head) > threshold
 
 
-def _pooled(batches, decoder, num_workers):
+def _pooled(batches, decoder, num_workers, bottleneck):
     """Decodes batches with worker processes and the calling thread.
 
-    Yields ``(keys, pixels, failures)`` in the order batches complete.
+    Yields ``(keys, pixels, failures)`` in the order batches complete, and
+    tells ``bottleneck`` (a :class:`_Bottleneck`) who decoded each.
     """
     pool = _WorkerPool(decoder, num_workers)
     retries = collections.deque()  # single items of crashed batches
@@ -294,6 +347,7 @@ def _pooled(batches, decoder, num_workers):
                 worker.submit(batch, isolated)
 
             if pool.done:
+                bottleneck.note(False)
                 yield pool.done.popleft()
                 continue
 
@@ -307,6 +361,9 @@ def _pooled(batches, decoder, num_workers):
             if _MAIN_THREAD_DECODES or pool.broken:
                 batch, _ = next_batch(for_worker=False)
                 if batch is not None:
+                    # ready workers were all given work above: if they are
+                    # up, they cannot keep up with the model
+                    bottleneck.note(pool.any_ready())
                     yield decoder.decode(batch)
                     continue
 
@@ -374,6 +431,9 @@ class _WorkerPool:
 
     def busy(self):
         return any(w.assigned for w in self._workers)
+
+    def any_ready(self):
+        return any(w.ready for w in self._workers)
 
     def poll(self, retries, block):
         """Handles the workers' messages; if ``block``, waits a while for

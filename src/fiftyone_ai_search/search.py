@@ -17,10 +17,13 @@ from . import runner
 from . import state as st
 from .embeddings import AISearchNotEnabledError
 
-#: scopes up to this many ids are filtered inside Qdrant; larger ones search
-#: the whole index for more than ``limit`` and filter here (measured: an id
-#: filter costs ~5 us per id, an unscoped top-1000 ~6 ms)
-MAX_FILTERED_SCOPE = 10_000
+#: how many more hits than ``limit x total / scope size`` a search of a
+#: large scope fetches from the whole index, to keep what is in scope
+OVER_FETCH = 1.5
+
+#: never filter more ids than this inside Qdrant, whatever
+#: :func:`_use_id_filter` says (a bound on the size of one request)
+MAX_FILTERED_SCOPE = 50_000
 
 #: default weight of a negative prompt, see :func:`prompt_vectors`
 NEGATIVE_WEIGHT = 0.5
@@ -123,15 +126,14 @@ def perform_ai_search(
     )
     dataset = samples._dataset
     doc = _require_ready(dataset)
-    scope = _scope_ids(samples, query.image_id_scope)
+    scope = _make_scope(samples, query.image_id_scope)
     if query.image_ids:
         _check_known_ids(dataset, query.image_ids, "image_id")
 
+    # not closed: an embedded index stays open for the next search while
+    # nobody else wants it (see VectorStore.session(keep_open=True))
     store = runner.open_index(dataset, doc=doc)
-    try:
-        ids, scores = query.run(dataset, doc, store, scope)
-    finally:
-        store.close()
+    ids, scores = query.run(dataset, doc, store, scope)
 
     if not ids:
         return None
@@ -254,19 +256,26 @@ class _Query:
         if self.method is not None:
             return _diverse(store, scope, self)
 
+        if self.image_ids is not None:
+            if scope is not None:
+                len(scope)  # a view counts its samples before the index is held
+            # one opening of the index for the references and the search
+            with store.session(keep_open=True):
+                vectors = _reference_vectors(dataset, store, self.image_ids)
+                if self.aggregation == "mean":
+                    vectors = _normalize(vectors.mean(axis=0, keepdims=True))
+                return nearest(store, vectors, self.limit, scope,
+                               self.threshold, keep_open=True)
+
+        # the model runs before the index is opened: never hold it meanwhile
+        model = runner.load_index_model(doc)
         if self.prompts is not None:
-            model = runner.load_index_model(doc)
             vectors = prompt_vectors(model, self.prompts, self.negatives,
                                      self.negative_weight)
-        elif self.image_ids is not None:
-            vectors = _reference_vectors(dataset, store, self.image_ids)
-            if self.aggregation == "mean":
-                vectors = _normalize(vectors.mean(axis=0, keepdims=True))
         else:
-            model = runner.load_index_model(doc)
             vectors = _image_vector(model, self.image)
-
-        return nearest(store, vectors, self.limit, scope, self.threshold)
+        return nearest(store, vectors, self.limit, scope, self.threshold,
+                       keep_open=True)
 
     def describe(self, scope):
         """What produced a collection (kept with it, shown in the App)."""
@@ -311,27 +320,66 @@ def _require_ready(dataset):
     return doc
 
 
-def _scope_ids(samples, image_id_scope):
-    """The ids to search within, or None for the whole dataset."""
+def _make_scope(samples, image_id_scope):
+    """The samples to search within: None for the whole dataset, a list of
+    sample ids, or a :class:`_ViewScope`."""
     dataset = samples._dataset
-    scope = None if samples is dataset else samples.values("id")
     if image_id_scope is not None:
         _check_known_ids(dataset, image_id_scope, "image_id_scope")
-        if scope is None:
-            scope = image_id_scope
-        else:
-            allowed = set(image_id_scope)
-            scope = [i for i in scope if i in allowed]
-    return scope
+        if samples is dataset:
+            return image_id_scope
+        # in the view's order
+        return samples.select(image_id_scope).values("id")
+    if samples is dataset:
+        return None
+    if getattr(samples, "_is_generated", False):
+        # patches, frames, clips: their ids are not sample ids
+        return samples.values("id")
+    return _ViewScope(samples)
+
+
+class _ViewScope:
+    """A view of the dataset as a search scope, its ids read only if needed.
+
+    Reading all ids of a large view costs more than the search itself
+    (measured: 50k ids of a 100k dataset ~0.5 s, a search ~25 ms), so a
+    large view is searched like any large scope, by over-fetching from the
+    whole index (:func:`_over_fetch`), and MongoDB is asked which of the
+    hits are in the view (an ``_id`` lookup within the view's pipeline).
+    """
+
+    def __init__(self, view):
+        self.view = view
+        self._size = None
+        self._ids = None
+        self._member = {}
+
+    def __len__(self):
+        if self._size is None:
+            self._size = self.view.count()
+        return self._size
+
+    def ids(self):
+        """All sample ids of the view, in its order."""
+        if self._ids is None:
+            self._ids = self.view.values("id")
+            self._size = len(self._ids)
+        return self._ids
+
+    def contains(self, sample_ids):
+        """The subset of ``sample_ids`` in the view."""
+        unknown = [i for i in sample_ids if i not in self._member]
+        if unknown:
+            found = set(self.view.select(unknown).values("id"))
+            for i in unknown:
+                self._member[i] = i in found
+        return {i for i in sample_ids if self._member[i]}
 
 
 def _check_known_ids(dataset, ids, arg):
-    from bson import ObjectId
-    from fiftyone import ViewField as F
-
-    found = set(
-        dataset.match(F("_id").is_in([ObjectId(i) for i in ids])).values("id")
-    )
+    # select() matches on _id (indexed); F("_id").is_in() would be an $expr
+    # that scans the whole collection (~65 ms at 100k samples)
+    found = set(dataset.select(ids).values("id"))
     unknown = [i for i in ids if i not in found]
     if unknown:
         raise ValueError(
@@ -427,15 +475,28 @@ def _image_vector(model, image):
 # -- nearest neighbours ----------------------------------------------------------
 
 
-def nearest(store, vectors, limit, scope=None, threshold=None):
+def nearest(store, vectors, limit, scope=None, threshold=None,
+            keep_open=False):
     """Exact top-``limit`` of the union of several queries (best score per
     sample), within ``scope``.
+
+    Args:
+        store: the :class:`fiftyone_ai_search.store.VectorStore`
+        vectors: a ``(dim,)`` query vector or ``(n, dim)`` several
+        limit: the most results
+        scope (None): sample ids to search within (a list, or a
+            :class:`_ViewScope`), or None for all
+        threshold (None): only scores ``>= threshold``
+        keep_open (False): keep an embedded index open afterwards (see
+            :meth:`~fiftyone_ai_search.store.VectorStore.session`)
 
     Returns:
         ``(sample_ids, scores)``, best first
     """
+    if scope is not None:
+        len(scope)  # a view counts its samples now, not with the index held
     best = {}
-    with store.session():
+    with store.session(keep_open=keep_open):
         total = store.count()
         for vector in np.atleast_2d(vectors):
             for sample_id, score in _top_k(store, vector, limit, scope,
@@ -446,34 +507,128 @@ def nearest(store, vectors, limit, scope=None, threshold=None):
     return [k for k, _ in ranked], [v for _, v in ranked]
 
 
+def _use_id_filter(scope_size, limit, total):
+    """Whether to search a scope with an id filter inside Qdrant rather than
+    by over-fetching (:func:`_over_fetch`).
+
+    Both cost about the same per item (~5 us): the filter per id of the
+    scope, the over-fetch per hit it fetches (``OVER_FETCH x limit x total /
+    scope``), so the cheaper one is the one with fewer items. Measured on
+    an open Qdrant Edge shard of 100k 512-d points (2 busy cores, medians of
+    7), limit 100: filter 19 / 17 / 36 / 40 / 47 / 91 ms and over-fetch
+    90 / 42 / 42 / 27 / 23 / 23 ms for random scopes of 1k / 2k / 4k / 7k /
+    10k / 20k ids (the rule switches at 3.9k); limit 1000: filter 64 / 126
+    ms and over-fetch 126 / 50 ms for 10k / 20k ids (the rule: 12.2k).
+    ``bench/bench_search.py`` (part e) measures it again. The former fixed
+    bound (10k ids) filtered 4k-10k ids at up to twice the cost.
+    """
+    fetched = OVER_FETCH * limit * total / max(scope_size, 1)
+    return scope_size <= min(MAX_FILTERED_SCOPE, fetched)
+
+
 def _top_k(store, vector, limit, scope, threshold, total):
     if scope is None:
         return store.query(vector, limit, min_score=threshold)
-    if not scope:
+    size = len(scope)
+    if not size:
         return []
-    if len(scope) <= MAX_FILTERED_SCOPE:
-        return store.query(vector, limit, sample_ids=scope, min_score=threshold)
+    if _use_id_filter(size, limit, total):
+        ids = scope.ids() if isinstance(scope, _ViewScope) else scope
+        return store.query(vector, limit, sample_ids=ids, min_score=threshold)
+    return _over_fetch(store, vector, limit, scope, threshold, total)
 
-    # a large scope: fetch the unscoped top-k' and keep what is in scope.
-    # It is exact once k' hits hold `limit` in scope (nothing in scope can
-    # score above a hit we kept), or k' covers the whole index.
-    allowed = set(scope)
-    k = min(total, math.ceil(1.5 * limit * total / len(scope)) + 16)
+
+def _over_fetch(store, vector, limit, scope, threshold, total):
+    """Top-``limit`` within a large scope: fetches the unscoped top-k' and
+    keeps what is in scope. It is exact once k' hits hold ``limit`` in scope
+    (nothing in scope can score above a hit we kept), or k' covers the whole
+    index; else k' doubles."""
+    if isinstance(scope, _ViewScope):
+        contains = scope.contains
+    else:
+        allowed = set(scope)
+        contains = allowed.intersection
+    k = min(total, math.ceil(OVER_FETCH * limit * total / len(scope)) + 16)
     while True:
         hits = store.query(vector, k, min_score=threshold)
-        kept = [h for h in hits if h[0] in allowed]
+        inside = contains([h[0] for h in hits])
+        kept = [h for h in hits if h[0] in inside]
         if len(kept) >= limit or len(hits) < k or k >= total:
             return kept[:limit]
         k = min(total, 2 * k)
 
 
+class _IndexSource:
+    """The embeddings of a search scope, read from the index as diverse
+    sampling asks for them (see :class:`fiftyone_ai_search.diverse.ArraySource`):
+    a diverse search of a large scope reads a sample of its vectors and asks
+    nearest-neighbour queries, rather than reading every vector.
+
+    Each read is a session of its own that keeps the index open, so nothing
+    is locked while the clustering computes, and nothing reopens the index
+    unless another process asked for it meanwhile.
+    """
+
+    def __init__(self, store, scope):
+        self.store = store
+        self.scope = scope
+        with store.session(keep_open=True):
+            self.total = store.count()
+            # sorted: the scroll order is the engine's business
+            if scope is None:
+                self.ids = sorted(store.get_sample_ids())
+        if scope is not None:
+            self.ids = list(scope.ids() if isinstance(scope, _ViewScope)
+                            else scope)
+            self.scope = self.ids
+        self.size = len(self.ids)
+        self._rows = {sample_id: i for i, sample_id in enumerate(self.ids)}
+
+    def fetch(self, rows):
+        with self.store.session(keep_open=True):
+            ids, vectors = self.store.get_vectors([self.ids[r] for r in rows])
+        return np.array([self._rows[i] for i in ids], dtype=int), vectors
+
+    def nearest(self, vector, k):
+        with self.store.session(keep_open=True):
+            hits = _top_k(self.store, vector, k, self.scope, None, self.total)
+        # a sample added meanwhile by a sync is not part of this search
+        rows = [self._rows.get(sample_id) for sample_id, _ in hits]
+        return np.array([r for r in rows if r is not None], dtype=int)
+
+
+def diverse_sample(store, limit, scope=None, method="centroids",
+                   clustering_method="kmeans", num_clusters=None, seed=0,
+                   read_all=False):
+    """Diverse sampling of the vectors of an index (see
+    :mod:`fiftyone_ai_search.diverse`), reading only what it needs.
+
+    Args:
+        store: the :class:`fiftyone_ai_search.store.VectorStore`
+        limit: the most samples to pick
+        scope (None): sample ids to pick from, or None for all
+        method, clustering_method, num_clusters, seed: see
+            :func:`fiftyone_ai_search.diverse.diverse_sample`
+        read_all (False): read every vector of the scope (same result,
+            slower; for tests and benchmarks)
+
+    Returns:
+        ``(sample_ids, scores)`` in pick order
+    """
+    source = _IndexSource(store, scope)
+    picked, scores = diverse.sample_source(
+        source, limit, method=method, clustering_method=clustering_method,
+        num_clusters=num_clusters, seed=seed, read_all=read_all,
+    )
+    return [source.ids[i] for i in picked], [float(s) for s in scores]
+
+
 def _diverse(store, scope, q):
-    ids, vectors = store.get_vectors(scope)
-    picked, scores = diverse.diverse_sample(
-        vectors, q.limit, method=q.method,
+    ids, scores = diverse_sample(
+        store, q.limit, scope=scope, method=q.method,
         clustering_method=q.clustering_method,
         num_clusters=q.num_clusters, seed=q.seed,
     )
-    out = [(ids[i], float(s)) for i, s in zip(picked, scores)
+    out = [(i, s) for i, s in zip(ids, scores)
            if q.threshold is None or s >= q.threshold]
     return [i for i, _ in out], [s for _, s in out]

@@ -111,7 +111,13 @@ def point_id_to_sample_id(point_id):
     """Inverse of :func:`sample_id_to_point_id`."""
     if isinstance(point_id, uuid.UUID):
         return point_id.hex[:24]
-    return uuid.UUID(str(point_id)).hex[:24]
+    p = point_id
+    if (isinstance(p, str) and len(p) == 36
+            and p[8] == p[13] == p[18] == p[23] == "-"):
+        # canonical, as qdrant-client hands ids over: string slicing, 3x
+        # faster than uuid.UUID (a diverse search maps all ids of an index)
+        return (p[:8] + p[9:13] + p[14:18] + p[19:23] + p[24:28]).lower()
+    return uuid.UUID(str(p)).hex[:24]
 
 
 class VectorStore(abc.ABC):

@@ -21,6 +21,10 @@ from .embeddings import AISearchNotEnabledError
 #: large scope fetches from the whole index, to keep what is in scope
 OVER_FETCH = 1.5
 
+#: what a hit fetched by over-fetching costs, relative to an id of an id
+#: filter (measured, see :func:`_use_id_filter`)
+HIT_COST = 1.5
+
 #: never filter more ids than this inside Qdrant, whatever
 #: :func:`_use_id_filter` says (a bound on the size of one request)
 MAX_FILTERED_SCOPE = 50_000
@@ -509,21 +513,23 @@ def nearest(store, vectors, limit, scope=None, threshold=None,
 
 def _use_id_filter(scope_size, limit, total):
     """Whether to search a scope with an id filter inside Qdrant rather than
-    by over-fetching (:func:`_over_fetch`).
+    by over-fetching (:func:`_over_fetch`): whichever handles fewer items,
+    weighted by their cost. The filter costs ~3-5 us per id of the scope,
+    the over-fetch ~5-7 us (``HIT_COST`` times more) per hit it fetches,
+    ``OVER_FETCH x limit x total / scope`` of them.
 
-    Both cost about the same per item (~5 us): the filter per id of the
-    scope, the over-fetch per hit it fetches (``OVER_FETCH x limit x total /
-    scope``), so the cheaper one is the one with fewer items. Measured on
-    an open Qdrant Edge shard of 100k 512-d points (2 busy cores, medians of
-    7), limit 100: filter 19 / 17 / 36 / 40 / 47 / 91 ms and over-fetch
-    90 / 42 / 42 / 27 / 23 / 23 ms for random scopes of 1k / 2k / 4k / 7k /
-    10k / 20k ids (the rule switches at 3.9k); limit 1000: filter 64 / 126
-    ms and over-fetch 126 / 50 ms for 10k / 20k ids (the rule: 12.2k).
-    ``bench/bench_search.py`` (part e) measures it again. The former fixed
-    bound (10k ids) filtered 4k-10k ids at up to twice the cost.
+    Measured on an open Qdrant Edge shard of 100k 512-d points (2 shared
+    cores, medians of 7-9 runs, ``bench/bench_search.py`` part e), limit
+    100, random scopes of 1k / 2k / 4k / 7k / 10k / 20k / 50k ids: filter
+    4 / 6 / 12 / - / 30 / - / 153 ms and 19 / 17 / 36 / 40 / 47 / 91 / -
+    ms in a busier run; over-fetch 44 / 25 / 17 / - / 15 / - / 13 ms and
+    90 / 42 / 42 / 27 / 23 / 23 / - ms. The cross-over lies at 4k-7k ids;
+    the rule puts it at 4.7k. Limit 1000: filter 64 / 126 ms, over-fetch
+    126 / 50 ms at 10k / 20k ids (the rule: 15k). The former fixed bound,
+    10k ids, filtered 5k-10k ids at up to twice the cost.
     """
     fetched = OVER_FETCH * limit * total / max(scope_size, 1)
-    return scope_size <= min(MAX_FILTERED_SCOPE, fetched)
+    return scope_size <= min(MAX_FILTERED_SCOPE, HIT_COST * fetched)
 
 
 def _top_k(store, vector, limit, scope, threshold, total):

@@ -392,3 +392,22 @@ def test_offline_with_a_populated_hf_cache_loads(offline, weights, tmp_path):
     assert np.allclose(
         model.encode_images(images), reference.encode_images(images), atol=1e-6
     )
+
+
+@pytest.mark.parametrize("name", ["ViT-B-32", "tiny"])
+def test_prompt_encoding_stops_at_end_of_text_with_the_same_result(name):
+    import open_clip
+    import torch
+
+    from fiftyone_ai_search.demo import tiny_clip_model_name
+    from fiftyone_ai_search.model import _encode_tokens
+
+    name = tiny_clip_model_name() if name == "tiny" else name
+    module, _, _ = open_clip.create_model_and_transforms(name, pretrained=None)
+    module.eval()
+    tokens = open_clip.get_tokenizer(name)(
+        ["a dog", "a photo of a red circle", "a person riding a bicycle"])
+    with torch.inference_mode():
+        full = torch.nn.functional.normalize(module.encode_text(tokens), dim=-1)
+        fast = torch.nn.functional.normalize(_encode_tokens(module, tokens), dim=-1)
+    assert (full * fast).sum(-1).min().item() > 0.99999

@@ -346,3 +346,11 @@ def test_collections_lifecycle(tmp_path):
     assert dict(zip(*dataset.values(["id", "last_modified_at"]))) == before
     report = ais.calculate_embeddings(dataset, wait=True, progress=False)
     assert report.added == report.updated == 0
+
+
+def test_default_diverse_search_covers_the_classes_better_than_chance(indexed):
+    # no num_clusters: one cluster per result
+    name = ais.perform_ai_search(indexed, method="centroids", limit=30)
+    labels = ais.get_collection(indexed, name).values("ground_truth.label")
+    assert len(labels) == 30
+    assert len(set(labels)) >= 28  # of 30 classes; random picks cover ~20

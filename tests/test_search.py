@@ -4,7 +4,6 @@
 import numpy as np
 import pytest
 
-import fiftyone as fo
 from fiftyone import ViewField as F
 
 import fiftyone_ai_search as ais

@@ -59,8 +59,6 @@ def write_collection(dataset, name, sample_ids, scores, query=None):
     Returns:
         the name
     """
-    import fiftyone as fo  # noqa: F401 (dataset methods need it loaded)
-
     view = dataset.select(list(sample_ids), ordered=True)
     dataset.save_view(name, view, overwrite=True)
     view_id = _view_id(dataset, name)

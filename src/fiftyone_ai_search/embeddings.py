@@ -23,13 +23,14 @@ def _dataset_of(samples):
     return samples._dataset
 
 
-def _require_doc(dataset):
+def require_enabled(dataset):
+    """The state of ``dataset``; raises if its AI search is off."""
     doc = st.get(dataset)
     if doc is None or not doc.get("enabled"):
         raise AISearchNotEnabledError(
             f"AI search is not enabled on dataset '{dataset.name}'. Enable it "
             "with fiftyone_ai_search.enable_embeddings(dataset) (or the "
-            "'Enable AI search' operator in the App)"
+            "'AI search: enable' operator in the App)"
         )
     return doc
 
@@ -176,7 +177,7 @@ def calculate_embeddings(dataset, force=False, wait=False, verify_files=False,
         a :class:`fiftyone_ai_search.sync.SyncReport` if ``wait=True``, else
         None
     """
-    _require_doc(dataset)
+    require_enabled(dataset)
     if not wait:
         runner.start_background(
             dataset, force=force, verify_files=verify_files, secrets=secrets
@@ -280,7 +281,7 @@ def get_embeddings(samples):
         ``(n, dim)`` float32 array of L2-normalised vectors
     """
     dataset = _dataset_of(samples)
-    doc = _require_doc(dataset)
+    doc = require_enabled(dataset)
     wanted = samples.values("id")
     store = runner.open_index(dataset, doc=doc)
     try:

@@ -371,8 +371,6 @@ def _load(spec, device):
 
 
 def _normalize(features):
-    import torch
-
     features = features.float()
     features = features / features.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     return features.cpu().numpy().astype(np.float32, copy=False)

@@ -15,7 +15,7 @@ from . import collections as colls
 from . import diverse
 from . import runner
 from . import state as st
-from .embeddings import AISearchNotEnabledError
+from .embeddings import require_enabled
 
 #: how many more hits than ``limit x total / scope size`` a search of a
 #: large scope fetches from the whole index, to keep what is in scope
@@ -305,13 +305,7 @@ class _Query:
 
 
 def _require_ready(dataset):
-    doc = st.get(dataset)
-    if doc is None or not doc.get("enabled"):
-        raise AISearchNotEnabledError(
-            f"AI search is not enabled on dataset '{dataset.name}'. Enable it "
-            "with fiftyone_ai_search.enable_embeddings(dataset) (or the 'AI "
-            "search: enable' operator in the App), then search"
-        )
+    doc = require_enabled(dataset)
     if doc.get("updated_at") is None:
         p = doc.get("progress") or {}
         done = f" ({p['done']} of {p['total']} embedded)" if p.get("total") else ""

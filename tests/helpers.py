@@ -1,5 +1,6 @@
 """Shared test helpers: datasets of real shape images, the bundled tiny CLIP."""
 
+import json
 import os
 import time
 import uuid
@@ -65,3 +66,36 @@ def truncated_copy(src, dst, keep=0.5):
 def bump_mtime(path):
     st = os.stat(path)
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10_000_000))
+
+
+# Small random-weight architectures that build offline in well under a second
+SMALL_VIT = "ais-test-small-vit"
+SMALL_RN = "ais-test-small-rn"
+_SMALL_TEXT = {"context_length": 16, "vocab_size": 49408, "width": 32,
+               "heads": 2, "layers": 1}
+SMALL_CONFIGS = {
+    SMALL_VIT: {
+        "embed_dim": 32,
+        "vision_cfg": {"image_size": 224, "layers": 2, "width": 64,
+                       "patch_size": 32, "head_width": 32},
+        "text_cfg": _SMALL_TEXT,
+    },
+    # a BatchNorm tower, as in the bundled tiny CLIP
+    SMALL_RN: {
+        "embed_dim": 32,
+        "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 8,
+                       "head_width": 32},
+        "text_cfg": _SMALL_TEXT,
+    },
+}
+
+
+def register_small_models(directory):
+    """Registers :data:`SMALL_CONFIGS` with open_clip (configs in
+    ``directory``)."""
+    import open_clip
+
+    for name, config in SMALL_CONFIGS.items():
+        with open(os.path.join(directory, f"{name}.json"), "w") as f:
+            json.dump(config, f)
+    open_clip.add_model_config(str(directory))

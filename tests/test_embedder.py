@@ -3,7 +3,6 @@ each file, broken files fail alone with a reason, worker processes give the
 same vectors as decoding in the calling thread, and survive a crashing
 decoder."""
 
-import json
 import os
 
 import numpy as np
@@ -16,31 +15,13 @@ from fiftyone_ai_search import embedder
 from fiftyone_ai_search.embedder import EmbeddedBatch, embed_images
 from fiftyone_ai_search.model import load_model, resolve_model
 
-TINY_VIT = "ais-test-embedder-vit"
-CONFIG = {
-    "embed_dim": 32,
-    "vision_cfg": {
-        "image_size": 224,
-        "layers": 2,
-        "width": 64,
-        "patch_size": 32,
-        "head_width": 32,
-    },
-    "text_cfg": {
-        "context_length": 16,
-        "vocab_size": 49408,
-        "width": 32,
-        "heads": 2,
-        "layers": 1,
-    },
-}
+from helpers import SMALL_VIT as TINY_VIT
+from helpers import register_small_models
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    path = tmp_path_factory.mktemp("configs") / f"{TINY_VIT}.json"
-    path.write_text(json.dumps(CONFIG))
-    open_clip.add_model_config(path)
+    register_small_models(tmp_path_factory.mktemp("configs"))
     return load_model(resolve_model(TINY_VIT), "cpu")
 
 

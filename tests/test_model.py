@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-import open_clip
 from fiftyone_ai_search import model as fm
 from fiftyone_ai_search.model import (
     ModelSpec,
@@ -20,49 +19,15 @@ from fiftyone_ai_search.model import (
     resolve_model,
 )
 
-# Tiny architectures that build in well under a second, with random weights
-TINY_VIT = "ais-test-tiny-vit"
-TINY_RN = "ais-test-tiny-rn"
-_TEXT_CFG = {
-    "context_length": 16,
-    "vocab_size": 49408,
-    "width": 32,
-    "heads": 2,
-    "layers": 1,
-}
-CONFIGS = {
-    TINY_VIT: {
-        "embed_dim": 32,
-        "vision_cfg": {
-            "image_size": 224,
-            "layers": 2,
-            "width": 64,
-            "patch_size": 32,
-            "head_width": 32,
-        },
-        "text_cfg": _TEXT_CFG,
-    },
-    # a BatchNorm tower, as in the bundled tiny CLIP
-    TINY_RN: {
-        "embed_dim": 32,
-        "vision_cfg": {
-            "image_size": 64,
-            "layers": [1, 1, 1, 1],
-            "width": 8,
-            "head_width": 32,
-        },
-        "text_cfg": _TEXT_CFG,
-    },
-}
+from helpers import SMALL_RN as TINY_RN
+from helpers import SMALL_VIT as TINY_VIT
+from helpers import SMALL_CONFIGS as CONFIGS
+from helpers import register_small_models
 
 
 @pytest.fixture(scope="module", autouse=True)
 def tiny_configs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("configs")
-    for name, config in CONFIGS.items():
-        (root / f"{name}.json").write_text(json.dumps(config))
-
-    open_clip.add_model_config(root)
+    register_small_models(tmp_path_factory.mktemp("configs"))
 
 
 def _images(n, size, seed=0):

@@ -41,6 +41,7 @@ import subprocess
 import sys
 import threading
 import traceback
+import weakref
 
 import numpy as np
 
@@ -151,7 +152,7 @@ def embed_images(
 
 def _embed(model, decoder, items, batch_size, num_workers, progress):
     batches = _batched(items, batch_size)
-    bottleneck = _Bottleneck()
+    bottleneck = _bottleneck_of(model)
     if num_workers > 0:
         source = _pooled(batches, decoder, num_workers, bottleneck)
     else:
@@ -215,18 +216,37 @@ class _Decoder:
 
 
 class _Bottleneck:
-    """Tells whether decoding holds a run back: the calling thread had to
-    decode recent batches itself although workers were up (and so busy)."""
+    """Tells whether decoding holds a model's runs back: the calling thread
+    had to decode recent batches itself although workers were up (and so
+    busy)."""
 
     def __init__(self):
+        self._lock = threading.Lock()
         self._recent = collections.deque(maxlen=DECODE_WINDOW)
 
     def note(self, decoded_here):
-        self._recent.append(bool(decoded_here))
+        with self._lock:
+            self._recent.append(bool(decoded_here))
 
     @property
     def decoding(self):
-        return sum(self._recent) >= DECODE_BOUND_MIN
+        with self._lock:
+            return sum(self._recent) >= DECODE_BOUND_MIN
+
+
+# Per model: a run learns its bottleneck only after a few batches, and the
+# last run's is the best first guess for the next (the refresher's short
+# incremental runs, one after another)
+_BOTTLENECKS = weakref.WeakKeyDictionary()
+_BOTTLENECKS_LOCK = threading.Lock()
+
+
+def _bottleneck_of(model):
+    with _BOTTLENECKS_LOCK:
+        try:
+            return _BOTTLENECKS.setdefault(model, _Bottleneck())
+        except TypeError:  # not weakly referenceable
+            return _Bottleneck()
 
 
 def _model_threads(model, bottleneck, num_workers):
@@ -753,6 +773,7 @@ def _worker_main():
         output.flush()
 
     decoder = None
+    ready = False
     try:
         _, parent_path = _read_message(source)
         sys.path[:0] = [p for p in parent_path if p not in sys.path]
@@ -769,7 +790,6 @@ def _worker_main():
         send(("error", traceback.format_exc(limit=5)))
         return
 
-    send(("ready",))
     while True:
         message = _read_message(source)
         if message is None or message[0] == "stop":
@@ -782,6 +802,13 @@ def _worker_main():
             except Exception:
                 send(("error", traceback.format_exc(limit=5)))
                 return
+
+            # Ready once it can decode: unpickling the first transform
+            # imports its modules (open_clip, torchvision: ~2 s). Batches
+            # handed over before would wait that long, and the run with them
+            if not ready:
+                ready = True
+                send(("ready",))
         else:
             _, batch_id, batch = message
             keys, pixels, failures = decoder.decode(batch)

@@ -15,26 +15,30 @@ Rows, all in images per second:
 
 1. model only: ``encode_images`` on ready-made tensors, batch 32;
 2. ours: ``ais.calculate_embeddings(dataset, force=True, wait=True)`` on a
-   FiftyOne dataset of the files, with the default settings (everything a
-   user waits for: reading the dataset, decoding, the model, writing the
-   Qdrant Edge index). *Cold* is the first call of the process (no decoding
-   worker running yet; the model is already loaded); *warm* reuses the
-   workers that stay up for :data:`fiftyone_ai_search.embedder.IDLE_SECONDS`;
+   FiftyOne dataset of the files, with the default settings: everything a
+   user waits for (reading the dataset, decoding, the model, writing the
+   Qdrant Edge index). *Cold*: no decoding worker is up, they start during
+   the call (the model is loaded). *Warm*: the workers left by an earlier
+   call are up (they stay for :data:`fiftyone_ai_search.embedder.IDLE_SECONDS`);
 3. FiftyOne Brain: ``fob.compute_similarity(dataset, model=<zoo
    "open-clip-torch" with the same open_clip model and weights>,
-   backend="sklearn", brain_key=...)``. *Cold* is its first call for the
-   model; *best* is its fastest ``batch_size`` x ``num_workers`` of a small
-   grid (on ``--grid-images`` images), then run on the whole set.
+   backend="sklearn", brain_key=...)`` with its fastest ``batch_size`` x
+   ``num_workers`` of a small grid (on ``--grid-images`` images). Its
+   DataLoader forks its workers in every call.
 
-Also, as diagnostics: decoding rates in one process, and
-:func:`fiftyone_ai_search.embedder.embed_images` alone (no dataset, no
-index), which separates the pipeline from the sync around it.
+Diagnostics: decoding rates in one process; ``embed_images`` alone (no
+dataset, no index), which separates the pipeline from the sync around it;
+the first call of each in the process.
 
-Warm rows are the median of ``--repeat`` rounds; in each round the rows are
-taken back to back, so that a busy machine slows them alike, and the ratios
-are also given per round. Example (~10 min on 2 busy cores)::
+Each of ``--repeat`` rounds takes the rows back to back, the model alone
+before and after ours and Brain. The table gives each row's median and best
+over the rounds; the ratios are medians of the per-round ratios, so that a
+shared, busy machine slows what is compared alike. A round whose load moved
+(the model alone ran at another speed before and after it) is marked
+``[unstable]``: the median keeps one such round from moving the ratios.
+Example (~15 min on 2 cores)::
 
-    python bench/bench_embedding.py --images 256 --repeat 3
+    python bench/bench_embedding.py --images 256 --repeat 4
 """
 
 import argparse
@@ -66,6 +70,10 @@ from fiftyone_ai_search.images import load_image  # noqa: E402
 from fiftyone_ai_search.model import load_model, resolve_model  # noqa: E402
 
 BRAIN_KEY = "bench"
+
+#: a round counts as steady if the model alone ran within this fraction
+#: before and after the rest of it
+STABLE = 0.10
 
 # the table is the output: no progress bars, no library notices
 fo.config.show_progress_bars = False
@@ -155,17 +163,18 @@ def decode_rates(model, paths):
     return results
 
 
-def model_rate(model, batch, count):
-    """``encode_images`` on ready-made tensors, ``count`` images."""
+def model_rate(model, batch, count, min_seconds=2.0):
+    """``encode_images`` on ready-made tensors: ``count`` images, and more
+    batches until ``min_seconds`` passed (a small model takes milliseconds)."""
     n = len(batch)
+    done = 0
+    start = time.perf_counter()
+    while done < count or time.perf_counter() - start < min_seconds:
+        size = min(n, count - done) if done < count else n
+        model.encode_images(batch[:size])
+        done += size
 
-    def run():
-        done = 0
-        while done < count:
-            model.encode_images(batch[: min(n, count - done)])
-            done += min(n, count - done)
-
-    return rate(count, timed(run))
+    return rate(done, time.perf_counter() - start)
 
 
 def pipeline_rate(model, paths):
@@ -216,6 +225,17 @@ def brain_rate(samples, brain_model, batch_size, num_workers):
     return rate(len(samples), seconds)
 
 
+def wait_for_workers(timeout=60):
+    """Waits until the decoding workers left by the last run are ready
+    (started, their transform imported), so that the next run is warm."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        workers = list(embedder._SPARES._workers)
+        if workers and all(w.ready for w in workers):
+            return
+        time.sleep(0.1)
+
+
 def load_avg():
     return "/".join(f"{v:.2f}" for v in os.getloadavg())
 
@@ -224,7 +244,7 @@ def load_avg():
 
 
 def bench_model(label, name, pretrained, paths, args):
-    """Returns a list of table rows ``(row, img/s, note)`` and notes."""
+    """Measures one model; returns what :func:`print_table` shows."""
     spec = resolve_model(name, pretrained)
     model = load_model(spec, "cpu")
     print(
@@ -243,6 +263,8 @@ def bench_model(label, name, pretrained, paths, args):
     ais.enable_embeddings(
         dataset, model=name, pretrained=pretrained, compute=False
     )
+    # what a Brain user writes; the zoo entry wraps open_clip
+    # (fiftyone.utils.open_clip.TorchOpenClipModel)
     brain_model = foz.load_zoo_model(
         "open-clip-torch", clip_model=name, pretrained=pretrained
     )
@@ -251,17 +273,16 @@ def bench_model(label, name, pretrained, paths, args):
     batch = torch.stack(
         [model.preprocess(load_image(p, draft_size=draft)) for p in paths[:32]]
     )
-    model.encode_images(batch)  # warm-up, as ours and Brain are warmed too
+    model.encode_images(batch)  # warm-up, as ours and Brain get one too
 
-    # Cold: the first call of each in this process (for ours: no decoding
-    # worker up; another model's warm workers would be reused, so stop them)
+    # The first call of each in this process. Ours: no decoding worker up
+    # (another model's warm workers would be reused: stop them). Brain: its
+    # model's first forward
     embedder._SPARES.stop_all()
-    ours_cold = ours_rate(dataset)
-    print(f"  ours cold: {ours_cold:.1f} img/s (load {load_avg()})", flush=True)
-    cold_config = (32, 1)  # FiftyOne's CPU default workers: cores // 2
-    brain_cold = brain_rate(dataset, brain_model, *cold_config)
-    print(f"  Brain cold (batch 32, workers 1): {brain_cold:.1f} img/s",
-          flush=True)
+    first_ours = ours_rate(dataset)
+    first_brain = brain_rate(dataset, brain_model, 32, 1)
+    print(f"  first call: ours {first_ours:.1f}, Brain (batch 32, workers 1) "
+          f"{first_brain:.1f} img/s (load {load_avg()})", flush=True)
 
     # Brain's best settings, on a subset
     subset = dataset.limit(args.grid_images)
@@ -276,84 +297,98 @@ def bench_model(label, name, pretrained, paths, args):
 
     rounds = []
     for r in range(args.repeat):
-        row = {
-            "model": model_rate(model, batch, len(paths)),
-            "pipeline": pipeline_rate(model, paths),
-            "ours": ours_rate(dataset),
-            "brain": brain_rate(dataset, brain_model, *best),
-            "load": os.getloadavg()[0],
-        }
+        row = {}
+        embedder._SPARES.stop_all()
+        row["cold"] = ours_rate(dataset)  # its workers start in the call
+        wait_for_workers()
+        # the model alone before and after ours and Brain: their ratios to
+        # it use the mean, which cancels a load that drifts
+        before = model_rate(model, batch, len(paths))
+        row["warm"] = ours_rate(dataset)
+        row["brain"] = brain_rate(dataset, brain_model, *best)
+        after = model_rate(model, batch, len(paths))
+        row["model"] = (before + after) / 2
+        # a load that changed within the round shows as a gap between them
+        row["stable"] = abs(before - after) <= STABLE * row["model"]
+        row["pipeline"] = pipeline_rate(model, paths)
         rounds.append(row)
         print(
-            f"  round {r + 1}: model {row['model']:.1f}, embed_images "
-            f"{row['pipeline']:.1f}, ours {row['ours']:.1f}, Brain "
-            f"{row['brain']:.1f} img/s; ours/model "
-            f"{row['ours'] / row['model']:.2f}, ours/Brain "
-            f"{row['ours'] / row['brain']:.2f} (load {load_avg()})",
+            f"  round {r + 1}: model {before:.1f} / {after:.1f}, ours cold "
+            f"{row['cold']:.1f}, ours warm {row['warm']:.1f}, Brain "
+            f"{row['brain']:.1f}, embed_images {row['pipeline']:.1f} img/s; "
+            f"warm/model {row['warm'] / row['model']:.2f}, warm/Brain "
+            f"{row['warm'] / row['brain']:.2f} (load {load_avg()})"
+            + ("" if row["stable"] else " [unstable]"),
             flush=True,
         )
 
-    med = {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
-    per_round = {
-        "ours/model": [r["ours"] / r["model"] for r in rounds],
-        "ours/Brain": [r["ours"] / r["brain"] for r in rounds],
+    rows = {
+        k: [r[k] for r in rounds]
+        for k in ("model", "cold", "warm", "brain", "pipeline")
     }
     settings = ais.get_settings()
-    ours_cfg = f"batch {settings.batch_size}, workers {settings.num_workers}"
+    ours = f"batch {settings.batch_size}, workers {settings.num_workers}"
     return {
         "label": label,
-        "name": spec.name if pretrained is None else f"{spec.name} (saved)",
         "rows": [
-            ("model only (ready tensors, batch 32)", med["model"]),
-            (f"embed_images only, warm ({ours_cfg})", med["pipeline"]),
-            (f"ours cold: calculate_embeddings ({ours_cfg})", ours_cold),
-            (f"ours warm: calculate_embeddings ({ours_cfg})", med["ours"]),
-            ("Brain cold (batch 32, workers 1)", brain_cold),
-            (f"Brain best (batch {best[0]}, workers {best[1]})", med["brain"]),
+            ("1. model only (ready tensors, batch 32)", rows["model"]),
+            (f"2. ours, cold: workers start in the call ({ours})",
+             rows["cold"]),
+            (f"2. ours, warm: workers up ({ours})", rows["warm"]),
+            (f"3. Brain, best of grid (batch {best[0]}, workers {best[1]})",
+             rows["brain"]),
+            ("diag: embed_images alone, warm (no dataset, no index)",
+             rows["pipeline"]),
+            ("diag: ours, first call of the process", [first_ours]),
+            ("diag: Brain, first call of the process (batch 32, workers 1)",
+             [first_brain]),
         ],
-        "med": med,
-        "ours_cold": ours_cold,
-        "brain_cold": brain_cold,
-        "per_round": per_round,
-        "best": best,
-        "grid": grid,
+        "steady": f"{sum(r['stable'] for r in rounds)} of {len(rounds)}",
+        "ratios": {
+            "ours warm / model only": [r["warm"] / r["model"] for r in rounds],
+            "ours warm / Brain": [r["warm"] / r["brain"] for r in rounds],
+            "ours cold / Brain": [r["cold"] / r["brain"] for r in rounds],
+            "Brain / model only": [r["brain"] / r["model"] for r in rounds],
+        },
     }
 
 
 def print_table(results, args):
     print(
         f"\n# {args.images} JPEGs of 1280x960 (~330 KB), {os.cpu_count()} "
-        f"cores, torch threads {torch.get_num_threads()}, median of "
-        f"{args.repeat} rounds (cold: one run); load average now {load_avg()}"
+        f"cores, torch threads {torch.get_num_threads()}, {args.repeat} "
+        f"rounds; load average now {load_avg()}"
     )
     print()
-    print("| model | row | img/s |")
-    print("|---|---|---:|")
+    print("| model | row | img/s, median | best |")
+    print("|---|---|---:|---:|")
     for res in results:
-        for row, value in res["rows"]:
-            print(f"| {res['label']} | {row} | {value:.1f} |")
+        for row, values in res["rows"]:
+            print(f"| {res['label']} | {row} | {statistics.median(values):.1f} "
+                  f"| {max(values):.1f} |")
 
     print()
-    print("| model | ours warm / model only | ours warm / Brain best "
-          "| ours cold / Brain cold | per-round ours/model | "
-          "per-round ours/Brain |")
-    print("|---|---:|---:|---:|---|---|")
+    print("Ratios: median of the per-round ratios (each round's rows run back "
+          "to back); each round's in brackets. Steady rounds: the model alone "
+          f"ran within {STABLE:.0%} before and after the round")
+    print()
+    names = list(results[0]["ratios"])
+    print("| model | steady rounds | " + " | ".join(names) + " |")
+    print("|---|---|" + "---|" * len(names))
     for res in results:
-        med = res["med"]
-        pr = res["per_round"]
-        print(
-            f"| {res['label']} | {med['ours'] / med['model']:.2f} "
-            f"| {med['ours'] / med['brain']:.2f} "
-            f"| {res['ours_cold'] / res['brain_cold']:.2f} "
-            f"| {', '.join(f'{v:.2f}' for v in pr['ours/model'])} "
-            f"| {', '.join(f'{v:.2f}' for v in pr['ours/Brain'])} |"
-        )
+        cells = [
+            f"{statistics.median(values):.2f} "
+            f"({' '.join(f'{v:.2f}' for v in values)})"
+            for values in res["ratios"].values()
+        ]
+        print(f"| {res['label']} | {res['steady']} | " + " | ".join(cells)
+              + " |")
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=256)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=4)
     parser.add_argument("--models", default="vit,tiny",
                         help="comma-separated: vit, tiny")
     parser.add_argument("--grid-images", type=int, default=128)

@@ -12,8 +12,10 @@ fresh interpreters (``subprocess``) rather than ``multiprocessing`` children:
 - a worker that crashes (a decoder segfault) fails only the image that
   crashed it, found by retrying its batch one image at a time.
 
-A worker needs a few seconds to start (it imports torch for the transform),
-so idle workers stay warm for the next run (:data:`IDLE_SECONDS`), short runs
+Workers run open_clip's transform as a torch-free recipe
+(:mod:`fiftyone_ai_search.preprocess`), so one starts in ~0.15 s with ~30 MB
+(a transform without a recipe makes it import torch: ~4 s and ~0.8 GB).
+Idle workers stay warm for the next run (:data:`IDLE_SECONDS`), short runs
 (:data:`MIN_ITEMS_FOR_WORKERS`) start none, and the calling thread decodes by
 itself while workers start and whenever no decoded batch is waiting: no run
 waits for workers, and a decode-bound model uses every core.
@@ -46,6 +48,7 @@ import weakref
 import numpy as np
 
 from .images import ImageDecodeError, load_image
+from .preprocess import Recipe, recipe_of
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +62,8 @@ DRAFT_FACTOR = 2
 PREFETCH_PER_WORKER = 2
 
 #: runs of at most this many images are decoded in the calling thread only:
-#: starting workers (~5 s of CPU each, mostly importing torch) would cost
-#: more than it saves
+#: starting workers (a process each, seconds of CPU where the transform
+#: needs torch) would cost more than it saves
 MIN_ITEMS_FOR_WORKERS = 128
 
 #: worker restarts allowed per run after crashes
@@ -137,11 +140,7 @@ def embed_images(
     if num_workers < 0:
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
 
-    decoder = _Decoder(
-        model.preprocess,
-        draft_size=DRAFT_FACTOR * model.image_size,
-        max_pixels=None,
-    )
+    decoder = _Decoder.for_model(model)
     items, enough = _enough_for_workers(items, batch_size)
     if not enough:
         num_workers = 0
@@ -184,12 +183,23 @@ class _Decoder:
         self.draft_size = draft_size
         self.max_pixels = max_pixels
 
+    @classmethod
+    def for_model(cls, model):
+        """The decoder of a model's runs: its transform as a torch-free
+        recipe where it has one, JPEGs drafted at :data:`DRAFT_FACTOR` x its
+        input size."""
+        return cls(
+            recipe_of(model.preprocess) or model.preprocess,
+            draft_size=DRAFT_FACTOR * model.image_size,
+        )
+
     def decode(self, batch):
         """Returns ``(keys, pixels, failures)``; ``pixels`` is a float32
         array of shape ``(len(keys), 3, H, W)``, or None if ``keys`` is
         empty."""
         keys, arrays, failures = [], [], {}
-        with _one_torch_thread():
+        torch_free = isinstance(self.preprocess, Recipe)
+        with contextlib.nullcontext() if torch_free else _one_torch_thread():
             for key, filepath in batch:
                 self._decode_one(key, filepath, keys, arrays, failures)
 
@@ -334,6 +344,7 @@ def _pooled(batches, decoder, num_workers, bottleneck):
     pool = _WorkerPool(decoder, num_workers)
     retries = collections.deque()  # single items of crashed batches
     exhausted = False
+    delivered = False  # whether a worker's batch came back yet
 
     def next_batch(for_worker):
         nonlocal exhausted
@@ -367,6 +378,7 @@ def _pooled(batches, decoder, num_workers, bottleneck):
                 worker.submit(batch, isolated)
 
             if pool.done:
+                delivered = True
                 bottleneck.note(False)
                 yield pool.done.popleft()
                 continue
@@ -381,9 +393,11 @@ def _pooled(batches, decoder, num_workers, bottleneck):
             if _MAIN_THREAD_DECODES or pool.broken:
                 batch, _ = next_batch(for_worker=False)
                 if batch is not None:
-                    # ready workers were all given work above: if they are
-                    # up, they cannot keep up with the model
-                    bottleneck.note(pool.any_ready())
+                    # Workers that delivered and have nothing ready again
+                    # cannot keep up with the model (before their first
+                    # delivery they had no time to: that says nothing)
+                    if delivered and not pool.broken:
+                        bottleneck.note(True)
                     yield decoder.decode(batch)
                     continue
 
@@ -451,9 +465,6 @@ class _WorkerPool:
 
     def busy(self):
         return any(w.assigned for w in self._workers)
-
-    def any_ready(self):
-        return any(w.ready for w in self._workers)
 
     def poll(self, retries, block):
         """Handles the workers' messages; if ``block``, waits a while for
@@ -782,10 +793,6 @@ def _worker_main():
 
         # Reasons are reported per image; PIL's warnings would be noise
         warnings.simplefilter("ignore")
-
-        import torch
-
-        torch.set_num_threads(1)
     except Exception:
         send(("error", traceback.format_exc(limit=5)))
         return
@@ -803,9 +810,10 @@ def _worker_main():
                 send(("error", traceback.format_exc(limit=5)))
                 return
 
-            # Ready once it can decode: unpickling the first transform
-            # imports its modules (open_clip, torchvision: ~2 s). Batches
-            # handed over before would wait that long, and the run with them
+            # Ready once it can decode: unpickling a transform that has no
+            # recipe imports torch, torchvision and open_clip (seconds).
+            # Batches handed over before would wait that long, and the run
+            # with them
             if not ready:
                 ready = True
                 send(("ready",))

@@ -36,9 +36,9 @@ over the rounds; the ratios are medians of the per-round ratios, so that a
 shared, busy machine slows what is compared alike. A round whose load moved
 (the model alone ran at another speed before and after it) is marked
 ``[unstable]``: the median keeps one such round from moving the ratios.
-Example (~15 min on 2 cores)::
+Example (~12 min on 2 cores)::
 
-    python bench/bench_embedding.py --images 256 --repeat 4
+    python bench/bench_embedding.py --images 256 --repeat 6
 """
 
 import argparse
@@ -388,7 +388,7 @@ def print_table(results, args):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=256)
-    parser.add_argument("--repeat", type=int, default=4)
+    parser.add_argument("--repeat", type=int, default=6)
     parser.add_argument("--models", default="vit,tiny",
                         help="comma-separated: vit, tiny")
     parser.add_argument("--grid-images", type=int, default=128)

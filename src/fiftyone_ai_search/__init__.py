@@ -13,6 +13,8 @@ Examples::
 
     name = ais.perform_ai_search(dataset, prompt="a person riding a bicycle")
     view = ais.get_collection(dataset, name, min_score=0.25)
+
+    ais.start_refresher()  # keeps every enabled dataset's index in sync
 """
 
 from .collections import (
@@ -38,6 +40,7 @@ from .embeddings import (
     get_status,
     is_embeddings_enabled,
 )
+from .scheduler import start_refresher, stop_refresher
 from .search import IndexNotReadyError, perform_ai_search
 from .sync import SyncReport
 
@@ -66,4 +69,6 @@ __all__ = [
     "get_settings",
     "get_status",
     "is_embeddings_enabled",
+    "start_refresher",
+    "stop_refresher",
 ]

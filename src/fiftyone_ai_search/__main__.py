@@ -5,12 +5,14 @@ Commands:
                     the bundled tiny CLIP, compute embeddings, show status
     sync            synchronise one dataset's index (the background worker)
     status          print a dataset's AI search status
+    refresher       keep every enabled dataset's index in sync, on a schedule
     install-plugin  make FiftyOne's App find this plugin (pip installs)
 """
 
 import argparse
 import json
 import logging
+import signal
 import sys
 
 
@@ -18,15 +20,13 @@ def _load_dataset(name=None, dataset_id=None):
     import fiftyone as fo
 
     if dataset_id is not None:
-        from bson import ObjectId
-        import fiftyone.core.odm as foo
+        from . import state as st
 
-        doc = foo.get_db_conn().datasets.find_one(
-            {"_id": ObjectId(dataset_id)}, {"name": 1}
-        )
-        if doc is None:
+        dataset = st.load_dataset(dataset_id)
+        if dataset is None:
             raise SystemExit(f"No dataset with id {dataset_id}")
-        name = doc["name"]
+        return dataset
+
     return fo.load_dataset(name)
 
 
@@ -49,6 +49,25 @@ def _cmd_status(args):
 
     dataset = _load_dataset(args.dataset)
     print(json.dumps(ais.get_status(dataset), indent=2, default=str))
+
+
+def _cmd_refresher(args):
+    from .scheduler import Refresher, refresh_all
+
+    if args.once:
+        report = refresh_all(args.dataset)
+        for name, sync_report in report.synced.items():
+            print(f"'{name}': {sync_report}")
+        for name, error in report.errors.items():
+            print(f"'{name}': {error}")
+        print(f"AI search refresh: {report}")
+        return 1 if report.errors else 0
+
+    # SIGTERM (a service manager) stops the schedule like Ctrl-C; a pass in
+    # progress ends with its current batch committed either way
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    Refresher(args.interval_minutes, args.dataset).start(blocking=True)
+    return 0
 
 
 def _cmd_demo(args):
@@ -91,6 +110,20 @@ def main(argv=None):
     p.add_argument("dataset", help="dataset name")
     p.set_defaults(func=_cmd_status)
 
+    p = sub.add_parser(
+        "refresher",
+        help="keep every enabled dataset's index in sync, on a schedule",
+    )
+    p.add_argument("--interval-minutes", type=int, default=None,
+                   help="1-1440; default FIFTYONE_AI_SEARCH_REFRESH_MINUTES "
+                        "(10)")
+    p.add_argument("--once", action="store_true",
+                   help="run one pass and exit (e.g. from cron)")
+    p.add_argument("--dataset", action="append", default=None,
+                   help="only this dataset (repeatable); default: every "
+                        "dataset whose AI search is on")
+    p.set_defaults(func=_cmd_refresher)
+
     p = sub.add_parser("install-plugin",
                        help="make the FiftyOne App find this plugin")
     p.add_argument("--plugins-dir", default=None,
@@ -99,10 +132,9 @@ def main(argv=None):
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
-    if args.command == "sync":  # a worker: its log says what it did
+    if args.command in ("sync", "refresher"):  # their logs say what they did
         logging.getLogger("fiftyone_ai_search").setLevel(logging.INFO)
-    args.func(args)
-    return 0
+    return args.func(args) or 0
 
 
 if __name__ == "__main__":

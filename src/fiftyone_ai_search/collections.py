@@ -251,7 +251,13 @@ def delete_collection(dataset, name):
 def delete_all_collections(dataset):
     """Deletes the scores of every collection of ``dataset`` (saved views are
     left to FiftyOne: they outlive AI search as plain views)."""
-    _scores().delete_many({"dataset_id": st.dataset_key(dataset)})
+    delete_collections_of(st.dataset_key(dataset))
+
+
+def delete_collections_of(dataset_id):
+    """Deletes the scores of every collection of the dataset with this id,
+    also of one that no longer exists."""
+    _scores().delete_many({"dataset_id": dataset_id})
 
 
 def _check_name(name):

@@ -80,6 +80,18 @@ def dataset_key(dataset):
     return str(dataset._doc.id)
 
 
+def load_dataset(key):
+    """The dataset whose id is ``key``, or None if it no longer exists."""
+    import fiftyone as fo
+    import fiftyone.core.odm as foo
+    from bson import ObjectId
+
+    found = foo.get_db_conn().datasets.find_one(
+        {"_id": ObjectId(key)}, {"name": 1}
+    )
+    return fo.load_dataset(found["name"]) if found else None
+
+
 def index_name(dataset):
     """The name of the dataset's vector index."""
     return "dataset_" + dataset_key(dataset)
@@ -126,9 +138,20 @@ def enable(dataset, model, pretrained, model_identity, backend):
     return get(dataset)
 
 
+def enabled_states():
+    """The state documents of every dataset whose AI search is on; each
+    document's ``_id`` is its dataset's id (:func:`dataset_key`)."""
+    return [_migrate(doc) for doc in _states().find({"enabled": True})]
+
+
 def delete(dataset):
     """Deletes all state of ``dataset`` (its document and failures)."""
-    key = dataset_key(dataset)
+    delete_key(dataset_key(dataset))
+
+
+def delete_key(key):
+    """Deletes all state of the dataset whose id is ``key``; for datasets
+    that no longer exist."""
     _states().delete_one({"_id": key})
     _failures().delete_many({"dataset_id": key})
 

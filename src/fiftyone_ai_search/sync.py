@@ -109,6 +109,48 @@ def _changed_samples(dataset, watermark):
     return view.values(["id", "filepath"])
 
 
+def has_changes(dataset, doc):
+    """Whether a sync of ``dataset`` would find anything to do.
+
+    Costs at most a few indexed queries, and loads no model and opens no
+    index: a refresher asks it of every dataset on every pass.
+
+    Args:
+        dataset: the dataset
+        doc: its state document (:func:`fiftyone_ai_search.state.get`)
+    """
+    from fiftyone import ViewField as F
+
+    watermark = doc.get("watermark")
+    if watermark is None or doc.get("rebuild"):
+        return True  # never indexed, or another model asked for
+
+    if _deleted_since(doc, _last_deletion_at(dataset)):
+        return True
+
+    edited = dataset.match(F("last_modified_at") > watermark).limit(1)
+    if len(edited):
+        return True
+
+    return bool(_repaired(st.get_failures(dataset)))
+
+
+def _deleted_since(doc, deletion_at):
+    """Whether samples were deleted since the last sync looked."""
+    return deletion_at is not None and (
+        doc.get("deletion_watermark") is None
+        or deletion_at > doc["deletion_watermark"]
+    )
+
+
+def _repaired(failures):
+    """The failures whose file changed since they failed."""
+    return [
+        f for f in failures
+        if file_fingerprint(f["filepath"]) != f.get("fingerprint")
+    ]
+
+
 def _samples_by_id(dataset, sample_ids):
     from fiftyone import ViewField as F
 
@@ -170,10 +212,7 @@ class Synchronizer:
             watermark = doc.get("watermark")
 
         deletion_at = _last_deletion_at(self.dataset)
-        if not report.rebuilt and deletion_at is not None and (
-            doc.get("deletion_watermark") is None
-            or deletion_at > doc["deletion_watermark"]
-        ):
+        if not report.rebuilt and _deleted_since(doc, deletion_at):
             report.removed = self._remove_deleted()
 
         if verify_files:
@@ -221,10 +260,7 @@ class Synchronizer:
             f for f in st.get_failures(self.dataset)
             if f["sample_id"] not in already
         ]
-        changed = [
-            f["sample_id"] for f in failures
-            if file_fingerprint(f["filepath"]) != f.get("fingerprint")
-        ]
+        changed = [f["sample_id"] for f in _repaired(failures)]
         if not changed:
             return [], []
         ids, paths = _samples_by_id(self.dataset, changed)

@@ -1,0 +1,274 @@
+"""The refresher: keeps the index of every dataset with AI search on in sync
+with its dataset, on a schedule (APScheduler).
+
+As a service, for a shared install (one per database is enough; more do no
+harm)::
+
+    python -m fiftyone_ai_search refresher                 # every 10 minutes
+    python -m fiftyone_ai_search refresher --interval-minutes 1
+    python -m fiftyone_ai_search refresher --once          # one pass (cron)
+
+or in a Python process (a background thread)::
+
+    import fiftyone_ai_search as ais
+
+    ais.start_refresher()  # every FIFTYONE_AI_SEARCH_REFRESH_MINUTES (10)
+    ...
+    ais.stop_refresher()
+
+A pass looks at each dataset whose AI search is on, one after another, in
+this process. A dataset where nothing changed costs a few indexed queries
+(:func:`fiftyone_ai_search.sync.has_changes`): no model is loaded and no
+index opened. A dataset whose computation runs elsewhere is asked to sync
+once more when done rather than waited for, and the dataset lease keeps two
+refreshers from ever computing one dataset at once. A deleted dataset's index
+and state are removed. Disabling AI search drops a dataset from the passes.
+"""
+
+import dataclasses
+import datetime
+import logging
+import threading
+import time
+
+from . import state as st
+from .config import get_settings
+
+logger = logging.getLogger(__name__)
+
+JOB_ID = "ai-search-refresh"
+
+
+@dataclasses.dataclass
+class RefreshReport:
+    """What one pass of the refresher did.
+
+    Attributes:
+        synced: dataset name -> :class:`fiftyone_ai_search.sync.SyncReport`
+        unchanged: names of datasets with nothing to sync
+        busy: names of datasets whose computation ran elsewhere (asked to
+            sync once more when done)
+        removed: ids of deleted datasets whose index and state were removed
+        errors: dataset name (or id) -> what went wrong
+        seconds: wall time of the pass
+    """
+
+    synced: dict = dataclasses.field(default_factory=dict)
+    unchanged: list = dataclasses.field(default_factory=list)
+    busy: list = dataclasses.field(default_factory=list)
+    removed: list = dataclasses.field(default_factory=list)
+    errors: dict = dataclasses.field(default_factory=dict)
+    seconds: float = 0.0
+
+    def __str__(self):
+        return (
+            f"synced {len(self.synced)}, unchanged {len(self.unchanged)}, "
+            f"busy {len(self.busy)}, removed {len(self.removed)}, errors "
+            f"{len(self.errors)} in {self.seconds:.1f} s"
+        )
+
+
+def refresh_all(datasets=None, settings=None):
+    """Runs one pass: syncs every dataset whose AI search is on and that
+    changed since its last sync.
+
+    An error in one dataset is recorded in the report (and the dataset's
+    status) and the pass goes on with the next.
+
+    Args:
+        datasets (None): names of the datasets to look at; by default every
+            dataset whose AI search is on
+        settings (None): the :class:`fiftyone_ai_search.config.Settings`
+
+    Returns:
+        a :class:`RefreshReport`
+    """
+    settings = settings or get_settings()
+    names = None if datasets is None else set(datasets)
+    report = RefreshReport()
+    start = time.time()
+    for doc in st.enabled_states():
+        key = doc["_id"]
+        name = doc.get("dataset_name") or key
+        try:
+            dataset = st.load_dataset(key)
+            if dataset is not None:
+                name = dataset.name
+            if names is not None and name not in names:
+                continue
+
+            _refresh_one(key, dataset, doc, settings, report)
+        except Exception as e:  # one dataset must not stop the others
+            logger.exception("AI search refresh of '%s' failed", name)
+            report.errors[name] = f"{type(e).__name__}: {e}"
+
+    report.seconds = time.time() - start
+    logger.info("AI search refresh: %s", report)
+    return report
+
+
+def _refresh_one(key, dataset, doc, settings, report):
+    from .runner import run_sync
+    from .sync import SyncCancelled, has_changes
+
+    if dataset is None:
+        _forget(key, doc, settings)
+        report.removed.append(key)
+        return
+
+    if st.is_running(doc):
+        st.request_rerun(dataset)
+        report.busy.append(dataset.name)
+        return
+
+    if not has_changes(dataset, doc):
+        report.unchanged.append(dataset.name)
+        return
+
+    try:
+        report.synced[dataset.name] = run_sync(dataset, settings=settings)
+    except SyncCancelled:
+        pass  # disabled meanwhile: nothing to refresh
+
+
+def _forget(key, doc, settings):
+    """Removes the index, collection scores and state of a deleted
+    dataset."""
+    from .collections import delete_collections_of
+    from .store import open_store
+
+    store = open_store(
+        doc["index_name"], settings.replace(backend=doc["backend"])
+    )
+    try:
+        store.drop()
+    finally:
+        store.close()
+
+    delete_collections_of(key)
+    st.delete_key(key)
+    logger.info(
+        "AI search: dataset '%s' was deleted; removed its index",
+        doc.get("dataset_name") or key,
+    )
+
+
+class Refresher:
+    """Runs :func:`refresh_all` every ``interval_minutes``, the first pass
+    at once.
+
+    Args:
+        interval_minutes (None): 1-1440; defaults to the configured
+            ``FIFTYONE_AI_SEARCH_REFRESH_MINUTES`` (10)
+        datasets (None): names of the datasets to refresh; by default every
+            dataset whose AI search is on
+        settings (None): the :class:`fiftyone_ai_search.config.Settings`
+    """
+
+    def __init__(self, interval_minutes=None, datasets=None, settings=None):
+        self.datasets = None if datasets is None else list(datasets)
+        settings = settings or get_settings()
+        if interval_minutes is not None:
+            # validated like the setting
+            settings = settings.replace(refresh_minutes=interval_minutes)
+
+        self.settings = settings
+        self.interval_minutes = settings.refresh_minutes
+        self.last_report = None
+        self._scheduler = None
+
+    @property
+    def running(self):
+        return self._scheduler is not None and self._scheduler.running
+
+    def start(self, blocking=False):
+        """Starts the schedule.
+
+        Args:
+            blocking (False): run the passes in this thread until stopped
+                (Ctrl-C, SIGTERM) rather than in a background thread
+        """
+        if self.running:
+            return
+
+        if blocking:
+            from apscheduler.schedulers.blocking import BlockingScheduler
+
+            self._scheduler = BlockingScheduler()
+        else:
+            from apscheduler.schedulers.background import BackgroundScheduler
+
+            self._scheduler = BackgroundScheduler(daemon=True)
+
+        self._scheduler.add_job(
+            self._pass,
+            "interval",
+            id=JOB_ID,
+            minutes=self.interval_minutes,
+            next_run_time=datetime.datetime.now(datetime.timezone.utc),
+            # a pass that outlasts the interval is not run twice at once,
+            # and missed passes are one pass
+            max_instances=1,
+            coalesce=True,
+        )
+        logger.info(
+            "AI search refresher: every %d minute(s)", self.interval_minutes
+        )
+        try:
+            self._scheduler.start()
+        except (KeyboardInterrupt, SystemExit):
+            pass
+
+    def stop(self, wait=True):
+        """Stops the schedule; ``wait`` for a pass in progress to end."""
+        if self.running:
+            self._scheduler.shutdown(wait=wait)
+
+        self._scheduler = None
+
+    def _pass(self):
+        self.last_report = refresh_all(self.datasets, self.settings)
+
+
+_REFRESHER = None
+_REFRESHER_LOCK = threading.Lock()
+
+
+def start_refresher(interval_minutes=None, datasets=None):
+    """Starts refreshing every enabled dataset's index in a background
+    thread of this process, the first pass at once; a no-op if it runs.
+
+    Examples::
+
+        import fiftyone_ai_search as ais
+
+        refresher = ais.start_refresher(interval_minutes=5)
+        ...
+        print(refresher.last_report)  # synced 1, unchanged 3, ...
+        ais.stop_refresher()
+
+    Args:
+        interval_minutes (None): 1-1440; defaults to the configured
+            ``FIFTYONE_AI_SEARCH_REFRESH_MINUTES`` (10)
+        datasets (None): names of the datasets to refresh; by default every
+            dataset whose AI search is on
+
+    Returns:
+        the :class:`Refresher`
+    """
+    global _REFRESHER
+    with _REFRESHER_LOCK:
+        if _REFRESHER is None or not _REFRESHER.running:
+            _REFRESHER = Refresher(interval_minutes, datasets)
+            _REFRESHER.start()
+
+        return _REFRESHER
+
+
+def stop_refresher(wait=True):
+    """Stops the refresher started by :func:`start_refresher`, if any."""
+    global _REFRESHER
+    with _REFRESHER_LOCK:
+        if _REFRESHER is not None:
+            _REFRESHER.stop(wait=wait)
+            _REFRESHER = None

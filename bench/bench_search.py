@@ -259,7 +259,6 @@ def main(argv=None):
     from fiftyone_ai_search import state as st
 
     n = args.samples
-    limits = None
     if args.threads:
         import sklearn.cluster  # noqa: F401 (loaded before the limit is set)
         import sklearn.neighbors  # noqa: F401
@@ -267,14 +266,13 @@ def main(argv=None):
         from threadpoolctl import threadpool_limits
 
         torch.set_num_threads(args.threads)
-        limits = threadpool_limits(limits=args.threads)  # noqa: F841
+        threadpool_limits(limits=args.threads)  # in force until exit
     model, pretrained, brain_clip, brain_pretrained = model_choice(args)
     print(f"{n:,} samples, model {args.model}, {args.repeat} runs per "
           f"measurement (median), threads {args.threads or 'default'}, cpus "
           f"{os.cpu_count()}, load average {os.getloadavg()[0]:.1f}",
           flush=True)
 
-    setup = Table()
     t, dataset = timed_once(
         lambda: build_dataset(n, small_images(os.path.join(scratch, "images"))))
     print(f"dataset of {n:,} samples built in {t:.1f} s", flush=True)

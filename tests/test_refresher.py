@@ -5,6 +5,7 @@ keep going past a broken one; on a schedule, in-process and as a command."""
 import datetime
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -202,3 +203,27 @@ def test_the_refresher_command_runs_one_pass(tmp_path):
     assert f"'{dataset.name}': added 3" in result.stdout
     assert "synced 1, unchanged 0" in result.stdout
     assert len(ais.get_embeddings(dataset)[0]) == 15
+
+
+def test_the_refresher_service_syncs_at_once_and_stops_on_sigterm(tmp_path):
+    dataset = shapes_dataset(tmp_path, num_samples=5, seed=11)
+    env = dict(os.environ, FIFTYONE_DATABASE_URI=fo.config.database_uri)
+    service = subprocess.Popen(
+        [sys.executable, "-m", "fiftyone_ai_search", "refresher",
+         "--interval-minutes", "60", "--dataset", dataset.name],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        deadline = time.time() + 180
+        while not ais.get_embeddings_updated_at(dataset):
+            assert service.poll() is None, service.stdout.read()
+            assert time.time() < deadline, "the first pass did not run"
+            time.sleep(0.2)
+
+        service.send_signal(signal.SIGTERM)
+        assert service.wait(timeout=30) == 0
+    finally:
+        service.kill()
+
+    assert len(ais.get_embeddings(dataset)[0]) == 5
+    assert "AI search refresh: synced 1" in service.stdout.read()

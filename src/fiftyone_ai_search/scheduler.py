@@ -116,6 +116,11 @@ def _refresh_one(key, dataset, doc, settings, report):
         report.removed.append(key)
         return
 
+    # read again: earlier datasets of this pass may have taken a while
+    doc = st.get(dataset)
+    if doc is None or not doc.get("enabled"):
+        return
+
     if st.is_running(doc):
         st.request_rerun(dataset)
         report.busy.append(dataset.name)
@@ -217,7 +222,9 @@ class Refresher:
         try:
             self._scheduler.start()
         except (KeyboardInterrupt, SystemExit):
-            pass
+            # blocking: no more passes; one in progress ends at exit with
+            # its batches committed
+            self.stop(wait=False)
 
     def stop(self, wait=True):
         """Stops the schedule; ``wait`` for a pass in progress to end."""

@@ -149,8 +149,9 @@ def timed(fn):
 
 def decode_rates(model, paths):
     draft = DRAFT_FACTOR * model.image_size
-    # what the pipeline runs per batch, in this process
-    decoder = embedder._Decoder(model.preprocess, draft_size=draft)
+    # what the pipeline runs per batch (the transform's torch-free recipe
+    # where it has one), in this process
+    decoder = embedder._Decoder.for_model(model)
     results = {}
     for name, work in (
         ("decode full", lambda p: load_image(p)),

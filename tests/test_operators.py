@@ -202,3 +202,37 @@ def test_panel_loads_searches_and_filters_by_a_histogram_range(tmp_path):
 
     call("on_save", state=dict(state, collection_name="from panel"))
     assert "from panel" in [c["name"] for c in ais.list_collections(dataset)]
+
+
+def test_ai_search_has_a_grid_button_and_says_when_it_cannot_search(
+    tmp_path,
+):
+    from fiftyone.operators.executor import (
+        ExecutionContext,
+        resolve_placement,
+    )
+
+    dataset = shapes_dataset(tmp_path, num_samples=8, enable=False)
+    operator = foo.get_operator(uri("ai_search"))
+    request = {"dataset_name": dataset.name, "params": {}}
+
+    placement = resolve_placement(operator, request).to_json()
+    assert placement["place"] == "samples-grid-actions"
+    assert placement["view"]["label"] == "AI Search"
+    assert placement["view"]["prompt"] is True
+
+    def warning():
+        ctx = ExecutionContext(request, operator_uri=operator.uri)
+        form = operator.resolve_input(ctx).to_json()
+        notice = form["type"]["properties"].get("not_ready")
+        return notice and notice["view"]["label"]
+
+    assert "AI search is off" in warning()
+    assert "'AI search: enable'" in warning()
+
+    ais.enable_embeddings(dataset, model=tiny_clip_model_name(),
+                          compute=False)
+    assert "first indexing has to finish" in warning()
+
+    ais.calculate_embeddings(dataset, wait=True, progress=False)
+    assert warning() is None

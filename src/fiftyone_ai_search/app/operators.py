@@ -51,9 +51,20 @@ class _Operator(foo.Operator):
     #: keyword arguments of ``fiftyone.operators.OperatorConfig``
     CONFIG = {}
 
+    #: where the App shows a button for it: ``(place, label)``, ``place`` a
+    #: ``fiftyone.operators.types.Places``; None: the operator menu only
+    BUTTON = None
+
     @property
     def config(self):
         return foo.OperatorConfig(**self.CONFIG)
+
+    def resolve_placement(self, ctx):
+        if self.BUTTON is None:
+            return None
+        place, label = self.BUTTON
+        return types.Placement(place, types.Button(
+            label=label, icon=self.CONFIG.get("icon"), prompt=True))
 
     def form(self, ctx, inputs):
         """Adds the operator's inputs to ``inputs``."""
@@ -191,6 +202,13 @@ class AISearchStatus(_Operator):
 
 def search_form(ctx, inputs):
     """The search form; shared by the operator and the panel."""
+    status = ais.get_status(ctx.dataset)
+    if not status["enabled"] or status["updated_at"] is None:
+        # nothing to search yet: say why, and what to do
+        what = ("run 'AI search: enable' first" if not status["enabled"]
+                else "the first indexing has to finish")
+        inputs.view("not_ready", types.Warning(
+            label=f"{status_text(status)} To search, {what}."))
     mode = ctx.params.get("mode") or ("similar" if ctx.selected else "prompt")
     inputs.enum(
         "mode", list(SEARCH_MODES), label="Search by", default=mode,
@@ -264,6 +282,7 @@ class AISearch(_Operator):
         icon="travel_explore",
         dynamic=True,
     )
+    BUTTON = (types.Places.SAMPLES_GRID_ACTIONS, "AI Search")
 
     def form(self, ctx, inputs):
         search_form(ctx, inputs)

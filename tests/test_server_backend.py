@@ -58,3 +58,32 @@ def test_server_backend_needs_a_url(tmp_path, monkeypatch):
         ais.enable_embeddings(dataset, model=tiny_clip_model_name(),
                               backend="server")
     assert not ais.is_embeddings_enabled(dataset)
+
+
+def test_refresher_on_the_server_backend(tmp_path, server_env, caplog):
+    from fiftyone_ai_search.scheduler import refresh_all
+    from fiftyone_ai_search.store import open_store
+
+    from helpers import add_shape_samples
+
+    caplog.set_level("DEBUG")
+    dataset = shapes_dataset(tmp_path, num_samples=10, enable=False)
+    ais.enable_embeddings(dataset, model=tiny_clip_model_name(),
+                          backend="server", compute=False)
+    name, key = dataset.name, st.dataset_key(dataset)
+
+    assert refresh_all([name]).synced[name].added == 10
+    add_shape_samples(dataset, tmp_path, num_samples=3, seed=12)
+    assert refresh_all([name]).synced[name].added == 3
+
+    dataset.delete()
+    report = refresh_all([name])
+    assert report.removed == [key]
+    store = open_store("dataset_" + key,
+                       ais.get_settings().replace(backend="server"))
+    try:
+        assert not store.exists()
+    finally:
+        store.close()
+
+    assert SECRET not in caplog.text

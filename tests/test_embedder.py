@@ -3,6 +3,7 @@ each file, broken files fail alone with a reason, worker processes give the
 same vectors as decoding in the calling thread, and survive a crashing
 decoder."""
 
+import copy
 import os
 
 import numpy as np
@@ -323,3 +324,30 @@ def test_a_decode_bound_run_leaves_the_workers_their_cores(model):
         assert not bottleneck.decoding
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"),
+                    reason="reads /proc/<pid>/maps")
+def test_workers_load_no_torch_for_open_clips_transforms(
+    model, tmp_path, workers_only,
+):
+    """Workers run open_clip's transform as a recipe (PIL + numpy): they
+    start in a fraction of a second with no torch in them. A transform
+    without a recipe still works; its workers import torch."""
+    items = [(p, p) for p in _good_files(str(tmp_path), 8)]
+
+    def workers_with_torch(clip_model):
+        embedder._SPARES.stop_all()
+        for _ in embed_images(clip_model, items, batch_size=4, num_workers=1):
+            pass
+        pids = [w._process.pid for w in embedder._SPARES._workers]
+        assert pids, "no worker ran"
+        return ["libtorch" in open(f"/proc/{pid}/maps").read() for pid in pids]
+
+    assert workers_with_torch(model) == [False]
+
+    other = copy.copy(model)
+    other.preprocess = open_clip.image_transform(
+        model.image_size, is_train=False, resize_mode="longest")
+    assert workers_with_torch(other) == [True]
+    embedder._SPARES.stop_all()

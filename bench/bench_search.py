@@ -64,7 +64,8 @@ def parse_args(argv=None):
                         "swing 10x (ViT-B-32 text encoding: 115 ms on one "
                         "thread, 1.6 s on two, measured here)")
     p.add_argument("--skip", default="",
-                   help="comma-separated parts to skip: brain,diverse,scopes,store")
+                   help="comma-separated parts to skip: "
+                        "brain,diverse,scopes,store,refresh")
     return p.parse_args(argv)
 
 
@@ -449,6 +450,33 @@ def main(argv=None):
         t = median_s(lambda i: store.get_vectors(), args.diverse_repeat)
         table.add(f"store: get_vectors() of all {n:,}", t, None)
         store.close()
+
+    if "refresh" not in skip:
+        # last: it adds samples to the dataset
+        print("refresher passes", flush=True)
+        import fiftyone as fo
+        from fiftyone_ai_search.scheduler import refresh_all
+
+        def idle_pass(i):
+            report = refresh_all([dataset.name])
+            assert report.unchanged == [dataset.name], report
+
+        table.add(f"(f) refresher pass, nothing changed ({n:,} samples)",
+                  median_s(idle_pass, args.repeat), None,
+                  "no model loaded, no index opened")
+
+        images = small_images(os.path.join(scratch, "images"))
+
+        def pass_with_new(i):
+            dataset.add_samples(
+                [fo.Sample(filepath=images[k % len(images)]) for k in
+                 range(10)], progress=False)
+            report = refresh_all([dataset.name])
+            assert report.synced[dataset.name].added == 10, report
+
+        table.add(f"(f) refresher pass, 10 new samples ({n:,} samples)",
+                  median_s(pass_with_new, args.diverse_repeat), None,
+                  "finds them, embeds 10, commits")
 
     print()
     print(f"{n:,} samples x {vectors.shape[1]}-d, limit {LIMIT}, medians of "

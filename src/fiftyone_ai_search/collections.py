@@ -248,15 +248,10 @@ def delete_collection(dataset, name):
     )
 
 
-def delete_all_collections(dataset):
-    """Deletes the scores of every collection of ``dataset`` (saved views are
-    left to FiftyOne: they outlive AI search as plain views)."""
-    delete_collections_of(st.dataset_key(dataset))
-
-
 def delete_collections_of(dataset_id):
     """Deletes the scores of every collection of the dataset with this id,
-    also of one that no longer exists."""
+    also of one that no longer exists (saved views are left to FiftyOne:
+    they outlive AI search as plain views)."""
     _scores().delete_many({"dataset_id": dataset_id})
 
 

@@ -129,16 +129,28 @@ def disable_embeddings(dataset):
     doc = st.get(dataset)
     if doc is None:
         return
-    from .collections import delete_all_collections
 
     st.update(dataset, enabled=False)
-    store = runner.open_index(dataset, doc=doc)
+    delete_index_and_state(doc)
+
+
+def delete_index_and_state(doc, settings=None):
+    """Deletes a dataset's index, its collections' scores and its state;
+    also of a dataset that no longer exists.
+
+    Args:
+        doc: the dataset's state document (its ``_id`` is the dataset's id)
+        settings (None): the :class:`fiftyone_ai_search.config.Settings`
+    """
+    from .collections import delete_collections_of
+
+    store = runner.open_index(None, settings, doc)
     try:
         store.drop()
     finally:
         store.close()
-    delete_all_collections(dataset)
-    st.delete(dataset)
+    delete_collections_of(doc["_id"])
+    st.delete_key(doc["_id"])
 
 
 def is_embeddings_enabled(dataset):

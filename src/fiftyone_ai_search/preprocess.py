@@ -90,9 +90,8 @@ def recipe_of(transform):
         return None
 
     cut = names.index("to_array")
-    if not set(names[:cut]) <= _IMAGE_STEPS or not set(
-        names[cut + 1:]
-    ) <= _ARRAY_STEPS:
+    before, after = set(names[:cut]), set(names[cut + 1:])
+    if not (before <= _IMAGE_STEPS and after <= _ARRAY_STEPS):
         return None
 
     return Recipe(tuple(steps))

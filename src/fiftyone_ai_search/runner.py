@@ -26,7 +26,8 @@ POLL_SECONDS = 0.5
 
 
 def open_index(dataset, settings=None, doc=None):
-    """Opens the vector store of a dataset whose AI search is on."""
+    """Opens the vector store of a dataset whose AI search is on; given its
+    state ``doc``, ``dataset`` is not read (it may no longer exist)."""
     from .store import open_store
 
     doc = doc or st.get(dataset)

@@ -112,7 +112,7 @@ def _refresh_one(key, dataset, doc, settings, report):
     from .sync import SyncCancelled, has_changes
 
     if dataset is None:
-        _forget(key, doc, settings)
+        _forget(doc, settings)
         report.removed.append(key)
         return
 
@@ -136,25 +136,15 @@ def _refresh_one(key, dataset, doc, settings, report):
         pass  # disabled meanwhile: nothing to refresh
 
 
-def _forget(key, doc, settings):
+def _forget(doc, settings):
     """Removes the index, collection scores and state of a deleted
     dataset."""
-    from .collections import delete_collections_of
-    from .store import open_store
+    from .embeddings import delete_index_and_state
 
-    store = open_store(
-        doc["index_name"], settings.replace(backend=doc["backend"])
-    )
-    try:
-        store.drop()
-    finally:
-        store.close()
-
-    delete_collections_of(key)
-    st.delete_key(key)
+    delete_index_and_state(doc, settings)
     logger.info(
         "AI search: dataset '%s' was deleted; removed its index",
-        doc.get("dataset_name") or key,
+        doc.get("dataset_name") or doc["_id"],
     )
 
 

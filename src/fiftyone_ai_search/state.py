@@ -144,14 +144,9 @@ def enabled_states():
     return [_migrate(doc) for doc in _states().find({"enabled": True})]
 
 
-def delete(dataset):
-    """Deletes all state of ``dataset`` (its document and failures)."""
-    delete_key(dataset_key(dataset))
-
-
 def delete_key(key):
-    """Deletes all state of the dataset whose id is ``key``; for datasets
-    that no longer exist."""
+    """Deletes all state (document and failures) of the dataset whose id is
+    ``key``, also of one that no longer exists."""
     _states().delete_one({"_id": key})
     _failures().delete_many({"dataset_id": key})
 

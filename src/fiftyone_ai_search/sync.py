@@ -99,14 +99,18 @@ def _last_deletion_at(dataset):
     return (doc or {}).get("last_deletion_at")
 
 
-def _changed_samples(dataset, watermark):
-    """``(ids, filepaths)`` of samples created or edited after ``watermark``."""
+def _edited_since(dataset, watermark):
+    """The samples created or edited after ``watermark`` (all if None)."""
     from fiftyone import ViewField as F
 
-    view = dataset if watermark is None else dataset.match(
-        F("last_modified_at") > watermark
-    )
-    return view.values(["id", "filepath"])
+    if watermark is None:
+        return dataset
+    return dataset.match(F("last_modified_at") > watermark)
+
+
+def _changed_samples(dataset, watermark):
+    """``(ids, filepaths)`` of samples created or edited after ``watermark``."""
+    return _edited_since(dataset, watermark).values(["id", "filepath"])
 
 
 def has_changes(dataset, doc):
@@ -119,8 +123,6 @@ def has_changes(dataset, doc):
         dataset: the dataset
         doc: its state document (:func:`fiftyone_ai_search.state.get`)
     """
-    from fiftyone import ViewField as F
-
     watermark = doc.get("watermark")
     if watermark is None or doc.get("rebuild"):
         return True  # never indexed, or another model asked for
@@ -128,8 +130,7 @@ def has_changes(dataset, doc):
     if _deleted_since(doc, _last_deletion_at(dataset)):
         return True
 
-    edited = dataset.match(F("last_modified_at") > watermark).limit(1)
-    if len(edited):
+    if len(_edited_since(dataset, watermark).limit(1)):
         return True
 
     return bool(_repaired(st.get_failures(dataset)))

@@ -202,9 +202,10 @@ class AISearchStatus(_Operator):
 
 def search_form(ctx, inputs):
     """The search form; shared by the operator and the panel."""
-    status = ais.get_status(ctx.dataset)
-    if not status["enabled"] or status["updated_at"] is None:
-        # nothing to search yet: say why, and what to do
+    # the form is resolved again on every edit: one state read when ready
+    if ais.get_embeddings_updated_at(ctx.dataset) is None:
+        # off, or never indexed: nothing to search yet. Say why, what to do
+        status = ais.get_status(ctx.dataset)
         what = ("run 'AI search: enable' first" if not status["enabled"]
                 else "the first indexing has to finish")
         inputs.view("not_ready", types.Warning(

@@ -79,8 +79,8 @@ def test_pip_install_plugin_writes_a_loadable_plugin(tmp_path):
 def test_enable_status_compute_disable(tmp_path):
     dataset = shapes_dataset(tmp_path, num_samples=20, enable=False)
 
-    status = _run("enable_ai_search", dataset, model=tiny_clip_model_name(),
-                  pretrained="")
+    status = _run("enable_ai_search", dataset,
+                  model_choice=tiny_clip_model_name())
     assert status["enabled"]
     wait_until_idle(dataset)
 
@@ -95,6 +95,15 @@ def test_enable_status_compute_disable(tmp_path):
 
     assert _run("disable_ai_search", dataset) == {"enabled": False}
     assert not ais.is_embeddings_enabled(dataset)
+
+
+def test_immediate_compute_hands_off_and_says_so(tmp_path):
+    dataset = shapes_dataset(tmp_path, num_samples=5)
+    ctx_ops = foo.execute_operator(uri("compute_embeddings"), ctx={
+        "dataset": dataset, "params": {}})
+    assert ctx_ops.result == {"started": True}
+    wait_until_idle(dataset)
+    assert ais.get_status(dataset)["counts"]["num_indexed"] == 5
 
 
 def test_compute_embeddings_delegated_reports_progress(tmp_path):
@@ -166,73 +175,315 @@ def test_search_operators(tmp_path):
             "dataset": dataset, "params": {"mode": "prompt", "prompt": " , "}})
 
 
-def test_panel_loads_searches_and_filters_by_a_histogram_range(tmp_path):
-    dataset = shapes_dataset(tmp_path, num_samples=30)
-    panel = uri("ai_search_panel")
 
-    def call(method, state=None, **params):
-        result = foo.execute_operator(panel, ctx={
-            "dataset": dataset,
-            "params": dict(params, __method__=method, panel_id="p1",
-                           panel_state=state or {})})
-        assert result.error is None, result.error_message
-        return result
-
-    call("on_load")  # enabled, not computed yet: renders without error
-    ais.calculate_embeddings(dataset, wait=True, progress=False)
-
-    state = {"search": {"mode": "prompt", "prompt": "a photo of a red circle",
-                        "limit": 10}}
-    call("on_search", state=state)
-    scores = ais.get_collection_scores(dataset, ais.TEMPORARY_COLLECTION)
-    assert len(scores) == 10
-
-    edges, counts = ais.get_score_histogram(
-        dataset, ais.TEMPORARY_COLLECTION, bins=25)
-    from fiftyone_ai_search.app.panel import selected_range, histogram_chart
-    chart = histogram_chart(edges, counts)
-    top_bar = [{"x": chart[0]["x"][-1], "y": chart[0]["y"][-1]}]
-    lo, hi = selected_range(top_bar, edges)
-    assert lo <= scores[0][1] <= hi
-    call("on_range", state=state, data=top_bar)
-    view = ais.get_collection(dataset, ais.TEMPORARY_COLLECTION,
-                              min_score=lo, max_score=hi)
-    assert scores[0][0] in view.values("id")
-    assert len(view) == counts[-1]
-
-    call("on_save", state=dict(state, collection_name="from panel"))
-    assert "from panel" in [c["name"] for c in ais.list_collections(dataset)]
+# -- forms, as the App resolves them -------------------------------------------
 
 
-def test_ai_search_has_a_grid_button_and_says_when_it_cannot_search(
-    tmp_path,
-):
-    from fiftyone.operators.executor import (
-        ExecutionContext,
-        resolve_placement,
-    )
+def _context(dataset, params=None, view=None, selected=None,
+             current_sample=None, panel_state=None, operator="ai_search"):
+    from fiftyone.operators.executor import ExecutionContext, Executor
+
+    request = {"dataset_name": dataset.name, "params": dict(params or {}),
+               "selected": selected or [], "current_sample": current_sample}
+    if view is not None:
+        request["view"] = view._serialize()
+    if panel_state is not None:
+        request["params"].update(panel_id="p1", panel_state=panel_state)
+    return ExecutionContext(request, executor=Executor(),
+                            operator_uri=uri(operator))
+
+
+def _form(dataset, operator="ai_search", **kwargs):
+    """The properties of an operator's form, as the App gets them."""
+    ctx = _context(dataset, operator=operator, **kwargs)
+    form = foo.get_operator(uri(operator)).resolve_input(ctx).to_json()
+    return form["type"]["properties"]
+
+
+def _blocking(properties):
+    return {k: p["view"].get("label") for k, p in properties.items()
+            if p.get("invalid")}
+
+
+def test_grid_button_offers_to_enable_then_follows_then_searches(tmp_path):
+    from fiftyone.operators.executor import resolve_placement
 
     dataset = shapes_dataset(tmp_path, num_samples=8, enable=False)
     operator = foo.get_operator(uri("ai_search"))
     request = {"dataset_name": dataset.name, "params": {}}
 
-    placement = resolve_placement(operator, request).to_json()
-    assert placement["place"] == "samples-grid-actions"
-    assert placement["view"]["label"] == "AI Search"
-    assert placement["view"]["prompt"] is True
+    def button():
+        view = resolve_placement(operator, request).to_json()
+        assert view["place"] == "samples-grid-actions"
+        assert view["view"]["prompt"] is True
+        return view["view"]["label"]
 
-    def warning():
-        ctx = ExecutionContext(request, operator_uri=operator.uri)
-        form = operator.resolve_input(ctx).to_json()
-        notice = form["type"]["properties"].get("not_ready")
-        return notice and notice["view"]["label"]
+    assert button() == "AI Search (off)"
 
-    assert "AI search is off" in warning()
-    assert "'AI search: enable'" in warning()
+    # off: the form is the enable form; offline, with the default weights
+    # absent, the bundled model is what it offers, and it says why
+    form = _form(dataset)
+    assert "AI search is off" in form["status"]["default"]
+    choice = form["model_choice"]
+    keys = [c["value"] for c in choice["view"]["choices"]]
+    assert keys[0] == "ViT-B-32|laion2b_s34b_b79k"
+    assert choice["default"] == tiny_clip_model_name()
+    assert "not on this machine" in form["model_notice"]["view"]["label"]
+    assert not _blocking(form)
+    # the default, chosen here where downloads are off, is blocked
+    form = _form(dataset, params={"model_choice": keys[0]})
+    assert "HF_HUB_OFFLINE" in _blocking(form)["model_unavailable"]
 
+    from fiftyone_ai_search import model as model_module
+
+    loaded = set(model_module._MODELS)
+    result = foo.execute_operator(uri("ai_search"), ctx={
+        "dataset": dataset, "params": {"model_choice": choice["default"]}})
+    assert result.error is None, result.error_message
+    assert result.result == {"enabled": True}
+    assert set(model_module._MODELS) == loaded  # no model in the request
+    assert ais.get_status(dataset, counts=False)["model"] == (
+        tiny_clip_model_name())
+
+    # indexing: progress, and nothing to execute
+    ais.disable_embeddings(dataset)
     ais.enable_embeddings(dataset, model=tiny_clip_model_name(),
                           compute=False)
-    assert "first indexing has to finish" in warning()
+    from fiftyone_ai_search import state as st
+
+    st.mark_pending(dataset, os.getpid())
+    assert button().startswith("AI Search: computing")
+    assert "Computing the embeddings" in _blocking(_form(dataset))["indexing"]
+    st.update(dataset, pending=None)
 
     ais.calculate_embeddings(dataset, wait=True, progress=False)
-    assert warning() is None
+    assert button() == "AI Search"
+    form = _form(dataset)
+    assert form["mode"]["default"] == "prompt"
+    assert not _blocking(form)
+
+
+def test_search_form_shows_only_the_fields_of_its_mode(tmp_path):
+    dataset = shapes_dataset(tmp_path, num_samples=12)
+    ais.calculate_embeddings(dataset, wait=True, progress=False)
+    ids = dataset.values("id")
+
+    prompt = _form(dataset, params={"mode": "prompt"})
+    assert {"prompt", "negative_prompt", "threshold"} <= set(prompt)
+    assert not {"method", "clustering_method"} & set(prompt)
+
+    diverse = _form(dataset, params={"mode": "diverse"})
+    assert {"method", "clustering_method", "num_clusters"} <= set(diverse)
+    assert not {"prompt", "threshold"} & set(diverse)
+    dbscan = _form(dataset, params={"mode": "diverse",
+                                    "clustering_method": "dbscan"})
+    assert "num_clusters" not in dbscan
+
+    # similar: a selection makes it the default mode and says how many
+    similar = _form(dataset, selected=ids[:2])
+    assert similar["mode"]["default"] == "similar"
+    assert "2 selected" in similar["selected"]["view"]["label"]
+    # nothing selected: the form is blocked, and executing says why
+    blocked = _blocking(_form(dataset, params={"mode": "similar"}))
+    assert "Nothing selected" in blocked["selected"]
+    with pytest.raises(Exception, match="Nothing selected"):
+        foo.execute_operator(uri("ai_search"), ctx={
+            "dataset": dataset, "params": {"mode": "similar"}})
+
+
+def test_a_new_search_searches_the_dataset_not_the_latest_results(tmp_path):
+    from fiftyone import ViewField as F
+
+    dataset = shapes_dataset(tmp_path, num_samples=60)
+    ais.calculate_embeddings(dataset, wait=True, progress=False)
+
+    def search(view, prompt, **params):
+        result = foo.execute_operator(uri("ai_search"), ctx={
+            "dataset": dataset, "view": view,
+            "params": dict(params, mode="prompt", prompt=prompt, limit=5)})
+        assert result.error is None, result.error_message
+        return ais.get_collection(dataset, ais.TEMPORARY_COLLECTION)
+
+    reds = search(dataset.view(), "a photo of a red circle")
+    assert "red circle" in reds.values("ground_truth.label")
+    latest = dataset.load_saved_view(ais.TEMPORARY_COLLECTION)
+    assert "latest results" in _form(dataset, view=latest)["scope"][
+        "view"]["label"]
+
+    # from the results (and from a score range of them): the whole dataset
+    blues = search(latest, "a photo of a blue square")
+    assert blues.values("ground_truth.label")[0] == "blue square"
+    scores = ais.get_collection_scores(dataset, ais.TEMPORARY_COLLECTION)
+    ranged = ais.get_collection(dataset, ais.TEMPORARY_COLLECTION,
+                                min_score=scores[2][1])
+    again = search(ranged, "a photo of a red circle")
+    assert again.values("ground_truth.label")[0] == "red circle"
+
+    # any other view is the scope, and the form says so; or the dataset
+    stars = dataset.match(F("shape") == "star")
+    label = _form(dataset, view=stars)["scope"]["view"]["label"]
+    assert f"within the current view: {len(stars)} samples" in label
+    assert set(search(stars, "a photo of a red circle").values("shape")) == {
+        "star"}
+    whole = search(stars, "a photo of a red circle", whole_dataset=True)
+    assert whole.values("ground_truth.label")[0] == "red circle"
+
+
+def test_find_similar_in_the_sample_modal(tmp_path):
+    from fiftyone import ViewField as F
+    from fiftyone.operators.executor import resolve_placement
+
+    dataset = shapes_dataset(tmp_path, num_samples=60)
+    ais.calculate_embeddings(dataset, wait=True, progress=False)
+    operator = foo.get_operator(uri("search_similar"))
+    placement = resolve_placement(
+        operator, {"dataset_name": dataset.name, "params": {}}).to_json()
+    assert placement["place"] == "samples-viewer-actions"
+    assert placement["view"]["label"] == "Find similar"
+
+    ref = dataset.match(F("ground_truth.label") == "green triangle").first()
+    form = _form(dataset, operator="search_similar", current_sample=ref.id)
+    assert "1 selected" in form["selected"]["view"]["label"]
+    result = foo.execute_operator(uri("search_similar"), ctx={
+        "dataset": dataset, "current_sample": ref.id,
+        "params": {"limit": 3}})
+    assert result.error is None, result.error_message
+    scores = ais.get_collection_scores(dataset, ais.TEMPORARY_COLLECTION)
+    assert scores[0][0] == ref.id and len(scores) == 3
+
+
+def test_collections_save_what_is_shown_and_disable_cleans_up(tmp_path):
+    dataset = shapes_dataset(tmp_path, num_samples=30)
+    ais.calculate_embeddings(dataset, wait=True, progress=False)
+    assert _blocking(_form(dataset, operator="delete_collection"))
+
+    _run("ai_search", dataset, mode="prompt", prompt="a photo of a red circle",
+         limit=10)
+    scores = ais.get_collection_scores(dataset, ais.TEMPORARY_COLLECTION)
+    cut = scores[3][1]
+    _run("save_collection", dataset, name="top", min_score=cut)
+    kept = ais.get_collection_scores(dataset, "top")
+    assert kept == [(i, s) for i, s in scores if s >= cut]
+
+    form = _form(dataset, operator="rename_collection")
+    assert form["name"]["default"] == "top"
+
+    assert _run("disable_ai_search", dataset) == {"enabled": False}
+    # the latest results go with the index; named collections stay as views
+    assert ais.TEMPORARY_COLLECTION not in dataset.list_saved_views()
+    assert "top" in dataset.list_saved_views()
+
+
+# -- the panel -------------------------------------------------------------------
+
+
+class _Panel:
+    """The panel's events and render, on one App context."""
+
+    def __init__(self, dataset, **context):
+        from fiftyone_ai_search.app.panel import AISearchPanel
+
+        self.panel = AISearchPanel()
+        self.panel.plugin_name = PLUGIN_NAME
+        self.dataset = dataset
+        self.state = {}
+        self.context = context
+
+    def __call__(self, method, **params):
+        ctx = _context(self.dataset, params=params, panel_state=self.state,
+                       **self.context)
+        getattr(self.panel, method)(ctx)
+        self.state = ctx.panel.state._data
+        # what the App is asked to do: [(operator, params)]
+        self.triggered = [(r["operator_uri"], r["params"])
+                          for r in ctx.executor.to_json()["requests"]]
+        return ctx
+
+    def asked(self, operator):
+        return [p for o, p in self.triggered if o == operator]
+
+    def render(self):
+        ctx = _context(self.dataset, panel_state=self.state, **self.context)
+        return self.panel.render(ctx).to_json()["type"]["properties"]
+
+
+def test_panel_follows_the_computation_then_searches_and_narrows(tmp_path):
+    dataset = shapes_dataset(tmp_path, num_samples=30, enable=False)
+    panel = _Panel(dataset)
+    panel("on_load")
+    props = panel.render()
+    assert "off" in props["status"]["default"] and "enable" in props
+
+    ais.enable_embeddings(dataset, model=tiny_clip_model_name())
+    panel("on_refresh")
+    props = panel.render()
+    assert "Computing embeddings" in props["status"]["default"]
+    assert props["poll"]["view"]["name"] == "TimerView"  # polls by itself
+    wait_until_idle(dataset)
+    panel("on_poll")
+    props = panel.render()
+    assert "Ready" in props["status"]["default"]
+    assert "30 of 30 samples indexed" in props["status"]["default"]
+    assert "poll" not in props and "search" in props
+
+    panel.state["search"] = {"mode": "prompt",
+                             "prompt": "a photo of a red circle", "limit": 10}
+    panel("on_search")
+    scores = ais.get_collection_scores(dataset, ais.TEMPORARY_COLLECTION)
+    assert len(scores) == 10
+    # the grid gets the results as stages (by name it failed the first time)
+    (shown,) = panel.asked("set_view")
+    assert "name" not in shown and len(shown["view"]) == 1
+    props = panel.render()
+    assert "prompt 'a photo of a red circle', 10 samples" in props[
+        "results_title"]["default"]
+    assert props["score_range"]["view"]["name"] == "SliderView"
+
+    # a slider range narrows what is shown, and saving keeps just that
+    lo = scores[4][1]
+    panel("on_slider", value=[lo, scores[0][1]])
+    assert panel.state["range"] == [lo, scores[0][1]]
+    assert panel.state["range_count"] == 5
+    assert "5 of 10 results" in panel.render()["range_text"]["default"]
+    panel.state["collection_name"] = "reds"
+    panel("on_save")
+    assert panel.asked("reload_dataset")  # the saved views list shows it
+    assert [i for i, _ in ais.get_collection_scores(dataset, "reds")] == [
+        i for i, _ in scores[:5]]
+    props = panel.render()
+    assert props["collection"]["default"] == "reds"
+
+    # bars selected on the histogram do the same
+    from fiftyone_ai_search.app.panel import histogram_chart
+
+    edges, counts = ais.get_score_histogram(
+        dataset, ais.TEMPORARY_COLLECTION, bins=25)
+    chart = histogram_chart(edges, counts)
+    panel("on_histogram_select",
+          data=[{"x": chart[0]["x"][-1], "y": chart[0]["y"][-1]}])
+    assert panel.state["range_count"] == counts[-1]
+    panel("on_reset_range")
+    assert panel.state["range"] is None
+
+
+def test_panel_reports_errors_instead_of_breaking(tmp_path):
+    dataset = shapes_dataset(tmp_path, num_samples=10)
+    ais.calculate_embeddings(dataset, wait=True, progress=False)
+    panel = _Panel(dataset)
+    panel("on_load")
+    panel.state["search"] = {"mode": "similar"}
+    props = panel.render()
+    assert props["search_btn"]["view"]["disabled"] is True
+    assert _blocking(props["search"]["type"]["properties"])
+    panel("on_search")  # raises nothing: the error is a notification
+    (note,) = panel.asked("notify")
+    assert note["variant"] == "error" and "nothing selected" in note["message"]
+
+    panel.state["search"] = {"mode": "diverse"}
+    props = panel.render()["search"]["type"]["properties"]
+    assert "method" in props and "prompt" not in props
+
+    ais.disable_embeddings(dataset)
+    panel("on_refresh")
+    props = panel.render()
+    assert "off" in props["status"]["default"] and "search" not in props

@@ -24,6 +24,7 @@ from .collections import (
     get_collection,
     get_collection_scores,
     get_score_histogram,
+    is_latest_results,
     list_collections,
     rename_collection,
     save_collection,
@@ -40,6 +41,7 @@ from .embeddings import (
     get_status,
     is_embeddings_enabled,
 )
+from .model import ModelUnavailableError, available_models, check_model
 from .scheduler import start_refresher, stop_refresher
 from .search import IndexNotReadyError, perform_ai_search
 from .sync import SyncReport
@@ -50,17 +52,21 @@ __all__ = [
     "AISearchNotEnabledError",
     "CollectionNotFoundError",
     "IndexNotReadyError",
+    "ModelUnavailableError",
     "SyncReport",
     "TEMPORARY_COLLECTION",
     "delete_collection",
     "get_collection",
     "get_collection_scores",
     "get_score_histogram",
+    "is_latest_results",
     "list_collections",
     "perform_ai_search",
     "rename_collection",
     "save_collection",
+    "available_models",
     "calculate_embeddings",
+    "check_model",
     "disable_embeddings",
     "enable_embeddings",
     "get_embeddings",

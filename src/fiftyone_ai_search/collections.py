@@ -128,14 +128,9 @@ def get_collection(dataset, name, min_score=None, max_score=None):
 
     _check_score("min_score", min_score)
     _check_score("max_score", max_score)
-    lo = -np.inf if min_score is None else min_score
-    hi = np.inf if max_score is None else max_score
-    keep = [
-        sample_id
-        for sample_id, score in get_collection_scores(dataset, name)
-        if lo <= score <= hi
-    ]
-    return dataset.select(keep, ordered=True)
+    pairs = _in_range(get_collection_scores(dataset, name), min_score,
+                      max_score)
+    return dataset.select([i for i, _ in pairs], ordered=True)
 
 
 def _check_score(arg, value):
@@ -197,32 +192,103 @@ def list_collections(dataset):
 
 
 def save_collection(dataset, name, source=TEMPORARY_COLLECTION,
-                    overwrite=False):
+                    overwrite=False, min_score=None, max_score=None):
     """Keeps a collection (by default the latest search results) under a name.
+
+    With ``min_score`` / ``max_score``, only the samples of that score range
+    are kept: what the App shows after a range was chosen on the histogram.
 
     Examples::
 
         ais.perform_ai_search(dataset, prompt="a scratch on metal")
         ais.save_collection(dataset, "scratches")
+        ais.save_collection(dataset, "clear scratches", min_score=0.3)
 
     Args:
         dataset: a :class:`fiftyone.core.dataset.Dataset`
         name: the new collection's name
         source (TEMPORARY_COLLECTION): the collection to copy
         overwrite (False): whether to replace an existing saved view ``name``
+        min_score (None): keep only samples scoring ``>= min_score``
+        max_score (None): keep only samples scoring ``<= max_score``
 
     Returns:
         the name
+
+    Raises:
+        ValueError: if the name is taken (and not ``overwrite``), or no
+            sample of ``source`` is in the score range
     """
     _check_name(name)
+    _check_score("min_score", min_score)
+    _check_score("max_score", max_score)
     if not overwrite and dataset.has_saved_view(name):
         raise ValueError(
             f"name: dataset '{dataset.name}' already has a saved view named "
             f"{name!r}; pass overwrite=True to replace it"
         )
     doc = _load(dataset, source)
+    pairs = _in_range(zip(doc["sample_ids"], doc["scores"]),
+                      min_score, max_score)
+    if not pairs:
+        raise ValueError(
+            f"min_score, max_score: no sample of {source!r} scores within "
+            f"[{min_score}, {max_score}]"
+        )
+    query = dict(doc.get("query") or {})
+    if min_score is not None or max_score is not None:
+        query["score_range"] = [min_score, max_score]
     return write_collection(
-        dataset, name, doc["sample_ids"], doc["scores"], doc.get("query")
+        dataset, name, [i for i, _ in pairs], [s for _, s in pairs], query
+    )
+
+
+def _in_range(pairs, min_score, max_score):
+    lo = -np.inf if min_score is None else min_score
+    hi = np.inf if max_score is None else max_score
+    return [(i, s) for i, s in pairs if lo <= s <= hi]
+
+
+def is_latest_results(samples):
+    """Whether ``samples`` shows the latest search results: the temporary
+    collection, or a view of it such as a score range of it.
+
+    The App uses it to decide what a new search searches: the latest results
+    are never its scope (a new search searches the dataset), any other view
+    is.
+
+    Args:
+        samples: a :class:`fiftyone.core.collections.SampleCollection`
+
+    Returns:
+        True or False
+    """
+    import fiftyone.core.stages as fos
+
+    dataset = samples._dataset
+    if samples is dataset:
+        return False
+    if getattr(samples, "name", None) == TEMPORARY_COLLECTION:
+        return True
+    stages = getattr(samples, "_stages", None) or []
+    if not stages or not isinstance(stages[0], fos.Select):
+        return False
+    try:
+        results = _load(dataset, TEMPORARY_COLLECTION)["sample_ids"]
+    except CollectionNotFoundError:
+        return False
+    # a collection and its score ranges are ordered selects of its ids
+    return set(stages[0].sample_ids) <= set(results)
+
+
+def delete_temporary_collection(dataset):
+    """Deletes the latest search results (the temporary collection), if any."""
+    view_id = _view_id(dataset, TEMPORARY_COLLECTION)
+    if view_id is None:
+        return
+    dataset.delete_saved_view(TEMPORARY_COLLECTION)
+    _scores().delete_one(
+        {"dataset_id": st.dataset_key(dataset), "view_id": view_id}
     )
 
 

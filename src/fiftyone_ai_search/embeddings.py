@@ -36,7 +36,7 @@ def require_enabled(dataset):
 
 
 def enable_embeddings(dataset, model=None, pretrained=None, backend=None,
-                      compute=True, secrets=None):
+                      compute=True, secrets=None, load=True):
     """Switches AI search on for a dataset and starts computing embeddings.
 
     Returns at once: embeddings are computed by a background worker. Use
@@ -71,6 +71,11 @@ def enable_embeddings(dataset, model=None, pretrained=None, backend=None,
             ``"server"`` (Qdrant server, from the configured URL)
         compute (True): whether to start computing now
         secrets (None): plugin secrets (Qdrant URL / API key) for the worker
+        load (True): load the model now, so that a missing or broken model
+            fails here rather than in the background. False only checks
+            that its weights are on this machine or may be downloaded, and
+            leaves loading to the worker: for callers that must answer at
+            once, like the App
 
     Returns:
         the result of :func:`get_status`
@@ -80,7 +85,7 @@ def enable_embeddings(dataset, model=None, pretrained=None, backend=None,
         fiftyone_ai_search.model.ModelUnavailableError: if the weights cannot
             be found (offline); the message says how to supply them
     """
-    from .model import load_model, resolve_model
+    from .model import check_weights, load_model, resolve_model
 
     settings = get_settings(secrets=secrets)
     if backend is None:
@@ -109,8 +114,10 @@ def enable_embeddings(dataset, model=None, pretrained=None, backend=None,
             f"(one of {tags}) or a local weights file"
         )
     spec = resolve_model(model, pretrained)
-    # load now, so a missing model fails here rather than in the background
-    load_model(spec, device=settings.device)
+    if load:
+        load_model(spec, device=settings.device)
+    else:
+        check_weights(spec)
 
     st.enable(dataset, spec.name, spec.pretrained, spec.identity, backend)
     if compute:
@@ -119,7 +126,9 @@ def enable_embeddings(dataset, model=None, pretrained=None, backend=None,
 
 
 def disable_embeddings(dataset):
-    """Switches AI search off: deletes the index and all its state.
+    """Switches AI search off: deletes the index, all its state and the
+    latest search results (the temporary collection). Named collections
+    stay, as plain saved views.
 
     A computation still running stops at its next batch.
 
@@ -130,8 +139,13 @@ def disable_embeddings(dataset):
     if doc is None:
         return
 
+    from .collections import delete_temporary_collection
+
     st.update(dataset, enabled=False)
     delete_index_and_state(doc)
+    # the latest results go with the index; named collections stay, as
+    # plain saved views
+    delete_temporary_collection(dataset)
 
 
 def delete_index_and_state(doc, settings=None):
@@ -232,8 +246,16 @@ def get_embeddings_updated_at(dataset):
     return doc.get("updated_at") if doc else None
 
 
-def get_status(dataset, max_failures=100):
+def get_status(dataset, max_failures=100, counts=True):
     """The AI search status of a dataset.
+
+    Args:
+        dataset: a :class:`fiftyone.core.dataset.Dataset`
+        max_failures (100): the most failures to list
+        counts (True): whether to count the samples and the index. False
+            reads the state alone (``counts`` and ``failures`` are then
+            None): cheap enough to poll, and it never opens the index while
+            a computation holds it
 
     Returns:
         a dict with ``enabled``, ``in_progress``, ``progress`` (``done``,
@@ -253,13 +275,7 @@ def get_status(dataset, max_failures=100):
     if progress.get("total"):
         progress["fraction"] = progress["done"] / progress["total"]
 
-    store = runner.open_index(dataset, doc=doc)
-    try:
-        num_indexed = store.count() if store.exists() else 0
-    finally:
-        store.close()
-
-    return {
+    status = {
         "enabled": True,
         "in_progress": running,
         "progress": progress if running else None,
@@ -267,18 +283,29 @@ def get_status(dataset, max_failures=100):
         "model": doc["model"],
         "pretrained": doc["pretrained"],
         "backend": doc["backend"],
-        "counts": {
-            "num_samples": dataset.count(),
-            "num_indexed": num_indexed,
-            "num_failed": st.count_failures(dataset),
-        },
-        "failures": [
-            {k: f.get(k) for k in ("sample_id", "filepath", "reason")}
-            for f in st.get_failures(dataset, limit=max_failures)
-        ],
+        "counts": None,
+        "failures": None,
         "last_report": doc.get("last_report"),
         "last_error": doc.get("last_error"),
     }
+    if not counts:
+        return status
+
+    store = runner.open_index(dataset, doc=doc)
+    try:
+        num_indexed = store.count() if store.exists() else 0
+    finally:
+        store.close()
+    status["counts"] = {
+        "num_samples": dataset.count(),
+        "num_indexed": num_indexed,
+        "num_failed": st.count_failures(dataset),
+    }
+    status["failures"] = [
+        {k: f.get(k) for k in ("sample_id", "filepath", "reason")}
+        for f in st.get_failures(dataset, limit=max_failures)
+    ]
+    return status
 
 
 def get_embeddings(samples):

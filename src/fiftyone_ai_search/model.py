@@ -626,3 +626,115 @@ def _settings():
     # storage_dir is not needed here; passing one keeps get_settings() from
     # importing fiftyone to compute its default
     return get_settings(storage_dir=os.curdir)
+
+
+def check_model(model=None, pretrained=None):
+    """Checks a model name and that its weights can be had, loading
+    nothing: :func:`resolve_model`, then :func:`check_weights`.
+
+    Returns:
+        the :class:`ModelSpec`
+    """
+    spec = resolve_model(model, pretrained)
+    check_weights(spec)
+    return spec
+
+
+def check_weights(spec):
+    """Checks, without loading anything, that the weights of ``spec`` can be
+    had: on disk (local files, the Hugging Face cache) or by a download that
+    is allowed.
+
+    Cheap enough for a request handler (the App): a few file lookups.
+
+    Raises:
+        ModelUnavailableError: if the weights are not on this machine and
+            downloads are off (``HF_HUB_OFFLINE``); the message says how to
+            supply them
+    """
+    if not _weights_cached(spec) and _is_offline():
+        raise ModelUnavailableError(_offline_message(spec))
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelChoice:
+    """A model a user can pick, with whether its weights are on this machine.
+
+    Attributes:
+        model: the open_clip model name (or ``local-dir:...``)
+        pretrained: the pretrained tag or weights file, or None
+        label: what to call it in a menu
+        available: whether the weights are on disk (no download needed)
+    """
+
+    model: str
+    pretrained: str | None
+    label: str
+    available: bool
+
+    @property
+    def key(self):
+        """One string naming the choice (``model`` or ``model|pretrained``)."""
+        return self.model if self.pretrained is None else (
+            f"{self.model}|{self.pretrained}")
+
+
+_CHOICES_TTL = 30.0
+_CHOICES_CACHE = {}
+
+
+def available_models(refresh=False):
+    """The models to offer: the configured default, the tiny CLIP bundled
+    for the shapes demo, and every open_clip pretrained model whose weights
+    are already in the Hugging Face cache. The default comes first.
+
+    File lookups only (cached for 30 s); nothing is loaded or downloaded.
+
+    Returns:
+        a list of :class:`ModelChoice`
+    """
+    import time
+
+    now = time.monotonic()
+    cached = _CHOICES_CACHE.get("choices")
+    if cached and not refresh and now - cached[0] < _CHOICES_TTL:
+        return list(cached[1])
+
+    import open_clip
+
+    from .demo import tiny_clip_model_name
+
+    settings = _settings()
+    default = _choice(settings.model, settings.pretrained, "default")
+    choices = [default]
+    bundled = ModelChoice(
+        model=tiny_clip_model_name(), pretrained=None,
+        label="tiny CLIP bundled with the package (the shapes demo only)",
+        available=True,
+    )
+    for name, tag in open_clip.list_pretrained():
+        if (name, tag) == (default.model, default.pretrained):
+            continue
+        try:
+            spec = ModelSpec(name=name, pretrained=tag, identity="")
+            if _weights_cached(spec):
+                choices.append(_choice(name, tag, "downloaded"))
+        except Exception:  # a config open_clip cannot describe: not offered
+            continue
+    choices.append(bundled)
+    _CHOICES_CACHE["choices"] = (now, choices)
+    return list(choices)
+
+
+def _choice(model, pretrained, kind):
+    try:
+        available = _weights_cached(
+            ModelSpec(name=model, pretrained=pretrained, identity=""))
+    except Exception:
+        available = False
+    where = "weights on this machine" if available else (
+        "weights not on this machine: downloaded on first use"
+        + (", impossible while HF_HUB_OFFLINE is set" if _is_offline() else ""))
+    label = f"{model} / {pretrained}" if pretrained else model
+    return ModelChoice(model=model, pretrained=pretrained,
+                       label=f"{label} ({kind}; {where})", available=available)

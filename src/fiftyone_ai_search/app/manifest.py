@@ -15,6 +15,7 @@ OPERATOR_NAMES = (
     "compute_embeddings",
     "ai_search_status",
     "ai_search",
+    "search_similar",
     "filter_by_score",
     "save_collection",
     "rename_collection",

@@ -1,47 +1,26 @@
 """FiftyOne App operators. They read parameters and call the SDK; no logic.
 
 Each operator declares its FiftyOne config as data (``CONFIG``) and its form
-in ``form()``. Headless, form defaults are not applied, so every ``execute``
-reads its parameters with the same defaults as its form.
+in ``form()``; the forms themselves are defined once, in
+:mod:`fiftyone_ai_search.app.forms`, and shared with the panel. Headless,
+form defaults are not applied, so every ``execute`` reads its parameters
+with the same defaults as its form.
 """
 
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 import fiftyone_ai_search as ais
-from fiftyone_ai_search.config import BACKENDS
 
-SEARCH_MODES = ("prompt", "similar", "diverse")
+from . import forms
+from .manifest import PANEL_NAMES
+
+#: the App opens a panel by its name
+PANEL_NAME = PANEL_NAMES[0]
 
 
 def _secrets(ctx):
     return {k: v for k, v in (ctx.secrets or {}).items() if v}
-
-
-def _jsonable(status):
-    """Dates as ISO strings, so the App can show the status."""
-    out = {}
-    for key, value in status.items():
-        if isinstance(value, dict):
-            value = _jsonable(value)
-        elif hasattr(value, "isoformat"):
-            value = value.isoformat()
-        out[key] = value
-    return out
-
-
-def status_text(status):
-    """One line saying where AI search of a dataset stands."""
-    if not status["enabled"]:
-        return "AI search is off for this dataset."
-    if status["in_progress"]:
-        p = status.get("progress") or {}
-        return f"Computing embeddings: {p.get('done', 0)} / {p.get('total', '?')}"
-    c = status["counts"]
-    return (
-        f"Ready: {c['num_indexed']} of {c['num_samples']} samples indexed"
-        f" with {status['model']}, {c['num_failed']} failed."
-    )
 
 
 class _Operator(foo.Operator):
@@ -59,12 +38,15 @@ class _Operator(foo.Operator):
     def config(self):
         return foo.OperatorConfig(**self.CONFIG)
 
+    def button_label(self, ctx):
+        return self.BUTTON[1]
+
     def resolve_placement(self, ctx):
         if self.BUTTON is None:
             return None
-        place, label = self.BUTTON
-        return types.Placement(place, types.Button(
-            label=label, icon=self.CONFIG.get("icon"), prompt=True))
+        return types.Placement(self.BUTTON[0], types.Button(
+            label=self.button_label(ctx), icon=self.CONFIG.get("icon"),
+            prompt=True))
 
     def form(self, ctx, inputs):
         """Adds the operator's inputs to ``inputs``."""
@@ -91,26 +73,11 @@ class EnableAISearch(_Operator):
     )
 
     def form(self, ctx, inputs):
-        settings = ais.get_settings()
-        inputs.str("model", label="Model", default=settings.model,
-                   description="An open_clip model name or local-dir:/path")
-        inputs.str("pretrained", label="Pretrained",
-                   default=settings.pretrained,
-                   description="An open_clip tag or a local weights file")
-        inputs.enum("backend", list(BACKENDS), label="Index",
-                    default=settings.backend,
-                    description="edge: embedded, nothing to run; server: a "
-                    "Qdrant server (URL and API key from plugin secrets)")
+        forms.enable_form(inputs, ctx.params)
 
     def execute(self, ctx):
-        status = ais.enable_embeddings(
-            ctx.dataset,
-            model=ctx.params.get("model") or None,
-            pretrained=ctx.params.get("pretrained") or None,
-            backend=ctx.params.get("backend") or None,
-            secrets=_secrets(ctx),
-        )
-        return _jsonable(status)
+        status = forms.enable_from_params(ctx, ctx.params, _secrets(ctx))
+        return forms.jsonable(status)
 
 
 class DisableAISearch(_Operator):
@@ -119,15 +86,25 @@ class DisableAISearch(_Operator):
         label="AI search: disable",
         description="Delete this dataset's AI search index",
         icon="search_off",
+        dynamic=True,
     )
 
     def form(self, ctx, inputs):
+        if not ais.is_embeddings_enabled(ctx.dataset):
+            forms.blocked(inputs, "off", "AI search is already off.",
+                           types.Notice)
+            return
         inputs.view("warning", types.Warning(
-            label="This deletes the dataset's embeddings index. "
-            "Re-enabling computes it again."))
+            label="Disable AI search? This deletes the dataset's embeddings "
+            "index and the latest results; saved collections stay as saved "
+            "views. Enabling again computes the embeddings again."))
 
     def execute(self, ctx):
+        showing_results = ais.is_latest_results(ctx.view)
         ais.disable_embeddings(ctx.dataset)
+        if showing_results:
+            ctx.ops.clear_view()
+        ctx.ops.reload_dataset()  # the App's saved views list drops them
         return {"enabled": False}
 
 
@@ -156,11 +133,14 @@ class ComputeEmbeddings(_Operator):
         force = bool(ctx.params.get("force", False))
         verify_files = bool(ctx.params.get("verify_files", False))
         if not ctx.delegated:
-            # immediate: hand the work to a background worker, return at once
+            # immediate: never in the App server's process; a background
+            # worker computes, and the panel follows it
             ais.calculate_embeddings(
                 ctx.dataset, force=force, verify_files=verify_files,
                 wait=False, secrets=_secrets(ctx),
             )
+            ctx.ops.notify("Computing embeddings in a background worker; "
+                           "the AI Search panel shows its progress")
             return {"started": True}
 
         def progress(done, total):
@@ -184,118 +164,113 @@ class AISearchStatus(_Operator):
 
     def form(self, ctx, inputs):
         status = ais.get_status(ctx.dataset)
-        inputs.view("status", types.Notice(label=status_text(status)))
+        inputs.md(forms.status_text(status), name="status")
+        failures = status.get("failures") or []
+        if failures:
+            table = types.TableView()
+            for key, label in (("filepath", "File"), ("reason", "Reason")):
+                table.add_column(key, label=label)
+            inputs.list("failures", types.Object(), label="Failed samples",
+                        default=failures, view=table)
 
     def execute(self, ctx):
-        return _jsonable(ais.get_status(ctx.dataset))
-
-    def resolve_output(self, ctx):
-        outputs = types.Object()
-        outputs.obj("counts", label="Counts", view=types.JSONView())
-        outputs.list("failures", types.Object(), label="Failures",
-                     view=types.JSONView())
-        return types.Property(outputs)
+        return forms.jsonable(ais.get_status(ctx.dataset))
 
 
 # -- search and collections ------------------------------------------------------
 
 
-def search_form(ctx, inputs):
-    """The search form; shared by the operator and the panel."""
-    # the form is resolved again on every edit: one state read when ready
-    if ais.get_embeddings_updated_at(ctx.dataset) is None:
-        # off, or never indexed: nothing to search yet. Say why, what to do
-        status = ais.get_status(ctx.dataset)
-        what = ("run 'AI search: enable' first" if not status["enabled"]
-                else "the first indexing has to finish")
-        inputs.view("not_ready", types.Warning(
-            label=f"{status_text(status)} To search, {what}."))
-    mode = ctx.params.get("mode") or ("similar" if ctx.selected else "prompt")
-    inputs.enum(
-        "mode", list(SEARCH_MODES), label="Search by", default=mode,
-        view=types.RadioGroup(),
-        description="prompt: describe it; similar: like the selected "
-        "samples; diverse: a representative spread",
-    )
-    if mode == "prompt":
-        inputs.str("prompt", label="Prompt", required=True,
-                   description="Commas separate several prompts")
-        inputs.str("negative_prompt", label="Negative prompt",
-                   description="Push away what this describes (optional)")
-    elif mode == "similar":
-        n = len(ctx.selected or [])
-        inputs.view("selected", types.Notice(
-            label=f"Similar to the {n} selected sample(s)" if n else
-            "Select samples in the grid first"))
-    else:
-        inputs.enum("method", ["centroids", "random"], label="Take",
-                    default="centroids",
-                    description="centroids: the most typical of each "
-                    "cluster; random: random members")
-        inputs.enum("clustering_method", ["kmeans", "dbscan"],
-                    label="Clustering", default="kmeans")
-        if ctx.params.get("clustering_method", "kmeans") == "kmeans":
-            inputs.int("num_clusters", label="Clusters",
-                       description="Default: one per result (up to a cap)")
-    inputs.int("limit", label="Limit", default=100, min=1)
-    inputs.float("threshold", label="Minimum score",
-                 description="Only results scoring at least this (-1 to 1)",
-                 min=-1.0, max=1.0)
-
-
-def search_from_params(ctx, params):
-    """Runs the search that ``params`` (the form above) describes, within
-    the App's current view. Returns the collection name or None."""
-    mode = params.get("mode") or "prompt"
-    kwargs = dict(limit=int(params.get("limit") or 100),
-                  threshold=params.get("threshold"))
-    if mode == "prompt":
-        kwargs.update(prompt=params.get("prompt") or "",
-                      negative_prompt=params.get("negative_prompt") or None)
-    elif mode == "similar":
-        kwargs["image_id"] = list(ctx.selected or [])
-    elif mode == "diverse":
-        kwargs.update(method=params.get("method") or "centroids",
-                      clustering_method=params.get("clustering_method")
-                      or "kmeans")
-        if kwargs["clustering_method"] == "kmeans":
-            kwargs["num_clusters"] = params.get("num_clusters") or None
-    else:
-        raise ValueError(f"mode must be one of {SEARCH_MODES}, got {mode!r}")
-    return ais.perform_ai_search(ctx.view, **kwargs)
-
-
-def _collection_choice(ctx, inputs):
-    names = [c["name"] for c in ais.list_collections(ctx.dataset)]
-    choices = types.Dropdown()
-    for name in names:
-        choices.add_choice(name, label=name)
-    inputs.enum("name", names, label="Collection", required=True,
-                view=choices)
-
-
 class AISearch(_Operator):
+    """The "AI Search" button above the grid: enables AI search on a dataset
+    where it is off, says how far a first indexing is, and searches."""
+
     CONFIG = dict(
         name="ai_search",
         label="AI search",
         description="Find samples by prompt, by similarity to the selected "
-        "samples, or a diverse spread; within the current view",
+        "samples, or a diverse spread",
         icon="travel_explore",
         dynamic=True,
     )
     BUTTON = (types.Places.SAMPLES_GRID_ACTIONS, "AI Search")
 
+    def button_label(self, ctx):
+        status = ais.get_status(ctx.dataset, counts=False)
+        state = forms.readiness(status)
+        if status["in_progress"]:
+            return f"AI Search: computing {forms.progress_text(status)}"
+        return "AI Search" if state == "ready" else f"AI Search ({state})"
+
     def form(self, ctx, inputs):
-        search_form(ctx, inputs)
+        status = ais.get_status(ctx.dataset, counts=False)
+        state = forms.readiness(status)
+        if state == "ready":
+            forms.search_form(ctx, inputs, ctx.params, ctx.selected or [])
+            return
+        if state == "indexing":
+            forms.blocked(inputs, "indexing", (
+                f"Computing the embeddings: {forms.progress_text(status)}. "
+                "Search once they are ready; the AI Search panel shows the "
+                "progress live."), types.Notice)
+            return
+        inputs.md(forms.status_text(status), name="status")
+        inputs.md("Enable AI search on this dataset: its images are "
+                  "embedded in the background, then you can search.",
+                  name="enable_intro")
+        forms.enable_form(inputs, ctx.params)
 
     def execute(self, ctx):
-        name = search_from_params(ctx, ctx.params)
+        if forms.readiness(ais.get_status(ctx.dataset, counts=False)) in (
+                "off", "failed"):
+            forms.enable_from_params(ctx, ctx.params, _secrets(ctx))
+            ctx.ops.open_panel(PANEL_NAME)  # where the progress shows
+            return {"enabled": True}
+        name = forms.search_from_params(ctx, ctx.params, ctx.selected or [])
         if name is None:
             ctx.ops.notify("Nothing matched", variant="warning")
             return {"collection": None, "count": 0}
-        ctx.ops.set_view(name=name)
-        return {"collection": name,
-                "count": len(ais.get_collection_scores(ctx.dataset, name))}
+        view = forms.show_collection(ctx, name)
+        return {"collection": name, "count": len(view)}
+
+
+class SearchSimilar(_Operator):
+    """"Find similar" in the sample modal: samples like the one shown."""
+
+    CONFIG = dict(
+        name="search_similar",
+        label="AI search: find similar",
+        description="Samples that look like this one (or the selected ones)",
+        icon="image_search",
+        dynamic=True,
+    )
+    BUTTON = (types.Places.SAMPLES_VIEWER_ACTIONS, "Find similar")
+
+    @staticmethod
+    def _references(ctx):
+        if ctx.current_sample:
+            return [ctx.current_sample]
+        return list(ctx.selected or [])
+
+    def form(self, ctx, inputs):
+        status = ais.get_status(ctx.dataset, counts=False)
+        if forms.readiness(status) != "ready":
+            forms.blocked(inputs, "not_ready", forms.status_text(status) +
+                           " Enable it from the AI Search button above the "
+                           "grid.")
+            return
+        params = dict(ctx.params, mode="similar")
+        forms.search_form(ctx, inputs, params, self._references(ctx))
+
+    def execute(self, ctx):
+        params = dict(ctx.params, mode="similar")
+        name = forms.search_from_params(ctx, params, self._references(ctx))
+        if name is None:
+            ctx.ops.notify("Nothing matched", variant="warning")
+            return {"collection": None, "count": 0}
+        if ctx.current_sample:
+            ctx.ops.close_sample()
+        view = forms.show_collection(ctx, name)
+        return {"collection": name, "count": len(view)}
 
 
 class FilterByScore(_Operator):
@@ -314,12 +289,8 @@ class FilterByScore(_Operator):
 
     def execute(self, ctx):
         name = ctx.params.get("collection") or ais.TEMPORARY_COLLECTION
-        view = ais.get_collection(
-            ctx.dataset, name,
-            min_score=ctx.params.get("min_score"),
-            max_score=ctx.params.get("max_score"),
-        )
-        ctx.ops.set_view(view=view)
+        view = forms.show_collection(ctx, name, ctx.params.get("min_score"),
+                                     ctx.params.get("max_score"))
         return {"collection": name, "count": len(view)}
 
 
@@ -335,6 +306,10 @@ class SaveCollection(_Operator):
         inputs.str("name", label="Name", required=True)
         inputs.str("source", label="Collection to save",
                    default=ais.TEMPORARY_COLLECTION)
+        inputs.float("min_score", label="Minimum score", min=-1.0, max=1.0,
+                     description="Keep only samples scoring at least this")
+        inputs.float("max_score", label="Maximum score", min=-1.0, max=1.0,
+                     description="Keep only samples scoring at most this")
         inputs.bool("overwrite", label="Replace a view of that name",
                     default=False)
 
@@ -343,7 +318,10 @@ class SaveCollection(_Operator):
             ctx.dataset, ctx.params.get("name"),
             source=ctx.params.get("source") or ais.TEMPORARY_COLLECTION,
             overwrite=bool(ctx.params.get("overwrite", False)),
+            min_score=ctx.params.get("min_score"),
+            max_score=ctx.params.get("max_score"),
         )
+        ctx.ops.reload_dataset()  # so the App's saved views list shows it
         return {"collection": name}
 
 
@@ -356,12 +334,13 @@ class RenameCollection(_Operator):
     )
 
     def form(self, ctx, inputs):
-        _collection_choice(ctx, inputs)
-        inputs.str("new_name", label="New name", required=True)
+        if forms.collection_choice(ctx, inputs, ctx.params):
+            inputs.str("new_name", label="New name", required=True)
 
     def execute(self, ctx):
         name = ais.rename_collection(ctx.dataset, ctx.params.get("name"),
                                      ctx.params.get("new_name"))
+        ctx.ops.reload_dataset()
         return {"collection": name}
 
 
@@ -374,11 +353,12 @@ class DeleteCollection(_Operator):
     )
 
     def form(self, ctx, inputs):
-        _collection_choice(ctx, inputs)
+        forms.collection_choice(ctx, inputs, ctx.params)
 
     def execute(self, ctx):
         name = ctx.params.get("name")
         ais.delete_collection(ctx.dataset, name)
+        ctx.ops.reload_dataset()
         return {"deleted": name}
 
 
@@ -388,6 +368,7 @@ OPERATORS = (
     ComputeEmbeddings,
     AISearchStatus,
     AISearch,
+    SearchSimilar,
     FilterByScore,
     SaveCollection,
     RenameCollection,

@@ -1,16 +1,29 @@
-"""The "AI Search" panel: status, the three search modes, the score histogram
-of the latest results (drag a range on it to view that score range), and
-saving results as a collection. Every action calls the SDK.
+"""The "AI Search" panel: status (live while computing), the three search
+modes, the score histogram and range of the latest results, saving what is
+shown as a collection, the collections, and switching AI search off.
+
+Every action calls the SDK; forms come from :mod:`.forms`, shared with the
+operators. An error in an action is shown as a notification, never as a
+broken panel.
 """
+
+import functools
+import logging
 
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 import fiftyone_ai_search as ais
 
-from .operators import search_from_params, status_text
+from . import forms
+from .manifest import PANEL_NAMES
+
+logger = logging.getLogger(__name__)
 
 HISTOGRAM_BINS = 25
+
+#: how often the panel polls the status while embeddings are computed
+POLL_MS = 1000
 
 
 def histogram_chart(edges, counts):
@@ -36,11 +49,59 @@ def selected_range(points, edges):
     return max(-1.0, min(xs) - half), min(1.0, max(xs) + half)
 
 
+def results_summary(dataset):
+    """What the panel shows of the latest results, or None: a JSON-able
+    dict with ``query`` (text), ``count``, ``low`` / ``high`` (scores) and
+    ``score_label``."""
+    latest = [c for c in ais.list_collections(dataset)
+              if c["name"] == ais.TEMPORARY_COLLECTION]
+    if not latest:
+        return None
+    query = latest[0]["query"] or {}
+    scores = [s for _, s in ais.get_collection_scores(
+        dataset, ais.TEMPORARY_COLLECTION)]
+    mode = query.get("mode")
+    if mode == "prompt":
+        text = f"prompt '{query.get('prompt')}'"
+        if query.get("negative_prompt"):
+            text += f", not '{query['negative_prompt']}'"
+        label = "Score: similarity to the prompt"
+    elif mode == "diverse":
+        text = (f"diverse ({query.get('method')}, "
+                f"{query.get('clustering_method')})")
+        # not a query score: say what it is
+        label = ("Similarity to the sample's cluster centre (diverse results "
+                 "are not ranked by a query)")
+    else:
+        refs = query.get("image_id") or []
+        text = f"similar to {len(refs)} sample(s)" if refs else "image"
+        label = "Score: similarity to the reference image(s)"
+    return {"query": text, "count": len(scores), "low": min(scores),
+            "high": max(scores), "score_label": label}
+
+
+def _reported(method):
+    """Runs a panel event; an error becomes a notification (the panel
+    stays usable)."""
+
+    @functools.wraps(method)
+    def wrapper(self, ctx):
+        try:
+            return method(self, ctx)
+        except Exception as e:  # shown to the user, not swallowed
+            logger.warning("AI Search panel: %s failed", method.__name__,
+                           exc_info=True)
+            ctx.ops.notify(f"{e}", variant="error")
+            return None
+
+    return wrapper
+
+
 class AISearchPanel(foo.Panel):
     @property
     def config(self):
         return foo.PanelConfig(
-            name="ai_search_panel",
+            name=PANEL_NAMES[0],
             label="AI Search",
             icon="travel_explore",
             surfaces="grid",
@@ -49,103 +110,252 @@ class AISearchPanel(foo.Panel):
             "by score; keep them as collections.",
         )
 
+    def _uri(self, operator):
+        return f"{self.plugin_name}/{operator}"
+
     # -- events --------------------------------------------------------------
 
+    @_reported
     def on_load(self, ctx):
         self._refresh(ctx)
 
+    @_reported
     def on_change_dataset(self, ctx):
+        ctx.panel.set_state("range", None)
         self._refresh(ctx)
 
+    def on_change_view(self, ctx):
+        pass  # re-rendered: the scope line follows the view
+
+    def on_change_selected(self, ctx):
+        pass  # re-rendered: "N selected" follows the selection
+
+    def on_change_mode(self, ctx):
+        pass  # re-rendered with the fields of the new mode
+
+    @_reported
     def on_refresh(self, ctx):
         self._refresh(ctx)
 
-    def on_enable(self, ctx):
-        ctx.trigger(f"{self.plugin_name}/enable_ai_search")
+    @_reported
+    def on_poll(self, ctx):
+        was_ready = ctx.panel.state.get("readiness") == "ready"
+        status = self._refresh(ctx, counts=False)
+        if not status["in_progress"]:
+            self._refresh(ctx)
+            if not was_ready and forms.readiness(status) == "ready":
+                ctx.ops.notify("AI search is ready", variant="success")
 
+    def on_enable(self, ctx):
+        ctx.prompt(self._uri("enable_ai_search"), on_success=self.on_refresh)
+
+    def on_disable(self, ctx):
+        ctx.prompt(self._uri("disable_ai_search"), on_success=self.on_refresh)
+
+    def on_failures(self, ctx):
+        ctx.prompt(self._uri("ai_search_status"))
+
+    @_reported
     def on_search(self, ctx):
-        state = dict(ctx.panel.state.get("search") or {})
-        name = search_from_params(ctx, state)
+        params = dict(ctx.panel.state.get("search") or {})
+        name = forms.search_from_params(ctx, params, ctx.selected or [])
+        ctx.panel.set_state("range", None)
         if name is None:
             ctx.ops.notify("Nothing matched", variant="warning")
         else:
-            ctx.ops.set_view(name=name)
-        self._refresh(ctx)
+            forms.show_collection(ctx, name)
+        self._refresh_results(ctx)
 
-    def on_range(self, ctx):
+    @_reported
+    def on_histogram_select(self, ctx):
         # panel data is write-only: the bins are recomputed (no model run)
         edges, _ = ais.get_score_histogram(
             ctx.dataset, ais.TEMPORARY_COLLECTION, bins=HISTOGRAM_BINS)
         score_range = selected_range(ctx.params.get("data"), edges)
-        if score_range is None:
-            return
-        lo, hi = score_range
-        view = ais.get_collection(ctx.dataset, ais.TEMPORARY_COLLECTION,
-                                  min_score=lo, max_score=hi)
-        ctx.panel.set_state("range", [lo, hi])
-        ctx.ops.set_view(view=view)
+        if score_range is not None:
+            self._show_range(ctx, *score_range)
 
+    @_reported
+    def on_slider(self, ctx):
+        value = ctx.params.get("value") or []
+        if len(value) == 2:
+            self._show_range(ctx, float(value[0]), float(value[1]))
+
+    @_reported
+    def on_reset_range(self, ctx):
+        ctx.panel.set_state("range", None)
+        results = ctx.panel.state.get("results") or {}
+        ctx.panel.set_state("score_range",
+                            [results.get("low"), results.get("high")])
+        forms.show_collection(ctx, ais.TEMPORARY_COLLECTION)
+
+    @_reported
     def on_save(self, ctx):
         name = (ctx.panel.state.get("collection_name") or "").strip()
-        ais.save_collection(ctx.dataset, name)
+        lo, hi = ctx.panel.state.get("range") or (None, None)
+        ais.save_collection(ctx.dataset, name, min_score=lo, max_score=hi)
+        ctx.ops.reload_dataset()  # so the saved views list shows it now
         ctx.ops.notify(f"Saved collection '{name}'", variant="success")
-        self._refresh(ctx)
+        ctx.panel.set_state("collection_name", "")
+        self._refresh_collections(ctx)
+
+    @_reported
+    def on_load_collection(self, ctx):
+        name = ctx.panel.state.get("collection")
+        forms.show_collection(ctx, name)
+
+    def on_rename_collection(self, ctx):
+        ctx.prompt(self._uri("rename_collection"),
+                   params={"name": ctx.panel.state.get("collection")},
+                   on_success=self.on_refresh)
+
+    def on_delete_collection(self, ctx):
+        ctx.prompt(self._uri("delete_collection"),
+                   params={"name": ctx.panel.state.get("collection")},
+                   on_success=self.on_refresh)
 
     # -- state -----------------------------------------------------------------
 
-    def _refresh(self, ctx):
-        status = ais.get_status(ctx.dataset)
-        ctx.panel.set_state("status", status_text(status))
-        ctx.panel.set_state("enabled", status["enabled"])
-        edges, counts = [], []
-        names = [c["name"] for c in ais.list_collections(ctx.dataset)] \
-            if status["enabled"] else []
-        if ais.TEMPORARY_COLLECTION in names:
-            edges, counts = ais.get_score_histogram(
-                ctx.dataset, ais.TEMPORARY_COLLECTION, bins=HISTOGRAM_BINS)
-        ctx.panel.set_data("histogram", histogram_chart(edges, counts)
-                           if counts else [])
+    def _show_range(self, ctx, lo, hi):
+        view = forms.show_collection(ctx, ais.TEMPORARY_COLLECTION,
+                                     min_score=lo, max_score=hi)
+        ctx.panel.set_state("range", [lo, hi])
+        ctx.panel.set_state("range_count", len(view))
+        ctx.panel.set_state("score_range", [lo, hi])
+
+    def _refresh(self, ctx, counts=True):
+        status = ais.get_status(ctx.dataset, counts=counts)
+        ctx.panel.set_state("status", forms.status_text(status))
+        ctx.panel.set_state("readiness", forms.readiness(status))
+        ctx.panel.set_state("in_progress", status["in_progress"])
+        ctx.panel.set_state("num_failed",
+                            (status.get("counts") or {}).get("num_failed", 0))
+        if counts:
+            self._refresh_results(ctx)
+            self._refresh_collections(ctx)
+        return status
+
+    def _refresh_results(self, ctx):
+        summary = None
+        if ais.is_embeddings_enabled(ctx.dataset):
+            summary = results_summary(ctx.dataset)
+        ctx.panel.set_state("results", summary)
+        if summary is None:
+            ctx.panel.set_state("range", None)
+            ctx.panel.set_data("histogram", [])
+            return
+        edges, counts = ais.get_score_histogram(
+            ctx.dataset, ais.TEMPORARY_COLLECTION, bins=HISTOGRAM_BINS)
+        ctx.panel.set_data("histogram", histogram_chart(edges, counts))
+        if ctx.panel.state.get("range") is None:
+            ctx.panel.set_state("score_range",
+                                [summary["low"], summary["high"]])
+
+    def _refresh_collections(self, ctx):
+        names = [c["name"] for c in ais.list_collections(ctx.dataset)
+                 if c["name"] != ais.TEMPORARY_COLLECTION] \
+            if ais.is_embeddings_enabled(ctx.dataset) else []
+        ctx.panel.set_state("collections", names)
+        if ctx.panel.state.get("collection") not in names:
+            ctx.panel.set_state("collection", names[-1] if names else None)
 
     # -- layout ----------------------------------------------------------------
 
     def render(self, ctx):
+        state = ctx.panel.state
         panel = types.Object()
-        panel.md(ctx.panel.state.get("status") or "", name="status")
-        panel.btn("refresh", label="Refresh", on_click=self.on_refresh)
+        panel.md(state.get("status") or "", name="status")
+        readiness = state.get("readiness")
 
-        if not ctx.panel.state.get("enabled"):
+        if state.get("in_progress"):
+            # polls get_status until the computation is done: no clicks
+            panel.view("poll", types.TimerView(interval=POLL_MS,
+                                               on_interval=self.on_poll))
+        if readiness in ("off", "failed"):
             panel.btn("enable", label="Enable AI search",
                       on_click=self.on_enable, variant="contained")
-            return types.Property(panel, view=types.GridView(
-                orientation="vertical", gap=2, padding=2))
+        if state.get("num_failed"):
+            panel.btn("failures", label=f"Show {state.get('num_failed')} failed "
+                      "sample(s)", on_click=self.on_failures)
 
+        if readiness == "ready":
+            self._render_search(ctx, panel)
+            if state.get("results"):
+                self._render_results(panel, state)
+            if state.get("collections"):
+                self._render_collections(panel, state)
+            panel.btn("disable", label="Disable AI search",
+                      on_click=self.on_disable, variant="outlined")
+        else:
+            panel.btn("refresh", label="Refresh", on_click=self.on_refresh)
+        return types.Property(panel, view=types.GridView(
+            orientation="vertical", gap=2, padding=2))
+
+    def _render_search(self, ctx, panel):
+        params = dict(ctx.panel.state.get("search") or {})
         search = types.Object()
-        search.enum("mode", ["prompt", "similar", "diverse"],
-                    label="Search by", default="prompt",
-                    view=types.RadioGroup(orientation="horizontal"))
-        search.str("prompt", label="Prompt (commas: several)")
-        search.str("negative_prompt", label="Negative prompt (optional)")
-        search.enum("method", ["centroids", "random"], label="Diverse: take",
-                    default="centroids")
-        search.enum("clustering_method", ["kmeans", "dbscan"],
-                    label="Diverse: clustering", default="kmeans")
-        search.int("limit", label="Limit", default=100, min=1)
-        search.float("threshold", label="Minimum score", min=-1.0, max=1.0)
+        runnable = forms.search_form(ctx, search, params, ctx.selected or [],
+                                     on_change=self.on_change_mode)
         panel.define_property("search", search, label="Search")
         panel.btn("search_btn", label="Search", on_click=self.on_search,
-                  variant="contained")
+                  variant="contained", disabled=not runnable)
 
+    def _render_results(self, panel, state):
+        results = state.get("results")
+        panel.md(f"#### Latest results: {results['query']}, "
+                 f"{results['count']} samples, scores "
+                 f"{results['low']:.3f} to {results['high']:.3f}",
+                 name="results_title")
         panel.plot(
             "histogram",
-            label="Scores of the latest results (select bars to filter)",
+            label=f"{results['score_label']}. Select bars to show that range",
             config={"displayModeBar": False},
             layout={"dragmode": "select", "selectdirection": "h",
                     "xaxis": {"title": "score"},
-                    "yaxis": {"title": "samples"}, "height": 240},
-            on_selected=self.on_range,
+                    "yaxis": {"title": "samples"}, "height": 220,
+                    "margin": {"t": 10, "b": 40, "l": 50, "r": 10}},
+            on_selected=self.on_histogram_select,
         )
+        lo, hi = _slider_bounds(results["low"], results["high"])
+        panel.list("score_range", types.Number(), label="Score range",
+                   default=state.get("score_range") or [lo, hi],
+                   on_change=self.on_slider,
+                   view=types.SliderView(min=lo, max=hi, value_precision=3,
+                                         variant="withInputs",
+                                         label="Score range"))
+        shown = state.get("range")
+        if shown:
+            panel.md(f"Showing scores {shown[0]:.3f} to {shown[1]:.3f}: "
+                     f"{state.get('range_count', 0)} of {results['count']} "
+                     "results.", name="range_text")
+            panel.btn("reset_range", label="Show all results",
+                      on_click=self.on_reset_range)
+        else:
+            panel.md(f"Showing all {results['count']} results.",
+                     name="range_text")
+        panel.str("collection_name", label="Save what is shown as a "
+                  "collection", description="A name for the saved view")
+        panel.btn("save", label="Save collection", on_click=self.on_save)
 
-        panel.str("collection_name", label="Save results as collection")
-        panel.btn("save", label="Save", on_click=self.on_save)
-        return types.Property(panel, view=types.GridView(
-            orientation="vertical", gap=2, padding=2))
+    def _render_collections(self, panel, state):
+        names = state.get("collections")
+        choices = types.Dropdown()
+        for name in names:
+            choices.add_choice(name, label=name)
+        panel.enum("collection", names, label="Collections",
+                   default=state.get("collection"), view=choices)
+        row = panel.h_stack("collection_actions", gap=1)
+        row.btn("load_collection", label="Load",
+                on_click=self.on_load_collection)
+        row.btn("rename_collection", label="Rename",
+                on_click=self.on_rename_collection)
+        row.btn("delete_collection", label="Delete",
+                on_click=self.on_delete_collection)
+
+
+def _slider_bounds(low, high):
+    # the App's slider is a range slider only when both bounds are truthy
+    # (0.0 is not), and it needs some width
+    if high - low < 1e-3:
+        low, high = low - 0.005, high + 0.005
+    return (low or 1e-6), (high or 1e-6)

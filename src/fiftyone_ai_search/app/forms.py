@@ -272,6 +272,19 @@ def search_from_params(ctx, params, selected):
     return ais.perform_ai_search(search_scope(ctx, params), **kwargs)
 
 
+def search_and_show(ctx, params, selected):
+    """Runs the search of ``params`` and shows its results in the App.
+
+    Returns:
+        ``{"collection": name or None, "count": n}``
+    """
+    name = search_from_params(ctx, params, selected)
+    if name is None:
+        ctx.ops.notify("Nothing matched", variant="warning")
+        return {"collection": None, "count": 0}
+    return {"collection": name, "count": len(show_collection(ctx, name))}
+
+
 def show_collection(ctx, name, min_score=None, max_score=None):
     """Sets the App's view to a collection (or a score range of it).
 

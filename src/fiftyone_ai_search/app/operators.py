@@ -225,12 +225,7 @@ class AISearch(_Operator):
             forms.enable_from_params(ctx, ctx.params, _secrets(ctx))
             ctx.ops.open_panel(PANEL_NAME)  # where the progress shows
             return {"enabled": True}
-        name = forms.search_from_params(ctx, ctx.params, ctx.selected or [])
-        if name is None:
-            ctx.ops.notify("Nothing matched", variant="warning")
-            return {"collection": None, "count": 0}
-        view = forms.show_collection(ctx, name)
-        return {"collection": name, "count": len(view)}
+        return forms.search_and_show(ctx, ctx.params, ctx.selected or [])
 
 
 class SearchSimilar(_Operator):
@@ -263,14 +258,10 @@ class SearchSimilar(_Operator):
 
     def execute(self, ctx):
         params = dict(ctx.params, mode="similar")
-        name = forms.search_from_params(ctx, params, self._references(ctx))
-        if name is None:
-            ctx.ops.notify("Nothing matched", variant="warning")
-            return {"collection": None, "count": 0}
+        result = forms.search_and_show(ctx, params, self._references(ctx))
         if ctx.current_sample:
-            ctx.ops.close_sample()
-        view = forms.show_collection(ctx, name)
-        return {"collection": name, "count": len(view)}
+            ctx.ops.close_sample()  # to the grid, where the results are
+        return result
 
 
 class FilterByScore(_Operator):

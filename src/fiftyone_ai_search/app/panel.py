@@ -158,12 +158,8 @@ class AISearchPanel(foo.Panel):
     @_reported
     def on_search(self, ctx):
         params = dict(ctx.panel.state.get("search") or {})
-        name = forms.search_from_params(ctx, params, ctx.selected or [])
+        forms.search_and_show(ctx, params, ctx.selected or [])
         ctx.panel.set_state("range", None)
-        if name is None:
-            ctx.ops.notify("Nothing matched", variant="warning")
-        else:
-            forms.show_collection(ctx, name)
         self._refresh_results(ctx)
 
     @_reported

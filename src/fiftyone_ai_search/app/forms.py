@@ -8,6 +8,8 @@ that cannot be run (nothing selected, not indexed yet) are marked
 than failing.
 """
 
+import os
+
 import fiftyone.operators.types as types
 
 import fiftyone_ai_search as ais
@@ -50,7 +52,7 @@ def status_text(status):
     if state == "failed":
         return (f"**Indexing failed**: {status.get('last_error') or 'stopped'}."
                 " Enable again, or run 'AI search: compute embeddings'.")
-    text = f"**Ready** ({status['model']}"
+    text = f"**Ready** ({model_label(status['model'], status['pretrained'])}"
     updated = status.get("updated_at")
     if updated is not None:
         text += f", updated {updated:%Y-%m-%d %H:%M} UTC"
@@ -62,6 +64,13 @@ def status_text(status):
     if status.get("last_error"):
         text += f". Last sync failed: {status['last_error']}"
     return text + "."
+
+
+def model_label(model, pretrained):
+    """A model as a curator reads it: a checkpoint by its folder's name."""
+    if model.startswith("local-dir:"):
+        return os.path.basename(model.rstrip("/")) + " (local checkpoint)"
+    return f"{model} / {pretrained}" if pretrained else model
 
 
 def jsonable(value):
@@ -163,7 +172,8 @@ def search_scope(ctx, params):
     the latest results (or a score range of them) or the user asked for the
     whole dataset, else the App's current view."""
     view = ctx.view
-    if params.get("whole_dataset") or ais.is_latest_results(view):
+    if (params.get("whole_dataset") or not view._stages  # the whole dataset
+            or ais.is_latest_results(view)):
         return ctx.dataset
     return view
 

@@ -223,7 +223,7 @@ class AISearch(_Operator):
         if forms.readiness(ais.get_status(ctx.dataset, counts=False)) in (
                 "off", "failed"):
             forms.enable_from_params(ctx, ctx.params, _secrets(ctx))
-            ctx.ops.open_panel(PANEL_NAME)  # where the progress shows
+            ctx.ops.open_panel(PANEL_NAME, layout="horizontal")  # beside the grid: progress
             return {"enabled": True}
         return forms.search_and_show(ctx, ctx.params, ctx.selected or [])
 

@@ -298,7 +298,7 @@ class AISearchPanel(foo.Panel):
 
     def _render_results(self, panel, state):
         results = state.get("results")
-        panel.md(f"#### Latest results: {results['query']}, "
+        panel.md(f"**Latest results**: {results['query']}, "
                  f"{results['count']} samples, scores "
                  f"{results['low']:.3f} to {results['high']:.3f}",
                  name="results_title")
@@ -316,9 +316,11 @@ class AISearchPanel(foo.Panel):
         panel.list("score_range", types.Number(), label="Score range",
                    default=state.get("score_range") or [lo, hi],
                    on_change=self.on_slider,
+                   # label on top: the App drops an inline ("left") label
+                   # after the first render and shows "Threshold"
                    view=types.SliderView(min=lo, max=hi, value_precision=3,
                                          variant="withInputs",
-                                         label="Score range"))
+                                         label_position="top"))
         shown = state.get("range")
         if shown:
             panel.md(f"Showing scores {shown[0]:.3f} to {shown[1]:.3f}: "

@@ -1,0 +1,1050 @@
+"""A real-browser driver for the FiftyOne App, for end-to-end tests.
+
+Pytest fixtures start the App server (``fo.launch_app(..., remote=True)`` in
+the test process, so ``session.view`` / ``session.selected`` follow what the
+browser does) and a headless Chromium driven by selenium; :class:`App` wraps
+the driver with helpers that find things the way a user does: by visible
+text, label or tooltip, not by CSS paths, so the tests survive changes of our
+panel's layout. The few selectors used are FiftyOne's own ``data-cy`` test
+hooks (its e2e tests use them) and MUI / Plotly class names.
+
+Use it from a test module::
+
+    from app_browser import app, app_session, browser, browser_artifacts  # noqa: F401
+
+    @pytest.fixture(scope="module")
+    def app_dataset(tmp_path_factory):
+        return shapes_dataset(tmp_path_factory.mktemp("ds"), num_samples=60)
+
+    def test_something(app, app_dataset):
+        app.open_dataset(app_dataset.name)
+        panel = app.open_panel("AI Search")
+        app.fill("Prompt", "a red circle", root=panel)
+        app.click_button("Search", root=panel)
+
+``app_session`` needs an ``app_dataset`` fixture (module scope) in the test
+module. Waits poll for a condition (default :data:`TIMEOUT` s: the machines
+are slow and shared); nothing sleeps a fixed time where a condition can be
+waited for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import socket
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Optional, TypeVar, Union
+
+import pytest
+
+try:  # selenium is optional: without it the browser tests skip (or fail in CI)
+    from selenium import webdriver
+    from selenium.common.exceptions import (
+        ElementClickInterceptedException,
+        NoSuchElementException,
+        StaleElementReferenceException,
+        WebDriverException,
+    )
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.remote.webelement import WebElement
+    from selenium.webdriver.support.select import Select
+except ImportError:  # pragma: no cover - exercised where selenium is missing
+    webdriver = None
+    WebElement = Any  # type: ignore[misc,assignment]
+
+T = TypeVar("T")
+
+#: default seconds to wait for anything
+TIMEOUT = float(os.environ.get("AIS_BROWSER_TIMEOUT", "45"))
+
+CHROMIUM = os.environ.get("AIS_CHROMIUM", "/usr/bin/chromium")
+CHROMEDRIVER = os.environ.get("AIS_CHROMEDRIVER", "/usr/bin/chromedriver")
+CHROME_FLAGS = (
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--window-size=1600,1000",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+)
+INSTALL_HINT = (
+    "install them with `apt-get install -y chromium chromium-driver` and "
+    "`pip install selenium`"
+)
+
+DEFAULT_ARTIFACTS = Path(__file__).resolve().parent / "artifacts" / "browser"
+
+# Not errors of ours: the App loads Google fonts (offline here), and its
+# router throws "entry is loading" when something reads the location while a
+# navigation is under way (seen now and then as the panel re-renders; the
+# page carries on unharmed)
+_CONSOLE_NOISE = re.compile(
+    r"fonts\.googleapis\.com|favicon\.ico|Uncaught Error: entry is loading")
+
+# Elements a user can click; a click on text inside one goes to the closest
+_CLICKABLE = ("button, [role=button], a, [role=tab], [role=menuitem], "
+              "[role=option], label, [data-cy^=new-panel-option-]")
+
+# Form controls a label can belong to
+_CONTROLS = ("input:not([type=hidden]), textarea, select, [role=combobox], "
+             "[role=slider], [role=radiogroup], [role=checkbox]")
+
+# Shared JavaScript: visibility, an element's own text, elements by text.
+# Material icons are ligatures (the text "travel_explore" draws the icon),
+# so a button's full textContent is "travel_exploreAI Search": matching an
+# element's OWN text nodes avoids that.
+_JS_LIB = r"""
+const norm = s => (s || "").replace(/[\s\u200b]+/g, " ").trim();
+const visible = e => {
+  if (!e.getClientRects().length) return false;
+  const st = getComputedStyle(e);
+  return st.visibility !== "hidden" && st.display !== "none" && st.opacity !== "0";
+};
+// on top at its centre: false for items clipped away by an overflow box
+const hittable = e => {
+  const r = e.getBoundingClientRect();
+  const h = document.elementFromPoint(r.left + r.width / 2, r.top + r.height / 2);
+  return !!h && (h === e || e.contains(h));
+};
+const ownText = e => norm([...e.childNodes].filter(n => n.nodeType === 3)
+                          .map(n => n.textContent).join(""));
+// text: a string (exact, or a substring) or {re, flags} from a Python regex
+const matches = (s, text, exact) => text && text.re !== undefined
+  ? new RegExp(text.re, text.flags).test(s) : exact ? s === text : s.includes(text);
+const byText = (root, text, exact) => {
+  const out = [];
+  for (const e of root.querySelectorAll("*")) {
+    if (!visible(e)) continue;
+    const names = [ownText(e), norm(e.getAttribute("aria-label")),
+                   norm(e.getAttribute("title"))];
+    if (names.some(s => s && matches(s, text, exact))) out.push(e);
+  }
+  return out;
+};
+"""
+
+
+# -- availability ---------------------------------------------------------------
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def unavailable(reason: str) -> None:
+    """Skips the test, or fails it in CI, where a browser test must never
+    silently stop running."""
+    if _in_ci():
+        pytest.fail(f"{reason} (CI=true: browser tests must run)",
+                    pytrace=False)
+    pytest.skip(reason)
+
+
+def require_browser() -> None:
+    """Skips (fails in CI) unless selenium, chromium and chromedriver are
+    all there."""
+    missing = []
+    if webdriver is None:
+        missing.append("selenium")
+    for path in (CHROMIUM, CHROMEDRIVER):
+        if not (os.path.isfile(path) or shutil.which(path)):
+            missing.append(path)
+    if missing:
+        unavailable(f"Browser test needs {', '.join(missing)}: {INSTALL_HINT}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- fixtures -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def browser_artifacts() -> Path:
+    """Where screenshots go: ``$AIS_BROWSER_ARTIFACTS`` or
+    ``tests/artifacts/browser``."""
+    path = Path(os.environ.get("AIS_BROWSER_ARTIFACTS") or DEFAULT_ARTIFACTS)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator["webdriver.Chrome"]:
+    """A headless Chromium with the browser console log enabled."""
+    require_browser()
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in CHROME_FLAGS:
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    service = webdriver.ChromeService(executable_path=CHROMEDRIVER)
+    try:
+        driver = webdriver.Chrome(options=options, service=service)
+    except WebDriverException as e:
+        unavailable(f"Chromium did not start ({e.msg}); {INSTALL_HINT}")
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture(scope="module")
+def app_session(app_dataset) -> Iterator[Any]:
+    """The App server, with our plugin installed, for the module's
+    ``app_dataset``: a remote ``fo.Session`` on a free port of 127.0.0.1.
+
+    The server is a child process that inherits this process's environment
+    (the private mongod and plugins dir of ``isolated_fiftyone``); the
+    plugin's Python code, and any worker it spawns, runs there. The session
+    subscribes to the server's state, so ``session.view``/``selected``
+    follow the browser (within ~1 s).
+    """
+    require_browser()  # no server without a browser to look at it
+    import fiftyone as fo
+
+    from fiftyone_ai_search.app.install import install_plugin
+
+    install_plugin()
+    session = fo.launch_app(app_dataset, remote=True, address="127.0.0.1",
+                            port=free_port())
+    try:
+        yield session
+    finally:
+        # stops the server child (it waits on it) once no session uses it
+        session.close()
+
+
+@pytest.fixture
+def app(request, browser, app_session, browser_artifacts) -> Iterator["App"]:
+    """An :class:`App` on the module's server. On a failed test it saves a
+    screenshot and prints the console errors, to see what went wrong."""
+    failed_before = request.session.testsfailed
+    url = f"http://{app_session.server_address}:{app_session.server_port}"
+    driver = App(browser, url, session=app_session,
+                 artifacts=browser_artifacts)
+    driver.console_errors()  # forget what earlier tests logged
+    yield driver
+    if request.session.testsfailed > failed_before:
+        with contextlib.suppress(Exception):
+            path = driver.screenshot(f"FAILED-{request.node.name}")
+            print(f"\nscreenshot: {path}")
+            for line in driver.console_errors():
+                print(f"console: {line}")
+
+
+def _js_arg(value: Any) -> Any:
+    """A compiled regex goes to JavaScript as ``{re, flags}``."""
+    if isinstance(value, re.Pattern):
+        return {"re": value.pattern,
+                "flags": "i" if value.flags & re.IGNORECASE else ""}
+    return value
+
+
+#: a label or text to find: exact text, or a compiled regex (``re.search``)
+Text = Union[str, "re.Pattern[str]"]
+
+#: where to look: an element, or a callable that finds it (again each time)
+Root = Union["WebElement", Callable[[], "WebElement"]]
+
+
+# -- the driver -----------------------------------------------------------------
+
+
+class App:
+    """The FiftyOne App in a browser, driven by visible text and labels.
+
+    Methods that take ``root`` search inside that element (a panel, the
+    operator prompt, the sample modal); default the whole page.
+
+    Args:
+        driver: a selenium WebDriver
+        url: the App's base URL, ``http://host:port``
+        session (None): the ``fo.Session`` of that server, for the view
+        artifacts (None): the screenshots directory
+        timeout (TIMEOUT): default seconds for every wait
+    """
+
+    def __init__(self, driver: "webdriver.Chrome", url: str,
+                 session: Any = None, artifacts: Optional[Path] = None,
+                 timeout: float = TIMEOUT) -> None:
+        self.driver = driver
+        self.url = url.rstrip("/")
+        self.session = session
+        self.artifacts = Path(artifacts or DEFAULT_ARTIFACTS)
+        self.timeout = timeout
+
+    # -- waiting and scripts ------------------------------------------------------
+
+    def wait(self, condition: Callable[[], T], what: str,
+             timeout: Optional[float] = None, interval: float = 0.1) -> T:
+        """Polls ``condition`` until it returns something truthy, and returns
+        that. The React UI re-renders all the time, so an element found a
+        moment ago may be gone: stale/missing elements count as "not yet"."""
+        deadline = time.monotonic() + (timeout or self.timeout)
+        last_error: Optional[Exception] = None
+        while True:
+            try:
+                result = condition()
+                if result:
+                    return result
+            except (StaleElementReferenceException, NoSuchElementException,
+                    ElementClickInterceptedException, LookupError) as e:
+                last_error = e
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"Timed out after {timeout or self.timeout:.0f} s waiting "
+                    f"for {what}" + (f" (last: {last_error!r})"
+                                     if last_error else ""))
+            time.sleep(interval)
+
+    def js(self, script: str, *args: Any) -> Any:
+        """Runs ``script`` (a function body, with the shared helpers
+        ``norm``/``visible``/``ownText``/``byText`` in scope)."""
+        return self.driver.execute_script(
+            _JS_LIB + script, *(_js_arg(a) for a in args))
+
+    def _root(self, root: Optional[Root]) -> WebElement:
+        # a callable root is looked up again on every use: a panel's content
+        # element is replaced when the panel re-renders
+        if callable(root):
+            root = root()
+        return root if root is not None else self.driver.find_element(
+            By.TAG_NAME, "body")
+
+    # -- page, text, diagnostics -----------------------------------------------------
+
+    def open_dataset(self, name: str) -> None:
+        """Loads ``/datasets/<name>`` and waits until the grid shows samples."""
+        self.driver.get(f"{self.url}/datasets/{name}")
+        self.wait(lambda: self.sample_count() is not None
+                  and self.driver.find_elements(By.CSS_SELECTOR,
+                                                "[data-cy=looker]"),
+                  f"the grid of dataset {name!r}")
+        self.dismiss_popups()
+
+    def reload(self) -> None:
+        """Reloads the page and waits for the grid again."""
+        self.driver.refresh()
+        self.wait(lambda: self.driver.find_elements(By.CSS_SELECTOR,
+                                                    "[data-cy=looker]"),
+                  "the grid after a reload")
+
+    def press(self, key: str) -> None:
+        """Presses a key (a name of selenium's ``Keys``, e.g. "ESCAPE") in
+        whatever has the focus."""
+        ActionChains(self.driver).send_keys(getattr(Keys, key, key)).perform()
+
+    def dismiss_popups(self) -> None:
+        """Closes FiftyOne's "Explore Enterprise" popover, which opens on the
+        first visit over the grid's top right corner and eats clicks."""
+        for button in self.find_text("Dismiss"):
+            with contextlib.suppress(WebDriverException):
+                button.click()
+
+    def text(self, root: Optional[Root] = None) -> str:
+        """The visible text of ``root``, whitespace collapsed."""
+        return self.js("return norm(arguments[0].innerText);",
+                       self._root(root))
+
+    def wait_for_text(self, text: Text, root: Optional[Root] = None,
+                      timeout: Optional[float] = None) -> str:
+        """Waits until ``text`` (a substring, or a compiled regex) is visible
+        in ``root``; returns the whole text."""
+        def found() -> Optional[str]:
+            current = self.text(root)
+            ok = (text.search(current) if isinstance(text, re.Pattern)
+                  else text in current)
+            return current if ok else None
+        return self.wait(found, f"text {text!r}", timeout)
+
+    def find_text(self, text: Text, root: Optional[Root] = None,
+                  exact: bool = True) -> list[WebElement]:
+        """Visible elements under ``root`` whose own text, aria-label or
+        title is ``text`` (or contains it, with ``exact=False``); the
+        innermost first in document order."""
+        return self.js("return byText(arguments[0], arguments[1], arguments[2]);",
+                       self._root(root), text, exact)
+
+    def console_errors(self) -> list[str]:
+        """Browser console errors (SEVERE) since the last call. The App logs
+        operator failures here and often shows nothing on screen."""
+        entries = self.driver.get_log("browser")
+        return [e["message"] for e in entries if e.get("level") == "SEVERE"
+                and not _CONSOLE_NOISE.search(e.get("message", ""))]
+
+    def screenshot(self, name: str) -> Path:
+        """Saves a PNG of the window under the artifacts dir; returns it."""
+        self.artifacts.mkdir(parents=True, exist_ok=True)
+        path = self.artifacts / (re.sub(r"[^\w.-]+", "_", name) + ".png")
+        self.driver.save_screenshot(str(path))
+        return path
+
+    def notifications(self) -> list[str]:
+        """Texts of the snackbars/alerts now shown (``ctx.ops.notify``)."""
+        return self.js("""
+            const els = document.querySelectorAll(
+              "[role=alert], .MuiSnackbar-root, .MuiAlert-root, [id^=notistack]");
+            return [...new Set([...els].filter(visible)
+                               .map(e => norm(e.innerText)).filter(Boolean))];
+        """)
+
+    def wait_for_notification(self, text: str,
+                              timeout: Optional[float] = None) -> str:
+        """Waits for a notification containing ``text``; returns it."""
+        return self.wait(lambda: next((n for n in self.notifications()
+                                       if text in n), None),
+                         f"a notification {text!r}", timeout)
+
+    # -- clicking and forms -------------------------------------------------------------
+
+    def _clickable(self, text: Text, root: Optional[Root]) -> WebElement:
+        elements = self.js(f"""
+            const sel = {_CLICKABLE!r};
+            const hits = [...new Set(byText(arguments[0], arguments[1], true)
+                .map(e => e.closest(sel) || e).filter(visible))];
+            // a section title may read like a button ("Search" above the
+            // form, "Search" the button): real buttons first, then anything
+            // clickable, then plain text; disabled twins after enabled ones
+            const rank = e => (e.matches("button, [role=button]") ? 0
+                               : e.matches(sel) ? 1 : 2)
+              + (e.disabled || e.classList.contains("Mui-disabled")
+                 || e.getAttribute("aria-disabled") === "true" ? 3 : 0);
+            return hits.sort((a, b) => rank(a) - rank(b));
+        """, self._root(root), text)
+        if not elements:
+            raise LookupError(f"nothing clickable labelled {text!r}")
+        return elements[0]
+
+    def click(self, element: WebElement) -> None:
+        """Clicks ``element`` after scrolling it into view within its scroll
+        box (the panel scrolls; "nearest" leaves the page itself alone).
+        Falls back to a JS click if something overlays it (a fading
+        tooltip, a sticky header)."""
+        self.driver.execute_script(
+            "arguments[0].scrollIntoView({block: 'nearest', inline: 'nearest'})",
+            element)
+        try:
+            element.click()
+        except ElementClickInterceptedException:
+            self.driver.execute_script("arguments[0].click()", element)
+
+    def click_button(self, text: Text, root: Optional[Root] = None,
+                     timeout: Optional[float] = None) -> WebElement:
+        """Clicks the button (or link, tab, option) whose text, aria-label
+        or title is ``text``; waits for it to appear."""
+        element = self.wait(lambda: self._clickable(text, root),
+                            f"a button {text!r}", timeout)
+        self.click(element)
+        return element
+
+    def button(self, text: Text, root: Optional[Root] = None,
+               timeout: Optional[float] = None) -> WebElement:
+        """The ``<button>`` labelled ``text``, enabled or not (to check
+        whether it is disabled, without clicking it)."""
+        def find() -> Optional[WebElement]:
+            return self.js("""
+                return byText(arguments[0], arguments[1], true)
+                  .map(e => e.closest("button")).filter(Boolean)[0] || null;
+            """, self._root(root), text)
+        return self.wait(find, f"a button {text!r}", timeout)
+
+    def is_disabled(self, element: WebElement) -> bool:
+        return bool(self.js("""
+            const e = arguments[0];
+            return e.disabled || e.classList.contains("Mui-disabled")
+                   || e.getAttribute("aria-disabled") === "true";
+        """, element))
+
+    def field(self, label: Text, root: Optional[Root] = None,
+              timeout: Optional[float] = None) -> WebElement:
+        """The form control that ``label`` labels: a ``<label for>``
+        target, else the first control that follows the label inside the
+        smallest container holding both. (FiftyOne's forms put the label
+        text in a ``<p>`` beside the input, not in a ``<label>``.)"""
+        def find() -> Optional[WebElement]:
+            return self.js(f"""
+                const controls = {_CONTROLS!r};
+                for (const lab of byText(arguments[0], arguments[1], true)) {{
+                  const forId = lab.closest("label[for]");
+                  if (forId && document.getElementById(forId.htmlFor))
+                    return document.getElementById(forId.htmlFor);
+                  for (let box = lab.parentElement; box && box !== document.body;
+                       box = box.parentElement) {{
+                    const after = [...box.querySelectorAll(controls)].filter(c =>
+                      !lab.contains(c) && (lab.compareDocumentPosition(c)
+                                           & Node.DOCUMENT_POSITION_FOLLOWING));
+                    if (after.length) {{
+                      // a radio group: return the group, not its first radio
+                      const c = after[0];
+                      return c.closest("[role=radiogroup]") || c;
+                    }}
+                  }}
+                }}
+                return null;
+            """, self._root(root), label)
+        return self.wait(find, f"a field labelled {label!r}", timeout)
+
+    def fill(self, label: Text, value: Any,
+             root: Optional[Root] = None) -> WebElement:
+        """Types ``value`` into the text/number field labelled ``label``,
+        replacing what is there. Keystrokes, not ``element.clear()``: React
+        only sees input events, so a cleared value would come back."""
+        def type_in() -> bool:
+            # all again if the panel re-rendered under us (stale element)
+            element = self.field(label, root)
+            self.click(element)
+            element.send_keys(Keys.CONTROL, "a")
+            element.send_keys(Keys.BACKSPACE)
+            element.send_keys(str(value))
+            return True
+
+        self.wait(type_in, f"typing into {label!r}")
+        # the form is controlled: wait until React took the value. Look
+        # the field up again: a dynamic form re-renders after an edit
+        self.wait(lambda: self.field(label, root).get_attribute("value")
+                  == str(value), f"field {label!r} to read {value!r}")
+        return self.field(label, root)
+
+    def choose(self, label: Text, option: str,
+               root: Optional[Root] = None) -> None:
+        """Picks ``option`` in the radio group, dropdown (MUI Select or
+        Autocomplete) or native ``<select>`` labelled ``label``."""
+        control = self.field(label, root)
+        tag = control.tag_name.lower()
+        role = control.get_attribute("role") or ""
+        if role == "radiogroup" or control.get_attribute("type") == "radio":
+            group = control if role == "radiogroup" else control.find_element(
+                By.XPATH, "./ancestor::*[@role='radiogroup'][1]")
+            self.click_button(option, root=group)
+            # the group is looked up again: the form may re-render on a choice
+            self.wait(lambda: option in self.js("""
+                return [...arguments[0].querySelectorAll("input:checked")]
+                       .map(i => norm(i.closest("label")?.innerText));
+            """, self.field(label, root)),
+                f"radio {option!r} of {label!r} to be checked")
+        elif tag == "select":
+            Select(control).select_by_visible_text(option)
+        else:
+            # MUI Select (div role=combobox) or Autocomplete (input): open
+            # it, then pick from the listbox it renders in a body portal
+            self.click(control)
+            if tag == "input":
+                control.send_keys(Keys.CONTROL, "a")
+                control.send_keys(option)
+            listbox = self.wait(lambda: next(iter(reversed(
+                [e for e in self.driver.find_elements(
+                    By.CSS_SELECTOR, "[role=listbox]") if e.is_displayed()])),
+                None), f"the options of {label!r}")
+            self.click_button(option, root=listbox)
+            self.wait(lambda: not any(e.is_displayed() for e in
+                                      self.driver.find_elements(
+                                          By.CSS_SELECTOR, "[role=listbox]")),
+                      f"the options of {label!r} to close")
+
+    def close_menus(self) -> None:
+        """Closes open MUI menus/popovers: a click on their backdrop (they
+        ignore Escape when their search box has no focus)."""
+        for backdrop in reversed(self.driver.find_elements(
+                By.CSS_SELECTOR, ".MuiBackdrop-invisible")):
+            with contextlib.suppress(WebDriverException):
+                backdrop.click()
+        self.wait(lambda: not self.driver.find_elements(
+            By.CSS_SELECTOR, ".MuiBackdrop-invisible"), "menus to close")
+
+    # -- panels --------------------------------------------------------------------------
+
+    def open_panel(self, label: Text) -> WebElement:
+        """Opens the panel ``label`` from the grid's "+" (new panel) menu,
+        unless a tab of that name is already open; returns its root."""
+        if not self._panel_tab(label):
+            self.click(self.wait(lambda: self.driver.find_element(
+                By.CSS_SELECTOR, "[data-cy=new-panel-btn]"),
+                "the new-panel button"))
+            menu_item = self.wait(lambda: self.js("""
+                const items = [...document.querySelectorAll(
+                    "[data-cy^=new-panel-option-]")].filter(visible);
+                return items.find(i => byText(i, arguments[0], true).length);
+            """, label), f"{label!r} in the new-panel menu")
+            self.click(menu_item)
+        return self.panel(label)
+
+    def _panel_tab(self, label: Text) -> Optional[WebElement]:
+        return self.js("""
+            return [...document.querySelectorAll("[data-cy^=panel-tab-]")]
+              .find(t => byText(t, arguments[0], true).length) || null;
+        """, label)
+
+    def panel(self, label: Text, timeout: Optional[float] = None) -> WebElement:
+        """The content root of the open panel whose tab reads ``label``.
+        Tab and content share a suffix (``panel-tab-ai_search_panel`` /
+        ``panel-content-ai_search_panel``), case aside (``-samples`` /
+        ``-Samples``). Look it up again after big re-renders."""
+        def find() -> Optional[WebElement]:
+            tab = self._panel_tab(label)
+            if tab is None:
+                return None
+            key = tab.get_attribute("data-cy")[len("panel-tab-"):].lower()
+            return self.js("""
+                return [...document.querySelectorAll("[data-cy^=panel-content-]")]
+                  .find(c => c.dataset.cy.slice(14).toLowerCase() === arguments[0]
+                             && visible(c)) || null;
+            """, key)
+        return self.wait(find, f"the panel {label!r}", timeout)
+
+    # -- grid actions and the operator prompt -----------------------------------------------
+
+    def grid_action(self, label: Text) -> WebElement:
+        """The button above the grid labelled ``label``. Icon buttons show
+        their label only as a tooltip on hover (``data-cy=tooltip-<label>``),
+        so each is hovered in turn when no text matches. When the grid is
+        narrow (a panel beside it) the row is clipped and the rest sits
+        behind a "More items" expander (ExpandMore icon) that pops up copies
+        of the hidden buttons: only buttons on top at their centre count."""
+        bar = self.wait(lambda: self.driver.find_element(
+            By.CSS_SELECTOR, "[data-cy=fo-grid-actions]"), "the grid actions")
+        for attempt in range(2):
+            items = self._action_items(bar, label)
+            if len(items) == 1 and self.find_text(label, items[0]):
+                return items[0]
+            # plugin buttons come after the built-in ones: hover from the end
+            item = self._hover_for_tooltip(reversed(items), label)
+            if item is not None:
+                return item
+            expander = self.js("""
+                const svg = [...arguments[0].querySelectorAll(
+                    "svg[data-testid=ExpandMoreIcon]")].find(visible);
+                return svg ? svg.parentElement : null;
+            """, bar)
+            if expander is None or attempt:
+                break
+            self.click(expander)
+        raise LookupError(f"no grid action labelled {label!r}")
+
+    def _action_items(self, container: WebElement,
+                      label: Text) -> list[WebElement]:
+        """The action buttons (FiftyOne's ``data-cy=action-*`` and operator
+        placements, ``data-item-id=<operator uri>``) in ``container`` that a
+        click can reach; those with ``label`` as text, if any."""
+        return self.js("""
+            const sel = "[data-item-id], [data-cy^=action-]";
+            const all = [...arguments[0].querySelectorAll(sel)].filter(e =>
+                visible(e) && hittable(e) && !e.parentElement.closest(sel));
+            const text = all.filter(e => byText(e, arguments[1], true).length);
+            return text.length ? text : all;
+        """, container, label)
+
+    def _tooltips(self) -> set[str]:
+        return set(self.js("""
+            return [...document.querySelectorAll("[data-cy^=tooltip-], [role=tooltip]")]
+                   .filter(visible).map(t => norm(t.innerText));"""))
+
+    def _is_label(self, text: str, label: Text) -> bool:
+        return bool(label.search(text)) if isinstance(label, re.Pattern) \
+            else text == label
+
+    def _hover_for_tooltip(self, items: Iterable[WebElement],
+                           label: Text) -> Optional[WebElement]:
+        """The first of ``items`` whose hover tooltip reads ``label``. An
+        item is passed over as soon as another new tooltip shows (or none
+        within ~1.5 s); a lingering old tooltip does not count."""
+        for item in items:
+            before = self._tooltips()
+            with contextlib.suppress(WebDriverException):
+                ActionChains(self.driver).move_to_element(item).perform()
+            with contextlib.suppress(TimeoutError):
+                # a tooltip that was there before the hover is stale, unless
+                # it is the one we look for (the hover may re-show it)
+                shown = self.wait(lambda: {t for t in self._tooltips() if t not in
+                                           before or self._is_label(t, label)},
+                                  "a tooltip", timeout=1.5)
+                if any(self._is_label(t, label) for t in shown):
+                    return item
+        return None
+
+    def click_grid_action(self, label: Text) -> WebElement:
+        """Clicks the grid action ``label``; if it opens an operator prompt,
+        waits for it and returns it, else returns None."""
+        item = self.wait(lambda: self.grid_action(label),
+                         f"the grid action {label!r}")
+        self.click(item)
+        with contextlib.suppress(TimeoutError):
+            return self.prompt(timeout=min(self.timeout, 15))
+        return None
+
+    def prompt(self, timeout: Optional[float] = None) -> WebElement:
+        """The open operator prompt (a dialog with an Execute button)."""
+        return self.wait(lambda: self.js("""
+            const ds = [...document.querySelectorAll(
+                "[data-cy=operators-prompt-modal], [role=dialog]")].filter(visible);
+            return ds.reverse().find(d => byText(d, "Execute", true).length) || null;
+        """), "an operator prompt", timeout)
+
+    def execute_button(self) -> WebElement:
+        return self._clickable("Execute", self.prompt())
+
+    def execute_disabled(self) -> bool:
+        """Whether the prompt's Execute button is disabled now (a required
+        field is empty, or the form is being resolved again after an edit:
+        wait for it, see :meth:`wait_executable`)."""
+        return self.is_disabled(self.execute_button())
+
+    def wait_executable(self, timeout: Optional[float] = None) -> None:
+        """Waits until the prompt's Execute button is enabled."""
+        self.wait(lambda: not self.execute_disabled(),
+                  "Execute to be enabled", timeout)
+
+    def execute_prompt(self, timeout: Optional[float] = None) -> None:
+        """Presses Execute (once enabled; a dynamic form re-resolves after an
+        edit) and waits for the prompt to close. Prompts that show results
+        stay open: their Close/Done button is pressed after."""
+        prompt = self.prompt()
+        self.wait_executable()
+        self.click(self.execute_button())
+
+        def closed() -> bool:
+            try:
+                if not prompt.is_displayed():
+                    return True
+            except StaleElementReferenceException:
+                return True
+            if not self.find_text("Execute", prompt):
+                for text in ("Done", "Close"):
+                    with contextlib.suppress(LookupError):
+                        self.click(self._clickable(text, prompt))
+            return False
+        self.wait(closed, "the operator prompt to close", timeout)
+
+    def cancel_prompt(self) -> None:
+        prompt = self.prompt()
+        self.click_button("Cancel", root=prompt)
+        self.wait(lambda: not self._displayed(prompt), "the prompt to close")
+
+    def run_grid_action(self, label: Text, fill: Optional[dict] = None,
+                        choose: Optional[dict] = None) -> None:
+        """Clicks grid action ``label``, sets the prompt's fields
+        (``choose`` first: a choice can change which fields exist), and
+        executes it."""
+        prompt = self.click_grid_action(label)
+        if prompt is None:
+            raise AssertionError(f"grid action {label!r} opened no prompt")
+        for field_label, option in (choose or {}).items():
+            self.choose(field_label, option, root=self.prompt())
+        for field_label, value in (fill or {}).items():
+            self.fill(field_label, value, root=self.prompt())
+        self.execute_prompt()
+
+    @staticmethod
+    def _displayed(element: WebElement) -> bool:
+        try:
+            return element.is_displayed()
+        except StaleElementReferenceException:
+            return False
+
+    # -- the samples grid -------------------------------------------------------------------
+
+    def sample_count(self) -> Optional[int]:
+        """The count the grid header shows ("60 samples"; with a selection or
+        filter "12 of 60 samples": the first number), None if not shown."""
+        text = self.js("""
+            const e = document.querySelector("[data-cy=entry-counts]");
+            return e && visible(e) ? norm(e.innerText) : null;
+        """)
+        match = re.search(r"[\d,]+", text or "")
+        return int(match.group().replace(",", "")) if match else None
+
+    def wait_for_count(self, count: int, timeout: Optional[float] = None) -> None:
+        self.wait(lambda: self.sample_count() == count,
+                  f"the grid to show {count} samples", timeout)
+
+    def tiles(self) -> list[WebElement]:
+        """The grid's sample tiles now rendered (the grid virtualises: only
+        those near the viewport), in reading order."""
+        return self.js("""
+            const ts = [...document.querySelectorAll(
+                "[data-cy=panel-content-Samples] [data-cy=looker], [data-cy=fo-grid] [data-cy=looker]")];
+            const key = e => { const r = e.getBoundingClientRect(); return [r.top, r.left]; };
+            return [...new Set(ts)].filter(visible).sort((a, b) => {
+              const [ta, la] = key(a), [tb, lb] = key(b);
+              return Math.abs(ta - tb) > 2 ? ta - tb : la - lb; });
+        """)
+
+    def tile_labels(self) -> list[str]:
+        """The label tags shown on each rendered tile, in reading order
+        (e.g. "red circle"): what a user sees of the grid's order."""
+        return [self.js("""
+            return [...arguments[0].querySelectorAll("[data-cy^=tag-]")]
+                   .map(e => norm(e.innerText)).join(", ");
+        """, tile) for tile in self.tiles()]
+
+    def wait_for_tiles(self, count: int,
+                       timeout: Optional[float] = None) -> list[str]:
+        """Waits until exactly ``count`` tiles are rendered (the grid first
+        shows placeholders, then the tiles); returns their labels."""
+        def check() -> Optional[list[str]]:
+            labels = self.tile_labels()
+            return labels if len(labels) == count else None
+        return self.wait(check, f"{count} tiles in the grid", timeout)
+
+    def tile(self, index: int) -> WebElement:
+        return self.wait(lambda: self.tiles()[index] if len(self.tiles()) > index
+                         else None, f"grid tile {index}")
+
+    def select_tile(self, index: int, selected: bool = True) -> None:
+        """Ticks (or, with ``selected=False``, unticks) the checkbox of tile
+        ``index``; it only shows while the pointer is over the tile. All
+        again if the grid re-renders the tile meanwhile."""
+        def checkbox(tile: WebElement) -> WebElement:
+            return tile.find_element(By.CSS_SELECTOR, "input[type=checkbox]")
+
+        def toggle() -> bool:
+            tile = self.tile(index)
+            ActionChains(self.driver).move_to_element(tile).perform()
+            if checkbox(tile).is_selected() != selected:
+                self.click(tile.find_element(
+                    By.CSS_SELECTOR, "[data-cy^=looker-checkbox]"))
+            return True
+
+        self.wait(toggle, f"the checkbox of tile {index}")
+        self.wait(lambda: checkbox(self.tile(index)).is_selected() == selected,
+                  f"tile {index} to be {'' if selected else 'un'}selected")
+
+    def open_sample(self, index: int) -> WebElement:
+        """Opens tile ``index`` in the sample modal; returns the modal."""
+        tile = self.tile(index)
+        # the middle of a tile is its canvas: a click there expands it (the
+        # checkbox sits in a corner)
+        ActionChains(self.driver).move_to_element(tile).click().perform()
+        return self.sample_modal()
+
+    def sample_modal(self, timeout: Optional[float] = None) -> WebElement:
+        return self.wait(lambda: next((e for e in self.driver.find_elements(
+            By.CSS_SELECTOR, "[data-cy=modal]") if e.is_displayed()), None),
+            "the sample modal", timeout)
+
+    def click_modal_action(self, label: Text) -> WebElement:
+        """Clicks an action in the sample modal by its text, aria-label,
+        title or hover tooltip."""
+        modal = self.sample_modal()
+        with contextlib.suppress(LookupError):
+            element = self._clickable(label, modal)
+            self.click(element)
+            return element
+        item = self._hover_for_tooltip(
+            reversed(self._action_items(modal, label)), label)
+        if item is not None:
+            self.click(item)
+            return item
+        raise LookupError(f"no modal action labelled {label!r}")
+
+    def click_placement(self, operator_uri: str) -> WebElement:
+        """Clicks the button an operator placed in the App (grid actions,
+        sample modal): FiftyOne marks it ``data-item-id=<operator uri>``.
+        Exact, where a hover for the tooltip of an icon is not."""
+        def find() -> Optional[WebElement]:
+            return self.js("""
+                return [...document.querySelectorAll("[data-item-id]")]
+                  .filter(e => e.dataset.itemId === arguments[0] && visible(e)
+                               && hittable(e))[0] || null;
+            """, operator_uri)
+        element = self.wait(find, f"the button of {operator_uri}")
+        self.click(element)
+        return element
+
+    def click_icon(self, icon: str, root: Optional[Root] = None) -> WebElement:
+        """Clicks the button drawn with Material icon ``icon`` (the icon's
+        ligature text, e.g. ``"image_search"``) under ``root``. Operator
+        placements in the sample modal carry no ``data-item-id``; their
+        icon is what tells them apart."""
+        def find() -> Optional[WebElement]:
+            return self.js("""
+                const icon = [...arguments[0].querySelectorAll(".material-icons")]
+                  .find(e => norm(e.textContent) === arguments[1] && visible(e));
+                return icon ? icon.parentElement : null;
+            """, self._root(root), icon)
+        element = self.wait(find, f"a button with icon {icon!r}")
+        self.click(element)
+        return element
+
+    def close_sample(self) -> None:
+        """Closes the sample modal with Escape, as a user would. The modal
+        only hears Escape with the pointer over the sample (after another
+        popup, e.g. the operator browser, took focus, a bare Escape does
+        nothing), so the pointer goes there first."""
+        modal = self.sample_modal()
+        target = next(iter(modal.find_elements(
+            By.CSS_SELECTOR, "[data-cy=modal-looker-container]")), modal)
+        ActionChains(self.driver).move_to_element(target).send_keys(
+            Keys.ESCAPE).perform()
+        self.wait(lambda: not self._displayed(modal), "the sample modal to close")
+
+    # -- saved views ------------------------------------------------------------------------
+
+    def saved_view_names(self) -> list[str]:
+        """The view names the saved-views dropdown lists now (it is opened
+        and closed again; the page is not reloaded)."""
+        self.click(self.wait(lambda: self.driver.find_element(
+            By.CSS_SELECTOR, "[data-cy=saved-views-selection] [role=combobox]"),
+            "the saved-views dropdown"))
+        listbox = self.wait(lambda: self.driver.find_element(
+            By.CSS_SELECTOR, "[data-cy=saved-views-selection-view]"),
+            "the saved-views list")
+        # an unsaved current view is listed too, as "Unsaved view": not a
+        # saved view
+        names = self.js("""
+            return [...arguments[0].querySelectorAll("[role=option][data-value]")]
+                   .map(o => norm(o.innerText))
+                   .filter(n => n && n !== "Unsaved view");
+        """, listbox)
+        self.close_menus()
+        return names
+
+    def clear_view(self) -> None:
+        """Back to the whole dataset, as a user does: the X of the saved
+        views box (for a saved view) or of the view bar (for stages)."""
+        for cy in ("saved-views-btn-selection-clear", "btn-clear-view-bar"):
+            for button in self.driver.find_elements(By.CSS_SELECTOR,
+                                                    f"[data-cy={cy}]"):
+                if self._displayed(button):
+                    self.click(button)
+        if self.session is not None:
+            self.wait(lambda: self.session.view is None,
+                      "the App to show the whole dataset")
+
+    def current_saved_view(self) -> Optional[str]:
+        """The saved view's name the dropdown shows, None for an unsaved one
+        (its text then reads "Unsaved view")."""
+        text = self.js("""
+            const e = document.querySelector("[data-cy=saved-views-selection]");
+            return e ? norm(e.innerText) : null;""")
+        return None if not text or text == "Unsaved view" else text
+
+    # -- charts and sliders -----------------------------------------------------------------
+
+    def plots(self, root: Optional[Root] = None) -> list[WebElement]:
+        """The Plotly charts under ``root``."""
+        return [p for p in self._root(root).find_elements(
+            By.CSS_SELECTOR, ".js-plotly-plot") if p.is_displayed()]
+
+    def box_select(self, plot: WebElement, x0: float, x1: float,
+                   y0: float = 0.05, y1: float = 0.95) -> None:
+        """Drags a selection box over a Plotly chart from ``x0`` to ``x1``
+        (fractions of the plot area's width; ``y`` of its height), as a
+        mouse would: press, move in steps, release on the drag layer
+        (``.nsewdrag``, the rectangle of the plot area)."""
+        layer = plot.find_element(By.CSS_SELECTOR, ".nsewdrag")
+        self.driver.execute_script(
+            "arguments[0].scrollIntoView({block: 'nearest'})", plot)
+        rect = layer.rect
+        # offsets are from the element's centre in selenium 4
+        def at(fx: float, fy: float) -> tuple[int, int]:
+            return (int((fx - 0.5) * rect["width"]),
+                    int((fy - 0.5) * rect["height"]))
+        sx, sy = at(x0, y0)
+        ex, ey = at(x1, y1)
+        chain = ActionChains(self.driver, duration=50)
+        chain.move_to_element_with_offset(layer, sx, sy).click_and_hold()
+        steps = 8  # plotly only starts a selection after some movement
+        for i in range(1, steps + 1):
+            chain.move_to_element_with_offset(
+                layer, sx + (ex - sx) * i // steps, sy + (ey - sy) * i // steps)
+        chain.release().perform()
+
+    def sliders(self, root: Optional[Root] = None) -> list[WebElement]:
+        """The MUI sliders (``.MuiSlider-root``) under ``root``."""
+        return [s for s in self._root(root).find_elements(
+            By.CSS_SELECTOR, ".MuiSlider-root") if s.is_displayed()]
+
+    def slider_range(self, slider: WebElement) -> tuple[float, float]:
+        """The slider's ``(min, max)``."""
+        knob = slider.find_element(By.CSS_SELECTOR, "input[type=range]")
+        return (float(knob.get_attribute("aria-valuemin") or knob.get_attribute("min")),
+                float(knob.get_attribute("aria-valuemax") or knob.get_attribute("max")))
+
+    def slider_values(self, slider: WebElement) -> list[float]:
+        """The thumbs' values (one for a slider, two for a range)."""
+        return [float(v) for v in self.js("""
+            return [...arguments[0].querySelectorAll("input[type=range]")]
+                   .map(i => i.getAttribute("aria-valuenow") || i.value);
+        """, slider)]
+
+    def drag_slider(self, slider: WebElement, thumb: int,
+                    value: float) -> Optional[float]:
+        """Drags thumb ``thumb`` (0: min, 1: max of a range) of an MUI
+        slider to where ``value`` sits on its rail; returns the value it
+        took (snapped to the slider's step)."""
+        thumbs = slider.find_elements(By.CSS_SELECTOR, ".MuiSlider-thumb")
+        handle = thumbs[thumb]
+        lo, hi = self.slider_range(slider)
+        rail = slider.rect
+        target_x = rail["x"] + (value - lo) / (hi - lo) * rail["width"]
+        here = handle.rect
+        dx = int(round(target_x - (here["x"] + here["width"] / 2)))
+        (ActionChains(self.driver, duration=50).move_to_element(handle)
+         .click_and_hold().move_by_offset(dx // 2, 0).move_by_offset(dx - dx // 2, 0)
+         .release().perform())
+        try:
+            return self.slider_values(slider)[thumb]
+        except StaleElementReferenceException:
+            return None  # re-rendered on commit: read the new state instead
+
+    def set_range_inputs(self, label_min: str, value_min: Any, label_max: str,
+                         value_max: Any, root: Optional[Root] = None) -> None:
+        """For a slider variant with min/max number inputs: types both,
+        then Enter so the slider commits."""
+        for label, value in ((label_min, value_min), (label_max, value_max)):
+            self.fill(label, value, root=root)
+            # the field may have been re-rendered since: find it again
+            self.wait(lambda: self.field(label, root).send_keys(Keys.ENTER)
+                      or True, f"Enter in {label!r}")
+
+    # -- the view as the App has it -------------------------------------------------------
+
+    def view_ids(self) -> list[str]:
+        """The App's current view as ordered sample ids, from the session
+        (it follows the browser's state; ``session.view`` is None for the
+        whole dataset)."""
+        if self.session is None:
+            raise RuntimeError("App has no session: view_ids() needs one")
+        view = self.session.view
+        return (view if view is not None else self.session.dataset).values("id")
+
+    def wait_for_view(self, predicate: Callable[[list[str]], bool], what: str,
+                      timeout: Optional[float] = None) -> list[str]:
+        """Waits until the App's view ids satisfy ``predicate``; returns them.
+        (The session hears of a new view ~0.7-2 s after the click.)"""
+        def check() -> Optional[list[str]]:
+            ids = self.view_ids()
+            return ids if predicate(ids) else None
+        return self.wait(check, what, timeout, interval=0.2)
+
+    def view_slug(self) -> Optional[str]:
+        """The saved view's slug in the URL (``?view=<slug>``), if any."""
+        match = re.search(r"[?&]view=([^&#]+)", self.driver.current_url)
+        return match.group(1) if match else None
+
+    def selected_ids(self) -> list[str]:
+        return list(self.session.selected or [])
+
+
+__all__ = [
+    "App",
+    "TIMEOUT",
+    "app",
+    "app_session",
+    "browser",
+    "browser_artifacts",
+    "free_port",
+    "require_browser",
+    "unavailable",
+]

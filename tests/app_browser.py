@@ -443,9 +443,14 @@ class App:
                      timeout: Optional[float] = None) -> WebElement:
         """Clicks the button (or link, tab, option) whose text, aria-label
         or title is ``text``; waits for it to appear."""
-        element = self.wait(lambda: self._clickable(text, root),
-                            f"a button {text!r}", timeout)
-        self.click(element)
+        return self.wait(lambda: self._clicked(self._clickable(text, root)),
+                         f"a button {text!r}", timeout)
+
+    def _clicked(self, element: Optional[WebElement]) -> Optional[WebElement]:
+        # found and clicked in one go, inside a wait: if React replaced the
+        # element in between, the wait finds it again
+        if element is not None:
+            self.click(element)
         return element
 
     def button(self, text: Text, root: Optional[Root] = None,
@@ -767,25 +772,29 @@ class App:
         self.wait(lambda: self.sample_count() == count,
                   f"the grid to show {count} samples", timeout)
 
+    _TILES_JS = """
+        const ts = [...document.querySelectorAll(
+            "[data-cy=panel-content-Samples] [data-cy=looker], [data-cy=fo-grid] [data-cy=looker]")];
+        const key = e => { const r = e.getBoundingClientRect(); return [r.top, r.left]; };
+        const tiles = [...new Set(ts)].filter(visible).sort((a, b) => {
+          const [ta, la] = key(a), [tb, lb] = key(b);
+          return Math.abs(ta - tb) > 2 ? ta - tb : la - lb; });
+    """
+
     def tiles(self) -> list[WebElement]:
         """The grid's sample tiles now rendered (the grid virtualises: only
         those near the viewport), in reading order."""
-        return self.js("""
-            const ts = [...document.querySelectorAll(
-                "[data-cy=panel-content-Samples] [data-cy=looker], [data-cy=fo-grid] [data-cy=looker]")];
-            const key = e => { const r = e.getBoundingClientRect(); return [r.top, r.left]; };
-            return [...new Set(ts)].filter(visible).sort((a, b) => {
-              const [ta, la] = key(a), [tb, lb] = key(b);
-              return Math.abs(ta - tb) > 2 ? ta - tb : la - lb; });
-        """)
+        return self.js(self._TILES_JS + "return tiles;")
 
     def tile_labels(self) -> list[str]:
         """The label tags shown on each rendered tile, in reading order
-        (e.g. "red circle"): what a user sees of the grid's order."""
-        return [self.js("""
-            return [...arguments[0].querySelectorAll("[data-cy^=tag-]")]
-                   .map(e => norm(e.innerText)).join(", ");
-        """, tile) for tile in self.tiles()]
+        (e.g. "red circle"): what a user sees of the grid's order. One
+        script: the grid replaces tiles as their images load, so a tile
+        found in one call may be gone in the next."""
+        return self.js(self._TILES_JS + """
+            return tiles.map(t => [...t.querySelectorAll("[data-cy^=tag-]")]
+                                   .map(e => norm(e.innerText)).join(", "));
+        """)
 
     def wait_for_tiles(self, count: int,
                        timeout: Optional[float] = None) -> list[str]:
@@ -793,7 +802,8 @@ class App:
         shows placeholders, then the tiles); returns their labels."""
         def check() -> Optional[list[str]]:
             labels = self.tile_labels()
-            return labels if len(labels) == count else None
+            # a tile draws its label tags once its sample has loaded
+            return labels if len(labels) == count and all(labels) else None
         return self.wait(check, f"{count} tiles in the grid", timeout)
 
     def tile(self, index: int) -> WebElement:
@@ -857,9 +867,8 @@ class App:
                   .filter(e => e.dataset.itemId === arguments[0] && visible(e)
                                && hittable(e))[0] || null;
             """, operator_uri)
-        element = self.wait(find, f"the button of {operator_uri}")
-        self.click(element)
-        return element
+        return self.wait(lambda: self._clicked(find()),
+                         f"the button of {operator_uri}")
 
     def click_icon(self, icon: str, root: Optional[Root] = None) -> WebElement:
         """Clicks the button drawn with Material icon ``icon`` (the icon's
@@ -872,9 +881,8 @@ class App:
                   .find(e => norm(e.textContent) === arguments[1] && visible(e));
                 return icon ? icon.parentElement : null;
             """, self._root(root), icon)
-        element = self.wait(find, f"a button with icon {icon!r}")
-        self.click(element)
-        return element
+        return self.wait(lambda: self._clicked(find()),
+                         f"a button with icon {icon!r}")
 
     def close_sample(self) -> None:
         """Closes the sample modal with Escape, as a user would. The modal

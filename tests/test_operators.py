@@ -437,7 +437,13 @@ def test_panel_follows_the_computation_then_searches_and_narrows(tmp_path):
     props = panel.render()
     assert "prompt 'a photo of a red circle', 10 samples" in props[
         "results_title"]["default"]
-    assert props["score_range"]["view"]["name"] == "SliderView"
+    (slider,) = [k for k in props if k.startswith("score_range_")]
+    assert props[slider]["view"]["name"] == "SliderView"
+    assert props[slider]["default"] == [scores[-1][1], scores[0][1]]
+
+    # the App setting the slider to its default changes nothing
+    panel("on_slider", value=props[slider]["default"])
+    assert panel.state.get("range") is None and not panel.asked("set_view")
 
     # a slider range narrows what is shown, and saving keeps just that
     lo = scores[4][1]
@@ -464,6 +470,9 @@ def test_panel_follows_the_computation_then_searches_and_narrows(tmp_path):
     assert panel.state["range_count"] == counts[-1]
     panel("on_reset_range")
     assert panel.state["range"] is None
+    # a new slider (the App keeps an old one's value), at the full range
+    (again,) = [k for k in panel.render() if k.startswith("score_range_")]
+    assert again != slider
 
 
 def test_panel_reports_errors_instead_of_breaking(tmp_path):

@@ -173,16 +173,17 @@ class AISearchPanel(foo.Panel):
 
     @_reported
     def on_slider(self, ctx):
-        value = ctx.params.get("value") or []
-        if len(value) == 2:
-            self._show_range(ctx, float(value[0]), float(value[1]))
+        value = [float(v) for v in ctx.params.get("value") or []]
+        default = ctx.panel.state.get("slider_default") or []
+        if len(value) != 2 or (len(default) == 2 and all(
+                abs(a - b) < 1e-9 for a, b in zip(value, default))):
+            return  # the App setting a new slider to its default: no change
+        self._show_range(ctx, value[0], value[1], from_slider=True)
 
     @_reported
     def on_reset_range(self, ctx):
         ctx.panel.set_state("range", None)
-        results = ctx.panel.state.get("results") or {}
-        ctx.panel.set_state("score_range",
-                            [results.get("low"), results.get("high")])
+        self._new_slider(ctx)
         forms.show_collection(ctx, ais.TEMPORARY_COLLECTION)
 
     @_reported
@@ -212,12 +213,24 @@ class AISearchPanel(foo.Panel):
 
     # -- state -----------------------------------------------------------------
 
-    def _show_range(self, ctx, lo, hi):
+    def _show_range(self, ctx, lo, hi, from_slider=False):
         view = forms.show_collection(ctx, ais.TEMPORARY_COLLECTION,
                                      min_score=lo, max_score=hi)
         ctx.panel.set_state("range", [lo, hi])
         ctx.panel.set_state("range_count", len(view))
-        ctx.panel.set_state("score_range", [lo, hi])
+        if not from_slider:
+            self._new_slider(ctx)  # it moves to the range chosen elsewhere
+
+    @staticmethod
+    def _new_slider(ctx):
+        # The App keeps the value a slider was last moved to, whatever the
+        # state says; a slider of another name starts from its default
+        ctx.panel.set_state("slider", (ctx.panel.state.get("slider") or 0) + 1)
+        results = ctx.panel.state.get("results") or {}
+        default = ctx.panel.state.get("range")
+        if default is None and results:
+            default = list(_slider_bounds(results["low"], results["high"]))
+        ctx.panel.set_state("slider_default", default)
 
     def _refresh(self, ctx, counts=True):
         status = ais.get_status(ctx.dataset, counts=counts)
@@ -244,8 +257,7 @@ class AISearchPanel(foo.Panel):
             ctx.dataset, ais.TEMPORARY_COLLECTION, bins=HISTOGRAM_BINS)
         ctx.panel.set_data("histogram", histogram_chart(edges, counts))
         if ctx.panel.state.get("range") is None:
-            ctx.panel.set_state("score_range",
-                                [summary["low"], summary["high"]])
+            self._new_slider(ctx)
 
     def _refresh_collections(self, ctx):
         names = [c["name"] for c in ais.list_collections(ctx.dataset)
@@ -313,8 +325,9 @@ class AISearchPanel(foo.Panel):
             on_selected=self.on_histogram_select,
         )
         lo, hi = _slider_bounds(results["low"], results["high"])
-        panel.list("score_range", types.Number(), label="Score range",
-                   default=state.get("score_range") or [lo, hi],
+        panel.list(f"score_range_{state.get('slider') or 0}", types.Number(),
+                   label="Score range",
+                   default=state.get("slider_default") or [lo, hi],
                    on_change=self.on_slider,
                    # label on top: the App drops an inline ("left") label
                    # after the first render and shows "Threshold"

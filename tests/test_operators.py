@@ -344,6 +344,7 @@ def test_find_similar_in_the_sample_modal(tmp_path):
     ref = dataset.match(F("ground_truth.label") == "green triangle").first()
     form = _form(dataset, operator="search_similar", current_sample=ref.id)
     assert "1 selected" in form["selected"]["view"]["label"]
+    assert "mode" not in form  # no choice: it is a similar search
     result = foo.execute_operator(uri("search_similar"), ctx={
         "dataset": dataset, "current_sample": ref.id,
         "params": {"limit": 3}})

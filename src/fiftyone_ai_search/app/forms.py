@@ -198,7 +198,8 @@ def scope_form(ctx, inputs, params, on_change=None):
                 default=False, on_change=on_change)
 
 
-def search_form(ctx, inputs, params, selected, on_change=None):
+def search_form(ctx, inputs, params, selected, on_change=None,
+                modes=SEARCH_MODES):
     """The search form: mode, then the fields of that mode only.
 
     Args:
@@ -208,19 +209,21 @@ def search_form(ctx, inputs, params, selected, on_change=None):
         selected: the sample ids to search similar to
         on_change (None): called when the mode or the clustering changes
             (a panel re-renders then; an operator's form is re-resolved)
+        modes (SEARCH_MODES): the modes offered; with one, no mode choice
 
     Returns:
         whether the form can be run (False: an input is invalid)
     """
     runnable = True
     mode = params.get("mode") or ("similar" if selected else "prompt")
-    inputs.enum(
-        "mode", list(SEARCH_MODES), label="Search by", default=mode,
-        on_change=on_change,
-        view=types.RadioGroup(orientation="horizontal"),
-        description="prompt: describe it; similar: like the selected "
-        "samples; diverse: a representative spread",
-    )
+    if len(modes) > 1:
+        inputs.enum(
+            "mode", list(modes), label="Search by", default=mode,
+            on_change=on_change,
+            view=types.RadioGroup(orientation="horizontal"),
+            description="prompt: describe it; similar: like the selected "
+            "samples; diverse: a representative spread",
+        )
     if mode == "prompt":
         inputs.str("prompt", label="Prompt", required=True,
                    description="Commas separate several prompts")

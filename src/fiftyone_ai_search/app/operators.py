@@ -254,7 +254,8 @@ class SearchSimilar(_Operator):
                            "grid.")
             return
         params = dict(ctx.params, mode="similar")
-        forms.search_form(ctx, inputs, params, self._references(ctx))
+        forms.search_form(ctx, inputs, params, self._references(ctx),
+                          modes=("similar",))
 
     def execute(self, ctx):
         params = dict(ctx.params, mode="similar")

@@ -215,7 +215,7 @@ def app_session(app_dataset) -> Iterator[Any]:
 
     from fiftyone_ai_search.app.install import install_plugin
 
-    install_plugin()
+    plugin_dir = install_plugin()
     session = fo.launch_app(app_dataset, remote=True, address="127.0.0.1",
                             port=free_port())
     try:
@@ -223,6 +223,8 @@ def app_session(app_dataset) -> Iterator[Any]:
     finally:
         # stops the server child (it waits on it) once no session uses it
         session.close()
+        # other tests install the plugin their own way, under the same name
+        shutil.rmtree(os.path.dirname(plugin_dir), ignore_errors=True)
 
 
 @pytest.fixture

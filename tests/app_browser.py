@@ -819,17 +819,24 @@ class App:
         def checkbox(tile: WebElement) -> WebElement:
             return tile.find_element(By.CSS_SELECTOR, "input[type=checkbox]")
 
-        def toggle() -> bool:
+        last_click = [float("-inf")]
+
+        def toggled() -> bool:
             tile = self.tile(index)
-            ActionChains(self.driver).move_to_element(tile).perform()
-            if checkbox(tile).is_selected() != selected:
+            if checkbox(tile).is_selected() == selected:
+                return True
+            # a click can be lost while the grid settles: click again, but
+            # only after the last one had time to show (no double toggle)
+            if time.monotonic() - last_click[0] > 3.0:
+                ActionChains(self.driver).move_to_element(tile).perform()
                 self.click(tile.find_element(
                     By.CSS_SELECTOR, "[data-cy^=looker-checkbox]"))
-            return True
+                last_click[0] = time.monotonic()
+            return False
 
-        self.wait(toggle, f"the checkbox of tile {index}")
-        self.wait(lambda: checkbox(self.tile(index)).is_selected() == selected,
-                  f"tile {index} to be {'' if selected else 'un'}selected")
+        self.wait(toggled,
+                  f"tile {index} to be {'' if selected else 'un'}selected",
+                  interval=0.25)
 
     def open_sample(self, index: int) -> WebElement:
         """Opens tile ``index`` in the sample modal; returns the modal."""

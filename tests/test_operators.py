@@ -222,6 +222,9 @@ def test_grid_button_offers_to_enable_then_follows_then_searches(tmp_path):
 
     # off: the form is the enable form; offline, with the default weights
     # absent, the bundled model is what it offers, and it says why
+    ctx = _context(dataset)
+    title = operator.resolve_input(ctx).to_json()["view"]["label"]
+    assert title == "AI search: enable"
     form = _form(dataset)
     assert "AI search is off" in form["status"]["default"]
     choice = form["model_choice"]

@@ -51,12 +51,14 @@ class _Operator(foo.Operator):
     def form(self, ctx, inputs):
         """Adds the operator's inputs to ``inputs``."""
 
+    def title(self, ctx):
+        """The title of the operator's form."""
+        return self.CONFIG["label"]
+
     def resolve_input(self, ctx):
         inputs = types.Object()
         self.form(ctx, inputs)
-        return types.Property(
-            inputs, view=types.View(label=self.CONFIG["label"])
-        )
+        return types.Property(inputs, view=types.View(label=self.title(ctx)))
 
 
 # -- the index -----------------------------------------------------------------
@@ -200,6 +202,11 @@ class AISearch(_Operator):
         if status["in_progress"]:
             return f"AI Search: computing {forms.progress_text(status)}"
         return "AI Search" if state == "ready" else f"AI Search ({state})"
+
+    def title(self, ctx):
+        state = forms.readiness(ais.get_status(ctx.dataset, counts=False))
+        return "AI search: enable" if state in ("off", "failed") else (
+            "AI search")
 
     def form(self, ctx, inputs):
         status = ais.get_status(ctx.dataset, counts=False)

@@ -284,12 +284,8 @@ def is_latest_results(samples):
 def delete_temporary_collection(dataset):
     """Deletes the latest search results (the temporary collection), if any."""
     view_id = _view_id(dataset, TEMPORARY_COLLECTION)
-    if view_id is None:
-        return
-    dataset.delete_saved_view(TEMPORARY_COLLECTION)
-    _scores().delete_one(
-        {"dataset_id": st.dataset_key(dataset), "view_id": view_id}
-    )
+    if view_id is not None:
+        _delete(dataset, TEMPORARY_COLLECTION, view_id)
 
 
 def rename_collection(dataset, name, new_name):
@@ -307,7 +303,10 @@ def rename_collection(dataset, name, new_name):
 
 def delete_collection(dataset, name):
     """Deletes a collection: its saved view and its scores."""
-    view_id = _require_view_id(dataset, name)
+    _delete(dataset, name, _require_view_id(dataset, name))
+
+
+def _delete(dataset, name, view_id):
     dataset.delete_saved_view(name)
     _scores().delete_one(
         {"dataset_id": st.dataset_key(dataset), "view_id": view_id}

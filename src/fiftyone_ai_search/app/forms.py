@@ -311,11 +311,17 @@ def show_collection(ctx, name, min_score=None, max_score=None):
     return view
 
 
+def named_collections(dataset):
+    """The names of the dataset's saved collections (not the latest
+    results), oldest first."""
+    return [c["name"] for c in ais.list_collections(dataset)
+            if c["name"] != ais.TEMPORARY_COLLECTION]
+
+
 def collection_choice(ctx, inputs, params):
     """A dropdown of the dataset's named collections (blocked when there
     are none)."""
-    names = [c["name"] for c in ais.list_collections(ctx.dataset)
-             if c["name"] != ais.TEMPORARY_COLLECTION]
+    names = named_collections(ctx.dataset)
     if not names:
         blocked(inputs, "no_collections",
                  "This dataset has no saved collections yet.")

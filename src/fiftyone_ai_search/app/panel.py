@@ -260,8 +260,7 @@ class AISearchPanel(foo.Panel):
             self._new_slider(ctx)
 
     def _refresh_collections(self, ctx):
-        names = [c["name"] for c in ais.list_collections(ctx.dataset)
-                 if c["name"] != ais.TEMPORARY_COLLECTION] \
+        names = forms.named_collections(ctx.dataset) \
             if ais.is_embeddings_enabled(ctx.dataset) else []
         ctx.panel.set_state("collections", names)
         if ctx.panel.state.get("collection") not in names:

@@ -30,6 +30,7 @@ from .collections import (
     save_collection,
 )
 from .config import get_settings
+from .errors import AISearchError
 from .embeddings import (
     AISearchNotEnabledError,
     calculate_embeddings,
@@ -49,6 +50,7 @@ from .sync import SyncReport
 __version__ = "0.1.0"
 
 __all__ = [
+    "AISearchError",
     "AISearchNotEnabledError",
     "CollectionNotFoundError",
     "IndexNotReadyError",

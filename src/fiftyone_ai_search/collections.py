@@ -14,6 +14,7 @@ Every search overwrites the dataset's temporary collection,
 import numpy as np
 
 from . import state as st
+from .errors import AISearchError
 
 #: the collection each search overwrites
 TEMPORARY_COLLECTION = "AI search results"
@@ -21,7 +22,7 @@ TEMPORARY_COLLECTION = "AI search results"
 SCORES_COLLECTION = "ai_search_collections"
 
 
-class CollectionNotFoundError(ValueError):
+class CollectionNotFoundError(AISearchError, ValueError):
     """No collection of that name in the dataset."""
 
 

@@ -10,11 +10,12 @@ import numpy as np
 from . import runner
 from . import state as st
 from .config import BACKENDS, get_settings
+from .errors import AISearchError
 
 logger = logging.getLogger(__name__)
 
 
-class AISearchNotEnabledError(RuntimeError):
+class AISearchNotEnabledError(AISearchError, RuntimeError):
     """AI search is off for the dataset."""
 
 

@@ -12,6 +12,7 @@ import re
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+from .errors import AISearchError
 
 #: largest image (width x height) decoded by default. It equals the size at
 #: which PIL itself raises ``DecompressionBombError`` with its own defaults,
@@ -27,7 +28,7 @@ _ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 _BACKGROUND = (255, 255, 255)
 
 
-class ImageDecodeError(Exception):
+class ImageDecodeError(AISearchError):
     """An image file could not be decoded.
 
     ``str(error)`` (also ``error.reason``) is a short human reason, e.g.

@@ -27,6 +27,7 @@ import posixpath
 import threading
 
 import numpy as np
+from .errors import AISearchError
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ _HF_WEIGHTS = "open_clip_pytorch_model.bin"
 _TEXT_BATCH = 256
 
 
-class ModelUnavailableError(RuntimeError):
+class ModelUnavailableError(AISearchError, RuntimeError):
     """The weights of a model cannot be obtained (offline, missing files)."""
 
 

@@ -16,6 +16,7 @@ from . import diverse
 from . import runner
 from . import state as st
 from .embeddings import require_enabled
+from .errors import AISearchError
 
 #: how many more hits than ``limit x total / scope size`` a search of a
 #: large scope fetches from the whole index, to keep what is in scope
@@ -35,7 +36,7 @@ NEGATIVE_WEIGHT = 0.5
 AGGREGATIONS = ("max", "mean")
 
 
-class IndexNotReadyError(RuntimeError):
+class IndexNotReadyError(AISearchError, RuntimeError):
     """The dataset's first indexing has not finished."""
 
 

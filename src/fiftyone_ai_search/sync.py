@@ -27,6 +27,7 @@ from bson import ObjectId
 
 from . import state as st
 from .store import IndexInfo
+from .errors import AISearchError
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ LOOKUP_CHUNK = 2000
 WATERMARK_MARGIN = datetime.timedelta(seconds=2)
 
 
-class SyncCancelled(Exception):
+class SyncCancelled(AISearchError):
     """AI search was disabled while the computation ran."""
 
 

@@ -14,6 +14,7 @@ import re
 import uuid
 
 import numpy as np
+from ..errors import AISearchError
 
 #: Version of the on-disk / in-collection layout of an index. Bump it, and
 #: teach the backends to migrate (or rebuild) older indexes, whenever the
@@ -21,19 +22,19 @@ import numpy as np
 SCHEMA_VERSION = 1
 
 
-class IndexMismatchError(ValueError):
+class IndexMismatchError(AISearchError, ValueError):
     """The index was built with another model (or schema) than requested."""
 
 
-class IndexBusyError(RuntimeError):
+class IndexBusyError(AISearchError, RuntimeError):
     """The index stayed locked by another process for longer than allowed."""
 
 
-class IndexNotFoundError(LookupError):
+class IndexNotFoundError(AISearchError, LookupError):
     """The index does not exist."""
 
 
-class IndexExistsError(ValueError):
+class IndexExistsError(AISearchError, ValueError):
     """The index already exists (raised by :meth:`VectorStore.create`)."""
 
 

@@ -12,6 +12,7 @@ import re
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
 from .errors import AISearchError
 
 #: largest image (width x height) decoded by default. It equals the size at

@@ -27,6 +27,7 @@ import posixpath
 import threading
 
 import numpy as np
+
 from .errors import AISearchError
 
 logger = logging.getLogger(__name__)

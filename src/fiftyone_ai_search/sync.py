@@ -26,8 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 from bson import ObjectId
 
 from . import state as st
-from .store import IndexInfo
 from .errors import AISearchError
+from .store import IndexInfo
 
 logger = logging.getLogger(__name__)
 

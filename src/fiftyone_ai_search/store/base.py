@@ -14,6 +14,7 @@ import re
 import uuid
 
 import numpy as np
+
 from ..errors import AISearchError
 
 #: Version of the on-disk / in-collection layout of an index. Bump it, and

@@ -1,19 +1,30 @@
 """Image decoding: every PIL mode to RGB, EXIF orientation, draft decoding of
-large JPEGs, decompression bombs and broken files with their reasons."""
+large JPEGs, reduced decoding of other large images within bounded memory,
+decompression bombs and broken files with their reasons."""
 
+import json
+import os
 import struct
+import subprocess
+import sys
+import textwrap
 import zlib
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
+from fiftyone_ai_search import images
+from fiftyone_ai_search.embedder import _Decoder
 from fiftyone_ai_search.images import (
     DEFAULT_MAX_PIXELS,
     ImageDecodeError,
     load_image,
     to_rgb,
 )
+from fiftyone_ai_search.preprocess import Recipe
+
+LIMIT_VARIABLE = "FIFTYONE_AI_SEARCH_MAX_IMAGE_PIXELS"
 
 
 def _gradient(width=64, height=48):
@@ -217,21 +228,189 @@ def test_draft_decodes_large_jpeg_at_reduced_size(large_jpeg):
     assert load_image(large_jpeg, draft_size=5000).size == (4000, 3000)
 
 
-def test_draft_ignores_other_formats(tmp_path):
-    path = _save(Image.fromarray(_gradient(640, 480)), tmp_path / "a.png")
-    assert load_image(path, draft_size=32).size == (640, 480)
+def test_draft_reduces_other_formats_by_an_integer_factor(tmp_path):
+    pixels = _gradient(640, 480)
+    path = _save(Image.fromarray(pixels), tmp_path / "a.png")
+
+    # 1/15: both sides stay >= 32 (640/15 rounds up: the last block is
+    # partial)
+    reduced = load_image(path, draft_size=32)
+    assert reduced.mode == "RGB" and reduced.size == (43, 32)
+    assert np.array_equal(
+        np.asarray(reduced), np.asarray(Image.fromarray(pixels).reduce(15))
+    )
+    assert load_image(path, draft_size=(100, 300)).size == (640, 480)
+    assert load_image(path).size == (640, 480)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P", "I;16", "1", "CMYK"])
+def test_reducing_in_strips_equals_converting_then_reducing(
+    tmp_path, monkeypatch, mode
+):
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 256, (130, 170, 4), dtype=np.uint8)
+    noise[..., 3] = np.where(rng.random((130, 170)) < 0.4, 0, noise[..., 3])
+    rgba = Image.fromarray(noise, "RGBA")
+    if mode == "I;16":
+        image = Image.fromarray(
+            rng.integers(0, 65536, (130, 170), dtype=np.uint16)
+        )
+    elif mode == "P":
+        image = rgba.convert("RGB").quantize(64)
+        image.info["transparency"] = 3
+    else:
+        image = rgba.convert(mode)
+    ext = "tif" if mode == "CMYK" else "png"
+    path = _save(image, tmp_path / f"a.{ext}")
+
+    # strips of 7 blocks of 5 rows (and a partial last one)
+    monkeypatch.setattr(images, "_STRIP_PIXELS", 170 * 5 * 7)
+    reduced = load_image(path, draft_size=(30, 20))
+    expected = to_rgb(Image.open(path)).reduce(5)
+    assert reduced.mode == "RGB" and reduced.size == (34, 26)
+    assert np.array_equal(np.asarray(reduced), np.asarray(expected))
+
+
+def test_transparent_pixels_are_not_averaged_in_when_reducing(tmp_path):
+    pixels = np.zeros((400, 400, 4), np.uint8)  # black, transparent
+    pixels[:, :200] = (200, 0, 0, 255)  # left half opaque red
+    path = _save(Image.fromarray(pixels, "RGBA"), tmp_path / "a.png")
+
+    out = np.asarray(load_image(path, draft_size=100))
+    assert out.shape == (100, 100, 3)
+    assert tuple(out[50, 10]) == (200, 0, 0)
+    assert tuple(out[50, 90]) == (255, 255, 255)
+
+
+def test_orientation_is_applied_to_reduced_images(tmp_path):
+    pixels = np.zeros((400, 800, 3), np.uint8)
+    pixels[:, :400] = (255, 0, 0)  # left half red
+    exif = Image.Exif()
+    exif[0x0112] = 6  # display needs 90 degrees clockwise
+    path = _save(Image.fromarray(pixels), tmp_path / "rot.png", exif=exif)
+
+    image = load_image(path, draft_size=100)
+    assert image.size == (100, 200)  # reduced 1/4, then turned
+    out = np.asarray(image).astype(int)
+    assert out[20, 50, 0] > 200  # top is red
+    assert out[180, 50, 0] < 60  # bottom is black
+
+
+# --- bounded memory ---------------------------------------------------------
+
+_MEASURE = textwrap.dedent("""
+    import json, resource, sys
+    from fiftyone_ai_search.images import load_image
+
+    def peak():
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    before = peak()
+    image = load_image(sys.argv[1], draft_size=448)
+    print(json.dumps({"before": before, "after": peak(),
+                      "size": list(image.size), "mode": image.mode}))
+""")
+
+
+def _peak_rss_of_decoding(path, env=None):
+    """Peak RSS growth (bytes) of a fresh process decoding ``path`` as the
+    embedding pipeline does (ru_maxrss is kB on Linux)."""
+    result = subprocess.run(
+        [sys.executable, "-c", _MEASURE, path],
+        capture_output=True, text=True, timeout=120,
+        env={**os.environ, **(env or {})},
+    )
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout.strip().splitlines()[-1])
+    return data["after"] - data["before"], data
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="ru_maxrss in kB on Linux"
+)
+def test_decoding_a_large_rgba_png_holds_one_frame(tmp_path):
+    side = 6000  # 36 MP: one RGBA frame is 144 MB
+    image = Image.new("RGBA", (side, side), (30, 120, 200, 255))
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((1500, 1500, 4500, 4500), fill=(220, 40, 40, 128))
+    draw.rectangle((0, 0, 2000, 2000), fill=(0, 0, 0, 0))
+    path = _save(image, tmp_path / "large.png", compress_level=1)
+    del image, draw
+
+    growth, data = _peak_rss_of_decoding(path)
+    assert data["size"] == [462, 462] and data["mode"] == "RGB"  # 1/13
+    # one frame (4 bytes a pixel) and change; converting at full size
+    # first, as before, took ~23 bytes a pixel (830 MB here)
+    frame = 4 * side * side
+    assert growth < 1.6 * frame, f"{growth / 1e6:.0f} MB"
 
 
 # --- refusals and broken files ---------------------------------------------
 
 
-def test_pixel_limit_is_configurable(tmp_path):
+# --- refusals and broken files ---------------------------------------------
+
+
+def test_pixel_limit_is_configurable(tmp_path, monkeypatch):
     path = _save(Image.new("L", (1200, 1000)), tmp_path / "big.png")
-    assert (
-        _reason(path, max_pixels=1_000_000)
-        == "image too large: 1200x1000 pixels > limit 1000000"
+    assert _reason(path, max_pixels=1_000_000) == (
+        "image too large: 1200x1000 pixels > limit 1000000 (1 MP); raise "
+        "the limit with FIFTYONE_AI_SEARCH_MAX_IMAGE_PIXELS"
     )
     assert load_image(path, max_pixels=1_200_000).size == (1200, 1000)
+
+    # by default, from the environment
+    monkeypatch.setenv(LIMIT_VARIABLE, "1100000")
+    assert "> limit 1100000 (1.1 MP)" in _reason(path)
+    monkeypatch.setenv(LIMIT_VARIABLE, "1200000")
+    assert load_image(path).size == (1200, 1000)
+
+    monkeypatch.setenv(LIMIT_VARIABLE, "lots")
+    with pytest.raises(ValueError, match=LIMIT_VARIABLE):
+        load_image(path)
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_default_pixel_limit(tmp_path, monkeypatch):
+    monkeypatch.delenv(LIMIT_VARIABLE, raising=False)
+    assert DEFAULT_MAX_PIXELS == 100_000_000
+    path = _png_header_only(tmp_path / "huge.png", 13000, 13000)
+    assert _reason(path) == (
+        "image too large: 13000x13000 pixels > limit 100000000 (100 MP); "
+        "raise the limit with FIFTYONE_AI_SEARCH_MAX_IMAGE_PIXELS"
+    )
+
+
+def test_jpeg_limit_counts_the_pixels_decoded(large_jpeg):
+    # 4000x3000 stored, 1000x750 decoded at 1/4
+    assert load_image(large_jpeg, draft_size=448, max_pixels=800_000).size == (
+        1000, 750)
+    assert _reason(large_jpeg, draft_size=448, max_pixels=700_000) == (
+        "image too large: 4000x3000 pixels, 1000x750 at reduced size > limit "
+        "700000 (0.7 MP); raise the limit with "
+        "FIFTYONE_AI_SEARCH_MAX_IMAGE_PIXELS"
+    )
+    assert "4000x3000 pixels > limit" in _reason(
+        large_jpeg, max_pixels=800_000)
+
+
+def test_a_refused_image_fails_its_sample_not_the_batch(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setenv(LIMIT_VARIABLE, "1000000")
+    big = _save(Image.new("RGBA", (1500, 1000)), tmp_path / "big.png")
+    small = _save(Image.fromarray(_gradient()), tmp_path / "small.png")
+    recipe = Recipe((("resize", 32, None, "bicubic"),
+                     ("center_crop", 32, 32), ("rgb",), ("to_array",)))
+
+    keys, pixels, failures = _Decoder(recipe, draft_size=64).decode(
+        [("big", big), ("small", small)]
+    )
+    assert keys == ["small"] and pixels.shape == (1, 3, 32, 32)
+    assert failures == {
+        "big": "image too large: 1500x1000 pixels > limit 1000000 (1 MP); "
+        "raise the limit with FIFTYONE_AI_SEARCH_MAX_IMAGE_PIXELS"
+    }
 
 
 def test_header_bomb_is_refused_whatever_pil_says(tmp_path, monkeypatch):
@@ -240,13 +419,15 @@ def test_header_bomb_is_refused_whatever_pil_says(tmp_path, monkeypatch):
 
     # PIL's own check refuses it first
     reason = _reason(path)
-    assert reason == "image too large: 900000000 pixels > limit 178956970"
+    assert reason == (
+        "image too large: 900000000 pixels > limit 178956970 (Pillow's "
+        "decompression bomb limit: twice PIL.Image.MAX_IMAGE_PIXELS)"
+    )
 
     # with PIL's check switched off, ours still holds
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
-    assert (
-        _reason(path)
-        == f"image too large: 30000x30000 pixels > limit {DEFAULT_MAX_PIXELS}"
+    assert _reason(path).startswith(
+        f"image too large: 30000x30000 pixels > limit {DEFAULT_MAX_PIXELS} "
     )
     monkeypatch.undo()
     assert Image.MAX_IMAGE_PIXELS == before

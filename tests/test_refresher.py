@@ -115,7 +115,8 @@ def test_a_deleted_datasets_index_and_state_are_removed(tmp_path):
     dataset = _synced(tmp_path)
     name, key = dataset.name, st.dataset_key(dataset)
     settings = ais.get_settings()
-    store = open_store(st.index_name(dataset), settings)
+    index_name = st.get(dataset)["index"]["name"]
+    store = open_store(index_name, settings)
     assert store.exists()
     store.close()
 
@@ -123,8 +124,8 @@ def test_a_deleted_datasets_index_and_state_are_removed(tmp_path):
     report = refresh_all([name])
 
     assert report.removed == [key]
-    assert key not in [doc["_id"] for doc in st.enabled_states()]
-    store = open_store("dataset_" + key, settings)
+    assert st.get_key(key) is None
+    store = open_store(index_name, settings)
     try:
         assert not store.exists()
     finally:

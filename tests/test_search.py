@@ -37,7 +37,7 @@ def _brute_force(dataset, query_vectors, limit, scope=None, threshold=None):
 
 
 def _model(dataset):
-    return runner.load_index_model(st.get(dataset))
+    return runner.load_index_model(st.get(dataset)["index"])
 
 
 # -- prompt search -----------------------------------------------------------

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 import fiftyone_ai_search as ais
+from fiftyone_ai_search import runner
 from fiftyone_ai_search import state as st
 
 from helpers import (
@@ -276,7 +277,10 @@ def test_kill_9_keeps_committed_work_and_resume_finishes(tmp_path):
     worker.send_signal(signal.SIGKILL)
     worker.wait()
 
-    committed = len(ais.get_embeddings(dataset)[0])
+    # the first index is built beside (none), never searched half-done
+    with pytest.raises(ais.IndexNotReadyError, match="Nothing is computing"):
+        ais.get_embeddings(dataset)
+    committed = runner.open_ref(st.get(dataset)["build"]).count()
     assert 0 < committed < 240
 
     report = ais.calculate_embeddings(dataset, wait=True, progress=False)

@@ -33,6 +33,7 @@ from .config import get_settings
 from .errors import AISearchError
 from .embeddings import (
     AISearchNotEnabledError,
+    IndexNotReadyError,
     calculate_embeddings,
     disable_embeddings,
     enable_embeddings,
@@ -42,9 +43,10 @@ from .embeddings import (
     get_status,
     is_embeddings_enabled,
 )
+from .media import UnsupportedMediaError
 from .model import ModelUnavailableError, available_models, check_model
 from .scheduler import start_refresher, stop_refresher
-from .search import IndexNotReadyError, perform_ai_search
+from .search import perform_ai_search
 from .sync import SyncReport
 
 __version__ = "0.1.0"
@@ -57,6 +59,7 @@ __all__ = [
     "ModelUnavailableError",
     "SyncReport",
     "TEMPORARY_COLLECTION",
+    "UnsupportedMediaError",
     "delete_collection",
     "get_collection",
     "get_collection_scores",

@@ -33,14 +33,21 @@ def _load_dataset(name=None, dataset_id=None):
 def _cmd_sync(args):
     import fiftyone_ai_search as ais
 
+    from .sync import SyncCancelled
+
     dataset = _load_dataset(args.dataset, args.dataset_id)
-    report = ais.calculate_embeddings(
-        dataset,
-        force=args.force,
-        verify_files=args.verify_files,
-        wait=True,
-        progress=not args.quiet,
-    )
+    try:
+        report = ais.calculate_embeddings(
+            dataset,
+            force=args.force,
+            verify_files=args.verify_files,
+            wait=True,
+            progress=not args.quiet,
+        )
+    except SyncCancelled as e:
+        # switched off meanwhile: nothing is left to do, and no error
+        print(f"AI search sync of '{dataset.name}' stopped: {e}")
+        return
     print(f"AI search sync of '{dataset.name}': {report}")
 
 

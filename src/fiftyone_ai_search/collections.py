@@ -9,17 +9,29 @@ would bump ``last_modified_at`` and make the index re-sync itself.
 
 Every search overwrites the dataset's temporary collection,
 :data:`TEMPORARY_COLLECTION`; :func:`save_collection` keeps it under a name.
+
+A collection of a grouped dataset selects from all its image slices
+(``select_group_slices(media_type="image")``, a flat view): FiftyOne's
+``select()`` on a grouped dataset only sees the active slice, so results of
+another slice (or of several) would show as nothing, and a saved view does
+not keep the slice that was active when it was saved.
 """
 
 import numpy as np
 
+from . import media
 from . import state as st
+from . import validate
 from .errors import AISearchError
 
 #: the collection each search overwrites
 TEMPORARY_COLLECTION = "AI search results"
 
 SCORES_COLLECTION = "ai_search_collections"
+
+#: the most bins :func:`get_score_histogram` makes (its arrays are this long;
+#: a chart shows far fewer)
+MAX_BINS = 10_000
 
 
 class CollectionNotFoundError(AISearchError, ValueError):
@@ -41,7 +53,8 @@ def _view_id(dataset, name):
     return None
 
 
-def _require_view_id(dataset, name):
+def _require_view_id(dataset, name, arg="name"):
+    validate.collection_name(name, arg)
     view_id = _view_id(dataset, name)
     if view_id is None or _scores().find_one(
         {"dataset_id": st.dataset_key(dataset), "view_id": view_id}, {"_id": 1}
@@ -60,7 +73,7 @@ def write_collection(dataset, name, sample_ids, scores, query=None):
     Returns:
         the name
     """
-    view = dataset.select(list(sample_ids), ordered=True)
+    view = _select(dataset, sample_ids)
     dataset.save_view(name, view, overwrite=True)
     view_id = _view_id(dataset, name)
     _scores().replace_one(
@@ -78,8 +91,14 @@ def write_collection(dataset, name, sample_ids, scores, query=None):
     return name
 
 
-def _load(dataset, name):
-    view_id = _require_view_id(dataset, name)
+def _select(dataset, sample_ids):
+    """The samples of these ids, in this order, whatever their slice."""
+    return media.indexed_samples(dataset).select(list(sample_ids),
+                                                 ordered=True)
+
+
+def _load(dataset, name, arg="name"):
+    view_id = _require_view_id(dataset, name, arg)
     return _scores().find_one(
         {"dataset_id": st.dataset_key(dataset), "view_id": view_id}
     )
@@ -101,6 +120,7 @@ def get_collection_scores(dataset, name):
     Returns:
         a list of ``(sample_id, score)`` tuples
     """
+    dataset = media.dataset_of(dataset, "dataset")
     doc = _load(dataset, name)
     return list(zip(doc["sample_ids"], doc["scores"]))
 
@@ -117,26 +137,26 @@ def get_collection(dataset, name, min_score=None, max_score=None):
     Args:
         dataset: a :class:`fiftyone.core.dataset.Dataset`
         name: the collection's name
-        min_score (None): keep samples scoring ``>= min_score``
-        max_score (None): keep samples scoring ``<= max_score``
+        min_score (None): keep samples scoring ``>= min_score``, in [-1, 1]
+        max_score (None): keep samples scoring ``<= max_score``, in [-1, 1],
+            not below ``min_score``
 
     Returns:
         a :class:`fiftyone.core.view.DatasetView`
+
+    Raises:
+        ValueError: for invalid arguments; the message names the argument
+        CollectionNotFoundError: if there is no such collection
     """
+    dataset = media.dataset_of(dataset, "dataset")
+    min_score, max_score = validate.score_range(min_score, max_score)
     if min_score is None and max_score is None:
         _require_view_id(dataset, name)
         return dataset.load_saved_view(name)
 
-    _check_score("min_score", min_score)
-    _check_score("max_score", max_score)
     pairs = _in_range(get_collection_scores(dataset, name), min_score,
                       max_score)
-    return dataset.select([i for i, _ in pairs], ordered=True)
-
-
-def _check_score(arg, value):
-    if value is not None and not -1.0 <= value <= 1.0:
-        raise ValueError(f"{arg} must be within [-1, 1], got {value}")
+    return _select(dataset, [i for i, _ in pairs])
 
 
 def get_score_histogram(dataset, name, bins=20):
@@ -145,14 +165,18 @@ def get_score_histogram(dataset, name, bins=20):
     Args:
         dataset: a :class:`fiftyone.core.dataset.Dataset`
         name: the collection's name
-        bins (20): the number of bins
+        bins (20): the number of bins, 1 to :data:`MAX_BINS` (10,000)
 
     Returns:
         a tuple ``(edges, counts)``: ``bins + 1`` bin edges and ``bins``
         counts (lists)
+
+    Raises:
+        ValueError: for invalid arguments; the message names the argument
+        CollectionNotFoundError: if there is no such collection
     """
-    if bins < 1:
-        raise ValueError(f"bins must be >= 1, got {bins}")
+    dataset = media.dataset_of(dataset, "dataset")
+    bins = validate.integer(bins, "bins", 1, MAX_BINS)
     scores = np.asarray(_load(dataset, name)["scores"], dtype=float)
     if len(scores) == 0:
         return [], []
@@ -170,6 +194,7 @@ def list_collections(dataset):
         a list of dicts with ``name``, ``size``, ``created_at`` and ``query``
         (what produced it), the temporary collection included
     """
+    dataset = media.dataset_of(dataset, "dataset")
     dataset._doc.reload("saved_views")
     names = {str(doc.id): doc.name for doc in dataset._doc.saved_views}
     docs = _scores().aggregate(
@@ -210,25 +235,31 @@ def save_collection(dataset, name, source=TEMPORARY_COLLECTION,
         name: the new collection's name
         source (TEMPORARY_COLLECTION): the collection to copy
         overwrite (False): whether to replace an existing saved view ``name``
-        min_score (None): keep only samples scoring ``>= min_score``
-        max_score (None): keep only samples scoring ``<= max_score``
+        min_score (None): keep only samples scoring ``>= min_score``, in
+            [-1, 1]
+        max_score (None): keep only samples scoring ``<= max_score``, in
+            [-1, 1], not below ``min_score``
 
     Returns:
         the name
 
     Raises:
-        ValueError: if the name is taken (and not ``overwrite``), or no
-            sample of ``source`` is in the score range
+        ValueError: for invalid arguments (the message names the argument),
+            if the name is taken (and not ``overwrite``), or if no sample of
+            ``source`` is in the score range
+        CollectionNotFoundError: if there is no collection ``source``
     """
-    _check_name(name)
-    _check_score("min_score", min_score)
-    _check_score("max_score", max_score)
+    dataset = media.dataset_of(dataset, "dataset")
+    validate.collection_name(name, "name")
+    validate.collection_name(source, "source")
+    overwrite = validate.boolean(overwrite, "overwrite")
+    min_score, max_score = validate.score_range(min_score, max_score)
     if not overwrite and dataset.has_saved_view(name):
         raise ValueError(
             f"name: dataset '{dataset.name}' already has a saved view named "
             f"{name!r}; pass overwrite=True to replace it"
         )
-    doc = _load(dataset, source)
+    doc = _load(dataset, source, "source")
     pairs = _in_range(zip(doc["sample_ids"], doc["scores"]),
                       min_score, max_score)
     if not pairs:
@@ -266,12 +297,17 @@ def is_latest_results(samples):
     """
     import fiftyone.core.stages as fos
 
-    dataset = samples._dataset
-    if samples is dataset:
+    try:
+        dataset = media.dataset_of(samples)
+    except media.UnsupportedMediaError:
+        return False  # frames, clips: never results
+    if samples is dataset or samples._is_generated:
         return False
     if getattr(samples, "name", None) == TEMPORARY_COLLECTION:
         return True
-    stages = getattr(samples, "_stages", None) or []
+    stages = list(getattr(samples, "_stages", None) or [])
+    if stages and isinstance(stages[0], fos.SelectGroupSlices):
+        stages = stages[1:]  # a collection of a grouped dataset
     if not stages or not isinstance(stages[0], fos.Select):
         return False
     try:
@@ -284,14 +320,29 @@ def is_latest_results(samples):
 
 def delete_temporary_collection(dataset):
     """Deletes the latest search results (the temporary collection), if any."""
+    dataset = media.dataset_of(dataset, "dataset")
     view_id = _view_id(dataset, TEMPORARY_COLLECTION)
     if view_id is not None:
         _delete(dataset, TEMPORARY_COLLECTION, view_id)
 
 
 def rename_collection(dataset, name, new_name):
-    """Renames a collection (its saved view; the scores follow)."""
-    _check_name(new_name)
+    """Renames a collection (its saved view; the scores follow).
+
+    Args:
+        dataset: a :class:`fiftyone.core.dataset.Dataset`
+        name: the collection's name
+        new_name: its new name, not taken by another saved view
+
+    Returns:
+        the new name
+
+    Raises:
+        ValueError: for invalid arguments; the message names the argument
+        CollectionNotFoundError: if there is no collection ``name``
+    """
+    dataset = media.dataset_of(dataset, "dataset")
+    validate.collection_name(new_name, "new_name")
     _require_view_id(dataset, name)
     if dataset.has_saved_view(new_name):
         raise ValueError(
@@ -304,6 +355,7 @@ def rename_collection(dataset, name, new_name):
 
 def delete_collection(dataset, name):
     """Deletes a collection: its saved view and its scores."""
+    dataset = media.dataset_of(dataset, "dataset")
     _delete(dataset, name, _require_view_id(dataset, name))
 
 
@@ -320,7 +372,3 @@ def delete_collections_of(dataset_id):
     they outlive AI search as plain views)."""
     _scores().delete_many({"dataset_id": dataset_id})
 
-
-def _check_name(name):
-    if not isinstance(name, str) or not name.strip():
-        raise ValueError(f"name must be a non-empty string, got {name!r}")

@@ -19,11 +19,16 @@ variable                           meaning (default)
 ``FIFTYONE_AI_SEARCH_LOCK_TIMEOUT``  seconds a reader waits for an embedded
                                    index held by another process (60)
 ``FIFTYONE_AI_SEARCH_REFRESH_MINUTES``  refresher interval, 1-1440 (10)
+``FIFTYONE_AI_SEARCH_MAX_IMAGE_PIXELS``  largest image decoded, in pixels
+                                   after JPEG draft decoding (100000000);
+                                   a larger one fails its sample
 =================================  =========================================
 
 Secrets (``FIFTYONE_AI_SEARCH_QDRANT_URL``, ``FIFTYONE_AI_SEARCH_QDRANT_API_KEY``)
 may also come from FiftyOne plugin secrets; they are never logged and never
-stored in a dataset.
+stored in a dataset. A URL may hold credentials (``https://user:pass@host``,
+``?api_key=...``): wherever this package shows one (reprs, errors, logs) it
+is passed through :func:`redact_url` first.
 """
 
 import dataclasses
@@ -38,6 +43,97 @@ BACKENDS = ("edge", "server")
 
 #: plugin secrets the App may hand us
 SECRET_KEYS = (ENV_PREFIX + "QDRANT_URL", ENV_PREFIX + "QDRANT_API_KEY")
+
+#: default of ``FIFTYONE_AI_SEARCH_MAX_IMAGE_PIXELS`` (see
+#: :data:`fiftyone_ai_search.images.DEFAULT_MAX_PIXELS`)
+DEFAULT_MAX_IMAGE_PIXELS = 100_000_000
+
+#: URL query parameters whose values are secrets
+_SECRET_PARAMS = frozenset(
+    ("api_key", "api-key", "apikey", "key", "token", "access_token",
+     "password", "secret")
+)
+
+_REDACTED = "***"
+
+
+def redact_url(url):
+    """A URL fit to show: its credentials replaced by ``***``.
+
+    The user info (``user:password@``) and the values of query parameters
+    that carry secrets (``api_key``, ``key``, ``token``...) are redacted;
+    everything else (scheme, host, port, path) stays, so that the URL still
+    says where it points. Anything up to the last ``@`` counts as user info,
+    so that a password holding ``/``, ``?`` or ``#`` does not leak either
+    (at worst more than the user info is hidden).
+
+    Examples::
+
+        redact_url("https://user:pw@qdrant.example.com:6333?api_key=k")
+        # 'https://***@qdrant.example.com:6333?api_key=***'
+
+    Args:
+        url: a URL, ``":memory:"`` or None
+
+    Returns:
+        a str (or ``url`` itself when it is empty)
+    """
+    if not url:
+        return url
+
+    text = str(url)
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        scheme, rest = "", text
+
+    if "@" in rest:
+        rest = _REDACTED + "@" + rest.rpartition("@")[2]
+
+    head, question, query = rest.partition("?")
+    if question:
+        query = "&".join(_redact_param(part) for part in query.split("&"))
+
+    return scheme + sep + head + question + query
+
+
+def _redact_param(part):
+    name, equals, value = part.partition("=")
+    if equals and value and name.strip().lower() in _SECRET_PARAMS:
+        return name + equals + _REDACTED
+    return part
+
+
+def max_image_pixels(env=None):
+    """The largest image decoded, in pixels:
+    ``FIFTYONE_AI_SEARCH_MAX_IMAGE_PIXELS``, or
+    :data:`DEFAULT_MAX_IMAGE_PIXELS`.
+
+    Read from the environment on each call, without importing anything, so
+    that decoding workers may call it.
+
+    Args:
+        env (None): a dict to read instead of ``os.environ``
+
+    Returns:
+        an int >= 1
+
+    Raises:
+        ValueError: if the variable is not a positive integer
+    """
+    name = ENV_PREFIX + "MAX_IMAGE_PIXELS"
+    raw = (os.environ if env is None else env).get(name)
+    if raw is None or not raw.strip():
+        return DEFAULT_MAX_IMAGE_PIXELS
+
+    try:
+        value = int(raw.strip().replace("_", ""))
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(
+            f"{name}={raw!r} is not a positive number of pixels"
+        )
+    return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +168,19 @@ class Settings:
                 "refresh interval must be 1-1440 minutes, got "
                 f"{self.refresh_minutes}"
             )
+
+    def __repr__(self):
+        # the dataclass repr, with the URL's credentials redacted (the API
+        # key is not shown at all)
+        values = []
+        for field in dataclasses.fields(self):
+            if not field.repr:
+                continue
+            value = getattr(self, field.name)
+            if field.name == "qdrant_url":
+                value = redact_url(value)
+            values.append(f"{field.name}={value!r}")
+        return f"{type(self).__name__}({', '.join(values)})"
 
     def replace(self, **kwargs):
         return dataclasses.replace(self, **kwargs)
@@ -129,6 +238,7 @@ def get_settings(secrets=None, **overrides):
         refresh_minutes=get("REFRESH_MINUTES", int, 10),
     )
     values.update({k: v for k, v in overrides.items() if v is not None})
+    max_image_pixels(env)  # a bad value fails here, not in every sample
     if values["storage_dir"] is None:
         values["storage_dir"] = _default_storage_dir()
     if values["num_workers"] is None:

@@ -39,6 +39,8 @@ import math
 
 import numpy as np
 
+from . import validate
+
 METHODS = ("centroids", "random")
 CLUSTERING_METHODS = ("kmeans", "dbscan")
 
@@ -110,10 +112,14 @@ def diverse_sample(vectors, limit, method="centroids",
         clustering_method ("kmeans"): ``"kmeans"`` or ``"dbscan"``
         num_clusters (None): the k-means cluster count; default
             :func:`default_num_clusters`
-        seed (0): the random seed (clustering and ``random`` order)
+        seed (0): the random seed (clustering and ``random`` order), 0 to
+            ``2**32 - 1``
 
     Returns:
         a tuple ``(indices, scores)`` of the picked rows, in pick order
+
+    Raises:
+        ValueError: for invalid arguments; the message names the argument
     """
     return sample_source(ArraySource(vectors), limit, method=method,
                          clustering_method=clustering_method,
@@ -134,6 +140,12 @@ def sample_source(source, limit, method="centroids",
     Returns:
         a tuple ``(rows, scores)`` of the picked rows, in pick order
     """
+    limit = validate.limit(limit)
+    validate.choice(method, "method", METHODS)
+    validate.choice(clustering_method, "clustering_method", CLUSTERING_METHODS)
+    if num_clusters is not None:
+        num_clusters = validate.integer(num_clusters, "num_clusters", 1)
+    seed = validate.seed(seed)
     n = source.size
     if n == 0:
         return np.zeros(0, dtype=int), np.zeros(0, dtype=np.float32)

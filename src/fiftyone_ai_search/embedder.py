@@ -47,6 +47,7 @@ import weakref
 
 import numpy as np
 
+from .config import max_image_pixels
 from .images import ImageDecodeError, load_image
 from .preprocess import Recipe, recipe_of
 
@@ -188,11 +189,13 @@ class _Decoder:
     @classmethod
     def for_model(cls, model):
         """The decoder of a model's runs: its transform as a torch-free
-        recipe where it has one, JPEGs drafted at :data:`DRAFT_FACTOR` x its
-        input size."""
+        recipe where it has one, images drafted and reduced to no less than
+        :data:`DRAFT_FACTOR` x its input size, the pixel limit read now
+        (workers kept warm from an earlier run get this run's)."""
         return cls(
             recipe_of(model.preprocess) or model.preprocess,
             draft_size=DRAFT_FACTOR * model.image_size,
+            max_pixels=max_image_pixels(),
         )
 
     def decode(self, batch):

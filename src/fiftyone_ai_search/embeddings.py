@@ -7,6 +7,7 @@ import logging
 
 import numpy as np
 
+from . import media
 from . import runner
 from . import state as st
 from .config import BACKENDS, get_settings
@@ -19,9 +20,15 @@ class AISearchNotEnabledError(AISearchError, RuntimeError):
     """AI search is off for the dataset."""
 
 
-def _dataset_of(samples):
-    # a Dataset is its own _dataset; a view points at its dataset
-    return samples._dataset
+class IndexNotReadyError(AISearchError, RuntimeError):
+    """The dataset has no complete index (of the model asked for) yet."""
+
+
+def _dataset_of(samples, arg="samples"):
+    # a patches view resolves to its source dataset (its _dataset is the
+    # hidden one FiftyOne generates); frames/clips views and non-collections
+    # are refused, naming the argument
+    return media.dataset_of(samples, arg)
 
 
 def require_enabled(dataset):
@@ -32,6 +39,57 @@ def require_enabled(dataset):
             f"AI search is not enabled on dataset '{dataset.name}'. Enable it "
             "with fiftyone_ai_search.enable_embeddings(dataset) (or the "
             "'AI search: enable' operator in the App)"
+        )
+    return doc
+
+
+def model_label(ref):
+    """How a model (of a state document or an index reference) is named
+    in messages: ``"ViT-B-32 (laion2b_s34b_b79k)"``."""
+    return f"{ref['model']} ({ref['pretrained']})" if ref.get(
+        "pretrained") else ref["model"]
+
+
+def _computing(doc):
+    """What a not-ready message says of the computation."""
+    if st.is_running(doc):
+        p = doc.get("progress") or {}
+        done = (f": {p['done']} of {p['total']} embedded"
+                if p.get("total") else "")
+        return f"It is being computed now{done}. Wait for it"
+    error = doc.get("last_error")
+    why = f" (the last run failed: {error})" if error else ""
+    return f"Nothing is computing it{why}. Compute it"
+
+
+def require_index(dataset, same_model=False):
+    """The state of ``dataset`` if it has a complete index to read.
+
+    Args:
+        dataset: the dataset
+        same_model (False): also require that index to be of the model
+            asked for last (during a rebuild with another model, searches
+            use the complete index of the former model; embeddings handed
+            out must not)
+
+    Raises:
+        AISearchNotEnabledError: if AI search is off
+        IndexNotReadyError: if there is no such index yet
+    """
+    doc = require_enabled(dataset)
+    index, build = doc.get("index"), doc.get("build")
+    how = ("with fiftyone_ai_search.calculate_embeddings(dataset, "
+           "wait=True), or check get_status(dataset)")
+    if index is None:
+        raise IndexNotReadyError(
+            f"AI search of dataset '{dataset.name}' has no index yet. "
+            f"{_computing(doc)} {how}"
+        )
+    if same_model and build and not st.same_index(index, build):
+        raise IndexNotReadyError(
+            f"AI search of dataset '{dataset.name}' is being rebuilt with "
+            f"model {model_label(build)}; its index holds embeddings of "
+            f"{model_label(index)} until then. {_computing(doc)} {how}"
         )
     return doc
 
@@ -83,15 +141,20 @@ def enable_embeddings(dataset, model=None, pretrained=None, backend=None,
 
     Raises:
         ValueError: for an unknown backend or model
+        fiftyone_ai_search.media.UnsupportedMediaError: for a dataset that
+            is not of images (videos, 3D, point clouds; a grouped dataset
+            without an image slice); nothing is written then
         fiftyone_ai_search.model.ModelUnavailableError: if the weights cannot
             be found (offline); the message says how to supply them
     """
     from .model import check_weights, load_model, resolve_model
 
+    dataset = media.check_supported(_dataset_of(dataset, "dataset"))
     settings = get_settings(secrets=secrets)
     if backend is None:
         doc = st.get(dataset)
-        backend = doc["backend"] if doc else settings.backend
+        backend = (doc["backend"] if doc and doc.get("enabled")
+                   else settings.backend)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "server" and not settings.qdrant_url:
@@ -99,6 +162,11 @@ def enable_embeddings(dataset, model=None, pretrained=None, backend=None,
             "backend='server' needs a Qdrant URL: set "
             "FIFTYONE_AI_SEARCH_QDRANT_URL (and FIFTYONE_AI_SEARCH_QDRANT_API_KEY)"
         )
+    if backend == "server":
+        # before anything is written: an unreachable server fails here
+        from .store.server import check_server
+
+        check_server(settings.qdrant_url, settings.qdrant_api_key)
 
     if model is None:
         model = settings.model
@@ -131,18 +199,18 @@ def disable_embeddings(dataset):
     latest search results (the temporary collection). Named collections
     stay, as plain saved views.
 
-    A computation still running stops at its next batch.
+    A computation still running stops before its next commit; until it
+    has, a new :func:`enable_embeddings` waits for it.
 
     Args:
         dataset: a :class:`fiftyone.core.dataset.Dataset`
     """
-    doc = st.get(dataset)
-    if doc is None:
-        return
-
+    dataset = _dataset_of(dataset, "dataset")
     from .collections import delete_temporary_collection
 
-    st.update(dataset, enabled=False)
+    doc = st.disable(dataset)  # one write: running computations are stale
+    if doc is None:
+        return
     delete_index_and_state(doc)
     # the latest results go with the index; named collections stay, as
     # plain saved views
@@ -150,26 +218,24 @@ def disable_embeddings(dataset):
 
 
 def delete_index_and_state(doc, settings=None):
-    """Deletes a dataset's index, its collections' scores and its state;
+    """Deletes a dataset's indexes, its collections' scores and its state;
     also of a dataset that no longer exists.
 
     Args:
-        doc: the dataset's state document (its ``_id`` is the dataset's id)
+        doc: the dataset's state document (its ``_id`` is the dataset's id),
+            already switched off (:func:`fiftyone_ai_search.state.disable`)
         settings (None): the :class:`fiftyone_ai_search.config.Settings`
     """
     from .collections import delete_collections_of
 
-    store = runner.open_index(None, settings, doc)
-    try:
-        store.drop()
-    finally:
-        store.close()
+    runner.drop_indexes(doc["_id"], st.indexes_of(doc), settings)
     delete_collections_of(doc["_id"])
     st.delete_key(doc["_id"])
 
 
 def is_embeddings_enabled(dataset):
     """Whether AI search is on for ``dataset``."""
+    dataset = _dataset_of(dataset, "dataset")
     doc = st.get(dataset)
     return bool(doc and doc.get("enabled"))
 
@@ -204,6 +270,7 @@ def calculate_embeddings(dataset, force=False, wait=False, verify_files=False,
         a :class:`fiftyone_ai_search.sync.SyncReport` if ``wait=True``, else
         None
     """
+    dataset = _dataset_of(dataset, "dataset")
     require_enabled(dataset)
     if not wait:
         runner.start_background(
@@ -238,11 +305,13 @@ def calculate_embeddings(dataset, force=False, wait=False, verify_files=False,
 
 def get_embeddings_in_progress(dataset):
     """Whether embeddings of ``dataset`` are being computed right now."""
+    dataset = _dataset_of(dataset, "dataset")
     return st.is_running(st.get(dataset))
 
 
 def get_embeddings_updated_at(dataset):
     """When the index last finished a sync (naive UTC datetime), or None."""
+    dataset = _dataset_of(dataset, "dataset")
     doc = st.get(dataset)
     return doc.get("updated_at") if doc else None
 
@@ -260,12 +329,17 @@ def get_status(dataset, max_failures=100, counts=True):
 
     Returns:
         a dict with ``enabled``, ``in_progress``, ``progress`` (``done``,
-        ``total``, ``fraction``), ``updated_at``, ``model``, ``pretrained``,
-        ``backend``, ``counts`` (``num_samples``, ``num_indexed``,
+        ``total``, ``fraction``, ``building``), ``updated_at``, ``model``,
+        ``pretrained``, ``backend`` (what was asked for), ``index`` (the
+        ``model``, ``pretrained`` and ``backend`` of the complete index that
+        searches use, or None before the first one), ``rebuild`` (the same
+        of an index being built beside it, or None), ``counts``
+        (``num_samples``, ``num_indexed`` in the index searches use,
         ``num_failed``), ``failures`` (up to ``max_failures`` of
         ``sample_id``, ``filepath``, ``reason``), ``last_report`` and
         ``last_error``
     """
+    dataset = _dataset_of(dataset, "dataset")
     doc = st.get(dataset)
     if doc is None or not doc.get("enabled"):
         return {"enabled": False, "in_progress": False}
@@ -276,6 +350,10 @@ def get_status(dataset, max_failures=100, counts=True):
     if progress.get("total"):
         progress["fraction"] = progress["done"] / progress["total"]
 
+    def model_of(ref):
+        return ref and {k: ref.get(k) for k in ("model", "pretrained",
+                                                 "backend")}
+
     status = {
         "enabled": True,
         "in_progress": running,
@@ -284,6 +362,8 @@ def get_status(dataset, max_failures=100, counts=True):
         "model": doc["model"],
         "pretrained": doc["pretrained"],
         "backend": doc["backend"],
+        "index": model_of(doc.get("index")),
+        "rebuild": model_of(doc.get("build")),
         "counts": None,
         "failures": None,
         "last_report": doc.get("last_report"),
@@ -292,13 +372,15 @@ def get_status(dataset, max_failures=100, counts=True):
     if not counts:
         return status
 
+    num_indexed = 0
     store = runner.open_index(dataset, doc=doc)
-    try:
-        num_indexed = store.count() if store.exists() else 0
-    finally:
-        store.close()
+    if store is not None:
+        try:
+            num_indexed = store.count() if store.exists() else 0
+        finally:
+            store.close()
     status["counts"] = {
-        "num_samples": dataset.count(),
+        "num_samples": media.indexed_samples(dataset).count(),
         "num_indexed": num_indexed,
         "num_failed": st.count_failures(dataset),
     }
@@ -319,10 +401,15 @@ def get_embeddings(samples):
         a tuple ``(sample_ids, embeddings)``: the ids (in the order of
         ``samples``) of the samples that have an embedding, and an
         ``(n, dim)`` float32 array of L2-normalised vectors
+
+    Raises:
+        IndexNotReadyError: before the first index is complete, and while
+            the index is rebuilt with another model (it holds the former
+            model's embeddings until then)
     """
-    dataset = _dataset_of(samples)
-    doc = require_enabled(dataset)
-    wanted = samples.values("id")
+    dataset, view = media.resolve(samples)
+    doc = require_index(dataset, same_model=True)
+    wanted = (dataset if view is None else view).values("id")
     store = runner.open_index(dataset, doc=doc)
     try:
         ids, vectors = store.get_vectors(wanted)

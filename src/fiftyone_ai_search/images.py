@@ -5,20 +5,53 @@ take: EXIF orientation applied, every mode converted to 8-bit RGB, large JPEGs
 decoded at reduced size, decompression bombs refused. Every failure is an
 :class:`ImageDecodeError` whose message is a short reason meant to be stored
 with the sample.
+
+Memory: decoding holds one full-size frame of the image (PIL keeps RGB and
+RGBA at 4 bytes a pixel, L at 1) and little else: with a ``draft_size``, an
+image is reduced by an integer factor right after decoding, before its mode
+is converted, and modes whose conversion is not per-pixel linear (alpha,
+palettes, 16-bit) are converted and reduced in strips, so no second
+full-size copy is made. The pixel limit bounds that frame.
 """
 
 import os
 import re
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
+from .config import DEFAULT_MAX_IMAGE_PIXELS, ENV_PREFIX, max_image_pixels
 from .errors import AISearchError
 
-#: largest image (width x height) decoded by default. It equals the size at
-#: which PIL itself raises ``DecompressionBombError`` with its own defaults,
-#: but is enforced here whatever the process-wide ``Image.MAX_IMAGE_PIXELS``
-DEFAULT_MAX_PIXELS = 178_956_970
+#: largest image decoded by default, in pixels (width x height, after JPEG
+#: draft decoding), overridden by ``FIFTYONE_AI_SEARCH_MAX_IMAGE_PIXELS``.
+#: The model sees 224 x 224 pixels; what decoding costs is one full-size
+#: frame, ~400 MB at this limit for RGB(A) (a 13000 x 13000 RGBA PNG took
+#: 3.9 GB before decoding was bounded), so several decoding workers on a
+#: laptop stay within a few GB even when they all meet such an image at once.
+#: It admits 10000 x 10000 scans and stitched images, and JPEGs of any
+#: camera (drafted to 1/8 scale, they are decoded far below it). It is
+#: enforced whatever the process-wide ``Image.MAX_IMAGE_PIXELS``
+DEFAULT_MAX_PIXELS = DEFAULT_MAX_IMAGE_PIXELS
+
+# pixels of the strips in which large images are converted and reduced
+_STRIP_PIXELS = 1 << 20
+
+# modes that reduce() averages as they are and that to_rgb() converts
+# pixel by pixel (or with one image-wide scale): reduced before converting
+_REDUCE_FIRST_MODES = ("RGB", "L", "I", "F")
+
+# EXIF orientation -> the transposition that displays the image upright
+# (as PIL.ImageOps.exif_transpose)
+_ORIENTATIONS = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 # PIL modes that hold more than 8 bits per sample
 _HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
@@ -51,10 +84,12 @@ def load_image(filepath, draft_size=None, max_pixels=None):
         filepath: the path of the image file
         draft_size (None): an int or ``(width, height)``: the smallest size
             the decoded image may have. JPEGs are then decoded at 1/2, 1/4 or
-            1/8 scale (PIL ``draft``) while both sides stay at least this
+            1/8 scale (PIL ``draft``), and any image is then reduced by an
+            integer factor (box average), while both sides stay at least this
             large. None decodes at full size
         max_pixels (None): refuse images with more pixels than this (width x
-            height as stored in the file). Defaults to
+            height as decoded: after JPEG draft decoding). Defaults to
+            ``FIFTYONE_AI_SEARCH_MAX_IMAGE_PIXELS`` or
             :data:`DEFAULT_MAX_PIXELS`
 
     Returns:
@@ -64,19 +99,23 @@ def load_image(filepath, draft_size=None, max_pixels=None):
         ImageDecodeError: if the file cannot be read as an image
     """
     if max_pixels is None:
-        max_pixels = DEFAULT_MAX_PIXELS
+        max_pixels = max_image_pixels()
 
     _check_file(filepath)
 
     try:
         with open(filepath, "rb") as fp:
             image = _open(fp)
-            _check_pixels(image.size, max_pixels)
+            stored = image.size
             if draft_size is not None:
                 _draft(image, draft_size)
+            _check_pixels(stored, max_pixels, decoded=image.size)
 
             image.load()
-            return to_rgb(_apply_orientation(image))
+            orientation = _orientation(image)
+            if draft_size is not None:
+                image = _reduce(image, draft_size)
+            return _orient(to_rgb(image), orientation)
     except ImageDecodeError:
         raise
     except FileNotFoundError:
@@ -114,10 +153,12 @@ def to_rgb(image):
 
     if mode in _ALPHA_MODES or "transparency" in image.info:
         # Pixels under full transparency hold arbitrary colours (often black),
-        # which would otherwise leak into the embedding
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, _BACKGROUND + (255,))
-        return Image.alpha_composite(background, rgba).convert("RGB")
+        # which would otherwise leak into the embedding. Pasting through the
+        # alpha band composites in place: one full-size copy, not four
+        rgba = image if mode == "RGBA" else image.convert("RGBA")
+        background = Image.new("RGB", rgba.size, _BACKGROUND)
+        background.paste(rgba, (0, 0), rgba)
+        return background
 
     return image.convert("RGB")
 
@@ -177,12 +218,27 @@ def _open(fp):
         ) from None
 
 
-def _check_pixels(size, max_pixels):
+def _check_pixels(size, max_pixels, decoded=None):
     width, height = size
-    if width * height > max_pixels:
-        raise ImageDecodeError(
-            f"image too large: {width}x{height} pixels > limit {max_pixels}"
+    if width < 1 or height < 1:
+        # PIL reads none that we know of, but the model's resize would
+        # divide by zero on one
+        raise ImageDecodeError(f"empty image: {width}x{height} pixels")
+    decoded_width, decoded_height = decoded or size
+    if decoded_width * decoded_height > max_pixels:
+        at = (
+            "" if (decoded_width, decoded_height) == (width, height)
+            else f", {decoded_width}x{decoded_height} at reduced size"
         )
+        raise ImageDecodeError(
+            f"image too large: {width}x{height} pixels{at} > limit "
+            f"{max_pixels} ({_megapixels(max_pixels)}); raise the limit with "
+            f"{ENV_PREFIX}MAX_IMAGE_PIXELS"
+        )
+
+
+def _megapixels(pixels):
+    return f"{pixels / 1e6:.3g} MP"
 
 
 def _draft(image, draft_size):
@@ -194,12 +250,50 @@ def _draft(image, draft_size):
     image.draft(image.mode, tuple(int(s) for s in draft_size))
 
 
-def _apply_orientation(image):
+def _reduce(image, draft_size):
+    """``image`` reduced by the largest integer factor that keeps both sides
+    at least ``draft_size``; modes outside :data:`_REDUCE_FIRST_MODES` come
+    back in RGB, converted strip by strip."""
+    if isinstance(draft_size, int):
+        draft_size = (draft_size, draft_size)
+
+    width, height = image.size
+    factor = min(width // max(1, int(draft_size[0])),
+                 height // max(1, int(draft_size[1])))
+    if factor < 2:
+        return image
+
+    if image.mode in _REDUCE_FIRST_MODES and "transparency" not in image.info:
+        return image.reduce(factor)
+
+    # Converting first would make full-size copies (RGBA -> composite, P ->
+    # RGB...), and reducing first would average colours hidden under
+    # transparency or palette indices: convert and reduce strip by strip.
+    # Strips are a whole number of blocks high, so this equals reducing the
+    # converted image
+    reduced = Image.new(
+        "RGB", (-(-width // factor), -(-height // factor))
+    )
+    rows = max(1, _STRIP_PIXELS // (width * factor)) * factor
+    for top in range(0, height, rows):
+        strip = image.crop((0, top, width, min(height, top + rows)))
+        reduced.paste(to_rgb(strip).reduce(factor), (0, top // factor))
+    return reduced
+
+
+def _orientation(image):
+    """The image's EXIF orientation (1 when it has none)."""
     try:
-        return ImageOps.exif_transpose(image)
+        return int(image.getexif().get(0x0112, 1))
     except Exception:
         # A broken EXIF block does not make the pixels unusable
-        return image
+        return 1
+
+
+def _orient(image, orientation):
+    """``image`` turned upright for an EXIF ``orientation``."""
+    method = _ORIENTATIONS.get(orientation)
+    return image if method is None else image.transpose(method)
 
 
 def _describe_bomb(error):
@@ -207,7 +301,10 @@ def _describe_bomb(error):
     if match is None:
         return f"image too large: {error}"
 
-    return f"image too large: {match[1]} pixels > limit {match[2]}"
+    return (
+        f"image too large: {match[1]} pixels > limit {match[2]} (Pillow's "
+        "decompression bomb limit: twice PIL.Image.MAX_IMAGE_PIXELS)"
+    )
 
 
 def _describe(error):

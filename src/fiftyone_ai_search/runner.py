@@ -25,23 +25,48 @@ logger = logging.getLogger(__name__)
 POLL_SECONDS = 0.5
 
 
-def open_index(dataset, settings=None, doc=None):
-    """Opens the vector store of a dataset whose AI search is on; given its
-    state ``doc``, ``dataset`` is not read (it may no longer exist)."""
+def open_ref(ref, settings=None):
+    """Opens the vector store of an index reference of a state document
+    (its ``index``, ``build`` or one of its ``retired``)."""
     from .store import open_store
 
+    settings = (settings or get_settings()).replace(backend=ref["backend"])
+    return open_store(ref["name"], settings)
+
+
+def open_index(dataset, settings=None, doc=None):
+    """Opens the index that searches of a dataset use; given its state
+    ``doc``, ``dataset`` is not read (it may no longer exist).
+
+    Returns:
+        a :class:`fiftyone_ai_search.store.VectorStore`, or None if the
+        dataset has no complete index yet
+    """
     doc = doc or st.get(dataset)
-    settings = (settings or get_settings()).replace(backend=doc["backend"])
-    return open_store(doc["index_name"], settings)
+    ref = doc.get("index")
+    return open_ref(ref, settings) if ref else None
 
 
-def load_index_model(doc, settings=None):
-    """Loads (once per process) the model that a dataset's index uses."""
+def load_index_model(ref, settings=None):
+    """Loads (once per process) the model of an index reference (a state
+    document's ``index`` or ``build``)."""
     from .model import load_model, resolve_model
 
     settings = settings or get_settings()
-    spec = resolve_model(doc["model"], doc["pretrained"])
+    spec = resolve_model(ref["model"], ref["pretrained"])
     return load_model(spec, device=settings.device)
+
+
+def drop_indexes(key, refs, settings=None):
+    """Drops the given indexes of the dataset whose id is ``key`` and
+    removes them from its ``retired`` list."""
+    for ref in refs:
+        store = open_ref(ref, settings)
+        try:
+            store.drop()
+        finally:
+            store.close()
+        st.forget_retired(key, ref)
 
 
 def acquire(dataset, timeout=None):
@@ -70,39 +95,98 @@ def run_sync(dataset, force=False, verify_files=False, progress=None,
     """Synchronises ``dataset``'s index in this process, blocking.
 
     Waits for a computation already running elsewhere, then syncs what is
-    left. Re-runs while other callers asked for it during the run.
+    left. Re-runs while other callers asked for it during the run. When the
+    state changes meanwhile (another model, a rebuild, disable and enable),
+    the pass stops before its next commit and the next pass does what the
+    state asks now.
+
+    Args:
+        dataset: the dataset
+        force (False): rebuild the index (beside the current one, which
+            searches keep using until the new one is complete)
+        verify_files (False): check every file's fingerprint
+        progress (None): a callable ``progress(done, total)``
+        settings (None): the :class:`fiftyone_ai_search.config.Settings`
 
     Returns:
-        the :class:`fiftyone_ai_search.sync.SyncReport` of the last pass
+        the :class:`fiftyone_ai_search.sync.SyncReport` of all passes
+
+    Raises:
+        SyncCancelled: if AI search is (or was meanwhile) switched off
     """
-    from .sync import SyncCancelled, Synchronizer
+    from .sync import SyncCancelled, has_changes
 
     settings = settings or get_settings()
+    if force:
+        st.plan_rebuild(dataset)  # before waiting: a running sync stops
     with acquire(dataset):
         try:
+            total = None
             while True:
                 doc = st.get(dataset)
                 if doc is None or not doc.get("enabled"):
                     raise SyncCancelled(
                         f"AI search is not enabled on dataset '{dataset.name}'"
                     )
-                model = load_index_model(doc, settings)
-                store = open_index(dataset, settings, doc)
+                drop_indexes(doc["_id"], doc.get("retired") or [], settings)
                 try:
-                    report = Synchronizer(
-                        dataset, store, model, settings, progress=progress
-                    ).run(force=force, verify_files=verify_files)
-                finally:
-                    store.close()
+                    report = _sync_pass(dataset, doc, settings,
+                                        verify_files, progress)
+                except st.StaleGeneration as e:
+                    logger.info("AI search sync of '%s' stopped: %s",
+                                dataset.name, e)
+                    continue
                 logger.info("AI search sync of '%s': %s", dataset.name, report)
-                force = False
-                if not st.take_rerun_request(dataset):
-                    return report
+                total = report if total is None else total + report
+                doc = st.get(dataset)
+                drop_indexes(doc["_id"], doc.get("retired") or [], settings)
+                # after a rebuild, what changed while it ran
+                again = report.rebuilt and has_changes(dataset, doc)
+                if not st.take_rerun_request(dataset) and not again:
+                    return total
+                verify_files = False
         except SyncCancelled:
             raise
         except Exception as e:
             st.update(dataset, last_error=f"{type(e).__name__}: {e}")
             raise
+
+
+def _sync_pass(dataset, doc, settings, verify_files, progress):
+    """One synchronisation of the index the state ``doc`` asks for: the one
+    being built if any, else the one searches use."""
+    from .store import IndexMismatchError
+    from .sync import Synchronizer
+
+    ref = doc.get("build") or doc["index"]
+    building = doc.get("build") is not None
+    store = open_ref(ref, settings)
+    try:
+        if not building and not store.exists():
+            # deleted behind our back: rebuild it (beside, as always)
+            logger.warning("AI search index of '%s' is missing: rebuilding",
+                           dataset.name)
+            st.plan_rebuild(dataset)
+            raise st.StaleGeneration("the index is missing")
+        model = load_index_model(ref, settings)
+        if model.spec.identity != ref["model_identity"]:
+            raise IndexMismatchError(
+                f"The weights of model {ref['model']!r} (pretrained="
+                f"{ref['pretrained']!r}) changed since AI search was enabled "
+                "with them. Enable it again to rebuild with these weights: "
+                "fiftyone_ai_search.enable_embeddings(dataset, model=..., "
+                "pretrained=...)"
+            )
+        sync = Synchronizer(dataset, store, model, settings,
+                            doc["generation"], building=building,
+                            progress=progress)
+        return sync.run(
+            watermark=doc.get("watermark"),
+            deletion_watermark=doc.get("deletion_watermark"),
+            verify_files=verify_files,
+        )
+    finally:
+        store.close()
 
 
 def _log_path(dataset, settings):
@@ -119,7 +203,8 @@ def start_background(dataset, force=False, verify_files=False, secrets=None):
 
     Args:
         dataset: the dataset
-        force (False): whether to rebuild the index
+        force (False): whether to rebuild the index (planned in the state
+            at once, so a running computation does it)
         verify_files (False): whether to check every file's fingerprint
         secrets (None): plugin secrets to hand to the worker (through its
             environment, never its command line)
@@ -127,8 +212,12 @@ def start_background(dataset, force=False, verify_files=False, secrets=None):
     Returns:
         the worker's pid, or None if a running computation was asked instead
     """
+    if force:
+        # recorded now: a running computation stops at its next commit and
+        # rebuilds; a crash before any worker starts loses nothing
+        st.plan_rebuild(dataset)
     doc = st.get(dataset)
-    if st.is_running(doc) and not force:
+    if st.is_running(doc):
         st.request_rerun(dataset)
         return None
 
@@ -143,8 +232,6 @@ def start_background(dataset, force=False, verify_files=False, secrets=None):
 
     cmd = [sys.executable, "-m", "fiftyone_ai_search", "sync",
            "--dataset-id", st.dataset_key(dataset)]
-    if force:
-        cmd.append("--force")
     if verify_files:
         cmd.append("--verify-files")
 

@@ -18,8 +18,9 @@ or in a Python process (a background thread)::
 
 A pass looks at each dataset whose AI search is on, one after another, in
 this process. A dataset where nothing changed costs a few indexed queries
-(:func:`fiftyone_ai_search.sync.has_changes`): no model is loaded and no
-index opened. A dataset whose computation runs elsewhere is asked to sync
+(:func:`fiftyone_ai_search.sync.has_changes`) and a count of its index (the
+consistency check, :func:`fiftyone_ai_search.sync.is_consistent`, whose
+mismatch makes the pass sync and so repair it): no model is loaded. A dataset whose computation runs elsewhere is asked to sync
 once more when done rather than waited for, and the dataset lease keeps two
 refreshers from ever computing one dataset at once. A deleted dataset's index
 and state are removed. Disabling AI search drops a dataset from the passes.
@@ -126,7 +127,7 @@ def _refresh_one(key, dataset, doc, settings, report):
         report.busy.append(dataset.name)
         return
 
-    if not has_changes(dataset, doc):
+    if not has_changes(dataset, doc) and _consistent(dataset, doc, settings):
         report.unchanged.append(dataset.name)
         return
 
@@ -136,12 +137,26 @@ def _refresh_one(key, dataset, doc, settings, report):
         pass  # disabled meanwhile: nothing to refresh
 
 
+def _consistent(dataset, doc, settings):
+    """The consistency check of a dataset with nothing new: a mismatch
+    (an index changed behind our back) makes the pass sync it, which
+    repairs it."""
+    from .runner import open_index
+    from .sync import is_consistent
+
+    store = open_index(dataset, settings, doc)
+    try:
+        return is_consistent(dataset, store)
+    finally:
+        store.close()
+
+
 def _forget(doc, settings):
     """Removes the index, collection scores and state of a deleted
     dataset."""
     from .embeddings import delete_index_and_state
 
-    delete_index_and_state(doc, settings)
+    delete_index_and_state(st.disable(doc["_id"]) or doc, settings)
     logger.info(
         "AI search: dataset '%s' was deleted; removed its index",
         doc.get("dataset_name") or doc["_id"],

@@ -6,17 +6,23 @@ search scope.
 """
 
 import collections as _collections
+import logging
 import math
 import threading
 
 import numpy as np
+from bson import ObjectId
 
 from . import collections as colls
 from . import diverse
+from . import media
 from . import runner
 from . import state as st
-from .embeddings import require_enabled
-from .errors import AISearchError
+from . import validate
+from .embeddings import model_label, require_index
+from .store import IndexMismatchError, IndexNotFoundError
+
+logger = logging.getLogger(__name__)
 
 #: how many more hits than ``limit x total / scope size`` a search of a
 #: large scope fetches from the whole index, to keep what is in scope
@@ -36,8 +42,6 @@ NEGATIVE_WEIGHT = 0.5
 AGGREGATIONS = ("max", "mean")
 
 
-class IndexNotReadyError(AISearchError, RuntimeError):
-    """The dataset's first indexing has not finished."""
 
 
 def perform_ai_search(
@@ -121,6 +125,8 @@ def perform_ai_search(
         ValueError: for invalid arguments; the message names the argument
         AISearchNotEnabledError: if AI search is off for the dataset
         IndexNotReadyError: if the first indexing has not finished
+        fiftyone_ai_search.store.IndexMismatchError: if the index does not
+            hold embeddings of the model it is recorded with (never served)
     """
     query = _Query.validate(
         prompt=prompt, image_id=image_id, method=method, limit=limit,
@@ -129,23 +135,72 @@ def perform_ai_search(
         aggregation=aggregation, negative_weight=negative_weight, seed=seed,
         image_id_scope=image_id_scope,
     )
-    dataset = samples._dataset
-    doc = _require_ready(dataset)
+    dataset = media.dataset_of(samples)  # a patches view: its source dataset
+    doc = require_index(dataset)
     scope = _make_scope(samples, query.image_id_scope)
     if query.image_ids:
         _check_known_ids(dataset, query.image_ids, "image_id")
 
-    # not closed: an embedded index stays open for the next search while
-    # nobody else wants it (see VectorStore.session(keep_open=True))
-    store = runner.open_index(dataset, doc=doc)
-    ids, scores = query.run(dataset, doc, store, scope)
+    ids, scores, doc = _search(dataset, doc, query, scope)
 
     if not ids:
         return None
+    described = query.describe(scope)
+    described["model"] = model_label(doc["index"])
+    if doc.get("build"):
+        # searches use the complete index until the rebuild switches over
+        described["rebuilding"] = model_label(doc["build"])
+        logger.warning(
+            "AI search of '%s' is being rebuilt (%s); this search used the "
+            "complete index of %s", dataset.name, described["rebuilding"],
+            described["model"],
+        )
     return colls.write_collection(
-        dataset, colls.TEMPORARY_COLLECTION, ids, scores,
-        query=query.describe(scope),
+        dataset, colls.TEMPORARY_COLLECTION, ids, scores, query=described,
     )
+
+
+def _search(dataset, doc, query, scope):
+    """Runs ``query`` on the index searches use; returns ``(ids, scores,
+    doc)``. A rebuild that switches over and drops the former index during
+    the search makes it run again on the new one."""
+    while True:
+        ref = doc["index"]
+        # not closed: an embedded index stays open for the next search
+        # while nobody else wants it (see VectorStore.session(keep_open=True))
+        store = runner.open_ref(ref)
+        try:
+            ids, scores = query.run(dataset, ref, store, scope)
+            return ids, scores, doc
+        except IndexNotFoundError:
+            newer = require_index(dataset)
+            if newer["index"]["name"] == ref["name"]:
+                raise
+            doc = newer
+
+
+def check_index_model(store, ref, model=None):
+    """Checks that ``store`` holds vectors of the model its state reference
+    ``ref`` names (and of ``model``, the one about to encode queries): a
+    search never compares vectors of two models.
+
+    Raises:
+        IndexNotFoundError: if the index is gone (replaced meanwhile)
+        IndexMismatchError: if it holds another model's vectors
+    """
+    info = store.info()
+    if info is None:
+        raise IndexNotFoundError(f"The AI search index '{store.name}' is gone")
+    identities = {info.model_identity, ref["model_identity"]}
+    if model is not None:
+        identities.add(model.spec.identity)
+    if len(identities) != 1:
+        raise IndexMismatchError(
+            f"The AI search index '{store.name}' holds embeddings of "
+            f"{info.model!r} ({info.pretrained!r}), not of the model "
+            f"{model_label(ref)} it is recorded with: refusing to search it. "
+            "Rebuild it: calculate_embeddings(dataset, force=True)"
+        )
 
 
 # -- validation ---------------------------------------------------------------
@@ -162,7 +217,7 @@ def _split(text, arg):
 
 
 def _id_list(value, arg):
-    values = [value] if isinstance(value, str) else value
+    values = [value] if isinstance(value, (str, ObjectId)) else value
     try:
         values = list(values)
     except TypeError:
@@ -174,10 +229,14 @@ def _id_list(value, arg):
         raise ValueError(f"{arg}: not sample ids: {bad[:5]}")
     if not values:
         raise ValueError(f"{arg} is empty")
-    return list(dict.fromkeys(values))  # unique, order kept
+    # as FiftyOne spells ids (lower-case str): an ObjectId (sample["_id"]),
+    # an np.str_ or upper-case hex would not match them
+    return list(dict.fromkeys(str(v).lower() for v in values))  # order kept
 
 
 def _is_object_id(value):
+    if isinstance(value, ObjectId):
+        return True
     return (isinstance(value, str) and len(value) == 24
             and all(c in "0123456789abcdef" for c in value.lower()))
 
@@ -199,23 +258,13 @@ class _Query:
                 "Give exactly one of prompt, image_id, image or method (diverse "
                 f"search); got {', '.join(given) if given else 'none'}"
             )
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise ValueError(f"limit must be an integer >= 1, got {limit!r}")
-        if threshold is not None and not (
-            isinstance(threshold, (int, float)) and -1.0 <= threshold <= 1.0
-        ):
-            raise ValueError(f"threshold must be within [-1, 1], got {threshold!r}")
-        if method is not None and method not in diverse.METHODS:
-            raise ValueError(
-                f"method must be one of {diverse.METHODS}, got {method!r}"
-            )
-        if clustering_method is not None and (
-            clustering_method not in diverse.CLUSTERING_METHODS
-        ):
-            raise ValueError(
-                "clustering_method must be one of "
-                f"{diverse.CLUSTERING_METHODS}, got {clustering_method!r}"
-            )
+        limit = validate.limit(limit)
+        threshold = validate.optional_number(threshold, "threshold", -1.0, 1.0)
+        if method is not None:
+            validate.choice(method, "method", diverse.METHODS)
+        if clustering_method is not None:
+            validate.choice(clustering_method, "clustering_method",
+                            diverse.CLUSTERING_METHODS)
         if clustering_method is not None and method is None:
             raise ValueError("clustering_method applies to diverse search "
                              "only (method=...)")
@@ -225,18 +274,15 @@ class _Query:
                     "num_clusters applies to diverse search with "
                     "clustering_method='kmeans' only"
                 )
-            if isinstance(num_clusters, bool) or not isinstance(
-                num_clusters, int
-            ) or num_clusters < 1:
-                raise ValueError(
-                    f"num_clusters must be an integer >= 1, got {num_clusters!r}"
-                )
+            num_clusters = validate.integer(num_clusters, "num_clusters", 1)
         if negative_prompt is not None and prompt is None:
             raise ValueError("negative_prompt applies to prompt search only")
-        if aggregation not in AGGREGATIONS:
-            raise ValueError(
-                f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}"
-            )
+        validate.choice(aggregation, "aggregation", AGGREGATIONS)
+        # below 0 it would pull towards the negative prompt
+        negative_weight = validate.number(negative_weight, "negative_weight", 0.0)
+        seed = validate.seed(seed)
+        if image is not None:
+            image = validate.image(image)
 
         q = cls()
         q.prompts = _split(prompt, "prompt") if prompt is not None else None
@@ -248,17 +294,19 @@ class _Query:
         q.clustering_method = clustering_method or "kmeans"
         q.num_clusters = num_clusters
         q.limit = limit
-        q.threshold = None if threshold is None else float(threshold)
+        q.threshold = threshold
         q.aggregation = aggregation
-        q.negative_weight = float(negative_weight)
+        q.negative_weight = negative_weight
         q.seed = seed
         q.image_id_scope = (_id_list(image_id_scope, "image_id_scope")
                             if image_id_scope is not None else None)
         return q
 
-    def run(self, dataset, doc, store, scope):
-        """Returns ``(sample_ids, scores)``."""
+    def run(self, dataset, ref, store, scope):
+        """Returns ``(sample_ids, scores)``, searching ``store``, the index
+        of the state reference ``ref``."""
         if self.method is not None:
+            check_index_model(store, ref)
             return _diverse(store, scope, self)
 
         if self.image_ids is not None:
@@ -266,6 +314,7 @@ class _Query:
                 len(scope)  # a view counts its samples before the index is held
             # one opening of the index for the references and the search
             with store.session(keep_open=True):
+                check_index_model(store, ref)
                 vectors = _reference_vectors(dataset, store, self.image_ids)
                 if self.aggregation == "mean":
                     vectors = _normalize(vectors.mean(axis=0, keepdims=True))
@@ -273,14 +322,16 @@ class _Query:
                                self.threshold, keep_open=True)
 
         # the model runs before the index is opened: never hold it meanwhile
-        model = runner.load_index_model(doc)
+        model = runner.load_index_model(ref)
         if self.prompts is not None:
             vectors = prompt_vectors(model, self.prompts, self.negatives,
                                      self.negative_weight)
         else:
             vectors = _image_vector(model, self.image)
-        return nearest(store, vectors, self.limit, scope, self.threshold,
-                       keep_open=True)
+        with store.session(keep_open=True):
+            check_index_model(store, ref, model)
+            return nearest(store, vectors, self.limit, scope, self.threshold,
+                           keep_open=True)
 
     def describe(self, scope):
         """What produced a collection (kept with it, shown in the App)."""
@@ -305,36 +356,25 @@ class _Query:
 # -- readiness and scope ---------------------------------------------------------
 
 
-def _require_ready(dataset):
-    doc = require_enabled(dataset)
-    if doc.get("updated_at") is None:
-        p = doc.get("progress") or {}
-        done = f" ({p['done']} of {p['total']} embedded)" if p.get("total") else ""
-        raise IndexNotReadyError(
-            f"AI search of dataset '{dataset.name}' is still computing its "
-            f"first index{done}. Wait for it: "
-            "fiftyone_ai_search.calculate_embeddings(dataset, wait=True), "
-            "or check get_status(dataset)"
-        )
-    return doc
-
-
 def _make_scope(samples, image_id_scope):
-    """The samples to search within: None for the whole dataset, a list of
-    sample ids, or a :class:`_ViewScope`."""
-    dataset = samples._dataset
+    """The samples to search within: None for all that the index holds, a
+    list of sample ids, or a :class:`_ViewScope`.
+
+    The index of a grouped dataset holds all its image slices, so the
+    dataset itself is a scope (its active slice); a patches view searches
+    the samples its patches belong to (see
+    :func:`fiftyone_ai_search.media.resolve`).
+    """
+    dataset, view = media.resolve(samples)
     if image_id_scope is not None:
         _check_known_ids(dataset, image_id_scope, "image_id_scope")
-        if samples is dataset:
+        if view is None:
             return image_id_scope
         # in the view's order
-        return samples.select(image_id_scope).values("id")
-    if samples is dataset:
+        return view.select(image_id_scope).values("id")
+    if view is None:
         return None
-    if getattr(samples, "_is_generated", False):
-        # patches, frames, clips: their ids are not sample ids
-        return samples.values("id")
-    return _ViewScope(samples)
+    return _ViewScope(view)
 
 
 class _ViewScope:
@@ -378,7 +418,8 @@ class _ViewScope:
 def _check_known_ids(dataset, ids, arg):
     # select() matches on _id (indexed); F("_id").is_in() would be an $expr
     # that scans the whole collection (~65 ms at 100k samples)
-    found = set(dataset.select(ids).values("id"))
+    # (of any image slice of a grouped dataset, not only the active one)
+    found = set(media.indexed_samples(dataset).select(ids).values("id"))
     unknown = [i for i in ids if i not in found]
     if unknown:
         raise ValueError(

@@ -1,17 +1,35 @@
 """Per-dataset AI search state, kept in FiftyOne's own MongoDB.
 
 One document per dataset in the ``ai_search_state`` collection says whether
-AI search is on, with which model and backend, how far the index is synced
-(the watermarks), what the last run reported, and who is computing right
-now (a lease). Per-sample failures live in ``ai_search_failures``.
+AI search is on, with which model and backend, which index searches use and
+how far it is synced (the watermarks), which index is being built beside it,
+what the last run reported, and who is computing right now (a lease).
+Per-sample failures live in ``ai_search_failures``.
 
 Nothing is written to the dataset or its samples: a write there would bump
 ``last_modified_at`` and make the sync re-trigger itself.
 
+Generations: every change of what should be computed (enable, a model or
+backend change, a rebuild, disable) gives the document a new ``generation``
+in one atomic write. A computation carries the generation it started from
+and checks it before each commit (:func:`check_generation`); once it is
+stale, it writes nothing more. Its end (:func:`finish_sync`,
+:func:`switch_to_build`) is a compare-and-set on that generation, so a
+stale run can never overwrite the state of a newer one.
+
+Indexes: searches use ``index`` (complete, of one model). A rebuild builds
+``build`` beside it, under a name of its own that is never reused, and
+:func:`switch_to_build` makes it the ``index`` in one write when complete.
+Indexes no longer referenced are listed in ``retired`` in the same write
+that stops referencing them, and dropped afterwards, so a crash anywhere
+leaves nothing that the next run does not find.
+
 The lease makes "never two computations at once" hold across processes and
 machines: it is taken with an atomic compare-and-set, renewed by a heartbeat,
 and taken over when its holder stops renewing it (a ``kill -9``) or, on the
-same host, as soon as the holder's process is gone.
+same host, as soon as the holder's process is gone. Disabling while a
+computation runs keeps the document (``enabled: False``, the lease) until
+the computation lets go, so that a new enable waits for it.
 """
 
 import datetime
@@ -23,10 +41,12 @@ import uuid
 
 import pymongo
 
+from .errors import AISearchError
+
 logger = logging.getLogger(__name__)
 
 #: version of the state document layout; see :func:`_migrate`
-STATE_SCHEMA_VERSION = 1
+STATE_SCHEMA_VERSION = 2
 
 STATE_COLLECTION = "ai_search_state"
 FAILURES_COLLECTION = "ai_search_failures"
@@ -60,11 +80,39 @@ def _failures():
     return coll
 
 
+class StaleGeneration(AISearchError):
+    """The state changed (enable, model change, rebuild, disable) since the
+    computation started: it must write nothing more."""
+
+
+#: the fields of an index reference (``index``, ``build``, ``retired``)
+INDEX_FIELDS = ("name", "model", "pretrained", "model_identity", "backend")
+
+
+def _new_generation():
+    # random, never a counter: a disabled dataset's document may be deleted
+    # and a new one start over, and a stale run must still see it is stale
+    return uuid.uuid4().hex[:12]
+
+
+def _index_ref(key, generation, model, pretrained, model_identity, backend):
+    """The reference to a new index, whose name nobody else ever uses."""
+    return {
+        "name": f"dataset_{key}_{generation}",
+        "model": model,
+        "pretrained": pretrained,
+        "model_identity": model_identity,
+        "backend": backend,
+    }
+
+
 def _migrate(doc):
     """Upgrades a state document written by an older version, in memory.
 
-    Version 1 is the first layout; later versions add a step here (and the
-    document is rewritten on the next save).
+    Version 2 (generations, an index built beside the one searched) replaces
+    v1's ``index_name`` and ``rebuild``: a v1 index that was complete and of
+    the requested model becomes the ``index``; any other becomes the
+    ``build``, which the next sync resumes (or drops, if of another model).
     """
     version = doc.get("schema_version", 1)
     if version > STATE_SCHEMA_VERSION:
@@ -72,6 +120,21 @@ def _migrate(doc):
             f"AI search state of dataset {doc['_id']} was written by a newer "
             f"version of fiftyone-ai-search (schema {version}); upgrade it"
         )
+    if version == 1 and "index_name" in doc:
+        ref = {k: doc.get(k) for k in INDEX_FIELDS[1:]}
+        ref["name"] = doc.pop("index_name")
+        complete = doc.get("updated_at") is not None and not doc.pop(
+            "rebuild", False
+        )
+        doc.update(
+            generation=doc.get("generation") or "v1",
+            index=ref if complete else None,
+            build=None if complete else dict(ref, generation="v1"),
+            retired=[],
+        )
+        if not complete:
+            doc.update(watermark=None, deletion_watermark=None)
+    doc["schema_version"] = STATE_SCHEMA_VERSION
     return doc
 
 
@@ -92,50 +155,207 @@ def load_dataset(key):
     return fo.load_dataset(found["name"]) if found else None
 
 
-def index_name(dataset):
-    """The name of the dataset's vector index."""
-    return "dataset_" + dataset_key(dataset)
-
-
 def get(dataset):
     """The state document of ``dataset``, or None if AI search was never on."""
-    doc = _states().find_one({"_id": dataset_key(dataset)})
-    return _migrate(doc) if doc else None
+    return get_key(dataset_key(dataset))
+
+
+def get_key(key):
+    """The state document of the dataset whose id is ``key``, or None."""
+    doc = _states().find_one({"_id": key})
+    if doc is None:
+        return None
+    version = doc.get("schema_version", 1)
+    doc = _migrate(doc)
+    if version < STATE_SCHEMA_VERSION:
+        # rewritten once, only if nobody rewrote it meanwhile
+        _states().replace_one({"_id": key, "schema_version": version}, doc)
+    return doc
+
+
+def _same(ref, model_identity, backend):
+    return (
+        ref is not None
+        and ref.get("model_identity") == model_identity
+        and ref.get("backend") == backend
+    )
+
+
+def same_index(a, b):
+    """Whether two index references hold vectors of the same model in the
+    same backend (interchangeable for reads)."""
+    return _same(a, b.get("model_identity"), b.get("backend"))
+
+
+def indexes_of(doc):
+    """Every index a state document references: ``[{name, backend, ...}]``."""
+    refs = [doc.get("index"), doc.get("build"), *(doc.get("retired") or [])]
+    return [r for r in refs if r]
 
 
 def enable(dataset, model, pretrained, model_identity, backend):
     """Records that AI search is on for ``dataset`` with the given model.
 
-    A change of model or backend resets the watermarks, so the next sync
-    rebuilds the index.
+    The same model and backend as now change nothing. Another one means a
+    new generation and an index built beside the current one, which
+    searches keep using until the new one is complete; going back to the
+    model of the current index cancels such a build.
+
+    Returns:
+        the new state document
     """
     key = dataset_key(dataset)
     current = get(dataset)
-    same_index = (
-        current is not None
-        and current.get("model_identity") == model_identity
-        and current.get("backend") == backend
-    )
+    enabled = current is not None and current.get("enabled")
+    if enabled and _same(current, model_identity, backend):
+        _states().update_one(
+            {"_id": key}, {"$set": {"dataset_name": dataset.name}}
+        )
+        return get(dataset)
+
+    generation = _new_generation()
     fields = {
         "schema_version": STATE_SCHEMA_VERSION,
         "dataset_name": dataset.name,
         "enabled": True,
+        "generation": generation,
         "model": model,
         "pretrained": pretrained,
         "model_identity": model_identity,
         "backend": backend,
-        "index_name": index_name(dataset),
+        "rerun_requested": False,
     }
-    if not same_index:
+    retired = []
+    if enabled:
+        index = current.get("index")
+        if current.get("build"):
+            retired.append(current["build"])
+        if _same(index, model_identity, backend):
+            fields["build"] = None  # back to the model searches use
+        else:
+            fields["build"] = dict(
+                _index_ref(key, generation, model, pretrained,
+                           model_identity, backend),
+                generation=generation, started_at=utcnow(),
+            )
+    else:
+        # a fresh start; whatever a crashed disable left goes
+        if current is not None:
+            retired.extend(indexes_of(current))
         fields.update(
+            index=None,
+            build=dict(
+                _index_ref(key, generation, model, pretrained,
+                           model_identity, backend),
+                generation=generation, started_at=utcnow(),
+            ),
             watermark=None,
             deletion_watermark=None,
             updated_at=None,
-            rebuild=current is not None,
+            enabled_at=utcnow(),
+            last_report=None,
+            last_error=None,
+            progress=None,
         )
-    fields.setdefault("enabled_at", utcnow())
-    _states().update_one({"_id": key}, {"$set": fields}, upsert=True)
+    update = {"$set": fields}
+    if not enabled:
+        fields["retired"] = retired
+    elif retired:
+        update["$push"] = {"retired": {"$each": retired}}
+    _states().update_one({"_id": key}, update, upsert=True)
     return get(dataset)
+
+
+def plan_rebuild(dataset):
+    """Asks for the index to be rebuilt from scratch, beside the current
+    one (``calculate_embeddings(force=True)``). A new generation: a running
+    computation stops at its next commit.
+
+    Returns:
+        the new state document
+    """
+    key = dataset_key(dataset)
+    doc = get(dataset)
+    if doc is None or not doc.get("enabled"):
+        return doc
+    generation = _new_generation()
+    build = dict(
+        _index_ref(key, generation, doc["model"], doc["pretrained"],
+                   doc["model_identity"], doc["backend"]),
+        generation=generation, started_at=utcnow(),
+    )
+    update = {"$set": {"generation": generation, "build": build}}
+    if doc.get("build"):
+        update["$push"] = {"retired": doc["build"]}
+    res = _states().update_one(
+        {"_id": key, "generation": doc["generation"]}, update
+    )
+    if res.modified_count != 1:
+        return plan_rebuild(dataset)  # changed meanwhile: plan on the new one
+    return get(dataset)
+
+
+def check_generation(dataset, generation):
+    """Raises :class:`StaleGeneration` unless AI search is on for
+    ``dataset`` and its state is still at ``generation``."""
+    doc = _states().find_one(
+        {"_id": dataset_key(dataset)}, {"enabled": 1, "generation": 1}
+    )
+    if doc is None or not doc.get("enabled"):
+        raise StaleGeneration("AI search was disabled during the computation")
+    if doc.get("generation") != generation:
+        raise StaleGeneration(
+            "The AI search settings changed during the computation (another "
+            "model, a rebuild, or disable and enable)"
+        )
+
+
+def _commit(dataset, generation, update):
+    res = _states().update_one(
+        {"_id": dataset_key(dataset), "generation": generation,
+         "enabled": True},
+        update,
+    )
+    if res.matched_count != 1:
+        check_generation(dataset, generation)  # raises the reason
+        raise StaleGeneration("The AI search state changed meanwhile")
+
+
+def finish_sync(dataset, generation, **fields):
+    """Records the end of an incremental sync of the current index, if the
+    state is still at ``generation`` (else :class:`StaleGeneration`)."""
+    _commit(dataset, generation, {"$set": fields})
+
+
+def switch_to_build(dataset, generation, build_name, **fields):
+    """Makes the completed ``build`` the index searches use, in one write;
+    the index it replaces is retired (see :func:`forget_retired`).
+
+    Raises:
+        StaleGeneration: if the state is no longer at ``generation`` or no
+            longer builds ``build_name``
+    """
+    doc = get(dataset) or {}
+    build = doc.get("build")
+    if not build or build["name"] != build_name:
+        check_generation(dataset, generation)
+        raise StaleGeneration("Another index is being built now")
+    update = {
+        "$set": dict(fields, build=None,
+                     index={k: build.get(k) for k in INDEX_FIELDS}),
+    }
+    if doc.get("index"):
+        update["$push"] = {"retired": doc["index"]}
+    # only the lease holder switches, and any other change of the index
+    # comes with a new generation: the generation is the whole condition
+    _commit(dataset, generation, update)
+
+
+def forget_retired(dataset_or_key, ref):
+    """Removes a dropped index from the ``retired`` list."""
+    key = (dataset_or_key if isinstance(dataset_or_key, str)
+           else dataset_key(dataset_or_key))
+    _states().update_one({"_id": key}, {"$pull": {"retired": {"name": ref["name"]}}})
 
 
 def enabled_states():
@@ -144,11 +364,44 @@ def enabled_states():
     return [_migrate(doc) for doc in _states().find({"enabled": True})]
 
 
+def disable(dataset_or_key):
+    """Switches AI search off in one write (a new generation, so a running
+    computation stops at its next commit).
+
+    Returns:
+        the document as it was before, or None if there was none
+    """
+    key = (dataset_or_key if isinstance(dataset_or_key, str)
+           else dataset_key(dataset_or_key))
+    doc = _states().find_one_and_update(
+        {"_id": key},
+        {"$set": {"enabled": False, "generation": _new_generation()}},
+    )
+    return _migrate(doc) if doc else None
+
+
 def delete_key(key):
-    """Deletes all state (document and failures) of the dataset whose id is
-    ``key``, also of one that no longer exists."""
-    _states().delete_one({"_id": key})
+    """Deletes the state of the dataset whose id is ``key`` (also of one that
+    no longer exists): its failures, and its document unless AI search was
+    enabled again meanwhile. A document whose lease a live computation
+    holds is reduced to that lease (``enabled: False``) until it lets go,
+    so that a new enable waits for that computation to stop."""
     _failures().delete_many({"dataset_id": key})
+    _states().update_one(
+        {"_id": key, "enabled": False},
+        [{"$replaceWith": {
+            "_id": "$_id",
+            "schema_version": STATE_SCHEMA_VERSION,
+            "enabled": False,
+            "generation": "$generation",
+            "lease": "$lease",
+        }}],
+    )
+    doc = _states().find_one({"_id": key, "enabled": False})
+    if doc is not None and not is_running(doc):
+        _states().delete_one(
+            {"_id": key, "enabled": False, "generation": doc.get("generation")}
+        )
 
 
 def update(dataset, **fields):
@@ -280,6 +533,9 @@ class Lease:
             {"_id": self.key, "lease.token": self.token},
             {"$set": {"lease": None}},
         )
+        # AI search was disabled while we ran: what is left was kept for us
+        _states().delete_one({"_id": self.key, "enabled": False, "lease": None,
+                              "index": {"$exists": False}})
 
     def __enter__(self):
         return self

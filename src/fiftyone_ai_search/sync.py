@@ -14,6 +14,13 @@ Vectors are committed batch by batch and the watermark only advances at the
 end, so an interrupted run (even ``kill -9``) keeps what it committed and the
 next run embeds only the rest: committed samples match their fingerprint and
 are skipped.
+
+Every sync ends with a consistency check (vectors + failures against the
+samples; counts only, cheap); a mismatch, whatever left it, runs the id diff
+that repairs it. A rebuild fills an index of its own beside the one searches
+use (:mod:`fiftyone_ai_search.state`) and, once complete and consistent,
+switches over in one write. Before each commit a run checks that the state
+is still at the generation it started from, and stops if not.
 """
 
 import dataclasses
@@ -25,9 +32,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 from bson import ObjectId
 
+from . import media
 from . import state as st
 from .errors import AISearchError
-from .store import IndexInfo
+from .store import IndexInfo, IndexNotFoundError
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +62,8 @@ class SyncReport:
         failed: samples whose image could not be read (see ``get_status``)
         skipped: samples looked at whose image had not changed
         seconds: wall time of the run
-        rebuilt: whether the index was (re)created from scratch
+        rebuilt: whether a new index was built (a first index, another
+            model, or a forced rebuild) and then switched to
     """
 
     added: int = 0
@@ -67,6 +76,14 @@ class SyncReport:
 
     def to_dict(self):
         return dataclasses.asdict(self)
+
+    def __add__(self, other):
+        """The report of two passes, one after the other."""
+        counts = {
+            f.name: getattr(self, f.name) + getattr(other, f.name)
+            for f in dataclasses.fields(self) if f.name != "rebuilt"
+        }
+        return SyncReport(**counts, rebuilt=self.rebuilt or other.rebuilt)
 
     def __str__(self):
         return (
@@ -101,12 +118,15 @@ def _last_deletion_at(dataset):
 
 
 def _edited_since(dataset, watermark):
-    """The samples created or edited after ``watermark`` (all if None)."""
+    """The indexed samples created or edited after ``watermark`` (all if
+    None); see :func:`fiftyone_ai_search.media.indexed_samples`."""
     from fiftyone import ViewField as F
 
+    # all image slices of a grouped dataset, not only its active one
+    samples = media.indexed_samples(dataset)
     if watermark is None:
-        return dataset
-    return dataset.match(F("last_modified_at") > watermark)
+        return samples
+    return samples.match(F("last_modified_at") > watermark)
 
 
 def _changed_samples(dataset, watermark):
@@ -125,10 +145,10 @@ def has_changes(dataset, doc):
         doc: its state document (:func:`fiftyone_ai_search.state.get`)
     """
     watermark = doc.get("watermark")
-    if watermark is None or doc.get("rebuild"):
-        return True  # never indexed, or another model asked for
+    if watermark is None or doc.get("build") or doc.get("retired"):
+        return True  # never indexed, a rebuild to do, or indexes to drop
 
-    if _deleted_since(doc, _last_deletion_at(dataset)):
+    if _deleted_since(doc.get("deletion_watermark"), _last_deletion_at(dataset)):
         return True
 
     if len(_edited_since(dataset, watermark).limit(1)):
@@ -137,11 +157,26 @@ def has_changes(dataset, doc):
     return bool(_repaired(st.get_failures(dataset)))
 
 
-def _deleted_since(doc, deletion_at):
+def is_consistent(dataset, store):
+    """The consistency check: whether ``store`` holds as many vectors as
+    the dataset has samples without a recorded failure (counts only: a few
+    cheap queries, but it opens the index).
+
+    Args:
+        dataset: the dataset
+        store: its :class:`fiftyone_ai_search.store.VectorStore`
+    """
+    with store.session():
+        num_indexed = store.count() if store.exists() else -1
+    return num_indexed + st.count_failures(dataset) == (
+        _edited_since(dataset, None).count()
+    )
+
+
+def _deleted_since(deletion_watermark, deletion_at):
     """Whether samples were deleted since the last sync looked."""
     return deletion_at is not None and (
-        doc.get("deletion_watermark") is None
-        or deletion_at > doc["deletion_watermark"]
+        deletion_watermark is None or deletion_at > deletion_watermark
     )
 
 
@@ -157,43 +192,59 @@ def _samples_by_id(dataset, sample_ids):
     from fiftyone import ViewField as F
 
     ids = [ObjectId(i) for i in sample_ids]
-    return dataset.match(F("_id").is_in(ids)).values(["id", "filepath"])
+    return media.indexed_samples(dataset).match(F("_id").is_in(ids)).values(
+        ["id", "filepath"]
+    )
 
 
 class Synchronizer:
-    """Brings one dataset's index up to date with the dataset.
+    """Brings one index of a dataset up to date with the dataset.
 
     Args:
         dataset: a :class:`fiftyone.core.dataset.Dataset`
-        store: the dataset's :class:`fiftyone_ai_search.store.VectorStore`
+        store: the :class:`fiftyone_ai_search.store.VectorStore` to fill
         model: a loaded :class:`fiftyone_ai_search.model.ClipModel`
         settings: the :class:`fiftyone_ai_search.config.Settings`
+        generation: the state generation the run works for
+        building (False): whether ``store`` is the index being built beside
+            the one searches use (see :mod:`fiftyone_ai_search.state`); it
+            is switched to once complete
         progress (None): called as ``progress(done, total)`` after each batch
     """
 
-    def __init__(self, dataset, store, model, settings, progress=None):
+    def __init__(self, dataset, store, model, settings, generation,
+                 building=False, progress=None):
         self.dataset = dataset
         self.store = store
         self.model = model
         self.settings = settings
+        self.generation = generation
+        self.building = building
         self.progress = progress
 
-    def run(self, force=False, verify_files=False):
-        """Runs one synchronisation.
+    def run(self, watermark=None, deletion_watermark=None, verify_files=False):
+        """Runs one synchronisation and records its end in the state.
 
         Args:
-            force (False): whether to drop the index and embed everything
+            watermark (None): only samples edited after it are looked at
+                (ignored when building: all are)
+            deletion_watermark (None): the ``last_deletion_at`` of the
+                dataset that the index last caught up with
             verify_files (False): whether to check the file fingerprint of
                 every sample, not only of edited ones; this finds images
                 replaced on disk behind FiftyOne's back
 
         Returns:
             a :class:`SyncReport`
+
+        Raises:
+            fiftyone_ai_search.state.StaleGeneration: if the state changed
+                meanwhile; nothing was
+                written after the change
         """
         start = time.time()
         started_at = st.utcnow()
-        report = SyncReport()
-        doc = st.get(self.dataset)
+        report = SyncReport(rebuilt=self.building)
 
         spec = self.model.spec
         info = IndexInfo(
@@ -202,23 +253,20 @@ class Synchronizer:
             model_identity=spec.identity,
             dim=self.model.dim,
         )
-        if force:
-            self.store.drop()
-        report.rebuilt = self.store.ensure(
-            info, rebuild=bool(doc.get("rebuild"))
-        )
-        if report.rebuilt:
-            st.clear_failures(self.dataset)
+        self._check()
+        # an index being built is ours alone: a leftover of another model
+        # under its name (impossible by naming) would be replaced
+        self.store.ensure(info, rebuild=self.building)
+        if self.building or verify_files:
             watermark = None
-        else:
-            watermark = doc.get("watermark")
 
         deletion_at = _last_deletion_at(self.dataset)
-        if not report.rebuilt and _deleted_since(doc, deletion_at):
+        # (a build looks at every sample; what it holds of samples deleted
+        # meanwhile, the consistency check finds)
+        if not self.building and _deleted_since(deletion_watermark,
+                                                deletion_at):
             report.removed = self._remove_deleted()
 
-        if verify_files:
-            watermark = None
         ids, paths = _changed_samples(self.dataset, watermark)
         retry_ids, retry_paths = self._failures_to_retry(set(ids))
         ids += retry_ids
@@ -226,31 +274,76 @@ class Synchronizer:
 
         todo = self._diff(ids, paths, report)
         self._embed(todo, report)
+        self._reconcile(report)
 
         report.seconds = time.time() - start
-        st.update(
-            self.dataset,
+        fields = dict(
             watermark=started_at - WATERMARK_MARGIN,
             deletion_watermark=deletion_at,
             updated_at=st.utcnow(),
-            rebuild=False,
             last_report=report.to_dict(),
             last_error=None,
         )
+        if self.building:
+            st.switch_to_build(
+                self.dataset, self.generation, self.store.name, **fields
+            )
+        else:
+            st.finish_sync(self.dataset, self.generation, **fields)
         return report
 
     # -- steps ---------------------------------------------------------------
 
+    def _check(self):
+        st.check_generation(self.dataset, self.generation)
+
     def _remove_deleted(self):
         indexed = set(self.store.get_sample_ids())
-        present = set(self.dataset.values("id"))
+        present = set(_edited_since(self.dataset, None).values("id"))
         gone = list(indexed - present)
         if gone:
+            self._check()
             self.store.delete(gone)
         # failures of deleted samples are moot
         failed = {f["sample_id"] for f in st.get_failures(self.dataset)}
         st.clear_failures(self.dataset, failed - present)
         return len(gone)
+
+    def _reconcile(self, report):
+        """The consistency check: every sample has a vector or a failure,
+        and nothing else does. Counts first (cheap); on a mismatch (a crash
+        between two writes, an index changed behind our back, samples added
+        or deleted meanwhile), the id diff that repairs it."""
+        if is_consistent(self.dataset, self.store):
+            return
+
+        ids, paths = _edited_since(self.dataset, None).values(
+            ["id", "filepath"])
+        present = set(ids)
+        with self.store.session():
+            indexed = set(self.store.get_sample_ids())
+        failed = {f["sample_id"] for f in st.get_failures(self.dataset)}
+        gone = list(indexed - present)
+        if gone:
+            self._check()
+            self.store.delete(gone)
+            report.removed += len(gone)
+        # a vector wins over a failure: its fingerprint is checked anyway
+        st.clear_failures(self.dataset, (failed - present) | (failed & indexed))
+        missing = [
+            (i, p) for i, p in zip(ids, paths)
+            if i not in indexed and i not in failed
+        ]
+        logger.info(
+            "AI search index of '%s' was inconsistent (%d vectors + %d "
+            "failures for %d samples): removed %d, embedding %d",
+            self.dataset.name, len(indexed), len(failed), len(present),
+            len(gone), len(missing),
+        )
+        if missing:
+            todo = self._diff([i for i, _ in missing],
+                              [p for _, p in missing], report)
+            self._embed(todo, report)
 
     def _failures_to_retry(self, already):
         """Failed samples whose file changed since they failed.
@@ -306,7 +399,8 @@ class Synchronizer:
         total = len(todo)
         st.update(
             self.dataset,
-            progress={"done": 0, "total": total, "started_at": st.utcnow()},
+            progress={"done": 0, "total": total, "started_at": st.utcnow(),
+                      "building": self.building, "index": self.store.name},
         )
         if self.progress:
             self.progress(0, total)
@@ -345,10 +439,17 @@ class Synchronizer:
             self.store.close()
 
     def _commit(self, batch, meta, report, done, total):
-        doc = st.get(self.dataset)
-        if doc is None or not doc.get("enabled"):
-            raise SyncCancelled("AI search was disabled during the computation")
+        try:
+            self._write(batch, meta, report)
+        except IndexNotFoundError:
+            self._check()  # dropped because the state changed: say so
+            raise
+        st.update(self.dataset, **{"progress.done": done})
+        if self.progress:
+            self.progress(done, total)
 
+    def _write(self, batch, meta, report):
+        self._check()
         if batch.keys:
             payloads = [
                 {"filepath": meta[k][0], "fingerprint": meta[k][1]}
@@ -381,7 +482,3 @@ class Synchronizer:
                 ],
             )
             report.failed += len(failed)
-
-        st.update(self.dataset, **{"progress.done": done})
-        if self.progress:
-            self.progress(done, total)

@@ -13,6 +13,7 @@ import os
 import fiftyone.operators.types as types
 
 import fiftyone_ai_search as ais
+from fiftyone_ai_search import media
 from fiftyone_ai_search.config import BACKENDS
 
 SEARCH_MODES = ("prompt", "similar", "diverse")
@@ -170,26 +171,53 @@ def enable_from_params(ctx, params, secrets):
 def search_scope(ctx, params):
     """What a search from the App searches: the dataset when the App shows
     the latest results (or a score range of them) or the user asked for the
-    whole dataset, else the App's current view."""
+    whole dataset, else the App's current view; for a patches view, the
+    samples its patches belong to (a search finds samples, not patches).
+
+    Raises:
+        fiftyone_ai_search.media.UnsupportedMediaError: for a frames or
+            clips view (videos are not indexed); the message says what to do
+    """
     view = ctx.view
-    if (params.get("whole_dataset") or not view._stages  # the whole dataset
+    # (a patches view has no stages of its own: its stages are those of
+    # the hidden dataset FiftyOne generates for it)
+    whole = not view._stages and not view._is_generated
+    if (params.get("whole_dataset") or whole  # the whole dataset
             or ais.is_latest_results(view)):
         return ctx.dataset
-    return view
+    _, samples = media.resolve(view)
+    return view if samples is None else samples
 
 
 def scope_form(ctx, inputs, params, on_change=None):
     """Says what a search will search; offers the whole dataset when that
-    is a narrower view."""
-    if search_scope(ctx, {}) is ctx.dataset:
+    is a narrower view.
+
+    Returns:
+        False if the view cannot be searched (frames, clips), else None
+    """
+    try:
+        scope = search_scope(ctx, {})
+    except media.UnsupportedMediaError as e:
+        blocked(inputs, "scope", str(e), types.Error)
+        return False
+    whole = f"Searching the whole dataset: {len(ctx.dataset)} samples"
+    if media.is_grouped(ctx.dataset):
+        # a grouped dataset is searched in its active slice
+        whole = (f"Searching slice '{ctx.dataset.group_slice}' of the "
+                 f"dataset: {len(ctx.dataset)} samples")
+    if scope is ctx.dataset:
         note = ""
         if ais.is_latest_results(ctx.view):
             note = " (a new search never searches the latest results)"
-        inputs.view("scope", types.Notice(label=(
-            f"Searching the whole dataset: {len(ctx.dataset)} samples{note}.")))
+        inputs.view("scope", types.Notice(label=f"{whole}{note}."))
         return
     if params.get("whole_dataset"):
-        label = f"Searching the whole dataset: {len(ctx.dataset)} samples."
+        label = f"{whole}."
+    elif ctx.view._is_patches:
+        label = (f"Searching the {scope.count()} samples that the patches "
+                 "of the current view belong to (a search finds samples, "
+                 "not patches).")
     else:
         label = (f"Searching within the current view: {ctx.view.count()} "
                  "samples.")
@@ -255,7 +283,8 @@ def search_form(ctx, inputs, params, selected, on_change=None,
         inputs.float("threshold", label="Minimum score", min=-1.0, max=1.0,
                      description="Only results scoring at least this "
                      "(cosine similarity, -1 to 1)")
-    scope_form(ctx, inputs, params, on_change)
+    if scope_form(ctx, inputs, params, on_change) is False:
+        runnable = False
     return runnable
 
 

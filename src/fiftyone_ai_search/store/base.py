@@ -15,6 +15,7 @@ import uuid
 
 import numpy as np
 
+from .. import validate
 from ..errors import AISearchError
 
 #: Version of the on-disk / in-collection layout of an index. Bump it, and
@@ -536,9 +537,6 @@ def normalize_vector(vector, dim=None):
 
 
 def check_limit(limit):
-    """Validates a query ``limit`` (a positive integer) and returns it."""
-    if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)):
-        raise ValueError(f"limit must be an integer, got {limit!r}")
-    if limit < 1:
-        raise ValueError(f"limit must be >= 1, got {limit}")
-    return int(limit)
+    """Validates a query ``limit`` (an integer in ``[1, MAX_LIMIT]``, see
+    :func:`fiftyone_ai_search.validate.limit`) and returns it as an int."""
+    return validate.limit(limit)

@@ -8,17 +8,25 @@ lives in the collection's metadata (Qdrant >= 1.16), under the key
 speaks the same API; it is how this code path is tested without a server.
 
 The API key is handed to the client and kept nowhere else: it never appears
-in a repr, a log message or an error of this module.
+in a repr, a log message or an error of this module. The URL may hold
+credentials too: it is shown only through
+:func:`fiftyone_ai_search.config.redact_url`.
+
+:func:`check_server` tells at once whether a server answers, before anything
+is written that would need it.
 """
 
 import contextlib
 import hashlib
+import re
 import threading
-import urllib.parse
 import weakref
 
 from qdrant_client import QdrantClient, models
+from qdrant_client.http.exceptions import UnexpectedResponse
 
+from ..config import ENV_PREFIX, redact_url
+from ..errors import AISearchError
 from .base import (
     IndexExistsError,
     IndexInfo,
@@ -43,6 +51,14 @@ ID_CHUNK = 2048
 #: seconds a request to a server may take
 REQUEST_TIMEOUT = 60
 
+#: seconds :func:`check_server` waits for the server's answer
+CHECK_TIMEOUT = 5
+
+_NO_URL = (
+    "The Qdrant server backend needs a URL: set "
+    f"{ENV_PREFIX}QDRANT_URL (or ':memory:' for an in-process store)"
+)
+
 _clients = {}
 _clients_lock = threading.Lock()
 
@@ -64,11 +80,7 @@ def get_client(url=None, api_key=None, location=None):
     if url == MEMORY:
         url, location = None, MEMORY
     if not (url or location):
-        raise ValueError(
-            "The Qdrant server backend needs a URL: set "
-            "FIFTYONE_AI_SEARCH_QDRANT_URL (or ':memory:' for an in-process "
-            "store)"
-        )
+        raise ValueError(_NO_URL)
 
     # the key itself is not kept as a cache key, only its digest
     digest = hashlib.sha256(api_key.encode()).hexdigest() if api_key else None
@@ -100,20 +112,108 @@ def _local_lock(client):
         return _local_locks.setdefault(client, threading.RLock())
 
 
-def _redact_url(url):
-    """The URL without any ``user:password@`` part."""
-    if not url or url == MEMORY:
-        return url
+class QdrantUnreachableError(AISearchError, ConnectionError):
+    """The Qdrant server does not answer, or refuses the API key.
+
+    The message names the server's URL without its credentials and says what
+    to do.
+    """
+
+
+def check_server(url, api_key=None, timeout=CHECK_TIMEOUT):
+    """Checks that a Qdrant server answers and accepts the API key.
+
+    Cheap: one ``get_collections`` request with a short timeout, on a client
+    of its own. ``":memory:"`` is always reachable.
+
+    Args:
+        url: the server URL, or ``":memory:"``
+        api_key (None): the API key
+        timeout (CHECK_TIMEOUT): seconds to wait for the answer
+
+    Raises:
+        QdrantUnreachableError: if the server cannot be reached, answers
+            with an error, or refuses the API key
+    """
+    if url == MEMORY:
+        return
+    if not url:
+        raise ValueError(_NO_URL)
+
+    where = redact_url(url)
+    client = None
     try:
-        parts = urllib.parse.urlsplit(url)
-    except ValueError:
-        return "<invalid url>"
-    if parts.username or parts.password:
-        netloc = parts.hostname or ""
-        if parts.port:
-            netloc += f":{parts.port}"
-        parts = parts._replace(netloc=netloc)
-    return urllib.parse.urlunsplit(parts)
+        client = QdrantClient(
+            url=url, api_key=api_key, timeout=timeout,
+            check_compatibility=False,
+        )
+        client.get_collections()
+    except UnexpectedResponse as e:
+        raise QdrantUnreachableError(
+            _refusal(e, where, url, api_key)
+        ) from None
+    except Exception as e:
+        reason = _scrub(_reason_of(e, timeout), url, api_key)
+        raise QdrantUnreachableError(
+            f"Cannot reach the Qdrant server at {where} ({reason}). Start "
+            f"the server, or check {ENV_PREFIX}QDRANT_URL and "
+            f"{ENV_PREFIX}QDRANT_API_KEY; or use the embedded backend, which "
+            "needs no server: backend='edge'"
+        ) from None
+    finally:
+        if client is not None:
+            client.close()
+
+
+def _refusal(error, where, url, api_key):
+    """The message of a server's error answer to :func:`check_server`."""
+    status = f"HTTP {error.status_code} {error.reason_phrase}".strip()
+    if error.status_code in (401, 403):
+        if api_key:
+            message = (
+                f"The Qdrant server at {where} refused the API key "
+                f"({status}): check {ENV_PREFIX}QDRANT_API_KEY"
+            )
+        else:
+            message = (
+                f"The Qdrant server at {where} needs an API key ({status}): "
+                f"set {ENV_PREFIX}QDRANT_API_KEY"
+            )
+        if "@" in url:
+            # qdrant-client sends no user info: only the API key counts
+            message += (
+                " (credentials in the URL are not sent: Qdrant takes an "
+                "API key)"
+            )
+        return message
+
+    return (
+        f"The server at {where} answered a Qdrant request with {status}: "
+        f"check {ENV_PREFIX}QDRANT_URL (host, port and path of a Qdrant "
+        "server); or use the embedded backend, which needs no server: "
+        "backend='edge'"
+    )
+
+
+def _reason_of(error, timeout):
+    """A short reason for a failed request, e.g. ``"Connection refused"``."""
+    text = str(error).strip()
+    name = type(error).__name__.lower()
+    if "timed out" in text.lower() or "timeout" in name:
+        return f"no answer within {timeout} s"
+    text = re.sub(r"^\[Errno -?\d+\]\s*", "", text)
+    return text or type(error).__name__
+
+
+def _scrub(text, url, api_key):
+    """``text`` with the URL's and the API key's secrets redacted."""
+    text = text.replace(url, redact_url(url))
+    userinfo = url.partition("://")[2].rpartition("@")[0]
+    password = userinfo.partition(":")[2]
+    for secret in (userinfo, password, api_key):
+        if secret:
+            text = text.replace(secret, "***")
+    return text
 
 
 class ServerStore(VectorStore):
@@ -150,7 +250,7 @@ class ServerStore(VectorStore):
         self._client = client
         self._local_lock = _local_lock(client)
         self.collection_name = prefix + name
-        self._where = _redact_url(url or location) or "<client>"
+        self._where = redact_url(url or location) or "<client>"
 
     def __repr__(self):
         return (

@@ -1,0 +1,166 @@
+"""Which samples of a dataset AI search indexes, and how the samples a user
+passes resolve to them.
+
+-   An image dataset: all its samples.
+-   A grouped dataset: every sample of every image slice, whatever slice is
+    active (its other slices, video or 3D, are left out). A search honours
+    the slice(s) of what it is given: the grouped dataset itself searches
+    its active slice, ``dataset.select_group_slices(["left", "right"])``
+    both.
+-   A patches view (``to_patches()``, ``to_evaluation_patches()``): the
+    samples its patches belong to, in its source dataset.
+-   Video, 3D and point-cloud datasets, and frames or clips views, are
+    refused with :class:`UnsupportedMediaError`.
+
+| Copyright the fiftyone-ai-search authors, Apache-2.0.
+"""
+
+from .errors import AISearchError
+
+#: what AI search indexes, as error messages say it
+SUPPORTED = (
+    "AI search indexes image datasets, and grouped datasets with image "
+    "slices (all image slices are indexed)"
+)
+
+
+class UnsupportedMediaError(AISearchError, ValueError):
+    """The samples are of a kind AI search does not index (videos, 3D,
+    point clouds, frames or clips views)."""
+
+
+def _video_hint(name):
+    return (
+        "To search video frames, sample them into an image dataset and "
+        "enable AI search on that: "
+        f"fo.load_dataset({name!r}).to_frames(sample_frames=True)"
+        f".clone({name + '-frames'!r})"
+    )
+
+
+def dataset_of(samples, arg="samples"):
+    """The dataset whose index serves ``samples``.
+
+    Cheap: reads no samples. Patches views resolve to their source dataset
+    (``samples._dataset`` of a patches view is the hidden dataset FiftyOne
+    generates for it).
+
+    Args:
+        samples: a :class:`fiftyone.core.dataset.Dataset` or
+            :class:`fiftyone.core.view.DatasetView`
+        arg ("samples"): the argument's name, for the messages
+
+    Returns:
+        a :class:`fiftyone.core.dataset.Dataset`
+
+    Raises:
+        ValueError: if ``samples`` is not a dataset or a view
+        UnsupportedMediaError: for frames and clips views (of videos)
+    """
+    import fiftyone.core.collections as foc
+
+    if not isinstance(samples, foc.SampleCollection):
+        got = "None" if samples is None else type(samples).__name__
+        raise ValueError(
+            f"{arg} must be a FiftyOne Dataset or DatasetView, got {got}"
+        )
+    if samples._is_frames or samples._is_clips:
+        # (patches of a frames view are frames too)
+        root = samples._root_dataset
+        kind = "frames" if samples._is_frames else "clips"
+        raise UnsupportedMediaError(
+            f"{arg} is a {kind} view of the video dataset '{root.name}'; "
+            f"{SUPPORTED}. {_video_hint(root.name)}"
+        )
+    if samples._is_generated:
+        return samples._root_dataset
+    return samples._dataset
+
+
+def resolve(samples, arg="samples"):
+    """The dataset whose index serves ``samples``, and which of its indexed
+    samples ``samples`` means.
+
+    Args:
+        samples: a :class:`fiftyone.core.dataset.Dataset` or
+            :class:`fiftyone.core.view.DatasetView`
+        arg ("samples"): the argument's name, for the messages
+
+    Returns:
+        a tuple ``(dataset, view)``: ``view`` is None when ``samples`` means
+        all that AI search indexes of ``dataset`` (an image dataset itself),
+        else a collection of ``dataset`` whose samples are meant: the
+        active slice for a grouped dataset itself (the dataset), the source
+        samples for a patches view, ``samples`` itself for any other view
+
+    Raises:
+        ValueError: if ``samples`` is not a dataset or a view
+        UnsupportedMediaError: for frames and clips views (of videos)
+    """
+    dataset = dataset_of(samples, arg)
+    if samples._is_patches:
+        # the samples the patches belong to, each once, in the patches' order
+        ids = list(dict.fromkeys(samples.values("sample_id")))
+        return dataset, indexed_samples(dataset).select(ids, ordered=True)
+    if samples is dataset and not is_grouped(dataset):
+        return dataset, None
+    return dataset, samples
+
+
+def is_grouped(dataset):
+    """Whether ``dataset`` is a grouped dataset."""
+    return dataset.media_type == "group"
+
+
+def check_supported(dataset):
+    """Checks that AI search can index ``dataset``: an image dataset, an
+    empty one (its media type comes with its first samples) or a grouped
+    dataset with an image slice (or no slice yet).
+
+    Args:
+        dataset: a :class:`fiftyone.core.dataset.Dataset`
+
+    Returns:
+        the dataset
+
+    Raises:
+        UnsupportedMediaError: if it is not; the message says what is
+            supported and, for videos, how to search their frames
+    """
+    media_type = dataset.media_type
+    if media_type in (None, "image"):
+        return dataset
+    if media_type == "group":
+        slices = dataset.group_media_types
+        if not slices or "image" in slices.values():
+            return dataset
+        kinds = ", ".join(f"{k!r} ({v})" for k, v in sorted(slices.items()))
+        hint = (f" {_video_hint(dataset.name)}"
+                if "video" in slices.values() else "")
+        raise UnsupportedMediaError(
+            f"Dataset '{dataset.name}' is a grouped dataset with no image "
+            f"slice (slices: {kinds}); {SUPPORTED}.{hint}"
+        )
+    hint = f" {_video_hint(dataset.name)}" if media_type == "video" else ""
+    raise UnsupportedMediaError(
+        f"Dataset '{dataset.name}' is a {media_type} dataset; "
+        f"{SUPPORTED}.{hint}"
+    )
+
+
+def indexed_samples(dataset):
+    """The samples of ``dataset`` that AI search indexes: the dataset itself
+    for an image dataset (nothing gets slower there), all samples of all
+    image slices of a grouped dataset, whatever slice is active.
+
+    Args:
+        dataset: a :class:`fiftyone.core.dataset.Dataset`
+
+    Returns:
+        a :class:`fiftyone.core.collections.SampleCollection`
+    """
+    if not is_grouped(dataset):
+        return dataset
+    # flat: one collection of the samples of every image slice; empty (not
+    # an error) when there is none
+    return dataset.select_group_slices(media_type="image")

@@ -114,3 +114,32 @@ def isolated_fiftyone(scratch=None, keep=False):
     )
     os.makedirs(os.environ["FIFTYONE_PLUGINS_DIR"], exist_ok=True)
     return scratch
+
+
+def perturbed_tiny_clip(out_dir, seed=0, scale=0.05):
+    """Writes a ``local-dir:`` checkpoint of the bundled tiny CLIP's
+    architecture with perturbed weights: another model as far as an index
+    is concerned, for tests of model changes.
+
+    Returns:
+        the model name, ``"local-dir:<out_dir>"``
+    """
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from .demo import DEFAULT_MODEL_DIR
+
+    os.makedirs(out_dir, exist_ok=True)
+    shutil.copy(os.path.join(DEFAULT_MODEL_DIR, "open_clip_config.json"),
+                out_dir)
+    weights = load_file(
+        os.path.join(DEFAULT_MODEL_DIR, "open_clip_model.safetensors")
+    )
+    gen = torch.Generator().manual_seed(seed)
+    perturbed = {
+        k: (v.float() + scale * torch.randn(v.shape, generator=gen)).to(v.dtype)
+        if v.is_floating_point() and v.ndim >= 2 else v
+        for k, v in weights.items()
+    }
+    save_file(perturbed, os.path.join(out_dir, "open_clip_model.safetensors"))
+    return f"local-dir:{out_dir}"

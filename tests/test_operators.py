@@ -13,6 +13,7 @@ import fiftyone.plugins as fop
 from fiftyone.operators.delegated import DelegatedOperationService
 
 import fiftyone_ai_search as ais
+from fiftyone_ai_search import state as st
 from fiftyone_ai_search.app import PLUGIN_NAME, manifest
 from fiftyone_ai_search.app.install import install_plugin
 from fiftyone_ai_search.demo import tiny_clip_model_name
@@ -500,3 +501,30 @@ def test_panel_reports_errors_instead_of_breaking(tmp_path):
     panel("on_refresh")
     props = panel.render()
     assert "off" in props["status"]["default"] and "search" not in props
+
+
+def test_panel_says_a_rebuild_with_another_model_runs_and_what_searches_use(
+    tmp_path, other_tiny_model
+):
+    dataset = shapes_dataset(tmp_path, num_samples=20)
+    ais.calculate_embeddings(dataset, wait=True, progress=False)
+    ais.enable_embeddings(dataset, model=other_tiny_model, compute=False)
+    panel = _Panel(dataset)
+    panel("on_load")
+
+    status = panel.render()["status"]["default"]
+    assert status.startswith("**Ready** (tiny")  # the index searches use
+    assert "20 of 20 samples indexed" in status
+    assert "A rebuild with other-tiny-clip" in status and "pending" in status
+
+    lease = st.try_acquire(dataset)  # a computation of the rebuild runs
+    try:
+        st.update(dataset, progress={"done": 6, "total": 20})
+        panel("on_refresh")
+        status = panel.render()["status"]["default"]
+        assert status.startswith("**Rebuilding with other-tiny-clip")
+        assert "6 / 20 (30%)" in status
+        assert "Searches use tiny" in status
+        assert "search" in panel.render()  # searching stays possible
+    finally:
+        lease.release()

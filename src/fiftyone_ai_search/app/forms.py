@@ -48,12 +48,17 @@ def status_text(status):
     state = readiness(status)
     if state == "off":
         return "**AI search is off** for this dataset."
+    index, rebuild = status.get("index"), status.get("rebuild")
+    if status["in_progress"] and index and rebuild:
+        return (f"**Rebuilding with {model_label(**_model(rebuild))}**: "
+                f"{progress_text(status)}. Searches use "
+                f"{model_label(**_model(index))} until it is complete.")
     if status["in_progress"]:
         return f"**Computing embeddings**: {progress_text(status)}"
     if state == "failed":
         return (f"**Indexing failed**: {status.get('last_error') or 'stopped'}."
                 " Enable again, or run 'AI search: compute embeddings'.")
-    text = f"**Ready** ({model_label(status['model'], status['pretrained'])}"
+    text = f"**Ready** ({model_label(**_model(index or status))}"
     updated = status.get("updated_at")
     if updated is not None:
         text += f", updated {updated:%Y-%m-%d %H:%M} UTC"
@@ -64,7 +69,14 @@ def status_text(status):
                  f"samples indexed, {counts['num_failed']} failed")
     if status.get("last_error"):
         text += f". Last sync failed: {status['last_error']}"
+    if rebuild:
+        text += (f". A rebuild with {model_label(**_model(rebuild))} is "
+                 "pending: run 'AI search: compute embeddings'")
     return text + "."
+
+
+def _model(ref):
+    return {"model": ref["model"], "pretrained": ref.get("pretrained")}
 
 
 def model_label(model, pretrained):

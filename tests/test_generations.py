@@ -85,20 +85,21 @@ def _assert_equal(found, expected):
         np.testing.assert_allclose(found[k], v, atol=2e-5)
 
 
-def _exists(ref):
+def _ask(ref, question):
+    """``question(store)`` of the index of a state reference."""
     store = runner.open_ref(ref)
     try:
-        return store.exists()
+        return question(store)
     finally:
         store.close()
+
+
+def _exists(ref):
+    return _ask(ref, lambda store: store.exists())
 
 
 def _count(ref):
-    store = runner.open_ref(ref)
-    try:
-        return store.count()
-    finally:
-        store.close()
+    return _ask(ref, lambda store: store.count())
 
 
 def _searched(dataset):

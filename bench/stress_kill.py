@@ -2,9 +2,9 @@
 does the index always converge to what a fresh build would hold?
 
 Each trial changes something, starts ``python -m fiftyone_ai_search sync``
-(batches of 2, so that it is caught mid-run), kills it with SIGKILL after a
-random delay, then runs one ``calculate_embeddings(wait=True)`` in this
-process and checks:
+(batches of 2, so that it is caught mid-run), kills it with SIGKILL (during
+its start, or once it committed a random number of samples), then runs one
+``calculate_embeddings(wait=True)`` in this process and checks:
 
 - the index holds exactly one vector per sample without a failure, equal to
   the image's embedding by the model the state asks for (a fresh build);
@@ -23,6 +23,7 @@ any trial did not converge. Not a test (it takes minutes), run by hand.
 """
 
 import argparse
+import datetime
 import os
 import random
 import signal
@@ -76,6 +77,28 @@ def start_worker(dataset, force=False):
                             stderr=subprocess.DEVNULL)
 
 
+def wait_for_commits(dataset, worker, done, since, timeout=60):
+    """Waits until the worker committed ``done`` samples of what it works
+    on now (the index being built, else the one searched), or exited.
+
+    Returns:
+        the samples committed then
+    """
+    deadline = time.time() + timeout
+    while time.time() < deadline and worker.poll() is None:
+        doc = st.get(dataset) or {}
+        progress = doc.get("progress") or {}
+        target = doc.get("build") or doc.get("index") or {}
+        if (
+            progress.get("index") == target.get("name")
+            and progress.get("started_at", since) >= since  # not an old run's
+            and progress.get("done", 0) >= done
+        ):
+            return progress["done"]
+        time.sleep(0.01)
+    return None
+
+
 def check(dataset, fresh):
     """What is wrong with the index, or an empty list."""
     problems = []
@@ -111,7 +134,8 @@ def main():
     parser.add_argument("--samples", type=int, default=150)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-delay", type=float, default=4.0,
-                        help="kill within this many seconds of the start")
+                        help="a kill during the worker's start comes within "
+                             "this many seconds")
     args = parser.parse_args()
 
     rng = random.Random(args.seed)
@@ -125,7 +149,6 @@ def main():
     ais.calculate_embeddings(dataset, wait=True, progress=False)
     fresh = Fresh()
     converged = 0
-    extra = 0
 
     for trial in range(1, args.trials + 1):
         change = rng.choice(CHANGES)
@@ -142,16 +165,22 @@ def main():
             )
             dataset.add_samples([fo.Sample(filepath=s.filepath) for s in more])
             more.delete()
-            extra += 1
+        since = st.utcnow() - datetime.timedelta(seconds=1)
         worker = start_worker(dataset, force=change == "force")
-        delay = rng.uniform(0.0, args.max_delay)
+        # a third of the kills during the worker's start, the others after
+        # a random number of commits
+        kill_at = rng.choice([0, rng.randint(1, args.samples)])
         if change == "disable_enable":
-            time.sleep(delay / 2)
+            wait_for_commits(dataset, worker, kill_at // 2, since)
             ais.disable_embeddings(dataset)
             ais.enable_embeddings(dataset, model=other, compute=False)
-            delay /= 2
-        time.sleep(delay)
-        finished = worker.poll() is not None
+        if kill_at == 0:
+            time.sleep(rng.uniform(0.0, args.max_delay))
+            where = "during its start"
+        else:
+            committed = wait_for_commits(dataset, worker, kill_at, since)
+            where = (f"after {committed} commits" if committed is not None
+                     else "(had finished)")
         worker.send_signal(signal.SIGKILL)
         worker.wait()
 
@@ -164,8 +193,7 @@ def main():
             report, problems = None, [f"{type(e).__name__}: {e}"]
         ok = not problems
         converged += ok
-        print(f"trial {trial:3d} {change:15s} killed after {delay:4.1f} s"
-              f"{' (had finished)' if finished else ''}: "
+        print(f"trial {trial:3d} {change:15s} killed {where}: "
               f"{'converged' if ok else 'NOT converged: ' + '; '.join(problems)}"
               f" (resume: {report}, {time.time() - start:.1f} s)", flush=True)
 

@@ -47,6 +47,7 @@ from .media import UnsupportedMediaError
 from .model import ModelUnavailableError, available_models, check_model
 from .scheduler import start_refresher, stop_refresher
 from .search import perform_ai_search
+from .store import QdrantUnreachableError
 from .sync import SyncReport
 
 __version__ = "0.1.0"
@@ -57,6 +58,7 @@ __all__ = [
     "CollectionNotFoundError",
     "IndexNotReadyError",
     "ModelUnavailableError",
+    "QdrantUnreachableError",
     "SyncReport",
     "TEMPORARY_COLLECTION",
     "UnsupportedMediaError",

@@ -141,6 +141,9 @@ def enable_embeddings(dataset, model=None, pretrained=None, backend=None,
 
     Raises:
         ValueError: for an unknown backend or model
+        fiftyone_ai_search.QdrantUnreachableError: for ``backend="server"``
+            when the server does not answer or refuses the API key; checked
+            before anything is written
         fiftyone_ai_search.media.UnsupportedMediaError: for a dataset that
             is not of images (videos, 3D, point clouds; a grouped dataset
             without an image slice); nothing is written then

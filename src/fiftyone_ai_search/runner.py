@@ -143,6 +143,8 @@ def run_sync(dataset, force=False, verify_files=False, progress=None,
                 # after a rebuild, what changed while it ran
                 again = report.rebuilt and has_changes(dataset, doc)
                 if not st.take_rerun_request(dataset) and not again:
+                    if total is not report:
+                        st.update(dataset, last_report=total.to_dict())
                     return total
                 verify_files = False
         except SyncCancelled:

@@ -36,6 +36,14 @@ class IndexNotFoundError(AISearchError, LookupError):
     """The index does not exist."""
 
 
+class QdrantUnreachableError(AISearchError, ConnectionError):
+    """The Qdrant server does not answer, or refuses the API key.
+
+    The message names the server's URL without its credentials and says what
+    to do.
+    """
+
+
 class IndexExistsError(AISearchError, ValueError):
     """The index already exists (raised by :meth:`VectorStore.create`)."""
 

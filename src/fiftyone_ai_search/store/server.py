@@ -26,8 +26,8 @@ from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import UnexpectedResponse
 
 from ..config import ENV_PREFIX, redact_url
-from ..errors import AISearchError
 from .base import (
+    QdrantUnreachableError,
     IndexExistsError,
     IndexInfo,
     IndexNotFoundError,
@@ -110,14 +110,6 @@ def _local_lock(client):
         return None
     with _clients_lock:
         return _local_locks.setdefault(client, threading.RLock())
-
-
-class QdrantUnreachableError(AISearchError, ConnectionError):
-    """The Qdrant server does not answer, or refuses the API key.
-
-    The message names the server's URL without its credentials and says what
-    to do.
-    """
 
 
 def check_server(url, api_key=None, timeout=CHECK_TIMEOUT):

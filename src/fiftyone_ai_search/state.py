@@ -95,14 +95,17 @@ def _new_generation():
     return uuid.uuid4().hex[:12]
 
 
-def _index_ref(key, generation, model, pretrained, model_identity, backend):
-    """The reference to a new index, whose name nobody else ever uses."""
+def _new_build(key, generation, model, pretrained, model_identity, backend):
+    """The ``build`` reference of a new index of ``generation``, under a
+    name nobody else ever uses."""
     return {
         "name": f"dataset_{key}_{generation}",
         "model": model,
         "pretrained": pretrained,
         "model_identity": model_identity,
         "backend": backend,
+        "generation": generation,
+        "started_at": utcnow(),
     }
 
 
@@ -233,22 +236,16 @@ def enable(dataset, model, pretrained, model_identity, backend):
         if _same(index, model_identity, backend):
             fields["build"] = None  # back to the model searches use
         else:
-            fields["build"] = dict(
-                _index_ref(key, generation, model, pretrained,
-                           model_identity, backend),
-                generation=generation, started_at=utcnow(),
-            )
+            fields["build"] = _new_build(key, generation, model, pretrained,
+                                         model_identity, backend)
     else:
         # a fresh start; whatever a crashed disable left goes
         if current is not None:
             retired.extend(indexes_of(current))
         fields.update(
             index=None,
-            build=dict(
-                _index_ref(key, generation, model, pretrained,
-                           model_identity, backend),
-                generation=generation, started_at=utcnow(),
-            ),
+            build=_new_build(key, generation, model, pretrained,
+                             model_identity, backend),
             watermark=None,
             deletion_watermark=None,
             updated_at=None,
@@ -279,11 +276,8 @@ def plan_rebuild(dataset):
     if doc is None or not doc.get("enabled"):
         return doc
     generation = _new_generation()
-    build = dict(
-        _index_ref(key, generation, doc["model"], doc["pretrained"],
-                   doc["model_identity"], doc["backend"]),
-        generation=generation, started_at=utcnow(),
-    )
+    build = _new_build(key, generation, doc["model"], doc["pretrained"],
+                       doc["model_identity"], doc["backend"])
     update = {"$set": {"generation": generation, "build": build}}
     if doc.get("build"):
         update["$push"] = {"retired": doc["build"]}

@@ -223,8 +223,9 @@ def fill_index(dataset, ids, vectors, model, pretrained):
     ais.enable_embeddings(dataset, model=model, pretrained=pretrained,
                           compute=False)
     doc = st.get(dataset)
-    clip = runner.load_index_model(doc)
-    store = runner.open_index(dataset, doc=doc)
+    build = doc["build"]  # the first index, built beside (none) like a sync
+    clip = runner.load_index_model(build)
+    store = runner.open_ref(build)
     store.ensure(IndexInfo(model=clip.spec.name, pretrained=clip.spec.pretrained,
                            model_identity=clip.spec.identity, dim=clip.dim))
     paths = dataset.values("filepath")
@@ -235,8 +236,9 @@ def fill_index(dataset, ids, vectors, model, pretrained):
                      [{"filepath": p, "fingerprint": "1024:0"} for p in paths[sl]])
     store.close()
     now = st.utcnow()
-    st.update(dataset, updated_at=now, watermark=now,
-              deletion_watermark=dataset._doc.last_deletion_at, rebuild=False)
+    st.switch_to_build(dataset, doc["generation"], build["name"],
+                       updated_at=now, watermark=now,
+                       deletion_watermark=dataset._doc.last_deletion_at)
     return clip
 
 
@@ -463,7 +465,7 @@ def main(argv=None):
 
         table.add(f"(f) refresher pass, nothing changed ({n:,} samples)",
                   median_s(idle_pass, args.repeat), None,
-                  "no model loaded, no index opened")
+                  "no model loaded; the index counted")
 
         images = small_images(os.path.join(scratch, "images"))
 

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 import fiftyone as fo
+import fiftyone.core.utils as fou
 import fiftyone.operators as foo
 import fiftyone.plugins as fop
 from fiftyone.operators.delegated import DelegatedOperationService
@@ -16,6 +17,7 @@ import fiftyone_ai_search as ais
 from fiftyone_ai_search import state as st
 from fiftyone_ai_search.app import PLUGIN_NAME, manifest
 from fiftyone_ai_search.app.install import install_plugin
+from fiftyone_ai_search.app.manifest import REQUIREMENT
 from fiftyone_ai_search.demo import tiny_clip_model_name
 
 from conftest import REPO_DIR
@@ -26,13 +28,17 @@ def uri(name):
     return f"{PLUGIN_NAME}/{name}"
 
 
+PLUGIN_DIR = os.path.join(REPO_DIR, "plugins", "ai-search")
+
+
 @pytest.fixture(scope="module", autouse=True)
 def repo_as_plugin():
-    """The repository placed under the plugins dir, as
-    ``fiftyone plugins download`` would."""
-    link = os.path.join(fo.config.plugins_dir, "fiftyone-ai-search")
+    """The repository's plugin directory placed under the plugins dir, as
+    ``fiftyone plugins download`` would (it copies only that directory; see
+    test_packaging.py)."""
+    link = os.path.join(fo.config.plugins_dir, "ai-search")
     if not os.path.islink(link):
-        os.symlink(REPO_DIR, link)
+        os.symlink(PLUGIN_DIR, link)
     yield link
     os.unlink(link)
 
@@ -44,9 +50,9 @@ def _run(operator, dataset, **params):
     return result.result
 
 
-def test_repository_checkout_is_found_as_a_plugin():
+def test_repository_plugin_directory_is_found_as_a_plugin():
     plugin = fop.get_plugin(PLUGIN_NAME)
-    assert os.path.realpath(plugin.directory) == REPO_DIR
+    assert os.path.realpath(plugin.directory) == PLUGIN_DIR
     assert set(plugin.operators) == set(manifest()["operators"]) | set(
         manifest()["panels"])
 
@@ -59,14 +65,33 @@ def test_manifest_lists_every_operator_and_panel():
     assert [AISearchPanel().config.name] == manifest()["panels"]
 
 
-def test_repository_manifest_is_the_package_manifest():
-    with open(os.path.join(REPO_DIR, "fiftyone.yml")) as f:
-        on_disk = yaml.safe_load(f)
-    assert on_disk == manifest(py_entry="plugin/__init__.py")
+def test_repository_plugin_directory_is_what_install_plugin_writes(
+        tmp_path):
+    """One definition of the plugin directory: the repository's (for
+    ``fiftyone plugins download``) is the pip install's, file for file."""
+    with open(os.path.join(PLUGIN_DIR, "fiftyone.yml")) as f:
+        assert yaml.safe_load(f) == manifest(py_entry="__init__.py")
+    # as ``fiftyone plugins requirements --install`` reads it
+    assert fou.load_requirements(
+        os.path.join(PLUGIN_DIR, "requirements.txt")) == [REQUIREMENT]
+
+    written = install_plugin(plugins_dir=str(tmp_path))
+    files = sorted(f for f in os.listdir(PLUGIN_DIR) if f != "__pycache__")
+    assert sorted(os.listdir(written)) == files == [
+        "__init__.py", "fiftyone.yml", "requirements.txt"]
+    with open(os.path.join(written, "fiftyone.yml")) as f:
+        assert yaml.safe_load(f) == manifest()
+    for name in ("__init__.py", "requirements.txt"):
+        with open(os.path.join(PLUGIN_DIR, name)) as a, \
+                open(os.path.join(written, name)) as b:
+            assert a.read() == b.read(), name
 
 
 def test_pip_install_plugin_writes_a_loadable_plugin(tmp_path):
     path = install_plugin(plugins_dir=str(tmp_path))
+    # where ``fiftyone plugins download`` would put it
+    assert path == os.path.join(str(tmp_path), "@fiftyone-ai-search",
+                                "ai-search")
 
     with open(os.path.join(path, "fiftyone.yml")) as f:
         assert yaml.safe_load(f) == manifest()
@@ -528,3 +553,133 @@ def test_panel_says_a_rebuild_with_another_model_runs_and_what_searches_use(
         assert "search" in panel.render()  # searching stays possible
     finally:
         lease.release()
+
+
+# -- near-duplicates -------------------------------------------------------------
+
+
+def _execute(dataset, operator, **context):
+    """Runs an operator's ``execute`` on an App context; returns its result
+    and what the App is asked to do: ``{operator: [params, ...]}``."""
+    ctx = _context(dataset, operator=operator, **context)
+    result = foo.get_operator(uri(operator)).execute(ctx)
+    asked = {}
+    for request in ctx.executor.to_json()["requests"]:
+        asked.setdefault(request["operator_uri"], []).append(request["params"])
+    return result, asked
+
+
+def _layout(groups):
+    """The ids and scores a near-duplicates collection holds for ``groups``
+    (the SDK's): largest group first, each kept sample (1.0) then its
+    duplicates."""
+    pairs = []
+    for kept, dups in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+        pairs += [(kept, 1.0)] + list(dups)
+    return pairs
+
+
+def test_find_near_duplicates_shows_the_groups_in_the_grid(tmp_path):
+    from fiftyone import ViewField as F
+    from fiftyone.operators.executor import resolve_placement
+
+    from fiftyone_ai_search.duplicates import DEFAULT_THRESHOLD
+
+    dataset = shapes_dataset(tmp_path, num_samples=60)
+    operator = foo.get_operator(uri("find_near_duplicates"))
+    placement = resolve_placement(
+        operator, {"dataset_name": dataset.name, "params": {}}).to_json()
+    assert placement["place"] == "samples-grid-actions"
+    assert placement["view"]["label"] == "Find near-duplicates"
+    assert placement["view"]["prompt"] is True
+
+    # not indexed yet: the form says so and blocks Execute
+    form = _form(dataset, operator="find_near_duplicates")
+    assert "Enable it from the AI Search button" in _blocking(form)[
+        "not_ready"]
+
+    ais.calculate_embeddings(dataset, wait=True, progress=False)
+    form = _form(dataset, operator="find_near_duplicates")
+    assert not _blocking(form)
+    assert form["threshold"]["default"] == DEFAULT_THRESHOLD
+    assert "whole dataset: 60 samples" in form["scope"]["view"]["label"]
+
+    # the tiny CLIP finds images of one class near-duplicates at 0.99
+    threshold = 0.99
+    groups = ais.near_duplicate_groups(dataset, threshold)
+    assert len(groups) >= 3
+    result, asked = _execute(dataset, "find_near_duplicates",
+                             params={"threshold": threshold})
+    expected = _layout(groups)
+    assert result == {"collection": ais.TEMPORARY_COLLECTION,
+                      "count": len(expected), "groups": len(groups)}
+    scores = ais.get_collection_scores(dataset, ais.TEMPORARY_COLLECTION)
+    assert [i for i, _ in scores] == [i for i, _ in expected]
+    assert [s for _, s in scores] == pytest.approx([s for _, s in expected])
+    # the grid gets the collection, as stages (as searches do)
+    (shown,) = asked["set_view"]
+    assert "name" not in shown
+    assert fo.DatasetView._build(dataset, shown["view"]).values("id") == [
+        i for i, _ in expected]
+    (note,) = asked["notify"]
+    assert note["variant"] == "success"
+    dups = len(expected) - len(groups)
+    assert f"Found {dups} near-duplicates of {len(groups)} images" in note[
+        "message"]
+
+    # from the latest results, a new run looks at the whole dataset again
+    latest = dataset.load_saved_view(ais.TEMPORARY_COLLECTION)
+    form = _form(dataset, operator="find_near_duplicates", view=latest)
+    assert "whole dataset" in form["scope"]["view"]["label"]
+
+    # within the current view, or the whole dataset when asked
+    stars = dataset.match(F("shape") == "star")
+    form = _form(dataset, operator="find_near_duplicates", view=stars)
+    assert f"within the current view: {len(stars)} samples" in form[
+        "scope"]["view"]["label"]
+    assert "whole_dataset" in form
+    result, _ = _execute(dataset, "find_near_duplicates", view=stars,
+                         params={"threshold": threshold})
+    in_stars = ais.near_duplicate_groups(stars, threshold)
+    assert result["groups"] == len(in_stars)
+    assert set(ais.get_collection(dataset, ais.TEMPORARY_COLLECTION)
+               .values("shape")) == {"star"}
+    result, _ = _execute(dataset, "find_near_duplicates", view=stars,
+                         params={"threshold": threshold,
+                                 "whole_dataset": True})
+    assert result["groups"] == len(groups)
+
+
+def test_no_near_duplicates_is_said_and_the_view_stays(tmp_path):
+    dataset = shapes_dataset(tmp_path, num_samples=30)
+    ais.calculate_embeddings(dataset, wait=True, progress=False)
+    assert not ais.near_duplicate_groups(dataset, 1.0)
+
+    result, asked = _execute(dataset, "find_near_duplicates",
+                             params={"threshold": 1.0})
+    assert result == {"collection": None, "count": 0, "groups": 0}
+    assert "set_view" not in asked
+    (note,) = asked["notify"]
+    assert note["variant"] == "info"
+    assert "No near-duplicates" in note["message"]
+    # headless, through FiftyOne's machinery: no error either
+    assert _run("find_near_duplicates", dataset, threshold=1.0)[
+        "collection"] is None
+
+
+def test_find_near_duplicates_blocks_a_bad_threshold(tmp_path):
+    dataset = shapes_dataset(tmp_path, num_samples=10)
+    ais.calculate_embeddings(dataset, wait=True, progress=False)
+    for bad in (0, -0.5, 1.5):
+        form = _form(dataset, operator="find_near_duplicates",
+                     params={"threshold": bad})
+        prop = form["threshold"]
+        assert prop["invalid"] is True, bad
+        assert "above 0 and at most 1" in prop["error_message"]
+    for good in (0.5, 1, 1.0):
+        assert not _blocking(_form(dataset, operator="find_near_duplicates",
+                                   params={"threshold": good}))
+    # executed anyway (headless), the SDK's error names the argument
+    with pytest.raises(Exception, match="threshold"):
+        foo.execute_operator(uri("find_near_duplicates"), ctx={
+            "dataset": dataset, "params": {"threshold": 1.5}})

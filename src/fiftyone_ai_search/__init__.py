@@ -15,6 +15,12 @@ Examples::
     view = ais.get_collection(dataset, name, min_score=0.25)
 
     ais.start_refresher()  # keeps every enabled dataset's index in sync
+
+    # the index is a FiftyOne Brain similarity index too (brain key
+    # "ai_search"): sort_by_similarity, the App's similarity search,
+    # compute_visualization / compute_uniqueness(similarity_index=...)
+    view = dataset.sort_by_similarity("a red car", k=25, brain_key="ai_search")
+    name = ais.find_near_duplicates(dataset, threshold=0.95)
 """
 
 from .collections import (
@@ -30,6 +36,7 @@ from .collections import (
     save_collection,
 )
 from .config import get_settings
+from .duplicates import find_near_duplicates, near_duplicate_groups
 from .errors import AISearchError
 from .embeddings import (
     AISearchNotEnabledError,
@@ -72,6 +79,8 @@ __all__ = [
     "rename_collection",
     "save_collection",
     "available_models",
+    "find_near_duplicates",
+    "near_duplicate_groups",
     "calculate_embeddings",
     "check_model",
     "disable_embeddings",

@@ -95,7 +95,8 @@ def require_index(dataset, same_model=False):
 
 
 def enable_embeddings(dataset, model=None, pretrained=None, backend=None,
-                      compute=True, secrets=None, load=True):
+                      compute=True, secrets=None, load=True, brain_key=None,
+                      embeddings_field=None, from_brain_key=None):
     """Switches AI search on for a dataset and starts computing embeddings.
 
     Returns at once: embeddings are computed by a background worker. Use
@@ -120,6 +121,15 @@ def enable_embeddings(dataset, model=None, pretrained=None, backend=None,
                               pretrained="/models/vit-b-32.safetensors")
         ais.enable_embeddings(dataset, model="local-dir:/models/my-clip")
 
+        # from embeddings the dataset already has, without running the model
+        dataset.compute_embeddings(model, embeddings_field="clip")
+        ais.enable_embeddings(dataset, model="ViT-B-32", pretrained="openai",
+                              embeddings_field="clip")
+        ais.enable_embeddings(dataset, from_brain_key="clip_sim")
+
+        # the index is also a FiftyOne Brain similarity index
+        dataset.sort_by_similarity("a dog", k=10, brain_key="ai_search")
+
     Args:
         dataset: a :class:`fiftyone.core.dataset.Dataset`
         model (None): an open_clip model name, ``"local-dir:/path"`` or
@@ -135,6 +145,17 @@ def enable_embeddings(dataset, model=None, pretrained=None, backend=None,
             that its weights are on this machine or may be downloaded, and
             leaves loading to the worker: for callers that must answer at
             once, like the App
+        brain_key (None): the key of the FiftyOne Brain similarity run
+            that makes the index usable by FiftyOne's similarity machinery
+            (see :mod:`fiftyone_ai_search.brain`): default the current one,
+            else ``"ai_search"``; False registers none
+        embeddings_field (None): a field of vectors the dataset already has
+            (e.g. written by ``compute_embeddings``), stored instead of
+            running the model for the samples that have one; ``model`` must
+            say which model computed them
+        from_brain_key (None): likewise, the vectors of an existing Brain
+            similarity run; its model is read from it when it names one this
+            package knows (``clip-vit-base32-torch``, ``open-clip-torch``)
 
     Returns:
         the result of :func:`get_status`
@@ -149,14 +170,36 @@ def enable_embeddings(dataset, model=None, pretrained=None, backend=None,
             without an image slice); nothing is written then
         fiftyone_ai_search.model.ModelUnavailableError: if the weights cannot
             be found (offline); the message says how to supply them
+        fiftyone_ai_search.existing.ExistingEmbeddingsError: if the existing
+            embeddings are not of the model (it embeds a few samples to
+            check); nothing is written then
+        fiftyone_ai_search.brain.BrainKeyTakenError: if ``brain_key`` names
+            another kind of Brain run
     """
+    from . import brain
+    from .existing import ExistingEmbeddings
     from .model import check_weights, load_model, resolve_model
 
     dataset = media.check_supported(_dataset_of(dataset, "dataset"))
     settings = get_settings(secrets=secrets)
+    current = st.get(dataset) or {}
+    if brain_key is None:
+        brain_key = current.get("brain_key") or brain.DEFAULT_BRAIN_KEY
+    if brain_key is not False:
+        brain.check_brain_key(dataset, brain_key)
+    existing = None
+    if embeddings_field is not None or from_brain_key is not None:
+        existing = ExistingEmbeddings(dataset, field=embeddings_field,
+                                      brain_key=from_brain_key)
+        if model is None:
+            model, pretrained = existing.model() or (None, None)
+        if model is None:
+            raise ValueError(
+                f"model: say which open_clip model computed the {existing} "
+                "(model=..., pretrained=...): the index never mixes models"
+            )
     if backend is None:
-        doc = st.get(dataset)
-        backend = (doc["backend"] if doc and doc.get("enabled")
+        backend = (current["backend"] if current.get("enabled")
                    else settings.backend)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -186,21 +229,33 @@ def enable_embeddings(dataset, model=None, pretrained=None, backend=None,
             f"(one of {tags}) or a local weights file"
         )
     spec = resolve_model(model, pretrained)
-    if load:
-        load_model(spec, device=settings.device)
+    if load or existing is not None:
+        loaded = load_model(spec, device=settings.device)
+        if existing is not None:
+            existing.check(loaded)  # before anything is written
     else:
         check_weights(spec)
 
-    st.enable(dataset, spec.name, spec.pretrained, spec.identity, backend)
+    doc = st.enable(dataset, spec.name, spec.pretrained, spec.identity,
+                    backend, existing=existing.to_ref() if existing else None)
+    if existing is not None and not doc.get("build"):
+        logger.info("AI search of '%s' already has an index of %s: the %s "
+                    "is not needed", dataset.name, model_label(doc), existing)
+    if brain_key is not False:
+        brain.register(dataset, doc, brain_key)
+    elif doc.get("brain_key"):
+        brain.unregister(dataset, doc["brain_key"])
+        st.update(dataset, brain_key=None)
     if compute:
         runner.start_background(dataset, secrets=secrets)
     return get_status(dataset)
 
 
 def disable_embeddings(dataset):
-    """Switches AI search off: deletes the index, all its state and the
-    latest search results (the temporary collection). Named collections
-    stay, as plain saved views.
+    """Switches AI search off: deletes the index, all its state, its
+    FiftyOne Brain run and the latest search results (the temporary
+    collection). Named collections stay, as plain saved views.
+    ``dataset.delete_brain_run(brain_key)`` of its Brain run does the same.
 
     A computation still running stops before its next commit; until it
     has, a new :func:`enable_embeddings` waits for it.
@@ -208,12 +263,21 @@ def disable_embeddings(dataset):
     Args:
         dataset: a :class:`fiftyone.core.dataset.Dataset`
     """
-    dataset = _dataset_of(dataset, "dataset")
+    disable(_dataset_of(dataset, "dataset"))
+
+
+def disable(dataset, unregister=True):
+    """:func:`disable_embeddings`; ``unregister=False`` leaves the Brain run
+    alone (for the Brain, which deletes it itself)."""
     from .collections import delete_temporary_collection
 
     doc = st.disable(dataset)  # one write: running computations are stale
     if doc is None:
         return
+    if unregister and doc.get("brain_key"):
+        from . import brain
+
+        brain.unregister(dataset, doc["brain_key"])
     delete_index_and_state(doc)
     # the latest results go with the index; named collections stay, as
     # plain saved views

@@ -179,9 +179,13 @@ def _sync_pass(dataset, doc, settings, verify_files, progress):
                 "fiftyone_ai_search.enable_embeddings(dataset, model=..., "
                 "pretrained=...)"
             )
+        from .existing import ExistingEmbeddings
+
+        existing = (ExistingEmbeddings.from_ref(dataset, ref.get("existing"))
+                    if building else None)
         sync = Synchronizer(dataset, store, model, settings,
                             doc["generation"], building=building,
-                            progress=progress)
+                            progress=progress, existing=existing)
         return sync.run(
             watermark=doc.get("watermark"),
             deletion_watermark=doc.get("deletion_watermark"),

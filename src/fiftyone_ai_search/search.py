@@ -179,6 +179,34 @@ def _search(dataset, doc, query, scope):
             doc = newer
 
 
+def run_query(samples, **fields):
+    """Runs a search on the index of the dataset of ``samples``, within
+    ``samples``, and returns ``(sample_ids, scores)`` best first, keeping
+    no collection: the search :func:`perform_ai_search` runs, for the
+    FiftyOne Brain backend.
+
+    Args:
+        samples: a dataset or a view of it: the search scope
+        **fields: the query: ``prompts`` (a list, not split at commas),
+            ``image_ids``, ``vectors``, ``limit`` (None: the whole scope),
+            ``aggregation``, ``reverse``
+    """
+    dataset = media.dataset_of(samples)
+    doc = require_index(dataset)
+    scope = _make_scope(samples, None)
+    if fields.get("limit") is None:
+        fields["limit"] = max(1, len(scope) if scope is not None
+                              else _index_size(doc))
+    ids, scores, _ = _search(dataset, doc, _Query(**fields), scope)
+    return ids, scores
+
+
+def _index_size(doc):
+    store = runner.open_ref(doc["index"])
+    with store.session(keep_open=True):
+        return store.count()
+
+
 def check_index_model(store, ref, model=None):
     """Checks that ``store`` holds vectors of the model its state reference
     ``ref`` names (and of ``model``, the one about to encode queries): a
@@ -243,7 +271,36 @@ def _is_object_id(value):
 
 class _Query:
     """A validated search request; validation touches nothing, so nothing
-    is written when it fails."""
+    is written when it fails.
+
+    ``vectors`` (query vectors given as such) and ``reverse`` (least
+    similar first) serve the FiftyOne Brain backend
+    (:mod:`fiftyone_ai_search.brain`), which runs its queries through
+    :func:`run_query` so that they are the searches of
+    :func:`perform_ai_search`.
+    """
+
+    prompts = None
+    negatives = ()
+    image_ids = None
+    image = None
+    vectors = None
+    method = None
+    clustering_method = "kmeans"
+    num_clusters = None
+    limit = 100
+    threshold = None
+    aggregation = "max"
+    negative_weight = NEGATIVE_WEIGHT
+    seed = 0
+    image_id_scope = None
+    reverse = False
+
+    def __init__(self, **fields):
+        for name, value in fields.items():
+            if not hasattr(type(self), name):
+                raise TypeError(f"unknown query field {name!r}")
+            setattr(self, name, value)
 
     @classmethod
     def validate(cls, prompt, image_id, method, limit, clustering_method,
@@ -284,23 +341,24 @@ class _Query:
         if image is not None:
             image = validate.image(image)
 
-        q = cls()
-        q.prompts = _split(prompt, "prompt") if prompt is not None else None
-        q.negatives = (_split(negative_prompt, "negative_prompt")
-                       if negative_prompt is not None else [])
-        q.image_ids = _id_list(image_id, "image_id") if image_id is not None else None
-        q.image = image
-        q.method = method
-        q.clustering_method = clustering_method or "kmeans"
-        q.num_clusters = num_clusters
-        q.limit = limit
-        q.threshold = threshold
-        q.aggregation = aggregation
-        q.negative_weight = negative_weight
-        q.seed = seed
-        q.image_id_scope = (_id_list(image_id_scope, "image_id_scope")
-                            if image_id_scope is not None else None)
-        return q
+        return cls(
+            prompts=_split(prompt, "prompt") if prompt is not None else None,
+            negatives=(_split(negative_prompt, "negative_prompt")
+                       if negative_prompt is not None else []),
+            image_ids=(_id_list(image_id, "image_id")
+                       if image_id is not None else None),
+            image=image,
+            method=method,
+            clustering_method=clustering_method or "kmeans",
+            num_clusters=num_clusters,
+            limit=limit,
+            threshold=threshold,
+            aggregation=aggregation,
+            negative_weight=negative_weight,
+            seed=seed,
+            image_id_scope=(_id_list(image_id_scope, "image_id_scope")
+                            if image_id_scope is not None else None),
+        )
 
     def run(self, dataset, ref, store, scope):
         """Returns ``(sample_ids, scores)``, searching ``store``, the index
@@ -309,17 +367,18 @@ class _Query:
             check_index_model(store, ref)
             return _diverse(store, scope, self)
 
-        if self.image_ids is not None:
+        if self.image_ids is not None or self.vectors is not None:
             if scope is not None:
                 len(scope)  # a view counts its samples before the index is held
             # one opening of the index for the references and the search
             with store.session(keep_open=True):
                 check_index_model(store, ref)
-                vectors = _reference_vectors(dataset, store, self.image_ids)
-                if self.aggregation == "mean":
-                    vectors = _normalize(vectors.mean(axis=0, keepdims=True))
-                return nearest(store, vectors, self.limit, scope,
-                               self.threshold, keep_open=True)
+                if self.vectors is not None:
+                    vectors = _normalize(np.atleast_2d(self.vectors))
+                else:
+                    vectors = _reference_vectors(dataset, store,
+                                                 self.image_ids)
+                return self._nearest(store, vectors, scope)
 
         # the model runs before the index is opened: never hold it meanwhile
         model = runner.load_index_model(ref)
@@ -330,8 +389,18 @@ class _Query:
             vectors = _image_vector(model, self.image)
         with store.session(keep_open=True):
             check_index_model(store, ref, model)
+            return self._nearest(store, vectors, scope)
+
+    def _nearest(self, store, vectors, scope):
+        if self.aggregation == "mean" and len(vectors) > 1:
+            vectors = _normalize(vectors.mean(axis=0, keepdims=True))
+        if not self.reverse:
             return nearest(store, vectors, self.limit, scope, self.threshold,
                            keep_open=True)
+        # the least similar to v are the most similar to -v (cosine)
+        ids, scores = nearest(store, -vectors, self.limit, scope,
+                              keep_open=True)
+        return ids, [-s for s in scores]
 
     def describe(self, scope):
         """What produced a collection (kept with it, shown in the App)."""

@@ -95,9 +95,11 @@ def _new_generation():
     return uuid.uuid4().hex[:12]
 
 
-def _new_build(key, generation, model, pretrained, model_identity, backend):
+def _new_build(key, generation, model, pretrained, model_identity, backend,
+               existing=None):
     """The ``build`` reference of a new index of ``generation``, under a
-    name nobody else ever uses."""
+    name nobody else ever uses; ``existing`` names embeddings the dataset
+    already has to fill it from (see :mod:`fiftyone_ai_search.existing`)."""
     return {
         "name": f"dataset_{key}_{generation}",
         "model": model,
@@ -106,6 +108,7 @@ def _new_build(key, generation, model, pretrained, model_identity, backend):
         "backend": backend,
         "generation": generation,
         "started_at": utcnow(),
+        "existing": existing,
     }
 
 
@@ -196,7 +199,8 @@ def indexes_of(doc):
     return [r for r in refs if r]
 
 
-def enable(dataset, model, pretrained, model_identity, backend):
+def enable(dataset, model, pretrained, model_identity, backend,
+           existing=None):
     """Records that AI search is on for ``dataset`` with the given model.
 
     The same model and backend as now change nothing. Another one means a
@@ -237,7 +241,7 @@ def enable(dataset, model, pretrained, model_identity, backend):
             fields["build"] = None  # back to the model searches use
         else:
             fields["build"] = _new_build(key, generation, model, pretrained,
-                                         model_identity, backend)
+                                         model_identity, backend, existing)
     else:
         # a fresh start; whatever a crashed disable left goes
         if current is not None:
@@ -245,7 +249,7 @@ def enable(dataset, model, pretrained, model_identity, backend):
         fields.update(
             index=None,
             build=_new_build(key, generation, model, pretrained,
-                             model_identity, backend),
+                             model_identity, backend, existing),
             watermark=None,
             deletion_watermark=None,
             updated_at=None,

@@ -64,6 +64,9 @@ class SyncReport:
         seconds: wall time of the run
         rebuilt: whether a new index was built (a first index, another
             model, or a forced rebuild) and then switched to
+        reused: samples whose existing embeddings (a field, a Brain run:
+            :mod:`fiftyone_ai_search.existing`) were stored instead of
+            running the model
     """
 
     added: int = 0
@@ -73,6 +76,7 @@ class SyncReport:
     skipped: int = 0
     seconds: float = 0.0
     rebuilt: bool = False
+    reused: int = 0
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -86,10 +90,11 @@ class SyncReport:
         return SyncReport(**counts, rebuilt=self.rebuilt or other.rebuilt)
 
     def __str__(self):
+        reused = f", reused {self.reused}" if self.reused else ""
         return (
             f"added {self.added}, updated {self.updated}, removed "
-            f"{self.removed}, failed {self.failed}, skipped {self.skipped} "
-            f"in {self.seconds:.1f} s"
+            f"{self.removed}, failed {self.failed}, skipped {self.skipped}"
+            f"{reused} in {self.seconds:.1f} s"
         )
 
 
@@ -189,12 +194,41 @@ def _repaired(failures):
 
 
 def _samples_by_id(dataset, sample_ids):
-    from fiftyone import ViewField as F
-
-    ids = [ObjectId(i) for i in sample_ids]
-    return media.indexed_samples(dataset).match(F("_id").is_in(ids)).values(
+    # select() matches on the _id index; an $expr is_in would scan
+    return media.indexed_samples(dataset).select(list(sample_ids)).values(
         ["id", "filepath"]
     )
+
+
+def _payload(filepath, fingerprint):
+    """What the index keeps with a vector to tell whether its image
+    changed."""
+    return {"filepath": filepath, "fingerprint": fingerprint}
+
+
+def write_given(dataset, store, sample_ids, vectors):
+    """Stores vectors given for samples of ``dataset`` (the Brain's
+    ``add_to_index``), with their images' fingerprints as of now: a sync
+    keeps them until the image changes.
+
+    Raises:
+        ValueError: for ids of no sample of the dataset, or vectors of the
+            wrong size
+    """
+    ids, paths = _samples_by_id(dataset, sample_ids)
+    unknown = sorted(set(sample_ids) - set(ids))
+    if unknown:
+        raise ValueError(
+            f"sample_ids: {len(unknown)} id(s) not in dataset "
+            f"'{dataset.name}': {unknown[:5]}"
+        )
+    path = dict(zip(ids, paths))
+    with store.session():
+        store.upsert(
+            list(sample_ids), vectors,
+            [_payload(path[i], file_fingerprint(path[i])) for i in sample_ids],
+        )
+    st.clear_failures(dataset, list(sample_ids))
 
 
 class Synchronizer:
@@ -210,11 +244,15 @@ class Synchronizer:
             the one searches use (see :mod:`fiftyone_ai_search.state`); it
             is switched to once complete
         progress (None): called as ``progress(done, total)`` after each batch
+        existing (None): an
+            :class:`~fiftyone_ai_search.existing.ExistingEmbeddings` whose
+            vectors are stored instead of embedding those samples
     """
 
     def __init__(self, dataset, store, model, settings, generation,
-                 building=False, progress=None):
+                 building=False, progress=None, existing=None):
         self.dataset = dataset
+        self.existing = existing
         self.store = store
         self.model = model
         self.settings = settings
@@ -410,6 +448,10 @@ class Synchronizer:
         meta = {sample_id: (path, fp, new) for sample_id, path, fp, new in todo}
         items = [(sample_id, path) for sample_id, path, _, _ in todo]
         done = 0
+        if self.existing is not None:
+            items, done = self._reuse(items, meta, report, total)
+            if not items:
+                return
 
         # commits run on their own thread, so the model never waits for the
         # index. An embedded shard stays open from one commit to the next
@@ -438,31 +480,58 @@ class Synchronizer:
         finally:
             self.store.close()
 
+    def _reuse(self, items, meta, report, total):
+        """Stores the existing vectors of ``items`` instead of embedding
+        them; returns the items left to embed and how many were stored."""
+        from .embedder import EmbeddedBatch
+
+        done = 0
+        left = []
+        chunk = self.settings.batch_size * 8
+        for start in range(0, len(items), chunk):
+            part = items[start : start + chunk]
+            ids, vectors = self.existing.vectors([i for i, _ in part])
+            if vectors.size and vectors.shape[1] != self.model.dim:
+                raise AISearchError(
+                    f"The {self.existing} holds {vectors.shape[1]}-d "
+                    f"vectors, not {self.model.dim}-d ones of "
+                    f"{self.model.spec.identity}"
+                )
+            given = set(ids)
+            left.extend(it for it in part if it[0] not in given)
+            if ids:
+                self._write(EmbeddedBatch(ids, vectors, {}), meta, report,
+                            reused=True)
+                done += len(ids)
+                self._commit_progress(done, total)
+        return left, done
+
+    def _commit_progress(self, done, total):
+        st.update(self.dataset, **{"progress.done": done})
+        if self.progress:
+            self.progress(done, total)
+
     def _commit(self, batch, meta, report, done, total):
         try:
             self._write(batch, meta, report)
         except IndexNotFoundError:
             self._check()  # dropped because the state changed: say so
             raise
-        st.update(self.dataset, **{"progress.done": done})
-        if self.progress:
-            self.progress(done, total)
+        self._commit_progress(done, total)
 
-    def _write(self, batch, meta, report):
+    def _write(self, batch, meta, report, reused=False):
         self._check()
         if batch.keys:
-            payloads = [
-                {"filepath": meta[k][0], "fingerprint": meta[k][1]}
-                for k in batch.keys
-            ]
+            payloads = [_payload(meta[k][0], meta[k][1]) for k in batch.keys]
             with self.store.session(keep_open=True):
                 self.store.upsert(batch.keys, batch.vectors, payloads)
             st.clear_failures(self.dataset, batch.keys)
-            for k in batch.keys:
-                if meta[k][2]:
-                    report.added += 1
-                else:
-                    report.updated += 1
+            if reused:
+                report.reused += len(batch.keys)
+            else:
+                new = sum(meta[k][2] for k in batch.keys)
+                report.added += new
+                report.updated += len(batch.keys) - new
 
         if batch.failures:
             failed = list(batch.failures)

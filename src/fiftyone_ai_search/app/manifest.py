@@ -1,13 +1,20 @@
-"""The plugin manifest (``fiftyone.yml``) as data.
+"""The plugin manifest (``fiftyone.yml``) and its requirement, as data.
 
-The repository's own ``fiftyone.yml`` (found when the repository sits under
-FiftyOne's plugins directory) and the one ``install-plugin`` writes (for pip
-installs) are both this manifest; a test keeps them equal.
+The repository's plugin directory ``plugins/ai-search/`` (what
+``fiftyone plugins download`` copies) and the one ``install-plugin`` writes
+(for pip installs) both hold this manifest and :data:`REQUIREMENT`; a test
+keeps them equal.
 """
 
 import fiftyone_ai_search
 
 PLUGIN_NAME = "@fiftyone-ai-search/ai-search"
+
+URL = "https://github.com/fiftyone-ai-search/fiftyone-ai-search"
+
+# the plugin directory's requirements.txt, for
+# ``fiftyone plugins requirements @fiftyone-ai-search/ai-search --install``
+REQUIREMENT = f"fiftyone-ai-search @ git+{URL}"
 
 OPERATOR_NAMES = (
     "enable_ai_search",
@@ -40,7 +47,7 @@ def manifest(py_entry="__init__.py"):
             "AI Search: CLIP embeddings in a self-syncing Qdrant index; "
             "prompt, image and diverse search; collections"
         ),
-        "url": "https://github.com/fiftyone-ai-search/fiftyone-ai-search",
+        "url": URL,
         "license": "Apache-2.0",
         "fiftyone": {"version": ">=1.5"},
         "py_entry": py_entry,

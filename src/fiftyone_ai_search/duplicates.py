@@ -1,0 +1,157 @@
+"""Near-duplicate images: pairs of samples whose embeddings are closer than
+a similarity threshold, grouped around the sample each group keeps.
+
+The grouping is the FiftyOne Brain's (``DuplicatesMixin.find_duplicates``):
+samples are visited in order; a sample not yet marked as a duplicate is
+kept, and marks every later sample within the threshold as its duplicate.
+Each duplicate then belongs to the kept sample it is most similar to. The
+Brain backend (:mod:`fiftyone_ai_search.brain`) answers the Brain's
+radius queries with :func:`neighbors_within`, so that
+``find_duplicates`` there and :func:`find_near_duplicates` here mean the
+same thing.
+
+Exact, on the stored vectors: the cost is one pass of ``n x n`` dot
+products in chunks (~1 s for 10k samples on 2 cores, ~2 min for 100k).
+
+| Copyright the fiftyone-ai-search authors, Apache-2.0.
+"""
+
+import numpy as np
+
+from . import collections as colls
+from . import media
+from . import validate
+
+#: rows of the similarity matrix computed at once (chunk x n float32)
+CHUNK = 1024
+
+#: default similarity above which two images are near-duplicates: CLIP
+#: embeddings of re-encoded, resized or slightly cropped copies of one
+#: image score above it; different photos of one scene rarely do
+DEFAULT_THRESHOLD = 0.95
+
+
+def neighbors_within(vectors, min_similarity, queries=None, progress=None):
+    """The indexes of the vectors at least ``min_similarity`` (cosine) from
+    each query, and those similarities.
+
+    Args:
+        vectors: an ``(n, dim)`` array of unit vectors
+        min_similarity: the threshold
+        queries (None): an ``(m, dim)`` array of unit vectors; default
+            ``vectors`` themselves (each then finds itself too)
+        progress (None): called as ``progress(done, total)``
+
+    Returns:
+        ``(indexes, similarities)``: two lists with an array per query,
+        most similar first
+    """
+    vectors = np.asarray(vectors, dtype=np.float32)
+    queries = vectors if queries is None else np.asarray(queries, np.float32)
+    indexes, similarities = [], []
+    for start in range(0, len(queries), CHUNK):
+        sims = queries[start : start + CHUNK] @ vectors.T
+        for row in sims:
+            (hits,) = np.nonzero(row >= min_similarity)
+            order = np.argsort(-row[hits], kind="stable")
+            indexes.append(hits[order])
+            similarities.append(row[hits[order]])
+        if progress:
+            progress(min(start + CHUNK, len(queries)), len(queries))
+    return indexes, similarities
+
+
+def group(ids, vectors, threshold=DEFAULT_THRESHOLD, progress=None):
+    """Groups near-duplicates.
+
+    Args:
+        ids: the sample ids, in the order samples are visited
+        vectors: their ``(n, dim)`` unit vectors
+        threshold (0.95): the similarity at or above which two samples are
+            near-duplicates
+
+    Returns:
+        a dict ``{kept_id: [(duplicate_id, similarity), ...]}`` of the
+        groups that have duplicates, most similar first; a kept sample
+        without duplicates is not in it
+    """
+    neighbors, _ = neighbors_within(vectors, threshold, progress=progress)
+    kept = np.ones(len(ids), dtype=bool)
+    for i, near in enumerate(neighbors):
+        if kept[i]:
+            kept[near[near > i]] = False
+    kept_rows = np.nonzero(kept)[0]
+    dup_rows = np.nonzero(~kept)[0]
+    groups = {}
+    if not len(dup_rows):
+        return groups
+    vectors = np.asarray(vectors, dtype=np.float32)
+    kept_vectors = vectors[kept_rows]
+    for start in range(0, len(dup_rows), CHUNK):
+        rows = dup_rows[start : start + CHUNK]
+        sims = vectors[rows] @ kept_vectors.T
+        best = np.argmax(sims, axis=1)
+        for row, b, s in zip(rows, best, sims[np.arange(len(rows)), best]):
+            groups.setdefault(ids[kept_rows[b]], []).append(
+                (ids[row], float(s)))
+    return {k: sorted(v, key=lambda t: (-t[1], t[0])) for k, v in groups.items()}
+
+
+def find_near_duplicates(samples, threshold=DEFAULT_THRESHOLD):
+    """Finds near-duplicate images and keeps them as the dataset's
+    temporary collection: each group is the sample it keeps (score 1.0)
+    followed by its duplicates, scored by their similarity to it, most
+    similar first; groups come largest first. Use the collection's score
+    range (:func:`fiftyone_ai_search.get_collection` ``min_score``) to keep
+    only the closest copies.
+
+    Examples::
+
+        import fiftyone_ai_search as ais
+
+        name = ais.find_near_duplicates(dataset, threshold=0.97)
+        view = ais.get_collection(dataset, name)
+        session.view = view
+
+        # the duplicates alone, e.g. to tag or delete them
+        dups = [d for d, _ in ais.near_duplicate_groups(dataset).values()]
+
+    Args:
+        samples: a dataset or a view of it
+        threshold (0.95): the cosine similarity, in (0, 1], at or above
+            which two images are near-duplicates
+
+    Returns:
+        the name of the collection, or None when there are no duplicates
+    """
+    groups = near_duplicate_groups(samples, threshold)
+    if not groups:
+        return None
+    ids, scores = [], []
+    for kept, dups in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+        ids.append(kept)
+        scores.append(1.0)
+        ids.extend(d for d, _ in dups)
+        scores.extend(s for _, s in dups)
+    return colls.write_collection(
+        media.dataset_of(samples), colls.TEMPORARY_COLLECTION, ids, scores,
+        query={"mode": "duplicates", "threshold": threshold,
+               "groups": len(groups), "limit": len(ids)},
+    )
+
+
+def near_duplicate_groups(samples, threshold=DEFAULT_THRESHOLD):
+    """The near-duplicate groups of ``samples`` (see :func:`group`), from
+    the vectors of its AI search index, visited in the order of
+    ``samples``.
+
+    Returns:
+        a dict ``{kept_id: [(duplicate_id, similarity), ...]}``
+    """
+    from .embeddings import get_embeddings
+
+    threshold = validate.number(threshold, "threshold", 0.0, 1.0)
+    if threshold <= 0:
+        raise ValueError("threshold must be in (0, 1], got 0")
+    ids, vectors = get_embeddings(samples)
+    return group(ids, vectors, threshold)

@@ -1,0 +1,246 @@
+"""Packaging as users meet it: the dependencies pip installs, what
+``fiftyone plugins download`` copies from this repository, and the plugin
+entry point where the package is missing."""
+
+import ast
+import importlib.metadata
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+import zipfile
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+import fiftyone as fo
+import fiftyone.plugins.core as fopc
+import fiftyone.utils.github as foug
+
+from fiftyone_ai_search.app.manifest import PLUGIN_NAME, REQUIREMENT
+
+from conftest import REPO_DIR
+
+SRC_DIR = os.path.join(REPO_DIR, "src", "fiftyone_ai_search")
+PLUGIN_DIR = os.path.join(REPO_DIR, "plugins", "ai-search")
+REPO_URL = "https://github.com/fiftyone-ai-search/fiftyone-ai-search"
+
+
+# --- dependencies ----------------------------------------------------------
+
+
+def _imported_modules():
+    """Every absolute module the package imports: {module: [where]}."""
+    modules = {}
+    for root, _, files in os.walk(SRC_DIR):
+        for name in files:
+            if not name.endswith(".py"):
+                continue
+            path = os.path.join(root, name)
+            with open(path) as f:
+                tree = ast.parse(f.read(), filename=path)
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Import):
+                    found = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                    found = [node.module]
+                else:
+                    continue
+                where = f"{os.path.relpath(path, REPO_DIR)}:{node.lineno}"
+                for module in found:
+                    modules.setdefault(module, []).append(where)
+    return modules
+
+
+def _owning_distributions(module, candidates):
+    """Of the distributions that install ``module``'s top-level name, those
+    that install ``module`` itself (namespace packages such as ``fiftyone``
+    are shared: ``fiftyone.brain`` is fiftyone-brain's, ``fiftyone.core``
+    fiftyone's)."""
+    if len(candidates) == 1:
+        return set(candidates)
+    parts = module.split(".")
+    for k in range(len(parts), 0, -1):
+        prefix = "/".join(parts[:k])
+        owners = set()
+        for dist in candidates:
+            for f in importlib.metadata.distribution(dist).files or ():
+                f = str(f)
+                if f == prefix + "/__init__.py" or (
+                        f.startswith(prefix + ".")
+                        and "/" not in f[len(prefix):]
+                        and f.endswith((".py", ".so", ".pyd"))):
+                    owners.add(dist)
+                    break
+        if owners:
+            return owners
+    return set(candidates)
+
+
+def _declared_dependencies():
+    with open(os.path.join(REPO_DIR, "pyproject.toml"), "rb") as f:
+        project = tomllib.load(f)["project"]
+    return {canonicalize_name(Requirement(r).name)
+            for r in project["dependencies"]}
+
+
+def test_every_imported_distribution_is_a_declared_dependency():
+    """A package the code imports but pyproject does not name installs today
+    only because something else happens to pull it in."""
+    top_level = importlib.metadata.packages_distributions()
+    declared = _declared_dependencies()
+
+    missing, unknown = {}, {}
+    for module, where in sorted(_imported_modules().items()):
+        top = module.partition(".")[0]
+        if top in sys.stdlib_module_names or top == "fiftyone_ai_search":
+            continue
+        if top not in top_level:
+            unknown[module] = where
+            continue
+        owners = _owning_distributions(module, top_level[top])
+        if not {canonicalize_name(d) for d in owners} & declared:
+            missing[module] = (sorted(owners), where)
+
+    assert not unknown, f"imported, but no installed distribution: {unknown}"
+    assert not missing, f"imported, but not in [project].dependencies: " \
+                        f"{missing}"
+
+
+def test_the_dependency_check_sees_the_imports_it_checks():
+    modules = _imported_modules()
+    # direct imports that no declaration covered before this test existed
+    for module in ("pymongo", "sklearn.cluster", "threadpoolctl", "yaml"):
+        assert module in modules
+    top_level = importlib.metadata.packages_distributions()
+    assert _owning_distributions("fiftyone.core.odm",
+                                 top_level["fiftyone"]) == {"fiftyone"}
+
+
+# --- fiftyone plugins download ---------------------------------------------
+
+
+def _repository_files():
+    """The files a commit of this working tree holds (tracked and new, not
+    ignored): what GitHub's zipball of it would contain."""
+    if shutil.which("git") is None or not os.path.isdir(
+            os.path.join(REPO_DIR, ".git")):
+        pytest.skip("not a git checkout")
+    out = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others",
+         "--exclude-standard"],
+        cwd=REPO_DIR, capture_output=True, check=True).stdout
+    paths = {p for p in out.decode().split("\0") if p}
+    return sorted(p for p in paths
+                  if os.path.isfile(os.path.join(REPO_DIR, p)))
+
+
+@pytest.fixture(scope="module")
+def repository_zipball(tmp_path_factory):
+    """This repository as ``https://api.github.com/repos/<repo>/zipball``
+    serves it: one top-level ``<owner>-<repo>-<sha>/`` directory."""
+    files = _repository_files()
+    path = str(tmp_path_factory.mktemp("zipball") / "download.zip")
+    with zipfile.ZipFile(path, "w") as z:
+        for p in files:
+            z.write(os.path.join(REPO_DIR, p),
+                    f"fiftyone-ai-search-fiftyone-ai-search-0123abc/{p}")
+    return path, files
+
+
+def test_fiftyone_finds_exactly_the_plugin_directory(repository_zipball,
+                                                     tmp_path):
+    """FiftyOne's own search of a downloaded tree (what
+    ``download_plugin`` walks) finds one plugin: plugins/ai-search."""
+    zip_path, files = repository_zipball
+    assert "plugins/ai-search/fiftyone.yml" in files
+    with zipfile.ZipFile(zip_path) as z:
+        z.extractall(tmp_path)
+
+    found = list(fopc._iter_plugin_metadata_files(root_dir=str(tmp_path),
+                                                  strict=True))
+    assert [os.path.relpath(p, tmp_path) for p in found] == [
+        "fiftyone-ai-search-fiftyone-ai-search-0123abc/plugins/ai-search/"
+        "fiftyone.yml"]
+    assert fopc._parse_plugin_metadata(found[0]).name == PLUGIN_NAME
+
+
+def test_plugins_download_copies_only_the_plugin_directory(
+        repository_zipball, tmp_path, monkeypatch):
+    """``fiftyone plugins download <repo> --plugin-names <name>`` for real,
+    except that GitHub's zipball is this working tree's."""
+    zip_path, _ = repository_zipball
+
+    def download(self, outdir):  # GitHubRepository.download, offline
+        shutil.copy(zip_path, os.path.join(outdir, "download.zip"))
+        with zipfile.ZipFile(os.path.join(outdir, "download.zip")) as z:
+            z.extractall(outdir)
+        os.remove(os.path.join(outdir, "download.zip"))
+
+    plugins_dir = tmp_path / "plugins"
+    plugins_dir.mkdir()
+    monkeypatch.setattr(foug.GitHubRepository, "download", download)
+    monkeypatch.setattr(fo.config, "plugins_dir", str(plugins_dir))
+
+    downloaded = fopc.download_plugin(REPO_URL, plugin_names=[PLUGIN_NAME])
+
+    assert list(downloaded) == [PLUGIN_NAME]
+    plugin_dir = downloaded[PLUGIN_NAME]
+    assert plugin_dir == os.path.join(plugins_dir, "@fiftyone-ai-search",
+                                      "ai-search")
+    copied = sorted(
+        os.path.relpath(os.path.join(root, f), plugins_dir)
+        for root, _, names in os.walk(plugins_dir) for f in names)
+    assert copied == [
+        "@fiftyone-ai-search/ai-search/__init__.py",
+        "@fiftyone-ai-search/ai-search/fiftyone.yml",
+        "@fiftyone-ai-search/ai-search/requirements.txt",
+    ]
+    for part in ("tests", "bench", "src", "tiny_clip"):
+        assert not any(f"/{part}/" in f"/{p}" for p in copied)
+    assert not any(p.endswith((".safetensors", ".pt", ".bin"))
+                   for p in copied)
+
+    # and ``fiftyone plugins requirements <name> --install`` installs the
+    # package from the manifest's url
+    assert fopc.load_plugin_requirements(PLUGIN_NAME) == [REQUIREMENT]
+    assert REQUIREMENT.endswith("git+" + fopc.get_plugin(PLUGIN_NAME).url)
+
+
+# --- the entry point without the package -------------------------------------
+
+
+def test_plugin_entry_without_the_package_says_how_to_install_it():
+    """Copied alone (the download), the plugin directory has no code to fall
+    back on: importing it must say how to install the package."""
+    code = f"""
+import importlib.util, sys
+try:
+    import fiftyone_ai_search
+except ModuleNotFoundError:
+    pass
+else:
+    sys.exit("fiftyone_ai_search is importable here")
+spec = importlib.util.spec_from_file_location(
+    "plugin_entry", {os.path.join(PLUGIN_DIR, "__init__.py")!r})
+try:
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))
+except ImportError as e:
+    print(type(e).__name__)
+    print(e)
+else:
+    sys.exit("imported")
+"""
+    # -I -S: no site-packages, no PYTHONPATH, no user site: the package (and
+    # everything else installed) is not importable, the stdlib is
+    proc = subprocess.run([sys.executable, "-I", "-S", "-c", code],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    kind, message = proc.stdout.split("\n", 1)
+    assert kind == "ImportError"
+    assert (f"fiftyone plugins requirements {PLUGIN_NAME} --install"
+            in message)
+    assert f"pip install '{REQUIREMENT}'" in message
+

@@ -379,6 +379,23 @@ def test_deleting_the_run_disabling_and_cleanup_are_the_same(tmp_path, how):
     assert not runner.open_ref({"name": index_name, "backend": "edge"}).exists()
 
 
+def test_enabling_again_repairs_a_run_left_without_results(tmp_path):
+    """A process killed between registering the run and saving its
+    results; or a dataset enabled before the run existed."""
+    dataset = _indexed(tmp_path, num_samples=6)
+    brain.AISearchSimilarity.save_run_results(dataset, KEY, None)
+    dataset.reload()
+    assert dataset.load_brain_results(KEY, cache=False) is None
+    ais.enable_embeddings(dataset, model=tiny_clip_model_name(),
+                          compute=False)
+    assert dataset.load_brain_results(KEY, cache=False).total_index_size == 6
+
+    brain.unregister(dataset, KEY)
+    ais.enable_embeddings(dataset, model=tiny_clip_model_name(),
+                          compute=False)
+    assert dataset.load_brain_results(KEY).total_index_size == 6
+
+
 def test_a_taken_brain_key_is_refused_before_anything_is_written(tmp_path):
     dataset = shapes_dataset(tmp_path, num_samples=6, enable=False)
     fob.compute_similarity(dataset, embeddings=np.random.rand(6, 8),
@@ -528,3 +545,25 @@ def test_embeddings_of_another_model_are_refused(tmp_path, other_tiny_model):
     with pytest.raises(ValueError, match="no field"):
         ais.enable_embeddings(dataset, model=tiny_clip_model_name(),
                               embeddings_field="nope", compute=False)
+
+
+def test_kill_9_while_filling_from_existing_embeddings_resumes(tmp_path):
+    from test_generations import _kill, _wait_for_progress, _worker
+
+    dataset = shapes_dataset(tmp_path, num_samples=120, enable=False)
+    dataset.compute_embeddings(brain.ClipBrainModel(_tiny()),
+                               embeddings_field="clip")
+    ais.enable_embeddings(dataset, model=tiny_clip_model_name(),
+                          embeddings_field="clip", compute=False)
+    worker = _worker(dataset)
+    _wait_for_progress(dataset, worker, 16)
+    _kill(worker)
+
+    report = ais.calculate_embeddings(dataset, wait=True, progress=False)
+    # what was committed is kept, the rest reused: the model embeds nothing
+    assert report.added == 0 and 0 < report.reused < 120
+    ids, vectors = ais.get_embeddings(dataset)
+    assert len(ids) == 120
+    np.testing.assert_allclose(
+        vectors, np.stack(dataset.select(ids, ordered=True).values("clip")),
+        atol=1e-5)

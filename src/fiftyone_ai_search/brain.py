@@ -367,7 +367,9 @@ class AISearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
 
     def _radius_neighbors(self, query=None, thresh=None, return_dists=False):
         ids = list(self.current_sample_ids)
-        vectors, _, _ = self.get_embeddings(ids)
+        # the Brain maps rows to current_sample_ids: all must be there (a
+        # sync may have removed some since: reload() then)
+        vectors, _, _ = self.get_embeddings(ids, allow_missing=False)
         full = query is None
         if full:
             queries, single = vectors, False
@@ -571,11 +573,12 @@ def register(dataset, doc, brain_key):
         method.update_run_config(dataset, brain_key, config)
     else:
         method.register_run(dataset, brain_key, overwrite=False)
-        method.save_run_results(
-            dataset, brain_key,
-            AISearchSimilarityIndex(dataset, config, brain_key,
-                                    backend=method),
-        )
+    # always (a few bytes): a run registered by a process killed before it
+    # saved its results would otherwise never load
+    method.save_run_results(
+        dataset, brain_key,
+        AISearchSimilarityIndex(dataset, config, brain_key, backend=method),
+    )
     if former != brain_key:
         st.update(dataset, brain_key=brain_key)
 

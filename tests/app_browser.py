@@ -586,6 +586,18 @@ class App:
             self.click(menu_item)
         return self.panel(label)
 
+    def close_panel(self, label: Text) -> None:
+        """Closes the open panel whose tab reads ``label`` with the X of its
+        tab (a button titled "Close")."""
+        def close() -> bool:
+            tab = self._panel_tab(label)
+            if tab is None:
+                return True
+            self.click(tab.find_element(By.CSS_SELECTOR,
+                                        "[title=Close], [aria-label=Close]"))
+            return False
+        self.wait(close, f"the panel {label!r} to close", interval=0.5)
+
     def _panel_tab(self, label: Text) -> Optional[WebElement]:
         return self.js("""
             return [...document.querySelectorAll("[data-cy^=panel-tab-]")]
@@ -798,6 +810,19 @@ class App:
                                    .map(e => norm(e.innerText)).join(", "));
         """)
 
+    def tiles_drawn(self) -> bool:
+        """Whether every tile in the viewport has drawn its image (FiftyOne
+        marks a tile's canvas ``canvas-loaded`` once it drew the image on
+        it; till then it shows a placeholder) and is on top (nothing
+        covers it)."""
+        return bool(self.js(self._TILES_JS + """
+            const inView = tiles.filter(t => {
+              const r = t.getBoundingClientRect();
+              return r.top >= 0 && r.bottom <= innerHeight; });
+            return inView.length > 0 && inView.every(t => hittable(t) &&
+              t.querySelector("canvas[canvas-loaded=true]"));
+        """))
+
     def wait_for_tiles(self, count: int,
                        timeout: Optional[float] = None) -> list[str]:
         """Waits until exactly ``count`` tiles are rendered (the grid first
@@ -869,15 +894,140 @@ class App:
     def click_placement(self, operator_uri: str) -> WebElement:
         """Clicks the button an operator placed in the App (grid actions,
         sample modal): FiftyOne marks it ``data-item-id=<operator uri>``.
-        Exact, where a hover for the tooltip of an icon is not."""
+        Exact, where a hover for the tooltip of an icon is not. In a grid
+        row clipped by a panel beside it, it is reached through the "More
+        items" expander (see :meth:`click_grid_item`)."""
+        return self.click_grid_item(
+            f'[data-item-id="{operator_uri}"]', f"the button of {operator_uri}")
+
+    def _grid_expander(self) -> Optional[WebElement]:
+        """The grid actions' "More items" expander (ExpandMore icon), shown
+        when the row is too narrow for all its buttons."""
+        return self.js("""
+            const bar = document.querySelector("[data-cy=fo-grid-actions]");
+            const svg = bar && [...bar.querySelectorAll(
+                "svg[data-testid=ExpandMoreIcon]")].find(visible);
+            return svg ? svg.parentElement : null;
+        """)
+
+    def click_grid_item(self, selector: str, what: str) -> WebElement:
+        """Clicks the first element matching the CSS ``selector`` that a
+        click can reach (visible, on top at its centre). When the grid
+        actions row is clipped (a panel beside the grid), the hidden
+        buttons are copies in the popup of its "More items" expander: it is
+        opened (again, if a click was lost) until one can be reached. That
+        popup stays open after the click: see :meth:`click_away`."""
+        last_expand = [float("-inf")]
+
         def find() -> Optional[WebElement]:
-            return self.js("""
-                return [...document.querySelectorAll("[data-item-id]")]
-                  .filter(e => e.dataset.itemId === arguments[0] && visible(e)
-                               && hittable(e))[0] || null;
-            """, operator_uri)
-        return self.wait(lambda: self._clicked(find()),
-                         f"the button of {operator_uri}")
+            item = self.js("""
+                return [...document.querySelectorAll(arguments[0])]
+                  .filter(e => visible(e) && hittable(e))[0] || null;
+            """, selector)
+            # a click on the expander toggles its popup: only after the
+            # last one had time to show
+            if item is None and time.monotonic() - last_expand[0] > 3.0:
+                expander = self._grid_expander()
+                if expander is not None:
+                    self.click(expander)
+                    last_expand[0] = time.monotonic()
+            return item
+
+        return self.wait(lambda: self._clicked(find()), what)
+
+    def click_away(self, element: WebElement) -> None:
+        """Clicks just inside the top left corner of ``element`` (e.g. an
+        operator prompt's title bar): a click outside a popup that stays
+        open (the grid actions' "More items") closes it, as a user does."""
+        rect = element.rect
+        (ActionChains(self.driver)
+         .move_to_element_with_offset(element, -int(rect["width"] / 2) + 8,
+                                      -int(rect["height"] / 2) + 8)
+         .click().perform())
+
+    # -- FiftyOne's own similarity search ---------------------------------------------
+
+    def sort_by_similarity(self, prompt: Optional[str] = None) -> None:
+        """Runs FiftyOne's built-in similarity search from the grid's "Sort
+        by text similarity" action (``data-cy=action-sort-by-similarity``;
+        with samples selected it reads "Sort by image similarity"): types
+        ``prompt`` into its "Type anything!" box and presses Enter, or,
+        with ``prompt=None``, presses "Show similar samples" (similar to
+        the selected samples). The App runs ``@voxel51/panels/
+        similarity_search`` on the current view (25 matches, its first
+        similarity index) and opens the "Similarity Search" panel, whose
+        run card applies the results (:meth:`show_similarity_run`)."""
+        self.click_grid_item("[data-cy=action-sort-by-similarity]",
+                             "the grid's similarity search action")
+        if prompt is None:
+            self.click_button("Show similar samples")
+            # the App reads the selection, then clears it
+            if self.session is not None:
+                self.wait(lambda: not self.session.selected,
+                          "the App to take the selection")
+        else:
+            box = self.wait(lambda: next((e for e in self.driver.find_elements(
+                By.CSS_SELECTOR, "input[placeholder='Type anything!']")
+                if e.is_displayed()), None), "the similarity search box")
+            self.click(box)
+            box.send_keys(prompt)
+            self.wait(lambda: box.get_attribute("value") == prompt,
+                      f"the similarity search box to read {prompt!r}")
+            box.send_keys(Keys.ENTER)
+        # the "More items" popup, if the action was in it, stays open
+        # over the grid: Escape closes it (and the similarity popover)
+        with contextlib.suppress(WebDriverException):
+            self.press("ESCAPE")
+
+    def similarity_run(self, text: Text,
+                       timeout: Optional[float] = None) -> tuple[str, WebElement]:
+        """Waits for a search of the "Similarity Search" panel whose card
+        shows ``text`` (its query, e.g. the prompt) to read "Completed";
+        returns the card's text and its "Show results" button."""
+        def find() -> Optional[tuple[str, WebElement]]:
+            found = self.js("""
+                // the card: the smallest box around the text with one
+                // "Show results" button
+                for (const e of byText(arguments[0], arguments[1], true)) {
+                  for (let box = e; box && box !== arguments[0];
+                       box = box.parentElement) {
+                    const shows = [...box.querySelectorAll(
+                        "button[aria-label='Show results']")];
+                    if (shows.length > 1) break;
+                    if (shows.length === 1)
+                      return [norm(box.innerText), shows[0]];
+                  }
+                }
+                return null;
+            """, self.panel("Similarity Search"), text)
+            return tuple(found) if found and "Completed" in found[0] else None
+        return self.wait(find, f"the similarity search {text!r} to complete",
+                         timeout)
+
+    def show_similarity_run(self, text: Text) -> str:
+        """Clicks "Show results" of the completed similarity search
+        ``text`` (:meth:`similarity_run`); returns the card's text."""
+        card, button = self.similarity_run(text)
+        self.click(button)
+        return card
+
+    def open_operator(self, label: Text, search: Optional[str] = None
+                      ) -> WebElement:
+        """Opens an operator from FiftyOne's operator browser (the grid's
+        "Browse operations" action, ``data-cy=action-browse-operations``):
+        types ``search`` (default ``label``) into its search box, clicks the
+        operator labelled ``label``; returns the operator's prompt."""
+        self.click_grid_item("[data-cy=action-browse-operations]",
+                             "the grid's browse operations action")
+        box = self.wait(lambda: next((e for e in self.driver.find_elements(
+            By.CSS_SELECTOR, "input[data-cy=operators-browser-search]")
+            if e.is_displayed()), None), "the operator browser")
+        box.send_keys(search if search is not None else str(label))
+        self.click_button(label, root=lambda: self.driver.find_element(
+            By.CSS_SELECTOR, "[data-cy=operators-browser]"))
+        prompt = self.prompt()
+        self.click_away(prompt)  # the grid's "More items" popup, if open
+        return prompt
 
     def click_icon(self, icon: str, root: Optional[Root] = None) -> WebElement:
         """Clicks the button drawn with Material icon ``icon`` (the icon's

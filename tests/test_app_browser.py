@@ -8,7 +8,11 @@ order), search again (the dataset, not the previous results), cut the
 results by score on the histogram and the slider, save what is shown as a
 collection (the saved-views list shows it at once), search similar to a grid
 selection and from the sample modal, see that nothing selected is a message,
-take a diverse sample, and disable.
+take a diverse sample; then FiftyOne's own similarity search (the grid's
+"Sort by text/image similarity" and its Similarity Search panel) on our
+Brain run "ai_search", by prompt and by a selected sample; find
+near-duplicates from the grid (and none, from the operator browser); and
+disable.
 
 The tests share one page and run in file order, each from where the previous
 one left it. Screenshots go to ``tests/artifacts/browser/`` (two are in the
@@ -22,6 +26,7 @@ import pytest
 
 import fiftyone_ai_search as ais
 from fiftyone_ai_search.app import PLUGIN_NAME
+from fiftyone_ai_search.brain import DEFAULT_BRAIN_KEY as BRAIN_KEY
 from app_browser import app, app_session, browser, browser_artifacts  # noqa: F401
 from helpers import shapes_dataset
 
@@ -29,6 +34,8 @@ NUM_SAMPLES = 1200  # enough for the progress to be seen moving
 PANEL = "AI Search"
 PROGRESS = re.compile(r"Computing embeddings: (\d+) / (\d+)")
 SAVED = "clear blue squares"
+BUILTIN_K = 25  # the matches FiftyOne's own similarity search asks for
+DUPLICATES_THRESHOLD = 0.99
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +64,35 @@ def panel(app):
     """The panel's content, found again wherever it is used (it is replaced
     when the panel re-renders)."""
     return lambda: app.panel(PANEL)
+
+
+def show_builtin_results(app, text, expected):
+    """Waits for the search ``text`` of FiftyOne's Similarity Search panel
+    to complete, and for the grid to show ``expected`` (ids): an open panel
+    applies a new search by itself; a panel that the search opened is
+    applied with the card's "Show results". Returns the card's text."""
+    card, _ = app.similarity_run(text)
+    try:
+        app.wait_for_view(lambda v: v == expected, "the search applied",
+                          timeout=3)
+    except TimeoutError:
+        app.show_similarity_run(text)
+        app.wait_for_view(lambda v: v == expected,
+                          "the grid to show the similarity search")
+    return card
+
+
+def wait_for_grid(app, dataset, ids):
+    """Waits until the grid shows ``ids``: the count above it, and the
+    labels of its first tiles in the order of ``ids`` (the grid renders
+    those near the viewport); returns those labels."""
+    app.wait_for_count(len(ids))
+
+    def shown():
+        labels = app.tile_labels()
+        return labels if labels and all(labels) and labels == labels_of(
+            dataset, ids[:len(labels)]) and app.tiles_drawn() else None
+    return app.wait(shown, f"the grid's tiles to show {len(ids)} samples")
 
 
 def search_in_panel(app, mode, limit, **fields):
@@ -245,6 +281,105 @@ def test_diverse_results_are_labelled_as_such(app, app_dataset):
     text = app.wait_for_text("cluster centre", root=panel(app))
     assert "Latest results: diverse" in text
     app.screenshot("06-diverse")
+    assert app.console_errors() == []
+
+
+def test_fiftyones_own_text_similarity_search_uses_our_index(app,
+                                                              app_dataset):
+    """FiftyOne's built-in "Sort by text similarity" (not our panel): the
+    App lists our Brain run "ai_search" as a similarity index that takes
+    prompts, searches it, and its Similarity Search panel shows the result
+    in the grid."""
+    app.clear_view()
+    app.wait_for_count(NUM_SAMPLES)
+    prompt = "a photo of a red circle"
+    app.sort_by_similarity(prompt)
+    expected = app_dataset.sort_by_similarity(
+        prompt, k=BUILTIN_K, brain_key=BRAIN_KEY).values("id")
+    card = show_builtin_results(app, prompt, expected)
+    # the App's search ran on our index, with its default 25 matches
+    assert BRAIN_KEY in card and f"{BUILTIN_K} results" in card, card
+    assert labels_of(app_dataset, expected)[:10] == ["red circle"] * 10
+    labels = wait_for_grid(app, app_dataset, expected)
+    assert labels[:5] == ["red circle"] * 5, labels
+    app.screenshot("08-fiftyone-text-similarity")
+    # done with it: three columns leave the grid no room for its actions
+    app.close_panel("Similarity Search")
+    assert app.console_errors() == []
+
+
+def test_fiftyones_own_similarity_to_the_selected_sample(app, app_dataset):
+    """FiftyOne's built-in "Sort by image similarity" to a sample selected
+    in the grid: the sample itself first, then those like it."""
+    app.clear_view()
+    app.wait_for_count(NUM_SAMPLES)
+    first = app.view_ids()[0]
+    app.select_tile(0)
+    app.wait(lambda: app.selected_ids() == [first], "the selection")
+    app.sort_by_similarity()  # "Show similar samples"
+    expected = app_dataset.sort_by_similarity(
+        [first], k=BUILTIN_K, brain_key=BRAIN_KEY).values("id")
+    card = show_builtin_results(app, "1 sample", expected)
+    assert "Image similarity" in card and BRAIN_KEY in card, card
+    assert expected[0] == first
+    label = labels_of(app_dataset, [first])[0]
+    assert labels_of(app_dataset, expected)[:10] == [label] * 10
+    labels = wait_for_grid(app, app_dataset, expected)
+    assert labels[0] == label
+    app.screenshot("09-fiftyone-image-similarity")
+    app.close_panel("Similarity Search")
+    assert app.console_errors() == []
+
+
+def test_find_near_duplicates_from_the_grid(app, app_dataset):
+    app.clear_view()
+    app.wait_for_count(NUM_SAMPLES)
+    app.click_placement(f"{PLUGIN_NAME}/find_near_duplicates")
+    app.click_away(app.prompt())  # the grid's "More items" popup, if open
+    app.wait_for_text("AI search: find near-duplicates", root=app.prompt)
+    app.wait_for_text(f"Searching the whole dataset: {NUM_SAMPLES} samples",
+                      root=app.prompt)
+    # a threshold out of (0, 1] is refused where it is typed
+    app.fill("Similarity threshold", "1.5", root=app.prompt)
+    app.wait_for_text("above 0 and at most 1, got 1.5", root=app.prompt)
+    app.wait(app.execute_disabled, "Execute to be disabled")
+    app.fill("Similarity threshold", DUPLICATES_THRESHOLD, root=app.prompt)
+    app.wait_executable()
+    app.screenshot("10-find-near-duplicates")
+    app.execute_prompt()
+
+    groups = ais.near_duplicate_groups(app_dataset, DUPLICATES_THRESHOLD)
+    expected = [i for kept, dups in sorted(groups.items(),
+                                           key=lambda kv: -len(kv[1]))
+                for i in [kept] + [d for d, _ in dups]]
+    app.wait_for_notification(f"Found {len(expected) - len(groups)} "
+                              f"near-duplicates of {len(groups)} images")
+    app.wait_for_view(lambda v: v == expected,
+                      "the grid to show the near-duplicates")
+    assert results(app_dataset)[0] == expected
+    scores = results(app_dataset)[1]
+    assert scores[0] == 1.0 and all(
+        DUPLICATES_THRESHOLD <= s <= 1.0 + 1e-6 for s in scores)
+    # our panel follows: these are the latest results now
+    app.wait_for_text(f"Latest results: near-duplicates ({len(groups)} "
+                      f"images with copies at similarity "
+                      f"{DUPLICATES_THRESHOLD} or more), {len(expected)} "
+                      "samples", root=panel(app))
+    # the largest group first: the image kept, then its copies
+    wait_for_grid(app, app_dataset, expected)
+    app.screenshot("11-near-duplicates")
+    assert app.console_errors() == []
+
+
+def test_no_near_duplicates_is_said_from_the_operator_browser(app,
+                                                             app_dataset):
+    shown = app.view_ids()
+    app.open_operator("AI search: find near-duplicates", search="near-dup")
+    app.fill("Similarity threshold", 1, root=app.prompt)
+    app.execute_prompt()
+    app.wait_for_notification("No near-duplicates")
+    assert app.view_ids() == shown  # the grid stays as it was
+    app.screenshot("12-no-near-duplicates")
     assert app.console_errors() == []
 
 

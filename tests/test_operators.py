@@ -683,3 +683,36 @@ def test_find_near_duplicates_blocks_a_bad_threshold(tmp_path):
     with pytest.raises(Exception, match="threshold"):
         foo.execute_operator(uri("find_near_duplicates"), ctx={
             "dataset": dataset, "params": {"threshold": 1.5}})
+
+
+def test_panel_shows_near_duplicates_found_from_the_grid(tmp_path):
+    dataset = shapes_dataset(tmp_path, num_samples=60)
+    ais.calculate_embeddings(dataset, wait=True, progress=False)
+    panel = _Panel(dataset)
+    panel("on_load")
+    panel.state["search"] = {"mode": "prompt",
+                             "prompt": "a photo of a red circle", "limit": 10}
+    panel("on_search")
+    assert "prompt 'a photo of a red circle'" in panel.render()[
+        "results_title"]["default"]
+    # the App shows the panel's own results: nothing to refresh
+    panel.context["view"] = dataset.load_saved_view(ais.TEMPORARY_COLLECTION)
+    panel("on_change_view")
+    assert not panel.triggered
+
+    # the grid's button finds near-duplicates; the App's view changes
+    result, _ = _execute(dataset, "find_near_duplicates",
+                         params={"threshold": 0.99})
+    panel.context["view"] = dataset.load_saved_view(ais.TEMPORARY_COLLECTION)
+    panel("on_change_view")
+    props = panel.render()
+    title = props["results_title"]["default"]
+    assert (f"near-duplicates ({result['groups']} images with copies at "
+            f"similarity 0.99 or more), {result['count']} samples") in title
+    (slider,) = [k for k in props if k.startswith("score_range_")]
+    scores = [s for _, s in ais.get_collection_scores(
+        dataset, ais.TEMPORARY_COLLECTION)]
+    assert props[slider]["default"][1] == pytest.approx(1.0)
+    assert props[slider]["default"][0] == pytest.approx(min(scores))
+    assert "Similarity to the image each group keeps" in str(
+        props["histogram"])

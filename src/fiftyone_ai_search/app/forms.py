@@ -15,6 +15,7 @@ import fiftyone.operators.types as types
 import fiftyone_ai_search as ais
 from fiftyone_ai_search import media
 from fiftyone_ai_search.config import BACKENDS
+from fiftyone_ai_search.duplicates import DEFAULT_THRESHOLD
 
 SEARCH_MODES = ("prompt", "similar", "diverse")
 DEFAULT_LIMIT = 100
@@ -103,6 +104,21 @@ def blocked(inputs, name, message, kind=types.Warning):
     prop.invalid = True
     prop.error_message = message
     return prop
+
+
+def require_ready(ctx, inputs):
+    """Blocks the form unless the dataset's index is ready to search (a
+    first indexing complete); says where to enable it.
+
+    Returns:
+        whether it is ready
+    """
+    status = ais.get_status(ctx.dataset, counts=False)
+    if readiness(status) == "ready":
+        return True
+    blocked(inputs, "not_ready", status_text(status) + " Enable it from the "
+            "AI Search button above the grid.")
+    return False
 
 
 # -- enabling --------------------------------------------------------------------
@@ -350,6 +366,68 @@ def show_collection(ctx, name, min_score=None, max_score=None):
                               max_score=max_score)
     ctx.ops.set_view(view=view)
     return view
+
+
+# -- near-duplicates ---------------------------------------------------------------
+
+
+def duplicates_threshold(params):
+    """The threshold of the near-duplicates form's parameters (its default
+    when absent)."""
+    value = params.get("threshold")
+    return DEFAULT_THRESHOLD if value is None else value
+
+
+def duplicates_form(ctx, inputs, params, on_change=None):
+    """The near-duplicates form: the similarity threshold, and what is
+    searched (as a search's scope).
+
+    Returns:
+        whether the form can be run (False: an input is invalid)
+    """
+    runnable = True
+    threshold = duplicates_threshold(params)
+    prop = inputs.float(
+        "threshold", label="Similarity threshold", default=DEFAULT_THRESHOLD,
+        min=0.0, max=1.0, required=True,
+        description="Images at least this similar (cosine similarity, above "
+        f"0 and at most 1; default {DEFAULT_THRESHOLD}) are near-duplicates. "
+        "Lower finds looser copies",
+    )
+    if isinstance(threshold, bool) or not isinstance(
+            threshold, (int, float)) or not 0 < threshold <= 1:
+        runnable = False
+        prop.invalid = True
+        prop.error_message = ("The threshold is a similarity above 0 and at "
+                              f"most 1, got {threshold!r}")
+    if scope_form(ctx, inputs, params, on_change) is False:
+        runnable = False
+    return runnable
+
+
+def duplicates_and_show(ctx, params):
+    """Finds the near-duplicates that ``params`` (the form above) asks for
+    and shows them in the App: each group is the sample it keeps, then its
+    duplicates. When there are none, says so and leaves the view alone.
+
+    Returns:
+        ``{"collection": name or None, "count": n, "groups": g}``
+    """
+    threshold = duplicates_threshold(params)
+    name = ais.find_near_duplicates(search_scope(ctx, params),
+                                    threshold=threshold)
+    if name is None:
+        ctx.ops.notify(f"No near-duplicates: no two images have a "
+                       f"similarity of {threshold:g} or more", variant="info")
+        return {"collection": None, "count": 0, "groups": 0}
+    view = show_collection(ctx, name)
+    (latest,) = [c for c in ais.list_collections(ctx.dataset)
+                 if c["name"] == name]
+    groups = latest["query"].get("groups", 0)
+    ctx.ops.notify(f"Found {len(view) - groups} near-duplicates of {groups} "
+                   "images: each image is shown first, its copies after it",
+                   variant="success")
+    return {"collection": name, "count": len(view), "groups": groups}
 
 
 def named_collections(dataset):

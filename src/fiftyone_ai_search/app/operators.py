@@ -254,11 +254,7 @@ class SearchSimilar(_Operator):
         return list(ctx.selected or [])
 
     def form(self, ctx, inputs):
-        status = ais.get_status(ctx.dataset, counts=False)
-        if forms.readiness(status) != "ready":
-            forms.blocked(inputs, "not_ready", forms.status_text(status) +
-                           " Enable it from the AI Search button above the "
-                           "grid.")
+        if not forms.require_ready(ctx, inputs):
             return
         params = dict(ctx.params, mode="similar")
         forms.search_form(ctx, inputs, params, self._references(ctx),
@@ -270,6 +266,28 @@ class SearchSimilar(_Operator):
         if ctx.current_sample:
             ctx.ops.close_sample()  # to the grid, where the results are
         return result
+
+
+class FindNearDuplicates(_Operator):
+    """"Find near-duplicates" above the grid: groups of images at least a
+    threshold similar, each kept image followed by its copies."""
+
+    CONFIG = dict(
+        name="find_near_duplicates",
+        label="AI search: find near-duplicates",
+        description="Images that are nearly the same (re-encoded, resized, "
+        "slightly cropped copies), grouped around the one to keep",
+        icon="content_copy",
+        dynamic=True,
+    )
+    BUTTON = (types.Places.SAMPLES_GRID_ACTIONS, "Find near-duplicates")
+
+    def form(self, ctx, inputs):
+        if forms.require_ready(ctx, inputs):
+            forms.duplicates_form(ctx, inputs, ctx.params)
+
+    def execute(self, ctx):
+        return forms.duplicates_and_show(ctx, ctx.params)
 
 
 class FilterByScore(_Operator):
@@ -368,6 +386,7 @@ OPERATORS = (
     AISearchStatus,
     AISearch,
     SearchSimilar,
+    FindNearDuplicates,
     FilterByScore,
     SaveCollection,
     RenameCollection,

@@ -51,8 +51,8 @@ def selected_range(points, edges):
 
 def results_summary(dataset):
     """What the panel shows of the latest results, or None: a JSON-able
-    dict with ``query`` (text), ``count``, ``low`` / ``high`` (scores) and
-    ``score_label``."""
+    dict with ``query`` (text), ``count``, ``low`` / ``high`` (scores),
+    ``score_label`` and ``created_at`` (ISO: which results they are)."""
     latest = [c for c in ais.list_collections(dataset)
               if c["name"] == ais.TEMPORARY_COLLECTION]
     if not latest:
@@ -72,12 +72,18 @@ def results_summary(dataset):
         # not a query score: say what it is
         label = ("Similarity to the sample's cluster centre (diverse results "
                  "are not ranked by a query)")
+    elif mode == "duplicates":
+        text = (f"near-duplicates ({query.get('groups')} images with copies "
+                f"at similarity {query.get('threshold')} or more)")
+        label = ("Similarity to the image each group keeps (1: the kept "
+                 "image itself)")
     else:
         refs = query.get("image_id") or []
         text = f"similar to {len(refs)} sample(s)" if refs else "image"
         label = "Score: similarity to the reference image(s)"
     return {"query": text, "count": len(scores), "low": min(scores),
-            "high": max(scores), "score_label": label}
+            "high": max(scores), "score_label": label,
+            "created_at": latest[0]["created_at"].isoformat()}
 
 
 def _reported(method):
@@ -124,8 +130,21 @@ class AISearchPanel(foo.Panel):
         ctx.panel.set_state("range", None)
         self._refresh(ctx)
 
+    @_reported
     def on_change_view(self, ctx):
-        pass  # re-rendered: the scope line follows the view
+        # re-rendered: the scope line follows the view. Latest results that
+        # were not made here (the grid's AI Search and Find near-duplicates
+        # buttons) replace those the panel shows, histogram and range too
+        if not ais.is_embeddings_enabled(ctx.dataset) or \
+                not ais.is_latest_results(ctx.view):
+            return
+        latest = [c for c in ais.list_collections(ctx.dataset)
+                  if c["name"] == ais.TEMPORARY_COLLECTION]
+        shown = ctx.panel.state.get("results") or {}
+        if latest and shown.get("created_at") != (
+                latest[0]["created_at"].isoformat()):
+            ctx.panel.set_state("range", None)
+            self._refresh_results(ctx)
 
     def on_change_selected(self, ctx):
         pass  # re-rendered: "N selected" follows the selection

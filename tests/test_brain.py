@@ -421,6 +421,8 @@ def test_compute_similarity_with_the_backend_creates_the_index(tmp_path):
         clip_model=tiny_clip_model_name(),
     )
     assert index.total_index_size == 12
+    assert index.supports_prompts
+    assert index.get_model().can_embed_prompts
     assert st.get(dataset)["brain_key"] == "img"
     assert dataset.get_brain_info("img").config.clip_model
     view = dataset.sort_by_similarity("a photo of a star", k=3,

@@ -209,6 +209,12 @@ class AISearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
     # -- the index ------------------------------------------------------------
 
     @property
+    def supports_prompts(self):
+        # always (CLIP), whatever compute_similarity() concluded from the
+        # model it was given (none, with embeddings=False)
+        return True
+
+    @property
     def is_external(self):
         # vectors of an embeddings field are the index's (the Brain reads
         # nothing back from the field)
@@ -236,8 +242,9 @@ class AISearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         """The index's open_clip model, as a FiftyOne model
         (:class:`ClipBrainModel`)."""
         doc = require_index(self._dataset)
-        if self._model is None or self._model.identity != (
-                doc["index"]["model_identity"]):
+        # (compute_similarity() sets _model to whatever it was given)
+        if not isinstance(self._model, ClipBrainModel) or (
+                self._model.identity != doc["index"]["model_identity"]):
             self._model = ClipBrainModel(runner.load_index_model(doc["index"]))
         return self._model
 

@@ -235,8 +235,7 @@ class AISearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         doc = st.get(self._dataset)
         if not doc or not doc.get("enabled") or not doc.get("index"):
             return 0
-        with self._store(doc) as store:
-            return store.count()
+        return runner.index_size(doc["index"])
 
     def get_model(self):
         """The index's open_clip model, as a FiftyOne model
@@ -508,18 +507,13 @@ class ClipBrainModel(fom.Model, fom.EmbeddingsMixin, fom.PromptMixin):
         return self.embed_all([arg])[0]
 
     def embed_all(self, args):
-        import torch
         from PIL import Image
 
-        from .images import to_rgb
-
-        pixels = [
-            self.clip.preprocess(to_rgb(
-                a if hasattr(a, "convert") else Image.fromarray(np.asarray(a))
-            ))
+        # FiftyOne passes uint8 HWC arrays
+        return self.clip.encode_pil([
+            a if hasattr(a, "convert") else Image.fromarray(np.asarray(a))
             for a in args
-        ]
-        return self.clip.encode_images(torch.stack(pixels))
+        ])
 
     def predict(self, arg):
         return self.embed(arg)

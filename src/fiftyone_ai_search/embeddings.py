@@ -5,8 +5,6 @@
 
 import logging
 
-import numpy as np
-
 from . import media
 from . import runner
 from . import state as st
@@ -479,10 +477,7 @@ def get_embeddings(samples):
     wanted = (dataset if view is None else view).values("id")
     store = runner.open_index(dataset, doc=doc)
     try:
-        ids, vectors = store.get_vectors(wanted)
+        # in the order of wanted (view ids: each once), missing ones left out
+        return store.get_vectors(wanted)
     finally:
         store.close()
-
-    pos = {sid: i for i, sid in enumerate(ids)}
-    order = [pos[sid] for sid in wanted if sid in pos]
-    return [ids[i] for i in order], np.asarray(vectors)[order]

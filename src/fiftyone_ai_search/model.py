@@ -202,6 +202,23 @@ class ClipModel:
 
         return _normalize(features)
 
+    def encode_pil(self, images):
+        """Embeds in-memory images (``PIL.Image`` of any mode), preprocessed
+        here one by one; for images from outside a dataset. Files go
+        through :func:`fiftyone_ai_search.embedder.embed_images`.
+
+        Returns:
+            a float32 ``np.ndarray`` of shape ``(n, dim)``, L2-normalised
+        """
+        import torch
+
+        from .images import to_rgb
+
+        if not images:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return self.encode_images(
+            torch.stack([self.preprocess(to_rgb(i)) for i in images]))
+
     def encode_text(self, texts):
         """Embeds texts.
 

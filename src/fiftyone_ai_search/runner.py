@@ -34,6 +34,15 @@ def open_ref(ref, settings=None):
     return open_store(ref["name"], settings)
 
 
+def index_size(ref, settings=None):
+    """How many vectors the index of a state reference holds (an exact
+    count: about the cost of a query)."""
+    store = open_ref(ref, settings)
+    # kept open: a search of it usually follows
+    with store.session(keep_open=True):
+        return store.count()
+
+
 def open_index(dataset, settings=None, doc=None):
     """Opens the index that searches of a dataset use; given its state
     ``doc``, ``dataset`` is not read (it may no longer exist).

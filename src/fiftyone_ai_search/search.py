@@ -196,15 +196,9 @@ def run_query(samples, **fields):
     scope = _make_scope(samples, None)
     if fields.get("limit") is None:
         fields["limit"] = max(1, len(scope) if scope is not None
-                              else _index_size(doc))
+                              else runner.index_size(doc["index"]))
     ids, scores, _ = _search(dataset, doc, _Query(**fields), scope)
     return ids, scores
-
-
-def _index_size(doc):
-    store = runner.open_ref(doc["index"])
-    with store.session(keep_open=True):
-        return store.count()
 
 
 def check_index_model(store, ref, model=None):
@@ -563,7 +557,6 @@ def _reference_vectors(dataset, store, image_ids):
 
 def _image_vector(model, image):
     from .embedder import embed_images
-    from .images import to_rgb
 
     if isinstance(image, str):
         (batch,) = list(embed_images(model, [("image", image)], num_workers=0))
@@ -572,10 +565,7 @@ def _image_vector(model, image):
                              f"{batch.failures['image']}")
         return batch.vectors[:1]
     if hasattr(image, "convert"):
-        import torch
-
-        pixels = model.preprocess(to_rgb(image)).unsqueeze(0)
-        return model.encode_images(torch.as_tensor(pixels))
+        return model.encode_pil([image])
     raise ValueError(
         f"image must be a file path or a PIL image, got {type(image).__name__}"
     )

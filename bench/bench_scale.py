@@ -92,6 +92,10 @@ def parse_args(argv=None):
                    "alpha,sigma,gamma,tau")
     p.add_argument("--validation-samples", type=int, default=300)
     p.add_argument("--skip-faiss", action="store_true")
+    p.add_argument("--skip-ivf", action="store_true",
+                   help="skip the numpy / faiss IVF study")
+    p.add_argument("--skip-ours", action="store_true",
+                   help="skip the project's own index (exact, then cells)")
     p.add_argument("--skip-qdrant", action="store_true")
     p.add_argument("--skip-faiss-hnsw", action="store_true",
                    help="faiss Flat and IVF only (the HNSW builds are slow)")
@@ -610,6 +614,62 @@ def bench_ivf(args, table, db, qi, qt, gi, gt, g_est):
                     qi, qt, gi, gt)
 
 
+def rss_mb():
+    """This process's resident memory now (Linux), MB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def bench_ours(args, table, db, qi, qt, gi, gt):
+    """The project's own index, through the code every search runs
+    (``EdgeStore.query``): exact as every index below the size threshold,
+    then after the background upkeep (``maintain``: cells learned, points
+    assigned, compacted: int8 copy, points ordered by cell)."""
+    from fiftyone_ai_search.store import EdgeStore, IndexInfo
+    from fiftyone_ai_search.store import cells as cl
+
+    tmp = tempfile.mkdtemp(prefix="bench-scale-ours-",
+                           dir=os.environ.get("BENCH_TMP"))
+    try:
+        store = EdgeStore("scale", tmp, lock_timeout=600)
+        store.ensure(IndexInfo("bench", None, "bench@1", db.shape[1]))
+        # sample ids whose hex value is the row number + 1
+        ids = [f"{i + 1:024x}" for i in range(len(db))]
+        t0 = time.time()
+        for s in range(0, len(db), 20_000):
+            store.upsert(ids[s:s + 20_000], db[s:s + 20_000],
+                         [{}] * len(ids[s:s + 20_000]))
+        t_up = time.time() - t0
+
+        def fn(q):
+            with store.session(keep_open=True):
+                hits = store.query(q, K)
+            return [int(h[0], 16) - 1 for h in hits]
+
+        base_rss = rss_mb()
+        measure(table, "ours: exact (every index today)",
+                "EdgeStore.query", fn, fn, qi, qt, gi, gt,
+                f"{t_up:.0f} upsert", f"{du_mb(tmp):.0f} MB disk")
+        t0 = time.time()
+        store.maintain()
+        t_m = time.time() - t0
+        cells = store.cells()
+        note = "exact (below the threshold)"
+        if cells is not None:
+            note = (f"{len(cells)} cells, {cl.num_probed(len(cells))} "
+                    f"probed, int8 + rescore x{cl.OVERSAMPLING:g}")
+        fn(qi[0])  # opened again after the compaction
+        measure(table, "ours: cells (after maintain)", note, fn, fn,
+                qi, qt, gi, gt, f"{t_m:.0f} maintain",
+                f"{du_mb(tmp):.0f} MB disk, +{rss_mb() - base_rss:.0f} MB RSS")
+        store.close()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main(argv=None):
     args = parse_args(argv)
     fitted = None if args.skip_validation else validate(args)
@@ -663,7 +723,10 @@ def main(argv=None):
             f"{db.nbytes / 2**20:.0f} MB RAM")
     if not args.skip_faiss:
         bench_faiss(args, table, db, qi, qt, gi, gt, g_est)
-    bench_ivf(args, table, db, qi, qt, gi, gt, g_est)
+    if not args.skip_ivf:
+        bench_ivf(args, table, db, qi, qt, gi, gt, g_est)
+    if not args.skip_ours:
+        bench_ours(args, table, db, qi, qt, gi, gt)
     if not args.skip_qdrant:
         bench_qdrant(args, table, db, qi, qt, gi, gt, g_est)
     table.print()

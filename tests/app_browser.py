@@ -936,14 +936,27 @@ class App:
         return self.wait(lambda: self._clicked(find()), what)
 
     def click_away(self, element: WebElement) -> None:
-        """Clicks just inside the top left corner of ``element`` (e.g. an
-        operator prompt's title bar): a click outside a popup that stays
-        open (the grid actions' "More items") closes it, as a user does."""
-        rect = element.rect
-        (ActionChains(self.driver)
-         .move_to_element_with_offset(element, -int(rect["width"] / 2) + 8,
-                                      -int(rect["height"] / 2) + 8)
-         .click().perform())
+        """Clicks the title of ``element`` (an operator prompt: its topmost
+        text), as a user does to close a popup that stays open (the grid
+        actions' "More items"). The title is found when clicked, not from a
+        size read before: the prompt grows and shrinks while its form
+        resolves, and a click just outside it would close the prompt."""
+        def title() -> Optional[WebElement]:
+            return self.js("""
+                const texts = [...arguments[0].querySelectorAll("*")]
+                  .filter(e => ownText(e) && visible(e));
+                texts.sort((a, b) => a.getBoundingClientRect().top
+                                     - b.getBoundingClientRect().top);
+                return texts[0] || null;
+            """, element)
+
+        def clicked() -> bool:
+            target = title()
+            if target is not None:
+                ActionChains(self.driver).move_to_element(target).click().perform()
+            return target is not None
+
+        self.wait(clicked, "the title of the prompt")
 
     # -- FiftyOne's own similarity search ---------------------------------------------
 

@@ -285,7 +285,10 @@ def test_near_duplicates_as_the_brain_finds_them(tmp_path):
     view = ais.get_collection(dataset, name)
     assert len(view) == sum(1 + len(v) for v in groups.values())
     scores = [s for _, s in ais.get_collection_scores(dataset, name)]
-    assert max(scores) == 1.0 and min(scores) >= threshold
+    # each group starts with the image it keeps (1.0); a copy may score a
+    # rounding error above it
+    assert scores[0] == 1.0 and all(threshold <= s <= 1.0 + 1e-6
+                                    for s in scores)
 
 
 def test_no_near_duplicates_gives_no_collection(indexed):

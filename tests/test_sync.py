@@ -1,19 +1,25 @@
 """Incremental sync through the public SDK, on real images and the tiny CLIP."""
 
+import datetime
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+import uuid
 
+import fiftyone as fo
 import numpy as np
 import pytest
+from bson import ObjectId
 from PIL import Image
 
 import fiftyone_ai_search as ais
 from fiftyone_ai_search import runner
 from fiftyone_ai_search import state as st
+from fiftyone_ai_search import sync
 
 from helpers import (
     add_shape_samples,
@@ -22,6 +28,12 @@ from helpers import (
     truncated_copy,
     wait_until_idle,
     write_bytes,
+)
+from test_store import (  # noqa: F401 (store: a fixture, both backends)
+    DIM,
+    INFO,
+    make_ids,
+    store,
 )
 
 
@@ -306,3 +318,175 @@ def test_enable_offline_fails_at_once_saying_how_to_supply_weights(tmp_path):
         ais.enable_embeddings(dataset)  # ViT-B-32 / laion2b_s34b_b79k
     assert time.time() - start < 10
     assert not ais.is_embeddings_enabled(dataset)
+
+
+# -- at scale: id diffs stream, edited samples are processed a page at a time
+
+
+@pytest.fixture
+def empty_store(store):
+    """An empty index, embedded (Qdrant Edge) or through qdrant-client."""
+    store.ensure(INFO)
+    return store
+
+
+def _fill(store, ids, seed=0):
+    vectors = np.random.default_rng(seed).standard_normal((len(ids), DIM))
+    store.upsert(ids, vectors, [{}] * len(ids))
+
+
+def _raw_samples_dataset(sample_ids):
+    """A dataset whose samples have the given ids (inserted as FiftyOne
+    writes sample documents): ids that differ in their first bytes, which
+    ids made in one process do not."""
+    dataset = fo.Dataset("test-" + uuid.uuid4().hex[:10])
+    now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+    dataset._sample_collection.insert_many([
+        {"_id": ObjectId(i), "filepath": f"/data/{i}.jpg", "tags": [],
+         "_media_type": "image", "_rand": 0.5,
+         "_dataset_id": dataset._doc.id, "created_at": now,
+         "last_modified_at": now}
+        for i in sample_ids
+    ])
+    return dataset
+
+
+def test_mongodb_and_both_stores_list_ids_in_the_same_order(empty_store):
+    # the high bit set and not, equal prefixes, and ids made here
+    ids = make_ids(300)
+    ids += ["00" * 11 + "01", "ff" * 12, "7f" + "ff" * 11, "80" + "00" * 11]
+    ids += [ids[0][:22] + f"{(int(ids[0][22:], 16) + 1) % 256:02x}"]
+    ids += [str(ObjectId()) for _ in range(50)]
+    ids = list(dict.fromkeys(ids))
+    dataset = _raw_samples_dataset(ids)
+    _fill(empty_store, ids)
+
+    in_mongo = [i for page, _ in sync._sample_pages(dataset, 7) for i in page]
+    in_index = [i for page in empty_store.iter_sample_ids(7) for i in page]
+
+    assert in_mongo == in_index == sorted(ids)
+    # and each resumes after a given id
+    after = in_mongo[100]
+    assert [i for p, _ in sync._sample_pages(dataset, 9, after)
+            for i in p] == in_mongo[101:]
+    assert [i for p in empty_store.iter_sample_ids(9, after)
+            for i in p] == in_mongo[101:]
+
+
+def test_id_diff_holds_at_most_a_page_of_each_side(empty_store):
+    ids = sorted(str(ObjectId()) for _ in range(200))
+    stray = sorted(make_ids(30, seed=1))  # vectors of no sample
+    unindexed = set(ids[5::7])  # samples without a vector
+    dataset = _raw_samples_dataset(ids)
+    indexed = [i for i in ids if i not in unindexed] + stray
+    _fill(empty_store, indexed)
+    page = 6
+    pulled = {"samples": 0, "index": 0}
+
+    def counted(pages, side):
+        for p in pages:
+            pulled[side] += len(p[0] if side == "samples" else p)
+            yield p
+
+    missing, gone, decided = [], [], {"samples": 0, "index": 0}
+    for part in sync._merge_ids(
+        counted(sync._sample_pages(dataset, page), "samples"),
+        counted(empty_store.iter_sample_ids(page), "index"),
+    ):
+        decided["samples"] += part.num_samples
+        decided["index"] += len(part.indexed)
+        # what was read and not yet decided on: at most a page per side
+        assert pulled["samples"] - decided["samples"] <= page
+        assert pulled["index"] - decided["index"] <= page
+        missing += [i for i, _ in part.missing]
+        gone += part.gone
+
+    assert sorted(missing) == sorted(unindexed)
+    assert gone == stray
+    assert decided == {"samples": 200, "index": len(indexed)}
+
+
+def test_index_pages_hand_the_index_over_between_two(tmp_path):
+    """A long id diff holds the embedded index from page to page (one
+    opening), yet another user of it gets it between two pages, and the
+    scroll goes on where it was."""
+    from fiftyone_ai_search.store.edge import HOLD_SLICE, EdgeStore
+
+    store = EdgeStore("handover", tmp_path / "indexes", lock_timeout=20)
+    store.ensure(INFO)
+    ids = sorted(str(ObjectId()) for _ in range(40))
+    _fill(store, ids[:30])
+    other = EdgeStore("handover", tmp_path / "indexes", lock_timeout=20)
+    events = []
+
+    def write_more():
+        events.append("asks")
+        _fill(other, ids[30:])  # past where the scroll is
+        events.append("wrote")
+
+    pages = store.iter_sample_ids(page_size=10)
+    got = list(next(pages))
+    writer = threading.Thread(target=write_more)
+    writer.start()
+    while not events:
+        time.sleep(0.01)
+    time.sleep(HOLD_SLICE + 0.1)  # held long enough to hand over
+    assert events == ["asks"]  # waits while the diff holds the index
+    for page in pages:
+        got += page
+    writer.join(timeout=20)
+
+    assert events == ["asks", "wrote"]
+    assert got == ids  # what was written during the hand-over is seen too
+    store.drop()
+
+
+def test_deletions_and_repairs_across_many_pages(tmp_path, monkeypatch):
+    dataset = shapes_dataset(tmp_path, num_samples=30)
+    ais.calculate_embeddings(dataset, wait=True, progress=False)
+    monkeypatch.setattr(sync, "PAGE_SIZE", 4)
+
+    ids = dataset.values("id")
+    gone = ids[1::5]  # in every page
+    dataset.delete_samples(gone)
+    report = ais.calculate_embeddings(dataset, wait=True, progress=False)
+
+    assert (report.removed, report.added, report.updated) == (6, 0, 0)
+    assert set(ais.get_embeddings(dataset)[0]) == set(dataset.values("id"))
+
+    # an index changed behind our back: vectors lost, a stray one added
+    store = runner.open_index(dataset)
+    lost = dataset.values("id")[::3]
+    stray = str(ObjectId())
+    store.delete(lost)
+    store.upsert([stray], np.ones((1, 64)), [{}])
+    store.close()
+    report = ais.calculate_embeddings(dataset, wait=True, progress=False)
+
+    assert (report.removed, report.added, report.updated) == (1, len(lost), 0)
+    assert ais.get_embeddings(dataset)[0] == dataset.values("id")
+
+
+def test_edits_across_many_pages(tmp_path, monkeypatch):
+    dataset = shapes_dataset(tmp_path, num_samples=30)
+    ais.calculate_embeddings(dataset, wait=True, progress=False)
+    before = _vectors(dataset)
+    monkeypatch.setattr(sync, "PAGE_SIZE", 4)
+
+    dataset.tag_samples("reviewed")  # every sample, no image changed
+    a, b, c = dataset.take(3, seed=7)
+    a.filepath, b.filepath = b.filepath, a.filepath
+    a.save()
+    b.save()
+    os.remove(c.filepath)
+    seen = []
+    report = ais.calculate_embeddings(
+        dataset, wait=True, progress=lambda done, total: seen.append(
+            (done, total)))
+
+    assert (report.updated, report.failed, report.skipped) == (2, 1, 27)
+    assert seen[-1] == (3, 3)  # what was embedded, of what was to embed
+    assert all(d <= t for d, t in seen)
+    after = _vectors(dataset)
+    np.testing.assert_allclose(after[a.id], before[b.id], atol=1e-6)
+    assert c.id not in after

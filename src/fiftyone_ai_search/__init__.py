@@ -51,6 +51,7 @@ from .embeddings import (
     is_embeddings_enabled,
 )
 from .media import UnsupportedMediaError
+from .runner import maintain_index
 from .model import ModelUnavailableError, available_models, check_model
 from .scheduler import start_refresher, stop_refresher
 from .search import perform_ai_search
@@ -91,6 +92,7 @@ __all__ = [
     "get_settings",
     "get_status",
     "is_embeddings_enabled",
+    "maintain_index",
     "start_refresher",
     "stop_refresher",
 ]

@@ -49,6 +49,13 @@ def _cmd_sync(args):
         print(f"AI search sync of '{dataset.name}' stopped: {e}")
         return
     print(f"AI search sync of '{dataset.name}': {report}")
+    # after the sync, so that nobody waits for it (see maintain_index)
+    from .runner import maintain_index
+
+    assigned = maintain_index(dataset)
+    if assigned:
+        print(f"AI search index of '{dataset.name}': {assigned} points "
+              "given their cell of the approximate search")
 
 
 def _cmd_status(args):

@@ -11,6 +11,11 @@ variable                           meaning (default)
 ``FIFTYONE_AI_SEARCH_QDRANT_URL``  Qdrant server URL; ``:memory:`` runs
                                    qdrant-client's in-process local mode
 ``FIFTYONE_AI_SEARCH_QDRANT_API_KEY``  Qdrant API key (a secret)
+``FIFTYONE_AI_SEARCH_QDRANT_SHARDS``  shards of a new server collection (1)
+``FIFTYONE_AI_SEARCH_QDRANT_REPLICAS``  copies of each shard (1)
+``FIFTYONE_AI_SEARCH_QDRANT_ON_DISK``  keep a new server collection's
+                                   original vectors on disk, an int8 copy
+                                   in RAM (``true``); ``false``: both in RAM
 ``FIFTYONE_AI_SEARCH_MODEL``       default open_clip model (``ViT-B-32``)
 ``FIFTYONE_AI_SEARCH_PRETRAINED``  default tag (``laion2b_s34b_b79k``)
 ``FIFTYONE_AI_SEARCH_BATCH_SIZE``  images per model call (32)
@@ -151,6 +156,9 @@ class Settings:
     device: str | None = None
     lock_timeout: float = 60.0
     refresh_minutes: int = 10
+    qdrant_shards: int = 1
+    qdrant_replicas: int = 1
+    qdrant_on_disk: bool = True
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
@@ -163,6 +171,10 @@ class Settings:
             raise ValueError(
                 f"num_workers must be >= 0, got {self.num_workers}"
             )
+        for name in ("qdrant_shards", "qdrant_replicas"):
+            if getattr(self, name) < 1:
+                raise ValueError(
+                    f"{name} must be >= 1, got {getattr(self, name)}")
         if not 1 <= self.refresh_minutes <= 1440:
             raise ValueError(
                 "refresh interval must be 1-1440 minutes, got "
@@ -194,6 +206,17 @@ def _default_storage_dir():
 
 def _default_num_workers():
     return max(1, (os.cpu_count() or 2) - 1)
+
+
+def _boolean(text):
+    value = {"true": True, "1": True, "yes": True, "false": False, "0": False,
+             "no": False}.get(text.strip().lower())
+    if value is None:
+        raise ValueError(text)
+    return value
+
+
+_boolean.__name__ = "boolean (true / false)"
 
 
 def get_settings(secrets=None, **overrides):
@@ -236,6 +259,9 @@ def get_settings(secrets=None, **overrides):
         device=get("DEVICE"),
         lock_timeout=get("LOCK_TIMEOUT", float, 60.0),
         refresh_minutes=get("REFRESH_MINUTES", int, 10),
+        qdrant_shards=get("QDRANT_SHARDS", int, 1),
+        qdrant_replicas=get("QDRANT_REPLICAS", int, 1),
+        qdrant_on_disk=get("QDRANT_ON_DISK", _boolean, True),
     )
     values.update({k: v for k, v in overrides.items() if v is not None})
     max_image_pixels(env)  # a bad value fails here, not in every sample

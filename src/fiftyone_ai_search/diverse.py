@@ -30,7 +30,10 @@ those are found on demand:
 
 So a diverse search over 100k indexed points reads ~:data:`FIT_SAMPLE`
 vectors, not 100k; the result is the same as if every point had been read
-and assigned. Only a cluster far smaller than the others (fewer members in
+and assigned. (An index large enough to search by cells, see
+:mod:`fiftyone_ai_search.store.cells`, answers those queries from the cells
+nearest each centre: a centre is image-like, and such queries found every
+true neighbour in the benchmarks, but a miss there would change a pick.) Only a cluster far smaller than the others (fewer members in
 the whole set than the rounds ask of it) makes the search read on until it
 has seen every point.
 """

@@ -56,6 +56,38 @@ def open_index(dataset, settings=None, doc=None):
     return open_ref(ref, settings) if ref else None
 
 
+def maintain_index(dataset, settings=None, min_points=None):
+    """The background upkeep of the approximate search of ``dataset``'s
+    index (see :meth:`fiftyone_ai_search.store.VectorStore.maintain`):
+    learns its cells once it is large enough, and gives new points theirs.
+    The worker runs it after each sync, the refresher on each pass; searches
+    stay correct (exact where no cells are complete) at any point of it.
+
+    Args:
+        dataset: the dataset
+        settings (None): the :class:`fiftyone_ai_search.config.Settings`
+        min_points (None): the index size from which the cells pay; default
+            :data:`fiftyone_ai_search.store.cells.MIN_POINTS`
+
+    Returns:
+        the number of points given a cell (0 when there was nothing to do)
+    """
+    from .store import IndexNotFoundError
+    from .store import cells
+
+    doc = st.get(dataset)
+    if doc is None or not doc.get("enabled") or not doc.get("index"):
+        return 0
+    store = open_ref(doc["index"], settings)
+    try:
+        return store.maintain(
+            min_points=cells.MIN_POINTS if min_points is None else min_points)
+    except IndexNotFoundError:
+        return 0  # replaced by a rebuild meanwhile: its own upkeep follows
+    finally:
+        store.close()
+
+
 def load_index_model(ref, settings=None):
     """Loads (once per process) the model of an index reference (a state
     document's ``index`` or ``build``)."""

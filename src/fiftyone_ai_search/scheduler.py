@@ -109,7 +109,7 @@ def refresh_all(datasets=None, settings=None):
 
 
 def _refresh_one(key, dataset, doc, settings, report):
-    from .runner import run_sync
+    from .runner import maintain_index, run_sync
     from .sync import SyncCancelled, has_changes
 
     if dataset is None:
@@ -129,12 +129,12 @@ def _refresh_one(key, dataset, doc, settings, report):
 
     if not has_changes(dataset, doc) and _consistent(dataset, doc, settings):
         report.unchanged.append(dataset.name)
-        return
-
-    try:
-        report.synced[dataset.name] = run_sync(dataset, settings=settings)
-    except SyncCancelled:
-        pass  # disabled meanwhile: nothing to refresh
+    else:
+        try:
+            report.synced[dataset.name] = run_sync(dataset, settings=settings)
+        except SyncCancelled:
+            return  # disabled meanwhile: nothing to refresh
+    maintain_index(dataset, settings)
 
 
 def _consistent(dataset, doc, settings):

@@ -362,8 +362,6 @@ class _Query:
             return _diverse(store, scope, self)
 
         if self.image_ids is not None or self.vectors is not None:
-            if scope is not None:
-                len(scope)  # a view counts its samples before the index is held
             # one opening of the index for the references and the search
             with store.session(keep_open=True):
                 check_index_model(store, ref)
@@ -398,8 +396,10 @@ class _Query:
 
     def describe(self, scope):
         """What produced a collection (kept with it, shown in the App)."""
+        # a large view is searched without counting it: its size is
+        # recorded when the search counted it
         d = {"limit": self.limit, "threshold": self.threshold,
-             "scope_size": None if scope is None else len(scope)}
+             "scope_size": None if scope is None else _known_size(scope)}
         if self.method is not None:
             d.update(mode="diverse", method=self.method,
                      clustering_method=self.clustering_method,
@@ -456,6 +456,12 @@ class _ViewScope:
         self._ids = None
         self._member = {}
 
+    @property
+    def size(self):
+        """The number of samples of the view if counted already, else
+        None."""
+        return self._size
+
     def __len__(self):
         if self._size is None:
             self._size = self.view.count()
@@ -476,6 +482,10 @@ class _ViewScope:
             for i in unknown:
                 self._member[i] = i in found
         return {i for i in sample_ids if self._member[i]}
+
+
+def _known_size(scope):
+    return scope.size if isinstance(scope, _ViewScope) else len(scope)
 
 
 def _check_known_ids(dataset, ids, arg):
@@ -592,13 +602,11 @@ def nearest(store, vectors, limit, scope=None, threshold=None,
     Returns:
         ``(sample_ids, scores)``, best first
     """
-    if scope is not None:
-        len(scope)  # a view counts its samples now, not with the index held
     best = {}
     with store.session(keep_open=keep_open):
-        # an exact count costs as much as a query (13-24 ms at 100k): only
-        # a scope needs it, to choose how to search it
-        total = None if scope is None else store.count()
+        # only a scope needs the index size, to choose how to search it;
+        # an estimate is enough (an exact count costs as much as a query)
+        total = None if scope is None else max(1, store.estimate_count())
         for vector in np.atleast_2d(vectors):
             for sample_id, score in _top_k(store, vector, limit, scope,
                                            threshold, total):
@@ -632,33 +640,65 @@ def _use_id_filter(scope_size, limit, total):
 def _top_k(store, vector, limit, scope, threshold, total):
     if scope is None:
         return store.query(vector, limit, min_score=threshold)
-    size = len(scope)
-    if not size:
-        return []
-    if _use_id_filter(size, limit, total):
-        ids = scope.ids() if isinstance(scope, _ViewScope) else scope
-        return store.query(vector, limit, sample_ids=ids, min_score=threshold)
-    return _over_fetch(store, vector, limit, scope, threshold, total)
-
-
-def _over_fetch(store, vector, limit, scope, threshold, total):
-    """Top-``limit`` within a large scope: fetches the unscoped top-k' and
-    keeps what is in scope. It is exact once k' hits hold ``limit`` in scope
-    (nothing in scope can score above a hit we kept), or k' covers the whole
-    index; else k' doubles."""
-    if isinstance(scope, _ViewScope):
-        contains = scope.contains
-    else:
-        allowed = set(scope)
-        contains = allowed.intersection
-    k = min(total, math.ceil(OVER_FETCH * limit * total / len(scope)) + 16)
-    while True:
-        hits = store.query(vector, k, min_score=threshold)
-        inside = contains([h[0] for h in hits])
-        kept = [h for h in hits if h[0] in inside]
-        if len(kept) >= limit or len(hits) < k or k >= total:
+    share = None
+    if isinstance(scope, _ViewScope) and scope.size is None:
+        # counting a view costs ~1 s at 1M samples, more than the search:
+        # a first over-fetch as if the view held half the index, and its
+        # hits tell whether the view is large enough to go on so
+        k = math.ceil(2 * OVER_FETCH * limit) + 16
+        hits, kept = _hits_in(store, vector, k, scope, threshold)
+        if _enough(hits, kept, k, limit):
             return kept[:limit]
-        k = min(total, 2 * k)
+        share = max(len(kept), 1) / max(len(hits), 1)
+        if _use_id_filter(share * total, limit, total):
+            share = None  # looks small: count it, and choose as below
+        else:
+            k = max(2 * k, math.ceil(OVER_FETCH * limit / share) + 16)
+    if share is None:
+        size = len(scope)
+        if not size:
+            return []
+        if _use_id_filter(size, limit, total):
+            return _filtered(store, vector, limit, scope, threshold)
+        share = size / total
+        k = math.ceil(OVER_FETCH * limit / share) + 16
+    return _over_fetch(store, vector, limit, scope, threshold, total, k)
+
+
+def _filtered(store, vector, limit, scope, threshold):
+    """Top-``limit`` within ``scope`` by an id filter inside Qdrant."""
+    ids = scope.ids() if isinstance(scope, _ViewScope) else scope
+    return store.query(vector, limit, sample_ids=ids, min_score=threshold)
+
+
+def _hits_in(store, vector, k, scope, threshold):
+    """The unscoped top-``k`` hits, and those of them in ``scope``."""
+    hits = store.query(vector, k, min_score=threshold)
+    if isinstance(scope, _ViewScope):
+        inside = scope.contains([h[0] for h in hits])
+    else:
+        inside = set(scope).intersection(h[0] for h in hits)
+    return hits, [h for h in hits if h[0] in inside]
+
+
+def _enough(hits, kept, k, limit):
+    """Whether a round of over-fetching found the scoped top-``limit``:
+    ``limit`` in scope (nothing in scope can score above a hit we kept), or
+    fewer hits than asked (there are no more)."""
+    return len(kept) >= limit or len(hits) < k
+
+
+def _over_fetch(store, vector, limit, scope, threshold, total, k):
+    """Top-``limit`` within a large scope: fetches the unscoped top-k and
+    keeps what is in scope; k doubles until :func:`_enough`. Once k passes
+    the (estimated) index size, the id filter decides, exactly."""
+    while True:
+        if k >= total:
+            return _filtered(store, vector, limit, scope, threshold)
+        hits, kept = _hits_in(store, vector, k, scope, threshold)
+        if _enough(hits, kept, k, limit):
+            return kept[:limit]
+        k *= 2
 
 
 class _IndexSource:
@@ -676,7 +716,7 @@ class _IndexSource:
         self.store = store
         self.scope = scope
         with store.session(keep_open=True):
-            self.total = store.count()
+            self.total = max(1, store.estimate_count())
             # sorted: the scroll order is the engine's business
             if scope is None:
                 self.ids = sorted(store.get_sample_ids())

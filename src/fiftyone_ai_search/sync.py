@@ -15,6 +15,10 @@ end, so an interrupted run (even ``kill -9``) keeps what it committed and the
 next run embeds only the rest: committed samples match their fingerprint and
 are skipped.
 
+Memory is bounded by :data:`PAGE_SIZE`, not by the dataset: edited
+samples are read and processed a page at a time, and id diffs merge the
+samples and the index, both sorted by id, page by page.
+
 Every sync ends with a consistency check (vectors + failures against the
 samples; counts only, cheap); a mismatch, whatever left it, runs the id diff
 that repairs it. A rebuild fills an index of its own beside the one searches
@@ -23,8 +27,11 @@ switches over in one write. Before each commit a run checks that the state
 is still at the generation it started from, and stops if not.
 """
 
+import bisect
+import contextlib
 import dataclasses
 import datetime
+import itertools
 import logging
 import os
 import time
@@ -41,6 +48,10 @@ logger = logging.getLogger(__name__)
 
 #: samples looked up in the index per round trip while diffing fingerprints
 LOOKUP_CHUNK = 2000
+
+#: ids per page of an id diff, and edited samples per chunk: what a sync
+#: holds at a time (a few MB), whatever the size of the dataset
+PAGE_SIZE = 10000
 
 #: the watermark is set this much before the run started, so edits made by
 #: writers whose clocks lag slightly are re-examined (cheaply) next time
@@ -134,9 +145,103 @@ def _edited_since(dataset, watermark):
     return samples.match(F("last_modified_at") > watermark)
 
 
-def _changed_samples(dataset, watermark):
-    """``(ids, filepaths)`` of samples created or edited after ``watermark``."""
-    return _edited_since(dataset, watermark).values(["id", "filepath"])
+def _sample_pages(samples, page_size, after=None):
+    """Yields ``(ids, filepaths)`` of ``samples`` sorted by id, at most
+    ``page_size`` at a time, from after the sample id ``after`` on.
+
+    Each page is a query of its own that starts after the last id of the
+    one before (keyset pagination on the ``_id`` index): no cursor outlives
+    a page, so the work between two pages (embedding) may take as long as
+    it needs.
+    """
+    while True:
+        view = samples
+        if after is not None:
+            view = view.match({"_id": {"$gt": ObjectId(after)}})
+        ids, paths = view.sort_by("id").limit(page_size).values(
+            ["id", "filepath"])
+        if not ids:
+            return
+        # before the page is handed over (and used up)
+        last, full = ids[-1], len(ids) == page_size
+        yield ids, paths
+        if not full:
+            return
+        after = last
+
+
+@dataclasses.dataclass
+class _Stretch:
+    """One step of :func:`_id_diff`: what it found of the ids up to
+    ``last``."""
+
+    #: ``(sample_id, filepath)`` of the samples without a vector
+    missing: list
+    #: ids of the vectors without a sample
+    gone: list
+    #: ids of the vectors of the stretch
+    indexed: set
+    #: how many samples the stretch holds
+    num_samples: int
+    #: the last id of the stretch: a diff resumed after it goes on
+    last: str
+
+
+def _id_diff(samples, store, page_size, after=None):
+    """Diffs the ids of ``samples`` and of the vectors in ``store``,
+    streamed: both sides sorted by id (MongoDB's ``_id`` order is the
+    index's point id order, see
+    :meth:`~fiftyone_ai_search.store.VectorStore.iter_sample_ids`), merged
+    a page at a time.
+
+    Holds at most a page of each side. An embedded index is held while the
+    generator runs (handed over between pages to whoever waits): close it
+    before embedding.
+
+    Args:
+        samples: the samples, a collection
+        store: the :class:`fiftyone_ai_search.store.VectorStore`
+        page_size: ids per page of each side
+        after (None): resume after this sample id
+
+    Returns:
+        an iterator (a generator) of :class:`_Stretch`, one per step, in id
+        order
+    """
+    return _merge_ids(_sample_pages(samples, page_size, after),
+                      store.iter_sample_ids(page_size, after))
+
+
+def _merge_ids(sample_pages, index_pages):
+    """The merge of :func:`_id_diff`: of pages of ``(ids, filepaths)`` of
+    samples and pages of ids of vectors, each sorted by id, it holds at
+    most one page of each."""
+    ids, paths, held = [], [], []
+    with contextlib.closing(sample_pages), contextlib.closing(index_pages):
+        while True:
+            # each side is refilled once used up; still empty, it is done
+            if not ids:
+                ids, paths = next(sample_pages, ([], []))
+            if not held:
+                held = next(index_pages, [])
+            if not ids and not held:
+                return
+
+            # up to the smaller last id, both sides are known
+            last = min(page[-1] for page in (ids, held) if page)
+            n = bisect.bisect_right(ids, last)
+            m = bisect.bisect_right(held, last)
+            present = set(ids[:n])
+            indexed = set(held[:m])
+            yield _Stretch(
+                missing=[(i, p) for i, p in zip(ids[:n], paths[:n])
+                         if i not in indexed],
+                gone=[i for i in held[:m] if i not in present],
+                indexed=indexed,
+                num_samples=n,
+                last=last,
+            )
+            del ids[:n], paths[:n], held[:m]
 
 
 def has_changes(dataset, doc):
@@ -259,6 +364,10 @@ class Synchronizer:
         self.generation = generation
         self.building = building
         self.progress = progress
+        # the progress of the current phase: done, and at most to do
+        self._done = self._total = 0
+        # whether the index was seen to hold vectors (else none to look up)
+        self._has_vectors = False
 
     def run(self, watermark=None, deletion_watermark=None, verify_files=False):
         """Runs one synchronisation and records its end in the state.
@@ -305,13 +414,20 @@ class Synchronizer:
                                                 deletion_at):
             report.removed = self._remove_deleted()
 
-        ids, paths = _changed_samples(self.dataset, watermark)
-        retry_ids, retry_paths = self._failures_to_retry(set(ids))
-        ids += retry_ids
-        paths += retry_paths
-
-        todo = self._diff(ids, paths, report)
-        self._embed(todo, report)
+        # a page of edited samples at a time, then the failures to retry
+        failures = {f["sample_id"]: f for f in st.get_failures(self.dataset)}
+        edited = _edited_since(self.dataset, watermark)
+        retry = self._failures_to_retry(failures, edited)
+        total = edited.count() + len(retry[0])
+        self._start_progress(total)
+        for ids, paths in itertools.chain(
+            _sample_pages(edited, PAGE_SIZE), [retry] if retry[0] else []
+        ):
+            todo = self._diff(ids, paths, report, failures)
+            # at most as many to embed as were not skipped yet
+            self._set_total(total - report.skipped)
+            self._embed(todo, report)
+        self._set_total(self._done)
         self._reconcile(report)
 
         report.seconds = time.time() - start
@@ -336,15 +452,32 @@ class Synchronizer:
         st.check_generation(self.dataset, self.generation)
 
     def _remove_deleted(self):
-        indexed = set(self.store.get_sample_ids())
-        present = set(_edited_since(self.dataset, None).values("id"))
-        gone = list(indexed - present)
+        """Deletes the vectors of deleted samples, found by an id diff
+        (:func:`_id_diff`), a page at a time."""
+        removed = 0
+        diff = _id_diff(_edited_since(self.dataset, None), self.store,
+                        PAGE_SIZE)
+        with contextlib.closing(diff):
+            for part in diff:
+                removed += self._delete_gone(part.gone)
+        # failures of deleted samples are moot
+        failed = [f["sample_id"] for f in st.get_failures(self.dataset)]
+        present = set(_samples_by_id(self.dataset, failed)[0])
+        st.clear_failures(self.dataset, set(failed) - present)
+        return removed
+
+    def _delete_gone(self, sample_ids):
+        """Deletes the vectors of those of ``sample_ids`` that have no
+        sample now; returns how many. Asked again here: a sample added
+        since its page was read (and indexed by another process, e.g. the
+        Brain's ``add_to_index``) keeps its vector."""
+        if not sample_ids:
+            return 0
+        present = set(_samples_by_id(self.dataset, sample_ids)[0])
+        gone = [i for i in sample_ids if i not in present]
         if gone:
             self._check()
             self.store.delete(gone)
-        # failures of deleted samples are moot
-        failed = {f["sample_id"] for f in st.get_failures(self.dataset)}
-        st.clear_failures(self.dataset, failed - present)
         return len(gone)
 
     def _reconcile(self, report):
@@ -355,64 +488,91 @@ class Synchronizer:
         if is_consistent(self.dataset, self.store):
             return
 
-        ids, paths = _edited_since(self.dataset, None).values(
-            ["id", "filepath"])
-        present = set(ids)
-        with self.store.session():
-            indexed = set(self.store.get_sample_ids())
-        failed = {f["sample_id"] for f in st.get_failures(self.dataset)}
-        gone = list(indexed - present)
-        if gone:
-            self._check()
-            self.store.delete(gone)
-            report.removed += len(gone)
-        # a vector wins over a failure: its fingerprint is checked anyway
-        st.clear_failures(self.dataset, (failed - present) | (failed & indexed))
-        missing = [
-            (i, p) for i, p in zip(ids, paths)
-            if i not in indexed and i not in failed
-        ]
+        failures = {f["sample_id"]: f for f in st.get_failures(self.dataset)}
+        failed = set(failures)
+        kept = set()  # failures of present samples without a vector
+        counts = dict(vectors=0, samples=0, removed=0, missing=0)
+        self._start_progress(0)
+        after, finished = None, False
+        while not finished:
+            missing = []
+            diff = _id_diff(_edited_since(self.dataset, None), self.store,
+                            PAGE_SIZE, after)
+            with contextlib.closing(diff):
+                for part in diff:
+                    counts["vectors"] += len(part.indexed)
+                    counts["samples"] += part.num_samples
+                    counts["removed"] += self._delete_gone(part.gone)
+                    for sample_id, path in part.missing:
+                        if sample_id in failed:
+                            kept.add(sample_id)
+                        else:
+                            missing.append((sample_id, path))
+                    after = part.last
+                    if len(missing) >= PAGE_SIZE:
+                        break  # embedded before the diff goes on
+                else:
+                    finished = True
+            # (the diff is closed: commits need the index)
+            if missing:
+                counts["missing"] += len(missing)
+                self._set_total(self._done + len(missing))
+                ids, paths = map(list, zip(*missing))
+                self._embed(self._diff(ids, paths, report, failures), report)
+
+        report.removed += counts["removed"]
+        # failures of deleted samples go; a vector wins over a failure: its
+        # fingerprint is checked anyway
+        st.clear_failures(self.dataset, failed - kept)
         logger.info(
             "AI search index of '%s' was inconsistent (%d vectors + %d "
-            "failures for %d samples): removed %d, embedding %d",
-            self.dataset.name, len(indexed), len(failed), len(present),
-            len(gone), len(missing),
+            "failures for %d samples): removed %d, embedded %d",
+            self.dataset.name, counts["vectors"], len(failed),
+            counts["samples"], counts["removed"], counts["missing"],
         )
-        if missing:
-            todo = self._diff([i for i, _ in missing],
-                              [p for _, p in missing], report)
-            self._embed(todo, report)
 
-    def _failures_to_retry(self, already):
-        """Failed samples whose file changed since they failed.
+    def _failures_to_retry(self, failures, edited):
+        """``(ids, filepaths)`` of the failed samples whose file changed
+        since they failed, leaving out those among the ``edited`` samples
+        (looked at anyway).
 
         Failures are few, so checking each of them on every run is cheap, and
         a fixed file is picked up even when the sample itself was not edited.
         """
-        failures = [
-            f for f in st.get_failures(self.dataset)
-            if f["sample_id"] not in already
+        if not failures:
+            return [], []
+        already = set(edited.select(list(failures)).values("id"))
+        changed = [
+            f["sample_id"] for f in _repaired(
+                [f for i, f in failures.items() if i not in already])
         ]
-        changed = [f["sample_id"] for f in _repaired(failures)]
         if not changed:
             return [], []
         ids, paths = _samples_by_id(self.dataset, changed)
         return list(ids), list(paths)
 
-    def _diff(self, ids, paths, report):
-        """Sorts candidates into new, changed and unchanged samples.
+    def _diff(self, ids, paths, report, failures):
+        """Sorts candidates (a page) into new, changed and unchanged samples.
+
+        Args:
+            ids: the sample ids
+            paths: their filepaths
+            report: the :class:`SyncReport` to count skipped samples in
+            failures: ``{sample_id: failure}`` of the recorded failures
 
         Returns:
             a list of ``(sample_id, filepath, fingerprint, is_new)`` to embed
         """
         todo = []
-        failures = {
-            f["sample_id"]: f for f in st.get_failures(self.dataset)
-        }
         fingerprints = [file_fingerprint(path) for path in paths]
-        # one opening of the index for all lookups (each costs ~0.2-0.5 s)
-        with self.store.session():
-            empty = self.store.count() == 0
+        # one opening of the index for all lookups (each costs ~0.2-0.5 s at
+        # 20k-100k, ~2.5 s at 1M), kept open for the next page
+        with self.store.session(keep_open=True):
+            # counted once (an exact count is not free at 1M); lookups in an
+            # index emptied since merely find nothing
+            if not self._has_vectors:
+                self._has_vectors = self.store.count() > 0
+            empty = not self._has_vectors
             stored = {}
             for i in range(0, 0 if empty else len(ids), LOOKUP_CHUNK):
                 stored.update(
@@ -431,10 +591,9 @@ class Synchronizer:
             todo.append((sample_id, path, fp, sample_id not in stored))
         return todo
 
-    def _embed(self, todo, report):
-        from .embedder import embed_images
-
-        total = len(todo)
+    def _start_progress(self, total):
+        """Starts the progress of a phase that embeds at most ``total``."""
+        self._done, self._total = 0, total
         st.update(
             self.dataset,
             progress={"done": 0, "total": total, "started_at": st.utcnow(),
@@ -442,14 +601,28 @@ class Synchronizer:
         )
         if self.progress:
             self.progress(0, total)
+
+    def _set_total(self, total):
+        """Sets a closer estimate of how many the phase embeds (a page at a
+        time, it learns that as it goes)."""
+        total = max(total, self._done)
+        if total != self._total:
+            self._total = total
+            st.update(self.dataset, **{"progress.total": total})
+            if self.progress:
+                self.progress(self._done, total)
+
+    def _embed(self, todo, report):
+        """Embeds and commits ``todo`` (a page of :meth:`_diff`)."""
+        from .embedder import embed_images
+
         if not todo:
             return
 
         meta = {sample_id: (path, fp, new) for sample_id, path, fp, new in todo}
         items = [(sample_id, path) for sample_id, path, _, _ in todo]
-        done = 0
         if self.existing is not None:
-            items, done = self._reuse(items, meta, report, total)
+            items = self._reuse(items, meta, report)
             if not items:
                 return
 
@@ -471,21 +644,17 @@ class Synchronizer:
                 ):
                     if pending is not None:
                         pending.result()
-                    done += len(batch.keys) + len(batch.failures)
-                    pending = ex.submit(
-                        self._commit, batch, meta, report, done, total
-                    )
+                    pending = ex.submit(self._commit, batch, meta, report)
                 if pending is not None:
                     pending.result()
         finally:
             self.store.close()
 
-    def _reuse(self, items, meta, report, total):
+    def _reuse(self, items, meta, report):
         """Stores the existing vectors of ``items`` instead of embedding
-        them; returns the items left to embed and how many were stored."""
+        them; returns the items left to embed."""
         from .embedder import EmbeddedBatch
 
-        done = 0
         left = []
         chunk = self.settings.batch_size * 8
         for start in range(0, len(items), chunk):
@@ -502,22 +671,22 @@ class Synchronizer:
             if ids:
                 self._write(EmbeddedBatch(ids, vectors, {}), meta, report,
                             reused=True)
-                done += len(ids)
-                self._commit_progress(done, total)
-        return left, done
+                self._commit_progress(len(ids))
+        return left
 
-    def _commit_progress(self, done, total):
-        st.update(self.dataset, **{"progress.done": done})
+    def _commit_progress(self, count):
+        self._done += count
+        st.update(self.dataset, **{"progress.done": self._done})
         if self.progress:
-            self.progress(done, total)
+            self.progress(self._done, max(self._total, self._done))
 
-    def _commit(self, batch, meta, report, done, total):
+    def _commit(self, batch, meta, report):
         try:
             self._write(batch, meta, report)
         except IndexNotFoundError:
             self._check()  # dropped because the state changed: say so
             raise
-        self._commit_progress(done, total)
+        self._commit_progress(len(batch.keys) + len(batch.failures))
 
     def _write(self, batch, meta, report, reused=False):
         self._check()

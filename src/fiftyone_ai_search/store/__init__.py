@@ -63,7 +63,9 @@ def open_store(name, settings):
         from .server import ServerStore
 
         return ServerStore(
-            name, url=settings.qdrant_url, api_key=settings.qdrant_api_key
+            name, url=settings.qdrant_url, api_key=settings.qdrant_api_key,
+            shards=settings.qdrant_shards, replicas=settings.qdrant_replicas,
+            on_disk=settings.qdrant_on_disk,
         )
 
     raise ValueError(f"Unknown vector store backend {settings.backend!r}")

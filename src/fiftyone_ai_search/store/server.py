@@ -20,12 +20,16 @@ import contextlib
 import hashlib
 import re
 import threading
+import time
 import weakref
+
+import numpy as np
 
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import UnexpectedResponse
 
 from ..config import ENV_PREFIX, redact_url
+from . import cells as cl
 from .base import (
     QdrantUnreachableError,
     IndexExistsError,
@@ -33,12 +37,24 @@ from .base import (
     IndexNotFoundError,
     VectorStore,
     check_dim,
+    records_to_matrix,
 )
 
 DEFAULT_PREFIX = "fiftyone_ai_search_"
 
 #: where the IndexInfo is kept in the collection metadata
 METADATA_KEY = "fiftyone_ai_search"
+
+#: where the collection metadata names its cells (see cells.py), whose
+#: centres are the points of the collection ``<collection>__cells_<generation>``
+CELLS_KEY = "fiftyone_ai_search_cells"
+
+#: seconds a process trusts what it read of an index's cells: a search does
+#: not ask the server each time (cells, once complete, only ever stay so)
+CELLS_TTL = 5.0
+
+#: cell updates per request
+CELL_OPS = 256
 
 MEMORY = ":memory:"
 
@@ -223,6 +239,10 @@ class ServerStore(VectorStore):
             collection name
         client (None): a :class:`qdrant_client.QdrantClient` to use instead
             of this process's shared one for ``url`` / ``location``
+        shards (1): the ``shard_number`` of a collection it creates
+        replicas (1): the ``replication_factor`` of a collection it creates
+        on_disk (True): whether a collection it creates keeps its original
+            vectors on disk (an int8 copy is always in RAM)
     """
 
     backend = "server"
@@ -235,8 +255,13 @@ class ServerStore(VectorStore):
         location=None,
         prefix=DEFAULT_PREFIX,
         client=None,
+        shards=1,
+        replicas=1,
+        on_disk=True,
     ):
         super().__init__(name)
+        self.shards, self.replicas = int(shards), int(replicas)
+        self.on_disk = bool(on_disk)
         if client is None:
             client = get_client(url=url, api_key=api_key, location=location)
         self._client = client
@@ -317,10 +342,8 @@ class ServerStore(VectorStore):
             with self._guard():
                 self._client.create_collection(
                     self.collection_name,
-                    vectors_config=models.VectorParams(
-                        size=int(info.dim), distance=models.Distance.COSINE
-                    ),
                     metadata={METADATA_KEY: info.to_dict()},
+                    **self._collection_config(info.dim),
                 )
         except Exception:
             if self._exists():  # created concurrently by another process
@@ -337,14 +360,47 @@ class ServerStore(VectorStore):
                 "collection metadata: AI search needs Qdrant >= 1.16"
             )
 
+    def _collection_config(self, dim):
+        """How a collection is made, explicitly (never the server's
+        defaults): as the embedded index (see ``edge._shard_config``), no
+        HNSW graph (``m=0``: exact search, or exact within the probed cells,
+        see cells.py), an int8 copy of the vectors in RAM with the
+        originals on disk (``on_disk``) for rescoring, payloads on disk but
+        their indexes in RAM, and the shards and replicas asked for."""
+        local = self._local_lock is not None
+        return dict(
+            vectors_config=models.VectorParams(
+                size=int(dim), distance=models.Distance.COSINE,
+                on_disk=None if local else self.on_disk),
+            # local mode has none of these, and warns about them
+            **({} if local else dict(
+                hnsw_config=models.HnswConfigDiff(m=0, ef_construct=100),
+                quantization_config=models.ScalarQuantization(
+                    scalar=models.ScalarQuantizationConfig(
+                        type=models.ScalarType.INT8, quantile=cl.QUANTILE,
+                        always_ram=True)),
+                on_disk_payload=True,
+                shard_number=self.shards,
+                replication_factor=self.replicas,
+            )),
+        )
+
     def drop(self):
         with self._guard():
+            names = [c.name for c in self._client.get_collections().collections
+                     if c.name.startswith(self._cells_prefix)]
             self._client.delete_collection(self.collection_name)
+            for name in names:
+                self._client.delete_collection(name)
+        self._cells_cache = None
 
     # -- reads ---------------------------------------------------------------
 
     def count(self):
         return self._call("count", exact=True).count
+
+    def estimate_count(self):
+        return self._call("count", exact=False).count
 
     # -- engine --------------------------------------------------------------
 
@@ -386,33 +442,41 @@ class ServerStore(VectorStore):
         return records
 
     def _scroll_points(self, with_vector):
-        records = []
-        offset = None
+        return [r for page in self._scroll_pages(ID_CHUNK, None, with_vector)
+                for r in page]
+
+    def _scroll_pages(self, limit, offset=None, with_vector=False):
         while True:
             batch, offset = self._call(
                 "scroll",
-                limit=ID_CHUNK,
+                limit=limit,
                 offset=offset,
                 with_payload=False,
                 with_vectors=with_vector,
             )
-            records.extend(batch)
+            yield batch
             if offset is None:
-                return records
+                return
 
-    def _query_points(self, vector, limit, point_ids, min_score):
+    def _query_points(self, vector, limit, point_ids, min_score, cells=None):
         query_filter = None
         if point_ids is not None:
             query_filter = models.Filter(
                 must=[models.HasIdCondition(has_id=list(point_ids))]
             )
+        elif cells is not None:
+            query_filter = models.Filter(must=[models.FieldCondition(
+                key=cl.CELL_KEY, match=models.MatchAny(any=cells))])
 
-        # exact like the embedded backend (a server's HNSW would trade recall
-        # for speed); local mode is always exact and warns about the option
-        search_params = (
-            None if self._local_lock is not None
-            else models.SearchParams(exact=True)
-        )
+        # as the embedded backend: exact, or the probed cells on the int8
+        # copy, rescored; local mode is always exact and warns about these
+        search_params = None
+        if self._local_lock is None:
+            search_params = (
+                models.SearchParams(exact=True) if cells is None
+                else models.SearchParams(
+                    exact=False, quantization=models.QuantizationSearchParams(
+                        rescore=True, oversampling=cl.OVERSAMPLING)))
         return self._call(
             "query_points",
             query=vector.tolist(),
@@ -423,3 +487,124 @@ class ServerStore(VectorStore):
             with_payload=False,
             with_vectors=False,
         ).points
+
+    # -- cells ---------------------------------------------------------------
+
+    _cells_cache = None  # (read at, Cells or None)
+
+    @property
+    def _cells_prefix(self):
+        return f"{self.collection_name}__cells_"
+
+    def _read_cells(self):
+        cached = self._cells_cache
+        if cached is not None and time.monotonic() - cached[0] < CELLS_TTL:
+            return cached[1]
+        cells = None
+        try:
+            meta = (self._call("get_collection").config.metadata or {}).get(
+                CELLS_KEY)
+        except IndexNotFoundError:
+            meta = None
+        if meta:
+            previous = cached[1] if cached is not None else None
+            if previous is not None and previous.generation == meta["generation"]:
+                centres = previous.centres
+            else:
+                centres = self._read_centres(meta)
+            if centres is not None:
+                cells = cl.Cells(centres, generation=int(meta["generation"]),
+                                 complete=bool(meta["complete"]),
+                                 learned_from=int(meta.get("learned_from", 0)))
+        self._cells_cache = (time.monotonic(), cells)
+        return cells
+
+    def _read_centres(self, meta):
+        name = f"{self._cells_prefix}{meta['generation']}"
+        try:
+            with self._guard():
+                records, _ = self._client.scroll(
+                    name, limit=int(meta["count"]) + 1, with_vectors=True,
+                    with_payload=False)
+        except Exception:
+            return None  # dropped meanwhile
+        if len(records) != meta["count"]:
+            return None
+        records = sorted(records, key=lambda r: int(r.id))
+        return records_to_matrix(records)
+
+    def _write_cells(self, cells):
+        name = f"{self._cells_prefix}{cells.generation}"
+        with self._guard():
+            if not self._client.collection_exists(name):
+                self._client.create_collection(
+                    name, vectors_config=models.VectorParams(
+                        size=cells.centres.shape[1],
+                        distance=models.Distance.COSINE))
+                self._client.upsert(name, points=models.Batch(
+                    ids=list(range(len(cells))),
+                    vectors=cells.centres.tolist()), wait=True)
+        if self._local_lock is None:  # local mode has no payload indexes
+            # principal: the server keeps each cell's points together
+            self._call("create_payload_index", field_name=cl.CELL_KEY,
+                       field_schema=models.IntegerIndexParams(
+                           type=models.IntegerIndexType.INTEGER, lookup=True,
+                           range=False, is_principal=True), wait=True)
+        self._call("update_collection", metadata={CELLS_KEY: cells.to_dict()})
+        self._cells_cache = None
+        with self._guard():
+            stale = [c.name for c in self._client.get_collections().collections
+                     if c.name.startswith(self._cells_prefix) and c.name != name]
+            for old in stale:
+                self._client.delete_collection(old)
+
+    def _sample_vectors(self, n):
+        found = {}
+        misses = 0
+        while len(found) < n and misses < 3:
+            page = self._call(
+                "query_points", query=models.SampleQuery(
+                    sample=models.Sample.RANDOM),
+                limit=min(ID_CHUNK, n - len(found)), with_vectors=True,
+                with_payload=False).points
+            fresh = [p for p in page if str(p.id) not in found]
+            misses = misses + 1 if len(fresh) < len(page) / 2 else 0
+            found.update((str(p.id), p) for p in fresh)
+        records = list(found.values())
+        if not records:
+            return np.zeros((0, 0), dtype=np.float32)
+        return records_to_matrix(records)
+
+    def _unassigned_points(self, limit):
+        records, _ = self._call("scroll", scroll_filter=_UNASSIGNED,
+                                limit=limit, with_payload=False,
+                                with_vectors=True)
+        return records
+
+    def _set_cells(self, groups):
+        ops = [
+            models.SetPayloadOperation(set_payload=models.SetPayload(
+                payload={cl.CELL_KEY: int(cell)},
+                # only points still unassigned: one written again meanwhile
+                # got its cell from its writer
+                filter=models.Filter(
+                    must=[models.HasIdCondition(has_id=point_ids)],
+                    should=_UNASSIGNED.should)))
+            for cell, point_ids in groups.items()
+        ]
+        for start in range(0, len(ops), CELL_OPS):
+            self._call("batch_update_points",
+                       update_operations=ops[start : start + CELL_OPS],
+                       wait=True)
+
+
+    def _compact(self):
+        pass  # the server's optimizer orders the points by cell itself
+
+
+#: points without a cell yet
+_UNASSIGNED = models.Filter(should=[
+    models.IsEmptyCondition(is_empty=models.PayloadField(key=cl.CELL_KEY)),
+    models.FieldCondition(key=cl.CELL_KEY,
+                          match=models.MatchValue(value=cl.UNASSIGNED)),
+])

@@ -1,0 +1,188 @@
+"""Approximate search: k-means cells of an index, probed by each query.
+
+Above :data:`MIN_POINTS` vectors, exact search costs more than it must
+(~0.2 s a query at 1M 512-d vectors on 2 cores). HNSW, Qdrant's own
+approximate index, keeps image queries' recall@100 near 0.98, but not text
+queries': CLIP's modality gap puts every prompt far from all images, where
+the graph's greedy walk stops early (recall 0.4-0.9 even at ef 512, measured
+in ``bench/bench_scale.py``). So the approximate search is an inverted file
+(IVF) kept *inside* Qdrant, which works alike for both backends:
+
+- the vectors are split into cells by spherical k-means; every point carries
+  its cell in the payload key :data:`CELL_KEY`, under a payload index that
+  keeps each cell's points together on disk (Qdrant's *principal* index);
+- a query ranks the cells by their centre's similarity to it, and scores
+  *exactly* the points of the best :func:`num_probed` cells (a filter on
+  the cell key): a text query's neighbours lie in the image cells nearest
+  it, even far from all of them, so the recall of text and image queries
+  alike stays >= 0.98 (``bench/bench_scale.py``);
+- a point written while no cells were known, or by a process that did not
+  know them yet, has cell :data:`UNASSIGNED`, which every query scans too:
+  a new point is searchable at once, and the search is exact for it.
+
+The centres are learned in the background (never in a user's sync or
+search, see :func:`fiftyone_ai_search.store.VectorStore.maintain`) from a
+random sample, once the index has :data:`MIN_POINTS` points; the points
+already there are then assigned their cell in batches. Only once every
+point has a cell (or :data:`UNASSIGNED`) does a search use them, so a
+maintenance pass killed at any line leaves a working (exact) index.
+"""
+
+import dataclasses
+
+import numpy as np
+
+#: the payload key of a point's cell
+CELL_KEY = "cell"
+
+#: the cell of a point written while its index had no cells: scanned by
+#: every query
+UNASSIGNED = -1
+
+#: below this many points every query is exact: measured on 2 cores, exact
+#: search of 100k 512-d points takes ~25 ms, of 200k ~45 ms (the probed cells
+#: ~25 ms), of 1M ~230 ms (the probed cells ~30 ms)
+MIN_POINTS = 200_000
+
+#: the cells are sized for ~this many points each
+POINTS_PER_CELL = 500
+
+#: fewest and most cells an index is split into
+MIN_CELLS = 64
+MAX_CELLS = 4096
+
+#: each cell's centre is learned from ~this many sample points (faiss's
+#: guidance: 39-256)
+SAMPLE_PER_CELL = 64
+
+#: the share of cells a query scans, and the fewest. Text queries need a
+#: number of cells more than a share: measured on Qdrant Edge (CLIP-like
+#: 512-d points, 2 cores, recall@100 of text / image queries): 1M points in
+#: 2000 cells, 90 probed 0.985 / 1.0, 110 probed 0.992 / 1.0 (~30 ms; exact
+#: 230 ms); 300k in 600 cells, 30 probed 0.953 / 0.999; 200k in 500 cells,
+#: 45 probed 0.966, 65 probed 0.985 / 0.996
+PROBE_SHARE = 0.05
+MIN_PROBED = 64
+
+#: the int8 copy of the vectors (both backends) clips each coordinate to
+#: this quantile
+QUANTILE = 0.99
+
+#: a search of the probed cells scores this many times ``limit`` points on
+#: the int8 copy, and rescores those on the original vectors
+OVERSAMPLING = 2.0
+
+#: k-means (Lloyd) iterations on the sample
+ITERATIONS = 12
+
+
+def num_cells(num_points):
+    """How many cells an index of ``num_points`` points is split into."""
+    return int(np.clip(round(num_points / POINTS_PER_CELL), MIN_CELLS,
+                       MAX_CELLS))
+
+
+def num_probed(cells):
+    """How many of ``cells`` cells a query scans."""
+    return int(min(cells, max(MIN_PROBED, round(PROBE_SHARE * cells))))
+
+
+@dataclasses.dataclass(frozen=True)
+class Cells:
+    """The cells of an index.
+
+    Args:
+        centres: a ``(k, dim)`` float32 array of unit centres
+        generation: a number that changes whenever the cells are learned
+            again, so a process notices new cells
+        complete (False): whether every point of the index has its cell
+            (or :data:`UNASSIGNED`); only then do searches use the cells
+        learned_from (0): how many points the index held when they were
+            learned
+    """
+
+    centres: np.ndarray
+    generation: int
+    complete: bool = False
+    learned_from: int = 0
+
+    def __len__(self):
+        return len(self.centres)
+
+    def to_dict(self):
+        """What is kept beside the centres (JSON)."""
+        return {"generation": self.generation, "complete": self.complete,
+                "learned_from": self.learned_from, "count": len(self)}
+
+    def assign(self, vectors):
+        """The cell of each of the unit ``vectors`` (``(n, dim)``): the one
+        with the most similar centre."""
+        return _nearest_centres(vectors, self.centres)
+
+    def probe(self, vector, count=None):
+        """The cells a query ``vector`` scans: the ``count`` (default
+        :func:`num_probed`) whose centres are most similar to it, and
+        :data:`UNASSIGNED`."""
+        count = num_probed(len(self)) if count is None else count
+        scores = self.centres @ vector
+        if count < len(scores):
+            best = np.argpartition(-scores, count - 1)[:count]
+        else:
+            best = np.arange(len(scores))
+        return [UNASSIGNED] + sorted(int(c) for c in best)
+
+
+#: rows scored against the centres at a time (bounds the memory of a
+#: ``(rows, k)`` score matrix)
+_ROWS = 8192
+
+
+def _nearest_centres(vectors, centres):
+    vectors = np.asarray(vectors, dtype=np.float32)
+    out = np.empty(len(vectors), dtype=np.int64)
+    for start in range(0, len(vectors), _ROWS):
+        part = vectors[start : start + _ROWS]
+        out[start : start + len(part)] = np.argmax(part @ centres.T, axis=1)
+    return out
+
+
+def learn(sample, k, seed=0, iterations=ITERATIONS):
+    """Spherical k-means of the unit rows of ``sample`` into ``k`` centres.
+
+    A cell left empty by an iteration restarts from the sample point its
+    centre fits worst (the one least similar to its own centre), so all
+    ``k`` cells hold points.
+
+    Args:
+        sample: an ``(n, dim)`` float32 array of unit rows, ``n >= k``
+        k: the number of centres
+        seed (0): the random seed of the initial centres
+        iterations (ITERATIONS): Lloyd iterations
+
+    Returns:
+        a ``(k, dim)`` float32 array of unit centres
+    """
+    from scipy import sparse
+
+    x = np.ascontiguousarray(sample, dtype=np.float32)
+    n = len(x)
+    if not 0 < k <= n:
+        raise ValueError(f"Cannot learn {k} cells from {n} points")
+    rng = np.random.default_rng(seed)
+    centres = x[rng.choice(n, size=k, replace=False)].copy()
+    rows = np.arange(n)
+    for _ in range(iterations):
+        labels = _nearest_centres(x, centres)
+        # the sum of each cell's points, as one sparse product
+        member = sparse.csr_matrix(
+            (np.ones(n, dtype=np.float32), (labels, rows)), shape=(k, n))
+        sums = np.asarray(member @ x)
+        sizes = np.bincount(labels, minlength=k)
+        empty = np.flatnonzero(sizes == 0)
+        if len(empty):
+            fit = np.einsum("ij,ij->i", x, centres[labels])
+            worst = np.argsort(fit)[: len(empty)]
+            sums[empty] = x[worst]
+        norms = np.linalg.norm(sums, axis=1, keepdims=True)
+        centres = (sums / np.maximum(norms, 1e-12)).astype(np.float32)
+    return centres

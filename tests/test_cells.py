@@ -1,0 +1,283 @@
+"""The approximate search: k-means cells kept in the index (store/cells.py).
+
+What a user relies on: above the size threshold a search scans the probed
+cells and nothing is missed inside them (exact there); below it, and until
+every point has its cell, a search is exact; a point written at any moment
+is searchable at once; a maintenance pass killed with ``kill -9`` at any
+moment leaves a working index, and the next pass finishes the job; the cells
+go with the index.
+"""
+
+import multiprocessing
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+
+import fiftyone_ai_search as ais
+from fiftyone_ai_search import runner, scheduler, search
+from fiftyone_ai_search import state as st
+from fiftyone_ai_search.store import cells as cl
+from fiftyone_ai_search.store.edge import EdgeStore
+from fiftyone_ai_search.store.server import ServerStore
+from helpers import shapes_dataset
+from test_store import DIM, INFO, store  # noqa: F401 (store: a fixture)
+
+SPAWN = multiprocessing.get_context("spawn")
+
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Failed to obtain server version:UserWarning"
+)
+
+
+def clustered(n, clusters=40, seed=0):
+    """Image-like vectors in clusters, and text-like queries: a cluster's
+    centre shifted along one direction shared by all texts (a modality gap),
+    so they lie far from every vector."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((clusters, DIM))
+    labels = rng.integers(0, clusters, n)
+    x = centres[labels] + 0.5 * rng.standard_normal((n, DIM))
+    gap = rng.standard_normal(DIM)
+    texts = centres[rng.integers(0, clusters, 20)] + 2.0 * gap
+    return unit(x), unit(texts)
+
+
+def unit(x):
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def make_ids(n, start=1):
+    return [f"{i:024x}" for i in range(start, start + n)]
+
+
+@pytest.fixture(autouse=True)
+def few_probed_cells(monkeypatch):
+    """Small indexes have few cells: probe few of them (the default, 64,
+    would probe all of them here, and test nothing)."""
+    monkeypatch.setattr(cl, "MIN_PROBED", 6)
+
+
+@pytest.fixture
+def index(store):
+    """An empty index on each backend (``test_store``'s ``store``)."""
+    store.ensure(INFO)
+    return store
+
+
+def exact_in(ids, vectors, query, limit, allowed=None):
+    scores = vectors @ query
+    order = [i for i in np.argsort(-scores, kind="stable")
+             if allowed is None or allowed[i]]
+    return [ids[i] for i in order[:limit]], scores
+
+
+def assert_same(got, expected_ids, scores, ids):
+    """Same samples in the same order, but for near-ties."""
+    got_ids = [i for i, _ in got]
+    assert len(got_ids) == len(expected_ids)
+    by_id = dict(zip(ids, scores))
+    np.testing.assert_allclose([s for _, s in got],
+                               [by_id[i] for i in expected_ids], atol=1e-5)
+    assert sum(a != b for a, b in zip(got_ids, expected_ids)) <= 2
+
+
+def test_search_is_exact_within_the_probed_cells(index):
+    x, texts = clustered(3000)
+    ids = make_ids(len(x))
+    index.upsert(ids, x, [{} for _ in ids])
+    assert index.maintain(min_points=1000) == len(x)
+    cells = index.cells()
+    assert cells is not None and cells.complete
+    assert len(cells) == cl.num_cells(len(x))
+    where = cells.assign(x)
+
+    queries = np.concatenate([x[:10] + 0.05, texts])
+    for q in unit(queries):
+        probed = set(cells.probe(q))
+        assert cl.UNASSIGNED in probed
+        assert len(probed) == cl.num_probed(len(cells)) + 1 < len(cells)
+        expected, scores = exact_in(ids, x, q, 50,
+                                    np.isin(where, list(probed)))
+        assert_same(index.query(q, 50), expected, scores, ids)
+    # the cells are the index's business: payloads are what was given
+    assert index.get_payloads(ids[:2]) == {i: {"sample_id": i}
+                                           for i in ids[:2]}
+
+
+def test_a_small_index_stays_exact(index):
+    x, texts = clustered(500)
+    ids = make_ids(len(x))
+    index.upsert(ids, x, [{} for _ in ids])
+    assert index.maintain(min_points=1000) == 0
+    assert index.cells() is None
+    for q in texts[:5]:
+        expected, scores = exact_in(ids, x, q, 20)
+        assert_same(index.query(q, 20), expected, scores, ids)
+
+
+def test_points_written_later_are_searchable_at_once(index):
+    x, _ = clustered(2500)
+    ids = make_ids(len(x))
+    index.upsert(ids[:2000], x[:2000], [{} for _ in range(2000)])
+    index.maintain(min_points=1000)
+    index.upsert(ids[2000:], x[2000:], [{} for _ in range(500)])
+    for i in range(2000, 2500, 50):
+        assert index.query(x[i], 1)[0][0] == ids[i]
+    # written with their cell: nothing left to assign
+    assert index.maintain(min_points=1000) == 0
+
+
+def test_a_writer_that_does_not_know_the_cells_yet(tmp_path):
+    """A process that read "no cells" a moment ago writes its points as
+    unassigned: every search scans them, and the next pass assigns them."""
+    x, _ = clustered(2200)
+    ids = make_ids(len(x))
+    stale = ServerStore("stale", location=":memory:")
+    stale.ensure(INFO)
+    stale.upsert(ids[:2000], x[:2000], [{} for _ in range(2000)])
+    assert stale.cells() is None  # remembered for CELLS_TTL seconds
+    fresh = ServerStore("stale", location=":memory:")
+    fresh.maintain(min_points=1000)
+    assert fresh.cells().complete
+    stale.upsert(ids[2000:], x[2000:], [{} for _ in range(200)])
+    for i in range(2000, 2200, 20):
+        assert fresh.query(x[i], 1)[0][0] == ids[i]
+    assert fresh.maintain(min_points=1000) == 200
+    for i in range(2000, 2200, 20):
+        assert fresh.query(x[i], 1)[0][0] == ids[i]
+    fresh.drop()
+
+
+def test_cells_go_with_the_index(index):
+    x, _ = clustered(1500)
+    ids = make_ids(len(x))
+    index.upsert(ids, x, [{} for _ in ids])
+    index.maintain(min_points=1000)
+    index.drop()
+    assert index.cells() is None
+    if isinstance(index, ServerStore):
+        with index._guard():
+            names = [c.name for c in
+                     index._client.get_collections().collections]
+        assert not [n for n in names if n.startswith(index.collection_name)]
+    else:
+        assert not os.path.exists(index.path)
+    # a new index of the same name starts without cells, and exact
+    index.ensure(INFO)
+    index.upsert(ids[:10], x[:10], [{} for _ in range(10)])
+    assert index.cells() is None
+    assert index.query(x[3], 1)[0][0] == ids[3]
+
+
+def _maintain(root, name, chunk):
+    from fiftyone_ai_search.store import base
+
+    base.ASSIGN_CHUNK = chunk  # many small rounds: a kill lands mid-way
+    cl.MIN_PROBED = 6
+    EdgeStore(name, root, lock_timeout=60).maintain(min_points=1000)
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.3, 1.0, 2.5])
+def test_maintenance_killed_at_any_moment_leaves_a_working_index(tmp_path,
+                                                                 delay):
+    x, texts = clustered(6000)
+    ids = make_ids(len(x))
+    store = EdgeStore("killed", tmp_path, lock_timeout=60)
+    store.ensure(INFO)
+    store.upsert(ids, x, [{} for _ in ids])
+    store.close()
+
+    p = SPAWN.Process(target=_maintain, args=(str(tmp_path), "killed", 256))
+    p.start()
+    deadline = time.monotonic() + 120
+    while (not os.path.exists(os.path.join(store.path, "cells.json"))
+           and p.is_alive() and time.monotonic() < deadline):
+        time.sleep(0.02)
+    time.sleep(delay)
+    os.kill(p.pid, signal.SIGKILL)
+    p.join()
+
+    # whatever it left, searches are right: exact until the cells are
+    # complete, exact within the probed cells after
+    assert store.count() == len(x)
+    cells = store.cells()
+    for q in texts[:5]:
+        allowed = None
+        if cells is not None and cells.complete:
+            allowed = np.isin(cells.assign(x), cells.probe(q))
+        expected, scores = exact_in(ids, x, q, 30, allowed)
+        assert_same(store.query(q, 30), expected, scores, ids)
+
+    # the next pass finishes the job, redoing nothing already assigned
+    left = store.maintain(min_points=1000)
+    assert left <= len(x)
+    cells = store.cells()
+    assert cells.complete and store.maintain(min_points=1000) == 0
+    where = cells.assign(x)
+    for q in texts[:5]:
+        expected, scores = exact_in(ids, x, q, 30,
+                                    np.isin(where, cells.probe(q)))
+        assert_same(store.query(q, 30), expected, scores, ids)
+    store.close()
+
+
+def test_the_refresher_builds_the_cells_in_the_background(tmp_path,
+                                                         monkeypatch):
+    """Each refresher pass runs the upkeep of every enabled dataset's index;
+    prompt search then scans the probed cells."""
+    dataset = shapes_dataset(tmp_path, num_samples=200)
+    ais.calculate_embeddings(dataset, wait=True, progress=False)
+    assert runner.open_index(dataset).cells() is None
+    monkeypatch.setattr(cl, "MIN_POINTS", 10)
+    scheduler.refresh_all([dataset.name])
+    store = runner.open_index(dataset)
+    cells = store.cells()
+    assert cells is not None and cells.complete
+    ids, vectors = store.get_vectors()
+    where = cells.assign(vectors)
+
+    name = ais.perform_ai_search(dataset, prompt="a red circle", limit=10)
+    got = [i for i, _ in ais.get_collection_scores(dataset, name)]
+    # the same as an exact search of the probed cells
+    query = search.prompt_vectors(
+        runner.load_index_model(st.get(dataset)["index"]),
+        ["a red circle"])[0]
+    expected, _ = exact_in(ids, vectors, query, 10,
+                           np.isin(where, cells.probe(query)))
+    assert got == expected
+    store.close()
+
+
+def test_a_server_collection_is_made_as_configured(monkeypatch):
+    """What a Qdrant server is asked for, from the settings (no server runs
+    here: the request itself is checked): no HNSW graph, an int8 copy in
+    RAM, originals on disk, the shards and replicas given."""
+    from fiftyone_ai_search.config import get_settings
+    from fiftyone_ai_search.store import open_store
+
+    monkeypatch.setenv("FIFTYONE_AI_SEARCH_QDRANT_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("FIFTYONE_AI_SEARCH_QDRANT_SHARDS", "6")
+    monkeypatch.setenv("FIFTYONE_AI_SEARCH_QDRANT_REPLICAS", "2")
+    store = open_store("sized", get_settings())
+    config = store._collection_config(512)
+    assert config["shard_number"] == 6 and config["replication_factor"] == 2
+    assert config["hnsw_config"].m == 0
+    assert config["vectors_config"].on_disk is True
+    assert config["vectors_config"].size == 512
+    scalar = config["quantization_config"].scalar
+    assert scalar.type.value == "int8" and scalar.always_ram
+
+    monkeypatch.setenv("FIFTYONE_AI_SEARCH_QDRANT_ON_DISK", "false")
+    assert open_store("sized", get_settings())._collection_config(
+        512)["vectors_config"].on_disk is False
+    monkeypatch.setenv("FIFTYONE_AI_SEARCH_QDRANT_ON_DISK", "maybe")
+    with pytest.raises(ValueError, match="QDRANT_ON_DISK='maybe'"):
+        get_settings()
+    monkeypatch.setenv("FIFTYONE_AI_SEARCH_QDRANT_ON_DISK", "1")
+    monkeypatch.setenv("FIFTYONE_AI_SEARCH_QDRANT_SHARDS", "0")
+    with pytest.raises(ValueError, match="qdrant_shards must be >= 1"):
+        get_settings()

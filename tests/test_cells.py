@@ -131,25 +131,40 @@ def test_points_written_later_are_searchable_at_once(index):
     assert index.maintain(min_points=1000) == 0
 
 
-def test_a_writer_that_does_not_know_the_cells_yet(tmp_path):
-    """A process that read "no cells" a moment ago writes its points as
-    unassigned: every search scans them, and the next pass assigns them."""
-    x, _ = clustered(2200)
+def test_points_written_without_their_cell_are_scanned_then_assigned():
+    """Points without a cell: written by an older version of this package
+    (no cell field: an index made before the cells), or by a process that
+    had not seen the cells yet (UNASSIGNED, which every search scans). The
+    next pass assigns them. Written here straight through qdrant-client, as
+    those writers did."""
+    from qdrant_client import models
+
+    from fiftyone_ai_search.store import sample_id_to_point_id
+
+    x, _ = clustered(2300)
     ids = make_ids(len(x))
-    stale = ServerStore("stale", location=":memory:")
-    stale.ensure(INFO)
-    stale.upsert(ids[:2000], x[:2000], [{} for _ in range(2000)])
-    assert stale.cells() is None  # remembered for CELLS_TTL seconds
-    fresh = ServerStore("stale", location=":memory:")
-    fresh.maintain(min_points=1000)
-    assert fresh.cells().complete
-    stale.upsert(ids[2000:], x[2000:], [{} for _ in range(200)])
-    for i in range(2000, 2200, 20):
-        assert fresh.query(x[i], 1)[0][0] == ids[i]
-    assert fresh.maintain(min_points=1000) == 200
-    for i in range(2000, 2200, 20):
-        assert fresh.query(x[i], 1)[0][0] == ids[i]
-    fresh.drop()
+    index = ServerStore("old_writers", location=":memory:")
+    index.ensure(INFO)
+
+    def write(rows, payload):
+        with index._guard():
+            index._client.upsert(index.collection_name, points=[
+                models.PointStruct(
+                    id=sample_id_to_point_id(ids[i]), vector=x[i].tolist(),
+                    payload={"sample_id": ids[i], **payload})
+                for i in rows])
+
+    write(range(2000), {})  # an index of the version before the cells
+    assert index.maintain(min_points=1000) == 2000
+    assert index.cells().complete
+    write(range(2000, 2300), {cl.CELL_KEY: cl.UNASSIGNED})
+    for i in range(2000, 2300, 25):
+        assert index.query(x[i], 1)[0][0] == ids[i]
+    assert index.maintain(min_points=1000) == 300
+    assert index.maintain(min_points=1000) == 0
+    for i in range(0, 2300, 25):
+        assert index.query(x[i], 1)[0][0] == ids[i]
+    index.drop()
 
 
 def test_cells_go_with_the_index(index):

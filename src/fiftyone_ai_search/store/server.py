@@ -392,7 +392,7 @@ class ServerStore(VectorStore):
             self._client.delete_collection(self.collection_name)
             for name in names:
                 self._client.delete_collection(name)
-        self._cells_cache = None
+        _cells_cache.pop(self._cells_key, None)
 
     # -- reads ---------------------------------------------------------------
 
@@ -490,14 +490,17 @@ class ServerStore(VectorStore):
 
     # -- cells ---------------------------------------------------------------
 
-    _cells_cache = None  # (read at, Cells or None)
+    @property
+    def _cells_key(self):
+        # a store is made per search: what was read is kept per process
+        return (id(self._client), self.collection_name)
 
     @property
     def _cells_prefix(self):
         return f"{self.collection_name}__cells_"
 
     def _read_cells(self):
-        cached = self._cells_cache
+        cached = _cells_cache.get(self._cells_key)
         if cached is not None and time.monotonic() - cached[0] < CELLS_TTL:
             return cached[1]
         cells = None
@@ -516,7 +519,7 @@ class ServerStore(VectorStore):
                 cells = cl.Cells(centres, generation=int(meta["generation"]),
                                  complete=bool(meta["complete"]),
                                  learned_from=int(meta.get("learned_from", 0)))
-        self._cells_cache = (time.monotonic(), cells)
+        _cells_cache[self._cells_key] = (time.monotonic(), cells)
         return cells
 
     def _read_centres(self, meta):
@@ -551,7 +554,7 @@ class ServerStore(VectorStore):
                            type=models.IntegerIndexType.INTEGER, lookup=True,
                            range=False, is_principal=True), wait=True)
         self._call("update_collection", metadata={CELLS_KEY: cells.to_dict()})
-        self._cells_cache = None
+        _cells_cache.pop(self._cells_key, None)
         with self._guard():
             stale = [c.name for c in self._client.get_collections().collections
                      if c.name.startswith(self._cells_prefix) and c.name != name]
@@ -601,6 +604,9 @@ class ServerStore(VectorStore):
     def _compact(self):
         pass  # the server's optimizer orders the points by cell itself
 
+
+#: ``{(client id, collection): (read at, Cells or None)}``
+_cells_cache = {}
 
 #: points without a cell yet
 _UNASSIGNED = models.Filter(should=[

@@ -520,14 +520,19 @@ class VectorStore(abc.ABC):
 
         done = 0
         while True:
-            records = self._unassigned_points(ASSIGN_CHUNK)
-            if not records:
-                break
-            where = known.assign(normalize_rows(records_to_matrix(records)))
-            groups = {}
-            for record, cell in zip(records, where.tolist()):
-                groups.setdefault(cell, []).append(str(record.id))
-            self._set_cells(groups)
+            # one session a round, kept open: an embedded index would else
+            # be closed and opened twice a round (~2.5 s each at 1M points);
+            # it is still handed over between rounds to whoever waits
+            with self.session(keep_open=True):
+                records = self._unassigned_points(ASSIGN_CHUNK)
+                if not records:
+                    break
+                where = known.assign(
+                    normalize_rows(records_to_matrix(records)))
+                groups = {}
+                for record, cell in zip(records, where.tolist()):
+                    groups.setdefault(cell, []).append(str(record.id))
+                self._set_cells(groups)
             done += len(records)
             if progress is not None:
                 progress(done, None)

@@ -20,6 +20,7 @@ import fiftyone_ai_search as ais
 from fiftyone_ai_search import runner, scheduler, search
 from fiftyone_ai_search import state as st
 from fiftyone_ai_search.store import cells as cl
+from fiftyone_ai_search.store import ranks
 from fiftyone_ai_search.store.edge import EdgeStore
 from fiftyone_ai_search.store.server import ServerStore
 from helpers import shapes_dataset
@@ -155,8 +156,10 @@ def test_points_written_without_their_cell_are_scanned_then_assigned():
                 for i in rows])
 
     write(range(2000), {})  # an index of the version before the cells
+    assert not index.ranked()
     assert index.maintain(min_points=1000) == 2000
     assert index.cells().complete
+    assert index.ranked()  # and given their ranks (see ranks.py)
     write(range(2000, 2300), {cl.CELL_KEY: cl.UNASSIGNED})
     for i in range(2000, 2300, 25):
         assert index.query(x[i], 1)[0][0] == ids[i]
@@ -165,6 +168,49 @@ def test_points_written_without_their_cell_are_scanned_then_assigned():
     for i in range(0, 2300, 25):
         assert index.query(x[i], 1)[0][0] == ids[i]
     index.drop()
+
+
+def test_rank_buckets_partition_the_index(index):
+    """Each point is in the bucket of its rank, and a walk of all buckets
+    reads every point once, bucket by bucket in the order asked, each in id
+    order."""
+    x, _ = clustered(1200)
+    ids = make_ids(len(x))
+    index.upsert(ids, x, [{} for _ in ids])
+    assert index.ranked()
+    order = ranks.bucket_order(7)
+    got_ids, got = index.get_bucket_vectors(order[:40])
+    rank = {i: ranks.rank_of(i) for i in ids}
+    expected = sorted((i for i in ids if rank[i] in set(order[:40].tolist())),
+                      key=lambda i: (order[:40].tolist().index(rank[i]), i))
+    assert got_ids == expected and len(expected) > 0
+    by_id = dict(zip(ids, x))
+    np.testing.assert_allclose(got, [by_id[i] for i in got_ids], atol=1e-6)
+    all_ids, _ = index.get_bucket_vectors(order)
+    assert sorted(all_ids) == ids
+    assert index.get_payloads(ids[:1]) == {ids[0]: {"sample_id": ids[0]}}
+
+
+def test_cells_are_learned_the_same_from_the_same_index(index, tmp_path):
+    """The learning sample is a seeded walk of rank buckets: the same
+    points and seed give the same cells, whatever order they were written
+    in; another seed gives others."""
+    x, _ = clustered(8_000, seed=2)  # a sample of about half
+    ids = make_ids(len(x))
+    index.upsert(ids, x, [{} for _ in ids])
+    index.maintain(min_points=1000, seed=5)
+    again = EdgeStore("again", tmp_path)
+    again.ensure(INFO)
+    backwards = slice(None, None, -1)
+    again.upsert(ids[backwards], x[backwards], [{} for _ in ids])
+    again.maintain(min_points=1000, seed=5)
+    np.testing.assert_allclose(index.cells().centres, again.cells().centres,
+                               atol=1e-5)
+    other = EdgeStore("other", tmp_path)
+    other.ensure(INFO)
+    other.upsert(ids, x, [{} for _ in ids])
+    other.maintain(min_points=1000, seed=6)
+    assert not np.allclose(index.cells().centres, other.cells().centres)
 
 
 def test_cells_go_with_the_index(index):

@@ -295,6 +295,35 @@ def test_search_when_off_or_not_ready_says_what_to_do(tmp_path):
 # -- collections ----------------------------------------------------------------------
 
 
+def test_each_search_rewrites_the_temporary_collection_in_place(indexed):
+    """The temporary collection keeps its saved view (same id: its scores
+    doc is replaced, never left behind), and whoever loads the saved view
+    by name, as the App does, sees the new results."""
+    import fiftyone as fo
+
+    from fiftyone_ai_search import collections as colls
+
+    ais.perform_ai_search(indexed, prompt="a red circle", limit=10)
+    view_id = colls._view_id(indexed, ais.TEMPORARY_COLLECTION)
+    ais.perform_ai_search(indexed, prompt="a blue star", limit=7)
+    ais.perform_ai_search(indexed, prompt="a green square", limit=5)
+
+    assert colls._view_id(indexed, ais.TEMPORARY_COLLECTION) == view_id
+    docs = list(colls._scores().find(
+        {"dataset_id": colls.st.dataset_key(indexed)}, {"view_id": 1}))
+    saved = {str(d.id) for d in indexed._doc.saved_views}
+    assert {d["view_id"] for d in docs} <= saved
+    assert sum(d["view_id"] == view_id for d in docs) == 1
+    expected = [i for i, _ in ais.get_collection_scores(
+        indexed, ais.TEMPORARY_COLLECTION)]
+    assert len(expected) == 5
+    # as another process reads it: the saved view's document, from MongoDB
+    doc = fo.core.odm.SavedViewDocument.objects.get(id=view_id)
+    assert indexed._load_saved_view_from_doc(doc).values("id") == expected
+    assert indexed.load_saved_view(ais.TEMPORARY_COLLECTION).values(
+        "id") == expected
+
+
 def test_collections_lifecycle(tmp_path):
     dataset = shapes_dataset(tmp_path, num_samples=60)
     ais.calculate_embeddings(dataset, wait=True, progress=False)

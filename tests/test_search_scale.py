@@ -14,7 +14,7 @@ import pytest
 
 from fiftyone_ai_search import diverse, search
 from fiftyone_ai_search.store import IndexInfo
-from fiftyone_ai_search.store import edge
+from fiftyone_ai_search.store import edge, ranks
 from fiftyone_ai_search.store.edge import EdgeStore
 
 N = 25_000
@@ -119,6 +119,60 @@ def test_diverse_of_a_large_scope_reads_a_sample_and_equals_reading_all(
     assert all(-1.0 <= s <= 1.0 + 1e-6 for s in got)
     if scope is not None:
         assert set(got_ids) <= set(scope)
+
+
+@pytest.mark.parametrize("method,clustering,num_clusters", [
+    ("centroids", "kmeans", 10),
+    ("random", "kmeans", None),
+    ("random", "dbscan", None),
+])
+def test_diverse_of_a_large_index_walks_rank_buckets_not_every_id(
+        index, monkeypatch, method, clustering, num_clusters):
+    """Above ranks.MIN_POINTS a diverse search of the whole index reads a
+    few rank buckets, never the list of all ids, and still gives what
+    reading everything gives."""
+    store, ids, vectors = index
+    monkeypatch.setattr(diverse, "FIT_SAMPLE", 2_000)
+    monkeypatch.setattr(ranks, "MIN_POINTS", 10_000)
+
+    def every_id():
+        raise AssertionError("read every id of the index")
+
+    monkeypatch.setattr(store, "get_sample_ids", every_id)
+    read = []
+    buckets = store.get_bucket_vectors
+    monkeypatch.setattr(store, "get_bucket_vectors", lambda b: (
+        lambda got: read.append(len(got[0])) or got)(buckets(b)))
+    assert store.ranked()
+    assert search._IndexSource(store, None).bucketed
+    kwargs = dict(limit=60, method=method, clustering_method=clustering,
+                  num_clusters=num_clusters, seed=3)
+
+    got_ids, got = search.diverse_sample(store, **kwargs)
+    walked = sum(read)
+    want_ids, want = search.diverse_sample(store, read_all=True, **kwargs)
+
+    assert len(got_ids) == 60 == len(set(got_ids))
+    assert got_ids == want_ids
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert 2_000 <= walked < 6_000
+    assert search.diverse_sample(store, **kwargs) == (got_ids, got)
+    other, _ = search.diverse_sample(store, **{**kwargs, "seed": 4})
+    assert other != got_ids
+    assert set(got_ids) <= set(ids)
+
+
+def test_ranks_spread_consecutive_ids_evenly():
+    """ObjectIds of one insert differ in a counter: their ranks must still
+    be uniform, or a walk's first buckets would be one stretch of a
+    dataset."""
+    base = int("6750a1b2c3d4e5f6a7b80000", 16)
+    n = 20 * ranks.BUCKETS
+    counts = np.bincount([ranks.rank_of(f"{base + i:024x}") for i in range(n)],
+                         minlength=ranks.BUCKETS)
+    assert counts.min() >= 3 and counts.max() <= 45
+    # and a seed's walk starts elsewhere than another's
+    assert (ranks.bucket_order(1)[:10] != ranks.bucket_order(2)[:10]).any()
 
 
 def test_diverse_in_memory_matches_the_index(index):

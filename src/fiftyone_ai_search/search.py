@@ -21,6 +21,7 @@ from . import state as st
 from . import validate
 from .embeddings import model_label, require_index
 from .store import IndexMismatchError, IndexNotFoundError
+from .store import ranks
 
 logger = logging.getLogger(__name__)
 
@@ -707,6 +708,11 @@ class _IndexSource:
     a diverse search of a large scope reads a sample of its vectors and asks
     nearest-neighbour queries, rather than reading every vector.
 
+    The walk is a seeded permutation of the scope's ids, or, for a whole
+    large index, of its rank buckets (see
+    :mod:`fiftyone_ai_search.store.ranks`): then no id is read that the
+    search does not need, and rows are numbered as points turn up.
+
     Each read is a session of its own that keeps the index open, so nothing
     is locked while the clustering computes, and nothing reopens the index
     unless another process asked for it meanwhile.
@@ -715,29 +721,89 @@ class _IndexSource:
     def __init__(self, store, scope):
         self.store = store
         self.scope = scope
+        self._vectors = {}  # row -> vector read by the walk, until fetched
         with store.session(keep_open=True):
             self.total = max(1, store.estimate_count())
-            # sorted: the scroll order is the engine's business
-            if scope is None:
+            self.bucketed = (scope is None and self.total >= ranks.MIN_POINTS
+                             and store.ranked())
+            if scope is None and not self.bucketed:
+                # sorted: the scroll order is the engine's business
                 self.ids = sorted(store.get_sample_ids())
         if scope is not None:
             self.ids = list(scope.ids() if isinstance(scope, _ViewScope)
                             else scope)
             self.scope = self.ids
-        self.size = len(self.ids)
+        if self.bucketed:
+            self.ids = []
+        self.size = self.total if self.bucketed else len(self.ids)
         self._rows = {sample_id: i for i, sample_id in enumerate(self.ids)}
 
+    def _row(self, sample_id):
+        row = self._rows.get(sample_id)
+        if row is None:
+            row = self._rows[sample_id] = len(self.ids)
+            self.ids.append(sample_id)
+        return row
+
+    def walk(self, seed):
+        if self.bucketed:
+            return _BucketWalk(self, seed)
+        return diverse.Walk(self.size, seed)
+
     def fetch(self, rows):
-        with self.store.session(keep_open=True):
-            ids, vectors = self.store.get_vectors([self.ids[r] for r in rows])
-        return np.array([self._rows[i] for i in ids], dtype=int), vectors
+        rows = np.asarray(rows, dtype=int).tolist()
+        unread = [r for r in rows if r not in self._vectors]
+        if unread:
+            with self.store.session(keep_open=True):
+                ids, vectors = self.store.get_vectors(
+                    [self.ids[r] for r in unread])
+            self._vectors.update(zip((self._rows[i] for i in ids), vectors))
+        found = [r for r in rows if r in self._vectors]
+        if not found:
+            return np.zeros(0, dtype=int), np.zeros((0, 0), dtype=np.float32)
+        return (np.array(found, dtype=int),
+                np.stack([self._vectors.pop(r) for r in found]))
 
     def nearest(self, vector, k):
         with self.store.session(keep_open=True):
             hits = _top_k(self.store, vector, k, self.scope, None, self.total)
+        if self.bucketed:  # the whole index: every hit is in scope
+            return np.array([self._row(i) for i, _ in hits], dtype=int)
         # a sample added meanwhile by a sync is not part of this search
         rows = [self._rows.get(sample_id) for sample_id, _ in hits]
         return np.array([r for r in rows if r is not None], dtype=int)
+
+
+class _BucketWalk:
+    """The walk of a whole large index, a few rank buckets at a time (see
+    :class:`fiftyone_ai_search.diverse.Walk`)."""
+
+    def __init__(self, source, seed):
+        self._source = source
+        self._order = ranks.bucket_order(seed)
+        self._next = 0
+        self.rows = []
+
+    @property
+    def done(self):
+        return self._next >= len(self._order)
+
+    def read(self, count=None):
+        source = self._source
+        start = len(self.rows)
+        per_bucket = max(1.0, source.total / len(self._order))
+        while not self.done and (count is None or len(self.rows) < count):
+            wanted = (len(self._order) if count is None else
+                      math.ceil((count - len(self.rows)) / per_bucket))
+            buckets = self._order[self._next : self._next + max(1, wanted)]
+            self._next += len(buckets)
+            with source.store.session(keep_open=True):
+                ids, vectors = source.store.get_bucket_vectors(buckets)
+            for sample_id, vector in zip(ids, vectors):
+                row = source._row(sample_id)
+                source._vectors[row] = vector
+                self.rows.append(row)
+        return np.array(self.rows[start:], dtype=int)
 
 
 def diverse_sample(store, limit, scope=None, method="centroids",

@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import itertools
 import logging
+import math
 import re
 import time
 import uuid
@@ -20,6 +21,7 @@ import numpy as np
 from .. import validate
 from ..errors import AISearchError
 from . import cells as cl
+from . import ranks
 
 logger = logging.getLogger(__name__)
 
@@ -278,12 +280,14 @@ class VectorStore(abc.ABC):
 
         vectors = normalize_rows(vectors)
         # every point gets a cell, UNASSIGNED while there are none: a query
-        # that uses the cells scans those too (see cells.py)
+        # that uses the cells scans those too (see cells.py); and its rank
+        # (see ranks.py)
         known = self.cells()
         where = (known.assign(vectors) if known is not None
                  else [cl.UNASSIGNED] * len(vectors))
         payloads = [
-            {**payload, "sample_id": sid, cl.CELL_KEY: int(cell)}
+            {**payload, "sample_id": sid, cl.CELL_KEY: int(cell),
+             ranks.RANK_KEY: ranks.rank_of(sid)}
             for payload, sid, cell in zip(payloads, sample_ids, where)
         ]
         self._upsert_points(point_ids, vectors, payloads)
@@ -325,10 +329,11 @@ class VectorStore(abc.ABC):
         records = self._retrieve_points(
             point_ids, with_payload=True, with_vector=False
         )
-        # the cell is the store's business (see cells.py)
+        # the cell and the rank are the store's business
         return {
             point_id_to_sample_id(r.id): {
-                k: v for k, v in (r.payload or {}).items() if k != cl.CELL_KEY
+                k: v for k, v in (r.payload or {}).items()
+                if k not in _STORE_KEYS
             }
             for r in records
         }
@@ -433,6 +438,39 @@ class VectorStore(abc.ABC):
         # stored normalised already; renormalise to unit length in float32
         return ids, normalize_rows(records_to_matrix(records))
 
+    # -- the seeded random walk (see ranks.py) -----------------------------
+
+    def ranked(self):
+        """Whether every point has its rank (so that :meth:`get_bucket_vectors`
+        walks all of them): true of any index written by this version, and
+        of older ones once :meth:`maintain` has run."""
+        return not self._points_lacking(ranks.RANK_KEY, 1, with_vector=False)
+
+    def get_bucket_vectors(self, buckets):
+        """Returns ``(sample_ids, vectors)`` of the points whose rank is one
+        of ``buckets``, in the order of ``buckets``, each bucket in id order:
+        one stretch of a walk (see :mod:`~fiftyone_ai_search.store.ranks`).
+
+        Args:
+            buckets: a list of ranks
+
+        Returns:
+            a tuple of a list of sample ids and an ``(n, dim)`` float32
+            array of unit rows
+        """
+        buckets = [int(b) for b in buckets]
+        position = {b: i for i, b in enumerate(buckets)}
+        records = self._points_in(ranks.RANK_KEY, buckets) if buckets else []
+        ids = [point_id_to_sample_id(r.id) for r in records]
+        order = sorted(range(len(ids)),
+                       key=lambda i: (position[ranks.rank_of(ids[i])], ids[i]))
+        ids = [ids[i] for i in order]
+        if not ids:
+            return ids, np.zeros((0, self._require_info().dim),
+                                 dtype=np.float32)
+        return ids, normalize_rows(records_to_matrix([records[i]
+                                                      for i in order]))
+
     def query(self, vector, limit, sample_ids=None, min_score=None):
         """Exact nearest neighbours of ``vector`` by cosine similarity.
 
@@ -482,11 +520,14 @@ class VectorStore(abc.ABC):
         written without its cell the right one. Searches meanwhile stay
         exact, and correct, at any point of an interruption (see
         :mod:`fiftyone_ai_search.store.cells`). Never call it where a user
-        waits: learning 2000 cells at 1M points takes ~1 min.
+        waits: at 1M points it takes ~4 min on 2 cores.
+
+        Points written before ranks existed get their rank here too (see
+        :mod:`~fiftyone_ai_search.store.ranks`), from the same size on.
 
         Args:
             min_points (MIN_POINTS): the index size from which the cells pay
-            seed (0): the random seed of the k-means
+            seed (0): the random seed of the learning sample and the k-means
             progress (None): called as ``progress(done, total)`` while points
                 are assigned
 
@@ -494,18 +535,19 @@ class VectorStore(abc.ABC):
             the number of points given a cell
         """
         known = self.cells()
+        ranked = 0
         if known is None:
             total = self.count()
             if total < max(min_points, 1):
                 return 0
+            # the learning sample is drawn by rank: seeded, and no id list
+            ranked = self._give_ranks()
             k = cl.num_cells(total)
             wanted = min(total, k * cl.SAMPLE_PER_CELL)
-            if 2 * wanted >= total:  # random pages would mostly repeat
-                _, sample = self.get_vectors()
-                sample = sample[np.random.default_rng(seed).permutation(
-                    len(sample))[:wanted]]
-            else:
-                sample = self._sample_vectors(wanted)
+            per_bucket = total / ranks.BUCKETS
+            buckets = ranks.bucket_order(seed)[
+                : max(1, math.ceil(wanted / per_bucket))]
+            _, sample = self.get_bucket_vectors(buckets)
             k = min(k, len(sample))
             if not k:
                 return 0
@@ -524,30 +566,51 @@ class VectorStore(abc.ABC):
             # be closed and opened twice a round (~2.5 s each at 1M points);
             # it is still handed over between rounds to whoever waits
             with self.session(keep_open=True):
-                records = self._unassigned_points(ASSIGN_CHUNK)
+                records = self._points_lacking(cl.CELL_KEY, ASSIGN_CHUNK,
+                                               with_vector=True)
                 if not records:
                     break
                 where = known.assign(
                     normalize_rows(records_to_matrix(records)))
-                groups = {}
-                for record, cell in zip(records, where.tolist()):
-                    groups.setdefault(cell, []).append(str(record.id))
-                self._set_cells(groups)
+                # only points still unassigned: one written again meanwhile
+                # got its cell from its writer
+                self._set_field(cl.CELL_KEY, _grouped(records, where),
+                                only_lacking=True)
             done += len(records)
             if progress is not None:
                 progress(done, None)
-        if done and (not known.complete
-                     or done >= COMPACT_SHARE * known.learned_from):
+        ranked += self._give_ranks()  # written meanwhile by an older version
+        changed = done + ranked
+        if changed and (not known.complete
+                        or changed >= COMPACT_SHARE * known.learned_from):
             # each cell's points together, and the int8 copy: the probed
             # cells are scanned 2-3x faster (measured at 300k points)
             start = time.monotonic()
             self._compact()
             logger.info("AI search index '%s': %d points given their cell, "
-                        "compacted in %.1f s", self.name, done,
-                        time.monotonic() - start)
+                        "%d their rank, compacted in %.1f s", self.name, done,
+                        ranked, time.monotonic() - start)
         if not known.complete:
             self._write_cells(dataclasses.replace(known, complete=True))
         return done
+
+    def _give_ranks(self):
+        """Gives their rank to points written without one (by a version
+        before ranks); returns how many there were."""
+        self._ensure_rank_index()
+        ranked = 0
+        while True:
+            with self.session(keep_open=True):
+                records = self._points_lacking(ranks.RANK_KEY, RANK_CHUNK,
+                                               with_vector=False)
+                if not records:
+                    return ranked
+                where = [ranks.rank_of(point_id_to_sample_id(r.id))
+                         for r in records]
+                # a rank is a function of the id: nothing to guard against
+                self._set_field(ranks.RANK_KEY, _grouped(records, where),
+                                only_lacking=False)
+            ranked += len(records)
 
     # -- backend hooks -----------------------------------------------------
     # The public methods above validate and convert their arguments; these
@@ -637,14 +700,19 @@ class VectorStore(abc.ABC):
         and makes sure the cell key has its payload index."""
 
     @abc.abstractmethod
-    def _sample_vectors(self, n):
-        """About ``n`` vectors of distinct random points (an ``(m, d)``
-        float32 array, ``m <= n``)."""
+    def _points_lacking(self, key, limit, with_vector):
+        """Up to ``limit`` records (``id``, and ``vector`` if asked) of
+        points whose payload ``key`` is missing or
+        :data:`~fiftyone_ai_search.store.cells.UNASSIGNED`."""
 
     @abc.abstractmethod
-    def _unassigned_points(self, limit):
-        """Up to ``limit`` records (``id``, ``vector``) of points whose cell
-        is missing or :data:`~fiftyone_ai_search.store.cells.UNASSIGNED`."""
+    def _points_in(self, key, values):
+        """The records (``id``, ``vector``) of all points whose payload
+        ``key`` (an integer with a payload index) is one of ``values``."""
+
+    @abc.abstractmethod
+    def _ensure_rank_index(self):
+        """Makes sure the rank key has its payload index."""
 
     @abc.abstractmethod
     def _compact(self):
@@ -653,10 +721,23 @@ class VectorStore(abc.ABC):
         by itself."""
 
     @abc.abstractmethod
-    def _set_cells(self, groups):
-        """Sets the cell of points that are still unassigned: ``groups`` is
-        ``{cell: [point_id, ...]}``. A point written again meanwhile (it got
-        its cell then) is left alone."""
+    def _set_field(self, key, groups, only_lacking):
+        """Sets the payload ``key`` of points: ``groups`` is
+        ``{value: [point_id, ...]}``. With ``only_lacking``, only of points
+        that still lack it (as :meth:`_points_lacking` tells): a point
+        written again meanwhile got its value from its writer."""
+
+
+def _grouped(records, values):
+    """``{value: [point id, ...]}`` of records and their values."""
+    groups = {}
+    for record, value in zip(records, np.asarray(values).tolist()):
+        groups.setdefault(int(value), []).append(str(record.id))
+    return groups
+
+
+#: payload keys of the store's own, never handed to callers
+_STORE_KEYS = frozenset({cl.CELL_KEY, ranks.RANK_KEY})
 
 
 def _record_vector(record):
@@ -672,6 +753,10 @@ ASSIGN_CHUNK = 8192
 #: a maintenance pass that assigned this share of the points the cells were
 #: learned from compacts the index again
 COMPACT_SHARE = 0.1
+
+#: points given their rank per round: ids only, and larger rounds make
+#: fewer, fuller groups (one write per rank present in a round)
+RANK_CHUNK = 8 * ASSIGN_CHUNK
 
 
 def _new_generation():

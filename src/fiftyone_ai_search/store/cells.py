@@ -22,7 +22,9 @@ in ``bench/bench_scale.py``). So the approximate search is an inverted file
 
 The centres are learned in the background (never in a user's sync or
 search, see :func:`fiftyone_ai_search.store.VectorStore.maintain`) from a
-random sample, once the index has :data:`MIN_POINTS` points; the points
+seeded random sample (a few rank buckets, see
+:mod:`fiftyone_ai_search.store.ranks`), once the index has
+:data:`MIN_POINTS` points; the points
 already there are then assigned their cell in batches. Only once every
 point has a cell (or :data:`UNASSIGNED`) does a search use them, so a
 maintenance pass killed at any line leaves a working (exact) index.

@@ -40,6 +40,7 @@ import qdrant_edge as qe
 import numpy as np
 
 from . import cells as cl
+from . import ranks as rk
 from .base import (
     IndexBusyError,
     IndexExistsError,
@@ -588,45 +589,47 @@ class EdgeStore(VectorStore):
                     with contextlib.suppress(FileNotFoundError):
                         os.remove(os.path.join(self.path, name))
 
-    def _sample_vectors(self, n):
-        found = {}
-        misses = 0
-        with self._locked() as shared:
-            shard, _ = self._open(shared)
-            # random pages until n distinct points (or the pages repeat)
-            while len(found) < n and misses < 3:
-                page = shard.query(qe.QueryRequest(
-                    limit=min(CHUNK, n - len(found)), query=qe.Sample.Random,
-                    with_vector=True, with_payload=False))
-                fresh = [p for p in page if p.id not in found]
-                misses = misses + 1 if len(fresh) < len(page) / 2 else 0
-                found.update((p.id, p) for p in fresh)
-                shard, _ = self._yield_if_wanted(shared)
-        records = list(found.values())
-        if not records:
-            return np.zeros((0, 0), dtype=np.float32)
-        return records_to_matrix(records)
-
-    def _unassigned_points(self, limit):
+    def _points_lacking(self, key, limit, with_vector):
         with self._locked() as shared:
             shard, _ = self._open(shared)
             records, _ = shard.scroll(qe.ScrollRequest(
-                limit=limit, filter=_UNASSIGNED, with_payload=False,
-                with_vector=True))
+                limit=limit, filter=_lacking(key), with_payload=False,
+                with_vector=with_vector))
             return records
 
-    def _set_cells(self, groups):
+    def _points_in(self, key, values):
         with self._locked() as shared:
             shard, _ = self._open(shared)
-            for cell, point_ids in groups.items():
-                # only points still unassigned: one written again meanwhile
-                # got its cell from its writer
+            records, offset = [], None
+            while True:
+                batch, offset = shard.scroll(qe.ScrollRequest(
+                    offset=offset, limit=CHUNK, with_payload=False,
+                    with_vector=True, filter=qe.Filter(must=[
+                        qe.FieldCondition(key, match=qe.MatchAny(values))])))
+                records.extend(batch)
+                if offset is None:
+                    return records
+                shard, _ = self._yield_if_wanted(shared)
+
+    def _ensure_rank_index(self):
+        with self._locked() as shared:
+            shard, _ = self._open(shared)
+            if rk.RANK_KEY not in shard.info().payload_schema:
+                shard.update(qe.UpdateOperation.create_field_index(
+                    rk.RANK_KEY, qe.IntegerIndexParams(
+                        lookup=True, range=False)))
+                shared.dirty = True
+
+    def _set_field(self, key, groups, only_lacking):
+        should = _lacking(key).should if only_lacking else None
+        with self._locked() as shared:
+            shard, _ = self._open(shared)
+            for value, point_ids in groups.items():
                 shard.update(qe.UpdateOperation.set_payload_by_filter(
                     qe.Filter(must=[qe.HasIdCondition(set(point_ids))],
-                              should=_UNASSIGNED.should),
-                    {cl.CELL_KEY: int(cell)}))
+                              should=should),
+                    {key: int(value)}))
             shared.dirty = True
-
 
     def _compact(self):
         with self._locked() as shared:
@@ -678,11 +681,12 @@ def _search_params(cells):
         rescore=True, oversampling=cl.OVERSAMPLING))
 
 
-#: points without a cell yet
-_UNASSIGNED = qe.Filter(should=[
-    qe.IsEmptyCondition(cl.CELL_KEY),
-    qe.FieldCondition(cl.CELL_KEY, match=qe.MatchValue(cl.UNASSIGNED)),
-])
+def _lacking(key):
+    """Points without ``key`` yet (or a cell UNASSIGNED)."""
+    return qe.Filter(should=[
+        qe.IsEmptyCondition(key),
+        qe.FieldCondition(key, match=qe.MatchValue(cl.UNASSIGNED)),
+    ])
 
 #: ``{cells.json path: ((mtime, size, inode), Cells)}``
 _cells_cache = {}

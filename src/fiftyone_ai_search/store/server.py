@@ -30,6 +30,7 @@ from qdrant_client.http.exceptions import UnexpectedResponse
 
 from ..config import ENV_PREFIX, redact_url
 from . import cells as cl
+from . import ranks as rk
 from .base import (
     QdrantUnreachableError,
     IndexExistsError,
@@ -561,45 +562,47 @@ class ServerStore(VectorStore):
             for old in stale:
                 self._client.delete_collection(old)
 
-    def _sample_vectors(self, n):
-        found = {}
-        misses = 0
-        while len(found) < n and misses < 3:
-            page = self._call(
-                "query_points", query=models.SampleQuery(
-                    sample=models.Sample.RANDOM),
-                limit=min(ID_CHUNK, n - len(found)), with_vectors=True,
-                with_payload=False).points
-            fresh = [p for p in page if str(p.id) not in found]
-            misses = misses + 1 if len(fresh) < len(page) / 2 else 0
-            found.update((str(p.id), p) for p in fresh)
-        records = list(found.values())
-        if not records:
-            return np.zeros((0, 0), dtype=np.float32)
-        return records_to_matrix(records)
-
-    def _unassigned_points(self, limit):
-        records, _ = self._call("scroll", scroll_filter=_UNASSIGNED,
+    def _points_lacking(self, key, limit, with_vector):
+        records, _ = self._call("scroll", scroll_filter=_lacking(key),
                                 limit=limit, with_payload=False,
-                                with_vectors=True)
+                                with_vectors=with_vector)
         return records
 
-    def _set_cells(self, groups):
+    def _points_in(self, key, values):
+        records, offset = [], None
+        while True:
+            batch, offset = self._call(
+                "scroll", offset=offset, limit=ID_CHUNK, with_payload=False,
+                with_vectors=True, scroll_filter=models.Filter(must=[
+                    models.FieldCondition(
+                        key=key, match=models.MatchAny(any=values))]))
+            records.extend(batch)
+            if offset is None:
+                return records
+
+    def _ensure_rank_index(self):
+        if self._local_lock is not None:  # local mode has no payload indexes
+            return
+        schema = self._call("get_collection").payload_schema or {}
+        if rk.RANK_KEY not in schema:
+            self._call("create_payload_index", field_name=rk.RANK_KEY,
+                       field_schema=models.IntegerIndexParams(
+                           type=models.IntegerIndexType.INTEGER, lookup=True,
+                           range=False), wait=True)
+
+    def _set_field(self, key, groups, only_lacking):
         ops = [
             models.SetPayloadOperation(set_payload=models.SetPayload(
-                payload={cl.CELL_KEY: int(cell)},
-                # only points still unassigned: one written again meanwhile
-                # got its cell from its writer
+                payload={key: int(value)},
                 filter=models.Filter(
                     must=[models.HasIdCondition(has_id=point_ids)],
-                    should=_UNASSIGNED.should)))
-            for cell, point_ids in groups.items()
+                    should=_lacking(key).should if only_lacking else None)))
+            for value, point_ids in groups.items()
         ]
         for start in range(0, len(ops), CELL_OPS):
             self._call("batch_update_points",
                        update_operations=ops[start : start + CELL_OPS],
                        wait=True)
-
 
     def _compact(self):
         pass  # the server's optimizer orders the points by cell itself
@@ -608,9 +611,10 @@ class ServerStore(VectorStore):
 #: ``{(client id, collection): (read at, Cells or None)}``
 _cells_cache = {}
 
-#: points without a cell yet
-_UNASSIGNED = models.Filter(should=[
-    models.IsEmptyCondition(is_empty=models.PayloadField(key=cl.CELL_KEY)),
-    models.FieldCondition(key=cl.CELL_KEY,
-                          match=models.MatchValue(value=cl.UNASSIGNED)),
-])
+def _lacking(key):
+    """Points without ``key`` yet (or a cell UNASSIGNED)."""
+    return models.Filter(should=[
+        models.IsEmptyCondition(is_empty=models.PayloadField(key=key)),
+        models.FieldCondition(key=key,
+                              match=models.MatchValue(value=cl.UNASSIGNED)),
+    ])

@@ -280,6 +280,8 @@ def test_diverse_results_are_labelled_as_such(app, app_dataset):
     assert len(set(labels_of(app_dataset, ids))) >= 20  # 30 classes exist
     text = app.wait_for_text("cluster centre", root=panel(app))
     assert "Latest results: diverse" in text
+    # what the user sees: the grid shows them, not the previous results
+    wait_for_grid(app, app_dataset, ids)
     app.screenshot("06-diverse")
     assert app.console_errors() == []
 

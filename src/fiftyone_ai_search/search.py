@@ -791,11 +791,10 @@ class _BucketWalk:
     def read(self, count=None):
         source = self._source
         start = len(self.rows)
-        per_bucket = max(1.0, source.total / len(self._order))
         while not self.done and (count is None or len(self.rows) < count):
             wanted = (len(self._order) if count is None else
-                      math.ceil((count - len(self.rows)) / per_bucket))
-            buckets = self._order[self._next : self._next + max(1, wanted)]
+                      ranks.buckets_for(count - len(self.rows), source.total))
+            buckets = self._order[self._next : self._next + wanted]
             self._next += len(buckets)
             with source.store.session(keep_open=True):
                 ids, vectors = source.store.get_bucket_vectors(buckets)

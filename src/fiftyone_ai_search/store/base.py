@@ -11,7 +11,6 @@ import contextlib
 import dataclasses
 import itertools
 import logging
-import math
 import re
 import time
 import uuid
@@ -544,9 +543,8 @@ class VectorStore(abc.ABC):
             ranked = self._give_ranks()
             k = cl.num_cells(total)
             wanted = min(total, k * cl.SAMPLE_PER_CELL)
-            per_bucket = total / ranks.BUCKETS
             buckets = ranks.bucket_order(seed)[
-                : max(1, math.ceil(wanted / per_bucket))]
+                : ranks.buckets_for(wanted, total)]
             _, sample = self.get_bucket_vectors(buckets)
             k = min(k, len(sample))
             if not k:

@@ -478,7 +478,8 @@ class EdgeStore(VectorStore):
         return [r for page in self._scroll_pages(limit, None, with_vector)
                 for r in page]
 
-    def _scroll_pages(self, limit, offset=None, with_vector=False):
+    def _scroll_pages(self, limit, offset=None, with_vector=False,
+                      query_filter=None):
         # one hold for all pages, handed over between two of them
         with self._locked() as shared:
             shard, _ = self._open(shared)
@@ -487,6 +488,7 @@ class EdgeStore(VectorStore):
                     qe.ScrollRequest(
                         offset=offset,
                         limit=limit,
+                        filter=query_filter,
                         with_payload=False,
                         with_vector=with_vector,
                     )
@@ -598,18 +600,10 @@ class EdgeStore(VectorStore):
             return records
 
     def _points_in(self, key, values):
-        with self._locked() as shared:
-            shard, _ = self._open(shared)
-            records, offset = [], None
-            while True:
-                batch, offset = shard.scroll(qe.ScrollRequest(
-                    offset=offset, limit=CHUNK, with_payload=False,
-                    with_vector=True, filter=qe.Filter(must=[
-                        qe.FieldCondition(key, match=qe.MatchAny(values))])))
-                records.extend(batch)
-                if offset is None:
-                    return records
-                shard, _ = self._yield_if_wanted(shared)
+        where = qe.Filter(must=[qe.FieldCondition(key,
+                                                  match=qe.MatchAny(values))])
+        return [r for page in self._scroll_pages(CHUNK, None, True, where)
+                for r in page]
 
     def _ensure_rank_index(self):
         with self._locked() as shared:

@@ -20,6 +20,7 @@ as below :data:`MIN_POINTS`.
 """
 
 import hashlib
+import math
 
 import numpy as np
 
@@ -46,3 +47,9 @@ def rank_of(sample_id: str) -> int:
 def bucket_order(seed: int) -> np.ndarray:
     """The seeded order in which a walk visits the buckets."""
     return np.random.default_rng(seed).permutation(BUCKETS)
+
+
+def buckets_for(count: int, total: int) -> int:
+    """How many buckets hold about ``count`` of an index's ``total`` points
+    (all of them, and more, when ``count >= total``)."""
+    return max(1, math.ceil(count * BUCKETS / max(total, 1)))

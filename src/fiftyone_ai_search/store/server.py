@@ -446,12 +446,14 @@ class ServerStore(VectorStore):
         return [r for page in self._scroll_pages(ID_CHUNK, None, with_vector)
                 for r in page]
 
-    def _scroll_pages(self, limit, offset=None, with_vector=False):
+    def _scroll_pages(self, limit, offset=None, with_vector=False,
+                      query_filter=None):
         while True:
             batch, offset = self._call(
                 "scroll",
                 limit=limit,
                 offset=offset,
+                scroll_filter=query_filter,
                 with_payload=False,
                 with_vectors=with_vector,
             )
@@ -569,16 +571,10 @@ class ServerStore(VectorStore):
         return records
 
     def _points_in(self, key, values):
-        records, offset = [], None
-        while True:
-            batch, offset = self._call(
-                "scroll", offset=offset, limit=ID_CHUNK, with_payload=False,
-                with_vectors=True, scroll_filter=models.Filter(must=[
-                    models.FieldCondition(
-                        key=key, match=models.MatchAny(any=values))]))
-            records.extend(batch)
-            if offset is None:
-                return records
+        where = models.Filter(must=[models.FieldCondition(
+            key=key, match=models.MatchAny(any=values))])
+        return [r for page in self._scroll_pages(ID_CHUNK, None, True, where)
+                for r in page]
 
     def _ensure_rank_index(self):
         if self._local_lock is not None:  # local mode has no payload indexes

@@ -48,6 +48,9 @@ def parse_args(argv=None):
                    help="of those, how many the exact scan answers")
     p.add_argument("--brute-force", action="store_true",
                    help="keep a float32 memmap and time numpy on it")
+    p.add_argument("--probes", default="0.01,0.02,0.03,0.08",
+                   help="after maintain, also measure probing these shares "
+                        "of the cells (comma-separated)")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -75,7 +78,8 @@ def main(argv=None):
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(name)s: %(message)s")
-    from fiftyone_ai_search.store import EdgeStore, IndexInfo
+    from fiftyone_ai_search.store import (
+        EdgeStore, IndexInfo, point_id_to_sample_id)
     from fiftyone_ai_search.store import cells as cl
 
     world = ClipLike(args.dim, args.clusters, seed=args.seed,
@@ -142,6 +146,19 @@ def main(argv=None):
                 qi, qt, gi, gt, f"{t_m:.0f} maintain",
                 f"{du_mb(tmp) - _npy_mb(memmap):.0f} MB disk, RSS "
                 f"{rss_mb():.0f} MB ({rss_before:.0f} before maintain)")
+        if cells is not None:
+            for share in (float(x) for x in args.probes.split(",") if x):
+                count = max(1, round(share * len(cells)))
+
+                def probing(q, count=count):
+                    with store.session(keep_open=True):
+                        hits = store._query_points(
+                            q, K, None, None, cells=cells.probe(q, count))
+                    return [int(point_id_to_sample_id(h.id), 16) - 1 for h in hits]
+
+                measure(table, "ours: cells, other probes",
+                        f"{count} of {len(cells)} cells probed ({share:.1%})",
+                        probing, probing, qi, qt, gi, gt)
         if memmap is not None:
             def brute(q):
                 s = np.empty(args.n, dtype=np.float32)

@@ -213,7 +213,10 @@ def test_save_what_is_shown_and_see_it_in_saved_views(app, app_dataset):
     app.wait_for_notification("Saved collection")
     kept = [i for i, _ in ais.get_collection_scores(app_dataset, SAVED)]
     assert kept == shown  # what was on screen, not all the results
-    assert SAVED in app.saved_view_names()  # without a reload
+    # without a reload; the App refetches the dataset a moment after the
+    # notification shows, as a user opening the list would see
+    app.wait(lambda: SAVED in app.saved_view_names(),
+             "the new collection in the saved views list", timeout=10)
     app.wait_for_text("Collections", root=panel(app))
     assert app.console_errors() == []
 
@@ -394,8 +397,9 @@ def test_disable_from_the_panel(app, app_dataset):
     text = app.text(panel(app))
     assert "Latest results" not in text and "Enable AI search" in text
     assert not ais.is_embeddings_enabled(app_dataset)
-    names = app.saved_view_names()
-    assert ais.TEMPORARY_COLLECTION not in names and SAVED in names
+    app.wait(lambda: (lambda names: ais.TEMPORARY_COLLECTION not in names
+                      and SAVED in names)(app.saved_view_names()),
+             "the results gone from the saved views list", timeout=10)
     app.wait_for_count(NUM_SAMPLES)  # the results view went with it
     app.screenshot("07-disabled")
     assert app.console_errors() == []

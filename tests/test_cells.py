@@ -109,6 +109,28 @@ def test_search_is_exact_within_the_probed_cells(index):
                                            for i in ids[:2]}
 
 
+def test_a_query_among_the_images_probes_fewer_cells(index, monkeypatch):
+    """A diverse search's cluster centres lie among the images: a near
+    query scans fewer cells, exactly, and still finds an image's
+    neighbours."""
+    monkeypatch.setattr(cl, "MIN_NEAR_PROBED", 2)
+    x, _ = clustered(3000)
+    ids = make_ids(len(x))
+    index.upsert(ids, x, [{} for _ in ids])
+    index.maintain(min_points=1000)
+    cells = index.cells()
+    where = cells.assign(x)
+    for i in range(0, 3000, 300):
+        q = unit(x[i] + 0.05)
+        near = cells.probe(q, near=True)
+        assert len(near) == cl.num_probed(len(cells), near=True) + 1
+        assert len(near) < len(cells.probe(q))
+        expected, scores = exact_in(ids, x, q, 20, np.isin(where, near))
+        got = index.query(q, 20, near=True)
+        assert_same(got, expected, scores, ids)
+        assert got[0][0] == ids[i]
+
+
 def test_a_small_index_stays_exact(index):
     x, texts = clustered(500)
     ids = make_ids(len(x))
@@ -234,11 +256,13 @@ def test_cells_go_with_the_index(index):
     assert index.query(x[3], 1)[0][0] == ids[3]
 
 
-def _maintain(root, name, chunk):
+def _maintain(root, name, chunk, small_cells=False):
     from fiftyone_ai_search.store import base
 
     base.ASSIGN_CHUNK = chunk  # many small rounds: a kill lands mid-way
     cl.MIN_PROBED = 6
+    if small_cells:
+        _use_small_cells(cl)
     EdgeStore(name, root, lock_timeout=60).maintain(min_points=1000)
 
 
@@ -342,3 +366,214 @@ def test_a_server_collection_is_made_as_configured(monkeypatch):
     monkeypatch.setenv("FIFTYONE_AI_SEARCH_QDRANT_SHARDS", "0")
     with pytest.raises(ValueError, match="qdrant_shards must be >= 1"):
         get_settings()
+
+
+# -- cells learned again as the index grows ------------------------------------
+
+
+def _use_small_cells(module, grace=0.0):
+    """Cells of 25 points: a few thousand points outgrow their cells."""
+    module.POINTS_PER_CELL = 25
+    module.MIN_CELLS = 8
+    module.SWITCH_GRACE_S = grace
+
+
+@pytest.fixture
+def small_cells(monkeypatch):
+    for name, value in (("POINTS_PER_CELL", 25), ("MIN_CELLS", 8),
+                        ("SWITCH_GRACE_S", 0.0)):
+        monkeypatch.setattr(cl, name, value)
+
+
+def stored_cells(index, ids):
+    """The cell value each point carries (what a query's filter reads)."""
+    from fiftyone_ai_search.store import sample_id_to_point_id
+
+    records = index._retrieve_points([sample_id_to_point_id(i) for i in ids],
+                                     with_payload=True, with_vector=False)
+    by_point = {str(r.id): r.payload[cl.CELL_KEY] for r in records}
+    return np.array([by_point[sample_id_to_point_id(i)] for i in ids])
+
+
+def probed_values(cells, q):
+    """What a query must scan: unassigned points, and in each generation of
+    cells (new and, while points move, old) the points of the cells whose
+    centres are nearest the query."""
+    values = [cl.UNASSIGNED]
+    for generation in cells.generations():
+        count = cl.num_probed(len(generation))
+        best = np.argsort(-(generation.centres @ q))[:count]
+        values += (best + generation.ordinal * cl.SPAN).tolist()
+    return values
+
+
+def assert_exact_within_probed(index, ids, x, queries, limit=30):
+    """Each query's results are the exact best of the points whose stored
+    cell it probes (whichever cells, old or new, a point is in)."""
+    where = stored_cells(index, ids)
+    for q in queries:
+        allowed = np.isin(where, probed_values(index.cells(), q))
+        expected, scores = exact_in(ids, x, q, limit, allowed)
+        assert_same(index.query(q, limit), expected, scores, ids)
+
+
+def test_cells_are_learned_again_as_the_index_grows(index, small_cells,
+                                                    monkeypatch):
+    x, texts = clustered(4000)
+    ids = make_ids(len(x))
+    index.upsert(ids[:1000], x[:1000], [{} for _ in range(1000)])
+    index.maintain(min_points=500)
+    first = index.cells()
+    assert first.complete and len(first) == 40 and first.ordinal == 0
+
+    # grown 4x: written with the old cells, which now hold 100 points each
+    index.upsert(ids[1000:], x[1000:], [{} for _ in range(3000)])
+    assert np.isin(stored_cells(index, ids), list(first.values())).all()
+    assert index.maintain(min_points=500) == len(x)  # all of them moved
+    cells = index.cells()
+    assert len(cells) == cl.num_cells(len(x)) == 160
+    assert cells.ordinal == 1 and cells.complete and cells.previous is None
+    assert cells.learned_from == len(x)
+    np.testing.assert_array_equal(stored_cells(index, ids), cells.assign(x))
+    assert len(cells.probe(texts[0])) == cl.num_probed(160) + 1
+    assert_exact_within_probed(index, ids, x, unit(texts[:5]))
+    # not outgrown again: nothing to do
+    assert index.maintain(min_points=500) == 0
+    assert index.cells().generation == cells.generation
+
+
+def test_while_points_move_searches_probe_old_and_new_cells(index,
+                                                            small_cells,
+                                                            monkeypatch):
+    """Mid-move (points in old and new cells) and after it, until the old
+    cells are dropped, a search is exact within the probed cells of both,
+    and a point written meanwhile gets a new cell from its writer."""
+    from fiftyone_ai_search.store import base
+
+    monkeypatch.setattr(cl, "SWITCH_GRACE_S", 3600.0)
+    monkeypatch.setattr(base, "ASSIGN_CHUNK", 500)
+    x, texts = clustered(4200, seed=3)
+    ids = make_ids(len(x))
+    index.upsert(ids[:1000], x[:1000], [{} for _ in range(1000)])
+    index.maintain(min_points=500)
+    index.upsert(ids[1000:4000], x[1000:4000], [{} for _ in range(3000)])
+    checked = []
+
+    def midway(done, _):
+        if done == 1500:  # of 4000: both kinds of points
+            cells = index.cells()
+            assert cells.ordinal == 1 and cells.previous is not None
+            where = stored_cells(index, ids[:4000])
+            assert np.isin(where, list(cells.values())).sum() == 1500
+            assert_exact_within_probed(index, ids[:4000], x[:4000],
+                                       unit(texts[:4]))
+            index.upsert(ids[4000:], x[4000:], [{} for _ in range(200)])
+            checked.append(done)
+
+    index.maintain(min_points=500, progress=midway)
+    assert checked
+    cells = index.cells()
+    assert cells.previous is not None  # kept for the grace period
+    np.testing.assert_array_equal(stored_cells(index, ids), cells.assign(x))
+    assert_exact_within_probed(index, ids, x, unit(texts[:4]))
+    for i in range(4000, 4200, 20):  # written mid-move: found at once
+        assert index.query(x[i], 1)[0][0] == ids[i]
+
+    monkeypatch.setattr(cl, "SWITCH_GRACE_S", 0.0)
+    assert index.maintain(min_points=500) == 0
+    cells = index.cells()
+    assert cells.previous is None and cells.complete
+    assert_exact_within_probed(index, ids, x, unit(texts[:4]))
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.5, 1.5])
+def test_a_move_to_new_cells_killed_at_any_moment_resumes(tmp_path, delay,
+                                                          small_cells):
+    x, texts = clustered(4000, seed=4)
+    ids = make_ids(len(x))
+    store = EdgeStore("moved", tmp_path, lock_timeout=60)
+    store.ensure(INFO)
+    store.upsert(ids[:1000], x[:1000], [{} for _ in range(1000)])
+    store.maintain(min_points=1000)
+    first = store.cells()
+    store.upsert(ids[1000:], x[1000:], [{} for _ in range(3000)])
+    store.close()
+
+    p = SPAWN.Process(target=_maintain,
+                      args=(str(tmp_path), "moved", 128, True))
+    p.start()
+    deadline = time.monotonic() + 120
+    while (store.cells().generation == first.generation and p.is_alive()
+           and time.monotonic() < deadline):
+        time.sleep(0.02)
+    time.sleep(delay)
+    os.kill(p.pid, signal.SIGKILL)
+    p.join()
+
+    # whatever it left: searches right within what they probe
+    assert store.count() == len(x)
+    assert store.cells().searchable
+    assert_exact_within_probed(store, ids, x, unit(texts[:5]))
+    moved = np.isin(stored_cells(store, ids),
+                    list(store.cells().values())).sum()
+
+    # the next pass moves only what is left, and drops the old cells
+    assert store.maintain(min_points=1000) == len(x) - moved
+    cells = store.cells()
+    assert cells.ordinal == 1 and cells.previous is None and cells.complete
+    np.testing.assert_array_equal(stored_cells(store, ids), cells.assign(x))
+    assert_exact_within_probed(store, ids, x, unit(texts[:5]))
+    store.close()
+
+
+def _write_more(root, name, ids, x, started):
+    store = EdgeStore(name, root, lock_timeout=60)
+    started.set()
+    for start in range(0, len(ids), 50):
+        store.upsert(ids[start:start + 50], x[start:start + 50],
+                     [{} for _ in ids[start:start + 50]])
+        time.sleep(0.01)
+    store.close()
+
+
+def test_points_written_by_another_process_during_a_move_are_not_lost(
+        tmp_path, small_cells):
+    """Another process adds points and replaces some that are being moved:
+    none is lost, and each ends in the cell of its latest vector (the move
+    never overwrites what a writer wrote meanwhile)."""
+    x, texts = clustered(5000, seed=5)
+    replaced, _ = clustered(1000, seed=6)
+    ids = make_ids(len(x))
+    store = EdgeStore("busy", tmp_path, lock_timeout=60)
+    store.ensure(INFO)
+    store.upsert(ids[:1000], x[:1000], [{} for _ in range(1000)])
+    store.maintain(min_points=1000)
+    store.upsert(ids[1000:4000], x[1000:4000], [{} for _ in range(3000)])
+    store.close()
+
+    final = x.copy()
+    final[1000:2000] = replaced
+    written = list(range(1000, 2000)) + list(range(4000, 5000))
+    started = SPAWN.Event()
+    writer = SPAWN.Process(target=_write_more, args=(
+        str(tmp_path), "busy", [ids[i] for i in written], final[written],
+        started))
+    mover = SPAWN.Process(target=_maintain,
+                          args=(str(tmp_path), "busy", 128, True))
+    writer.start()
+    started.wait(60)
+    mover.start()
+    writer.join(120)
+    mover.join(120)
+    assert writer.exitcode == 0 and mover.exitcode == 0
+
+    store.maintain(min_points=1000)  # whatever the writer left behind
+    cells = store.cells()
+    assert cells.ordinal == 1 and cells.complete and cells.previous is None
+    assert store.count() == len(x)
+    np.testing.assert_array_equal(stored_cells(store, ids),
+                                  cells.assign(final))
+    for i in range(0, len(x), 97):
+        assert store.query(final[i], 1)[0][0] == ids[i]
+    assert_exact_within_probed(store, ids, final, unit(texts[:5]))
+    store.close()

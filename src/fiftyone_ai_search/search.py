@@ -638,9 +638,9 @@ def _use_id_filter(scope_size, limit, total):
     return scope_size <= min(MAX_FILTERED_SCOPE, HIT_COST * fetched)
 
 
-def _top_k(store, vector, limit, scope, threshold, total):
+def _top_k(store, vector, limit, scope, threshold, total, near=False):
     if scope is None:
-        return store.query(vector, limit, min_score=threshold)
+        return store.query(vector, limit, min_score=threshold, near=near)
     share = None
     if isinstance(scope, _ViewScope) and scope.size is None:
         # counting a view costs ~1 s at 1M samples, more than the search:
@@ -766,7 +766,9 @@ class _IndexSource:
 
     def nearest(self, vector, k):
         with self.store.session(keep_open=True):
-            hits = _top_k(self.store, vector, k, self.scope, None, self.total)
+            # a cluster's centre lies among the images
+            hits = _top_k(self.store, vector, k, self.scope, None, self.total,
+                          near=True)
         if self.bucketed:  # the whole index: every hit is in scope
             return np.array([self._row(i) for i, _ in hits], dtype=int)
         # a sample added meanwhile by a sync is not part of this search

@@ -443,7 +443,7 @@ class VectorStore(abc.ABC):
         """Whether every point has its rank (so that :meth:`get_bucket_vectors`
         walks all of them): true of any index written by this version, and
         of older ones once :meth:`maintain` has run."""
-        return not self._points_lacking(ranks.RANK_KEY, 1, with_vector=False)
+        return not self._points_lacking(ranks.RANK_KEY, 1, False, ())
 
     def get_bucket_vectors(self, buckets):
         """Returns ``(sample_ids, vectors)`` of the points whose rank is one
@@ -470,14 +470,19 @@ class VectorStore(abc.ABC):
         return ids, normalize_rows(records_to_matrix([records[i]
                                                       for i in order]))
 
-    def query(self, vector, limit, sample_ids=None, min_score=None):
-        """Exact nearest neighbours of ``vector`` by cosine similarity.
+    def query(self, vector, limit, sample_ids=None, min_score=None,
+              near=False):
+        """Nearest neighbours of ``vector`` by cosine similarity: exact, or
+        exact within the probed cells of a large index (see
+        :mod:`~fiftyone_ai_search.store.cells`).
 
         Args:
             vector: a ``(dim,)`` array
             limit: the most results to return
             sample_ids (None): restrict the search to these samples
             min_score (None): only return scores ``>= min_score``
+            near (False): whether ``vector`` lies among the images (a
+                centre of a cluster of them): fewer cells are probed
 
         Returns:
             a list of ``(sample_id, score)``, best first
@@ -495,8 +500,8 @@ class VectorStore(abc.ABC):
             # an id filter narrows the search enough: only a search of the
             # whole index is worth the cells
             known = self.cells()
-            if known is not None and known.complete:
-                probed = known.probe(vector)
+            if known is not None and known.searchable:
+                probed = known.probe(vector, near=near)
         points = self._query_points(
             vector,
             limit,
@@ -535,29 +540,27 @@ class VectorStore(abc.ABC):
         """
         known = self.cells()
         ranked = 0
-        if known is None:
+        total = None
+        if known is None or (known.complete and known.previous is None):
             total = self.count()
+        if known is None or cl.outgrown(known, total):
             if total < max(min_points, 1):
                 return 0
             # the learning sample is drawn by rank: seeded, and no id list
             ranked = self._give_ranks()
-            k = cl.num_cells(total)
-            wanted = min(total, k * cl.SAMPLE_PER_CELL)
-            buckets = ranks.bucket_order(seed)[
-                : ranks.buckets_for(wanted, total)]
-            _, sample = self.get_bucket_vectors(buckets)
-            k = min(k, len(sample))
-            if not k:
+            known = self._learn(total, seed, previous=known)
+            if known is None:
                 return 0
-            start = time.monotonic()
-            centres = cl.learn(sample, k, seed=seed)
-            known = cl.Cells(centres, generation=_new_generation(),
-                             learned_from=total)
-            self._write_cells(known)
-            logger.info("AI search index '%s': learned %d cells from %d of "
-                        "its %d points in %.1f s", self.name, k, len(sample),
-                        total, time.monotonic() - start)
+            # a writer that read the cells just before gives its points no
+            # new cell; were it to replace a point between a round's read and
+            # write below, that point would get its old vector's cell
+            time.sleep(self._cells_read_age_s)
 
+        # points lacking a cell of the newest cells: written without one,
+        # or (cells learned again) still in one of the cells they replace
+        lacking = [cl.UNASSIGNED]
+        if known.previous is not None:
+            lacking += list(known.previous.values())
         done = 0
         while True:
             # one session a round, kept open: an embedded index would else
@@ -565,15 +568,15 @@ class VectorStore(abc.ABC):
             # it is still handed over between rounds to whoever waits
             with self.session(keep_open=True):
                 records = self._points_lacking(cl.CELL_KEY, ASSIGN_CHUNK,
-                                               with_vector=True)
+                                               True, lacking)
                 if not records:
                     break
                 where = known.assign(
                     normalize_rows(records_to_matrix(records)))
-                # only points still unassigned: one written again meanwhile
+                # only points still lacking: one written again meanwhile
                 # got its cell from its writer
                 self._set_field(cl.CELL_KEY, _grouped(records, where),
-                                only_lacking=True)
+                                lacking)
             done += len(records)
             if progress is not None:
                 progress(done, None)
@@ -588,9 +591,41 @@ class VectorStore(abc.ABC):
             logger.info("AI search index '%s': %d points given their cell, "
                         "%d their rank, compacted in %.1f s", self.name, done,
                         ranked, time.monotonic() - start)
-        if not known.complete:
+        if known.previous is not None:
+            # the replaced cells go once no writer can still be using them
+            # (what it read is seconds old); until then queries probe both
+            if time.time() - known.learned_at >= cl.SWITCH_GRACE_S:
+                self._write_cells(dataclasses.replace(
+                    known, previous=None, complete=True))
+        elif not known.complete:
             self._write_cells(dataclasses.replace(known, complete=True))
         return done
+
+    def _learn(self, total, seed, previous):
+        """Learns and stores the cells of an index of ``total`` points
+        (replacing the complete ``previous``, or None); returns them, or
+        None for an empty index."""
+        k = cl.num_cells(total)
+        wanted = min(total, k * cl.SAMPLE_PER_CELL)
+        buckets = ranks.bucket_order(seed)[: ranks.buckets_for(wanted, total)]
+        _, sample = self.get_bucket_vectors(buckets)
+        k = min(k, len(sample))
+        if not k:
+            return None
+        start = time.monotonic()
+        centres = cl.learn(sample, k, seed=seed)
+        known = cl.Cells(
+            centres, generation=_new_generation(), learned_from=total,
+            ordinal=0 if previous is None else previous.ordinal + 1,
+            learned_at=time.time(), previous=previous)
+        self._write_cells(known)
+        logger.info("AI search index '%s': learned %d cells from %d of its %d "
+                    "points in %.1f s%s", self.name, k, len(sample), total,
+                    time.monotonic() - start,
+                    "" if previous is None else
+                    f" (it had {len(previous)}, learned from "
+                    f"{previous.learned_from} points)")
+        return known
 
     def _give_ranks(self):
         """Gives their rank to points written without one (by a version
@@ -600,19 +635,24 @@ class VectorStore(abc.ABC):
         while True:
             with self.session(keep_open=True):
                 records = self._points_lacking(ranks.RANK_KEY, RANK_CHUNK,
-                                               with_vector=False)
+                                               False, ())
                 if not records:
                     return ranked
                 where = [ranks.rank_of(point_id_to_sample_id(r.id))
                          for r in records]
                 # a rank is a function of the id: nothing to guard against
                 self._set_field(ranks.RANK_KEY, _grouped(records, where),
-                                only_lacking=False)
+                                None)
             ranked += len(records)
 
     # -- backend hooks -----------------------------------------------------
     # The public methods above validate and convert their arguments; these
     # only talk to the engine. Point ids are those of sample_id_to_point_id().
+
+    #: the most seconds what a writer read of the cells can lag behind them
+    #: where a maintenance round's read and write are not one hold (an
+    #: embedded index's rounds hold its lock: 0)
+    _cells_read_age_s = 0.0
 
     def _not_found(self):
         """The :class:`IndexNotFoundError` to raise for this index."""
@@ -698,10 +738,10 @@ class VectorStore(abc.ABC):
         and makes sure the cell key has its payload index."""
 
     @abc.abstractmethod
-    def _points_lacking(self, key, limit, with_vector):
+    def _points_lacking(self, key, limit, with_vector, values):
         """Up to ``limit`` records (``id``, and ``vector`` if asked) of
-        points whose payload ``key`` is missing or
-        :data:`~fiftyone_ai_search.store.cells.UNASSIGNED`."""
+        points whose payload ``key`` is missing or one of ``values`` (a
+        sequence of ints, possibly empty)."""
 
     @abc.abstractmethod
     def _points_in(self, key, values):
@@ -719,11 +759,12 @@ class VectorStore(abc.ABC):
         by itself."""
 
     @abc.abstractmethod
-    def _set_field(self, key, groups, only_lacking):
+    def _set_field(self, key, groups, lacking):
         """Sets the payload ``key`` of points: ``groups`` is
-        ``{value: [point_id, ...]}``. With ``only_lacking``, only of points
-        that still lack it (as :meth:`_points_lacking` tells): a point
-        written again meanwhile got its value from its writer."""
+        ``{value: [point_id, ...]}``. With ``lacking`` (the ``values`` of
+        :meth:`_points_lacking`, else None), only of points that still lack
+        it: a point written again meanwhile got its value from its
+        writer."""
 
 
 def _grouped(records, values):

@@ -28,9 +28,16 @@ seeded random sample (a few rank buckets, see
 already there are then assigned their cell in batches. Only once every
 point has a cell (or :data:`UNASSIGNED`) does a search use them, so a
 maintenance pass killed at any line leaves a working (exact) index.
+
+As the index grows, its cells are learned again (:func:`outgrown`): the new
+cells are stored beside the old, every point written meanwhile gets a new
+cell, the upkeep moves the others, and queries probe both until all have
+moved (see :class:`Cells`). The index stays approximate, fast and right
+throughout, and a move killed at any line resumes where it stopped.
 """
 
 import dataclasses
+from typing import Optional
 
 import numpy as np
 
@@ -66,6 +73,13 @@ SAMPLE_PER_CELL = 64
 PROBE_SHARE = 0.05
 MIN_PROBED = 64
 
+#: the same for a query that lies among the images (a cluster centre of a
+#: diverse search): its neighbours are in the few cells nearest it. Measured
+#: (recall@100 of image queries): 210k points in 420 cells, 2 probed 0.999,
+#: 4 probed 1.0; see bench/README.md for 1M and 10M
+NEAR_PROBE_SHARE = 0.01
+MIN_NEAR_PROBED = 8
+
 #: the int8 copy of the vectors (both backends) clips each coordinate to
 #: this quantile
 QUANTILE = 0.99
@@ -77,6 +91,21 @@ OVERSAMPLING = 2.0
 #: k-means (Lloyd) iterations on the sample
 ITERATIONS = 12
 
+#: the values of one generation of cells: ``ordinal * SPAN + cell``
+SPAN = 1 << 20
+
+#: cells are learned again once the index holds this many times the points
+#: they were learned from, and would be split into more cells: cells learned
+#: at 200k points would otherwise hold ~25k points each at 10M, and every
+#: query would scan 5% of 10M points instead of ~2,000 cells' worth
+RELEARN_GROWTH = 2.0
+
+#: the cells replaced by a new learning stay probed for at least this long
+#: after it (seconds): a process writing points uses what it read of the
+#: cells, which is at most a few seconds old (the server backend caches it
+#: for ``CELLS_TTL``)
+SWITCH_GRACE_S = 60.0
+
 
 def num_cells(num_points):
     """How many cells an index of ``num_points`` points is split into."""
@@ -84,54 +113,126 @@ def num_cells(num_points):
                        MAX_CELLS))
 
 
-def num_probed(cells):
-    """How many of ``cells`` cells a query scans."""
-    return int(min(cells, max(MIN_PROBED, round(PROBE_SHARE * cells))))
+def outgrown(cells, num_points):
+    """Whether an index of ``num_points`` points has outgrown its complete
+    ``cells``: it holds :data:`RELEARN_GROWTH` times the points they were
+    learned from, and would be split into more cells."""
+    return (cells.complete and cells.previous is None
+            and num_points >= RELEARN_GROWTH * max(cells.learned_from, 1)
+            and num_cells(num_points) > len(cells))
+
+
+def num_probed(cells, near=False):
+    """How many of ``cells`` cells a query scans; ``near``: a query among
+    the images (see :data:`NEAR_PROBE_SHARE`)."""
+    share, least = ((NEAR_PROBE_SHARE, MIN_NEAR_PROBED) if near
+                    else (PROBE_SHARE, MIN_PROBED))
+    return int(min(cells, max(least, round(share * cells))))
 
 
 @dataclasses.dataclass(frozen=True)
 class Cells:
     """The cells of an index.
 
+    A point's cell is stored as a *value* that also names the cells'
+    generation: ``ordinal * SPAN + cell``. Cells learned again (the index
+    grew, see :data:`RELEARN_GROWTH`) get the next ordinal, and keep the
+    cells they replace as :attr:`previous` until every point has moved:
+    meanwhile a query probes both (each point is in one), so searches keep
+    their recall and speed through the move, and a move killed at any line
+    leaves a working index.
+
     Args:
         centres: a ``(k, dim)`` float32 array of unit centres
         generation: a number that changes whenever the cells are learned
             again, so a process notices new cells
-        complete (False): whether every point of the index has its cell
-            (or :data:`UNASSIGNED`); only then do searches use the cells
+        complete (False): whether every point of the index has a cell of
+            these (or :data:`UNASSIGNED`)
         learned_from (0): how many points the index held when they were
             learned
+        ordinal (0): how many times the index's cells were learned before
+        learned_at (0.0): when they were learned (``time.time()``)
+        previous (None): the complete cells these replace, while points
+            still carry those
     """
 
     centres: np.ndarray
     generation: int
     complete: bool = False
     learned_from: int = 0
+    ordinal: int = 0
+    learned_at: float = 0.0
+    previous: Optional["Cells"] = None
 
     def __len__(self):
         return len(self.centres)
 
+    @property
+    def offset(self):
+        """The value of cell 0 of these cells."""
+        return self.ordinal * SPAN
+
+    @property
+    def searchable(self):
+        """Whether a query may scan only probed cells: every point has a
+        cell of these, of :attr:`previous`, or :data:`UNASSIGNED`."""
+        return self.complete or self.previous is not None
+
+    def values(self):
+        """The values of all these cells."""
+        return range(self.offset, self.offset + len(self))
+
+    def generations(self):
+        """These cells and, while points move, the ones they replace."""
+        return [self] + ([] if self.previous is None else [self.previous])
+
     def to_dict(self):
         """What is kept beside the centres (JSON)."""
         return {"generation": self.generation, "complete": self.complete,
-                "learned_from": self.learned_from, "count": len(self)}
+                "learned_from": self.learned_from, "count": len(self),
+                "ordinal": self.ordinal, "learned_at": self.learned_at,
+                "previous": (None if self.previous is None
+                             else self.previous.to_dict())}
+
+    @classmethod
+    def from_dict(cls, meta, centres_of):
+        """The cells of :meth:`to_dict`'s ``meta``, their centres read by
+        ``centres_of(meta)`` (None if they are gone: then None)."""
+        previous = None
+        if meta.get("previous"):
+            previous = cls.from_dict(meta["previous"], centres_of)
+            if previous is None:
+                return None
+        centres = centres_of(meta)
+        if centres is None:
+            return None
+        return cls(centres, generation=int(meta["generation"]),
+                   complete=bool(meta["complete"]),
+                   learned_from=int(meta.get("learned_from", 0)),
+                   ordinal=int(meta.get("ordinal", 0)),
+                   learned_at=float(meta.get("learned_at", 0.0)),
+                   previous=previous)
 
     def assign(self, vectors):
-        """The cell of each of the unit ``vectors`` (``(n, dim)``): the one
-        with the most similar centre."""
-        return _nearest_centres(vectors, self.centres)
+        """The cell value of each of the unit ``vectors`` (``(n, dim)``):
+        the cell with the most similar centre."""
+        return _nearest_centres(vectors, self.centres) + self.offset
 
-    def probe(self, vector, count=None):
-        """The cells a query ``vector`` scans: the ``count`` (default
-        :func:`num_probed`) whose centres are most similar to it, and
-        :data:`UNASSIGNED`."""
-        count = num_probed(len(self)) if count is None else count
+    def probe(self, vector, count=None, near=False):
+        """The cell values a query ``vector`` scans: :data:`UNASSIGNED`, the
+        ``count`` (default :func:`num_probed`, of ``near``) cells whose
+        centres are most similar to it, and those :attr:`previous` probes by
+        itself."""
+        count = num_probed(len(self), near) if count is None else count
         scores = self.centres @ vector
         if count < len(scores):
             best = np.argpartition(-scores, count - 1)[:count]
         else:
             best = np.arange(len(scores))
-        return [UNASSIGNED] + sorted(int(c) for c in best)
+        probed = [UNASSIGNED] + sorted(int(c) + self.offset for c in best)
+        if self.previous is not None:
+            probed += self.previous.probe(vector, near=near)[1:]
+        return probed
 
 
 #: rows scored against the centres at a time (bounds the memory of a

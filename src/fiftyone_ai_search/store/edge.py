@@ -543,12 +543,18 @@ class EdgeStore(VectorStore):
         try:
             with open(self._cells_path) as f:
                 meta = json.load(f)
-            centres = np.load(self._centres_path(meta["generation"]))
         except FileNotFoundError:
             return None  # dropped meanwhile
-        cells = cl.Cells(centres, generation=int(meta["generation"]),
-                         complete=bool(meta["complete"]),
-                         learned_from=int(meta.get("learned_from", 0)))
+
+        def centres_of(meta):
+            try:
+                return np.load(self._centres_path(meta["generation"]))
+            except FileNotFoundError:
+                return None  # dropped meanwhile
+
+        cells = cl.Cells.from_dict(meta, centres_of)
+        if cells is None:
+            return None
         _cells_cache[self._cells_path] = (key, cells)
         return cells
 
@@ -570,15 +576,17 @@ class EdgeStore(VectorStore):
                     cl.CELL_KEY, qe.IntegerIndexParams(
                         lookup=True, range=False, is_principal=True)))
                 shared.dirty = True
-            path = self._centres_path(cells.generation)
-            if not os.path.exists(path):
-                tmp = f"{path}.{os.getpid()}.tmp.npy"
-                np.save(tmp, cells.centres)
-                os.replace(tmp, path)
+            kept = set()
+            for generation in cells.generations():
+                path = self._centres_path(generation.generation)
+                kept.add(os.path.basename(path))
+                if not os.path.exists(path):
+                    tmp = f"{path}.{os.getpid()}.tmp.npy"
+                    np.save(tmp, generation.centres)
+                    os.replace(tmp, path)
             _write_json_atomic(self._cells_path, cells.to_dict())
             for name in os.listdir(self.path):
-                if (name.startswith("cells-")
-                        and name != os.path.basename(path)):
+                if name.startswith("cells-") and name not in kept:
                     with contextlib.suppress(FileNotFoundError):
                         os.remove(os.path.join(self.path, name))
 
@@ -591,11 +599,11 @@ class EdgeStore(VectorStore):
                     with contextlib.suppress(FileNotFoundError):
                         os.remove(os.path.join(self.path, name))
 
-    def _points_lacking(self, key, limit, with_vector):
+    def _points_lacking(self, key, limit, with_vector, values):
         with self._locked() as shared:
             shard, _ = self._open(shared)
             records, _ = shard.scroll(qe.ScrollRequest(
-                limit=limit, filter=_lacking(key), with_payload=False,
+                limit=limit, filter=_lacking(key, values), with_payload=False,
                 with_vector=with_vector))
             return records
 
@@ -614,8 +622,8 @@ class EdgeStore(VectorStore):
                         lookup=True, range=False)))
                 shared.dirty = True
 
-    def _set_field(self, key, groups, only_lacking):
-        should = _lacking(key).should if only_lacking else None
+    def _set_field(self, key, groups, lacking):
+        should = None if lacking is None else _lacking(key, lacking).should
         with self._locked() as shared:
             shard, _ = self._open(shared)
             for value, point_ids in groups.items():
@@ -675,12 +683,12 @@ def _search_params(cells):
         rescore=True, oversampling=cl.OVERSAMPLING))
 
 
-def _lacking(key):
-    """Points without ``key`` yet (or a cell UNASSIGNED)."""
-    return qe.Filter(should=[
-        qe.IsEmptyCondition(key),
-        qe.FieldCondition(key, match=qe.MatchValue(cl.UNASSIGNED)),
-    ])
+def _lacking(key, values):
+    """Points without ``key`` yet, or with one of ``values``."""
+    should = [qe.IsEmptyCondition(key)]
+    if values:
+        should.append(qe.FieldCondition(key, match=qe.MatchAny(list(values))))
+    return qe.Filter(should=should)
 
 #: ``{cells.json path: ((mtime, size, inode), Cells)}``
 _cells_cache = {}

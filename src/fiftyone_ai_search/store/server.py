@@ -502,6 +502,12 @@ class ServerStore(VectorStore):
     def _cells_prefix(self):
         return f"{self.collection_name}__cells_"
 
+    @property
+    def _cells_read_age_s(self):
+        # another process's cache, and one upsert in flight; a local
+        # (:memory:, path) client has no other process
+        return 0.0 if self._local_lock is not None else 2 * CELLS_TTL
+
     def _read_cells(self):
         cached = _cells_cache.get(self._cells_key)
         if cached is not None and time.monotonic() - cached[0] < CELLS_TTL:
@@ -513,15 +519,14 @@ class ServerStore(VectorStore):
         except IndexNotFoundError:
             meta = None
         if meta:
-            previous = cached[1] if cached is not None else None
-            if previous is not None and previous.generation == meta["generation"]:
-                centres = previous.centres
-            else:
-                centres = self._read_centres(meta)
-            if centres is not None:
-                cells = cl.Cells(centres, generation=int(meta["generation"]),
-                                 complete=bool(meta["complete"]),
-                                 learned_from=int(meta.get("learned_from", 0)))
+            # centres never change for a generation: those read before are
+            # kept
+            known = {} if cached is None or cached[1] is None else {
+                g.generation: g.centres for g in cached[1].generations()}
+            cells = cl.Cells.from_dict(
+                meta, lambda m: (known[m["generation"]]
+                                 if m["generation"] in known
+                                 else self._read_centres(m)))
         _cells_cache[self._cells_key] = (time.monotonic(), cells)
         return cells
 
@@ -540,16 +545,19 @@ class ServerStore(VectorStore):
         return records_to_matrix(records)
 
     def _write_cells(self, cells):
-        name = f"{self._cells_prefix}{cells.generation}"
-        with self._guard():
-            if not self._client.collection_exists(name):
-                self._client.create_collection(
-                    name, vectors_config=models.VectorParams(
-                        size=cells.centres.shape[1],
-                        distance=models.Distance.COSINE))
-                self._client.upsert(name, points=models.Batch(
-                    ids=list(range(len(cells))),
-                    vectors=cells.centres.tolist()), wait=True)
+        kept = set()
+        for generation in cells.generations():
+            name = f"{self._cells_prefix}{generation.generation}"
+            kept.add(name)
+            with self._guard():
+                if not self._client.collection_exists(name):
+                    self._client.create_collection(
+                        name, vectors_config=models.VectorParams(
+                            size=generation.centres.shape[1],
+                            distance=models.Distance.COSINE))
+                    self._client.upsert(name, points=models.Batch(
+                        ids=list(range(len(generation))),
+                        vectors=generation.centres.tolist()), wait=True)
         if self._local_lock is None:  # local mode has no payload indexes
             # principal: the server keeps each cell's points together
             self._call("create_payload_index", field_name=cl.CELL_KEY,
@@ -560,12 +568,13 @@ class ServerStore(VectorStore):
         _cells_cache.pop(self._cells_key, None)
         with self._guard():
             stale = [c.name for c in self._client.get_collections().collections
-                     if c.name.startswith(self._cells_prefix) and c.name != name]
+                     if c.name.startswith(self._cells_prefix)
+                     and c.name not in kept]
             for old in stale:
                 self._client.delete_collection(old)
 
-    def _points_lacking(self, key, limit, with_vector):
-        records, _ = self._call("scroll", scroll_filter=_lacking(key),
+    def _points_lacking(self, key, limit, with_vector, values):
+        records, _ = self._call("scroll", scroll_filter=_lacking(key, values),
                                 limit=limit, with_payload=False,
                                 with_vectors=with_vector)
         return records
@@ -586,13 +595,14 @@ class ServerStore(VectorStore):
                            type=models.IntegerIndexType.INTEGER, lookup=True,
                            range=False), wait=True)
 
-    def _set_field(self, key, groups, only_lacking):
+    def _set_field(self, key, groups, lacking):
         ops = [
             models.SetPayloadOperation(set_payload=models.SetPayload(
                 payload={key: int(value)},
                 filter=models.Filter(
                     must=[models.HasIdCondition(has_id=point_ids)],
-                    should=_lacking(key).should if only_lacking else None)))
+                    should=(None if lacking is None
+                            else _lacking(key, lacking).should))))
             for value, point_ids in groups.items()
         ]
         for start in range(0, len(ops), CELL_OPS):
@@ -607,10 +617,10 @@ class ServerStore(VectorStore):
 #: ``{(client id, collection): (read at, Cells or None)}``
 _cells_cache = {}
 
-def _lacking(key):
-    """Points without ``key`` yet (or a cell UNASSIGNED)."""
-    return models.Filter(should=[
-        models.IsEmptyCondition(is_empty=models.PayloadField(key=key)),
-        models.FieldCondition(key=key,
-                              match=models.MatchValue(value=cl.UNASSIGNED)),
-    ])
+def _lacking(key, values):
+    """Points without ``key`` yet, or with one of ``values``."""
+    should = [models.IsEmptyCondition(is_empty=models.PayloadField(key=key))]
+    if values:
+        should.append(models.FieldCondition(
+            key=key, match=models.MatchAny(any=list(values))))
+    return models.Filter(should=should)

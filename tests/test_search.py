@@ -324,6 +324,39 @@ def test_each_search_rewrites_the_temporary_collection_in_place(indexed):
         "id") == expected
 
 
+def test_the_upkeep_sweeps_scores_left_behind(indexed):
+    """Scores whose saved view is gone (left by an earlier version, or a
+    view deleted through FiftyOne) go in the next upkeep pass, once an hour
+    old; a younger one may be a collection being saved, and stays."""
+    import datetime
+
+    from bson import ObjectId
+
+    from fiftyone_ai_search import collections as colls
+
+    ais.perform_ai_search(indexed, prompt="a red circle", limit=5)
+    key = colls.st.dataset_key(indexed)
+    now = colls.st.utcnow()
+    old, young = str(ObjectId()), str(ObjectId())
+    for view_id, age in ((old, 2), (young, 0.5)):
+        colls._scores().insert_one({
+            "dataset_id": key, "view_id": view_id, "sample_ids": [],
+            "scores": [], "query": {},
+            "created_at": now - datetime.timedelta(hours=age)})
+    # the live collection is old too: it stays
+    live = colls._view_id(indexed, ais.TEMPORARY_COLLECTION)
+    colls._scores().update_one(
+        {"dataset_id": key, "view_id": live},
+        {"$set": {"created_at": now - datetime.timedelta(hours=3)}})
+
+    ais.maintain_index(indexed)
+    left = {d["view_id"] for d in colls._scores().find({"dataset_id": key})}
+    assert old not in left and {young, live} <= left
+    assert len(ais.get_collection_scores(indexed,
+                                         ais.TEMPORARY_COLLECTION)) == 5
+    colls._scores().delete_one({"dataset_id": key, "view_id": young})
+
+
 def test_collections_lifecycle(tmp_path):
     dataset = shapes_dataset(tmp_path, num_samples=60)
     ais.calculate_embeddings(dataset, wait=True, progress=False)

@@ -387,6 +387,30 @@ def _delete(dataset, name, view_id):
     )
 
 
+#: scores whose saved view is gone are swept once this old: a collection's
+#: scores are written just after its saved view, so a younger one may belong
+#: to a view being saved right now
+ORPHAN_AGE = datetime.timedelta(hours=1)
+
+
+def sweep_orphaned_scores(dataset):
+    """Deletes the scores left behind by collections whose saved view is
+    gone: one per search by earlier builds (which made the temporary
+    collection anew each time), or a saved view deleted through FiftyOne
+    rather than :func:`delete_collection`. Run by the background upkeep.
+
+    Returns:
+        how many were deleted
+    """
+    dataset._doc.reload("saved_views")
+    live = [str(doc.id) for doc in dataset._doc.saved_views]
+    return _scores().delete_many({
+        "dataset_id": st.dataset_key(dataset),
+        "view_id": {"$nin": live},
+        "created_at": {"$lt": st.utcnow() - ORPHAN_AGE},
+    }).deleted_count
+
+
 def delete_collections_of(dataset_id):
     """Deletes the scores of every collection of the dataset with this id,
     also of one that no longer exists (saved views are left to FiftyOne:

@@ -59,7 +59,9 @@ def open_index(dataset, settings=None, doc=None):
 def maintain_index(dataset, settings=None, min_points=None):
     """The background upkeep of the approximate search of ``dataset``'s
     index (see :meth:`fiftyone_ai_search.store.VectorStore.maintain`):
-    learns its cells once it is large enough, and gives new points theirs.
+    learns its cells once it is large enough (again as it grows), and gives
+    new points theirs; and sweeps scores left behind by deleted collections
+    (see :func:`fiftyone_ai_search.collections.sweep_orphaned_scores`).
     The worker runs it after each sync, the refresher on each pass; searches
     stay correct (exact where no cells are complete) at any point of it.
 
@@ -75,9 +77,12 @@ def maintain_index(dataset, settings=None, min_points=None):
     from .store import IndexNotFoundError
     from .store import cells
 
+    from .collections import sweep_orphaned_scores
+
     doc = st.get(dataset)
     if doc is None or not doc.get("enabled") or not doc.get("index"):
         return 0
+    sweep_orphaned_scores(dataset)
     store = open_ref(doc["index"], settings)
     try:
         return store.maintain(

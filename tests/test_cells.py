@@ -371,11 +371,23 @@ def test_a_server_collection_is_made_as_configured(monkeypatch):
 # -- cells learned again as the index grows ------------------------------------
 
 
-def _use_small_cells(module, grace=0.0):
+def _use_small_cells(module):
     """Cells of 25 points: a few thousand points outgrow their cells."""
     module.POINTS_PER_CELL = 25
     module.MIN_CELLS = 8
-    module.SWITCH_GRACE_S = grace
+    module.SWITCH_GRACE_S = 0.0
+
+
+def outgrown(tmp_path, name, ids, x, grown_to):
+    """An embedded index whose cells were learned from its first 1000
+    points, grown to ``grown_to`` since (written with those cells)."""
+    store = EdgeStore(name, tmp_path, lock_timeout=60)
+    store.ensure(INFO)
+    store.upsert(ids[:1000], x[:1000], [{} for _ in range(1000)])
+    store.maintain(min_points=1000)
+    store.upsert(ids[1000:grown_to], x[1000:grown_to],
+                 [{} for _ in range(grown_to - 1000)])
+    return store
 
 
 @pytest.fixture
@@ -491,12 +503,8 @@ def test_a_move_to_new_cells_killed_at_any_moment_resumes(tmp_path, delay,
                                                           small_cells):
     x, texts = clustered(4000, seed=4)
     ids = make_ids(len(x))
-    store = EdgeStore("moved", tmp_path, lock_timeout=60)
-    store.ensure(INFO)
-    store.upsert(ids[:1000], x[:1000], [{} for _ in range(1000)])
-    store.maintain(min_points=1000)
+    store = outgrown(tmp_path, "moved", ids, x, 4000)
     first = store.cells()
-    store.upsert(ids[1000:], x[1000:], [{} for _ in range(3000)])
     store.close()
 
     p = SPAWN.Process(target=_maintain,
@@ -544,11 +552,7 @@ def test_points_written_by_another_process_during_a_move_are_not_lost(
     x, texts = clustered(5000, seed=5)
     replaced, _ = clustered(1000, seed=6)
     ids = make_ids(len(x))
-    store = EdgeStore("busy", tmp_path, lock_timeout=60)
-    store.ensure(INFO)
-    store.upsert(ids[:1000], x[:1000], [{} for _ in range(1000)])
-    store.maintain(min_points=1000)
-    store.upsert(ids[1000:4000], x[1000:4000], [{} for _ in range(3000)])
+    store = outgrown(tmp_path, "busy", ids, x, 4000)
     store.close()
 
     final = x.copy()

@@ -432,6 +432,33 @@ def main(argv=None):
                     print(f"  !! diverse {label}: not reproducible")
             table.add(f"(d) diverse {label}", statistics.median(runs), None,
                       f"{len(first)} picked")
+            if label.endswith("100 clusters"):
+                near_picks = first
+
+        if args.cells:
+            # the centre queries of a diverse search probe fewer cells than
+            # a prompt's (they lie among the images): what that saves, and
+            # whether it changes the picks
+            from fiftyone_ai_search.store import cells as cl
+
+            saved = cl.NEAR_PROBE_SHARE, cl.MIN_NEAR_PROBED
+            cl.NEAR_PROBE_SHARE, cl.MIN_NEAR_PROBED = (cl.PROBE_SHARE,
+                                                       cl.MIN_PROBED)
+            try:
+                runs = []
+                for i in range(args.diverse_repeat):
+                    t, name = timed_once(lambda: ais.perform_ai_search(
+                        dataset, limit=LIMIT, method="centroids",
+                        clustering_method="kmeans", num_clusters=100))
+                    runs.append(t)
+            finally:
+                cl.NEAR_PROBE_SHARE, cl.MIN_NEAR_PROBED = saved
+            picked = ais.get_collection_scores(dataset, name)
+            same = len({i for i, _ in picked} & {i for i, _ in near_picks})
+            table.add("(d) diverse centroids, kmeans, 100 clusters, centre "
+                      "queries probing as many cells as a prompt",
+                      statistics.median(runs), None,
+                      f"{same} of {len(picked)} picks the same")
 
         # what reading every vector of the scope costs (the result is the
         # same; with cells, only within the probed cells)

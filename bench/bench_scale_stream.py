@@ -51,6 +51,10 @@ def parse_args(argv=None):
     p.add_argument("--probes", default="0.01,0.02,0.03,0.08",
                    help="after maintain, also measure probing these shares "
                         "of the cells (comma-separated)")
+    p.add_argument("--diverse", action="store_true",
+                   help="also time diverse search (limit 100; 10 and 100 "
+                        "clusters), its centre queries probing 1%% of the "
+                        "cells (as shipped) and 5%% (as a prompt)")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -159,6 +163,8 @@ def main(argv=None):
                 measure(table, "ours: cells, other probes",
                         f"{count} of {len(cells)} cells probed ({share:.1%})",
                         probing, probing, qi, qt, gi, gt)
+        if args.diverse:
+            bench_diverse(store, cl)
         if memmap is not None:
             def brute(q):
                 s = np.empty(args.n, dtype=np.float32)
@@ -173,6 +179,39 @@ def main(argv=None):
         table.print()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def bench_diverse(store, cl):
+    """Store-level diverse search, warm, medians of 2 seeds: what probing
+    fewer cells for the centre queries saves, and whether it changes the
+    picks."""
+    import statistics
+
+    from fiftyone_ai_search import search
+
+    def timed(clusters, seed):
+        t0 = time.perf_counter()
+        ids, _ = search.diverse_sample(store, K, num_clusters=clusters,
+                                       seed=seed)
+        return time.perf_counter() - t0, ids
+
+    search.diverse_sample(store, K, num_clusters=10)  # warm
+    as_prompt = (cl.PROBE_SHARE, cl.MIN_PROBED)
+    shipped = (cl.NEAR_PROBE_SHARE, cl.MIN_NEAR_PROBED)
+    print("| diverse, centroids, kmeans, limit 100 | centre queries probe | "
+          "median s | picks in common |\n|---|---|---|---|")
+    for clusters in (10, 100):
+        picks = {}
+        for label, probes in (("1%, at least 8", shipped),
+                              ("5%, at least 64", as_prompt)):
+            cl.NEAR_PROBE_SHARE, cl.MIN_NEAR_PROBED = probes
+            runs = [timed(clusters, seed) for seed in (0, 1)]
+            picks[label] = runs[0][1]
+            common = len(set(runs[0][1]) & set(picks["1%, at least 8"]))
+            print(f"| {clusters} clusters | {label} | "
+                  f"{statistics.median(r[0] for r in runs):.2f} | "
+                  f"{common} of {len(runs[0][1])} |", flush=True)
+        cl.NEAR_PROBE_SHARE, cl.MIN_NEAR_PROBED = shipped
 
 
 def _npy_mb(memmap):

@@ -764,7 +764,8 @@ class VectorStore(abc.ABC):
         ``{value: [point_id, ...]}``. With ``lacking`` (the ``values`` of
         :meth:`_points_lacking`, else None), only of points that still lack
         it: a point written again meanwhile got its value from its
-        writer."""
+        writer (a backend whose rounds hold the index from read to write
+        needs no such guard)."""
 
 
 def _grouped(records, values):

@@ -131,6 +131,22 @@ def test_a_query_among_the_images_probes_fewer_cells(index, monkeypatch):
         assert got[0][0] == ids[i]
 
 
+def test_diverse_search_probes_fewer_cells_only_for_small_groups(index):
+    """The centre of a group that fits in the cells a near query probes
+    lies among the images; the centre of a large group does not (it lies
+    between many kinds of images, as a prompt does)."""
+    x, _ = clustered(3000)
+    ids = make_ids(len(x))
+    index.upsert(ids, x, [{} for _ in ids])
+    source = search._IndexSource(index, None)
+    assert not source._near(0.001)  # no cells yet: every query is exact
+    index.maintain(min_points=1000)
+    cells = index.cells()
+    fits = cl.num_probed(len(cells), near=True) / len(cells)
+    assert source._near(fits) and source._near(fits / 2)
+    assert not source._near(2 * fits) and not source._near(None)
+
+
 def test_a_small_index_stays_exact(index):
     x, texts = clustered(500)
     ids = make_ids(len(x))

@@ -116,9 +116,11 @@ class ArraySource:
     -   ``fetch(rows)``: ``(rows, vectors)`` of those of ``rows`` that have a
         vector, in the order given, as an int array and an ``(n, dim)``
         float32 array of unit rows;
-    -   ``nearest(vector, k)``: the rows of the ``k`` vectors most similar
-        (cosine) to a unit ``vector``, best first (fewer when there are not
-        ``k``);
+    -   ``nearest(vector, k, share=None)``: the rows of the ``k`` vectors
+        most similar (cosine) to a unit ``vector``, best first (fewer when
+        there are not ``k``); ``share``: the vector is the centre of a group
+        of about this share of the rows (an approximate source may then
+        search less widely for a small group);
     -   ``walk(seed)``: a :class:`Walk` (or an object that behaves as one)
         over all rows.
     """
@@ -134,7 +136,7 @@ class ArraySource:
         rows = np.asarray(rows, dtype=int)
         return rows, self.vectors[rows]
 
-    def nearest(self, vector, k):
+    def nearest(self, vector, k, share=None):
         scores = self.vectors @ vector
         order = np.lexsort((np.arange(len(scores)), -scores))  # stable
         return order[:k]
@@ -495,8 +497,10 @@ class _Picker:
             self.read_all()
             return
         self.query_size[g] = k
-        rows = np.asarray(self.source.nearest(self.groups.centres[g], k),
-                          dtype=int)
+        share = (sum(1 for group, _ in self.known.values() if group == g)
+                 / max(len(self.known), 1))
+        rows = np.asarray(self.source.nearest(self.groups.centres[g], k,
+                                              share=share), dtype=int)
         self._fetch(rows)
         self.lists[g] = [r for r in rows.tolist()
                          if self.known.get(r, (None,))[0] == g]

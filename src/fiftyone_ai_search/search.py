@@ -21,6 +21,7 @@ from . import state as st
 from . import validate
 from .embeddings import model_label, require_index
 from .store import IndexMismatchError, IndexNotFoundError
+from .store import cells as cl
 from .store import ranks
 
 logger = logging.getLogger(__name__)
@@ -764,16 +765,28 @@ class _IndexSource:
         return (np.array(found, dtype=int),
                 np.stack([self._vectors.pop(r) for r in found]))
 
-    def nearest(self, vector, k):
+    def nearest(self, vector, k, share=None):
         with self.store.session(keep_open=True):
-            # a cluster's centre lies among the images
             hits = _top_k(self.store, vector, k, self.scope, None, self.total,
-                          near=True)
+                          near=self._near(share))
         if self.bucketed:  # the whole index: every hit is in scope
             return np.array([self._row(i) for i, _ in hits], dtype=int)
         # a sample added meanwhile by a sync is not part of this search
         rows = [self._rows.get(sample_id) for sample_id, _ in hits]
         return np.array([r for r in rows if r is not None], dtype=int)
+
+
+    def _near(self, share):
+        """Whether the centre of a group of ``share`` of the index lies
+        among the images, so that probing fewer cells finds its nearest
+        members: a group that fits in the cells a near query probes. (The
+        centre of a large group lies between many kinds of images, as a
+        prompt does; measured at 1M: with 10 groups, 49 of 100 picks
+        changed when it probed fewer cells, with 100 groups 8.)"""
+        cells = self.store.cells()
+        if share is None or cells is None:
+            return False
+        return share <= cl.num_probed(len(cells), near=True) / len(cells)
 
 
 class _BucketWalk:

@@ -73,10 +73,11 @@ SAMPLE_PER_CELL = 64
 PROBE_SHARE = 0.05
 MIN_PROBED = 64
 
-#: the same for a query that lies among the images (a cluster centre of a
-#: diverse search): its neighbours are in the few cells nearest it. Measured
-#: (recall@100 of image queries): 210k points in 420 cells, 2 probed 0.999,
-#: 4 probed 1.0; see bench/README.md for 1M and 10M
+#: the same for a query that lies among the images (the centre of a small
+#: cluster of a diverse search): its neighbours are in the few cells nearest
+#: it. Measured (recall@100 of image queries): 210k points in 420 cells, 2
+#: probed 0.999, 4 probed 1.0; 1M in 2000 cells, 40 probed 1.0 (see
+#: bench/README.md)
 NEAR_PROBE_SHARE = 0.01
 MIN_NEAR_PROBED = 8
 

@@ -430,13 +430,12 @@ class _Picker:
         self.limit = limit
         self.n = source.size
         self.known = {}  # row -> (group, score)
+        self.known_in = [0] * len(groups)  # points of each group in known
         self.by_score = [method == "centroids" and label != -1
                          for label in groups.labels]
 
     def start(self, rows, groups, scores):
-        for r, g, s in zip(np.asarray(rows).tolist(), groups.tolist(),
-                           scores.tolist()):
-            self.known[r] = (g, s)
+        self._know(rows, groups, scores)
         num = len(self.groups)
         self.complete = [self.walk.done] * num
         self.query_size = [0] * num
@@ -452,10 +451,14 @@ class _Picker:
             return
         got, x = self.source.fetch(np.asarray(rows, dtype=int))
         if len(got):
-            groups, scores = self.groups.assign(x)
-            for r, g, s in zip(np.asarray(got).tolist(), groups.tolist(),
-                               scores.tolist()):
-                self.known[r] = (g, s)
+            self._know(got, *self.groups.assign(x))
+
+    def _know(self, rows, groups, scores):
+        for r, g, s in zip(np.asarray(rows).tolist(), groups.tolist(),
+                           scores.tolist()):
+            if r not in self.known:
+                self.known_in[g] += 1
+            self.known[r] = (g, s)
 
     def _rebuild_lists(self):
         """Lists from the points of the walk read so far: in walk order for
@@ -497,8 +500,7 @@ class _Picker:
             self.read_all()
             return
         self.query_size[g] = k
-        share = (sum(1 for group, _ in self.known.values() if group == g)
-                 / max(len(self.known), 1))
+        share = self.known_in[g] / max(len(self.known), 1)
         rows = np.asarray(self.source.nearest(self.groups.centres[g], k,
                                               share=share), dtype=int)
         self._fetch(rows)

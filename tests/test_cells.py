@@ -109,6 +109,17 @@ def test_search_is_exact_within_the_probed_cells(index):
                                            for i in ids[:2]}
 
 
+def test_a_query_scans_a_share_of_the_cells_but_at_most_max_probed():
+    # past MAX_CELLS the cells only grow: 5% of 4096 larger cells scanned
+    # 500k points a query at 10M (~165 ms) for recall a 100 cells also give
+    assert cl.num_probed(2000) == max(cl.MIN_PROBED, 100)
+    assert cl.num_probed(cl.MAX_CELLS) == cl.MAX_PROBED
+    assert cl.num_probed(cl.MAX_CELLS) < round(cl.PROBE_SHARE * cl.MAX_CELLS)
+    # a near query is already under the cap
+    assert cl.num_probed(cl.MAX_CELLS, near=True) == round(
+        cl.NEAR_PROBE_SHARE * cl.MAX_CELLS)
+
+
 def test_a_query_among_the_images_probes_fewer_cells(index, monkeypatch):
     """A diverse search's cluster centres lie among the images: a near
     query scans fewer cells, exactly, and still finds an image's

@@ -110,8 +110,8 @@ def test_search_is_exact_within_the_probed_cells(index):
 
 
 def test_a_query_scans_a_share_of_the_cells_but_at_most_max_probed():
-    # past MAX_CELLS the cells only grow: 5% of 4096 larger cells scanned
-    # 500k points a query at 10M (~165 ms) for recall a 100 cells also give
+    # past MAX_CELLS the cells only grow: at 10M, 5% of 4096 cells scanned
+    # 500k points a query (~165 ms), for recall that 100 cells nearly match
     assert cl.num_probed(2000) == max(cl.MIN_PROBED, 100)
     assert cl.num_probed(cl.MAX_CELLS) == cl.MAX_PROBED
     assert cl.num_probed(cl.MAX_CELLS) < round(cl.PROBE_SHARE * cl.MAX_CELLS)

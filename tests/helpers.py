@@ -99,3 +99,59 @@ def register_small_models(directory):
         with open(os.path.join(directory, f"{name}.json"), "w") as f:
             json.dump(config, f)
     open_clip.add_model_config(str(directory))
+
+
+class CrashingPreprocess:
+    """open_clip's transform, except that an image (or a crop) 13 pixels
+    wide kills the process, as a decoder segfault would."""
+
+    def __init__(self, preprocess):
+        self.preprocess = preprocess
+
+    def __call__(self, image):
+        if image.width == 13:
+            os._exit(3)
+
+        return self.preprocess(image)
+
+
+class CrashingModel:
+    """A model whose transform crashes on 13-pixel-wide images."""
+
+    def __init__(self, model):
+        self._model = model
+        self.preprocess = CrashingPreprocess(model.preprocess)
+        self.image_size = model.image_size
+        self.dim = model.dim
+
+    def encode_images(self, batch):
+        return self._model.encode_images(batch)
+
+
+def kill_sync_worker_midway(target, args, done=20, timeout=120):
+    """Starts a sync worker (``python -m fiftyone_ai_search sync --quiet
+    ARGS``, two images a batch), waits until it committed ``done`` of
+    ``target``'s units (a dataset, or an object target), and kills it
+    with SIGKILL; fails if it finished first."""
+    import signal
+    import subprocess
+    import sys
+
+    from fiftyone_ai_search import state
+
+    env = dict(os.environ, FIFTYONE_AI_SEARCH_BATCH_SIZE="2",
+               FIFTYONE_AI_SEARCH_NUM_WORKERS="0")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "fiftyone_ai_search", "sync", "--quiet",
+         *args],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + timeout
+    while time.time() < deadline and worker.poll() is None:
+        progress = (state.get(target) or {}).get("progress") or {}
+        if progress.get("done", 0) >= done:
+            break
+        time.sleep(0.05)
+    assert worker.poll() is None, "worker finished before it could be killed"
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()

@@ -17,7 +17,7 @@ from fiftyone_ai_search.embedder import EmbeddedBatch, embed_images
 from fiftyone_ai_search.model import load_model, resolve_model
 
 from helpers import SMALL_VIT as TINY_VIT
-from helpers import register_small_models
+from helpers import CrashingModel, register_small_models
 
 
 @pytest.fixture(scope="module")
@@ -254,31 +254,6 @@ def test_stopping_early_leaves_no_busy_worker(model, tmp_path, workers_only):
         assert worker.alive and not worker.assigned
 
 
-class CrashingPreprocess:
-    """open_clip's transform, except that an image 13 pixels wide kills the
-    process, as a decoder segfault would."""
-
-    def __init__(self, preprocess):
-        self.preprocess = preprocess
-
-    def __call__(self, image):
-        if image.width == 13:
-            os._exit(3)
-
-        return self.preprocess(image)
-
-
-class _CrashingModel:
-    def __init__(self, model):
-        self._model = model
-        self.preprocess = CrashingPreprocess(model.preprocess)
-        self.image_size = model.image_size
-        self.dim = model.dim
-
-    def encode_images(self, batch):
-        return self._model.encode_images(batch)
-
-
 def test_a_crashing_decoder_fails_only_its_image(
     model, tmp_path, workers_only
 ):
@@ -289,7 +264,7 @@ def test_a_crashing_decoder_fails_only_its_image(
     items = [(p, p) for p in good + [poison]]
 
     vectors, failures, _ = _collect(
-        embed_images(_CrashingModel(model), items, batch_size=4, num_workers=1)
+        embed_images(CrashingModel(model), items, batch_size=4, num_workers=1)
     )
     assert set(vectors) == set(good)
     assert failures == {poison: "decoder crashed (worker exit code 3)"}

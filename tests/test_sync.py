@@ -3,9 +3,6 @@
 import datetime
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -24,6 +21,7 @@ from fiftyone_ai_search import sync
 from helpers import (
     add_shape_samples,
     bump_mtime,
+    kill_sync_worker_midway,
     shapes_dataset,
     truncated_copy,
     wait_until_idle,
@@ -225,7 +223,8 @@ def test_disable_deletes_index_and_state(tmp_path):
     ais.disable_embeddings(dataset)
 
     assert not ais.is_embeddings_enabled(dataset)
-    assert ais.get_status(dataset) == {"enabled": False, "in_progress": False}
+    assert ais.get_status(dataset) == {"enabled": False, "in_progress": False,
+                                       "object_fields": []}
     assert st.get(dataset) is None
     with pytest.raises(ais.AISearchNotEnabledError, match="enable_embeddings"):
         ais.get_embeddings(dataset)
@@ -271,23 +270,7 @@ def test_waiting_caller_syncs_what_the_running_worker_left(tmp_path):
 
 def test_kill_9_keeps_committed_work_and_resume_finishes(tmp_path):
     dataset = shapes_dataset(tmp_path, num_samples=240)
-    env = dict(os.environ, FIFTYONE_AI_SEARCH_BATCH_SIZE="2",
-               FIFTYONE_AI_SEARCH_NUM_WORKERS="0")
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "fiftyone_ai_search", "sync", "--quiet",
-         "--dataset", dataset.name],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 120
-    done = 0
-    while time.time() < deadline and worker.poll() is None:
-        done = ((st.get(dataset) or {}).get("progress") or {}).get("done", 0)
-        if done >= 20:
-            break
-        time.sleep(0.05)
-    assert worker.poll() is None, "worker finished before it could be killed"
-    worker.send_signal(signal.SIGKILL)
-    worker.wait()
+    kill_sync_worker_midway(dataset, ["--dataset", dataset.name])
 
     # the first index is built beside (none), never searched half-done
     with pytest.raises(ais.IndexNotReadyError, match="Nothing is computing"):

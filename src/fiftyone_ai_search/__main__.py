@@ -36,9 +36,13 @@ def _cmd_sync(args):
     from .sync import SyncCancelled
 
     dataset = _load_dataset(args.dataset, args.dataset_id)
+    from .targets import target_of
+
+    target = target_of(dataset, args.patches_field)
     try:
         report = ais.calculate_embeddings(
             dataset,
+            patches_field=args.patches_field,
             force=args.force,
             verify_files=args.verify_files,
             wait=True,
@@ -52,7 +56,7 @@ def _cmd_sync(args):
     # after the sync, so that nobody waits for it (see maintain_index)
     from .runner import maintain_index
 
-    assigned = maintain_index(dataset)
+    assigned = maintain_index(target)
     if assigned:
         print(f"AI search index of '{dataset.name}': {assigned} points "
               "given their cell of the approximate search")
@@ -114,6 +118,8 @@ def main(argv=None):
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--dataset", help="dataset name")
     group.add_argument("--dataset-id", help="dataset id")
+    p.add_argument("--patches-field", default=None,
+                   help="sync the object index of this label field")
     p.add_argument("--force", action="store_true", help="rebuild the index")
     p.add_argument("--verify-files", action="store_true",
                    help="check every file's fingerprint")

@@ -39,6 +39,13 @@ Examples::
                            embeddings=False, clip_model="ViT-B-32",
                            pretrained="openai")
 
+    # an object index is a Brain run with a patches field (brain key
+    # "ai_search_<field>" by default): sort_by_similarity on its patches
+    ais.enable_embeddings(dataset, patches_field="ground_truth")
+    patches = dataset.to_patches("ground_truth")
+    view = patches.sort_by_similarity("a red car", k=25,
+                                      brain_key="ai_search_ground_truth")
+
 | Copyright the fiftyone-ai-search authors, Apache-2.0.
 """
 
@@ -61,6 +68,7 @@ from . import media
 from . import runner
 from . import search
 from . import state as st
+from . import targets
 from .embeddings import require_index
 from .errors import AISearchError
 
@@ -99,7 +107,9 @@ class AISearchSimilarityConfig(SimilarityConfig):
             :class:`fiftyone.brain.similarity.SimilarityConfig`;
             ``embeddings_field`` names vectors the dataset already has,
             used instead of running the model (see
-            :func:`fiftyone_ai_search.enable_embeddings`)
+            :func:`fiftyone_ai_search.enable_embeddings`);
+            ``patches_field`` makes the run the object index of that label
+            field (its objects cropped as the index's settings say)
     """
 
     def __init__(self, clip_model=None, pretrained=None, index_backend=None,
@@ -109,12 +119,16 @@ class AISearchSimilarityConfig(SimilarityConfig):
                 f"metric: the AI search backend compares CLIP embeddings by "
                 f"cosine similarity only, got {metric!r}"
             )
-        for arg in ("patches_field", "roi_field"):
-            if kwargs.get(arg) is not None:
-                raise ValueError(
-                    f"{arg}: the AI search backend indexes whole images; "
-                    "object-level search is not supported yet"
-                )
+        if kwargs.get("roi_field") is not None:
+            raise ValueError(
+                "roi_field: the AI search backend embeds whole images or the "
+                "objects of a patches_field, not regions of interest"
+            )
+        if (kwargs.get("patches_field") is not None
+                and kwargs.get("embeddings_field") is not None):
+            raise ValueError(
+                "embeddings_field: an object index (patches_field) embeds "
+                "its objects itself")
         kwargs["supports_prompts"] = True  # CLIP: text and images align
         super().__init__(**kwargs)
         self.supports_prompts = True
@@ -154,15 +168,17 @@ class AISearchSimilarity(Similarity):
         from .embeddings import calculate_embeddings, enable_embeddings
 
         dataset = media.dataset_of(samples)
+        field = self.config.patches_field
         enable_embeddings(
             dataset, model=self.config.clip_model,
             pretrained=self.config.pretrained,
             backend=self.config.index_backend, compute=False,
-            brain_key=brain_key or DEFAULT_BRAIN_KEY,
+            brain_key=brain_key or default_brain_key(field),
             embeddings_field=self.config.embeddings_field,
+            patches_field=field,
         )
-        calculate_embeddings(dataset, wait=True)
-        _label_model(self.config, st.get(dataset))
+        calculate_embeddings(dataset, wait=True, patches_field=field)
+        _label_model(self.config, st.get(targets.target_of(dataset, field)))
         return AISearchSimilarityIndex(samples, self.config, brain_key,
                                        backend=self)
 
@@ -171,16 +187,20 @@ class AISearchSimilarity(Similarity):
         :func:`fiftyone_ai_search.disable_embeddings` does."""
         from .embeddings import disable
 
-        dataset = media.dataset_of(samples)
-        doc = st.get(dataset)
+        target = self._target_of(samples)
+        doc = st.get(target)
         if doc and doc.get("enabled") and doc.get("brain_key") == brain_key:
-            disable(dataset, unregister=False)
+            disable(target, unregister=False)
 
     def rename(self, samples, brain_key, new_brain_key):
-        dataset = media.dataset_of(samples)
-        doc = st.get(dataset)
+        target = self._target_of(samples)
+        doc = st.get(target)
         if doc and doc.get("brain_key") == brain_key:
-            st.update(dataset, brain_key=new_brain_key)
+            st.update(target, brain_key=new_brain_key)
+
+    def _target_of(self, samples):
+        return targets.target_of(media.dataset_of(samples),
+                                 self.config.patches_field)
 
 
 class AISearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
@@ -201,6 +221,10 @@ class AISearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
 
     def __init__(self, samples, config, brain_key, backend=None):
         self._dataset = media.dataset_of(samples)
+        #: what the index indexes: the dataset's images, or the objects of
+        #: the run's patches field
+        self._target = targets.target_of(self._dataset, config.patches_field)
+        self._objects = config.patches_field is not None
         self._index_ids = None
         SimilarityIndex.__init__(self, samples, config, brain_key,
                                  backend=backend)
@@ -222,7 +246,10 @@ class AISearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
 
     @property
     def sample_ids(self):
-        """The ids of the samples the index holds, in dataset order."""
+        """The ids of the samples the index holds, in dataset order (None
+        for an object index: the Brain then takes the view's)."""
+        if self._objects:
+            return None
         if self._index_ids is None:
             with self._store() as store:
                 held = set(store.get_sample_ids())
@@ -232,7 +259,7 @@ class AISearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
 
     @property
     def total_index_size(self):
-        doc = st.get(self._dataset)
+        doc = st.get(self._target)
         if not doc or not doc.get("enabled") or not doc.get("index"):
             return 0
         return runner.index_size(doc["index"])
@@ -240,7 +267,7 @@ class AISearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
     def get_model(self):
         """The index's open_clip model, as a FiftyOne model
         (:class:`ClipBrainModel`)."""
-        doc = require_index(self._dataset)
+        doc = require_index(self._target)
         # (compute_similarity() sets _model to whatever it was given)
         if not isinstance(self._model, ClipBrainModel) or (
                 self._model.identity != doc["index"]["model_identity"]):
@@ -257,12 +284,16 @@ class AISearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         this brain run)."""
         from .embeddings import disable_embeddings
 
-        disable_embeddings(self._dataset)
+        disable_embeddings(self._dataset,
+                           patches_field=self.config.patches_field)
 
     # -- embeddings -----------------------------------------------------------
 
     def get_embeddings(self, sample_ids=None, label_ids=None,
                        allow_missing=True, warn_missing=False):
+        if self._objects:
+            return self._object_embeddings(sample_ids, label_ids,
+                                           allow_missing, warn_missing)
         _no_labels(label_ids)
         wanted = (list(self.sample_ids) if sample_ids is None
                   else [sample_ids] if isinstance(sample_ids, str)
@@ -276,25 +307,59 @@ class AISearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         vectors = np.asarray(vectors, dtype=np.float32).reshape(len(ids), -1)
         return vectors[[row[i] for i in keep]], np.array(keep), None
 
+    def _object_embeddings(self, sample_ids, label_ids, allow_missing,
+                           warn_missing):
+        """:meth:`get_embeddings` of an object index: of the given labels,
+        of the objects of the given samples, else of all it holds."""
+        from .object_sync import SOURCE_KEY
+
+        with self._store() as store:
+            if label_ids is not None:
+                wanted = ([label_ids] if isinstance(label_ids, str)
+                          else [str(i) for i in label_ids])
+            elif sample_ids is not None:
+                sources = ([sample_ids] if isinstance(sample_ids, str)
+                           else [str(i) for i in sample_ids])
+                wanted = store.keys_where(SOURCE_KEY, sources)
+            else:
+                wanted = None
+            ids, vectors = store.get_vectors(wanted)
+            payloads = store.get_payloads(ids)
+        if wanted is not None:
+            held = set(ids)
+            _missing([i for i in wanted if i not in held], allow_missing,
+                     warn_missing)
+        sources = [payloads[i].get(SOURCE_KEY) for i in ids]
+        vectors = np.asarray(vectors, dtype=np.float32).reshape(len(ids), -1)
+        return vectors, np.array(sources), np.array(ids)
+
     def add_to_index(self, embeddings, sample_ids, label_ids=None,
                      overwrite=True, allow_existing=True,
                      warn_existing=False, reload=True):
-        """Stores the given embeddings of samples of the dataset (of the
-        index's model: they are kept until the sample's image changes)."""
+        """Stores the given embeddings of samples of the dataset (of
+        objects, by their ``label_ids``, for an object index; of the
+        index's model: they are kept until the sample's image, or the
+        object's box, changes)."""
+        from .object_sync import write_given_objects
         from .sync import write_given
 
-        _no_labels(label_ids)
-        sample_ids = [str(i) for i in sample_ids]
+        if self._objects:
+            if label_ids is None:
+                raise ValueError("label_ids: an object index stores objects; "
+                                 "give the label id of each embedding")
+            keys, write = [str(i) for i in label_ids], write_given_objects
+        else:
+            _no_labels(label_ids)
+            keys, write = [str(i) for i in sample_ids], write_given
         embeddings = np.asarray(embeddings, dtype=np.float32)
-        if embeddings.ndim != 2 or len(embeddings) != len(sample_ids):
+        if embeddings.ndim != 2 or len(embeddings) != len(keys):
             raise ValueError(
-                f"embeddings: expected one vector per sample id "
-                f"({len(sample_ids)}), got an array of shape "
-                f"{embeddings.shape}"
+                f"embeddings: expected one vector per id ({len(keys)}), got "
+                f"an array of shape {embeddings.shape}"
             )
-        doc = require_index(self._dataset)
+        doc = require_index(self._target)
         with self._store(doc) as store:
-            existing = set(store.get_payloads(sample_ids))
+            existing = set(store.get_payloads(keys))
             if existing and not allow_existing and not overwrite:
                 raise ValueError(
                     f"Found {len(existing)} ids (e.g. {next(iter(existing))}) "
@@ -305,17 +370,18 @@ class AISearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
                                "Overwriting" if overwrite else "Skipping",
                                len(existing))
             if not overwrite:
-                keep = [i for i, s in enumerate(sample_ids)
-                        if s not in existing]
-                sample_ids = [sample_ids[i] for i in keep]
+                keep = [i for i, k in enumerate(keys) if k not in existing]
+                keys = [keys[i] for i in keep]
                 embeddings = embeddings[keep]
-            write_given(self._dataset, store, sample_ids, embeddings)
+            write(self._target, store, keys, embeddings)
         if reload:
             self.reload()
 
     def remove_from_index(self, sample_ids=None, label_ids=None,
                           allow_missing=True, warn_missing=False,
                           reload=True):
+        if self._objects:
+            sample_ids, label_ids = [str(i) for i in (label_ids or [])], None
         _no_labels(label_ids)
         sample_ids = [str(i) for i in (sample_ids or [])]
         with self._store() as store:
@@ -357,25 +423,45 @@ class AISearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
                 "reverse=True needs aggregation='mean' when several queries "
                 "are given (the least similar by best score is not defined)"
             )
-        sample_ids, dists = [], []
+        sample_ids, label_ids, dists = [], [], []
         for kind, value in queries:
             ids, scores = search.run_query(
                 self.view, limit=k, reverse=reverse,
-                aggregation=aggregation or "mean", **{kind: value},
+                aggregation=aggregation or "mean",
+                patches_field=self.config.patches_field, **{kind: value},
             )
+            if self._objects:
+                label_ids.append(ids)
+                ids = self._sources(ids)
             sample_ids.append(ids)
             dists.append([1.0 - s for s in scores])
+        label_ids = label_ids or None
         if single:
             sample_ids, dists = sample_ids[0], dists[0]
+            label_ids = label_ids and label_ids[0]
         if return_dists:
-            return sample_ids, None, dists
-        return sample_ids, None
+            return sample_ids, label_ids, dists
+        return sample_ids, label_ids
+
+    def _sources(self, label_ids):
+        """The ids of the samples holding these objects, in their order."""
+        from .object_sync import SOURCE_KEY
+
+        with self._store() as store:
+            payloads = store.get_payloads(label_ids)
+        return [payloads[i][SOURCE_KEY] for i in label_ids]
 
     def _radius_neighbors(self, query=None, thresh=None, return_dists=False):
-        ids = list(self.current_sample_ids)
-        # the Brain maps rows to current_sample_ids: all must be there (a
-        # sync may have removed some since: reload() then)
-        vectors, _, _ = self.get_embeddings(ids, allow_missing=False)
+        # the Brain maps rows to current_sample_ids (current_label_ids of an
+        # object index): all must be there (a sync may have removed some
+        # since: reload() then)
+        if self._objects:
+            ids = list(self.current_label_ids)
+            vectors, _, _ = self.get_embeddings(label_ids=ids,
+                                                allow_missing=False)
+        else:
+            ids = list(self.current_sample_ids)
+            vectors, _, _ = self.get_embeddings(ids, allow_missing=False)
         full = query is None
         if full:
             queries, single = vectors, False
@@ -397,14 +483,16 @@ class AISearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         if kind == "vectors":
             return search._normalize(np.atleast_2d(value))
         if kind == "image_ids":
-            return self.get_embeddings(value, allow_missing=False)[0]
+            ids = dict(label_ids=value) if self._objects else dict(
+                sample_ids=value)
+            return self.get_embeddings(allow_missing=False, **ids)[0]
         return search.prompt_vectors(self.get_model().clip, value)
 
     # -- helpers --------------------------------------------------------------
 
     def _store(self, doc=None):
         # kept open for the next call (see VectorStore.session)
-        store = runner.open_ref((doc or require_index(self._dataset))["index"])
+        store = runner.open_ref((doc or require_index(self._target))["index"])
         return store.session(keep_open=True)
 
     @classmethod
@@ -543,8 +631,20 @@ def register_backend():
 register_backend()
 
 
-def check_brain_key(dataset, brain_key):
-    """Raises if ``brain_key`` names a Brain run that is not AI search's."""
+def default_brain_key(patches_field=None):
+    """The brain key of an index unless told otherwise: ``"ai_search"``
+    for images, ``"ai_search_<field>"`` for the objects of a field."""
+    if patches_field is None:
+        return DEFAULT_BRAIN_KEY
+    tail = "".join(c if c.isalnum() or c == "_" else "_"
+                   for c in patches_field)
+    return f"{DEFAULT_BRAIN_KEY}_{tail}"
+
+
+def check_brain_key(dataset, brain_key, patches_field=None):
+    """Raises if ``brain_key`` names a Brain run that is not AI search's
+    index of the same thing (the images, or the objects of
+    ``patches_field``)."""
     if not isinstance(brain_key, str) or not brain_key.isidentifier():
         raise ValueError(
             f"brain_key must be a name of letters, digits and underscores, "
@@ -558,16 +658,25 @@ def check_brain_key(dataset, brain_key):
                 f"dataset '{dataset.name}'; pass another brain_key to "
                 "enable_embeddings or delete that run"
             )
+        if config.patches_field != patches_field:
+            of = (f"the objects of '{config.patches_field}'"
+                  if config.patches_field else "the images")
+            raise BrainKeyTakenError(
+                f"brain_key: '{brain_key}' is the AI search run of {of} of "
+                f"dataset '{dataset.name}'; pass another brain_key")
 
 
-def register(dataset, doc, brain_key):
-    """Registers (or updates) the Brain run of the dataset's AI search
-    index under ``brain_key``, and moves it there from a former key."""
-    check_brain_key(dataset, brain_key)
+def register(target, doc, brain_key):
+    """Registers (or updates) the Brain run of a target's AI search index
+    (of a dataset's images, or of the objects of one of its fields) under
+    ``brain_key``, and moves it there from a former key."""
+    dataset, field = targets.dataset_of(target), targets.field_of(target)
+    check_brain_key(dataset, brain_key, field)
     former = doc.get("brain_key")
     if former and former != brain_key:
         unregister(dataset, former)
-    config = AISearchSimilarityConfig(index_backend=doc.get("backend"))
+    config = AISearchSimilarityConfig(index_backend=doc.get("backend"),
+                                      patches_field=field)
     _label_model(config, doc)
     method = config.build()
     if brain_key in dataset.list_brain_runs():
@@ -581,7 +690,7 @@ def register(dataset, doc, brain_key):
         AISearchSimilarityIndex(dataset, config, brain_key, backend=method),
     )
     if former != brain_key:
-        st.update(dataset, brain_key=brain_key)
+        st.update(target, brain_key=brain_key)
 
 
 def unregister(dataset, brain_key):

@@ -74,14 +74,19 @@ def _require_view_id(dataset, name, arg="name"):
     return view_id
 
 
-def write_collection(dataset, name, sample_ids, scores, query=None):
+def write_collection(dataset, name, sample_ids, scores, query=None,
+                     patches_field=None):
     """Saves ``sample_ids`` (in this order) and their scores as collection
     ``name``, replacing any collection of that name.
+
+    Args:
+        patches_field (None): the ids are label ids of objects of this
+            field: the collection is a patches view of those objects
 
     Returns:
         the name
     """
-    view = _select(dataset, sample_ids)
+    view = _select(dataset, sample_ids, patches_field)
     view_doc = _saved_view_doc(dataset, name)
     if view_doc is None:
         dataset.save_view(name, view)
@@ -104,6 +109,7 @@ def write_collection(dataset, name, sample_ids, scores, query=None):
             "view_id": view_id,
             "sample_ids": list(sample_ids),
             "scores": [float(s) for s in scores],
+            "patches_field": patches_field,
             "query": query or {},
             "created_at": st.utcnow(),
         },
@@ -112,10 +118,18 @@ def write_collection(dataset, name, sample_ids, scores, query=None):
     return name
 
 
-def _select(dataset, sample_ids):
-    """The samples of these ids, in this order, whatever their slice."""
-    return media.indexed_samples(dataset).select(list(sample_ids),
-                                                 ordered=True)
+def _select(dataset, sample_ids, patches_field=None):
+    """The samples of these ids, in this order, whatever their slice; or,
+    with ``patches_field``, the patches of the objects of these label ids
+    (a patch's id is its label's id)."""
+    samples = media.indexed_samples(dataset)
+    if patches_field is not None:
+        # only these objects become patches (a patches view of the whole
+        # field would write a patch of every object first)
+        samples = samples.select_labels(
+            ids=list(sample_ids), fields=patches_field
+        ).to_patches(patches_field)
+    return samples.select(list(sample_ids), ordered=True)
 
 
 def _load(dataset, name, arg="name"):
@@ -175,9 +189,10 @@ def get_collection(dataset, name, min_score=None, max_score=None):
         _require_view_id(dataset, name)
         return dataset.load_saved_view(name)
 
-    pairs = _in_range(get_collection_scores(dataset, name), min_score,
+    doc = _load(dataset, name)
+    pairs = _in_range(zip(doc["sample_ids"], doc["scores"]), min_score,
                       max_score)
-    return _select(dataset, [i for i, _ in pairs])
+    return _select(dataset, [i for i, _ in pairs], doc.get("patches_field"))
 
 
 def get_score_histogram(dataset, name, bins=20):
@@ -212,8 +227,10 @@ def list_collections(dataset):
     """The dataset's AI search collections.
 
     Returns:
-        a list of dicts with ``name``, ``size``, ``created_at`` and ``query``
-        (what produced it), the temporary collection included
+        a list of dicts with ``name``, ``size``, ``created_at``, ``query``
+        (what produced it) and ``patches_field`` (the label field of a
+        collection of objects, else None), the temporary collection
+        included
     """
     dataset = media.dataset_of(dataset, "dataset")
     dataset._doc.reload("saved_views")
@@ -222,6 +239,7 @@ def list_collections(dataset):
         [
             {"$match": {"dataset_id": st.dataset_key(dataset)}},
             {"$project": {"view_id": 1, "created_at": 1, "query": 1,
+                          "patches_field": 1,
                           "size": {"$size": "$sample_ids"}}},
             {"$sort": {"created_at": 1}},
         ]
@@ -232,6 +250,7 @@ def list_collections(dataset):
             "size": doc["size"],
             "created_at": doc["created_at"],
             "query": doc.get("query", {}),
+            "patches_field": doc.get("patches_field"),
         }
         for doc in docs
         if doc["view_id"] in names  # its saved view may be gone
@@ -292,7 +311,8 @@ def save_collection(dataset, name, source=TEMPORARY_COLLECTION,
     if min_score is not None or max_score is not None:
         query["score_range"] = [min_score, max_score]
     return write_collection(
-        dataset, name, [i for i, _ in pairs], [s for _, s in pairs], query
+        dataset, name, [i for i, _ in pairs], [s for _, s in pairs], query,
+        patches_field=doc.get("patches_field"),
     )
 
 
@@ -339,11 +359,18 @@ def is_latest_results(samples):
     return set(stages[0].sample_ids) <= set(results)
 
 
-def delete_temporary_collection(dataset):
-    """Deletes the latest search results (the temporary collection), if any."""
+def delete_temporary_collection(dataset, patches_field=None):
+    """Deletes the latest search results (the temporary collection), if any
+    and if they are of the images (of the objects of ``patches_field``, if
+    given): the results of the index switched off."""
     dataset = media.dataset_of(dataset, "dataset")
     view_id = _view_id(dataset, TEMPORARY_COLLECTION)
-    if view_id is not None:
+    if view_id is None:
+        return
+    doc = _scores().find_one(
+        {"dataset_id": st.dataset_key(dataset), "view_id": view_id},
+        {"patches_field": 1}) or {}
+    if doc.get("patches_field") == patches_field:
         _delete(dataset, TEMPORARY_COLLECTION, view_id)
 
 

@@ -12,6 +12,11 @@ fresh interpreters (``subprocess``) rather than ``multiprocessing`` children:
 - a worker that crashes (a decoder segfault) fails only the image that
   crashed it, found by retrying its batch one image at a time.
 
+Objects are embedded from crops of their boxes
+(:mod:`fiftyone_ai_search.crops`): an item ``(key, filepath, crops)`` is
+decoded once, in the same workers, and each of its crops is preprocessed as
+an image of its own.
+
 Workers run open_clip's transform as a torch-free recipe
 (:mod:`fiftyone_ai_search.preprocess`), so one starts in ~0.15 s with ~30 MB
 (a transform without a recipe makes it import torch: ~4 s and ~0.8 GB).
@@ -35,6 +40,7 @@ import contextlib
 import dataclasses
 import itertools
 import logging
+import math
 import os
 import pickle
 import queue
@@ -48,6 +54,7 @@ import weakref
 import numpy as np
 
 from .config import max_image_pixels
+from .crops import CropError, CropSettings, pixel_box, relative_box
 from .images import ImageDecodeError, load_image
 from .preprocess import Recipe, recipe_of
 
@@ -55,8 +62,13 @@ logger = logging.getLogger(__name__)
 
 #: JPEGs are decoded (PIL ``draft``) at no less than this multiple of the
 #: model's input size, which keeps embeddings within cosine ~0.9999 of full
-#: decoding while decoding ~3x faster
+#: decoding while decoding ~3x faster. For crops, the smallest crop of an
+#: image gets this multiple on its shorter side
 DRAFT_FACTOR = 2
+
+# Crops that would need a larger draft size decode at full size (no image
+# is that large, and PIL takes sizes as C ints)
+_MAX_DRAFT_SIZE = 1 << 24
 
 #: batches handed to a worker at a time: one being decoded, one queued, so a
 #: worker never waits for the calling thread
@@ -109,28 +121,53 @@ class EmbeddedBatch:
 
 
 def embed_images(
-    model, items, batch_size=None, num_workers=None, progress=None
+    model,
+    items,
+    batch_size=None,
+    num_workers=None,
+    progress=None,
+    crop: CropSettings | None = None,
 ):
-    """Embeds image files, yielding each batch as soon as it is ready.
+    """Embeds image files, or crops of them, yielding each batch as soon as
+    it is ready.
 
     A file that cannot be decoded fails only its own item; its reason is in
     the batch's ``failures``. Batches in which every item failed are yielded
     too, with empty ``vectors``. Batches come in the order they are ready,
     which may differ from the order of ``items``.
 
+    With ``crop``, an item may also be ``(key, filepath, crops)``, ``crops``
+    a sequence of ``(crop_key, box)`` with ``box`` a relative
+    ``[x, y, width, height]``: the image is decoded once and each box's crop
+    (:func:`fiftyone_ai_search.crops.pixel_box`) is embedded under its
+    ``crop_key`` (``key`` names no vector). A file that cannot be decoded
+    fails all its crop keys with its reason; a bad box fails its own key
+    with a :class:`fiftyone_ai_search.crops.CropError`'s reason. JPEGs are
+    decoded at reduced size only as far as the smallest crop keeps
+    :data:`DRAFT_FACTOR` x the model's input size. Crop keys must be unique
+    within a run.
+
     Args:
         model: a :class:`fiftyone_ai_search.model.ClipModel`
-        items: an iterable of ``(key, filepath)``
-        batch_size (None): images per model call; defaults to the configured
-            value
+        items: an iterable of ``(key, filepath)``, and with ``crop`` also of
+            ``(key, filepath, crops)``
+        batch_size (None): images (crops) per batch; defaults to the
+            configured value. An image's crops stay in one batch, which may
+            then hold more; the model still takes at most ``batch_size`` at
+            a time
         num_workers (None): decoding worker processes; 0 decodes in the
             calling thread only. Defaults to the configured value
-        progress (None): a callable called with the number of items done
-            after each batch (e.g. ``tqdm.update``)
+        progress (None): a callable called with the number of items (crops)
+            done after each batch (e.g. ``tqdm.update``)
+        crop (None): a :class:`fiftyone_ai_search.crops.CropSettings` for
+            crop items; None embeds whole images only
 
     Returns:
         an iterator of :class:`EmbeddedBatch`
     """
+    if crop is not None and not isinstance(crop, CropSettings):
+        raise ValueError(f"crop must be a CropSettings or None, got {crop!r}")
+
     if batch_size is None or num_workers is None:
         settings = _settings()
         batch_size = settings.batch_size if batch_size is None else batch_size
@@ -143,17 +180,22 @@ def embed_images(
     if num_workers < 0:
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
 
-    decoder = _Decoder.for_model(model)
-    items, enough = _enough_for_workers(items, batch_size)
+    decoder = _Decoder.for_model(model, crop=crop)
+    if crop is None:
+        items, enough = _enough_for_workers(items, batch_size)
+        batches = _batched(items, batch_size)
+    else:
+        items, enough = _enough_crops_for_workers(items, batch_size)
+        batches = _batched_crops(items, batch_size)
+
     if not enough:
         num_workers = 0
 
     # A separate generator, so that bad arguments raise at the call
-    return _embed(model, decoder, items, batch_size, num_workers, progress)
+    return _embed(model, decoder, batches, batch_size, num_workers, progress)
 
 
-def _embed(model, decoder, items, batch_size, num_workers, progress):
-    batches = _batched(items, batch_size)
+def _embed(model, decoder, batches, batch_size, num_workers, progress):
     bottleneck = _bottleneck_of(model)
     if num_workers > 0:
         source = _pooled(batches, decoder, num_workers, bottleneck)
@@ -164,7 +206,7 @@ def _embed(model, decoder, items, batch_size, num_workers, progress):
         for keys, pixels, failures in source:
             if keys:
                 with _model_threads(model, bottleneck, num_workers):
-                    vectors = model.encode_images(pixels)
+                    vectors = _encode(model, pixels, batch_size)
             else:
                 vectors = np.zeros((0, model.dim), dtype=np.float32)
 
@@ -178,25 +220,50 @@ def _embed(model, decoder, items, batch_size, num_workers, progress):
         source.close()
 
 
-class _Decoder:
-    """Decodes and preprocesses batches of ``(key, filepath)``."""
+def _encode(model, pixels, batch_size):
+    if len(pixels) <= batch_size:
+        return model.encode_images(pixels)
 
-    def __init__(self, preprocess, draft_size=None, max_pixels=None):
+    # An image's crops overshot the batch: the model's memory is sized for
+    # batch_size
+    return np.concatenate([
+        model.encode_images(pixels[i:i + batch_size])
+        for i in range(0, len(pixels), batch_size)
+    ])
+
+
+class _Decoder:
+    """Decodes and preprocesses batches of ``(key, filepath)`` and
+    ``(key, filepath, crops)``.
+
+    Its arguments are all that a worker needs: :class:`_WorkerPool` sends
+    them over to build the worker's decoder.
+    """
+
+    def __init__(self, preprocess, draft_size=None, max_pixels=None,
+                 crop=None):
         self.preprocess = preprocess
         self.draft_size = draft_size
         self.max_pixels = max_pixels
+        self.crop = crop
 
     @classmethod
-    def for_model(cls, model):
+    def for_model(cls, model, crop=None):
         """The decoder of a model's runs: its transform as a torch-free
         recipe where it has one, images drafted and reduced to no less than
         :data:`DRAFT_FACTOR` x its input size, the pixel limit read now
-        (workers kept warm from an earlier run get this run's)."""
+        (workers kept warm from an earlier run get this run's), and the
+        run's :class:`fiftyone_ai_search.crops.CropSettings` if any."""
         return cls(
             recipe_of(model.preprocess) or model.preprocess,
             draft_size=DRAFT_FACTOR * model.image_size,
             max_pixels=max_image_pixels(),
+            crop=crop,
         )
+
+    def state(self):
+        """What a worker's decoder is built from: ``_Decoder(*state)``."""
+        return self.preprocess, self.draft_size, self.max_pixels, self.crop
 
     def decode(self, batch):
         """Returns ``(keys, pixels, failures)``; ``pixels`` is a float32
@@ -205,8 +272,15 @@ class _Decoder:
         keys, arrays, failures = [], [], {}
         torch_free = isinstance(self.preprocess, Recipe)
         with contextlib.nullcontext() if torch_free else _one_torch_thread():
-            for key, filepath in batch:
-                self._decode_one(key, filepath, keys, arrays, failures)
+            if self.crop is None:
+                for key, filepath in batch:
+                    self._decode_one(key, filepath, keys, arrays, failures)
+            else:
+                for item in batch:
+                    if len(item) == 2:
+                        self._decode_one(*item, keys, arrays, failures)
+                    else:
+                        self._decode_crops(*item, keys, arrays, failures)
 
         pixels = np.stack(arrays) if arrays else None
         return keys, pixels, failures
@@ -228,6 +302,71 @@ class _Decoder:
 
         keys.append(key)
         arrays.append(array)
+
+    def _decode_crops(self, key, filepath, crops, keys, arrays, failures):
+        boxes = self._valid_boxes(crops, failures)
+        if not boxes:
+            return  # nothing worth decoding the image for
+
+        try:
+            image = load_image(
+                filepath,
+                draft_size=self._crops_draft_size(boxes),
+                max_pixels=self.max_pixels,
+            )
+        except ImageDecodeError as e:
+            failures.update((crop_key, e.reason) for crop_key, _, _ in boxes)
+            return
+
+        width, height = image.size
+        for crop_key, box, _ in boxes:
+            try:
+                region = pixel_box(box, width, height, self.crop)
+                array = np.asarray(
+                    self.preprocess(image.crop(region)), dtype=np.float32
+                )
+            except CropError as e:
+                failures[crop_key] = e.reason
+                continue
+            except Exception as e:
+                failures[crop_key] = f"cannot preprocess crop: {e}"
+                continue
+
+            keys.append(crop_key)
+            arrays.append(array)
+
+    def _valid_boxes(self, crops, failures):
+        """``[(crop_key, box, relative region)]`` of the boxes that make a
+        crop; the others fail with their reason."""
+        boxes = []
+        for crop_key, box in crops:
+            try:
+                boxes.append((crop_key, box, relative_box(box, self.crop)))
+            except CropError as e:
+                failures[crop_key] = e.reason
+
+        return boxes
+
+    def _crops_draft_size(self, boxes):
+        """The draft size that leaves the smallest crop :attr:`draft_size`
+        pixels on both sides of its region (so also on the shorter side of
+        its square, which contains it).
+
+        One size for width and height: the file's EXIF orientation, which
+        may swap them, is unknown before decoding.
+        """
+        if self.draft_size is None:
+            return None
+
+        smallest = min(
+            min(x1 - x0, y1 - y0) for _, _, (x0, y0, x1, y1) in boxes
+        )
+        # One pixel more: rounding the region to pixels may lose one
+        wanted = self.draft_size + 1
+        if smallest * _MAX_DRAFT_SIZE <= wanted:
+            return None  # full size
+
+        return math.ceil(wanted / smallest)
 
 
 class _Bottleneck:
@@ -326,6 +465,63 @@ def _batched(items, batch_size):
         yield batch
 
 
+def _batched_crops(items, batch_size):
+    """Batches of about ``batch_size`` crops (whole-image items count one),
+    an image's crops all in one batch."""
+    batch, size = [], 0
+    for item in items:
+        batch.append(item)
+        size += _size(item)
+        if size >= batch_size:
+            yield batch
+            batch, size = [], 0
+
+    if size:  # items without crops alone make no batch
+        yield batch
+
+
+def _crop_item(item):
+    """An item of a crop run as a tuple, its crops as a tuple of pairs:
+    picklable, and malformed items raise here rather than in a worker."""
+    if len(item) == 2:
+        key, filepath = item
+        return key, filepath
+
+    key, filepath, crops = item
+    return key, filepath, tuple((crop_key, box) for crop_key, box in crops)
+
+
+def _size(item):
+    return 1 if len(item) == 2 else len(item[2])
+
+
+def _keys(item):
+    """The keys an item's vectors or failures go under."""
+    if len(item) == 2:
+        return [item[0]]
+
+    return [crop_key for crop_key, _ in item[2]]
+
+
+def _failed(item, reason):
+    return dict.fromkeys(_keys(item), reason)
+
+
+def _enough_crops_for_workers(items, batch_size):
+    """:func:`_enough_for_workers` for a crop run, counting crops; returns
+    the items as :func:`_crop_item` makes them."""
+    threshold = max(MIN_ITEMS_FOR_WORKERS, batch_size)
+    items = map(_crop_item, items)
+    head, size = [], 0
+    for item in items:
+        head.append(item)
+        size += _size(item)
+        if size > threshold:
+            break
+
+    return itertools.chain(head, items), size > threshold
+
+
 def _enough_for_workers(items, batch_size):
     """Returns ``(items, whether the run is long enough for workers)``."""
     threshold = max(MIN_ITEMS_FOR_WORKERS, batch_size)
@@ -391,8 +587,8 @@ def _pooled(batches, decoder, num_workers, bottleneck):
             if pool.broken and retries:
                 # No worker is left to isolate the item that crashed one:
                 # fail the suspects rather than risk crashing this process
-                ((key, _),) = retries.popleft()
-                yield [], None, {key: "decoder crashed"}
+                (item,) = retries.popleft()
+                yield [], None, _failed(item, "decoder crashed")
                 continue
 
             if _MAIN_THREAD_DECODES or pool.broken:
@@ -423,8 +619,7 @@ class _WorkerPool:
 
     def __init__(self, decoder, num_workers):
         self._setup = pickle.dumps(
-            (decoder.preprocess, decoder.draft_size, decoder.max_pixels),
-            protocol=pickle.HIGHEST_PROTOCOL,
+            decoder.state(), protocol=pickle.HIGHEST_PROTOCOL
         )
         self._events = queue.Queue()
         self._restarts = 0
@@ -524,9 +719,9 @@ class _WorkerPool:
             if i > 0:
                 (retries if isolated else self.returned).append(batch)
             elif isolated:
-                ((key, _),) = batch
+                (item,) = batch
                 reason = f"decoder crashed (worker exit code {code})"
-                self.done.append(([], None, {key: reason}))
+                self.done.append(([], None, _failed(item, reason)))
             else:
                 # Which of its images crashed it is unknown: one at a time
                 retries.extend([item] for item in batch)

@@ -8,6 +8,7 @@ import logging
 from . import media
 from . import runner
 from . import state as st
+from . import targets
 from .config import BACKENDS, get_settings
 from .errors import AISearchError
 
@@ -29,10 +30,37 @@ def _dataset_of(samples, arg="samples"):
     return media.dataset_of(samples, arg)
 
 
+def _target(dataset, patches_field, strict=False):
+    """The target of an SDK call: the dataset's images, or the objects of
+    ``patches_field``."""
+    dataset = _dataset_of(dataset, "dataset")
+    return targets.target_of(dataset, patches_field, strict=strict)
+
+
+def _what(target):
+    """How messages name a target."""
+    if isinstance(target, targets.Objects):
+        return (f"Object search of field '{target.field}' of dataset "
+                f"'{target.name}'")
+    return f"AI search of dataset '{target.name}'"
+
+
+def _args(target):
+    """The arguments that name a target in an SDK call, for messages."""
+    field = targets.field_of(target)
+    return "dataset" if field is None else f"dataset, patches_field={field!r}"
+
+
 def require_enabled(dataset):
-    """The state of ``dataset``; raises if its AI search is off."""
+    """The state of a target (a dataset, or the objects of one of its
+    fields); raises if its AI search is off."""
     doc = st.get(dataset)
     if doc is None or not doc.get("enabled"):
+        if isinstance(dataset, targets.Objects):
+            raise AISearchNotEnabledError(
+                f"{_what(dataset)} is not enabled. Enable it with "
+                f"fiftyone_ai_search.enable_embeddings({_args(dataset)})"
+            )
         raise AISearchNotEnabledError(
             f"AI search is not enabled on dataset '{dataset.name}'. Enable it "
             "with fiftyone_ai_search.enable_embeddings(dataset) (or the "
@@ -76,16 +104,17 @@ def require_index(dataset, same_model=False):
     """
     doc = require_enabled(dataset)
     index, build = doc.get("index"), doc.get("build")
-    how = ("with fiftyone_ai_search.calculate_embeddings(dataset, "
-           "wait=True), or check get_status(dataset)")
+    args = _args(dataset)
+    how = (f"with fiftyone_ai_search.calculate_embeddings({args}, "
+           f"wait=True), or check get_status({args})")
     if index is None:
         raise IndexNotReadyError(
-            f"AI search of dataset '{dataset.name}' has no index yet. "
+            f"{_what(dataset)} has no index yet. "
             f"{_computing(doc)} {how}"
         )
     if same_model and build and not st.same_index(index, build):
         raise IndexNotReadyError(
-            f"AI search of dataset '{dataset.name}' is being rebuilt with "
+            f"{_what(dataset)} is being rebuilt with "
             f"model {model_label(build)}; its index holds embeddings of "
             f"{model_label(index)} until then. {_computing(doc)} {how}"
         )
@@ -94,7 +123,8 @@ def require_index(dataset, same_model=False):
 
 def enable_embeddings(dataset, model=None, pretrained=None, backend=None,
                       compute=True, secrets=None, load=True, brain_key=None,
-                      embeddings_field=None, from_brain_key=None):
+                      embeddings_field=None, from_brain_key=None,
+                      patches_field=None, margin=None, square=None):
     """Switches AI search on for a dataset and starts computing embeddings.
 
     Returns at once: embeddings are computed by a background worker. Use
@@ -128,6 +158,12 @@ def enable_embeddings(dataset, model=None, pretrained=None, backend=None,
         # the index is also a FiftyOne Brain similarity index
         dataset.sort_by_similarity("a dog", k=10, brain_key="ai_search")
 
+        # object search: an index of the objects of a label field, beside
+        # the image index (each object a crop of its box)
+        ais.enable_embeddings(dataset, patches_field="ground_truth")
+        ais.perform_ai_search(dataset, prompt="a bumper",
+                              patches_field="ground_truth")
+
     Args:
         dataset: a :class:`fiftyone.core.dataset.Dataset`
         model (None): an open_clip model name, ``"local-dir:/path"`` or
@@ -146,7 +182,8 @@ def enable_embeddings(dataset, model=None, pretrained=None, backend=None,
         brain_key (None): the key of the FiftyOne Brain similarity run
             that makes the index usable by FiftyOne's similarity machinery
             (see :mod:`fiftyone_ai_search.brain`): default the current one,
-            else ``"ai_search"``; False registers none
+            else ``"ai_search"`` (``"ai_search_<field>"`` for object
+            search); False registers none
         embeddings_field (None): a field of vectors the dataset already has
             (e.g. written by ``compute_embeddings``), stored instead of
             running the model for the samples that have one; ``model`` must
@@ -154,6 +191,19 @@ def enable_embeddings(dataset, model=None, pretrained=None, backend=None,
         from_brain_key (None): likewise, the vectors of an existing Brain
             similarity run; its model is read from it when it names one this
             package knows (``clip-vit-base32-torch``, ``open-clip-torch``)
+        patches_field (None): a label field (``Detections``, ``Polylines``
+            or ``Keypoints``): switches on object search of its objects, an
+            index of its own beside the image index. ``model`` defaults to
+            the image index's
+        margin (None): object search: how much context a crop keeps around
+            a box, as a share of its sides (each side grows by ``margin``;
+            FiftyOne's ``alpha``); default 0.5 (measured: see
+            :class:`fiftyone_ai_search.crops.CropSettings`)
+        square (None): object search: whether the box is made square
+            (centred) before cropping, so that the model's centre crop
+            keeps all of a long object (FiftyOne's ``force_square``);
+            default True. Other crop settings than an index's mean a
+            rebuild of it
 
     Returns:
         the result of :func:`get_status`
@@ -176,10 +226,22 @@ def enable_embeddings(dataset, model=None, pretrained=None, backend=None,
     """
     from . import brain
     from .existing import ExistingEmbeddings
-    from .model import check_weights, load_model, resolve_model
+    from .model import check_weights, load_model
 
     dataset = media.check_supported(_dataset_of(dataset, "dataset"))
     settings = get_settings(secrets=secrets)
+    if patches_field is not None:
+        if embeddings_field is not None or from_brain_key is not None:
+            raise ValueError(
+                "embeddings_field, from_brain_key: existing embeddings are "
+                "of images; object search (patches_field) computes its own")
+        return _enable_objects(
+            targets.Objects(dataset, patches_field), model, pretrained,
+            backend, margin, square, compute, secrets, load, settings,
+            brain_key)
+    if margin is not None or square is not None:
+        raise ValueError("margin, square: they say how objects are cropped; "
+                         "pass patches_field=... for object search")
     current = st.get(dataset) or {}
     if brain_key is None:
         brain_key = current.get("brain_key") or brain.DEFAULT_BRAIN_KEY
@@ -196,6 +258,75 @@ def enable_embeddings(dataset, model=None, pretrained=None, backend=None,
                 f"model: say which open_clip model computed the {existing} "
                 "(model=..., pretrained=...): the index never mixes models"
             )
+    backend = _backend(backend, current, settings)
+    spec = _model_spec(model, pretrained, settings)
+    if load or existing is not None:
+        loaded = load_model(spec, device=settings.device)
+        if existing is not None:
+            existing.check(loaded)  # before anything is written
+    else:
+        check_weights(spec)
+
+    doc = st.enable(dataset, spec.name, spec.pretrained, spec.identity,
+                    backend, existing=existing.to_ref() if existing else None)
+    if existing is not None and not doc.get("build"):
+        logger.info("AI search of '%s' already has an index of %s: the %s "
+                    "is not needed", dataset.name, model_label(doc), existing)
+    _register(dataset, doc, brain_key)
+    if compute:
+        runner.start_background(dataset, secrets=secrets)
+    return get_status(dataset)
+
+
+def _register(target, doc, brain_key):
+    """Makes the index a Brain run under ``brain_key`` (False: none)."""
+    from . import brain
+
+    if brain_key is not False:
+        brain.register(target, doc, brain_key)
+    elif doc.get("brain_key"):
+        brain.unregister(targets.dataset_of(target), doc["brain_key"])
+        st.update(target, brain_key=None)
+
+
+def _enable_objects(objects, model, pretrained, backend, margin, square,
+                    compute, secrets, load, settings, brain_key):
+    """:func:`enable_embeddings` of the objects of a label field."""
+    from . import brain
+    from .crops import CropSettings
+    from .model import check_weights, load_model
+
+    crop = CropSettings(
+        margin=CropSettings.margin if margin is None else margin,
+        square=CropSettings.square if square is None else square)
+    current = st.get(objects) or {}
+    if brain_key is None:
+        brain_key = current.get("brain_key") or brain.default_brain_key(
+            objects.field)
+    if brain_key is not False:
+        brain.check_brain_key(objects.dataset, brain_key, objects.field)
+    images = st.get(objects.dataset) or {}
+    if model is None and images.get("enabled"):
+        # the image index's model: prompts then mean the same in both
+        model, pretrained = images["model"], images["pretrained"]
+    backend = _backend(backend, current if current.get("enabled") else images,
+                       settings)
+    spec = _model_spec(model, pretrained, settings)
+    if load:
+        load_model(spec, device=settings.device)
+    else:
+        check_weights(spec)
+    doc = st.enable(objects, spec.name, spec.pretrained, spec.identity,
+                    backend, crop=crop.to_dict())
+    _register(objects, doc, brain_key)
+    if compute:
+        runner.start_background(objects, secrets=secrets)
+    return get_status(objects.dataset, patches_field=objects.field)
+
+
+def _backend(backend, current, settings):
+    """The backend asked for: by default the one in use, else the
+    configured one (checked to answer, before anything is written)."""
     if backend is None:
         backend = (current["backend"] if current.get("enabled")
                    else settings.backend)
@@ -211,6 +342,13 @@ def enable_embeddings(dataset, model=None, pretrained=None, backend=None,
         from .store.server import check_server
 
         check_server(settings.qdrant_url, settings.qdrant_api_key)
+    return backend
+
+
+def _model_spec(model, pretrained, settings):
+    """The :class:`~fiftyone_ai_search.model.ModelSpec` asked for (default
+    from settings); a model without weights is refused."""
+    from .model import resolve_model
 
     if model is None:
         model = settings.model
@@ -226,30 +364,10 @@ def enable_embeddings(dataset, model=None, pretrained=None, backend=None,
             f"pretrained: model {model!r} needs pretrained weights: a tag "
             f"(one of {tags}) or a local weights file"
         )
-    spec = resolve_model(model, pretrained)
-    if load or existing is not None:
-        loaded = load_model(spec, device=settings.device)
-        if existing is not None:
-            existing.check(loaded)  # before anything is written
-    else:
-        check_weights(spec)
-
-    doc = st.enable(dataset, spec.name, spec.pretrained, spec.identity,
-                    backend, existing=existing.to_ref() if existing else None)
-    if existing is not None and not doc.get("build"):
-        logger.info("AI search of '%s' already has an index of %s: the %s "
-                    "is not needed", dataset.name, model_label(doc), existing)
-    if brain_key is not False:
-        brain.register(dataset, doc, brain_key)
-    elif doc.get("brain_key"):
-        brain.unregister(dataset, doc["brain_key"])
-        st.update(dataset, brain_key=None)
-    if compute:
-        runner.start_background(dataset, secrets=secrets)
-    return get_status(dataset)
+    return resolve_model(model, pretrained)
 
 
-def disable_embeddings(dataset):
+def disable_embeddings(dataset, patches_field=None):
     """Switches AI search off: deletes the index, all its state, its
     FiftyOne Brain run and the latest search results (the temporary
     collection). Named collections stay, as plain saved views.
@@ -260,8 +378,10 @@ def disable_embeddings(dataset):
 
     Args:
         dataset: a :class:`fiftyone.core.dataset.Dataset`
+        patches_field (None): switch off the object search of this label
+            field instead (the image index and other fields' stay)
     """
-    disable(_dataset_of(dataset, "dataset"))
+    disable(_target(dataset, patches_field))
 
 
 def disable(dataset, unregister=True):
@@ -275,11 +395,12 @@ def disable(dataset, unregister=True):
     if unregister and doc.get("brain_key"):
         from . import brain
 
-        brain.unregister(dataset, doc["brain_key"])
+        brain.unregister(targets.dataset_of(dataset), doc["brain_key"])
     delete_index_and_state(doc)
     # the latest results go with the index; named collections stay, as
     # plain saved views
-    delete_temporary_collection(dataset)
+    delete_temporary_collection(targets.dataset_of(dataset),
+                                targets.field_of(dataset))
 
 
 def delete_index_and_state(doc, settings=None):
@@ -298,15 +419,15 @@ def delete_index_and_state(doc, settings=None):
     st.delete_key(doc["_id"])
 
 
-def is_embeddings_enabled(dataset):
-    """Whether AI search is on for ``dataset``."""
-    dataset = _dataset_of(dataset, "dataset")
-    doc = st.get(dataset)
+def is_embeddings_enabled(dataset, patches_field=None):
+    """Whether AI search is on for ``dataset`` (for the objects of
+    ``patches_field``, if given)."""
+    doc = st.get(_target(dataset, patches_field))
     return bool(doc and doc.get("enabled"))
 
 
 def calculate_embeddings(dataset, force=False, wait=False, verify_files=False,
-                         progress=True, secrets=None):
+                         progress=True, secrets=None, patches_field=None):
     """Brings the dataset's embeddings up to date (incrementally).
 
     New samples are embedded, samples whose image changed (other filepath or
@@ -330,12 +451,14 @@ def calculate_embeddings(dataset, force=False, wait=False, verify_files=False,
         progress (True): show a progress bar when ``wait=True``; or a
             callable ``progress(done, total)``
         secrets (None): plugin secrets (Qdrant URL / API key)
+        patches_field (None): sync the object index of this label field
+            instead (its report counts objects)
 
     Returns:
         a :class:`fiftyone_ai_search.sync.SyncReport` if ``wait=True``, else
         None
     """
-    dataset = _dataset_of(dataset, "dataset")
+    dataset = _target(dataset, patches_field)
     require_enabled(dataset)
     if not wait:
         runner.start_background(
@@ -348,7 +471,8 @@ def calculate_embeddings(dataset, force=False, wait=False, verify_files=False,
     if progress is True:
         from tqdm.auto import tqdm
 
-        bar = tqdm(desc=f"Embedding '{dataset.name}'", unit="img")
+        bar = tqdm(desc=f"Embedding '{dataset.name}'",
+                   unit="img" if patches_field is None else "obj")
 
         def progress(done, total):
             bar.total = total
@@ -368,20 +492,20 @@ def calculate_embeddings(dataset, force=False, wait=False, verify_files=False,
             bar.close()
 
 
-def get_embeddings_in_progress(dataset):
-    """Whether embeddings of ``dataset`` are being computed right now."""
-    dataset = _dataset_of(dataset, "dataset")
-    return st.is_running(st.get(dataset))
+def get_embeddings_in_progress(dataset, patches_field=None):
+    """Whether embeddings of ``dataset`` (of the objects of
+    ``patches_field``, if given) are being computed right now."""
+    return st.is_running(st.get(_target(dataset, patches_field)))
 
 
-def get_embeddings_updated_at(dataset):
-    """When the index last finished a sync (naive UTC datetime), or None."""
-    dataset = _dataset_of(dataset, "dataset")
-    doc = st.get(dataset)
+def get_embeddings_updated_at(dataset, patches_field=None):
+    """When the index (of the objects of ``patches_field``, if given) last
+    finished a sync (naive UTC datetime), or None."""
+    doc = st.get(_target(dataset, patches_field))
     return doc.get("updated_at") if doc else None
 
 
-def get_status(dataset, max_failures=100, counts=True):
+def get_status(dataset, max_failures=100, counts=True, patches_field=None):
     """The AI search status of a dataset.
 
     Args:
@@ -391,6 +515,11 @@ def get_status(dataset, max_failures=100, counts=True):
             reads the state alone (``counts`` and ``failures`` are then
             None): cheap enough to poll, and it never opens the index while
             a computation holds it
+        patches_field (None): the status of the object search of this
+            label field instead: ``counts`` then has ``num_objects`` (of
+            the field) where images have ``num_samples``; ``crop`` says how
+            objects are cropped, and each failure names the object
+            (``label_id``) and its sample
 
     Returns:
         a dict with ``enabled``, ``in_progress``, ``progress`` (``done``,
@@ -402,12 +531,15 @@ def get_status(dataset, max_failures=100, counts=True):
         (``num_samples``, ``num_indexed`` in the index searches use,
         ``num_failed``), ``failures`` (up to ``max_failures`` of
         ``sample_id``, ``filepath``, ``reason``), ``last_report`` and
-        ``last_error``
+        ``last_error``; and ``object_fields``: the label fields with object
+        search on
     """
-    dataset = _dataset_of(dataset, "dataset")
-    doc = st.get(dataset)
+    target = _target(dataset, patches_field)
+    dataset = targets.dataset_of(target)
+    doc = st.get(target)
     if doc is None or not doc.get("enabled"):
-        return {"enabled": False, "in_progress": False}
+        return {"enabled": False, "in_progress": False,
+                "object_fields": object_fields(dataset)}
 
     running = st.is_running(doc)
     progress = dict(doc.get("progress") or {})
@@ -433,7 +565,10 @@ def get_status(dataset, max_failures=100, counts=True):
         "failures": None,
         "last_report": doc.get("last_report"),
         "last_error": doc.get("last_error"),
+        "object_fields": object_fields(dataset),
     }
+    if patches_field is not None:
+        status.update(patches_field=patches_field, crop=doc.get("crop"))
     if not counts:
         return status
 
@@ -444,16 +579,28 @@ def get_status(dataset, max_failures=100, counts=True):
             num_indexed = store.count() if store.exists() else 0
         finally:
             store.close()
+    samples = media.indexed_samples(dataset)
     status["counts"] = {
-        "num_samples": media.indexed_samples(dataset).count(),
         "num_indexed": num_indexed,
-        "num_failed": st.count_failures(dataset),
+        "num_failed": st.count_failures(target),
     }
+    if patches_field is None:
+        status["counts"]["num_samples"] = samples.count()
+        keys = {"sample_id": "sample_id"}
+    else:
+        status["counts"]["num_objects"] = target.count(samples)
+        keys = {"label_id": "sample_id", "sample_id": "source_id"}
     status["failures"] = [
-        {k: f.get(k) for k in ("sample_id", "filepath", "reason")}
-        for f in st.get_failures(dataset, limit=max_failures)
+        dict({k: f.get(v) for k, v in keys.items()},
+             filepath=f.get("filepath"), reason=f.get("reason"))
+        for f in st.get_failures(target, limit=max_failures)
     ]
     return status
+
+
+def object_fields(dataset):
+    """The label fields of ``dataset`` whose object search is on."""
+    return st.object_fields(targets.dataset_key(dataset))
 
 
 def get_embeddings(samples):

@@ -17,6 +17,7 @@ import sys
 import time
 
 from . import state as st
+from . import targets
 from .config import get_settings
 
 logger = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ def maintain_index(dataset, settings=None, min_points=None):
     doc = st.get(dataset)
     if doc is None or not doc.get("enabled") or not doc.get("index"):
         return 0
-    sweep_orphaned_scores(dataset)
+    sweep_orphaned_scores(targets.dataset_of(dataset))
     store = open_ref(doc["index"], settings)
     try:
         return store.maintain(
@@ -225,13 +226,22 @@ def _sync_pass(dataset, doc, settings, verify_files, progress):
                 "fiftyone_ai_search.enable_embeddings(dataset, model=..., "
                 "pretrained=...)"
             )
-        from .existing import ExistingEmbeddings
+        if isinstance(dataset, targets.Objects):
+            from .object_sync import ObjectSynchronizer, crop_settings
 
-        existing = (ExistingEmbeddings.from_ref(dataset, ref.get("existing"))
-                    if building else None)
-        sync = Synchronizer(dataset, store, model, settings,
-                            doc["generation"], building=building,
-                            progress=progress, existing=existing)
+            sync = ObjectSynchronizer(dataset, store, model, settings,
+                                      doc["generation"], building=building,
+                                      progress=progress,
+                                      crop=crop_settings(ref))
+        else:
+            from .existing import ExistingEmbeddings
+
+            existing = (ExistingEmbeddings.from_ref(dataset,
+                                                    ref.get("existing"))
+                        if building else None)
+            sync = Synchronizer(dataset, store, model, settings,
+                                doc["generation"], building=building,
+                                progress=progress, existing=existing)
         return sync.run(
             watermark=doc.get("watermark"),
             deletion_watermark=doc.get("deletion_watermark"),
@@ -283,7 +293,9 @@ def start_background(dataset, force=False, verify_files=False, secrets=None):
         env["FIFTYONE_DATABASE_URI"] = fo.config.database_uri
 
     cmd = [sys.executable, "-m", "fiftyone_ai_search", "sync",
-           "--dataset-id", st.dataset_key(dataset)]
+           "--dataset-id", targets.dataset_key(targets.dataset_of(dataset))]
+    if isinstance(dataset, targets.Objects):
+        cmd += ["--patches-field", dataset.field]
     if verify_files:
         cmd.append("--verify-files")
 

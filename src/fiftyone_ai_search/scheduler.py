@@ -46,6 +46,7 @@ class RefreshReport:
 
     Attributes:
         synced: dataset name -> :class:`fiftyone_ai_search.sync.SyncReport`
+            (an object index as ``"name (field)"``, here and below)
         unchanged: names of datasets with nothing to sync
         busy: names of datasets whose computation ran elsewhere (asked to
             sync once more when done)
@@ -92,11 +93,14 @@ def refresh_all(datasets=None, settings=None):
         key = doc["_id"]
         name = doc.get("dataset_name") or key
         try:
-            dataset = st.load_dataset(key)
+            # a dataset, or the objects of one of its fields
+            dataset = st.load_target(key)
             if dataset is not None:
                 name = dataset.name
             if names is not None and name not in names:
                 continue
+            if dataset is not None:
+                name = _label(dataset)
 
             _refresh_one(key, dataset, doc, settings, report)
         except Exception as e:  # one dataset must not stop the others
@@ -122,19 +126,29 @@ def _refresh_one(key, dataset, doc, settings, report):
     if doc is None or not doc.get("enabled"):
         return
 
+    name = _label(dataset)
     if st.is_running(doc):
         st.request_rerun(dataset)
-        report.busy.append(dataset.name)
+        report.busy.append(name)
         return
 
     if not has_changes(dataset, doc) and _consistent(dataset, doc, settings):
-        report.unchanged.append(dataset.name)
+        report.unchanged.append(name)
     else:
         try:
-            report.synced[dataset.name] = run_sync(dataset, settings=settings)
+            report.synced[name] = run_sync(dataset, settings=settings)
         except SyncCancelled:
             return  # disabled meanwhile: nothing to refresh
     maintain_index(dataset, settings)
+
+
+def _label(target):
+    """How a report names a target: its dataset's name, with the field for
+    an object index."""
+    from .targets import field_of
+
+    field = field_of(target)
+    return target.name if field is None else f"{target.name} ({field})"
 
 
 def _consistent(dataset, doc, settings):

@@ -18,6 +18,7 @@ from . import diverse
 from . import media
 from . import runner
 from . import state as st
+from . import targets
 from . import validate
 from .embeddings import model_label, require_index
 from .store import IndexMismatchError, IndexNotFoundError
@@ -61,9 +62,16 @@ def perform_ai_search(
     aggregation="max",
     negative_weight=NEGATIVE_WEIGHT,
     seed=0,
+    patches_field=None,
+    label_id=None,
 ):
     """Searches a dataset (or a view of it) and keeps the results as the
     dataset's temporary collection.
+
+    With ``patches_field`` (or given a patches view), it searches the
+    objects of that label field instead (its object index, see
+    :func:`~fiftyone_ai_search.embeddings.enable_embeddings`), and the
+    collection is a patches view of the objects found, best first.
 
     Exactly one kind of query is given:
 
@@ -79,6 +87,8 @@ def perform_ai_search(
         ``"mean"`` searches with their mean embedding. The reference samples
         themselves are part of the results when in scope (score 1.0 for
         ``"max"``, so they come first).
+    -   ``label_id``: object search: one or more label ids of objects of
+        the field ("more objects like these"), aggregated as ``image_id``.
     -   ``image``: an image from outside the dataset, a file path or a
         ``PIL.Image``.
     -   ``method``: diverse sampling, no query: ``"centroids"`` or
@@ -101,6 +111,12 @@ def perform_ai_search(
         ais.perform_ai_search(dataset, method="centroids", limit=200,
                               clustering_method="kmeans", num_clusters=20)
 
+        # objects: a patches view of the boxes that best match
+        name = ais.perform_ai_search(dataset, prompt="a damaged bumper",
+                                     patches_field="ground_truth")
+        patches = ais.get_collection(dataset, name)
+        ais.perform_ai_search(patches, label_id=patches.first().id)
+
     Args:
         samples: a :class:`fiftyone.core.dataset.Dataset` or a view of it:
             the search scope
@@ -118,6 +134,10 @@ def perform_ai_search(
         aggregation ("max"): ``"max"`` or ``"mean"`` (several references)
         negative_weight (0.5): how hard a negative prompt pushes
         seed (0): the random seed of diverse search
+        patches_field (None): search the objects of this label field
+            (default: the field of ``samples`` when it is a patches view;
+            else the images)
+        label_id (None): a label id or a list of them (object search)
 
     Returns:
         the name of the collection holding the results, or None when nothing
@@ -135,19 +155,26 @@ def perform_ai_search(
         clustering_method=clustering_method, num_clusters=num_clusters,
         threshold=threshold, negative_prompt=negative_prompt, image=image,
         aggregation=aggregation, negative_weight=negative_weight, seed=seed,
-        image_id_scope=image_id_scope,
+        image_id_scope=image_id_scope, label_id=label_id,
     )
     dataset = media.dataset_of(samples)  # a patches view: its source dataset
-    doc = require_index(dataset)
-    scope = _make_scope(samples, query.image_id_scope)
-    if query.image_ids:
-        _check_known_ids(dataset, query.image_ids, "image_id")
+    field = _patches_field(samples, patches_field, query)
+    target = targets.target_of(dataset, field)
+    doc = require_index(target)
+    if field is None:
+        scope = _make_scope(samples, query.image_id_scope)
+        if query.image_ids:
+            _check_known_ids(dataset, query.image_ids, "image_id")
+    else:
+        scope = _object_scope(samples, field, query.image_id_scope)
 
-    ids, scores, doc = _search(dataset, doc, query, scope)
+    ids, scores, doc = _search(target, doc, query, scope)
 
     if not ids:
         return None
     described = query.describe(scope)
+    if field is not None:
+        described["patches_field"] = field
     described["model"] = model_label(doc["index"])
     if doc.get("build"):
         # searches use the complete index until the rebuild switches over
@@ -159,11 +186,60 @@ def perform_ai_search(
         )
     return colls.write_collection(
         dataset, colls.TEMPORARY_COLLECTION, ids, scores, query=described,
+        patches_field=field,
     )
 
 
-def _search(dataset, doc, query, scope):
-    """Runs ``query`` on the index searches use; returns ``(ids, scores,
+def _patches_field(samples, patches_field, query):
+    """The label field whose objects a search searches (None: the images):
+    ``patches_field``, or that of a patches view whose field has object
+    search on (a patches view of another field searches the images its
+    patches belong to)."""
+    field = patches_field
+    if field is not None and not isinstance(field, str):
+        raise ValueError(f"patches_field must be a field name, got {field!r}")
+    view_field = getattr(samples, "_patches_field", None) \
+        if getattr(samples, "_is_patches", False) else None
+    if field is not None and view_field is not None and field != view_field:
+        raise ValueError(
+            f"patches_field: the view holds patches of '{view_field}', not "
+            f"'{field}'")
+    if field is None and view_field is not None and (
+            query.label_ids is not None or view_field in st.object_fields(
+                targets.dataset_key(media.dataset_of(samples)))):
+        field = view_field
+    if field is None and query.label_ids is not None:
+        raise ValueError(
+            "label_id: give patches_field=... (the label field the objects "
+            "are of), or search a patches view of it")
+    if field is not None and query.image_ids is not None:
+        raise ValueError(
+            "image_id: object search takes reference objects (label_id=...) "
+            "or an image (image=...), not sample ids")
+    return field
+
+
+def _object_scope(samples, field, sample_scope):
+    """The objects to search within: None for all the object index holds,
+    else a :class:`_ViewScope` of patches (a patch's id is its label's)."""
+    dataset = media.dataset_of(samples)
+    is_patches = getattr(samples, "_is_patches", False)
+    if sample_scope is not None:
+        _check_known_ids(dataset, sample_scope, "image_id_scope")
+        samples = (dataset.select(list(dict.fromkeys(
+            samples.values("sample_id")))) if is_patches else samples
+        ).select(sample_scope)
+        return _ViewScope(samples.to_patches(field))
+    if is_patches:
+        return _ViewScope(samples)
+    if samples is dataset and not media.is_grouped(dataset):
+        return None
+    return _ViewScope(samples.to_patches(field))
+
+
+def _search(target, doc, query, scope):
+    """Runs ``query`` on the index searches use of ``target`` (a dataset,
+    or the objects of one of its fields); returns ``(ids, scores,
     doc)``. A rebuild that switches over and drops the former index during
     the search makes it run again on the new one."""
     while True:
@@ -172,34 +248,42 @@ def _search(dataset, doc, query, scope):
         # while nobody else wants it (see VectorStore.session(keep_open=True))
         store = runner.open_ref(ref)
         try:
-            ids, scores = query.run(dataset, ref, store, scope)
+            ids, scores = query.run(target, ref, store, scope)
             return ids, scores, doc
         except IndexNotFoundError:
-            newer = require_index(dataset)
+            newer = require_index(target)
             if newer["index"]["name"] == ref["name"]:
                 raise
             doc = newer
 
 
-def run_query(samples, **fields):
+def run_query(samples, patches_field=None, **fields):
     """Runs a search on the index of the dataset of ``samples``, within
-    ``samples``, and returns ``(sample_ids, scores)`` best first, keeping
-    no collection: the search :func:`perform_ai_search` runs, for the
+    ``samples``, and returns ``(ids, scores)`` best first, keeping no
+    collection: the search :func:`perform_ai_search` runs, for the
     FiftyOne Brain backend.
 
     Args:
         samples: a dataset or a view of it: the search scope
+        patches_field (None): search the object index of this label field
+            (the ids are then label ids; ``image_ids`` are label ids too)
         **fields: the query: ``prompts`` (a list, not split at commas),
             ``image_ids``, ``vectors``, ``limit`` (None: the whole scope),
             ``aggregation``, ``reverse``
     """
     dataset = media.dataset_of(samples)
-    doc = require_index(dataset)
-    scope = _make_scope(samples, None)
+    target = targets.target_of(dataset, patches_field)
+    doc = require_index(target)
+    if patches_field is None:
+        scope = _make_scope(samples, None)
+    else:
+        scope = _object_scope(samples, patches_field, None)
+        if "image_ids" in fields:
+            fields["label_ids"] = fields.pop("image_ids")
     if fields.get("limit") is None:
         fields["limit"] = max(1, len(scope) if scope is not None
                               else runner.index_size(doc["index"]))
-    ids, scores, _ = _search(dataset, doc, _Query(**fields), scope)
+    ids, scores, _ = _search(target, doc, _Query(**fields), scope)
     return ids, scores
 
 
@@ -240,17 +324,17 @@ def _split(text, arg):
     return parts
 
 
-def _id_list(value, arg):
+def _id_list(value, arg, kind="sample"):
     values = [value] if isinstance(value, (str, ObjectId)) else value
     try:
         values = list(values)
     except TypeError:
         raise ValueError(
-            f"{arg} must be a sample id or a list of them, got {value!r}"
+            f"{arg} must be a {kind} id or a list of them, got {value!r}"
         ) from None
     bad = [v for v in values if not _is_object_id(v)]
     if bad:
-        raise ValueError(f"{arg}: not sample ids: {bad[:5]}")
+        raise ValueError(f"{arg}: not {kind} ids: {bad[:5]}")
     if not values:
         raise ValueError(f"{arg} is empty")
     # as FiftyOne spells ids (lower-case str): an ObjectId (sample["_id"]),
@@ -279,6 +363,8 @@ class _Query:
     prompts = None
     negatives = ()
     image_ids = None
+    #: object search by reference objects: their label ids
+    label_ids = None
     image = None
     vectors = None
     method = None
@@ -301,14 +387,17 @@ class _Query:
     @classmethod
     def validate(cls, prompt, image_id, method, limit, clustering_method,
                  num_clusters, threshold, negative_prompt, image, aggregation,
-                 negative_weight, seed, image_id_scope):
+                 negative_weight, seed, image_id_scope, label_id=None):
         given = [name for name, v in (("prompt", prompt),
                                       ("image_id", image_id),
+                                      ("label_id", label_id),
                                       ("image", image),
                                       ("method", method)) if v is not None]
         if len(given) != 1:
+            kinds = ("prompt, image_id, image or method" if label_id is None
+                     else "prompt, image_id, label_id, image or method")
             raise ValueError(
-                "Give exactly one of prompt, image_id, image or method (diverse "
+                f"Give exactly one of {kinds} (diverse "
                 f"search); got {', '.join(given) if given else 'none'}"
             )
         limit = validate.limit(limit)
@@ -343,6 +432,8 @@ class _Query:
                        if negative_prompt is not None else []),
             image_ids=(_id_list(image_id, "image_id")
                        if image_id is not None else None),
+            label_ids=(_id_list(label_id, "label_id", "label")
+                       if label_id is not None else None),
             image=image,
             method=method,
             clustering_method=clustering_method or "kmeans",
@@ -363,15 +454,16 @@ class _Query:
             check_index_model(store, ref)
             return _diverse(store, scope, self)
 
-        if self.image_ids is not None or self.vectors is not None:
+        references = (self.image_ids if self.label_ids is None
+                      else self.label_ids)
+        if references is not None or self.vectors is not None:
             # one opening of the index for the references and the search
             with store.session(keep_open=True):
                 check_index_model(store, ref)
                 if self.vectors is not None:
                     vectors = _normalize(np.atleast_2d(self.vectors))
                 else:
-                    vectors = _reference_vectors(dataset, store,
-                                                 self.image_ids)
+                    vectors = _reference_vectors(dataset, store, references)
                 return self._nearest(store, vectors, scope)
 
         # the model runs before the index is opened: never hold it meanwhile
@@ -411,6 +503,9 @@ class _Query:
                      negative_prompt=", ".join(self.negatives) or None)
         elif self.image_ids is not None:
             d.update(mode="image", image_id=self.image_ids,
+                     aggregation=self.aggregation)
+        elif self.label_ids is not None:
+            d.update(mode="object", label_id=self.label_ids,
                      aggregation=self.aggregation)
         else:
             d.update(mode="image", image=str(getattr(self.image, "filename", "")
@@ -553,17 +648,23 @@ def prompt_vectors(model, prompts, negatives=(), negative_weight=NEGATIVE_WEIGHT
     return vectors
 
 
-def _reference_vectors(dataset, store, image_ids):
+def _reference_vectors(target, store, image_ids):
+    """The stored vectors of the reference samples (or objects, for an
+    object index's ``target``)."""
     ids, vectors = store.get_vectors(image_ids)
     missing = [i for i in image_ids if i not in set(ids)]
     if missing:
-        failed = {f["sample_id"]: f["reason"] for f in st.get_failures(dataset)}
+        failed = {f["sample_id"]: f["reason"] for f in st.get_failures(target)}
+        objects = isinstance(target, targets.Objects)
+        unknown = (f"not an object of '{targets.field_of(target)}', or not "
+                   "embedded yet" if objects else "not embedded yet")
         why = "; ".join(
             f"{i}: " + (f"its image failed ({failed[i]})" if i in failed
-                        else "not embedded yet")
+                        else unknown)
             for i in missing[:5]
         )
-        raise ValueError(f"image_id: no embedding for {why}")
+        raise ValueError(
+            f"{'label_id' if objects else 'image_id'}: no embedding for {why}")
     return np.asarray(vectors, dtype=np.float32)
 
 

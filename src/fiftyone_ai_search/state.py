@@ -41,6 +41,7 @@ import uuid
 
 import pymongo
 
+from . import targets
 from .errors import AISearchError
 
 logger = logging.getLogger(__name__)
@@ -85,8 +86,10 @@ class StaleGeneration(AISearchError):
     computation started: it must write nothing more."""
 
 
-#: the fields of an index reference (``index``, ``build``, ``retired``)
-INDEX_FIELDS = ("name", "model", "pretrained", "model_identity", "backend")
+#: the fields of an index reference (``index``, ``build``, ``retired``);
+#: ``crop`` is how an object index crops its objects (None for images)
+INDEX_FIELDS = ("name", "model", "pretrained", "model_identity", "backend",
+                "crop")
 
 
 def _new_generation():
@@ -95,17 +98,31 @@ def _new_generation():
     return uuid.uuid4().hex[:12]
 
 
+def _index_name(key, generation):
+    """A new index's name: its target's key and generation, in the
+    characters index names allow (a field's name may hold others)."""
+    dataset_id, field = targets.split_key(key)
+    if field is None:
+        return f"dataset_{key}_{generation}"
+    import hashlib
+
+    tag = hashlib.sha1(field.encode()).hexdigest()[:10]
+    return f"dataset_{dataset_id}_objects_{tag}_{generation}"
+
+
 def _new_build(key, generation, model, pretrained, model_identity, backend,
-               existing=None):
+               existing=None, crop=None):
     """The ``build`` reference of a new index of ``generation``, under a
     name nobody else ever uses; ``existing`` names embeddings the dataset
-    already has to fill it from (see :mod:`fiftyone_ai_search.existing`)."""
+    already has to fill it from (see :mod:`fiftyone_ai_search.existing`);
+    ``crop`` the crop settings of an object index."""
     return {
-        "name": f"dataset_{key}_{generation}",
+        "name": _index_name(key, generation),
         "model": model,
         "pretrained": pretrained,
         "model_identity": model_identity,
         "backend": backend,
+        "crop": crop,
         "generation": generation,
         "started_at": utcnow(),
         "existing": existing,
@@ -144,9 +161,11 @@ def _migrate(doc):
     return doc
 
 
-def dataset_key(dataset):
-    """The id that names a dataset's state and index (stable across renames)."""
-    return str(dataset._doc.id)
+def dataset_key(target):
+    """The key that names a target's state and index: a dataset's id (stable
+    across renames), or ``"<dataset id>~<field>"`` for the objects of a
+    label field (:class:`fiftyone_ai_search.targets.Objects`)."""
+    return targets.key_of(target)
 
 
 def load_dataset(key):
@@ -161,8 +180,21 @@ def load_dataset(key):
     return fo.load_dataset(found["name"]) if found else None
 
 
+def load_target(key):
+    """The target (a dataset, or the objects of one of its fields) whose
+    key is ``key``, or None if its dataset no longer exists. The objects
+    of a field deleted since are still returned: their index is then
+    empty (see :class:`~fiftyone_ai_search.targets.Objects`)."""
+    dataset_id, field = targets.split_key(key)
+    dataset = load_dataset(dataset_id)
+    if dataset is None or field is None:
+        return dataset
+    return targets.target_of(dataset, field)
+
+
 def get(dataset):
-    """The state document of ``dataset``, or None if AI search was never on."""
+    """The state document of a target (a dataset, or the objects of one of
+    its fields), or None if AI search was never on for it."""
     return get_key(dataset_key(dataset))
 
 
@@ -179,18 +211,19 @@ def get_key(key):
     return doc
 
 
-def _same(ref, model_identity, backend):
+def _same(ref, model_identity, backend, crop=None):
     return (
         ref is not None
         and ref.get("model_identity") == model_identity
         and ref.get("backend") == backend
+        and ref.get("crop") == crop
     )
 
 
 def same_index(a, b):
     """Whether two index references hold vectors of the same model in the
-    same backend (interchangeable for reads)."""
-    return _same(a, b.get("model_identity"), b.get("backend"))
+    same backend, of objects cropped alike (interchangeable for reads)."""
+    return _same(a, b.get("model_identity"), b.get("backend"), b.get("crop"))
 
 
 def indexes_of(doc):
@@ -200,13 +233,15 @@ def indexes_of(doc):
 
 
 def enable(dataset, model, pretrained, model_identity, backend,
-           existing=None):
-    """Records that AI search is on for ``dataset`` with the given model.
+           existing=None, crop=None):
+    """Records that AI search is on for a target (a dataset, or the objects
+    of one of its fields) with the given model.
 
-    The same model and backend as now change nothing. Another one means a
-    new generation and an index built beside the current one, which
-    searches keep using until the new one is complete; going back to the
-    model of the current index cancels such a build.
+    The same model and backend (and crop settings, for objects) as now
+    change nothing. Another one means a new generation and an index built
+    beside the current one, which searches keep using until the new one is
+    complete; going back to the model of the current index cancels such a
+    build.
 
     Returns:
         the new state document
@@ -214,7 +249,7 @@ def enable(dataset, model, pretrained, model_identity, backend,
     key = dataset_key(dataset)
     current = get(dataset)
     enabled = current is not None and current.get("enabled")
-    if enabled and _same(current, model_identity, backend):
+    if enabled and _same(current, model_identity, backend, crop):
         _states().update_one(
             {"_id": key}, {"$set": {"dataset_name": dataset.name}}
         )
@@ -230,6 +265,9 @@ def enable(dataset, model, pretrained, model_identity, backend,
         "pretrained": pretrained,
         "model_identity": model_identity,
         "backend": backend,
+        "crop": crop,
+        "dataset_id": targets.split_key(key)[0],
+        "patches_field": targets.split_key(key)[1],
         "rerun_requested": False,
     }
     retired = []
@@ -237,11 +275,12 @@ def enable(dataset, model, pretrained, model_identity, backend,
         index = current.get("index")
         if current.get("build"):
             retired.append(current["build"])
-        if _same(index, model_identity, backend):
+        if _same(index, model_identity, backend, crop):
             fields["build"] = None  # back to the model searches use
         else:
             fields["build"] = _new_build(key, generation, model, pretrained,
-                                         model_identity, backend, existing)
+                                         model_identity, backend, existing,
+                                         crop)
     else:
         # a fresh start; whatever a crashed disable left goes
         if current is not None:
@@ -249,7 +288,7 @@ def enable(dataset, model, pretrained, model_identity, backend,
         fields.update(
             index=None,
             build=_new_build(key, generation, model, pretrained,
-                             model_identity, backend, existing),
+                             model_identity, backend, existing, crop),
             watermark=None,
             deletion_watermark=None,
             updated_at=None,
@@ -281,7 +320,8 @@ def plan_rebuild(dataset):
         return doc
     generation = _new_generation()
     build = _new_build(key, generation, doc["model"], doc["pretrained"],
-                       doc["model_identity"], doc["backend"])
+                       doc["model_identity"], doc["backend"],
+                       crop=doc.get("crop"))
     update = {"$set": {"generation": generation, "build": build}}
     if doc.get("build"):
         update["$push"] = {"retired": doc["build"]}
@@ -360,6 +400,14 @@ def enabled_states():
     """The state documents of every dataset whose AI search is on; each
     document's ``_id`` is its dataset's id (:func:`dataset_key`)."""
     return [_migrate(doc) for doc in _states().find({"enabled": True})]
+
+
+def object_fields(dataset_id):
+    """The label fields of the dataset whose id is ``dataset_id`` whose
+    object search is on, sorted."""
+    return sorted(doc["patches_field"] for doc in _states().find(
+        {"dataset_id": dataset_id, "enabled": True,
+         "patches_field": {"$type": "string"}}, {"patches_field": 1}))
 
 
 def disable(dataset_or_key):
@@ -449,6 +497,14 @@ def get_failures(dataset, limit=None):
     if limit:
         cursor = cursor.limit(limit)
     return list(cursor)
+
+
+def get_failures_of(target, key, values):
+    """The recorded failures whose field ``key`` is one of ``values`` (e.g.
+    the failed objects of some samples)."""
+    return list(_failures().find(
+        {"dataset_id": dataset_key(target), key: {"$in": list(values)}},
+        {"_id": 0, "dataset_id": 0}))
 
 
 def count_failures(dataset):

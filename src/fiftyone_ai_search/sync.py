@@ -41,6 +41,7 @@ from bson import ObjectId
 
 from . import media
 from . import state as st
+from . import targets
 from .errors import AISearchError
 from .store import IndexInfo, IndexNotFoundError
 
@@ -128,7 +129,8 @@ def _last_deletion_at(dataset):
     import fiftyone.core.odm as foo
 
     doc = foo.get_db_conn().datasets.find_one(
-        {"_id": ObjectId(st.dataset_key(dataset))}, {"last_deletion_at": 1}
+        {"_id": ObjectId(targets.dataset_key(dataset))},
+        {"last_deletion_at": 1}
     )
     return (doc or {}).get("last_deletion_at")
 
@@ -244,16 +246,18 @@ def _merge_ids(sample_pages, index_pages):
             del ids[:n], paths[:n], held[:m]
 
 
-def has_changes(dataset, doc):
-    """Whether a sync of ``dataset`` would find anything to do.
+def has_changes(target, doc):
+    """Whether a sync of ``target`` (a dataset, or the objects of one of
+    its fields) would find anything to do.
 
     Costs at most a few indexed queries, and loads no model and opens no
     index: a refresher asks it of every dataset on every pass.
 
     Args:
-        dataset: the dataset
+        target: the dataset, or a :class:`~fiftyone_ai_search.targets.Objects`
         doc: its state document (:func:`fiftyone_ai_search.state.get`)
     """
+    dataset = targets.dataset_of(target)
     watermark = doc.get("watermark")
     if watermark is None or doc.get("build") or doc.get("retired"):
         return True  # never indexed, a rebuild to do, or indexes to drop
@@ -264,23 +268,30 @@ def has_changes(dataset, doc):
     if len(_edited_since(dataset, watermark).limit(1)):
         return True
 
-    return bool(_repaired(st.get_failures(dataset)))
+    return bool(_repaired(st.get_failures(target)))
 
 
-def is_consistent(dataset, store):
+def is_consistent(target, store):
     """The consistency check: whether ``store`` holds as many vectors as
-    the dataset has samples without a recorded failure (counts only: a few
-    cheap queries, but it opens the index).
+    the dataset has samples (or the field objects) without a recorded
+    failure (counts only: a few cheap queries, but it opens the index).
 
     Args:
-        dataset: the dataset
+        target: the dataset, or a :class:`~fiftyone_ai_search.targets.Objects`
         store: its :class:`fiftyone_ai_search.store.VectorStore`
     """
     with store.session():
         num_indexed = store.count() if store.exists() else -1
-    return num_indexed + st.count_failures(dataset) == (
-        _edited_since(dataset, None).count()
-    )
+    return num_indexed + st.count_failures(target) == _num_units(target)
+
+
+def _num_units(target):
+    """How many vectors a complete index of ``target`` holds, failures
+    included: its dataset's samples, or the objects of its field."""
+    samples = _edited_since(targets.dataset_of(target), None)
+    if isinstance(target, targets.Objects):
+        return target.count(samples)
+    return samples.count()
 
 
 def _deleted_since(deletion_watermark, deletion_at):
@@ -291,10 +302,12 @@ def _deleted_since(deletion_watermark, deletion_at):
 
 
 def _repaired(failures):
-    """The failures whose file changed since they failed."""
+    """The failures whose file changed since they failed (an object's
+    failure keeps its image's fingerprint apart from its own)."""
     return [
         f for f in failures
-        if file_fingerprint(f["filepath"]) != f.get("fingerprint")
+        if file_fingerprint(f["filepath"]) != f.get(
+            "file_fingerprint", f.get("fingerprint"))
     ]
 
 
@@ -309,6 +322,39 @@ def _payload(filepath, fingerprint):
     """What the index keeps with a vector to tell whether its image
     changed."""
     return {"filepath": filepath, "fingerprint": fingerprint}
+
+
+@dataclasses.dataclass
+class Unit:
+    """One thing an index holds a vector of: a sample's image, or an
+    object (a crop of its box) of a sample.
+
+    Attributes:
+        key: the id of the vector: the sample id, or the object's label id
+        filepath: the image file
+        fingerprint: what the stored vector must match to be kept: the
+            file's fingerprint, with the box's for an object
+        new: whether the index holds no vector of it yet (set by the diff)
+        sample_id: the sample holding an object (its own id for a sample)
+        box: an object's box (``[x, y, w, h]``, relative)
+        file_fingerprint: the image file's fingerprint alone
+    """
+
+    key: str
+    filepath: str
+    fingerprint: str = None
+    new: bool = False
+    sample_id: str = None
+    box: list = None
+    file_fingerprint: str = None
+
+    def payload(self):
+        return _payload(self.filepath, self.fingerprint)
+
+    def failure(self, reason):
+        """The failure record of this unit."""
+        return {"sample_id": self.key, "filepath": self.filepath,
+                "fingerprint": self.fingerprint, "reason": reason}
 
 
 def write_given(dataset, store, sample_ids, vectors):
@@ -337,7 +383,13 @@ def write_given(dataset, store, sample_ids, vectors):
 
 
 class Synchronizer:
-    """Brings one index of a dataset up to date with the dataset.
+    """Brings one index of a dataset's images up to date with the dataset.
+
+    The run is written in units (:class:`Unit`): what changed is found a
+    page of edited samples at a time, each page made into units
+    (:meth:`_units`), diffed against the index (:meth:`_diff`) and
+    embedded (:meth:`_embed`); :class:`fiftyone_ai_search.objects_sync.
+    ObjectSynchronizer` makes the objects of a label field its units.
 
     Args:
         dataset: a :class:`fiftyone.core.dataset.Dataset`
@@ -356,7 +408,9 @@ class Synchronizer:
 
     def __init__(self, dataset, store, model, settings, generation,
                  building=False, progress=None, existing=None):
-        self.dataset = dataset
+        #: what the state is of: the dataset here, its objects in a subclass
+        self.target = dataset
+        self.dataset = targets.dataset_of(dataset)
         self.existing = existing
         self.store = store
         self.model = model
@@ -415,15 +469,16 @@ class Synchronizer:
             report.removed = self._remove_deleted()
 
         # a page of edited samples at a time, then the failures to retry
-        failures = {f["sample_id"]: f for f in st.get_failures(self.dataset)}
+        failures = {f["sample_id"]: f for f in st.get_failures(self.target)}
         edited = _edited_since(self.dataset, watermark)
         retry = self._failures_to_retry(failures, edited)
-        total = edited.count() + len(retry[0])
+        total = self._count_units(edited, retry[0])
         self._start_progress(total)
         for ids, paths in itertools.chain(
             _sample_pages(edited, PAGE_SIZE), [retry] if retry[0] else []
         ):
-            todo = self._diff(ids, paths, report, failures)
+            todo = self._diff(self._units(ids, paths, report), report,
+                              failures)
             # at most as many to embed as were not skipped yet
             self._set_total(total - report.skipped)
             self._embed(todo, report)
@@ -440,16 +495,16 @@ class Synchronizer:
         )
         if self.building:
             st.switch_to_build(
-                self.dataset, self.generation, self.store.name, **fields
+                self.target, self.generation, self.store.name, **fields
             )
         else:
-            st.finish_sync(self.dataset, self.generation, **fields)
+            st.finish_sync(self.target, self.generation, **fields)
         return report
 
     # -- steps ---------------------------------------------------------------
 
     def _check(self):
-        st.check_generation(self.dataset, self.generation)
+        st.check_generation(self.target, self.generation)
 
     def _remove_deleted(self):
         """Deletes the vectors of deleted samples, found by an id diff
@@ -461,9 +516,9 @@ class Synchronizer:
             for part in diff:
                 removed += self._delete_gone(part.gone)
         # failures of deleted samples are moot
-        failed = [f["sample_id"] for f in st.get_failures(self.dataset)]
+        failed = [f["sample_id"] for f in st.get_failures(self.target)]
         present = set(_samples_by_id(self.dataset, failed)[0])
-        st.clear_failures(self.dataset, set(failed) - present)
+        st.clear_failures(self.target, set(failed) - present)
         return removed
 
     def _delete_gone(self, sample_ids):
@@ -485,10 +540,10 @@ class Synchronizer:
         and nothing else does. Counts first (cheap); on a mismatch (a crash
         between two writes, an index changed behind our back, samples added
         or deleted meanwhile), the id diff that repairs it."""
-        if is_consistent(self.dataset, self.store):
+        if is_consistent(self.target, self.store):
             return
 
-        failures = {f["sample_id"]: f for f in st.get_failures(self.dataset)}
+        failures = {f["sample_id"]: f for f in st.get_failures(self.target)}
         failed = set(failures)
         kept = set()  # failures of present samples without a vector
         counts = dict(vectors=0, samples=0, removed=0, missing=0)
@@ -518,18 +573,23 @@ class Synchronizer:
                 counts["missing"] += len(missing)
                 self._set_total(self._done + len(missing))
                 ids, paths = map(list, zip(*missing))
-                self._embed(self._diff(ids, paths, report, failures), report)
+                self._embed(self._diff(self._units(ids, paths, report),
+                                       report, failures), report)
 
         report.removed += counts["removed"]
         # failures of deleted samples go; a vector wins over a failure: its
         # fingerprint is checked anyway
-        st.clear_failures(self.dataset, failed - kept)
+        st.clear_failures(self.target, failed - kept)
         logger.info(
             "AI search index of '%s' was inconsistent (%d vectors + %d "
             "failures for %d samples): removed %d, embedded %d",
             self.dataset.name, counts["vectors"], len(failed),
             counts["samples"], counts["removed"], counts["missing"],
         )
+
+    def _count_units(self, edited, retry_ids):
+        """How many units the ``edited`` samples and those retried hold."""
+        return edited.count() + len(retry_ids)
 
     def _failures_to_retry(self, failures, edited):
         """``(ids, filepaths)`` of the failed samples whose file changed
@@ -551,20 +611,26 @@ class Synchronizer:
         ids, paths = _samples_by_id(self.dataset, changed)
         return list(ids), list(paths)
 
-    def _diff(self, ids, paths, report, failures):
-        """Sorts candidates (a page) into new, changed and unchanged samples.
+    def _units(self, ids, paths, report):
+        """The units of a page of samples: their images."""
+        return [Unit(i, p, fp, sample_id=i, file_fingerprint=fp)
+                for i, p in zip(ids, paths)
+                for fp in [file_fingerprint(p)]]
+
+    def _diff(self, units, report, failures):
+        """Sorts candidates (a page of units) into new, changed and
+        unchanged ones.
 
         Args:
-            ids: the sample ids
-            paths: their filepaths
-            report: the :class:`SyncReport` to count skipped samples in
-            failures: ``{sample_id: failure}`` of the recorded failures
+            units: a list of :class:`Unit`
+            report: the :class:`SyncReport` to count skipped units in
+            failures: ``{key: failure}`` of the recorded failures
 
         Returns:
-            a list of ``(sample_id, filepath, fingerprint, is_new)`` to embed
+            the list of the units to embed, each with ``new`` set
         """
         todo = []
-        fingerprints = [file_fingerprint(path) for path in paths]
+        keys = [u.key for u in units]
         # one opening of the index for all lookups (each costs ~0.2-0.5 s at
         # 20k-100k, ~2.5 s at 1M), kept open for the next page
         with self.store.session(keep_open=True):
@@ -574,28 +640,29 @@ class Synchronizer:
                 self._has_vectors = self.store.count() > 0
             empty = not self._has_vectors
             stored = {}
-            for i in range(0, 0 if empty else len(ids), LOOKUP_CHUNK):
+            for i in range(0, 0 if empty else len(keys), LOOKUP_CHUNK):
                 stored.update(
-                    self.store.get_payloads(ids[i : i + LOOKUP_CHUNK])
+                    self.store.get_payloads(keys[i : i + LOOKUP_CHUNK])
                 )
 
-        for sample_id, path, fp in zip(ids, paths, fingerprints):
-            old = stored.get(sample_id) or failures.get(sample_id)
+        for unit in units:
+            old = stored.get(unit.key) or failures.get(unit.key)
             if (
                 old is not None
-                and old.get("filepath") == path
-                and old.get("fingerprint") == fp
+                and old.get("filepath") == unit.filepath
+                and old.get("fingerprint") == unit.fingerprint
             ):
                 report.skipped += 1
                 continue
-            todo.append((sample_id, path, fp, sample_id not in stored))
+            unit.new = unit.key not in stored
+            todo.append(unit)
         return todo
 
     def _start_progress(self, total):
         """Starts the progress of a phase that embeds at most ``total``."""
         self._done, self._total = 0, total
         st.update(
-            self.dataset,
+            self.target,
             progress={"done": 0, "total": total, "started_at": st.utcnow(),
                       "building": self.building, "index": self.store.name},
         )
@@ -608,9 +675,14 @@ class Synchronizer:
         total = max(total, self._done)
         if total != self._total:
             self._total = total
-            st.update(self.dataset, **{"progress.total": total})
+            st.update(self.target, **{"progress.total": total})
             if self.progress:
                 self.progress(self._done, total)
+
+    def _items(self, todo):
+        """The items of :func:`~fiftyone_ai_search.embedder.embed_images`
+        for units to embed, and its keyword arguments."""
+        return [(u.key, u.filepath) for u in todo], {}
 
     def _embed(self, todo, report):
         """Embeds and commits ``todo`` (a page of :meth:`_diff`)."""
@@ -619,8 +691,8 @@ class Synchronizer:
         if not todo:
             return
 
-        meta = {sample_id: (path, fp, new) for sample_id, path, fp, new in todo}
-        items = [(sample_id, path) for sample_id, path, _, _ in todo]
+        meta = {u.key: u for u in todo}
+        items, options = self._items(todo)
         if self.existing is not None:
             items = self._reuse(items, meta, report)
             if not items:
@@ -641,6 +713,7 @@ class Synchronizer:
                     items,
                     batch_size=self.settings.batch_size,
                     num_workers=self.settings.num_workers,
+                    **options,
                 ):
                     if pending is not None:
                         pending.result()
@@ -676,7 +749,7 @@ class Synchronizer:
 
     def _commit_progress(self, count):
         self._done += count
-        st.update(self.dataset, **{"progress.done": self._done})
+        st.update(self.target, **{"progress.done": self._done})
         if self.progress:
             self.progress(self._done, max(self._total, self._done))
 
@@ -691,14 +764,14 @@ class Synchronizer:
     def _write(self, batch, meta, report, reused=False):
         self._check()
         if batch.keys:
-            payloads = [_payload(meta[k][0], meta[k][1]) for k in batch.keys]
+            payloads = [meta[k].payload() for k in batch.keys]
             with self.store.session(keep_open=True):
                 self.store.upsert(batch.keys, batch.vectors, payloads)
-            st.clear_failures(self.dataset, batch.keys)
+            st.clear_failures(self.target, batch.keys)
             if reused:
                 report.reused += len(batch.keys)
             else:
-                new = sum(meta[k][2] for k in batch.keys)
+                new = sum(meta[k].new for k in batch.keys)
                 report.added += new
                 report.updated += len(batch.keys) - new
 
@@ -708,15 +781,8 @@ class Synchronizer:
             with self.store.session(keep_open=True):
                 self.store.delete(failed)
             st.record_failures(
-                self.dataset,
-                [
-                    {
-                        "sample_id": k,
-                        "filepath": meta[k][0],
-                        "fingerprint": meta[k][1],
-                        "reason": reason,
-                    }
-                    for k, reason in batch.failures.items()
-                ],
+                self.target,
+                [meta[k].failure(reason)
+                 for k, reason in batch.failures.items()],
             )
             report.failed += len(failed)

@@ -2,7 +2,9 @@
 
 Lets everything (demos, tests, CI) run offline with a model that really aligns
 text and images: ``make_shapes_dataset()`` builds a dataset of coloured
-shapes, ``tiny_clip_model_name()`` names the model that understands them.
+shapes, ``make_scenes_dataset()`` one of scenes of several boxed shapes
+(object search), ``tiny_clip_model_name()`` names the model that
+understands them.
 """
 
 from .shapes import (
@@ -12,11 +14,13 @@ from .shapes import (
     SHAPES,
     captions,
     class_label,
+    make_scenes_dataset,
     make_shapes_dataset,
     prompt,
     render_image,
     render_images,
     tiny_clip_model_name,
+    write_scenes_images,
     write_shapes_images,
 )
 
@@ -27,10 +31,12 @@ __all__ = [
     "SHAPES",
     "captions",
     "class_label",
+    "make_scenes_dataset",
     "make_shapes_dataset",
     "prompt",
     "render_image",
     "render_images",
     "tiny_clip_model_name",
+    "write_scenes_images",
     "write_shapes_images",
 ]

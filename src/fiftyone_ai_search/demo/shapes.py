@@ -10,6 +10,10 @@ One small world serves three jobs, so that they can never drift apart:
     exactly this world: prompts such as ``"a red circle"``,
     ``"something blue"`` or ``"a star"``.
 
+Its "scenes" (:func:`make_scenes_dataset`) hold several such shapes an
+image, each with a tight box, for object-level search: the tiny model
+recognises crops of those boxes taken with context around them.
+
 Every image is a pure function of ``(seed, index)``: its random numbers come
 from ``numpy.random.default_rng([seed, index])``, so images can be rendered
 in any order, in any number of processes, and come out the same.
@@ -240,9 +244,7 @@ def sample_spec(seed, index, color=None, shape=None):
     Returns:
         a :class:`ShapeSpec`
     """
-    block, pos = divmod(index, len(CLASSES))
-    order = np.random.default_rng([seed, block, 1]).permutation(len(CLASSES))
-    bal_color, bal_shape = CLASSES[order[pos]]
+    bal_color, bal_shape = _balanced_class(seed, index, stream=1)
     color = color or bal_color
     shape = shape or bal_shape
     if color not in COLORS:
@@ -252,8 +254,7 @@ def sample_spec(seed, index, color=None, shape=None):
         raise ValueError(f"Unknown shape {shape!r}; one of {SHAPES}")
 
     rng = np.random.default_rng([seed, index, 0])
-    jitter = rng.integers(-_COLOR_JITTER, _COLOR_JITTER + 1, size=3)
-    rgb = tuple(int(v) for v in np.clip(np.add(COLORS[color], jitter), 0, 255))
+    rgb = _jittered_rgb(color, rng)
     size = float(rng.uniform(MIN_SHAPE_FRACTION, MAX_SHAPE_FRACTION))
     # keep the whole shape and a margin inside the image: a triangle's
     # vertex reaches up to 1.26 times the shape's radius from its centre
@@ -271,6 +272,19 @@ def sample_spec(seed, index, color=None, shape=None):
         center=center,
         rotation=rotation,
     )
+
+
+def _balanced_class(seed, slot, stream):
+    # each consecutive block of len(CLASSES) slots holds every class once, in
+    # an order drawn from its own random stream
+    block, pos = divmod(slot, len(CLASSES))
+    order = np.random.default_rng([seed, block, stream]).permutation(len(CLASSES))
+    return CLASSES[order[pos]]
+
+
+def _jittered_rgb(color, rng):
+    jitter = rng.integers(-_COLOR_JITTER, _COLOR_JITTER + 1, size=3)
+    return tuple(int(v) for v in np.clip(np.add(COLORS[color], jitter), 0, 255))
 
 
 def render(spec, image_size=128, seed=0):
@@ -322,9 +336,9 @@ def render_images(num_samples, seed=0, image_size=128, start=0):
         yield render_image(seed, index, image_size=image_size)
 
 
-def _texture_seed(seed, index):
+def _texture_seed(seed, index, stream=3):
     # one integer from (seed, index) that differs from the spec's stream
-    return int(np.random.default_rng([seed, index, 3]).integers(2**31))
+    return int(np.random.default_rng([seed, index, stream]).integers(2**31))
 
 
 def _background(kind, size, rng):
@@ -437,13 +451,7 @@ def write_shapes_images(
     Returns:
         a list of ``(filepath, ShapeSpec)`` tuples, in index order
     """
-    fmt = image_format.lower().lstrip(".")
-    if fmt == "jpeg":
-        fmt = "jpg"
-
-    if fmt not in ("jpg", "png"):
-        raise ValueError(f"image_format must be 'jpg' or 'png', not {image_format!r}")
-
+    fmt = _image_format(image_format)
     os.makedirs(images_dir, exist_ok=True)
     width = max(6, len(str(max(num_samples - 1, 0))))
     results = []
@@ -451,14 +459,40 @@ def write_shapes_images(
         render_images(num_samples, seed=seed, image_size=image_size)
     ):
         path = os.path.join(os.path.abspath(images_dir), f"shape_{index:0{width}d}.{fmt}")
-        if fmt == "jpg":
-            img.save(path, format="JPEG", quality=jpeg_quality)
-        else:
-            img.save(path, format="PNG")
-
+        _save_image(img, path, fmt, jpeg_quality)
         results.append((path, spec))
 
     return results
+
+
+def _image_format(image_format):
+    fmt = image_format.lower().lstrip(".")
+    if fmt == "jpeg":
+        fmt = "jpg"
+
+    if fmt not in ("jpg", "png"):
+        raise ValueError(f"image_format must be 'jpg' or 'png', not {image_format!r}")
+
+    return fmt
+
+
+def _save_image(img, path, fmt, jpeg_quality):
+    if fmt == "jpg":
+        img.save(path, format="JPEG", quality=jpeg_quality)
+    else:
+        img.save(path, format="PNG")
+
+
+def _new_dataset(name, persistent, overwrite, images_dir):
+    """A new dataset, and where its images go (by default a directory named
+    after it in FiftyOne's ``default_dataset_dir``)."""
+    # imported here: rendering and training must not need a database
+    import fiftyone as fo
+
+    dataset = fo.Dataset(name, persistent=persistent, overwrite=overwrite)
+    if images_dir is None:
+        images_dir = os.path.join(fo.config.default_dataset_dir, dataset.slug)
+    return dataset, images_dir
 
 
 def make_shapes_dataset(
@@ -496,13 +530,10 @@ def make_shapes_dataset(
     Returns:
         a :class:`fiftyone.core.dataset.Dataset`
     """
-    # imported here: rendering and training must not need a database
     import fiftyone as fo
 
-    dataset = fo.Dataset(name, persistent=persistent, overwrite=overwrite)
-    if images_dir is None:
-        images_dir = os.path.join(fo.config.default_dataset_dir, dataset.slug)
-
+    dataset, images_dir = _new_dataset(name, persistent, overwrite,
+                                       images_dir)
     files = write_shapes_images(
         images_dir,
         num_samples,
@@ -539,3 +570,412 @@ def tiny_clip_model_name(model_dir=None):
         ``"local-dir:/abs/path/to/tiny_clip"``
     """
     return "local-dir:" + os.path.abspath(model_dir or DEFAULT_MODEL_DIR)
+
+
+# --- scenes: several shapes an image, with boxes, for object-level search ---
+
+#: the default smallest and largest shape size in a scene, as a fraction of
+#: the image side
+SCENE_MIN_SHAPE_FRACTION = 0.15
+SCENE_MAX_SHAPE_FRACTION = 0.3
+
+#: the default gap between two shapes' boxes in a scene, as a fraction of the
+#: image side: crops of one shape with some context rarely reach the next one
+SCENE_GAP = 0.05
+
+_SCENE_BORDER = 0.02  # every shape keeps this far from the image's edges
+_PLACEMENT_LAYOUTS = 50  # random layouts tried before falling back to a grid
+_PLACEMENT_TRIES = 30  # random positions tried per shape in one layout
+
+
+@dataclasses.dataclass(frozen=True)
+class SceneSpec:
+    """Everything needed to draw one image of the scenes world.
+
+    Args:
+        background: one of :data:`BACKGROUNDS`
+        shapes: a tuple of :class:`ShapeSpec`, one per shape, whose boxes do
+            not overlap; each has the scene's ``background``, so that
+            :func:`render` draws it alone on the same kind of background
+    """
+
+    background: str
+    shapes: tuple
+
+    @property
+    def labels(self):
+        """The class labels of the shapes, in order, e.g. ``["red circle"]``."""
+        return [s.label for s in self.shapes]
+
+
+def scene_spec(
+    seed: int,
+    index: int,
+    shapes_per_image=(2, 4),
+    size_range=None,
+    gap: float = None,
+) -> SceneSpec:
+    """Draws the random description of scene ``index`` of a seed.
+
+    Scenes are balanced: the number of shapes cycles through every count of
+    ``shapes_per_image`` once per block of consecutive scenes, and the
+    shapes' classes are read from a stream in which each block of
+    ``len(CLASSES)`` consecutive shapes holds every class once. So over ``n``
+    scenes every class appears equally often, give or take one.
+
+    Example::
+
+        from fiftyone_ai_search.demo import shapes
+
+        spec = shapes.scene_spec(seed=1, index=0)
+        print(spec.background, spec.labels)
+
+    Args:
+        seed: an integer
+        index: the scene's index, an integer >= 0
+        shapes_per_image ((2, 4)): the number of shapes, an integer or an
+            inclusive ``(min, max)`` range
+        size_range (None): the ``(min, max)`` shape size as a fraction of the
+            image side; defaults to :data:`SCENE_MIN_SHAPE_FRACTION` and
+            :data:`SCENE_MAX_SHAPE_FRACTION`
+        gap (None): the least gap between two shapes' boxes as a fraction of
+            the image side; defaults to :data:`SCENE_GAP`
+
+    Returns:
+        a :class:`SceneSpec`
+    """
+    lo, hi = _count_range(shapes_per_image)
+    if size_range is None:
+        size_range = (SCENE_MIN_SHAPE_FRACTION, SCENE_MAX_SHAPE_FRACTION)
+
+    gap = SCENE_GAP if gap is None else float(gap)
+    _check_scene_fits(hi, size_range, gap)
+
+    count, first_slot = _scene_slots(seed, index, lo, hi)
+    classes = [_balanced_class(seed, first_slot + k, stream=7) for k in range(count)]
+    rng = np.random.default_rng([seed, index, 5])
+    background = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))]
+    sizes = [float(rng.uniform(*size_range)) for _ in classes]
+    rgbs = [_jittered_rgb(color, rng) for color, _ in classes]
+    rotations = [float(rng.uniform(-_MAX_ROTATION, _MAX_ROTATION)) for _ in classes]
+    centers = _place_shapes(rng, sizes, gap)
+    shapes = tuple(
+        ShapeSpec(
+            shape=shape,
+            color=color,
+            rgb=rgb,
+            background=background,
+            size=size,
+            center=center,
+            rotation=rotation,
+        )
+        for (color, shape), rgb, size, center, rotation in zip(
+            classes, rgbs, sizes, centers, rotations
+        )
+    )
+    return SceneSpec(background=background, shapes=shapes)
+
+
+def _count_range(shapes_per_image):
+    if isinstance(shapes_per_image, (int, np.integer)):
+        lo = hi = int(shapes_per_image)
+    else:
+        lo, hi = (int(v) for v in shapes_per_image)
+
+    if not 1 <= lo <= hi:
+        raise ValueError(
+            f"shapes_per_image must be >= 1 or a (min, max) range with "
+            f"1 <= min <= max, not {shapes_per_image!r}"
+        )
+
+    return lo, hi
+
+
+def _check_scene_fits(max_count, size_range, gap):
+    # the grid fallback of _place_shapes must always succeed, so placement
+    # terminates: the largest shapes must fit the cells of a square grid
+    s_lo, s_hi = size_range
+    if not 0 < s_lo <= s_hi:
+        raise ValueError(f"size_range must be 0 < min <= max, not {size_range!r}")
+
+    k = int(np.ceil(np.sqrt(max_count)))
+    cell = (1 - 2 * _SCENE_BORDER) / k
+    if _REACH * s_hi + gap > cell:
+        raise ValueError(
+            f"{max_count} shapes of size up to {s_hi} with a gap of {gap} do "
+            f"not fit in one image; use fewer or smaller shapes"
+        )
+
+
+def _scene_slots(seed, index, lo, hi):
+    # scenes come in blocks holding every count lo..hi once, in a random
+    # order: the first shape's position in the class stream is then known
+    # from (seed, index) without visiting the scenes before it
+    counts = list(range(lo, hi + 1))
+    block, pos = divmod(index, len(counts))
+    order = np.random.default_rng([seed, block, 6]).permutation(counts)
+    first_slot = block * sum(counts) + int(order[:pos].sum())
+    return int(order[pos]), first_slot
+
+
+def _place_shapes(rng, sizes, gap):
+    # a shape's box lies within `reach` of its centre whatever its rotation,
+    # so boxes of half side `reach` set apart by `gap` never overlap
+    reaches = [_REACH * size / 2 for size in sizes]
+    for _ in range(_PLACEMENT_LAYOUTS):
+        centers = _random_layout(rng, reaches, gap)
+        if centers is not None:
+            return centers
+
+    return _grid_layout(rng, reaches, gap)
+
+
+def _random_layout(rng, reaches, gap):
+    placed = []
+    for reach in reaches:
+        lo, hi = reach + _SCENE_BORDER, 1 - reach - _SCENE_BORDER
+        for _ in range(_PLACEMENT_TRIES):
+            center = (float(rng.uniform(lo, hi)), float(rng.uniform(lo, hi)))
+            if all(_apart(center, reach, c, r, gap) for c, r in placed):
+                placed.append((center, reach))
+                break
+        else:
+            return None
+
+    return [c for c, _ in placed]
+
+
+def _apart(c1, r1, c2, r2, gap):
+    # two axis-aligned boxes are disjoint when they are apart along one axis
+    need = r1 + r2 + gap
+    return abs(c1[0] - c2[0]) >= need or abs(c1[1] - c2[1]) >= need
+
+
+def _grid_layout(rng, reaches, gap):
+    # crowded scenes: one shape per cell of a square grid, at a random spot
+    # in its cell; _check_scene_fits guarantees that every shape fits a cell
+    k = int(np.ceil(np.sqrt(len(reaches))))
+    cell = (1 - 2 * _SCENE_BORDER) / k
+    cells = rng.permutation(k * k)[: len(reaches)]
+    centers = []
+    for reach, c in zip(reaches, cells):
+        row, col = divmod(int(c), k)
+        slack = max(cell - 2 * reach - gap, 0) / 2
+        dx, dy = rng.uniform(-slack, slack, size=2)
+        x = _SCENE_BORDER + (col + 0.5) * cell + float(dx)
+        y = _SCENE_BORDER + (row + 0.5) * cell + float(dy)
+        centers.append((x, y))
+
+    return centers
+
+
+def render_scene(spec: SceneSpec, image_size: int = 256, seed: int = 0):
+    """Draws a :class:`SceneSpec` as a square RGB image, with its boxes.
+
+    Example::
+
+        from fiftyone_ai_search.demo import shapes
+
+        spec = shapes.scene_spec(seed=1, index=0)
+        img, boxes = shapes.render_scene(spec)
+        for label, (x, y, w, h) in zip(spec.labels, boxes):
+            print(label, x, y, w, h)
+
+    Args:
+        spec: a :class:`SceneSpec`
+        image_size (256): the side of the image in pixels
+        seed (0): seeds the background's texture (noise)
+
+    Returns:
+        a ``(PIL.Image.Image, boxes)`` tuple: an RGB image and one box per
+        shape, in the order of ``spec.shapes``, each ``[x, y, w, h]`` in
+        FiftyOne's relative coordinates: the tight box of the shape's drawn
+        pixels
+    """
+    rng = np.random.default_rng([seed, image_size, 2])
+    img = _background(spec.background, image_size, rng)
+    boxes = []
+    for shape in spec.shapes:
+        mask = _shape_mask(shape, image_size)
+        fill = Image.new("RGB", (image_size, image_size), shape.rgb)
+        img = Image.composite(fill, img, mask)
+        boxes.append(_tight_box(mask, shape, image_size))
+
+    return img, boxes
+
+
+def _tight_box(mask, shape, image_size):
+    # the box of every pixel the shape touched, its anti-aliased edge included
+    bbox = mask.getbbox()
+    if bbox is None:  # too small to touch any pixel: an empty box at its centre
+        return [shape.center[0], shape.center[1], 0.0, 0.0]
+
+    left, top, right, bottom = bbox
+    return [
+        left / image_size,
+        top / image_size,
+        (right - left) / image_size,
+        (bottom - top) / image_size,
+    ]
+
+
+def render_scene_image(
+    seed: int, index: int, image_size: int = 256, shapes_per_image=(2, 4)
+):
+    """Renders scene ``index`` of a seed.
+
+    Args:
+        seed: an integer
+        index: an integer >= 0
+        image_size (256): the side of the image in pixels
+        shapes_per_image ((2, 4)): the number of shapes, an integer or an
+            inclusive ``(min, max)`` range
+
+    Returns:
+        a ``(PIL.Image.Image, SceneSpec, boxes)`` tuple; see
+        :func:`render_scene` for the boxes
+    """
+    spec = scene_spec(seed, index, shapes_per_image=shapes_per_image)
+    texture = _texture_seed(seed, index, stream=8)
+    img, boxes = render_scene(spec, image_size=image_size, seed=texture)
+    return img, spec, boxes
+
+
+def write_scenes_images(
+    images_dir: str,
+    num_samples: int,
+    seed: int = 0,
+    image_size: int = 256,
+    shapes_per_image=(2, 4),
+    image_format: str = "jpg",
+    jpeg_quality: int = 90,
+):
+    """Renders images of the scenes world and writes them to files.
+
+    Example::
+
+        from fiftyone_ai_search.demo import shapes
+
+        for path, spec, boxes in shapes.write_scenes_images("/tmp/scenes", 3):
+            print(path, spec.labels, boxes)
+
+    Args:
+        images_dir: the directory to write to (created if needed)
+        num_samples: how many images
+        seed (0): an integer
+        image_size (256): the side of the images in pixels
+        shapes_per_image ((2, 4)): the number of shapes an image, an integer
+            or an inclusive ``(min, max)`` range
+        image_format ("jpg"): ``"jpg"`` (or ``"jpeg"``) or ``"png"``
+        jpeg_quality (90): the JPEG quality
+
+    Returns:
+        a list of ``(filepath, SceneSpec, boxes)`` tuples, in index order;
+        see :func:`render_scene` for the boxes
+    """
+    fmt = _image_format(image_format)
+    os.makedirs(images_dir, exist_ok=True)
+    width = max(6, len(str(max(num_samples - 1, 0))))
+    results = []
+    for index in range(num_samples):
+        img, spec, boxes = render_scene_image(
+            seed, index, image_size=image_size, shapes_per_image=shapes_per_image
+        )
+        path = os.path.join(os.path.abspath(images_dir), f"scene_{index:0{width}d}.{fmt}")
+        _save_image(img, path, fmt, jpeg_quality)
+        results.append((path, spec, boxes))
+
+    return results
+
+
+def make_scenes_dataset(
+    name=None,
+    num_samples=200,
+    seed=1,
+    images_dir=None,
+    image_size=256,
+    label_field="ground_truth",
+    overwrite=False,
+    persistent=False,
+    shapes_per_image=(2, 4),
+    image_format="jpg",
+):
+    """Builds a FiftyOne dataset of scenes: several shapes an image, boxed.
+
+    Each sample has a :class:`fiftyone.core.labels.Detections` field
+    ``label_field`` with one :class:`fiftyone.core.labels.Detection` per
+    shape, labelled e.g. ``"red circle"``, whose ``bounding_box`` is tight
+    around the drawn shape; and the string list fields ``colors`` and
+    ``shapes`` of its shapes, in the same order. The boxes of an image never
+    overlap, and every ``(color, shape)`` class appears about equally often.
+
+    The bundled tiny CLIP recognises these objects in crops of their boxes
+    with some context around them: the world for object-level search.
+
+    Example::
+
+        import fiftyone as fo
+        from fiftyone_ai_search.demo import shapes
+
+        dataset = shapes.make_scenes_dataset(num_samples=100)
+        print(dataset.count("ground_truth.detections"))
+        print(dataset.count_values("ground_truth.detections.label"))
+
+        patches = dataset.to_patches("ground_truth")
+        session = fo.launch_app(patches)
+
+    Args:
+        name (None): the dataset's name; None picks a fresh one
+        num_samples (200): how many samples
+        seed (1): the seed of the images; the same seed gives the same images
+        images_dir (None): where to write the images; defaults to a
+            directory named after the dataset in FiftyOne's
+            ``default_dataset_dir``
+        image_size (256): the side of the square images in pixels
+        label_field ("ground_truth"): the name of the detections field
+        overwrite (False): whether to replace an existing dataset of that name
+        persistent (False): whether the dataset outlives the database session
+        shapes_per_image ((2, 4)): the number of shapes an image, an integer
+            or an inclusive ``(min, max)`` range
+        image_format ("jpg"): ``"jpg"`` or ``"png"``
+
+    Returns:
+        a :class:`fiftyone.core.dataset.Dataset`
+    """
+    # fail before creating anything on a bad count
+    _count_range(shapes_per_image)
+    dataset, images_dir = _new_dataset(name, persistent, overwrite,
+                                       images_dir)
+    files = write_scenes_images(
+        images_dir,
+        num_samples,
+        seed=seed,
+        image_size=image_size,
+        shapes_per_image=shapes_per_image,
+        image_format=image_format,
+    )
+    dataset.add_samples(
+        [_scene_sample(path, spec, boxes, label_field) for path, spec, boxes in files]
+    )
+    dataset.info["scenes_world"] = {
+        "seed": seed,
+        "image_size": image_size,
+        "shapes_per_image": list(_count_range(shapes_per_image)),
+    }
+    dataset.save()
+    return dataset
+
+
+def _scene_sample(path, spec, boxes, label_field):
+    import fiftyone as fo
+
+    detections = [
+        fo.Detection(label=s.label, bounding_box=box)
+        for s, box in zip(spec.shapes, boxes)
+    ]
+    return fo.Sample(
+        filepath=path,
+        colors=[s.color for s in spec.shapes],
+        shapes=[s.shape for s in spec.shapes],
+        **{label_field: fo.Detections(detections=detections)},
+    )

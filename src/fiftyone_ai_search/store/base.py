@@ -383,10 +383,44 @@ class VectorStore(abc.ABC):
                 last = page[-1]
                 yield page
 
-    def _scroll_pages(self, limit, offset=None, with_vector=False):
+    def keys_where(self, key, values):
+        """The ids (sample ids, or label ids in an object index) of the
+        points whose payload ``key`` is one of ``values`` (e.g. the objects
+        of some samples: ``keys_where("source_id", sample_ids)``).
+
+        Args:
+            key: a payload key
+            values: a list of values
+
+        Returns:
+            a list of ids, any order
+        """
+        values = list(values)
+        if not values:
+            return []
+        return [point_id_to_sample_id(r.id)
+                for r in self._points_in(key, values, with_vector=False)]
+
+    def iter_payload_pages(self, key, page_size=10000):
+        """Yields ``[(id, payload[key]), ...]`` of all points, a page of at
+        most ``page_size`` at a time, in id order (an embedded index is held
+        between pages as by :meth:`iter_sample_ids`).
+
+        Args:
+            key: a payload key
+            page_size (10000): the most points per page
+        """
+        for records in self._scroll_pages(int(page_size), None, False, None,
+                                          with_payload=True):
+            yield [(point_id_to_sample_id(r.id), (r.payload or {}).get(key))
+                   for r in records]
+
+    def _scroll_pages(self, limit, offset=None, with_vector=False,
+                      query_filter=None, with_payload=False):
         """Reads the points from ``offset`` on (a point id, included; None:
-        from the first), in point id order, without payloads, ``limit`` at a
-        time.
+        from the first), in point id order, without payloads unless asked,
+        ``limit`` at a time, of those that ``query_filter`` (an engine's
+        filter) matches.
 
         Backends stream; this fallback sorts what :meth:`_scroll_points`
         reads.
@@ -394,6 +428,10 @@ class VectorStore(abc.ABC):
         Returns:
             an iterator of lists of records (``id``, ``vector``)
         """
+        if query_filter is not None or with_payload:
+            raise NotImplementedError(
+                f"{type(self).__name__} scrolls neither filtered nor with "
+                "payloads")
         records = sorted(self._scroll_points(with_vector),
                          key=lambda r: uuid.UUID(str(r.id)))
         if offset is not None:
@@ -750,9 +788,10 @@ class VectorStore(abc.ABC):
         sequence of ints, possibly empty)."""
 
     @abc.abstractmethod
-    def _points_in(self, key, values):
-        """The records (``id``, ``vector``) of all points whose payload
-        ``key`` (an integer with a payload index) is one of ``values``."""
+    def _points_in(self, key, values, with_vector=True):
+        """The records (``id``, and ``vector`` if asked) of all points whose
+        payload ``key`` (an integer with a payload index, or a string) is
+        one of ``values``."""
 
     @abc.abstractmethod
     def _ensure_rank_index(self):

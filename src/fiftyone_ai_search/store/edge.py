@@ -482,7 +482,7 @@ class EdgeStore(VectorStore):
                 for r in page]
 
     def _scroll_pages(self, limit, offset=None, with_vector=False,
-                      query_filter=None):
+                      query_filter=None, with_payload=False):
         # one hold for all pages, handed over between two of them
         with self._locked() as shared:
             shard, _ = self._open(shared)
@@ -492,7 +492,7 @@ class EdgeStore(VectorStore):
                         offset=offset,
                         limit=limit,
                         filter=query_filter,
-                        with_payload=False,
+                        with_payload=with_payload,
                         with_vector=with_vector,
                     )
                 )
@@ -610,10 +610,12 @@ class EdgeStore(VectorStore):
                 with_vector=with_vector))
             return records
 
-    def _points_in(self, key, values):
+    def _points_in(self, key, values, with_vector=True):
         where = qe.Filter(must=[qe.FieldCondition(key,
                                                   match=qe.MatchAny(values))])
-        return [r for page in self._scroll_pages(CHUNK, None, True, where)
+        limit = CHUNK if with_vector else ID_PAGE
+        return [r for page in self._scroll_pages(limit, None, with_vector,
+                                                 where)
                 for r in page]
 
     def _ensure_rank_index(self):

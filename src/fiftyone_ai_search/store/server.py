@@ -447,14 +447,14 @@ class ServerStore(VectorStore):
                 for r in page]
 
     def _scroll_pages(self, limit, offset=None, with_vector=False,
-                      query_filter=None):
+                      query_filter=None, with_payload=False):
         while True:
             batch, offset = self._call(
                 "scroll",
                 limit=limit,
                 offset=offset,
                 scroll_filter=query_filter,
-                with_payload=False,
+                with_payload=with_payload,
                 with_vectors=with_vector,
             )
             yield batch
@@ -579,10 +579,11 @@ class ServerStore(VectorStore):
                                 with_vectors=with_vector)
         return records
 
-    def _points_in(self, key, values):
+    def _points_in(self, key, values, with_vector=True):
         where = models.Filter(must=[models.FieldCondition(
             key=key, match=models.MatchAny(any=values))])
-        return [r for page in self._scroll_pages(ID_CHUNK, None, True, where)
+        return [r for page in self._scroll_pages(ID_CHUNK, None, with_vector,
+                                                 where)
                 for r in page]
 
     def _ensure_rank_index(self):

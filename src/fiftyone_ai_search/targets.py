@@ -1,0 +1,218 @@
+"""What an index indexes: a dataset's images, or the objects of one of its
+label fields.
+
+An image index is named by its dataset alone (the dataset is its own
+target); an object index by an :class:`Objects` target: the dataset and a
+label field of :data:`OBJECT_TYPES`. Each target has its own state
+document (:mod:`fiftyone_ai_search.state`), its own index, lease,
+watermarks and failures, keyed by :func:`key_of`: object indexes of
+several fields live beside the image index and are synced, rebuilt and
+switched off each on its own.
+
+Examples::
+
+    objects = Objects(dataset, "ground_truth")
+    objects.key          # "<dataset id>~ground_truth"
+    objects.boxes(sample_ids)
+"""
+
+import math
+
+from .errors import AISearchError
+
+#: separates a dataset's id from a label field's name in a target's key
+#: (FiftyOne field names never hold it)
+KEY_SEPARATOR = "~"
+
+
+class ObjectFieldError(AISearchError, ValueError):
+    """A label field that holds no objects with boxes."""
+
+
+def _object_types():
+    import fiftyone.core.labels as fol
+
+    # the label list types FiftyOne's patches views are made of
+    return {
+        fol.Detections: "detections",
+        fol.Polylines: "polylines",
+        fol.Keypoints: "keypoints",
+    }
+
+
+def dataset_key(dataset):
+    """The id that names a dataset's state and index (stable across
+    renames)."""
+    return str(dataset._doc.id)
+
+
+class Objects:
+    """The objects of a label field of a dataset: what an object index
+    indexes. Detections by their boxes; polylines and keypoints by the box
+    around their points.
+
+    Args:
+        dataset: a :class:`fiftyone.core.dataset.Dataset`
+        field: the name of a field of ``fiftyone.core.labels.Detections``,
+            ``Polylines`` or ``Keypoints``
+
+    Raises:
+        ObjectFieldError: for a field the dataset lacks or of another type
+    """
+
+    def __init__(self, dataset, field):
+        if not isinstance(field, str) or not field:
+            raise ObjectFieldError(
+                f"patches_field: expected the name of a label field, got "
+                f"{field!r}")
+        self.dataset = dataset
+        self.field = field
+        self.list_field = _list_field(dataset, field)
+
+    @classmethod
+    def of_state(cls, dataset, field):
+        """The objects of a field named by a state document: the field may
+        have been deleted or changed type since, and then holds no
+        objects (its index is emptied by the next sync)."""
+        try:
+            return cls(dataset, field)
+        except ObjectFieldError:
+            objects = cls.__new__(cls)
+            objects.dataset, objects.field, objects.list_field = (
+                dataset, field, None)
+            return objects
+
+    @property
+    def key(self):
+        return dataset_key(self.dataset) + KEY_SEPARATOR + self.field
+
+    @property
+    def name(self):
+        """The dataset's name (messages name the dataset)."""
+        return self.dataset.name
+
+    @property
+    def path(self):
+        """The path of the label list: ``"ground_truth.detections"``."""
+        return f"{self.field}.{self.list_field}"
+
+    @property
+    def exists(self):
+        """Whether the field (still) holds objects."""
+        return self.list_field is not None
+
+    def __repr__(self):
+        return f"Objects({self.dataset.name!r}, {self.field!r})"
+
+    def __str__(self):
+        return f"objects of '{self.field}' of dataset '{self.dataset.name}'"
+
+    def __eq__(self, other):
+        return isinstance(other, Objects) and other.key == self.key
+
+    def __hash__(self):
+        return hash(self.key)
+
+    def objects_of(self, samples):
+        """``(sample ids, filepaths, objects)`` of ``samples``: ``objects``
+        holds, per sample, a list of ``(label id, box)``, the box in
+        FiftyOne's relative ``[x, y, w, h]`` (None for a label whose box
+        cannot be told: a polyline without points)."""
+        if self.list_field is None:  # the field is gone
+            ids, paths = samples.values(["id", "filepath"])
+            return ids, paths, [[] for _ in ids]
+        if self.list_field == "detections":
+            ids, paths, label_ids, boxes = samples.values(
+                ["id", "filepath", f"{self.path}.id",
+                 f"{self.path}.bounding_box"])
+        else:
+            ids, paths, label_ids, points = samples.values(
+                ["id", "filepath", f"{self.path}.id", f"{self.path}.points"])
+            boxes = [[_points_box(p, self.list_field) for p in sample]
+                     if sample else sample for sample in points]
+        objects = [list(zip(labels or [], sample_boxes or []))
+                   for labels, sample_boxes in zip(label_ids, boxes)]
+        return ids, paths, objects
+
+    def count(self, samples):
+        """How many objects ``samples`` hold."""
+        return 0 if self.list_field is None else samples.count(self.path)
+
+
+def _list_field(dataset, field):
+    schema = dataset.get_field_schema(flat=True)
+    if field not in schema:
+        raise ObjectFieldError(
+            f"patches_field: dataset '{dataset.name}' has no field "
+            f"'{field}'")
+    types = _object_types()
+    kind = getattr(schema[field], "document_type", None)
+    if kind not in types:
+        names = ", ".join(t.__name__ for t in types)
+        raise ObjectFieldError(
+            f"patches_field: field '{field}' of dataset '{dataset.name}' "
+            f"holds {getattr(kind, '__name__', type(schema[field]).__name__)}"
+            f", not objects with boxes ({names})")
+    return types[kind]
+
+
+def _points_box(points, kind):
+    """The box ``[x, y, w, h]`` around a polyline's shapes (lists of
+    points) or a keypoint's points; None without a finite point."""
+    if not points:
+        return None
+    flat = [p for shape in points for p in shape] if kind == "polylines" \
+        else points
+    xs = [p[0] for p in flat if p and _finite(p)]
+    ys = [p[1] for p in flat if p and _finite(p)]
+    if not xs:
+        return None
+    return [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]
+
+
+def _finite(point):
+    return all(isinstance(v, (int, float)) and math.isfinite(v)
+               for v in point[:2])
+
+
+def key_of(target):
+    """The key of a target's state and index: a dataset's id for its
+    images, ``"<dataset id>~<field>"`` for the objects of a field."""
+    return target.key if isinstance(target, Objects) else dataset_key(target)
+
+
+def split_key(key):
+    """``(dataset id, field or None)`` of a target's key."""
+    dataset_id, _, field = key.partition(KEY_SEPARATOR)
+    return dataset_id, field or None
+
+
+def dataset_of(target):
+    """The dataset of a target."""
+    return target.dataset if isinstance(target, Objects) else target
+
+
+def field_of(target):
+    """The label field of an object target, None for a dataset."""
+    return target.field if isinstance(target, Objects) else None
+
+
+def target_of(dataset, patches_field=None, strict=False):
+    """The target of ``dataset``'s images, or of the objects of
+    ``patches_field``.
+
+    Args:
+        dataset: the dataset
+        patches_field (None): a label field
+        strict (False): whether the field must hold objects now (else a
+            field deleted since an index of it was made is accepted: its
+            index empties on the next sync)
+
+    Raises:
+        ObjectFieldError: if ``strict`` and the field holds no objects
+    """
+    if patches_field is None:
+        return dataset
+    if strict:
+        return Objects(dataset, patches_field)
+    return Objects.of_state(dataset, patches_field)

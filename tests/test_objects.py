@@ -2,6 +2,8 @@
 of scene images (several shapes an image), embedded as crops with the
 tiny CLIP, kept in sync, searched, and opened as patches views."""
 
+import os
+import time
 import uuid
 
 import fiftyone as fo
@@ -368,3 +370,130 @@ def test_the_refresher_keeps_object_indexes_fresh(tmp_path):
     report = refresh_all()
     assert key in report.removed
     assert st.get_key(key) is None
+
+
+def test_object_search_on_the_server_backend(tmp_path, monkeypatch):
+    # qdrant-client's :memory: mode speaks the server API
+    monkeypatch.setenv("FIFTYONE_AI_SEARCH_QDRANT_URL", ":memory:")
+    dataset = scenes_dataset(tmp_path, num_samples=30)
+    enable_objects(dataset, backend="server")
+    assert sync(dataset).added == dataset.count(f"{FIELD}.detections")
+    sample = dataset.first()
+    gone = sample[FIELD].detections.pop()
+    sample.save()
+    report = sync(dataset)
+    assert (report.added, report.updated, report.removed) == (0, 0, 1)
+    assert gone.id not in object_vectors(dataset)
+
+    name = ais.perform_ai_search(dataset, prompt="a red circle",
+                                 patches_field=FIELD, limit=3)
+    assert ais.get_collection(dataset, name)._is_patches
+    assert ais.get_status(dataset, patches_field=FIELD)["backend"] == "server"
+
+
+def test_another_model_rebuilds_the_object_index_beside(tmp_path,
+                                                         other_tiny_model):
+    dataset = scenes_dataset(tmp_path, num_samples=10)
+    enable_objects(dataset)
+    sync(dataset)
+    target = Objects(dataset, FIELD)
+    first = st.get(target)["index"]
+
+    ais.enable_embeddings(dataset, model=other_tiny_model,
+                          patches_field=FIELD, compute=False)
+    doc = st.get(target)
+    assert doc["index"]["name"] == first["name"]  # searched until replaced
+    assert doc["build"]["model"] == other_tiny_model
+    name = ais.perform_ai_search(dataset, prompt="a red circle",
+                                 patches_field=FIELD, limit=3)
+    assert ais.list_collections(dataset)[-1]["query"]["rebuilding"]
+
+    report = sync(dataset)
+
+    assert report.rebuilt
+    assert report.added == dataset.count(f"{FIELD}.detections")
+    doc = st.get(target)
+    assert doc["index"]["model"] == other_tiny_model
+    assert doc["build"] is None
+    store = runner.open_ref(doc["index"])
+    try:
+        assert store.info().model_identity == doc["index"]["model_identity"]
+    finally:
+        store.close()
+    assert name
+
+
+def _object_worker(dataset):
+    import subprocess
+    import sys
+
+    return subprocess.Popen(
+        [sys.executable, "-m", "fiftyone_ai_search", "sync", "--quiet",
+         "--dataset", dataset.name, "--patches-field", FIELD],
+        env=dict(os.environ, FIFTYONE_AI_SEARCH_BATCH_SIZE="2",
+                 FIFTYONE_AI_SEARCH_NUM_WORKERS="0"),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _wait_for_objects(target, worker, done, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert worker.poll() is None, "the worker finished too early"
+        if ((st.get(target) or {}).get("progress") or {}).get(
+                "done", 0) >= done:
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"no progress to {done}: {st.get(target)}")
+
+
+def test_a_model_change_while_an_object_sync_runs_never_mixes_models(
+        tmp_path, other_tiny_model):
+    dataset = scenes_dataset(tmp_path, num_samples=60)
+    enable_objects(dataset)
+    target = Objects(dataset, FIELD)
+    worker = _object_worker(dataset)
+    _wait_for_objects(target, worker, 10)
+
+    ais.enable_embeddings(dataset, model=other_tiny_model,
+                          patches_field=FIELD, compute=False)
+    # the worker stops before its next commit, then builds what the state
+    # asks for now
+    assert worker.wait(timeout=180) == 0
+
+    doc = st.get(target)
+    assert doc["index"]["model"] == other_tiny_model and doc["build"] is None
+    from fiftyone_ai_search.embedder import embed_images
+    from fiftyone_ai_search.model import load_model, resolve_model
+    from fiftyone_ai_search.object_sync import crop_settings
+
+    # every stored vector is the new model's embedding of its crop
+    model = load_model(resolve_model(other_tiny_model, None))
+    stored = object_vectors(dataset)
+    items = [(s.id, s.filepath, [(d.id, d.bounding_box)
+                                 for d in s[FIELD].detections])
+             for s in dataset]
+    fresh = {k: v for batch in embed_images(
+        model, items, num_workers=0, crop=crop_settings(doc["index"]))
+        for k, v in zip(batch.keys, batch.vectors)}
+    assert set(stored) == set(fresh)
+    assert all(float(stored[k] @ fresh[k]) > 0.999 for k in fresh)
+
+
+def test_disable_while_an_object_worker_runs_stops_it_and_leaves_nothing(
+        tmp_path):
+    dataset = scenes_dataset(tmp_path, num_samples=60)
+    enable_objects(dataset)
+    target = Objects(dataset, FIELD)
+    worker = _object_worker(dataset)
+    _wait_for_objects(target, worker, 10)
+    build = st.get(target)["build"]
+
+    ais.disable_embeddings(dataset, patches_field=FIELD)
+
+    assert worker.wait(timeout=60) == 0
+    assert st.get(target) is None  # the worker let go: nothing is left
+    store = runner.open_ref(build)
+    try:
+        assert not store.exists()
+    finally:
+        store.close()

@@ -81,6 +81,11 @@ class ObjectSynchronizer(Synchronizer):
                          building=building, progress=progress)
         self.crop = crop or CropSettings()
 
+    def _prepare(self):
+        # the objects of a page of samples are found by their source_id
+        with self.store.session(keep_open=True):
+            self.store.ensure_keyword_index(SOURCE_KEY)
+
     def _units(self, ids, paths, report):
         """The objects of a page of samples, read now; the objects the
         index holds of these samples and they no longer do are deleted."""

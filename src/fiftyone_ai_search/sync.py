@@ -458,6 +458,7 @@ class Synchronizer:
         # an index being built is ours alone: a leftover of another model
         # under its name (impossible by naming) would be replaced
         self.store.ensure(info, rebuild=self.building)
+        self._prepare()
         if self.building or verify_files:
             watermark = None
 
@@ -505,6 +506,9 @@ class Synchronizer:
 
     def _check(self):
         st.check_generation(self.target, self.generation)
+
+    def _prepare(self):
+        """Readies the index (it exists) for this kind of units."""
 
     def _remove_deleted(self):
         """Deletes the vectors of deleted samples, found by an id diff

@@ -401,6 +401,12 @@ class VectorStore(abc.ABC):
         return [point_id_to_sample_id(r.id)
                 for r in self._points_in(key, values, with_vector=False)]
 
+    def ensure_keyword_index(self, key):
+        """Makes sure the payload ``key`` (a string) has an index, so that
+        :meth:`keys_where` finds its points without scanning the payloads
+        (an object index's ``source_id``)."""
+        self._ensure_keyword_index(key)
+
     def iter_payload_pages(self, key, page_size=10000):
         """Yields ``[(id, payload[key]), ...]`` of all points, a page of at
         most ``page_size`` at a time, in id order (an embedded index is held
@@ -792,6 +798,10 @@ class VectorStore(abc.ABC):
         """The records (``id``, and ``vector`` if asked) of all points whose
         payload ``key`` (an integer with a payload index, or a string) is
         one of ``values``."""
+
+    @abc.abstractmethod
+    def _ensure_keyword_index(self, key):
+        """Makes sure the string payload ``key`` has its payload index."""
 
     @abc.abstractmethod
     def _ensure_rank_index(self):

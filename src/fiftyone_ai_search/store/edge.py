@@ -618,6 +618,14 @@ class EdgeStore(VectorStore):
                                                  where)
                 for r in page]
 
+    def _ensure_keyword_index(self, key):
+        with self._locked() as shared:
+            shard, _ = self._open(shared)
+            if key not in shard.info().payload_schema:
+                shard.update(qe.UpdateOperation.create_field_index(
+                    key, qe.KeywordIndexParams()))
+                shared.dirty = True
+
     def _ensure_rank_index(self):
         with self._locked() as shared:
             shard, _ = self._open(shared)

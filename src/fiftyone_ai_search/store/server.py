@@ -586,6 +586,15 @@ class ServerStore(VectorStore):
                                                  where)
                 for r in page]
 
+    def _ensure_keyword_index(self, key):
+        if self._local_lock is not None:  # local mode has no payload indexes
+            return
+        schema = self._call("get_collection").payload_schema or {}
+        if key not in schema:
+            self._call("create_payload_index", field_name=key,
+                       field_schema=models.KeywordIndexParams(
+                           type=models.KeywordIndexType.KEYWORD), wait=True)
+
     def _ensure_rank_index(self):
         if self._local_lock is not None:  # local mode has no payload indexes
             return

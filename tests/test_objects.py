@@ -497,3 +497,63 @@ def test_disable_while_an_object_worker_runs_stops_it_and_leaves_nothing(
         assert not store.exists()
     finally:
         store.close()
+
+
+def test_embeddings_of_objects(indexed):
+    dataset, _ = indexed
+    patches = dataset.to_patches(FIELD).take(5, seed=1)
+    ids, vectors = ais.get_embeddings(patches)  # a patches view: objects
+    assert ids == patches.values("id")
+    assert vectors.shape == (5, 64)
+    assert abs(float((vectors ** 2).sum(axis=1).mean()) - 1.0) < 1e-5
+    view = dataset.limit(3)
+    ids, _ = ais.get_embeddings(view, patches_field=FIELD)
+    assert ids == view.values(f"{FIELD}.detections.id", unwind=True)
+
+
+def test_threshold_and_histogram_of_object_results(indexed):
+    dataset, _ = indexed
+    name = ais.perform_ai_search(dataset, prompt="a red circle",
+                                 patches_field=FIELD, limit=100,
+                                 threshold=0.6)
+    scores = [s for _, s in ais.get_collection_scores(dataset, name)]
+    assert scores and min(scores) >= 0.6
+    edges, counts = ais.get_score_histogram(dataset, name, bins=5)
+    assert sum(counts) == len(scores)
+    kept = ais.save_collection(dataset, "clear red circles",
+                               min_score=edges[2])
+    saved = ais.get_collection(dataset, kept)
+    assert saved._is_patches
+    assert len(saved) == sum(counts[2:])
+    assert set(saved.values(f"{FIELD}.label")) <= {
+        label for label in dataset.distinct(f"{FIELD}.detections.label")}
+
+
+def test_polylines_and_keypoints_are_indexed_by_the_box_around_them(tmp_path):
+    dataset = scenes_dataset(tmp_path, num_samples=30)
+    for sample in dataset:
+        lines, points = [], []
+        for det in sample[FIELD].detections:
+            x, y, w, h = det.bounding_box
+            corners = [(x, y), (x + w, y), (x + w, y + h), (x, y + h)]
+            lines.append(fo.Polyline(label=det.label, points=[corners],
+                                     closed=True))
+            points.append(fo.Keypoint(label=det.label, points=corners))
+        sample["outlines"] = fo.Polylines(polylines=lines)
+        sample["corners"] = fo.Keypoints(keypoints=points)
+        sample.save()
+    for field in ("outlines", "corners"):
+        ais.enable_embeddings(dataset, model=tiny_clip_model_name(),
+                              patches_field=field, compute=False)
+        report = ais.calculate_embeddings(dataset, patches_field=field,
+                                          wait=True, progress=False)
+        assert report.added == dataset.count(f"{FIELD}.detections")
+        name = ais.perform_ai_search(dataset, prompt="a red circle",
+                                     patches_field=field, limit=1)
+        assert ais.get_collection(dataset, name).values(
+            f"{field}.label") == ["red circle"]
+    # the same boxes: the same crops as the detections'
+    boxes = Objects(dataset, "outlines").objects_of(dataset.limit(1))[2][0]
+    first = dataset.first()
+    for (_, box), det in zip(boxes, first[FIELD].detections):
+        assert box == pytest.approx(det.bounding_box, abs=1e-9)

@@ -16,6 +16,12 @@ Examples::
 
     ais.start_refresher()  # keeps every enabled dataset's index in sync
 
+    # objects: an index of the boxes of a label field, beside the images
+    ais.enable_embeddings(dataset, patches_field="ground_truth")
+    name = ais.perform_ai_search(dataset, prompt="a bumper",
+                                 patches_field="ground_truth")
+    patches = ais.get_collection(dataset, name)  # a patches view
+
     # the index is a FiftyOne Brain similarity index too (brain key
     # "ai_search"): sort_by_similarity, the App's similarity search,
     # compute_visualization / compute_uniqueness(similarity_index=...)
@@ -50,6 +56,7 @@ from .embeddings import (
     get_status,
     is_embeddings_enabled,
 )
+from .crops import CropSettings
 from .media import UnsupportedMediaError
 from .runner import maintain_index
 from .model import ModelUnavailableError, available_models, check_model
@@ -57,6 +64,7 @@ from .scheduler import start_refresher, stop_refresher
 from .search import perform_ai_search
 from .store import QdrantUnreachableError
 from .sync import SyncReport
+from .targets import ObjectFieldError
 
 __version__ = "0.1.0"
 
@@ -64,8 +72,10 @@ __all__ = [
     "AISearchError",
     "AISearchNotEnabledError",
     "CollectionNotFoundError",
+    "CropSettings",
     "IndexNotReadyError",
     "ModelUnavailableError",
+    "ObjectFieldError",
     "QdrantUnreachableError",
     "SyncReport",
     "TEMPORARY_COLLECTION",

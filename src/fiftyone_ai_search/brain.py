@@ -445,11 +445,7 @@ class AISearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
 
     def _sources(self, label_ids):
         """The ids of the samples holding these objects, in their order."""
-        from .object_sync import SOURCE_KEY
-
-        with self._store() as store:
-            payloads = store.get_payloads(label_ids)
-        return [payloads[i][SOURCE_KEY] for i in label_ids]
+        return search.sources_of(require_index(self._target), label_ids)
 
     def _radius_neighbors(self, query=None, thresh=None, return_dists=False):
         # the Brain maps rows to current_sample_ids (current_label_ids of an

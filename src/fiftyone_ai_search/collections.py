@@ -75,18 +75,20 @@ def _require_view_id(dataset, name, arg="name"):
 
 
 def write_collection(dataset, name, sample_ids, scores, query=None,
-                     patches_field=None):
+                     patches_field=None, source_ids=None):
     """Saves ``sample_ids`` (in this order) and their scores as collection
     ``name``, replacing any collection of that name.
 
     Args:
         patches_field (None): the ids are label ids of objects of this
             field: the collection is a patches view of those objects
+        source_ids (None): with ``patches_field``, the ids of the samples
+            holding the objects (so that the view reads only those)
 
     Returns:
         the name
     """
-    view = _select(dataset, sample_ids, patches_field)
+    view = _select(dataset, sample_ids, patches_field, source_ids)
     view_doc = _saved_view_doc(dataset, name)
     if view_doc is None:
         dataset.save_view(name, view)
@@ -110,6 +112,7 @@ def write_collection(dataset, name, sample_ids, scores, query=None,
             "sample_ids": list(sample_ids),
             "scores": [float(s) for s in scores],
             "patches_field": patches_field,
+            "source_ids": None if source_ids is None else list(source_ids),
             "query": query or {},
             "created_at": st.utcnow(),
         },
@@ -118,12 +121,15 @@ def write_collection(dataset, name, sample_ids, scores, query=None,
     return name
 
 
-def _select(dataset, sample_ids, patches_field=None):
+def _select(dataset, sample_ids, patches_field=None, source_ids=None):
     """The samples of these ids, in this order, whatever their slice; or,
     with ``patches_field``, the patches of the objects of these label ids
-    (a patch's id is its label's id)."""
+    (a patch's id is its label's id), of the samples ``source_ids``."""
     samples = media.indexed_samples(dataset)
     if patches_field is not None:
+        if source_ids is not None:
+            # by _id first: the label filter then reads these samples only
+            samples = samples.select(list(dict.fromkeys(source_ids)))
         # only these objects become patches (a patches view of the whole
         # field would write a patch of every object first)
         samples = samples.select_labels(
@@ -190,9 +196,9 @@ def get_collection(dataset, name, min_score=None, max_score=None):
         return dataset.load_saved_view(name)
 
     doc = _load(dataset, name)
-    pairs = _in_range(zip(doc["sample_ids"], doc["scores"]), min_score,
-                      max_score)
-    return _select(dataset, [i for i, _ in pairs], doc.get("patches_field"))
+    rows = _in_range(_rows(doc), min_score, max_score)
+    return _select(dataset, [r[0] for r in rows], doc.get("patches_field"),
+                   _sources(doc, rows))
 
 
 def get_score_histogram(dataset, name, bins=20):
@@ -300,9 +306,8 @@ def save_collection(dataset, name, source=TEMPORARY_COLLECTION,
             f"{name!r}; pass overwrite=True to replace it"
         )
     doc = _load(dataset, source, "source")
-    pairs = _in_range(zip(doc["sample_ids"], doc["scores"]),
-                      min_score, max_score)
-    if not pairs:
+    rows = _in_range(_rows(doc), min_score, max_score)
+    if not rows:
         raise ValueError(
             f"min_score, max_score: no sample of {source!r} scores within "
             f"[{min_score}, {max_score}]"
@@ -311,15 +316,27 @@ def save_collection(dataset, name, source=TEMPORARY_COLLECTION,
     if min_score is not None or max_score is not None:
         query["score_range"] = [min_score, max_score]
     return write_collection(
-        dataset, name, [i for i, _ in pairs], [s for _, s in pairs], query,
+        dataset, name, [r[0] for r in rows], [r[1] for r in rows], query,
         patches_field=doc.get("patches_field"),
+        source_ids=_sources(doc, rows),
     )
 
 
-def _in_range(pairs, min_score, max_score):
+def _rows(doc):
+    """``(id, score, source id or None)`` of a collection's scores doc."""
+    sources = doc.get("source_ids") or [None] * len(doc["sample_ids"])
+    return list(zip(doc["sample_ids"], doc["scores"], sources))
+
+
+def _sources(doc, rows):
+    """The source ids of ``rows``, if the collection keeps them."""
+    return [r[2] for r in rows] if doc.get("source_ids") else None
+
+
+def _in_range(rows, min_score, max_score):
     lo = -np.inf if min_score is None else min_score
     hi = np.inf if max_score is None else max_score
-    return [(i, s) for i, s in pairs if lo <= s <= hi]
+    return [r for r in rows if lo <= r[1] <= hi]
 
 
 def is_latest_results(samples):

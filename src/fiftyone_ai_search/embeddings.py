@@ -603,16 +603,20 @@ def object_fields(dataset):
     return st.object_fields(targets.dataset_key(dataset))
 
 
-def get_embeddings(samples):
+def get_embeddings(samples, patches_field=None):
     """The embeddings the index holds for ``samples``.
 
     Args:
         samples: a :class:`fiftyone.core.collections.SampleCollection`
+        patches_field (None): the embeddings of the objects of this label
+            field in ``samples`` instead (its object index); a patches view
+            of a field with object search on implies it
 
     Returns:
-        a tuple ``(sample_ids, embeddings)``: the ids (in the order of
-        ``samples``) of the samples that have an embedding, and an
-        ``(n, dim)`` float32 array of L2-normalised vectors
+        a tuple ``(ids, embeddings)``: the ids (in the order of
+        ``samples``) of the samples (label ids, for objects) that have an
+        embedding, and an ``(n, dim)`` float32 array of L2-normalised
+        vectors
 
     Raises:
         IndexNotReadyError: before the first index is complete, and while
@@ -620,11 +624,22 @@ def get_embeddings(samples):
             model's embeddings until then)
     """
     dataset, view = media.resolve(samples)
-    doc = require_index(dataset, same_model=True)
-    wanted = (dataset if view is None else view).values("id")
-    store = runner.open_index(dataset, doc=doc)
+    field = patches_field
+    if field is None and getattr(samples, "_is_patches", False) and (
+            samples._patches_field in object_fields(dataset)):
+        field = samples._patches_field
+    target = targets.target_of(dataset, field)
+    doc = require_index(target, same_model=True)
+    if field is None:
+        wanted = (dataset if view is None else view).values("id")
+    elif getattr(samples, "_is_patches", False):
+        wanted = samples.values("id")  # a patch's id is its label's
+    else:
+        wanted = samples.values(f"{field}.{target.list_field}.id",
+                                unwind=True) if target.exists else []
+    store = runner.open_index(target, doc=doc)
     try:
-        # in the order of wanted (view ids: each once), missing ones left out
+        # in the order of wanted (each once), missing ones left out
         return store.get_vectors(wanted)
     finally:
         store.close()

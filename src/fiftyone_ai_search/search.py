@@ -187,7 +187,19 @@ def perform_ai_search(
     return colls.write_collection(
         dataset, colls.TEMPORARY_COLLECTION, ids, scores, query=described,
         patches_field=field,
+        source_ids=None if field is None else sources_of(doc, ids),
     )
+
+
+def sources_of(doc, label_ids):
+    """The ids of the samples holding these objects (their vectors'
+    ``source_id``), in their order."""
+    from .object_sync import SOURCE_KEY
+
+    store = runner.open_ref(doc["index"])
+    with store.session(keep_open=True):
+        payloads = store.get_payloads(label_ids)
+    return [payloads.get(i, {}).get(SOURCE_KEY) for i in label_ids]
 
 
 def _patches_field(samples, patches_field, query):

@@ -148,6 +148,18 @@ def test_scope_a_view_searches_the_objects_of_its_samples_only(indexed):
                                  patches_field=FIELD, limit=200)
     found = set(ais.get_collection(dataset, name).values("sample_id"))
     assert found and found <= set(view.values("id"))
+    # the objects a view shows: filtered labels, or some samples
+    reds = dataset.filter_labels(FIELD,
+                                 fo.ViewField("label").starts_with("red"))
+    name = ais.perform_ai_search(reds, prompt="a blue square",
+                                 patches_field=FIELD, limit=200)
+    labels = set(ais.get_collection(dataset, name).values(f"{FIELD}.label"))
+    assert labels and all(label.startswith("red") for label in labels)
+    some = view.values("id")[:4]
+    name = ais.perform_ai_search(dataset, prompt="a red circle",
+                                 patches_field=FIELD, image_id_scope=some)
+    assert set(ais.get_collection(dataset, name).values("sample_id")) <= set(
+        some)
     # a patches view narrowed by label: only those patches
     reds = dataset.to_patches(FIELD).match(
         fo.ViewField(f"{FIELD}.label").starts_with("red"))

@@ -233,20 +233,22 @@ def _patches_field(samples, patches_field, query):
 
 def _object_scope(samples, field, sample_scope):
     """The objects to search within: None for all the object index holds,
-    else a :class:`_ViewScope` of patches (a patch's id is its label's)."""
+    else a :class:`_ViewScope` of patches (a patch's id is its label's), or
+    the objects a view of samples shows (:class:`_ObjectsOfView`)."""
     dataset = media.dataset_of(samples)
     is_patches = getattr(samples, "_is_patches", False)
+    objects = targets.target_of(dataset, field)
     if sample_scope is not None:
         _check_known_ids(dataset, sample_scope, "image_id_scope")
-        samples = (dataset.select(list(dict.fromkeys(
-            samples.values("sample_id")))) if is_patches else samples
-        ).select(sample_scope)
-        return _ViewScope(samples.to_patches(field))
+        if is_patches:
+            return _ViewScope(samples.match(
+                {"sample_id": {"$in": [ObjectId(i) for i in sample_scope]}}))
+        return _ObjectsOfView(samples.select(sample_scope), objects)
     if is_patches:
         return _ViewScope(samples)
     if samples is dataset and not media.is_grouped(dataset):
         return None
-    return _ViewScope(samples.to_patches(field))
+    return _ObjectsOfView(samples, objects)
 
 
 def _search(target, doc, query, scope):
@@ -591,6 +593,39 @@ class _ViewScope:
             for i in unknown:
                 self._member[i] = i in found
         return {i for i in sample_ids if self._member[i]}
+
+
+class _ObjectsOfView(_ViewScope):
+    """The objects of the samples of a view as a search scope: their label
+    ids, read from the samples (a patches view of the whole view would
+    first write a patch of each of its objects)."""
+
+    def __init__(self, view, objects):
+        super().__init__(view)
+        self.objects = objects
+
+    def __len__(self):
+        if self._size is None:
+            self._size = self.objects.count(self.view)
+        return self._size
+
+    def ids(self):
+        if self._ids is None:
+            self._ids = (self.view.values(f"{self.objects.path}.id",
+                                          unwind=True)
+                         if self.objects.exists else [])
+            self._size = len(self._ids)
+        return self._ids
+
+    def contains(self, sample_ids):
+        unknown = [i for i in sample_ids if i not in self._member]
+        if unknown and self.objects.exists:
+            found = set(self.view.select_labels(
+                ids=unknown, fields=self.objects.field
+            ).values(f"{self.objects.path}.id", unwind=True))
+            for i in unknown:
+                self._member[i] = i in found
+        return {i for i in sample_ids if self._member.get(i)}
 
 
 def _known_size(scope):

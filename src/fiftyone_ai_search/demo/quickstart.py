@@ -1,4 +1,5 @@
-"""The quick-start demo: offline, on synthetic shapes, in well under a minute.
+"""The quick-start demo: offline, on synthetic shapes (images, then objects
+in scenes), in well under a minute.
 
 ``python -m fiftyone_ai_search demo``
 """
@@ -14,7 +15,8 @@ os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
 def run_demo(name="ai-search-demo", num_samples=300, images_dir=None):
     """Builds the shapes dataset, enables AI search with the bundled tiny
     CLIP, computes its embeddings (with a progress bar), shows the status and
-    runs a first prompt search.
+    runs a first prompt search; then object search on a scenes dataset
+    (``<name>-objects``).
 
     Args:
         name ("ai-search-demo"): the dataset name (replaced if it exists)
@@ -53,10 +55,15 @@ def run_demo(name="ai-search-demo", num_samples=300, images_dir=None):
     )
 
     _first_search(ais, dataset)
+    scenes = _object_search(ais, f"{name}-objects",
+                            None if images_dir is None
+                            else os.path.join(images_dir, "scenes"))
 
-    print(f"Done in {time.time() - t0:.1f} s. Open it in the App with:\n"
+    print(f"Done in {time.time() - t0:.1f} s. Open them in the App with:\n"
           f"  python -c \"import fiftyone as fo; "
-          f"fo.launch_app(fo.load_dataset('{dataset.name}')).wait()\"")
+          f"fo.launch_app(fo.load_dataset('{dataset.name}')).wait()\"\n"
+          f"  python -c \"import fiftyone as fo; "
+          f"fo.launch_app(fo.load_dataset('{scenes.name}')).wait()\"")
     return dataset
 
 
@@ -67,3 +74,28 @@ def _first_search(ais, dataset):
     print(f"Top 10 for {prompt!r} (collection '{name}'):")
     for sample_id, score in ais.get_collection_scores(dataset, name):
         print(f"  {score:.3f}  {labels[sample_id]}")
+
+
+def _object_search(ais, name, images_dir, num_samples=60):
+    """Object search: scenes of several boxed shapes, an index of their
+    boxes, and the objects that best match a prompt, as patches."""
+    from fiftyone_ai_search.demo import make_scenes_dataset, tiny_clip_model_name
+
+    scenes = make_scenes_dataset(name=name, num_samples=num_samples,
+                                 images_dir=images_dir, overwrite=True,
+                                 persistent=True)
+    ais.enable_embeddings(scenes, model=tiny_clip_model_name(),
+                          patches_field="ground_truth", compute=False)
+    report = ais.calculate_embeddings(scenes, patches_field="ground_truth",
+                                      wait=True)
+    print(f"Objects of '{scenes.name}' ({len(scenes)} scenes): {report}")
+    prompt = "a photo of a blue square"
+    collection = ais.perform_ai_search(scenes, prompt=prompt, limit=5,
+                                       patches_field="ground_truth")
+    patches = ais.get_collection(scenes, collection)
+    print(f"Top 5 objects for {prompt!r} (a patches view of "
+          f"'{collection}'):")
+    scores = dict(ais.get_collection_scores(scenes, collection))
+    for patch_id, label in zip(*patches.values(["id", "ground_truth.label"])):
+        print(f"  {scores[patch_id]:.3f}  {label}")
+    return scenes

@@ -4,7 +4,11 @@ One document per dataset in the ``ai_search_state`` collection says whether
 AI search is on, with which model and backend, which index searches use and
 how far it is synced (the watermarks), which index is being built beside it,
 what the last run reported, and who is computing right now (a lease).
-Per-sample failures live in ``ai_search_failures``.
+Per-sample failures live in ``ai_search_failures``. The object index of a
+label field has a document of its own, keyed ``"<dataset id>~<field>"``
+(:mod:`fiftyone_ai_search.targets`), with its ``dataset_id``,
+``patches_field`` and ``crop`` settings, and its failures per object: every
+function here takes a dataset or such a target.
 
 Nothing is written to the dataset or its samples: a write there would bump
 ``last_modified_at`` and make the sync re-trigger itself.
@@ -397,8 +401,10 @@ def forget_retired(dataset_or_key, ref):
 
 
 def enabled_states():
-    """The state documents of every dataset whose AI search is on; each
-    document's ``_id`` is its dataset's id (:func:`dataset_key`)."""
+    """The state documents of every target (a dataset's images, or the
+    objects of one of its fields) whose AI search is on; each document's
+    ``_id`` is its target's key (:func:`dataset_key`, see
+    :func:`load_target`)."""
     return [_migrate(doc) for doc in _states().find({"enabled": True})]
 
 

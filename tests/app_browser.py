@@ -45,6 +45,7 @@ try:  # selenium is optional: without it the browser tests skip (or fail in CI)
     from selenium import webdriver
     from selenium.common.exceptions import (
         ElementClickInterceptedException,
+        ElementNotInteractableException,
         NoSuchElementException,
         StaleElementReferenceException,
         WebDriverException,
@@ -292,7 +293,9 @@ class App:
              timeout: Optional[float] = None, interval: float = 0.1) -> T:
         """Polls ``condition`` until it returns something truthy, and returns
         that. The React UI re-renders all the time, so an element found a
-        moment ago may be gone: stale/missing elements count as "not yet"."""
+        moment ago may be gone: stale/missing elements count as "not yet",
+        and so do elements not interactable yet (the grid shows
+        placeholders until its tiles load, e.g. after a panel closed)."""
         deadline = time.monotonic() + (timeout or self.timeout)
         last_error: Optional[Exception] = None
         while True:
@@ -301,7 +304,8 @@ class App:
                 if result:
                     return result
             except (StaleElementReferenceException, NoSuchElementException,
-                    ElementClickInterceptedException, LookupError) as e:
+                    ElementClickInterceptedException,
+                    ElementNotInteractableException, LookupError) as e:
                 last_error = e
             if time.monotonic() > deadline:
                 raise TimeoutError(
@@ -864,12 +868,43 @@ class App:
                   interval=0.25)
 
     def open_sample(self, index: int) -> WebElement:
-        """Opens tile ``index`` in the sample modal; returns the modal."""
-        tile = self.tile(index)
-        # the middle of a tile is its canvas: a click there expands it (the
-        # checkbox sits in a corner)
-        ActionChains(self.driver).move_to_element(tile).click().perform()
-        return self.sample_modal()
+        """Opens tile ``index`` in the sample modal; returns the modal.
+
+        A click on a tile's canvas expands it. Under the pointer, a tile
+        shows its checkbox's box in its top left corner, which covers the
+        middle of a small tile (a panel beside the grid): the click goes to
+        the right of the middle, on the canvas. A click lost while the grid
+        still moves its tiles is made again, never sooner than it could
+        show."""
+        last_click = [float("-inf")]
+
+        def opened() -> Optional[WebElement]:
+            modal = next((e for e in self.driver.find_elements(
+                By.CSS_SELECTOR, "[data-cy=modal]") if e.is_displayed()), None)
+            if modal is not None:
+                return modal
+            if time.monotonic() - last_click[0] > 3.0:
+                tile = self.tile(index)
+                rect = tile.rect
+                dx, dy = int(0.3 * rect["width"]), int(0.1 * rect["height"])
+                ActionChains(self.driver).move_to_element_with_offset(
+                    tile, dx, dy).perform()
+                on_canvas = self.js("""
+                    const r = arguments[0].getBoundingClientRect();
+                    const e = document.elementFromPoint(
+                        r.left + r.width / 2 + arguments[1],
+                        r.top + r.height / 2 + arguments[2]);
+                    return !!e && e.tagName === "CANVAS"
+                           && arguments[0].contains(e);
+                """, tile, dx, dy)
+                if not on_canvas:
+                    raise LookupError(f"no canvas of tile {index} to click")
+                ActionChains(self.driver).click().perform()
+                last_click[0] = time.monotonic()
+            return None
+
+        return self.wait(opened, f"tile {index} to open in the sample modal",
+                         interval=0.25)
 
     def sample_modal(self, timeout: Optional[float] = None) -> WebElement:
         return self.wait(lambda: next((e for e in self.driver.find_elements(

@@ -569,3 +569,17 @@ def test_polylines_and_keypoints_are_indexed_by_the_box_around_them(tmp_path):
     first = dataset.first()
     for (_, box), det in zip(boxes, first[FIELD].detections):
         assert box == pytest.approx(det.bounding_box, abs=1e-9)
+
+
+def test_object_results_are_known_as_the_latest_results(indexed):
+    dataset, _ = indexed
+    name = ais.perform_ai_search(dataset, prompt="a red circle",
+                                 patches_field=FIELD, limit=10)
+    results = ais.get_collection(dataset, name)
+    assert ais.is_latest_results(results)
+    scores = [s for _, s in ais.get_collection_scores(dataset, name)]
+    assert ais.is_latest_results(
+        ais.get_collection(dataset, name, min_score=scores[3]))
+    # a patches view of the field is not: a new search searches it
+    assert not ais.is_latest_results(dataset.to_patches(FIELD))
+    assert ais.object_label_fields(dataset) == [FIELD]

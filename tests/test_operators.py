@@ -206,11 +206,13 @@ def test_search_operators(tmp_path):
 
 
 def _context(dataset, params=None, view=None, selected=None,
-             current_sample=None, panel_state=None, operator="ai_search"):
+             current_sample=None, panel_state=None, operator="ai_search",
+             selected_labels=None):
     from fiftyone.operators.executor import ExecutionContext, Executor
 
     request = {"dataset_name": dataset.name, "params": dict(params or {}),
-               "selected": selected or [], "current_sample": current_sample}
+               "selected": selected or [], "current_sample": current_sample,
+               "selected_labels": selected_labels or []}
     if view is not None:
         request["view"] = view._serialize()
     if panel_state is not None:
@@ -716,3 +718,361 @@ def test_panel_shows_near_duplicates_found_from_the_grid(tmp_path):
     assert props[slider]["default"][0] == pytest.approx(min(scores))
     assert "Similarity to the image each group keeps" in str(
         props["histogram"])
+
+
+# -- object search ------------------------------------------------------------------
+
+FIELD = "ground_truth"
+OBJECTS = f"objects:{FIELD}"
+
+
+def scenes_dataset(tmp_path, num_samples=60):
+    """Scene images of several boxed shapes each (Detections in
+    ``ground_truth``), AI search off."""
+    import uuid
+
+    from fiftyone_ai_search.demo import make_scenes_dataset
+
+    name = "scenes-" + uuid.uuid4().hex[:10]
+    return make_scenes_dataset(name=name, num_samples=num_samples,
+                               images_dir=str(tmp_path / name))
+
+
+def wait_until_objects_idle(dataset, timeout=180):
+    import time
+
+    deadline = time.time() + timeout
+    while ais.get_embeddings_in_progress(dataset, patches_field=FIELD):
+        assert time.time() < deadline, ais.get_status(
+            dataset, patches_field=FIELD)
+        time.sleep(0.2)
+
+
+def _labels(view):
+    return view.values(f"{FIELD}.label")
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    """A scenes dataset with its images and the objects of ground_truth
+    indexed (each test leaves the indexes as it found them)."""
+    dataset = scenes_dataset(tmp_path_factory.mktemp("scenes"))
+    ais.enable_embeddings(dataset, model=tiny_clip_model_name(),
+                          compute=False)
+    ais.calculate_embeddings(dataset, wait=True, progress=False)
+    ais.enable_embeddings(dataset, patches_field=FIELD, compute=False)
+    ais.calculate_embeddings(dataset, patches_field=FIELD, wait=True,
+                             progress=False)
+    return dataset
+
+
+def _shown(dataset, asked):
+    """The view the App is asked to show (the last ``set_view``)."""
+    import fiftyone.core.view as fov
+
+    return fov.DatasetView._build(dataset, asked["set_view"][-1]["view"])
+
+
+def test_enable_object_search_from_the_app_and_follow_it(tmp_path):
+    dataset = scenes_dataset(tmp_path, num_samples=20)
+    # off: the grid button's form is the enable form, with the choice of
+    # the images or the objects of a label field
+    form = _form(dataset)
+    choice = form["search_in"]
+    assert [c["value"] for c in choice["view"]["choices"]] == [
+        "images", OBJECTS]
+    assert [c["label"] for c in choice["view"]["choices"]] == [
+        "images", f"objects of {FIELD}"]
+    assert choice["default"] == "images"
+    # objects with no image index: the model is chosen here too
+    form = _form(dataset, params={"search_in": OBJECTS})
+    assert "model_choice" in form and "objects_model" not in form
+
+    result = foo.execute_operator(uri("ai_search"), ctx={
+        "dataset": dataset, "params": {
+            "search_in": OBJECTS, "model_choice": tiny_clip_model_name()}})
+    assert result.error is None, result.error_message
+    assert result.result == {"enabled": True}
+    assert ais.is_embeddings_enabled(dataset, patches_field=FIELD)
+    assert not ais.is_embeddings_enabled(dataset)
+    wait_until_objects_idle(dataset)
+
+    # ready: the button searches the objects (the images are not indexed)
+    from fiftyone.operators.executor import resolve_placement
+
+    def button():
+        return resolve_placement(foo.get_operator(uri("ai_search")), {
+            "dataset_name": dataset.name, "params": {}}).to_json()[
+                "view"]["label"]
+
+    assert button() == "AI Search"
+    # a computation of the objects shows on the button too
+    from fiftyone_ai_search.targets import Objects
+
+    st.mark_pending(Objects(dataset, FIELD), os.getpid())
+    assert button().startswith("AI Search: computing")
+    st.update(Objects(dataset, FIELD), pending=None)
+    form = _form(dataset)
+    assert [c["value"] for c in form["search_in"]["view"]["choices"]] == [
+        OBJECTS]
+    num_objects = dataset.count(f"{FIELD}.detections")
+    assert (f"whole dataset: all objects of {FIELD}"
+            in form["scope"]["view"]["label"])
+
+    # the status says how far each index is
+    status = _run("ai_search_status", dataset)
+    assert status["objects"][FIELD]["counts"]["num_indexed"] == num_objects
+    form = _form(dataset, operator="ai_search_status")
+    assert "AI search is off" in form["status"]["default"]
+    assert (f"**Objects of {FIELD}: ready**" in form["objects_0"]["default"]
+            and f"{num_objects} of {num_objects} objects indexed"
+            in form["objects_0"]["default"])
+
+    # with an image index, objects take its model: no model to choose
+    ais.enable_embeddings(dataset, model=tiny_clip_model_name(),
+                          compute=False)
+    form = _form(dataset, operator="enable_ai_search",
+                 params={"search_in": OBJECTS})
+    assert "image index's model" in form["objects_model"]["view"]["label"]
+    assert "already" in form["objects_on"]["view"]["label"]
+    assert "model_choice" not in form and "backend" not in form
+
+    # compute and disable choose between the two
+    form = _form(dataset, operator="compute_embeddings")
+    assert [c["value"] for c in form["search_in"]["view"]["choices"]] == [
+        "images", OBJECTS]
+    dataset.delete_labels(ids=[dataset.first()[FIELD].detections[0].id])
+    assert _run("compute_embeddings", dataset, search_in=OBJECTS) == {
+        "started": True}
+    wait_until_objects_idle(dataset)
+    assert ais.get_status(dataset, patches_field=FIELD)["counts"][
+        "num_indexed"] == num_objects - 1
+
+    # a patches view of the field makes it the default of disable
+    form = _form(dataset, operator="disable_ai_search",
+                 view=dataset.to_patches(FIELD))
+    assert form["search_in"]["default"] == OBJECTS
+    assert "Disable object search" in form["warning"]["view"]["label"]
+    assert _run("disable_ai_search", dataset, search_in=OBJECTS) == {
+        "enabled": False, "patches_field": FIELD}
+    assert not ais.is_embeddings_enabled(dataset, patches_field=FIELD)
+    assert ais.is_embeddings_enabled(dataset)  # the image index stays
+
+
+def test_search_objects_by_prompt_image_and_diverse(scenes, tmp_path):
+    from fiftyone_ai_search.demo import shapes
+
+    dataset = scenes
+    # images first where both can be searched; a patches view of the
+    # field searches its objects by default
+    form = _form(dataset)
+    assert [c["value"] for c in form["search_in"]["view"]["choices"]] == [
+        "images", OBJECTS]
+    assert form["search_in"]["default"] == "images"
+    form = _form(dataset, view=dataset.to_patches(FIELD))
+    assert form["search_in"]["default"] == OBJECTS
+    assert (f"the {dataset.count(f'{FIELD}.detections')} objects of the "
+            "current view" in form["scope"]["view"]["label"])
+
+    # prompt: the grid gets a patches view of the objects found, best first
+    result, asked = _execute(dataset, "ai_search", params={
+        "search_in": OBJECTS, "mode": "prompt", "prompt": "a red circle",
+        "limit": 5})
+    assert result == {"collection": ais.TEMPORARY_COLLECTION, "count": 5}
+    shown = _shown(dataset, asked)
+    assert shown._is_patches
+    scores = ais.get_collection_scores(dataset, ais.TEMPORARY_COLLECTION)
+    assert shown.values("id") == [i for i, _ in scores]
+    assert _labels(shown).count("red circle") >= 4, _labels(shown)
+
+    # from the results, a new search searches all the objects again
+    form = _form(dataset, view=shown)
+    assert form["search_in"]["default"] == OBJECTS
+    assert "never searches the latest results" in form["scope"]["view"][
+        "label"]
+    _, asked = _execute(dataset, "ai_search", view=shown, params={
+        "mode": "prompt", "prompt": "a blue square", "limit": 5})
+    assert _labels(_shown(dataset, asked)).count("blue square") >= 4
+
+    # an image file, from outside the dataset
+    path = str(tmp_path / "query.png")
+    shapes.render(shapes.sample_spec(seed=7, index=0, color="green",
+                                     shape="circle"),
+                  image_size=128, seed=7).save(path)
+    form = _form(dataset, params={"search_in": OBJECTS, "mode": "image"})
+    assert "image_path" in form and "prompt" not in form
+    bad = _form(dataset, params={"search_in": OBJECTS, "mode": "image",
+                                 "image_path": str(tmp_path / "none.png")})
+    assert bad["image_path"]["invalid"] is True
+    assert "No file" in bad["image_path"]["error_message"]
+    _, asked = _execute(dataset, "ai_search", params={
+        "search_in": OBJECTS, "mode": "image", "image_path": path,
+        "limit": 5})
+    assert _labels(_shown(dataset, asked)).count("green circle") >= 4
+
+    # diverse: objects of many classes
+    out = _run("ai_search", dataset, search_in=OBJECTS, mode="diverse",
+               num_clusters=20, limit=20)
+    assert out["count"] == 20
+    diverse = ais.get_collection(dataset, ais.TEMPORARY_COLLECTION)
+    assert diverse._is_patches and len(set(_labels(diverse))) >= 12
+
+    # score range and saving: patches still
+    _run("ai_search", dataset, search_in=OBJECTS, mode="prompt",
+         prompt="a red circle", limit=10)
+    scores = ais.get_collection_scores(dataset, ais.TEMPORARY_COLLECTION)
+    cut = scores[4][1]
+    result, asked = _execute(dataset, "filter_by_score",
+                             params={"min_score": cut})
+    assert result["count"] == 5
+    assert _shown(dataset, asked).values("id") == [i for i, _ in scores[:5]]
+    assert _run("save_collection", dataset, name="red circles",
+                min_score=cut) == {"collection": "red circles"}
+    kept = ais.get_collection(dataset, "red circles")
+    assert kept._is_patches and kept.values("id") == [
+        i for i, _ in scores[:5]]
+    _run("delete_collection", dataset, name="red circles")
+
+    # images are still searched as before, also from a patches view
+    out = _run("ai_search", dataset, search_in="images", mode="prompt",
+               prompt="a red circle", limit=5)
+    assert not ais.get_collection(dataset, out["collection"])._is_patches
+
+
+def test_similar_objects_from_patches_and_selected_labels(scenes):
+    from fiftyone import ViewField as F
+
+    dataset = scenes
+    patches = dataset.to_patches(FIELD)
+    ref = patches.match(F(f"{FIELD}.label") == "yellow star").first()
+
+    # patches selected in the grid of a patches view: their labels
+    form = _form(dataset, view=patches, selected=[ref.id])
+    assert form["search_in"]["default"] == OBJECTS
+    assert form["mode"]["default"] == "similar"
+    assert (f"Similar to the 1 selected object(s) of {FIELD}"
+            in form["selected"]["view"]["label"])
+    _, asked = _execute(dataset, "ai_search", view=patches,
+                        selected=[ref.id], params={"limit": 5})
+    shown = _shown(dataset, asked)
+    assert shown.values("id")[0] == ref.id
+    assert _labels(shown).count("yellow star") >= 4
+    # the same selection, searching images: the image of that patch
+    form = _form(dataset, view=patches, selected=[ref.id],
+                 params={"search_in": "images"})
+    assert "Similar to the 1 selected sample(s)" in form["selected"][
+        "view"]["label"]
+    _, asked = _execute(dataset, "ai_search", view=patches,
+                        selected=[ref.id],
+                        params={"search_in": "images", "limit": 3})
+    assert _shown(dataset, asked).values("id")[0] == ref.sample_id
+
+    # "Find similar" in the modal of a patches view: the patch shown
+    form = _form(dataset, operator="search_similar", view=patches,
+                 current_sample=ref.id)
+    assert form["search_in"]["default"] == OBJECTS
+    assert "1 selected object(s)" in form["selected"]["view"]["label"]
+    result, asked = _execute(dataset, "search_similar", view=patches,
+                             current_sample=ref.id, params={"limit": 5})
+    assert _shown(dataset, asked).values("id")[0] == ref.id
+    assert asked.get("close_sample")  # to the grid, where the results are
+
+    # in the modal of a sample with a label of the field selected: objects
+    sample = dataset[ref.sample_id]
+    selected_labels = [{"label_id": ref.id, "sample_id": sample.id,
+                        "field": FIELD, "type": "default"}]
+    form = _form(dataset, operator="search_similar", current_sample=sample.id,
+                 selected_labels=selected_labels)
+    assert form["search_in"]["default"] == OBJECTS
+    result, asked = _execute(dataset, "search_similar",
+                             current_sample=sample.id,
+                             selected_labels=selected_labels,
+                             params={"limit": 5})
+    assert _shown(dataset, asked).values("id")[0] == ref.id
+    # no label selected: similar images, as before
+    form = _form(dataset, operator="search_similar", current_sample=sample.id)
+    assert form["search_in"]["default"] == "images"
+    assert "1 selected sample(s)" in form["selected"]["view"]["label"]
+
+    # objects with nothing selected: a message that blocks, and says how
+    blocked = _blocking(_form(dataset, operator="search_similar",
+                              current_sample=sample.id,
+                              params={"search_in": OBJECTS}))
+    assert "Nothing selected" in blocked["selected"]
+    assert f"an object of {FIELD} in the sample modal" in blocked["selected"]
+    with pytest.raises(Exception, match="Nothing selected"):
+        foo.execute_operator(uri("ai_search"), ctx={
+            "dataset": dataset, "params": {"search_in": OBJECTS,
+                                           "mode": "similar"}})
+
+
+def test_panel_enables_follows_and_searches_objects(tmp_path):
+    dataset = scenes_dataset(tmp_path, num_samples=40)
+    ais.enable_embeddings(dataset, model=tiny_clip_model_name(),
+                          compute=False)
+    ais.calculate_embeddings(dataset, wait=True, progress=False)
+    panel = _Panel(dataset)
+    panel("on_load")
+    props = panel.render()
+    # images ready, the objects of ground_truth can be indexed too
+    assert "search_in" not in props["search"]["type"]["properties"]
+    panel("on_enable_objects")
+    (prompt,) = panel.asked("prompt_user_for_operation")
+    assert prompt["operator_uri"] == uri("enable_ai_search")
+    assert prompt["params"] == {"search_in": OBJECTS}
+
+    ais.enable_embeddings(dataset, patches_field=FIELD)  # computes
+    panel("on_refresh")
+    props = panel.render()
+    assert props["poll"]["view"]["name"] == "TimerView"
+    assert f"Objects of {FIELD}:" in props["object_status"]["default"]
+    wait_until_objects_idle(dataset)
+    panel("on_poll")
+    (note,) = panel.asked("notify")
+    assert note["message"] == f"Object search of {FIELD} is ready"
+    props = panel.render()
+    num_objects = dataset.count(f"{FIELD}.detections")
+    assert "poll" not in props
+    assert (f"{num_objects} of {num_objects} objects indexed"
+            in props["object_status"]["default"])
+    assert "enable_objects" not in props
+    search = props["search"]["type"]["properties"]
+    assert [c["label"] for c in search["search_in"]["view"]["choices"]] == [
+        "images", f"objects of {FIELD}"]
+
+    panel.state["search"] = {"search_in": OBJECTS, "mode": "prompt",
+                             "prompt": "a red circle", "limit": 10}
+    panel("on_search")
+    (shown,) = panel.asked("set_view")
+    import fiftyone.core.view as fov
+
+    assert fov.DatasetView._build(dataset, shown["view"])._is_patches
+    props = panel.render()
+    assert (f"prompt 'a red circle', 10 objects of {FIELD}"
+            in props["results_title"]["default"])
+    scores = ais.get_collection_scores(dataset, ais.TEMPORARY_COLLECTION)
+    (slider,) = [k for k in props if k.startswith("score_range_")]
+    panel("on_slider", value=[scores[2][1], scores[0][1]])
+    assert panel.state["range_count"] == 3
+    panel.state["collection_name"] = "top reds"
+    panel("on_save")
+    assert ais.get_collection(dataset, "top reds")._is_patches
+
+    # the grid showing the results (a patches view): the panel keeps them,
+    # and searches the objects of that field next
+    panel.state["search"] = {"mode": "prompt"}
+    panel.context["view"] = ais.get_collection(dataset,
+                                               ais.TEMPORARY_COLLECTION)
+    panel("on_change_view")
+    assert panel.state["search"]["search_in"] == OBJECTS
+    assert "never searches the latest results" in panel.render()["search"][
+        "type"]["properties"]["scope"]["view"]["label"]
+
+    # disabling the objects' index takes its results with it
+    _execute(dataset, "disable_ai_search", params={"search_in": OBJECTS})
+    panel.context.pop("view")
+    panel("on_refresh")
+    props = panel.render()
+    assert "results_title" not in props
+    assert "object_status" not in props and "search" in props
+    assert props["enable_objects"]["view"]["label"] == "Enable object search"

@@ -64,7 +64,7 @@ from .scheduler import start_refresher, stop_refresher
 from .search import perform_ai_search
 from .store import QdrantUnreachableError
 from .sync import SyncReport
-from .targets import ObjectFieldError
+from .targets import ObjectFieldError, object_label_fields
 
 __version__ = "0.1.0"
 
@@ -103,6 +103,7 @@ __all__ = [
     "get_status",
     "is_embeddings_enabled",
     "maintain_index",
+    "object_label_fields",
     "start_refresher",
     "stop_refresher",
 ]

@@ -359,7 +359,9 @@ def is_latest_results(samples):
         dataset = media.dataset_of(samples)
     except media.UnsupportedMediaError:
         return False  # frames, clips: never results
-    if samples is dataset or samples._is_generated:
+    # (a patches view may be object results: its own stages select them)
+    if samples is dataset or (samples._is_generated
+                              and not samples._is_patches):
         return False
     if getattr(samples, "name", None) == TEMPORARY_COLLECTION:
         return True

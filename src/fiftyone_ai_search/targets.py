@@ -40,6 +40,15 @@ def _object_types():
     }
 
 
+def object_label_fields(dataset):
+    """The label fields of ``dataset`` whose objects object search can
+    index (the ``patches_field`` of
+    :func:`~fiftyone_ai_search.embeddings.enable_embeddings`): its
+    ``Detections``, ``Polylines`` and ``Keypoints`` fields, sorted."""
+    return sorted(dataset.get_field_schema(
+        embedded_doc_type=tuple(_object_types())))
+
+
 def dataset_key(dataset):
     """The id that names a dataset's state and index (stable across
     renames)."""

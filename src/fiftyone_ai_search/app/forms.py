@@ -6,6 +6,10 @@ the panel's state in the panel) so that one definition serves both. Inputs
 that cannot be run (nothing selected, not indexed yet) are marked
 ``invalid``, as FiftyOne's own plugins do, so that Execute is blocked rather
 than failing.
+
+A search searches the images, or the objects of a label field that has an
+object index: the "Search in" choice (``search_in``: :data:`IMAGES` or
+``"objects:<field>"``), which forms to enable, compute and disable share.
 """
 
 import os
@@ -17,11 +21,115 @@ from fiftyone_ai_search import media
 from fiftyone_ai_search.config import BACKENDS
 from fiftyone_ai_search.duplicates import DEFAULT_THRESHOLD
 
-SEARCH_MODES = ("prompt", "similar", "diverse")
+SEARCH_MODES = ("prompt", "similar", "image", "diverse")
 DEFAULT_LIMIT = 100
 
 #: the choice of the enable form that reveals free model / pretrained fields
 CUSTOM_MODEL = "custom"
+
+#: the "Search in" choice of the images; ``"objects:<field>"`` names the
+#: objects of a label field (a field may be called "images")
+IMAGES = "images"
+_OBJECTS = "objects:"
+
+
+# -- what is searched: the images, or the objects of a label field ---------------
+
+
+def objects_choice(field):
+    """The "Search in" value of the objects of ``field`` (None: images)."""
+    return IMAGES if field is None else _OBJECTS + field
+
+
+def field_of(choice):
+    """The label field a "Search in" value names, None for the images.
+    Headless callers may pass the field's name itself."""
+    if not choice or choice == IMAGES:
+        return None
+    return choice[len(_OBJECTS):] if choice.startswith(_OBJECTS) else choice
+
+
+def target_label(field):
+    """A target as the user reads it: "images", "objects of ground_truth"."""
+    return "images" if field is None else f"objects of {field}"
+
+
+def patches_field_of(view):
+    """The label field a patches view holds the objects of, else None."""
+    if view is None or not getattr(view, "_is_patches", False):
+        return None
+    return getattr(view, "_patches_field", None)  # None: evaluation patches
+
+
+def statuses(dataset, counts=False):
+    """The status of the dataset's images and of each label field with
+    object search on, images first: ``{None: status, field: status}``.
+
+    Args:
+        counts (False): also count the index and the samples (objects) of
+            each one not being computed. Opens their indexes: not for
+            polling; without, only state is read
+    """
+    images = ais.get_status(dataset, counts=False)
+    out = {None: images}
+    for field in images["object_fields"]:
+        out[field] = ais.get_status(dataset, patches_field=field,
+                                    counts=False)
+    if counts:
+        for target, status in out.items():
+            if status["enabled"] and not status["in_progress"]:
+                out[target] = ais.get_status(dataset, patches_field=target)
+    return out
+
+
+def ready_targets(dataset, all_statuses=None):
+    """What can be searched now: None (the images) and label fields, those
+    whose first index is complete, images first."""
+    all_statuses = statuses(dataset) if all_statuses is None else all_statuses
+    return [t for t, s in all_statuses.items() if readiness(s) == "ready"]
+
+
+def enabled_targets(dataset):
+    """The images (None) and the label fields that have AI search on."""
+    return [t for t, s in statuses(dataset).items() if s["enabled"]]
+
+
+def search_readiness(all_statuses):
+    """Where searching stands over the images and the objects: ``"ready"``
+    (something can be searched), ``"indexing"`` (a first index is being
+    computed), else the images' ``"off"`` or ``"failed"``."""
+    states = [readiness(s) for s in all_statuses.values()]
+    if "ready" in states:
+        return "ready"
+    if "indexing" in states:
+        return "indexing"
+    return readiness(all_statuses[None])
+
+
+def computing(all_statuses):
+    """``(field, status)`` of the first target being computed, or None."""
+    return next(((t, s) for t, s in all_statuses.items()
+                 if s["in_progress"]), None)
+
+
+def target_choice(inputs, name, targets, default, label="Search in",
+                  on_change=None, description=None, view=None):
+    """A choice among targets (None: images; fields), as ``search_in``
+    values labelled in the user's words."""
+    view = view or types.RadioGroup(orientation="horizontal")
+    for target in targets:
+        view.add_choice(objects_choice(target), label=target_label(target))
+    inputs.enum(name, [objects_choice(t) for t in targets], label=label,
+                default=objects_choice(default), view=view,
+                on_change=on_change, description=description)
+
+
+def chosen_target(params, targets, default=None):
+    """The target ``params`` chose among ``targets``, else ``default``."""
+    field = field_of(params.get("search_in"))
+    if params.get("search_in") and field in targets:
+        return field
+    return default
 
 
 # -- status --------------------------------------------------------------------
@@ -44,30 +152,44 @@ def progress_text(status):
     return f"{p['done']} / {p['total']} ({100 * p['done'] // p['total']}%)"
 
 
+def _title(field, text):
+    """A status line's bold lead; an object index's names its field."""
+    if field is None:
+        return f"**{text}**"
+    return f"**Objects of {field}: {text[0].lower()}{text[1:]}**"
+
+
 def status_text(status):
-    """Where AI search of a dataset stands, in one line (markdown)."""
+    """Where AI search of a dataset (of the objects of a field, for a
+    status with ``patches_field``) stands, in one line (markdown)."""
+    field = status.get("patches_field")
     state = readiness(status)
     if state == "off":
+        if field is not None:
+            return f"**Object search of {field} is off**."
         return "**AI search is off** for this dataset."
     index, rebuild = status.get("index"), status.get("rebuild")
     if status["in_progress"] and index and rebuild:
-        return (f"**Rebuilding with {model_label(**_model(rebuild))}**: "
-                f"{progress_text(status)}. Searches use "
+        return (_title(field, f"Rebuilding with {model_label(**_model(rebuild))}")
+                + f": {progress_text(status)}. Searches use "
                 f"{model_label(**_model(index))} until it is complete.")
     if status["in_progress"]:
-        return f"**Computing embeddings**: {progress_text(status)}"
+        return f"{_title(field, 'Computing embeddings')}: {progress_text(status)}"
     if state == "failed":
-        return (f"**Indexing failed**: {status.get('last_error') or 'stopped'}."
-                " Enable again, or run 'AI search: compute embeddings'.")
-    text = f"**Ready** ({model_label(**_model(index or status))}"
+        return (f"{_title(field, 'Indexing failed')}: "
+                f"{status.get('last_error') or 'stopped'}. Enable again, or "
+                "run 'AI search: compute embeddings'.")
+    text = f"{_title(field, 'Ready')} ({model_label(**_model(index or status))}"
     updated = status.get("updated_at")
     if updated is not None:
         text += f", updated {updated:%Y-%m-%d %H:%M} UTC"
     text += ")"
     counts = status.get("counts")
     if counts:
-        text += (f": {counts['num_indexed']} of {counts['num_samples']} "
-                 f"samples indexed, {counts['num_failed']} failed")
+        noun, total = (("samples", counts.get("num_samples")) if field is None
+                       else ("objects", counts.get("num_objects")))
+        text += (f": {counts['num_indexed']} of {total} {noun} indexed, "
+                 f"{counts['num_failed']} failed")
     if status.get("last_error"):
         text += f". Last sync failed: {status['last_error']}"
     if rebuild:
@@ -106,17 +228,20 @@ def blocked(inputs, name, message, kind=types.Warning):
     return prop
 
 
-def require_ready(ctx, inputs):
+def require_ready(ctx, inputs, objects=False):
     """Blocks the form unless the dataset's index is ready to search (a
-    first indexing complete); says where to enable it.
+    first indexing complete; with ``objects``, that of the images or of
+    the objects of a field); says where to enable it.
 
     Returns:
         whether it is ready
     """
-    status = ais.get_status(ctx.dataset, counts=False)
-    if readiness(status) == "ready":
+    all_statuses = statuses(ctx.dataset) if objects else {
+        None: ais.get_status(ctx.dataset, counts=False)}
+    if search_readiness(all_statuses) == "ready":
         return True
-    blocked(inputs, "not_ready", status_text(status) + " Enable it from the "
+    lines = [status_text(s) for s in all_statuses.values()]
+    blocked(inputs, "not_ready", " ".join(lines) + " Enable it from the "
             "AI Search button above the grid.")
     return False
 
@@ -124,9 +249,13 @@ def require_ready(ctx, inputs):
 # -- enabling --------------------------------------------------------------------
 
 
-def enable_form(inputs, params):
-    """The model choice (with what is on this machine) and the index
-    backend."""
+def enable_form(inputs, params, dataset=None):
+    """What to index (the images, or the objects of a label field of
+    ``dataset``, if it has such fields), the model choice (with what is on
+    this machine) and the index backend."""
+    if _enable_target_form(inputs, params, dataset):
+        return  # objects of a field: the image index's model and backend
+
     choices = ais.available_models()
     default = choices[0]
     offered = next((c for c in choices if c.available), default)
@@ -167,6 +296,41 @@ def enable_form(inputs, params):
                 "Qdrant server (URL and API key from plugin secrets)")
 
 
+def _enable_target_form(inputs, params, dataset):
+    """The enable form's "Search in" choice, where the dataset has label
+    fields of objects. Returns whether the objects chosen are embedded with
+    the image index's model (then there is no model to choose)."""
+    fields = ais.object_label_fields(dataset) if dataset is not None else []
+    if not fields:
+        return False
+    target_choice(
+        inputs, "search_in", [None] + fields, None, view=types.Dropdown(),
+        description="The images, or the objects (boxes) of a label field: "
+        "each object is cropped and embedded, to be found on its own")
+    field = enable_field(params, dataset)
+    if field is None:
+        return False
+    if ais.is_embeddings_enabled(dataset, patches_field=field):
+        inputs.view("objects_on", types.Notice(label=(
+            f"Object search of {field} is on already: enabling it again "
+            "embeds what changed since.")))
+    images = ais.get_status(dataset, counts=False)
+    if images["enabled"]:
+        # one model for both: a prompt then means the same in either
+        inputs.view("objects_model", types.Notice(label=(
+            f"The objects of {field} are embedded with the image index's "
+            f"model, {model_label(**_model(images))}, in an index of their "
+            "own beside it.")))
+        return True
+    return False
+
+
+def enable_field(params, dataset):
+    """The label field whose objects the enable form's parameters ask to
+    index, None for the images."""
+    return field_of(params.get("search_in")) if dataset is not None else None
+
+
 def model_from_params(params):
     """``(model, pretrained)`` that the enable form's parameters name."""
     model = params.get("model") or None
@@ -184,23 +348,85 @@ def model_from_params(params):
 
 
 def enable_from_params(ctx, params, secrets):
-    """Enables AI search as the enable form says; loads no model here (the
-    background worker does)."""
-    model, pretrained = model_from_params(params)
+    """Enables AI search (of the images, or of the objects of a field) as
+    the enable form says; loads no model here (the background worker
+    does)."""
+    field = enable_field(params, ctx.dataset)
+    if field is not None and ais.is_embeddings_enabled(ctx.dataset):
+        # as the form says: the image index's model and backend (the SDK's
+        # defaults for objects), whatever an earlier choice left in params
+        model = pretrained = backend = None
+    else:
+        model, pretrained = model_from_params(params)
+        backend = params.get("backend") or None
     return ais.enable_embeddings(
-        ctx.dataset, model=model, pretrained=pretrained,
-        backend=params.get("backend") or None, secrets=secrets, load=False,
+        ctx.dataset, model=model, pretrained=pretrained, backend=backend,
+        secrets=secrets, load=False, patches_field=field,
     )
 
 
 # -- searching -------------------------------------------------------------------
 
 
-def search_scope(ctx, params):
+def showing_results(view):
+    """Whether the App shows the latest results (or a score range of
+    them, images or objects): then a new search searches the dataset, not
+    them."""
+    return ais.is_latest_results(view)
+
+
+def search_target(ctx, params, selected=(), in_modal=False, ready=None):
+    """The label field whose objects a search from the App searches, or
+    None for the images: the form's "Search in" choice; by default, in a
+    patches view of a field with object search, its objects (what the grid
+    shows); in the sample modal, those of the field of a selected label;
+    else the images (or, where only objects can be searched, the first
+    such field).
+
+    Args:
+        ready (None): :func:`ready_targets`, if known
+    """
+    ready = ready_targets(ctx.dataset) if ready is None else ready
+    default = None if None in ready or not ready else ready[0]
+    view_field = patches_field_of(ctx.view)
+    if view_field is not None and view_field in ready:
+        default = view_field
+    elif in_modal:
+        labelled = [label.get("field") for label in ctx.selected_labels or []]
+        default = next((f for f in labelled if f is not None and f in ready),
+                       default)
+    return chosen_target(params, ready, default)
+
+
+def references(ctx, field, selected):
+    """The ids a similar search starts from, as the SDK takes them: sample
+    ids for the images (``field`` None), label ids of objects of ``field``.
+
+    Args:
+        selected: what the App has selected (the grid's selection, or the
+            sample open in the modal): samples, or in a patches view
+            patches (a patch's id is its label's)
+    """
+    view = ctx.view
+    if field is None:
+        if getattr(view, "_is_patches", False) and selected:
+            # the images the selected patches are of
+            return list(dict.fromkeys(
+                view.select(list(selected)).values("sample_id")))
+        return list(selected)
+    ids = list(selected) if patches_field_of(view) == field else []
+    ids += [label["label_id"] for label in ctx.selected_labels or []
+            if label.get("field") == field and label.get("label_id")]
+    return list(dict.fromkeys(ids))
+
+
+def search_scope(ctx, params, field=None):
     """What a search from the App searches: the dataset when the App shows
     the latest results (or a score range of them) or the user asked for the
     whole dataset, else the App's current view; for a patches view, the
-    samples its patches belong to (a search finds samples, not patches).
+    samples its patches belong to (a search of images finds samples, not
+    patches), unless the search is of its objects (``field``, the field of
+    the patches).
 
     Raises:
         fiftyone_ai_search.media.UnsupportedMediaError: for a frames or
@@ -211,74 +437,102 @@ def search_scope(ctx, params):
     # the hidden dataset FiftyOne generates for it)
     whole = not view._stages and not view._is_generated
     if (params.get("whole_dataset") or whole  # the whole dataset
-            or ais.is_latest_results(view)):
+            or showing_results(view)):
         return ctx.dataset
+    if field is not None and patches_field_of(view) == field:
+        return view  # its patches are the objects searched
     _, samples = media.resolve(view)
     return view if samples is None else samples
 
 
-def scope_form(ctx, inputs, params, on_change=None):
-    """Says what a search will search; offers the whole dataset when that
-    is a narrower view.
+def scope_form(ctx, inputs, params, on_change=None, field=None):
+    """Says what a search (of the objects of ``field``, if given) will
+    search; offers the whole dataset when that is a narrower view.
 
     Returns:
         False if the view cannot be searched (frames, clips), else None
     """
     try:
-        scope = search_scope(ctx, {})
+        scope = search_scope(ctx, {}, field)
     except media.UnsupportedMediaError as e:
         blocked(inputs, "scope", str(e), types.Error)
         return False
-    whole = f"Searching the whole dataset: {len(ctx.dataset)} samples"
+    of = "" if field is None else f" of {field}"
+    # (objects are not counted: that reads every sample's labels, on every
+    # render of the form)
+    size = (f"{len(ctx.dataset)} samples" if field is None
+            else f"all objects{of}")
+    whole = f"Searching the whole dataset: {size}"
     if media.is_grouped(ctx.dataset):
         # a grouped dataset is searched in its active slice
         whole = (f"Searching slice '{ctx.dataset.group_slice}' of the "
-                 f"dataset: {len(ctx.dataset)} samples")
+                 f"dataset: {size}")
     if scope is ctx.dataset:
         note = ""
-        if ais.is_latest_results(ctx.view):
+        if showing_results(ctx.view):
             note = " (a new search never searches the latest results)"
         inputs.view("scope", types.Notice(label=f"{whole}{note}."))
         return
     if params.get("whole_dataset"):
         label = f"{whole}."
+    elif scope is ctx.view and field is not None:
+        label = f"Searching the {scope.count()} objects of the current view."
     elif ctx.view._is_patches:
         label = (f"Searching the {scope.count()} samples that the patches "
                  "of the current view belong to (a search finds samples, "
-                 "not patches).")
+                 "not patches)." if field is None else
+                 f"Searching the objects{of} of the {scope.count()} "
+                 "samples that the patches of the current view belong to.")
     else:
         label = (f"Searching within the current view: {ctx.view.count()} "
-                 "samples.")
+                 "samples." if field is None else
+                 f"Searching the objects{of} within the current view: "
+                 f"{ctx.view.count()} samples.")
     inputs.view("scope", types.Notice(label=label))
     inputs.bool("whole_dataset", label="Search the whole dataset instead",
                 default=False, on_change=on_change)
 
 
 def search_form(ctx, inputs, params, selected, on_change=None,
-                modes=SEARCH_MODES):
-    """The search form: mode, then the fields of that mode only.
+                modes=SEARCH_MODES, in_modal=False):
+    """The search form: what to search in (where object search is on),
+    the mode, then the fields of that mode only.
 
     Args:
         ctx: the execution context
         inputs: the :class:`fiftyone.operators.types.Object` to fill
         params: the form's current values
-        selected: the sample ids to search similar to
-        on_change (None): called when the mode or the clustering changes
-            (a panel re-renders then; an operator's form is re-resolved)
+        selected: what the App has selected: the samples (or patches) to
+            search similar to, see :func:`references`
+        on_change (None): called when the target, the mode or the
+            clustering changes (a panel re-renders then; an operator's form
+            is re-resolved)
         modes (SEARCH_MODES): the modes offered; with one, no mode choice
+        in_modal (False): whether the sample modal is open (a selected
+            label there makes objects the default)
 
     Returns:
         whether the form can be run (False: an input is invalid)
     """
     runnable = True
-    mode = params.get("mode") or ("similar" if selected else "prompt")
+    ready = ready_targets(ctx.dataset)
+    field = search_target(ctx, params, selected, in_modal, ready)
+    if [t for t in ready if t is not None]:
+        # object search is on: say what is searched, and offer the others
+        target_choice(inputs, "search_in", ready, field, on_change=on_change,
+                      description="The images, or the objects of a label "
+                      "field (results are then patches)")
+    refs = references(ctx, field, selected)
+    things = "samples" if field is None else "objects"
+    mode = params.get("mode") or ("similar" if refs else "prompt")
     if len(modes) > 1:
         inputs.enum(
             "mode", list(modes), label="Search by", default=mode,
             on_change=on_change,
             view=types.RadioGroup(orientation="horizontal"),
-            description="prompt: describe it; similar: like the selected "
-            "samples; diverse: a representative spread",
+            description=f"prompt: describe it; similar: like the selected "
+            f"{things}; image: like an image file; diverse: a "
+            "representative spread",
         )
     if mode == "prompt":
         inputs.str("prompt", label="Prompt", required=True,
@@ -286,14 +540,24 @@ def search_form(ctx, inputs, params, selected, on_change=None,
         inputs.str("negative_prompt", label="Negative prompt",
                    description="Push away what this describes (optional)")
     elif mode == "similar":
-        if selected:
+        if refs:
             inputs.view("selected", types.Notice(
-                label=f"Similar to the {len(selected)} selected sample(s)."))
+                label=f"Similar to the {len(refs)} selected "
+                f"{'sample' if field is None else 'object'}(s)"
+                f"{'' if field is None else ' of ' + field}."))
         else:
             runnable = False
-            blocked(inputs, "selected",
-                    "Nothing selected: select samples in the grid (or open "
-                    "one and use 'Find similar'), then search.")
+            blocked(inputs, "selected", _nothing_selected(field))
+    elif mode == "image":
+        path = params.get("image_path")
+        prop = inputs.str("image_path", label="Image file", required=True,
+                          description="The path of an image file on the "
+                          "machine the App's server runs on")
+        if path and not os.path.isfile(path):
+            runnable = False
+            prop.invalid = True
+            prop.error_message = (f"No file {path} on the App server's "
+                                  "machine")
     else:
         inputs.enum("method", ["centroids", "random"], label="Take",
                     default="centroids",
@@ -311,25 +575,41 @@ def search_form(ctx, inputs, params, selected, on_change=None,
         inputs.float("threshold", label="Minimum score", min=-1.0, max=1.0,
                      description="Only results scoring at least this "
                      "(cosine similarity, -1 to 1)")
-    if scope_form(ctx, inputs, params, on_change) is False:
+    if scope_form(ctx, inputs, params, on_change, field) is False:
         runnable = False
     return runnable
 
 
-def search_from_params(ctx, params, selected):
+def _nothing_selected(field):
+    if field is None:
+        return ("Nothing selected: select samples in the grid (or open one "
+                "and use 'Find similar'), then search.")
+    return (f"Nothing selected: select patches in a patches view of {field} "
+            "(or open one and use 'Find similar'), or click an object of "
+            f"{field} in the sample modal, then search.")
+
+
+def search_from_params(ctx, params, selected, in_modal=False):
     """Runs the search that ``params`` (the form above) describes. Returns
     the collection name or None."""
-    mode = params.get("mode") or ("similar" if selected else "prompt")
-    kwargs = dict(limit=int(params.get("limit") or DEFAULT_LIMIT))
+    field = search_target(ctx, params, selected, in_modal)
+    refs = references(ctx, field, selected)
+    mode = params.get("mode") or ("similar" if refs else "prompt")
+    kwargs = dict(limit=int(params.get("limit") or DEFAULT_LIMIT),
+                  patches_field=field)
     if mode == "prompt":
         kwargs.update(prompt=params.get("prompt") or "",
                       negative_prompt=params.get("negative_prompt") or None,
                       threshold=params.get("threshold"))
     elif mode == "similar":
-        if not selected:
-            raise ValueError("image_id: nothing selected; select samples in "
-                             "the grid first")
-        kwargs.update(image_id=list(selected),
+        arg = "image_id" if field is None else "label_id"
+        if not refs:
+            raise ValueError(f"{arg}: nothing selected; select "
+                             f"{'samples' if field is None else 'objects'} "
+                             "in the grid first")
+        kwargs.update({arg: refs}, threshold=params.get("threshold"))
+    elif mode == "image":
+        kwargs.update(image=params.get("image_path") or "",
                       threshold=params.get("threshold"))
     elif mode == "diverse":
         kwargs.update(method=params.get("method") or "centroids",
@@ -339,16 +619,17 @@ def search_from_params(ctx, params, selected):
             kwargs["num_clusters"] = params.get("num_clusters") or None
     else:
         raise ValueError(f"mode must be one of {SEARCH_MODES}, got {mode!r}")
-    return ais.perform_ai_search(search_scope(ctx, params), **kwargs)
+    return ais.perform_ai_search(search_scope(ctx, params, field), **kwargs)
 
 
-def search_and_show(ctx, params, selected):
-    """Runs the search of ``params`` and shows its results in the App.
+def search_and_show(ctx, params, selected, in_modal=False):
+    """Runs the search of ``params`` and shows its results in the App (a
+    patches view, for objects).
 
     Returns:
         ``{"collection": name or None, "count": n}``
     """
-    name = search_from_params(ctx, params, selected)
+    name = search_from_params(ctx, params, selected, in_modal)
     if name is None:
         ctx.ops.notify("Nothing matched", variant="warning")
         return {"collection": None, "count": 0}
@@ -356,7 +637,8 @@ def search_and_show(ctx, params, selected):
 
 
 def show_collection(ctx, name, min_score=None, max_score=None):
-    """Sets the App's view to a collection (or a score range of it).
+    """Sets the App's view to a collection (or a score range of it): a
+    patches view for a collection of objects.
 
     The view is sent as stages rather than by saved-view name: the App's
     list of saved views does not know a view saved during this request
@@ -428,6 +710,12 @@ def duplicates_and_show(ctx, params):
                    "images: each image is shown first, its copies after it",
                    variant="success")
     return {"collection": name, "count": len(view), "groups": groups}
+
+
+def has_latest_results(dataset):
+    """Whether the dataset has latest results (the temporary collection)."""
+    return any(c["name"] == ais.TEMPORARY_COLLECTION
+               for c in ais.list_collections(dataset))
 
 
 def named_collections(dataset):

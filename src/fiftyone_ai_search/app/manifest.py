@@ -46,7 +46,8 @@ def manifest(py_entry="__init__.py"):
         "version": fiftyone_ai_search.__version__,
         "description": (
             "AI Search: CLIP embeddings in a self-syncing Qdrant index; "
-            "prompt, image and diverse search; collections"
+            "prompt, image and diverse search of images and objects; "
+            "collections"
         ),
         "url": URL,
         "license": "Apache-2.0",

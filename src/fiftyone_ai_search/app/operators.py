@@ -68,53 +68,90 @@ class EnableAISearch(_Operator):
     CONFIG = dict(
         name="enable_ai_search",
         label="AI search: enable",
-        description="Embed this dataset's images with CLIP and keep them in "
-        "sync, so it can be searched by prompt and example",
+        description="Embed this dataset's images (or the objects of a label "
+        "field) with CLIP and keep them in sync, so they can be searched by "
+        "prompt and example",
         icon="travel_explore",
         dynamic=True,
     )
 
     def form(self, ctx, inputs):
-        forms.enable_form(inputs, ctx.params)
+        forms.enable_form(inputs, ctx.params, ctx.dataset)
 
     def execute(self, ctx):
         status = forms.enable_from_params(ctx, ctx.params, _secrets(ctx))
         return forms.jsonable(status)
 
 
+def _enabled_choice(ctx, inputs, label):
+    """A choice among what has AI search on (images, objects of fields),
+    where there is more than the images; returns the one chosen (None:
+    images), or False when nothing is on."""
+    enabled = forms.enabled_targets(ctx.dataset)
+    if not enabled:
+        return False
+    default = forms.patches_field_of(ctx.view)
+    if default not in enabled:
+        default = enabled[0]
+    if enabled != [None]:
+        forms.target_choice(inputs, "search_in", enabled, default,
+                            label=label, view=types.Dropdown())
+    return forms.chosen_target(ctx.params, enabled, default)
+
+
+def _chosen_enabled(ctx):
+    """The target of an operator with :func:`_enabled_choice`, headless
+    too (without a choice: the images)."""
+    return forms.field_of(ctx.params.get("search_in"))
+
+
 class DisableAISearch(_Operator):
     CONFIG = dict(
         name="disable_ai_search",
         label="AI search: disable",
-        description="Delete this dataset's AI search index",
+        description="Delete this dataset's AI search index (of its images, "
+        "or of the objects of a label field)",
         icon="search_off",
         dynamic=True,
     )
 
     def form(self, ctx, inputs):
-        if not ais.is_embeddings_enabled(ctx.dataset):
+        field = _enabled_choice(ctx, inputs, "Disable search in")
+        if field is False:
             forms.blocked(inputs, "off", "AI search is already off.",
-                           types.Notice)
+                          types.Notice)
             return
-        inputs.view("warning", types.Warning(
-            label="Disable AI search? This deletes the dataset's embeddings "
-            "index and the latest results; saved collections stay as saved "
-            "views. Enabling again computes the embeddings again."))
+        if field is None:
+            inputs.view("warning", types.Warning(
+                label="Disable AI search? This deletes the dataset's "
+                "embeddings index and the latest results; saved collections "
+                "stay as saved views. Enabling again computes the "
+                "embeddings again."))
+        else:
+            inputs.view("warning", types.Warning(
+                label=f"Disable object search of {field}? This deletes the "
+                f"index of its objects, and the latest results if they are "
+                "of them; saved collections stay as saved views, the image "
+                "index and other fields' indexes stay."))
 
     def execute(self, ctx):
-        showing_results = ais.is_latest_results(ctx.view)
-        ais.disable_embeddings(ctx.dataset)
-        if showing_results:
-            ctx.ops.clear_view()
+        field = _chosen_enabled(ctx)
+        showing_results = forms.showing_results(ctx.view)
+        ais.disable_embeddings(ctx.dataset, patches_field=field)
+        if showing_results and not forms.has_latest_results(ctx.dataset):
+            ctx.ops.clear_view()  # they went with the index
         ctx.ops.reload_dataset()  # the App's saved views list drops them
-        return {"enabled": False}
+        if field is None:
+            return {"enabled": False}
+        return {"enabled": False, "patches_field": field}
 
 
 class ComputeEmbeddings(_Operator):
     CONFIG = dict(
         name="compute_embeddings",
         label="AI search: compute embeddings",
-        description="Embed new and changed samples, remove deleted ones",
+        description="Embed new and changed samples (or objects), remove "
+        "deleted ones",
         icon="sync",
         dynamic=True,
         allow_immediate_execution=True,
@@ -123,8 +160,9 @@ class ComputeEmbeddings(_Operator):
     )
 
     def form(self, ctx, inputs):
+        _enabled_choice(ctx, inputs, "Compute for")
         inputs.bool("force", label="Rebuild", default=False,
-                    description="Embed every sample again from scratch")
+                    description="Embed everything again from scratch")
         inputs.bool("verify_files", label="Check every file", default=False,
                     description="Also find images overwritten on disk")
 
@@ -132,6 +170,7 @@ class ComputeEmbeddings(_Operator):
         return ctx.params.get("delegate", None)
 
     def execute(self, ctx):
+        field = _chosen_enabled(ctx)
         force = bool(ctx.params.get("force", False))
         verify_files = bool(ctx.params.get("verify_files", False))
         if not ctx.delegated:
@@ -139,7 +178,7 @@ class ComputeEmbeddings(_Operator):
             # worker computes, and the panel follows it
             ais.calculate_embeddings(
                 ctx.dataset, force=force, verify_files=verify_files,
-                wait=False, secrets=_secrets(ctx),
+                wait=False, secrets=_secrets(ctx), patches_field=field,
             )
             ctx.ops.notify("Computing embeddings in a background worker; "
                            "the AI Search panel shows its progress")
@@ -151,7 +190,7 @@ class ComputeEmbeddings(_Operator):
 
         report = ais.calculate_embeddings(
             ctx.dataset, force=force, verify_files=verify_files, wait=True,
-            progress=progress, secrets=_secrets(ctx),
+            progress=progress, secrets=_secrets(ctx), patches_field=field,
         )
         return report.to_dict()
 
@@ -164,19 +203,42 @@ class AISearchStatus(_Operator):
         dynamic=True,
     )
 
+    #: the failures table's columns of the images, and of objects
+    FAILURE_COLUMNS = (("filepath", "File"), ("reason", "Reason"))
+    OBJECT_FAILURE_COLUMNS = (("filepath", "File"), ("label_id", "Object"),
+                              ("reason", "Reason"))
+
     def form(self, ctx, inputs):
         status = ais.get_status(ctx.dataset)
         inputs.md(forms.status_text(status), name="status")
-        failures = status.get("failures") or []
-        if failures:
-            table = types.TableView()
-            for key, label in (("filepath", "File"), ("reason", "Reason")):
-                table.add_column(key, label=label)
-            inputs.list("failures", types.Object(), label="Failed samples",
-                        default=failures, view=table)
+        self._failures(inputs, "failures", "Failed samples",
+                       status.get("failures"), self.FAILURE_COLUMNS)
+        for i, field in enumerate(status["object_fields"]):
+            objects = ais.get_status(ctx.dataset, patches_field=field,
+                                     counts=not ais.get_embeddings_in_progress(
+                                         ctx.dataset, patches_field=field))
+            inputs.md(forms.status_text(objects), name=f"objects_{i}")
+            self._failures(inputs, f"object_failures_{i}",
+                           f"Failed objects of {field}",
+                           objects.get("failures"),
+                           self.OBJECT_FAILURE_COLUMNS)
+
+    @staticmethod
+    def _failures(inputs, name, label, failures, columns):
+        if not failures:
+            return
+        table = types.TableView()
+        for key, column in columns:
+            table.add_column(key, label=column)
+        inputs.list(name, types.Object(), label=label, default=failures,
+                    view=table)
 
     def execute(self, ctx):
-        return forms.jsonable(ais.get_status(ctx.dataset))
+        status = ais.get_status(ctx.dataset)
+        status["objects"] = {
+            field: ais.get_status(ctx.dataset, patches_field=field)
+            for field in status["object_fields"]}
+        return forms.jsonable(status)
 
 
 # -- search and collections ------------------------------------------------------
@@ -184,50 +246,54 @@ class AISearchStatus(_Operator):
 
 class AISearch(_Operator):
     """The "AI Search" button above the grid: enables AI search on a dataset
-    where it is off, says how far a first indexing is, and searches."""
+    where it is off, says how far a first indexing is, and searches (the
+    images, or the objects of a field with object search)."""
 
     CONFIG = dict(
         name="ai_search",
         label="AI search",
-        description="Find samples by prompt, by similarity to the selected "
-        "samples, or a diverse spread",
+        description="Find samples (or objects) by prompt, by similarity to "
+        "the selected ones, by an image, or a diverse spread",
         icon="travel_explore",
         dynamic=True,
     )
     BUTTON = (types.Places.SAMPLES_GRID_ACTIONS, "AI Search")
 
     def button_label(self, ctx):
-        status = ais.get_status(ctx.dataset, counts=False)
-        state = forms.readiness(status)
-        if status["in_progress"]:
-            return f"AI Search: computing {forms.progress_text(status)}"
+        all_statuses = forms.statuses(ctx.dataset)
+        running = forms.computing(all_statuses)
+        if running is not None:
+            return f"AI Search: computing {forms.progress_text(running[1])}"
+        state = forms.search_readiness(all_statuses)
         return "AI Search" if state == "ready" else f"AI Search ({state})"
 
     def title(self, ctx):
-        state = forms.readiness(ais.get_status(ctx.dataset, counts=False))
+        state = forms.search_readiness(forms.statuses(ctx.dataset))
         return "AI search: enable" if state in ("off", "failed") else (
             "AI search")
 
     def form(self, ctx, inputs):
-        status = ais.get_status(ctx.dataset, counts=False)
-        state = forms.readiness(status)
+        all_statuses = forms.statuses(ctx.dataset)
+        state = forms.search_readiness(all_statuses)
         if state == "ready":
             forms.search_form(ctx, inputs, ctx.params, ctx.selected or [])
             return
         if state == "indexing":
+            field, status = forms.computing(all_statuses)
+            what = "" if field is None else f" of the objects of {field}"
             forms.blocked(inputs, "indexing", (
-                f"Computing the embeddings: {forms.progress_text(status)}. "
-                "Search once they are ready; the AI Search panel shows the "
-                "progress live."), types.Notice)
+                f"Computing the embeddings{what}: "
+                f"{forms.progress_text(status)}. Search once they are ready; "
+                "the AI Search panel shows the progress live."), types.Notice)
             return
-        inputs.md(forms.status_text(status), name="status")
-        inputs.md("Enable AI search on this dataset: its images are "
-                  "embedded in the background, then you can search.",
-                  name="enable_intro")
-        forms.enable_form(inputs, ctx.params)
+        inputs.md(forms.status_text(all_statuses[None]), name="status")
+        inputs.md("Enable AI search on this dataset: its images (or the "
+                  "objects of a label field) are embedded in the background, "
+                  "then you can search.", name="enable_intro")
+        forms.enable_form(inputs, ctx.params, ctx.dataset)
 
     def execute(self, ctx):
-        if forms.readiness(ais.get_status(ctx.dataset, counts=False)) in (
+        if forms.search_readiness(forms.statuses(ctx.dataset)) in (
                 "off", "failed"):
             forms.enable_from_params(ctx, ctx.params, _secrets(ctx))
             ctx.ops.open_panel(PANEL_NAME, layout="horizontal")  # beside the grid: progress
@@ -236,12 +302,15 @@ class AISearch(_Operator):
 
 
 class SearchSimilar(_Operator):
-    """"Find similar" in the sample modal: samples like the one shown."""
+    """"Find similar" in the sample modal: samples like the one shown; in
+    a patches view (or for a label selected in the sample), objects like
+    that one."""
 
     CONFIG = dict(
         name="search_similar",
         label="AI search: find similar",
-        description="Samples that look like this one (or the selected ones)",
+        description="Samples that look like this one (or the selected ones); "
+        "objects like the selected objects",
         icon="image_search",
         dynamic=True,
     )
@@ -254,15 +323,17 @@ class SearchSimilar(_Operator):
         return list(ctx.selected or [])
 
     def form(self, ctx, inputs):
-        if not forms.require_ready(ctx, inputs):
+        if not forms.require_ready(ctx, inputs, objects=True):
             return
         params = dict(ctx.params, mode="similar")
         forms.search_form(ctx, inputs, params, self._references(ctx),
-                          modes=("similar",))
+                          modes=("similar",),
+                          in_modal=bool(ctx.current_sample))
 
     def execute(self, ctx):
         params = dict(ctx.params, mode="similar")
-        result = forms.search_and_show(ctx, params, self._references(ctx))
+        result = forms.search_and_show(ctx, params, self._references(ctx),
+                                       in_modal=bool(ctx.current_sample))
         if ctx.current_sample:
             ctx.ops.close_sample()  # to the grid, where the results are
         return result
@@ -324,9 +395,9 @@ class SaveCollection(_Operator):
         inputs.str("source", label="Collection to save",
                    default=ais.TEMPORARY_COLLECTION)
         inputs.float("min_score", label="Minimum score", min=-1.0, max=1.0,
-                     description="Keep only samples scoring at least this")
+                     description="Keep only results scoring at least this")
         inputs.float("max_score", label="Maximum score", min=-1.0, max=1.0,
-                     description="Keep only samples scoring at most this")
+                     description="Keep only results scoring at most this")
         inputs.bool("overwrite", label="Replace a view of that name",
                     default=False)
 

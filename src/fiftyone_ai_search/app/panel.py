@@ -1,6 +1,7 @@
-"""The "AI Search" panel: status (live while computing), the three search
-modes, the score histogram and range of the latest results, saving what is
-shown as a collection, the collections, and switching AI search off.
+"""The "AI Search" panel: status of the images and of the objects of label
+fields (live while computing), the search modes over either, the score
+histogram and range of the latest results, saving what is shown as a
+collection, the collections, and switching AI search on and off.
 
 Every action calls the SDK; forms come from :mod:`.forms`, shared with the
 operators. An error in an action is shown as a notification, never as a
@@ -9,6 +10,7 @@ broken panel.
 
 import functools
 import logging
+import os
 
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
@@ -51,15 +53,18 @@ def selected_range(points, edges):
 
 def results_summary(dataset):
     """What the panel shows of the latest results, or None: a JSON-able
-    dict with ``query`` (text), ``count``, ``low`` / ``high`` (scores),
+    dict with ``query`` (text), ``count``, ``noun`` (what they are:
+    "samples", "objects of ground_truth"), ``low`` / ``high`` (scores),
     ``score_label`` and ``created_at`` (ISO: which results they are)."""
     latest = [c for c in ais.list_collections(dataset)
               if c["name"] == ais.TEMPORARY_COLLECTION]
     if not latest:
         return None
     query = latest[0]["query"] or {}
+    field = latest[0].get("patches_field")
     scores = [s for _, s in ais.get_collection_scores(
         dataset, ais.TEMPORARY_COLLECTION)]
+    things = "samples" if field is None else "objects"
     mode = query.get("mode")
     if mode == "prompt":
         text = f"prompt '{query.get('prompt')}'"
@@ -70,19 +75,27 @@ def results_summary(dataset):
         text = (f"diverse ({query.get('method')}, "
                 f"{query.get('clustering_method')})")
         # not a query score: say what it is
-        label = ("Similarity to the sample's cluster centre (diverse results "
-                 "are not ranked by a query)")
+        label = (f"Similarity to the {things[:-1]}'s cluster centre (diverse "
+                 "results are not ranked by a query)")
     elif mode == "duplicates":
         text = (f"near-duplicates ({query.get('groups')} images with copies "
                 f"at similarity {query.get('threshold')} or more)")
         label = ("Similarity to the image each group keeps (1: the kept "
                  "image itself)")
-    else:
-        refs = query.get("image_id") or []
-        text = f"similar to {len(refs)} sample(s)" if refs else "image"
+    elif mode == "object":
+        refs = query.get("label_id") or []
+        text = f"similar to {len(refs)} object(s)"
+        label = "Score: similarity to the reference object(s)"
+    elif query.get("image_id"):
+        text = f"similar to {len(query['image_id'])} sample(s)"
         label = "Score: similarity to the reference image(s)"
+    else:
+        name = os.path.basename(query.get("image") or "")
+        text = f"image '{name}'" if name else "image"
+        label = "Score: similarity to the image"
     return {"query": text, "count": len(scores), "low": min(scores),
-            "high": max(scores), "score_label": label,
+            "high": max(scores), "score_label": label, "things": things,
+            "noun": things if field is None else f"{things} of {field}",
             "created_at": latest[0]["created_at"].isoformat()}
 
 
@@ -111,9 +124,10 @@ class AISearchPanel(foo.Panel):
             label="AI Search",
             icon="travel_explore",
             surfaces="grid",
-            help_markdown="Search this dataset by prompt, by similarity to "
-            "the selected samples, or for a diverse spread; cut the results "
-            "by score; keep them as collections.",
+            help_markdown="Search this dataset's images, or the objects of "
+            "a label field, by prompt, by similarity to the selected ones, "
+            "by an image, or for a diverse spread; cut the results by score; "
+            "keep them as collections.",
         )
 
     def _uri(self, operator):
@@ -135,8 +149,15 @@ class AISearchPanel(foo.Panel):
         # re-rendered: the scope line follows the view. Latest results that
         # were not made here (the grid's AI Search and Find near-duplicates
         # buttons) replace those the panel shows, histogram and range too
-        if not ais.is_embeddings_enabled(ctx.dataset) or \
-                not ais.is_latest_results(ctx.view):
+        if not forms.enabled_targets(ctx.dataset):
+            return
+        field = forms.patches_field_of(ctx.view)
+        if field is not None and forms.objects_choice(field) in (
+                ctx.panel.state.get("ready") or []):
+            # the grid shows objects of an indexed field: search those next
+            ctx.panel.set_state("search.search_in",
+                                forms.objects_choice(field))
+        if not forms.showing_results(ctx.view):
             return
         latest = [c for c in ais.list_collections(ctx.dataset)
                   if c["name"] == ais.TEMPORARY_COLLECTION]
@@ -158,15 +179,25 @@ class AISearchPanel(foo.Panel):
 
     @_reported
     def on_poll(self, ctx):
-        was_ready = ctx.panel.state.get("readiness") == "ready"
-        status = self._refresh(ctx, counts=False)
-        if not status["in_progress"]:
-            self._refresh(ctx)
-            if not was_ready and forms.readiness(status) == "ready":
-                ctx.ops.notify("AI search is ready", variant="success")
+        was_ready = set(ctx.panel.state.get("ready") or [])
+        all_statuses = self._refresh(ctx, counts=False)
+        if forms.computing(all_statuses) is None:
+            all_statuses = self._refresh(ctx)
+            for target in forms.ready_targets(ctx.dataset, all_statuses):
+                if forms.objects_choice(target) not in was_ready:
+                    ctx.ops.notify(
+                        "AI search is ready" if target is None else
+                        f"Object search of {target} is ready",
+                        variant="success")
 
     def on_enable(self, ctx):
         ctx.prompt(self._uri("enable_ai_search"), on_success=self.on_refresh)
+
+    def on_enable_objects(self, ctx):
+        field = ctx.panel.state.get("enable_objects")
+        ctx.prompt(self._uri("enable_ai_search"),
+                   params={"search_in": forms.objects_choice(field)},
+                   on_success=self.on_refresh)
 
     def on_disable(self, ctx):
         ctx.prompt(self._uri("disable_ai_search"), on_success=self.on_refresh)
@@ -252,20 +283,33 @@ class AISearchPanel(foo.Panel):
         ctx.panel.set_state("slider_default", default)
 
     def _refresh(self, ctx, counts=True):
-        status = ais.get_status(ctx.dataset, counts=counts)
-        ctx.panel.set_state("status", forms.status_text(status))
-        ctx.panel.set_state("readiness", forms.readiness(status))
-        ctx.panel.set_state("in_progress", status["in_progress"])
+        all_statuses = forms.statuses(ctx.dataset, counts=counts)
+        images = all_statuses[None]
+        objects = [s for t, s in all_statuses.items() if t is not None]
+        ctx.panel.set_state("status", forms.status_text(images))
+        ctx.panel.set_state("object_status", "\n\n".join(
+            forms.status_text(s) for s in objects))
+        ctx.panel.set_state("num_failed_objects", sum(
+            (s.get("counts") or {}).get("num_failed", 0) for s in objects))
+        ctx.panel.set_state("readiness", forms.readiness(images))
+        ready = forms.ready_targets(ctx.dataset, all_statuses)
+        ctx.panel.set_state("ready", [forms.objects_choice(t) for t in ready])
+        ctx.panel.set_state("in_progress",
+                            forms.computing(all_statuses) is not None)
         ctx.panel.set_state("num_failed",
-                            (status.get("counts") or {}).get("num_failed", 0))
+                            (images.get("counts") or {}).get("num_failed", 0))
+        # a label field of objects without object search: offered
+        ctx.panel.set_state("enable_objects", next(
+            (f for f in ais.object_label_fields(ctx.dataset)
+             if f not in all_statuses), None))
         if counts:
             self._refresh_results(ctx)
             self._refresh_collections(ctx)
-        return status
+        return all_statuses
 
     def _refresh_results(self, ctx):
         summary = None
-        if ais.is_embeddings_enabled(ctx.dataset):
+        if forms.enabled_targets(ctx.dataset):
             summary = results_summary(ctx.dataset)
         ctx.panel.set_state("results", summary)
         if summary is None:
@@ -280,7 +324,7 @@ class AISearchPanel(foo.Panel):
 
     def _refresh_collections(self, ctx):
         names = forms.named_collections(ctx.dataset) \
-            if ais.is_embeddings_enabled(ctx.dataset) else []
+            if forms.enabled_targets(ctx.dataset) else []
         ctx.panel.set_state("collections", names)
         if ctx.panel.state.get("collection") not in names:
             ctx.panel.set_state("collection", names[-1] if names else None)
@@ -291,6 +335,8 @@ class AISearchPanel(foo.Panel):
         state = ctx.panel.state
         panel = types.Object()
         panel.md(state.get("status") or "", name="status")
+        if state.get("object_status"):
+            panel.md(state.get("object_status"), name="object_status")
         readiness = state.get("readiness")
 
         if state.get("in_progress"):
@@ -300,11 +346,18 @@ class AISearchPanel(foo.Panel):
         if readiness in ("off", "failed"):
             panel.btn("enable", label="Enable AI search",
                       on_click=self.on_enable, variant="contained")
+        elif state.get("enable_objects"):
+            panel.btn("enable_objects", label="Enable object search",
+                      on_click=self.on_enable_objects)
         if state.get("num_failed"):
             panel.btn("failures", label=f"Show {state.get('num_failed')} failed "
                       "sample(s)", on_click=self.on_failures)
+        if state.get("num_failed_objects"):
+            panel.btn("object_failures", label="Show "
+                      f"{state.get('num_failed_objects')} failed object(s)",
+                      on_click=self.on_failures)
 
-        if readiness == "ready":
+        if state.get("ready"):
             self._render_search(ctx, panel)
             if state.get("results"):
                 self._render_results(panel, state)
@@ -329,8 +382,8 @@ class AISearchPanel(foo.Panel):
     def _render_results(self, panel, state):
         results = state.get("results")
         panel.md(f"**Latest results**: {results['query']}, "
-                 f"{results['count']} samples, scores "
-                 f"{results['low']:.3f} to {results['high']:.3f}",
+                 f"{results['count']} {results.get('noun', 'samples')}, "
+                 f"scores {results['low']:.3f} to {results['high']:.3f}",
                  name="results_title")
         panel.plot(
             "histogram",
@@ -338,7 +391,8 @@ class AISearchPanel(foo.Panel):
             config={"displayModeBar": False},
             layout={"dragmode": "select", "selectdirection": "h",
                     "xaxis": {"title": "score"},
-                    "yaxis": {"title": "samples"}, "height": 220,
+                    "yaxis": {"title": results.get("things", "samples")},
+                    "height": 220,
                     "margin": {"t": 10, "b": 40, "l": 50, "r": 10}},
             on_selected=self.on_histogram_select,
         )

@@ -36,7 +36,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -63,12 +62,7 @@ def parse_args(argv=None):
                    help="runs per measurement (median reported)")
     p.add_argument("--fresh-repeat", type=int, default=3,
                    help="fresh processes per side for the load row")
-    p.add_argument("--threads", type=int, default=1,
-                   help="threads for torch, BLAS and OpenMP, both sides alike "
-                        "(0: the libraries' defaults); see bench_search.py")
-    p.add_argument("--cache-dir",
-                   default=os.path.join(tempfile.gettempdir(), "ais-bench-search"),
-                   help="where the random ViT-B-32 weights are kept")
+    _env.add_model_args(p)
     p.add_argument("--skip", default="",
                    help="comma-separated parts to skip: fresh,prompt")
     # internal: the fresh process of the load row

@@ -466,12 +466,19 @@ def _batched(items, batch_size):
 
 
 def _batched_crops(items, batch_size):
-    """Batches of about ``batch_size`` crops (whole-image items count one),
-    an image's crops all in one batch."""
+    """Batches of at most ``batch_size`` crops (whole-image items count
+    one), an image's crops all in one batch: a batch is closed before an
+    image whose crops would overflow it (a batch that overflowed took two
+    model calls, the second of a few crops), and an image with more crops
+    than ``batch_size`` makes a batch of its own."""
     batch, size = [], 0
     for item in items:
+        count = _size(item)
+        if size and size + count > batch_size:
+            yield batch
+            batch, size = [], 0
         batch.append(item)
-        size += _size(item)
+        size += count
         if size >= batch_size:
             yield batch
             batch, size = [], 0

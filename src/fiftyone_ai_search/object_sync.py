@@ -26,7 +26,6 @@ import dataclasses
 import logging
 
 from . import state as st
-from . import targets
 from .crops import CropSettings, box_fingerprint
 from .sync import (
     PAGE_SIZE,
@@ -58,7 +57,7 @@ class ObjectUnit(Unit):
                     file_fingerprint=self.file_fingerprint)
 
 
-def object_fingerprint(file_fp, box):
+def object_fingerprint(file_fp: "str | None", box) -> str:
     """What an object's stored vector must match to be kept: its image
     file and its box."""
     return f"{file_fp}|{box_fingerprint(box) if box is not None else None}"
@@ -233,10 +232,6 @@ def write_given_objects(objects, store, label_ids, vectors):
     st.clear_failures(objects, list(label_ids))
 
 
-def crop_settings(ref):
+def crop_settings(ref: dict) -> CropSettings:
     """The crop settings of an object index's reference."""
     return CropSettings.from_dict(ref.get("crop") or {})
-
-
-def is_objects(target):
-    return isinstance(target, targets.Objects)

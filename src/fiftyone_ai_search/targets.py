@@ -40,7 +40,7 @@ def _object_types():
     }
 
 
-def object_label_fields(dataset):
+def object_label_fields(dataset) -> list:
     """The label fields of ``dataset`` whose objects object search can
     index (the ``patches_field`` of
     :func:`~fiftyone_ai_search.embeddings.enable_embeddings`): its
@@ -49,7 +49,7 @@ def object_label_fields(dataset):
         embedded_doc_type=tuple(_object_types())))
 
 
-def dataset_key(dataset):
+def dataset_key(dataset) -> str:
     """The id that names a dataset's state and index (stable across
     renames)."""
     return str(dataset._doc.id)
@@ -69,7 +69,7 @@ class Objects:
         ObjectFieldError: for a field the dataset lacks or of another type
     """
 
-    def __init__(self, dataset, field):
+    def __init__(self, dataset, field: str):
         if not isinstance(field, str) or not field:
             raise ObjectFieldError(
                 f"patches_field: expected the name of a label field, got "
@@ -79,7 +79,7 @@ class Objects:
         self.list_field = _list_field(dataset, field)
 
     @classmethod
-    def of_state(cls, dataset, field):
+    def of_state(cls, dataset, field: str) -> "Objects":
         """The objects of a field named by a state document: the field may
         have been deleted or changed type since, and then holds no
         objects (its index is emptied by the next sync)."""
@@ -92,21 +92,21 @@ class Objects:
             return objects
 
     @property
-    def key(self):
+    def key(self) -> str:
         return dataset_key(self.dataset) + KEY_SEPARATOR + self.field
 
     @property
-    def name(self):
+    def name(self) -> str:
         """The dataset's name (messages name the dataset)."""
         return self.dataset.name
 
     @property
-    def path(self):
+    def path(self) -> str:
         """The path of the label list: ``"ground_truth.detections"``."""
         return f"{self.field}.{self.list_field}"
 
     @property
-    def exists(self):
+    def exists(self) -> bool:
         """Whether the field (still) holds objects."""
         return self.list_field is not None
 
@@ -122,7 +122,7 @@ class Objects:
     def __hash__(self):
         return hash(self.key)
 
-    def objects_of(self, samples):
+    def objects_of(self, samples) -> tuple:
         """``(sample ids, filepaths, objects)`` of ``samples``: ``objects``
         holds, per sample, a list of ``(label id, box)``, the box in
         FiftyOne's relative ``[x, y, w, h]`` (None for a label whose box
@@ -143,7 +143,7 @@ class Objects:
                    for labels, sample_boxes in zip(label_ids, boxes)]
         return ids, paths, objects
 
-    def count(self, samples):
+    def count(self, samples) -> int:
         """How many objects ``samples`` hold."""
         return 0 if self.list_field is None else samples.count(self.path)
 
@@ -184,13 +184,13 @@ def _finite(point):
                for v in point[:2])
 
 
-def key_of(target):
+def key_of(target) -> str:
     """The key of a target's state and index: a dataset's id for its
     images, ``"<dataset id>~<field>"`` for the objects of a field."""
     return target.key if isinstance(target, Objects) else dataset_key(target)
 
 
-def split_key(key):
+def split_key(key: str) -> tuple:
     """``(dataset id, field or None)`` of a target's key."""
     dataset_id, _, field = key.partition(KEY_SEPARATOR)
     return dataset_id, field or None
@@ -201,12 +201,13 @@ def dataset_of(target):
     return target.dataset if isinstance(target, Objects) else target
 
 
-def field_of(target):
+def field_of(target) -> "str | None":
     """The label field of an object target, None for a dataset."""
     return target.field if isinstance(target, Objects) else None
 
 
-def target_of(dataset, patches_field=None, strict=False):
+def target_of(dataset, patches_field: "str | None" = None,
+              strict: bool = False):
     """The target of ``dataset``'s images, or of the objects of
     ``patches_field``.
 

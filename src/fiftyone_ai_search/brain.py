@@ -296,8 +296,7 @@ class AISearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
                                            allow_missing, warn_missing)
         _no_labels(label_ids)
         wanted = (list(self.sample_ids) if sample_ids is None
-                  else [sample_ids] if isinstance(sample_ids, str)
-                  else [str(i) for i in sample_ids])
+                  else _id_strings(sample_ids))
         with self._store() as store:
             ids, vectors = store.get_vectors(wanted)
         row = {sample_id: i for i, sample_id in enumerate(ids)}
@@ -315,12 +314,9 @@ class AISearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
 
         with self._store() as store:
             if label_ids is not None:
-                wanted = ([label_ids] if isinstance(label_ids, str)
-                          else [str(i) for i in label_ids])
+                wanted = _id_strings(label_ids)
             elif sample_ids is not None:
-                sources = ([sample_ids] if isinstance(sample_ids, str)
-                           else [str(i) for i in sample_ids])
-                wanted = store.keys_where(SOURCE_KEY, sources)
+                wanted = store.keys_where(SOURCE_KEY, _id_strings(sample_ids))
             else:
                 wanted = None
             ids, vectors = store.get_vectors(wanted)
@@ -523,6 +519,11 @@ def _split_queries(query, aggregation):
         return [(kind, value)], True
     return [(kind, np.stack([v]) if kind == "vectors" else [v])
             for v in items], False
+
+
+def _id_strings(ids):
+    """An id or ids as a list of strings."""
+    return [ids] if isinstance(ids, str) else [str(i) for i in ids]
 
 
 def _no_labels(label_ids):

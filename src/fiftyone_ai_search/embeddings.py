@@ -30,11 +30,10 @@ def _dataset_of(samples, arg="samples"):
     return media.dataset_of(samples, arg)
 
 
-def _target(dataset, patches_field, strict=False):
+def _target(dataset, patches_field):
     """The target of an SDK call: the dataset's images, or the objects of
     ``patches_field``."""
-    dataset = _dataset_of(dataset, "dataset")
-    return targets.target_of(dataset, patches_field, strict=strict)
+    return targets.target_of(_dataset_of(dataset, "dataset"), patches_field)
 
 
 def _what(target):

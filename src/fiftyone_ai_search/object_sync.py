@@ -53,7 +53,7 @@ class ObjectUnit(Unit):
         return dict(super().payload(), **{SOURCE_KEY: self.sample_id})
 
     def failure(self, reason):
-        return dict(super().failure(reason), source_id=self.sample_id,
+        return dict(super().failure(reason), **{SOURCE_KEY: self.sample_id},
                     file_fingerprint=self.file_fingerprint)
 
 
@@ -61,6 +61,20 @@ def object_fingerprint(file_fp: "str | None", box) -> str:
     """What an object's stored vector must match to be kept: its image
     file and its box."""
     return f"{file_fp}|{box_fingerprint(box) if box is not None else None}"
+
+
+def _object_units(objects, samples):
+    """``(sample ids, units)``: the objects of ``samples`` as they are
+    now, with their fingerprints."""
+    ids, paths, found = objects.objects_of(samples)
+    units = []
+    for sample_id, path, boxes in zip(ids, paths, found):
+        file_fp = file_fingerprint(path)
+        units.extend(
+            ObjectUnit(label_id, path, object_fingerprint(file_fp, box),
+                       sample_id=sample_id, box=box, file_fingerprint=file_fp)
+            for label_id, box in boxes)
+    return ids, units
 
 
 class ObjectSynchronizer(Synchronizer):
@@ -89,15 +103,7 @@ class ObjectSynchronizer(Synchronizer):
         """The objects of a page of samples, read now; the objects the
         index holds of these samples and they no longer do are deleted."""
         samples = _edited_since(self.dataset, None).select(list(ids))
-        ids, paths, objects = self.target.objects_of(samples)
-        units = []
-        for sample_id, path, found in zip(ids, paths, objects):
-            file_fp = file_fingerprint(path)
-            units.extend(
-                ObjectUnit(label_id, path, object_fingerprint(file_fp, box),
-                           sample_id=sample_id, box=box,
-                           file_fingerprint=file_fp)
-                for label_id, box in found)
+        ids, units = _object_units(self.target, samples)
         self._drop_removed(ids, {u.key for u in units}, report)
         return units
 
@@ -117,11 +123,6 @@ class ObjectSynchronizer(Synchronizer):
         st.clear_failures(self.target,
                           [f["sample_id"] for f in failed
                            if f["sample_id"] not in present])
-
-    def _holds_vectors(self):
-        if not self._has_vectors:
-            self._has_vectors = self.store.count() > 0
-        return self._has_vectors
 
     def _items(self, todo):
         # all objects of an image from one decode
@@ -213,14 +214,8 @@ def write_given_objects(objects, store, label_ids, vectors):
     wanted = set(label_ids)
     samples = _edited_since(objects.dataset, None).select_labels(
         ids=list(wanted), fields=objects.field)
-    units = {}
-    for sample_id, path, found in zip(*objects.objects_of(samples)):
-        file_fp = file_fingerprint(path)
-        for label_id, box in found:
-            if label_id in wanted:
-                units[label_id] = ObjectUnit(
-                    label_id, path, object_fingerprint(file_fp, box),
-                    sample_id=sample_id, box=box, file_fingerprint=file_fp)
+    units = {u.key: u for u in _object_units(objects, samples)[1]
+             if u.key in wanted}
     unknown = sorted(wanted - set(units))
     if unknown:
         raise ValueError(

@@ -166,7 +166,7 @@ def perform_ai_search(
         if query.image_ids:
             _check_known_ids(dataset, query.image_ids, "image_id")
     else:
-        scope = _object_scope(samples, field, query.image_id_scope)
+        scope = _object_scope(samples, target, query.image_id_scope)
 
     ids, scores, doc = _search(target, doc, query, scope)
 
@@ -231,13 +231,13 @@ def _patches_field(samples, patches_field, query):
     return field
 
 
-def _object_scope(samples, field, sample_scope):
-    """The objects to search within: None for all the object index holds,
-    else a :class:`_ViewScope` of patches (a patch's id is its label's), or
-    the objects a view of samples shows (:class:`_ObjectsOfView`)."""
-    dataset = media.dataset_of(samples)
+def _object_scope(samples, objects, sample_scope):
+    """The objects (a :class:`~fiftyone_ai_search.targets.Objects`) to
+    search within: None for all the object index holds, else a
+    :class:`_ViewScope` of patches (a patch's id is its label's), or the
+    objects a view of samples shows (:class:`_ObjectsOfView`)."""
+    dataset = objects.dataset
     is_patches = getattr(samples, "_is_patches", False)
-    objects = targets.target_of(dataset, field)
     if sample_scope is not None:
         _check_known_ids(dataset, sample_scope, "image_id_scope")
         if is_patches:
@@ -291,7 +291,7 @@ def run_query(samples, patches_field=None, **fields):
     if patches_field is None:
         scope = _make_scope(samples, None)
     else:
-        scope = _object_scope(samples, patches_field, None)
+        scope = _object_scope(samples, target, None)
         if "image_ids" in fields:
             fields["label_ids"] = fields.pop("image_ids")
     if fields.get("limit") is None:
@@ -461,7 +461,7 @@ class _Query:
                             if image_id_scope is not None else None),
         )
 
-    def run(self, dataset, ref, store, scope):
+    def run(self, target, ref, store, scope):
         """Returns ``(sample_ids, scores)``, searching ``store``, the index
         of the state reference ``ref``."""
         if self.method is not None:
@@ -477,7 +477,7 @@ class _Query:
                 if self.vectors is not None:
                     vectors = _normalize(np.atleast_2d(self.vectors))
                 else:
-                    vectors = _reference_vectors(dataset, store, references)
+                    vectors = _reference_vectors(target, store, references)
                 return self._nearest(store, vectors, scope)
 
         # the model runs before the index is opened: never hold it meanwhile

@@ -638,11 +638,7 @@ class Synchronizer:
         # one opening of the index for all lookups (each costs ~0.2-0.5 s at
         # 20k-100k, ~2.5 s at 1M), kept open for the next page
         with self.store.session(keep_open=True):
-            # counted once (an exact count is not free at 1M); lookups in an
-            # index emptied since merely find nothing
-            if not self._has_vectors:
-                self._has_vectors = self.store.count() > 0
-            empty = not self._has_vectors
+            empty = not self._holds_vectors()
             stored = {}
             for i in range(0, 0 if empty else len(keys), LOOKUP_CHUNK):
                 stored.update(
@@ -661,6 +657,14 @@ class Synchronizer:
             unit.new = unit.key not in stored
             todo.append(unit)
         return todo
+
+    def _holds_vectors(self):
+        """Whether the index was seen to hold vectors (else there are none
+        to look up): counted until it does (an exact count is not free at
+        1M); lookups in an index emptied since merely find nothing."""
+        if not self._has_vectors:
+            self._has_vectors = self.store.count() > 0
+        return self._has_vectors
 
     def _start_progress(self, total):
         """Starts the progress of a phase that embeds at most ``total``."""

@@ -3,7 +3,7 @@ label fields.
 
 An image index is named by its dataset alone (the dataset is its own
 target); an object index by an :class:`Objects` target: the dataset and a
-label field of :data:`OBJECT_TYPES`. Each target has its own state
+``Detections``, ``Polylines`` or ``Keypoints`` field. Each target has its own state
 document (:mod:`fiftyone_ai_search.state`), its own index, lease,
 watermarks and failures, keyed by :func:`key_of`: object indexes of
 several fields live beside the image index and are synced, rebuilt and
@@ -13,7 +13,7 @@ Examples::
 
     objects = Objects(dataset, "ground_truth")
     objects.key          # "<dataset id>~ground_truth"
-    objects.boxes(sample_ids)
+    ids, paths, boxes = objects.objects_of(dataset.limit(10))
 """
 
 import math
@@ -206,23 +206,16 @@ def field_of(target) -> "str | None":
     return target.field if isinstance(target, Objects) else None
 
 
-def target_of(dataset, patches_field: "str | None" = None,
-              strict: bool = False):
+def target_of(dataset, patches_field: "str | None" = None):
     """The target of ``dataset``'s images, or of the objects of
-    ``patches_field``.
+    ``patches_field``: a field deleted since an index of it was made is
+    taken too (its index empties on the next sync; :class:`Objects` itself
+    refuses a field that holds no objects).
 
     Args:
         dataset: the dataset
         patches_field (None): a label field
-        strict (False): whether the field must hold objects now (else a
-            field deleted since an index of it was made is accepted: its
-            index empties on the next sync)
-
-    Raises:
-        ObjectFieldError: if ``strict`` and the field holds no objects
     """
     if patches_field is None:
         return dataset
-    if strict:
-        return Objects(dataset, patches_field)
     return Objects.of_state(dataset, patches_field)

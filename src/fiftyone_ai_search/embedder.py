@@ -292,12 +292,19 @@ class _Decoder:
                 draft_size=self.draft_size,
                 max_pixels=self.max_pixels,
             )
-            array = np.asarray(self.preprocess(image), dtype=np.float32)
         except ImageDecodeError as e:
             failures[key] = e.reason
             return
+
+        self._preprocess(key, image, "image", keys, arrays, failures)
+
+    def _preprocess(self, key, image, what, keys, arrays, failures):
+        """Preprocesses ``image`` (an image or a crop, ``what``) for
+        ``key``; a failure fails that key alone."""
+        try:
+            array = np.asarray(self.preprocess(image), dtype=np.float32)
         except Exception as e:
-            failures[key] = f"cannot preprocess image: {e}"
+            failures[key] = f"cannot preprocess {what}: {e}"
             return
 
         keys.append(key)
@@ -322,18 +329,12 @@ class _Decoder:
         for crop_key, box, _ in boxes:
             try:
                 region = pixel_box(box, width, height, self.crop)
-                array = np.asarray(
-                    self.preprocess(image.crop(region)), dtype=np.float32
-                )
             except CropError as e:
                 failures[crop_key] = e.reason
                 continue
-            except Exception as e:
-                failures[crop_key] = f"cannot preprocess crop: {e}"
-                continue
 
-            keys.append(crop_key)
-            arrays.append(array)
+            self._preprocess(crop_key, image.crop(region), "crop", keys,
+                             arrays, failures)
 
     def _valid_boxes(self, crops, failures):
         """``[(crop_key, box, relative region)]`` of the boxes that make a

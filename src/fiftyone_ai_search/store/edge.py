@@ -619,20 +619,20 @@ class EdgeStore(VectorStore):
                 for r in page]
 
     def _ensure_keyword_index(self, key):
+        self._ensure_index(key, qe.KeywordIndexParams())
+
+    def _ensure_rank_index(self):
+        self._ensure_index(rk.RANK_KEY,
+                           qe.IntegerIndexParams(lookup=True, range=False))
+
+    def _ensure_index(self, key, params):
+        """Gives the payload ``key`` a payload index of ``params`` unless
+        it has one."""
         with self._locked() as shared:
             shard, _ = self._open(shared)
             if key not in shard.info().payload_schema:
                 shard.update(qe.UpdateOperation.create_field_index(
-                    key, qe.KeywordIndexParams()))
-                shared.dirty = True
-
-    def _ensure_rank_index(self):
-        with self._locked() as shared:
-            shard, _ = self._open(shared)
-            if rk.RANK_KEY not in shard.info().payload_schema:
-                shard.update(qe.UpdateOperation.create_field_index(
-                    rk.RANK_KEY, qe.IntegerIndexParams(
-                        lookup=True, range=False)))
+                    key, params))
                 shared.dirty = True
 
     def _set_field(self, key, groups, lacking):

@@ -587,23 +587,22 @@ class ServerStore(VectorStore):
                 for r in page]
 
     def _ensure_keyword_index(self, key):
+        self._ensure_index(key, models.KeywordIndexParams(
+            type=models.KeywordIndexType.KEYWORD))
+
+    def _ensure_rank_index(self):
+        self._ensure_index(rk.RANK_KEY, models.IntegerIndexParams(
+            type=models.IntegerIndexType.INTEGER, lookup=True, range=False))
+
+    def _ensure_index(self, key, params):
+        """Gives the payload ``key`` a payload index of ``params`` unless
+        it has one."""
         if self._local_lock is not None:  # local mode has no payload indexes
             return
         schema = self._call("get_collection").payload_schema or {}
         if key not in schema:
             self._call("create_payload_index", field_name=key,
-                       field_schema=models.KeywordIndexParams(
-                           type=models.KeywordIndexType.KEYWORD), wait=True)
-
-    def _ensure_rank_index(self):
-        if self._local_lock is not None:  # local mode has no payload indexes
-            return
-        schema = self._call("get_collection").payload_schema or {}
-        if rk.RANK_KEY not in schema:
-            self._call("create_payload_index", field_name=rk.RANK_KEY,
-                       field_schema=models.IntegerIndexParams(
-                           type=models.IntegerIndexType.INTEGER, lookup=True,
-                           range=False), wait=True)
+                       field_schema=params, wait=True)
 
     def _set_field(self, key, groups, lacking):
         ops = [

@@ -22,3 +22,17 @@ def other_tiny_model(tmp_path_factory):
     from fiftyone_ai_search.testing import perturbed_tiny_clip
 
     return perturbed_tiny_clip(str(tmp_path_factory.mktemp("other-tiny-clip")))
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """The bundled tiny CLIP as open_clip builds it: ``(model, preprocess,
+    tokenizer)``, in eval mode."""
+    import open_clip
+
+    from fiftyone_ai_search.demo import shapes
+
+    name = shapes.tiny_clip_model_name()
+    model, _, preprocess = open_clip.create_model_and_transforms(name)
+    model.eval()  # BatchNorm tower: embeddings must not depend on the batch
+    return model, preprocess, open_clip.get_tokenizer(name)

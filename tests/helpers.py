@@ -6,6 +6,7 @@ import time
 import uuid
 
 import fiftyone as fo
+import numpy as np
 
 import fiftyone_ai_search as ais
 from fiftyone_ai_search.demo import make_shapes_dataset, tiny_clip_model_name
@@ -155,3 +156,26 @@ def kill_sync_worker_midway(target, args, done=20, timeout=120):
     assert worker.poll() is None, "worker finished before it could be killed"
     worker.send_signal(signal.SIGKILL)
     worker.wait()
+
+
+def collect_batches(batches, dim):
+    """``(vectors, failures, keys of each batch)`` of the batches of
+    ``embed_images``, checking that each key comes once and each vector is
+    a float32 row of ``dim``."""
+    from fiftyone_ai_search.embedder import EmbeddedBatch
+
+    vectors, failures, keys = {}, {}, []
+    for batch in batches:
+        assert isinstance(batch, EmbeddedBatch)
+        assert batch.vectors.dtype == np.float32
+        assert batch.vectors.shape == (len(batch.keys), dim)
+        for key, vector in zip(batch.keys, batch.vectors):
+            assert key not in vectors and key not in failures
+            vectors[key] = vector
+
+        for key, reason in batch.failures.items():
+            assert key not in vectors and key not in failures
+            failures[key] = reason
+
+        keys.append(list(batch.keys) + list(batch.failures))
+    return vectors, failures, keys

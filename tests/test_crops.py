@@ -22,7 +22,7 @@ from fiftyone_ai_search.demo.shapes import tiny_clip_model_name
 from fiftyone_ai_search.embedder import embed_images
 from fiftyone_ai_search.model import load_model, resolve_model
 
-from helpers import CrashingModel
+from helpers import CrashingModel, collect_batches
 
 PLAIN = CropSettings(margin=0.0, square=False)
 
@@ -288,20 +288,8 @@ def _crop_items(root, count, boxes=_BOXES, suffix="png"):
 
 
 def _collect(batches):
-    vectors, failures, sizes = {}, {}, []
-    for batch in batches:
-        assert batch.vectors.shape == (len(batch.keys), 64)
-        for key, vector in zip(batch.keys, batch.vectors):
-            assert key not in vectors and key not in failures
-            vectors[key] = vector
-
-        for key, reason in batch.failures.items():
-            assert key not in vectors and key not in failures
-            failures[key] = reason
-
-        sizes.append(list(batch.keys) + list(batch.failures))
-
-    return vectors, failures, sizes
+    """``(vectors, failures, keys of each batch)``, the tiny CLIP's 64-d."""
+    return collect_batches(batches, 64)
 
 
 def test_a_crop_embeds_as_the_crop_saved_as_an_image(model, tmp_path):

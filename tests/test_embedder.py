@@ -13,11 +13,11 @@ from PIL import Image, ImageDraw, ImageOps
 
 import open_clip
 from fiftyone_ai_search import embedder
-from fiftyone_ai_search.embedder import EmbeddedBatch, embed_images
+from fiftyone_ai_search.embedder import embed_images
 from fiftyone_ai_search.model import load_model, resolve_model
 
 from helpers import SMALL_VIT as TINY_VIT
-from helpers import CrashingModel, register_small_models
+from helpers import CrashingModel, collect_batches, register_small_models
 
 
 @pytest.fixture(scope="module")
@@ -106,22 +106,9 @@ def _reference_model():
 
 
 def _collect(batches):
-    vectors, failures, sizes = {}, {}, []
-    for batch in batches:
-        assert isinstance(batch, EmbeddedBatch)
-        assert batch.vectors.dtype == np.float32
-        assert batch.vectors.shape == (len(batch.keys), 32)
-        for key, vector in zip(batch.keys, batch.vectors):
-            assert key not in vectors and key not in failures
-            vectors[key] = vector
-
-        for key, reason in batch.failures.items():
-            assert key not in vectors and key not in failures
-            failures[key] = reason
-
-        sizes.append(len(batch))
-
-    return vectors, failures, sizes
+    """``(vectors, failures, size of each batch)``, the model's 32-d."""
+    vectors, failures, keys = collect_batches(batches, 32)
+    return vectors, failures, [len(k) for k in keys]
 
 
 def test_vectors_equal_open_clip_on_each_file(model, tmp_path):

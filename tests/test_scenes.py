@@ -188,16 +188,6 @@ def test_make_scenes_dataset(tmp_path):
         shapes.write_scenes_images(str(tmp_path / "gif"), 1, image_format="gif")
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    import open_clip
-
-    name = shapes.tiny_clip_model_name()
-    model, _, preprocess = open_clip.create_model_and_transforms(name)
-    model.eval()  # BatchNorm tower: embeddings must not depend on the batch
-    return model, preprocess, open_clip.get_tokenizer(name)
-
-
 def test_the_tiny_clip_finds_objects_in_crops(tiny, tmp_path):
     model, preprocess, tokenizer = tiny
     dataset = shapes.make_scenes_dataset(

@@ -22,16 +22,6 @@ PER_CLASS = 6
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    import open_clip
-
-    name = shapes.tiny_clip_model_name()
-    model, _, preprocess = open_clip.create_model_and_transforms(name)
-    model.eval()  # BatchNorm tower: embeddings must not depend on the batch
-    return model, preprocess, open_clip.get_tokenizer(name)
-
-
-@pytest.fixture(scope="module")
 def held_out(tiny):
     """Embeddings of held-out 128 px images rendered in memory."""
     model, preprocess, _ = tiny

@@ -152,9 +152,9 @@ def embed_images(
         items: an iterable of ``(key, filepath)``, and with ``crop`` also of
             ``(key, filepath, crops)``
         batch_size (None): images (crops) per batch; defaults to the
-            configured value. An image's crops stay in one batch, which may
-            then hold more; the model still takes at most ``batch_size`` at
-            a time
+            configured value. An image's crops stay in one batch: one with
+            more crops than this makes a larger batch of its own, which the
+            model still takes at most ``batch_size`` at a time
         num_workers (None): decoding worker processes; 0 decodes in the
             calling thread only. Defaults to the configured value
         progress (None): a callable called with the number of items (crops)

@@ -1,5 +1,6 @@
 """Shared test helpers: datasets of real shape images, the bundled tiny CLIP."""
 
+import contextlib
 import json
 import os
 import time
@@ -156,6 +157,47 @@ def kill_sync_worker_midway(target, args, done=20, timeout=120):
     assert worker.poll() is None, "worker finished before it could be killed"
     worker.send_signal(signal.SIGKILL)
     worker.wait()
+
+
+@contextlib.contextmanager
+def worker_paused_midway(target, beyond=0, timeout=180, step=0.02):
+    """Holds the background worker computing ``target`` (started by the App
+    or the SDK) paused in the middle of its computation: it single-steps the
+    worker's process group (SIGCONT, ``step`` seconds, SIGSTOP) until the
+    state shows more than ``beyond`` but not all units embedded, and
+    yields that progress
+    (``{"done", "total", ...}``); the worker runs on when the block exits.
+    A fast machine can then not finish before a poll sees the progress."""
+    import signal
+
+    from fiftyone_ai_search import state
+
+    def doc():
+        return state.get(target) or {}
+
+    deadline = time.time() + timeout
+    pid = None
+    while pid is None:  # the worker's pid, once it took the lease
+        lease = doc().get("lease")
+        pid = lease and lease["pid"]
+        assert time.time() < deadline, f"no worker took the lease: {doc()}"
+        time.sleep(0.01)
+    group = os.getpgid(pid)  # the worker leads its session (and its pool)
+    os.killpg(group, signal.SIGSTOP)
+    try:
+        while True:
+            progress = doc().get("progress") or {}
+            if beyond < progress.get("done", 0) < progress.get("total", 0):
+                break
+            assert progress.get("done", 0) < progress.get("total", 1), (
+                f"the worker finished in one step: {progress}")
+            assert time.time() < deadline, f"no progress: {doc()}"
+            os.killpg(group, signal.SIGCONT)
+            time.sleep(step)
+            os.killpg(group, signal.SIGSTOP)
+        yield progress
+    finally:
+        os.killpg(group, signal.SIGCONT)
 
 
 def collect_batches(batches, dim):

@@ -23,9 +23,11 @@ import pytest
 import fiftyone_ai_search as ais
 from fiftyone_ai_search.app import PLUGIN_NAME
 from fiftyone_ai_search.demo import make_scenes_dataset
+from fiftyone_ai_search.targets import Objects
 from app_browser import app, app_session, browser, browser_artifacts  # noqa: F401
+from helpers import worker_paused_midway
 
-NUM_SAMPLES = 150  # ~450 objects: enough for the progress to be seen
+NUM_SAMPLES = 150  # ~450 objects: several batches
 FIELD = "ground_truth"
 PANEL = "AI Search"
 SAVED = "red circles"
@@ -90,9 +92,15 @@ def test_enable_object_search_from_the_grid_button(app, app_dataset):
     app.screenshot("objects-01-enable-form")
     app.execute_prompt()
 
-    # the panel opens and follows the computation of the objects
+    # the panel opens and follows the computation of the objects (the
+    # worker held midway, so that a fast machine cannot finish first)
     app.panel(PANEL, timeout=60)
     num_objects = app_dataset.count(f"{FIELD}.detections")
+    with worker_paused_midway(Objects(app_dataset, FIELD)) as progress:
+        assert progress["total"] == num_objects
+        app.wait_for_text(f"Objects of {FIELD}: computing embeddings: "
+                          f"{progress['done']} / {num_objects} ",
+                          root=panel(app))
     app.wait_for_text(f"Objects of {FIELD}: ready", root=panel(app),
                       timeout=240)
     text = app.wait_for_text(f"{num_objects} of {num_objects} objects "

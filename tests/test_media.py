@@ -15,7 +15,8 @@ import fiftyone_ai_search as ais
 from fiftyone_ai_search import media
 from fiftyone_ai_search import state as st
 from fiftyone_ai_search.app import forms
-from fiftyone_ai_search.demo import make_shapes_dataset, tiny_clip_model_name
+from fiftyone_ai_search.demo import (make_scenes_dataset, make_shapes_dataset,
+                                     tiny_clip_model_name)
 
 from helpers import shapes_dataset
 
@@ -455,3 +456,88 @@ def test_samples_must_be_a_dataset_or_a_view(value, got):
                  lambda d: ais.get_collection(d, ais.TEMPORARY_COLLECTION)):
         with pytest.raises(ValueError, match="^dataset " + message):
             call(value)
+
+
+# -- objects of a grouped dataset --------------------------------------------------
+
+
+def _grouped_scenes(tmp_path, num_per_slice=20):
+    """A grouped dataset of scenes: slices "left" and "right" (other scene
+    images, their Detections in "ground_truth") and a "video" slice (its
+    files need not exist). Active: left."""
+    scenes = make_scenes_dataset(
+        num_samples=2 * num_per_slice, seed=5,
+        images_dir=str(tmp_path / _name("scenes")),
+    )
+    rows = list(zip(*scenes.values(["filepath", "ground_truth"])))
+    scenes.delete()
+
+    dataset = fo.Dataset(_name("test-grouped-scenes"))
+    dataset.add_group_field("group", default="left")
+    samples = []
+    for i in range(num_per_slice):
+        group = fo.Group()
+        for slice_name, (path, detections) in (
+            ("left", rows[i]), ("right", rows[num_per_slice + i])
+        ):
+            samples.append(fo.Sample(
+                filepath=path, group=group.element(slice_name),
+                ground_truth=detections,
+            ))
+        samples.append(fo.Sample(filepath=str(tmp_path / f"clip{i}.mp4"),
+                                 group=group.element("video")))
+    dataset.add_samples(samples)
+    return dataset
+
+
+def _label_ids(dataset, slice_name):
+    return {i for ids in dataset.select_group_slices(slice_name).values(
+        "ground_truth.detections.id") for i in ids}
+
+
+def _found_labels(dataset, name):
+    by_id = {}
+    both = dataset.select_group_slices(["left", "right"])
+    for ids, labels in zip(*both.values(["ground_truth.detections.id",
+                                         "ground_truth.detections.label"])):
+        by_id.update(zip(ids, labels))
+    return [by_id[i] for i, _ in ais.get_collection_scores(dataset, name)]
+
+
+def test_objects_of_every_image_slice_are_indexed_and_kept_in_sync(tmp_path):
+    dataset = _grouped_scenes(tmp_path)
+    left, right = _label_ids(dataset, "left"), _label_ids(dataset, "right")
+    dataset.group_slice = "right"  # indexed while another slice is active
+    ais.enable_embeddings(dataset, model=tiny_clip_model_name(),
+                          patches_field="ground_truth", compute=False)
+    report = ais.calculate_embeddings(dataset, patches_field="ground_truth",
+                                      wait=True, progress=False)
+    dataset.group_slice = "left"
+
+    assert (report.added, report.failed) == (len(left | right), 0)
+    counts = ais.get_status(dataset, patches_field="ground_truth")["counts"]
+    assert counts["num_objects"] == counts["num_indexed"] == len(left | right)
+
+    # the active slice's objects are searched; select_group_slices, both
+    name = ais.perform_ai_search(dataset, prompt="a red circle", limit=3,
+                                 patches_field="ground_truth")
+    found = [i for i, _ in ais.get_collection_scores(dataset, name)]
+    assert set(found) <= left
+    assert _found_labels(dataset, name)[0] == "red circle"
+    both = dataset.select_group_slices(["left", "right"])
+    name = ais.perform_ai_search(both, prompt="a red circle", limit=40,
+                                 patches_field="ground_truth")
+    found = [i for i, _ in ais.get_collection_scores(dataset, name)]
+    assert set(found) & left and set(found) & right
+    patches = ais.get_collection(dataset, name)
+    assert patches._is_patches and patches.values("id") == found
+
+    # an object deleted in the slice that is not active is found
+    sample = dataset.select_group_slices("right").first()
+    gone = sample.ground_truth.detections.pop(0).id
+    sample.save()
+    report = ais.calculate_embeddings(dataset, patches_field="ground_truth",
+                                      wait=True, progress=False)
+    assert (report.added, report.updated, report.removed) == (0, 0, 1)
+    ids, _ = ais.get_embeddings(both, patches_field="ground_truth")
+    assert set(ids) == (left | right) - {gone}

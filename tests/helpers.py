@@ -165,8 +165,8 @@ def worker_paused_midway(target, beyond=0, timeout=180, step=0.02):
     or the SDK) paused in the middle of its computation: it single-steps the
     worker's process group (SIGCONT, ``step`` seconds, SIGSTOP) until the
     state shows more than ``beyond`` but not all units embedded, and
-    yields that progress
-    (``{"done", "total", ...}``); the worker runs on when the block exits.
+    yields that progress (``{"done", "total", ...}``); the worker runs on
+    when the block exits.
     A fast machine can then not finish before a poll sees the progress."""
     import signal
 
@@ -186,6 +186,7 @@ def worker_paused_midway(target, beyond=0, timeout=180, step=0.02):
     os.killpg(group, signal.SIGSTOP)
     try:
         while True:
+            time.sleep(0.05)  # a write sent just before the stop lands
             progress = doc().get("progress") or {}
             if beyond < progress.get("done", 0) < progress.get("total", 0):
                 break

@@ -69,7 +69,9 @@ def test_first_sync_embeds_every_object_from_one_decode_per_image(indexed):
     dataset, report = indexed
     num_objects = dataset.count(f"{FIELD}.detections")
     assert report.added == num_objects > len(dataset)
-    assert report.failed == 0
+    # (objects of samples made just before are looked at again after the
+    # build: each counts once)
+    assert report.failed == report.skipped == 0
     status = ais.get_status(dataset, patches_field=FIELD)
     assert status["counts"]["num_objects"] == num_objects
     assert status["counts"]["num_indexed"] == num_objects

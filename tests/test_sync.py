@@ -42,12 +42,23 @@ def _vectors(dataset):
 
 def test_first_sync_embeds_every_sample(tmp_path):
     dataset = shapes_dataset(tmp_path, num_samples=30)
+    dataset.set_values("note", ["new"] * 30)  # edited just before
+    seen = []
 
-    report = ais.calculate_embeddings(dataset, wait=True, progress=False)
+    report = ais.calculate_embeddings(
+        dataset, wait=True, progress=lambda *p: seen.append(p))
 
     assert (report.added, report.updated, report.removed, report.failed) == (
         30, 0, 0, 0)
+    # samples made just before are looked at again after the build (they
+    # are within the watermark's margin), but each sample counts once
+    assert report.skipped == 0
     assert report.rebuilt
+    # the progress of the run (of both passes) never goes back, and the
+    # second pass's first bound (before it looked) is not shown
+    done = [d for d, _ in seen]
+    assert done == sorted(done) and seen[-1] == (30, 30)
+    assert max(t for _, t in seen) == 30
     ids, vectors = ais.get_embeddings(dataset)
     assert ids == dataset.values("id")
     assert vectors.shape == (30, 64) and vectors.dtype == np.float32
@@ -60,6 +71,7 @@ def test_first_sync_embeds_every_sample(tmp_path):
     assert status["updated_at"] is not None
     assert ais.get_embeddings_updated_at(dataset) == status["updated_at"]
     assert status["last_report"]["added"] == 30
+    assert status["last_report"]["skipped"] == 0
 
 
 def test_unchanged_dataset_embeds_nothing(tmp_path):

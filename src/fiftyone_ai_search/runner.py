@@ -152,7 +152,8 @@ def run_sync(dataset, force=False, verify_files=False, progress=None,
         force (False): rebuild the index (beside the current one, which
             searches keep using until the new one is complete)
         verify_files (False): check every file's fingerprint
-        progress (None): a callable ``progress(done, total)``
+        progress (None): a callable ``progress(done, total)``, called with
+            the counts of the whole run (of all its passes)
         settings (None): the :class:`fiftyone_ai_search.config.Settings`
 
     Returns:
@@ -164,6 +165,7 @@ def run_sync(dataset, force=False, verify_files=False, progress=None,
     from .sync import SyncCancelled, has_changes
 
     settings = settings or get_settings()
+    progress = _run_progress(progress) if progress else None
     if force:
         st.plan_rebuild(dataset)  # before waiting: a running sync stops
     with acquire(dataset):
@@ -184,7 +186,7 @@ def run_sync(dataset, force=False, verify_files=False, progress=None,
                                 dataset.name, e)
                     continue
                 logger.info("AI search sync of '%s': %s", dataset.name, report)
-                total = report if total is None else total + report
+                total = report if total is None else total.then(report)
                 doc = st.get(dataset)
                 drop_indexes(doc["_id"], doc.get("retired") or [], settings)
                 # after a rebuild, what changed while it ran
@@ -199,6 +201,28 @@ def run_sync(dataset, force=False, verify_files=False, progress=None,
         except Exception as e:
             st.update(dataset, last_error=f"{type(e).__name__}: {e}")
             raise
+
+
+def _run_progress(progress):
+    """``progress(done, total)`` of a whole run, from that of its phases:
+    each phase of each pass counts from 0 (the follow-up pass after a
+    build, the consistency repair), so a new phase goes on from what the
+    earlier ones embedded rather than back to 0. A later phase's first
+    total is a bound taken before it looked at anything (mostly already
+    indexed, for a follow-up pass): it is shown once the phase says more,
+    so the bar does not fall back meanwhile."""
+    before = last = 0
+    first = True  # the next call is the first of a phase
+
+    def run_progress(done, total):
+        nonlocal before, last, first
+        if done < last:  # a new phase
+            before, first = before + last, True
+        shown = 0 if first and before else total
+        first, last = False, done
+        progress(before + done, before + shown)
+
+    return run_progress
 
 
 def _sync_pass(dataset, doc, settings, verify_files, progress):

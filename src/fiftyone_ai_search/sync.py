@@ -72,7 +72,8 @@ class SyncReport:
         updated: samples re-embedded because their image changed
         removed: vectors deleted because their samples were deleted
         failed: samples whose image could not be read (see ``get_status``)
-        skipped: samples looked at whose image had not changed
+        skipped: samples looked at whose image had not changed (each
+            counted once in a run of several passes: see :meth:`then`)
         seconds: wall time of the run
         rebuilt: whether a new index was built (a first index, another
             model, or a forced rebuild) and then switched to
@@ -93,13 +94,19 @@ class SyncReport:
     def to_dict(self):
         return dataclasses.asdict(self)
 
-    def __add__(self, other):
-        """The report of two passes, one after the other."""
+    def then(self, later):
+        """The report of this pass followed by the ``later`` one, in one
+        run. A later pass looks again at samples this one counted (those
+        edited while it ran, and within the watermark's margin before it
+        started): what it skipped is not counted twice; what it embedded,
+        removed or failed again is."""
         counts = {
-            f.name: getattr(self, f.name) + getattr(other, f.name)
-            for f in dataclasses.fields(self) if f.name != "rebuilt"
+            f.name: getattr(self, f.name) + getattr(later, f.name)
+            for f in dataclasses.fields(self)
+            if f.name not in ("rebuilt", "skipped")
         }
-        return SyncReport(**counts, rebuilt=self.rebuilt or other.rebuilt)
+        return SyncReport(**counts, skipped=self.skipped,
+                          rebuilt=self.rebuilt or later.rebuilt)
 
     def __str__(self):
         reused = f", reused {self.reused}" if self.reused else ""

@@ -48,7 +48,6 @@ from .base import (
     IndexInfo,
     VectorStore,
     check_dim,
-    records_to_matrix,
 )
 from .locks import FairLock, ProcessLock, backoff
 

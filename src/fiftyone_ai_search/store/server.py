@@ -23,8 +23,6 @@ import threading
 import time
 import weakref
 
-import numpy as np
-
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import UnexpectedResponse
 

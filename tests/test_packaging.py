@@ -244,3 +244,38 @@ else:
             in message)
     assert f"pip install '{REQUIREMENT}'" in message
 
+
+
+def test_every_public_function_is_type_hinted():
+    """What ``fiftyone_ai_search`` exports is hinted, arguments and return
+    (``**overrides`` aside), and the hints resolve with the names the
+    modules import for type checkers only."""
+    import inspect
+    import typing
+    from collections.abc import Callable, Sequence
+
+    import datetime
+    import numpy as np
+
+    import fiftyone.core.collections as foc
+    import fiftyone.core.dataset as fod
+    import fiftyone.core.view as fov
+    import PIL.Image
+
+    import fiftyone_ai_search as ais
+    from fiftyone_ai_search.config import Settings
+
+    checking = dict(foc=foc, fod=fod, fov=fov, np=np, datetime=datetime,
+                    os=os, PIL=PIL, Callable=Callable, Sequence=Sequence,
+                    Settings=Settings, SyncReport=ais.SyncReport)
+    functions = [getattr(ais, n) for n in ais.__all__
+                 if inspect.isfunction(getattr(ais, n))]
+    assert len(functions) > 20
+    for function in functions:
+        hints = typing.get_type_hints(
+            function, globalns=dict(function.__globals__, **checking))
+        parameters = [p.name for p in inspect.signature(
+            function).parameters.values() if p.kind is not p.VAR_KEYWORD]
+        missing = set(parameters) - set(hints)
+        assert not missing, f"{function.__name__}: {sorted(missing)}"
+        assert "return" in hints, f"{function.__name__}: no return hint"

@@ -17,7 +17,10 @@ another slice (or of several) would show as nothing, and a saved view does
 not keep the slice that was active when it was saved.
 """
 
+from __future__ import annotations
+
 import datetime
+from typing import TYPE_CHECKING
 
 import numpy as np
 from bson import json_util
@@ -26,6 +29,11 @@ from . import media
 from . import state as st
 from . import validate
 from .errors import AISearchError
+
+if TYPE_CHECKING:  # for annotations only
+    import fiftyone.core.collections as foc
+    import fiftyone.core.dataset as fod
+    import fiftyone.core.view as fov
 
 #: the collection each search overwrites
 TEMPORARY_COLLECTION = "AI search results"
@@ -145,7 +153,8 @@ def _load(dataset, name, arg="name"):
     )
 
 
-def get_collection_scores(dataset, name):
+def get_collection_scores(dataset: fod.Dataset, name: str
+                          ) -> list[tuple[str, float]]:
     """The ``(sample_id, score)`` pairs of a collection, in its order.
 
     Examples::
@@ -166,7 +175,9 @@ def get_collection_scores(dataset, name):
     return list(zip(doc["sample_ids"], doc["scores"]))
 
 
-def get_collection(dataset, name, min_score=None, max_score=None):
+def get_collection(dataset: fod.Dataset, name: str,
+                   min_score: float | None = None,
+                   max_score: float | None = None) -> fov.DatasetView:
     """The samples of a collection, in its order, optionally cut to a score
     range. No model is run.
 
@@ -201,7 +212,8 @@ def get_collection(dataset, name, min_score=None, max_score=None):
                    _sources(doc, rows))
 
 
-def get_score_histogram(dataset, name, bins=20):
+def get_score_histogram(dataset: fod.Dataset, name: str, bins: int = 20
+                        ) -> tuple[list[float], list[int]]:
     """A histogram of a collection's scores, for a chart.
 
     Args:
@@ -229,7 +241,7 @@ def get_score_histogram(dataset, name, bins=20):
     return edges.tolist(), counts.tolist()
 
 
-def list_collections(dataset):
+def list_collections(dataset: fod.Dataset) -> list[dict]:
     """The dataset's AI search collections.
 
     Returns:
@@ -263,8 +275,10 @@ def list_collections(dataset):
     ]
 
 
-def save_collection(dataset, name, source=TEMPORARY_COLLECTION,
-                    overwrite=False, min_score=None, max_score=None):
+def save_collection(dataset: fod.Dataset, name: str,
+                    source: str = TEMPORARY_COLLECTION,
+                    overwrite: bool = False, min_score: float | None = None,
+                    max_score: float | None = None) -> str:
     """Keeps a collection (by default the latest search results) under a name.
 
     With ``min_score`` / ``max_score``, only the samples of that score range
@@ -339,7 +353,7 @@ def _in_range(rows, min_score, max_score):
     return [r for r in rows if lo <= r[1] <= hi]
 
 
-def is_latest_results(samples):
+def is_latest_results(samples: foc.SampleCollection) -> bool:
     """Whether ``samples`` shows the latest search results: the temporary
     collection, or a view of it such as a score range of it.
 
@@ -393,7 +407,7 @@ def delete_temporary_collection(dataset, patches_field=None):
         _delete(dataset, TEMPORARY_COLLECTION, view_id)
 
 
-def rename_collection(dataset, name, new_name):
+def rename_collection(dataset: fod.Dataset, name: str, new_name: str) -> str:
     """Renames a collection (its saved view; the scores follow).
 
     Args:
@@ -420,7 +434,7 @@ def rename_collection(dataset, name, new_name):
     return new_name
 
 
-def delete_collection(dataset, name):
+def delete_collection(dataset: fod.Dataset, name: str) -> None:
     """Deletes a collection: its saved view and its scores."""
     dataset = media.dataset_of(dataset, "dataset")
     _delete(dataset, name, _require_view_id(dataset, name))

@@ -36,6 +36,8 @@ stored in a dataset. A URL may hold credentials (``https://user:pass@host``,
 is passed through :func:`redact_url` first.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import os
 
@@ -219,7 +221,7 @@ def _boolean(text):
 _boolean.__name__ = "boolean (true / false)"
 
 
-def get_settings(secrets=None, **overrides):
+def get_settings(secrets: dict | None = None, **overrides) -> Settings:
     """Returns the :class:`Settings` in force.
 
     Args:

@@ -16,11 +16,18 @@ products in chunks (~1 s for 10k samples on 2 cores, ~2 min for 100k).
 | Copyright the fiftyone-ai-search authors, Apache-2.0.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from . import collections as colls
 from . import media
 from . import validate
+
+if TYPE_CHECKING:  # for annotations only
+    import fiftyone.core.collections as foc
 
 #: rows of the similarity matrix computed at once (chunk x n float32)
 CHUNK = 1024
@@ -97,7 +104,8 @@ def group(ids, vectors, threshold=DEFAULT_THRESHOLD, progress=None):
     return {k: sorted(v, key=lambda t: (-t[1], t[0])) for k, v in groups.items()}
 
 
-def find_near_duplicates(samples, threshold=DEFAULT_THRESHOLD):
+def find_near_duplicates(samples: foc.SampleCollection,
+                         threshold: float = DEFAULT_THRESHOLD) -> str | None:
     """Finds near-duplicate images and keeps them as the dataset's
     temporary collection: each group is the sample it keeps (score 1.0)
     followed by its duplicates, scored by their similarity to it, most
@@ -140,7 +148,9 @@ def find_near_duplicates(samples, threshold=DEFAULT_THRESHOLD):
     )
 
 
-def near_duplicate_groups(samples, threshold=DEFAULT_THRESHOLD):
+def near_duplicate_groups(samples: foc.SampleCollection,
+                          threshold: float = DEFAULT_THRESHOLD
+                          ) -> dict[str, list[tuple[str, float]]]:
     """The near-duplicate groups of ``samples`` (see :func:`group`), from
     the vectors of its AI search index, visited in the order of
     ``samples``.

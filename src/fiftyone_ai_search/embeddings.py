@@ -3,7 +3,10 @@
 | Copyright the fiftyone-ai-search authors, Apache-2.0.
 """
 
+from __future__ import annotations
+
 import logging
+from typing import TYPE_CHECKING
 
 from . import media
 from . import runner
@@ -11,6 +14,16 @@ from . import state as st
 from . import targets
 from .config import BACKENDS, get_settings
 from .errors import AISearchError
+
+if TYPE_CHECKING:  # for annotations only
+    import datetime
+    from collections.abc import Callable
+
+    import numpy as np
+    import fiftyone.core.collections as foc
+    import fiftyone.core.dataset as fod
+
+    from .sync import SyncReport
 
 logger = logging.getLogger(__name__)
 
@@ -120,10 +133,16 @@ def require_index(dataset, same_model=False):
     return doc
 
 
-def enable_embeddings(dataset, model=None, pretrained=None, backend=None,
-                      compute=True, secrets=None, load=True, brain_key=None,
-                      embeddings_field=None, from_brain_key=None,
-                      patches_field=None, margin=None, square=None):
+def enable_embeddings(dataset: fod.Dataset, model: str | None = None,
+                      pretrained: str | None = None,
+                      backend: str | None = None, compute: bool = True,
+                      secrets: dict | None = None, load: bool = True,
+                      brain_key: str | None = None,
+                      embeddings_field: str | None = None,
+                      from_brain_key: str | None = None,
+                      patches_field: str | None = None,
+                      margin: float | None = None,
+                      square: bool | None = None) -> dict:
     """Switches AI search on for a dataset and starts computing embeddings.
 
     Returns at once: embeddings are computed by a background worker. Use
@@ -366,7 +385,8 @@ def _model_spec(model, pretrained, settings):
     return resolve_model(model, pretrained)
 
 
-def disable_embeddings(dataset, patches_field=None):
+def disable_embeddings(dataset: fod.Dataset, patches_field: str | None = None
+                       ) -> None:
     """Switches AI search off: deletes the index, all its state, its
     FiftyOne Brain run and the latest search results (the temporary
     collection). Named collections stay, as plain saved views.
@@ -418,15 +438,20 @@ def delete_index_and_state(doc, settings=None):
     st.delete_key(doc["_id"])
 
 
-def is_embeddings_enabled(dataset, patches_field=None):
+def is_embeddings_enabled(dataset: fod.Dataset,
+                          patches_field: str | None = None) -> bool:
     """Whether AI search is on for ``dataset`` (for the objects of
     ``patches_field``, if given)."""
     doc = st.get(_target(dataset, patches_field))
     return bool(doc and doc.get("enabled"))
 
 
-def calculate_embeddings(dataset, force=False, wait=False, verify_files=False,
-                         progress=True, secrets=None, patches_field=None):
+def calculate_embeddings(dataset: fod.Dataset, force: bool = False,
+                         wait: bool = False, verify_files: bool = False,
+                         progress: bool | Callable[[int, int], None] = True,
+                         secrets: dict | None = None,
+                         patches_field: str | None = None
+                         ) -> SyncReport | None:
     """Brings the dataset's embeddings up to date (incrementally).
 
     New samples are embedded, samples whose image changed (other filepath or
@@ -491,20 +516,24 @@ def calculate_embeddings(dataset, force=False, wait=False, verify_files=False,
             bar.close()
 
 
-def get_embeddings_in_progress(dataset, patches_field=None):
+def get_embeddings_in_progress(dataset: fod.Dataset,
+                               patches_field: str | None = None) -> bool:
     """Whether embeddings of ``dataset`` (of the objects of
     ``patches_field``, if given) are being computed right now."""
     return st.is_running(st.get(_target(dataset, patches_field)))
 
 
-def get_embeddings_updated_at(dataset, patches_field=None):
+def get_embeddings_updated_at(dataset: fod.Dataset,
+                              patches_field: str | None = None
+                              ) -> datetime.datetime | None:
     """When the index (of the objects of ``patches_field``, if given) last
     finished a sync (naive UTC datetime), or None."""
     doc = st.get(_target(dataset, patches_field))
     return doc.get("updated_at") if doc else None
 
 
-def get_status(dataset, max_failures=100, counts=True, patches_field=None):
+def get_status(dataset: fod.Dataset, max_failures: int = 100,
+               counts: bool = True, patches_field: str | None = None) -> dict:
     """The AI search status of a dataset.
 
     Args:
@@ -602,7 +631,9 @@ def object_fields(dataset):
     return st.object_fields(targets.dataset_key(dataset))
 
 
-def get_embeddings(samples, patches_field=None):
+def get_embeddings(samples: foc.SampleCollection,
+                   patches_field: str | None = None
+                   ) -> tuple[list[str], np.ndarray]:
     """The embeddings the index holds for ``samples``.
 
     Args:

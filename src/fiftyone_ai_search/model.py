@@ -18,6 +18,8 @@ weights are identified by their content, so the same file gives the same
 identity wherever it is installed.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import hashlib
 import json
@@ -647,7 +649,8 @@ def _settings():
     return get_settings(storage_dir=os.curdir)
 
 
-def check_model(model=None, pretrained=None):
+def check_model(model: str | None = None, pretrained: str | None = None
+                ) -> ModelSpec:
     """Checks a model name and that its weights can be had, loading
     nothing: :func:`resolve_model`, then :func:`check_weights`.
 
@@ -702,7 +705,7 @@ _CHOICES_TTL = 30.0
 _CHOICES_CACHE = {}
 
 
-def available_models(refresh=False):
+def available_models(refresh: bool = False) -> list[ModelChoice]:
     """The models to offer: the configured default, the tiny CLIP bundled
     for the shapes demo, and every open_clip pretrained model whose weights
     are already in the Hugging Face cache. The default comes first.

@@ -10,15 +10,23 @@ Background work runs in a detached worker process
 operator returns at once, and a notebook may be closed while it computes.
 """
 
+from __future__ import annotations
+
 import logging
 import os
 import subprocess
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from . import state as st
 from . import targets
 from .config import get_settings
+
+if TYPE_CHECKING:  # for annotations only
+    import fiftyone.core.dataset as fod
+
+    from .config import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +65,8 @@ def open_index(dataset, settings=None, doc=None):
     return open_ref(ref, settings) if ref else None
 
 
-def maintain_index(dataset, settings=None, min_points=None):
+def maintain_index(dataset: fod.Dataset, settings: Settings | None = None,
+                   min_points: int | None = None) -> int:
     """The background upkeep of the approximate search of ``dataset``'s
     index (see :meth:`fiftyone_ai_search.store.VectorStore.maintain`):
     learns its cells once it is large enough (again as it grows), and gives

@@ -26,6 +26,8 @@ refreshers from ever computing one dataset at once. A deleted dataset's index
 and state are removed. Disabling AI search drops a dataset from the passes.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import datetime
 import logging
@@ -260,7 +262,8 @@ _REFRESHER = None
 _REFRESHER_LOCK = threading.Lock()
 
 
-def start_refresher(interval_minutes=None, datasets=None):
+def start_refresher(interval_minutes: float | None = None,
+                    datasets: list[str] | None = None) -> Refresher:
     """Starts refreshing every enabled dataset's index in a background
     thread of this process, the first pass at once; a no-op if it runs.
 
@@ -291,7 +294,7 @@ def start_refresher(interval_minutes=None, datasets=None):
         return _REFRESHER
 
 
-def stop_refresher(wait=True):
+def stop_refresher(wait: bool = True) -> None:
     """Stops the refresher started by :func:`start_refresher`, if any."""
     global _REFRESHER
     with _REFRESHER_LOCK:

@@ -5,10 +5,13 @@ are exact: the same as a brute-force top-k over the stored vectors of the
 search scope.
 """
 
+from __future__ import annotations
+
 import collections as _collections
 import logging
 import math
 import threading
+from typing import TYPE_CHECKING
 
 import numpy as np
 from bson import ObjectId
@@ -24,6 +27,13 @@ from .embeddings import model_label, require_index
 from .store import IndexMismatchError, IndexNotFoundError
 from .store import cells as cl
 from .store import ranks
+
+if TYPE_CHECKING:  # for annotations only
+    import os
+    from collections.abc import Sequence
+
+    import fiftyone.core.collections as foc
+    import PIL.Image
 
 logger = logging.getLogger(__name__)
 
@@ -45,26 +55,24 @@ NEGATIVE_WEIGHT = 0.5
 AGGREGATIONS = ("max", "mean")
 
 
-
-
 def perform_ai_search(
-    samples,
-    prompt=None,
-    image_id=None,
-    method=None,
-    limit=100,
-    clustering_method=None,
-    num_clusters=None,
-    image_id_scope=None,
-    threshold=None,
-    negative_prompt=None,
-    image=None,
-    aggregation="max",
-    negative_weight=NEGATIVE_WEIGHT,
-    seed=0,
-    patches_field=None,
-    label_id=None,
-):
+    samples: foc.SampleCollection,
+    prompt: str | None = None,
+    image_id: str | Sequence[str] | None = None,
+    method: str | None = None,
+    limit: int = 100,
+    clustering_method: str | None = None,
+    num_clusters: int | None = None,
+    image_id_scope: Sequence[str] | None = None,
+    threshold: float | None = None,
+    negative_prompt: str | None = None,
+    image: str | os.PathLike | PIL.Image.Image | None = None,
+    aggregation: str = "max",
+    negative_weight: float = NEGATIVE_WEIGHT,
+    seed: int = 0,
+    patches_field: str | None = None,
+    label_id: str | Sequence[str] | None = None,
+) -> str | None:
     """Searches a dataset (or a view of it) and keeps the results as the
     dataset's temporary collection.
 

@@ -16,9 +16,15 @@ Examples::
     ids, paths, boxes = objects.objects_of(dataset.limit(10))
 """
 
+from __future__ import annotations
+
 import math
+from typing import TYPE_CHECKING
 
 from .errors import AISearchError
+
+if TYPE_CHECKING:  # for annotations only
+    import fiftyone.core.dataset as fod
 
 #: separates a dataset's id from a label field's name in a target's key
 #: (FiftyOne field names never hold it)
@@ -40,7 +46,7 @@ def _object_types():
     }
 
 
-def object_label_fields(dataset) -> list:
+def object_label_fields(dataset: fod.Dataset) -> list[str]:
     """The label fields of ``dataset`` whose objects object search can
     index (the ``patches_field`` of
     :func:`~fiftyone_ai_search.embeddings.enable_embeddings`): its

@@ -32,15 +32,15 @@ def _enable_and_index(dataset):
     return ais.calculate_embeddings(dataset, wait=True, progress=False)
 
 
-def _grouped(tmp_path, num_per_slice=30, video_slice=True):
-    """A grouped dataset: slices "left" and "right" of other shape images
-    (each holds every colour x shape class once per 30), and optionally a
+def _grouped(tmp_path, num_per_slice=30, video_slice=True,
+             make=make_shapes_dataset, seed=3):
+    """A grouped dataset: slices "left" and "right" of other images of
+    ``make`` (shapes: each slice holds every colour x shape class once per
+    30; scenes: their Detections), in "ground_truth", and optionally a
     "video" slice (never indexed; its files need not exist). Active: left."""
-    images = make_shapes_dataset(
-        num_samples=2 * num_per_slice, seed=3,
-        images_dir=str(tmp_path / _name("grouped")),
-    )
-    rows = list(zip(*images.values(["filepath", "ground_truth.label"])))
+    images = make(num_samples=2 * num_per_slice, seed=seed,
+                  images_dir=str(tmp_path / _name("grouped")))
+    rows = list(zip(*images.values(["filepath", "ground_truth"])))
     images.delete()
 
     dataset = fo.Dataset(_name("test-grouped"))
@@ -53,7 +53,7 @@ def _grouped(tmp_path, num_per_slice=30, video_slice=True):
         ):
             samples.append(fo.Sample(
                 filepath=path, group=group.element(slice_name),
-                ground_truth=fo.Classification(label=label),
+                ground_truth=label,
             ))
         if video_slice:
             samples.append(fo.Sample(
@@ -461,35 +461,6 @@ def test_samples_must_be_a_dataset_or_a_view(value, got):
 # -- objects of a grouped dataset --------------------------------------------------
 
 
-def _grouped_scenes(tmp_path, num_per_slice=20):
-    """A grouped dataset of scenes: slices "left" and "right" (other scene
-    images, their Detections in "ground_truth") and a "video" slice (its
-    files need not exist). Active: left."""
-    scenes = make_scenes_dataset(
-        num_samples=2 * num_per_slice, seed=5,
-        images_dir=str(tmp_path / _name("scenes")),
-    )
-    rows = list(zip(*scenes.values(["filepath", "ground_truth"])))
-    scenes.delete()
-
-    dataset = fo.Dataset(_name("test-grouped-scenes"))
-    dataset.add_group_field("group", default="left")
-    samples = []
-    for i in range(num_per_slice):
-        group = fo.Group()
-        for slice_name, (path, detections) in (
-            ("left", rows[i]), ("right", rows[num_per_slice + i])
-        ):
-            samples.append(fo.Sample(
-                filepath=path, group=group.element(slice_name),
-                ground_truth=detections,
-            ))
-        samples.append(fo.Sample(filepath=str(tmp_path / f"clip{i}.mp4"),
-                                 group=group.element("video")))
-    dataset.add_samples(samples)
-    return dataset
-
-
 def _label_ids(dataset, slice_name):
     return {i for ids in dataset.select_group_slices(slice_name).values(
         "ground_truth.detections.id") for i in ids}
@@ -505,7 +476,8 @@ def _found_labels(dataset, name):
 
 
 def test_objects_of_every_image_slice_are_indexed_and_kept_in_sync(tmp_path):
-    dataset = _grouped_scenes(tmp_path)
+    dataset = _grouped(tmp_path, num_per_slice=20, make=make_scenes_dataset,
+                       seed=5)
     left, right = _label_ids(dataset, "left"), _label_ids(dataset, "right")
     dataset.group_slice = "right"  # indexed while another slice is active
     ais.enable_embeddings(dataset, model=tiny_clip_model_name(),

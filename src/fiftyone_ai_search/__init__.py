@@ -43,7 +43,7 @@ from .collections import (
 )
 from .config import get_settings
 from .duplicates import find_near_duplicates, near_duplicate_groups
-from .errors import AISearchError
+from .errors import AISearchError, IndexDamagedError
 from .embeddings import (
     AISearchNotEnabledError,
     IndexNotReadyError,
@@ -73,6 +73,7 @@ __all__ = [
     "AISearchNotEnabledError",
     "CollectionNotFoundError",
     "CropSettings",
+    "IndexDamagedError",
     "IndexNotReadyError",
     "ModelUnavailableError",
     "ObjectFieldError",

@@ -471,7 +471,8 @@ def calculate_embeddings(dataset: fod.Dataset, force: bool = False,
         wait (False): block until done and return a report
         verify_files (False): check the fingerprint of every sample's file,
             not only of samples edited since the last sync (finds images
-            overwritten on disk without FiftyOne knowing)
+            overwritten on disk without FiftyOne knowing), and every stored
+            vector (re-embeds those that are zero or not finite)
         progress (True): show a progress bar when ``wait=True``; or a
             callable ``progress(done, total)``
         secrets (None): plugin secrets (Qdrant URL / API key)

@@ -10,3 +10,14 @@ arguments, ``RuntimeError`` for a state that forbids the call, ...), so that
 
 class AISearchError(Exception):
     """Base class of the errors of fiftyone-ai-search."""
+
+
+class IndexDamagedError(AISearchError, RuntimeError):
+    """The index (or its state) is damaged: files truncated or missing,
+    vectors that are zero or not finite, a state document that is not one.
+
+    The message says what is wrong and what repairs it: a sync
+    (``calculate_embeddings``, which rebuilds a damaged index beside it), a
+    sync with ``verify_files=True`` (bad vectors), or
+    ``disable_embeddings`` then ``enable_embeddings``.
+    """

@@ -468,6 +468,8 @@ class Synchronizer:
         self._prepare()
         if self.building or verify_files:
             watermark = None
+        if verify_files and not self.building:
+            self._drop_invalid()
 
         deletion_at = _last_deletion_at(self.dataset)
         # (a build looks at every sample; what it holds of samples deleted
@@ -516,6 +518,18 @@ class Synchronizer:
 
     def _prepare(self):
         """Readies the index (it exists) for this kind of units."""
+
+    def _drop_invalid(self):
+        """Deletes the vectors that are zero or not finite (none gets in
+        now: left by an older version, or damage), so that this pass, which
+        looks at every unit, embeds theirs again as new."""
+        bad = self.store.invalid_keys()
+        if bad:
+            self._check()
+            self.store.delete(bad)
+            logger.warning(
+                "AI search index of %s held %d vector(s) that were zero or "
+                "not finite: deleted, embedded again", self.target, len(bad))
 
     def _remove_deleted(self):
         """Deletes the vectors of deleted samples, found by an id diff

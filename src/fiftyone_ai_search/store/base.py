@@ -18,7 +18,7 @@ import uuid
 import numpy as np
 
 from .. import validate
-from ..errors import AISearchError
+from ..errors import AISearchError, IndexDamagedError
 from . import cells as cl
 from . import ranks
 
@@ -268,7 +268,9 @@ class VectorStore(abc.ABC):
         sample_ids = list(sample_ids)
         payloads = list(payloads)
         point_ids = [sample_id_to_point_id(i) for i in sample_ids]
-        vectors = as_float32_matrix(vectors)
+        # every write's check (and its size, against the index, in the
+        # backend before anything is written)
+        vectors = normalize_rows(vectors)
         if not len(sample_ids) == len(vectors) == len(payloads):
             raise ValueError(
                 f"Got {len(sample_ids)} ids, {len(vectors)} vectors and "
@@ -277,7 +279,6 @@ class VectorStore(abc.ABC):
         if not sample_ids:
             return
 
-        vectors = normalize_rows(vectors)
         # every point gets a cell, UNASSIGNED while there are none: a query
         # that uses the cells scans those too (see cells.py); and its rank
         # (see ranks.py)
@@ -479,7 +480,46 @@ class VectorStore(abc.ABC):
             dim = self._require_info().dim
             return ids, np.zeros((0, dim), dtype=np.float32)
         # stored normalised already; renormalise to unit length in float32
-        return ids, normalize_rows(records_to_matrix(records))
+        return ids, self._stored_rows(records)
+
+    def _stored_rows(self, records):
+        """The vectors of ``records`` read from the index, as unit float32
+        rows.
+
+        Raises:
+            IndexDamagedError: if some are zero or not finite (written by a
+                version that let them in, or damaged): what repairs them
+        """
+        vectors = records_to_matrix(records)
+        bad = invalid_rows(vectors)
+        if bad.any():
+            raise IndexDamagedError(
+                f"The AI search index '{self.name}' holds {int(bad.sum())} "
+                "vector(s) that are zero or not finite (e.g. of "
+                f"{point_id_to_sample_id(records[int(np.argmax(bad))].id)}). "
+                "A sync with verify_files=True (ais.calculate_embeddings("
+                "dataset, verify_files=True, wait=True)) finds and "
+                "re-embeds them."
+            )
+        return normalize_rows(vectors)
+
+    def invalid_keys(self, page_size=None):
+        """The ids of the points whose stored vector is zero or not finite
+        (none that :meth:`upsert` lets in; left by an older version, or
+        damage). Reads every vector, a page at a time: a full pass, for
+        the sync that verifies everything.
+
+        Returns:
+            a list of ids
+        """
+        bad = []
+        for records in self._scroll_pages(int(page_size or CONVERT_ROWS),
+                                          None, True):
+            if records:
+                rows = invalid_rows(records_to_matrix(records))
+                bad.extend(point_id_to_sample_id(r.id)
+                           for r, b in zip(records, rows) if b)
+        return bad
 
     # -- the seeded random walk (see ranks.py) -----------------------------
 
@@ -511,8 +551,7 @@ class VectorStore(abc.ABC):
         if not ids:
             return ids, np.zeros((0, self._require_info().dim),
                                  dtype=np.float32)
-        return ids, normalize_rows(records_to_matrix([records[i]
-                                                      for i in order]))
+        return ids, self._stored_rows([records[i] for i in order])
 
     def query(self, vector, limit, sample_ids=None, min_score=None,
               near=False):
@@ -621,8 +660,7 @@ class VectorStore(abc.ABC):
                                                True, lacking)
                 if not records:
                     break
-                where = known.assign(
-                    normalize_rows(records_to_matrix(records)))
+                where = known.assign(self._stored_rows(records))
                 # only points still lacking: one written again meanwhile
                 # got its cell from its writer
                 self._set_field(cl.CELL_KEY, _grouped(records, where),
@@ -913,24 +951,62 @@ def check_dim(vectors, dim):
 def normalize_rows(vectors, dim=None):
     """Validates ``vectors`` and L2-normalises each row.
 
+    The one check every write passes through (:meth:`VectorStore.upsert`),
+    and every query vector too. The checks are made on what the index
+    stores, float32: a row must be finite there (``1e39`` is not) and not
+    zero (``1e-50`` is); its norm is taken after scaling the row by its
+    largest value, so that it neither overflows (a row of ``3e38``, whose
+    norm is no float32) nor underflows.
+
     Args:
-        vectors: an ``(n, dim)`` array-like
+        vectors: an ``(n, dim)`` array-like of numbers
         dim (None): the required vector size
 
     Returns:
         a C-contiguous float32 ``(n, dim)`` array of unit rows
 
     Raises:
-        ValueError: for a wrong shape, a non-finite value or a zero vector,
-            none of which has a cosine similarity
+        ValueError: for a wrong shape or size, a non-finite value or a zero
+            vector, none of which has a cosine similarity; it names the
+            first bad row
     """
-    arr = as_float32_matrix(vectors, dim=dim)
-    if not np.isfinite(arr).all():
-        raise ValueError("Vectors must be finite")
-    norms = np.linalg.norm(arr, axis=1, keepdims=True)
-    if (norms == 0).any():
-        raise ValueError("Vectors must not be zero")
-    return np.ascontiguousarray(arr / norms, dtype=np.float32)
+    raw = np.asarray(vectors)
+    if raw.dtype.kind not in "biuf":
+        if raw.dtype.kind != "O":
+            raise ValueError(f"Vectors must be numbers, got dtype {raw.dtype}")
+        try:
+            raw = raw.astype(np.float64)
+        except (TypeError, ValueError):
+            raise ValueError("Vectors must be numbers") from None
+    with np.errstate(over="ignore"):  # too large for float32: inf, refused
+        arr = as_float32_matrix(raw, dim=dim)
+    _refuse_rows(~np.isfinite(arr).all(axis=1),
+                 "must be finite (in float32, as the index stores them)")
+    peak = np.abs(arr).max(axis=1, keepdims=True) if arr.size else \
+        np.zeros((len(arr), 1), dtype=np.float32)
+    _refuse_rows(peak[:, 0] == 0, "must not be zero (in float32, as the "
+                 "index stores them)")
+    # each row's largest value becomes exactly +-1: its norm is in
+    # [1, sqrt(dim)], never 0 or inf
+    arr = arr / peak
+    arr /= np.linalg.norm(arr, axis=1, keepdims=True)
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def _refuse_rows(bad, problem):
+    """Raises the ValueError of the rows where ``bad`` is true, if any."""
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        raise ValueError(
+            f"Vectors {problem}: {len(rows)} of {len(bad)} are not (row(s) "
+            f"{rows[:5].tolist()})"
+        )
+
+
+def invalid_rows(vectors):
+    """Whether each row of a float32 matrix ``vectors`` is unusable (zero or
+    not finite), as :func:`normalize_rows` would refuse it."""
+    return ~np.isfinite(vectors).all(axis=1) | ~np.abs(vectors).any(axis=1)
 
 
 def normalize_vector(vector, dim=None):

@@ -1,0 +1,111 @@
+"""Hostile inputs and broken environments (issue 21): poisoned vectors,
+damaged state documents, corrupt index files, torn collections, a full
+disk. Each must fail alone with an error that says what is wrong and what
+repairs it, never hang, poison or tear anything; and disable always works.
+
+Real components throughout: the bundled tiny CLIP, the embedded index,
+a private mongod.
+"""
+
+import numpy as np
+import pytest
+
+import fiftyone_ai_search as ais
+from fiftyone_ai_search import runner
+from fiftyone_ai_search.errors import IndexDamagedError
+from fiftyone_ai_search.store import sample_id_to_point_id
+
+from helpers import shapes_dataset
+
+KEY = "ai_search"
+
+
+def _indexed(tmp_path, num_samples=12):
+    dataset = shapes_dataset(tmp_path, num_samples=num_samples)
+    ais.calculate_embeddings(dataset, wait=True, progress=False)
+    return dataset
+
+
+def _store(dataset):
+    return runner.open_index(dataset)
+
+
+# -- (2) poisoned vectors ------------------------------------------------------
+
+
+def test_vectors_whose_norm_overflows_float32_are_stored_right(tmp_path):
+    dataset = _indexed(tmp_path)
+    index = dataset.load_brain_results(KEY)
+    ids = dataset.values("id")[:2]
+    huge = np.full((2, 64), 3e38, dtype=np.float32)  # norm: no float32
+    huge[1, ::2] = -3e38
+
+    index.add_to_index(huge, ids)
+
+    held = dict(zip(*ais.get_embeddings(dataset)))
+    np.testing.assert_allclose(held[ids[0]], np.full(64, 0.125), atol=1e-6)
+    np.testing.assert_allclose(held[ids[1]], huge[1] / 3e38 / 8, atol=1e-6)
+    # and everything that reads all vectors works
+    assert ais.perform_ai_search(dataset, method="centroids", limit=5)
+
+
+@pytest.mark.parametrize("bad, problem", [
+    (np.zeros(64), "must not be zero"),
+    (np.full(64, 1e-50), "must not be zero"),  # zero in float32
+    (np.full(64, np.nan), "must be finite"),
+    (np.r_[np.ones(63), np.inf], "must be finite"),
+    (np.full(64, 1e39), "must be finite"),  # inf in float32
+    (np.ones(65), "size 64"),
+])
+def test_unusable_vectors_are_refused_at_every_write(tmp_path, bad, problem):
+    dataset = _indexed(tmp_path, num_samples=4)
+    before = dict(zip(*ais.get_embeddings(dataset)))
+    sample_id = dataset.first().id
+    store = _store(dataset)
+    vectors = np.stack([np.ones(len(bad)), bad])
+    two = [dataset.values("id")[1], sample_id]
+
+    # the Brain's add_to_index goes through the sync's write_given, which
+    # goes through the store's upsert: each refuses, nothing written
+    from fiftyone_ai_search.sync import write_given
+
+    with pytest.raises(ValueError, match=problem):
+        write_given(dataset, store, two, vectors)
+    with pytest.raises(ValueError, match=problem):
+        store.upsert(two, vectors, [{}, {}])
+    if len(bad) == 64:
+        with pytest.raises(ValueError, match=problem):
+            dataset.load_brain_results(KEY).add_to_index(vectors, two)
+
+    after = dict(zip(*ais.get_embeddings(dataset)))
+    assert after.keys() == before.keys()
+    for k in before:
+        np.testing.assert_array_equal(after[k], before[k])
+
+
+def test_verify_files_repairs_vectors_that_slipped_in(tmp_path):
+    dataset = _indexed(tmp_path)
+    good = dict(zip(*ais.get_embeddings(dataset)))
+    zero, nan = dataset.values("id")[3:5]
+    store = _store(dataset)
+    # as an older version would have stored them: past the checks
+    store._upsert_points(
+        [sample_id_to_point_id(zero), sample_id_to_point_id(nan)],
+        np.stack([np.zeros(64), np.full(64, np.nan)]).astype(np.float32),
+        [{"sample_id": zero}, {"sample_id": nan}])
+    store.close()
+
+    # what reads them says what is wrong and what repairs it
+    with pytest.raises(IndexDamagedError, match="verify_files=True"):
+        ais.get_embeddings(dataset)
+    with pytest.raises(IndexDamagedError, match="verify_files=True"):
+        ais.perform_ai_search(dataset, method="centroids", limit=5)
+    # a plain sync sees nothing changed; the full check finds them
+    report = ais.calculate_embeddings(dataset, wait=True, verify_files=True,
+                                      progress=False)
+
+    assert report.added == 2 and report.failed == 0
+    repaired = dict(zip(*ais.get_embeddings(dataset)))
+    assert repaired.keys() == good.keys()
+    for k in good:
+        np.testing.assert_allclose(repaired[k], good[k], atol=1e-6)

@@ -15,6 +15,8 @@ from fiftyone_ai_search import runner
 from fiftyone_ai_search.errors import IndexDamagedError
 from fiftyone_ai_search.store import sample_id_to_point_id
 
+from fiftyone_ai_search.demo import tiny_clip_model_name
+
 from helpers import shapes_dataset
 
 KEY = "ai_search"
@@ -109,3 +111,76 @@ def test_verify_files_repairs_vectors_that_slipped_in(tmp_path):
     assert repaired.keys() == good.keys()
     for k in good:
         np.testing.assert_allclose(repaired[k], good[k], atol=1e-6)
+
+
+# -- (5) damaged state documents -----------------------------------------------
+
+
+def _in_time(call, seconds=60):
+    """``call()``'s result or error, failing if it takes over ``seconds``
+    (a loop that never ends)."""
+    import threading
+
+    out = {}
+
+    def run():
+        try:
+            out["result"] = call()
+        except BaseException as e:  # noqa: BLE001 (handed to the test)
+            out["error"] = e
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still running after {seconds} s"
+    if "error" in out:
+        raise out["error"]
+    return out["result"]
+
+
+@pytest.mark.parametrize("garbage, problem", [
+    ({"enabled": "yes"}, "enabled"),
+    ({"build": {}}, "build"),
+    ({"index": "garbage"}, "index"),
+    ({"lease": {"token": "t", "host": "elsewhere", "pid": 1}}, "lease"),
+    ({"retired": "notalist"}, "retired"),
+    ({"schema_version": "2"}, "schema_version"),
+    ({"watermark": "yesterday"}, "watermark"),
+    ({"generation": None}, "generation"),
+])
+def test_a_damaged_state_says_so_never_loops_and_disable_repairs_it(
+        tmp_path, garbage, problem):
+    import os
+
+    from fiftyone_ai_search import state as st
+    from fiftyone_ai_search.errors import StateDamagedError
+
+    dataset = _indexed(tmp_path, num_samples=6)
+    index_dir = _store(dataset).path
+    st._states().update_one({"_id": st.dataset_key(dataset)},
+                            {"$set": garbage})
+
+    # every call says what is wrong and what repairs it, at once
+    for call in (
+        lambda: ais.calculate_embeddings(dataset, wait=True, progress=False),
+        lambda: ais.calculate_embeddings(dataset, force=True, wait=True,
+                                         progress=False),
+        lambda: ais.perform_ai_search(dataset, prompt="a red circle"),
+        lambda: ais.get_status(dataset),
+        lambda: ais.get_embeddings(dataset),
+    ):
+        with pytest.raises(StateDamagedError) as e:
+            _in_time(call)
+        assert problem in str(e.value)
+        assert "disable_embeddings(dataset)" in str(e.value)
+        assert dataset.name in str(e.value)
+
+    # disable always works, and leaves nothing behind
+    _in_time(lambda: ais.disable_embeddings(dataset))
+    assert st.get(dataset) is None
+    assert not os.path.exists(index_dir)
+    # enable again: a working index
+    ais.enable_embeddings(dataset, model=tiny_clip_model_name(),
+                          compute=False)
+    ais.calculate_embeddings(dataset, wait=True, progress=False)
+    assert ais.perform_ai_search(dataset, prompt="a red circle", limit=3)

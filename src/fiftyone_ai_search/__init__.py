@@ -43,7 +43,7 @@ from .collections import (
 )
 from .config import get_settings
 from .duplicates import find_near_duplicates, near_duplicate_groups
-from .errors import AISearchError, IndexDamagedError
+from .errors import AISearchError, IndexDamagedError, StateDamagedError
 from .embeddings import (
     AISearchNotEnabledError,
     IndexNotReadyError,
@@ -78,6 +78,7 @@ __all__ = [
     "ModelUnavailableError",
     "ObjectFieldError",
     "QdrantUnreachableError",
+    "StateDamagedError",
     "SyncReport",
     "TEMPORARY_COLLECTION",
     "UnsupportedMediaError",

@@ -411,7 +411,7 @@ def disable(dataset, unregister=True):
     doc = st.disable(dataset)  # one write: running computations are stale
     if doc is None:
         return
-    if unregister and doc.get("brain_key"):
+    if unregister and isinstance(doc.get("brain_key"), str):
         from . import brain
 
         brain.unregister(targets.dataset_of(dataset), doc["brain_key"])
@@ -436,6 +436,8 @@ def delete_index_and_state(doc, settings=None):
     runner.drop_indexes(doc["_id"], st.indexes_of(doc), settings)
     delete_collections_of(doc["_id"])
     st.delete_key(doc["_id"])
+    if st.problems(doc):  # it may have lost the names of its indexes
+        runner.drop_unreferenced(doc["_id"], settings)
 
 
 def is_embeddings_enabled(dataset: fod.Dataset,

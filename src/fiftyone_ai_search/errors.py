@@ -21,3 +21,9 @@ class IndexDamagedError(AISearchError, RuntimeError):
     sync with ``verify_files=True`` (bad vectors), or
     ``disable_embeddings`` then ``enable_embeddings``.
     """
+
+
+class StateDamagedError(IndexDamagedError):
+    """The AI search state document of a dataset is not one (a field of
+    the wrong type, missing, or garbage). Disabling AI search always works
+    and repairs it; enable it again afterwards."""

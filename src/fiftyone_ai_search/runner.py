@@ -125,6 +125,25 @@ def drop_indexes(key, refs, settings=None):
         st.forget_retired(key, ref)
 
 
+def drop_unreferenced(key, settings=None):
+    """Drops the embedded indexes of the target whose key is ``key`` that
+    its state no longer names (a damaged state lost their references): by
+    their names, which hold the key (see :func:`fiftyone_ai_search.state.
+    index_name`). Only once its state is gone: an index named by a
+    state written meanwhile (a new enable) stays."""
+    import re
+
+    settings = settings or get_settings()
+    root = settings.storage_dir
+    if not root or not os.path.isdir(root) or st.get_raw(key) is not None:
+        return
+    pattern = re.compile(re.escape(st.index_name(key, "@")).replace(
+        "@", "[0-9a-z]+") + "$")
+    for name in sorted(os.listdir(root)):
+        if pattern.match(name):
+            drop_indexes(key, [{"name": name, "backend": "edge"}], settings)
+
+
 def acquire(dataset, timeout=None):
     """Takes the dataset's lease, waiting while another computation runs.
 
@@ -180,6 +199,7 @@ def run_sync(dataset, force=False, verify_files=False, progress=None,
     with acquire(dataset):
         try:
             total = None
+            stale = 0  # passes stopped at the same generation
             while True:
                 doc = st.get(dataset)
                 if doc is None or not doc.get("enabled"):
@@ -193,6 +213,7 @@ def run_sync(dataset, force=False, verify_files=False, progress=None,
                 except st.StaleGeneration as e:
                     logger.info("AI search sync of '%s' stopped: %s",
                                 dataset.name, e)
+                    stale = _stale_again(dataset, doc, e, stale)
                     continue
                 logger.info("AI search sync of '%s': %s", dataset.name, report)
                 total = report if total is None else total.then(report)
@@ -210,6 +231,26 @@ def run_sync(dataset, force=False, verify_files=False, progress=None,
         except Exception as e:
             st.update(dataset, last_error=f"{type(e).__name__}: {e}")
             raise
+
+
+#: passes that may stop at an unchanged generation before the state is
+#: taken for damaged (a pass stops when the state changed: a generation
+#: that did not change means the state contradicts itself)
+MAX_STALE_PASSES = 3
+
+
+def _stale_again(dataset, doc, error, stale):
+    """After a pass stopped (``error``, a StaleGeneration): the count of
+    passes stopped at ``doc``'s generation; raises StateDamagedError once
+    too many did, rather than loop."""
+    now = st.get(dataset)
+    if now is None or now.get("generation") != doc["generation"]:
+        return 0
+    stale += 1
+    if stale >= MAX_STALE_PASSES:
+        raise st.damaged(doc["_id"], doc, [
+            f"{stale} passes stopped with the state unchanged ({error})"])
+    return stale
 
 
 def _run_progress(progress):

@@ -46,7 +46,7 @@ import uuid
 import pymongo
 
 from . import targets
-from .errors import AISearchError
+from .errors import AISearchError, StateDamagedError
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def _new_generation():
     return uuid.uuid4().hex[:12]
 
 
-def _index_name(key, generation):
+def index_name(key, generation):
     """A new index's name: its target's key and generation, in the
     characters index names allow (a field's name may hold others)."""
     dataset_id, field = targets.split_key(key)
@@ -121,7 +121,7 @@ def _new_build(key, generation, model, pretrained, model_identity, backend,
     already has to fill it from (see :mod:`fiftyone_ai_search.existing`);
     ``crop`` the crop settings of an object index."""
     return {
-        "name": _index_name(key, generation),
+        "name": index_name(key, generation),
         "model": model,
         "pretrained": pretrained,
         "model_identity": model_identity,
@@ -142,6 +142,8 @@ def _migrate(doc):
     ``build``, which the next sync resumes (or drops, if of another model).
     """
     version = doc.get("schema_version", 1)
+    if not isinstance(version, int) or isinstance(version, bool):
+        return doc  # damaged: found by check(); nothing to migrate
     if version > STATE_SCHEMA_VERSION:
         raise RuntimeError(
             f"AI search state of dataset {doc['_id']} was written by a newer "
@@ -203,16 +205,150 @@ def get(dataset):
 
 
 def get_key(key):
-    """The state document of the dataset whose id is ``key``, or None."""
+    """The state document of the dataset whose id is ``key``, or None.
+
+    Raises:
+        StateDamagedError: if the document is not a sound state document
+            (see :func:`problems`): the message says what is wrong and
+            that disabling AI search (which always works) repairs it
+    """
     doc = _states().find_one({"_id": key})
     if doc is None:
         return None
     version = doc.get("schema_version", 1)
     doc = _migrate(doc)
+    found = problems(doc)
+    if found:
+        raise damaged(key, doc, found)
     if version < STATE_SCHEMA_VERSION:
         # rewritten once, only if nobody rewrote it meanwhile
         _states().replace_one({"_id": key, "schema_version": version}, doc)
     return doc
+
+
+def get_raw(key):
+    """The state document of ``key`` as stored (not checked nor
+    migrated), or None."""
+    return _states().find_one({"_id": key})
+
+
+def damaged(key, doc, found):
+    """The :class:`StateDamagedError` of the document ``doc`` of ``key``,
+    whose ``found`` problems say what is wrong."""
+    dataset_id, field = targets.split_key(key)
+    name = doc.get("dataset_name")
+    what = f"dataset '{name}'" if isinstance(name, str) else \
+        f"the dataset with id {dataset_id}"
+    args = "dataset" if field is None else f"dataset, patches_field={field!r}"
+    return StateDamagedError(
+        f"The AI search state of {what}"
+        f"{'' if field is None else f' (objects of {field!r})'} is damaged: "
+        f"{'; '.join(found[:5])}. Disable AI search and enable it again to "
+        f"repair it: fiftyone_ai_search.disable_embeddings({args}), then "
+        f"enable_embeddings({args}, model=...) (its index is rebuilt)"
+    )
+
+
+# -- the schema of a state document -------------------------------------------
+
+
+def _short(value):
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is(*types):
+    def ok(value):
+        return isinstance(value, types) and not (
+            isinstance(value, bool) and bool not in types)
+    return ok
+
+
+def _optional(ok):
+    return lambda value: value is None or ok(value)
+
+
+def usable_ref(ref):
+    """Whether ``ref`` names an index that can be opened (and dropped):
+    a dict with a ``name`` and a known ``backend``."""
+    from .store import base
+
+    return (isinstance(ref, dict) and isinstance(ref.get("name"), str)
+            and base._NAME_RE.match(ref["name"]) is not None
+            and ref.get("backend") in ("edge", "server"))
+
+
+def _ref(ref):
+    """Whether ``ref`` is a sound index reference."""
+    return (usable_ref(ref) and isinstance(ref.get("model"), str)
+            and isinstance(ref.get("model_identity"), str)
+            and _optional(_is(str))(ref.get("pretrained"))
+            and _optional(_is(dict))(ref.get("crop")))
+
+
+def _build(ref):
+    return _ref(ref) and isinstance(ref.get("generation"), str)
+
+
+def _holder(fields):
+    """Whether a lease (or a pending run) has ``fields`` of the right
+    types: ``{name: type}``."""
+    return lambda value: isinstance(value, dict) and all(
+        _is(t)(value.get(k)) for k, t in fields.items())
+
+
+_LEASE = _holder({"token": str, "host": str, "pid": int,
+                  "heartbeat": datetime.datetime})
+_PENDING = _holder({"pid": int, "host": str, "since": datetime.datetime})
+_DATE = _optional(_is(datetime.datetime))
+
+#: ``(field, check, what it must be, required)`` of every state document
+_ALWAYS = [
+    ("schema_version", _is(int), "an integer", False),
+    ("enabled", _is(bool), "true or false", True),
+    ("generation", _is(str), "a string", True),
+    ("lease", _optional(_LEASE), "null or a lease (token, host, pid, "
+     "heartbeat)", False),
+    ("pending", _optional(_PENDING), "null or a started worker (pid, host, "
+     "since)", False),
+    ("retired", lambda v: isinstance(v, list) and all(map(usable_ref, v)),
+     "a list of index references", False),
+    ("rerun_requested", _is(bool), "true or false", False),
+]
+
+#: and of one whose AI search is on
+_ENABLED = [
+    ("model", _is(str), "a string", True),
+    ("model_identity", _is(str), "a string", True),
+    ("backend", lambda v: v in ("edge", "server"), "'edge' or 'server'",
+     True),
+    ("pretrained", _optional(_is(str)), "null or a string", False),
+    ("crop", _optional(_is(dict)), "null or a dict", False),
+    ("index", _optional(_ref), "null or an index reference", False),
+    ("build", _optional(_build), "null or an index reference with its "
+     "generation", False),
+    ("watermark", _DATE, "null or a date", False),
+    ("deletion_watermark", _DATE, "null or a date", False),
+    ("updated_at", _DATE, "null or a date", False),
+    ("progress", _optional(_is(dict)), "null or a dict", False),
+    ("last_report", _optional(_is(dict)), "null or a dict", False),
+    ("last_error", _optional(_is(str)), "null or a string", False),
+    ("brain_key", _optional(_is(str)), "null or a string", False),
+]
+
+
+def problems(doc):
+    """What is wrong with a state document (as :func:`_migrate` left it):
+    a list of ``"field: must be ..., got ..."``, empty if it is sound."""
+    found = []
+    rules = _ALWAYS + (_ENABLED if doc.get("enabled") is True else [])
+    for field, ok, what, required in rules:
+        if field not in doc:
+            if required:
+                found.append(f"{field}: missing")
+        elif not ok(doc[field]):
+            found.append(f"{field}: must be {what}, got {_short(doc[field])}")
+    return found
 
 
 def _same(ref, model_identity, backend, crop=None):
@@ -231,9 +367,12 @@ def same_index(a, b):
 
 
 def indexes_of(doc):
-    """Every index a state document references: ``[{name, backend, ...}]``."""
-    refs = [doc.get("index"), doc.get("build"), *(doc.get("retired") or [])]
-    return [r for r in refs if r]
+    """Every index a state document references: ``[{name, backend, ...}]``
+    (of a damaged document, those that can be opened)."""
+    retired = doc.get("retired")
+    refs = [doc.get("index"), doc.get("build"),
+            *(retired if isinstance(retired, list) else [])]
+    return [r for r in refs if usable_ref(r)]
 
 
 def enable(dataset, model, pretrained, model_identity, backend,
@@ -397,7 +536,8 @@ def forget_retired(dataset_or_key, ref):
     """Removes a dropped index from the ``retired`` list."""
     key = (dataset_or_key if isinstance(dataset_or_key, str)
            else dataset_key(dataset_or_key))
-    _states().update_one({"_id": key}, {"$pull": {"retired": {"name": ref["name"]}}})
+    _states().update_one({"_id": key, "retired": {"$type": "array"}},
+                         {"$pull": {"retired": {"name": ref["name"]}}})
 
 
 def enabled_states():
@@ -537,8 +677,9 @@ def _pid_alive(pid):
 
 
 def _holder_alive(holder, now):
-    """Whether the process described by ``holder`` may still be running."""
-    if holder is None:
+    """Whether the process described by ``holder`` may still be running
+    (a damaged one: no)."""
+    if not _LEASE(holder):
         return False
     if holder.get("host") == socket.gethostname():
         return _pid_alive(holder["pid"])
@@ -555,7 +696,8 @@ def is_running(doc):
         # a live process whose heartbeat stopped is hung: don't wait forever
         return (now - lease["heartbeat"]).total_seconds() < LEASE_STALE_SECONDS
     pending = doc.get("pending")
-    if pending and _holder_alive(dict(pending, heartbeat=pending["since"]), now):
+    if _PENDING(pending) and _holder_alive(
+            dict(pending, token="", heartbeat=pending["since"]), now):
         return (now - pending["since"]).total_seconds() < PENDING_GRACE_SECONDS
     return False
 
@@ -612,9 +754,13 @@ def try_acquire(dataset):
     """
     key = dataset_key(dataset)
     now = utcnow()
-    doc = _states().find_one({"_id": key}, {"lease": 1})
+    doc = _states().find_one({"_id": key})
     if doc is None:
         return None
+    found = problems(_migrate(doc))
+    if found:
+        # never a lease of a damaged state: a waiter would wait forever
+        raise damaged(key, doc, found)
 
     lease = doc.get("lease")
     if lease and is_running({"lease": lease}):

@@ -13,7 +13,7 @@ import pytest
 import fiftyone_ai_search as ais
 from fiftyone_ai_search import runner
 from fiftyone_ai_search.errors import IndexDamagedError
-from fiftyone_ai_search.store import sample_id_to_point_id
+from fiftyone_ai_search.store import edge, sample_id_to_point_id
 
 from fiftyone_ai_search.demo import tiny_clip_model_name
 
@@ -183,4 +183,116 @@ def test_a_damaged_state_says_so_never_loops_and_disable_repairs_it(
     ais.enable_embeddings(dataset, model=tiny_clip_model_name(),
                           compute=False)
     ais.calculate_embeddings(dataset, wait=True, progress=False)
+    assert ais.perform_ai_search(dataset, prompt="a red circle", limit=3)
+
+
+# -- (4) corrupt index files ---------------------------------------------------
+
+
+def _truncate(path, keep=0):
+    with open(path, "rb") as f:
+        data = f.read()
+    with open(path, "wb") as f:
+        f.write(data[:keep])
+
+
+def _garbage(path):
+    with open(path, "wb") as f:
+        f.write(b"\x00garbage\xff" * 50)
+
+
+def _damage_segments(index_dir):
+    import os
+
+    for root, _, files in os.walk(os.path.join(index_dir, "shard")):
+        for name in files:
+            if not name.endswith(".json"):
+                _garbage(os.path.join(root, name))
+
+
+def _replace_by_file(index_dir):
+    import shutil
+
+    shutil.rmtree(index_dir)
+    with open(index_dir, "w") as f:
+        f.write("not an index")
+
+
+def _learn_cells(dataset):
+    ais.maintain_index(dataset, min_points=1)
+    assert _store(dataset).cells() is not None
+
+
+@pytest.mark.parametrize("damage, says", [
+    (lambda d, cells: _truncate(f"{d}/index.json", 10), "index.json"),
+    (lambda d, cells: _truncate(f"{d}/index.json"), "index.json"),
+    (lambda d, cells: __import__("shutil").rmtree(f"{d}/shard"), "shard"),
+    (lambda d, cells: _damage_segments(d), "shard"),
+    (lambda d, cells: _garbage(f"{d}/cells.json"), "cells.json"),
+    (lambda d, cells: _truncate(cells, 100), "cell centres"),
+    (lambda d, cells: _replace_by_file(d), "not a directory"),
+])
+def test_a_damaged_index_is_said_and_a_plain_sync_rebuilds_it(
+        tmp_path, damage, says):
+    import glob
+    import os
+
+    dataset = _indexed(tmp_path, num_samples=16)
+    _learn_cells(dataset)
+    best = ais.get_collection_scores(
+        dataset, ais.perform_ai_search(dataset, prompt="a red circle",
+                                       limit=5))
+    index_dir = _store(dataset).path
+    runner.open_index(dataset).close()
+    damage(index_dir, glob.glob(f"{index_dir}/cells-*.npy")[0])
+    edge._cells_cache.clear()  # what this process read: as a new process
+
+    # searches say what is wrong and what repairs it; so does the status
+    with pytest.raises(IndexDamagedError) as e:
+        ais.perform_ai_search(dataset, prompt="a red circle", limit=5)
+    assert says in str(e.value)
+    assert "calculate_embeddings(dataset, wait=True)" in str(e.value)
+    status = ais.get_status(dataset)
+    assert status["counts"]["num_indexed"] is None
+    assert says in status["index_error"]
+
+    # a plain sync rebuilds it beside, and searches work as before
+    report = ais.calculate_embeddings(dataset, wait=True, progress=False)
+    assert report.rebuilt and report.added == 16
+    again = ais.get_collection_scores(
+        dataset, ais.perform_ai_search(dataset, prompt="a red circle",
+                                       limit=5))
+    assert [i for i, _ in again] == [i for i, _ in best]
+    assert not os.path.exists(index_dir)  # the damaged one was dropped
+    assert ais.get_status(dataset)["counts"]["num_indexed"] == 16
+
+
+def test_disable_removes_a_damaged_index(tmp_path):
+    import os
+
+    for damage in (_replace_by_file, _damage_segments,
+                   lambda d: _truncate(f"{d}/index.json", 3)):
+        dataset = _indexed(tmp_path, num_samples=4)
+        index_dir = _store(dataset).path
+        runner.open_index(dataset).close()
+        damage(index_dir)
+
+        ais.disable_embeddings(dataset)
+
+        assert not os.path.exists(index_dir)
+        assert not ais.is_embeddings_enabled(dataset)
+
+
+def test_the_refresher_rebuilds_a_damaged_index(tmp_path):
+    from fiftyone_ai_search.scheduler import refresh_all
+
+    dataset = _indexed(tmp_path, num_samples=8)
+    _learn_cells(dataset)
+    index_dir = _store(dataset).path
+    runner.open_index(dataset).close()
+    _garbage(f"{index_dir}/cells.json")
+
+    report = refresh_all([dataset.name])
+
+    assert report.synced[dataset.name].rebuilt
     assert ais.perform_ai_search(dataset, prompt="a red circle", limit=3)

@@ -13,7 +13,7 @@ from . import runner
 from . import state as st
 from . import targets
 from .config import BACKENDS, get_settings
-from .errors import AISearchError
+from .errors import AISearchError, IndexDamagedError
 
 if TYPE_CHECKING:  # for annotations only
     import datetime
@@ -563,7 +563,8 @@ def get_status(dataset: fod.Dataset, max_failures: int = 100,
         ``num_failed``), ``failures`` (up to ``max_failures`` of
         ``sample_id``, ``filepath``, ``reason``), ``last_report`` and
         ``last_error``; and ``object_fields``: the label fields with object
-        search on
+        search on. Where the index is damaged, ``num_indexed`` is None and
+        ``index_error`` says what is wrong and what repairs it
     """
     target = _target(dataset, patches_field)
     dataset = targets.dataset_of(target)
@@ -607,7 +608,14 @@ def get_status(dataset: fod.Dataset, max_failures: int = 100,
     store = runner.open_index(dataset, doc=doc)
     if store is not None:
         try:
-            num_indexed = store.count() if store.exists() else 0
+            if store.exists():
+                store.check()
+                num_indexed = store.count()
+            else:
+                store.info()  # damaged (a file where it was): raises
+        except IndexDamagedError as e:
+            # said, not raised: the status is where one looks for why
+            num_indexed, status["index_error"] = None, str(e)
         finally:
             store.close()
     samples = media.indexed_samples(dataset)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from . import state as st
 from . import targets
 from .config import get_settings
+from .errors import IndexDamagedError, StateDamagedError
 
 if TYPE_CHECKING:  # for annotations only
     import fiftyone.core.dataset as fod
@@ -200,6 +201,7 @@ def run_sync(dataset, force=False, verify_files=False, progress=None,
         try:
             total = None
             stale = 0  # passes stopped at the same generation
+            damaged = 0  # indexes found damaged, and rebuilt
             while True:
                 doc = st.get(dataset)
                 if doc is None or not doc.get("enabled"):
@@ -214,6 +216,17 @@ def run_sync(dataset, force=False, verify_files=False, progress=None,
                     logger.info("AI search sync of '%s' stopped: %s",
                                 dataset.name, e)
                     stale = _stale_again(dataset, doc, e, stale)
+                    continue
+                except IndexDamagedError as e:
+                    if isinstance(e, StateDamagedError):
+                        raise
+                    damaged += 1
+                    if damaged > MAX_DAMAGED_REBUILDS:
+                        raise  # the new one too: something else is wrong
+                    # as for a model change: built beside, switched to once
+                    # complete; the damaged one is dropped then
+                    logger.warning("%s Rebuilding it.", e)
+                    st.plan_rebuild(dataset)
                     continue
                 logger.info("AI search sync of '%s': %s", dataset.name, report)
                 total = report if total is None else total.then(report)
@@ -232,6 +245,10 @@ def run_sync(dataset, force=False, verify_files=False, progress=None,
             st.update(dataset, last_error=f"{type(e).__name__}: {e}")
             raise
 
+
+#: damaged indexes a run rebuilds before it gives up (the rebuilt one damaged
+#: again: a disk that fails, a process that writes into the index)
+MAX_DAMAGED_REBUILDS = 2
 
 #: passes that may stop at an unchanged generation before the state is
 #: taken for damaged (a pass stops when the state changed: a generation
@@ -291,6 +308,8 @@ def _sync_pass(dataset, doc, settings, verify_files, progress):
                            dataset.name)
             st.plan_rebuild(dataset)
             raise st.StaleGeneration("the index is missing")
+        if not building:
+            store.check()  # damaged: rebuilt beside (see run_sync)
         model = load_index_model(ref, settings)
         if model.spec.identity != ref["model_identity"]:
             raise IndexMismatchError(

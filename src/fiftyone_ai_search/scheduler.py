@@ -157,12 +157,21 @@ def _consistent(dataset, doc, settings):
     """The consistency check of a dataset with nothing new: a mismatch
     (an index changed behind our back) makes the pass sync it, which
     repairs it."""
+    from .errors import IndexDamagedError, StateDamagedError
     from .runner import open_index
+    from .store import IndexNotFoundError
     from .sync import is_consistent
 
     store = open_index(dataset, settings, doc)
     try:
+        store.check()
         return is_consistent(dataset, store)
+    except IndexNotFoundError:
+        return False  # the sync rebuilds it
+    except IndexDamagedError as e:
+        if isinstance(e, StateDamagedError):
+            raise
+        return False  # the sync rebuilds it
     finally:
         store.close()
 

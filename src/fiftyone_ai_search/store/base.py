@@ -227,6 +227,18 @@ class VectorStore(abc.ABC):
 
             return True
 
+    def check(self):
+        """Raises :class:`~fiftyone_ai_search.errors.IndexDamagedError` if
+        the index is damaged (files truncated, missing or garbage), saying
+        what is wrong; a sync then rebuilds it beside. Cheap: what a
+        search reads anyway.
+
+        Raises:
+            IndexNotFoundError: if the index does not exist
+        """
+        self._require_info()
+        self.cells()
+
     def close(self):
         """Releases any resources held. The store can be reused afterwards."""
 

@@ -40,6 +40,7 @@ import qdrant_edge as qe
 
 import numpy as np
 
+from ..errors import IndexDamagedError
 from . import cells as cl
 from . import ranks as rk
 from .base import (
@@ -226,6 +227,9 @@ class EdgeStore(VectorStore):
         try:
             # create: the directory may not exist yet (a new index)
             ok = shared.process_lock.acquire(deadline, create=True)
+        except (FileExistsError, NotADirectoryError):
+            shared.thread_lock.release()
+            raise self._damaged("it is a file, not a directory") from None
         except BaseException:
             shared.thread_lock.release()
             raise
@@ -329,6 +333,28 @@ class EdgeStore(VectorStore):
             self._acquire(shared, time.monotonic() + self.lock_timeout)
         return self._open(shared)
 
+    def _damaged(self, what, error=None):
+        """The :class:`IndexDamagedError` of this index: ``what`` is
+        wrong (because of ``error``)."""
+        why = f" ({type(error).__name__}: {error})" if error else ""
+        return IndexDamagedError(
+            f"The AI search index '{self.name}' ({self.path}) is damaged: "
+            f"{what}{why}. A sync rebuilds it beside "
+            "(fiftyone_ai_search.calculate_embeddings(dataset, wait=True)), "
+            "which searches use once complete; disable_embeddings(dataset) "
+            "removes it."
+        )
+
+    def check(self):
+        """Raises :class:`IndexDamagedError` unless the index's files are
+        whole: its description, its shard (opened, and kept open for what
+        follows) and its cells."""
+        with self._locked(keep_open=True) as shared:
+            self._open(shared)
+            # read again: the centres may be damaged under a cached copy
+            _cells_cache.pop(self._cells_path, None)
+            self.cells()
+
     def _busy_error(self, holder):
         return IndexBusyError(
             f"The AI search index '{self.name}' ({self.path}) is in use by "
@@ -356,7 +382,11 @@ class EdgeStore(VectorStore):
                 # only a process that does not take our locks (e.g. one
                 # forked while the shard was open) can get here
                 if "WouldBlock" not in str(e):
-                    raise
+                    if not os.path.isdir(self._shard_path):
+                        raise self._damaged("its shard is missing") from None
+                    if "no space left" in str(e).lower():
+                        raise
+                    raise self._damaged("its shard does not load", e) from e
                 if time.monotonic() >= deadline:
                     raise self._busy_error(
                         "a process that holds its files directly (one forked "
@@ -385,9 +415,17 @@ class EdgeStore(VectorStore):
     def info(self):
         try:
             with open(self._info_path) as f:
-                return IndexInfo.from_dict(json.load(f))
+                data = json.load(f)
         except FileNotFoundError:
             return None
+        except NotADirectoryError:
+            raise self._damaged("it is a file, not a directory") from None
+        except ValueError as e:  # truncated, empty, garbage
+            raise self._damaged(f"its {INFO_FILE} is unreadable", e) from None
+        info = _info_of(data)
+        if info is None:
+            raise self._damaged(f"its {INFO_FILE} describes no index")
+        return info
 
     def create(self, info):
         with self._locked() as shared:
@@ -404,6 +442,10 @@ class EdgeStore(VectorStore):
             _write_json_atomic(self._info_path, info.to_dict())
 
     def drop(self):
+        if os.path.lexists(self.path) and not os.path.isdir(self.path):
+            # damaged: a file where the index was (nobody can hold it)
+            os.remove(self.path)
+            return
         with self._locked() as shared:
             self._close_shard(shared)
             with contextlib.suppress(FileNotFoundError):
@@ -547,14 +589,31 @@ class EdgeStore(VectorStore):
                 meta = json.load(f)
         except FileNotFoundError:
             return None  # dropped meanwhile
+        except ValueError as e:
+            raise self._damaged(f"its {CELLS_FILE} is unreadable",
+                                e) from None
 
         def centres_of(meta):
+            path = self._centres_path(int(meta["generation"]))
             try:
-                return np.load(self._centres_path(meta["generation"]))
+                centres = np.load(path)
             except FileNotFoundError:
                 return None  # dropped meanwhile
+            except (ValueError, OSError) as e:  # truncated, garbage
+                raise self._damaged(
+                    f"its cell centres {os.path.basename(path)} are "
+                    "unreadable", e) from None
+            if (centres.ndim != 2 or not len(centres)
+                    or not np.isfinite(centres).all()):
+                raise self._damaged(f"its cell centres {os.path.basename(path)}"
+                                    f" are not centres (shape {centres.shape})")
+            return centres
 
-        cells = cl.Cells.from_dict(meta, centres_of)
+        try:
+            cells = cl.Cells.from_dict(meta, centres_of)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise self._damaged(f"its {CELLS_FILE} describes no cells",
+                                e) from None
         if cells is None:
             return None
         _cells_cache[self._cells_path] = (key, cells)
@@ -665,6 +724,19 @@ class EdgeStore(VectorStore):
                     "cells work meanwhile, 2-3x slower; the next upkeep pass "
                     "that assigns many points tries again", self.name, e)
             shared.dirty = True
+
+
+def _info_of(data):
+    """The :class:`IndexInfo` of what ``index.json`` holds, or None if it
+    describes no index."""
+    try:
+        info = IndexInfo.from_dict(data)
+    except (TypeError, AttributeError):  # not a dict, or fields missing
+        return None
+    fine = (isinstance(info.model, str) and isinstance(info.model_identity, str)
+            and isinstance(info.dim, int) and info.dim > 0
+            and isinstance(info.schema_version, int))
+    return info if fine else None
 
 
 def _shard_config(dim):

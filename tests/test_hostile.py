@@ -296,3 +296,77 @@ def test_the_refresher_rebuilds_a_damaged_index(tmp_path):
 
     assert report.synced[dataset.name].rebuilt
     assert ais.perform_ai_search(dataset, prompt="a red circle", limit=3)
+
+
+# -- (3) torn collections ------------------------------------------------------
+
+
+def _view_and_scores(dataset, name=ais.TEMPORARY_COLLECTION):
+    dataset.reload()  # saved views written by other processes
+    view_ids = dataset.load_saved_view(name).values("id")
+    return view_ids, [i for i, _ in ais.get_collection_scores(dataset, name)]
+
+
+def test_near_duplicates_take_a_numpy_threshold(tmp_path):
+    dataset = _indexed(tmp_path, num_samples=12)
+    ais.perform_ai_search(dataset, prompt="a red circle", limit=3)
+
+    name = ais.find_near_duplicates(dataset, threshold=np.float32(0.5))
+
+    view_ids, score_ids = _view_and_scores(dataset, name)
+    assert view_ids == score_ids and len(view_ids) > 3
+    query = [c for c in ais.list_collections(dataset)
+             if c["name"] == name][0]["query"]
+    assert query["threshold"] == 0.5
+
+
+def test_a_collection_that_cannot_be_stored_changes_nothing(tmp_path):
+    from fiftyone_ai_search import collections as colls
+
+    dataset = _indexed(tmp_path, num_samples=12)
+    ais.perform_ai_search(dataset, prompt="a red circle", limit=3)
+    before = _view_and_scores(dataset)
+
+    with pytest.raises(Exception, match="(?i)encode|document"):
+        colls.write_collection(dataset, ais.TEMPORARY_COLLECTION,
+                               dataset.values("id"), [0.5] * 12,
+                               query={"bad": object()})
+
+    assert _view_and_scores(dataset) == before
+
+
+def _search_loop(name, prompt, rounds, go):
+    import fiftyone as fo
+
+    import fiftyone_ai_search as ais
+
+    dataset = fo.load_dataset(name)
+    go.wait(60)
+    for n in range(rounds):
+        ais.perform_ai_search(dataset, prompt=prompt, limit=3 + n % 9)
+
+
+def test_concurrent_searches_never_tear_the_temporary_collection(tmp_path):
+    import multiprocessing
+
+    spawn = multiprocessing.get_context("spawn")
+    dataset = _indexed(tmp_path, num_samples=30)
+    prompts = ["a red circle", "a blue square", "a green triangle"]
+    ais.perform_ai_search(dataset, prompt="a yellow star", limit=2)
+
+    for _ in range(2):
+        go = spawn.Event()
+        procs = [spawn.Process(target=_search_loop,
+                               args=(dataset.name, p, 12, go))
+                 for p in prompts]
+        for p in procs:
+            p.start()
+        go.set()
+        for p in procs:
+            p.join(180)
+        assert [p.exitcode for p in procs] == [0, 0, 0]
+        view_ids, score_ids = _view_and_scores(dataset)
+        assert view_ids == score_ids
+        # what get_collection hands out agrees with the scores too
+        got = ais.get_collection(dataset, ais.TEMPORARY_COLLECTION)
+        assert got.values("id") == score_ids

@@ -87,6 +87,17 @@ def write_collection(dataset, name, sample_ids, scores, query=None,
     """Saves ``sample_ids`` (in this order) and their scores as collection
     ``name``, replacing any collection of that name.
 
+    The saved view and its scores change together: the scores document
+    is written first, under a new ``version``; then the view, from that
+    document, and ``view_version`` is set to the version it shows, if the
+    document is still that version. A writer that finds a newer version
+    there (a concurrent search) writes the view again from the newer
+    document, until the two agree: whatever order concurrent writers
+    interleave in, the last view written is that of the last scores
+    written. Until they agree, :func:`get_collection` builds the view from
+    the scores. A document that cannot be stored is refused before
+    anything is written.
+
     Args:
         patches_field (None): the ids are label ids of objects of this
             field: the collection is a patches view of those objects
@@ -96,37 +107,78 @@ def write_collection(dataset, name, sample_ids, scores, query=None,
     Returns:
         the name
     """
-    view = _select(dataset, sample_ids, patches_field, source_ids)
+    import uuid
+
+    import bson
+
+    record = {
+        "dataset_id": st.dataset_key(dataset),
+        "sample_ids": [str(i) for i in sample_ids],
+        "scores": [float(s) for s in scores],
+        "patches_field": patches_field,
+        "source_ids": None if source_ids is None else list(source_ids),
+        "query": _plain(query or {}),
+        "version": uuid.uuid4().hex,
+        "view_version": None,
+    }
+    bson.encode(record)  # refused here, before the view is touched
+    view = _select(dataset, record["sample_ids"], patches_field, source_ids)
     view_doc = _saved_view_doc(dataset, name)
     if view_doc is None:
         dataset.save_view(name, view)
         view_doc = _saved_view_doc(dataset, name)
-    else:
-        # rewritten in place, not by save_view(overwrite=True): that deletes
-        # it and makes a new one, whose new id left the old scores behind,
-        # and costs ~60 ms of dataset-document writes (every search does it)
-        view_doc.view_stages = [
-            json_util.dumps(stage)
-            for stage in view._serialize(include_uuids=False)
-        ]
-        view_doc.last_modified_at = datetime.datetime.utcnow()
-        view_doc.save()
-    view_id = str(view_doc.id)
-    _scores().replace_one(
-        {"dataset_id": st.dataset_key(dataset), "view_id": view_id},
-        {
-            "dataset_id": st.dataset_key(dataset),
-            "view_id": view_id,
-            "sample_ids": list(sample_ids),
-            "scores": [float(s) for s in scores],
-            "patches_field": patches_field,
-            "source_ids": None if source_ids is None else list(source_ids),
-            "query": query or {},
-            "created_at": st.utcnow(),
-        },
-        upsert=True,
-    )
+        view = None  # written
+    key = {"dataset_id": record["dataset_id"], "view_id": str(view_doc.id)}
+    _scores().replace_one(key, dict(record, view_id=key["view_id"],
+                                    created_at=st.utcnow()), upsert=True)
+    version = record["version"]
+    for _ in range(MAX_VIEW_WRITES):
+        if view is not None:
+            _rewrite_view(view_doc, view)
+        done = _scores().update_one(dict(key, version=version),
+                                    {"$set": {"view_version": version}})
+        if done.matched_count:
+            break
+        # a newer search wrote its scores meanwhile: the view shows them
+        newer = _scores().find_one(key)
+        if newer is None:
+            break  # deleted meanwhile
+        version = newer["version"]
+        view = _select(dataset, newer["sample_ids"],
+                       newer.get("patches_field"), newer.get("source_ids"))
     return name
+
+
+#: the most times one write of a collection writes its view again (for
+#: newer scores written meanwhile); each concurrent writer converges anyway
+MAX_VIEW_WRITES = 20
+
+
+def _rewrite_view(view_doc, view):
+    """Rewrites the stages of a saved view in place, not by
+    ``save_view(overwrite=True)``: that deletes it and makes a new one,
+    whose new id left the old scores behind, and costs ~60 ms of
+    dataset-document writes (every search does it)."""
+    view_doc.view_stages = [
+        json_util.dumps(stage)
+        for stage in view._serialize(include_uuids=False)
+    ]
+    view_doc.last_modified_at = datetime.datetime.utcnow()
+    view_doc.save()
+
+
+def _plain(value):
+    """``value`` with numpy scalars and arrays made Python numbers and
+    lists, so that MongoDB can store it (``threshold=np.float32(0.5)``)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _plain(value.tolist())
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
 
 
 def _select(dataset, sample_ids, patches_field=None, source_ids=None):
@@ -202,11 +254,12 @@ def get_collection(dataset: fod.Dataset, name: str,
     """
     dataset = media.dataset_of(dataset, "dataset")
     min_score, max_score = validate.score_range(min_score, max_score)
-    if min_score is None and max_score is None:
-        _require_view_id(dataset, name)
-        return dataset.load_saved_view(name)
-
     doc = _load(dataset, name)
+    if min_score is None and max_score is None and doc.get(
+            "view_version", doc.get("version")) == doc.get("version"):
+        # the saved view shows these scores (or newer ones written since)
+        return dataset.load_saved_view(name)
+    # a range; or the view is being rewritten for these scores: from them
     rows = _in_range(_rows(doc), min_score, max_score)
     return _select(dataset, [r[0] for r in rows], doc.get("patches_field"),
                    _sources(doc, rows))

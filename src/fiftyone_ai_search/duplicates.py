@@ -132,6 +132,8 @@ def find_near_duplicates(samples: foc.SampleCollection,
     Returns:
         the name of the collection, or None when there are no duplicates
     """
+    # a float from here on: what the collection's query records too
+    threshold = validate.number(threshold, "threshold", 0.0, 1.0)
     groups = near_duplicate_groups(samples, threshold)
     if not groups:
         return None

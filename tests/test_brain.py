@@ -357,10 +357,14 @@ def test_add_and_remove_with_embeddings_given(tmp_path):
         index.add_to_index(vectors, gone, overwrite=False,
                            allow_existing=False)
 
-    # a sample removed while still in the dataset comes back at the next sync
+    # removing takes samples out of the run only: the index (and the SDK's
+    # searches, and other runs) keep them, and the run no longer follows
+    # the dataset as a whole
     index.remove_from_index(sample_ids=gone[:1])
     report = ais.calculate_embeddings(dataset, wait=True, progress=False)
-    assert report.added == 1 and index.total_index_size == 20
+    assert report.added == 0 and index.total_index_size == 19
+    assert dataset.load_brain_results(KEY).total_index_size == 19
+    assert ais.get_embeddings(dataset.select(gone[:1]))[0] == gone[:1]
 
 
 # -- one thing: the brain run and AI search ----------------------------------
@@ -372,8 +376,10 @@ def test_deleting_the_run_disabling_and_cleanup_are_the_same(tmp_path, how):
     index_name = st.get(dataset)["index"]["name"]
     if how == "delete_brain_run":
         dataset.delete_brain_run(KEY)
-    elif how == "cleanup":
+    elif how == "cleanup":  # the Brain's sequence: the backend's, the run
         dataset.load_brain_results(KEY).cleanup()
+        assert not ais.is_embeddings_enabled(dataset)
+        dataset.delete_brain_run(KEY)
     else:
         ais.disable_embeddings(dataset)
     assert not ais.is_embeddings_enabled(dataset)
@@ -426,7 +432,7 @@ def test_compute_similarity_with_the_backend_creates_the_index(tmp_path):
     assert index.total_index_size == 12
     assert index.supports_prompts
     assert index.get_model().can_embed_prompts
-    assert st.get(dataset)["brain_key"] == "img"
+    assert brain.runs_of(dataset) == ["img"]
     assert dataset.get_brain_info("img").config.clip_model
     view = dataset.sort_by_similarity("a photo of a star", k=3,
                                       brain_key="img")

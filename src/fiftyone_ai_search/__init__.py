@@ -66,6 +66,11 @@ from .store import QdrantUnreachableError
 from .sync import SyncReport
 from .targets import ObjectFieldError, object_label_fields
 
+from .brain_registry import declare_when_imported
+
+# fob.compute_similarity(..., backend="ai_search") works after this import
+declare_when_imported()
+
 __version__ = "0.1.0"
 
 __all__ = [

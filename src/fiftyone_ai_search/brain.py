@@ -55,6 +55,7 @@ import numpy as np
 from bson import ObjectId
 
 import fiftyone.brain as fb
+import fiftyone.brain.internal.core.utils as fbu
 import fiftyone.core.models as fom
 from fiftyone.brain.similarity import (
     DuplicatesMixin,
@@ -63,6 +64,7 @@ from fiftyone.brain.similarity import (
     SimilarityIndex,
 )
 
+from . import brain_registry
 from . import duplicates
 from . import media
 from . import runner
@@ -75,12 +77,25 @@ from .errors import AISearchError
 logger = logging.getLogger(__name__)
 
 #: the name of this backend in ``fiftyone.brain.brain_config``
-BACKEND_NAME = "ai_search"
+BACKEND_NAME = brain_registry.BACKEND_NAME
 
 #: the brain key ``enable_embeddings`` registers unless told otherwise
 DEFAULT_BRAIN_KEY = "ai_search"
 
-_CONFIG_CLS = "fiftyone_ai_search.brain.AISearchSimilarityConfig"
+
+#: the distances a run may report. Both rank alike: the index holds unit
+#: vectors, whose euclidean distance is ``sqrt(2 - 2 * cosine)``
+METRICS = ("cosine", "euclidean")
+
+#: parameters of the Brain's own Qdrant backend that name a server or a
+#: collection: refused, not silently ignored
+#: the most points a full index query (every point's neighbours) compares
+MAX_FULL_INDEX = 20_000
+
+_SERVER_PARAMS = ("url", "api_key", "collection_name", "grpc_port",
+                  "prefer_grpc", "replication_factor", "shard_number",
+                  "write_consistency_factor", "hnsw_config",
+                  "optimizers_config", "wal_config")
 
 
 class BrainKeyTakenError(AISearchError, ValueError):
@@ -114,24 +129,34 @@ class AISearchSimilarityConfig(SimilarityConfig):
 
     def __init__(self, clip_model=None, pretrained=None, index_backend=None,
                  metric="cosine", **kwargs):
-        if metric != "cosine":
+        if metric not in METRICS:
             raise ValueError(
                 f"metric: the AI search backend compares CLIP embeddings by "
-                f"cosine similarity only, got {metric!r}"
+                f"cosine similarity; it reports distances as {METRICS}, got "
+                f"{metric!r}"
+            )
+        taken = sorted(k for k in _SERVER_PARAMS if kwargs.get(k) is not None)
+        if taken:
+            raise ValueError(
+                f"{', '.join(taken)}: the AI search backend keeps one index "
+                "per dataset, on the Qdrant it is configured with (embedded "
+                "by default; a server by FIFTYONE_AI_SEARCH_QDRANT_URL and "
+                "FIFTYONE_AI_SEARCH_QDRANT_API_KEY, or the plugin's secrets) "
+                "and named by itself; pass index_backend='server' to use the "
+                "server"
             )
         if kwargs.get("roi_field") is not None:
             raise ValueError(
                 "roi_field: the AI search backend embeds whole images or the "
                 "objects of a patches_field, not regions of interest"
             )
-        if (kwargs.get("patches_field") is not None
-                and kwargs.get("embeddings_field") is not None):
-            raise ValueError(
-                "embeddings_field: an object index (patches_field) embeds "
-                "its objects itself")
         kwargs["supports_prompts"] = True  # CLIP: text and images align
         super().__init__(**kwargs)
         self.supports_prompts = True
+        if clip_model is None and self.model is not None:
+            # a zoo model name (the Brain's model=, model_kwargs=)
+            clip_model, pretrained = _open_clip_of_zoo(self.model,
+                                                       self.model_kwargs)
         self.clip_model = clip_model
         self.pretrained = pretrained
         self.index_backend = index_backend
@@ -157,40 +182,43 @@ class AISearchSimilarityConfig(SimilarityConfig):
 class AISearchSimilarity(Similarity):
     """The AI search similarity backend.
 
+    Every run of it on a dataset is a door to the dataset's one AI search
+    index (of its images, or of the objects of its ``patches_field``): a
+    run made by :func:`fiftyone_ai_search.enable_embeddings` holds the
+    whole dataset and follows it as it syncs; a run made by
+    ``fob.compute_similarity`` holds what the Brain adds to it (the
+    samples of the view it was computed on), as the Brain's other backends
+    do. Vectors a run is given are stored in the index, so no image is
+    embedded twice.
+
     Args:
         config: an :class:`AISearchSimilarityConfig`
     """
 
     def initialize(self, samples, brain_key):
-        """Switches AI search on for the dataset of ``samples`` and brings
-        its index up to date (``fob.compute_similarity`` calls this).
-        """
-        from .embeddings import calculate_embeddings, enable_embeddings
-
+        """A new run (``fob.compute_similarity`` calls this, then adds the
+        vectors of its samples): empty, or the whole index when made with
+        ``clip_model=`` alone. AI search is switched on for the dataset
+        when the run names its model; else the model of the first vectors
+        added decides."""
         dataset = media.dataset_of(samples)
-        field = self.config.patches_field
-        enable_embeddings(
-            dataset, model=self.config.clip_model,
-            pretrained=self.config.pretrained,
-            backend=self.config.index_backend, compute=False,
-            brain_key=brain_key or default_brain_key(field),
-            embeddings_field=self.config.embeddings_field,
-            patches_field=field,
-        )
-        calculate_embeddings(dataset, wait=True, patches_field=field)
-        _label_model(self.config, st.get(targets.target_of(dataset, field)))
-        return AISearchSimilarityIndex(samples, self.config, brain_key,
-                                       backend=self)
+        if self.config.clip_model is not None:
+            _switch_on(targets.target_of(dataset, self.config.patches_field),
+                       self.config.clip_model, self.config.pretrained,
+                       self.config.index_backend)
+        # clip_model= (without the Brain's model=) asks for AI search's
+        # index as it is: the whole of it; else the run holds what the
+        # Brain adds to it, as the Brain's other backends do
+        whole = self.config.clip_model is not None and self.config.model is None
+        return AISearchSimilarityIndex(dataset, self.config, brain_key,
+                                       backend=self,
+                                       members=None if whole else [])
 
     def cleanup(self, samples, brain_key):
-        """``dataset.delete_brain_run(key)``: switches AI search off, as
+        """``dataset.delete_brain_run(key)``: when no other run uses the
+        index, switches AI search off, as
         :func:`fiftyone_ai_search.disable_embeddings` does."""
-        from .embeddings import disable
-
-        target = self._target_of(samples)
-        doc = st.get(target)
-        if doc and doc.get("enabled") and doc.get("brain_key") == brain_key:
-            disable(target, unregister=False)
+        _release(self._target_of(samples), brain_key)
 
     def rename(self, samples, brain_key, new_brain_key):
         target = self._target_of(samples)
@@ -203,139 +231,281 @@ class AISearchSimilarity(Similarity):
                                  self.config.patches_field)
 
 
-class AISearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
-    """The AI search index of a dataset, as a Brain similarity index.
+def _switch_on(target, model, pretrained, backend=None):
+    """Switches AI search on for a target with this model, without
+    computing or registering a run; nothing when it is on with the same
+    model. Another model than the index's is refused: a run never mixes
+    models, nor changes another run's."""
+    from .embeddings import calculate_embeddings, enable_embeddings
+    from .model import resolve_model
 
-    The index keeps itself in sync with the dataset (by its syncs and the
-    refresher), so :meth:`add_to_index` and :meth:`remove_from_index`
-    matter until then: a sample removed while it is still in the dataset
-    is embedded again by the next sync, and a vector added for a sample is
-    kept until its image changes.
+    doc = st.get(target)
+    if doc and doc.get("enabled"):
+        wanted = resolve_model(model, pretrained).identity
+        if wanted != doc.get("model_identity"):
+            raise ValueError(
+                f"model: AI search of {target_name(target)} embeds with "
+                f"{doc.get('model')}/{doc.get('pretrained')}; a run with "
+                f"model {model}/{pretrained} would mix two models in one "
+                "index. Use the index's model, or change the model of AI "
+                "search with fiftyone_ai_search.enable_embeddings (every run "
+                "then follows)"
+            )
+        return
+    dataset, field = targets.dataset_of(target), targets.field_of(target)
+    enable_embeddings(dataset, model=model, pretrained=pretrained,
+                      backend=backend, compute=False, brain_key=False,
+                      patches_field=field)
+    # the vectors a run is given go into an index: the first is built now
+    calculate_embeddings(dataset, wait=True, patches_field=field)
+
+
+def target_name(target):
+    field = targets.field_of(target)
+    name = f"dataset '{targets.dataset_of(target).name}'"
+    return name if field is None else f"the objects of '{field}' of {name}"
+
+
+def runs_of(target):
+    """The brain keys of the AI search runs of a target."""
+    dataset, field = targets.dataset_of(target), targets.field_of(target)
+    keys = []
+    for key in dataset.list_brain_runs(type="similarity"):
+        config = dataset.get_brain_info(key).config
+        if (isinstance(config, AISearchSimilarityConfig)
+                and config.patches_field == field):
+            keys.append(key)
+    return keys
+
+
+def _release(target, brain_key):
+    """Switches AI search of a target off when ``brain_key`` was the last
+    run using its index (the Brain deletes the run itself)."""
+    from .embeddings import disable
+
+    if any(key != brain_key for key in runs_of(target)):
+        return
+    doc = st.get(target)
+    if doc and doc.get("enabled"):
+        disable(target, unregister=False)
+
+
+def _open_clip_of_zoo(name, model_kwargs):
+    """``(model, pretrained)`` of a zoo model name; refuses one that is not
+    an open_clip CLIP."""
+    from .existing import zoo_open_clip
+
+    found = zoo_open_clip(name, model_kwargs)
+    if found is None:
+        raise ValueError(
+            f"model: the AI search backend embeds images and prompts with "
+            f"open_clip CLIP models, and zoo model {name!r} is not one it "
+            "can run. Pass model='open-clip-torch' with model_kwargs="
+            "{'clip_model': ..., 'pretrained': ...}, "
+            "model='clip-vit-base32-torch', or clip_model=/pretrained=; for "
+            "vectors of other models use another backend (e.g. 'sklearn')"
+        )
+    return found
+
+
+def _open_clip_of_model(model):
+    """``(model, pretrained)`` of open_clip behind a FiftyOne model object,
+    or None when it is not one this package can run."""
+    if isinstance(model, ClipBrainModel):
+        return model.clip.spec.name, model.clip.spec.pretrained
+    config = getattr(model, "config", None)
+    clip_model = getattr(config, "clip_model", None)
+    if isinstance(clip_model, str) and type(model).__name__ == (
+            "TorchOpenClipModel"):
+        return clip_model, getattr(config, "pretrained", None)
+    if type(model).__name__ == "TorchCLIPModel":  # clip-vit-base32-torch
+        return "ViT-B-32", "openai"
+    return None
+
+
+class AISearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
+    """A Brain run over the AI search index of a dataset (of its images, or
+    of the objects of its ``patches_field``).
+
+    A run holds either the whole index, following the dataset as it syncs
+    (``members`` None: the run :func:`fiftyone_ai_search.enable_embeddings`
+    registers), or the ids added to it (``fob.compute_similarity`` on a
+    view, :meth:`add_to_index`, :meth:`remove_from_index`), kept with the
+    run. Adding stores the vectors in the index (kept until the image, or
+    the object's box, changes); removing takes ids out of the run only:
+    the index and the other runs keep them.
 
     Args:
         samples: the :class:`fiftyone.core.collections.SampleCollection`
         config: an :class:`AISearchSimilarityConfig`
         brain_key: the brain key
         backend (None): an :class:`AISearchSimilarity`
+        members (None): the ids the run holds, or None for the whole index
+        lengths (None): ``{id: length}`` of vectors added with a length
+            other than 1 (the index holds unit vectors; the Brain gets back
+            what it added)
     """
 
-    def __init__(self, samples, config, brain_key, backend=None):
+    def __init__(self, samples, config, brain_key, backend=None,
+                 members=None, lengths=None):
         self._dataset = media.dataset_of(samples)
         #: what the index indexes: the dataset's images, or the objects of
         #: the run's patches field
         self._target = targets.target_of(self._dataset, config.patches_field)
         self._objects = config.patches_field is not None
-        self._index_ids = None
+        self._members = None if members is None else list(members)
+        self._lengths = dict(lengths or {})
+        self._held_cache = None
         SimilarityIndex.__init__(self, samples, config, brain_key,
                                  backend=backend)
         DuplicatesMixin.__init__(self)
 
-    # -- the index ------------------------------------------------------------
+    # -- what the run holds -------------------------------------------------
 
     @property
     def supports_prompts(self):
         # always (CLIP), whatever compute_similarity() concluded from the
-        # model it was given (none, with embeddings=False)
+        # model it was given
         return True
 
     @property
     def is_external(self):
-        # vectors of an embeddings field are the index's (the Brain reads
-        # nothing back from the field)
-        return self.config.embeddings_field is None
+        return True  # the vectors live in the AI search index
+
+    @property
+    def members(self):
+        """The ids the run holds (label ids for objects), or None when it
+        holds the whole index."""
+        return self._members
+
+    def _held(self):
+        """``(keys, sample_ids)`` the run holds now, in dataset order: keys
+        are sample ids, or label ids for objects (then with their
+        samples')."""
+        if self._held_cache is None:
+            doc = st.get(self._target)
+            if not doc or not doc.get("enabled") or not doc.get("index"):
+                self._held_cache = ([], [])
+                return self._held_cache
+            with self._store(doc) as store:
+                if self._objects:
+                    from .object_sync import SOURCE_KEY
+
+                    keys = (store.get_sample_ids() if self._members is None
+                            else list(store.get_payloads(self._members)))
+                    payloads = store.get_payloads(keys)
+                    sources = {k: payloads[k].get(SOURCE_KEY) for k in keys}
+                else:
+                    keys = (store.get_sample_ids() if self._members is None
+                            else self._members)
+                    held = set(store.get_payloads(list(keys)))
+                    sources = {k: k for k in keys if k in held}
+            order = {i: n for n, i in enumerate(
+                media.indexed_samples(self._dataset).values("id"))}
+            keys = sorted((k for k in sources if sources[k] in order),
+                          key=lambda k: (order[sources[k]], k))
+            self._held_cache = (keys, [sources[k] for k in keys])
+        return self._held_cache
 
     @property
     def sample_ids(self):
-        """The ids of the samples the index holds, in dataset order (None
-        for an object index: the Brain then takes the view's)."""
-        if self._objects:
-            return None
-        if self._index_ids is None:
-            with self._store() as store:
-                held = set(store.get_sample_ids())
-            order = media.indexed_samples(self._dataset).values("id")
-            self._index_ids = np.array([i for i in order if i in held])
-        return self._index_ids
+        """The ids of the samples the run holds, in dataset order (of the
+        objects' samples, for an object index)."""
+        return np.array(self._held()[1])
+
+    @property
+    def label_ids(self):
+        """The ids of the objects the run holds (None for images)."""
+        return np.array(self._held()[0]) if self._objects else None
 
     @property
     def total_index_size(self):
-        doc = st.get(self._target)
-        if not doc or not doc.get("enabled") or not doc.get("index"):
-            return 0
-        return runner.index_size(doc["index"])
+        if self._members is None:
+            doc = st.get(self._target)
+            if not doc or not doc.get("enabled") or not doc.get("index"):
+                return 0
+            return runner.index_size(doc["index"])
+        return len(self._held()[0])
 
     def get_model(self):
         """The index's open_clip model, as a FiftyOne model
         (:class:`ClipBrainModel`)."""
         doc = require_index(self._target)
-        # (compute_similarity() sets _model to whatever it was given)
         if not isinstance(self._model, ClipBrainModel) or (
                 self._model.identity != doc["index"]["model_identity"]):
             self._model = ClipBrainModel(runner.load_index_model(doc["index"]))
         return self._model
 
     def reload(self):
-        self._index_ids = None
+        self._held_cache = None
         super().reload()
 
     def cleanup(self):
-        """Switches AI search off for the dataset (as
-        :func:`fiftyone_ai_search.disable_embeddings`, which also deletes
-        this brain run)."""
-        from .embeddings import disable_embeddings
+        """Deletes what the run keeps in the backend: when no other run
+        uses the index, the index itself (AI search is switched off, as
+        :func:`fiftyone_ai_search.disable_embeddings` does); the run is
+        left for ``dataset.delete_brain_run(key)``."""
+        _release(self._target, self.key)
+        self._members, self._lengths, self._held_cache = [], {}, None
 
-        disable_embeddings(self._dataset,
-                           patches_field=self.config.patches_field)
+    def attributes(self):
+        return ["cls", "members", "lengths"]
+
+    @property
+    def lengths(self):
+        return self._lengths
+
+    @classmethod
+    def _from_dict(cls, d, samples, config, brain_key):
+        return cls(samples, config, brain_key, members=d.get("members"),
+                   lengths=d.get("lengths"))
 
     # -- embeddings -----------------------------------------------------------
 
     def get_embeddings(self, sample_ids=None, label_ids=None,
                        allow_missing=True, warn_missing=False):
+        keys, sources = self._held()
+        source_of = dict(zip(keys, sources))
         if self._objects:
-            return self._object_embeddings(sample_ids, label_ids,
-                                           allow_missing, warn_missing)
-        _no_labels(label_ids)
-        wanted = (list(self.sample_ids) if sample_ids is None
-                  else _id_strings(sample_ids))
-        with self._store() as store:
-            ids, vectors = store.get_vectors(wanted)
-        row = {sample_id: i for i, sample_id in enumerate(ids)}
-        missing = [i for i in wanted if i not in row]
-        _missing(missing, allow_missing, warn_missing)
-        keep = [i for i in wanted if i in row]
-        vectors = np.asarray(vectors, dtype=np.float32).reshape(len(ids), -1)
-        return vectors[[row[i] for i in keep]], np.array(keep), None
-
-    def _object_embeddings(self, sample_ids, label_ids, allow_missing,
-                           warn_missing):
-        """:meth:`get_embeddings` of an object index: of the given labels,
-        of the objects of the given samples, else of all it holds."""
-        from .object_sync import SOURCE_KEY
-
-        with self._store() as store:
             if label_ids is not None:
                 wanted = _id_strings(label_ids)
             elif sample_ids is not None:
-                wanted = store.keys_where(SOURCE_KEY, _id_strings(sample_ids))
+                of = set(_id_strings(sample_ids))
+                wanted = [k for k in keys if source_of[k] in of]
             else:
-                wanted = None
-            ids, vectors = store.get_vectors(wanted)
-            payloads = store.get_payloads(ids)
-        if wanted is not None:
-            held = set(ids)
-            _missing([i for i in wanted if i not in held], allow_missing,
-                     warn_missing)
-        sources = [payloads[i].get(SOURCE_KEY) for i in ids]
-        vectors = np.asarray(vectors, dtype=np.float32).reshape(len(ids), -1)
-        return vectors, np.array(sources), np.array(ids)
+                wanted = keys
+        else:
+            _no_labels(label_ids)
+            wanted = keys if sample_ids is None else _id_strings(sample_ids)
+        found = [k for k in wanted if k in source_of]
+        _missing([k for k in wanted if k not in source_of], allow_missing,
+                 warn_missing)
+        vectors = self._vectors(found)
+        if self._objects:
+            return (vectors, np.array([source_of[k] for k in found]),
+                    np.array(found))
+        return vectors, np.array(found), None
+
+    def _vectors(self, keys):
+        """The vectors of ``keys``, in order, at the lengths they were
+        added with."""
+        with self._store() as store:
+            ids, vectors = store.get_vectors(list(keys))
+        vectors = np.asarray(vectors, dtype=np.float32)
+        row = {k: i for i, k in enumerate(ids)}
+        out = vectors[[row[k] for k in keys]]
+        scale = np.array([self._lengths.get(k, 1.0) for k in keys],
+                         dtype=np.float32)
+        return out * scale[:, np.newaxis]
 
     def add_to_index(self, embeddings, sample_ids, label_ids=None,
                      overwrite=True, allow_existing=True,
                      warn_existing=False, reload=True):
-        """Stores the given embeddings of samples of the dataset (of
-        objects, by their ``label_ids``, for an object index; of the
-        index's model: they are kept until the sample's image, or the
-        object's box, changes)."""
+        """Stores the given embeddings in the index (of samples, or of
+        objects by their ``label_ids``) and adds them to the run. They
+        must be of the index's model: the run's ``model``, or the model
+        the Brain embedded them with (AI search is switched on with it if
+        it is off)."""
         from .object_sync import write_given_objects
         from .sync import write_given
 
@@ -343,49 +513,125 @@ class AISearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
             if label_ids is None:
                 raise ValueError("label_ids: an object index stores objects; "
                                  "give the label id of each embedding")
-            keys, write = [str(i) for i in label_ids], write_given_objects
+            keys, write = _id_strings(label_ids), write_given_objects
         else:
             _no_labels(label_ids)
-            keys, write = [str(i) for i in sample_ids], write_given
+            keys, write = _id_strings(sample_ids), write_given
         embeddings = np.asarray(embeddings, dtype=np.float32)
         if embeddings.ndim != 2 or len(embeddings) != len(keys):
             raise ValueError(
                 f"embeddings: expected one vector per id ({len(keys)}), got "
                 f"an array of shape {embeddings.shape}"
             )
-        doc = require_index(self._target)
-        with self._store(doc) as store:
-            existing = set(store.get_payloads(keys))
-            if existing and not allow_existing and not overwrite:
-                raise ValueError(
-                    f"Found {len(existing)} ids (e.g. {next(iter(existing))}) "
-                    "that already exist in the index"
-                )
-            if existing and warn_existing:
-                logger.warning("%s %d ids that already exist in the index",
-                               "Overwriting" if overwrite else "Skipping",
-                               len(existing))
-            if not overwrite:
-                keep = [i for i, k in enumerate(keys) if k not in existing]
-                keys = [keys[i] for i in keep]
-                embeddings = embeddings[keep]
+        self._switch_on_for(embeddings)
+        held = set(self._held()[0])
+        existing = [k for k in keys if k in held]
+        if existing and not allow_existing:
+            raise ValueError(
+                f"Found {len(existing)} ids (e.g. {existing[0]}) that already "
+                "exist in the index"
+            )
+        if existing and warn_existing:
+            logger.warning("%s %d ids that already exist in the index",
+                           "Overwriting" if overwrite else "Skipping",
+                           len(existing))
+        rows = [i for i, k in enumerate(keys) if overwrite or k not in held]
+        keys, embeddings = [keys[i] for i in rows], embeddings[rows]
+        if not keys:
+            return
+        with self._store(require_index(self._target)) as store:
             write(self._target, store, keys, embeddings)
-        if reload:
-            self.reload()
+        if self.config.embeddings_field is not None:
+            # the Brain's contract: the run's field holds its vectors
+            fbu.add_embeddings(
+                self._dataset, embeddings,
+                np.asarray(_id_strings(sample_ids))[rows],
+                np.asarray(keys) if self._objects else None,
+                self.config.embeddings_field,
+                patches_field=self.config.patches_field)
+        norms = np.linalg.norm(embeddings.astype(np.float64), axis=1)
+        for k, n in zip(keys, norms):
+            if abs(n - 1.0) > 1e-6:
+                self._lengths[k] = float(n)
+            else:
+                self._lengths.pop(k, None)
+        if self._members is not None:
+            known = set(self._members)
+            self._members.extend(k for k in keys if k not in known)
+            self._held_cache = None
+            if len(self._held()[0]) and self._holds_everything():
+                self._members = None
+        self._changed(reload)
+
+    def _switch_on_for(self, embeddings):
+        """Switches AI search on with the model the Brain embedded with,
+        when it is off; refuses vectors of another model than the index's
+        or of the wrong size."""
+        doc = st.get(self._target)
+        spec = (_open_clip_of_model(self._model)
+                if self._model is not None else None)
+        if self._model is not None and spec is None:
+            raise ValueError(
+                f"add_to_index: these vectors are of model "
+                f"{type(self._model).__name__}, not of an open_clip CLIP; "
+                f"the AI search index of {target_name(self._target)} holds "
+                "CLIP vectors only (pass the run's model as model="
+                "'open-clip-torch' with model_kwargs, or embeddings=False "
+                "with clip_model=)"
+            )
+        if spec is not None:
+            _switch_on(self._target, *spec, self.config.index_backend)
+        elif not (doc and doc.get("enabled")):
+            raise ValueError(
+                f"add_to_index: AI search of {target_name(self._target)} is "
+                "off, and nothing says which open_clip model made these "
+                "vectors. Create the run with its model (model="
+                "'open-clip-torch' and model_kwargs, or clip_model=), or "
+                "switch AI search on first (fiftyone_ai_search."
+                "enable_embeddings). The AI search backend indexes CLIP "
+                "embeddings of a model it runs itself, to keep the index in "
+                "sync; for vectors of other models use another backend "
+                "(e.g. 'sklearn')"
+            )
+
+    def _holds_everything(self):
+        """Whether the run's members cover every sample (object) of the
+        dataset: it then follows the dataset as a whole."""
+        samples = media.indexed_samples(self._dataset)
+        total = (self._target.count(samples) if self._objects
+                 else len(samples))
+        return len(set(self._members)) >= total
 
     def remove_from_index(self, sample_ids=None, label_ids=None,
                           allow_missing=True, warn_missing=False,
                           reload=True):
+        """Takes ids out of the run (the index, and other runs, keep
+        them)."""
         if self._objects:
-            sample_ids, label_ids = [str(i) for i in (label_ids or [])], None
-        _no_labels(label_ids)
-        sample_ids = [str(i) for i in (sample_ids or [])]
-        with self._store() as store:
-            held = set(store.get_payloads(sample_ids))
-            _missing([i for i in sample_ids if i not in held], allow_missing,
-                     warn_missing)
-            if held:
-                store.delete(list(held))
+            gone = _id_strings(label_ids) if label_ids is not None else []
+            if sample_ids is not None:
+                of = set(_id_strings(sample_ids))
+                keys, sources = self._held()
+                gone += [k for k, s in zip(keys, sources) if s in of]
+        else:
+            _no_labels(label_ids)
+            gone = _id_strings(sample_ids) if sample_ids is not None else []
+        keys = self._held()[0]
+        held = set(keys)
+        _missing([i for i in gone if i not in held], allow_missing,
+                 warn_missing)
+        gone = set(gone)
+        self._members = [k for k in keys if k not in gone]
+        for k in gone:
+            self._lengths.pop(k, None)
+        self._changed(reload)
+
+    def _changed(self, reload):
+        """Keeps the run's members with the run at once (the vectors are
+        in the index already)."""
+        self._held_cache = None
+        if self.key is not None and self.key in self._dataset.list_brain_runs():
+            self.save()
         if reload:
             self.reload()
 
@@ -395,34 +641,39 @@ class AISearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         # prompts are embedded by the index's model in the search itself
         # (cached, and checked against the index), not by get_model() here
         if query is not None and not isinstance(query, np.ndarray):
+            if isinstance(query, str) and not query.strip():
+                raise ValueError("query: an empty prompt")
             items = [query] if isinstance(query, str) else list(query)
             if items and isinstance(items[0], str) and not ObjectId.is_valid(
                     items[0]):
-                return _Prompts(items)
+                prompts = _Prompts(items)
+                prompts.single = isinstance(query, str)
+                return prompts
         return super()._parse_query(query)
 
     def _kneighbors(self, query=None, k=None, reverse=False,
                     aggregation=None, return_dists=False):
-        if query is None:
-            raise ValueError(
-                "The AI search backend does not compute the neighbours of "
-                "every sample at once; query by ids or vectors"
-            )
         if aggregation is not None and aggregation not in search.AGGREGATIONS:
             raise ValueError(
                 f"aggregation must be one of {search.AGGREGATIONS} or None, "
                 f"got {aggregation!r}"
             )
+        if query is None:
+            if aggregation is not None:
+                raise ValueError(
+                    "Full index queries do not support aggregation")
+            return self._full_kneighbors(k, reverse, return_dists)
         queries, single = _split_queries(query, aggregation)
         if reverse and aggregation == "max" and len(queries[0][1]) > 1:
             raise ValueError(
                 "reverse=True needs aggregation='mean' when several queries "
                 "are given (the least similar by best score is not defined)"
             )
+        scope = self._scope()
         sample_ids, label_ids, dists = [], [], []
         for kind, value in queries:
             ids, scores = search.run_query(
-                self.view, limit=k, reverse=reverse,
+                scope, limit=k, reverse=reverse,
                 aggregation=aggregation or "mean",
                 patches_field=self.config.patches_field, **{kind: value},
             )
@@ -430,7 +681,7 @@ class AISearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
                 label_ids.append(ids)
                 ids = self._sources(ids)
             sample_ids.append(ids)
-            dists.append([1.0 - s for s in scores])
+            dists.append(self._distances(scores))
         label_ids = label_ids or None
         if single:
             sample_ids, dists = sample_ids[0], dists[0]
@@ -438,6 +689,63 @@ class AISearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         if return_dists:
             return sample_ids, label_ids, dists
         return sample_ids, label_ids
+
+    def _full_kneighbors(self, k, reverse, return_dists):
+        """The ``k`` nearest (farthest) neighbours of every point of the
+        current view, exact, as indices into it (``plot_distances``)."""
+        vectors = self._current_vectors()
+        n = len(vectors)
+        if n > MAX_FULL_INDEX:
+            raise ValueError(
+                f"A full index query compares every pair of the {n} points "
+                f"in view; the AI search backend does so up to "
+                f"{MAX_FULL_INDEX}. Query by ids or vectors, or use_view() "
+                "a smaller view")
+        k = n if k is None else min(int(k), n)
+        unit = search._normalize(vectors) if n else vectors
+        inds, dists = [], []
+        for start in range(0, n, 1024):
+            sims = unit[start:start + 1024] @ unit.T
+            order = np.argsort(sims if reverse else -sims, axis=1,
+                               kind="stable")[:, :k]
+            for row, picked in enumerate(order):
+                inds.append(picked)
+                dists.append(np.array(self._distances(sims[row, picked])))
+        return (inds, dists) if return_dists else inds
+
+    def _current_vectors(self):
+        """The vectors of the current view's points, in the Brain's order
+        (``current_sample_ids``, or ``current_label_ids``)."""
+        if self._objects:
+            return self.get_embeddings(
+                label_ids=list(self.current_label_ids),
+                allow_missing=False)[0]
+        return self.get_embeddings(list(self.current_sample_ids),
+                                   allow_missing=False)[0]
+
+    def _distances(self, scores):
+        """The run's distances of cosine similarities."""
+        scores = np.asarray(scores, dtype=np.float64)
+        if self.config.metric == "euclidean":
+            return list(np.sqrt(np.clip(2.0 - 2.0 * scores, 0.0, None)))
+        return list(1.0 - scores)
+
+    def _similarity(self, distance):
+        """The cosine similarity of a distance of the run's metric."""
+        if self.config.metric == "euclidean":
+            return 1.0 - distance * distance / 2.0
+        return 1.0 - distance
+
+    def _scope(self):
+        """The view the run searches: the current view, within the run's
+        members."""
+        view = self.view
+        if self._members is None:
+            return view
+        if self._objects and not view._is_patches:
+            return view.select_labels(ids=self._members,
+                                      fields=self.config.patches_field)
+        return view.select(self._members)
 
     def _sources(self, label_ids):
         """The ids of the samples holding these objects, in their order."""
@@ -447,13 +755,9 @@ class AISearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         # the Brain maps rows to current_sample_ids (current_label_ids of an
         # object index): all must be there (a sync may have removed some
         # since: reload() then)
-        if self._objects:
-            ids = list(self.current_label_ids)
-            vectors, _, _ = self.get_embeddings(label_ids=ids,
-                                                allow_missing=False)
-        else:
-            ids = list(self.current_sample_ids)
-            vectors, _, _ = self.get_embeddings(ids, allow_missing=False)
+        ids = list(self.current_label_ids if self._objects
+                   else self.current_sample_ids)
+        vectors = self._current_vectors()
         full = query is None
         if full:
             queries, single = vectors, False
@@ -462,8 +766,9 @@ class AISearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
             queries = np.concatenate([self._vectors_of(kind, value)
                                       for kind, value in pairs])
         inds, sims = duplicates.neighbors_within(
-            vectors, 1.0 - thresh, queries=queries)
-        dists = [1.0 - s for s in sims]
+            search._normalize(vectors) if len(vectors) else vectors,
+            self._similarity(thresh), queries=queries)
+        dists = [self._distances(s) for s in sims]
         if full:
             return (inds, dists) if return_dists else inds
         sample_ids = [[ids[i] for i in row] for row in inds]
@@ -477,7 +782,8 @@ class AISearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         if kind == "image_ids":
             ids = dict(label_ids=value) if self._objects else dict(
                 sample_ids=value)
-            return self.get_embeddings(allow_missing=False, **ids)[0]
+            vectors = self.get_embeddings(allow_missing=False, **ids)[0]
+            return search._normalize(vectors)
         return search.prompt_vectors(self.get_model().clip, value)
 
     # -- helpers --------------------------------------------------------------
@@ -487,21 +793,22 @@ class AISearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         store = runner.open_ref((doc or require_index(self._target))["index"])
         return store.session(keep_open=True)
 
-    @classmethod
-    def _from_dict(cls, d, samples, config, brain_key):
-        return cls(samples, config, brain_key)
-
 
 class _Prompts(list):
-    """Prompts of a query, kept apart from ids and vectors."""
+    """Prompts of a query, kept apart from ids and vectors; ``single``
+    when the query was one string."""
+
+    single = False
 
 
 def _split_queries(query, aggregation):
     """``([(kind, value), ...], single)``: the searches a Brain query asks
     for, as :func:`fiftyone_ai_search.search.run_query` fields: one search
-    when aggregated or for one query, else one per query."""
+    when aggregated, else one per query. As for the Brain's own backends,
+    one id, one prompt or one vector is a single query; a list or a 2-D
+    array is several, even of one."""
     if isinstance(query, _Prompts):
-        kind, items = "prompts", list(query)
+        kind, items, single = "prompts", list(query), query.single
     elif isinstance(query, str):
         return [("image_ids", [query])], True
     else:
@@ -509,16 +816,16 @@ def _split_queries(query, aggregation):
         if np.issubdtype(array.dtype, np.number):
             if array.ndim == 1:
                 return [("vectors", array[np.newaxis])], True
-            kind, items = "vectors", list(array)
+            kind, items, single = "vectors", list(array), False
         else:
-            kind, items = "image_ids", [str(i) for i in query]
+            kind, items, single = "image_ids", [str(i) for i in query], False
     if not items:
         raise ValueError("At least one query must be provided")
-    if aggregation is not None or len(items) == 1:
+    if aggregation is not None:
         value = np.stack(items) if kind == "vectors" else items
         return [(kind, value)], True
     return [(kind, np.stack([v]) if kind == "vectors" else [v])
-            for v in items], False
+            for v in items], single
 
 
 def _id_strings(ids):
@@ -618,11 +925,9 @@ class ClipBrainModel(fom.Model, fom.EmbeddingsMixin, fom.PromptMixin):
 
 def register_backend():
     """Adds this backend to ``fiftyone.brain.brain_config`` of this process,
-    so that ``fob.compute_similarity(..., backend="ai_search")`` finds it.
-    Importing this module does it; other processes may declare it in the
-    Brain's config instead (see the README)."""
-    fb.brain_config.similarity_backends.setdefault(
-        BACKEND_NAME, {"config_cls": _CONFIG_CLS})
+    so that ``fob.compute_similarity(..., backend="ai_search")`` finds it
+    (importing :mod:`fiftyone_ai_search` does it)."""
+    brain_registry.declare(fb)
 
 
 register_backend()
@@ -664,29 +969,34 @@ def check_brain_key(dataset, brain_key, patches_field=None):
 
 
 def register(target, doc, brain_key):
-    """Registers (or updates) the Brain run of a target's AI search index
-    (of a dataset's images, or of the objects of one of its fields) under
-    ``brain_key``, and moves it there from a former key."""
+    """Registers the Brain run of a target's AI search index (of a
+    dataset's images, or of the objects of one of its fields) under
+    ``brain_key``: a run of the whole index. Other runs of the index stay;
+    an existing run of that key keeps what it holds and learns the
+    index's model."""
     dataset, field = targets.dataset_of(target), targets.field_of(target)
     check_brain_key(dataset, brain_key, field)
-    former = doc.get("brain_key")
-    if former and former != brain_key:
-        unregister(dataset, former)
-    config = AISearchSimilarityConfig(index_backend=doc.get("backend"),
-                                      patches_field=field)
-    _label_model(config, doc)
-    method = config.build()
-    if brain_key in dataset.list_brain_runs():
-        method.update_run_config(dataset, brain_key, config)
+    if brain_key in dataset.list_brain_runs() and dataset.load_brain_results(
+            brain_key, cache=False) is not None:
+        config = dataset.get_brain_info(brain_key).config
+        _label_model(config, doc)
+        config.build().update_run_config(dataset, brain_key, config)
     else:
+        # (a run left without results, by a process killed in between)
+        unregister(dataset, brain_key)
+        config = AISearchSimilarityConfig(index_backend=doc.get("backend"),
+                                          patches_field=field)
+        _label_model(config, doc)
+        method = config.build()
         method.register_run(dataset, brain_key, overwrite=False)
-    # always (a few bytes): a run registered by a process killed before it
-    # saved its results would otherwise never load
-    method.save_run_results(
-        dataset, brain_key,
-        AISearchSimilarityIndex(dataset, config, brain_key, backend=method),
-    )
-    if former != brain_key:
+        # at once (a few bytes): a run registered by a process killed
+        # before it saved its results would otherwise never load
+        method.save_run_results(
+            dataset, brain_key,
+            AISearchSimilarityIndex(dataset, config, brain_key,
+                                    backend=method),
+        )
+    if doc.get("brain_key") is None:
         st.update(target, brain_key=brain_key)
 
 
@@ -696,6 +1006,14 @@ def unregister(dataset, brain_key):
         config = dataset.get_brain_info(brain_key).config
         if isinstance(config, AISearchSimilarityConfig):
             AISearchSimilarity.delete_run(dataset, brain_key, cleanup=False)
+
+
+def unregister_all(target):
+    """Deletes every Brain run of a target's index, leaving the index
+    alone (the caller's: AI search is being switched off)."""
+    dataset = targets.dataset_of(target)
+    for key in runs_of(target):
+        AISearchSimilarity.delete_run(dataset, key, cleanup=False)
 
 
 def _label_model(config, doc):

@@ -297,14 +297,12 @@ def enable_embeddings(dataset: fod.Dataset, model: str | None = None,
 
 
 def _register(target, doc, brain_key):
-    """Makes the index a Brain run under ``brain_key`` (False: none)."""
+    """Makes the index a Brain run under ``brain_key`` (False: none; the
+    runs it has stay)."""
     from . import brain
 
     if brain_key is not False:
         brain.register(target, doc, brain_key)
-    elif doc.get("brain_key"):
-        brain.unregister(targets.dataset_of(target), doc["brain_key"])
-        st.update(target, brain_key=None)
 
 
 def _enable_objects(objects, model, pretrained, backend, margin, square,
@@ -411,10 +409,10 @@ def disable(dataset, unregister=True):
     doc = st.disable(dataset)  # one write: running computations are stale
     if doc is None:
         return
-    if unregister and isinstance(doc.get("brain_key"), str):
+    if unregister:  # every run of the index goes with it
         from . import brain
 
-        brain.unregister(targets.dataset_of(dataset), doc["brain_key"])
+        brain.unregister_all(dataset)
     delete_index_and_state(doc)
     # the latest results go with the index; named collections stay, as
     # plain saved views

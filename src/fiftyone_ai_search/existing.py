@@ -36,6 +36,21 @@ ZOO_MODELS = {
 #: (FiftyOne's defaults: ViT-B-32, openai)
 OPEN_CLIP_ZOO_MODEL = ("open-clip-torch", "ViT-B-32", "openai")
 
+
+def zoo_open_clip(name, model_kwargs=None):
+    """``(model, pretrained)`` of open_clip that a FiftyOne zoo model name
+    (with its ``model_kwargs``) stands for, or None for a zoo model that is
+    not an open_clip CLIP this package can run."""
+    if name in ZOO_MODELS:
+        return ZOO_MODELS[name]
+    zoo, default_model, default_tag = OPEN_CLIP_ZOO_MODEL
+    if name == zoo:
+        kwargs = model_kwargs or {}
+        return (kwargs.get("clip_model", default_model),
+                kwargs.get("pretrained", default_tag))
+    return None
+
+
 #: how many samples the model embeds to check the claim
 CHECK_SAMPLES = 4
 
@@ -114,15 +129,8 @@ class ExistingEmbeddings:
         if self.field is not None:
             return None
         config = self.dataset.get_brain_info(self.brain_key).config
-        name = getattr(config, "model", None)
-        if name in ZOO_MODELS:
-            return ZOO_MODELS[name]
-        zoo, default_model, default_tag = OPEN_CLIP_ZOO_MODEL
-        if name == zoo:
-            kwargs = getattr(config, "model_kwargs", None) or {}
-            return (kwargs.get("clip_model", default_model),
-                    kwargs.get("pretrained", default_tag))
-        return None
+        return zoo_open_clip(getattr(config, "model", None),
+                             getattr(config, "model_kwargs", None))
 
     def vectors(self, sample_ids):
         """The source's vectors of those of ``sample_ids`` that it has.

@@ -370,3 +370,53 @@ def test_concurrent_searches_never_tear_the_temporary_collection(tmp_path):
         # what get_collection hands out agrees with the scores too
         got = ais.get_collection(dataset, ais.TEMPORARY_COLLECTION)
         assert got.values("id") == score_ids
+
+
+# -- (1) a full disk -----------------------------------------------------------
+
+_FILL = """
+import sys
+import numpy as np
+sys.path.insert(0, {tests!r})
+from test_store import INFO, make_ids, make_vectors, payloads_for
+from fiftyone_ai_search.errors import DiskFullError
+from fiftyone_ai_search.store.edge import EdgeStore
+
+store = EdgeStore("full", {root!r})
+store.ensure(INFO)
+written = 0
+try:
+    for k in range(200):
+        ids = make_ids(2000, seed=k)
+        store.upsert(ids, make_vectors(2000, seed=k), payloads_for(ids))
+        written += 2000
+except DiskFullError as e:
+    print("REFUSED", e)
+assert store.count() == written, (store.count(), written)
+print("FOUND", len(store.query(make_vectors(1)[0], 5)))
+"""
+
+
+def test_a_full_disk_refuses_writes_and_keeps_serving_searches(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    root = tmp_path / "small"
+    root.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=80m", "tmpfs",
+                       str(root)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (not root?)")
+    try:
+        # in a process of its own: without the check it dies of SIGBUS
+        out = subprocess.run(
+            [sys.executable, "-c", _FILL.format(
+                tests=os.path.dirname(__file__), root=str(root))],
+            capture_output=True, text=True, timeout=300)
+    finally:
+        subprocess.run(["umount", "-l", str(root)])
+
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"REFUSED Not enough free space" in out.stdout
+    assert str(root) in out.stdout and "MiB needed" in out.stdout
+    assert "FOUND 5" in out.stdout

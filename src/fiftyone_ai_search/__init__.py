@@ -43,7 +43,8 @@ from .collections import (
 )
 from .config import get_settings
 from .duplicates import find_near_duplicates, near_duplicate_groups
-from .errors import AISearchError, IndexDamagedError, StateDamagedError
+from .errors import (AISearchError, DiskFullError, IndexDamagedError,
+                     StateDamagedError)
 from .embeddings import (
     AISearchNotEnabledError,
     IndexNotReadyError,
@@ -78,6 +79,7 @@ __all__ = [
     "AISearchNotEnabledError",
     "CollectionNotFoundError",
     "CropSettings",
+    "DiskFullError",
     "IndexDamagedError",
     "IndexNotReadyError",
     "ModelUnavailableError",

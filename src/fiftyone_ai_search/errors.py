@@ -27,3 +27,10 @@ class StateDamagedError(IndexDamagedError):
     """The AI search state document of a dataset is not one (a field of
     the wrong type, missing, or garbage). Disabling AI search always works
     and repairs it; enable it again afterwards."""
+
+
+class DiskFullError(AISearchError, OSError):
+    """Too little free space where the index lives for a write: refused
+    before it is made (an engine that runs out of space midway may crash
+    the process). The message names the directory and the space needed.
+    Searches keep working."""

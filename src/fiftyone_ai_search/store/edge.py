@@ -40,7 +40,7 @@ import qdrant_edge as qe
 
 import numpy as np
 
-from ..errors import IndexDamagedError
+from ..errors import DiskFullError, IndexDamagedError
 from . import cells as cl
 from . import ranks as rk
 from .base import (
@@ -80,6 +80,22 @@ KEEP_OPEN = 30.0
 #: how often (seconds) a kept-open shard checks whether another process waits
 #: for it, and so the most that process waits for a kept shard
 KEEP_OPEN_POLL = 0.02
+
+
+#: free space a write must leave where the indexes live (bytes): what
+#: Qdrant Edge may map beyond the points themselves (a new WAL segment,
+#: segment growth)
+RESERVE_BYTES = 64 * 2**20
+
+#: about what a point costs on disk, in its write-ahead log and its segment
+#: (the vector as float32 twice and as int8, its payload): bytes per
+#: dimension, and per point
+BYTES_PER_DIM = 16
+BYTES_PER_POINT = 2048
+
+
+def _mib(num_bytes):
+    return f"{num_bytes / 2**20:.1f} MiB"
 
 
 class _Shared:
@@ -437,6 +453,7 @@ class EdgeStore(VectorStore):
             # leftovers of a creation that crashed before index.json
             shutil.rmtree(self._shard_path, ignore_errors=True)
             self._remove_cells()
+            self._check_space(0, info.dim)
             qe.EdgeShard.create(self._shard_path,
                                 _shard_config(info.dim)).close()
             _write_json_atomic(self._info_path, info.to_dict())
@@ -482,10 +499,38 @@ class EdgeStore(VectorStore):
                 if writes:
                     shared.dirty = True
 
+    def _check_space(self, num_points, dim):
+        """Refuses a write of ``num_points`` vectors of size ``dim`` unless
+        the index's file system has room for it and
+        :data:`RESERVE_BYTES` more: Qdrant Edge writes through memory
+        maps, and on a full tmpfs a write dies with SIGBUS, taking the
+        process with it.
+
+        Raises:
+            DiskFullError: naming the directory and the space needed
+        """
+        needed = RESERVE_BYTES + num_points * (dim * BYTES_PER_DIM
+                                               + BYTES_PER_POINT)
+        try:
+            fs = os.statvfs(self.root_dir)
+        except OSError:
+            return  # no answer: the write says what is wrong, if anything
+        free = fs.f_bavail * fs.f_frsize
+        if free < needed:
+            raise DiskFullError(
+                f"Not enough free space for the AI search index '{self.name}'"
+                f" in {self.root_dir}: {_mib(free)} free, about "
+                f"{_mib(needed)} needed to write {num_points} vectors (with "
+                f"a {_mib(RESERVE_BYTES)} reserve). Free some space there, or "
+                "move the indexes (FIFTYONE_AI_SEARCH_DIR). This write stopped "
+                "here; searches keep working."
+            )
+
     def _upsert_points(self, point_ids, vectors, payloads):
         def upsert(shard, info, chunk):
             # per chunk: a hand-over may have let the index be recreated
             check_dim(vectors, info.dim)
+            self._check_space(len(point_ids[chunk]), info.dim)
             points = [
                 qe.Point(pid, vec, payload)
                 for pid, vec, payload in zip(

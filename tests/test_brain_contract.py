@@ -156,3 +156,14 @@ def test_full_index_query(tmp_path):
     assert len(inds) == 10
     assert [row[0] for row in inds] == list(range(10))  # itself first
     assert all(abs(d[0]) < 1e-5 for d in dists)
+
+
+def test_delete_brain_run_of_a_damaged_state_switches_off(tmp_path):
+    from fiftyone_ai_search import state as st
+
+    dataset = _indexed(tmp_path, 4)
+    st._states().update_one({"_id": st.dataset_key(dataset)},
+                            {"$set": {"enabled": "yes"}})
+    dataset.delete_brain_run(brain.DEFAULT_BRAIN_KEY)
+    assert brain.DEFAULT_BRAIN_KEY not in dataset.list_brain_runs()
+    assert st.get_raw(st.dataset_key(dataset)) is None

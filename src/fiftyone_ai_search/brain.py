@@ -72,7 +72,7 @@ from . import search
 from . import state as st
 from . import targets
 from .embeddings import require_index
-from .errors import AISearchError
+from .errors import AISearchError, StateDamagedError
 
 logger = logging.getLogger(__name__)
 
@@ -285,7 +285,10 @@ def _release(target, brain_key):
 
     if any(key != brain_key for key in runs_of(target)):
         return
-    doc = st.get(target)
+    try:
+        doc = st.get(target)
+    except StateDamagedError:
+        doc = {"enabled": True}  # damaged: disabling always works
     if doc and doc.get("enabled"):
         disable(target, unregister=False)
 

@@ -148,11 +148,9 @@ class DisableAISearch(_Operator):
         showing_results = forms.showing_results(ctx.view)
         ais.disable_embeddings(ctx.dataset, patches_field=field)
         if showing_results and not forms.has_latest_results(ctx.dataset):
-            # they went with the index (also when open as a saved view);
-            # the new view reloads the App's page, saved views list too
+            # they went with the index (also when open as a saved view)
             forms.show_dataset(ctx)
-        else:
-            ctx.ops.reload_dataset()  # the saved views list drops them
+        ctx.ops.reload_dataset()  # the App's saved views list drops them
         if field is None:
             return {"enabled": False}
         return {"enabled": False, "patches_field": field}
@@ -445,11 +443,10 @@ class RenameCollection(_Operator):
         name = ctx.params.get("name")
         # shown open, it stays on screen (unsaved: the App cannot select a
         # saved view it does not list yet)
-        left = forms.leave_saved_view(ctx, name, to=ctx.view)
+        forms.leave_saved_view(ctx, name, to=ctx.view)
         new_name = ais.rename_collection(ctx.dataset, name,
                                          ctx.params.get("new_name"))
-        if not left:  # (a new view reloads the saved views list itself)
-            ctx.ops.reload_dataset()
+        ctx.ops.reload_dataset()
         return {"collection": new_name}
 
 
@@ -472,11 +469,9 @@ class DeleteCollection(_Operator):
 
     def execute(self, ctx):
         name = ctx.params.get("name")
-        # shown open: the dataset instead
-        left = forms.leave_saved_view(ctx, name)
+        forms.leave_saved_view(ctx, name)  # shown open: the dataset instead
         ais.delete_collection(ctx.dataset, name)
-        if not left:  # (a new view reloads the saved views list itself)
-            ctx.ops.reload_dataset()
+        ctx.ops.reload_dataset()
         return {"deleted": name}
 
 

@@ -215,6 +215,8 @@ def _context(dataset, params=None, view=None, selected=None,
                "selected_labels": selected_labels or []}
     if view is not None:
         request["view"] = view._serialize()
+        if view.name is not None:  # a saved view: the App sends its name
+            request["view_name"] = view.name
     if panel_state is not None:
         request["params"].update(panel_id="p1", panel_state=panel_state)
     return ExecutionContext(request, executor=Executor(),
@@ -246,7 +248,17 @@ def test_grid_button_offers_to_enable_then_follows_then_searches(tmp_path):
         assert view["view"]["prompt"] is True
         return view["view"]["label"]
 
-    assert button() == "AI Search (off)"
+    def disable_button():
+        view = resolve_placement(foo.get_operator(uri("disable_ai_search")),
+                                 request)
+        return view and view.to_json()["view"]["label"]
+
+    # the state on the button itself (a text button: no icon, whose label
+    # FiftyOne shows only as a tooltip); disable beside it once on
+    assert button() == "AI Search: off"
+    assert "icon" not in resolve_placement(operator, request).to_json()[
+        "view"]
+    assert disable_button() is None
 
     # off: the form is the enable form; offline, with the default weights
     # absent, the bundled model is what it offers, and it says why
@@ -283,12 +295,15 @@ def test_grid_button_offers_to_enable_then_follows_then_searches(tmp_path):
     from fiftyone_ai_search import state as st
 
     st.mark_pending(dataset, os.getpid())
-    assert button().startswith("AI Search: computing")
+    assert button() == "AI Search: starting"
+    st.update(dataset, progress={"done": 3, "total": 8})
+    assert button() == "AI Search: computing 37%"
+    assert disable_button() == "Disable AI search"
     assert "Computing the embeddings" in _blocking(_form(dataset))["indexing"]
     st.update(dataset, pending=None)
 
     ais.calculate_embeddings(dataset, wait=True, progress=False)
-    assert button() == "AI Search"
+    assert button() == "AI Search: ready"
     form = _form(dataset)
     assert form["mode"]["default"] == "prompt"
     assert not _blocking(form)
@@ -438,6 +453,32 @@ class _Panel:
         ctx = _context(self.dataset, panel_state=self.state, **self.context)
         return self.panel.render(ctx).to_json()["type"]["properties"]
 
+    def search(self, **params):
+        """The panel's Search: the prompt it opens is the grid button's
+        (run here with ``params``); the grid then shows the results, and
+        the panel hears of the new view. Returns what the search asked
+        the App to do."""
+        self("on_search")
+        (prompt,) = self.asked("prompt_user_for_operation")
+        assert prompt["operator_uri"] == uri("ai_search")
+        _, asked = _execute(self.dataset, "ai_search", params=params,
+                            **self.context)
+        self.context["view"] = fo.core.view.DatasetView._build(
+            self.dataset, asked["set_view"][0]["view"])
+        self("on_change_view")
+        return asked
+
+    def save(self, name):
+        """The panel's "Save what is shown": the save prompt it opens, with
+        the range shown, run with ``name``."""
+        self("on_save")
+        (prompt,) = self.asked("prompt_user_for_operation")
+        assert prompt["operator_uri"] == uri("save_collection")
+        _, asked = _execute(self.dataset, "save_collection",
+                            params=dict(prompt["params"], name=name))
+        self("on_saved")
+        return asked
+
 
 def test_panel_follows_the_computation_then_searches_and_narrows(tmp_path):
     dataset = shapes_dataset(tmp_path, num_samples=30, enable=False)
@@ -456,15 +497,14 @@ def test_panel_follows_the_computation_then_searches_and_narrows(tmp_path):
     props = panel.render()
     assert "Ready" in props["status"]["default"]
     assert "30 of 30 samples indexed" in props["status"]["default"]
-    assert "poll" not in props and "search" in props
+    assert "poll" not in props and "search_btn" in props
 
-    panel.state["search"] = {"mode": "prompt",
-                             "prompt": "a photo of a red circle", "limit": 10}
-    panel("on_search")
+    asked = panel.search(mode="prompt", prompt="a photo of a red circle",
+                         limit=10)
     scores = ais.get_collection_scores(dataset, ais.TEMPORARY_COLLECTION)
     assert len(scores) == 10
     # the grid gets the results as stages (by name it failed the first time)
-    (shown,) = panel.asked("set_view")
+    (shown,) = asked["set_view"]
     assert "name" not in shown and len(shown["view"]) == 1
     props = panel.render()
     assert "prompt 'a photo of a red circle', 10 samples" in props[
@@ -482,14 +522,28 @@ def test_panel_follows_the_computation_then_searches_and_narrows(tmp_path):
     panel("on_slider", value=[lo, scores[0][1]])
     assert panel.state["range"] == [lo, scores[0][1]]
     assert panel.state["range_count"] == 5
-    assert "5 of 10 results" in panel.render()["range_text"]["default"]
-    panel.state["collection_name"] = "reds"
-    panel("on_save")
-    assert panel.asked("reload_dataset")  # the saved views list shows it
+    props = panel.render()
+    assert "5 of 10 results" in props["range_text"]["default"]
+    # the slider holds both bounds where they were set (a new slider whose
+    # default is the range), so setting the other bound keeps this one
+    (moved,) = [k for k in props if k.startswith("score_range_")]
+    assert moved != slider and props[moved]["default"] == [lo, scores[0][1]]
+    panel("on_slider", value=props[moved]["default"])
+    assert not panel.asked("set_view")  # its default: no change
+    panel("on_slider", value=[lo, scores[2][1]])
+    assert panel.state["range"] == [lo, scores[2][1]]
+    assert panel.state["range_count"] == 3
+    panel("on_slider", value=[lo, scores[0][1]])
+    asked = panel.save("reds")
+    assert asked["reload_dataset"]  # the saved views list shows it
+    assert asked["notify"][0]["message"] == "Saved collection 'reds'"
     assert [i for i, _ in ais.get_collection_scores(dataset, "reds")] == [
         i for i, _ in scores[:5]]
     props = panel.render()
     assert props["collection"]["default"] == "reds"
+    # Load selects it in FiftyOne's saved views list, by name
+    panel("on_load_collection")
+    assert panel.asked("set_view") == [{"name": "reds"}]
 
     # bars selected on the histogram do the same
     from fiftyone_ai_search.app.panel import histogram_chart
@@ -512,22 +566,17 @@ def test_panel_reports_errors_instead_of_breaking(tmp_path):
     ais.calculate_embeddings(dataset, wait=True, progress=False)
     panel = _Panel(dataset)
     panel("on_load")
-    panel.state["search"] = {"mode": "similar"}
-    props = panel.render()
-    assert props["search_btn"]["view"]["disabled"] is True
-    assert _blocking(props["search"]["type"]["properties"])
-    panel("on_search")  # raises nothing: the error is a notification
+    # an event that fails says so in a notification
+    panel.state["slider_default"] = None
+    panel("on_histogram_select", data=[{"x": 0.5}])  # no results yet
     (note,) = panel.asked("notify")
-    assert note["variant"] == "error" and "nothing selected" in note["message"]
-
-    panel.state["search"] = {"mode": "diverse"}
-    props = panel.render()["search"]["type"]["properties"]
-    assert "method" in props and "prompt" not in props
+    assert note["variant"] == "error"
+    assert "Ready" in panel.render()["status"]["default"]
 
     ais.disable_embeddings(dataset)
     panel("on_refresh")
     props = panel.render()
-    assert "off" in props["status"]["default"] and "search" not in props
+    assert "off" in props["status"]["default"] and "search_btn" not in props
 
 
 def test_panel_says_a_rebuild_with_another_model_runs_and_what_searches_use(
@@ -552,7 +601,7 @@ def test_panel_says_a_rebuild_with_another_model_runs_and_what_searches_use(
         assert status.startswith("**Rebuilding with other-tiny-clip")
         assert "6 / 20 (30%)" in status
         assert "Searches use tiny" in status
-        assert "search" in panel.render()  # searching stays possible
+        assert "search_btn" in panel.render()  # searching stays possible
     finally:
         lease.release()
 
@@ -692,12 +741,10 @@ def test_panel_shows_near_duplicates_found_from_the_grid(tmp_path):
     ais.calculate_embeddings(dataset, wait=True, progress=False)
     panel = _Panel(dataset)
     panel("on_load")
-    panel.state["search"] = {"mode": "prompt",
-                             "prompt": "a photo of a red circle", "limit": 10}
-    panel("on_search")
+    panel.search(mode="prompt", prompt="a photo of a red circle", limit=10)
     assert "prompt 'a photo of a red circle'" in panel.render()[
         "results_title"]["default"]
-    # the App shows the panel's own results: nothing to refresh
+    # the App shows the panel's own results: nothing to refresh or write
     panel.context["view"] = dataset.load_saved_view(ais.TEMPORARY_COLLECTION)
     panel("on_change_view")
     assert not panel.triggered
@@ -805,7 +852,7 @@ def test_enable_object_search_from_the_app_and_follow_it(tmp_path):
             "dataset_name": dataset.name, "params": {}}).to_json()[
                 "view"]["label"]
 
-    assert button() == "AI Search"
+    assert button() == "AI Search: ready"
     # a computation of the objects shows on the button too
     from fiftyone_ai_search.targets import Objects
 
@@ -1015,7 +1062,7 @@ def test_panel_enables_follows_and_searches_objects(tmp_path):
     panel("on_load")
     props = panel.render()
     # images ready, the objects of ground_truth can be indexed too
-    assert "search_in" not in props["search"]["type"]["properties"]
+    assert "search_in" not in _form(dataset)
     panel("on_enable_objects")
     (prompt,) = panel.asked("prompt_user_for_operation")
     assert prompt["operator_uri"] == uri("enable_ai_search")
@@ -1036,14 +1083,13 @@ def test_panel_enables_follows_and_searches_objects(tmp_path):
     assert (f"{num_objects} of {num_objects} objects indexed"
             in props["object_status"]["default"])
     assert "enable_objects" not in props
-    search = props["search"]["type"]["properties"]
+    search = _form(dataset)
     assert [c["label"] for c in search["search_in"]["view"]["choices"]] == [
         "images", f"objects of {FIELD}"]
 
-    panel.state["search"] = {"search_in": OBJECTS, "mode": "prompt",
-                             "prompt": "a red circle", "limit": 10}
-    panel("on_search")
-    (shown,) = panel.asked("set_view")
+    asked = panel.search(search_in=OBJECTS, mode="prompt",
+                         prompt="a red circle", limit=10)
+    (shown,) = asked["set_view"]
     import fiftyone.core.view as fov
 
     assert fov.DatasetView._build(dataset, shown["view"])._is_patches
@@ -1054,19 +1100,19 @@ def test_panel_enables_follows_and_searches_objects(tmp_path):
     (slider,) = [k for k in props if k.startswith("score_range_")]
     panel("on_slider", value=[scores[2][1], scores[0][1]])
     assert panel.state["range_count"] == 3
-    panel.state["collection_name"] = "top reds"
-    panel("on_save")
+    panel.save("top reds")
     assert ais.get_collection(dataset, "top reds")._is_patches
 
     # the grid showing the results (a patches view): the panel keeps them,
-    # and searches the objects of that field next
-    panel.state["search"] = {"mode": "prompt"}
+    # and the next search searches the objects of that field
     panel.context["view"] = ais.get_collection(dataset,
                                                ais.TEMPORARY_COLLECTION)
     panel("on_change_view")
-    assert panel.state["search"]["search_in"] == OBJECTS
-    assert "never searches the latest results" in panel.render()["search"][
-        "type"]["properties"]["scope"]["view"]["label"]
+    assert "results_title" in panel.render()
+    form = _form(dataset, view=panel.context["view"])
+    assert form["search_in"]["default"] == OBJECTS
+    assert "never searches the latest results" in form["scope"]["view"][
+        "label"]
 
     # disabling the objects' index takes its results with it
     _execute(dataset, "disable_ai_search", params={"search_in": OBJECTS})
@@ -1074,5 +1120,96 @@ def test_panel_enables_follows_and_searches_objects(tmp_path):
     panel("on_refresh")
     props = panel.render()
     assert "results_title" not in props
-    assert "object_status" not in props and "search" in props
+    assert "object_status" not in props and "search_btn" in props
     assert props["enable_objects"]["view"]["label"] == "Enable object search"
+
+
+# -- what a curator types, checked where it is typed -------------------------------
+
+
+def test_forms_refuse_what_cannot_run_in_a_curators_words(tmp_path):
+    dataset = shapes_dataset(tmp_path, num_samples=10)
+    ais.calculate_embeddings(dataset, wait=True, progress=False)
+    # a limit below 1 blocks Execute; executed anyway, it is not 100
+    for bad in (0, -3):
+        blocking = _blocking(_form(dataset, params={"prompt": "a red circle",
+                                                    "limit": bad}))
+        assert list(blocking) == ["limit"]
+        form = _form(dataset, params={"limit": bad})
+        assert f"1 or more, not {bad}" in form["limit"]["error_message"]
+    with pytest.raises(Exception, match="limit"):
+        foo.execute_operator(uri("ai_search"), ctx={
+            "dataset": dataset, "params": {"prompt": "a red circle",
+                                           "limit": 0}})
+
+    # a typed model that open_clip does not have blocks the enable form
+    form = _form(dataset, operator="enable_ai_search",
+                 params={"model_choice": "custom", "model": "NoSuchNet-7"})
+    message = form["model"]["error_message"]
+    assert form["model"]["invalid"] and "open_clip has no model" in message
+    assert "NoSuchNet-7" in message and "Traceback" not in message
+    form = _form(dataset, operator="enable_ai_search",
+                 params={"model_choice": "custom",
+                         "model": tiny_clip_model_name()})
+    assert not _blocking(form)
+
+    # names: empty or taken, said in the App's words (not the SDK's)
+    ais.perform_ai_search(dataset, prompt="a red circle", limit=3)
+    ais.save_collection(dataset, "reds")
+    for params, expected in (({"name": ""}, "Type a name"),
+                             ({"name": "reds"}, "exists already")):
+        form = _form(dataset, operator="save_collection", params=params)
+        assert form["name"]["invalid"], params
+        assert expected in form["name"]["error_message"]
+        assert "overwrite=True" not in form["name"]["error_message"]
+    form = _form(dataset, operator="save_collection",
+                 params={"name": "reds", "overwrite": True})
+    assert not form["name"].get("invalid")
+    form = _form(dataset, operator="rename_collection",
+                 params={"name": "reds", "new_name": "reds"})
+    assert "exists already" in form["new_name"]["error_message"]
+    # deleting warns what goes and what stays
+    form = _form(dataset, operator="delete_collection",
+                 params={"name": "reds"})
+    assert "cannot be undone" in form["warning"]["view"]["label"]
+
+
+def test_a_collection_open_in_the_app_is_left_before_it_goes(tmp_path):
+    """FiftyOne 1.22's App left on a saved view that no longer exists fails
+    ("Object of type SavedView is not JSON serializable"): renaming,
+    deleting or disabling first moves the App off it."""
+    dataset = shapes_dataset(tmp_path, num_samples=10)
+    ais.calculate_embeddings(dataset, wait=True, progress=False)
+    ais.perform_ai_search(dataset, prompt="a red circle", limit=4)
+    ais.save_collection(dataset, "reds")
+    ais.save_collection(dataset, "other")
+    ids = dataset.load_saved_view("reds").values("id")
+
+    # renamed while open: the same samples, unsaved, then the list reloads
+    _, asked = _execute(dataset, "rename_collection",
+                        view=dataset.load_saved_view("reds"),
+                        params={"name": "reds", "new_name": "red ones"})
+    (shown,) = asked["set_view"]
+    assert "name" not in shown
+    assert fo.core.view.DatasetView._build(
+        dataset, shown["view"]).values("id") == ids
+    assert list(asked) == ["set_view", "reload_dataset"]  # in this order
+    # renamed while another is open: the App's view is left alone
+    _, asked = _execute(dataset, "rename_collection",
+                        view=dataset.load_saved_view("other"),
+                        params={"name": "red ones", "new_name": "reds"})
+    assert "set_view" not in asked
+
+    # deleted while open: the whole dataset
+    _, asked = _execute(dataset, "delete_collection",
+                        view=dataset.load_saved_view("reds"),
+                        params={"name": "reds"})
+    assert asked["set_view"] == [{"view": []}]
+    assert list(asked) == ["set_view", "reload_dataset"]
+
+    # disabled with the latest results open as a saved view: the dataset
+    _, asked = _execute(
+        dataset, "disable_ai_search",
+        view=dataset.load_saved_view(ais.TEMPORARY_COLLECTION))
+    assert asked["set_view"] == [{"view": []}]
+    assert list(asked) == ["set_view", "reload_dataset"]

@@ -145,6 +145,20 @@ def readiness(status):
     return "indexing" if status["in_progress"] else "failed"
 
 
+def button_label(all_statuses):
+    """The grid button's text: where AI search stands, at a glance (the
+    seed's button animates while computing and turns solid when ready)."""
+    running = computing(all_statuses)
+    if running is not None:
+        p = running[1].get("progress") or {}
+        if not p.get("total"):
+            return "AI Search: starting"
+        return f"AI Search: computing {100 * p['done'] // p['total']}%"
+    state = search_readiness(all_statuses)
+    return {"ready": "AI Search: ready", "off": "AI Search: off",
+            "failed": "AI Search: failed"}.get(state, f"AI Search: {state}")
+
+
 def progress_text(status):
     p = status.get("progress") or {}
     if not p.get("total"):
@@ -222,7 +236,12 @@ def jsonable(value):
 
 def blocked(inputs, name, message, kind=types.Warning):
     """A notice that also blocks Execute (``invalid``)."""
-    prop = inputs.view(name, kind(label=message))
+    return invalid(inputs.view(name, kind(label=message)), message)
+
+
+def invalid(prop, message):
+    """Marks an input invalid: the App shows ``message`` under it and
+    blocks Execute (FiftyOne's own plugins check their inputs this way)."""
     prop.invalid = True
     prop.error_message = message
     return prop
@@ -275,11 +294,15 @@ def enable_form(inputs, params, dataset=None):
 
     key = params.get("model_choice") or offered.key
     if key == CUSTOM_MODEL:
-        inputs.str("model", label="open_clip model", required=True,
-                   description="A name such as ViT-B-16, or local-dir:/path")
+        prop = inputs.str("model", label="open_clip model", required=True,
+                          description="A name such as ViT-B-16, or "
+                          "local-dir:/path")
         inputs.str("pretrained", label="Pretrained",
                    description="A tag of that model (e.g. openai) or a "
                    "local weights file")
+        problem = model_problem(params)
+        if problem:
+            invalid(prop, problem)
     else:
         chosen = next((c for c in choices if c.key == key), None)
         if chosen is not None and not chosen.available:
@@ -294,6 +317,28 @@ def enable_form(inputs, params, dataset=None):
                     orientation="horizontal"),
                 description="edge: embedded, nothing to run; server: a "
                 "Qdrant server (URL and API key from plugin secrets)")
+
+
+def model_problem(params):
+    """What is wrong with the model typed under "Another open_clip
+    model...", in a curator's words, or None (nothing typed yet, or it can
+    be used). Loads nothing: the name is looked up and the weights' files
+    are looked for."""
+    model = (params.get("model") or "").strip()
+    if not model:
+        return None
+    pretrained = (params.get("pretrained") or "").strip() or None
+    try:
+        ais.check_model(model, pretrained)
+    except ais.ModelUnavailableError as e:
+        return str(e)  # says how to supply the weights
+    except ValueError:
+        which = f"'{model}'" + (f" with weights '{pretrained}'"
+                                if pretrained else "")
+        return (f"open_clip has no model {which}. Type a model name such "
+                "as ViT-B-32 (and a pretrained tag it has, such as "
+                "laion2b_s34b_b79k), or local-dir:/path/to/a/checkpoint.")
+    return None
 
 
 def _enable_target_form(inputs, params, dataset):
@@ -555,9 +600,7 @@ def search_form(ctx, inputs, params, selected, on_change=None,
                           "machine the App's server runs on")
         if path and not os.path.isfile(path):
             runnable = False
-            prop.invalid = True
-            prop.error_message = (f"No file {path} on the App server's "
-                                  "machine")
+            invalid(prop, f"No file {path} on the App server's machine")
     else:
         inputs.enum("method", ["centroids", "random"], label="Take",
                     default="centroids",
@@ -570,7 +613,12 @@ def search_form(ctx, inputs, params, selected, on_change=None,
         if (params.get("clustering_method") or "kmeans") == "kmeans":
             inputs.int("num_clusters", label="Clusters", min=1,
                        description="Default: one per result (up to 100)")
-    inputs.int("limit", label="Limit", default=DEFAULT_LIMIT, min=1)
+    prop = inputs.int("limit", label="Limit", default=DEFAULT_LIMIT, min=1,
+                      description="How many results to show")
+    problem = limit_problem(params.get("limit"))
+    if problem:
+        runnable = False
+        invalid(prop, problem)
     if mode != "diverse":
         inputs.float("threshold", label="Minimum score", min=-1.0, max=1.0,
                      description="Only results scoring at least this "
@@ -578,6 +626,23 @@ def search_form(ctx, inputs, params, selected, on_change=None,
     if scope_form(ctx, inputs, params, on_change, field) is False:
         runnable = False
     return runnable
+
+
+def limit_problem(limit):
+    """What is wrong with a typed limit, in a curator's words, or None."""
+    if limit is None or limit == "":
+        return None  # the default
+    if isinstance(limit, bool) or not isinstance(limit, (int, float)) or (
+            limit != int(limit) or limit < 1):
+        return f"The limit is how many results to show: 1 or more, not {limit}."
+    return None
+
+
+def form_limit(params):
+    """The limit the search form's parameters ask for (its default when
+    not given; 0 stays 0, for the SDK to refuse)."""
+    limit = params.get("limit")
+    return DEFAULT_LIMIT if limit is None or limit == "" else int(limit)
 
 
 def _nothing_selected(field):
@@ -595,8 +660,7 @@ def search_from_params(ctx, params, selected, in_modal=False):
     field = search_target(ctx, params, selected, in_modal)
     refs = references(ctx, field, selected)
     mode = params.get("mode") or ("similar" if refs else "prompt")
-    kwargs = dict(limit=int(params.get("limit") or DEFAULT_LIMIT),
-                  patches_field=field)
+    kwargs = dict(limit=form_limit(params), patches_field=field)
     if mode == "prompt":
         kwargs.update(prompt=params.get("prompt") or "",
                       negative_prompt=params.get("negative_prompt") or None,
@@ -679,9 +743,8 @@ def duplicates_form(ctx, inputs, params, on_change=None):
     if isinstance(threshold, bool) or not isinstance(
             threshold, (int, float)) or not 0 < threshold <= 1:
         runnable = False
-        prop.invalid = True
-        prop.error_message = ("The threshold is a similarity above 0 and at "
-                              f"most 1, got {threshold!r}")
+        invalid(prop, "The threshold is a similarity above 0 and at most 1, "
+                f"not {threshold!r}.")
     if scope_form(ctx, inputs, params, on_change) is False:
         runnable = False
     return runnable
@@ -737,6 +800,62 @@ def collection_choice(ctx, inputs, params):
     for name in names:
         choices.add_choice(name, label=name)
     inputs.enum("name", names, label="Collection", required=True,
-                default=params.get("name") if params.get("name") in names
-                else names[-1], view=choices)
+                default=chosen_collection(params, names), view=choices)
     return names
+
+
+def chosen_collection(params, names):
+    """The collection ``params`` chose among ``names``, else the newest."""
+    return params.get("name") if params.get("name") in names else names[-1]
+
+
+def name_problem(dataset, name, replace=False):
+    """What is wrong with ``name`` for a new (or renamed) collection, in a
+    curator's words, or None. Collections are saved views: the name must
+    not be taken by another saved view, unless ``replace``."""
+    if not isinstance(name, str) or not name.strip():
+        return "Type a name for the collection."
+    if not replace and dataset.has_saved_view(name):
+        return (f"A saved view named '{name}' exists already: type another "
+                "name.")
+    return None
+
+
+def collection_name_input(ctx, inputs, key, label, replace=False,
+                          description=None):
+    """A text input for a collection's name, invalid (with the reason) when
+    the name is empty or taken. Returns whether the name can be used."""
+    prop = inputs.str(key, label=label, required=True,
+                      description=description)
+    value = ctx.params.get(key)
+    problem = name_problem(ctx.dataset, value, replace)
+    if problem and value is not None:  # nothing typed yet: no error shown
+        invalid(prop, problem)
+    return problem is None
+
+
+def show_dataset(ctx):
+    """Sets the App's view to the whole dataset, leaving a saved view. (The
+    App's ``clear_view`` only clears the view bar: an open saved view
+    stays.)"""
+    ctx.ops.set_view(view=ctx.dataset.view())
+
+
+def leave_saved_view(ctx, name, to=None):
+    """Before the saved view ``name`` is renamed or deleted (call it
+    before: ``ctx.view`` is loaded by name when first read): if the App
+    shows it, shows ``to`` (a view; None: the whole dataset) instead, as
+    an unsaved view. FiftyOne's App left on a saved view that is gone fails
+    ("Object of type SavedView is not JSON serializable"), even after a
+    reload, until another dataset is opened.
+
+    Returns:
+        whether the App showed it
+    """
+    if getattr(ctx.view, "name", None) != name:
+        return False
+    if to is None:
+        show_dataset(ctx)
+    else:
+        ctx.ops.set_view(view=to)
+    return True

@@ -106,6 +106,9 @@ def _chosen_enabled(ctx):
 
 
 class DisableAISearch(_Operator):
+    """Also a button beside the grid's AI Search button, while AI search
+    is on (the seed's dropdown beside its button)."""
+
     CONFIG = dict(
         name="disable_ai_search",
         label="AI search: disable",
@@ -114,6 +117,12 @@ class DisableAISearch(_Operator):
         icon="search_off",
         dynamic=True,
     )
+    BUTTON = (types.Places.SAMPLES_GRID_ACTIONS, "Disable AI search")
+
+    def resolve_placement(self, ctx):
+        if not forms.enabled_targets(ctx.dataset):
+            return None  # nothing to disable
+        return super().resolve_placement(ctx)
 
     def form(self, ctx, inputs):
         field = _enabled_choice(ctx, inputs, "Disable search in")
@@ -139,7 +148,8 @@ class DisableAISearch(_Operator):
         showing_results = forms.showing_results(ctx.view)
         ais.disable_embeddings(ctx.dataset, patches_field=field)
         if showing_results and not forms.has_latest_results(ctx.dataset):
-            ctx.ops.clear_view()  # they went with the index
+            # they went with the index (also when open as a saved view)
+            forms.show_dataset(ctx)
         ctx.ops.reload_dataset()  # the App's saved views list drops them
         if field is None:
             return {"enabled": False}
@@ -260,12 +270,13 @@ class AISearch(_Operator):
     BUTTON = (types.Places.SAMPLES_GRID_ACTIONS, "AI Search")
 
     def button_label(self, ctx):
-        all_statuses = forms.statuses(ctx.dataset)
-        running = forms.computing(all_statuses)
-        if running is not None:
-            return f"AI Search: computing {forms.progress_text(running[1])}"
-        state = forms.search_readiness(all_statuses)
-        return "AI Search" if state == "ready" else f"AI Search ({state})"
+        return forms.button_label(forms.statuses(ctx.dataset))
+
+    def resolve_placement(self, ctx):
+        # a text button, no icon: FiftyOne draws an icon button's label only
+        # as a tooltip, and the state must show on the button itself
+        return types.Placement(self.BUTTON[0], types.Button(
+            label=self.button_label(ctx), prompt=True))
 
     def title(self, ctx):
         state = forms.search_readiness(forms.statuses(ctx.dataset))
@@ -391,14 +402,16 @@ class SaveCollection(_Operator):
     )
 
     def form(self, ctx, inputs):
-        inputs.str("name", label="Name", required=True)
+        forms.collection_name_input(
+            ctx, inputs, "name", "Name",
+            replace=bool(ctx.params.get("overwrite", False)))
         inputs.str("source", label="Collection to save",
                    default=ais.TEMPORARY_COLLECTION)
         inputs.float("min_score", label="Minimum score", min=-1.0, max=1.0,
                      description="Keep only results scoring at least this")
         inputs.float("max_score", label="Maximum score", min=-1.0, max=1.0,
                      description="Keep only results scoring at most this")
-        inputs.bool("overwrite", label="Replace a view of that name",
+        inputs.bool("overwrite", label="Replace a saved view of that name",
                     default=False)
 
     def execute(self, ctx):
@@ -410,6 +423,7 @@ class SaveCollection(_Operator):
             max_score=ctx.params.get("max_score"),
         )
         ctx.ops.reload_dataset()  # so the App's saved views list shows it
+        ctx.ops.notify(f"Saved collection '{name}'", variant="success")
         return {"collection": name}
 
 
@@ -423,13 +437,17 @@ class RenameCollection(_Operator):
 
     def form(self, ctx, inputs):
         if forms.collection_choice(ctx, inputs, ctx.params):
-            inputs.str("new_name", label="New name", required=True)
+            forms.collection_name_input(ctx, inputs, "new_name", "New name")
 
     def execute(self, ctx):
-        name = ais.rename_collection(ctx.dataset, ctx.params.get("name"),
-                                     ctx.params.get("new_name"))
+        name = ctx.params.get("name")
+        # shown open, it stays on screen (unsaved: the App cannot select a
+        # saved view it does not list yet)
+        forms.leave_saved_view(ctx, name, to=ctx.view)
+        new_name = ais.rename_collection(ctx.dataset, name,
+                                         ctx.params.get("new_name"))
         ctx.ops.reload_dataset()
-        return {"collection": name}
+        return {"collection": new_name}
 
 
 class DeleteCollection(_Operator):
@@ -441,10 +459,17 @@ class DeleteCollection(_Operator):
     )
 
     def form(self, ctx, inputs):
-        forms.collection_choice(ctx, inputs, ctx.params)
+        if forms.collection_choice(ctx, inputs, ctx.params):
+            name = forms.chosen_collection(ctx.params,
+                                           forms.named_collections(ctx.dataset))
+            inputs.view("warning", types.Warning(
+                label=f"Delete the collection '{name}'? Its saved view and "
+                "its scores are deleted; the samples stay in the dataset. "
+                "This cannot be undone."))
 
     def execute(self, ctx):
         name = ctx.params.get("name")
+        forms.leave_saved_view(ctx, name)  # shown open: the dataset instead
         ais.delete_collection(ctx.dataset, name)
         ctx.ops.reload_dataset()
         return {"deleted": name}

@@ -6,6 +6,14 @@ collection, the collections, and switching AI search on and off.
 Every action calls the SDK; forms come from :mod:`.forms`, shared with the
 operators. An error in an action is shown as a notification, never as a
 broken panel.
+
+FiftyOne's App keeps a panel's state in the workspace: each change of it
+(a keystroke in an input of the panel, a ``set_state`` here) is sent to the
+server and reloads the dataset page, which clears the sidebar filters and
+makes the grid load again. So the panel holds no form a curator types into:
+searching, saving and renaming open the operators' prompts (the same forms
+as the grid button's), and the panel writes its state only where a value
+changed.
 """
 
 import functools
@@ -146,32 +154,20 @@ class AISearchPanel(foo.Panel):
 
     @_reported
     def on_change_view(self, ctx):
-        # re-rendered: the scope line follows the view. Latest results that
-        # were not made here (the grid's AI Search and Find near-duplicates
-        # buttons) replace those the panel shows, histogram and range too
-        if not forms.enabled_targets(ctx.dataset):
-            return
-        field = forms.patches_field_of(ctx.view)
-        if field is not None and forms.objects_choice(field) in (
-                ctx.panel.state.get("ready") or []):
-            # the grid shows objects of an indexed field: search those next
-            ctx.panel.set_state("search.search_in",
-                                forms.objects_choice(field))
-        if not forms.showing_results(ctx.view):
+        # Latest results that were not made here (the grid's AI Search and
+        # Find near-duplicates buttons) replace those the panel shows,
+        # histogram and range too. Any other view: nothing to read or write
+        # (this runs on every change of the grid's view)
+        if not ctx.panel.state.get("ready") or not forms.showing_results(
+                ctx.view):
             return
         latest = [c for c in ais.list_collections(ctx.dataset)
                   if c["name"] == ais.TEMPORARY_COLLECTION]
         shown = ctx.panel.state.get("results") or {}
         if latest and shown.get("created_at") != (
                 latest[0]["created_at"].isoformat()):
-            ctx.panel.set_state("range", None)
+            _set(ctx, "range", None)
             self._refresh_results(ctx)
-
-    def on_change_selected(self, ctx):
-        pass  # re-rendered: "N selected" follows the selection
-
-    def on_change_mode(self, ctx):
-        pass  # re-rendered with the fields of the new mode
 
     @_reported
     def on_refresh(self, ctx):
@@ -205,12 +201,11 @@ class AISearchPanel(foo.Panel):
     def on_failures(self, ctx):
         ctx.prompt(self._uri("ai_search_status"))
 
-    @_reported
     def on_search(self, ctx):
-        params = dict(ctx.panel.state.get("search") or {})
-        forms.search_and_show(ctx, params, ctx.selected or [])
-        ctx.panel.set_state("range", None)
-        self._refresh_results(ctx)
+        # the grid button's form (one definition), with the App's view and
+        # sidebar filters as its scope; on_change_view then shows the new
+        # results (one state write, not two: each reloads the page)
+        ctx.prompt(self._uri("ai_search"))
 
     @_reported
     def on_histogram_select(self, ctx):
@@ -228,28 +223,31 @@ class AISearchPanel(foo.Panel):
         if len(value) != 2 or (len(default) == 2 and all(
                 abs(a - b) < 1e-9 for a, b in zip(value, default))):
             return  # the App setting a new slider to its default: no change
-        self._show_range(ctx, value[0], value[1], from_slider=True)
+        self._show_range(ctx, *sorted(value))
 
     @_reported
     def on_reset_range(self, ctx):
-        ctx.panel.set_state("range", None)
+        _set(ctx, "range", None)
         self._new_slider(ctx)
         forms.show_collection(ctx, ais.TEMPORARY_COLLECTION)
 
-    @_reported
     def on_save(self, ctx):
-        name = (ctx.panel.state.get("collection_name") or "").strip()
         lo, hi = ctx.panel.state.get("range") or (None, None)
-        ais.save_collection(ctx.dataset, name, min_score=lo, max_score=hi)
-        ctx.ops.reload_dataset()  # so the saved views list shows it now
-        ctx.ops.notify(f"Saved collection '{name}'", variant="success")
-        ctx.panel.set_state("collection_name", "")
-        self._refresh_collections(ctx)
+        ctx.prompt(self._uri("save_collection"),
+                   params={"source": ais.TEMPORARY_COLLECTION,
+                           "min_score": lo, "max_score": hi},
+                   on_success=self.on_saved)
+
+    @_reported
+    def on_saved(self, ctx):
+        names = forms.named_collections(ctx.dataset)
+        _set(ctx, "collections", names)
+        _set(ctx, "collection", names[-1] if names else None)  # the new one
 
     @_reported
     def on_load_collection(self, ctx):
-        name = ctx.panel.state.get("collection")
-        forms.show_collection(ctx, name)
+        # selected in FiftyOne's saved views list, as if picked there
+        ctx.ops.set_view(name=ctx.panel.state.get("collection"))
 
     def on_rename_collection(self, ctx):
         ctx.prompt(self._uri("rename_collection"),
@@ -263,59 +261,65 @@ class AISearchPanel(foo.Panel):
 
     # -- state -----------------------------------------------------------------
 
-    def _show_range(self, ctx, lo, hi, from_slider=False):
+    def _show_range(self, ctx, lo, hi):
         view = forms.show_collection(ctx, ais.TEMPORARY_COLLECTION,
                                      min_score=lo, max_score=hi)
-        ctx.panel.set_state("range", [lo, hi])
-        ctx.panel.set_state("range_count", len(view))
-        if not from_slider:
-            self._new_slider(ctx)  # it moves to the range chosen elsewhere
+        _set(ctx, "range", [lo, hi])
+        _set(ctx, "range_count", len(view))
+        # the slider shows the range, however it was chosen (bars, thumbs,
+        # Min/Max): both its bounds stay where they were set
+        self._new_slider(ctx)
 
     @staticmethod
     def _new_slider(ctx):
         # The App keeps the value a slider was last moved to, whatever the
         # state says; a slider of another name starts from its default
-        ctx.panel.set_state("slider", (ctx.panel.state.get("slider") or 0) + 1)
+        _set(ctx, "slider", (ctx.panel.state.get("slider") or 0) + 1)
         results = ctx.panel.state.get("results") or {}
         default = ctx.panel.state.get("range")
         if default is None and results:
             default = list(_slider_bounds(results["low"], results["high"]))
-        ctx.panel.set_state("slider_default", default)
+        _set(ctx, "slider_default", default)
 
     def _refresh(self, ctx, counts=True):
         all_statuses = forms.statuses(ctx.dataset, counts=counts)
         images = all_statuses[None]
         objects = [s for t, s in all_statuses.items() if t is not None]
-        ctx.panel.set_state("status", forms.status_text(images))
-        ctx.panel.set_state("object_status", "\n\n".join(
-            forms.status_text(s) for s in objects))
-        ctx.panel.set_state("num_failed_objects", sum(
-            (s.get("counts") or {}).get("num_failed", 0) for s in objects))
-        ctx.panel.set_state("readiness", forms.readiness(images))
         ready = forms.ready_targets(ctx.dataset, all_statuses)
-        ctx.panel.set_state("ready", [forms.objects_choice(t) for t in ready])
-        ctx.panel.set_state("in_progress",
-                            forms.computing(all_statuses) is not None)
-        ctx.panel.set_state("num_failed",
-                            (images.get("counts") or {}).get("num_failed", 0))
-        # a label field of objects without object search: offered
-        ctx.panel.set_state("enable_objects", next(
-            (f for f in ais.object_label_fields(ctx.dataset)
-             if f not in all_statuses), None))
+        _set(ctx, {
+            "status": forms.status_text(images),
+            "object_status": "\n\n".join(
+                forms.status_text(s) for s in objects),
+            "num_failed_objects": sum(
+                (s.get("counts") or {}).get("num_failed", 0)
+                for s in objects),
+            "readiness": forms.readiness(images),
+            "ready": [forms.objects_choice(t) for t in ready],
+            "in_progress": forms.computing(all_statuses) is not None,
+            "num_failed": (images.get("counts") or {}).get("num_failed", 0),
+            # a label field of objects without object search: offered
+            "enable_objects": next(
+                (f for f in ais.object_label_fields(ctx.dataset)
+                 if f not in all_statuses), None),
+        })
         if counts:
-            self._refresh_results(ctx)
+            self._refresh_results(ctx, enabled=bool(ready) or any(
+                s["enabled"] for s in all_statuses.values()))
             self._refresh_collections(ctx)
         return all_statuses
 
-    def _refresh_results(self, ctx):
-        summary = None
-        if forms.enabled_targets(ctx.dataset):
-            summary = results_summary(ctx.dataset)
-        ctx.panel.set_state("results", summary)
+    def _refresh_results(self, ctx, enabled=None):
+        if enabled is None:
+            enabled = bool(forms.enabled_targets(ctx.dataset))
+        summary = results_summary(ctx.dataset) if enabled else None
+        unchanged = summary == ctx.panel.state.get("results")
+        _set(ctx, "results", summary)
         if summary is None:
-            ctx.panel.set_state("range", None)
+            _set(ctx, "range", None)
             ctx.panel.set_data("histogram", [])
             return
+        if unchanged and ctx.panel.state.get("slider_default"):
+            return  # the same results: histogram and slider are drawn
         edges, counts = ais.get_score_histogram(
             ctx.dataset, ais.TEMPORARY_COLLECTION, bins=HISTOGRAM_BINS)
         ctx.panel.set_data("histogram", histogram_chart(edges, counts))
@@ -325,9 +329,9 @@ class AISearchPanel(foo.Panel):
     def _refresh_collections(self, ctx):
         names = forms.named_collections(ctx.dataset) \
             if forms.enabled_targets(ctx.dataset) else []
-        ctx.panel.set_state("collections", names)
+        _set(ctx, "collections", names)
         if ctx.panel.state.get("collection") not in names:
-            ctx.panel.set_state("collection", names[-1] if names else None)
+            _set(ctx, "collection", names[-1] if names else None)
 
     # -- layout ----------------------------------------------------------------
 
@@ -358,7 +362,8 @@ class AISearchPanel(foo.Panel):
                       on_click=self.on_failures)
 
         if state.get("ready"):
-            self._render_search(ctx, panel)
+            panel.btn("search_btn", label="Search", on_click=self.on_search,
+                      variant="contained", icon="travel_explore")
             if state.get("results"):
                 self._render_results(panel, state)
             if state.get("collections"):
@@ -367,17 +372,9 @@ class AISearchPanel(foo.Panel):
                       on_click=self.on_disable, variant="outlined")
         else:
             panel.btn("refresh", label="Refresh", on_click=self.on_refresh)
+        # (layout keys of FiftyOne's views: px / py pad the panel)
         return types.Property(panel, view=types.GridView(
-            orientation="vertical", gap=2, padding=2))
-
-    def _render_search(self, ctx, panel):
-        params = dict(ctx.panel.state.get("search") or {})
-        search = types.Object()
-        runnable = forms.search_form(ctx, search, params, ctx.selected or [],
-                                     on_change=self.on_change_mode)
-        panel.define_property("search", search, label="Search")
-        panel.btn("search_btn", label="Search", on_click=self.on_search,
-                  variant="contained", disabled=not runnable)
+            orientation="vertical", gap=2, px=2, py=2))
 
     def _render_results(self, panel, state):
         results = state.get("results")
@@ -402,10 +399,13 @@ class AISearchPanel(foo.Panel):
                    default=state.get("slider_default") or [lo, hi],
                    on_change=self.on_slider,
                    # label on top: the App drops an inline ("left") label
-                   # after the first render and shows "Threshold"
+                   # after the first render and shows "Threshold"; the
+                   # value bubbles only while a thumb moves (always shown,
+                   # they cover the label)
                    view=types.SliderView(min=lo, max=hi, value_precision=3,
                                          variant="withInputs",
-                                         label_position="top"))
+                                         label_position="top",
+                                         value_label_display="auto"))
         shown = state.get("range")
         if shown:
             panel.md(f"Showing scores {shown[0]:.3f} to {shown[1]:.3f}: "
@@ -416,9 +416,8 @@ class AISearchPanel(foo.Panel):
         else:
             panel.md(f"Showing all {results['count']} results.",
                      name="range_text")
-        panel.str("collection_name", label="Save what is shown as a "
-                  "collection", description="A name for the saved view")
-        panel.btn("save", label="Save collection", on_click=self.on_save)
+        panel.btn("save", label="Save what is shown as a collection",
+                  on_click=self.on_save)
 
     def _render_collections(self, panel, state):
         names = state.get("collections")
@@ -434,6 +433,19 @@ class AISearchPanel(foo.Panel):
                 on_click=self.on_rename_collection)
         row.btn("delete_collection", label="Delete",
                 on_click=self.on_delete_collection)
+
+
+def _set(ctx, key, value=None):
+    """Sets panel state (a key, or a dict of them) where it differs from
+    what the panel holds: each write reloads the App's dataset page (see
+    the module's doc)."""
+    changes = key if isinstance(key, dict) else {key: value}
+    for k, v in changes.items():
+        if ctx.panel.state.get(k, _UNSET) != v:
+            ctx.panel.set_state(k, v)
+
+
+_UNSET = object()
 
 
 def _slider_bounds(low, high):

@@ -847,7 +847,10 @@ def leave_saved_view(ctx, name, to=None):
     shows it, shows ``to`` (a view; None: the whole dataset) instead, as
     an unsaved view. FiftyOne's App left on a saved view that is gone fails
     ("Object of type SavedView is not JSON serializable"), even after a
-    reload, until another dataset is opened.
+    reload, until another dataset is opened. Do not also ask the App to
+    ``reload_dataset``: sent at once, it reloads the page with the old
+    saved view's address; the new view reloads the page (and the saved
+    views list) by itself.
 
     Returns:
         whether the App showed it

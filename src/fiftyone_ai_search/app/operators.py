@@ -148,9 +148,11 @@ class DisableAISearch(_Operator):
         showing_results = forms.showing_results(ctx.view)
         ais.disable_embeddings(ctx.dataset, patches_field=field)
         if showing_results and not forms.has_latest_results(ctx.dataset):
-            # they went with the index (also when open as a saved view)
+            # they went with the index (also when open as a saved view);
+            # the new view reloads the App's page, saved views list too
             forms.show_dataset(ctx)
-        ctx.ops.reload_dataset()  # the App's saved views list drops them
+        else:
+            ctx.ops.reload_dataset()  # the saved views list drops them
         if field is None:
             return {"enabled": False}
         return {"enabled": False, "patches_field": field}
@@ -443,10 +445,11 @@ class RenameCollection(_Operator):
         name = ctx.params.get("name")
         # shown open, it stays on screen (unsaved: the App cannot select a
         # saved view it does not list yet)
-        forms.leave_saved_view(ctx, name, to=ctx.view)
+        left = forms.leave_saved_view(ctx, name, to=ctx.view)
         new_name = ais.rename_collection(ctx.dataset, name,
                                          ctx.params.get("new_name"))
-        ctx.ops.reload_dataset()
+        if not left:  # (a new view reloads the saved views list itself)
+            ctx.ops.reload_dataset()
         return {"collection": new_name}
 
 
@@ -469,9 +472,11 @@ class DeleteCollection(_Operator):
 
     def execute(self, ctx):
         name = ctx.params.get("name")
-        forms.leave_saved_view(ctx, name)  # shown open: the dataset instead
+        # shown open: the dataset instead
+        left = forms.leave_saved_view(ctx, name)
         ais.delete_collection(ctx.dataset, name)
-        ctx.ops.reload_dataset()
+        if not left:  # (a new view reloads the saved views list itself)
+            ctx.ops.reload_dataset()
         return {"deleted": name}
 
 

@@ -625,6 +625,46 @@ class App:
             """, key)
         return self.wait(find, f"the panel {label!r}", timeout)
 
+    # -- our AI Search panel ---------------------------------------------------------------
+
+    def open_search_prompt(self, panel: Root, mode: Optional[str] = None
+                           ) -> WebElement:
+        """Clicks the Search button of our panel ``panel``: it opens the
+        search form (the grid button's) in an operator prompt; picks
+        ``mode`` there. Returns the prompt."""
+        self.click_button("Search", root=panel)
+        prompt = self.prompt()
+        if mode is not None:
+            self.choose("Search by", mode, root=self.prompt)
+        return prompt
+
+    def search_from_panel(self, panel: Root, mode: str, limit: int,
+                          **fields: Any) -> None:
+        """Searches from our panel as a curator does: Search, then the
+        prompt's mode, fields (by label) and limit, then Execute."""
+        self.open_search_prompt(panel, mode)
+        for label, value in fields.items():
+            self.fill(label, value, root=self.prompt)
+        self.fill("Limit", limit, root=self.prompt)
+        self.execute_prompt()
+
+    def nothing_selected_is_said(self, panel: Root) -> None:
+        """Our panel's Search in mode "similar" with nothing selected: the
+        prompt says so and cannot run; back to "prompt", then Cancel."""
+        self.open_search_prompt(panel, "similar")
+        self.wait_for_text("Nothing selected", root=self.prompt)
+        self.wait(self.execute_disabled, "Execute to be disabled")
+        self.choose("Search by", "prompt", root=self.prompt)
+        self.wait_for_text("Prompt", root=self.prompt)
+        self.cancel_prompt()
+
+    def save_from_panel(self, panel: Root, name: str) -> None:
+        """"Save what is shown as a collection" of our panel: its prompt,
+        the name typed, Execute."""
+        self.click_button("Save what is shown as a collection", root=panel)
+        self.fill("Name", name, root=self.prompt)
+        self.execute_prompt()
+
     # -- grid actions and the operator prompt -----------------------------------------------
 
     def grid_action(self, label: Text) -> WebElement:
@@ -1105,15 +1145,19 @@ class App:
 
     # -- saved views ------------------------------------------------------------------------
 
-    def saved_view_names(self) -> list[str]:
-        """The view names the saved-views dropdown lists now (it is opened
-        and closed again; the page is not reloaded)."""
+    def _saved_views_list(self) -> WebElement:
+        """Opens the saved-views dropdown; returns its list."""
         self.click(self.wait(lambda: self.driver.find_element(
             By.CSS_SELECTOR, "[data-cy=saved-views-selection] [role=combobox]"),
             "the saved-views dropdown"))
-        listbox = self.wait(lambda: self.driver.find_element(
+        return self.wait(lambda: self.driver.find_element(
             By.CSS_SELECTOR, "[data-cy=saved-views-selection-view]"),
             "the saved-views list")
+
+    def saved_view_names(self) -> list[str]:
+        """The view names the saved-views dropdown lists now (it is opened
+        and closed again; the page is not reloaded)."""
+        listbox = self._saved_views_list()
         # an unsaved current view is listed too, as "Unsaved view": not a
         # saved view
         names = self.js("""
@@ -1143,6 +1187,39 @@ class App:
             const e = document.querySelector("[data-cy=saved-views-selection]");
             return e ? norm(e.innerText) : null;""")
         return None if not text or text == "Unsaved view" else text
+
+    def open_saved_view(self, name: str) -> None:
+        """Picks ``name`` in FiftyOne's saved-views list, as a user does."""
+        listbox = self._saved_views_list()
+        self.click_button(name, root=listbox)
+        self.wait(lambda: self.current_saved_view() == name,
+                  f"the saved view {name!r} to open")
+
+    def sidebar_filter(self, field: str, value: str) -> None:
+        """Filters the sidebar's string field ``field`` to ``value``: opens
+        the field, types the value into its "+ filter by <field>" box and
+        takes it with Enter once FiftyOne lists it."""
+        def box() -> Optional[WebElement]:
+            found = [e for e in self.driver.find_elements(
+                By.CSS_SELECTOR, "input") if e.is_displayed() and
+                f"filter by {field}" in (e.get_attribute("placeholder") or "")]
+            if not found:
+                self.click(self.driver.find_element(
+                    By.CSS_SELECTOR,
+                    f"[data-cy=sidebar-field-arrow-enabled-{field}]"))
+                return None
+            return found[0]
+
+        element = self.wait(box, f"the filter box of {field!r}", interval=0.5)
+        self.click(element)
+        element.send_keys(value)
+        # the suggestion list shows the value once the server answered
+        self.wait(lambda: [e for e in self.find_text(value)
+                           if e.get_attribute("data-cy") != f"tag-{field}"
+                           and not e.find_elements(By.XPATH,
+                                                   "ancestor::*[@data-cy='fo-grid']")],
+                  f"{value!r} among the values of {field!r}")
+        element.send_keys(Keys.ENTER)
 
     # -- charts and sliders -----------------------------------------------------------------
 

@@ -95,11 +95,7 @@ def wait_for_grid(app, dataset, ids):
 
 
 def search_in_panel(app, mode, limit, **fields):
-    app.choose("Search by", mode, root=panel(app))
-    for label, value in fields.items():
-        app.fill(label, value, root=panel(app))
-    app.fill("Limit", limit, root=panel(app))
-    app.click_button("Search", root=panel(app))
+    app.search_from_panel(panel(app), mode, limit, **fields)
 
 
 def test_enable_from_the_grid_button_and_watch_it_compute(app, app_dataset):
@@ -205,8 +201,7 @@ def test_histogram_and_slider_narrow_the_grid(app, app_dataset):
 
 def test_save_what_is_shown_and_see_it_in_saved_views(app, app_dataset):
     shown = app.view_ids()
-    app.fill("Save what is shown as a collection", SAVED, root=panel(app))
-    app.click_button("Save collection", root=panel(app))
+    app.save_from_panel(panel(app), SAVED)
     app.wait_for_notification("Saved collection")
     kept = [i for i, _ in ais.get_collection_scores(app_dataset, SAVED)]
     assert kept == shown  # what was on screen, not all the results
@@ -219,13 +214,9 @@ def test_save_what_is_shown_and_see_it_in_saved_views(app, app_dataset):
 
 
 def test_nothing_selected_is_a_message_not_a_broken_panel(app, app_dataset):
-    app.choose("Search by", "similar", root=panel(app))
-    app.wait_for_text("Nothing selected", root=panel(app))
-    assert app.is_disabled(app.button("Search", root=panel(app)))
-    # the panel still works: status and modes are there
+    app.nothing_selected_is_said(panel(app))
+    # the panel still works
     assert "Ready" in app.text(panel(app))
-    app.choose("Search by", "prompt", root=panel(app))
-    app.wait_for_text("Prompt", root=panel(app))
     assert app.console_errors() == []
 
 
@@ -235,10 +226,10 @@ def test_similar_to_a_grid_selection(app, app_dataset):
     first = app.view_ids()[0]
     app.select_tile(0)
     app.wait(lambda: app.selected_ids() == [first], "the selection")
-    app.choose("Search by", "similar", root=panel(app))
-    app.wait_for_text("Similar to the 1 selected sample", root=panel(app))
-    app.fill("Limit", 10, root=panel(app))
-    app.click_button("Search", root=panel(app))
+    app.open_search_prompt(panel(app), "similar")
+    app.wait_for_text("Similar to the 1 selected sample", root=app.prompt)
+    app.fill("Limit", 10, root=app.prompt)
+    app.execute_prompt()
     ids = app.wait_for_view(lambda v: len(v) == 10, "10 similar samples")
     assert ids[0] == first
     label = labels_of(app_dataset, [first])[0]
@@ -271,10 +262,10 @@ def test_find_similar_from_the_sample_modal(app, app_dataset):
 
 
 def test_diverse_results_are_labelled_as_such(app, app_dataset):
-    app.choose("Search by", "diverse", root=panel(app))
-    app.wait_for_text("Clustering", root=panel(app))
-    app.fill("Limit", 30, root=panel(app))
-    app.click_button("Search", root=panel(app))
+    app.open_search_prompt(panel(app), "diverse")
+    app.wait_for_text("Clustering", root=app.prompt)
+    app.fill("Limit", 30, root=app.prompt)
+    app.execute_prompt()
     ids = app.wait_for_view(lambda v: len(v) == 30, "30 diverse samples")
     assert ids == results(app_dataset)[0]
     assert len(set(labels_of(app_dataset, ids))) >= 20  # 30 classes exist

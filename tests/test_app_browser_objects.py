@@ -113,12 +113,12 @@ def test_enable_object_search_from_the_grid_button(app, app_dataset):
 
 
 def test_prompt_search_shows_patches_red_circles_first(app, app_dataset):
-    text = app.wait_for_text(f"objects of {FIELD}", root=panel(app))
+    app.open_search_prompt(panel(app), "prompt")
+    text = app.wait_for_text(f"objects of {FIELD}", root=app.prompt)
     assert "Searching the whole dataset" in text
-    app.choose("Search by", "prompt", root=panel(app))
-    app.fill("Prompt", "a red circle", root=panel(app))
-    app.fill("Limit", 20, root=panel(app))
-    app.click_button("Search", root=panel(app))
+    app.fill("Prompt", "a red circle", root=app.prompt)
+    app.fill("Limit", 20, root=app.prompt)
+    app.execute_prompt()
 
     ids = app.wait_for_view(lambda v: len(v) == 20, "the 20 objects found")
     assert ids == results(app_dataset)[0]
@@ -147,8 +147,7 @@ def test_cut_the_objects_by_score_and_save_them(app, app_dataset):
     wait_for_patches(app, app_dataset, shown)
     app.screenshot("objects-04-score-range")
 
-    app.fill("Save what is shown as a collection", SAVED, root=panel(app))
-    app.click_button("Save collection", root=panel(app))
+    app.save_from_panel(panel(app), SAVED)
     app.wait_for_notification("Saved collection")
     assert [i for i, _ in ais.get_collection_scores(app_dataset, SAVED)] == (
         shown)
@@ -197,11 +196,11 @@ def test_similar_to_patches_selected_in_the_grid(app, app_dataset):
     ids = app.view_ids()
     app.select_tile(2)
     app.wait(lambda: app.selected_ids() == [ids[2]], "the selection")
-    app.choose("Search by", "similar", root=panel(app))
+    app.open_search_prompt(panel(app), "similar")
     app.wait_for_text(f"Similar to the 1 selected object(s) of {FIELD}",
-                      root=panel(app))
-    app.fill("Limit", 8, root=panel(app))
-    app.click_button("Search", root=panel(app))
+                      root=app.prompt)
+    app.fill("Limit", 8, root=app.prompt)
+    app.execute_prompt()
     found = app.wait_for_view(lambda v: len(v) == 8 and v[0] == ids[2],
                               "8 objects like the selected patch")
     assert found == results(app_dataset)[0]
@@ -214,12 +213,8 @@ def test_similar_to_patches_selected_in_the_grid(app, app_dataset):
 def test_nothing_selected_is_a_message(app, app_dataset):
     app.clear_view()
     app.wait_for_count(NUM_SAMPLES)
-    app.choose("Search by", "similar", root=panel(app))
-    app.wait_for_text("Nothing selected", root=panel(app))
-    assert app.is_disabled(app.button("Search", root=panel(app)))
+    app.nothing_selected_is_said(panel(app))
     assert f"Objects of {FIELD}: ready" in app.text(panel(app))
-    app.choose("Search by", "prompt", root=panel(app))
-    app.wait_for_text("Prompt", root=panel(app))
     assert app.console_errors() == []
 
 

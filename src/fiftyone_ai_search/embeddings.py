@@ -185,7 +185,8 @@ def enable_embeddings(dataset: fod.Dataset, model: str | None = None,
     Args:
         dataset: a :class:`fiftyone.core.dataset.Dataset`
         model (None): an open_clip model name, ``"local-dir:/path"`` or
-            ``"hf-hub:org/name"``; default from settings (``ViT-B-32``)
+            ``"hf-hub:org/name"``; default the model in use when AI search
+            is on, else from settings (``ViT-B-32``)
         pretrained (None): an open_clip pretrained tag or a local weights
             file; default from settings when ``model`` is also None
         backend (None): ``"edge"`` (embedded Qdrant Edge, the default) or
@@ -276,6 +277,10 @@ def enable_embeddings(dataset: fod.Dataset, model: str | None = None,
                 f"model: say which open_clip model computed the {existing} "
                 "(model=..., pretrained=...): the index never mixes models"
             )
+    if model is None and pretrained is None and current.get("enabled"):
+        # the model in use, as for the backend: enabling again (e.g. to
+        # register another brain key) never switches to the default model
+        model, pretrained = current["model"], current["pretrained"]
     backend = _backend(backend, current, settings)
     spec = _model_spec(model, pretrained, settings)
     if load or existing is not None:

@@ -167,3 +167,10 @@ def test_delete_brain_run_of_a_damaged_state_switches_off(tmp_path):
     dataset.delete_brain_run(brain.DEFAULT_BRAIN_KEY)
     assert brain.DEFAULT_BRAIN_KEY not in dataset.list_brain_runs()
     assert st.get_raw(st.dataset_key(dataset)) is None
+
+
+def test_a_run_on_a_dataset_switched_on_but_not_computed_yet(tmp_path):
+    dataset = shapes_dataset(tmp_path, num_samples=6)  # on, nothing computed
+    index = fob.compute_similarity(dataset.limit(4), backend="ai_search",
+                                   brain_key="early", **TINY)
+    assert index.total_index_size == 4

@@ -188,8 +188,8 @@ class AISearchSimilarity(Similarity):
     whole dataset and follows it as it syncs; a run made by
     ``fob.compute_similarity`` holds what the Brain adds to it (the
     samples of the view it was computed on), as the Brain's other backends
-    do. Vectors a run is given are stored in the index, so no image is
-    embedded twice.
+    do. Vectors a run is given are stored in the index (and kept by the
+    syncs until their images change), never in a second index.
 
     Args:
         config: an :class:`AISearchSimilarityConfig`
@@ -232,10 +232,11 @@ class AISearchSimilarity(Similarity):
 
 
 def _switch_on(target, model, pretrained, backend=None):
-    """Switches AI search on for a target with this model, without
-    computing or registering a run; nothing when it is on with the same
-    model. Another model than the index's is refused: a run never mixes
-    models, nor changes another run's."""
+    """Makes sure AI search of a target is on with this model and has an
+    index (the vectors a run is given go into it): switches it on and
+    builds the first index when there is none, registering no run.
+    Another model than the index's is refused: a run never mixes models,
+    nor changes another run's."""
     from .embeddings import calculate_embeddings, enable_embeddings
     from .model import resolve_model
 
@@ -251,13 +252,13 @@ def _switch_on(target, model, pretrained, backend=None):
                 "search with fiftyone_ai_search.enable_embeddings (every run "
                 "then follows)"
             )
-        return
     dataset, field = targets.dataset_of(target), targets.field_of(target)
-    enable_embeddings(dataset, model=model, pretrained=pretrained,
-                      backend=backend, compute=False, brain_key=False,
-                      patches_field=field)
-    # the vectors a run is given go into an index: the first is built now
-    calculate_embeddings(dataset, wait=True, patches_field=field)
+    if not (doc and doc.get("enabled")):
+        enable_embeddings(dataset, model=model, pretrained=pretrained,
+                          backend=backend, compute=False, brain_key=False,
+                          patches_field=field)
+    if not st.get(target).get("index"):
+        calculate_embeddings(dataset, wait=True, patches_field=field)
 
 
 def target_name(target):

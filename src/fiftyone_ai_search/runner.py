@@ -96,12 +96,33 @@ def maintain_index(dataset: fod.Dataset, settings: Settings | None = None,
     sweep_orphaned_scores(targets.dataset_of(dataset))
     store = open_ref(doc["index"], settings)
     try:
-        return store.maintain(
+        done = store.maintain(
             min_points=cells.MIN_POINTS if min_points is None else min_points)
+        _audit_if_due(store, doc, settings)
+        return done
     except IndexNotFoundError:
         return 0  # replaced by a rebuild meanwhile: its own upkeep follows
     finally:
         store.close()
+
+
+def _audit_if_due(store, doc, settings):
+    """Audits the recall of the approximate search (see
+    :mod:`fiftyone_ai_search.store.audit`) when its cells are new or the
+    index grew: prompts encoded by the index's own model, and stored
+    vectors."""
+    from .store import audit
+
+    known = store.cells()
+    if not audit.due(known, store.estimate_count()):
+        return
+    model = load_index_model(doc["index"], settings)
+    texts = model.encode_text(list(audit.GENERIC_PROMPTS))
+    rule = audit.audit(store, texts)
+    if rule is not None:
+        logger.info("AI search index '%s': approximate search audited in "
+                    "%.1f s: %s", store.name, rule["seconds"],
+                    rule["estimates"])
 
 
 def load_index_model(ref, settings=None):

@@ -596,7 +596,7 @@ class VectorStore(abc.ABC):
             # whole index is worth the cells
             known = self.cells()
             if known is not None and known.searchable:
-                probed = known.probe(vector, near=near)
+                probed = known.probe(vector, near=near)  # None: exact
         points = self._query_points(
             vector,
             limit,

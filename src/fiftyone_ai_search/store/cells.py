@@ -162,6 +162,10 @@ class Cells:
         learned_at (0.0): when they were learned (``time.time()``)
         previous (None): the complete cells these replace, while points
             still carry those
+        rule (None): the probe rule the index's self-audit chose for these
+            cells, with what it measured (see
+            :mod:`~fiftyone_ai_search.store.audit`): how many cells a
+            query scans, by how near its nearest centre lies
     """
 
     centres: np.ndarray
@@ -171,6 +175,7 @@ class Cells:
     ordinal: int = 0
     learned_at: float = 0.0
     previous: Optional["Cells"] = None
+    rule: Optional[dict] = None
 
     def __len__(self):
         return len(self.centres)
@@ -200,7 +205,8 @@ class Cells:
                 "learned_from": self.learned_from, "count": len(self),
                 "ordinal": self.ordinal, "learned_at": self.learned_at,
                 "previous": (None if self.previous is None
-                             else self.previous.to_dict())}
+                             else self.previous.to_dict()),
+                "rule": self.rule}
 
     @classmethod
     def from_dict(cls, meta, centres_of):
@@ -219,7 +225,7 @@ class Cells:
                    learned_from=int(meta.get("learned_from", 0)),
                    ordinal=int(meta.get("ordinal", 0)),
                    learned_at=float(meta.get("learned_at", 0.0)),
-                   previous=previous)
+                   previous=previous, rule=meta.get("rule"))
 
     def assign(self, vectors):
         """The cell value of each of the unit ``vectors`` (``(n, dim)``):
@@ -228,11 +234,22 @@ class Cells:
 
     def probe(self, vector, count=None, near=False):
         """The cell values a query ``vector`` scans: :data:`UNASSIGNED`, the
-        ``count`` (default :func:`num_probed`, of ``near``) cells whose
-        centres are most similar to it, and those :attr:`previous` probes by
-        itself."""
-        count = num_probed(len(self), near) if count is None else count
+        ``count`` cells whose centres are most similar to it, and those
+        :attr:`previous` probes by itself; or None where the query is to
+        be exact (the audited rule says no number of cells within its cost
+        bound holds the recall for queries like it).
+
+        ``count`` defaults to what the audited :attr:`rule` says for a
+        query whose nearest centre lies as near as this one's, else
+        :func:`num_probed` (of ``near``: a query among the images)."""
         scores = self.centres @ vector
+        if count is None:
+            if self.rule is not None and not near:
+                count = rule_depth(self.rule, float(scores.max()))
+                if count is None:
+                    return None
+            else:
+                count = num_probed(len(self), near)
         if count < len(scores):
             best = np.argpartition(-scores, count - 1)[:count]
         else:
@@ -241,6 +258,16 @@ class Cells:
         if self.previous is not None:
             probed += self.previous.probe(vector, near=near)[1:]
         return probed
+
+
+def rule_depth(rule, nearest):
+    """How many cells an audited ``rule`` (see
+    :mod:`~fiftyone_ai_search.store.audit`) probes for a query whose
+    nearest centre scores ``nearest``: the depth of the band it falls in
+    (bands beyond the audited range take the nearest band's); None for
+    exact."""
+    band = int(np.searchsorted(rule["edges"], nearest, side="right"))
+    return rule["depths"][min(band, len(rule["depths"]) - 1)]
 
 
 #: rows scored against the centres at a time (bounds the memory of a

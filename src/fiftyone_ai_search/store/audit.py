@@ -1,0 +1,266 @@
+"""The approximate search audits its own recall, on the data it holds.
+
+No generator of test vectors stands in for a user's embeddings: how many
+cells a query must scan to find its true top-k depends on how the data
+lies, and above all on the kind of query. An image query sits among the
+images, and its neighbours fill the two or three cells nearest it; a
+prompt sits across CLIP's modality gap, far from every image, and its
+top-100 spreads over tens of cells (measured from outside: a median of
+~500 of 2,000 cells to hold all of it on one CLIP-like set).
+
+So after the cells are learned (and again as the index grows) the index
+measures itself, in the background (:func:`audit`):
+
+1. queries of both kinds that the data itself provides: a seeded sample
+   of the stored vectors (image queries), and prompts encoded by the
+   index's own model (text queries, given by the caller);
+2. for each, the exact top-k (one exact search), and the rank of each
+   neighbour's cell in the query's order of cells: so the recall at every
+   probe depth at once, with no approximate search run;
+3. a probe rule: queries are banded by how near their nearest centre lies
+   (the modality gap shows there: prompts score lower), and each band gets
+   the fewest cells whose mean recall@k holds :data:`TARGET` (with
+   :data:`MARGIN`); a band that needs more than :data:`MAX_SHARE` of the
+   cells is searched exactly;
+4. estimates: the recall each kind of query gets under the rule, measured
+   on queries that did not choose it (two folds), with a 95% lower bound.
+
+The rule and the estimates are stored with the cells
+(:attr:`~fiftyone_ai_search.store.cells.Cells.rule`): every process that
+searches uses them, and ``get_status`` shows them. A query that the rule
+leaves exact is as correct as an index without cells, and as slow.
+
+| Copyright the fiftyone-ai-search authors, Apache-2.0.
+"""
+
+import dataclasses
+import time
+
+import numpy as np
+
+from . import cells as cl
+from . import ranks
+
+#: the recall@k the rule must hold, on average, for every kind of query
+TARGET = 0.98
+
+#: chosen for TARGET + MARGIN on the audited queries: what they do not
+#: show (other prompts, other images) gets some room
+MARGIN = 0.005
+
+#: the k of recall@k (the default limit of a search)
+K = 100
+
+#: how many stored vectors are audited as image queries
+IMAGE_QUERIES = 100
+
+#: bands of queries by the score of their nearest centre
+BANDS = 4
+
+#: a band that needs more than this share of the cells is exact: scanning
+#: more costs about as much as scanning everything
+MAX_SHARE = 0.4
+
+#: the index is audited again once it has grown by this share
+REAUDIT_GROWTH = 0.25
+
+#: generic prompts of everyday photographs: text queries of the audit when
+#: the caller has none of the user's own. Encoded by the index's model
+#: they lie where prompts lie, across the modality gap
+GENERIC_PROMPTS = (
+    "a photo of a person", "a photo of a dog", "a photo of a cat",
+    "a photo of a car", "a photo of a bicycle", "a photo of a bird",
+    "a photo of a house", "a photo of a tree", "a photo of food",
+    "a photo of a street", "a photo of a beach", "a photo of a mountain",
+    "a photo of a city at night", "a photo of a child playing",
+    "a photo of a group of people", "a close-up photo of a face",
+    "a photo of a kitchen", "a photo of a living room", "a photo of an "
+    "office", "a photo of a bus", "a photo of a train", "a photo of an "
+    "airplane", "a photo of a boat", "a photo of a horse", "a photo of a "
+    "flower", "a photo of a computer", "a photo of a phone", "a photo of a "
+    "book", "a photo of a sports game", "a photo of a river",
+    "a photo of snow", "a photo of a forest", "a photo of a road",
+    "a photo of a bridge", "a photo of a shop", "a photo of a table",
+    "a photo of a chair", "a photo of a bed", "a photo of a window",
+    "a photo of a sign", "a red object", "a blue object", "a green object",
+    "a yellow object", "something round", "something square",
+    "a small object on a plain background", "a blurry photo",
+    "a dark photo", "a bright photo", "a drawing", "a screenshot",
+    "a photo of text", "a photo of an animal", "a photo of a vehicle",
+    "a photo of a building", "a photo of nature", "an object in the centre",
+    "many small objects", "an empty scene",
+)
+
+
+@dataclasses.dataclass
+class _Measured:
+    """One audited query: its kind, the score of its nearest centre, and
+    the sorted probe ranks of its exact top-k's cells (0 = the nearest
+    cell; points without a cell rank 0: every query scans them)."""
+
+    kind: str
+    nearest: float
+    ranks: np.ndarray
+
+    def recall(self, depth):
+        """Its recall@k when the ``depth`` nearest cells are scanned (None:
+        exact)."""
+        if depth is None or not len(self.ranks):
+            return 1.0
+        return float(np.searchsorted(self.ranks, depth, side="left")
+                     / len(self.ranks))
+
+
+def due(known, num_points):
+    """Whether complete ``known`` cells of an index of ``num_points``
+    points want an audit: none yet, or the index grew by
+    :data:`REAUDIT_GROWTH` since."""
+    if known is None or not known.complete or known.previous is not None:
+        return False
+    rule = known.rule
+    return rule is None or num_points >= (1 + REAUDIT_GROWTH) * rule["points"]
+
+
+def audit(store, text_vectors, seed=0, k=K, image_queries=IMAGE_QUERIES):
+    """Measures the recall of the approximate search of ``store`` on its
+    own data, chooses the probe rule that holds :data:`TARGET`, and stores
+    both with its cells.
+
+    Args:
+        store: a :class:`~fiftyone_ai_search.store.VectorStore` whose cells
+            are complete
+        text_vectors: an ``(n, dim)`` array of prompts encoded by the
+            index's model (e.g. :data:`GENERIC_PROMPTS`, the user's own)
+        seed (0): the seed of the sample of image queries
+        k (K): the k of recall@k
+        image_queries (IMAGE_QUERIES): how many stored vectors to audit
+
+    Returns:
+        the rule stored (a dict, see :func:`choose`), or None when the
+        index has no complete cells
+    """
+    known = store.cells()
+    if known is None or not known.complete or known.previous is not None:
+        return None
+    start = time.monotonic()
+    num_points = store.count()
+    buckets = ranks.bucket_order(seed)[: ranks.buckets_for(
+        image_queries, max(num_points, 1))]
+    _, images = store.get_bucket_vectors(buckets)
+    images = images[:image_queries]
+    measured = [_measure(store, known, "image", v, k) for v in images]
+    measured += [_measure(store, known, "text", v, k)
+                 for v in _unit(np.atleast_2d(text_vectors))]
+    # estimates on queries that did not choose the rule: two folds
+    folds = np.random.default_rng(seed).permutation(len(measured)) % 2
+    held_out = []
+    for fold in (0, 1):
+        chosen = choose([m for m, f in zip(measured, folds) if f != fold],
+                        len(known))
+        held_out += [(m, cl.rule_depth(chosen, m.nearest))
+                     for m, f in zip(measured, folds) if f == fold]
+    rule = choose(measured, len(known))
+    rule.update(
+        k=k, target=TARGET, points=num_points, measured_at=time.time(),
+        seconds=round(time.monotonic() - start, 3),
+        estimates={kind: _estimate([(m, d) for m, d in held_out
+                                    if m.kind == kind], len(known))
+                   for kind in ("text", "image")},
+    )
+    now = store.cells()
+    if now is None or now.generation != known.generation:
+        return None  # learned again meanwhile: its own audit follows
+    store._write_cells(dataclasses.replace(now, rule=rule))
+    return rule
+
+
+def choose(measured, num_cells):
+    """The probe rule of ``measured`` queries: band edges (scores of the
+    nearest centre) and, per band, the fewest cells that hold
+    ``TARGET + MARGIN`` recall on average (None: exact)."""
+    nearest = np.array([m.nearest for m in measured])
+    bands = min(BANDS, max(1, len(measured) // 10))
+    edges = (list(np.quantile(nearest, np.arange(1, bands) / bands))
+             if len(measured) else [])
+    band = np.searchsorted(edges, nearest, side="right")
+    depths = []
+    for b in range(len(edges) + 1):
+        members = [m for m, i in zip(measured, band) if i == b]
+        depths.append(_fewest_cells(members, num_cells))
+    return {"edges": [float(e) for e in edges], "depths": depths}
+
+
+def _fewest_cells(members, num_cells):
+    """The fewest cells whose mean recall over ``members`` holds the
+    target, or None (exact) past :data:`MAX_SHARE` of the cells."""
+    if not members:
+        return cl.num_probed(num_cells)
+    bound = max(1, int(MAX_SHARE * num_cells))
+    wanted = TARGET + MARGIN
+    lo, hi = 1, bound
+    if np.mean([m.recall(hi) for m in members]) < wanted:
+        return None
+    while lo < hi:  # mean recall grows with the depth
+        mid = (lo + hi) // 2
+        if np.mean([m.recall(mid) for m in members]) >= wanted:
+            hi = mid
+        else:
+            lo = mid + 1
+    return int(lo)
+
+
+def _estimate(pairs, num_cells):
+    """Mean recall, its 95% lower bound, and the mean share of the cells
+    scanned, of ``(measured, depth)`` pairs."""
+    if not pairs:
+        return None
+    recalls = np.array([m.recall(d) for m, d in pairs])
+    scanned = np.array([num_cells if d is None else d for _, d in pairs])
+    sd = float(recalls.std(ddof=1)) if len(recalls) > 1 else 0.0
+    return {
+        "recall": round(float(recalls.mean()), 4),
+        "lower": round(max(0.0, float(recalls.mean())
+                           - 1.96 * sd / float(np.sqrt(len(recalls)))), 4),
+        "worst": round(float(recalls.min()), 4),
+        "queries": len(recalls),
+        "cells_scanned": round(float(scanned.mean() / num_cells), 4),
+        "exact": round(float(np.mean([d is None for _, d in pairs])), 4),
+    }
+
+
+def _measure(store, known, kind, vector, k):
+    from .base import point_id_to_sample_id
+
+    hits = store._query_points(vector, k, None, None, cells=None)  # exact
+    scores = known.centres @ vector
+    order = np.argsort(-scores, kind="stable")
+    rank_of = np.empty(len(order), dtype=np.int64)
+    rank_of[order] = np.arange(len(order))
+    neighbour_ranks = np.zeros(0, dtype=np.int64)
+    if hits:
+        # each neighbour's cell: the nearest centre, as maintain gave it
+        _, vectors = store.get_vectors(
+            [point_id_to_sample_id(p.id) for p in hits])
+        neighbour_ranks = np.sort(rank_of[known.assign(vectors)
+                                          - known.offset])
+    return _Measured(kind, float(scores.max()), neighbour_ranks)
+
+
+def _unit(x):
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def summary(known):
+    """What ``get_status`` shows of an index's cells: None while searches
+    are exact (no complete cells); else its audited estimates (None
+    before the first audit)."""
+    if known is None or not known.searchable:
+        return None
+    rule = known.rule
+    out = {"cells": len(known), "audited": rule is not None}
+    if rule is not None:
+        out.update(k=rule["k"], target=rule["target"],
+                   measured_at=rule["measured_at"],
+                   points=rule["points"], estimates=rule["estimates"])
+    return out

@@ -1,0 +1,133 @@
+"""The approximate search audits its recall on the data it holds
+(store/audit.py): an index whose prompts lose recall at the default probe
+count is found out, and the rule it stores holds the target on prompts it
+was not audited with; a query the rule cannot serve within its cost bound
+is exact; the estimate is what queries then get."""
+
+import numpy as np
+import pytest
+
+from fiftyone_ai_search.store import audit
+from fiftyone_ai_search.store import cells as cl
+
+from test_cells import clustered, exact_in, make_ids, unit
+from test_store import DIM, INFO, store  # noqa: F401 (store: a fixture)
+
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:Failed to obtain server version:UserWarning"
+)
+
+
+@pytest.fixture(autouse=True)
+def few_probed_cells(monkeypatch):
+    """A small index has few cells: the default would probe all of them."""
+    monkeypatch.setattr(cl, "MIN_PROBED", 4)
+
+
+def prompts(n, seed, gap):
+    """Text-like queries: a cluster centre of :func:`clustered`'s world
+    pushed along one shared direction (the modality gap)."""
+    rng = np.random.default_rng(0)  # the world of clustered(seed=0)
+    centres = rng.standard_normal((40, DIM))
+    rng.integers(0, 40, 4000)
+    rng.standard_normal((4000, DIM))
+    shift = rng.standard_normal(DIM)
+    pick = np.random.default_rng(seed).integers(0, 40, n)
+    noise = np.random.default_rng(seed + 1).standard_normal((n, DIM))
+    return unit(centres[pick] + gap * shift + 0.3 * noise)
+
+
+def recall(index, ids, x, queries, k=50):
+    got = []
+    for q in queries:
+        expected, _ = exact_in(ids, x, q, k)
+        found = [i for i, _ in index.query(q, k)]
+        got.append(len(set(found) & set(expected)) / k)
+    return float(np.mean(got)), got
+
+
+@pytest.fixture
+def indexed(store):
+    x, _ = clustered(4000)
+    ids = make_ids(len(x))
+    store.ensure(INFO)
+    store.upsert(ids, x, [{} for _ in ids])
+    store.maintain(min_points=1000)
+    assert store.cells().complete
+    return store, ids, x
+
+
+def test_the_audit_finds_poor_prompt_recall_and_its_rule_holds_it(indexed):
+    index, ids, x = indexed
+    fresh = prompts(40, seed=7, gap=2.0)
+    before, _ = recall(index, ids, x, fresh)
+    assert before < audit.TARGET  # the default probe count loses prompts
+
+    rule = audit.audit(index, prompts(60, seed=3, gap=2.0), k=50,
+                       image_queries=60)
+    assert index.cells().rule == rule  # stored: every process uses it
+    after, _ = recall(index, ids, x, fresh)  # prompts it never saw
+    assert after >= audit.TARGET
+    images = x[np.random.default_rng(5).choice(len(x), 30, replace=False)]
+    assert recall(index, ids, x, images)[0] >= audit.TARGET
+    # the estimate says what queries get
+    text = rule["estimates"]["text"]
+    assert text["queries"] == 60 and 0 <= text["lower"] <= text["recall"]
+    assert abs(text["recall"] - after) <= 0.03
+    assert rule["estimates"]["image"]["recall"] >= audit.TARGET
+    # prompts scan more cells than images do
+    assert (rule["estimates"]["text"]["cells_scanned"]
+            > rule["estimates"]["image"]["cells_scanned"])
+
+
+def test_a_band_past_the_cost_bound_is_exact(indexed, monkeypatch):
+    index, ids, x = indexed
+    monkeypatch.setattr(audit, "MAX_SHARE", 0.02)  # ~1 cell: never enough
+    rule = audit.audit(index, prompts(40, seed=3, gap=2.0), k=50,
+                       image_queries=40)
+    assert None in rule["depths"]
+    fresh = prompts(20, seed=9, gap=2.0)
+    _, each = recall(index, ids, x, fresh)
+    exact = [cl.rule_depth(rule, float((index.cells().centres @ q).max()))
+             is None for q in fresh]
+    assert all(r == 1.0 for r, e in zip(each, exact) if e)
+    assert rule["estimates"]["text"]["exact"] > 0
+
+
+def test_an_audit_is_due_when_the_cells_are_new_or_the_index_grew(indexed):
+    index, _, _ = indexed
+    assert audit.due(index.cells(), 4000)
+    audit.audit(index, prompts(20, seed=3, gap=2.0), k=20, image_queries=20)
+    assert not audit.due(index.cells(), 4000)
+    assert audit.due(index.cells(), 5000)
+    summary = audit.summary(index.cells())
+    assert summary["audited"] and summary["estimates"]["text"]["queries"] == 20
+
+
+def test_upkeep_audits_and_the_status_shows_it(tmp_path):
+    import fiftyone_ai_search as ais
+    from fiftyone_ai_search import runner
+
+    from helpers import shapes_dataset
+
+    dataset = shapes_dataset(tmp_path, num_samples=300)
+    ais.calculate_embeddings(dataset, wait=True, progress=False)
+    assert ais.get_status(dataset)["approximate"] is None  # exact
+    runner.maintain_index(dataset, min_points=100)
+    status = ais.get_status(dataset)["approximate"]
+    assert status["audited"] and status["points"] == 300
+    text = status["estimates"]["text"]
+    assert text["queries"] == len(audit.GENERIC_PROMPTS)
+    assert 0.0 <= text["lower"] <= text["recall"] <= 1.0
+    assert status["estimates"]["image"]["queries"] == audit.IMAGE_QUERIES
+    # a prompt search of the audited index finds what an exact one does
+    from fiftyone_ai_search import search
+    from fiftyone_ai_search import state as st
+
+    name = ais.perform_ai_search(dataset, prompt="a red circle", limit=10)
+    found = [i for i, _ in ais.get_collection_scores(dataset, name)]
+    model = runner.load_index_model(st.get(dataset)["index"])
+    query = search.prompt_vectors(model, ["a red circle"])[0]
+    ids, vectors = ais.get_embeddings(dataset)
+    exact = [ids[i] for i in np.argsort(-(vectors @ query))[:10]]
+    assert len(set(found) & set(exact)) >= 9

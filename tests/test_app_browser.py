@@ -94,10 +94,6 @@ def wait_for_grid(app, dataset, ids):
     return app.wait(shown, f"the grid's tiles to show {len(ids)} samples")
 
 
-def search_in_panel(app, mode, limit, **fields):
-    app.search_from_panel(panel(app), mode, limit, **fields)
-
-
 def test_enable_from_the_grid_button_and_watch_it_compute(app, app_dataset):
     app.open_dataset(app_dataset.name)
     assert app.sample_count() == NUM_SAMPLES
@@ -134,25 +130,36 @@ def test_enable_from_the_grid_button_and_watch_it_compute(app, app_dataset):
 
 def test_first_prompt_search_shows_the_results_in_score_order(app,
                                                              app_dataset):
-    assert "Searching the whole dataset" in app.text(panel(app))
-    search_in_panel(app, "prompt", 20,
-                    Prompt="a photo of a red circle")
+    # the panel's Search opens the search form in a prompt; it says what
+    # it searches: the whole dataset
+    app.open_search_prompt(panel(app), "prompt")
+    app.wait_for_text(f"Searching the whole dataset: {NUM_SAMPLES} samples",
+                      root=app.prompt)
+    app.fill("Prompt", "a photo of a red circle", root=app.prompt)
+    app.fill("Limit", 20, root=app.prompt)
+    app.execute_prompt()
     ids = app.wait_for_view(lambda ids: len(ids) == 20, "the 20 results")
     assert ids == results(app_dataset)[0]
     app.wait_for_count(20)
     labels = app.wait_for_tiles(20)
     assert labels[:5] == ["red circle"] * 5, labels
     assert labels_of(app_dataset, ids)[:10] == ["red circle"] * 10
-    text = app.wait_for_text("Latest results: prompt 'a photo of a red "
-                             "circle', 20 samples", root=panel(app))
-    assert "never searches the latest results" in text
+    app.wait_for_text("Latest results: prompt 'a photo of a red circle', "
+                      "20 samples", root=panel(app))
     assert app.console_errors() == []
 
 
 def test_a_second_search_searches_the_dataset(app, app_dataset):
     before = set(app.view_ids())
-    search_in_panel(app, "prompt", 30,
-                    Prompt="a photo of a blue square")
+    # the grid shows the latest results: the search form says it searches
+    # the dataset, not them
+    app.open_search_prompt(panel(app), "prompt")
+    app.wait_for_text(f"Searching the whole dataset: {NUM_SAMPLES} samples "
+                      "(a new search never searches the latest results)",
+                      root=app.prompt)
+    app.fill("Prompt", "a photo of a blue square", root=app.prompt)
+    app.fill("Limit", 30, root=app.prompt)
+    app.execute_prompt()
     ids = app.wait_for_view(lambda ids: len(ids) == 30, "the 30 results")
     assert ids == results(app_dataset)[0]
     assert labels_of(app_dataset, ids)[:10] == ["blue square"] * 10
@@ -334,7 +341,8 @@ def test_find_near_duplicates_from_the_grid(app, app_dataset):
                       root=app.prompt)
     # a threshold out of (0, 1] is refused where it is typed
     app.fill("Similarity threshold", "1.5", root=app.prompt)
-    app.wait_for_text("above 0 and at most 1, got 1.5", root=app.prompt)
+    app.wait_for_text("The threshold is a similarity above 0 and at most 1, "
+                      "not 1.5.", root=app.prompt)
     app.wait(app.execute_disabled, "Execute to be disabled")
     app.fill("Similarity threshold", DUPLICATES_THRESHOLD, root=app.prompt)
     app.wait_executable()

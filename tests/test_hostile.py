@@ -420,3 +420,113 @@ def test_a_full_disk_refuses_writes_and_keeps_serving_searches(tmp_path):
     assert f"REFUSED Not enough free space" in out.stdout
     assert str(root) in out.stdout and "MiB needed" in out.stdout
     assert "FOUND 5" in out.stdout
+
+
+# -- (8) samples deleted but not yet synced ------------------------------------
+
+
+@pytest.mark.parametrize("query", [
+    dict(prompt="a red circle"),
+    dict(method="centroids"),
+    dict(image_id=0),  # the first sample (kept), by position
+])
+def test_deleted_samples_not_yet_synced_never_count_against_the_limit(
+        tmp_path, query):
+    dataset = _indexed(tmp_path, num_samples=30)
+    if "image_id" in query:
+        query = dict(image_id=dataset.first().id)
+    name = ais.perform_ai_search(dataset, limit=10, **query)
+    top = [i for i, _ in ais.get_collection_scores(dataset, name)]
+    assert len(top) == 10
+    gone = [i for i in top if i != query.get("image_id")][-3:]
+    dataset.delete_samples(gone)  # no sync after it
+
+    name = ais.perform_ai_search(dataset, limit=10, **query)
+
+    scores = ais.get_collection_scores(dataset, name)
+    assert len(scores) == 10
+    assert not {i for i, _ in scores} & set(gone)
+    assert len(ais.get_collection(dataset, name)) == 10
+    # the search within a view (the same search, the same result)
+    name = ais.perform_ai_search(dataset.limit(100), limit=10, **query)
+    assert len(ais.get_collection(dataset, name)) == 10
+
+
+def test_sort_by_similarity_fills_k_from_the_live_dataset(tmp_path):
+    dataset = _indexed(tmp_path, num_samples=30)
+    first = dataset.sort_by_similarity("a red circle", k=10, brain_key=KEY)
+    top = first.values("id")
+    dataset.delete_samples(top[-3:])
+
+    view = dataset.sort_by_similarity("a red circle", k=10, brain_key=KEY)
+
+    assert len(view) == 10
+    assert view.values("id")[:7] == top[:7]
+
+
+def test_objects_of_deleted_samples_never_count_against_the_limit(tmp_path):
+    from fiftyone_ai_search.demo import shapes
+
+    dataset = shapes.make_scenes_dataset(
+        name="objects-" + tmp_path.name[-20:], num_samples=20, seed=1,
+        images_dir=str(tmp_path / "scenes"))
+    ais.enable_embeddings(dataset, model=tiny_clip_model_name(),
+                          patches_field="ground_truth", compute=False)
+    ais.calculate_embeddings(dataset, patches_field="ground_truth",
+                             wait=True, progress=False)
+    query = dict(prompt="a red circle", patches_field="ground_truth",
+                 limit=10)
+    top = ais.get_collection(dataset, ais.perform_ai_search(dataset, **query))
+    gone = list(dict.fromkeys(top.values("sample_id")))[-2:]
+    dataset.delete_samples(gone)
+
+    patches = ais.get_collection(dataset,
+                                 ais.perform_ai_search(dataset, **query))
+
+    assert len(patches) == 10
+    assert not set(patches.values("sample_id")) & set(gone)
+
+
+# -- (9) a rebuild's switch under a reader ----------------------------------------
+
+
+def _switch_before_first_open(monkeypatch, dataset):
+    """Makes a forced rebuild switch over (and drop the former index)
+    between a reader's read of the state and its opening of the index the
+    state named: the interleaving that made get_status and get_embeddings
+    fail under load, made certain."""
+    real = runner.open_ref
+    switched = []
+
+    def open_ref(ref, settings=None):
+        if not switched:
+            switched.append(ref["name"])
+            ais.calculate_embeddings(dataset, force=True, wait=True,
+                                     progress=False)
+            assert runner.open_index(dataset).name != ref["name"]
+        return real(ref, settings)
+
+    monkeypatch.setattr(runner, "open_ref", open_ref)
+    return switched
+
+
+@pytest.mark.parametrize("read", ["get_status", "get_embeddings",
+                                  "perform_ai_search"])
+def test_readers_read_the_new_index_when_a_rebuild_switches_under_them(
+        tmp_path, monkeypatch, read):
+    dataset = _indexed(tmp_path)
+    ids = dataset.values("id")
+    switched = _switch_before_first_open(monkeypatch, dataset)
+
+    if read == "get_status":
+        status = ais.get_status(dataset)
+        assert status["counts"]["num_indexed"] == 12
+        assert "index_error" not in status
+    elif read == "get_embeddings":
+        held, vectors = ais.get_embeddings(dataset)
+        assert held == ids and vectors.shape == (12, 64)
+    else:
+        name = ais.perform_ai_search(dataset, prompt="a red circle", limit=5)
+        assert len(ais.get_collection(dataset, name)) == 5
+    assert switched  # the switch did happen under the reader
+

@@ -14,6 +14,8 @@ from . import state as st
 from . import targets
 from .config import BACKENDS, get_settings
 from .errors import AISearchError, IndexDamagedError
+from .store.audit import summary as audit_summary
+from .store import IndexNotFoundError
 
 if TYPE_CHECKING:  # for annotations only
     import datetime
@@ -131,6 +133,43 @@ def require_index(dataset, same_model=False):
             f"{model_label(index)} until then. {_computing(doc)} {how}"
         )
     return doc
+
+
+def read_index(target, doc, read, same_model=False, required=True):
+    """Runs ``read(doc, store)`` on the index that searches of ``target``
+    use (``store`` opened from ``doc["index"]``, the state ``doc`` of
+    ``target``) and returns what it returns. A rebuild that switches over
+    and drops that index after ``doc`` was read (``read`` raises
+    :class:`~fiftyone_ai_search.store.IndexNotFoundError`) makes it run
+    again on the index the state now names; searches, the status and
+    :func:`get_embeddings` read an index so.
+
+    Args:
+        target: the dataset, or a :class:`~fiftyone_ai_search.targets.Objects`
+        doc: its state document, with an ``index``
+        read: ``read(doc, store)``; it closes ``store`` if it wants it closed
+        same_model (False): see :func:`require_index` (for the state read
+            again)
+        required (True): whether the state read again must have a complete
+            index (:func:`require_index`); False: the state as it is (the
+            status says what it is)
+
+    Raises:
+        IndexNotFoundError: if the index is gone and the state still names
+            it (or names no other)
+    """
+    while True:
+        ref = doc["index"]
+        store = runner.open_ref(ref)
+        try:
+            return read(doc, store)
+        except IndexNotFoundError:
+            newer = (require_index(target, same_model=same_model)
+                     if required else st.get(target))
+            if not (newer or {}).get("index") or (
+                    newer["index"]["name"] == ref["name"]):
+                raise
+            doc = newer
 
 
 def enable_embeddings(dataset: fod.Dataset, model: str | None = None,
@@ -567,7 +606,13 @@ def get_status(dataset: fod.Dataset, max_failures: int = 100,
         ``sample_id``, ``filepath``, ``reason``), ``last_report`` and
         ``last_error``; and ``object_fields``: the label fields with object
         search on. Where the index is damaged, ``num_indexed`` is None and
-        ``index_error`` says what is wrong and what repairs it
+        ``index_error`` says what is wrong and what repairs it.
+        ``approximate``: None while searches are exact; above the size
+        where the index's cells pay, what its self-audit measured (see
+        :mod:`fiftyone_ai_search.store.audit`): ``estimates`` of recall@k
+        for ``text`` and ``image`` queries (``recall``, its 95% ``lower``
+        bound, ``worst``, ``queries``, ``cells_scanned``, the share left
+        ``exact``), ``measured_at``, ``points``
     """
     target = _target(dataset, patches_field)
     dataset = targets.dataset_of(target)
@@ -607,20 +652,36 @@ def get_status(dataset: fod.Dataset, max_failures: int = 100,
     if not counts:
         return status
 
-    num_indexed = 0
-    store = runner.open_index(dataset, doc=doc)
-    if store is not None:
+    approximate = {}
+
+    def count(doc, store):
         try:
-            if store.exists():
-                store.check()
-                num_indexed = store.count()
-            else:
-                store.info()  # damaged (a file where it was): raises
+            # a missing index raises IndexNotFoundError (dropped by a
+            # rebuild's switch: read_index reads the new one), a damaged
+            # one (a file where it was included) IndexDamagedError
+            store.check()
+            approximate["summary"] = audit_summary(store.cells())
+            return doc, store.count(), None
         except IndexDamagedError as e:
             # said, not raised: the status is where one looks for why
-            num_indexed, status["index_error"] = None, str(e)
+            return doc, None, str(e)
         finally:
             store.close()
+
+    num_indexed = 0
+    if doc.get("index"):
+        try:
+            newer, num_indexed, error = read_index(target, doc, count,
+                                                   required=False)
+        except IndexNotFoundError:
+            newer, num_indexed, error = doc, 0, None  # gone, none newer
+        if newer is not doc:  # the index searches use switched meanwhile
+            return get_status(dataset, max_failures=max_failures,
+                              patches_field=patches_field)
+        if error is not None:
+            status["index_error"] = error
+    # None while searches are exact; else the audited recall estimates
+    status["approximate"] = approximate.get("summary")
     samples = media.indexed_samples(dataset)
     status["counts"] = {
         "num_indexed": num_indexed,
@@ -681,9 +742,12 @@ def get_embeddings(samples: foc.SampleCollection,
     else:
         wanted = samples.values(f"{field}.{target.list_field}.id",
                                 unwind=True) if target.exists else []
-    store = runner.open_index(target, doc=doc)
-    try:
-        # in the order of wanted (each once), missing ones left out
-        return store.get_vectors(wanted)
-    finally:
-        store.close()
+
+    def vectors(doc, store):
+        try:
+            # in the order of wanted (each once), missing ones left out
+            return store.get_vectors(wanted)
+        finally:
+            store.close()
+
+    return read_index(target, doc, vectors, same_model=True)

@@ -20,10 +20,11 @@ from . import collections as colls
 from . import diverse
 from . import media
 from . import runner
+from . import sync
 from . import state as st
 from . import targets
 from . import validate
-from .embeddings import model_label, require_index
+from .embeddings import model_label, read_index, require_index
 from .store import IndexMismatchError, IndexNotFoundError
 from .store import cells as cl
 from .store import ranks
@@ -176,7 +177,7 @@ def perform_ai_search(
     else:
         scope = _object_scope(samples, target, query.image_id_scope)
 
-    ids, scores, doc = _search(target, doc, query, scope)
+    ids, scores, doc = _search(target, doc, query, _live(scope, target, doc))
 
     if not ids:
         return None
@@ -259,24 +260,32 @@ def _object_scope(samples, objects, sample_scope):
     return _ObjectsOfView(samples, objects)
 
 
+def _live(scope, target, doc):
+    """``scope``, or, for a search of all the index holds (None) while
+    samples deleted since the last sync still have vectors in it, the
+    samples (or objects) the dataset still holds: a deleted sample never
+    takes the place of a live one in the results (the search fills its
+    limit as for any scope, asking MongoDB which hits still exist)."""
+    if scope is not None or not sync.deletions_pending(target, doc):
+        return scope
+    live = media.indexed_samples(targets.dataset_of(target))
+    if isinstance(target, targets.Objects):
+        return _ObjectsOfView(live, target)
+    return _ViewScope(live)
+
+
 def _search(target, doc, query, scope):
     """Runs ``query`` on the index searches use of ``target`` (a dataset,
     or the objects of one of its fields); returns ``(ids, scores,
     doc)``. A rebuild that switches over and drops the former index during
     the search makes it run again on the new one."""
-    while True:
-        ref = doc["index"]
+    def run(doc, store):
         # not closed: an embedded index stays open for the next search
         # while nobody else wants it (see VectorStore.session(keep_open=True))
-        store = runner.open_ref(ref)
-        try:
-            ids, scores = query.run(target, ref, store, scope)
-            return ids, scores, doc
-        except IndexNotFoundError:
-            newer = require_index(target)
-            if newer["index"]["name"] == ref["name"]:
-                raise
-            doc = newer
+        ids, scores = query.run(target, doc["index"], store, scope)
+        return ids, scores, doc
+
+    return read_index(target, doc, run)
 
 
 def run_query(samples, patches_field=None, **fields):
@@ -302,6 +311,7 @@ def run_query(samples, patches_field=None, **fields):
         scope = _object_scope(samples, target, None)
         if "image_ids" in fields:
             fields["label_ids"] = fields.pop("image_ids")
+    scope = _live(scope, target, doc)
     if fields.get("limit") is None:
         fields["limit"] = max(1, len(scope) if scope is not None
                               else runner.index_size(doc["index"]))

@@ -301,6 +301,21 @@ def _num_units(target):
     return samples.count()
 
 
+def deletions_pending(target, doc):
+    """Whether samples of the dataset of ``target`` were deleted since the
+    last sync of the index ``doc`` (its state document) serves looked:
+    their vectors are then still in the index until the next sync, and a
+    search must not count them (one indexed read of the dataset's
+    document).
+
+    Args:
+        target: the dataset, or a :class:`~fiftyone_ai_search.targets.Objects`
+        doc: its state document (:func:`fiftyone_ai_search.state.get`)
+    """
+    return _deleted_since(doc.get("deletion_watermark"),
+                          _last_deletion_at(targets.dataset_of(target)))
+
+
 def _deleted_since(deletion_watermark, deletion_at):
     """Whether samples were deleted since the last sync looked."""
     return deletion_at is not None and (

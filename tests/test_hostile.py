@@ -530,3 +530,66 @@ def test_readers_read_the_new_index_when_a_rebuild_switches_under_them(
         assert len(ais.get_collection(dataset, name)) == 5
     assert switched  # the switch did happen under the reader
 
+
+# -- (10) an image that would take minutes to decode ------------------------------
+
+
+def _jpeg_header_then_zeros(path, size):
+    """A JPEG's first segment followed by zeros up to ``size`` bytes: a
+    sparse file, so it costs no disk. PIL scans the zeros a byte at a time
+    for the next marker (2 GB took ~8 min to fail)."""
+    import io
+
+    from PIL import Image
+
+    data = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(data, "JPEG")
+    with open(path, "wb") as f:
+        f.write(data.getvalue()[:20])  # SOI + APP0
+        f.truncate(size)
+    return str(path)
+
+
+def _sync_with(dataset, path):
+    import fiftyone as fo
+
+    sample = fo.Sample(filepath=path)
+    dataset.add_sample(sample)
+    report = ais.calculate_embeddings(dataset, wait=True, progress=False)
+    reasons = {f["sample_id"]: f["reason"]
+               for f in ais.get_status(dataset)["failures"]}
+    return report, reasons[sample.id]
+
+
+def test_an_image_file_over_the_byte_limit_fails_alone_unread(tmp_path):
+    dataset = _indexed(tmp_path, num_samples=4)
+    huge = _jpeg_header_then_zeros(tmp_path / "huge.jpg", 2 << 30)  # 2 GiB
+
+    report, reason = _sync_with(dataset, huge)
+
+    assert reason == (
+        f"file too large: {2 << 30} bytes > limit {1 << 30} (1024 MiB); "
+        "raise the limit with FIFTYONE_AI_SEARCH_MAX_IMAGE_BYTES")
+    assert report.failed == 1
+    assert ais.get_status(dataset)["counts"]["num_indexed"] == 4
+
+
+def test_an_image_that_takes_too_long_to_decode_fails_alone(
+        tmp_path, monkeypatch):
+    dataset = _indexed(tmp_path, num_samples=4)
+    # within a byte limit raised for it, 1 GiB of zeros: a billion reads of
+    # a byte, minutes on any machine, far beyond the 1 s allowed
+    monkeypatch.setenv("FIFTYONE_AI_SEARCH_MAX_IMAGE_BYTES", str(2 << 30))
+    monkeypatch.setenv("FIFTYONE_AI_SEARCH_DECODE_TIMEOUT", "1")
+    slow = _jpeg_header_then_zeros(tmp_path / "slow.jpg", 1 << 30)
+
+    report, reason = _sync_with(dataset, slow)
+
+    assert reason.startswith("decoding took more than 1 s (the limit), ")
+    assert reason.endswith(
+        "raise the limit with FIFTYONE_AI_SEARCH_DECODE_TIMEOUT")
+    assert report.failed == 1
+    assert ais.get_status(dataset)["counts"]["num_indexed"] == 4
+    name = ais.perform_ai_search(dataset, prompt="a red circle", limit=10)
+    assert len(ais.get_collection(dataset, name)) == 4
+

@@ -370,6 +370,30 @@ def test_pixel_limit_is_configurable(tmp_path, monkeypatch):
         load_image(path)
 
 
+def test_byte_limit_and_decode_timeout_are_configurable(tmp_path,
+                                                        monkeypatch):
+    path = _save(Image.fromarray(_gradient()), tmp_path / "small.png")
+    size = os.path.getsize(path)
+    assert _reason(path, max_bytes=size - 1) == (
+        f"file too large: {size} bytes > limit {size - 1}; raise the limit "
+        "with FIFTYONE_AI_SEARCH_MAX_IMAGE_BYTES")
+    assert load_image(path, max_bytes=size).size == (64, 48)
+    monkeypatch.setenv("FIFTYONE_AI_SEARCH_MAX_IMAGE_BYTES", str(size - 1))
+    assert "file too large" in _reason(path)
+    monkeypatch.setenv("FIFTYONE_AI_SEARCH_MAX_IMAGE_BYTES", "1_048_576")
+    assert load_image(path).size == (64, 48)
+    assert images.DEFAULT_MAX_BYTES == 1 << 30
+    assert images.DEFAULT_TIMEOUT == 60
+
+    # a bad value fails where it is read, naming the variable
+    for name, bad in (("MAX_IMAGE_BYTES", "0"), ("DECODE_TIMEOUT", "-1"),
+                      ("DECODE_TIMEOUT", "nan"), ("DECODE_TIMEOUT", "soon")):
+        monkeypatch.setenv("FIFTYONE_AI_SEARCH_" + name, bad)
+        with pytest.raises(ValueError, match="FIFTYONE_AI_SEARCH_" + name):
+            load_image(path)
+        monkeypatch.delenv("FIFTYONE_AI_SEARCH_" + name)
+
+
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 def test_default_pixel_limit(tmp_path, monkeypatch):
     monkeypatch.delenv(LIMIT_VARIABLE, raising=False)

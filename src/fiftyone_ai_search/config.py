@@ -27,6 +27,12 @@ variable                           meaning (default)
 ``FIFTYONE_AI_SEARCH_MAX_IMAGE_PIXELS``  largest image decoded, in pixels
                                    after JPEG draft decoding (100000000);
                                    a larger one fails its sample
+``FIFTYONE_AI_SEARCH_MAX_IMAGE_BYTES``  largest image file read, in bytes
+                                   (1073741824, 1 GiB); a larger one fails
+                                   its sample unread
+``FIFTYONE_AI_SEARCH_DECODE_TIMEOUT``  most seconds one image may take to
+                                   decode (60); a slower one fails its
+                                   sample
 =================================  =========================================
 
 Secrets (``FIFTYONE_AI_SEARCH_QDRANT_URL``, ``FIFTYONE_AI_SEARCH_QDRANT_API_KEY``)
@@ -54,6 +60,15 @@ SECRET_KEYS = (ENV_PREFIX + "QDRANT_URL", ENV_PREFIX + "QDRANT_API_KEY")
 #: default of ``FIFTYONE_AI_SEARCH_MAX_IMAGE_PIXELS`` (see
 #: :data:`fiftyone_ai_search.images.DEFAULT_MAX_PIXELS`)
 DEFAULT_MAX_IMAGE_PIXELS = 100_000_000
+
+#: default of ``FIFTYONE_AI_SEARCH_MAX_IMAGE_BYTES``: a larger image file is
+#: not read (see :data:`fiftyone_ai_search.images.DEFAULT_MAX_BYTES`)
+DEFAULT_MAX_IMAGE_BYTES = 1 << 30
+
+#: default of ``FIFTYONE_AI_SEARCH_DECODE_TIMEOUT``, in seconds: an image
+#: that takes longer to decode fails (see
+#: :data:`fiftyone_ai_search.images.DEFAULT_TIMEOUT`)
+DEFAULT_DECODE_TIMEOUT = 60.0
 
 #: URL query parameters whose values are secrets
 _SECRET_PARAMS = frozenset(
@@ -127,19 +142,46 @@ def max_image_pixels(env=None):
     Raises:
         ValueError: if the variable is not a positive integer
     """
-    name = ENV_PREFIX + "MAX_IMAGE_PIXELS"
+    return _positive(env, "MAX_IMAGE_PIXELS", DEFAULT_MAX_IMAGE_PIXELS,
+                     "number of pixels")
+
+
+def max_image_bytes(env=None):
+    """The largest image file read, in bytes:
+    ``FIFTYONE_AI_SEARCH_MAX_IMAGE_BYTES``, or
+    :data:`DEFAULT_MAX_IMAGE_BYTES` (read as :func:`max_image_pixels`).
+
+    Raises:
+        ValueError: if the variable is not a positive integer
+    """
+    return _positive(env, "MAX_IMAGE_BYTES", DEFAULT_MAX_IMAGE_BYTES,
+                     "number of bytes")
+
+
+def decode_timeout(env=None):
+    """The most seconds one image may take to decode:
+    ``FIFTYONE_AI_SEARCH_DECODE_TIMEOUT``, or
+    :data:`DEFAULT_DECODE_TIMEOUT` (read as :func:`max_image_pixels`).
+
+    Raises:
+        ValueError: if the variable is not a positive number
+    """
+    return _positive(env, "DECODE_TIMEOUT", DEFAULT_DECODE_TIMEOUT,
+                     "number of seconds", float)
+
+
+def _positive(env, key, default, what, kind=int):
+    name = ENV_PREFIX + key
     raw = (os.environ if env is None else env).get(name)
     if raw is None or not raw.strip():
-        return DEFAULT_MAX_IMAGE_PIXELS
+        return default
 
     try:
-        value = int(raw.strip().replace("_", ""))
+        value = kind(raw.strip().replace("_", ""))
     except ValueError:
         value = 0
-    if value < 1:
-        raise ValueError(
-            f"{name}={raw!r} is not a positive number of pixels"
-        )
+    if not value > 0 or value == float("inf"):
+        raise ValueError(f"{name}={raw!r} is not a positive {what}")
     return value
 
 
@@ -266,7 +308,8 @@ def get_settings(secrets: dict | None = None, **overrides) -> Settings:
         qdrant_on_disk=get("QDRANT_ON_DISK", _boolean, True),
     )
     values.update({k: v for k, v in overrides.items() if v is not None})
-    max_image_pixels(env)  # a bad value fails here, not in every sample
+    # a bad value fails here, not in every sample
+    max_image_pixels(env), max_image_bytes(env), decode_timeout(env)
     if values["storage_dir"] is None:
         values["storage_dir"] = _default_storage_dir()
     if values["num_workers"] is None:

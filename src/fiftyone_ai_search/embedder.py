@@ -53,7 +53,7 @@ import weakref
 
 import numpy as np
 
-from .config import max_image_pixels
+from .config import decode_timeout, max_image_bytes, max_image_pixels
 from .crops import CropError, CropSettings, pixel_box, relative_box
 from .images import ImageDecodeError, load_image
 from .preprocess import Recipe, recipe_of
@@ -241,29 +241,35 @@ class _Decoder:
     """
 
     def __init__(self, preprocess, draft_size=None, max_pixels=None,
-                 crop=None):
+                 crop=None, max_bytes=None, timeout=None):
         self.preprocess = preprocess
         self.draft_size = draft_size
         self.max_pixels = max_pixels
         self.crop = crop
+        self.max_bytes = max_bytes
+        self.timeout = timeout
 
     @classmethod
     def for_model(cls, model, crop=None):
         """The decoder of a model's runs: its transform as a torch-free
         recipe where it has one, images drafted and reduced to no less than
-        :data:`DRAFT_FACTOR` x its input size, the pixel limit read now
-        (workers kept warm from an earlier run get this run's), and the
-        run's :class:`fiftyone_ai_search.crops.CropSettings` if any."""
+        :data:`DRAFT_FACTOR` x its input size, the limits of an image
+        (pixels, bytes, seconds) read now (workers kept warm from an earlier
+        run get this run's), and the run's
+        :class:`fiftyone_ai_search.crops.CropSettings` if any."""
         return cls(
             recipe_of(model.preprocess) or model.preprocess,
             draft_size=DRAFT_FACTOR * model.image_size,
             max_pixels=max_image_pixels(),
             crop=crop,
+            max_bytes=max_image_bytes(),
+            timeout=decode_timeout(),
         )
 
     def state(self):
         """What a worker's decoder is built from: ``_Decoder(*state)``."""
-        return self.preprocess, self.draft_size, self.max_pixels, self.crop
+        return (self.preprocess, self.draft_size, self.max_pixels, self.crop,
+                self.max_bytes, self.timeout)
 
     def decode(self, batch):
         """Returns ``(keys, pixels, failures)``; ``pixels`` is a float32
@@ -291,6 +297,8 @@ class _Decoder:
                 filepath,
                 draft_size=self.draft_size,
                 max_pixels=self.max_pixels,
+                max_bytes=self.max_bytes,
+                timeout=self.timeout,
             )
         except ImageDecodeError as e:
             failures[key] = e.reason
@@ -320,6 +328,8 @@ class _Decoder:
                 filepath,
                 draft_size=self._crops_draft_size(boxes),
                 max_pixels=self.max_pixels,
+                max_bytes=self.max_bytes,
+                timeout=self.timeout,
             )
         except ImageDecodeError as e:
             failures.update((crop_key, e.reason) for crop_key, _, _ in boxes)

@@ -16,11 +16,20 @@ full-size copy is made. The pixel limit bounds that frame.
 
 import os
 import re
+import time
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .config import DEFAULT_MAX_IMAGE_PIXELS, ENV_PREFIX, max_image_pixels
+from .config import (
+    DEFAULT_DECODE_TIMEOUT,
+    DEFAULT_MAX_IMAGE_BYTES,
+    DEFAULT_MAX_IMAGE_PIXELS,
+    ENV_PREFIX,
+    decode_timeout,
+    max_image_bytes,
+    max_image_pixels,
+)
 from .errors import AISearchError
 
 #: largest image decoded by default, in pixels (width x height, after JPEG
@@ -33,6 +42,21 @@ from .errors import AISearchError
 #: camera (drafted to 1/8 scale, they are decoded far below it). It is
 #: enforced whatever the process-wide ``Image.MAX_IMAGE_PIXELS``
 DEFAULT_MAX_PIXELS = DEFAULT_MAX_IMAGE_PIXELS
+
+#: largest image file read by default, in bytes (1 GiB), overridden by
+#: ``FIFTYONE_AI_SEARCH_MAX_IMAGE_BYTES``: a larger file fails at once,
+#: unread. An image within the pixel limit stored uncompressed takes at most
+#: 800 MB (16-bit RGBA); a JPEG header followed by 2 GB of zeros took ~8
+#: min to fail, stalling its whole sync
+DEFAULT_MAX_BYTES = DEFAULT_MAX_IMAGE_BYTES
+
+#: most seconds one image may take to decode by default, overridden by
+#: ``FIFTYONE_AI_SEARCH_DECODE_TIMEOUT``; checked at each read of the file
+#: (PIL reads it in blocks of at most 64 KiB as it decodes, a byte at a time
+#: where it scans for JPEG markers), so a file that keeps the decoder busy
+#: fails its sample rather than stalling the sync. An image within the
+#: limits decodes in well under a second
+DEFAULT_TIMEOUT = DEFAULT_DECODE_TIMEOUT
 
 # pixels of the strips in which large images are converted and reduced
 _STRIP_PIXELS = 1 << 20
@@ -77,7 +101,30 @@ class ImageDecodeError(AISearchError):
         self.reason = reason
 
 
-def load_image(filepath, draft_size=None, max_pixels=None):
+class _BoundedFile:
+    """A file that PIL reads through, with a deadline: a read past it
+    raises :class:`ImageDecodeError`. Everything but ``read`` is the
+    file's."""
+
+    def __init__(self, fp, timeout):
+        self._fp = fp
+        self._timeout = timeout
+        self._deadline = time.monotonic() + timeout
+
+    def read(self, size=-1):
+        if time.monotonic() > self._deadline:
+            raise ImageDecodeError(
+                f"decoding took more than {self._timeout:g} s (the limit), "
+                f"{self._fp.tell()} bytes read; raise the limit with "
+                f"{ENV_PREFIX}DECODE_TIMEOUT")
+        return self._fp.read(size)
+
+    def __getattr__(self, name):
+        return getattr(self._fp, name)
+
+
+def load_image(filepath, draft_size=None, max_pixels=None, max_bytes=None,
+               timeout=None):
     """Loads an image file as an 8-bit RGB image.
 
     Args:
@@ -91,6 +138,12 @@ def load_image(filepath, draft_size=None, max_pixels=None):
             height as decoded: after JPEG draft decoding). Defaults to
             ``FIFTYONE_AI_SEARCH_MAX_IMAGE_PIXELS`` or
             :data:`DEFAULT_MAX_PIXELS`
+        max_bytes (None): refuse files larger than this, unread. Defaults
+            to ``FIFTYONE_AI_SEARCH_MAX_IMAGE_BYTES`` or
+            :data:`DEFAULT_MAX_BYTES`
+        timeout (None): give up after this many seconds of decoding.
+            Defaults to ``FIFTYONE_AI_SEARCH_DECODE_TIMEOUT`` or
+            :data:`DEFAULT_TIMEOUT`
 
     Returns:
         a loaded ``PIL.Image.Image`` in mode ``"RGB"``
@@ -100,12 +153,16 @@ def load_image(filepath, draft_size=None, max_pixels=None):
     """
     if max_pixels is None:
         max_pixels = max_image_pixels()
+    if max_bytes is None:
+        max_bytes = max_image_bytes()
+    if timeout is None:
+        timeout = decode_timeout()
 
-    _check_file(filepath)
+    _check_file(filepath, max_bytes)
 
     try:
         with open(filepath, "rb") as fp:
-            image = _open(fp)
+            image = _open(_BoundedFile(fp, timeout))
             stored = image.size
             if draft_size is not None:
                 _draft(image, draft_size)
@@ -191,7 +248,7 @@ def _high_depth_to_l(image):
     return Image.fromarray(pixels, mode="L")
 
 
-def _check_file(filepath):
+def _check_file(filepath, max_bytes):
     try:
         size = os.stat(filepath).st_size
     except FileNotFoundError:
@@ -207,6 +264,17 @@ def _check_file(filepath):
 
     if size == 0:
         raise ImageDecodeError("empty file")
+
+    if size > max_bytes:
+        raise ImageDecodeError(
+            f"file too large: {size} bytes > limit {max_bytes}"
+            f"{_mebibytes(max_bytes)}; raise the limit with "
+            f"{ENV_PREFIX}MAX_IMAGE_BYTES"
+        )
+
+
+def _mebibytes(size):
+    return f" ({size / (1 << 20):.0f} MiB)" if size >= 1 << 20 else ""
 
 
 def _open(fp):

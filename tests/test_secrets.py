@@ -111,10 +111,15 @@ def no_worker(monkeypatch):
     [
         ("https://user:pw@qdrant.example.com:6333",
          "https://***@qdrant.example.com:6333"),
+        # every query parameter's value, whatever its name (a list of
+        # names misses x-api-key=, auth=, and whatever a proxy invents)
         ("https://qdrant.example.com:6333/qdrant?api_key=pw&timeout=5",
-         "https://qdrant.example.com:6333/qdrant?api_key=***&timeout=5"),
+         "https://qdrant.example.com:6333/qdrant?api_key=***&timeout=***"),
         ("https://h?Key=pw&Token=pw&apikey=pw&access_token=pw&keys=1",
-         "https://h?Key=***&Token=***&apikey=***&access_token=***&keys=1"),
+         "https://h?Key=***&Token=***&apikey=***&access_token=***&keys=***"),
+        ("https://h:6333/?x-api-key=pw&auth=pw&flag&empty=",
+         "https://h:6333/?x-api-key=***&auth=***&flag&empty="),
+        ("https://h/?a=1=2;b=c#frag", "https://h/?a=***#***"),
         # a password holding '/', '?', '#' or '@' leaks no part of it
         ("https://u:p/w?x#y@z@host:6333/p", "https://***@host:6333/p"),
         ("u:pw@host:6333", "***@host:6333"),
@@ -144,6 +149,34 @@ def test_settings_repr_shows_no_secret(monkeypatch):
         "FIFTYONE_AI_SEARCH_QDRANT_API_KEY": API_KEY,
     })
     _assert_no_marker(repr(from_secrets))
+
+
+def _other_params_url(port):
+    # query parameters no list of secret names would know
+    return (f"http://127.0.0.1:{port}/?x-api-key={TOKEN}&auth={PASSWORD}"
+            f"&X-Custom={API_KEY}")
+
+
+def test_any_query_parameter_of_the_url_is_kept_out_of_sight(monkeypatch):
+    monkeypatch.setenv("FIFTYONE_AI_SEARCH_QDRANT_URL", _other_params_url(1))
+    settings = get_settings()
+    assert settings.qdrant_url == _other_params_url(1)  # the real one, to use
+    _assert_no_marker(repr(settings), str(settings))
+    assert ("qdrant_url='http://127.0.0.1:1/?x-api-key=***&auth=***"
+            "&X-Custom=***'") in repr(settings)
+
+    port = _closed_port()
+    with pytest.raises(QdrantUnreachableError) as info:
+        check_server(_other_params_url(port))
+    error = info.value
+    assert f"http://127.0.0.1:{port}/?x-api-key=***" in str(error)
+    _assert_no_marker(str(error), repr(error),
+                      "".join(traceback.format_exception(error)))
+
+    with _stub_server(403) as port:  # a refusal, as the server words it
+        with pytest.raises(QdrantUnreachableError) as info:
+            check_server(_other_params_url(port))
+        _assert_no_marker(str(info.value))
 
 
 def test_server_store_repr_and_errors_show_no_secret():

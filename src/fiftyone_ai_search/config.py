@@ -70,29 +70,24 @@ DEFAULT_MAX_IMAGE_BYTES = 1 << 30
 #: :data:`fiftyone_ai_search.images.DEFAULT_TIMEOUT`)
 DEFAULT_DECODE_TIMEOUT = 60.0
 
-#: URL query parameters whose values are secrets
-_SECRET_PARAMS = frozenset(
-    ("api_key", "api-key", "apikey", "key", "token", "access_token",
-     "password", "secret")
-)
-
 _REDACTED = "***"
 
 
 def redact_url(url):
     """A URL fit to show: its credentials replaced by ``***``.
 
-    The user info (``user:password@``) and the values of query parameters
-    that carry secrets (``api_key``, ``key``, ``token``...) are redacted;
-    everything else (scheme, host, port, path) stays, so that the URL still
+    The user info (``user:password@``), the value of every query parameter
+    (whatever its name: ``api_key=``, ``x-api-key=``, ``auth=``, or one a
+    proxy invented) and the fragment are redacted; everything else (scheme,
+    host, port, path, the parameters' names) stays, so that the URL still
     says where it points. Anything up to the last ``@`` counts as user info,
     so that a password holding ``/``, ``?`` or ``#`` does not leak either
     (at worst more than the user info is hidden).
 
     Examples::
 
-        redact_url("https://user:pw@qdrant.example.com:6333?api_key=k")
-        # 'https://***@qdrant.example.com:6333?api_key=***'
+        redact_url("https://user:pw@qdrant.example.com:6333?api_key=k&x=1")
+        # 'https://***@qdrant.example.com:6333?api_key=***&x=***'
 
     Args:
         url: a URL, ``":memory:"`` or None
@@ -112,17 +107,49 @@ def redact_url(url):
         rest = _REDACTED + "@" + rest.rpartition("@")[2]
 
     head, question, query = rest.partition("?")
+    query, hash_, fragment = query.partition("#")
     if question:
         query = "&".join(_redact_param(part) for part in query.split("&"))
+    if fragment:
+        fragment = _REDACTED
 
-    return scheme + sep + head + question + query
+    return scheme + sep + head + question + query + hash_ + fragment
 
 
 def _redact_param(part):
     name, equals, value = part.partition("=")
-    if equals and value and name.strip().lower() in _SECRET_PARAMS:
+    if equals and value:
         return name + equals + _REDACTED
     return part
+
+
+def url_secrets(url):
+    """What of a URL :func:`redact_url` hides: its user info, password,
+    query parameter values and fragment (each as written, and decoded),
+    longest first, for scrubbing them from text that quotes them (a
+    library's error message). Values of fewer than 4 characters are left
+    out (``timeout=5``: replacing every "5" would garble the text; the
+    URL itself is still redacted whole).
+
+    Args:
+        url: a URL or None
+
+    Returns:
+        a list of str
+    """
+    from urllib.parse import unquote_plus
+
+    if not url:
+        return []
+    rest = str(url).partition("://")[2] or str(url)
+    userinfo, at, rest = rest.rpartition("@")
+    found = [userinfo, userinfo.partition(":")[2]] if at else []
+    query = rest.partition("?")[2]
+    query, _, fragment = query.partition("#")
+    found.append(fragment)
+    found.extend(part.partition("=")[2] for part in query.split("&"))
+    found += [unquote_plus(s) for s in found]
+    return sorted({s for s in found if len(s) >= 4}, key=len, reverse=True)
 
 
 def max_image_pixels(env=None):

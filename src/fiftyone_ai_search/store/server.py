@@ -26,7 +26,7 @@ import weakref
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import UnexpectedResponse
 
-from ..config import ENV_PREFIX, redact_url
+from ..config import ENV_PREFIX, redact_url, url_secrets
 from . import cells as cl
 from . import ranks as rk
 from .base import (
@@ -215,9 +215,7 @@ def _reason_of(error, timeout):
 def _scrub(text, url, api_key):
     """``text`` with the URL's and the API key's secrets redacted."""
     text = text.replace(url, redact_url(url))
-    userinfo = url.partition("://")[2].rpartition("@")[0]
-    password = userinfo.partition(":")[2]
-    for secret in (userinfo, password, api_key):
+    for secret in [*url_secrets(url), api_key]:
         if secret:
             text = text.replace(secret, "***")
     return text

@@ -593,3 +593,70 @@ def test_an_image_that_takes_too_long_to_decode_fails_alone(
     name = ais.perform_ai_search(dataset, prompt="a red circle", limit=10)
     assert len(ais.get_collection(dataset, name)) == 4
 
+
+# -- (6) clocks that disagree between hosts -------------------------------------
+
+
+def _host_clock_ahead(monkeypatch, seconds):
+    """Makes this process's clock (the host's, as state.py reads it) run
+    ``seconds`` ahead; FiftyOne's own stamps (an edit made from another
+    host) keep the true time."""
+    import datetime as real
+
+    from fiftyone_ai_search import state as st
+
+    skew = real.timedelta(seconds=seconds)
+
+    class SkewedDatetime(real.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return real.datetime.now(tz) + skew
+
+        @classmethod
+        def utcnow(cls):
+            return real.datetime.utcnow() + skew
+
+    clock = type("datetime", (), dict(vars(real)))
+    clock.datetime = SkewedDatetime
+    monkeypatch.setattr(st, "datetime", clock)
+
+
+def test_a_sync_on_a_host_whose_clock_runs_ahead_misses_no_edit(
+        tmp_path, monkeypatch):
+    dataset = _indexed(tmp_path, num_samples=10)
+    _host_clock_ahead(monkeypatch, 300)
+    ais.calculate_embeddings(dataset, wait=True, progress=False)
+    # edits made afterwards from a host whose clock is right
+    edited = dataset.limit(4)
+    paths = edited.values("filepath")
+    edited.set_values("filepath", paths[::-1])
+
+    report = ais.calculate_embeddings(dataset, wait=True, progress=False)
+
+    assert report.updated == 4
+
+
+def test_a_dead_lease_holder_whose_clock_ran_ahead_blocks_no_one(
+        tmp_path, monkeypatch):
+    import socket
+    import time
+
+    from fiftyone_ai_search import state as st
+
+    dataset = _indexed(tmp_path, num_samples=4)
+    # a computation on another host whose clock runs 300 s ahead takes the
+    # lease, then dies (its heartbeat stops, the lease stays)
+    with monkeypatch.context() as other_host:
+        _host_clock_ahead(other_host, 300)
+        other_host.setattr(socket, "gethostname", lambda: "other-host")
+        lease = st.try_acquire(dataset)
+        lease._stop.set()
+    assert ais.get_embeddings_in_progress(dataset)
+
+    monkeypatch.setattr(st, "LEASE_STALE_SECONDS", 1.0)
+    time.sleep(1.5)  # older than stale by any clock that agrees with itself
+
+    assert not ais.get_embeddings_in_progress(dataset)
+    report = ais.calculate_embeddings(dataset, wait=True, progress=False)
+    assert report.failed == 0
+

@@ -65,9 +65,24 @@ PENDING_GRACE_SECONDS = 120.0
 
 
 def utcnow():
-    # FiftyOne stores naive UTC datetimes (millisecond precision in MongoDB)
-    return datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+    """Now, by the clock of the MongoDB server: the one clock of every
+    time this package stores and compares (watermarks, leases and their
+    heartbeats, failures, collections), so that hosts whose clocks disagree
+    agree on it (a sync on a host whose clock ran ahead missed the edits
+    made after it; a dead lease holder whose clock ran ahead blocked every
+    waiter for as long). One round trip (``hello``, ~0.2 ms locally).
 
+    Returns:
+        a naive UTC datetime, as FiftyOne stores them
+    """
+    try:
+        reply = _db().command("hello")
+    except pymongo.errors.OperationFailure:  # MongoDB < 4.4.2
+        reply = _db().command("isMaster")
+    now = reply["localTime"]
+    if now.tzinfo is not None:
+        now = now.astimezone(datetime.timezone.utc).replace(tzinfo=None)
+    return now
 
 def _db():
     import fiftyone.core.odm as foo

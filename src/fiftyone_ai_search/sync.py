@@ -54,8 +54,11 @@ LOOKUP_CHUNK = 2000
 #: holds at a time (a few MB), whatever the size of the dataset
 PAGE_SIZE = 10000
 
-#: the watermark is set this much before the run started, so edits made by
-#: writers whose clocks lag slightly are re-examined (cheaply) next time
+#: the watermark is set this much before the run started (by the database
+#: server's clock, see :func:`fiftyone_ai_search.state.utcnow`), so edits
+#: made by writers whose clocks lag slightly behind the server's (FiftyOne
+#: stamps ``last_modified_at`` with the writer's clock) are re-examined
+#: (cheaply) next time
 WATERMARK_MARGIN = datetime.timedelta(seconds=2)
 
 

@@ -131,3 +131,27 @@ def test_upkeep_audits_and_the_status_shows_it(tmp_path):
     ids, vectors = ais.get_embeddings(dataset)
     exact = [ids[i] for i in np.argsort(-(vectors @ query))[:10]]
     assert len(set(found) & set(exact)) >= 9
+
+
+def test_exact_on_request_whatever_the_cells(indexed, monkeypatch):
+    index, ids, x = indexed
+    monkeypatch.setattr(cl, "MIN_PROBED", 1)  # one cell: poor recall
+    queries = prompts(10, seed=7, gap=2.0)
+    approximate = recall(index, ids, x, queries)[0]
+    assert approximate < 1.0
+    for q in queries:
+        expected, _ = exact_in(ids, x, q, 50)
+        assert [i for i, _ in index.query(q, 50, exact=True)] == expected
+
+
+def test_perform_ai_search_exact_is_a_flag(tmp_path):
+    import fiftyone_ai_search as ais
+
+    from helpers import shapes_dataset
+
+    dataset = shapes_dataset(tmp_path, num_samples=20)
+    ais.calculate_embeddings(dataset, wait=True, progress=False)
+    with pytest.raises(ValueError, match="exact"):
+        ais.perform_ai_search(dataset, prompt="a red circle", exact="yes")
+    assert ais.perform_ai_search(dataset, prompt="a red circle", limit=5,
+                                 exact=True)

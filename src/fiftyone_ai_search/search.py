@@ -73,6 +73,7 @@ def perform_ai_search(
     seed: int = 0,
     patches_field: str | None = None,
     label_id: str | Sequence[str] | None = None,
+    exact: bool = False,
 ) -> str | None:
     """Searches a dataset (or a view of it) and keeps the results as the
     dataset's temporary collection.
@@ -147,6 +148,9 @@ def perform_ai_search(
             (default: the field of ``samples`` when it is a patches view;
             else the images)
         label_id (None): a label id or a list of them (object search)
+        exact (False): scan every image of the scope even where a large
+            index searches approximately (see ``get_status(dataset)
+            ["approximate"]`` for the recall it measured); slower
 
     Returns:
         the name of the collection holding the results, or None when nothing
@@ -164,7 +168,7 @@ def perform_ai_search(
         clustering_method=clustering_method, num_clusters=num_clusters,
         threshold=threshold, negative_prompt=negative_prompt, image=image,
         aggregation=aggregation, negative_weight=negative_weight, seed=seed,
-        image_id_scope=image_id_scope, label_id=label_id,
+        image_id_scope=image_id_scope, label_id=label_id, exact=exact,
     )
     dataset = media.dataset_of(samples)  # a patches view: its source dataset
     field = _patches_field(samples, patches_field, query)
@@ -409,6 +413,8 @@ class _Query:
     seed = 0
     image_id_scope = None
     reverse = False
+    #: search every point, whatever the index's cells (see store/cells.py)
+    exact = False
 
     def __init__(self, **fields):
         for name, value in fields.items():
@@ -419,7 +425,8 @@ class _Query:
     @classmethod
     def validate(cls, prompt, image_id, method, limit, clustering_method,
                  num_clusters, threshold, negative_prompt, image, aggregation,
-                 negative_weight, seed, image_id_scope, label_id=None):
+                 negative_weight, seed, image_id_scope, label_id=None,
+                 exact=False):
         given = [name for name, v in (("prompt", prompt),
                                       ("image_id", image_id),
                                       ("label_id", label_id),
@@ -477,6 +484,7 @@ class _Query:
             seed=seed,
             image_id_scope=(_id_list(image_id_scope, "image_id_scope")
                             if image_id_scope is not None else None),
+            exact=validate.boolean(exact, "exact"),
         )
 
     def run(self, target, ref, store, scope):
@@ -514,10 +522,10 @@ class _Query:
             vectors = _normalize(vectors.mean(axis=0, keepdims=True))
         if not self.reverse:
             return nearest(store, vectors, self.limit, scope, self.threshold,
-                           keep_open=True)
+                           keep_open=True, exact=self.exact)
         # the least similar to v are the most similar to -v (cosine)
         ids, scores = nearest(store, -vectors, self.limit, scope,
-                              keep_open=True)
+                              keep_open=True, exact=self.exact)
         return ids, [-s for s in scores]
 
     def describe(self, scope):
@@ -753,7 +761,7 @@ def _image_vector(model, image):
 
 
 def nearest(store, vectors, limit, scope=None, threshold=None,
-            keep_open=False):
+            keep_open=False, exact=False):
     """Exact top-``limit`` of the union of several queries (best score per
     sample), within ``scope``.
 
@@ -766,6 +774,7 @@ def nearest(store, vectors, limit, scope=None, threshold=None,
         threshold (None): only scores ``>= threshold``
         keep_open (False): keep an embedded index open afterwards (see
             :meth:`~fiftyone_ai_search.store.VectorStore.session`)
+        exact (False): scan every point even where the index has cells
 
     Returns:
         ``(sample_ids, scores)``, best first
@@ -777,7 +786,7 @@ def nearest(store, vectors, limit, scope=None, threshold=None,
         total = None if scope is None else max(1, store.estimate_count())
         for vector in np.atleast_2d(vectors):
             for sample_id, score in _top_k(store, vector, limit, scope,
-                                           threshold, total):
+                                           threshold, total, exact=exact):
                 if score > best.get(sample_id, -np.inf):
                     best[sample_id] = score
     ranked = sorted(best.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
@@ -805,16 +814,18 @@ def _use_id_filter(scope_size, limit, total):
     return scope_size <= min(MAX_FILTERED_SCOPE, HIT_COST * fetched)
 
 
-def _top_k(store, vector, limit, scope, threshold, total, near=False):
+def _top_k(store, vector, limit, scope, threshold, total, near=False,
+           exact=False):
     if scope is None:
-        return store.query(vector, limit, min_score=threshold, near=near)
+        return store.query(vector, limit, min_score=threshold, near=near,
+                           exact=exact)
     share = None
     if isinstance(scope, _ViewScope) and scope.size is None:
         # counting a view costs ~1 s at 1M samples, more than the search:
         # a first over-fetch as if the view held half the index, and its
         # hits tell whether the view is large enough to go on so
         k = math.ceil(2 * OVER_FETCH * limit) + 16
-        hits, kept = _hits_in(store, vector, k, scope, threshold)
+        hits, kept = _hits_in(store, vector, k, scope, threshold, exact)
         if _enough(hits, kept, k, limit):
             return kept[:limit]
         share = max(len(kept), 1) / max(len(hits), 1)
@@ -830,7 +841,8 @@ def _top_k(store, vector, limit, scope, threshold, total, near=False):
             return _filtered(store, vector, limit, scope, threshold)
         share = size / total
         k = math.ceil(OVER_FETCH * limit / share) + 16
-    return _over_fetch(store, vector, limit, scope, threshold, total, k)
+    return _over_fetch(store, vector, limit, scope, threshold, total, k,
+                       exact)
 
 
 def _filtered(store, vector, limit, scope, threshold):
@@ -839,9 +851,9 @@ def _filtered(store, vector, limit, scope, threshold):
     return store.query(vector, limit, sample_ids=ids, min_score=threshold)
 
 
-def _hits_in(store, vector, k, scope, threshold):
+def _hits_in(store, vector, k, scope, threshold, exact=False):
     """The unscoped top-``k`` hits, and those of them in ``scope``."""
-    hits = store.query(vector, k, min_score=threshold)
+    hits = store.query(vector, k, min_score=threshold, exact=exact)
     if isinstance(scope, _ViewScope):
         inside = scope.contains([h[0] for h in hits])
     else:
@@ -856,14 +868,15 @@ def _enough(hits, kept, k, limit):
     return len(kept) >= limit or len(hits) < k
 
 
-def _over_fetch(store, vector, limit, scope, threshold, total, k):
+def _over_fetch(store, vector, limit, scope, threshold, total, k,
+                exact=False):
     """Top-``limit`` within a large scope: fetches the unscoped top-k and
     keeps what is in scope; k doubles until :func:`_enough`. Once k passes
     the (estimated) index size, the id filter decides, exactly."""
     while True:
         if k >= total:
             return _filtered(store, vector, limit, scope, threshold)
-        hits, kept = _hits_in(store, vector, k, scope, threshold)
+        hits, kept = _hits_in(store, vector, k, scope, threshold, exact)
         if _enough(hits, kept, k, limit):
             return kept[:limit]
         k *= 2

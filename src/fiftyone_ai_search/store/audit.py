@@ -20,8 +20,8 @@ measures itself, in the background (:func:`audit`):
 3. a probe rule: queries are banded by how near their nearest centre lies
    (the modality gap shows there: prompts score lower), and each band gets
    the fewest cells whose mean recall@k holds :data:`TARGET` (with
-   :data:`MARGIN`); a band that needs more than :data:`MAX_SHARE` of the
-   cells is searched exactly;
+   :data:`MARGIN`) for each kind of query in it; a band that needs more
+   than :data:`MAX_SHARE` of the cells is searched exactly;
 4. estimates: the recall each kind of query gets under the rule, measured
    on queries that did not choose it (two folds), with a 95% lower bound.
 
@@ -45,8 +45,10 @@ from . import ranks
 TARGET = 0.98
 
 #: chosen for TARGET + MARGIN on the audited queries: what they do not
-#: show (other prompts, other images) gets some room
-MARGIN = 0.005
+#: show (other prompts, other images) gets some room. Set on the tune
+#: members of bench/bench_audit.py: at 0.005, image queries of the
+#: clip-b32 world got 0.982 where the audit chose for 0.985
+MARGIN = 0.01
 
 #: the k of recall@k (the default limit of a search)
 K = 100
@@ -186,7 +188,15 @@ def choose(measured, num_cells):
     depths = []
     for b in range(len(edges) + 1):
         members = [m for m, i in zip(measured, band) if i == b]
-        depths.append(_fewest_cells(members, num_cells))
+        # the target holds for each kind of query, not for their mixture:
+        # a band's many prompts must not lift its few images' mean
+        need = [_fewest_cells([m for m in members if m.kind == kind],
+                              num_cells)
+                for kind in sorted({m.kind for m in members})]
+        if not need:
+            depths.append(cl.num_probed(num_cells))
+        else:
+            depths.append(None if None in need else max(need))
     return {"edges": [float(e) for e in edges], "depths": depths}
 
 

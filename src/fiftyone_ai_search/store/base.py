@@ -566,7 +566,7 @@ class VectorStore(abc.ABC):
         return ids, self._stored_rows([records[i] for i in order])
 
     def query(self, vector, limit, sample_ids=None, min_score=None,
-              near=False):
+              near=False, exact=False):
         """Nearest neighbours of ``vector`` by cosine similarity: exact, or
         exact within the probed cells of a large index (see
         :mod:`~fiftyone_ai_search.store.cells`).
@@ -578,6 +578,7 @@ class VectorStore(abc.ABC):
             min_score (None): only return scores ``>= min_score``
             near (False): whether ``vector`` lies among the images (a
                 centre of a cluster of them): fewer cells are probed
+            exact (False): scan every point, whatever the cells
 
         Returns:
             a list of ``(sample_id, score)``, best first
@@ -591,7 +592,7 @@ class VectorStore(abc.ABC):
 
         vector = normalize_vector(vector)
         probed = None
-        if point_ids is None:
+        if point_ids is None and not exact:
             # an id filter narrows the search enough: only a search of the
             # whole index is worth the cells
             known = self.cells()

@@ -4,11 +4,17 @@ count is found out, and the rule it stores holds the target on prompts it
 was not audited with; a query the rule cannot serve within its cost bound
 is exact; the estimate is what queries then get."""
 
+import multiprocessing
+import os
+import signal
+import time
+
 import numpy as np
 import pytest
 
 from fiftyone_ai_search.store import audit
 from fiftyone_ai_search.store import cells as cl
+from fiftyone_ai_search.store.edge import EdgeStore
 
 from test_cells import clustered, exact_in, make_ids, unit
 from test_store import DIM, INFO, store  # noqa: F401 (store: a fixture)
@@ -155,3 +161,43 @@ def test_perform_ai_search_exact_is_a_flag(tmp_path):
         ais.perform_ai_search(dataset, prompt="a red circle", exact="yes")
     assert ais.perform_ai_search(dataset, prompt="a red circle", limit=5,
                                  exact=True)
+
+
+def _audit_in_child(root, name, started):
+    cl.MIN_PROBED = 4
+    store = EdgeStore(name, root, lock_timeout=60)
+    started.set()
+    while True:  # audits until killed: the kill lands anywhere in one
+        audit.audit(store, prompts(60, seed=3, gap=2.0), k=50,
+                    image_queries=60)
+
+
+@pytest.mark.parametrize("delay", [0.2, 1.0, 2.5])
+def test_an_audit_killed_at_any_moment_leaves_index_and_estimate_whole(
+        tmp_path, delay):
+    x, _ = clustered(4000)
+    ids = make_ids(len(x))
+    store = EdgeStore("audited", tmp_path, lock_timeout=60)
+    store.ensure(INFO)
+    store.upsert(ids, x, [{} for _ in ids])
+    store.maintain(min_points=1000)
+    store.close()
+    spawn = multiprocessing.get_context("spawn")
+    started = spawn.Event()
+    p = spawn.Process(target=_audit_in_child,
+                      args=(str(tmp_path), "audited", started))
+    p.start()
+    assert started.wait(120)
+    time.sleep(delay)
+    os.kill(p.pid, signal.SIGKILL)
+    p.join()
+
+    cells = store.cells()  # readable: the old cells, or with a whole rule
+    assert cells.complete and len(cells) == 64
+    if cells.rule is not None:
+        assert set(cells.rule["estimates"]) == {"text", "image"}
+    q = prompts(1, seed=9, gap=2.0)[0]
+    expected, _ = exact_in(ids, x, q, 20)
+    assert [i for i, _ in store.query(q, 20, exact=True)] == expected
+    assert audit.audit(store, prompts(20, seed=4, gap=2.0), k=20,
+                       image_queries=20) is not None

@@ -392,18 +392,20 @@ class AISearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
                 self._held_cache = ([], [])
                 return self._held_cache
             with self._store(doc) as store:
+                wanted = (store.get_sample_ids() if self._members is None
+                          else self._members)
                 if self._objects:
                     from .object_sync import SOURCE_KEY
 
-                    keys = (store.get_sample_ids() if self._members is None
-                            else list(store.get_payloads(self._members)))
-                    payloads = store.get_payloads(keys)
-                    sources = {k: payloads[k].get(SOURCE_KEY) for k in keys}
+                    payloads = store.get_payloads(wanted)
+                    sources = {k: p.get(SOURCE_KEY)
+                               for k, p in payloads.items()}
                 else:
-                    keys = (store.get_sample_ids() if self._members is None
-                            else self._members)
-                    held = set(store.get_payloads(list(keys)))
-                    sources = {k: k for k in keys if k in held}
+                    # the members the index still holds (a sync removes
+                    # deleted samples)
+                    held = (wanted if self._members is None
+                            else store.get_payloads(wanted))
+                    sources = {k: k for k in held}
             order = {i: n for n, i in enumerate(
                 media.indexed_samples(self._dataset).values("id"))}
             keys = sorted((k for k in sources if sources[k] in order),

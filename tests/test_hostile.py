@@ -660,3 +660,102 @@ def test_a_dead_lease_holder_whose_clock_ran_ahead_blocks_no_one(
     report = ais.calculate_embeddings(dataset, wait=True, progress=False)
     assert report.failed == 0
 
+
+# -- (7) what a killed disable leaves --------------------------------------------
+
+
+def test_the_refresher_removes_what_a_killed_disable_left(tmp_path,
+                                                          monkeypatch):
+    from fiftyone_ai_search import state as st
+    from fiftyone_ai_search.scheduler import refresh_all
+
+    dataset = _indexed(tmp_path, num_samples=4)
+    ais.perform_ai_search(dataset, prompt="a red circle", limit=2)
+    store = _store(dataset)
+    # a disable killed right after its first write (switched off, nothing
+    # removed yet)
+    st.disable(dataset)
+    assert not ais.is_embeddings_enabled(dataset)
+
+    # a disable that may still be running elsewhere is left to finish
+    assert refresh_all([dataset.name]).removed == []
+    assert store.exists() and st.get(dataset) is not None
+
+    monkeypatch.setattr(st, "ABANDONED_DISABLE_SECONDS", 0.0)
+    report = refresh_all([dataset.name])
+
+    assert report.removed == [dataset.name] and not report.errors
+    assert not store.exists()
+    assert st.get(dataset) is None
+    assert KEY not in dataset.list_brain_runs()
+    assert ais.list_collections(dataset) == []  # the latest results went
+    # and AI search can be switched on again
+    ais.enable_embeddings(dataset, model=tiny_clip_model_name(),
+                          compute=False)
+    ais.calculate_embeddings(dataset, wait=True, progress=False)
+    assert ais.get_status(dataset)["counts"]["num_indexed"] == 4
+
+
+def test_a_dataset_deleted_mid_sync_ends_its_worker_cleanly(tmp_path,
+                                                             monkeypatch):
+    import os
+
+    from fiftyone_ai_search import state as st
+    from fiftyone_ai_search.config import get_settings
+
+    from helpers import worker_paused_midway
+
+    monkeypatch.setenv("FIFTYONE_AI_SEARCH_BATCH_SIZE", "2")
+    monkeypatch.setenv("FIFTYONE_AI_SEARCH_NUM_WORKERS", "0")
+    dataset = shapes_dataset(tmp_path, num_samples=40)
+    key = st.dataset_key(dataset)
+    log = os.path.join(get_settings().storage_dir, "logs", key + ".log")
+    pid = runner.start_background(dataset)
+    with worker_paused_midway(dataset):
+        name = dataset.name
+        dataset.delete()
+
+    _, status = os.waitpid(pid, 0)
+
+    with open(log) as f:
+        said = f.read()
+    assert os.waitstatus_to_exitcode(status) == 0, said
+    assert "Traceback" not in said
+    assert f"dataset '{name}' was deleted" in said
+    # and what it had made of it is gone
+    assert st.get_key(key) is None
+    assert not [n for n in os.listdir(get_settings().storage_dir)
+                if key in n]
+
+
+def test_disable_of_a_server_index_whose_url_is_only_in_plugin_secrets(
+        tmp_path, monkeypatch):
+    from fiftyone_ai_search import state as st
+    from fiftyone_ai_search.config import get_settings
+    from fiftyone_ai_search.store import open_store
+
+    monkeypatch.delenv("FIFTYONE_AI_SEARCH_QDRANT_URL", raising=False)
+    secrets = {"FIFTYONE_AI_SEARCH_QDRANT_URL": ":memory:"}
+    dataset = shapes_dataset(tmp_path, num_samples=4, enable=False)
+    ais.enable_embeddings(dataset, model=tiny_clip_model_name(),
+                          backend="server", compute=False, secrets=secrets)
+    ais.calculate_embeddings(dataset, wait=True, progress=False,
+                             secrets=secrets)
+    name = st.get(dataset)["index"]["name"]
+    server = get_settings(secrets=secrets)
+    assert open_store(name, server).exists()
+    assert KEY in dataset.list_brain_runs()
+
+    # without the URL: refused before anything changed
+    with pytest.raises(ValueError, match="FIFTYONE_AI_SEARCH_QDRANT_URL"):
+        ais.disable_embeddings(dataset)
+    assert ais.is_embeddings_enabled(dataset)
+    assert KEY in dataset.list_brain_runs()
+    assert open_store(name, server).exists()
+
+    # with the App's plugin secrets: all of it goes
+    ais.disable_embeddings(dataset, secrets=secrets)
+    assert not ais.is_embeddings_enabled(dataset)
+    assert st.get(dataset) is None
+    assert KEY not in dataset.list_brain_runs()
+    assert not open_store(name, server).exists()

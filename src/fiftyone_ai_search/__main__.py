@@ -38,7 +38,11 @@ def _cmd_sync(args):
     dataset = _load_dataset(args.dataset, args.dataset_id)
     from .targets import target_of
 
+    from .runner import maintain_index
+    from .state import dataset_exists, dataset_key
+
     target = target_of(dataset, args.patches_field)
+    name, key = dataset.name, dataset_key(target)
     try:
         report = ais.calculate_embeddings(
             dataset,
@@ -48,17 +52,26 @@ def _cmd_sync(args):
             wait=True,
             progress=not args.quiet,
         )
+        print(f"AI search sync of '{name}': {report}")
+        # after the sync, so that nobody waits for it (see maintain_index)
+        assigned = maintain_index(target)
     except SyncCancelled as e:
         # switched off meanwhile: nothing is left to do, and no error
-        print(f"AI search sync of '{dataset.name}' stopped: {e}")
+        print(f"AI search sync of '{name}' stopped: {e}")
         return
-    print(f"AI search sync of '{dataset.name}': {report}")
-    # after the sync, so that nobody waits for it (see maintain_index)
-    from .runner import maintain_index
+    except Exception:
+        if dataset_exists(key):
+            raise
+        # deleted meanwhile (whatever failed for it): nothing is left to
+        # do but to remove what AI search kept of it, and no error
+        from .embeddings import forget_deleted
 
-    assigned = maintain_index(target)
+        forget_deleted(key)
+        print(f"AI search sync of '{name}' stopped: dataset '{name}' was "
+              "deleted; removed its index")
+        return
     if assigned:
-        print(f"AI search index of '{dataset.name}': {assigned} points "
+        print(f"AI search index of '{name}': {assigned} points "
               "given their cell of the approximate search")
 
 

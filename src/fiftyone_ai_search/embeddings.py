@@ -12,7 +12,7 @@ from . import media
 from . import runner
 from . import state as st
 from . import targets
-from .config import BACKENDS, get_settings
+from .config import BACKENDS, ENV_PREFIX, get_settings
 from .errors import AISearchError, IndexDamagedError
 from .store.audit import summary as audit_summary
 from .store import IndexNotFoundError
@@ -427,8 +427,8 @@ def _model_spec(model, pretrained, settings):
     return resolve_model(model, pretrained)
 
 
-def disable_embeddings(dataset: fod.Dataset, patches_field: str | None = None
-                       ) -> None:
+def disable_embeddings(dataset: fod.Dataset, patches_field: str | None = None,
+                       secrets: dict | None = None) -> None:
     """Switches AI search off: deletes the index, all its state, its
     FiftyOne Brain run and the latest search results (the temporary
     collection). Named collections stay, as plain saved views.
@@ -441,27 +441,79 @@ def disable_embeddings(dataset: fod.Dataset, patches_field: str | None = None
         dataset: a :class:`fiftyone.core.dataset.Dataset`
         patches_field (None): switch off the object search of this label
             field instead (the image index and other fields' stay)
+        secrets (None): plugin secrets (Qdrant URL / API key), for an index
+            on a Qdrant server whose URL this process's environment lacks
+
+    Raises:
+        ValueError: if the index is on a Qdrant server and no URL is
+            configured (nothing is changed then)
     """
-    disable(_target(dataset, patches_field))
+    disable(_target(dataset, patches_field), secrets=secrets)
 
 
-def disable(dataset, unregister=True):
+def disable(dataset, unregister=True, secrets=None):
     """:func:`disable_embeddings`; ``unregister=False`` leaves the Brain run
     alone (for the Brain, which deletes it itself)."""
-    from .collections import delete_temporary_collection
-
+    settings = get_settings(secrets=secrets)
+    _check_can_drop(dataset, settings)  # before anything is written
     doc = st.disable(dataset)  # one write: running computations are stale
     if doc is None:
         return
-    if unregister:  # every run of the index goes with it
+    finish_disable(dataset, doc, unregister=unregister, settings=settings)
+
+
+def _check_can_drop(target, settings):
+    """Refuses to start a disable that could not drop the indexes: those
+    on a Qdrant server when no URL is configured (a disable from the App
+    whose URL was only in its plugin secrets switched AI search off and
+    removed the Brain run, then failed, leaving the state and the server's
+    collection behind)."""
+    doc = st.get_raw(st.dataset_key(target))
+    if doc is None or settings.qdrant_url:
+        return
+    if any(ref.get("backend") == "server" for ref in st.indexes_of(doc)):
+        raise ValueError(
+            f"{_what(target)} keeps its index on a Qdrant server, and no "
+            f"server URL is configured here: set {ENV_PREFIX}QDRANT_URL "
+            f"(and {ENV_PREFIX}QDRANT_API_KEY), or pass secrets=... (the "
+            "App's plugin secrets). Nothing was changed")
+
+
+def finish_disable(target, doc, unregister=True, settings=None):
+    """What :func:`disable` does after its first write: deletes the Brain
+    runs, the indexes, the state and the latest results of ``target``. The
+    refresher runs it for a disable that was killed midway (see
+    :func:`fiftyone_ai_search.state.abandoned_disables`).
+
+    Args:
+        target: the dataset, or a :class:`~fiftyone_ai_search.targets.Objects`;
+            None if its dataset no longer exists
+        doc: its state document, switched off
+        unregister (True): delete the Brain runs of the index
+        settings (None): the :class:`fiftyone_ai_search.config.Settings`
+    """
+    from .collections import delete_temporary_collection
+
+    if unregister and target is not None:  # every run of the index goes
         from . import brain
 
-        brain.unregister_all(dataset)
-    delete_index_and_state(doc)
-    # the latest results go with the index; named collections stay, as
-    # plain saved views
-    delete_temporary_collection(targets.dataset_of(dataset),
-                                targets.field_of(dataset))
+        brain.unregister_all(target)
+    delete_index_and_state(doc, settings)
+    if target is not None:
+        # the latest results go with the index; named collections stay, as
+        # plain saved views
+        delete_temporary_collection(targets.dataset_of(target),
+                                    targets.field_of(target))
+
+
+def forget_deleted(key, settings=None):
+    """Removes the index, collection scores and state of a target (its
+    ``key``) whose dataset was deleted."""
+    doc = st.disable(key)
+    if doc is not None:
+        delete_index_and_state(doc, settings)
+    logger.info("AI search: dataset '%s' was deleted; removed its index",
+                (doc or {}).get("dataset_name") or key)
 
 
 def delete_index_and_state(doc, settings=None):

@@ -35,6 +35,7 @@ import threading
 import time
 
 from . import state as st
+from . import targets
 from .config import get_settings
 
 logger = logging.getLogger(__name__)
@@ -52,7 +53,9 @@ class RefreshReport:
         unchanged: names of datasets with nothing to sync
         busy: names of datasets whose computation ran elsewhere (asked to
             sync once more when done)
-        removed: ids of deleted datasets whose index and state were removed
+        removed: ids of deleted datasets whose index and state were removed,
+            and names of datasets whose disable was killed midway and whose
+            leftovers this pass removed
         errors: dataset name (or id) -> what went wrong
         seconds: wall time of the pass
     """
@@ -108,6 +111,7 @@ def refresh_all(datasets=None, settings=None):
         except Exception as e:  # one dataset must not stop the others
             logger.exception("AI search refresh of '%s' failed", name)
             report.errors[name] = f"{type(e).__name__}: {e}"
+    _finish_abandoned_disables(names, settings, report)
 
     report.seconds = time.time() - start
     logger.info("AI search refresh: %s", report)
@@ -176,16 +180,39 @@ def _consistent(dataset, doc, settings):
         store.close()
 
 
+def _finish_abandoned_disables(names, settings, report):
+    """Finishes the disables that were killed midway: what they left
+    (indexes, state, Brain runs, the latest results) is removed, as the
+    disable would have."""
+    from .embeddings import finish_disable
+
+    for doc in st.abandoned_disables():
+        key = doc["_id"]
+        name = doc.get("dataset_name") or key
+        try:
+            target = st.load_target(key)
+            if target is not None:
+                name = targets.dataset_of(target).name
+            if names is not None and name not in names:
+                continue
+            if target is not None:
+                name = _label(target)
+            finish_disable(target, doc, settings=settings)
+            report.removed.append(name)
+            logger.info("AI search: removed what a disable of '%s' left",
+                        name)
+        except Exception as e:  # one dataset must not stop the others
+            logger.exception("AI search: removing what a disable of '%s' "
+                             "left failed", name)
+            report.errors[name] = f"{type(e).__name__}: {e}"
+
+
 def _forget(doc, settings):
     """Removes the index, collection scores and state of a deleted
     dataset."""
-    from .embeddings import delete_index_and_state
+    from .embeddings import forget_deleted
 
-    delete_index_and_state(st.disable(doc["_id"]) or doc, settings)
-    logger.info(
-        "AI search: dataset '%s' was deleted; removed its index",
-        doc.get("dataset_name") or doc["_id"],
-    )
+    forget_deleted(doc["_id"], settings)
 
 
 class Refresher:

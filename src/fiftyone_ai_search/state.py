@@ -192,13 +192,22 @@ def dataset_key(target):
 def load_dataset(key):
     """The dataset whose id is ``key``, or None if it no longer exists."""
     import fiftyone as fo
-    import fiftyone.core.odm as foo
+
+    found = _dataset_doc(key)
+    return fo.load_dataset(found["name"]) if found else None
+
+
+def dataset_exists(key):
+    """Whether the dataset whose id is ``key`` (or that of a target's key)
+    still exists (one indexed read)."""
+    return _dataset_doc(targets.split_key(key)[0]) is not None
+
+
+def _dataset_doc(dataset_id):
     from bson import ObjectId
 
-    found = foo.get_db_conn().datasets.find_one(
-        {"_id": ObjectId(key)}, {"name": 1}
-    )
-    return fo.load_dataset(found["name"]) if found else None
+    return _db().datasets.find_one({"_id": ObjectId(dataset_id)},
+                                   {"name": 1})
 
 
 def load_target(key):
@@ -329,6 +338,7 @@ _ALWAYS = [
     ("retired", lambda v: isinstance(v, list) and all(map(usable_ref, v)),
      "a list of index references", False),
     ("rerun_requested", _is(bool), "true or false", False),
+    ("disabled_at", _DATE, "null or a date", False),
 ]
 
 #: and of one whose AI search is on
@@ -582,9 +592,31 @@ def disable(dataset_or_key):
            else dataset_key(dataset_or_key))
     doc = _states().find_one_and_update(
         {"_id": key},
-        {"$set": {"enabled": False, "generation": _new_generation()}},
+        {"$set": {"enabled": False, "generation": _new_generation(),
+                  "disabled_at": utcnow()}},
     )
     return _migrate(doc) if doc else None
+
+
+#: how long after a disable switched AI search off its leftovers (indexes,
+#: state, Brain runs) are taken as abandoned by a disable that was killed,
+#: rather than still being removed by it (see :func:`abandoned_disables`)
+ABANDONED_DISABLE_SECONDS = 60.0
+
+
+def abandoned_disables():
+    """The state documents that a disable switched off more than
+    :data:`ABANDONED_DISABLE_SECONDS` ago (by the database's clock) and
+    never removed (it was killed), and that no computation holds: the
+    refresher finishes those disables
+    (:func:`fiftyone_ai_search.embeddings.finish_disable`)."""
+    before = utcnow() - datetime.timedelta(seconds=ABANDONED_DISABLE_SECONDS)
+    found = _states().find({
+        "enabled": False,
+        "$or": [{"disabled_at": {"$lt": before}},
+                {"disabled_at": {"$exists": False}}],
+    })
+    return [_migrate(doc) for doc in found if not is_running(doc)]
 
 
 def delete_key(key):

@@ -277,3 +277,78 @@ def test_diverse_and_store_checks():
 def test_validate_returns_plain_values(check, value, expected):
     got = check(value, "x")
     assert got == expected and type(got) is type(expected)
+
+
+# -- the SDK's flags, counts and field names (issue 21, item 11) -----------------
+
+
+def _sdk_state(dataset):
+    from fiftyone_ai_search import state as st
+
+    doc = dict(st.get(dataset) or {})
+    for volatile in ("lease", "progress", "pending"):
+        doc.pop(volatile, None)
+    return doc, _state(dataset)
+
+
+SDK_MISUSE = [
+    ("enable_embeddings", {"compute": "no"}, "compute"),
+    ("enable_embeddings", {"compute": 1}, "compute"),
+    ("enable_embeddings", {"load": "yes"}, "load"),
+    ("calculate_embeddings", {"force": "no"}, "force"),
+    ("calculate_embeddings", {"wait": "no"}, "wait"),
+    ("calculate_embeddings", {"verify_files": 0}, "verify_files"),
+    ("calculate_embeddings", {"wait": True, "progress": "x"}, "progress"),
+    ("get_status", {"max_failures": -1}, "max_failures"),
+    ("get_status", {"max_failures": 1.5}, "max_failures"),
+    ("get_status", {"max_failures": NAN}, "max_failures"),
+    ("get_status", {"max_failures": True}, "max_failures"),
+    ("get_status", {"counts": "no"}, "counts"),
+    *[(func, {"patches_field": bad}, "patches_field")
+      for func in ("enable_embeddings", "disable_embeddings",
+                   "calculate_embeddings", "get_status",
+                   "is_embeddings_enabled", "get_embeddings_in_progress",
+                   "get_embeddings_updated_at")
+      for bad in (5, ["ground_truth"], "")],
+    ("maintain_index", {"min_points": NAN}, "min_points"),
+    ("maintain_index", {"min_points": 0}, "min_points"),
+    ("maintain_index", {"min_points": "10"}, "min_points"),
+]
+
+
+@pytest.mark.parametrize("func,kwargs,arg", SDK_MISUSE,
+                         ids=[f"{f}-{a}-{k[a]!r}" for f, k, a in SDK_MISUSE])
+def test_sdk_misuse_is_refused_naming_the_argument_and_writes_nothing(
+        indexed, func, kwargs, arg):
+    before = _sdk_state(indexed)
+    with pytest.raises(ValueError, match=rf"^{arg}\b(?!_)"):
+        getattr(ais, func)(indexed, **kwargs)
+    assert _sdk_state(indexed) == before
+    assert not ais.get_embeddings_in_progress(indexed)  # no worker started
+
+
+def test_get_embeddings_refuses_a_patches_field_that_is_no_name(indexed):
+    with pytest.raises(ValueError, match=r"^patches_field\b"):
+        ais.get_embeddings(indexed, patches_field=5)
+
+
+def test_start_refresher_refuses_one_name_for_a_list(indexed):
+    with pytest.raises(ValueError, match=r"^datasets\b"):
+        ais.start_refresher(datasets=indexed.name)
+    with pytest.raises(ValueError, match=r"^datasets\b"):
+        ais.start_refresher(datasets=[indexed.name, 5])
+
+
+def test_max_failures_takes_numpy_integers_and_zero_lists_none(tmp_path):
+    dataset = shapes_dataset(tmp_path, num_samples=3)
+    for i, sample in enumerate(dataset.limit(2)):
+        sample.filepath = str(tmp_path / f"missing-{i}.png")
+        sample.save()
+    ais.calculate_embeddings(dataset, wait=True, progress=False)
+
+    assert len(ais.get_status(dataset)["failures"]) == 2
+    assert len(ais.get_status(dataset, max_failures=np.int64(1))
+               ["failures"]) == 1
+    assert ais.get_status(dataset, max_failures=0)["failures"] == []
+    assert ais.get_status(dataset, max_failures=np.uint8(5),
+                          counts=np.bool_(True))["counts"]["num_failed"] == 2

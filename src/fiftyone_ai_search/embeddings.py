@@ -12,6 +12,7 @@ from . import media
 from . import runner
 from . import state as st
 from . import targets
+from . import validate
 from .config import BACKENDS, ENV_PREFIX, get_settings
 from .errors import AISearchError, IndexDamagedError
 from .store.audit import summary as audit_summary
@@ -48,7 +49,8 @@ def _dataset_of(samples, arg="samples"):
 def _target(dataset, patches_field):
     """The target of an SDK call: the dataset's images, or the objects of
     ``patches_field``."""
-    return targets.target_of(_dataset_of(dataset, "dataset"), patches_field)
+    return targets.target_of(_dataset_of(dataset, "dataset"),
+                             validate.field_name(patches_field))
 
 
 def _what(target):
@@ -286,6 +288,9 @@ def enable_embeddings(dataset: fod.Dataset, model: str | None = None,
     from .existing import ExistingEmbeddings
     from .model import check_weights, load_model
 
+    compute = validate.boolean(compute, "compute")
+    load = validate.boolean(load, "load")
+    patches_field = validate.field_name(patches_field)
     dataset = media.check_supported(_dataset_of(dataset, "dataset"))
     settings = get_settings(secrets=secrets)
     if patches_field is not None:
@@ -579,6 +584,10 @@ def calculate_embeddings(dataset: fod.Dataset, force: bool = False,
         a :class:`fiftyone_ai_search.sync.SyncReport` if ``wait=True``, else
         None
     """
+    force = validate.boolean(force, "force")
+    wait = validate.boolean(wait, "wait")
+    verify_files = validate.boolean(verify_files, "verify_files")
+    progress = validate.progress(progress)
     dataset = _target(dataset, patches_field)
     require_enabled(dataset)
     if not wait:
@@ -635,7 +644,7 @@ def get_status(dataset: fod.Dataset, max_failures: int = 100,
 
     Args:
         dataset: a :class:`fiftyone.core.dataset.Dataset`
-        max_failures (100): the most failures to list
+        max_failures (100): the most failures to list (0: none)
         counts (True): whether to count the samples and the index. False
             reads the state alone (``counts`` and ``failures`` are then
             None): cheap enough to poll, and it never opens the index while
@@ -666,6 +675,8 @@ def get_status(dataset: fod.Dataset, max_failures: int = 100,
         bound, ``worst``, ``queries``, ``cells_scanned``, the share left
         ``exact``), ``measured_at``, ``points``
     """
+    max_failures = validate.integer(max_failures, "max_failures", 0)
+    counts = validate.boolean(counts, "counts")
     target = _target(dataset, patches_field)
     dataset = targets.dataset_of(target)
     doc = st.get(target)
@@ -748,7 +759,8 @@ def get_status(dataset: fod.Dataset, max_failures: int = 100,
     status["failures"] = [
         dict({k: f.get(v) for k, v in keys.items()},
              filepath=f.get("filepath"), reason=f.get("reason"))
-        for f in st.get_failures(target, limit=max_failures)
+        for f in (st.get_failures(target, limit=max_failures)
+                  if max_failures else [])
     ]
     return status
 
@@ -785,7 +797,7 @@ def get_embeddings(samples: foc.SampleCollection,
     if field is None and getattr(samples, "_is_patches", False) and (
             samples._patches_field in object_fields(dataset)):
         field = samples._patches_field
-    target = targets.target_of(dataset, field)
+    target = targets.target_of(dataset, validate.field_name(field))
     doc = require_index(target, same_model=True)
     if field is None:
         wanted = (dataset if view is None else view).values("id")

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from . import state as st
 from . import targets
+from . import validate
 from .config import get_settings
 from .errors import IndexDamagedError, StateDamagedError
 
@@ -90,6 +91,8 @@ def maintain_index(dataset: fod.Dataset, settings: Settings | None = None,
 
     from .collections import sweep_orphaned_scores
 
+    if min_points is not None:
+        min_points = validate.integer(min_points, "min_points", 1)
     doc = st.get(dataset)
     if doc is None or not doc.get("enabled") or not doc.get("index"):
         return 0

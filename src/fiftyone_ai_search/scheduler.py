@@ -36,6 +36,7 @@ import time
 
 from . import state as st
 from . import targets
+from . import validate
 from .config import get_settings
 
 logger = logging.getLogger(__name__)
@@ -90,8 +91,9 @@ def refresh_all(datasets=None, settings=None):
     Returns:
         a :class:`RefreshReport`
     """
+    names = validate.names(datasets, "datasets")
+    names = None if names is None else set(names)
     settings = settings or get_settings()
-    names = None if datasets is None else set(datasets)
     report = RefreshReport()
     start = time.time()
     for doc in st.enabled_states():
@@ -228,7 +230,7 @@ class Refresher:
     """
 
     def __init__(self, interval_minutes=None, datasets=None, settings=None):
-        self.datasets = None if datasets is None else list(datasets)
+        self.datasets = validate.names(datasets, "datasets")
         settings = settings or get_settings()
         if interval_minutes is not None:
             # validated like the setting

@@ -220,9 +220,7 @@ def _patches_field(samples, patches_field, query):
     ``patches_field``, or that of a patches view whose field has object
     search on (a patches view of another field searches the images its
     patches belong to)."""
-    field = patches_field
-    if field is not None and not isinstance(field, str):
-        raise ValueError(f"patches_field must be a field name, got {field!r}")
+    field = validate.field_name(patches_field)
     view_field = getattr(samples, "_patches_field", None) \
         if getattr(samples, "_is_patches", False) else None
     if field is not None and view_field is not None and field != view_field:

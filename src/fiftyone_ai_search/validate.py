@@ -112,6 +112,51 @@ def boolean(value, arg):
     return bool(value)
 
 
+def field_name(value, arg="patches_field"):
+    """Checks an optional field name: None, or a non-empty string.
+
+    Returns:
+        the value
+    """
+    if value is not None and (not isinstance(value, str) or not value):
+        raise ValueError(f"{arg} must be a field name, got {value!r}")
+    return value
+
+
+def names(value, arg):
+    """Checks an optional list of names: None, or a list (tuple, set) of
+    non-empty strings; one string alone is refused (it would be taken as
+    its letters).
+
+    Returns:
+        the value as a list, or None
+    """
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)) or not isinstance(
+            value, (list, tuple, set, frozenset)):
+        raise ValueError(f"{arg} must be a list of names, got {value!r}")
+    bad = [v for v in value if not isinstance(v, str) or not v]
+    if bad:
+        raise ValueError(f"{arg}: not names: {bad[:5]}")
+    return list(value)
+
+
+def progress(value, arg="progress"):
+    """Checks a progress argument: a flag, or a callable
+    ``progress(done, total)``.
+
+    Returns:
+        the value (a flag as a ``bool``)
+    """
+    if callable(value):
+        return value
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise ValueError(f"{arg} must be True, False or a callable "
+                     f"progress(done, total), got {value!r}")
+
+
 def optional_number(value, arg, minimum=None, maximum=None):
     """Like :func:`number`, None allowed (and returned)."""
     if value is None:

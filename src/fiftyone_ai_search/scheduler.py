@@ -35,7 +35,6 @@ import threading
 import time
 
 from . import state as st
-from . import targets
 from . import validate
 from .config import get_settings
 
@@ -101,13 +100,9 @@ def refresh_all(datasets=None, settings=None):
         name = doc.get("dataset_name") or key
         try:
             # a dataset, or the objects of one of its fields
-            dataset = st.load_target(key)
-            if dataset is not None:
-                name = dataset.name
-            if names is not None and name not in names:
+            dataset, name, wanted = _target_of(doc, names)
+            if not wanted:
                 continue
-            if dataset is not None:
-                name = _label(dataset)
 
             _refresh_one(key, dataset, doc, settings, report)
         except Exception as e:  # one dataset must not stop the others
@@ -182,6 +177,18 @@ def _consistent(dataset, doc, settings):
         store.close()
 
 
+def _target_of(doc, names):
+    """The target of a state document (None if its dataset is gone), how
+    a report names it, and whether a pass over the datasets ``names``
+    (None: all) looks at it."""
+    target = st.load_target(doc["_id"])
+    name = doc.get("dataset_name") or doc["_id"]
+    if target is not None:
+        name = target.name
+    wanted = names is None or name in names
+    return target, (name if target is None else _label(target)), wanted
+
+
 def _finish_abandoned_disables(names, settings, report):
     """Finishes the disables that were killed midway: what they left
     (indexes, state, Brain runs, the latest results) is removed, as the
@@ -189,16 +196,11 @@ def _finish_abandoned_disables(names, settings, report):
     from .embeddings import finish_disable
 
     for doc in st.abandoned_disables():
-        key = doc["_id"]
-        name = doc.get("dataset_name") or key
+        name = doc.get("dataset_name") or doc["_id"]
         try:
-            target = st.load_target(key)
-            if target is not None:
-                name = targets.dataset_of(target).name
-            if names is not None and name not in names:
+            target, name, wanted = _target_of(doc, names)
+            if not wanted:
                 continue
-            if target is not None:
-                name = _label(target)
             finish_disable(target, doc, settings=settings)
             report.removed.append(name)
             logger.info("AI search: removed what a disable of '%s' left",

@@ -146,8 +146,9 @@ def audit(store, text_vectors, seed=0, k=K, image_queries=IMAGE_QUERIES):
         return None
     start = time.monotonic()
     num_points = store.count()
+    # twice the buckets a share would need: buckets are uneven
     buckets = ranks.bucket_order(seed)[: ranks.buckets_for(
-        image_queries, max(num_points, 1))]
+        2 * image_queries, max(num_points, 1))]
     _, images = store.get_bucket_vectors(buckets)
     images = images[:image_queries]
     measured = [_measure(store, known, "image", v, k) for v in images]

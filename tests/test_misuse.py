@@ -352,3 +352,31 @@ def test_max_failures_takes_numpy_integers_and_zero_lists_none(tmp_path):
     assert ais.get_status(dataset, max_failures=0)["failures"] == []
     assert ais.get_status(dataset, max_failures=np.uint8(5),
                           counts=np.bool_(True))["counts"]["num_failed"] == 2
+
+
+SDK_MISUSE_MORE = [
+    ("enable_embeddings", {"model": 5}, "model"),
+    ("enable_embeddings", {"pretrained": 5}, "pretrained"),
+    ("enable_embeddings", {"secrets": "x"}, "secrets"),
+    ("calculate_embeddings", {"wait": True, "secrets": 5}, "secrets"),
+    ("disable_embeddings", {"secrets": ["x"]}, "secrets"),
+]
+
+
+@pytest.mark.parametrize("func,kwargs,arg", SDK_MISUSE_MORE,
+                         ids=[f"{f}-{a}" for f, _, a in SDK_MISUSE_MORE])
+def test_more_sdk_misuse_is_refused_naming_the_argument(indexed, func,
+                                                        kwargs, arg):
+    test_sdk_misuse_is_refused_naming_the_argument_and_writes_nothing(
+        indexed, func, kwargs, arg)
+
+
+def test_the_refresher_and_field_listing_refuse_what_is_no_argument():
+    with pytest.raises(ValueError, match=r"^interval_minutes\b"):
+        ais.start_refresher(interval_minutes="5")
+    with pytest.raises(ValueError, match=r"^interval_minutes\b"):
+        ais.start_refresher(interval_minutes=NAN)
+    with pytest.raises(ValueError, match=r"^wait\b"):
+        ais.stop_refresher(wait="no")
+    with pytest.raises(ValueError, match=r"^dataset\b"):
+        ais.object_label_fields(None)

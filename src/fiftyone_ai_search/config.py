@@ -301,6 +301,10 @@ def get_settings(secrets: dict | None = None, **overrides) -> Settings:
     Returns:
         a :class:`Settings`
     """
+    if secrets is not None and not hasattr(secrets, "items"):
+        raise ValueError(
+            "secrets must be a dict of plugin secrets (e.g. ctx.secrets), "
+            f"got {type(secrets).__name__}")
     env = dict(os.environ)
     for key, value in (secrets or {}).items():
         if key in SECRET_KEYS and value:

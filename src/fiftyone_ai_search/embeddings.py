@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import TYPE_CHECKING
 
 from . import media
@@ -290,6 +291,13 @@ def enable_embeddings(dataset: fod.Dataset, model: str | None = None,
 
     compute = validate.boolean(compute, "compute")
     load = validate.boolean(load, "load")
+    if model is not None and not isinstance(model, str):
+        raise ValueError(f"model must be an open_clip model name (or "
+                         f"'local-dir:/path'), got {model!r}")
+    if pretrained is not None and not isinstance(pretrained,
+                                                 (str, os.PathLike)):
+        raise ValueError(f"pretrained must be a tag or the path of a local "
+                         f"weights file, got {pretrained!r}")
     patches_field = validate.field_name(patches_field)
     dataset = media.check_supported(_dataset_of(dataset, "dataset"))
     settings = get_settings(secrets=secrets)

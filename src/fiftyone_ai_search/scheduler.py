@@ -235,6 +235,9 @@ class Refresher:
         self.datasets = validate.names(datasets, "datasets")
         settings = settings or get_settings()
         if interval_minutes is not None:
+            # a number (the range is the setting's)
+            interval_minutes = validate.number(interval_minutes,
+                                               "interval_minutes")
             # validated like the setting
             settings = settings.replace(refresh_minutes=interval_minutes)
 
@@ -336,6 +339,7 @@ def start_refresher(interval_minutes: float | None = None,
 
 def stop_refresher(wait: bool = True) -> None:
     """Stops the refresher started by :func:`start_refresher`, if any."""
+    wait = validate.boolean(wait, "wait")
     global _REFRESHER
     with _REFRESHER_LOCK:
         if _REFRESHER is not None:

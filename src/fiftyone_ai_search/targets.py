@@ -51,6 +51,9 @@ def object_label_fields(dataset: fod.Dataset) -> list[str]:
     index (the ``patches_field`` of
     :func:`~fiftyone_ai_search.embeddings.enable_embeddings`): its
     ``Detections``, ``Polylines`` and ``Keypoints`` fields, sorted."""
+    from .media import dataset_of
+
+    dataset = dataset_of(dataset, "dataset")
     return sorted(dataset.get_field_schema(
         embedded_doc_type=tuple(_object_types())))
 

@@ -174,3 +174,46 @@ def test_a_run_on_a_dataset_switched_on_but_not_computed_yet(tmp_path):
     index = fob.compute_similarity(dataset.limit(4), backend="ai_search",
                                    brain_key="early", **TINY)
     assert index.total_index_size == 4
+
+
+def test_a_failed_compute_similarity_leaves_no_run_behind(tmp_path):
+    dataset = shapes_dataset(tmp_path, num_samples=4, enable=False)
+    with pytest.raises(Exception):
+        fob.compute_similarity(dataset, backend="ai_search", brain_key="b",
+                               embeddings=False, clip_model="nope")
+    assert "b" not in dataset.list_brain_runs()
+    with pytest.raises(ValueError, match="index_backend"):
+        fob.compute_similarity(dataset, backend="ai_search", brain_key="b",
+                               embeddings=False,
+                               clip_model=tiny_clip_model_name(),
+                               index_backend="nope")
+    assert "b" not in dataset.list_brain_runs()
+    # a retry with a right model works
+    index = fob.compute_similarity(dataset, backend="ai_search",
+                                   brain_key="b", embeddings=False,
+                                   clip_model=tiny_clip_model_name())
+    assert index.total_index_size == 4
+
+
+def test_brain_misuse_is_refused_naming_the_argument(tmp_path):
+    dataset = _indexed(tmp_path, 6)
+    index = dataset.load_brain_results(brain.DEFAULT_BRAIN_KEY)
+    first = dataset.first().id
+    with pytest.raises(ValueError, match="query"):
+        dataset.sort_by_similarity("", brain_key=brain.DEFAULT_BRAIN_KEY)
+    # (sort_by_similarity(5) is refused by FiftyOne's stage, a TypeError,
+    # before any backend sees it)
+    with pytest.raises(ValueError, match="query"):
+        index._kneighbors(5, k=2)
+    for k in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="k must"):
+            index._kneighbors(first, k=k)
+    for thresh in (-1, float("nan"), "x"):
+        with pytest.raises(ValueError, match="thresh"):
+            index.find_duplicates(thresh=thresh)
+    import fiftyone as fo
+
+    videos = fo.Dataset()
+    videos.add_sample(fo.Sample(filepath=str(tmp_path / "clip.mp4")))
+    with pytest.raises(ValueError, match="frames"):
+        index.use_view(videos)

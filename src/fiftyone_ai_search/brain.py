@@ -203,9 +203,17 @@ class AISearchSimilarity(Similarity):
         added decides."""
         dataset = media.dataset_of(samples)
         if self.config.clip_model is not None:
-            _switch_on(targets.target_of(dataset, self.config.patches_field),
-                       self.config.clip_model, self.config.pretrained,
-                       self.config.index_backend)
+            try:
+                _switch_on(targets.target_of(dataset,
+                                             self.config.patches_field),
+                           self.config.clip_model, self.config.pretrained,
+                           self.config.index_backend)
+            except Exception:
+                # the Brain registered the run before this: a run left
+                # without results would break every later use, and a retry
+                if brain_key is not None:
+                    self.delete_run(dataset, brain_key, cleanup=False)
+                raise
         # clip_model= (without the Brain's model=) asks for AI search's
         # index as it is: the whole of it; else the run holds what the
         # Brain adds to it, as the Brain's other backends do
@@ -213,6 +221,20 @@ class AISearchSimilarity(Similarity):
         return AISearchSimilarityIndex(dataset, self.config, brain_key,
                                        backend=self,
                                        members=None if whole else [])
+
+    def ensure_requirements(self):
+        """Checks what the run names before the Brain registers it (it
+        loads nothing): an unknown model or backend fails here."""
+        from .config import BACKENDS
+        from .model import resolve_model
+
+        super().ensure_requirements()
+        if self.config.index_backend not in (None,) + tuple(BACKENDS):
+            raise ValueError(
+                f"index_backend must be one of {tuple(BACKENDS)} or None, "
+                f"got {self.config.index_backend!r}")
+        if self.config.clip_model is not None:
+            resolve_model(self.config.clip_model, self.config.pretrained)
 
     def cleanup(self, samples, brain_key):
         """``dataset.delete_brain_run(key)``: when no other run uses the
@@ -446,6 +468,16 @@ class AISearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         self._held_cache = None
         super().reload()
 
+    def use_view(self, samples, allow_missing=True, warn_missing=False):
+        if getattr(samples, "_is_frames", False) or (
+                getattr(samples, "media_type", "image") == "video"):
+            raise ValueError(
+                "samples: the AI search index holds images (or objects of "
+                "images), not video frames; use_view() takes a view of "
+                f"dataset '{self._dataset.name}'")
+        return super().use_view(samples, allow_missing=allow_missing,
+                                warn_missing=warn_missing)
+
     def cleanup(self):
         """Deletes what the run keeps in the backend: when no other run
         uses the index, the index itself (AI search is switched off, as
@@ -646,6 +678,11 @@ class AISearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
     def _parse_query(self, query):
         # prompts are embedded by the index's model in the search itself
         # (cached, and checked against the index), not by get_model() here
+        if query is not None and not isinstance(
+                query, (str, list, tuple, np.ndarray)):
+            raise ValueError(
+                f"query: a prompt, a sample (label) id, a list of them, or "
+                f"query vectors; got {type(query).__name__} {query!r}")
         if query is not None and not isinstance(query, np.ndarray):
             if isinstance(query, str) and not query.strip():
                 raise ValueError("query: an empty prompt")
@@ -664,6 +701,10 @@ class AISearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
                 f"aggregation must be one of {search.AGGREGATIONS} or None, "
                 f"got {aggregation!r}"
             )
+        if k is not None and (isinstance(k, bool) or not isinstance(
+                k, (int, np.integer)) or k < 1):
+            raise ValueError(f"k must be a whole number >= 1 or None, got "
+                             f"{k!r}")
         if query is None:
             if aggregation is not None:
                 raise ValueError(
@@ -758,6 +799,11 @@ class AISearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         return search.sources_of(require_index(self._target), label_ids)
 
     def _radius_neighbors(self, query=None, thresh=None, return_dists=False):
+        if (isinstance(thresh, bool) or not isinstance(
+                thresh, (int, float, np.number)) or not np.isfinite(thresh)
+                or thresh < 0):
+            raise ValueError(f"thresh must be a distance >= 0, got "
+                             f"{thresh!r}")
         # the Brain maps rows to current_sample_ids (current_label_ids of an
         # object index): all must be there (a sync may have removed some
         # since: reload() then)
@@ -819,6 +865,10 @@ def _split_queries(query, aggregation):
         return [("image_ids", [query])], True
     else:
         array = np.asarray(query)
+        if array.ndim == 0 or array.ndim > 2:
+            raise ValueError(
+                f"query: a prompt, a sample (label) id, a list of them, or "
+                f"query vectors; got {query!r}")
         if np.issubdtype(array.dtype, np.number):
             if array.ndim == 1:
                 return [("vectors", array[np.newaxis])], True

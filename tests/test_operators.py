@@ -494,13 +494,20 @@ def test_panel_follows_the_computation_then_searches_and_narrows(tmp_path):
     assert props["poll"]["view"]["name"] == "TimerView"  # polls by itself
     wait_until_idle(dataset)
     panel("on_poll")
+    # each write of a panel's state reloads the App's page (FiftyOne 1.22):
+    # an event sends what it changed in one write
+    assert len(panel.asked("patch_panel_state")) == 1
     props = panel.render()
     assert "Ready" in props["status"]["default"]
     assert "30 of 30 samples indexed" in props["status"]["default"]
     assert "poll" not in props and "search_btn" in props
+    panel("on_refresh")
+    assert not panel.asked("patch_panel_state")  # nothing changed
 
     asked = panel.search(mode="prompt", prompt="a photo of a red circle",
                          limit=10)
+    # the panel hears of the new results: one write of its state
+    assert len(panel.asked("patch_panel_state")) == 1
     scores = ais.get_collection_scores(dataset, ais.TEMPORARY_COLLECTION)
     assert len(scores) == 10
     # the grid gets the results as stages (by name it failed the first time)
@@ -522,12 +529,25 @@ def test_panel_follows_the_computation_then_searches_and_narrows(tmp_path):
     panel("on_slider", value=[lo, scores[0][1]])
     assert panel.state["range"] == [lo, scores[0][1]]
     assert panel.state["range_count"] == 5
+    # range, count and the new slider with its default in one write: the
+    # App never draws the new slider with the old default
+    (written,) = panel.asked("patch_panel_state")
+    assert written["state"]["slider_default"] == [lo, scores[0][1]]
+    assert {"range", "range_count", "slider"} <= set(written["state"])
     props = panel.render()
     assert "5 of 10 results" in props["range_text"]["default"]
     # the slider holds both bounds where they were set (a new slider whose
     # default is the range), so setting the other bound keeps this one
     (moved,) = [k for k in props if k.startswith("score_range_")]
     assert moved != slider and props[moved]["default"] == [lo, scores[0][1]]
+    # and its value from the start (a Min or Max typed there takes the
+    # other bound from it)
+    assert panel.state[moved] == [lo, scores[0][1]]
+    # the slider replaced sends its old value again as it goes: not a range
+    panel("on_slider", path=slider, value=[scores[-1][1],
+                                          scores[0][1]])
+    assert not panel.asked("set_view")
+    assert panel.state["range"] == [lo, scores[0][1]]
     panel("on_slider", value=props[moved]["default"])
     assert not panel.asked("set_view")  # its default: no change
     panel("on_slider", value=[lo, scores[2][1]])

@@ -13,7 +13,8 @@ server and reloads the dataset page, which clears the sidebar filters and
 makes the grid load again. So the panel holds no form a curator types into:
 searching, saving and renaming open the operators' prompts (the same forms
 as the grid button's), and the panel writes its state only where a value
-changed.
+changed, at most once an event: what an event changes is sent in one write
+when it ends (see :func:`_set`).
 """
 
 import functools
@@ -33,7 +34,9 @@ logger = logging.getLogger(__name__)
 HISTOGRAM_BINS = 25
 
 #: how often the panel polls the status while embeddings are computed
-POLL_MS = 1000
+#: (a poll that finds new progress writes the panel's state: one page
+#: reload of the App each)
+POLL_MS = 2000
 
 
 def histogram_chart(edges, counts):
@@ -109,10 +112,12 @@ def results_summary(dataset):
 
 def _reported(method):
     """Runs a panel event; an error becomes a notification (the panel
-    stays usable)."""
+    stays usable). The state it changes is written once, when it ends
+    (what it changed before an error too)."""
 
     @functools.wraps(method)
     def wrapper(self, ctx):
+        pending = _PENDING[id(ctx)] = {}
         try:
             return method(self, ctx)
         except Exception as e:  # shown to the user, not swallowed
@@ -120,6 +125,10 @@ def _reported(method):
                            exc_info=True)
             ctx.ops.notify(f"{e}", variant="error")
             return None
+        finally:
+            del _PENDING[id(ctx)]
+            if pending:
+                ctx.panel.set_state(pending)
 
     return wrapper
 
@@ -218,6 +227,12 @@ class AISearchPanel(foo.Panel):
 
     @_reported
     def on_slider(self, ctx):
+        path = ctx.params.get("path")
+        if path is not None and path != (
+                f"score_range_{ctx.panel.state.get('slider') or 0}"):
+            # a slider no longer shown: the App sends its default again
+            # after a new one replaced it, which undid the range just set
+            return
         value = [float(v) for v in ctx.params.get("value") or []]
         default = ctx.panel.state.get("slider_default") or []
         if len(value) != 2 or (len(default) == 2 and all(
@@ -274,12 +289,18 @@ class AISearchPanel(foo.Panel):
     def _new_slider(ctx):
         # The App keeps the value a slider was last moved to, whatever the
         # state says; a slider of another name starts from its default
-        _set(ctx, "slider", (ctx.panel.state.get("slider") or 0) + 1)
+        number = (ctx.panel.state.get("slider") or 0) + 1
+        _set(ctx, "slider", number)
         results = ctx.panel.state.get("results") or {}
         default = ctx.panel.state.get("range")
         if default is None and results:
             default = list(_slider_bounds(results["low"], results["high"]))
         _set(ctx, "slider_default", default)
+        if default is not None:
+            # its value too, in the same write: a Min or Max typed into the
+            # slider takes the other bound from its value in the state, not
+            # from its thumbs
+            _set(ctx, f"score_range_{number}", default)
 
     def _refresh(self, ctx, counts=True):
         all_statuses = forms.statuses(ctx.dataset, counts=counts)
@@ -438,14 +459,27 @@ class AISearchPanel(foo.Panel):
 def _set(ctx, key, value=None):
     """Sets panel state (a key, or a dict of them) where it differs from
     what the panel holds: each write reloads the App's dataset page (see
-    the module's doc)."""
+    the module's doc). Within an event (:func:`_reported`) the changes
+    are kept (later reads see them) and written in one go when it ends;
+    outside one, written at once, in one write."""
     changes = key if isinstance(key, dict) else {key: value}
-    for k, v in changes.items():
-        if ctx.panel.state.get(k, _UNSET) != v:
-            ctx.panel.set_state(k, v)
+    changed = {k: v for k, v in changes.items()
+               if ctx.panel.state.get(k, _UNSET) != v}
+    if not changed:
+        return
+    pending = _PENDING.get(id(ctx))
+    if pending is None:
+        ctx.panel.set_state(changed)
+        return
+    for k, v in changed.items():  # what the panel holds, not sent yet
+        ctx.panel.state._data[k] = v
+    pending.update(changed)
 
 
 _UNSET = object()
+
+#: the state changes of the events under way, by id of their context
+_PENDING = {}
 
 
 def _slider_bounds(low, high):

@@ -242,6 +242,7 @@ def app(request, browser, app_session, browser_artifacts) -> Iterator["App"]:
         with contextlib.suppress(Exception):
             path = driver.screenshot(f"FAILED-{request.node.name}")
             print(f"\nscreenshot: {path}")
+            print(f"url: {driver.driver.current_url}")
             for line in driver.console_errors():
                 print(f"console: {line}")
 

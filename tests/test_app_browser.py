@@ -397,5 +397,6 @@ def test_disable_from_the_panel(app, app_dataset):
                       and SAVED in names)(app.saved_view_names()),
              "the results gone from the saved views list", timeout=10)
     app.wait_for_count(NUM_SAMPLES)  # the results view went with it
+    app.wait(app.tiles_drawn, "the grid's images")
     app.screenshot("07-disabled")
     assert app.console_errors() == []

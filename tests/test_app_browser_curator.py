@@ -72,6 +72,7 @@ def test_the_grid_button_shows_its_state_with_disable_beside_it(
     assert app.text(button) == "AI Search: ready"
     assert app.js("return !!document.querySelector(arguments[0])",
                   f'[data-item-id="{PLUGIN_NAME}/disable_ai_search"]')
+    grid_drawn(app, NUM_SAMPLES)  # the screenshot shows the grid too
     app.screenshot("curator-01-grid-button")
     assert app.console_errors() == []
 
@@ -150,20 +151,28 @@ def test_rename_load_and_delete_a_collection_open_in_the_app(app,
                                                              app_dataset):
     app.clear_view()
     app.open_saved_view(COLLECTION)
-    ids = app.view_ids()
+    # (the session hears of the view a moment after the list shows it)
+    ids = app.wait_for_view(
+        lambda v: v == ais.get_collection(app_dataset, COLLECTION).values(
+            "id"), "the collection open in the App")
+    app.wait(app.view_slug, "the saved view's address")
     app.wait_for_text("Collections", root=panel(app))
     app.click_button("Rename", root=panel(app))
     app.fill("New name", "reds", root=app.prompt)
     app.execute_prompt()
-    # the page lives on, showing the same samples
-    app.wait(lambda: "view=" not in app.driver.current_url
-             and app.view_ids() == ids, "the renamed collection shown")
-    grid_drawn(app, len(ids))
-    page_ok(app)
-    assert "reds" in app_dataset.list_saved_views()
-    # Load selects the saved view in FiftyOne's list
+    # renamed: the panel lists the new name
     app.wait(lambda: app.text(app.field("Collections", panel(app))) == "reds",
              "the panel to list the new name")
+    app_dataset.reload()
+    assert "reds" in app_dataset.list_saved_views()
+    assert COLLECTION not in app_dataset.list_saved_views()
+    # the page lives on, showing the same samples
+    app.wait(lambda: "view=" not in app.driver.current_url,
+             "the App to leave the renamed saved view's address")
+    app.wait_for_view(lambda v: v == ids, "the renamed collection shown")
+    grid_drawn(app, len(ids))
+    page_ok(app)
+    # Load selects the saved view in FiftyOne's list
     app.click_button("Load", root=panel(app))
     app.wait(lambda: app.current_saved_view() == "reds",
              "'reds' selected in the saved views list")
@@ -174,6 +183,7 @@ def test_rename_load_and_delete_a_collection_open_in_the_app(app,
     app.execute_prompt()
     app.wait_for_count(NUM_SAMPLES, timeout=120)
     page_ok(app)
+    app_dataset.reload()
     assert "reds" not in app_dataset.list_saved_views()
     app.reload()
     page_ok(app)

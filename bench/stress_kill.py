@@ -20,10 +20,21 @@ disable + enable with the other model while the worker runs.
 
 Prints one line per trial and ``converged / total`` at the end; exits 1 if
 any trial did not converge. Not a test (it takes minutes), run by hand.
+
+Hostile mode (``--hostile-minutes M``): for M minutes, trials run one
+after the other while three searcher processes search and read their
+results back and a mutator process tags, edits, adds and deletes samples
+(``bench/_hostile.py``). It prints, besides the trials, the searches'
+``errors`` (anything but the documented refusals while AI search is off),
+``wrong`` results (not best first, or over the limit) and ``torn`` reads (a
+collection's view and scores from different searches); target 0 / 0 / 0:
+
+    .venv/bin/python bench/stress_kill.py --hostile-minutes 10
 """
 
 import argparse
 import datetime
+import json
 import os
 import random
 import signal
@@ -133,6 +144,9 @@ def main():
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--samples", type=int, default=150)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--hostile-minutes", type=float, default=0.0,
+                        help="run trials for this long beside searchers "
+                             "and a mutator (see above) instead of --trials")
     parser.add_argument("--max-delay", type=float, default=4.0,
                         help="a kill during the worker's start comes within "
                              "this many seconds")
@@ -149,8 +163,22 @@ def main():
     ais.calculate_embeddings(dataset, wait=True, progress=False)
     fresh = Fresh()
     converged = 0
+    others = []
+    # while it exists the mutator holds still: a trial checks its sync
+    pause = os.path.join(SCRATCH, "mutator-paused")
+    if args.hostile_minutes:
+        seconds = 60 * args.hostile_minutes
+        deadline = time.time() + seconds
+        others = [subprocess.Popen(
+            [sys.executable, os.path.join(os.path.dirname(__file__),
+                                          "_hostile.py"),
+             role, dataset.name, str(seconds), str(args.seed + n), pause],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            for n, role in enumerate(["searcher"] * 3 + ["mutator"])]
 
-    for trial in range(1, args.trials + 1):
+    trial = 0
+    while (time.time() < deadline if others else trial < args.trials):
+        trial += 1
         change = rng.choice(CHANGES)
         current = st.get(dataset)["model"]
         other = models[1] if current == models[0] else models[0]
@@ -184,6 +212,9 @@ def main():
         worker.send_signal(signal.SIGKILL)
         worker.wait()
 
+        if others:
+            open(pause, "w").close()
+            time.sleep(0.5)  # its write under way lands
         start = time.time()
         try:
             report = ais.calculate_embeddings(dataset, wait=True,
@@ -191,14 +222,31 @@ def main():
             problems = check(dataset, fresh)
         except Exception as e:  # a trial that raises did not converge
             report, problems = None, [f"{type(e).__name__}: {e}"]
+        if others:
+            os.remove(pause)
         ok = not problems
         converged += ok
         print(f"trial {trial:3d} {change:15s} killed {where}: "
               f"{'converged' if ok else 'NOT converged: ' + '; '.join(problems)}"
               f" (resume: {report}, {time.time() - start:.1f} s)", flush=True)
 
-    print(f"\nconverged {converged} / {args.trials}")
-    return 0 if converged == args.trials else 1
+    print(f"\nconverged {converged} / {trial}")
+    if not others:
+        return 0 if converged == trial else 1
+    seen = [json.loads(p.communicate()[0].strip().splitlines()[-1])
+            for p in others]
+    searchers = [s for s in seen if s["role"] == "searcher"]
+    errors = [e for s in seen for e in s["errors"]]
+    total = {k: sum(s[k] for s in searchers)
+             for k in ("searches", "refused", "wrong", "torn")}
+    print(f"hostile: {total['searches']} searches ({total['refused']} "
+          f"refused while off), {seen[-1]['mutations']} mutations; "
+          f"errors {len(errors)} / wrong {total['wrong']} / torn "
+          f"{total['torn']}")
+    for error in errors[:10]:
+        print("  ", error)
+    bad = len(errors) + total["wrong"] + total["torn"]
+    return 0 if converged == trial and not bad else 1
 
 
 if __name__ == "__main__":

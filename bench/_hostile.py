@@ -38,8 +38,11 @@ def _stored(dataset, name):
     key = {"dataset_id": st.dataset_key(dataset),
            "view_id": str(co._view_id(dataset, name))}
     before = co._scores().find_one(key)
+    dataset._doc.reload("saved_views")  # the stages as they are now
     view = dataset.load_saved_view(name).values("id")
     after = co._scores().find_one(key)
+    if co._view_id(dataset, name) != key["view_id"]:
+        return None  # deleted and made again meanwhile (a disable)
     if not before or not after or not (
             before["version"] == after["version"]
             == before.get("view_version") == after.get("view_version")):
@@ -83,6 +86,11 @@ def searcher(dataset, seconds, rng):
             seen["wrong"] += 1
         if stored is not None and not _subsequence(*stored):
             seen["torn"] += 1
+            if seen["torn"] <= 2:  # what it looked like
+                view, ids_ = stored
+                seen["errors"].append(
+                    f"torn: a view of {len(view)} ({view[:2]}...) for "
+                    f"scores of {len(ids_)} ({ids_[:2]}...)")
     return seen
 
 

@@ -88,15 +88,20 @@ def write_collection(dataset, name, sample_ids, scores, query=None,
     ``name``, replacing any collection of that name.
 
     The saved view and its scores change together: the scores document
-    is written first, under a new ``version``; then the view, from that
-    document, and ``view_version`` is set to the version it shows, if the
-    document is still that version. A writer that finds a newer version
-    there (a concurrent search) writes the view again from the newer
-    document, until the two agree: whatever order concurrent writers
-    interleave in, the last view written is that of the last scores
-    written. Until they agree, :func:`get_collection` builds the view from
-    the scores. A document that cannot be stored is refused before
-    anything is written.
+    is written first, under a new ``version`` (its ``view_version`` unset:
+    readers stop trusting the saved view); then one writer at a time (a
+    lease on the scores document, :data:`VIEW_LEASE_S`, so a writer killed
+    with ``kill -9`` holds nobody up for long) rewrites the view from the
+    scores document as it is then, and sets ``view_version`` to the
+    version it wrote, if the document is still that version. A writer
+    whose version was superseded meanwhile leaves the view to the newer
+    one. So the saved view is only ever written from the latest scores,
+    and :func:`get_collection` trusts it only when ``view_version`` equals
+    ``version``; until then it builds the view from the scores. (Before
+    the lease, a slow writer could rewrite the view with its older results
+    after a newer one had marked it complete: readers saw one search's view
+    with another's scores until that writer corrected it.) A document that
+    cannot be stored is refused before anything is written.
 
     Args:
         patches_field (None): the ids are label ids of objects of this
@@ -122,49 +127,86 @@ def write_collection(dataset, name, sample_ids, scores, query=None,
         "view_version": None,
     }
     bson.encode(record)  # refused here, before the view is touched
-    view = _select(dataset, record["sample_ids"], patches_field, source_ids)
     view_doc = _saved_view_doc(dataset, name)
     if view_doc is None:
-        dataset.save_view(name, view)
+        dataset.save_view(name, _select(dataset, record["sample_ids"],
+                                        patches_field, source_ids))
         view_doc = _saved_view_doc(dataset, name)
-        view = None  # written
     key = {"dataset_id": record["dataset_id"], "view_id": str(view_doc.id)}
-    _scores().replace_one(key, dict(record, view_id=key["view_id"],
-                                    created_at=st.utcnow()), upsert=True)
-    version = record["version"]
-    for _ in range(MAX_VIEW_WRITES):
-        if view is not None:
-            _rewrite_view(view_doc, view)
-        done = _scores().update_one(dict(key, version=version),
-                                    {"$set": {"view_version": version}})
-        if done.matched_count:
-            break
-        # a newer search wrote its scores meanwhile: the view shows them
-        newer = _scores().find_one(key)
-        if newer is None:
-            break  # deleted meanwhile
-        version = newer["version"]
-        view = _select(dataset, newer["sample_ids"],
-                       newer.get("patches_field"), newer.get("source_ids"))
+    # $set, not a replacement: a writer's lease on the view stays
+    _scores().update_one(key, {"$set": dict(
+        record, view_id=key["view_id"], created_at=st.utcnow())},
+        upsert=True)
+    _write_view(dataset, view_doc, key, record["version"])
     return name
 
 
-#: the most times one write of a collection writes its view again (for
-#: newer scores written meanwhile); each concurrent writer converges anyway
-MAX_VIEW_WRITES = 20
+#: how long a writer holds the right to rewrite a collection's view; a
+#: rewrite takes milliseconds, so this only bounds the wait a writer
+#: killed while holding it causes
+VIEW_LEASE_S = 30.0
+
+#: how long a writer waits for the lease before it leaves the view to the
+#: next writer or reader (its scores are stored: get_collection builds the
+#: view from them meanwhile)
+VIEW_WAIT_S = 45.0
+
+
+def _write_view(dataset, view_doc, key, version):
+    """Makes the saved view show the scores document of ``key``, unless a
+    newer version supersedes ``version`` (its writer does it then)."""
+    import time
+    import uuid
+
+    token = uuid.uuid4().hex
+    deadline = time.monotonic() + VIEW_WAIT_S
+    while True:
+        now = st.utcnow()
+        held = _scores().update_one(
+            dict(key, **{"$or": [{"writer": None},
+                                 {"writer": {"$exists": False}},
+                                 {"writer_until": {"$lt": now}}]}),
+            {"$set": {"writer": token, "writer_until": now
+                      + datetime.timedelta(seconds=VIEW_LEASE_S)}})
+        if held.matched_count:
+            try:
+                latest = _scores().find_one(key)
+                if latest and latest.get("view_version") != latest["version"]:
+                    _rewrite_view(view_doc, _select(
+                        dataset, latest["sample_ids"],
+                        latest.get("patches_field"),
+                        latest.get("source_ids")))
+                    _scores().update_one(
+                        dict(key, version=latest["version"]),
+                        {"$set": {"view_version": latest["version"]}})
+                    # this process's copy of the saved views (written raw)
+                    dataset._doc.reload("saved_views")
+            finally:
+                _scores().update_one(dict(key, writer=token),
+                                     {"$set": {"writer": None}})
+        doc = _scores().find_one(key)
+        if (doc is None or doc["version"] != version
+                or doc.get("view_version") == version
+                or time.monotonic() > deadline):
+            return
+        time.sleep(0.01)
 
 
 def _rewrite_view(view_doc, view):
     """Rewrites the stages of a saved view in place, not by
     ``save_view(overwrite=True)``: that deletes it and makes a new one,
     whose new id left the old scores behind, and costs ~60 ms of
-    dataset-document writes (every search does it)."""
-    view_doc.view_stages = [
-        json_util.dumps(stage)
-        for stage in view._serialize(include_uuids=False)
-    ]
-    view_doc.last_modified_at = datetime.datetime.utcnow()
-    view_doc.save()
+    dataset-document writes (every search does it).
+
+    One raw write of the stages, not the document's ``save()``: that
+    writes only what differs from the copy this process loaded, so stages
+    equal to a stale copy's were not written at all, and the view kept
+    another search's results while its scores said otherwise."""
+    stages = [json_util.dumps(stage)
+              for stage in view._serialize(include_uuids=False)]
+    view_doc._get_collection().update_one(
+        {"_id": view_doc.id},
+        {"$set": {"view_stages": stages, "last_modified_at": st.utcnow()}})
 
 
 def _plain(value):

@@ -165,10 +165,10 @@ def test_perform_ai_search_exact_is_a_flag(tmp_path):
 
 def _audit_in_child(root, name, started):
     cl.MIN_PROBED = 4
-    store = EdgeStore(name, root, lock_timeout=60)
+    index = EdgeStore(name, root, lock_timeout=60)
     started.set()
     while True:  # audits until killed: the kill lands anywhere in one
-        audit.audit(store, prompts(60, seed=3, gap=2.0), k=50,
+        audit.audit(index, prompts(60, seed=3, gap=2.0), k=50,
                     image_queries=60)
 
 
@@ -177,11 +177,11 @@ def test_an_audit_killed_at_any_moment_leaves_index_and_estimate_whole(
         tmp_path, delay):
     x, _ = clustered(4000)
     ids = make_ids(len(x))
-    store = EdgeStore("audited", tmp_path, lock_timeout=60)
-    store.ensure(INFO)
-    store.upsert(ids, x, [{} for _ in ids])
-    store.maintain(min_points=1000)
-    store.close()
+    index = EdgeStore("audited", tmp_path, lock_timeout=60)
+    index.ensure(INFO)
+    index.upsert(ids, x, [{} for _ in ids])
+    index.maintain(min_points=1000)
+    index.close()
     spawn = multiprocessing.get_context("spawn")
     started = spawn.Event()
     p = spawn.Process(target=_audit_in_child,
@@ -192,12 +192,12 @@ def test_an_audit_killed_at_any_moment_leaves_index_and_estimate_whole(
     os.kill(p.pid, signal.SIGKILL)
     p.join()
 
-    cells = store.cells()  # readable: the old cells, or with a whole rule
+    cells = index.cells()  # readable: the old cells, or with a whole rule
     assert cells.complete and len(cells) == 64
     if cells.rule is not None:
         assert set(cells.rule["estimates"]) == {"text", "image"}
     q = prompts(1, seed=9, gap=2.0)[0]
     expected, _ = exact_in(ids, x, q, 20)
-    assert [i for i, _ in store.query(q, 20, exact=True)] == expected
-    assert audit.audit(store, prompts(20, seed=4, gap=2.0), k=20,
+    assert [i for i, _ in index.query(q, 20, exact=True)] == expected
+    assert audit.audit(index, prompts(20, seed=4, gap=2.0), k=20,
                        image_queries=20) is not None

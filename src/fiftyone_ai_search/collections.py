@@ -57,10 +57,19 @@ def _scores():
 
 def _saved_view_doc(dataset, name):
     # reload: another process (the App, a notebook) may have changed them
-    dataset._doc.reload("saved_views")
-    for doc in dataset._doc.saved_views:
-        if doc.name == name:
-            return doc
+    for attempt in range(3):
+        dataset._doc.reload("saved_views")
+        try:
+            for doc in dataset._doc.saved_views:
+                if doc.name == name:
+                    return doc
+            return None
+        except AttributeError:
+            # a saved view deleted (a disable, another process) between
+            # the reload of the dataset's list and its dereference: the
+            # reference reads as a bare DBRef; the list read again is right
+            if attempt == 2:
+                raise
     return None
 
 

@@ -172,12 +172,9 @@ class AISearchPanel(foo.Panel):
             return
         latest = [c for c in ais.list_collections(ctx.dataset)
                   if c["name"] == ais.TEMPORARY_COLLECTION]
-        if not latest:
-            return
-        created_at = latest[0]["created_at"].isoformat()
         shown = ctx.panel.state.get("results") or {}
-        if created_at not in (shown.get("created_at"),
-                              _SENT_RESULTS.get(_panel_key(ctx))):
+        if latest and shown.get("created_at") != (
+                latest[0]["created_at"].isoformat()):
             _set(ctx, "range", None)
             self._refresh_results(ctx)
 
@@ -336,7 +333,6 @@ class AISearchPanel(foo.Panel):
         if enabled is None:
             enabled = bool(forms.enabled_targets(ctx.dataset))
         summary = results_summary(ctx.dataset) if enabled else None
-        _SENT_RESULTS[_panel_key(ctx)] = summary and summary["created_at"]
         unchanged = summary == ctx.panel.state.get("results")
         _set(ctx, "results", summary)
         if summary is None:
@@ -484,17 +480,6 @@ _UNSET = object()
 
 #: the state changes of the events under way, by id of their context
 _PENDING = {}
-
-#: the latest results (their ``created_at``) last sent to each open panel,
-#: in this process. The App tells a panel of a change of view several
-#: times (three, 50-100 ms apart, each with the panel's state from before
-#: the first was answered): each answer wrote the same results again, one
-#: page reload each
-_SENT_RESULTS = {}
-
-
-def _panel_key(ctx):
-    return ctx.panel_id, ctx.dataset.name
 
 
 def _slider_bounds(low, high):

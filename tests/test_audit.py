@@ -126,6 +126,12 @@ def test_upkeep_audits_and_the_status_shows_it(tmp_path):
     assert text["queries"] == len(audit.GENERIC_PROMPTS)
     assert 0.0 <= text["lower"] <= text["recall"] <= 1.0
     assert status["estimates"]["image"]["queries"] == audit.IMAGE_QUERIES
+    # the App's status line says it, in numbers
+    from fiftyone_ai_search.app import forms
+
+    line = forms.status_text(ais.get_status(dataset))
+    assert "estimated recall@" in line, line
+    assert f"prompts {text['recall']:.2f}" in line or "prompts exact" in line
     # a prompt search of the audited index finds what an exact one does
     from fiftyone_ai_search import search
     from fiftyone_ai_search import state as st

@@ -1235,3 +1235,47 @@ def test_a_collection_open_in_the_app_is_left_before_it_goes(tmp_path):
         view=dataset.load_saved_view(ais.TEMPORARY_COLLECTION))
     assert asked["set_view"] == [{"view": []}]
     assert list(asked) == ["set_view"]
+
+
+def test_disable_drops_a_server_index_with_the_plugin_secrets(tmp_path,
+                                                              monkeypatch):
+    """The Qdrant URL only in the App's plugin secrets (FiftyOne Enterprise
+    keeps them in its secrets manager, not in the App's environment): the
+    disable operator drops the server's index with them."""
+    from fiftyone.internal.secrets.secret import UnencryptedSecret
+    from fiftyone.plugins.secrets import PluginSecretsResolver
+
+    from fiftyone_ai_search.store import open_store
+
+    secrets = {"FIFTYONE_AI_SEARCH_QDRANT_URL": ":memory:"}
+
+    async def get_secret(self, key, operator_uri, **kwargs):
+        return self.get_secret_sync(key, operator_uri)
+
+    def get_secret_sync(self, key, operator_uri, **kwargs):
+        return (UnencryptedSecret(key, secrets[key]) if key in secrets
+                else None)
+
+    monkeypatch.delenv("FIFTYONE_AI_SEARCH_QDRANT_URL", raising=False)
+    monkeypatch.setattr(PluginSecretsResolver, "get_secret", get_secret)
+    monkeypatch.setattr(PluginSecretsResolver, "get_secret_sync",
+                        get_secret_sync)
+    dataset = shapes_dataset(tmp_path, num_samples=6, enable=False)
+    ais.enable_embeddings(dataset, model=tiny_clip_model_name(),
+                          backend="server", secrets=secrets, compute=False)
+    ais.calculate_embeddings(dataset, wait=True, progress=False,
+                             secrets=secrets)
+
+    name = st.get(dataset)["index"]["name"]
+
+    def index_exists():
+        store = open_store(name, ais.get_settings(secrets=secrets))
+        try:
+            return store.exists()
+        finally:
+            store.close()
+
+    assert index_exists()
+    assert _run("disable_ai_search", dataset) == {"enabled": False}
+    assert not ais.is_embeddings_enabled(dataset)
+    assert not index_exists()

@@ -12,6 +12,7 @@ object index: the "Search in" choice (``search_in``: :data:`IMAGES` or
 ``"objects:<field>"``), which forms to enable, compute and disable share.
 """
 
+import datetime
 import os
 
 import fiftyone.operators.types as types
@@ -204,12 +205,38 @@ def status_text(status):
                        else ("objects", counts.get("num_objects")))
         text += (f": {counts['num_indexed']} of {total} {noun} indexed, "
                  f"{counts['num_failed']} failed")
+    if status.get("approximate"):
+        text += f". {approximate_text(status['approximate'])}"
     if status.get("last_error"):
         text += f". Last sync failed: {status['last_error']}"
     if rebuild:
         text += (f". A rebuild with {model_label(**_model(rebuild))} is "
                  "pending: run 'AI search: compute embeddings'")
     return text + "."
+
+
+def approximate_text(approximate):
+    """What the status's ``approximate`` says, in one sentence: the
+    recall its self-audit measured, per kind of query."""
+    if not approximate.get("audited"):
+        return ("Approximate search (not audited yet: the background "
+                "upkeep measures its recall)")
+    kinds = []
+    for kind, label in (("text", "prompts"), ("image", "images")):
+        estimate = approximate["estimates"].get(kind)
+        if estimate is None:
+            continue
+        if estimate.get("exact", 0.0) >= 1.0:
+            kinds.append(f"{label} exact")
+        else:
+            kinds.append(f"{label} {estimate['recall']:.2f} (at least "
+                         f"{estimate['lower']:.2f})")
+    when = datetime.datetime.fromtimestamp(approximate["measured_at"],
+                                           datetime.timezone.utc)
+    when = f"{when:%Y-%m-%d %H:%M} UTC"
+    return (f"Approximate search, estimated recall@{approximate['k']}: "
+            f"{', '.join(kinds)}; measured {when} on "
+            f"{approximate['points']} indexed")
 
 
 def _model(ref):

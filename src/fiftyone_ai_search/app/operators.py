@@ -20,7 +20,16 @@ PANEL_NAME = PANEL_NAMES[0]
 
 
 def _secrets(ctx):
-    return {k: v for k, v in (ctx.secrets or {}).items() if v}
+    """The plugin secrets, as strings. (FiftyOne's ``ctx.secrets`` gives a
+    secret it resolves on first access as a secret object, not its
+    value.)"""
+    secrets = {}
+    for key in ctx.secrets or ():
+        value = ctx.secrets[key]
+        value = getattr(value, "value", value)
+        if value:
+            secrets[key] = value
+    return secrets
 
 
 class _Operator(foo.Operator):
@@ -146,7 +155,8 @@ class DisableAISearch(_Operator):
     def execute(self, ctx):
         field = _chosen_enabled(ctx)
         showing_results = forms.showing_results(ctx.view)
-        ais.disable_embeddings(ctx.dataset, patches_field=field)
+        ais.disable_embeddings(ctx.dataset, patches_field=field,
+                               secrets=_secrets(ctx))
         if showing_results and not forms.has_latest_results(ctx.dataset):
             # they went with the index (also when open as a saved view);
             # the new view reloads the App's page, saved views list too

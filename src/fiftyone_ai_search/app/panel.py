@@ -18,8 +18,11 @@ when it ends (see :func:`_set`).
 """
 
 import functools
+import json
 import logging
 import os
+import threading
+import time
 
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
@@ -127,8 +130,7 @@ def _reported(method):
             return None
         finally:
             del _PENDING[id(ctx)]
-            if pending:
-                ctx.panel.set_state(pending)
+            _write(ctx, pending)
 
     return wrapper
 
@@ -163,18 +165,33 @@ class AISearchPanel(foo.Panel):
 
     @_reported
     def on_change_view(self, ctx):
+        # The App sends each change of view 3-4 times at once: one copy at
+        # a time does the work, the others find it done (_SHOWN, _WRITTEN)
+        with _panel_lock(ctx):
+            self._changed_view(ctx)
+
+    def _changed_view(self, ctx):
         # Latest results that were not made here (the grid's AI Search and
         # Find near-duplicates buttons) replace those the panel shows,
         # histogram and range too. Any other view: nothing to read or write
-        # (this runs on every change of the grid's view)
+        # (this runs on every change of the grid's view).
+        # A prompt that also changed the view (renaming, deleting or
+        # disabling with a collection open) never calls its on_success:
+        # the App drops it when it changes view. What it did is seen here
+        if ctx.panel.state.get("ready") and not forms.enabled_targets(
+                ctx.dataset):
+            self._refresh(ctx)  # disabled
+            return
+        if _listed_collection_gone(ctx):  # renamed or deleted
+            self._refresh_collections(ctx)
         if not ctx.panel.state.get("ready") or not forms.showing_results(
                 ctx.view):
             return
-        latest = [c for c in ais.list_collections(ctx.dataset)
+        latest = [c["created_at"].isoformat()
+                  for c in ais.list_collections(ctx.dataset)
                   if c["name"] == ais.TEMPORARY_COLLECTION]
-        shown = ctx.panel.state.get("results") or {}
-        if latest and shown.get("created_at") != (
-                latest[0]["created_at"].isoformat()):
+        shown = (ctx.panel.state.get("results") or {}).get("created_at")
+        if latest and latest[0] not in (shown, _SHOWN.get(ctx.panel.id)):
             _set(ctx, "range", None)
             self._refresh_results(ctx)
 
@@ -261,18 +278,37 @@ class AISearchPanel(foo.Panel):
 
     @_reported
     def on_load_collection(self, ctx):
-        # selected in FiftyOne's saved views list, as if picked there
-        ctx.ops.set_view(name=ctx.panel.state.get("collection"))
+        name = self._chosen_collection(ctx)
+        if name is not None:
+            # selected in FiftyOne's saved views list, as if picked there
+            ctx.ops.set_view(name=name)
 
+    @_reported
     def on_rename_collection(self, ctx):
-        ctx.prompt(self._uri("rename_collection"),
-                   params={"name": ctx.panel.state.get("collection")},
-                   on_success=self.on_refresh)
+        name = self._chosen_collection(ctx)
+        if name is not None:
+            ctx.prompt(self._uri("rename_collection"), params={"name": name},
+                       on_success=self.on_refresh)
 
+    @_reported
     def on_delete_collection(self, ctx):
-        ctx.prompt(self._uri("delete_collection"),
-                   params={"name": ctx.panel.state.get("collection")},
-                   on_success=self.on_refresh)
+        name = self._chosen_collection(ctx)
+        if name is not None:
+            ctx.prompt(self._uri("delete_collection"), params={"name": name},
+                       on_success=self.on_refresh)
+
+    def _chosen_collection(self, ctx):
+        """The collection chosen in the panel, or None (said) where it is
+        gone: renamed or deleted elsewhere (another tab, FiftyOne's saved
+        view dialog, the SDK) since the panel listed it."""
+        name = ctx.panel.state.get("collection")
+        if name in forms.named_collections(ctx.dataset):
+            return name
+        self._refresh_collections(ctx)
+        ctx.ops.notify(f"The collection '{name}' is gone (renamed or "
+                       "deleted elsewhere); the list is up to date now",
+                       variant="warning")
+        return None
 
     # -- state -----------------------------------------------------------------
 
@@ -335,6 +371,7 @@ class AISearchPanel(foo.Panel):
         summary = results_summary(ctx.dataset) if enabled else None
         unchanged = summary == ctx.panel.state.get("results")
         _set(ctx, "results", summary)
+        _SHOWN[ctx.panel.id] = summary and summary["created_at"]
         if summary is None:
             _set(ctx, "range", None)
             ctx.panel.set_data("histogram", [])
@@ -456,6 +493,16 @@ class AISearchPanel(foo.Panel):
                 on_click=self.on_delete_collection)
 
 
+def _listed_collection_gone(ctx):
+    """Whether a collection the panel lists is no longer a saved view of
+    the dataset (one cheap read: the dataset's saved view names)."""
+    listed = ctx.panel.state.get("collections") or []
+    if not listed:
+        return False
+    ctx.dataset._doc.reload("saved_views")
+    return not set(listed) <= set(ctx.dataset.list_saved_views())
+
+
 def _set(ctx, key, value=None):
     """Sets panel state (a key, or a dict of them) where it differs from
     what the panel holds: each write reloads the App's dataset page (see
@@ -469,12 +516,52 @@ def _set(ctx, key, value=None):
         return
     pending = _PENDING.get(id(ctx))
     if pending is None:
-        ctx.panel.set_state(changed)
+        _write(ctx, changed)
         return
     for k, v in changed.items():  # what the panel holds, not sent yet
         ctx.panel.state._data[k] = v
     pending.update(changed)
 
+
+def _write(ctx, changes):
+    """Writes state changes to the panel, unless the same changes were
+    just written to it: the App sends each change of view to the panel
+    3-4 times at once, every copy computes the same changes from the same
+    old state, and every write reloads the dataset page."""
+    if not changes:
+        return
+    key = json.dumps(changes, sort_keys=True, default=str)
+    now = time.monotonic()
+    with _WRITTEN_LOCK:
+        for panel_id, (_, when) in list(_WRITTEN.items()):
+            if now - when > SAME_WRITE_S:
+                del _WRITTEN[panel_id]
+        if _WRITTEN.get(ctx.panel.id, (None,))[0] == key:
+            return
+        _WRITTEN[ctx.panel.id] = (key, now)
+    ctx.panel.set_state(changes)
+
+
+def _panel_lock(ctx):
+    """The lock that makes a panel's copies of one event run one at a
+    time."""
+    with _WRITTEN_LOCK:
+        return _PANEL_LOCKS.setdefault(ctx.panel.id, threading.Lock())
+
+
+#: one lock per panel (see :func:`_panel_lock`)
+_PANEL_LOCKS = {}
+
+#: the latest results each panel was sent: panel id -> their ``created_at``
+_SHOWN = {}
+
+#: how long a write is remembered as just made (the copies of one view
+#: change reach the panel within a fraction of a second of one another)
+SAME_WRITE_S = 3.0
+
+#: the last write to each panel: panel id -> (its changes as JSON, when)
+_WRITTEN = {}
+_WRITTEN_LOCK = threading.Lock()
 
 _UNSET = object()
 

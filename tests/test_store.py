@@ -558,7 +558,9 @@ def test_edge_busy_error_after_lock_timeout(tmp_path):
         t = time.monotonic()
         with pytest.raises(IndexBusyError, match="busy"):
             store.count()
-        assert 0.9 <= time.monotonic() - t < 5
+        # it waited its lock_timeout, then gave up (the upper bound only
+        # tells a wait from a hang: machines here are shared and slow)
+        assert 0.9 <= time.monotonic() - t < 60
         # lock-free metadata still answers
         assert store.info() == INFO
     finally:

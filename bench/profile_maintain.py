@@ -1,0 +1,147 @@
+"""Where ``maintain`` spends its time (issue 25, point 5), by phase.
+
+Writes ``--n`` CLIP-like points (the ``clip-b32`` world of
+``bench_audit.py``) into an embedded index, then runs ``maintain`` once
+with every phase of it timed (wall and CPU seconds), and the audit after
+it separately. ``--profile`` adds a cProfile of ``maintain`` (top 30 by
+cumulative time).
+
+Examples::
+
+    python bench/profile_maintain.py --n 200000
+    python bench/profile_maintain.py --n 1000000
+"""
+
+import argparse
+import collections
+import contextlib
+import functools
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from bench_audit import filled_store  # noqa: E402
+from bench_scale import CLIP_B32_PARAMS, ClipLike  # noqa: E402
+
+#: (owner, attribute, phase name): what is timed
+PHASES = (
+    ("base", "VectorStore._give_ranks", "ranks (points lacking one)"),
+    ("base", "VectorStore.get_bucket_vectors", "learning sample read"),
+    ("cells", "learn", "k-means learning"),
+    ("edge", "EdgeStore._points_lacking", "scans of points lacking a cell"),
+    ("base", "records_to_matrix", "records_to_matrix"),
+    ("cells", "Cells.assign", "assignment"),
+    ("base", "_grouped", "grouping by cell"),
+    ("edge", "EdgeStore._set_field", "payload writes"),
+    ("edge", "EdgeStore._compact", "compaction"),
+    ("edge", "EdgeStore._write_cells", "cells written"),
+)
+
+totals = collections.defaultdict(lambda: [0.0, 0.0, 0])
+#: wall seconds of each call, by phase
+calls = collections.defaultdict(list)
+_depth = [0]
+
+
+def _timed(fn, name):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        _depth[0] += 1
+        w, c = time.perf_counter(), time.process_time()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _depth[0] -= 1
+            t = totals[name]
+            t[0] += time.perf_counter() - w
+            t[1] += time.process_time() - c
+            t[2] += 1
+            calls[name].append(time.perf_counter() - w)
+    return wrapper
+
+
+def instrument():
+    from fiftyone_ai_search.store import base, cells, edge
+
+    modules = {"base": base, "cells": cells, "edge": edge}
+    for owner, attr, name in PHASES:
+        obj = modules[owner]
+        parts = attr.split(".")
+        for p in parts[:-1]:
+            obj = getattr(obj, p)
+        if hasattr(obj, parts[-1]):
+            setattr(obj, parts[-1], _timed(getattr(obj, parts[-1]), name))
+
+
+def report(title, wall, cpu):
+    print(f"\n{title}: {wall:.1f} s wall, {cpu:.1f} s CPU (this process)")
+    print("| phase | calls | wall s | CPU s |\n|---|---|---|---|")
+    for _, _, name in PHASES:
+        if name in totals:
+            w, c, n = totals[name]
+            print(f"| {name} | {n} | {w:.1f} | {c:.1f} |")
+    scans = calls.get("scans of points lacking a cell", [])
+    if len(scans) > 4:
+        q = len(scans) // 4
+        print("scans of points lacking a cell, mean wall s of each quarter "
+              "of the calls: " + ", ".join(
+                  f"{np.mean(scans[i * q:(i + 1) * q]):.3f}"
+                  for i in range(4)))
+    print(flush=True)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--n", type=int, default=200_000)
+    p.add_argument("--dim", type=int, default=512)
+    p.add_argument("--profile", action="store_true")
+    p.add_argument("--no-audit", action="store_true")
+    args = p.parse_args(argv)
+
+    from fiftyone_ai_search.store import audit
+
+    world = ClipLike(args.dim, 1000, seed=0, uneven=True, **CLIP_B32_PARAMS)
+    rng = np.random.default_rng(100)
+    db = world.images(world.labels(args.n, rng), rng)
+    prompts = world.texts(world.labels(100, rng), rng)
+    tmp = tempfile.mkdtemp(prefix="profile-maintain-",
+                           dir=os.environ.get("BENCH_TMP"))
+    try:
+        store, seconds = filled_store(tmp, db)
+        print(f"upsert {args.n}: {seconds:.1f} s", flush=True)
+        del db
+        instrument()
+        prof = None
+        if args.profile:
+            import cProfile
+            prof = cProfile.Profile()
+        w, c = time.perf_counter(), time.process_time()
+        with (prof if prof is not None else contextlib.nullcontext()):
+            store.maintain()
+        report(f"maintain at {args.n}", time.perf_counter() - w,
+               time.process_time() - c)
+        if prof is not None:
+            import pstats
+            pstats.Stats(prof).sort_stats("cumulative").print_stats(30)
+        if not args.no_audit:
+            totals.clear()
+            w, c = time.perf_counter(), time.process_time()
+            rule = audit.audit(store, prompts)
+            print(f"audit: {time.perf_counter() - w:.1f} s wall, "
+                  f"{time.process_time() - c:.1f} s CPU; depths "
+                  f"{rule['depths']}, estimates {rule['estimates']}")
+        store.close()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

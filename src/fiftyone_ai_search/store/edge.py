@@ -15,8 +15,19 @@ under a thread lock and a process lock. Another process waits for its turn
 for at most ``lock_timeout`` seconds, then gets :class:`IndexBusyError`. Long
 operations (big upserts, reading all vectors) work in chunks and hand the
 index over between two chunks when someone waits, so that searches stay
-possible while a long computation commits. Opening and closing cost
-~0.1-0.5 s (20k-100k 512-d points); changes are flushed before each close.
+possible while a long computation commits; a session kept open is let go at
+its end when another process waits (a maintenance pass's rounds follow one
+another at once). Opening and closing cost ~0.1-0.5 s (20k-100k 512-d
+points), 1-2.5 s at 1M (most of it reading the int8 copy); changes are
+flushed before each close.
+
+While it holds the index, a process answers the other processes' searches,
+counts and small reads (:mod:`~fiftyone_ai_search.store.serve`): a search
+from elsewhere waits for the holder's turn under way (one chunk, one round of
+upkeep, one commit: the thread lock passes to the answering thread between
+two chunks, the shard staying open), and during a compaction it is answered
+at once, on the shard being compacted. So a search beside a sync never pays
+an opening, and the holder is not interrupted.
 
 Searches repeat (the App re-runs one as its limit or threshold changes), so
 ``session(keep_open=True)`` keeps the shard open after the session, for
@@ -43,6 +54,7 @@ import numpy as np
 from ..errors import DiskFullError, IndexDamagedError
 from . import cells as cl
 from . import ranks as rk
+from . import serve as sv
 from .base import (
     IndexBusyError,
     IndexExistsError,
@@ -66,6 +78,10 @@ CHUNK = 2048
 
 #: points per scroll page when only ids are read
 ID_PAGE = 10000
+
+#: the most points whose vectors or payloads another process reads through
+#: the holder of the index (see serve.py) rather than by taking the index
+SERVE_MAX_POINTS = 20_000
 
 #: a long operation hands the index over to a waiting thread or process
 #: once it held it this long (seconds); each hand-over costs a close and an
@@ -115,6 +131,24 @@ class _Shared:
         self.keep_until = None
         #: the watcher thread of a kept-open shard
         self.keeper = None
+        #: while this process holds the index: the server answering the
+        #: other processes' searches (see serve.py)
+        self.server = None
+        #: during a compaction: the shard, which the server may search
+        #: without the thread lock (Qdrant searches while it optimizes)
+        self.side_shard = None
+        self.side_readers = 0
+        self.side_cond = threading.Condition()
+
+
+#: what this process did with its indexes (all of them), for benchmarks and
+#: tests: shards opened; searches and counts answered for another process
+#: (``served``) and by another process (``asked``); the most turns of the
+#: holder's thread lock an asked search waited for (``turns_waited``: a turn
+#: is one chunk of a write, one round of upkeep, one operation); searches
+#: answered during a compaction (``side_reads``)
+stats = {"opens": 0, "served": 0, "asked": 0, "turns_waited": 0,
+         "side_reads": 0, "releases": 0}
 
 
 _registry = {}
@@ -204,23 +238,28 @@ class EdgeStore(VectorStore):
     def session(self, keep_open=False):
         """Holds the index for a block of operations (one opening).
 
+        Where another process holds the index, the session's searches and
+        counts are answered by that process (see serve.py), and the index
+        is taken only for an operation that holder does not answer.
+
         Args:
             keep_open (False): keep the shard open after the block, for
                 later sessions of this process, until another process asks
                 for the index or it stays unused for :data:`KEEP_OPEN`
                 seconds (see the module's doc)
         """
-        with self._locked(keep_open=keep_open):
+        with self._locked(keep_open=keep_open, ask=True):
             yield self
 
     @contextlib.contextmanager
-    def _locked(self, keep_open=False):
+    def _locked(self, keep_open=False, ask=False):
         """Holds the index (re-entrant); on the outermost exit, flushes and
         closes the shard (or keeps it open, see :meth:`session`) and releases
-        the locks."""
+        the locks. ``ask``: where another process holds the index, hold only
+        the thread lock (the caller asks the holder, see :meth:`_ask`)."""
         shared = _shared_for(self.path)
         deadline = time.monotonic() + self.lock_timeout
-        self._acquire(shared, deadline)
+        self._acquire(shared, deadline, ask=ask)
         if keep_open:
             shared.keep_requested = True
         try:
@@ -233,7 +272,7 @@ class EdgeStore(VectorStore):
                 finally:
                     shared.thread_lock.release()
 
-    def _acquire(self, shared, deadline):
+    def _acquire(self, shared, deadline, ask=False):
         if not shared.thread_lock.acquire(
             timeout=max(0.0, deadline - time.monotonic())
         ):
@@ -241,6 +280,11 @@ class EdgeStore(VectorStore):
         if shared.process_lock.held:
             return  # re-entered, or the shard is kept open
         try:
+            if ask and sv.SUPPORTED:
+                # free: take it; else leave the holder be (no turnstile)
+                if shared.process_lock.try_acquire(create=True):
+                    self._now_holding(shared)
+                return
             # create: the directory may not exist yet (a new index)
             ok = shared.process_lock.acquire(deadline, create=True)
         except (FileExistsError, NotADirectoryError):
@@ -252,7 +296,111 @@ class EdgeStore(VectorStore):
         if not ok:
             shared.thread_lock.release()
             raise self._busy_error("another process")
+        self._now_holding(shared)
+
+    def _take(self, shared, deadline):
+        """Takes the process lock inside a hold of the thread lock that
+        went without it (``ask``), waiting in turn."""
+        try:
+            ok = shared.process_lock.acquire(deadline, create=True)
+        except (FileExistsError, NotADirectoryError):
+            raise self._damaged("it is a file, not a directory") from None
+        if not ok:
+            raise self._busy_error("another process")
+        self._now_holding(shared)
+
+    def _now_holding(self, shared):
+        """This process just took the index: it answers the others' searches
+        while it holds it."""
         shared.held_since = time.monotonic()
+        if shared.server is None:
+            shared.server = sv.Server(
+                self.path, lambda request: self._serve(shared, request),
+                name=f"ai-search-serve-{self.name}")
+
+    def _ask(self, shared, request):
+        """Has the process holding the index answer ``request``, unless
+        this process holds it.
+
+        Returns:
+            the answer, or None where this process is to do the work itself
+            (it then holds the index)
+        """
+        deadline = time.monotonic() + self.lock_timeout
+        if shared.process_lock.held:
+            return None
+        try:
+            answer = sv.ask(self.path, request,
+                            max(0.001, deadline - time.monotonic()))
+        except sv.NotServed:
+            # nobody answers (an older version holds it, or it was let go
+            # meanwhile): take the index, in turn
+            self._take(shared, deadline)
+            return None
+        except TimeoutError:
+            raise self._busy_error("another process") from None
+        stats["asked"] += 1
+        stats["turns_waited"] = max(stats["turns_waited"], answer["turns"])
+        return answer["result"]
+
+    def _serve(self, shared, request):
+        """Answers another process's ``request`` (in the server's thread):
+        after the thread lock's turns already granted or waiting, or at
+        once on the shard being compacted."""
+        lock = shared.thread_lock
+        arrived = lock.grants
+        deadline = time.monotonic() + self.lock_timeout
+        # in line for the thread lock, unless a compaction is under way
+        while not lock.acquire(timeout=max(0.0, deadline - time.monotonic()),
+                               abandon=lambda: shared.side_shard is not None):
+            with shared.side_cond:
+                shard = shared.side_shard
+                if shard is None:
+                    if time.monotonic() >= deadline:
+                        raise sv.NotServed("busy")
+                    continue  # the compaction ended meanwhile
+                shared.side_readers += 1
+            try:
+                result = self._answer(shard, request)
+                stats["side_reads"] += 1
+                stats["served"] += 1
+                return {"result": result, "turns": 0}
+            finally:
+                with shared.side_cond:
+                    shared.side_readers -= 1
+                    shared.side_cond.notify_all()
+        try:
+            if not shared.process_lock.held or not self.exists():
+                raise sv.NotServed("not holding the index")
+            shard, _ = self._open(shared)
+            result = self._answer(shard, request)
+            if shared.keep_until is not None:
+                # searched from elsewhere: still in use
+                shared.keep_until = time.monotonic() + KEEP_OPEN
+            stats["served"] += 1
+            return {"result": result, "turns": lock.grants - arrived - 1}
+        finally:
+            lock.release()
+
+    @staticmethod
+    def _answer(shard, request):
+        op = request["op"]
+        if op == "count":
+            return shard.count(qe.CountRequest(exact=bool(request["exact"])))
+        if op == "query":
+            points = shard.query(_query_request(
+                np.asarray(request["vector"], dtype=np.float32),
+                request["limit"], request["point_ids"], request["min_score"],
+                request["cells"]))
+            return [[str(p.id), p.score] for p in points]
+        if op == "retrieve":
+            records = shard.retrieve(request["point_ids"],
+                                     with_payload=request["with_payload"],
+                                     with_vector=request["with_vector"])
+            return [[str(r.id), r.payload,
+                     r.vector[""] if isinstance(r.vector, dict) else r.vector]
+                    for r in records]
+        raise sv.NotServed(f"unknown request {op!r}")
 
     def _end_hold(self, shared):
         """At the outermost exit of a hold: closes the index and releases
@@ -260,7 +408,13 @@ class EdgeStore(VectorStore):
         kept open already."""
         keep = shared.keep_requested or shared.keep_until is not None
         shared.keep_requested = False
-        if keep and shared.shard is not None and self.exists():
+        if not shared.process_lock.held:
+            return  # the hold went without the index (see _acquire)
+        # another process waits: let it in now, not after the next hold
+        # (a maintenance pass holds the index again at once, round after
+        # round, which a watcher polling for it would never see)
+        if (keep and shared.shard is not None and self.exists()
+                and not shared.process_lock.wanted()):
             if shared.dirty:
                 shared.shard.flush()
                 shared.dirty = False
@@ -320,6 +474,10 @@ class EdgeStore(VectorStore):
     def _release_index(self, shared):
         shared.keep_until = None
         shared.keep_requested = False
+        server, shared.server = shared.server, None
+        if server is not None:
+            server.stop()  # before the lock goes: nobody answers for it
+        stats["releases"] += 1
         try:
             self._close_shard(shared)
         finally:
@@ -338,14 +496,18 @@ class EdgeStore(VectorStore):
         """
         lock = shared.thread_lock
         # inside a caller's session, the caller decides when to let go
-        if (
-            lock.depth == 1
-            and time.monotonic() - shared.held_since >= HOLD_SLICE
-            and (lock.waiting() or shared.process_lock.wanted())
-        ):
+        if lock.depth != 1:
+            return self._open(shared)
+        if (time.monotonic() - shared.held_since >= HOLD_SLICE
+                and shared.process_lock.wanted()):
             self._release_index(shared)
             lock.release()
             # FIFO thread lock + turnstile: waiters go first
+            self._acquire(shared, time.monotonic() + self.lock_timeout)
+        elif lock.waiting():
+            # a thread of this process (or the server, for another
+            # process's search) waits: its turn, with the shard left open
+            lock.release()
             self._acquire(shared, time.monotonic() + self.lock_timeout)
         return self._open(shared)
 
@@ -381,12 +543,17 @@ class EdgeStore(VectorStore):
     # -- shard ---------------------------------------------------------------
 
     def _open(self, shared):
-        """Returns the open ``(shard, info)``; the index must be held."""
+        """Returns the open ``(shard, info)``; the thread lock must be held
+        (the process lock is taken if the hold went without it)."""
+        if not shared.process_lock.held:
+            self._take(shared, time.monotonic() + self.lock_timeout)
         if shared.shard is None:
             info = self._require_info()
             shared.shard = self._load(time.monotonic() + self.lock_timeout)
             shared.info = info
             shared.dirty = False
+            stats["opens"] += 1
+            _rewarm(self._shard_path)
         return shared.shard, shared.info
 
     def _load(self, deadline):
@@ -474,14 +641,18 @@ class EdgeStore(VectorStore):
     # -- reads ---------------------------------------------------------------
 
     def count(self):
-        with self._locked() as shared:
-            shard, _ = self._open(shared)
-            return shard.count(qe.CountRequest(exact=True))
+        return self._count(exact=True)
 
     def estimate_count(self):
-        with self._locked() as shared:
+        return self._count(exact=False)
+
+    def _count(self, exact):
+        with self._locked(ask=True) as shared:
+            answer = self._ask(shared, {"op": "count", "exact": exact})
+            if answer is not None:
+                return answer
             shard, _ = self._open(shared)
-            return shard.count(qe.CountRequest(exact=False))
+            return shard.count(qe.CountRequest(exact=exact))
 
     # -- engine --------------------------------------------------------------
 
@@ -548,6 +719,18 @@ class EdgeStore(VectorStore):
         self._in_chunks(len(point_ids), delete, writes=True)
 
     def _retrieve_points(self, point_ids, with_payload, with_vector):
+        if len(point_ids) > SERVE_MAX_POINTS:
+            return self._retrieve_here(point_ids, with_payload, with_vector)
+        with self._locked(ask=True) as shared:
+            answer = self._ask(shared, {
+                "op": "retrieve", "point_ids": list(point_ids),
+                "with_payload": bool(with_payload),
+                "with_vector": bool(with_vector)})
+            if answer is not None:
+                return [_Record(*r) for r in answer]
+            return self._retrieve_here(point_ids, with_payload, with_vector)
+
+    def _retrieve_here(self, point_ids, with_payload, with_vector):
         records = []
 
         def retrieve(shard, info, chunk):
@@ -589,27 +772,20 @@ class EdgeStore(VectorStore):
                 shard, _ = self._yield_if_wanted(shared)
 
     def _query_points(self, vector, limit, point_ids, min_score, cells=None):
-        query_filter = None
-        if point_ids is not None:
-            query_filter = qe.Filter(must=[qe.HasIdCondition(point_ids)])
-        elif cells is not None:
-            query_filter = qe.Filter(must=[qe.FieldCondition(
-                cl.CELL_KEY, match=qe.MatchAny(cells))])
-
-        with self._locked() as shared:
+        with self._locked(ask=True) as shared:
+            if not shared.process_lock.held:
+                check_dim(vector, self._require_info().dim)
+                answer = self._ask(shared, {
+                    "op": "query", "vector": vector.tolist(), "limit": limit,
+                    "point_ids": None if point_ids is None else list(point_ids),
+                    "min_score": min_score,
+                    "cells": None if cells is None else list(cells)})
+                if answer is not None:
+                    return [_Scored(pid, score) for pid, score in answer]
             shard, info = self._open(shared)
             check_dim(vector, info.dim)
-            return shard.query(
-                qe.QueryRequest(
-                    limit=limit,
-                    query=qe.Query.Nearest(vector.tolist()),
-                    filter=query_filter,
-                    score_threshold=min_score,
-                    with_payload=False,
-                    with_vector=False,
-                    params=_search_params(cells),
-                )
-            )
+            return shard.query(_query_request(vector, limit, point_ids,
+                                              min_score, cells))
 
     # -- cells ---------------------------------------------------------------
 
@@ -755,6 +931,10 @@ class EdgeStore(VectorStore):
     def _compact(self):
         with self._locked() as shared:
             shard, _ = self._open(shared)
+            # the server searches meanwhile (Qdrant searches while it
+            # optimizes): another process never waits for a compaction
+            with shared.side_cond:
+                shared.side_shard = shard
             try:
                 shard.optimize()
             except Exception as e:
@@ -768,6 +948,11 @@ class EdgeStore(VectorStore):
                     "AI search index '%s' not compacted: %s. Searches by "
                     "cells work meanwhile, 2-3x slower; the next upkeep pass "
                     "that assigns many points tries again", self.name, e)
+            finally:
+                with shared.side_cond:
+                    shared.side_shard = None
+                    while shared.side_readers:
+                        shared.side_cond.wait()
             shared.dirty = True
 
 
@@ -815,6 +1000,84 @@ def _has_shard_config(shard_path):
     vector = (config.get("vectors") or {}).get("") or {}
     return ((config.get("hnsw_config") or {}).get("m") == 0
             and "scalar" in (vector.get("quantization_config") or {}))
+
+
+#: the files of a shard not read back into the page cache after an opening
+#: (see :func:`_rewarm`): the original vectors, read a few at a time
+_COLD_FILES = ("matrix.dat",)
+
+
+def _rewarm(shard_path):
+    """Has the kernel read the shard's files back into the page cache, in
+    the background, for the next process that opens it.
+
+    Qdrant drops the page cache of each file of a shard it opens
+    (``POSIX_FADV_DONTNEED``) once it has read what it keeps in memory. The
+    next opening, in another process, then reads them all from disk again:
+    measured at 1M 512-d points, 3.1 s instead of 1.0-1.6 s with them
+    cached (most of it the int8 copy, 512 MB). The original vectors
+    (:data:`_COLD_FILES`, 2 GB at 1M) are left alone: a search reads only
+    the few it rescores.
+    """
+    if not hasattr(os, "posix_fadvise"):
+        return
+
+    def run():
+        for dirpath, _, names in os.walk(os.path.join(shard_path, "segments")):
+            for name in names:
+                if name in _COLD_FILES:
+                    continue
+                try:
+                    fd = os.open(os.path.join(dirpath, name),
+                                 os.O_RDONLY | os.O_CLOEXEC)
+                except OSError:
+                    continue  # replaced by a compaction meanwhile
+                try:
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+                except OSError:
+                    pass
+                finally:
+                    os.close(fd)
+
+    threading.Thread(target=run, name="ai-search-rewarm", daemon=True).start()
+
+
+class _Scored:
+    """A search result answered by another process (as Qdrant's)."""
+
+    __slots__ = ("id", "score")
+
+    def __init__(self, point_id, score):
+        self.id, self.score = point_id, score
+
+
+class _Record:
+    """A point read by another process (as Qdrant's)."""
+
+    __slots__ = ("id", "payload", "vector")
+
+    def __init__(self, point_id, payload, vector):
+        self.id, self.payload, self.vector = point_id, payload, vector
+
+
+def _query_request(vector, limit, point_ids, min_score, cells):
+    """The Qdrant request of a search: of ``point_ids`` (an id filter), or
+    of the probed ``cells``, or exact."""
+    query_filter = None
+    if point_ids is not None:
+        query_filter = qe.Filter(must=[qe.HasIdCondition(set(point_ids))])
+    elif cells is not None:
+        query_filter = qe.Filter(must=[qe.FieldCondition(
+            cl.CELL_KEY, match=qe.MatchAny(list(cells)))])
+    return qe.QueryRequest(
+        limit=limit,
+        query=qe.Query.Nearest(vector.tolist()),
+        filter=query_filter,
+        score_threshold=min_score,
+        with_payload=False,
+        with_vector=False,
+        params=_search_params(cells),
+    )
 
 
 def _search_params(cells):

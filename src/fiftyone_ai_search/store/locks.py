@@ -28,6 +28,9 @@ import weakref
 _MIN_BACKOFF = 0.002
 _MAX_BACKOFF = 0.05
 
+#: how often a waiter with an ``abandon`` check checks it (seconds)
+ABANDON_POLL = 0.01
+
 MUTEX_FILE = ".lock"
 GATE_FILE = ".gate"
 
@@ -44,6 +47,9 @@ class FairLock:
         self._queue = collections.deque()
         self._owner = None
         self._depth = 0
+        #: how many times the lock was granted (re-entries not counted): a
+        #: waiter that notes it on arrival knows how many turns it waited
+        self.grants = 0
 
     @property
     def depth(self):
@@ -59,14 +65,17 @@ class FairLock:
         with self._cond:
             return len(self._queue)
 
-    def acquire(self, timeout=None):
+    def acquire(self, timeout=None, abandon=None):
         """Acquires the lock.
 
         Args:
             timeout (None): the most seconds to wait, or None for no limit
+            abandon (None): a function checked while waiting (at least
+                every :data:`ABANDON_POLL` seconds): once it returns True,
+                the wait ends as a timeout does
 
         Returns:
-            True if acquired, False on timeout
+            True if acquired, False on timeout (or abandon)
         """
         me = threading.get_ident()
         with self._cond:
@@ -81,16 +90,20 @@ class FairLock:
                 remaining = None
                 if deadline is not None:
                     remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        self._queue.remove(token)
-                        # the next in line may be free to go now
-                        self._cond.notify_all()
-                        return False
+                if (remaining is not None and remaining <= 0) or (
+                        abandon is not None and abandon()):
+                    self._queue.remove(token)
+                    # the next in line may be free to go now
+                    self._cond.notify_all()
+                    return False
+                if abandon is not None:
+                    remaining = min(remaining or ABANDON_POLL, ABANDON_POLL)
                 self._cond.wait(remaining)
 
             self._queue.popleft()
             self._owner = me
             self._depth = 1
+            self.grants += 1
             return True
 
     def release(self):
@@ -214,6 +227,27 @@ class ProcessLock:
         finally:
             if gate is not None:
                 os.close(gate)
+
+    def try_acquire(self, create=False):
+        """Takes the lock if it is free and nobody waits for it, without
+        waiting (so the holder does not see one more process waiting).
+
+        Returns:
+            True if acquired
+
+        Raises:
+            FileNotFoundError: as :meth:`acquire`
+        """
+        if self._fd is not None:
+            raise RuntimeError("ProcessLock already held")
+        gate = _try_flock(self._gate_path, create)
+        if gate is None:
+            return False  # someone waits: after them
+        try:
+            self._fd = _try_flock(self._mutex_path, create)
+        finally:
+            os.close(gate)
+        return self._fd is not None
 
     def release(self):
         """Releases the lock."""

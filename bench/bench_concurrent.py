@@ -1,0 +1,289 @@
+"""Search while the index is being written (issue 29): a writer process and
+a searcher process on one embedded index, side by side and alone.
+
+::
+
+    nice -n 15 .venv/bin/python bench/bench_concurrent.py            # 1M
+    nice -n 15 .venv/bin/python bench/bench_concurrent.py --n 100000 --seconds 30
+
+1. Builds, or reuses, an index of ``--n`` CLIP-like 512-d vectors (the
+   generator of ``bench_scale.py``) with its cells learned and compacted,
+   under ``--root`` (kept for the next run; ``--drop`` removes it at the end).
+2. Opening: a fresh process times ``qe.EdgeShard.load`` alone and its first
+   search (``store.query``, what the App's first search pays).
+3. Alone, for ``--seconds`` each: the searcher (a text-like query every
+   ``--search-every`` s, top 100, in ``session(keep_open=True)`` as the App
+   does), then the writer (a sync-like commit of ``--batch`` new vectors
+   after every ``--commit-every`` s of "embedding", in
+   ``session(keep_open=True)`` as the sync does, and one upkeep pass,
+   ``maintain``, half-way).
+4. Both at once, for ``--seconds``.
+
+Prints searcher p50 / p95 / max latency and writer commits/s, alone and
+together, and how the searcher's searches were answered (by its own shard,
+or by the holder of the shard, see ``fiftyone_ai_search.store.edge``). The
+points the writer added are deleted at the end, so the index is reused as it
+was.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+DIM = 512
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--n", type=int, default=1_000_000)
+    p.add_argument("--root", default=os.path.join(tempfile.gettempdir(),
+                                                  "ais-bench-concurrent"))
+    p.add_argument("--seconds", type=float, default=60.0,
+                   help="length of each phase (alone, together)")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--commit-every", type=float, default=1.6)
+    p.add_argument("--search-every", type=float, default=2.0)
+    p.add_argument("--drop", action="store_true",
+                   help="remove the index at the end")
+    p.add_argument("--build-only", action="store_true",
+                   help="build (or check) the index, nothing else")
+    # internal: one role in a subprocess
+    p.add_argument("--role", choices=["open", "searcher", "writer"])
+    p.add_argument("--first-id", type=int, default=0)
+    p.add_argument("--out")
+    return p.parse_args(argv)
+
+
+def _store(args):
+    from fiftyone_ai_search.store.edge import EdgeStore
+
+    return EdgeStore(f"concurrent_{args.n}", args.root, lock_timeout=600)
+
+
+def _world():
+    from bench_scale import CLIP_B32_PARAMS, ClipLike
+
+    return ClipLike(DIM, 1000, **CLIP_B32_PARAMS, seed=0)
+
+
+def _ids(start, count):
+    return [f"{i:024x}" for i in range(start + 1, start + count + 1)]
+
+
+def build(args):
+    """The index of ``--n`` vectors, with complete cells (reused)."""
+    from fiftyone_ai_search.store import IndexInfo
+
+    store = _store(args)
+    if store.exists():
+        cells = store.cells()
+        if cells is not None and cells.complete and store.count() == args.n:
+            store.close()
+            print(f"reusing {store.path} ({args.n:,} points, "
+                  f"{len(cells)} cells)", flush=True)
+            return
+        store.drop()
+    world, rng = _world(), np.random.default_rng(1)
+    store.ensure(IndexInfo("bench", None, "bench", DIM))
+    start = time.monotonic()
+    step = 50_000
+    with store.session():
+        for s in range(0, args.n, step):
+            m = min(step, args.n - s)
+            ids = _ids(s, m)
+            store.upsert(ids, world.images(world.labels(m, rng), rng),
+                         [{"filepath": f"/data/{i}.jpg", "fingerprint": "1:2"}
+                          for i in ids])
+    print(f"built {args.n:,} points in {time.monotonic() - start:.0f} s",
+          flush=True)
+    start = time.monotonic()
+    # cells at any size (the library waits for cells.MIN_POINTS points)
+    store.maintain(min_points=min(1000, args.n))
+    store.close()  # kept open by the upkeep
+    print(f"cells learned, assigned, compacted in "
+          f"{time.monotonic() - start:.0f} s", flush=True)
+
+
+def _queries(count, seed):
+    world, rng = _world(), np.random.default_rng(seed)
+    return world.texts(world.labels(count, rng), rng)
+
+
+def role_open(args):
+    """A fresh process: the shard's opening alone, then a first search."""
+    import qdrant_edge as qe
+
+    store = _store(args)
+    start = time.monotonic()
+    qe.EdgeShard.load(os.path.join(store.path, "shard")).close()
+    load_s = time.monotonic() - start
+    query = _queries(1, seed=7)[0]
+    start = time.monotonic()
+    with store.session():
+        store.query(query, 100)
+    first_s = time.monotonic() - start
+    return {"load_s": load_s, "first_search_s": first_s}
+
+
+def role_searcher(args):
+    from fiftyone_ai_search.store import edge
+
+    store = _store(args)
+    queries = _queries(256, seed=8)
+    latencies, asked = [], 0
+    start = time.monotonic()
+    k = 0
+    while time.monotonic() - start < args.seconds:
+        before = edge.stats["asked"]
+        t = time.monotonic()
+        with store.session(keep_open=True):
+            got = store.query(queries[k % len(queries)], 100)
+        latencies.append(time.monotonic() - t)
+        asked += edge.stats["asked"] > before
+        assert len(got) == 100
+        k += 1
+        time.sleep(max(0.0, args.search_every - (time.monotonic() - t)))
+    store.close()
+    # the first search opens the shard, or finds it held: reported apart
+    return {"first": latencies[0], "latencies": latencies[1:], "asked": asked,
+            "turns_waited": edge.stats["turns_waited"],
+            "opens": edge.stats["opens"]}
+
+
+def role_writer(args):
+    from fiftyone_ai_search.store import edge
+
+    store = _store(args)
+    world, rng = _world(), np.random.default_rng(args.first_id)
+    commits, commit_s, maintain_s = 0, [], None
+    start = time.monotonic()
+    next_id = args.first_id
+    while time.monotonic() - start < args.seconds:
+        time.sleep(args.commit_every)  # embedding the next batch
+        ids = _ids(next_id, args.batch)
+        vectors = world.images(world.labels(args.batch, rng), rng)
+        t = time.monotonic()
+        with store.session(keep_open=True):  # as the sync commits
+            store.upsert(ids, vectors, [{"filepath": f"/new/{i}.jpg",
+                                         "fingerprint": "1:2"} for i in ids])
+        commit_s.append(time.monotonic() - t)
+        next_id += args.batch
+        commits += 1
+        if maintain_s is None and time.monotonic() - start >= args.seconds / 2:
+            t = time.monotonic()
+            store.maintain(min_points=min(1000, args.n))  # the upkeep pass
+            maintain_s = time.monotonic() - t
+    elapsed = time.monotonic() - start
+    store.close()
+    return {"commits": commits, "elapsed": elapsed, "commit_s": commit_s,
+            "maintain_s": maintain_s, "served": edge.stats["served"],
+            "side_reads": edge.stats["side_reads"],
+            "opens": edge.stats["opens"]}
+
+
+ROLES = {"open": role_open, "searcher": role_searcher, "writer": role_writer}
+
+
+def spawn(args, role, first_id=0):
+    """Starts ``role`` in a subprocess; returns ``(process, out path)``."""
+    out = tempfile.NamedTemporaryFile(prefix=f"ais-cc-{role}-",
+                                      suffix=".json", delete=False).name
+    cmd = [sys.executable, os.path.abspath(__file__), "--role", role,
+           "--n", str(args.n), "--root", args.root,
+           "--seconds", str(args.seconds), "--batch", str(args.batch),
+           "--commit-every", str(args.commit_every),
+           "--search-every", str(args.search_every),
+           "--first-id", str(first_id), "--out", out]
+    return subprocess.Popen(cmd), out
+
+
+def collect(*procs):
+    results = []
+    for proc, out in procs:
+        if proc.wait() != 0:
+            raise SystemExit(f"a {proc.args[3]} process failed")
+        with open(out) as f:
+            results.append(json.load(f))
+        os.remove(out)
+    return results
+
+
+def pct(values, q):
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def main(args):
+    build(args)
+    store = _store(args)
+    base = 10 * args.n  # the writer's new ids, above the index's
+    rows = []
+
+    opens = [collect(spawn(args, "open"))[0] for _ in range(2)]
+    (solo_s,) = collect(spawn(args, "searcher"))
+    (solo_w,) = collect(spawn(args, "writer", base))
+    written = solo_w["commits"] * args.batch
+    w, s = spawn(args, "writer", base + written), spawn(args, "searcher")
+    conc_w, conc_s = collect(w, s)
+    written += conc_w["commits"] * args.batch
+    store.delete(_ids(base, written))  # the index as it was
+
+    def ms(x):
+        return f"{1000 * x:,.0f} ms"
+
+    for label, res in (("alone", solo_s), ("beside the writer", conc_s)):
+        lat = res["latencies"]
+        rows.append((f"searcher {label}: p50 / p95 / max",
+                     f"{ms(pct(lat, 50))} / {ms(pct(lat, 95))} / "
+                     f"{ms(max(lat))}",
+                     f"{len(lat)} searches after a first of "
+                     f"{ms(res['first'])}; {res['asked']} answered by the "
+                     f"holder; {res['opens']} openings; holder's turns "
+                     f"waited <= {res['turns_waited']}"))
+    for label, res in (("alone", solo_w), ("beside the searcher", conc_w)):
+        rows.append((f"writer {label}: commits/s",
+                     f"{res['commits'] / res['elapsed']:.3f}",
+                     f"{res['commits']} commits: first {ms(res['commit_s'][0])}"
+                     f", then p50 {ms(pct(res['commit_s'][1:], 50))}, p95 "
+                     f"{ms(pct(res['commit_s'][1:], 95))}; upkeep pass "
+                     f"{res['maintain_s'] or 0:.1f} s, served "
+                     f"{res['served']} ({res['side_reads']} while "
+                     f"compacting)"))
+    for i, o in enumerate(opens):
+        rows.append((f"fresh process #{i + 1}: shard load / first search",
+                     f"{o['load_s']:.2f} s / {o['first_search_s']:.2f} s",
+                     ""))
+    p95 = pct(conc_s["latencies"], 95) / pct(solo_s["latencies"], 95)
+    drop = 1 - ((conc_w["commits"] / conc_w["elapsed"])
+                / (solo_w["commits"] / solo_w["elapsed"]))
+    rows.append(("searcher p95 together / alone (target <= 2)",
+                 f"{p95:.2f}", ""))
+    rows.append(("writer throughput drop (target <= 25%)",
+                 f"{100 * drop:.0f}%", ""))
+    width = max(len(r[0]) for r in rows)
+    print(f"\n{args.n:,} points x {DIM}-d, phases of {args.seconds:g} s, "
+          f"commits of {args.batch} every {args.commit_every:g} s, a search "
+          f"every {args.search_every:g} s\n")
+    for name, value, note in rows:
+        print(f"| {name:<{width}} | {value:>22} | {note}")
+    if args.drop:
+        store.drop()
+
+
+if __name__ == "__main__":
+    ARGS = parse_args()
+    if ARGS.role:
+        result = ROLES[ARGS.role](ARGS)
+        with open(ARGS.out, "w") as f:
+            json.dump(result, f)
+    elif ARGS.build_only:
+        build(ARGS)
+    else:
+        main(ARGS)

@@ -1,0 +1,233 @@
+"""Searching an embedded index while another process writes and maintains it
+(issue 29): two real processes, the index large enough for its cells (forced
+on at a small size).
+
+No assertion here depends on the machine's speed: the writer does a fixed
+list of work, the searcher searches until the writer is done (and at least a
+fixed number of times), and waits are counted in turns of the holder's lock
+(a turn is one chunk of a write, one round of upkeep, one commit), not in
+seconds.
+"""
+
+import multiprocessing
+import time
+
+import numpy as np
+
+from fiftyone_ai_search.store import IndexInfo
+from fiftyone_ai_search.store.edge import CHUNK, EdgeStore
+
+DIM = 32
+N = 3000
+LIMIT = 10
+NAME = "shared"
+INFO = IndexInfo("m", None, "m@1", DIM)
+SPAWN = multiprocessing.get_context("spawn")
+
+#: searches the searcher makes at least while the writer holds the index
+MIN_SEARCHES = 12
+
+
+def _ids(start, count):
+    return [f"{i:024x}" for i in range(start + 1, start + count + 1)]
+
+
+def _unit(x):
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def _base_vectors():
+    """The index's points: all on the positive side of dimension 0."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((N, DIM)).astype(np.float32)
+    x[:, 0] = np.abs(x[:, 0]) + 4.0
+    return _unit(x)
+
+
+def _written_vectors(count, seed):
+    """The writer's points: on the negative side, so they never enter the
+    top results of a query among the index's points."""
+    x = np.random.default_rng(seed).standard_normal((count, DIM))
+    x = x.astype(np.float32)
+    x[:, 0] = -np.abs(x[:, 0]) - 4.0
+    return _unit(x)
+
+
+def _payloads(ids):
+    return [{"filepath": f"/d/{i}.jpg", "fingerprint": "1:2"} for i in ids]
+
+
+def _writer(root, searcher_done, holding, work_done, result):
+    from fiftyone_ai_search.store import edge
+
+    store = EdgeStore(NAME, root, lock_timeout=120)
+    next_id = 10 * N
+    work = 0
+    with store.session(keep_open=True):
+        store.count()
+    holding.set()
+    for round_ in range(4):
+        for _ in range(6):  # sync-like commits
+            ids = _ids(next_id, 40)
+            with store.session(keep_open=True):
+                store.upsert(ids, _written_vectors(40, next_id), _payloads(ids))
+            next_id += 40
+            work += 1
+        # a big write: several chunks, handed over between them
+        ids = _ids(next_id, 3 * CHUNK + 10)
+        store.upsert(ids, _written_vectors(len(ids), next_id), _payloads(ids))
+        next_id += len(ids)
+        # the upkeep: assigns the new points their cells, and compacts
+        store.maintain(min_points=1000)
+        work += 1
+    work_done.set()
+    # stay the holder until the searcher is done
+    while not searcher_done.wait(0.05):
+        with store.session(keep_open=True):
+            store.count()
+    result.put(("writer", {"written": next_id - 10 * N, "work": work,
+                           **edge.stats}))
+    store.close()
+
+
+def _searcher(root, holding, work_done, searcher_done, result):
+    from fiftyone_ai_search.store import edge
+
+    store = EdgeStore(NAME, root, lock_timeout=120)
+    vectors = _base_vectors()
+    ids = _ids(0, N)
+    truth = {}
+    rng = np.random.default_rng(1)
+    picks = rng.choice(N, 64, replace=False)
+    for i in picks:
+        scores = vectors @ vectors[i]
+        top = np.argsort(-scores, kind="stable")[:LIMIT]
+        truth[i] = [ids[j] for j in top]
+    holding.wait(120)
+    searches, wrong = 0, []
+    k = 0
+    while searches < MIN_SEARCHES or not work_done.is_set():
+        i = picks[k % len(picks)]
+        k += 1
+        with store.session(keep_open=True):
+            got = store.query(vectors[i], LIMIT)
+        searches += 1
+        if [sid for sid, _ in got] != truth[i]:
+            wrong.append((int(i), got[:3]))
+    store.close()
+    result.put(("searcher", {"searches": searches, "wrong": wrong[:5],
+                             "num_wrong": len(wrong), **edge.stats}))
+    searcher_done.set()
+
+
+def _writer_main(root, searcher_done, holding, work_done, result):
+    try:
+        _writer(root, searcher_done, holding, work_done, result)
+    finally:
+        work_done.set()  # a failed writer lets the searcher finish
+
+
+def _searcher_main(root, holding, work_done, searcher_done, result):
+    try:
+        _searcher(root, holding, work_done, searcher_done, result)
+    finally:
+        searcher_done.set()
+
+
+def test_search_beside_a_writing_and_maintaining_process(tmp_path):
+    store = EdgeStore(NAME, tmp_path)
+    store.ensure(INFO)
+    ids = _ids(0, N)
+    store.upsert(ids, _base_vectors(), _payloads(ids))
+    store.maintain(min_points=1000)  # cells, forced on at this size
+    cells = store.cells()
+    assert cells is not None and cells.searchable
+    store.close()
+
+    holding, work_done, searcher_done = (SPAWN.Event() for _ in range(3))
+    result = SPAWN.Queue()
+    procs = [
+        SPAWN.Process(target=_writer_main, args=(
+            str(tmp_path), searcher_done, holding, work_done, result)),
+        SPAWN.Process(target=_searcher_main, args=(
+            str(tmp_path), holding, work_done, searcher_done, result)),
+    ]
+    for p in procs:
+        p.start()
+    got = dict(result.get(timeout=540) for _ in procs)
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    writer, searcher = got["writer"], got["searcher"]
+    seen = f"writer {writer}, searcher {searcher}"
+
+    # right results throughout
+    assert searcher["num_wrong"] == 0, seen
+    assert searcher["searches"] >= MIN_SEARCHES, seen
+    # the writer held the index all along and answered the searches: the
+    # searcher never took the index away from it (no opening per search)
+    assert searcher["asked"] >= MIN_SEARCHES, seen
+    assert writer["served"] >= searcher["asked"], seen
+    assert searcher["opens"] == 0, seen
+    assert writer["opens"] == 1, seen
+    # and each search waited for at most the turn under way and one more
+    # (a chunk of a write, a round of upkeep), never a whole write or pass
+    assert searcher["turns_waited"] <= 2, seen
+
+    # the written points are all there, with their cells
+    store = EdgeStore(NAME, tmp_path)
+    assert store.count() == N + writer["written"]
+    assert store.cells().complete
+    store.close()
+
+
+def _hold(root, holding):
+    store = EdgeStore(NAME, root)
+    with store.session(keep_open=True):
+        store.count()
+    holding.set()
+    while True:  # keeps the shard open, and answers, until killed
+        with store.session(keep_open=True):
+            store.count()
+        time.sleep(0.05)
+
+
+def test_a_holder_answers_and_a_killed_one_blocks_nobody(tmp_path):
+    import os
+    import signal
+
+    from fiftyone_ai_search.store import edge
+
+    store = EdgeStore(NAME, tmp_path, lock_timeout=120)
+    store.ensure(INFO)
+    ids = _ids(0, 200)
+    vectors = _base_vectors()[:200]
+    store.upsert(ids, vectors, _payloads(ids))
+    store.close()
+
+    holding = SPAWN.Event()
+    holder = SPAWN.Process(target=_hold, args=(str(tmp_path), holding))
+    holder.start()
+    try:
+        assert holding.wait(120)
+        asked, opens = edge.stats["asked"], edge.stats["opens"]
+        # searched, counted and read by the holder, not opened here
+        assert store.query(vectors[3], 5)[0][0] == ids[3]
+        assert store.count() == 200
+        got_ids, got = store.get_vectors(ids[:3])
+        assert got_ids == ids[:3]
+        np.testing.assert_allclose(got, vectors[:3], atol=1e-6)
+        payloads = store.get_payloads(ids[:1])
+        assert payloads[ids[0]]["filepath"] == _payloads(ids[:1])[0]["filepath"]
+        assert edge.stats["asked"] == asked + 4
+        assert edge.stats["opens"] == opens
+        # killed while holding: its lock and its socket go with it
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.join(60)
+        assert store.query(vectors[7], 5)[0][0] == ids[7]
+        assert edge.stats["asked"] == asked + 4
+        assert edge.stats["opens"] == opens + 1
+    finally:
+        if holder.is_alive():
+            holder.kill()
+        store.close()

@@ -26,7 +26,10 @@ import json
 import logging
 import os
 import posixpath
+import socket
 import threading
+import time
+import urllib.parse
 
 import numpy as np
 
@@ -354,8 +357,7 @@ def _load(spec, device):
     import torch
     import open_clip
 
-    if _is_offline() and not _weights_cached(spec):
-        raise ModelUnavailableError(_offline_message(spec))
+    check_weights(spec)
 
     # Mixed fp16 as in OpenAI's CLIP on CUDA; fp16 is slow or unsupported on
     # CPU and inexact on MPS
@@ -542,6 +544,41 @@ def _is_offline():
     return bool(constants.HF_HUB_OFFLINE)
 
 
+def _hub_unreachable():
+    """Why the Hugging Face Hub cannot be reached from here, or None (it
+    can, or a proxy is configured, through which it may). One connection
+    attempt, remembered for :data:`_REACH_TTL` seconds: without it, a
+    download on a machine without a network retries for up to a minute
+    before it fails."""
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy",
+                                       "HTTP_PROXY", "http_proxy",
+                                       "ALL_PROXY", "all_proxy")):
+        return None
+    from huggingface_hub import constants
+
+    url = urllib.parse.urlsplit(constants.ENDPOINT)
+    address = (url.hostname, url.port or (
+        443 if url.scheme == "https" else 80))
+    now = time.monotonic()
+    known = _REACH_CACHE.get(address)
+    if known is not None and now - known[0] < _REACH_TTL:
+        return known[1]
+    try:
+        socket.create_connection(address, timeout=_REACH_TIMEOUT).close()
+        unreachable = None
+    except OSError as e:
+        unreachable = f"{address[0]}:{address[1]} cannot be reached ({e})"
+    _REACH_CACHE[address] = (now, unreachable)
+    return unreachable
+
+
+#: how long whether the Hub can be reached is remembered, in seconds
+_REACH_TTL = 60.0
+#: how long a connection attempt to the Hub may take, in seconds
+_REACH_TIMEOUT = 3.0
+_REACH_CACHE = {}
+
+
 def _weights_cached(spec):
     """Whether the weights of ``spec`` can be had without a download."""
     if not spec.name.startswith(HF_HUB_PREFIX):
@@ -621,22 +658,34 @@ def _offline_message(spec, error=None):
         if repos:
             where = f" (Hugging Face repository {repos[0]})"
 
-    reason = (
-        "HF_HUB_OFFLINE is set and they are not in the Hugging Face cache"
-        if _is_offline()
-        else f"the download failed ({error})"
-    )
+    offline = _is_offline()
+    if offline:
+        reason = ("HF_HUB_OFFLINE is set and they are not in the Hugging "
+                  "Face cache")
+    elif isinstance(error, str):
+        reason = f"they are not in the Hugging Face cache, and {error}"
+    else:
+        reason = f"the download failed ({error})"
+    from .demo import tiny_clip_model_name
+
+    here = [c.key for c in available_models() if c.available]
     return (
         f"Weights of model {spec.identity}{where} are not available: "
         f"{reason}. Supply them in one of these ways: "
-        "(1) pass a local weights file as pretrained='/path/to/"
+        "(1) use a model whose weights are on this machine: "
+        "fiftyone_ai_search.available_models() lists them"
+        + (f" (here: {', '.join(here)})" if here else "")
+        + f"; the tiny CLIP bundled for the demo is "
+        f"model='{tiny_clip_model_name()}'; "
+        "(2) pass a local weights file as pretrained='/path/to/"
         "open_clip_model.safetensors' (.safetensors, .bin or .pt) with its "
         "architecture as model=; "
-        "(2) pass model='local-dir:/path/to/dir', a directory holding "
+        "(3) pass model='local-dir:/path/to/dir', a directory holding "
         "open_clip_config.json and open_clip_model.safetensors; "
-        "(3) pre-populate the Hugging Face cache (HF_HOME) on a machine with "
-        "internet access, or unset HF_HUB_OFFLINE to let it download. "
-        "The defaults come from FIFTYONE_AI_SEARCH_MODEL and "
+        "(4) pre-populate the Hugging Face cache (HF_HOME) on a machine with "
+        "internet access"
+        + (", or unset HF_HUB_OFFLINE to let it download" if offline else "")
+        + ". The defaults come from FIFTYONE_AI_SEARCH_MODEL and "
         "FIFTYONE_AI_SEARCH_PRETRAINED"
     )
 
@@ -674,8 +723,13 @@ def check_weights(spec):
             downloads are off (``HF_HUB_OFFLINE``); the message says how to
             supply them
     """
-    if not _weights_cached(spec) and _is_offline():
+    if _weights_cached(spec):
+        return
+    if _is_offline():
         raise ModelUnavailableError(_offline_message(spec))
+    unreachable = _hub_unreachable()
+    if unreachable is not None:
+        raise ModelUnavailableError(_offline_message(spec, unreachable))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -754,9 +808,16 @@ def _choice(model, pretrained, kind):
             ModelSpec(name=model, pretrained=pretrained, identity=""))
     except Exception:
         available = False
-    where = "weights on this machine" if available else (
-        "weights not on this machine: downloaded on first use"
-        + (", impossible while HF_HUB_OFFLINE is set" if _is_offline() else ""))
+    if available:
+        where = "weights on this machine"
+    elif _is_offline():
+        where = ("weights not on this machine, and HF_HUB_OFFLINE is set: "
+                 "not usable")
+    elif _hub_unreachable() is not None:
+        where = ("weights not on this machine, and the Hugging Face Hub "
+                 "cannot be reached: not usable")
+    else:
+        where = "weights not on this machine: downloaded on first use"
     label = f"{model} / {pretrained}" if pretrained else model
     return ModelChoice(model=model, pretrained=pretrained,
                        label=f"{label} ({kind}; {where})", available=available)

@@ -5,6 +5,7 @@ in scenes), in well under a minute.
 """
 
 import os
+import sys
 import time
 
 # before fiftyone is imported: its bundled mongod on Debian is older than
@@ -59,12 +60,37 @@ def run_demo(name="ai-search-demo", num_samples=300, images_dir=None):
                             None if images_dir is None
                             else os.path.join(images_dir, "scenes"))
 
-    print(f"Done in {time.time() - t0:.1f} s. Open them in the App with:\n"
-          f"  python -c \"import fiftyone as fo; "
-          f"fo.launch_app(fo.load_dataset('{dataset.name}')).wait()\"\n"
-          f"  python -c \"import fiftyone as fo; "
-          f"fo.launch_app(fo.load_dataset('{scenes.name}')).wait()\"")
+    print(f"Done in {time.time() - t0:.1f} s.")
+    print(_app_plugin())
+    python = sys.executable
+    print(
+        "Open the images in the App (then http://localhost:5151):\n"
+        f"  {python} -c \"import fiftyone as fo; "
+        f"fo.launch_app(fo.load_dataset('{dataset.name}')).wait()\"\n"
+        "There, above the grid, the 'AI Search: ready' button searches (by "
+        "prompt, like the images selected in the grid, by an image file, or "
+        "for a diverse spread); '+' beside the Samples tab, then 'AI Search', "
+        "opens the panel (status, score histogram, collections); the first "
+        "search above is the saved view 'AI search results'.\n"
+        f"The objects: the same with fo.load_dataset('{scenes.name}'), "
+        "where the button searches the objects of ground_truth.")
     return dataset
+
+
+def _app_plugin():
+    """Makes sure FiftyOne's App finds the AI search plugin (installs it
+    where it does not); says which."""
+    import fiftyone.plugins as fop
+
+    from fiftyone_ai_search.app import PLUGIN_NAME
+    from fiftyone_ai_search.app.install import install_plugin
+
+    try:
+        plugin = fop.get_plugin(PLUGIN_NAME)
+    except ValueError:
+        path = install_plugin()
+        return f"Installed the App plugin {PLUGIN_NAME} in {path}."
+    return f"The App plugin {PLUGIN_NAME} is installed ({plugin.directory})."
 
 
 def _first_search(ais, dataset):

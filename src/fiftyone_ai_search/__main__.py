@@ -1,12 +1,10 @@
-"""Command line: ``python -m fiftyone_ai_search <command>``.
+"""Command line of AI search for FiftyOne: ``fiftyone-ai-search <command>``
+(or ``python -m fiftyone_ai_search <command>``).
 
-Commands:
-    demo            build the synthetic shapes dataset, enable AI search with
-                    the bundled tiny CLIP, compute embeddings, show status
-    sync            synchronise one dataset's index (the background worker)
-    status          print a dataset's AI search status
-    refresher       keep every enabled dataset's index in sync, on a schedule
-    install-plugin  make FiftyOne's App find this plugin (pip installs)
+Each command is a thin layer over the Python SDK (``import
+fiftyone_ai_search as ais``): it parses, calls the SDK and prints. Mistakes
+(a dataset that does not exist, AI search off, a bad argument) print one line
+``fiftyone-ai-search: error: ...`` on stderr and exit with status 2.
 """
 
 import argparse
@@ -14,6 +12,54 @@ import json
 import logging
 import signal
 import sys
+
+PROG = "fiftyone-ai-search"
+
+DESCRIPTION = """\
+AI search for FiftyOne: CLIP embeddings of a dataset's images in a Qdrant
+index that keeps itself in sync; search by prompt, by similar samples or for
+a diverse spread, and keep the results as collections (saved views).
+"""
+
+EPILOG = """\
+examples:
+  fiftyone-ai-search demo
+  fiftyone-ai-search enable my-images --wait
+  fiftyone-ai-search status my-images
+  fiftyone-ai-search search my-images "a red car" --limit 20
+  fiftyone-ai-search search my-images --similar SAMPLE_ID --save "like it"
+  fiftyone-ai-search search my-images --diverse centroids --limit 50
+  fiftyone-ai-search collections list my-images
+  fiftyone-ai-search collections show my-images "like it" --json
+  fiftyone-ai-search refresher --interval-minutes 10
+  fiftyone-ai-search disable my-images
+
+Each command has its own --help.
+"""
+
+# what sync and refresher print on stdout; their log lines of the same
+# reports (on stderr) would say it a second time
+_REPORTED = ("AI search sync of '%s': %s", "AI search refresh: %s")
+
+
+class CommandError(Exception):
+    """A mistake of the caller: one line on stderr, exit status 2."""
+
+
+class _DropReported(logging.Filter):
+    def filter(self, record):
+        return record.msg not in _REPORTED
+
+
+def _version():
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("fiftyone-ai-search")
+    except PackageNotFoundError:  # a source tree that is not installed
+        from fiftyone_ai_search import __version__
+
+        return __version__
 
 
 def _load_dataset(name=None, dataset_id=None):
@@ -24,10 +70,35 @@ def _load_dataset(name=None, dataset_id=None):
 
         dataset = st.load_dataset(dataset_id)
         if dataset is None:
-            raise SystemExit(f"No dataset with id {dataset_id}")
+            raise CommandError(f"no dataset with id {dataset_id}")
         return dataset
 
+    if not fo.dataset_exists(name):
+        raise CommandError(
+            f"dataset '{name}' does not exist (`fiftyone datasets list` "
+            "lists them)")
     return fo.load_dataset(name)
+
+
+def _enabled_dataset(name, patches_field=None):
+    """The dataset ``name``, whose AI search (of ``patches_field``) is on."""
+    import fiftyone_ai_search as ais
+
+    dataset = _load_dataset(name)
+    status = ais.get_status(dataset, counts=False)
+    if not status.get("enabled"):
+        raise CommandError(f"AI search is off for dataset '{name}'; switch "
+                           f"it on with `{PROG} enable {name}`")
+    if patches_field and patches_field not in status["object_fields"]:
+        raise CommandError(
+            f"object search of field '{patches_field}' is off for dataset "
+            f"'{name}'; switch it on with `{PROG} enable {name} "
+            f"--patches-field {patches_field}`")
+    return dataset
+
+
+def _print_json(value):
+    print(json.dumps(value, indent=2, default=str))
 
 
 def _cmd_sync(args):
@@ -75,15 +146,203 @@ def _cmd_sync(args):
               "given their cell of the approximate search")
 
 
+def _cmd_enable(args):
+    import fiftyone_ai_search as ais
+
+    dataset = _load_dataset(args.dataset)
+    what = _what(args)
+    status = ais.enable_embeddings(
+        dataset, model=args.model, pretrained=args.pretrained,
+        backend=args.backend, patches_field=args.patches_field,
+        compute=not (args.wait or args.no_compute),
+    )
+    model = status.get("model")
+    print(f"AI search is on for {what} (model {model}, "
+          f"{status.get('backend')} index)")
+    if args.wait:
+        report = ais.calculate_embeddings(
+            dataset, patches_field=args.patches_field, wait=True,
+            progress=not args.quiet)
+        print(f"AI search sync of {what}: {report}")
+    elif args.no_compute:
+        print(f"Nothing computed yet: `{PROG} sync --dataset "
+              f"{args.dataset}` computes the embeddings")
+    else:
+        print(f"Computing the embeddings in the background: `{PROG} status "
+              f"{args.dataset}` follows it")
+
+
+def _what(args):
+    field = getattr(args, "patches_field", None)
+    if field:
+        return f"the objects of '{field}' of dataset '{args.dataset}'"
+    return f"dataset '{args.dataset}'"
+
+
+def _cmd_disable(args):
+    import fiftyone_ai_search as ais
+
+    dataset = _enabled_dataset(args.dataset, args.patches_field)
+    ais.disable_embeddings(dataset, patches_field=args.patches_field)
+    print(f"AI search is off for {_what(args)}: its index is deleted "
+          "(named collections stay, as saved views)")
+
+
 def _cmd_status(args):
     import fiftyone_ai_search as ais
 
     dataset = _load_dataset(args.dataset)
-    print(json.dumps(ais.get_status(dataset), indent=2, default=str))
+    status = ais.get_status(dataset, patches_field=args.patches_field,
+                            max_failures=args.max_failures)
+    if args.json:
+        _print_json(status)
+        return
+    if not status.get("enabled"):
+        print(f"AI search: off for {_what(args)}")
+        return
+    model = " / ".join(str(status[k]) for k in ("model", "pretrained")
+                       if status.get(k))
+    rows = [("AI search", f"on for {_what(args)}"), ("model", model),
+            ("backend", status.get("backend"))]
+    if status.get("in_progress"):
+        progress = status.get("progress") or {}
+        rows.append(("computing", f"{progress.get('done', 0)} of "
+                                  f"{progress.get('total', '?')}"))
+    if status.get("rebuild"):
+        rows.append(("rebuilding with", status["rebuild"].get("model")))
+    counts = status.get("counts") or {}
+    rows.append(("counts", _pairs(counts)))
+    if status.get("last_report"):
+        rows.append(("last report", _pairs(status["last_report"])))
+    rows += [(k.replace("_", " "), status.get(k)) for k in
+             ("updated_at", "last_error", "index_error") if status.get(k)]
+    if status.get("object_fields"):
+        rows.append(("object search of", ", ".join(status["object_fields"])))
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key + ':':<{width + 1}} {value}")
+    for failure in status.get("failures") or []:
+        where = failure.get("filepath") or failure.get("label_id")
+        print(f"failed: {where}: {failure.get('reason')}")
+
+
+def _pairs(values):
+    """``{"num_added": 3, "seconds": 1.23}`` as ``added 3 in 1.2 s``."""
+    text = ", ".join(f"{k.replace('num_', '')} {v}"
+                     for k, v in values.items() if k != "seconds")
+    if "seconds" in values:
+        text += f" in {values['seconds']:.1f} s"
+    return text
+
+
+def _cmd_search(args):
+    import fiftyone_ai_search as ais
+
+    dataset = _enabled_dataset(args.dataset, args.patches_field)
+    samples = dataset
+    if args.view:
+        if not dataset.has_saved_view(args.view):
+            raise CommandError(f"dataset '{args.dataset}' has no saved view "
+                               f"'{args.view}'")
+        samples = dataset.load_saved_view(args.view)
+    ids = {"label_id" if args.patches_field else "image_id": args.similar}
+    name = ais.perform_ai_search(
+        samples, prompt=args.prompt, image=args.image, method=args.diverse,
+        negative_prompt=args.negative, limit=args.limit,
+        threshold=args.threshold, clustering_method=args.clustering,
+        num_clusters=args.num_clusters, seed=args.seed,
+        patches_field=args.patches_field, **ids)
+    if name is None:
+        if args.json:
+            _print_json({"collection": None, "results": []})
+        else:
+            print("Nothing matched (the latest results are unchanged)",
+                  file=sys.stderr)
+        return
+    if args.save:
+        name = ais.save_collection(dataset, args.save,
+                                   overwrite=args.overwrite)
+    _print_results(dataset, name, args)
+
+
+def _print_results(dataset, name, args, min_score=None, max_score=None):
+    """The rows of collection ``name``: score, id and file, best first."""
+    import fiftyone_ai_search as ais
+
+    view = ais.get_collection(dataset, name, min_score=min_score,
+                              max_score=max_score)
+    if args.limit:
+        view = view.limit(args.limit)
+    ids, paths = view.values(["id", "filepath"])
+    scores = dict(ais.get_collection_scores(dataset, name))
+    rows = [{"id": i, "score": scores.get(i), "filepath": p}
+            for i, p in zip(ids, paths)]
+    if args.json:
+        _print_json({"collection": name, "results": rows})
+        return
+    for row in rows:
+        if args.paths:
+            print(row["filepath"])
+        else:
+            print(f"{row['score']:.4f}  {row['id']}  {row['filepath']}")
+    if not args.paths:
+        print(f"{len(rows)} results in collection '{name}' of dataset "
+              f"'{dataset.name}'", file=sys.stderr)
+
+
+def _cmd_collections_list(args):
+    import fiftyone_ai_search as ais
+
+    rows = ais.list_collections(_load_dataset(args.dataset))
+    if args.json:
+        _print_json(rows)
+        return
+    for row in rows:
+        query = ", ".join(f"{k}={v}" for k, v in (row["query"] or {}).items()
+                          if k in ("prompt", "image_id", "method", "image",
+                                   "label_id", "score_range"))
+        objects = f" (objects of {row['patches_field']})" \
+            if row.get("patches_field") else ""
+        print(f"{row['name']}: {row['size']} results{objects}, "
+              f"{row['created_at']:%Y-%m-%d %H:%M}"
+              + (f", {query}" if query else ""))
+    if not rows:
+        print(f"dataset '{args.dataset}' has no AI search collections",
+              file=sys.stderr)
+
+
+def _cmd_collections_show(args):
+    dataset = _load_dataset(args.dataset)
+    _print_results(dataset, args.name, args, args.min_score, args.max_score)
+
+
+def _cmd_collections_save(args):
+    import fiftyone_ai_search as ais
+
+    dataset = _load_dataset(args.dataset)
+    name = ais.save_collection(dataset, args.name, source=args.source,
+                               overwrite=args.overwrite,
+                               min_score=args.min_score,
+                               max_score=args.max_score)
+    print(f"Saved collection '{name}' of dataset '{args.dataset}'")
+
+
+def _cmd_collections_delete(args):
+    import fiftyone_ai_search as ais
+
+    ais.delete_collection(_load_dataset(args.dataset), args.name)
+    print(f"Deleted collection '{args.name}' of dataset '{args.dataset}'")
 
 
 def _cmd_refresher(args):
     from .scheduler import Refresher, refresh_all
+
+    for name in args.dataset or ():
+        # a mistyped name would otherwise be a pass over nothing
+        if args.once:
+            _enabled_dataset(name)
+        else:
+            _load_dataset(name)
 
     if args.once:
         report = refresh_all(args.dataset)
@@ -115,33 +374,196 @@ def _cmd_install_plugin(args):
     print(f"Installed the AI search plugin at {path}")
 
 
-def main(argv=None):
+def _add_dataset(p):
+    p.add_argument("dataset", help="the dataset's name")
+
+
+def _add_patches_field(p, what):
+    p.add_argument("--patches-field", metavar="FIELD", default=None,
+                   help=f"{what} of the objects of this label field "
+                        "(Detections, Polylines or Keypoints), not of the "
+                        "images")
+
+
+def _add_json(p, what):
+    p.add_argument("--json", action="store_true",
+                   help=f"print {what} as JSON, for scripts")
+
+
+def _add_results_output(p):
+    _add_json(p, "the results")
+    p.add_argument("--paths", action="store_true",
+                   help="print only the file paths, one a line (e.g. for "
+                        "xargs)")
+
+
+def _add_score_range(p, what):
+    p.add_argument("--min-score", type=float, default=None,
+                   help=f"{what} only results scoring >= this, in [-1, 1]")
+    p.add_argument("--max-score", type=float, default=None,
+                   help=f"{what} only results scoring <= this, in [-1, 1]")
+
+
+def _parser():
     parser = argparse.ArgumentParser(
-        prog="fiftyone-ai-search", description=__doc__.split("\n")[0]
+        prog=PROG, description=DESCRIPTION, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version",
+                        version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True,
+                                metavar="COMMAND")
 
     p = sub.add_parser("demo", help="run the offline demo on synthetic shapes")
-    p.add_argument("--name", default="ai-search-demo")
-    p.add_argument("--num-samples", type=int, default=300)
-    p.add_argument("--images-dir", default=None)
+    p.add_argument("--name", default="ai-search-demo",
+                   help="the demo dataset's name, replaced if it exists "
+                        "(default: %(default)s)")
+    p.add_argument("--num-samples", type=int, default=300,
+                   help="how many shape images (default: %(default)s)")
+    p.add_argument("--images-dir", default=None,
+                   help="where to write the images (default: in FiftyOne's "
+                        "dataset directory)")
     p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser("sync", help="synchronise a dataset's index")
+    p = sub.add_parser(
+        "enable", help="switch AI search on for a dataset and compute its "
+                       "embeddings")
+    _add_dataset(p)
+    p.add_argument("--model", default=None,
+                   help="an open_clip model name, or local-dir:/path of a "
+                        "checkpoint (default: the model in use, else "
+                        "ViT-B-32)")
+    p.add_argument("--pretrained", default=None,
+                   help="an open_clip pretrained tag, or a local weights "
+                        "file (default: laion2b_s34b_b79k for ViT-B-32)")
+    p.add_argument("--backend", choices=("edge", "server"), default=None,
+                   help="edge: the embedded index (default); server: the "
+                        "Qdrant server of FIFTYONE_AI_SEARCH_QDRANT_URL")
+    _add_patches_field(p, "object search: switch on the index")
+    when = p.add_mutually_exclusive_group()
+    when.add_argument("--wait", action="store_true",
+                      help="compute the embeddings here, with a progress "
+                           "bar, and print the report (default: a "
+                           "background worker computes them)")
+    when.add_argument("--no-compute", action="store_true",
+                      help="compute nothing yet (see the sync command)")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bar (with --wait)")
+    p.set_defaults(func=_cmd_enable)
+
+    p = sub.add_parser("disable", help="switch AI search off for a dataset "
+                                       "(deletes its index)")
+    _add_dataset(p)
+    _add_patches_field(p, "switch off the index")
+    p.set_defaults(func=_cmd_disable)
+
+    p = sub.add_parser("status", help="print a dataset's AI search status")
+    _add_dataset(p)
+    _add_patches_field(p, "the status of the index")
+    p.add_argument("--max-failures", type=int, default=10,
+                   help="the most failed samples to list (default: "
+                        "%(default)s)")
+    _add_json(p, "the full status")
+    p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser(
+        "search",
+        help="search by prompt, by similar samples, by an image, or for a "
+             "diverse spread; the results are the dataset's latest results "
+             "collection",
+        description="Search a dataset and print the results, best first "
+                    "(score, id, file). They are kept as the dataset's "
+                    "latest results collection ('AI search results'), "
+                    "replaced by the next search; --save keeps them under a "
+                    "name.")
+    _add_dataset(p)
+    query = p.add_mutually_exclusive_group(required=True)
+    query.add_argument("prompt", nargs="?", default=None,
+                       help="what to find, in words (commas separate "
+                            "several prompts)")
+    query.add_argument("--similar", nargs="+", metavar="ID", default=None,
+                       help="sample ids (label ids with --patches-field): "
+                            "find more like these")
+    query.add_argument("--image", metavar="PATH", default=None,
+                       help="an image file from outside the dataset: find "
+                            "images like it")
+    query.add_argument("--diverse", choices=("centroids", "random"),
+                       default=None,
+                       help="a diverse spread of the dataset, no query: the "
+                            "most typical (centroids) or random members of "
+                            "each cluster")
+    p.add_argument("--negative", metavar="PROMPT", default=None,
+                   help="what to push away (with a prompt)")
+    p.add_argument("--limit", "-n", type=int, default=20,
+                   help="the most results (default: %(default)s)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="only results scoring >= this, in [-1, 1]")
+    p.add_argument("--clustering", choices=("kmeans", "dbscan"), default=None,
+                   help="how --diverse clusters (default: kmeans)")
+    p.add_argument("--num-clusters", type=int, default=None,
+                   help="the k-means cluster count of --diverse (default: "
+                        "one a result, up to 100)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="the random seed of --diverse (default: "
+                        "%(default)s)")
+    p.add_argument("--view", metavar="SAVED_VIEW", default=None,
+                   help="search within this saved view of the dataset")
+    _add_patches_field(p, "search the index")
+    p.add_argument("--save", metavar="NAME", default=None,
+                   help="also keep the results as the collection NAME")
+    p.add_argument("--overwrite", action="store_true",
+                   help="with --save: replace a collection of that name")
+    _add_results_output(p)
+    p.set_defaults(func=_cmd_search)
+
+    p = sub.add_parser(
+        "collections",
+        help="list, show, save or delete the kept search results")
+    csub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    c = csub.add_parser("list", help="the dataset's collections")
+    _add_dataset(c)
+    _add_json(c, "them")
+    c.set_defaults(func=_cmd_collections_list)
+
+    c = csub.add_parser("show", help="the results of a collection, best "
+                                     "first")
+    _add_dataset(c)
+    c.add_argument("name", help="the collection's name ('AI search "
+                                "results': the latest search)")
+    c.add_argument("--limit", "-n", type=int, default=None,
+                   help="the most results to print (default: all)")
+    _add_score_range(c, "print")
+    _add_results_output(c)
+    c.set_defaults(func=_cmd_collections_show)
+
+    c = csub.add_parser("save", help="keep the latest results (or a score "
+                                     "range of them) under a name")
+    _add_dataset(c)
+    c.add_argument("name", help="the new collection's name")
+    c.add_argument("--source", default="AI search results",
+                   help="the collection to copy (default: %(default)s)")
+    c.add_argument("--overwrite", action="store_true",
+                   help="replace a collection of that name")
+    _add_score_range(c, "keep")
+    c.set_defaults(func=_cmd_collections_save)
+
+    c = csub.add_parser("delete", help="delete a collection (its saved "
+                                       "view and its scores)")
+    _add_dataset(c)
+    c.add_argument("name", help="the collection's name")
+    c.set_defaults(func=_cmd_collections_delete)
+
+    p = sub.add_parser("sync", help="synchronise a dataset's index (what "
+                                    "the background worker runs)")
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--dataset", help="dataset name")
     group.add_argument("--dataset-id", help="dataset id")
-    p.add_argument("--patches-field", default=None,
-                   help="sync the object index of this label field")
+    _add_patches_field(p, "sync the index")
     p.add_argument("--force", action="store_true", help="rebuild the index")
     p.add_argument("--verify-files", action="store_true",
                    help="check every file's fingerprint")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_sync)
-
-    p = sub.add_parser("status", help="print a dataset's AI search status")
-    p.add_argument("dataset", help="dataset name")
-    p.set_defaults(func=_cmd_status)
 
     p = sub.add_parser(
         "refresher",
@@ -151,7 +573,8 @@ def main(argv=None):
                    help="1-1440; default FIFTYONE_AI_SEARCH_REFRESH_MINUTES "
                         "(10)")
     p.add_argument("--once", action="store_true",
-                   help="run one pass and exit (e.g. from cron)")
+                   help="run one pass and exit (e.g. from cron); exit "
+                        "status 1 if a dataset failed")
     p.add_argument("--dataset", action="append", default=None,
                    help="only this dataset (repeatable); default: every "
                         "dataset whose AI search is on")
@@ -162,12 +585,50 @@ def main(argv=None):
     p.add_argument("--plugins-dir", default=None,
                    help="default: FiftyOne's plugins_dir")
     p.set_defaults(func=_cmd_install_plugin)
+    return parser
 
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
+
+def _is_mistake(error):
+    """Whether ``error`` is the caller's mistake or a refusal the package
+    explains (one line), not a bug (a traceback)."""
+    from fiftyone_ai_search import AISearchError
+
+    return isinstance(error, (CommandError, AISearchError, ValueError))
+
+
+def main(argv=None):
+    """Runs the command line; returns the exit status (2: a mistake, said
+    in one line on stderr)."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING,
+                        format="%(asctime)s %(message)s")
+    package_logger = logging.getLogger("fiftyone_ai_search")
+    level = package_logger.level
+    handlers = list(logging.getLogger().handlers)
     if args.command in ("sync", "refresher"):  # their logs say what they did
-        logging.getLogger("fiftyone_ai_search").setLevel(logging.INFO)
-    return args.func(args) or 0
+        package_logger.setLevel(logging.INFO)
+    if args.command == "sync" or getattr(args, "once", False):
+        for handler in handlers:  # what they print, said once
+            handler.addFilter(_DropReported())
+    try:
+        return args.func(args) or 0
+    except Exception as e:
+        if not _is_mistake(e):
+            raise
+        message = " ".join(str(e).split()) or type(e).__name__
+        print(f"{PROG}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        if args.command != "refresher" or args.once:
+            # (the service's last pass may still run, and log, past here)
+            package_logger.setLevel(level)
+        for handler in handlers:
+            for f in [f for f in handler.filters
+                      if isinstance(f, _DropReported)]:
+                handler.removeFilter(f)
 
 
 if __name__ == "__main__":

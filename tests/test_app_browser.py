@@ -30,6 +30,8 @@ from fiftyone_ai_search.brain import DEFAULT_BRAIN_KEY as BRAIN_KEY
 from app_browser import app, app_session, browser, browser_artifacts  # noqa: F401
 from helpers import shapes_dataset, worker_paused_midway
 
+pytestmark = pytest.mark.slow
+
 NUM_SAMPLES = 1200  # enough batches for the progress to be held twice
 PANEL = "AI Search"
 SAVED = "clear blue squares"

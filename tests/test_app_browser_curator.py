@@ -23,6 +23,8 @@ from fiftyone_ai_search.app import PLUGIN_NAME
 from app_browser import app, app_session, browser, browser_artifacts  # noqa: F401
 from helpers import shapes_dataset
 
+pytestmark = pytest.mark.slow
+
 NUM_SAMPLES = 10_000
 PANEL = "AI Search"
 COLLECTION = "red circles"

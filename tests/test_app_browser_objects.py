@@ -27,6 +27,8 @@ from fiftyone_ai_search.targets import Objects
 from app_browser import app, app_session, browser, browser_artifacts  # noqa: F401
 from helpers import worker_paused_midway
 
+pytestmark = pytest.mark.slow
+
 NUM_SAMPLES = 150  # ~450 objects: several batches
 FIELD = "ground_truth"
 PANEL = "AI Search"

@@ -17,7 +17,8 @@ from fiftyone_ai_search.store import cells as cl
 from fiftyone_ai_search.store.edge import EdgeStore
 
 from test_cells import clustered, exact_in, make_ids, unit
-from test_store import DIM, INFO, store  # noqa: F401 (store: a fixture)
+from test_store import (  # noqa: F401 (store: a fixture)
+    DIM, INFO, SERVER_SLOW, store)
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:Failed to obtain server version:UserWarning"
@@ -63,6 +64,7 @@ def indexed(store):
     return store, ids, x
 
 
+@SERVER_SLOW
 def test_the_audit_finds_poor_prompt_recall_and_its_rule_holds_it(indexed):
     index, ids, x = indexed
     fresh = prompts(40, seed=7, gap=2.0)
@@ -86,6 +88,7 @@ def test_the_audit_finds_poor_prompt_recall_and_its_rule_holds_it(indexed):
             > rule["estimates"]["image"]["cells_scanned"])
 
 
+@SERVER_SLOW
 def test_a_band_past_the_cost_bound_is_exact(indexed, monkeypatch):
     index, ids, x = indexed
     monkeypatch.setattr(audit, "MAX_SHARE", 0.02)  # ~1 cell: never enough
@@ -100,6 +103,7 @@ def test_a_band_past_the_cost_bound_is_exact(indexed, monkeypatch):
     assert rule["estimates"]["text"]["exact"] > 0
 
 
+@SERVER_SLOW
 def test_an_audit_is_due_when_the_cells_are_new_or_the_index_grew(indexed):
     index, _, _ = indexed
     assert audit.due(index.cells(), 4000)
@@ -110,6 +114,7 @@ def test_an_audit_is_due_when_the_cells_are_new_or_the_index_grew(indexed):
     assert summary["audited"] and summary["estimates"]["text"]["queries"] == 20
 
 
+@pytest.mark.slow
 def test_upkeep_audits_and_the_status_shows_it(tmp_path):
     import fiftyone_ai_search as ais
     from fiftyone_ai_search import runner
@@ -145,6 +150,7 @@ def test_upkeep_audits_and_the_status_shows_it(tmp_path):
     assert len(set(found) & set(exact)) >= 9
 
 
+@SERVER_SLOW
 def test_exact_on_request_whatever_the_cells(indexed, monkeypatch):
     index, ids, x = indexed
     monkeypatch.setattr(cl, "MIN_PROBED", 1)  # one cell: poor recall
@@ -178,6 +184,7 @@ def _audit_in_child(root, name, started):
                     image_queries=60)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("delay", [0.2, 1.0, 2.5])
 def test_an_audit_killed_at_any_moment_leaves_index_and_estimate_whole(
         tmp_path, delay):

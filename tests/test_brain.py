@@ -86,6 +86,7 @@ def test_enabling_registers_a_similarity_run_that_loads(indexed):
     assert index.supports_prompts
 
 
+@pytest.mark.slow
 def test_the_run_loads_in_a_fresh_process_and_answers_as_here(indexed):
     script = (
         "import json, sys, fiftyone as fo\n"
@@ -439,6 +440,7 @@ def test_compute_similarity_with_the_backend_creates_the_index(tmp_path):
     assert len(view) == 3
 
 
+@pytest.mark.slow
 def test_the_backend_is_found_by_the_brain_config_of_another_process(
         tmp_path):
     """Declared in the Brain's config (here by its environment variables),
@@ -558,6 +560,7 @@ def test_embeddings_of_another_model_are_refused(tmp_path, other_tiny_model):
                               embeddings_field="nope", compute=False)
 
 
+@pytest.mark.slow
 def test_kill_9_while_filling_from_existing_embeddings_resumes(tmp_path):
     from test_generations import _kill, _wait_for_progress, _worker
 

@@ -69,6 +69,7 @@ def test_cleanup_then_delete_brain_run(tmp_path):
     assert not ais.is_embeddings_enabled(dataset)
 
 
+@pytest.mark.slow
 def test_package_import_declares_the_backend_in_a_fresh_process(tmp_path):
     code = (
         "from fiftyone_ai_search.testing import isolated_fiftyone\n"

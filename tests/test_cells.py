@@ -24,7 +24,8 @@ from fiftyone_ai_search.store import ranks
 from fiftyone_ai_search.store.edge import EdgeStore
 from fiftyone_ai_search.store.server import ServerStore
 from helpers import shapes_dataset
-from test_store import DIM, INFO, store  # noqa: F401 (store: a fixture)
+from test_store import (  # noqa: F401 (store: a fixture)
+    DIM, INFO, SERVER_SLOW, store)
 
 SPAWN = multiprocessing.get_context("spawn")
 
@@ -86,6 +87,7 @@ def assert_same(got, expected_ids, scores, ids):
     assert sum(a != b for a, b in zip(got_ids, expected_ids)) <= 2
 
 
+@SERVER_SLOW
 def test_search_is_exact_within_the_probed_cells(index):
     x, texts = clustered(3000)
     ids = make_ids(len(x))
@@ -120,6 +122,7 @@ def test_a_query_scans_a_share_of_the_cells_but_at_most_max_probed():
         cl.NEAR_PROBE_SHARE * cl.MAX_CELLS)
 
 
+@SERVER_SLOW
 def test_a_query_among_the_images_probes_fewer_cells(index, monkeypatch):
     """A diverse search's cluster centres lie among the images: a near
     query scans fewer cells, exactly, and still finds an image's
@@ -142,6 +145,7 @@ def test_a_query_among_the_images_probes_fewer_cells(index, monkeypatch):
         assert got[0][0] == ids[i]
 
 
+@SERVER_SLOW
 def test_diverse_search_probes_fewer_cells_only_for_small_groups(index):
     """The centre of a group that fits in the cells a near query probes
     lies among the images; the centre of a large group does not (it lies
@@ -181,6 +185,7 @@ def test_points_written_later_are_searchable_at_once(index):
     assert index.maintain(min_points=1000) == 0
 
 
+@pytest.mark.slow
 def test_points_written_without_their_cell_are_scanned_then_assigned():
     """Points without a cell: written by an older version of this package
     (no cell field: an index made before the cells), or by a process that
@@ -240,6 +245,7 @@ def test_rank_buckets_partition_the_index(index):
     assert index.get_payloads(ids[:1]) == {ids[0]: {"sample_id": ids[0]}}
 
 
+@SERVER_SLOW
 def test_cells_are_learned_the_same_from_the_same_index(index, tmp_path):
     """The learning sample is a seeded walk of rank buckets: the same
     points and seed give the same cells, whatever order they were written
@@ -293,6 +299,7 @@ def _maintain(root, name, chunk, small_cells=False):
     EdgeStore(name, root, lock_timeout=60).maintain(min_points=1000)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("delay", [0.0, 0.3, 1.0, 2.5])
 def test_maintenance_killed_at_any_moment_leaves_a_working_index(tmp_path,
                                                                  delay):
@@ -337,6 +344,7 @@ def test_maintenance_killed_at_any_moment_leaves_a_working_index(tmp_path,
     store.close()
 
 
+@pytest.mark.slow
 def test_the_refresher_builds_the_cells_in_the_background(tmp_path,
                                                          monkeypatch):
     """Each refresher pass runs the upkeep of every enabled dataset's index;
@@ -458,6 +466,7 @@ def assert_exact_within_probed(index, ids, x, queries, limit=30):
         assert_same(index.query(q, limit), expected, scores, ids)
 
 
+@SERVER_SLOW
 def test_cells_are_learned_again_as_the_index_grows(index, small_cells,
                                                     monkeypatch):
     x, texts = clustered(4000)
@@ -483,6 +492,7 @@ def test_cells_are_learned_again_as_the_index_grows(index, small_cells,
     assert index.cells().generation == cells.generation
 
 
+@SERVER_SLOW
 def test_while_points_move_searches_probe_old_and_new_cells(index,
                                                             small_cells,
                                                             monkeypatch):
@@ -527,6 +537,7 @@ def test_while_points_move_searches_probe_old_and_new_cells(index,
     assert_exact_within_probed(index, ids, x, unit(texts[:4]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("delay", [0.0, 0.5, 1.5])
 def test_a_move_to_new_cells_killed_at_any_moment_resumes(tmp_path, delay,
                                                           small_cells):
@@ -573,6 +584,7 @@ def _write_more(root, name, ids, x, started):
     store.close()
 
 
+@pytest.mark.slow
 def test_points_written_by_another_process_during_a_move_are_not_lost(
         tmp_path, small_cells):
     """Another process adds points and replaces some that are being moved:

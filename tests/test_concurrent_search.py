@@ -13,9 +13,13 @@ import multiprocessing
 import time
 
 import numpy as np
+import pytest
 
 from fiftyone_ai_search.store import IndexInfo
 from fiftyone_ai_search.store.edge import CHUNK, EdgeStore
+
+# processes race on one index: the full suite runs it, not the fast tier
+pytestmark = pytest.mark.slow
 
 DIM = 32
 N = 3000

@@ -371,6 +371,7 @@ def test_broken_images_and_bad_boxes_fail_alone(model, tmp_path):
     assert sum(done) == 3 * 4 + 4 + 4
 
 
+@pytest.mark.slow
 def test_workers_give_the_same_crops(model, tmp_path, workers_only):
     good = _crop_items(str(tmp_path), 12)
     broken, reasons = _broken_items(str(tmp_path))
@@ -511,6 +512,7 @@ def test_crop_items_need_crop_settings(model, tmp_path):
         list(embed_images(model, items, 4, 0))
 
 
+@pytest.mark.slow
 def test_a_crashing_crop_fails_only_its_image(model, tmp_path, workers_only):
     good = _crop_items(str(tmp_path), 4)
     poison = str(tmp_path / "poison.png")

@@ -194,6 +194,7 @@ def test_bad_arguments_raise_at_the_call(model):
     assert list(embed_images(model, [], batch_size=1, num_workers=0)) == []
 
 
+@pytest.mark.slow
 def test_workers_give_the_same_vectors(model, tmp_path, workers_only):
     """A 3-failure / 50-good run, decoded by two workers and in-thread."""
     good = _good_files(str(tmp_path), 50)
@@ -241,6 +242,7 @@ def test_stopping_early_leaves_no_busy_worker(model, tmp_path, workers_only):
         assert worker.alive and not worker.assigned
 
 
+@pytest.mark.slow
 def test_a_crashing_decoder_fails_only_its_image(
     model, tmp_path, workers_only
 ):
@@ -290,6 +292,7 @@ def test_a_decode_bound_run_leaves_the_workers_their_cores(model):
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/maps"),
                     reason="reads /proc/<pid>/maps")
+@pytest.mark.slow
 def test_workers_load_no_torch_for_open_clips_transforms(
     model, tmp_path, workers_only,
 ):

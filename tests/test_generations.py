@@ -117,6 +117,7 @@ def synced(tmp_path):
     return dataset
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kill_at", [2, 90])
 def test_kill_9_during_a_forced_rebuild_keeps_the_index_and_resumes(
     synced, kill_at
@@ -151,6 +152,7 @@ def test_kill_9_during_a_forced_rebuild_keeps_the_index_and_resumes(
     assert ais.calculate_embeddings(dataset, wait=True, progress=False).added == 0
 
 
+@pytest.mark.slow
 def test_kill_9_during_a_model_change_searches_the_old_model_then_the_new(
     synced, other_tiny_model
 ):
@@ -182,6 +184,7 @@ def test_kill_9_during_a_model_change_searches_the_old_model_then_the_new(
     assert ais.get_status(dataset)["rebuild"] is None
 
 
+@pytest.mark.slow
 def test_a_model_change_while_a_sync_runs_never_mixes_models(
     tmp_path, other_tiny_model
 ):
@@ -203,6 +206,7 @@ def test_a_model_change_while_a_sync_runs_never_mixes_models(
     assert (report.added, report.updated) == (0, 0)
 
 
+@pytest.mark.slow
 def test_disable_and_enable_while_a_worker_runs_waits_for_it(
     tmp_path, other_tiny_model
 ):
@@ -246,6 +250,7 @@ def test_disable_keeps_the_lease_of_a_running_computation(synced):
     assert report.added == 120
 
 
+@pytest.mark.slow
 def test_disable_while_a_worker_runs_stops_it_and_leaves_nothing(tmp_path):
     dataset = shapes_dataset(tmp_path, num_samples=120)
     worker = _worker(dataset)

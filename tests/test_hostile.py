@@ -346,6 +346,7 @@ def _search_loop(name, prompt, rounds, go):
         ais.perform_ai_search(dataset, prompt=prompt, limit=3 + n % 9)
 
 
+@pytest.mark.slow
 def test_concurrent_searches_never_tear_the_temporary_collection(tmp_path):
     import multiprocessing
 
@@ -397,6 +398,7 @@ print("FOUND", len(store.query(make_vectors(1)[0], 5)))
 """
 
 
+@pytest.mark.slow
 def test_a_full_disk_refuses_writes_and_keeps_serving_searches(tmp_path):
     import os
     import subprocess
@@ -696,6 +698,7 @@ def test_the_refresher_removes_what_a_killed_disable_left(tmp_path,
     assert ais.get_status(dataset)["counts"]["num_indexed"] == 4
 
 
+@pytest.mark.slow
 def test_a_dataset_deleted_mid_sync_ends_its_worker_cleanly(tmp_path,
                                                              monkeypatch):
     import os

@@ -315,6 +315,7 @@ def test_crop_settings_are_part_of_the_index(tmp_path):
     assert doc["index"]["crop"]["margin"] == 1.0
 
 
+@pytest.mark.slow
 def test_kill_9_keeps_committed_objects_and_resume_finishes(tmp_path):
     dataset = scenes_dataset(tmp_path, num_samples=80)
     enable_objects(dataset)
@@ -358,6 +359,7 @@ def test_bad_requests_say_what_is_wrong(indexed, tmp_path):
         ais.perform_ai_search(fresh, prompt="x", patches_field=FIELD)
 
 
+@pytest.mark.slow
 def test_the_refresher_keeps_object_indexes_fresh(tmp_path):
     from fiftyone_ai_search.scheduler import refresh_all
 
@@ -460,6 +462,7 @@ def _wait_for_objects(target, worker, done, timeout=120):
     raise AssertionError(f"no progress to {done}: {st.get(target)}")
 
 
+@pytest.mark.slow
 def test_a_model_change_while_an_object_sync_runs_never_mixes_models(
         tmp_path, other_tiny_model):
     dataset = scenes_dataset(tmp_path, num_samples=60)
@@ -493,6 +496,7 @@ def test_a_model_change_while_an_object_sync_runs_never_mixes_models(
     assert all(float(stored[k] @ fresh[k]) > 0.999 for k in fresh)
 
 
+@pytest.mark.slow
 def test_disable_while_an_object_worker_runs_stops_it_and_leaves_nothing(
         tmp_path):
     dataset = scenes_dataset(tmp_path, num_samples=60)

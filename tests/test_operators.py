@@ -102,6 +102,7 @@ def test_pip_install_plugin_writes_a_loadable_plugin(tmp_path):
     assert module.register is ais.app.register
 
 
+@pytest.mark.slow
 def test_enable_status_compute_disable(tmp_path):
     dataset = shapes_dataset(tmp_path, num_samples=20, enable=False)
 
@@ -123,6 +124,7 @@ def test_enable_status_compute_disable(tmp_path):
     assert not ais.is_embeddings_enabled(dataset)
 
 
+@pytest.mark.slow
 def test_immediate_compute_hands_off_and_says_so(tmp_path):
     dataset = shapes_dataset(tmp_path, num_samples=5)
     ctx_ops = foo.execute_operator(uri("compute_embeddings"), ctx={
@@ -480,6 +482,7 @@ class _Panel:
         return asked
 
 
+@pytest.mark.slow
 def test_panel_follows_the_computation_then_searches_and_narrows(tmp_path):
     dataset = shapes_dataset(tmp_path, num_samples=30, enable=False)
     panel = _Panel(dataset)
@@ -840,6 +843,7 @@ def _shown(dataset, asked):
     return fov.DatasetView._build(dataset, asked["set_view"][-1]["view"])
 
 
+@pytest.mark.slow
 def test_enable_object_search_from_the_app_and_follow_it(tmp_path):
     dataset = scenes_dataset(tmp_path, num_samples=20)
     # off: the grid button's form is the enable form, with the choice of
@@ -1073,6 +1077,7 @@ def test_similar_objects_from_patches_and_selected_labels(scenes):
                                            "mode": "similar"}})
 
 
+@pytest.mark.slow
 def test_panel_enables_follows_and_searches_objects(tmp_path):
     dataset = scenes_dataset(tmp_path, num_samples=40)
     ais.enable_embeddings(dataset, model=tiny_clip_model_name(),

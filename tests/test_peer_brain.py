@@ -15,6 +15,8 @@ import pytest
 
 import peer
 
+pytestmark = pytest.mark.slow  # the peer projects' own suites
+
 #: the peer tests: (file, test) with file relative to the Brain's tests/,
 #: or "fiftyone:" for FiftyOne's vendored unit tests
 BRAIN_SIMILARITY = [

@@ -8,6 +8,7 @@ import re
 import textwrap
 
 import numpy as np
+import pytest
 
 import fiftyone_ai_search as ais
 from fiftyone_ai_search import brain
@@ -35,6 +36,7 @@ def test_the_section_has_its_blocks():
     assert len(section_blocks()) == 3
 
 
+@pytest.mark.slow
 def test_the_brain_section_runs_as_written(tmp_path):
     dataset = shapes_dataset(tmp_path, num_samples=40)
     ais.calculate_embeddings(dataset, wait=True, progress=False)

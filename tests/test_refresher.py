@@ -189,6 +189,7 @@ def test_the_refresh_interval_is_checked():
         Refresher(interval_minutes=1441)
 
 
+@pytest.mark.slow
 def test_the_refresher_command_runs_one_pass(tmp_path):
     dataset = _synced(tmp_path)
     add_shape_samples(dataset, tmp_path, num_samples=3, seed=10)
@@ -206,6 +207,7 @@ def test_the_refresher_command_runs_one_pass(tmp_path):
     assert len(ais.get_embeddings(dataset)[0]) == 15
 
 
+@pytest.mark.slow
 def test_the_refresher_service_syncs_at_once_and_stops_on_sigterm(tmp_path):
     dataset = shapes_dataset(tmp_path, num_samples=5, seed=11)
     env = dict(os.environ, FIFTYONE_DATABASE_URI=fo.config.database_uri)

@@ -198,6 +198,7 @@ def _is_open(store):
     return edge._shared_for(store.path).shard is not None
 
 
+@pytest.mark.slow
 def test_search_keeps_the_index_open_until_another_process_wants_it(
         tmp_path):
     ids = [f"{i:024x}" for i in range(1, 501)]

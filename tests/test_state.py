@@ -6,6 +6,7 @@ import os
 import socket
 
 import fiftyone as fo
+import pytest
 
 from fiftyone_ai_search import state as st
 
@@ -28,6 +29,7 @@ def _grab(name, results, done):
         lease.release()
 
 
+@pytest.mark.slow
 def test_only_one_of_many_racing_processes_gets_the_lease():
     dataset = _dataset()
     dataset.persistent = True
@@ -62,6 +64,7 @@ def test_lease_blocks_until_released_and_shows_in_progress():
     again.release()
 
 
+@pytest.mark.slow
 def test_lease_of_a_dead_process_is_taken_over_at_once():
     dataset = _dataset()
     proc = multiprocessing.get_context("spawn").Process(target=os.getpid)

@@ -94,6 +94,14 @@ def assert_same_results(got, expected, atol=1e-5):
     assert mismatches <= max(2, len(got) // 100), mismatches
 
 
+#: for a test whose server run is slow (qdrant-client's local mode computes
+#: in Python): ``@SERVER_SLOW`` keeps its Edge run in the fast tier and puts
+#: its server run in the full suite only (``pytest -m "not slow"``)
+SERVER_SLOW = pytest.mark.parametrize(
+    "store", ["edge", pytest.param("server", marks=pytest.mark.slow)],
+    indirect=True)
+
+
 @pytest.fixture(params=["edge", "server"])
 def store(request, tmp_path):
     name = "test_" + uuid.uuid4().hex[:12]
@@ -461,6 +469,7 @@ def _reader_main(root, name, seconds, started, ready, result):
     result.put(("reader", (ops, errors, worst)))
 
 
+@pytest.mark.slow
 def test_edge_reader_and_writer_processes(tmp_path):
     name = "shared"
     store = EdgeStore(name, tmp_path)
@@ -517,6 +526,7 @@ def _upsert_then_hang(root, name, ids, in_session, done):
         time.sleep(600)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("in_session", [False, True])
 def test_edge_survives_kill_9(tmp_path, in_session):
     ids = make_ids(2000)
@@ -547,6 +557,7 @@ def _hold_session(root, name, held):
         time.sleep(600)
 
 
+@pytest.mark.slow
 def test_edge_busy_error_after_lock_timeout(tmp_path):
     store = EdgeStore("busy", tmp_path, lock_timeout=1.0)
     store.ensure(INFO)
@@ -571,6 +582,7 @@ def test_edge_busy_error_after_lock_timeout(tmp_path):
     assert store.count() == 0
 
 
+@pytest.mark.slow
 def test_edge_fork_while_open_does_not_lock_the_index(tmp_path):
     import qdrant_edge
 

@@ -253,6 +253,7 @@ def test_sync_never_writes_to_samples(tmp_path):
     assert dict(zip(*dataset.values(["id", "last_modified_at"]))) == before
 
 
+@pytest.mark.slow
 def test_enable_computes_in_the_background(tmp_path):
     dataset = shapes_dataset(tmp_path, num_samples=40, enable=False)
     from fiftyone_ai_search.demo import tiny_clip_model_name
@@ -280,6 +281,7 @@ def test_waiting_caller_syncs_what_the_running_worker_left(tmp_path):
     assert report.failed == 0
 
 
+@pytest.mark.slow
 def test_kill_9_keeps_committed_work_and_resume_finishes(tmp_path):
     dataset = shapes_dataset(tmp_path, num_samples=240)
     kill_sync_worker_midway(dataset, ["--dataset", dataset.name])
@@ -436,6 +438,7 @@ def test_index_pages_hand_the_index_over_between_two(tmp_path):
     store.drop()
 
 
+@pytest.mark.slow
 def test_deletions_and_repairs_across_many_pages(tmp_path, monkeypatch):
     dataset = shapes_dataset(tmp_path, num_samples=30)
     ais.calculate_embeddings(dataset, wait=True, progress=False)

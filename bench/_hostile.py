@@ -32,7 +32,7 @@ def _stored(dataset, name):
     """``(view ids, score ids)`` of a collection as stored, when its scores
     document says its saved view shows it and did so before and after the
     view was read (else None: a write in flight, nothing to compare)."""
-    from fiftyone_ai_search import collections as co
+    from fiftyone_ai_search import results as co
     from fiftyone_ai_search import state as st
 
     key = {"dataset_id": st.dataset_key(dataset),

@@ -270,7 +270,7 @@ def main(argv=None):
     from fiftyone import ViewField as F
 
     import fiftyone_ai_search as ais
-    from fiftyone_ai_search import collections as colls
+    from fiftyone_ai_search import results as colls
     from fiftyone_ai_search import runner, search
     from fiftyone_ai_search import state as st
 

@@ -321,7 +321,7 @@ def test_near_duplicates_take_a_numpy_threshold(tmp_path):
 
 
 def test_a_collection_that_cannot_be_stored_changes_nothing(tmp_path):
-    from fiftyone_ai_search import collections as colls
+    from fiftyone_ai_search import results as colls
 
     dataset = _indexed(tmp_path, num_samples=12)
     ais.perform_ai_search(dataset, prompt="a red circle", limit=3)

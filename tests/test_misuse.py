@@ -206,8 +206,8 @@ def test_numpy_scalars_are_numbers(indexed):
     assert ais.get_score_histogram(indexed, KEPT, bins=np.int64(10)) == \
         ais.get_score_histogram(indexed, KEPT, bins=10)
     assert len(ais.get_score_histogram(
-        indexed, KEPT, bins=ais.collections.MAX_BINS)[1]) == \
-        ais.collections.MAX_BINS
+        indexed, KEPT, bins=ais.results.MAX_BINS)[1]) == \
+        ais.results.MAX_BINS
 
     ais.save_collection(indexed, "numpy range", min_score=lo,
                         overwrite=np.bool_(True))

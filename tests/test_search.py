@@ -301,7 +301,7 @@ def test_each_search_rewrites_the_temporary_collection_in_place(indexed):
     by name, as the App does, sees the new results."""
     import fiftyone as fo
 
-    from fiftyone_ai_search import collections as colls
+    from fiftyone_ai_search import results as colls
 
     ais.perform_ai_search(indexed, prompt="a red circle", limit=10)
     view_id = colls._view_id(indexed, ais.TEMPORARY_COLLECTION)
@@ -332,7 +332,7 @@ def test_the_upkeep_sweeps_scores_left_behind(indexed):
 
     from bson import ObjectId
 
-    from fiftyone_ai_search import collections as colls
+    from fiftyone_ai_search import results as colls
 
     ais.perform_ai_search(indexed, prompt="a red circle", limit=5)
     key = colls.st.dataset_key(indexed)

@@ -29,7 +29,7 @@ Examples::
     name = ais.find_near_duplicates(dataset, threshold=0.95)
 """
 
-from .collections import (
+from .results import (
     TEMPORARY_COLLECTION,
     CollectionNotFoundError,
     delete_collection,

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import collections as colls
+from . import results as colls
 from . import media
 from . import validate
 

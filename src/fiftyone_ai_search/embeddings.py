@@ -505,7 +505,7 @@ def finish_disable(target, doc, unregister=True, settings=None):
         unregister (True): delete the Brain runs of the index
         settings (None): the :class:`fiftyone_ai_search.config.Settings`
     """
-    from .collections import delete_temporary_collection
+    from .results import delete_temporary_collection
 
     if unregister and target is not None:  # every run of the index goes
         from . import brain
@@ -538,7 +538,7 @@ def delete_index_and_state(doc, settings=None):
             already switched off (:func:`fiftyone_ai_search.state.disable`)
         settings (None): the :class:`fiftyone_ai_search.config.Settings`
     """
-    from .collections import delete_collections_of
+    from .results import delete_collections_of
 
     runner.drop_indexes(doc["_id"], st.indexes_of(doc), settings)
     delete_collections_of(doc["_id"])

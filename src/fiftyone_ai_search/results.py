@@ -1,4 +1,4 @@
-"""Collections: search results kept as FiftyOne saved views, with their scores.
+"""Results kept as collections: FiftyOne saved views, with their scores.
 
 A collection is an ordinary saved view of the dataset (an ordered
 ``select`` of the result samples), so the App lists it, and it can be tagged,

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from bson import ObjectId
 
-from . import collections as colls
+from . import results as colls
 from . import diverse
 from . import media
 from . import runner

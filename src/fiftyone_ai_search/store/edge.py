@@ -79,6 +79,12 @@ CHUNK = 2048
 #: points per scroll page when only ids are read
 ID_PAGE = 10000
 
+#: how long (seconds) a search keeps asking where the index is held but
+#: nobody answers for it, before waiting for its turn on the index: the
+#: holder may be taking over from another process (the turnstile, then its
+#: socket), or be of a version that does not answer
+ASK_GRACE = 2.0
+
 #: the most points whose vectors or payloads another process reads through
 #: the holder of the index (see serve.py) rather than by taking the index
 SERVE_MAX_POINTS = 20_000
@@ -148,7 +154,7 @@ class _Shared:
 #: is one chunk of a write, one round of upkeep, one operation); searches
 #: answered during a compaction (``side_reads``)
 stats = {"opens": 0, "served": 0, "asked": 0, "turns_waited": 0,
-         "side_reads": 0, "releases": 0}
+         "side_reads": 0, "releases": 0, "not_served": None}
 
 
 _registry = {}
@@ -327,18 +333,36 @@ class EdgeStore(VectorStore):
             (it then holds the index)
         """
         deadline = time.monotonic() + self.lock_timeout
-        if shared.process_lock.held:
+        # a holder is briefly not listening: taking over from another, or
+        # letting go; past ASK_GRACE, one that never answers (an older
+        # version) is asked to let go, as a waiter at its turnstile
+        grace = time.monotonic() + ASK_GRACE
+        attempt = 0
+        while not shared.process_lock.held:
+            try:
+                answer = sv.ask(self.path, request,
+                                max(0.001, deadline - time.monotonic()))
+                break
+            except sv.NotServed as e:
+                stats["not_served"] = f"{e} (retry: {e.retry})"
+                if not e.retry or time.monotonic() >= grace:
+                    # an error answered (raised here, by doing it), or
+                    # nobody answered for ASK_GRACE: in turn, at the gate
+                    self._take(shared, deadline)
+                    return None
+            except TimeoutError:
+                raise self._busy_error("another process") from None
+            try:
+                # let go meanwhile, and nobody waits for it: ours
+                if shared.process_lock.try_acquire(create=True):
+                    self._now_holding(shared)
+                    return None
+            except (FileExistsError, NotADirectoryError):
+                raise self._damaged("it is a file, not a directory") from None
+            time.sleep(backoff(attempt))
+            attempt += 1
+        else:
             return None
-        try:
-            answer = sv.ask(self.path, request,
-                            max(0.001, deadline - time.monotonic()))
-        except sv.NotServed:
-            # nobody answers (an older version holds it, or it was let go
-            # meanwhile): take the index, in turn
-            self._take(shared, deadline)
-            return None
-        except TimeoutError:
-            raise self._busy_error("another process") from None
         stats["asked"] += 1
         stats["turns_waited"] = max(stats["turns_waited"], answer["turns"])
         return answer["result"]
@@ -370,8 +394,11 @@ class EdgeStore(VectorStore):
                     shared.side_readers -= 1
                     shared.side_cond.notify_all()
         try:
-            if not shared.process_lock.held or not self.exists():
-                raise sv.NotServed("not holding the index")
+            if not shared.process_lock.held:
+                # let go meanwhile: maybe to another that answers
+                raise sv.NotServed("not holding the index", retry=True)
+            if not self.exists():
+                raise sv.NotServed("no index")
             shard, _ = self._open(shared)
             result = self._answer(shard, request)
             if shared.keep_until is not None:

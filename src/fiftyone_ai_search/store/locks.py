@@ -230,7 +230,9 @@ class ProcessLock:
 
     def try_acquire(self, create=False):
         """Takes the lock if it is free and nobody waits for it, without
-        waiting (so the holder does not see one more process waiting).
+        waiting, and without a sign to a holder that someone waits (the
+        turnstile is looked at only once the lock is ours: a holder's
+        :meth:`wanted` never sees this attempt).
 
         Returns:
             True if acquired
@@ -240,14 +242,16 @@ class ProcessLock:
         """
         if self._fd is not None:
             raise RuntimeError("ProcessLock already held")
+        fd = _try_flock(self._mutex_path, create)
+        if fd is None:
+            return False
         gate = _try_flock(self._gate_path, create)
         if gate is None:
-            return False  # someone waits: after them
-        try:
-            self._fd = _try_flock(self._mutex_path, create)
-        finally:
-            os.close(gate)
-        return self._fd is not None
+            os.close(fd)  # someone waits for it: theirs
+            return False
+        os.close(gate)
+        self._fd = fd
+        return True
 
     def release(self):
         """Releases the lock."""

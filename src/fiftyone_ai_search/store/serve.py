@@ -50,7 +50,15 @@ _HEADER = struct.Struct(">I")
 
 class NotServed(Exception):
     """Nobody answered: no holder listens, it stopped holding, or it failed
-    (the asker does the work itself)."""
+    (the asker does the work itself).
+
+    ``retry``: whether asking again may be answered (nobody listened, or the
+    holder went away), rather than the holder answering with an error.
+    """
+
+    def __init__(self, message, retry=False):
+        super().__init__(message)
+        self.retry = retry
 
 
 def address(dirpath):
@@ -107,7 +115,7 @@ def ask(dirpath, request, timeout):
         try:
             sock.connect(address(dirpath))
         except (ConnectionRefusedError, FileNotFoundError):
-            raise NotServed("no holder listens") from None
+            raise NotServed("no holder listens", retry=True) from None
         try:
             _send(sock, request)
             answer = _recv(sock)
@@ -115,11 +123,13 @@ def ask(dirpath, request, timeout):
             raise TimeoutError("the holder did not answer") from None
         except (OSError, ValueError) as e:
             # killed meanwhile, or it stopped holding and closed
-            raise NotServed(f"the holder went away ({e})") from None
+            raise NotServed(f"the holder went away ({e})",
+                            retry=True) from None
     finally:
         sock.close()
     if "ok" not in answer:
-        raise NotServed(answer.get("error", "no answer"))
+        raise NotServed(answer.get("error", "no answer"),
+                        retry=answer.get("retry") is True)
     return answer["ok"]
 
 
@@ -193,7 +203,7 @@ class Server:
                         json.dumps(answer)
                         self.served += 1
                     except NotServed as e:
-                        answer = {"error": str(e)}
+                        answer = {"error": str(e), "retry": e.retry}
                     except Exception as e:  # the asker does it, and raises
                         answer = {"error": f"{type(e).__name__}: {e}"}
                     conn.settimeout(None)

@@ -131,10 +131,13 @@ def test_enable_status_search_collections_disable(tmp_path, capsys):
     code, _, err = _run(capsys, "collections", "save", name, "spread",
                         "--min-score", -1)
     assert code == 0, err
+    code, _, err = _run(capsys, "collections", "rename", name, "spread",
+                        "a spread")
+    assert code == 0, err
     code, _, err = _run(capsys, "collections", "delete", name, "like it")
     assert code == 0, err
     assert {c["name"] for c in ais.list_collections(dataset)} == {
-        ais.TEMPORARY_COLLECTION, "spread"}
+        ais.TEMPORARY_COLLECTION, "a spread"}
 
     code, out, err = _run(capsys, "disable", name)
     assert code == 0, err
@@ -204,7 +207,8 @@ def test_console_script_and_reports_said_once(tmp_path):
     result = _subprocess("sync", "--dataset", scenes.name, "--patches-field",
                          "ground_truth", "--quiet")
     assert result.returncode == 0, result.stderr
-    assert "added" in result.stdout
+    assert f"AI search sync of '{scenes.name}' (ground_truth): added" in (
+        result.stdout)
     assert (result.stdout + result.stderr).count("added") == 1, result
 
     result = _subprocess("refresher", "--once", "--dataset", scenes.name)

@@ -114,6 +114,8 @@ def _cmd_sync(args):
 
     target = target_of(dataset, args.patches_field)
     name, key = dataset.name, dataset_key(target)
+    label = f"'{name}'" + (f" ({args.patches_field})"
+                           if args.patches_field else "")
     try:
         report = ais.calculate_embeddings(
             dataset,
@@ -123,7 +125,7 @@ def _cmd_sync(args):
             wait=True,
             progress=not args.quiet,
         )
-        print(f"AI search sync of '{name}': {report}")
+        print(f"AI search sync of {label}: {report}")
         # after the sync, so that nobody waits for it (see maintain_index)
         assigned = maintain_index(target)
     except SyncCancelled as e:
@@ -327,6 +329,15 @@ def _cmd_collections_save(args):
     print(f"Saved collection '{name}' of dataset '{args.dataset}'")
 
 
+def _cmd_collections_rename(args):
+    import fiftyone_ai_search as ais
+
+    ais.rename_collection(_load_dataset(args.dataset), args.name,
+                          args.new_name)
+    print(f"Renamed collection '{args.name}' of dataset '{args.dataset}' to "
+          f"'{args.new_name}'")
+
+
 def _cmd_collections_delete(args):
     import fiftyone_ai_search as ais
 
@@ -518,7 +529,8 @@ def _parser():
 
     p = sub.add_parser(
         "collections",
-        help="list, show, save or delete the kept search results")
+        help="list, show, save, rename or delete the kept search "
+             "results")
     csub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     c = csub.add_parser("list", help="the dataset's collections")
     _add_dataset(c)
@@ -546,6 +558,12 @@ def _parser():
                    help="replace a collection of that name")
     _add_score_range(c, "keep")
     c.set_defaults(func=_cmd_collections_save)
+
+    c = csub.add_parser("rename", help="rename a collection")
+    _add_dataset(c)
+    c.add_argument("name", help="the collection's name")
+    c.add_argument("new_name", help="its new name")
+    c.set_defaults(func=_cmd_collections_rename)
 
     c = csub.add_parser("delete", help="delete a collection (its saved "
                                        "view and its scores)")

@@ -31,7 +31,6 @@ Examples::
 
 from .results import (
     TEMPORARY_COLLECTION,
-    CollectionNotFoundError,
     delete_collection,
     get_collection,
     get_collection_scores,
@@ -43,11 +42,12 @@ from .results import (
 )
 from .config import get_settings
 from .duplicates import find_near_duplicates, near_duplicate_groups
-from .errors import (AISearchError, DiskFullError, IndexDamagedError,
-                     StateDamagedError)
+from .errors import (AISearchError, AISearchNotEnabledError,
+                     CollectionNotFoundError, DiskFullError,
+                     IndexDamagedError, IndexNotReadyError,
+                     ModelUnavailableError, ObjectFieldError,
+                     StateDamagedError, UnsupportedMediaError)
 from .embeddings import (
-    AISearchNotEnabledError,
-    IndexNotReadyError,
     calculate_embeddings,
     disable_embeddings,
     enable_embeddings,
@@ -58,14 +58,13 @@ from .embeddings import (
     is_embeddings_enabled,
 )
 from .crops import CropSettings
-from .media import UnsupportedMediaError
 from .runner import maintain_index
-from .model import ModelUnavailableError, available_models, check_model
+from .model import available_models, check_model
 from .scheduler import start_refresher, stop_refresher
 from .search import perform_ai_search
 from .store import QdrantUnreachableError
 from .sync import SyncReport
-from .targets import ObjectFieldError, object_label_fields
+from .targets import object_label_fields
 
 from .brain_registry import declare_when_imported
 

@@ -72,7 +72,7 @@ from . import search
 from . import state as st
 from . import targets
 from .embeddings import require_index
-from .errors import AISearchError, StateDamagedError
+from .errors import BrainKeyTakenError, StateDamagedError
 
 logger = logging.getLogger(__name__)
 
@@ -96,10 +96,6 @@ _SERVER_PARAMS = ("url", "api_key", "collection_name", "grpc_port",
                   "prefer_grpc", "replication_factor", "shard_number",
                   "write_consistency_factor", "hnsw_config",
                   "optimizers_config", "wal_config")
-
-
-class BrainKeyTakenError(AISearchError, ValueError):
-    """The brain key names another kind of Brain run."""
 
 
 class AISearchSimilarityConfig(SimilarityConfig):

@@ -16,7 +16,7 @@ import dataclasses
 import math
 import numbers
 
-from .errors import AISearchError
+from .errors import CropError
 
 # Pixel coordinates within this of an integer count as that integer: a box
 # stored as 0.29 on a 100-pixel side (28.999999999999996 pixels) starts at
@@ -25,21 +25,6 @@ _PIXEL_NOISE = 1e-6
 
 # Decimals a box fingerprint keeps: float noise below them is no move
 _FINGERPRINT_DECIMALS = 6
-
-
-class CropError(AISearchError, ValueError):
-    """A box from which no crop can be cut.
-
-    ``str(error)`` (also ``error.reason``) is a short human reason, e.g.
-    ``"box has width <= 0: [0.1, 0.2, 0.0, 0.3]"``.
-
-    Args:
-        reason: the reason
-    """
-
-    def __init__(self, reason):
-        super().__init__(reason)
-        self.reason = reason
 
 
 @dataclasses.dataclass(frozen=True)

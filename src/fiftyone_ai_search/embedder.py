@@ -142,7 +142,7 @@ def embed_images(
     (:func:`fiftyone_ai_search.crops.pixel_box`) is embedded under its
     ``crop_key`` (``key`` names no vector). A file that cannot be decoded
     fails all its crop keys with its reason; a bad box fails its own key
-    with a :class:`fiftyone_ai_search.crops.CropError`'s reason. JPEGs are
+    with a :class:`fiftyone_ai_search.errors.CropError`'s reason. JPEGs are
     decoded at reduced size only as far as the smallest crop keeps
     :data:`DRAFT_FACTOR` x the model's input size. Crop keys must be unique
     within a run.

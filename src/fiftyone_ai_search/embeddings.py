@@ -15,7 +15,8 @@ from . import state as st
 from . import targets
 from . import validate
 from .config import BACKENDS, ENV_PREFIX, get_settings
-from .errors import AISearchError, IndexDamagedError
+from .errors import (AISearchNotEnabledError, IndexDamagedError,
+                     IndexNotReadyError)
 from .store.audit import summary as audit_summary
 from .store import IndexNotFoundError
 
@@ -30,14 +31,6 @@ if TYPE_CHECKING:  # for annotations only
     from .sync import SyncReport
 
 logger = logging.getLogger(__name__)
-
-
-class AISearchNotEnabledError(AISearchError, RuntimeError):
-    """AI search is off for the dataset."""
-
-
-class IndexNotReadyError(AISearchError, RuntimeError):
-    """The dataset has no complete index (of the model asked for) yet."""
 
 
 def _dataset_of(samples, arg="samples"):
@@ -274,15 +267,15 @@ def enable_embeddings(dataset: fod.Dataset, model: str | None = None,
         fiftyone_ai_search.QdrantUnreachableError: for ``backend="server"``
             when the server does not answer or refuses the API key; checked
             before anything is written
-        fiftyone_ai_search.media.UnsupportedMediaError: for a dataset that
+        fiftyone_ai_search.errors.UnsupportedMediaError: for a dataset that
             is not of images (videos, 3D, point clouds; a grouped dataset
             without an image slice); nothing is written then
-        fiftyone_ai_search.model.ModelUnavailableError: if the weights cannot
+        fiftyone_ai_search.errors.ModelUnavailableError: if the weights cannot
             be found (offline); the message says how to supply them
-        fiftyone_ai_search.existing.ExistingEmbeddingsError: if the existing
+        fiftyone_ai_search.errors.ExistingEmbeddingsError: if the existing
             embeddings are not of the model (it embeds a few samples to
             check); nothing is written then
-        fiftyone_ai_search.brain.BrainKeyTakenError: if ``brain_key`` names
+        fiftyone_ai_search.errors.BrainKeyTakenError: if ``brain_key`` names
             another kind of Brain run
     """
     from . import brain

@@ -1,10 +1,15 @@
-"""The package's base exception.
+"""The errors of fiftyone-ai-search, all in one place.
 
 Every error that fiftyone-ai-search raises on purpose derives from
 :class:`AISearchError`, so that callers may catch them all at once. Each one
 also derives from the built-in class that fits it (``ValueError`` for bad
 arguments, ``RuntimeError`` for a state that forbids the call, ...), so that
 ``except ValueError`` keeps working.
+
+The modules that raise them re-export them under their old names
+(``fiftyone_ai_search.embeddings.IndexNotReadyError`` is
+:class:`IndexNotReadyError`), and the package exports the ones a caller
+meets (``fiftyone_ai_search.IndexNotReadyError``).
 """
 
 
@@ -12,9 +17,35 @@ class AISearchError(Exception):
     """Base class of the errors of fiftyone-ai-search."""
 
 
+class _ReasonError(AISearchError):
+    """An error whose message is a short human reason, also kept as
+    ``error.reason``.
+
+    Args:
+        reason: the reason
+    """
+
+    def __init__(self, reason):
+        super().__init__(reason)
+        self.reason = reason
+
+
+# --- the state of a dataset's AI search -------------------------------------
+
+
+class AISearchNotEnabledError(AISearchError, RuntimeError):
+    """Exception raised when AI search is off for the dataset."""
+
+
+class IndexNotReadyError(AISearchError, RuntimeError):
+    """Exception raised when the dataset has no complete index (of the model
+    asked for) yet."""
+
+
 class IndexDamagedError(AISearchError, RuntimeError):
-    """The index (or its state) is damaged: files truncated or missing,
-    vectors that are zero or not finite, a state document that is not one.
+    """Exception raised when the index (or its state) is damaged: files
+    truncated or missing, vectors that are zero or not finite, a state
+    document that is not one.
 
     The message says what is wrong and what repairs it: a sync
     (``calculate_embeddings``, which rebuilds a damaged index beside it), a
@@ -24,13 +55,75 @@ class IndexDamagedError(AISearchError, RuntimeError):
 
 
 class StateDamagedError(IndexDamagedError):
-    """The AI search state document of a dataset is not one (a field of
-    the wrong type, missing, or garbage). Disabling AI search always works
-    and repairs it; enable it again afterwards."""
+    """Exception raised when the AI search state document of a dataset is
+    not one (a field of the wrong type, missing, or garbage).
+
+    Disabling AI search always works and repairs it; enable it again
+    afterwards.
+    """
 
 
 class DiskFullError(AISearchError, OSError):
-    """Too little free space where the index lives for a write: refused
-    before it is made (an engine that runs out of space midway may crash
-    the process). The message names the directory and the space needed.
-    Searches keep working."""
+    """Exception raised when there is too little free space where the index
+    lives for a write.
+
+    The write is refused before it is made (an engine that runs out of space
+    midway may crash the process). The message names the directory and the
+    space needed. Searches keep working.
+    """
+
+
+# --- what was asked for ------------------------------------------------------
+
+
+class UnsupportedMediaError(AISearchError, ValueError):
+    """Exception raised when the samples are of a kind AI search does not
+    index (videos, 3D, point clouds, frames or clips views)."""
+
+
+class ObjectFieldError(AISearchError, ValueError):
+    """Exception raised when a label field holds no objects with boxes."""
+
+
+class CollectionNotFoundError(AISearchError, ValueError):
+    """Exception raised when the dataset has no collection of that name."""
+
+
+class BrainKeyTakenError(AISearchError, ValueError):
+    """Exception raised when the brain key names another kind of Brain
+    run."""
+
+
+class ExistingEmbeddingsError(AISearchError, ValueError):
+    """Exception raised when existing embeddings cannot be used: they are
+    not of the model they are said to be of, or unreadable."""
+
+
+# --- models and media -------------------------------------------------------
+
+
+class ModelUnavailableError(AISearchError, RuntimeError):
+    """Exception raised when the weights of a model cannot be obtained
+    (offline, missing files)."""
+
+
+class ImageDecodeError(_ReasonError):
+    """Exception raised when an image file cannot be decoded.
+
+    ``str(error)`` (also ``error.reason``) is a short human reason, e.g.
+    ``"file not found"`` or ``"truncated image"``.
+
+    Args:
+        reason: the reason
+    """
+
+
+class CropError(_ReasonError, ValueError):
+    """Exception raised when no crop can be cut from a box.
+
+    ``str(error)`` (also ``error.reason``) is a short human reason, e.g.
+    ``"box has width <= 0: [0.1, 0.2, 0.0, 0.3]"``.
+
+    Args:
+        reason: the reason
+    """

@@ -22,7 +22,7 @@ import logging
 import numpy as np
 
 from . import media
-from .errors import AISearchError
+from .errors import ExistingEmbeddingsError
 
 logger = logging.getLogger(__name__)
 
@@ -62,11 +62,6 @@ MIN_AGREEMENT = 0.9
 
 #: vectors read from the source at once
 CHUNK = 1000
-
-
-class ExistingEmbeddingsError(AISearchError, ValueError):
-    """Existing embeddings that cannot be used: not of the model they are
-    said to be of, or unreadable."""
 
 
 class ExistingEmbeddings:

@@ -30,7 +30,7 @@ from .config import (
     max_image_bytes,
     max_image_pixels,
 )
-from .errors import AISearchError
+from .errors import ImageDecodeError
 
 #: largest image decoded by default, in pixels (width x height, after JPEG
 #: draft decoding), overridden by ``FIFTYONE_AI_SEARCH_MAX_IMAGE_PIXELS``.
@@ -84,21 +84,6 @@ _HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 _ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
 
 _BACKGROUND = (255, 255, 255)
-
-
-class ImageDecodeError(AISearchError):
-    """An image file could not be decoded.
-
-    ``str(error)`` (also ``error.reason``) is a short human reason, e.g.
-    ``"file not found"`` or ``"truncated image"``.
-
-    Args:
-        reason: the reason
-    """
-
-    def __init__(self, reason):
-        super().__init__(reason)
-        self.reason = reason
 
 
 class _BoundedFile:

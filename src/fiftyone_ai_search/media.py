@@ -15,18 +15,13 @@ passes resolve to them.
 | Copyright the fiftyone-ai-search authors, Apache-2.0.
 """
 
-from .errors import AISearchError
+from .errors import UnsupportedMediaError
 
 #: what AI search indexes, as error messages say it
 SUPPORTED = (
     "AI search indexes image datasets, and grouped datasets with image "
     "slices (all image slices are indexed)"
 )
-
-
-class UnsupportedMediaError(AISearchError, ValueError):
-    """The samples are of a kind AI search does not index (videos, 3D,
-    point clouds, frames or clips views)."""
 
 
 def _video_hint(name):

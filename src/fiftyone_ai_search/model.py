@@ -33,7 +33,7 @@ import urllib.parse
 
 import numpy as np
 
-from .errors import AISearchError
+from .errors import ModelUnavailableError
 
 logger = logging.getLogger(__name__)
 
@@ -51,10 +51,6 @@ _HF_SAFE_WEIGHTS = "open_clip_model.safetensors"
 _HF_WEIGHTS = "open_clip_pytorch_model.bin"
 
 _TEXT_BATCH = 256
-
-
-class ModelUnavailableError(AISearchError, RuntimeError):
-    """The weights of a model cannot be obtained (offline, missing files)."""
 
 
 @dataclasses.dataclass(frozen=True)

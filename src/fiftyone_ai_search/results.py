@@ -28,7 +28,7 @@ from bson import json_util
 from . import media
 from . import state as st
 from . import validate
-from .errors import AISearchError
+from .errors import CollectionNotFoundError
 
 if TYPE_CHECKING:  # for annotations only
     import fiftyone.core.collections as foc
@@ -43,10 +43,6 @@ SCORES_COLLECTION = "ai_search_collections"
 #: the most bins :func:`get_score_histogram` makes (its arrays are this long;
 #: a chart shows far fewer)
 MAX_BINS = 10_000
-
-
-class CollectionNotFoundError(AISearchError, ValueError):
-    """No collection of that name in the dataset."""
 
 
 def _scores():

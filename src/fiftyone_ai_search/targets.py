@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from .errors import AISearchError
+from .errors import ObjectFieldError
 
 if TYPE_CHECKING:  # for annotations only
     import fiftyone.core.dataset as fod
@@ -29,10 +29,6 @@ if TYPE_CHECKING:  # for annotations only
 #: separates a dataset's id from a label field's name in a target's key
 #: (FiftyOne field names never hold it)
 KEY_SEPARATOR = "~"
-
-
-class ObjectFieldError(AISearchError, ValueError):
-    """A label field that holds no objects with boxes."""
 
 
 def _object_types():

@@ -272,30 +272,13 @@ def rule_depth(rule, nearest):
 
 #: rows scored against the centres at a time (bounds the memory of a
 #: ``(rows, k)`` score matrix)
-_ROWS = 16384
+_ROWS = 8192
 
-#: below this many multiply-adds (rows x centres x dim) a call scores in
-#: float32 with numpy alone: the bfloat16 first pass pays from ~0.1 s of work
-#: (and costs an ``import torch`` once per process, where the model has not
-#: loaded it already)
+#: below this many multiply-adds (rows x centres x dim) k-means' learning
+#: scores in float32 with numpy alone: its bfloat16 products pay from ~0.1 s
+#: of work (and cost an ``import torch`` once per process, where the model
+#: has not loaded it already)
 _FAST_MIN_WORK = 1 << 30
-
-#: a bound on ``|bfloat16 score - exact score|`` of unit rows, whatever the
-#: dimension: each input rounds to 8 significant bits (relative error 2^-8),
-#: so a product's error is at most ~2 * 2^-8 of its size and the sum's at
-#: most 2 * 2^-8 * sum |x_i c_i| <= 2^-7 (Cauchy-Schwarz); the score itself
-#: rounds to bfloat16 (2^-8); products accumulate in float32
-_BF16_ERROR = 2 ** -7 + 2 ** -8 + 1e-4
-
-#: the same for a float32 product (accumulation over <= 4096 terms)
-_F32_ERROR = 1e-4
-
-#: rows with more candidates than this after the bfloat16 pass are scored
-#: again in float32 before the exact comparison
-_MAX_CANDIDATES = 64
-
-#: (row, centre) pairs compared exactly at a time
-_PAIRS = 1 << 16
 
 #: whether torch's bfloat16 products can be used (None: not yet known)
 _bf16 = None
@@ -303,8 +286,7 @@ _bf16 = None
 
 def _bf16_matmul():
     """torch, where its bfloat16 matrix products run natively on this CPU
-    (~5x float32's speed with AVX512-BF16; emulated elsewhere, and slower):
-    else None."""
+    (AVX512-BF16; emulated elsewhere, and slower): else None."""
     global _bf16
     if _bf16 is None:
         _bf16 = False
@@ -320,86 +302,35 @@ def _bf16_matmul():
 
 
 def _nearest_centres(vectors, centres, exact=True):
-    """The index of the most similar centre of each row of ``vectors``.
+    """The index of the most similar centre of each row of ``vectors``
+    (float32 products).
 
-    Exact (float32), however it is computed: large inputs are scored first
-    in bfloat16 (where the CPU does so natively, ~2.5-5x float32's speed),
-    and a row's best there is checked against every centre whose bfloat16
-    score comes within the error bound (:data:`_BF16_ERROR`) of its float32
-    score: where there are such (a point near a cell's border), the float32
-    scores of those decide. So the result is a float32 product's (up to
-    ties at float32's precision, which the same exact comparison breaks the
-    same way on either path: the lowest index).
-
-    ``exact=False`` keeps each row's bfloat16 best (k-means' learning, where
-    a point at a border may go either way).
+    ``exact=False`` (k-means' learning, where a point at a cell's border
+    may go either way) scores large inputs in bfloat16 where the CPU does
+    so natively: the nearest centre up to bfloat16's precision (~0.01).
+    Measured at 1M points in 2,000 cells (2 shared cores under load): the
+    float32 assignment took 28.5 s of CPU; one with a bfloat16 first pass
+    and float32 decisions at the borders 36.8 s (a point's nearest and
+    second nearest centres often differ by less than bfloat16 can tell),
+    so the assignment stays float32.
     """
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    centres = np.ascontiguousarray(centres, dtype=np.float32)
+    vectors = np.asarray(vectors, dtype=np.float32)
     out = np.empty(len(vectors), dtype=np.int64)
-    if not len(vectors):
-        return out
-    scale = float(np.linalg.norm(vectors, axis=1).max()
-                  * np.linalg.norm(centres, axis=1).max())
-    torch = (_bf16_matmul() if vectors.size * len(centres) >= _FAST_MIN_WORK
-             else None)
+    torch = (_bf16_matmul() if not exact
+             and vectors.size * len(centres) >= _FAST_MIN_WORK else None)
     if torch is not None:
-        ct = torch.from_numpy(centres).to(torch.bfloat16).T.contiguous()
+        ct = torch.from_numpy(np.ascontiguousarray(
+            centres, dtype=np.float32)).to(torch.bfloat16).T.contiguous()
     for start in range(0, len(vectors), _ROWS):
         part = vectors[start : start + _ROWS]
         if torch is None:
-            scores = part @ centres.T
-            out[start : start + len(part)] = first = np.argmax(scores, axis=1)
-            if not exact:
-                continue
-            candidates = scores >= (scores[np.arange(len(part)), first, None]
-                                    - 2 * _F32_ERROR * scale)
+            out[start : start + len(part)] = np.argmax(part @ centres.T,
+                                                       axis=1)
         else:
-            scores = torch.from_numpy(part).to(torch.bfloat16) @ ct
-            first = scores.max(dim=1).indices.numpy()
-            out[start : start + len(part)] = first
-            if not exact:
-                continue
-            # a centre beats the first only if its bfloat16 score is within
-            # the error bound of the first's exact one; the threshold is a
-            # bfloat16 too, rounded down by at most 2^-8 of it
-            floor = (np.einsum("ij,ij->i", part, centres[first])
-                     - (_BF16_ERROR + 2 ** -8) * scale)
-            candidates = (scores >= torch.from_numpy(floor[:, None]).to(
-                torch.bfloat16)).numpy()
-        counts = np.count_nonzero(candidates, axis=1)
-        rows = np.flatnonzero(counts > 1)
-        if not len(rows):
-            continue
-        candidates = candidates[rows]
-        many = np.flatnonzero(counts[rows] > _MAX_CANDIDATES)
-        if torch is not None and len(many):
-            # rare (a point among many near-equal centres): float32 scores
-            rescored = part[rows[many]] @ centres.T
-            candidates[many] = rescored >= (rescored.max(axis=1, keepdims=True)
-                                            - 2 * _F32_ERROR * scale)
-        out[start + rows] = _exact_best(part[rows], centres, candidates)
+            scores = torch.from_numpy(np.ascontiguousarray(part)).to(
+                torch.bfloat16) @ ct
+            out[start : start + len(part)] = scores.max(dim=1).indices.numpy()
     return out
-
-
-def _exact_best(part, centres, candidates):
-    """For each row of ``part``, the centre of highest float32 score among
-    its ``candidates`` (a boolean ``(len(part), k)`` mask, each row with
-    one or more): each pair's score computed alone, so that it is the same
-    whatever else is scored; the lowest centre among equals."""
-    pair_row, pair_centre = np.nonzero(candidates)  # by row, then centre
-    score = np.empty(len(pair_row), dtype=np.float32)
-    for s in range(0, len(pair_row), _PAIRS):
-        r, c = pair_row[s : s + _PAIRS], pair_centre[s : s + _PAIRS]
-        score[s : s + len(r)] = np.einsum("ij,ij->i", part[r], centres[c])
-    counts = np.count_nonzero(candidates, axis=1)
-    starts = np.zeros(len(counts), dtype=np.int64)
-    np.cumsum(counts[:-1], out=starts[1:])
-    row_best = np.maximum.reduceat(score, starts)
-    at_best = np.flatnonzero(score == np.repeat(row_best, counts))
-    first = np.ones(len(at_best), dtype=bool)
-    first[1:] = pair_row[at_best][1:] != pair_row[at_best][:-1]
-    return pair_centre[at_best[first]]
 
 
 def learn(sample, k, seed=0, iterations=ITERATIONS):

@@ -6,10 +6,17 @@ with every phase of it timed (wall and CPU seconds), and the audit after
 it separately. ``--profile`` adds a cProfile of ``maintain`` (top 30 by
 cumulative time).
 
+``--kernels`` times only the two numeric phases that ``store/cells.py``
+owns, at the sizes ``maintain`` gives them for ``--n`` points (k-means on
+~64 points a cell, then every point's nearest centre), as shipped and as
+they were before issue 25 (float32 products, 12 iterations on the whole
+sample), CPU and wall seconds, without the index.
+
 Examples::
 
     python bench/profile_maintain.py --n 200000
     python bench/profile_maintain.py --n 1000000
+    python bench/profile_maintain.py --n 1000000 --kernels
 """
 
 import argparse
@@ -98,13 +105,77 @@ def report(title, wall, cpu):
     print(flush=True)
 
 
+def _old_nearest(x, centres, rows=8192):
+    out = np.empty(len(x), dtype=np.int64)
+    for s in range(0, len(x), rows):
+        out[s:s + rows] = np.argmax(x[s:s + rows] @ centres.T, axis=1)
+    return out
+
+
+def _old_learn(x, k, seed=0, iterations=12):
+    """k-means as learned before issue 25 (its Lloyd steps; empty cells
+    are rare here and restarted alike)."""
+    from scipy import sparse
+
+    rng = np.random.default_rng(seed)
+    centres = x[rng.choice(len(x), size=k, replace=False)].copy()
+    for _ in range(iterations):
+        labels = _old_nearest(x, centres)
+        member = sparse.csr_matrix(
+            (np.ones(len(x), dtype=np.float32), (labels, np.arange(len(x)))),
+            shape=(k, len(x)))
+        sums = np.asarray(member @ x)
+        centres = (sums / np.maximum(np.linalg.norm(
+            sums, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+    return centres
+
+
+def kernels(args):
+    from fiftyone_ai_search.store import cells as cl
+
+    world = ClipLike(args.dim, 1000, seed=0, uneven=True, **CLIP_B32_PARAMS)
+    rng = np.random.default_rng(100)
+    k = cl.num_cells(args.n)
+    sample = world.images(world.labels(k * cl.SAMPLE_PER_CELL, rng), rng)
+    print(f"{args.n} points: {k} cells learned from {len(sample)}; "
+          "seconds wall / CPU")
+    print("| phase | before issue 25 | shipped |\n|---|---|---|")
+    timed = {}
+    for label, fn in (("before", _old_learn), ("shipped", cl.learn)):
+        w, c = time.perf_counter(), time.process_time()
+        timed[label] = fn(sample, k)
+        timed[label + " s"] = (f"{time.perf_counter() - w:.1f} / "
+                               f"{time.process_time() - c:.1f}")
+    print(f"| k-means learning | {timed['before s']} | "
+          f"{timed['shipped s']} |", flush=True)
+    centres = timed["shipped"]
+    points = world.images(world.labels(args.n, rng), rng)
+    seconds, labels = {}, {}
+    for label, fn in (("before", _old_nearest),
+                      ("shipped", cl._nearest_centres)):
+        w, c = time.perf_counter(), time.process_time()
+        # in maintain's rounds
+        labels[label] = np.concatenate([
+            fn(points[s:s + 32768], centres)
+            for s in range(0, args.n, 32768)])
+        seconds[label] = (f"{time.perf_counter() - w:.1f} / "
+                          f"{time.process_time() - c:.1f}")
+    print(f"| assignment of {args.n} points | {seconds['before']} | "
+          f"{seconds['shipped']} |")
+    print(f"points given another cell than by float32 products: "
+          f"{int((labels['before'] != labels['shipped']).sum())}")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=200_000)
     p.add_argument("--dim", type=int, default=512)
     p.add_argument("--profile", action="store_true")
     p.add_argument("--no-audit", action="store_true")
+    p.add_argument("--kernels", action="store_true")
     args = p.parse_args(argv)
+    if args.kernels:
+        return kernels(args)
 
     from fiftyone_ai_search.store import audit
 

@@ -73,7 +73,7 @@ def maintain_index(dataset: fod.Dataset, settings: Settings | None = None,
     index (see :meth:`fiftyone_ai_search.store.VectorStore.maintain`):
     learns its cells once it is large enough (again as it grows), and gives
     new points theirs; and sweeps scores left behind by deleted collections
-    (see :func:`fiftyone_ai_search.collections.sweep_orphaned_scores`).
+    (see :func:`fiftyone_ai_search.results.sweep_orphaned_scores`).
     The worker runs it after each sync, the refresher on each pass; searches
     stay correct (exact where no cells are complete) at any point of it.
 
@@ -89,7 +89,7 @@ def maintain_index(dataset: fod.Dataset, settings: Settings | None = None,
     from .store import IndexNotFoundError
     from .store import cells
 
-    from .collections import sweep_orphaned_scores
+    from .results import sweep_orphaned_scores
 
     if min_points is not None:
         min_points = validate.integer(min_points, "min_points", 1)

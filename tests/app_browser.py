@@ -265,6 +265,18 @@ Root = Union["WebElement", Callable[[], "WebElement"]]
 # -- the driver -----------------------------------------------------------------
 
 
+def scaled(timeout: float) -> float:
+    """``timeout`` stretched by how loaded the machine is (the load
+    average per core, when above 1): on a shared CI machine the App does
+    the same work more slowly, and a wait is there to tell slow from
+    stuck."""
+    try:
+        load = os.getloadavg()[0] / (os.cpu_count() or 1)
+    except OSError:
+        load = 1.0
+    return timeout * min(max(load, 1.0), 8.0)
+
+
 class App:
     """The FiftyOne App in a browser, driven by visible text and labels.
 
@@ -297,7 +309,8 @@ class App:
         moment ago may be gone: stale/missing elements count as "not yet",
         and so do elements not interactable yet (the grid shows
         placeholders until its tiles load, e.g. after a panel closed)."""
-        deadline = time.monotonic() + (timeout or self.timeout)
+        timeout = scaled(timeout or self.timeout)
+        deadline = time.monotonic() + timeout
         last_error: Optional[Exception] = None
         while True:
             try:
@@ -310,7 +323,7 @@ class App:
                 last_error = e
             if time.monotonic() > deadline:
                 raise TimeoutError(
-                    f"Timed out after {timeout or self.timeout:.0f} s waiting "
+                    f"Timed out after {timeout:.0f} s waiting "
                     f"for {what}" + (f" (last: {last_error!r})"
                                      if last_error else ""))
             time.sleep(interval)

@@ -465,6 +465,13 @@ class AISearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         super().reload()
 
     def use_view(self, samples, allow_missing=True, warn_missing=False):
+        import fiftyone.core.collections as foc
+
+        if not isinstance(samples, foc.SampleCollection):
+            got = "None" if samples is None else type(samples).__name__
+            raise ValueError(
+                f"samples must be a FiftyOne Dataset or DatasetView of "
+                f"dataset '{self._dataset.name}', got {got}")
         if getattr(samples, "_is_frames", False) or (
                 getattr(samples, "media_type", "image") == "video"):
             raise ValueError(
@@ -674,12 +681,17 @@ class AISearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
     def _parse_query(self, query):
         # prompts are embedded by the index's model in the search itself
         # (cached, and checked against the index), not by get_model() here
-        if query is not None and not isinstance(
-                query, (str, list, tuple, np.ndarray)):
+        if query is None or (isinstance(query, (list, tuple))
+                             and not query) or (
+                isinstance(query, np.ndarray) and query.size == 0):
+            # (the Brain's own message names no argument)
+            raise ValueError(
+                f"query: at least one query must be provided, got {query!r}")
+        if not isinstance(query, (str, list, tuple, np.ndarray)):
             raise ValueError(
                 f"query: a prompt, a sample (label) id, a list of them, or "
                 f"query vectors; got {type(query).__name__} {query!r}")
-        if query is not None and not isinstance(query, np.ndarray):
+        if not isinstance(query, np.ndarray):
             if isinstance(query, str) and not query.strip():
                 raise ValueError("query: an empty prompt")
             items = [query] if isinstance(query, str) else list(query)

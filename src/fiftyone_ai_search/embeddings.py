@@ -284,14 +284,20 @@ def enable_embeddings(dataset: fod.Dataset, model: str | None = None,
 
     compute = validate.boolean(compute, "compute")
     load = validate.boolean(load, "load")
-    if model is not None and not isinstance(model, str):
+    if model is not None and (not isinstance(model, str)
+                              or not model.strip()):
         raise ValueError(f"model must be an open_clip model name (or "
                          f"'local-dir:/path'), got {model!r}")
-    if pretrained is not None and not isinstance(pretrained,
-                                                 (str, os.PathLike)):
+    if pretrained is not None and (
+            not isinstance(pretrained, (str, os.PathLike))
+            or not os.fspath(pretrained).strip()):
         raise ValueError(f"pretrained must be a tag or the path of a local "
                          f"weights file, got {pretrained!r}")
     patches_field = validate.field_name(patches_field)
+    # how objects are cropped: checked here, before the field is looked at
+    margin = validate.optional_number(margin, "margin", 0.0)
+    if square is not None:
+        square = validate.boolean(square, "square")
     dataset = media.check_supported(_dataset_of(dataset, "dataset"))
     settings = get_settings(secrets=secrets)
     if patches_field is not None:

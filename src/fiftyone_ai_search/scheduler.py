@@ -42,6 +42,9 @@ logger = logging.getLogger(__name__)
 
 JOB_ID = "ai-search-refresh"
 
+#: the longest refresh interval, as the setting allows (config.Settings)
+MAX_REFRESH_MINUTES = 1440
+
 
 @dataclasses.dataclass
 class RefreshReport:
@@ -235,9 +238,10 @@ class Refresher:
         self.datasets = validate.names(datasets, "datasets")
         settings = settings or get_settings()
         if interval_minutes is not None:
-            # a number (the range is the setting's)
-            interval_minutes = validate.number(interval_minutes,
-                                               "interval_minutes")
+            # a number, in the setting's range (named here, not as the
+            # setting)
+            interval_minutes = validate.number(
+                interval_minutes, "interval_minutes", 1, MAX_REFRESH_MINUTES)
             # validated like the setting
             settings = settings.replace(refresh_minutes=interval_minutes)
 

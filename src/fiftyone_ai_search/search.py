@@ -453,7 +453,8 @@ class _Query:
                     "num_clusters applies to diverse search with "
                     "clustering_method='kmeans' only"
                 )
-            num_clusters = validate.integer(num_clusters, "num_clusters", 1)
+            num_clusters = validate.integer(num_clusters, "num_clusters", 1,
+                                            validate.MAX_LIMIT)
         if negative_prompt is not None and prompt is None:
             raise ValueError("negative_prompt applies to prompt search only")
         validate.choice(aggregation, "aggregation", AGGREGATIONS)

@@ -352,8 +352,11 @@ def test_every_parameter_is_swept_or_said_why_not():
 BRAIN_BAD = [
     ("sort_by_similarity", "query", v) for v in ["", None, 5, [], b"x"]
 ] + [
-    ("sort_by_similarity", "k", v)
-    for v in ["5", NAN, INF, -1, 0, [1], True, 2.5]
+    (method, "k", v)
+    for method in ("sort_by_similarity", "dataset.sort_by_similarity")
+    for v in ["5", NAN, INF, -1, 0, [1], True, 2.5, 10**12]
+] + [
+    ("dataset.sort_by_similarity", "query", v) for v in ["", None, 5, []]
 ] + [
     ("find_duplicates", "thresh", v) for v in [-1, NAN, INF, "0.5", True]
 ] + [
@@ -361,7 +364,27 @@ BRAIN_BAD = [
 ]
 
 
+# FiftyOne's SortBySimilarity stage parses the query (list(query)) in its
+# constructor, before the backend is asked: a TypeError of FiftyOne's own
+_STAGE = ("fiftyone.core.stages.SortBySimilarity iterates the query before "
+          "the ai_search backend sees it (FiftyOne's code)")
+BRAIN_XFAIL = {("dataset.sort_by_similarity", "query", "None"): _STAGE,
+               ("dataset.sort_by_similarity", "query", "5"): _STAGE}
+
+
+def _brain_params():
+    return [pytest.param(
+        m, a, v, id=f"{m}-{a}-{v!r}",
+        marks=[pytest.mark.xfail(strict=True,
+                                 reason=BRAIN_XFAIL[(m, a, repr(v))])]
+        if (m, a, repr(v)) in BRAIN_XFAIL else [])
+        for m, a, v in BRAIN_BAD]
+
+
 def _brain_call(dataset, method, arg, value):
+    if method == "dataset.sort_by_similarity":
+        kwargs = {"query": "a red circle", "k": 5, arg: value}
+        return dataset.sort_by_similarity(brain_key=BRAIN_KEY, **kwargs)
     index = dataset.load_brain_results(BRAIN_KEY)
     if method == "sort_by_similarity":
         kwargs = {"query": "a red circle", "k": 5, arg: value}
@@ -371,9 +394,7 @@ def _brain_call(dataset, method, arg, value):
     return index.use_view(value)
 
 
-@pytest.mark.parametrize(
-    "method,arg,value", BRAIN_BAD,
-    ids=[f"{m}-{a}-{v!r}" for m, a, v in BRAIN_BAD])
+@pytest.mark.parametrize("method,arg,value", _brain_params())
 def test_the_brain_refuses_a_wrong_value_naming_it(indexed, method, arg,
                                                     value):
     value = _resolve(indexed, value)

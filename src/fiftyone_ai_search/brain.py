@@ -71,6 +71,7 @@ from . import runner
 from . import search
 from . import state as st
 from . import targets
+from . import validate
 from .embeddings import require_index
 from .errors import BrainKeyTakenError, StateDamagedError
 
@@ -710,9 +711,10 @@ class AISearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
                 f"got {aggregation!r}"
             )
         if k is not None and (isinstance(k, bool) or not isinstance(
-                k, (int, np.integer)) or k < 1):
-            raise ValueError(f"k must be a whole number >= 1 or None, got "
-                             f"{k!r}")
+                k, (int, np.integer)) or not 1 <= k <= validate.MAX_LIMIT):
+            # (named here: the search would name its own limit)
+            raise ValueError(f"k must be a whole number in [1, "
+                             f"{validate.MAX_LIMIT}] or None, got {k!r}")
         if query is None:
             if aggregation is not None:
                 raise ValueError(

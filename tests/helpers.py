@@ -30,6 +30,21 @@ def shapes_dataset(tmp_path, num_samples=30, seed=1, enable=True):
     return dataset
 
 
+def server_dataset_by_secrets(tmp_path, num_samples, secrets):
+    """Shapes indexed on a Qdrant server (qdrant-client's ``:memory:``)
+    whose URL is only in ``secrets``, as the App's plugin secrets hold it
+    (the caller unsets the URL in the environment). Returns the dataset and
+    the name of its index."""
+    from fiftyone_ai_search import state as st
+
+    dataset = shapes_dataset(tmp_path, num_samples=num_samples, enable=False)
+    ais.enable_embeddings(dataset, model=tiny_clip_model_name(),
+                          backend="server", secrets=secrets, compute=False)
+    ais.calculate_embeddings(dataset, wait=True, progress=False,
+                             secrets=secrets)
+    return dataset, st.get(dataset)["index"]["name"]
+
+
 def add_shape_samples(dataset, tmp_path, num_samples, seed):
     """Adds ``num_samples`` new shape images (another seed) to ``dataset``."""
     other = make_shapes_dataset(

@@ -17,7 +17,7 @@ from fiftyone_ai_search.store import edge, sample_id_to_point_id
 
 from fiftyone_ai_search.demo import tiny_clip_model_name
 
-from helpers import shapes_dataset
+from helpers import server_dataset_by_secrets, shapes_dataset
 
 KEY = "ai_search"
 
@@ -739,12 +739,7 @@ def test_disable_of_a_server_index_whose_url_is_only_in_plugin_secrets(
 
     monkeypatch.delenv("FIFTYONE_AI_SEARCH_QDRANT_URL", raising=False)
     secrets = {"FIFTYONE_AI_SEARCH_QDRANT_URL": ":memory:"}
-    dataset = shapes_dataset(tmp_path, num_samples=4, enable=False)
-    ais.enable_embeddings(dataset, model=tiny_clip_model_name(),
-                          backend="server", compute=False, secrets=secrets)
-    ais.calculate_embeddings(dataset, wait=True, progress=False,
-                             secrets=secrets)
-    name = st.get(dataset)["index"]["name"]
+    dataset, name = server_dataset_by_secrets(tmp_path, 4, secrets)
     server = get_settings(secrets=secrets)
     assert open_store(name, server).exists()
     assert KEY in dataset.list_brain_runs()

@@ -21,7 +21,11 @@ from fiftyone_ai_search.app.manifest import REQUIREMENT
 from fiftyone_ai_search.demo import tiny_clip_model_name
 
 from conftest import REPO_DIR
-from helpers import shapes_dataset, wait_until_idle
+from helpers import (
+    server_dataset_by_secrets,
+    shapes_dataset,
+    wait_until_idle,
+)
 
 
 def uri(name):
@@ -1265,13 +1269,7 @@ def test_disable_drops_a_server_index_with_the_plugin_secrets(tmp_path,
     monkeypatch.setattr(PluginSecretsResolver, "get_secret", get_secret)
     monkeypatch.setattr(PluginSecretsResolver, "get_secret_sync",
                         get_secret_sync)
-    dataset = shapes_dataset(tmp_path, num_samples=6, enable=False)
-    ais.enable_embeddings(dataset, model=tiny_clip_model_name(),
-                          backend="server", secrets=secrets, compute=False)
-    ais.calculate_embeddings(dataset, wait=True, progress=False,
-                             secrets=secrets)
-
-    name = st.get(dataset)["index"]["name"]
+    dataset, name = server_dataset_by_secrets(tmp_path, 6, secrets)
 
     def index_exists():
         store = open_store(name, ais.get_settings(secrets=secrets))

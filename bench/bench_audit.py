@@ -46,7 +46,12 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_scale import CLIP_B32_PARAMS, K, ClipLike  # noqa: E402
+from bench_scale import (  # noqa: E402
+    CLIP_B32_PARAMS,
+    K,
+    ClipLike,
+    filled_store,
+)
 
 #: name -> (role, ClipLike parameters, clusters, uneven, seed)
 MEMBERS = {
@@ -156,21 +161,6 @@ class Table:
 
 def _fmt(r):
     return f"{r.mean():.4f} ({r.min():.2f})"
-
-
-def filled_store(tmp, db):
-    """An embedded index in ``tmp`` holding the rows of ``db`` (point ``i``
-    has the sample id of ``i + 1`` in hex), and the seconds it took."""
-    from fiftyone_ai_search.store import EdgeStore, IndexInfo
-
-    store = EdgeStore("audit", tmp, lock_timeout=600)
-    store.ensure(IndexInfo("bench", None, "bench@1", db.shape[1]))
-    ids = [f"{i + 1:024x}" for i in range(len(db))]
-    t0 = time.time()
-    for s in range(0, len(db), 20_000):
-        store.upsert(ids[s:s + 20_000], db[s:s + 20_000],
-                     [{}] * len(ids[s:s + 20_000]))
-    return store, time.time() - t0
 
 
 def run_member(name, args, table):

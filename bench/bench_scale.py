@@ -623,26 +623,34 @@ def rss_mb():
     return float("nan")
 
 
+def filled_store(tmp, db, name="audit"):
+    """An embedded index ``name`` in ``tmp`` holding the rows of ``db``
+    (point ``i`` has the sample id of ``i + 1`` in hex), and the seconds it
+    took."""
+    from fiftyone_ai_search.store import EdgeStore, IndexInfo
+
+    store = EdgeStore(name, tmp, lock_timeout=600)
+    store.ensure(IndexInfo("bench", None, "bench@1", db.shape[1]))
+    ids = [f"{i + 1:024x}" for i in range(len(db))]
+    t0 = time.time()
+    for s in range(0, len(db), 20_000):
+        store.upsert(ids[s:s + 20_000], db[s:s + 20_000],
+                     [{}] * len(ids[s:s + 20_000]))
+    return store, time.time() - t0
+
+
 def bench_ours(args, table, db, qi, qt, gi, gt):
     """The project's own index, through the code every search runs
     (``EdgeStore.query``): exact as every index below the size threshold,
     then after the background upkeep (``maintain``: cells learned, points
     assigned, compacted: int8 copy, points ordered by cell)."""
-    from fiftyone_ai_search.store import EdgeStore, IndexInfo
+
     from fiftyone_ai_search.store import cells as cl
 
     tmp = tempfile.mkdtemp(prefix="bench-scale-ours-",
                            dir=os.environ.get("BENCH_TMP"))
     try:
-        store = EdgeStore("scale", tmp, lock_timeout=600)
-        store.ensure(IndexInfo("bench", None, "bench@1", db.shape[1]))
-        # sample ids whose hex value is the row number + 1
-        ids = [f"{i + 1:024x}" for i in range(len(db))]
-        t0 = time.time()
-        for s in range(0, len(db), 20_000):
-            store.upsert(ids[s:s + 20_000], db[s:s + 20_000],
-                         [{}] * len(ids[s:s + 20_000]))
-        t_up = time.time() - t0
+        store, t_up = filled_store(tmp, db, name="scale")
 
         def fn(q):
             with store.session(keep_open=True):

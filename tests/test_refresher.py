@@ -182,10 +182,12 @@ def test_the_refresher_runs_a_first_pass_at_once_then_on_schedule(tmp_path):
 
 
 def test_the_refresh_interval_is_checked():
-    with pytest.raises(ValueError, match="refresh interval must be 1-1440"):
+    with pytest.raises(ValueError,
+                       match=r"^interval_minutes must be in \[1, 1440\]"):
         Refresher(interval_minutes=0)
 
-    with pytest.raises(ValueError, match="refresh interval must be 1-1440"):
+    with pytest.raises(ValueError,
+                       match=r"^interval_minutes must be in \[1, 1440\]"):
         Refresher(interval_minutes=1441)
 
 

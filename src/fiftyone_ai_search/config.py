@@ -212,6 +212,10 @@ def _positive(env, key, default, what, kind=int):
     return value
 
 
+#: the longest refresh interval, in minutes (a day)
+MAX_REFRESH_MINUTES = 1440
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     """Resolved settings. Build with :func:`get_settings`."""
@@ -246,10 +250,10 @@ class Settings:
             if getattr(self, name) < 1:
                 raise ValueError(
                     f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 1 <= self.refresh_minutes <= 1440:
+        if not 1 <= self.refresh_minutes <= MAX_REFRESH_MINUTES:
             raise ValueError(
-                "refresh interval must be 1-1440 minutes, got "
-                f"{self.refresh_minutes}"
+                f"refresh interval must be 1-{MAX_REFRESH_MINUTES} minutes, "
+                f"got {self.refresh_minutes}"
             )
 
     def __repr__(self):

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from typing import TYPE_CHECKING
 
 from . import media
@@ -284,15 +283,8 @@ def enable_embeddings(dataset: fod.Dataset, model: str | None = None,
 
     compute = validate.boolean(compute, "compute")
     load = validate.boolean(load, "load")
-    if model is not None and (not isinstance(model, str)
-                              or not model.strip()):
-        raise ValueError(f"model must be an open_clip model name (or "
-                         f"'local-dir:/path'), got {model!r}")
-    if pretrained is not None and (
-            not isinstance(pretrained, (str, os.PathLike))
-            or not os.fspath(pretrained).strip()):
-        raise ValueError(f"pretrained must be a tag or the path of a local "
-                         f"weights file, got {pretrained!r}")
+    model = validate.model_name(model)
+    pretrained = validate.pretrained(pretrained)
     patches_field = validate.field_name(patches_field)
     # how objects are cropped: checked here, before the field is looked at
     margin = validate.optional_number(margin, "margin", 0.0)

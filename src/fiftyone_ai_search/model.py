@@ -33,6 +33,7 @@ import urllib.parse
 
 import numpy as np
 
+from . import validate
 from .errors import ModelUnavailableError
 
 logger = logging.getLogger(__name__)
@@ -702,7 +703,8 @@ def check_model(model: str | None = None, pretrained: str | None = None
     Returns:
         the :class:`ModelSpec`
     """
-    spec = resolve_model(model, pretrained)
+    spec = resolve_model(validate.model_name(model),
+                         validate.pretrained(pretrained))
     check_weights(spec)
     return spec
 
@@ -769,6 +771,7 @@ def available_models(refresh: bool = False) -> list[ModelChoice]:
 
     now = time.monotonic()
     cached = _CHOICES_CACHE.get("choices")
+    refresh = validate.boolean(refresh, "refresh")
     if cached and not refresh and now - cached[0] < _CHOICES_TTL:
         return list(cached[1])
 

@@ -19,16 +19,15 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
+from . import media
 from . import state as st
 from . import targets
 from . import validate
-from .config import get_settings
+from .config import Settings, get_settings
 from .errors import IndexDamagedError, StateDamagedError
 
 if TYPE_CHECKING:  # for annotations only
     import fiftyone.core.dataset as fod
-
-    from .config import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -91,8 +90,15 @@ def maintain_index(dataset: fod.Dataset, settings: Settings | None = None,
 
     from .results import sweep_orphaned_scores
 
+    if not isinstance(dataset, targets.Objects):  # (the worker's targets)
+        dataset = media.dataset_of(dataset, "dataset")
+    if settings is not None and not isinstance(settings, Settings):
+        raise ValueError("settings must be a Settings "
+                         f"(fiftyone_ai_search.get_settings()), got "
+                         f"{settings!r}")
     if min_points is not None:
-        min_points = validate.integer(min_points, "min_points", 1)
+        min_points = validate.integer(min_points, "min_points", 1,
+                                      validate.MAX_LIMIT)
     doc = st.get(dataset)
     if doc is None or not doc.get("enabled") or not doc.get("index"):
         return 0

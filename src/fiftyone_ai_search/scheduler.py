@@ -36,14 +36,11 @@ import time
 
 from . import state as st
 from . import validate
-from .config import get_settings
+from .config import MAX_REFRESH_MINUTES, get_settings
 
 logger = logging.getLogger(__name__)
 
 JOB_ID = "ai-search-refresh"
-
-#: the longest refresh interval, as the setting allows (config.Settings)
-MAX_REFRESH_MINUTES = 1440
 
 
 @dataclasses.dataclass

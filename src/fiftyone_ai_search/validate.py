@@ -193,6 +193,26 @@ def choice(value, arg, choices):
     return value
 
 
+def model_name(value, arg="model"):
+    """Checks an optional open_clip model name (None: the default)."""
+    if value is not None and (not isinstance(value, str)
+                              or not value.strip()):
+        raise ValueError(f"{arg} must be an open_clip model name (or "
+                         f"'local-dir:/path'), got {value!r}")
+    return value
+
+
+def pretrained(value, arg="pretrained"):
+    """Checks optional pretrained weights: a tag or the path of a weights
+    file (None: the model's default, or random weights)."""
+    if value is not None and (
+            not isinstance(value, (str, os.PathLike))
+            or not os.fspath(value).strip()):
+        raise ValueError(f"{arg} must be a tag or the path of a local "
+                         f"weights file, got {value!r}")
+    return value
+
+
 def collection_name(value, arg="name"):
     """Checks a collection name: a string with something besides spaces.
 

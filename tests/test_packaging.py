@@ -279,3 +279,13 @@ def test_every_public_function_is_type_hinted():
         missing = set(parameters) - set(hints)
         assert not missing, f"{function.__name__}: {sorted(missing)}"
         assert "return" in hints, f"{function.__name__}: no return hint"
+
+
+def test_the_installed_package_says_it_is_typed():
+    """PEP 561: type checkers read the package's hints only where it ships a
+    ``py.typed`` marker (in CI the package is installed from a wheel, so
+    this checks what the wheel holds)."""
+    import importlib.resources
+
+    marker = importlib.resources.files("fiftyone_ai_search") / "py.typed"
+    assert marker.is_file()

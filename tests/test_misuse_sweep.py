@@ -203,20 +203,8 @@ def _cases():
                     continue
                 cases.append(pytest.param(
                     fname, pname, value,
-                    id=f"{fname}-{pname}-{value!r}",
-                    marks=_marks(fname, pname, value)))
+                    id=f"{fname}-{pname}-{value!r}"))
     return cases
-
-
-# cases that fail for a reason outside this project: none in its own
-# functions (see BRAIN_XFAIL for FiftyOne's stage)
-XFAIL = {}
-
-
-def _marks(fname, pname, value):
-    reason = XFAIL.get((fname, pname, repr(value))) or XFAIL.get(
-        (fname, pname))
-    return [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
 
 
 # -- the fixture ------------------------------------------------------------

@@ -767,11 +767,9 @@ def available_models(refresh: bool = False) -> list[ModelChoice]:
     Returns:
         a list of :class:`ModelChoice`
     """
-    import time
-
+    refresh = validate.boolean(refresh, "refresh")
     now = time.monotonic()
     cached = _CHOICES_CACHE.get("choices")
-    refresh = validate.boolean(refresh, "refresh")
     if cached and not refresh and now - cached[0] < _CHOICES_TTL:
         return list(cached[1])
 

@@ -19,7 +19,7 @@ Rows, all in images per second:
    user waits for (reading the dataset, decoding, the model, writing the
    Qdrant Edge index). *Cold*: no decoding worker is up, they start during
    the call (the model is loaded). *Warm*: the workers left by an earlier
-   call are up (they stay for :data:`fiftyone_ai_search.embedder.IDLE_SECONDS`);
+   call are up (they stay for :data:`fiftyone_ai_search.embedding.pool.IDLE_SECONDS`);
 3. FiftyOne Brain: ``fob.compute_similarity(dataset, model=<zoo
    "open-clip-torch" with the same open_clip model and weights>,
    backend="sklearn", brain_key=...)`` with its fastest ``batch_size`` x
@@ -63,11 +63,12 @@ import fiftyone.brain as fob  # noqa: E402
 import fiftyone.zoo as foz  # noqa: E402
 
 import fiftyone_ai_search as ais  # noqa: E402
-from fiftyone_ai_search import embedder  # noqa: E402
+from fiftyone_ai_search.embedding import decode, pool  # noqa: E402
 from fiftyone_ai_search.demo import tiny_clip_model_name  # noqa: E402
-from fiftyone_ai_search.embedder import DRAFT_FACTOR, embed_images  # noqa: E402
-from fiftyone_ai_search.images import load_image  # noqa: E402
-from fiftyone_ai_search.model import load_model, resolve_model  # noqa: E402
+from fiftyone_ai_search.embedding.decode import DRAFT_FACTOR  # noqa: E402
+from fiftyone_ai_search.embedding.pipeline import embed_images  # noqa: E402
+from fiftyone_ai_search.embedding.images import load_image  # noqa: E402
+from fiftyone_ai_search.embedding.model import load_model, resolve_model  # noqa: E402
 
 BRAIN_KEY = "bench"
 
@@ -151,7 +152,7 @@ def decode_rates(model, paths):
     draft = DRAFT_FACTOR * model.image_size
     # what the pipeline runs per batch (the transform's torch-free recipe
     # where it has one), in this process
-    decoder = embedder._Decoder.for_model(model)
+    decoder = decode.Decoder.for_model(model)
     results = {}
     for name, work in (
         ("decode full", lambda p: load_image(p)),
@@ -231,7 +232,7 @@ def wait_for_workers(timeout=60):
     (started, their transform imported), so that the next run is warm."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        workers = list(embedder._SPARES._workers)
+        workers = list(pool._SPARES._workers)
         if workers and all(w.ready for w in workers):
             return
         time.sleep(0.1)
@@ -279,7 +280,7 @@ def bench_model(label, name, pretrained, paths, args):
     # The first call of each in this process. Ours: no decoding worker up
     # (another model's warm workers would be reused: stop them). Brain: its
     # model's first forward
-    embedder._SPARES.stop_all()
+    pool._SPARES.stop_all()
     first_ours = ours_rate(dataset)
     first_brain = brain_rate(dataset, brain_model, 32, 1)
     print(f"  first call: ours {first_ours:.1f}, Brain (batch 32, workers 1) "
@@ -299,7 +300,7 @@ def bench_model(label, name, pretrained, paths, args):
     rounds = []
     for r in range(args.repeat):
         row = {}
-        embedder._SPARES.stop_all()
+        pool._SPARES.stop_all()
         row["cold"] = ours_rate(dataset)  # its workers start in the call
         wait_for_workers()
         # the model alone before and after ours and Brain: their ratios to

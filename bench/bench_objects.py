@@ -173,8 +173,8 @@ def bench_config(args, size, scratch, model, pretrained, brain_model, clip,
 
     import fiftyone_ai_search as ais
     from fiftyone_ai_search.demo import shapes
-    from fiftyone_ai_search.embedder import DRAFT_FACTOR
-    from fiftyone_ai_search.images import load_image
+    from fiftyone_ai_search.embedding.decode import DRAFT_FACTOR
+    from fiftyone_ai_search.embedding.images import load_image
 
     name = f"bench-objects-{size}"
     t, dataset = timed(lambda: shapes.make_scenes_dataset(
@@ -319,9 +319,9 @@ def main(argv=None):
     import fiftyone.zoo as foz
 
     import fiftyone_ai_search as ais
-    from fiftyone_ai_search import embedder
+    from fiftyone_ai_search.embedding import pool
     from fiftyone_ai_search.demo import shapes
-    from fiftyone_ai_search.model import load_model, resolve_model
+    from fiftyone_ai_search.embedding.model import load_model, resolve_model
 
     # the table is the output: no progress bars, no library notices
     fo.config.show_progress_bars = False
@@ -349,7 +349,7 @@ def main(argv=None):
     enable_objects(warm, model, pretrained, None, None)
     t = ours(warm, FIELD)
     print(f"warm-up sync (8 images) {t:.1f} s", flush=True)
-    spares = embedder._SPARES
+    spares = pool._SPARES
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not (
             spares._workers and all(w.ready for w in spares._workers)):

@@ -247,8 +247,8 @@ def real_tiny_clip(num_samples):
     _env.setup()
     from fiftyone_ai_search.demo import make_shapes_dataset, tiny_clip_model_name
     from fiftyone_ai_search.demo import shapes
-    from fiftyone_ai_search.embedder import embed_images
-    from fiftyone_ai_search.model import load_model, resolve_model
+    from fiftyone_ai_search.embedding.pipeline import embed_images
+    from fiftyone_ai_search.embedding.model import load_model, resolve_model
 
     model = load_model(resolve_model(tiny_clip_model_name(), None))
     dataset = make_shapes_dataset(num_samples=num_samples)

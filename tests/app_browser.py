@@ -536,9 +536,20 @@ class App:
 
         self.wait(type_in, f"typing into {label!r}")
         # the form is controlled: wait until React took the value. Look
-        # the field up again: a dynamic form re-renders after an edit
-        self.wait(lambda: self.field(label, root).get_attribute("value")
-                  == str(value), f"field {label!r} to read {value!r}")
+        # the field up again: a dynamic form re-renders after an edit.
+        # What it read on the way is kept for the failure message
+        seen: list[str] = []
+
+        def took() -> bool:
+            read = self.field(label, root).get_attribute("value")
+            if not seen or seen[-1] != read:
+                seen.append(read)
+            return read == str(value)
+
+        try:
+            self.wait(took, f"field {label!r} to read {value!r}")
+        except TimeoutError as e:
+            raise TimeoutError(f"{e}; it read, in turn: {seen}") from None
         return self.field(label, root)
 
     def choose(self, label: Text, option: str,

@@ -220,7 +220,7 @@ def collect_batches(batches, dim):
     """``(vectors, failures, keys of each batch)`` of the batches of
     ``embed_images``, checking that each key comes once and each vector is
     a float32 row of ``dim``."""
-    from fiftyone_ai_search.embedder import EmbeddedBatch
+    from fiftyone_ai_search.embedding.pipeline import EmbeddedBatch
 
     vectors, failures, keys = {}, {}, []
     for batch in batches:

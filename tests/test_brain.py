@@ -20,7 +20,7 @@ from fiftyone_ai_search import brain, runner
 from fiftyone_ai_search import state as st
 from fiftyone_ai_search.demo import tiny_clip_model_name
 from fiftyone_ai_search.existing import ExistingEmbeddingsError
-from fiftyone_ai_search.model import load_model, resolve_model
+from fiftyone_ai_search.embedding.model import load_model, resolve_model
 
 from helpers import add_shape_samples, shapes_dataset
 

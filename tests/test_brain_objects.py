@@ -15,7 +15,7 @@ import fiftyone_ai_search as ais
 from fiftyone_ai_search import brain, runner
 from fiftyone_ai_search import state as st
 from fiftyone_ai_search.demo import shapes, tiny_clip_model_name
-from fiftyone_ai_search.model import load_model, resolve_model
+from fiftyone_ai_search.embedding.model import load_model, resolve_model
 from fiftyone_ai_search.targets import Objects
 
 FIELD = "ground_truth"

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from fiftyone_ai_search import embedder
-from fiftyone_ai_search.crops import (
+from fiftyone_ai_search.embedding import decode, pipeline, pool
+from fiftyone_ai_search.embedding.crops import (
     CropError,
     CropSettings,
     box_fingerprint,
@@ -19,8 +19,8 @@ from fiftyone_ai_search.crops import (
     relative_box,
 )
 from fiftyone_ai_search.demo.shapes import tiny_clip_model_name
-from fiftyone_ai_search.embedder import embed_images
-from fiftyone_ai_search.model import load_model, resolve_model
+from fiftyone_ai_search.embedding.pipeline import embed_images
+from fiftyone_ai_search.embedding.model import load_model, resolve_model
 
 from helpers import CrashingModel, collect_batches
 
@@ -35,8 +35,8 @@ def model():
 @pytest.fixture
 def workers_only(monkeypatch):
     """Workers start however short the run, and do all the decoding."""
-    monkeypatch.setattr(embedder, "MIN_ITEMS_FOR_WORKERS", 0)
-    monkeypatch.setattr(embedder, "_MAIN_THREAD_DECODES", False)
+    monkeypatch.setattr(pipeline, "MIN_ITEMS_FOR_WORKERS", 0)
+    monkeypatch.setattr(pool, "_MAIN_THREAD_DECODES", False)
 
 
 # --- settings ----------------------------------------------------------------
@@ -412,8 +412,8 @@ def test_an_image_is_decoded_once_for_all_its_crops(
         calls.append(filepath)
         return load_image(filepath, **kwargs)
 
-    load_image = embedder.load_image
-    monkeypatch.setattr(embedder, "load_image", counting_load_image)
+    load_image = decode.load_image
+    monkeypatch.setattr(decode, "load_image", counting_load_image)
 
     items = _crop_items(str(tmp_path), 5)
     items.append(("no-crops", items[0][1], []))
@@ -438,12 +438,12 @@ def test_small_crops_keep_their_pixels_through_jpeg_drafting(
         decoded[filepath] = image.size
         return image
 
-    load_image = embedder.load_image
-    monkeypatch.setattr(embedder, "load_image", recording_load_image)
+    load_image = decode.load_image
+    monkeypatch.setattr(decode, "load_image", recording_load_image)
 
     path = str(tmp_path / "large.jpg")
     _picture(7, size=(2000, 1500)).save(path, quality=90)
-    target = embedder.DRAFT_FACTOR * model.image_size
+    target = decode.DRAFT_FACTOR * model.image_size
     settings = CropSettings()
 
     # a small box: decoded at a size that leaves its crop the target

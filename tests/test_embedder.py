@@ -12,9 +12,9 @@ import torch
 from PIL import Image, ImageDraw, ImageOps
 
 import open_clip
-from fiftyone_ai_search import embedder
-from fiftyone_ai_search.embedder import embed_images
-from fiftyone_ai_search.model import load_model, resolve_model
+from fiftyone_ai_search.embedding import pipeline, pool
+from fiftyone_ai_search.embedding.pipeline import embed_images
+from fiftyone_ai_search.embedding.model import load_model, resolve_model
 
 from helpers import SMALL_VIT as TINY_VIT
 from helpers import CrashingModel, collect_batches, register_small_models
@@ -29,8 +29,8 @@ def model(tmp_path_factory):
 @pytest.fixture
 def workers_only(monkeypatch):
     """Workers start however short the run, and do all the decoding."""
-    monkeypatch.setattr(embedder, "MIN_ITEMS_FOR_WORKERS", 0)
-    monkeypatch.setattr(embedder, "_MAIN_THREAD_DECODES", False)
+    monkeypatch.setattr(pipeline, "MIN_ITEMS_FOR_WORKERS", 0)
+    monkeypatch.setattr(pool, "_MAIN_THREAD_DECODES", False)
 
 
 def _picture(seed, size=(320, 240)):
@@ -219,13 +219,13 @@ def test_workers_give_the_same_vectors(model, tmp_path, workers_only):
         assert np.allclose(in_workers[0][key], vector, atol=1e-6)
 
     # the workers stay warm for the next run, which reuses them
-    assert len(embedder._SPARES._workers) == 2
-    first = list(embedder._SPARES._workers)
+    assert len(pool._SPARES._workers) == 2
+    first = list(pool._SPARES._workers)
     again = _collect(
         embed_images(model, items[:8], batch_size=8, num_workers=2)
     )
     assert set(again[0]) == set(good[:8])
-    assert sorted(map(id, embedder._SPARES._workers)) == sorted(map(id, first))
+    assert sorted(map(id, pool._SPARES._workers)) == sorted(map(id, first))
 
 
 def test_stopping_early_leaves_no_busy_worker(model, tmp_path, workers_only):
@@ -238,7 +238,7 @@ def test_stopping_early_leaves_no_busy_worker(model, tmp_path, workers_only):
     batches.close()
 
     # a worker still decoding for the abandoned run is stopped, never reused
-    for worker in embedder._SPARES._workers:
+    for worker in pool._SPARES._workers:
         assert worker.alive and not worker.assigned
 
 
@@ -271,19 +271,19 @@ def test_a_decode_bound_run_leaves_the_workers_their_cores(model):
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        bottleneck = embedder._Bottleneck()
-        with embedder._model_threads(model, bottleneck, num_workers=1):
+        bottleneck = pipeline._Bottleneck()
+        with pipeline._model_threads(model, bottleneck, num_workers=1):
             assert torch.get_num_threads() == 2
 
-        for _ in range(embedder.DECODE_BOUND_MIN):
+        for _ in range(pipeline.DECODE_BOUND_MIN):
             bottleneck.note(True)
-        with embedder._model_threads(model, bottleneck, num_workers=1):
+        with pipeline._model_threads(model, bottleneck, num_workers=1):
             assert torch.get_num_threads() == 1
-        with embedder._model_threads(model, bottleneck, num_workers=0):
+        with pipeline._model_threads(model, bottleneck, num_workers=0):
             assert torch.get_num_threads() == 2
         assert torch.get_num_threads() == 2
 
-        for _ in range(embedder.DECODE_WINDOW):
+        for _ in range(pipeline.DECODE_WINDOW):
             bottleneck.note(False)
         assert not bottleneck.decoding
     finally:
@@ -302,10 +302,10 @@ def test_workers_load_no_torch_for_open_clips_transforms(
     items = [(p, p) for p in _good_files(str(tmp_path), 8)]
 
     def workers_with_torch(clip_model):
-        embedder._SPARES.stop_all()
+        pool._SPARES.stop_all()
         for _ in embed_images(clip_model, items, batch_size=4, num_workers=1):
             pass
-        pids = [w._process.pid for w in embedder._SPARES._workers]
+        pids = [w._process.pid for w in pool._SPARES._workers]
         assert pids, "no worker ran"
         return ["libtorch" in open(f"/proc/{pid}/maps").read() for pid in pids]
 
@@ -315,4 +315,4 @@ def test_workers_load_no_torch_for_open_clips_transforms(
     other.preprocess = open_clip.image_transform(
         model.image_size, is_train=False, resize_mode="longest")
     assert workers_with_torch(other) == [True]
-    embedder._SPARES.stop_all()
+    pool._SPARES.stop_all()

@@ -20,8 +20,8 @@ import fiftyone_ai_search as ais
 from fiftyone_ai_search import runner
 from fiftyone_ai_search import state as st
 from fiftyone_ai_search.demo import tiny_clip_model_name
-from fiftyone_ai_search.embedder import embed_images
-from fiftyone_ai_search.model import load_model, resolve_model
+from fiftyone_ai_search.embedding.pipeline import embed_images
+from fiftyone_ai_search.embedding.model import load_model, resolve_model
 from fiftyone_ai_search.scheduler import refresh_all
 from fiftyone_ai_search.store import IndexMismatchError
 from fiftyone_ai_search.sync import has_changes

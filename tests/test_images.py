@@ -14,15 +14,15 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from fiftyone_ai_search import images
-from fiftyone_ai_search.embedder import _Decoder
-from fiftyone_ai_search.images import (
+from fiftyone_ai_search.embedding import images
+from fiftyone_ai_search.embedding.decode import Decoder
+from fiftyone_ai_search.embedding.images import (
     DEFAULT_MAX_PIXELS,
     ImageDecodeError,
     load_image,
     to_rgb,
 )
-from fiftyone_ai_search.preprocess import Recipe
+from fiftyone_ai_search.embedding.preprocess import Recipe
 
 LIMIT_VARIABLE = "FIFTYONE_AI_SEARCH_MAX_IMAGE_PIXELS"
 
@@ -300,7 +300,7 @@ def test_orientation_is_applied_to_reduced_images(tmp_path):
 
 _MEASURE = textwrap.dedent("""
     import json, resource, sys
-    from fiftyone_ai_search.images import load_image
+    from fiftyone_ai_search.embedding.images import load_image
 
     def peak():
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -427,7 +427,7 @@ def test_a_refused_image_fails_its_sample_not_the_batch(
     recipe = Recipe((("resize", 32, None, "bicubic"),
                      ("center_crop", 32, 32), ("rgb",), ("to_array",)))
 
-    keys, pixels, failures = _Decoder(recipe, draft_size=64).decode(
+    keys, pixels, failures = Decoder(recipe, draft_size=64).decode(
         [("big", big), ("small", small)]
     )
     assert keys == ["small"] and pixels.shape == (1, 3, 32, 32)

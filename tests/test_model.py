@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from fiftyone_ai_search import model as fm
-from fiftyone_ai_search.model import (
+from fiftyone_ai_search.embedding import model as fm
+from fiftyone_ai_search.embedding.model import (
     ModelSpec,
     ModelUnavailableError,
     load_model,
@@ -356,7 +356,7 @@ def no_network(monkeypatch, tmp_path):
     fails the test."""
     from huggingface_hub import constants
 
-    from fiftyone_ai_search import model as model_module
+    from fiftyone_ai_search.embedding import model as model_module
 
     with socket.socket() as s:  # a free port, closed: connections refused
         s.bind(("127.0.0.1", 0))
@@ -386,7 +386,7 @@ def test_no_network_is_said_at_once_with_the_models_on_this_machine(
     # HF_HUB_OFFLINE is not set: no advice to unset it
     assert "unset HF_HUB_OFFLINE" not in message
     # the App's model menu says the default cannot be used here
-    from fiftyone_ai_search.model import available_models
+    from fiftyone_ai_search.embedding.model import available_models
 
     default = available_models(refresh=True)[0]
     assert not default.available and "cannot be reached" in default.label
@@ -419,7 +419,7 @@ def test_prompt_encoding_stops_at_end_of_text_with_the_same_result(name):
     import torch
 
     from fiftyone_ai_search.demo import tiny_clip_model_name
-    from fiftyone_ai_search.model import _encode_tokens
+    from fiftyone_ai_search.embedding.model import _encode_tokens
 
     name = tiny_clip_model_name() if name == "tiny" else name
     module, _, _ = open_clip.create_model_and_transforms(name, pretrained=None)

@@ -16,7 +16,7 @@ from fiftyone.operators.delegated import DelegatedOperationService
 import fiftyone_ai_search as ais
 from fiftyone_ai_search import state as st
 from fiftyone_ai_search.app import PLUGIN_NAME, manifest
-from fiftyone_ai_search.app.install import install_plugin
+from fiftyone_ai_search.app.install import install_plugin, plugin_files
 from fiftyone_ai_search.app.manifest import REQUIREMENT
 from fiftyone_ai_search.demo import tiny_clip_model_name
 
@@ -32,17 +32,14 @@ def uri(name):
     return f"{PLUGIN_NAME}/{name}"
 
 
-PLUGIN_DIR = os.path.join(REPO_DIR, "plugins", "ai-search")
-
-
 @pytest.fixture(scope="module", autouse=True)
 def repo_as_plugin():
-    """The repository's plugin directory placed under the plugins dir, as
-    ``fiftyone plugins download`` would (it copies only that directory; see
-    test_packaging.py)."""
+    """The repository placed under the plugins dir, as ``fiftyone plugins
+    download`` would (its root is the plugin directory: ``fiftyone.yml``,
+    ``requirements.txt``, ``plugin/``; see test_packaging.py)."""
     link = os.path.join(fo.config.plugins_dir, "ai-search")
     if not os.path.islink(link):
-        os.symlink(PLUGIN_DIR, link)
+        os.symlink(REPO_DIR, link)
     yield link
     os.unlink(link)
 
@@ -54,9 +51,10 @@ def _run(operator, dataset, **params):
     return result.result
 
 
-def test_repository_plugin_directory_is_found_as_a_plugin():
+def test_repository_root_is_found_as_the_plugin():
     plugin = fop.get_plugin(PLUGIN_NAME)
-    assert os.path.realpath(plugin.directory) == PLUGIN_DIR
+    assert os.path.realpath(plugin.directory) == os.path.realpath(REPO_DIR)
+    assert plugin.py_entry == "plugin/__init__.py"
     assert set(plugin.operators) == set(manifest()["operators"]) | set(
         manifest()["panels"])
 
@@ -69,24 +67,23 @@ def test_manifest_lists_every_operator_and_panel():
     assert [AISearchPanel().config.name] == manifest()["panels"]
 
 
-def test_repository_plugin_directory_is_what_install_plugin_writes(
-        tmp_path):
-    """One definition of the plugin directory: the repository's (for
-    ``fiftyone plugins download``) is the pip install's, file for file."""
-    with open(os.path.join(PLUGIN_DIR, "fiftyone.yml")) as f:
-        assert yaml.safe_load(f) == manifest(py_entry="__init__.py")
-    # as ``fiftyone plugins requirements --install`` reads it
+def test_repository_plugin_files_are_what_install_plugin_writes(tmp_path):
+    """One definition of the plugin directory: the repository's files (for
+    ``fiftyone plugins download``) are the pip install's, file for file."""
+    with open(os.path.join(REPO_DIR, "fiftyone.yml")) as f:
+        assert yaml.safe_load(f) == manifest()
+    # as ``fiftyone plugins requirements`` reads it
     assert fou.load_requirements(
-        os.path.join(PLUGIN_DIR, "requirements.txt")) == [REQUIREMENT]
+        os.path.join(REPO_DIR, "requirements.txt")) == [REQUIREMENT]
 
     written = install_plugin(plugins_dir=str(tmp_path))
-    files = sorted(f for f in os.listdir(PLUGIN_DIR) if f != "__pycache__")
-    assert sorted(os.listdir(written)) == files == [
-        "__init__.py", "fiftyone.yml", "requirements.txt"]
-    with open(os.path.join(written, "fiftyone.yml")) as f:
-        assert yaml.safe_load(f) == manifest()
-    for name in ("__init__.py", "requirements.txt"):
-        with open(os.path.join(PLUGIN_DIR, name)) as a, \
+    files = sorted(
+        os.path.relpath(os.path.join(root, f), written).replace(os.sep, "/")
+        for root, _, names in os.walk(written) for f in names)
+    assert files == sorted(plugin_files()) == [
+        "fiftyone.yml", "plugin/__init__.py", "requirements.txt"]
+    for name in files:
+        with open(os.path.join(REPO_DIR, name)) as a, \
                 open(os.path.join(written, name)) as b:
             assert a.read() == b.read(), name
 
@@ -100,10 +97,27 @@ def test_pip_install_plugin_writes_a_loadable_plugin(tmp_path):
     with open(os.path.join(path, "fiftyone.yml")) as f:
         assert yaml.safe_load(f) == manifest()
     spec = importlib.util.spec_from_file_location(
-        "installed_plugin_entry", os.path.join(path, "__init__.py"))
+        "installed_plugin_entry",
+        os.path.join(path, "plugin", "__init__.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert module.register is ais.app.register
+
+
+def test_demo_installs_the_plugin_where_the_app_finds_it(tmp_path,
+                                                         monkeypatch):
+    """The quick start leaves the App ready: it writes the plugin where none
+    is found, and says where one already is."""
+    from fiftyone_ai_search.demo.quickstart import _app_plugin
+
+    monkeypatch.setattr(fo.config, "plugins_dir", str(tmp_path))
+    path = os.path.join(str(tmp_path), "@fiftyone-ai-search", "ai-search")
+    assert _app_plugin() == (f"Installed the App plugin {PLUGIN_NAME} in "
+                             f"{path}.")
+    plugin = fop.get_plugin(PLUGIN_NAME)
+    assert plugin.directory == path and plugin.has_py
+    assert _app_plugin() == (f"The App plugin {PLUGIN_NAME} is installed "
+                             f"({path}).")
 
 
 @pytest.mark.slow
@@ -283,7 +297,7 @@ def test_grid_button_offers_to_enable_then_follows_then_searches(tmp_path):
     form = _form(dataset, params={"model_choice": keys[0]})
     assert "HF_HUB_OFFLINE" in _blocking(form)["model_unavailable"]
 
-    from fiftyone_ai_search import model as model_module
+    from fiftyone_ai_search.embedding import model as model_module
 
     loaded = set(model_module._MODELS)
     result = foo.execute_operator(uri("ai_search"), ctx={

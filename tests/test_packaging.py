@@ -16,16 +16,25 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 import fiftyone as fo
+import fiftyone.operators  # noqa: F401 (fo.operators.list_operators)
+import fiftyone.plugins as fop
 import fiftyone.plugins.core as fopc
 import fiftyone.utils.github as foug
 
-from fiftyone_ai_search.app.manifest import PLUGIN_NAME, REQUIREMENT
+from fiftyone_ai_search.app.install import install_plugin
+from fiftyone_ai_search.app.manifest import (
+    PLUGIN_NAME,
+    PY_ENTRY,
+    REQUIREMENT,
+    URL,
+    manifest,
+)
 
 from conftest import REPO_DIR
 
 SRC_DIR = os.path.join(REPO_DIR, "src", "fiftyone_ai_search")
-PLUGIN_DIR = os.path.join(REPO_DIR, "plugins", "ai-search")
-REPO_URL = "https://github.com/fiftyone-ai-search/fiftyone-ai-search"
+PLUGIN_ENTRY = os.path.join(REPO_DIR, *PY_ENTRY.split("/"))
+REPO_URL = URL
 
 
 # --- dependencies ----------------------------------------------------------
@@ -121,20 +130,40 @@ def test_the_dependency_check_sees_the_imports_it_checks():
 
 # --- fiftyone plugins download ---------------------------------------------
 
+# what GitHub's archives of the repository hold at its top level (the rest is
+# export-ignore'd in .gitattributes): the plugin, and the package it runs,
+# which is not on PyPI, so that the downloaded plugin installs it with pip
+ARCHIVED_TOP_LEVEL = ["LICENSE", "README.md", "fiftyone.yml", "plugin",
+                      "pyproject.toml", "requirements.txt", "src"]
+
+
+def _git(*args, stdin=None):
+    return subprocess.run(["git", *args], cwd=REPO_DIR, input=stdin,
+                          capture_output=True, check=True).stdout
+
 
 def _repository_files():
-    """The files a commit of this working tree holds (tracked and new, not
-    ignored): what GitHub's zipball of it would contain."""
+    """The files an archive of a commit of this working tree holds (tracked
+    and new, not ignored, less what .gitattributes marks ``export-ignore``):
+    what GitHub's zipball of it would contain."""
     if shutil.which("git") is None or not os.path.isdir(
             os.path.join(REPO_DIR, ".git")):
         pytest.skip("not a git checkout")
-    out = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others",
-         "--exclude-standard"],
-        cwd=REPO_DIR, capture_output=True, check=True).stdout
-    paths = {p for p in out.decode().split("\0") if p}
-    return sorted(p for p in paths
-                  if os.path.isfile(os.path.join(REPO_DIR, p)))
+    out = _git("ls-files", "-z", "--cached", "--others", "--exclude-standard")
+    paths = sorted(p for p in set(out.decode().split("\0")) if p and
+                   os.path.isfile(os.path.join(REPO_DIR, p)))
+
+    # git archive leaves out a path marked export-ignore, and everything
+    # under a directory that is: ask about every path and its directories
+    asked = sorted({"/".join(p.split("/")[:k]) for p in paths
+                    for k in range(1, p.count("/") + 2)})
+    out = _git("check-attr", "-z", "--stdin", "export-ignore",
+               stdin="\0".join(asked).encode()).decode().split("\0")
+    ignored = {path for path, _, value in zip(out[0::3], out[1::3],
+                                             out[2::3]) if value == "set"}
+    return [p for p in paths
+            if not any("/".join(p.split("/")[:k]) in ignored
+                       for k in range(1, p.count("/") + 2))]
 
 
 @pytest.fixture(scope="module")
@@ -150,27 +179,10 @@ def repository_zipball(tmp_path_factory):
     return path, files
 
 
-def test_fiftyone_finds_exactly_the_plugin_directory(repository_zipball,
-                                                     tmp_path):
-    """FiftyOne's own search of a downloaded tree (what
-    ``download_plugin`` walks) finds one plugin: plugins/ai-search."""
-    zip_path, files = repository_zipball
-    assert "plugins/ai-search/fiftyone.yml" in files
-    with zipfile.ZipFile(zip_path) as z:
-        z.extractall(tmp_path)
-
-    found = list(fopc._iter_plugin_metadata_files(root_dir=str(tmp_path),
-                                                  strict=True))
-    assert [os.path.relpath(p, tmp_path) for p in found] == [
-        "fiftyone-ai-search-fiftyone-ai-search-0123abc/plugins/ai-search/"
-        "fiftyone.yml"]
-    assert fopc._parse_plugin_metadata(found[0]).name == PLUGIN_NAME
-
-
-def test_plugins_download_copies_only_the_plugin_directory(
-        repository_zipball, tmp_path, monkeypatch):
-    """``fiftyone plugins download <repo> --plugin-names <name>`` for real,
-    except that GitHub's zipball is this working tree's."""
+@pytest.fixture
+def downloaded(repository_zipball, tmp_path, monkeypatch):
+    """``fiftyone plugins download <repo>`` for real, except that GitHub's
+    zipball is this working tree's: ``(plugins_dir, {name: directory})``."""
     zip_path, _ = repository_zipball
 
     def download(self, outdir):  # GitHubRepository.download, offline
@@ -183,38 +195,116 @@ def test_plugins_download_copies_only_the_plugin_directory(
     plugins_dir.mkdir()
     monkeypatch.setattr(foug.GitHubRepository, "download", download)
     monkeypatch.setattr(fo.config, "plugins_dir", str(plugins_dir))
+    return str(plugins_dir), fopc.download_plugin(REPO_URL)
 
-    downloaded = fopc.download_plugin(REPO_URL, plugin_names=[PLUGIN_NAME])
 
-    assert list(downloaded) == [PLUGIN_NAME]
-    plugin_dir = downloaded[PLUGIN_NAME]
+def test_archives_leave_out_what_only_developers_need(repository_zipball):
+    _, files = repository_zipball
+    assert sorted({p.split("/")[0] for p in files}) == ARCHIVED_TOP_LEVEL
+    assert "src/fiftyone_ai_search/demo/tiny_clip/" \
+           "open_clip_model.safetensors" in files
+
+
+def test_fiftyone_finds_exactly_the_plugin_at_the_root(repository_zipball,
+                                                       tmp_path):
+    """FiftyOne's own search of a downloaded tree (what
+    ``download_plugin`` walks) finds one plugin: the repository's root."""
+    zip_path, files = repository_zipball
+    assert {"fiftyone.yml", "requirements.txt", PY_ENTRY} <= set(files)
+    with zipfile.ZipFile(zip_path) as z:
+        z.extractall(tmp_path)
+
+    found = list(fopc._iter_plugin_metadata_files(root_dir=str(tmp_path),
+                                                  strict=True))
+    assert [os.path.relpath(p, tmp_path) for p in found] == [
+        "fiftyone-ai-search-fiftyone-ai-search-0123abc/fiftyone.yml"]
+    assert fopc._parse_plugin_metadata(found[0]).name == PLUGIN_NAME
+
+
+def test_plugins_download_copies_the_archive(repository_zipball, downloaded):
+    """``fiftyone plugins download <repo>`` copies the directory of the
+    ``fiftyone.yml`` it finds, the root: all the archive holds, which is
+    kept to the plugin and its package."""
+    _, files = repository_zipball
+    plugins_dir, plugins = downloaded
+
+    assert list(plugins) == [PLUGIN_NAME]
+    plugin_dir = plugins[PLUGIN_NAME]
     assert plugin_dir == os.path.join(plugins_dir, "@fiftyone-ai-search",
                                       "ai-search")
     copied = sorted(
-        os.path.relpath(os.path.join(root, f), plugins_dir)
-        for root, _, names in os.walk(plugins_dir) for f in names)
-    assert copied == [
-        "@fiftyone-ai-search/ai-search/__init__.py",
-        "@fiftyone-ai-search/ai-search/fiftyone.yml",
-        "@fiftyone-ai-search/ai-search/requirements.txt",
-    ]
-    for part in ("tests", "bench", "src", "tiny_clip"):
-        assert not any(f"/{part}/" in f"/{p}" for p in copied)
-    assert not any(p.endswith((".safetensors", ".pt", ".bin"))
-                   for p in copied)
+        os.path.relpath(os.path.join(root, f), plugin_dir).replace(os.sep,
+                                                                   "/")
+        for root, _, names in os.walk(plugin_dir) for f in names)
+    assert copied == files
+    for part in ("tests", "bench", "docs", "tools", "examples"):
+        assert not any(p.startswith(part + "/") for p in copied)
 
-    # and ``fiftyone plugins requirements <name> --install`` installs the
-    # package from the manifest's url
+    # and ``fiftyone plugins requirements <name>`` names the package at the
+    # version of this checkout, which the installed package satisfies
+    with open(os.path.join(REPO_DIR, "pyproject.toml"), "rb") as f:
+        project = tomllib.load(f)["project"]
     assert fopc.load_plugin_requirements(PLUGIN_NAME) == [REQUIREMENT]
-    assert REQUIREMENT.endswith("git+" + fopc.get_plugin(PLUGIN_NAME).url)
+    requirement = Requirement(REQUIREMENT)
+    assert requirement.name == project["name"]
+    assert not requirement.extras and requirement.url is None
+    assert str(requirement.specifier) == f"=={project['version']}"
+    fopc.ensure_plugin_requirements(PLUGIN_NAME, error_level=0)
+
+
+def test_the_downloaded_plugin_loads_every_operator_and_the_panel(
+        downloaded):
+    """What the App loads from the downloaded directory: the entry point
+    ``plugin/__init__.py`` registers every operator and the panel."""
+    from fiftyone.plugins.context import PluginContext
+
+    plugin = fop.get_plugin(PLUGIN_NAME)
+    assert plugin.directory == downloaded[1][PLUGIN_NAME]
+    assert plugin.py_entry == PY_ENTRY and plugin.has_py
+    context = PluginContext(plugin)
+    context.register_all()
+    assert not context.errors, context.errors
+    assert sorted(op.name for op in context.instances) == sorted(
+        manifest()["operators"] + manifest()["panels"])
+    assert sorted(o.name for o in fo.operators.list_operators(
+        enabled="all")
+        if o.plugin_name == PLUGIN_NAME) == sorted(
+        manifest()["operators"] + manifest()["panels"])
+
+
+@pytest.mark.slow
+def test_the_downloaded_plugin_directory_builds_the_package(downloaded,
+                                                            tmp_path):
+    """The package is not on PyPI: ``pip install <the downloaded plugin
+    directory>`` (README, and the entry point's error) builds it from the
+    source the download copied; here, its wheel, without the network."""
+    plugin_dir = downloaded[1][PLUGIN_NAME]
+    out = tmp_path / "wheel"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps",
+         "--no-build-isolation", "--no-index", "-w", str(out), plugin_dir],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (wheel,) = os.listdir(out)
+    assert wheel.startswith(
+        f"fiftyone_ai_search-{importlib.metadata.version('fiftyone-ai-search')}-")
+    with zipfile.ZipFile(out / wheel) as z:
+        names = set(z.namelist())
+    for name in ("fiftyone_ai_search/__init__.py", "fiftyone_ai_search/py.typed",
+                 "fiftyone_ai_search/app/install.py",
+                 "fiftyone_ai_search/demo/tiny_clip/"
+                 "open_clip_model.safetensors"):
+        assert name in names
+    # the plugin's files are written by install-plugin, not shipped
+    assert not any(n.startswith("plugin/") for n in names)
 
 
 # --- the entry point without the package -------------------------------------
 
 
-def test_plugin_entry_without_the_package_says_how_to_install_it():
-    """Copied alone (the download), the plugin directory has no code to fall
-    back on: importing it must say how to install the package."""
+def _import_without_the_package(entry):
+    """Imports a plugin entry point where ``fiftyone_ai_search`` is not
+    importable: ``(exception name, message)``."""
     code = f"""
 import importlib.util, sys
 try:
@@ -223,8 +313,7 @@ except ModuleNotFoundError:
     pass
 else:
     sys.exit("fiftyone_ai_search is importable here")
-spec = importlib.util.spec_from_file_location(
-    "plugin_entry", {os.path.join(PLUGIN_DIR, "__init__.py")!r})
+spec = importlib.util.spec_from_file_location("plugin_entry", {entry!r})
 try:
     spec.loader.exec_module(importlib.util.module_from_spec(spec))
 except ImportError as e:
@@ -239,11 +328,32 @@ else:
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     kind, message = proc.stdout.split("\n", 1)
-    assert kind == "ImportError"
-    assert (f"fiftyone plugins requirements {PLUGIN_NAME} --install"
-            in message)
-    assert f"pip install '{REQUIREMENT}'" in message
+    return kind, message
 
+
+def test_plugin_entry_without_the_package_says_how_to_install_it():
+    """Downloaded, the plugin directory is a copy of the repository: the
+    entry point's error gives the pip command that installs the package from
+    it, and how to check."""
+    kind, message = _import_without_the_package(PLUGIN_ENTRY)
+    assert kind == "ImportError"
+    assert f"pip install '{REPO_DIR}'\n" in message
+    assert "not on PyPI" in message
+    assert f"fiftyone plugins requirements {PLUGIN_NAME} --ensure" in message
+    assert "git+" not in message
+
+
+def test_installed_plugin_entry_without_the_package_points_at_a_clone(
+        tmp_path):
+    """Written by install-plugin, the directory has no source beside it: the
+    error names a clone of the repository instead."""
+    path = install_plugin(plugins_dir=str(tmp_path))
+    kind, message = _import_without_the_package(
+        os.path.join(path, *PY_ENTRY.split("/")))
+    assert kind == "ImportError"
+    assert f"pip install /path/to/fiftyone-ai-search  (a clone of {URL})" \
+           in message
+    assert f"fiftyone plugins requirements {PLUGIN_NAME} --ensure" in message
 
 
 def test_every_public_function_is_type_hinted():

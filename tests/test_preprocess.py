@@ -12,10 +12,10 @@ import pytest
 import torchvision.transforms as T
 from PIL import Image
 
-from fiftyone_ai_search import preprocess
+from fiftyone_ai_search.embedding import preprocess
 from fiftyone_ai_search.demo import tiny_clip_model_name
-from fiftyone_ai_search.model import load_model, resolve_model
-from fiftyone_ai_search.preprocess import recipe_of
+from fiftyone_ai_search.embedding.model import load_model, resolve_model
+from fiftyone_ai_search.embedding.preprocess import recipe_of
 
 # (width, height): landscape, portrait, odd sizes whose crop rounds, smaller
 # than the model's input (scaled up), exactly its size, extreme ratios
@@ -121,7 +121,7 @@ def test_recipe_runs_in_a_process_without_torch(tmp_path):
     script = f"""
 import pickle, sys, types
 package = types.ModuleType("fiftyone_ai_search")
-package.__path__ = [{preprocess.__file__.rsplit('/', 1)[0]!r}]
+package.__path__ = [{preprocess.__file__.rsplit('/', 2)[0]!r}]
 sys.modules["fiftyone_ai_search"] = package
 import numpy as np
 from PIL import Image

@@ -307,7 +307,7 @@ def test_enable_refuses_random_weights_and_says_why(tmp_path):
 
 
 def test_enable_offline_fails_at_once_saying_how_to_supply_weights(tmp_path):
-    from fiftyone_ai_search.model import ModelUnavailableError
+    from fiftyone_ai_search.embedding.model import ModelUnavailableError
 
     dataset = shapes_dataset(tmp_path, num_samples=2, enable=False)
     start = time.time()

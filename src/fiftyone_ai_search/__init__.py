@@ -57,9 +57,9 @@ from .embeddings import (
     get_status,
     is_embeddings_enabled,
 )
-from .crops import CropSettings
+from .embedding.crops import CropSettings
 from .runner import maintain_index
-from .model import available_models, check_model
+from .embedding.model import available_models, check_model
 from .scheduler import start_refresher, stop_refresher
 from .search import perform_ai_search
 from .store import QdrantUnreachableError

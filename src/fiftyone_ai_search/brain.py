@@ -223,7 +223,7 @@ class AISearchSimilarity(Similarity):
         """Checks what the run names before the Brain registers it (it
         loads nothing): an unknown model or backend fails here."""
         from .config import BACKENDS
-        from .model import resolve_model
+        from .embedding.model import resolve_model
 
         super().ensure_requirements()
         if self.config.index_backend not in (None,) + tuple(BACKENDS):
@@ -257,7 +257,7 @@ def _switch_on(target, model, pretrained, backend=None):
     Another model than the index's is refused: a run never mixes models,
     nor changes another run's."""
     from .embeddings import calculate_embeddings, enable_embeddings
-    from .model import resolve_model
+    from .embedding.model import resolve_model
 
     doc = st.get(target)
     if doc and doc.get("enabled"):
@@ -923,7 +923,7 @@ class ClipBrainModel(fom.Model, fom.EmbeddingsMixin, fom.PromptMixin):
     does.
 
     Args:
-        clip: a :class:`fiftyone_ai_search.model.ClipModel`
+        clip: a :class:`fiftyone_ai_search.embedding.model.ClipModel`
     """
 
     def __init__(self, clip):

@@ -58,16 +58,16 @@ BACKENDS = ("edge", "server")
 SECRET_KEYS = (ENV_PREFIX + "QDRANT_URL", ENV_PREFIX + "QDRANT_API_KEY")
 
 #: default of ``FIFTYONE_AI_SEARCH_MAX_IMAGE_PIXELS`` (see
-#: :data:`fiftyone_ai_search.images.DEFAULT_MAX_PIXELS`)
+#: :data:`fiftyone_ai_search.embedding.images.DEFAULT_MAX_PIXELS`)
 DEFAULT_MAX_IMAGE_PIXELS = 100_000_000
 
 #: default of ``FIFTYONE_AI_SEARCH_MAX_IMAGE_BYTES``: a larger image file is
-#: not read (see :data:`fiftyone_ai_search.images.DEFAULT_MAX_BYTES`)
+#: not read (see :data:`fiftyone_ai_search.embedding.images.DEFAULT_MAX_BYTES`)
 DEFAULT_MAX_IMAGE_BYTES = 1 << 30
 
 #: default of ``FIFTYONE_AI_SEARCH_DECODE_TIMEOUT``, in seconds: an image
 #: that takes longer to decode fails (see
-#: :data:`fiftyone_ai_search.images.DEFAULT_TIMEOUT`)
+#: :data:`fiftyone_ai_search.embedding.images.DEFAULT_TIMEOUT`)
 DEFAULT_DECODE_TIMEOUT = 60.0
 
 _REDACTED = "***"

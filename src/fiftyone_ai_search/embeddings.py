@@ -251,7 +251,7 @@ def enable_embeddings(dataset: fod.Dataset, model: str | None = None,
         margin (None): object search: how much context a crop keeps around
             a box, as a share of its sides (each side grows by ``margin``;
             FiftyOne's ``alpha``); default 0.5 (measured: see
-            :class:`fiftyone_ai_search.crops.CropSettings`)
+            :class:`fiftyone_ai_search.embedding.crops.CropSettings`)
         square (None): object search: whether the box is made square
             (centred) before cropping, so that the model's centre crop
             keeps all of a long object (FiftyOne's ``force_square``);
@@ -279,7 +279,7 @@ def enable_embeddings(dataset: fod.Dataset, model: str | None = None,
     """
     from . import brain
     from .existing import ExistingEmbeddings
-    from .model import check_weights, load_model
+    from .embedding.model import check_weights, load_model
 
     compute = validate.boolean(compute, "compute")
     load = validate.boolean(load, "load")
@@ -357,8 +357,8 @@ def _enable_objects(objects, model, pretrained, backend, margin, square,
                     compute, secrets, load, settings, brain_key):
     """:func:`enable_embeddings` of the objects of a label field."""
     from . import brain
-    from .crops import CropSettings
-    from .model import check_weights, load_model
+    from .embedding.crops import CropSettings
+    from .embedding.model import check_weights, load_model
 
     crop = CropSettings(
         margin=CropSettings.margin if margin is None else margin,
@@ -410,9 +410,9 @@ def _backend(backend, current, settings):
 
 
 def _model_spec(model, pretrained, settings):
-    """The :class:`~fiftyone_ai_search.model.ModelSpec` asked for (default
+    """The :class:`~fiftyone_ai_search.embedding.model.ModelSpec` asked for (default
     from settings); a model without weights is refused."""
-    from .model import resolve_model
+    from .embedding.model import resolve_model
 
     if model is None:
         model = settings.model

@@ -8,7 +8,7 @@ units, and it finds changes as cheaply:
   edited (added, moved, relabelled, deleted), so the edited samples are
   the candidates, a page at a time, as for images;
 - an object's fingerprint is its image file's with its box's
-  (:func:`fiftyone_ai_search.crops.box_fingerprint`): a moved box or a
+  (:func:`fiftyone_ai_search.embedding.crops.box_fingerprint`): a moved box or a
   replaced image re-embeds the object, a relabel (same box) embeds nothing;
 - the objects an edited sample no longer holds are found in the index by
   their sample (the ``source_id`` every vector carries) and deleted;
@@ -16,7 +16,7 @@ units, and it finds changes as cheaply:
   page at a time and the objects of samples that are gone are deleted.
 
 Every object of an image comes from one decode of it, in the embedding
-worker pool (:func:`fiftyone_ai_search.embedder.embed_images` with crops).
+worker pool (:func:`fiftyone_ai_search.embedding.pipeline.embed_images` with crops).
 Commits, generations, the kill -9 resume and the consistency check are the
 image sync's: the check compares the index with the field's object count,
 and a mismatch runs a full pass that repairs it.
@@ -26,7 +26,7 @@ import dataclasses
 import logging
 
 from . import state as st
-from .crops import CropSettings, box_fingerprint
+from .embedding.crops import CropSettings, box_fingerprint
 from .sync import (
     PAGE_SIZE,
     Synchronizer,
@@ -84,7 +84,7 @@ class ObjectSynchronizer(Synchronizer):
         objects: the :class:`~fiftyone_ai_search.targets.Objects`
         store, model, settings, generation, building, progress: as for
             :class:`~fiftyone_ai_search.sync.Synchronizer`
-        crop (None): the :class:`~fiftyone_ai_search.crops.CropSettings`
+        crop (None): the :class:`~fiftyone_ai_search.embedding.crops.CropSettings`
             of the index
     """
 

@@ -137,7 +137,7 @@ def _audit_if_due(store, doc, settings):
 def load_index_model(ref, settings=None):
     """Loads (once per process) the model of an index reference (a state
     document's ``index`` or ``build``)."""
-    from .model import load_model, resolve_model
+    from .embedding.model import load_model, resolve_model
 
     settings = settings or get_settings()
     spec = resolve_model(ref["model"], ref["pretrained"])

@@ -741,7 +741,7 @@ def _reference_vectors(target, store, image_ids):
 
 
 def _image_vector(model, image):
-    from .embedder import embed_images
+    from .embedding.pipeline import embed_images
 
     if isinstance(image, str):
         (batch,) = list(embed_images(model, [("image", image)], num_workers=0))

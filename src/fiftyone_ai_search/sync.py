@@ -419,7 +419,7 @@ class Synchronizer:
     Args:
         dataset: a :class:`fiftyone.core.dataset.Dataset`
         store: the :class:`fiftyone_ai_search.store.VectorStore` to fill
-        model: a loaded :class:`fiftyone_ai_search.model.ClipModel`
+        model: a loaded :class:`fiftyone_ai_search.embedding.model.ClipModel`
         settings: the :class:`fiftyone_ai_search.config.Settings`
         generation: the state generation the run works for
         building (False): whether ``store`` is the index being built beside
@@ -727,13 +727,13 @@ class Synchronizer:
                 self.progress(self._done, total)
 
     def _items(self, todo):
-        """The items of :func:`~fiftyone_ai_search.embedder.embed_images`
+        """The items of :func:`~fiftyone_ai_search.embedding.pipeline.embed_images`
         for units to embed, and its keyword arguments."""
         return [(u.key, u.filepath) for u in todo], {}
 
     def _embed(self, todo, report):
         """Embeds and commits ``todo`` (a page of :meth:`_diff`)."""
-        from .embedder import embed_images
+        from .embedding.pipeline import embed_images
 
         if not todo:
             return
@@ -773,7 +773,7 @@ class Synchronizer:
     def _reuse(self, items, meta, report):
         """Stores the existing vectors of ``items`` instead of embedding
         them; returns the items left to embed."""
-        from .embedder import EmbeddedBatch
+        from .embedding.pipeline import EmbeddedBatch
 
         left = []
         chunk = self.settings.batch_size * 8

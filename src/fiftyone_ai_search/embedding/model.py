@@ -33,8 +33,9 @@ import urllib.parse
 
 import numpy as np
 
-from . import validate
-from .errors import ModelUnavailableError
+from .. import validate
+from ..config import get_settings
+from ..errors import ModelUnavailableError
 
 logger = logging.getLogger(__name__)
 
@@ -207,7 +208,7 @@ class ClipModel:
     def encode_pil(self, images):
         """Embeds in-memory images (``PIL.Image`` of any mode), preprocessed
         here one by one; for images from outside a dataset. Files go
-        through :func:`fiftyone_ai_search.embedder.embed_images`.
+        through :func:`fiftyone_ai_search.embedding.pipeline.embed_images`.
 
         Returns:
             a float32 ``np.ndarray`` of shape ``(n, dim)``, L2-normalised
@@ -663,7 +664,7 @@ def _offline_message(spec, error=None):
         reason = f"they are not in the Hugging Face cache, and {error}"
     else:
         reason = f"the download failed ({error})"
-    from .demo import tiny_clip_model_name
+    from ..demo import tiny_clip_model_name
 
     here = [c.key for c in available_models() if c.available]
     return (
@@ -688,8 +689,6 @@ def _offline_message(spec, error=None):
 
 
 def _settings():
-    from .config import get_settings
-
     # storage_dir is not needed here; passing one keeps get_settings() from
     # importing fiftyone to compute its default
     return get_settings(storage_dir=os.curdir)
@@ -775,7 +774,7 @@ def available_models(refresh: bool = False) -> list[ModelChoice]:
 
     import open_clip
 
-    from .demo import tiny_clip_model_name
+    from ..demo import tiny_clip_model_name
 
     settings = _settings()
     default = _choice(settings.model, settings.pretrained, "default")

@@ -15,8 +15,8 @@ itself.
 
 Example::
 
-    from fiftyone_ai_search.model import load_model, resolve_model
-    from fiftyone_ai_search.preprocess import recipe_of
+    from fiftyone_ai_search.embedding.model import load_model, resolve_model
+    from fiftyone_ai_search.embedding.preprocess import recipe_of
 
     model = load_model(resolve_model("ViT-B-32", "laion2b_s34b_b79k"))
     recipe = recipe_of(model.preprocess)

@@ -9,14 +9,14 @@ alpha=margin)``), so that an object's crop is the patch the App shows for
 it; see :class:`CropSettings` for the rule.
 
 This module imports only the standard library: it runs in the decoding
-workers (:mod:`fiftyone_ai_search.embedder`).
+workers (:mod:`fiftyone_ai_search.embedding.pipeline`).
 """
 
 import dataclasses
 import math
 import numbers
 
-from .errors import CropError
+from ..errors import CropError
 
 # Pixel coordinates within this of an integer count as that integer: a box
 # stored as 0.29 on a 100-pixel side (28.999999999999996 pixels) starts at

@@ -21,7 +21,7 @@ import time
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .config import (
+from ..config import (
     DEFAULT_DECODE_TIMEOUT,
     DEFAULT_MAX_IMAGE_BYTES,
     DEFAULT_MAX_IMAGE_PIXELS,
@@ -30,7 +30,7 @@ from .config import (
     max_image_bytes,
     max_image_pixels,
 )
-from .errors import ImageDecodeError
+from ..errors import ImageDecodeError
 
 #: largest image decoded by default, in pixels (width x height, after JPEG
 #: draft decoding), overridden by ``FIFTYONE_AI_SEARCH_MAX_IMAGE_PIXELS``.

@@ -272,7 +272,6 @@ def test_the_downloaded_plugin_loads_every_operator_and_the_panel(
         manifest()["operators"] + manifest()["panels"])
 
 
-@pytest.mark.slow
 def test_the_downloaded_plugin_directory_builds_the_package(downloaded,
                                                             tmp_path):
     """The package is not on PyPI: ``pip install <the downloaded plugin

@@ -1,9 +1,10 @@
 """The plugin manifest (``fiftyone.yml``) and its requirement, as data.
 
-The repository's plugin directory ``plugins/ai-search/`` (what
-``fiftyone plugins download`` copies) and the one ``install-plugin`` writes
-(for pip installs) both hold this manifest and :data:`REQUIREMENT`; a test
-keeps them equal.
+The repository's root is the plugin directory: ``fiftyone.yml``,
+``requirements.txt`` and the entry point ``plugin/__init__.py`` (what
+``fiftyone plugins download`` finds first, and copies along with what the
+repository's archives hold). ``install-plugin`` writes the same three files
+for pip installs; a test keeps them equal.
 """
 
 import fiftyone_ai_search
@@ -12,9 +13,17 @@ PLUGIN_NAME = "@fiftyone-ai-search/ai-search"
 
 URL = "https://github.com/fiftyone-ai-search/fiftyone-ai-search"
 
+# the entry point, relative to the plugin directory: the plugin's code lives
+# in plugin/ so that the repository's root can be the plugin directory
+PY_ENTRY = "plugin/__init__.py"
+
 # the plugin directory's requirements.txt, for
-# ``fiftyone plugins requirements @fiftyone-ai-search/ai-search --install``
-REQUIREMENT = f"fiftyone-ai-search @ git+{URL}"
+# ``fiftyone plugins requirements @fiftyone-ai-search/ai-search --ensure``:
+# the package at this very version (the manifest lists its operators), no
+# extras (``mongod`` is for a FiftyOne without a working database, which a
+# FiftyOne that loads plugins has). The package is not on PyPI: README, "The
+# FiftyOne App", says how to install it from this repository.
+REQUIREMENT = f"fiftyone-ai-search=={fiftyone_ai_search.__version__}"
 
 OPERATOR_NAMES = (
     "enable_ai_search",
@@ -38,7 +47,7 @@ SECRETS = (
 )
 
 
-def manifest(py_entry="__init__.py"):
+def manifest(py_entry=PY_ENTRY):
     """The manifest as a dict; ``py_entry`` is relative to the plugin dir."""
     return {
         "name": PLUGIN_NAME,

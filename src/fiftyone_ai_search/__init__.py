@@ -46,7 +46,8 @@ from .errors import (AISearchError, AISearchNotEnabledError,
                      CollectionNotFoundError, DiskFullError,
                      IndexDamagedError, IndexNotReadyError,
                      ModelUnavailableError, ObjectFieldError,
-                     StateDamagedError, UnsupportedMediaError)
+                     StateDamagedError, UnsupportedMediaError,
+                     UnsupportedPlatformError)
 from .embeddings import (
     calculate_embeddings,
     disable_embeddings,
@@ -88,6 +89,7 @@ __all__ = [
     "SyncReport",
     "TEMPORARY_COLLECTION",
     "UnsupportedMediaError",
+    "UnsupportedPlatformError",
     "delete_collection",
     "get_collection",
     "get_collection_scores",

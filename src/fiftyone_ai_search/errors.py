@@ -73,6 +73,16 @@ class DiskFullError(AISearchError, OSError):
     """
 
 
+class UnsupportedPlatformError(AISearchError, RuntimeError):
+    """Exception raised when the embedded index is asked for on a platform
+    it cannot run on (Windows: its processes take turns with ``fcntl``
+    locks, which Windows lacks).
+
+    The message names the platform and the way out: the ``server`` backend
+    (a Qdrant server, through qdrant-client), or Linux / macOS / WSL.
+    """
+
+
 # --- what was asked for ------------------------------------------------------
 
 

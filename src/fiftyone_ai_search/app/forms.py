@@ -21,6 +21,8 @@ import fiftyone_ai_search as ais
 from fiftyone_ai_search import media
 from fiftyone_ai_search.config import BACKENDS
 from fiftyone_ai_search.duplicates import DEFAULT_THRESHOLD
+from fiftyone_ai_search.errors import UnsupportedPlatformError
+from fiftyone_ai_search.store.portability import check_embedded_index
 
 SEARCH_MODES = ("prompt", "similar", "image", "diverse")
 DEFAULT_LIMIT = 100
@@ -339,11 +341,17 @@ def enable_form(inputs, params, dataset=None):
                 blocked(inputs, "model_unavailable", str(e), types.Error)
 
     settings = ais.get_settings()
-    inputs.enum("backend", list(BACKENDS), label="Index",
-                default=settings.backend, view=types.RadioGroup(
-                    orientation="horizontal"),
-                description="edge: embedded, nothing to run; server: a "
-                "Qdrant server (URL and API key from plugin secrets)")
+    prop = inputs.enum("backend", list(BACKENDS), label="Index",
+                       default=settings.backend, view=types.RadioGroup(
+                           orientation="horizontal"),
+                       description="edge: embedded, nothing to run; server: "
+                       "a Qdrant server (URL and API key from plugin "
+                       "secrets)")
+    if (params.get("backend") or settings.backend) == "edge":
+        try:
+            check_embedded_index()
+        except UnsupportedPlatformError as e:  # Windows: no fcntl
+            invalid(prop, str(e))
 
 
 def model_problem(params):

@@ -17,12 +17,16 @@ leaves an index locked.
 
 import collections
 import errno
-import fcntl
 import os
 import random
 import threading
 import time
 import weakref
+
+from .portability import check_embedded_index
+
+check_embedded_index()  # no fcntl (Windows): says what to use instead
+import fcntl  # noqa: E402
 
 #: first and largest pause between two attempts at a busy lock (seconds)
 _MIN_BACKOFF = 0.002

@@ -1,0 +1,106 @@
+"""Opening an embedded index in a fresh process (issue 29, point 3): the
+shard's files are read ahead of Qdrant's opening, and read back into the
+page cache after it for the next process.
+
+Real processes on a real shard; what is asserted is counted (bytes read,
+openings, results), never timed.
+"""
+
+import multiprocessing
+import os
+import threading
+
+import numpy as np
+
+from fiftyone_ai_search.store import IndexInfo
+from fiftyone_ai_search.store import edge
+from fiftyone_ai_search.store.edge import EdgeStore
+
+DIM = 32
+N = 2000
+NAME = "opened"
+INFO = IndexInfo("m", None, "m@1", DIM)
+SPAWN = multiprocessing.get_context("spawn")
+
+
+def _vectors():
+    x = np.random.default_rng(0).standard_normal((N, DIM)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _ids():
+    return [f"{i:024x}" for i in range(1, N + 1)]
+
+
+def _segment_files(root):
+    """``{path: size}`` of the shard's segment files, but the original
+    vectors (which an opening does not read whole)."""
+    sizes = {}
+    segments = os.path.join(root, NAME, edge.SHARD_DIR, "segments")
+    for dirpath, _, names in os.walk(segments):
+        if any(os.sep + c + os.sep in dirpath + os.sep
+               for c in edge._COLD_DIRS):
+            continue
+        for name in names:
+            if name not in edge._COLD_FILES:
+                path = os.path.join(dirpath, name)
+                sizes[path] = os.path.getsize(path)
+    return sizes
+
+
+def _fresh_search(root, query, result):
+    store = EdgeStore(NAME, root, lock_timeout=60)
+    hits = store.query(query, 10)
+    read_ahead = edge.stats["read_ahead"]
+    # the read back for the next process: in the background, waited for
+    # here so that it is counted
+    for thread in threading.enumerate():
+        if thread.name == "ai-search-rewarm":
+            thread.join()
+    result.put({"hits": [h[0] for h in hits], "opens": edge.stats["opens"],
+                "read_ahead": read_ahead, "asked": edge.stats["asked"]})
+
+
+def _search_in_a_fresh_process(root, query):
+    result = SPAWN.Queue()
+    proc = SPAWN.Process(target=_fresh_search, args=(root, query, result))
+    proc.start()
+    got = result.get(timeout=120)
+    proc.join(timeout=60)
+    assert proc.exitcode == 0
+    return got
+
+
+def test_a_fresh_process_reads_the_shard_ahead_of_opening_it(tmp_path):
+    root = str(tmp_path)
+    store = EdgeStore(NAME, root)
+    store.ensure(INFO)
+    vectors = _vectors()
+    store.upsert(_ids(), vectors, [{} for _ in range(N)])
+    store.close()
+    files = _segment_files(root)
+    assert files  # the id tracker, the payload storage, ...
+    query = vectors[7]
+    want = [_ids()[i] for i in np.argsort(-(vectors @ query))[:10]]
+
+    for _ in range(2):  # the second finds what the first read back
+        got = _search_in_a_fresh_process(root, query)
+        # nobody held the index: the child opened it, once, after reading
+        # every file Qdrant reads whole (and nothing of the originals)
+        assert got["asked"] == 0
+        assert got["opens"] == 1
+        assert got["read_ahead"] == sum(files.values())
+        assert got["hits"] == want
+        assert _segment_files(root) == files
+
+
+def test_read_ahead_skips_the_originals_and_vanished_files(tmp_path):
+    root = str(tmp_path)
+    store = EdgeStore(NAME, root)
+    store.ensure(INFO)
+    store.upsert(_ids()[:100], _vectors()[:100], [{} for _ in range(100)])
+    store.close()
+    shard = os.path.join(root, NAME, edge.SHARD_DIR)
+    assert edge._read_ahead(shard) == sum(_segment_files(root).values())
+    # no shard (dropped meanwhile): nothing read, nothing raised
+    assert edge._read_ahead(os.path.join(root, "missing")) == 0

@@ -33,7 +33,7 @@ def _stored(dataset, name):
     document says its saved view shows it and did so before and after the
     view was read (else None: a write in flight, nothing to compare)."""
     from fiftyone_ai_search import results as co
-    from fiftyone_ai_search import state as st
+    from fiftyone_ai_search.index import state as st
 
     key = {"dataset_id": st.dataset_key(dataset),
            "view_id": str(co._view_id(dataset, name))}

@@ -80,16 +80,17 @@ def fill_index(dataset, ids, vectors, model, pretrained):
     ``vectors`` into its first build with the images' real fingerprints,
     then switches searches over to it: what a finished sync leaves."""
     import fiftyone_ai_search as ais
-    from fiftyone_ai_search import brain, runner, sync
-    from fiftyone_ai_search import state as st
+    from fiftyone_ai_search import brain, sync
+    from fiftyone_ai_search.index import indexes
+    from fiftyone_ai_search.index import state as st
     from fiftyone_ai_search.store import IndexInfo
 
     ais.enable_embeddings(dataset, model=model, pretrained=pretrained,
                           compute=False)
     doc = st.get(dataset)
     build = doc["build"]
-    clip = runner.load_index_model(build)
-    store = runner.open_ref(build)
+    clip = indexes.load_index_model(build)
+    store = indexes.open_ref(build)
     store.ensure(IndexInfo(model=clip.spec.name, pretrained=clip.spec.pretrained,
                            model_identity=clip.spec.identity, dim=clip.dim))
     paths = dataset.values("filepath")
@@ -109,7 +110,7 @@ def fill_index(dataset, ids, vectors, model, pretrained):
         brain.register(dataset, doc, OURS)
     # what a refresher pass asks: nothing left to do
     assert not sync.has_changes(dataset, doc), "the index is not in sync"
-    assert sync.is_consistent(dataset, runner.open_index(dataset, doc=doc))
+    assert sync.is_consistent(dataset, indexes.open_index(dataset, doc=doc))
     return clip
 
 
@@ -299,7 +300,7 @@ def main(argv=None):
 
     if "fresh" not in skip:
         print("fresh process: load_brain_results + first query", flush=True)
-        from fiftyone_ai_search import runner
+        from fiftyone_ai_search.index import indexes
 
         qpath = os.path.join(scratch, "query.npy")
         np.save(qpath, qvecs[0])
@@ -308,7 +309,7 @@ def main(argv=None):
         top = np.lexsort((np.array(ids), -scores))[:LIMIT]
         want = [ids[j] for j in top]
         # the shard is not held open by this process
-        runner.open_index(dataset).close()
+        indexes.open_index(dataset).close()
         got = {OURS: [], SKLEARN: []}
         for _ in range(args.fresh_repeat):
             for key in (OURS, SKLEARN):

@@ -145,15 +145,15 @@ def agreement(dataset):
     embeddings, label by label: ``(mean, min, count)``."""
     import numpy as np
 
-    from fiftyone_ai_search import runner
-    from fiftyone_ai_search import state as st
-    from fiftyone_ai_search.targets import Objects
+    from fiftyone_ai_search.index import indexes
+    from fiftyone_ai_search.index import state as st
+    from fiftyone_ai_search.index.targets import Objects
 
     results = dataset.load_brain_results(BRAIN_KEY)
     theirs = np.asarray(results.embeddings, dtype=np.float64)
     theirs /= np.linalg.norm(theirs, axis=1, keepdims=True)
     row = {label_id: i for i, label_id in enumerate(results.label_ids)}
-    store = runner.open_ref(st.get(Objects(dataset, FIELD))["index"])
+    store = indexes.open_ref(st.get(Objects(dataset, FIELD))["index"])
     try:
         ids, vectors = store.get_vectors(list(row))
     finally:

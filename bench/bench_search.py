@@ -227,16 +227,17 @@ def fill_index(dataset, ids, vectors, model, pretrained):
     finished sync leaves, so that a sync after an edit that leaves the image
     alone (a tag) embeds nothing, as for a user."""
     import fiftyone_ai_search as ais
-    from fiftyone_ai_search import runner, sync
-    from fiftyone_ai_search import state as st
+    from fiftyone_ai_search import sync
+    from fiftyone_ai_search.index import indexes
+    from fiftyone_ai_search.index import state as st
     from fiftyone_ai_search.store import IndexInfo
 
     ais.enable_embeddings(dataset, model=model, pretrained=pretrained,
                           compute=False)
     doc = st.get(dataset)
     build = doc["build"]  # the first index, built beside (none) like a sync
-    clip = runner.load_index_model(build)
-    store = runner.open_ref(build)
+    clip = indexes.load_index_model(build)
+    store = indexes.open_ref(build)
     store.ensure(IndexInfo(model=clip.spec.name, pretrained=clip.spec.pretrained,
                            model_identity=clip.spec.identity, dim=clip.dim))
     paths = dataset.values("filepath")
@@ -271,8 +272,9 @@ def main(argv=None):
 
     import fiftyone_ai_search as ais
     from fiftyone_ai_search import results as colls
-    from fiftyone_ai_search import runner, search
-    from fiftyone_ai_search import state as st
+    from fiftyone_ai_search import search
+    from fiftyone_ai_search.index import indexes
+    from fiftyone_ai_search.index import state as st
 
     n = args.samples
     if args.threads:
@@ -308,7 +310,7 @@ def main(argv=None):
           f"{t:.1f} s", flush=True)
     if args.cells:
         t, assigned = timed_once(lambda: ais.maintain_index(dataset))
-        cells = runner.open_index(dataset).cells()
+        cells = indexes.open_index(dataset).cells()
         print(f"maintain_index: {assigned:,} points given their cell of "
               f"{len(cells) if cells else 0} cells in {t:.1f} s", flush=True)
 
@@ -369,7 +371,7 @@ def main(argv=None):
     qvecs = [clip.encode_text([f"vector {i}"])[0] for i in range(args.repeat)]
 
     def ours_vector(i):
-        store = runner.open_index(dataset, doc=doc)
+        store = indexes.open_index(dataset, doc=doc)
         got_ids, scores = search.nearest(store, qvecs[i], LIMIT,
                                          keep_open=True)
         colls.write_collection(dataset, colls.TEMPORARY_COLLECTION, got_ids,
@@ -462,7 +464,7 @@ def main(argv=None):
 
         # what reading every vector of the scope costs (the result is the
         # same; with cells, only within the probed cells)
-        store = runner.open_index(dataset, doc=doc)
+        store = indexes.open_index(dataset, doc=doc)
         if n <= 200_000 and not args.cells:
             t, (all_ids, _) = timed_once(lambda: search.diverse_sample(
                 store, LIMIT, method="centroids", num_clusters=10,
@@ -475,7 +477,7 @@ def main(argv=None):
 
     if "scopes" not in skip:
         print("(e) in-Qdrant id filter vs over-fetch", flush=True)
-        store = runner.open_index(dataset, doc=doc)
+        store = indexes.open_index(dataset, doc=doc)
         with store.session(keep_open=True):  # only the queries are measured
             total = store.count()
             for size in [int(s) for s in args.scopes.split(",") if s]:
@@ -500,7 +502,7 @@ def main(argv=None):
 
     if "store" not in skip:
         print("store costs", flush=True)
-        store = runner.open_index(dataset, doc=doc)
+        store = indexes.open_index(dataset, doc=doc)
         store.close()  # nothing kept open: each run below opens the shard
 
         def open_count(i):

@@ -85,11 +85,11 @@ def child(name):
     import fiftyone as fo
 
     import fiftyone_ai_search as ais
-    from fiftyone_ai_search import runner
-    from fiftyone_ai_search import state as st
+    from fiftyone_ai_search.index import indexes
+    from fiftyone_ai_search.index import state as st
 
     dataset = fo.load_dataset(name)
-    runner.load_index_model(st.get(dataset)["index"])  # cached for the sync
+    indexes.load_index_model(st.get(dataset)["index"])  # cached for the sync
     before = rss_mb("VmRSS")
     reset_peak_rss()
     t = time.perf_counter()
@@ -155,15 +155,16 @@ def fill_index(dataset, ids):
     ``bench_search.py`` does: random unit vectors with the images' real
     fingerprints, then searches switched over to it. Checks that this is
     what a finished sync leaves."""
-    from fiftyone_ai_search import runner, sync
-    from fiftyone_ai_search import state as st
+    from fiftyone_ai_search import sync
+    from fiftyone_ai_search.index import indexes
+    from fiftyone_ai_search.index import state as st
     from fiftyone_ai_search.demo import tiny_clip_model_name
 
     vectors = bs.random_unit_vectors(len(ids), 64)
     bs.fill_index(dataset, ids, vectors, tiny_clip_model_name(), None)
     doc = st.get(dataset)
     assert not sync.has_changes(dataset, doc), "the index is not in sync"
-    assert sync.is_consistent(dataset, runner.open_index(dataset, doc=doc))
+    assert sync.is_consistent(dataset, indexes.open_index(dataset, doc=doc))
 
 
 def main(argv=None):
@@ -175,7 +176,7 @@ def main(argv=None):
     scratch = _env.setup()
 
     import fiftyone_ai_search as ais
-    from fiftyone_ai_search import runner
+    from fiftyone_ai_search.index import indexes
 
     n = args.samples
     k = max(1, int(n * args.fraction))
@@ -199,7 +200,7 @@ def main(argv=None):
         dataset.select(some(1), ordered=True).set_values("filepath", paths)
 
     def lose_vectors():
-        store = runner.open_index(dataset)
+        store = indexes.open_index(dataset)
         store.delete(some(3))
         store.close()
 

@@ -35,7 +35,7 @@ def server_dataset_by_secrets(tmp_path, num_samples, secrets):
     whose URL is only in ``secrets``, as the App's plugin secrets hold it
     (the caller unsets the URL in the environment). Returns the dataset and
     the name of its index."""
-    from fiftyone_ai_search import state as st
+    from fiftyone_ai_search.index import state as st
 
     dataset = shapes_dataset(tmp_path, num_samples=num_samples, enable=False)
     ais.enable_embeddings(dataset, model=tiny_clip_model_name(),
@@ -154,7 +154,7 @@ def kill_sync_worker_midway(target, args, done=20, timeout=120):
     import subprocess
     import sys
 
-    from fiftyone_ai_search import state
+    from fiftyone_ai_search.index import state
 
     env = dict(os.environ, FIFTYONE_AI_SEARCH_BATCH_SIZE="2",
                FIFTYONE_AI_SEARCH_NUM_WORKERS="0")
@@ -185,7 +185,7 @@ def worker_paused_midway(target, beyond=0, timeout=180, step=0.02):
     A fast machine can then not finish before a poll sees the progress."""
     import signal
 
-    from fiftyone_ai_search import state
+    from fiftyone_ai_search.index import state
 
     def doc():
         return state.get(target) or {}

@@ -118,6 +118,7 @@ def test_an_audit_is_due_when_the_cells_are_new_or_the_index_grew(indexed):
 def test_upkeep_audits_and_the_status_shows_it(tmp_path):
     import fiftyone_ai_search as ais
     from fiftyone_ai_search import runner
+    from fiftyone_ai_search.index import indexes
 
     from helpers import shapes_dataset
 
@@ -139,11 +140,11 @@ def test_upkeep_audits_and_the_status_shows_it(tmp_path):
     assert f"prompts {text['recall']:.2f}" in line or "prompts exact" in line
     # a prompt search of the audited index finds what an exact one does
     from fiftyone_ai_search import search
-    from fiftyone_ai_search import state as st
+    from fiftyone_ai_search.index import state as st
 
     name = ais.perform_ai_search(dataset, prompt="a red circle", limit=10)
     found = [i for i, _ in ais.get_collection_scores(dataset, name)]
-    model = runner.load_index_model(st.get(dataset)["index"])
+    model = indexes.load_index_model(st.get(dataset)["index"])
     query = search.prompt_vectors(model, ["a red circle"])[0]
     ids, vectors = ais.get_embeddings(dataset)
     exact = [ids[i] for i in np.argsort(-(vectors @ query))[:10]]

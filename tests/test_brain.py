@@ -16,8 +16,9 @@ import fiftyone as fo
 import fiftyone.brain as fob
 
 import fiftyone_ai_search as ais
-from fiftyone_ai_search import brain, runner
-from fiftyone_ai_search import state as st
+from fiftyone_ai_search import brain
+from fiftyone_ai_search.index import indexes
+from fiftyone_ai_search.index import state as st
 from fiftyone_ai_search.demo import tiny_clip_model_name
 from fiftyone_ai_search.existing import ExistingEmbeddingsError
 from fiftyone_ai_search.embedding.model import load_model, resolve_model
@@ -386,7 +387,7 @@ def test_deleting_the_run_disabling_and_cleanup_are_the_same(tmp_path, how):
     assert not ais.is_embeddings_enabled(dataset)
     assert KEY not in dataset.list_brain_runs()
     assert st.get(dataset) is None
-    assert not runner.open_ref({"name": index_name, "backend": "edge"}).exists()
+    assert not indexes.open_ref({"name": index_name, "backend": "edge"}).exists()
 
 
 def test_enabling_again_repairs_a_run_left_without_results(tmp_path):

@@ -159,7 +159,7 @@ def test_full_index_query(tmp_path):
 
 
 def test_delete_brain_run_of_a_damaged_state_switches_off(tmp_path):
-    from fiftyone_ai_search import state as st
+    from fiftyone_ai_search.index import state as st
 
     dataset = _indexed(tmp_path, 4)
     st._states().update_one({"_id": st.dataset_key(dataset)},

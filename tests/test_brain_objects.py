@@ -12,11 +12,12 @@ import fiftyone as fo
 import fiftyone.brain as fob
 
 import fiftyone_ai_search as ais
-from fiftyone_ai_search import brain, runner
-from fiftyone_ai_search import state as st
+from fiftyone_ai_search import brain
+from fiftyone_ai_search.index import indexes
+from fiftyone_ai_search.index import state as st
 from fiftyone_ai_search.demo import shapes, tiny_clip_model_name
 from fiftyone_ai_search.embedding.model import load_model, resolve_model
-from fiftyone_ai_search.targets import Objects
+from fiftyone_ai_search.index.targets import Objects
 
 FIELD = "ground_truth"
 KEY = brain.default_brain_key(FIELD)
@@ -33,7 +34,7 @@ def _scenes(tmp_path, num_samples):
 
 
 def _object_vectors(dataset):
-    store = runner.open_ref(st.get(Objects(dataset, FIELD))["index"])
+    store = indexes.open_ref(st.get(Objects(dataset, FIELD))["index"])
     try:
         ids, vectors = store.get_vectors()
         payloads = store.get_payloads(ids)

@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 
 import fiftyone_ai_search as ais
-from fiftyone_ai_search import runner, scheduler, search
-from fiftyone_ai_search import state as st
+from fiftyone_ai_search import scheduler, search
+from fiftyone_ai_search.index import indexes
+from fiftyone_ai_search.index import state as st
 from fiftyone_ai_search.store import cells as cl
 from fiftyone_ai_search.store import ranks
 from fiftyone_ai_search.store.edge import EdgeStore
@@ -351,10 +352,10 @@ def test_the_refresher_builds_the_cells_in_the_background(tmp_path,
     prompt search then scans the probed cells."""
     dataset = shapes_dataset(tmp_path, num_samples=200)
     ais.calculate_embeddings(dataset, wait=True, progress=False)
-    assert runner.open_index(dataset).cells() is None
+    assert indexes.open_index(dataset).cells() is None
     monkeypatch.setattr(cl, "MIN_POINTS", 10)
     scheduler.refresh_all([dataset.name])
-    store = runner.open_index(dataset)
+    store = indexes.open_index(dataset)
     cells = store.cells()
     assert cells is not None and cells.complete
     ids, vectors = store.get_vectors()
@@ -364,7 +365,7 @@ def test_the_refresher_builds_the_cells_in_the_background(tmp_path,
     got = [i for i, _ in ais.get_collection_scores(dataset, name)]
     # the same as an exact search of the probed cells
     query = search.prompt_vectors(
-        runner.load_index_model(st.get(dataset)["index"]),
+        indexes.load_index_model(st.get(dataset)["index"]),
         ["a red circle"])[0]
     # (the upkeep also audited the cells: its rule may search exactly)
     probed = store.cells().probe(query)

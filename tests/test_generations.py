@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 import fiftyone_ai_search as ais
-from fiftyone_ai_search import runner
-from fiftyone_ai_search import state as st
+from fiftyone_ai_search.index import indexes
+from fiftyone_ai_search.index import state as st
 from fiftyone_ai_search.demo import tiny_clip_model_name
 from fiftyone_ai_search.embedding.pipeline import embed_images
 from fiftyone_ai_search.embedding.model import load_model, resolve_model
@@ -87,7 +87,7 @@ def _assert_equal(found, expected):
 
 def _ask(ref, question):
     """``question(store)`` of the index of a state reference."""
-    store = runner.open_ref(ref)
+    store = indexes.open_ref(ref)
     try:
         return question(store)
     finally:
@@ -289,7 +289,7 @@ def test_get_embeddings_after_a_model_change_says_what_it_waits_for(
 
 def test_a_search_never_serves_an_index_of_another_model(synced):
     dataset = synced
-    store = runner.open_index(dataset)
+    store = indexes.open_index(dataset)
     store.close()
     with open(store._info_path) as f:
         info = json.load(f)
@@ -312,7 +312,7 @@ def test_the_consistency_check_repairs_an_index_changed_behind_our_back(
     ais.calculate_embeddings(dataset, wait=True, progress=False)
     before = _vectors(dataset)
     lost = list(before)[:7]
-    store = runner.open_index(dataset)
+    store = indexes.open_index(dataset)
     try:
         store.delete(lost)
         # and a vector of a sample that does not exist

@@ -12,6 +12,7 @@ import pytest
 
 import fiftyone_ai_search as ais
 from fiftyone_ai_search import runner
+from fiftyone_ai_search.index import indexes
 from fiftyone_ai_search.errors import IndexDamagedError
 from fiftyone_ai_search.store import edge, sample_id_to_point_id
 
@@ -29,7 +30,7 @@ def _indexed(tmp_path, num_samples=12):
 
 
 def _store(dataset):
-    return runner.open_index(dataset)
+    return indexes.open_index(dataset)
 
 
 # -- (2) poisoned vectors ------------------------------------------------------
@@ -152,7 +153,7 @@ def test_a_damaged_state_says_so_never_loops_and_disable_repairs_it(
         tmp_path, garbage, problem):
     import os
 
-    from fiftyone_ai_search import state as st
+    from fiftyone_ai_search.index import state as st
     from fiftyone_ai_search.errors import StateDamagedError
 
     dataset = _indexed(tmp_path, num_samples=6)
@@ -243,7 +244,7 @@ def test_a_damaged_index_is_said_and_a_plain_sync_rebuilds_it(
         dataset, ais.perform_ai_search(dataset, prompt="a red circle",
                                        limit=5))
     index_dir = _store(dataset).path
-    runner.open_index(dataset).close()
+    indexes.open_index(dataset).close()
     damage(index_dir, glob.glob(f"{index_dir}/cells-*.npy")[0])
     edge._cells_cache.clear()  # what this process read: as a new process
 
@@ -274,7 +275,7 @@ def test_disable_removes_a_damaged_index(tmp_path):
                    lambda d: _truncate(f"{d}/index.json", 3)):
         dataset = _indexed(tmp_path, num_samples=4)
         index_dir = _store(dataset).path
-        runner.open_index(dataset).close()
+        indexes.open_index(dataset).close()
         damage(index_dir)
 
         ais.disable_embeddings(dataset)
@@ -289,7 +290,7 @@ def test_the_refresher_rebuilds_a_damaged_index(tmp_path):
     dataset = _indexed(tmp_path, num_samples=8)
     _learn_cells(dataset)
     index_dir = _store(dataset).path
-    runner.open_index(dataset).close()
+    indexes.open_index(dataset).close()
     _garbage(f"{index_dir}/cells.json")
 
     report = refresh_all([dataset.name])
@@ -497,7 +498,7 @@ def _switch_before_first_open(monkeypatch, dataset):
     between a reader's read of the state and its opening of the index the
     state named: the interleaving that made get_status and get_embeddings
     fail under load, made certain."""
-    real = runner.open_ref
+    real = indexes.open_ref
     switched = []
 
     def open_ref(ref, settings=None):
@@ -505,10 +506,10 @@ def _switch_before_first_open(monkeypatch, dataset):
             switched.append(ref["name"])
             ais.calculate_embeddings(dataset, force=True, wait=True,
                                      progress=False)
-            assert runner.open_index(dataset).name != ref["name"]
+            assert indexes.open_index(dataset).name != ref["name"]
         return real(ref, settings)
 
-    monkeypatch.setattr(runner, "open_ref", open_ref)
+    monkeypatch.setattr(indexes, "open_ref", open_ref)
     return switched
 
 
@@ -605,7 +606,7 @@ def _host_clock_ahead(monkeypatch, seconds):
     host) keep the true time."""
     import datetime as real
 
-    from fiftyone_ai_search import state as st
+    from fiftyone_ai_search.index import state as st
 
     skew = real.timedelta(seconds=seconds)
 
@@ -643,7 +644,7 @@ def test_a_dead_lease_holder_whose_clock_ran_ahead_blocks_no_one(
     import socket
     import time
 
-    from fiftyone_ai_search import state as st
+    from fiftyone_ai_search.index import state as st
 
     dataset = _indexed(tmp_path, num_samples=4)
     # a computation on another host whose clock runs 300 s ahead takes the
@@ -668,7 +669,7 @@ def test_a_dead_lease_holder_whose_clock_ran_ahead_blocks_no_one(
 
 def test_the_refresher_removes_what_a_killed_disable_left(tmp_path,
                                                           monkeypatch):
-    from fiftyone_ai_search import state as st
+    from fiftyone_ai_search.index import state as st
     from fiftyone_ai_search.scheduler import refresh_all
 
     dataset = _indexed(tmp_path, num_samples=4)
@@ -703,7 +704,7 @@ def test_a_dataset_deleted_mid_sync_ends_its_worker_cleanly(tmp_path,
                                                              monkeypatch):
     import os
 
-    from fiftyone_ai_search import state as st
+    from fiftyone_ai_search.index import state as st
     from fiftyone_ai_search.config import get_settings
 
     from helpers import worker_paused_midway
@@ -733,7 +734,7 @@ def test_a_dataset_deleted_mid_sync_ends_its_worker_cleanly(tmp_path,
 
 def test_disable_of_a_server_index_whose_url_is_only_in_plugin_secrets(
         tmp_path, monkeypatch):
-    from fiftyone_ai_search import state as st
+    from fiftyone_ai_search.index import state as st
     from fiftyone_ai_search.config import get_settings
     from fiftyone_ai_search.store import open_store
 

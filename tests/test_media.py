@@ -12,8 +12,8 @@ import fiftyone.operators.types as types
 from fiftyone import ViewField as F
 
 import fiftyone_ai_search as ais
-from fiftyone_ai_search import media
-from fiftyone_ai_search import state as st
+from fiftyone_ai_search.index import media
+from fiftyone_ai_search.index import state as st
 from fiftyone_ai_search.app import forms
 from fiftyone_ai_search.demo import (make_scenes_dataset, make_shapes_dataset,
                                      tiny_clip_model_name)

@@ -284,7 +284,7 @@ def test_validate_returns_plain_values(check, value, expected):
 
 
 def _sdk_state(dataset):
-    from fiftyone_ai_search import state as st
+    from fiftyone_ai_search.index import state as st
 
     doc = dict(st.get(dataset) or {})
     for volatile in ("lease", "progress", "pending"):

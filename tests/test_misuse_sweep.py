@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 import fiftyone_ai_search as ais
-from fiftyone_ai_search import state as st
+from fiftyone_ai_search.index import state as st
 from fiftyone_ai_search.demo import tiny_clip_model_name
 
 from helpers import shapes_dataset

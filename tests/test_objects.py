@@ -10,10 +10,10 @@ import fiftyone as fo
 import pytest
 
 import fiftyone_ai_search as ais
-from fiftyone_ai_search import state as st
-from fiftyone_ai_search import runner
+from fiftyone_ai_search.index import state as st
+from fiftyone_ai_search.index import indexes
 from fiftyone_ai_search.demo import shapes, tiny_clip_model_name
-from fiftyone_ai_search.targets import ObjectFieldError, Objects
+from fiftyone_ai_search.index.targets import ObjectFieldError, Objects
 
 from helpers import kill_sync_worker_midway
 
@@ -40,7 +40,7 @@ def sync(dataset):
 def object_vectors(dataset):
     # (of_state: the field may be gone)
     doc = st.get(Objects.of_state(dataset, FIELD))
-    store = runner.open_ref(doc["index"])
+    store = indexes.open_ref(doc["index"])
     try:
         return dict(zip(*store.get_vectors()))
     finally:
@@ -327,7 +327,7 @@ def test_kill_9_keeps_committed_objects_and_resume_finishes(tmp_path):
     with pytest.raises(ais.IndexNotReadyError):
         ais.perform_ai_search(dataset, prompt="a red circle",
                               patches_field=FIELD)
-    committed = runner.open_ref(st.get(target)["build"]).count()
+    committed = indexes.open_ref(st.get(target)["build"]).count()
     assert 0 < committed < total
 
     report = sync(dataset)
@@ -431,7 +431,7 @@ def test_another_model_rebuilds_the_object_index_beside(tmp_path,
     doc = st.get(target)
     assert doc["index"]["model"] == other_tiny_model
     assert doc["build"] is None
-    store = runner.open_ref(doc["index"])
+    store = indexes.open_ref(doc["index"])
     try:
         assert store.info().model_identity == doc["index"]["model_identity"]
     finally:
@@ -510,7 +510,7 @@ def test_disable_while_an_object_worker_runs_stops_it_and_leaves_nothing(
 
     assert worker.wait(timeout=60) == 0
     assert st.get(target) is None  # the worker let go: nothing is left
-    store = runner.open_ref(build)
+    store = indexes.open_ref(build)
     try:
         assert not store.exists()
     finally:

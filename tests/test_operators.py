@@ -14,7 +14,7 @@ import fiftyone.plugins as fop
 from fiftyone.operators.delegated import DelegatedOperationService
 
 import fiftyone_ai_search as ais
-from fiftyone_ai_search import state as st
+from fiftyone_ai_search.index import state as st
 from fiftyone_ai_search.app import PLUGIN_NAME, manifest
 from fiftyone_ai_search.app.install import install_plugin, plugin_files
 from fiftyone_ai_search.app.manifest import REQUIREMENT
@@ -312,7 +312,7 @@ def test_grid_button_offers_to_enable_then_follows_then_searches(tmp_path):
     ais.disable_embeddings(dataset)
     ais.enable_embeddings(dataset, model=tiny_clip_model_name(),
                           compute=False)
-    from fiftyone_ai_search import state as st
+    from fiftyone_ai_search.index import state as st
 
     st.mark_pending(dataset, os.getpid())
     assert button() == "AI Search: starting"
@@ -896,7 +896,7 @@ def test_enable_object_search_from_the_app_and_follow_it(tmp_path):
 
     assert button() == "AI Search: ready"
     # a computation of the objects shows on the button too
-    from fiftyone_ai_search.targets import Objects
+    from fiftyone_ai_search.index.targets import Objects
 
     st.mark_pending(Objects(dataset, FIELD), os.getpid())
     assert button().startswith("AI Search: computing")

@@ -14,7 +14,7 @@ import fiftyone as fo
 import pytest
 
 import fiftyone_ai_search as ais
-from fiftyone_ai_search import state as st
+from fiftyone_ai_search.index import state as st
 from fiftyone_ai_search import sync
 from fiftyone_ai_search.demo import DEFAULT_MODEL_DIR
 from fiftyone_ai_search.scheduler import Refresher, refresh_all

@@ -7,8 +7,9 @@ import pytest
 from fiftyone import ViewField as F
 
 import fiftyone_ai_search as ais
-from fiftyone_ai_search import runner, search
-from fiftyone_ai_search import state as st
+from fiftyone_ai_search import search
+from fiftyone_ai_search.index import indexes
+from fiftyone_ai_search.index import state as st
 from fiftyone_ai_search.demo import shapes
 
 from helpers import shapes_dataset
@@ -37,7 +38,7 @@ def _brute_force(dataset, query_vectors, limit, scope=None, threshold=None):
 
 
 def _model(dataset):
-    return runner.load_index_model(st.get(dataset)["index"])
+    return indexes.load_index_model(st.get(dataset)["index"])
 
 
 # -- prompt search -----------------------------------------------------------

@@ -7,7 +7,7 @@ import fiftyone.core.odm as foo
 import pytest
 
 import fiftyone_ai_search as ais
-from fiftyone_ai_search import state as st
+from fiftyone_ai_search.index import state as st
 from fiftyone_ai_search.demo import tiny_clip_model_name
 
 from helpers import shapes_dataset

@@ -8,7 +8,7 @@ import socket
 import fiftyone as fo
 import pytest
 
-from fiftyone_ai_search import state as st
+from fiftyone_ai_search.index import state as st
 
 
 def _dataset():
@@ -20,7 +20,7 @@ def _dataset():
 def _grab(name, results, done):
     import fiftyone as fo
 
-    from fiftyone_ai_search import state
+    from fiftyone_ai_search.index import state
 
     lease = state.try_acquire(fo.load_dataset(name))
     results.put(lease is not None)

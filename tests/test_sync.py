@@ -14,8 +14,8 @@ from bson import ObjectId
 from PIL import Image
 
 import fiftyone_ai_search as ais
-from fiftyone_ai_search import runner
-from fiftyone_ai_search import state as st
+from fiftyone_ai_search.index import indexes
+from fiftyone_ai_search.index import state as st
 from fiftyone_ai_search import sync
 
 from helpers import (
@@ -289,7 +289,7 @@ def test_kill_9_keeps_committed_work_and_resume_finishes(tmp_path):
     # the first index is built beside (none), never searched half-done
     with pytest.raises(ais.IndexNotReadyError, match="Nothing is computing"):
         ais.get_embeddings(dataset)
-    committed = runner.open_ref(st.get(dataset)["build"]).count()
+    committed = indexes.open_ref(st.get(dataset)["build"]).count()
     assert 0 < committed < 240
 
     report = ais.calculate_embeddings(dataset, wait=True, progress=False)
@@ -453,7 +453,7 @@ def test_deletions_and_repairs_across_many_pages(tmp_path, monkeypatch):
     assert set(ais.get_embeddings(dataset)[0]) == set(dataset.values("id"))
 
     # an index changed behind our back: vectors lost, a stray one added
-    store = runner.open_index(dataset)
+    store = indexes.open_index(dataset)
     lost = dataset.values("id")[::3]
     stray = str(ObjectId())
     store.delete(lost)

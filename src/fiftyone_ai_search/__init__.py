@@ -65,7 +65,7 @@ from .scheduler import start_refresher, stop_refresher
 from .search import perform_ai_search
 from .store import QdrantUnreachableError
 from .sync import SyncReport
-from .targets import object_label_fields
+from .index.targets import object_label_fields
 
 from .brain_registry import declare_when_imported
 

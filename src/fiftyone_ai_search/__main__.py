@@ -66,7 +66,7 @@ def _load_dataset(name=None, dataset_id=None):
     import fiftyone as fo
 
     if dataset_id is not None:
-        from . import state as st
+        from .index import state as st
 
         dataset = st.load_dataset(dataset_id)
         if dataset is None:
@@ -107,10 +107,10 @@ def _cmd_sync(args):
     from .sync import SyncCancelled
 
     dataset = _load_dataset(args.dataset, args.dataset_id)
-    from .targets import target_of
+    from .index.targets import target_of
 
     from .runner import maintain_index
-    from .state import dataset_exists, dataset_key
+    from .index.state import dataset_exists, dataset_key
 
     target = target_of(dataset, args.patches_field)
     name, key = dataset.name, dataset_key(target)

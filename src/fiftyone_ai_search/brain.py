@@ -66,13 +66,13 @@ from fiftyone.brain.similarity import (
 
 from . import brain_registry
 from . import duplicates
-from . import media
-from . import runner
+from .index import media
 from . import search
-from . import state as st
-from . import targets
+from .index import state as st
+from .index import targets
 from . import validate
-from .embeddings import require_index
+from .index import indexes
+from .index.indexes import require_index
 from .errors import BrainKeyTakenError, StateDamagedError
 
 logger = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ class AISearchSimilarityConfig(SimilarityConfig):
 
     What a run records of the model is a label; the model searches use is
     the one the dataset's AI search state names (see
-    :mod:`fiftyone_ai_search.state`).
+    :mod:`fiftyone_ai_search.index.state`).
 
     Args:
         clip_model (None): the open_clip model to enable AI search with when
@@ -449,7 +449,7 @@ class AISearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
             doc = st.get(self._target)
             if not doc or not doc.get("enabled") or not doc.get("index"):
                 return 0
-            return runner.index_size(doc["index"])
+            return indexes.index_size(doc["index"])
         return len(self._held()[0])
 
     def get_model(self):
@@ -458,7 +458,7 @@ class AISearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         doc = require_index(self._target)
         if not isinstance(self._model, ClipBrainModel) or (
                 self._model.identity != doc["index"]["model_identity"]):
-            self._model = ClipBrainModel(runner.load_index_model(doc["index"]))
+            self._model = ClipBrainModel(indexes.load_index_model(doc["index"]))
         return self._model
 
     def reload(self):
@@ -852,7 +852,7 @@ class AISearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
 
     def _store(self, doc=None):
         # kept open for the next call (see VectorStore.session)
-        store = runner.open_ref((doc or require_index(self._target))["index"])
+        store = indexes.open_ref((doc or require_index(self._target))["index"])
         return store.session(keep_open=True)
 
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import results as colls
-from . import media
+from .index import media
 from . import validate
 
 if TYPE_CHECKING:  # for annotations only

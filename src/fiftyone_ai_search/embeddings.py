@@ -8,13 +8,14 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from . import media
+from .index import media
 from . import runner
-from . import state as st
-from . import targets
+from .index import state as st
+from .index import targets
 from . import validate
+from .index import indexes
 from .config import BACKENDS, ENV_PREFIX, get_settings
-from .errors import (AISearchNotEnabledError, IndexDamagedError,
+from .errors import (AISearchNotEnabledError, IndexDamagedError,  # noqa: F401 (re-exported)
                      IndexNotReadyError)
 from .store.audit import summary as audit_summary
 from .store import IndexNotFoundError
@@ -44,127 +45,6 @@ def _target(dataset, patches_field):
     ``patches_field``."""
     return targets.target_of(_dataset_of(dataset, "dataset"),
                              validate.field_name(patches_field))
-
-
-def _what(target):
-    """How messages name a target."""
-    if isinstance(target, targets.Objects):
-        return (f"Object search of field '{target.field}' of dataset "
-                f"'{target.name}'")
-    return f"AI search of dataset '{target.name}'"
-
-
-def _args(target):
-    """The arguments that name a target in an SDK call, for messages."""
-    field = targets.field_of(target)
-    return "dataset" if field is None else f"dataset, patches_field={field!r}"
-
-
-def require_enabled(dataset):
-    """The state of a target (a dataset, or the objects of one of its
-    fields); raises if its AI search is off."""
-    doc = st.get(dataset)
-    if doc is None or not doc.get("enabled"):
-        if isinstance(dataset, targets.Objects):
-            raise AISearchNotEnabledError(
-                f"{_what(dataset)} is not enabled. Enable it with "
-                f"fiftyone_ai_search.enable_embeddings({_args(dataset)})"
-            )
-        raise AISearchNotEnabledError(
-            f"AI search is not enabled on dataset '{dataset.name}'. Enable it "
-            "with fiftyone_ai_search.enable_embeddings(dataset) (or the "
-            "'AI search: enable' operator in the App)"
-        )
-    return doc
-
-
-def model_label(ref):
-    """How a model (of a state document or an index reference) is named
-    in messages: ``"ViT-B-32 (laion2b_s34b_b79k)"``."""
-    return f"{ref['model']} ({ref['pretrained']})" if ref.get(
-        "pretrained") else ref["model"]
-
-
-def _computing(doc):
-    """What a not-ready message says of the computation."""
-    if st.is_running(doc):
-        p = doc.get("progress") or {}
-        done = (f": {p['done']} of {p['total']} embedded"
-                if p.get("total") else "")
-        return f"It is being computed now{done}. Wait for it"
-    error = doc.get("last_error")
-    why = f" (the last run failed: {error})" if error else ""
-    return f"Nothing is computing it{why}. Compute it"
-
-
-def require_index(dataset, same_model=False):
-    """The state of ``dataset`` if it has a complete index to read.
-
-    Args:
-        dataset: the dataset
-        same_model (False): also require that index to be of the model
-            asked for last (during a rebuild with another model, searches
-            use the complete index of the former model; embeddings handed
-            out must not)
-
-    Raises:
-        AISearchNotEnabledError: if AI search is off
-        IndexNotReadyError: if there is no such index yet
-    """
-    doc = require_enabled(dataset)
-    index, build = doc.get("index"), doc.get("build")
-    args = _args(dataset)
-    how = (f"with fiftyone_ai_search.calculate_embeddings({args}, "
-           f"wait=True), or check get_status({args})")
-    if index is None:
-        raise IndexNotReadyError(
-            f"{_what(dataset)} has no index yet. "
-            f"{_computing(doc)} {how}"
-        )
-    if same_model and build and not st.same_index(index, build):
-        raise IndexNotReadyError(
-            f"{_what(dataset)} is being rebuilt with "
-            f"model {model_label(build)}; its index holds embeddings of "
-            f"{model_label(index)} until then. {_computing(doc)} {how}"
-        )
-    return doc
-
-
-def read_index(target, doc, read, same_model=False, required=True):
-    """Runs ``read(doc, store)`` on the index that searches of ``target``
-    use (``store`` opened from ``doc["index"]``, the state ``doc`` of
-    ``target``) and returns what it returns. A rebuild that switches over
-    and drops that index after ``doc`` was read (``read`` raises
-    :class:`~fiftyone_ai_search.store.IndexNotFoundError`) makes it run
-    again on the index the state now names; searches, the status and
-    :func:`get_embeddings` read an index so.
-
-    Args:
-        target: the dataset, or a :class:`~fiftyone_ai_search.targets.Objects`
-        doc: its state document, with an ``index``
-        read: ``read(doc, store)``; it closes ``store`` if it wants it closed
-        same_model (False): see :func:`require_index` (for the state read
-            again)
-        required (True): whether the state read again must have a complete
-            index (:func:`require_index`); False: the state as it is (the
-            status says what it is)
-
-    Raises:
-        IndexNotFoundError: if the index is gone and the state still names
-            it (or names no other)
-    """
-    while True:
-        ref = doc["index"]
-        store = runner.open_ref(ref)
-        try:
-            return read(doc, store)
-        except IndexNotFoundError:
-            newer = (require_index(target, same_model=same_model)
-                     if required else st.get(target))
-            if not (newer or {}).get("index") or (
-                    newer["index"]["name"] == ref["name"]):
-                raise
-            doc = newer
 
 
 def enable_embeddings(dataset: fod.Dataset, model: str | None = None,
@@ -337,7 +217,7 @@ def enable_embeddings(dataset: fod.Dataset, model: str | None = None,
                     backend, existing=existing.to_ref() if existing else None)
     if existing is not None and not doc.get("build"):
         logger.info("AI search of '%s' already has an index of %s: the %s "
-                    "is not needed", dataset.name, model_label(doc), existing)
+                    "is not needed", dataset.name, indexes.model_label(doc), existing)
     _register(dataset, doc, brain_key)
     if compute:
         runner.start_background(dataset, secrets=secrets)
@@ -477,7 +357,7 @@ def _check_can_drop(target, settings):
         return
     if any(ref.get("backend") == "server" for ref in st.indexes_of(doc)):
         raise ValueError(
-            f"{_what(target)} keeps its index on a Qdrant server, and no "
+            f"{indexes.what(target)} keeps its index on a Qdrant server, and no "
             f"server URL is configured here: set {ENV_PREFIX}QDRANT_URL "
             f"(and {ENV_PREFIX}QDRANT_API_KEY), or pass secrets=... (the "
             "App's plugin secrets). Nothing was changed")
@@ -487,10 +367,10 @@ def finish_disable(target, doc, unregister=True, settings=None):
     """What :func:`disable` does after its first write: deletes the Brain
     runs, the indexes, the state and the latest results of ``target``. The
     refresher runs it for a disable that was killed midway (see
-    :func:`fiftyone_ai_search.state.abandoned_disables`).
+    :func:`fiftyone_ai_search.index.state.abandoned_disables`).
 
     Args:
-        target: the dataset, or a :class:`~fiftyone_ai_search.targets.Objects`;
+        target: the dataset, or a :class:`~fiftyone_ai_search.index.targets.Objects`;
             None if its dataset no longer exists
         doc: its state document, switched off
         unregister (True): delete the Brain runs of the index
@@ -526,16 +406,16 @@ def delete_index_and_state(doc, settings=None):
 
     Args:
         doc: the dataset's state document (its ``_id`` is the dataset's id),
-            already switched off (:func:`fiftyone_ai_search.state.disable`)
+            already switched off (:func:`fiftyone_ai_search.index.state.disable`)
         settings (None): the :class:`fiftyone_ai_search.config.Settings`
     """
     from .results import delete_collections_of
 
-    runner.drop_indexes(doc["_id"], st.indexes_of(doc), settings)
+    indexes.drop_indexes(doc["_id"], st.indexes_of(doc), settings)
     delete_collections_of(doc["_id"])
     st.delete_key(doc["_id"])
     if st.problems(doc):  # it may have lost the names of its indexes
-        runner.drop_unreferenced(doc["_id"], settings)
+        indexes.drop_unreferenced(doc["_id"], settings)
 
 
 def is_embeddings_enabled(dataset: fod.Dataset,
@@ -588,7 +468,7 @@ def calculate_embeddings(dataset: fod.Dataset, force: bool = False,
     verify_files = validate.boolean(verify_files, "verify_files")
     progress = validate.progress(progress)
     dataset = _target(dataset, patches_field)
-    require_enabled(dataset)
+    indexes.require_enabled(dataset)
     if not wait:
         runner.start_background(
             dataset, force=force, verify_files=verify_files, secrets=secrets
@@ -733,7 +613,7 @@ def get_status(dataset: fod.Dataset, max_failures: int = 100,
     num_indexed = 0
     if doc.get("index"):
         try:
-            newer, num_indexed, error = read_index(target, doc, count,
+            newer, num_indexed, error = indexes.read_index(target, doc, count,
                                                    required=False)
         except IndexNotFoundError:
             newer, num_indexed, error = doc, 0, None  # gone, none newer
@@ -797,7 +677,7 @@ def get_embeddings(samples: foc.SampleCollection,
             samples._patches_field in object_fields(dataset)):
         field = samples._patches_field
     target = targets.target_of(dataset, validate.field_name(field))
-    doc = require_index(target, same_model=True)
+    doc = indexes.require_index(target, same_model=True)
     if field is None:
         wanted = (dataset if view is None else view).values("id")
     elif getattr(samples, "_is_patches", False):
@@ -813,4 +693,4 @@ def get_embeddings(samples: foc.SampleCollection,
         finally:
             store.close()
 
-    return read_index(target, doc, vectors, same_model=True)
+    return indexes.read_index(target, doc, vectors, same_model=True)

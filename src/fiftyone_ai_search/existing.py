@@ -21,7 +21,7 @@ import logging
 
 import numpy as np
 
-from . import media
+from .index import media
 from .errors import ExistingEmbeddingsError
 
 logger = logging.getLogger(__name__)

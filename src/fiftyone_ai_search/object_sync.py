@@ -25,7 +25,7 @@ and a mismatch runs a full pass that repairs it.
 import dataclasses
 import logging
 
-from . import state as st
+from .index import state as st
 from .embedding.crops import CropSettings, box_fingerprint
 from .sync import (
     PAGE_SIZE,
@@ -81,7 +81,7 @@ class ObjectSynchronizer(Synchronizer):
     """Brings an object index up to date with the objects of a label field.
 
     Args:
-        objects: the :class:`~fiftyone_ai_search.targets.Objects`
+        objects: the :class:`~fiftyone_ai_search.index.targets.Objects`
         store, model, settings, generation, building, progress: as for
             :class:`~fiftyone_ai_search.sync.Synchronizer`
         crop (None): the :class:`~fiftyone_ai_search.embedding.crops.CropSettings`

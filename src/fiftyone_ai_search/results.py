@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from bson import json_util
 
-from . import media
-from . import state as st
+from .index import media
+from .index import state as st
 from . import validate
 from .errors import CollectionNotFoundError
 

@@ -1,6 +1,6 @@
 """Running computations: in this process (blocking) or in a background worker.
 
-A computation holds the dataset's lease (:mod:`fiftyone_ai_search.state`) so
+A computation holds the dataset's lease (:mod:`fiftyone_ai_search.index.state`) so
 that there are never two at once, in any process. A caller that finds one
 running either waits for it and then syncs what is left (``wait=True``), or
 asks it to run once more before it stops (``wait=False``).
@@ -19,10 +19,11 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from . import media
-from . import state as st
-from . import targets
+from .index import media
+from .index import state as st
+from .index import targets
 from . import validate
+from .index import indexes
 from .config import Settings, get_settings
 from .errors import IndexDamagedError, StateDamagedError
 
@@ -33,37 +34,6 @@ logger = logging.getLogger(__name__)
 
 #: how often a waiting caller looks at the lease
 POLL_SECONDS = 0.5
-
-
-def open_ref(ref, settings=None):
-    """Opens the vector store of an index reference of a state document
-    (its ``index``, ``build`` or one of its ``retired``)."""
-    from .store import open_store
-
-    settings = (settings or get_settings()).replace(backend=ref["backend"])
-    return open_store(ref["name"], settings)
-
-
-def index_size(ref, settings=None):
-    """How many vectors the index of a state reference holds (an exact
-    count: about the cost of a query)."""
-    store = open_ref(ref, settings)
-    # kept open: a search of it usually follows
-    with store.session(keep_open=True):
-        return store.count()
-
-
-def open_index(dataset, settings=None, doc=None):
-    """Opens the index that searches of a dataset use; given its state
-    ``doc``, ``dataset`` is not read (it may no longer exist).
-
-    Returns:
-        a :class:`fiftyone_ai_search.store.VectorStore`, or None if the
-        dataset has no complete index yet
-    """
-    doc = doc or st.get(dataset)
-    ref = doc.get("index")
-    return open_ref(ref, settings) if ref else None
 
 
 def maintain_index(dataset: fod.Dataset, settings: Settings | None = None,
@@ -103,7 +73,7 @@ def maintain_index(dataset: fod.Dataset, settings: Settings | None = None,
     if doc is None or not doc.get("enabled") or not doc.get("index"):
         return 0
     sweep_orphaned_scores(targets.dataset_of(dataset))
-    store = open_ref(doc["index"], settings)
+    store = indexes.open_ref(doc["index"], settings)
     try:
         done = store.maintain(
             min_points=cells.MIN_POINTS if min_points is None else min_points)
@@ -125,54 +95,13 @@ def _audit_if_due(store, doc, settings):
     known = store.cells()
     if not audit.due(known, store.estimate_count()):
         return
-    model = load_index_model(doc["index"], settings)
+    model = indexes.load_index_model(doc["index"], settings)
     texts = model.encode_text(list(audit.GENERIC_PROMPTS))
     rule = audit.audit(store, texts)
     if rule is not None:
         logger.info("AI search index '%s': approximate search audited in "
                     "%.1f s: %s", store.name, rule["seconds"],
                     rule["estimates"])
-
-
-def load_index_model(ref, settings=None):
-    """Loads (once per process) the model of an index reference (a state
-    document's ``index`` or ``build``)."""
-    from .embedding.model import load_model, resolve_model
-
-    settings = settings or get_settings()
-    spec = resolve_model(ref["model"], ref["pretrained"])
-    return load_model(spec, device=settings.device)
-
-
-def drop_indexes(key, refs, settings=None):
-    """Drops the given indexes of the dataset whose id is ``key`` and
-    removes them from its ``retired`` list."""
-    for ref in refs:
-        store = open_ref(ref, settings)
-        try:
-            store.drop()
-        finally:
-            store.close()
-        st.forget_retired(key, ref)
-
-
-def drop_unreferenced(key, settings=None):
-    """Drops the embedded indexes of the target whose key is ``key`` that
-    its state no longer names (a damaged state lost their references): by
-    their names, which hold the key (see :func:`fiftyone_ai_search.state.
-    index_name`). Only once its state is gone: an index named by a
-    state written meanwhile (a new enable) stays."""
-    import re
-
-    settings = settings or get_settings()
-    root = settings.storage_dir
-    if not root or not os.path.isdir(root) or st.get_raw(key) is not None:
-        return
-    pattern = re.compile(re.escape(st.index_name(key, "@")).replace(
-        "@", "[0-9a-z]+") + "$")
-    for name in sorted(os.listdir(root)):
-        if pattern.match(name):
-            drop_indexes(key, [{"name": name, "backend": "edge"}], settings)
 
 
 def acquire(dataset, timeout=None):
@@ -184,7 +113,7 @@ def acquire(dataset, timeout=None):
             other computation runs (a dead holder is detected by the lease)
 
     Returns:
-        a :class:`fiftyone_ai_search.state.Lease`, or None on timeout
+        a :class:`fiftyone_ai_search.index.state.Lease`, or None on timeout
     """
     deadline = None if timeout is None else time.time() + timeout
     while True:
@@ -238,7 +167,7 @@ def run_sync(dataset, force=False, verify_files=False, progress=None,
                     raise SyncCancelled(
                         f"AI search is not enabled on dataset '{dataset.name}'"
                     )
-                drop_indexes(doc["_id"], doc.get("retired") or [], settings)
+                indexes.drop_indexes(doc["_id"], doc.get("retired") or [], settings)
                 try:
                     report = _sync_pass(dataset, doc, settings,
                                         verify_files, progress)
@@ -261,7 +190,7 @@ def run_sync(dataset, force=False, verify_files=False, progress=None,
                 logger.info("AI search sync of '%s': %s", dataset.name, report)
                 total = report if total is None else total.then(report)
                 doc = st.get(dataset)
-                drop_indexes(doc["_id"], doc.get("retired") or [], settings)
+                indexes.drop_indexes(doc["_id"], doc.get("retired") or [], settings)
                 # after a rebuild, what changed while it ran
                 again = report.rebuilt and has_changes(dataset, doc)
                 if not st.take_rerun_request(dataset) and not again:
@@ -330,7 +259,7 @@ def _sync_pass(dataset, doc, settings, verify_files, progress):
 
     ref = doc.get("build") or doc["index"]
     building = doc.get("build") is not None
-    store = open_ref(ref, settings)
+    store = indexes.open_ref(ref, settings)
     try:
         if not building and not store.exists():
             # deleted behind our back: rebuild it (beside, as always)
@@ -340,7 +269,7 @@ def _sync_pass(dataset, doc, settings, verify_files, progress):
             raise st.StaleGeneration("the index is missing")
         if not building:
             store.check()  # damaged: rebuilt beside (see run_sync)
-        model = load_index_model(ref, settings)
+        model = indexes.load_index_model(ref, settings)
         if model.spec.identity != ref["model_identity"]:
             raise IndexMismatchError(
                 f"The weights of model {ref['model']!r} (pretrained="

@@ -34,7 +34,7 @@ import logging
 import threading
 import time
 
-from . import state as st
+from .index import state as st
 from . import validate
 from .config import MAX_REFRESH_MINUTES, get_settings
 
@@ -148,7 +148,7 @@ def _refresh_one(key, dataset, doc, settings, report):
 def _label(target):
     """How a report names a target: its dataset's name, with the field for
     an object index."""
-    from .targets import field_of
+    from .index.targets import field_of
 
     field = field_of(target)
     return target.name if field is None else f"{target.name} ({field})"
@@ -159,7 +159,7 @@ def _consistent(dataset, doc, settings):
     (an index changed behind our back) makes the pass sync it, which
     repairs it."""
     from .errors import IndexDamagedError, StateDamagedError
-    from .runner import open_index
+    from .index.indexes import open_index
     from .store import IndexNotFoundError
     from .sync import is_consistent
 

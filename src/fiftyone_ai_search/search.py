@@ -18,13 +18,13 @@ from bson import ObjectId
 
 from . import results as colls
 from . import diverse
-from . import media
-from . import runner
+from .index import media
 from . import sync
-from . import state as st
-from . import targets
+from .index import state as st
+from .index import targets
 from . import validate
-from .embeddings import model_label, read_index, require_index
+from .index import indexes
+from .index.indexes import model_label, read_index, require_index
 from .store import IndexMismatchError, IndexNotFoundError
 from .store import cells as cl
 from .store import ranks
@@ -209,7 +209,7 @@ def sources_of(doc, label_ids):
     ``source_id``), in their order."""
     from .object_sync import SOURCE_KEY
 
-    store = runner.open_ref(doc["index"])
+    store = indexes.open_ref(doc["index"])
     with store.session(keep_open=True):
         payloads = store.get_payloads(label_ids)
     return [payloads.get(i, {}).get(SOURCE_KEY) for i in label_ids]
@@ -243,7 +243,7 @@ def _patches_field(samples, patches_field, query):
 
 
 def _object_scope(samples, objects, sample_scope):
-    """The objects (a :class:`~fiftyone_ai_search.targets.Objects`) to
+    """The objects (a :class:`~fiftyone_ai_search.index.targets.Objects`) to
     search within: None for all the object index holds, else a
     :class:`_ViewScope` of patches (a patch's id is its label's), or the
     objects a view of samples shows (:class:`_ObjectsOfView`)."""
@@ -316,7 +316,7 @@ def run_query(samples, patches_field=None, **fields):
     scope = _live(scope, target, doc)
     if fields.get("limit") is None:
         fields["limit"] = max(1, len(scope) if scope is not None
-                              else runner.index_size(doc["index"]))
+                              else indexes.index_size(doc["index"]))
     ids, scores, _ = _search(target, doc, _Query(**fields), scope)
     return ids, scores
 
@@ -506,7 +506,7 @@ class _Query:
                 return self._nearest(store, vectors, scope)
 
         # the model runs before the index is opened: never hold it meanwhile
-        model = runner.load_index_model(ref)
+        model = indexes.load_index_model(ref)
         if self.prompts is not None:
             vectors = prompt_vectors(model, self.prompts, self.negatives,
                                      self.negative_weight)
@@ -562,7 +562,7 @@ def _make_scope(samples, image_id_scope):
     The index of a grouped dataset holds all its image slices, so the
     dataset itself is a scope (its active slice); a patches view searches
     the samples its patches belong to (see
-    :func:`fiftyone_ai_search.media.resolve`).
+    :func:`fiftyone_ai_search.index.media.resolve`).
     """
     dataset, view = media.resolve(samples)
     if image_id_scope is not None:

@@ -22,7 +22,7 @@ samples and the index, both sorted by id, page by page.
 Every sync ends with a consistency check (vectors + failures against the
 samples; counts only, cheap); a mismatch, whatever left it, runs the id diff
 that repairs it. A rebuild fills an index of its own beside the one searches
-use (:mod:`fiftyone_ai_search.state`) and, once complete and consistent,
+use (:mod:`fiftyone_ai_search.index.state`) and, once complete and consistent,
 switches over in one write. Before each commit a run checks that the state
 is still at the generation it started from, and stops if not.
 """
@@ -39,9 +39,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 from bson import ObjectId
 
-from . import media
-from . import state as st
-from . import targets
+from .index import media
+from .index import state as st
+from .index import targets
 from .errors import AISearchError
 from .store import IndexInfo, IndexNotFoundError
 
@@ -55,7 +55,7 @@ LOOKUP_CHUNK = 2000
 PAGE_SIZE = 10000
 
 #: the watermark is set this much before the run started (by the database
-#: server's clock, see :func:`fiftyone_ai_search.state.utcnow`), so edits
+#: server's clock, see :func:`fiftyone_ai_search.index.state.utcnow`), so edits
 #: made by writers whose clocks lag slightly behind the server's (FiftyOne
 #: stamps ``last_modified_at`` with the writer's clock) are re-examined
 #: (cheaply) next time
@@ -147,7 +147,7 @@ def _last_deletion_at(dataset):
 
 def _edited_since(dataset, watermark):
     """The indexed samples created or edited after ``watermark`` (all if
-    None); see :func:`fiftyone_ai_search.media.indexed_samples`."""
+    None); see :func:`fiftyone_ai_search.index.media.indexed_samples`."""
     from fiftyone import ViewField as F
 
     # all image slices of a grouped dataset, not only its active one
@@ -264,8 +264,8 @@ def has_changes(target, doc):
     index: a refresher asks it of every dataset on every pass.
 
     Args:
-        target: the dataset, or a :class:`~fiftyone_ai_search.targets.Objects`
-        doc: its state document (:func:`fiftyone_ai_search.state.get`)
+        target: the dataset, or a :class:`~fiftyone_ai_search.index.targets.Objects`
+        doc: its state document (:func:`fiftyone_ai_search.index.state.get`)
     """
     dataset = targets.dataset_of(target)
     watermark = doc.get("watermark")
@@ -287,7 +287,7 @@ def is_consistent(target, store):
     failure (counts only: a few cheap queries, but it opens the index).
 
     Args:
-        target: the dataset, or a :class:`~fiftyone_ai_search.targets.Objects`
+        target: the dataset, or a :class:`~fiftyone_ai_search.index.targets.Objects`
         store: its :class:`fiftyone_ai_search.store.VectorStore`
     """
     with store.session():
@@ -312,8 +312,8 @@ def deletions_pending(target, doc):
     document).
 
     Args:
-        target: the dataset, or a :class:`~fiftyone_ai_search.targets.Objects`
-        doc: its state document (:func:`fiftyone_ai_search.state.get`)
+        target: the dataset, or a :class:`~fiftyone_ai_search.index.targets.Objects`
+        doc: its state document (:func:`fiftyone_ai_search.index.state.get`)
     """
     return _deleted_since(doc.get("deletion_watermark"),
                           _last_deletion_at(targets.dataset_of(target)))
@@ -423,7 +423,7 @@ class Synchronizer:
         settings: the :class:`fiftyone_ai_search.config.Settings`
         generation: the state generation the run works for
         building (False): whether ``store`` is the index being built beside
-            the one searches use (see :mod:`fiftyone_ai_search.state`); it
+            the one searches use (see :mod:`fiftyone_ai_search.index.state`); it
             is switched to once complete
         progress (None): called as ``progress(done, total)`` after each batch
         existing (None): an
@@ -464,7 +464,7 @@ class Synchronizer:
             a :class:`SyncReport`
 
         Raises:
-            fiftyone_ai_search.state.StaleGeneration: if the state changed
+            fiftyone_ai_search.index.state.StaleGeneration: if the state changed
                 meanwhile; nothing was
                 written after the change
         """

@@ -18,7 +18,7 @@ import os
 import fiftyone.operators.types as types
 
 import fiftyone_ai_search as ais
-from fiftyone_ai_search import media
+from fiftyone_ai_search.index import media
 from fiftyone_ai_search.config import BACKENDS
 from fiftyone_ai_search.duplicates import DEFAULT_THRESHOLD
 from fiftyone_ai_search.errors import UnsupportedPlatformError
@@ -509,7 +509,7 @@ def search_scope(ctx, params, field=None):
     the patches).
 
     Raises:
-        fiftyone_ai_search.media.UnsupportedMediaError: for a frames or
+        fiftyone_ai_search.index.media.UnsupportedMediaError: for a frames or
             clips view (videos are not indexed); the message says what to do
     """
     view = ctx.view

@@ -4,7 +4,7 @@ label fields.
 An image index is named by its dataset alone (the dataset is its own
 target); an object index by an :class:`Objects` target: the dataset and a
 ``Detections``, ``Polylines`` or ``Keypoints`` field. Each target has its own state
-document (:mod:`fiftyone_ai_search.state`), its own index, lease,
+document (:mod:`fiftyone_ai_search.index.state`), its own index, lease,
 watermarks and failures, keyed by :func:`key_of`: object indexes of
 several fields live beside the image index and are synced, rebuilt and
 switched off each on its own.
@@ -21,7 +21,8 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from .errors import ObjectFieldError
+from ..errors import ObjectFieldError
+from . import media
 
 if TYPE_CHECKING:  # for annotations only
     import fiftyone.core.dataset as fod
@@ -47,9 +48,7 @@ def object_label_fields(dataset: fod.Dataset) -> list[str]:
     index (the ``patches_field`` of
     :func:`~fiftyone_ai_search.embeddings.enable_embeddings`): its
     ``Detections``, ``Polylines`` and ``Keypoints`` fields, sorted."""
-    from .media import dataset_of
-
-    dataset = dataset_of(dataset, "dataset")
+    dataset = media.dataset_of(dataset, "dataset")
     return sorted(dataset.get_field_schema(
         embedded_doc_type=tuple(_object_types())))
 

@@ -15,7 +15,7 @@ passes resolve to them.
 | Copyright the fiftyone-ai-search authors, Apache-2.0.
 """
 
-from .errors import UnsupportedMediaError
+from ..errors import UnsupportedMediaError
 
 #: what AI search indexes, as error messages say it
 SUPPORTED = (

@@ -6,7 +6,7 @@ how far it is synced (the watermarks), which index is being built beside it,
 what the last run reported, and who is computing right now (a lease).
 Per-sample failures live in ``ai_search_failures``. The object index of a
 label field has a document of its own, keyed ``"<dataset id>~<field>"``
-(:mod:`fiftyone_ai_search.targets`), with its ``dataset_id``,
+(:mod:`fiftyone_ai_search.index.targets`), with its ``dataset_id``,
 ``patches_field`` and ``crop`` settings, and its failures per object: every
 function here takes a dataset or such a target.
 
@@ -45,8 +45,9 @@ import uuid
 
 import pymongo
 
+from ..errors import AISearchError, StateDamagedError
+from ..store import base
 from . import targets
-from .errors import AISearchError, StateDamagedError
 
 logger = logging.getLogger(__name__)
 
@@ -185,7 +186,7 @@ def _migrate(doc):
 def dataset_key(target):
     """The key that names a target's state and index: a dataset's id (stable
     across renames), or ``"<dataset id>~<field>"`` for the objects of a
-    label field (:class:`fiftyone_ai_search.targets.Objects`)."""
+    label field (:class:`fiftyone_ai_search.index.targets.Objects`)."""
     return targets.key_of(target)
 
 
@@ -214,7 +215,7 @@ def load_target(key):
     """The target (a dataset, or the objects of one of its fields) whose
     key is ``key``, or None if its dataset no longer exists. The objects
     of a field deleted since are still returned: their index is then
-    empty (see :class:`~fiftyone_ai_search.targets.Objects`)."""
+    empty (see :class:`~fiftyone_ai_search.index.targets.Objects`)."""
     dataset_id, field = targets.split_key(key)
     dataset = load_dataset(dataset_id)
     if dataset is None or field is None:
@@ -295,8 +296,6 @@ def _optional(ok):
 def usable_ref(ref):
     """Whether ``ref`` names an index that can be opened (and dropped):
     a dict with a ``name`` and a known ``backend``."""
-    from .store import base
-
     return (isinstance(ref, dict) and isinstance(ref.get("name"), str)
             and base._NAME_RE.match(ref["name"]) is not None
             and ref.get("backend") in ("edge", "server"))

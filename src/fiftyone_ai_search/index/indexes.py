@@ -1,0 +1,207 @@
+"""The indexes of a target (a dataset's images, or the objects of one of
+its fields): opening the one searches read, requiring one that is
+complete, loading its model, and dropping indexes.
+
+A target's state (:mod:`fiftyone_ai_search.index.state`) names its indexes
+by references (``{"name", "backend", "model", ...}``); this module turns
+them into open :class:`fiftyone_ai_search.store.VectorStore` objects.
+
+| Copyright the fiftyone-ai-search authors, Apache-2.0.
+"""
+
+import os
+import re
+
+from ..config import get_settings
+from ..embedding.model import load_model, resolve_model
+from ..errors import AISearchNotEnabledError, IndexNotReadyError
+from ..store import IndexNotFoundError, open_store
+from . import state as st
+from . import targets
+
+
+def open_ref(ref, settings=None):
+    """Opens the vector store of an index reference of a state document
+    (its ``index``, ``build`` or one of its ``retired``)."""
+    settings = (settings or get_settings()).replace(backend=ref["backend"])
+    return open_store(ref["name"], settings)
+
+
+def index_size(ref, settings=None):
+    """How many vectors the index of a state reference holds (an exact
+    count: about the cost of a query)."""
+    store = open_ref(ref, settings)
+    # kept open: a search of it usually follows
+    with store.session(keep_open=True):
+        return store.count()
+
+
+def open_index(dataset, settings=None, doc=None):
+    """Opens the index that searches of a dataset use; given its state
+    ``doc``, ``dataset`` is not read (it may no longer exist).
+
+    Returns:
+        a :class:`fiftyone_ai_search.store.VectorStore`, or None if the
+        dataset has no complete index yet
+    """
+    doc = doc or st.get(dataset)
+    ref = doc.get("index")
+    return open_ref(ref, settings) if ref else None
+
+
+def load_index_model(ref, settings=None):
+    """Loads (once per process) the model of an index reference (a state
+    document's ``index`` or ``build``)."""
+    settings = settings or get_settings()
+    spec = resolve_model(ref["model"], ref["pretrained"])
+    return load_model(spec, device=settings.device)
+
+
+def drop_indexes(key, refs, settings=None):
+    """Drops the given indexes of the dataset whose id is ``key`` and
+    removes them from its ``retired`` list."""
+    for ref in refs:
+        store = open_ref(ref, settings)
+        try:
+            store.drop()
+        finally:
+            store.close()
+        st.forget_retired(key, ref)
+
+
+def drop_unreferenced(key, settings=None):
+    """Drops the embedded indexes of the target whose key is ``key`` that
+    its state no longer names (a damaged state lost their references): by
+    their names, which hold the key (see :func:`fiftyone_ai_search.index.state.
+    index_name`). Only once its state is gone: an index named by a
+    state written meanwhile (a new enable) stays."""
+    settings = settings or get_settings()
+    root = settings.storage_dir
+    if not root or not os.path.isdir(root) or st.get_raw(key) is not None:
+        return
+    pattern = re.compile(re.escape(st.index_name(key, "@")).replace(
+        "@", "[0-9a-z]+") + "$")
+    for name in sorted(os.listdir(root)):
+        if pattern.match(name):
+            drop_indexes(key, [{"name": name, "backend": "edge"}], settings)
+
+
+def what(target):
+    """How messages name a target."""
+    if isinstance(target, targets.Objects):
+        return (f"Object search of field '{target.field}' of dataset "
+                f"'{target.name}'")
+    return f"AI search of dataset '{target.name}'"
+
+
+def call_args(target):
+    """The arguments that name a target in an SDK call, for messages."""
+    field = targets.field_of(target)
+    return "dataset" if field is None else f"dataset, patches_field={field!r}"
+
+
+def require_enabled(dataset):
+    """The state of a target (a dataset, or the objects of one of its
+    fields); raises if its AI search is off."""
+    doc = st.get(dataset)
+    if doc is None or not doc.get("enabled"):
+        if isinstance(dataset, targets.Objects):
+            raise AISearchNotEnabledError(
+                f"{what(dataset)} is not enabled. Enable it with "
+                f"fiftyone_ai_search.enable_embeddings({call_args(dataset)})"
+            )
+        raise AISearchNotEnabledError(
+            f"AI search is not enabled on dataset '{dataset.name}'. Enable it "
+            "with fiftyone_ai_search.enable_embeddings(dataset) (or the "
+            "'AI search: enable' operator in the App)"
+        )
+    return doc
+
+
+def model_label(ref):
+    """How a model (of a state document or an index reference) is named
+    in messages: ``"ViT-B-32 (laion2b_s34b_b79k)"``."""
+    return f"{ref['model']} ({ref['pretrained']})" if ref.get(
+        "pretrained") else ref["model"]
+
+
+def _computing(doc):
+    """What a not-ready message says of the computation."""
+    if st.is_running(doc):
+        p = doc.get("progress") or {}
+        done = (f": {p['done']} of {p['total']} embedded"
+                if p.get("total") else "")
+        return f"It is being computed now{done}. Wait for it"
+    error = doc.get("last_error")
+    why = f" (the last run failed: {error})" if error else ""
+    return f"Nothing is computing it{why}. Compute it"
+
+
+def require_index(dataset, same_model=False):
+    """The state of ``dataset`` if it has a complete index to read.
+
+    Args:
+        dataset: the dataset
+        same_model (False): also require that index to be of the model
+            asked for last (during a rebuild with another model, searches
+            use the complete index of the former model; embeddings handed
+            out must not)
+
+    Raises:
+        AISearchNotEnabledError: if AI search is off
+        IndexNotReadyError: if there is no such index yet
+    """
+    doc = require_enabled(dataset)
+    index, build = doc.get("index"), doc.get("build")
+    args = call_args(dataset)
+    how = (f"with fiftyone_ai_search.calculate_embeddings({args}, "
+           f"wait=True), or check get_status({args})")
+    if index is None:
+        raise IndexNotReadyError(
+            f"{what(dataset)} has no index yet. "
+            f"{_computing(doc)} {how}"
+        )
+    if same_model and build and not st.same_index(index, build):
+        raise IndexNotReadyError(
+            f"{what(dataset)} is being rebuilt with "
+            f"model {model_label(build)}; its index holds embeddings of "
+            f"{model_label(index)} until then. {_computing(doc)} {how}"
+        )
+    return doc
+
+
+def read_index(target, doc, read, same_model=False, required=True):
+    """Runs ``read(doc, store)`` on the index that searches of ``target``
+    use (``store`` opened from ``doc["index"]``, the state ``doc`` of
+    ``target``) and returns what it returns. A rebuild that switches over
+    and drops that index after ``doc`` was read (``read`` raises
+    :class:`~fiftyone_ai_search.store.IndexNotFoundError`) makes it run
+    again on the index the state now names; searches, the status and
+    :func:`get_embeddings` read an index so.
+
+    Args:
+        target: the dataset, or a :class:`~fiftyone_ai_search.index.targets.Objects`
+        doc: its state document, with an ``index``
+        read: ``read(doc, store)``; it closes ``store`` if it wants it closed
+        same_model (False): see :func:`require_index` (for the state read
+            again)
+        required (True): whether the state read again must have a complete
+            index (:func:`require_index`); False: the state as it is (the
+            status says what it is)
+
+    Raises:
+        IndexNotFoundError: if the index is gone and the state still names
+            it (or names no other)
+    """
+    while True:
+        ref = doc["index"]
+        store = open_ref(ref)
+        try:
+            return read(doc, store)
+        except IndexNotFoundError:
+            newer = (require_index(target, same_model=same_model)
+                     if required else st.get(target))
+            if not (newer or {}).get("index") or (
+                    newer["index"]["name"] == ref["name"]):
+                raise
+            doc = newer

@@ -80,7 +80,8 @@ def fill_index(dataset, ids, vectors, model, pretrained):
     ``vectors`` into its first build with the images' real fingerprints,
     then switches searches over to it: what a finished sync leaves."""
     import fiftyone_ai_search as ais
-    from fiftyone_ai_search import brain, sync
+    from fiftyone_ai_search import brain
+    from fiftyone_ai_search.sync import images as sync
     from fiftyone_ai_search.index import indexes
     from fiftyone_ai_search.index import state as st
     from fiftyone_ai_search.store import IndexInfo

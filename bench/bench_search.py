@@ -227,7 +227,7 @@ def fill_index(dataset, ids, vectors, model, pretrained):
     finished sync leaves, so that a sync after an edit that leaves the image
     alone (a tag) embeds nothing, as for a user."""
     import fiftyone_ai_search as ais
-    from fiftyone_ai_search import sync
+    from fiftyone_ai_search.sync import images as sync
     from fiftyone_ai_search.index import indexes
     from fiftyone_ai_search.index import state as st
     from fiftyone_ai_search.store import IndexInfo

@@ -155,7 +155,7 @@ def fill_index(dataset, ids):
     ``bench_search.py`` does: random unit vectors with the images' real
     fingerprints, then searches switched over to it. Checks that this is
     what a finished sync leaves."""
-    from fiftyone_ai_search import sync
+    from fiftyone_ai_search.sync import images as sync
     from fiftyone_ai_search.index import indexes
     from fiftyone_ai_search.index import state as st
     from fiftyone_ai_search.demo import tiny_clip_model_name

@@ -52,7 +52,7 @@ import numpy as np  # noqa: E402
 
 import fiftyone as fo  # noqa: E402
 import fiftyone_ai_search as ais  # noqa: E402
-from fiftyone_ai_search import runner  # noqa: E402
+from fiftyone_ai_search.sync import runner  # noqa: E402
 from fiftyone_ai_search.index import state as st  # noqa: E402
 from fiftyone_ai_search.demo import make_shapes_dataset, tiny_clip_model_name  # noqa: E402
 from fiftyone_ai_search.embedding.pipeline import embed_images  # noqa: E402

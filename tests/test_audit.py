@@ -117,7 +117,7 @@ def test_an_audit_is_due_when_the_cells_are_new_or_the_index_grew(indexed):
 @pytest.mark.slow
 def test_upkeep_audits_and_the_status_shows_it(tmp_path):
     import fiftyone_ai_search as ais
-    from fiftyone_ai_search import runner
+    from fiftyone_ai_search import embeddings
     from fiftyone_ai_search.index import indexes
 
     from helpers import shapes_dataset
@@ -125,7 +125,7 @@ def test_upkeep_audits_and_the_status_shows_it(tmp_path):
     dataset = shapes_dataset(tmp_path, num_samples=300)
     ais.calculate_embeddings(dataset, wait=True, progress=False)
     assert ais.get_status(dataset)["approximate"] is None  # exact
-    runner.maintain_index(dataset, min_points=100)
+    embeddings.maintain_index(dataset, min_points=100)
     status = ais.get_status(dataset)["approximate"]
     assert status["audited"] and status["points"] == 300
     text = status["estimates"]["text"]

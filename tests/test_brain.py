@@ -20,7 +20,7 @@ from fiftyone_ai_search import brain
 from fiftyone_ai_search.index import indexes
 from fiftyone_ai_search.index import state as st
 from fiftyone_ai_search.demo import tiny_clip_model_name
-from fiftyone_ai_search.existing import ExistingEmbeddingsError
+from fiftyone_ai_search.sync.existing import ExistingEmbeddingsError
 from fiftyone_ai_search.embedding.model import load_model, resolve_model
 
 from helpers import add_shape_samples, shapes_dataset
@@ -528,7 +528,7 @@ def test_enable_from_a_brain_run(tmp_path):
 
 
 def test_a_brain_run_of_a_known_zoo_model_names_its_open_clip_model(tmp_path):
-    from fiftyone_ai_search.existing import ExistingEmbeddings
+    from fiftyone_ai_search.sync.existing import ExistingEmbeddings
 
     dataset = shapes_dataset(tmp_path, num_samples=4, enable=False)
     fob.compute_similarity(dataset, embeddings=np.random.rand(4, 8),

@@ -24,7 +24,7 @@ from fiftyone_ai_search.embedding.pipeline import embed_images
 from fiftyone_ai_search.embedding.model import load_model, resolve_model
 from fiftyone_ai_search.scheduler import refresh_all
 from fiftyone_ai_search.store import IndexMismatchError
-from fiftyone_ai_search.sync import has_changes
+from fiftyone_ai_search.sync.images import has_changes
 
 from helpers import shapes_dataset, wait_until_idle
 

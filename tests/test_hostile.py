@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import fiftyone_ai_search as ais
-from fiftyone_ai_search import runner
+from fiftyone_ai_search.sync import runner
 from fiftyone_ai_search.index import indexes
 from fiftyone_ai_search.errors import IndexDamagedError
 from fiftyone_ai_search.store import edge, sample_id_to_point_id
@@ -70,7 +70,7 @@ def test_unusable_vectors_are_refused_at_every_write(tmp_path, bad, problem):
 
     # the Brain's add_to_index goes through the sync's write_given, which
     # goes through the store's upsert: each refuses, nothing written
-    from fiftyone_ai_search.sync import write_given
+    from fiftyone_ai_search.sync.images import write_given
 
     with pytest.raises(ValueError, match=problem):
         write_given(dataset, store, two, vectors)

@@ -481,7 +481,7 @@ def test_a_model_change_while_an_object_sync_runs_never_mixes_models(
     assert doc["index"]["model"] == other_tiny_model and doc["build"] is None
     from fiftyone_ai_search.embedding.pipeline import embed_images
     from fiftyone_ai_search.embedding.model import load_model, resolve_model
-    from fiftyone_ai_search.object_sync import crop_settings
+    from fiftyone_ai_search.sync.objects import crop_settings
 
     # every stored vector is the new model's embedding of its crop
     model = load_model(resolve_model(other_tiny_model, None))

@@ -15,7 +15,7 @@ import pytest
 
 import fiftyone_ai_search as ais
 from fiftyone_ai_search.index import state as st
-from fiftyone_ai_search import sync
+from fiftyone_ai_search.sync import images as sync
 from fiftyone_ai_search.demo import DEFAULT_MODEL_DIR
 from fiftyone_ai_search.scheduler import Refresher, refresh_all
 from fiftyone_ai_search.store import open_store

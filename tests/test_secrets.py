@@ -14,7 +14,7 @@ import fiftyone.core.odm as foo
 import pytest
 
 import fiftyone_ai_search as ais
-from fiftyone_ai_search import runner
+from fiftyone_ai_search.sync import runner
 from fiftyone_ai_search.index import state as st
 from fiftyone_ai_search.config import get_settings, redact_url
 from fiftyone_ai_search.demo import tiny_clip_model_name

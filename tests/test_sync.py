@@ -16,7 +16,7 @@ from PIL import Image
 import fiftyone_ai_search as ais
 from fiftyone_ai_search.index import indexes
 from fiftyone_ai_search.index import state as st
-from fiftyone_ai_search import sync
+from fiftyone_ai_search.sync import images as sync
 
 from helpers import (
     add_shape_samples,

@@ -57,14 +57,14 @@ from .embeddings import (
     get_embeddings_updated_at,
     get_status,
     is_embeddings_enabled,
+    maintain_index,
 )
 from .embedding.crops import CropSettings
-from .runner import maintain_index
 from .embedding.model import available_models, check_model
 from .scheduler import start_refresher, stop_refresher
 from .search import perform_ai_search
 from .store import QdrantUnreachableError
-from .sync import SyncReport
+from .sync.images import SyncReport
 from .index.targets import object_label_fields
 
 from .brain_registry import declare_when_imported

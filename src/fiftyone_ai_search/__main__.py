@@ -104,12 +104,12 @@ def _print_json(value):
 def _cmd_sync(args):
     import fiftyone_ai_search as ais
 
-    from .sync import SyncCancelled
+    from .sync.images import SyncCancelled
 
     dataset = _load_dataset(args.dataset, args.dataset_id)
     from .index.targets import target_of
 
-    from .runner import maintain_index
+    from .embeddings import maintain_index
     from .index.state import dataset_exists, dataset_key
 
     target = target_of(dataset, args.patches_field)

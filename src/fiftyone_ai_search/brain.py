@@ -316,7 +316,7 @@ def _release(target, brain_key):
 def _open_clip_of_zoo(name, model_kwargs):
     """``(model, pretrained)`` of a zoo model name; refuses one that is not
     an open_clip CLIP."""
-    from .existing import zoo_open_clip
+    from .sync.existing import zoo_open_clip
 
     found = zoo_open_clip(name, model_kwargs)
     if found is None:
@@ -414,7 +414,7 @@ class AISearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
                 wanted = (store.get_sample_ids() if self._members is None
                           else self._members)
                 if self._objects:
-                    from .object_sync import SOURCE_KEY
+                    from .sync.objects import SOURCE_KEY
 
                     payloads = store.get_payloads(wanted)
                     sources = {k: p.get(SOURCE_KEY)
@@ -548,8 +548,8 @@ class AISearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         must be of the index's model: the run's ``model``, or the model
         the Brain embedded them with (AI search is switched on with it if
         it is off)."""
-        from .object_sync import write_given_objects
-        from .sync import write_given
+        from .sync.objects import write_given_objects
+        from .sync.images import write_given
 
         if self._objects:
             if label_ids is None:

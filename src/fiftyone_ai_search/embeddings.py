@@ -9,16 +9,17 @@ import logging
 from typing import TYPE_CHECKING
 
 from .index import media
-from . import runner
+from .sync import runner
 from .index import state as st
 from .index import targets
 from . import validate
 from .index import indexes
-from .config import BACKENDS, ENV_PREFIX, get_settings
+from .config import BACKENDS, ENV_PREFIX, Settings, get_settings
 from .errors import (AISearchNotEnabledError, IndexDamagedError,  # noqa: F401 (re-exported)
                      IndexNotReadyError)
+from .results import sweep_orphaned_scores
+from .store import IndexNotFoundError, audit, cells
 from .store.audit import summary as audit_summary
-from .store import IndexNotFoundError
 
 if TYPE_CHECKING:  # for annotations only
     import datetime
@@ -28,7 +29,7 @@ if TYPE_CHECKING:  # for annotations only
     import fiftyone.core.collections as foc
     import fiftyone.core.dataset as fod
 
-    from .sync import SyncReport
+    from .sync.images import SyncReport
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +159,7 @@ def enable_embeddings(dataset: fod.Dataset, model: str | None = None,
             another kind of Brain run
     """
     from . import brain
-    from .existing import ExistingEmbeddings
+    from .sync.existing import ExistingEmbeddings
     from .embedding.model import check_weights, load_model
 
     compute = validate.boolean(compute, "compute")
@@ -460,7 +461,7 @@ def calculate_embeddings(dataset: fod.Dataset, force: bool = False,
             instead (its report counts objects)
 
     Returns:
-        a :class:`fiftyone_ai_search.sync.SyncReport` if ``wait=True``, else
+        a :class:`fiftyone_ai_search.sync.images.SyncReport` if ``wait=True``, else
         None
     """
     force = validate.boolean(force, "force")
@@ -499,6 +500,67 @@ def calculate_embeddings(dataset: fod.Dataset, force: bool = False,
     finally:
         if bar is not None:
             bar.close()
+
+
+def maintain_index(dataset: fod.Dataset, settings: Settings | None = None,
+                   min_points: int | None = None) -> int:
+    """The background upkeep of the approximate search of ``dataset``'s
+    index (see :meth:`fiftyone_ai_search.store.VectorStore.maintain`):
+    learns its cells once it is large enough (again as it grows), and gives
+    new points theirs; and sweeps scores left behind by deleted collections
+    (see :func:`fiftyone_ai_search.results.sweep_orphaned_scores`).
+    The worker runs it after each sync, the refresher on each pass; searches
+    stay correct (exact where no cells are complete) at any point of it.
+
+    Args:
+        dataset: the dataset
+        settings (None): the :class:`fiftyone_ai_search.config.Settings`
+        min_points (None): the index size from which the cells pay; default
+            :data:`fiftyone_ai_search.store.cells.MIN_POINTS`
+
+    Returns:
+        the number of points given a cell (0 when there was nothing to do)
+    """
+    if not isinstance(dataset, targets.Objects):  # (the worker's targets)
+        dataset = media.dataset_of(dataset, "dataset")
+    if settings is not None and not isinstance(settings, Settings):
+        raise ValueError("settings must be a Settings "
+                         f"(fiftyone_ai_search.get_settings()), got "
+                         f"{settings!r}")
+    if min_points is not None:
+        min_points = validate.integer(min_points, "min_points", 1,
+                                      validate.MAX_LIMIT)
+    doc = st.get(dataset)
+    if doc is None or not doc.get("enabled") or not doc.get("index"):
+        return 0
+    sweep_orphaned_scores(targets.dataset_of(dataset))
+    store = indexes.open_ref(doc["index"], settings)
+    try:
+        done = store.maintain(
+            min_points=cells.MIN_POINTS if min_points is None else min_points)
+        _audit_if_due(store, doc, settings)
+        return done
+    except IndexNotFoundError:
+        return 0  # replaced by a rebuild meanwhile: its own upkeep follows
+    finally:
+        store.close()
+
+
+def _audit_if_due(store, doc, settings):
+    """Audits the recall of the approximate search (see
+    :mod:`fiftyone_ai_search.store.audit`) when its cells are new or the
+    index grew: prompts encoded by the index's own model, and stored
+    vectors."""
+    known = store.cells()
+    if not audit.due(known, store.estimate_count()):
+        return
+    model = indexes.load_index_model(doc["index"], settings)
+    texts = model.encode_text(list(audit.GENERIC_PROMPTS))
+    rule = audit.audit(store, texts)
+    if rule is not None:
+        logger.info("AI search index '%s': approximate search audited in "
+                    "%.1f s: %s", store.name, rule["seconds"],
+                    rule["estimates"])
 
 
 def get_embeddings_in_progress(dataset: fod.Dataset,

@@ -18,8 +18,8 @@ or in a Python process (a background thread)::
 
 A pass looks at each dataset whose AI search is on, one after another, in
 this process. A dataset where nothing changed costs a few indexed queries
-(:func:`fiftyone_ai_search.sync.has_changes`) and a count of its index (the
-consistency check, :func:`fiftyone_ai_search.sync.is_consistent`, whose
+(:func:`fiftyone_ai_search.sync.images.has_changes`) and a count of its index (the
+consistency check, :func:`fiftyone_ai_search.sync.images.is_consistent`, whose
 mismatch makes the pass sync and so repair it): no model is loaded. A dataset whose computation runs elsewhere is asked to sync
 once more when done rather than waited for, and the dataset lease keeps two
 refreshers from ever computing one dataset at once. A deleted dataset's index
@@ -48,7 +48,7 @@ class RefreshReport:
     """What one pass of the refresher did.
 
     Attributes:
-        synced: dataset name -> :class:`fiftyone_ai_search.sync.SyncReport`
+        synced: dataset name -> :class:`fiftyone_ai_search.sync.images.SyncReport`
             (an object index as ``"name (field)"``, here and below)
         unchanged: names of datasets with nothing to sync
         busy: names of datasets whose computation ran elsewhere (asked to
@@ -116,8 +116,9 @@ def refresh_all(datasets=None, settings=None):
 
 
 def _refresh_one(key, dataset, doc, settings, report):
-    from .runner import maintain_index, run_sync
-    from .sync import SyncCancelled, has_changes
+    from .embeddings import maintain_index
+    from .sync.runner import run_sync
+    from .sync.images import SyncCancelled, has_changes
 
     if dataset is None:
         _forget(doc, settings)
@@ -161,7 +162,7 @@ def _consistent(dataset, doc, settings):
     from .errors import IndexDamagedError, StateDamagedError
     from .index.indexes import open_index
     from .store import IndexNotFoundError
-    from .sync import is_consistent
+    from .sync.images import is_consistent
 
     store = open_index(dataset, settings, doc)
     try:

@@ -19,7 +19,7 @@ from bson import ObjectId
 from . import results as colls
 from . import diverse
 from .index import media
-from . import sync
+from .sync import images as sync
 from .index import state as st
 from .index import targets
 from . import validate
@@ -207,7 +207,7 @@ def perform_ai_search(
 def sources_of(doc, label_ids):
     """The ids of the samples holding these objects (their vectors'
     ``source_id``), in their order."""
-    from .object_sync import SOURCE_KEY
+    from .sync.objects import SOURCE_KEY
 
     store = indexes.open_ref(doc["index"])
     with store.session(keep_open=True):

@@ -134,7 +134,7 @@ def _new_build(key, generation, model, pretrained, model_identity, backend,
                existing=None, crop=None):
     """The ``build`` reference of a new index of ``generation``, under a
     name nobody else ever uses; ``existing`` names embeddings the dataset
-    already has to fill it from (see :mod:`fiftyone_ai_search.existing`);
+    already has to fill it from (see :mod:`fiftyone_ai_search.sync.existing`);
     ``crop`` the crop settings of an object index."""
     return {
         "name": index_name(key, generation),

@@ -39,11 +39,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 from bson import ObjectId
 
-from .index import media
-from .index import state as st
-from .index import targets
-from .errors import AISearchError
-from .store import IndexInfo, IndexNotFoundError
+from ..index import media
+from ..index import state as st
+from ..index import targets
+from ..errors import AISearchError
+from ..store import IndexInfo, IndexNotFoundError
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class SyncReport:
         rebuilt: whether a new index was built (a first index, another
             model, or a forced rebuild) and then switched to
         reused: samples whose existing embeddings (a field, a Brain run:
-            :mod:`fiftyone_ai_search.existing`) were stored instead of
+            :mod:`fiftyone_ai_search.sync.existing`) were stored instead of
             running the model
     """
 
@@ -427,7 +427,7 @@ class Synchronizer:
             is switched to once complete
         progress (None): called as ``progress(done, total)`` after each batch
         existing (None): an
-            :class:`~fiftyone_ai_search.existing.ExistingEmbeddings` whose
+            :class:`~fiftyone_ai_search.sync.existing.ExistingEmbeddings` whose
             vectors are stored instead of embedding those samples
     """
 
@@ -733,7 +733,7 @@ class Synchronizer:
 
     def _embed(self, todo, report):
         """Embeds and commits ``todo`` (a page of :meth:`_diff`)."""
-        from .embedding.pipeline import embed_images
+        from ..embedding.pipeline import embed_images
 
         if not todo:
             return
@@ -773,7 +773,7 @@ class Synchronizer:
     def _reuse(self, items, meta, report):
         """Stores the existing vectors of ``items`` instead of embedding
         them; returns the items left to embed."""
-        from .embedding.pipeline import EmbeddedBatch
+        from ..embedding.pipeline import EmbeddedBatch
 
         left = []
         chunk = self.settings.batch_size * 8

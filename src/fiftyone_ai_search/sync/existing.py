@@ -21,8 +21,8 @@ import logging
 
 import numpy as np
 
-from .index import media
-from .errors import ExistingEmbeddingsError
+from ..index import media
+from ..errors import ExistingEmbeddingsError
 
 logger = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ class ExistingEmbeddings:
             ExistingEmbeddingsError: if they disagree, or the source holds
                 no usable vector at all
         """
-        from .embedding.pipeline import embed_images
+        from ..embedding.pipeline import embed_images
 
         samples = media.indexed_samples(self.dataset)
         candidates = samples.limit(50 * CHECK_SAMPLES).values(

@@ -17,91 +17,21 @@ import os
 import subprocess
 import sys
 import time
-from typing import TYPE_CHECKING
 
-from .index import media
-from .index import state as st
-from .index import targets
-from . import validate
-from .index import indexes
-from .config import Settings, get_settings
-from .errors import IndexDamagedError, StateDamagedError
-
-if TYPE_CHECKING:  # for annotations only
-    import fiftyone.core.dataset as fod
+from ..index import state as st
+from ..index import targets
+from ..index import indexes
+from ..config import get_settings
+from ..errors import IndexDamagedError, StateDamagedError
+from ..store import IndexMismatchError
+from .existing import ExistingEmbeddings
+from .images import SyncCancelled, Synchronizer, has_changes
+from .objects import ObjectSynchronizer, crop_settings
 
 logger = logging.getLogger(__name__)
 
 #: how often a waiting caller looks at the lease
 POLL_SECONDS = 0.5
-
-
-def maintain_index(dataset: fod.Dataset, settings: Settings | None = None,
-                   min_points: int | None = None) -> int:
-    """The background upkeep of the approximate search of ``dataset``'s
-    index (see :meth:`fiftyone_ai_search.store.VectorStore.maintain`):
-    learns its cells once it is large enough (again as it grows), and gives
-    new points theirs; and sweeps scores left behind by deleted collections
-    (see :func:`fiftyone_ai_search.results.sweep_orphaned_scores`).
-    The worker runs it after each sync, the refresher on each pass; searches
-    stay correct (exact where no cells are complete) at any point of it.
-
-    Args:
-        dataset: the dataset
-        settings (None): the :class:`fiftyone_ai_search.config.Settings`
-        min_points (None): the index size from which the cells pay; default
-            :data:`fiftyone_ai_search.store.cells.MIN_POINTS`
-
-    Returns:
-        the number of points given a cell (0 when there was nothing to do)
-    """
-    from .store import IndexNotFoundError
-    from .store import cells
-
-    from .results import sweep_orphaned_scores
-
-    if not isinstance(dataset, targets.Objects):  # (the worker's targets)
-        dataset = media.dataset_of(dataset, "dataset")
-    if settings is not None and not isinstance(settings, Settings):
-        raise ValueError("settings must be a Settings "
-                         f"(fiftyone_ai_search.get_settings()), got "
-                         f"{settings!r}")
-    if min_points is not None:
-        min_points = validate.integer(min_points, "min_points", 1,
-                                      validate.MAX_LIMIT)
-    doc = st.get(dataset)
-    if doc is None or not doc.get("enabled") or not doc.get("index"):
-        return 0
-    sweep_orphaned_scores(targets.dataset_of(dataset))
-    store = indexes.open_ref(doc["index"], settings)
-    try:
-        done = store.maintain(
-            min_points=cells.MIN_POINTS if min_points is None else min_points)
-        _audit_if_due(store, doc, settings)
-        return done
-    except IndexNotFoundError:
-        return 0  # replaced by a rebuild meanwhile: its own upkeep follows
-    finally:
-        store.close()
-
-
-def _audit_if_due(store, doc, settings):
-    """Audits the recall of the approximate search (see
-    :mod:`fiftyone_ai_search.store.audit`) when its cells are new or the
-    index grew: prompts encoded by the index's own model, and stored
-    vectors."""
-    from .store import audit
-
-    known = store.cells()
-    if not audit.due(known, store.estimate_count()):
-        return
-    model = indexes.load_index_model(doc["index"], settings)
-    texts = model.encode_text(list(audit.GENERIC_PROMPTS))
-    rule = audit.audit(store, texts)
-    if rule is not None:
-        logger.info("AI search index '%s': approximate search audited in "
-                    "%.1f s: %s", store.name, rule["seconds"],
-                    rule["estimates"])
 
 
 def acquire(dataset, timeout=None):
@@ -145,13 +75,11 @@ def run_sync(dataset, force=False, verify_files=False, progress=None,
         settings (None): the :class:`fiftyone_ai_search.config.Settings`
 
     Returns:
-        the :class:`fiftyone_ai_search.sync.SyncReport` of all passes
+        the :class:`fiftyone_ai_search.sync.images.SyncReport` of all passes
 
     Raises:
         SyncCancelled: if AI search is (or was meanwhile) switched off
     """
-    from .sync import SyncCancelled, has_changes
-
     settings = settings or get_settings()
     progress = _run_progress(progress) if progress else None
     if force:
@@ -254,9 +182,6 @@ def _run_progress(progress):
 def _sync_pass(dataset, doc, settings, verify_files, progress):
     """One synchronisation of the index the state ``doc`` asks for: the one
     being built if any, else the one searches use."""
-    from .store import IndexMismatchError
-    from .sync import Synchronizer
-
     ref = doc.get("build") or doc["index"]
     building = doc.get("build") is not None
     store = indexes.open_ref(ref, settings)
@@ -279,15 +204,11 @@ def _sync_pass(dataset, doc, settings, verify_files, progress):
                 "pretrained=...)"
             )
         if isinstance(dataset, targets.Objects):
-            from .object_sync import ObjectSynchronizer, crop_settings
-
             sync = ObjectSynchronizer(dataset, store, model, settings,
                                       doc["generation"], building=building,
                                       progress=progress,
                                       crop=crop_settings(ref))
         else:
-            from .existing import ExistingEmbeddings
-
             existing = (ExistingEmbeddings.from_ref(dataset,
                                                     ref.get("existing"))
                         if building else None)

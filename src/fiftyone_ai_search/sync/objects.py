@@ -1,7 +1,7 @@
 """Incremental synchronisation of an object index: one vector per object of
 a label field (a crop of its box), kept in sync with the dataset.
 
-It is the image sync (:mod:`fiftyone_ai_search.sync`) with objects for
+It is the image sync (:mod:`fiftyone_ai_search.sync.images`) with objects for
 units, and it finds changes as cheaply:
 
 - FiftyOne bumps a sample's ``last_modified_at`` when its labels are
@@ -25,9 +25,9 @@ and a mismatch runs a full pass that repairs it.
 import dataclasses
 import logging
 
-from .index import state as st
-from .embedding.crops import CropSettings, box_fingerprint
-from .sync import (
+from ..index import state as st
+from ..embedding.crops import CropSettings, box_fingerprint
+from .images import (
     PAGE_SIZE,
     Synchronizer,
     Unit,
@@ -83,7 +83,7 @@ class ObjectSynchronizer(Synchronizer):
     Args:
         objects: the :class:`~fiftyone_ai_search.index.targets.Objects`
         store, model, settings, generation, building, progress: as for
-            :class:`~fiftyone_ai_search.sync.Synchronizer`
+            :class:`~fiftyone_ai_search.sync.images.Synchronizer`
         crop (None): the :class:`~fiftyone_ai_search.embedding.crops.CropSettings`
             of the index
     """

@@ -70,6 +70,7 @@ def test_the_audit_finds_poor_prompt_recall_and_its_rule_holds_it(indexed):
     fresh = prompts(40, seed=7, gap=2.0)
     before, _ = recall(index, ids, x, fresh)
     assert before < audit.TARGET  # the default probe count loses prompts
+    index.forget_recent_queries()  # the test's own: audited prompts apart
 
     rule = audit.audit(index, prompts(60, seed=3, gap=2.0), k=50,
                        image_queries=60)
@@ -139,13 +140,13 @@ def test_upkeep_audits_and_the_status_shows_it(tmp_path):
     assert "estimated recall@" in line, line
     assert f"prompts {text['recall']:.2f}" in line or "prompts exact" in line
     # a prompt search of the audited index finds what an exact one does
-    from fiftyone_ai_search import search
+    from fiftyone_ai_search.query.vectors import prompt_vectors
     from fiftyone_ai_search.index import state as st
 
     name = ais.perform_ai_search(dataset, prompt="a red circle", limit=10)
     found = [i for i, _ in ais.get_collection_scores(dataset, name)]
     model = indexes.load_index_model(st.get(dataset)["index"])
-    query = search.prompt_vectors(model, ["a red circle"])[0]
+    query = prompt_vectors(model, ["a red circle"])[0]
     ids, vectors = ais.get_embeddings(dataset)
     exact = [ids[i] for i in np.argsort(-(vectors @ query))[:10]]
     assert len(set(found) & set(exact)) >= 9
@@ -215,3 +216,64 @@ def test_an_audit_killed_at_any_moment_leaves_index_and_estimate_whole(
     assert [i for i, _ in index.query(q, 20, exact=True)] == expected
     assert audit.audit(index, prompts(20, seed=4, gap=2.0), k=20,
                        image_queries=20) is not None
+
+
+@SERVER_SLOW
+def test_the_users_recent_prompts_are_audited(indexed):
+    """The index keeps its last searches of the whole index (a repeat
+    once, a search by a sample too), and the audit asks them: the user's
+    prompts, unlike the generic ones, are held at the target where the
+    generic ones alone leave them poor."""
+    from fiftyone_ai_search.store import recent
+
+    index, ids, x = indexed
+    user = prompts(40, seed=3, gap=2.0)
+    generic = prompts(30, seed=5, gap=0.0)  # on the images' side
+    # what a rule chosen on the generic prompts gives the user's
+    audit.audit(index, generic, k=50, image_queries=60)
+    fresh = prompts(40, seed=7, gap=2.0)
+    assert recall(index, ids, x, fresh)[0] < audit.TARGET
+    index.forget_recent_queries()
+
+    for q in user:
+        index.query(q, 50)
+    index.query(user[-1], 10)  # a repeat (e.g. an over-fetch): kept once
+    index.query(x[0], 50)  # a search by a sample
+    index.query(user[0], 50, exact=True)  # exact: the cells are not used
+    kept = index.recent_queries()
+    assert len(kept) == 41 <= recent.SIZE
+    np.testing.assert_allclose(kept[:40], user, atol=2e-3)
+    rule = audit.audit(index, generic, k=50, image_queries=60)
+    assert rule["recent"] == 41
+    # the search by a sample lies among the images: an image query; and so
+    # may a prompt of this 16-d world that lies as near a centre as they do
+    text = rule["estimates"]["text"]["queries"]
+    assert 30 + 30 <= text <= 30 + 40
+    assert rule["estimates"]["image"]["queries"] == 60 + 40 + 30 + 1 - text
+    assert recall(index, ids, x, fresh)[0] >= audit.TARGET
+
+
+@pytest.mark.parametrize("store", ["edge"], indirect=True)
+def test_recent_queries_are_a_bounded_ring_that_survives_a_torn_file(
+        indexed):
+    """At most recent.SIZE, the latest last; a file torn by a crash reads as
+    none, and the next search writes a whole one; they go with the index."""
+    from fiftyone_ai_search.store import recent
+
+    index, _, _ = indexed
+    queries = prompts(recent.SIZE + 6, seed=11, gap=1.0)
+    for q in queries:
+        index.query(q, 5)
+    kept = index.recent_queries()
+    assert len(kept) == recent.SIZE
+    np.testing.assert_allclose(kept, queries[6:], atol=2e-3)
+    path = os.path.join(index.path, recent.FILE)
+    with open(path, "wb") as f:
+        f.write(b"\x93NUMPY torn")
+    assert len(index.recent_queries()) == 0
+    index.query(queries[0], 5)
+    assert len(index.recent_queries()) == 1
+    index.drop()
+    assert not os.path.exists(path)
+    index.ensure(INFO)
+    assert len(index.recent_queries()) == 0

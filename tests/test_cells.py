@@ -623,3 +623,35 @@ def test_points_written_by_another_process_during_a_move_are_not_lost(
         assert store.query(final[i], 1)[0][0] == ids[i]
     assert_exact_within_probed(store, ids, final, unit(texts[:5]))
     store.close()
+
+
+@SERVER_SLOW
+def test_a_pass_finds_points_written_behind_its_scan(index, monkeypatch):
+    """A pass's rounds scan on from where the round before stopped; points
+    written meanwhile behind that (lower ids, by a process that had not
+    read the cells: UNASSIGNED) are found by the scan from the first point
+    that ends the pass."""
+    from fiftyone_ai_search.store import base, sample_id_to_point_id
+
+    monkeypatch.setattr(base, "ASSIGN_CHUNK", 500)
+    x, _ = clustered(3000, seed=5)
+    ids = make_ids(len(x))
+    behind = list(range(0, 3000, 10))
+    first = [i for i in range(3000) if i % 10]
+    index.upsert([ids[i] for i in first], x[first], [{} for _ in first])
+    written = []
+
+    def midway(done, _):
+        if done >= 1500 and not written:
+            index._upsert_points(
+                [sample_id_to_point_id(ids[i]) for i in behind],
+                base.normalize_rows(x[behind]),
+                [{"sample_id": ids[i], cl.CELL_KEY: cl.UNASSIGNED,
+                  ranks.RANK_KEY: ranks.rank_of(ids[i])} for i in behind])
+            written.append(done)
+
+    assert index.maintain(min_points=1000, progress=midway) == 3000
+    assert written
+    np.testing.assert_array_equal(stored_cells(index, ids),
+                                  index.cells().assign(x))
+    assert index.maintain(min_points=1000) == 0

@@ -20,7 +20,7 @@ import numpy as np
 from .. import validate
 from ..errors import AISearchError, IndexDamagedError
 from . import cells as cl
-from . import ranks
+from . import ranks, recent
 
 logger = logging.getLogger(__name__)
 
@@ -598,6 +598,9 @@ class VectorStore(abc.ABC):
             known = self.cells()
             if known is not None and known.searchable:
                 probed = known.probe(vector, near=near)  # None: exact
+                if not near:
+                    # what the self-audit asks first (see recent.py)
+                    self._remember_query(vector)
         points = self._query_points(
             vector,
             limit,
@@ -608,6 +611,41 @@ class VectorStore(abc.ABC):
         return [(point_id_to_sample_id(p.id), float(p.score)) for p in points]
 
     # -- approximate search (see cells.py) ---------------------------------
+
+    def recent_queries(self):
+        """The vectors of the last searches of the whole index that its
+        cells served (at most :data:`~fiftyone_ai_search.store.recent.SIZE`,
+        oldest first): the user's own queries, which the self-audit asks
+        (see :mod:`~fiftyone_ai_search.store.audit`).
+
+        Returns:
+            an ``(n, dim)`` float32 array of unit rows
+        """
+        ring = self._read_recent()
+        dim = self._require_info().dim
+        if not len(ring) or ring.shape[1] != dim:  # none, or another model's
+            return np.zeros((0, dim), dtype=np.float32)
+        return normalize_rows(ring.astype(np.float32))
+
+    def forget_recent_queries(self):
+        """Forgets the recent queries (see :meth:`recent_queries`)."""
+        self._write_recent(np.zeros((0, 0), dtype=np.float16))
+
+    def _remember_query(self, vector):
+        """Keeps ``vector`` among the recent queries (see recent.py)."""
+        ring = recent.with_query(self._read_recent(), vector)
+        if ring is not None:
+            self._write_recent(ring)
+
+    def _read_recent(self):
+        """The ring of recent queries (float16 rows; see recent.py). This
+        process's own, where the backend keeps none with the index."""
+        return _recent_rings.get((type(self).__name__, self.name),
+                                 np.zeros((0, 0), dtype=np.float16))
+
+    def _write_recent(self, ring):
+        """Stores the ring of recent queries."""
+        _recent_rings[(type(self).__name__, self.name)] = ring
 
     def cells(self):
         """The :class:`~fiftyone_ai_search.store.cells.Cells` of the index
@@ -644,8 +682,9 @@ class VectorStore(abc.ABC):
             # only whether the index has doubled: an exact count costs
             # ~1.4 s at 10M points, each pass
             total = self.estimate_count()
-        if known is None or (total is not None
-                             and cl.outgrown(known, total)):
+        learned = known is None or (total is not None
+                                    and cl.outgrown(known, total))
+        if learned:
             if total < max(min_points, 1):
                 return 0
             # the learning sample is drawn by rank: seeded, and no id list
@@ -664,24 +703,41 @@ class VectorStore(abc.ABC):
         if known.previous is not None:
             lacking += list(known.previous.values())
         done = 0
+        # each round's scan goes on after the last point the round before
+        # gave a cell (both engines scroll in point id order): started from
+        # the first point every round, the scans passed over the points
+        # already done again and again (34 s of 200 s at 1M points). Points
+        # written behind the scan meanwhile are found by one more scan from
+        # the first point, which ends the pass when it finds none
+        after = None
         while True:
             # one session a round, kept open: an embedded index would else
             # be closed and opened twice a round (~2.5 s each at 1M points);
             # it is still handed over between rounds to whoever waits
             with self.session(keep_open=True):
                 records = self._points_lacking(cl.CELL_KEY, ASSIGN_CHUNK,
-                                               True, lacking)
+                                               True, lacking, after)
                 if not records:
-                    break
+                    if after is None:
+                        break
+                    after = None
+                    continue
                 where = known.assign(self._stored_rows(records))
+                ids = [str(r.id) for r in records]
                 # only points still lacking: one written again meanwhile
                 # got its cell from its writer
-                self._set_field(cl.CELL_KEY, _grouped(records, where),
-                                lacking)
+                self._set_field(cl.CELL_KEY, _grouped(ids, where), lacking)
+            after = max(ids)
             done += len(records)
             if progress is not None:
                 progress(done, None)
-        ranked += self._give_ranks()  # written meanwhile by an older version
+        if not learned:
+            # points written meanwhile by an older version, without a rank.
+            # A pass that learned gave them theirs before (its sample is
+            # drawn by rank), and a full scan finding none costs ~2 s at 1M
+            # points: points written since, by such a version, get theirs
+            # in the next pass
+            ranked += self._give_ranks()
         changed = done + ranked
         if changed and (not known.complete
                         or changed >= COMPACT_SHARE * known.learned_from):
@@ -739,11 +795,10 @@ class VectorStore(abc.ABC):
                                                False, ())
                 if not records:
                     return ranked
-                where = [ranks.rank_of(point_id_to_sample_id(r.id))
-                         for r in records]
+                ids = [str(r.id) for r in records]
+                where = [ranks.rank_of(point_id_to_sample_id(i)) for i in ids]
                 # a rank is a function of the id: nothing to guard against
-                self._set_field(ranks.RANK_KEY, _grouped(records, where),
-                                None)
+                self._set_field(ranks.RANK_KEY, _grouped(ids, where), None)
             ranked += len(records)
 
     # -- backend hooks -----------------------------------------------------
@@ -839,10 +894,12 @@ class VectorStore(abc.ABC):
         and makes sure the cell key has its payload index."""
 
     @abc.abstractmethod
-    def _points_lacking(self, key, limit, with_vector, values):
+    def _points_lacking(self, key, limit, with_vector, values, after=None):
         """Up to ``limit`` records (``id``, and ``vector`` if asked) of
         points whose payload ``key`` is missing or one of ``values`` (a
-        sequence of ints, possibly empty)."""
+        sequence of ints, possibly empty), in point id order, from the
+        point id ``after`` on (None: from the first; ``after`` itself may
+        be among them)."""
 
     @abc.abstractmethod
     def _points_in(self, key, values, with_vector=True):
@@ -874,13 +931,23 @@ class VectorStore(abc.ABC):
         needs no such guard)."""
 
 
-def _grouped(records, values):
-    """``{value: [point id, ...]}`` of records and their values."""
-    groups = {}
-    for record, value in zip(records, np.asarray(values).tolist()):
-        groups.setdefault(int(value), []).append(str(record.id))
-    return groups
+def _grouped(ids, values):
+    """``{value: [point id, ...]}`` of point ids and their values (sorted
+    by value: one pass, not a dict lookup per point)."""
+    values = np.asarray(values, dtype=np.int64)
+    if not len(values):
+        return {}
+    order = np.argsort(values, kind="stable")
+    ordered = values[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    ends = np.r_[starts[1:], len(ordered)]
+    return {int(ordered[a]): [ids[i] for i in order[a:b].tolist()]
+            for a, b in zip(starts.tolist(), ends.tolist())}
 
+
+#: ``{(backend class, index name): ring}`` of a backend that keeps its
+#: recent queries in the process (see :meth:`VectorStore._read_recent`)
+_recent_rings = {}
 
 #: payload keys of the store's own, never handed to callers
 _STORE_KEYS = frozenset({cl.CELL_KEY, ranks.RANK_KEY})
@@ -896,9 +963,11 @@ def _record_vector(record):
 #: points given their cell per round of :meth:`VectorStore.maintain`: a
 #: round writes once per cell present in it, so larger rounds make fewer,
 #: fuller writes (at 1M points in 2,000 cells, rounds of 8192 made ~1,600
-#: writes of ~5 points each, ~200k in all: ~60 s); a round holds the index
-#: for ~1 s on 2 cores
-ASSIGN_CHUNK = 32768
+#: writes of ~5 points each, ~200k in all: ~60 s; rounds of 32768 ~41k
+#: writes, 17 s, and 34 flushes of the shard at the rounds' ends, 13 s;
+#: rounds of 65536 about half that). A round holds the index for ~2 s on 2
+#: cores; searches of other processes are answered meanwhile (serve.py)
+ASSIGN_CHUNK = 65536
 
 #: a maintenance pass that assigned this share of the points the cells were
 #: learned from compacts the index again

@@ -54,6 +54,7 @@ import numpy as np
 from ..errors import DiskFullError, IndexDamagedError
 from . import cells as cl
 from . import ranks as rk
+from . import recent as rc
 from . import serve as sv
 from .base import (
     IndexBusyError,
@@ -902,21 +903,40 @@ class EdgeStore(VectorStore):
                     with contextlib.suppress(FileNotFoundError):
                         os.remove(os.path.join(self.path, name))
 
+    def _read_recent(self):
+        # cached by the file's identity: a search reads it at most once per
+        # change
+        path = os.path.join(self.path, rc.FILE)
+        try:
+            stat = os.stat(path)
+        except OSError:
+            return np.zeros((0, 0), dtype=np.float16)
+        key = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+        cached = _recent_cache.get(path)
+        if cached is None or cached[0] != key:
+            cached = _recent_cache[path] = (key, rc.read(path))
+        return cached[1]
+
+    def _write_recent(self, ring):
+        rc.write(os.path.join(self.path, rc.FILE), ring)
+
     def _remove_cells(self):
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(self._cells_path)
+        # and the recent queries: a rebuilt index may be of another model
+        for path in (self._cells_path, os.path.join(self.path, rc.FILE)):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
         with contextlib.suppress(FileNotFoundError):
             for name in os.listdir(self.path):
                 if name.startswith("cells-"):
                     with contextlib.suppress(FileNotFoundError):
                         os.remove(os.path.join(self.path, name))
 
-    def _points_lacking(self, key, limit, with_vector, values):
+    def _points_lacking(self, key, limit, with_vector, values, after=None):
         with self._locked() as shared:
             shard, _ = self._open(shared)
             records, _ = shard.scroll(qe.ScrollRequest(
-                limit=limit, filter=_lacking(key, values), with_payload=False,
-                with_vector=with_vector))
+                offset=after, limit=limit, filter=_lacking(key, values),
+                with_payload=False, with_vector=with_vector))
             return records
 
     def _points_in(self, key, values, with_vector=True):
@@ -1154,6 +1174,9 @@ def _lacking(key, values):
 
 #: ``{cells.json path: ((mtime, size, inode), Cells)}``
 _cells_cache = {}
+
+#: ``{recent-queries.npy path: ((mtime, size, inode), ring)}``
+_recent_cache = {}
 
 
 def _close_kept_open():

@@ -569,9 +569,9 @@ class ServerStore(VectorStore):
             for old in stale:
                 self._client.delete_collection(old)
 
-    def _points_lacking(self, key, limit, with_vector, values):
+    def _points_lacking(self, key, limit, with_vector, values, after=None):
         records, _ = self._call("scroll", scroll_filter=_lacking(key, values),
-                                limit=limit, with_payload=False,
+                                offset=after, limit=limit, with_payload=False,
                                 with_vectors=with_vector)
         return records
 

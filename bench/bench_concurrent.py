@@ -55,17 +55,35 @@ def parse_args(argv=None):
                    help="remove the index at the end")
     p.add_argument("--build-only", action="store_true",
                    help="build (or check) the index, nothing else")
+    p.add_argument("--openings-only", action="store_true",
+                   help="only the fresh processes' first searches")
     # internal: one role in a subprocess
     p.add_argument("--role", choices=["open", "searcher", "writer"])
     p.add_argument("--first-id", type=int, default=0)
     p.add_argument("--out")
+    # internal, for another bench's writer (bench_search.py --beside-writer)
+    p.add_argument("--name", help="the index's name (default concurrent_N)")
+    p.add_argument("--rewrite",
+                   help="an .npz of ids, vectors and payloads (JSON): the "
+                        "writer writes these points again, batch after "
+                        "batch, as a sync re-embedding edited samples, and "
+                        "runs no upkeep pass")
+    p.add_argument("--cold", action="store_true",
+                   help="open: the shard's files dropped from the page "
+                        "cache first (as after a reboot)")
+    p.add_argument("--no-read-ahead", action="store_true",
+                   help="open: without reading the files ahead (as before)")
+    p.add_argument("--until",
+                   help="the writer stops once this file exists (or after "
+                        "--seconds)")
     return p.parse_args(argv)
 
 
 def _store(args):
     from fiftyone_ai_search.store.edge import EdgeStore
 
-    return EdgeStore(f"concurrent_{args.n}", args.root, lock_timeout=600)
+    return EdgeStore(args.name or f"concurrent_{args.n}", args.root,
+                     lock_timeout=600)
 
 
 def _world():
@@ -117,20 +135,52 @@ def _queries(count, seed):
     return world.texts(world.labels(count, rng), rng)
 
 
+def _drop_page_cache(shard_path):
+    """Drops the shard's files from the page cache (what a reboot or memory
+    pressure leaves): ``POSIX_FADV_DONTNEED`` on each."""
+    for dirpath, _, names in os.walk(shard_path):
+        for name in names:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
 def role_open(args):
-    """A fresh process: the shard's opening alone, then a first search."""
+    """A fresh process, nobody holding the index: its first search (what
+    the App's or a notebook's first search pays for the index), the shard's
+    opening alone, and a second search."""
     import qdrant_edge as qe
 
+    from fiftyone_ai_search.store import edge
+
     store = _store(args)
-    start = time.monotonic()
-    qe.EdgeShard.load(os.path.join(store.path, "shard")).close()
-    load_s = time.monotonic() - start
-    query = _queries(1, seed=7)[0]
-    start = time.monotonic()
+    shard_path = os.path.join(store.path, "shard")
+    if args.cold:
+        _drop_page_cache(shard_path)
+    if args.no_read_ahead:
+        edge._read_ahead = lambda path: 0
+    query, again = _queries(2, seed=7)
+    start, cpu = time.monotonic(), time.process_time()
     with store.session():
         store.query(query, 100)
-    first_s = time.monotonic() - start
-    return {"load_s": load_s, "first_search_s": first_s}
+        first_s = time.monotonic() - start
+        first_cpu = time.process_time() - cpu
+        start = time.monotonic()
+        store.query(again, 100)
+        second_s = time.monotonic() - start
+    # the opening alone, as it was measured before the read-ahead: its
+    # files as the opening above left them (Qdrant dropped them, the
+    # read-ahead in the background may have read them back)
+    start = time.monotonic()
+    edge._read_ahead(shard_path)
+    qe_s = time.monotonic()
+    qe.EdgeShard.load(shard_path).close()
+    load_s = time.monotonic() - qe_s
+    return {"first_search_s": first_s, "first_search_cpu_s": first_cpu,
+            "second_search_s": second_s, "load_s": load_s,
+            "read_ahead_s": qe_s - start, "opens": edge.stats["opens"]}
 
 
 def role_searcher(args):
@@ -166,18 +216,32 @@ def role_writer(args):
     commits, commit_s, maintain_s = 0, [], None
     start = time.monotonic()
     next_id = args.first_id
-    while time.monotonic() - start < args.seconds:
+    again = None
+    if args.rewrite:
+        with np.load(args.rewrite) as data:
+            again = ([str(i) for i in data["ids"]], data["vectors"],
+                     json.loads(str(data["payloads"])))
+    while time.monotonic() - start < args.seconds and not (
+            args.until and os.path.exists(args.until)):
         time.sleep(args.commit_every)  # embedding the next batch
-        ids = _ids(next_id, args.batch)
-        vectors = world.images(world.labels(args.batch, rng), rng)
+        if again is None:
+            ids = _ids(next_id, args.batch)
+            vectors = world.images(world.labels(args.batch, rng), rng)
+            payloads = [{"filepath": f"/new/{i}.jpg", "fingerprint": "1:2"}
+                        for i in ids]
+        else:
+            at = (commits * args.batch) % len(again[0])
+            ids = again[0][at:at + args.batch]
+            vectors = again[1][at:at + args.batch]
+            payloads = again[2][at:at + args.batch]
         t = time.monotonic()
         with store.session(keep_open=True):  # as the sync commits
-            store.upsert(ids, vectors, [{"filepath": f"/new/{i}.jpg",
-                                         "fingerprint": "1:2"} for i in ids])
+            store.upsert(ids, vectors, payloads)
         commit_s.append(time.monotonic() - t)
         next_id += args.batch
         commits += 1
-        if maintain_s is None and time.monotonic() - start >= args.seconds / 2:
+        if (again is None and maintain_s is None
+                and time.monotonic() - start >= args.seconds / 2):
             t = time.monotonic()
             store.maintain(min_points=min(1000, args.n))  # the upkeep pass
             maintain_s = time.monotonic() - t
@@ -189,10 +253,17 @@ def role_writer(args):
             "opens": edge.stats["opens"]}
 
 
+#: the fresh-process openings measured: the page cache as the last holder
+#: left it, then cold, with and without the read-ahead
+OPENINGS = (("files as the last holder left them", ()),
+            ("page cache dropped", ("--cold",)),
+            ("page cache dropped, no read-ahead (before)",
+             ("--cold", "--no-read-ahead")))
+
 ROLES = {"open": role_open, "searcher": role_searcher, "writer": role_writer}
 
 
-def spawn(args, role, first_id=0):
+def spawn(args, role, first_id=0, extra=()):
     """Starts ``role`` in a subprocess; returns ``(process, out path)``."""
     out = tempfile.NamedTemporaryFile(prefix=f"ais-cc-{role}-",
                                       suffix=".json", delete=False).name
@@ -201,7 +272,7 @@ def spawn(args, role, first_id=0):
            "--seconds", str(args.seconds), "--batch", str(args.batch),
            "--commit-every", str(args.commit_every),
            "--search-every", str(args.search_every),
-           "--first-id", str(first_id), "--out", out]
+           "--first-id", str(first_id), "--out", out, *extra]
     return subprocess.Popen(cmd), out
 
 
@@ -226,7 +297,15 @@ def main(args):
     base = 10 * args.n  # the writer's new ids, above the index's
     rows = []
 
-    opens = [collect(spawn(args, "open"))[0] for _ in range(2)]
+    opening = []
+    for label, extra in OPENINGS:
+        for _ in range(2):
+            opening.append((label, collect(spawn(args, "open",
+                                                 extra=extra))[0]))
+    if args.openings_only:
+        for label, o in opening:
+            print(f"{label}: {json.dumps(o)}")
+        return
     (solo_s,) = collect(spawn(args, "searcher"))
     (solo_w,) = collect(spawn(args, "writer", base))
     written = solo_w["commits"] * args.batch
@@ -256,10 +335,13 @@ def main(args):
                      f"{res['maintain_s'] or 0:.1f} s, served "
                      f"{res['served']} ({res['side_reads']} while "
                      f"compacting)"))
-    for i, o in enumerate(opens):
-        rows.append((f"fresh process #{i + 1}: shard load / first search",
-                     f"{o['load_s']:.2f} s / {o['first_search_s']:.2f} s",
-                     ""))
+    for label, o in opening:
+        rows.append((f"fresh process, {label}: first search",
+                     f"{o['first_search_s']:.2f} s",
+                     f"{o['first_search_cpu_s']:.2f} s CPU; then a search "
+                     f"{ms(o['second_search_s'])}; then reads ahead "
+                     f"{o['read_ahead_s']:.2f} s + shard load "
+                     f"{o['load_s']:.2f} s"))
     p95 = pct(conc_s["latencies"], 95) / pct(solo_s["latencies"], 95)
     drop = 1 - ((conc_w["commits"] / conc_w["elapsed"])
                 / (solo_w["commits"] / solo_w["elapsed"]))

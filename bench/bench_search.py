@@ -75,6 +75,12 @@ def parse_args(argv=None):
     p.add_argument("--skip", default="",
                    help="comma-separated parts to skip: "
                         "brain,diverse,scopes,store,refresh")
+    p.add_argument("--beside-writer", action="store_true",
+                   help="then the view and diverse rows again, alone and "
+                        "beside a writer process committing a sync's "
+                        "batches to the same index (issue 29), as ratios")
+    p.add_argument("--writer-warmup", type=float, default=20.0,
+                   help="seconds the writer runs before measuring beside it")
     return p.parse_args(argv)
 
 
@@ -254,6 +260,123 @@ def fill_index(dataset, ids, vectors, model, pretrained):
                        updated_at=now, watermark=now,
                        deletion_watermark=dataset._doc.last_deletion_at)
     return clip
+
+
+# -- beside a writer (issue 29) -------------------------------------------------
+
+
+#: the rows measured alone and beside a writer: the prompt within a view of
+#: half the dataset, diverse search with 10 and 100 clusters (and targets)
+BESIDE_ROWS = (
+    ("prompt, view of half the samples", None, 0.2),
+    ("diverse centroids, kmeans, 10 clusters",
+     dict(method="centroids", clustering_method="kmeans", num_clusters=10),
+     2.0),
+    ("diverse centroids, kmeans, 100 clusters",
+     dict(method="centroids", clustering_method="kmeans", num_clusters=100),
+     5.0),
+)
+
+
+def beside_writer(args, dataset, half, store, ids, vectors, scratch):
+    """The rows of :data:`BESIDE_ROWS` alone, then beside a writer process
+    (``bench_concurrent.py``'s, in its own process as a sync's worker is)
+    that writes 32 of the dataset's points again every 1.6 s, in a kept-open
+    session as a sync commits; medians, the machine's load average and this
+    process's CPU seconds beside each."""
+    import json
+    import subprocess
+
+    import numpy as np
+
+    import fiftyone_ai_search as ais
+    from fiftyone_ai_search.store import edge
+    from fiftyone_ai_search.sync import images as sync
+
+    rng = np.random.default_rng(5)
+    pick = np.sort(rng.choice(len(ids), size=min(3200, len(ids)),
+                              replace=False))
+    paths = dataset.select([ids[i] for i in pick],
+                           ordered=True).values("filepath")
+    fingerprints = {p: sync.file_fingerprint(p) for p in set(paths)}
+    rewrite = os.path.join(scratch, "rewrite.npz")
+    np.savez(rewrite, ids=np.array([ids[i] for i in pick]),
+             vectors=vectors[pick],
+             payloads=json.dumps([sync._payload(p, fingerprints[p])
+                                  for p in paths]))
+    stop = os.path.join(scratch, "writer.stop")
+    out = os.path.join(scratch, "writer.json")
+
+    def run_rows(label):
+        # not measured: the index opened, or the writer found holding it
+        ais.perform_ai_search(half, prompt=f"{label} warm-up", limit=LIMIT)
+        got = {}
+        for name, kwargs, _ in BESIDE_ROWS:
+            runs, cpu = [], []
+            repeat = args.repeat if kwargs is None else args.diverse_repeat
+            for i in range(repeat):
+                c, t = time.process_time(), time.perf_counter()
+                if kwargs is None:
+                    ais.perform_ai_search(half, prompt=f"{label} half {i}",
+                                          limit=LIMIT)
+                else:
+                    ais.perform_ai_search(dataset, limit=LIMIT, **kwargs)
+                runs.append(time.perf_counter() - t)
+                cpu.append(time.process_time() - c)
+            got[name] = (statistics.median(runs), statistics.median(cpu),
+                         min(runs), max(runs))
+        return got
+
+    store.close()
+    load = [os.getloadavg()[0]]
+    before = dict(edge.stats)
+    solo = run_rows("solo")
+    load.append(os.getloadavg()[0])
+    store.close()  # the writer takes the index, as a sync's worker would
+    writer = subprocess.Popen([
+        sys.executable, os.path.join(os.path.dirname(__file__),
+                                     "bench_concurrent.py"),
+        "--role", "writer", "--root", store.root_dir, "--name", store.name,
+        "--n", str(len(ids)), "--rewrite", rewrite, "--until", stop,
+        "--seconds", "3600", "--out", out])
+    try:
+        time.sleep(args.writer_warmup)
+        mid = dict(edge.stats)
+        beside = run_rows("beside")
+        after = dict(edge.stats)
+        load.append(os.getloadavg()[0])
+    finally:
+        with open(stop, "w"):
+            pass
+        writer.wait()
+    with open(out) as f:
+        wrote = json.load(f)
+    commits = wrote["commit_s"]
+
+    print()
+    print(f"alone and beside a writer (issue 29): load average "
+          f"{' / '.join(f'{x:.1f}' for x in load)} (before / after alone / "
+          f"after beside), {os.cpu_count()} cpus")
+    print("| row | alone: median (min-max), CPU | beside the writer: median "
+          "(min-max), CPU | beside / alone | target |")
+    print("|---|---|---|---|---|")
+    for name, _, target in BESIDE_ROWS:
+        a, b = solo[name], beside[name]
+        print(f"| {name} | {fmt_s(a[0]).strip()} ({fmt_s(a[2]).strip()}-"
+              f"{fmt_s(a[3]).strip()}), {fmt_s(a[1]).strip()} CPU | "
+              f"{fmt_s(b[0]).strip()} ({fmt_s(b[2]).strip()}-"
+              f"{fmt_s(b[3]).strip()}), {fmt_s(b[1]).strip()} CPU | "
+              f"{b[0] / a[0]:.2f} | <= {fmt_s(target).strip()} |")
+    print(f"writer: {len(commits)} commits of 32 in {wrote['elapsed']:.0f} s"
+          f" ({len(commits) / wrote['elapsed']:.3f}/s), commit p50 "
+          f"{fmt_s(statistics.median(commits)).strip()}, max "
+          f"{fmt_s(max(commits)).strip()}; it answered {wrote['served']} "
+          f"requests of this process and opened the shard "
+          f"{wrote['opens']} times")
+    print("this process: alone {} openings; beside the writer {} openings, "
+          "{} requests answered by the writer".format(
+              mid["opens"] - before["opens"], after["opens"] - mid["opens"],
+              after["asked"] - mid["asked"]))
 
 
 # -- measurements --------------------------------------------------------------
@@ -474,6 +597,12 @@ def main(argv=None):
             table.add("(d) diverse centroids, kmeans, 10 clusters, every "
                       "vector read", t, None,
                       "same picks" if all_ids == lazy_ids else "!! other picks")
+
+    if args.beside_writer:
+        print("alone and beside a writer", flush=True)
+        beside_writer(args, dataset, half,
+                      indexes.open_index(dataset, doc=doc), ids, vectors,
+                      scratch)
 
     if "scopes" not in skip:
         print("(e) in-Qdrant id filter vs over-fetch", flush=True)

@@ -190,15 +190,15 @@ def bench_diverse(store, cl):
     picks."""
     import statistics
 
-    from fiftyone_ai_search import search
+    from fiftyone_ai_search.query import walk
 
     def timed(clusters, seed):
         t0 = time.perf_counter()
-        ids, _ = search.diverse_sample(store, K, num_clusters=clusters,
+        ids, _ = walk.diverse_from_index(store, K, num_clusters=clusters,
                                        seed=seed)
         return time.perf_counter() - t0, ids
 
-    search.diverse_sample(store, K, num_clusters=10)  # warm
+    walk.diverse_from_index(store, K, num_clusters=10)  # warm
     as_prompt = (cl.PROBE_SHARE, cl.MIN_PROBED)
     shipped = (cl.NEAR_PROBE_SHARE, cl.MIN_NEAR_PROBED)
     print("| diverse, centroids, kmeans, limit 100 | centre queries probe | "

@@ -20,7 +20,7 @@ slows both alike, and reported as medians and ratios:
 - (c) prompt search within a view holding half the dataset;
 - (d) diverse search (kmeans centroids, kmeans random, dbscan);
 - (e) in-Qdrant id filter vs over-fetch for scopes of several sizes (how
-  ``search._use_id_filter`` chooses);
+  ``topk._use_id_filter`` chooses);
 - store costs: opening the shard, reading all vectors.
 
 "Ours" is end to end: validation, query, and the result saved as the
@@ -395,7 +395,7 @@ def main(argv=None):
 
     import fiftyone_ai_search as ais
     from fiftyone_ai_search import results as colls
-    from fiftyone_ai_search import search
+    from fiftyone_ai_search.query import topk, walk
     from fiftyone_ai_search.index import indexes
     from fiftyone_ai_search.index import state as st
 
@@ -495,7 +495,7 @@ def main(argv=None):
 
     def ours_vector(i):
         store = indexes.open_index(dataset, doc=doc)
-        got_ids, scores = search.nearest(store, qvecs[i], LIMIT,
+        got_ids, scores = topk.nearest(store, qvecs[i], LIMIT,
                                          keep_open=True)
         colls.write_collection(dataset, colls.TEMPORARY_COLLECTION, got_ids,
                                scores)
@@ -505,7 +505,7 @@ def main(argv=None):
         check_same(ours_vector(0), brain_query(dataset, qvecs[0]), "vector")
     compare("(a) query vector given (no encoding)", ours_vector,
             lambda i: brain_query(dataset, qvecs[i]),
-            "ours: search.nearest + collection saved (internal API)")
+            "ours: topk.nearest + collection saved (internal API)")
 
     print("(b) image search by sample id", flush=True)
     rng = np.random.default_rng(1)
@@ -589,10 +589,10 @@ def main(argv=None):
         # same; with cells, only within the probed cells)
         store = indexes.open_index(dataset, doc=doc)
         if n <= 200_000 and not args.cells:
-            t, (all_ids, _) = timed_once(lambda: search.diverse_sample(
+            t, (all_ids, _) = timed_once(lambda: walk.diverse_from_index(
                 store, LIMIT, method="centroids", num_clusters=10,
                 read_all=True))
-            lazy_ids, _ = search.diverse_sample(
+            lazy_ids, _ = walk.diverse_from_index(
                 store, LIMIT, method="centroids", num_clusters=10)
             table.add("(d) diverse centroids, kmeans, 10 clusters, every "
                       "vector read", t, None,
@@ -618,12 +618,12 @@ def main(argv=None):
                     return store.query(qvecs[i], LIMIT, sample_ids=scope)
 
                 def over_fetch(i):
-                    return search._over_fetch(store, qvecs[i], LIMIT, scope,
+                    return topk._over_fetch(store, qvecs[i], LIMIT, scope,
                                               None, total)
 
                 assert id_filter(0) == over_fetch(0)
                 t_f, t_o = paired(id_filter, over_fetch, args.repeat)
-                chosen = ("id filter" if search._use_id_filter(size, LIMIT, total)
+                chosen = ("id filter" if topk._use_id_filter(size, LIMIT, total)
                           else "over-fetch")
                 table.add(f"(e) scope {size:,}: id filter in Qdrant", t_f, None)
                 table.add(f"(e) scope {size:,}: over-fetch + filter here", t_o,

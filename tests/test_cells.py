@@ -17,7 +17,9 @@ import numpy as np
 import pytest
 
 import fiftyone_ai_search as ais
-from fiftyone_ai_search import scheduler, search
+from fiftyone_ai_search import scheduler
+from fiftyone_ai_search.query import walk
+from fiftyone_ai_search.query.vectors import prompt_vectors
 from fiftyone_ai_search.index import indexes
 from fiftyone_ai_search.index import state as st
 from fiftyone_ai_search.store import cells as cl
@@ -154,7 +156,7 @@ def test_diverse_search_probes_fewer_cells_only_for_small_groups(index):
     x, _ = clustered(3000)
     ids = make_ids(len(x))
     index.upsert(ids, x, [{} for _ in ids])
-    source = search._IndexSource(index, None)
+    source = walk.IndexSource(index, None)
     assert not source._near(0.001)  # no cells yet: every query is exact
     index.maintain(min_points=1000)
     cells = index.cells()
@@ -364,7 +366,7 @@ def test_the_refresher_builds_the_cells_in_the_background(tmp_path,
     name = ais.perform_ai_search(dataset, prompt="a red circle", limit=10)
     got = [i for i, _ in ais.get_collection_scores(dataset, name)]
     # the same as an exact search of the probed cells
-    query = search.prompt_vectors(
+    query = prompt_vectors(
         indexes.load_index_model(st.get(dataset)["index"]),
         ["a red circle"])[0]
     # (the upkeep also audited the cells: its rule may search exactly)

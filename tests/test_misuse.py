@@ -12,7 +12,8 @@ from bson import ObjectId
 from PIL import Image
 
 import fiftyone_ai_search as ais
-from fiftyone_ai_search import diverse, validate
+from fiftyone_ai_search import validate
+from fiftyone_ai_search.query import diverse
 from fiftyone_ai_search.embedding import images
 from fiftyone_ai_search.store.base import check_limit
 

@@ -7,7 +7,8 @@ import pytest
 from fiftyone import ViewField as F
 
 import fiftyone_ai_search as ais
-from fiftyone_ai_search import search
+from fiftyone_ai_search.query import topk
+from fiftyone_ai_search.query.vectors import prompt_vectors
 from fiftyone_ai_search.index import indexes
 from fiftyone_ai_search.index import state as st
 from fiftyone_ai_search.demo import shapes
@@ -72,7 +73,7 @@ def test_commas_union_prompts_with_best_score(indexed):
     assert labels.count("red circle") >= 8
     assert labels.count("green square") >= 8
     model = _model(indexed)
-    vectors = search.prompt_vectors(
+    vectors = prompt_vectors(
         model, ["a photo of a red circle", "a photo of a green square"])
     expected_ids, expected_scores = _brute_force(indexed, vectors, 20)
     got = ais.get_collection_scores(indexed, name)
@@ -95,7 +96,7 @@ def test_prompt_results_equal_brute_force(indexed):
     prompt = "a photo of a yellow triangle"
     name = ais.perform_ai_search(indexed, prompt=prompt, limit=37)
 
-    vector = search.prompt_vectors(_model(indexed), [prompt])
+    vector = prompt_vectors(_model(indexed), [prompt])
     expected_ids, expected_scores = _brute_force(indexed, vector, 37)
     got = ais.get_collection_scores(indexed, name)
     assert [s for _, s in got] == pytest.approx(expected_scores, abs=1e-4)
@@ -112,7 +113,7 @@ def test_threshold_and_scope(indexed):
     name = ais.perform_ai_search(scope_view, prompt=prompt, limit=100,
                                  threshold=0.3)
 
-    vector = search.prompt_vectors(_model(indexed), [prompt])
+    vector = prompt_vectors(_model(indexed), [prompt])
     scope = set(scope_view.values("id"))
     expected_ids, expected_scores = _brute_force(
         indexed, vector, 100, scope=scope, threshold=0.3)
@@ -140,7 +141,7 @@ def test_large_view_is_searched_without_reading_its_ids(indexed, make_view,
     prompts = ["a photo of a green circle", "a photo of a red star"]
     # a view this large (for limit 10) is searched by over-fetching from the
     # whole index and asking MongoDB which hits are in the view
-    assert not search._use_id_filter(len(view), 10, len(indexed))
+    assert not topk._use_id_filter(len(view), 10, len(indexed))
     read = []
     values = type(view).values
     monkeypatch.setattr(type(view), "values", lambda self, *a, **kw: (
@@ -149,7 +150,7 @@ def test_large_view_is_searched_without_reading_its_ids(indexed, make_view,
     assert max(read) < len(view)  # the view's ids were never all read
     monkeypatch.undo()
 
-    vectors = search.prompt_vectors(_model(indexed), prompts)
+    vectors = prompt_vectors(_model(indexed), prompts)
     expected_ids, expected_scores = _brute_force(
         indexed, vectors, 10, scope=set(view.values("id")))
     got = ais.get_collection_scores(indexed, name)

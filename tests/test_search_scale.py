@@ -1,6 +1,6 @@
 """Search paths that only large scopes take, on an embedded index filled
 directly (no FiftyOne): the over-fetch path of a scope too large for an id
-filter (``search._use_id_filter``), and diverse sampling that reads a sample of
+filter (``topk._use_id_filter``), and diverse sampling that reads a sample of
 the vectors rather than all of them. Both must give exactly what reading
 everything gives. And the index a search keeps open for the next one is
 handed over at once to another process that wants it."""
@@ -12,7 +12,8 @@ import time
 import numpy as np
 import pytest
 
-from fiftyone_ai_search import diverse, search
+from fiftyone_ai_search.query import topk, walk
+from fiftyone_ai_search.query import diverse
 from fiftyone_ai_search.store import IndexInfo
 from fiftyone_ai_search.store import edge, ranks
 from fiftyone_ai_search.store.edge import EdgeStore
@@ -56,12 +57,12 @@ def _brute_force(ids, vectors, queries, limit, scope, threshold=None):
 def test_scoped_search_equals_brute_force(index, scope_size, threshold,
                                           id_filter):
     store, ids, vectors = index
-    assert search._use_id_filter(scope_size, 100, N) == id_filter
+    assert topk._use_id_filter(scope_size, 100, N) == id_filter
     rng = np.random.default_rng(scope_size)
     scope = [ids[i] for i in rng.choice(N, size=scope_size, replace=False)]
     queries = vectors[rng.choice(N, size=2)]
 
-    got_ids, got = search.nearest(store, queries, 100, scope, threshold)
+    got_ids, got = topk.nearest(store, queries, 100, scope, threshold)
 
     want_ids, want = _brute_force(ids, vectors, queries, 100, scope, threshold)
     assert got_ids == want_ids
@@ -75,9 +76,9 @@ def test_over_fetch_reads_on_when_the_best_are_out_of_scope(index):
     # holds none of it, so the search must ask again for more
     best = np.argsort(-(vectors @ query))
     scope = [ids[i] for i in best[5_000:]]
-    assert not search._use_id_filter(len(scope), 50, N)
+    assert not topk._use_id_filter(len(scope), 50, N)
 
-    got_ids, got = search.nearest(store, query, 50, scope)
+    got_ids, got = topk.nearest(store, query, 50, scope)
 
     want_ids, want = _brute_force(ids, vectors, query, 50, scope)
     assert got_ids == want_ids
@@ -101,13 +102,13 @@ def test_diverse_of_a_large_scope_reads_a_sample_and_equals_reading_all(
                   seed=3)
 
     fetched = []
-    fetch = search._IndexSource.fetch
-    monkeypatch.setattr(search._IndexSource, "fetch", lambda self, rows: (
+    fetch = walk.IndexSource.fetch
+    monkeypatch.setattr(walk.IndexSource, "fetch", lambda self, rows: (
         fetched.append(len(rows)) or fetch(self, rows)))
-    got_ids, got = search.diverse_sample(store, **kwargs)
+    got_ids, got = walk.diverse_from_index(store, **kwargs)
     lazily_read = sum(fetched)
 
-    want_ids, want = search.diverse_sample(store, read_all=True, **kwargs)
+    want_ids, want = walk.diverse_from_index(store, read_all=True, **kwargs)
 
     assert len(got_ids) == 60
     assert got_ids == want_ids
@@ -115,7 +116,7 @@ def test_diverse_of_a_large_scope_reads_a_sample_and_equals_reading_all(
     # a sample, not the scope (12,500 or 25,000 points)
     assert lazily_read < 6_000
     # reproducible, and the scores are cosines to the picks' cluster centres
-    assert search.diverse_sample(store, **kwargs) == (got_ids, got)
+    assert walk.diverse_from_index(store, **kwargs) == (got_ids, got)
     assert all(-1.0 <= s <= 1.0 + 1e-6 for s in got)
     if scope is not None:
         assert set(got_ids) <= set(scope)
@@ -144,20 +145,20 @@ def test_diverse_of_a_large_index_walks_rank_buckets_not_every_id(
     monkeypatch.setattr(store, "get_bucket_vectors", lambda b: (
         lambda got: read.append(len(got[0])) or got)(buckets(b)))
     assert store.ranked()
-    assert search._IndexSource(store, None).bucketed
+    assert walk.IndexSource(store, None).bucketed
     kwargs = dict(limit=60, method=method, clustering_method=clustering,
                   num_clusters=num_clusters, seed=3)
 
-    got_ids, got = search.diverse_sample(store, **kwargs)
+    got_ids, got = walk.diverse_from_index(store, **kwargs)
     walked = sum(read)
-    want_ids, want = search.diverse_sample(store, read_all=True, **kwargs)
+    want_ids, want = walk.diverse_from_index(store, read_all=True, **kwargs)
 
     assert len(got_ids) == 60 == len(set(got_ids))
     assert got_ids == want_ids
     np.testing.assert_allclose(got, want, atol=1e-5)
     assert 2_000 <= walked < 6_000
-    assert search.diverse_sample(store, **kwargs) == (got_ids, got)
-    other, _ = search.diverse_sample(store, **{**kwargs, "seed": 4})
+    assert walk.diverse_from_index(store, **kwargs) == (got_ids, got)
+    other, _ = walk.diverse_from_index(store, **{**kwargs, "seed": 4})
     assert other != got_ids
     assert set(got_ids) <= set(ids)
 
@@ -179,7 +180,7 @@ def test_diverse_in_memory_matches_the_index(index):
     store, ids, vectors = index
     rows, scores = diverse.diverse_sample(vectors[:3_000], 30,
                                           method="centroids", num_clusters=8)
-    got_ids, got = search.diverse_sample(store, 30, scope=ids[:3_000],
+    got_ids, got = walk.diverse_from_index(store, 30, scope=ids[:3_000],
                                          num_clusters=8)
     assert got_ids == [ids[r] for r in rows]
     np.testing.assert_allclose(got, scores, atol=1e-5)
@@ -210,11 +211,11 @@ def test_search_keeps_the_index_open_until_another_process_wants_it(
     store.upsert(ids, vectors, [{}] * 500)
     assert not _is_open(store)
 
-    got, _ = search.nearest(store, vectors[0], 5, keep_open=True)
+    got, _ = topk.nearest(store, vectors[0], 5, keep_open=True)
     assert got[0] == ids[0]
     assert _is_open(store)
     # the next search finds it open
-    search.nearest(store, vectors[1], 5, ids[:100], keep_open=True)
+    topk.nearest(store, vectors[1], 5, ids[:100], keep_open=True)
     assert _is_open(store)
 
     # another process's count is answered by this one, which keeps the
@@ -233,7 +234,7 @@ def test_search_keeps_the_index_open_until_another_process_wants_it(
     assert not _is_open(store)
 
     # close() closes a kept index: its shard can be opened directly again
-    search.nearest(store, vectors[2], 5, keep_open=True)
+    topk.nearest(store, vectors[2], 5, keep_open=True)
     assert _is_open(store)
     store.close()
     assert not _is_open(store)
@@ -247,7 +248,7 @@ def test_a_kept_index_closes_once_idle(tmp_path, monkeypatch):
     store = EdgeStore("idle", tmp_path)
     store.ensure(INFO)
     store.upsert(["0" * 23 + "1"], np.ones((1, DIM)), [{}])
-    search.nearest(store, np.ones(DIM), 1, keep_open=True)
+    topk.nearest(store, np.ones(DIM), 1, keep_open=True)
     assert _is_open(store)
     deadline = time.monotonic() + 10
     while _is_open(store) and time.monotonic() < deadline:

@@ -73,6 +73,7 @@ from .index import targets
 from . import validate
 from .index import indexes
 from .index.indexes import require_index
+from .query.vectors import normalize, prompt_vectors
 from .errors import BrainKeyTakenError, StateDamagedError
 
 logger = logging.getLogger(__name__)
@@ -759,7 +760,7 @@ class AISearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
                 f"{MAX_FULL_INDEX}. Query by ids or vectors, or use_view() "
                 "a smaller view")
         k = n if k is None else min(int(k), n)
-        unit = search._normalize(vectors) if n else vectors
+        unit = normalize(vectors) if n else vectors
         inds, dists = [], []
         for start in range(0, n, 1024):
             sims = unit[start:start + 1024] @ unit.T
@@ -828,7 +829,7 @@ class AISearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
             queries = np.concatenate([self._vectors_of(kind, value)
                                       for kind, value in pairs])
         inds, sims = duplicates.neighbors_within(
-            search._normalize(vectors) if len(vectors) else vectors,
+            normalize(vectors) if len(vectors) else vectors,
             self._similarity(thresh), queries=queries)
         dists = [self._distances(s) for s in sims]
         if full:
@@ -840,13 +841,13 @@ class AISearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
 
     def _vectors_of(self, kind, value):
         if kind == "vectors":
-            return search._normalize(np.atleast_2d(value))
+            return normalize(np.atleast_2d(value))
         if kind == "image_ids":
             ids = dict(label_ids=value) if self._objects else dict(
                 sample_ids=value)
             vectors = self.get_embeddings(allow_missing=False, **ids)[0]
-            return search._normalize(vectors)
-        return search.prompt_vectors(self.get_model().clip, value)
+            return normalize(vectors)
+        return prompt_vectors(self.get_model().clip, value)
 
     # -- helpers --------------------------------------------------------------
 
@@ -983,7 +984,7 @@ class ClipBrainModel(fom.Model, fom.EmbeddingsMixin, fom.PromptMixin):
         return self.embed_prompts([prompt])[0]
 
     def embed_prompts(self, prompts):
-        return search.prompt_vectors(self.clip, list(prompts))
+        return prompt_vectors(self.clip, list(prompts))
 
 
 # -- registration ------------------------------------------------------------

@@ -44,7 +44,7 @@ import math
 
 import numpy as np
 
-from . import validate
+from .. import validate
 
 METHODS = ("centroids", "random")
 CLUSTERING_METHODS = ("kmeans", "dbscan")

@@ -160,7 +160,7 @@ def role_open(args):
     if args.cold:
         _drop_page_cache(shard_path)
     if args.no_read_ahead:
-        edge._read_ahead = lambda path: 0
+        edge._read_ahead = lambda path: (0, 0)
     query, again = _queries(2, seed=7)
     start, cpu = time.monotonic(), time.process_time()
     with store.session():

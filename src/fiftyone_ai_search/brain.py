@@ -66,6 +66,7 @@ from fiftyone.brain.similarity import (
 
 from . import brain_registry
 from . import duplicates
+from . import lifecycle
 from .index import media
 from . import search
 from .index import state as st
@@ -75,6 +76,11 @@ from .index import indexes
 from .index.indexes import require_index
 from .query.vectors import normalize, prompt_vectors
 from .errors import BrainKeyTakenError, StateDamagedError
+from .config import BACKENDS
+from .embedding.model import resolve_model
+from .sync.existing import zoo_open_clip
+from .sync.images import write_given
+from .sync.objects import SOURCE_KEY, write_given_objects
 
 logger = logging.getLogger(__name__)
 
@@ -223,9 +229,6 @@ class AISearchSimilarity(Similarity):
     def ensure_requirements(self):
         """Checks what the run names before the Brain registers it (it
         loads nothing): an unknown model or backend fails here."""
-        from .config import BACKENDS
-        from .embedding.model import resolve_model
-
         super().ensure_requirements()
         if self.config.index_backend not in (None,) + tuple(BACKENDS):
             raise ValueError(
@@ -257,9 +260,6 @@ def _switch_on(target, model, pretrained, backend=None):
     builds the first index when there is none, registering no run.
     Another model than the index's is refused: a run never mixes models,
     nor changes another run's."""
-    from .embeddings import calculate_embeddings, enable_embeddings
-    from .embedding.model import resolve_model
-
     doc = st.get(target)
     if doc and doc.get("enabled"):
         wanted = resolve_model(model, pretrained).identity
@@ -274,11 +274,12 @@ def _switch_on(target, model, pretrained, backend=None):
             )
     dataset, field = targets.dataset_of(target), targets.field_of(target)
     if not (doc and doc.get("enabled")):
-        enable_embeddings(dataset, model=model, pretrained=pretrained,
-                          backend=backend, compute=False, brain_key=False,
-                          patches_field=field)
+        lifecycle.enable(dataset, model=model, pretrained=pretrained,
+                         backend=backend, compute=False,
+                         patches_field=field)
     if not st.get(target).get("index"):
-        calculate_embeddings(dataset, wait=True, patches_field=field)
+        lifecycle.calculate_embeddings(dataset, wait=True,
+                                       patches_field=field)
 
 
 def target_name(target):
@@ -302,8 +303,6 @@ def runs_of(target):
 def _release(target, brain_key):
     """Switches AI search of a target off when ``brain_key`` was the last
     run using its index (the Brain deletes the run itself)."""
-    from .embeddings import disable
-
     if any(key != brain_key for key in runs_of(target)):
         return
     try:
@@ -311,14 +310,12 @@ def _release(target, brain_key):
     except StateDamagedError:
         doc = {"enabled": True}  # damaged: disabling always works
     if doc and doc.get("enabled"):
-        disable(target, unregister=False)
+        lifecycle.disable(target)  # the Brain deletes the run itself
 
 
 def _open_clip_of_zoo(name, model_kwargs):
     """``(model, pretrained)`` of a zoo model name; refuses one that is not
     an open_clip CLIP."""
-    from .sync.existing import zoo_open_clip
-
     found = zoo_open_clip(name, model_kwargs)
     if found is None:
         raise ValueError(
@@ -415,8 +412,6 @@ class AISearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
                 wanted = (store.get_sample_ids() if self._members is None
                           else self._members)
                 if self._objects:
-                    from .sync.objects import SOURCE_KEY
-
                     payloads = store.get_payloads(wanted)
                     sources = {k: p.get(SOURCE_KEY)
                                for k, p in payloads.items()}
@@ -549,9 +544,6 @@ class AISearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         must be of the index's model: the run's ``model``, or the model
         the Brain embedded them with (AI search is switched on with it if
         it is off)."""
-        from .sync.objects import write_given_objects
-        from .sync.images import write_given
-
         if self._objects:
             if label_ids is None:
                 raise ValueError("label_ids: an object index stores objects; "

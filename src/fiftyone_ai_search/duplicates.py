@@ -24,6 +24,7 @@ import numpy as np
 
 from . import results as colls
 from .index import media
+from .lifecycle import get_embeddings
 from . import validate
 
 if TYPE_CHECKING:  # for annotations only
@@ -160,7 +161,6 @@ def near_duplicate_groups(samples: foc.SampleCollection,
     Returns:
         a dict ``{kept_id: [(duplicate_id, similarity), ...]}``
     """
-    from .embeddings import get_embeddings
 
     threshold = validate.number(threshold, "threshold", 0.0, 1.0)
     if threshold <= 0:

@@ -1,51 +1,45 @@
 """Public SDK: switching AI search on and off, computing embeddings, status.
 
+Switching on and off registers and deletes the index's FiftyOne Brain runs
+(:mod:`fiftyone_ai_search.brain`); the rest of the lifecycle, which the
+Brain backend builds on too, is :mod:`fiftyone_ai_search.lifecycle`.
+
 | Copyright the fiftyone-ai-search authors, Apache-2.0.
 """
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING
 
-from .index import media
-from .sync import runner
-from .index import state as st
-from .index import targets
-from . import validate
-from .index import indexes
-from .config import BACKENDS, ENV_PREFIX, Settings, get_settings
-from .errors import (AISearchNotEnabledError, IndexDamagedError,  # noqa: F401 (re-exported)
-                     IndexNotReadyError)
-from .results import sweep_orphaned_scores
-from .store import IndexNotFoundError, audit, cells
-from .store.audit import summary as audit_summary
+from . import lifecycle
+# the errors and the rest of the SDK's lifecycle, importable from here
+from .errors import (  # noqa: F401
+    AISearchNotEnabledError,
+    IndexDamagedError,
+    IndexNotReadyError,
+)
+from .lifecycle import (  # noqa: F401
+    calculate_embeddings,
+    forget_deleted,
+    get_embeddings,
+    get_embeddings_in_progress,
+    get_embeddings_updated_at,
+    get_status,
+    is_embeddings_enabled,
+    maintain_index,
+)
 
 if TYPE_CHECKING:  # for annotations only
-    import datetime
-    from collections.abc import Callable
-
-    import numpy as np
-    import fiftyone.core.collections as foc
     import fiftyone.core.dataset as fod
 
-    from .sync.images import SyncReport
 
-logger = logging.getLogger(__name__)
+def _brain():
+    """The module that keeps the Brain runs. Imported when a run is
+    registered or deleted, not with the package: it imports
+    ``fiftyone.brain`` (start-up cost)."""
+    from . import brain
 
-
-def _dataset_of(samples, arg="samples"):
-    # a patches view resolves to its source dataset (its _dataset is the
-    # hidden one FiftyOne generates); frames/clips views and non-collections
-    # are refused, naming the argument
-    return media.dataset_of(samples, arg)
-
-
-def _target(dataset, patches_field):
-    """The target of an SDK call: the dataset's images, or the objects of
-    ``patches_field``."""
-    return targets.target_of(_dataset_of(dataset, "dataset"),
-                             validate.field_name(patches_field))
+    return brain
 
 
 def enable_embeddings(dataset: fod.Dataset, model: str | None = None,
@@ -158,158 +152,12 @@ def enable_embeddings(dataset: fod.Dataset, model: str | None = None,
         fiftyone_ai_search.errors.BrainKeyTakenError: if ``brain_key`` names
             another kind of Brain run
     """
-    from . import brain
-    from .sync.existing import ExistingEmbeddings
-    from .embedding.model import check_weights, load_model
-
-    compute = validate.boolean(compute, "compute")
-    load = validate.boolean(load, "load")
-    model = validate.model_name(model)
-    pretrained = validate.pretrained(pretrained)
-    patches_field = validate.field_name(patches_field)
-    # how objects are cropped: checked here, before the field is looked at
-    margin = validate.optional_number(margin, "margin", 0.0)
-    if square is not None:
-        square = validate.boolean(square, "square")
-    dataset = media.check_supported(_dataset_of(dataset, "dataset"))
-    settings = get_settings(secrets=secrets)
-    if patches_field is not None:
-        if embeddings_field is not None or from_brain_key is not None:
-            raise ValueError(
-                "embeddings_field, from_brain_key: existing embeddings are "
-                "of images; object search (patches_field) computes its own")
-        return _enable_objects(
-            targets.Objects(dataset, patches_field), model, pretrained,
-            backend, margin, square, compute, secrets, load, settings,
-            brain_key)
-    if margin is not None or square is not None:
-        raise ValueError("margin, square: they say how objects are cropped; "
-                         "pass patches_field=... for object search")
-    current = st.get(dataset) or {}
-    if brain_key is None:
-        brain_key = current.get("brain_key") or brain.DEFAULT_BRAIN_KEY
-    if brain_key is not False:
-        brain.check_brain_key(dataset, brain_key)
-    existing = None
-    if embeddings_field is not None or from_brain_key is not None:
-        existing = ExistingEmbeddings(dataset, field=embeddings_field,
-                                      brain_key=from_brain_key)
-        if model is None:
-            model, pretrained = existing.model() or (None, None)
-        if model is None:
-            raise ValueError(
-                f"model: say which open_clip model computed the {existing} "
-                "(model=..., pretrained=...): the index never mixes models"
-            )
-    if model is None and pretrained is None and current.get("enabled"):
-        # the model in use, as for the backend: enabling again (e.g. to
-        # register another brain key) never switches to the default model
-        model, pretrained = current["model"], current["pretrained"]
-    backend = _backend(backend, current, settings)
-    spec = _model_spec(model, pretrained, settings)
-    if load or existing is not None:
-        loaded = load_model(spec, device=settings.device)
-        if existing is not None:
-            existing.check(loaded)  # before anything is written
-    else:
-        check_weights(spec)
-
-    doc = st.enable(dataset, spec.name, spec.pretrained, spec.identity,
-                    backend, existing=existing.to_ref() if existing else None)
-    if existing is not None and not doc.get("build"):
-        logger.info("AI search of '%s' already has an index of %s: the %s "
-                    "is not needed", dataset.name, indexes.model_label(doc), existing)
-    _register(dataset, doc, brain_key)
-    if compute:
-        runner.start_background(dataset, secrets=secrets)
-    return get_status(dataset)
-
-
-def _register(target, doc, brain_key):
-    """Makes the index a Brain run under ``brain_key`` (False: none; the
-    runs it has stay)."""
-    from . import brain
-
-    if brain_key is not False:
-        brain.register(target, doc, brain_key)
-
-
-def _enable_objects(objects, model, pretrained, backend, margin, square,
-                    compute, secrets, load, settings, brain_key):
-    """:func:`enable_embeddings` of the objects of a label field."""
-    from . import brain
-    from .embedding.crops import CropSettings
-    from .embedding.model import check_weights, load_model
-
-    crop = CropSettings(
-        margin=CropSettings.margin if margin is None else margin,
-        square=CropSettings.square if square is None else square)
-    current = st.get(objects) or {}
-    if brain_key is None:
-        brain_key = current.get("brain_key") or brain.default_brain_key(
-            objects.field)
-    if brain_key is not False:
-        brain.check_brain_key(objects.dataset, brain_key, objects.field)
-    images = st.get(objects.dataset) or {}
-    if model is None and images.get("enabled"):
-        # the image index's model: prompts then mean the same in both
-        model, pretrained = images["model"], images["pretrained"]
-    backend = _backend(backend, current if current.get("enabled") else images,
-                       settings)
-    spec = _model_spec(model, pretrained, settings)
-    if load:
-        load_model(spec, device=settings.device)
-    else:
-        check_weights(spec)
-    doc = st.enable(objects, spec.name, spec.pretrained, spec.identity,
-                    backend, crop=crop.to_dict())
-    _register(objects, doc, brain_key)
-    if compute:
-        runner.start_background(objects, secrets=secrets)
-    return get_status(objects.dataset, patches_field=objects.field)
-
-
-def _backend(backend, current, settings):
-    """The backend asked for: by default the one in use, else the
-    configured one (checked to answer, before anything is written)."""
-    if backend is None:
-        backend = (current["backend"] if current.get("enabled")
-                   else settings.backend)
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "server" and not settings.qdrant_url:
-        raise ValueError(
-            "backend='server' needs a Qdrant URL: set "
-            "FIFTYONE_AI_SEARCH_QDRANT_URL (and FIFTYONE_AI_SEARCH_QDRANT_API_KEY)"
-        )
-    if backend == "server":
-        # before anything is written: an unreachable server fails here
-        from .store.server import check_server
-
-        check_server(settings.qdrant_url, settings.qdrant_api_key)
-    return backend
-
-
-def _model_spec(model, pretrained, settings):
-    """The :class:`~fiftyone_ai_search.embedding.model.ModelSpec` asked for (default
-    from settings); a model without weights is refused."""
-    from .embedding.model import resolve_model
-
-    if model is None:
-        model = settings.model
-        if pretrained is None:
-            pretrained = settings.pretrained
-    if pretrained is None and not str(model).startswith(("local-dir:", "hf-hub:")):
-        # open_clip would build a model with random weights: never what a
-        # search index wants
-        import open_clip
-
-        tags = open_clip.list_pretrained_tags_by_model(model) or []
-        raise ValueError(
-            f"pretrained: model {model!r} needs pretrained weights: a tag "
-            f"(one of {tags}) or a local weights file"
-        )
-    return resolve_model(model, pretrained)
+    return lifecycle.enable(
+        dataset, model=model, pretrained=pretrained, backend=backend,
+        compute=compute, secrets=secrets, load=load, brain_key=brain_key,
+        embeddings_field=embeddings_field, from_brain_key=from_brain_key,
+        patches_field=patches_field, margin=margin, square=square,
+        runs=_brain())
 
 
 def disable_embeddings(dataset: fod.Dataset, patches_field: str | None = None,
@@ -333,426 +181,12 @@ def disable_embeddings(dataset: fod.Dataset, patches_field: str | None = None,
         ValueError: if the index is on a Qdrant server and no URL is
             configured (nothing is changed then)
     """
-    disable(_target(dataset, patches_field), secrets=secrets)
+    lifecycle.disable(lifecycle.resolve_target(dataset, patches_field),
+                      secrets=secrets, runs=_brain())
 
 
-def disable(dataset, unregister=True, secrets=None):
-    """:func:`disable_embeddings`; ``unregister=False`` leaves the Brain run
-    alone (for the Brain, which deletes it itself)."""
-    settings = get_settings(secrets=secrets)
-    _check_can_drop(dataset, settings)  # before anything is written
-    doc = st.disable(dataset)  # one write: running computations are stale
-    if doc is None:
-        return
-    finish_disable(dataset, doc, unregister=unregister, settings=settings)
-
-
-def _check_can_drop(target, settings):
-    """Refuses to start a disable that could not drop the indexes: those
-    on a Qdrant server when no URL is configured (a disable from the App
-    whose URL was only in its plugin secrets switched AI search off and
-    removed the Brain run, then failed, leaving the state and the server's
-    collection behind)."""
-    doc = st.get_raw(st.dataset_key(target))
-    if doc is None or settings.qdrant_url:
-        return
-    if any(ref.get("backend") == "server" for ref in st.indexes_of(doc)):
-        raise ValueError(
-            f"{indexes.what(target)} keeps its index on a Qdrant server, and no "
-            f"server URL is configured here: set {ENV_PREFIX}QDRANT_URL "
-            f"(and {ENV_PREFIX}QDRANT_API_KEY), or pass secrets=... (the "
-            "App's plugin secrets). Nothing was changed")
-
-
-def finish_disable(target, doc, unregister=True, settings=None):
-    """What :func:`disable` does after its first write: deletes the Brain
-    runs, the indexes, the state and the latest results of ``target``. The
-    refresher runs it for a disable that was killed midway (see
-    :func:`fiftyone_ai_search.index.state.abandoned_disables`).
-
-    Args:
-        target: the dataset, or a :class:`~fiftyone_ai_search.index.targets.Objects`;
-            None if its dataset no longer exists
-        doc: its state document, switched off
-        unregister (True): delete the Brain runs of the index
-        settings (None): the :class:`fiftyone_ai_search.config.Settings`
-    """
-    from .results import delete_temporary_collection
-
-    if unregister and target is not None:  # every run of the index goes
-        from . import brain
-
-        brain.unregister_all(target)
-    delete_index_and_state(doc, settings)
-    if target is not None:
-        # the latest results go with the index; named collections stay, as
-        # plain saved views
-        delete_temporary_collection(targets.dataset_of(target),
-                                    targets.field_of(target))
-
-
-def forget_deleted(key, settings=None):
-    """Removes the index, collection scores and state of a target (its
-    ``key``) whose dataset was deleted."""
-    doc = st.disable(key)
-    if doc is not None:
-        delete_index_and_state(doc, settings)
-    logger.info("AI search: dataset '%s' was deleted; removed its index",
-                (doc or {}).get("dataset_name") or key)
-
-
-def delete_index_and_state(doc, settings=None):
-    """Deletes a dataset's indexes, its collections' scores and its state;
-    also of a dataset that no longer exists.
-
-    Args:
-        doc: the dataset's state document (its ``_id`` is the dataset's id),
-            already switched off (:func:`fiftyone_ai_search.index.state.disable`)
-        settings (None): the :class:`fiftyone_ai_search.config.Settings`
-    """
-    from .results import delete_collections_of
-
-    indexes.drop_indexes(doc["_id"], st.indexes_of(doc), settings)
-    delete_collections_of(doc["_id"])
-    st.delete_key(doc["_id"])
-    if st.problems(doc):  # it may have lost the names of its indexes
-        indexes.drop_unreferenced(doc["_id"], settings)
-
-
-def is_embeddings_enabled(dataset: fod.Dataset,
-                          patches_field: str | None = None) -> bool:
-    """Whether AI search is on for ``dataset`` (for the objects of
-    ``patches_field``, if given)."""
-    doc = st.get(_target(dataset, patches_field))
-    return bool(doc and doc.get("enabled"))
-
-
-def calculate_embeddings(dataset: fod.Dataset, force: bool = False,
-                         wait: bool = False, verify_files: bool = False,
-                         progress: bool | Callable[[int, int], None] = True,
-                         secrets: dict | None = None,
-                         patches_field: str | None = None
-                         ) -> SyncReport | None:
-    """Brings the dataset's embeddings up to date (incrementally).
-
-    New samples are embedded, samples whose image changed (other filepath or
-    file content) are re-embedded, deleted samples are removed; edits that do
-    not touch the image embed nothing. If a computation already runs for the
-    dataset (in any process), ``wait=True`` waits for it and then syncs what
-    is left, and ``wait=False`` asks it to sync once more when done.
-
-    Examples::
-
-        report = ais.calculate_embeddings(dataset, wait=True)
-        print(report)  # added 200, updated 0, removed 0, failed 1, ...
-
-    Args:
-        dataset: a :class:`fiftyone.core.dataset.Dataset`
-        force (False): rebuild the index from scratch
-        wait (False): block until done and return a report
-        verify_files (False): check the fingerprint of every sample's file,
-            not only of samples edited since the last sync (finds images
-            overwritten on disk without FiftyOne knowing), and every stored
-            vector (re-embeds those that are zero or not finite)
-        progress (True): show a progress bar when ``wait=True``; or a
-            callable ``progress(done, total)``
-        secrets (None): plugin secrets (Qdrant URL / API key)
-        patches_field (None): sync the object index of this label field
-            instead (its report counts objects)
-
-    Returns:
-        a :class:`fiftyone_ai_search.sync.images.SyncReport` if ``wait=True``, else
-        None
-    """
-    force = validate.boolean(force, "force")
-    wait = validate.boolean(wait, "wait")
-    verify_files = validate.boolean(verify_files, "verify_files")
-    progress = validate.progress(progress)
-    dataset = _target(dataset, patches_field)
-    indexes.require_enabled(dataset)
-    if not wait:
-        runner.start_background(
-            dataset, force=force, verify_files=verify_files, secrets=secrets
-        )
-        return None
-
-    settings = get_settings(secrets=secrets)
-    bar = None
-    if progress is True:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(desc=f"Embedding '{dataset.name}'",
-                   unit="img" if patches_field is None else "obj")
-
-        def progress(done, total):
-            bar.total = total
-            bar.n = done
-            bar.refresh()
-
-    try:
-        return runner.run_sync(
-            dataset,
-            force=force,
-            verify_files=verify_files,
-            progress=progress or None,
-            settings=settings,
-        )
-    finally:
-        if bar is not None:
-            bar.close()
-
-
-def maintain_index(dataset: fod.Dataset, settings: Settings | None = None,
-                   min_points: int | None = None) -> int:
-    """The background upkeep of the approximate search of ``dataset``'s
-    index (see :meth:`fiftyone_ai_search.store.VectorStore.maintain`):
-    learns its cells once it is large enough (again as it grows), and gives
-    new points theirs; and sweeps scores left behind by deleted collections
-    (see :func:`fiftyone_ai_search.results.sweep_orphaned_scores`).
-    The worker runs it after each sync, the refresher on each pass; searches
-    stay correct (exact where no cells are complete) at any point of it.
-
-    Args:
-        dataset: the dataset
-        settings (None): the :class:`fiftyone_ai_search.config.Settings`
-        min_points (None): the index size from which the cells pay; default
-            :data:`fiftyone_ai_search.store.cells.MIN_POINTS`
-
-    Returns:
-        the number of points given a cell (0 when there was nothing to do)
-    """
-    if not isinstance(dataset, targets.Objects):  # (the worker's targets)
-        dataset = media.dataset_of(dataset, "dataset")
-    if settings is not None and not isinstance(settings, Settings):
-        raise ValueError("settings must be a Settings "
-                         f"(fiftyone_ai_search.get_settings()), got "
-                         f"{settings!r}")
-    if min_points is not None:
-        min_points = validate.integer(min_points, "min_points", 1,
-                                      validate.MAX_LIMIT)
-    doc = st.get(dataset)
-    if doc is None or not doc.get("enabled") or not doc.get("index"):
-        return 0
-    sweep_orphaned_scores(targets.dataset_of(dataset))
-    store = indexes.open_ref(doc["index"], settings)
-    try:
-        done = store.maintain(
-            min_points=cells.MIN_POINTS if min_points is None else min_points)
-        _audit_if_due(store, doc, settings)
-        return done
-    except IndexNotFoundError:
-        return 0  # replaced by a rebuild meanwhile: its own upkeep follows
-    finally:
-        store.close()
-
-
-def _audit_if_due(store, doc, settings):
-    """Audits the recall of the approximate search (see
-    :mod:`fiftyone_ai_search.store.audit`) when its cells are new or the
-    index grew: prompts encoded by the index's own model, and stored
-    vectors."""
-    known = store.cells()
-    if not audit.due(known, store.estimate_count()):
-        return
-    model = indexes.load_index_model(doc["index"], settings)
-    texts = model.encode_text(list(audit.GENERIC_PROMPTS))
-    rule = audit.audit(store, texts)
-    if rule is not None:
-        logger.info("AI search index '%s': approximate search audited in "
-                    "%.1f s: %s", store.name, rule["seconds"],
-                    rule["estimates"])
-
-
-def get_embeddings_in_progress(dataset: fod.Dataset,
-                               patches_field: str | None = None) -> bool:
-    """Whether embeddings of ``dataset`` (of the objects of
-    ``patches_field``, if given) are being computed right now."""
-    return st.is_running(st.get(_target(dataset, patches_field)))
-
-
-def get_embeddings_updated_at(dataset: fod.Dataset,
-                              patches_field: str | None = None
-                              ) -> datetime.datetime | None:
-    """When the index (of the objects of ``patches_field``, if given) last
-    finished a sync (naive UTC datetime), or None."""
-    doc = st.get(_target(dataset, patches_field))
-    return doc.get("updated_at") if doc else None
-
-
-def get_status(dataset: fod.Dataset, max_failures: int = 100,
-               counts: bool = True, patches_field: str | None = None) -> dict:
-    """The AI search status of a dataset.
-
-    Args:
-        dataset: a :class:`fiftyone.core.dataset.Dataset`
-        max_failures (100): the most failures to list (0: none)
-        counts (True): whether to count the samples and the index. False
-            reads the state alone (``counts`` and ``failures`` are then
-            None): cheap enough to poll, and it never opens the index while
-            a computation holds it
-        patches_field (None): the status of the object search of this
-            label field instead: ``counts`` then has ``num_objects`` (of
-            the field) where images have ``num_samples``; ``crop`` says how
-            objects are cropped, and each failure names the object
-            (``label_id``) and its sample
-
-    Returns:
-        a dict with ``enabled``, ``in_progress``, ``progress`` (``done``,
-        ``total``, ``fraction``, ``building``), ``updated_at``, ``model``,
-        ``pretrained``, ``backend`` (what was asked for), ``index`` (the
-        ``model``, ``pretrained`` and ``backend`` of the complete index that
-        searches use, or None before the first one), ``rebuild`` (the same
-        of an index being built beside it, or None), ``counts``
-        (``num_samples``, ``num_indexed`` in the index searches use,
-        ``num_failed``), ``failures`` (up to ``max_failures`` of
-        ``sample_id``, ``filepath``, ``reason``), ``last_report`` and
-        ``last_error``; and ``object_fields``: the label fields with object
-        search on. Where the index is damaged, ``num_indexed`` is None and
-        ``index_error`` says what is wrong and what repairs it.
-        ``approximate``: None while searches are exact; above the size
-        where the index's cells pay, what its self-audit measured (see
-        :mod:`fiftyone_ai_search.store.audit`): ``estimates`` of recall@k
-        for ``text`` and ``image`` queries (``recall``, its 95% ``lower``
-        bound, ``worst``, ``queries``, ``cells_scanned``, the share left
-        ``exact``), ``measured_at``, ``points``
-    """
-    max_failures = validate.integer(max_failures, "max_failures", 0)
-    counts = validate.boolean(counts, "counts")
-    target = _target(dataset, patches_field)
-    dataset = targets.dataset_of(target)
-    doc = st.get(target)
-    if doc is None or not doc.get("enabled"):
-        return {"enabled": False, "in_progress": False,
-                "object_fields": object_fields(dataset)}
-
-    running = st.is_running(doc)
-    progress = dict(doc.get("progress") or {})
-    progress.pop("started_at", None)
-    if progress.get("total"):
-        progress["fraction"] = progress["done"] / progress["total"]
-
-    def model_of(ref):
-        return ref and {k: ref.get(k) for k in ("model", "pretrained",
-                                                 "backend")}
-
-    status = {
-        "enabled": True,
-        "in_progress": running,
-        "progress": progress if running else None,
-        "updated_at": doc.get("updated_at"),
-        "model": doc["model"],
-        "pretrained": doc["pretrained"],
-        "backend": doc["backend"],
-        "index": model_of(doc.get("index")),
-        "rebuild": model_of(doc.get("build")),
-        "counts": None,
-        "failures": None,
-        "last_report": doc.get("last_report"),
-        "last_error": doc.get("last_error"),
-        "object_fields": object_fields(dataset),
-    }
-    if patches_field is not None:
-        status.update(patches_field=patches_field, crop=doc.get("crop"))
-    if not counts:
-        return status
-
-    approximate = {}
-
-    def count(doc, store):
-        try:
-            # a missing index raises IndexNotFoundError (dropped by a
-            # rebuild's switch: read_index reads the new one), a damaged
-            # one (a file where it was included) IndexDamagedError
-            store.check()
-            approximate["summary"] = audit_summary(store.cells())
-            return doc, store.count(), None
-        except IndexDamagedError as e:
-            # said, not raised: the status is where one looks for why
-            return doc, None, str(e)
-        finally:
-            store.close()
-
-    num_indexed = 0
-    if doc.get("index"):
-        try:
-            newer, num_indexed, error = indexes.read_index(target, doc, count,
-                                                   required=False)
-        except IndexNotFoundError:
-            newer, num_indexed, error = doc, 0, None  # gone, none newer
-        if newer is not doc:  # the index searches use switched meanwhile
-            return get_status(dataset, max_failures=max_failures,
-                              patches_field=patches_field)
-        if error is not None:
-            status["index_error"] = error
-    # None while searches are exact; else the audited recall estimates
-    status["approximate"] = approximate.get("summary")
-    samples = media.indexed_samples(dataset)
-    status["counts"] = {
-        "num_indexed": num_indexed,
-        "num_failed": st.count_failures(target),
-    }
-    if patches_field is None:
-        status["counts"]["num_samples"] = samples.count()
-        keys = {"sample_id": "sample_id"}
-    else:
-        status["counts"]["num_objects"] = target.count(samples)
-        keys = {"label_id": "sample_id", "sample_id": "source_id"}
-    status["failures"] = [
-        dict({k: f.get(v) for k, v in keys.items()},
-             filepath=f.get("filepath"), reason=f.get("reason"))
-        for f in (st.get_failures(target, limit=max_failures)
-                  if max_failures else [])
-    ]
-    return status
-
-
-def object_fields(dataset):
-    """The label fields of ``dataset`` whose object search is on."""
-    return st.object_fields(targets.dataset_key(dataset))
-
-
-def get_embeddings(samples: foc.SampleCollection,
-                   patches_field: str | None = None
-                   ) -> tuple[list[str], np.ndarray]:
-    """The embeddings the index holds for ``samples``.
-
-    Args:
-        samples: a :class:`fiftyone.core.collections.SampleCollection`
-        patches_field (None): the embeddings of the objects of this label
-            field in ``samples`` instead (its object index); a patches view
-            of a field with object search on implies it
-
-    Returns:
-        a tuple ``(ids, embeddings)``: the ids (in the order of
-        ``samples``) of the samples (label ids, for objects) that have an
-        embedding, and an ``(n, dim)`` float32 array of L2-normalised
-        vectors
-
-    Raises:
-        IndexNotReadyError: before the first index is complete, and while
-            the index is rebuilt with another model (it holds the former
-            model's embeddings until then)
-    """
-    dataset, view = media.resolve(samples)
-    field = patches_field
-    if field is None and getattr(samples, "_is_patches", False) and (
-            samples._patches_field in object_fields(dataset)):
-        field = samples._patches_field
-    target = targets.target_of(dataset, validate.field_name(field))
-    doc = indexes.require_index(target, same_model=True)
-    if field is None:
-        wanted = (dataset if view is None else view).values("id")
-    elif getattr(samples, "_is_patches", False):
-        wanted = samples.values("id")  # a patch's id is its label's
-    else:
-        wanted = samples.values(f"{field}.{target.list_field}.id",
-                                unwind=True) if target.exists else []
-
-    def vectors(doc, store):
-        try:
-            # in the order of wanted (each once), missing ones left out
-            return store.get_vectors(wanted)
-        finally:
-            store.close()
-
-    return indexes.read_index(target, doc, vectors, same_model=True)
+def finish_disable(target, doc, settings=None):
+    """What :func:`disable_embeddings` does after its first write, Brain
+    runs included (see :func:`fiftyone_ai_search.lifecycle.finish_disable`):
+    the refresher runs it for a disable that was killed midway."""
+    lifecycle.finish_disable(target, doc, runs=_brain(), settings=settings)

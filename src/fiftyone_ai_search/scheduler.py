@@ -37,6 +37,14 @@ import time
 from .index import state as st
 from . import validate
 from .config import MAX_REFRESH_MINUTES, get_settings
+from .embeddings import finish_disable
+from .errors import IndexDamagedError, StateDamagedError
+from .index.indexes import open_index
+from .index.targets import field_of
+from .lifecycle import forget_deleted, maintain_index
+from .store import IndexNotFoundError
+from .sync.images import SyncCancelled, has_changes, is_consistent
+from .sync.runner import run_sync
 
 logger = logging.getLogger(__name__)
 
@@ -116,10 +124,6 @@ def refresh_all(datasets=None, settings=None):
 
 
 def _refresh_one(key, dataset, doc, settings, report):
-    from .embeddings import maintain_index
-    from .sync.runner import run_sync
-    from .sync.images import SyncCancelled, has_changes
-
     if dataset is None:
         _forget(doc, settings)
         report.removed.append(key)
@@ -149,8 +153,6 @@ def _refresh_one(key, dataset, doc, settings, report):
 def _label(target):
     """How a report names a target: its dataset's name, with the field for
     an object index."""
-    from .index.targets import field_of
-
     field = field_of(target)
     return target.name if field is None else f"{target.name} ({field})"
 
@@ -159,11 +161,6 @@ def _consistent(dataset, doc, settings):
     """The consistency check of a dataset with nothing new: a mismatch
     (an index changed behind our back) makes the pass sync it, which
     repairs it."""
-    from .errors import IndexDamagedError, StateDamagedError
-    from .index.indexes import open_index
-    from .store import IndexNotFoundError
-    from .sync.images import is_consistent
-
     store = open_index(dataset, settings, doc)
     try:
         store.check()
@@ -194,8 +191,6 @@ def _finish_abandoned_disables(names, settings, report):
     """Finishes the disables that were killed midway: what they left
     (indexes, state, Brain runs, the latest results) is removed, as the
     disable would have."""
-    from .embeddings import finish_disable
-
     for doc in st.abandoned_disables():
         name = doc.get("dataset_name") or doc["_id"]
         try:
@@ -215,8 +210,6 @@ def _finish_abandoned_disables(names, settings, report):
 def _forget(doc, settings):
     """Removes the index, collection scores and state of a deleted
     dataset."""
-    from .embeddings import forget_deleted
-
     forget_deleted(doc["_id"], settings)
 
 

@@ -29,6 +29,7 @@ from .query.vectors import (NEGATIVE_WEIGHT, image_vector, normalize,
                             prompt_vectors, reference_vectors)
 from .query.walk import diverse_from_index
 from .store import IndexMismatchError, IndexNotFoundError
+from .sync.objects import SOURCE_KEY
 
 if TYPE_CHECKING:  # for annotations only
     import os
@@ -193,8 +194,6 @@ def perform_ai_search(
 def sources_of(doc, label_ids):
     """The ids of the samples holding these objects (their vectors'
     ``source_id``), in their order."""
-    from .sync.objects import SOURCE_KEY
-
     store = indexes.open_ref(doc["index"])
     with store.session(keep_open=True):
         payloads = store.get_payloads(label_ids)

@@ -67,17 +67,17 @@ from fiftyone.brain.similarity import (
 from . import brain_registry
 from . import duplicates
 from . import lifecycle
-from .index import media
 from . import search
-from .index import state as st
-from .index import targets
 from . import validate
-from .index import indexes
-from .index.indexes import require_index
-from .query.vectors import normalize, prompt_vectors
-from .errors import BrainKeyTakenError, StateDamagedError
 from .config import BACKENDS
 from .embedding.model import resolve_model
+from .errors import BrainKeyTakenError, StateDamagedError
+from .index import indexes
+from .index import media
+from .index import state as st
+from .index import targets
+from .index.indexes import require_index
+from .query.vectors import normalize, prompt_vectors
 from .sync.existing import zoo_open_clip
 from .sync.images import write_given
 from .sync.objects import SOURCE_KEY, write_given_objects

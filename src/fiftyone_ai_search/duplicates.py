@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import results as colls
+from . import validate
 from .index import media
 from .lifecycle import get_embeddings
-from . import validate
 
 if TYPE_CHECKING:  # for annotations only
     import fiftyone.core.collections as foc

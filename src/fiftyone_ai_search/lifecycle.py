@@ -16,22 +16,22 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from .index import media
-from .sync import runner
-from .index import state as st
-from .index import targets
 from . import validate
-from .index import indexes
 from .config import BACKENDS, ENV_PREFIX, Settings, get_settings
-from .errors import IndexDamagedError
 from .embedding.crops import CropSettings
 from .embedding.model import (check_weights, load_model,
                               resolve_model)
+from .errors import IndexDamagedError
+from .index import indexes
+from .index import media
+from .index import state as st
+from .index import targets
 from .results import (delete_collections_of, delete_temporary_collection,
                       sweep_orphaned_scores)
-from .sync.existing import ExistingEmbeddings
 from .store import IndexNotFoundError, audit, cells
 from .store.audit import summary as audit_summary
+from .sync import runner
+from .sync.existing import ExistingEmbeddings
 
 if TYPE_CHECKING:  # for annotations only
     import datetime

@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 from bson import json_util
 
-from .index import media
-from .index import state as st
 from . import validate
 from .errors import CollectionNotFoundError
+from .index import media
+from .index import state as st
 
 if TYPE_CHECKING:  # for annotations only
     import fiftyone.core.collections as foc

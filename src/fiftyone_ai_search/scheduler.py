@@ -34,11 +34,11 @@ import logging
 import threading
 import time
 
-from .index import state as st
 from . import validate
 from .config import MAX_REFRESH_MINUTES, get_settings
 from .embeddings import finish_disable
 from .errors import IndexDamagedError, StateDamagedError
+from .index import state as st
 from .index.indexes import open_index
 from .index.targets import field_of
 from .lifecycle import forget_deleted, maintain_index

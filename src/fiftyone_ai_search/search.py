@@ -14,12 +14,11 @@ import numpy as np
 from bson import ObjectId
 
 from . import results as colls
-from .index import media
-from .sync import images as sync
-from .index import state as st
-from .index import targets
 from . import validate
 from .index import indexes
+from .index import media
+from .index import state as st
+from .index import targets
 from .index.indexes import model_label, read_index, require_index
 from .query import diverse
 from .query.scope import (ObjectsOfView, ViewScope, check_known_ids,
@@ -29,6 +28,7 @@ from .query.vectors import (NEGATIVE_WEIGHT, image_vector, normalize,
                             prompt_vectors, reference_vectors)
 from .query.walk import diverse_from_index
 from .store import IndexMismatchError, IndexNotFoundError
+from .sync import images as sync
 from .sync.objects import SOURCE_KEY
 
 if TYPE_CHECKING:  # for annotations only

@@ -21,8 +21,8 @@ import logging
 
 import numpy as np
 
-from ..index import media
 from ..errors import ExistingEmbeddingsError
+from ..index import media
 
 logger = logging.getLogger(__name__)
 

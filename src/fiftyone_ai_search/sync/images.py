@@ -39,10 +39,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 from bson import ObjectId
 
+from ..errors import AISearchError
 from ..index import media
 from ..index import state as st
 from ..index import targets
-from ..errors import AISearchError
 from ..store import IndexInfo, IndexNotFoundError
 
 logger = logging.getLogger(__name__)

@@ -25,8 +25,8 @@ and a mismatch runs a full pass that repairs it.
 import dataclasses
 import logging
 
-from ..index import state as st
 from ..embedding.crops import CropSettings, box_fingerprint
+from ..index import state as st
 from .images import (
     PAGE_SIZE,
     Synchronizer,

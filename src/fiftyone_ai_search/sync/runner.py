@@ -18,11 +18,11 @@ import subprocess
 import sys
 import time
 
-from ..index import state as st
-from ..index import targets
-from ..index import indexes
 from ..config import get_settings
 from ..errors import IndexDamagedError, StateDamagedError
+from ..index import indexes
+from ..index import state as st
+from ..index import targets
 from ..store import IndexMismatchError
 from .existing import ExistingEmbeddings
 from .images import SyncCancelled, Synchronizer, has_changes

@@ -398,3 +398,29 @@ def test_the_installed_package_says_it_is_typed():
 
     marker = importlib.resources.files("fiftyone_ai_search") / "py.typed"
     assert marker.is_file()
+
+
+def test_every_public_error_is_exported_from_the_package():
+    """A caller catches what the docs name as ``ais.<Name>Error``: every
+    public error of errors.py is exported, and every error the README or
+    docs/ name exists there (issue 26, item 5: three README errors were not
+    exported)."""
+    import re
+    from pathlib import Path
+
+    import fiftyone_ai_search as ais
+    from fiftyone_ai_search import errors
+
+    public = {name for name, value in vars(errors).items()
+              if isinstance(value, type) and issubclass(value, Exception)
+              and not name.startswith("_")}
+    assert public - set(ais.__all__) == set()
+    for name in public:
+        assert getattr(ais, name) is getattr(errors, name)
+    root = Path(__file__).resolve().parent.parent
+    pages = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+    named = {m for page in pages if page.exists() for m in re.findall(
+        r"\b([A-Z][A-Za-z]+Error)\b", page.read_text())}
+    ours = {n for n in named if n in public or hasattr(ais, n)
+            or n.startswith(("Index", "AISearch", "Qdrant"))}
+    assert ours - public == set(), "named in the docs, not in errors.py"

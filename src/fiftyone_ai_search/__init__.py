@@ -43,11 +43,14 @@ from .results import (
 from .config import get_settings
 from .duplicates import find_near_duplicates, near_duplicate_groups
 from .errors import (AISearchError, AISearchNotEnabledError,
-                     CollectionNotFoundError, DiskFullError,
-                     IndexDamagedError, IndexNotReadyError,
+                     BrainKeyTakenError, CollectionNotFoundError, CropError,
+                     DiskFullError, ExistingEmbeddingsError, ImageDecodeError,
+                     IndexBusyError, IndexDamagedError, IndexExistsError,
+                     IndexMismatchError, IndexNotFoundError,
+                     IndexNotReadyError,
                      ModelUnavailableError, ObjectFieldError,
-                     StateDamagedError, UnsupportedMediaError,
-                     UnsupportedPlatformError)
+                     QdrantUnreachableError, StateDamagedError,
+                     UnsupportedMediaError, UnsupportedPlatformError)
 from .embeddings import (
     calculate_embeddings,
     disable_embeddings,
@@ -63,7 +66,6 @@ from .embedding.crops import CropSettings
 from .embedding.model import available_models, check_model
 from .scheduler import start_refresher, stop_refresher
 from .search import perform_ai_search
-from .store import QdrantUnreachableError
 from .sync.images import SyncReport
 from .index.targets import object_label_fields
 
@@ -77,10 +79,18 @@ __version__ = "0.1.0"
 __all__ = [
     "AISearchError",
     "AISearchNotEnabledError",
+    "BrainKeyTakenError",
     "CollectionNotFoundError",
+    "CropError",
     "CropSettings",
     "DiskFullError",
+    "ExistingEmbeddingsError",
+    "ImageDecodeError",
+    "IndexBusyError",
     "IndexDamagedError",
+    "IndexExistsError",
+    "IndexMismatchError",
+    "IndexNotFoundError",
     "IndexNotReadyError",
     "ModelUnavailableError",
     "ObjectFieldError",

@@ -83,6 +83,36 @@ class UnsupportedPlatformError(AISearchError, RuntimeError):
     """
 
 
+# --- the index ----------------------------------------------------------------
+
+
+class IndexMismatchError(AISearchError, ValueError):
+    """Exception raised when the index was built with another model (or
+    schema) than the one asked for: an index never mixes models."""
+
+
+class IndexBusyError(AISearchError, RuntimeError):
+    """Exception raised when the index stayed locked by another process for
+    longer than allowed."""
+
+
+class IndexNotFoundError(AISearchError, LookupError):
+    """Exception raised when the index does not exist."""
+
+
+class IndexExistsError(AISearchError, ValueError):
+    """Exception raised when an index is created where one exists."""
+
+
+class QdrantUnreachableError(AISearchError, ConnectionError):
+    """Exception raised when the Qdrant server does not answer, or refuses
+    the API key.
+
+    The message names the server's URL without its credentials and says what
+    to do.
+    """
+
+
 # --- what was asked for ------------------------------------------------------
 
 

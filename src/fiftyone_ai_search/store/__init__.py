@@ -6,14 +6,11 @@
 Use :func:`open_store` to get the one the settings ask for.
 """
 
+from ..errors import (IndexBusyError, IndexExistsError, IndexMismatchError,
+                      IndexNotFoundError, QdrantUnreachableError)
 from .base import (
     SCHEMA_VERSION,
-    IndexBusyError,
-    IndexExistsError,
     IndexInfo,
-    IndexMismatchError,
-    IndexNotFoundError,
-    QdrantUnreachableError,
     VectorStore,
     point_id_to_sample_id,
     sample_id_to_point_id,

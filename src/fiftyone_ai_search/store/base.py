@@ -18,7 +18,8 @@ import uuid
 import numpy as np
 
 from .. import validate
-from ..errors import AISearchError, IndexDamagedError
+from ..errors import (IndexDamagedError, IndexExistsError,
+                      IndexMismatchError, IndexNotFoundError)
 from . import cells as cl
 from . import ranks, recent
 
@@ -28,30 +29,6 @@ logger = logging.getLogger(__name__)
 #: teach the backends to migrate (or rebuild) older indexes, whenever the
 #: layout of points, payloads or the recorded :class:`IndexInfo` changes.
 SCHEMA_VERSION = 1
-
-
-class IndexMismatchError(AISearchError, ValueError):
-    """The index was built with another model (or schema) than requested."""
-
-
-class IndexBusyError(AISearchError, RuntimeError):
-    """The index stayed locked by another process for longer than allowed."""
-
-
-class IndexNotFoundError(AISearchError, LookupError):
-    """The index does not exist."""
-
-
-class QdrantUnreachableError(AISearchError, ConnectionError):
-    """The Qdrant server does not answer, or refuses the API key.
-
-    The message names the server's URL without its credentials and says what
-    to do.
-    """
-
-
-class IndexExistsError(AISearchError, ValueError):
-    """The index already exists (raised by :meth:`VectorStore.create`)."""
 
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")

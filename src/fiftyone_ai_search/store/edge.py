@@ -51,14 +51,13 @@ import qdrant_edge as qe
 
 import numpy as np
 
-from ..errors import DiskFullError, IndexDamagedError
+from ..errors import (DiskFullError, IndexBusyError, IndexDamagedError,
+                      IndexExistsError)
 from . import cells as cl
 from . import ranks as rk
 from . import recent as rc
 from . import serve as sv
 from .base import (
-    IndexBusyError,
-    IndexExistsError,
     IndexInfo,
     VectorStore,
     check_dim,

@@ -27,13 +27,12 @@ from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import UnexpectedResponse
 
 from ..config import ENV_PREFIX, redact_url, url_secrets
+from ..errors import (IndexExistsError, IndexNotFoundError,
+                      QdrantUnreachableError)
 from . import cells as cl
 from . import ranks as rk
 from .base import (
-    QdrantUnreachableError,
-    IndexExistsError,
     IndexInfo,
-    IndexNotFoundError,
     VectorStore,
     check_dim,
     records_to_matrix,

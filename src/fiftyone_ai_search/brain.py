@@ -14,7 +14,9 @@ dataset's AI search state names, so results loaded in any process (the App
 server's too) see the index as the last sync left it, and a model change
 or a rebuild is picked up without reloading. Queries run through the
 searches of :func:`fiftyone_ai_search.perform_ai_search`: the same samples
-in the same order, exact, prompts through the index's own open_clip model.
+in the same order (exact up to ``store.cells.MIN_POINTS`` vectors, above
+that within the audited cells), prompts through the index's own open_clip
+model.
 
 Distances are cosine distances (``1 - cosine similarity``), as the Brain's
 sklearn backend reports them.

@@ -1,8 +1,11 @@
 """Public SDK: ``perform_ai_search`` — by prompt, by example images, diverse.
 
 Scores are cosine similarities between L2-normalised CLIP embeddings. Results
-are exact: the same as a brute-force top-k over the stored vectors of the
-search scope.
+are exact (the same as a brute-force top-k over the stored vectors of the
+search scope) while an index holds up to ``store.cells.MIN_POINTS`` vectors;
+above that a search scans the cells nearest its query, at the recall the
+index's self-audit measured (``get_status(...)["approximate"]``), unless it
+asks for ``exact=True``.
 """
 
 from __future__ import annotations

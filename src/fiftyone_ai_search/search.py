@@ -31,7 +31,7 @@ from .query.vectors import (NEGATIVE_WEIGHT, image_vector, normalize,
                             prompt_vectors, reference_vectors)
 from .query.walk import diverse_from_index
 from .store import IndexMismatchError, IndexNotFoundError
-from .sync import images as sync
+from .sync.images import deletions_pending
 from .sync.objects import SOURCE_KEY
 
 if TYPE_CHECKING:  # for annotations only
@@ -256,7 +256,7 @@ def _live(scope, target, doc):
     samples (or objects) the dataset still holds: a deleted sample never
     takes the place of a live one in the results (the search fills its
     limit as for any scope, asking MongoDB which hits still exist)."""
-    if scope is not None or not sync.deletions_pending(target, doc):
+    if scope is not None or not deletions_pending(target, doc):
         return scope
     live = media.indexed_samples(targets.dataset_of(target))
     if isinstance(target, targets.Objects):

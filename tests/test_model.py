@@ -4,6 +4,8 @@
 import json
 import os
 import socket
+import subprocess
+import sys
 import shutil
 import threading
 
@@ -430,3 +432,25 @@ def test_prompt_encoding_stops_at_end_of_text_with_the_same_result(name):
         full = torch.nn.functional.normalize(module.encode_text(tokens), dim=-1)
         fast = torch.nn.functional.normalize(_encode_tokens(module, tokens), dim=-1)
     assert (full * fast).sum(-1).min().item() > 0.99999
+
+
+def test_loading_a_model_leaves_the_root_logger_alone(tmp_path):
+    """open_clip logs with logging.info(), which gives a bare root logger a
+    handler: after a model load every FiftyOne log line was printed twice
+    (issue 26, item 6). In a fresh process, as a user's script is."""
+    script = tmp_path / "script.py"
+    script.write_text(
+        "import logging\n"
+        "import fiftyone_ai_search as ais\n"
+        "from fiftyone_ai_search.demo import tiny_clip_model_name\n"
+        "from fiftyone_ai_search.embedding.model import load_model, "
+        "resolve_model\n"
+        "assert logging.getLogger().handlers == []\n"
+        "load_model(resolve_model(tiny_clip_model_name()), 'cpu')\n"
+        "assert logging.getLogger().handlers == [], "
+        "logging.getLogger().handlers\n"
+        "logging.getLogger('fiftyone.core.dataset').warning('ONE LINE')\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("ONE LINE") == 1, done.stderr

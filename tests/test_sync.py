@@ -488,3 +488,16 @@ def test_edits_across_many_pages(tmp_path, monkeypatch):
     after = _vectors(dataset)
     np.testing.assert_allclose(after[a.id], before[b.id], atol=1e-6)
     assert c.id not in after
+
+
+@pytest.mark.parametrize("shown", [True, False])
+def test_the_progress_bar_follows_fiftyones_setting(tmp_path, monkeypatch,
+                                                    capsys, shown):
+    """fo.config.show_progress_bars turns FiftyOne's bars off in scripts
+    and logs: ours too (issue 26, item 6)."""
+    dataset = shapes_dataset(tmp_path, num_samples=3)
+    monkeypatch.setattr(fo.config, "show_progress_bars", shown)
+    capsys.readouterr()
+    ais.calculate_embeddings(dataset, wait=True)
+    bar = f"Embedding '{dataset.name}'" in capsys.readouterr().err
+    assert bar is shown

@@ -329,8 +329,9 @@ def calculate_embeddings(dataset: fod.Dataset, force: bool = False,
             not only of samples edited since the last sync (finds images
             overwritten on disk without FiftyOne knowing), and every stored
             vector (re-embeds those that are zero or not finite)
-        progress (True): show a progress bar when ``wait=True``; or a
-            callable ``progress(done, total)``
+        progress (True): show a progress bar when ``wait=True`` (unless
+            FiftyOne's ``show_progress_bars`` config is off); or a callable
+            ``progress(done, total)``
         secrets (None): plugin secrets (Qdrant URL / API key)
         patches_field (None): sync the object index of this label field
             instead (its report counts objects)
@@ -353,6 +354,8 @@ def calculate_embeddings(dataset: fod.Dataset, force: bool = False,
 
     settings = get_settings(secrets=secrets)
     bar = None
+    if progress is True and not _show_progress_bars():
+        progress = None
     if progress is True:
         from tqdm.auto import tqdm
 
@@ -375,6 +378,14 @@ def calculate_embeddings(dataset: fod.Dataset, force: bool = False,
     finally:
         if bar is not None:
             bar.close()
+
+
+def _show_progress_bars() -> bool:
+    # imported here: importing the package must not import FiftyOne (it
+    # reads its config once, when first imported; see testing.py)
+    import fiftyone as fo
+
+    return bool(fo.config.show_progress_bars)
 
 
 def maintain_index(dataset: fod.Dataset, settings: Settings | None = None,

@@ -20,6 +20,7 @@ identity wherever it is installed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -363,7 +364,7 @@ def _load(spec, device):
     dtype = torch.float16 if precision == "fp16" else torch.float32
 
     try:
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), _root_logging_untouched():
             # Random-weight models are then the same in every process
             torch.manual_seed(RANDOM_WEIGHTS_SEED)
             module, _, preprocess = open_clip.create_model_and_transforms(
@@ -372,7 +373,8 @@ def _load(spec, device):
                 precision=precision,
                 device=device,
             )
-        tokenizer = open_clip.get_tokenizer(spec.name)
+        with _root_logging_untouched():
+            tokenizer = open_clip.get_tokenizer(spec.name)
     except ModelUnavailableError:
         raise
     except Exception as e:
@@ -389,6 +391,22 @@ def _load(spec, device):
     module.requires_grad_(False)
 
     return ClipModel(spec, module, preprocess, tokenizer, device, dtype)
+
+
+@contextlib.contextmanager
+def _root_logging_untouched():
+    """Undoes what open_clip does to the process's logging: it logs with
+    ``logging.info(...)``, which configures the root logger when it has no
+    handler yet (``logging.basicConfig``), and from then on every FiftyOne
+    log line is printed twice (FiftyOne's handler, then the root's)."""
+    root = logging.getLogger()
+    before = list(root.handlers)
+    try:
+        yield
+    finally:
+        if not before:
+            for handler in [h for h in root.handlers if h not in before]:
+                root.removeHandler(handler)
 
 
 def _normalize(features):

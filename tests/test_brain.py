@@ -159,7 +159,7 @@ def test_prompts_ids_and_vectors_rank_as_sklearn_and_as_perform_ai_search(
 
     # one sample id: it comes first; several: their mean. (Compared with
     # sklearn's query by their vectors: sklearn centres its embeddings for
-    # queries by id, and then keeps them centred, see the README)
+    # queries by id, and then keeps them centred, see docs/brain.md)
     ids = indexed.take(3, seed=7).values("id")
     _, vectors = ais.get_embeddings(indexed.select(ids, ordered=True))
     ours = indexed.sort_by_similarity(ids[0], k=10, brain_key=KEY)

@@ -3,8 +3,8 @@ sklearn backend as the control (how they are fetched and adapted:
 ``tests/peer.py``).
 
 Every peer test runs on both. A test that fails on ours for a documented
-reason (README, "Use it from FiftyOne Brain": "What differs from the
-Brain's backends") is listed in :data:`LIMITATIONS` with that reason and
+reason (docs/brain.md, "What differs from the Brain's backends") is
+listed in :data:`LIMITATIONS` with that reason and
 marked expected-to-fail, strictly: if it starts passing, the list is out
 of date and the run fails.
 """
@@ -54,12 +54,12 @@ _UNNAMED_MODEL = (
     "builds its run from an embeddings field whose model nobody names: AI "
     "search indexes CLIP vectors of a model it runs itself (it keeps the "
     "index in sync by embedding new images), so add_to_index refuses them "
-    "with a ValueError saying so (README: What differs from the Brain's "
-    "backends)")
+    "with a ValueError saying so (docs/brain.md: What differs from the "
+    "Brain's backends)")
 _NO_MODEL = (
     "indexes random 4-d vectors of no model for images that do not exist: "
-    "refused with a ValueError, as vectors of an unnamed model are (README: "
-    "What differs from the Brain's backends)")
+    "refused with a ValueError, as vectors of an unnamed model are "
+    "(docs/brain.md: What differs from the Brain's backends)")
 _RUN_DOCUMENT = (
     "asserts that a run without an embeddings field keeps its vectors in "
     "the run's document (index3: sklearn's storage); ours keeps them in the "

@@ -223,14 +223,19 @@ def test_a_holder_answers_and_a_killed_one_blocks_nobody(tmp_path):
         np.testing.assert_allclose(got, vectors[:3], atol=1e-6)
         payloads = store.get_payloads(ids[:1])
         assert payloads[ids[0]]["filepath"] == _payloads(ids[:1])[0]["filepath"]
-        assert edge.stats["asked"] == asked + 4
+        # every vector, packed by the holder (serve.pack): the same bits as
+        # read here once the holder is gone
+        all_ids, served = store.get_vectors(ids)
+        assert edge.stats["asked"] == asked + 5
         assert edge.stats["opens"] == opens
         # killed while holding: its lock and its socket go with it
         os.kill(holder.pid, signal.SIGKILL)
         holder.join(60)
         assert store.query(vectors[7], 5)[0][0] == ids[7]
-        assert edge.stats["asked"] == asked + 4
+        assert edge.stats["asked"] == asked + 5
         assert edge.stats["opens"] == opens + 1
+        assert store.get_vectors(ids)[0] == all_ids == ids
+        assert np.array_equal(store.get_vectors(ids)[1], served)
     finally:
         if holder.is_alive():
             holder.kill()

@@ -61,6 +61,7 @@ from .base import (
     IndexInfo,
     VectorStore,
     check_dim,
+    records_to_matrix,
 )
 from .locks import FairLock, ProcessLock, backoff
 
@@ -427,6 +428,14 @@ class EdgeStore(VectorStore):
             records = shard.retrieve(request["point_ids"],
                                      with_payload=request["with_payload"],
                                      with_vector=request["with_vector"])
+            if request.get("packed"):
+                # the vectors in one block (see serve.py), not JSON numbers
+                vectors = None
+                if request["with_vector"] and records:
+                    vectors = sv.pack(records_to_matrix(records))
+                return {"ids": [str(r.id) for r in records],
+                        "payloads": [r.payload for r in records],
+                        "vectors": vectors}
             return [[str(r.id), r.payload,
                      r.vector[""] if isinstance(r.vector, dict) else r.vector]
                     for r in records]
@@ -759,8 +768,14 @@ class EdgeStore(VectorStore):
             answer = self._ask(shared, {
                 "op": "retrieve", "point_ids": list(point_ids),
                 "with_payload": bool(with_payload),
-                "with_vector": bool(with_vector)})
-            if answer is not None:
+                "with_vector": bool(with_vector), "packed": True})
+            if isinstance(answer, dict):
+                rows = (sv.unpack(answer["vectors"]).tolist()
+                        if answer["vectors"] else None)
+                return [_Record(pid, payload, None if rows is None else rows[i])
+                        for i, (pid, payload) in enumerate(
+                            zip(answer["ids"], answer["payloads"]))]
+            if answer is not None:  # a holder of a version before packing
                 return [_Record(*r) for r in answer]
             return self._retrieve_here(point_ids, with_payload, with_vector)
 

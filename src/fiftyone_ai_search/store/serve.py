@@ -23,9 +23,13 @@ is doing at that moment (one chunk of a write, one round of upkeep, see
 The protocol: one request per connection, each way a 4-byte big-endian
 length and a JSON object; a request is ``{"op": ..., ...}``, the answer
 ``{"ok": result}``, or ``{"error": message}`` (the asker then does the work
-itself, which raises the right error).
+itself, which raises the right error). Vectors travel packed
+(:func:`pack`: their float32 bytes in base64) rather than as JSON numbers:
+10k 512-d vectors as JSON lists took the holder 35 s to answer under load,
+its writer waiting meanwhile (measured at 100k points, load average 19).
 """
 
+import base64
 import hashlib
 import json
 import logging
@@ -35,6 +39,8 @@ import struct
 import sys
 import threading
 import weakref
+
+import numpy as np
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +72,23 @@ def address(dirpath):
     real = os.path.realpath(dirpath).encode("utf-8", "surrogateescape")
     digest = hashlib.sha256(real).hexdigest()[:40]
     return f"\0fiftyone-ai-search-{digest}"
+
+
+def pack(matrix):
+    """A float32 matrix as a JSON-able dict (see :func:`unpack`)."""
+    matrix = np.ascontiguousarray(matrix, dtype="<f4")
+    return {"shape": list(matrix.shape),
+            "b64": base64.b64encode(matrix.tobytes()).decode("ascii")}
+
+
+def unpack(packed):
+    """The float32 matrix of :func:`pack`'s dict.
+
+    Raises:
+        ValueError: if it is not one
+    """
+    data = base64.b64decode(packed["b64"], validate=True)
+    return np.frombuffer(data, dtype="<f4").reshape(packed["shape"])
 
 
 def _send(sock, data):

@@ -471,9 +471,11 @@ class VectorStore(abc.ABC):
         # stored normalised already; renormalise to unit length in float32
         return ids, self._stored_rows(records)
 
-    def _stored_rows(self, records):
+    def _stored_rows(self, records, unit=True):
         """The vectors of ``records`` read from the index, as unit float32
-        rows.
+        rows (``unit=False``: as stored, unit up to float32 rounding, where
+        only their direction matters; normalising 1M rows again costs ~5 s
+        of CPU).
 
         Raises:
             IndexDamagedError: if some are zero or not finite (written by a
@@ -490,7 +492,7 @@ class VectorStore(abc.ABC):
                 "dataset, verify_files=True, wait=True)) finds and "
                 "re-embeds them."
             )
-        return normalize_rows(vectors)
+        return normalize_rows(vectors) if unit else vectors
 
     def invalid_keys(self, page_size=None):
         """The ids of the points whose stored vector is zero or not finite
@@ -699,7 +701,8 @@ class VectorStore(abc.ABC):
                         break
                     after = None
                     continue
-                where = known.assign(self._stored_rows(records))
+                # a cell is the most similar centre: any positive length
+                where = known.assign(self._stored_rows(records, unit=False))
                 ids = [str(r.id) for r in records]
                 # only points still lacking: one written again meanwhile
                 # got its cell from its writer

@@ -989,8 +989,12 @@ def test_search_objects_by_prompt_image_and_diverse(scenes, tmp_path):
                                      shape="circle"),
                   image_size=128, seed=7).save(path)
     form = _form(dataset, params={"search_in": OBJECTS, "mode": "image"})
-    assert "image_path" in form and "prompt" not in form
+    assert "image_upload" in form and "prompt" not in form  # by default
+    form = _form(dataset, params={"search_in": OBJECTS, "mode": "image",
+                                  "image_source": "server_path"})
+    assert "image_path" in form and "image_upload" not in form
     bad = _form(dataset, params={"search_in": OBJECTS, "mode": "image",
+                                 "image_source": "server_path",
                                  "image_path": str(tmp_path / "none.png")})
     assert bad["image_path"]["invalid"] is True
     assert "No file" in bad["image_path"]["error_message"]

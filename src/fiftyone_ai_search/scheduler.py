@@ -34,7 +34,7 @@ import logging
 import threading
 import time
 
-from . import validate
+from . import refreshers, validate
 from .config import MAX_REFRESH_MINUTES, get_settings
 from .embeddings import finish_disable
 from .errors import IndexDamagedError, StateDamagedError
@@ -49,6 +49,7 @@ from .sync.runner import run_sync
 logger = logging.getLogger(__name__)
 
 JOB_ID = "ai-search-refresh"
+HEARTBEAT_JOB_ID = "ai-search-refresher-heartbeat"
 
 
 @dataclasses.dataclass
@@ -98,6 +99,13 @@ def refresh_all(datasets=None, settings=None):
     Returns:
         a :class:`RefreshReport`
     """
+    report = _refresh_all(datasets, settings)
+    # a one-off pass (cron): the App says when it ran and what it did
+    refreshers.record_pass(report, once=True)
+    return report
+
+
+def _refresh_all(datasets, settings):
     names = validate.names(datasets, "datasets")
     names = None if names is None else set(names)
     settings = settings or get_settings()
@@ -264,6 +272,12 @@ class Refresher:
 
             self._scheduler = BackgroundScheduler(daemon=True)
 
+        # seen by the App from now on, renewed during passes too (its own
+        # job: the scheduler runs it beside a pass)
+        refreshers.register(self.interval_minutes, self.datasets)
+        self._scheduler.add_job(refreshers.heartbeat, "interval",
+                                id=HEARTBEAT_JOB_ID,
+                                seconds=refreshers.HEARTBEAT_SECONDS)
         self._scheduler.add_job(
             self._pass,
             "interval",
@@ -289,11 +303,14 @@ class Refresher:
         """Stops the schedule; ``wait`` for a pass in progress to end."""
         if self.running:
             self._scheduler.shutdown(wait=wait)
-
+        if self._scheduler is not None:
+            refreshers.unregister()
         self._scheduler = None
 
     def _pass(self):
-        self.last_report = refresh_all(self.datasets, self.settings)
+        refreshers.pass_started()
+        self.last_report = _refresh_all(self.datasets, self.settings)
+        refreshers.record_pass(self.last_report)
 
 
 _REFRESHER = None

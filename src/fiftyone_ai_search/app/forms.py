@@ -12,13 +12,18 @@ object index: the "Search in" choice (``search_in``: :data:`IMAGES` or
 ``"objects:<field>"``), which forms to enable, compute and disable share.
 """
 
+import base64
+import binascii
+import contextlib
 import datetime
 import os
+import tempfile
 
 import fiftyone.operators.types as types
 
 import fiftyone_ai_search as ais
 from fiftyone_ai_search.index import media
+from fiftyone_ai_search import refreshers
 from fiftyone_ai_search.config import BACKENDS
 from fiftyone_ai_search.duplicates import DEFAULT_THRESHOLD
 from fiftyone_ai_search.errors import UnsupportedPlatformError
@@ -26,6 +31,15 @@ from fiftyone_ai_search.store.portability import check_embedded_index
 
 SEARCH_MODES = ("prompt", "similar", "image", "diverse")
 DEFAULT_LIMIT = 100
+
+#: where the image of a search by image comes from: uploaded from the
+#: browser, or a path on the App server's machine
+UPLOAD = "upload"
+SERVER_PATH = "server_path"
+
+#: the largest image a curator may upload (the browser sends it in the
+#: request, base64); a larger one is searched by its path on the server
+MAX_UPLOAD_BYTES = 20 * 2**20
 
 #: the choice of the enable form that reveals free model / pretrained fields
 CUSTOM_MODEL = "custom"
@@ -629,13 +643,8 @@ def search_form(ctx, inputs, params, selected, on_change=None,
             runnable = False
             blocked(inputs, "selected", _nothing_selected(field))
     elif mode == "image":
-        path = params.get("image_path")
-        prop = inputs.str("image_path", label="Image file", required=True,
-                          description="The path of an image file on the "
-                          "machine the App's server runs on")
-        if path and not os.path.isfile(path):
+        if not image_input(inputs, params):
             runnable = False
-            invalid(prop, f"No file {path} on the App server's machine")
     else:
         inputs.enum("method", ["centroids", "random"], label="Take",
                     default="centroids",
@@ -661,6 +670,116 @@ def search_form(ctx, inputs, params, selected, on_change=None,
     if scope_form(ctx, inputs, params, on_change, field) is False:
         runnable = False
     return runnable
+
+
+def image_input(inputs, params):
+    """The image to search by: uploaded from the browser (FiftyOne's file
+    input), or the path of a file on the App server's machine.
+
+    Returns:
+        whether it can be run (False: nothing chosen yet, or invalid)
+    """
+    source = image_source(params)
+    choices = types.RadioGroup(orientation="horizontal")
+    choices.add_choice(UPLOAD, label="Upload from this computer")
+    choices.add_choice(SERVER_PATH, label="A file on the App server")
+    inputs.enum("image_source", [UPLOAD, SERVER_PATH], label="Image",
+                default=source, view=choices)
+    if source == SERVER_PATH:
+        path = params.get("image_path")
+        prop = inputs.str("image_path", label="Image file", required=True,
+                          description="The path of an image file on the "
+                          "machine the App's server runs on")
+        if path and not os.path.isfile(path):
+            invalid(prop, f"No file {path} on the App server's machine")
+            return False
+        return bool(path)
+    upload = params.get("image_upload")
+    # lite: while the form is filled in, the App sends the file's name, type
+    # and size, not its content (sent once, to run the search)
+    prop = inputs.define_property(
+        "image_upload", types.UploadedFile(), label="Image file",
+        required=True, view=types.FileView(
+            label="Image file", types="image/*", lite=True,
+            max_size=MAX_UPLOAD_BYTES,
+            max_size_error_message=_too_big(), description="Drop an image "
+            "here or click to choose one (JPEG, PNG, WebP, ...)"))
+    problem = upload_problem(upload)
+    if problem:
+        invalid(prop, problem)
+        return False
+    return bool(upload)
+
+
+def image_source(params):
+    """Where the image of a search by image comes from: the form's choice;
+    by default an upload, or the path that a headless caller passed."""
+    source = params.get("image_source")
+    if source in (UPLOAD, SERVER_PATH):
+        return source
+    return SERVER_PATH if params.get("image_path") else UPLOAD
+
+
+def _too_big(size=None):
+    text = (f"{size / 2**20:.1f} MB is too big: " if size else "") + (
+        f"an uploaded image may be up to {MAX_UPLOAD_BYTES // 2**20} MB; "
+        "for a larger one, choose 'A file on the App server'")
+    return text[0].upper() + text[1:]
+
+
+def upload_problem(upload):
+    """What is wrong with an uploaded file (the file input's value: its
+    ``name``, ``type``, ``size``, and ``content``, base64, when run), in a
+    curator's words, or None (nothing uploaded yet, or an image)."""
+    if not upload:
+        return None
+    if not isinstance(upload, dict):
+        return "The uploaded image did not arrive as a file: upload it again."
+    name, kind = upload.get("name") or "the file", upload.get("type") or ""
+    if kind and not kind.startswith("image/"):
+        return (f"{name} is not an image ({kind}): choose a JPEG, PNG, WebP "
+                "or other image file.")
+    size = upload.get("size")
+    if isinstance(size, (int, float)) and size > MAX_UPLOAD_BYTES:
+        return _too_big(size)
+    return None
+
+
+@contextlib.contextmanager
+def searched_image(params):
+    """The image a search by image uses, as a file path: the uploaded one
+    written to a temporary directory under its own name (which the results
+    are then labelled with) and removed afterwards, or the path on the App
+    server.
+
+    Raises:
+        ValueError: nothing uploaded, or not an image (said as the form
+            says it)
+    """
+    if image_source(params) == SERVER_PATH:
+        yield params.get("image_path") or ""
+        return
+    upload = params.get("image_upload")
+    problem = upload_problem(upload) or (
+        None if upload else "No image uploaded: choose an image file first.")
+    if problem:
+        raise ValueError(problem)
+    try:
+        data = base64.b64decode(upload.get("content") or "", validate=True)
+    except (binascii.Error, ValueError, TypeError):
+        raise ValueError("The uploaded image did not arrive whole (its "
+                         "content is not base64): upload it again.") from None
+    if not data:
+        raise ValueError("The uploaded image is empty: upload it again.")
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise ValueError(_too_big(len(data)))
+    # only its base name: a name never chooses where it is written
+    name = os.path.basename(str(upload.get("name") or "")) or "upload"
+    with tempfile.TemporaryDirectory(prefix="ai-search-upload-") as folder:
+        path = os.path.join(folder, name)
+        with open(path, "wb") as f:
+            f.write(data)
+        yield path
 
 
 def limit_problem(limit):
@@ -708,8 +827,10 @@ def search_from_params(ctx, params, selected, in_modal=False):
                              "in the grid first")
         kwargs.update({arg: refs}, threshold=params.get("threshold"))
     elif mode == "image":
-        kwargs.update(image=params.get("image_path") or "",
-                      threshold=params.get("threshold"))
+        with searched_image(params) as path:
+            kwargs.update(image=path, threshold=params.get("threshold"))
+            return ais.perform_ai_search(search_scope(ctx, params, field),
+                                         **kwargs)
     elif mode == "diverse":
         kwargs.update(method=params.get("method") or "centroids",
                       clustering_method=params.get("clustering_method")
@@ -897,3 +1018,60 @@ def leave_saved_view(ctx, name, to=None):
     else:
         ctx.ops.set_view(view=to)
     return True
+
+
+# -- the refresher ---------------------------------------------------------------
+
+
+def _target_words(target, dataset_name):
+    """A refresher report's target ("name", "name (field)") in a
+    curator's words."""
+    if target == dataset_name:
+        return "images"
+    return f"objects of {target[len(dataset_name) + 2:-1]}"
+
+
+def refresher_status(dataset):
+    """Whether a refresher keeps ``dataset`` fresh, when a pass last looked
+    at it and what it did (markdown), and whether one runs. Absolute times
+    only: the text changes when something happened, not as time passes
+    (each change is a state write of the panel, a page reload)."""
+    info = refreshers.refreshers_of(dataset.name)
+    running = info["running"]
+    if running:
+        r = running[0]
+        scope = ("every dataset with AI search on" if r["datasets"] is None
+                 else "this dataset" if r["datasets"] == [dataset.name]
+                 else f"{len(r['datasets'])} datasets, this one included")
+        text = (f"**Kept fresh** by a refresher on {r['host']} (pid "
+                f"{r['pid']}): a pass every {r['interval_minutes']:g} min over "
+                f"{scope}.")
+        if len(running) > 1:
+            text += f" ({len(running) - 1} more refresher(s) cover it.)"
+    else:
+        text = ("**No refresher keeps this dataset fresh**: images added or "
+                "edited become searchable when embeddings are computed "
+                "again, or when a refresher's pass syncs them.")
+    last = info["last_pass"]
+    if last is None:
+        return text + " No refresher pass has looked at it yet.", bool(running)
+    outcomes = "; ".join(f"{_target_words(t, dataset.name)}: {o}"
+                         for t, o in last["outcomes"])
+    return (f"{text} Last pass {last['ended_at']:%Y-%m-%d %H:%M} UTC, by "
+            f"{last['by']}: {outcomes}.", bool(running))
+
+
+def start_refresher(dataset):
+    """Starts a refresher service for ``dataset`` (the configured
+    interval), in the background on the App server's machine: its passes
+    never run in the App's server. Says what it started.
+
+    Returns:
+        ``(pid, message)``
+    """
+    minutes = ais.get_settings().refresh_minutes
+    pid = refreshers.start_service(datasets=[dataset.name])
+    return pid, (f"Started a refresher (pid {pid}): a pass every {minutes} "
+                 f"min over '{dataset.name}', as a background service "
+                 "(python -m fiftyone_ai_search refresher) that outlives "
+                 f"the App. Stop it with kill {pid}.")

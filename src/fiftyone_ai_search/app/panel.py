@@ -1,7 +1,9 @@
 """The "AI Search" panel: status of the images and of the objects of label
 fields (live while computing), the search modes over either, the score
 histogram and range of the latest results, saving what is shown as a
-collection, the collections, and switching AI search on and off.
+collection, the collections, whether a refresher keeps the dataset fresh
+(starting one as a background service where none does), and switching AI
+search on and off.
 
 Every action calls the SDK; forms come from :mod:`.forms`, shared with the
 operators. An error in an action is shown as a notification, never as a
@@ -224,6 +226,13 @@ class AISearchPanel(foo.Panel):
     def on_disable(self, ctx):
         ctx.prompt(self._uri("disable_ai_search"), on_success=self.on_refresh)
 
+    @_reported
+    def on_start_refresher(self, ctx):
+        # a background service: the App's server only starts it
+        _, message = forms.start_refresher(ctx.dataset)
+        ctx.ops.notify(message, variant="success")
+        self._refresh_refresher(ctx, True)
+
     def on_failures(self, ctx):
         ctx.prompt(self._uri("ai_search_status"))
 
@@ -360,10 +369,20 @@ class AISearchPanel(foo.Panel):
                  if f not in all_statuses), None),
         })
         if counts:
-            self._refresh_results(ctx, enabled=bool(ready) or any(
-                s["enabled"] for s in all_statuses.values()))
+            enabled = bool(ready) or any(
+                s["enabled"] for s in all_statuses.values())
+            self._refresh_results(ctx, enabled=enabled)
             self._refresh_collections(ctx)
+            self._refresh_refresher(ctx, enabled)
         return all_statuses
+
+    @staticmethod
+    def _refresh_refresher(ctx, enabled):
+        # in the event's one write (not on polls: nothing a curator waits
+        # for), absolute times only: it changes when a pass ran
+        text, running = forms.refresher_status(ctx.dataset) if enabled else (
+            None, False)
+        _set(ctx, {"refresher": text, "refresher_running": running})
 
     def _refresh_results(self, ctx, enabled=None):
         if enabled is None:
@@ -426,9 +445,11 @@ class AISearchPanel(foo.Panel):
                 self._render_results(panel, state)
             if state.get("collections"):
                 self._render_collections(panel, state)
+            self._render_refresher(panel, state)
             panel.btn("disable", label="Disable AI search",
                       on_click=self.on_disable, variant="outlined")
         else:
+            self._render_refresher(panel, state)
             panel.btn("refresh", label="Refresh", on_click=self.on_refresh)
         # (layout keys of FiftyOne's views: px / py pad the panel)
         return types.Property(panel, view=types.GridView(
@@ -476,6 +497,14 @@ class AISearchPanel(foo.Panel):
                      name="range_text")
         panel.btn("save", label="Save what is shown as a collection",
                   on_click=self.on_save)
+
+    def _render_refresher(self, panel, state):
+        if not state.get("refresher"):
+            return
+        panel.md(state.get("refresher"), name="refresher")
+        if not state.get("refresher_running"):
+            panel.btn("start_refresher", label="Start a refresher",
+                      icon="autorenew", on_click=self.on_start_refresher)
 
     def _render_collections(self, panel, state):
         names = state.get("collections")

@@ -229,14 +229,22 @@ def test_force_rebuilds(tmp_path):
 
 def test_disable_deletes_index_and_state(tmp_path):
     dataset = shapes_dataset(tmp_path, num_samples=10)
+    other = shapes_dataset(tmp_path, num_samples=2)  # on, for its keys
     ais.calculate_embeddings(dataset, wait=True, progress=False)
     assert ais.is_embeddings_enabled(dataset)
 
     ais.disable_embeddings(dataset)
 
     assert not ais.is_embeddings_enabled(dataset)
-    assert ais.get_status(dataset) == {"enabled": False, "in_progress": False,
-                                       "object_fields": []}
+    # the same keys as when on (issue 26, item 5: counts was missing)
+    status = ais.get_status(dataset)
+    assert status.keys() >= ais.get_status(other).keys() - {"approximate"}
+    assert status["enabled"] is False and status["in_progress"] is False
+    assert status["counts"] == {"num_samples": 10, "num_indexed": 0,
+                                "num_failed": 0}
+    assert status["failures"] == [] and status["object_fields"] == []
+    assert status["model"] is None and status["index"] is None
+    assert ais.get_status(dataset, counts=False)["counts"] is None
     assert st.get(dataset) is None
     with pytest.raises(ais.AISearchNotEnabledError, match="enable_embeddings"):
         ais.get_embeddings(dataset)

@@ -508,8 +508,17 @@ def get_status(dataset: fod.Dataset, max_failures: int = 100,
     dataset = targets.dataset_of(target)
     doc = st.get(target)
     if doc is None or not doc.get("enabled"):
-        return {"enabled": False, "in_progress": False,
-                "object_fields": object_fields(dataset)}
+        # the same keys as when enabled, so that a caller reads them alike
+        status = dict.fromkeys(_STATUS_KEYS)
+        status.update(enabled=False, in_progress=False,
+                      object_fields=object_fields(dataset))
+        if patches_field is not None:
+            status["patches_field"] = patches_field
+        if counts:
+            status.update(counts=_item_counts(dataset, target, patches_field,
+                                              num_indexed=0, num_failed=0),
+                          failures=[], approximate=None)
+        return status
 
     running = st.is_running(doc)
     progress = dict(doc.get("progress") or {})
@@ -572,16 +581,12 @@ def get_status(dataset: fod.Dataset, max_failures: int = 100,
             status["index_error"] = error
     # None while searches are exact; else the audited recall estimates
     status["approximate"] = approximate.get("summary")
-    samples = media.indexed_samples(dataset)
-    status["counts"] = {
-        "num_indexed": num_indexed,
-        "num_failed": st.count_failures(target),
-    }
+    status["counts"] = _item_counts(dataset, target, patches_field,
+                                    num_indexed=num_indexed,
+                                    num_failed=st.count_failures(target))
     if patches_field is None:
-        status["counts"]["num_samples"] = samples.count()
         keys = {"sample_id": "sample_id"}
     else:
-        status["counts"]["num_objects"] = target.count(samples)
         keys = {"label_id": "sample_id", "sample_id": "source_id"}
     status["failures"] = [
         dict({k: f.get(v) for k, v in keys.items()},
@@ -590,6 +595,22 @@ def get_status(dataset: fod.Dataset, max_failures: int = 100,
                   if max_failures else [])
     ]
     return status
+
+
+#: the keys of get_status() whether AI search is on or off (``approximate``,
+#: ``patches_field`` and ``crop`` come with counts / an object index)
+_STATUS_KEYS = ("enabled", "in_progress", "progress", "updated_at", "model",
+                "pretrained", "backend", "index", "rebuild", "counts",
+                "failures", "last_report", "last_error", "object_fields")
+
+
+def _item_counts(dataset, target, patches_field, **counts):
+    """``counts`` with the number of what the index is of: ``num_samples``,
+    or ``num_objects`` for an object index."""
+    samples = media.indexed_samples(dataset)
+    if patches_field is None:
+        return dict(counts, num_samples=samples.count())
+    return dict(counts, num_objects=target.count(samples))
 
 
 def object_fields(dataset):

@@ -54,7 +54,10 @@ def enable_embeddings(dataset: fod.Dataset, model: str | None = None,
                       square: bool | None = None) -> dict:
     """Switches AI search on for a dataset and starts computing embeddings.
 
-    Returns at once: embeddings are computed by a background worker. Use
+    Returns once the model is loaded (a few seconds; up to a minute for a
+    large model the first time in a process), so that a missing or broken
+    model fails here, not in the background; ``load=False`` returns at
+    once. The embeddings are computed by a background worker: use
     :func:`get_status` to follow it, or :func:`calculate_embeddings` with
     ``wait=True`` to block.
 

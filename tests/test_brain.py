@@ -582,3 +582,25 @@ def test_kill_9_while_filling_from_existing_embeddings_resumes(tmp_path):
     np.testing.assert_allclose(
         vectors, np.stack(dataset.select(ids, ordered=True).values("clip")),
         atol=1e-5)
+
+
+def test_the_near_duplicates_docstring_example_runs(tmp_path):
+    """The example of find_near_duplicates' docstring, as written (issue
+    26, item 5: it raised ValueError); ``session`` is the App's session."""
+    import textwrap
+    import types
+
+    doc = ais.find_near_duplicates.__doc__
+    example = textwrap.dedent(doc.split("Examples::")[1].split("Args:")[0])
+    dataset = _with_copies(tmp_path)
+    session = types.SimpleNamespace(view=None)
+    exec(example, {"dataset": dataset, "session": session})
+    assert len(session.view) > 0
+    tagged = set(dataset.match_tags("duplicate").values("id"))
+    kept = set(ais.near_duplicate_groups(dataset, threshold=0.97))
+    # of each copied image, the copy or the original is tagged; what a
+    # group keeps is not
+    for copy_id, original in zip(*dataset.exists("copy_of").values(
+            ["id", "copy_of"])):
+        assert copy_id in tagged or original in tagged
+    assert tagged and not tagged & kept

@@ -123,7 +123,9 @@ def find_near_duplicates(samples: foc.SampleCollection,
         session.view = view
 
         # the duplicates alone, e.g. to tag or delete them
-        dups = [d for d, _ in ais.near_duplicate_groups(dataset).values()]
+        groups = ais.near_duplicate_groups(dataset, threshold=0.97)
+        dups = [d for group in groups.values() for d, _ in group]
+        dataset.select(dups).tag_samples("duplicate")
 
     Args:
         samples: a dataset or a view of it

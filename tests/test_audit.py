@@ -245,6 +245,7 @@ def test_the_users_recent_prompts_are_audited(indexed):
     np.testing.assert_allclose(kept[:40], user, atol=2e-3)
     rule = audit.audit(index, generic, k=50, image_queries=60)
     assert rule["recent"] == 41
+    assert audit.summary(index.cells())["recent_queries"] == 41
     # the search by a sample lies among the images: an image query; and so
     # may a prompt of this 16-d world that lies as near a centre as they do
     text = rule["estimates"]["text"]["queries"]

@@ -355,7 +355,8 @@ def _unit(x):
 def summary(known):
     """What ``get_status`` shows of an index's cells: None while searches
     are exact (no complete cells); else its audited estimates (None
-    before the first audit)."""
+    before the first audit), and how many of the user's recent queries
+    the audit asked (``recent_queries``)."""
     if known is None or not known.searchable:
         return None
     rule = known.rule
@@ -363,5 +364,6 @@ def summary(known):
     if rule is not None:
         out.update(k=rule["k"], target=rule["target"],
                    measured_at=rule["measured_at"],
-                   points=rule["points"], estimates=rule["estimates"])
+                   points=rule["points"], estimates=rule["estimates"],
+                   recent_queries=rule.get("recent", 0))
     return out

@@ -17,9 +17,32 @@ operations (big upserts, reading all vectors) work in chunks and hand the
 index over between two chunks when someone waits, so that searches stay
 possible while a long computation commits; a session kept open is let go at
 its end when another process waits (a maintenance pass's rounds follow one
-another at once). Opening and closing cost ~0.1-0.5 s (20k-100k 512-d
-points), 1-2.5 s at 1M (most of it reading the int8 copy); changes are
-flushed before each close.
+another at once). Changes are flushed before each close.
+
+Opening a shard: Qdrant reads what it keeps in memory (the int8 copy, 512 MB
+at 1M 512-d points; the id tracker; the payload indexes) through memory
+maps, page fault after page fault, and then drops those files from the page
+cache. So an opening first reads those files in sequence, but for what the
+page cache holds already, and after it reads them back into the page cache
+in the background for the next process (:func:`_read_ahead`,
+:func:`_rewarm`). Measured (``bench/bench_concurrent.py``): ~0.1-0.5 s at
+20k-100k points; at 1M, a fresh process's first search costs 1.2-1.3 s of
+CPU (1.85-1.96 s without the read-ahead), most of it Qdrant building its
+in-memory copies, which on a busy machine stretches to several seconds of
+wall time. What a new process pays depends on who holds the index:
+
+- another process holds it (a worker syncing; the App within
+  :data:`KEEP_OPEN` seconds of its last search): that process answers
+  (below), and the new process opens nothing (~5-50 ms a search);
+- nobody does (a notebook started cold, the App's first search after it
+  was idle): the first search opens the shard, as above.
+
+Alternatives measured and not taken: the int8 copy on disk (``Memory.Cold``)
+opens in ~1 s at 1M but searches read it from disk (711 ms first, 120 ms
+median); kept in the page cache instead of the heap (``Memory.Cached``,
+which needs a re-quantization of existing shards, ~1 min at 1M), 100k
+points opened with ~30% less CPU and searched as fast, a smaller gain than
+the read-ahead, for a change of every index's configuration.
 
 While it holds the index, a process answers the other processes' searches,
 counts and small reads (:mod:`~fiftyone_ai_search.store.serve`): a search

@@ -1,8 +1,9 @@
 """The process that holds an embedded index answers the others' searches.
 
 A Qdrant Edge shard can be open in one process at a time, and opening a
-large one is not free (~1-2 s at 1M 512-d points, measured in
-``bench/bench_concurrent.py``). So the process that has the shard open (the
+large one is not free (1.2-1.3 s of CPU at 1M 512-d points, several seconds
+of wall time on a busy machine; see :mod:`fiftyone_ai_search.store.edge`,
+measured in ``bench/bench_concurrent.py``). So the process that has the shard open (the
 *holder*: a worker syncing, the App searching) listens on a local socket
 while it holds it, and another process's search is sent there instead of
 taking the index away from it: the search waits for at most what the holder

@@ -132,6 +132,24 @@ def test_reference_objects_find_objects_of_their_class(indexed):
     assert sum(label == "blue square" for label in labels) >= 9, labels
 
 
+def test_objects_like_a_result_anywhere_or_among_the_results(indexed):
+    """The docstring's recipe (issue 26, item 5): from a patches view of
+    earlier results, label_id with the dataset searches every object;
+    with the results' view, only those."""
+    dataset, _ = indexed
+    name = ais.perform_ai_search(dataset, prompt="a blue square",
+                                 patches_field=FIELD, limit=5)
+    patches = ais.get_collection(dataset, name)
+    ref = patches.first().id
+    among = ais.get_collection(dataset, ais.perform_ai_search(
+        patches, label_id=ref, limit=50))
+    assert set(among.values("id")) <= set(patches.values("id"))
+    anywhere = ais.get_collection(dataset, ais.perform_ai_search(
+        dataset, label_id=ref, patches_field=FIELD, limit=50))
+    assert len(anywhere) == 50
+    assert set(anywhere.values("id")) - set(patches.values("id"))
+
+
 def test_an_outside_image_finds_its_objects(indexed, tmp_path):
     dataset, _ = indexed
     spec = shapes.sample_spec(seed=77, index=0, color="green", shape="circle")

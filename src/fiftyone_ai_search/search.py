@@ -89,6 +89,10 @@ def perform_ai_search(
         ``"max"``, so they come first).
     -   ``label_id``: object search: one or more label ids of objects of
         the field ("more objects like these"), aggregated as ``image_id``.
+        As for every query, the scope is ``samples``: a patches view of
+        earlier results is searched alone, as FiftyOne's
+        ``sort_by_similarity`` sorts the view it is given; pass the dataset
+        with ``patches_field`` for objects like these anywhere in it.
     -   ``image``: an image from outside the dataset, a file path or a
         ``PIL.Image``.
     -   ``method``: diverse sampling, no query: ``"centroids"`` or
@@ -115,6 +119,10 @@ def perform_ai_search(
         name = ais.perform_ai_search(dataset, prompt="a damaged bumper",
                                      patches_field="ground_truth")
         patches = ais.get_collection(dataset, name)
+        # objects like the best one, anywhere in the dataset
+        ais.perform_ai_search(dataset, label_id=patches.first().id,
+                              patches_field="ground_truth")
+        # ... or only among these results, best first
         ais.perform_ai_search(patches, label_id=patches.first().id)
 
     Args:

@@ -366,13 +366,13 @@ def test_mongodb_and_both_stores_list_ids_in_the_same_order(empty_store):
     dataset = _raw_samples_dataset(ids)
     _fill(empty_store, ids)
 
-    in_mongo = [i for page, _ in sync._sample_pages(dataset, 7) for i in page]
+    in_mongo = [i for page, _ in sync.sample_pages(dataset, 7) for i in page]
     in_index = [i for page in empty_store.iter_sample_ids(7) for i in page]
 
     assert in_mongo == in_index == sorted(ids)
     # and each resumes after a given id
     after = in_mongo[100]
-    assert [i for p, _ in sync._sample_pages(dataset, 9, after)
+    assert [i for p, _ in sync.sample_pages(dataset, 9, after)
             for i in p] == in_mongo[101:]
     assert [i for p in empty_store.iter_sample_ids(9, after)
             for i in p] == in_mongo[101:]
@@ -395,7 +395,7 @@ def test_id_diff_holds_at_most_a_page_of_each_side(empty_store):
 
     missing, gone, decided = [], [], {"samples": 0, "index": 0}
     for part in sync._merge_ids(
-        counted(sync._sample_pages(dataset, page), "samples"),
+        counted(sync.sample_pages(dataset, page), "samples"),
         counted(empty_store.iter_sample_ids(page), "index"),
     ):
         decided["samples"] += part.num_samples

@@ -145,7 +145,7 @@ def _last_deletion_at(dataset):
     return (doc or {}).get("last_deletion_at")
 
 
-def _edited_since(dataset, watermark):
+def edited_since(dataset, watermark):
     """The indexed samples created or edited after ``watermark`` (all if
     None); see :func:`fiftyone_ai_search.index.media.indexed_samples`."""
     from fiftyone import ViewField as F
@@ -157,7 +157,7 @@ def _edited_since(dataset, watermark):
     return samples.match(F("last_modified_at") > watermark)
 
 
-def _sample_pages(samples, page_size, after=None):
+def sample_pages(samples, page_size, after=None):
     """Yields ``(ids, filepaths)`` of ``samples`` sorted by id, at most
     ``page_size`` at a time, from after the sample id ``after`` on.
 
@@ -220,20 +220,20 @@ def _id_diff(samples, store, page_size, after=None):
         an iterator (a generator) of :class:`_Stretch`, one per step, in id
         order
     """
-    return _merge_ids(_sample_pages(samples, page_size, after),
+    return _merge_ids(sample_pages(samples, page_size, after),
                       store.iter_sample_ids(page_size, after))
 
 
-def _merge_ids(sample_pages, index_pages):
+def _merge_ids(samples_pages, index_pages):
     """The merge of :func:`_id_diff`: of pages of ``(ids, filepaths)`` of
     samples and pages of ids of vectors, each sorted by id, it holds at
     most one page of each."""
     ids, paths, held = [], [], []
-    with contextlib.closing(sample_pages), contextlib.closing(index_pages):
+    with contextlib.closing(samples_pages), contextlib.closing(index_pages):
         while True:
             # each side is refilled once used up; still empty, it is done
             if not ids:
-                ids, paths = next(sample_pages, ([], []))
+                ids, paths = next(samples_pages, ([], []))
             if not held:
                 held = next(index_pages, [])
             if not ids and not held:
@@ -275,10 +275,10 @@ def has_changes(target, doc):
     if _deleted_since(doc.get("deletion_watermark"), _last_deletion_at(dataset)):
         return True
 
-    if len(_edited_since(dataset, watermark).limit(1)):
+    if len(edited_since(dataset, watermark).limit(1)):
         return True
 
-    return bool(_repaired(st.get_failures(target)))
+    return bool(repaired(st.get_failures(target)))
 
 
 def is_consistent(target, store):
@@ -298,7 +298,7 @@ def is_consistent(target, store):
 def _num_units(target):
     """How many vectors a complete index of ``target`` holds, failures
     included: its dataset's samples, or the objects of its field."""
-    samples = _edited_since(targets.dataset_of(target), None)
+    samples = edited_since(targets.dataset_of(target), None)
     if isinstance(target, targets.Objects):
         return target.count(samples)
     return samples.count()
@@ -326,7 +326,7 @@ def _deleted_since(deletion_watermark, deletion_at):
     )
 
 
-def _repaired(failures):
+def repaired(failures):
     """The failures whose file changed since they failed (an object's
     failure keeps its image's fingerprint apart from its own)."""
     return [
@@ -336,7 +336,8 @@ def _repaired(failures):
     ]
 
 
-def _samples_by_id(dataset, sample_ids):
+def samples_by_id(dataset, sample_ids):
+    """``(ids, filepaths)`` of the indexed samples among ``sample_ids``."""
     # select() matches on the _id index; an $expr is_in would scan
     return media.indexed_samples(dataset).select(list(sample_ids)).values(
         ["id", "filepath"]
@@ -391,7 +392,7 @@ def write_given(dataset, store, sample_ids, vectors):
         ValueError: for ids of no sample of the dataset, or vectors of the
             wrong size
     """
-    ids, paths = _samples_by_id(dataset, sample_ids)
+    ids, paths = samples_by_id(dataset, sample_ids)
     unknown = sorted(set(sample_ids) - set(ids))
     if unknown:
         raise ValueError(
@@ -498,12 +499,12 @@ class Synchronizer:
 
         # a page of edited samples at a time, then the failures to retry
         failures = {f["sample_id"]: f for f in st.get_failures(self.target)}
-        edited = _edited_since(self.dataset, watermark)
+        edited = edited_since(self.dataset, watermark)
         retry = self._failures_to_retry(failures, edited)
         total = self._count_units(edited, retry[0])
         self._start_progress(total)
         for ids, paths in itertools.chain(
-            _sample_pages(edited, PAGE_SIZE), [retry] if retry[0] else []
+            sample_pages(edited, PAGE_SIZE), [retry] if retry[0] else []
         ):
             todo = self._diff(self._units(ids, paths, report), report,
                               failures)
@@ -553,14 +554,14 @@ class Synchronizer:
         """Deletes the vectors of deleted samples, found by an id diff
         (:func:`_id_diff`), a page at a time."""
         removed = 0
-        diff = _id_diff(_edited_since(self.dataset, None), self.store,
+        diff = _id_diff(edited_since(self.dataset, None), self.store,
                         PAGE_SIZE)
         with contextlib.closing(diff):
             for part in diff:
                 removed += self._delete_gone(part.gone)
         # failures of deleted samples are moot
         failed = [f["sample_id"] for f in st.get_failures(self.target)]
-        present = set(_samples_by_id(self.dataset, failed)[0])
+        present = set(samples_by_id(self.dataset, failed)[0])
         st.clear_failures(self.target, set(failed) - present)
         return removed
 
@@ -571,7 +572,7 @@ class Synchronizer:
         Brain's ``add_to_index``) keeps its vector."""
         if not sample_ids:
             return 0
-        present = set(_samples_by_id(self.dataset, sample_ids)[0])
+        present = set(samples_by_id(self.dataset, sample_ids)[0])
         gone = [i for i in sample_ids if i not in present]
         if gone:
             self._check()
@@ -594,7 +595,7 @@ class Synchronizer:
         after, finished = None, False
         while not finished:
             missing = []
-            diff = _id_diff(_edited_since(self.dataset, None), self.store,
+            diff = _id_diff(edited_since(self.dataset, None), self.store,
                             PAGE_SIZE, after)
             with contextlib.closing(diff):
                 for part in diff:
@@ -646,12 +647,12 @@ class Synchronizer:
             return [], []
         already = set(edited.select(list(failures)).values("id"))
         changed = [
-            f["sample_id"] for f in _repaired(
+            f["sample_id"] for f in repaired(
                 [f for i, f in failures.items() if i not in already])
         ]
         if not changed:
             return [], []
-        ids, paths = _samples_by_id(self.dataset, changed)
+        ids, paths = samples_by_id(self.dataset, changed)
         return list(ids), list(paths)
 
     def _units(self, ids, paths, report):

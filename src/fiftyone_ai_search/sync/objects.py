@@ -31,10 +31,10 @@ from .images import (
     PAGE_SIZE,
     Synchronizer,
     Unit,
-    _edited_since,
-    _repaired,
-    _sample_pages,
-    _samples_by_id,
+    edited_since,
+    repaired,
+    sample_pages,
+    samples_by_id,
     file_fingerprint,
     is_consistent,
 )
@@ -102,7 +102,7 @@ class ObjectSynchronizer(Synchronizer):
     def _units(self, ids, paths, report):
         """The objects of a page of samples, read now; the objects the
         index holds of these samples and they no longer do are deleted."""
-        samples = _edited_since(self.dataset, None).select(list(ids))
+        samples = edited_since(self.dataset, None).select(list(ids))
         ids, units = _object_units(self.target, samples)
         self._drop_removed(ids, {u.key for u in units}, report)
         return units
@@ -139,18 +139,18 @@ class ObjectSynchronizer(Synchronizer):
         count = self.target.count(edited)
         if retry_ids:
             count += self.target.count(
-                _edited_since(self.dataset, None).select(list(retry_ids)))
+                edited_since(self.dataset, None).select(list(retry_ids)))
         return count
 
     def _failures_to_retry(self, failures, edited):
         """``(ids, filepaths)`` of the samples holding failed objects whose
         image changed since, leaving out the ``edited`` samples."""
-        sources = {f.get(SOURCE_KEY) for f in _repaired(failures.values())}
+        sources = {f.get(SOURCE_KEY) for f in repaired(failures.values())}
         sources.discard(None)
         if not sources:
             return [], []
         already = set(edited.select(list(sources)).values("id"))
-        ids, paths = _samples_by_id(self.dataset, sources - already)
+        ids, paths = samples_by_id(self.dataset, sources - already)
         return list(ids), list(paths)
 
     def _remove_deleted(self):
@@ -162,7 +162,7 @@ class ObjectSynchronizer(Synchronizer):
         try:
             for page in pages:
                 sources = {source for _, source in page}
-                present = set(_samples_by_id(self.dataset, sources)[0])
+                present = set(samples_by_id(self.dataset, sources)[0])
                 gone.extend(k for k, source in page if source not in present)
         finally:
             pages.close()
@@ -175,7 +175,7 @@ class ObjectSynchronizer(Synchronizer):
         # failures of objects of deleted samples are moot
         failed = st.get_failures(self.target)
         sources = {f.get(SOURCE_KEY) for f in failed}
-        present = set(_samples_by_id(self.dataset, sources)[0])
+        present = set(samples_by_id(self.dataset, sources)[0])
         st.clear_failures(self.target,
                           [f["sample_id"] for f in failed
                            if f.get(SOURCE_KEY) not in present])
@@ -191,7 +191,7 @@ class ObjectSynchronizer(Synchronizer):
         report.removed += self._remove_deleted()
         failures = {f["sample_id"]: f for f in st.get_failures(self.target)}
         self._start_progress(0)
-        for ids, paths in _sample_pages(_edited_since(self.dataset, None),
+        for ids, paths in sample_pages(edited_since(self.dataset, None),
                                         PAGE_SIZE):
             todo = self._diff(self._units(ids, paths, report), report,
                               failures)
@@ -212,7 +212,7 @@ def write_given_objects(objects, store, label_ids, vectors):
         ValueError: for label ids of no object of the field
     """
     wanted = set(label_ids)
-    samples = _edited_since(objects.dataset, None).select_labels(
+    samples = edited_since(objects.dataset, None).select_labels(
         ids=list(wanted), fields=objects.field)
     units = {u.key: u for u in _object_units(objects, samples)[1]
              if u.key in wanted}

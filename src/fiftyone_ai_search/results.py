@@ -46,7 +46,7 @@ MAX_BINS = 10_000
 
 
 def _scores():
-    coll = st._db()[SCORES_COLLECTION]
+    coll = st.database()[SCORES_COLLECTION]
     coll.create_index([("dataset_id", 1), ("view_id", 1)], unique=True)
     return coll
 

@@ -77,26 +77,28 @@ def utcnow():
         a naive UTC datetime, as FiftyOne stores them
     """
     try:
-        reply = _db().command("hello")
+        reply = database().command("hello")
     except pymongo.errors.OperationFailure:  # MongoDB < 4.4.2
-        reply = _db().command("isMaster")
+        reply = database().command("isMaster")
     now = reply["localTime"]
     if now.tzinfo is not None:
         now = now.astimezone(datetime.timezone.utc).replace(tzinfo=None)
     return now
 
-def _db():
+def database():
+    """FiftyOne's MongoDB database, where the state, failures and results'
+    scores are kept (fiftyone is imported when first needed: start-up)."""
     import fiftyone.core.odm as foo
 
     return foo.get_db_conn()
 
 
 def _states():
-    return _db()[STATE_COLLECTION]
+    return database()[STATE_COLLECTION]
 
 
 def _failures():
-    coll = _db()[FAILURES_COLLECTION]
+    coll = database()[FAILURES_COLLECTION]
     coll.create_index([("dataset_id", 1), ("sample_id", 1)], unique=True)
     return coll
 
@@ -207,7 +209,7 @@ def dataset_exists(key):
 def _dataset_doc(dataset_id):
     from bson import ObjectId
 
-    return _db().datasets.find_one({"_id": ObjectId(dataset_id)},
+    return database().datasets.find_one({"_id": ObjectId(dataset_id)},
                                    {"name": 1})
 
 

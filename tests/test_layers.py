@@ -49,7 +49,7 @@ LAYERS = {
     "": FACADE, "embeddings": FACADE, "lifecycle": FACADE, "search": FACADE,
     "brain": FACADE,
     "brain_registry": FACADE, "duplicates": FACADE, "results": FACADE,
-    "scheduler": FACADE,
+    "scheduler": FACADE, "refreshers": FACADE,
     "__main__": ENTRY, "demo.quickstart": ENTRY, "testing": ENTRY,
     "app": APP,
 }

@@ -28,6 +28,8 @@ import sys
 
 import pymongo
 
+from .config import get_settings
+
 logger = logging.getLogger(__name__)
 
 COLLECTION = "ai_search_refreshers"
@@ -220,8 +222,6 @@ def start_service(interval_minutes: int | None = None,
         the pid of the service
     """
     import fiftyone as fo
-
-    from .config import get_settings
 
     settings = get_settings()
     if log_path is None:

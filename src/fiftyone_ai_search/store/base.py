@@ -544,6 +544,29 @@ class VectorStore(abc.ABC):
                                  dtype=np.float32)
         return ids, self._stored_rows([records[i] for i in order])
 
+    def get_cell_vectors(self, values):
+        """Returns ``(sample_ids, vectors)`` of the points whose cell value
+        (see :class:`~fiftyone_ai_search.store.cells.Cells`) is one of
+        ``values``, any order: a few cells at a time, read through the cell
+        key's payload index, so that a pass over every pair of near points
+        (near-duplicates) holds a few cells in memory, never the index.
+
+        Args:
+            values: a list of cell values (:data:`~fiftyone_ai_search.store.cells.UNASSIGNED`
+                included)
+
+        Returns:
+            a tuple of a list of sample ids and an ``(n, dim)`` float32
+            array of unit rows
+        """
+        values = [int(v) for v in values]
+        records = self._points_in(cl.CELL_KEY, values) if values else []
+        ids = [point_id_to_sample_id(r.id) for r in records]
+        if not records:
+            return ids, np.zeros((0, self._require_info().dim),
+                                 dtype=np.float32)
+        return ids, self._stored_rows(records)
+
     def query(self, vector, limit, sample_ids=None, min_score=None,
               near=False, exact=False):
         """Nearest neighbours of ``vector`` by cosine similarity: exact, or

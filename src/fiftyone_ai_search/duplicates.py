@@ -24,7 +24,8 @@ import numpy as np
 
 from . import results as colls
 from . import validate
-from .index import media
+from .index import indexes, media, targets
+from .query import pairs
 from .lifecycle import get_embeddings
 
 if TYPE_CHECKING:  # for annotations only
@@ -167,5 +168,53 @@ def near_duplicate_groups(samples: foc.SampleCollection,
     threshold = validate.number(threshold, "threshold", 0.0, 1.0)
     if threshold <= 0:
         raise ValueError("threshold must be in (0, 1], got 0")
-    ids, vectors = get_embeddings(samples)
-    return group(ids, vectors, threshold)
+    if getattr(samples, "_is_patches", False):
+        # objects: their own index, exact
+        ids, vectors = get_embeddings(samples)
+        return group(ids, vectors, threshold)
+    dataset, view = media.resolve(samples)
+    target = targets.target_of(dataset, None)
+    doc = indexes.require_index(target, same_model=True)
+    wanted = (dataset if view is None else view).values("id")
+
+    def read(doc, store):
+        try:
+            return _groups_in(store, wanted, threshold)
+        finally:
+            store.close()
+
+    return indexes.read_index(target, doc, read, same_model=True)
+
+
+def _groups_in(store, wanted, threshold):
+    """The groups of the samples ``wanted`` (ids, in visiting order) in
+    ``store``: through its cells where it has them (see
+    :mod:`fiftyone_ai_search.query.pairs`), else every pair exactly."""
+    known = store.cells()
+    if known is None or not known.complete or known.previous is not None:
+        # small, or cells being learned or moved: exact
+        ids, vectors = store.get_vectors(wanted)
+        return group(ids, vectors, threshold)
+    position = {sid: i for i, sid in enumerate(wanted)}
+
+    def rows_of(ids):
+        return np.fromiter((position.get(i, -1) for i in ids), np.int64,
+                           count=len(ids))
+
+    def read(values):
+        # one opening for the pass, handed over between reads to whoever
+        # waits for the index
+        with store.session(keep_open=True):
+            return store.get_cell_vectors(values)
+
+    lo, hi, sim, seen = pairs.pairs_by_cells(known, read, rows_of, threshold)
+    if seen != store.count():
+        # points without any cell key (written by an older version): exact
+        ids, vectors = store.get_vectors(wanted)
+        return group(ids, vectors, threshold)
+    dup, kept, sims = pairs.group_pairs(len(wanted), lo, hi, sim)
+    groups = {}
+    for d, k, s in zip(dup.tolist(), kept.tolist(), sims.tolist()):
+        groups.setdefault(wanted[k], []).append((wanted[d], s))
+    return {k: sorted(v, key=lambda t: (-t[1], t[0]))
+            for k, v in groups.items()}

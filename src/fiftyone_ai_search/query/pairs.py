@@ -1,0 +1,204 @@
+"""Every pair of near points of a large index, through its cells: the
+near-duplicates of a million images without comparing every pair.
+
+A pair ``x, y`` with similarity ``>= t`` (unit vectors) lies within
+``r = sqrt(2 - 2t)`` of each other. When ``x`` is in cell ``a`` and ``y`` in
+another cell ``b`` (a point's cell is its nearest centre), the boundary
+between the two cells (the hyperplane of the points as near ``a`` as ``b``)
+lies between them, so ``x`` is within ``r`` of it::
+
+    x . (a - b) / |a - b|  <=  |x - y|  <=  r
+
+That is a test on ``x`` alone, and it is exact, not a guess: the pairs of
+``x`` outside its own cell can only be in the cells whose boundary it is
+that near. So the pass is, cell by cell (in the order of their values):
+
+- the pairs within the cell (one matrix product, ~500 x 500);
+- the cell's points against the points of earlier cells that lay near
+  this cell's boundary (kept from those cells' turns, then dropped);
+- the cell's points near the boundary of a later cell are kept for its
+  turn (one ``points x centres`` product says which);
+- the points with no cell (written since the cells were learned) against
+  every cell.
+
+Memory holds one cell, the points waiting for a later cell, and the pairs
+found. How many neighbour cells a point is compared with follows from the
+threshold and the geometry: at 0.95 most points lie far from every
+boundary; a lower threshold widens the band (see ``bench/bench_duplicates.py``
+for the pairs, time and memory it measured).
+
+| Copyright the fiftyone-ai-search authors, Apache-2.0.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from ..store import cells as cl
+
+#: similarities are float32 products of float32 unit rows: a point's own
+#: cell may be a centre a rounding error farther than another, so the
+#: boundary test allows this much
+SLACK = 1e-4
+
+#: cells read from the index at once (one filtered read each round)
+CELLS_PER_READ = 8
+
+
+class Pairs:
+    """The pairs found: row indexes ``lo < hi`` (into the visiting order)
+    and their similarity, in arrays."""
+
+    def __init__(self):
+        self._lo, self._hi, self._sim = [], [], []
+
+    def add(self, rows_a, rows_b, sims, threshold, same=False):
+        """Adds the pairs of ``sims`` (``len(rows_a) x len(rows_b)``) at or
+        above ``threshold``; ``same``: both sides are one set (only the
+        upper triangle counts)."""
+        if same:
+            sims = np.triu(sims, k=1) if len(sims) else sims
+        ia, ib = np.nonzero(sims >= threshold)
+        if not len(ia):
+            return
+        a, b = rows_a[ia], rows_b[ib]
+        self._lo.append(np.minimum(a, b))
+        self._hi.append(np.maximum(a, b))
+        self._sim.append(sims[ia, ib].astype(np.float32))
+
+    def arrays(self):
+        """``(lo, hi, sim)``, each pair once."""
+        if not self._lo:
+            return (np.zeros(0, np.int64), np.zeros(0, np.int64),
+                    np.zeros(0, np.float32))
+        lo = np.concatenate(self._lo)
+        hi = np.concatenate(self._hi)
+        sim = np.concatenate(self._sim)
+        # a pair is found once, unless an id is in the index twice over
+        _, first = np.unique(lo * (hi.max() + 1) + hi, return_index=True)
+        return lo[first], hi[first], sim[first]
+
+
+def pairs_by_cells(cells: cl.Cells,
+                   read: Callable[[Sequence[int]], tuple],
+                   rows_of: Callable[[list], np.ndarray],
+                   threshold: float,
+                   progress: Optional[Callable] = None):
+    """The pairs of points at least ``threshold`` similar, through the
+    complete ``cells`` of an index.
+
+    Args:
+        cells: complete cells (no earlier generation still in use)
+        read: ``read(values)``: ``(ids, unit float32 vectors)`` of the
+            points of those cell values
+        rows_of: ``rows_of(ids)``: each id's row in the visiting order, or
+            ``-1`` for a point left out (not in the view)
+        threshold: the similarity, in (0, 1]
+        progress (None): called as ``progress(done, total)`` (cells)
+
+    Returns:
+        ``(lo, hi, sim, seen)``: the pairs (see :class:`Pairs`) and how
+        many points were read (the caller checks it against the index's
+        count: a point without any cell key would be missed)
+    """
+    t = np.float32(threshold)
+    reach = float(np.sqrt(max(0.0, 2.0 - 2.0 * float(threshold))))
+    centres = np.asarray(cells.centres, dtype=np.float32)
+    k = len(centres)
+    # |a - b| of every two unit centres
+    apart = np.sqrt(np.maximum(0.0, 2.0 - 2.0 * (centres @ centres.T)))
+    apart = apart.astype(np.float32)
+    found = Pairs()
+
+    loose_ids, loose = read([cl.UNASSIGNED])
+    seen = len(loose_ids)
+    loose_rows = rows_of(loose_ids)
+    keep = loose_rows >= 0
+    loose, loose_rows = loose[keep], loose_rows[keep]
+    if len(loose):
+        found.add(loose_rows, loose_rows, loose @ loose.T, t, same=True)
+
+    #: cell -> [(rows, vectors)] of earlier cells' points near its boundary
+    waiting: dict[int, list] = {}
+    offset = cells.offset
+    for start in range(0, k, CELLS_PER_READ):
+        values = list(range(start, min(k, start + CELLS_PER_READ)))
+        ids, vectors = read([offset + c for c in values])
+        seen += len(ids)
+        rows = rows_of(ids)
+        keep = rows >= 0
+        rows, vectors = rows[keep], vectors[keep]
+        if not len(rows):
+            for c in values:
+                waiting.pop(c, None)
+            continue
+        # the read's points by cell: the nearest centre among those read
+        # is each one's cell (assigned so by the upkeep)
+        near = vectors @ centres.T
+        own = np.asarray(values)[np.argmax(near[:, values], axis=1)]
+        for c in values:
+            mine = own == c
+            x, xr = vectors[mine], rows[mine]
+            if len(x):
+                _one_cell(found, c, x, xr, near[mine], centres, apart,
+                          reach, t, waiting, loose, loose_rows)
+            waiting.pop(c, None)
+        if progress is not None:
+            progress(min(k, start + CELLS_PER_READ), k)
+    lo, hi, sim = found.arrays()
+    return lo, hi, sim, seen
+
+
+def _one_cell(found, c, x, xr, near, centres, apart, reach, t, waiting,
+              loose, loose_rows):
+    """Cell ``c``'s turn: its own pairs, against the points waiting for it
+    and the loose points; its points near a later cell's boundary wait."""
+    found.add(xr, xr, x @ x.T, t, same=True)
+    for wr, wx in waiting.get(c, ()):
+        found.add(wr, xr, wx @ x.T, t)
+    if len(loose):
+        found.add(xr, loose_rows, x @ loose.T, t)
+    # x . (c - b) <= reach * |c - b|: within reach of b's boundary
+    band = (near[:, c : c + 1] - near) <= reach * apart[c] + SLACK
+    band[:, : c + 1] = False  # earlier cells had their turn
+    (later,) = np.nonzero(band.any(axis=0))
+    for b in later:
+        sel = band[:, b]
+        waiting.setdefault(int(b), []).append((xr[sel], x[sel]))
+
+
+def group_pairs(n: int, lo: np.ndarray, hi: np.ndarray, sim: np.ndarray):
+    """The near-duplicate groups of ``n`` rows from their pairs, by the
+    rules of :func:`fiftyone_ai_search.duplicates.group`: rows are visited
+    in order; a row not yet marked is kept and marks every later row it
+    pairs with; each marked row belongs to the kept row it is most similar
+    to (the first such row on a tie).
+
+    Returns:
+        ``(dup_rows, kept_rows, sims)``: each duplicate's row, its kept
+        row, and their similarity
+    """
+    kept = np.ones(n, dtype=bool)
+    if len(lo):
+        order = np.argsort(lo, kind="stable")
+        lo_s, hi_s = lo[order], hi[order]
+        starts = np.flatnonzero(np.r_[True, lo_s[1:] != lo_s[:-1]])
+        ends = np.r_[starts[1:], len(lo_s)]
+        # a row's own mark is final when its turn comes: only earlier
+        # rows mark it
+        for s, e in zip(starts.tolist(), ends.tolist()):
+            if kept[lo_s[s]]:
+                kept[hi_s[s:e]] = False
+    # each pair from both ends: (duplicate, kept partner)
+    dup = np.concatenate([lo, hi])
+    partner = np.concatenate([hi, lo])
+    both = np.concatenate([sim, sim])
+    use = ~kept[dup] & kept[partner]
+    dup, partner, both = dup[use], partner[use], both[use]
+    order = np.lexsort((partner, -both, dup))
+    dup, partner, both = dup[order], partner[order], both[order]
+    first = np.r_[True, dup[1:] != dup[:-1]] if len(dup) else np.zeros(
+        0, bool)
+    return dup[first], partner[first], both[first]

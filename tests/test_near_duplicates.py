@@ -1,0 +1,208 @@
+"""Near-duplicates through an index's cells (issue 23): the same groups as
+comparing every pair, at several thresholds, with planted copies of
+several closeness; on the real embedded index with its cells forced on at
+a small size, and on the shapes world through the SDK."""
+
+import os
+import shutil
+import uuid
+
+import fiftyone as fo
+import numpy as np
+import pytest
+from PIL import Image
+
+import fiftyone_ai_search as ais
+from fiftyone_ai_search import duplicates, embeddings
+from fiftyone_ai_search.index import indexes
+from fiftyone_ai_search.index import state as st
+from fiftyone_ai_search.query import pairs
+from fiftyone_ai_search.store.edge import EdgeStore
+from helpers import shapes_dataset
+from test_store import INFO, DIM, make_ids, unit
+
+THRESHOLDS = [0.999, 0.97, 0.93, 0.85]
+
+
+def planted(n, seed=0):
+    """Clustered unit vectors, a tenth of them copied once or twice at
+    several closeness (exact copies, ~0.99, ~0.96, ~0.9): the copies follow
+    the rest, in a shuffled order."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((30, DIM))
+    x = unit(centres[rng.integers(0, 30, n)]
+             + 0.8 * rng.standard_normal((n, DIM)))
+    originals = rng.choice(n, n // 10, replace=False)
+    copies = []
+    for i, o in enumerate(originals):
+        for _ in range(1 + i % 2):
+            noise = [0.0, 0.1, 0.2, 0.35][i % 4]
+            copies.append(unit(x[o] + noise / np.sqrt(DIM)
+                               * rng.standard_normal(DIM)))
+    x = np.vstack([x, np.array(copies)]).astype(np.float32)
+    return x[rng.permutation(len(x))]
+
+
+def exact_groups(ids, x, threshold):
+    return duplicates.group(ids, x, threshold)
+
+
+def assert_same_groups(got, expected):
+    assert list(got) == list(expected)
+    for kept, dups in expected.items():
+        assert [d for d, _ in got[kept]] == [d for d, _ in dups], kept
+        np.testing.assert_allclose([s for _, s in got[kept]],
+                                   [s for _, s in dups], atol=1e-5)
+
+
+def groups_by_cells(store, ids, threshold):
+    position = {sid: i for i, sid in enumerate(ids)}
+
+    def rows_of(found):
+        return np.array([position.get(i, -1) for i in found], np.int64)
+
+    lo, hi, sim, seen = pairs.pairs_by_cells(
+        store.cells(), store.get_cell_vectors, rows_of, threshold)
+    assert seen == store.count()
+    dup, kept, sims = pairs.group_pairs(len(ids), lo, hi, sim)
+    groups = {}
+    for d, k, s in zip(dup.tolist(), kept.tolist(), sims.tolist()):
+        groups.setdefault(ids[k], []).append((ids[d], s))
+    return {k: sorted(v, key=lambda t: (-t[1], t[0]))
+            for k, v in groups.items()}
+
+
+@pytest.fixture
+def celled(tmp_path):
+    """An embedded index of 3,300 planted vectors, its cells learned (forced
+    on at this size); 200 more written after, without a cell."""
+    x = planted(3000)
+    ids = make_ids(len(x))
+    store = EdgeStore("dups", tmp_path / "indexes", lock_timeout=20)
+    store.ensure(INFO)
+    store.upsert(ids[:-200], x[:-200], [{} for _ in ids[:-200]])
+    store.maintain(min_points=1000)
+    known = store.cells()
+    assert known is not None and known.complete and len(known) >= 8
+    store.upsert(ids[-200:], x[-200:], [{} for _ in ids[-200:]])
+    yield store, ids, x
+    store.close()
+
+
+@pytest.mark.parametrize("threshold", THRESHOLDS)
+def test_pairs_through_the_cells_group_as_every_pair(celled, threshold):
+    store, ids, x = celled
+    expected = exact_groups(ids, x, threshold)
+    assert expected  # the planted copies
+    assert_same_groups(groups_by_cells(store, ids, threshold), expected)
+
+
+def test_a_subset_in_its_own_order_groups_as_every_pair(celled):
+    store, ids, x = celled
+    rng = np.random.default_rng(3)
+    pick = rng.choice(len(ids), 2000, replace=False)  # shuffled, a subset
+    sub = [ids[i] for i in pick]
+    expected = exact_groups(sub, x[pick], 0.93)
+    assert expected
+    assert_same_groups(groups_by_cells(store, sub, 0.93), expected)
+
+
+def test_the_boundary_band_is_exact_where_cells_cut_between_copies(
+        tmp_path):
+    # every point has a copy at ~0.97 and many cells: many pairs straddle
+    # a boundary, and none is missed
+    rng = np.random.default_rng(7)
+    base = unit(rng.standard_normal((1200, DIM)))
+    x = np.vstack([base, unit(base + 0.035 * rng.standard_normal(
+        base.shape))]).astype(np.float32)
+    ids = make_ids(len(x), seed=4)
+    store = EdgeStore("band", tmp_path / "indexes", lock_timeout=20)
+    store.ensure(INFO)
+    store.upsert(ids, x, [{} for _ in ids])
+    store.maintain(min_points=1000)
+    try:
+        known = store.cells()
+        cell_of = known.assign(x)
+        expected = exact_groups(ids, x, 0.9)
+        split = sum(cell_of[i] != cell_of[i + 1200] for i in range(1200))
+        assert split > 20  # copies in different cells
+        assert_same_groups(groups_by_cells(store, ids, 0.9), expected)
+    finally:
+        store.close()
+
+
+def _copy_variants(dataset, tmp_path):
+    """Adds near-copies of some shape images: exact copies of the file,
+    JPEGs re-encoded at quality 60, 3% crops and 80% resizes."""
+    folder = tmp_path / ("copies-" + uuid.uuid4().hex[:6])
+    os.makedirs(folder)
+    samples = []
+    for i, s in enumerate(dataset.limit(24)):
+        kind = ["copy", "jpeg", "crop", "resize"][i % 4]
+        path = str(folder / f"{i}-{kind}.jpg")
+        if kind == "copy":
+            path = path[:-4] + os.path.splitext(s.filepath)[1]
+            shutil.copyfile(s.filepath, path)
+        else:
+            img = Image.open(s.filepath).convert("RGB")
+            w, h = img.size
+            if kind == "crop":
+                img = img.crop((int(0.03 * w), int(0.03 * h),
+                                w - int(0.03 * w), h - int(0.03 * h)))
+            elif kind == "resize":
+                img = img.resize((int(0.8 * w), int(0.8 * h)))
+            img.save(path, format="JPEG", quality=60)
+        samples.append(fo.Sample(filepath=path, copy_of=s.id, kind=kind))
+    dataset.add_samples(samples)
+
+
+def test_planted_copies_on_the_shapes_world_group_as_every_pair(
+        tmp_path, monkeypatch):
+    passes = []
+    through_cells = pairs.pairs_by_cells
+
+    def counted(*args, **kwargs):  # a spy: the real pass runs
+        passes.append(args[3])
+        return through_cells(*args, **kwargs)
+
+    monkeypatch.setattr(pairs, "pairs_by_cells", counted)
+    dataset = shapes_dataset(tmp_path, num_samples=160)
+    _copy_variants(dataset, tmp_path)
+    ais.calculate_embeddings(dataset, wait=True, progress=False)
+    embeddings.maintain_index(dataset, min_points=100)
+    store = indexes.open_ref(st.get(dataset)["index"])
+    try:
+        known = store.cells()
+        assert known is not None and known.complete and known.previous is None
+    finally:
+        store.close()
+    ids, x = ais.get_embeddings(dataset)
+    for threshold in [0.999, 0.98, 0.95, 0.9]:
+        expected = exact_groups(ids, x, threshold)
+        got = ais.near_duplicate_groups(dataset, threshold)
+        assert_same_groups(got, expected)
+    assert passes == [0.999, 0.98, 0.95, 0.9]  # through the cells
+    # every exact copy is in its original's group
+    groups = ais.near_duplicate_groups(dataset, 0.98)
+    group_of = {}
+    for kept, dups in groups.items():
+        for sid in [kept, *(d for d, _ in dups)]:
+            group_of[sid] = kept
+    for copy_id, original, kind in zip(*dataset.exists("copy_of").values(
+            ["id", "copy_of", "kind"])):
+        if kind == "copy":
+            assert group_of.get(copy_id) == group_of.get(original) != None
+    # a view: its own samples, in its order
+    view = dataset.sort_by("filepath", reverse=True).limit(150)
+    vids, vx = ais.get_embeddings(view)
+    assert_same_groups(ais.near_duplicate_groups(view, 0.95),
+                       exact_groups(vids, vx, 0.95))
+
+
+def test_an_index_without_cells_stays_exact(tmp_path):
+    dataset = shapes_dataset(tmp_path, num_samples=40)
+    _copy_variants(dataset, tmp_path)
+    ais.calculate_embeddings(dataset, wait=True, progress=False)
+    ids, x = ais.get_embeddings(dataset)
+    assert_same_groups(ais.near_duplicate_groups(dataset, 0.97),
+                       exact_groups(ids, x, 0.97))

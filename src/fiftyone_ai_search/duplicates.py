@@ -10,8 +10,12 @@ radius queries with :func:`neighbors_within`, so that
 ``find_duplicates`` there and :func:`find_near_duplicates` here mean the
 same thing.
 
-Exact, on the stored vectors: the cost is one pass of ``n x n`` dot
-products in chunks (~1 s for 10k samples on 2 cores, ~2 min for 100k).
+Exact below the size where the index has cells, on the stored vectors:
+one pass of ``n x n`` dot products in chunks (~1 s for 10k samples on 2
+cores, ~2 min for 100k). Above it, through the index's cells
+(:mod:`fiftyone_ai_search.query.pairs`): each cell's pairs, and a point's
+pairs in the nearest cells whose boundary lies within reach of it, read a
+few cells at a time, never every vector at once; grouped by the same rules.
 
 | Copyright the fiftyone-ai-search authors, Apache-2.0.
 """
@@ -207,7 +211,8 @@ def _groups_in(store, wanted, threshold):
         with store.session(keep_open=True):
             return store.get_cell_vectors(values)
 
-    lo, hi, sim, seen = pairs.pairs_by_cells(known, read, rows_of, threshold)
+    lo, hi, sim, seen = pairs.pairs_by_cells(known, read, rows_of, threshold,
+                                             probe=pairs.PROBE)
     if seen != store.count():
         # points without any cell key (written by an older version): exact
         ids, vectors = store.get_vectors(wanted)

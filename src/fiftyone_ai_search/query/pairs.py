@@ -21,11 +21,14 @@ that near. So the pass is, cell by cell (in the order of their values):
 - the points with no cell (written since the cells were learned) against
   every cell.
 
-Memory holds one cell, the points waiting for a later cell, and the pairs
-found. How many neighbour cells a point is compared with follows from the
-threshold and the geometry: at 0.95 most points lie far from every
-boundary; a lower threshold widens the band (see ``bench/bench_duplicates.py``
-for the pairs, time and memory it measured).
+Memory holds a few cells, the points waiting for a later cell, and the
+pairs found. Which neighbour cells a point is compared with follows from
+the threshold and the geometry (the band above), capped to its
+:data:`PROBE` nearest: CLIP-like cells are wide, so most points lie within
+reach of several boundaries, and without the cap the points waiting grow
+with the index. With the cap a pair is missed only where neither point's
+few nearest cells hold the other's; ``bench/bench_duplicates.py`` measures
+the pair recall, time and memory.
 
 | Copyright the fiftyone-ai-search authors, Apache-2.0.
 """
@@ -45,6 +48,14 @@ SLACK = 1e-4
 
 #: cells read from the index at once (one filtered read each round)
 CELLS_PER_READ = 8
+
+#: a point is compared with the points of at most this many other cells
+#: (its nearest centres among those within reach). CLIP-like points lie
+#: within reach of many boundaries (a cell is wide in 512-d), so the exact
+#: band compares each with the points of many cells and keeps them waiting;
+#: a near-duplicate's cell is among the few nearest. Measured in
+#: ``bench/bench_duplicates.py`` (pair recall against every pair)
+PROBE = 3
 
 
 class Pairs:
@@ -85,6 +96,7 @@ def pairs_by_cells(cells: cl.Cells,
                    read: Callable[[Sequence[int]], tuple],
                    rows_of: Callable[[list], np.ndarray],
                    threshold: float,
+                   probe: Optional[int] = None,
                    progress: Optional[Callable] = None):
     """The pairs of points at least ``threshold`` similar, through the
     complete ``cells`` of an index.
@@ -96,6 +108,9 @@ def pairs_by_cells(cells: cl.Cells,
         rows_of: ``rows_of(ids)``: each id's row in the visiting order, or
             ``-1`` for a point left out (not in the view)
         threshold: the similarity, in (0, 1]
+        probe (None): compare a point only with the points of its
+            ``probe`` nearest other cells (those within reach of it);
+            None: of every cell within reach (exact)
         progress (None): called as ``progress(done, total)`` (cells)
 
     Returns:
@@ -142,8 +157,8 @@ def pairs_by_cells(cells: cl.Cells,
             mine = own == c
             x, xr = vectors[mine], rows[mine]
             if len(x):
-                _one_cell(found, c, x, xr, near[mine], centres, apart,
-                          reach, t, waiting, loose, loose_rows)
+                _one_cell(found, c, x, xr, near[mine], apart, reach, t,
+                          waiting, loose, loose_rows, probe)
             waiting.pop(c, None)
         if progress is not None:
             progress(min(k, start + CELLS_PER_READ), k)
@@ -151,17 +166,26 @@ def pairs_by_cells(cells: cl.Cells,
     return lo, hi, sim, seen
 
 
-def _one_cell(found, c, x, xr, near, centres, apart, reach, t, waiting,
-              loose, loose_rows):
+def _one_cell(found, c, x, xr, near, apart, reach, t, waiting, loose,
+              loose_rows, probe):
     """Cell ``c``'s turn: its own pairs, against the points waiting for it
     and the loose points; its points near a later cell's boundary wait."""
     found.add(xr, xr, x @ x.T, t, same=True)
-    for wr, wx in waiting.get(c, ()):
+    batches = waiting.get(c)
+    if batches:
+        wr = np.concatenate([r for r, _ in batches])
+        wx = np.concatenate([v for _, v in batches])
         found.add(wr, xr, wx @ x.T, t)
     if len(loose):
         found.add(xr, loose_rows, x @ loose.T, t)
     # x . (c - b) <= reach * |c - b|: within reach of b's boundary
     band = (near[:, c : c + 1] - near) <= reach * apart[c] + SLACK
+    if probe is not None and probe + 1 < near.shape[1]:
+        # only each point's ``probe`` nearest other centres
+        top = np.argpartition(-near, probe, axis=1)[:, : probe + 1]
+        capped = np.zeros_like(band)
+        np.put_along_axis(capped, top, True, axis=1)
+        band &= capped
     band[:, : c + 1] = False  # earlier cells had their turn
     (later,) = np.nonzero(band.any(axis=0))
     for b in later:

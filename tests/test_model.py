@@ -434,6 +434,7 @@ def test_prompt_encoding_stops_at_end_of_text_with_the_same_result(name):
     assert (full * fast).sum(-1).min().item() > 0.99999
 
 
+@pytest.mark.slow  # a fresh process
 def test_loading_a_model_leaves_the_root_logger_alone(tmp_path):
     """open_clip logs with logging.info(), which gives a bare root logger a
     handler: after a model load every FiftyOne log line was printed twice

@@ -309,8 +309,11 @@ class Refresher:
 
     def _pass(self):
         refreshers.pass_started()
-        self.last_report = _refresh_all(self.datasets, self.settings)
-        refreshers.record_pass(self.last_report)
+        report = _refresh_all(self.datasets, self.settings)
+        # recorded before it is shown here: whoever sees last_report finds
+        # the pass in the database too
+        refreshers.record_pass(report)
+        self.last_report = report
 
 
 _REFRESHER = None

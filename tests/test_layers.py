@@ -47,7 +47,7 @@ LAYERS = {
     "index": INDEX,
     "sync": SYNC, "query": QUERY,
     "": FACADE, "embeddings": FACADE, "lifecycle": FACADE, "search": FACADE,
-    "brain": FACADE,
+    "brain": FACADE, "brain_plain": FACADE,
     "brain_registry": FACADE, "duplicates": FACADE, "results": FACADE,
     "scheduler": FACADE, "refreshers": FACADE,
     "__main__": ENTRY, "demo.quickstart": ENTRY, "testing": ENTRY,

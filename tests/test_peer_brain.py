@@ -50,16 +50,6 @@ PEER_TESTS = (
 NOT_OURS = {"test_qdrant_backend_config", "test_pgvector_ivfflat_backend",
             "test_pgvector_halfvec_backend"}
 
-_UNNAMED_MODEL = (
-    "builds its run from an embeddings field whose model nobody names: AI "
-    "search indexes CLIP vectors of a model it runs itself (it keeps the "
-    "index in sync by embedding new images), so add_to_index refuses them "
-    "with a ValueError saying so (docs/brain.md: What differs from the "
-    "Brain's backends)")
-_NO_MODEL = (
-    "indexes random 4-d vectors of no model for images that do not exist: "
-    "refused with a ValueError, as vectors of an unnamed model are "
-    "(docs/brain.md: What differs from the Brain's backends)")
 _RUN_DOCUMENT = (
     "asserts that a run without an embeddings field keeps its vectors in "
     "the run's document (index3: sklearn's storage); ours keeps them in the "
@@ -67,16 +57,8 @@ _RUN_DOCUMENT = (
 
 #: (test, backend) -> the documented reason it fails there
 LIMITATIONS = {
-    ("test_images", "ai_search"): _UNNAMED_MODEL,
-    ("test_images_subset", "ai_search"): _UNNAMED_MODEL,
-    ("test_images_missing", "ai_search"): _UNNAMED_MODEL,
-    ("test_patches", "ai_search"): _UNNAMED_MODEL,
-    ("test_patches_subset", "ai_search"): _UNNAMED_MODEL,
-    ("test_patches_missing", "ai_search"): _UNNAMED_MODEL,
     ("test_images_embeddings", "ai_search"): _RUN_DOCUMENT,
     ("test_patches_embeddings", "ai_search"): _RUN_DOCUMENT,
-    ("SimilarityTests.test_image_similarity", "ai_search"): _NO_MODEL,
-    ("SimilarityTests.test_object_similarity", "ai_search"): _NO_MODEL,
     # the control's own failures: artefacts of running the peer here
     ("test_image_similarity_backends", "sklearn"): (
         "control artefact: the peer's loop over custom backends reloads a "

@@ -21,6 +21,21 @@ model.
 Distances are cosine distances (``1 - cosine similarity``), as the Brain's
 sklearn backend reports them.
 
+Two kinds of runs:
+
+- a run of an open_clip model AI search can run (the run
+  ``enable_embeddings`` registers, ``clip_model=``, the zoo's
+  ``open-clip-torch`` with its ``model_kwargs``, ``clip-vit-base32-torch``,
+  or such a model object) is a door to the dataset's self-syncing AI
+  search index (:class:`AISearchSimilarityIndex`);
+- any other run (an ``embeddings=`` field or array of another or unknown
+  model, ``add_to_index`` of any vectors) is a plain index of the run's own
+  vectors (:class:`PlainSimilarityIndex`, its config's ``plain`` set): an
+  index of its own in the same Qdrant engine
+  (:mod:`fiftyone_ai_search.brain_plain`), added to and removed from by the
+  user as with every Brain backend, without prompts, never touching AI
+  search's index or state.
+
 Examples::
 
     import fiftyone.brain as fob
@@ -40,6 +55,10 @@ Examples::
     fob.compute_similarity(dataset, backend="ai_search", brain_key="img",
                            embeddings=False, clip_model="ViT-B-32",
                            pretrained="openai")
+
+    # vectors of any other model: a plain run, an index of its own
+    fob.compute_similarity(dataset, backend="ai_search", brain_key="other",
+                           embeddings="resnet_embeddings")
 
     # an object index is a Brain run with a patches field (brain key
     # "ai_search_<field>" by default): sort_by_similarity on its patches
@@ -66,6 +85,7 @@ from fiftyone.brain.similarity import (
     SimilarityIndex,
 )
 
+from . import brain_plain
 from . import brain_registry
 from . import duplicates
 from . import lifecycle
@@ -131,10 +151,12 @@ class AISearchSimilarityConfig(SimilarityConfig):
             :func:`fiftyone_ai_search.enable_embeddings`);
             ``patches_field`` makes the run the object index of that label
             field (its objects cropped as the index's settings say)
+        plain (False): whether the run is a plain index of its own vectors
+            (set when it is created: the run names no open_clip model)
     """
 
     def __init__(self, clip_model=None, pretrained=None, index_backend=None,
-                 metric="cosine", **kwargs):
+                 metric="cosine", plain=False, **kwargs):
         if metric not in METRICS:
             raise ValueError(
                 f"metric: the AI search backend compares CLIP embeddings by "
@@ -156,17 +178,33 @@ class AISearchSimilarityConfig(SimilarityConfig):
                 "roi_field: the AI search backend embeds whole images or the "
                 "objects of a patches_field, not regions of interest"
             )
-        kwargs["supports_prompts"] = True  # CLIP: text and images align
+        # the open_clip model behind a model object the Brain passes (it
+        # keeps no object in the config): known only now
+        model = kwargs.get("model")
+        self._model_spec = (None if model is None or isinstance(model, str)
+                            else _open_clip_of_model(model))
+        if not plain:
+            kwargs["supports_prompts"] = True  # CLIP: text and images align
         super().__init__(**kwargs)
-        self.supports_prompts = True
         if clip_model is None and self.model is not None:
-            # a zoo model name (the Brain's model=, model_kwargs=)
-            clip_model, pretrained = _open_clip_of_zoo(self.model,
-                                                       self.model_kwargs)
+            # a zoo model name (the Brain's model=, model_kwargs=); one that
+            # is no open_clip CLIP makes a plain run
+            clip_model, pretrained = zoo_open_clip(
+                self.model, self.model_kwargs) or (None, None)
         self.clip_model = clip_model
         self.pretrained = pretrained
         self.index_backend = index_backend
         self.metric = metric
+        #: whether the run is a plain index of its own vectors (see
+        #: :mod:`fiftyone_ai_search.brain_plain`), not AI search's index
+        self.plain = bool(plain)
+        self.supports_prompts = not self.plain
+
+    @property
+    def names_a_model(self):
+        """Whether the run names an open_clip model AI search can run (then
+        it is the dataset's AI search index; else a plain run)."""
+        return self.clip_model is not None or self._model_spec is not None
 
     @property
     def method(self):
@@ -188,14 +226,15 @@ class AISearchSimilarityConfig(SimilarityConfig):
 class AISearchSimilarity(Similarity):
     """The AI search similarity backend.
 
-    Every run of it on a dataset is a door to the dataset's one AI search
-    index (of its images, or of the objects of its ``patches_field``): a
+    A run that names an open_clip model (see the module's doc) is a door
+    to the dataset's one AI search index (of its images, or of the objects of its ``patches_field``): a
     run made by :func:`fiftyone_ai_search.enable_embeddings` holds the
     whole dataset and follows it as it syncs; a run made by
     ``fob.compute_similarity`` holds what the Brain adds to it (the
     samples of the view it was computed on), as the Brain's other backends
     do. Vectors a run is given are stored in the index (and kept by the
-    syncs until their images change), never in a second index.
+    syncs until their images change), never in a second index. Any other
+    run is a plain index of its own vectors (:class:`PlainSimilarityIndex`).
 
     Args:
         config: an :class:`AISearchSimilarityConfig`
@@ -208,6 +247,8 @@ class AISearchSimilarity(Similarity):
         when the run names its model; else the model of the first vectors
         added decides."""
         dataset = media.dataset_of(samples)
+        if self.config.plain or not self.config.names_a_model:
+            return self._initialize_plain(dataset, brain_key)
         if self.config.clip_model is not None:
             try:
                 _switch_on(targets.target_of(dataset,
@@ -228,6 +269,19 @@ class AISearchSimilarity(Similarity):
                                        backend=self,
                                        members=None if whole else [])
 
+    def _initialize_plain(self, dataset, brain_key):
+        """A plain run: vectors of no model AI search can run get an index
+        of the run's own (see :mod:`fiftyone_ai_search.brain_plain`)."""
+        self.config.plain = True
+        self.config.supports_prompts = False
+        if brain_key is not None:
+            # the Brain registered the config before it was known
+            self.update_run_config(dataset, brain_key, self.config)
+        ref = brain_plain.new_ref(dataset, brain_key,
+                                  self.config.index_backend)
+        return PlainSimilarityIndex(dataset, self.config, brain_key,
+                                    backend=self, index_ref=ref)
+
     def ensure_requirements(self):
         """Checks what the run names before the Brain registers it (it
         loads nothing): an unknown model or backend fails here."""
@@ -242,10 +296,19 @@ class AISearchSimilarity(Similarity):
     def cleanup(self, samples, brain_key):
         """``dataset.delete_brain_run(key)``: when no other run uses the
         index, switches AI search off, as
-        :func:`fiftyone_ai_search.disable_embeddings` does."""
+        :func:`fiftyone_ai_search.disable_embeddings` does. A plain
+        run's own index is deleted."""
+        if self.config.plain:
+            results = self.load_run_results(samples, brain_key, cache=False,
+                                            load_view=False)
+            if results is not None:
+                results.cleanup()
+            return
         _release(self._target_of(samples), brain_key)
 
     def rename(self, samples, brain_key, new_brain_key):
+        if self.config.plain:
+            return  # its index's reference is in its results
         target = self._target_of(samples)
         doc = st.get(target)
         if doc and doc.get("brain_key") == brain_key:
@@ -297,7 +360,7 @@ def runs_of(target):
     for key in dataset.list_brain_runs(type="similarity"):
         config = dataset.get_brain_info(key).config
         if (isinstance(config, AISearchSimilarityConfig)
-                and config.patches_field == field):
+                and not config.plain and config.patches_field == field):
             keys.append(key)
     return keys
 
@@ -313,22 +376,6 @@ def _release(target, brain_key):
         doc = {"enabled": True}  # damaged: disabling always works
     if doc and doc.get("enabled"):
         lifecycle.disable(target)  # the Brain deletes the run itself
-
-
-def _open_clip_of_zoo(name, model_kwargs):
-    """``(model, pretrained)`` of a zoo model name; refuses one that is not
-    an open_clip CLIP."""
-    found = zoo_open_clip(name, model_kwargs)
-    if found is None:
-        raise ValueError(
-            f"model: the AI search backend embeds images and prompts with "
-            f"open_clip CLIP models, and zoo model {name!r} is not one it "
-            "can run. Pass model='open-clip-torch' with model_kwargs="
-            "{'clip_model': ..., 'pretrained': ...}, "
-            "model='clip-vit-base32-torch', or clip_model=/pretrained=; for "
-            "vectors of other models use another backend (e.g. 'sklearn')"
-        )
-    return found
 
 
 def _open_clip_of_model(model):
@@ -814,7 +861,9 @@ class AISearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         # since: reload() then)
         ids = list(self.current_label_ids if self._objects
                    else self.current_sample_ids)
+        # unit rows: vectors added at another length compare by direction
         vectors = self._current_vectors()
+        vectors = normalize(vectors) if len(vectors) else vectors
         full = query is None
         if full:
             queries, single = vectors, False
@@ -823,8 +872,7 @@ class AISearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
             queries = np.concatenate([self._vectors_of(kind, value)
                                       for kind, value in pairs])
         inds, sims = duplicates.neighbors_within(
-            normalize(vectors) if len(vectors) else vectors,
-            self._similarity(thresh), queries=queries)
+            vectors, self._similarity(thresh), queries=queries)
         dists = [self._distances(s) for s in sims]
         if full:
             return (inds, dists) if return_dists else inds
@@ -849,6 +897,209 @@ class AISearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         # kept open for the next call (see VectorStore.session)
         store = indexes.open_ref((doc or require_index(self._target))["index"])
         return store.session(keep_open=True)
+
+
+class PlainSimilarityIndex(AISearchSimilarityIndex):
+    """A plain run of the AI search backend: the Brain's index of vectors
+    of no open_clip model AI search can run (an embeddings field or array
+    of another or unknown model, vectors given to :meth:`add_to_index`).
+
+    It holds exactly what it is given, in an index of its own in the same
+    Qdrant engine (:mod:`fiftyone_ai_search.brain_plain`), as the Brain's
+    other backends do: no sync (add and remove with :meth:`add_to_index`
+    and :meth:`remove_from_index`), no prompts, queries by ids or vectors,
+    exact over the current view. The dataset's AI search index and state
+    are never touched.
+
+    Args:
+        samples: the :class:`fiftyone.core.collections.SampleCollection`
+        config: an :class:`AISearchSimilarityConfig` with ``plain`` set
+        brain_key: the brain key
+        backend (None): an :class:`AISearchSimilarity`
+        index_ref (None): the reference of its index
+            (:func:`fiftyone_ai_search.brain_plain.new_ref`)
+    """
+
+    def __init__(self, samples, config, brain_key, backend=None,
+                 index_ref=None):
+        self.index_ref = dict(index_ref)
+        self._run_vectors = brain_plain.RunVectors(self.index_ref)
+        super().__init__(samples, config, brain_key, backend=backend,
+                         members=[])
+
+    @property
+    def supports_prompts(self):
+        return False  # vectors of no model that embeds text
+
+    def attributes(self):
+        return ["cls", "index_ref"]
+
+    @classmethod
+    def _from_dict(cls, d, samples, config, brain_key):
+        return cls(samples, config, brain_key, index_ref=d["index_ref"])
+
+    def _held(self):
+        if self._held_cache is None:
+            self._held_cache = self._run_vectors.held(self._objects)
+        return self._held_cache
+
+    @property
+    def total_index_size(self):
+        return len(self._held()[0])
+
+    def get_model(self):
+        return SimilarityIndex.get_model(self)
+
+    def cleanup(self):
+        """Deletes the run's own index (the run is left for
+        ``dataset.delete_brain_run(key)``)."""
+        self._run_vectors.drop()
+        self._held_cache = None
+
+    def _vectors(self, keys):
+        return self._run_vectors.vectors(keys)
+
+    def add_to_index(self, embeddings, sample_ids, label_ids=None,
+                     overwrite=True, allow_existing=True,
+                     warn_existing=False, reload=True):
+        """Stores the given vectors (of samples, or of objects by their
+        ``label_ids``) in the run's own index: any finite, non-zero
+        vectors, all of one size."""
+        sample_ids = _id_strings(sample_ids)
+        if self._objects:
+            if label_ids is None:
+                raise ValueError("label_ids: an object index stores objects; "
+                                 "give the label id of each embedding")
+            keys = _id_strings(label_ids)
+            if len(sample_ids) != len(keys):
+                raise ValueError(
+                    f"sample_ids: expected one per label id ({len(keys)}), "
+                    f"got {len(sample_ids)}")
+        else:
+            _no_labels(label_ids)
+            keys = sample_ids
+        vectors, lengths = brain_plain.check_vectors(embeddings, len(keys))
+        for key in keys:
+            if not ObjectId.is_valid(key):
+                raise ValueError(f"sample_ids: not an id: {key!r}")
+        held = set(self._held()[0])
+        existing = [k for k in keys if k in held]
+        if existing and not allow_existing:
+            raise ValueError(
+                f"Found {len(existing)} ids (e.g. {existing[0]}) that already "
+                "exist in the index")
+        if existing and warn_existing:
+            logger.warning("%s %d ids that already exist in the index",
+                           "Overwriting" if overwrite else "Skipping",
+                           len(existing))
+        rows = [i for i, k in enumerate(keys) if overwrite or k not in held]
+        if not rows:
+            return
+        keys = [keys[i] for i in rows]
+        sources = [sample_ids[i] for i in rows]
+        self._run_vectors.write(keys, vectors[rows], lengths[rows],
+                                sources=sources if self._objects else None)
+        if self.config.embeddings_field is not None:
+            # the Brain's contract: the run's field holds its vectors
+            fbu.add_embeddings(
+                self._dataset, np.asarray(embeddings)[rows],
+                np.asarray(sources), np.asarray(keys) if self._objects
+                else None, self.config.embeddings_field,
+                patches_field=self.config.patches_field)
+        self._changed(reload)
+
+    def remove_from_index(self, sample_ids=None, label_ids=None,
+                          allow_missing=True, warn_missing=False,
+                          reload=True):
+        """Deletes ids (of samples, or objects) from the run's index."""
+        keys, sources = self._held()
+        if self._objects:
+            gone = _id_strings(label_ids) if label_ids is not None else []
+            if sample_ids is not None:
+                of = set(_id_strings(sample_ids))
+                gone += [k for k, s in zip(keys, sources) if s in of]
+        else:
+            _no_labels(label_ids)
+            gone = _id_strings(sample_ids) if sample_ids is not None else []
+        held = set(keys)
+        _missing([i for i in gone if i not in held], allow_missing,
+                 warn_missing)
+        self._run_vectors.delete([i for i in dict.fromkeys(gone)
+                                  if i in held])
+        if self.config.embeddings_field is not None and gone:
+            fbu.remove_embeddings(
+                self._dataset, self.config.embeddings_field,
+                sample_ids=None if self._objects else list(gone),
+                label_ids=list(gone) if self._objects else None,
+                patches_field=self.config.patches_field)
+        self._changed(reload)
+
+    def _kneighbors(self, query=None, k=None, reverse=False,
+                    aggregation=None, return_dists=False):
+        if aggregation is not None and aggregation not in search.AGGREGATIONS:
+            raise ValueError(
+                f"aggregation must be one of {search.AGGREGATIONS} or None, "
+                f"got {aggregation!r}")
+        if k is not None and (isinstance(k, bool) or not isinstance(
+                k, (int, np.integer)) or k < 1):
+            raise ValueError(f"k must be a whole number >= 1 or None, got "
+                             f"{k!r}")
+        if query is None:
+            if aggregation is not None:
+                raise ValueError(
+                    "Full index queries do not support aggregation")
+            return self._full_kneighbors(k, reverse, return_dists)
+        queries, single = _split_queries(query, aggregation)
+        if reverse and aggregation == "max" and len(queries[0][1]) > 1:
+            raise ValueError(
+                "reverse=True needs aggregation='mean' when several queries "
+                "are given (the least similar by best score is not defined)")
+        ids = np.array(self.current_label_ids if self._objects
+                       else self.current_sample_ids)
+        vectors = self._current_vectors()
+        unit = normalize(vectors) if len(vectors) else vectors
+        sample_ids, label_ids, dists = [], [], []
+        for kind, value in queries:
+            q = self._vectors_of(kind, value)
+            if aggregation == "mean" and len(q) > 1:
+                q = normalize(q.mean(axis=0, keepdims=True))
+            scores = (unit @ q.T).max(axis=1) if len(unit) else np.zeros(0)
+            order = np.argsort(scores if reverse else -scores,
+                               kind="stable")[:k]
+            found = [str(i) for i in ids[order]]
+            if self._objects:
+                label_ids.append(found)
+                found = self._sources(found)
+            sample_ids.append(found)
+            dists.append(self._distances(scores[order]))
+        label_ids = label_ids or None
+        if single:
+            sample_ids, dists = sample_ids[0], dists[0]
+            label_ids = label_ids and label_ids[0]
+        if return_dists:
+            return sample_ids, label_ids, dists
+        return sample_ids, label_ids
+
+    def _sources(self, label_ids):
+        keys, sources = self._held()
+        source_of = dict(zip(keys, sources))
+        return [source_of[k] for k in label_ids]
+
+    def _vectors_of(self, kind, value):
+        if kind == "prompts":
+            raise ValueError(
+                "query: this run indexes vectors of no model that embeds "
+                "text, so it takes no prompts; query by sample (label) ids "
+                "or vectors (a run of an open_clip model, clip_model= or "
+                "model='open-clip-torch', is AI search's index and takes "
+                "prompts)")
+        if kind == "vectors":
+            dim = self._run_vectors.dim()
+            if dim is not None and np.shape(value)[-1] != dim:
+                raise ValueError(
+                    f"query: this run holds vectors of size {dim}, got a "
+                    f"query vector of size {np.shape(value)[-1]}")
+        return super()._vectors_of(kind, value)
 
 
 class _Prompts(list):
@@ -1015,9 +1266,11 @@ def check_brain_key(dataset, brain_key, patches_field=None):
         )
     if brain_key in dataset.list_brain_runs():
         config = dataset.get_brain_info(brain_key).config
-        if not isinstance(config, AISearchSimilarityConfig):
+        if not isinstance(config, AISearchSimilarityConfig) or config.plain:
             raise BrainKeyTakenError(
-                f"brain_key: '{brain_key}' is a {config.method} brain run of "
+                f"brain_key: '{brain_key}' is a "
+                f"{'plain ' if getattr(config, 'plain', False) else ''}"
+                f"{config.method} brain run of "
                 f"dataset '{dataset.name}'; pass another brain_key to "
                 "enable_embeddings or delete that run"
             )
@@ -1065,7 +1318,7 @@ def unregister(dataset, brain_key):
     """Deletes the Brain run, leaving the index alone (the caller's)."""
     if brain_key in dataset.list_brain_runs():
         config = dataset.get_brain_info(brain_key).config
-        if isinstance(config, AISearchSimilarityConfig):
+        if isinstance(config, AISearchSimilarityConfig) and not config.plain:
             AISearchSimilarity.delete_run(dataset, brain_key, cleanup=False)
 
 

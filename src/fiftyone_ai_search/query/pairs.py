@@ -49,6 +49,9 @@ SLACK = 1e-4
 #: cells read from the index at once (one filtered read each round)
 CELLS_PER_READ = 8
 
+#: rows of a product computed at once (BLOCK x a cell's points, float32)
+BLOCK = 1024
+
 #: a point is compared with the points of at most this many other cells
 #: (its nearest centres among those within reach). CLIP-like points lie
 #: within reach of many boundaries (a cell is wide in 512-d), so the exact
@@ -170,14 +173,14 @@ def _one_cell(found, c, x, xr, near, apart, reach, t, waiting, loose,
               loose_rows, probe):
     """Cell ``c``'s turn: its own pairs, against the points waiting for it
     and the loose points; its points near a later cell's boundary wait."""
-    found.add(xr, xr, x @ x.T, t, same=True)
+    _blocks(found, xr, x, xr, x, t, same=True)
     batches = waiting.get(c)
     if batches:
         wr = np.concatenate([r for r, _ in batches])
         wx = np.concatenate([v for _, v in batches])
-        found.add(wr, xr, wx @ x.T, t)
+        _blocks(found, wr, wx, xr, x, t)
     if len(loose):
-        found.add(xr, loose_rows, x @ loose.T, t)
+        _blocks(found, xr, x, loose_rows, loose, t)
     # x . (c - b) <= reach * |c - b|: within reach of b's boundary
     band = (near[:, c : c + 1] - near) <= reach * apart[c] + SLACK
     if probe is not None and probe + 1 < near.shape[1]:
@@ -191,6 +194,20 @@ def _one_cell(found, c, x, xr, near, apart, reach, t, waiting, loose,
     for b in later:
         sel = band[:, b]
         waiting.setdefault(int(b), []).append((xr[sel], x[sel]))
+
+
+def _blocks(found, ar, ax, br, bx, t, same=False):
+    """The pairs of ``ax`` against ``bx`` (``same``: of ``ax`` among
+    itself), a block of rows at a time: cells are uneven (a dense cluster
+    makes a cell of thousands of points), and a whole cell's product of
+    itself would take gigabytes."""
+    for s in range(0, len(ax), BLOCK):
+        if same:
+            # the block against itself and the rows after it
+            found.add(ar[s : s + BLOCK], ar[s:], ax[s : s + BLOCK] @ ax[s:].T,
+                      t, same=True)
+        else:
+            found.add(ar[s : s + BLOCK], br, ax[s : s + BLOCK] @ bx.T, t)
 
 
 def group_pairs(n: int, lo: np.ndarray, hi: np.ndarray, sim: np.ndarray):

@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-from fiftyone_ai_search.store import IndexInfo
+from fiftyone_ai_search.store import IndexInfo, ranks
 from fiftyone_ai_search.store.edge import CHUNK, EdgeStore
 
 # processes race on one index: the full suite runs it, not the fast tier
@@ -226,16 +226,25 @@ def test_a_holder_answers_and_a_killed_one_blocks_nobody(tmp_path):
         # every vector, packed by the holder (serve.pack): the same bits as
         # read here once the holder is gone
         all_ids, served = store.get_vectors(ids)
-        assert edge.stats["asked"] == asked + 5
+        # a diverse search's walk: whether all points have their rank, and
+        # a stretch of rank buckets with their vectors
+        assert store.ranked()
+        buckets = sorted({ranks.rank_of(i) for i in ids})[:7]
+        bucket_ids, bucket_vectors = store.get_bucket_vectors(buckets)
+        assert bucket_ids
+        assert edge.stats["asked"] == asked + 7
         assert edge.stats["opens"] == opens
         # killed while holding: its lock and its socket go with it
         os.kill(holder.pid, signal.SIGKILL)
         holder.join(60)
         assert store.query(vectors[7], 5)[0][0] == ids[7]
-        assert edge.stats["asked"] == asked + 5
+        assert edge.stats["asked"] == asked + 7
         assert edge.stats["opens"] == opens + 1
         assert store.get_vectors(ids)[0] == all_ids == ids
         assert np.array_equal(store.get_vectors(ids)[1], served)
+        here_ids, here_vectors = store.get_bucket_vectors(buckets)
+        assert here_ids == bucket_ids
+        assert np.array_equal(here_vectors, bucket_vectors)
     finally:
         if holder.is_alive():
             holder.kill()

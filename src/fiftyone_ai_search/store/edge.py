@@ -452,16 +452,26 @@ class EdgeStore(VectorStore):
                                      with_payload=request["with_payload"],
                                      with_vector=request["with_vector"])
             if request.get("packed"):
-                # the vectors in one block (see serve.py), not JSON numbers
-                vectors = None
-                if request["with_vector"] and records:
-                    vectors = sv.pack(records_to_matrix(records))
-                return {"ids": [str(r.id) for r in records],
-                        "payloads": [r.payload for r in records],
-                        "vectors": vectors}
+                return _pack_records(records, request["with_vector"])
             return [[str(r.id), r.payload,
                      r.vector[""] if isinstance(r.vector, dict) else r.vector]
                     for r in records]
+        if op == "points_in":
+            # a stretch of a diverse search's walk (rank buckets, ~10k
+            # points): more than SERVE_MAX_POINTS, the asker reads them
+            records, _ = shard.scroll(qe.ScrollRequest(
+                limit=SERVE_MAX_POINTS + 1, filter=_where_in(
+                    request["key"], request["values"]),
+                with_payload=False, with_vector=request["with_vector"]))
+            if len(records) > SERVE_MAX_POINTS:
+                raise sv.NotServed("too many points")
+            return _pack_records(records, request["with_vector"])
+        if op == "lacking":
+            records, _ = shard.scroll(qe.ScrollRequest(
+                offset=request["after"], limit=request["limit"],
+                filter=_lacking(request["key"], request["values"]),
+                with_payload=False, with_vector=False))
+            return _pack_records(records, False)
         raise sv.NotServed(f"unknown request {op!r}")
 
     def _end_hold(self, shared):
@@ -793,11 +803,7 @@ class EdgeStore(VectorStore):
                 "with_payload": bool(with_payload),
                 "with_vector": bool(with_vector), "packed": True})
             if isinstance(answer, dict):
-                rows = (sv.unpack(answer["vectors"]).tolist()
-                        if answer["vectors"] else None)
-                return [_Record(pid, payload, None if rows is None else rows[i])
-                        for i, (pid, payload) in enumerate(
-                            zip(answer["ids"], answer["payloads"]))]
+                return _unpack_records(answer)
             if answer is not None:  # a holder of a version before packing
                 return [_Record(*r) for r in answer]
             return self._retrieve_here(point_ids, with_payload, with_vector)
@@ -973,7 +979,15 @@ class EdgeStore(VectorStore):
                         os.remove(os.path.join(self.path, name))
 
     def _points_lacking(self, key, limit, with_vector, values, after=None):
-        with self._locked() as shared:
+        # a look without vectors (whether all points have their rank) is
+        # answered by the holder; upkeep's reads hold the index anyway
+        with self._locked(ask=not with_vector) as shared:
+            if not with_vector and limit <= SERVE_MAX_POINTS:
+                answer = self._ask(shared, {
+                    "op": "lacking", "key": key, "limit": int(limit),
+                    "values": _plain(values), "after": after})
+                if answer is not None:
+                    return _unpack_records(answer)
             shard, _ = self._open(shared)
             records, _ = shard.scroll(qe.ScrollRequest(
                 offset=after, limit=limit, filter=_lacking(key, values),
@@ -981,11 +995,18 @@ class EdgeStore(VectorStore):
             return records
 
     def _points_in(self, key, values, with_vector=True):
-        where = qe.Filter(must=[qe.FieldCondition(key,
-                                                  match=qe.MatchAny(values))])
-        limit = CHUNK if with_vector else ID_PAGE
-        return [r for page in self._scroll_pages(limit, None, with_vector,
-                                                 where)
+        with self._locked(ask=True) as shared:
+            # where another process holds the index (a diverse search beside
+            # a sync), it reads them: taking the index from it would cost an
+            # opening here and another one there
+            answer = self._ask(shared, {
+                "op": "points_in", "key": key, "values": _plain(values),
+                "with_vector": bool(with_vector)})
+            if answer is not None:
+                return _unpack_records(answer)
+            limit = CHUNK if with_vector else ID_PAGE
+            return [r for page in self._scroll_pages(
+                limit, None, with_vector, _where_in(key, values))
                 for r in page]
 
     def _ensure_keyword_index(self, key):
@@ -1200,6 +1221,36 @@ class _Record:
 
     def __init__(self, point_id, payload, vector):
         self.id, self.payload, self.vector = point_id, payload, vector
+
+
+def _pack_records(records, with_vector):
+    """What the holder answers for ``records`` (see serve.py): their ids
+    and payloads, and their vectors packed in one block."""
+    vectors = None
+    if with_vector and records:
+        vectors = sv.pack(records_to_matrix(records))
+    return {"ids": [str(r.id) for r in records],
+            "payloads": [r.payload for r in records], "vectors": vectors}
+
+
+def _unpack_records(answer):
+    """The records of :func:`_pack_records`' answer."""
+    rows = sv.unpack(answer["vectors"]).tolist() if answer["vectors"] else None
+    return [_Record(pid, payload, None if rows is None else rows[i])
+            for i, (pid, payload) in enumerate(zip(answer["ids"],
+                                                   answer["payloads"]))]
+
+
+def _plain(values):
+    """``values`` (ints or strings, numpy's included) as JSON's."""
+    return [int(v) if isinstance(v, (int, np.integer)) else v
+            for v in values]
+
+
+def _where_in(key, values):
+    """Points whose payload ``key`` is one of ``values``."""
+    return qe.Filter(must=[qe.FieldCondition(
+        key, match=qe.MatchAny(_plain(values)))])
 
 
 def _query_request(vector, limit, point_ids, min_score, cells):

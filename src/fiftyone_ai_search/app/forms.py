@@ -41,6 +41,12 @@ SERVER_PATH = "server_path"
 #: request, base64); a larger one is searched by its path on the server
 MAX_UPLOAD_BYTES = 20 * 2**20
 
+#: what the file input accepts: FiftyOne's file input matches the end of
+#: the file's name, case-sensitively (no "image/*" wildcards)
+UPLOAD_TYPES = ",".join(
+    ext for e in (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif",
+                  ".tiff") for ext in (e, e.upper()))
+
 #: the choice of the enable form that reveals free model / pretrained fields
 CUSTOM_MODEL = "custom"
 
@@ -700,7 +706,7 @@ def image_input(inputs, params):
     prop = inputs.define_property(
         "image_upload", types.UploadedFile(), label="Image file",
         required=True, view=types.FileView(
-            label="Image file", types="image/*", lite=True,
+            label="Image file", types=UPLOAD_TYPES, lite=True,
             max_size=MAX_UPLOAD_BYTES,
             max_size_error_message=_too_big(), description="Drop an image "
             "here or click to choose one (JPEG, PNG, WebP, ...)"))

@@ -69,6 +69,16 @@ def test_on_windows_the_embedded_index_is_refused_saying_why(windows,
         import fiftyone_ai_search.store.locks  # noqa: F401
 
 
+def test_on_windows_enabling_the_embedded_index_is_refused(windows,
+                                                            tmp_path):
+    dataset = shapes_dataset(tmp_path, num_samples=3, enable=False)
+    with pytest.raises(UnsupportedPlatformError) as error:
+        ais.enable_embeddings(dataset, model=tiny_clip_model_name(),
+                              backend="edge", compute=False)
+    _says_the_way_out(str(error.value))
+    assert not ais.is_embeddings_enabled(dataset)  # nothing written
+
+
 def test_on_windows_the_app_enable_form_refuses_the_embedded_index(windows):
     inputs = types.Object()
     forms.enable_form(inputs, {"backend": "edge"})

@@ -30,6 +30,7 @@ from .results import (delete_collections_of, delete_temporary_collection,
                       sweep_orphaned_scores)
 from .store import IndexNotFoundError, audit, cells
 from .store.audit import summary as audit_summary
+from .store.portability import check_embedded_index
 from .sync import runner
 from .sync.existing import ExistingEmbeddings
 
@@ -190,6 +191,8 @@ def _backend(backend, current, settings):
         from .store.server import check_server
 
         check_server(settings.qdrant_url, settings.qdrant_api_key)
+    if backend == "edge":
+        check_embedded_index()  # Windows: no fcntl; says what to use
     return backend
 
 

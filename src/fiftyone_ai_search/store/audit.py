@@ -12,8 +12,9 @@ So after the cells are learned (and again as the index grows) the index
 measures itself, in the background (:func:`audit`):
 
 1. queries of both kinds that the data itself provides: a seeded sample
-   of the stored vectors (image queries), and prompts encoded by the
-   index's own model (text queries, given by the caller);
+   of the stored vectors (image queries), prompts encoded by the index's
+   own model (text queries, given by the caller), and the user's recent
+   searches that the index kept (see :mod:`~fiftyone_ai_search.store.recent`);
 2. for each, the exact top-k (one exact search), and the rank of each
    neighbour's cell in the query's order of cells: so the recall at every
    probe depth at once, with no approximate search run;
@@ -23,7 +24,9 @@ measures itself, in the background (:func:`audit`):
    :data:`MARGIN`) for each kind of query in it; a band that needs more
    than :data:`MAX_SHARE` of the cells is searched exactly;
 4. estimates: the recall each kind of query gets under the rule, measured
-   on queries that did not choose it (two folds), with a 95% lower bound.
+   on queries that did not choose it (leave-one-out), with a 95% lower
+   bound; a kind whose estimate falls below :data:`TARGET` gets a larger
+   margin until it holds or its bands are exact (:func:`settle`).
 
 The rule and the estimates are stored with the cells
 (:attr:`~fiftyone_ai_search.store.cells.Cells.rule`): every process that

@@ -173,6 +173,8 @@ def test_planted_copies_on_the_shapes_world_group_as_every_pair(
         return through_cells(*args, **kwargs)
 
     monkeypatch.setattr(pairs, "pairs_by_cells", counted)
+    # at this size exact costs less: through the cells all the same
+    monkeypatch.setattr(duplicates, "EXACT_PAIR_S", 1.0)
     dataset = shapes_dataset(tmp_path, num_samples=160)
     _copy_variants(dataset, tmp_path)
     ais.calculate_embeddings(dataset, wait=True, progress=False)
@@ -204,6 +206,12 @@ def test_planted_copies_on_the_shapes_world_group_as_every_pair(
     vids, vx = ais.get_embeddings(view)
     assert_same_groups(ais.near_duplicate_groups(view, 0.95),
                        exact_groups(vids, vx, 0.95))
+
+
+def test_a_small_view_of_a_large_index_is_compared_exactly():
+    # reading a million points' cells costs more than 1,000 samples' pairs
+    assert duplicates._exact_is_cheaper(1_000, 1_000_000)
+    assert not duplicates._exact_is_cheaper(1_000_000, 1_000_000)
 
 
 def test_an_index_without_cells_stays_exact(tmp_path):

@@ -175,6 +175,9 @@ def test_planted_copies_on_the_shapes_world_group_as_every_pair(
     monkeypatch.setattr(pairs, "pairs_by_cells", counted)
     # at this size exact costs less: through the cells all the same
     monkeypatch.setattr(duplicates, "EXACT_PAIR_S", 1.0)
+    # cells of ~3 points here (an index's hold ~500): a point's few
+    # nearest cells hold a dozen points, so the whole band (exact)
+    monkeypatch.setattr(pairs, "PROBE", None)
     dataset = shapes_dataset(tmp_path, num_samples=160)
     _copy_variants(dataset, tmp_path)
     ais.calculate_embeddings(dataset, wait=True, progress=False)

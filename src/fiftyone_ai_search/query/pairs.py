@@ -49,6 +49,10 @@ SLACK = 1e-4
 #: cells read from the index at once (one filtered read each round)
 CELLS_PER_READ = 8
 
+#: with :data:`PROBE`, a point's nearest cells are looked for among this
+#: many centres nearest its own
+NEIGHBOURS = 32
+
 #: rows of a product computed at once (BLOCK x a cell's points, float32)
 BLOCK = 1024
 
@@ -128,6 +132,15 @@ def pairs_by_cells(cells: cl.Cells,
     # |a - b| of every two unit centres
     apart = np.sqrt(np.maximum(0.0, 2.0 - 2.0 * (centres @ centres.T)))
     apart = apart.astype(np.float32)
+    if probe is None or NEIGHBOURS >= k:
+        # the whole band: every centre is a candidate (exact)
+        candidates = np.broadcast_to(np.arange(k), (k, k))
+    else:
+        # the centres nearest each centre: a point's nearest few lie among
+        # its own centre's nearest, and scoring every point against every
+        # centre would cost as much as the rest (n x k x dim: ~40 min of
+        # CPU at 1M points in 2,000 cells)
+        candidates = np.argsort(apart, axis=1)[:, :NEIGHBOURS]
     found = Pairs()
 
     loose_ids, loose = read([cl.UNASSIGNED])
@@ -136,7 +149,7 @@ def pairs_by_cells(cells: cl.Cells,
     keep = loose_rows >= 0
     loose, loose_rows = loose[keep], loose_rows[keep]
     if len(loose):
-        found.add(loose_rows, loose_rows, loose @ loose.T, t, same=True)
+        _blocks(found, loose_rows, loose, loose_rows, loose, t, same=True)
 
     #: cell -> [(rows, vectors)] of earlier cells' points near its boundary
     waiting: dict[int, list] = {}
@@ -154,14 +167,16 @@ def pairs_by_cells(cells: cl.Cells,
             continue
         # the read's points by cell: the nearest centre among those read
         # is each one's cell (assigned so by the upkeep)
-        near = vectors @ centres.T
-        own = np.asarray(values)[np.argmax(near[:, values], axis=1)]
+        own = np.asarray(values)[np.argmax(vectors @ centres[values].T,
+                                           axis=1)]
         for c in values:
             mine = own == c
             x, xr = vectors[mine], rows[mine]
             if len(x):
-                _one_cell(found, c, x, xr, near[mine], apart, reach, t,
-                          waiting, loose, loose_rows, probe)
+                cand = candidates[c]
+                _one_cell(found, c, x, xr, x @ centres[cand].T, cand,
+                          apart[c, cand], reach, t, waiting, loose,
+                          loose_rows, probe)
             waiting.pop(c, None)
         if progress is not None:
             progress(min(k, start + CELLS_PER_READ), k)
@@ -169,10 +184,12 @@ def pairs_by_cells(cells: cl.Cells,
     return lo, hi, sim, seen
 
 
-def _one_cell(found, c, x, xr, near, apart, reach, t, waiting, loose,
+def _one_cell(found, c, x, xr, near, cand, apart, reach, t, waiting, loose,
               loose_rows, probe):
     """Cell ``c``'s turn: its own pairs, against the points waiting for it
-    and the loose points; its points near a later cell's boundary wait."""
+    and the loose points; its points near a later cell's boundary wait.
+    ``near``: the points' similarity to the centres ``cand`` (``c``
+    among them), ``apart``: those centres' distance to ``c``'s."""
     _blocks(found, xr, x, xr, x, t, same=True)
     batches = waiting.get(c)
     if batches:
@@ -182,18 +199,19 @@ def _one_cell(found, c, x, xr, near, apart, reach, t, waiting, loose,
     if len(loose):
         _blocks(found, xr, x, loose_rows, loose, t)
     # x . (c - b) <= reach * |c - b|: within reach of b's boundary
-    band = (near[:, c : c + 1] - near) <= reach * apart[c] + SLACK
+    (mine,) = np.nonzero(cand == c)
+    band = (near[:, mine] - near) <= reach * apart + SLACK
     if probe is not None and probe + 1 < near.shape[1]:
         # only each point's ``probe`` nearest other centres
         top = np.argpartition(-near, probe, axis=1)[:, : probe + 1]
         capped = np.zeros_like(band)
         np.put_along_axis(capped, top, True, axis=1)
         band &= capped
-    band[:, : c + 1] = False  # earlier cells had their turn
+    band[:, cand <= c] = False  # earlier cells had their turn
     (later,) = np.nonzero(band.any(axis=0))
-    for b in later:
-        sel = band[:, b]
-        waiting.setdefault(int(b), []).append((xr[sel], x[sel]))
+    for j in later:
+        sel = band[:, j]
+        waiting.setdefault(int(cand[j]), []).append((xr[sel], x[sel]))
 
 
 def _blocks(found, ar, ax, br, bx, t, same=False):

@@ -15,8 +15,8 @@ near-duplicates from the grid (and none, from the operator browser); and
 disable.
 
 The tests share one page and run in file order, each from where the previous
-one left it. Screenshots go to ``tests/artifacts/browser/`` (two are in the
-README). Needs chromium, chromedriver and selenium: skips without them,
+one left it. Screenshots go to ``tests/artifacts/browser/`` (some are in
+docs/images/, shown by the README and docs/app.md). Needs chromium, chromedriver and selenium: skips without them,
 fails under CI.
 """
 

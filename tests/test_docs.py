@@ -70,9 +70,7 @@ def page_blocks(page):
 
 
 def all_blocks():
-    # the README's blocks join once it is the front door (its own commit)
-    return [block for page in PAGES if page != "README.md"
-            for block in page_blocks(page)]
+    return [block for page in PAGES for block in page_blocks(page)]
 
 
 def test_the_pages_are_found():
@@ -222,8 +220,17 @@ def _brain_page_did_what_it_says(namespace):
     assert namespace["report"].failed == 0
 
 
+def _readme_tour_did_what_it_says(namespace):
+    ais = namespace["ais"]
+    dataset, scenes = namespace["dataset"], namespace["scenes"]
+    assert "red circles" in [c["name"] for c in ais.list_collections(dataset)]
+    assert len(namespace["patches"]) == 5  # objects, as patches
+    assert scenes.name == "ai-search-demo-objects"
+
+
 #: what a page's blocks say they did, checked after its last block
-CHECKS = {"docs/brain.md": _brain_page_did_what_it_says}
+CHECKS = {"README.md": _readme_tour_did_what_it_says,
+          "docs/brain.md": _brain_page_did_what_it_says}
 
 
 def test_the_brain_page_has_its_blocks():

@@ -745,6 +745,9 @@ class AISearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
                 return prompts
         return super()._parse_query(query)
 
+    #: the largest ``k`` a query takes (None: any)
+    _MAX_K = validate.MAX_LIMIT
+
     def _kneighbors(self, query=None, k=None, reverse=False,
                     aggregation=None, return_dists=False):
         if aggregation is not None and aggregation not in search.AGGREGATIONS:
@@ -752,11 +755,14 @@ class AISearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
                 f"aggregation must be one of {search.AGGREGATIONS} or None, "
                 f"got {aggregation!r}"
             )
+        top = self._MAX_K
         if k is not None and (isinstance(k, bool) or not isinstance(
-                k, (int, np.integer)) or not 1 <= k <= validate.MAX_LIMIT):
+                k, (int, np.integer)) or k < 1 or (top and k > top)):
             # (named here: the search would name its own limit)
-            raise ValueError(f"k must be a whole number in [1, "
-                             f"{validate.MAX_LIMIT}] or None, got {k!r}")
+            raise ValueError(
+                "k must be a whole number "
+                + (f"in [1, {top}]" if top else ">= 1")
+                + f" or None, got {k!r}")
         if query is None:
             if aggregation is not None:
                 raise ValueError(
@@ -768,14 +774,8 @@ class AISearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
                 "reverse=True needs aggregation='mean' when several queries "
                 "are given (the least similar by best score is not defined)"
             )
-        scope = self._scope()
         sample_ids, label_ids, dists = [], [], []
-        for kind, value in queries:
-            ids, scores = search.run_query(
-                scope, limit=k, reverse=reverse,
-                aggregation=aggregation or "mean",
-                patches_field=self.config.patches_field, **{kind: value},
-            )
+        for ids, scores in self._nearest(queries, k, reverse, aggregation):
             if self._objects:
                 label_ids.append(ids)
                 ids = self._sources(ids)
@@ -788,6 +788,17 @@ class AISearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         if return_dists:
             return sample_ids, label_ids, dists
         return sample_ids, label_ids
+
+    def _nearest(self, queries, k, reverse, aggregation):
+        """``(ids, scores)`` of each query, best first: through AI search's
+        searches over the run's scope."""
+        scope = self._scope()
+        for kind, value in queries:
+            yield search.run_query(
+                scope, limit=k, reverse=reverse,
+                aggregation=aggregation or "mean",
+                patches_field=self.config.patches_field, **{kind: value},
+            )
 
     def _full_kneighbors(self, k, reverse, return_dists):
         """The ``k`` nearest (farthest) neighbours of every point of the
@@ -1034,31 +1045,15 @@ class PlainSimilarityIndex(AISearchSimilarityIndex):
                 patches_field=self.config.patches_field)
         self._changed(reload)
 
-    def _kneighbors(self, query=None, k=None, reverse=False,
-                    aggregation=None, return_dists=False):
-        if aggregation is not None and aggregation not in search.AGGREGATIONS:
-            raise ValueError(
-                f"aggregation must be one of {search.AGGREGATIONS} or None, "
-                f"got {aggregation!r}")
-        if k is not None and (isinstance(k, bool) or not isinstance(
-                k, (int, np.integer)) or k < 1):
-            raise ValueError(f"k must be a whole number >= 1 or None, got "
-                             f"{k!r}")
-        if query is None:
-            if aggregation is not None:
-                raise ValueError(
-                    "Full index queries do not support aggregation")
-            return self._full_kneighbors(k, reverse, return_dists)
-        queries, single = _split_queries(query, aggregation)
-        if reverse and aggregation == "max" and len(queries[0][1]) > 1:
-            raise ValueError(
-                "reverse=True needs aggregation='mean' when several queries "
-                "are given (the least similar by best score is not defined)")
+    _MAX_K = None  # exact over the view: no search limit to respect
+
+    def _nearest(self, queries, k, reverse, aggregation):
+        """``(ids, scores)`` of each query, best first: exact over the
+        vectors of the current view."""
         ids = np.array(self.current_label_ids if self._objects
                        else self.current_sample_ids)
         vectors = self._current_vectors()
         unit = normalize(vectors) if len(vectors) else vectors
-        sample_ids, label_ids, dists = [], [], []
         for kind, value in queries:
             q = self._vectors_of(kind, value)
             if aggregation == "mean" and len(q) > 1:
@@ -1066,19 +1061,7 @@ class PlainSimilarityIndex(AISearchSimilarityIndex):
             scores = (unit @ q.T).max(axis=1) if len(unit) else np.zeros(0)
             order = np.argsort(scores if reverse else -scores,
                                kind="stable")[:k]
-            found = [str(i) for i in ids[order]]
-            if self._objects:
-                label_ids.append(found)
-                found = self._sources(found)
-            sample_ids.append(found)
-            dists.append(self._distances(scores[order]))
-        label_ids = label_ids or None
-        if single:
-            sample_ids, dists = sample_ids[0], dists[0]
-            label_ids = label_ids and label_ids[0]
-        if return_dists:
-            return sample_ids, label_ids, dists
-        return sample_ids, label_ids
+            yield [str(i) for i in ids[order]], scores[order]
 
     def _sources(self, label_ids):
         keys, sources = self._held()

@@ -29,6 +29,7 @@ import sys
 import pymongo
 
 from .config import get_settings
+from .index.state import pid_alive
 
 logger = logging.getLogger(__name__)
 
@@ -131,30 +132,13 @@ def record_pass(report, once: bool = False) -> None:
 # -- read by the App -------------------------------------------------------------
 
 
-def _pid_alive(pid):
-    try:
-        # a service this process started and that ended is a zombie until
-        # reaped: it would still "exist"
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:
-            return False
-    except ChildProcessError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True
-    return True
-
-
 def _alive(doc):
     if doc.get("once") or doc.get("stopped"):
         return False
     if doc["age_s"] > STALE_SECONDS:
         return False
     if doc.get("host") == socket.gethostname():
-        return _pid_alive(doc["pid"])
+        return pid_alive(doc["pid"])
     return True
 
 

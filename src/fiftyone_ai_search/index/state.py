@@ -708,7 +708,9 @@ def count_failures(dataset):
 # -- the computation lease -----------------------------------------------------
 
 
-def _pid_alive(pid):
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host may still be running (another
+    user's, or one we may not signal: yes)."""
     try:
         # reap it if it is our own finished child: a zombie still "exists"
         if os.waitpid(pid, os.WNOHANG)[0] == pid:
@@ -719,7 +721,7 @@ def _pid_alive(pid):
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
+    except OSError:  # not ours to signal: it exists
         return True
     return True
 
@@ -730,7 +732,7 @@ def _holder_alive(holder, now):
     if not _LEASE(holder):
         return False
     if holder.get("host") == socket.gethostname():
-        return _pid_alive(holder["pid"])
+        return pid_alive(holder["pid"])
     return (now - holder["heartbeat"]).total_seconds() < LEASE_STALE_SECONDS
 
 

@@ -65,12 +65,7 @@ def groups_by_cells(store, ids, threshold, probe=None):
         store.cells(), store.get_cell_vectors, rows_of, threshold,
         probe=probe)
     assert seen == store.count()
-    dup, kept, sims = pairs.group_pairs(len(ids), lo, hi, sim)
-    groups = {}
-    for d, k, s in zip(dup.tolist(), kept.tolist(), sims.tolist()):
-        groups.setdefault(ids[k], []).append((ids[d], s))
-    return {k: sorted(v, key=lambda t: (-t[1], t[0]))
-            for k, v in groups.items()}
+    return pairs.named_groups(ids, *pairs.group_pairs(len(ids), lo, hi, sim))
 
 
 @pytest.fixture

@@ -103,19 +103,18 @@ def group(ids, vectors, threshold=DEFAULT_THRESHOLD, progress=None):
             kept[near[near > i]] = False
     kept_rows = np.nonzero(kept)[0]
     dup_rows = np.nonzero(~kept)[0]
-    groups = {}
     if not len(dup_rows):
-        return groups
+        return {}
     vectors = np.asarray(vectors, dtype=np.float32)
     kept_vectors = vectors[kept_rows]
+    partners, similarities = [], []
     for start in range(0, len(dup_rows), CHUNK):
-        rows = dup_rows[start : start + CHUNK]
-        sims = vectors[rows] @ kept_vectors.T
+        sims = vectors[dup_rows[start : start + CHUNK]] @ kept_vectors.T
         best = np.argmax(sims, axis=1)
-        for row, b, s in zip(rows, best, sims[np.arange(len(rows)), best]):
-            groups.setdefault(ids[kept_rows[b]], []).append(
-                (ids[row], float(s)))
-    return {k: sorted(v, key=lambda t: (-t[1], t[0])) for k, v in groups.items()}
+        partners.append(kept_rows[best])
+        similarities.append(sims[np.arange(len(best)), best])
+    return pairs.named_groups(ids, dup_rows, np.concatenate(partners),
+                              np.concatenate(similarities))
 
 
 def find_near_duplicates(samples: foc.SampleCollection,
@@ -233,9 +232,5 @@ def _groups_in(store, wanted, threshold):
         # points without any cell key (written by an older version): exact
         ids, vectors = store.get_vectors(wanted)
         return group(ids, vectors, threshold)
-    dup, kept, sims = pairs.group_pairs(len(wanted), lo, hi, sim)
-    groups = {}
-    for d, k, s in zip(dup.tolist(), kept.tolist(), sims.tolist()):
-        groups.setdefault(wanted[k], []).append((wanted[d], s))
-    return {k: sorted(v, key=lambda t: (-t[1], t[0]))
-            for k, v in groups.items()}
+    return pairs.named_groups(wanted,
+                              *pairs.group_pairs(len(wanted), lo, hi, sim))

@@ -261,3 +261,16 @@ def group_pairs(n: int, lo: np.ndarray, hi: np.ndarray, sim: np.ndarray):
     first = np.r_[True, dup[1:] != dup[:-1]] if len(dup) else np.zeros(
         0, bool)
     return dup[first], partner[first], both[first]
+
+
+def named_groups(ids, dup_rows, kept_rows, sims):
+    """The groups of :func:`group_pairs` (or of any duplicate -> kept
+    assignment) by id: ``{kept_id: [(duplicate_id, similarity), ...]}``,
+    each group most similar first (then by id)."""
+    groups = {}
+    for d, k, s in zip(np.asarray(dup_rows).tolist(),
+                       np.asarray(kept_rows).tolist(),
+                       np.asarray(sims, dtype=np.float64).tolist()):
+        groups.setdefault(ids[k], []).append((ids[d], s))
+    return {k: sorted(v, key=lambda t: (-t[1], t[0]))
+            for k, v in groups.items()}

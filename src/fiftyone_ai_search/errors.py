@@ -158,6 +158,19 @@ class ImageDecodeError(_ReasonError):
     """
 
 
+class VideoDecodeError(_ReasonError):
+    """Exception raised when a video file yields no frame to embed: missing,
+    unreadable, of a format OpenCV's FFmpeg cannot decode, without a single
+    frame, or with frames above the pixel limit.
+
+    ``str(error)`` (also ``error.reason``) is a short human reason, meant to
+    be stored with the video's sample, e.g. ``"video has no frames"``.
+
+    Args:
+        reason: the reason
+    """
+
+
 class CropError(_ReasonError, ValueError):
     """Exception raised when no crop can be cut from a box.
 

@@ -481,13 +481,18 @@ class VectorStore(abc.ABC):
             IndexDamagedError: if some are zero or not finite (written by a
                 version that let them in, or damaged): what repairs them
         """
-        vectors = records_to_matrix(records)
+        return self._checked_rows(records_to_matrix(records),
+                                  [r.id for r in records], unit)
+
+    def _checked_rows(self, vectors, point_ids, unit=True):
+        """:meth:`_stored_rows` of the rows ``vectors`` read already, of
+        ``point_ids``."""
         bad = invalid_rows(vectors)
         if bad.any():
             raise IndexDamagedError(
                 f"The AI search index '{self.name}' holds {int(bad.sum())} "
                 "vector(s) that are zero or not finite (e.g. of "
-                f"{point_id_to_sample_id(records[int(np.argmax(bad))].id)}). "
+                f"{point_id_to_sample_id(point_ids[int(np.argmax(bad))])}). "
                 "A sync with verify_files=True (ais.calculate_embeddings("
                 "dataset, verify_files=True, wait=True)) finds and "
                 "re-embeds them."
@@ -560,12 +565,20 @@ class VectorStore(abc.ABC):
             array of unit rows
         """
         values = [int(v) for v in values]
-        records = self._points_in(cl.CELL_KEY, values) if values else []
-        ids = [point_id_to_sample_id(r.id) for r in records]
-        if not records:
+        point_ids, vectors = (self._vectors_in(cl.CELL_KEY, values)
+                              if values else ([], None))
+        ids = [point_id_to_sample_id(p) for p in point_ids]
+        if vectors is None or not len(ids):
             return ids, np.zeros((0, self._require_info().dim),
                                  dtype=np.float32)
-        return ids, self._stored_rows(records)
+        return ids, self._checked_rows(vectors, point_ids)
+
+    def _vectors_in(self, key, values):
+        """``(point_ids, vectors)`` of the points whose payload ``key`` is
+        one of ``values``: their vectors as one float32 matrix (None where
+        there are none), converted a page at a time as the engine hands
+        them over (an engine may hand over a block as it is)."""
+        return rows_of_pages([self._points_in(key, values)])
 
     def query(self, vector, limit, sample_ids=None, min_score=None,
               near=False, exact=False):
@@ -1013,6 +1026,22 @@ def records_to_matrix(records):
             count=len(page) * dim,
         ).reshape(len(page), dim)
     return out
+
+
+def rows_of_pages(pages):
+    """``(point_ids, vectors)`` of pages of records: each page's vectors
+    made a float32 matrix as it comes (see :func:`records_to_matrix`), so
+    that the Python floats of one page at most are alive at once; None
+    where there are no records."""
+    point_ids, blocks = [], []
+    for page in pages:
+        if page:
+            point_ids.extend(r.id for r in page)
+            blocks.append(records_to_matrix(page))
+    if not blocks:
+        return point_ids, None
+    return point_ids, (blocks[0] if len(blocks) == 1
+                       else np.concatenate(blocks))
 
 
 def as_float32_matrix(vectors, dim=None):

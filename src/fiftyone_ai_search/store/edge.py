@@ -85,6 +85,7 @@ from .base import (
     VectorStore,
     check_dim,
     records_to_matrix,
+    rows_of_pages,
 )
 from .locks import FairLock, ProcessLock, backoff
 
@@ -1008,6 +1009,19 @@ class EdgeStore(VectorStore):
             return [r for page in self._scroll_pages(
                 limit, None, with_vector, _where_in(key, values))
                 for r in page]
+
+    def _vectors_in(self, key, values):
+        with self._locked(ask=True) as shared:
+            answer = self._ask(shared, {
+                "op": "points_in", "key": key, "values": _plain(values),
+                "with_vector": True})
+            if answer is not None:
+                # the holder's block of rows as it came: no Python floats
+                vectors = answer["vectors"]
+                return answer["ids"], (sv.unpack(vectors) if vectors
+                                       else None)
+            return rows_of_pages(self._scroll_pages(
+                CHUNK, None, True, _where_in(key, values)))
 
     def _ensure_keyword_index(self, key):
         self._ensure_index(key, qe.KeywordIndexParams())

@@ -36,6 +36,7 @@ from .base import (
     VectorStore,
     check_dim,
     records_to_matrix,
+    rows_of_pages,
 )
 
 DEFAULT_PREFIX = "fiftyone_ai_search_"
@@ -580,6 +581,11 @@ class ServerStore(VectorStore):
         return [r for page in self._scroll_pages(ID_CHUNK, None, with_vector,
                                                  where)
                 for r in page]
+
+    def _vectors_in(self, key, values):
+        where = models.Filter(must=[models.FieldCondition(
+            key=key, match=models.MatchAny(any=values))])
+        return rows_of_pages(self._scroll_pages(ID_CHUNK, None, True, where))
 
     def _ensure_keyword_index(self, key):
         self._ensure_index(key, models.KeywordIndexParams(

@@ -15,9 +15,9 @@ measures itself, in the background (:func:`audit`):
    of the stored vectors (image queries), prompts encoded by the index's
    own model (text queries, given by the caller), and the user's recent
    searches that the index kept (see :mod:`~fiftyone_ai_search.store.recent`);
-2. for each, the exact top-k (one exact search), and the rank of each
-   neighbour's cell in the query's order of cells: so the recall at every
-   probe depth at once, with no approximate search run;
+2. for each, the exact top-k (exact searches, a batch at a time), and
+   the rank of each neighbour's cell in the query's order of cells: so the
+   recall at every probe depth at once, with no approximate search run;
 3. a probe rule: queries are banded by how near their nearest centre lies
    (the modality gap shows there: prompts score lower), and each band gets
    the fewest cells whose mean recall@k holds :data:`TARGET` (with
@@ -160,17 +160,19 @@ def audit(store, text_vectors, seed=0, k=K, image_queries=IMAGE_QUERIES):
         2 * image_queries, max(num_points, 1))]
     _, images = store.get_bucket_vectors(buckets)
     images = images[:image_queries]
-    measured = [_measure(store, known, "image", v, k) for v in images]
-    measured += [_measure(store, known, "text", v, k)
-                 for v in _unit(np.atleast_2d(text_vectors))]
+    texts = _unit(np.atleast_2d(text_vectors))
     recent = store.recent_queries()
+    # all at once: the exact searches of a batch share a pass over the
+    # points (see _measure)
+    measured = _measure(
+        store, known, np.concatenate([images, texts, _unit(recent)]),
+        ["image"] * len(images) + ["text"] * len(texts)
+        + ["recent"] * len(recent), k)
     if len(recent):
         floor = _image_floor(measured)
-        for v in _unit(recent):
-            m = _measure(store, known, "text", v, k)
-            if m.nearest >= floor:
-                m.kind = "image"
-            measured.append(m)
+        for m in measured:
+            if m.kind == "recent":
+                m.kind = "image" if m.nearest >= floor else "text"
     rule, estimates = settle(measured, len(known))
     rule.update(
         k=k, target=TARGET, points=num_points, measured_at=time.time(),
@@ -332,22 +334,28 @@ def _estimate(pairs, num_cells):
     }
 
 
-def _measure(store, known, kind, vector, k):
-    from .base import point_id_to_sample_id
-
-    hits = store._query_points(vector, k, None, None, cells=None)  # exact
-    scores = known.centres @ vector
-    order = np.argsort(-scores, kind="stable")
-    rank_of = np.empty(len(order), dtype=np.int64)
-    rank_of[order] = np.arange(len(order))
-    neighbour_ranks = np.zeros(0, dtype=np.int64)
-    if hits:
-        # each neighbour's cell: the nearest centre, as maintain gave it
-        _, vectors = store.get_vectors(
-            [point_id_to_sample_id(p.id) for p in hits])
-        neighbour_ranks = np.sort(rank_of[known.assign(vectors)
-                                          - known.offset])
-    return _Measured(kind, float(scores.max()), neighbour_ranks)
+def _measure(store, known, queries, kinds, k):
+    """The :class:`_Measured` of each of the unit rows ``queries`` (of
+    ``kinds``): their exact top-k searched together, with the neighbours'
+    vectors (one pass over the points a batch, no read of the hits
+    after), and the neighbours' cells given by one product."""
+    if not len(queries):
+        return []
+    neighbours = store._exact_neighbour_vectors(queries, k)
+    # each neighbour's cell: the nearest centre, as maintain gave it
+    counts = [len(v) for v in neighbours]
+    cells = (known.assign(np.concatenate(neighbours)) - known.offset
+             if sum(counts) else np.zeros(0, dtype=np.int64))
+    out = []
+    for vector, kind, part in zip(queries, kinds, np.split(
+            cells, np.cumsum(counts)[:-1])):
+        scores = known.centres @ vector
+        order = np.argsort(-scores, kind="stable")
+        rank_of = np.empty(len(order), dtype=np.int64)
+        rank_of[order] = np.arange(len(order))
+        out.append(_Measured(kind, float(scores.max()),
+                             np.sort(rank_of[part])))
+    return out
 
 
 def _unit(x):

@@ -899,6 +899,26 @@ class VectorStore(abc.ABC):
             a list of scored points (``id``, ``score``), best first
         """
 
+    def _exact_neighbour_vectors(self, vectors, limit):
+        """The vectors of the exact top-``limit`` of each query (the audit's
+        truth, see audit.py): one exact search each, then its hits' vectors
+        read. A backend that searches several queries at once, with their
+        hits' vectors, does better.
+
+        Args:
+            vectors: an ``(n, d)`` float32 array of unit queries
+            limit: a positive int
+
+        Returns:
+            a list of ``n`` float32 arrays of unit rows, any order
+        """
+        out = []
+        for vector in vectors:
+            hits = self._query_points(vector, limit, None, None)
+            out.append(self.get_vectors(
+                [point_id_to_sample_id(p.id) for p in hits])[1])
+        return out
+
     @abc.abstractmethod
     def _read_cells(self):
         """The stored :class:`~fiftyone_ai_search.store.cells.Cells`, or

@@ -119,6 +119,10 @@ SERVE_MAX_POINTS = 20_000
 #: opening, so slices much shorter than that would mostly reopen
 HOLD_SLICE = 0.5
 
+#: exact searches scored together by :meth:`EdgeStore._exact_neighbour_vectors`
+#: (the audit's): larger batches gain little, and hold the index longer
+QUERY_BATCH = 32
+
 #: seconds of idleness after which a shard kept open (see
 #: ``EdgeStore.session(keep_open=True)``) is closed; at 100k 512-d points a
 #: reopening costs ~0.3-0.5 s, more than a whole search
@@ -865,6 +869,29 @@ class EdgeStore(VectorStore):
             check_dim(vector, info.dim)
             return shard.query(_query_request(vector, limit, point_ids,
                                               min_score, cells))
+
+    def _exact_neighbour_vectors(self, vectors, limit):
+        # a batch of queries is scored in one pass over the points, its
+        # hits' vectors returned with them: the audit's 200 exact searches
+        # took 2.4x less than one by one (measured at 200k points). Batches
+        # of QUERY_BATCH, handed over between two (~1.5 s each at 1M)
+        out = []
+        with self._locked() as shared:
+            shard, info = self._open(shared)
+            check_dim(vectors, info.dim)
+            for start in range(0, len(vectors), QUERY_BATCH):
+                if start:
+                    shard, _ = self._yield_if_wanted(shared)
+                answers = shard.query_batch(qe.QueryBatchRequest([
+                    qe.QueryRequest(
+                        limit=limit, query=qe.Query.Nearest(v.tolist()),
+                        with_payload=False, with_vector=True,
+                        params=_search_params(None))
+                    for v in vectors[start : start + QUERY_BATCH]]))
+                out.extend(self._stored_rows(hits) if hits else
+                           np.zeros((0, info.dim), dtype=np.float32)
+                           for hits in answers)
+        return out
 
     # -- cells ---------------------------------------------------------------
 

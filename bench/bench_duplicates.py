@@ -17,28 +17,47 @@ CPU seconds (this process, all threads), peak RSS above the opened index
 pair recall against exact: every pair (``--n`` up to ``--exact-max``), else
 the exact pairs of ``--truth-sample`` random points against all.
 
-Beside it, at ``--n`` up to ``--exact-max``: today's exact path
-(``duplicates.group`` on all vectors in RAM) at 0.95, with whether its
-groups equal ours; and FiftyOne Brain's ``find_duplicates`` on its
-``sklearn`` backend (``--brain`` sizes, subsets of the same vectors, in a
-private mongod), stopping after the first size that takes over
-``--brain-max-s``.
+Memory: the peak of the process's anonymous memory above what it held
+before the pass (sampled every 20 ms: the index's vectors the engine maps
+from its files are the opened index, not the pass), beside the kernel's
+high-water mark of all of it (``VmHWM``, reset before each pass).
+
+Beside it: today's exact path (``duplicates.group`` on all vectors in RAM)
+at 0.95 on all of them (``--n`` up to ``--exact-max``, with whether its
+groups equal ours) or on the first ``--subset`` of them; FiftyOne Brain's
+``find_duplicates`` on its ``sklearn`` backend (``--brain`` sizes, subsets
+of the same vectors, in a private mongod), stopping after the first size
+that takes over ``--brain-max-s``.
+
+Uniqueness (``--uniqueness``): each point's 3 nearest others through the
+cells (:func:`~fiftyone_ai_search.query.pairs.nearest_by_cells`, what
+``ais.compute_uniqueness`` runs), with the recall of the true 3 nearest
+and the error of the Brain's score (the weighted mean distance, before the
+division by the largest) on ``--truth-sample`` points; and FiftyOne Brain's
+``compute_uniqueness(similarity_index="ai_search")`` on our index at
+``--brain-uniqueness`` samples (64-d, the tiny CLIP's index filled with
+random vectors): a search per sample, extrapolated to ``--n``.
+
+``--profile FILE``: one more pass at the middle threshold under cProfile
+(the stats saved, the top printed).
 
 Examples::
 
     python bench/bench_duplicates.py --n 100000
     flock /tmp/aisearch-bench.lock nice -n 15 \\
-        python bench/bench_duplicates.py --n 1000000 --brain "" \\
-        --keep /tmp/ais-bench-dups-1m
+        python bench/bench_duplicates.py --n 1000000 --probes 3 \\
+        --thresholds 0.98,0.95,0.9 --keep /tmp/ais-bench-dups-1m
 """
 
 import argparse
 import os
 import shutil
 import sys
+import cProfile
+import pstats
 import tempfile
+import threading
 import time
-import tracemalloc
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -68,10 +87,20 @@ def parse_args(argv=None):
                    help="up to this size, every pair exactly (and today's "
                         "path, and the Brain)")
     p.add_argument("--truth-sample", type=int, default=2000)
-    p.add_argument("--brain", default="10000,30000",
+    p.add_argument("--brain", default="10000,30000,100000",
                    help="sizes for the Brain's sklearn find_duplicates "
                         "('' for none)")
     p.add_argument("--brain-max-s", type=float, default=150.0)
+    p.add_argument("--subset", type=int, default=100_000,
+                   help="above --exact-max, today's exact path and the "
+                        "Brain run on the first this many points")
+    p.add_argument("--uniqueness", type=int, default=1,
+                   help="1: the 3 nearest of every point through the cells")
+    p.add_argument("--brain-uniqueness", type=int, default=5000,
+                   help="samples for the Brain's compute_uniqueness on our "
+                        "index (0: none)")
+    p.add_argument("--profile", default=None,
+                   help="cProfile one more pass into this file")
     p.add_argument("--keep", default=None,
                    help="keep the filled, maintained index in this folder "
                         "and reuse it when it holds the same world")
@@ -135,6 +164,43 @@ def rss_mb(key="VmRSS"):
     return float("nan")
 
 
+class PeakAnon:
+    """The peak of this process's anonymous memory (``RssAnon``, MB) while
+    in the block, sampled every 20 ms, above what it was on entry."""
+
+    def __enter__(self):
+        self.base = self.peak = rss_mb("RssAnon")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, rss_mb("RssAnon"))
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_mb("RssAnon"))
+
+    @property
+    def above(self):
+        return self.peak - self.base
+
+
+def measured(fn):
+    """``(result, wall s, CPU s, +MB anonymous peak, +MB VmHWM)`` of
+    ``fn()``."""
+    base = rss_mb()
+    reset_peak()
+    with PeakAnon() as anon:
+        w0, c0 = time.time(), time.process_time()
+        result = fn()
+        wall, cpu = time.time() - w0, time.process_time() - c0
+    return result, wall, cpu, anon.above, rss_mb("VmHWM") - base
+
+
 def open_index(args, x):
     """The filled, maintained index of ``x``, and what building it took."""
     from fiftyone_ai_search.store import EdgeStore
@@ -160,10 +226,8 @@ def open_index(args, x):
         None if args.keep else folder)
 
 
-def ours(store, n, threshold, probe):
-    """The pass through the cells; returns the pairs, the groups and what
-    it took."""
-    from fiftyone_ai_search.query import pairs
+def _reader(store):
+    """``(rows_of, read)`` of the pass over every point of ``store``."""
 
     def rows_of(ids):
         return np.array([int(i, 16) - 1 for i in ids], np.int64)
@@ -172,19 +236,86 @@ def ours(store, n, threshold, probe):
         with store.session(keep_open=True):
             return store.get_cell_vectors(values)
 
-    base = rss_mb()
-    reset_peak()
-    tracemalloc.start()
-    w0, c0 = time.time(), time.process_time()
-    lo, hi, sim, seen = pairs.pairs_by_cells(store.cells(), read, rows_of,
-                                             threshold, probe=probe)
-    dup, kept, sims = pairs.group_pairs(n, lo, hi, sim)
-    wall, cpu = time.time() - w0, time.process_time() - c0
-    heap = tracemalloc.get_traced_memory()[1] / 2**20
-    tracemalloc.stop()
-    peak = rss_mb("VmHWM") - base
+    return rows_of, read
+
+
+def ours(store, n, threshold, probe):
+    """The pass through the cells; returns the pairs, the groups and what
+    it took."""
+    from fiftyone_ai_search.query import pairs
+
+    rows_of, read = _reader(store)
+
+    def run():
+        lo, hi, sim, seen = pairs.pairs_by_cells(
+            store.cells(), read, rows_of, threshold, probe=probe)
+        return lo, hi, sim, seen, pairs.group_pairs(n, lo, hi, sim)
+
+    (lo, hi, _, seen, groups), wall, cpu, anon, hwm = measured(run)
     assert seen == n, (seen, n)
-    return (lo, hi), (dup, kept, sims), wall, cpu, (peak, heap)
+    return (lo, hi), groups, wall, cpu, (anon, hwm)
+
+
+def profiled(store, n, threshold, probe, path):
+    """One more pass under cProfile: its stats saved to ``path``, the top
+    printed."""
+    from fiftyone_ai_search.query import pairs
+
+    rows_of, read = _reader(store)
+    prof = cProfile.Profile()
+    w0, c0 = time.time(), time.process_time()
+    prof.enable()
+    lo, hi, sim, _ = pairs.pairs_by_cells(store.cells(), read, rows_of,
+                                          threshold, probe=probe)
+    pairs.group_pairs(n, lo, hi, sim)
+    prof.disable()
+    print(f"\nprofiled pass at {threshold}: {time.time() - w0:.1f} s wall, "
+          f"{time.process_time() - c0:.1f} s CPU; stats in {path}")
+    prof.dump_stats(path)
+    stats = pstats.Stats(prof)
+    stats.sort_stats("tottime").print_stats(18)
+    stats.sort_stats("cumulative").print_stats(18)
+
+
+def uniqueness_row(store, x, rows):
+    """Each point's 3 nearest others through the cells, against exact on
+    ``rows``."""
+    from fiftyone_ai_search import uniqueness
+    from fiftyone_ai_search.query import pairs
+
+    rows_of, read = _reader(store)
+    k = len(uniqueness.WEIGHTS)
+
+    def run():
+        near, sims, _, seen = pairs.nearest_by_cells(store.cells(), read,
+                                                     rows_of, len(x), k)
+        return near, sims, seen, uniqueness.scores_of(sims)
+
+    (near, sims, seen, _), wall, cpu, anon, hwm = measured(run)
+    assert seen == len(x), (seen, len(x))
+    # the truth on the sample: its 3 nearest others, every point compared
+    true_rows, true_sims = [], []
+    step = max(16, CHUNK // len(x))
+    for s in range(0, len(rows), step):
+        q = rows[s:s + step]
+        exact = x[q] @ x.T
+        exact[np.arange(len(q)), q] = -np.inf
+        top = np.argsort(-exact, axis=1)[:, :k]
+        true_rows.append(top)
+        true_sims.append(np.take_along_axis(exact, top, axis=1))
+    true_rows, true_sims = np.concatenate(true_rows), np.concatenate(true_sims)
+    hits = np.mean([len(set(a) & set(b)) / k for a, b in
+                    zip(near[rows].tolist(), true_rows.tolist())])
+
+    def means(s):
+        return np.mean((1.0 - np.maximum(s, -1.0)) * uniqueness.WEIGHTS,
+                       axis=1)
+
+    err = np.abs(means(sims[rows]) - means(true_sims)) / means(true_sims)
+    print(f"{'ours: uniqueness, 3 nearest':32s} {len(x):>9,} {'-':>5} "
+          f"{wall:8.1f} {cpu:8.1f} {f'{anon:.0f}/{hwm:.0f}':>13} {'-':>9} "
+          f"{'-':>9} {hits:7.4f}  (score error on {len(rows):,} points: "
+          f"median {np.median(err):.2e}, max {err.max():.2e})", flush=True)
 
 
 def recall_of(found, truth):
@@ -195,33 +326,76 @@ def recall_of(found, truth):
     return sum(p in f for p in t) / len(t)
 
 
+def _fiftyone():
+    """An isolated FiftyOne (a private mongod), once."""
+    if "fiftyone" not in sys.modules:
+        import _env
+
+        _env.setup()
+
+
+def brain_uniqueness_row(args, scratch):
+    """FiftyOne Brain's ``compute_uniqueness(similarity_index=...)`` on our
+    index (64-d: the tiny CLIP's, filled with random unit vectors), and
+    ours on the same samples; the Brain's time extrapolated to ``--n``."""
+    size = args.brain_uniqueness
+    if not size:
+        return
+    _fiftyone()
+    import fiftyone.brain as fob
+
+    import bench_brain as bb
+    import bench_search as bs
+    import fiftyone_ai_search as ais
+    from fiftyone_ai_search.demo import tiny_clip_model_name
+
+    dataset = bs.build_dataset(size, bs.small_images(os.path.join(
+        scratch, "images")))
+    ids = dataset.values("id")
+    bb.fill_index(dataset, ids, bs.random_unit_vectors(size, 64),
+                  tiny_clip_model_name(), None)
+    _, wall, cpu, anon, hwm = measured(lambda: fob.compute_uniqueness(
+        dataset, uniqueness_field="u_brain", similarity_index=bb.OURS,
+        progress=False))
+    print(f"{'brain compute_uniqueness, ours':32s} {size:>9,} {'-':>5} "
+          f"{wall:8.1f} {cpu:8.1f} {f'{anon:.0f}/{hwm:.0f}':>13} {'-':>9} "
+          f"{'-':>9} {'-':>7}  (a search per sample: "
+          f"~{wall / size * args.n / 3600:.1f} h at {args.n:,})", flush=True)
+    _, wall, cpu, anon, hwm = measured(lambda: ais.compute_uniqueness(
+        dataset, "u_ours"))
+    brain, mine = (np.array(dataset.values(f), float)
+                   for f in ("u_brain", "u_ours"))
+    print(f"{'ours: ais.compute_uniqueness':32s} {size:>9,} {'-':>5} "
+          f"{wall:8.1f} {cpu:8.1f} {f'{anon:.0f}/{hwm:.0f}':>13} {'-':>9} "
+          f"{'-':>9} {'-':>7}  (exact at this size; largest difference "
+          f"from the Brain's scores {np.abs(brain - mine).max():.1e})",
+          flush=True)
+    dataset.delete()
+
+
 def brain_rows(args, x):
     """FiftyOne Brain's find_duplicates (sklearn) on subsets of ``x``."""
     sizes = [int(s) for s in args.brain.split(",") if s]
     if not sizes:
         return
-    import _env
-
-    _env.setup()
+    _fiftyone()
     import fiftyone as fo
     import fiftyone.brain as fob
 
     for size in sizes:
+        if size > len(x):
+            break
         dataset = fo.Dataset()
         dataset.add_samples([fo.Sample(filepath=f"/none/{i}.jpg")
                              for i in range(size)], progress=False)
         index = fob.compute_similarity(dataset, embeddings=x[:size],
                                        backend="sklearn", brain_key="sk")
-        base = rss_mb()
-        reset_peak()
-        w0, c0 = time.time(), time.process_time()
-        index.find_duplicates(thresh=1 - 0.95)
-        wall, cpu = time.time() - w0, time.process_time() - c0
-        peak = rss_mb("VmHWM") - base
+        _, wall, cpu, anon, hwm = measured(
+            lambda: index.find_duplicates(thresh=1 - 0.95))
         found = sum(len(v) for v in index.neighbors_map.values())
         print(f"{'brain sklearn find_duplicates':32s} {size:>9,} {0.95:>5} "
-              f"{wall:8.1f} {cpu:8.1f} {peak:13.0f} {'-':>9} {found:>9,} "
-              f"{'-':>7}",
+              f"{wall:8.1f} {cpu:8.1f} {f'{anon:.0f}/{hwm:.0f}':>13} "
+              f"{'-':>9} {found:>9,} {'-':>7}",
               flush=True)
         dataset.delete()
         if wall > args.brain_max_s:
@@ -261,7 +435,7 @@ def main(argv=None):
     print(f"truth ({what}, matrix products): {time.time() - w0:.1f} s wall, "
           f"{time.process_time() - c0:.1f} s CPU", flush=True)
     print(f"\n{'method':32s} {'n':>9} {'t':>5} {'wall s':>8} {'CPU s':>8} "
-          f"{'+MB rss/heap':>13} {'pairs':>9} {'dups':>9} {'recall':>7}")
+          f"{'+MB anon/hwm':>13} {'pairs':>9} {'dups':>9} {'recall':>7}")
     kept_groups = {}
     probes = [None if p == "exact" else int(p)
               for p in args.probes.split(",")]
@@ -285,28 +459,42 @@ def main(argv=None):
               f"{num_pairs:>9,} "
               f"{len(groups[0]):>9,} {recall_of(found, ref):7.4f}",
               flush=True)
+    if args.profile:
+        middle = thresholds[len(thresholds) // 2]
+        profiled(store, args.n, middle, probes[-1], args.profile)
+    if args.uniqueness:
+        pick = (rows if not exact else np.random.default_rng(
+            args.seed + 2).choice(args.n, min(args.n, args.truth_sample),
+                                  replace=False))
+        uniqueness_row(store, x, pick)
     store.close()
-    if exact and 0.95 in kept_groups:
-        from fiftyone_ai_search import duplicates
+    size = args.n if exact else min(args.n, args.subset)
+    from fiftyone_ai_search import duplicates
 
-        ids = [f"{i + 1:024x}" for i in range(args.n)]
-        base = rss_mb()
-        reset_peak()
-        w0, c0 = time.time(), time.process_time()
-        groups = duplicates.group(ids, x, 0.95)
-        wall, cpu = time.time() - w0, time.process_time() - c0
-        peak = rss_mb("VmHWM") - base
+    ids = [f"{i + 1:024x}" for i in range(size)]
+    groups, wall, cpu, anon, hwm = measured(
+        lambda: duplicates.group(ids, x[:size], 0.95))
+    note = ""
+    if exact and 0.95 in kept_groups:
         dup, kept, sims = kept_groups[0.95]
         mine = {}
         for d, k in zip(dup.tolist(), kept.tolist()):
             mine.setdefault(ids[k], []).append(ids[d])
         same = ({k: sorted(d for d, _ in v) for k, v in groups.items()}
                 == {k: sorted(v) for k, v in mine.items()})
-        print(f"{'exact: duplicates.group (today)':32s} {args.n:>9,} "
-              f"{0.95:>5} {wall:8.1f} {cpu:8.1f} {peak:13.0f} {'-':>9} "
-              f"{sum(len(v) for v in groups.values()):>9,} {'1':>7}  "
-              f"(same groups as ours: {same})", flush=True)
-        brain_rows(args, x)
+        note = f"  (same groups as ours: {same})"
+    print(f"{'exact: duplicates.group (today)':32s} {size:>9,} "
+          f"{0.95:>5} {wall:8.1f} {cpu:8.1f} "
+          f"{f'{anon:.0f}/{hwm:.0f}':>13} {'-':>9} "
+          f"{sum(len(v) for v in groups.values()):>9,} {'1':>7}{note}",
+          flush=True)
+    brain_rows(args, x[:size])
+    scratch = tempfile.mkdtemp(prefix="bench-dups-brain-",
+                               dir=os.environ.get("BENCH_TMP"))
+    try:
+        brain_uniqueness_row(args, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     if tmp:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"\nload average at the end {os.getloadavg()[0]:.1f}")

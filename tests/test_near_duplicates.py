@@ -3,17 +3,21 @@ comparing every pair, at several thresholds, with planted copies of
 several closeness; on the real embedded index with its cells forced on at
 a small size, and on the shapes world through the SDK."""
 
+import multiprocessing
 import os
 import shutil
+import signal
+import time
 import uuid
 
 import fiftyone as fo
+import fiftyone.brain as fob
 import numpy as np
 import pytest
 from PIL import Image
 
 import fiftyone_ai_search as ais
-from fiftyone_ai_search import duplicates, embeddings
+from fiftyone_ai_search import brain, duplicates, embeddings, uniqueness
 from fiftyone_ai_search.index import indexes
 from fiftyone_ai_search.index import state as st
 from fiftyone_ai_search.query import pairs
@@ -99,6 +103,94 @@ def test_pairs_through_the_cells_group_as_every_pair(celled, threshold):
             groups_by_cells(store, ids, threshold, pairs.PROBE), expected)
 
 
+def exact_nearest(x, k=3):
+    found = pairs.nearest_every_pair(x, k)
+    return found.rows, found.sims
+
+
+def brain_uniqueness(x):
+    """The Brain's formula (tests/test_brain.py), every pair compared."""
+    dists = 1 - x @ x.T
+    np.fill_diagonal(dists, np.inf)
+    nearest = np.sort(dists, axis=1)[:, :3]
+    expected = (nearest * [0.6, 0.3, 0.1]).mean(axis=1)
+    return expected / expected.max()
+
+
+def test_nearest_through_the_cells(celled):
+    store, ids, x = celled
+    rows, sims = exact_nearest(x)
+    # every pair compared exactly: the sink keeps the 3 nearest, best first
+    full = x @ x.T
+    np.fill_diagonal(full, -np.inf)
+    np.testing.assert_allclose(sims, -np.sort(-full, axis=1)[:, :3],
+                               atol=1e-5)
+    np.testing.assert_allclose(uniqueness.scores_of(sims),
+                               brain_uniqueness(x), atol=1e-5)
+    position = {sid: i for i, sid in enumerate(ids)}
+
+    def rows_of(found):
+        return np.array([position[i] for i in found], np.int64)
+
+    # through every cell (probe None): the same neighbours
+    _, got_sims, present, seen = pairs.nearest_by_cells(
+        store.cells(), store.get_cell_vectors, rows_of, len(ids), 3,
+        probe=None)
+    assert seen == len(ids) and present.all()
+    np.testing.assert_allclose(got_sims, sims, atol=1e-5)
+    # the nearest cells only (what compute_uniqueness runs): a neighbour
+    # may be missed, and a farther one takes its place
+    _, near_sims, _, _ = pairs.nearest_by_cells(
+        store.cells(), store.get_cell_vectors, rows_of, len(ids), 3)
+    assert (near_sims <= sims + 1e-5).all()
+    close = np.isclose(near_sims, sims, atol=1e-5).all(axis=1).mean()
+    assert close > 0.9, close
+
+
+def _hold(path, holding):
+    """Holds the index at ``path`` (its shard open, answering the others'
+    reads) until killed."""
+    store = EdgeStore("dups", path, lock_timeout=60)
+    with store.session(keep_open=True):
+        store.count()
+    holding.set()
+    while True:
+        with store.session(keep_open=True):
+            store.count()
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_cells_read_through_the_process_holding_the_index(celled):
+    # the holder packs the rows in one block; the reader takes the block
+    # as it is: the same ids and bits as read here once the holder is gone
+    from fiftyone_ai_search.store import edge
+
+    store, ids, x = celled
+    values = [store.cells().offset + c for c in (0, 3, 5)]
+    store.close()
+    spawn = multiprocessing.get_context("spawn")
+    holding = spawn.Event()
+    holder = spawn.Process(target=_hold, args=(store.root_dir, holding))
+    holder.start()
+    try:
+        assert holding.wait(120)
+        asked = edge.stats["asked"]
+        served_ids, served = store.get_cell_vectors(values)
+        assert edge.stats["asked"] == asked + 1
+        assert served_ids and served.dtype == np.float32
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.join(60)
+        here_ids, here = store.get_cell_vectors(values)
+        assert edge.stats["asked"] == asked + 1
+        assert here_ids == served_ids
+        assert np.array_equal(here, served)
+    finally:
+        if holder.is_alive():
+            holder.kill()
+        store.close()
+
+
 def test_a_subset_in_its_own_order_groups_as_every_pair(celled):
     store, ids, x = celled
     rng = np.random.default_rng(3)
@@ -168,6 +260,13 @@ def test_planted_copies_on_the_shapes_world_group_as_every_pair(
         return through_cells(*args, **kwargs)
 
     monkeypatch.setattr(pairs, "pairs_by_cells", counted)
+    nearest = pairs.nearest_by_cells
+
+    def counted_nearest(*args, **kwargs):
+        passes.append("nearest")
+        return nearest(*args, **kwargs)
+
+    monkeypatch.setattr(pairs, "nearest_by_cells", counted_nearest)
     # at this size exact costs less: through the cells all the same
     monkeypatch.setattr(duplicates, "EXACT_PAIR_S", 1.0)
     # cells of ~3 points here (an index's hold ~500): a point's few
@@ -204,6 +303,16 @@ def test_planted_copies_on_the_shapes_world_group_as_every_pair(
     vids, vx = ais.get_embeddings(view)
     assert_same_groups(ais.near_duplicate_groups(view, 0.95),
                        exact_groups(vids, vx, 0.95))
+    # uniqueness through the same cells: the Brain's scores, and None for
+    # a sample the index does not hold yet
+    ais.compute_uniqueness(dataset, "u_cells")
+    assert passes[-1] == "nearest"
+    got = dict(zip(*dataset.values(["id", "u_cells"])))
+    np.testing.assert_allclose([got[i] for i in ids], brain_uniqueness(x),
+                               atol=1e-5)
+    late = dataset.add_sample(fo.Sample(filepath=dataset.first().filepath))
+    ais.compute_uniqueness(dataset, "u_cells")
+    assert dataset[late].u_cells is None
 
 
 def test_a_small_view_of_a_large_index_is_compared_exactly():
@@ -219,3 +328,48 @@ def test_an_index_without_cells_stays_exact(tmp_path):
     ids, x = ais.get_embeddings(dataset)
     assert_same_groups(ais.near_duplicate_groups(dataset, 0.97),
                        exact_groups(ids, x, 0.97))
+    # uniqueness: what the Brain's compute_uniqueness gives on our index
+    ais.compute_uniqueness(dataset)
+    fob.compute_uniqueness(dataset, uniqueness_field="u_brain",
+                           similarity_index=brain.DEFAULT_BRAIN_KEY)
+    ours, theirs = dataset.values(["uniqueness", "u_brain"])
+    np.testing.assert_allclose(ours, theirs, atol=1e-5)
+    # a view's samples among themselves
+    view = dataset.limit(30)
+    ais.compute_uniqueness(view, "u_view")
+    vids, vx = ais.get_embeddings(view)
+    got = dict(zip(*view.values(["id", "u_view"])))
+    np.testing.assert_allclose([got[i] for i in vids], brain_uniqueness(vx),
+                               atol=1e-5)
+    assert dataset.exists("u_view", False).count() == len(dataset) - 30
+
+
+def test_copies_added_are_found_after_a_refresh_and_deleted_ones_drop_out(
+        tmp_path, monkeypatch):
+    # through the cells at this size, and the whole band (cells of a few
+    # points, as in the shapes test above)
+    monkeypatch.setattr(duplicates, "EXACT_PAIR_S", 1.0)
+    monkeypatch.setattr(pairs, "PROBE", None)
+    dataset = shapes_dataset(tmp_path, num_samples=120)
+    ais.calculate_embeddings(dataset, wait=True, progress=False)
+    embeddings.maintain_index(dataset, min_points=100)
+    before = ais.near_duplicate_groups(dataset, 0.98)
+    _copy_variants(dataset, tmp_path)
+    # one refresh: the copies are written without a cell yet
+    ais.calculate_embeddings(dataset, wait=True, progress=False)
+    groups = ais.near_duplicate_groups(dataset, 0.98)
+    ids, x = ais.get_embeddings(dataset)
+    assert_same_groups(groups, exact_groups(ids, x, 0.98))
+    group_of = {}
+    for kept, dups in groups.items():
+        for sid in [kept, *(d for d, _ in dups)]:
+            group_of[sid] = kept
+    copies = dataset.exists("copy_of")
+    for copy_id, original, kind in zip(*copies.values(
+            ["id", "copy_of", "kind"])):
+        if kind == "copy":
+            assert group_of.get(copy_id) == group_of.get(original) != None
+    # deleted and refreshed: they drop out
+    dataset.delete_samples(copies)
+    ais.calculate_embeddings(dataset, wait=True, progress=False)
+    assert_same_groups(ais.near_duplicate_groups(dataset, 0.98), before)

@@ -42,6 +42,7 @@ from .results import (
 )
 from .config import get_settings
 from .duplicates import find_near_duplicates, near_duplicate_groups
+from .uniqueness import compute_uniqueness
 from .errors import (AISearchError, AISearchNotEnabledError,
                      BrainKeyTakenError, CollectionNotFoundError, CropError,
                      DiskFullError, ExistingEmbeddingsError, ImageDecodeError,
@@ -110,6 +111,7 @@ __all__ = [
     "rename_collection",
     "save_collection",
     "available_models",
+    "compute_uniqueness",
     "find_near_duplicates",
     "near_duplicate_groups",
     "calculate_embeddings",

@@ -22,7 +22,7 @@ few cells at a time, never every vector at once; grouped by the same rules.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, Optional
 
 import numpy as np
 
@@ -118,7 +118,9 @@ def group(ids, vectors, threshold=DEFAULT_THRESHOLD, progress=None):
 
 
 def find_near_duplicates(samples: foc.SampleCollection,
-                         threshold: float = DEFAULT_THRESHOLD) -> str | None:
+                         threshold: float = DEFAULT_THRESHOLD,
+                         progress: Optional[Callable[[int, int], None]] = None
+                         ) -> str | None:
     """Finds near-duplicate images and keeps them as the dataset's
     temporary collection: each group is the sample it keeps (score 1.0)
     followed by its duplicates, scored by their similarity to it, most
@@ -143,13 +145,15 @@ def find_near_duplicates(samples: foc.SampleCollection,
         samples: a dataset or a view of it
         threshold (0.95): the cosine similarity, in (0, 1], at or above
             which two images are near-duplicates
+        progress (None): called now and then as ``progress(done, total)``
+            (cells of the index, or rows compared)
 
     Returns:
         the name of the collection, or None when there are no duplicates
     """
     # a float from here on: what the collection's query records too
     threshold = validate.number(threshold, "threshold", 0.0, 1.0)
-    groups = near_duplicate_groups(samples, threshold)
+    groups = near_duplicate_groups(samples, threshold, progress=progress)
     if not groups:
         return None
     ids, scores = [], []
@@ -166,23 +170,25 @@ def find_near_duplicates(samples: foc.SampleCollection,
 
 
 def near_duplicate_groups(samples: foc.SampleCollection,
-                          threshold: float = DEFAULT_THRESHOLD
-                          ) -> dict[str, list[tuple[str, float]]]:
+                          threshold: float = DEFAULT_THRESHOLD,
+                          progress: Optional[Callable[[int, int], None]]
+                          = None) -> dict[str, list[tuple[str, float]]]:
     """The near-duplicate groups of ``samples`` (see :func:`group`), from
     the vectors of its AI search index, visited in the order of
-    ``samples``.
+    ``samples``; ``progress``: as :func:`find_near_duplicates`.
 
     Returns:
         a dict ``{kept_id: [(duplicate_id, similarity), ...]}``
     """
 
     threshold = validate.number(threshold, "threshold", 0.0, 1.0)
+    progress = callback(progress)
     if threshold <= 0:
         raise ValueError("threshold must be in (0, 1], got 0")
     if getattr(samples, "_is_patches", False):
         # objects: their own index, exact
         ids, vectors = get_embeddings(samples)
-        return group(ids, vectors, threshold)
+        return group(ids, vectors, threshold, progress)
     dataset, view = media.resolve(samples)
     target = targets.target_of(dataset, None)
     doc = indexes.require_index(target, same_model=True)
@@ -190,7 +196,7 @@ def near_duplicate_groups(samples: foc.SampleCollection,
 
     def read(doc, store):
         try:
-            return _groups_in(store, wanted, threshold)
+            return _groups_in(store, wanted, threshold, progress)
         finally:
             store.close()
 
@@ -204,16 +210,41 @@ def _exact_is_cheaper(num_wanted, num_points):
             < num_points * CELLS_POINT_S)
 
 
-def _groups_in(store, wanted, threshold):
+def callback(progress):
+    """A ``progress`` argument checked: None or a callable."""
+    if progress is not None and not callable(progress):
+        raise ValueError("progress must be None or a callable "
+                         f"progress(done, total), got {progress!r}")
+    return progress
+
+
+def _groups_in(store, wanted, threshold, progress=None):
     """The groups of the samples ``wanted`` (ids, in visiting order) in
     ``store``: through its cells where it has them (see
     :mod:`fiftyone_ai_search.query.pairs`), else every pair exactly."""
+    through = cells_pass(store, wanted)
+    if through is not None:
+        lo, hi, sim, seen = pairs.pairs_by_cells(
+            *through, threshold, probe=pairs.PROBE, progress=progress)
+        if seen == store.count():
+            return pairs.named_groups(
+                wanted, *pairs.group_pairs(len(wanted), lo, hi, sim))
+        # else points without any cell key (written by an older version)
+    ids, vectors = store.get_vectors(wanted)
+    return group(ids, vectors, threshold, progress)
+
+
+def cells_pass(store, wanted):
+    """What a pass through the cells of ``store`` over the samples
+    ``wanted`` (ids, in visiting order) takes: ``(cells, read, rows_of)``
+    (see :func:`fiftyone_ai_search.query.pairs.pairs_by_cells`), or None
+    where every pair is compared exactly: an index without cells (small),
+    a small view, or cells being learned or moved. The caller compares
+    the points it saw with ``store.count()``."""
     known = store.cells()
     if (known is None or not known.complete or known.previous is not None
             or _exact_is_cheaper(len(wanted), store.count())):
-        # small, a small view, or cells being learned or moved: exact
-        ids, vectors = store.get_vectors(wanted)
-        return group(ids, vectors, threshold)
+        return None
     position = {sid: i for i, sid in enumerate(wanted)}
 
     def rows_of(ids):
@@ -226,11 +257,4 @@ def _groups_in(store, wanted, threshold):
         with store.session(keep_open=True):
             return store.get_cell_vectors(values)
 
-    lo, hi, sim, seen = pairs.pairs_by_cells(known, read, rows_of, threshold,
-                                             probe=pairs.PROBE)
-    if seen != store.count():
-        # points without any cell key (written by an older version): exact
-        ids, vectors = store.get_vectors(wanted)
-        return group(ids, vectors, threshold)
-    return pairs.named_groups(wanted,
-                              *pairs.group_pairs(len(wanted), lo, hi, sim))
+    return known, read, rows_of

@@ -11,7 +11,8 @@ lies between them, so ``x`` is within ``r`` of it::
 
 That is a test on ``x`` alone, and it is exact, not a guess: the pairs of
 ``x`` outside its own cell can only be in the cells whose boundary it is
-that near. So the pass is, cell by cell (in the order of their values):
+that near. So the pass is, cell by cell (next the cells the most points
+wait for, so that they wait briefly):
 
 - the pairs within the cell (one matrix product, ~500 x 500);
 - the cell's points against the points of earlier cells that lay near
@@ -69,22 +70,29 @@ class Pairs:
     """The pairs found: row indexes ``lo < hi`` (into the visiting order)
     and their similarity, in arrays."""
 
-    def __init__(self):
+    def __init__(self, threshold):
+        self.threshold = np.float32(threshold)
         self._lo, self._hi, self._sim = [], [], []
 
-    def add(self, rows_a, rows_b, sims, threshold, same=False):
+    def add(self, rows_a, rows_b, sims, same=False):
         """Adds the pairs of ``sims`` (``len(rows_a) x len(rows_b)``) at or
-        above ``threshold``; ``same``: both sides are one set (only the
+        above the threshold; ``same``: both sides are one set (only the
         upper triangle counts)."""
+        ia, ib = np.nonzero(sims >= self.threshold)
         if same:
-            sims = np.triu(sims, k=1) if len(sims) else sims
-        ia, ib = np.nonzero(sims >= threshold)
+            # the upper triangle (rows_b starts where rows_a does), without
+            # copying the product to zero the rest
+            keep = ib > ia
+            ia, ib = ia[keep], ib[keep]
         if not len(ia):
             return
         a, b = rows_a[ia], rows_b[ib]
         self._lo.append(np.minimum(a, b))
         self._hi.append(np.maximum(a, b))
         self._sim.append(sims[ia, ib].astype(np.float32))
+
+    def saw(self, rows):
+        """The pass read these rows (pairs need not know)."""
 
     def arrays(self):
         """``(lo, hi, sim)``, each pair once."""
@@ -97,6 +105,82 @@ class Pairs:
         # a pair is found once, unless an id is in the index twice over
         _, first = np.unique(lo * (hi.max() + 1) + hi, return_index=True)
         return lo[first], hi[first], sim[first]
+
+
+class Nearest:
+    """Each row's ``k`` most similar other rows seen: their rows (``-1``
+    where fewer were seen) and similarities, best first; and which rows the
+    pass read (``present``: the others are not in the index)."""
+
+    def __init__(self, n, k):
+        self.k = k
+        self.rows = np.full((n, k), -1, np.int64)
+        self.sims = np.full((n, k), -np.inf, np.float32)
+        self.present = np.zeros(n, dtype=bool)
+
+    def saw(self, rows):
+        """The pass read these rows."""
+        self.present[rows] = True
+
+    def add(self, rows_a, rows_b, sims, same=False):
+        """Offers the similarities ``sims`` (``len(rows_a) x
+        len(rows_b)``) to both sides; ``same``: both sides are one set
+        (``rows_b`` starts where ``rows_a`` does; the upper triangle
+        counts, so that each pair is offered once each way)."""
+        if same:
+            sims = np.where(np.arange(sims.shape[1]) > np.arange(
+                len(sims))[:, None], sims, np.float32(-np.inf))
+        self.offer(rows_a, sims, rows_b)
+        self.offer(rows_b, sims.T, rows_a)
+
+    def offer(self, rows, sims, others):
+        """``sims[i]``: row ``rows[i]``'s similarity to ``others``."""
+        if not sims.size:
+            return
+        if sims.shape[1] > self.k:
+            top = np.argpartition(-sims, self.k - 1, axis=1)[:, : self.k]
+        else:
+            top = np.broadcast_to(np.arange(sims.shape[1]),
+                                  (len(sims), sims.shape[1]))
+        both = np.concatenate(
+            [self.sims[rows], np.take_along_axis(sims, top, axis=1)], axis=1)
+        ids = np.concatenate([self.rows[rows], others[top]], axis=1)
+        # best first; on a tie the lower row (as the exact path orders)
+        order = np.lexsort((ids, -both), axis=1)[:, : self.k]
+        self.sims[rows] = np.take_along_axis(both, order, axis=1)
+        picked = np.take_along_axis(ids, order, axis=1)
+        self.rows[rows] = np.where(np.isfinite(self.sims[rows]), picked, -1)
+
+
+def nearest_by_cells(cells: cl.Cells,
+                     read: Callable[[Sequence[int]], tuple],
+                     rows_of: Callable[[list], np.ndarray],
+                     n: int,
+                     k: int = 3,
+                     probe: Optional[int] = PROBE,
+                     progress: Optional[Callable] = None):
+    """Each point's ``k`` most similar other points, through the complete
+    ``cells`` of an index: the pass of :func:`pairs_by_cells` with no
+    threshold, so that a point is compared with its own cell's points and
+    those of its ``probe`` nearest other cells (approximate: a neighbour
+    beyond them is missed, and a farther one takes its place).
+
+    Args:
+        cells, read, rows_of, progress: as :func:`pairs_by_cells`
+        n: how many rows ``rows_of`` maps to
+        k (3): neighbours of each point
+        probe (PROBE): as :func:`pairs_by_cells`; None: every cell (exact,
+            every pair)
+
+    Returns:
+        ``(rows, sims, present, seen)``: ``(n, k)`` arrays of each row's
+        neighbours (``-1`` where it has fewer) and similarities, best
+        first; whether each row was read (in the index); and how many
+        points were read
+    """
+    found = Nearest(n, k)
+    seen = _pass(cells, read, rows_of, 2.0, found, probe, progress)
+    return found.rows, found.sims, found.present, seen
 
 
 def pairs_by_cells(cells: cl.Cells,
@@ -125,8 +209,18 @@ def pairs_by_cells(cells: cl.Cells,
         many points were read (the caller checks it against the index's
         count: a point without any cell key would be missed)
     """
-    t = np.float32(threshold)
+    found = Pairs(threshold)
     reach = float(np.sqrt(max(0.0, 2.0 - 2.0 * float(threshold))))
+    seen = _pass(cells, read, rows_of, reach, found, probe, progress)
+    lo, hi, sim = found.arrays()
+    return lo, hi, sim, seen
+
+
+def _pass(cells, read, rows_of, reach, found, probe, progress):
+    """The pass through the cells (see the module's docstring): offers the
+    similarities of every two points within ``reach`` of each other (and
+    of the boundary between their cells) to ``found``; returns how many
+    points were read."""
     centres = np.asarray(cells.centres, dtype=np.float32)
     k = len(centres)
     # |a - b| of every two unit centres
@@ -141,63 +235,79 @@ def pairs_by_cells(cells: cl.Cells,
         # centre would cost as much as the rest (n x k x dim: ~40 min of
         # CPU at 1M points in 2,000 cells)
         candidates = np.argsort(apart, axis=1)[:, :NEIGHBOURS]
-    found = Pairs()
 
     loose_ids, loose = read([cl.UNASSIGNED])
     seen = len(loose_ids)
     loose_rows = rows_of(loose_ids)
     keep = loose_rows >= 0
     loose, loose_rows = loose[keep], loose_rows[keep]
+    found.saw(loose_rows)
     if len(loose):
-        _blocks(found, loose_rows, loose, loose_rows, loose, t, same=True)
+        _blocks(found, loose_rows, loose, loose_rows, loose, same=True)
 
     #: cell -> [(rows, vectors)] of earlier cells' points near its boundary
     waiting: dict[int, list] = {}
+    #: how many points wait for each cell, and the cells that had their turn
+    pending = np.zeros(k, np.int64)
+    done = np.zeros(k, dtype=bool)
     offset = cells.offset
-    for start in range(0, k, CELLS_PER_READ):
-        values = list(range(start, min(k, start + CELLS_PER_READ)))
+    last = 0
+    while not done.all():
+        values = _next_cells(pending, done, apart[last], CELLS_PER_READ)
         ids, vectors = read([offset + c for c in values])
         seen += len(ids)
         rows = rows_of(ids)
         keep = rows >= 0
         rows, vectors = rows[keep], vectors[keep]
-        if not len(rows):
-            for c in values:
-                waiting.pop(c, None)
-            continue
+        found.saw(rows)
         # the read's points by cell: the nearest centre among those read
         # is each one's cell (assigned so by the upkeep)
-        own = np.asarray(values)[np.argmax(vectors @ centres[values].T,
-                                           axis=1)]
-        for c in values:
+        own = (values[np.argmax(vectors @ centres[values].T, axis=1)]
+               if len(rows) else rows)
+        for c in values.tolist():
+            done[c] = True
             mine = own == c
             x, xr = vectors[mine], rows[mine]
             if len(x):
                 cand = candidates[c]
                 _one_cell(found, c, x, xr, x @ centres[cand].T, cand,
-                          apart[c, cand], reach, t, waiting, loose,
-                          loose_rows, probe)
+                          apart[c, cand], reach, waiting, pending,
+                          done[cand], loose, loose_rows, probe)
             waiting.pop(c, None)
+            last = c
         if progress is not None:
-            progress(min(k, start + CELLS_PER_READ), k)
-    lo, hi, sim = found.arrays()
-    return lo, hi, sim, seen
+            progress(int(done.sum()), k)
+    return seen
 
 
-def _one_cell(found, c, x, xr, near, cand, apart, reach, t, waiting, loose,
-              loose_rows, probe):
+def _next_cells(pending, done, apart, count):
+    """The next ``count`` cells to visit: those the most points wait for,
+    then the nearest to the last visited (``apart``: each centre's
+    distance to its centre). A cell's points near a boundary wait for the
+    cell beyond it; visiting in the order of cell values, they waited half
+    the pass on average (gigabytes at 1M points). Following them, a cell's
+    neighbours come while its points wait, so what waits stays the band
+    of the cells around the ones just visited."""
+    (left,) = np.nonzero(~done)
+    order = np.lexsort((left, apart[left], -pending[left]))
+    return left[order[:count]]
+
+
+def _one_cell(found, c, x, xr, near, cand, apart, reach, waiting, pending,
+              visited, loose, loose_rows, probe):
     """Cell ``c``'s turn: its own pairs, against the points waiting for it
-    and the loose points; its points near a later cell's boundary wait.
-    ``near``: the points' similarity to the centres ``cand`` (``c``
-    among them), ``apart``: those centres' distance to ``c``'s."""
-    _blocks(found, xr, x, xr, x, t, same=True)
+    and the loose points; its points near the boundary of a cell yet to
+    come wait for it. ``near``: the points' similarity to the centres
+    ``cand`` (``c`` among them), ``apart``: those centres' distance to
+    ``c``'s, ``visited``: whether each had its turn (``c`` included)."""
+    _blocks(found, xr, x, xr, x, same=True)
     batches = waiting.get(c)
     if batches:
         wr = np.concatenate([r for r, _ in batches])
         wx = np.concatenate([v for _, v in batches])
-        _blocks(found, wr, wx, xr, x, t)
+        _blocks(found, wr, wx, xr, x)
     if len(loose):
-        _blocks(found, xr, x, loose_rows, loose, t)
+        _blocks(found, xr, x, loose_rows, loose)
     # x . (c - b) <= reach * |c - b|: within reach of b's boundary
     (mine,) = np.nonzero(cand == c)
     band = (near[:, mine] - near) <= reach * apart + SLACK
@@ -207,14 +317,36 @@ def _one_cell(found, c, x, xr, near, cand, apart, reach, t, waiting, loose,
         capped = np.zeros_like(band)
         np.put_along_axis(capped, top, True, axis=1)
         band &= capped
-    band[:, cand <= c] = False  # earlier cells had their turn
+    band[:, visited] = False  # those cells had their turn
     (later,) = np.nonzero(band.any(axis=0))
     for j in later:
         sel = band[:, j]
         waiting.setdefault(int(cand[j]), []).append((xr[sel], x[sel]))
+        pending[cand[j]] += int(sel.sum())
 
 
-def _blocks(found, ar, ax, br, bx, t, same=False):
+def nearest_every_pair(vectors: np.ndarray, k: int,
+                       progress: Optional[Callable] = None) -> Nearest:
+    """Each of ``vectors``' (unit rows) ``k`` most similar other rows,
+    every pair compared (the exact path): a block of rows against all of
+    them at a time, offered to the block's rows only (offering each
+    product to both sides would take the top of every column of it);
+    ``progress(done, total)`` (rows)."""
+    n = len(vectors)
+    found = Nearest(n, k)
+    rows = np.arange(n)
+    found.saw(rows)
+    for s in range(0, n, BLOCK):
+        block = rows[s : s + BLOCK]
+        sims = vectors[block] @ vectors.T
+        sims[np.arange(len(block)), block] = -np.inf  # not itself
+        found.offer(block, sims, rows)
+        if progress is not None:
+            progress(int(block[-1]) + 1, n)
+    return found
+
+
+def _blocks(found, ar, ax, br, bx, same=False):
     """The pairs of ``ax`` against ``bx`` (``same``: of ``ax`` among
     itself), a block of rows at a time: cells are uneven (a dense cluster
     makes a cell of thousands of points), and a whole cell's product of
@@ -223,9 +355,9 @@ def _blocks(found, ar, ax, br, bx, t, same=False):
         if same:
             # the block against itself and the rows after it
             found.add(ar[s : s + BLOCK], ar[s:], ax[s : s + BLOCK] @ ax[s:].T,
-                      t, same=True)
+                      same=True)
         else:
-            found.add(ar[s : s + BLOCK], br, ax[s : s + BLOCK] @ bx.T, t)
+            found.add(ar[s : s + BLOCK], br, ax[s : s + BLOCK] @ bx.T)
 
 
 def group_pairs(n: int, lo: np.ndarray, hi: np.ndarray, sim: np.ndarray):

@@ -48,6 +48,7 @@ import pymongo
 from ..errors import AISearchError, StateDamagedError
 from ..store import base
 from . import targets
+from .targets import dataset_key  # the key of a state: one definition
 
 logger = logging.getLogger(__name__)
 
@@ -183,13 +184,6 @@ def _migrate(doc):
             doc.update(watermark=None, deletion_watermark=None)
     doc["schema_version"] = STATE_SCHEMA_VERSION
     return doc
-
-
-def dataset_key(target):
-    """The key that names a target's state and index: a dataset's id (stable
-    across renames), or ``"<dataset id>~<field>"`` for the objects of a
-    label field (:class:`fiftyone_ai_search.index.targets.Objects`)."""
-    return targets.key_of(target)
 
 
 def load_dataset(key):

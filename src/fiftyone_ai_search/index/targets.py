@@ -1,13 +1,16 @@
 """What an index indexes: a dataset's images, or the objects of one of its
 label fields.
 
-An image index is named by its dataset alone (the dataset is its own
-target); an object index by an :class:`Objects` target: the dataset and a
-``Detections``, ``Polylines`` or ``Keypoints`` field. Each target has its own state
-document (:mod:`fiftyone_ai_search.index.state`), its own index, lease,
-watermarks and failures, keyed by :func:`key_of`: object indexes of
-several fields live beside the image index and are synced, rebuilt and
-switched off each on its own.
+A :class:`Target` is either: :class:`Images` (a dataset's images; the
+dataset itself stands for them wherever a target is asked for, see
+:func:`of`) or :class:`Objects` (the dataset and a ``Detections``,
+``Polylines`` or ``Keypoints`` field). What differs between the two (what
+they count, how messages name them) is behind the type, so that callers
+never ask which one they hold. Each target has its own state document
+(:mod:`fiftyone_ai_search.index.state`), its own index, lease, watermarks
+and failures, keyed by :func:`dataset_key`: object indexes of several
+fields live beside the image index and are synced, rebuilt and switched
+off each on its own.
 
 Examples::
 
@@ -53,13 +56,102 @@ def object_label_fields(dataset: fod.Dataset) -> list[str]:
         embedded_doc_type=tuple(_object_types())))
 
 
-def dataset_key(dataset) -> str:
-    """The id that names a dataset's state and index (stable across
-    renames)."""
-    return str(dataset._doc.id)
+def dataset_key(target) -> str:
+    """The key that names a target's state and index: a dataset's id
+    (stable across renames) for its images, ``"<dataset id>~<field>"`` for
+    the objects of a label field.
+
+    Args:
+        target: a dataset, or a :class:`Target`
+    """
+    return of(target).key
 
 
-class Objects:
+class Target:
+    """What an index indexes: the images of a dataset (:class:`Images`) or
+    the objects of one of its label fields (:class:`Objects`). Use
+    :func:`of` to get the target a dataset stands for."""
+
+    #: the dataset
+    dataset = None
+    #: the label field of an object target; None for images
+    field = None
+    #: whether it is the objects of a label field
+    is_objects = False
+
+    @property
+    def key(self) -> str:
+        """See :func:`dataset_key`."""
+        return str(self.dataset._doc.id)
+
+    @property
+    def name(self) -> str:
+        """The dataset's name (messages name the dataset)."""
+        return self.dataset.name
+
+    @property
+    def call_args(self) -> str:
+        """The arguments that name the target in an SDK call, for
+        messages: ``"dataset"``."""
+        return "dataset"
+
+    @property
+    def what(self) -> str:
+        """How messages name its search: ``"AI search of dataset 'x'"``."""
+        return f"AI search of dataset '{self.name}'"
+
+    @property
+    def not_enabled(self) -> str:
+        """What a message says when its search is off."""
+        return (f"{self.what} is not enabled. Enable it with "
+                f"fiftyone_ai_search.enable_embeddings({self.call_args})")
+
+    @property
+    def id_name(self) -> str:
+        """The name of the argument that takes the ids it indexes."""
+        return "image_id"
+
+    @property
+    def not_embedded(self) -> str:
+        """Why an id has no vector, when no failure is recorded for it."""
+        return "not embedded yet"
+
+    def count(self, samples) -> int:
+        """How many vectors a complete index of ``samples`` holds (failures
+        included)."""
+        return samples.count()
+
+    def __eq__(self, other):
+        return isinstance(other, Target) and other.key == self.key
+
+    def __hash__(self):
+        return hash(self.key)
+
+
+class Images(Target):
+    """The images of a dataset: what an image index indexes.
+
+    Args:
+        dataset: a :class:`fiftyone.core.dataset.Dataset`
+    """
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    @property
+    def not_enabled(self) -> str:
+        return (f"AI search is not enabled on dataset '{self.name}'. Enable "
+                "it with fiftyone_ai_search.enable_embeddings(dataset) (or "
+                "the 'AI search: enable' operator in the App)")
+
+    def __repr__(self):
+        return f"Images({self.dataset.name!r})"
+
+    def __str__(self):
+        return f"images of dataset '{self.dataset.name}'"
+
+
+class Objects(Target):
     """The objects of a label field of a dataset: what an object index
     indexes. Detections by their boxes; polylines and keypoints by the box
     around their points.
@@ -95,14 +187,28 @@ class Objects:
                 dataset, field, None)
             return objects
 
-    @property
-    def key(self) -> str:
-        return dataset_key(self.dataset) + KEY_SEPARATOR + self.field
+    is_objects = True
 
     @property
-    def name(self) -> str:
-        """The dataset's name (messages name the dataset)."""
-        return self.dataset.name
+    def key(self) -> str:
+        return super().key + KEY_SEPARATOR + self.field
+
+    @property
+    def call_args(self) -> str:
+        return f"dataset, patches_field={self.field!r}"
+
+    @property
+    def what(self) -> str:
+        return (f"Object search of field '{self.field}' of dataset "
+                f"'{self.name}'")
+
+    @property
+    def id_name(self) -> str:
+        return "label_id"
+
+    @property
+    def not_embedded(self) -> str:
+        return f"not an object of '{self.field}', or not embedded yet"
 
     @property
     def path(self) -> str:
@@ -119,12 +225,6 @@ class Objects:
 
     def __str__(self):
         return f"objects of '{self.field}' of dataset '{self.dataset.name}'"
-
-    def __eq__(self, other):
-        return isinstance(other, Objects) and other.key == self.key
-
-    def __hash__(self):
-        return hash(self.key)
 
     def objects_of(self, samples) -> tuple:
         """``(sample ids, filepaths, objects)`` of ``samples``: ``objects``
@@ -188,10 +288,11 @@ def _finite(point):
                for v in point[:2])
 
 
-def key_of(target) -> str:
-    """The key of a target's state and index: a dataset's id for its
-    images, ``"<dataset id>~<field>"`` for the objects of a field."""
-    return target.key if isinstance(target, Objects) else dataset_key(target)
+def of(target) -> Target:
+    """The :class:`Target` that ``target`` names: itself, or the images
+    of a dataset (a dataset stands for its images wherever a target is
+    asked for: the public API and the state take datasets)."""
+    return target if isinstance(target, Target) else Images(target)
 
 
 def split_key(key: str) -> tuple:
@@ -202,12 +303,12 @@ def split_key(key: str) -> tuple:
 
 def dataset_of(target):
     """The dataset of a target."""
-    return target.dataset if isinstance(target, Objects) else target
+    return of(target).dataset
 
 
 def field_of(target) -> "str | None":
     """The label field of an object target, None for a dataset."""
-    return target.field if isinstance(target, Objects) else None
+    return of(target).field
 
 
 def target_of(dataset, patches_field: "str | None" = None):

@@ -71,16 +71,13 @@ def reference_vectors(target, store, image_ids):
     missing = [i for i in image_ids if i not in set(ids)]
     if missing:
         failed = {f["sample_id"]: f["reason"] for f in st.get_failures(target)}
-        objects = isinstance(target, targets.Objects)
-        unknown = (f"not an object of '{targets.field_of(target)}', or not "
-                   "embedded yet" if objects else "not embedded yet")
+        target = targets.of(target)
         why = "; ".join(
             f"{i}: " + (f"its image failed ({failed[i]})" if i in failed
-                        else unknown)
+                        else target.not_embedded)
             for i in missing[:5]
         )
-        raise ValueError(
-            f"{'label_id' if objects else 'image_id'}: no embedding for {why}")
+        raise ValueError(f"{target.id_name}: no embedding for {why}")
     return np.asarray(vectors, dtype=np.float32)
 
 

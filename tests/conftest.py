@@ -14,6 +14,13 @@ from fiftyone_ai_search.testing import isolated_fiftyone
 REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 isolated_fiftyone()  # at import: before any test module imports fiftyone
 
+# tests/ is a package (tests.helpers, tests.peer, tests.app_browser); the
+# browser driver keeps its old import name too, `from app_browser import`,
+# for browser tests written against it
+from tests import app_browser  # noqa: E402 (after the set-up above)
+
+sys.modules.setdefault("app_browser", app_browser)
+
 
 @pytest.fixture(scope="session")
 def other_tiny_model(tmp_path_factory):

@@ -118,31 +118,26 @@ def register_small_models(directory):
     open_clip.add_model_config(str(directory))
 
 
-class CrashingPreprocess:
-    """open_clip's transform, except that an image (or a crop) 13 pixels
-    wide kills the process, as a decoder segfault would."""
+def at_the_check_before_a_commit(monkeypatch, target, done, action):
+    """Runs ``action()`` once, at the check a sync of ``target`` makes
+    before a commit (of the state's generation), once ``done`` of its units
+    are committed: where a change made by another process lands between two
+    commits of a running sync, with no process to catch mid-run. Returns a
+    list that gets the progress it ran at (empty: it never ran)."""
+    from fiftyone_ai_search.index import state
 
-    def __init__(self, preprocess):
-        self.preprocess = preprocess
+    check = state.check_generation
+    ran = []
 
-    def __call__(self, image):
-        if image.width == 13:
-            os._exit(3)
+    def check_after(checked, generation):
+        progress = (state.get(target) or {}).get("progress") or {}
+        if not ran and progress.get("done", 0) >= done:
+            ran.append(dict(progress))
+            action()
+        return check(checked, generation)
 
-        return self.preprocess(image)
-
-
-class CrashingModel:
-    """A model whose transform crashes on 13-pixel-wide images."""
-
-    def __init__(self, model):
-        self._model = model
-        self.preprocess = CrashingPreprocess(model.preprocess)
-        self.image_size = model.image_size
-        self.dim = model.dim
-
-    def encode_images(self, batch):
-        return self._model.encode_images(batch)
+    monkeypatch.setattr(state, "check_generation", check_after)
+    return ran
 
 
 def kill_sync_worker_midway(target, args, done=20, timeout=120):

@@ -27,8 +27,8 @@ import pytest
 import fiftyone_ai_search as ais
 from fiftyone_ai_search.app import PLUGIN_NAME
 from fiftyone_ai_search.brain import DEFAULT_BRAIN_KEY as BRAIN_KEY
-from app_browser import app, app_session, browser, browser_artifacts  # noqa: F401
-from helpers import shapes_dataset, worker_paused_midway
+from tests.app_browser import app, app_session, browser, browser_artifacts  # noqa: F401
+from tests.helpers import shapes_dataset, worker_paused_midway
 
 pytestmark = pytest.mark.slow
 

@@ -12,9 +12,9 @@ import fiftyone_ai_search as ais
 from fiftyone_ai_search.app import forms
 from fiftyone_ai_search.demo import shapes
 
-from helpers import shapes_dataset, wait_until_idle
-from test_operators import _execute, _form, _shown
-from test_operators import repo_as_plugin  # noqa: F401 (the plugin, found)
+from tests.helpers import shapes_dataset, wait_until_idle
+from tests.test_operators import _execute, _form, _shown
+from tests.test_operators import repo_as_plugin  # noqa: F401 (the plugin, found)
 
 
 def _upload(data, name="query.png", kind="image/png", content=True):

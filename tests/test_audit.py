@@ -16,8 +16,8 @@ from fiftyone_ai_search.store import audit
 from fiftyone_ai_search.store import cells as cl
 from fiftyone_ai_search.store.edge import EdgeStore
 
-from test_cells import clustered, exact_in, make_ids, unit
-from test_store import (  # noqa: F401 (store: a fixture)
+from tests.test_cells import clustered, exact_in, make_ids, unit
+from tests.test_store import (  # noqa: F401 (store: a fixture)
     DIM, INFO, SERVER_SLOW, store)
 
 pytestmark = pytest.mark.filterwarnings(
@@ -121,7 +121,7 @@ def test_upkeep_audits_and_the_status_shows_it(tmp_path):
     from fiftyone_ai_search import embeddings
     from fiftyone_ai_search.index import indexes
 
-    from helpers import shapes_dataset
+    from tests.helpers import shapes_dataset
 
     dataset = shapes_dataset(tmp_path, num_samples=300)
     ais.calculate_embeddings(dataset, wait=True, progress=False)
@@ -167,7 +167,7 @@ def test_exact_on_request_whatever_the_cells(indexed, monkeypatch):
 def test_perform_ai_search_exact_is_a_flag(tmp_path):
     import fiftyone_ai_search as ais
 
-    from helpers import shapes_dataset
+    from tests.helpers import shapes_dataset
 
     dataset = shapes_dataset(tmp_path, num_samples=20)
     ais.calculate_embeddings(dataset, wait=True, progress=False)

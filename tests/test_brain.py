@@ -23,7 +23,7 @@ from fiftyone_ai_search.demo import tiny_clip_model_name
 from fiftyone_ai_search.sync.existing import ExistingEmbeddingsError
 from fiftyone_ai_search.embedding.model import load_model, resolve_model
 
-from helpers import add_shape_samples, shapes_dataset
+from tests.helpers import add_shape_samples, shapes_dataset
 
 KEY = brain.DEFAULT_BRAIN_KEY
 KEYS = [KEY, "sk"]
@@ -563,7 +563,7 @@ def test_embeddings_of_another_model_are_refused(tmp_path, other_tiny_model):
 
 @pytest.mark.slow
 def test_kill_9_while_filling_from_existing_embeddings_resumes(tmp_path):
-    from test_generations import _kill, _wait_for_progress, _worker
+    from tests.test_generations import _kill, _wait_for_progress, _worker
 
     dataset = shapes_dataset(tmp_path, num_samples=120, enable=False)
     dataset.compute_embeddings(brain.ClipBrainModel(_tiny()),

@@ -13,7 +13,7 @@ import fiftyone_ai_search as ais
 from fiftyone_ai_search import brain
 from fiftyone_ai_search.demo import make_scenes_dataset, tiny_clip_model_name
 
-from helpers import shapes_dataset
+from tests.helpers import shapes_dataset
 
 TINY = dict(model="open-clip-torch",
             model_kwargs={"clip_model": tiny_clip_model_name(),

@@ -13,7 +13,7 @@ from fiftyone_ai_search import brain
 from fiftyone_ai_search.errors import BrainKeyTakenError
 from fiftyone_ai_search.index import state as st
 
-from helpers import shapes_dataset
+from tests.helpers import shapes_dataset
 
 
 def _no_images(n, name):

@@ -26,8 +26,8 @@ from fiftyone_ai_search.store import cells as cl
 from fiftyone_ai_search.store import ranks
 from fiftyone_ai_search.store.edge import EdgeStore
 from fiftyone_ai_search.store.server import ServerStore
-from helpers import shapes_dataset
-from test_store import (  # noqa: F401 (store: a fixture)
+from tests.helpers import shapes_dataset
+from tests.test_store import (  # noqa: F401 (store: a fixture)
     DIM, INFO, SERVER_SLOW, store)
 
 SPAWN = multiprocessing.get_context("spawn")

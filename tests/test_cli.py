@@ -16,7 +16,7 @@ import fiftyone_ai_search as ais
 from fiftyone_ai_search.__main__ import _parser, main
 from fiftyone_ai_search.demo import make_scenes_dataset, tiny_clip_model_name
 
-from helpers import shapes_dataset
+from tests.helpers import shapes_dataset
 
 TINY = tiny_clip_model_name()
 

@@ -22,7 +22,8 @@ from fiftyone_ai_search.demo.shapes import tiny_clip_model_name
 from fiftyone_ai_search.embedding.pipeline import embed_images
 from fiftyone_ai_search.embedding.model import load_model, resolve_model
 
-from helpers import CrashingModel, collect_batches
+from tests.crashing import CrashingModel
+from tests.helpers import collect_batches
 
 PLAIN = CropSettings(margin=0.0, square=False)
 

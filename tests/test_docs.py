@@ -26,7 +26,7 @@ import pytest
 
 import fiftyone_ai_search as ais
 
-from helpers import wait_until_idle
+from tests.helpers import wait_until_idle
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAGES = ["README.md"] + sorted(

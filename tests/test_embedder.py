@@ -16,8 +16,9 @@ from fiftyone_ai_search.embedding import pipeline, pool
 from fiftyone_ai_search.embedding.pipeline import embed_images
 from fiftyone_ai_search.embedding.model import load_model, resolve_model
 
-from helpers import SMALL_VIT as TINY_VIT
-from helpers import CrashingModel, collect_batches, register_small_models
+from tests.crashing import CrashingModel
+from tests.helpers import SMALL_VIT as TINY_VIT
+from tests.helpers import collect_batches, register_small_models
 
 
 @pytest.fixture(scope="module")

@@ -24,9 +24,10 @@ from fiftyone_ai_search.embedding.pipeline import embed_images
 from fiftyone_ai_search.embedding.model import load_model, resolve_model
 from fiftyone_ai_search.scheduler import refresh_all
 from fiftyone_ai_search.store import IndexMismatchError
+from fiftyone_ai_search.sync import images as image_sync
 from fiftyone_ai_search.sync.images import has_changes
 
-from helpers import shapes_dataset, wait_until_idle
+from tests.helpers import shapes_dataset, wait_until_idle
 
 SLOW = {"FIFTYONE_AI_SEARCH_BATCH_SIZE": "2",
         "FIFTYONE_AI_SEARCH_NUM_WORKERS": "0"}

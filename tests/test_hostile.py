@@ -18,7 +18,7 @@ from fiftyone_ai_search.store import edge, sample_id_to_point_id
 
 from fiftyone_ai_search.demo import tiny_clip_model_name
 
-from helpers import server_dataset_by_secrets, shapes_dataset
+from tests.helpers import server_dataset_by_secrets, shapes_dataset
 
 KEY = "ai_search"
 
@@ -379,8 +379,8 @@ def test_concurrent_searches_never_tear_the_temporary_collection(tmp_path):
 _FILL = """
 import sys
 import numpy as np
-sys.path.insert(0, {tests!r})
-from test_store import INFO, make_ids, make_vectors, payloads_for
+sys.path.insert(0, {repo!r})  # where the tests package is
+from tests.test_store import INFO, make_ids, make_vectors, payloads_for
 from fiftyone_ai_search.errors import DiskFullError
 from fiftyone_ai_search.store.edge import EdgeStore
 
@@ -707,7 +707,7 @@ def test_a_dataset_deleted_mid_sync_ends_its_worker_cleanly(tmp_path,
     from fiftyone_ai_search.index import state as st
     from fiftyone_ai_search.config import get_settings
 
-    from helpers import worker_paused_midway
+    from tests.helpers import worker_paused_midway
 
     monkeypatch.setenv("FIFTYONE_AI_SEARCH_BATCH_SIZE", "2")
     monkeypatch.setenv("FIFTYONE_AI_SEARCH_NUM_WORKERS", "0")

@@ -18,7 +18,7 @@ from fiftyone_ai_search.app import forms
 from fiftyone_ai_search.demo import (make_scenes_dataset, make_shapes_dataset,
                                      tiny_clip_model_name)
 
-from helpers import shapes_dataset
+from tests.helpers import shapes_dataset
 
 RED_CIRCLE = "a photo of a red circle"
 

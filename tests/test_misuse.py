@@ -17,7 +17,7 @@ from fiftyone_ai_search.query import diverse
 from fiftyone_ai_search.embedding import images
 from fiftyone_ai_search.store.base import check_limit
 
-from helpers import shapes_dataset
+from tests.helpers import shapes_dataset
 
 KEPT = "kept"
 

@@ -27,7 +27,7 @@ import fiftyone_ai_search as ais
 from fiftyone_ai_search.index import state as st
 from fiftyone_ai_search.demo import tiny_clip_model_name
 
-from helpers import shapes_dataset
+from tests.helpers import shapes_dataset
 
 KEPT = "kept"
 SPARE = "sweep spare"

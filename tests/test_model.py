@@ -21,10 +21,10 @@ from fiftyone_ai_search.embedding.model import (
     resolve_model,
 )
 
-from helpers import SMALL_RN as TINY_RN
-from helpers import SMALL_VIT as TINY_VIT
-from helpers import SMALL_CONFIGS as CONFIGS
-from helpers import register_small_models
+from tests.helpers import SMALL_RN as TINY_RN
+from tests.helpers import SMALL_VIT as TINY_VIT
+from tests.helpers import SMALL_CONFIGS as CONFIGS
+from tests.helpers import register_small_models
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -22,8 +22,8 @@ from fiftyone_ai_search.index import indexes
 from fiftyone_ai_search.index import state as st
 from fiftyone_ai_search.query import pairs
 from fiftyone_ai_search.store.edge import EdgeStore
-from helpers import shapes_dataset
-from test_store import INFO, DIM, make_ids, unit
+from tests.helpers import shapes_dataset
+from tests.test_store import INFO, DIM, make_ids, unit
 
 THRESHOLDS = [0.999, 0.97, 0.93, 0.85]
 

@@ -15,7 +15,7 @@ from fiftyone_ai_search.index import indexes
 from fiftyone_ai_search.demo import shapes, tiny_clip_model_name
 from fiftyone_ai_search.index.targets import ObjectFieldError, Objects
 
-from helpers import kill_sync_worker_midway
+from tests.helpers import at_the_check_before_a_commit, kill_sync_worker_midway
 
 FIELD = "ground_truth"
 

@@ -20,8 +20,8 @@ from fiftyone_ai_search.app.install import install_plugin, plugin_files
 from fiftyone_ai_search.app.manifest import REQUIREMENT
 from fiftyone_ai_search.demo import tiny_clip_model_name
 
-from conftest import REPO_DIR
-from helpers import (
+from tests.conftest import REPO_DIR
+from tests.helpers import (
     server_dataset_by_secrets,
     shapes_dataset,
     wait_until_idle,

@@ -30,7 +30,7 @@ from fiftyone_ai_search.app.manifest import (
     manifest,
 )
 
-from conftest import REPO_DIR
+from tests.conftest import REPO_DIR
 
 SRC_DIR = os.path.join(REPO_DIR, "src", "fiftyone_ai_search")
 PLUGIN_ENTRY = os.path.join(REPO_DIR, *PY_ENTRY.split("/"))

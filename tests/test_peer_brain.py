@@ -13,7 +13,7 @@ import os
 
 import pytest
 
-import peer
+from tests import peer
 
 pytestmark = pytest.mark.slow  # the peer projects' own suites
 

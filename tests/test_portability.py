@@ -24,7 +24,7 @@ from fiftyone_ai_search.store.portability import (
     embedded_index_supported,
 )
 
-from helpers import shapes_dataset
+from tests.helpers import shapes_dataset
 
 #: the modules that import fcntl when the embedded index is first used
 _EMBEDDED_MODULES = ("fiftyone_ai_search.store.locks",

@@ -20,7 +20,7 @@ from fiftyone_ai_search.demo import DEFAULT_MODEL_DIR
 from fiftyone_ai_search.scheduler import Refresher, refresh_all
 from fiftyone_ai_search.store import open_store
 
-from helpers import add_shape_samples, shapes_dataset
+from tests.helpers import add_shape_samples, shapes_dataset
 
 
 @pytest.fixture(autouse=True)

@@ -14,8 +14,8 @@ from fiftyone_ai_search import refreshers
 from fiftyone_ai_search.app import forms
 from fiftyone_ai_search.scheduler import Refresher, refresh_all
 
-from helpers import add_shape_samples, shapes_dataset
-from test_operators import _Panel
+from tests.helpers import add_shape_samples, shapes_dataset
+from tests.test_operators import _Panel
 
 
 @pytest.fixture(autouse=True)

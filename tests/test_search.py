@@ -13,7 +13,7 @@ from fiftyone_ai_search.index import indexes
 from fiftyone_ai_search.index import state as st
 from fiftyone_ai_search.demo import shapes
 
-from helpers import shapes_dataset
+from tests.helpers import shapes_dataset
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ from fiftyone_ai_search.store.server import (
     check_server,
 )
 
-from helpers import shapes_dataset
+from tests.helpers import shapes_dataset
 
 PASSWORD = "pw-marker-7f3a9c"
 TOKEN = "token-marker-51d2e0"

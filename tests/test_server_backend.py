@@ -10,7 +10,7 @@ import fiftyone_ai_search as ais
 from fiftyone_ai_search.index import state as st
 from fiftyone_ai_search.demo import tiny_clip_model_name
 
-from helpers import shapes_dataset
+from tests.helpers import shapes_dataset
 
 SECRET = "s3cr3t-api-key-that-must-not-leak"
 
@@ -64,7 +64,7 @@ def test_refresher_on_the_server_backend(tmp_path, server_env, caplog):
     from fiftyone_ai_search.scheduler import refresh_all
     from fiftyone_ai_search.store import open_store
 
-    from helpers import add_shape_samples
+    from tests.helpers import add_shape_samples
 
     caplog.set_level("DEBUG")
     dataset = shapes_dataset(tmp_path, num_samples=10, enable=False)

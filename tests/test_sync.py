@@ -18,7 +18,7 @@ from fiftyone_ai_search.index import indexes
 from fiftyone_ai_search.index import state as st
 from fiftyone_ai_search.sync import images as sync
 
-from helpers import (
+from tests.helpers import (
     add_shape_samples,
     bump_mtime,
     kill_sync_worker_midway,
@@ -27,7 +27,7 @@ from helpers import (
     wait_until_idle,
     write_bytes,
 )
-from test_store import (  # noqa: F401 (store: a fixture, both backends)
+from tests.test_store import (  # noqa: F401 (store: a fixture, both backends)
     DIM,
     INFO,
     make_ids,

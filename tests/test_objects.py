@@ -480,21 +480,26 @@ def _wait_for_objects(target, worker, done, timeout=120):
     raise AssertionError(f"no progress to {done}: {st.get(target)}")
 
 
-@pytest.mark.slow
 def test_a_model_change_while_an_object_sync_runs_never_mixes_models(
-        tmp_path, other_tiny_model):
-    dataset = scenes_dataset(tmp_path, num_samples=60)
+        tmp_path, other_tiny_model, monkeypatch):
+    """The race at the check before a commit (a real worker process and
+    the model changed from another is test_generations' image case): the
+    model changes once 10 objects are committed."""
+    monkeypatch.setenv("FIFTYONE_AI_SEARCH_BATCH_SIZE", "8")  # many commits
+    monkeypatch.setenv("FIFTYONE_AI_SEARCH_NUM_WORKERS", "0")
+    dataset = scenes_dataset(tmp_path, num_samples=20)
     enable_objects(dataset)
     target = Objects(dataset, FIELD)
-    worker = _object_worker(dataset)
-    _wait_for_objects(target, worker, 10)
+    changed = at_the_check_before_a_commit(
+        monkeypatch, target, 10, lambda: ais.enable_embeddings(
+            dataset, model=other_tiny_model, patches_field=FIELD,
+            compute=False))
 
-    ais.enable_embeddings(dataset, model=other_tiny_model,
-                          patches_field=FIELD, compute=False)
-    # the worker stops before its next commit, then builds what the state
+    # the sync stops before its next commit, then builds what the state
     # asks for now
-    assert worker.wait(timeout=180) == 0
+    sync(dataset)
 
+    assert changed  # before a commit: mid-sync
     doc = st.get(target)
     assert doc["index"]["model"] == other_tiny_model and doc["build"] is None
     from fiftyone_ai_search.embedding.pipeline import embed_images

@@ -336,42 +336,64 @@ def test_a_collection_that_cannot_be_stored_changes_nothing(tmp_path):
     assert _view_and_scores(dataset) == before
 
 
-def _search_loop(name, prompt, rounds, go):
+def _search_loop(name, prompt, rounds, gos, done):
     import fiftyone as fo
 
     import fiftyone_ai_search as ais
 
     dataset = fo.load_dataset(name)
-    go.wait(60)
-    for n in range(rounds):
-        ais.perform_ai_search(dataset, prompt=prompt, limit=3 + n % 9)
+    for go in gos:  # a round each, all processes at once
+        go.wait(180)
+        dataset.reload()  # as a fresh process would load it
+        for n in range(rounds):
+            ais.perform_ai_search(dataset, prompt=prompt, limit=3 + n % 9)
+        done.put(prompt)
 
 
 @pytest.mark.slow
 def test_concurrent_searches_never_tear_the_temporary_collection(tmp_path):
     import multiprocessing
+    import queue
+    import time
 
     spawn = multiprocessing.get_context("spawn")
     dataset = _indexed(tmp_path, num_samples=30)
     prompts = ["a red circle", "a blue square", "a green triangle"]
     ais.perform_ai_search(dataset, prompt="a yellow star", limit=2)
 
-    for _ in range(2):
-        go = spawn.Event()
-        procs = [spawn.Process(target=_search_loop,
-                               args=(dataset.name, p, 12, go))
-                 for p in prompts]
-        for p in procs:
-            p.start()
-        go.set()
+    # two rounds in the same three processes (each process start imports
+    # FiftyOne and torch: seconds of the run), checked after each round
+    gos, done = [spawn.Event(), spawn.Event()], spawn.Queue()
+    procs = [spawn.Process(target=_search_loop,
+                           args=(dataset.name, p, 12, gos, done))
+             for p in prompts]
+    for p in procs:
+        p.start()
+    try:
+        for go in gos:
+            go.set()
+            for _ in procs:  # each says when its round is done
+                deadline = time.monotonic() + 180
+                while True:
+                    try:
+                        done.get(timeout=0.5)
+                        break
+                    except queue.Empty:
+                        codes = [p.exitcode for p in procs]
+                        assert not any(codes), f"a search failed: {codes}"
+                        assert time.monotonic() < deadline, "no round end"
+            view_ids, score_ids = _view_and_scores(dataset)
+            assert view_ids == score_ids
+            # what get_collection hands out agrees with the scores too
+            got = ais.get_collection(dataset, ais.TEMPORARY_COLLECTION)
+            assert got.values("id") == score_ids
         for p in procs:
             p.join(180)
         assert [p.exitcode for p in procs] == [0, 0, 0]
-        view_ids, score_ids = _view_and_scores(dataset)
-        assert view_ids == score_ids
-        # what get_collection hands out agrees with the scores too
-        got = ais.get_collection(dataset, ais.TEMPORARY_COLLECTION)
-        assert got.values("id") == score_ids
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
 
 
 # -- (1) a full disk -----------------------------------------------------------
@@ -414,7 +436,8 @@ def test_a_full_disk_refuses_writes_and_keeps_serving_searches(tmp_path):
         # in a process of its own: without the check it dies of SIGBUS
         out = subprocess.run(
             [sys.executable, "-c", _FILL.format(
-                tests=os.path.dirname(__file__), root=str(root))],
+                repo=os.path.dirname(os.path.dirname(__file__)),
+                root=str(root))],
             capture_output=True, text=True, timeout=300)
     finally:
         subprocess.run(["umount", "-l", str(root)])

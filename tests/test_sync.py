@@ -276,6 +276,7 @@ def test_enable_computes_in_the_background(tmp_path):
     assert status["counts"]["num_indexed"] == 40
 
 
+@pytest.mark.slow  # a real background worker, raced by the waiting caller
 def test_waiting_caller_syncs_what_the_running_worker_left(tmp_path):
     dataset = shapes_dataset(tmp_path, num_samples=40)
     ais.calculate_embeddings(dataset, wait=False)

@@ -6,6 +6,7 @@ plugin) imports ``fiftyone``.
 """
 
 import os
+import sys
 
 import pytest
 

@@ -188,7 +188,7 @@ def run_member(name, args, table):
         cells = store.cells()
 
         def fn(q):
-            with store.session(keep_open=True):
+            with store.session():
                 return [int(h[0], 16) - 1 for h in store.query(q, K)]
 
         fn(qi[0])

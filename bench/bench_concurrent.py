@@ -12,10 +12,10 @@ a searcher process on one embedded index, side by side and alone.
 2. Opening: a fresh process times ``qe.EdgeShard.load`` alone and its first
    search (``store.query``, what the App's first search pays).
 3. Alone, for ``--seconds`` each: the searcher (a text-like query every
-   ``--search-every`` s, top 100, in ``session(keep_open=True)`` as the App
+   ``--search-every`` s, top 100, in a ``session()`` as the App
    does), then the writer (a sync-like commit of ``--batch`` new vectors
    after every ``--commit-every`` s of "embedding", in
-   ``session(keep_open=True)`` as the sync does, and one upkeep pass,
+   a ``session()`` as the sync does, and one upkeep pass,
    ``maintain``, half-way).
 4. Both at once, for ``--seconds``.
 
@@ -170,6 +170,7 @@ def role_open(args):
         start = time.monotonic()
         store.query(again, 100)
         second_s = time.monotonic() - start
+    store.close()  # the session kept it open: let go, for the load below
     # the opening alone, as it was measured before the read-ahead: its
     # files as the opening above left them (Qdrant dropped them, the
     # read-ahead in the background may have read them back)
@@ -194,7 +195,7 @@ def role_searcher(args):
     while time.monotonic() - start < args.seconds:
         before = edge.stats["asked"]
         t = time.monotonic()
-        with store.session(keep_open=True):
+        with store.session():
             got = store.query(queries[k % len(queries)], 100)
         latencies.append(time.monotonic() - t)
         asked += edge.stats["asked"] > before
@@ -235,7 +236,7 @@ def role_writer(args):
             vectors = again[1][at:at + args.batch]
             payloads = again[2][at:at + args.batch]
         t = time.monotonic()
-        with store.session(keep_open=True):  # as the sync commits
+        with store.session():  # as the sync commits
             store.upsert(ids, vectors, payloads)
         commit_s.append(time.monotonic() - t)
         next_id += args.batch

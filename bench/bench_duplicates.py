@@ -233,7 +233,7 @@ def _reader(store):
         return np.array([int(i, 16) - 1 for i in ids], np.int64)
 
     def read(values):
-        with store.session(keep_open=True):
+        with store.session():
             return store.get_cell_vectors(values)
 
     return rows_of, read

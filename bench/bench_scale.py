@@ -653,7 +653,7 @@ def bench_ours(args, table, db, qi, qt, gi, gt):
         store, t_up = filled_store(tmp, db, name="scale")
 
         def fn(q):
-            with store.session(keep_open=True):
+            with store.session():
                 hits = store.query(q, K)
             return [int(h[0], 16) - 1 for h in hits]
 

@@ -127,7 +127,7 @@ def main(argv=None):
         gi, gt = truth.rows[:args.queries], truth.rows[args.queries:]
 
         def ours(q):
-            with store.session(keep_open=True):
+            with store.session():
                 hits = store.query(q, K)
             return [int(h[0], 16) - 1 for h in hits]
 
@@ -155,7 +155,7 @@ def main(argv=None):
                 count = max(1, round(share * len(cells)))
 
                 def probing(q, count=count):
-                    with store.session(keep_open=True):
+                    with store.session():
                         hits = store._query_points(
                             q, K, None, None, cells=cells.probe(q, count))
                     return [int(point_id_to_sample_id(h.id), 16) - 1 for h in hits]

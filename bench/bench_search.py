@@ -495,8 +495,7 @@ def main(argv=None):
 
     def ours_vector(i):
         store = indexes.open_index(dataset, doc=doc)
-        got_ids, scores = topk.nearest(store, qvecs[i], LIMIT,
-                                         keep_open=True)
+        got_ids, scores = topk.nearest(store, qvecs[i], LIMIT)
         colls.write_collection(dataset, colls.TEMPORARY_COLLECTION, got_ids,
                                scores)
         return ais.get_collection(dataset, colls.TEMPORARY_COLLECTION).values("id")
@@ -607,7 +606,7 @@ def main(argv=None):
     if "scopes" not in skip:
         print("(e) in-Qdrant id filter vs over-fetch", flush=True)
         store = indexes.open_index(dataset, doc=doc)
-        with store.session(keep_open=True):  # only the queries are measured
+        with store.session():  # only the queries are measured
             total = store.count()
             for size in [int(s) for s in args.scopes.split(",") if s]:
                 scope = [ids[j] for j in np.sort(

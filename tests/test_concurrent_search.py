@@ -67,13 +67,13 @@ def _writer(root, searcher_done, holding, work_done, result):
     store = EdgeStore(NAME, root, lock_timeout=120)
     next_id = 10 * N
     work = 0
-    with store.session(keep_open=True):
+    with store.session():
         store.count()
     holding.set()
     for round_ in range(4):
         for _ in range(6):  # sync-like commits
             ids = _ids(next_id, 40)
-            with store.session(keep_open=True):
+            with store.session():
                 store.upsert(ids, _written_vectors(40, next_id), _payloads(ids))
             next_id += 40
             work += 1
@@ -87,7 +87,7 @@ def _writer(root, searcher_done, holding, work_done, result):
     work_done.set()
     # stay the holder until the searcher is done
     while not searcher_done.wait(0.05):
-        with store.session(keep_open=True):
+        with store.session():
             store.count()
     result.put(("writer", {"written": next_id - 10 * N, "work": work,
                            **edge.stats}))
@@ -113,7 +113,7 @@ def _searcher(root, holding, work_done, searcher_done, result):
     while searches < MIN_SEARCHES or not work_done.is_set():
         i = picks[k % len(picks)]
         k += 1
-        with store.session(keep_open=True):
+        with store.session():
             got = store.query(vectors[i], LIMIT)
         searches += 1
         if [sid for sid, _ in got] != truth[i]:
@@ -187,11 +187,11 @@ def test_search_beside_a_writing_and_maintaining_process(tmp_path):
 
 def _hold(root, holding):
     store = EdgeStore(NAME, root)
-    with store.session(keep_open=True):
+    with store.session():
         store.count()
     holding.set()
     while True:  # keeps the shard open, and answers, until killed
-        with store.session(keep_open=True):
+        with store.session():
             store.count()
         time.sleep(0.05)
 

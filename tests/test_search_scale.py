@@ -211,11 +211,11 @@ def test_search_keeps_the_index_open_until_another_process_wants_it(
     store.upsert(ids, vectors, [{}] * 500)
     assert not _is_open(store)
 
-    got, _ = topk.nearest(store, vectors[0], 5, keep_open=True)
+    got, _ = topk.nearest(store, vectors[0], 5)
     assert got[0] == ids[0]
     assert _is_open(store)
     # the next search finds it open
-    topk.nearest(store, vectors[1], 5, ids[:100], keep_open=True)
+    topk.nearest(store, vectors[1], 5, ids[:100])
     assert _is_open(store)
 
     # another process's count is answered by this one, which keeps the
@@ -234,7 +234,7 @@ def test_search_keeps_the_index_open_until_another_process_wants_it(
     assert not _is_open(store)
 
     # close() closes a kept index: its shard can be opened directly again
-    topk.nearest(store, vectors[2], 5, keep_open=True)
+    topk.nearest(store, vectors[2], 5)
     assert _is_open(store)
     store.close()
     assert not _is_open(store)
@@ -248,13 +248,12 @@ def test_a_kept_index_closes_once_idle(tmp_path, monkeypatch):
     store = EdgeStore("idle", tmp_path)
     store.ensure(INFO)
     store.upsert(["0" * 23 + "1"], np.ones((1, DIM)), [{}])
-    topk.nearest(store, np.ones(DIM), 1, keep_open=True)
+    topk.nearest(store, np.ones(DIM), 1)
     assert _is_open(store)
     deadline = time.monotonic() + 10
     while _is_open(store) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _is_open(store)
-    # and a plain session closes at its end, as always
-    with store.session():
-        store.count()
+    # and a single operation outside a session closes at its end, as always
+    store.count()
     assert not _is_open(store)

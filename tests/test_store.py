@@ -597,6 +597,7 @@ def test_edge_fork_while_open_does_not_lock_the_index(tmp_path):
             os.write(ready_w, b"x")
             time.sleep(30)
             os._exit(0)
+    store.close()  # the session kept it open: the parent lets go
     try:
         assert os.read(ready_r, 1) == b"x"
         # the child's copies of the lock and shard descriptors were closed,

@@ -905,9 +905,10 @@ class AISearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
     # -- helpers --------------------------------------------------------------
 
     def _store(self, doc=None):
-        # kept open for the next call (see VectorStore.session)
+        # a session: the next call finds the index open (see
+        # VectorStore.session)
         store = indexes.open_ref((doc or require_index(self._target))["index"])
-        return store.session(keep_open=True)
+        return store.session()
 
 
 class PlainSimilarityIndex(AISearchSimilarityIndex):

@@ -120,7 +120,7 @@ class RunVectors:
         if sources is not None:
             for payload, source in zip(payloads, sources):
                 payload[SOURCE_KEY] = source
-        with self.store.session(keep_open=True) as store:
+        with self.store.session() as store:
             store.ensure(info_of(vectors.shape[1]))
             store.upsert(list(keys), vectors, payloads)
 
@@ -129,7 +129,7 @@ class RunVectors:
         label ids and the ids of their samples."""
         if not self.store.exists():
             return [], []
-        with self.store.session(keep_open=True) as store:
+        with self.store.session() as store:
             keys = store.get_sample_ids()
             if not objects:
                 return keys, list(keys)
@@ -143,7 +143,7 @@ class RunVectors:
         keys = list(keys)
         if not keys or not self.store.exists():
             return np.zeros((0, self.dim() or 0), dtype=np.float32)
-        with self.store.session(keep_open=True) as store:
+        with self.store.session() as store:
             ids, unit = store.get_vectors(keys)
             payloads = store.get_payloads(keys)
         row = {k: i for i, k in enumerate(ids)}

@@ -254,7 +254,7 @@ def cells_pass(store, wanted):
     def read(values):
         # one opening for the pass, handed over between reads to whoever
         # waits for the index
-        with store.session(keep_open=True):
+        with store.session():
             return store.get_cell_vectors(values)
 
     return known, read, rows_of

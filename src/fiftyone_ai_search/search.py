@@ -206,7 +206,7 @@ def sources_of(doc, label_ids):
     """The ids of the samples holding these objects (their vectors'
     ``source_id``), in their order."""
     store = indexes.open_ref(doc["index"])
-    with store.session(keep_open=True):
+    with store.session():
         payloads = store.get_payloads(label_ids)
     return [payloads.get(i, {}).get(SOURCE_KEY) for i in label_ids]
 
@@ -279,7 +279,7 @@ def _search(target, doc, query, scope):
     the search makes it run again on the new one."""
     def run(doc, store):
         # not closed: an embedded index stays open for the next search
-        # while nobody else wants it (see VectorStore.session(keep_open=True))
+        # while nobody else wants it (see VectorStore.session)
         ids, scores = query.run(target, doc["index"], store, scope)
         return ids, scores, doc
 
@@ -493,7 +493,7 @@ class _Query:
                       else self.label_ids)
         if references is not None or self.vectors is not None:
             # one opening of the index for the references and the search
-            with store.session(keep_open=True):
+            with store.session():
                 check_index_model(store, ref)
                 if self.vectors is not None:
                     vectors = normalize(np.atleast_2d(self.vectors))
@@ -508,7 +508,7 @@ class _Query:
                                      self.negative_weight)
         else:
             vectors = image_vector(model, self.image)
-        with store.session(keep_open=True):
+        with store.session():
             check_index_model(store, ref, model)
             return self._nearest(store, vectors, scope)
 
@@ -517,10 +517,10 @@ class _Query:
             vectors = normalize(vectors.mean(axis=0, keepdims=True))
         if not self.reverse:
             return nearest(store, vectors, self.limit, scope, self.threshold,
-                           keep_open=True, exact=self.exact)
+                           exact=self.exact)
         # the least similar to v are the most similar to -v (cosine)
         ids, scores = nearest(store, -vectors, self.limit, scope,
-                              keep_open=True, exact=self.exact)
+                              exact=self.exact)
         return ids, [-s for s in scores]
 
     def describe(self, scope):

@@ -31,8 +31,8 @@ def index_size(ref, settings=None):
     """How many vectors the index of a state reference holds (an exact
     count: about the cost of a query)."""
     store = open_ref(ref, settings)
-    # kept open: a search of it usually follows
-    with store.session(keep_open=True):
+    # a session: a search of it usually follows (see VectorStore.session)
+    with store.session():
         return store.count()
 
 

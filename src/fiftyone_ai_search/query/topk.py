@@ -25,7 +25,7 @@ MAX_FILTERED_SCOPE = 50_000
 
 
 def nearest(store, vectors, limit, scope=None, threshold=None,
-            keep_open=False, exact=False):
+            exact=False):
     """Exact top-``limit`` of the union of several queries (best score per
     sample), within ``scope``.
 
@@ -36,15 +36,13 @@ def nearest(store, vectors, limit, scope=None, threshold=None,
         scope (None): sample ids to search within (a list, or a
             :class:`ViewScope`), or None for all
         threshold (None): only scores ``>= threshold``
-        keep_open (False): keep an embedded index open afterwards (see
-            :meth:`~fiftyone_ai_search.store.VectorStore.session`)
         exact (False): scan every point even where the index has cells
 
     Returns:
         ``(sample_ids, scores)``, best first
     """
     best = {}
-    with store.session(keep_open=keep_open):
+    with store.session():
         # only a scope needs the index size, to choose how to search it;
         # an estimate is enough (an exact count costs as much as a query)
         total = None if scope is None else max(1, store.estimate_count())

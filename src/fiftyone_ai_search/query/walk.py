@@ -25,16 +25,17 @@ class IndexSource:
     :mod:`fiftyone_ai_search.store.ranks`): then no id is read that the
     search does not need, and rows are numbered as points turn up.
 
-    Each read is a session of its own that keeps the index open, so nothing
-    is locked while the clustering computes, and nothing reopens the index
-    unless another process asked for it meanwhile.
+    Each read is a session of its own, so nothing is locked while the
+    clustering computes, and nothing reopens the index unless another
+    process asked for it meanwhile (see
+    :meth:`~fiftyone_ai_search.store.VectorStore.session`).
     """
 
     def __init__(self, store, scope):
         self.store = store
         self.scope = scope
         self._vectors = {}  # row -> vector read by the walk, until fetched
-        with store.session(keep_open=True):
+        with store.session():
             self.total = max(1, store.estimate_count())
             self.bucketed = (scope is None and self.total >= ranks.MIN_POINTS
                              and store.ranked())
@@ -73,7 +74,7 @@ class IndexSource:
         rows = np.asarray(rows, dtype=int).tolist()
         unread = [r for r in rows if r not in self._vectors]
         if unread:
-            with self.store.session(keep_open=True):
+            with self.store.session():
                 ids, vectors = self.store.get_vectors(
                     [self.ids[r] for r in unread])
             self._vectors.update(zip((self._rows[i] for i in ids), vectors))
@@ -84,7 +85,7 @@ class IndexSource:
                 np.stack([self._vectors.pop(r) for r in found]))
 
     def nearest(self, vector, k, share=None):
-        with self.store.session(keep_open=True):
+        with self.store.session():
             hits = top_k(self.store, vector, k, self.scope, None, self.total,
                           near=self._near(share))
         if self.bucketed:  # the whole index: every hit is in scope
@@ -128,7 +129,7 @@ class _BucketWalk:
                       ranks.buckets_for(count - len(self.rows), source.total))
             buckets = self._order[self._next : self._next + wanted]
             self._next += len(buckets)
-            with source.store.session(keep_open=True):
+            with source.store.session():
                 ids, vectors = source.store.get_bucket_vectors(buckets)
             self.rows.extend(source.take(sample_id, vector)
                              for sample_id, vector in zip(ids, vectors))

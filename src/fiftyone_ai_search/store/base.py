@@ -173,9 +173,9 @@ class VectorStore(abc.ABC):
             IndexMismatchError: if the index holds another model's vectors and
                 ``rebuild`` is False
         """
-        # one session: an embedded index stays locked from the check to the
+        # one hold: an embedded index stays locked from the check to the
         # creation, so two processes cannot both (re)create it
-        with self.session():
+        with self._held():
             current = self.info()
             if current is not None and current.is_compatible(info):
                 return False
@@ -220,22 +220,31 @@ class VectorStore(abc.ABC):
         """Releases any resources held. The store can be reused afterwards."""
 
     @contextlib.contextmanager
-    def session(self, keep_open=False):
-        """Groups several operations so that they share one opening.
+    def session(self):
+        """Groups several reads and writes into one unit of work (a search,
+        a commit, a page of a sync, a round of upkeep), which share one
+        opening of the index. Sessions nest.
 
         An embedded index is locked (other processes wait) for the whole
         block, so keep it short: a few reads or one commit, never a model
-        computation. For a server it is a no-op. Sessions nest.
-
-        Args:
-            keep_open (False): a hint that more sessions follow soon: an
-                embedded index stays open after the block while nobody else
-                wants it (see :class:`~fiftyone_ai_search.store.edge.EdgeStore`);
-                :meth:`close` closes it
+        computation. What a backend keeps from one session to the next is
+        its own decision: the embedded one keeps the index open for the
+        next session while no other process wants it (see
+        :class:`~fiftyone_ai_search.store.edge.EdgeStore`), until
+        :meth:`close`; for a server a session is a no-op.
 
         Returns:
             a context manager yielding this store
         """
+        yield self
+
+    @contextlib.contextmanager
+    def _held(self):
+        """Holds the index for one operation that reads and then writes
+        (:meth:`ensure`: the check, then the creation), so that no other
+        process comes between; the operation's end lets it go, as any
+        single operation's does. A no-op for a backend without such
+        holds."""
         yield self
 
     # -- writes ------------------------------------------------------------
@@ -726,10 +735,11 @@ class VectorStore(abc.ABC):
         # the first point, which ends the pass when it finds none
         after = None
         while True:
-            # one session a round, kept open: an embedded index would else
-            # be closed and opened twice a round (~2.5 s each at 1M points);
-            # it is still handed over between rounds to whoever waits
-            with self.session(keep_open=True):
+            # one session a round: an embedded index stays open from one
+            # round to the next, else it would be closed and opened twice a
+            # round (~2.5 s each at 1M points); it is still handed over
+            # between rounds to whoever waits
+            with self.session():
                 records = self._points_lacking(cl.CELL_KEY, ASSIGN_CHUNK,
                                                True, lacking, after)
                 if not records:
@@ -806,7 +816,7 @@ class VectorStore(abc.ABC):
         self._ensure_rank_index()
         ranked = 0
         while True:
-            with self.session(keep_open=True):
+            with self.session():
                 records = self._points_lacking(ranks.RANK_KEY, RANK_CHUNK,
                                                False, ())
                 if not records:

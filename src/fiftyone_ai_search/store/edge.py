@@ -52,11 +52,14 @@ two chunks, the shard staying open), and during a compaction it is answered
 at once, on the shard being compacted. So a search beside a sync never pays
 an opening, and the holder is not interrupted.
 
-Searches repeat (the App re-runs one as its limit or threshold changes), so
-``session(keep_open=True)`` keeps the shard open after the session, for
-:data:`KEEP_OPEN` seconds of idleness: a watcher thread closes it as soon as
-another process asks for the index (within :data:`KEEP_OPEN_POLL` seconds),
-when it has been idle that long, on :meth:`EdgeStore.close`, or at exit.
+A session's caller comes back (the App re-runs a search as its limit or
+threshold changes; a sync reads and commits page after page; the upkeep
+works round after round), so :meth:`EdgeStore.session` keeps the shard open
+after it, for :data:`KEEP_OPEN` seconds of idleness (a single operation
+outside a session closes it at its end, unless it is kept open already):
+a watcher thread closes it as soon as another process asks for the index
+(within :data:`KEEP_OPEN_POLL` seconds), when it has been idle that long, on
+:meth:`EdgeStore.close`, or at exit.
 Changes are flushed before the shard is kept, so a kept shard holds nothing
 that is not on disk.
 """
@@ -124,7 +127,7 @@ HOLD_SLICE = 0.5
 QUERY_BATCH = 32
 
 #: seconds of idleness after which a shard kept open (see
-#: ``EdgeStore.session(keep_open=True)``) is closed; at 100k 512-d points a
+#: ``EdgeStore.session``) is closed; at 100k 512-d points a
 #: reopening costs ~0.3-0.5 s, more than a whole search
 KEEP_OPEN = 30.0
 
@@ -273,20 +276,24 @@ class EdgeStore(VectorStore):
     # -- locking -------------------------------------------------------------
 
     @contextlib.contextmanager
-    def session(self, keep_open=False):
-        """Holds the index for a block of operations (one opening).
+    def session(self):
+        """Holds the index for a block of operations (one opening), and
+        keeps the shard open after it for the next sessions of this
+        process, until another process asks for the index or it stays
+        unused for :data:`KEEP_OPEN` seconds (see the module's doc): this
+        store's own decision, as a reopening costs more than a search.
 
         Where another process holds the index, the session's searches and
         counts are answered by that process (see serve.py), and the index
         is taken only for an operation that holder does not answer.
-
-        Args:
-            keep_open (False): keep the shard open after the block, for
-                later sessions of this process, until another process asks
-                for the index or it stays unused for :data:`KEEP_OPEN`
-                seconds (see the module's doc)
         """
-        with self._locked(keep_open=keep_open, ask=True):
+        with self._locked(keep_open=True, ask=True):
+            yield self
+
+    @contextlib.contextmanager
+    def _held(self):
+        # let go at its end, as a single operation's hold is
+        with self._locked(ask=True):
             yield self
 
     @contextlib.contextmanager

@@ -676,8 +676,9 @@ class Synchronizer:
         todo = []
         keys = [u.key for u in units]
         # one opening of the index for all lookups (each costs ~0.2-0.5 s at
-        # 20k-100k, ~2.5 s at 1M), kept open for the next page
-        with self.store.session(keep_open=True):
+        # 20k-100k, ~2.5 s at 1M), and the next page's (see
+        # VectorStore.session)
+        with self.store.session():
             empty = not self._holds_vectors()
             stored = {}
             for i in range(0, 0 if empty else len(keys), LOOKUP_CHUNK):
@@ -813,7 +814,7 @@ class Synchronizer:
         self._check()
         if batch.keys:
             payloads = [meta[k].payload() for k in batch.keys]
-            with self.store.session(keep_open=True):
+            with self.store.session():
                 self.store.upsert(batch.keys, batch.vectors, payloads)
             st.clear_failures(self.target, batch.keys)
             if reused:
@@ -826,7 +827,7 @@ class Synchronizer:
         if batch.failures:
             failed = list(batch.failures)
             # a sample that now fails must not keep a stale vector
-            with self.store.session(keep_open=True):
+            with self.store.session():
                 self.store.delete(failed)
             st.record_failures(
                 self.target,

@@ -96,7 +96,7 @@ class ObjectSynchronizer(Synchronizer):
 
     def _prepare(self):
         # the objects of a page of samples are found by their source_id
-        with self.store.session(keep_open=True):
+        with self.store.session():
             self.store.ensure_keyword_index(SOURCE_KEY)
 
     def _units(self, ids, paths, report):
@@ -110,13 +110,13 @@ class ObjectSynchronizer(Synchronizer):
     def _drop_removed(self, sample_ids, present, report):
         """Deletes the vectors (and failures) of objects that samples no
         longer hold."""
-        with self.store.session(keep_open=True):
+        with self.store.session():
             held = self.store.keys_where(SOURCE_KEY, sample_ids) \
                 if self._holds_vectors() else []
         gone = [k for k in held if k not in present]
         if gone:
             self._check()
-            with self.store.session(keep_open=True):
+            with self.store.session():
                 self.store.delete(gone)
             report.removed += len(gone)
         failed = st.get_failures_of(self.target, SOURCE_KEY, sample_ids)
@@ -168,7 +168,7 @@ class ObjectSynchronizer(Synchronizer):
             pages.close()
         if gone:
             self._check()
-            with self.store.session(keep_open=True):
+            with self.store.session():
                 for start in range(0, len(gone), PAGE_SIZE):
                     self.store.delete(gone[start : start + PAGE_SIZE])
             removed = len(gone)

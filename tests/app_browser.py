@@ -1262,6 +1262,25 @@ class App:
         return [p for p in self._root(root).find_elements(
             By.CSS_SELECTOR, ".js-plotly-plot") if p.is_displayed()]
 
+    def plot_bars(self, root: Optional[Root] = None) -> int:
+        """How many bars the Plotly charts under ``root`` draw (bars of
+        height zero not counted). An empty chart (its data never sent)
+        still draws its axes: this tells it from a drawn histogram."""
+        return self.js("""
+            return [...arguments[0].querySelectorAll(
+                ".js-plotly-plot .barlayer .point path")].filter(p => {
+                  const r = p.getBoundingClientRect();
+                  return r.width > 0 && r.height > 0;
+                }).length;
+        """, self._root(root))
+
+    def wait_for_bars(self, root: Optional[Root] = None,
+                      timeout: Optional[float] = None) -> int:
+        """Waits until the charts under ``root`` draw bars; returns how
+        many."""
+        return self.wait(lambda: self.plot_bars(root),
+                         "bars in the histogram", timeout)
+
     def box_select(self, plot: WebElement, x0: float, x1: float,
                    y0: float = 0.05, y1: float = 0.95) -> None:
         """Drags a selection box over a Plotly chart from ``x0`` to ``x1``

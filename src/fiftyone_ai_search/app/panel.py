@@ -9,7 +9,9 @@ Every action calls the SDK; forms come from :mod:`.forms`, shared with the
 operators. An error in an action is shown as a notification, never as a
 broken panel.
 
-FiftyOne's App keeps a panel's state in the workspace: each change of it
+FiftyOne's App keeps a panel's state in the workspace, which outlives the
+browser's page, and its data (the histogram) in the page only: whatever
+state a panel loads with, its data is sent again. Each change of the state
 (a keystroke in an input of the panel, a ``set_state`` here) is sent to the
 server and reloads the dataset page, which clears the sidebar filters and
 makes the grid load again. So the panel holds no form a curator types into:
@@ -395,11 +397,18 @@ class AISearchPanel(foo.Panel):
             _set(ctx, "range", None)
             ctx.panel.set_data("histogram", [])
             return
-        if unchanged and ctx.panel.state.get("slider_default"):
-            return  # the same results: histogram and slider are drawn
+        # The histogram is sent every time, the same results or not: panel
+        # data lives in the browser tab only, while the state that names
+        # the results shown is the workspace's and outlives the tab's page
+        # (a reload, another tab, the App opened again). On a page load
+        # the panel's on_load finds the results in its state and none of
+        # its data: skipped, the plot drew empty axes beside them. (Data
+        # is no state write: no page reload.)
         edges, counts = ais.get_score_histogram(
             ctx.dataset, ais.TEMPORARY_COLLECTION, bins=HISTOGRAM_BINS)
         ctx.panel.set_data("histogram", histogram_chart(edges, counts))
+        if unchanged and ctx.panel.state.get("slider_default"):
+            return  # the same results: the slider is drawn
         if ctx.panel.state.get("range") is None:
             self._new_slider(ctx)
 

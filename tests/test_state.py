@@ -100,3 +100,22 @@ def test_state_is_not_stored_on_the_dataset():
     dataset.reload()
     assert not dataset.info
     assert "ai_search" not in str(dataset._doc.to_dict())
+
+
+def test_the_state_is_read_as_a_type_of_the_document_as_stored():
+    from fiftyone_ai_search.index import targets
+
+    dataset = _dataset()
+    doc, state = st.get(dataset), st.load(dataset)
+    assert state.key == doc["_id"] == st.dataset_key(dataset)
+    # every field of the stored document, under its own name
+    for name in set(doc) - {"_id"}:
+        assert getattr(state, name) == doc[name], name
+    assert state.enabled and state.index is None and state.build["name"]
+    assert st.as_state(doc) == state and st.as_state(state) is state
+
+    # a dataset stands for its images: one key, one target
+    images = targets.of(dataset)
+    assert targets.of(images) is images and images == targets.of(dataset)
+    assert images.key == st.dataset_key(dataset) == str(dataset._doc.id)
+    assert not images.is_objects and images.field is None

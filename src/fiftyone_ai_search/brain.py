@@ -310,8 +310,8 @@ class AISearchSimilarity(Similarity):
         if self.config.plain:
             return  # its index's reference is in its results
         target = self._target_of(samples)
-        doc = st.get(target)
-        if doc and doc.get("brain_key") == brain_key:
+        doc = st.load(target)
+        if doc and doc.brain_key == brain_key:
             st.update(target, brain_key=new_brain_key)
 
     def _target_of(self, samples):
@@ -325,24 +325,24 @@ def _switch_on(target, model, pretrained, backend=None):
     builds the first index when there is none, registering no run.
     Another model than the index's is refused: a run never mixes models,
     nor changes another run's."""
-    doc = st.get(target)
-    if doc and doc.get("enabled"):
+    doc = st.load(target)
+    if doc and doc.enabled:
         wanted = resolve_model(model, pretrained).identity
-        if wanted != doc.get("model_identity"):
+        if wanted != doc.model_identity:
             raise ValueError(
                 f"model: AI search of {target_name(target)} embeds with "
-                f"{doc.get('model')}/{doc.get('pretrained')}; a run with "
+                f"{doc.model}/{doc.pretrained}; a run with "
                 f"model {model}/{pretrained} would mix two models in one "
                 "index. Use the index's model, or change the model of AI "
                 "search with fiftyone_ai_search.enable_embeddings (every run "
                 "then follows)"
             )
     dataset, field = targets.dataset_of(target), targets.field_of(target)
-    if not (doc and doc.get("enabled")):
+    if not (doc and doc.enabled):
         lifecycle.enable(dataset, model=model, pretrained=pretrained,
                          backend=backend, compute=False,
                          patches_field=field)
-    if not st.get(target).get("index"):
+    if not st.load(target).index:
         lifecycle.calculate_embeddings(dataset, wait=True,
                                        patches_field=field)
 
@@ -371,10 +371,11 @@ def _release(target, brain_key):
     if any(key != brain_key for key in runs_of(target)):
         return
     try:
-        doc = st.get(target)
+        doc = st.load(target)
+        enabled = bool(doc and doc.enabled)
     except StateDamagedError:
-        doc = {"enabled": True}  # damaged: disabling always works
-    if doc and doc.get("enabled"):
+        enabled = True  # damaged: disabling always works
+    if enabled:
         lifecycle.disable(target)  # the Brain deletes the run itself
 
 
@@ -453,8 +454,8 @@ class AISearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         are sample ids, or label ids for objects (then with their
         samples')."""
         if self._held_cache is None:
-            doc = st.get(self._target)
-            if not doc or not doc.get("enabled") or not doc.get("index"):
+            doc = st.load(self._target)
+            if not doc or not doc.enabled or not doc.index:
                 self._held_cache = ([], [])
                 return self._held_cache
             with self._store(doc) as store:
@@ -491,10 +492,10 @@ class AISearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
     @property
     def total_index_size(self):
         if self._members is None:
-            doc = st.get(self._target)
-            if not doc or not doc.get("enabled") or not doc.get("index"):
+            doc = st.load(self._target)
+            if not doc or not doc.enabled or not doc.index:
                 return 0
-            return indexes.index_size(doc["index"])
+            return indexes.index_size(doc.index)
         return len(self._held()[0])
 
     def get_model(self):
@@ -502,8 +503,8 @@ class AISearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         (:class:`ClipBrainModel`)."""
         doc = require_index(self._target)
         if not isinstance(self._model, ClipBrainModel) or (
-                self._model.identity != doc["index"]["model_identity"]):
-            self._model = ClipBrainModel(indexes.load_index_model(doc["index"]))
+                self._model.identity != doc.index["model_identity"]):
+            self._model = ClipBrainModel(indexes.load_index_model(doc.index))
         return self._model
 
     def reload(self):
@@ -651,7 +652,7 @@ class AISearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         """Switches AI search on with the model the Brain embedded with,
         when it is off; refuses vectors of another model than the index's
         or of the wrong size."""
-        doc = st.get(self._target)
+        doc = st.load(self._target)
         spec = (_open_clip_of_model(self._model)
                 if self._model is not None else None)
         if self._model is not None and spec is None:
@@ -665,7 +666,7 @@ class AISearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
             )
         if spec is not None:
             _switch_on(self._target, *spec, self.config.index_backend)
-        elif not (doc and doc.get("enabled")):
+        elif not (doc and doc.enabled):
             raise ValueError(
                 f"add_to_index: AI search of {target_name(self._target)} is "
                 "off, and nothing says which open_clip model made these "
@@ -907,7 +908,7 @@ class AISearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
     def _store(self, doc=None):
         # a session: the next call finds the index open (see
         # VectorStore.session)
-        store = indexes.open_ref((doc or require_index(self._target))["index"])
+        store = indexes.open_ref((doc or require_index(self._target)).index)
         return store.session()
 
 
@@ -1282,7 +1283,7 @@ def register(target, doc, brain_key):
     else:
         # (a run left without results, by a process killed in between)
         unregister(dataset, brain_key)
-        config = AISearchSimilarityConfig(index_backend=doc.get("backend"),
+        config = AISearchSimilarityConfig(index_backend=doc.backend,
                                           patches_field=field)
         _label_model(config, doc)
         method = config.build()
@@ -1294,7 +1295,7 @@ def register(target, doc, brain_key):
             AISearchSimilarityIndex(dataset, config, brain_key,
                                     backend=method),
         )
-    if doc.get("brain_key") is None:
+    if doc.brain_key is None:
         st.update(target, brain_key=brain_key)
 
 
@@ -1315,6 +1316,5 @@ def unregister_all(target):
 
 
 def _label_model(config, doc):
-    target = doc or {}
-    config.clip_model = target.get("model")
-    config.pretrained = target.get("pretrained")
+    config.clip_model = doc.model if doc else None
+    config.pretrained = doc.pretrained if doc else None

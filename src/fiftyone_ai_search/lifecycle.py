@@ -95,9 +95,9 @@ def enable(dataset, model=None, pretrained=None, backend=None,
     if margin is not None or square is not None:
         raise ValueError("margin, square: they say how objects are cropped; "
                          "pass patches_field=... for object search")
-    current = st.get(dataset) or {}
+    current = st.load(dataset) or st.IndexState(key=st.dataset_key(dataset))
     if brain_key is None:
-        brain_key = current.get("brain_key") or runs.DEFAULT_BRAIN_KEY
+        brain_key = current.brain_key or runs.DEFAULT_BRAIN_KEY
     if brain_key is not False:
         runs.check_brain_key(dataset, brain_key)
     existing = None
@@ -111,10 +111,10 @@ def enable(dataset, model=None, pretrained=None, backend=None,
                 f"model: say which open_clip model computed the {existing} "
                 "(model=..., pretrained=...): the index never mixes models"
             )
-    if model is None and pretrained is None and current.get("enabled"):
+    if model is None and pretrained is None and current.enabled:
         # the model in use, as for the backend: enabling again (e.g. to
         # register another brain key) never switches to the default model
-        model, pretrained = current["model"], current["pretrained"]
+        model, pretrained = current.model, current.pretrained
     backend = _backend(backend, current, settings)
     spec = _model_spec(model, pretrained, settings)
     if load or existing is not None:
@@ -126,9 +126,10 @@ def enable(dataset, model=None, pretrained=None, backend=None,
 
     doc = st.enable(dataset, spec.name, spec.pretrained, spec.identity,
                     backend, existing=existing.to_ref() if existing else None)
-    if existing is not None and not doc.get("build"):
+    if existing is not None and not doc.build:
         logger.info("AI search of '%s' already has an index of %s: the %s "
-                    "is not needed", dataset.name, indexes.model_label(doc), existing)
+                    "is not needed", dataset.name,
+                    indexes.model_label(doc.requested), existing)
     _register(dataset, doc, brain_key, runs)
     if compute:
         runner.start_background(dataset, secrets=secrets)
@@ -148,17 +149,18 @@ def _enable_objects(objects, model, pretrained, backend, margin, square,
     crop = CropSettings(
         margin=CropSettings.margin if margin is None else margin,
         square=CropSettings.square if square is None else square)
-    current = st.get(objects) or {}
+    current = st.load(objects) or st.IndexState(key=objects.key)
     if brain_key is None:
-        brain_key = current.get("brain_key") or runs.default_brain_key(
+        brain_key = current.brain_key or runs.default_brain_key(
             objects.field)
     if brain_key is not False:
         runs.check_brain_key(objects.dataset, brain_key, objects.field)
-    images = st.get(objects.dataset) or {}
-    if model is None and images.get("enabled"):
+    images = (st.load(objects.dataset)
+              or st.IndexState(key=st.dataset_key(objects.dataset)))
+    if model is None and images.enabled:
         # the image index's model: prompts then mean the same in both
-        model, pretrained = images["model"], images["pretrained"]
-    backend = _backend(backend, current if current.get("enabled") else images,
+        model, pretrained = images.model, images.pretrained
+    backend = _backend(backend, current if current.enabled else images,
                        settings)
     spec = _model_spec(model, pretrained, settings)
     if load:
@@ -177,8 +179,7 @@ def _backend(backend, current, settings):
     """The backend asked for: by default the one in use, else the
     configured one (checked to answer, before anything is written)."""
     if backend is None:
-        backend = (current["backend"] if current.get("enabled")
-                   else settings.backend)
+        backend = current.backend if current.enabled else settings.backend
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "server" and not settings.qdrant_url:
@@ -235,10 +236,10 @@ def _check_can_drop(target, settings):
     whose URL was only in its plugin secrets switched AI search off and
     removed the Brain run, then failed, leaving the state and the server's
     collection behind)."""
-    doc = st.get_raw(st.dataset_key(target))
+    doc = st.load_raw(st.dataset_key(target))
     if doc is None or settings.qdrant_url:
         return
-    if any(ref.get("backend") == "server" for ref in st.indexes_of(doc)):
+    if any(ref.get("backend") == "server" for ref in doc.indexes):
         raise ValueError(
             f"{indexes.what(target)} keeps its index on a Qdrant server, and no "
             f"server URL is configured here: set {ENV_PREFIX}QDRANT_URL "
@@ -255,7 +256,8 @@ def finish_disable(target, doc, runs=None, settings=None):
     Args:
         target: the dataset, or a :class:`~fiftyone_ai_search.index.targets.Objects`;
             None if its dataset no longer exists
-        doc: its state document, switched off
+        doc: its :class:`~fiftyone_ai_search.index.state.IndexState`,
+            switched off
         runs (None): the module that keeps the Brain runs of the index
             (:mod:`fiftyone_ai_search.brain`), to delete them; None leaves
             them
@@ -278,7 +280,7 @@ def forget_deleted(key, settings=None):
     if doc is not None:
         delete_index_and_state(doc, settings)
     logger.info("AI search: dataset '%s' was deleted; removed its index",
-                (doc or {}).get("dataset_name") or key)
+                (doc.dataset_name if doc else None) or key)
 
 
 def delete_index_and_state(doc, settings=None):
@@ -286,23 +288,25 @@ def delete_index_and_state(doc, settings=None):
     also of a dataset that no longer exists.
 
     Args:
-        doc: the dataset's state document (its ``_id`` is the dataset's id),
-            already switched off (:func:`fiftyone_ai_search.index.state.disable`)
+        doc: the dataset's :class:`~fiftyone_ai_search.index.state.IndexState`
+            (its ``key`` is the dataset's id), already switched off
+            (:func:`fiftyone_ai_search.index.state.disable`)
         settings (None): the :class:`fiftyone_ai_search.config.Settings`
     """
-    indexes.drop_indexes(doc["_id"], st.indexes_of(doc), settings)
-    delete_collections_of(doc["_id"])
-    st.delete_key(doc["_id"])
-    if st.problems(doc):  # it may have lost the names of its indexes
-        indexes.drop_unreferenced(doc["_id"], settings)
+    doc = st.as_state(doc)  # (a caller may hand the stored document)
+    indexes.drop_indexes(doc.key, doc.indexes, settings)
+    delete_collections_of(doc.key)
+    st.delete_key(doc.key)
+    if doc.problems():  # it may have lost the names of its indexes
+        indexes.drop_unreferenced(doc.key, settings)
 
 
 def is_embeddings_enabled(dataset: fod.Dataset,
                           patches_field: str | None = None) -> bool:
     """Whether AI search is on for ``dataset`` (for the objects of
     ``patches_field``, if given)."""
-    doc = st.get(resolve_target(dataset, patches_field))
-    return bool(doc and doc.get("enabled"))
+    doc = st.load(resolve_target(dataset, patches_field))
+    return bool(doc and doc.enabled)
 
 
 def calculate_embeddings(dataset: fod.Dataset, force: bool = False,
@@ -410,7 +414,7 @@ def maintain_index(dataset: fod.Dataset, settings: Settings | None = None,
     Returns:
         the number of points given a cell (0 when there was nothing to do)
     """
-    if not isinstance(dataset, targets.Objects):  # (the worker's targets)
+    if not isinstance(dataset, targets.Target):  # (the worker's targets)
         dataset = media.dataset_of(dataset, "dataset")
     if settings is not None and not isinstance(settings, Settings):
         raise ValueError("settings must be a Settings "
@@ -419,11 +423,11 @@ def maintain_index(dataset: fod.Dataset, settings: Settings | None = None,
     if min_points is not None:
         min_points = validate.integer(min_points, "min_points", 1,
                                       validate.MAX_LIMIT)
-    doc = st.get(dataset)
-    if doc is None or not doc.get("enabled") or not doc.get("index"):
+    doc = st.load(dataset)
+    if doc is None or not doc.enabled or not doc.index:
         return 0
     sweep_orphaned_scores(targets.dataset_of(dataset))
-    store = indexes.open_ref(doc["index"], settings)
+    store = indexes.open_ref(doc.index, settings)
     try:
         done = store.maintain(
             min_points=cells.MIN_POINTS if min_points is None else min_points)
@@ -443,7 +447,7 @@ def _audit_if_due(store, doc, settings):
     known = store.cells()
     if not audit.due(known, store.estimate_count()):
         return
-    model = indexes.load_index_model(doc["index"], settings)
+    model = indexes.load_index_model(doc.index, settings)
     texts = model.encode_text(list(audit.GENERIC_PROMPTS))
     rule = audit.audit(store, texts)
     if rule is not None:
@@ -456,7 +460,7 @@ def get_embeddings_in_progress(dataset: fod.Dataset,
                                patches_field: str | None = None) -> bool:
     """Whether embeddings of ``dataset`` (of the objects of
     ``patches_field``, if given) are being computed right now."""
-    return st.is_running(st.get(resolve_target(dataset, patches_field)))
+    return st.is_running(st.load(resolve_target(dataset, patches_field)))
 
 
 def get_embeddings_updated_at(dataset: fod.Dataset,
@@ -464,8 +468,8 @@ def get_embeddings_updated_at(dataset: fod.Dataset,
                               ) -> datetime.datetime | None:
     """When the index (of the objects of ``patches_field``, if given) last
     finished a sync (naive UTC datetime), or None."""
-    doc = st.get(resolve_target(dataset, patches_field))
-    return doc.get("updated_at") if doc else None
+    doc = st.load(resolve_target(dataset, patches_field))
+    return doc.updated_at if doc else None
 
 
 def get_status(dataset: fod.Dataset, max_failures: int = 100,
@@ -509,8 +513,8 @@ def get_status(dataset: fod.Dataset, max_failures: int = 100,
     counts = validate.boolean(counts, "counts")
     target = resolve_target(dataset, patches_field)
     dataset = targets.dataset_of(target)
-    doc = st.get(target)
-    if doc is None or not doc.get("enabled"):
+    doc = st.load(target)
+    if doc is None or not doc.enabled:
         # the same keys as when enabled, so that a caller reads them alike
         status = dict.fromkeys(_STATUS_KEYS)
         status.update(enabled=False, in_progress=False,
@@ -523,8 +527,8 @@ def get_status(dataset: fod.Dataset, max_failures: int = 100,
                           failures=[], approximate=None)
         return status
 
-    running = st.is_running(doc)
-    progress = dict(doc.get("progress") or {})
+    running = doc.is_running()
+    progress = dict(doc.progress or {})
     progress.pop("started_at", None)
     if progress.get("total"):
         progress["fraction"] = progress["done"] / progress["total"]
@@ -537,20 +541,20 @@ def get_status(dataset: fod.Dataset, max_failures: int = 100,
         "enabled": True,
         "in_progress": running,
         "progress": progress if running else None,
-        "updated_at": doc.get("updated_at"),
-        "model": doc["model"],
-        "pretrained": doc["pretrained"],
-        "backend": doc["backend"],
-        "index": model_of(doc.get("index")),
-        "rebuild": model_of(doc.get("build")),
+        "updated_at": doc.updated_at,
+        "model": doc.model,
+        "pretrained": doc.pretrained,
+        "backend": doc.backend,
+        "index": model_of(doc.index),
+        "rebuild": model_of(doc.build),
         "counts": None,
         "failures": None,
-        "last_report": doc.get("last_report"),
-        "last_error": doc.get("last_error"),
+        "last_report": doc.last_report,
+        "last_error": doc.last_error,
         "object_fields": object_fields(dataset),
     }
     if patches_field is not None:
-        status.update(patches_field=patches_field, crop=doc.get("crop"))
+        status.update(patches_field=patches_field, crop=doc.crop)
     if not counts:
         return status
 
@@ -571,7 +575,7 @@ def get_status(dataset: fod.Dataset, max_failures: int = 100,
             store.close()
 
     num_indexed = 0
-    if doc.get("index"):
+    if doc.index:
         try:
             newer, num_indexed, error = indexes.read_index(target, doc, count,
                                                    required=False)

@@ -112,8 +112,8 @@ def _refresh_all(datasets, settings):
     report = RefreshReport()
     start = time.time()
     for doc in st.enabled_states():
-        key = doc["_id"]
-        name = doc.get("dataset_name") or key
+        key = doc.key
+        name = doc.dataset_name or key
         try:
             # a dataset, or the objects of one of its fields
             dataset, name, wanted = _target_of(doc, names)
@@ -138,8 +138,8 @@ def _refresh_one(key, dataset, doc, settings, report):
         return
 
     # read again: earlier datasets of this pass may have taken a while
-    doc = st.get(dataset)
-    if doc is None or not doc.get("enabled"):
+    doc = st.load(dataset)
+    if doc is None or not doc.enabled:
         return
 
     name = _label(dataset)
@@ -184,11 +184,11 @@ def _consistent(dataset, doc, settings):
 
 
 def _target_of(doc, names):
-    """The target of a state document (None if its dataset is gone), how
-    a report names it, and whether a pass over the datasets ``names``
-    (None: all) looks at it."""
-    target = st.load_target(doc["_id"])
-    name = doc.get("dataset_name") or doc["_id"]
+    """The target of a state (None if its dataset is gone), how a report
+    names it, and whether a pass over the datasets ``names`` (None: all)
+    looks at it."""
+    target = st.load_target(doc.key)
+    name = doc.dataset_name or doc.key
     if target is not None:
         name = target.name
     wanted = names is None or name in names
@@ -200,7 +200,7 @@ def _finish_abandoned_disables(names, settings, report):
     (indexes, state, Brain runs, the latest results) is removed, as the
     disable would have."""
     for doc in st.abandoned_disables():
-        name = doc.get("dataset_name") or doc["_id"]
+        name = doc.dataset_name or doc.key
         try:
             target, name, wanted = _target_of(doc, names)
             if not wanted:
@@ -218,7 +218,7 @@ def _finish_abandoned_disables(names, settings, report):
 def _forget(doc, settings):
     """Removes the index, collection scores and state of a deleted
     dataset."""
-    forget_deleted(doc["_id"], settings)
+    forget_deleted(doc.key, settings)
 
 
 class Refresher:

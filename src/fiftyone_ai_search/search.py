@@ -186,10 +186,10 @@ def perform_ai_search(
     described = query.describe(scope)
     if field is not None:
         described["patches_field"] = field
-    described["model"] = model_label(doc["index"])
-    if doc.get("build"):
+    described["model"] = model_label(doc.index)
+    if doc.build:
         # searches use the complete index until the rebuild switches over
-        described["rebuilding"] = model_label(doc["build"])
+        described["rebuilding"] = model_label(doc.build)
         logger.warning(
             "AI search of '%s' is being rebuilt (%s); this search used the "
             "complete index of %s", dataset.name, described["rebuilding"],
@@ -204,8 +204,8 @@ def perform_ai_search(
 
 def sources_of(doc, label_ids):
     """The ids of the samples holding these objects (their vectors'
-    ``source_id``), in their order."""
-    store = indexes.open_ref(doc["index"])
+    ``source_id``), in their order, in the index of the state ``doc``."""
+    store = indexes.open_ref(doc.index)
     with store.session():
         payloads = store.get_payloads(label_ids)
     return [payloads.get(i, {}).get(SOURCE_KEY) for i in label_ids]
@@ -266,10 +266,10 @@ def _live(scope, target, doc):
     limit as for any scope, asking MongoDB which hits still exist)."""
     if scope is not None or not deletions_pending(target, doc):
         return scope
-    live = media.indexed_samples(targets.dataset_of(target))
-    if isinstance(target, targets.Objects):
-        return ObjectsOfView(live, target)
-    return ViewScope(live)
+    target = targets.of(target)
+    live = media.indexed_samples(target.dataset)
+    return ObjectsOfView(live, target) if target.is_objects else \
+        ViewScope(live)
 
 
 def _search(target, doc, query, scope):
@@ -280,7 +280,7 @@ def _search(target, doc, query, scope):
     def run(doc, store):
         # not closed: an embedded index stays open for the next search
         # while nobody else wants it (see VectorStore.session)
-        ids, scores = query.run(target, doc["index"], store, scope)
+        ids, scores = query.run(target, doc.index, store, scope)
         return ids, scores, doc
 
     return read_index(target, doc, run)
@@ -312,7 +312,7 @@ def run_query(samples, patches_field=None, **fields):
     scope = _live(scope, target, doc)
     if fields.get("limit") is None:
         fields["limit"] = max(1, len(scope) if scope is not None
-                              else indexes.index_size(doc["index"]))
+                              else indexes.index_size(doc.index))
     ids, scores, _ = _search(target, doc, _Query(**fields), scope)
     return ids, scores
 

@@ -38,14 +38,15 @@ def index_size(ref, settings=None):
 
 def open_index(dataset, settings=None, doc=None):
     """Opens the index that searches of a dataset use; given its state
-    ``doc``, ``dataset`` is not read (it may no longer exist).
+    ``doc`` (an :class:`~fiftyone_ai_search.index.state.IndexState`),
+    ``dataset`` is not read (it may no longer exist).
 
     Returns:
         a :class:`fiftyone_ai_search.store.VectorStore`, or None if the
         dataset has no complete index yet
     """
-    doc = doc or st.get(dataset)
-    ref = doc.get("index")
+    doc = doc or st.load(dataset)
+    ref = doc.index
     return open_ref(ref, settings) if ref else None
 
 
@@ -88,38 +89,27 @@ def drop_unreferenced(key, settings=None):
 
 def what(target):
     """How messages name a target."""
-    if isinstance(target, targets.Objects):
-        return (f"Object search of field '{target.field}' of dataset "
-                f"'{target.name}'")
-    return f"AI search of dataset '{target.name}'"
+    return targets.of(target).what
 
 
 def call_args(target):
     """The arguments that name a target in an SDK call, for messages."""
-    field = targets.field_of(target)
-    return "dataset" if field is None else f"dataset, patches_field={field!r}"
+    return targets.of(target).call_args
 
 
 def require_enabled(dataset):
-    """The state of a target (a dataset, or the objects of one of its
-    fields); raises if its AI search is off."""
-    doc = st.get(dataset)
-    if doc is None or not doc.get("enabled"):
-        if isinstance(dataset, targets.Objects):
-            raise AISearchNotEnabledError(
-                f"{what(dataset)} is not enabled. Enable it with "
-                f"fiftyone_ai_search.enable_embeddings({call_args(dataset)})"
-            )
-        raise AISearchNotEnabledError(
-            f"AI search is not enabled on dataset '{dataset.name}'. Enable it "
-            "with fiftyone_ai_search.enable_embeddings(dataset) (or the "
-            "'AI search: enable' operator in the App)"
-        )
+    """The state (an :class:`~fiftyone_ai_search.index.state.IndexState`)
+    of a target (a dataset, or the objects of one of its fields); raises if
+    its AI search is off."""
+    doc = st.load(dataset)
+    if doc is None or not doc.enabled:
+        raise AISearchNotEnabledError(targets.of(dataset).not_enabled)
     return doc
 
 
 def model_label(ref):
-    """How a model (of a state document or an index reference) is named
+    """How a model (of an index reference, or what a state asks for:
+    :attr:`~fiftyone_ai_search.index.state.IndexState.requested`) is named
     in messages: ``"ViT-B-32 (laion2b_s34b_b79k)"``."""
     return f"{ref['model']} ({ref['pretrained']})" if ref.get(
         "pretrained") else ref["model"]
@@ -127,12 +117,12 @@ def model_label(ref):
 
 def _computing(doc):
     """What a not-ready message says of the computation."""
-    if st.is_running(doc):
-        p = doc.get("progress") or {}
+    if doc.is_running():
+        p = doc.progress or {}
         done = (f": {p['done']} of {p['total']} embedded"
                 if p.get("total") else "")
         return f"It is being computed now{done}. Wait for it"
-    error = doc.get("last_error")
+    error = doc.last_error
     why = f" (the last run failed: {error})" if error else ""
     return f"Nothing is computing it{why}. Compute it"
 
@@ -152,7 +142,7 @@ def require_index(dataset, same_model=False):
         IndexNotReadyError: if there is no such index yet
     """
     doc = require_enabled(dataset)
-    index, build = doc.get("index"), doc.get("build")
+    index, build = doc.index, doc.build
     args = call_args(dataset)
     how = (f"with fiftyone_ai_search.calculate_embeddings({args}, "
            f"wait=True), or check get_status({args})")
@@ -172,7 +162,7 @@ def require_index(dataset, same_model=False):
 
 def read_index(target, doc, read, same_model=False, required=True):
     """Runs ``read(doc, store)`` on the index that searches of ``target``
-    use (``store`` opened from ``doc["index"]``, the state ``doc`` of
+    use (``store`` opened from ``doc.index``, the state ``doc`` of
     ``target``) and returns what it returns. A rebuild that switches over
     and drops that index after ``doc`` was read (``read`` raises
     :class:`~fiftyone_ai_search.store.IndexNotFoundError`) makes it run
@@ -181,7 +171,8 @@ def read_index(target, doc, read, same_model=False, required=True):
 
     Args:
         target: the dataset, or a :class:`~fiftyone_ai_search.index.targets.Objects`
-        doc: its state document, with an ``index``
+        doc: its :class:`~fiftyone_ai_search.index.state.IndexState`,
+            with an ``index``
         read: ``read(doc, store)``; it closes ``store`` if it wants it closed
         same_model (False): see :func:`require_index` (for the state read
             again)
@@ -194,14 +185,14 @@ def read_index(target, doc, read, same_model=False, required=True):
             it (or names no other)
     """
     while True:
-        ref = doc["index"]
+        ref = doc.index
         store = open_ref(ref)
         try:
             return read(doc, store)
         except IndexNotFoundError:
             newer = (require_index(target, same_model=same_model)
-                     if required else st.get(target))
-            if not (newer or {}).get("index") or (
-                    newer["index"]["name"] == ref["name"]):
+                     if required else st.load(target))
+            if newer is None or not newer.index or (
+                    newer.index["name"] == ref["name"]):
                 raise
             doc = newer

@@ -10,6 +10,10 @@ label field has a document of its own, keyed ``"<dataset id>~<field>"``
 ``patches_field`` and ``crop`` settings, and its failures per object: every
 function here takes a dataset or such a target.
 
+The rest of the package reads a document as an :class:`IndexState`
+(:func:`load`, by attribute) and changes it only through the transition
+functions of this module; :func:`get` gives the document as stored.
+
 Nothing is written to the dataset or its samples: a write there would bump
 ``last_modified_at`` and make the sync re-trigger itself.
 
@@ -36,6 +40,7 @@ computation runs keeps the document (``enabled: False``, the lease) until
 the computation lets go, so that a new enable waits for it.
 """
 
+import dataclasses
 import datetime
 import logging
 import os
@@ -186,6 +191,100 @@ def _migrate(doc):
     return doc
 
 
+@dataclasses.dataclass(frozen=True)
+class IndexState:
+    """The state of a target's AI search, as read from its document (see
+    the module's docstring): what the rest of the package reads, by
+    attribute. It is never written back: every change goes through the
+    transition functions of this module (:func:`enable`,
+    :func:`plan_rebuild`, :func:`finish_sync`, :func:`switch_to_build`,
+    :func:`disable`, ...), whose compare-and-set writes are the only ones.
+
+    Index references (``index``, ``build``, ``retired``) are the stored
+    dicts (:data:`INDEX_FIELDS`, and a build's ``generation``,
+    ``started_at`` and ``existing``).
+
+    A state read by :func:`load` was checked (:func:`problems`); one read
+    by :func:`load_raw` or handed by :func:`disable` may be damaged: its
+    fields are then as stored, and :meth:`problems` says what is wrong.
+    """
+
+    #: the key of its target (:func:`dataset_key`)
+    key: str
+    schema_version: "int | None" = None
+    enabled: bool = False
+    generation: "str | None" = None
+    dataset_name: "str | None" = None
+    #: its target: the dataset's id, and the label field of an object index
+    dataset_id: "str | None" = None
+    patches_field: "str | None" = None
+    #: the model and backend asked for (the index's, or that of the build)
+    model: "str | None" = None
+    pretrained: "str | None" = None
+    model_identity: "str | None" = None
+    backend: "str | None" = None
+    #: how an object index crops its objects (None for images)
+    crop: "dict | None" = None
+    brain_key: "str | None" = None
+    #: the complete index searches use, and the one being built beside it
+    index: "dict | None" = None
+    build: "dict | None" = None
+    #: indexes no longer referenced, still to drop
+    retired: list = dataclasses.field(default_factory=list)
+    watermark: "datetime.datetime | None" = None
+    deletion_watermark: "datetime.datetime | None" = None
+    updated_at: "datetime.datetime | None" = None
+    enabled_at: "datetime.datetime | None" = None
+    disabled_at: "datetime.datetime | None" = None
+    progress: "dict | None" = None
+    last_report: "dict | None" = None
+    last_error: "str | None" = None
+    lease: "dict | None" = None
+    pending: "dict | None" = None
+    rerun_requested: bool = False
+    #: the document it was read from (for the checks of this module)
+    _doc: dict = dataclasses.field(default_factory=dict, repr=False,
+                                   compare=False)
+
+    @classmethod
+    def from_doc(cls, doc) -> "IndexState | None":
+        """The state a stored document (as :func:`_migrate` left it) holds;
+        None for None."""
+        if doc is None:
+            return None
+        names = {f.name for f in dataclasses.fields(cls)} - {"key", "_doc"}
+        fields = {k: doc[k] for k in names if k in doc}
+        fields["enabled"] = bool(doc.get("enabled"))
+        fields["retired"] = doc.get("retired") or []
+        fields["rerun_requested"] = bool(doc.get("rerun_requested"))
+        return cls(key=doc["_id"], _doc=doc, **fields)
+
+    @property
+    def requested(self) -> dict:
+        """What it asks to be computed, as an index reference's fields
+        (``model``, ``pretrained``, ``model_identity``, ``backend``,
+        ``crop``): e.g. for :func:`same_index` and messages."""
+        return {k: getattr(self, k) for k in INDEX_FIELDS[1:]}
+
+    @property
+    def indexes(self) -> list:
+        """Every index it references (see :func:`indexes_of`)."""
+        return indexes_of(self._doc)
+
+    def problems(self) -> list:
+        """What is wrong with its document (see :func:`problems`)."""
+        return problems(self._doc)
+
+    def damaged(self, found) -> StateDamagedError:
+        """The :class:`StateDamagedError` of its ``found`` problems."""
+        return damaged(self.key, self._doc, found)
+
+    def is_running(self) -> bool:
+        """Whether a computation holds (or is about to take) its lease
+        (one round trip: the database's clock)."""
+        return is_running(self._doc)
+
+
 def load_dataset(key):
     """The dataset whose id is ``key``, or None if it no longer exists."""
     import fiftyone as fo
@@ -219,9 +318,40 @@ def load_target(key):
     return targets.target_of(dataset, field)
 
 
+def load(target) -> "IndexState | None":
+    """The state of a target (a dataset, or the objects of one of its
+    fields), or None if AI search was never on for it.
+
+    Raises:
+        StateDamagedError: see :func:`get_key`
+    """
+    return IndexState.from_doc(get(target))
+
+
+def load_key(key) -> "IndexState | None":
+    """The state of the target whose key is ``key``, or None (see
+    :func:`get_key`)."""
+    return IndexState.from_doc(get_key(key))
+
+
+def load_raw(key) -> "IndexState | None":
+    """The state of ``key`` as stored, neither checked nor migrated (it
+    may be damaged: see :meth:`IndexState.problems`), or None."""
+    return IndexState.from_doc(get_raw(key))
+
+
+def as_state(doc) -> "IndexState | None":
+    """``doc`` as an :class:`IndexState`: itself, or the state a stored
+    document holds (a caller may hold either: :func:`get` gives
+    documents)."""
+    return doc if doc is None or isinstance(doc, IndexState) else \
+        IndexState.from_doc(doc)
+
+
 def get(dataset):
     """The state document of a target (a dataset, or the objects of one of
-    its fields), or None if AI search was never on for it."""
+    its fields), or None if AI search was never on for it (as stored: the
+    rest of the package reads it through :func:`load`)."""
     return get_key(dataset_key(dataset))
 
 
@@ -407,7 +537,7 @@ def enable(dataset, model, pretrained, model_identity, backend,
     build.
 
     Returns:
-        the new state document
+        the new :class:`IndexState`
     """
     key = dataset_key(dataset)
     current = get(dataset)
@@ -416,7 +546,7 @@ def enable(dataset, model, pretrained, model_identity, backend,
         _states().update_one(
             {"_id": key}, {"$set": {"dataset_name": dataset.name}}
         )
-        return get(dataset)
+        return load(dataset)
 
     generation = _new_generation()
     fields = {
@@ -466,7 +596,7 @@ def enable(dataset, model, pretrained, model_identity, backend,
     elif retired:
         update["$push"] = {"retired": {"$each": retired}}
     _states().update_one({"_id": key}, update, upsert=True)
-    return get(dataset)
+    return load(dataset)
 
 
 def plan_rebuild(dataset):
@@ -475,12 +605,12 @@ def plan_rebuild(dataset):
     computation stops at its next commit.
 
     Returns:
-        the new state document
+        the new :class:`IndexState` (None if AI search is off)
     """
     key = dataset_key(dataset)
     doc = get(dataset)
     if doc is None or not doc.get("enabled"):
-        return doc
+        return IndexState.from_doc(doc)
     generation = _new_generation()
     build = _new_build(key, generation, doc["model"], doc["pretrained"],
                        doc["model_identity"], doc["backend"],
@@ -493,7 +623,7 @@ def plan_rebuild(dataset):
     )
     if res.modified_count != 1:
         return plan_rebuild(dataset)  # changed meanwhile: plan on the new one
-    return get(dataset)
+    return load(dataset)
 
 
 def check_generation(dataset, generation):
@@ -561,11 +691,11 @@ def forget_retired(dataset_or_key, ref):
 
 
 def enabled_states():
-    """The state documents of every target (a dataset's images, or the
-    objects of one of its fields) whose AI search is on; each document's
-    ``_id`` is its target's key (:func:`dataset_key`, see
-    :func:`load_target`)."""
-    return [_migrate(doc) for doc in _states().find({"enabled": True})]
+    """The :class:`IndexState` of every target (a dataset's images, or the
+    objects of one of its fields) whose AI search is on; each one's ``key``
+    is its target's (:func:`dataset_key`, see :func:`load_target`)."""
+    return [IndexState.from_doc(_migrate(doc))
+            for doc in _states().find({"enabled": True})]
 
 
 def object_fields(dataset_id):
@@ -581,7 +711,8 @@ def disable(dataset_or_key):
     computation stops at its next commit).
 
     Returns:
-        the document as it was before, or None if there was none
+        the :class:`IndexState` as it was before (unchecked: it may be
+        damaged), or None if there was none
     """
     key = (dataset_or_key if isinstance(dataset_or_key, str)
            else dataset_key(dataset_or_key))
@@ -590,7 +721,7 @@ def disable(dataset_or_key):
         {"$set": {"enabled": False, "generation": _new_generation(),
                   "disabled_at": utcnow()}},
     )
-    return _migrate(doc) if doc else None
+    return IndexState.from_doc(_migrate(doc)) if doc else None
 
 
 #: how long after a disable switched AI search off its leftovers (indexes,
@@ -600,10 +731,10 @@ ABANDONED_DISABLE_SECONDS = 60.0
 
 
 def abandoned_disables():
-    """The state documents that a disable switched off more than
-    :data:`ABANDONED_DISABLE_SECONDS` ago (by the database's clock) and
-    never removed (it was killed), and that no computation holds: the
-    refresher finishes those disables
+    """The :class:`IndexState` of the targets that a disable switched off
+    more than :data:`ABANDONED_DISABLE_SECONDS` ago (by the database's
+    clock) and never removed (it was killed), and that no computation
+    holds: the refresher finishes those disables
     (:func:`fiftyone_ai_search.embeddings.finish_disable`)."""
     before = utcnow() - datetime.timedelta(seconds=ABANDONED_DISABLE_SECONDS)
     found = _states().find({
@@ -611,7 +742,8 @@ def abandoned_disables():
         "$or": [{"disabled_at": {"$lt": before}},
                 {"disabled_at": {"$exists": False}}],
     })
-    return [_migrate(doc) for doc in found if not is_running(doc)]
+    return [IndexState.from_doc(_migrate(doc)) for doc in found
+            if not is_running(doc)]
 
 
 def delete_key(key):
@@ -731,9 +863,12 @@ def _holder_alive(holder, now):
 
 
 def is_running(doc):
-    """Whether a computation holds (or is about to take) the lease."""
+    """Whether a computation holds (or is about to take) the lease of a
+    state document, or of an :class:`IndexState`."""
     if doc is None:
         return False
+    if isinstance(doc, IndexState):
+        doc = doc._doc
     now = utcnow()
     lease = doc.get("lease")
     if lease and _holder_alive(lease, now):

@@ -265,14 +265,16 @@ def has_changes(target, doc):
 
     Args:
         target: the dataset, or a :class:`~fiftyone_ai_search.index.targets.Objects`
-        doc: its state document (:func:`fiftyone_ai_search.index.state.get`)
+        doc: its :class:`~fiftyone_ai_search.index.state.IndexState` (or
+            state document)
     """
     dataset = targets.dataset_of(target)
-    watermark = doc.get("watermark")
-    if watermark is None or doc.get("build") or doc.get("retired"):
+    doc = st.as_state(doc)
+    watermark = doc.watermark
+    if watermark is None or doc.build or doc.retired:
         return True  # never indexed, a rebuild to do, or indexes to drop
 
-    if _deleted_since(doc.get("deletion_watermark"), _last_deletion_at(dataset)):
+    if _deleted_since(doc.deletion_watermark, _last_deletion_at(dataset)):
         return True
 
     if len(edited_since(dataset, watermark).limit(1)):
@@ -298,10 +300,8 @@ def is_consistent(target, store):
 def _num_units(target):
     """How many vectors a complete index of ``target`` holds, failures
     included: its dataset's samples, or the objects of its field."""
-    samples = edited_since(targets.dataset_of(target), None)
-    if isinstance(target, targets.Objects):
-        return target.count(samples)
-    return samples.count()
+    target = targets.of(target)
+    return target.count(edited_since(target.dataset, None))
 
 
 def deletions_pending(target, doc):
@@ -313,9 +313,9 @@ def deletions_pending(target, doc):
 
     Args:
         target: the dataset, or a :class:`~fiftyone_ai_search.index.targets.Objects`
-        doc: its state document (:func:`fiftyone_ai_search.index.state.get`)
+        doc: its :class:`~fiftyone_ai_search.index.state.IndexState`
     """
-    return _deleted_since(doc.get("deletion_watermark"),
+    return _deleted_since(doc.deletion_watermark,
                           _last_deletion_at(targets.dataset_of(target)))
 
 

@@ -90,12 +90,12 @@ def run_sync(dataset, force=False, verify_files=False, progress=None,
             stale = 0  # passes stopped at the same generation
             damaged = 0  # indexes found damaged, and rebuilt
             while True:
-                doc = st.get(dataset)
-                if doc is None or not doc.get("enabled"):
+                doc = st.load(dataset)
+                if doc is None or not doc.enabled:
                     raise SyncCancelled(
                         f"AI search is not enabled on dataset '{dataset.name}'"
                     )
-                indexes.drop_indexes(doc["_id"], doc.get("retired") or [], settings)
+                indexes.drop_indexes(doc.key, doc.retired, settings)
                 try:
                     report = _sync_pass(dataset, doc, settings,
                                         verify_files, progress)
@@ -117,8 +117,8 @@ def run_sync(dataset, force=False, verify_files=False, progress=None,
                     continue
                 logger.info("AI search sync of '%s': %s", dataset.name, report)
                 total = report if total is None else total.then(report)
-                doc = st.get(dataset)
-                indexes.drop_indexes(doc["_id"], doc.get("retired") or [], settings)
+                doc = st.load(dataset)
+                indexes.drop_indexes(doc.key, doc.retired, settings)
                 # after a rebuild, what changed while it ran
                 again = report.rebuilt and has_changes(dataset, doc)
                 if not st.take_rerun_request(dataset) and not again:
@@ -147,12 +147,12 @@ def _stale_again(dataset, doc, error, stale):
     """After a pass stopped (``error``, a StaleGeneration): the count of
     passes stopped at ``doc``'s generation; raises StateDamagedError once
     too many did, rather than loop."""
-    now = st.get(dataset)
-    if now is None or now.get("generation") != doc["generation"]:
+    now = st.load(dataset)
+    if now is None or now.generation != doc.generation:
         return 0
     stale += 1
     if stale >= MAX_STALE_PASSES:
-        raise st.damaged(doc["_id"], doc, [
+        raise doc.damaged([
             f"{stale} passes stopped with the state unchanged ({error})"])
     return stale
 
@@ -182,8 +182,8 @@ def _run_progress(progress):
 def _sync_pass(dataset, doc, settings, verify_files, progress):
     """One synchronisation of the index the state ``doc`` asks for: the one
     being built if any, else the one searches use."""
-    ref = doc.get("build") or doc["index"]
-    building = doc.get("build") is not None
+    ref = doc.build or doc.index
+    building = doc.build is not None
     store = indexes.open_ref(ref, settings)
     try:
         if not building and not store.exists():
@@ -203,9 +203,9 @@ def _sync_pass(dataset, doc, settings, verify_files, progress):
                 "fiftyone_ai_search.enable_embeddings(dataset, model=..., "
                 "pretrained=...)"
             )
-        if isinstance(dataset, targets.Objects):
+        if targets.of(dataset).is_objects:
             sync = ObjectSynchronizer(dataset, store, model, settings,
-                                      doc["generation"], building=building,
+                                      doc.generation, building=building,
                                       progress=progress,
                                       crop=crop_settings(ref))
         else:
@@ -213,11 +213,11 @@ def _sync_pass(dataset, doc, settings, verify_files, progress):
                                                     ref.get("existing"))
                         if building else None)
             sync = Synchronizer(dataset, store, model, settings,
-                                doc["generation"], building=building,
+                                doc.generation, building=building,
                                 progress=progress, existing=existing)
         return sync.run(
-            watermark=doc.get("watermark"),
-            deletion_watermark=doc.get("deletion_watermark"),
+            watermark=doc.watermark,
+            deletion_watermark=doc.deletion_watermark,
             verify_files=verify_files,
         )
     finally:
@@ -251,7 +251,7 @@ def start_background(dataset, force=False, verify_files=False, secrets=None):
         # recorded now: a running computation stops at its next commit and
         # rebuilds; a crash before any worker starts loses nothing
         st.plan_rebuild(dataset)
-    doc = st.get(dataset)
+    doc = st.load(dataset)
     if st.is_running(doc):
         st.request_rerun(dataset)
         return None
@@ -265,10 +265,11 @@ def start_background(dataset, force=False, verify_files=False, secrets=None):
     if fo.config.database_uri:
         env["FIFTYONE_DATABASE_URI"] = fo.config.database_uri
 
+    target = targets.of(dataset)
     cmd = [sys.executable, "-m", "fiftyone_ai_search", "sync",
-           "--dataset-id", targets.dataset_key(targets.dataset_of(dataset))]
-    if isinstance(dataset, targets.Objects):
-        cmd += ["--patches-field", dataset.field]
+           "--dataset-id", targets.dataset_key(target.dataset)]
+    if target.is_objects:
+        cmd += ["--patches-field", target.field]
     if verify_files:
         cmd.append("--verify-files")
 

@@ -38,8 +38,8 @@ division by the largest) on ``--truth-sample`` points; and FiftyOne Brain's
 ``--brain-uniqueness`` samples (64-d, the tiny CLIP's index filled with
 random vectors): a search per sample, extrapolated to ``--n``.
 
-``--profile FILE``: one more pass at the middle threshold under cProfile
-(the stats saved, the top printed).
+``--profile FILE``: the pass at the middle threshold runs under cProfile
+(the stats saved, the top printed; marked ``(profiled)``).
 
 Examples::
 
@@ -100,7 +100,8 @@ def parse_args(argv=None):
                    help="samples for the Brain's compute_uniqueness on our "
                         "index (0: none)")
     p.add_argument("--profile", default=None,
-                   help="cProfile one more pass into this file")
+                   help="cProfile the pass at the middle threshold into "
+                        "this file")
     p.add_argument("--keep", default=None,
                    help="keep the filled, maintained index in this folder "
                         "and reuse it when it holds the same world")
@@ -239,42 +240,34 @@ def _reader(store):
     return rows_of, read
 
 
-def ours(store, n, threshold, probe):
+def ours(store, n, threshold, probe, profile=None):
     """The pass through the cells; returns the pairs, the groups and what
-    it took."""
+    it took. ``profile``: a file to save the pass's cProfile stats to (the
+    pass runs under the profiler: a few hundred thousand calls, most time
+    in few numpy calls)."""
     from fiftyone_ai_search.query import pairs
 
     rows_of, read = _reader(store)
+    prof = cProfile.Profile() if profile else None
 
     def run():
+        if prof:
+            prof.enable()
         lo, hi, sim, seen = pairs.pairs_by_cells(
             store.cells(), read, rows_of, threshold, probe=probe)
-        return lo, hi, sim, seen, pairs.group_pairs(n, lo, hi, sim)
+        groups = pairs.group_pairs(n, lo, hi, sim)
+        if prof:
+            prof.disable()
+        return lo, hi, sim, seen, groups
 
     (lo, hi, _, seen, groups), wall, cpu, anon, hwm = measured(run)
     assert seen == n, (seen, n)
+    if prof:
+        prof.dump_stats(profile)
+        stats = pstats.Stats(prof)
+        stats.sort_stats("tottime").print_stats(14)
+        stats.sort_stats("cumulative").print_stats(14)
     return (lo, hi), groups, wall, cpu, (anon, hwm)
-
-
-def profiled(store, n, threshold, probe, path):
-    """One more pass under cProfile: its stats saved to ``path``, the top
-    printed."""
-    from fiftyone_ai_search.query import pairs
-
-    rows_of, read = _reader(store)
-    prof = cProfile.Profile()
-    w0, c0 = time.time(), time.process_time()
-    prof.enable()
-    lo, hi, sim, _ = pairs.pairs_by_cells(store.cells(), read, rows_of,
-                                          threshold, probe=probe)
-    pairs.group_pairs(n, lo, hi, sim)
-    prof.disable()
-    print(f"\nprofiled pass at {threshold}: {time.time() - w0:.1f} s wall, "
-          f"{time.process_time() - c0:.1f} s CPU; stats in {path}")
-    prof.dump_stats(path)
-    stats = pstats.Stats(prof)
-    stats.sort_stats("tottime").print_stats(18)
-    stats.sort_stats("cumulative").print_stats(18)
 
 
 def uniqueness_row(store, x, rows):
@@ -439,8 +432,12 @@ def main(argv=None):
     kept_groups = {}
     probes = [None if p == "exact" else int(p)
               for p in args.probes.split(",")]
+    middle = thresholds[len(thresholds) // 2]
     for t, probe in [(t, p) for p in probes for t in thresholds]:
-        found, groups, wall, cpu, peak = ours(store, args.n, t, probe)
+        profile = (args.profile if args.profile and t == middle
+                   and probe == probes[-1] else None)
+        found, groups, wall, cpu, peak = ours(store, args.n, t, probe,
+                                              profile)
         num_pairs = len(found[0])
         if exact:
             ref = truth[t]
@@ -453,15 +450,13 @@ def main(argv=None):
         if probe is None:
             kept_groups[t] = groups
         name = "ours: cells, " + ("exact band" if probe is None
-                                  else f"{probe} nearest")
+                                  else f"{probe} nearest") + (
+            " (profiled)" if profile else "")
         print(f"{name:32s} {args.n:>9,} {t:>5} "
               f"{wall:8.1f} {cpu:8.1f} {f'{peak[0]:.0f}/{peak[1]:.0f}':>13} "
               f"{num_pairs:>9,} "
               f"{len(groups[0]):>9,} {recall_of(found, ref):7.4f}",
               flush=True)
-    if args.profile:
-        middle = thresholds[len(thresholds) // 2]
-        profiled(store, args.n, middle, probes[-1], args.profile)
     if args.uniqueness:
         pick = (rows if not exact else np.random.default_rng(
             args.seed + 2).choice(args.n, min(args.n, args.truth_sample),

@@ -78,10 +78,23 @@ class Pairs:
         """Adds the pairs of ``sims`` (``len(rows_a) x len(rows_b)``) at or
         above the threshold; ``same``: both sides are one set (only the
         upper triangle counts)."""
-        ia, ib = np.nonzero(sims >= self.threshold)
+        if not sims.size:
+            return
         if same:
-            # the upper triangle (rows_b starts where rows_a does), without
-            # copying the product to zero the rest
+            # each point with itself is no pair (rows_b starts where
+            # rows_a does: the diagonal)
+            np.fill_diagonal(sims, -np.inf)
+        # the rows holding a pair first: few do, and a row's largest value
+        # costs less than marking every value of it (nonzero over the whole
+        # product was ~10% of the pass)
+        (hit,) = np.nonzero(sims.max(axis=1) >= self.threshold)
+        if not len(hit):
+            return
+        ia, ib = np.nonzero(sims[hit] >= self.threshold)
+        ia = hit[ia]
+        if same:
+            # the upper triangle, without copying the product to zero the
+            # rest
             keep = ib > ia
             ia, ib = ia[keep], ib[keep]
         if not len(ia):

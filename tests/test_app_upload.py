@@ -4,12 +4,12 @@ server's machine stays an option."""
 
 import base64
 import io
-import os
 
 import pytest
 
 import fiftyone_ai_search as ais
 from fiftyone_ai_search.app import forms
+from fiftyone_ai_search.app.panel import results_summary
 from fiftyone_ai_search.demo import shapes
 
 from tests.helpers import shapes_dataset, wait_until_idle
@@ -76,7 +76,8 @@ def test_the_image_form_offers_an_upload_and_checks_it(indexed):
     assert "image_path" in form and "image_upload" not in form
 
 
-def test_an_uploaded_image_is_searched_and_named_by_its_file(indexed):
+def test_an_uploaded_image_is_searched_and_named_by_its_file(indexed,
+                                                              tmp_path):
     _, asked = _execute(indexed, "ai_search", params={
         "mode": "image", "image_upload": _upload(_png(), "my circle.png"),
         "limit": 5})
@@ -85,10 +86,27 @@ def test_an_uploaded_image_is_searched_and_named_by_its_file(indexed):
     assert labels[0] == "green circle" and labels.count("green circle") >= 2
     (latest,) = [c for c in ais.list_collections(indexed)
                  if c["name"] == ais.TEMPORARY_COLLECTION]
-    # the upload was written under its own name, and is gone
-    path = latest["query"]["image"]
-    assert os.path.basename(path) == "my circle.png"
-    assert not os.path.exists(path)
+    # the upload is kept nowhere: the results name its file, and record no
+    # path that could be taken for one to read again
+    query = latest["query"]
+    assert query["mode"] == "image" and query["image"] is None
+    assert query["image_name"] == "my circle.png"
+    assert results_summary(indexed)["query"] == (
+        "uploaded image 'my circle.png' (not kept)")
+    # searching again by what the record holds says what is missing
+    with pytest.raises(ValueError, match="Give exactly one of"):
+        ais.perform_ai_search(indexed, image=query["image"])
+    # a file of the App server is recorded by its path, which stays true
+    path = tmp_path / "on the server.png"
+    path.write_bytes(_png())
+    _execute(indexed, "ai_search", params={
+        "mode": "image", "image_source": "server_path",
+        "image_path": str(path), "limit": 5})
+    (latest,) = [c for c in ais.list_collections(indexed)
+                 if c["name"] == ais.TEMPORARY_COLLECTION]
+    assert latest["query"]["image"] == str(path)
+    assert "image_name" not in latest["query"]
+    assert results_summary(indexed)["query"] == "image 'on the server.png'"
 
 
 def test_a_broken_upload_is_refused_saying_why(indexed):
@@ -99,11 +117,14 @@ def test_a_broken_upload_is_refused_saying_why(indexed):
     with pytest.raises(ValueError, match="No image uploaded"):
         _execute(indexed, "ai_search", params={"mode": "image"})
     # bytes that are no image: the decoder's reason, the file's name
-    with pytest.raises(ValueError, match="cannot read"):
+    with pytest.raises(ValueError, match="query.png: cannot read"):
         _execute(indexed, "ai_search", params={
             "mode": "image", "image_upload": _upload(b"garbage" * 10)})
-    # a name never chooses where the upload is written
+    # a name is only a name: nothing is written, and only its base is kept
     _, asked = _execute(indexed, "ai_search", params={
         "mode": "image", "image_upload": _upload(_png(), "../../x.png"),
         "limit": 1})
     assert asked["set_view"]
+    (latest,) = [c for c in ais.list_collections(indexed)
+                 if c["name"] == ais.TEMPORARY_COLLECTION]
+    assert latest["query"]["image_name"] == "x.png"

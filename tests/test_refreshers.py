@@ -15,7 +15,8 @@ from fiftyone_ai_search.app import forms
 from fiftyone_ai_search.scheduler import Refresher, refresh_all
 
 from tests.helpers import add_shape_samples, shapes_dataset
-from tests.test_operators import _Panel
+from tests.test_operators import _Panel, _execute
+from tests.test_operators import repo_as_plugin  # noqa: F401 (the plugin, found)
 
 
 @pytest.fixture(autouse=True)
@@ -116,9 +117,12 @@ def test_the_panel_starts_a_refresher_service_and_says_what_it_did(tmp_path):
         "default"]
     assert "start_refresher" in props
 
+    # its form (tests/test_app_refresher.py), run with its defaults
     panel("on_start_refresher")
-    (notice,) = panel.asked("notify")
-    pid = int(notice["message"].split("(pid ")[1].split(")")[0])
+    (prompt,) = panel.asked("prompt_user_for_operation")
+    assert prompt["operator_uri"].endswith("/start_refresher")
+    pid = _execute(dataset, "start_refresher")[0]["pid"]
+    panel("on_refresher_started")
     try:
         # seen at once, in the event's one state write; no button now
         assert len(panel.asked("patch_panel_state")) == 1

@@ -11,6 +11,7 @@ asks for ``exact=True``.
 from __future__ import annotations
 
 import logging
+import os
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -35,7 +36,6 @@ from .sync.images import deletions_pending
 from .sync.objects import SOURCE_KEY
 
 if TYPE_CHECKING:  # for annotations only
-    import os
     from collections.abc import Sequence
 
     import fiftyone.core.collections as foc
@@ -94,7 +94,10 @@ def perform_ai_search(
         ``sort_by_similarity`` sorts the view it is given; pass the dataset
         with ``patches_field`` for objects like these anywhere in it.
     -   ``image``: an image from outside the dataset, a file path or a
-        ``PIL.Image``.
+        ``PIL.Image``. The collection records a path as ``image``; an
+        image given in memory is kept nowhere, so it records ``image``
+        None and ``image_name``, the name of the file it was read from
+        (PIL's ``filename``), if any.
     -   ``method``: diverse sampling, no query: ``"centroids"`` or
         ``"random"``, over ``clustering_method`` ``"kmeans"`` (default, with
         ``num_clusters``) or ``"dbscan"``; see
@@ -542,9 +545,16 @@ class _Query:
         elif self.label_ids is not None:
             d.update(mode="object", label_id=self.label_ids,
                      aggregation=self.aggregation)
+        elif isinstance(self.image, str):
+            d.update(mode="image", image=self.image[:500])
         else:
-            d.update(mode="image", image=str(getattr(self.image, "filename", "")
-                                             or self.image)[:500])
+            # an image given in memory (a PIL image; the App's uploads) is
+            # kept nowhere: recorded by its file's name alone, if it has
+            # one, and with no path that could be taken for one to search
+            # again
+            name = os.path.basename(str(getattr(self.image, "filename", "")
+                                        or ""))
+            d.update(mode="image", image=None, image_name=name[:500] or None)
         return d
 
 

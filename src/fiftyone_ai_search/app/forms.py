@@ -14,17 +14,20 @@ object index: the "Search in" choice (``search_in``: :data:`IMAGES` or
 
 import base64
 import binascii
-import contextlib
 import datetime
+import io
+import math
 import os
-import tempfile
+import shlex
 
 import fiftyone.operators.types as types
+import PIL.Image
 
 import fiftyone_ai_search as ais
 from fiftyone_ai_search.index import media
-from fiftyone_ai_search import refreshers
-from fiftyone_ai_search.config import BACKENDS
+from fiftyone_ai_search.index import state as st
+from fiftyone_ai_search import refreshers, validate
+from fiftyone_ai_search.config import BACKENDS, MAX_REFRESH_MINUTES
 from fiftyone_ai_search.duplicates import DEFAULT_THRESHOLD
 from fiftyone_ai_search.errors import UnsupportedPlatformError
 from fiftyone_ai_search.store.portability import check_embedded_index
@@ -238,27 +241,43 @@ def status_text(status):
 
 
 def approximate_text(approximate):
-    """What the status's ``approximate`` says, in one sentence: the
-    recall its self-audit measured, per kind of query."""
+    """What the status's ``approximate`` says, in one sentence: when and on
+    how many points its self-audit measured, and per kind of query
+    (prompts, images) the recall@k it estimates for the approximate
+    search, or that it sends that kind to exact search (all of it, or a
+    share)."""
     if not approximate.get("audited"):
         return ("Approximate search (not audited yet: the background "
                 "upkeep measures its recall)")
-    kinds = []
-    for kind, label in (("text", "prompts"), ("image", "images")):
-        estimate = approximate["estimates"].get(kind)
-        if estimate is None:
-            continue
-        if estimate.get("exact", 0.0) >= 1.0:
-            kinds.append(f"{label} exact")
-        else:
-            kinds.append(f"{label} {estimate['recall']:.2f} (at least "
-                         f"{estimate['lower']:.2f})")
+    k, target = approximate["k"], approximate.get("target")
     when = datetime.datetime.fromtimestamp(approximate["measured_at"],
                                            datetime.timezone.utc)
-    when = f"{when:%Y-%m-%d %H:%M} UTC"
-    return (f"Approximate search, estimated recall@{approximate['k']}: "
-            f"{', '.join(kinds)}; measured {when} on "
-            f"{approximate['points']} indexed")
+    kinds = [_kind_text(label, approximate["estimates"][kind], target)
+             for kind, label in (("text", "prompts"), ("image", "images"))
+             if approximate["estimates"].get(kind) is not None]
+    aim = f" (target {target:.2f})" if target else ""
+    return (f"Approximate search, audited {when:%Y-%m-%d %H:%M} UTC on "
+            f"{approximate['points']:,} indexed; estimated recall@{k}{aim}: "
+            f"{'; '.join(kinds)}")
+
+
+def _kind_text(label, estimate, target):
+    """One kind of query in :func:`approximate_text`: ``prompts 0.99 (at
+    least 0.98)``, with the share the audit sends to exact search; or
+    ``prompts exact (...)`` where it sends them all."""
+    exact = estimate.get("exact") or 0.0
+    if exact >= 1.0:
+        # (the audit keeps no recall of the depths it gave up on: only
+        # that none within its cost bound held the target)
+        held = f"{target:.2f}" if target else "the target"
+        return (f"{label} exact (the audit found no approximate search "
+                f"within its cost bound that holds {held}: every point is "
+                "scanned)")
+    text = (f"{label} {estimate['recall']:.2f} approximate (at least "
+            f"{estimate['lower']:.2f}")
+    if exact > 0:
+        text += f"; {exact:.0%} of {label} searched exact"
+    return text + ")"
 
 
 def _model(ref):
@@ -751,20 +770,20 @@ def upload_problem(upload):
     return None
 
 
-@contextlib.contextmanager
 def searched_image(params):
-    """The image a search by image uses, as a file path: the uploaded one
-    written to a temporary directory under its own name (which the results
-    are then labelled with) and removed afterwards, or the path on the App
-    server.
+    """The image a search by image uses: the path on the App server, or
+    the uploaded image, decoded in memory (nothing is written to the App
+    server's disk) and named by its file's name (PIL's ``filename``: the
+    source file's name). A collection records an image given in memory by
+    that name alone, never by a path (see ``perform_ai_search``): an upload
+    is not kept, and its results say which file it was.
 
     Raises:
         ValueError: nothing uploaded, or not an image (said as the form
             says it)
     """
     if image_source(params) == SERVER_PATH:
-        yield params.get("image_path") or ""
-        return
+        return params.get("image_path") or ""
     upload = params.get("image_upload")
     problem = upload_problem(upload) or (
         None if upload else "No image uploaded: choose an image file first.")
@@ -779,13 +798,16 @@ def searched_image(params):
         raise ValueError("The uploaded image is empty: upload it again.")
     if len(data) > MAX_UPLOAD_BYTES:
         raise ValueError(_too_big(len(data)))
-    # only its base name: a name never chooses where it is written
+    # only its base name: the name says which file it was, nothing more
     name = os.path.basename(str(upload.get("name") or "")) or "upload"
-    with tempfile.TemporaryDirectory(prefix="ai-search-upload-") as folder:
-        path = os.path.join(folder, name)
-        with open(path, "wb") as f:
-            f.write(data)
-        yield path
+    try:
+        image = PIL.Image.open(io.BytesIO(data))
+        image.load()  # decoded here: a broken file is said with its name
+    except Exception as e:  # PIL raises many kinds; all mean unreadable
+        raise ValueError(f"{name}: cannot read the image ({e}): upload an "
+                         "image file (JPEG, PNG, WebP, ...).") from None
+    image.filename = name
+    return image
 
 
 def limit_problem(limit):
@@ -833,10 +855,8 @@ def search_from_params(ctx, params, selected, in_modal=False):
                              "in the grid first")
         kwargs.update({arg: refs}, threshold=params.get("threshold"))
     elif mode == "image":
-        with searched_image(params) as path:
-            kwargs.update(image=path, threshold=params.get("threshold"))
-            return ais.perform_ai_search(search_scope(ctx, params, field),
-                                         **kwargs)
+        kwargs.update(image=searched_image(params),
+                      threshold=params.get("threshold"))
     elif mode == "diverse":
         kwargs.update(method=params.get("method") or "centroids",
                       clustering_method=params.get("clustering_method")
@@ -1067,17 +1087,161 @@ def refresher_status(dataset):
             f"{last['by']}: {outcomes}.", bool(running))
 
 
-def start_refresher(dataset):
-    """Starts a refresher service for ``dataset`` (the configured
-    interval), in the background on the App server's machine: its passes
-    never run in the App's server. Says what it started.
+#: the refresher form's choices of the datasets its passes look at (the
+#: SDK's ``datasets``: this one, None, or a list of names)
+REFRESH_THIS = "this"
+REFRESH_ALL = "all"
+REFRESH_CHOSEN = "chosen"
+
+
+def enabled_dataset_names():
+    """The names of the datasets with AI search on (of their images or of
+    the objects of a field), sorted."""
+    return sorted({doc.dataset_name for doc in st.enabled_states()
+                   if doc.dataset_name})
+
+
+def refresher_form(ctx, inputs, params):
+    """The form that starts a refresher, with the options of the SDK's
+    (``start_refresher(interval_minutes, datasets)``, the ``refresher``
+    command's ``--interval-minutes`` and ``--dataset``): how often it
+    passes, and over which datasets. Says what keeps the dataset fresh now,
+    and what it will run.
+
+    Returns:
+        whether the form can be run (False: an input is invalid)
+    """
+    runnable = True
+    status, _ = refresher_status(ctx.dataset)
+    inputs.md(status, name="refresher_status")
+    default = ais.get_settings().refresh_minutes
+    prop = inputs.int(
+        "interval_minutes", label="A pass every (minutes)", default=default,
+        min=1, max=MAX_REFRESH_MINUTES, required=True,
+        description="How often it looks for images added, edited or "
+        f"deleted: 1 to {MAX_REFRESH_MINUTES} minutes (default "
+        f"{default}, FIFTYONE_AI_SEARCH_REFRESH_MINUTES). A pass over a "
+        "dataset where nothing changed loads no model")
+    try:
+        minutes = refresher_interval(params)
+    except ValueError as e:
+        runnable = False
+        invalid(prop, str(e))
+        minutes = default
+    choices = types.RadioGroup()
+    choices.add_choice(REFRESH_THIS, label=f"This dataset ({ctx.dataset.name})")
+    choices.add_choice(REFRESH_ALL, label="Every dataset with AI search on, "
+                       "also those switched on later")
+    choices.add_choice(REFRESH_CHOSEN, label="Chosen datasets")
+    scope = _refresh_scope(params)
+    prop = inputs.enum("refresh", choices.values(), label="Over",
+                       default=scope, view=choices)
+    if scope == REFRESH_CHOSEN:
+        names = enabled_dataset_names()
+        prop = inputs.list(
+            "datasets", types.String(), label="Datasets", required=True,
+            default=[ctx.dataset.name],
+            description="Datasets with AI search on",
+            view=types.AutocompleteView(
+                choices=[types.Choice(n, label=n) for n in names],
+                allow_user_input=False, allow_duplicates=False))
+    try:
+        datasets = refresher_datasets(ctx, params)
+    except ValueError as e:
+        runnable = False
+        invalid(prop, str(e))
+        datasets = None
+    command = " ".join(
+        ["python -m fiftyone_ai_search refresher --interval-minutes",
+         str(minutes)] + [f"--dataset {shlex.quote(n)}"
+                          for n in datasets or ()])
+    inputs.view("service", types.Notice(label=(
+        f"Starts a background service on the App server's machine: {command}. "
+        "It runs in a session of its own, outlives the App, and its passes "
+        "never run in the App's server; the notification gives its pid "
+        "(stop it with kill <pid>).")))
+    return runnable
+
+
+def refresher_interval(params):
+    """The refresher form's interval in minutes (the configured one when
+    not given).
+
+    Raises:
+        ValueError: not a whole number of minutes from 1 to
+            :data:`MAX_REFRESH_MINUTES`
+    """
+    value = params.get("interval_minutes")
+    if value is None or value == "":
+        return ais.get_settings().refresh_minutes
+    # (a whole float too: the App sends numbers as JSON)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+            not math.isfinite(value) or value != int(value)
+            or not 1 <= value <= MAX_REFRESH_MINUTES):
+        raise ValueError("A pass every 1 to "
+                         f"{MAX_REFRESH_MINUTES} minutes (a day), in whole "
+                         f"minutes: not {value!r}.")
+    return int(value)
+
+
+def refresher_datasets(ctx, params):
+    """The datasets the refresher form asks for, as the SDK takes them:
+    a list of names, or None for every dataset with AI search on. A
+    headless caller may pass ``datasets`` alone.
+
+    Raises:
+        ValueError: chosen datasets, none or unknown
+    """
+    scope = _refresh_scope(params)
+    if scope == REFRESH_ALL:
+        return None
+    if scope == REFRESH_THIS:
+        if ctx.dataset.name not in enabled_dataset_names():
+            raise ValueError("AI search is off for this dataset: switch it "
+                             "on first (a refresher only refreshes datasets "
+                             "with AI search on), or refresh every dataset "
+                             "with AI search on.")
+        return [ctx.dataset.name]
+    chosen = params.get("datasets")
+    if chosen is None:
+        chosen = [ctx.dataset.name]
+    chosen = validate.names(chosen, "datasets")
+    if not chosen:
+        raise ValueError("Choose one dataset or more.")
+    unknown = [n for n in chosen if n not in enabled_dataset_names()]
+    if unknown:
+        raise ValueError("AI search is off for "
+                         f"{', '.join(repr(n) for n in unknown)}: a "
+                         "refresher only refreshes datasets with AI search "
+                         "on.")
+    return list(dict.fromkeys(chosen))
+
+
+def _refresh_scope(params):
+    """Which datasets the refresher form's parameters ask for: its
+    choice; headless, chosen ones where ``datasets`` are given, else this
+    dataset."""
+    scope = params.get("refresh")
+    if scope in (REFRESH_THIS, REFRESH_ALL, REFRESH_CHOSEN):
+        return scope
+    return REFRESH_CHOSEN if params.get("datasets") else REFRESH_THIS
+
+
+def start_refresher(ctx, params):
+    """Starts the refresher the refresher form (:func:`refresher_form`)
+    asks for, as a background service on the App server's machine: its
+    passes never run in the App's server. Says what it started.
 
     Returns:
         ``(pid, message)``
     """
-    minutes = ais.get_settings().refresh_minutes
-    pid = refreshers.start_service(datasets=[dataset.name])
+    minutes = refresher_interval(params)
+    datasets = refresher_datasets(ctx, params)
+    pid = refreshers.start_service(interval_minutes=minutes,
+                                   datasets=datasets)
+    scope = ("every dataset with AI search on" if datasets is None else
+             ", ".join(f"'{n}'" for n in datasets))
     return pid, (f"Started a refresher (pid {pid}): a pass every {minutes} "
-                 f"min over '{dataset.name}', as a background service "
+                 f"min over {scope}, as a background service "
                  "(python -m fiftyone_ai_search refresher) that outlives "
                  f"the App. Stop it with kill {pid}.")

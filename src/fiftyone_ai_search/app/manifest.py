@@ -30,6 +30,7 @@ OPERATOR_NAMES = (
     "disable_ai_search",
     "compute_embeddings",
     "ai_search_status",
+    "start_refresher",
     "ai_search",
     "search_similar",
     "find_near_duplicates",

@@ -263,6 +263,29 @@ class AISearchStatus(_Operator):
         return forms.jsonable(status)
 
 
+class StartRefresher(_Operator):
+    """Starts a refresher, as a background service on the App server's
+    machine (never in the App server's request): the panel's "Start a
+    refresher", with the SDK's options (its interval, its datasets)."""
+
+    CONFIG = dict(
+        name="start_refresher",
+        label="AI search: start a refresher",
+        description="Keep AI search indexes in sync with their datasets on "
+        "a schedule: a background service that outlives the App",
+        icon="autorenew",
+        dynamic=True,
+    )
+
+    def form(self, ctx, inputs):
+        forms.refresher_form(ctx, inputs, ctx.params)
+
+    def execute(self, ctx):
+        pid, message = forms.start_refresher(ctx, ctx.params)
+        ctx.ops.notify(message, variant="success")
+        return {"pid": pid}
+
+
 # -- search and collections ------------------------------------------------------
 
 
@@ -495,6 +518,7 @@ OPERATORS = (
     DisableAISearch,
     ComputeEmbeddings,
     AISearchStatus,
+    StartRefresher,
     AISearch,
     SearchSimilar,
     FindNearDuplicates,

@@ -69,6 +69,18 @@ def selected_range(points, edges):
     return max(-1.0, min(xs) - half), min(1.0, max(xs) + half)
 
 
+def image_query_text(query):
+    """A search by an outside image as the panel names it: a file by its
+    name; an image given in memory (an upload) by its file's name, said to
+    be kept nowhere (the collection holds no path to it)."""
+    if query.get("image"):
+        return f"image '{os.path.basename(query['image'])}'"
+    name = query.get("image_name")
+    if name:
+        return f"uploaded image '{name}' (not kept)"
+    return "an image given in memory (not kept)"
+
+
 def results_summary(dataset):
     """What the panel shows of the latest results, or None: a JSON-able
     dict with ``query`` (text), ``count``, ``noun`` (what they are:
@@ -108,8 +120,7 @@ def results_summary(dataset):
         text = f"similar to {len(query['image_id'])} sample(s)"
         label = "Score: similarity to the reference image(s)"
     else:
-        name = os.path.basename(query.get("image") or "")
-        text = f"image '{name}'" if name else "image"
+        text = image_query_text(query)
         label = "Score: similarity to the image"
     return {"query": text, "count": len(scores), "low": min(scores),
             "high": max(scores), "score_label": label, "things": things,
@@ -228,11 +239,15 @@ class AISearchPanel(foo.Panel):
     def on_disable(self, ctx):
         ctx.prompt(self._uri("disable_ai_search"), on_success=self.on_refresh)
 
-    @_reported
     def on_start_refresher(self, ctx):
-        # a background service: the App's server only starts it
-        _, message = forms.start_refresher(ctx.dataset)
-        ctx.ops.notify(message, variant="success")
+        # its form (interval, datasets: the SDK's options), shared with the
+        # operator browser; a background service: the App's server only
+        # starts it
+        ctx.prompt(self._uri("start_refresher"),
+                   on_success=self.on_refresher_started)
+
+    @_reported
+    def on_refresher_started(self, ctx):
         self._refresh_refresher(ctx, True)
 
     def on_failures(self, ctx):

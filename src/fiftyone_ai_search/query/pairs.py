@@ -57,6 +57,12 @@ NEIGHBOURS = 32
 #: rows of a product computed at once (BLOCK x a cell's points, float32)
 BLOCK = 1024
 
+#: rows of a cell's product with itself computed at once: each block
+#: against itself and the rows after it, so that little of the lower
+#: triangle is computed (a cell of ~500 points in one block of 1,024 was
+#: computed whole: twice its pairs)
+SAME_BLOCK = 256
+
 #: a point is compared with the points of at most this many other cells
 #: (its nearest centres among those within reach). CLIP-like points lie
 #: within reach of many boundaries (a cell is wide in 512-d), so the exact
@@ -364,11 +370,11 @@ def _blocks(found, ar, ax, br, bx, same=False):
     itself), a block of rows at a time: cells are uneven (a dense cluster
     makes a cell of thousands of points), and a whole cell's product of
     itself would take gigabytes."""
-    for s in range(0, len(ax), BLOCK):
+    for s in range(0, len(ax), SAME_BLOCK if same else BLOCK):
         if same:
             # the block against itself and the rows after it
-            found.add(ar[s : s + BLOCK], ar[s:], ax[s : s + BLOCK] @ ax[s:].T,
-                      same=True)
+            e = s + SAME_BLOCK
+            found.add(ar[s:e], ar[s:], ax[s:e] @ ax[s:].T, same=True)
         else:
             found.add(ar[s : s + BLOCK], br, ax[s : s + BLOCK] @ bx.T)
 

@@ -41,13 +41,13 @@ from bench_scale import CLIP_B32_PARAMS, ClipLike  # noqa: E402
 
 #: (owner, attribute, phase name): what is timed
 PHASES = (
-    ("base", "VectorStore._give_ranks", "ranks (points lacking one)"),
+    ("upkeep", "_give_ranks", "ranks (points lacking one)"),
     ("base", "VectorStore.get_bucket_vectors", "learning sample read"),
     ("cells", "learn", "k-means learning"),
     ("edge", "EdgeStore._points_lacking", "scans of points lacking a cell"),
     ("base", "records_to_matrix", "records_to_matrix"),
     ("cells", "Cells.assign", "assignment"),
-    ("base", "_grouped", "grouping by cell"),
+    ("upkeep", "_grouped", "grouping by cell"),
     ("edge", "EdgeStore._set_field", "payload writes"),
     ("edge", "EdgeStore._compact", "compaction"),
     ("edge", "EdgeStore._write_cells", "cells written"),
@@ -79,9 +79,9 @@ def _timed(fn, name):
 
 
 def instrument():
-    from fiftyone_ai_search.store import base, cells, edge
+    from fiftyone_ai_search.store import base, cells, edge, upkeep
 
-    modules = {"base": base, "cells": cells, "edge": edge}
+    modules = {"base": base, "cells": cells, "edge": edge, "upkeep": upkeep}
     for owner, attr, name in PHASES:
         obj = modules[owner]
         parts = attr.split(".")

@@ -293,9 +293,9 @@ def test_cells_go_with_the_index(index):
 
 
 def _maintain(root, name, chunk, small_cells=False):
-    from fiftyone_ai_search.store import base
+    from fiftyone_ai_search.store import upkeep
 
-    base.ASSIGN_CHUNK = chunk  # many small rounds: a kill lands mid-way
+    upkeep.ASSIGN_CHUNK = chunk  # many small rounds: a kill lands mid-way
     cl.MIN_PROBED = 6
     if small_cells:
         _use_small_cells(cl)
@@ -502,10 +502,10 @@ def test_while_points_move_searches_probe_old_and_new_cells(index,
     """Mid-move (points in old and new cells) and after it, until the old
     cells are dropped, a search is exact within the probed cells of both,
     and a point written meanwhile gets a new cell from its writer."""
-    from fiftyone_ai_search.store import base
+    from fiftyone_ai_search.store import upkeep
 
     monkeypatch.setattr(cl, "SWITCH_GRACE_S", 3600.0)
-    monkeypatch.setattr(base, "ASSIGN_CHUNK", 500)
+    monkeypatch.setattr(upkeep, "ASSIGN_CHUNK", 500)
     x, texts = clustered(4200, seed=3)
     ids = make_ids(len(x))
     index.upsert(ids[:1000], x[:1000], [{} for _ in range(1000)])
@@ -633,9 +633,9 @@ def test_a_pass_finds_points_written_behind_its_scan(index, monkeypatch):
     written meanwhile behind that (lower ids, by a process that had not
     read the cells: UNASSIGNED) are found by the scan from the first point
     that ends the pass."""
-    from fiftyone_ai_search.store import base, sample_id_to_point_id
+    from fiftyone_ai_search.store import base, sample_id_to_point_id, upkeep
 
-    monkeypatch.setattr(base, "ASSIGN_CHUNK", 500)
+    monkeypatch.setattr(upkeep, "ASSIGN_CHUNK", 500)
     x, _ = clustered(3000, seed=5)
     ids = make_ids(len(x))
     behind = list(range(0, 3000, 10))

@@ -10,9 +10,7 @@ import abc
 import contextlib
 import dataclasses
 import itertools
-import logging
 import re
-import time
 import uuid
 
 import numpy as np
@@ -22,8 +20,6 @@ from ..errors import (IndexDamagedError, IndexExistsError,
                       IndexMismatchError, IndexNotFoundError)
 from . import cells as cl
 from . import ranks, recent
-
-logger = logging.getLogger(__name__)
 
 #: Version of the on-disk / in-collection layout of an index. Bump it, and
 #: teach the backends to migrate (or rebuild) older indexes, whenever the
@@ -676,6 +672,7 @@ class VectorStore(abc.ABC):
         (read at most once per change, cheap), or None while it has none."""
         return self._read_cells()
 
+    @abc.abstractmethod
     def maintain(self, min_points=cl.MIN_POINTS, seed=0, progress=None):
         """Background upkeep of the approximate search: learns the cells
         once the index holds ``min_points`` points, and gives every point
@@ -686,6 +683,8 @@ class VectorStore(abc.ABC):
 
         Points written before ranks existed get their rank here too (see
         :mod:`~fiftyone_ai_search.store.ranks`), from the same size on.
+        Both backends run :func:`fiftyone_ai_search.store.upkeep.maintain`
+        on their hooks below.
 
         Args:
             min_points (MIN_POINTS): the index size from which the cells pay
@@ -696,140 +695,11 @@ class VectorStore(abc.ABC):
         Returns:
             the number of points given a cell
         """
-        known = self.cells()
-        ranked = 0
-        total = None
-        if known is None:
-            total = self.count()
-        elif (known.complete and known.previous is None
-              and len(known) < cl.MAX_CELLS):
-            # only whether the index has doubled: an exact count costs
-            # ~1.4 s at 10M points, each pass
-            total = self.estimate_count()
-        learned = known is None or (total is not None
-                                    and cl.outgrown(known, total))
-        if learned:
-            if total < max(min_points, 1):
-                return 0
-            # the learning sample is drawn by rank: seeded, and no id list
-            ranked = self._give_ranks()
-            known = self._learn(total, seed, previous=known)
-            if known is None:
-                return 0
-            # a writer that read the cells just before gives its points no
-            # new cell; were it to replace a point between a round's read and
-            # write below, that point would get its old vector's cell
-            time.sleep(self._cells_read_age_s)
-
-        # points lacking a cell of the newest cells: written without one,
-        # or (cells learned again) still in one of the cells they replace
-        lacking = [cl.UNASSIGNED]
-        if known.previous is not None:
-            lacking += list(known.previous.values())
-        done = 0
-        # each round's scan goes on after the last point the round before
-        # gave a cell (both engines scroll in point id order): started from
-        # the first point every round, the scans passed over the points
-        # already done again and again (34 s of 200 s at 1M points). Points
-        # written behind the scan meanwhile are found by one more scan from
-        # the first point, which ends the pass when it finds none
-        after = None
-        while True:
-            # one session a round: an embedded index stays open from one
-            # round to the next, else it would be closed and opened twice a
-            # round (~2.5 s each at 1M points); it is still handed over
-            # between rounds to whoever waits
-            with self.session():
-                records = self._points_lacking(cl.CELL_KEY, ASSIGN_CHUNK,
-                                               True, lacking, after)
-                if not records:
-                    if after is None:
-                        break
-                    after = None
-                    continue
-                # a cell is the most similar centre: any positive length
-                where = known.assign(self._stored_rows(records, unit=False))
-                ids = [str(r.id) for r in records]
-                # only points still lacking: one written again meanwhile
-                # got its cell from its writer
-                self._set_field(cl.CELL_KEY, _grouped(ids, where), lacking)
-            after = max(ids)
-            done += len(records)
-            if progress is not None:
-                progress(done, None)
-        if not learned:
-            # points written meanwhile by an older version, without a rank.
-            # A pass that learned gave them theirs before (its sample is
-            # drawn by rank), and a full scan finding none costs ~2 s at 1M
-            # points: points written since, by such a version, get theirs
-            # in the next pass
-            ranked += self._give_ranks()
-        changed = done + ranked
-        if changed and (not known.complete
-                        or changed >= COMPACT_SHARE * known.learned_from):
-            # each cell's points together, and the int8 copy: the probed
-            # cells are scanned 2-3x faster (measured at 300k points)
-            start = time.monotonic()
-            self._compact()
-            logger.info("AI search index '%s': %d points given their cell, "
-                        "%d their rank, compacted in %.1f s", self.name, done,
-                        ranked, time.monotonic() - start)
-        if known.previous is not None:
-            # the replaced cells go once no writer can still be using them
-            # (what it read is seconds old); until then queries probe both
-            if time.time() - known.learned_at >= cl.SWITCH_GRACE_S:
-                self._write_cells(dataclasses.replace(
-                    known, previous=None, complete=True))
-        elif not known.complete:
-            self._write_cells(dataclasses.replace(known, complete=True))
-        return done
-
-    def _learn(self, total, seed, previous):
-        """Learns and stores the cells of an index of ``total`` points
-        (replacing the complete ``previous``, or None); returns them, or
-        None for an empty index."""
-        k = cl.num_cells(total)
-        wanted = min(total, k * cl.SAMPLE_PER_CELL)
-        buckets = ranks.bucket_order(seed)[: ranks.buckets_for(wanted, total)]
-        _, sample = self.get_bucket_vectors(buckets)
-        k = min(k, len(sample))
-        if not k:
-            return None
-        start = time.monotonic()
-        centres = cl.learn(sample, k, seed=seed)
-        known = cl.Cells(
-            centres, generation=_new_generation(), learned_from=total,
-            ordinal=0 if previous is None else previous.ordinal + 1,
-            learned_at=time.time(), previous=previous)
-        self._write_cells(known)
-        logger.info("AI search index '%s': learned %d cells from %d of its %d "
-                    "points in %.1f s%s", self.name, k, len(sample), total,
-                    time.monotonic() - start,
-                    "" if previous is None else
-                    f" (it had {len(previous)}, learned from "
-                    f"{previous.learned_from} points)")
-        return known
-
-    def _give_ranks(self):
-        """Gives their rank to points written without one (by a version
-        before ranks); returns how many there were."""
-        self._ensure_rank_index()
-        ranked = 0
-        while True:
-            with self.session():
-                records = self._points_lacking(ranks.RANK_KEY, RANK_CHUNK,
-                                               False, ())
-                if not records:
-                    return ranked
-                ids = [str(r.id) for r in records]
-                where = [ranks.rank_of(point_id_to_sample_id(i)) for i in ids]
-                # a rank is a function of the id: nothing to guard against
-                self._set_field(ranks.RANK_KEY, _grouped(ids, where), None)
-            ranked += len(records)
 
     # -- backend hooks -----------------------------------------------------
     # The public methods above validate and convert their arguments; these
     # only talk to the engine. Point ids are those of sample_id_to_point_id().
+    # The upkeep of the cells (upkeep.py) runs on those it lists (Upkept).
 
     #: the most seconds what a writer read of the cells can lag behind them
     #: where a maintenance round's read and write are not one hold (an
@@ -977,20 +847,6 @@ class VectorStore(abc.ABC):
         needs no such guard)."""
 
 
-def _grouped(ids, values):
-    """``{value: [point id, ...]}`` of point ids and their values (sorted
-    by value: one pass, not a dict lookup per point)."""
-    values = np.asarray(values, dtype=np.int64)
-    if not len(values):
-        return {}
-    order = np.argsort(values, kind="stable")
-    ordered = values[order]
-    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
-    ends = np.r_[starts[1:], len(ordered)]
-    return {int(ordered[a]): [ids[i] for i in order[a:b].tolist()]
-            for a, b in zip(starts.tolist(), ends.tolist())}
-
-
 #: ``{(backend class, index name): ring}`` of a backend that keeps its
 #: recent queries in the process (see :meth:`VectorStore._read_recent`)
 _recent_rings = {}
@@ -1004,29 +860,6 @@ def _record_vector(record):
     if isinstance(vec, dict):  # named vectors: ours is the unnamed one
         vec = vec[""]
     return vec
-
-
-#: points given their cell per round of :meth:`VectorStore.maintain`: a
-#: round writes once per cell present in it, so larger rounds make fewer,
-#: fuller writes (at 1M points in 2,000 cells, rounds of 8192 made ~1,600
-#: writes of ~5 points each, ~200k in all: ~60 s; rounds of 32768 ~41k
-#: writes, 17 s, and 34 flushes of the shard at the rounds' ends, 13 s;
-#: rounds of 65536 about half that). A round holds the index for ~2 s on 2
-#: cores; searches of other processes are answered meanwhile (serve.py)
-ASSIGN_CHUNK = 65536
-
-#: a maintenance pass that assigned this share of the points the cells were
-#: learned from compacts the index again
-COMPACT_SHARE = 0.1
-
-#: points given their rank per round: ids only, and larger rounds make
-#: fewer, fuller groups (one write per rank present in a round)
-RANK_CHUNK = 65536
-
-
-def _new_generation():
-    """A random 62-bit number: cells learned again get another."""
-    return uuid.uuid4().int >> 66
 
 
 #: records converted to floats at a time by :func:`records_to_matrix`

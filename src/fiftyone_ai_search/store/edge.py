@@ -83,6 +83,7 @@ from . import cells as cl
 from . import ranks as rk
 from . import recent as rc
 from . import serve as sv
+from . import upkeep
 from .base import (
     IndexInfo,
     VectorStore,
@@ -901,6 +902,10 @@ class EdgeStore(VectorStore):
         return out
 
     # -- cells ---------------------------------------------------------------
+
+    def maintain(self, min_points=cl.MIN_POINTS, seed=0, progress=None):
+        # the upkeep both backends share (upkeep.py), on this one's hooks
+        return upkeep.maintain(self, min_points, seed, progress)
 
     @property
     def _cells_path(self):

@@ -31,6 +31,7 @@ from ..errors import (IndexExistsError, IndexNotFoundError,
                       QdrantUnreachableError)
 from . import cells as cl
 from . import ranks as rk
+from . import upkeep
 from .base import (
     IndexInfo,
     VectorStore,
@@ -488,6 +489,10 @@ class ServerStore(VectorStore):
         ).points
 
     # -- cells ---------------------------------------------------------------
+
+    def maintain(self, min_points=cl.MIN_POINTS, seed=0, progress=None):
+        # the upkeep both backends share (upkeep.py), on this one's hooks
+        return upkeep.maintain(self, min_points, seed, progress)
 
     @property
     def _cells_key(self):

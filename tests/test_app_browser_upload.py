@@ -129,6 +129,12 @@ def test_the_histogram_stays_drawn_and_a_refresher_starts(app, app_dataset):
     app.fill("A pass every (minutes)", 0, root=app.prompt)
     app.wait_for_text("A pass every 1 to 1440 minutes", root=app.prompt)
     app.wait(app.execute_disabled, "Execute disabled: 0 minutes")
+    # chosen datasets: a multi-select of those with AI search on
+    app.choose("Over", "Chosen datasets", root=app.prompt)
+    app.field("Datasets", root=app.prompt)
+    app.wait_for_text(app_dataset.name, root=app.prompt)
+    app.screenshot("refresher-02-chosen")
+    app.choose("Over", f"This dataset ({app_dataset.name})", root=app.prompt)
     app.fill("A pass every (minutes)", 7, root=app.prompt)
     app.wait_for_text("refresher --interval-minutes 7 --dataset "
                       f"{app_dataset.name}", root=app.prompt)

@@ -32,9 +32,11 @@ yielded image, reduced at once to ``min_side`` pixels on its shorter side
 :data:`fiftyone_ai_search.embedding.decode.DRAFT_FACTOR` x the model's input
 size, as JPEGs are drafted), so a long 4K video costs what one 4K frame
 does. Frames that are not sampled are only grabbed (``grab()``: decoded,
-never converted to BGR), which saves MEASURED_RETRIEVE_SAVING. OpenCV's
+never converted to BGR): at 1 fps that is ~27% less CPU than converting
+every frame (``bench/bench_frames.py``, 1080p and 4K mp4v). OpenCV's
 FFmpeg cannot decode at a reduced size, so the reduction happens right
-after decoding.
+after decoding; decoding itself is the cost (4K mp4v: ~8 ms of CPU a
+frame, ~0.3 s a second of video).
 
 Failures (:class:`~fiftyone_ai_search.errors.VideoDecodeError`, with a short
 reason to store with the sample): a missing file, a file OpenCV's FFmpeg

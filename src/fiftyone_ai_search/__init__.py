@@ -51,7 +51,8 @@ from .errors import (AISearchError, AISearchNotEnabledError,
                      IndexNotReadyError,
                      ModelUnavailableError, ObjectFieldError,
                      QdrantUnreachableError, StateDamagedError,
-                     UnsupportedMediaError, UnsupportedPlatformError)
+                     UnsupportedMediaError, UnsupportedPlatformError,
+                     VideoDecodeError)
 from .embeddings import (
     calculate_embeddings,
     disable_embeddings,
@@ -101,6 +102,7 @@ __all__ = [
     "TEMPORARY_COLLECTION",
     "UnsupportedMediaError",
     "UnsupportedPlatformError",
+    "VideoDecodeError",
     "delete_collection",
     "get_collection",
     "get_collection_scores",

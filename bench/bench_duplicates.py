@@ -464,6 +464,22 @@ def main(argv=None):
         uniqueness_row(store, x, pick)
     store.close()
     size = args.n if exact else min(args.n, args.subset)
+    if size:
+        exact_row(args, x, size, exact, kept_groups)
+    scratch = tempfile.mkdtemp(prefix="bench-dups-brain-",
+                               dir=os.environ.get("BENCH_TMP"))
+    try:
+        brain_uniqueness_row(args, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    if tmp:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"\nload average at the end {os.getloadavg()[0]:.1f}")
+
+
+def exact_row(args, x, size, exact, kept_groups):
+    """Today's exact path on the first ``size`` points, and the Brain's
+    find_duplicates on subsets of them."""
     from fiftyone_ai_search import duplicates
 
     ids = [f"{i + 1:024x}" for i in range(size)]
@@ -484,15 +500,6 @@ def main(argv=None):
           f"{sum(len(v) for v in groups.values()):>9,} {'1':>7}{note}",
           flush=True)
     brain_rows(args, x[:size])
-    scratch = tempfile.mkdtemp(prefix="bench-dups-brain-",
-                               dir=os.environ.get("BENCH_TMP"))
-    try:
-        brain_uniqueness_row(args, scratch)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    if tmp:
-        shutil.rmtree(tmp, ignore_errors=True)
-    print(f"\nload average at the end {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

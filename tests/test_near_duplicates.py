@@ -151,11 +151,11 @@ def _hold(path, holding):
     """Holds the index at ``path`` (its shard open, answering the others'
     reads) until killed."""
     store = EdgeStore("dups", path, lock_timeout=60)
-    with store.session(keep_open=True):
+    with store.session():
         store.count()
     holding.set()
     while True:
-        with store.session(keep_open=True):
+        with store.session():
             store.count()
         time.sleep(0.05)
 

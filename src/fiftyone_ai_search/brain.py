@@ -246,7 +246,7 @@ class AISearchSimilarity(Similarity):
         ``clip_model=`` alone. AI search is switched on for the dataset
         when the run names its model; else the model of the first vectors
         added decides."""
-        dataset = media.dataset_of(samples)
+        dataset = media.source_dataset(samples)
         if self.config.plain or not self.config.names_a_model:
             return self._initialize_plain(dataset, brain_key)
         if self.config.clip_model is not None:
@@ -315,7 +315,7 @@ class AISearchSimilarity(Similarity):
             st.update(target, brain_key=new_brain_key)
 
     def _target_of(self, samples):
-        return targets.target_of(media.dataset_of(samples),
+        return targets.target_of(media.source_dataset(samples),
                                  self.config.patches_field)
 
 
@@ -419,7 +419,7 @@ class AISearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
 
     def __init__(self, samples, config, brain_key, backend=None,
                  members=None, lengths=None):
-        self._dataset = media.dataset_of(samples)
+        self._dataset = media.source_dataset(samples)
         #: what the index indexes: the dataset's images, or the objects of
         #: the run's patches field
         self._target = targets.target_of(self._dataset, config.patches_field)

@@ -163,7 +163,8 @@ def find_near_duplicates(samples: foc.SampleCollection,
         ids.extend(d for d, _ in dups)
         scores.extend(s for _, s in dups)
     return colls.write_collection(
-        media.dataset_of(samples), colls.TEMPORARY_COLLECTION, ids, scores,
+        media.source_dataset(samples), colls.TEMPORARY_COLLECTION, ids,
+        scores,
         query={"mode": "duplicates", "threshold": threshold,
                "groups": len(groups), "limit": len(ids)},
     )

@@ -47,17 +47,10 @@ if TYPE_CHECKING:  # for annotations only
 logger = logging.getLogger(__name__)
 
 
-def _dataset_of(samples, arg="samples"):
-    # a patches view resolves to its source dataset (its _dataset is the
-    # hidden one FiftyOne generates); frames/clips views and non-collections
-    # are refused, naming the argument
-    return media.dataset_of(samples, arg)
-
-
 def resolve_target(dataset, patches_field):
     """The target of an SDK call: the dataset's images, or the objects of
     ``patches_field``."""
-    return targets.target_of(_dataset_of(dataset, "dataset"),
+    return targets.target_of(media.source_dataset(dataset, "dataset"),
                              validate.field_name(patches_field))
 
 
@@ -81,7 +74,8 @@ def enable(dataset, model=None, pretrained=None, backend=None,
     margin = validate.optional_number(margin, "margin", 0.0)
     if square is not None:
         square = validate.boolean(square, "square")
-    dataset = media.check_supported(_dataset_of(dataset, "dataset"))
+    dataset = media.check_supported(
+        media.source_dataset(dataset, "dataset"))
     settings = get_settings(secrets=secrets)
     if patches_field is not None:
         if embeddings_field is not None or from_brain_key is not None:
@@ -415,7 +409,7 @@ def maintain_index(dataset: fod.Dataset, settings: Settings | None = None,
         the number of points given a cell (0 when there was nothing to do)
     """
     if not isinstance(dataset, targets.Target):  # (the worker's targets)
-        dataset = media.dataset_of(dataset, "dataset")
+        dataset = media.source_dataset(dataset, "dataset")
     if settings is not None and not isinstance(settings, Settings):
         raise ValueError("settings must be a Settings "
                          f"(fiftyone_ai_search.get_settings()), got "

@@ -269,7 +269,7 @@ def get_collection_scores(dataset: fod.Dataset, name: str
     Returns:
         a list of ``(sample_id, score)`` tuples
     """
-    dataset = media.dataset_of(dataset, "dataset")
+    dataset = media.source_dataset(dataset, "dataset")
     doc = _load(dataset, name)
     return list(zip(doc["sample_ids"], doc["scores"]))
 
@@ -299,7 +299,7 @@ def get_collection(dataset: fod.Dataset, name: str,
         ValueError: for invalid arguments; the message names the argument
         CollectionNotFoundError: if there is no such collection
     """
-    dataset = media.dataset_of(dataset, "dataset")
+    dataset = media.source_dataset(dataset, "dataset")
     min_score, max_score = validate.score_range(min_score, max_score)
     doc = _load(dataset, name)
     if min_score is None and max_score is None and doc.get(
@@ -329,7 +329,7 @@ def get_score_histogram(dataset: fod.Dataset, name: str, bins: int = 20
         ValueError: for invalid arguments; the message names the argument
         CollectionNotFoundError: if there is no such collection
     """
-    dataset = media.dataset_of(dataset, "dataset")
+    dataset = media.source_dataset(dataset, "dataset")
     bins = validate.integer(bins, "bins", 1, MAX_BINS)
     scores = np.asarray(_load(dataset, name)["scores"], dtype=float)
     if len(scores) == 0:
@@ -350,7 +350,7 @@ def list_collections(dataset: fod.Dataset) -> list[dict]:
         collection of objects, else None), the temporary collection
         included
     """
-    dataset = media.dataset_of(dataset, "dataset")
+    dataset = media.source_dataset(dataset, "dataset")
     dataset._doc.reload("saved_views")
     names = {str(doc.id): doc.name for doc in dataset._doc.saved_views}
     docs = _scores().aggregate(
@@ -409,7 +409,7 @@ def save_collection(dataset: fod.Dataset, name: str,
             ``source`` is in the score range
         CollectionNotFoundError: if there is no collection ``source``
     """
-    dataset = media.dataset_of(dataset, "dataset")
+    dataset = media.source_dataset(dataset, "dataset")
     validate.collection_name(name, "name")
     validate.collection_name(source, "source")
     overwrite = validate.boolean(overwrite, "overwrite")
@@ -470,7 +470,7 @@ def is_latest_results(samples: foc.SampleCollection) -> bool:
     import fiftyone.core.stages as fos
 
     try:
-        dataset = media.dataset_of(samples)
+        dataset = media.source_dataset(samples)
     except media.UnsupportedMediaError:
         return False  # frames, clips: never results
     # (a patches view may be object results: its own stages select them)
@@ -496,7 +496,7 @@ def delete_temporary_collection(dataset, patches_field=None):
     """Deletes the latest search results (the temporary collection), if any
     and if they are of the images (of the objects of ``patches_field``, if
     given): the results of the index switched off."""
-    dataset = media.dataset_of(dataset, "dataset")
+    dataset = media.source_dataset(dataset, "dataset")
     view_id = _view_id(dataset, TEMPORARY_COLLECTION)
     if view_id is None:
         return
@@ -522,7 +522,7 @@ def rename_collection(dataset: fod.Dataset, name: str, new_name: str) -> str:
         ValueError: for invalid arguments; the message names the argument
         CollectionNotFoundError: if there is no collection ``name``
     """
-    dataset = media.dataset_of(dataset, "dataset")
+    dataset = media.source_dataset(dataset, "dataset")
     validate.collection_name(new_name, "new_name")
     _require_view_id(dataset, name)
     if dataset.has_saved_view(new_name):
@@ -536,7 +536,7 @@ def rename_collection(dataset: fod.Dataset, name: str, new_name: str) -> str:
 
 def delete_collection(dataset: fod.Dataset, name: str) -> None:
     """Deletes a collection: its saved view and its scores."""
-    dataset = media.dataset_of(dataset, "dataset")
+    dataset = media.source_dataset(dataset, "dataset")
     _delete(dataset, name, _require_view_id(dataset, name))
 
 

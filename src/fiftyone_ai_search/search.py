@@ -171,7 +171,7 @@ def perform_ai_search(
         aggregation=aggregation, negative_weight=negative_weight, seed=seed,
         image_id_scope=image_id_scope, label_id=label_id, exact=exact,
     )
-    dataset = media.dataset_of(samples)  # a patches view: its source dataset
+    dataset = media.source_dataset(samples)  # a patches view's too
     field = _patches_field(samples, patches_field, query)
     target = targets.target_of(dataset, field)
     doc = require_index(target)
@@ -228,7 +228,7 @@ def _patches_field(samples, patches_field, query):
             f"'{field}'")
     if field is None and view_field is not None and (
             query.label_ids is not None or view_field in st.object_fields(
-                targets.dataset_key(media.dataset_of(samples)))):
+                targets.dataset_key(media.source_dataset(samples)))):
         field = view_field
     if field is None and query.label_ids is not None:
         raise ValueError(
@@ -303,7 +303,7 @@ def run_query(samples, patches_field=None, **fields):
             ``image_ids``, ``vectors``, ``limit`` (None: the whole scope),
             ``aggregation``, ``reverse``
     """
-    dataset = media.dataset_of(samples)
+    dataset = media.source_dataset(samples)
     target = targets.target_of(dataset, patches_field)
     doc = require_index(target)
     if patches_field is None:

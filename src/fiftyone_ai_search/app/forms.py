@@ -210,16 +210,19 @@ def status_text(status):
         return "**AI search is off** for this dataset."
     index, rebuild = status.get("index"), status.get("rebuild")
     if status["in_progress"] and index and rebuild:
-        return (_title(field, f"Rebuilding with {model_label(**_model(rebuild))}")
+        return (_title(field, "Rebuilding with "
+                       f"{model_display_name(**_model(rebuild))}")
                 + f": {progress_text(status)}. Searches use "
-                f"{model_label(**_model(index))} until it is complete.")
+                f"{model_display_name(**_model(index))} until it is "
+                "complete.")
     if status["in_progress"]:
         return f"{_title(field, 'Computing embeddings')}: {progress_text(status)}"
     if state == "failed":
         return (f"{_title(field, 'Indexing failed')}: "
                 f"{status.get('last_error') or 'stopped'}. Enable again, or "
                 "run 'AI search: compute embeddings'.")
-    text = f"{_title(field, 'Ready')} ({model_label(**_model(index or status))}"
+    text = (f"{_title(field, 'Ready')} "
+            f"({model_display_name(**_model(index or status))}")
     updated = status.get("updated_at")
     if updated is not None:
         text += f", updated {updated:%Y-%m-%d %H:%M} UTC"
@@ -235,8 +238,9 @@ def status_text(status):
     if status.get("last_error"):
         text += f". Last sync failed: {status['last_error']}"
     if rebuild:
-        text += (f". A rebuild with {model_label(**_model(rebuild))} is "
-                 "pending: run 'AI search: compute embeddings'")
+        text += (". A rebuild with "
+                 f"{model_display_name(**_model(rebuild))} is pending: run "
+                 "'AI search: compute embeddings'")
     return text + "."
 
 
@@ -284,7 +288,7 @@ def _model(ref):
     return {"model": ref["model"], "pretrained": ref.get("pretrained")}
 
 
-def model_label(model, pretrained):
+def model_display_name(model, pretrained):
     """A model as a curator reads it: a checkpoint by its folder's name."""
     if model.startswith("local-dir:"):
         return os.path.basename(model.rstrip("/")) + " (local checkpoint)"
@@ -438,8 +442,8 @@ def _enable_target_form(inputs, params, dataset):
         # one model for both: a prompt then means the same in either
         inputs.view("objects_model", types.Notice(label=(
             f"The objects of {field} are embedded with the image index's "
-            f"model, {model_label(**_model(images))}, in an index of their "
-            "own beside it.")))
+            f"model, {model_display_name(**_model(images))}, in an index "
+            "of their own beside it.")))
         return True
     return False
 

@@ -33,8 +33,8 @@ def _video_hint(name):
     )
 
 
-def dataset_of(samples, arg="samples"):
-    """The dataset whose index serves ``samples``.
+def source_dataset(samples, arg="samples"):
+    """The dataset ``samples`` come from, whose index serves them.
 
     Cheap: reads no samples. Patches views resolve to their source dataset
     (``samples._dataset`` of a patches view is the hidden dataset FiftyOne
@@ -92,7 +92,7 @@ def resolve(samples, arg="samples"):
         ValueError: if ``samples`` is not a dataset or a view
         UnsupportedMediaError: for frames and clips views (of videos)
     """
-    dataset = dataset_of(samples, arg)
+    dataset = source_dataset(samples, arg)
     if samples._is_patches:
         # the samples the patches belong to, each once, in the patches' order
         ids = list(dict.fromkeys(samples.values("sample_id")))

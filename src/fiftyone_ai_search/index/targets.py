@@ -51,7 +51,7 @@ def object_label_fields(dataset: fod.Dataset) -> list[str]:
     index (the ``patches_field`` of
     :func:`~fiftyone_ai_search.embeddings.enable_embeddings`): its
     ``Detections``, ``Polylines`` and ``Keypoints`` fields, sorted."""
-    dataset = media.dataset_of(dataset, "dataset")
+    dataset = media.source_dataset(dataset, "dataset")
     return sorted(dataset.get_field_schema(
         embedded_doc_type=tuple(_object_types())))
 

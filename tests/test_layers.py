@@ -48,7 +48,8 @@ LAYERS = {
     "sync": SYNC, "query": QUERY,
     "": FACADE, "embeddings": FACADE, "lifecycle": FACADE, "search": FACADE,
     "brain": FACADE, "brain_plain": FACADE,
-    "brain_registry": FACADE, "duplicates": FACADE, "results": FACADE,
+    "brain_registry": FACADE, "duplicates": FACADE, "uniqueness": FACADE,
+    "results": FACADE,
     "scheduler": FACADE, "refreshers": FACADE,
     "__main__": ENTRY, "demo.quickstart": ENTRY, "testing": ENTRY,
     "app": APP,
@@ -89,7 +90,6 @@ LAZY = {
     # the store's backends import their engines only when one is opened
     ("store", "store.edge"): "start-up: qdrant-edge",
     ("store", "store.server"): "start-up: qdrant-client",
-    ("store.audit", "store.base"): "store/ is another change's (issue 25)",
     # the App's package imports its operators and panel (fiftyone.operators)
     # only when FiftyOne loads the plugin
     ("app", "app.operators"): "start-up: fiftyone.operators",

@@ -106,12 +106,13 @@ def fill_index(dataset, ids, vectors, model, pretrained):
     st.switch_to_build(dataset, doc["generation"], build["name"],
                        updated_at=now, watermark=now,
                        deletion_watermark=dataset._doc.last_deletion_at)
-    doc = st.get(dataset)
+    state = st.load(dataset)
     if OURS not in dataset.list_brain_runs():
-        brain.register(dataset, doc, OURS)
+        brain.register(dataset, state, OURS)
     # what a refresher pass asks: nothing left to do
-    assert not sync.has_changes(dataset, doc), "the index is not in sync"
-    assert sync.is_consistent(dataset, indexes.open_index(dataset, doc=doc))
+    assert not sync.has_changes(dataset, state), "the index is not in sync"
+    assert sync.is_consistent(dataset,
+                              indexes.open_index(dataset, doc=state))
     return clip
 
 

@@ -125,6 +125,21 @@ def test_enable_status_search_collections_disable(tmp_path, capsys):
         "like it": 5, ais.TEMPORARY_COLLECTION: 6}
     code, out, _ = _run(capsys, "collections", "list", name)
     assert code == 0 and "like it: 5 results" in out
+
+    # an image given in memory (the App's upload) is listed by its file's
+    # name, never as a path (it was kept nowhere) nor as "image=None"
+    from PIL import Image
+
+    with Image.open(dataset.first().filepath) as upload:
+        upload.load()
+        ais.perform_ai_search(dataset, image=upload, limit=3)
+    ais.save_collection(dataset, "by upload")
+    code, out, _ = _run(capsys, "collections", "list", name)
+    line = next(x for x in out.splitlines() if x.startswith("by upload:"))
+    assert (f"image_name={os.path.basename(dataset.first().filepath)}"
+            in line), line
+    assert "image=" not in line.replace("image_name=", ""), line
+    ais.delete_collection(dataset, "by upload")
     shown = _json(capsys, "collections", "show", name, "like it")
     assert [r["id"] for r in shown["results"]] == [
         i for i, _ in ais.get_collection_scores(dataset, "like it")]

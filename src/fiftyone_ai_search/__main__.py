@@ -300,9 +300,11 @@ def _cmd_collections_list(args):
         _print_json(rows)
         return
     for row in rows:
+        # an uploaded image was not kept: its file name stands for it
         query = ", ".join(f"{k}={v}" for k, v in (row["query"] or {}).items()
-                          if k in ("prompt", "image_id", "method", "image",
-                                   "label_id", "score_range"))
+                          if v is not None and k in (
+                              "prompt", "image_id", "method", "image",
+                              "image_name", "label_id", "score_range"))
         objects = f" (objects of {row['patches_field']})" \
             if row.get("patches_field") else ""
         print(f"{row['name']}: {row['size']} results{objects}, "

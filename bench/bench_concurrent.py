@@ -68,6 +68,11 @@ def parse_args(argv=None):
                         "writer writes these points again, batch after "
                         "batch, as a sync re-embedding edited samples, and "
                         "runs no upkeep pass")
+    p.add_argument("--large-write", action="store_true",
+                   help="half-way, the writer commits a tenth of the index "
+                        "anew in one session (as a large import does; "
+                        "they get their cells as they are written) before "
+                        "its upkeep pass: searches beside a large write")
     p.add_argument("--cold", action="store_true",
                    help="open: the shard's files dropped from the page "
                         "cache first (as after a reboot)")
@@ -214,7 +219,7 @@ def role_writer(args):
 
     store = _store(args)
     world, rng = _world(), np.random.default_rng(args.first_id)
-    commits, commit_s, maintain_s = 0, [], None
+    commits, commit_s, maintain_s, block_s, extra = 0, [], None, None, 0
     start = time.monotonic()
     next_id = args.first_id
     again = None
@@ -243,13 +248,29 @@ def role_writer(args):
         commits += 1
         if (again is None and maintain_s is None
                 and time.monotonic() - start >= args.seconds / 2):
+            if args.large_write:
+                # a tenth anew, in one session
+                t = time.monotonic()
+                block = max(args.n // 10, 1)
+                with store.session():
+                    for at in range(0, block, 4096):
+                        count = min(4096, block - at)
+                        store.upsert(
+                            _ids(next_id, count),
+                            world.images(world.labels(count, rng), rng),
+                            [{"filepath": "/new/block.jpg",
+                              "fingerprint": "1:2"}] * count)
+                        next_id += count
+                extra += block
+                block_s = time.monotonic() - t
             t = time.monotonic()
             store.maintain(min_points=min(1000, args.n))  # the upkeep pass
             maintain_s = time.monotonic() - t
     elapsed = time.monotonic() - start
     store.close()
     return {"commits": commits, "elapsed": elapsed, "commit_s": commit_s,
-            "maintain_s": maintain_s, "served": edge.stats["served"],
+            "maintain_s": maintain_s, "block_s": block_s,
+            "extra": extra, "served": edge.stats["served"],
             "side_reads": edge.stats["side_reads"],
             "opens": edge.stats["opens"]}
 
@@ -274,6 +295,8 @@ def spawn(args, role, first_id=0, extra=()):
            "--commit-every", str(args.commit_every),
            "--search-every", str(args.search_every),
            "--first-id", str(first_id), "--out", out, *extra]
+    if role == "writer" and args.large_write:
+        cmd.append("--large-write")
     return subprocess.Popen(cmd), out
 
 
@@ -309,10 +332,10 @@ def main(args):
         return
     (solo_s,) = collect(spawn(args, "searcher"))
     (solo_w,) = collect(spawn(args, "writer", base))
-    written = solo_w["commits"] * args.batch
+    written = solo_w["commits"] * args.batch + solo_w["extra"]
     w, s = spawn(args, "writer", base + written), spawn(args, "searcher")
     conc_w, conc_s = collect(w, s)
-    written += conc_w["commits"] * args.batch
+    written += conc_w["commits"] * args.batch + conc_w["extra"]
     store.delete(_ids(base, written))  # the index as it was
 
     def ms(x):
@@ -333,7 +356,10 @@ def main(args):
                      f"{res['commits']} commits: first {ms(res['commit_s'][0])}"
                      f", then p50 {ms(pct(res['commit_s'][1:], 50))}, p95 "
                      f"{ms(pct(res['commit_s'][1:], 95))}; upkeep pass "
-                     f"{res['maintain_s'] or 0:.1f} s, served "
+                     f"{res['maintain_s'] or 0:.1f} s"
+                     + (f" (after {res['extra']:,} points anew in "
+                        f"{res['block_s']:.1f} s)" if res["extra"] else "")
+                     + f", served "
                      f"{res['served']} ({res['side_reads']} while "
                      f"compacting)"))
     for label, o in opening:

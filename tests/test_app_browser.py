@@ -167,6 +167,10 @@ def test_a_second_search_searches_the_dataset(app, app_dataset):
     assert labels_of(app_dataset, ids)[:10] == ["blue square"] * 10
     assert not set(ids[:10]) & before  # not found among the red circles
     app.wait_for_tiles(30)
+    # the panel's text follows the grid (a state write after the data): the
+    # screenshot shows what a user sees once it settled
+    app.wait_for_text("Latest results: prompt 'a photo of a blue square', "
+                      "30 samples", root=panel(app))
     app.screenshot("03-prompt-search")
     assert app.console_errors() == []
 

@@ -190,6 +190,24 @@ def near_duplicate_groups(samples: foc.SampleCollection,
         # objects: their own index, exact
         ids, vectors = get_embeddings(samples)
         return group(ids, vectors, threshold, progress)
+    _, groups = over_samples(
+        samples,
+        lambda store, wanted: _groups_in(store, wanted, threshold, progress))
+    return groups
+
+
+def over_samples(samples, compute):
+    """Runs ``compute(store, wanted)`` on the AI search index of the
+    images of ``samples`` (a dataset or a view of its samples), ``wanted``
+    being their ids in the order of ``samples``; the index is closed after.
+
+    Returns:
+        ``(wanted, what compute returned)``
+
+    Raises:
+        AISearchNotEnabledError, IndexNotReadyError: see
+        :func:`fiftyone_ai_search.index.indexes.require_index`
+    """
     dataset, view = media.resolve(samples)
     target = targets.target_of(dataset, None)
     doc = indexes.require_index(target, same_model=True)
@@ -197,11 +215,11 @@ def near_duplicate_groups(samples: foc.SampleCollection,
 
     def read(doc, store):
         try:
-            return _groups_in(store, wanted, threshold, progress)
+            return compute(store, wanted)
         finally:
             store.close()
 
-    return indexes.read_index(target, doc, read, same_model=True)
+    return wanted, indexes.read_index(target, doc, read, same_model=True)
 
 
 def _exact_is_cheaper(num_wanted, num_points):

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Callable, Optional
 import numpy as np
 
 from . import duplicates, validate
-from .index import indexes, media, targets
+from .index import media
 from .query import pairs
 
 if TYPE_CHECKING:  # for annotations only
@@ -64,19 +64,10 @@ def compute_uniqueness(samples: foc.SampleCollection,
     if getattr(samples, "_is_patches", False):
         raise ValueError("compute_uniqueness scores samples, not objects: "
                          "give it a dataset or a view of its samples")
+    wanted, scores = duplicates.over_samples(
+        samples, lambda store, wanted: scores_in(store, wanted, progress))
     dataset, view = media.resolve(samples)
-    target = targets.target_of(dataset, None)
-    doc = indexes.require_index(target, same_model=True)
     collection = dataset if view is None else view
-    wanted = collection.values("id")
-
-    def read(doc, store):
-        try:
-            return scores_in(store, wanted, progress)
-        finally:
-            store.close()
-
-    scores = indexes.read_index(target, doc, read, same_model=True)
     # declared first, as the Brain does: a view of samples none of which
     # the index holds yet writes only None
     import fiftyone.core.fields as fof  # FiftyOne loads on first use

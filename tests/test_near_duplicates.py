@@ -315,6 +315,87 @@ def test_planted_copies_on_the_shapes_world_group_as_every_pair(
     assert dataset[late].u_cells is None
 
 
+def symmetric(m, dim, seed=0):
+    """``2m`` unit vectors whose mean is zero: planted copies of several
+    closeness (as :func:`planted`), and each vector's opposite. The Brain's
+    sklearn backend centres the vectors it is given before it measures
+    cosine distances; these it measures as they are."""
+    rng = np.random.default_rng(seed)
+    x = unit(rng.standard_normal((m, dim)))
+    for i in range(m // 5):
+        noise = [0.0, 0.1, 0.2, 0.35][i % 4]
+        x[m - 1 - i] = unit(x[i] + noise / np.sqrt(dim)
+                            * rng.standard_normal(dim))
+    x = np.vstack([x, -x]).astype(np.float32)
+    return x[rng.permutation(len(x))]
+
+
+def test_the_brains_find_duplicates_through_the_cells_as_sklearns(
+        tmp_path, monkeypatch):
+    # the Brain's find_duplicates on our index goes through the same cells
+    # (at this size exact costs less, and cells of a few points: the whole
+    # band), and finds what the Brain's sklearn backend finds on the same
+    # vectors: each point's neighbours within the distance (not itself),
+    # the kept and duplicate samples and each duplicate's kept one
+    monkeypatch.setattr(duplicates, "EXACT_PAIR_S", 1.0)
+    monkeypatch.setattr(pairs, "PROBE", None)
+    passes = []
+    through_cells = pairs.pairs_by_cells
+
+    def counted(*args, **kwargs):  # a spy: the real pass runs
+        passes.append(args[3])
+        return through_cells(*args, **kwargs)
+
+    monkeypatch.setattr(pairs, "pairs_by_cells", counted)
+    dataset = shapes_dataset(tmp_path, num_samples=160)
+    ais.calculate_embeddings(dataset, wait=True, progress=False)
+    ids = dataset.values("id")
+    ours = dataset.load_brain_results(brain.DEFAULT_BRAIN_KEY)
+    x = symmetric(80, len(ais.get_embeddings(dataset)[1][0]))
+    ours.add_to_index(x, ids)  # the planted vectors replace the images'
+    embeddings.maintain_index(dataset, min_points=100)
+    got_ids, got_x = ais.get_embeddings(dataset)
+    assert got_ids == ids
+    np.testing.assert_allclose(got_x, x, atol=1e-6)
+    fob.compute_similarity(dataset, embeddings=x, backend="sklearn",
+                           brain_key="sk")
+    theirs = dataset.load_brain_results("sk")
+    ours = dataset.load_brain_results(brain.DEFAULT_BRAIN_KEY)
+    for thresh in [0.001, 0.02, 0.05, 0.12]:
+        del passes[:]
+        got, got_dists = ours._radius_neighbors(thresh=thresh,
+                                                return_dists=True)
+        assert passes == [pytest.approx(1 - thresh)]  # through the cells
+        want, want_dists = theirs._radius_neighbors(thresh=thresh,
+                                                    return_dists=True)
+        assert len(got) == len(want) == len(ids)
+        for row, (g, w) in enumerate(zip(got, want)):
+            assert sorted(g) == sorted(w), row
+            np.testing.assert_allclose(
+                sorted(got_dists[row]), sorted(want_dists[row]), atol=1e-5)
+        ours.find_duplicates(thresh=thresh)
+        theirs.find_duplicates(thresh=thresh)
+        assert sorted(ours.unique_ids) == sorted(theirs.unique_ids)
+        assert ours.duplicate_ids == theirs.duplicate_ids
+        assert {k: [d for d, _ in v] for k, v in
+                ours.neighbors_map.items()} == {
+            k: [d for d, _ in v] for k, v in theirs.neighbors_map.items()}
+        # the same groups as near_duplicate_groups (thresh: a distance)
+        groups = ais.near_duplicate_groups(dataset, 1 - thresh)
+        assert {k: sorted(d for d, _ in v) for k, v in groups.items()} == {
+            k: sorted(d for d, _ in v) for k, v in ours.neighbors_map.items()}
+        assert groups  # the planted copies
+    # below the cells' size (a small view): every pair, exactly, as sklearn
+    monkeypatch.setattr(duplicates, "EXACT_PAIR_S", 0.0)
+    view = dataset.limit(50)
+    with ours.use_view(view), theirs.use_view(view):
+        del passes[:]
+        got = ours._radius_neighbors(thresh=0.05)
+        want = theirs._radius_neighbors(thresh=0.05)
+    assert passes == []
+    assert [sorted(g) for g in got] == [sorted(w) for w in want]
+
+
 def test_a_small_view_of_a_large_index_is_compared_exactly():
     # reading a million points' cells costs more than 1,000 samples' pairs
     assert duplicates._exact_is_cheaper(1_000, 1_000_000)

@@ -873,25 +873,59 @@ class AISearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         # since: reload() then)
         ids = list(self.current_label_ids if self._objects
                    else self.current_sample_ids)
-        # unit rows: vectors added at another length compare by direction
-        vectors = self._current_vectors()
-        vectors = normalize(vectors) if len(vectors) else vectors
         full = query is None
         if full:
-            queries, single = vectors, False
-        else:
-            (pairs, single) = _split_queries(query, None)
-            queries = np.concatenate([self._vectors_of(kind, value)
-                                      for kind, value in pairs])
+            # every point's neighbours (find_duplicates): through the
+            # index's cells where it has them, else every pair. As the
+            # sklearn backend (its precomputed distances, up to 15,000
+            # points), a point is not its own neighbour
+            found = self._within_by_cells(ids, self._similarity(thresh))
+            if found is None:
+                vectors = self._unit_current_vectors()
+                found = duplicates.neighbors_within(
+                    vectors, self._similarity(thresh), itself=False)
+            inds, sims = found
+            if not return_dists:
+                return inds
+            return inds, [self._distances(s) for s in sims]
+        vectors = self._unit_current_vectors()
+        (pairs, single) = _split_queries(query, None)
+        queries = np.concatenate([self._vectors_of(kind, value)
+                                  for kind, value in pairs])
         inds, sims = duplicates.neighbors_within(
             vectors, self._similarity(thresh), queries=queries)
         dists = [self._distances(s) for s in sims]
-        if full:
-            return (inds, dists) if return_dists else inds
         sample_ids = [[ids[i] for i in row] for row in inds]
         if single:
             sample_ids, dists = sample_ids[0], dists[0]
         return (sample_ids, None, dists) if return_dists else (sample_ids, None)
+
+    def _unit_current_vectors(self):
+        # unit rows: vectors added at another length compare by direction
+        vectors = self._current_vectors()
+        return normalize(vectors) if len(vectors) else vectors
+
+    def _within_by_cells(self, ids, min_similarity):
+        """The neighbours of every point ``ids`` (the current view's, in
+        the Brain's order) at least ``min_similarity`` similar, through
+        the cells of the index (see
+        :func:`fiftyone_ai_search.duplicates.within_through_cells`): a
+        few cells in memory at a time, never every vector. None where
+        every pair is compared exactly (an index without cells, a view
+        small enough). A point the index no longer holds (a sync since)
+        has no neighbours."""
+        doc = st.load(self._target)
+        if not doc or not doc.enabled or not doc.index:
+            return None
+
+        def read(doc, store):
+            try:
+                return duplicates.within_through_cells(
+                    store, ids, min_similarity, itself=False)
+            finally:
+                store.close()
+
+        return indexes.read_index(self._target, doc, read)
 
     def _vectors_of(self, kind, value):
         if kind == "vectors":
@@ -1069,6 +1103,9 @@ class PlainSimilarityIndex(AISearchSimilarityIndex):
         keys, sources = self._held()
         source_of = dict(zip(keys, sources))
         return [source_of[k] for k in label_ids]
+
+    def _within_by_cells(self, ids, min_similarity):
+        return None  # its own index has no cells: every pair, exactly
 
     def _vectors_of(self, kind, value):
         if kind == "prompts":

@@ -52,7 +52,8 @@ CELLS_POINT_S = 4e-4
 DEFAULT_THRESHOLD = 0.95
 
 
-def neighbors_within(vectors, min_similarity, queries=None, progress=None):
+def neighbors_within(vectors, min_similarity, queries=None, progress=None,
+                     itself=True):
     """The indexes of the vectors at least ``min_similarity`` (cosine) from
     each query, and those similarities.
 
@@ -60,20 +61,26 @@ def neighbors_within(vectors, min_similarity, queries=None, progress=None):
         vectors: an ``(n, dim)`` array of unit vectors
         min_similarity: the threshold
         queries (None): an ``(m, dim)`` array of unit vectors; default
-            ``vectors`` themselves (each then finds itself too)
+            ``vectors`` themselves (each then finds itself too, unless
+            ``itself`` is False)
         progress (None): called as ``progress(done, total)``
+        itself (True): with ``queries`` None, whether each vector is among
+            its own neighbours
 
     Returns:
         ``(indexes, similarities)``: two lists with an array per query,
         most similar first
     """
     vectors = np.asarray(vectors, dtype=np.float32)
+    drop_itself = queries is None and not itself
     queries = vectors if queries is None else np.asarray(queries, np.float32)
     indexes, similarities = [], []
     for start in range(0, len(queries), CHUNK):
         sims = queries[start : start + CHUNK] @ vectors.T
-        for row in sims:
+        for i, row in enumerate(sims, start):
             (hits,) = np.nonzero(row >= min_similarity)
+            if drop_itself:
+                hits = hits[hits != i]
             order = np.argsort(-row[hits], kind="stable")
             indexes.append(hits[order])
             similarities.append(row[hits[order]])
@@ -251,6 +258,53 @@ def _groups_in(store, wanted, threshold, progress=None):
         # else points without any cell key (written by an older version)
     ids, vectors = store.get_vectors(wanted)
     return group(ids, vectors, threshold, progress)
+
+
+def within_through_cells(store, wanted, min_similarity, progress=None,
+                         itself=True):
+    """Each of the points ``wanted`` (ids, in visiting order) with the
+    points at least ``min_similarity`` similar to it among them (itself
+    too, unless ``itself`` is False), through the cells of ``store``: what
+    :func:`neighbors_within` gives on their vectors (same order: most
+    similar first, then by row), up to the pairs a point's few nearest
+    cells miss (see :data:`fiftyone_ai_search.query.pairs.PROBE`).
+
+    Returns:
+        ``(indexes, similarities)`` as :func:`neighbors_within`, or None
+        where every pair is compared exactly (see :func:`cells_pass`; also
+        a threshold of 0 or less, which every pair passes, and points
+        without any cell key)
+    """
+    if min_similarity <= 0:
+        return None
+    through = cells_pass(store, wanted)
+    if through is None:
+        return None
+    lo, hi, sim, seen = pairs.pairs_by_cells(
+        *through, min_similarity, probe=pairs.PROBE, progress=progress)
+    if seen != store.count():
+        return None
+    return neighbor_lists(len(wanted), lo, hi, sim, itself)
+
+
+def neighbor_lists(n, lo, hi, sim, itself=True):
+    """The pairs ``lo < hi`` (rows) of similarity ``sim`` as each of the
+    ``n`` rows' list of neighbours (itself among them, similarity 1,
+    unless ``itself`` is False), most similar first (the lower row on a
+    tie), as :func:`neighbors_within` orders them.
+
+    Returns:
+        ``(indexes, similarities)``: a list of arrays each
+    """
+    rows = np.arange(n if itself else 0, dtype=np.int64)
+    row = np.concatenate([rows, lo, hi]).astype(np.int64)
+    other = np.concatenate([rows, hi, lo]).astype(np.int64)
+    sims = np.concatenate([np.ones(len(rows), np.float32), sim,
+                           sim]).astype(np.float32)
+    order = np.lexsort((other, -sims, row))
+    other, sims = other[order], sims[order]
+    cuts = np.cumsum(np.bincount(row, minlength=n))[:-1]
+    return np.split(other, cuts), np.split(sims, cuts)
 
 
 def cells_pass(store, wanted):

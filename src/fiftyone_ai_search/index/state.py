@@ -8,7 +8,10 @@ Per-sample failures live in ``ai_search_failures``. The object index of a
 label field has a document of its own, keyed ``"<dataset id>~<field>"``
 (:mod:`fiftyone_ai_search.index.targets`), with its ``dataset_id``,
 ``patches_field`` and ``crop`` settings, and its failures per object: every
-function here takes a dataset or such a target.
+function here takes a dataset or such a target. The frame index of a video
+dataset has one keyed ``"<dataset id>~frames"``, with its ``sampling``
+rule (``FrameSampling.to_dict()``) where an object index has its crop
+settings, and its failures per video.
 
 The rest of the package reads a document as an :class:`IndexState`
 (:func:`load`, by attribute) and changes it only through the transition
@@ -115,9 +118,10 @@ class StaleGeneration(AISearchError):
 
 
 #: the fields of an index reference (``index``, ``build``, ``retired``);
-#: ``crop`` is how an object index crops its objects (None for images)
+#: ``crop`` is how an object index crops its objects (None for images),
+#: ``sampling`` which frames a frame index samples (None for the others)
 INDEX_FIELDS = ("name", "model", "pretrained", "model_identity", "backend",
-                "crop")
+                "crop", "sampling")
 
 
 def _new_generation():
@@ -132,6 +136,10 @@ def index_name(key, generation):
     dataset_id, field = targets.split_key(key)
     if field is None:
         return f"dataset_{key}_{generation}"
+    if field == targets.FRAMES:
+        # (an image dataset's object index of a field named "frames" is
+        # named below: no two targets of one dataset share a name)
+        return f"dataset_{dataset_id}_frames_{generation}"
     import hashlib
 
     tag = hashlib.sha1(field.encode()).hexdigest()[:10]
@@ -139,11 +147,15 @@ def index_name(key, generation):
 
 
 def _new_build(key, generation, model, pretrained, model_identity, backend,
-               existing=None, crop=None):
+               existing=None, crop=None, sampling=None):
     """The ``build`` reference of a new index of ``generation``, under a
     name nobody else ever uses; ``existing`` names embeddings the dataset
     already has to fill it from (see :mod:`fiftyone_ai_search.sync.existing`);
-    ``crop`` the crop settings of an object index."""
+    ``crop`` the crop settings of an object index, ``sampling`` the
+    sampling rule of a frame index."""
+    if key.endswith(targets.KEY_SEPARATOR + targets.FRAMES) and \
+            sampling is None:
+        raise ValueError("a frame index needs its sampling rule")
     return {
         "name": index_name(key, generation),
         "model": model,
@@ -151,6 +163,7 @@ def _new_build(key, generation, model, pretrained, model_identity, backend,
         "model_identity": model_identity,
         "backend": backend,
         "crop": crop,
+        "sampling": sampling,
         "generation": generation,
         "started_at": utcnow(),
         "existing": existing,
@@ -225,6 +238,8 @@ class IndexState:
     backend: "str | None" = None
     #: how an object index crops its objects (None for images)
     crop: "dict | None" = None
+    #: which frames a frame index samples (None for images and objects)
+    sampling: "dict | None" = None
     brain_key: "str | None" = None
     #: the complete index searches use, and the one being built beside it
     index: "dict | None" = None
@@ -315,7 +330,7 @@ def load_target(key):
     dataset = load_dataset(dataset_id)
     if dataset is None or field is None:
         return dataset
-    return targets.target_of(dataset, field)
+    return targets.of_key(dataset, key)
 
 
 def load(target) -> "IndexState | None":
@@ -391,9 +406,11 @@ def damaged(key, doc, found):
     what = f"dataset '{name}'" if isinstance(name, str) else \
         f"the dataset with id {dataset_id}"
     args = "dataset" if field is None else f"dataset, patches_field={field!r}"
+    part = "" if field is None else f" (objects of {field!r})"
+    if field == targets.FRAMES and doc.get("patches_field") is None:
+        args, part = "dataset, frames=True", " (its frames)"
     return StateDamagedError(
-        f"The AI search state of {what}"
-        f"{'' if field is None else f' (objects of {field!r})'} is damaged: "
+        f"The AI search state of {what}{part} is damaged: "
         f"{'; '.join(found[:5])}. Disable AI search and enable it again to "
         f"repair it: fiftyone_ai_search.disable_embeddings({args}), then "
         f"enable_embeddings({args}, model=...) (its index is rebuilt)"
@@ -432,7 +449,8 @@ def _ref(ref):
     return (usable_ref(ref) and isinstance(ref.get("model"), str)
             and isinstance(ref.get("model_identity"), str)
             and _optional(_is(str))(ref.get("pretrained"))
-            and _optional(_is(dict))(ref.get("crop")))
+            and _optional(_is(dict))(ref.get("crop"))
+            and _optional(_is(dict))(ref.get("sampling")))
 
 
 def _build(ref):
@@ -474,6 +492,7 @@ _ENABLED = [
      True),
     ("pretrained", _optional(_is(str)), "null or a string", False),
     ("crop", _optional(_is(dict)), "null or a dict", False),
+    ("sampling", _optional(_is(dict)), "null or a dict", False),
     ("index", _optional(_ref), "null or an index reference", False),
     ("build", _optional(_build), "null or an index reference with its "
      "generation", False),
@@ -501,19 +520,22 @@ def problems(doc):
     return found
 
 
-def _same(ref, model_identity, backend, crop=None):
+def _same(ref, model_identity, backend, crop=None, sampling=None):
     return (
         ref is not None
         and ref.get("model_identity") == model_identity
         and ref.get("backend") == backend
         and ref.get("crop") == crop
+        and ref.get("sampling") == sampling
     )
 
 
 def same_index(a, b):
     """Whether two index references hold vectors of the same model in the
-    same backend, of objects cropped alike (interchangeable for reads)."""
-    return _same(a, b.get("model_identity"), b.get("backend"), b.get("crop"))
+    same backend, of objects cropped alike or frames sampled alike
+    (interchangeable for reads)."""
+    return _same(a, b.get("model_identity"), b.get("backend"), b.get("crop"),
+                 b.get("sampling"))
 
 
 def indexes_of(doc):
@@ -526,12 +548,12 @@ def indexes_of(doc):
 
 
 def enable(dataset, model, pretrained, model_identity, backend,
-           existing=None, crop=None):
+           existing=None, crop=None, sampling=None):
     """Records that AI search is on for a target (a dataset, or the objects
     of one of its fields) with the given model.
 
-    The same model and backend (and crop settings, for objects) as now
-    change nothing. Another one means a new generation and an index built
+    The same model and backend (and crop settings, for objects; sampling
+    rule, for frames) as now change nothing. Another one means a new generation and an index built
     beside the current one, which searches keep using until the new one is
     complete; going back to the model of the current index cancels such a
     build.
@@ -542,13 +564,14 @@ def enable(dataset, model, pretrained, model_identity, backend,
     key = dataset_key(dataset)
     current = get(dataset)
     enabled = current is not None and current.get("enabled")
-    if enabled and _same(current, model_identity, backend, crop):
+    if enabled and _same(current, model_identity, backend, crop, sampling):
         _states().update_one(
             {"_id": key}, {"$set": {"dataset_name": dataset.name}}
         )
         return load(dataset)
 
     generation = _new_generation()
+    frames = targets.of(dataset).is_frames
     fields = {
         "schema_version": STATE_SCHEMA_VERSION,
         "dataset_name": dataset.name,
@@ -559,8 +582,10 @@ def enable(dataset, model, pretrained, model_identity, backend,
         "model_identity": model_identity,
         "backend": backend,
         "crop": crop,
+        "sampling": sampling,
         "dataset_id": targets.split_key(key)[0],
-        "patches_field": targets.split_key(key)[1],
+        # (a frame index is of no label field: object_fields leaves it out)
+        "patches_field": None if frames else targets.split_key(key)[1],
         "rerun_requested": False,
     }
     retired = []
@@ -568,12 +593,12 @@ def enable(dataset, model, pretrained, model_identity, backend,
         index = current.get("index")
         if current.get("build"):
             retired.append(current["build"])
-        if _same(index, model_identity, backend, crop):
+        if _same(index, model_identity, backend, crop, sampling):
             fields["build"] = None  # back to the model searches use
         else:
             fields["build"] = _new_build(key, generation, model, pretrained,
                                          model_identity, backend, existing,
-                                         crop)
+                                         crop, sampling)
     else:
         # a fresh start; whatever a crashed disable left goes
         if current is not None:
@@ -581,7 +606,8 @@ def enable(dataset, model, pretrained, model_identity, backend,
         fields.update(
             index=None,
             build=_new_build(key, generation, model, pretrained,
-                             model_identity, backend, existing, crop),
+                             model_identity, backend, existing, crop,
+                             sampling),
             watermark=None,
             deletion_watermark=None,
             updated_at=None,
@@ -614,7 +640,7 @@ def plan_rebuild(dataset):
     generation = _new_generation()
     build = _new_build(key, generation, doc["model"], doc["pretrained"],
                        doc["model_identity"], doc["backend"],
-                       crop=doc.get("crop"))
+                       crop=doc.get("crop"), sampling=doc.get("sampling"))
     update = {"$set": {"generation": generation, "build": build}}
     if doc.get("build"):
         update["$push"] = {"retired": doc["build"]}

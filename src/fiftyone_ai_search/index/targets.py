@@ -3,8 +3,11 @@ label fields.
 
 A :class:`Target` is either: :class:`Images` (a dataset's images; the
 dataset itself stands for them wherever a target is asked for, see
-:func:`of`) or :class:`Objects` (the dataset and a ``Detections``,
-``Polylines`` or ``Keypoints`` field). What differs between the two (what
+:func:`of`), :class:`Objects` (the dataset and a ``Detections``,
+``Polylines`` or ``Keypoints`` field) or :class:`Frames` (the sampled
+frames of the videos of a video dataset, keyed ``"<dataset id>~frames"``:
+``frames`` is FiftyOne's reserved field of video datasets, so no label
+field of one has that name). What differs between the two (what
 they count, how messages name them) is behind the type, so that callers
 never ask which one they hold. Each target has its own state document
 (:mod:`fiftyone_ai_search.index.state`), its own index, lease, watermarks
@@ -24,7 +27,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from ..errors import ObjectFieldError
+from ..errors import ObjectFieldError, UnsupportedMediaError
 from . import media
 
 if TYPE_CHECKING:  # for annotations only
@@ -33,6 +36,10 @@ if TYPE_CHECKING:  # for annotations only
 #: separates a dataset's id from a label field's name in a target's key
 #: (FiftyOne field names never hold it)
 KEY_SEPARATOR = "~"
+
+#: what follows :data:`KEY_SEPARATOR` in the key of a :class:`Frames`
+#: target (FiftyOne's reserved field of video datasets)
+FRAMES = "frames"
 
 
 def _object_types():
@@ -78,6 +85,8 @@ class Target:
     field = None
     #: whether it is the objects of a label field
     is_objects = False
+    #: whether it is the frames of the videos of a video dataset
+    is_frames = False
 
     @property
     def key(self) -> str:
@@ -252,6 +261,89 @@ class Objects(Target):
         return 0 if self.list_field is None else samples.count(self.path)
 
 
+class Frames(Target):
+    """The sampled frames of the videos of a video dataset: what a frame
+    index indexes (see docs/design.md, "Video frames"). Which frames is the
+    index's sampling rule (a
+    :class:`~fiftyone_ai_search.embedding.frames.FrameSampling`, kept in
+    its state); a frame's vector is keyed :func:`frame_key`.
+
+    Args:
+        dataset: a video :class:`fiftyone.core.dataset.Dataset`
+
+    Raises:
+        UnsupportedMediaError: for a dataset that is not of videos (grouped
+            datasets with video slices are not supported yet)
+    """
+
+    def __init__(self, dataset):
+        if dataset.media_type != "video":
+            raise UnsupportedMediaError(
+                f"frames: dataset '{dataset.name}' is "
+                f"{'a ' + dataset.media_type if dataset.media_type else 'an empty'}"
+                " dataset, not a video dataset; frame search indexes the "
+                "frames of video datasets (grouped datasets with video "
+                "slices are not supported yet)")
+        self.dataset = dataset
+
+    is_frames = True
+
+    @property
+    def key(self) -> str:
+        return super().key + KEY_SEPARATOR + FRAMES
+
+    @property
+    def call_args(self) -> str:
+        return "dataset, frames=True"
+
+    @property
+    def what(self) -> str:
+        return f"Frame search of video dataset '{self.name}'"
+
+    @property
+    def id_name(self) -> str:
+        return "frame_key"
+
+    @property
+    def not_embedded(self) -> str:
+        return "not a sampled frame of a video, or not embedded yet"
+
+    def videos_of(self, samples) -> tuple:
+        """``(sample ids, filepaths, frame rates)`` of the videos of
+        ``samples``: a frame rate is the sample's ``metadata.frame_rate``
+        (None where it has no metadata)."""
+        ids, paths, rates = samples.values(
+            ["id", "filepath", "metadata.frame_rate"])
+        return ids, paths, rates
+
+    def count(self, samples) -> int:
+        """How many videos ``samples`` hold (the frames an index holds of
+        them is known from its videos' summaries only)."""
+        return samples.count()
+
+    def __repr__(self):
+        return f"Frames({self.dataset.name!r})"
+
+    def __str__(self):
+        return f"frames of video dataset '{self.dataset.name}'"
+
+
+def frame_key(sample_id: str, frame_number: int) -> str:
+    """The key of a frame's vector: its video's sample id (24 hex digits)
+    followed by its frame number (1-based) in 8 hex digits. Reversible
+    (:func:`split_frame_key`), never a sample id, and ordered by (video,
+    frame number)."""
+    if not 0 < frame_number < 1 << 32:
+        raise ValueError(f"frame_number must be in 1..2**32-1, got "
+                         f"{frame_number!r}")
+    return f"{sample_id}{int(frame_number):08x}"
+
+
+def split_frame_key(key: str) -> tuple:
+    """``(sample id, frame number)`` of a :func:`frame_key`."""
+    return key[:24], int(key[24:], 16)
+
+
 def _list_field(dataset, field):
     schema = dataset.get_field_schema(flat=True)
     if field not in schema:
@@ -311,16 +403,35 @@ def field_of(target) -> "str | None":
     return of(target).field
 
 
-def target_of(dataset, patches_field: "str | None" = None):
+def target_of(dataset, patches_field: "str | None" = None,
+              frames: bool = False):
     """The target of ``dataset``'s images, or of the objects of
     ``patches_field``: a field deleted since an index of it was made is
     taken too (its index empties on the next sync; :class:`Objects` itself
-    refuses a field that holds no objects).
+    refuses a field that holds no objects); or, with ``frames``, of the
+    frames of its videos.
 
     Args:
         dataset: the dataset
         patches_field (None): a label field
+        frames (False): the frames of a video dataset
     """
+    if frames:
+        if patches_field is not None:
+            raise ValueError("frames, patches_field: frame search and object "
+                             "search are separate indexes; pass one")
+        return Frames(dataset)
     if patches_field is None:
         return dataset
     return Objects.of_state(dataset, patches_field)
+
+
+def of_key(dataset, key: str):
+    """The target of ``dataset`` that a state's ``key`` names: its
+    images, the objects of a field, or the frames of a video dataset."""
+    field = split_key(key)[1]
+    if field is None:
+        return dataset
+    if field == FRAMES and dataset.media_type == "video":
+        return Frames(dataset)
+    return Objects.of_state(dataset, field)

@@ -81,33 +81,44 @@ class IndexInfo:
         )
 
 
-_SAMPLE_ID_RE = re.compile(r"[0-9a-fA-F]{24}")
+# a sample id (24 hex digits), or a video frame's key: its video's sample
+# id and its frame number in 8 more (see index/targets.frame_key)
+_SAMPLE_ID_RE = re.compile(r"[0-9a-fA-F]{24}(?:[0-9a-fA-F]{8})?")
+
+# the last 8 hex digits of a sample's point id
+_SAMPLE_TAIL = "00000000"
 
 
 def sample_id_to_point_id(sample_id):
     """Maps a FiftyOne sample id (24 hex digits) to a Qdrant point id (UUID).
 
     The mapping is reversible, so the sample id never needs a payload lookup.
-    The result is the canonical (lowercase, hyphenated) UUID string.
+    The result is the canonical (lowercase, hyphenated) UUID string. A
+    video frame's key (its video's sample id and its frame number in 8
+    more hex digits, never 0) maps to the UUID of its 32 digits.
     """
     # string slicing, not uuid.UUID: scopes of 100k ids are mapped per query
     if not isinstance(sample_id, str) or not _SAMPLE_ID_RE.fullmatch(sample_id):
         raise ValueError(f"Not a sample id: {sample_id!r}")
     h = sample_id.lower()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}00000000"
+    return (f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+            f"{_SAMPLE_TAIL if len(h) == 24 else ''}")
 
 
 def point_id_to_sample_id(point_id):
     """Inverse of :func:`sample_id_to_point_id`."""
     if isinstance(point_id, uuid.UUID):
-        return point_id.hex[:24]
+        h = point_id.hex
+        return h[:24] if h[24:] == _SAMPLE_TAIL else h
     p = point_id
     if (isinstance(p, str) and len(p) == 36
             and p[8] == p[13] == p[18] == p[23] == "-"):
         # canonical, as qdrant-client hands ids over: string slicing, 3x
         # faster than uuid.UUID (a diverse search maps all ids of an index)
-        return (p[:8] + p[9:13] + p[14:18] + p[19:23] + p[24:28]).lower()
-    return uuid.UUID(str(p)).hex[:24]
+        if p[28:] == _SAMPLE_TAIL:
+            return (p[:8] + p[9:13] + p[14:18] + p[19:23] + p[24:28]).lower()
+        return (p[:8] + p[9:13] + p[14:18] + p[19:23] + p[24:]).lower()
+    return point_id_to_sample_id(uuid.UUID(str(p)))
 
 
 class VectorStore(abc.ABC):
@@ -845,6 +856,13 @@ class VectorStore(abc.ABC):
         it: a point written again meanwhile got its value from its
         writer (a backend whose rounds hold the index from read to write
         needs no such guard)."""
+
+    def _read_vectors_ahead(self):
+        """Starts reading the stored vectors into memory ahead of a pass
+        over all of them (a local backend whose engine reads them page by
+        page); returns the thread doing it, or None (this default: the
+        engine is elsewhere)."""
+        return None
 
 
 #: ``{(backend class, index name): ring}`` of a backend that keeps its

@@ -68,6 +68,9 @@ LAZY = {
     ("embedding.model", "demo"): "start-up: PIL (the demo world draws)",
     ("sync.images", "embedding.pipeline"): "start-up: PIL",
     ("sync.existing", "embedding.pipeline"): "start-up: PIL",
+    ("sync.frames", "embedding.pipeline"): "start-up: PIL",
+    # image runs and their workers never load OpenCV
+    ("embedding.decode", "embedding.frames"): "start-up: OpenCV",
     ("query.vectors", "embedding.pipeline"): "start-up: PIL",
     ("embeddings", "brain"): "start-up: fiftyone.brain",
     ("lifecycle", "store.server"): "start-up: qdrant-client",

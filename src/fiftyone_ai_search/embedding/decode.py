@@ -14,6 +14,7 @@ import threading
 import numpy as np
 
 from ..config import decode_timeout, max_image_bytes, max_image_pixels
+from ..errors import VideoDecodeError
 from .crops import CropError, pixel_box, relative_box
 from .images import ImageDecodeError, load_image
 from .preprocess import Recipe, recipe_of
@@ -175,6 +176,71 @@ class Decoder:
             return None  # full size
 
         return math.ceil(wanted / smallest)
+
+
+    def decode_video(self, item, threads=None):
+        """Decodes one video item ``(key, filepath, frame_rate, sampling,
+        part_size)`` (``sampling`` a ``FrameSampling.to_dict()``) front to
+        back, yielding as it goes:
+
+        -   ``("part", frame_numbers, timestamps, scenes, pixels,
+            failures)`` per ``part_size`` sampled frames (``pixels`` as
+            :meth:`decode`'s, None if every frame of the part failed;
+            ``failures`` maps frame numbers that could not be
+            preprocessed to a reason);
+        -   then ``("end", summary, None)``, ``summary`` a dict with
+            ``frames`` (sampled), ``frames_read``, ``declared_frames``,
+            ``frame_rate`` and ``skipped``; or ``("end", None, reason)``
+            for a video that yields no frame
+            (:class:`~fiftyone_ai_search.errors.VideoDecodeError`), also
+            after parts.
+
+        What it holds is one part's pixels and the reader's one full-size
+        frame (:class:`~fiftyone_ai_search.embedding.frames.FrameReader`).
+        """
+        # imported here: image runs (and their workers) never load OpenCV
+        from .frames import FrameReader, FrameSampling
+
+        _, filepath, frame_rate, sampling, part_size = item
+        reader = FrameReader(
+            filepath, FrameSampling.from_dict(sampling or {}),
+            frame_rate=frame_rate, min_side=self.draft_size,
+            max_pixels=self.max_pixels, timeout=self.timeout,
+            threads=threads)
+        torch_free = isinstance(self.preprocess, Recipe)
+        numbers, times, scenes, arrays, failures = [], [], [], [], {}
+        sampled = 0
+        try:
+            for frame in reader:
+                sampled += 1
+                with (contextlib.nullcontext() if torch_free
+                      else one_torch_thread()):
+                    kept = []
+                    self._preprocess(frame.frame_number, frame.image, "frame",
+                                     kept, arrays, failures)
+                if kept:
+                    numbers.append(frame.frame_number)
+                    times.append(frame.timestamp)
+                    scenes.append(frame.scene)
+                if len(numbers) + len(failures) >= part_size:
+                    yield ("part", numbers, times, scenes,
+                           np.stack(arrays) if arrays else None, failures)
+                    numbers, times, scenes, arrays, failures = (
+                        [], [], [], [], {})
+        except VideoDecodeError as e:
+            yield ("end", None, e.reason)
+            return
+        if numbers or failures:
+            yield ("part", numbers, times, scenes,
+                   np.stack(arrays) if arrays else None, failures)
+        info = reader.info
+        yield ("end", {
+            "frames": sampled,
+            "frames_read": reader.frames_read,
+            "declared_frames": info.declared_frames,
+            "frame_rate": info.frame_rate,
+            "skipped": reader.frames_skipped,
+        }, None)
 
 
 def one_torch_thread():

@@ -49,7 +49,8 @@ import numpy as np
 from ..config import get_settings
 from .crops import CropSettings
 from .decode import Decoder, fewer_torch_threads
-from .pool import pooled
+from .pool import pooled, streamed
+from .sampling import FrameSampling
 
 logger = logging.getLogger(__name__)
 
@@ -196,6 +197,120 @@ def _encode(model, pixels, batch_size):
         model.encode_images(pixels[i:i + batch_size])
         for i in range(0, len(pixels), batch_size)
     ])
+
+
+@dataclasses.dataclass
+class VideoPart:
+    """Embedded frames of one video: a part of its stream (see
+    :func:`embed_videos`).
+
+    Attributes:
+        key: the video's key
+        frame_numbers: the frames embedded, in the order of ``vectors``
+            (1-based, increasing)
+        timestamps: their times in seconds
+        scenes: whether each was sampled for a scene change
+        vectors: a float32 array ``(len(frame_numbers), dim)``,
+            L2-normalised
+        failures: frame numbers that could not be preprocessed, with a
+            reason
+    """
+
+    key: str
+    frame_numbers: list
+    timestamps: list
+    scenes: list
+    vectors: np.ndarray
+    failures: dict
+
+
+@dataclasses.dataclass
+class VideoEnd:
+    """The end of a video's stream: every part of it came before.
+
+    Attributes:
+        key: the video's key
+        summary: ``frames`` (sampled), ``frames_read``,
+            ``declared_frames``, ``frame_rate`` and ``skipped``; None when
+            the video failed
+        reason: why the video failed (no frame could be read, or its
+            decoder crashed), else None. Parts may have come before a
+            failure
+    """
+
+    key: str
+    summary: "dict | None"
+    reason: "str | None"
+
+
+def embed_videos(model, videos, sampling, batch_size=None, num_workers=None,
+                 threads=None):
+    """Embeds the sampled frames of videos, streaming: each video is
+    decoded once, front to back, by one worker process, and its frames
+    come back a part (``batch_size`` frames) at a time, so that neither
+    the workers nor this process ever hold more than a few parts of a
+    long video (:data:`fiftyone_ai_search.embedding.pool.PARTS_AHEAD` per
+    worker), whatever its length or resolution.
+
+    Yields, as they come, :class:`VideoPart` s and one :class:`VideoEnd`
+    per video after its parts; the parts of several videos interleave
+    (each video's own in order). A video that cannot be read, or whose
+    decoder crashes, fails alone (its ``VideoEnd.reason``).
+
+    Args:
+        model: a :class:`fiftyone_ai_search.embedding.model.ClipModel`
+        videos: an iterable of ``(key, filepath, frame_rate)``;
+            ``frame_rate`` (None: the stream's) is the rate the sampling
+            grid counts with (see
+            :class:`~fiftyone_ai_search.embedding.frames.FrameReader`)
+        sampling: a :class:`~fiftyone_ai_search.embedding.frames.FrameSampling`
+        batch_size (None): frames per part; defaults to the configured value
+        num_workers (None): decoding worker processes; 0 decodes in the
+            calling thread (as does a run whose workers cannot start).
+            Defaults to the configured value
+        threads (None): FFmpeg's decoding threads where the calling thread
+            decodes (workers decode on one thread each)
+
+    Returns:
+        an iterator of :class:`VideoPart` and :class:`VideoEnd`
+    """
+    if not isinstance(sampling, FrameSampling):
+        raise ValueError(f"sampling must be a FrameSampling, got "
+                         f"{sampling!r}")
+    if batch_size is None or num_workers is None:
+        settings = _settings()
+        batch_size = settings.batch_size if batch_size is None else batch_size
+        if num_workers is None:
+            num_workers = settings.num_workers
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+
+    rule = sampling.to_dict()
+    items = ((key, filepath, rate, rule, batch_size)
+             for key, filepath, rate in videos)
+    return _embed_videos(model, Decoder.for_model(model), items, batch_size,
+                         num_workers, threads)
+
+
+def _embed_videos(model, decoder, items, batch_size, num_workers, threads):
+    source = streamed(items, decoder, num_workers, threads)
+    try:
+        for event in source:
+            if event[0] == "end":
+                _, key, summary, reason = event
+                yield VideoEnd(key, summary, reason)
+                continue
+            _, key, numbers, times, scenes, pixels, failures = event
+            if numbers:
+                vectors = _encode(model, pixels, batch_size)
+            else:
+                vectors = np.zeros((0, model.dim), dtype=np.float32)
+            yield VideoPart(key, numbers, times, scenes, vectors, failures)
+    finally:
+        # stops the workers of videos not finished when the caller stops
+        source.close()
 
 
 class _Bottleneck:

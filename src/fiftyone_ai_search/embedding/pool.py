@@ -35,6 +35,14 @@ PREFETCH_PER_WORKER = 2
 #: worker restarts allowed per run after crashes
 MAX_RESTARTS = 16
 
+#: parts of a video a worker may send beyond those the run has taken
+#: (credits): one being embedded, one waiting, so a fast decoder never
+#: fills the calling process with a long video's frames
+PARTS_AHEAD = 2
+
+#: marks a video item among a worker's assigned work
+_VIDEO = "video"
+
 #: idle workers stay warm this long for the next run
 IDLE_SECONDS = 300.0
 
@@ -133,6 +141,78 @@ def pooled(batches, decoder, num_workers, bottleneck):
         pool.close()
 
 
+def streamed(videos, decoder, num_workers, threads=None):
+    """Decodes video items (see :meth:`Decoder.decode_video`) with worker
+    processes, each video by one worker from its first frame to its last,
+    the parts of several videos interleaved.
+
+    Yields ``("part", key, frame_numbers, timestamps, scenes, pixels,
+    failures)`` and ``("end", key, summary, reason)`` as they come (a
+    video's own in order). A worker sends at most :data:`PARTS_AHEAD` parts
+    beyond those taken: each part it sent is granted back when the caller
+    asks for the next event, so what waits in this process is bounded
+    whatever the length of the videos. A worker that crashes fails its
+    video alone (``"decoder crashed ..."``); the videos are decoded in the
+    calling thread only where no worker runs (``num_workers`` 0, or none
+    could start), with ``threads`` decoding threads.
+    """
+    if num_workers < 1:
+        yield from _stream_here(videos, decoder, threads)
+        return
+    pool = WorkerPool(decoder, num_workers)
+    videos = iter(videos)
+    exhausted = False
+    taken = None  # the worker whose part the caller has: granted back next
+
+    def next_video():
+        nonlocal exhausted
+        if pool.returned:
+            return pool.returned.popleft()
+        if exhausted:
+            return None
+        item = next(videos, None)
+        exhausted = item is None
+        return item
+
+    try:
+        while True:
+            if taken is not None:
+                taken.grant(taken_id)
+                taken = None
+            pool.poll(collections.deque(), block=False)
+            while not pool.broken:
+                worker = pool.free()
+                if worker is None:
+                    break
+                item = next_video()
+                if item is None:
+                    break
+                worker.stream(item, PARTS_AHEAD)
+            if pool.parts:
+                worker, message = pool.parts.popleft()
+                if message[0] == "part":
+                    taken, taken_id = worker, message[1]
+                yield message[:1] + message[2:]
+                continue
+            if pool.broken:
+                item = next_video()
+                if item is not None:
+                    yield from _stream_here([item], decoder, threads)
+                    continue
+            if exhausted and not (pool.returned or pool.busy()):
+                return
+            pool.poll(collections.deque(), block=True)
+    finally:
+        pool.close()
+
+
+def _stream_here(videos, decoder, threads):
+    """:func:`streamed` in the calling thread, a video at a time."""
+    for item in videos:
+        for event in decoder.decode_video(item, threads=threads):
+            yield (event[0], item[0], *event[1:])
+
+
 class WorkerPool:
     """The worker processes of one run.
 
@@ -148,6 +228,7 @@ class WorkerPool:
         self._restarts = 0
         self.done = collections.deque()  # decoded batches
         self.returned = collections.deque()  # batches a worker gave back
+        self.parts = collections.deque()  # (worker, video part or end)
         self.broken = False
 
         self._workers = _SPARES.take(num_workers)
@@ -186,6 +267,14 @@ class WorkerPool:
         worker = min(ready, key=lambda w: len(w.assigned))
         return worker if len(worker.assigned) < PREFETCH_PER_WORKER else None
 
+    def free(self):
+        """A ready worker with nothing assigned (a video takes a worker
+        from its first frame to its last), else None."""
+        for worker in self._workers:
+            if worker.ready and not worker.assigned:
+                return worker
+        return None
+
     def busy(self):
         return any(w.assigned for w in self._workers)
 
@@ -213,6 +302,15 @@ class WorkerPool:
             _, batch_id, keys, pixels, failures = message
             if worker.assigned.pop(batch_id, None) is not None:
                 self.done.append((keys, pixels, failures))
+        elif kind in ("part", "end"):
+            stream_id = message[1]
+            if stream_id in worker.assigned:
+                item = worker.assigned[stream_id][0]
+                if kind == "end":
+                    del worker.assigned[stream_id]
+                # the video's key in place of the worker's stream id
+                self.parts.append(
+                    (worker, (kind, stream_id, item[0], *message[2:])))
         elif kind == "exited":
             self._on_exit(worker, message[1], retries)
 
@@ -228,13 +326,22 @@ class WorkerPool:
             # fail the same way
             logger.warning("A decoding worker failed: %s", error)
             for batch, isolated in assigned:
-                (retries if isolated else self.returned).append(batch)
+                # (a video item is given back whole, to start over)
+                (retries if isolated is True else self.returned).append(batch)
 
             self._check_broken()
             return
 
         code = worker.returncode()
         logger.warning("A decoding worker died (exit code %s)", code)
+
+        if assigned and assigned[0][1] == _VIDEO:
+            # the video it decoded fails alone; the frames it sent stay
+            (item, _), *rest = assigned
+            reason = f"decoder crashed (worker exit code {code})"
+            self.parts.append((worker, ("end", None, item[0], None, reason)))
+            self.returned.extend(video for video, _ in rest)
+            assigned = []
 
         # A worker decodes its batches in order, so the first one not done
         # crashed it; the others had not started
@@ -372,6 +479,18 @@ class _Worker:
     def detach(self):
         with self._events_lock:
             self._events = None
+
+    def stream(self, item, window):
+        """Hands the worker a video item to decode as a stream of parts,
+        ``window`` of them ahead of the grants (see :meth:`grant`)."""
+        stream_id = self._next_id
+        self._next_id += 1
+        self.assigned[stream_id] = (item, _VIDEO)
+        self._send(("video", stream_id, item, window))
+
+    def grant(self, stream_id):
+        """Lets the worker send one more part of its video."""
+        self._send(("credit", stream_id))
 
     def submit(self, batch, isolated):
         batch_id = self._next_id
@@ -511,6 +630,12 @@ def _worker_main():
 
     decoder = None
     ready = False
+    # messages read while a video waited for its credits
+    waiting = collections.deque()
+
+    def next_message():
+        return waiting.popleft() if waiting else _read_message(source)
+
     try:
         _, parent_path = _read_message(source)
         sys.path[:0] = [p for p in parent_path if p not in sys.path]
@@ -524,7 +649,7 @@ def _worker_main():
         return
 
     while True:
-        message = _read_message(source)
+        message = next_message()
         if message is None or message[0] == "stop":
             # Nothing to clean up, and tearing torch down takes seconds
             os._exit(0)
@@ -543,10 +668,36 @@ def _worker_main():
             if not ready:
                 ready = True
                 send(("ready",))
+        elif message[0] == "video":
+            _stream_video(decoder, message, send, source, waiting)
+        elif message[0] == "credit":
+            pass  # of a video already done
         else:
             _, batch_id, batch = message
             keys, pixels, failures = decoder.decode(batch)
             send(("done", batch_id, keys, pixels, failures))
+
+
+def _stream_video(decoder, message, send, source, waiting):
+    """Decodes a video in a worker, sending its parts as the run grants
+    them: after ``window`` parts not yet granted it reads its messages
+    until a grant comes (others wait in ``waiting``)."""
+    _, stream_id, item, window = message
+    sent = granted = 0
+    # one decoding thread: the workers decode side by side
+    for event in decoder.decode_video(item, threads=1):
+        send((event[0], stream_id, *event[1:]))
+        if event[0] != "part":
+            continue
+        sent += 1
+        while sent - granted >= window:
+            reply = _read_message(source)
+            if reply is None or reply[0] == "stop":
+                os._exit(0)
+            if reply[0] == "credit" and reply[1] == stream_id:
+                granted += 1
+            else:
+                waiting.append(reply)
 
 
 _SPARES = _Spares()

@@ -40,11 +40,13 @@ adaptation is one of these, applied around the unmodified test code:
 """
 
 import contextlib
+import fcntl
 import hashlib
 import importlib.util
 import os
 import subprocess
 import sys
+import tarfile
 
 import fiftyone as fo
 import fiftyone.brain as fob
@@ -86,13 +88,19 @@ class PeerTestsUnavailable(RuntimeError):
 def brain_tests_dir():
     """The ``tests/`` folder of the pinned fiftyone-brain sdist, fetched
     from PyPI once (pip download) and unpacked into :data:`CACHE_DIR`."""
-    import tarfile
-
     root = os.path.join(CACHE_DIR, BRAIN_SDIST[:-len(".tar.gz")])
     tests = os.path.join(root, "tests")
-    if os.path.isdir(tests):
-        return tests
     os.makedirs(CACHE_DIR, exist_ok=True)
+    # every pytest-xdist worker collects the peer tests: one fetches and
+    # unpacks, the others wait for it (never reading a half-unpacked folder)
+    with open(os.path.join(CACHE_DIR, ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not os.path.isdir(tests):
+            _fetch_brain_tests()
+    return tests
+
+
+def _fetch_brain_tests():
     archive = os.path.join(CACHE_DIR, BRAIN_SDIST)
     if not os.path.exists(archive):
         proc = subprocess.run(
@@ -114,7 +122,6 @@ def brain_tests_dir():
         members = [m for m in tar.getmembers()
                    if "/tests/" in m.name and m.isfile()]
         tar.extractall(CACHE_DIR, members=members, filter="data")
-    return tests
 
 
 def load_module(path, name):

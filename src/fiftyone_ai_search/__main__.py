@@ -112,14 +112,17 @@ def _cmd_sync(args):
     from .embeddings import maintain_index
     from .index.state import dataset_exists, dataset_key
 
-    target = target_of(dataset, args.patches_field)
+    frames = getattr(args, "frames", False)
+    target = target_of(dataset, args.patches_field, frames=frames)
     name, key = dataset.name, dataset_key(target)
     label = f"'{name}'" + (f" ({args.patches_field})"
-                           if args.patches_field else "")
+                           if args.patches_field else "") + (
+        " (frames)" if frames else "")
     try:
         report = ais.calculate_embeddings(
             dataset,
             patches_field=args.patches_field,
+            frames=frames,
             force=args.force,
             verify_files=args.verify_files,
             wait=True,
@@ -579,6 +582,8 @@ def _parser():
     group.add_argument("--dataset", help="dataset name")
     group.add_argument("--dataset-id", help="dataset id")
     _add_patches_field(p, "sync the index")
+    p.add_argument("--frames", action="store_true",
+                   help="sync the frame index of a video dataset")
     p.add_argument("--force", action="store_true", help="rebuild the index")
     p.add_argument("--verify-files", action="store_true",
                    help="check every file's fingerprint")

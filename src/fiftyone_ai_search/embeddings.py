@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from . import lifecycle
+from .embedding.sampling import FrameSampling
 # the errors and the rest of the SDK's lifecycle, importable from here
 from .errors import (  # noqa: F401
     AISearchNotEnabledError,
@@ -51,7 +52,8 @@ def enable_embeddings(dataset: fod.Dataset, model: str | None = None,
                       from_brain_key: str | None = None,
                       patches_field: str | None = None,
                       margin: float | None = None,
-                      square: bool | None = None) -> dict:
+                      square: bool | None = None,
+                      frames: bool | FrameSampling | None = None) -> dict:
     """Switches AI search on for a dataset and starts computing embeddings.
 
     Returns once the model is loaded (a few seconds; up to a minute for a
@@ -94,6 +96,11 @@ def enable_embeddings(dataset: fod.Dataset, model: str | None = None,
         ais.perform_ai_search(dataset, prompt="a bumper",
                               patches_field="ground_truth")
 
+        # a video dataset: an index of the frames of its videos, 1 frame
+        # per second (or FrameSampling(fps=...)), kept in sync
+        ais.enable_embeddings(video_dataset, frames=True)
+        ais.get_status(video_dataset, frames=True)
+
     Args:
         dataset: a :class:`fiftyone.core.dataset.Dataset`
         model (None): an open_clip model name, ``"local-dir:/path"`` or
@@ -135,6 +142,13 @@ def enable_embeddings(dataset: fod.Dataset, model: str | None = None,
             keeps all of a long object (FiftyOne's ``force_square``);
             default True. Other crop settings than an index's mean a
             rebuild of it
+        frames (None): a video dataset: True switches on the index of the
+            frames of its videos, sampled at 1 frame per second (the frames
+            of FiftyOne's ``to_frames(fps=1)``); a
+            :class:`fiftyone_ai_search.FrameSampling` samples another rate
+            (and optionally scene changes). Another rule than an index's
+            means a rebuild of it. Searching the frame index is not
+            available yet
 
     Returns:
         the result of :func:`get_status`
@@ -145,8 +159,10 @@ def enable_embeddings(dataset: fod.Dataset, model: str | None = None,
             when the server does not answer or refuses the API key; checked
             before anything is written
         fiftyone_ai_search.errors.UnsupportedMediaError: for a dataset that
-            is not of images (videos, 3D, point clouds; a grouped dataset
-            without an image slice); nothing is written then
+            is not of images (3D, point clouds; a grouped dataset without
+            an image slice; a video dataset without ``frames=``, or
+            ``frames=`` of a dataset that is not of videos); nothing is
+            written then
         fiftyone_ai_search.errors.ModelUnavailableError: if the weights cannot
             be found (offline); the message says how to supply them
         fiftyone_ai_search.errors.ExistingEmbeddingsError: if the existing
@@ -160,11 +176,12 @@ def enable_embeddings(dataset: fod.Dataset, model: str | None = None,
         compute=compute, secrets=secrets, load=load, brain_key=brain_key,
         embeddings_field=embeddings_field, from_brain_key=from_brain_key,
         patches_field=patches_field, margin=margin, square=square,
-        runs=_brain())
+        runs=_brain(), frames=frames)
 
 
 def disable_embeddings(dataset: fod.Dataset, patches_field: str | None = None,
-                       secrets: dict | None = None) -> None:
+                       secrets: dict | None = None,
+                       frames: bool = False) -> None:
     """Switches AI search off: deletes the index, all its state, its
     FiftyOne Brain run and the latest search results (the temporary
     collection). Named collections stay, as plain saved views.
@@ -179,13 +196,16 @@ def disable_embeddings(dataset: fod.Dataset, patches_field: str | None = None,
             field instead (the image index and other fields' stay)
         secrets (None): plugin secrets (Qdrant URL / API key), for an index
             on a Qdrant server whose URL this process's environment lacks
+        frames (False): switch off the frame index of a video dataset
 
     Raises:
         ValueError: if the index is on a Qdrant server and no URL is
             configured (nothing is changed then)
     """
-    lifecycle.disable(lifecycle.resolve_target(dataset, patches_field),
-                      secrets=secrets, runs=_brain())
+    target = lifecycle.resolve_target(dataset, patches_field, frames)
+    # (a frame index has no Brain run yet)
+    lifecycle.disable(target, secrets=secrets,
+                      runs=None if frames else _brain())
 
 
 def finish_disable(target, doc, settings=None):

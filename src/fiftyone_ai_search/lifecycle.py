@@ -19,10 +19,11 @@ from typing import TYPE_CHECKING
 from . import validate
 from .config import BACKENDS, ENV_PREFIX, Settings, get_settings
 from .embedding.crops import CropSettings
+from .embedding.sampling import FrameSampling
 from .embedding.model import (check_weights, load_model,
                               resolve_model)
-from .errors import IndexDamagedError
-from .index import indexes
+from .errors import IndexDamagedError, UnsupportedMediaError
+from .index import audit_prompts, indexes
 from .index import media
 from .index import state as st
 from .index import targets
@@ -47,17 +48,46 @@ if TYPE_CHECKING:  # for annotations only
 logger = logging.getLogger(__name__)
 
 
-def resolve_target(dataset, patches_field):
-    """The target of an SDK call: the dataset's images, or the objects of
-    ``patches_field``."""
+def resolve_target(dataset, patches_field, frames=False):
+    """The target of an SDK call: the dataset's images, the objects of
+    ``patches_field``, or with ``frames`` the frames of its videos."""
     return targets.target_of(media.source_dataset(dataset, "dataset"),
-                             validate.field_name(patches_field))
+                             validate.field_name(patches_field),
+                             frames=validate.boolean(frames, "frames"))
+
+
+def frame_sampling(frames) -> "FrameSampling | None":
+    """The sampling rule that ``frames`` (``enable_embeddings``'s) asks
+    for: None for None or False, the default rule (1 frame per second)
+    for True, else a :class:`FrameSampling` itself."""
+    if frames is None or frames is False:
+        return None
+    if frames is True:
+        return FrameSampling()
+    if isinstance(frames, FrameSampling):
+        return frames
+    raise ValueError(
+        f"frames must be True, False, None or a FrameSampling "
+        f"(fiftyone_ai_search.FrameSampling(fps=...)), got {frames!r}")
+
+
+def _video_without_frames(dataset):
+    """Refuses AI search of a video dataset's videos: its frames are what
+    is indexed, with ``frames=``."""
+    if dataset.media_type == "video":
+        raise UnsupportedMediaError(
+            f"Dataset '{dataset.name}' is a video dataset: AI search "
+            "indexes the frames of its videos. Enable it with "
+            "fiftyone_ai_search.enable_embeddings(dataset, frames=True) "
+            "(1 frame per second), or frames=FrameSampling(fps=...) for "
+            "another rate. Searching the frame index is not available yet "
+            "(issue 24)")
 
 
 def enable(dataset, model=None, pretrained=None, backend=None,
            compute=True, secrets=None, load=True, brain_key=None,
            embeddings_field=None, from_brain_key=None, patches_field=None,
-           margin=None, square=None, runs=None):
+           margin=None, square=None, runs=None, frames=None):
     """:func:`fiftyone_ai_search.embeddings.enable_embeddings`, registering
     the index's Brain run with ``runs`` (the module that keeps them,
     :mod:`fiftyone_ai_search.brain`); with ``runs=None`` no run is
@@ -74,8 +104,27 @@ def enable(dataset, model=None, pretrained=None, backend=None,
     margin = validate.optional_number(margin, "margin", 0.0)
     if square is not None:
         square = validate.boolean(square, "square")
-    dataset = media.check_supported(
-        media.source_dataset(dataset, "dataset"))
+    sampling = frame_sampling(frames)
+    if sampling is not None:
+        given = [name for name, value in (
+            ("patches_field", patches_field),
+            ("embeddings_field", embeddings_field),
+            ("from_brain_key", from_brain_key), ("margin", margin),
+            ("square", square)) if value is not None]
+        if given:
+            raise ValueError(
+                f"{', '.join(given)}: not supported with frames=... (a "
+                "frame index embeds the frames it samples, with the model)")
+        if brain_key not in (None, False):
+            raise ValueError(
+                "brain_key: a frame index is not a FiftyOne Brain run yet "
+                "(issue 24); leave brain_key out")
+        return _enable_frames(
+            targets.Frames(media.source_dataset(dataset, "dataset")),
+            sampling, model, pretrained, backend, compute, secrets, load)
+    dataset = media.source_dataset(dataset, "dataset")
+    _video_without_frames(dataset)
+    dataset = media.check_supported(dataset)
     settings = get_settings(secrets=secrets)
     if patches_field is not None:
         if embeddings_field is not None or from_brain_key is not None:
@@ -167,6 +216,26 @@ def _enable_objects(objects, model, pretrained, backend, margin, square,
     if compute:
         runner.start_background(objects, secrets=secrets)
     return get_status(objects.dataset, patches_field=objects.field)
+
+
+def _enable_frames(frames, sampling, model, pretrained, backend, compute,
+                   secrets, load):
+    """:func:`enable` of the frames of a video dataset."""
+    settings = get_settings(secrets=secrets)
+    current = st.load(frames) or st.IndexState(key=frames.key)
+    if model is None and pretrained is None and current.enabled:
+        model, pretrained = current.model, current.pretrained
+    backend = _backend(backend, current, settings)
+    spec = _model_spec(model, pretrained, settings)
+    if load:
+        load_model(spec, device=settings.device)
+    else:
+        check_weights(spec)
+    st.enable(frames, spec.name, spec.pretrained, spec.identity, backend,
+              sampling=sampling.to_dict())
+    if compute:
+        runner.start_background(frames, secrets=secrets)
+    return get_status(frames.dataset, frames=True)
 
 
 def _backend(backend, current, settings):
@@ -296,10 +365,12 @@ def delete_index_and_state(doc, settings=None):
 
 
 def is_embeddings_enabled(dataset: fod.Dataset,
-                          patches_field: str | None = None) -> bool:
+                          patches_field: str | None = None,
+                          frames: bool = False) -> bool:
     """Whether AI search is on for ``dataset`` (for the objects of
-    ``patches_field``, if given)."""
-    doc = st.load(resolve_target(dataset, patches_field))
+    ``patches_field``, if given; for the frames of a video dataset, with
+    ``frames=True``)."""
+    doc = st.load(resolve_target(dataset, patches_field, frames))
     return bool(doc and doc.enabled)
 
 
@@ -307,7 +378,8 @@ def calculate_embeddings(dataset: fod.Dataset, force: bool = False,
                          wait: bool = False, verify_files: bool = False,
                          progress: bool | Callable[[int, int], None] = True,
                          secrets: dict | None = None,
-                         patches_field: str | None = None
+                         patches_field: str | None = None,
+                         frames: bool = False
                          ) -> SyncReport | None:
     """Brings the dataset's embeddings up to date (incrementally).
 
@@ -336,6 +408,8 @@ def calculate_embeddings(dataset: fod.Dataset, force: bool = False,
         secrets (None): plugin secrets (Qdrant URL / API key)
         patches_field (None): sync the object index of this label field
             instead (its report counts objects)
+        frames (False): sync the frame index of a video dataset instead
+            (its report counts videos)
 
     Returns:
         a :class:`fiftyone_ai_search.sync.images.SyncReport` if ``wait=True``, else
@@ -345,7 +419,7 @@ def calculate_embeddings(dataset: fod.Dataset, force: bool = False,
     wait = validate.boolean(wait, "wait")
     verify_files = validate.boolean(verify_files, "verify_files")
     progress = validate.progress(progress)
-    dataset = resolve_target(dataset, patches_field)
+    dataset = resolve_target(dataset, patches_field, frames)
     indexes.require_enabled(dataset)
     if not wait:
         runner.start_background(
@@ -361,7 +435,8 @@ def calculate_embeddings(dataset: fod.Dataset, force: bool = False,
         from tqdm.auto import tqdm
 
         bar = tqdm(desc=f"Embedding '{dataset.name}'",
-                   unit="img" if patches_field is None else "obj")
+                   unit="video" if frames else
+                   "img" if patches_field is None else "obj")
 
         def progress(done, total):
             bar.total = total
@@ -441,8 +516,8 @@ def _audit_if_due(store, doc, settings):
     known = store.cells()
     if not audit.due(known, store.estimate_count()):
         return
-    model = indexes.load_index_model(doc.index, settings)
-    texts = model.encode_text(list(audit.GENERIC_PROMPTS))
+    # as the sync stored them: the model is loaded only where none did
+    texts = audit_prompts.vectors(doc.index, settings)
     rule = audit.audit(store, texts)
     if rule is not None:
         logger.info("AI search index '%s': approximate search audited in "
@@ -467,7 +542,8 @@ def get_embeddings_updated_at(dataset: fod.Dataset,
 
 
 def get_status(dataset: fod.Dataset, max_failures: int = 100,
-               counts: bool = True, patches_field: str | None = None) -> dict:
+               counts: bool = True, patches_field: str | None = None,
+               frames: bool = False) -> dict:
     """The AI search status of a dataset.
 
     Args:
@@ -482,6 +558,11 @@ def get_status(dataset: fod.Dataset, max_failures: int = 100,
             the field) where images have ``num_samples``; ``crop`` says how
             objects are cropped, and each failure names the object
             (``label_id``) and its sample
+        frames (False): the status of the frame index of a video dataset
+            instead: ``counts`` then has ``num_videos`` (of the dataset)
+            and ``num_indexed`` counts frames; ``sampling`` is the rule
+            (``FrameSampling.to_dict()``), ``progress`` has ``frames``
+            (committed by the running sync) and each failure is a video
 
     Returns:
         a dict with ``enabled``, ``in_progress``, ``progress`` (``done``,
@@ -505,7 +586,7 @@ def get_status(dataset: fod.Dataset, max_failures: int = 100,
     """
     max_failures = validate.integer(max_failures, "max_failures", 0)
     counts = validate.boolean(counts, "counts")
-    target = resolve_target(dataset, patches_field)
+    target = resolve_target(dataset, patches_field, frames)
     dataset = targets.dataset_of(target)
     doc = st.load(target)
     if doc is None or not doc.enabled:
@@ -515,6 +596,8 @@ def get_status(dataset: fod.Dataset, max_failures: int = 100,
                       object_fields=object_fields(dataset))
         if patches_field is not None:
             status["patches_field"] = patches_field
+        if targets.of(target).is_frames:
+            status["sampling"] = None
         if counts:
             status.update(counts=_item_counts(dataset, target, patches_field,
                                               num_indexed=0, num_failed=0),
@@ -549,6 +632,8 @@ def get_status(dataset: fod.Dataset, max_failures: int = 100,
     }
     if patches_field is not None:
         status.update(patches_field=patches_field, crop=doc.crop)
+    if targets.of(target).is_frames:
+        status["sampling"] = doc.sampling
     if not counts:
         return status
 
@@ -577,7 +662,7 @@ def get_status(dataset: fod.Dataset, max_failures: int = 100,
             newer, num_indexed, error = doc, 0, None  # gone, none newer
         if newer is not doc:  # the index searches use switched meanwhile
             return get_status(dataset, max_failures=max_failures,
-                              patches_field=patches_field)
+                              patches_field=patches_field, frames=frames)
         if error is not None:
             status["index_error"] = error
     # None while searches are exact; else the audited recall estimates
@@ -609,6 +694,8 @@ def _item_counts(dataset, target, patches_field, **counts):
     """``counts`` with the number of what the index is of: ``num_samples``,
     or ``num_objects`` for an object index."""
     samples = media.indexed_samples(dataset)
+    if targets.of(target).is_frames:
+        return dict(counts, num_videos=samples.count())
     if patches_field is None:
         return dict(counts, num_samples=samples.count())
     return dict(counts, num_objects=target.count(samples))

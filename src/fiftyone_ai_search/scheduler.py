@@ -40,9 +40,11 @@ from .embeddings import finish_disable
 from .errors import IndexDamagedError, StateDamagedError
 from .index import state as st
 from .index.indexes import open_index
+from .index import targets
 from .index.targets import field_of
 from .lifecycle import forget_deleted, maintain_index
 from .store import IndexNotFoundError
+from .sync.frames import frames_consistent
 from .sync.images import SyncCancelled, has_changes, is_consistent
 from .sync.runner import run_sync
 
@@ -172,6 +174,9 @@ def _consistent(dataset, doc, settings):
     store = open_index(dataset, settings, doc)
     try:
         store.check()
+        if targets.of(dataset).is_frames:
+            # a frame index counts its points by its videos' frame 1
+            return frames_consistent(dataset, store)
         return is_consistent(dataset, store)
     except IndexNotFoundError:
         return False  # the sync rebuilds it

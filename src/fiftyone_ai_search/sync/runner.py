@@ -20,12 +20,13 @@ import time
 
 from ..config import get_settings
 from ..errors import IndexDamagedError, StateDamagedError
-from ..index import indexes
+from ..index import audit_prompts, indexes
 from ..index import state as st
 from ..index import targets
 from ..store import IndexMismatchError
 from .existing import ExistingEmbeddings
 from .images import SyncCancelled, Synchronizer, has_changes
+from .frames import FrameSynchronizer, sampling_of
 from .objects import ObjectSynchronizer, crop_settings
 
 logger = logging.getLogger(__name__)
@@ -203,7 +204,15 @@ def _sync_pass(dataset, doc, settings, verify_files, progress):
                 "fiftyone_ai_search.enable_embeddings(dataset, model=..., "
                 "pretrained=...)"
             )
-        if targets.of(dataset).is_objects:
+        # the model is loaded: its audit prompts are encoded once for good
+        # (the upkeep's audit need not load it, see audit_prompts)
+        audit_prompts.keep(model, settings)
+        if targets.of(dataset).is_frames:
+            sync = FrameSynchronizer(dataset, store, model, settings,
+                                     doc.generation, building=building,
+                                     progress=progress,
+                                     sampling=sampling_of(ref))
+        elif targets.of(dataset).is_objects:
             sync = ObjectSynchronizer(dataset, store, model, settings,
                                       doc.generation, building=building,
                                       progress=progress,
@@ -270,6 +279,8 @@ def start_background(dataset, force=False, verify_files=False, secrets=None):
            "--dataset-id", targets.dataset_key(target.dataset)]
     if target.is_objects:
         cmd += ["--patches-field", target.field]
+    if target.is_frames:
+        cmd.append("--frames")
     if verify_files:
         cmd.append("--verify-files")
 

@@ -21,6 +21,7 @@ from fiftyone_ai_search import brain, duplicates, embeddings, uniqueness
 from fiftyone_ai_search.index import indexes
 from fiftyone_ai_search.index import state as st
 from fiftyone_ai_search.query import pairs
+from fiftyone_ai_search.store import cells as cl
 from fiftyone_ai_search.store.edge import EdgeStore
 from tests.helpers import shapes_dataset
 from tests.test_store import INFO, DIM, make_ids, unit
@@ -313,6 +314,65 @@ def test_planted_copies_on_the_shapes_world_group_as_every_pair(
     late = dataset.add_sample(fo.Sample(filepath=dataset.first().filepath))
     ais.compute_uniqueness(dataset, "u_cells")
     assert dataset[late].u_cells is None
+
+
+def test_the_server_backend_reads_cells_as_the_embedded_one(
+        tmp_path, monkeypatch):
+    # the server backend (qdrant-client's :memory: mode speaks its API)
+    # with its cells forced on: each cell's points read through
+    # ServerStore._vectors_in (pages of a few points here, so that a read
+    # joins several), and the near-duplicates found through them are the
+    # embedded backend's, and every pair's
+    from fiftyone_ai_search.store import server
+
+    monkeypatch.setattr(server, "ID_CHUNK", 100)
+    monkeypatch.setattr(duplicates, "EXACT_PAIR_S", 1.0)
+    monkeypatch.setattr(pairs, "PROBE", None)  # the whole band: exact
+    read = []
+    vectors_in = server.ServerStore._vectors_in
+
+    def counted(self, key, values):  # a spy: the real read runs
+        point_ids, vectors = vectors_in(self, key, values)
+        read.append(len(point_ids))
+        return point_ids, vectors
+
+    monkeypatch.setattr(server.ServerStore, "_vectors_in", counted)
+    x = planted(1200, seed=1)
+    ids = make_ids(len(x), seed=1)
+    stores = [EdgeStore("dups", tmp_path / "indexes", lock_timeout=20),
+              server.ServerStore("dups_" + uuid.uuid4().hex[:8],
+                                 location=":memory:")]
+    try:
+        for store in stores:
+            store.ensure(INFO)
+            store.upsert(ids[:-200], x[:-200], [{} for _ in ids[:-200]])
+            store.maintain(min_points=500)
+            known = store.cells()
+            assert known is not None and known.complete and len(known) > 1
+            # written after the cells were learned
+            store.upsert(ids[-200:], x[-200:], [{} for _ in ids[-200:]])
+        edge, srv = stores
+        # every point in the server's cells, each once, as stored
+        known = srv.cells()
+        got_ids, got_x = srv.get_cell_vectors(
+            [cl.UNASSIGNED] + [known.offset + c for c in range(len(known))])
+        assert sorted(got_ids) == sorted(ids)
+        row = {sid: i for i, sid in enumerate(ids)}
+        np.testing.assert_allclose(got_x, x[[row[i] for i in got_ids]],
+                                   atol=1e-6)
+        assert srv.get_cell_vectors([])[0] == []
+        for threshold in [0.999, 0.97, 0.93]:
+            expected = exact_groups(ids, x, threshold)
+            del read[:]
+            assert_same_groups(duplicates._groups_in(srv, ids, threshold),
+                               expected)
+            # through the server's cells, a read of several pages
+            assert sum(read) == len(ids) and max(read) > server.ID_CHUNK
+            assert_same_groups(duplicates._groups_in(edge, ids, threshold),
+                               expected)
+    finally:
+        for store in stores:
+            store.drop()
 
 
 def symmetric(m, dim, seed=0):

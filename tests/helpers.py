@@ -1,6 +1,7 @@
 """Shared test helpers: datasets of real shape images, the bundled tiny CLIP."""
 
 import contextlib
+import functools
 import json
 import os
 import time
@@ -138,6 +139,28 @@ def at_the_check_before_a_commit(monkeypatch, target, done, action):
 
     monkeypatch.setattr(state, "check_generation", check_after)
     return ran
+
+
+def hold_at(owner, name, reached, call=1):
+    """In a process that is about to be killed (``kill -9``): call number
+    ``call`` of ``owner.name`` (a module's function, or a class's method)
+    sets ``reached`` (a multiprocessing event) and waits there, without
+    running, for the kill. The kill lands at that line whatever the
+    machine's speed, where a sleep before the kill lands anywhere, or past
+    the end on a fast machine. The process's other calls run as before."""
+    original = getattr(owner, name)
+    calls = []
+
+    @functools.wraps(original)
+    def held(*args, **kwargs):
+        calls.append(name)
+        if len(calls) == call:
+            reached.set()
+            while True:  # until killed
+                time.sleep(60)
+        return original(*args, **kwargs)
+
+    setattr(owner, name, held)
 
 
 def kill_sync_worker_midway(target, args, done=20, timeout=120):

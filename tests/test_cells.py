@@ -26,7 +26,7 @@ from fiftyone_ai_search.store import cells as cl
 from fiftyone_ai_search.store import ranks
 from fiftyone_ai_search.store.edge import EdgeStore
 from fiftyone_ai_search.store.server import ServerStore
-from tests.helpers import shapes_dataset
+from tests.helpers import hold_at, shapes_dataset
 from tests.test_store import (  # noqa: F401 (store: a fixture)
     DIM, INFO, SERVER_SLOW, store)
 
@@ -292,20 +292,50 @@ def test_cells_go_with_the_index(index):
     assert index.query(x[3], 1)[0][0] == ids[3]
 
 
-def _maintain(root, name, chunk, small_cells=False):
+def _maintain(root, name, chunk, small_cells=False, held=None,
+              reached=None):
+    """A maintenance pass in a process of its own; ``held``: ``(where,
+    name, call)``, the call it is held at for its kill (tests.helpers.
+    hold_at), ``where`` "upkeep" (the module) or "EdgeStore" (the class)."""
     from fiftyone_ai_search.store import upkeep
 
     upkeep.ASSIGN_CHUNK = chunk  # many small rounds: a kill lands mid-way
     cl.MIN_PROBED = 6
     if small_cells:
         _use_small_cells(cl)
+    if held is not None:
+        where, function, call = held
+        owner = {"upkeep": upkeep, "EdgeStore": EdgeStore}[where]
+        hold_at(owner, function, reached, call)
     EdgeStore(name, root, lock_timeout=60).maintain(min_points=1000)
 
 
+def _kill_maintenance_held_at(root, name, chunk, held, small_cells=False):
+    """Runs :func:`_maintain` in a spawned process and kills it with
+    SIGKILL where ``held`` holds it; fails if it never got there."""
+    reached = SPAWN.Event()
+    p = SPAWN.Process(target=_maintain, args=(
+        root, name, chunk, small_cells, held, reached))
+    p.start()
+    deadline = time.monotonic() + 120
+    try:
+        while not reached.wait(0.05):
+            assert p.is_alive(), f"the pass ended before {held}"
+            assert time.monotonic() < deadline, f"never reached {held}"
+    finally:
+        os.kill(p.pid, signal.SIGKILL)
+        p.join()
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("delay", [0.0, 0.3, 1.0, 2.5])
+@pytest.mark.parametrize("held", [
+    ("upkeep", "_assign_round", 1),  # cells learned, no point given one
+    ("upkeep", "_assign_round", 2),  # one round of 256 written
+    ("upkeep", "_assign_round", 12),  # about half of the points
+    ("EdgeStore", "_compact", 1),  # every point, cells not yet complete
+], ids=["learned", "one-round", "half", "before-compaction"])
 def test_maintenance_killed_at_any_moment_leaves_a_working_index(tmp_path,
-                                                                 delay):
+                                                                 held):
     x, texts = clustered(6000)
     ids = make_ids(len(x))
     store = EdgeStore("killed", tmp_path, lock_timeout=60)
@@ -313,15 +343,7 @@ def test_maintenance_killed_at_any_moment_leaves_a_working_index(tmp_path,
     store.upsert(ids, x, [{} for _ in ids])
     store.close()
 
-    p = SPAWN.Process(target=_maintain, args=(str(tmp_path), "killed", 256))
-    p.start()
-    deadline = time.monotonic() + 120
-    while (not os.path.exists(os.path.join(store.path, "cells.json"))
-           and p.is_alive() and time.monotonic() < deadline):
-        time.sleep(0.02)
-    time.sleep(delay)
-    os.kill(p.pid, signal.SIGKILL)
-    p.join()
+    _kill_maintenance_held_at(str(tmp_path), "killed", 256, held)
 
     # whatever it left, searches are right: exact until the cells are
     # complete, exact within the probed cells after
@@ -541,8 +563,9 @@ def test_while_points_move_searches_probe_old_and_new_cells(index,
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("delay", [0.0, 0.5, 1.5])
-def test_a_move_to_new_cells_killed_at_any_moment_resumes(tmp_path, delay,
+@pytest.mark.parametrize("call", [1, 2, 16],
+                         ids=["learned", "one-round", "half"])
+def test_a_move_to_new_cells_killed_at_any_moment_resumes(tmp_path, call,
                                                           small_cells):
     x, texts = clustered(4000, seed=4)
     ids = make_ids(len(x))
@@ -550,16 +573,12 @@ def test_a_move_to_new_cells_killed_at_any_moment_resumes(tmp_path, delay,
     first = store.cells()
     store.close()
 
-    p = SPAWN.Process(target=_maintain,
-                      args=(str(tmp_path), "moved", 128, True))
-    p.start()
-    deadline = time.monotonic() + 120
-    while (store.cells().generation == first.generation and p.is_alive()
-           and time.monotonic() < deadline):
-        time.sleep(0.02)
-    time.sleep(delay)
-    os.kill(p.pid, signal.SIGKILL)
-    p.join()
+    # held at a round of the move: the new cells learned, then ``call - 1``
+    # rounds of 128 points moved to them
+    _kill_maintenance_held_at(str(tmp_path), "moved", 128,
+                              ("upkeep", "_assign_round", call),
+                              small_cells=True)
+    assert store.cells().generation != first.generation
 
     # whatever it left: searches right within what they probe
     assert store.count() == len(x)

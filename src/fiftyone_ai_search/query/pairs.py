@@ -36,6 +36,7 @@ the pair recall, time and memory.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -143,32 +144,51 @@ class Nearest:
 
     def add(self, rows_a, rows_b, sims, same=False):
         """Offers the similarities ``sims`` (``len(rows_a) x
-        len(rows_b)``) to both sides; ``same``: both sides are one set
-        (``rows_b`` starts where ``rows_a`` does; the upper triangle
-        counts, so that each pair is offered once each way)."""
+        len(rows_b)``, a product of the caller's, changed in place) to both
+        sides; ``same``: both sides are one set (``rows_b`` starts where
+        ``rows_a`` does; the upper triangle counts, so that each pair is
+        offered once each way)."""
         if same:
-            sims = np.where(np.arange(sims.shape[1]) > np.arange(
-                len(sims))[:, None], sims, np.float32(-np.inf))
+            m = len(sims)
+            sims[:, :m][np.tril_indices(m)] = -np.inf
         self.offer(rows_a, sims, rows_b)
-        self.offer(rows_b, sims.T, rows_a)
+        self.offer(rows_b, sims, rows_a, axis=0)
 
-    def offer(self, rows, sims, others):
-        """``sims[i]``: row ``rows[i]``'s similarity to ``others``."""
+    def offer(self, rows, sims, others, axis=1):
+        """``sims[i]`` (``sims[:, i]`` with ``axis=0``): row ``rows[i]``'s
+        similarity to ``others``. ``sims`` is left as it was."""
         if not sims.size:
             return
-        if sims.shape[1] > self.k:
-            top = np.argpartition(-sims, self.k - 1, axis=1)[:, : self.k]
-        else:
-            top = np.broadcast_to(np.arange(sims.shape[1]),
-                                  (len(sims), sims.shape[1]))
-        both = np.concatenate(
-            [self.sims[rows], np.take_along_axis(sims, top, axis=1)], axis=1)
+        top, values = _largest(sims, self.k, axis)
+        both = np.concatenate([self.sims[rows], values], axis=1)
         ids = np.concatenate([self.rows[rows], others[top]], axis=1)
         # best first; on a tie the lower row (as the exact path orders)
         order = np.lexsort((ids, -both), axis=1)[:, : self.k]
         self.sims[rows] = np.take_along_axis(both, order, axis=1)
         picked = np.take_along_axis(ids, order, axis=1)
         self.rows[rows] = np.where(np.isfinite(self.sims[rows]), picked, -1)
+
+
+def _largest(sims, k, axis):
+    """The ``k`` largest values along ``axis`` of ``sims`` and where they
+    are, each line's best first (``-inf`` where it has fewer than ``k``):
+    ``k`` rounds of ``argmax``, each taking its pick out, then every pick
+    put back. For the 3 nearest, 20x less than ``np.argpartition`` on a
+    cell's product (which sorted a cell's product by rows and by
+    columns: most of the uniqueness pass's time)."""
+    lines = np.arange(sims.shape[1 - axis])
+    where = np.empty((len(lines), k), np.int64)
+    values = np.empty((len(lines), k), sims.dtype)
+    at = (lambda i: (lines, i)) if axis == 1 else (lambda i: (i, lines))
+    for j in range(k):
+        where[:, j] = np.argmax(sims, axis=axis)
+        values[:, j] = sims[at(where[:, j])]
+        sims[at(where[:, j])] = -np.inf
+    # put back last pick first: a line of fewer than k picked one place
+    # again (as -inf), which its first pick must overwrite
+    for j in reversed(range(k)):
+        sims[at(where[:, j])] = values[:, j]
+    return where, values
 
 
 def nearest_by_cells(cells: cl.Cells,
@@ -239,109 +259,145 @@ def _pass(cells, read, rows_of, reach, found, probe, progress):
     """The pass through the cells (see the module's docstring): offers the
     similarities of every two points within ``reach`` of each other (and
     of the boundary between their cells) to ``found``; returns how many
-    points were read."""
-    centres = np.asarray(cells.centres, dtype=np.float32)
-    k = len(centres)
-    # |a - b| of every two unit centres
-    apart = np.sqrt(np.maximum(0.0, 2.0 - 2.0 * (centres @ centres.T)))
-    apart = apart.astype(np.float32)
-    if probe is None or NEIGHBOURS >= k:
-        # the whole band: every centre is a candidate (exact)
-        candidates = np.broadcast_to(np.arange(k), (k, k))
-    else:
-        # the centres nearest each centre: a point's nearest few lie among
-        # its own centre's nearest, and scoring every point against every
-        # centre would cost as much as the rest (n x k x dim: ~40 min of
-        # CPU at 1M points in 2,000 cells)
-        candidates = np.argsort(apart, axis=1)[:, :NEIGHBOURS]
-
+    points were read. ``read`` is called from a thread of the pass's own,
+    one read at a time."""
+    walk = _Walk(cells, found, reach, probe)
     loose_ids, loose = read([cl.UNASSIGNED])
+    walk.take_loose(rows_of(loose_ids), loose)
     seen = len(loose_ids)
-    loose_rows = rows_of(loose_ids)
-    keep = loose_rows >= 0
-    loose, loose_rows = loose[keep], loose_rows[keep]
-    found.saw(loose_rows)
-    if len(loose):
-        _blocks(found, loose_rows, loose, loose_rows, loose, same=True)
-
-    #: cell -> [(rows, vectors)] of earlier cells' points near its boundary
-    waiting: dict[int, list] = {}
-    #: how many points wait for each cell, and the cells that had their turn
-    pending = np.zeros(k, np.int64)
-    done = np.zeros(k, dtype=bool)
     offset = cells.offset
-    last = 0
-    while not done.all():
-        values = _next_cells(pending, done, apart[last], CELLS_PER_READ)
-        ids, vectors = read([offset + c for c in values])
-        seen += len(ids)
-        rows = rows_of(ids)
-        keep = rows >= 0
-        rows, vectors = rows[keep], vectors[keep]
-        found.saw(rows)
-        # the read's points by cell: the nearest centre among those read
-        # is each one's cell (assigned so by the upkeep)
-        own = (values[np.argmax(vectors @ centres[values].T, axis=1)]
-               if len(rows) else rows)
-        for c in values.tolist():
-            done[c] = True
-            mine = own == c
-            x, xr = vectors[mine], rows[mine]
-            if len(x):
-                cand = candidates[c]
-                _one_cell(found, c, x, xr, x @ centres[cand].T, cand,
-                          apart[c, cand], reach, waiting, pending,
-                          done[cand], loose, loose_rows, probe)
-            waiting.pop(c, None)
-            last = c
-        if progress is not None:
-            progress(int(done.sum()), k)
+    # the next cells are read while this turn's are compared: a read is
+    # mostly the engine's and the conversion of its floats (one core, a
+    # third of the pass at 1M), the products run on every core
+    with ThreadPoolExecutor(1, thread_name_prefix="ai-search-cells") as ahead:
+        values = walk.next_cells(walk.done, 0)
+        reading = ahead.submit(read, [offset + c for c in values])
+        while values is not None:
+            ids, vectors = reading.result()
+            coming = walk.done.copy()
+            coming[values] = True
+            # chosen before this turn adds its waiting points: they wait
+            # one read longer than they would otherwise
+            upcoming = (None if coming.all()
+                        else walk.next_cells(coming, values[-1]))
+            if upcoming is not None:
+                reading = ahead.submit(read, [offset + c for c in upcoming])
+            seen += len(ids)
+            walk.turn(values, rows_of(ids), vectors)
+            if progress is not None:
+                progress(int(walk.done.sum()), len(walk.done))
+            values = upcoming
     return seen
 
 
-def _next_cells(pending, done, apart, count):
-    """The next ``count`` cells to visit: those the most points wait for,
-    then the nearest to the last visited (``apart``: each centre's
-    distance to its centre). A cell's points near a boundary wait for the
-    cell beyond it; visiting in the order of cell values, they waited half
-    the pass on average (gigabytes at 1M points). Following them, a cell's
-    neighbours come while its points wait, so what waits stays the band
-    of the cells around the ones just visited."""
-    (left,) = np.nonzero(~done)
-    order = np.lexsort((left, apart[left], -pending[left]))
-    return left[order[:count]]
+class _Walk:
+    """What a pass through the cells carries from one turn to the next:
+    the points waiting for a cell, which cells had their turn, and the
+    geometry of the centres."""
 
+    def __init__(self, cells, found, reach, probe):
+        self.found, self.reach, self.probe = found, reach, probe
+        centres = np.asarray(cells.centres, dtype=np.float32)
+        self.centres = centres
+        k = len(centres)
+        # |a - b| of every two unit centres
+        self.apart = np.sqrt(np.maximum(
+            0.0, 2.0 - 2.0 * (centres @ centres.T))).astype(np.float32)
+        if probe is None or NEIGHBOURS >= k:
+            # the whole band: every centre is a candidate (exact)
+            self.candidates = np.broadcast_to(np.arange(k), (k, k))
+        else:
+            # the centres nearest each centre: a point's nearest few lie
+            # among its own centre's nearest, and scoring every point
+            # against every centre would cost as much as the rest (n x k x
+            # dim: ~40 min of CPU at 1M points in 2,000 cells)
+            self.candidates = np.argsort(self.apart, axis=1)[:, :NEIGHBOURS]
+        #: cell -> [(rows, vectors)] of earlier cells' points near its
+        #: boundary
+        self.waiting: dict[int, list] = {}
+        #: how many points wait for each cell, and the cells that had
+        #: their turn
+        self.pending = np.zeros(k, np.int64)
+        self.done = np.zeros(k, dtype=bool)
+        self.loose = np.zeros((0, centres.shape[1]), np.float32)
+        self.loose_rows = np.zeros(0, np.int64)
 
-def _one_cell(found, c, x, xr, near, cand, apart, reach, waiting, pending,
-              visited, loose, loose_rows, probe):
-    """Cell ``c``'s turn: its own pairs, against the points waiting for it
-    and the loose points; its points near the boundary of a cell yet to
-    come wait for it. ``near``: the points' similarity to the centres
-    ``cand`` (``c`` among them), ``apart``: those centres' distance to
-    ``c``'s, ``visited``: whether each had its turn (``c`` included)."""
-    _blocks(found, xr, x, xr, x, same=True)
-    batches = waiting.get(c)
-    if batches:
-        wr = np.concatenate([r for r, _ in batches])
-        wx = np.concatenate([v for _, v in batches])
-        _blocks(found, wr, wx, xr, x)
-    if len(loose):
-        _blocks(found, xr, x, loose_rows, loose)
-    # x . (c - b) <= reach * |c - b|: within reach of b's boundary
-    (mine,) = np.nonzero(cand == c)
-    band = (near[:, mine] - near) <= reach * apart + SLACK
-    if probe is not None and probe + 1 < near.shape[1]:
-        # only each point's ``probe`` nearest other centres
-        top = np.argpartition(-near, probe, axis=1)[:, : probe + 1]
-        capped = np.zeros_like(band)
-        np.put_along_axis(capped, top, True, axis=1)
-        band &= capped
-    band[:, visited] = False  # those cells had their turn
-    (later,) = np.nonzero(band.any(axis=0))
-    for j in later:
-        sel = band[:, j]
-        waiting.setdefault(int(cand[j]), []).append((xr[sel], x[sel]))
-        pending[cand[j]] += int(sel.sum())
+    def take_loose(self, rows, vectors):
+        """The points without a cell (written since the cells were
+        learned): their pairs among themselves now, with each cell's
+        points at its turn."""
+        keep = rows >= 0
+        self.loose, self.loose_rows = vectors[keep], rows[keep]
+        self.found.saw(self.loose_rows)
+        if len(self.loose):
+            _blocks(self.found, self.loose_rows, self.loose,
+                    self.loose_rows, self.loose, same=True)
+
+    def next_cells(self, done, last):
+        """The next :data:`CELLS_PER_READ` cells to visit, of those not
+        ``done``: those the most points wait for, then the nearest to the
+        cell ``last`` visited. A cell's points near a boundary wait for
+        the cell beyond it; visiting in the order of cell values, they
+        waited half the pass on average (gigabytes at 1M points).
+        Following them, a cell's neighbours come while its points wait,
+        so what waits stays the band of the cells around the ones just
+        visited."""
+        (left,) = np.nonzero(~done)
+        order = np.lexsort((left, self.apart[last][left],
+                            -self.pending[left]))
+        return left[order[:CELLS_PER_READ]]
+
+    def turn(self, values, rows, vectors):
+        """The turn of the cells ``values``, whose points were read
+        (``rows``: their rows, ``-1`` for those left out)."""
+        keep = rows >= 0
+        rows, vectors = rows[keep], vectors[keep]
+        self.found.saw(rows)
+        # the read's points by cell: the nearest centre among those read
+        # is each one's cell (assigned so by the upkeep)
+        own = (values[np.argmax(vectors @ self.centres[values].T, axis=1)]
+               if len(rows) else rows)
+        for c in values.tolist():
+            self.done[c] = True
+            mine = own == c
+            if mine.any():
+                self._one_cell(c, vectors[mine], rows[mine])
+            self.waiting.pop(c, None)
+
+    def _one_cell(self, c, x, xr):
+        """Cell ``c``'s turn: its own pairs, against the points waiting
+        for it and the loose points; its points near the boundary of a
+        cell yet to come wait for it."""
+        found = self.found
+        _blocks(found, xr, x, xr, x, same=True)
+        batches = self.waiting.get(c)
+        if batches:
+            wr = np.concatenate([r for r, _ in batches])
+            wx = np.concatenate([v for _, v in batches])
+            _blocks(found, wr, wx, xr, x)
+        if len(self.loose):
+            _blocks(found, xr, x, self.loose_rows, self.loose)
+        cand = self.candidates[c]
+        # the points' similarity to the candidate centres (c among them)
+        near = x @ self.centres[cand].T
+        # x . (c - b) <= reach * |c - b|: within reach of b's boundary
+        (mine,) = np.nonzero(cand == c)
+        band = ((near[:, mine] - near)
+                <= self.reach * self.apart[c, cand] + SLACK)
+        probe = self.probe
+        if probe is not None and probe + 1 < near.shape[1]:
+            # only each point's ``probe`` nearest other centres
+            top = np.argpartition(-near, probe, axis=1)[:, : probe + 1]
+            capped = np.zeros_like(band)
+            np.put_along_axis(capped, top, True, axis=1)
+            band &= capped
+        band[:, self.done[cand]] = False  # those cells had their turn
+        (later,) = np.nonzero(band.any(axis=0))
+        for j in later:
+            sel = band[:, j]
+            self.waiting.setdefault(int(cand[j]), []).append(
+                (xr[sel], x[sel]))
+            self.pending[cand[j]] += int(sel.sum())
 
 
 def nearest_every_pair(vectors: np.ndarray, k: int,

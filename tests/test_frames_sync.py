@@ -321,33 +321,88 @@ def test_kill_9_mid_video_and_resume_finishes_without_reembedding(tmp_path):
     assert np.allclose(after[1], before[1])
 
 
-def test_a_prompt_finds_the_frames_where_a_red_circle_appears(tmp_path):
-    """The index's quality, read through the index itself (search over
-    frames is the next step): >= 9 of the 10 frames nearest to "a red
-    circle" show one, among hard negatives (red squares, blue circles)."""
-    from fiftyone_ai_search.demo import shapes
-    from fiftyone_ai_search.index.targets import split_frame_key
+def _with_metadata(dataset):
+    """Gives each video the metadata FiftyOne's frames views count frames
+    with (FiftyOne computes it with ffprobe, not installed here)."""
+    import fiftyone as fo
 
+    for sample in dataset.iter_samples(autosave=True):
+        seconds = len(sample["layout"])
+        sample.metadata = fo.VideoMetadata(
+            frame_rate=10.0, total_frame_count=10 * seconds, duration=seconds,
+            frame_width=128, frame_height=128, encoding_str="mp4v",
+            size_bytes=os.path.getsize(sample.filepath),
+            mime_type="video/mp4")
+
+
+@pytest.fixture(scope="module")
+def red_circles(tmp_path_factory):
+    """3 videos showing a red circle 4 seconds of 6, 3 without (red
+    squares, blue circles instead), indexed (read-only for tests)."""
     red_square, blue_circle = ("red", "square"), ("blue", "circle")
     with_red = [RED, red_square, RED, BLUE, RED, RED]
     without = [blue_circle, red_square, GREEN, BLUE, blue_circle, GREEN]
-    dataset = video_dataset(tmp_path, [with_red] * 3 + [without] * 3)
+    dataset = video_dataset(tmp_path_factory.mktemp("red-circles"),
+                            [with_red] * 3 + [without] * 3)
+    _with_metadata(dataset)
     enable_frames(dataset)
     sync(dataset)
+    return dataset
+
+
+def _shown(dataset, hits):
     layouts = dict(zip(*dataset.values(["id", "layout"])))
+    # the frame of second k (10 fps, 1 a second) is frame 10 k + 1
+    return [layouts[h["sample_id"]][(h["frame_number"] - 1) // 10]
+            for h in hits]
 
-    ref = st.get(Frames(dataset))["index"]
-    model = indexes.load_index_model(ref)
-    prompt = model.encode_text([shapes.prompt("red", "circle")])[0]
-    store = indexes.open_ref(ref)
-    try:
-        hits = store.query(prompt, 10)
-    finally:
-        store.close()
 
-    shown = []
-    for key, _ in hits:
-        video, number = split_frame_key(key)
-        # the frame of second k (10 fps, 1 a second) is frame 10 k + 1
-        shown.append(layouts[video][(number - 1) // 10])
-    assert sum(s == "red circle" for s in shown) >= 9, shown
+def test_search_frames_by_prompt_finds_the_red_circles(red_circles):
+    hits = ais.search_frames(red_circles, prompt="a red circle", limit=10)
+
+    assert len(hits) == 10
+    assert sum(s == "red circle" for s in _shown(red_circles, hits)) >= 9
+    scores = [h["score"] for h in hits]
+    assert scores == sorted(scores, reverse=True)
+    assert all(h["timestamp"] == pytest.approx((h["frame_number"] - 1) / 10,
+                                               abs=0.05) for h in hits)
+
+
+def test_best_frame_per_video_and_scope(red_circles):
+    ids = red_circles.values("id")
+    best = ais.search_frames(red_circles, prompt="a red circle", limit=3,
+                             best_per_video=True)
+    assert sorted(h["sample_id"] for h in best) == sorted(ids[:3])
+    assert _shown(red_circles, best) == ["red circle"] * 3
+
+    # a view of videos searches their frames only
+    view = red_circles.select(ids[3:])
+    hits = ais.search_frames(view, prompt="a red circle", limit=5)
+    assert {h["sample_id"] for h in hits} <= set(ids[3:])
+
+    # an indexed frame finds frames like it: itself first
+    hits = ais.search_frames(red_circles, frame=(ids[0], 1), limit=5)
+    assert (hits[0]["sample_id"], hits[0]["frame_number"]) == (ids[0], 1)
+    assert hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_hits_open_as_frames_view_best_first_without_touching_videos(
+        red_circles):
+    hits = ais.search_frames(red_circles, prompt="a red circle", limit=6)
+    view = ais.frames_view(red_circles, hits)
+
+    assert list(zip(view.values("sample_id"), view.values("frame_number"))) \
+        == [(h["sample_id"], h["frame_number"]) for h in hits]
+    # the view wrote nothing that the frame sync would look at
+    report = sync(red_circles)
+    assert (report.added, report.updated, report.removed) == (0, 0, 0)
+
+
+def test_search_frames_says_what_is_wrong(red_circles, tmp_path):
+    with pytest.raises(ValueError, match="exactly one"):
+        ais.search_frames(red_circles)
+    with pytest.raises(ValueError, match="not in the frame index"):
+        ais.search_frames(red_circles, frame=(red_circles.first().id, 5))
+    other = video_dataset(tmp_path, [[RED]])
+    with pytest.raises(ais.AISearchNotEnabledError, match="frames=True"):
+        ais.search_frames(other, prompt="a red circle")

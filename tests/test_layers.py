@@ -49,7 +49,7 @@ LAYERS = {
     "": FACADE, "embeddings": FACADE, "lifecycle": FACADE, "search": FACADE,
     "brain": FACADE, "brain_plain": FACADE,
     "brain_registry": FACADE, "duplicates": FACADE, "uniqueness": FACADE,
-    "results": FACADE,
+    "results": FACADE, "frame_search": FACADE,
     "scheduler": FACADE, "refreshers": FACADE,
     "__main__": ENTRY, "demo.quickstart": ENTRY, "testing": ENTRY,
     "app": APP,

@@ -65,6 +65,8 @@ from .embeddings import (
     maintain_index,
 )
 from .embedding.crops import CropSettings
+from .embedding.sampling import FrameSampling
+from .frame_search import frames_view, search_frames
 from .embedding.model import available_models, check_model
 from .scheduler import start_refresher, stop_refresher
 from .search import perform_ai_search
@@ -87,6 +89,7 @@ __all__ = [
     "CropSettings",
     "DiskFullError",
     "ExistingEmbeddingsError",
+    "FrameSampling",
     "ImageDecodeError",
     "IndexBusyError",
     "IndexDamagedError",
@@ -115,7 +118,9 @@ __all__ = [
     "available_models",
     "compute_uniqueness",
     "find_near_duplicates",
+    "frames_view",
     "near_duplicate_groups",
+    "search_frames",
     "calculate_embeddings",
     "check_model",
     "disable_embeddings",

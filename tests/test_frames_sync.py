@@ -190,6 +190,9 @@ def test_bad_requests_say_what_is_wrong(tmp_path):
     with pytest.raises(ValueError, match="brain_key"):
         enable_frames(videos, brain_key="frames")
     assert not ais.is_embeddings_enabled(videos, frames=True)
+    # an image search of a video dataset names what to call instead
+    with pytest.raises(ais.AISearchNotEnabledError, match="search_frames"):
+        ais.perform_ai_search(videos, prompt="a red circle")
 
 
 def test_disable_removes_the_frame_index_alone(tmp_path):

@@ -149,6 +149,13 @@ class Images(Target):
 
     @property
     def not_enabled(self) -> str:
+        if self.dataset.media_type == "video":
+            # its images are never indexed: its frames are
+            return (f"Dataset '{self.name}' is a video dataset: AI search "
+                    "indexes the frames of its videos. Enable it with "
+                    "fiftyone_ai_search.enable_embeddings(dataset, "
+                    "frames=True) and search them with "
+                    "fiftyone_ai_search.search_frames(dataset, prompt=...)")
         return (f"AI search is not enabled on dataset '{self.name}'. Enable "
                 "it with fiftyone_ai_search.enable_embeddings(dataset) (or "
                 "the 'AI search: enable' operator in the App)")

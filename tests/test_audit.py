@@ -16,6 +16,7 @@ from fiftyone_ai_search.store import audit
 from fiftyone_ai_search.store import cells as cl
 from fiftyone_ai_search.store.edge import EdgeStore
 
+from tests.helpers import hold_at
 from tests.test_cells import clustered, exact_in, make_ids, unit
 from tests.test_store import (  # noqa: F401 (store: a fixture)
     DIM, INFO, SERVER_SLOW, store)
@@ -177,19 +178,28 @@ def test_perform_ai_search_exact_is_a_flag(tmp_path):
                                  exact=True)
 
 
-def _audit_in_child(root, name, started):
+def _audit_in_child(root, name, held, reached):
+    """Audits until killed, held for its kill at ``held``: ``(where,
+    name, call)`` (tests.helpers.hold_at), ``where`` "audit" (the module)
+    or "EdgeStore" (the class)."""
     cl.MIN_PROBED = 4
+    where, function, call = held
+    hold_at({"audit": audit, "EdgeStore": EdgeStore}[where], function,
+            reached, call)
     index = EdgeStore(name, root, lock_timeout=60)
-    started.set()
-    while True:  # audits until killed: the kill lands anywhere in one
+    while True:
         audit.audit(index, prompts(60, seed=3, gap=2.0), k=50,
                     image_queries=60)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("delay", [0.2, 1.0, 2.5])
+@pytest.mark.parametrize("held", [
+    ("audit", "_measure", 1),  # the first audit's exact searches
+    ("EdgeStore", "_write_cells", 1),  # its rule about to be written
+    ("audit", "_measure", 2),  # a second audit, over a stored rule
+], ids=["measuring", "writing", "again"])
 def test_an_audit_killed_at_any_moment_leaves_index_and_estimate_whole(
-        tmp_path, delay):
+        tmp_path, held):
     x, _ = clustered(4000)
     ids = make_ids(len(x))
     index = EdgeStore("audited", tmp_path, lock_timeout=60)
@@ -198,14 +208,18 @@ def test_an_audit_killed_at_any_moment_leaves_index_and_estimate_whole(
     index.maintain(min_points=1000)
     index.close()
     spawn = multiprocessing.get_context("spawn")
-    started = spawn.Event()
+    reached = spawn.Event()
     p = spawn.Process(target=_audit_in_child,
-                      args=(str(tmp_path), "audited", started))
+                      args=(str(tmp_path), "audited", held, reached))
     p.start()
-    assert started.wait(120)
-    time.sleep(delay)
-    os.kill(p.pid, signal.SIGKILL)
-    p.join()
+    deadline = time.monotonic() + 120
+    try:
+        while not reached.wait(0.05):  # the kill lands at a known line
+            assert p.is_alive(), f"the audit ended before {held}"
+            assert time.monotonic() < deadline, f"never reached {held}"
+    finally:
+        os.kill(p.pid, signal.SIGKILL)
+        p.join()
 
     cells = index.cells()  # readable: the old cells, or with a whole rule
     assert cells.complete and len(cells) == 64

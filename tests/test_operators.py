@@ -777,6 +777,116 @@ def test_find_near_duplicates_blocks_a_bad_threshold(tmp_path):
             "dataset": dataset, "params": {"threshold": 1.5}})
 
 
+def test_find_near_duplicates_delegated_reports_progress_and_keeps_groups(
+        tmp_path, monkeypatch):
+    from fiftyone_ai_search.app import forms
+
+    dataset = shapes_dataset(tmp_path, num_samples=60)
+    ais.calculate_embeddings(dataset, wait=True, progress=False)
+    name = uri("find_near_duplicates")
+    operator = foo.get_operator(name)
+
+    def options():
+        ctx = _context(dataset, operator="find_near_duplicates")
+        return operator.resolve_execution_options(ctx).to_dict()
+
+    # either way; scheduling offered first on a large dataset
+    assert options()["allow_immediate_execution"]
+    assert options()["allow_delegated_execution"]
+    assert not options()["default_choice_to_delegated"]
+    monkeypatch.setattr(forms, "DELEGATE_DUPLICATES", 50)
+    assert options()["default_choice_to_delegated"]
+
+    threshold = 0.99
+    groups = ais.near_duplicate_groups(dataset, threshold)
+    assert len(groups) >= 3
+    queued = foo.execute_operator(name, ctx={
+        "dataset": dataset,
+        "params": {"threshold": threshold, "delegate": True}})
+    assert queued.delegated
+    assert forms.DUPLICATES_COLLECTION not in [
+        c["name"] for c in ais.list_collections(dataset)]
+
+    service = DelegatedOperationService()
+    service.execute_queued_operations(operator=name)
+    (op,) = [o for o in service.list_operations(dataset_name=dataset.name)
+             if o.operator == name]
+    assert op.run_state == "completed", op.result
+    expected = _layout(groups)
+    assert op.result.result == {"collection": forms.DUPLICATES_COLLECTION,
+                                "count": len(expected),
+                                "groups": len(groups)}
+    assert op.status.progress == pytest.approx(1.0)
+    assert f"of {len(groups)} images" in op.status.label
+    # the groups as a saved view (kept image first), what the SDK finds
+    scores = ais.get_collection_scores(dataset, forms.DUPLICATES_COLLECTION)
+    assert [i for i, _ in scores] == [i for i, _ in expected]
+    assert dataset.load_saved_view(forms.DUPLICATES_COLLECTION).values(
+        "id") == [i for i, _ in expected]
+
+
+def test_tag_near_duplicates_tags_all_but_the_kept_image(tmp_path):
+    from fiftyone.operators.executor import resolve_placement
+
+    dataset = shapes_dataset(tmp_path, num_samples=60)
+    ais.calculate_embeddings(dataset, wait=True, progress=False)
+    operator = foo.get_operator(uri("tag_near_duplicates"))
+    request = {"dataset_name": dataset.name, "params": {}}
+    # no near-duplicates found yet: no button, and the form says why
+    assert resolve_placement(operator, request) is None
+    form = _form(dataset, operator="tag_near_duplicates")
+    assert "find them first" in _blocking(form)["no_duplicates"]
+    ais.perform_ai_search(dataset, prompt="a red circle", limit=5)
+    assert resolve_placement(operator, request) is None  # not duplicates
+
+    threshold = 0.99
+    groups = ais.near_duplicate_groups(dataset, threshold)
+    _execute(dataset, "find_near_duplicates", params={"threshold": threshold})
+    placement = resolve_placement(operator, request).to_json()
+    assert placement["place"] == "samples-grid-actions"
+    assert placement["view"]["label"] == "Tag near-duplicates"
+    # the groups as the collection holds them: the SDK's, kept image first
+    ordered = sorted(groups.items(), key=lambda kv: -len(kv[1]))
+    assert ais.duplicates.duplicate_groups_in(dataset) == [
+        [k] + [d for d, _ in v] for k, v in ordered]
+    dups = [d for _, v in ordered for d, _ in v]
+    form = _form(dataset, operator="tag_near_duplicates")
+    assert not _blocking(form)
+    assert form["collection"]["default"] == ais.TEMPORARY_COLLECTION
+    assert form["tag"]["default"] == "duplicate"
+    assert (f"Tags **{len(dups)}** images with `duplicate`: every image of "
+            f"the {len(groups)} groups") in form["what"]["default"]
+    form = _form(dataset, operator="tag_near_duplicates",
+                 params={"tag": " "})
+    assert form["tag"]["invalid"] is True
+
+    result, asked = _execute(dataset, "tag_near_duplicates", params={})
+    assert result == {"collection": ais.TEMPORARY_COLLECTION,
+                      "tag": "duplicate", "tagged": len(dups)}
+    assert "reload_samples" in asked
+    (note,) = asked["notify"]
+    assert f"Tagged {len(dups)} near-duplicates" in note["message"]
+    assert sorted(dataset.match_tags("duplicate").values("id")) == sorted(
+        dups)
+    assert not set(groups) & set(dataset.match_tags("duplicate").values(
+        "id"))  # each group's kept image stays untagged
+    # a saved copy (a score range: the kept images stay), another tag;
+    # the SDK tags as the App does
+    ais.save_collection(dataset, "dups", min_score=0.995)
+    kept_range = [d for _, v in ordered for d, s in v if s >= 0.995]
+    result = _run("tag_near_duplicates", dataset, collection="dups",
+                  tag="close copy")
+    assert result["tagged"] == len(kept_range)
+    assert sorted(dataset.match_tags("close copy").values("id")) == sorted(
+        kept_range)
+    assert ais.tag_near_duplicates(dataset, "dups", "again") == len(
+        kept_range)
+    # the latest results are a search now: nothing to tag there
+    ais.perform_ai_search(dataset, prompt="a star", limit=3)
+    with pytest.raises(ValueError, match="no near-duplicates"):
+        ais.tag_near_duplicates(dataset)
+
+
 def test_panel_shows_near_duplicates_found_from_the_grid(tmp_path):
     dataset = shapes_dataset(tmp_path, num_samples=60)
     ais.calculate_embeddings(dataset, wait=True, progress=False)

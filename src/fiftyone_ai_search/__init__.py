@@ -41,7 +41,8 @@ from .results import (
     save_collection,
 )
 from .config import get_settings
-from .duplicates import find_near_duplicates, near_duplicate_groups
+from .duplicates import (find_near_duplicates, near_duplicate_groups,
+                         tag_near_duplicates)
 from .uniqueness import compute_uniqueness
 from .errors import (AISearchError, AISearchNotEnabledError,
                      BrainKeyTakenError, CollectionNotFoundError, CropError,
@@ -120,6 +121,7 @@ __all__ = [
     "find_near_duplicates",
     "frames_view",
     "near_duplicate_groups",
+    "tag_near_duplicates",
     "search_frames",
     "calculate_embeddings",
     "check_model",

@@ -51,6 +51,9 @@ CELLS_POINT_S = 4e-4
 #: image score above it; different photos of one scene rarely do
 DEFAULT_THRESHOLD = 0.95
 
+#: the tag :func:`tag_near_duplicates` gives unless told otherwise
+DUPLICATE_TAG = "duplicate"
+
 
 def neighbors_within(vectors, min_similarity, queries=None, progress=None,
                      itself=True):
@@ -163,18 +166,98 @@ def find_near_duplicates(samples: foc.SampleCollection,
     groups = near_duplicate_groups(samples, threshold, progress=progress)
     if not groups:
         return None
-    ids, scores = [], []
+    ids, scores, kept_ids = [], [], []
     for kept, dups in sorted(groups.items(), key=lambda kv: -len(kv[1])):
         ids.append(kept)
+        kept_ids.append(kept)
         scores.append(1.0)
         ids.extend(d for d, _ in dups)
         scores.extend(s for _, s in dups)
+    # the kept images by id: where each group starts (a copy may score
+    # 1.0 as its kept image does), also in a copy saved with a score range
     return colls.write_collection(
         media.source_dataset(samples), colls.TEMPORARY_COLLECTION, ids,
         scores,
         query={"mode": "duplicates", "threshold": threshold,
-               "groups": len(groups), "limit": len(ids)},
+               "groups": len(groups), "limit": len(ids),
+               "kept_ids": kept_ids},
     )
+
+
+def duplicate_groups_in(dataset: foc.SampleCollection,
+                        name: str = colls.TEMPORARY_COLLECTION
+                        ) -> list[list[str]]:
+    """The groups of a collection of near-duplicates
+    (:func:`find_near_duplicates`, or a copy of it saved with
+    :func:`fiftyone_ai_search.save_collection`), in its order.
+
+    Args:
+        dataset: the dataset
+        name (TEMPORARY_COLLECTION): the collection
+
+    Returns:
+        a list of groups, each a list of sample ids: the image the group
+        keeps, then its duplicates
+
+    Raises:
+        ValueError: if the collection holds no near-duplicates
+        CollectionNotFoundError: if there is no collection ``name``
+    """
+    dataset = media.source_dataset(dataset, "dataset")
+    rows = colls.get_collection_scores(dataset, name)
+    (query,) = [c["query"] or {} for c in colls.list_collections(dataset)
+                if c["name"] == name]
+    if query.get("mode") != "duplicates" or "kept_ids" not in query:
+        raise ValueError(
+            f"name: collection {name!r} of dataset '{dataset.name}' holds no "
+            "near-duplicates; find them with find_near_duplicates()")
+    kept = set(query["kept_ids"])
+    groups = []
+    for sample_id, _ in rows:
+        if sample_id in kept:
+            groups.append([sample_id])
+        elif groups:  # (a group's duplicates follow its kept image)
+            groups[-1].append(sample_id)
+    return groups
+
+
+def tag_near_duplicates(dataset: foc.SampleCollection,
+                        name: str = colls.TEMPORARY_COLLECTION,
+                        tag: str = DUPLICATE_TAG) -> int:
+    """Tags every image of a near-duplicates collection but the one each
+    group keeps: what a curator reviews, then deletes or excludes (e.g.
+    ``dataset.match_tags("duplicate")``).
+
+    Examples::
+
+        import fiftyone_ai_search as ais
+
+        ais.find_near_duplicates(dataset, threshold=0.97)
+        ais.tag_near_duplicates(dataset)           # the latest results
+        dataset.match_tags("duplicate").count()
+
+    Args:
+        dataset: the dataset
+        name (TEMPORARY_COLLECTION): the collection of
+            :func:`find_near_duplicates` (or a saved copy of it)
+        tag ("duplicate"): the tag
+
+    Returns:
+        how many images were tagged
+
+    Raises:
+        ValueError: if the collection holds no near-duplicates, or the tag
+            is empty
+        CollectionNotFoundError: if there is no collection ``name``
+    """
+    if not isinstance(tag, str) or not tag.strip():
+        raise ValueError(f"tag: a non-empty string, got {tag!r}")
+    dataset = media.source_dataset(dataset, "dataset")
+    dups = [d for group in duplicate_groups_in(dataset, name)
+            for d in group[1:]]
+    if dups:
+        dataset.select(dups).tag_samples(tag)
+    return len(dups)
 
 
 def near_duplicate_groups(samples: foc.SampleCollection,

@@ -28,7 +28,8 @@ from fiftyone_ai_search.index import media
 from fiftyone_ai_search.index import state as st
 from fiftyone_ai_search import refreshers, validate
 from fiftyone_ai_search.config import BACKENDS, MAX_REFRESH_MINUTES
-from fiftyone_ai_search.duplicates import DEFAULT_THRESHOLD
+from fiftyone_ai_search.duplicates import (DEFAULT_THRESHOLD, DUPLICATE_TAG,
+                                           duplicate_groups_in)
 from fiftyone_ai_search.errors import UnsupportedPlatformError
 from fiftyone_ai_search.store.portability import check_embedded_index
 
@@ -936,6 +937,64 @@ def duplicates_form(ctx, inputs, params, on_change=None):
     return runnable
 
 
+def duplicates_delegated_by_default(ctx):
+    """Whether the near-duplicates form offers to schedule (delegate) the
+    run first: where its scope holds more than :data:`DELEGATE_DUPLICATES`
+    samples (a minute or more in the App server's request)."""
+    try:
+        return len(search_scope(ctx, ctx.params)) > DELEGATE_DUPLICATES
+    except Exception:  # no dataset yet, a view that cannot load: the form says
+        return False
+
+
+#: samples above which the near-duplicates form offers to schedule the run
+#: first (about a minute of CPU through the cells: bench/bench_duplicates)
+DELEGATE_DUPLICATES = 100_000
+
+#: the collection a scheduled (delegated) near-duplicates run keeps its
+#: groups in: the App is not there to show the latest results, and a
+#: search meanwhile would replace them
+DUPLICATES_COLLECTION = "AI search near-duplicates"
+
+
+def _found_text(count, groups):
+    return (f"Found {count - groups} near-duplicates of {groups} images: "
+            "each image is shown first, its copies after it")
+
+
+def duplicates_delegated(ctx, params):
+    """Finds the near-duplicates of ``params`` in a delegated operation:
+    its progress live (``ctx.set_progress``), the groups kept as the
+    collection :data:`DUPLICATES_COLLECTION` (a saved view the App lists,
+    and "Tag near-duplicates" offers).
+
+    Returns:
+        ``{"collection": name or None, "count": n, "groups": g}``
+    """
+    last = [-1.0]
+
+    def progress(done, total):
+        fraction = done / total if total else 1.0
+        if fraction >= 1.0 or fraction - last[0] >= 0.01:  # not every cell
+            last[0] = fraction
+            ctx.set_progress(progress=fraction,
+                             label=f"Finding near-duplicates: {done} / "
+                             f"{total}")
+
+    threshold = duplicates_threshold(params)
+    name = ais.find_near_duplicates(search_scope(ctx, params),
+                                    threshold=threshold, progress=progress)
+    if name is None:
+        return {"collection": None, "count": 0, "groups": 0}
+    saved = ais.save_collection(ctx.dataset, DUPLICATES_COLLECTION,
+                                source=name, overwrite=True)
+    (found,) = [c for c in ais.list_collections(ctx.dataset)
+                if c["name"] == saved]
+    groups = found["query"].get("groups", 0)
+    ctx.set_progress(progress=1.0, label=_found_text(found["size"], groups))
+    return {"collection": saved, "count": found["size"], "groups": groups}
+
+
 def duplicates_and_show(ctx, params):
     """Finds the near-duplicates that ``params`` (the form above) asks for
     and shows them in the App: each group is the sample it keeps, then its
@@ -955,10 +1014,72 @@ def duplicates_and_show(ctx, params):
     (latest,) = [c for c in ais.list_collections(ctx.dataset)
                  if c["name"] == name]
     groups = latest["query"].get("groups", 0)
-    ctx.ops.notify(f"Found {len(view) - groups} near-duplicates of {groups} "
-                   "images: each image is shown first, its copies after it",
-                   variant="success")
+    ctx.ops.notify(_found_text(len(view), groups), variant="success")
     return {"collection": name, "count": len(view), "groups": groups}
+
+
+def duplicates_collections(dataset):
+    """The names of the dataset's collections of near-duplicates (the
+    latest results, if they are, and saved ones), newest first."""
+    return [c["name"] for c in reversed(ais.list_collections(dataset))
+            if (c["query"] or {}).get("mode") == "duplicates"
+            and "kept_ids" in c["query"]]
+
+
+def tag_duplicates_form(ctx, inputs, params):
+    """The form of "Tag near-duplicates": which collection of
+    near-duplicates (the one shown, else the newest), the tag, and what
+    will be tagged.
+
+    Returns:
+        whether the form can be run
+    """
+    names = duplicates_collections(ctx.dataset)
+    if not names:
+        blocked(inputs, "no_duplicates", "No near-duplicates to tag: find "
+                "them first (Find near-duplicates above the grid).")
+        return False
+    default = names[0]
+    shown = getattr(ctx.view, "name", None)
+    if shown in names:
+        default = shown
+    name = params.get("collection") if params.get(
+        "collection") in names else default
+    choices = types.Dropdown()
+    for n in names:
+        choices.add_choice(n, label=n)
+    inputs.enum("collection", names, label="Near-duplicates", default=default,
+                required=True, view=choices)
+    prop = inputs.str("tag", label="Tag", default=DUPLICATE_TAG,
+                      required=True)
+    tag = params.get("tag", DUPLICATE_TAG)
+    if not isinstance(tag, str) or not tag.strip():
+        invalid(prop, "Type a tag.")
+        return False
+    groups = duplicate_groups_in(ctx.dataset, name)
+    count = sum(len(g) - 1 for g in groups)
+    inputs.md(f"Tags **{count}** images with `{tag}`: every image of the "
+              f"{len(groups)} groups of '{name}' but the one each group "
+              "keeps (shown first in its group).", name="what")
+    return True
+
+
+def tag_duplicates(ctx, params):
+    """Tags all but each group's kept image (the form above) and refreshes
+    the grid's tags.
+
+    Returns:
+        ``{"collection": name, "tag": tag, "tagged": n}``
+    """
+    names = duplicates_collections(ctx.dataset)
+    name = params.get("collection") or (names[0] if names else
+                                        ais.TEMPORARY_COLLECTION)
+    tag = params.get("tag", DUPLICATE_TAG)
+    tagged = ais.tag_near_duplicates(ctx.dataset, name, tag)
+    ctx.ops.reload_samples()
+    ctx.ops.notify(f"Tagged {tagged} near-duplicates '{tag}'; the image "
+                   "each group keeps is left untagged", variant="success")
+    return {"collection": name, "tag": tag, "tagged": tagged}
 
 
 def has_latest_results(dataset):

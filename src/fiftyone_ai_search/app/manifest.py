@@ -34,6 +34,7 @@ OPERATOR_NAMES = (
     "ai_search",
     "search_similar",
     "find_near_duplicates",
+    "tag_near_duplicates",
     "filter_by_score",
     "save_collection",
     "rename_collection",

@@ -9,6 +9,7 @@ with the same defaults as its form.
 
 import fiftyone.operators as foo
 import fiftyone.operators.types as types
+from fiftyone.operators.executor import ExecutionOptions
 
 import fiftyone_ai_search as ais
 
@@ -396,6 +397,8 @@ class FindNearDuplicates(_Operator):
         "slightly cropped copies), grouped around the one to keep",
         icon="content_copy",
         dynamic=True,
+        allow_immediate_execution=True,
+        allow_delegated_execution=True,
     )
     BUTTON = (types.Places.SAMPLES_GRID_ACTIONS, "Find near-duplicates")
 
@@ -403,8 +406,52 @@ class FindNearDuplicates(_Operator):
         if forms.require_ready(ctx, inputs):
             forms.duplicates_form(ctx, inputs, ctx.params)
 
+    def resolve_delegation(self, ctx):
+        return ctx.params.get("delegate", None)
+
+    def resolve_execution_options(self, ctx):
+        if self.resolve_delegation(ctx) is not None:
+            return super().resolve_execution_options(ctx)
+        # either; a large dataset offers scheduling first
+        return ExecutionOptions(
+            allow_immediate_execution=True, allow_delegated_execution=True,
+            default_choice_to_delegated=(
+                forms.duplicates_delegated_by_default(ctx)))
+
     def execute(self, ctx):
+        if ctx.delegated:
+            # in a delegated operation: progress live, the groups kept as
+            # a collection (no App to show them to)
+            return forms.duplicates_delegated(ctx, ctx.params)
         return forms.duplicates_and_show(ctx, ctx.params)
+
+
+class TagNearDuplicates(_Operator):
+    """"Tag near-duplicates" above the grid, where the dataset has a
+    collection of near-duplicates: tags every image of its groups but the
+    one each keeps (as the Brain plugin's "deduplicate" keeps each group's
+    representative), for curators to review or delete."""
+
+    CONFIG = dict(
+        name="tag_near_duplicates",
+        label="AI search: tag near-duplicates",
+        description="Tag every near-duplicate but the image each group "
+        "keeps",
+        icon="label",
+        dynamic=True,
+    )
+    BUTTON = (types.Places.SAMPLES_GRID_ACTIONS, "Tag near-duplicates")
+
+    def resolve_placement(self, ctx):
+        if not forms.duplicates_collections(ctx.dataset):
+            return None  # nothing to tag
+        return super().resolve_placement(ctx)
+
+    def form(self, ctx, inputs):
+        forms.tag_duplicates_form(ctx, inputs, ctx.params)
+
+    def execute(self, ctx):
+        return forms.tag_duplicates(ctx, ctx.params)
 
 
 class FilterByScore(_Operator):
@@ -522,6 +569,7 @@ OPERATORS = (
     AISearch,
     SearchSimilar,
     FindNearDuplicates,
+    TagNearDuplicates,
     FilterByScore,
     SaveCollection,
     RenameCollection,

@@ -29,9 +29,11 @@ was.
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import numpy as np
@@ -68,11 +70,23 @@ def parse_args(argv=None):
                         "writer writes these points again, batch after "
                         "batch, as a sync re-embedding edited samples, and "
                         "runs no upkeep pass")
-    p.add_argument("--large-write", action="store_true",
+    p.add_argument("--large-write", nargs="?", const="cells",
+                   choices=["cells", "unassigned"],
                    help="half-way, the writer commits a tenth of the index "
-                        "anew in one session (as a large import does; "
-                        "they get their cells as they are written) before "
-                        "its upkeep pass: searches beside a large write")
+                        "anew in one session (as a large import does) "
+                        "before its upkeep pass: searches beside a large "
+                        "write. 'cells' (the default): the points get their "
+                        "cells as they are written, so the pass has nothing "
+                        "to do; 'unassigned': written without (as by a "
+                        "writer that had not read the cells), so the pass "
+                        "assigns them and compacts the index: searches "
+                        "beside an upkeep pass that does real work")
+    p.add_argument("--no-openings", action="store_true",
+                   help="leave out the fresh processes' openings")
+    p.add_argument("--done-file",
+                   help="searcher: searches until this file exists (and "
+                        "for --seconds at least); writer: creates it at "
+                        "its end")
     p.add_argument("--cold", action="store_true",
                    help="open: the shard's files dropped from the page "
                         "cache first (as after a reboot)")
@@ -189,29 +203,70 @@ def role_open(args):
             "read_ahead_s": qe_s - start, "opens": edge.stats["opens"]}
 
 
+def _cpu_s():
+    """This process's CPU seconds, user + system."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
 def role_searcher(args):
     from fiftyone_ai_search.store import edge
 
     store = _store(args)
     queries = _queries(256, seed=8)
-    latencies, asked = [], 0
+    latencies, asked, at = [], 0, []
     start = time.monotonic()
     k = 0
-    while time.monotonic() - start < args.seconds:
+    while time.monotonic() - start < args.seconds or (
+            args.done_file and not os.path.exists(args.done_file)):
         before = edge.stats["asked"]
-        t = time.monotonic()
+        t, wall = time.monotonic(), time.time()
         with store.session():
             got = store.query(queries[k % len(queries)], 100)
         latencies.append(time.monotonic() - t)
+        at.append(wall)
         asked += edge.stats["asked"] > before
         assert len(got) == 100
         k += 1
         time.sleep(max(0.0, args.search_every - (time.monotonic() - t)))
     store.close()
     # the first search opens the shard, or finds it held: reported apart
-    return {"first": latencies[0], "latencies": latencies[1:], "asked": asked,
-            "turns_waited": edge.stats["turns_waited"],
-            "opens": edge.stats["opens"]}
+    return {"first": latencies[0], "latencies": latencies[1:], "at": at[1:],
+            "asked": asked, "turns_waited": edge.stats["turns_waited"],
+            "opens": edge.stats["opens"], "cpu_s": _cpu_s()}
+
+
+def _large_write(args, store, world, rng, next_id):
+    """A tenth of the index anew in one session, in batches of 4,096 (as a
+    large import does); returns its trace: each batch's write time and
+    the hand-overs within it."""
+    from fiftyone_ai_search.store import edge
+
+    if args.large_write == "unassigned":
+        # as a writer that had not read the cells: the points are written
+        # without theirs, for the upkeep pass to assign (and compact)
+        store.cells = lambda: None
+    block = max(args.n // 10, 1)
+    before = {k: edge.stats[k] for k in ("served", "lent_reads",
+                                         "lent_turns")}
+    batch_s, make_s = [], 0.0
+    t0, wall = time.monotonic(), time.time()
+    with store.session():
+        for at in range(0, block, 4096):
+            count = min(4096, block - at)
+            t = time.monotonic()
+            vectors = world.images(world.labels(count, rng), rng)
+            make_s += time.monotonic() - t
+            t = time.monotonic()
+            store.upsert(_ids(next_id + at, count), vectors,
+                         [{"filepath": "/new/block.jpg",
+                           "fingerprint": "1:2"}] * count)
+            batch_s.append(time.monotonic() - t)
+    if args.large_write == "unassigned":
+        del store.cells
+    return {"points": block, "s": time.monotonic() - t0, "from": wall,
+            "to": time.time(), "batch_s": batch_s, "make_s": make_s,
+            **{k: edge.stats[k] - v for k, v in before.items()}}
 
 
 def role_writer(args):
@@ -219,7 +274,8 @@ def role_writer(args):
 
     store = _store(args)
     world, rng = _world(), np.random.default_rng(args.first_id)
-    commits, commit_s, maintain_s, block_s, extra = 0, [], None, None, 0
+    commits, commit_s, maintain_s, block, extra = 0, [], None, None, 0
+    maintain_at = None
     start = time.monotonic()
     next_id = args.first_id
     again = None
@@ -249,30 +305,26 @@ def role_writer(args):
         if (again is None and maintain_s is None
                 and time.monotonic() - start >= args.seconds / 2):
             if args.large_write:
-                # a tenth anew, in one session
-                t = time.monotonic()
-                block = max(args.n // 10, 1)
-                with store.session():
-                    for at in range(0, block, 4096):
-                        count = min(4096, block - at)
-                        store.upsert(
-                            _ids(next_id, count),
-                            world.images(world.labels(count, rng), rng),
-                            [{"filepath": "/new/block.jpg",
-                              "fingerprint": "1:2"}] * count)
-                        next_id += count
-                extra += block
-                block_s = time.monotonic() - t
-            t = time.monotonic()
+                block = _large_write(args, store, world, rng, next_id)
+                next_id += block["points"]
+                extra += block["points"]
+            before = {k: edge.stats[k] for k in ("served", "side_reads")}
+            t, wall = time.monotonic(), time.time()
             store.maintain(min_points=min(1000, args.n))  # the upkeep pass
             maintain_s = time.monotonic() - t
+            maintain_at = {"from": wall, "to": time.time(),
+                           **{k: edge.stats[k] - v
+                              for k, v in before.items()}}
     elapsed = time.monotonic() - start
     store.close()
+    if args.done_file:
+        open(args.done_file, "w").close()
     return {"commits": commits, "elapsed": elapsed, "commit_s": commit_s,
-            "maintain_s": maintain_s, "block_s": block_s,
-            "extra": extra, "served": edge.stats["served"],
+            "maintain_s": maintain_s, "maintain_at": maintain_at,
+            "block": block, "extra": extra, "served": edge.stats["served"],
             "side_reads": edge.stats["side_reads"],
-            "opens": edge.stats["opens"]}
+            "lent_reads": edge.stats["lent_reads"],
+            "opens": edge.stats["opens"], "cpu_s": _cpu_s()}
 
 
 #: the fresh-process openings measured: the page cache as the last holder
@@ -296,7 +348,7 @@ def spawn(args, role, first_id=0, extra=()):
            "--search-every", str(args.search_every),
            "--first-id", str(first_id), "--out", out, *extra]
     if role == "writer" and args.large_write:
-        cmd.append("--large-write")
+        cmd += ["--large-write", args.large_write]
     return subprocess.Popen(cmd), out
 
 
@@ -315,14 +367,55 @@ def pct(values, q):
     return float(np.percentile(values, q)) if values else float("nan")
 
 
+class LoadSampler:
+    """Samples ``/proc/loadavg`` (its 1-minute average) every ``every``
+    seconds in a thread, phase by phase."""
+
+    def __init__(self, every=5.0):
+        self.every, self.phase, self.seen = every, None, {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop.wait(self.every):
+            try:
+                with open("/proc/loadavg") as f:
+                    load = float(f.read().split()[0])
+            except OSError:
+                return
+            if self.phase is not None:
+                self.seen.setdefault(self.phase, []).append(load)
+
+    def range(self, phase):
+        loads = self.seen.get(phase) or [float("nan")]
+        return f"load {min(loads):.1f}-{max(loads):.1f}"
+
+    def stop(self):
+        self._stop.set()
+
+
+def _within(searcher, window):
+    """The searcher's latencies of searches that started within ``window``
+    (``from`` / ``to`` wall times), or that were under way at its start."""
+    if not window:
+        return []
+    return [lat for at, lat in zip(searcher["at"], searcher["latencies"])
+            if window["from"] - lat <= at <= window["to"]]
+
+
 def main(args):
     build(args)
     store = _store(args)
     base = 10 * args.n  # the writer's new ids, above the index's
     rows = []
+    load = LoadSampler()
+    cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wall0 = time.monotonic()
 
     opening = []
-    for label, extra in OPENINGS:
+    load.phase = "openings"
+    for label, extra in ([] if args.no_openings else OPENINGS):
         for _ in range(2):
             opening.append((label, collect(spawn(args, "open",
                                                  extra=extra))[0]))
@@ -330,38 +423,77 @@ def main(args):
         for label, o in opening:
             print(f"{label}: {json.dumps(o)}")
         return
+    load.phase = "searcher alone"
     (solo_s,) = collect(spawn(args, "searcher"))
+    load.phase = "writer alone"
     (solo_w,) = collect(spawn(args, "writer", base))
     written = solo_w["commits"] * args.batch + solo_w["extra"]
-    w, s = spawn(args, "writer", base + written), spawn(args, "searcher")
+    load.phase = "together"
+    done_file = os.path.join(tempfile.gettempdir(),
+                             f"ais-cc-done-{os.getpid()}")
+    w = spawn(args, "writer", base + written, ("--done-file", done_file))
+    s = spawn(args, "searcher", extra=("--done-file", done_file))
     conc_w, conc_s = collect(w, s)
+    os.remove(done_file)
+    load.phase = None
     written += conc_w["commits"] * args.batch + conc_w["extra"]
     store.delete(_ids(base, written))  # the index as it was
+    load.stop()
+    cpu = resource.getrusage(resource.RUSAGE_CHILDREN)
 
     def ms(x):
         return f"{1000 * x:,.0f} ms"
 
-    for label, res in (("alone", solo_s), ("beside the writer", conc_s)):
+    def lat_row(lat):
+        if not lat:
+            return "none"
+        return (f"{ms(pct(lat, 50))} / {ms(pct(lat, 95))} / "
+                f"{ms(max(lat))}")
+
+    for label, res, phase in (("alone", solo_s, "searcher alone"),
+                              ("beside the writer", conc_s, "together")):
         lat = res["latencies"]
-        rows.append((f"searcher {label}: p50 / p95 / max",
-                     f"{ms(pct(lat, 50))} / {ms(pct(lat, 95))} / "
-                     f"{ms(max(lat))}",
+        rows.append((f"searcher {label}: p50 / p95 / max", lat_row(lat),
                      f"{len(lat)} searches after a first of "
                      f"{ms(res['first'])}; {res['asked']} answered by the "
                      f"holder; {res['opens']} openings; holder's turns "
-                     f"waited <= {res['turns_waited']}"))
-    for label, res in (("alone", solo_w), ("beside the searcher", conc_w)):
-        rows.append((f"writer {label}: commits/s",
-                     f"{res['commits'] / res['elapsed']:.3f}",
-                     f"{res['commits']} commits: first {ms(res['commit_s'][0])}"
-                     f", then p50 {ms(pct(res['commit_s'][1:], 50))}, p95 "
-                     f"{ms(pct(res['commit_s'][1:], 95))}; upkeep pass "
-                     f"{res['maintain_s'] or 0:.1f} s"
-                     + (f" (after {res['extra']:,} points anew in "
-                        f"{res['block_s']:.1f} s)" if res["extra"] else "")
-                     + f", served "
-                     f"{res['served']} ({res['side_reads']} while "
+                     f"waited <= {res['turns_waited']}; "
+                     f"{res['cpu_s']:.1f} s CPU; {load.range(phase)}"))
+    block, upkeep = conc_w["block"], conc_w["maintain_at"]
+    if block:
+        lat = _within(conc_s, block)
+        rows.append(("searcher during the large write: p50 / p95 / max",
+                     lat_row(lat),
+                     f"{len(lat)} searches in its {block['s']:.1f} s; the "
+                     f"writer answered {block['served']} ({block['lent_reads']}"
+                     f" on its shard lent, {block['lent_turns']} between two "
+                     f"chunks of a write)"))
+    if upkeep:
+        lat = _within(conc_s, upkeep)
+        rows.append(("searcher during the upkeep pass: p50 / p95 / max",
+                     lat_row(lat),
+                     f"{len(lat)} searches in its "
+                     f"{conc_w['maintain_s']:.1f} s; the writer answered "
+                     f"{upkeep['served']} ({upkeep['side_reads']} while "
                      f"compacting)"))
+    for label, res, phase in (("alone", solo_w, "writer alone"),
+                              ("beside the searcher", conc_w, "together")):
+        note = (f"{res['commits']} commits: first {ms(res['commit_s'][0])}"
+                f", then p50 {ms(pct(res['commit_s'][1:], 50))}, p95 "
+                f"{ms(pct(res['commit_s'][1:], 95))}; upkeep pass "
+                f"{res['maintain_s'] or 0:.1f} s")
+        if res["block"]:
+            b = res["block"]
+            note += (f" after {b['points']:,} points anew in {b['s']:.1f} s"
+                     f" (batches of 4,096: p50 "
+                     f"{ms(pct(b['batch_s'], 50))}, max "
+                     f"{ms(max(b['batch_s']))}; making the vectors "
+                     f"{b['make_s']:.1f} s)")
+        note += (f"; served {res['served']} ({res['side_reads']} while "
+                 f"compacting, {res['lent_reads']} on its shard lent); "
+                 f"{res['cpu_s']:.1f} s CPU; {load.range(phase)}")
+        rows.append((f"writer {label}: commits/s",
+                     f"{res['commits'] / res['elapsed']:.3f}", note))
     for label, o in opening:
         rows.append((f"fresh process, {label}: first search",
                      f"{o['first_search_s']:.2f} s",
@@ -379,7 +511,12 @@ def main(args):
     width = max(len(r[0]) for r in rows)
     print(f"\n{args.n:,} points x {DIM}-d, phases of {args.seconds:g} s, "
           f"commits of {args.batch} every {args.commit_every:g} s, a search "
-          f"every {args.search_every:g} s\n")
+          f"every {args.search_every:g} s"
+          + (f", a large write ({args.large_write}) half-way"
+             if args.large_write else "")
+          + f"; {time.monotonic() - wall0:.0f} s wall, its processes "
+          f"{cpu.ru_utime - cpu0.ru_utime:.0f} s user + "
+          f"{cpu.ru_stime - cpu0.ru_stime:.0f} s sys\n")
     for name, value, note in rows:
         print(f"| {name:<{width}} | {value:>22} | {note}")
     if args.drop:

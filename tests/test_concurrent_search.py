@@ -249,3 +249,196 @@ def test_a_holder_answers_and_a_killed_one_blocks_nobody(tmp_path):
         if holder.is_alive():
             holder.kill()
         store.close()
+
+
+#: searches of the other process the session's writer waits to have
+#: answered before it ends its session (and reads answered on the shard it
+#: lent between two chunks of one write)
+SERVED_IN_SESSION = 4
+
+#: the most writes of the session before it gives up waiting for them (a
+#: searcher left waiting for the session's end, as before, fails the test)
+MAX_WRITES = 1500
+
+#: a commit's points, and a large write's: several chunks
+SMALL = 40
+LARGE = 2 * CHUNK + 8
+
+
+def _session_writer(root, holding, asking, ending, done, result,
+                    stay=False):
+    """One long session of writes: small commits until the other process's
+    searches were answered during it, then large writes (several chunks
+    each) until reads were answered between two of their chunks, then a
+    read-modify-write that relies on nobody else having written."""
+    from fiftyone_ai_search.store import edge
+
+    store = EdgeStore(NAME, root, lock_timeout=120)
+    next_id = 10 * N
+    chunks = []  # the sizes of the chunks written, in order
+
+    def write(count):
+        nonlocal next_id
+        ids = _ids(next_id, count)
+        store.upsert(ids, _written_vectors(count, next_id), _payloads(ids))
+        next_id += count
+        chunks.extend(min(CHUNK, count - at) for at in range(0, count, CHUNK))
+
+    writes = 0
+    with store.session():
+        assert store.count() == N  # the index held from here to the end
+        assert edge.stats["opens"] == 1  # opened here: nobody else holds
+        holding.set()
+        assert asking.wait(120)  # the searcher asks from now on
+        served, lent_turns = edge.stats["served"], edge.stats["lent_turns"]
+        while (edge.stats["served"] - served < SERVED_IN_SESSION
+               and writes < MAX_WRITES):
+            write(SMALL)
+            writes += 1
+        while (edge.stats["lent_turns"] - lent_turns < SERVED_IN_SESSION
+               and writes < MAX_WRITES):
+            write(LARGE)
+            writes += 1
+        served_in_session = edge.stats["served"] - served
+        # what the session relies on is whole: nobody else wrote, and its
+        # first points read back as written
+        count = store.count()
+        first = store.get_payloads(_ids(10 * N, 3))
+        done.put(("writer", {"chunks": chunks, "count": count,
+                             "first": sorted(first), "writes": writes,
+                             "served_in_session": served_in_session,
+                             **edge.stats}))
+        while stay:  # until killed, inside the session
+            write(SMALL)
+        ending.set()  # the last thing before the session ends
+    result.put(("writer", edge.stats))
+    store.close()
+
+
+def _session_searcher(root, holding, asking, ending, result):
+    """Searches and counts until the writer's session ends; notes for each
+    answer whether it came before the end."""
+    from fiftyone_ai_search.store import edge
+
+    store = EdgeStore(NAME, root, lock_timeout=120)
+    vectors = _base_vectors()
+    ids = _ids(0, N)
+    picks = np.random.default_rng(2).choice(N, 16, replace=False)
+    truth = {}
+    for i in picks:
+        top = np.argsort(-(vectors @ vectors[i]), kind="stable")[:LIMIT]
+        truth[i] = [ids[j] for j in top]
+    answers, wrong, counts, opens = 0, [], [], 0
+    k = 0
+    assert holding.wait(120)
+    asking.set()
+    while not ending.is_set():
+        i = picks[k % len(picks)]
+        k += 1
+        with store.session():
+            got = store.query(vectors[i], LIMIT)
+            count = store.count()
+        if not ending.is_set():
+            answers += 1  # answered while the session still held the index
+            counts.append(count)
+            opens = edge.stats["opens"]
+        if [sid for sid, _ in got] != truth[i]:
+            wrong.append((int(i), got[:3]))
+    store.close()
+    result.put(("searcher", {"answers": answers, "counts": counts,
+                             "opens_in_session": opens,
+                             "wrong": wrong[:5], "num_wrong": len(wrong),
+                             **edge.stats}))
+
+
+def _start_session_pair(tmp_path, stay=False):
+    store = EdgeStore(NAME, tmp_path)
+    store.ensure(INFO)
+    ids = _ids(0, N)
+    store.upsert(ids, _base_vectors(), _payloads(ids))
+    store.maintain(min_points=1000)  # cells, forced on at this size
+    assert store.cells().searchable
+    store.close()
+
+    holding, asking, ending = SPAWN.Event(), SPAWN.Event(), SPAWN.Event()
+    done, result = SPAWN.Queue(), SPAWN.Queue()
+    writer = SPAWN.Process(target=_session_writer, args=(
+        str(tmp_path), holding, asking, ending, done, result, stay))
+    searcher = SPAWN.Process(target=_session_searcher, args=(
+        str(tmp_path), holding, asking, ending, result))
+    writer.start()
+    searcher.start()
+    # the children unpickle the events after start() returns: they must
+    # outlive this function (a collected one is gone for them)
+    writer.keep = searcher.keep = (holding, asking, ending, done, result)
+    return writer, searcher, ending, done, result
+
+
+def _possible_counts(chunks):
+    """The counts a reader may see during the session: each chunk is
+    written whole."""
+    return set((N + np.cumsum([0, *chunks])).tolist())
+
+
+def test_a_long_write_session_lets_other_processes_search(tmp_path):
+    writer, searcher, _, done, result = _start_session_pair(tmp_path)
+    _, wrote = done.get(timeout=300)
+    got = dict(result.get(timeout=300) for _ in range(2))
+    for p in (writer, searcher):
+        p.join(60)
+        assert p.exitcode == 0
+    found = got["searcher"]
+    seen = f"writer {wrote}, searcher {found}"
+
+    # the session went on to its end without waiting for the searcher, and
+    # what it relies on held: only its own writes, read back whole
+    assert wrote["writes"] < MAX_WRITES, seen
+    assert wrote["count"] == N + sum(wrote["chunks"]), seen
+    assert wrote["first"] == _ids(10 * N, 3), seen
+    # the searcher was answered during the session, between two writes
+    # and between two chunks of one write, by the session's process
+    assert wrote["served_in_session"] >= SERVED_IN_SESSION, seen
+    assert wrote["lent_turns"] >= SERVED_IN_SESSION, seen
+    assert found["answers"] >= SERVED_IN_SESSION, seen
+    assert found["opens_in_session"] == 0, seen
+    assert got["writer"]["opens"] == 1, seen
+    # with right results, and each count a whole number of chunks
+    assert found["num_wrong"] == 0, seen
+    assert set(found["counts"]) <= _possible_counts(wrote["chunks"]), seen
+
+    store = EdgeStore(NAME, tmp_path)
+    assert store.count() == N + sum(wrote["chunks"])
+    store.close()
+
+
+def test_a_writer_killed_in_its_session_blocks_nobody(tmp_path):
+    import os
+    import signal
+
+    writer, searcher, ending, done, result = _start_session_pair(
+        tmp_path, stay=True)
+    try:
+        _, wrote = done.get(timeout=300)
+        assert wrote["served_in_session"] >= SERVED_IN_SESSION, wrote
+        # killed while it writes inside its session, lending its shard
+        os.kill(writer.pid, signal.SIGKILL)
+        writer.join(60)
+        ending.set()
+        _, found = result.get(timeout=300)
+        searcher.join(60)
+        assert searcher.exitcode == 0
+        assert found["num_wrong"] == 0, found
+        assert found["answers"] >= SERVED_IN_SESSION, found
+    finally:
+        for p in (writer, searcher):
+            if p.is_alive():
+                p.kill()
+
+    # the index opens here, with every chunk written whole, and searches
+    store = EdgeStore(NAME, tmp_path, lock_timeout=120)
+    count = store.count()
+    assert count >= N + sum(wrote["chunks"])
+    assert (count - N - sum(wrote["chunks"])) % SMALL == 0
+    vectors = _base_vectors()
+    assert store.query(vectors[5], LIMIT)[0][0] == _ids(0, N)[5]
+    store.close()

@@ -566,9 +566,13 @@ def test_edge_busy_error_after_lock_timeout(tmp_path):
     p.start()
     try:
         assert held.wait(60)
+        # a read is answered by the session's process (it lends its shard
+        # between its operations); a write waits for the session's end
+        assert store.count() == 0
+        ids = make_ids(1)
         t = time.monotonic()
         with pytest.raises(IndexBusyError, match="busy"):
-            store.count()
+            store.upsert(ids, make_vectors(1), payloads_for(ids))
         # it waited its lock_timeout, then gave up (the upper bound only
         # tells a wait from a hang: machines here are shared and slow)
         assert 0.9 <= time.monotonic() - t < 60

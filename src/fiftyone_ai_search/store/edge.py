@@ -49,8 +49,13 @@ counts and small reads (:mod:`~fiftyone_ai_search.store.serve`): a search
 from elsewhere waits for the holder's turn under way (one chunk, one round of
 upkeep, one commit: the thread lock passes to the answering thread between
 two chunks, the shard staying open), and during a compaction it is answered
-at once, on the shard being compacted. So a search beside a sync never pays
-an opening, and the holder is not interrupted.
+at once, on the shard being compacted. Inside a session (a large import's
+batches, one session for all) the holder lends its shard to the server
+between two of the session's operations and two chunks of one: the search
+is answered on it, without the thread lock, and may see a part of the
+session's writes (a chunk is written whole); it changes nothing, so what
+the session reads and writes stays its own. So a search beside a sync
+never pays an opening, and the holder is not interrupted.
 
 A session's caller comes back (the App re-runs a search as its limit or
 threshold changes; a sync reads and commits page after page; the upkeep
@@ -91,7 +96,7 @@ from .base import (
     records_to_matrix,
     rows_of_pages,
 )
-from .locks import FairLock, ProcessLock, backoff
+from .locks import ABANDON_POLL, FairLock, ProcessLock, backoff
 
 logger = logging.getLogger(__name__)
 
@@ -173,11 +178,26 @@ class _Shared:
         #: while this process holds the index: the server answering the
         #: other processes' searches (see serve.py)
         self.server = None
-        #: during a compaction: the shard, which the server may search
-        #: without the thread lock (Qdrant searches while it optimizes)
+        #: the shard, which the server may search without the thread lock:
+        #: during a compaction (Qdrant searches while it optimizes), and
+        #: while a session lends it (see ``lent``)
         self.side_shard = None
         self.side_readers = 0
         self.side_cond = threading.Condition()
+        #: the outermost hold is a session: between two of its operations
+        #: (its caller's code) and two chunks of one, it lends its shard to
+        #: the server (``side_shard``), which would otherwise wait for the
+        #: thread lock until the session's end (see ``EdgeStore._lend``)
+        self.lends = False
+        #: the shard is lent now (``side_shard``), until the session's
+        #: thread takes it back
+        self.lent = False
+        #: the server's requests that came for the thread lock, and those
+        #: that stopped waiting for it (answered, on the lock or on a
+        #: shard lent): a session taking its shard back lets those that
+        #: waited when it looked be answered first (guarded by side_cond)
+        self.serve_arrived = 0
+        self.serve_left = 0
 
 
 #: what this process did with its indexes (all of them), for benchmarks and
@@ -185,11 +205,14 @@ class _Shared:
 #: (``served``) and by another process (``asked``); the most turns of the
 #: holder's thread lock an asked search waited for (``turns_waited``: a turn
 #: is one chunk of a write, one round of upkeep, one operation); searches
-#: answered during a compaction (``side_reads``); bytes of the shards' files
+#: answered during a compaction (``side_reads``), or on the shard a session
+#: lent between two of its operations or chunks (``lent_reads``); the chunk
+#: boundaries of an operation inside a session where a read waited and was
+#: let in (``lent_turns``); bytes of the shards' files
 #: read ahead of their openings (``read_ahead``, see :func:`_read_ahead`), of
 #: which not in the page cache and so read (``read_ahead_read``)
 stats = {"opens": 0, "served": 0, "asked": 0, "turns_waited": 0,
-         "side_reads": 0, "releases": 0, "not_served": None, "read_ahead": 0,
+         "side_reads": 0, "lent_reads": 0, "lent_turns": 0, "releases": 0, "not_served": None, "read_ahead": 0,
          "read_ahead_read": 0}
 
 
@@ -287,8 +310,15 @@ class EdgeStore(VectorStore):
         Where another process holds the index, the session's searches and
         counts are answered by that process (see serve.py), and the index
         is taken only for an operation that holder does not answer.
+
+        While a session holds the index, other processes' reads are
+        answered between two of its operations (during its caller's code)
+        and between two chunks of one: they may see a part of the
+        session's writes (each chunk is written whole), never a change of
+        their own; other threads of this process and other processes'
+        writes wait for the session's end.
         """
-        with self._locked(keep_open=True, ask=True):
+        with self._locked(keep_open=True, ask=True, lend=True):
             yield self
 
     @contextlib.contextmanager
@@ -298,25 +328,38 @@ class EdgeStore(VectorStore):
             yield self
 
     @contextlib.contextmanager
-    def _locked(self, keep_open=False, ask=False):
+    def _locked(self, keep_open=False, ask=False, lend=False):
         """Holds the index (re-entrant); on the outermost exit, flushes and
         closes the shard (or keeps it open, see :meth:`session`) and releases
         the locks. ``ask``: where another process holds the index, hold only
-        the thread lock (the caller asks the holder, see :meth:`_ask`)."""
+        the thread lock (the caller asks the holder, see :meth:`_ask`).
+        ``lend``: the outermost hold lends its shard to the server between
+        its inner holds (a session, see :meth:`_lend`)."""
         shared = _shared_for(self.path)
         deadline = time.monotonic() + self.lock_timeout
         self._acquire(shared, deadline, ask=ask)
+        lock = shared.thread_lock
+        if lock.depth == 1:
+            shared.lends = lend
+        else:
+            # an operation inside a hold: the shard is its own again
+            self._take_back(shared)
         if keep_open:
             shared.keep_requested = True
         try:
             yield shared
         finally:
-            if shared.thread_lock.is_owned():
+            if lock.is_owned():
                 try:
-                    if shared.thread_lock.depth == 1:
+                    if lock.depth == 1:
+                        self._take_back(shared)
+                        shared.lends = False
                         self._end_hold(shared)
+                    elif lock.depth == 2 and shared.lends:
+                        # back in the session's caller's code
+                        self._lend(shared)
                 finally:
-                    shared.thread_lock.release()
+                    lock.release()
 
     def _acquire(self, shared, deadline, ask=False):
         if not shared.thread_lock.acquire(
@@ -410,29 +453,49 @@ class EdgeStore(VectorStore):
     def _serve(self, shared, request):
         """Answers another process's ``request`` (in the server's thread):
         after the thread lock's turns already granted or waiting, or at
-        once on the shard being compacted."""
+        once on the shard being compacted or lent by a session."""
         lock = shared.thread_lock
         arrived = lock.grants
         deadline = time.monotonic() + self.lock_timeout
-        # in line for the thread lock, unless a compaction is under way
-        while not lock.acquire(timeout=max(0.0, deadline - time.monotonic()),
-                               abandon=lambda: shared.side_shard is not None):
-            with shared.side_cond:
-                shard = shared.side_shard
-                if shard is None:
-                    if time.monotonic() >= deadline:
-                        raise sv.NotServed("busy")
-                    continue  # the compaction ended meanwhile
-                shared.side_readers += 1
-            try:
-                result = self._answer(shard, request)
-                stats["side_reads"] += 1
-                stats["served"] += 1
-                return {"result": result, "turns": 0}
-            finally:
+        with shared.side_cond:
+            shared.serve_arrived += 1
+        waiting = True
+
+        def stop_waiting():
+            # under side_cond: a session taking its shard back waits for it
+            nonlocal waiting
+            if waiting:
+                waiting = False
+                shared.serve_left += 1
+                shared.side_cond.notify_all()
+
+        try:
+            # in line for the thread lock, unless a compaction is under
+            # way or a session lends its shard
+            while not lock.acquire(
+                    timeout=max(0.0, deadline - time.monotonic()),
+                    abandon=lambda: shared.side_shard is not None):
                 with shared.side_cond:
-                    shared.side_readers -= 1
-                    shared.side_cond.notify_all()
+                    shard = shared.side_shard
+                    if shard is None:
+                        if time.monotonic() >= deadline:
+                            raise sv.NotServed("busy")
+                        continue  # taken back meanwhile
+                    shared.side_readers += 1
+                    lent = shared.lent
+                    stop_waiting()
+                try:
+                    result = self._answer(shard, request)
+                    stats["lent_reads" if lent else "side_reads"] += 1
+                    stats["served"] += 1
+                    return {"result": result, "turns": 0}
+                finally:
+                    with shared.side_cond:
+                        shared.side_readers -= 1
+                        shared.side_cond.notify_all()
+        finally:
+            with shared.side_cond:
+                stop_waiting()
         try:
             if not shared.process_lock.held:
                 # let go meanwhile: maybe to another that answers
@@ -572,16 +635,59 @@ class EdgeStore(VectorStore):
                 shutil.rmtree(self.path, ignore_errors=True)
             shared.process_lock.release()
 
+    def _lend(self, shared):
+        """Lends the shard to the server: another process's read is
+        answered on it at once, without the thread lock, until
+        :meth:`_take_back`. Only between two operations of a hold (a
+        session's caller's code) or two chunks of one: nothing of this
+        process uses the shard meanwhile, and the server only reads."""
+        if shared.shard is None or not shared.process_lock.held:
+            return
+        with shared.side_cond:
+            shared.side_shard = shared.shard
+            shared.lent = True
+
+    def _take_back(self, shared):
+        """Ends a :meth:`_lend`: the server's requests that were waiting
+        for the thread lock are answered first (else a caller's tight loop
+        of operations would take the shard back before the server looks,
+        and they would wait for the session's end), then the reads under
+        way end."""
+        if not shared.lent:
+            return
+        deadline = time.monotonic() + self.lock_timeout
+        with shared.side_cond:
+            # the server answers one request at a time: at most one, and
+            # not those that come after (a stream of searches would keep
+            # the session from going on)
+            due = shared.serve_arrived
+            while shared.serve_left < due and time.monotonic() < deadline:
+                shared.side_cond.wait(ABANDON_POLL)
+            shared.side_shard = None
+            shared.lent = False
+            while shared.side_readers:
+                shared.side_cond.wait()
+
     def _yield_if_wanted(self, shared):
         """Between two chunks of a long operation: lets a waiting thread or
-        process have the index, then takes it back.
+        process have the index, then takes it back. Inside a hold of the
+        caller (a session), only another process's read waiting for the
+        server is let in: answered on the shard, lent for it.
 
         Returns:
             the ``(shard, info)`` to continue with
         """
         lock = shared.thread_lock
-        # inside a caller's session, the caller decides when to let go
+        # inside a caller's session, the caller decides when to let go;
+        # only reads of other processes (which change nothing the session
+        # relies on) are answered meanwhile
         if lock.depth != 1:
+            with shared.side_cond:
+                waiting = shared.serve_left < shared.serve_arrived
+            if waiting:
+                stats["lent_turns"] += 1
+                self._lend(shared)
+                self._take_back(shared)
             return self._open(shared)
         if (time.monotonic() - shared.held_since >= HOLD_SLICE
                 and shared.process_lock.wanted()):

@@ -409,3 +409,33 @@ def test_search_frames_says_what_is_wrong(red_circles, tmp_path):
     other = video_dataset(tmp_path, [[RED]])
     with pytest.raises(ais.AISearchNotEnabledError, match="frames=True"):
         ais.search_frames(other, prompt="a red circle")
+
+
+def test_a_worker_that_crashes_fails_its_video_alone(tmp_path, tiny_model,
+                                                      monkeypatch):
+    first, second = str(tmp_path / "first.mp4"), str(tmp_path / "second.mp4")
+    write_video(first, [RED, BLUE] * 10, seed=1)  # 20 parts of 1 frame
+    write_video(second, [GREEN, RED], seed=2)
+    pools = []
+
+    class Watched(pool.WorkerPool):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            pools.append(self)
+
+    monkeypatch.setattr(pool, "WorkerPool", Watched)
+    ends, parts = {}, {}
+    for event in embed_videos(tiny_model, [("first", first, None),
+                                           ("second", second, None)],
+                              FrameSampling(), batch_size=1, num_workers=1):
+        if isinstance(event, VideoPart):
+            parts.setdefault(event.key, []).extend(event.frame_numbers)
+            if event.key == "first" and len(parts["first"]) == 2:
+                # the worker decoding it dies (a decoder's segfault)
+                (worker,) = pools[0]._workers
+                worker._process.kill()
+        else:
+            ends[event.key] = event
+    assert ends["first"].reason.startswith("decoder crashed")
+    assert ends["second"].reason is None
+    assert parts["second"] == [1, 11]

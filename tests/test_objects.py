@@ -2,8 +2,6 @@
 of scene images (several shapes an image), embedded as crops with the
 tiny CLIP, kept in sync, searched, and opened as patches views."""
 
-import os
-import time
 import uuid
 
 import fiftyone as fo
@@ -14,6 +12,7 @@ from fiftyone_ai_search.index import state as st
 from fiftyone_ai_search.index import indexes
 from fiftyone_ai_search.demo import shapes, tiny_clip_model_name
 from fiftyone_ai_search.index.targets import ObjectFieldError, Objects
+from fiftyone_ai_search.sync.images import SyncCancelled
 
 from tests.helpers import at_the_check_before_a_commit, kill_sync_worker_midway
 
@@ -457,29 +456,6 @@ def test_another_model_rebuilds_the_object_index_beside(tmp_path,
     assert name
 
 
-def _object_worker(dataset):
-    import subprocess
-    import sys
-
-    return subprocess.Popen(
-        [sys.executable, "-m", "fiftyone_ai_search", "sync", "--quiet",
-         "--dataset", dataset.name, "--patches-field", FIELD],
-        env=dict(os.environ, FIFTYONE_AI_SEARCH_BATCH_SIZE="2",
-                 FIFTYONE_AI_SEARCH_NUM_WORKERS="0"),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def _wait_for_objects(target, worker, done, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        assert worker.poll() is None, "the worker finished too early"
-        if ((st.get(target) or {}).get("progress") or {}).get(
-                "done", 0) >= done:
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"no progress to {done}: {st.get(target)}")
-
-
 def test_a_model_change_while_an_object_sync_runs_never_mixes_models(
         tmp_path, other_tiny_model, monkeypatch):
     """The race at the check before a commit (a real worker process and
@@ -519,20 +495,32 @@ def test_a_model_change_while_an_object_sync_runs_never_mixes_models(
     assert all(float(stored[k] @ fresh[k]) > 0.999 for k in fresh)
 
 
-@pytest.mark.slow
-def test_disable_while_an_object_worker_runs_stops_it_and_leaves_nothing(
-        tmp_path):
-    dataset = scenes_dataset(tmp_path, num_samples=60)
+def test_disable_while_an_object_sync_runs_stops_it_and_leaves_nothing(
+        tmp_path, monkeypatch):
+    """The race at the check before a commit (a real worker process
+    disabled from another is test_generations' image case): the object
+    index is disabled once 10 objects are committed."""
+    monkeypatch.setenv("FIFTYONE_AI_SEARCH_BATCH_SIZE", "8")  # many commits
+    monkeypatch.setenv("FIFTYONE_AI_SEARCH_NUM_WORKERS", "0")
+    dataset = scenes_dataset(tmp_path, num_samples=20)
     enable_objects(dataset)
     target = Objects(dataset, FIELD)
-    worker = _object_worker(dataset)
-    _wait_for_objects(target, worker, 10)
-    build = st.get(target)["build"]
+    builds = []
 
-    ais.disable_embeddings(dataset, patches_field=FIELD)
+    def disable():
+        builds.append(st.get(target)["build"])
+        ais.disable_embeddings(dataset, patches_field=FIELD)
 
-    assert worker.wait(timeout=60) == 0
-    assert st.get(target) is None  # the worker let go: nothing is left
+    disabled = at_the_check_before_a_commit(monkeypatch, target, 10, disable)
+
+    # stops before its next commit, and lets go (a worker's command ends
+    # there without an error: test_generations)
+    with pytest.raises(SyncCancelled, match="not enabled"):
+        sync(dataset)
+
+    assert disabled  # before a commit: mid-sync
+    assert st.get(target) is None  # the sync let go: nothing is left
+    (build,) = builds
     store = indexes.open_ref(build)
     try:
         assert not store.exists()

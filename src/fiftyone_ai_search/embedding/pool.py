@@ -162,7 +162,8 @@ def streamed(videos, decoder, num_workers, threads=None):
     pool = WorkerPool(decoder, num_workers)
     videos = iter(videos)
     exhausted = False
-    taken = None  # the worker whose part the caller has: granted back next
+    # (worker, stream id) of the part the caller has: granted back next
+    taken = None
 
     def next_video():
         nonlocal exhausted
@@ -177,7 +178,8 @@ def streamed(videos, decoder, num_workers, threads=None):
     try:
         while True:
             if taken is not None:
-                taken.grant(taken_id)
+                worker, stream_id = taken
+                worker.grant(stream_id)
                 taken = None
             pool.poll(collections.deque(), block=False)
             while not pool.broken:
@@ -191,7 +193,7 @@ def streamed(videos, decoder, num_workers, threads=None):
             if pool.parts:
                 worker, message = pool.parts.popleft()
                 if message[0] == "part":
-                    taken, taken_id = worker, message[1]
+                    taken = worker, message[1]
                 yield message[:1] + message[2:]
                 continue
             if pool.broken:

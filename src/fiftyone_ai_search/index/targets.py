@@ -315,14 +315,6 @@ class Frames(Target):
     def not_embedded(self) -> str:
         return "not a sampled frame of a video, or not embedded yet"
 
-    def videos_of(self, samples) -> tuple:
-        """``(sample ids, filepaths, frame rates)`` of the videos of
-        ``samples``: a frame rate is the sample's ``metadata.frame_rate``
-        (None where it has no metadata)."""
-        ids, paths, rates = samples.values(
-            ["id", "filepath", "metadata.frame_rate"])
-        return ids, paths, rates
-
     def count(self, samples) -> int:
         """How many videos ``samples`` hold (the frames an index holds of
         them is known from its videos' summaries only)."""

@@ -38,7 +38,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ..embedding.sampling import FrameSampling, frame_fingerprint
 from ..index import state as st
-from ..index import targets
 from ..index.targets import frame_key
 from ..store import IndexNotFoundError
 from .images import (
@@ -344,8 +343,3 @@ class _Stream:
 def sampling_of(ref: dict) -> FrameSampling:
     """The sampling rule of a frame index's reference."""
     return FrameSampling.from_dict(ref.get("sampling") or {})
-
-
-def is_frames(target) -> bool:
-    """Whether ``target`` is the frames of a video dataset."""
-    return targets.of(target).is_frames

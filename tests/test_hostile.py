@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 import fiftyone_ai_search as ais
-from fiftyone_ai_search.sync import runner
 from fiftyone_ai_search.index import indexes
 from fiftyone_ai_search.errors import IndexDamagedError
 from fiftyone_ai_search.store import edge, sample_id_to_point_id
@@ -722,31 +721,35 @@ def test_the_refresher_removes_what_a_killed_disable_left(tmp_path,
     assert ais.get_status(dataset)["counts"]["num_indexed"] == 4
 
 
-@pytest.mark.slow
 def test_a_dataset_deleted_mid_sync_ends_its_worker_cleanly(tmp_path,
-                                                             monkeypatch):
+                                                             monkeypatch,
+                                                             capsys):
+    """The worker's command (``python -m fiftyone_ai_search sync``), run
+    here, with the dataset deleted at the check a sync makes before a
+    commit, once 10 images are committed: where a deletion from another
+    process lands between two commits."""
     import os
 
+    from fiftyone_ai_search import __main__ as cli
     from fiftyone_ai_search.index import state as st
     from fiftyone_ai_search.config import get_settings
 
-    from tests.helpers import worker_paused_midway
+    from tests.helpers import at_the_check_before_a_commit
 
     monkeypatch.setenv("FIFTYONE_AI_SEARCH_BATCH_SIZE", "2")
     monkeypatch.setenv("FIFTYONE_AI_SEARCH_NUM_WORKERS", "0")
     dataset = shapes_dataset(tmp_path, num_samples=40)
     key = st.dataset_key(dataset)
-    log = os.path.join(get_settings().storage_dir, "logs", key + ".log")
-    pid = runner.start_background(dataset)
-    with worker_paused_midway(dataset):
-        name = dataset.name
-        dataset.delete()
+    name = dataset.name
+    deleted = at_the_check_before_a_commit(monkeypatch, dataset, 10,
+                                           dataset.delete)
 
-    _, status = os.waitpid(pid, 0)
+    status = cli.main(["sync", "--quiet", "--dataset", name])
 
-    with open(log) as f:
-        said = f.read()
-    assert os.waitstatus_to_exitcode(status) == 0, said
+    said = capsys.readouterr()
+    said = said.out + said.err
+    assert deleted  # mid-sync
+    assert status == 0, said
     assert "Traceback" not in said
     assert f"dataset '{name}' was deleted" in said
     # and what it had made of it is gone

@@ -90,6 +90,7 @@ VALID_HERE = {
         "a weight: normalize(p - w * n) is defined for any finite w >= 0",
     (None, "margin", repr(10**12)):
         "crops grow by margin, clamped to the image: the whole image",
+    ("search_frames", "threshold", "-1"): "cosine scores are in [-1, 1]",
     ("is_latest_results", "samples", repr(FRAMES)):
         "a question: a frames view is never results (False)",
     ("is_latest_results", "samples", repr(CLIPS)):
@@ -102,6 +103,12 @@ NOT_SWEPT = {
         "a path or a PIL image: swept by hand in test_misuse.SEARCH_MISUSE",
     ("get_settings", "overrides"):
         "**overrides: any Settings field, checked by Settings itself",
+    ("search_frames", "image"):
+        "a path or a PIL image, as perform_ai_search's",
+    ("search_frames", "frame"):
+        "(video id, frame number): checked in test_frames_sync",
+    ("frames_view", "hits"):
+        "search_frames' hits: a list of dicts, not a kind of this table",
     ("enable_embeddings", "brain_key"):
         "False is a valid value (no brain run); the name is checked by "
         "brain.check_brain_key, beside the Brain's own rules",
@@ -137,6 +144,8 @@ BASE = {
     "calculate_embeddings": {"wait": True, "progress": False},
     ("calculate_embeddings", "wait"): {"progress": False},
     "start_refresher": {"datasets": []},
+    "frames_view": {"hits": []},
+    "search_frames": {"prompt": "a circle"},
 }
 
 # functions skipped, and why: none. None needs a server (the index is the

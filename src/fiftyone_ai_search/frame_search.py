@@ -80,11 +80,13 @@ def search_frames(samples: foc.SampleCollection, prompt: str | None = None,
     """
     limit = validate.integer(limit, "limit", 1, validate.MAX_LIMIT)
     best_per_video = validate.boolean(best_per_video, "best_per_video")
-    threshold = validate.optional_number(threshold, "threshold", -1.0)
+    threshold = validate.optional_number(threshold, "threshold", -1.0, 1.0)
+    # every argument is checked before the dataset is looked at
+    prompts = None if prompt is None else _prompts(prompt)
+    key = None if frame is None else _frame_key(frame)
     given = [q for q in (prompt, image, frame) if q is not None]
     if len(given) != 1:
-        raise ValueError("search_frames: give exactly one of prompt, image "
-                         "and frame")
+        raise ValueError("prompt, image, frame: give exactly one of them")
     dataset = media.source_dataset(samples, "samples")
     target = targets.Frames(dataset)
     doc = indexes.require_index(target)
@@ -93,13 +95,13 @@ def search_frames(samples: foc.SampleCollection, prompt: str | None = None,
     def run(doc, store):
         try:
             ref = doc.index
-            if frame is not None:
-                queries = _frame_vector(store, frame)
+            if key is not None:
+                queries = _frame_vector(store, key)
                 check_index_model(store, ref)
             else:
                 model = indexes.load_index_model(ref)
                 check_index_model(store, ref, model)
-                queries = (_prompts(model, prompt) if prompt is not None
+                queries = (prompt_vectors(model, prompts) if prompts
                            else image_vector(model, _image(image)))
             scope = None
             if videos is not None:
@@ -162,26 +164,38 @@ def _nearest_grid_frame(where, video, number):
     return video, min(near, key=lambda n: abs(n - number))
 
 
-def _prompts(model, prompt):
-    if not isinstance(prompt, str) or not prompt.strip():
+def _prompts(prompt):
+    """The prompts of ``prompt`` (commas split it)."""
+    parts = ([p.strip() for p in prompt.split(",") if p.strip()]
+             if isinstance(prompt, str) else [])
+    if not parts:
         raise ValueError(f"prompt must be a non-empty string, got {prompt!r}")
-    parts = [p.strip() for p in prompt.split(",") if p.strip()]
-    return prompt_vectors(model, parts)
+    return parts
 
 
 def _image(image):
     return os.fspath(image) if isinstance(image, os.PathLike) else image
 
 
-def _frame_vector(store, frame):
+def _frame_key(frame):
+    """The key of ``frame``, ``(video sample id, frame number)``."""
     try:
         video, number = frame
-        key = frame_key(video, int(number))
+        number = validate.integer(number, "frame", 1, 2**32 - 1)
+        video = str(video)
+        if len(video) != 24 or any(c not in "0123456789abcdef"
+                                   for c in video.lower()):
+            raise ValueError
+        return frame_key(video, number)
     except (TypeError, ValueError):
         raise ValueError(f"frame must be (video sample id, frame number), "
                          f"got {frame!r}") from None
+
+
+def _frame_vector(store, key):
     _, vectors = store.get_vectors([key])
     if len(vectors) == 0:
+        video, number = split_frame_key(key)
         raise ValueError(f"frame: frame {number} of video {video} is not in "
                          "the frame index (not on its sampling grid, or "
                          "not embedded yet)")

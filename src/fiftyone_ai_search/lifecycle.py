@@ -60,15 +60,18 @@ def frame_sampling(frames) -> "FrameSampling | None":
     """The sampling rule that ``frames`` (``enable_embeddings``'s) asks
     for: None for None or False, the default rule (1 frame per second)
     for True, else a :class:`FrameSampling` itself."""
-    if frames is None or frames is False:
+    if frames is None:
         return None
-    if frames is True:
-        return FrameSampling()
     if isinstance(frames, FrameSampling):
         return frames
-    raise ValueError(
-        f"frames must be True, False, None or a FrameSampling "
-        f"(fiftyone_ai_search.FrameSampling(fps=...)), got {frames!r}")
+    try:
+        on = validate.boolean(frames, "frames")  # (numpy's too)
+    except ValueError:
+        raise ValueError(
+            f"frames must be True, False, None or a FrameSampling "
+            f"(fiftyone_ai_search.FrameSampling(fps=...)), got {frames!r}"
+        ) from None
+    return FrameSampling() if on else None
 
 
 def _video_without_frames(dataset):

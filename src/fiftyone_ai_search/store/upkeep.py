@@ -12,6 +12,7 @@ answer with :func:`maintain`). It asks of a store only what
 hooks that scan and write the points' payloads.
 """
 
+import concurrent.futures
 import dataclasses
 import logging
 import time
@@ -34,6 +35,14 @@ logger = logging.getLogger(__name__)
 #: half that). A round holds the index for ~2 s on 2 cores; searches of
 #: other processes are answered meanwhile (serve.py)
 ASSIGN_CHUNK = 65536
+
+#: rows of a round converted and then given their cells at a time: the
+#: cells of one stretch are computed (numpy's products, without the GIL,
+#: on the other core) while the next stretch's vectors are converted out
+#: of the engine's Python lists (one core). A multiple of the rows the
+#: cells score at a time (cells._ROWS), so that every row is scored in the
+#: same block, and gets the same cell, as without the stretches
+ASSIGN_STRETCH = 8192
 
 #: a maintenance pass that assigned this share of the points the cells were
 #: learned from compacts the index again
@@ -72,6 +81,8 @@ class Upkept(Protocol):
 
     def _write_cells(self, cells): ...
 
+    def _read_vectors_ahead(self): ...
+
     def _ensure_rank_index(self): ...
 
     def _compact(self): ...
@@ -102,6 +113,9 @@ def maintain(store: Upkept, min_points: int = cl.MIN_POINTS, seed: int = 0,
     if learned:
         if total < max(min_points, 1):
             return 0
+        # every point's vector is read below: from disk, while the ranks
+        # are given and the cells learned (see the backend's hook)
+        store._read_vectors_ahead()
         # the learning sample is drawn by rank: seeded, and no id list
         ranked = _give_ranks(store)
         known = _learn(store, total, seed, previous=known)
@@ -125,29 +139,19 @@ def maintain(store: Upkept, min_points: int = cl.MIN_POINTS, seed: int = 0,
     # written behind the scan meanwhile are found by one more scan from
     # the first point, which ends the pass when it finds none
     after = None
-    while True:
-        # one session a round: an embedded index stays open from one
-        # round to the next, else it would be closed and opened twice a
-        # round (~2.5 s each at 1M points); it is still handed over
-        # between rounds to whoever waits
-        with store.session():
-            records = store._points_lacking(cl.CELL_KEY, ASSIGN_CHUNK,
-                                            True, lacking, after)
-            if not records:
+    with concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="ai-search-assign") as assigner:
+        while True:
+            records = _assign_round(store, known, lacking, after, assigner)
+            if records is None:
                 if after is None:
                     break
                 after = None
                 continue
-            # a cell is the most similar centre: any positive length
-            where = known.assign(store._stored_rows(records, unit=False))
-            ids = [str(r.id) for r in records]
-            # only points still lacking: one written again meanwhile
-            # got its cell from its writer
-            store._set_field(cl.CELL_KEY, _grouped(ids, where), lacking)
-        after = max(ids)
-        done += len(records)
-        if progress is not None:
-            progress(done, None)
+            after = max(str(r.id) for r in records)
+            done += len(records)
+            if progress is not None:
+                progress(done, None)
     if not learned:
         # points written meanwhile by an older version, without a rank.
         # A pass that learned gave them theirs before (its sample is
@@ -174,6 +178,34 @@ def maintain(store: Upkept, min_points: int = cl.MIN_POINTS, seed: int = 0,
     elif not known.complete:
         store._write_cells(dataclasses.replace(known, complete=True))
     return done
+
+
+def _assign_round(store, known, lacking, after, assigner):
+    """Gives their cell of ``known`` to the next :data:`ASSIGN_CHUNK`
+    points lacking one (values ``lacking``), from the point id ``after``
+    on; returns their records, or None when there were none."""
+    # one session a round: an embedded index stays open from one round to
+    # the next, else it would be closed and opened twice a round (~2.5 s
+    # each at 1M points); it is still handed over between rounds to
+    # whoever waits
+    with store.session():
+        records = store._points_lacking(cl.CELL_KEY, ASSIGN_CHUNK, True,
+                                        lacking, after)
+        if not records:
+            return None
+        # a stretch's cells are computed in ``assigner`` while the next
+        # stretch is converted: at 1M points the conversion (17 s) and the
+        # products (11 s on 2 cores) took 28 s one after the other. A cell
+        # is the most similar centre: any positive length
+        pending = [assigner.submit(known.assign, store._stored_rows(
+            records[start : start + ASSIGN_STRETCH], unit=False))
+            for start in range(0, len(records), ASSIGN_STRETCH)]
+        where = np.concatenate([p.result() for p in pending])
+        ids = [str(r.id) for r in records]
+        # only points still lacking: one written again meanwhile got its
+        # cell from its writer
+        store._set_field(cl.CELL_KEY, _grouped(ids, where), lacking)
+    return records
 
 
 def _learn(store, total, seed, previous):

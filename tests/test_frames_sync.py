@@ -439,3 +439,30 @@ def test_a_worker_that_crashes_fails_its_video_alone(tmp_path, tiny_model,
     assert ends["first"].reason.startswith("decoder crashed")
     assert ends["second"].reason is None
     assert parts["second"] == [1, 11]
+
+
+def test_the_refresher_keeps_frame_indexes_fresh(tmp_path):
+    from fiftyone_ai_search.scheduler import refresh_all
+
+    dataset = video_dataset(tmp_path, [[RED, BLUE]] * 2)
+    enable_frames(dataset)
+    name = dataset.name
+
+    report = refresh_all(datasets=[name])
+    assert report.synced[name].added == 2
+    again = refresh_all(datasets=[name])
+    assert name in again.unchanged or again.synced[name].added == 0
+
+    sample = dataset.first()
+    write_video(sample.filepath, [GREEN], seed=4)
+    sample["note"] = "re-encoded"
+    sample.save()
+    report = refresh_all(datasets=[name])
+    assert report.synced[name].updated == 1
+
+    # a deleted dataset's frame index goes with it
+    key = Frames(dataset).key
+    dataset.delete()
+    report = refresh_all()
+    assert key in report.removed
+    assert st.get_key(key) is None

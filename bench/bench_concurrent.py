@@ -5,6 +5,8 @@ a searcher process on one embedded index, side by side and alone.
 
     nice -n 15 .venv/bin/python bench/bench_concurrent.py            # 1M
     nice -n 15 .venv/bin/python bench/bench_concurrent.py --n 100000 --seconds 30
+    flock /tmp/aisearch-bench.lock .venv/bin/python bench/bench_concurrent.py \
+        --n 1000000 --seconds 90 --large-write unassigned --no-openings
 
 1. Builds, or reuses, an index of ``--n`` CLIP-like 512-d vectors (the
    generator of ``bench_scale.py``) with its cells learned and compacted,
@@ -17,13 +19,23 @@ a searcher process on one embedded index, side by side and alone.
    after every ``--commit-every`` s of "embedding", in
    a ``session()`` as the sync does, and one upkeep pass,
    ``maintain``, half-way).
-4. Both at once, for ``--seconds``.
+4. Both at once, for ``--seconds`` (the searcher goes on until the writer
+   is done).
+
+``--large-write``: half-way, before its upkeep pass, the writer also writes
+a tenth of the index anew in one session, in batches of 4,096 (a large
+import); ``--large-write unassigned`` writes them without their cells, so
+that the upkeep pass assigns them and compacts the index (a pass that does
+real work: without it the writer's points get their cells as they are
+written and the pass has nothing to do).
 
 Prints searcher p50 / p95 / max latency and writer commits/s, alone and
-together, and how the searcher's searches were answered (by its own shard,
-or by the holder of the shard, see ``fiftyone_ai_search.store.edge``). The
-points the writer added are deleted at the end, so the index is reused as it
-was.
+together, the searches that fell within the large write and the upkeep pass,
+the large write's batch times, how the searcher's searches were answered (by
+its own shard, or by the holder of the shard, see
+``fiftyone_ai_search.store.edge``), CPU seconds and the load average of each
+phase. The points the writer added are deleted at the end, so the index is
+reused as it was.
 """
 
 import argparse

@@ -206,9 +206,10 @@ class _Shared:
 #: holder's thread lock an asked search waited for (``turns_waited``: a turn
 #: is one chunk of a write, one round of upkeep, one operation); searches
 #: answered during a compaction (``side_reads``), or on the shard a session
-#: lent between two of its operations or chunks (``lent_reads``); the chunk
-#: boundaries of an operation inside a session where a read waited and was
-#: let in (``lent_turns``); bytes of the shards' files
+#: lent between two of its operations or chunks (``lent_reads``); the steps
+#: of an operation that keeps the index (chunks of a write in a session,
+#: groups of an upkeep round) between which waiting reads were let in
+#: (``lent_turns``); bytes of the shards' files
 #: read ahead of their openings (``read_ahead``, see :func:`_read_ahead`), of
 #: which not in the page cache and so read (``read_ahead_read``)
 stats = {"opens": 0, "served": 0, "asked": 0, "turns_waited": 0,
@@ -668,6 +669,17 @@ class EdgeStore(VectorStore):
             while shared.side_readers:
                 shared.side_cond.wait()
 
+    def _let_reads_in(self, shared):
+        """Between two steps of an operation that must keep the index (a
+        session's, an upkeep round's): lets the other processes' reads that
+        wait for the server in, on the shard lent for them, nothing else."""
+        with shared.side_cond:
+            waiting = shared.serve_left < shared.serve_arrived
+        if waiting and shared.shard is not None:
+            stats["lent_turns"] += 1
+            self._lend(shared)
+            self._take_back(shared)
+
     def _yield_if_wanted(self, shared):
         """Between two chunks of a long operation: lets a waiting thread or
         process have the index, then takes it back. Inside a hold of the
@@ -682,12 +694,7 @@ class EdgeStore(VectorStore):
         # only reads of other processes (which change nothing the session
         # relies on) are answered meanwhile
         if lock.depth != 1:
-            with shared.side_cond:
-                waiting = shared.serve_left < shared.serve_arrived
-            if waiting:
-                stats["lent_turns"] += 1
-                self._lend(shared)
-                self._take_back(shared)
+            self._let_reads_in(shared)
             return self._open(shared)
         if (time.monotonic() - shared.held_since >= HOLD_SLICE
                 and shared.process_lock.wanted()):
@@ -1194,6 +1201,10 @@ class EdgeStore(VectorStore):
         with self._locked() as shared:
             shard, _ = self._open(shared)
             for value, point_ids in groups.items():
+                # a round writes one group per cell (~2,000 at 1M points,
+                # ~1 s): others' reads are answered between two, and
+                # change nothing the round relies on
+                self._let_reads_in(shared)
                 shard.update(qe.UpdateOperation.set_payload_by_filter(
                     qe.Filter(must=[qe.HasIdCondition(set(point_ids))]),
                     {key: int(value)}))

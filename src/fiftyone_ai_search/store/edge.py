@@ -1111,14 +1111,19 @@ class EdgeStore(VectorStore):
             stat = os.stat(path)
         except OSError:
             return np.zeros((0, 0), dtype=np.float16)
-        key = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+        key = _file_key(stat)
         cached = _recent_cache.get(path)
         if cached is None or cached[0] != key:
             cached = _recent_cache[path] = (key, rc.read(path))
         return cached[1]
 
     def _write_recent(self, ring):
-        rc.write(os.path.join(self.path, rc.FILE), ring)
+        # what was written is what the next search reads: cached under the
+        # file's identity, it is not read back (~0.1 ms of a search's CPU)
+        path = os.path.join(self.path, rc.FILE)
+        stat = rc.write(path, ring)
+        if stat is not None:
+            _recent_cache[path] = (_file_key(stat), ring)
 
     def _remove_cells(self):
         # and the recent queries: a rebuilt index may be of another model
@@ -1525,6 +1530,11 @@ _cells_cache = {}
 
 #: ``{recent-queries.npy path: ((mtime, size, inode), ring)}``
 _recent_cache = {}
+
+
+def _file_key(stat):
+    """A file's identity by its ``os.stat``: it changes as it is replaced."""
+    return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
 
 
 def _close_kept_open():

@@ -63,11 +63,20 @@ def write(path, ring):
     """Writes ``ring`` to ``path`` (renamed over it: readers see the old or
     the new). No fsync: a crash may lose the latest queries, never the
     index. Silently does nothing where the directory is gone (the index was
-    dropped meanwhile) or cannot be written."""
+    dropped meanwhile) or cannot be written.
+
+    Returns:
+        the ``os.stat`` of the file written, or None where nothing was
+    """
     tmp = f"{path}.{os.getpid()}.tmp.npy"
     try:
         np.save(tmp, ring, allow_pickle=False)
+        # the file's identity, which the rename keeps: a reader that caches
+        # by it need not read back what it wrote
+        stat = os.stat(tmp)
         os.replace(tmp, path)
     except OSError:
         with contextlib.suppress(OSError):
             os.remove(tmp)
+        return None
+    return stat

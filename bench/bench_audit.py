@@ -34,6 +34,7 @@ Examples::
 """
 
 import argparse
+import dataclasses
 import os
 import shutil
 import sys
@@ -77,11 +78,18 @@ def parse_args(argv=None):
                    help="fresh test queries of each kind")
     p.add_argument("--audit-prompts", type=int, default=100)
     p.add_argument("--members", default=",".join(MEMBERS))
-    p.add_argument("--nprobes", default="8,16,32,64,128,256,512,800")
+    # fine enough that faiss's row lies near our recall (its cost at
+    # exactly our recall is between its row and the step before)
+    p.add_argument("--nprobes", default="4,6,8,10,12,16,20,24,32,40,48,64,"
+                   "80,96,128,160,192,256,320,384,512,800")
     p.add_argument("--skip-faiss", action="store_true")
     p.add_argument("--lancedb", default="",
                    help="members also run on LanceDB (comma-separated; "
                         "'all')")
+    p.add_argument("--keep", default="",
+                   help="a folder that keeps each member's index "
+                        "(<member>-<n>/); one there already is reused: "
+                        "no upsert nor maintain, its rule audited again")
     p.add_argument("--list", action="store_true")
     return p.parse_args(argv)
 
@@ -164,7 +172,7 @@ def _fmt(r):
 
 
 def run_member(name, args, table):
-    from fiftyone_ai_search.store import audit
+    from fiftyone_ai_search.store import EdgeStore, audit
     from fiftyone_ai_search.store import cells as cl
 
     role, params, clusters, uneven, seed = MEMBERS[name]
@@ -178,13 +186,26 @@ def run_member(name, args, table):
     top1 = float(np.mean(np.max(qt @ db[:200_000].T, axis=1)))
     head = (name, role, f"{top1:.2f}")
 
-    tmp = tempfile.mkdtemp(prefix="bench-audit-",
-                           dir=os.environ.get("BENCH_TMP"))
+    if args.keep:
+        tmp = os.path.join(args.keep, f"{name}-{args.n}")
+        os.makedirs(tmp, exist_ok=True)
+    else:
+        tmp = tempfile.mkdtemp(prefix="bench-audit-",
+                               dir=os.environ.get("BENCH_TMP"))
+    store = None
     try:
-        store, t_upsert = filled_store(tmp, db)
-        t0 = time.time()
-        store.maintain(min_points=min(args.n, cl.MIN_POINTS))
-        t_maintain = time.time() - t0
+        if os.path.exists(os.path.join(tmp, "audit", "index.json")):
+            store = EdgeStore("audit", tmp, lock_timeout=600)
+            cells = store.cells()
+            # the default rule first, as on a fresh index
+            store._write_cells(dataclasses.replace(cells, rule=None))
+            built = "reused (kept)"
+        else:
+            store, t_upsert = filled_store(tmp, db)
+            t0 = time.time()
+            store.maintain(min_points=min(args.n, cl.MIN_POINTS))
+            built = (f"upsert {t_upsert:.0f} s, maintain "
+                     f"{time.time() - t0:.0f} s")
         cells = store.cells()
 
         def fn(q):
@@ -198,8 +219,7 @@ def run_member(name, args, table):
                   f"of {len(cells)} cells)",
                   _fmt(per_query_recall(ft, gt)),
                   _fmt(per_query_recall(fi, gi)), ms_t, ms_i, "-",
-                  f"upsert {t_upsert:.0f} s, maintain {t_maintain:.0f} s",
-                  mib(dir_size(tmp)))
+                  built, mib(dir_size(tmp)))
         # the queries above are the bench's test queries, which the index
         # kept as recent ones: the audit asks only its own prompts, so its
         # estimate is measured on queries apart from the truth's
@@ -218,21 +238,67 @@ def run_member(name, args, table):
                   f"{est['text']['recall']:.4f} / "
                   f"{est['image']['recall']:.4f}",
                   f"audit {rule['seconds']:.0f} s", "")
+        # the same rule without the floor of single queries (cells.tied):
+        # what the floor costs and buys
+        cap, cl.TIE_CAP = cl.TIE_CAP, 0
+        try:
+            fi, ms_i = run_queries(fn, qi)
+            ft, ms_t = run_queries(fn, qt)
+        finally:
+            cl.TIE_CAP = cap
+        table.add(*head, "ours, audited rule without the floor of ties",
+                  _fmt(per_query_recall(ft, gt)),
+                  _fmt(per_query_recall(fi, gi)), ms_t, ms_i, "", "", "")
         store.close()
+        ours = {"text": rt.mean(), "image": ri.mean()}
+        queries = {"text": (qt, gt), "image": (qi, gi)}
+        if not args.skip_faiss:
+            probes = bench_faiss_ivf(args, table, head, db, queries,
+                                     len(cells), ours)
+            same_probes(table, head, store, queries, probes)
+        if args.lancedb in ("all",) or name in args.lancedb.split(","):
+            bench_lancedb(args, table, head, db, queries, len(cells), ours)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    ours = {"text": rt.mean(), "image": ri.mean()}
-    queries = {"text": (qt, gt), "image": (qi, gi)}
-    if not args.skip_faiss:
-        bench_faiss_ivf(args, table, head, db, queries, len(cells), ours)
-    if args.lancedb in ("all",) or name in args.lancedb.split(","):
-        bench_lancedb(args, table, head, db, queries, len(cells), ours)
+        if store is not None:
+            store.close()
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def same_probes(table, head, store, queries, probes):
+    """Our engine at faiss's probe count (the nprobe that faiss IVF + SQ8
+    needed for our recall): every query of a kind scans that many cells,
+    so the CPU compares the engines' scan of the same cells, apart from
+    the rule."""
+    from fiftyone_ai_search.store import base
+
+    cells = store.cells()
+    for kind, (q, truth) in queries.items():
+        if kind not in probes:
+            continue
+
+        def fn(v, depth=probes[kind]):
+            with store.session():
+                hits = store._query_points(base.normalize_vector(v), K, None,
+                                           None, cells.probe(v, count=depth))
+            return [int(base.point_id_to_sample_id(h.id), 16) - 1
+                    for h in hits]
+
+        fn(q[0])
+        f, ms = run_queries(fn, q)
+        cols = ([_fmt(per_query_recall(f, truth)), "", ms, ""]
+                if kind == "text" else
+                ["", _fmt(per_query_recall(f, truth)), "", ms])
+        table.add(*head, f"ours, {probes[kind]} cells for every query "
+                  f"({kind}; faiss SQ8's nprobe)", *cols, "", "", "")
+    store.close()
 
 
 def sweep(table, head, label, search, set_probe, probes, queries, ours,
           build, size):
     """For each kind of query, the first of ``probes`` whose recall reaches
-    ``ours``: one row each (or 'not reached', with the best seen)."""
+    ``ours``: one row each (or 'not reached', with the best seen). Returns
+    ``{kind: probe}`` of the kinds reached."""
     found, best = {}, {}
     for probe in probes:
         set_probe(probe)
@@ -255,12 +321,14 @@ def sweep(table, head, label, search, set_probe, probes, queries, ours,
                 else ["", _fmt(r), "", ms])
         table.add(*head, what, *cols, "", build, size)
         build = size = ""
+    return {kind: found[kind][0] for kind in found}
 
 
 def bench_faiss_ivf(args, table, head, db, queries, lists, ours):
     """faiss IVFFlat with as many lists, then IVF + SQ8 (int8 codes) with
     2x rescoring on the originals over the same lists: the smallest nprobe
-    reaching our audited recall, for each kind of query."""
+    reaching our audited recall, for each kind of query. Returns SQ8's
+    ``{kind: nprobe}``."""
     import faiss
 
     faiss.omp_set_num_threads(os.cpu_count() or 1)
@@ -310,10 +378,11 @@ def bench_faiss_ivf(args, table, head, db, queries, lists, ours):
     def search_sq(q):
         return refined.search(q[None], K)[1][0]
 
-    sweep(table, head, f"faiss IVF{lists},SQ8 + 2x rescoring, nprobe",
-          search_sq, lambda p: setattr(sq, "nprobe", p), probes, queries,
-          ours, build, size)
+    found = sweep(table, head, f"faiss IVF{lists},SQ8 + 2x rescoring, "
+                  "nprobe", search_sq, lambda p: setattr(sq, "nprobe", p),
+                  probes, queries, ours, build, size)
     faiss.omp_set_num_threads(os.cpu_count() or 1)
+    return found
 
 
 def bench_lancedb(args, table, head, db, queries, lists, ours):

@@ -292,3 +292,30 @@ def test_recent_queries_are_a_bounded_ring_that_survives_a_torn_file(
     assert not os.path.exists(path)
     index.ensure(INFO)
     assert len(index.recent_queries()) == 0
+
+
+def test_a_query_among_near_equal_centres_scans_every_tied_cell(monkeypatch):
+    # the floor under the audited rule (cells.TIE_MARGIN): where a dense
+    # cluster is split among cells of near-equal centres, a query near
+    # them scans them all, whatever its band's depth; alone, it scans its
+    # band's depth
+    rng = np.random.default_rng(0)
+    base = unit(rng.standard_normal((1, DIM)))[0]
+    split = unit(base + 0.02 * rng.standard_normal((5, DIM)))  # ~ties
+    far = unit(rng.standard_normal((15, DIM)))
+    centres = np.vstack([split, far]).astype(np.float32)
+    known = cl.Cells(centres, generation=1, complete=True,
+                     rule={"edges": [], "depths": [1]})
+    tied = known.probe(base)
+    scores = centres @ base
+    assert sorted(tied[1:]) == sorted(
+        np.flatnonzero(scores >= scores.max() - cl.TIE_MARGIN).tolist())
+    assert len(tied) - 1 == 5
+    alone = unit(far[0] + 0.01 * rng.standard_normal(DIM))
+    assert len(known.probe(alone)) - 1 == 1
+    monkeypatch.setattr(cl, "TIE_CAP", 3)  # a bounded floor
+    assert len(known.probe(base)) - 1 == 3
+    # an exact band stays exact
+    exact = cl.Cells(centres, generation=1, complete=True,
+                     rule={"edges": [], "depths": [None]})
+    assert exact.probe(base) is None

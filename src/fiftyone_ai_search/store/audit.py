@@ -106,6 +106,9 @@ class _Measured:
     kind: str
     nearest: float
     ranks: np.ndarray
+    #: how many cells tie with its nearest (see cells.tied): it scans at
+    #: least these
+    ties: int = 0
 
     def recall(self, depth):
         """Its recall@k when the ``depth`` nearest cells are scanned (None:
@@ -269,7 +272,7 @@ def _held_out(measured, curves, num_cells, margins):
         everyone[i] = False
         rule = choose(measured, num_cells, margins, curves, everyone)
         everyone[i] = True
-        depths.append(cl.rule_depth(rule, m.nearest))
+        depths.append(cl.rule_depth(rule, m.nearest, m.ties))
     return depths
 
 
@@ -354,7 +357,7 @@ def _measure(store, known, queries, kinds, k):
         rank_of = np.empty(len(order), dtype=np.int64)
         rank_of[order] = np.arange(len(order))
         out.append(_Measured(kind, float(scores.max()),
-                             np.sort(rank_of[part])))
+                             np.sort(rank_of[part]), cl.tied(scores)))
     return out
 
 

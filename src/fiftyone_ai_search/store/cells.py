@@ -87,6 +87,20 @@ MAX_PROBED = 100
 NEAR_PROBE_SHARE = 0.01
 MIN_NEAR_PROBED = 8
 
+#: besides the audited rule's depth, a query scans every cell whose centre
+#: scores within this much of its nearest centre's, at most TIE_CAP of
+#: them (:func:`tied`): a floor for single queries. The rule holds a
+#: *mean* recall; a query that lies where a dense cluster is split among
+#: cells of near-equal centres finds its neighbours spread over all of
+#: them, which the few cells of its band leave out (measured on the
+#: bench's worlds: such image queries got recall@100 0.27-0.47)
+TIE_MARGIN = 0.03
+
+#: the most cells the floor of ties adds up to: the most the default rule
+#: scans (:data:`MAX_PROBED`), so that no query costs more than it did
+#: before the audit for its ties alone
+TIE_CAP = MAX_PROBED
+
 #: the int8 copy of the vectors (both backends) clips each coordinate to
 #: this quantile
 QUANTILE = 0.99
@@ -245,7 +259,8 @@ class Cells:
         scores = self.centres @ vector
         if count is None:
             if self.rule is not None and not near:
-                count = rule_depth(self.rule, float(scores.max()))
+                count = rule_depth(self.rule, float(scores.max()),
+                                   tied(scores))
                 if count is None:
                     return None
             else:
@@ -260,14 +275,24 @@ class Cells:
         return probed
 
 
-def rule_depth(rule, nearest):
+def rule_depth(rule, nearest, ties=0):
     """How many cells an audited ``rule`` (see
     :mod:`~fiftyone_ai_search.store.audit`) probes for a query whose
     nearest centre scores ``nearest``: the depth of the band it falls in
-    (bands beyond the audited range take the nearest band's); None for
-    exact."""
+    (bands beyond the audited range take the nearest band's), and at least
+    its ``ties`` (see :func:`tied`); None for exact."""
     band = int(np.searchsorted(rule["edges"], nearest, side="right"))
-    return rule["depths"][min(band, len(rule["depths"]) - 1)]
+    depth = rule["depths"][min(band, len(rule["depths"]) - 1)]
+    return None if depth is None else max(depth, ties)
+
+
+def tied(scores):
+    """How many cells tie with a query's nearest, of its ``scores``
+    against the centres: those whose centre scores within
+    :data:`TIE_MARGIN` of the best (itself included), at most
+    :data:`TIE_CAP`."""
+    best = float(scores.max())
+    return int(min(TIE_CAP, np.count_nonzero(scores >= best - TIE_MARGIN)))
 
 
 #: rows scored against the centres at a time (bounds the memory of a

@@ -1,10 +1,19 @@
-"""Where ``maintain`` spends its time (issue 25, point 5), by phase.
+"""Where ``maintain_index`` spends its time (issue 25, point 5), by phase.
 
 Writes ``--n`` CLIP-like points (the ``clip-b32`` world of
-``bench_audit.py``) into an embedded index, then runs ``maintain`` once
-with every phase of it timed (wall and CPU seconds), and the audit after
-it separately. ``--profile`` adds a cProfile of ``maintain`` (top 30 by
-cumulative time).
+``bench_audit.py``) into an embedded index, then does what
+``maintain_index`` does after a sync: runs ``maintain`` once with every
+phase of it timed (wall and CPU seconds), gets the audit's generic prompts
+as ``maintain_index`` gets them (``index/audit_prompts.py``: read from the
+file the sync stored; and, timed apart, the cold case where no sync stored
+it: ``--model`` loaded and the prompts encoded), and runs the audit. The
+audit asks as many prompts as there are generic ones, drawn from the
+CLIP-like world (the model's would mean nothing in it). ``--profile`` adds
+a cProfile of ``maintain`` (top 30 by cumulative time).
+
+The assignment runs in a thread beside the conversion of the next
+stretch of vectors (``records_to_matrix``): their wall times overlap, and
+the CPU seconds of a phase are the process's during its calls.
 
 ``--kernels`` times only the two numeric phases that ``store/cells.py``
 owns, at the sizes ``maintain`` gives them for ``--n`` points (k-means on
@@ -16,7 +25,7 @@ Examples::
 
     python bench/profile_maintain.py --n 200000
     python bench/profile_maintain.py --n 1000000
-    python bench/profile_maintain.py --n 1000000 --model ViT-B-32
+    python bench/profile_maintain.py --n 1000000 --model none  # no prompts
     python bench/profile_maintain.py --n 1000000 --kernels
 """
 
@@ -25,9 +34,11 @@ import collections
 import contextlib
 import functools
 import os
+import resource
 import shutil
 import sys
 import tempfile
+import threading
 import time
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -55,7 +66,8 @@ PHASES = (
      "exact searches, batched (audit)"),
 )
 
-totals = collections.defaultdict(lambda: [0.0, 0.0, 0])
+#: phase: [wall s, CPU s, calls, major page faults]
+totals = collections.defaultdict(lambda: [0.0, 0.0, 0, 0])
 #: wall seconds of each call, by phase
 calls = collections.defaultdict(list)
 _depth = [0]
@@ -66,6 +78,7 @@ def _timed(fn, name):
     def wrapper(*args, **kwargs):
         _depth[0] += 1
         w, c = time.perf_counter(), time.process_time()
+        faults = _major_faults()
         try:
             return fn(*args, **kwargs)
         finally:
@@ -74,12 +87,39 @@ def _timed(fn, name):
             t[0] += time.perf_counter() - w
             t[1] += time.process_time() - c
             t[2] += 1
+            t[3] += _major_faults() - faults
             calls[name].append(time.perf_counter() - w)
     return wrapper
 
 
+def _major_faults():
+    """The process's page faults that waited for the disk, so far."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_majflt
+
+
+#: (wall s, bytes covered, bytes read) of the reads of the original
+#: vectors ahead of maintain's scans (edge._read_vectors_ahead's thread)
+vectors_ahead = []
+
+
+def _watch_vectors_ahead(edge):
+    read_files = edge._read_files
+
+    @functools.wraps(read_files)
+    def wrapper(paths, *args):
+        w = time.perf_counter()
+        covered, done = read_files(paths, *args)
+        if threading.current_thread().name == "ai-search-vectors-ahead":
+            vectors_ahead.append((time.perf_counter() - w, covered, done))
+        return covered, done
+
+    edge._read_files = wrapper
+
+
 def instrument():
     from fiftyone_ai_search.store import base, cells, edge, upkeep
+
+    _watch_vectors_ahead(edge)
 
     modules = {"base": base, "cells": cells, "edge": edge, "upkeep": upkeep}
     for owner, attr, name in PHASES:
@@ -94,11 +134,12 @@ def instrument():
 def report(title, wall, cpu):
     print(f"\n{title}: {wall:.1f} s wall, {cpu:.1f} s CPU (this process), "
           f"load average {os.getloadavg()[0]:.1f} at its end")
-    print("| phase | calls | wall s | CPU s |\n|---|---|---|---|")
+    print("| phase | calls | wall s | CPU s | major faults |\n"
+          "|---|---|---|---|---|")
     for _, _, name in PHASES:
         if name in totals:
-            w, c, n = totals[name]
-            print(f"| {name} | {n} | {w:.1f} | {c:.1f} |")
+            w, c, n, f = totals[name]
+            print(f"| {name} | {n} | {w:.1f} | {c:.1f} | {f} |")
     scans = calls.get("scans of points lacking a cell", [])
     if len(scans) > 4:
         q = len(scans) // 4
@@ -174,23 +215,32 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=200_000)
     p.add_argument("--dim", type=int, default=512)
+    p.add_argument("--min-points", type=int, default=None,
+                   help="maintain's min_points (default: cells.MIN_POINTS): "
+                   "the cells of a smaller index")
     p.add_argument("--profile", action="store_true")
     p.add_argument("--no-audit", action="store_true")
     p.add_argument("--kernels", action="store_true")
-    p.add_argument("--model", default=None,
-                   help="also time what maintain_index adds to the audit: "
-                   "this model loaded and the generic prompts encoded "
-                   "(the audit itself keeps the CLIP-like prompts)")
+    p.add_argument("--model", default="ViT-B-32",
+                   help="the index's model, whose generic prompts the "
+                   "audit gets as maintain_index does: stored by the sync, "
+                   "and cold (this model loaded, the prompts encoded). "
+                   "ViT-B-32 without pretrained weights (none are on this "
+                   "machine) loads as the default model does, but for "
+                   "reading its weights file; 'none': not timed")
     args = p.parse_args(argv)
     if args.kernels:
         return kernels(args)
 
+    from fiftyone_ai_search.config import get_settings
+    from fiftyone_ai_search.index import audit_prompts
     from fiftyone_ai_search.store import audit
 
     world = ClipLike(args.dim, 1000, seed=0, uneven=True, **CLIP_B32_PARAMS)
     rng = np.random.default_rng(100)
     db = world.images(world.labels(args.n, rng), rng)
-    prompts = world.texts(world.labels(100, rng), rng)
+    prompts = world.texts(world.labels(len(audit.GENERIC_PROMPTS), rng),
+                          rng)
     tmp = tempfile.mkdtemp(prefix="profile-maintain-",
                            dir=os.environ.get("BENCH_TMP"))
     try:
@@ -203,33 +253,64 @@ def main(argv=None):
             import cProfile
             prof = cProfile.Profile()
         w, c = time.perf_counter(), time.process_time()
+        faults = _major_faults()
         with (prof if prof is not None else contextlib.nullcontext()):
-            store.maintain()
-        report(f"maintain at {args.n}", time.perf_counter() - w,
-               time.process_time() - c)
+            if args.min_points is None:
+                store.maintain()
+            else:
+                store.maintain(min_points=args.min_points)
+        whole = [time.perf_counter() - w, time.process_time() - c]
+        report(f"maintain at {args.n}", *whole)
+        print(f"major page faults during maintain: {_major_faults() - faults}")
+        for seconds, covered, done in vectors_ahead:
+            print(f"original vectors read ahead (a thread beside): "
+                  f"{covered / 2**20:.0f} MiB, {done / 2**20:.0f} MiB of it "
+                  f"from disk, in {seconds:.1f} s wall")
         if prof is not None:
             import pstats
             pstats.Stats(prof).sort_stats("cumulative").print_stats(30)
-        if args.model:
-            from fiftyone_ai_search.embedding.model import (
-                load_model, resolve_model)
+        if args.model.lower() != "none":
+            from fiftyone_ai_search.embedding.model import resolve_model
 
-            w, c = time.perf_counter(), time.process_time()
-            load_model(resolve_model(args.model)).encode_text(
-                list(audit.GENERIC_PROMPTS))
-            print(f"model {args.model} loaded, {len(audit.GENERIC_PROMPTS)} "
-                  f"prompts encoded: {time.perf_counter() - w:.1f} s wall, "
-                  f"{time.process_time() - c:.1f} s CPU", flush=True)
+            spec = resolve_model(args.model)
+            ref = {"model": spec.name, "pretrained": spec.pretrained,
+                   "model_identity": spec.identity}
+            settings = get_settings(storage_dir=os.path.join(tmp, "storage"))
+            seconds = {}
+            # first as no sync stored them (the model loaded), then as
+            # maintain_index finds them after a sync on this machine
+            for case in ("cold", "stored"):
+                w, c = time.perf_counter(), time.process_time()
+                audit_prompts.vectors(ref, settings)
+                seconds[case] = (time.perf_counter() - w,
+                                 time.process_time() - c)
+            whole[0] += seconds["stored"][0]
+            whole[1] += seconds["stored"][1]
+            print(f"audit prompts ({len(audit.GENERIC_PROMPTS)}, "
+                  f"{spec.identity}): read as the sync stored them "
+                  f"{seconds['stored'][0]:.2f} s wall, "
+                  f"{seconds['stored'][1]:.2f} s CPU; cold (no sync stored "
+                  f"them: model loaded, prompts encoded) "
+                  f"{seconds['cold'][0]:.1f} s wall, "
+                  f"{seconds['cold'][1]:.1f} s CPU", flush=True)
         if not args.no_audit:
             totals.clear()
             w, c = time.perf_counter(), time.process_time()
             rule = audit.audit(store, prompts)
-            report("audit", time.perf_counter() - w,
-                   time.process_time() - c)
-            print(f"audit: {time.perf_counter() - w:.1f} s wall, "
-                  f"{time.process_time() - c:.1f} s CPU, load average "
-                  f"{os.getloadavg()[0]:.1f}; depths "
-                  f"{rule['depths']}, estimates {rule['estimates']}")
+            seconds = (time.perf_counter() - w, time.process_time() - c)
+            whole[0] += seconds[0]
+            whole[1] += seconds[1]
+            if rule is None:
+                # below cells.MIN_POINTS: no cells, nothing to audit
+                print("audit: none (the index has no complete cells)")
+            else:
+                report("audit", *seconds)
+                print(f"audit: {seconds[0]:.1f} s wall, {seconds[1]:.1f} s "
+                      f"CPU, load average {os.getloadavg()[0]:.1f}; depths "
+                      f"{rule['depths']}, estimates {rule['estimates']}")
+        print(f"maintain_index as after a sync (maintain, prompts stored, "
+              f"audit): {whole[0]:.1f} s wall, {whole[1]:.1f} s CPU",
+              flush=True)
         store.close()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -241,6 +241,8 @@ def role_searcher(args):
         assert len(got) == 100
         k += 1
         time.sleep(max(0.0, args.search_every - (time.monotonic() - t)))
+    if args.done_file:
+        open(args.done_file + ".ack", "w").close()  # the writer may go
     store.close()
     # the first search opens the shard, or finds it held: reported apart
     return {"first": latencies[0], "latencies": latencies[1:], "at": at[1:],
@@ -328,9 +330,17 @@ def role_writer(args):
                            **{k: edge.stats[k] - v
                               for k, v in before.items()}}
     elapsed = time.monotonic() - start
-    store.close()
     if args.done_file:
+        # holding the index until the searcher stopped: else its last
+        # search may find nobody holding it, and open it (seconds at 1M)
         open(args.done_file, "w").close()
+        wait_until = time.monotonic() + 120
+        while (not os.path.exists(args.done_file + ".ack")
+               and time.monotonic() < wait_until):
+            with store.session():
+                store.count()  # kept open and answering meanwhile
+            time.sleep(0.05)
+    store.close()
     return {"commits": commits, "elapsed": elapsed, "commit_s": commit_s,
             "maintain_s": maintain_s, "maintain_at": maintain_at,
             "block": block, "extra": extra, "served": edge.stats["served"],
@@ -446,7 +456,9 @@ def main(args):
     w = spawn(args, "writer", base + written, ("--done-file", done_file))
     s = spawn(args, "searcher", extra=("--done-file", done_file))
     conc_w, conc_s = collect(w, s)
-    os.remove(done_file)
+    for path in (done_file, done_file + ".ack"):
+        if os.path.exists(path):
+            os.remove(path)
     load.phase = None
     written += conc_w["commits"] * args.batch + conc_w["extra"]
     store.delete(_ids(base, written))  # the index as it was

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from fiftyone_ai_search.store import IndexInfo, ranks
-from fiftyone_ai_search.store.edge import CHUNK, EdgeStore
+from fiftyone_ai_search.store.edge import CHUNK, WRITE_CHUNK, EdgeStore
 
 # processes race on one index: the full suite runs it, not the fast tier
 pytestmark = pytest.mark.slow
@@ -262,7 +262,7 @@ MAX_WRITES = 1500
 
 #: a commit's points, and a large write's: several chunks
 SMALL = 40
-LARGE = 2 * CHUNK + 8
+LARGE = 2 * WRITE_CHUNK + 8
 
 
 def _session_writer(root, holding, asking, ending, done, result,
@@ -282,7 +282,8 @@ def _session_writer(root, holding, asking, ending, done, result,
         ids = _ids(next_id, count)
         store.upsert(ids, _written_vectors(count, next_id), _payloads(ids))
         next_id += count
-        chunks.extend(min(CHUNK, count - at) for at in range(0, count, CHUNK))
+        chunks.extend(min(WRITE_CHUNK, count - at)
+                      for at in range(0, count, WRITE_CHUNK))
 
     writes = 0
     with store.session():

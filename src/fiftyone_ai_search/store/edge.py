@@ -110,6 +110,12 @@ CELLS_FILE = "cells.json"
 #: over to anyone waiting (a chunk of 512-d points takes ~0.1 s)
 CHUNK = 2048
 
+#: points per update call of a write: another process's search waits for
+#: the one under way (an update holds the GIL and the shard). 512 cost no
+#: more CPU than 2,048 (less: 0.53 against 0.72 s for 16k 512-d points),
+#: and at 1M points under load a chunk of 2,048 took ~0.4-1 s
+WRITE_CHUNK = 512
+
 #: points per scroll page when only ids are read
 ID_PAGE = 10000
 
@@ -863,12 +869,13 @@ class EdgeStore(VectorStore):
         ``range(n)``, holding the index; between two chunks, hands it over
         to anyone waiting. With ``n == 0`` it still opens the index, so a
         missing one raises :class:`IndexNotFoundError`."""
+        size = WRITE_CHUNK if writes else CHUNK
         with self._locked() as shared:
             shard, info = self._open(shared)
-            for start in range(0, n, CHUNK):
+            for start in range(0, n, size):
                 if start:
                     shard, info = self._yield_if_wanted(shared)
-                work(shard, info, slice(start, start + CHUNK))
+                work(shard, info, slice(start, start + size))
                 if writes:
                     shared.dirty = True
 

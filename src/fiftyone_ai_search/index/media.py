@@ -10,7 +10,9 @@ passes resolve to them.
 -   A patches view (``to_patches()``, ``to_evaluation_patches()``): the
     samples its patches belong to, in its source dataset.
 -   Video, 3D and point-cloud datasets, and frames or clips views, are
-    refused with :class:`UnsupportedMediaError`.
+    refused with :class:`UnsupportedMediaError` (a video dataset's frames
+    have their own index: ``enable_embeddings(video_dataset,
+    frames=True)`` and ``search_frames``).
 
 | Copyright the fiftyone-ai-search authors, Apache-2.0.
 """
@@ -25,11 +27,14 @@ SUPPORTED = (
 
 
 def _video_hint(name):
+    # frames are indexed in place (issue 24): no image dataset to clone
     return (
-        "To search video frames, sample them into an image dataset and "
-        "enable AI search on that: "
-        f"fo.load_dataset({name!r}).to_frames(sample_frames=True)"
-        f".clone({name + '-frames'!r})"
+        "To search the frames of its videos, enable AI search on the "
+        f"video dataset with fiftyone_ai_search.enable_embeddings("
+        f"fo.load_dataset({name!r}), frames=True) and search them with "
+        "fiftyone_ai_search.search_frames(video_dataset, prompt=...); "
+        "fiftyone_ai_search.frames_view(video_dataset, hits) opens the "
+        "hits as a frames view"
     )
 
 

@@ -26,8 +26,17 @@ SUPPORTED = (
 )
 
 
-def _video_hint(name):
+def _video_hint(name, grouped=False):
     # frames are indexed in place (issue 24): no image dataset to clone
+    if grouped:
+        # (the frame index takes video datasets, not video slices)
+        return (
+            "Frame search of a grouped dataset's video slices is not "
+            "supported yet; the frames of a video dataset are indexed with "
+            "fiftyone_ai_search.enable_embeddings(video_dataset, "
+            "frames=True) and searched with "
+            "fiftyone_ai_search.search_frames(video_dataset, prompt=...)"
+        )
     return (
         "To search the frames of its videos, enable AI search on the "
         f"video dataset with fiftyone_ai_search.enable_embeddings("
@@ -70,7 +79,7 @@ def source_dataset(samples, arg="samples"):
         kind = "frames" if samples._is_frames else "clips"
         raise UnsupportedMediaError(
             f"{arg} is a {kind} view of the video dataset '{root.name}'; "
-            f"{SUPPORTED}. {_video_hint(root.name)}"
+            f"{SUPPORTED}. {_video_hint(root.name, is_grouped(root))}"
         )
     if samples._is_generated:
         return samples._root_dataset
@@ -135,7 +144,7 @@ def check_supported(dataset):
         if not slices or "image" in slices.values():
             return dataset
         kinds = ", ".join(f"{k!r} ({v})" for k, v in sorted(slices.items()))
-        hint = (f" {_video_hint(dataset.name)}"
+        hint = (f" {_video_hint(dataset.name, grouped=True)}"
                 if "video" in slices.values() else "")
         raise UnsupportedMediaError(
             f"Dataset '{dataset.name}' is a grouped dataset with no image "

@@ -93,7 +93,8 @@ from . import search
 from . import validate
 from .config import BACKENDS
 from .embedding.model import resolve_model
-from .errors import BrainKeyTakenError, StateDamagedError
+from .errors import (BrainKeyTakenError, StateDamagedError,
+                     UnsupportedMediaError)
 from .index import indexes
 from .index import media
 from .index import state as st
@@ -246,6 +247,15 @@ class AISearchSimilarity(Similarity):
         ``clip_model=`` alone. AI search is switched on for the dataset
         when the run names its model; else the model of the first vectors
         added decides."""
+        # (the Brain gives a frames view's run its frames view, a clips
+        # view's the video dataset)
+        if samples._is_frames or samples._is_clips or (
+                samples.media_type == "video"):
+            # the Brain registered the run before this: a run left without
+            # results would break every later use of its key
+            if brain_key is not None:
+                self.delete_run(samples, brain_key, cleanup=False)
+            raise UnsupportedMediaError(_frames_message(samples))
         dataset = media.source_dataset(samples)
         if self.config.plain or not self.config.names_a_model:
             return self._initialize_plain(dataset, brain_key)
@@ -345,6 +355,31 @@ def _switch_on(target, model, pretrained, backend=None):
     if not st.load(target).index:
         lifecycle.calculate_embeddings(dataset, wait=True,
                                        patches_field=field)
+
+
+#: what searches video frames, since the Brain's ``ai_search`` runs do not
+#: (see docs/design.md, "Video frames": the bridge they need)
+_FRAME_SEARCH_HINT = (
+    "A video dataset's frames have their own index, which is not a Brain "
+    "run: fiftyone_ai_search.enable_embeddings(video_dataset, frames=True) "
+    "indexes them, fiftyone_ai_search.search_frames(video_dataset, "
+    "prompt=...) searches them and fiftyone_ai_search.frames_view("
+    "video_dataset, hits) opens the hits as a frames view")
+
+
+def _frames_message(samples):
+    """Why a Brain run of the ``ai_search`` backend refuses a video
+    dataset, or a frames or clips view of one, and what searches its
+    frames instead."""
+    name = samples._root_dataset.name
+    if samples._is_frames or samples._is_clips:
+        kind = "frames" if samples._is_frames else "clips"
+        what = f"samples is a {kind} view of the video dataset '{name}'"
+    else:
+        what = f"Dataset '{name}' is a video dataset"
+    return (f"{what}: the ai_search Brain backend indexes images (and "
+            "objects of images), not video frames. "
+            f"{_FRAME_SEARCH_HINT}")
 
 
 def target_name(target):
@@ -524,7 +559,8 @@ class AISearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
             raise ValueError(
                 "samples: the AI search index holds images (or objects of "
                 "images), not video frames; use_view() takes a view of "
-                f"dataset '{self._dataset.name}'")
+                f"dataset '{self._dataset.name}'. "
+                f"{_FRAME_SEARCH_HINT}")
         return super().use_view(samples, allow_missing=allow_missing,
                                 warn_missing=warn_missing)
 

@@ -119,9 +119,15 @@ def enable(dataset, model=None, pretrained=None, backend=None,
                 f"{', '.join(given)}: not supported with frames=... (a "
                 "frame index embeds the frames it samples, with the model)")
         if brain_key not in (None, False):
+            # to_frames().sort_by_similarity() cannot reach it (see
+            # docs/design.md, "Video frames": the bridge it needs)
             raise ValueError(
-                "brain_key: a frame index is not a FiftyOne Brain run yet "
-                "(issue 24); leave brain_key out")
+                "brain_key: a frame index is not a FiftyOne Brain run, so "
+                "to_frames(...).sort_by_similarity(brain_key=...) does not "
+                "search it; leave brain_key out, search the frames with "
+                "fiftyone_ai_search.search_frames(dataset, prompt=...) and "
+                "open the hits with fiftyone_ai_search.frames_view(dataset, "
+                "hits)")
         return _enable_frames(
             targets.Frames(media.source_dataset(dataset, "dataset")),
             sampling, model, pretrained, backend, compute, secrets, load)

@@ -135,17 +135,7 @@ def embed_images(
     if crop is not None and not isinstance(crop, CropSettings):
         raise ValueError(f"crop must be a CropSettings or None, got {crop!r}")
 
-    if batch_size is None or num_workers is None:
-        settings = _settings()
-        batch_size = settings.batch_size if batch_size is None else batch_size
-        if num_workers is None:
-            num_workers = settings.num_workers
-
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-
-    if num_workers < 0:
-        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+    batch_size, num_workers = _batching(batch_size, num_workers)
 
     decoder = Decoder.for_model(model, crop=crop)
     if crop is None:
@@ -277,15 +267,7 @@ def embed_videos(model, videos, sampling, batch_size=None, num_workers=None,
     if not isinstance(sampling, FrameSampling):
         raise ValueError(f"sampling must be a FrameSampling, got "
                          f"{sampling!r}")
-    if batch_size is None or num_workers is None:
-        settings = _settings()
-        batch_size = settings.batch_size if batch_size is None else batch_size
-        if num_workers is None:
-            num_workers = settings.num_workers
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if num_workers < 0:
-        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+    batch_size, num_workers = _batching(batch_size, num_workers)
 
     rule = sampling.to_dict()
     items = ((key, filepath, rate, rule, batch_size)
@@ -441,3 +423,18 @@ def _settings():
     # storage_dir is not needed here; passing one keeps get_settings() from
     # importing fiftyone to compute its default
     return get_settings(storage_dir=os.curdir)
+
+
+def _batching(batch_size, num_workers):
+    """``(batch_size, num_workers)``, each from the settings where None,
+    checked."""
+    if batch_size is None or num_workers is None:
+        settings = _settings()
+        batch_size = settings.batch_size if batch_size is None else batch_size
+        if num_workers is None:
+            num_workers = settings.num_workers
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+    return batch_size, num_workers

@@ -1154,9 +1154,22 @@ class EdgeStore(VectorStore):
                 if answer is not None:
                     return _unpack_records(answer)
             shard, _ = self._open(shared)
-            records, _ = shard.scroll(qe.ScrollRequest(
-                offset=after, limit=limit, filter=_lacking(key, values),
-                with_payload=False, with_vector=with_vector))
+            # by pages: an upkeep round's read of 65,536 vectors is one
+            # engine call of seconds that holds the GIL, and another
+            # process's search waited for all of it (3.6 s beside a 1M
+            # pass); its waiting reads are answered between two pages
+            page = CHUNK if with_vector else limit
+            records, offset = [], after
+            while len(records) < limit:
+                if records:
+                    self._let_reads_in(shared)
+                got, offset = shard.scroll(qe.ScrollRequest(
+                    offset=offset, limit=min(page, limit - len(records)),
+                    filter=_lacking(key, values), with_payload=False,
+                    with_vector=with_vector))
+                records.extend(got)
+                if offset is None:
+                    break
             return records
 
     def _points_in(self, key, values, with_vector=True):

@@ -910,7 +910,11 @@ class EdgeStore(VectorStore):
         def upsert(shard, info, chunk):
             # per chunk: a hand-over may have let the index be recreated
             check_dim(vectors, info.dim)
-            self._check_space(len(point_ids[chunk]), info.dim)
+            # room for all that is left of the write, not this chunk only:
+            # a write that does not fit is refused before any of it is
+            # written (its chunks of WRITE_CHUNK are smaller than a sync's
+            # batch)
+            self._check_space(len(point_ids) - chunk.start, info.dim)
             points = [
                 qe.Point(pid, vec, payload)
                 for pid, vec, payload in zip(

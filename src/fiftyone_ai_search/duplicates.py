@@ -331,14 +331,10 @@ def _groups_in(store, wanted, threshold, progress=None):
     """The groups of the samples ``wanted`` (ids, in visiting order) in
     ``store``: through its cells where it has them (see
     :mod:`fiftyone_ai_search.query.pairs`), else every pair exactly."""
-    through = cells_pass(store, wanted)
-    if through is not None:
-        lo, hi, sim, seen = pairs.pairs_by_cells(
-            *through, threshold, probe=pairs.PROBE, progress=progress)
-        if seen == store.count():
-            return pairs.named_groups(
-                wanted, *pairs.group_pairs(len(wanted), lo, hi, sim))
-        # else points without any cell key (written by an older version)
+    found = _pairs_through_cells(store, wanted, threshold, progress)
+    if found is not None:
+        return pairs.named_groups(
+            wanted, *pairs.group_pairs(len(wanted), *found))
     ids, vectors = store.get_vectors(wanted)
     return group(ids, vectors, threshold, progress)
 
@@ -360,14 +356,25 @@ def within_through_cells(store, wanted, min_similarity, progress=None,
     """
     if min_similarity <= 0:
         return None
+    found = _pairs_through_cells(store, wanted, min_similarity, progress)
+    if found is None:
+        return None
+    return neighbor_lists(len(wanted), *found, itself)
+
+
+def _pairs_through_cells(store, wanted, min_similarity, progress=None):
+    """The pairs ``(lo, hi, sim)`` of the points ``wanted`` (ids, in
+    visiting order) at least ``min_similarity`` similar, through the cells
+    of ``store`` (see :func:`fiftyone_ai_search.query.pairs.pairs_by_cells`),
+    or None where every pair is to be compared exactly (see
+    :func:`cells_pass`, and points without any cell key, written by an
+    older version, which the pass would miss)."""
     through = cells_pass(store, wanted)
     if through is None:
         return None
     lo, hi, sim, seen = pairs.pairs_by_cells(
         *through, min_similarity, probe=pairs.PROBE, progress=progress)
-    if seen != store.count():
-        return None
-    return neighbor_lists(len(wanted), lo, hi, sim, itself)
+    return (lo, hi, sim) if seen == store.count() else None
 
 
 def neighbor_lists(n, lo, hi, sim, itself=True):

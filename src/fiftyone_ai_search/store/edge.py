@@ -219,8 +219,8 @@ class _Shared:
 #: read ahead of their openings (``read_ahead``, see :func:`_read_ahead`), of
 #: which not in the page cache and so read (``read_ahead_read``)
 stats = {"opens": 0, "served": 0, "asked": 0, "turns_waited": 0,
-         "side_reads": 0, "lent_reads": 0, "lent_turns": 0, "releases": 0, "not_served": None, "read_ahead": 0,
-         "read_ahead_read": 0}
+         "side_reads": 0, "lent_reads": 0, "lent_turns": 0, "releases": 0,
+         "not_served": None, "read_ahead": 0, "read_ahead_read": 0}
 
 
 _registry = {}

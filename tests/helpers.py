@@ -255,3 +255,20 @@ def collect_batches(batches, dim):
 
         keys.append(list(batch.keys) + list(batch.failures))
     return vectors, failures, keys
+
+
+def labelled_video(directory, name):
+    """A video dataset ``name`` of one video of 3 frames at 1 fps whose
+    file is never read (nothing decodes it), with a detection on its
+    first frame: enough for its frames and clips views."""
+    dataset = fo.Dataset(name)
+    sample = fo.Sample(
+        filepath=str(directory / "a.mp4"),
+        metadata=fo.VideoMetadata(total_frame_count=3, frame_rate=1.0,
+                                  frame_width=32, frame_height=32,
+                                  duration=3.0),
+    )
+    sample.frames[1]["objects"] = fo.Detections(detections=[
+        fo.Detection(label="thing", bounding_box=[0, 0, 0.5, 0.5])])
+    dataset.add_sample(sample)
+    return dataset

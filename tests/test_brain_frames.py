@@ -8,7 +8,6 @@ import uuid
 
 import pytest
 
-import fiftyone as fo
 import fiftyone.brain as fob
 
 import fiftyone_ai_search as ais
@@ -16,7 +15,7 @@ from fiftyone_ai_search.demo import tiny_clip_model_name
 from fiftyone_ai_search.index import state as st
 from fiftyone_ai_search.index import targets
 
-from tests.helpers import shapes_dataset
+from tests.helpers import labelled_video, shapes_dataset
 
 
 #: the Brain's model: the tiny CLIP (offline), as in test_brain_contract
@@ -33,17 +32,8 @@ def _name(prefix):
 def video(tmp_path_factory):
     """A video dataset (files never read: nothing here decodes) with a
     frame label, for its frames and clips views."""
-    directory = tmp_path_factory.mktemp("video")
-    dataset = fo.Dataset(_name("test-brain-frames"))
-    sample = fo.Sample(
-        filepath=str(directory / "a.mp4"),
-        metadata=fo.VideoMetadata(total_frame_count=3, frame_rate=1.0,
-                                  frame_width=32, frame_height=32,
-                                  duration=3.0),
-    )
-    sample.frames[1]["objects"] = fo.Detections(detections=[
-        fo.Detection(label="thing", bounding_box=[0, 0, 0.5, 0.5])])
-    dataset.add_sample(sample)
+    dataset = labelled_video(tmp_path_factory.mktemp("video"),
+                             _name("test-brain-frames"))
     yield dataset
     dataset.delete()
 

@@ -18,7 +18,7 @@ from fiftyone_ai_search.app import forms
 from fiftyone_ai_search.demo import (make_scenes_dataset, make_shapes_dataset,
                                      tiny_clip_model_name)
 
-from tests.helpers import shapes_dataset
+from tests.helpers import labelled_video, shapes_dataset
 
 RED_CIRCLE = "a photo of a red circle"
 
@@ -342,17 +342,8 @@ def _context(dataset, view=None, params=None):
 @pytest.fixture(scope="module")
 def video(tmp_path_factory):
     """A video dataset (files never read) with a frame label."""
-    directory = tmp_path_factory.mktemp("video")
-    dataset = fo.Dataset(_name("test-video"))
-    sample = fo.Sample(
-        filepath=str(directory / "a.mp4"),
-        metadata=fo.VideoMetadata(total_frame_count=3, frame_rate=1.0,
-                                  frame_width=32, frame_height=32,
-                                  duration=3.0),
-    )
-    sample.frames[1]["objects"] = fo.Detections(detections=[
-        fo.Detection(label="thing", bounding_box=[0, 0, 0.5, 0.5])])
-    dataset.add_sample(sample)
+    dataset = labelled_video(tmp_path_factory.mktemp("video"),
+                             _name("test-video"))
     return dataset
 
 

@@ -251,16 +251,23 @@ def _copy_variants(dataset, tmp_path):
     dataset.add_samples(samples)
 
 
-def test_planted_copies_on_the_shapes_world_group_as_every_pair(
-        tmp_path, monkeypatch):
+def _count_passes(monkeypatch):
+    """The thresholds of the passes through the cells from now on (a spy:
+    the real pass runs)."""
     passes = []
     through_cells = pairs.pairs_by_cells
 
-    def counted(*args, **kwargs):  # a spy: the real pass runs
+    def counted(*args, **kwargs):
         passes.append(args[3])
         return through_cells(*args, **kwargs)
 
     monkeypatch.setattr(pairs, "pairs_by_cells", counted)
+    return passes
+
+
+def test_planted_copies_on_the_shapes_world_group_as_every_pair(
+        tmp_path, monkeypatch):
+    passes = _count_passes(monkeypatch)
     nearest = pairs.nearest_by_cells
 
     def counted_nearest(*args, **kwargs):
@@ -399,14 +406,7 @@ def test_the_brains_find_duplicates_through_the_cells_as_sklearns(
     # the kept and duplicate samples and each duplicate's kept one
     monkeypatch.setattr(duplicates, "EXACT_PAIR_S", 1.0)
     monkeypatch.setattr(pairs, "PROBE", None)
-    passes = []
-    through_cells = pairs.pairs_by_cells
-
-    def counted(*args, **kwargs):  # a spy: the real pass runs
-        passes.append(args[3])
-        return through_cells(*args, **kwargs)
-
-    monkeypatch.setattr(pairs, "pairs_by_cells", counted)
+    passes = _count_passes(monkeypatch)
     dataset = shapes_dataset(tmp_path, num_samples=160)
     ais.calculate_embeddings(dataset, wait=True, progress=False)
     ids = dataset.values("id")

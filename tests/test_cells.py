@@ -23,6 +23,7 @@ from fiftyone_ai_search.query.vectors import prompt_vectors
 from fiftyone_ai_search.index import indexes
 from fiftyone_ai_search.index import state as st
 from fiftyone_ai_search.store import cells as cl
+from fiftyone_ai_search.store import point_id_to_sample_id
 from fiftyone_ai_search.store import ranks
 from fiftyone_ai_search.store.edge import EdgeStore
 from fiftyone_ai_search.store.server import ServerStore
@@ -112,6 +113,30 @@ def test_search_is_exact_within_the_probed_cells(index):
     # the cells are the index's business: payloads are what was given
     assert index.get_payloads(ids[:2]) == {i: {"sample_id": i}
                                            for i in ids[:2]}
+
+
+@pytest.mark.parametrize("store", ["edge"], indirect=True)
+def test_a_search_through_one_cell_or_every_cell_is_exact_within_them(
+        index, small_cells):
+    """The probed cells reach the engine as one condition a cell (see
+    edge._cells_filter): one cell, a few, and more cells than any rule
+    probes (here 160, at most 100 + ties in use) find exactly the points
+    of those cells."""
+    x, texts = clustered(4000, seed=5)
+    ids = make_ids(len(x))
+    index.upsert(ids, x, [{} for _ in ids])
+    index.maintain(min_points=1000)
+    cells = index.cells()
+    assert cells.complete and len(cells) == 160
+    where = stored_cells(index, ids)
+    for q in unit(np.concatenate([x[:3] + 0.05, texts[:3]])):
+        for count in (1, 7, len(cells)):
+            probed = cells.probe(q, count=count)
+            expected, scores = exact_in(ids, x, q, 60,
+                                        np.isin(where, probed))
+            got = [(point_id_to_sample_id(h.id), h.score)
+                   for h in index._query_points(q, 60, None, None, probed)]
+            assert_same(got, expected, scores, ids)
 
 
 def test_a_query_scans_a_share_of_the_cells_but_at_most_max_probed():

@@ -1532,8 +1532,7 @@ def _query_request(vector, limit, point_ids, min_score, cells):
     if point_ids is not None:
         query_filter = qe.Filter(must=[qe.HasIdCondition(set(point_ids))])
     elif cells is not None:
-        query_filter = qe.Filter(must=[qe.FieldCondition(
-            cl.CELL_KEY, match=qe.MatchAny(list(cells)))])
+        query_filter = _cells_filter(cells)
     return qe.QueryRequest(
         limit=limit,
         query=qe.Query.Nearest(vector.tolist()),
@@ -1543,6 +1542,17 @@ def _query_request(vector, limit, point_ids, min_score, cells):
         with_vector=False,
         params=_search_params(cells),
     )
+
+
+def _cells_filter(cells):
+    """Points in one of the probed ``cells``: one exact match a cell, any
+    of which suffices. The same points as one ``MatchAny`` of the cells, for
+    ~half the engine's CPU: measured at 300k points (clip-b32, the same
+    queries and cells; bench/README.md), 4.0 against 6.9 ms a search at 48
+    cells, 7.1 against 13.7 ms at 200, 3.0 against 4.6 ms at 8."""
+    return qe.Filter(should=[
+        qe.FieldCondition(cl.CELL_KEY, match=qe.MatchValue(int(cell)))
+        for cell in cells])
 
 
 def _search_params(cells):

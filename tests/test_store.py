@@ -570,12 +570,14 @@ def test_edge_busy_error_after_lock_timeout(tmp_path):
         # between its operations); a write waits for the session's end
         assert store.count() == 0
         ids = make_ids(1)
-        t = time.monotonic()
-        with pytest.raises(IndexBusyError, match="busy"):
+        # it waited its lock_timeout for the other process, then gave up
+        # while that process still held the index, having written nothing
+        with pytest.raises(IndexBusyError,
+                           match="in use by another process and stayed "
+                                 "busy for more than 1 s"):
             store.upsert(ids, make_vectors(1), payloads_for(ids))
-        # it waited its lock_timeout, then gave up (the upper bound only
-        # tells a wait from a hang: machines here are shared and slow)
-        assert 0.9 <= time.monotonic() - t < 60
+        assert p.is_alive()
+        assert store.count() == 0
         # lock-free metadata still answers
         assert store.info() == INFO
     finally:

@@ -3,6 +3,7 @@
 import datetime
 import os
 import shutil
+import socket
 import threading
 import time
 import uuid
@@ -315,14 +316,31 @@ def test_enable_refuses_random_weights_and_says_why(tmp_path):
     assert not ais.is_embeddings_enabled(dataset)
 
 
-def test_enable_offline_fails_at_once_saying_how_to_supply_weights(tmp_path):
+def test_enable_offline_fails_at_once_saying_how_to_supply_weights(
+        tmp_path, monkeypatch):
     from fiftyone_ai_search.embedding.model import ModelUnavailableError
 
     dataset = shapes_dataset(tmp_path, num_samples=2, enable=False)
-    start = time.time()
+    # at once: nothing is asked of the network (no name looked up, no
+    # connection but to this machine: MongoDB), nothing waited for
+    asked = []
+    getaddrinfo, connect = socket.getaddrinfo, socket.socket.connect
+
+    def looked_up(host, *args, **kwargs):
+        asked.append(host)
+        return getaddrinfo(host, *args, **kwargs)
+
+    def connected(sock, address):
+        asked.append(address[0] if isinstance(address, tuple) else "unix")
+        return connect(sock, address)
+
+    monkeypatch.setattr(socket, "getaddrinfo", looked_up)
+    monkeypatch.setattr(socket.socket, "connect", connected)
     with pytest.raises(ModelUnavailableError, match="local-dir:"):
         ais.enable_embeddings(dataset)  # ViT-B-32 / laion2b_s34b_b79k
-    assert time.time() - start < 10
+    monkeypatch.undo()
+    local = {"localhost", "127.0.0.1", "::1", "unix", None}
+    assert [host for host in asked if host not in local] == []
     assert not ais.is_embeddings_enabled(dataset)
 
 

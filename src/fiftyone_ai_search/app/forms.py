@@ -15,6 +15,7 @@ object index: the "Search in" choice (``search_in``: :data:`IMAGES` or
 import base64
 import binascii
 import datetime
+import functools
 import io
 import math
 import os
@@ -97,6 +98,10 @@ def statuses(dataset, counts=False):
             each one not being computed. Opens their indexes: not for
             polling; without, only state is read
     """
+    if is_video(dataset):
+        # a video dataset's one index: the frames of its videos (no image
+        # or object index), under the key of the images
+        return {None: ais.get_status(dataset, frames=True, counts=counts)}
     images = ais.get_status(dataset, counts=False)
     out = {None: images}
     for field in images["object_fields"]:
@@ -107,6 +112,12 @@ def statuses(dataset, counts=False):
             if status["enabled"] and not status["in_progress"]:
                 out[target] = ais.get_status(dataset, patches_field=target)
     return out
+
+
+def is_video(dataset):
+    """Whether ``dataset`` is a video dataset: the App searches the frames
+    of its videos (the frame index, :mod:`.frames`)."""
+    return dataset is not None and dataset.media_type == "video"
 
 
 def ready_targets(dataset, all_statuses=None):
@@ -190,46 +201,74 @@ def progress_text(status):
     p = status.get("progress") or {}
     if not p.get("total"):
         return "starting the worker"
-    return f"{p['done']} / {p['total']} ({100 * p['done'] // p['total']}%)"
+    percent = f"({100 * p['done'] // p['total']}%)"
+    if "sampling" in status:  # a frame index counts videos, and frames
+        return (f"{p['done']} / {p['total']} videos {percent}, "
+                f"{p.get('frames') or 0} frames")
+    return f"{p['done']} / {p['total']} {percent}"
 
 
-def _title(field, text):
-    """A status line's bold lead; an object index's names its field."""
-    if field is None:
+def _title(field, text, frames=False):
+    """A status line's bold lead; an object index's names its field, a
+    frame index says it is one."""
+    lead = (f"Objects of {field}" if field is not None
+            else "Frame index" if frames else None)
+    if lead is None:
         return f"**{text}**"
-    return f"**Objects of {field}: {text[0].lower()}{text[1:]}**"
+    return f"**{lead}: {text[0].lower()}{text[1:]}**"
+
+
+def sampling_text(sampling):
+    """A frame index's sampling rule in a curator's words: "1 frame per
+    second", "2 frames per second and scene changes"."""
+    fps = (sampling or {}).get("fps") or 1.0
+    text = f"{fps:g} frame{'' if fps == 1 else 's'} per second"
+    if (sampling or {}).get("scene_threshold") is not None:
+        text += " and scene changes"
+    return text
 
 
 def status_text(status):
     """Where AI search of a dataset (of the objects of a field, for a
-    status with ``patches_field``) stands, in one line (markdown)."""
+    status with ``patches_field``; of the frames of a video dataset, for a
+    status with ``sampling``) stands, in one line (markdown)."""
     field = status.get("patches_field")
+    frames = "sampling" in status  # the frame index of a video dataset
+    title = functools.partial(_title, field, frames=frames)
     state = readiness(status)
     if state == "off":
         if field is not None:
             return f"**Object search of {field} is off**."
+        if frames:
+            return ("**AI search is off** for this video dataset: enabling "
+                    "it indexes the frames of its videos.")
         return "**AI search is off** for this dataset."
     index, rebuild = status.get("index"), status.get("rebuild")
     if status["in_progress"] and index and rebuild:
-        return (_title(field, "Rebuilding with "
-                       f"{model_display_name(**_model(rebuild))}")
+        return (title("Rebuilding with "
+                      f"{model_display_name(**_model(rebuild))}")
                 + f": {progress_text(status)}. Searches use "
                 f"{model_display_name(**_model(index))} until it is "
                 "complete.")
     if status["in_progress"]:
-        return f"{_title(field, 'Computing embeddings')}: {progress_text(status)}"
+        return f"{title('Computing embeddings')}: {progress_text(status)}"
     if state == "failed":
-        return (f"{_title(field, 'Indexing failed')}: "
+        return (f"{title('Indexing failed')}: "
                 f"{status.get('last_error') or 'stopped'}. Enable again, or "
                 "run 'AI search: compute embeddings'.")
-    text = (f"{_title(field, 'Ready')} "
+    text = (f"{title('Ready')} "
             f"({model_display_name(**_model(index or status))}")
     updated = status.get("updated_at")
     if updated is not None:
         text += f", updated {updated:%Y-%m-%d %H:%M} UTC"
     text += ")"
     counts = status.get("counts")
-    if counts:
+    if counts and frames:
+        text += (f": {counts['num_indexed']} frames of "
+                 f"{counts.get('num_videos')} videos indexed "
+                 f"({sampling_text(status['sampling'])}), "
+                 f"{counts['num_failed']} videos failed")
+    elif counts:
         noun, total = (("samples", counts.get("num_samples")) if field is None
                        else ("objects", counts.get("num_objects")))
         text += (f": {counts['num_indexed']} of {total} {noun} indexed, "
@@ -345,7 +384,14 @@ def enable_form(inputs, params, dataset=None):
     """What to index (the images, or the objects of a label field of
     ``dataset``, if it has such fields), the model choice (with what is on
     this machine) and the index backend."""
-    if _enable_target_form(inputs, params, dataset):
+    video = is_video(dataset)
+    if video:
+        inputs.view("frames_intro", types.Notice(label=(
+            "A video dataset: AI search indexes the frames of its videos "
+            "(those of FiftyOne's to_frames(fps=...)), embedded in the "
+            "background and kept in sync; a search finds frames, which "
+            "open as a frames view.")))
+    elif _enable_target_form(inputs, params, dataset):
         return  # objects of a field: the image index's model and backend
 
     choices = ais.available_models()
@@ -396,6 +442,42 @@ def enable_form(inputs, params, dataset=None):
             check_embedded_index()
         except UnsupportedPlatformError as e:  # Windows: no fcntl
             invalid(prop, str(e))
+    if video:
+        _frame_rate_input(inputs, params)
+
+
+def _frame_rate_input(inputs, params):
+    """The enable form's sampling rate of a frame index, invalid (with the
+    reason) where it is not a rate."""
+    default = ais.FrameSampling().fps
+    prop = inputs.float(
+        "fps", label="Frames per second", default=default,
+        description=f"How many frames of each second of video are indexed "
+        f"(default {default:g}); more finds shorter moments and embeds more "
+        "frames. Another rate than an index's rebuilds it")
+    try:
+        frame_sampling(params)
+    except ValueError as e:
+        invalid(prop, str(e))
+
+
+def frame_sampling(params):
+    """The sampling rule the enable form's parameters ask for (True: the
+    default rule).
+
+    Raises:
+        ValueError: the rate is not a number above 0
+    """
+    fps = params.get("fps")
+    if fps is None or fps == "":
+        return True
+    if isinstance(fps, bool) or not isinstance(fps, (int, float)):
+        raise ValueError(f"Frames per second: a number above 0, not {fps!r}.")
+    try:
+        return ais.FrameSampling(fps=fps)
+    except ValueError:
+        raise ValueError("Frames per second: a number above 0, not "
+                         f"{fps!r}.") from None
 
 
 def model_problem(params):
@@ -472,9 +554,15 @@ def model_from_params(params):
 
 
 def enable_from_params(ctx, params, secrets):
-    """Enables AI search (of the images, or of the objects of a field) as
-    the enable form says; loads no model here (the background worker
-    does)."""
+    """Enables AI search (of the images, or of the objects of a field; of
+    the frames of a video dataset's videos) as the enable form says; loads
+    no model here (the background worker does)."""
+    if is_video(ctx.dataset):  # the frames of its videos
+        model, pretrained = model_from_params(params)
+        return ais.enable_embeddings(
+            ctx.dataset, model=model, pretrained=pretrained,
+            backend=params.get("backend") or None, secrets=secrets,
+            load=False, frames=frame_sampling(params))
     field = enable_field(params, ctx.dataset)
     if field is not None and ais.is_embeddings_enabled(ctx.dataset):
         # as the form says: the image index's model and backend (the SDK's

@@ -13,7 +13,7 @@ from fiftyone.operators.executor import ExecutionOptions
 
 import fiftyone_ai_search as ais
 
-from . import forms
+from . import forms, frames
 from .manifest import PANEL_NAMES
 
 #: the App opens a panel by its name
@@ -79,8 +79,8 @@ class EnableAISearch(_Operator):
         name="enable_ai_search",
         label="AI search: enable",
         description="Embed this dataset's images (or the objects of a label "
-        "field) with CLIP and keep them in sync, so they can be searched by "
-        "prompt and example",
+        "field; the frames of a video dataset's videos) with CLIP and keep "
+        "them in sync, so they can be searched by prompt and example",
         icon="travel_explore",
         dynamic=True,
     )
@@ -140,7 +140,12 @@ class DisableAISearch(_Operator):
             forms.blocked(inputs, "off", "AI search is already off.",
                           types.Notice)
             return
-        if field is None:
+        if field is None and forms.is_video(ctx.dataset):
+            inputs.view("warning", types.Warning(
+                label="Disable AI search? This deletes the index of the "
+                "frames of the dataset's videos. Enabling again computes "
+                "the embeddings again."))
+        elif field is None:
             inputs.view("warning", types.Warning(
                 label="Disable AI search? This deletes the dataset's "
                 "embeddings index and the latest results; saved collections "
@@ -157,7 +162,8 @@ class DisableAISearch(_Operator):
         field = _chosen_enabled(ctx)
         showing_results = forms.showing_results(ctx.view)
         ais.disable_embeddings(ctx.dataset, patches_field=field,
-                               secrets=_secrets(ctx))
+                               secrets=_secrets(ctx),
+                               frames=forms.is_video(ctx.dataset))
         if showing_results and not forms.has_latest_results(ctx.dataset):
             # they went with the index (also when open as a saved view);
             # the new view reloads the App's page, saved views list too
@@ -196,12 +202,14 @@ class ComputeEmbeddings(_Operator):
         field = _chosen_enabled(ctx)
         force = bool(ctx.params.get("force", False))
         verify_files = bool(ctx.params.get("verify_files", False))
+        video = forms.is_video(ctx.dataset)  # its frame index
         if not ctx.delegated:
             # immediate: never in the App server's process; a background
             # worker computes, and the panel follows it
             ais.calculate_embeddings(
                 ctx.dataset, force=force, verify_files=verify_files,
                 wait=False, secrets=_secrets(ctx), patches_field=field,
+                frames=video,
             )
             ctx.ops.notify("Computing embeddings in a background worker; "
                            "the AI Search panel shows its progress")
@@ -214,6 +222,7 @@ class ComputeEmbeddings(_Operator):
         report = ais.calculate_embeddings(
             ctx.dataset, force=force, verify_files=verify_files, wait=True,
             progress=progress, secrets=_secrets(ctx), patches_field=field,
+            frames=video,
         )
         return report.to_dict()
 
@@ -232,7 +241,8 @@ class AISearchStatus(_Operator):
                               ("reason", "Reason"))
 
     def form(self, ctx, inputs):
-        status = ais.get_status(ctx.dataset)
+        status = ais.get_status(ctx.dataset,
+                                frames=forms.is_video(ctx.dataset))
         inputs.md(forms.status_text(status), name="status")
         self._failures(inputs, "failures", "Failed samples",
                        status.get("failures"), self.FAILURE_COLUMNS)
@@ -257,7 +267,8 @@ class AISearchStatus(_Operator):
                     view=table)
 
     def execute(self, ctx):
-        status = ais.get_status(ctx.dataset)
+        status = ais.get_status(ctx.dataset,
+                                frames=forms.is_video(ctx.dataset))
         status["objects"] = {
             field: ais.get_status(ctx.dataset, patches_field=field)
             for field in status["object_fields"]}
@@ -322,6 +333,9 @@ class AISearch(_Operator):
     def form(self, ctx, inputs):
         all_statuses = forms.statuses(ctx.dataset)
         state = forms.search_readiness(all_statuses)
+        if state == "ready" and forms.is_video(ctx.dataset):
+            frames.search_form(ctx, inputs, ctx.params, ctx.selected or [])
+            return
         if state == "ready":
             forms.search_form(ctx, inputs, ctx.params, ctx.selected or [])
             return
@@ -345,6 +359,9 @@ class AISearch(_Operator):
             forms.enable_from_params(ctx, ctx.params, _secrets(ctx))
             ctx.ops.open_panel(PANEL_NAME, layout="horizontal")  # beside the grid: progress
             return {"enabled": True}
+        if forms.is_video(ctx.dataset):
+            return frames.search_and_show(ctx, ctx.params,
+                                          ctx.selected or [])
         return forms.search_and_show(ctx, ctx.params, ctx.selected or [])
 
 
@@ -373,14 +390,23 @@ class SearchSimilar(_Operator):
         if not forms.require_ready(ctx, inputs, objects=True):
             return
         params = dict(ctx.params, mode="similar")
+        if forms.is_video(ctx.dataset):  # frames like the frame open
+            frames.search_form(ctx, inputs, params, self._references(ctx),
+                               modes=("similar",))
+            return
         forms.search_form(ctx, inputs, params, self._references(ctx),
                           modes=("similar",),
                           in_modal=bool(ctx.current_sample))
 
     def execute(self, ctx):
         params = dict(ctx.params, mode="similar")
-        result = forms.search_and_show(ctx, params, self._references(ctx),
-                                       in_modal=bool(ctx.current_sample))
+        if forms.is_video(ctx.dataset):
+            result = frames.search_and_show(ctx, params,
+                                            self._references(ctx))
+        else:
+            result = forms.search_and_show(ctx, params,
+                                           self._references(ctx),
+                                           in_modal=bool(ctx.current_sample))
         if ctx.current_sample:
             ctx.ops.close_sample()  # to the grid, where the results are
         return result
@@ -402,7 +428,17 @@ class FindNearDuplicates(_Operator):
     )
     BUTTON = (types.Places.SAMPLES_GRID_ACTIONS, "Find near-duplicates")
 
+    def resolve_placement(self, ctx):
+        if forms.is_video(ctx.dataset):
+            return None  # images only: not offered over frames
+        return super().resolve_placement(ctx)
+
     def form(self, ctx, inputs):
+        if forms.is_video(ctx.dataset):
+            forms.blocked(inputs, "video", "Near-duplicates are found among "
+                          "images; a video dataset's frames are not "
+                          "searched for near-duplicates.")
+            return
         if forms.require_ready(ctx, inputs):
             forms.duplicates_form(ctx, inputs, ctx.params)
 

@@ -1,0 +1,252 @@
+"""Frame search in the App, headless: a video dataset's grid button and
+operators through FiftyOne's own operator machinery (as test_operators.py
+runs them), on small synthetic videos and the tiny CLIP: enabling the
+frame index from the App, its status, searching frames by prompt, by a
+frame selected in a frames view and by an uploaded image, the results
+shown as a frames view, best first."""
+
+import base64
+import io
+import json
+import os
+import time
+
+import pytest
+from bson import json_util
+
+import fiftyone as fo
+import fiftyone.core.view as fov
+import fiftyone.operators as foo
+from fiftyone.operators.executor import resolve_placement
+
+import fiftyone_ai_search as ais
+from fiftyone_ai_search.app import PLUGIN_NAME
+from fiftyone_ai_search.demo import shapes, tiny_clip_model_name
+
+from tests.conftest import REPO_DIR
+from tests.test_operators import _blocking, _context, _form
+from tests.videos import FRAME_RATE, video_dataset
+
+RED = ("red", "circle")
+RED_SQUARE = ("red", "square")
+BLUE = ("blue", "square")
+BLUE_CIRCLE = ("blue", "circle")
+GREEN = ("green", "star")
+
+
+def uri(name):
+    return f"{PLUGIN_NAME}/{name}"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def repo_as_plugin():
+    """The repository placed under the plugins dir (see test_operators)."""
+    link = os.path.join(fo.config.plugins_dir, "ai-search")
+    if not os.path.islink(link):
+        os.symlink(REPO_DIR, link)
+    yield link
+    os.unlink(link)
+
+
+def with_metadata(dataset):
+    """Gives each video the metadata FiftyOne's frames views count frames
+    with (FiftyOne computes it with ffprobe, not installed here)."""
+    for sample in dataset.iter_samples(autosave=True):
+        seconds = len(sample["layout"])
+        sample.metadata = fo.VideoMetadata(
+            frame_rate=float(FRAME_RATE), total_frame_count=FRAME_RATE * seconds,
+            duration=float(seconds), frame_width=128, frame_height=128,
+            encoding_str="mp4v", size_bytes=os.path.getsize(sample.filepath),
+            mime_type="video/mp4")
+    return dataset
+
+
+@pytest.fixture(scope="module")
+def red_circles(tmp_path_factory, repo_as_plugin):
+    """3 videos showing a red circle 4 seconds of 6, 3 without, their frame
+    index enabled and computed from the App's grid button (read-only for
+    the tests after the first)."""
+    with_red = [RED, RED_SQUARE, RED, BLUE, RED, RED]
+    without = [BLUE_CIRCLE, RED_SQUARE, GREEN, BLUE, BLUE_CIRCLE, GREEN]
+    dataset = with_metadata(video_dataset(
+        tmp_path_factory.mktemp("app-frames"), [with_red] * 3 + [without] * 3))
+    return dataset
+
+
+def run(operator, dataset, view=None, selected=None, current_sample=None,
+        **params):
+    """Executes an operator as the App does; returns ``(result, view the
+    operator showed or None)``."""
+    ctx = {"dataset": dataset, "params": params, "selected": selected or []}
+    if view is not None:
+        ctx["view"] = view
+    if current_sample is not None:
+        ctx["current_sample"] = current_sample
+    result = foo.execute_operator(uri(operator), ctx=ctx)
+    assert result.error is None, result.error_message
+    shown = None
+    for request in result.executor._requests:
+        if request.operator_uri.endswith("set_view"):
+            stages = request.params["view"]
+            if not isinstance(stages, str):
+                stages = json.dumps(stages)
+            # (as the App's server reads it: ids as extended JSON)
+            shown = fov.DatasetView._build(dataset, json_util.loads(stages))
+    return result.result, shown
+
+
+def shown_layout(dataset, frames):
+    """What each frame of a frames view shows (``"red circle"``), in its
+    order: the test videos change shape every second (10 frames)."""
+    layouts = dict(zip(*dataset.values(["id", "layout"])))
+    return [layouts[v][(n - 1) // FRAME_RATE] for v, n in
+            zip(*frames.values(["sample_id", "frame_number"]))]
+
+
+def wait_until_idle(dataset, timeout=180):
+    """Waits for the frame index's background computation to finish."""
+    deadline = time.time() + timeout
+    while ais.get_status(dataset, frames=True, counts=False)["in_progress"]:
+        assert time.time() < deadline, "still computing"
+        time.sleep(0.2)
+
+
+def button(dataset):
+    request = {"dataset_name": dataset.name, "params": {}}
+    placement = resolve_placement(foo.get_operator(uri("ai_search")), request)
+    return placement.to_json()["view"]["label"]
+
+
+def test_a_video_dataset_is_enabled_from_the_grid_button(red_circles):
+    dataset = red_circles
+    assert button(dataset) == "AI Search: off"
+    form = _form(dataset)
+    assert "AI search is off** for this video dataset" in form["status"][
+        "default"]
+    assert "indexes the frames of its videos" in form["frames_intro"][
+        "view"]["label"]
+    assert form["fps"]["default"] == 1.0
+    assert not _blocking(form)
+    # a rate that is not one blocks Execute, and says why
+    fps = _form(dataset, params={"fps": 0})["fps"]
+    assert fps["invalid"] and "a number above 0" in fps["error_message"]
+    # near-duplicates are of images: not offered on videos
+    request = {"dataset_name": dataset.name, "params": {}}
+    assert resolve_placement(foo.get_operator(uri("find_near_duplicates")),
+                             request) is None
+
+    out, _ = run("ai_search", dataset, model_choice=tiny_clip_model_name(),
+                 fps=1.0)
+    assert out == {"enabled": True}
+    assert ais.is_embeddings_enabled(dataset, frames=True)
+    wait_until_idle(dataset)
+
+    # the status, the button's and the status operator's, is the frame
+    # index's
+    assert button(dataset) == "AI Search: ready"
+    status = _form(dataset, operator="ai_search_status")["status"]["default"]
+    assert status.startswith("**Frame index: ready** (tiny_clip")
+    assert ("36 frames of 6 videos indexed (1 frame per second), 0 videos "
+            "failed") in status
+    out, _ = run("ai_search_status", dataset)
+    assert out["counts"]["num_indexed"] == 36 and out["sampling"]["fps"] == 1
+
+
+def test_prompt_search_shows_the_red_circle_frames_first(red_circles):
+    dataset = red_circles
+    form = _form(dataset)
+    modes = form["mode"]["type"]["values"]
+    assert modes == ["prompt", "similar", "image"]  # no diverse over frames
+    assert "all 6 videos" in form["scope"]["view"]["label"]
+
+    out, frames = run("ai_search", dataset, mode="prompt",
+                      prompt="a red circle", limit=10)
+    assert out["count"] == out["shown"] == 10
+    assert frames._is_frames and len(frames) == 10
+    hits = ais.search_frames(dataset, prompt="a red circle", limit=10)
+    # the frames view is the hits, best first
+    assert list(zip(*frames.values(["sample_id", "frame_number"]))) == [
+        (h["sample_id"], h["frame_number"]) for h in hits]
+    assert shown_layout(dataset, frames).count("red circle") >= 9
+    assert out["best"]["sample_id"] == hits[0]["sample_id"]
+
+    # the best frame per video: the 3 videos with red circles
+    out, frames = run("ai_search", dataset, mode="prompt",
+                      prompt="a red circle", limit=3, best_per_video=True)
+    assert len(set(frames.values("sample_id"))) == 3
+    assert shown_layout(dataset, frames) == ["red circle"] * 3
+
+    # within a view of videos
+    view = dataset.skip(3)
+    label = _form(dataset, view=view)["scope"]["view"]["label"]
+    assert "the 3 videos of the current view" in label
+    out, frames = run("ai_search", dataset, view=view, mode="prompt",
+                      prompt="a red circle", limit=5)
+    assert set(frames.values("sample_id")) <= set(view.values("id"))
+
+
+def test_search_by_a_selected_frame_and_in_the_modal(red_circles):
+    dataset = red_circles
+    _, results = run("ai_search", dataset, mode="prompt",
+                     prompt="a red circle", limit=10)
+
+    # in the results (a frames view) with a frame selected: similar frames
+    # is the default, and searches every video, not the results
+    ref = results.first()
+    form = _form(dataset, view=results, selected=[ref.id])
+    assert form["mode"]["default"] == "similar"
+    assert "1 selected frame" in form["selected"]["view"]["label"]
+    assert "searches every video" in form["scope"]["view"]["label"]
+    out, frames = run("ai_search", dataset, view=results, selected=[ref.id],
+                      mode="similar", limit=12)
+    first = frames.first()
+    assert (first.sample_id, first.frame_number) == (ref.sample_id,
+                                                     ref.frame_number)
+    assert out["best"]["score"] == pytest.approx(1.0, abs=1e-4)
+    assert len(frames) == 12  # beyond the 10 results: every video
+
+    # nothing selected: blocked, and says what to select
+    blocked = _blocking(_form(dataset, view=results,
+                              params={"mode": "similar"}))
+    assert "select frames in a frames view" in blocked["selected"]
+
+    # "Find similar" in the modal, on the frame open there
+    ctx = {"dataset_name": dataset.name, "params": {},
+           "view": results._serialize(), "current_sample": ref.id}
+    placement = resolve_placement(foo.get_operator(uri("search_similar")),
+                                  ctx)
+    assert placement.to_json()["view"]["label"] == "Find similar"
+    form = _form(dataset, operator="search_similar", view=results,
+                 current_sample=ref.id)
+    assert "1 selected frame" in form["selected"]["view"]["label"]
+    out, frames = run("search_similar", dataset, view=results,
+                      current_sample=ref.id, limit=5)
+    assert (frames.first().sample_id, frames.first().frame_number) == (
+        ref.sample_id, ref.frame_number)
+
+
+def test_search_by_an_uploaded_image(red_circles, tmp_path):
+    dataset = red_circles
+    spec = shapes.sample_spec(7, 0, color="red", shape="circle")
+    data = io.BytesIO()
+    shapes.render(spec).save(data, format="PNG")
+    upload = {"name": "red.png", "type": "image/png",
+              "size": len(data.getvalue()),
+              "content": base64.b64encode(data.getvalue()).decode()}
+    out, frames = run("ai_search", dataset, mode="image",
+                      image_source="upload", image_upload=upload, limit=10)
+    assert out["count"] == 10
+    assert shown_layout(dataset, frames).count("red circle") >= 8
+
+
+def test_disable_from_the_app_removes_the_frame_index(tmp_path):
+    dataset = with_metadata(video_dataset(tmp_path, [[RED, BLUE]]))
+    ais.enable_embeddings(dataset, model=tiny_clip_model_name(), frames=True,
+                          compute=False)
+    form = _form(dataset, operator="disable_ai_search")
+    assert "frames of the dataset's videos" in form["warning"]["view"][
+        "label"]
+    out, _ = run("disable_ai_search", dataset)
+    assert out == {"enabled": False}
+    assert not ais.is_embeddings_enabled(dataset, frames=True)
+    assert button(dataset) == "AI Search: off"

@@ -1,19 +1,83 @@
 """Test session setup: a private ``mongod`` and offline, isolated FiftyOne.
 
-FiftyOne reads its configuration when it is first imported, so everything
-here happens at import time of this conftest, before any test module (or
-plugin) imports ``fiftyone``.
+FiftyOne reads its configuration when it is first imported, so the
+``mongod`` starts in ``pytest_configure``, before collection imports any
+test module (nothing this conftest imports imports ``fiftyone``). Each
+process that runs tests has its own; an interrupted run stops it too
+(tests/test_interrupted_run.py).
 """
 
 import os
+import signal
+import subprocess
 import sys
 
+import psutil
 import pytest
 
 from fiftyone_ai_search.testing import isolated_fiftyone
 
 REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-isolated_fiftyone()  # at import: before any test module imports fiftyone
+
+# Stops the mongod (and removes the scratch directory) once the process
+# that started it is gone, however it went: the write end of its stdin is
+# held by that process alone, so the read returns when the process ends
+# (a kill -9 too, where no handler runs). Another process that took the pid
+# since is left alone (its command line is checked).
+_WATCHDOG = r"""
+read -r _
+for pid in $MONGODS; do
+  if tr '\0' ' ' < /proc/$pid/cmdline 2>/dev/null | grep -q "mongod.*$SCRATCH"; then
+    kill -TERM $pid
+    while kill -0 $pid 2>/dev/null; do sleep 0.1; done
+  fi
+done
+rm -rf "$SCRATCH"
+"""
+
+
+def _stop_mongod_when_this_process_ends(scratch: str) -> None:
+    mongods = [str(p.pid) for p in psutil.Process().children()
+               if p.name() == "mongod"]
+    read_end, write_end = os.pipe()  # neither end passes to exec'd children
+    subprocess.Popen(
+        ["sh", "-c", _WATCHDOG], stdin=read_end, close_fds=True,
+        # its own session: a Ctrl-C or a kill of this process group spares
+        # it, and it must outlive this process
+        start_new_session=True,
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+             "MONGODS": " ".join(mongods), "SCRATCH": scratch},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.close(read_end)
+    _WATCHDOG_PIPE.append(write_end)  # open until this process ends
+
+
+_WATCHDOG_PIPE: list = []
+
+
+def _terminate_as_interrupt(signum, frame):
+    # pytest tears the session down on KeyboardInterrupt (module fixtures:
+    # App servers, datasets) and exits; the atexit hooks then stop mongod
+    raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+
+@pytest.hookimpl(trylast=True)  # after pytest-xdist's: it says who we are
+def pytest_configure(config):
+    """A private ``mongod`` and scratch directory for this process, before
+    any test module imports fiftyone (collection comes after configure).
+    Not in pytest-xdist's controller (``-n N``): it runs no test, its
+    workers (each a process with this conftest) have their own.
+
+    A SIGTERM or SIGHUP ends the run as Ctrl-C does (teardown, then mongod
+    stopped at exit); a watchdog stops mongod if this process dies with no
+    chance to (``kill -9``)."""
+    if config.pluginmanager.hasplugin("dsession"):
+        return
+    scratch = isolated_fiftyone()
+    _stop_mongod_when_this_process_ends(scratch)
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signum) is signal.SIG_DFL:
+            signal.signal(signum, _terminate_as_interrupt)
 
 # tests/ is a package (tests.helpers, tests.peer, tests.app_browser); the
 # browser driver keeps its old import name too, `from app_browser import`,

@@ -1,5 +1,6 @@
 """The computation lease: one computation per dataset, across processes."""
 
+import dataclasses
 import datetime
 import multiprocessing
 import os
@@ -108,10 +109,18 @@ def test_the_state_is_read_as_a_type_of_the_document_as_stored():
     dataset = _dataset()
     doc, state = st.get(dataset), st.load(dataset)
     assert state.key == doc["_id"] == st.dataset_key(dataset)
-    # every field of the stored document, under its own name
-    for name in set(doc) - {"_id"}:
+    # every field of the stored document, under its own name; the index
+    # references as a type whose stored form is the document's
+    refs = {"index", "build", "retired"}
+    for name in set(doc) - {"_id"} - refs:
         assert getattr(state, name) == doc[name], name
-    assert state.enabled and state.index is None and state.build["name"]
+    assert state.enabled and state.index is None and state.build.name
+    assert isinstance(state.build, st.IndexRef)
+    assert state.build.to_doc() == doc["build"]
+    assert st.IndexRef.from_doc(doc["build"]) == state.build
+    assert state.retired == doc["retired"] == []
+    assert state.build.generation == state.generation
+    assert state.indexes == [state.build]
     assert st.as_state(doc) == state and st.as_state(state) is state
 
     # a dataset stands for its images: one key, one target
@@ -119,3 +128,25 @@ def test_the_state_is_read_as_a_type_of_the_document_as_stored():
     assert targets.of(images) is images and images == targets.of(dataset)
     assert images.key == st.dataset_key(dataset) == str(dataset._doc.id)
     assert not images.is_objects and images.field is None
+
+
+def test_an_index_reference_is_a_type_read_from_its_stored_form():
+    stored = {"name": "dataset_x_1", "backend": "edge", "model": "m",
+              "pretrained": None, "model_identity": "m@1", "crop": None,
+              "sampling": None}
+    ref = st.IndexRef.from_doc(stored)
+    assert (ref.name, ref.backend, ref.model_identity) == (
+        "dataset_x_1", "edge", "m@1")
+    # an index searches use is stored without a build's fields
+    assert ref.generation is None and ref.to_doc() == stored
+    assert st.IndexRef.of(stored) == ref and st.IndexRef.of(ref) is ref
+    assert ref.model_label == "m"
+    assert dataclasses.replace(ref, pretrained="p").model_label == "m (p)"
+    assert ref.same_index(dataclasses.replace(ref, name="dataset_x_2"))
+    assert not ref.same_index(dataclasses.replace(ref, crop={"pad": 1}))
+    # one that cannot be opened (of a damaged document) is not a reference
+    for damaged in (None, "name", {"name": "x"}, {"name": 3, "backend":
+                    "edge"}, {"name": "x", "backend": "nowhere"}):
+        assert st.IndexRef.from_doc(damaged) is None
+    with pytest.raises(ValueError, match="Not an index reference"):
+        st.IndexRef.of({"name": "x"})

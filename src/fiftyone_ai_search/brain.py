@@ -538,7 +538,7 @@ class AISearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         (:class:`ClipBrainModel`)."""
         doc = require_index(self._target)
         if not isinstance(self._model, ClipBrainModel) or (
-                self._model.identity != doc.index["model_identity"]):
+                self._model.identity != doc.index.model_identity):
             self._model = ClipBrainModel(indexes.load_index_model(doc.index))
         return self._model
 

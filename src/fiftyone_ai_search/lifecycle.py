@@ -181,7 +181,7 @@ def enable(dataset, model=None, pretrained=None, backend=None,
     if existing is not None and not doc.build:
         logger.info("AI search of '%s' already has an index of %s: the %s "
                     "is not needed", dataset.name,
-                    indexes.model_label(doc.requested), existing)
+                    doc.model_label, existing)
     _register(dataset, doc, brain_key, runs)
     if compute:
         runner.start_background(dataset, secrets=secrets)
@@ -311,7 +311,7 @@ def _check_can_drop(target, settings):
     doc = st.load_raw(st.dataset_key(target))
     if doc is None or settings.qdrant_url:
         return
-    if any(ref.get("backend") == "server" for ref in doc.indexes):
+    if any(ref.backend == "server" for ref in doc.indexes):
         raise ValueError(
             f"{indexes.what(target)} keeps its index on a Qdrant server, and no "
             f"server URL is configured here: set {ENV_PREFIX}QDRANT_URL "
@@ -620,8 +620,8 @@ def get_status(dataset: fod.Dataset, max_failures: int = 100,
         progress["fraction"] = progress["done"] / progress["total"]
 
     def model_of(ref):
-        return ref and {k: ref.get(k) for k in ("model", "pretrained",
-                                                 "backend")}
+        return ref and {"model": ref.model, "pretrained": ref.pretrained,
+                        "backend": ref.backend}
 
     status = {
         "enabled": True,

@@ -23,7 +23,7 @@ from .index import indexes
 from .index import media
 from .index import state as st
 from .index import targets
-from .index.indexes import model_label, read_index, require_index
+from .index.indexes import read_index, require_index
 from .query import diverse
 from .query.scope import (ObjectsOfView, ViewScope, check_known_ids,
                           known_size, make_scope)
@@ -189,10 +189,10 @@ def perform_ai_search(
     described = query.describe(scope)
     if field is not None:
         described["patches_field"] = field
-    described["model"] = model_label(doc.index)
+    described["model"] = doc.index.model_label
     if doc.build:
         # searches use the complete index until the rebuild switches over
-        described["rebuilding"] = model_label(doc.build)
+        described["rebuilding"] = doc.build.model_label
         logger.warning(
             "AI search of '%s' is being rebuilt (%s); this search used the "
             "complete index of %s", dataset.name, described["rebuilding"],
@@ -332,14 +332,14 @@ def check_index_model(store, ref, model=None):
     info = store.info()
     if info is None:
         raise IndexNotFoundError(f"The AI search index '{store.name}' is gone")
-    identities = {info.model_identity, ref["model_identity"]}
+    identities = {info.model_identity, ref.model_identity}
     if model is not None:
         identities.add(model.spec.identity)
     if len(identities) != 1:
         raise IndexMismatchError(
             f"The AI search index '{store.name}' holds embeddings of "
             f"{info.model!r} ({info.pretrained!r}), not of the model "
-            f"{model_label(ref)} it is recorded with: refusing to search it. "
+            f"{ref.model_label} it is recorded with: refusing to search it. "
             "Rebuild it: calculate_embeddings(dataset, force=True)"
         )
 

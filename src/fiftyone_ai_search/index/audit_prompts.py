@@ -22,6 +22,7 @@ import numpy as np
 from ..config import get_settings
 from ..store import audit
 from . import indexes
+from . import state as st
 
 logger = logging.getLogger(__name__)
 
@@ -31,14 +32,14 @@ FOLDER = "audit-prompts"
 
 def vectors(ref, settings=None):
     """The generic prompts encoded by the model of an index reference (a
-    state document's ``index``): as stored by :func:`keep`, else encoded
+    state's ``index``, see :func:`fiftyone_ai_search.index.indexes.open_ref`): as stored by :func:`keep`, else encoded
     now (the model loaded) and stored.
 
     Returns:
         an ``(len(GENERIC_PROMPTS), dim)`` float32 array
     """
     settings = settings or get_settings()
-    path = _path(ref["model_identity"], settings)
+    path = _path(st.IndexRef.of(ref).model_identity, settings)
     stored = _read(path)
     if stored is not None:
         return stored

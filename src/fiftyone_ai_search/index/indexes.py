@@ -3,8 +3,9 @@ its fields): opening the one searches read, requiring one that is
 complete, loading its model, and dropping indexes.
 
 A target's state (:mod:`fiftyone_ai_search.index.state`) names its indexes
-by references (``{"name", "backend", "model", ...}``); this module turns
-them into open :class:`fiftyone_ai_search.store.VectorStore` objects.
+by references (:class:`~fiftyone_ai_search.index.state.IndexRef`); this
+module turns them into open :class:`fiftyone_ai_search.store.VectorStore`
+objects.
 
 | Copyright the fiftyone-ai-search authors, Apache-2.0.
 """
@@ -21,10 +22,12 @@ from . import targets
 
 
 def open_ref(ref, settings=None):
-    """Opens the vector store of an index reference of a state document
-    (its ``index``, ``build`` or one of its ``retired``)."""
-    settings = (settings or get_settings()).replace(backend=ref["backend"])
-    return open_store(ref["name"], settings)
+    """Opens the vector store of an index reference of a state (its
+    ``index``, ``build`` or one of its ``retired``: an
+    :class:`~fiftyone_ai_search.index.state.IndexRef`, or its stored form)."""
+    ref = st.IndexRef.of(ref)
+    settings = (settings or get_settings()).replace(backend=ref.backend)
+    return open_store(ref.name, settings)
 
 
 def index_size(ref, settings=None):
@@ -51,10 +54,11 @@ def open_index(dataset, settings=None, doc=None):
 
 
 def load_index_model(ref, settings=None):
-    """Loads (once per process) the model of an index reference (a state
-    document's ``index`` or ``build``)."""
+    """Loads (once per process) the model of an index reference (a state's
+    ``index`` or ``build``; see :func:`open_ref`)."""
     settings = settings or get_settings()
-    spec = resolve_model(ref["model"], ref["pretrained"])
+    ref = st.IndexRef.of(ref)
+    spec = resolve_model(ref.model, ref.pretrained)
     return load_model(spec, device=settings.device)
 
 
@@ -84,7 +88,8 @@ def drop_unreferenced(key, settings=None):
         "@", "[0-9a-z]+") + "$")
     for name in sorted(os.listdir(root)):
         if pattern.match(name):
-            drop_indexes(key, [{"name": name, "backend": "edge"}], settings)
+            drop_indexes(key, [st.IndexRef(name=name, backend="edge")],
+                         settings)
 
 
 def what(target):
@@ -107,12 +112,10 @@ def require_enabled(dataset):
     return doc
 
 
-def model_label(ref):
-    """How a model (of an index reference, or what a state asks for:
-    :attr:`~fiftyone_ai_search.index.state.IndexState.requested`) is named
+def model_label(ref) -> str:
+    """How the model of an index reference (see :func:`open_ref`) is named
     in messages: ``"ViT-B-32 (laion2b_s34b_b79k)"``."""
-    return f"{ref['model']} ({ref['pretrained']})" if ref.get(
-        "pretrained") else ref["model"]
+    return st.IndexRef.of(ref).model_label
 
 
 def _computing(doc):
@@ -151,11 +154,11 @@ def require_index(dataset, same_model=False):
             f"{what(dataset)} has no index yet. "
             f"{_computing(doc)} {how}"
         )
-    if same_model and build and not st.same_index(index, build):
+    if same_model and build and not index.same_index(build):
         raise IndexNotReadyError(
             f"{what(dataset)} is being rebuilt with "
-            f"model {model_label(build)}; its index holds embeddings of "
-            f"{model_label(index)} until then. {_computing(doc)} {how}"
+            f"model {build.model_label}; its index holds embeddings of "
+            f"{index.model_label} until then. {_computing(doc)} {how}"
         )
     return doc
 
@@ -193,6 +196,6 @@ def read_index(target, doc, read, same_model=False, required=True):
             newer = (require_index(target, same_model=same_model)
                      if required else st.load(target))
             if newer is None or not newer.index or (
-                    newer.index["name"] == ref["name"]):
+                    newer.index.name == ref.name):
                 raise
             doc = newer

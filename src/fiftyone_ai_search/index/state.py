@@ -14,8 +14,9 @@ rule (``FrameSampling.to_dict()``) where an object index has its crop
 settings, and its failures per video.
 
 The rest of the package reads a document as an :class:`IndexState`
-(:func:`load`, by attribute) and changes it only through the transition
-functions of this module; :func:`get` gives the document as stored.
+(:func:`load`, by attribute; its index references as :class:`IndexRef`)
+and changes it only through the transition functions of this module;
+:func:`get` gives the document as stored.
 
 Nothing is written to the dataset or its samples: a write there would bump
 ``last_modified_at`` and make the sync re-trigger itself.
@@ -50,6 +51,7 @@ import os
 import socket
 import threading
 import uuid
+from typing import TYPE_CHECKING
 
 import pymongo
 
@@ -57,6 +59,13 @@ from ..errors import AISearchError, StateDamagedError
 from ..store import base
 from . import targets
 from .targets import dataset_key  # the key of a state: one definition
+
+if TYPE_CHECKING:  # (fiftyone is imported when first needed: start-up)
+    import fiftyone.core.dataset as fod
+
+    #: what the functions of this module take: a dataset (its images), or
+    #: a target (its images, the objects of a field, its videos' frames)
+    AnyTarget = fod.Dataset | targets.Target
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +131,76 @@ class StaleGeneration(AISearchError):
 #: ``sampling`` which frames a frame index samples (None for the others)
 INDEX_FIELDS = ("name", "model", "pretrained", "model_identity", "backend",
                 "crop", "sampling")
+
+
+@dataclasses.dataclass(frozen=True)
+class IndexRef:
+    """A reference to an index, as a state document names it (its
+    ``index``, its ``build``, one of its ``retired``): what the rest of the
+    package reads, by attribute; :meth:`to_doc` is its stored form.
+
+    A build's reference also carries the ``generation`` it is built for,
+    when it was ``started_at`` and the ``existing`` embeddings it is
+    filled from (see :mod:`fiftyone_ai_search.sync.existing`); those of an
+    index searches use are None.
+    """
+
+    name: str
+    #: ``"edge"`` or ``"server"``
+    backend: str
+    model: "str | None" = None
+    pretrained: "str | None" = None
+    model_identity: "str | None" = None
+    #: how an object index crops its objects (None for images)
+    crop: "dict | None" = None
+    #: which frames a frame index samples (None for images and objects)
+    sampling: "dict | None" = None
+    generation: "str | None" = None
+    started_at: "datetime.datetime | None" = None
+    existing: "dict | None" = None
+
+    @classmethod
+    def from_doc(cls, doc) -> "IndexRef | None":
+        """The reference a stored one holds; None for None or for one that
+        cannot be opened (of a damaged document: see :func:`usable_ref`)."""
+        if not usable_ref(doc):
+            return None
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: doc[k] for k in names if k in doc})
+
+    @classmethod
+    def of(cls, ref) -> "IndexRef":
+        """``ref`` as an :class:`IndexRef`: itself, or the one a stored
+        reference holds (``{"name", "backend", ...}``, as :func:`get` and a
+        plain Brain run give them)."""
+        if isinstance(ref, cls):
+            return ref
+        found = cls.from_doc(ref)
+        if found is None:
+            raise ValueError(f"Not an index reference: {_short(ref)}")
+        return found
+
+    def to_doc(self) -> dict:
+        """Its stored form: the fields of :data:`INDEX_FIELDS`, and a
+        build's ``generation``, ``started_at`` and ``existing``."""
+        doc = {k: getattr(self, k) for k in INDEX_FIELDS}
+        if self.generation is not None:
+            doc.update(generation=self.generation,
+                       started_at=self.started_at, existing=self.existing)
+        return doc
+
+    def same_index(self, other: "IndexRef") -> bool:
+        """Whether it and ``other`` hold vectors of the same model in the
+        same backend, of objects cropped alike or frames sampled alike
+        (interchangeable for reads)."""
+        return same_index(self.to_doc(), other.to_doc())
+
+    @property
+    def model_label(self) -> str:
+        """How its model is named in messages:
+        ``"ViT-B-32 (laion2b_s34b_b79k)"``."""
+        return (f"{self.model} ({self.pretrained})" if self.pretrained
+                else self.model)
 
 
 def _new_generation():
@@ -213,9 +292,9 @@ class IndexState:
     :func:`plan_rebuild`, :func:`finish_sync`, :func:`switch_to_build`,
     :func:`disable`, ...), whose compare-and-set writes are the only ones.
 
-    Index references (``index``, ``build``, ``retired``) are the stored
-    dicts (:data:`INDEX_FIELDS`, and a build's ``generation``,
-    ``started_at`` and ``existing``).
+    Index references (``index``, ``build``, ``retired``) are
+    :class:`IndexRef` objects (of a damaged document, those that can be
+    opened: the others read None, and are left out of ``retired``).
 
     A state read by :func:`load` was checked (:func:`problems`); one read
     by :func:`load_raw` or handed by :func:`disable` may be damaged: its
@@ -242,10 +321,10 @@ class IndexState:
     sampling: "dict | None" = None
     brain_key: "str | None" = None
     #: the complete index searches use, and the one being built beside it
-    index: "dict | None" = None
-    build: "dict | None" = None
+    index: "IndexRef | None" = None
+    build: "IndexRef | None" = None
     #: indexes no longer referenced, still to drop
-    retired: list = dataclasses.field(default_factory=list)
+    retired: "list[IndexRef]" = dataclasses.field(default_factory=list)
     watermark: "datetime.datetime | None" = None
     deletion_watermark: "datetime.datetime | None" = None
     updated_at: "datetime.datetime | None" = None
@@ -270,21 +349,25 @@ class IndexState:
         names = {f.name for f in dataclasses.fields(cls)} - {"key", "_doc"}
         fields = {k: doc[k] for k in names if k in doc}
         fields["enabled"] = bool(doc.get("enabled"))
-        fields["retired"] = doc.get("retired") or []
+        fields["index"] = IndexRef.from_doc(doc.get("index"))
+        fields["build"] = IndexRef.from_doc(doc.get("build"))
+        retired = doc.get("retired")
+        fields["retired"] = [IndexRef.from_doc(r) for r in (
+            retired if isinstance(retired, list) else []) if usable_ref(r)]
         fields["rerun_requested"] = bool(doc.get("rerun_requested"))
         return cls(key=doc["_id"], _doc=doc, **fields)
 
     @property
-    def requested(self) -> dict:
-        """What it asks to be computed, as an index reference's fields
-        (``model``, ``pretrained``, ``model_identity``, ``backend``,
-        ``crop``): e.g. for :func:`same_index` and messages."""
-        return {k: getattr(self, k) for k in INDEX_FIELDS[1:]}
+    def model_label(self) -> str:
+        """How the model it asks for (the index's, or that of the build) is
+        named in messages: ``"ViT-B-32 (laion2b_s34b_b79k)"``."""
+        return (f"{self.model} ({self.pretrained})" if self.pretrained
+                else self.model)
 
     @property
-    def indexes(self) -> list:
+    def indexes(self) -> "list[IndexRef]":
         """Every index it references (see :func:`indexes_of`)."""
-        return indexes_of(self._doc)
+        return [IndexRef.of(r) for r in indexes_of(self._doc)]
 
     def problems(self) -> list:
         """What is wrong with its document (see :func:`problems`)."""
@@ -333,7 +416,7 @@ def load_target(key):
     return targets.of_key(dataset, key)
 
 
-def load(target) -> "IndexState | None":
+def load(target: "AnyTarget") -> "IndexState | None":
     """The state of a target (a dataset, or the objects of one of its
     fields), or None if AI search was never on for it.
 
@@ -363,11 +446,11 @@ def as_state(doc) -> "IndexState | None":
         IndexState.from_doc(doc)
 
 
-def get(dataset):
+def get(target: "AnyTarget"):
     """The state document of a target (a dataset, or the objects of one of
     its fields), or None if AI search was never on for it (as stored: the
     rest of the package reads it through :func:`load`)."""
-    return get_key(dataset_key(dataset))
+    return get_key(dataset_key(target))
 
 
 def get_key(key):
@@ -547,34 +630,34 @@ def indexes_of(doc):
     return [r for r in refs if usable_ref(r)]
 
 
-def enable(dataset, model, pretrained, model_identity, backend,
-           existing=None, crop=None, sampling=None):
+def enable(target: "AnyTarget", model, pretrained, model_identity,
+           backend, existing=None, crop=None, sampling=None):
     """Records that AI search is on for a target (a dataset, or the objects
     of one of its fields) with the given model.
 
     The same model and backend (and crop settings, for objects; sampling
-    rule, for frames) as now change nothing. Another one means a new generation and an index built
-    beside the current one, which searches keep using until the new one is
-    complete; going back to the model of the current index cancels such a
-    build.
+    rule, for frames) as now change nothing. Another one means a new
+    generation and an index built beside the current one, which searches
+    keep using until the new one is complete; going back to the model of
+    the current index cancels such a build.
 
     Returns:
         the new :class:`IndexState`
     """
-    key = dataset_key(dataset)
-    current = get(dataset)
+    key = dataset_key(target)
+    current = get(target)
     enabled = current is not None and current.get("enabled")
     if enabled and _same(current, model_identity, backend, crop, sampling):
         _states().update_one(
-            {"_id": key}, {"$set": {"dataset_name": dataset.name}}
+            {"_id": key}, {"$set": {"dataset_name": target.name}}
         )
-        return load(dataset)
+        return load(target)
 
     generation = _new_generation()
-    frames = targets.of(dataset).is_frames
+    frames = targets.of(target).is_frames
     fields = {
         "schema_version": STATE_SCHEMA_VERSION,
-        "dataset_name": dataset.name,
+        "dataset_name": target.name,
         "enabled": True,
         "generation": generation,
         "model": model,
@@ -622,10 +705,10 @@ def enable(dataset, model, pretrained, model_identity, backend,
     elif retired:
         update["$push"] = {"retired": {"$each": retired}}
     _states().update_one({"_id": key}, update, upsert=True)
-    return load(dataset)
+    return load(target)
 
 
-def plan_rebuild(dataset):
+def plan_rebuild(target: "AnyTarget"):
     """Asks for the index to be rebuilt from scratch, beside the current
     one (``calculate_embeddings(force=True)``). A new generation: a running
     computation stops at its next commit.
@@ -633,8 +716,8 @@ def plan_rebuild(dataset):
     Returns:
         the new :class:`IndexState` (None if AI search is off)
     """
-    key = dataset_key(dataset)
-    doc = get(dataset)
+    key = dataset_key(target)
+    doc = get(target)
     if doc is None or not doc.get("enabled"):
         return IndexState.from_doc(doc)
     generation = _new_generation()
@@ -648,15 +731,15 @@ def plan_rebuild(dataset):
         {"_id": key, "generation": doc["generation"]}, update
     )
     if res.modified_count != 1:
-        return plan_rebuild(dataset)  # changed meanwhile: plan on the new one
-    return load(dataset)
+        return plan_rebuild(target)  # changed meanwhile: plan on the new one
+    return load(target)
 
 
-def check_generation(dataset, generation):
+def check_generation(target: "AnyTarget", generation):
     """Raises :class:`StaleGeneration` unless AI search is on for
-    ``dataset`` and its state is still at ``generation``."""
+    ``target`` and its state is still at ``generation``."""
     doc = _states().find_one(
-        {"_id": dataset_key(dataset)}, {"enabled": 1, "generation": 1}
+        {"_id": dataset_key(target)}, {"enabled": 1, "generation": 1}
     )
     if doc is None or not doc.get("enabled"):
         raise StaleGeneration("AI search was disabled during the computation")
@@ -667,24 +750,25 @@ def check_generation(dataset, generation):
         )
 
 
-def _commit(dataset, generation, update):
+def _commit(target: "AnyTarget", generation, update):
     res = _states().update_one(
-        {"_id": dataset_key(dataset), "generation": generation,
+        {"_id": dataset_key(target), "generation": generation,
          "enabled": True},
         update,
     )
     if res.matched_count != 1:
-        check_generation(dataset, generation)  # raises the reason
+        check_generation(target, generation)  # raises the reason
         raise StaleGeneration("The AI search state changed meanwhile")
 
 
-def finish_sync(dataset, generation, **fields):
+def finish_sync(target: "AnyTarget", generation, **fields):
     """Records the end of an incremental sync of the current index, if the
     state is still at ``generation`` (else :class:`StaleGeneration`)."""
-    _commit(dataset, generation, {"$set": fields})
+    _commit(target, generation, {"$set": fields})
 
 
-def switch_to_build(dataset, generation, build_name, **fields):
+def switch_to_build(target: "AnyTarget", generation, build_name,
+                    **fields):
     """Makes the completed ``build`` the index searches use, in one write;
     the index it replaces is retired (see :func:`forget_retired`).
 
@@ -692,10 +776,10 @@ def switch_to_build(dataset, generation, build_name, **fields):
         StaleGeneration: if the state is no longer at ``generation`` or no
             longer builds ``build_name``
     """
-    doc = get(dataset) or {}
+    doc = get(target) or {}
     build = doc.get("build")
     if not build or build["name"] != build_name:
-        check_generation(dataset, generation)
+        check_generation(target, generation)
         raise StaleGeneration("Another index is being built now")
     update = {
         "$set": dict(fields, build=None,
@@ -705,15 +789,17 @@ def switch_to_build(dataset, generation, build_name, **fields):
         update["$push"] = {"retired": doc["index"]}
     # only the lease holder switches, and any other change of the index
     # comes with a new generation: the generation is the whole condition
-    _commit(dataset, generation, update)
+    _commit(target, generation, update)
 
 
-def forget_retired(dataset_or_key, ref):
+def forget_retired(target_or_key: "AnyTarget | str",
+                   ref: "IndexRef | dict"):
     """Removes a dropped index from the ``retired`` list."""
-    key = (dataset_or_key if isinstance(dataset_or_key, str)
-           else dataset_key(dataset_or_key))
+    key = (target_or_key if isinstance(target_or_key, str)
+           else dataset_key(target_or_key))
     _states().update_one({"_id": key, "retired": {"$type": "array"}},
-                         {"$pull": {"retired": {"name": ref["name"]}}})
+                         {"$pull": {"retired": {"name":
+                                                IndexRef.of(ref).name}}})
 
 
 def enabled_states():
@@ -732,7 +818,7 @@ def object_fields(dataset_id):
          "patches_field": {"$type": "string"}}, {"patches_field": 1}))
 
 
-def disable(dataset_or_key):
+def disable(target_or_key: "AnyTarget | str"):
     """Switches AI search off in one write (a new generation, so a running
     computation stops at its next commit).
 
@@ -740,8 +826,8 @@ def disable(dataset_or_key):
         the :class:`IndexState` as it was before (unchecked: it may be
         damaged), or None if there was none
     """
-    key = (dataset_or_key if isinstance(dataset_or_key, str)
-           else dataset_key(dataset_or_key))
+    key = (target_or_key if isinstance(target_or_key, str)
+           else dataset_key(target_or_key))
     doc = _states().find_one_and_update(
         {"_id": key},
         {"$set": {"enabled": False, "generation": _new_generation(),
@@ -796,25 +882,26 @@ def delete_key(key):
         )
 
 
-def update(dataset, **fields):
-    """Sets fields of the state document of ``dataset``."""
-    _states().update_one({"_id": dataset_key(dataset)}, {"$set": fields})
+def update(target: "AnyTarget", **fields):
+    """Sets fields of the state document of ``target``."""
+    _states().update_one({"_id": dataset_key(target)}, {"$set": fields})
 
 
 # -- failures -----------------------------------------------------------------
 
 
-def record_failures(dataset, failures):
+def record_failures(target: "AnyTarget", failures):
     """Records per-sample failures.
 
     Args:
-        dataset: the dataset
+        target: a dataset, or a
+            :class:`~fiftyone_ai_search.index.targets.Target`
         failures: a list of dicts with ``sample_id``, ``filepath``,
             ``fingerprint`` and ``reason``
     """
     if not failures:
         return
-    key = dataset_key(dataset)
+    key = dataset_key(target)
     now = utcnow()
     ops = [
         pymongo.UpdateOne(
@@ -827,25 +914,25 @@ def record_failures(dataset, failures):
     _failures().bulk_write(ops, ordered=False)
 
 
-def clear_failures(dataset, sample_ids=None):
+def clear_failures(target: "AnyTarget", sample_ids=None):
     """Forgets the failures of the given samples (default: all)."""
-    query = {"dataset_id": dataset_key(dataset)}
+    query = {"dataset_id": dataset_key(target)}
     if sample_ids is not None:
         query["sample_id"] = {"$in": list(sample_ids)}
     _failures().delete_many(query)
 
 
-def get_failures(dataset, limit=None):
-    """Returns the recorded failures of ``dataset``, oldest first."""
+def get_failures(target: "AnyTarget", limit=None):
+    """Returns the recorded failures of ``target``, oldest first."""
     cursor = _failures().find(
-        {"dataset_id": dataset_key(dataset)}, {"_id": 0, "dataset_id": 0}
+        {"dataset_id": dataset_key(target)}, {"_id": 0, "dataset_id": 0}
     ).sort("failed_at", 1)
     if limit:
         cursor = cursor.limit(limit)
     return list(cursor)
 
 
-def get_failures_of(target, key, values):
+def get_failures_of(target: "AnyTarget", key, values):
     """The recorded failures whose field ``key`` is one of ``values`` (e.g.
     the failed objects of some samples)."""
     return list(_failures().find(
@@ -853,8 +940,8 @@ def get_failures_of(target, key, values):
         {"_id": 0, "dataset_id": 0}))
 
 
-def count_failures(dataset):
-    return _failures().count_documents({"dataset_id": dataset_key(dataset)})
+def count_failures(target: "AnyTarget"):
+    return _failures().count_documents({"dataset_id": dataset_key(target)})
 
 
 # -- the computation lease -----------------------------------------------------
@@ -914,9 +1001,9 @@ class Lease:
     manager). While held, a heartbeat thread renews it.
     """
 
-    def __init__(self, dataset, token):
-        self.dataset = dataset
-        self.key = dataset_key(dataset)
+    def __init__(self, target: "AnyTarget", token: str):
+        self.target = target
+        self.key = dataset_key(target)
         self.token = token
         self._stop = threading.Event()
         self._thread = threading.Thread(
@@ -951,13 +1038,13 @@ class Lease:
         self.release()
 
 
-def try_acquire(dataset):
-    """Takes the computation lease of ``dataset`` if it is free.
+def try_acquire(target: "AnyTarget"):
+    """Takes the computation lease of ``target`` if it is free.
 
     Returns:
         a :class:`Lease`, or None if another live process holds it
     """
-    key = dataset_key(dataset)
+    key = dataset_key(target)
     now = utcnow()
     doc = _states().find_one({"_id": key})
     if doc is None:
@@ -987,26 +1074,26 @@ def try_acquire(dataset):
     )
     if res.modified_count != 1:
         return None
-    return Lease(dataset, token)
+    return Lease(target, token)
 
 
-def mark_pending(dataset, pid):
+def mark_pending(target: "AnyTarget", pid):
     """Records that a background worker (process ``pid``) was started."""
     update(
-        dataset,
+        target,
         pending={"pid": pid, "host": socket.gethostname(), "since": utcnow()},
     )
 
 
-def request_rerun(dataset):
+def request_rerun(target: "AnyTarget"):
     """Asks the running computation to sync once more before it stops."""
-    update(dataset, rerun_requested=True)
+    update(target, rerun_requested=True)
 
 
-def take_rerun_request(dataset):
+def take_rerun_request(target: "AnyTarget"):
     """Returns (and clears) whether a re-run was requested."""
     doc = _states().find_one_and_update(
-        {"_id": dataset_key(dataset), "rerun_requested": True},
+        {"_id": dataset_key(target), "rerun_requested": True},
         {"$set": {"rerun_requested": False}},
     )
     return doc is not None

@@ -340,6 +340,7 @@ class _Stream:
     failed: int = 0
 
 
-def sampling_of(ref: dict) -> FrameSampling:
-    """The sampling rule of a frame index's reference."""
-    return FrameSampling.from_dict(ref.get("sampling") or {})
+def sampling_of(ref: "st.IndexRef | dict") -> FrameSampling:
+    """The sampling rule of a frame index's reference (or its stored
+    form)."""
+    return FrameSampling.from_dict(st.IndexRef.of(ref).sampling or {})

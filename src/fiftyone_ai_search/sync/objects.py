@@ -227,6 +227,7 @@ def write_given_objects(objects, store, label_ids, vectors):
     st.clear_failures(objects, list(label_ids))
 
 
-def crop_settings(ref: dict) -> CropSettings:
-    """The crop settings of an object index's reference."""
-    return CropSettings.from_dict(ref.get("crop") or {})
+def crop_settings(ref: "st.IndexRef | dict") -> CropSettings:
+    """The crop settings of an object index's reference (or its stored
+    form)."""
+    return CropSettings.from_dict(st.IndexRef.of(ref).crop or {})

@@ -196,10 +196,10 @@ def _sync_pass(dataset, doc, settings, verify_files, progress):
         if not building:
             store.check()  # damaged: rebuilt beside (see run_sync)
         model = indexes.load_index_model(ref, settings)
-        if model.spec.identity != ref["model_identity"]:
+        if model.spec.identity != ref.model_identity:
             raise IndexMismatchError(
-                f"The weights of model {ref['model']!r} (pretrained="
-                f"{ref['pretrained']!r}) changed since AI search was enabled "
+                f"The weights of model {ref.model!r} (pretrained="
+                f"{ref.pretrained!r}) changed since AI search was enabled "
                 "with them. Enable it again to rebuild with these weights: "
                 "fiftyone_ai_search.enable_embeddings(dataset, model=..., "
                 "pretrained=...)"
@@ -219,7 +219,7 @@ def _sync_pass(dataset, doc, settings, verify_files, progress):
                                       crop=crop_settings(ref))
         else:
             existing = (ExistingEmbeddings.from_ref(dataset,
-                                                    ref.get("existing"))
+                                                    ref.existing)
                         if building else None)
             sync = Synchronizer(dataset, store, model, settings,
                                 doc.generation, building=building,

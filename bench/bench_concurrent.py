@@ -104,6 +104,12 @@ def parse_args(argv=None):
                         "cache first (as after a reboot)")
     p.add_argument("--no-read-ahead", action="store_true",
                    help="open: without reading the files ahead (as before)")
+    p.add_argument("--trace", action="store_true",
+                   help="trace where the searches beside the writer wait: "
+                        "the writer's engine calls of 50 ms or more, the "
+                        "stretches its threads got no GIL, the requests its "
+                        "server answered and how, its compactions and turns "
+                        "given; printed for each search of 300 ms or more")
     p.add_argument("--until",
                    help="the writer stops once this file exists (or after "
                         "--seconds)")
@@ -226,7 +232,7 @@ def role_searcher(args):
 
     store = _store(args)
     queries = _queries(256, seed=8)
-    latencies, asked, at = [], 0, []
+    latencies, asked, at, by_holder = [], 0, [], []
     start = time.monotonic()
     k = 0
     while time.monotonic() - start < args.seconds or (
@@ -238,6 +244,7 @@ def role_searcher(args):
         latencies.append(time.monotonic() - t)
         at.append(wall)
         asked += edge.stats["asked"] > before
+        by_holder.append(edge.stats["asked"] > before)
         assert len(got) == 100
         k += 1
         time.sleep(max(0.0, args.search_every - (time.monotonic() - t)))
@@ -246,7 +253,8 @@ def role_searcher(args):
     store.close()
     # the first search opens the shard, or finds it held: reported apart
     return {"first": latencies[0], "latencies": latencies[1:], "at": at[1:],
-            "asked": asked, "turns_waited": edge.stats["turns_waited"],
+            "by_holder": by_holder[1:], "asked": asked,
+            "turns_waited": edge.stats["turns_waited"],
             "opens": edge.stats["opens"], "cpu_s": _cpu_s()}
 
 
@@ -283,9 +291,146 @@ def _large_write(args, store, world, rng, next_id):
             **{k: edge.stats[k] - v for k, v in before.items()}}
 
 
+class Tracer:
+    """``--trace``, in the writer's process: what it does while a search of
+    the other process waits. Events ``(kind, what, start, end, thread)`` in
+    wall time: ``engine`` (a Qdrant Edge call of 50 ms or more, on any
+    thread), ``no-gil`` (a ticker thread that sleeps 5 ms woke 100 ms or
+    more late: another thread held the GIL), ``served`` (a request of
+    the other process, from its arrival at the server to its answer, with
+    how: on the shard lent, beside a compaction, or after the thread lock),
+    ``compact`` (the store's compaction), ``turn`` (reads let in between
+    two steps of an operation)."""
+
+    ENGINE_MIN_S = 0.05
+    TICK_S = 0.005
+    LATE_S = 0.1
+
+    def __init__(self):
+        import qdrant_edge
+
+        from fiftyone_ai_search.store import edge
+
+        self.events = []
+        self._edge = edge
+        tracer = self
+
+        class Shard:
+            """A Qdrant Edge shard whose calls are timed."""
+
+            def __init__(self, shard):
+                self._shard = shard
+
+            def __getattr__(self, name):
+                attr = getattr(self._shard, name)
+                if not callable(attr):
+                    return attr
+
+                def call(*a, **k):
+                    start = time.time()
+                    try:
+                        return attr(*a, **k)
+                    finally:
+                        tracer._add("engine", name, start, time.time(),
+                                    tracer.ENGINE_MIN_S)
+                return call
+
+        class EdgeShard:
+            @staticmethod
+            def load(*a, **k):
+                start = time.time()
+                shard = qdrant_edge.EdgeShard.load(*a, **k)
+                tracer._add("engine", "load", start, time.time(),
+                            tracer.ENGINE_MIN_S)
+                return Shard(shard)
+
+            @staticmethod
+            def create(*a, **k):
+                return Shard(qdrant_edge.EdgeShard.create(*a, **k))
+
+        class Qe:
+            def __getattr__(self, name):
+                return (EdgeShard if name == "EdgeShard"
+                        else getattr(qdrant_edge, name))
+
+        edge.qe = Qe()
+        cls = edge.EdgeStore
+        serve, compact, let_in = cls._serve, cls._compact, cls._let_reads_in
+
+        def traced_serve(store, shared, request):
+            before = dict(edge.stats)
+            start = time.time()
+            try:
+                return serve(store, shared, request)
+            finally:
+                how = ("lent"
+                       if edge.stats["lent_reads"] > before["lent_reads"]
+                       else "compacting"
+                       if edge.stats["side_reads"] > before["side_reads"]
+                       else "thread lock")
+                tracer._add("served", f"{request.get('op')} ({how})", start,
+                            time.time())
+
+        def traced_compact(store):
+            start = time.time()
+            try:
+                return compact(store)
+            finally:
+                tracer._add("compact", "_compact", start, time.time())
+
+        def traced_let_in(store, shared):
+            turns = edge.stats["lent_turns"]
+            start = time.time()
+            let_in(store, shared)
+            if edge.stats["lent_turns"] > turns:
+                tracer._add("turn", "reads let in", start, time.time())
+
+        cls._serve, cls._compact = traced_serve, traced_compact
+        cls._let_reads_in = traced_let_in
+        threading.Thread(target=self._tick, daemon=True,
+                         name="bench-gil-ticker").start()
+
+    def _add(self, kind, what, start, end, at_least=0.0):
+        if end - start >= at_least:
+            self.events.append((kind, what, start, end,
+                                threading.current_thread().name))
+
+    def _tick(self):
+        last = time.time()
+        while True:
+            time.sleep(self.TICK_S)
+            now = time.time()
+            if now - last >= self.LATE_S:
+                self.events.append(("no-gil", "ticker late", last, now,
+                                    "bench-gil-ticker"))
+            last = now
+
+
+def print_trace(searcher, writer, slow_s=0.3):
+    """For each search of ``searcher`` that took ``slow_s`` or more, the
+    writer's traced events (``--trace``) that overlapped it."""
+    events = writer.get("trace") or []
+    print(f"\ntrace: {len(events)} events in the writer; searches of "
+          f"{1000 * slow_s:.0f} ms or more beside it:")
+    for at, lat, held in zip(searcher["at"], searcher["latencies"],
+                             searcher["by_holder"]):
+        if lat < slow_s:
+            continue
+        end = at + lat
+        print(f"- search at {at:.3f}: {1000 * lat:,.0f} ms, "
+              f"{'answered by the writer' if held else 'on its own'}")
+        for kind, what, start, stop, thread in sorted(
+                events, key=lambda e: e[2]):
+            if stop >= at and start <= end:
+                print(f"    {kind:<8} {what:<32} {start - at:+8.3f} s .. "
+                      f"{stop - at:+8.3f} s ({1000 * (stop - start):,.0f} "
+                      f"ms) [{thread}]")
+
+
 def role_writer(args):
     from fiftyone_ai_search.store import edge
 
+    tracer = Tracer() if args.trace else None
     store = _store(args)
     world, rng = _world(), np.random.default_rng(args.first_id)
     commits, commit_s, maintain_s, block, extra = 0, [], None, None, 0
@@ -322,12 +467,13 @@ def role_writer(args):
                 block = _large_write(args, store, world, rng, next_id)
                 next_id += block["points"]
                 extra += block["points"]
-            before = {k: edge.stats[k] for k in ("served", "side_reads")}
+            before = {k: edge.stats.get(k, 0) for k in (
+                "served", "side_reads", "compactions", "compactions_put_off")}
             t, wall = time.monotonic(), time.time()
             store.maintain(min_points=min(1000, args.n))  # the upkeep pass
             maintain_s = time.monotonic() - t
             maintain_at = {"from": wall, "to": time.time(),
-                           **{k: edge.stats[k] - v
+                           **{k: edge.stats.get(k, 0) - v
                               for k, v in before.items()}}
     elapsed = time.monotonic() - start
     if args.done_file:
@@ -346,7 +492,8 @@ def role_writer(args):
             "block": block, "extra": extra, "served": edge.stats["served"],
             "side_reads": edge.stats["side_reads"],
             "lent_reads": edge.stats["lent_reads"],
-            "opens": edge.stats["opens"], "cpu_s": _cpu_s()}
+            "opens": edge.stats["opens"], "cpu_s": _cpu_s(),
+            "trace": tracer.events if tracer else None}
 
 
 #: the fresh-process openings measured: the page cache as the last holder
@@ -371,6 +518,8 @@ def spawn(args, role, first_id=0, extra=()):
            "--first-id", str(first_id), "--out", out, *extra]
     if role == "writer" and args.large_write:
         cmd += ["--large-write", args.large_write]
+    if role == "writer" and args.trace:
+        cmd += ["--trace"]
     return subprocess.Popen(cmd), out
 
 
@@ -499,13 +648,19 @@ def main(args):
                      f"{len(lat)} searches in its "
                      f"{conc_w['maintain_s']:.1f} s; the writer answered "
                      f"{upkeep['served']} ({upkeep['side_reads']} while "
-                     f"compacting)"))
+                     f"compacting); compactions run "
+                     f"{upkeep.get('compactions', 0)}, put off "
+                     f"{upkeep.get('compactions_put_off', 0)}"))
     for label, res, phase in (("alone", solo_w, "writer alone"),
                               ("beside the searcher", conc_w, "together")):
         note = (f"{res['commits']} commits: first {ms(res['commit_s'][0])}"
                 f", then p50 {ms(pct(res['commit_s'][1:], 50))}, p95 "
                 f"{ms(pct(res['commit_s'][1:], 95))}; upkeep pass "
                 f"{res['maintain_s'] or 0:.1f} s")
+        if res["maintain_at"]:
+            m = res["maintain_at"]
+            note += (f" (compactions run {m.get('compactions', 0)}, put "
+                     f"off {m.get('compactions_put_off', 0)})")
         if res["block"]:
             b = res["block"]
             note += (f" after {b['points']:,} points anew in {b['s']:.1f} s"
@@ -543,6 +698,8 @@ def main(args):
           f"{cpu.ru_stime - cpu0.ru_stime:.0f} s sys\n")
     for name, value, note in rows:
         print(f"| {name:<{width}} | {value:>22} | {note}")
+    if args.trace:
+        print_trace(conc_s, conc_w)
     if args.drop:
         store.drop()
 

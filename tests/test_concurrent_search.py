@@ -443,3 +443,130 @@ def test_a_writer_killed_in_its_session_blocks_nobody(tmp_path):
     vectors = _base_vectors()
     assert store.query(vectors[5], LIMIT)[0][0] == _ids(0, N)[5]
     store.close()
+
+
+#: points written without their cells, for the upkeep pass below to assign
+#: (more than upkeep.COMPACT_SHARE of the index: the pass compacts)
+UNASSIGNED = N // 2
+
+#: points per round of that pass: several rounds
+PASS_ROUND = 256
+
+
+def _upkeep_writer(root, holding, asking, ending, go_on, done, result):
+    """Writes points without their cells, then runs an upkeep pass that
+    assigns them and compacts while the other process searches (each round
+    starts once a search was answered since the last one), and another
+    pass once the searcher has stopped."""
+    from fiftyone_ai_search.store import edge, upkeep
+
+    upkeep.ASSIGN_CHUNK = PASS_ROUND
+    store = EdgeStore(NAME, root, lock_timeout=120)
+    ids = _ids(10 * N, UNASSIGNED)
+    with store.session():
+        store.cells = lambda: None  # as a writer that had not read them
+        store.upsert(ids, _written_vectors(UNASSIGNED, 10 * N),
+                     _payloads(ids))
+        del store.cells
+    holding.set()
+    assert asking.wait(120)
+    rounds, answered = [], []
+    assign_round = upkeep._assign_round
+
+    def a_round(*args):
+        # not timing: the round waits for the searcher's next answer (the
+        # deadline only keeps a broken test from hanging)
+        mark, deadline = edge.stats["served"], time.monotonic() + 120
+        while edge.stats["served"] == mark and time.monotonic() < deadline:
+            time.sleep(0.005)
+        answered.append(edge.stats["served"] - mark)
+        records = assign_round(*args)
+        rounds.append(0 if records is None else len(records))
+        return records
+
+    upkeep._assign_round = a_round
+    before = dict(edge.stats)
+    assigned = store.maintain(min_points=1000)
+    first = {k: edge.stats[k] - before[k]
+             for k in ("served", "compactions", "compactions_put_off")}
+    done.put(("first", {"assigned": assigned, "rounds": rounds,
+                        "answered": answered,
+                        "owed": store._compaction_owed(), **first}))
+    upkeep._assign_round = assign_round
+    ending.set()  # the searcher stops
+    assert go_on.wait(120)
+    # nobody searches now (else COMPACT_QUIET_S of quiet, 30 s)
+    edge.COMPACT_QUIET_S = 0.0
+    before = dict(edge.stats)
+    assigned = store.maintain(min_points=1000)
+    result.put(("writer", {
+        "assigned": assigned, "owed": store._compaction_owed(),
+        "compactions": edge.stats["compactions"] - before["compactions"],
+        "opens": edge.stats["opens"]}))
+    store.close()
+
+
+def test_an_upkeep_pass_answers_searches_and_puts_its_compaction_off(
+        tmp_path):
+    store = EdgeStore(NAME, tmp_path)
+    store.ensure(INFO)
+    ids = _ids(0, N)
+    store.upsert(ids, _base_vectors(), _payloads(ids))
+    store.maintain(min_points=1000)  # cells, forced on at this size
+    assert store.cells().searchable
+    assert not store._compaction_owed()
+    store.close()
+
+    holding, asking, ending, go_on = (SPAWN.Event() for _ in range(4))
+    done, result = SPAWN.Queue(), SPAWN.Queue()
+    writer = SPAWN.Process(target=_upkeep_writer, args=(
+        str(tmp_path), holding, asking, ending, go_on, done, result))
+    searcher = SPAWN.Process(target=_session_searcher, args=(
+        str(tmp_path), holding, asking, ending, result))
+    writer.start()
+    searcher.start()
+    try:
+        _, first = done.get(timeout=300)
+        _, found = result.get(timeout=300)  # the searcher stopped
+        go_on.set()
+        _, second = result.get(timeout=300)
+        for p in (writer, searcher):
+            p.join(60)
+            assert p.exitcode == 0
+    finally:
+        for p in (writer, searcher):
+            if p.is_alive():
+                p.kill()
+    seen = f"first pass {first}, searcher {found}, second pass {second}"
+
+    # the pass assigned every point, round after round, and the searcher
+    # was answered before each round: searches are answered during a pass
+    assert first["assigned"] == UNASSIGNED, seen
+    rounds = -(-UNASSIGNED // PASS_ROUND)
+    assert first["rounds"][:rounds] == [PASS_ROUND] * (rounds - 1) + [
+        UNASSIGNED - PASS_ROUND * (rounds - 1)], seen
+    assert all(first["answered"]), seen
+    assert first["served"] >= len(first["rounds"]), seen
+    # the compaction it owed was put off: the engine's optimize answers
+    # nobody until its end, and the other process was searching
+    assert first["compactions"] == 0, seen
+    assert first["compactions_put_off"] == 1, seen
+    assert first["owed"], seen
+    # right results throughout, every one from the writer, the count whole
+    assert found["num_wrong"] == 0, seen
+    assert found["answers"] >= len(first["rounds"]), seen
+    assert found["opens_in_session"] == 0, seen
+    assert set(found["counts"]) == {N + UNASSIGNED}, seen
+    # once nobody searches, the next pass compacts what it owed (nothing
+    # left to assign)
+    assert second["assigned"] == 0, seen
+    assert second["compactions"] == 1, seen
+    assert not second["owed"], seen
+    assert second["opens"] == 1, seen
+
+    store = EdgeStore(NAME, tmp_path)
+    assert store.count() == N + UNASSIGNED
+    assert store.cells().complete
+    assert not store._compaction_owed()
+    assert store.query(_base_vectors()[5], LIMIT)[0][0] == ids[5]
+    store.close()

@@ -846,7 +846,12 @@ class VectorStore(abc.ABC):
     def _compact(self):
         """Lets the engine rewrite its segments so that each cell's points
         lie together (the principal payload index), where it does not do so
-        by itself."""
+        by itself; returns False where it put that off (then
+        :meth:`_compaction_owed`)."""
+
+    def _compaction_owed(self):
+        """Whether a compaction was put off, for a later pass to do."""
+        return False
 
     @abc.abstractmethod
     def _set_field(self, key, groups, lacking):

@@ -48,10 +48,12 @@ While it holds the index, a process answers the other processes' searches,
 counts and small reads (:mod:`~fiftyone_ai_search.store.serve`): a search
 from elsewhere waits for the holder's turn under way (one chunk, one round of
 upkeep, one commit: the thread lock passes to the answering thread between
-two chunks, the shard staying open), and during a compaction it is answered
-at once, on the shard being compacted. Inside a session (a large import's
-batches, one session for all) the holder lends its shard to the server
-between two of the session's operations and two chunks of one: the search
+two chunks, the shard staying open). A compaction answers nobody until its
+end (the engine holds the GIL), so it is put off while another process
+searches (:data:`COMPACT_QUIET_S`), and a later pass does it. Inside a
+session (a large import's batches, one session for all) the holder lends
+its shard to the server between two of the session's operations and two
+chunks of one: the search
 is answered on it, without the thread lock, and may see a part of the
 session's writes (a chunk is written whole); it changes nothing, so what
 the session reads and writes stays its own. So a search beside a sync
@@ -147,6 +149,24 @@ KEEP_OPEN = 30.0
 #: for it, and so the most that process waits for a kept shard
 KEEP_OPEN_POLL = 0.02
 
+#: a compaction is put off while another process searches the index
+#: through this one: one that asked within this many seconds. Qdrant Edge's
+#: ``optimize`` holds the GIL from its start to its end (qdrant-edge-py
+#: 0.9: a thread of the same process ran nothing for the 2.3 s of one at
+#: 110k points), so the server answers nothing meanwhile, and a search that
+#: comes waits for all of it (2.3 s at 1M points after 100,000 new ones;
+#: ~40 s for a first compaction). The App searches in bursts: this is its
+#: shard's own idle time (:data:`KEEP_OPEN`)
+COMPACT_QUIET_S = 30.0
+
+#: the longest a compaction is put off (seconds since it was first owed):
+#: past it, the next pass compacts whoever searches (the points of an
+#: uncompacted index are scanned 2-3x slower, see upkeep.py)
+COMPACT_DEFER_MAX_S = 3600.0
+
+#: present while a compaction is owed (put off): ``{"since": epoch}``
+COMPACT_FILE = "compact.due"
+
 
 #: free space a write must leave where the indexes live (bytes): what
 #: Qdrant Edge may map beyond the points themselves (a new WAL segment,
@@ -204,6 +224,9 @@ class _Shared:
         #: waited when it looked be answered first (guarded by side_cond)
         self.serve_arrived = 0
         self.serve_left = 0
+        #: when another process's request last came to the server
+        #: (monotonic): a compaction is put off while they come
+        self.asked_at = None
 
 
 #: what this process did with its indexes (all of them), for benchmarks and
@@ -217,10 +240,13 @@ class _Shared:
 #: groups of an upkeep round) between which waiting reads were let in
 #: (``lent_turns``); bytes of the shards' files
 #: read ahead of their openings (``read_ahead``, see :func:`_read_ahead`), of
-#: which not in the page cache and so read (``read_ahead_read``)
+#: which not in the page cache and so read (``read_ahead_read``);
+#: compactions run (``compactions``) and put off while another process
+#: searched (``compactions_put_off``, see :data:`COMPACT_QUIET_S`)
 stats = {"opens": 0, "served": 0, "asked": 0, "turns_waited": 0,
          "side_reads": 0, "lent_reads": 0, "lent_turns": 0, "releases": 0,
-         "not_served": None, "read_ahead": 0, "read_ahead_read": 0}
+         "not_served": None, "read_ahead": 0, "read_ahead_read": 0,
+         "compactions": 0, "compactions_put_off": 0}
 
 
 _registry = {}
@@ -464,6 +490,7 @@ class EdgeStore(VectorStore):
         lock = shared.thread_lock
         arrived = lock.grants
         deadline = time.monotonic() + self.lock_timeout
+        shared.asked_at = time.monotonic()
         with shared.side_cond:
             shared.serve_arrived += 1
         waiting = True
@@ -1240,10 +1267,34 @@ class EdgeStore(VectorStore):
             shared.dirty = True
 
     def _compact(self):
+        """Compacts the shard, unless another process searched the index
+        through this one lately (:data:`COMPACT_QUIET_S`): then it is owed
+        (:data:`COMPACT_FILE`), and the next pass compacts.
+
+        Returns:
+            True if compacted, False if put off
+        """
         with self._locked() as shared:
             shard, _ = self._open(shared)
-            # the server searches meanwhile (Qdrant searches while it
-            # optimizes): another process never waits for a compaction
+            since = self._compaction_owed_since()
+            now = time.time()
+            if (shared.asked_at is not None
+                    and time.monotonic() - shared.asked_at < COMPACT_QUIET_S
+                    and (since is None or now - since < COMPACT_DEFER_MAX_S)):
+                # the engine's optimize answers nobody until its end (it
+                # holds the GIL): not while another process searches
+                if since is None:
+                    _write_json_atomic(self._compact_path, {"since": now})
+                stats["compactions_put_off"] += 1
+                logger.info(
+                    "AI search index '%s': compaction put off, another "
+                    "process searches it (owed for %.0f s)", self.name,
+                    0.0 if since is None else now - since)
+                return False
+            # reads that wait now are answered first
+            self._let_reads_in(shared)
+            # the server may answer on the shard meanwhile, but the engine
+            # holds the GIL until its end: whoever comes waits for it
             with shared.side_cond:
                 shared.side_shard = shard
             try:
@@ -1265,6 +1316,28 @@ class EdgeStore(VectorStore):
                     while shared.side_readers:
                         shared.side_cond.wait()
             shared.dirty = True
+            stats["compactions"] += 1
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self._compact_path)
+            return True
+
+    @property
+    def _compact_path(self):
+        return os.path.join(self.path, COMPACT_FILE)
+
+    def _compaction_owed_since(self):
+        """When a compaction was first put off (epoch seconds), or None if
+        none is owed."""
+        try:
+            with open(self._compact_path) as f:
+                return float(json.load(f)["since"])
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, TypeError, KeyError):
+            return 0.0  # unreadable: owed, long since
+
+    def _compaction_owed(self):
+        return self._compaction_owed_since() is not None
 
     def _read_vectors_ahead(self):
         # a pass over every point reads all the original vectors, which

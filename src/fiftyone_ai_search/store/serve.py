@@ -7,8 +7,10 @@ measured in ``bench/bench_concurrent.py``). So the process that has the shard op
 *holder*: a worker syncing, the App searching) listens on a local socket
 while it holds it, and another process's search is sent there instead of
 taking the index away from it: the search waits for at most what the holder
-is doing at that moment (one chunk of a write, one round of upkeep, see
-:mod:`fiftyone_ai_search.store.edge`), never for a closing and an opening.
+is doing at that moment (one chunk of a write, one page read or one cell's
+write of an upkeep round, see :mod:`fiftyone_ai_search.store.edge`), never
+for a closing and an opening. A compaction answers nobody until its end
+(the engine holds the GIL): the holder puts it off while others search.
 
 - The socket is a Linux *abstract* Unix socket named after the index
   directory: it has no file, so nothing is left behind, and it disappears

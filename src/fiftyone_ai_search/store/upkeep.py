@@ -85,7 +85,9 @@ class Upkept(Protocol):
 
     def _ensure_rank_index(self): ...
 
-    def _compact(self): ...
+    def _compact(self) -> Optional[bool]: ...
+
+    def _compaction_owed(self) -> bool: ...
 
 
 def maintain(store: Upkept, min_points: int = cl.MIN_POINTS, seed: int = 0,
@@ -160,15 +162,20 @@ def maintain(store: Upkept, min_points: int = cl.MIN_POINTS, seed: int = 0,
         # in the next pass
         ranked += _give_ranks(store)
     changed = done + ranked
-    if changed and (not known.complete
-                    or changed >= COMPACT_SHARE * known.learned_from):
+    if (changed and (not known.complete
+                     or changed >= COMPACT_SHARE * known.learned_from)
+            or store._compaction_owed()):
         # each cell's points together, and the int8 copy: the probed
-        # cells are scanned 2-3x faster (measured at 300k points)
+        # cells are scanned 2-3x faster (measured at 300k points). A
+        # backend may put it off (the embedded index, while another process
+        # searches through it: nothing answers during the engine's call);
+        # it is then owed, and a later pass compacts
         start = time.monotonic()
-        store._compact()
+        compacted = store._compact() is not False
         logger.info("AI search index '%s': %d points given their cell, "
-                    "%d their rank, compacted in %.1f s", store.name, done,
-                    ranked, time.monotonic() - start)
+                    "%d their rank, %s", store.name, done, ranked,
+                    f"compacted in {time.monotonic() - start:.1f} s"
+                    if compacted else "compaction put off")
     if known.previous is not None:
         # the replaced cells go once no writer can still be using them
         # (what it read is seconds old); until then queries probe both

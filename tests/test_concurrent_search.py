@@ -570,3 +570,70 @@ def test_an_upkeep_pass_answers_searches_and_puts_its_compaction_off(
     assert not store._compaction_owed()
     assert store.query(_base_vectors()[5], LIMIT)[0][0] == ids[5]
     store.close()
+
+
+def test_another_thread_searches_during_a_long_session(tmp_path):
+    """A thread of the holder's own process is answered between two
+    operations of another thread's session (on the shard it lends), not
+    after the session's end."""
+    import threading
+
+    from fiftyone_ai_search.store import edge
+
+    store = EdgeStore(NAME, tmp_path, lock_timeout=120)
+    store.ensure(INFO)
+    ids = _ids(0, N)
+    vectors = _base_vectors()
+    store.upsert(ids, vectors, _payloads(ids))
+    store.close()
+    picks = np.random.default_rng(3).choice(N, 8, replace=False)
+    truth = {int(i): [ids[j] for j in np.argsort(
+        -(vectors @ vectors[i]), kind="stable")[:LIMIT]] for i in picks}
+    holding, ending = threading.Event(), threading.Event()
+    found = {"answers": 0, "wrong": [], "counts": []}
+
+    def search():
+        assert holding.wait(120)
+        k = 0
+        while not ending.is_set():
+            i = int(picks[k % len(picks)])
+            k += 1
+            got = store.query(vectors[i], LIMIT)
+            count = store.count()
+            if not ending.is_set():
+                found["answers"] += 1  # while the session held the index
+                found["counts"].append(count)
+            if [sid for sid, _ in got] != truth[i]:
+                found["wrong"].append(i)
+
+    searcher = threading.Thread(target=search)
+    searcher.start()
+    chunks, writes, next_id = [], 0, 10 * N
+    try:
+        with store.session():
+            assert store.count() == N
+            before = edge.stats["beside_a_session"]
+            holding.set()
+            while (edge.stats["beside_a_session"] - before
+                   < 2 * SERVED_IN_SESSION and writes < MAX_WRITES):
+                new = _ids(next_id, SMALL)
+                store.upsert(new, _written_vectors(SMALL, next_id),
+                             _payloads(new))
+                next_id += SMALL
+                chunks.append(SMALL)
+                writes += 1
+            beside = edge.stats["beside_a_session"] - before
+            ending.set()
+    finally:
+        ending.set()
+        holding.set()
+        searcher.join(120)
+    store.close()
+
+    # the session ended without waiting for the other thread, which was
+    # answered during it, with right results and whole writes
+    assert writes < MAX_WRITES, (writes, found)
+    assert beside >= 2 * SERVED_IN_SESSION, (beside, found)
+    assert found["answers"] >= SERVED_IN_SESSION, found
+    assert not found["wrong"], found
+    assert set(found["counts"]) <= _possible_counts(chunks), found

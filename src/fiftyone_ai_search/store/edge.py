@@ -242,11 +242,14 @@ class _Shared:
 #: read ahead of their openings (``read_ahead``, see :func:`_read_ahead`), of
 #: which not in the page cache and so read (``read_ahead_read``);
 #: compactions run (``compactions``) and put off while another process
-#: searched (``compactions_put_off``, see :data:`COMPACT_QUIET_S`)
+#: searched (``compactions_put_off``, see :data:`COMPACT_QUIET_S`); reads
+#: of a thread answered beside another thread's session
+#: (``beside_a_session``, also counted in ``served``)
 stats = {"opens": 0, "served": 0, "asked": 0, "turns_waited": 0,
          "side_reads": 0, "lent_reads": 0, "lent_turns": 0, "releases": 0,
          "not_served": None, "read_ahead": 0, "read_ahead_read": 0,
-         "compactions": 0, "compactions_put_off": 0}
+         "compactions": 0, "compactions_put_off": 0,
+         "beside_a_session": 0}
 
 
 _registry = {}
@@ -348,8 +351,9 @@ class EdgeStore(VectorStore):
         answered between two of its operations (during its caller's code)
         and between two chunks of one: they may see a part of the
         session's writes (each chunk is written whole), never a change of
-        their own; other threads of this process and other processes'
-        writes wait for the session's end.
+        their own. The searches and counts of other threads of this process
+        are answered the same way; their other operations, and other
+        processes' writes, wait for the session's end.
         """
         with self._locked(keep_open=True, ask=True, lend=True):
             yield self
@@ -545,6 +549,35 @@ class EdgeStore(VectorStore):
             return {"result": result, "turns": lock.grants - arrived - 1}
         finally:
             lock.release()
+
+    def _beside_a_session_possible(self):
+        """Whether another thread of this process holds the index in a
+        session (see :meth:`_beside_a_session`)."""
+        with _registry_lock:
+            shared = _registry.get(self.path)
+        return (shared is not None and shared.lends
+                and shared.process_lock.held
+                and not shared.thread_lock.is_owned())
+
+    def _beside_a_session(self, request):
+        """A read of this thread while another thread of this process holds
+        the index in a session (a large import, an upkeep round): answered
+        as another process's is (:meth:`_serve`), on the shard the session
+        lends between two of its operations or chunks, rather than after
+        the session's end.
+
+        Returns:
+            the answer, or None where no such session holds the index (the
+            caller then takes its turn)
+        """
+        if not self._beside_a_session_possible():
+            return None
+        try:
+            answer = self._serve(_shared_for(self.path), request)
+        except sv.NotServed:
+            return None
+        stats["beside_a_session"] += 1
+        return answer["result"]
 
     @staticmethod
     def _answer(shard, request):
@@ -882,6 +915,9 @@ class EdgeStore(VectorStore):
         return self._count(exact=False)
 
     def _count(self, exact):
+        answer = self._beside_a_session({"op": "count", "exact": exact})
+        if answer is not None:
+            return answer
         with self._locked(ask=True) as shared:
             answer = self._ask(shared, {"op": "count", "exact": exact})
             if answer is not None:
@@ -1014,6 +1050,15 @@ class EdgeStore(VectorStore):
                 shard, _ = self._yield_if_wanted(shared)
 
     def _query_points(self, vector, limit, point_ids, min_score, cells=None):
+        if self._beside_a_session_possible():
+            check_dim(vector, self._require_info().dim)
+            answer = self._beside_a_session({
+                "op": "query", "vector": vector, "limit": limit,
+                "point_ids": None if point_ids is None else list(point_ids),
+                "min_score": min_score,
+                "cells": None if cells is None else list(cells)})
+            if answer is not None:
+                return [_Scored(pid, score) for pid, score in answer]
         with self._locked(ask=True) as shared:
             if not shared.process_lock.held:
                 check_dim(vector, self._require_info().dim)

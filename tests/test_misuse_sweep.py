@@ -91,6 +91,15 @@ VALID_HERE = {
     (None, "margin", repr(10**12)):
         "crops grow by margin, clamped to the image: the whole image",
     ("search_frames", "threshold", "-1"): "cosine scores are in [-1, 1]",
+    ("perform_frame_search", "threshold", "-1"):
+        "cosine scores are in [-1, 1]",
+    ("search_frames", "samples", repr(FRAMES)):
+        "a frames view scopes frame search (this one's videos have no "
+        "frame index: AISearchNotEnabledError)",
+    ("perform_frame_search", "samples", repr(FRAMES)):
+        "a frames view scopes frame search, as search_frames'",
+    ("frames_view", "samples", repr(FRAMES)):
+        "a frames view's videos, as search_frames'",
     ("is_latest_results", "samples", repr(FRAMES)):
         "a question: a frames view is never results (False)",
     ("is_latest_results", "samples", repr(CLIPS)):
@@ -107,6 +116,8 @@ NOT_SWEPT = {
         "a path or a PIL image, as perform_ai_search's",
     ("search_frames", "frame"):
         "(video id, frame number): checked in test_frames_sync",
+    ("perform_frame_search", "image"): "as search_frames'",
+    ("perform_frame_search", "frame"): "as search_frames'",
     ("frames_view", "hits"):
         "search_frames' hits: a list of dicts, not a kind of this table",
     ("enable_embeddings", "brain_key"):
@@ -146,6 +157,10 @@ BASE = {
     "start_refresher": {"datasets": []},
     "frames_view": {"hits": []},
     "search_frames": {"prompt": "a circle"},
+    "perform_frame_search": {"prompt": "a circle"},
+    "get_frame_hits": {"name": KEPT},
+    "get_frame_collection": {"name": KEPT},
+    "is_frame_collection": {"name": KEPT},
 }
 
 # functions skipped, and why: none. None needs a server (the index is the

@@ -34,7 +34,10 @@ from .results import (
     delete_collection,
     get_collection,
     get_collection_scores,
+    get_frame_collection,
+    get_frame_hits,
     get_score_histogram,
+    is_frame_collection,
     is_latest_results,
     list_collections,
     rename_collection,
@@ -67,7 +70,7 @@ from .embeddings import (
 )
 from .embedding.crops import CropSettings
 from .embedding.sampling import FrameSampling
-from .frame_search import frames_view, search_frames
+from .frame_search import frames_view, perform_frame_search, search_frames
 from .embedding.model import available_models, check_model
 from .scheduler import start_refresher, stop_refresher
 from .search import perform_ai_search
@@ -110,7 +113,10 @@ __all__ = [
     "delete_collection",
     "get_collection",
     "get_collection_scores",
+    "get_frame_collection",
+    "get_frame_hits",
     "get_score_histogram",
+    "is_frame_collection",
     "is_latest_results",
     "list_collections",
     "perform_ai_search",
@@ -120,6 +126,7 @@ __all__ = [
     "compute_uniqueness",
     "find_near_duplicates",
     "frames_view",
+    "perform_frame_search",
     "near_duplicate_groups",
     "tag_near_duplicates",
     "search_frames",

@@ -1,11 +1,11 @@
 """Public SDK: searching the frame index of a video dataset (see
 docs/design.md, "Video frames"): by prompt, by an example frame of the
-dataset or an outside image, over every frame or the best frame per
-video; the hits open as FiftyOne's frames view of the same sampling grid.
-
-A first cut of frame search: hits come back as a list (no results
-collection, histogram or diverse sampling yet; those, the Brain's
-``to_frames`` path and the App come next).
+dataset or an outside image, or diverse sampling, over every frame or the
+best frame per video; the hits come back as a list
+(:func:`search_frames`) or are kept as the dataset's latest results, a
+collection that opens as FiftyOne's frames view of the same sampling grid
+(:func:`perform_frame_search`, then the collection functions of
+:mod:`fiftyone_ai_search.results`).
 
 | Copyright the fiftyone-ai-search authors, Apache-2.0.
 """
@@ -17,12 +17,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from . import frame_views
+from . import results as colls
 from . import validate
 from .index import indexes
 from .index import media
 from .index import targets
 from .index.targets import frame_key, split_frame_key
+from .query import diverse
 from .query.vectors import image_vector, prompt_vectors
+from .query.walk import diverse_from_index
 from .search import check_index_model
 from .sync.frames import FRAME_NUMBER_KEY, TIMESTAMP_KEY, sampling_of
 from .sync.objects import SOURCE_KEY
@@ -37,19 +41,32 @@ if TYPE_CHECKING:  # for annotations only
 #: ``limit`` videos are found or the index runs out
 _PER_VIDEO_OVERFETCH = 8
 
+#: the payload flag of a scene-change frame (sampled off the grid)
+_SCENE_KEY = "scene"
+
 
 def search_frames(samples: foc.SampleCollection, prompt: str | None = None,
                   image: str | os.PathLike | PIL.Image.Image | None = None,
                   frame: tuple | None = None, limit: int = 100,
                   threshold: float | None = None,
-                  best_per_video: bool = False) -> list[dict]:
+                  best_per_video: bool = False, method: str | None = None,
+                  clustering_method: str | None = None,
+                  num_clusters: int | None = None,
+                  seed: int = 0) -> list[dict]:
     """Searches the frames of the videos of ``samples`` (a video dataset
-    whose frame index is on, or a view of its videos).
+    whose frame index is on, a view of its videos, or a frames view of it)
+    and returns the hits; nothing is kept (:func:`perform_frame_search`
+    keeps them as a collection).
 
     Exactly one query: ``prompt`` (natural language; commas split it into
     prompts, a frame's score is its best over them), ``image`` (an outside
-    image: a file path or a PIL image) or ``frame`` (``(video sample id,
-    frame number)`` of an indexed frame).
+    image: a file path or a PIL image), ``frame`` (``(video sample id,
+    frame number)`` of an indexed frame), or ``method``: diverse sampling,
+    ``"centroids"`` or ``"random"`` over ``clustering_method``
+    ``"kmeans"`` (default, with ``num_clusters``) or ``"dbscan"``, as for
+    images (:func:`fiftyone_ai_search.perform_ai_search`): frames in pick
+    order, round-robin over the clusters, each scored by its similarity to
+    its cluster's centre.
 
     Examples::
 
@@ -57,63 +74,112 @@ def search_frames(samples: foc.SampleCollection, prompt: str | None = None,
         ais.calculate_embeddings(videos, frames=True, wait=True)
         hits = ais.search_frames(videos, prompt="a red circle", limit=20)
         hits[0]  # {"sample_id": ..., "frame_number": 31, "timestamp": 3.0,
-                 #  "score": 0.31}
+                 #  "score": 0.31, "scene": False}
         view = ais.frames_view(videos, hits)  # FiftyOne's frames view
+        spread = ais.search_frames(videos, method="centroids", limit=12)
 
     Args:
-        samples: a video dataset, or a view of its videos
+        samples: a video dataset, a view of its videos, or a frames view
+            of it (its frames alone are searched)
         prompt (None): what to look for
         image (None): an outside image to find frames like
         frame (None): ``(sample_id, frame_number)`` of an indexed frame to
             find frames like
         limit (100): the most hits (videos, with ``best_per_video``)
         threshold (None): only hits scoring at least this (cosine)
-        best_per_video (False): one hit per video, its best frame
+        best_per_video (False): one hit per video, its best frame (not for
+            diverse sampling)
+        method (None): ``"centroids"`` or ``"random"`` (diverse sampling)
+        clustering_method (None): ``"kmeans"`` or ``"dbscan"`` (diverse)
+        num_clusters (None): the k-means cluster count (diverse, kmeans)
+        seed (0): the random seed of diverse sampling
 
     Returns:
         a list of dicts ``sample_id`` (the video), ``frame_number``,
-        ``timestamp`` (seconds) and ``score``, best first
+        ``timestamp`` (seconds), ``score`` and ``scene`` (a scene-change
+        frame, off the sampling grid), best first (in pick order for
+        diverse sampling)
 
     Raises:
+        ValueError: for invalid arguments; the message names the argument
         AISearchNotEnabledError: if the dataset's frame index is off
         IndexNotReadyError: before its first index is complete
     """
-    limit = validate.integer(limit, "limit", 1, validate.MAX_LIMIT)
-    best_per_video = validate.boolean(best_per_video, "best_per_video")
-    threshold = validate.optional_number(threshold, "threshold", -1.0, 1.0)
-    # every argument is checked before the dataset is looked at
-    prompts = None if prompt is None else _prompts(prompt)
-    key = None if frame is None else _frame_key(frame)
-    given = [q for q in (prompt, image, frame) if q is not None]
-    if len(given) != 1:
-        raise ValueError("prompt, image, frame: give exactly one of them")
-    dataset = media.source_dataset(samples, "samples")
-    target = targets.Frames(dataset)
-    doc = indexes.require_index(target)
-    videos = None if samples is dataset else samples.values("id")
+    request = _Request.validate(
+        prompt=prompt, image=image, frame=frame, limit=limit,
+        threshold=threshold, best_per_video=best_per_video, method=method,
+        clustering_method=clustering_method, num_clusters=num_clusters,
+        seed=seed)
+    return _run(samples, request)[0]
 
-    def run(doc, store):
-        try:
-            ref = doc.index
-            if key is not None:
-                queries = _frame_vector(store, key)
-                check_index_model(store, ref)
-            else:
-                model = indexes.load_index_model(ref)
-                check_index_model(store, ref, model)
-                queries = (prompt_vectors(model, prompts) if prompts
-                           else image_vector(model, _image(image)))
-            scope = None
-            if videos is not None:
-                scope = store.keys_where(SOURCE_KEY, videos)
-                if not scope:
-                    return []
-            return _hits(store, queries, limit, threshold, scope,
-                         best_per_video)
-        finally:
-            store.close()
 
-    return indexes.read_index(target, doc, run)
+def perform_frame_search(
+    samples: foc.SampleCollection, prompt: str | None = None,
+    image: str | os.PathLike | PIL.Image.Image | None = None,
+    frame: tuple | None = None, limit: int = 100,
+    threshold: float | None = None, best_per_video: bool = False,
+    method: str | None = None, clustering_method: str | None = None,
+    num_clusters: int | None = None, seed: int = 0,
+) -> str | None:
+    """Searches the frames of the videos of ``samples`` as
+    :func:`search_frames` does, and keeps the hits as the video dataset's
+    latest results, the temporary collection
+    (:data:`fiftyone_ai_search.TEMPORARY_COLLECTION`), as
+    :func:`fiftyone_ai_search.perform_ai_search` keeps those of images.
+
+    The collection functions take the video dataset and the name:
+    :func:`~fiftyone_ai_search.get_collection` opens it as a frames view
+    (``to_frames(sample_frames="dynamic", fps=...)`` of the hit videos at
+    the index's rate, the hits best first; it needs the videos' metadata,
+    ``dataset.compute_metadata()``), with ``min_score`` / ``max_score``;
+    :func:`~fiftyone_ai_search.get_score_histogram`,
+    :func:`~fiftyone_ai_search.save_collection`,
+    :func:`~fiftyone_ai_search.rename_collection`,
+    :func:`~fiftyone_ai_search.delete_collection` and
+    :func:`~fiftyone_ai_search.list_collections` as for images;
+    :func:`get_frame_hits` gives its hits (and the best frame per video)
+    without building a view. The frames are kept by ``(video, frame
+    number)``, never by a frames view's ids, which FiftyOne generates anew.
+
+    Examples::
+
+        name = ais.perform_frame_search(videos, prompt="a red circle")
+        frames = ais.get_collection(videos, name, min_score=0.25)
+        ais.save_collection(videos, "red circles")
+        ais.perform_frame_search(videos, method="centroids", limit=20)
+
+    Args:
+        samples, prompt, image, frame, limit, threshold, best_per_video,
+        method, clustering_method, num_clusters, seed: see
+            :func:`search_frames`
+
+    Returns:
+        the name of the collection, or None when nothing matched (the
+        previous results are then left as they were)
+
+    Raises:
+        ValueError: for invalid arguments; the message names the argument
+        AISearchNotEnabledError: if the dataset's frame index is off
+        IndexNotReadyError: before its first index is complete
+    """
+    request = _Request.validate(
+        prompt=prompt, image=image, frame=frame, limit=limit,
+        threshold=threshold, best_per_video=best_per_video, method=method,
+        clustering_method=clustering_method, num_clusters=num_clusters,
+        seed=seed)
+    hits, dataset, doc = _run(samples, request)
+    if not hits:
+        return None
+    fps = sampling_of(doc.index).fps
+    frames = [(h["sample_id"], h["frame_number"]) for h in hits]
+    shown = _shown(dataset, fps, frames, [h.get("scene") for h in hits])
+    described = dict(request.describe(), model=_model_label(doc.index))
+    return colls.write_collection(
+        dataset, colls.TEMPORARY_COLLECTION,
+        [frame_key(v, n) for v, n in frames], [h["score"] for h in hits],
+        query=described,
+        frames={"fps": fps, "timestamps": [h["timestamp"] for h in hits],
+                "shown": [n for _, n in shown]})
 
 
 def frames_view(samples: foc.SampleCollection,
@@ -135,33 +201,173 @@ def frames_view(samples: foc.SampleCollection,
     Returns:
         a :class:`fiftyone.core.view.DatasetView` of frames
     """
-    dataset = media.source_dataset(samples, "samples")
+    dataset = _video_dataset(samples)
     doc = indexes.require_index(targets.Frames(dataset))
-    rule = sampling_of(doc.index)
-    videos = list(dict.fromkeys(h["sample_id"] for h in hits))
-    frames = dataset.select(videos).to_frames(sample_frames="dynamic",
-                                              fps=rule.fps)
-    ids, video_ids, numbers = frames.values(["id", "sample_id",
-                                             "frame_number"])
-    where = {(v, n): i for i, v, n in zip(ids, video_ids, numbers)}
-    ordered = {}  # (a scene hit and a grid hit may show the same frame)
-    for hit in hits:
-        found = _nearest_grid_frame(where, hit["sample_id"],
-                                    hit["frame_number"])
-        if found is not None:
-            ordered.setdefault(where[found], None)
-    return frames.select(list(ordered), ordered=True)
+    fps = sampling_of(doc.index).fps
+    frames = [(h["sample_id"], h["frame_number"]) for h in hits]
+    # a hit of another source may not say whether it is off the grid
+    shown = _shown(dataset, fps, frames, [h.get("scene", True) for h in hits])
+    return frame_views.frames_of(dataset, shown, fps)
 
 
-def _nearest_grid_frame(where, video, number):
-    """The ``(video, frame number)`` of the frames view nearest to a hit's
-    frame (itself, for a frame on the grid)."""
-    if (video, number) in where:
-        return video, number
-    near = [n for v, n in where if v == video]
-    if not near:
-        return None
-    return video, min(near, key=lambda n: abs(n - number))
+def _shown(dataset, fps, frames, scenes):
+    """The frame of the frames view that shows each of ``frames``: itself,
+    or for a scene-change frame (``scenes``), its video's nearest grid
+    frame at ``fps`` (counted with the videos' ``metadata.frame_rate``, as
+    FiftyOne's frames views count)."""
+    moved = [i for i, scene in enumerate(scenes) if scene]
+    if not moved:
+        return list(frames)
+    videos = list(dict.fromkeys(frames[i][0] for i in moved))
+    rates = dict(zip(*dataset.select(videos).values(
+        ["id", "metadata.frame_rate"])))
+    near = frame_views.nearest_on_grid(rates, fps, [frames[i] for i in moved])
+    shown = list(frames)
+    for i, pair in zip(moved, near):
+        shown[i] = pair
+    return shown
+
+
+class _Request:
+    """A validated frame search: validation touches nothing, and every
+    argument is checked before the dataset is looked at."""
+
+    def __init__(self, **fields):
+        self.__dict__.update(fields)
+
+    @classmethod
+    def validate(cls, prompt, image, frame, limit, threshold, best_per_video,
+                 method, clustering_method, num_clusters, seed):
+        limit = validate.integer(limit, "limit", 1, validate.MAX_LIMIT)
+        best_per_video = validate.boolean(best_per_video, "best_per_video")
+        threshold = validate.optional_number(threshold, "threshold", -1.0,
+                                             1.0)
+        prompts = None if prompt is None else _prompts(prompt)
+        key = None if frame is None else _frame_key(frame)
+        if image is not None:
+            image = validate.image(image)
+        if method is not None:
+            validate.choice(method, "method", diverse.METHODS)
+        given = [q for q in (prompt, image, frame, method) if q is not None]
+        if len(given) != 1:
+            raise ValueError("prompt, image, frame, method: give exactly one "
+                             "of them (method: diverse sampling)")
+        if method is not None:
+            if best_per_video:
+                raise ValueError("best_per_video applies to prompt, image "
+                                 "and frame search, not to diverse sampling")
+        if clustering_method is not None:
+            if method is None:
+                raise ValueError("clustering_method applies to diverse "
+                                 "sampling only (method=...)")
+            validate.choice(clustering_method, "clustering_method",
+                            diverse.CLUSTERING_METHODS)
+        if num_clusters is not None:
+            if method is None or (clustering_method or "kmeans") != "kmeans":
+                raise ValueError("num_clusters applies to diverse sampling "
+                                 "with clustering_method='kmeans' only")
+            num_clusters = validate.integer(num_clusters, "num_clusters", 1,
+                                            validate.MAX_LIMIT)
+        return cls(prompts=prompts, image=image, key=key, limit=limit,
+                   threshold=threshold, best_per_video=best_per_video,
+                   method=method,
+                   clustering_method=clustering_method or "kmeans",
+                   num_clusters=num_clusters, seed=validate.seed(seed))
+
+    def describe(self):
+        """What produced a collection (kept with it, shown in the App)."""
+        d = {"frames": True, "limit": self.limit,
+             "threshold": self.threshold,
+             "best_per_video": self.best_per_video}
+        if self.method is not None:
+            d.update(mode="diverse", method=self.method,
+                     clustering_method=self.clustering_method,
+                     num_clusters=self.num_clusters, seed=self.seed)
+        elif self.prompts is not None:
+            d.update(mode="prompt", prompt=", ".join(self.prompts))
+        elif self.key is not None:
+            video, number = split_frame_key(self.key)
+            d.update(mode="frame", frame=[video, number])
+        elif isinstance(self.image, str):
+            d.update(mode="image", image=self.image[:500])
+        else:
+            # an image given in memory is kept nowhere (as for images)
+            name = os.path.basename(str(getattr(self.image, "filename", "")
+                                        or ""))
+            d.update(mode="image", image=None, image_name=name[:500] or None)
+        return d
+
+
+def _model_label(ref):
+    """How the model of an index reference is named (a reference object
+    names it; its stored form, a dict, is named by the index module)."""
+    if hasattr(ref, "model_label"):
+        return ref.model_label
+    return indexes.model_label(ref)
+
+
+def _video_dataset(samples):
+    """The video dataset of ``samples`` (a frames view's too)."""
+    if getattr(samples, "_is_frames", False) and not getattr(
+            samples, "_is_clips", False):
+        return samples._root_dataset
+    return media.source_dataset(samples, "samples")
+
+
+def _run(samples, request):
+    """Runs ``request`` within ``samples``; returns ``(hits, dataset,
+    state doc)``."""
+    dataset = _video_dataset(samples)
+    target = targets.Frames(dataset)
+    doc = indexes.require_index(target)
+    frames = videos = None
+    if getattr(samples, "_is_frames", False):
+        frames = [frame_key(v, n) for v, n in zip(
+            *samples.values(["sample_id", "frame_number"]))]
+    elif samples is not dataset:
+        videos = samples.values("id")
+
+    def run(doc, store):
+        try:
+            ref = doc.index
+            scope = frames
+            if videos is not None:
+                scope = store.keys_where(SOURCE_KEY, videos)
+            if scope is not None and not scope:
+                return [], dataset, doc
+            if request.method is not None:
+                check_index_model(store, ref)
+                ranked = _diverse(store, request, scope)
+            else:
+                if request.key is not None:
+                    queries = _frame_vector(store, request.key)
+                    check_index_model(store, ref)
+                else:
+                    model = indexes.load_index_model(ref)
+                    check_index_model(store, ref, model)
+                    queries = (prompt_vectors(model, request.prompts)
+                               if request.prompts
+                               else image_vector(model, _image(
+                                   request.image)))
+                ranked = _ranked(store, queries, request.limit,
+                                 request.threshold, scope,
+                                 request.best_per_video)
+            return _hits(store, ranked), dataset, doc
+        finally:
+            store.close()
+
+    return indexes.read_index(target, doc, run)
+
+
+def _diverse(store, request, scope):
+    """Diverse sampling of the frames of ``scope`` (None: all): ``(key,
+    score)`` in pick order."""
+    keys, scores = diverse_from_index(
+        store, request.limit, scope=scope, method=request.method,
+        clustering_method=request.clustering_method,
+        num_clusters=request.num_clusters, seed=request.seed)
+    return [(k, s) for k, s in zip(keys, scores)
+            if request.threshold is None or s >= request.threshold]
 
 
 def _prompts(prompt):
@@ -202,9 +408,10 @@ def _frame_vector(store, key):
     return np.asarray(vectors[:1], dtype=np.float32)
 
 
-def _hits(store, queries, limit, threshold, scope, best_per_video):
+def _ranked(store, queries, limit, threshold, scope, best_per_video):
     """The nearest frames of the queries (a frame's score: its best over
-    them), best first; one per video with ``best_per_video``."""
+    them) as ``(key, score)``, best first; one per video with
+    ``best_per_video``."""
     fetch = limit * (_PER_VIDEO_OVERFETCH if best_per_video else 1)
     total = store.count()
     while True:
@@ -223,7 +430,12 @@ def _hits(store, queries, limit, threshold, scope, best_per_video):
                 or fetch >= total):
             break
         fetch *= 4  # a few videos hold the nearest frames: look further
-    ranked = ranked[:limit]
+    return ranked[:limit]
+
+
+def _hits(store, ranked):
+    """The hits of ``ranked`` (``(key, score)``), their time and whether
+    they are scene-change frames read from their payloads."""
     payloads = store.get_payloads([k for k, _ in ranked])
     hits = []
     for key, score in ranked:
@@ -232,5 +444,6 @@ def _hits(store, queries, limit, threshold, scope, best_per_video):
         hits.append({"sample_id": video,
                      "frame_number": payload.get(FRAME_NUMBER_KEY, number),
                      "timestamp": payload.get(TIMESTAMP_KEY),
-                     "score": float(score)})
+                     "score": float(score),
+                     "scene": bool(payload.get(_SCENE_KEY, False))})
     return hits

@@ -10,6 +10,12 @@ would bump ``last_modified_at`` and make the index re-sync itself.
 Every search overwrites the dataset's temporary collection,
 :data:`TEMPORARY_COLLECTION`; :func:`save_collection` keeps it under a name.
 
+A collection of the frames of a video dataset (:func:`fiftyone_ai_search.
+frame_search.perform_frame_search`) is a frames view of the hit videos at
+the frame index's rate; its ids are frame keys ``(video, frame number)``,
+never a frames view's ids, which FiftyOne generates anew (see
+:mod:`fiftyone_ai_search.frame_views`).
+
 A collection of a grouped dataset selects from all its image slices
 (``select_group_slices(media_type="image")``, a flat view): FiftyOne's
 ``select()`` on a grouped dataset only sees the active slice, so results of
@@ -25,10 +31,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 from bson import json_util
 
+from . import frame_views
 from . import validate
 from .errors import CollectionNotFoundError
 from .index import media
 from .index import state as st
+from .index.targets import split_frame_key
 
 if TYPE_CHECKING:  # for annotations only
     import fiftyone.core.collections as foc
@@ -88,7 +96,7 @@ def _require_view_id(dataset, name, arg="name"):
 
 
 def write_collection(dataset, name, sample_ids, scores, query=None,
-                     patches_field=None, source_ids=None):
+                     patches_field=None, source_ids=None, frames=None):
     """Saves ``sample_ids`` (in this order) and their scores as collection
     ``name``, replacing any collection of that name.
 
@@ -113,6 +121,10 @@ def write_collection(dataset, name, sample_ids, scores, query=None,
             field: the collection is a patches view of those objects
         source_ids (None): with ``patches_field``, the ids of the samples
             holding the objects (so that the view reads only those)
+        frames (None): the ids are frame keys of a video dataset's frame
+            index: a dict ``fps`` (the index's rate, the frames view's),
+            ``timestamps`` and ``shown`` (each frame's grid frame number
+            in the frames view, see :func:`_frame_fields`), one a frame
 
     Returns:
         the name
@@ -127,6 +139,7 @@ def write_collection(dataset, name, sample_ids, scores, query=None,
         "scores": [float(s) for s in scores],
         "patches_field": patches_field,
         "source_ids": None if source_ids is None else list(source_ids),
+        **_frame_fields(frames),
         "query": _plain(query or {}),
         "version": uuid.uuid4().hex,
         "view_version": None,
@@ -134,8 +147,10 @@ def write_collection(dataset, name, sample_ids, scores, query=None,
     bson.encode(record)  # refused here, before the view is touched
     view_doc = _saved_view_doc(dataset, name)
     if view_doc is None:
-        dataset.save_view(name, _select(dataset, record["sample_ids"],
-                                        patches_field, source_ids))
+        # a frames view is not built here (that generates its frames
+        # dataset): its stages are written below, as every rewrite's
+        dataset.save_view(name, dataset.limit(0) if frames else _select(
+            dataset, record["sample_ids"], patches_field, source_ids))
         view_doc = _saved_view_doc(dataset, name)
     key = {"dataset_id": record["dataset_id"], "view_id": str(view_doc.id)}
     # $set, not a replacement: a writer's lease on the view stays
@@ -177,10 +192,7 @@ def _write_view(dataset, view_doc, key, version):
             try:
                 latest = _scores().find_one(key)
                 if latest and latest.get("view_version") != latest["version"]:
-                    _rewrite_view(view_doc, _select(
-                        dataset, latest["sample_ids"],
-                        latest.get("patches_field"),
-                        latest.get("source_ids")))
+                    _rewrite_view(view_doc, _stages(dataset, latest))
                     _scores().update_one(
                         dict(key, version=latest["version"]),
                         {"$set": {"view_version": latest["version"]}})
@@ -197,7 +209,33 @@ def _write_view(dataset, view_doc, key, version):
         time.sleep(0.01)
 
 
-def _rewrite_view(view_doc, view):
+def _stages(dataset, doc):
+    """The serialized view stages of the scores document ``doc``."""
+    if doc.get("frames"):
+        shown = _shown(doc, _rows(doc))
+        return frame_views.serialized_stages(
+            list(dict.fromkeys(v for v, _ in shown)), doc["frames"]["fps"],
+            shown)
+    view = _select(dataset, doc["sample_ids"], doc.get("patches_field"),
+                   doc.get("source_ids"))
+    return view._serialize(include_uuids=False)
+
+
+def _frame_fields(frames):
+    """The fields of a frame collection's scores document: ``frames``
+    (``{"fps": ...}``, None for other collections), and per frame its
+    ``timestamps`` (seconds) and ``shown`` frame number: the frame itself,
+    or, for a scene-change frame off the grid, its video's nearest grid
+    frame, which the frames view shows in its place."""
+    if frames is None:
+        return {"frames": None}
+    return {"frames": {"fps": float(frames["fps"])},
+            "timestamps": [None if t is None else float(t)
+                           for t in frames["timestamps"]],
+            "shown": [int(n) for n in frames["shown"]]}
+
+
+def _rewrite_view(view_doc, stages):
     """Rewrites the stages of a saved view in place, not by
     ``save_view(overwrite=True)``: that deletes it and makes a new one,
     whose new id left the old scores behind, and costs ~60 ms of
@@ -207,8 +245,7 @@ def _rewrite_view(view_doc, view):
     writes only what differs from the copy this process loaded, so stages
     equal to a stale copy's were not written at all, and the view kept
     another search's results while its scores said otherwise."""
-    stages = [json_util.dumps(stage)
-              for stage in view._serialize(include_uuids=False)]
+    stages = [json_util.dumps(stage) for stage in stages]
     view_doc._get_collection().update_one(
         {"_id": view_doc.id},
         {"$set": {"view_stages": stages, "last_modified_at": st.utcnow()}})
@@ -254,7 +291,8 @@ def _load(dataset, name, arg="name"):
 
 def get_collection_scores(dataset: fod.Dataset, name: str
                           ) -> list[tuple[str, float]]:
-    """The ``(sample_id, score)`` pairs of a collection, in its order.
+    """The ``(sample_id, score)`` pairs of a collection, in its order; of
+    a collection of frames, ``((video sample id, frame number), score)``.
 
     Examples::
 
@@ -271,6 +309,9 @@ def get_collection_scores(dataset: fod.Dataset, name: str
     """
     dataset = media.source_dataset(dataset, "dataset")
     doc = _load(dataset, name)
+    if is_frames(doc):
+        return [(split_frame_key(k), s)
+                for k, s in zip(doc["sample_ids"], doc["scores"])]
     return list(zip(doc["sample_ids"], doc["scores"]))
 
 
@@ -279,6 +320,11 @@ def get_collection(dataset: fod.Dataset, name: str,
                    max_score: float | None = None) -> fov.DatasetView:
     """The samples of a collection, in its order, optionally cut to a score
     range. No model is run.
+
+    A collection of the frames of a video dataset is a frames view of its
+    videos (``to_frames(sample_frames="dynamic", fps=...)`` at the frame
+    index's rate), its frames in the collection's order; FiftyOne counts
+    frames with the videos' metadata (``compute_metadata()``).
 
     Examples::
 
@@ -308,6 +354,9 @@ def get_collection(dataset: fod.Dataset, name: str,
         return dataset.load_saved_view(name)
     # a range; or the view is being rewritten for these scores: from them
     rows = _in_range(_rows(doc), min_score, max_score)
+    if is_frames(doc):
+        return frame_views.frames_of(dataset, _shown(doc, rows),
+                                     doc["frames"]["fps"])
     return _select(dataset, [r[0] for r in rows], doc.get("patches_field"),
                    _sources(doc, rows))
 
@@ -341,14 +390,126 @@ def get_score_histogram(dataset: fod.Dataset, name: str, bins: int = 20
     return edges.tolist(), counts.tolist()
 
 
+def is_frame_collection(dataset: fod.Dataset, name: str) -> bool:
+    """Whether the collection ``name`` holds frames of the videos of
+    ``dataset`` (made by :func:`fiftyone_ai_search.perform_frame_search`).
+
+    Raises:
+        CollectionNotFoundError: if there is no such collection
+    """
+    dataset = media.source_dataset(dataset, "dataset")
+    return is_frames(_load(dataset, name))
+
+
+def get_frame_hits(dataset: fod.Dataset, name: str,
+                   min_score: float | None = None,
+                   max_score: float | None = None,
+                   best_per_video: bool = False) -> list[dict]:
+    """The hits of a collection of frames, in its order (best first; pick
+    order for diverse sampling), optionally cut to a score range: dicts as
+    :func:`fiftyone_ai_search.search_frames` returns them. No view is
+    built and no model is run.
+
+    Examples::
+
+        name = ais.perform_frame_search(videos, prompt="a red circle")
+        best = ais.get_frame_hits(videos, name, best_per_video=True)
+        best[0]  # {"sample_id": ..., "frame_number": 31,
+                 #  "timestamp": 3.0, "score": 0.31}
+
+    Args:
+        dataset: the video dataset
+        name: the collection's name
+        min_score (None): keep frames scoring ``>= min_score``
+        max_score (None): keep frames scoring ``<= max_score``
+        best_per_video (False): only the best frame of each video (its
+            highest score), best first
+
+    Returns:
+        a list of dicts ``sample_id``, ``frame_number``, ``timestamp`` and
+        ``score``
+
+    Raises:
+        ValueError: for invalid arguments, or if the collection is not of
+            frames
+        CollectionNotFoundError: if there is no such collection
+    """
+    dataset = media.source_dataset(dataset, "dataset")
+    rows = _frame_rows(dataset, name, min_score, max_score, best_per_video)
+    return [{"sample_id": r[0][:24], "frame_number": split_frame_key(r[0])[1],
+             "timestamp": r[3], "score": r[1]} for r in rows]
+
+
+def get_frame_collection(dataset: fod.Dataset, name: str,
+                         min_score: float | None = None,
+                         max_score: float | None = None,
+                         best_per_video: bool = False) -> fov.DatasetView:
+    """A collection of frames as a FiftyOne frames view, in its order, as
+    :func:`get_collection` opens it; with ``best_per_video``, the best
+    frame of each video only, best first.
+
+    Args:
+        dataset: the video dataset
+        name: the collection's name
+        min_score (None): keep frames scoring ``>= min_score``
+        max_score (None): keep frames scoring ``<= max_score``
+        best_per_video (False): only the best frame of each video
+
+    Returns:
+        a :class:`fiftyone.core.view.DatasetView` of frames
+
+    Raises:
+        ValueError: for invalid arguments, or if the collection is not of
+            frames
+        CollectionNotFoundError: if there is no such collection
+    """
+    dataset = media.source_dataset(dataset, "dataset")
+    best_per_video = validate.boolean(best_per_video, "best_per_video")
+    validate.score_range(min_score, max_score)
+    if not best_per_video:
+        if not is_frame_collection(dataset, name):
+            raise _not_frames(dataset, name)
+        return get_collection(dataset, name, min_score, max_score)
+    doc = _load(dataset, name)
+    rows = _frame_rows(dataset, name, min_score, max_score, True, doc)
+    return frame_views.frames_of(dataset, _shown(doc, rows),
+                                 doc["frames"]["fps"])
+
+
+def _frame_rows(dataset, name, min_score, max_score, best_per_video,
+                doc=None):
+    """The rows of the frame collection ``name`` within the score range,
+    the best of each video alone with ``best_per_video``."""
+    min_score, max_score = validate.score_range(min_score, max_score)
+    best_per_video = validate.boolean(best_per_video, "best_per_video")
+    doc = doc or _load(dataset, name)
+    if not is_frames(doc):
+        raise _not_frames(dataset, name)
+    rows = _in_range(_rows(doc), min_score, max_score)
+    if best_per_video:
+        best = {}
+        # by score: a diverse collection is in pick order
+        for row in sorted(rows, key=lambda r: -r[1]):
+            best.setdefault(row[0][:24], row)
+        rows = list(best.values())
+    return rows
+
+
+def _not_frames(dataset, name):
+    return ValueError(
+        f"name: the collection {name!r} of dataset '{dataset.name}' is not "
+        "of video frames")
+
+
 def list_collections(dataset: fod.Dataset) -> list[dict]:
     """The dataset's AI search collections.
 
     Returns:
         a list of dicts with ``name``, ``size``, ``created_at``, ``query``
-        (what produced it) and ``patches_field`` (the label field of a
-        collection of objects, else None), the temporary collection
-        included
+        (what produced it), ``patches_field`` (the label field of a
+        collection of objects, else None) and ``frames`` (whether it is a
+        collection of video frames; its ``size`` counts frames), the
+        temporary collection included
     """
     dataset = media.source_dataset(dataset, "dataset")
     dataset._doc.reload("saved_views")
@@ -357,7 +518,7 @@ def list_collections(dataset: fod.Dataset) -> list[dict]:
         [
             {"$match": {"dataset_id": st.dataset_key(dataset)}},
             {"$project": {"view_id": 1, "created_at": 1, "query": 1,
-                          "patches_field": 1,
+                          "patches_field": 1, "frames": 1,
                           "size": {"$size": "$sample_ids"}}},
             {"$sort": {"created_at": 1}},
         ]
@@ -369,10 +530,20 @@ def list_collections(dataset: fod.Dataset) -> list[dict]:
             "created_at": doc["created_at"],
             "query": doc.get("query", {}),
             "patches_field": doc.get("patches_field"),
+            "frames": is_frames(doc),
         }
         for doc in docs
         if doc["view_id"] in names  # its saved view may be gone
     ]
+
+
+def collection_summary(dataset: fod.Dataset, name: str) -> dict | None:
+    """The summary of collection ``name`` of ``dataset``, as
+    :func:`list_collections` gives it (``name``, ``size``, ``created_at``,
+    ``query``, ``patches_field``, ``frames``), or None if there is none
+    (e.g. no latest results for :data:`TEMPORARY_COLLECTION`)."""
+    found = [c for c in list_collections(dataset) if c["name"] == name]
+    return found[0] if found else None
 
 
 def save_collection(dataset: fod.Dataset, name: str,
@@ -432,14 +603,41 @@ def save_collection(dataset: fod.Dataset, name: str,
     return write_collection(
         dataset, name, [r[0] for r in rows], [r[1] for r in rows], query,
         patches_field=doc.get("patches_field"),
-        source_ids=_sources(doc, rows),
+        source_ids=_sources(doc, rows), frames=_frames(doc, rows),
     )
 
 
 def _rows(doc):
-    """``(id, score, source id or None)`` of a collection's scores doc."""
-    sources = doc.get("source_ids") or [None] * len(doc["sample_ids"])
-    return list(zip(doc["sample_ids"], doc["scores"], sources))
+    """``(id, score, source id or None, timestamp or None, shown frame
+    number or None)`` of a collection's scores doc (the last two: of a
+    frame collection)."""
+    nones = [None] * len(doc["sample_ids"])
+    return list(zip(doc["sample_ids"], doc["scores"],
+                    doc.get("source_ids") or nones,
+                    doc.get("timestamps") or nones,
+                    doc.get("shown") or nones))
+
+
+def _shown(doc, rows):
+    """The ``(video id, frame number)`` that the frames view of a frame
+    collection shows for each of ``rows``."""
+    return [(r[0][:24], r[4] if r[4] is not None else split_frame_key(r[0])[1])
+            for r in rows]
+
+
+def _frames(doc, rows):
+    """The ``frames`` of :func:`write_collection` for ``rows`` of a frame
+    collection's scores doc (None for another collection)."""
+    if not doc.get("frames"):
+        return None
+    shown = _shown(doc, rows)
+    return {"fps": doc["frames"]["fps"], "timestamps": [r[3] for r in rows],
+            "shown": [n for _, n in shown]}
+
+
+def is_frames(doc) -> bool:
+    """Whether the scores document ``doc`` is of a frame collection."""
+    return bool(doc.get("frames"))
 
 
 def _sources(doc, rows):
@@ -469,10 +667,12 @@ def is_latest_results(samples: foc.SampleCollection) -> bool:
     """
     import fiftyone.core.stages as fos
 
+    if getattr(samples, "_is_frames", False):
+        return _is_latest_frames(samples)
     try:
         dataset = media.source_dataset(samples)
     except media.UnsupportedMediaError:
-        return False  # frames, clips: never results
+        return False  # clips: never results
     # (a patches view may be object results: its own stages select them)
     if samples is dataset or (samples._is_generated
                               and not samples._is_patches):
@@ -490,6 +690,19 @@ def is_latest_results(samples: foc.SampleCollection) -> bool:
         return False
     # a collection and its score ranges are ordered selects of its ids
     return set(stages[0].sample_ids) <= set(results)
+
+
+def _is_latest_frames(frames):
+    """Whether a frames view shows the latest frame search results (or a
+    score range of them): its frames are some of theirs."""
+    shown = frame_views.shown_keys_of(frames)
+    if shown is None:
+        return False
+    try:
+        doc = _load(frames._root_dataset, TEMPORARY_COLLECTION)
+    except CollectionNotFoundError:
+        return False
+    return is_frames(doc) and set(shown) <= set(_shown(doc, _rows(doc)))
 
 
 def delete_temporary_collection(dataset, patches_field=None):

@@ -1,0 +1,131 @@
+"""Frames as FiftyOne frames views, keyed by ``(video, frame number)``.
+
+A frames view's sample ids are not stable: FiftyOne generates the frames
+dataset anew (when the saved view's one is gone, or the videos changed),
+and every frame without a frame document then gets a new id (see
+docs/design.md, "Video frames"). So the view of a set of frames is never
+an ``select`` of frame ids: it is ``select(videos).to_frames(
+sample_frames="dynamic", fps=...)`` of their videos at the index's rate,
+then one :class:`fiftyone.core.stages.Mongo` stage that keeps the frames by
+``(sample id, frame number)`` and orders them as given. That stage is what
+a frame collection's saved view holds; it rebuilds the same frames however
+often the frames dataset is generated.
+
+| Copyright the fiftyone-ai-search authors, Apache-2.0.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from bson import ObjectId
+
+from .embedding.frames import UniformGrid
+
+if TYPE_CHECKING:  # for annotations only
+    import fiftyone.core.dataset as fod
+    import fiftyone.core.view as fov
+
+#: the field the rank stage adds (and removes again) to order the frames;
+#: also how :func:`shown_keys_of` recognises a view of ours
+RANK_FIELD = "_ais_frame_rank"
+
+#: the separator of a frame's ``"<sample id>:<frame number>"`` in the
+#: rank stage (what MongoDB can build from a frame document)
+_SEP = ":"
+
+
+def grid_stages(video_ids, fps, shown):
+    """The view stages of the frames ``shown`` (a list of
+    ``(video id, frame number)`` on the grid of ``fps``, best first) of the
+    videos ``video_ids``: fresh stage objects (no generated dataset named
+    yet), to serialize into a saved view or to add to a view."""
+    import fiftyone.core.stages as fos
+
+    return [
+        fos.Select(list(video_ids)),
+        fos.ToFrames(config={"sample_frames": "dynamic", "fps": fps}),
+        fos.Mongo(_rank_pipeline(shown)),
+    ]
+
+
+def serialized_stages(video_ids, fps, shown):
+    """:func:`grid_stages` as a saved view stores them."""
+    return [stage._serialize(include_uuid=False)
+            for stage in grid_stages(video_ids, fps, shown)]
+
+
+def frames_of(dataset: fod.Dataset, shown: list[tuple], fps: float
+              ) -> fov.DatasetView:
+    """The frames view of ``shown`` (``(video id, frame number)`` pairs on
+    the grid of ``fps``), in this order; a frame given twice shows once,
+    where it first appears."""
+    videos = list(dict.fromkeys(v for v, _ in shown))
+    view = dataset.view()
+    for stage in grid_stages(videos, fps, shown):
+        view = view.add_stage(stage)
+    return view
+
+
+def _rank_pipeline(shown):
+    keys = list(dict.fromkeys(f"{v}{_SEP}{int(n)}" for v, n in shown))
+    numbers = {}
+    for v, n in shown:
+        numbers.setdefault(v, set()).add(int(n))
+    # the match first: FiftyOne indexes (sample_id, frame_number) of a
+    # frames dataset, so only the frames shown are ranked
+    match = {"$or": [{"_sample_id": ObjectId(v),
+                      "frame_number": {"$in": sorted(ns)}}
+                     for v, ns in numbers.items()]} if numbers else \
+        {"_id": None}
+    rank = {"$indexOfArray": [keys, {"$concat": [
+        {"$toString": "$_sample_id"}, _SEP,
+        {"$toString": "$frame_number"}]}]}
+    return [
+        {"$match": match},
+        {"$addFields": {RANK_FIELD: rank}},
+        {"$sort": {RANK_FIELD: 1}},
+        {"$unset": RANK_FIELD},
+    ]
+
+
+def shown_keys_of(view) -> list[tuple] | None:
+    """The ``(video id, frame number)`` pairs a frames view built here (by
+    :func:`frames_of`, or a frame collection's saved view) shows, from its
+    rank stage; None for any other view."""
+    import fiftyone.core.stages as fos
+
+    if not getattr(view, "_is_frames", False):
+        return None
+    for stage in getattr(view, "_stages", None) or []:
+        if not isinstance(stage, fos.Mongo):
+            continue
+        for step in stage.pipeline:
+            ranked = step.get("$addFields", {}).get(RANK_FIELD)
+            if ranked is not None:
+                keys = ranked["$indexOfArray"][0]
+                return [(k.split(_SEP)[0], int(k.split(_SEP)[1]))
+                        for k in keys]
+    return None
+
+
+def nearest_on_grid(frame_rates, fps, frames):
+    """``frames`` (``(video id, frame number)`` pairs) each moved to the
+    nearest frame of its video's sampling grid at ``fps`` (a frame on the
+    grid stays): how a scene-change frame, sampled off the grid, shows in a
+    frames view of the grid. ``frame_rates``: ``{video id: frame rate}``
+    (FiftyOne's ``metadata.frame_rate``, which its frames views count
+    with; None: the rate assumed for videos without one)."""
+    out = []
+    for video, number in frames:
+        # the grid's positions, accumulated and rounded as UniformGrid
+        # (and FiftyOne) do: the same float error, the same frames
+        step = UniformGrid(frame_rates.get(video), fps).step
+        position, before, after = 1.0, 1, 1
+        while after <= number:
+            before = after
+            position += step
+            after = int(round(position))
+        out.append((video, after if after - number < number - before
+                    else before))
+    return out

@@ -1,0 +1,246 @@
+"""Frame search results kept as collections (issue 24, point 3): the
+latest results of a video dataset open as FiftyOne's frames view of the
+hits, best first, with scores, histogram and score ranges, saved, renamed
+and deleted as image collections are; the best frame per video; diverse
+sampling over frames. Small synthetic videos (tests/videos.py) with the
+tiny CLIP."""
+
+import os
+
+import numpy as np
+import pytest
+
+import fiftyone as fo
+import fiftyone_ai_search as ais
+from fiftyone_ai_search import frame_views
+from fiftyone_ai_search.demo import tiny_clip_model_name
+from fiftyone_ai_search.index import media
+
+from tests.videos import video_dataset
+
+RED = ("red", "circle")
+RED_SQUARE = ("red", "square")
+BLUE = ("blue", "square")
+BLUE_CIRCLE = ("blue", "circle")
+GREEN = ("green", "star")
+
+
+def _with_metadata(dataset):
+    """The metadata FiftyOne's frames views count frames with (FiftyOne
+    computes it with ffprobe, not installed here)."""
+    for sample in dataset.iter_samples(autosave=True):
+        seconds = len(sample["layout"])
+        sample.metadata = fo.VideoMetadata(
+            frame_rate=10.0, total_frame_count=10 * seconds,
+            duration=seconds, frame_width=128, frame_height=128,
+            encoding_str="mp4v", size_bytes=os.path.getsize(sample.filepath),
+            mime_type="video/mp4")
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    """3 videos showing a red circle 4 seconds of 6, 3 without, indexed at
+    1 frame per second (36 frames). Tests that write collections delete
+    them again."""
+    with_red = [RED, RED_SQUARE, RED, BLUE, RED, RED]
+    without = [BLUE_CIRCLE, RED_SQUARE, GREEN, BLUE, BLUE_CIRCLE, GREEN]
+    dataset = video_dataset(tmp_path_factory.mktemp("frame-results"),
+                            [with_red] * 3 + [without] * 3)
+    _with_metadata(dataset)
+    ais.enable_embeddings(dataset, model=tiny_clip_model_name(),
+                          frames=True, compute=False)
+    ais.calculate_embeddings(dataset, frames=True, wait=True, progress=False)
+    return dataset
+
+
+def _shown(dataset, pairs):
+    """What each ``(video id, frame number)`` shows: the layout's segment
+    of its second (10 fps, 1 frame a second: frame 10 k + 1)."""
+    layouts = dict(zip(*dataset.values(["id", "layout"])))
+    return [layouts[v][(n - 1) // 10] for v, n in pairs]
+
+
+def _pairs(frames):
+    return list(zip(frames.values("sample_id"),
+                    frames.values("frame_number")))
+
+
+def test_a_prompts_collection_reopens_with_its_frames_best_first(videos):
+    hits = ais.search_frames(videos, prompt="a red circle", limit=10)
+    name = ais.perform_frame_search(videos, prompt="a red circle", limit=10)
+
+    assert name == ais.TEMPORARY_COLLECTION
+    assert ais.is_frame_collection(videos, name)
+    frames = ais.get_collection(videos, name)
+    assert frames._is_frames
+    assert _pairs(frames) == [(h["sample_id"], h["frame_number"])
+                              for h in hits]
+    assert sum(s == "red circle" for s in _shown(videos, _pairs(frames))) >= 9
+    scores = ais.get_collection_scores(videos, name)
+    assert [pair for pair, _ in scores] == _pairs(frames)
+    values = [s for _, s in scores]
+    assert values == sorted(values, reverse=True)
+    assert values == pytest.approx([h["score"] for h in hits])
+    stored = ais.get_frame_hits(videos, name)
+    assert [(h["sample_id"], h["frame_number"], h["timestamp"])
+            for h in stored] == [(h["sample_id"], h["frame_number"],
+                                  h["timestamp"]) for h in hits]
+
+    # the latest results, the view and a score range of it; not a frames
+    # view of the videos, nor the dataset
+    assert ais.is_latest_results(frames)
+    assert ais.is_latest_results(ais.get_collection(
+        videos, name, min_score=values[3]))
+    assert not ais.is_latest_results(videos.to_frames(
+        sample_frames="dynamic", fps=1))
+    assert not ais.is_latest_results(videos)
+
+    # FiftyOne generates the frames dataset anew once its last one is gone
+    # (its frames get new ids): the collection keys frames by (video, frame
+    # number), so the new one shows the same frames
+    shown, frame_ids = _pairs(frames), frames.values("id")
+    frames._dataset.delete()
+    again = ais.get_collection(videos, name)
+    assert _pairs(again) == shown
+    assert set(again.values("id")).isdisjoint(frame_ids)
+    (entry,) = [c for c in ais.list_collections(videos) if c["name"] == name]
+    assert entry["frames"] is True and entry["size"] == 10
+    assert entry["query"]["mode"] == "prompt"
+    assert entry["query"]["prompt"] == "a red circle"
+
+
+def test_histogram_and_score_ranges(videos):
+    name = ais.perform_frame_search(videos, prompt="a red circle", limit=36)
+    values = [s for _, s in ais.get_collection_scores(videos, name)]
+    assert len(values) == 36
+
+    edges, counts = ais.get_score_histogram(videos, name, bins=4)
+    assert len(edges) == 5 and sum(counts) == 36
+    expected, _ = np.histogram(values, bins=4, range=(min(values),
+                                                      max(values)))
+    assert counts == expected.tolist()
+
+    cut = sorted(values)[len(values) // 2]
+    top = ais.get_collection(videos, name, min_score=cut)
+    kept = [s for s in values if s >= cut]
+    assert len(top) == len(kept)
+    assert _pairs(top) == [p for p, s in ais.get_collection_scores(
+        videos, name) if s >= cut]
+    low = ais.get_frame_hits(videos, name, max_score=cut)
+    assert all(h["score"] <= cut for h in low)
+    assert len(low) == sum(s <= cut for s in values)
+
+    # a range kept under a name, renamed, deleted; the latest results stay
+    ais.save_collection(videos, "clear red circles", min_score=cut)
+    assert ais.is_frame_collection(videos, "clear red circles")
+    assert _pairs(ais.get_collection(videos, "clear red circles")) \
+        == _pairs(top)
+    ais.rename_collection(videos, "clear red circles", "red circles")
+    named = {c["name"]: c for c in ais.list_collections(videos)}
+    assert named["red circles"]["frames"]
+    assert named["red circles"]["size"] == len(kept)
+    assert named["red circles"]["query"]["score_range"] == [cut, None]
+    ais.delete_collection(videos, "red circles")
+    assert "red circles" not in {c["name"]
+                                 for c in ais.list_collections(videos)}
+    assert len(ais.get_collection(videos, name)) == 36
+
+
+def test_the_best_frame_per_video(videos):
+    ids = videos.values("id")
+    name = ais.perform_frame_search(videos, prompt="a red circle", limit=36)
+    best = ais.get_frame_hits(videos, name, best_per_video=True)
+    assert sorted(h["sample_id"] for h in best) == sorted(ids)
+    assert [h["score"] for h in best] == sorted(
+        (h["score"] for h in best), reverse=True)
+    assert _shown(videos, [(h["sample_id"], h["frame_number"])
+                           for h in best[:3]]) == ["red circle"] * 3
+    view = ais.get_frame_collection(videos, name, best_per_video=True)
+    assert _pairs(view) == [(h["sample_id"], h["frame_number"])
+                            for h in best]
+
+    # at search time: one frame per video, the same best frames
+    name = ais.perform_frame_search(videos, prompt="a red circle", limit=3,
+                                    best_per_video=True)
+    assert [h["sample_id"] for h in ais.get_frame_hits(videos, name)] == \
+        [h["sample_id"] for h in best[:3]]
+
+
+def test_a_frames_view_scopes_the_search(videos):
+    ids = videos.values("id")
+    scope = videos.select(ids[:2]).to_frames(sample_frames="dynamic", fps=1)
+    hits = ais.search_frames(scope, prompt="a red circle", limit=50)
+    assert len(hits) == 12  # 2 videos, 6 frames each
+    assert {h["sample_id"] for h in hits} == set(ids[:2])
+
+    # a search within the latest results (a frames view of them)
+    ais.perform_frame_search(videos, prompt="a red circle", limit=5)
+    latest = ais.get_collection(videos, ais.TEMPORARY_COLLECTION)
+    within = ais.search_frames(latest, prompt="a blue square", limit=50)
+    assert {(h["sample_id"], h["frame_number"]) for h in within} \
+        == set(_pairs(latest))
+
+
+def test_diverse_sampling_returns_frames_of_different_scenes(videos):
+    hits = ais.search_frames(videos, method="centroids", limit=5,
+                             num_clusters=5)
+    pairs = [(h["sample_id"], h["frame_number"]) for h in hits]
+    assert len(set(pairs)) == 5
+    # five kinds of scene among the six: five picks, five kinds
+    assert len(set(_shown(videos, pairs))) == 5
+
+    again = ais.search_frames(videos, method="centroids", limit=5,
+                              num_clusters=5)
+    assert again == hits  # the same call, the same picks
+
+    name = ais.perform_frame_search(videos, method="random", limit=4,
+                                    clustering_method="dbscan", seed=3)
+    kept = ais.get_frame_hits(videos, name)
+    assert len(kept) == 4 and len({(h["sample_id"], h["frame_number"])
+                                   for h in kept}) == 4
+    assert ais.list_collections(videos)[-1]["query"]["mode"] == "diverse"
+    assert _pairs(ais.get_collection(videos, name)) == [
+        (h["sample_id"], h["frame_number"]) for h in kept]
+
+
+def test_a_scene_frame_shows_as_its_nearest_grid_frame():
+    rates = {"a" * 24: 10.0, "b" * 24: 30.0}
+    # 10 fps at 1 a second: 1, 11, 21 ...; 30 fps: 1, 31, 61 ...
+    assert frame_views.nearest_on_grid(rates, 1.0, [
+        ("a" * 24, 11), ("a" * 24, 15), ("a" * 24, 17), ("b" * 24, 40),
+        ("b" * 24, 50), ("b" * 24, 1)]) == [
+        ("a" * 24, 11), ("a" * 24, 11), ("a" * 24, 21), ("b" * 24, 31),
+        ("b" * 24, 61), ("b" * 24, 1)]
+
+
+def test_bad_requests_say_what_is_wrong(videos):
+    with pytest.raises(ValueError, match="exactly one"):
+        ais.perform_frame_search(videos, prompt="a red circle",
+                                 method="centroids")
+    with pytest.raises(ValueError, match="best_per_video"):
+        ais.search_frames(videos, method="centroids", best_per_video=True)
+    with pytest.raises(ValueError, match="num_clusters"):
+        ais.search_frames(videos, prompt="a red circle", num_clusters=3)
+    with pytest.raises(ValueError, match="method"):
+        ais.search_frames(videos, method="kmeans")
+    with pytest.raises(ais.CollectionNotFoundError):
+        ais.get_frame_hits(videos, "no such collection")
+    # nothing above the threshold: no collection, the latest left alone
+    before = ais.get_collection_scores(videos, ais.TEMPORARY_COLLECTION)
+    assert ais.perform_frame_search(videos, prompt="a red circle",
+                                    threshold=0.999) is None
+    assert ais.get_collection_scores(videos, ais.TEMPORARY_COLLECTION) \
+        == before
+
+
+def test_an_image_collection_is_not_of_frames(tmp_path):
+    from tests.helpers import shapes_dataset
+
+    dataset = shapes_dataset(tmp_path, num_samples=8)
+    ais.calculate_embeddings(dataset, wait=True, progress=False)
+    name = ais.perform_ai_search(dataset, prompt="a red circle", limit=3)
+    assert not ais.is_frame_collection(dataset, name)
+    assert ais.list_collections(dataset)[0]["frames"] is False
+    with pytest.raises(ValueError, match="not of video frames"):
+        ais.get_frame_hits(dataset, name)
+    assert media.source_dataset(dataset) is dataset

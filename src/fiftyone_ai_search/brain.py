@@ -93,8 +93,7 @@ from . import search
 from . import validate
 from .config import BACKENDS
 from .embedding.model import resolve_model
-from .errors import (BrainKeyTakenError, StateDamagedError,
-                     UnsupportedMediaError)
+from .errors import BrainKeyTakenError, StateDamagedError
 from .index import indexes
 from .index import media
 from .index import state as st
@@ -154,10 +153,13 @@ class AISearchSimilarityConfig(SimilarityConfig):
             field (its objects cropped as the index's settings say)
         plain (False): whether the run is a plain index of its own vectors
             (set when it is created: the run names no open_clip model)
+        frames (False): whether the run is the frame index of a video
+            dataset (set when it is created on a frames view; see
+            :mod:`fiftyone_ai_search.brain_frames`)
     """
 
     def __init__(self, clip_model=None, pretrained=None, index_backend=None,
-                 metric="cosine", plain=False, **kwargs):
+                 metric="cosine", plain=False, frames=False, **kwargs):
         if metric not in METRICS:
             raise ValueError(
                 f"metric: the AI search backend compares CLIP embeddings by "
@@ -200,6 +202,9 @@ class AISearchSimilarityConfig(SimilarityConfig):
         #: :mod:`fiftyone_ai_search.brain_plain`), not AI search's index
         self.plain = bool(plain)
         self.supports_prompts = not self.plain
+        #: whether the run is the frame index of a video dataset, its view
+        #: a frames view (:mod:`fiftyone_ai_search.brain_frames`)
+        self.frames = bool(frames)
 
     @property
     def names_a_model(self):
@@ -249,13 +254,14 @@ class AISearchSimilarity(Similarity):
         added decides."""
         # (the Brain gives a frames view's run its frames view, a clips
         # view's the video dataset)
-        if samples._is_frames or samples._is_clips or (
-                samples.media_type == "video"):
+        if samples._is_frames and not samples._is_clips:
+            return brain_frames.initialize(self, samples, brain_key)
+        if samples._is_clips or samples.media_type == "video":
             # the Brain registered the run before this: a run left without
             # results would break every later use of its key
             if brain_key is not None:
                 self.delete_run(samples, brain_key, cleanup=False)
-            raise UnsupportedMediaError(_frames_message(samples))
+            raise brain_frames.refuse_videos(samples)
         dataset = media.source_dataset(samples)
         if self.config.plain or not self.config.names_a_model:
             return self._initialize_plain(dataset, brain_key)
@@ -325,6 +331,8 @@ class AISearchSimilarity(Similarity):
             st.update(target, brain_key=new_brain_key)
 
     def _target_of(self, samples):
+        if self.config.frames:
+            return targets.Frames(samples._root_dataset)
         return targets.target_of(media.source_dataset(samples),
                                  self.config.patches_field)
 
@@ -357,29 +365,14 @@ def _switch_on(target, model, pretrained, backend=None):
                                        patches_field=field)
 
 
-#: what searches video frames, since the Brain's ``ai_search`` runs do not
-#: (see docs/design.md, "Video frames": the bridge they need)
+#: what searches video frames, for an image run given frames
 _FRAME_SEARCH_HINT = (
-    "A video dataset's frames have their own index, which is not a Brain "
-    "run: fiftyone_ai_search.enable_embeddings(video_dataset, frames=True) "
-    "indexes them, fiftyone_ai_search.search_frames(video_dataset, "
-    "prompt=...) searches them and fiftyone_ai_search.frames_view("
-    "video_dataset, hits) opens the hits as a frames view")
-
-
-def _frames_message(samples):
-    """Why a Brain run of the ``ai_search`` backend refuses a video
-    dataset, or a frames or clips view of one, and what searches its
-    frames instead."""
-    name = samples._root_dataset.name
-    if samples._is_frames or samples._is_clips:
-        kind = "frames" if samples._is_frames else "clips"
-        what = f"samples is a {kind} view of the video dataset '{name}'"
-    else:
-        what = f"Dataset '{name}' is a video dataset"
-    return (f"{what}: the ai_search Brain backend indexes images (and "
-            "objects of images), not video frames. "
-            f"{_FRAME_SEARCH_HINT}")
+    "A video dataset's frames have their own index: fiftyone_ai_search."
+    "enable_embeddings(video_dataset, frames=True, brain_key=...) indexes "
+    "them and registers it as a run of frames views, fiftyone_ai_search."
+    "search_frames(video_dataset, prompt=...) searches them and "
+    "fiftyone_ai_search.frames_view(video_dataset, hits) opens the hits as "
+    "a frames view")
 
 
 def target_name(target):
@@ -391,11 +384,13 @@ def target_name(target):
 def runs_of(target):
     """The brain keys of the AI search runs of a target."""
     dataset, field = targets.dataset_of(target), targets.field_of(target)
+    frames = targets.of(target).is_frames
     keys = []
     for key in dataset.list_brain_runs(type="similarity"):
         config = dataset.get_brain_info(key).config
         if (isinstance(config, AISearchSimilarityConfig)
-                and not config.plain and config.patches_field == field):
+                and not config.plain and config.patches_field == field
+                and config.frames == frames):
             keys.append(key)
     return keys
 
@@ -1313,10 +1308,10 @@ def default_brain_key(patches_field=None):
     return f"{DEFAULT_BRAIN_KEY}_{tail}"
 
 
-def check_brain_key(dataset, brain_key, patches_field=None):
+def check_brain_key(dataset, brain_key, patches_field=None, frames=False):
     """Raises if ``brain_key`` names a Brain run that is not AI search's
-    index of the same thing (the images, or the objects of
-    ``patches_field``)."""
+    index of the same thing (the images, the objects of ``patches_field``,
+    or with ``frames`` the frames of a video dataset)."""
     if not isinstance(brain_key, str) or not brain_key.isidentifier():
         raise ValueError(
             f"brain_key must be a name of letters, digits and underscores, "
@@ -1332,9 +1327,11 @@ def check_brain_key(dataset, brain_key, patches_field=None):
                 f"dataset '{dataset.name}'; pass another brain_key to "
                 "enable_embeddings or delete that run"
             )
-        if config.patches_field != patches_field:
+        if (config.patches_field != patches_field
+                or config.frames != frames):
             of = (f"the objects of '{config.patches_field}'"
-                  if config.patches_field else "the images")
+                  if config.patches_field else
+                  "the frames" if config.frames else "the images")
             raise BrainKeyTakenError(
                 f"brain_key: '{brain_key}' is the AI search run of {of} of "
                 f"dataset '{dataset.name}'; pass another brain_key")
@@ -1346,6 +1343,8 @@ def register(target, doc, brain_key):
     ``brain_key``: a run of the whole index. Other runs of the index stay;
     an existing run of that key keeps what it holds and learns the
     index's model."""
+    if targets.of(target).is_frames:
+        return brain_frames.register(target, doc, brain_key)
     dataset, field = targets.dataset_of(target), targets.field_of(target)
     check_brain_key(dataset, brain_key, field)
     if brain_key in dataset.list_brain_runs() and dataset.load_brain_results(
@@ -1391,3 +1390,8 @@ def unregister_all(target):
 def _label_model(config, doc):
     config.clip_model = doc.model if doc else None
     config.pretrained = doc.pretrained if doc else None
+
+
+# last: the frames bridge subclasses this module's index (see
+# fiftyone_ai_search.brain_frames); initialize() and register() call it
+from . import brain_frames  # noqa: E402

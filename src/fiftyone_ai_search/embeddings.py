@@ -121,7 +121,10 @@ def enable_embeddings(dataset: fod.Dataset, model: str | None = None,
             that makes the index usable by FiftyOne's similarity machinery
             (see :mod:`fiftyone_ai_search.brain`): default the current one,
             else ``"ai_search"`` (``"ai_search_<field>"`` for object
-            search); False registers none
+            search); False registers none. A frame index is a run (of
+            frames views: ``to_frames(...).sort_by_similarity(...,
+            brain_key=...)``) only under a key given here, kept by later
+            calls
         embeddings_field (None): a field of vectors the dataset already has
             (e.g. written by ``compute_embeddings``), stored instead of
             running the model for the samples that have one; ``model`` must
@@ -203,9 +206,7 @@ def disable_embeddings(dataset: fod.Dataset, patches_field: str | None = None,
             configured (nothing is changed then)
     """
     target = lifecycle.resolve_target(dataset, patches_field, frames)
-    # (a frame index has no Brain run yet)
-    lifecycle.disable(target, secrets=secrets,
-                      runs=None if frames else _brain())
+    lifecycle.disable(target, secrets=secrets, runs=_brain())
 
 
 def finish_disable(target, doc, settings=None):

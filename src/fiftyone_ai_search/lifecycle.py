@@ -118,19 +118,18 @@ def enable(dataset, model=None, pretrained=None, backend=None,
             raise ValueError(
                 f"{', '.join(given)}: not supported with frames=... (a "
                 "frame index embeds the frames it samples, with the model)")
-        if brain_key not in (None, False):
-            # to_frames().sort_by_similarity() cannot reach it (see
-            # docs/design.md, "Video frames": the bridge it needs)
-            raise ValueError(
-                "brain_key: a frame index is not a FiftyOne Brain run, so "
-                "to_frames(...).sort_by_similarity(brain_key=...) does not "
-                "search it; leave brain_key out, search the frames with "
-                "fiftyone_ai_search.search_frames(dataset, prompt=...) and "
-                "open the hits with fiftyone_ai_search.frames_view(dataset, "
-                "hits)")
-        return _enable_frames(
-            targets.Frames(media.source_dataset(dataset, "dataset")),
-            sampling, model, pretrained, backend, compute, secrets, load)
+        frames = targets.Frames(media.source_dataset(dataset, "dataset"))
+        if brain_key is None:
+            # a frame index is a Brain run only when asked (the run of
+            # its frames views, see fiftyone_ai_search.brain_frames); one
+            # it has follows a new sampling rule
+            current = st.load(frames)
+            brain_key = (current.brain_key if current and current.enabled
+                         and current.brain_key else False)
+        if brain_key is not False:
+            runs.check_brain_key(frames.dataset, brain_key, frames=True)
+        return _enable_frames(frames, sampling, model, pretrained, backend,
+                              compute, secrets, load, brain_key, runs)
     dataset = media.source_dataset(dataset, "dataset")
     _video_without_frames(dataset)
     dataset = media.check_supported(dataset)
@@ -228,7 +227,7 @@ def _enable_objects(objects, model, pretrained, backend, margin, square,
 
 
 def _enable_frames(frames, sampling, model, pretrained, backend, compute,
-                   secrets, load):
+                   secrets, load, brain_key, runs):
     """:func:`enable` of the frames of a video dataset."""
     settings = get_settings(secrets=secrets)
     current = st.load(frames) or st.IndexState(key=frames.key)
@@ -240,8 +239,9 @@ def _enable_frames(frames, sampling, model, pretrained, backend, compute,
         load_model(spec, device=settings.device)
     else:
         check_weights(spec)
-    st.enable(frames, spec.name, spec.pretrained, spec.identity, backend,
-              sampling=sampling.to_dict())
+    doc = st.enable(frames, spec.name, spec.pretrained, spec.identity,
+                    backend, sampling=sampling.to_dict())
+    _register(frames, doc, brain_key, runs)
     if compute:
         runner.start_background(frames, secrets=secrets)
     return get_status(frames.dataset, frames=True)

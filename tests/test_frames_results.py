@@ -244,3 +244,57 @@ def test_an_image_collection_is_not_of_frames(tmp_path):
     with pytest.raises(ValueError, match="not of video frames"):
         ais.get_frame_hits(dataset, name)
     assert media.source_dataset(dataset) is dataset
+
+
+def test_a_scene_change_hit_opens_at_its_nearest_grid_frame(tmp_path):
+    """Segments of 1.5 s at 10 fps: the cuts at frames 16 and 31 are off
+    and on the 1-a-second grid (1, 11, 21, 31 ...); the scene frame after
+    the first cut is indexed too, and its collection shows the grid frame
+    nearest it."""
+    from tests.videos import write_video
+
+    path = str(tmp_path / "cuts.mp4")
+    write_video(path, [BLUE, RED, GREEN], seconds=1.5)
+    dataset = fo.Dataset()
+    dataset.add_sample(fo.Sample(filepath=path, metadata=fo.VideoMetadata(
+        frame_rate=10.0, total_frame_count=45, duration=4.5,
+        frame_width=128, frame_height=128)))
+    ais.enable_embeddings(dataset, model=tiny_clip_model_name(),
+                          frames=ais.FrameSampling(scene_threshold=0.2),
+                          compute=False)
+    ais.calculate_embeddings(dataset, frames=True, wait=True, progress=False)
+
+    hits = ais.search_frames(dataset, prompt="a red circle", limit=20)
+    scenes = [h for h in hits if h["scene"]]
+    assert scenes and all((h["frame_number"] - 1) % 10 for h in scenes)
+    name = ais.perform_frame_search(dataset, prompt="a red circle", limit=20)
+    shown = _pairs(ais.get_collection(dataset, name))
+    video = dataset.first().id
+    for hit in scenes:
+        nearest = frame_views.nearest_on_grid(
+            {video: 10.0}, 1.0, [(video, hit["frame_number"])])[0]
+        assert nearest in shown and nearest[1] % 10 == 1
+    # every hit shows, at its grid frame, each grid frame once
+    assert len(shown) == len(set(shown)) == len(
+        {(h["sample_id"], h["frame_number"]) for h in hits
+         if not h["scene"]} | {frame_views.nearest_on_grid(
+             {video: 10.0}, 1.0, [(video, h["frame_number"])])[0]
+             for h in scenes})
+    # the scores keep the scene frame itself
+    assert {p for p, _ in ais.get_collection_scores(dataset, name)} == {
+        (h["sample_id"], h["frame_number"]) for h in hits}
+
+
+def test_the_latest_frame_results_go_with_the_frame_index(tmp_path):
+    dataset = video_dataset(tmp_path, [[RED, BLUE]])
+    _with_metadata(dataset)
+    ais.enable_embeddings(dataset, model=tiny_clip_model_name(),
+                          frames=True, compute=False)
+    ais.calculate_embeddings(dataset, frames=True, wait=True, progress=False)
+    ais.perform_frame_search(dataset, prompt="a red circle", limit=2)
+    ais.save_collection(dataset, "kept frames")
+
+    ais.disable_embeddings(dataset, frames=True)
+    # the named collection stays a plain saved view, a frames view still
+    assert not dataset.has_saved_view(ais.TEMPORARY_COLLECTION)
+    assert len(dataset.load_saved_view("kept frames")) == 2

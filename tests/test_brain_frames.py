@@ -5,8 +5,10 @@ vectors of other models) with what to use instead (see
 fiftyone_ai_search.brain_frames and docs/design.md, "Video frames"). On
 small synthetic videos in a real mongod, with the tiny CLIP."""
 
-import shutil
+import os
 import uuid
+
+import cv2
 
 import numpy as np
 import pytest
@@ -217,14 +219,40 @@ def test_compute_similarity_on_a_frames_view_builds_the_frame_index(
         dataset.delete()
 
 
-@pytest.mark.skipif(shutil.which("ffmpeg") is None,
-                    reason="to_frames(sample_frames=True) writes frames "
-                    "with the ffmpeg binary")
-def test_frames_written_to_disk_sort_alike(red_circles):
-    frames = red_circles.to_frames(sample_frames=True, fps=1)
-    view = frames.sort_by_similarity("a red circle", k=10,
-                                     brain_key="frames")
-    assert sum(s == "red circle" for s in _shown(red_circles, view)) >= 9
+def _write_frames(dataset):
+    """Writes every frame of every video as FiftyOne's
+    ``to_frames(sample_frames=True)`` would (``<video dir>/<video name>/
+    %06d.jpg``), with OpenCV: FiftyOne then uses them and needs no
+    ``ffmpeg`` binary."""
+    for path in dataset.values("filepath"):
+        folder = os.path.splitext(path)[0]
+        os.makedirs(folder, exist_ok=True)
+        capture = cv2.VideoCapture(path)
+        number = 0
+        while True:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            number += 1
+            cv2.imwrite(os.path.join(folder, f"{number:06d}.jpg"), frame)
+        capture.release()
+
+
+def test_frames_written_to_disk_sort_alike(tmp_path):
+    dataset = _videos(tmp_path, [[RED, BLUE, RED], [GREEN, RED, BLUE],
+                                 [BLUE, GREEN, BLUE]])
+    try:
+        ais.enable_embeddings(dataset, model=tiny_clip_model_name(),
+                              frames=True, brain_key="frames", compute=False)
+        _sync(dataset)
+        _write_frames(dataset)
+        frames = dataset.to_frames(sample_frames=True, fps=1)
+        assert len(frames) == 9
+        view = frames.sort_by_similarity("a red circle", k=3,
+                                         brain_key="frames")
+        assert _shown(dataset, view) == ["red circle"] * 3
+    finally:
+        dataset.delete()
 
 
 def test_disable_and_a_new_rule_follow_the_run(tmp_path):

@@ -27,6 +27,11 @@ Examples::
     python bench/profile_maintain.py --n 1000000
     python bench/profile_maintain.py --n 1000000 --model none  # no prompts
     python bench/profile_maintain.py --n 1000000 --kernels
+    BENCH_TMP=/tmp python bench/profile_maintain.py --n 10000000 --model none
+
+Above 2M points the vectors are generated and written 100k at a time
+(10M 512-d float32 is 20 GB): 10M needs ~30 GB of disk under
+``BENCH_TMP``.
 """
 
 import argparse
@@ -92,28 +97,64 @@ def _timed(fn, name):
     return wrapper
 
 
+#: above this many points the index is written as generated, a chunk at a
+#: time (see streamed_store): other vectors of the same world than the
+#: whole draw below it, which stays as measured before
+STREAM_ABOVE = 2_000_000
+
+
+def _du_mb(path):
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in
+               os.walk(path) for f in files) / 1e6
+
+
 def _major_faults():
     """The process's page faults that waited for the disk, so far."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_majflt
 
 
-#: (wall s, bytes covered, bytes read) of the reads of the original
-#: vectors ahead of maintain's scans (edge._read_vectors_ahead's thread)
+#: (wall s the reader lived, s it spent reading, bytes of the vectors, bytes
+#: read, its window) of the reads of the original vectors ahead of
+#: maintain's scans (edge._VectorsAhead, a thread beside)
 vectors_ahead = []
 
 
 def _watch_vectors_ahead(edge):
-    read_files = edge._read_files
+    run = edge._VectorsAhead.run
 
-    @functools.wraps(read_files)
-    def wrapper(paths, *args):
+    @functools.wraps(run)
+    def wrapper(self):
         w = time.perf_counter()
-        covered, done = read_files(paths, *args)
-        if threading.current_thread().name == "ai-search-vectors-ahead":
-            vectors_ahead.append((time.perf_counter() - w, covered, done))
-        return covered, done
+        try:
+            return run(self)
+        finally:
+            vectors_ahead.append((time.perf_counter() - w, self.seconds,
+                                  self.total, self.read, self.window))
 
-    edge._read_files = wrapper
+    edge._VectorsAhead.run = wrapper
+
+
+def streamed_store(tmp, world, n, rng, chunk=100_000):
+    """An embedded index in ``tmp`` of ``n`` points of ``world``, generated
+    and written ``chunk`` at a time (10M 512-d float32 is 20 GB: more than
+    this machine's free memory), ids as ``filled_store``'s; and the
+    seconds it took."""
+    from fiftyone_ai_search.store import EdgeStore, IndexInfo
+
+    store = EdgeStore("audit", tmp, lock_timeout=600)
+    store.ensure(IndexInfo("bench", None, "bench@1", world.dim))
+    t0 = time.time()
+    for s in range(0, n, chunk):
+        m = min(chunk, n - s)
+        x = world.images(world.labels(m, rng), rng)
+        ids = [f"{i + 1:024x}" for i in range(s, s + m)]
+        for a in range(0, m, 20_000):
+            store.upsert(ids[a:a + 20_000], x[a:a + 20_000],
+                         [{}] * len(ids[a:a + 20_000]))
+        if (s // chunk) % 10 == 9:
+            print(f"  upserted {s + m}: {time.time() - t0:.0f} s, load "
+                  f"{os.getloadavg()[0]:.1f}", flush=True)
+    return store, time.time() - t0
 
 
 def instrument():
@@ -238,14 +279,19 @@ def main(argv=None):
 
     world = ClipLike(args.dim, 1000, seed=0, uneven=True, **CLIP_B32_PARAMS)
     rng = np.random.default_rng(100)
-    db = world.images(world.labels(args.n, rng), rng)
+    stream = args.n > STREAM_ABOVE
+    db = None if stream else world.images(world.labels(args.n, rng), rng)
     prompts = world.texts(world.labels(len(audit.GENERIC_PROMPTS), rng),
                           rng)
     tmp = tempfile.mkdtemp(prefix="profile-maintain-",
                            dir=os.environ.get("BENCH_TMP"))
     try:
-        store, seconds = filled_store(tmp, db)
-        print(f"upsert {args.n}: {seconds:.1f} s", flush=True)
+        if stream:
+            store, seconds = streamed_store(tmp, world, args.n, rng)
+        else:
+            store, seconds = filled_store(tmp, db)
+        print(f"upsert {args.n}: {seconds:.1f} s, load average "
+              f"{os.getloadavg()[0]:.1f}", flush=True)
         del db
         instrument()
         prof = None
@@ -262,10 +308,14 @@ def main(argv=None):
         whole = [time.perf_counter() - w, time.process_time() - c]
         report(f"maintain at {args.n}", *whole)
         print(f"major page faults during maintain: {_major_faults() - faults}")
-        for seconds, covered, done in vectors_ahead:
-            print(f"original vectors read ahead (a thread beside): "
-                  f"{covered / 2**20:.0f} MiB, {done / 2**20:.0f} MiB of it "
-                  f"from disk, in {seconds:.1f} s wall")
+        for lived, seconds, total, done, window in vectors_ahead:
+            print(f"original vectors read ahead (a thread beside, window "
+                  f"{window / 2**20:.0f} MiB): {done / 2**20:.0f} of "
+                  f"{total / 2**20:.0f} MiB, {seconds:.1f} s spent reading "
+                  f"over {lived:.1f} s")
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"peak RSS so far {peak:.0f} MiB; index on disk "
+              f"{_du_mb(tmp):.0f} MB", flush=True)
         if prof is not None:
             import pstats
             pstats.Stats(prof).sort_stats("cumulative").print_stats(30)

@@ -11,6 +11,7 @@ go with the index.
 import multiprocessing
 import os
 import signal
+import threading
 import time
 
 import numpy as np
@@ -701,3 +702,64 @@ def test_a_pass_finds_points_written_behind_its_scan(index, monkeypatch):
     np.testing.assert_array_equal(stored_cells(index, ids),
                                   index.cells().assign(x))
     assert index.maintain(min_points=1000) == 0
+
+
+def _until(condition, what, seconds=60.0):
+    """Waits for ``condition()``: the bound tells a hang from a wait."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
+def test_the_vectors_are_read_ahead_of_the_scans_within_a_window(
+        tmp_path, monkeypatch):
+    """A pass that learns the cells reads every original vector: the
+    reads ahead of its scans go in sequence, at most a window ahead of the
+    share of the points scanned (at 10M 512-d points the vectors, 20 GB,
+    outgrow this machine's memory), and end with the pass."""
+    from fiftyone_ai_search.store import edge
+
+    monkeypatch.setattr(edge, "READ_AHEAD_CHUNK", 1024)
+    files = []
+    for name in ("chunk_10.mmap", "chunk_2.mmap"):
+        path = tmp_path / "segments" / "s" / "vector_storage" / "vectors"
+        path.mkdir(parents=True, exist_ok=True)
+        (path / name).write_bytes(os.urandom(10 * 1024))
+        files.append(str(path / name))
+    segments = edge._vector_files(str(tmp_path))
+    # in the order the segment stores its points: chunk 2 before chunk 10
+    assert [[os.path.basename(p) for p, _ in s] for s in segments] == [
+        ["chunk_2.mmap", "chunk_10.mmap"]]
+    ahead = edge._VectorsAhead(segments, num_points=10, window=4 * 1024)
+    reader = threading.Thread(target=ahead.run, daemon=True)
+    reader.start()
+    _until(lambda: ahead.read == 4 * 1024, "the window read before a scan")
+    time.sleep(0.2)
+    assert ahead.read == 4 * 1024  # and no more, until the scans move
+    ahead.scanned(5)  # half the points: half the bytes, and the window
+    _until(lambda: ahead.read == 14 * 1024, "the window past half")
+    ahead.scanned(5)
+    reader.join(60)
+    assert not reader.is_alive() and ahead.read == 20 * 1024
+
+    stopped = edge._VectorsAhead(segments, num_points=10, window=1024)
+    reader = threading.Thread(target=stopped.run, daemon=True)
+    reader.start()
+    _until(lambda: stopped.read == 1024, "the window read")
+    stopped.stop()
+    reader.join(60)
+    assert not reader.is_alive() and stopped.read == 1024
+
+
+def test_a_pass_that_learns_ends_its_reads_ahead(tmp_path):
+    store = EdgeStore("ahead", str(tmp_path))
+    store.ensure(INFO)
+    x, _ = clustered(3000)
+    store.upsert(make_ids(len(x)), x, [{} for _ in range(len(x))])
+    store.maintain(min_points=1000)
+    assert store.cells().complete and store._ahead is None
+    _until(lambda: not any(t.name == "ai-search-vectors-ahead"
+                           for t in threading.enumerate()),
+           "the reader's end")
+    store.close()

@@ -76,6 +76,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import threading
 import time
@@ -321,6 +322,9 @@ class EdgeStore(VectorStore):
         self.root_dir = os.path.abspath(os.path.expanduser(root_dir))
         self.path = os.path.join(self.root_dir, name)
         self.lock_timeout = float(lock_timeout)
+        #: during a maintenance pass over every point: the reads of its
+        #: original vectors ahead of its scans (see _read_vectors_ahead)
+        self._ahead = None
 
     def __repr__(self):
         return f"EdgeStore(name={self.name!r}, path={self.path!r})"
@@ -1101,7 +1105,14 @@ class EdgeStore(VectorStore):
 
     def maintain(self, min_points=cl.MIN_POINTS, seed=0, progress=None):
         # the upkeep both backends share (upkeep.py), on this one's hooks
-        return upkeep.maintain(self, min_points, seed, progress)
+        try:
+            return upkeep.maintain(self, min_points, seed, progress)
+        finally:
+            # the reads ahead of the pass's scans end with it, whatever
+            # ended it
+            ahead, self._ahead = self._ahead, None
+            if ahead is not None:
+                ahead.stop()
 
     @property
     def _cells_path(self):
@@ -1244,6 +1255,9 @@ class EdgeStore(VectorStore):
                     filter=_lacking(key, values), with_payload=False,
                     with_vector=with_vector))
                 records.extend(got)
+                if with_vector and self._ahead is not None:
+                    # the reads ahead follow the scan (see _VectorsAhead)
+                    self._ahead.scanned(len(got))
                 if offset is None:
                     break
             return records
@@ -1399,21 +1413,22 @@ class EdgeStore(VectorStore):
         # costs ~1 s of CPU per GB, on the other core). After the shard
         # is open: its opening drops the files it maps from the page cache
         # (see _read_ahead), those read before included. A session: the
-        # shard stays open for the pass that follows
+        # shard stays open for the pass that follows. At most a window
+        # ahead of the scans (_VectorsAhead): at 10M points the vectors
+        # (20 GB) do not fit in this machine's memory, and read all at
+        # once they would push each other out before the scans reach them
         with self.session(), self._locked() as shared:
             self._open(shared)
-        paths = _shard_files(self._shard_path, cold=True)
-        sizes = []
-        for path in paths:
-            try:
-                sizes.append(os.path.getsize(path))
-            except OSError:
-                sizes.append(0)
+        segments = _vector_files(self._shard_path)
         available = _memory_available()
-        if not paths or available is None or (
-                sum(sizes) > VECTORS_AHEAD_SHARE * available):
+        if not segments or available is None:
             return None
-        thread = threading.Thread(target=_read_files, args=(paths, False),
+        window = min(VECTORS_AHEAD_WINDOW, VECTORS_AHEAD_SHARE * available)
+        if window < READ_AHEAD_CHUNK:
+            return None
+        ahead = _VectorsAhead(segments, self.estimate_count(), int(window))
+        self._ahead = ahead
+        thread = threading.Thread(target=ahead.run,
                                   name="ai-search-vectors-ahead", daemon=True)
         thread.start()
         return thread
@@ -1545,11 +1560,133 @@ def _read_files(paths, skip_cached=True):
     return covered, done
 
 
-#: the original vectors are read ahead for a pass over all of them (see
-#: :meth:`EdgeStore._read_vectors_ahead`) only while they take at most
-#: this share of the memory available: else they would push each other
-#: (and the rest of the page cache) out before the pass reaches them
+#: the original vectors are read ahead of a pass over all of them (see
+#: :meth:`EdgeStore._read_vectors_ahead`) at most this many bytes ahead of
+#: its scans (all of them up to ~1M 512-d points, 2 kB each), and at most
+#: :data:`VECTORS_AHEAD_SHARE` of the memory available: more would push
+#: each other (and the rest of the page cache) out before the scans reach
+#: them
+VECTORS_AHEAD_WINDOW = 2 * 2**30
 VECTORS_AHEAD_SHARE = 0.5
+
+#: a reader ahead of a pass whose scans have not moved for this many
+#: seconds stops (the pass ends it anyway, see EdgeStore.maintain)
+VECTORS_AHEAD_IDLE_S = 1800.0
+
+
+def _vector_files(shard_path):
+    """The original vectors' files of each segment of the shard, in the
+    order the segment stores its points (a segment being written keeps
+    them in numbered chunks): ``[[(path, size), ...], ...]``."""
+    by_segment = {}
+    for path in _shard_files(shard_path, cold=True):
+        try:
+            size = os.path.getsize(path)
+        except OSError:
+            continue
+        segment = os.path.relpath(path, shard_path).split(os.sep)[1]
+        by_segment.setdefault(segment, []).append((path, size))
+    return [sorted(files, key=lambda f: _natural(os.path.basename(f[0])))
+            for _, files in sorted(by_segment.items())]
+
+
+def _natural(name):
+    """A file name's sort key with its numbers as numbers (chunk_10 after
+    chunk_9)."""
+    return [int(part) if part.isdigit() else part
+            for part in re.split(r"(\d+)", name)]
+
+
+class _VectorsAhead:
+    """Reads the original vectors of a shard into the page cache ahead of a
+    pass that scans every point, at most ``window`` bytes ahead of the
+    share of the points scanned so far (:meth:`scanned`).
+
+    A segment stores its points in the order they were written, and the
+    scans go in point id order; the two agree where ids grow as points
+    are written (a FiftyOne sample id starts with its creation time; the
+    benchmarks' ids are row numbers). Each segment is read at the pace of
+    the scans, in proportion to its size: its points are spread over the
+    ids alike. Where the orders disagree (a segment compacted in another
+    order), the reads still cost no more than the window of memory, and
+    only their waits for the disk are not saved.
+    """
+
+    def __init__(self, segments, num_points, window):
+        self.segments = segments
+        self.num_points = max(int(num_points), 1)
+        self.window = window
+        self.total = sum(size for files in segments for _, size in files)
+        #: bytes read, and the wall seconds spent reading
+        self.read = 0
+        self.seconds = 0.0
+        self._scanned = 0
+        self._stopped = False
+        self._cond = threading.Condition()
+
+    def scanned(self, count):
+        """``count`` more points were scanned."""
+        with self._cond:
+            self._scanned += count
+            self._cond.notify_all()
+
+    def stop(self):
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+
+    def _allowed(self):
+        """The share of each segment that may be read now."""
+        return min(1.0, self._scanned / self.num_points
+                   + self.window / max(self.total, 1))
+
+    def run(self):
+        buf = bytearray(READ_AHEAD_CHUNK)
+        # per segment: index of the file being read, its offset, bytes read
+        where = [[0, 0, 0] for _ in self.segments]
+        while True:
+            with self._cond:
+                if self._stopped:
+                    return
+                allowed = self._allowed()
+                seen = self._scanned
+            start = time.monotonic()
+            left = False
+            for files, at in zip(self.segments, where):
+                whole = sum(size for _, size in files)
+                target = allowed * whole
+                while at[0] < len(files) and at[2] < target:
+                    if self._stopped:
+                        return
+                    path, size = files[at[0]]
+                    length = min(READ_AHEAD_CHUNK, size - at[1])
+                    if length <= 0:
+                        at[0], at[1] = at[0] + 1, 0
+                        continue
+                    got = _read_stretch(path, at[1], memoryview(buf)[:length])
+                    self.read += got
+                    at[1] += length
+                    at[2] += length
+                left = left or (at[0] < len(files) and at[2] < whole)
+            self.seconds += time.monotonic() - start
+            if not left:
+                return
+            with self._cond:
+                while not self._stopped and self._scanned == seen:
+                    if not self._cond.wait(VECTORS_AHEAD_IDLE_S):
+                        return
+
+
+def _read_stretch(path, offset, buf):
+    """Reads ``len(buf)`` bytes of ``path`` at ``offset`` (unbuffered:
+    the read lets go of the GIL); the bytes read, 0 where the file is gone
+    (replaced by a compaction meanwhile)."""
+    try:
+        with open(path, "rb", buffering=0) as f:
+            f.seek(offset)
+            return f.readinto(buf) or 0
+    except OSError:
+        return 0
 
 
 def _memory_available():

@@ -220,9 +220,7 @@ def _learn(store, total, seed, previous):
     (replacing the complete ``previous``, or None); returns them, or
     None for an empty index."""
     k = cl.num_cells(total)
-    wanted = min(total, k * cl.SAMPLE_PER_CELL)
-    buckets = ranks.bucket_order(seed)[: ranks.buckets_for(wanted, total)]
-    _, sample = store.get_bucket_vectors(buckets)
+    _, sample = store.get_bucket_vectors(learning_buckets(total, seed))
     k = min(k, len(sample))
     if not k:
         return None
@@ -240,6 +238,16 @@ def _learn(store, total, seed, previous):
                 f" (it had {len(previous)}, learned from "
                 f"{previous.learned_from} points)")
     return known
+
+
+def learning_buckets(total, seed=0):
+    """The rank buckets (see :mod:`~fiftyone_ai_search.store.ranks`) whose
+    points the cells of an index of ``total`` points are learned from:
+    the first of the seeded walk, ~:data:`cells.SAMPLE_PER_CELL` points a
+    cell (~13% of the buckets from :data:`cells.MIN_POINTS` points, fewer
+    past :data:`cells.MAX_CELLS`)."""
+    wanted = min(total, cl.num_cells(total) * cl.SAMPLE_PER_CELL)
+    return ranks.bucket_order(seed)[: ranks.buckets_for(wanted, total)]
 
 
 def _give_ranks(store):

@@ -29,6 +29,10 @@ that the upkeep pass assigns them and compacts the index (a pass that does
 real work: without it the writer's points get their cells as they are
 written and the pass has nothing to do).
 
+``--trace``: where the searches beside the writer waited (the writer's
+engine calls, the stretches its threads got no GIL, the requests it
+answered and how), printed for each search of 300 ms or more.
+
 Prints searcher p50 / p95 / max latency and writer commits/s, alone and
 together, the searches that fell within the large write and the upkeep pass,
 the large write's batch times, how the searcher's searches were answered (by

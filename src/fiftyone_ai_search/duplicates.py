@@ -205,8 +205,7 @@ def duplicate_groups_in(dataset: foc.SampleCollection,
     """
     dataset = media.source_dataset(dataset, "dataset")
     rows = colls.get_collection_scores(dataset, name)
-    (query,) = [c["query"] or {} for c in colls.list_collections(dataset)
-                if c["name"] == name]
+    query = colls.collection_summary(dataset, name)["query"] or {}
     if query.get("mode") != "duplicates" or "kept_ids" not in query:
         raise ValueError(
             f"name: collection {name!r} of dataset '{dataset.name}' holds no "

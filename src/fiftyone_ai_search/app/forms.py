@@ -32,6 +32,7 @@ from fiftyone_ai_search.config import BACKENDS, MAX_REFRESH_MINUTES
 from fiftyone_ai_search.duplicates import (DEFAULT_THRESHOLD, DUPLICATE_TAG,
                                            duplicate_groups_in)
 from fiftyone_ai_search.errors import UnsupportedPlatformError
+from fiftyone_ai_search.results import collection_summary
 from fiftyone_ai_search.store.portability import check_embedded_index
 
 SEARCH_MODES = ("prompt", "similar", "image", "diverse")
@@ -1076,8 +1077,7 @@ def duplicates_delegated(ctx, params):
         return {"collection": None, "count": 0, "groups": 0}
     saved = ais.save_collection(ctx.dataset, DUPLICATES_COLLECTION,
                                 source=name, overwrite=True)
-    (found,) = [c for c in ais.list_collections(ctx.dataset)
-                if c["name"] == saved]
+    found = collection_summary(ctx.dataset, saved)
     groups = found["query"].get("groups", 0)
     ctx.set_progress(progress=1.0, label=_found_text(found["size"], groups))
     return {"collection": saved, "count": found["size"], "groups": groups}
@@ -1099,8 +1099,7 @@ def duplicates_and_show(ctx, params):
                        f"similarity of {threshold:g} or more", variant="info")
         return {"collection": None, "count": 0, "groups": 0}
     view = show_collection(ctx, name)
-    (latest,) = [c for c in ais.list_collections(ctx.dataset)
-                 if c["name"] == name]
+    latest = collection_summary(ctx.dataset, name)
     groups = latest["query"].get("groups", 0)
     ctx.ops.notify(_found_text(len(view), groups), variant="success")
     return {"collection": name, "count": len(view), "groups": groups}
@@ -1176,8 +1175,7 @@ def tag_duplicates(ctx, params):
 
 def has_latest_results(dataset):
     """Whether the dataset has latest results (the temporary collection)."""
-    return any(c["name"] == ais.TEMPORARY_COLLECTION
-               for c in ais.list_collections(dataset))
+    return collection_summary(dataset, ais.TEMPORARY_COLLECTION) is not None
 
 
 def named_collections(dataset):

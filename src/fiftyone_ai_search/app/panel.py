@@ -32,6 +32,7 @@ import fiftyone.operators as foo
 import fiftyone.operators.types as types
 
 import fiftyone_ai_search as ais
+from fiftyone_ai_search.results import collection_summary
 
 from . import forms
 from .manifest import PANEL_NAMES
@@ -86,12 +87,11 @@ def results_summary(dataset):
     dict with ``query`` (text), ``count``, ``noun`` (what they are:
     "samples", "objects of ground_truth"), ``low`` / ``high`` (scores),
     ``score_label`` and ``created_at`` (ISO: which results they are)."""
-    latest = [c for c in ais.list_collections(dataset)
-              if c["name"] == ais.TEMPORARY_COLLECTION]
-    if not latest:
+    latest = collection_summary(dataset, ais.TEMPORARY_COLLECTION)
+    if latest is None:
         return None
-    query = latest[0]["query"] or {}
-    field = latest[0].get("patches_field")
+    query = latest["query"] or {}
+    field = latest["patches_field"]
     scores = [s for _, s in ais.get_collection_scores(
         dataset, ais.TEMPORARY_COLLECTION)]
     things = "samples" if field is None else "objects"
@@ -125,7 +125,7 @@ def results_summary(dataset):
     return {"query": text, "count": len(scores), "low": min(scores),
             "high": max(scores), "score_label": label, "things": things,
             "noun": things if field is None else f"{things} of {field}",
-            "created_at": latest[0]["created_at"].isoformat()}
+            "created_at": latest["created_at"].isoformat()}
 
 
 def _reported(method):
@@ -202,11 +202,10 @@ class AISearchPanel(foo.Panel):
         if not ctx.panel.state.get("ready") or not forms.showing_results(
                 ctx.view):
             return
-        latest = [c["created_at"].isoformat()
-                  for c in ais.list_collections(ctx.dataset)
-                  if c["name"] == ais.TEMPORARY_COLLECTION]
+        latest = collection_summary(ctx.dataset, ais.TEMPORARY_COLLECTION)
         shown = (ctx.panel.state.get("results") or {}).get("created_at")
-        if latest and latest[0] not in (shown, _SHOWN.get(ctx.panel.id)):
+        if latest and latest["created_at"].isoformat() not in (
+                shown, _SHOWN.get(ctx.panel.id)):
             _set(ctx, "range", None)
             self._refresh_results(ctx)
 

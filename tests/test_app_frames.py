@@ -156,19 +156,21 @@ def test_prompt_search_shows_the_red_circle_frames_first(red_circles):
     dataset = red_circles
     form = _form(dataset)
     modes = form["mode"]["type"]["values"]
-    assert modes == ["prompt", "similar", "image"]  # no diverse over frames
+    assert modes == ["prompt", "similar", "image", "diverse"]
     assert "all 6 videos" in form["scope"]["view"]["label"]
 
     out, frames = run("ai_search", dataset, mode="prompt",
                       prompt="a red circle", limit=10)
-    assert out["count"] == out["shown"] == 10
+    assert out == {"collection": ais.TEMPORARY_COLLECTION, "count": 10}
     assert frames._is_frames and len(frames) == 10
     hits = ais.search_frames(dataset, prompt="a red circle", limit=10)
-    # the frames view is the hits, best first
+    # the frames view is the hits, best first, kept as the latest results
     assert list(zip(*frames.values(["sample_id", "frame_number"]))) == [
         (h["sample_id"], h["frame_number"]) for h in hits]
     assert shown_layout(dataset, frames).count("red circle") >= 9
-    assert out["best"]["sample_id"] == hits[0]["sample_id"]
+    assert ais.is_latest_results(frames)
+    assert [s for _, s in ais.get_collection_scores(
+        dataset, ais.TEMPORARY_COLLECTION)] == [h["score"] for h in hits]
 
     # the best frame per video: the 3 videos with red circles
     out, frames = run("ai_search", dataset, mode="prompt",
@@ -195,20 +197,29 @@ def test_search_by_a_selected_frame_and_in_the_modal(red_circles):
     ref = results.first()
     form = _form(dataset, view=results, selected=[ref.id])
     assert form["mode"]["default"] == "similar"
-    assert "1 selected frame" in form["selected"]["view"]["label"]
-    assert "searches every video" in form["scope"]["view"]["label"]
+    assert ("Similar to the selected frame (frame "
+            f"{ref.frame_number} of its video)") in form["selected"]["view"][
+                "label"]
+    assert "never searches the latest results" in form["scope"]["view"][
+        "label"]
     out, frames = run("ai_search", dataset, view=results, selected=[ref.id],
                       mode="similar", limit=12)
     first = frames.first()
     assert (first.sample_id, first.frame_number) == (ref.sample_id,
                                                      ref.frame_number)
-    assert out["best"]["score"] == pytest.approx(1.0, abs=1e-4)
-    assert len(frames) == 12  # beyond the 10 results: every video
+    scores = ais.get_collection_scores(dataset, ais.TEMPORARY_COLLECTION)
+    assert scores[0][1] == pytest.approx(1.0, abs=1e-4)
+    assert out["count"] == len(frames) == 12  # beyond the 10: every video
 
     # nothing selected: blocked, and says what to select
     blocked = _blocking(_form(dataset, view=results,
                               params={"mode": "similar"}))
-    assert "select frames in a frames view" in blocked["selected"]
+    assert "select a frame in a frames view" in blocked["selected"]
+    # a search like a frame starts from one
+    two = results.limit(2).values("id")
+    blocked = _blocking(_form(dataset, view=results, selected=two,
+                              params={"mode": "similar"}))
+    assert "Select one frame" in blocked["selected"]
 
     # "Find similar" in the modal, on the frame open there
     ctx = {"dataset_name": dataset.name, "params": {},
@@ -218,7 +229,8 @@ def test_search_by_a_selected_frame_and_in_the_modal(red_circles):
     assert placement.to_json()["view"]["label"] == "Find similar"
     form = _form(dataset, operator="search_similar", view=results,
                  current_sample=ref.id)
-    assert "1 selected frame" in form["selected"]["view"]["label"]
+    assert "Similar to the selected frame" in form["selected"]["view"][
+        "label"]
     out, frames = run("search_similar", dataset, view=results,
                       current_sample=ref.id, limit=5)
     assert (frames.first().sample_id, frames.first().frame_number) == (
@@ -237,6 +249,22 @@ def test_search_by_an_uploaded_image(red_circles, tmp_path):
                       image_source="upload", image_upload=upload, limit=10)
     assert out["count"] == 10
     assert shown_layout(dataset, frames).count("red circle") >= 8
+
+
+def test_diverse_frames_and_a_frames_view_as_scope(red_circles):
+    dataset = red_circles
+    out, frames = run("ai_search", dataset, mode="diverse", method="random",
+                      clustering_method="kmeans", num_clusters=4, limit=8)
+    assert out["count"] == len(frames) == 8
+
+    # a frames view of the user's (not results): its frames are searched
+    mine = dataset.limit(2).to_frames(sample_frames="dynamic", fps=1)
+    label = _form(dataset, view=mine)["scope"]["view"]["label"]
+    assert f"the {len(mine)} frames of the current view" in label
+    out, frames = run("ai_search", dataset, view=mine, mode="prompt",
+                      prompt="a red circle", limit=5)
+    assert set(frames.values("sample_id")) <= set(dataset.limit(2).values(
+        "id"))
 
 
 def test_disable_from_the_app_removes_the_frame_index(tmp_path):

@@ -765,17 +765,7 @@ def search_form(ctx, inputs, params, selected, on_change=None,
         if not image_input(inputs, params):
             runnable = False
     else:
-        inputs.enum("method", ["centroids", "random"], label="Take",
-                    default="centroids",
-                    view=types.RadioGroup(orientation="horizontal"),
-                    description="centroids: the most typical of each "
-                    "cluster; random: random members")
-        inputs.enum("clustering_method", ["kmeans", "dbscan"],
-                    label="Clustering", default="kmeans", on_change=on_change,
-                    view=types.RadioGroup(orientation="horizontal"))
-        if (params.get("clustering_method") or "kmeans") == "kmeans":
-            inputs.int("num_clusters", label="Clusters", min=1,
-                       description="Default: one per result (up to 100)")
+        diverse_inputs(inputs, params, on_change)
     prop = inputs.int("limit", label="Limit", default=DEFAULT_LIMIT, min=1,
                       description="How many results to show")
     problem = limit_problem(params.get("limit"))
@@ -789,6 +779,33 @@ def search_form(ctx, inputs, params, selected, on_change=None,
     if scope_form(ctx, inputs, params, on_change, field) is False:
         runnable = False
     return runnable
+
+
+def diverse_inputs(inputs, params, on_change=None):
+    """The inputs of a diverse spread (of samples, objects or frames): how
+    members are taken, the clustering, and the number of clusters."""
+    inputs.enum("method", ["centroids", "random"], label="Take",
+                default="centroids",
+                view=types.RadioGroup(orientation="horizontal"),
+                description="centroids: the most typical of each "
+                "cluster; random: random members")
+    inputs.enum("clustering_method", ["kmeans", "dbscan"],
+                label="Clustering", default="kmeans", on_change=on_change,
+                view=types.RadioGroup(orientation="horizontal"))
+    if (params.get("clustering_method") or "kmeans") == "kmeans":
+        inputs.int("num_clusters", label="Clusters", min=1,
+                   description="Default: one per result (up to 100)")
+
+
+def diverse_kwargs(params):
+    """The SDK's arguments of the diverse spread :func:`diverse_inputs`
+    asks for (their defaults when not given)."""
+    kwargs = dict(method=params.get("method") or "centroids",
+                  clustering_method=params.get("clustering_method")
+                  or "kmeans")
+    if kwargs["clustering_method"] == "kmeans":
+        kwargs["num_clusters"] = params.get("num_clusters") or None
+    return kwargs
 
 
 def image_input(inputs, params):
@@ -952,11 +969,7 @@ def search_from_params(ctx, params, selected, in_modal=False):
         kwargs.update(image=searched_image(params),
                       threshold=params.get("threshold"))
     elif mode == "diverse":
-        kwargs.update(method=params.get("method") or "centroids",
-                      clustering_method=params.get("clustering_method")
-                      or "kmeans")
-        if kwargs["clustering_method"] == "kmeans":
-            kwargs["num_clusters"] = params.get("num_clusters") or None
+        kwargs.update(diverse_kwargs(params))
     else:
         raise ValueError(f"mode must be one of {SEARCH_MODES}, got {mode!r}")
     return ais.perform_ai_search(search_scope(ctx, params, field), **kwargs)

@@ -94,9 +94,13 @@ def results_summary(dataset):
     field = latest["patches_field"]
     scores = [s for _, s in ais.get_collection_scores(
         dataset, ais.TEMPORARY_COLLECTION)]
-    things = "samples" if field is None else "objects"
+    things = ("frames" if query.get("frames") else
+              "samples" if field is None else "objects")
     mode = query.get("mode")
-    if mode == "prompt":
+    if mode == "frame":  # a search like a frame of the videos
+        text = f"similar to frame {(query.get('frame') or [0, '?'])[1]}"
+        label = "Score: similarity to the reference frame"
+    elif mode == "prompt":
         text = f"prompt '{query.get('prompt')}'"
         if query.get("negative_prompt"):
             text += f", not '{query['negative_prompt']}'"
@@ -122,6 +126,8 @@ def results_summary(dataset):
     else:
         text = image_query_text(query)
         label = "Score: similarity to the image"
+    if query.get("best_per_video"):
+        text += ", best frame per video"
     return {"query": text, "count": len(scores), "low": min(scores),
             "high": max(scores), "score_label": label, "things": things,
             "noun": things if field is None else f"{things} of {field}",
@@ -158,10 +164,11 @@ class AISearchPanel(foo.Panel):
             label="AI Search",
             icon="travel_explore",
             surfaces="grid",
-            help_markdown="Search this dataset's images, or the objects of "
-            "a label field, by prompt, by similarity to the selected ones, "
-            "by an image, or for a diverse spread; cut the results by score; "
-            "keep them as collections.",
+            help_markdown="Search this dataset's images, the objects of "
+            "a label field, or the frames of a video dataset's videos, by "
+            "prompt, by similarity to the selected ones, by an image, or "
+            "for a diverse spread; cut the results by score; keep them as "
+            "collections.",
         )
 
     def _uri(self, operator):

@@ -639,3 +639,48 @@ def test_another_thread_searches_during_a_long_session(tmp_path):
     assert found["answers"] >= SERVED_IN_SESSION, found
     assert not found["wrong"], found
     assert set(found["counts"]) <= _possible_counts(chunks), found
+
+
+def test_exact_searches_go_by_small_batches_while_another_process_searches(
+        tmp_path):
+    """The audit's exact searches: a batch is one engine call that holds
+    the GIL, so while another process searches through the holder they go
+    a few at a time, with the same results."""
+    from fiftyone_ai_search.store import edge
+
+    store = EdgeStore(NAME, tmp_path)
+    store.ensure(INFO)
+    ids = _ids(0, N)
+    vectors = _base_vectors()
+    store.upsert(ids, vectors, _payloads(ids))
+    queries = vectors[:40]
+    alone = store._exact_neighbour_vectors(queries, LIMIT)
+    sizes = []
+    with store.session(), store._locked() as shared:
+        real, _ = store._open(shared)
+
+        class Counting:
+            """The engine's shard, its batches counted."""
+
+            def __getattr__(self, name):
+                return getattr(real, name)
+
+            def query_batch(self, request):
+                answers = real.query_batch(request)
+                sizes.append(len(answers))
+                return answers
+
+        shared.shard = Counting()
+        shared.asked_at = time.monotonic()  # another process just asked
+        try:
+            beside = store._exact_neighbour_vectors(queries, LIMIT)
+        finally:
+            shared.shard, shared.asked_at = real, None
+    store.close()
+
+    assert edge.QUERY_BATCH_BESIDE < edge.QUERY_BATCH
+    assert sizes == [edge.QUERY_BATCH_BESIDE] * (
+        len(queries) // edge.QUERY_BATCH_BESIDE)
+    assert len(beside) == len(alone) == len(queries)
+    for a, b in zip(alone, beside):
+        np.testing.assert_allclose(a, b)

@@ -141,6 +141,13 @@ HOLD_SLICE = 0.5
 #: (the audit's): larger batches gain little, and hold the index longer
 QUERY_BATCH = 32
 
+#: the same while another process searches through this one (see
+#: :data:`COMPACT_QUIET_S`): a batch is one engine call that holds the GIL,
+#: so a search that comes waits for the batch under way (~1.5 s at 1M
+#: points for 32). Smaller batches cost more in all (one by one took 2.4x
+#: as long at 200k points), so only while someone searches
+QUERY_BATCH_BESIDE = 2
+
 #: seconds of idleness after which a shard kept open (see
 #: ``EdgeStore.session``) is closed; at 100k 512-d points a
 #: reopening costs ~0.3-0.5 s, more than a whole search
@@ -1082,20 +1089,25 @@ class EdgeStore(VectorStore):
         # a batch of queries is scored in one pass over the points, its
         # hits' vectors returned with them: the audit's 200 exact searches
         # took 2.4x less than one by one (measured at 200k points). Batches
-        # of QUERY_BATCH, handed over between two (~1.5 s each at 1M)
+        # of QUERY_BATCH, handed over between two (~1.5 s each at 1M), or
+        # of QUERY_BATCH_BESIDE while another process searches
         out = []
         with self._locked() as shared:
             shard, info = self._open(shared)
             check_dim(vectors, info.dim)
-            for start in range(0, len(vectors), QUERY_BATCH):
+            start = 0
+            while start < len(vectors):
                 if start:
                     shard, _ = self._yield_if_wanted(shared)
+                size = (QUERY_BATCH_BESIDE if self._searched_lately(shared)
+                        else QUERY_BATCH)
                 answers = shard.query_batch(qe.QueryBatchRequest([
                     qe.QueryRequest(
                         limit=limit, query=qe.Query.Nearest(v.tolist()),
                         with_payload=False, with_vector=True,
                         params=_search_params(None))
-                    for v in vectors[start : start + QUERY_BATCH]]))
+                    for v in vectors[start : start + size]]))
+                start += size
                 out.extend(self._stored_rows(hits) if hits else
                            np.zeros((0, info.dim), dtype=np.float32)
                            for hits in answers)
@@ -1337,9 +1349,8 @@ class EdgeStore(VectorStore):
             shard, _ = self._open(shared)
             since = self._compaction_owed_since()
             now = time.time()
-            if (shared.asked_at is not None
-                    and time.monotonic() - shared.asked_at < COMPACT_QUIET_S
-                    and (since is None or now - since < COMPACT_DEFER_MAX_S)):
+            if self._searched_lately(shared) and (
+                    since is None or now - since < COMPACT_DEFER_MAX_S):
                 # the engine's optimize answers nobody until its end (it
                 # holds the GIL): not while another process searches
                 if since is None:
@@ -1379,6 +1390,13 @@ class EdgeStore(VectorStore):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(self._compact_path)
             return True
+
+    @staticmethod
+    def _searched_lately(shared):
+        """Whether another process searched the index through this one
+        within :data:`COMPACT_QUIET_S`."""
+        return (shared.asked_at is not None
+                and time.monotonic() - shared.asked_at < COMPACT_QUIET_S)
 
     @property
     def _compact_path(self):

@@ -298,3 +298,23 @@ def test_the_latest_frame_results_go_with_the_frame_index(tmp_path):
     # the named collection stays a plain saved view, a frames view still
     assert not dataset.has_saved_view(ais.TEMPORARY_COLLECTION)
     assert len(dataset.load_saved_view("kept frames")) == 2
+
+
+def test_a_new_search_leaves_no_persistent_frames_dataset_behind(videos):
+    """FiftyOne makes the frames dataset of a saved frames view persistent
+    when it loads the view; the next search rewrites the view, and that
+    dataset is left for FiftyOne to delete, as when a saved view is
+    deleted."""
+    ais.perform_frame_search(videos, prompt="a red circle", limit=3)
+    loaded = videos.load_saved_view(ais.TEMPORARY_COLLECTION)
+    generated = loaded._dataset
+    assert generated.persistent
+    assert ais.is_latest_results(loaded)
+
+    ais.perform_frame_search(videos, prompt="a blue square", limit=3)
+    generated.reload()
+    assert not generated.persistent
+    # and the saved view shows the new results
+    assert _pairs(videos.load_saved_view(ais.TEMPORARY_COLLECTION)) == [
+        (h["sample_id"], h["frame_number"])
+        for h in ais.get_frame_hits(videos, ais.TEMPORARY_COLLECTION)]

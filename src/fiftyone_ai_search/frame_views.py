@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from bson import ObjectId
+from bson import ObjectId, json_util
 
 from .embedding.frames import UniformGrid
 
@@ -107,6 +107,36 @@ def shown_keys_of(view) -> list[tuple] | None:
                 return [(k.split(_SEP)[0], int(k.split(_SEP)[1]))
                         for k in keys]
     return None
+
+
+def release_generated(stage_strings):
+    """Marks the frames datasets that FiftyOne generated for these saved
+    view stages (JSON strings, as a saved view stores them) non-persistent,
+    so that FiftyOne deletes them once no process uses them, as it does
+    for a saved view it deletes itself.
+
+    FiftyOne names the frames dataset of a saved frames view in its
+    ``to_frames`` stage's ``_state`` and makes it persistent when it loads
+    the view (``load_saved_view``); a frame collection's stages are
+    rewritten without it at each search, which would leave it behind."""
+    import fiftyone.core.dataset as fod
+
+    names = []
+    for text in stage_strings:
+        stage = json_util.loads(text)
+        if not str(stage.get("_cls", "")).endswith(".ToFrames"):
+            continue
+        state = dict(stage.get("kwargs") or []).get("_state") or {}
+        if state.get("name"):
+            names.append(state["name"])
+    for name in names:
+        try:
+            generated = fod.load_dataset(name)
+        except ValueError:
+            continue  # gone already
+        if generated._is_generated and generated.persistent:
+            generated._doc.persistent = False
+            generated.save()
 
 
 def nearest_on_grid(frame_rates, fps, frames):

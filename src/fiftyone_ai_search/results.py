@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from bson import json_util
+from pymongo import ReturnDocument
 
 from . import frame_views
 from . import validate
@@ -246,9 +247,14 @@ def _rewrite_view(view_doc, stages):
     equal to a stale copy's were not written at all, and the view kept
     another search's results while its scores said otherwise."""
     stages = [json_util.dumps(stage) for stage in stages]
-    view_doc._get_collection().update_one(
+    before = view_doc._get_collection().find_one_and_update(
         {"_id": view_doc.id},
-        {"$set": {"view_stages": stages, "last_modified_at": st.utcnow()}})
+        {"$set": {"view_stages": stages, "last_modified_at": st.utcnow()}},
+        projection={"view_stages": 1}, return_document=ReturnDocument.BEFORE)
+    # the frames dataset FiftyOne generated for the stages replaced, and
+    # made persistent when it loaded them, is garbage now (as FiftyOne
+    # leaves it when a saved view is deleted)
+    frame_views.release_generated((before or {}).get("view_stages") or [])
 
 
 def _plain(value):
@@ -348,9 +354,13 @@ def get_collection(dataset: fod.Dataset, name: str,
     dataset = media.source_dataset(dataset, "dataset")
     min_score, max_score = validate.score_range(min_score, max_score)
     doc = _load(dataset, name)
-    if min_score is None and max_score is None and doc.get(
-            "view_version", doc.get("version")) == doc.get("version"):
-        # the saved view shows these scores (or newer ones written since)
+    if min_score is None and max_score is None and not is_frames(doc) \
+            and doc.get("view_version", doc.get("version")) == doc.get(
+                "version"):
+        # the saved view shows these scores (or newer ones written since).
+        # (Not for frames: FiftyOne's load_saved_view writes a frames view's
+        # stages back, with the frames dataset it generated, and may so
+        # undo a newer search's rewrite of them)
         return dataset.load_saved_view(name)
     # a range; or the view is being rewritten for these scores: from them
     rows = _in_range(_rows(doc), min_score, max_score)

@@ -323,7 +323,8 @@ def main(argv=None):
             from fiftyone_ai_search.embedding.model import resolve_model
 
             spec = resolve_model(args.model)
-            ref = {"model": spec.name, "pretrained": spec.pretrained,
+            ref = {"name": "audit", "backend": "edge", "model": spec.name,
+                   "pretrained": spec.pretrained,
                    "model_identity": spec.identity}
             settings = get_settings(storage_dir=os.path.join(tmp, "storage"))
             seconds = {}

@@ -150,3 +150,37 @@ def test_an_index_reference_is_a_type_read_from_its_stored_form():
         assert st.IndexRef.from_doc(damaged) is None
     with pytest.raises(ValueError, match="Not an index reference"):
         st.IndexRef.of({"name": "x"})
+
+
+def test_a_failure_record_says_what_it_holds():
+    from fiftyone_ai_search.index import targets
+
+    dataset = fo.Dataset()
+    dataset.add_sample_field("boxes", fo.EmbeddedDocumentField,
+                             embedded_doc_type=fo.Detections)
+    images, objects = dataset, targets.Objects(dataset, "boxes")
+    sample_id, label_id = "5f0000000000000000000001", "5f0000000000000000000002"
+    st.record_failures(images, [{"key": sample_id, "sample_id": sample_id,
+                                 "filepath": "a.png", "fingerprint": "f",
+                                 "reason": "broken"}])
+    st.record_failures(objects, [{"key": label_id, "sample_id": sample_id,
+                                  "label_id": label_id, "filepath": "a.png",
+                                  "fingerprint": "f+box", "reason": "broken",
+                                  "file_fingerprint": "f"}])
+    (image,), (obj,) = st.get_failures(images), st.get_failures(objects)
+    assert (image["key"], image["sample_id"]) == (sample_id, sample_id)
+    assert "label_id" not in image
+    # an object's: its vector's key is its label id; its sample is named
+    assert (obj["key"], obj["label_id"], obj["sample_id"]) == (
+        label_id, label_id, sample_id)
+    assert obj["file_fingerprint"] == "f" and obj["reason"] == "broken"
+    assert st.get_failures_of(objects, [sample_id]) == [obj]
+    assert st.get_failures_of(images, [sample_id]) == [image]
+
+    # stored as before (failures recorded by an earlier version read alike)
+    stored = st._failures().find_one({"dataset_id": objects.key}, {"_id": 0})
+    assert (stored["sample_id"], stored["source_id"]) == (label_id, sample_id)
+    assert "key" not in stored and "label_id" not in stored
+
+    st.clear_failures(objects, [label_id])
+    assert st.get_failures(objects) == [] and st.count_failures(images) == 1

@@ -679,13 +679,11 @@ def get_status(dataset: fod.Dataset, max_failures: int = 100,
     status["counts"] = _item_counts(dataset, target, patches_field,
                                     num_indexed=num_indexed,
                                     num_failed=st.count_failures(target))
-    if patches_field is None:
-        keys = {"sample_id": "sample_id"}
-    else:
-        keys = {"label_id": "sample_id", "sample_id": "source_id"}
+    keys = ("sample_id",) if patches_field is None else ("label_id",
+                                                         "sample_id")
     status["failures"] = [
-        dict({k: f.get(v) for k, v in keys.items()},
-             filepath=f.get("filepath"), reason=f.get("reason"))
+        dict({k: f[k] for k in keys}, filepath=f.get("filepath"),
+             reason=f.get("reason"))
         for f in (st.get_failures(target, limit=max_failures)
                   if max_failures else [])
     ]

@@ -4,7 +4,8 @@ One document per dataset in the ``ai_search_state`` collection says whether
 AI search is on, with which model and backend, which index searches use and
 how far it is synced (the watermarks), which index is being built beside it,
 what the last run reported, and who is computing right now (a lease).
-Per-sample failures live in ``ai_search_failures``. The object index of a
+Per-sample failures live in ``ai_search_failures`` (see
+:func:`record_failures`). The object index of a
 label field has a document of its own, keyed ``"<dataset id>~<field>"``
 (:mod:`fiftyone_ai_search.index.targets`), with its ``dataset_id``,
 ``patches_field`` and ``crop`` settings, and its failures per object: every
@@ -890,14 +891,51 @@ def update(target: "AnyTarget", **fields):
 # -- failures -----------------------------------------------------------------
 
 
+# A failure record, as this module's functions take and give it, says what
+# it holds: ``key`` (that of the vector that failed: a sample's id, an
+# object's label id, a video's id for a frame index, whose failures are
+# per video), ``sample_id`` (the sample: the image, the object's sample,
+# the video), ``label_id`` (an object's), ``filepath``, ``fingerprint``,
+# ``reason``, ``failed_at``, and what a sync keeps with it (an object's
+# ``file_fingerprint``). As stored, ``sample_id`` holds the key (the
+# collection's unique index, from before objects had failures) and
+# ``source_id`` the sample of an object or a video: translated here only.
+
+#: what the stored ``sample_id`` holds, and where an object's or a video's
+#: sample is stored
+_STORED_KEY, _STORED_SAMPLE = "sample_id", "source_id"
+
+
+def _stored_failure(target, failure):
+    """The stored form of a failure record of ``target``."""
+    doc = {k: v for k, v in failure.items()
+           if k not in ("key", "sample_id", "label_id")}
+    doc[_STORED_KEY] = failure["key"]
+    if not isinstance(targets.of(target), targets.Images):
+        doc[_STORED_SAMPLE] = failure["sample_id"]
+    return doc
+
+
+def _failure_record(target, doc):
+    """The failure record of a stored one of ``target``."""
+    record = dict(doc)
+    key = record.pop(_STORED_KEY)
+    sample_id = record.pop(_STORED_SAMPLE, key)
+    record.update(key=key, sample_id=sample_id)
+    if targets.of(target).is_objects:
+        record["label_id"] = key
+    return record
+
+
 def record_failures(target: "AnyTarget", failures):
-    """Records per-sample failures.
+    """Records failures: one a vector that could not be computed.
 
     Args:
         target: a dataset, or a
             :class:`~fiftyone_ai_search.index.targets.Target`
-        failures: a list of dicts with ``sample_id``, ``filepath``,
-            ``fingerprint`` and ``reason``
+        failures: a list of failure records (see above): dicts with
+            ``key``, ``sample_id``, ``filepath``, ``fingerprint`` and
+            ``reason`` (and what else the sync keeps with them)
     """
     if not failures:
         return
@@ -905,8 +943,9 @@ def record_failures(target: "AnyTarget", failures):
     now = utcnow()
     ops = [
         pymongo.UpdateOne(
-            {"dataset_id": key, "sample_id": f["sample_id"]},
-            {"$set": dict(f, dataset_id=key, failed_at=now)},
+            {"dataset_id": key, _STORED_KEY: f["key"]},
+            {"$set": dict(_stored_failure(target, f), dataset_id=key,
+                          failed_at=now)},
             upsert=True,
         )
         for f in failures
@@ -914,30 +953,34 @@ def record_failures(target: "AnyTarget", failures):
     _failures().bulk_write(ops, ordered=False)
 
 
-def clear_failures(target: "AnyTarget", sample_ids=None):
-    """Forgets the failures of the given samples (default: all)."""
+def clear_failures(target: "AnyTarget", keys=None):
+    """Forgets the failures of the given vectors' keys (samples' ids, or
+    objects' label ids; default: all)."""
     query = {"dataset_id": dataset_key(target)}
-    if sample_ids is not None:
-        query["sample_id"] = {"$in": list(sample_ids)}
+    if keys is not None:
+        query[_STORED_KEY] = {"$in": list(keys)}
     _failures().delete_many(query)
 
 
-def get_failures(target: "AnyTarget", limit=None):
-    """Returns the recorded failures of ``target``, oldest first."""
+def get_failures(target: "AnyTarget", limit=None) -> "list[dict]":
+    """The failure records of ``target`` (see :func:`record_failures`),
+    oldest first."""
     cursor = _failures().find(
         {"dataset_id": dataset_key(target)}, {"_id": 0, "dataset_id": 0}
     ).sort("failed_at", 1)
     if limit:
         cursor = cursor.limit(limit)
-    return list(cursor)
+    return [_failure_record(target, doc) for doc in cursor]
 
 
-def get_failures_of(target: "AnyTarget", key, values):
-    """The recorded failures whose field ``key`` is one of ``values`` (e.g.
-    the failed objects of some samples)."""
-    return list(_failures().find(
-        {"dataset_id": dataset_key(target), key: {"$in": list(values)}},
-        {"_id": 0, "dataset_id": 0}))
+def get_failures_of(target: "AnyTarget", sample_ids) -> "list[dict]":
+    """The failure records of ``target`` of the given samples (of their
+    objects, for an object index)."""
+    stored = (_STORED_KEY if isinstance(targets.of(target), targets.Images)
+              else _STORED_SAMPLE)
+    return [_failure_record(target, doc) for doc in _failures().find(
+        {"dataset_id": dataset_key(target), stored: {"$in": list(sample_ids)}},
+        {"_id": 0, "dataset_id": 0})]
 
 
 def count_failures(target: "AnyTarget"):

@@ -70,7 +70,7 @@ def reference_vectors(target, store, image_ids):
     ids, vectors = store.get_vectors(image_ids)
     missing = [i for i in image_ids if i not in set(ids)]
     if missing:
-        failed = {f["sample_id"]: f["reason"] for f in st.get_failures(target)}
+        failed = {f["key"]: f["reason"] for f in st.get_failures(target)}
         target = targets.of(target)
         why = "; ".join(
             f"{i}: " + (f"its image failed ({failed[i]})" if i in failed

@@ -76,7 +76,7 @@ class VideoUnit(Unit):
     redo: bool = False
 
     def failure(self, reason):
-        return dict(super().failure(reason), **{SOURCE_KEY: self.sample_id},
+        return dict(super().failure(reason),
                     file_fingerprint=self.file_fingerprint)
 
 
@@ -289,7 +289,7 @@ class FrameSynchronizer(ObjectSynchronizer):
             return
         before = report.removed, report.added + report.updated
         report.removed += self._remove_deleted()
-        failures = {f["sample_id"]: f for f in st.get_failures(self.target)}
+        failures = {f["key"]: f for f in st.get_failures(self.target)}
         self._start_progress(0)
         for ids, paths in sample_pages(edited_since(self.dataset, None),
                                        PAGE_SIZE):

@@ -378,9 +378,11 @@ class Unit:
         return _payload(self.filepath, self.fingerprint)
 
     def failure(self, reason):
-        """The failure record of this unit."""
-        return {"sample_id": self.key, "filepath": self.filepath,
-                "fingerprint": self.fingerprint, "reason": reason}
+        """The failure record of this unit (see
+        :func:`fiftyone_ai_search.index.state.record_failures`)."""
+        return {"key": self.key, "sample_id": self.sample_id or self.key,
+                "filepath": self.filepath, "fingerprint": self.fingerprint,
+                "reason": reason}
 
 
 def write_given(dataset, store, sample_ids, vectors):
@@ -498,7 +500,7 @@ class Synchronizer:
             report.removed = self._remove_deleted()
 
         # a page of edited samples at a time, then the failures to retry
-        failures = {f["sample_id"]: f for f in st.get_failures(self.target)}
+        failures = {f["key"]: f for f in st.get_failures(self.target)}
         edited = edited_since(self.dataset, watermark)
         retry = self._failures_to_retry(failures, edited)
         total = self._count_units(edited, retry[0])
@@ -560,7 +562,7 @@ class Synchronizer:
             for part in diff:
                 removed += self._delete_gone(part.gone)
         # failures of deleted samples are moot
-        failed = [f["sample_id"] for f in st.get_failures(self.target)]
+        failed = [f["key"] for f in st.get_failures(self.target)]
         present = set(samples_by_id(self.dataset, failed)[0])
         st.clear_failures(self.target, set(failed) - present)
         return removed
@@ -587,7 +589,7 @@ class Synchronizer:
         if is_consistent(self.target, self.store):
             return
 
-        failures = {f["sample_id"]: f for f in st.get_failures(self.target)}
+        failures = {f["key"]: f for f in st.get_failures(self.target)}
         failed = set(failures)
         kept = set()  # failures of present samples without a vector
         counts = dict(vectors=0, samples=0, removed=0, missing=0)
@@ -647,7 +649,7 @@ class Synchronizer:
             return [], []
         already = set(edited.select(list(failures)).values("id"))
         changed = [
-            f["sample_id"] for f in repaired(
+            f["key"] for f in repaired(
                 [f for i, f in failures.items() if i not in already])
         ]
         if not changed:

@@ -53,7 +53,7 @@ class ObjectUnit(Unit):
         return dict(super().payload(), **{SOURCE_KEY: self.sample_id})
 
     def failure(self, reason):
-        return dict(super().failure(reason), **{SOURCE_KEY: self.sample_id},
+        return dict(super().failure(reason), label_id=self.key,
                     file_fingerprint=self.file_fingerprint)
 
 
@@ -119,10 +119,9 @@ class ObjectSynchronizer(Synchronizer):
             with self.store.session():
                 self.store.delete(gone)
             report.removed += len(gone)
-        failed = st.get_failures_of(self.target, SOURCE_KEY, sample_ids)
-        st.clear_failures(self.target,
-                          [f["sample_id"] for f in failed
-                           if f["sample_id"] not in present])
+        failed = st.get_failures_of(self.target, sample_ids)
+        st.clear_failures(self.target, [f["key"] for f in failed
+                                        if f["key"] not in present])
 
     def _items(self, todo):
         # all objects of an image from one decode
@@ -145,7 +144,7 @@ class ObjectSynchronizer(Synchronizer):
     def _failures_to_retry(self, failures, edited):
         """``(ids, filepaths)`` of the samples holding failed objects whose
         image changed since, leaving out the ``edited`` samples."""
-        sources = {f.get(SOURCE_KEY) for f in repaired(failures.values())}
+        sources = {f["sample_id"] for f in repaired(failures.values())}
         sources.discard(None)
         if not sources:
             return [], []
@@ -174,11 +173,10 @@ class ObjectSynchronizer(Synchronizer):
             removed = len(gone)
         # failures of objects of deleted samples are moot
         failed = st.get_failures(self.target)
-        sources = {f.get(SOURCE_KEY) for f in failed}
+        sources = {f["sample_id"] for f in failed}
         present = set(samples_by_id(self.dataset, sources)[0])
-        st.clear_failures(self.target,
-                          [f["sample_id"] for f in failed
-                           if f.get(SOURCE_KEY) not in present])
+        st.clear_failures(self.target, [f["key"] for f in failed
+                                        if f["sample_id"] not in present])
         return removed
 
     def _reconcile(self, report):
@@ -189,7 +187,7 @@ class ObjectSynchronizer(Synchronizer):
             return
         before = report.removed, report.added
         report.removed += self._remove_deleted()
-        failures = {f["sample_id"]: f for f in st.get_failures(self.target)}
+        failures = {f["key"]: f for f in st.get_failures(self.target)}
         self._start_progress(0)
         for ids, paths in sample_pages(edited_since(self.dataset, None),
                                         PAGE_SIZE):

@@ -35,16 +35,20 @@ RANK_FIELD = "_ais_frame_rank"
 _SEP = ":"
 
 
-def grid_stages(video_ids, fps, shown):
+def grid_stages(video_ids, fps, shown, state=None):
     """The view stages of the frames ``shown`` (a list of
     ``(video id, frame number)`` on the grid of ``fps``, best first) of the
-    videos ``video_ids``: fresh stage objects (no generated dataset named
-    yet), to serialize into a saved view or to add to a view."""
+    videos ``video_ids``: fresh stage objects, to serialize into a saved
+    view or to add to a view; ``state``: the ``to_frames`` stage's state of
+    an earlier view of the same videos (:func:`generated_state`), whose
+    frames dataset FiftyOne then reuses if it is still there (None: none
+    named, FiftyOne generates one)."""
     import fiftyone.core.stages as fos
 
     return [
         fos.Select(list(video_ids)),
-        fos.ToFrames(config={"sample_frames": "dynamic", "fps": fps}),
+        fos.ToFrames(config={"sample_frames": "dynamic", "fps": fps},
+                     _state=state),
         fos.Mongo(_rank_pipeline(shown)),
     ]
 
@@ -55,16 +59,32 @@ def serialized_stages(video_ids, fps, shown):
             for stage in grid_stages(video_ids, fps, shown)]
 
 
-def frames_of(dataset: fod.Dataset, shown: list[tuple], fps: float
+def frames_of(dataset: fod.Dataset, shown: list[tuple], fps: float,
+              videos: list[str] | None = None, state: dict | None = None
               ) -> fov.DatasetView:
     """The frames view of ``shown`` (``(video id, frame number)`` pairs on
     the grid of ``fps``), in this order; a frame given twice shows once,
-    where it first appears."""
-    videos = list(dict.fromkeys(v for v, _ in shown))
+    where it first appears.
+
+    Args:
+        videos (None): the videos whose frames FiftyOne generates (default:
+            those of ``shown``): all those of a collection, so that its
+            score ranges reuse one frames dataset
+        state (None): see :func:`grid_stages`
+    """
+    if videos is None:
+        videos = list(dict.fromkeys(v for v, _ in shown))
     view = dataset.view()
-    for stage in grid_stages(videos, fps, shown):
+    for stage in grid_stages(videos, fps, shown, state):
         view = view.add_stage(stage)
     return view
+
+
+def generated_state(view) -> dict | None:
+    """The state of the ``to_frames`` stage of a view of :func:`frames_of`:
+    what names the frames dataset FiftyOne generated for it."""
+    stage = getattr(view, "_frames_stage", None)
+    return None if stage is None else stage._state
 
 
 def _rank_pipeline(shown):

@@ -229,8 +229,10 @@ def _frame_fields(frames):
     or, for a scene-change frame off the grid, its video's nearest grid
     frame, which the frames view shows in its place."""
     if frames is None:
-        return {"frames": None}
-    return {"frames": {"fps": float(frames["fps"])},
+        return {"frames": None, "frames_state": None}
+    # frames_state: none yet (see _frames_view): a rewrite's videos are
+    # generated anew once, their metadata as it is now
+    return {"frames": {"fps": float(frames["fps"])}, "frames_state": None,
             "timestamps": [None if t is None else float(t)
                            for t in frames["timestamps"]],
             "shown": [int(n) for n in frames["shown"]]}
@@ -365,8 +367,7 @@ def get_collection(dataset: fod.Dataset, name: str,
     # a range; or the view is being rewritten for these scores: from them
     rows = _in_range(_rows(doc), min_score, max_score)
     if is_frames(doc):
-        return frame_views.frames_of(dataset, _shown(doc, rows),
-                                     doc["frames"]["fps"])
+        return _frames_view(dataset, doc, rows)
     return _select(dataset, [r[0] for r in rows], doc.get("patches_field"),
                    _sources(doc, rows))
 
@@ -482,8 +483,28 @@ def get_frame_collection(dataset: fod.Dataset, name: str,
         return get_collection(dataset, name, min_score, max_score)
     doc = _load(dataset, name)
     rows = _frame_rows(dataset, name, min_score, max_score, True, doc)
-    return frame_views.frames_of(dataset, _shown(doc, rows),
-                                 doc["frames"]["fps"])
+    return _frames_view(dataset, doc, rows)
+
+
+def _frames_view(dataset, doc, rows):
+    """The frames view of ``rows`` of the frame collection of the scores
+    document ``doc``. FiftyOne generates the frames of all the collection's
+    videos once and reuses them for its score ranges and later opens (the
+    frames dataset is named in ``doc``'s ``frames_state``), until it is
+    gone or the collection is rewritten: generating them is what opening a
+    collection costs (measured in docs/design.md, "Frame collections")."""
+    videos = list(dict.fromkeys(k[:24] for k in doc["sample_ids"]))
+    state = doc.get("frames_state")
+    view = frame_views.frames_of(dataset, _shown(doc, rows),
+                                 doc["frames"]["fps"], videos=videos,
+                                 state=state)
+    generated = frame_views.generated_state(view)
+    if generated != state:
+        # only while the document is this version: a newer search's
+        # videos are others
+        _scores().update_one({"_id": doc["_id"], "version": doc["version"]},
+                             {"$set": {"frames_state": generated}})
+    return view
 
 
 def _frame_rows(dataset, name, min_score, max_score, best_per_video,

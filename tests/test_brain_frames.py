@@ -209,12 +209,18 @@ def test_compute_similarity_on_a_frames_view_builds_the_frame_index(
         view = frames.sort_by_similarity("a red circle", k=2,
                                          brain_key="sim")
         assert _shown(dataset, view) == ["red circle"] * 2
-        # the run is of frames: a plain frames view finds it by default
+        # the run is of frames, and a frames view's default run
         assert dataset.get_brain_info("sim").config.frames
+        default = frames.sort_by_similarity("a red circle", k=2)
+        assert _frames(default) == _frames(view)
+        # the Brain's uniqueness off the run's vectors
+        fob.compute_uniqueness(frames, similarity_index="sim")
+        scores = frames.values("uniqueness")
+        assert len(scores) == 4 and all(0 <= u <= 1 for u in scores)
 
         dataset.delete_brain_run("sim")  # its last run: the index goes
         assert not ais.is_embeddings_enabled(dataset, frames=True)
-        assert dataset.list_brain_runs() == []
+        assert dataset.list_brain_runs(type="similarity") == []
     finally:
         dataset.delete()
 

@@ -67,6 +67,12 @@ Examples::
     view = patches.sort_by_similarity("a red car", k=25,
                                       brain_key="ai_search_ground_truth")
 
+    # a video dataset's frame index is a run of its frames views under a
+    # key given to it (see fiftyone_ai_search.brain_frames)
+    ais.enable_embeddings(videos, frames=True, brain_key="frames")
+    frames = videos.to_frames(sample_frames="dynamic", fps=1)
+    view = frames.sort_by_similarity("a red car", k=25, brain_key="frames")
+
 | Copyright the fiftyone-ai-search authors, Apache-2.0.
 """
 

@@ -10,6 +10,7 @@ from fiftyone_ai_search.config import get_settings
 from fiftyone_ai_search.demo import tiny_clip_model_name
 from fiftyone_ai_search.embedding.model import load_model, resolve_model
 from fiftyone_ai_search.index import audit_prompts, indexes
+from fiftyone_ai_search.index import state as st
 from fiftyone_ai_search.store import audit
 
 
@@ -18,8 +19,10 @@ def _tiny():
 
 
 def _ref(model):
-    return {"model": model.spec.name, "pretrained": model.spec.pretrained,
-            "model_identity": model.spec.identity}
+    """A reference to an index of ``model`` (the prompts are the model's)."""
+    return st.IndexRef(name="index", backend="edge", model=model.spec.name,
+                       pretrained=model.spec.pretrained,
+                       model_identity=model.spec.identity)
 
 
 def test_kept_by_the_sync_read_by_the_audit_without_the_model(

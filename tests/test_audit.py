@@ -323,11 +323,9 @@ def test_a_query_among_near_equal_centres_scans_every_tied_cell(monkeypatch):
 
 
 def test_the_audited_images_are_not_the_points_the_cells_were_learned_from():
-    """k-means fits its centres to its own sample, so a point of it lies
-    deeper inside its cell than a new image: audited as image queries,
-    such points overestimated new images' recall (0.9963 for 0.9810 on
-    bench_audit.py's clip-b32 world at 300k). From the size where cells
-    turn on, the audit's image queries are drawn from other buckets."""
+    """k-means fits its centres to its own sample: from the size where
+    cells turn on, the audit's image queries are drawn from other buckets,
+    so that its estimate does not depend on that fit."""
     for n in (cl.MIN_POINTS, 300_000, 1_000_000, 4_000_000, 10_000_000):
         learned = set(upkeep.learning_buckets(n).tolist())
         audited = set(audit.image_buckets(n, audit.IMAGE_QUERIES).tolist())

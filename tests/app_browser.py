@@ -31,6 +31,7 @@ waited for.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import shutil
@@ -63,6 +64,13 @@ T = TypeVar("T")
 
 #: default seconds to wait for anything
 TIMEOUT = float(os.environ.get("AIS_BROWSER_TIMEOUT", "45"))
+
+#: the longest pause between two polls of a wait (they start shorter)
+MAX_POLL_INTERVAL = 0.5
+
+#: seconds for the App server to listen (FiftyOne's own wait), on a quiet
+#: machine; stretched by the load (:func:`scaled`)
+SERVER_START_TIMEOUT = 60.0
 
 CHROMIUM = os.environ.get("AIS_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("AIS_CHROMEDRIVER", "/usr/bin/chromedriver")
@@ -213,12 +221,19 @@ def app_session(app_dataset) -> Iterator[Any]:
     """
     require_browser()  # no server without a browser to look at it
     import fiftyone as fo
+    import fiftyone.core.service as fos
 
     from fiftyone_ai_search.app.install import install_plugin
 
     plugin_dir = install_plugin()
-    session = fo.launch_app(app_dataset, remote=True, address="127.0.0.1",
-                            port=free_port())
+    with pytest.MonkeyPatch.context() as mp:
+        # FiftyOne gives its server 60 s to listen, whatever the load: on a
+        # loaded machine the server's imports alone take longer
+        wait = fos.Service._wait_for_child_port
+        mp.setattr(fos.Service, "_wait_for_child_port", functools.partialmethod(
+            wait, timeout=scaled(SERVER_START_TIMEOUT)))
+        session = fo.launch_app(app_dataset, remote=True, address="127.0.0.1",
+                                port=free_port())
     try:
         yield session
     finally:
@@ -308,7 +323,12 @@ class App:
         that. The React UI re-renders all the time, so an element found a
         moment ago may be gone: stale/missing elements count as "not yet",
         and so do elements not interactable yet (the grid shows
-        placeholders until its tiles load, e.g. after a panel closed)."""
+        placeholders until its tiles load, e.g. after a panel closed).
+
+        The polls start ``interval`` apart and drift apart up to
+        :data:`MAX_POLL_INTERVAL`: a poll costs the browser a scan of the
+        page, and a long wait (a computation, the refresher's first pass)
+        need not scan it ten times a second."""
         timeout = scaled(timeout or self.timeout)
         deadline = time.monotonic() + timeout
         last_error: Optional[Exception] = None
@@ -327,6 +347,7 @@ class App:
                     f"for {what}" + (f" (last: {last_error!r})"
                                      if last_error else ""))
             time.sleep(interval)
+            interval = min(interval * 1.25, max(interval, MAX_POLL_INTERVAL))
 
     def js(self, script: str, *args: Any) -> Any:
         """Runs ``script`` (a function body, with the shared helpers

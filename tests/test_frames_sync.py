@@ -188,8 +188,10 @@ def test_bad_requests_say_what_is_wrong(tmp_path):
         enable_frames(videos, patches_field="ground_truth")
     with pytest.raises(ValueError, match="FrameSampling"):
         enable_frames(videos, frames={"fps": 2})
-    with pytest.raises(ValueError, match="brain_key"):
-        enable_frames(videos, brain_key="frames")
+    # (a frame index is a Brain run under a key given to it:
+    # tests/test_brain_frames.py; a bad key is refused first)
+    with pytest.raises(ValueError, match="brain_key must be a name"):
+        enable_frames(videos, brain_key="not a key")
     assert not ais.is_embeddings_enabled(videos, frames=True)
     # an image search of a video dataset names what to call instead
     with pytest.raises(ais.AISearchNotEnabledError, match="search_frames"):

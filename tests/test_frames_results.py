@@ -211,6 +211,11 @@ def test_a_scene_frame_shows_as_its_nearest_grid_frame():
         ("b" * 24, 50), ("b" * 24, 1)]) == [
         ("a" * 24, 11), ("a" * 24, 11), ("a" * 24, 21), ("b" * 24, 31),
         ("b" * 24, 61), ("b" * 24, 1)]
+    # never past the video's last frame, where FiftyOne's grid ends
+    assert frame_views.nearest_on_grid(rates, 1.0, [("a" * 24, 97)],
+                                       {"a" * 24: 100}) == [("a" * 24, 91)]
+    assert frame_views.nearest_on_grid(rates, 1.0, [("a" * 24, 97)]) == [
+        ("a" * 24, 101)]
 
 
 def test_bad_requests_say_what_is_wrong(videos):

@@ -213,15 +213,18 @@ def frames_view(samples: foc.SampleCollection,
 def _shown(dataset, fps, frames, scenes):
     """The frame of the frames view that shows each of ``frames``: itself,
     or for a scene-change frame (``scenes``), its video's nearest grid
-    frame at ``fps`` (counted with the videos' ``metadata.frame_rate``, as
-    FiftyOne's frames views count)."""
+    frame at ``fps`` (counted with the videos' ``metadata.frame_rate`` and
+    ending at their ``total_frame_count``, as FiftyOne's frames views
+    count)."""
     moved = [i for i, scene in enumerate(scenes) if scene]
     if not moved:
         return list(frames)
     videos = list(dict.fromkeys(frames[i][0] for i in moved))
-    rates = dict(zip(*dataset.select(videos).values(
-        ["id", "metadata.frame_rate"])))
-    near = frame_views.nearest_on_grid(rates, fps, [frames[i] for i in moved])
+    ids, rates, counts = dataset.select(videos).values(
+        ["id", "metadata.frame_rate", "metadata.total_frame_count"])
+    near = frame_views.nearest_on_grid(
+        dict(zip(ids, rates)), fps, [frames[i] for i in moved],
+        dict(zip(ids, counts)))
     shown = list(frames)
     for i, pair in zip(moved, near):
         shown[i] = pair

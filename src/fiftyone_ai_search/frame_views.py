@@ -159,13 +159,16 @@ def release_generated(stage_strings):
             generated.save()
 
 
-def nearest_on_grid(frame_rates, fps, frames):
+def nearest_on_grid(frame_rates, fps, frames, frame_counts=None):
     """``frames`` (``(video id, frame number)`` pairs) each moved to the
     nearest frame of its video's sampling grid at ``fps`` (a frame on the
     grid stays): how a scene-change frame, sampled off the grid, shows in a
     frames view of the grid. ``frame_rates``: ``{video id: frame rate}``
     (FiftyOne's ``metadata.frame_rate``, which its frames views count
-    with; None: the rate assumed for videos without one)."""
+    with; None: the rate assumed for videos without one);
+    ``frame_counts``: ``{video id: metadata.total_frame_count}``, where
+    FiftyOne's grid ends (a grid frame past it is not in the view)."""
+    frame_counts = frame_counts or {}
     out = []
     for video, number in frames:
         # the grid's positions, accumulated and rounded as UniformGrid
@@ -176,6 +179,8 @@ def nearest_on_grid(frame_rates, fps, frames):
             before = after
             position += step
             after = int(round(position))
-        out.append((video, after if after - number < number - before
-                    else before))
+        last = frame_counts.get(video)
+        nearer = after - number < number - before and (
+            last is None or after <= last)
+        out.append((video, after if nearer else before))
     return out

@@ -525,10 +525,10 @@ def _switch_before_first_open(monkeypatch, dataset):
 
     def open_ref(ref, settings=None):
         if not switched:
-            switched.append(ref["name"])
+            switched.append(ref.name)
             ais.calculate_embeddings(dataset, force=True, wait=True,
                                      progress=False)
-            assert indexes.open_index(dataset).name != ref["name"]
+            assert indexes.open_index(dataset).name != ref.name
         return real(ref, settings)
 
     monkeypatch.setattr(indexes, "open_ref", open_ref)

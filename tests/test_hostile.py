@@ -19,6 +19,10 @@ from fiftyone_ai_search.demo import tiny_clip_model_name
 
 from tests.helpers import server_dataset_by_secrets, shapes_dataset
 
+# each test builds, damages and repairs an index of its own (worker
+# processes, rebuilds): ~100 s of CPU, a fifth of the fast tier's
+pytestmark = pytest.mark.slow
+
 KEY = "ai_search"
 
 

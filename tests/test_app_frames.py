@@ -126,6 +126,7 @@ def test_a_video_dataset_is_enabled_from_the_grid_button(red_circles):
     assert "indexes the frames of its videos" in form["frames_intro"][
         "view"]["label"]
     assert form["fps"]["default"] == 1.0
+    assert "enable_intro" not in form  # (of images and objects)
     assert not _blocking(form)
     # a rate that is not one blocks Execute, and says why
     fps = _form(dataset, params={"fps": 0})["fps"]

@@ -348,6 +348,10 @@ class AISearch(_Operator):
                 "the AI Search panel shows the progress live."), types.Notice)
             return
         inputs.md(forms.status_text(all_statuses[None]), name="status")
+        if forms.is_video(ctx.dataset):
+            # the enable form says what is indexed: the frames
+            forms.enable_form(inputs, ctx.params, ctx.dataset)
+            return
         inputs.md("Enable AI search on this dataset: its images (or the "
                   "objects of a label field) are embedded in the background, "
                   "then you can search.", name="enable_intro")

@@ -43,7 +43,6 @@ import resource
 import shutil
 import sys
 import tempfile
-import threading
 import time
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

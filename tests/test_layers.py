@@ -49,7 +49,7 @@ LAYERS = {
     "": FACADE, "embeddings": FACADE, "lifecycle": FACADE, "search": FACADE,
     "brain": FACADE, "brain_plain": FACADE,
     "brain_registry": FACADE, "duplicates": FACADE, "uniqueness": FACADE,
-    "results": FACADE, "frame_search": FACADE,
+    "results": FACADE, "frame_search": FACADE, "frame_views": FACADE,
     "scheduler": FACADE, "refreshers": FACADE,
     "__main__": ENTRY, "demo.quickstart": ENTRY, "testing": ENTRY,
     "app": APP,
@@ -71,6 +71,7 @@ LAZY = {
     ("sync.frames", "embedding.pipeline"): "start-up: PIL",
     # image runs and their workers never load OpenCV
     ("embedding.decode", "embedding.frames"): "start-up: OpenCV",
+    ("frame_views", "embedding.frames"): "start-up: OpenCV",
     ("query.vectors", "embedding.pipeline"): "start-up: PIL",
     ("embeddings", "brain"): "start-up: fiftyone.brain",
     ("lifecycle", "store.server"): "start-up: qdrant-client",

@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING
 
 from bson import ObjectId, json_util
 
-from .embedding.frames import UniformGrid
 
 if TYPE_CHECKING:  # for annotations only
     import fiftyone.core.dataset as fod
@@ -168,6 +167,10 @@ def nearest_on_grid(frame_rates, fps, frames, frame_counts=None):
     with; None: the rate assumed for videos without one);
     ``frame_counts``: ``{video id: metadata.total_frame_count}``, where
     FiftyOne's grid ends (a grid frame past it is not in the view)."""
+    # here: the module of the grid imports OpenCV, which `import
+    # fiftyone_ai_search` never loads (only scene hits come here)
+    from .embedding.frames import UniformGrid
+
     frame_counts = frame_counts or {}
     out = []
     for video, number in frames:

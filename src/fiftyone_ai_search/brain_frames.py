@@ -50,16 +50,15 @@ from bson import ObjectId
 import fiftyone.core.collections as foc
 from fiftyone.brain.similarity import DuplicatesMixin, SimilarityIndex
 
-from . import brain
+from . import brain_index
 from . import lifecycle
 from .embedding.frames import FrameSampling
+from .embedding.model import resolve_model
 from .errors import UnsupportedMediaError
 from .index import indexes
 from .index import state as st
 from .index import targets
-from .index.indexes import require_index
 from .query.vectors import normalize
-from .sync.frames import sampling_of
 
 #: what searches frames outside the Brain (every refusal names it)
 FRAME_SEARCH = (
@@ -146,7 +145,7 @@ def switch_on(dataset, model, pretrained, rule, backend=None):
     target = targets.Frames(dataset)
     doc = st.load(target)
     if doc and doc.enabled:
-        wanted = brain.resolve_model(model, pretrained).identity
+        wanted = resolve_model(model, pretrained).identity
         if wanted != doc.model_identity:
             raise ValueError(
                 f"model: the frame index of video dataset '{dataset.name}' "
@@ -161,29 +160,6 @@ def switch_on(dataset, model, pretrained, rule, backend=None):
     if not st.load(target).index:
         lifecycle.calculate_embeddings(dataset, wait=True, frames=True,
                                        progress=False)
-
-
-def register(target, doc, brain_key):
-    """Registers the Brain run of a frame index under ``brain_key`` (by
-    ``enable_embeddings(video_dataset, frames=True, brain_key=...)``): a
-    run of the whole index whose view is FiftyOne's frames view of the
-    rule's grid. An existing run of that key (of this frame index) is
-    registered again, with the grid of the rule asked for now."""
-    dataset = target.dataset
-    brain.check_brain_key(dataset, brain_key, frames=True)
-    brain.unregister(dataset, brain_key)
-    config = brain.AISearchSimilarityConfig(index_backend=doc.backend,
-                                            frames=True)
-    brain._label_model(config, doc)
-    method = config.build()
-    view = grid_view(dataset, FrameSampling.from_dict(doc.sampling or {}))
-    method.register_run(view, brain_key, overwrite=False)
-    # at once: a run without results would never load
-    method.save_run_results(
-        view, brain_key,
-        FramesSimilarityIndex(view, config, brain_key, backend=method))
-    if doc.brain_key is None:
-        st.update(target, brain_key=brain_key)
 
 
 def _video_dataset(samples):
@@ -202,7 +178,7 @@ def _video_dataset(samples):
     return dataset
 
 
-class FramesSimilarityIndex(brain.AISearchSimilarityIndex):
+class FramesSimilarityIndex(brain_index.AISearchSimilarityIndex):
     """A Brain run over the frame index of a video dataset: its view is a
     frames view of that dataset (see the module's doc).
 
@@ -292,7 +268,7 @@ class FramesSimilarityIndex(brain.AISearchSimilarityIndex):
                 f"{missing} frames of the view are not in the frame index "
                 "(off its sampling grid, or not embedded yet)")
         if missing and self._curr_view_warn_missing:
-            brain.logger.warning("Ignoring %d frames that are not in the "
+            brain_index.logger.warning("Ignoring %d frames that are not in the "
                                  "frame index", missing)
         self._key_of = dict(pairs)
         self._id_of = {k: i for i, k in pairs}
@@ -358,9 +334,9 @@ class FramesSimilarityIndex(brain.AISearchSimilarityIndex):
                        allow_missing=True, warn_missing=False):
         """The vectors of frames (by their ids; default the current
         view's), from the frame index."""
-        brain._no_labels(label_ids)
+        brain_index._no_labels(label_ids)
         wanted = (list(self.current_sample_ids) if sample_ids is None
-                  else brain._id_strings(sample_ids))
+                  else brain_index._id_strings(sample_ids))
         keys = self._keys_of(wanted)
         vectors = {}
         if keys:
@@ -369,7 +345,7 @@ class FramesSimilarityIndex(brain.AISearchSimilarityIndex):
                     keys.values())))
             vectors = dict(zip(got, np.asarray(array, dtype=np.float32)))
         found = [i for i in wanted if keys.get(i) in vectors]
-        brain._missing([i for i in wanted if keys.get(i) not in vectors],
+        brain_index._missing([i for i in wanted if keys.get(i) not in vectors],
                        allow_missing, warn_missing)
         dim = next(iter(vectors.values())).shape[0] if vectors else 0
         array = (np.stack([vectors[keys[i]] for i in found]) if found

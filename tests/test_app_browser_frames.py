@@ -95,9 +95,7 @@ def console_errors(app):
     modal plays a dynamic frames view's sample as a video and asks its
     ``/video-labels`` routes for frame labels, which fail on a frames view
     with stages: ``Field 'frames' does not exist`` (a frames view has no
-    frames), and, for the results' rank stage, ``unknown operator: $oid``
-    (its ObjectIds come back from the browser as extended JSON); the
-    labels stream then logs its failed fetches. The frame shows; frame
+    frames); the labels stream then logs its failed fetches. The frame shows; frame
     labels would not (these videos have none)."""
     return [e for e in app.console_errors()
             if not any(s in e for s in (

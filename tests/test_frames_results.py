@@ -5,6 +5,7 @@ and deleted as image collections are; the best frame per video; diverse
 sampling over frames. Small synthetic videos (tests/videos.py) with the
 tiny CLIP."""
 
+import json
 import os
 
 import numpy as np
@@ -103,6 +104,11 @@ def test_a_prompts_collection_reopens_with_its_frames_best_first(videos):
     again = ais.get_collection(videos, name)
     assert _pairs(again) == shown
     assert set(again.values("id")).isdisjoint(frame_ids)
+    # the App sends a view's stages back as plain JSON (an ObjectId would
+    # come back as {"$oid": ...}, an operator MongoDB refuses): they
+    # rebuild the same frames
+    stages = json.loads(json.dumps(again._serialize()))
+    assert _pairs(fo.DatasetView._build(videos, stages)) == shown
     (entry,) = [c for c in ais.list_collections(videos) if c["name"] == name]
     assert entry["frames"] is True and entry["size"] == 10
     assert entry["query"]["mode"] == "prompt"

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from bson import ObjectId, json_util
+from bson import json_util
 
 
 if TYPE_CHECKING:  # for annotations only
@@ -88,18 +88,17 @@ def generated_state(view) -> dict | None:
 
 def _rank_pipeline(shown):
     keys = list(dict.fromkeys(f"{v}{_SEP}{int(n)}" for v, n in shown))
-    numbers = {}
-    for v, n in shown:
-        numbers.setdefault(v, set()).add(int(n))
-    # the match first: FiftyOne indexes (sample_id, frame_number) of a
-    # frames dataset, so only the frames shown are ranked
-    match = {"$or": [{"_sample_id": ObjectId(v),
-                      "frame_number": {"$in": sorted(ns)}}
-                     for v, ns in numbers.items()]} if numbers else \
-        {"_id": None}
-    rank = {"$indexOfArray": [keys, {"$concat": [
-        {"$toString": "$_sample_id"}, _SEP,
-        {"$toString": "$frame_number"}]}]}
+    numbers = sorted({int(n) for _, n in shown})
+    key = {"$concat": [{"$toString": "$_sample_id"}, _SEP,
+                       {"$toString": "$frame_number"}]}
+    # the match first, so only the frames shown are ranked. No ObjectId in
+    # the stage: the App sends a view's stages back as JSON, where an
+    # ObjectId comes back as {"$oid": ...}, which MongoDB refuses as an
+    # operator (the modal's frame labels failed so); the frame numbers
+    # narrow the scan through FiftyOne's index of them
+    match = {"frame_number": {"$in": numbers},
+             "$expr": {"$in": [key, keys]}} if keys else {"_id": None}
+    rank = {"$indexOfArray": [keys, key]}
     return [
         {"$match": match},
         {"$addFields": {RANK_FIELD: rank}},

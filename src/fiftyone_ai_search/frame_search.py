@@ -27,7 +27,7 @@ from .index.targets import frame_key, split_frame_key
 from .query import diverse
 from .query.vectors import image_vector, prompt_vectors
 from .query.walk import diverse_from_index
-from .search import check_index_model
+from .search import check_index_model, image_query
 from .sync.frames import FRAME_NUMBER_KEY, TIMESTAMP_KEY, sampling_of
 from .sync.objects import SOURCE_KEY
 
@@ -291,13 +291,8 @@ class _Request:
         elif self.key is not None:
             video, number = split_frame_key(self.key)
             d.update(mode="frame", frame=[video, number])
-        elif isinstance(self.image, str):
-            d.update(mode="image", image=self.image[:500])
         else:
-            # an image given in memory is kept nowhere (as for images)
-            name = os.path.basename(str(getattr(self.image, "filename", "")
-                                        or ""))
-            d.update(mode="image", image=None, image_name=name[:500] or None)
+            d.update(mode="image", **image_query(self.image))
         return d
 
 

@@ -545,16 +545,8 @@ class _Query:
         elif self.label_ids is not None:
             d.update(mode="object", label_id=self.label_ids,
                      aggregation=self.aggregation)
-        elif isinstance(self.image, str):
-            d.update(mode="image", image=self.image[:500])
         else:
-            # an image given in memory (a PIL image; the App's uploads) is
-            # kept nowhere: recorded by its file's name alone, if it has
-            # one, and with no path that could be taken for one to search
-            # again
-            name = os.path.basename(str(getattr(self.image, "filename", "")
-                                        or ""))
-            d.update(mode="image", image=None, image_name=name[:500] or None)
+            d.update(mode="image", **image_query(self.image))
         return d
 
 
@@ -573,3 +565,14 @@ def _diverse(store, scope, q):
     out = [(i, s) for i, s in zip(ids, scores)
            if q.threshold is None or s >= q.threshold]
     return [i for i, _ in out], [s for _, s in out]
+
+
+def image_query(image) -> dict:
+    """How a search's query image is recorded with its results: its path,
+    or, for an image given in memory (a PIL image; the App's uploads),
+    which is kept nowhere, its file's name alone, if it has one, and no
+    path that could be taken for one to search again."""
+    if isinstance(image, str):
+        return {"image": image[:500]}
+    name = os.path.basename(str(getattr(image, "filename", "") or ""))
+    return {"image": None, "image_name": name[:500] or None}

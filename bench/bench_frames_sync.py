@@ -13,7 +13,13 @@ CLIP and the configured workers:
 - ``images``: the same sampled frames as an image dataset, its image index
   synced the same way: what the Brain's path (``to_frames(sample_frames=
   True)``, then an index of those images) would embed after FFmpeg wrote
-  the frames (that step, which needs the ``ffmpeg`` binary, is not here).
+  the frames;
+- ``brain`` (with ``--brain``; needs the ``ffmpeg`` binary): the peer's
+  path on the same videos, ``to_frames(sample_frames=True, fps=1)``
+  (FFmpeg decodes each video and writes the sampled frames as JPEGs) then
+  FiftyOne Brain's ``compute_similarity`` (sklearn backend) with the same
+  tiny CLIP as a FiftyOne model: what a user of the Brain runs for frame
+  search, once (it does not sync).
 
 Each row gives embedded frames per second (wall), wall and CPU seconds: this
 process's and its decoding workers' (``RUSAGE_CHILDREN``, counted once
@@ -44,10 +50,15 @@ import fiftyone as fo  # noqa: E402
 
 import fiftyone_ai_search as ais  # noqa: E402
 from fiftyone_ai_search.demo import tiny_clip_model_name  # noqa: E402
+from fiftyone_ai_search.brain import ClipBrainModel  # noqa: E402
 from fiftyone_ai_search.embedding import pool  # noqa: E402
 from fiftyone_ai_search.embedding.frames import (  # noqa: E402
     FrameReader,
     FrameSampling,
+)
+from fiftyone_ai_search.embedding.model import (  # noqa: E402
+    load_model,
+    resolve_model,
 )
 
 
@@ -85,6 +96,8 @@ def main():
     parser.add_argument("--seconds", type=float, default=30)
     parser.add_argument("--width", type=int, default=1920)
     parser.add_argument("--height", type=int, default=1080)
+    parser.add_argument("--brain", action="store_true",
+                        help="also the Brain's path (needs ffmpeg)")
     args = parser.parse_args()
 
     folder = tempfile.mkdtemp(prefix="ais-bench-frames-sync-")
@@ -117,11 +130,39 @@ def main():
         print(f"images: {report.added} images, {report.added / wall:.1f} "
               f"images/s, wall {wall:.1f} s, CPU {cpu:.1f} s; "
               f"load {os.getloadavg()}")
+        if args.brain:
+            brain_row(clips, model, os.path.join(folder, "brain"))
         for dataset, frames in ((videos, True), (stills, False)):
             ais.disable_embeddings(dataset, frames=frames)
             dataset.delete()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def brain_row(clips, model, folder):
+    """The Brain's path: FFmpeg writes the sampled frames (1 a second),
+    then compute_similarity embeds them; CPU counts FFmpeg's processes."""
+    import fiftyone.brain as fob
+
+    if shutil.which("ffmpeg") is None:
+        print("brain: skipped, no ffmpeg binary")
+        return
+    clip = ClipBrainModel(load_model(resolve_model(model, None)))
+    videos = fo.Dataset()
+    videos.add_samples([fo.Sample(filepath=c) for c in clips])
+
+    def run():
+        frames = videos.to_frames(sample_frames=True, fps=1,
+                                  output_dir=folder)
+        fob.compute_similarity(frames, model=clip, backend="sklearn",
+                               brain_key="frames")
+        return len(frames)
+
+    count, wall, cpu = _timed(run)
+    print(f"brain: {count} frames (to_frames + compute_similarity), "
+          f"{count / wall:.1f} frames/s, wall {wall:.1f} s, CPU {cpu:.1f} "
+          f"s; load {os.getloadavg()}")
+    videos.delete()
 
 
 if __name__ == "__main__":

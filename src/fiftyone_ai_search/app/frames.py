@@ -6,10 +6,11 @@ and "Find similar" in the sample modal.
 The hits are kept as the latest results (a frame collection, as
 :func:`fiftyone_ai_search.perform_frame_search` keeps them) and open as
 FiftyOne's frames view of the index's sampling grid, best first: each tile
-is a frame, and clicking one opens that frame of its video in the sample
-modal. (A plugin cannot open the App's video player at a frame: a frames
-view is how FiftyOne shows one.) The panel's histogram, score range and
-saving work on them as on images.
+is the hit frame. Clicking one opens its sample in the sample modal,
+whose player starts at the video's beginning, not at the hit: FiftyOne
+1.22 does not seek a dynamic frames view's sample to its frame, and a
+plugin cannot open the player at a frame. The panel's histogram, score
+range and saving work on them as on images.
 
 By example, a search starts from a frame: the one selected in a frames
 view (the results, or any frames view on the index's grid), or the frame

@@ -173,7 +173,7 @@ def perform_frame_search(
     fps = sampling_of(doc.index).fps
     frames = [(h["sample_id"], h["frame_number"]) for h in hits]
     shown = _shown(dataset, fps, frames, [h.get("scene") for h in hits])
-    described = dict(request.describe(), model=_model_label(doc.index))
+    described = dict(request.describe(), model=doc.index.model_label)
     return colls.write_collection(
         dataset, colls.TEMPORARY_COLLECTION,
         [frame_key(v, n) for v, n in frames], [h["score"] for h in hits],
@@ -294,14 +294,6 @@ class _Request:
         else:
             d.update(mode="image", **image_query(self.image))
         return d
-
-
-def _model_label(ref):
-    """How the model of an index reference is named (a reference object
-    names it; its stored form, a dict, is named by the index module)."""
-    if hasattr(ref, "model_label"):
-        return ref.model_label
-    return indexes.model_label(ref)
 
 
 def _video_dataset(samples):

@@ -112,12 +112,6 @@ def require_enabled(dataset):
     return doc
 
 
-def model_label(ref) -> str:
-    """How the model of an index reference (see :func:`open_ref`) is named
-    in messages: ``"ViT-B-32 (laion2b_s34b_b79k)"``."""
-    return st.IndexRef.of(ref).model_label
-
-
 def _computing(doc):
     """What a not-ready message says of the computation."""
     if doc.is_running():

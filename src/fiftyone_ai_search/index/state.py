@@ -134,6 +134,12 @@ INDEX_FIELDS = ("name", "model", "pretrained", "model_identity", "backend",
                 "crop", "sampling")
 
 
+def _model_label(model, pretrained):
+    """How a model is named in messages: ``"ViT-B-32 (laion2b_s34b_b79k)"``
+    (an index reference's, a state's)."""
+    return f"{model} ({pretrained})" if pretrained else model
+
+
 @dataclasses.dataclass(frozen=True)
 class IndexRef:
     """A reference to an index, as a state document names it (its
@@ -200,8 +206,7 @@ class IndexRef:
     def model_label(self) -> str:
         """How its model is named in messages:
         ``"ViT-B-32 (laion2b_s34b_b79k)"``."""
-        return (f"{self.model} ({self.pretrained})" if self.pretrained
-                else self.model)
+        return _model_label(self.model, self.pretrained)
 
 
 def _new_generation():
@@ -362,8 +367,7 @@ class IndexState:
     def model_label(self) -> str:
         """How the model it asks for (the index's, or that of the build) is
         named in messages: ``"ViT-B-32 (laion2b_s34b_b79k)"``."""
-        return (f"{self.model} ({self.pretrained})" if self.pretrained
-                else self.model)
+        return _model_label(self.model, self.pretrained)
 
     @property
     def indexes(self) -> "list[IndexRef]":

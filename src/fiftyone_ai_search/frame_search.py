@@ -23,7 +23,7 @@ from . import validate
 from .index import indexes
 from .index import media
 from .index import targets
-from .index.targets import frame_key, split_frame_key
+from .index.targets import frame_key, frame_video, split_frame_key
 from .query import diverse
 from .query.vectors import image_vector, prompt_vectors
 from .query.walk import diverse_from_index
@@ -414,7 +414,7 @@ def _ranked(store, queries, limit, threshold, scope, best_per_video):
         if best_per_video:
             best = {}
             for key, score in ranked:
-                best.setdefault(key[:24], (key, score))
+                best.setdefault(frame_video(key), (key, score))
             ranked = list(best.values())
         if (len(ranked) >= limit or not best_per_video
                 or fetch >= total):

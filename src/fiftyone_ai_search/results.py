@@ -37,7 +37,7 @@ from . import validate
 from .errors import CollectionNotFoundError
 from .index import media
 from .index import state as st
-from .index.targets import split_frame_key
+from .index.targets import frame_video, split_frame_key
 
 if TYPE_CHECKING:  # for annotations only
     import fiftyone.core.collections as foc
@@ -447,8 +447,9 @@ def get_frame_hits(dataset: fod.Dataset, name: str,
     """
     dataset = media.source_dataset(dataset, "dataset")
     rows = _frame_rows(dataset, name, min_score, max_score, best_per_video)
-    return [{"sample_id": r[0][:24], "frame_number": split_frame_key(r[0])[1],
-             "timestamp": r[3], "score": r[1]} for r in rows]
+    return [{"sample_id": video, "frame_number": number, "timestamp": r[3],
+             "score": r[1]}
+            for r in rows for video, number in [split_frame_key(r[0])]]
 
 
 def get_frame_collection(dataset: fod.Dataset, name: str,
@@ -493,7 +494,7 @@ def _frames_view(dataset, doc, rows):
     frames dataset is named in ``doc``'s ``frames_state``), until it is
     gone or the collection is rewritten: generating them is what opening a
     collection costs (measured in docs/design.md, "Frame collections")."""
-    videos = list(dict.fromkeys(k[:24] for k in doc["sample_ids"]))
+    videos = list(dict.fromkeys(frame_video(k) for k in doc["sample_ids"]))
     state = doc.get("frames_state")
     view = frame_views.frames_of(dataset, _shown(doc, rows),
                                  doc["frames"]["fps"], videos=videos,
@@ -521,7 +522,7 @@ def _frame_rows(dataset, name, min_score, max_score, best_per_video,
         best = {}
         # by score: a diverse collection is in pick order
         for row in sorted(rows, key=lambda r: -r[1]):
-            best.setdefault(row[0][:24], row)
+            best.setdefault(frame_video(row[0]), row)
         rows = list(best.values())
     return rows
 
@@ -652,7 +653,8 @@ def _rows(doc):
 def _shown(doc, rows):
     """The ``(video id, frame number)`` that the frames view of a frame
     collection shows for each of ``rows``."""
-    return [(r[0][:24], r[4] if r[4] is not None else split_frame_key(r[0])[1])
+    return [(frame_video(r[0]),
+             r[4] if r[4] is not None else split_frame_key(r[0])[1])
             for r in rows]
 
 

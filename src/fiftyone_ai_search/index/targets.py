@@ -340,7 +340,12 @@ def frame_key(sample_id: str, frame_number: int) -> str:
 
 def split_frame_key(key: str) -> tuple:
     """``(sample id, frame number)`` of a :func:`frame_key`."""
-    return key[:24], int(key[24:], 16)
+    return frame_video(key), int(key[24:], 16)
+
+
+def frame_video(key: str) -> str:
+    """The sample id of the video of a :func:`frame_key`."""
+    return key[:24]
 
 
 def _list_field(dataset, field):

@@ -38,7 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ..embedding.sampling import FrameSampling, frame_fingerprint
 from ..index import state as st
-from ..index.targets import frame_key
+from ..index.targets import frame_key, frame_video
 from ..store import IndexNotFoundError
 from .images import (
     LOOKUP_CHUNK,
@@ -101,7 +101,8 @@ def _first_frames(store, video_ids):
     video_ids = list(video_ids)
     for start in range(0, len(video_ids), LOOKUP_CHUNK):
         keys = [frame_key(v, 1) for v in video_ids[start:start + LOOKUP_CHUNK]]
-        found.update((k[:24], p) for k, p in store.get_payloads(keys).items())
+        found.update((frame_video(k), p)
+                     for k, p in store.get_payloads(keys).items())
     return found
 
 
@@ -316,7 +317,7 @@ class FrameSynchronizer(ObjectSynchronizer):
         with self.store.session():
             first = _first_frames(self.store, [u.key for u in units])
             held = collections.Counter(
-                key[:24] for key in self.store.keys_where(
+                frame_video(key) for key in self.store.keys_where(
                     SOURCE_KEY, [u.key for u in units]))
         redo = []
         for unit in units:

@@ -138,15 +138,22 @@ def _searcher_main(root, holding, work_done, searcher_done, result):
         searcher_done.set()
 
 
-def test_search_beside_a_writing_and_maintaining_process(tmp_path):
+def _index_with_cells(tmp_path):
+    """An index of N points with its cells (forced on at this size),
+    closed; returns its store."""
     store = EdgeStore(NAME, tmp_path)
     store.ensure(INFO)
     ids = _ids(0, N)
     store.upsert(ids, _base_vectors(), _payloads(ids))
-    store.maintain(min_points=1000)  # cells, forced on at this size
+    store.maintain(min_points=1000)
     cells = store.cells()
     assert cells is not None and cells.searchable
     store.close()
+    return store
+
+
+def test_search_beside_a_writing_and_maintaining_process(tmp_path):
+    _index_with_cells(tmp_path)
 
     holding, work_done, searcher_done = (SPAWN.Event() for _ in range(3))
     result = SPAWN.Queue()
@@ -353,13 +360,7 @@ def _session_searcher(root, holding, asking, ending, result):
 
 
 def _start_session_pair(tmp_path, stay=False):
-    store = EdgeStore(NAME, tmp_path)
-    store.ensure(INFO)
-    ids = _ids(0, N)
-    store.upsert(ids, _base_vectors(), _payloads(ids))
-    store.maintain(min_points=1000)  # cells, forced on at this size
-    assert store.cells().searchable
-    store.close()
+    _index_with_cells(tmp_path)
 
     holding, asking, ending = SPAWN.Event(), SPAWN.Event(), SPAWN.Event()
     done, result = SPAWN.Queue(), SPAWN.Queue()
@@ -510,14 +511,7 @@ def _upkeep_writer(root, holding, asking, ending, go_on, done, result):
 
 def test_an_upkeep_pass_answers_searches_and_puts_its_compaction_off(
         tmp_path):
-    store = EdgeStore(NAME, tmp_path)
-    store.ensure(INFO)
-    ids = _ids(0, N)
-    store.upsert(ids, _base_vectors(), _payloads(ids))
-    store.maintain(min_points=1000)  # cells, forced on at this size
-    assert store.cells().searchable
-    assert not store._compaction_owed()
-    store.close()
+    assert not _index_with_cells(tmp_path)._compaction_owed()
 
     holding, asking, ending, go_on = (SPAWN.Event() for _ in range(4))
     done, result = SPAWN.Queue(), SPAWN.Queue()
@@ -570,7 +564,7 @@ def test_an_upkeep_pass_answers_searches_and_puts_its_compaction_off(
     assert store.count() == N + UNASSIGNED
     assert store.cells().complete
     assert not store._compaction_owed()
-    assert store.query(_base_vectors()[5], LIMIT)[0][0] == ids[5]
+    assert store.query(_base_vectors()[5], LIMIT)[0][0] == _ids(0, N)[5]
     store.close()
 
 

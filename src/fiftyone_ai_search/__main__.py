@@ -12,6 +12,17 @@ import json
 import logging
 import signal
 import sys
+from importlib.metadata import PackageNotFoundError, version
+
+import fiftyone_ai_search as ais
+
+from .embeddings import forget_deleted, maintain_index
+from .errors import AISearchError
+from .index import state as st
+from .index.state import dataset_exists, dataset_key
+from .index.targets import target_of
+from .scheduler import Refresher, refresh_all
+from .sync.images import SyncCancelled
 
 PROG = "fiftyone-ai-search"
 
@@ -52,22 +63,16 @@ class _DropReported(logging.Filter):
 
 
 def _version():
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version("fiftyone-ai-search")
     except PackageNotFoundError:  # a source tree that is not installed
-        from fiftyone_ai_search import __version__
-
-        return __version__
+        return ais.__version__
 
 
 def _load_dataset(name=None, dataset_id=None):
-    import fiftyone as fo
+    import fiftyone as fo  # start-up: --help never loads FiftyOne
 
     if dataset_id is not None:
-        from .index import state as st
-
         dataset = st.load_dataset(dataset_id)
         if dataset is None:
             raise CommandError(f"no dataset with id {dataset_id}")
@@ -82,8 +87,6 @@ def _load_dataset(name=None, dataset_id=None):
 
 def _enabled_dataset(name, patches_field=None):
     """The dataset ``name``, whose AI search (of ``patches_field``) is on."""
-    import fiftyone_ai_search as ais
-
     dataset = _load_dataset(name)
     status = ais.get_status(dataset, counts=False)
     if not status.get("enabled"):
@@ -102,16 +105,7 @@ def _print_json(value):
 
 
 def _cmd_sync(args):
-    import fiftyone_ai_search as ais
-
-    from .sync.images import SyncCancelled
-
     dataset = _load_dataset(args.dataset, args.dataset_id)
-    from .index.targets import target_of
-
-    from .embeddings import maintain_index
-    from .index.state import dataset_exists, dataset_key
-
     frames = getattr(args, "frames", False)
     target = target_of(dataset, args.patches_field, frames=frames)
     name, key = dataset.name, dataset_key(target)
@@ -140,8 +134,6 @@ def _cmd_sync(args):
             raise
         # deleted meanwhile (whatever failed for it): nothing is left to
         # do but to remove what AI search kept of it, and no error
-        from .embeddings import forget_deleted
-
         forget_deleted(key)
         print(f"AI search sync of '{name}' stopped: dataset '{name}' was "
               "deleted; removed its index")
@@ -152,8 +144,6 @@ def _cmd_sync(args):
 
 
 def _cmd_enable(args):
-    import fiftyone_ai_search as ais
-
     dataset = _load_dataset(args.dataset)
     what = _what(args)
     status = ais.enable_embeddings(
@@ -185,8 +175,6 @@ def _what(args):
 
 
 def _cmd_disable(args):
-    import fiftyone_ai_search as ais
-
     dataset = _enabled_dataset(args.dataset, args.patches_field)
     ais.disable_embeddings(dataset, patches_field=args.patches_field)
     print(f"AI search is off for {_what(args)}: its index is deleted "
@@ -194,8 +182,6 @@ def _cmd_disable(args):
 
 
 def _cmd_status(args):
-    import fiftyone_ai_search as ais
-
     dataset = _load_dataset(args.dataset)
     status = ais.get_status(dataset, patches_field=args.patches_field,
                             max_failures=args.max_failures)
@@ -241,8 +227,6 @@ def _pairs(values):
 
 
 def _cmd_search(args):
-    import fiftyone_ai_search as ais
-
     dataset = _enabled_dataset(args.dataset, args.patches_field)
     samples = dataset
     if args.view:
@@ -272,8 +256,6 @@ def _cmd_search(args):
 
 def _print_results(dataset, name, args, min_score=None, max_score=None):
     """The rows of collection ``name``: score, id and file, best first."""
-    import fiftyone_ai_search as ais
-
     view = ais.get_collection(dataset, name, min_score=min_score,
                               max_score=max_score)
     if args.limit:
@@ -296,8 +278,6 @@ def _print_results(dataset, name, args, min_score=None, max_score=None):
 
 
 def _cmd_collections_list(args):
-    import fiftyone_ai_search as ais
-
     rows = ais.list_collections(_load_dataset(args.dataset))
     if args.json:
         _print_json(rows)
@@ -324,8 +304,6 @@ def _cmd_collections_show(args):
 
 
 def _cmd_collections_save(args):
-    import fiftyone_ai_search as ais
-
     dataset = _load_dataset(args.dataset)
     name = ais.save_collection(dataset, args.name, source=args.source,
                                overwrite=args.overwrite,
@@ -335,8 +313,6 @@ def _cmd_collections_save(args):
 
 
 def _cmd_collections_rename(args):
-    import fiftyone_ai_search as ais
-
     ais.rename_collection(_load_dataset(args.dataset), args.name,
                           args.new_name)
     print(f"Renamed collection '{args.name}' of dataset '{args.dataset}' to "
@@ -344,15 +320,11 @@ def _cmd_collections_rename(args):
 
 
 def _cmd_collections_delete(args):
-    import fiftyone_ai_search as ais
-
     ais.delete_collection(_load_dataset(args.dataset), args.name)
     print(f"Deleted collection '{args.name}' of dataset '{args.dataset}'")
 
 
 def _cmd_refresher(args):
-    from .scheduler import Refresher, refresh_all
-
     for name in args.dataset or ():
         # a mistyped name would otherwise be a pass over nothing
         if args.once:
@@ -377,14 +349,14 @@ def _cmd_refresher(args):
 
 
 def _cmd_demo(args):
-    from .demo.quickstart import run_demo
+    from .demo.quickstart import run_demo  # start-up: PIL, for the demo only
 
     run_demo(name=args.name, num_samples=args.num_samples,
              images_dir=args.images_dir)
 
 
 def _cmd_install_plugin(args):
-    from .app.install import install_plugin
+    from .app.install import install_plugin  # start-up: PyYAML
 
     path = install_plugin(plugins_dir=args.plugins_dir)
     print(f"Installed the AI search plugin at {path}")
@@ -616,8 +588,6 @@ def _parser():
 def _is_mistake(error):
     """Whether ``error`` is the caller's mistake or a refusal the package
     explains (one line), not a bug (a traceback)."""
-    from fiftyone_ai_search import AISearchError
-
     return isinstance(error, (CommandError, AISearchError, ValueError))
 
 

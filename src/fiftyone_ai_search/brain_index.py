@@ -15,8 +15,10 @@ import logging
 
 import numpy as np
 from bson import ObjectId
+from PIL import Image
 
 import fiftyone.brain.internal.core.utils as fbu
+import fiftyone.core.collections as foc
 import fiftyone.core.models as fom
 from fiftyone.brain.similarity import DuplicatesMixin, SimilarityIndex
 
@@ -252,8 +254,6 @@ class AISearchSimilarityIndex(SimilarityIndex, DuplicatesMixin):
         super().reload()
 
     def use_view(self, samples, allow_missing=True, warn_missing=False):
-        import fiftyone.core.collections as foc
-
         if not isinstance(samples, foc.SampleCollection):
             got = "None" if samples is None else type(samples).__name__
             raise ValueError(
@@ -974,8 +974,6 @@ class ClipBrainModel(fom.Model, fom.EmbeddingsMixin, fom.PromptMixin):
         return self.embed_all([arg])[0]
 
     def embed_all(self, args):
-        from PIL import Image
-
         # FiftyOne passes uint8 HWC arrays
         return self.clip.encode_pil([
             a if hasattr(a, "convert") else Image.fromarray(np.asarray(a))

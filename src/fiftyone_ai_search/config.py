@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from urllib.parse import unquote_plus
 
 ENV_PREFIX = "FIFTYONE_AI_SEARCH_"
 
@@ -137,8 +138,6 @@ def url_secrets(url):
     Returns:
         a list of str
     """
-    from urllib.parse import unquote_plus
-
     if not url:
         return []
     rest = str(url).partition("://")[2] or str(url)
@@ -274,7 +273,7 @@ class Settings:
 
 
 def _default_storage_dir():
-    import fiftyone.constants as foc
+    import fiftyone.constants as foc  # start-up: FiftyOne, on first use
 
     return os.path.join(foc.FIFTYONE_CONFIG_DIR, "ai_search")
 

@@ -38,7 +38,7 @@ def _brain():
     """The module that keeps the Brain runs. Imported when a run is
     registered or deleted, not with the package: it imports
     ``fiftyone.brain`` (start-up cost)."""
-    from . import brain
+    from . import brain  # start-up: fiftyone.brain
 
     return brain
 

@@ -42,7 +42,7 @@ def grid_stages(video_ids, fps, shown, state=None):
     an earlier view of the same videos (:func:`generated_state`), whose
     frames dataset FiftyOne then reuses if it is still there (None: none
     named, FiftyOne generates one)."""
-    import fiftyone.core.stages as fos
+    import fiftyone.core.stages as fos  # start-up: FiftyOne, on first use
 
     return [
         fos.Select(list(video_ids)),
@@ -111,7 +111,7 @@ def shown_keys_of(view) -> list[tuple] | None:
     """The ``(video id, frame number)`` pairs a frames view built here (by
     :func:`frames_of`, or a frame collection's saved view) shows, from its
     rank stage; None for any other view."""
-    import fiftyone.core.stages as fos
+    import fiftyone.core.stages as fos  # start-up: FiftyOne, on first use
 
     if not getattr(view, "_is_frames", False):
         return None
@@ -137,7 +137,7 @@ def release_generated(stage_strings):
     ``to_frames`` stage's ``_state`` and makes it persistent when it loads
     the view (``load_saved_view``); a frame collection's stages are
     rewritten without it at each search, which would leave it behind."""
-    import fiftyone.core.dataset as fod
+    import fiftyone.core.dataset as fod  # start-up: FiftyOne, on first use
 
     names = []
     for text in stage_strings:

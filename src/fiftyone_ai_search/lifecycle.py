@@ -441,7 +441,7 @@ def calculate_embeddings(dataset: fod.Dataset, force: bool = False,
     if progress is True and not _show_progress_bars():
         progress = None
     if progress is True:
-        from tqdm.auto import tqdm
+        from tqdm.auto import tqdm  # start-up: tqdm, for progress=True
 
         bar = tqdm(desc=f"Embedding '{dataset.name}'",
                    unit="video" if frames else

@@ -44,7 +44,7 @@ FORGET_SECONDS = 7 * 24 * 3600
 
 
 def _coll():
-    import fiftyone.core.odm as foo
+    import fiftyone.core.odm as foo  # start-up: FiftyOne, on first use
 
     return foo.get_db_conn()[COLLECTION]
 
@@ -205,7 +205,7 @@ def start_service(interval_minutes: int | None = None,
     Returns:
         the pid of the service
     """
-    import fiftyone as fo
+    import fiftyone as fo  # start-up: FiftyOne, on first use
 
     settings = get_settings()
     if log_path is None:

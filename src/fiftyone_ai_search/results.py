@@ -26,8 +26,11 @@ not keep the slice that was active when it was saved.
 from __future__ import annotations
 
 import datetime
+import time
+import uuid
 from typing import TYPE_CHECKING
 
+import bson
 import numpy as np
 from bson import json_util
 from pymongo import ReturnDocument
@@ -130,10 +133,6 @@ def write_collection(dataset, name, sample_ids, scores, query=None,
     Returns:
         the name
     """
-    import uuid
-
-    import bson
-
     record = {
         "dataset_id": st.dataset_key(dataset),
         "sample_ids": [str(i) for i in sample_ids],
@@ -176,9 +175,6 @@ VIEW_WAIT_S = 45.0
 def _write_view(dataset, view_doc, key, version):
     """Makes the saved view show the scores document of ``key``, unless a
     newer version supersedes ``version`` (its writer does it then)."""
-    import time
-    import uuid
-
     token = uuid.uuid4().hex
     deadline = time.monotonic() + VIEW_WAIT_S
     while True:
@@ -698,7 +694,7 @@ def is_latest_results(samples: foc.SampleCollection) -> bool:
     Returns:
         True or False
     """
-    import fiftyone.core.stages as fos
+    import fiftyone.core.stages as fos  # start-up: FiftyOne, on first use
 
     if getattr(samples, "_is_frames", False):
         return _is_latest_frames(samples)

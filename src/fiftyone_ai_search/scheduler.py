@@ -269,10 +269,12 @@ class Refresher:
             return
 
         if blocking:
+            # start-up: APScheduler
             from apscheduler.schedulers.blocking import BlockingScheduler
 
             self._scheduler = BlockingScheduler()
         else:
+            # start-up: APScheduler
             from apscheduler.schedulers.background import BackgroundScheduler
 
             self._scheduler = BackgroundScheduler(daemon=True)

@@ -124,10 +124,10 @@ def perturbed_tiny_clip(out_dir, seed=0, scale=0.05):
     Returns:
         the model name, ``"local-dir:<out_dir>"``
     """
-    import torch
-    from safetensors.torch import load_file, save_file
+    import torch  # start-up: torch
+    from safetensors.torch import load_file, save_file  # start-up: torch
 
-    from .demo import DEFAULT_MODEL_DIR
+    from .demo import DEFAULT_MODEL_DIR  # start-up: PIL (the demo world draws)
 
     os.makedirs(out_dir, exist_ok=True)
     shutil.copy(os.path.join(DEFAULT_MODEL_DIR, "open_clip_config.json"),

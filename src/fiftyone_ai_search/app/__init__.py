@@ -5,8 +5,8 @@ from .manifest import PLUGIN_NAME, manifest
 
 def register(plugin):
     """Registers the plugin's operators; called by FiftyOne's plugin loader."""
-    from .operators import OPERATORS
-    from .panel import AISearchPanel
+    from .operators import OPERATORS  # start-up: fiftyone.operators
+    from .panel import AISearchPanel  # start-up: fiftyone.operators
 
     for cls in OPERATORS + (AISearchPanel,):
         plugin.register(cls)

@@ -87,7 +87,7 @@ def install_plugin(plugins_dir=None):
         the plugin directory
     """
     if plugins_dir is None:
-        import fiftyone as fo
+        import fiftyone as fo  # start-up: FiftyOne, on first use
 
         plugins_dir = fo.config.plugins_dir
     if not plugins_dir:

@@ -8,6 +8,12 @@ import os
 import sys
 import time
 
+import fiftyone_ai_search as ais
+from fiftyone_ai_search.app import PLUGIN_NAME
+from fiftyone_ai_search.app.install import install_plugin
+from fiftyone_ai_search.demo import (make_scenes_dataset, make_shapes_dataset,
+                                     tiny_clip_model_name)
+
 # before fiftyone is imported: its bundled mongod on Debian is older than
 # FiftyOne's validation expects, which only matters for a notice
 os.environ.setdefault("FIFTYONE_DATABASE_VALIDATION", "false")
@@ -27,9 +33,6 @@ def run_demo(name="ai-search-demo", num_samples=300, images_dir=None):
     Returns:
         the dataset
     """
-    import fiftyone_ai_search as ais
-    from fiftyone_ai_search.demo import make_shapes_dataset, tiny_clip_model_name
-
     t0 = time.time()
     dataset = make_shapes_dataset(
         name=name,
@@ -80,10 +83,7 @@ def run_demo(name="ai-search-demo", num_samples=300, images_dir=None):
 def _app_plugin():
     """Makes sure FiftyOne's App finds the AI search plugin (installs it
     where it does not); says which."""
-    import fiftyone.plugins as fop
-
-    from fiftyone_ai_search.app import PLUGIN_NAME
-    from fiftyone_ai_search.app.install import install_plugin
+    import fiftyone.plugins as fop  # start-up: FiftyOne, when run
 
     try:
         plugin = fop.get_plugin(PLUGIN_NAME)
@@ -105,8 +105,6 @@ def _first_search(ais, dataset):
 def _object_search(ais, name, images_dir, num_samples=60):
     """Object search: scenes of several boxed shapes, an index of their
     boxes, and the objects that best match a prompt, as patches."""
-    from fiftyone_ai_search.demo import make_scenes_dataset, tiny_clip_model_name
-
     scenes = make_scenes_dataset(name=name, num_samples=num_samples,
                                  images_dir=images_dir, overwrite=True,
                                  persistent=True)

@@ -530,7 +530,7 @@ def make_shapes_dataset(
     Returns:
         a :class:`fiftyone.core.dataset.Dataset`
     """
-    import fiftyone as fo
+    import fiftyone as fo  # start-up: FiftyOne, on first use
 
     dataset, images_dir = _new_dataset(name, persistent, overwrite,
                                        images_dir)
@@ -967,7 +967,7 @@ def make_scenes_dataset(
 
 
 def _scene_sample(path, spec, boxes, label_field):
-    import fiftyone as fo
+    import fiftyone as fo  # start-up: FiftyOne, on first use
 
     detections = [
         fo.Detection(label=s.label, bounding_box=box)

@@ -254,7 +254,7 @@ def one_torch_thread():
 def fewer_torch_threads(count):
     """Runs the block with at most ``count`` torch threads. The thread count
     is restored right after, also when several threads use this at once."""
-    import torch
+    import torch  # start-up: torch
 
     with _THREADS_LOCK:
         if _THREADS["users"] == 0:

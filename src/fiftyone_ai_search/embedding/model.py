@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
 import hashlib
 import json
 import logging
@@ -140,7 +141,7 @@ def resolve_model(model=None, pretrained=None):
             f"Weights file {pretrained!r} (pretrained=) does not exist"
         )
 
-    import open_clip
+    import open_clip  # start-up: open_clip and torch
 
     tag = pretrained.lower().replace("-", "_")  # as open_clip normalises tags
     if not open_clip.get_pretrained_cfg(name, tag):
@@ -194,7 +195,7 @@ class ClipModel:
         Returns:
             a float32 ``np.ndarray`` of shape ``(n, dim)``, L2-normalised
         """
-        import torch
+        import torch  # start-up: torch
 
         batch = torch.as_tensor(batch)
         if batch.shape[0] == 0:
@@ -214,9 +215,9 @@ class ClipModel:
         Returns:
             a float32 ``np.ndarray`` of shape ``(n, dim)``, L2-normalised
         """
-        import torch
+        import torch  # start-up: torch
 
-        from .images import to_rgb
+        from .images import to_rgb  # start-up: PIL
 
         if not images:
             return np.zeros((0, self.dim), dtype=np.float32)
@@ -232,7 +233,7 @@ class ClipModel:
         Returns:
             a float32 ``np.ndarray`` of shape ``(n, dim)``, L2-normalised
         """
-        import torch
+        import torch  # start-up: torch
 
         if isinstance(texts, str):
             texts = [texts]
@@ -264,8 +265,8 @@ def _encode_tokens(module, tokens):
     it; prompts are short and the context is 77 tokens, so this makes prompt
     encoding ~4x faster. Other towers (SigLIP, custom text models) run whole.
     """
-    import open_clip
-    import torch
+    import open_clip  # start-up: open_clip and torch
+    import torch  # start-up: torch
 
     if not (
         type(module) is open_clip.CLIP
@@ -328,7 +329,7 @@ def resolve_device(device=None):
     Returns:
         a ``torch.device``
     """
-    import torch
+    import torch  # start-up: torch
 
     if device is None:
         device = _settings().device
@@ -353,8 +354,8 @@ def clear_model_cache():
 
 
 def _load(spec, device):
-    import torch
-    import open_clip
+    import torch  # start-up: torch
+    import open_clip  # start-up: open_clip and torch
 
     check_weights(spec)
 
@@ -429,7 +430,7 @@ def _embedding_dim(module, image_size, device, dtype):
     if isinstance(dim, int):
         return dim
 
-    import torch
+    import torch  # start-up: torch
 
     # Towers that do not say: ask them
     probe = torch.zeros(1, 3, image_size, image_size, dtype=dtype)
@@ -439,14 +440,12 @@ def _embedding_dim(module, image_size, device, dtype):
 
 
 def _check_model_name(model):
-    import open_clip
+    import open_clip  # start-up: open_clip and torch
 
     # open_clip accepts "ViT-B/32" for "ViT-B-32"
     name = model.replace("/", "-")
     if name in open_clip.list_models():
         return name
-
-    import difflib
 
     names = open_clip.list_models()
     close = difflib.get_close_matches(name, names, n=3)
@@ -553,7 +552,7 @@ def _is_offline():
         return True
 
     try:
-        from huggingface_hub import constants
+        from huggingface_hub import constants  # start-up: huggingface_hub
     except ImportError:
         return False
 
@@ -570,7 +569,7 @@ def _hub_unreachable():
                                        "HTTP_PROXY", "http_proxy",
                                        "ALL_PROXY", "all_proxy")):
         return None
-    from huggingface_hub import constants
+    from huggingface_hub import constants  # start-up: huggingface_hub
 
     url = urllib.parse.urlsplit(constants.ENDPOINT)
     address = (url.hostname, url.port or (
@@ -619,7 +618,7 @@ def _hub_files(spec):
         ]
         return
 
-    import open_clip
+    import open_clip  # start-up: open_clip and torch
 
     cfg = open_clip.get_pretrained_cfg(spec.name, spec.pretrained)
     hub = cfg.get("hf_hub", "")
@@ -638,6 +637,7 @@ def _hub_files(spec):
 
 def _in_hf_cache(repo, names):
     try:
+        # start-up: huggingface_hub
         from huggingface_hub import try_to_load_from_cache
     except ImportError:
         return False
@@ -682,6 +682,7 @@ def _offline_message(spec, error=None):
         reason = f"they are not in the Hugging Face cache, and {error}"
     else:
         reason = f"the download failed ({error})"
+    # start-up: PIL (the demo world draws)
     from ..demo import tiny_clip_model_name
 
     here = [c.key for c in available_models() if c.available]
@@ -790,8 +791,9 @@ def available_models(refresh: bool = False) -> list[ModelChoice]:
     if cached and not refresh and now - cached[0] < _CHOICES_TTL:
         return list(cached[1])
 
-    import open_clip
+    import open_clip  # start-up: open_clip and torch
 
+    # start-up: PIL (the demo world draws)
     from ..demo import tiny_clip_model_name
 
     settings = _settings()

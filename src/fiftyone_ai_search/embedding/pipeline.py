@@ -336,7 +336,7 @@ def _model_threads(model, bottleneck, num_workers):
     if num_workers < 1 or device != "cpu" or not bottleneck.decoding:
         return contextlib.nullcontext()
 
-    import torch
+    import torch  # start-up: torch
 
     return fewer_torch_threads(max(1, torch.get_num_threads() - num_workers))
 

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 import traceback
+import warnings
 
 from .decode import Decoder
 
@@ -641,8 +642,6 @@ def _worker_main():
     try:
         _, parent_path = _read_message(source)
         sys.path[:0] = [p for p in parent_path if p not in sys.path]
-
-        import warnings
 
         # Reasons are reported per image; PIL's warnings would be noise
         warnings.simplefilter("ignore")

@@ -66,7 +66,7 @@ def source_dataset(samples, arg="samples"):
         ValueError: if ``samples`` is not a dataset or a view
         UnsupportedMediaError: for frames and clips views (of videos)
     """
-    import fiftyone.core.collections as foc
+    import fiftyone.core.collections as foc  # start-up: FiftyOne, on first use
 
     if not isinstance(samples, foc.SampleCollection):
         got = "None" if samples is None else type(samples).__name__

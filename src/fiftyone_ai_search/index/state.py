@@ -47,6 +47,7 @@ the computation lets go, so that a new enable waits for it.
 
 import dataclasses
 import datetime
+import hashlib
 import logging
 import os
 import socket
@@ -55,6 +56,7 @@ import uuid
 from typing import TYPE_CHECKING
 
 import pymongo
+from bson import ObjectId
 
 from ..errors import AISearchError, StateDamagedError
 from ..store import base
@@ -107,7 +109,7 @@ def utcnow():
 def database():
     """FiftyOne's MongoDB database, where the state, failures and results'
     scores are kept (fiftyone is imported when first needed: start-up)."""
-    import fiftyone.core.odm as foo
+    import fiftyone.core.odm as foo  # start-up: FiftyOne, on first use
 
     return foo.get_db_conn()
 
@@ -225,8 +227,6 @@ def index_name(key, generation):
         # (an image dataset's object index of a field named "frames" is
         # named below: no two targets of one dataset share a name)
         return f"dataset_{dataset_id}_frames_{generation}"
-    import hashlib
-
     tag = hashlib.sha1(field.encode()).hexdigest()[:10]
     return f"dataset_{dataset_id}_objects_{tag}_{generation}"
 
@@ -390,7 +390,7 @@ class IndexState:
 
 def load_dataset(key):
     """The dataset whose id is ``key``, or None if it no longer exists."""
-    import fiftyone as fo
+    import fiftyone as fo  # start-up: FiftyOne, on first use
 
     found = _dataset_doc(key)
     return fo.load_dataset(found["name"]) if found else None
@@ -403,8 +403,6 @@ def dataset_exists(key):
 
 
 def _dataset_doc(dataset_id):
-    from bson import ObjectId
-
     return database().datasets.find_one({"_id": ObjectId(dataset_id)},
                                    {"name": 1})
 

@@ -43,7 +43,7 @@ FRAMES = "frames"
 
 
 def _object_types():
-    import fiftyone.core.labels as fol
+    import fiftyone.core.labels as fol  # start-up: FiftyOne, on first use
 
     # the label list types FiftyOne's patches views are made of
     return {

@@ -306,7 +306,7 @@ def _one_thread():
 
 
 def _fit_kmeans(x, k, seed):
-    from sklearn.cluster import KMeans
+    from sklearn.cluster import KMeans  # start-up: scikit-learn
 
     k = min(k, len(x))
     if k == 1:
@@ -356,8 +356,8 @@ def _fit_dbscan(x, seed):
     k-distance curve of (the start of) the fit sample, which is random
     already; any point then joins the cluster of its nearest core point if
     that is within eps, else it is noise."""
-    from sklearn.cluster import DBSCAN
-    from sklearn.neighbors import NearestNeighbors
+    from sklearn.cluster import DBSCAN  # start-up: scikit-learn
+    from sklearn.neighbors import NearestNeighbors  # start-up: scikit-learn
 
     reduce = _reducer(x, seed)
     z = reduce(x)
@@ -396,7 +396,7 @@ def _reducer(x, seed):
     fitted on ``x``."""
     if x.shape[1] <= DBSCAN_MAX_DIMS or len(x) <= DBSCAN_MAX_DIMS:
         return lambda v: np.asarray(v, dtype=np.float32)
-    from sklearn.decomposition import PCA
+    from sklearn.decomposition import PCA  # start-up: scikit-learn
 
     pca = PCA(n_components=DBSCAN_MAX_DIMS, random_state=seed).fit(x)
     return lambda v: pca.transform(v).astype(np.float32)

@@ -82,7 +82,7 @@ def reference_vectors(target, store, image_ids):
 
 
 def image_vector(model, image):
-    from ..embedding.pipeline import embed_images
+    from ..embedding.pipeline import embed_images  # start-up: PIL
 
     if isinstance(image, str):
         (batch,) = list(embed_images(model, [("image", image)], num_workers=0))

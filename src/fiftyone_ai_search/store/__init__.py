@@ -48,7 +48,7 @@ def open_store(name, settings):
         a :class:`VectorStore`
     """
     if settings.backend == "edge":
-        from .edge import EdgeStore
+        from .edge import EdgeStore  # start-up: qdrant-edge
 
         if not settings.storage_dir:
             raise ValueError("The embedded backend needs a storage_dir")
@@ -57,7 +57,7 @@ def open_store(name, settings):
         )
 
     if settings.backend == "server":
-        from .server import ServerStore
+        from .server import ServerStore  # start-up: qdrant-client
 
         return ServerStore(
             name, url=settings.qdrant_url, api_key=settings.qdrant_api_key,
@@ -71,11 +71,11 @@ def open_store(name, settings):
 def __getattr__(name):
     # qdrant-client takes ~1 s to import: load backends only when used
     if name == "EdgeStore":
-        from .edge import EdgeStore
+        from .edge import EdgeStore  # start-up: qdrant-edge
 
         return EdgeStore
     if name == "ServerStore":
-        from .server import ServerStore
+        from .server import ServerStore  # start-up: qdrant-client
 
         return ServerStore
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -316,7 +316,7 @@ def _bf16_matmul():
     if _bf16 is None:
         _bf16 = False
         try:
-            import torch
+            import torch  # start-up: torch
 
             if (torch.backends.mkldnn.is_available()
                     and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
@@ -379,7 +379,7 @@ def learn(sample, k, seed=0, iterations=ITERATIONS):
     Returns:
         a ``(k, dim)`` float32 array of unit centres
     """
-    from scipy import sparse
+    from scipy import sparse  # start-up: SciPy
 
     x = np.ascontiguousarray(sample, dtype=np.float32)
     n = len(x)

@@ -169,7 +169,7 @@ class ExistingEmbeddings:
             ExistingEmbeddingsError: if they disagree, or the source holds
                 no usable vector at all
         """
-        from ..embedding.pipeline import embed_images
+        from ..embedding.pipeline import embed_images  # start-up: PIL
 
         samples = media.indexed_samples(self.dataset)
         candidates = samples.limit(50 * CHECK_SAMPLES).values(

@@ -164,6 +164,7 @@ class FrameSynchronizer(ObjectSynchronizer):
     def _embed(self, todo, report):
         """Embeds and commits the frames of ``todo`` (videos), each video
         completed by its frame 1."""
+        # start-up: PIL
         from ..embedding.pipeline import VideoEnd, embed_videos
 
         if not todo:

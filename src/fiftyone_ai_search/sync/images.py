@@ -148,7 +148,7 @@ def _last_deletion_at(dataset):
 def edited_since(dataset, watermark):
     """The indexed samples created or edited after ``watermark`` (all if
     None); see :func:`fiftyone_ai_search.index.media.indexed_samples`."""
-    from fiftyone import ViewField as F
+    from fiftyone import ViewField as F  # start-up: FiftyOne, on first use
 
     # all image slices of a grouped dataset, not only its active one
     samples = media.indexed_samples(dataset)
@@ -737,7 +737,7 @@ class Synchronizer:
 
     def _embed(self, todo, report):
         """Embeds and commits ``todo`` (a page of :meth:`_diff`)."""
-        from ..embedding.pipeline import embed_images
+        from ..embedding.pipeline import embed_images  # start-up: PIL
 
         if not todo:
             return
@@ -777,7 +777,7 @@ class Synchronizer:
     def _reuse(self, items, meta, report):
         """Stores the existing vectors of ``items`` instead of embedding
         them; returns the items left to embed."""
-        from ..embedding.pipeline import EmbeddedBatch
+        from ..embedding.pipeline import EmbeddedBatch  # start-up: PIL
 
         left = []
         chunk = self.settings.batch_size * 8

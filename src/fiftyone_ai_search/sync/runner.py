@@ -268,7 +268,7 @@ def start_background(dataset, force=False, verify_files=False, secrets=None):
     settings = get_settings(secrets=secrets)
     env = dict(os.environ)
     env.update({k: v for k, v in (secrets or {}).items() if v})
-    import fiftyone as fo
+    import fiftyone as fo  # start-up: FiftyOne, on first use
 
     # the worker must reach the same database as this process
     if fo.config.database_uri:

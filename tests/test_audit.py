@@ -274,7 +274,7 @@ def test_recent_queries_are_a_bounded_ring_that_survives_a_torn_file(
         indexed):
     """At most recent.SIZE, the latest last; a file torn by a crash reads as
     none, and the next search writes a whole one; they go with the index."""
-    from fiftyone_ai_search.store import recent
+    from fiftyone_ai_search.store import recent, recent_ring
 
     index, _, _ = indexed
     queries = prompts(recent.SIZE + 6, seed=11, gap=1.0)
@@ -283,7 +283,7 @@ def test_recent_queries_are_a_bounded_ring_that_survives_a_torn_file(
     kept = index.recent_queries()
     assert len(kept) == recent.SIZE
     np.testing.assert_allclose(kept, queries[6:], atol=2e-3)
-    path = os.path.join(index.path, recent.FILE)
+    path = os.path.join(index.path, recent_ring.FILE)
     with open(path, "wb") as f:
         f.write(b"\x93NUMPY torn")
     assert len(index.recent_queries()) == 0
@@ -330,3 +330,66 @@ def test_the_audited_images_are_not_the_points_the_cells_were_learned_from():
         learned = set(upkeep.learning_buckets(n).tolist())
         audited = set(audit.image_buckets(n, audit.IMAGE_QUERIES).tolist())
         assert audited and learned and not learned & audited, n
+
+
+def _rule_of(rule):
+    """What an audit chose and estimated (not when, nor how long)."""
+    return {key: rule[key] for key in ("edges", "depths", "margins",
+                                       "estimates", "points", "recent")}
+
+
+@SERVER_SLOW
+def test_the_pass_that_learns_the_cells_takes_the_audits_exact_answers(
+        store):
+    """The pass that learns the cells reads every vector: it takes the
+    audit's exact top-k there, and the audit after it runs no exact search.
+    Same answers, so the same rule and estimates, as the exact searches
+    give; duplicated points tie everywhere (they have the same cell)."""
+    x, _ = clustered(4000)
+    x = np.vstack([x, x[:800]])  # ties: 800 points stored twice
+    ids = make_ids(len(x))
+    store.ensure(INFO)
+    store.upsert(ids, x, [{} for _ in ids])
+    texts = prompts(40, seed=3, gap=2.0)
+    exact = audit.ExactTopK(store, lambda: texts, k=50, image_queries=60)
+    store.maintain(min_points=1000, exact=exact)
+    assert exact.seen == len(x) and exact.holds(store.cells(), len(x), 50)
+    # each query's top-50 cells, as the exact searches find them
+    known = store.cells()
+    searched = store._exact_neighbour_vectors(exact.queries, 50)
+    for query, found, vectors in zip(exact.queries, exact.neighbour_cells(),
+                                     searched):
+        assert sorted(found) == sorted(known.assign(vectors))
+    from_pass = audit.audit(store, texts, k=50, image_queries=60,
+                            exact=exact)
+    assert from_pass["truth"] == "pass"  # no exact search
+    searched = audit.audit(store, texts, k=50, image_queries=60)
+    assert searched["truth"] == "searches"
+    assert _rule_of(from_pass) == _rule_of(searched)
+    assert from_pass["estimates"]["image"]["queries"] == 60
+
+
+@SERVER_SLOW
+def test_an_audit_after_a_pass_that_did_not_read_every_point_searches(
+        indexed):
+    """A pass that assigns only new points, or an index written to after
+    the pass, leaves the audit its exact searches."""
+    index, ids, x = indexed
+    texts = prompts(20, seed=3, gap=2.0)
+    exact = audit.ExactTopK(index, texts, k=20, image_queries=20)
+    more = unit(np.random.default_rng(3).standard_normal((50, DIM)))
+    index.upsert(make_ids(len(x) + 50)[len(x):], more, [{} for _ in more])
+    index.maintain(min_points=1000, exact=exact)  # the new points only
+    assert exact.queries is None
+    assert audit.audit(index, texts, k=20, image_queries=20,
+                       exact=exact)["truth"] == "searches"
+    # the answers of a pass that learned, then a point written after it
+    index.drop()
+    index.ensure(INFO)
+    index.upsert(ids, x, [{} for _ in ids])
+    exact = audit.ExactTopK(index, texts, k=20, image_queries=20)
+    index.maintain(min_points=1000, exact=exact)
+    assert exact.holds(index.cells(), len(x), 20)
+    index.upsert(make_ids(len(x) + 1)[len(x):], more[:1], [{}])
+    assert audit.audit(index, texts, k=20, image_queries=20,
+                       exact=exact)["truth"] == "searches"

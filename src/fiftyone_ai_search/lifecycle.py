@@ -506,10 +506,14 @@ def maintain_index(dataset: fod.Dataset, settings: Settings | None = None,
         return 0
     sweep_orphaned_scores(targets.dataset_of(dataset))
     store = indexes.open_ref(doc.index, settings)
+    # a pass that learns the cells takes the audit's exact answers
+    exact = audit.ExactTopK(
+        store, lambda: audit_prompts.vectors(doc.index, settings))
     try:
         done = store.maintain(
-            min_points=cells.MIN_POINTS if min_points is None else min_points)
-        _audit_if_due(store, doc, settings)
+            min_points=cells.MIN_POINTS if min_points is None else min_points,
+            exact=exact)
+        _audit_if_due(store, doc, settings, exact)
         return done
     except IndexNotFoundError:
         return 0  # replaced by a rebuild meanwhile: its own upkeep follows
@@ -517,21 +521,25 @@ def maintain_index(dataset: fod.Dataset, settings: Settings | None = None,
         store.close()
 
 
-def _audit_if_due(store, doc, settings):
+def _audit_if_due(store, doc, settings, exact=None):
     """Audits the recall of the approximate search (see
     :mod:`fiftyone_ai_search.store.audit`) when its cells are new or the
     index grew: prompts encoded by the index's own model, and stored
-    vectors."""
+    vectors; with the exact answers that the pass which learned the cells
+    took (``exact``, an :class:`~fiftyone_ai_search.store.audit.ExactTopK`)
+    where it read every point, else by exact searches."""
     known = store.cells()
     if not audit.due(known, store.estimate_count()):
         return
     # as the sync stored them: the model is loaded only where none did
-    texts = audit_prompts.vectors(doc.index, settings)
-    rule = audit.audit(store, texts)
+    # (and once: the pass that learned may have asked for them)
+    texts = (exact.texts() if exact is not None
+             else audit_prompts.vectors(doc.index, settings))
+    rule = audit.audit(store, texts, exact=exact)
     if rule is not None:
         logger.info("AI search index '%s': approximate search audited in "
-                    "%.1f s: %s", store.name, rule["seconds"],
-                    rule["estimates"])
+                    "%.1f s (exact top-k from %s): %s", store.name,
+                    rule["seconds"], rule["truth"], rule["estimates"])
 
 
 def get_embeddings_in_progress(dataset: fod.Dataset,

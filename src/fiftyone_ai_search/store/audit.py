@@ -130,7 +130,8 @@ def due(known, num_points):
     return rule is None or num_points >= (1 + REAUDIT_GROWTH) * rule["points"]
 
 
-def audit(store, text_vectors, seed=0, k=K, image_queries=IMAGE_QUERIES):
+def audit(store, text_vectors, seed=0, k=K, image_queries=IMAGE_QUERIES,
+          exact=None):
     """Measures the recall of the approximate search of ``store`` on its
     own data, chooses the probe rule that holds :data:`TARGET`, and stores
     both with its cells.
@@ -149,6 +150,10 @@ def audit(store, text_vectors, seed=0, k=K, image_queries=IMAGE_QUERIES):
         seed (0): the seed of the sample of image queries
         k (K): the k of recall@k
         image_queries (IMAGE_QUERIES): how many stored vectors to audit
+        exact (None): an :class:`ExactTopK` that the upkeep pass which
+            learned the cells gathered: its queries and their exact top-k
+            are used where it read every point of these cells (else the
+            audit draws its queries and searches them exactly)
 
     Returns:
         the rule stored (a dict, see :func:`choose`), or None when the
@@ -159,18 +164,19 @@ def audit(store, text_vectors, seed=0, k=K, image_queries=IMAGE_QUERIES):
         return None
     start = time.monotonic()
     num_points = store.count()
-    _, images = store.get_bucket_vectors(
-        image_buckets(num_points, image_queries, seed))
-    images = images[:image_queries]
-    texts = _unit(np.atleast_2d(text_vectors))
-    recent = store.recent_queries()
+    found = None
+    if exact is not None and exact.holds(known, num_points, k):
+        # the queries whose exact top-k the pass took, and its answers
+        queries, kinds = exact.queries, exact.kinds
+        found = exact.neighbour_cells()
+    else:
+        queries, kinds = _queries(store, num_points, text_vectors, seed,
+                                  image_queries)
+    recent = kinds.count("recent")
     # all at once: the exact searches of a batch share a pass over the
     # points (see _measure)
-    measured = _measure(
-        store, known, np.concatenate([images, texts, _unit(recent)]),
-        ["image"] * len(images) + ["text"] * len(texts)
-        + ["recent"] * len(recent), k)
-    if len(recent):
+    measured = _measure(store, known, queries, kinds, k, found)
+    if recent:
         floor = _image_floor(measured)
         for m in measured:
             if m.kind == "recent":
@@ -178,14 +184,148 @@ def audit(store, text_vectors, seed=0, k=K, image_queries=IMAGE_QUERIES):
     rule, estimates = settle(measured, len(known))
     rule.update(
         k=k, target=TARGET, points=num_points, measured_at=time.time(),
-        seconds=round(time.monotonic() - start, 3), recent=len(recent),
+        seconds=round(time.monotonic() - start, 3), recent=recent,
         estimates=estimates,
+        # where the exact top-k came from: the upkeep pass that read every
+        # vector (its share of that pass: exact.seconds), or exact searches
+        truth="pass" if found is not None else "searches",
     )
     now = store.cells()
     if now is None or now.generation != known.generation:
         return None  # learned again meanwhile: its own audit follows
     store._write_cells(dataclasses.replace(now, rule=rule))
     return rule
+
+
+def _queries(store, num_points, text_vectors, seed, image_queries):
+    """The audit's queries of ``store`` (``num_points`` points): unit rows
+    and their kinds (``image``, ``text``, ``recent``): a seeded sample of
+    its vectors (see :func:`image_buckets`), ``text_vectors``, and the
+    user's recent queries that the index kept."""
+    _, images = store.get_bucket_vectors(
+        image_buckets(num_points, image_queries, seed))
+    images = images[:image_queries]
+    texts = _unit(np.atleast_2d(text_vectors))
+    recent = store.recent_queries()
+    return (np.concatenate([images, texts, _unit(recent)]),
+            ["image"] * len(images) + ["text"] * len(texts)
+            + ["recent"] * len(recent))
+
+
+class ExactTopK:
+    """The exact top-k of the audit's queries, taken by the upkeep pass
+    that learns the cells (see
+    :func:`~fiftyone_ai_search.store.upkeep.maintain`'s ``exact``).
+
+    That pass reads every vector to give it its cell; the audit after it
+    searched every vector again, exactly, for each of its queries (at 1M
+    points 10.8 s of one core for 200 queries, the engine holding the GIL;
+    ~129 s at 10M). The queries are known before the pass, so as each
+    stretch of vectors is given its cells (in the pass's worker thread:
+    numpy's product, without the GIL) it is also scored against them, and
+    each query keeps its running top-k with those points' cells: what the
+    audit wants of its exact searches (see :func:`_measure`).
+
+    It stands for the exact searches only where the pass read every point
+    of the cells the audit measures, once: :meth:`holds`. A pass that
+    assigns only new points, or an index written to during the pass
+    (points given their cell by their writer, not read by the pass; points
+    deleted or written twice), leaves the audit its exact searches.
+
+    Equal scores: the point read first is kept (the exact search's choice
+    among equal scores is the engine's; equal vectors have the same cell,
+    so the estimate does not depend on it).
+
+    Args:
+        store: the store the pass maintains
+        text_vectors: the text queries (see :func:`audit`), or a callable
+            that gives them: called only once the pass has learned cells
+        seed (0): the seed of the sample of image queries
+        k (K): the k of recall@k
+        image_queries (IMAGE_QUERIES): how many stored vectors to audit
+    """
+
+    def __init__(self, store, text_vectors, seed=0, k=K,
+                 image_queries=IMAGE_QUERIES):
+        self._store = store
+        self._texts = text_vectors
+        self._seed = seed
+        self.k = k
+        self._image_queries = image_queries
+        self.queries = None
+        self.kinds = None
+        #: the generation of the cells the pass assigned
+        self.generation = None
+        #: points scored
+        self.seen = 0
+        #: CPU seconds its scoring took in the pass (the worker thread's)
+        self.seconds = 0.0
+
+    def texts(self):
+        """The text queries (encoded once)."""
+        if callable(self._texts):
+            self._texts = self._texts()
+        return self._texts
+
+    def start(self, known):
+        """Draws the audit's queries: called by the pass once it has
+        learned ``known``, before it assigns every point to them."""
+        store = self._store
+        self.queries, self.kinds = _queries(
+            store, store.count(), self.texts(), self._seed,
+            self._image_queries)
+        self.queries = np.ascontiguousarray(self.queries, dtype=np.float32)
+        self.generation = known.generation
+        self.seen = 0
+        n = len(self.queries)
+        self._scores = np.full((n, self.k), -np.inf, dtype=np.float32)
+        self._cells = np.full((n, self.k), -1, dtype=np.int64)
+        return self
+
+    def add(self, rows, cells):
+        """Scores the stored ``rows`` (as the engine scores them: as stored,
+        unit up to float32 rounding) given ``cells``, against the queries,
+        and keeps each query's best k."""
+        began = time.thread_time()
+        self.seen += len(rows)
+        if not len(rows) or not len(self.queries):
+            return
+        scores = self.queries @ rows.T  # (queries, rows)
+        # only the rows that beat a query's k-th so far (after the first
+        # stretches, a few per query): its k-th wins a tie, read first
+        qi, ri = np.nonzero(scores > self._scores[:, -1:])
+        if len(qi):
+            counts = np.bincount(qi, minlength=len(scores))
+            # each query's candidates side by side, in reading order
+            at = np.arange(len(qi)) - np.repeat(np.cumsum(counts) - counts,
+                                                counts)
+            width = int(counts.max())
+            new_scores = np.full((len(scores), width), -np.inf,
+                                 dtype=np.float32)
+            new_scores[qi, at] = scores[qi, ri]
+            new_cells = np.full((len(scores), width), -1, dtype=np.int64)
+            new_cells[qi, at] = np.asarray(cells, dtype=np.int64)[ri]
+            both = np.concatenate([self._scores, new_scores], axis=1)
+            # stable: among equal scores the point read first stays
+            best = np.argsort(-both, axis=1, kind="stable")[:, : self.k]
+            self._scores = np.take_along_axis(both, best, axis=1)
+            self._cells = np.take_along_axis(
+                np.concatenate([self._cells, new_cells], axis=1), best,
+                axis=1)
+        self.seconds += time.thread_time() - began
+
+    def holds(self, known, num_points, k):
+        """Whether its answers are the exact searches' for ``known`` cells
+        of an index of ``num_points`` points: the pass assigned these
+        cells, and scored as many points as the index holds."""
+        return (self.queries is not None and k == self.k
+                and known.generation == self.generation
+                and self.seen == num_points)
+
+    def neighbour_cells(self):
+        """Each query's exact top-k's cells (as ``known.assign`` gives
+        them), best first."""
+        return [c[c >= 0] for c in self._cells]
 
 
 def image_buckets(num_points, count, seed=0):
@@ -353,18 +493,24 @@ def _estimate(pairs, num_cells):
     }
 
 
-def _measure(store, known, queries, kinds, k):
+def _measure(store, known, queries, kinds, k, found=None):
     """The :class:`_Measured` of each of the unit rows ``queries`` (of
-    ``kinds``): their exact top-k searched together, with the neighbours'
-    vectors (one pass over the points a batch, no read of the hits
-    after), and the neighbours' cells given by one product."""
+    ``kinds``): their exact top-k's cells, ``found`` (of
+    :meth:`ExactTopK.neighbour_cells`), else searched together, with the
+    neighbours' vectors (one pass over the points a batch, no read of the
+    hits after), and the neighbours' cells given by one product."""
     if not len(queries):
         return []
-    neighbours = store._exact_neighbour_vectors(queries, k)
-    # each neighbour's cell: the nearest centre, as maintain gave it
-    counts = [len(v) for v in neighbours]
-    cells = (known.assign(np.concatenate(neighbours)) - known.offset
-             if sum(counts) else np.zeros(0, dtype=np.int64))
+    if found is None:
+        neighbours = store._exact_neighbour_vectors(queries, k)
+        # each neighbour's cell: the nearest centre, as maintain gave it
+        counts = [len(v) for v in neighbours]
+        cells = (known.assign(np.concatenate(neighbours)) - known.offset
+                 if sum(counts) else np.zeros(0, dtype=np.int64))
+    else:
+        counts = [len(c) for c in found]
+        cells = (np.concatenate(found) - known.offset if sum(counts)
+                 else np.zeros(0, dtype=np.int64))
     out = []
     for vector, kind, part in zip(queries, kinds, np.split(
             cells, np.cumsum(counts)[:-1])):

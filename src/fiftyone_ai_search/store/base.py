@@ -684,7 +684,8 @@ class VectorStore(abc.ABC):
         return self._read_cells()
 
     @abc.abstractmethod
-    def maintain(self, min_points=cl.MIN_POINTS, seed=0, progress=None):
+    def maintain(self, min_points=cl.MIN_POINTS, seed=0, progress=None,
+                 exact=None):
         """Background upkeep of the approximate search: learns the cells
         once the index holds ``min_points`` points, and gives every point
         written without its cell the right one. Searches meanwhile stay
@@ -702,6 +703,10 @@ class VectorStore(abc.ABC):
             seed (0): the random seed of the learning sample and the k-means
             progress (None): called as ``progress(done, total)`` while points
                 are assigned
+            exact (None): an
+                :class:`~fiftyone_ai_search.store.audit.ExactTopK`: a pass
+                that learns the cells takes the audit's exact answers as it
+                reads every vector
 
         Returns:
             the number of points given a cell

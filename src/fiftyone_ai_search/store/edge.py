@@ -1115,10 +1115,11 @@ class EdgeStore(VectorStore):
 
     # -- cells ---------------------------------------------------------------
 
-    def maintain(self, min_points=cl.MIN_POINTS, seed=0, progress=None):
+    def maintain(self, min_points=cl.MIN_POINTS, seed=0, progress=None,
+                 exact=None):
         # the upkeep both backends share (upkeep.py), on this one's hooks
         try:
-            return upkeep.maintain(self, min_points, seed, progress)
+            return upkeep.maintain(self, min_points, seed, progress, exact)
         finally:
             # the reads ahead of the pass's scans end with it, whatever
             # ended it

@@ -490,9 +490,10 @@ class ServerStore(VectorStore):
 
     # -- cells ---------------------------------------------------------------
 
-    def maintain(self, min_points=cl.MIN_POINTS, seed=0, progress=None):
+    def maintain(self, min_points=cl.MIN_POINTS, seed=0, progress=None,
+                 exact=None):
         # the upkeep both backends share (upkeep.py), on this one's hooks
-        return upkeep.maintain(self, min_points, seed, progress)
+        return upkeep.maintain(self, min_points, seed, progress, exact)
 
     @property
     def _cells_key(self):

@@ -91,11 +91,15 @@ class Upkept(Protocol):
 
 
 def maintain(store: Upkept, min_points: int = cl.MIN_POINTS, seed: int = 0,
-             progress: Optional[Callable] = None) -> int:
+             progress: Optional[Callable] = None, exact=None) -> int:
     """Background upkeep of the approximate search of ``store``: learns
     the cells once the index holds ``min_points`` points, and gives every
     point written without its cell the right one (see
     :meth:`fiftyone_ai_search.store.VectorStore.maintain`).
+
+    ``exact`` (an :class:`~fiftyone_ai_search.store.audit.ExactTopK`, or
+    None) takes the audit's exact answers in a pass that learns the cells:
+    it reads every vector anyway (see :func:`_cells_of`).
 
     Returns:
         the number of points given a cell
@@ -141,10 +145,13 @@ def maintain(store: Upkept, min_points: int = cl.MIN_POINTS, seed: int = 0,
     # written behind the scan meanwhile are found by one more scan from
     # the first point, which ends the pass when it finds none
     after = None
+    # only a pass that learned gives every point its cell
+    exact = exact.start(known) if learned and exact is not None else None
     with concurrent.futures.ThreadPoolExecutor(
             1, thread_name_prefix="ai-search-assign") as assigner:
         while True:
-            records = _assign_round(store, known, lacking, after, assigner)
+            records = _assign_round(store, known, lacking, after, assigner,
+                                    exact)
             if records is None:
                 if after is None:
                     break
@@ -187,10 +194,11 @@ def maintain(store: Upkept, min_points: int = cl.MIN_POINTS, seed: int = 0,
     return done
 
 
-def _assign_round(store, known, lacking, after, assigner):
+def _assign_round(store, known, lacking, after, assigner, exact=None):
     """Gives their cell of ``known`` to the next :data:`ASSIGN_CHUNK`
     points lacking one (values ``lacking``), from the point id ``after``
-    on; returns their records, or None when there were none."""
+    on, scored for ``exact`` too (see :func:`_cells_of`); returns their
+    records, or None when there were none."""
     # one session a round: an embedded index stays open from one round to
     # the next, else it would be closed and opened twice a round (~2.5 s
     # each at 1M points); it is still handed over between rounds to
@@ -204,8 +212,8 @@ def _assign_round(store, known, lacking, after, assigner):
         # stretch is converted: at 1M points the conversion (17 s) and the
         # products (11 s on 2 cores) took 28 s one after the other. A cell
         # is the most similar centre: any positive length
-        pending = [assigner.submit(known.assign, store._stored_rows(
-            records[start : start + ASSIGN_STRETCH], unit=False))
+        pending = [assigner.submit(_cells_of, known, store._stored_rows(
+            records[start : start + ASSIGN_STRETCH], unit=False), exact)
             for start in range(0, len(records), ASSIGN_STRETCH)]
         where = np.concatenate([p.result() for p in pending])
         ids = [str(r.id) for r in records]
@@ -213,6 +221,19 @@ def _assign_round(store, known, lacking, after, assigner):
         # cell from its writer
         store._set_field(cl.CELL_KEY, _grouped(ids, where), lacking)
     return records
+
+
+def _cells_of(known, rows, exact):
+    """The cells of ``known`` of a stretch of ``rows``; and where the pass
+    takes the audit's exact answers (``exact``, see
+    :class:`~fiftyone_ai_search.store.audit.ExactTopK`), the rows scored
+    against its queries, in the same worker thread (one product, no GIL):
+    the audit's exact searches of every vector again cost 10.8 s of one
+    core at 1M points (the engine holds the GIL), ~129 s at 10M."""
+    where = known.assign(rows)
+    if exact is not None:
+        exact.add(rows, where)
+    return where
 
 
 def _learn(store, total, seed, previous):

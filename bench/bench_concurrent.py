@@ -34,8 +34,10 @@ engine calls, the stretches its threads got no GIL, the requests it
 answered and how), printed for each search of 300 ms or more.
 
 Prints searcher p50 / p95 / max latency and writer commits/s, alone and
-together, the searches that fell within the large write and the upkeep pass,
-the large write's batch times, how the searcher's searches were answered (by
+together, the searches that fell within the large write, the upkeep pass
+and its compaction (on a copy beside the holder where it can, see
+``fiftyone_ai_search.store.compaction``: its copy, optimize and swap with
+the reopening timed), the large write's batch times, how the searcher's searches were answered (by
 its own shard, or by the holder of the shard, see
 ``fiftyone_ai_search.store.edge``), CPU seconds and the load average of each
 phase. The points the writer added are deleted at the end, so the index is
@@ -318,6 +320,15 @@ class Tracer:
         self.events = []
         self._edge = edge
         tracer = self
+        step_at = [time.time()]
+
+        def compact_step(step):
+            # the steps of a compaction beside (copy, child, swap)
+            now = time.time()
+            tracer._add("compact", f"beside: until {step}", step_at[0], now)
+            step_at[0] = now
+
+        edge._compact_hook = compact_step
 
         class Shard:
             """A Qdrant Edge shard whose calls are timed."""
@@ -376,7 +387,7 @@ class Tracer:
                             time.time())
 
         def traced_compact(store):
-            start = time.time()
+            start = step_at[0] = time.time()
             try:
                 return compact(store)
             finally:
@@ -435,6 +446,18 @@ def role_writer(args):
     from fiftyone_ai_search.store import edge
 
     tracer = Tracer() if args.trace else None
+    # when a compaction beside ran (wall times), for the searches within
+    beside, compacted_at = edge.EdgeStore._compact_beside, []
+
+    def timed_beside(store, shared):
+        start = time.time()
+        done = beside(store, shared)
+        if done:
+            compacted_at.append({"from": start, "to": time.time(),
+                                 **edge.stats["last_compaction"]})
+        return done
+
+    edge.EdgeStore._compact_beside = timed_beside
     store = _store(args)
     world, rng = _world(), np.random.default_rng(args.first_id)
     commits, commit_s, maintain_s, block, extra = 0, [], None, None, 0
@@ -472,11 +495,13 @@ def role_writer(args):
                 next_id += block["points"]
                 extra += block["points"]
             before = {k: edge.stats.get(k, 0) for k in (
-                "served", "side_reads", "compactions", "compactions_put_off")}
+                "served", "side_reads", "compactions", "compactions_put_off",
+                "compactions_beside")}
             t, wall = time.monotonic(), time.time()
             store.maintain(min_points=min(1000, args.n))  # the upkeep pass
             maintain_s = time.monotonic() - t
             maintain_at = {"from": wall, "to": time.time(),
+                           "compacted_at": list(compacted_at),
                            **{k: edge.stats.get(k, 0) - v
                               for k, v in before.items()}}
     elapsed = time.monotonic() - start
@@ -653,8 +678,18 @@ def main(args):
                      f"{conc_w['maintain_s']:.1f} s; the writer answered "
                      f"{upkeep['served']} ({upkeep['side_reads']} while "
                      f"compacting); compactions run "
-                     f"{upkeep.get('compactions', 0)}, put off "
-                     f"{upkeep.get('compactions_put_off', 0)}"))
+                     f"{upkeep.get('compactions', 0)} "
+                     f"({upkeep.get('compactions_beside', 0)} beside), put "
+                     f"off {upkeep.get('compactions_put_off', 0)}"))
+        for c in upkeep.get("compacted_at") or []:
+            lat = _within(conc_s, c)
+            rows.append((
+                "searcher during the compaction beside: p50 / p95 / max",
+                lat_row(lat),
+                f"{len(lat)} searches in its {c['to'] - c['from']:.1f} s: "
+                f"copy of {c['bytes'] / 2**30:.2f} GiB {c['copy_s']:.1f} s, "
+                f"child's optimize {c['optimize_s']:.1f} s, swap and "
+                f"reopening {c['swap_s']:.1f} s"))
     for label, res, phase in (("alone", solo_w, "writer alone"),
                               ("beside the searcher", conc_w, "together")):
         note = (f"{res['commits']} commits: first {ms(res['commit_s'][0])}"
@@ -663,7 +698,8 @@ def main(args):
                 f"{res['maintain_s'] or 0:.1f} s")
         if res["maintain_at"]:
             m = res["maintain_at"]
-            note += (f" (compactions run {m.get('compactions', 0)}, put "
+            note += (f" (compactions run {m.get('compactions', 0)}, "
+                     f"{m.get('compactions_beside', 0)} beside, put "
                      f"off {m.get('compactions_put_off', 0)})")
         if res["block"]:
             b = res["block"]

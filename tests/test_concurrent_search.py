@@ -10,6 +10,7 @@ seconds.
 """
 
 import multiprocessing
+import os
 import time
 
 import numpy as np
@@ -204,7 +205,6 @@ def _hold(root, holding):
 
 
 def test_a_holder_answers_and_a_killed_one_blocks_nobody(tmp_path):
-    import os
     import signal
 
     from fiftyone_ai_search.store import edge
@@ -414,7 +414,6 @@ def test_a_long_write_session_lets_other_processes_search(tmp_path):
 
 
 def test_a_writer_killed_in_its_session_blocks_nobody(tmp_path):
-    import os
     import signal
 
     writer, searcher, ending, done, result = _start_session_pair(
@@ -678,3 +677,188 @@ def test_exact_searches_go_by_small_batches_while_another_process_searches(
     assert len(beside) == len(alone) == len(queries)
     for a, b in zip(alone, beside):
         np.testing.assert_allclose(a, b)
+
+
+#: searches (each a query and a count) the searcher makes while the other
+#: process compacts
+SEARCHES_IN_COMPACTION = 6
+
+#: the steps of a compaction beside the holder, in order (edge._compact_hook)
+COMPACT_STEPS = ["copied", "optimizing", "optimized", "retired", "swapped",
+                 "removed"]
+
+
+def _compacting_writer(root, holding, compacting, searched, result):
+    """Writes points without their cells, then runs an upkeep pass that
+    assigns them and compacts on a copy beside (forced on at this size):
+    the compaction waits, once its child is started, until the other
+    process was answered its searches."""
+    from fiftyone_ai_search.store import edge
+
+    edge.COMPACT_BESIDE_MIN_BYTES = 0
+    # the other process searches: a compaction in place would be put off
+    edge.COMPACT_QUIET_S = 3600.0
+    store = EdgeStore(NAME, root, lock_timeout=120)
+    ids = _ids(10 * N, UNASSIGNED)
+    with store.session():
+        store.cells = lambda: None  # as a writer that had not read them
+        store.upsert(ids, _written_vectors(UNASSIGNED, 10 * N),
+                     _payloads(ids))
+        del store.cells
+    events = []
+
+    def step(name):
+        events.append((name, edge.stats["served"], edge.stats["side_reads"]))
+        if name == "optimizing":
+            compacting.set()
+            # not timing: the deadline only keeps a broken test from hanging
+            searched.wait(300)
+            events.append(("searched", edge.stats["served"],
+                           edge.stats["side_reads"]))
+
+    edge._compact_hook = step
+    holding.set()
+    before = dict(edge.stats)
+    assigned = store.maintain(min_points=1000)
+    result.put(("writer", {
+        "assigned": assigned, "events": events,
+        "owed": store._compaction_owed(),
+        **{k: edge.stats[k] - before[k] for k in (
+            "compactions", "compactions_beside", "compactions_put_off")}}))
+    store.close()
+
+
+def _compaction_searcher(root, holding, compacting, searched, result):
+    """Once the other process compacts, searches and counts
+    SEARCHES_IN_COMPACTION times, then tells it."""
+    from fiftyone_ai_search.store import edge
+
+    store = EdgeStore(NAME, root, lock_timeout=120)
+    vectors = _base_vectors()
+    ids = _ids(0, N)
+    picks = np.random.default_rng(4).choice(N, SEARCHES_IN_COMPACTION,
+                                            replace=False)
+    assert holding.wait(120)
+    assert compacting.wait(300)
+    wrong, counts = [], []
+    for i in picks:
+        got = store.query(vectors[i], LIMIT)
+        counts.append(store.count())
+        truth = np.argsort(-(vectors @ vectors[i]), kind="stable")[:LIMIT]
+        if [sid for sid, _ in got] != [ids[j] for j in truth]:
+            wrong.append((int(i), got[:3]))
+    searched.set()
+    result.put(("searcher", {"counts": counts, "wrong": wrong,
+                             **edge.stats}))
+
+
+def test_searches_are_answered_during_a_compaction_beside(tmp_path):
+    """The compaction runs on a copy in a child process: the holder answers
+    the other process's searches meanwhile, on the original shard, with
+    right results, then swaps the compacted copy in."""
+    _index_with_cells(tmp_path)
+    holding, compacting, searched = (SPAWN.Event() for _ in range(3))
+    result = SPAWN.Queue()
+    procs = [SPAWN.Process(target=target, args=(
+        str(tmp_path), holding, compacting, searched, result))
+        for target in (_compacting_writer, _compaction_searcher)]
+    for p in procs:
+        p.start()
+    try:
+        got = dict(result.get(timeout=300) for _ in procs)
+        for p in procs:
+            p.join(60)
+            assert p.exitcode == 0
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+    writer, searcher = got["writer"], got["searcher"]
+    seen = f"writer {writer}, searcher {searcher}"
+
+    # compacted on a copy, not put off, though the other process searched
+    assert writer["assigned"] == UNASSIGNED, seen
+    assert writer["compactions"] == writer["compactions_beside"] == 1, seen
+    assert writer["compactions_put_off"] == 0, seen
+    assert not writer["owed"], seen
+    # every search was answered by the holder while its compaction was
+    # under way (between its child's start and the swap), on the shard
+    # beside the compaction
+    events = writer["events"]
+    assert [e[0] for e in events] == (
+        COMPACT_STEPS[:2] + ["searched"] + COMPACT_STEPS[2:]), seen
+    during = {name: (served, side) for name, served, side in events}
+    asked = 2 * SEARCHES_IN_COMPACTION  # a query and a count each
+    assert during["searched"][0] - during["optimizing"][0] >= asked, seen
+    assert during["searched"][1] - during["optimizing"][1] >= asked, seen
+    assert searcher["asked"] == asked, seen
+    assert searcher["opens"] == 0, seen
+    # with right results, on the whole index
+    assert searcher["wrong"] == [], seen
+    assert searcher["counts"] == [N + UNASSIGNED] * SEARCHES_IN_COMPACTION
+
+    store = EdgeStore(NAME, tmp_path)
+    assert store.count() == N + UNASSIGNED
+    assert store.cells().complete
+    assert not store._compaction_owed()
+    assert store.query(_base_vectors()[5], LIMIT)[0][0] == _ids(0, N)[5]
+    store.close()
+    assert _leftovers(tmp_path) == []
+
+
+def _leftovers(root):
+    """What of a compaction beside is left in the index directory."""
+    return sorted(name for name in os.listdir(os.path.join(root, NAME))
+                  if name.startswith("shard.") or name == "compact.swap")
+
+
+def _compact_killed_at(root, step):
+    """Compacts the index beside, and is killed (-9) at ``step``."""
+    import signal
+
+    from fiftyone_ai_search.store import edge
+
+    edge.COMPACT_BESIDE_MIN_BYTES = 0
+
+    def kill(name):
+        if name == step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    edge._compact_hook = kill
+    EdgeStore(NAME, root, lock_timeout=120)._compact()
+
+
+@pytest.mark.parametrize("step", COMPACT_STEPS)
+def test_a_compaction_beside_killed_at_any_step_leaves_a_whole_index(
+        tmp_path, step, monkeypatch):
+    from fiftyone_ai_search.store import edge
+
+    store = EdgeStore(NAME, tmp_path, lock_timeout=120)
+    store.ensure(INFO)
+    ids = _ids(0, N)
+    vectors = _base_vectors()
+    store.upsert(ids, vectors, _payloads(ids))
+    store.close()
+
+    proc = SPAWN.Process(target=_compact_killed_at, args=(str(tmp_path), step))
+    proc.start()
+    proc.join(300)
+    assert proc.exitcode == -9
+    # the killed one left the old shard or the new, and what else it left
+    # goes at the next opening; the compaction is owed again
+    assert os.path.isdir(tmp_path / NAME / "shard") or os.path.isdir(
+        tmp_path / NAME / "shard.old")
+    assert store.count() == N
+    assert _leftovers(tmp_path) == []
+    assert store._compaction_owed()
+    assert store.query(vectors[5], LIMIT)[0][0] == ids[5]
+    # and the next compaction does it
+    monkeypatch.setattr(edge, "COMPACT_BESIDE_MIN_BYTES", 0)
+    beside = edge.stats["compactions_beside"]
+    assert store._compact()
+    assert edge.stats["compactions_beside"] == beside + 1
+    assert not store._compaction_owed()
+    assert store.count() == N
+    assert store.query(vectors[7], LIMIT)[0][0] == ids[7]
+    store.close()
+    assert _leftovers(tmp_path) == []

@@ -48,9 +48,13 @@ While it holds the index, a process answers the other processes' searches,
 counts and small reads (:mod:`~fiftyone_ai_search.store.serve`): a search
 from elsewhere waits for the holder's turn under way (one chunk, one round of
 upkeep, one commit: the thread lock passes to the answering thread between
-two chunks, the shard staying open). A compaction answers nobody until its
-end (the engine holds the GIL), so it is put off while another process
-searches (:data:`COMPACT_QUIET_S`), and a later pass does it. Inside a
+two chunks, the shard staying open). A compaction runs on a copy of the
+shard in a child process while the holder answers on the original, then
+the copy is swapped in (:mod:`~fiftyone_ai_search.store.compaction`): a
+search waits for the reopening only. Where that cannot be (a small shard,
+too little disk for the copy) it runs in place, answering nobody until
+its end (the engine holds the GIL), so it is then put off while another
+process searches (:data:`COMPACT_QUIET_S`), and a later pass does it. Inside a
 session (a large import's batches, one session for all) the holder lends
 its shard to the server between two of the session's operations and two
 chunks of one: the search
@@ -88,6 +92,7 @@ import numpy as np
 from ..errors import (DiskFullError, IndexBusyError, IndexDamagedError,
                       IndexExistsError)
 from . import cells as cl
+from . import compaction as cp
 from . import ranks as rk
 from . import recent as rc
 from . import serve as sv
@@ -172,8 +177,24 @@ COMPACT_QUIET_S = 30.0
 #: uncompacted index are scanned 2-3x slower, see upkeep.py)
 COMPACT_DEFER_MAX_S = 3600.0
 
-#: present while a compaction is owed (put off): ``{"since": epoch}``
+#: present while a compaction is owed (put off, or under way beside the
+#: holder): ``{"since": epoch}``
 COMPACT_FILE = "compact.due"
+
+#: compact a copy of the shard in a child process while the holder answers
+#: searches on the original, then swap it in (see compaction.py), where
+#: the disk has room for it; else in place, put off while others search
+COMPACT_BESIDE = True
+
+#: shards smaller than this (bytes on disk, ~25k 512-d points) are
+#: compacted in place: their optimize is short, and the copy and the
+#: child's start (~0.2 s) would be most of the work
+COMPACT_BESIDE_MIN_BYTES = 64 * 2**20
+
+#: called with each step of a compaction beside the holder ("copied",
+#: "optimizing", "optimized", "retired", "swapped", "removed"): tests stop
+#: or kill the process there
+_compact_hook = None
 
 
 #: free space a write must leave where the indexes live (bytes): what
@@ -249,14 +270,17 @@ class _Shared:
 #: (``lent_turns``); bytes of the shards' files
 #: read ahead of their openings (``read_ahead``, see :func:`_read_ahead`), of
 #: which not in the page cache and so read (``read_ahead_read``);
-#: compactions run (``compactions``) and put off while another process
-#: searched (``compactions_put_off``, see :data:`COMPACT_QUIET_S`); reads
+#: compactions run (``compactions``), of which on a copy beside the
+#: holder (``compactions_beside``, the last one's steps in seconds in
+#: ``last_compaction``), and put off while another process searched
+#: (``compactions_put_off``, see :data:`COMPACT_QUIET_S`); reads
 #: of a thread answered beside another thread's session
 #: (``beside_a_session``, also counted in ``served``)
 stats = {"opens": 0, "served": 0, "asked": 0, "turns_waited": 0,
          "side_reads": 0, "lent_reads": 0, "lent_turns": 0, "releases": 0,
          "not_served": None, "read_ahead": 0, "read_ahead_read": 0,
          "compactions": 0, "compactions_put_off": 0,
+         "compactions_beside": 0, "last_compaction": None,
          "beside_a_session": 0}
 
 
@@ -824,6 +848,9 @@ class EdgeStore(VectorStore):
             self._take(shared, time.monotonic() + self.lock_timeout)
         if shared.shard is None:
             info = self._require_info()
+            if cp.recover(self._shard_path):
+                # a compaction beside was killed: the old shard is back
+                self._owe_compaction()
             # Qdrant faults these in page by page: read in sequence first
             covered, read = _read_ahead(self._shard_path)
             stats["read_ahead"] += covered
@@ -897,6 +924,7 @@ class EdgeStore(VectorStore):
                 )
             self._close_shard(shared)
             # leftovers of a creation that crashed before index.json
+            cp.recover(self._shard_path)
             shutil.rmtree(self._shard_path, ignore_errors=True)
             self._remove_cells()
             self._check_space(0, info.dim)
@@ -913,6 +941,7 @@ class EdgeStore(VectorStore):
             self._close_shard(shared)
             with contextlib.suppress(FileNotFoundError):
                 os.remove(self._info_path)
+            cp.recover(self._shard_path)
             shutil.rmtree(self._shard_path, ignore_errors=True)
             self._remove_cells()
             # the directory and its lock files go on the outermost release
@@ -1339,14 +1368,19 @@ class EdgeStore(VectorStore):
             shared.dirty = True
 
     def _compact(self):
-        """Compacts the shard, unless another process searched the index
-        through this one lately (:data:`COMPACT_QUIET_S`): then it is owed
-        (:data:`COMPACT_FILE`), and the next pass compacts.
+        """Compacts the shard: on a copy beside the holder where it can
+        (:meth:`_compact_beside`), else in place, unless another process
+        searched the index through this one lately
+        (:data:`COMPACT_QUIET_S`): then it is owed (:data:`COMPACT_FILE`),
+        and the next pass compacts.
 
         Returns:
             True if compacted, False if put off
         """
         with self._locked() as shared:
+            shard, _ = self._open(shared)
+            if self._compact_beside(shared):
+                return True
             shard, _ = self._open(shared)
             since = self._compaction_owed_since()
             now = time.time()
@@ -1391,6 +1425,89 @@ class EdgeStore(VectorStore):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(self._compact_path)
             return True
+
+    def _compact_beside(self, shared):
+        """Compacts a copy of the shard in a child process while this one
+        answers the other processes' searches on the original, then swaps
+        the copy in and reopens it (see compaction.py). Nothing writes
+        meanwhile: the thread lock stays held. The thread lock and the
+        shard must be held.
+
+        Returns:
+            True if compacted; False where it was not done (a small shard,
+            too little disk for the copy, a child that failed): the shard
+            is then as it was, and the caller compacts in place
+        """
+        if not (COMPACT_BESIDE and sv.SUPPORTED):
+            return False
+        size = cp.tree_bytes(self._shard_path)
+        if size < COMPACT_BESIDE_MIN_BYTES:
+            return False
+        # the copy, then the optimize's new segment beside the copy's old
+        # ones (about the shard again: in place needs that much only)
+        needed = 2 * size + RESERVE_BYTES
+        free = shutil.disk_usage(self.path).free
+        if free < needed:
+            logger.warning(
+                "AI search index '%s': compacted in place, searches wait "
+                "for it (a copy beside needs %s free, %s are)", self.name,
+                _mib(needed), _mib(free))
+            return False
+        if shared.dirty:
+            shared.shard.flush()  # the copy is of what is on disk
+            shared.dirty = False
+        # owed until the copy is in: a process killed meanwhile leaves
+        # it owed, and the next pass compacts
+        self._owe_compaction()
+        self._let_reads_in(shared)
+        with shared.side_cond:
+            shared.side_shard = shared.shard
+        child, error, steps = None, None, {}
+        start = time.monotonic()
+        try:
+            cp.start(self._shard_path)
+            steps["copy_s"] = time.monotonic() - start
+            _compact_step("copied")
+            child = cp.spawn(self._shard_path)
+            _compact_step("optimizing")
+            _, err = child.communicate()
+            steps["optimize_s"] = time.monotonic() - start - steps["copy_s"]
+            if child.returncode:
+                error = err.decode(errors="replace").strip() or (
+                    f"exit status {child.returncode}")
+        except OSError as e:
+            error = f"{type(e).__name__}: {e}"
+        finally:
+            if child is not None and child.returncode is None:
+                child.kill()
+                child.wait()
+            with shared.side_cond:
+                shared.side_shard = None
+                while shared.side_readers:
+                    shared.side_cond.wait()
+        if error is not None:
+            cp.abandon(self._shard_path)
+            logger.warning("AI search index '%s': the compaction of a copy "
+                           "failed (%s); compacting in place", self.name,
+                           error)
+            return False
+        _compact_step("optimized")
+        mark = time.monotonic()
+        self._close_shard(shared)  # nothing written since the copy
+        cp.swap_in(self._shard_path, at=_compact_step)
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(self._compact_path)
+        self._open(shared)  # what a search waits for: one opening
+        steps["swap_s"] = time.monotonic() - mark
+        steps["bytes"] = size
+        stats["compactions"] += 1
+        stats["compactions_beside"] += 1
+        stats["last_compaction"] = steps
+        return True
+
+    def _owe_compaction(self):
+        if self._compaction_owed_since() is None:
+            _write_json_atomic(self._compact_path, {"since": time.time()})
 
     @staticmethod
     def _searched_lately(shared):
@@ -1878,6 +1995,12 @@ def _close_kept_open():
 
 
 atexit.register(_close_kept_open)
+
+
+def _compact_step(step):
+    """A step of a compaction beside the holder done (for tests)."""
+    if _compact_hook is not None:
+        _compact_hook(step)
 
 
 def _write_json_atomic(path, data):

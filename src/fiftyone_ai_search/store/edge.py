@@ -94,7 +94,7 @@ from ..errors import (DiskFullError, IndexBusyError, IndexDamagedError,
 from . import cells as cl
 from . import compaction as cp
 from . import ranks as rk
-from . import recent as rc
+from . import recent_ring as rr
 from . import serve as sv
 from . import upkeep
 from .base import (
@@ -1240,30 +1240,19 @@ class EdgeStore(VectorStore):
                         os.remove(os.path.join(self.path, name))
 
     def _read_recent(self):
-        # cached by the file's identity: a search reads it at most once per
-        # change
-        path = os.path.join(self.path, rc.FILE)
-        try:
-            stat = os.stat(path)
-        except OSError:
-            return np.zeros((0, 0), dtype=np.float16)
-        key = _file_key(stat)
-        cached = _recent_cache.get(path)
-        if cached is None or cached[0] != key:
-            cached = _recent_cache[path] = (key, rc.read(path))
-        return cached[1]
+        return rr.read(self.path)
 
     def _write_recent(self, ring):
-        # what was written is what the next search reads: cached under the
-        # file's identity, it is not read back (~0.1 ms of a search's CPU)
-        path = os.path.join(self.path, rc.FILE)
-        stat = rc.write(path, ring)
-        if stat is not None:
-            _recent_cache[path] = (_file_key(stat), ring)
+        rr.replace(self.path, ring)
+
+    def _remember_query(self, vector):
+        # one slot of the ring's file written in place: a search rewrites
+        # no file (see recent_ring.py)
+        rr.remember(self.path, vector)
 
     def _remove_cells(self):
         # and the recent queries: a rebuilt index may be of another model
-        for path in (self._cells_path, os.path.join(self.path, rc.FILE)):
+        for path in [self._cells_path] + rr.files(self.path):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(path)
         with contextlib.suppress(FileNotFoundError):
@@ -1965,14 +1954,6 @@ def _lacking(key, values):
 
 #: ``{cells.json path: ((mtime, size, inode), Cells)}``
 _cells_cache = {}
-
-#: ``{recent-queries.npy path: ((mtime, size, inode), ring)}``
-_recent_cache = {}
-
-
-def _file_key(stat):
-    """A file's identity by its ``os.stat``: it changes as it is replaced."""
-    return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
 
 
 def _close_kept_open():

@@ -7,26 +7,18 @@ the vectors of its last :data:`SIZE` searches of the whole index (a small
 ring; a search repeated, e.g. by the over-fetching of a scoped search, is
 kept once).
 
-An embedded index keeps them in its directory, in :data:`FILE`: rewritten
-whole at each new query (``SIZE`` x 512 float16: 64 KiB) into a temporary
-file renamed over the old one, so a reader sees the old ring or the new one;
-a file left torn or foreign by a crash reads as no ring, and the next query
-writes a good one. Two processes searching at once may each drop the
-other's latest query: a sample of recent queries, not a log.
+An embedded index keeps them in its directory, in a file of fixed slots
+that a search writes one slot of, in place
+(:mod:`~fiftyone_ai_search.store.recent_ring`); a server's index keeps them
+in the searching process. A sample of recent queries, not a log.
 
 | Copyright the fiftyone-ai-search authors, Apache-2.0.
 """
-
-import contextlib
-import os
 
 import numpy as np
 
 #: the most recent queries kept
 SIZE = 64
-
-#: the file of an embedded index's ring, in its directory
-FILE = "recent-queries.npy"
 
 #: a query this similar to one kept is that one again
 SAME = 0.9999
@@ -47,8 +39,9 @@ def with_query(ring, vector, size=SIZE):
 
 
 def read(path):
-    """The ring in ``path``: an ``(n, dim)`` float16 array, empty if there
-    is none or it is unreadable."""
+    """The ring in ``path``, an ``.npy`` file (the embedded index's former
+    format, read once to carry it over): an ``(n, dim)`` float16 array,
+    empty if there is none or it is unreadable."""
     try:
         ring = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError):
@@ -57,26 +50,3 @@ def read(path):
             or not np.isfinite(ring).all()):
         return np.zeros((0, 0), dtype=np.float16)
     return ring
-
-
-def write(path, ring):
-    """Writes ``ring`` to ``path`` (renamed over it: readers see the old or
-    the new). No fsync: a crash may lose the latest queries, never the
-    index. Silently does nothing where the directory is gone (the index was
-    dropped meanwhile) or cannot be written.
-
-    Returns:
-        the ``os.stat`` of the file written, or None where nothing was
-    """
-    tmp = f"{path}.{os.getpid()}.tmp.npy"
-    try:
-        np.save(tmp, ring, allow_pickle=False)
-        # the file's identity, which the rename keeps: a reader that caches
-        # by it need not read back what it wrote
-        stat = os.stat(tmp)
-        os.replace(tmp, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        return None
-    return stat

@@ -110,8 +110,9 @@ def test_the_state_is_read_as_a_type_of_the_document_as_stored():
     doc, state = st.get(dataset), st.load(dataset)
     assert state.key == doc["_id"] == st.dataset_key(dataset)
     # every field of the stored document, under its own name; the index
-    # references as a type whose stored form is the document's
-    refs = {"index", "build", "retired"}
+    # references and the progress as types whose stored form is the
+    # document's
+    refs = {"index", "build", "retired", "progress"}
     for name in set(doc) - {"_id"} - refs:
         assert getattr(state, name) == doc[name], name
     assert state.enabled and state.index is None and state.build.name
@@ -120,6 +121,7 @@ def test_the_state_is_read_as_a_type_of_the_document_as_stored():
     assert st.IndexRef.from_doc(doc["build"]) == state.build
     assert state.retired == doc["retired"] == []
     assert state.build.generation == state.generation
+    assert state.progress is None and doc["progress"] is None
     assert state.indexes == [state.build]
     assert st.as_state(doc) == state and st.as_state(state) is state
 
@@ -150,6 +152,39 @@ def test_an_index_reference_is_a_type_read_from_its_stored_form():
         assert st.IndexRef.from_doc(damaged) is None
     with pytest.raises(ValueError, match="Not an index reference"):
         st.IndexRef.of({"name": "x"})
+
+
+def test_the_progress_of_a_run_is_a_type_that_computes_its_share():
+    started = datetime.datetime(2026, 1, 1)
+    stored = {"done": 30, "total": 120, "started_at": started,
+              "building": False, "index": "dataset_x_1"}
+    p = st.Progress.from_doc(stored)
+    assert (p.done, p.total, p.building, p.index, p.frames) == (
+        30, 120, False, "dataset_x_1", None)
+    assert p.fraction == 0.25 and p.percent == 25
+    # what get_status says of it: the stored dict less when it started,
+    # with the share done
+    assert p.to_status() == {"done": 30, "total": 120, "building": False,
+                             "index": "dataset_x_1", "fraction": 0.25}
+    # a frame index's run counts its frames too; a status's dict reads back
+    frames = st.Progress.from_doc(dict(stored, frames=7, done=1, total=3))
+    assert frames.frames == 7 and frames.percent == 33
+    assert st.Progress.from_doc(frames.to_status()).fraction == 1 / 3
+    # before the run has counted what it embeds there is no share
+    for early in ({}, {"done": 0, "total": None}, {"done": 0, "total": 0}):
+        p = st.Progress.from_doc(early)
+        assert p.fraction is None and p.percent is None
+        assert "fraction" not in p.to_status()
+    assert st.Progress().to_status() == {}
+    # none, or what a damaged document holds instead of a dict
+    for none in (None, "half", 3):
+        assert st.Progress.from_doc(none) is None
+
+    # the state reads it as stored
+    dataset = _dataset()
+    st.update(dataset, progress=stored)
+    assert st.load(dataset).progress == st.Progress.from_doc(stored)
+    assert st.load(dataset).progress.started_at is not None
 
 
 def test_a_failure_record_says_what_it_holds():

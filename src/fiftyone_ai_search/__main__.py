@@ -196,9 +196,9 @@ def _cmd_status(args):
     rows = [("AI search", f"on for {_what(args)}"), ("model", model),
             ("backend", status.get("backend"))]
     if status.get("in_progress"):
-        progress = status.get("progress") or {}
-        rows.append(("computing", f"{progress.get('done', 0)} of "
-                                  f"{progress.get('total', '?')}"))
+        p = st.Progress.from_doc(status.get("progress")) or st.Progress()
+        total = "?" if p.total is None else p.total
+        rows.append(("computing", f"{p.done} of {total}"))
     if status.get("rebuild"):
         rows.append(("rebuilding with", status["rebuild"].get("model")))
     counts = status.get("counts") or {}

@@ -622,10 +622,7 @@ def get_status(dataset: fod.Dataset, max_failures: int = 100,
         return status
 
     running = doc.is_running()
-    progress = dict(doc.progress or {})
-    progress.pop("started_at", None)
-    if progress.get("total"):
-        progress["fraction"] = progress["done"] / progress["total"]
+    progress = (doc.progress or st.Progress()).to_status()
 
     def model_of(ref):
         return ref and {"model": ref.model, "pretrained": ref.pretrained,

@@ -189,24 +189,24 @@ def button_label(all_statuses):
     seed's button animates while computing and turns solid when ready)."""
     running = computing(all_statuses)
     if running is not None:
-        p = running[1].get("progress") or {}
-        if not p.get("total"):
+        p = st.Progress.from_doc(running[1].get("progress"))
+        if p is None or p.percent is None:
             return "AI Search: starting"
-        return f"AI Search: computing {100 * p['done'] // p['total']}%"
+        return f"AI Search: computing {p.percent}%"
     state = search_readiness(all_statuses)
     return {"ready": "AI Search: ready", "off": "AI Search: off",
             "failed": "AI Search: failed"}.get(state, f"AI Search: {state}")
 
 
 def progress_text(status):
-    p = status.get("progress") or {}
-    if not p.get("total"):
+    p = st.Progress.from_doc(status.get("progress"))
+    if p is None or p.percent is None:
         return "starting the worker"
-    percent = f"({100 * p['done'] // p['total']}%)"
+    percent = f"({p.percent}%)"
     if "sampling" in status:  # a frame index counts videos, and frames
-        return (f"{p['done']} / {p['total']} videos {percent}, "
-                f"{p.get('frames') or 0} frames")
-    return f"{p['done']} / {p['total']} {percent}"
+        return (f"{p.done} / {p.total} videos {percent}, "
+                f"{p.frames or 0} frames")
+    return f"{p.done} / {p.total} {percent}"
 
 
 def _title(field, text, frames=False):

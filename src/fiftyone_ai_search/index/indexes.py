@@ -115,9 +115,8 @@ def require_enabled(dataset):
 def _computing(doc):
     """What a not-ready message says of the computation."""
     if doc.is_running():
-        p = doc.progress or {}
-        done = (f": {p['done']} of {p['total']} embedded"
-                if p.get("total") else "")
+        p = doc.progress
+        done = f": {p.done} of {p.total} embedded" if p and p.total else ""
         return f"It is being computed now{done}. Wait for it"
     error = doc.last_error
     why = f" (the last run failed: {error})" if error else ""

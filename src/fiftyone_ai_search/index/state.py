@@ -143,6 +143,59 @@ def _model_label(model, pretrained):
 
 
 @dataclasses.dataclass(frozen=True)
+class Progress:
+    """How far the running computation of an index is, as its run records
+    it in the state (``progress``): ``done`` of ``total`` items embedded
+    (videos, for a frame index, which also counts the ``frames`` it
+    committed), whether it is ``building`` an index beside the one searches
+    use, and the name of the ``index`` it writes."""
+
+    done: int = 0
+    #: None until the run has counted what it has to embed
+    total: "int | None" = None
+    building: "bool | None" = None
+    index: "str | None" = None
+    #: a frame index's frames committed by the run (None for the others)
+    frames: "int | None" = None
+    started_at: "datetime.datetime | None" = None
+    #: the stored dict (what :meth:`to_status` reports)
+    _doc: dict = dataclasses.field(default_factory=dict, repr=False,
+                                   compare=False)
+
+    @classmethod
+    def from_doc(cls, doc) -> "Progress | None":
+        """The progress a stored dict (or a status's) holds; None for
+        None (and for what a damaged document holds instead of a dict)."""
+        if not isinstance(doc, dict):
+            return None
+        return cls(done=doc.get("done") or 0, total=doc.get("total"),
+                   building=doc.get("building"), index=doc.get("index"),
+                   frames=doc.get("frames"), started_at=doc.get("started_at"),
+                   _doc=dict(doc))
+
+    @property
+    def fraction(self) -> "float | None":
+        """The share done; None until the total is known (or when it is
+        0)."""
+        return self.done / self.total if self.total else None
+
+    @property
+    def percent(self) -> "int | None":
+        """The share done in whole percent, rounded down; None as
+        :attr:`fraction`."""
+        return 100 * self.done // self.total if self.total else None
+
+    def to_status(self) -> dict:
+        """What :func:`fiftyone_ai_search.get_status` says of it: the stored
+        dict less ``started_at``, with the ``fraction`` once the total is
+        known."""
+        status = {k: v for k, v in self._doc.items() if k != "started_at"}
+        if self.fraction is not None:
+            status["fraction"] = self.fraction
+        return status
+
+
+@dataclasses.dataclass(frozen=True)
 class IndexRef:
     """A reference to an index, as a state document names it (its
     ``index``, its ``build``, one of its ``retired``): what the rest of the
@@ -336,7 +389,8 @@ class IndexState:
     updated_at: "datetime.datetime | None" = None
     enabled_at: "datetime.datetime | None" = None
     disabled_at: "datetime.datetime | None" = None
-    progress: "dict | None" = None
+    #: how far its running computation is (None before the first)
+    progress: "Progress | None" = None
     last_report: "dict | None" = None
     last_error: "str | None" = None
     lease: "dict | None" = None
@@ -355,6 +409,7 @@ class IndexState:
         names = {f.name for f in dataclasses.fields(cls)} - {"key", "_doc"}
         fields = {k: doc[k] for k in names if k in doc}
         fields["enabled"] = bool(doc.get("enabled"))
+        fields["progress"] = Progress.from_doc(doc.get("progress"))
         fields["index"] = IndexRef.from_doc(doc.get("index"))
         fields["build"] = IndexRef.from_doc(doc.get("build"))
         retired = doc.get("retired")

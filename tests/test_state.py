@@ -195,6 +195,11 @@ def test_a_failure_record_says_what_it_holds():
                              embedded_doc_type=fo.Detections)
     images, objects = dataset, targets.Objects(dataset, "boxes")
     sample_id, label_id = "5f0000000000000000000001", "5f0000000000000000000002"
+    # whose vectors are keyed by their sample's id: the images' alone (an
+    # object's key is its label id, a frame's its video and frame number)
+    assert targets.of(images).keyed_by_sample
+    assert not objects.keyed_by_sample
+    assert not targets.Frames.keyed_by_sample
     st.record_failures(images, [{"key": sample_id, "sample_id": sample_id,
                                  "filepath": "a.png", "fingerprint": "f",
                                  "reason": "broken"}])

@@ -968,7 +968,7 @@ def _stored_failure(target, failure):
     doc = {k: v for k, v in failure.items()
            if k not in ("key", "sample_id", "label_id")}
     doc[_STORED_KEY] = failure["key"]
-    if not isinstance(targets.of(target), targets.Images):
+    if not targets.of(target).keyed_by_sample:
         doc[_STORED_SAMPLE] = failure["sample_id"]
     return doc
 
@@ -1033,7 +1033,7 @@ def get_failures(target: "AnyTarget", limit=None) -> "list[dict]":
 def get_failures_of(target: "AnyTarget", sample_ids) -> "list[dict]":
     """The failure records of ``target`` of the given samples (of their
     objects, for an object index)."""
-    stored = (_STORED_KEY if isinstance(targets.of(target), targets.Images)
+    stored = (_STORED_KEY if targets.of(target).keyed_by_sample
               else _STORED_SAMPLE)
     return [_failure_record(target, doc) for doc in _failures().find(
         {"dataset_id": dataset_key(target), stored: {"$in": list(sample_ids)}},

@@ -87,6 +87,9 @@ class Target:
     is_objects = False
     #: whether it is the frames of the videos of a video dataset
     is_frames = False
+    #: whether a vector's key is its sample's id (images); else it is an
+    #: object's label id or a frame's key, whose sample is kept beside it
+    keyed_by_sample = True
 
     @property
     def key(self) -> str:
@@ -204,6 +207,7 @@ class Objects(Target):
             return objects
 
     is_objects = True
+    keyed_by_sample = False
 
     @property
     def key(self) -> str:
@@ -294,6 +298,7 @@ class Frames(Target):
         self.dataset = dataset
 
     is_frames = True
+    keyed_by_sample = False
 
     @property
     def key(self) -> str:

@@ -116,11 +116,11 @@ def test_search_is_exact_within_the_probed_cells(index):
                                            for i in ids[:2]}
 
 
-@pytest.mark.parametrize("store", ["edge"], indirect=True)
+@pytest.mark.parametrize("store", ["edge", "server"], indirect=True)
 def test_a_search_through_one_cell_or_every_cell_is_exact_within_them(
         index, small_cells):
     """The probed cells reach the engine as one condition a cell (see
-    edge._cells_filter): one cell, a few, and more cells than any rule
+    edge._cells_filter and server._cells_filter): one cell, a few, and more cells than any rule
     probes (here 160, at most 100 + ties in use) find exactly the points
     of those cells."""
     x, texts = clustered(4000, seed=5)

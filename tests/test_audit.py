@@ -135,6 +135,14 @@ def test_upkeep_audits_and_the_status_shows_it(tmp_path):
     assert text["queries"] == len(audit.GENERIC_PROMPTS)
     assert 0.0 <= text["lower"] <= text["recall"] <= 1.0
     assert status["estimates"]["image"]["queries"] == audit.IMAGE_QUERIES
+    # its exact answers were taken by the pass that learned the cells
+    from fiftyone_ai_search.index import state as st
+
+    index = indexes.open_ref(st.get(dataset)["index"])
+    try:
+        assert index.cells().rule["truth"] == "pass"
+    finally:
+        index.close()
     # the App's status line says it, in numbers
     from fiftyone_ai_search.app import forms
 
@@ -143,7 +151,6 @@ def test_upkeep_audits_and_the_status_shows_it(tmp_path):
     assert f"prompts {text['recall']:.2f}" in line or "prompts exact" in line
     # a prompt search of the audited index finds what an exact one does
     from fiftyone_ai_search.query.vectors import prompt_vectors
-    from fiftyone_ai_search.index import state as st
 
     name = ais.perform_ai_search(dataset, prompt="a red circle", limit=10)
     found = [i for i, _ in ais.get_collection_scores(dataset, name)]

@@ -66,6 +66,9 @@ PHASES = (
     ("edge", "EdgeStore._set_field", "payload writes"),
     ("edge", "EdgeStore._compact", "compaction"),
     ("edge", "EdgeStore._write_cells", "cells written"),
+    ("audit", "ExactTopK.start", "the audit's queries drawn (in the pass)"),
+    ("audit", "ExactTopK.add",
+     "the audit's exact top-k, scored beside the assignment (*)"),
     ("edge", "EdgeStore._exact_neighbour_vectors",
      "exact searches, batched (audit)"),
 )
@@ -157,11 +160,12 @@ def streamed_store(tmp, world, n, rng, chunk=100_000):
 
 
 def instrument():
-    from fiftyone_ai_search.store import base, cells, edge, upkeep
+    from fiftyone_ai_search.store import audit, base, cells, edge, upkeep
 
     _watch_vectors_ahead(edge)
 
-    modules = {"base": base, "cells": cells, "edge": edge, "upkeep": upkeep}
+    modules = {"audit": audit, "base": base, "cells": cells, "edge": edge,
+               "upkeep": upkeep}
     for owner, attr, name in PHASES:
         obj = modules[owner]
         parts = attr.split(".")
@@ -169,6 +173,11 @@ def instrument():
             obj = getattr(obj, p)
         if hasattr(obj, parts[-1]):
             setattr(obj, parts[-1], _timed(getattr(obj, parts[-1]), name))
+
+
+def _chosen(rule):
+    """What an audit chose and estimated (not when, nor how long)."""
+    return {k: rule[k] for k in ("edges", "depths", "margins", "estimates")}
 
 
 def report(title, wall, cpu):
@@ -260,6 +269,10 @@ def main(argv=None):
                    "the cells of a smaller index")
     p.add_argument("--profile", action="store_true")
     p.add_argument("--no-audit", action="store_true")
+    p.add_argument("--searches-too", action="store_true",
+                   help="after the audit, the same audit by exact searches "
+                   "(as an audit whose pass did not read every point), "
+                   "timed apart")
     p.add_argument("--kernels", action="store_true")
     p.add_argument("--model", default="ViT-B-32",
                    help="the index's model, whose generic prompts the "
@@ -297,15 +310,25 @@ def main(argv=None):
         if args.profile:
             import cProfile
             prof = cProfile.Profile()
+        # as maintain_index does: the pass that learns the cells takes the
+        # audit's exact answers (its queries drawn, and scored beside the
+        # assignment)
+        exact = None if args.no_audit else audit.ExactTopK(store, prompts)
         w, c = time.perf_counter(), time.process_time()
         faults = _major_faults()
         with (prof if prof is not None else contextlib.nullcontext()):
             if args.min_points is None:
-                store.maintain()
+                store.maintain(exact=exact)
             else:
-                store.maintain(min_points=args.min_points)
+                store.maintain(min_points=args.min_points, exact=exact)
         whole = [time.perf_counter() - w, time.process_time() - c]
         report(f"maintain at {args.n}", *whole)
+        if exact is not None:
+            print(f"the audit's exact top-k in the pass: {exact.seconds:.1f} "
+                  f"s CPU of the worker thread ({len(exact.queries)} "
+                  f"queries, {exact.seen} points)" if exact.queries
+                  is not None else "the audit's exact top-k: not taken "
+                  "(the pass did not learn)")
         print(f"major page faults during maintain: {_major_faults() - faults}")
         for lived, seconds, total, done, window in vectors_ahead:
             print(f"original vectors read ahead (a thread beside, window "
@@ -346,7 +369,7 @@ def main(argv=None):
         if not args.no_audit:
             totals.clear()
             w, c = time.perf_counter(), time.process_time()
-            rule = audit.audit(store, prompts)
+            rule = audit.audit(store, prompts, exact=exact)
             seconds = (time.perf_counter() - w, time.process_time() - c)
             whole[0] += seconds[0]
             whole[1] += seconds[1]
@@ -356,8 +379,19 @@ def main(argv=None):
             else:
                 report("audit", *seconds)
                 print(f"audit: {seconds[0]:.1f} s wall, {seconds[1]:.1f} s "
-                      f"CPU, load average {os.getloadavg()[0]:.1f}; depths "
+                      f"CPU, load average {os.getloadavg()[0]:.1f}; exact "
+                      f"top-k from {rule['truth']}; depths "
                       f"{rule['depths']}, estimates {rule['estimates']}")
+                if args.searches_too:
+                    # the same audit by exact searches, as before the pass
+                    # took its answers (not part of maintain_index's time)
+                    totals.clear()
+                    w, c = time.perf_counter(), time.process_time()
+                    again = audit.audit(store, prompts)
+                    report("audit by exact searches (apart)",
+                           time.perf_counter() - w, time.process_time() - c)
+                    print(f"same rule and estimates: "
+                          f"{_chosen(again) == _chosen(rule)}", flush=True)
         print(f"maintain_index as after a sync (maintain, prompts stored, "
               f"audit): {whole[0]:.1f} s wall, {whole[1]:.1f} s CPU",
               flush=True)

@@ -21,7 +21,8 @@ from fiftyone_ai_search.embedding.pipeline import (VideoEnd, VideoPart,
                                                    embed_videos)
 from fiftyone_ai_search.index import indexes
 from fiftyone_ai_search.index import state as st
-from fiftyone_ai_search.index.targets import Frames, frame_key
+from fiftyone_ai_search.index.targets import (Frames, best_of_each_video,
+                                              frame_key)
 from fiftyone_ai_search.sync.frames import frames_consistent
 
 from tests.videos import video_dataset, write_video
@@ -372,6 +373,19 @@ def test_search_frames_by_prompt_finds_the_red_circles(red_circles):
     assert scores == sorted(scores, reverse=True)
     assert all(h["timestamp"] == pytest.approx((h["frame_number"] - 1) / 10,
                                                abs=0.05) for h in hits)
+
+
+def test_the_best_frame_of_each_video_is_one_definition():
+    """What a search and a frame collection keep with best_per_video: each
+    video's best row, best first, its other fields kept along."""
+    a, b = "5f0000000000000000000001", "5f0000000000000000000002"
+    rows = [(frame_key(a, 1), 0.2, "x"), (frame_key(b, 11), 0.5, "y"),
+            (frame_key(a, 21), 0.4, "z"), (frame_key(b, 1), 0.5, "w")]
+    # a diverse collection's rows come in pick order: sorted by score here;
+    # of equal scores the first stays
+    assert best_of_each_video(rows) == [(frame_key(b, 11), 0.5, "y"),
+                                        (frame_key(a, 21), 0.4, "z")]
+    assert best_of_each_video([]) == []
 
 
 def test_best_frame_per_video_and_scope(red_circles):

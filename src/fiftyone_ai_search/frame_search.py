@@ -23,7 +23,7 @@ from . import validate
 from .index import indexes
 from .index import media
 from .index import targets
-from .index.targets import frame_key, frame_video, split_frame_key
+from .index.targets import best_of_each_video, frame_key, split_frame_key
 from .query import diverse
 from .query.vectors import image_vector, prompt_vectors
 from .query.walk import diverse_from_index
@@ -105,12 +105,9 @@ def search_frames(samples: foc.SampleCollection, prompt: str | None = None,
         AISearchNotEnabledError: if the dataset's frame index is off
         IndexNotReadyError: before its first index is complete
     """
-    request = _Request.validate(
-        prompt=prompt, image=image, frame=frame, limit=limit,
-        threshold=threshold, best_per_video=best_per_video, method=method,
-        clustering_method=clustering_method, num_clusters=num_clusters,
-        seed=seed)
-    return _run(samples, request)[0]
+    return _search(samples, prompt, image, frame, limit, threshold,
+                   best_per_video, method, clustering_method, num_clusters,
+                   seed)[0]
 
 
 def perform_frame_search(
@@ -162,12 +159,9 @@ def perform_frame_search(
         AISearchNotEnabledError: if the dataset's frame index is off
         IndexNotReadyError: before its first index is complete
     """
-    request = _Request.validate(
-        prompt=prompt, image=image, frame=frame, limit=limit,
-        threshold=threshold, best_per_video=best_per_video, method=method,
-        clustering_method=clustering_method, num_clusters=num_clusters,
-        seed=seed)
-    hits, dataset, doc = _run(samples, request)
+    hits, dataset, doc, request = _search(
+        samples, prompt, image, frame, limit, threshold, best_per_video,
+        method, clustering_method, num_clusters, seed)
     if not hits:
         return None
     fps = sampling_of(doc.index).fps
@@ -229,6 +223,14 @@ def _shown(dataset, fps, frames, scenes):
     for i, pair in zip(moved, near):
         shown[i] = pair
     return shown
+
+
+def _search(samples, *args):
+    """Validates a frame search (the arguments of :func:`search_frames`
+    after ``samples``, in its order) and runs it: ``(hits, the video
+    dataset, its state, the request)``."""
+    request = _Request.validate(*args)
+    return (*_run(samples, request), request)
 
 
 class _Request:
@@ -412,10 +414,7 @@ def _ranked(store, queries, limit, threshold, scope, best_per_video):
                 scores[key] = max(score, scores.get(key, -2.0))
         ranked = sorted(scores.items(), key=lambda kv: -kv[1])
         if best_per_video:
-            best = {}
-            for key, score in ranked:
-                best.setdefault(frame_video(key), (key, score))
-            ranked = list(best.values())
+            ranked = best_of_each_video(ranked)
         if (len(ranked) >= limit or not best_per_video
                 or fetch >= total):
             break

@@ -40,7 +40,7 @@ from . import validate
 from .errors import CollectionNotFoundError
 from .index import media
 from .index import state as st
-from .index.targets import frame_video, split_frame_key
+from .index.targets import best_of_each_video, frame_video, split_frame_key
 
 if TYPE_CHECKING:  # for annotations only
     import fiftyone.core.collections as foc
@@ -515,11 +515,8 @@ def _frame_rows(dataset, name, min_score, max_score, best_per_video,
         raise _not_frames(dataset, name)
     rows = _in_range(_rows(doc), min_score, max_score)
     if best_per_video:
-        best = {}
         # by score: a diverse collection is in pick order
-        for row in sorted(rows, key=lambda r: -r[1]):
-            best.setdefault(frame_video(row[0]), row)
-        rows = list(best.values())
+        rows = best_of_each_video(rows)
     return rows
 
 

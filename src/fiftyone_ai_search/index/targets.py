@@ -353,6 +353,16 @@ def frame_video(key: str) -> str:
     return key[:24]
 
 
+def best_of_each_video(rows) -> list:
+    """The best of each video's rows (``(frame key, score, ...)``), best
+    first: what a search or a collection of frames gives with
+    ``best_per_video``. Rows of equal score keep their order."""
+    best = {}
+    for row in sorted(rows, key=lambda r: -r[1]):
+        best.setdefault(frame_video(row[0]), row)
+    return list(best.values())
+
+
 def _list_field(dataset, field):
     schema = dataset.get_field_schema(flat=True)
     if field not in schema:

@@ -279,3 +279,19 @@ def test_disable_from_the_app_removes_the_frame_index(tmp_path):
     assert out == {"enabled": False}
     assert not ais.is_embeddings_enabled(dataset, frames=True)
     assert button(dataset) == "AI Search: off"
+
+
+def test_the_status_lists_a_frame_index_failures_as_videos(tmp_path):
+    dataset = with_metadata(video_dataset(tmp_path, [[RED, BLUE], [GREEN]]))
+    broken = dataset.first()
+    with open(broken.filepath, "wb") as f:
+        f.write(b"not a video at all")
+    ais.enable_embeddings(dataset, model=tiny_clip_model_name(), frames=True,
+                          compute=False)
+    ais.calculate_embeddings(dataset, frames=True, wait=True, progress=False)
+
+    form = _form(dataset, operator="ai_search_status")
+    # (it said "Failed samples", as of an image index)
+    assert form["failures"]["view"]["label"] == "Failed videos"
+    assert [f["filepath"] for f in form["failures"]["default"]] == [
+        broken.filepath]

@@ -241,10 +241,12 @@ class AISearchStatus(_Operator):
                               ("reason", "Reason"))
 
     def form(self, ctx, inputs):
-        status = ais.get_status(ctx.dataset,
-                                frames=forms.is_video(ctx.dataset))
+        video = forms.is_video(ctx.dataset)
+        status = ais.get_status(ctx.dataset, frames=video)
         inputs.md(forms.status_text(status), name="status")
-        self._failures(inputs, "failures", "Failed samples",
+        # a frame index's failures are videos (their frames unread)
+        self._failures(inputs, "failures",
+                       "Failed videos" if video else "Failed samples",
                        status.get("failures"), self.FAILURE_COLUMNS)
         for i, field in enumerate(status["object_fields"]):
             objects = ais.get_status(ctx.dataset, patches_field=field,

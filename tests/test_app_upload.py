@@ -5,6 +5,7 @@ server's machine stays an option."""
 import base64
 import io
 
+import PIL.Image
 import pytest
 
 import fiftyone_ai_search as ais
@@ -107,6 +108,11 @@ def test_an_uploaded_image_is_searched_and_named_by_its_file(indexed,
     assert latest["query"]["image"] == str(path)
     assert "image_name" not in latest["query"]
     assert results_summary(indexed)["query"] == "image 'on the server.png'"
+    # a PIL image given to the SDK is in memory too, but no upload
+    with PIL.Image.open(path) as image:
+        ais.perform_ai_search(indexed, image=image, limit=5)
+    assert results_summary(indexed)["query"] == (
+        "image 'on the server.png' given in memory (not kept)")
 
 
 def test_a_broken_upload_is_refused_saying_why(indexed):

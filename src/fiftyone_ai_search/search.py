@@ -567,12 +567,21 @@ def _diverse(store, scope, q):
     return [i for i, _ in out], [s for _, s in out]
 
 
+#: the mark (in a PIL image's ``info``) of an image the App decoded from an
+#: upload: its results record ``uploaded``, and the panel says so
+UPLOAD_MARK = "ai_search_upload"
+
+
 def image_query(image) -> dict:
     """How a search's query image is recorded with its results: its path,
     or, for an image given in memory (a PIL image; the App's uploads),
     which is kept nowhere, its file's name alone, if it has one, and no
-    path that could be taken for one to search again."""
+    path that could be taken for one to search again; an upload to the
+    App (:data:`UPLOAD_MARK`) is recorded as ``uploaded``."""
     if isinstance(image, str):
         return {"image": image[:500]}
     name = os.path.basename(str(getattr(image, "filename", "") or ""))
-    return {"image": None, "image_name": name[:500] or None}
+    query = {"image": None, "image_name": name[:500] or None}
+    if (getattr(image, "info", None) or {}).get(UPLOAD_MARK):
+        query["uploaded"] = True
+    return query

@@ -33,6 +33,7 @@ from fiftyone_ai_search.duplicates import (DEFAULT_THRESHOLD, DUPLICATE_TAG,
                                            duplicate_groups_in)
 from fiftyone_ai_search.errors import UnsupportedPlatformError
 from fiftyone_ai_search.results import collection_summary
+from fiftyone_ai_search.search import UPLOAD_MARK
 from fiftyone_ai_search.store.portability import check_embedded_index
 
 SEARCH_MODES = ("prompt", "similar", "image", "diverse")
@@ -918,6 +919,7 @@ def searched_image(params):
         raise ValueError(f"{name}: cannot read the image ({e}): upload an "
                          "image file (JPEG, PNG, WebP, ...).") from None
     image.filename = name
+    image.info[UPLOAD_MARK] = True  # its results say it was uploaded
     return image
 
 

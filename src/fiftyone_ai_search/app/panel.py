@@ -72,13 +72,16 @@ def selected_range(points, edges):
 
 def image_query_text(query):
     """A search by an outside image as the panel names it: a file by its
-    name; an image given in memory (an upload) by its file's name, said to
-    be kept nowhere (the collection holds no path to it)."""
+    name; an image given in memory (an upload to the App, or a PIL image
+    given to the SDK) by its file's name, said to be kept nowhere (the
+    collection holds no path to it)."""
     if query.get("image"):
         return f"image '{os.path.basename(query['image'])}'"
     name = query.get("image_name")
-    if name:
+    if name and query.get("uploaded"):
         return f"uploaded image '{name}' (not kept)"
+    if name:
+        return f"image '{name}' given in memory (not kept)"
     return "an image given in memory (not kept)"
 
 

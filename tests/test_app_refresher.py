@@ -109,6 +109,10 @@ def test_an_interval_out_of_range_blocks_the_form(two, minutes):
     assert _blocking(form)["interval_minutes"] == (
         f"A pass every 1 to 1440 minutes (a day), in whole minutes: not "
         f"{minutes!r}.")
+    # the command it says it runs holds no interval it would not run with
+    # (the default's was shown, as if the form would start it)
+    assert ("refresher --interval-minutes MINUTES --dataset "
+            f"{two[0].name}") in form["service"]["view"]["label"]
     with pytest.raises(ValueError, match="A pass every 1 to 1440 minutes"):
         _execute(two[0], "start_refresher",
                  params={"interval_minutes": minutes})
@@ -125,6 +129,10 @@ def test_chosen_datasets_must_have_ai_search_on(two):
     params["datasets"] = []
     form = _form(two[0], operator="start_refresher", params=params)
     assert _blocking(form)["datasets"] == "Choose one dataset or more."
+    # no --dataset would read as every dataset
+    assert form["service"]["view"]["label"].split(": ")[1].startswith(
+        "python -m fiftyone_ai_search refresher --interval-minutes "
+        f"{ais.get_settings().refresh_minutes} --dataset DATASET. ")
 
 
 def test_this_dataset_with_ai_search_off_is_said(tmp_path, two):

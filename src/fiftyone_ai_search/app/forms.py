@@ -1357,7 +1357,8 @@ def refresher_form(ctx, inputs, params):
     except ValueError as e:
         runnable = False
         invalid(prop, str(e))
-        minutes = default
+        # the command below shows no interval it would not run with
+        minutes = "MINUTES"
     choices = types.RadioGroup()
     choices.add_choice(REFRESH_THIS, label=f"This dataset ({ctx.dataset.name})")
     choices.add_choice(REFRESH_ALL, label="Every dataset with AI search on, "
@@ -1380,7 +1381,8 @@ def refresher_form(ctx, inputs, params):
     except ValueError as e:
         runnable = False
         invalid(prop, str(e))
-        datasets = None
+        # (not None: no --dataset would read as every dataset)
+        datasets = ["DATASET"]
     command = " ".join(
         ["python -m fiftyone_ai_search refresher --interval-minutes",
          str(minutes)] + [f"--dataset {shlex.quote(n)}"

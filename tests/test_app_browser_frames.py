@@ -3,12 +3,13 @@ it, in a real browser.
 
 Headless Chromium drives the real App server (with our plugin) over a
 video dataset of small synthetic videos (tests/videos.py: a shape moving
-across each second of video, 3 videos showing a red circle 4 seconds of 6,
-3 without), AI search off at first: enable it from the grid's AI Search
-button (the frame index: 1 frame per second), watch the panel follow it,
-search the frames by prompt (the grid shows a frames view, red circles
-first), open a result (the sample modal shows that frame of its video) and
-find frames similar to it from the modal.
+across each second of video; 3 videos showing a blue square for 2 seconds,
+then a red circle for 4, 3 without), AI search off at first: enable it
+from the grid's AI Search button (the frame index: 1 frame per second),
+watch the panel follow it, search the frames by prompt (the grid shows a
+clip starting at each hit, red circles first), open the best result (the
+sample modal's video player is at the hit, 2 s or more into its video, not
+at its start) and find frames similar to it from the modal.
 
 The tests share one page and run in file order, each from where the previous
 one left it. Screenshots go to ``tests/artifacts/browser/frames-*.png``.
@@ -17,6 +18,7 @@ CI.
 """
 
 import os
+import re
 import shutil
 import uuid
 
@@ -35,7 +37,8 @@ pytestmark = pytest.mark.slow
 
 PANEL = "AI Search"
 RED = ("red", "circle")
-WITH_RED = [RED, ("red", "square"), RED, ("blue", "square"), RED, RED]
+# the red circle from 2 s on: a player at the video's start shows no hit
+WITH_RED = [("blue", "square"), ("blue", "square"), RED, RED, RED, RED]
 WITHOUT = [("blue", "circle"), ("red", "square"), ("green", "star"),
            ("blue", "square"), ("blue", "circle"), ("green", "star")]
 NUM_FRAMES = 36  # 6 videos of 6 s, 1 frame a second
@@ -108,17 +111,26 @@ def panel(app):
     return lambda: app.panel(PANEL)
 
 
-def frames_of(app):
-    """The App's view as ``(video id, frame number)`` of its frames, in
-    order (it must be a frames view)."""
+def clips_of(app):
+    """The App's view as ``(video id, first frame)`` of its clips, in
+    order (it must be a clips view)."""
     view = app.session.view
-    assert view is not None and view._is_frames, view
-    return list(zip(*view.values(["sample_id", "frame_number"])))
+    assert view is not None and view._is_clips, view
+    return [(v, s[0]) for v, s in zip(*view.values(["sample_id", "support"]))]
+
+
+def player_time(app):
+    """The time the sample modal's video player shows (its time display,
+    ``0:02.00 / 0:06.00``), in seconds; None until it shows one."""
+    match = re.search(r"(\d+):(\d\d(?:\.\d+)?)\s*/\s*\d+:\d\d",
+                      app.text(app.sample_modal) or "")
+    return None if not match else (
+        60 * int(match.group(1)) + float(match.group(2)))
 
 
 def shown(dataset, frames):
-    """What each frame shows (``"red circle"``): the test videos change
-    shape every second (10 frames)."""
+    """What each frame (``(video id, frame number)``) shows (``"red
+    circle"``): the test videos change shape every second (10 frames)."""
     layouts = dict(zip(*dataset.values(["id", "layout"])))
     return [layouts[v][(n - 1) // FRAME_RATE] for v, n in frames]
 
@@ -147,42 +159,46 @@ def test_enable_frame_search_from_the_grid_button(app, app_dataset):
     assert app.console_errors() == []
 
 
-def test_prompt_search_shows_red_circle_frames_first(app, app_dataset):
+def test_prompt_search_shows_red_circle_clips_first(app, app_dataset):
     app.click_placement(f"{PLUGIN_NAME}/ai_search")
     app.wait_for_text("Search frames by", root=app.prompt)
     text = app.wait_for_text("Searching the frames of all 6 videos",
                              root=app.prompt)
     assert "diverse: a representative spread of frames" in text
+    assert "Open as clips" in text
     app.fill("Prompt", "a red circle", root=app.prompt)
     app.fill("Limit", 10, root=app.prompt)
     app.execute_prompt()
 
-    app.wait_for_view(lambda v: len(v) == 10, "the 10 frames found")
-    frames = frames_of(app)
+    # a clip starting at each hit, best first
+    app.wait_for_view(lambda v: len(v) == 10, "the 10 clips found")
+    clips = clips_of(app)
     hits = ais.search_frames(app_dataset, prompt="a red circle", limit=10)
-    assert frames == [(h["sample_id"], h["frame_number"]) for h in hits]
-    assert shown(app_dataset, frames).count("red circle") >= 9
+    assert clips == [(h["sample_id"], h["frame_number"]) for h in hits]
+    assert shown(app_dataset, clips).count("red circle") >= 9
     app.wait_for_text("Latest results: prompt 'a red circle', 10 frames",
                       root=panel(app))
     app.wait_for_count(10)
-    app.wait(app.tiles_drawn, "the frames' tiles drawn")
+    app.wait(app.tiles_drawn, "the clips' tiles drawn")
     app.screenshot("frames-03-prompt-search")
-    assert app.console_errors() == []
+    assert console_errors(app) == []
 
 
-def test_a_result_opens_its_frame_and_finds_similar_frames(app, app_dataset):
-    video, number = frames_of(app)[0]
-    first = app.session.view.first()
+def test_the_best_result_opens_at_its_hit_and_finds_similar_frames(
+        app, app_dataset):
+    video, number = clips_of(app)[0]
+    assert number > 2 * FRAME_RATE  # the red circle: 2 s in, or later
     modal = app.open_sample(0)
-    # the modal shows that frame of its video: its frame number in the
-    # sidebar, the frame drawn
-    app.wait_for_text("frame_number", root=modal)
-    app.wait(lambda: first.id in app.driver.current_url
-             or str(number) in app.text(app.sample_modal),
-             "the modal on the first result's frame")
+    # the player is at the hit, not at the video's start (0:00.00): FiftyOne
+    # plays a clip from its first frame
+    app.wait_for_text("support", root=modal)
+    app.wait(lambda: player_time(app) is not None,
+             "the player's time display", interval=0.25)
+    at = player_time(app)
     app.screenshot("frames-04-result-opened")
+    assert at == pytest.approx((number - 1) / FRAME_RATE, abs=0.01), at
 
-    # "Find similar" in the modal: frames like the one open
+    # "Find similar" in the modal: frames like the hit
     app.click_icon("image_search", root=app.sample_modal)
     app.wait_for_text(f"Similar to the selected frame (frame {number} of "
                       "its video)", root=app.prompt)
@@ -191,13 +207,13 @@ def test_a_result_opens_its_frame_and_finds_similar_frames(app, app_dataset):
     app.screenshot("frames-05-find-similar")
     app.execute_prompt()
 
-    app.wait_for_view(lambda v: len(v) == 8, "8 frames like it")
-    frames = frames_of(app)
-    assert frames[0] == (video, number)
-    assert shown(app_dataset, frames).count("red circle") >= 6
+    app.wait_for_view(lambda v: len(v) == 8, "8 clips like it")
+    clips = clips_of(app)
+    assert clips[0] == (video, number)
+    assert shown(app_dataset, clips).count("red circle") >= 6
     app.wait_for_text(f"Latest results: similar to frame {number}, 8 frames",
                       root=panel(app))
     app.wait_for_count(8)
-    app.wait(app.tiles_drawn, "the similar frames' tiles drawn")
+    app.wait(app.tiles_drawn, "the similar clips' tiles drawn")
     app.screenshot("frames-06-similar-frames")
     assert console_errors(app) == []

@@ -2,8 +2,9 @@
 operators through FiftyOne's own operator machinery (as test_operators.py
 runs them), on small synthetic videos and the tiny CLIP: enabling the
 frame index from the App, its status, searching frames by prompt, by a
-frame selected in a frames view and by an uploaded image, the results
-shown as a frames view, best first."""
+frame selected in a frames view (or a clip of the results) and by an
+uploaded image, the results shown as clips starting at the hits (the
+video player opens at the hit) or as a frames view, best first."""
 
 import base64
 import io
@@ -160,11 +161,32 @@ def test_prompt_search_shows_the_red_circle_frames_first(red_circles):
     assert modes == ["prompt", "similar", "image", "diverse"]
     assert "all 6 videos" in form["scope"]["view"]["label"]
 
+    assert form["as_clips"]["default"] is True
+    assert "player opens at the hit" in form["as_clips"]["view"][
+        "description"]
+
+    # by default, clips starting at the hits, best first: the App's video
+    # player opens a clip at its first frame
+    out, clips = run("ai_search", dataset, mode="prompt",
+                     prompt="a red circle", limit=10)
+    assert out == {"collection": ais.TEMPORARY_COLLECTION, "count": 10}
+    assert clips._is_clips and len(clips) == 10
+    hits = ais.search_frames(dataset, prompt="a red circle", limit=10)
+    assert list(zip(*clips.values(["sample_id", "support"]))) == [
+        (h["sample_id"], [h["frame_number"], h["frame_number"] + 9])
+        for h in hits]
+    assert ais.is_latest_results(clips)
+    # a score range (the panel's, filter_by_score) keeps them clips
+    out, ranged = run("filter_by_score", dataset, view=clips,
+                      min_score=hits[4]["score"])
+    assert ranged._is_clips and out["count"] == len(ranged) >= 5
+    assert ranged.values("support") == clips.values("support")[:len(ranged)]
+
+    # "Open as clips" off: FiftyOne's frames view of the hits
     out, frames = run("ai_search", dataset, mode="prompt",
-                      prompt="a red circle", limit=10)
+                      prompt="a red circle", limit=10, as_clips=False)
     assert out == {"collection": ais.TEMPORARY_COLLECTION, "count": 10}
     assert frames._is_frames and len(frames) == 10
-    hits = ais.search_frames(dataset, prompt="a red circle", limit=10)
     # the frames view is the hits, best first, kept as the latest results
     assert list(zip(*frames.values(["sample_id", "frame_number"]))) == [
         (h["sample_id"], h["frame_number"]) for h in hits]
@@ -175,7 +197,8 @@ def test_prompt_search_shows_the_red_circle_frames_first(red_circles):
 
     # the best frame per video: the 3 videos with red circles
     out, frames = run("ai_search", dataset, mode="prompt",
-                      prompt="a red circle", limit=3, best_per_video=True)
+                      prompt="a red circle", limit=3, best_per_video=True,
+                      as_clips=False)
     assert len(set(frames.values("sample_id"))) == 3
     assert shown_layout(dataset, frames) == ["red circle"] * 3
 
@@ -183,15 +206,15 @@ def test_prompt_search_shows_the_red_circle_frames_first(red_circles):
     view = dataset.skip(3)
     label = _form(dataset, view=view)["scope"]["view"]["label"]
     assert "the 3 videos of the current view" in label
-    out, frames = run("ai_search", dataset, view=view, mode="prompt",
-                      prompt="a red circle", limit=5)
-    assert set(frames.values("sample_id")) <= set(view.values("id"))
+    out, clips = run("ai_search", dataset, view=view, mode="prompt",
+                     prompt="a red circle", limit=5)
+    assert set(clips.values("sample_id")) <= set(view.values("id"))
 
 
 def test_search_by_a_selected_frame_and_in_the_modal(red_circles):
     dataset = red_circles
     _, results = run("ai_search", dataset, mode="prompt",
-                     prompt="a red circle", limit=10)
+                     prompt="a red circle", limit=10, as_clips=False)
 
     # in the results (a frames view) with a frame selected: similar frames
     # is the default, and searches every video, not the results
@@ -204,7 +227,7 @@ def test_search_by_a_selected_frame_and_in_the_modal(red_circles):
     assert "never searches the latest results" in form["scope"]["view"][
         "label"]
     out, frames = run("ai_search", dataset, view=results, selected=[ref.id],
-                      mode="similar", limit=12)
+                      mode="similar", limit=12, as_clips=False)
     first = frames.first()
     assert (first.sample_id, first.frame_number) == (ref.sample_id,
                                                      ref.frame_number)
@@ -232,10 +255,33 @@ def test_search_by_a_selected_frame_and_in_the_modal(red_circles):
                  current_sample=ref.id)
     assert "Similar to the selected frame" in form["selected"]["view"][
         "label"]
-    out, frames = run("search_similar", dataset, view=results,
-                      current_sample=ref.id, limit=5)
-    assert (frames.first().sample_id, frames.first().frame_number) == (
-        ref.sample_id, ref.frame_number)
+    out, clips = run("search_similar", dataset, view=results,
+                     current_sample=ref.id, limit=5)
+    assert (clips.first().sample_id, clips.first().support) == (
+        ref.sample_id, [ref.frame_number, ref.frame_number + 9])
+
+    # "Find similar" on a clip of the results open in the modal: frames
+    # like its hit frame (the clip's first)
+    clip = clips.skip(1).first()
+    form = _form(dataset, operator="search_similar", view=clips,
+                 current_sample=clip.id)
+    assert (f"Similar to the selected frame (frame {clip.support[0]} of "
+            "its video)") in form["selected"]["view"]["label"]
+    out, again = run("search_similar", dataset, view=clips,
+                     current_sample=clip.id, limit=5)
+    assert (again.first().sample_id, again.first().support[0]) == (
+        clip.sample_id, clip.support[0])
+    # selected in the grid of clips, too
+    out, again = run("ai_search", dataset, view=clips, selected=[clip.id],
+                     mode="similar", limit=5)
+    assert (again.first().sample_id, again.first().support[0]) == (
+        clip.sample_id, clip.support[0])
+    # a clips view of the user's is not of frames: nothing to start from
+    mine = dataset.to_clips([[(1, 10)]] * len(dataset))
+    blocked = _blocking(_form(dataset, view=mine,
+                              selected=[mine.first().id],
+                              params={"mode": "similar"}))
+    assert "Nothing selected" in blocked["selected"]
 
 
 def test_search_by_an_uploaded_image(red_circles, tmp_path):
@@ -247,7 +293,8 @@ def test_search_by_an_uploaded_image(red_circles, tmp_path):
               "size": len(data.getvalue()),
               "content": base64.b64encode(data.getvalue()).decode()}
     out, frames = run("ai_search", dataset, mode="image",
-                      image_source="upload", image_upload=upload, limit=10)
+                      image_source="upload", image_upload=upload, limit=10,
+                      as_clips=False)
     assert out["count"] == 10
     assert shown_layout(dataset, frames).count("red circle") >= 8
 
@@ -255,7 +302,8 @@ def test_search_by_an_uploaded_image(red_circles, tmp_path):
 def test_diverse_frames_and_a_frames_view_as_scope(red_circles):
     dataset = red_circles
     out, frames = run("ai_search", dataset, mode="diverse", method="random",
-                      clustering_method="kmeans", num_clusters=4, limit=8)
+                      clustering_method="kmeans", num_clusters=4, limit=8,
+                      as_clips=False)
     assert out["count"] == len(frames) == 8
 
     # a frames view of the user's (not results): its frames are searched

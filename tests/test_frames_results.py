@@ -329,3 +329,92 @@ def test_a_new_search_leaves_no_persistent_frames_dataset_behind(videos):
     assert _pairs(videos.load_saved_view(ais.TEMPORARY_COLLECTION)) == [
         (h["sample_id"], h["frame_number"])
         for h in ais.get_frame_hits(videos, ais.TEMPORARY_COLLECTION)]
+
+
+def _clips(view):
+    """A clips view as ``(video id, [first, last])`` of its clips."""
+    return list(zip(view.values("sample_id"), view.values("support")))
+
+
+def test_frame_results_open_as_clips_starting_at_each_hit(videos):
+    """FiftyOne's App plays a clips view's sample from its support's first
+    frame, a frames view's from its video's start: a clip per hit, from
+    the hit, is how results open in the player at the hit."""
+    name = ais.perform_frame_search(videos, prompt="a red circle", limit=10)
+    hits = ais.get_frame_hits(videos, name)
+
+    clips = ais.get_collection(videos, name, as_clips=True)
+    assert clips._is_clips
+    # best first, each starting at its hit, one sampling interval long
+    # (10 fps, 1 frame a second: 10 frames)
+    assert _clips(clips) == [(h["sample_id"], [h["frame_number"],
+                                               h["frame_number"] + 9])
+                             for h in hits]
+    assert sum(s == "red circle" for s in _shown(
+        videos, [(v, s[0]) for v, s in _clips(clips)])) >= 9
+    assert set(clips.values("filepath")) <= set(videos.values("filepath"))
+
+    # the latest results, and a score range of them, as clips
+    assert ais.is_latest_results(clips)
+    ranged = ais.get_collection(videos, name, min_score=hits[3]["score"],
+                                as_clips=True)
+    assert _clips(ranged) == _clips(clips)[:len(ranged)]
+    assert ais.is_latest_results(ranged)
+    assert not ais.is_latest_results(videos.to_clips([[(1, 10)]] * 6))
+    # the App sends the stages back as plain JSON: the same clips
+    stages = json.loads(json.dumps(clips._serialize()))
+    assert _clips(fo.DatasetView._build(videos, stages)) == _clips(clips)
+
+    # the best hit of each video, as clips
+    best = ais.get_frame_collection(videos, name, best_per_video=True,
+                                    as_clips=True)
+    top = ais.get_frame_hits(videos, name, best_per_video=True)
+    assert _clips(best) == [(h["sample_id"], [h["frame_number"],
+                                              h["frame_number"] + 9])
+                            for h in top]
+    # the frames view is still the default
+    assert ais.get_collection(videos, name)._is_frames
+
+
+def test_opening_clips_leaves_the_videos_and_their_index_alone(videos):
+    """FiftyOne writes manual clips' supports on the videos for a moment
+    (it stamps their last_modified_at): nothing stays on them, and the
+    frame index's next sync embeds nothing."""
+    name = ais.perform_frame_search(videos, prompt="a red circle", limit=5)
+    schema = set(videos.get_field_schema())
+    layouts = videos.values("layout")
+    assert len(ais.get_collection(videos, name, as_clips=True)) == 5
+
+    assert set(videos.get_field_schema()) == schema
+    assert videos.values("layout") == layouts
+    raw = videos._dataset._sample_collection
+    assert raw.count_documents({"_support": {"$exists": True}}) == 0
+    report = ais.calculate_embeddings(videos, frames=True, wait=True,
+                                      progress=False)
+    assert (report.added, report.updated) == (0, 0)
+
+
+def test_a_clip_never_runs_past_its_video():
+    from fiftyone_ai_search.clip_views import clip_supports
+
+    hits = [("a", 1), ("a", 55), ("b", 3), ("c", 7)]
+    supports = clip_supports(hits, 1.0, {"a": 10.0, "b": None, "c": 5.0},
+                             {"a": 60, "c": 8})
+    # 10 fps: 10 frames, cut at the video's 60th; no rate: 30 fps assumed;
+    # a clip never ends before its hit
+    assert supports == [(1, 10), (55, 60), (3, 32), (7, 8)]
+    # at the video's own rate or above, a clip is its hit frame
+    assert clip_supports([("a", 4)], 30.0, {"a": 25.0}) == [(4, 4)]
+
+
+def test_only_frames_open_as_clips(videos, tmp_path):
+    from tests.helpers import shapes_dataset
+
+    name = ais.perform_frame_search(videos, prompt="a red circle", limit=3)
+    with pytest.raises(ValueError, match="as_clips"):
+        ais.get_collection(videos, name, as_clips="yes")
+    dataset = shapes_dataset(tmp_path, num_samples=8)
+    ais.calculate_embeddings(dataset, wait=True, progress=False)
+    images = ais.perform_ai_search(dataset, prompt="a red circle", limit=3)
+    with pytest.raises(ValueError, match="as_clips.*not of video frames"):
+        ais.get_collection(dataset, images, as_clips=True)

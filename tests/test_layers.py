@@ -51,6 +51,7 @@ LAYERS = {
     "brain_frames": FACADE,
     "brain_registry": FACADE, "duplicates": FACADE, "uniqueness": FACADE,
     "results": FACADE, "frame_search": FACADE, "frame_views": FACADE,
+    "clip_views": FACADE,
     "scheduler": FACADE, "refreshers": FACADE,
     "__main__": ENTRY, "demo.quickstart": ENTRY, "testing": ENTRY,
     "app": APP,

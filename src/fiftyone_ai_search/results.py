@@ -14,7 +14,9 @@ A collection of the frames of a video dataset (:func:`fiftyone_ai_search.
 frame_search.perform_frame_search`) is a frames view of the hit videos at
 the frame index's rate; its ids are frame keys ``(video, frame number)``,
 never a frames view's ids, which FiftyOne generates anew (see
-:mod:`fiftyone_ai_search.frame_views`).
+:mod:`fiftyone_ai_search.frame_views`). It also opens as a clips view, a
+clip starting at each hit, which the App's video player opens at the hit
+(:mod:`fiftyone_ai_search.clip_views`).
 
 A collection of a grouped dataset selects from all its image slices
 (``select_group_slices(media_type="image")``, a flat view): FiftyOne's
@@ -35,6 +37,7 @@ import numpy as np
 from bson import json_util
 from pymongo import ReturnDocument
 
+from . import clip_views
 from . import frame_views
 from . import validate
 from .errors import CollectionNotFoundError
@@ -321,19 +324,28 @@ def get_collection_scores(dataset: fod.Dataset, name: str
 
 def get_collection(dataset: fod.Dataset, name: str,
                    min_score: float | None = None,
-                   max_score: float | None = None) -> fov.DatasetView:
+                   max_score: float | None = None,
+                   as_clips: bool = False) -> fov.DatasetView:
     """The samples of a collection, in its order, optionally cut to a score
     range. No model is run.
 
     A collection of the frames of a video dataset is a frames view of its
     videos (``to_frames(sample_frames="dynamic", fps=...)`` at the frame
     index's rate), its frames in the collection's order; FiftyOne counts
-    frames with the videos' metadata (``compute_metadata()``).
+    frames with the videos' metadata (``compute_metadata()``). With
+    ``as_clips``, it is a clips view instead, a clip starting at each hit
+    (to the frame before the next one the index samples), in the same
+    order: the App's video player opens a clip at its first frame, where
+    it opens a frame of a frames view at the start of its video (see
+    :mod:`fiftyone_ai_search.clip_views`).
 
     Examples::
 
         view = ais.get_collection(dataset, name, min_score=0.25)
         session.view = view
+
+        # frames: play each hit in the App's video player
+        session.view = ais.get_collection(videos, name, as_clips=True)
 
     Args:
         dataset: a :class:`fiftyone.core.dataset.Dataset`
@@ -341,6 +353,8 @@ def get_collection(dataset: fod.Dataset, name: str,
         min_score (None): keep samples scoring ``>= min_score``, in [-1, 1]
         max_score (None): keep samples scoring ``<= max_score``, in [-1, 1],
             not below ``min_score``
+        as_clips (False): a collection of frames as a clips view of its
+            hits (only for one)
 
     Returns:
         a :class:`fiftyone.core.view.DatasetView`
@@ -351,7 +365,13 @@ def get_collection(dataset: fod.Dataset, name: str,
     """
     dataset = media.source_dataset(dataset, "dataset")
     min_score, max_score = validate.score_range(min_score, max_score)
+    as_clips = validate.boolean(as_clips, "as_clips")
     doc = _load(dataset, name)
+    if as_clips:
+        if not is_frames(doc):
+            raise _not_frames(dataset, name, "as_clips")
+        return _clips_view(dataset, doc,
+                           _in_range(_rows(doc), min_score, max_score))
     if min_score is None and max_score is None and not is_frames(doc) \
             and doc.get("view_version", doc.get("version")) == doc.get(
                 "version"):
@@ -451,10 +471,20 @@ def get_frame_hits(dataset: fod.Dataset, name: str,
 def get_frame_collection(dataset: fod.Dataset, name: str,
                          min_score: float | None = None,
                          max_score: float | None = None,
-                         best_per_video: bool = False) -> fov.DatasetView:
+                         best_per_video: bool = False,
+                         as_clips: bool = False) -> fov.DatasetView:
     """A collection of frames as a FiftyOne frames view, in its order, as
     :func:`get_collection` opens it; with ``best_per_video``, the best
-    frame of each video only, best first.
+    frame of each video only, best first; with ``as_clips``, a clips view
+    with a clip starting at each of these frames, which the App's video
+    player opens at the hit.
+
+    Examples::
+
+        name = ais.perform_frame_search(videos, prompt="a red circle")
+        view = ais.get_frame_collection(videos, name, best_per_video=True,
+                                        as_clips=True)
+        view.first().support  # [21, 30]: the best hit of the best video
 
     Args:
         dataset: the video dataset
@@ -462,9 +492,11 @@ def get_frame_collection(dataset: fod.Dataset, name: str,
         min_score (None): keep frames scoring ``>= min_score``
         max_score (None): keep frames scoring ``<= max_score``
         best_per_video (False): only the best frame of each video
+        as_clips (False): a clips view (a clip from each hit to the frame
+            before the next one the index samples) instead of frames
 
     Returns:
-        a :class:`fiftyone.core.view.DatasetView` of frames
+        a :class:`fiftyone.core.view.DatasetView` of frames, or of clips
 
     Raises:
         ValueError: for invalid arguments, or if the collection is not of
@@ -473,14 +505,26 @@ def get_frame_collection(dataset: fod.Dataset, name: str,
     """
     dataset = media.source_dataset(dataset, "dataset")
     best_per_video = validate.boolean(best_per_video, "best_per_video")
+    as_clips = validate.boolean(as_clips, "as_clips")
     validate.score_range(min_score, max_score)
     if not best_per_video:
         if not is_frame_collection(dataset, name):
             raise _not_frames(dataset, name)
-        return get_collection(dataset, name, min_score, max_score)
+        return get_collection(dataset, name, min_score, max_score, as_clips)
     doc = _load(dataset, name)
     rows = _frame_rows(dataset, name, min_score, max_score, True, doc)
+    if as_clips:
+        return _clips_view(dataset, doc, rows)
     return _frames_view(dataset, doc, rows)
+
+
+def _clips_view(dataset, doc, rows):
+    """The clips view of ``rows`` of the frame collection of the scores
+    document ``doc``: a clip starting at each hit frame itself (a
+    scene-change frame too, which a frames view shows as its nearest grid
+    frame)."""
+    return clip_views.clips_of(dataset, [split_frame_key(r[0]) for r in rows],
+                               doc["frames"]["fps"])
 
 
 def _frames_view(dataset, doc, rows):
@@ -520,10 +564,11 @@ def _frame_rows(dataset, name, min_score, max_score, best_per_video,
     return rows
 
 
-def _not_frames(dataset, name):
+def _not_frames(dataset, name, arg="name"):
     return ValueError(
-        f"name: the collection {name!r} of dataset '{dataset.name}' is not "
-        "of video frames")
+        f"{arg}: the collection {name!r} of dataset '{dataset.name}' is not "
+        "of video frames" + (" (only frames open as clips)"
+                             if arg == "as_clips" else ""))
 
 
 def list_collections(dataset: fod.Dataset) -> list[dict]:
@@ -695,6 +740,8 @@ def is_latest_results(samples: foc.SampleCollection) -> bool:
 
     if getattr(samples, "_is_frames", False):
         return _is_latest_frames(samples)
+    if getattr(samples, "_is_clips", False):
+        return _is_latest_clips(samples)
     try:
         dataset = media.source_dataset(samples)
     except media.UnsupportedMediaError:
@@ -729,6 +776,21 @@ def _is_latest_frames(frames):
     except CollectionNotFoundError:
         return False
     return is_frames(doc) and set(shown) <= set(_shown(doc, _rows(doc)))
+
+
+def _is_latest_clips(clips):
+    """Whether a clips view shows the latest frame search results as clips
+    (:func:`get_collection` ``as_clips``, or a score range of them): its
+    clips start at some of their frames."""
+    shown = clip_views.shown_keys_of(clips)
+    if shown is None:
+        return False
+    try:
+        doc = _load(clips._root_dataset, TEMPORARY_COLLECTION)
+    except CollectionNotFoundError:
+        return False
+    return is_frames(doc) and set(shown) <= {
+        split_frame_key(k) for k in doc["sample_ids"]}
 
 
 def delete_temporary_collection(dataset, patches_field=None):

@@ -999,8 +999,11 @@ def show_collection(ctx, name, min_score=None, max_score=None):
     list of saved views does not know a view saved during this request
     yet, and setting it by name failed on the first search.
     """
+    # frame results shown as clips (app/frames.py) stay clips
+    clips = bool(getattr(ctx.view, "_is_clips", False)) and \
+        ais.is_frame_collection(ctx.dataset, name)
     view = ais.get_collection(ctx.dataset, name, min_score=min_score,
-                              max_score=max_score)
+                              max_score=max_score, as_clips=clips)
     ctx.ops.set_view(view=view)
     return view
 

@@ -4,13 +4,16 @@ and the search it runs, shared by the grid's AI Search button, the panel
 and "Find similar" in the sample modal.
 
 The hits are kept as the latest results (a frame collection, as
-:func:`fiftyone_ai_search.perform_frame_search` keeps them) and open as
-FiftyOne's frames view of the index's sampling grid, best first: each tile
-is the hit frame. Clicking one opens its sample in the sample modal,
-whose player starts at the video's beginning, not at the hit: FiftyOne
-1.22 does not seek a dynamic frames view's sample to its frame, and a
-plugin cannot open the player at a frame. The panel's histogram, score
-range and saving work on them as on images.
+:func:`fiftyone_ai_search.perform_frame_search` keeps them) and open, by
+default, as a clips view: a clip from each hit, one sampling interval
+long, best first. Its tile is the hit frame, and clicking it opens the
+video player at the hit, playing that clip (``l`` unlocks the whole
+video): FiftyOne 1.22 plays a clips view's sample from its first frame,
+where it plays a frames view's sample from the video's beginning, and
+offers a plugin no other way to open the player at a frame. Unticking
+"Open as clips" shows FiftyOne's frames view of the hits instead (each
+tile the hit frame; its player starts at the video's beginning). The
+panel's histogram, score range and saving work on them as on images.
 
 By example, a search starts from a frame: the one selected in a frames
 view (the results, or any frames view on the index's grid), or the frame
@@ -20,6 +23,7 @@ open in the modal.
 import fiftyone.operators.types as types
 
 import fiftyone_ai_search as ais
+from fiftyone_ai_search import clip_views
 
 from . import forms
 
@@ -30,10 +34,16 @@ FRAME_MODES = ("prompt", "similar", "image", "diverse")
 def selected_frames(ctx, selected):
     """The frames a search by example may start from, ``(video sample id,
     frame number)`` each, in the order selected: the selected samples of a
-    frames view (or the frame open in the modal); none elsewhere (a video
-    is not a frame)."""
+    frames view (or the frame open in the modal), the hit frames of
+    selected clips of frame results (the first frame of each clip); none
+    elsewhere (a video is not a frame)."""
     view = ctx.view
     ids = list(selected or ())
+    if ids and clip_views.shown_keys_of(view) is not None:
+        clip_ids, videos, supports = view.select(ids).values(
+            ["id", "sample_id", "support"])
+        found = {i: (v, s[0]) for i, v, s in zip(clip_ids, videos, supports)}
+        return [found[i] for i in ids if i in found]
     if not ids or not getattr(view, "_is_frames", False):
         return []
     frame_ids, videos, numbers = view.select(ids).values(
@@ -145,6 +155,10 @@ def search_form(ctx, inputs, params, selected, on_change=None,
         inputs.bool("best_per_video", label="Best frame per video",
                     default=False, description="One result per video: its "
                     "frame that scores best")
+    inputs.bool("as_clips", label="Open as clips", default=True,
+                description="Each result a clip from its frame: the video "
+                "player opens at the hit. Off: a frames view, whose player "
+                "starts at the video's beginning")
     prop = inputs.int("limit", label="Limit", default=forms.DEFAULT_LIMIT,
                       min=1, description="How many frames to show (videos, "
                       "with the best frame per video)")
@@ -202,10 +216,11 @@ def search_from_params(ctx, params, selected):
 
 
 def search_and_show(ctx, params, selected):
-    """Runs the frame search of ``params`` and shows its hits in the App as
-    a frames view, best first. Says when nothing matched, and when the
-    hits cannot be shown (videos without metadata: FiftyOne's frames views
-    count frames with it).
+    """Runs the frame search of ``params`` and shows its hits in the App,
+    best first: as clips starting at each hit (the form's "Open as clips",
+    on by default), or as a frames view. Says when nothing matched, and
+    when the hits cannot be shown (videos without metadata: FiftyOne's
+    frames views count frames with it).
 
     Returns:
         ``{"collection": name or None, "count": frames shown}``
@@ -214,7 +229,8 @@ def search_and_show(ctx, params, selected):
     if name is None:
         ctx.ops.notify("Nothing matched", variant="warning")
         return {"collection": None, "count": 0}
-    view = ais.get_collection(ctx.dataset, name)
+    view = ais.get_collection(ctx.dataset, name,
+                              as_clips=bool(params.get("as_clips", True)))
     if len(view) == 0:
         raise ValueError(
             "Frames matched, but FiftyOne cannot show frames of videos "

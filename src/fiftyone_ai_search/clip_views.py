@@ -1,0 +1,146 @@
+"""Frame hits as FiftyOne clips views: a clip starting at each hit, so
+that the App's video player opens at the hit.
+
+FiftyOne 1.22's sample modal plays a frames view's sample (a frame of a
+video) from the beginning of its video, and offers no way to seek it. It
+plays a clips view's sample from the first frame of its support, locked to
+it (``l`` in the player unlocks the whole video), and the grid's tile of a
+clip is that frame. So a clip per hit, one sampling interval from it (the
+stretch of video a grid frame stands for), opens where the hit is.
+
+The view is ``select(videos).to_clips(supports)`` (one list of supports
+per video, FiftyOne's "manual" clips), then one
+:class:`fiftyone.core.stages.Mongo` stage that orders the clips as the hits
+are, by ``(sample id, first frame)``: like a frames view's, a clips view's
+ids are generated anew with its clips dataset, so the stage never names
+them (see :mod:`fiftyone_ai_search.frame_views`).
+
+FiftyOne generates manual clips by writing their supports on the source
+videos for a moment (a ``_support`` field, unset again at once): that
+bumps the hit videos' ``last_modified_at`` each time the clips dataset is
+generated. The frame index's sync then checks those videos' frame 1 and
+embeds nothing (a video's fingerprint is its file's).
+
+| Copyright the fiftyone-ai-search authors, Apache-2.0.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # for annotations only
+    import fiftyone.core.dataset as fod
+    import fiftyone.core.view as fov
+
+#: the field the rank stage adds (and removes again) to order the clips;
+#: also how :func:`shown_keys_of` recognises a view of ours
+RANK_FIELD = "_ais_clip_rank"
+
+#: the separator of a clip's ``"<sample id>:<first frame>"`` in the rank
+#: stage
+_SEP = ":"
+
+#: the frame rate assumed for a video without a usable one in its metadata
+#: (the frame index assumes the same: embedding.frames.ASSUMED_FRAME_RATE)
+ASSUMED_FRAME_RATE = 30.0
+
+
+def clip_supports(hits, fps, frame_rates, frame_counts=None):
+    """The support ``[first, last]`` of the clip of each hit: one sampling
+    interval of the grid at ``fps`` from the hit frame (``frame_rate /
+    fps`` frames, rounded down; at least the hit frame): on the grid, the
+    hit and the frames before the next one sampled. Never past the
+    video's last frame.
+
+    Args:
+        hits: ``(video id, frame number)`` pairs
+        fps: the frame index's samples per second
+        frame_rates: ``{video id: metadata.frame_rate}`` (None or missing:
+            :data:`ASSUMED_FRAME_RATE`)
+        frame_counts (None): ``{video id: metadata.total_frame_count}``
+
+    Returns:
+        a list of ``(first, last)``, one per hit
+    """
+    frame_counts = frame_counts or {}
+    out = []
+    for video, number in hits:
+        rate = frame_rates.get(video)
+        if not (isinstance(rate, (int, float)) and math.isfinite(rate)
+                and rate > 0):
+            rate = ASSUMED_FRAME_RATE
+        step = max(1, int(math.floor(rate / float(fps))))
+        last = int(number) + step - 1
+        count = frame_counts.get(video)
+        if count:
+            last = min(last, int(count))
+        out.append((int(number), max(int(number), last)))
+    return out
+
+
+def clips_of(dataset: fod.Dataset, hits: list[tuple], fps: float
+             ) -> fov.DatasetView:
+    """The clips view of ``hits`` (``(video id, frame number)`` pairs, best
+    first), a clip starting at each hit (:func:`clip_supports`), in this
+    order; a hit given twice shows once, where it first appears. The
+    videos' metadata gives their frame rates and lengths."""
+    import fiftyone.core.stages as fos  # start-up: FiftyOne, on first use
+
+    hits = list(dict.fromkeys((str(v), int(n)) for v, n in hits))
+    videos = list(dict.fromkeys(v for v, _ in hits))
+    base = dataset
+    if dataset.media_type == "group":
+        # the videos are in its video slices: select() of a grouped dataset
+        # sees the active slice only, and FiftyOne clips no grouped view
+        base = dataset.select_group_slices(media_type="video")
+    view = base.select(videos, ordered=True)
+    ids, rates, counts = view.values(
+        ["id", "metadata.frame_rate", "metadata.total_frame_count"])
+    supports = clip_supports(hits, fps, dict(zip(ids, rates)),
+                             dict(zip(ids, counts)))
+    per_video = {v: [] for v in ids}
+    starts = []
+    for (video, _), support in zip(hits, supports):
+        if video in per_video:  # a video deleted since the search: none
+            per_video[video].append(list(support))
+            starts.append((video, support[0]))
+    if not starts:
+        return dataset.limit(0)
+    # (FiftyOne's manual clips: one list of supports per sample, in the
+    # view's order)
+    view = view.to_clips([per_video[v] for v in ids])
+    return view.add_stage(fos.Mongo(_rank_pipeline(starts)))
+
+
+def _rank_pipeline(starts):
+    keys = [f"{v}{_SEP}{int(n)}" for v, n in starts]
+    key = {"$concat": [{"$toString": "$_sample_id"}, _SEP,
+                       {"$toString": {"$arrayElemAt": ["$support", 0]}}]}
+    # plain JSON (no ObjectId): the App sends a view's stages back as JSON
+    return [
+        {"$addFields": {RANK_FIELD: {"$indexOfArray": [keys, key]}}},
+        {"$match": {RANK_FIELD: {"$gte": 0}}},
+        {"$sort": {RANK_FIELD: 1}},
+        {"$unset": RANK_FIELD},
+    ]
+
+
+def shown_keys_of(view) -> list[tuple] | None:
+    """The ``(video id, first frame)`` of the clips a clips view built here
+    (:func:`clips_of`) shows, from its rank stage; None for any other
+    view."""
+    import fiftyone.core.stages as fos  # start-up: FiftyOne, on first use
+
+    if not getattr(view, "_is_clips", False):
+        return None
+    for stage in getattr(view, "_stages", None) or []:
+        if not isinstance(stage, fos.Mongo):
+            continue
+        for step in stage.pipeline:
+            ranked = step.get("$addFields", {}).get(RANK_FIELD)
+            if ranked is not None:
+                keys = ranked["$indexOfArray"][0]
+                return [(k.split(_SEP)[0], int(k.split(_SEP)[1]))
+                        for k in keys]
+    return None

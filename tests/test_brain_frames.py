@@ -19,9 +19,12 @@ from fiftyone import ViewField as F
 
 import fiftyone_ai_search as ais
 from fiftyone_ai_search import brain
+from fiftyone_ai_search import duplicates
+from fiftyone_ai_search import embeddings
 from fiftyone_ai_search.demo import tiny_clip_model_name
 from fiftyone_ai_search.index import state as st
 from fiftyone_ai_search.index import targets
+from fiftyone_ai_search.query import pairs
 
 from tests.helpers import labelled_video, shapes_dataset
 from tests.videos import FRAME_RATE, video_dataset
@@ -378,3 +381,95 @@ def test_a_frames_runs_key_is_no_other_runs(red_circles):
     with pytest.raises(ais.BrainKeyTakenError,
                        match="'frames' is the AI search run of the frames"):
         brain.check_brain_key(red_circles, "frames")
+
+
+def test_find_duplicates_goes_through_the_cells_and_equals_every_pair(
+        tmp_path, monkeypatch):
+    # every frame of 6 videos (10 per second: 180 frames), the frame
+    # index's cells forced on at this size; alike frames of one segment
+    # (the shape moves a little) are the near-duplicates
+    layouts = [[RED, BLUE, GREEN], [BLUE, GREEN, RED], [GREEN, RED, BLUE],
+               [RED, GREEN, BLUE], [BLUE, RED, GREEN], [GREEN, BLUE, RED]]
+    dataset = _videos(tmp_path, layouts)
+    ais.enable_embeddings(dataset, model=tiny_clip_model_name(),
+                          frames=ais.FrameSampling(fps=FRAME_RATE),
+                          brain_key="frames", compute=False)
+    passes = []
+    through_cells = pairs.pairs_by_cells
+
+    def counted(*args, **kwargs):
+        passes.append(args[3])
+        return through_cells(*args, **kwargs)
+
+    monkeypatch.setattr(pairs, "pairs_by_cells", counted)
+    # at this size exact costs less: through the cells all the same; cells
+    # of a few points here, so every cell within reach (no pair missed)
+    monkeypatch.setattr(duplicates, "EXACT_PAIR_S", 1.0)
+    monkeypatch.setattr(pairs, "PROBE", None)
+    try:
+        _sync(dataset)
+        frames_target = targets.Frames(dataset)
+        embeddings.maintain_index(frames_target, min_points=100)
+        frames = dataset.to_frames(sample_frames="dynamic", fps=FRAME_RATE)
+        results = dataset.load_brain_results("frames")
+        assert results.total_index_size == 180
+
+        def found(thresh):
+            with results.use_view(frames):
+                results.find_duplicates(thresh=thresh)
+                return (list(results.duplicate_ids),
+                        {k: [(d, round(float(x), 5)) for d, x in v]
+                         for k, v in results.neighbors_map.items()})
+
+        thresholds = [0.01, 0.03, 0.1]
+        through = [found(t) for t in thresholds]
+        assert passes == [pytest.approx(1 - t) for t in thresholds]
+        assert any(dups for dups, _ in through)
+        # every pair compared (no cells pass): the same answer
+        monkeypatch.setattr(duplicates, "cells_pass", lambda *a: None)
+        assert [found(t) for t in thresholds] == through
+        assert len(passes) == len(thresholds)
+    finally:
+        ais.disable_embeddings(dataset, frames=True)
+        dataset.delete()
+
+
+def test_scene_change_frames_are_reached_through_a_view_of_every_frame(
+        tmp_path):
+    """The run's own view (the 1-a-second grid) cannot hold a scene-change
+    frame off the grid (docs/brain.md, "Video frames"): a frames view of
+    every frame (``to_frames(sample_frames="dynamic")``, no ``fps``) holds
+    it, and the run sorts it there."""
+    from tests.videos import write_video
+
+    # segments of 1.5 s at 10 fps: the cut at frame 16 is off the grid
+    path = str(tmp_path / "cuts.mp4")
+    write_video(path, [BLUE, RED, GREEN], seconds=1.5)
+    dataset = fo.Dataset(_name("brain-scenes"))
+    dataset.add_sample(fo.Sample(filepath=path, metadata=fo.VideoMetadata(
+        frame_rate=10.0, total_frame_count=45, duration=4.5,
+        frame_width=128, frame_height=128)))
+    ais.enable_embeddings(dataset, model=tiny_clip_model_name(),
+                          frames=ais.FrameSampling(scene_threshold=0.2),
+                          brain_key="frames", compute=False)
+    try:
+        _sync(dataset)
+        scenes = {h["frame_number"] for h in ais.search_frames(
+            dataset, prompt="a red circle", limit=20) if h["scene"]}
+        assert scenes and all((n - 1) % FRAME_RATE for n in scenes)
+
+        grid = dataset.to_frames(sample_frames="dynamic", fps=1)
+        on_grid = grid.sort_by_similarity("a red circle", k=20,
+                                          brain_key="frames")
+        assert not scenes & set(on_grid.values("frame_number"))
+
+        every = dataset.to_frames(sample_frames="dynamic")
+        view = every.sort_by_similarity("a red circle", k=20,
+                                        brain_key="frames")
+        numbers = view.values("frame_number")
+        # the index's frames of that view: the grid and the scene frames
+        assert scenes <= set(numbers)
+        assert len(numbers) == len(on_grid) + len(scenes)
+    finally:
+        ais.disable_embeddings(dataset, frames=True)
+        dataset.delete()

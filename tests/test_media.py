@@ -240,9 +240,10 @@ def test_a_grouped_dataset_needs_an_image_slice(tmp_path):
         ais.enable_embeddings(dataset, model=tiny_clip_model_name(),
                               compute=False)
     assert "grouped datasets with image slices" in str(e.value)
-    assert "video slices is not supported yet" in str(e.value)
+    # its video slices' frames are indexed by a frame index: the way named
+    assert "frames of its video slices" in str(e.value)
     assert "frames=True)" in str(e.value)
-    assert "search_frames(video_dataset" in str(e.value)
+    assert "search_frames(grouped_dataset" in str(e.value)
     assert "clone(" not in str(e.value)
     assert st.get(dataset) is None
 

@@ -26,9 +26,12 @@ Two ways in:
 What a frames view holds that the index does not (frames off its sampling
 grid, videos not embedded yet) is left out of the run's view, as the Brain
 leaves out samples without embeddings. Not supported, with a message that
-says so: video datasets and views of videos, clips views, runs of vectors
-of other models (``embeddings=`` of another model, ``add_to_index``), and
-frames views of grouped datasets' video slices.
+says so: video datasets and views of videos, clips views, and runs of
+vectors of other models (``embeddings=`` of another model,
+``add_to_index``). A grouped dataset's frame index (of every video slice)
+is a run alike, of frames views of its video slices
+(``grouped.select_group_slices(media_type="video").to_frames(...)``, or
+of one slice).
 
 Examples::
 
@@ -56,6 +59,7 @@ from .embedding.frames import FrameSampling
 from .embedding.model import resolve_model
 from .errors import UnsupportedMediaError
 from .index import indexes
+from .index import media
 from .index import state as st
 from .index import targets
 from .query.vectors import normalize
@@ -70,8 +74,10 @@ FRAME_SEARCH = (
 def grid_view(dataset, rule):
     """FiftyOne's frames view of the frames a rule samples: every video's
     frames on the rule's grid (``to_frames(sample_frames="dynamic",
-    fps=rule.fps)``), shown from the videos themselves."""
-    return dataset.to_frames(sample_frames="dynamic", fps=rule.fps)
+    fps=rule.fps)``), shown from the videos themselves (of every video
+    slice of a grouped dataset)."""
+    return media.video_samples(dataset).to_frames(sample_frames="dynamic",
+                                                  fps=rule.fps)
 
 
 def view_sampling(frames_view):
@@ -90,19 +96,29 @@ def refuse_videos(samples):
     """Why a run of the ``ai_search`` backend refuses a video dataset, a
     view of its videos or a clips view: its frames are searched through a
     frames view."""
-    name = samples._root_dataset.name
+    root = samples._root_dataset
+    name = root.name
+    grouped = media.is_grouped(root)
+    # (a grouped dataset's videos: the frames view of its video slices)
+    target = "grouped_dataset" if grouped else "video_dataset"
+    videos = (f"{target}.select_group_slices(media_type='video')"
+              if grouped else target)
+    of = (f"the video slices of the grouped dataset '{name}'" if grouped
+          else f"the video dataset '{name}'")
     if samples._is_clips:
-        what = f"samples is a clips view of the video dataset '{name}'"
+        what = f"samples is a clips view of {of}"
+    elif grouped:
+        what = f"samples are videos of {of}"
     else:
         what = f"Dataset '{name}' is a video dataset"
     return UnsupportedMediaError(
         f"{what}: the ai_search Brain backend searches the frames of a "
         "video dataset through a frames view, not its videos or clips. "
         "Run it on a frames "
-        "view: fob.compute_similarity(video_dataset.to_frames("
+        f"view: fob.compute_similarity({videos}.to_frames("
         "sample_frames='dynamic', fps=1), backend='ai_search', ...), or "
         "register the frame index as a run with fiftyone_ai_search."
-        "enable_embeddings(video_dataset, frames=True, brain_key=...); "
+        f"enable_embeddings({target}, frames=True, brain_key=...); "
         f"{FRAME_SEARCH}")
 
 
@@ -172,9 +188,7 @@ def _video_dataset(samples):
     if samples._is_clips or not samples._is_frames:
         raise refuse_videos(samples)
     dataset = samples._root_dataset
-    if dataset.media_type != "video":
-        # (a grouped dataset's video slice: Frames says so)
-        targets.Frames(dataset)
+    targets.Frames(dataset)  # (refuses a dataset of no videos)
     return dataset
 
 
@@ -420,8 +434,9 @@ class FramesSimilarityIndex(brain_index.AISearchSimilarityIndex):
 
     def find_duplicates(self, thresh=None, fraction=None):
         """The Brain's near-duplicates of the current view's frames (see
-        :class:`fiftyone.brain.similarity.DuplicatesMixin`), every pair
-        of them compared exactly."""
+        :class:`fiftyone.brain.similarity.DuplicatesMixin`): every frame's
+        neighbours within ``thresh`` through the frame index's cells where
+        it has them (as for images), else every pair compared exactly."""
         # FiftyOne selects the frames it keeps from the run's own view by
         # the current view's ids; a frames view's ids are its own, so the
         # current view stands for the run's meanwhile
@@ -432,7 +447,15 @@ class FramesSimilarityIndex(brain_index.AISearchSimilarityIndex):
             self._samples = samples
 
     def _within_by_cells(self, ids, min_similarity):
-        return None  # the view's frames, every pair compared exactly
+        """The neighbours of every frame ``ids`` (the current view's, in
+        the Brain's order) through the cells of the frame index, as for
+        images (see ``brain_index.AISearchSimilarityIndex``): the index
+        is keyed by frame keys, so the view's frame ids are mapped to
+        theirs, row for row. None where every pair is compared exactly
+        (a small view, an index without cells)."""
+        self._apply_view_if_necessary()
+        return super()._within_by_cells([self._key_of[i] for i in ids],
+                                        min_similarity)
 
 
 def _frames_of(view):

@@ -214,7 +214,7 @@ def _shown(dataset, fps, frames, scenes):
     if not moved:
         return list(frames)
     videos = list(dict.fromkeys(frames[i][0] for i in moved))
-    ids, rates, counts = dataset.select(videos).values(
+    ids, rates, counts = media.video_samples(dataset).select(videos).values(
         ["id", "metadata.frame_rate", "metadata.total_frame_count"])
     near = frame_views.nearest_on_grid(
         dict(zip(ids, rates)), fps, [frames[i] for i in moved],
@@ -317,7 +317,9 @@ def _run(samples, request):
         frames = [frame_key(v, n) for v, n in zip(
             *samples.values(["sample_id", "frame_number"]))]
     elif samples is not dataset:
-        videos = samples.values("id")
+        # (a view of a grouped dataset: the videos of its video slices)
+        videos = (samples.select_group_slices(media_type="video")
+                  if media.is_grouped(samples) else samples).values("id")
 
     def run(doc, store):
         try:

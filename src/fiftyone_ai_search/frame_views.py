@@ -34,17 +34,21 @@ RANK_FIELD = "_ais_frame_rank"
 _SEP = ":"
 
 
-def grid_stages(video_ids, fps, shown, state=None):
+def grid_stages(video_ids, fps, shown, state=None, grouped=False):
     """The view stages of the frames ``shown`` (a list of
     ``(video id, frame number)`` on the grid of ``fps``, best first) of the
     videos ``video_ids``: fresh stage objects, to serialize into a saved
     view or to add to a view; ``state``: the ``to_frames`` stage's state of
     an earlier view of the same videos (:func:`generated_state`), whose
     frames dataset FiftyOne then reuses if it is still there (None: none
-    named, FiftyOne generates one)."""
+    named, FiftyOne generates one); ``grouped``: the videos are of a
+    grouped dataset's video slices (FiftyOne's ``to_frames`` takes a flat
+    collection of videos: ``select_group_slices(media_type="video")``
+    first)."""
     import fiftyone.core.stages as fos  # start-up: FiftyOne, on first use
 
-    return [
+    flat = [fos.SelectGroupSlices(media_type="video")] if grouped else []
+    return flat + [
         fos.Select(list(video_ids)),
         fos.ToFrames(config={"sample_frames": "dynamic", "fps": fps},
                      _state=state),
@@ -52,10 +56,10 @@ def grid_stages(video_ids, fps, shown, state=None):
     ]
 
 
-def serialized_stages(video_ids, fps, shown):
+def serialized_stages(video_ids, fps, shown, grouped=False):
     """:func:`grid_stages` as a saved view stores them."""
     return [stage._serialize(include_uuid=False)
-            for stage in grid_stages(video_ids, fps, shown)]
+            for stage in grid_stages(video_ids, fps, shown, grouped=grouped)]
 
 
 def frames_of(dataset: fod.Dataset, shown: list[tuple], fps: float,
@@ -74,7 +78,8 @@ def frames_of(dataset: fod.Dataset, shown: list[tuple], fps: float,
     if videos is None:
         videos = list(dict.fromkeys(v for v, _ in shown))
     view = dataset.view()
-    for stage in grid_stages(videos, fps, shown, state):
+    grouped = dataset.media_type == "group"
+    for stage in grid_stages(videos, fps, shown, state, grouped):
         view = view.add_stage(stage)
     return view
 

@@ -705,7 +705,8 @@ _STATUS_KEYS = ("enabled", "in_progress", "progress", "updated_at", "model",
 def _item_counts(dataset, target, patches_field, **counts):
     """``counts`` with the number of what the index is of: ``num_samples``,
     or ``num_objects`` for an object index."""
-    samples = media.indexed_samples(dataset)
+    # (the videos of every video slice for a grouped dataset's frames)
+    samples = targets.of(target).samples()
     if targets.of(target).is_frames:
         return dict(counts, num_videos=samples.count())
     if patches_field is None:

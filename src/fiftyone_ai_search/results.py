@@ -215,7 +215,7 @@ def _stages(dataset, doc):
         shown = _shown(doc, _rows(doc))
         return frame_views.serialized_stages(
             list(dict.fromkeys(v for v, _ in shown)), doc["frames"]["fps"],
-            shown)
+            shown, grouped=dataset.media_type == "group")
     view = _select(dataset, doc["sample_ids"], doc.get("patches_field"),
                    doc.get("source_ids"))
     return view._serialize(include_uuids=False)

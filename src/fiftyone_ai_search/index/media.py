@@ -14,6 +14,10 @@ passes resolve to them.
     have their own index: ``enable_embeddings(video_dataset,
     frames=True)`` and ``search_frames``).
 
+A frame index (:func:`video_samples`) indexes the videos of a video
+dataset, or every sample of every video slice of a grouped dataset,
+whatever slice is active, as image indexes take every image slice.
+
 | Copyright the fiftyone-ai-search authors, Apache-2.0.
 """
 
@@ -29,13 +33,14 @@ SUPPORTED = (
 def _video_hint(name, grouped=False):
     # frames are indexed in place (issue 24): no image dataset to clone
     if grouped:
-        # (the frame index takes video datasets, not video slices)
         return (
-            "Frame search of a grouped dataset's video slices is not "
-            "supported yet; the frames of a video dataset are indexed with "
-            "fiftyone_ai_search.enable_embeddings(video_dataset, "
-            "frames=True) and searched with "
-            "fiftyone_ai_search.search_frames(video_dataset, prompt=...)"
+            "To search the frames of its video slices, enable frame search "
+            "on the grouped dataset with fiftyone_ai_search."
+            f"enable_embeddings(fo.load_dataset({name!r}), frames=True) "
+            "(every video slice is indexed) and search them with "
+            "fiftyone_ai_search.search_frames(grouped_dataset, prompt=...), "
+            "or search one slice with search_frames(grouped_dataset."
+            "select_group_slices('<video slice>'), prompt=...)"
         )
     return (
         "To search the frames of its videos, enable AI search on the "
@@ -77,9 +82,12 @@ def source_dataset(samples, arg="samples"):
         # (patches of a frames view are frames too)
         root = samples._root_dataset
         kind = "frames" if samples._is_frames else "clips"
+        grouped = is_grouped(root)
+        of = (f"the video slices of the grouped dataset '{root.name}'"
+              if grouped else f"the video dataset '{root.name}'")
         raise UnsupportedMediaError(
-            f"{arg} is a {kind} view of the video dataset '{root.name}'; "
-            f"{SUPPORTED}. {_video_hint(root.name, is_grouped(root))}"
+            f"{arg} is a {kind} view of {of}; "
+            f"{SUPPORTED}. {_video_hint(root.name, grouped)}"
         )
     if samples._is_generated:
         return samples._root_dataset
@@ -173,3 +181,30 @@ def indexed_samples(dataset):
     # flat: one collection of the samples of every image slice; empty (not
     # an error) when there is none
     return dataset.select_group_slices(media_type="image")
+
+
+def has_videos(dataset):
+    """Whether ``dataset`` is a video dataset, or a grouped dataset with a
+    video slice."""
+    if dataset.media_type == "video":
+        return True
+    return is_grouped(dataset) and "video" in (
+        dataset.group_media_types or {}).values()
+
+
+def video_samples(dataset):
+    """The videos whose frames a frame index of ``dataset`` indexes: the
+    dataset itself for a video dataset, all samples of all video slices of
+    a grouped dataset, whatever slice is active (a flat collection of
+    videos, which FiftyOne's ``to_frames`` takes).
+
+    Args:
+        dataset: a video or grouped :class:`fiftyone.core.dataset.Dataset`
+
+    Returns:
+        a :class:`fiftyone.core.collections.SampleCollection`
+    """
+    if not is_grouped(dataset):
+        return dataset
+    # empty (not an error) when there is no video slice yet
+    return dataset.select_group_slices(media_type="video")

@@ -135,6 +135,11 @@ class Target:
 
     def __eq__(self, other):
         return isinstance(other, Target) and other.key == self.key
+    def samples(self):
+        """The samples whose vectors (or objects') it indexes (see
+        :func:`fiftyone_ai_search.index.media.indexed_samples`)."""
+        return media.indexed_samples(self.dataset)
+
 
     def __hash__(self):
         return hash(self.key)
@@ -273,32 +278,53 @@ class Objects(Target):
 
 
 class Frames(Target):
-    """The sampled frames of the videos of a video dataset: what a frame
-    index indexes (see docs/design.md, "Video frames"). Which frames is the
-    index's sampling rule (a
-    :class:`~fiftyone_ai_search.embedding.frames.FrameSampling`, kept in
-    its state); a frame's vector is keyed :func:`frame_key`.
+    """The sampled frames of the videos of a video dataset, or of the video
+    slices of a grouped dataset: what a frame index indexes (see
+    docs/design.md, "Video frames"). Which frames is the index's sampling
+    rule (a :class:`~fiftyone_ai_search.embedding.frames.FrameSampling`,
+    kept in its state); a frame's vector is keyed :func:`frame_key`.
 
     Args:
-        dataset: a video :class:`fiftyone.core.dataset.Dataset`
+        dataset: a video :class:`fiftyone.core.dataset.Dataset`, or a
+            grouped one with a video slice (or no slice yet): every video
+            slice is indexed, whatever slice is active
 
     Raises:
-        UnsupportedMediaError: for a dataset that is not of videos (grouped
-            datasets with video slices are not supported yet)
+        UnsupportedMediaError: for a dataset of no videos
     """
 
     def __init__(self, dataset):
-        if dataset.media_type != "video":
+        if not (media.has_videos(dataset) or (
+                media.is_grouped(dataset) and not dataset.group_media_types)):
+            if media.is_grouped(dataset):
+                slices = ", ".join(
+                    f"{k!r} ({v})"
+                    for k, v in sorted(dataset.group_media_types.items()))
+                what = f"a grouped dataset with no video slice ({slices})"
+            else:
+                kind = dataset.media_type or "empty"
+                article = "an" if kind[0] in "aeiou" else "a"
+                what = f"{article} {kind} dataset, not a video dataset"
             raise UnsupportedMediaError(
-                f"frames: dataset '{dataset.name}' is "
-                f"{'a ' + dataset.media_type if dataset.media_type else 'an empty'}"
-                " dataset, not a video dataset; frame search indexes the "
-                "frames of video datasets (grouped datasets with video "
-                "slices are not supported yet)")
+                f"frames: dataset '{dataset.name}' is {what}; frame search "
+                "indexes the frames of video datasets and of grouped "
+                "datasets' video slices")
         self.dataset = dataset
 
     is_frames = True
     keyed_by_sample = False
+
+    def samples(self):
+        """The videos whose frames it indexes (see
+        :func:`fiftyone_ai_search.index.media.video_samples`)."""
+        return media.video_samples(self.dataset)
+
+    @property
+    def _of(self) -> str:
+        # how messages name the videos
+        if media.is_grouped(self.dataset):
+            return f"the video slices of grouped dataset '{self.name}'"
+        return f"video dataset '{self.name}'"
 
     @property
     def key(self) -> str:
@@ -310,7 +336,7 @@ class Frames(Target):
 
     @property
     def what(self) -> str:
-        return f"Frame search of video dataset '{self.name}'"
+        return f"Frame search of {self._of}"
 
     @property
     def id_name(self) -> str:
@@ -329,7 +355,7 @@ class Frames(Target):
         return f"Frames({self.dataset.name!r})"
 
     def __str__(self):
-        return f"frames of video dataset '{self.dataset.name}'"
+        return f"frames of {self._of}"
 
 
 def frame_key(sample_id: str, frame_number: int) -> str:
@@ -451,6 +477,7 @@ def of_key(dataset, key: str):
     field = split_key(key)[1]
     if field is None:
         return dataset
-    if field == FRAMES and dataset.media_type == "video":
+    if field == FRAMES and (media.has_videos(dataset)
+                            or media.is_grouped(dataset)):
         return Frames(dataset)
     return Objects.of_state(dataset, field)

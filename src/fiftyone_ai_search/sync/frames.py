@@ -82,7 +82,7 @@ class VideoUnit(Unit):
 
 def _videos(target, ids, paths, sampling):
     """The :class:`VideoUnit` s of a page of videos, as they are now."""
-    samples = edited_since(target.dataset, None).select(list(ids))
+    samples = edited_since(target, None).select(list(ids))
     rates = dict(zip(*samples.values(["id", "metadata.frame_rate"])))
     units = []
     for sample_id, path in zip(ids, paths):
@@ -110,7 +110,7 @@ def frames_consistent(target, store) -> bool:
     """The consistency check of a frame index: every video has a complete
     frame 1 or a failure, and the index holds as many points as the
     frame-1 summaries say (reads one point per video)."""
-    video_ids = edited_since(target.dataset, None).values("id")
+    video_ids = edited_since(target, None).values("id")
     with store.session():
         if not store.exists():
             return False
@@ -293,7 +293,7 @@ class FrameSynchronizer(ObjectSynchronizer):
         report.removed += self._remove_deleted()
         failures = {f["key"]: f for f in st.get_failures(self.target)}
         self._start_progress(0)
-        for ids, paths in sample_pages(edited_since(self.dataset, None),
+        for ids, paths in sample_pages(edited_since(self.target, None),
                                        PAGE_SIZE):
             units = self._units(ids, paths, report)
             todo = self._diff(units, report, failures)

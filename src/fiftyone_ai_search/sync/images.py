@@ -40,7 +40,6 @@ from concurrent.futures import ThreadPoolExecutor
 from bson import ObjectId
 
 from ..errors import AISearchError
-from ..index import media
 from ..index import state as st
 from ..index import targets
 from ..store import IndexInfo, IndexNotFoundError
@@ -145,13 +144,16 @@ def _last_deletion_at(dataset):
     return (doc or {}).get("last_deletion_at")
 
 
-def edited_since(dataset, watermark):
-    """The indexed samples created or edited after ``watermark`` (all if
-    None); see :func:`fiftyone_ai_search.index.media.indexed_samples`."""
+def edited_since(target, watermark):
+    """The indexed samples of ``target`` (a dataset, or a
+    :class:`~fiftyone_ai_search.index.targets.Target`) created or edited
+    after ``watermark`` (all if None); see
+    :func:`fiftyone_ai_search.index.media.indexed_samples`."""
     from fiftyone import ViewField as F  # start-up: FiftyOne, on first use
 
-    # all image slices of a grouped dataset, not only its active one
-    samples = media.indexed_samples(dataset)
+    # all image slices of a grouped dataset, not only its active one (its
+    # video slices for a frame index)
+    samples = targets.of(target).samples()
     if watermark is None:
         return samples
     return samples.match(F("last_modified_at") > watermark)
@@ -277,7 +279,7 @@ def has_changes(target, doc):
     if _deleted_since(doc.deletion_watermark, _last_deletion_at(dataset)):
         return True
 
-    if len(edited_since(dataset, watermark).limit(1)):
+    if len(edited_since(target, watermark).limit(1)):
         return True
 
     return bool(repaired(st.get_failures(target)))
@@ -301,7 +303,7 @@ def _num_units(target):
     """How many vectors a complete index of ``target`` holds, failures
     included: its dataset's samples, or the objects of its field."""
     target = targets.of(target)
-    return target.count(edited_since(target.dataset, None))
+    return target.count(edited_since(target, None))
 
 
 def deletions_pending(target, doc):
@@ -337,9 +339,11 @@ def repaired(failures):
 
 
 def samples_by_id(dataset, sample_ids):
-    """``(ids, filepaths)`` of the indexed samples among ``sample_ids``."""
+    """``(ids, filepaths)`` of the indexed samples among ``sample_ids``
+    (``dataset``: a dataset, or a
+    :class:`~fiftyone_ai_search.index.targets.Target`)."""
     # select() matches on the _id index; an $expr is_in would scan
-    return media.indexed_samples(dataset).select(list(sample_ids)).values(
+    return targets.of(dataset).samples().select(list(sample_ids)).values(
         ["id", "filepath"]
     )
 
@@ -501,7 +505,7 @@ class Synchronizer:
 
         # a page of edited samples at a time, then the failures to retry
         failures = {f["key"]: f for f in st.get_failures(self.target)}
-        edited = edited_since(self.dataset, watermark)
+        edited = edited_since(self.target, watermark)
         retry = self._failures_to_retry(failures, edited)
         total = self._count_units(edited, retry[0])
         self._start_progress(total)
@@ -556,14 +560,14 @@ class Synchronizer:
         """Deletes the vectors of deleted samples, found by an id diff
         (:func:`_id_diff`), a page at a time."""
         removed = 0
-        diff = _id_diff(edited_since(self.dataset, None), self.store,
+        diff = _id_diff(edited_since(self.target, None), self.store,
                         PAGE_SIZE)
         with contextlib.closing(diff):
             for part in diff:
                 removed += self._delete_gone(part.gone)
         # failures of deleted samples are moot
         failed = [f["key"] for f in st.get_failures(self.target)]
-        present = set(samples_by_id(self.dataset, failed)[0])
+        present = set(samples_by_id(self.target, failed)[0])
         st.clear_failures(self.target, set(failed) - present)
         return removed
 
@@ -574,7 +578,7 @@ class Synchronizer:
         Brain's ``add_to_index``) keeps its vector."""
         if not sample_ids:
             return 0
-        present = set(samples_by_id(self.dataset, sample_ids)[0])
+        present = set(samples_by_id(self.target, sample_ids)[0])
         gone = [i for i in sample_ids if i not in present]
         if gone:
             self._check()
@@ -597,7 +601,7 @@ class Synchronizer:
         after, finished = None, False
         while not finished:
             missing = []
-            diff = _id_diff(edited_since(self.dataset, None), self.store,
+            diff = _id_diff(edited_since(self.target, None), self.store,
                             PAGE_SIZE, after)
             with contextlib.closing(diff):
                 for part in diff:
@@ -654,7 +658,7 @@ class Synchronizer:
         ]
         if not changed:
             return [], []
-        ids, paths = samples_by_id(self.dataset, changed)
+        ids, paths = samples_by_id(self.target, changed)
         return list(ids), list(paths)
 
     def _units(self, ids, paths, report):

@@ -102,7 +102,7 @@ class ObjectSynchronizer(Synchronizer):
     def _units(self, ids, paths, report):
         """The objects of a page of samples, read now; the objects the
         index holds of these samples and they no longer do are deleted."""
-        samples = edited_since(self.dataset, None).select(list(ids))
+        samples = edited_since(self.target, None).select(list(ids))
         ids, units = _object_units(self.target, samples)
         self._drop_removed(ids, {u.key for u in units}, report)
         return units
@@ -138,7 +138,7 @@ class ObjectSynchronizer(Synchronizer):
         count = self.target.count(edited)
         if retry_ids:
             count += self.target.count(
-                edited_since(self.dataset, None).select(list(retry_ids)))
+                edited_since(self.target, None).select(list(retry_ids)))
         return count
 
     def _failures_to_retry(self, failures, edited):
@@ -149,7 +149,7 @@ class ObjectSynchronizer(Synchronizer):
         if not sources:
             return [], []
         already = set(edited.select(list(sources)).values("id"))
-        ids, paths = samples_by_id(self.dataset, sources - already)
+        ids, paths = samples_by_id(self.target, sources - already)
         return list(ids), list(paths)
 
     def _remove_deleted(self):
@@ -161,7 +161,7 @@ class ObjectSynchronizer(Synchronizer):
         try:
             for page in pages:
                 sources = {source for _, source in page}
-                present = set(samples_by_id(self.dataset, sources)[0])
+                present = set(samples_by_id(self.target, sources)[0])
                 gone.extend(k for k, source in page if source not in present)
         finally:
             pages.close()
@@ -174,7 +174,7 @@ class ObjectSynchronizer(Synchronizer):
         # failures of objects of deleted samples are moot
         failed = st.get_failures(self.target)
         sources = {f["sample_id"] for f in failed}
-        present = set(samples_by_id(self.dataset, sources)[0])
+        present = set(samples_by_id(self.target, sources)[0])
         st.clear_failures(self.target, [f["key"] for f in failed
                                         if f["sample_id"] not in present])
         return removed
@@ -189,7 +189,7 @@ class ObjectSynchronizer(Synchronizer):
         report.removed += self._remove_deleted()
         failures = {f["key"]: f for f in st.get_failures(self.target)}
         self._start_progress(0)
-        for ids, paths in sample_pages(edited_since(self.dataset, None),
+        for ids, paths in sample_pages(edited_since(self.target, None),
                                         PAGE_SIZE):
             todo = self._diff(self._units(ids, paths, report), report,
                               failures)

@@ -133,13 +133,13 @@ class Target:
         included)."""
         return samples.count()
 
-    def __eq__(self, other):
-        return isinstance(other, Target) and other.key == self.key
     def samples(self):
         """The samples whose vectors (or objects') it indexes (see
         :func:`fiftyone_ai_search.index.media.indexed_samples`)."""
         return media.indexed_samples(self.dataset)
 
+    def __eq__(self, other):
+        return isinstance(other, Target) and other.key == self.key
 
     def __hash__(self):
         return hash(self.key)
@@ -311,9 +311,6 @@ class Frames(Target):
                 "datasets' video slices")
         self.dataset = dataset
 
-    is_frames = True
-    keyed_by_sample = False
-
     def samples(self):
         """The videos whose frames it indexes (see
         :func:`fiftyone_ai_search.index.media.video_samples`)."""
@@ -325,6 +322,9 @@ class Frames(Target):
         if media.is_grouped(self.dataset):
             return f"the video slices of grouped dataset '{self.name}'"
         return f"video dataset '{self.name}'"
+
+    is_frames = True
+    keyed_by_sample = False
 
     @property
     def key(self) -> str:

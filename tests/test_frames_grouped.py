@@ -170,6 +170,11 @@ def test_hits_open_as_frames_views_of_the_video_slices(grouped):
     again = fo.load_dataset(grouped.name).load_saved_view("red circles")
     assert list(zip(*again.values(["sample_id", "frame_number"]))) == pairs
     ais.delete_collection(grouped, "red circles")
+    # as clips (the App's player at the hit): clips of the video slices
+    clips = ais.get_collection(grouped, name, as_clips=True)
+    assert clips._is_clips
+    assert [(v, s[0]) for v, s in zip(
+        *clips.values(["sample_id", "support"]))] == pairs
     # a frames view of the video slices scopes a search to its frames
     within = ais.search_frames(frames, prompt="a red circle", limit=20)
     assert {(h["sample_id"], h["frame_number"]) for h in within} == set(

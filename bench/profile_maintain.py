@@ -21,12 +21,19 @@ owns, at the sizes ``maintain`` gives them for ``--n`` points (k-means on
 they were before issue 25 (float32 products, 12 iterations on the whole
 sample), CPU and wall seconds, without the index.
 
+``--assign-variants`` times only every point's nearest centre, outside
+the index, by the ways tried to make it cheaper at 10M points (issue 25,
+point 5: ``--cells 4096``, the points generated 100k at a time), and
+counts the points each gives another cell than float32 products of all
+the centres do (see :func:`assign_variants`).
+
 Examples::
 
     python bench/profile_maintain.py --n 200000
     python bench/profile_maintain.py --n 1000000
     python bench/profile_maintain.py --n 1000000 --model none  # no prompts
     python bench/profile_maintain.py --n 1000000 --kernels
+    python bench/profile_maintain.py --n 1000000 --cells 4096 --assign-variants
     BENCH_TMP=/tmp python bench/profile_maintain.py --n 10000000 --model none
 
 Above 2M points the vectors are generated and written 100k at a time
@@ -260,6 +267,201 @@ def kernels(args):
           f"{int((labels['before'] != labels['shipped']).sum())}")
 
 
+#: the assignment's variants that ``--assign-variants`` can time
+VARIANTS = ("before", "shipped", "reuse", "coarse-4", "coarse-8", "coarse-exact",
+            "bf16-exact")
+
+
+def _reused_nearest(x, centres, block):
+    """Float32 products of all centres, into the same ``block`` of scores
+    each time (not a new one a call: 128 MB at 8,192 rows x 4,096 cells,
+    whose pages the kernel maps and zeroes anew)."""
+    out = block[:len(x)]
+    np.matmul(x, centres.T, out=out)
+    return np.argmax(out, axis=1)
+
+
+class _Coarse:
+    """The fine centres grouped under ``groups`` coarse ones (k-means on
+    the centres; each centre in the group of its nearest that is not full,
+    as equal groups: in the group of its nearest, one group held most
+    centres here): a point is
+    scored against the coarse centres, then against the fine centres of
+    its ``probe`` nearest groups only; ``exact``: then also against every
+    group whose spherical cap (the angle of its farthest member from its
+    coarse centre) may hold a centre more similar than the best found."""
+
+    def __init__(self, centres, groups, probe, exact=False):
+        from fiftyone_ai_search.store import cells as cl
+
+        self.centres, self.probe, self.exact = centres, probe, exact
+        self.coarse = cl.learn(centres, groups)
+        full = -(-len(centres) // groups)
+        of = np.full(len(centres), -1)
+        sizes = np.zeros(groups, int)
+        scores = centres @ self.coarse.T
+        for flat in np.argsort(-scores, axis=None).tolist():
+            i, g = divmod(flat, groups)
+            if of[i] < 0 and sizes[g] < full:
+                of[i], sizes[g] = g, sizes[g] + 1
+        self.members = [np.flatnonzero(of == g) for g in range(groups)]
+        # each group's coarse centre: the unit mean of its members
+        self.coarse = np.stack([centres[m].sum(axis=0) for m in
+                                self.members]).astype(np.float32)
+        self.coarse /= np.linalg.norm(self.coarse, axis=1, keepdims=True)
+        cos = np.array([(centres[m] @ self.coarse[g]).min() if len(m) else 1
+                        for g, m in enumerate(self.members)], np.float32)
+        self.cos, self.sin = cos, np.sqrt(np.maximum(0, 1 - cos ** 2))
+        #: (point, centre) products made, and points scored beyond their
+        #: ``probe`` groups
+        self.products = self.fallbacks = 0
+
+    def __call__(self, x):
+        n = len(x)
+        t = x @ self.coarse.T
+        best = np.full(n, -np.inf, np.float32)
+        arg = np.zeros(n, np.int64)
+        self.products += t.size
+        near = np.argpartition(-t, self.probe - 1, axis=1)[:, :self.probe]
+        seen = np.zeros(t.shape, bool)
+        seen[np.arange(n)[:, None], near] = True
+        self._visit(x, seen, best, arg)
+        if self.exact:
+            norms = np.linalg.norm(x, axis=1)[:, None]
+            perp = np.sqrt(np.maximum(norms ** 2 - t ** 2, 0))
+            # the most a centre within the cap can score (plus rounding)
+            bound = np.where(t >= norms * self.cos, norms,
+                             t * self.cos + perp * self.sin) + 1e-5 * norms
+            more = (bound >= best[:, None]) & ~seen
+            self.fallbacks += int(more.any(axis=1).sum())
+            self._visit(x, more, best, arg)
+        return arg
+
+    def _visit(self, x, mask, best, arg):
+        for g, members in enumerate(self.members):
+            rows = np.flatnonzero(mask[:, g])
+            if not len(rows) or not len(members):
+                continue
+            s = x[rows] @ self.centres[members].T
+            self.products += s.size
+            a = np.argmax(s, axis=1)
+            v = s[np.arange(len(rows)), a]
+            better = v > best[rows]
+            best[rows[better]] = v[better]
+            arg[rows[better]] = members[a[better]]
+
+
+class _Bf16Exact:
+    """bfloat16 products (torch), then float32 ones of each row's centres
+    within twice the products' proven error of its best: the same nearest
+    centre as float32 products."""
+
+    def __init__(self, centres):
+        import torch
+
+        self.torch, self.centres = torch, centres
+        self.ct = torch.from_numpy(centres).to(torch.bfloat16).T.contiguous()
+        #: rows with more than one candidate, and (row, centre) pairs
+        #: rescored
+        self.ambiguous = self.pairs = 0
+
+    def __call__(self, x):
+        torch = self.torch
+        s = torch.from_numpy(x).to(torch.bfloat16) @ self.ct
+        v, i = s.max(dim=1)
+        # inputs rounded (2u|x||c|), the output rounded (u|s|), u = 2^-8
+        err = np.linalg.norm(x, axis=1) * (3 * 2.0 ** -8 + 2e-4)
+        floor = torch.from_numpy(v.float().numpy() - 2 * err)
+        r, c = (s.float() >= floor[:, None]).nonzero(as_tuple=True)
+        r, c = r.numpy(), c.numpy()
+        out = i.numpy().astype(np.int64)
+        counts = np.bincount(r, minlength=len(x))
+        self.ambiguous += int((counts > 1).sum())
+        self.pairs += len(r)
+        exact = np.einsum("ij,ij->i", x[r], self.centres[c])
+        order = np.lexsort((c, -exact, r))
+        first = np.r_[True, r[order][1:] != r[order][:-1]]
+        out[r[order][first]] = c[order][first]
+        return out
+
+
+def assign_variants(args):
+    """Every point's nearest centre alone, outside the index, by each of
+    ``--variants``, on the same chunks of points (generated 100k at a
+    time: 10M x 512 float32 is 20 GB) in maintain's stretches of
+    ``upkeep.ASSIGN_STRETCH`` rows: wall and CPU seconds, and the points
+    given another cell than by float32 products of all centres (``before``)
+    with how much less similar the centre they got is."""
+    from fiftyone_ai_search.store import cells as cl
+    from fiftyone_ai_search.store import upkeep
+
+    world = ClipLike(args.dim, 1000, seed=0, uneven=True, **CLIP_B32_PARAMS)
+    rng = np.random.default_rng(100)
+    k = args.cells or cl.num_cells(args.n)
+    sample = world.images(world.labels(k * cl.SAMPLE_PER_CELL, rng), rng)
+    w = time.perf_counter()
+    centres = cl.learn(sample, k)
+    del sample
+    print(f"{args.n} points, {k} cells (learned in "
+          f"{time.perf_counter() - w:.0f} s), load average "
+          f"{os.getloadavg()[0]:.1f}", flush=True)
+    names = args.variants.split(",")
+    fns = {"before": lambda x: _old_nearest(x, centres),
+           "shipped": lambda x: cl._nearest_centres(x, centres)}
+    block = np.empty((upkeep.ASSIGN_STRETCH, k), np.float32)
+    fns["reuse"] = lambda x: _reused_nearest(x, centres, block)
+    for name in names:
+        if name.startswith("coarse-"):
+            probe = 4 if name == "coarse-exact" else int(name.split("-")[1])
+            fns[name] = _Coarse(centres, round(np.sqrt(k)), probe,
+                                exact=name == "coarse-exact")
+        elif name == "bf16-exact":
+            fns[name] = _Bf16Exact(centres)
+    seconds = {name: [0.0, 0.0] for name in names}
+    wrong = {name: [] for name in names}
+    stretch = upkeep.ASSIGN_STRETCH
+    for s in range(0, args.n, 100_000):
+        x = world.images(world.labels(min(100_000, args.n - s), rng), rng)
+        for a in range(0, len(x), stretch):
+            part = x[a:a + stretch]
+            got = {}
+            for name in names:
+                w, c = time.perf_counter(), time.process_time()
+                got[name] = fns[name](part)
+                seconds[name][0] += time.perf_counter() - w
+                seconds[name][1] += time.process_time() - c
+            truth = got.get("before")
+            if truth is None:
+                continue
+            for name in names:
+                rows = np.flatnonzero(got[name] != truth)
+                if len(rows):
+                    scores = part[rows] @ centres.T
+                    wrong[name].append(scores.max(axis=1) - scores[
+                        np.arange(len(rows)), got[name][rows]])
+        if (s // 100_000) % 10 == 9:
+            print(f"  {s + len(x)} points, load average "
+                  f"{os.getloadavg()[0]:.1f}", flush=True)
+    print("| variant | wall s | CPU s | points given another cell | their "
+          "centre less similar by (median / max) | note |\n"
+          "|---|---|---|---|---|---|")
+    for name in names:
+        gaps = np.concatenate(wrong[name]) if wrong[name] else np.zeros(0)
+        fn = fns[name]
+        note = ""
+        if isinstance(fn, _Coarse):
+            note = (f"{len(fn.coarse)} groups, {fn.probe} probed: "
+                    f"{fn.products / args.n:.0f} products a point of {k}; "
+                    f"{fn.fallbacks / args.n:.1%} scored beyond them")
+        elif isinstance(fn, _Bf16Exact):
+            note = (f"{fn.ambiguous / args.n:.1%} rows rescored, "
+                    f"{fn.pairs / args.n:.1f} pairs a point")
+        print(f"| {name} | {seconds[name][0]:.1f} | {seconds[name][1]:.1f} "
+              f"| {len(gaps) / args.n:.4%} | "
+              + (f"{np.median(gaps):.4f} / {gaps.max():.4f}" if len(gaps)
+                 else "-") + f" | {note} |", flush=True)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=200_000)
@@ -274,6 +476,14 @@ def main(argv=None):
                    "(as an audit whose pass did not read every point), "
                    "timed apart")
     p.add_argument("--kernels", action="store_true")
+    p.add_argument("--assign-variants", action="store_true",
+                   help="only every point's nearest centre, outside the "
+                   "index, by each of --variants (see assign_variants)")
+    p.add_argument("--variants", default="before,shipped,reuse,coarse-4,"
+                   "coarse-8,coarse-exact,bf16-exact")
+    p.add_argument("--cells", type=int, default=None,
+                   help="--assign-variants: this many cells (default: as "
+                   "maintain splits --n points)")
     p.add_argument("--model", default="ViT-B-32",
                    help="the index's model, whose generic prompts the "
                    "audit gets as maintain_index does: stored by the sync, "
@@ -284,6 +494,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.kernels:
         return kernels(args)
+    if args.assign_variants:
+        return assign_variants(args)
 
     from fiftyone_ai_search.config import get_settings
     from fiftyone_ai_search.index import audit_prompts

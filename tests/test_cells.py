@@ -763,3 +763,37 @@ def test_a_pass_that_learns_ends_its_reads_ahead(tmp_path):
                            for t in threading.enumerate()),
            "the reader's end")
     store.close()
+
+
+def test_a_thread_that_reuses_its_block_of_scores_gets_the_same_cells():
+    """The upkeep's worker scores every stretch into one block kept from
+    one call to the next (cells.reuse_scores): each point gets the same
+    cell as by a product of its own, whatever the stretches' sizes and
+    the cells' number from one call to the next; a thread that did not
+    ask keeps no block."""
+    rng = np.random.default_rng(3)
+    small = cl.Cells(unit(rng.standard_normal((40, DIM))), generation=1)
+    large = cl.Cells(unit(rng.standard_normal((300, DIM))), generation=2,
+                     ordinal=1)
+    got, expected = [], []
+    for cells, rows in ((small, 5), (small, cl._ROWS + 3), (large, 7),
+                        (large, 2 * cl._ROWS), (small, 1)):
+        x = rng.standard_normal((rows, DIM)).astype(np.float32)
+        got.append((cells, x))
+        expected.append(np.argmax(x @ cells.centres.T, axis=1)
+                        + cells.offset)
+    answers = []
+
+    def worker():
+        cl.reuse_scores()
+        answers.extend(cells.assign(x) for cells, x in got)
+        answers.append(cl._kept.block.shape)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    for cells_of, expect in zip(answers, expected):
+        np.testing.assert_array_equal(cells_of, expect)
+    # grown to the largest stretch scored at once, of the last cells' number
+    assert answers[-1] == (cl._ROWS, len(small))
+    assert getattr(cl._kept, "block", None) is None

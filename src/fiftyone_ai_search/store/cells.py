@@ -37,6 +37,7 @@ throughout, and a move killed at any line resumes where it stopped.
 """
 
 import dataclasses
+import threading
 from typing import Optional
 
 import numpy as np
@@ -308,6 +309,36 @@ _FAST_MIN_WORK = 1 << 30
 #: whether torch's bfloat16 products can be used (None: not yet known)
 _bf16 = None
 
+#: the block of scores a thread writes its products into, kept from one
+#: call to the next where the thread asked for it (:func:`reuse_scores`)
+_kept = threading.local()
+
+
+def reuse_scores():
+    """Has the calling thread score every later call of
+    :meth:`Cells.assign` into one block of scores kept from one call to
+    the next, instead of a new one each call.
+
+    For a thread that assigns many stretches of points and then ends (the
+    upkeep's worker, see :func:`fiftyone_ai_search.store.upkeep.maintain`):
+    the block lives as long as the thread, up to ``_ROWS x cells`` float32
+    (128 MB at 4,096 cells). A new block a call is mapped and zeroed by the
+    kernel each time, page by page.
+    """
+    _kept.block = np.empty((0, 0), dtype=np.float32)
+
+
+def _score_block(rows, k):
+    """A ``(rows, k)`` float32 block of this thread's kept block (grown as
+    needed), or None where the thread keeps none."""
+    block = getattr(_kept, "block", None)
+    if block is None:
+        return None
+    if block.shape[1] != k or len(block) < rows:
+        block = np.empty((max(rows, len(block)), k), dtype=np.float32)
+        _kept.block = block
+    return block[:rows]
+
 
 def _bf16_matmul():
     """torch, where its bfloat16 matrix products run natively on this CPU
@@ -349,8 +380,12 @@ def _nearest_centres(vectors, centres, exact=True):
     for start in range(0, len(vectors), _ROWS):
         part = vectors[start : start + _ROWS]
         if torch is None:
-            out[start : start + len(part)] = np.argmax(part @ centres.T,
-                                                       axis=1)
+            scores = _score_block(len(part), len(centres))
+            if scores is None:
+                scores = part @ centres.T
+            else:
+                np.matmul(part, centres.T, out=scores)
+            out[start : start + len(part)] = np.argmax(scores, axis=1)
         else:
             scores = torch.from_numpy(np.ascontiguousarray(part)).to(
                 torch.bfloat16) @ ct

@@ -86,39 +86,57 @@ from tests import app_browser  # noqa: E402 (after the set-up above)
 
 sys.modules.setdefault("app_browser", app_browser)
 
-#: the App's browser tests, which run one after another on one worker
-BROWSER_FILES = "tests/test_app_browser"
+#: the longest test files, longest first (by the durations CI lists; the
+#: browser files lead, each with its App server and Chromium): the
+#: scheduler hands them out first, so that the two workers end together
+#: rather than one running a long file alone at the end. Files not listed
+#: follow in pytest-xdist's own order (most tests first); the order need
+#: only be roughly right.
+LONG_FILES = (
+    "tests/test_app_browser_curator.py",
+    "tests/test_app_browser.py",
+    "tests/test_app_browser_objects.py",
+    "tests/test_app_browser_upload.py",
+    "tests/test_app_browser_duplicates.py",
+    "tests/test_app_browser_frames.py",
+    "tests/test_hostile.py",
+    "tests/test_cells.py",
+    "tests/test_peer_brain.py",
+    "tests/test_store.py",
+    "tests/test_objects.py",
+    "tests/test_operators.py",
+    "tests/test_generations.py",
+)
 
 
 @pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist, if installed
 def pytest_xdist_make_scheduler(config, log):
     """Under ``pytest -n N --dist loadfile`` (the test command): each test
     file runs whole on one worker, so its module fixtures (datasets,
-    indexes, an App server) are built once; the browser files run together
-    on one worker, first. Each worker is a process of its own, with its own
-    ``mongod`` and scratch directory (``isolated_fiftyone`` at this
-    module's import), so workers share nothing but the checkout.
-
-    One Chromium and one App server at a time: two beside each other on a
-    2-core machine slow both past what their waits allow for. First, since
-    they are the longest unit of work: a worker that starts it last would
-    run it alone at the end."""
+    indexes, an App server) are built once, and the files go out longest
+    first (:data:`LONG_FILES`). Each worker is a process of its own, with
+    its own ``mongod`` and scratch directory (``isolated_fiftyone`` at this
+    module's import), and, for the browser files, its own App server (on a
+    free port) and Chromium (with a profile of its own): workers share
+    nothing but the checkout, so the browser files, the longest, run on
+    both workers at once."""
     if config.getvalue("dist") != "loadfile":
         return None  # xdist's own scheduling
     # here, not at the top: pytest-xdist is needed only to run in parallel
     from xdist.scheduler import LoadFileScheduling
 
-    class FilesBrowserFirst(LoadFileScheduling):
-        def _split_scope(self, nodeid):
-            scope = super()._split_scope(nodeid)
-            return BROWSER_FILES if scope.startswith(BROWSER_FILES) else scope
-
+    class LongestFirst(LoadFileScheduling):
         def _assign_work_unit(self, node):
-            if BROWSER_FILES in self.workqueue:
-                self.workqueue.move_to_end(BROWSER_FILES, last=False)
+            if not getattr(self, "_longest_first", False):
+                # once, before the first file goes out (the queue is built
+                # once every worker has collected)
+                for scope in reversed(LONG_FILES):
+                    if scope in self.workqueue:
+                        self.workqueue.move_to_end(scope, last=False)
+                self._longest_first = True
             super()._assign_work_unit(node)
 
-    return FilesBrowserFirst(config, log)
+    return LongestFirst(config, log)
 
 
 @pytest.fixture(scope="session")

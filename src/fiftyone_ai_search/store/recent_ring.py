@@ -49,10 +49,10 @@ MAGIC = b"AISRING1"
 #: magic, dim, slots; then the CRC-32 of those
 _HEAD = struct.Struct("<8sII")
 
-#: ``{file path: (its bytes, (n, dim) float16 ring oldest first, (n,) its
-#: sequences, the ring as float32)}``: the last read of each ring, so that
-#: a search that finds the file as it left it skips the checksums and the
-#: conversion from float16 (~0.15 ms of the ~0.3 ms it took otherwise)
+#: ``{file path: _Slots}``: the last read of each ring, so that a search
+#: that finds the file as it left it skips the checksums and the conversion
+#: from float16 (~0.15 ms of the ~0.3 ms it took otherwise), and updates it
+#: in place after its write
 _parsed = {}
 
 
@@ -80,9 +80,10 @@ def read(directory):
         return _none()
     try:
         fcntl.flock(fd, fcntl.LOCK_SH)
-        ring, _, _ = _parse(path, _read_all(fd))
-        if ring is None:
+        slots = _parse(path, _read_all(fd))
+        if slots is None:
             return _none()
+        ring = slots.ring()
     except OSError:
         return _none()
     finally:
@@ -102,15 +103,15 @@ def remember(directory, vector):
     vector = np.asarray(vector, dtype=np.float32)
     try:
         with _locked(directory) as (fd, path):
-            raw = _read_all(fd)
-            ring, seqs, rows = _parse(path, raw)
-            if ring is None or ring.shape[1] != len(vector):
+            slots = _parse(path, _read_all(fd))
+            if slots is None or slots.dim != len(vector):
                 # no ring yet, a torn or foreign one, or another model's
-                raw = _start(fd, path, directory, len(vector))
-                ring, seqs, rows = _parse(path, raw)
-            if len(rows) and float(np.max(rows @ vector)) >= recent.SAME:
+                slots = _parse(path, _start(fd, path, directory,
+                                            len(vector)))
+            # an empty slot's row is zeros: never the same query
+            if float(np.max(slots.rows @ vector)) >= recent.SAME:
                 return
-            _write_slot(fd, path, raw, (ring, seqs, rows), vector)
+            slots.write(fd, vector)
     except OSError:
         return
 
@@ -172,37 +173,72 @@ def _slot_crc(seq_bytes, vec_bytes):
     return zlib.crc32(vec_bytes, zlib.crc32(seq_bytes))
 
 
+class _Slots:
+    """A ring's file as read: its bytes, and per slot its sequence (0:
+    empty or torn), its vector and that vector as float32 (zeros where
+    the slot is empty)."""
+
+    def __init__(self, raw, dim, seqs, vectors):
+        self.raw = bytearray(raw)
+        self.dim = dim
+        self.seqs = seqs
+        self.vectors = vectors
+        self.rows = vectors.astype(np.float32)
+        self.rows[seqs == 0] = 0
+
+    def ring(self):
+        """The valid slots' vectors, oldest first."""
+        order = np.flatnonzero(self.seqs)
+        order = order[np.argsort(self.seqs[order], kind="stable")]
+        return self.vectors[order].copy()
+
+    def write(self, fd, vector):
+        """Writes the float32 ``vector`` as the newest query (sequence: the
+        newest valid + 1) into its slot, with one ``pwrite``, and updates
+        this copy of the file in place."""
+        seq = int(self.seqs.max()) + 1
+        index = (seq - 1) % len(self.seqs)
+        start = HEADER + index * (16 + 2 * self.dim)  # _slot_dtype's size
+        half = vector.astype(np.float16)
+        seq_bytes = struct.pack("<Q", seq)
+        vec_bytes = half.tobytes()
+        data = (seq_bytes
+                + struct.pack("<II", _slot_crc(seq_bytes, vec_bytes), 0)
+                + vec_bytes)
+        os.pwrite(fd, data, start)
+        self.raw[start:start + len(data)] = data
+        self.seqs[index] = seq
+        self.vectors[index] = half
+        self.rows[index] = half
+
+
 def _parse(path, raw):
-    """``(ring, sequences, ring as float32)`` of the file's bytes ``raw``:
-    the valid slots' vectors and sequences, oldest first; Nones where the
+    """The :class:`_Slots` of the file's bytes ``raw`` (a valid slot has
+    its sequence and checksum; the others read as empty); None where the
     header is torn, foreign or of a file of another length."""
     cached = _parsed.get(path)
-    if cached is not None and cached[0] == raw:
-        return cached[1:]
+    if cached is not None and cached.raw == raw:
+        return cached
     if len(raw) < HEADER:
-        return None, None, None
+        return None
     magic, dim, size = _HEAD.unpack_from(raw)
     (crc,) = struct.unpack_from("<I", raw, _HEAD.size)
     slot = _slot_dtype(dim)
     if (magic != MAGIC or crc != zlib.crc32(raw[:_HEAD.size]) or not dim
             or not size or len(raw) != HEADER + size * slot.itemsize):
-        return None, None, None
+        return None
     slots = np.frombuffer(raw, slot, count=size, offset=HEADER)
     view = memoryview(raw)
-    valid = []
-    for i in np.flatnonzero(slots["seq"]):
+    seqs = slots["seq"].copy()
+    for i in np.flatnonzero(seqs):
         start = HEADER + int(i) * slot.itemsize
         end = start + slot.itemsize
-        if (int(slots["crc"][i]) == _slot_crc(view[start:start + 8],
+        if (int(slots["crc"][i]) != _slot_crc(view[start:start + 8],
                                               view[start + 16:end])
-                and np.isfinite(slots["vec"][i]).all()):
-            valid.append(int(i))
-    order = sorted(valid, key=lambda i: int(slots["seq"][i]))
-    ring = slots["vec"][order].copy() if order else np.zeros(
-        (0, dim), dtype=np.float16)
-    seqs = slots["seq"][order].copy() if order else np.zeros(0, np.uint64)
-    _parsed[path] = (bytes(raw), ring, seqs, ring.astype(np.float32))
-    return _parsed[path][1:]
+                or not np.isfinite(slots["vec"][i]).all()):
+            seqs[i] = 0  # torn: empty
+    _parsed[path] = _Slots(raw, dim, seqs, slots["vec"].copy())
+    return _parsed[path]
 
 
 def _start(fd, path, directory, dim):
@@ -237,28 +273,3 @@ def _write_whole(fd, path, ring):
     os.pwrite(fd, raw, 0)
     _parsed.pop(path, None)
     return raw
-
-
-def _write_slot(fd, path, raw, parsed, vector):
-    """Writes the float32 ``vector`` as the newest query (sequence: the
-    newest valid + 1) into its slot, with one ``pwrite``, and remembers the
-    file as it now is (``parsed``: what :func:`_parse` gave of ``raw``)."""
-    ring, seqs, rows = parsed
-    seq = int(seqs[-1]) + 1 if len(seqs) else 1
-    slot = _slot_dtype(len(vector))
-    index = (seq - 1) % recent.SIZE
-    start = HEADER + index * slot.itemsize
-    (former,) = struct.unpack_from("<Q", raw, start)
-    seq_bytes = struct.pack("<Q", seq)
-    vec_bytes = vector.astype(np.float16).tobytes()
-    data = (seq_bytes + struct.pack("<II", _slot_crc(seq_bytes, vec_bytes), 0)
-            + vec_bytes)
-    os.pwrite(fd, data, start)
-    # the ring as a reader will find it: the slot's former query goes
-    kept = seqs != former
-    _parsed[path] = (
-        raw[:start] + data + raw[start + len(data):],
-        np.vstack([ring[kept], vector[None].astype(np.float16)]),
-        np.append(seqs[kept], np.uint64(seq)),
-        np.vstack([rows[kept], vector[None].astype(np.float16)
-                   .astype(np.float32)]))

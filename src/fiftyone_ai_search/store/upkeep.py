@@ -174,9 +174,10 @@ def maintain(store: Upkept, min_points: int = cl.MIN_POINTS, seed: int = 0,
             or store._compaction_owed()):
         # each cell's points together, and the int8 copy: the probed
         # cells are scanned 2-3x faster (measured at 300k points). A
-        # backend may put it off (the embedded index, while another process
-        # searches through it: nothing answers during the engine's call);
-        # it is then owed, and a later pass compacts
+        # backend may put it off (the embedded index, where it cannot
+        # compact a copy beside and must do it in place, while another
+        # process searches through it: nothing answers during the engine's
+        # call); it is then owed, and a later pass compacts
         start = time.monotonic()
         compacted = store._compact() is not False
         logger.info("AI search index '%s': %d points given their cell, "

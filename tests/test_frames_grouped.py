@@ -12,6 +12,7 @@ import uuid
 import pytest
 
 import fiftyone as fo
+import fiftyone.brain as fob
 
 import fiftyone_ai_search as ais
 from fiftyone_ai_search.demo import tiny_clip_model_name
@@ -274,4 +275,26 @@ def test_the_brain_sorts_frames_views_of_the_video_slices(tmp_path):
         assert set(results.duplicate_ids) <= set(results.view.values("id"))
     finally:
         ais.disable_embeddings(dataset, frames=True)
+        dataset.delete()
+
+
+def test_compute_similarity_on_a_frames_view_of_the_video_slices(tmp_path):
+    dataset = grouped_dataset(tmp_path, GROUPS[:2])
+    frames = _videos(dataset).to_frames(sample_frames="dynamic", fps=1)
+    try:
+        results = fob.compute_similarity(
+            frames, backend="ai_search", brain_key="sim",
+            model="open-clip-torch",
+            model_kwargs={"clip_model": tiny_clip_model_name(),
+                          "pretrained": None})
+        # the frame index of every video slice, switched on and built
+        assert ais.is_embeddings_enabled(dataset, frames=True)
+        assert results.total_index_size == 12
+        view = frames.sort_by_similarity("a red circle", k=3,
+                                         brain_key="sim")
+        pairs = list(zip(*view.values(["sample_id", "frame_number"])))
+        assert _shown(dataset, pairs) == ["red circle"] * 3
+        dataset.delete_brain_run("sim")  # its last run: the index goes
+        assert not ais.is_embeddings_enabled(dataset, frames=True)
+    finally:
         dataset.delete()

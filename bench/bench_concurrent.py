@@ -688,8 +688,9 @@ def main(args):
                 lat_row(lat),
                 f"{len(lat)} searches in its {c['to'] - c['from']:.1f} s: "
                 f"copy of {c['bytes'] / 2**30:.2f} GiB {c['copy_s']:.1f} s, "
-                f"child's optimize {c['optimize_s']:.1f} s, swap and "
-                f"reopening {c['swap_s']:.1f} s"))
+                f"child's optimize {c['optimize_s']:.1f} s, read-ahead "
+                f"{c['read_ahead_s']:.1f} s; swap {c['swap_s']:.1f} s, "
+                f"reopening {c['reopen_s']:.1f} s (the searches wait)"))
     for label, res, phase in (("alone", solo_w, "writer alone"),
                               ("beside the searcher", conc_w, "together")):
         note = (f"{res['commits']} commits: first {ms(res['commit_s'][0])}"

@@ -90,22 +90,25 @@ def recover(shard_path):
     the marker. The caller holds the index (its process lock).
 
     Returns:
-        True if a compaction had been under way (it is to be done again)
+        True if a compaction was lost (the old shard stays: it is to be
+        done again)
     """
     marker = marker_path(shard_path)
     if not os.path.exists(marker):
         return False
     old = old_path(shard_path)
+    lost = os.path.isdir(copy_path(shard_path))
     if not os.path.isdir(shard_path) and os.path.isdir(old):
         # killed between the two renames: the old shard is whole (flushed
         # before the copy, nothing written since)
         os.rename(old, shard_path)
+        lost = True
     shutil.rmtree(copy_path(shard_path), ignore_errors=True)
     shutil.rmtree(old, ignore_errors=True)
     _sync_dir(os.path.dirname(shard_path))
     with contextlib.suppress(FileNotFoundError):
         os.remove(marker)
-    return True
+    return lost
 
 
 def start(shard_path):
@@ -140,16 +143,22 @@ def spawn(shard_path):
 
 
 def swap_in(shard_path, at=None):
-    """Swaps the compacted copy in; the caller closed the shard. ``at(step)``
-    is called after each step (tests kill the process there)."""
+    """Swaps the compacted copy in (the caller closed the shard), then
+    :func:`finish` removes the old one. ``at(step)`` is called after each
+    step (tests kill the process there)."""
     at = at or (lambda step: None)
-    old = old_path(shard_path)
-    os.rename(shard_path, old)
+    os.rename(shard_path, old_path(shard_path))
     at("retired")
     os.rename(copy_path(shard_path), shard_path)
     _sync_dir(os.path.dirname(shard_path))
     at("swapped")
-    shutil.rmtree(old)
+
+
+def finish(shard_path, at=None):
+    """Removes the old shard, then the marker: the compaction is over (the
+    new shard may be open meanwhile: the old one is nobody's)."""
+    at = at or (lambda step: None)
+    shutil.rmtree(old_path(shard_path))
     at("removed")
     os.remove(marker_path(shard_path))
 

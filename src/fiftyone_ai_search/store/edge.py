@@ -162,8 +162,9 @@ KEEP_OPEN = 30.0
 #: for it, and so the most that process waits for a kept shard
 KEEP_OPEN_POLL = 0.02
 
-#: a compaction is put off while another process searches the index
-#: through this one: one that asked within this many seconds. Qdrant Edge's
+#: a compaction in place (where none beside can be, see
+#: :data:`COMPACT_BESIDE`) is put off while another process searches the
+#: index through this one: one that asked within this many seconds. Qdrant Edge's
 #: ``optimize`` holds the GIL from its start to its end (qdrant-edge-py
 #: 0.9: a thread of the same process ran nothing for the 2.3 s of one at
 #: 110k points), so the server answers nothing meanwhile, and a search that
@@ -256,6 +257,9 @@ class _Shared:
         #: when another process's request last came to the server
         #: (monotonic): a compaction is put off while they come
         self.asked_at = None
+        #: a compaction beside (see compaction.py) is under way here: its
+        #: marker is its own, not a killed one's to recover at an opening
+        self.compacting = False
 
 
 #: what this process did with its indexes (all of them), for benchmarks and
@@ -848,7 +852,7 @@ class EdgeStore(VectorStore):
             self._take(shared, time.monotonic() + self.lock_timeout)
         if shared.shard is None:
             info = self._require_info()
-            if cp.recover(self._shard_path):
+            if not shared.compacting and cp.recover(self._shard_path):
                 # a compaction beside was killed: the old shard is back
                 self._owe_compaction()
             # Qdrant faults these in page by page: read in sequence first
@@ -1432,9 +1436,10 @@ class EdgeStore(VectorStore):
         size = cp.tree_bytes(self._shard_path)
         if size < COMPACT_BESIDE_MIN_BYTES:
             return False
-        # the copy, then the optimize's new segment beside the copy's old
-        # ones (about the shard again: in place needs that much only)
-        needed = 2 * size + RESERVE_BYTES
+        # the copy, then what the engine asks free to optimize it: twice
+        # the shard (at 10M points it asked 42 GB beside a 21 GB index);
+        # in place needs the latter only
+        needed = 3 * size + RESERVE_BYTES
         free = shutil.disk_usage(self.path).free
         if free < needed:
             logger.warning(
@@ -1449,8 +1454,16 @@ class EdgeStore(VectorStore):
         # it owed, and the next pass compacts
         self._owe_compaction()
         self._let_reads_in(shared)
-        with shared.side_cond:
-            shared.side_shard = shared.shard
+        shared.compacting = True
+        try:
+            return self._compact_copy(shared, size)
+        finally:
+            shared.compacting = False
+
+    def _compact_copy(self, shared, size):
+        """The copy, the child's optimize and the swap of
+        :meth:`_compact_beside`."""
+        self._lend_for_compaction(shared)
         child, error, steps = None, None, {}
         start = time.monotonic()
         try:
@@ -1464,16 +1477,20 @@ class EdgeStore(VectorStore):
             if child.returncode:
                 error = err.decode(errors="replace").strip() or (
                     f"exit status {child.returncode}")
+            else:
+                # read into the page cache now, while searches are still
+                # answered, not in the reopening (see _read_ahead)
+                _read_ahead(cp.copy_path(self._shard_path))
+                steps["read_ahead_s"] = (time.monotonic() - start
+                                         - steps["copy_s"]
+                                         - steps["optimize_s"])
         except OSError as e:
             error = f"{type(e).__name__}: {e}"
         finally:
             if child is not None and child.returncode is None:
                 child.kill()
                 child.wait()
-            with shared.side_cond:
-                shared.side_shard = None
-                while shared.side_readers:
-                    shared.side_cond.wait()
+            self._end_compaction_lend(shared)
         if error is not None:
             cp.abandon(self._shard_path)
             logger.warning("AI search index '%s': the compaction of a copy "
@@ -1481,18 +1498,40 @@ class EdgeStore(VectorStore):
                            error)
             return False
         _compact_step("optimized")
+        # what a search waits for: the swap and one opening
         mark = time.monotonic()
         self._close_shard(shared)  # nothing written since the copy
         cp.swap_in(self._shard_path, at=_compact_step)
         with contextlib.suppress(FileNotFoundError):
             os.remove(self._compact_path)
-        self._open(shared)  # what a search waits for: one opening
         steps["swap_s"] = time.monotonic() - mark
+        self._open(shared)
+        steps["reopen_s"] = time.monotonic() - mark - steps["swap_s"]
+        # the old shard goes while searches are answered on the new
+        self._lend_for_compaction(shared)
+        try:
+            cp.finish(self._shard_path, at=_compact_step)
+        finally:
+            self._end_compaction_lend(shared)
         steps["bytes"] = size
         stats["compactions"] += 1
         stats["compactions_beside"] += 1
         stats["last_compaction"] = steps
         return True
+
+    @staticmethod
+    def _lend_for_compaction(shared):
+        # the server answers on the shard meanwhile, without the thread
+        # lock (counted as side_reads); nothing of this process uses it
+        with shared.side_cond:
+            shared.side_shard = shared.shard
+
+    @staticmethod
+    def _end_compaction_lend(shared):
+        with shared.side_cond:
+            shared.side_shard = None
+            while shared.side_readers:
+                shared.side_cond.wait()
 
     def _owe_compaction(self):
         if self._compaction_owed_since() is None:

@@ -14,6 +14,7 @@ import threading
 import numpy as np
 
 from fiftyone_ai_search.store import IndexInfo
+from fiftyone_ai_search.store import compaction as cp
 from fiftyone_ai_search.store import edge
 from fiftyone_ai_search.store.edge import EdgeStore
 
@@ -141,3 +142,57 @@ def test_read_ahead_skips_the_originals_and_vanished_files(tmp_path):
     assert edge._read_ahead(shard) == (total, 0 if tells else read)
     # no shard (dropped meanwhile): nothing read, nothing raised
     assert edge._read_ahead(os.path.join(root, "missing")) == (0, 0)
+
+
+def _index(root):
+    store = EdgeStore(NAME, root)
+    store.ensure(INFO)
+    store.upsert(_ids(), _vectors(), [{"filepath": "a"}] * N)
+    store.close()
+    return store
+
+
+def _leftovers(root):
+    return sorted(name for name in os.listdir(os.path.join(root, NAME))
+                  if name.startswith(edge.SHARD_DIR + ".")
+                  or name == cp.SWAP_FILE)
+
+
+def test_an_opening_recovers_the_shard_of_a_compaction_cut_short(tmp_path):
+    """What a compaction beside killed between its two renames leaves: the
+    old shard renamed away, the compacted copy beside it, the marker. The
+    next opening puts the old shard back, removes the rest, and owes the
+    compaction (the slow tier kills real processes at each step)."""
+    store = _index(tmp_path)
+    shard = os.path.join(tmp_path, NAME, edge.SHARD_DIR)
+    with open(cp.marker_path(shard), "w") as f:
+        f.write("{}")
+    os.rename(shard, cp.old_path(shard))
+    os.makedirs(os.path.join(cp.copy_path(shard), "segments"))
+
+    assert store.count() == N
+    assert _leftovers(tmp_path) == []
+    assert store._compaction_owed()
+    assert store.query(_vectors()[3], 5)[0][0] == _ids()[3]
+    store.close()
+
+
+def test_a_compaction_beside_and_in_place_where_the_disk_lacks_room(
+        tmp_path, monkeypatch):
+    store = _index(tmp_path)
+    monkeypatch.setattr(edge, "COMPACT_BESIDE_MIN_BYTES", 0)
+    before = dict(edge.stats)
+    assert store._compact()
+    assert edge.stats["compactions_beside"] == before["compactions_beside"] + 1
+    assert store.count() == N
+    assert store.query(_vectors()[4], 5)[0][0] == _ids()[4]
+    assert not store._compaction_owed()
+    assert _leftovers(tmp_path) == []
+    # too little room for the copy (three times the shard): in place
+    monkeypatch.setattr(edge, "RESERVE_BYTES", 2**62)
+    assert store._compact()
+    assert edge.stats["compactions_beside"] == before["compactions_beside"] + 1
+    assert edge.stats["compactions"] == before["compactions"] + 2
+    assert store.query(_vectors()[4], 5)[0][0] == _ids()[4]
+    store.close()
+    assert _leftovers(tmp_path) == []

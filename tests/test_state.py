@@ -200,6 +200,10 @@ def test_a_failure_record_says_what_it_holds():
     assert targets.of(images).keyed_by_sample
     assert not objects.keyed_by_sample
     assert not targets.Frames.keyed_by_sample
+    # and what a status's counts call their number
+    assert (targets.of(images).count_key, objects.count_key,
+            targets.Frames.count_key) == ("num_samples", "num_objects",
+                                          "num_videos")
     st.record_failures(images, [{"key": sample_id, "sample_id": sample_id,
                                  "filepath": "a.png", "fingerprint": "f",
                                  "reason": "broken"}])

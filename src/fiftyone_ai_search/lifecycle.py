@@ -616,8 +616,8 @@ def get_status(dataset: fod.Dataset, max_failures: int = 100,
         if targets.of(target).is_frames:
             status["sampling"] = None
         if counts:
-            status.update(counts=_item_counts(dataset, target, patches_field,
-                                              num_indexed=0, num_failed=0),
+            status.update(counts=_item_counts(target, num_indexed=0,
+                                              num_failed=0),
                           failures=[], approximate=None)
         return status
 
@@ -681,8 +681,7 @@ def get_status(dataset: fod.Dataset, max_failures: int = 100,
             status["index_error"] = error
     # None while searches are exact; else the audited recall estimates
     status["approximate"] = approximate.get("summary")
-    status["counts"] = _item_counts(dataset, target, patches_field,
-                                    num_indexed=num_indexed,
+    status["counts"] = _item_counts(target, num_indexed=num_indexed,
                                     num_failed=st.count_failures(target))
     keys = ("sample_id",) if patches_field is None else ("label_id",
                                                          "sample_id")
@@ -702,16 +701,13 @@ _STATUS_KEYS = ("enabled", "in_progress", "progress", "updated_at", "model",
                 "failures", "last_report", "last_error", "object_fields")
 
 
-def _item_counts(dataset, target, patches_field, **counts):
+def _item_counts(target, **counts):
     """``counts`` with the number of what the index is of: ``num_samples``,
-    or ``num_objects`` for an object index."""
+    ``num_objects`` for an object index, ``num_videos`` for a frame index
+    (:attr:`~fiftyone_ai_search.index.targets.Target.count_key`)."""
+    target = targets.of(target)
     # (the videos of every video slice for a grouped dataset's frames)
-    samples = targets.of(target).samples()
-    if targets.of(target).is_frames:
-        return dict(counts, num_videos=samples.count())
-    if patches_field is None:
-        return dict(counts, num_samples=samples.count())
-    return dict(counts, num_objects=target.count(samples))
+    return dict(counts, **{target.count_key: target.count(target.samples())})
 
 
 def object_fields(dataset):

@@ -90,6 +90,8 @@ class Target:
     #: whether a vector's key is its sample's id (images); else it is an
     #: object's label id or a frame's key, whose sample is kept beside it
     keyed_by_sample = True
+    #: what a status's counts call the number :meth:`count` gives
+    count_key = "num_samples"
 
     @property
     def key(self) -> str:
@@ -213,6 +215,7 @@ class Objects(Target):
 
     is_objects = True
     keyed_by_sample = False
+    count_key = "num_objects"
 
     @property
     def key(self) -> str:
@@ -325,6 +328,7 @@ class Frames(Target):
 
     is_frames = True
     keyed_by_sample = False
+    count_key = "num_videos"
 
     @property
     def key(self) -> str:

@@ -194,7 +194,7 @@ def main(argv):
     """The child: optimizes the shard copy at ``argv[0]``."""
     path, parent_pid = argv[0], int(argv[1])
     _die_with_parent(parent_pid)
-    import qdrant_edge as qe
+    import qdrant_edge as qe  # after the prctl: dies with its parent
 
     shard = qe.EdgeShard.load(path)
     try:

@@ -147,8 +147,11 @@ def maintain(store: Upkept, min_points: int = cl.MIN_POINTS, seed: int = 0,
     after = None
     # only a pass that learned gives every point its cell
     exact = exact.start(known) if learned and exact is not None else None
+    # the worker scores every stretch into one block (cells.reuse_scores),
+    # freed with it at the pass's end
     with concurrent.futures.ThreadPoolExecutor(
-            1, thread_name_prefix="ai-search-assign") as assigner:
+            1, thread_name_prefix="ai-search-assign",
+            initializer=cl.reuse_scores) as assigner:
         while True:
             records = _assign_round(store, known, lacking, after, assigner,
                                     exact)

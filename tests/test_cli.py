@@ -82,6 +82,8 @@ def test_version_description_and_every_option_has_help(capsys):
     check(parser, "fiftyone-ai-search")
 
 
+# slow: the whole CLI walk, a sync included (the fast tier's budget)
+@pytest.mark.slow
 def test_enable_status_search_collections_disable(tmp_path, capsys):
     dataset = shapes_dataset(tmp_path, num_samples=90, enable=False)
     name = dataset.name

@@ -24,6 +24,8 @@ def _name(prefix):
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
+# slow: an example end to end, a dataset synced and searched (the fast tier's budget)
+@pytest.mark.slow
 def test_annotation_batch_clones_the_tagged_results():
     out = annotation_batch.main(name=_name("ex-annotation"), num_samples=90,
                                 threshold=0.8)
@@ -38,6 +40,8 @@ def test_annotation_batch_clones_the_tagged_results():
     assert set(batch.values("ground_truth.label")) == {"red circle"}
 
 
+# slow: an example end to end, a dataset synced and searched (the fast tier's budget)
+@pytest.mark.slow
 def test_active_learning_selection_covers_the_pool():
     out = active_learning.main(name=_name("ex-active"), num_samples=120,
                                num_labelled=10, budget=40)
@@ -56,6 +60,8 @@ def test_active_learning_selection_covers_the_pool():
     assert selected.isdisjoint(pool.values("filepath"))
 
 
+# slow: an example end to end, a dataset synced and searched (the fast tier's budget)
+@pytest.mark.slow
 def test_defect_search_reviews_only_samples_above_the_threshold():
     out = defect_search.main(name=_name("ex-defects"), num_samples=120,
                              limit=30)

@@ -60,6 +60,8 @@ def test_server_backend_needs_a_url(tmp_path, monkeypatch):
     assert not ais.is_embeddings_enabled(dataset)
 
 
+# slow: refresher passes on qdrant-client's pure-Python :memory: server (the fast tier's budget)
+@pytest.mark.slow
 def test_refresher_on_the_server_backend(tmp_path, server_env, caplog):
     from fiftyone_ai_search.scheduler import refresh_all
     from fiftyone_ai_search.store import open_store

@@ -266,6 +266,9 @@ class ExactTopK:
         self.seen = 0
         #: CPU seconds its scoring took in the pass (the worker thread's)
         self.seconds = 0.0
+        # each query's best k so far, best first: scores, and cells (-1:
+        # none yet)
+        self._scores = self._cells = None
 
     def texts(self):
         """The text queries (encoded once)."""

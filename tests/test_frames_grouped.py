@@ -298,3 +298,20 @@ def test_compute_similarity_on_a_frames_view_of_the_video_slices(tmp_path):
         assert not ais.is_embeddings_enabled(dataset, frames=True)
     finally:
         dataset.delete()
+
+
+def test_a_frames_view_of_the_video_slices_is_refused_naming_them(tmp_path):
+    """An image search given a frames view of a grouped dataset's video
+    slices names them (it said "the video dataset", which it is not)."""
+    dataset = grouped_dataset(tmp_path)
+    try:
+        frames = _videos(dataset).to_frames(sample_frames="dynamic", fps=1)
+        with pytest.raises(UnsupportedMediaError) as info:
+            ais.perform_ai_search(frames, prompt="a red circle")
+        message = str(info.value)
+        assert (f"is a frames view of the video slices of the grouped "
+                f"dataset '{dataset.name}'") in message
+        assert "the video dataset" not in message
+        assert "select_group_slices" in message  # how to search them
+    finally:
+        dataset.delete()

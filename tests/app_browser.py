@@ -128,13 +128,14 @@ const ownText = e => norm([...e.childNodes].filter(n => n.nodeType === 3)
 // text: a string (exact, or a substring) or {re, flags} from a Python regex
 const matches = (s, text, exact) => text && text.re !== undefined
   ? new RegExp(text.re, text.flags).test(s) : exact ? s === text : s.includes(text);
+// the text first, visibility (layout and computed style) only of the few
+// that match: a poll runs this over the whole page, every element
 const byText = (root, text, exact) => {
   const out = [];
   for (const e of root.querySelectorAll("*")) {
-    if (!visible(e)) continue;
     const names = [ownText(e), norm(e.getAttribute("aria-label")),
                    norm(e.getAttribute("title"))];
-    if (names.some(s => s && matches(s, text, exact))) out.push(e);
+    if (names.some(s => s && matches(s, text, exact)) && visible(e)) out.push(e);
   }
   return out;
 };

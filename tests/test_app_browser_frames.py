@@ -120,12 +120,28 @@ def clips_of(app):
 
 
 def player_time(app):
-    """The time the sample modal's video player shows (its time display,
-    ``0:02.00 / 0:06.00``), in seconds; None until it shows one."""
-    match = re.search(r"(\d+):(\d\d(?:\.\d+)?)\s*/\s*\d+:\d\d",
-                      app.text(app.sample_modal) or "")
-    return None if not match else (
-        60 * int(match.group(1)) + float(match.group(2)))
+    """The time the sample modal's video player shows (``0:02.00 /
+    0:06.00``), in seconds, with the pointer over the video, as a user
+    looks at it (the player loads its video then; the modal's timeline
+    may read 0:00.00 until it does): the player's own time display, else
+    the modal's timeline's. None until one shows a time."""
+    # (here: without selenium the module skips, see tests.app_browser)
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    modal = app.sample_modal()
+    video = next(iter(modal.find_elements(
+        By.CSS_SELECTOR, "[data-cy=modal-looker-container]")), modal)
+    ActionChains(app.driver).move_to_element(video).perform()
+    own = app.js("""
+        const e = arguments[0].querySelector("[data-cy=looker-video-time]");
+        return e ? e.textContent : "";""", modal)
+    for text in (own, app.text(modal)):
+        match = re.search(r"(\d+):(\d\d(?:\.\d+)?)\s*/\s*\d+:\d\d",
+                          text or "")
+        if match:
+            return 60 * int(match.group(1)) + float(match.group(2))
+    return None
 
 
 def shown(dataset, frames):
@@ -192,11 +208,10 @@ def test_the_best_result_opens_at_its_hit_and_finds_similar_frames(
     # the player is at the hit, not at the video's start (0:00.00): FiftyOne
     # plays a clip from its first frame
     app.wait_for_text("support", root=modal)
-    app.wait(lambda: player_time(app) is not None,
-             "the player's time display", interval=0.25)
-    at = player_time(app)
+    hit = (number - 1) / FRAME_RATE
+    app.wait(lambda: player_time(app) == pytest.approx(hit, abs=0.01),
+             f"the player at the hit, {hit:.2f} s", interval=0.25)
     app.screenshot("frames-04-result-opened")
-    assert at == pytest.approx((number - 1) / FRAME_RATE, abs=0.01), at
 
     # "Find similar" in the modal: frames like the hit
     app.click_icon("image_search", root=app.sample_modal)

@@ -392,7 +392,7 @@ def enable_form(inputs, params, dataset=None):
             "A video dataset: AI search indexes the frames of its videos "
             "(those of FiftyOne's to_frames(fps=...)), embedded in the "
             "background and kept in sync; a search finds frames, which "
-            "open as a frames view.")))
+            "open as clips starting at each hit (or as a frames view).")))
     elif _enable_target_form(inputs, params, dataset):
         return  # objects of a field: the image index's model and backend
 

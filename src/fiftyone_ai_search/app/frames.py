@@ -16,8 +16,8 @@ tile the hit frame; its player starts at the video's beginning). The
 panel's histogram, score range and saving work on them as on images.
 
 By example, a search starts from a frame: the one selected in a frames
-view (the results, or any frames view on the index's grid), or the frame
-open in the modal.
+view (the results, or any frames view on the index's grid), the hit of a
+result clip selected, or the frame (the result clip) open in the modal.
 """
 
 import fiftyone.operators.types as types
@@ -104,8 +104,8 @@ def search_form(ctx, inputs, params, selected, on_change=None,
                 modes=FRAME_MODES):
     """The search form of a video dataset's frames: the mode (prompt,
     similar to the selected frame, an image, a diverse spread), its
-    fields, whether to keep the best frame per video, the limit, the
-    minimum score and the scope.
+    fields, whether to keep the best frame per video, whether to open the
+    results as clips, the limit, the minimum score and the scope.
 
     Args:
         ctx: the execution context

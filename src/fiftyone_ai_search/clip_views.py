@@ -29,6 +29,8 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
+from . import frame_views
+
 if TYPE_CHECKING:  # for annotations only
     import fiftyone.core.dataset as fod
     import fiftyone.core.view as fov
@@ -38,8 +40,8 @@ if TYPE_CHECKING:  # for annotations only
 RANK_FIELD = "_ais_clip_rank"
 
 #: the separator of a clip's ``"<sample id>:<first frame>"`` in the rank
-#: stage
-_SEP = ":"
+#: stage: a frame key's (:func:`frame_views.ranked_keys` reads both)
+_SEP = frame_views.KEY_SEP
 
 #: the frame rate assumed for a video without a usable one in its metadata
 #: (the frame index assumes the same: embedding.frames.ASSUMED_FRAME_RATE)
@@ -130,17 +132,6 @@ def shown_keys_of(view) -> list[tuple] | None:
     """The ``(video id, first frame)`` of the clips a clips view built here
     (:func:`clips_of`) shows, from its rank stage; None for any other
     view."""
-    import fiftyone.core.stages as fos  # start-up: FiftyOne, on first use
-
     if not getattr(view, "_is_clips", False):
         return None
-    for stage in getattr(view, "_stages", None) or []:
-        if not isinstance(stage, fos.Mongo):
-            continue
-        for step in stage.pipeline:
-            ranked = step.get("$addFields", {}).get(RANK_FIELD)
-            if ranked is not None:
-                keys = ranked["$indexOfArray"][0]
-                return [(k.split(_SEP)[0], int(k.split(_SEP)[1]))
-                        for k in keys]
-    return None
+    return frame_views.ranked_keys(view, RANK_FIELD)

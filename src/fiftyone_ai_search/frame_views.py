@@ -31,7 +31,7 @@ RANK_FIELD = "_ais_frame_rank"
 
 #: the separator of a frame's ``"<sample id>:<frame number>"`` in the
 #: rank stage (what MongoDB can build from a frame document)
-_SEP = ":"
+KEY_SEP = ":"
 
 
 def grid_stages(video_ids, fps, shown, state=None, grouped=False):
@@ -92,9 +92,9 @@ def generated_state(view) -> dict | None:
 
 
 def _rank_pipeline(shown):
-    keys = list(dict.fromkeys(f"{v}{_SEP}{int(n)}" for v, n in shown))
+    keys = list(dict.fromkeys(f"{v}{KEY_SEP}{int(n)}" for v, n in shown))
     numbers = sorted({int(n) for _, n in shown})
-    key = {"$concat": [{"$toString": "$_sample_id"}, _SEP,
+    key = {"$concat": [{"$toString": "$_sample_id"}, KEY_SEP,
                        {"$toString": "$frame_number"}]}
     # the match first, so only the frames shown are ranked. No ObjectId in
     # the stage: the App sends a view's stages back as JSON, where an
@@ -116,19 +116,26 @@ def shown_keys_of(view) -> list[tuple] | None:
     """The ``(video id, frame number)`` pairs a frames view built here (by
     :func:`frames_of`, or a frame collection's saved view) shows, from its
     rank stage; None for any other view."""
-    import fiftyone.core.stages as fos  # start-up: FiftyOne, on first use
-
     if not getattr(view, "_is_frames", False):
         return None
+    return ranked_keys(view, RANK_FIELD)
+
+
+def ranked_keys(view, rank_field) -> list[tuple] | None:
+    """The ``(video id, frame number)`` keys, in order, of the rank stage of
+    ``view`` that adds ``rank_field`` (a :class:`fiftyone.core.stages.Mongo`
+    stage built here, or by :mod:`fiftyone_ai_search.clip_views`); None if
+    it has none."""
+    import fiftyone.core.stages as fos  # start-up: FiftyOne, on first use
+
     for stage in getattr(view, "_stages", None) or []:
         if not isinstance(stage, fos.Mongo):
             continue
         for step in stage.pipeline:
-            ranked = step.get("$addFields", {}).get(RANK_FIELD)
+            ranked = step.get("$addFields", {}).get(rank_field)
             if ranked is not None:
-                keys = ranked["$indexOfArray"][0]
-                return [(k.split(_SEP)[0], int(k.split(_SEP)[1]))
-                        for k in keys]
+                return [(k.split(KEY_SEP)[0], int(k.split(KEY_SEP)[1]))
+                        for k in ranked["$indexOfArray"][0]]
     return None
 
 

@@ -768,29 +768,30 @@ def is_latest_results(samples: foc.SampleCollection) -> bool:
 def _is_latest_frames(frames):
     """Whether a frames view shows the latest frame search results (or a
     score range of them): its frames are some of theirs."""
-    shown = frame_views.shown_keys_of(frames)
-    if shown is None:
-        return False
-    try:
-        doc = _load(frames._root_dataset, TEMPORARY_COLLECTION)
-    except CollectionNotFoundError:
-        return False
-    return is_frames(doc) and set(shown) <= set(_shown(doc, _rows(doc)))
+    return _shows_latest(frames, frame_views.shown_keys_of(frames),
+                         lambda doc: _shown(doc, _rows(doc)))
 
 
 def _is_latest_clips(clips):
     """Whether a clips view shows the latest frame search results as clips
     (:func:`get_collection` ``as_clips``, or a score range of them): its
     clips start at some of their frames."""
-    shown = clip_views.shown_keys_of(clips)
+    return _shows_latest(clips, clip_views.shown_keys_of(clips),
+                         lambda doc: {split_frame_key(k)
+                                      for k in doc["sample_ids"]})
+
+
+def _shows_latest(view, shown, keys_of):
+    """Whether the ``(video, frame number)`` keys ``shown`` by ``view``
+    (None: not a view of ours) are some of ``keys_of(doc)`` of the latest
+    frame search results."""
     if shown is None:
         return False
     try:
-        doc = _load(clips._root_dataset, TEMPORARY_COLLECTION)
+        doc = _load(view._root_dataset, TEMPORARY_COLLECTION)
     except CollectionNotFoundError:
         return False
-    return is_frames(doc) and set(shown) <= {
-        split_frame_key(k) for k in doc["sample_ids"]}
+    return is_frames(doc) and set(shown) <= set(keys_of(doc))
 
 
 def delete_temporary_collection(dataset, patches_field=None):

@@ -12,6 +12,7 @@ import numpy as np
 
 import fiftyone_ai_search as ais
 from fiftyone_ai_search.demo import make_shapes_dataset, tiny_clip_model_name
+from fiftyone_ai_search.query import pairs
 
 
 def shapes_dataset(tmp_path, num_samples=30, seed=1, enable=True):
@@ -272,3 +273,17 @@ def labelled_video(directory, name):
         fo.Detection(label="thing", bounding_box=[0, 0, 0.5, 0.5])])
     dataset.add_sample(sample)
     return dataset
+
+
+def count_pair_passes(monkeypatch):
+    """The thresholds of the near-duplicate passes through the cells from
+    now on (a spy: the real pass runs)."""
+    passes = []
+    through_cells = pairs.pairs_by_cells
+
+    def counted(*args, **kwargs):
+        passes.append(args[3])
+        return through_cells(*args, **kwargs)
+
+    monkeypatch.setattr(pairs, "pairs_by_cells", counted)
+    return passes

@@ -26,7 +26,7 @@ from fiftyone_ai_search.index import state as st
 from fiftyone_ai_search.index import targets
 from fiftyone_ai_search.query import pairs
 
-from tests.helpers import labelled_video, shapes_dataset
+from tests.helpers import count_pair_passes, labelled_video, shapes_dataset
 from tests.videos import FRAME_RATE, video_dataset
 
 #: the Brain's model: the tiny CLIP (offline), as in test_brain_contract
@@ -394,14 +394,7 @@ def test_find_duplicates_goes_through_the_cells_and_equals_every_pair(
     ais.enable_embeddings(dataset, model=tiny_clip_model_name(),
                           frames=ais.FrameSampling(fps=FRAME_RATE),
                           brain_key="frames", compute=False)
-    passes = []
-    through_cells = pairs.pairs_by_cells
-
-    def counted(*args, **kwargs):
-        passes.append(args[3])
-        return through_cells(*args, **kwargs)
-
-    monkeypatch.setattr(pairs, "pairs_by_cells", counted)
+    passes = count_pair_passes(monkeypatch)
     # at this size exact costs less: through the cells all the same; cells
     # of a few points here, so every cell within reach (no pair missed)
     monkeypatch.setattr(duplicates, "EXACT_PAIR_S", 1.0)

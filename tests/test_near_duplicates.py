@@ -23,7 +23,7 @@ from fiftyone_ai_search.index import state as st
 from fiftyone_ai_search.query import pairs
 from fiftyone_ai_search.store import cells as cl
 from fiftyone_ai_search.store.edge import EdgeStore
-from tests.helpers import shapes_dataset
+from tests.helpers import count_pair_passes, shapes_dataset
 from tests.test_store import INFO, DIM, make_ids, unit
 
 THRESHOLDS = [0.999, 0.97, 0.93, 0.85]
@@ -251,23 +251,9 @@ def _copy_variants(dataset, tmp_path):
     dataset.add_samples(samples)
 
 
-def _count_passes(monkeypatch):
-    """The thresholds of the passes through the cells from now on (a spy:
-    the real pass runs)."""
-    passes = []
-    through_cells = pairs.pairs_by_cells
-
-    def counted(*args, **kwargs):
-        passes.append(args[3])
-        return through_cells(*args, **kwargs)
-
-    monkeypatch.setattr(pairs, "pairs_by_cells", counted)
-    return passes
-
-
 def test_planted_copies_on_the_shapes_world_group_as_every_pair(
         tmp_path, monkeypatch):
-    passes = _count_passes(monkeypatch)
+    passes = count_pair_passes(monkeypatch)
     nearest = pairs.nearest_by_cells
 
     def counted_nearest(*args, **kwargs):
@@ -406,7 +392,7 @@ def test_the_brains_find_duplicates_through_the_cells_as_sklearns(
     # the kept and duplicate samples and each duplicate's kept one
     monkeypatch.setattr(duplicates, "EXACT_PAIR_S", 1.0)
     monkeypatch.setattr(pairs, "PROBE", None)
-    passes = _count_passes(monkeypatch)
+    passes = count_pair_passes(monkeypatch)
     dataset = shapes_dataset(tmp_path, num_samples=160)
     ais.calculate_embeddings(dataset, wait=True, progress=False)
     ids = dataset.values("id")

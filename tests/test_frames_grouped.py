@@ -191,7 +191,10 @@ def test_sync_follows_new_and_deleted_groups(tmp_path):
         dataset.add_samples(_group(str(tmp_path), 7, *GROUPS[2],
                                    _image(str(tmp_path))))
         report = _sync(dataset)
-        assert (report.added, report.skipped) == (2, 0)
+        # only the new group's two videos embedded (the others may be looked
+        # at again, unchanged, when they were written within the watermark's
+        # margin before the first sync: how soon depends on the machine)
+        assert (report.added, report.updated, report.removed) == (2, 0, 0)
         assert len(_points(dataset)) == 18
 
         # a tag on a video embeds nothing

@@ -51,6 +51,17 @@ def _wait(condition, what, timeout):
         time.sleep(0.1)
 
 
+def _default_signals():
+    """The inner run gets the signals a terminal's would: a suite started
+    in the background (``cmd &`` in a script, ``nohup``) ignores SIGINT,
+    SIGQUIT and SIGHUP, and a child inherits that (Python then installs no
+    KeyboardInterrupt handler), so the Ctrl-C under test would never
+    arrive."""
+    for signum in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP,
+                   signal.SIGTERM):
+        signal.signal(signum, signal.SIG_DFL)
+
+
 def _alive(pid):
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
@@ -82,7 +93,8 @@ def test_a_killed_run_leaves_no_mongod(tmp_path, workers, signum):
     if workers:
         cmd += ["-n", str(workers)]
     run = subprocess.Popen(cmd, cwd=tmp_path, env=env,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           preexec_fn=_default_signals)
     try:
         _wait(lambda: started.exists() or run.poll() is not None,
               "the inner test to start", 300)

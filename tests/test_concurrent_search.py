@@ -453,6 +453,20 @@ UNASSIGNED = N // 2
 PASS_ROUND = 256
 
 
+def _written_without_cells(root):
+    """The index of ``root``, opened, with ``10 * N`` new points written
+    without their cells (as by a writer that had not read them): an upkeep
+    pass then assigns them and compacts."""
+    store = EdgeStore(NAME, root, lock_timeout=120)
+    ids = _ids(10 * N, UNASSIGNED)
+    with store.session():
+        store.cells = lambda: None
+        store.upsert(ids, _written_vectors(UNASSIGNED, 10 * N),
+                     _payloads(ids))
+        del store.cells
+    return store
+
+
 def _upkeep_writer(root, holding, asking, ending, go_on, done, result):
     """Writes points without their cells, then runs an upkeep pass that
     assigns them and compacts while the other process searches (each round
@@ -461,13 +475,7 @@ def _upkeep_writer(root, holding, asking, ending, go_on, done, result):
     from fiftyone_ai_search.store import edge, upkeep
 
     upkeep.ASSIGN_CHUNK = PASS_ROUND
-    store = EdgeStore(NAME, root, lock_timeout=120)
-    ids = _ids(10 * N, UNASSIGNED)
-    with store.session():
-        store.cells = lambda: None  # as a writer that had not read them
-        store.upsert(ids, _written_vectors(UNASSIGNED, 10 * N),
-                     _payloads(ids))
-        del store.cells
+    store = _written_without_cells(root)
     holding.set()
     assert asking.wait(120)
     rounds, answered = [], []
@@ -698,13 +706,7 @@ def _compacting_writer(root, holding, compacting, searched, result):
     edge.COMPACT_BESIDE_MIN_BYTES = 0
     # the other process searches: a compaction in place would be put off
     edge.COMPACT_QUIET_S = 3600.0
-    store = EdgeStore(NAME, root, lock_timeout=120)
-    ids = _ids(10 * N, UNASSIGNED)
-    with store.session():
-        store.cells = lambda: None  # as a writer that had not read them
-        store.upsert(ids, _written_vectors(UNASSIGNED, 10 * N),
-                     _payloads(ids))
-        del store.cells
+    store = _written_without_cells(root)
     events = []
 
     def step(name):

@@ -453,6 +453,17 @@ UNASSIGNED = N // 2
 PASS_ROUND = 256
 
 
+def _assert_assigned_and_compacted(root):
+    """The index of ``root`` after the upkeep: every point, each in its
+    cell, no compaction owed, and a search finds what it should."""
+    store = EdgeStore(NAME, root)
+    assert store.count() == N + UNASSIGNED
+    assert store.cells().complete
+    assert not store._compaction_owed()
+    assert store.query(_base_vectors()[5], LIMIT)[0][0] == _ids(0, N)[5]
+    store.close()
+
+
 def _written_without_cells(root):
     """The index of ``root``, opened, with ``10 * N`` new points written
     without their cells (as by a writer that had not read them): an upkeep
@@ -567,12 +578,7 @@ def test_an_upkeep_pass_answers_searches_and_puts_its_compaction_off(
     assert not second["owed"], seen
     assert second["opens"] == 1, seen
 
-    store = EdgeStore(NAME, tmp_path)
-    assert store.count() == N + UNASSIGNED
-    assert store.cells().complete
-    assert not store._compaction_owed()
-    assert store.query(_base_vectors()[5], LIMIT)[0][0] == _ids(0, N)[5]
-    store.close()
+    _assert_assigned_and_compacted(tmp_path)
 
 
 def test_another_thread_searches_during_a_long_session(tmp_path):
@@ -799,12 +805,7 @@ def test_searches_are_answered_during_a_compaction_beside(tmp_path):
     assert searcher["wrong"] == [], seen
     assert searcher["counts"] == [N + UNASSIGNED] * SEARCHES_IN_COMPACTION
 
-    store = EdgeStore(NAME, tmp_path)
-    assert store.count() == N + UNASSIGNED
-    assert store.cells().complete
-    assert not store._compaction_owed()
-    assert store.query(_base_vectors()[5], LIMIT)[0][0] == _ids(0, N)[5]
-    store.close()
+    _assert_assigned_and_compacted(tmp_path)
     assert _leftovers(tmp_path) == []
 
 

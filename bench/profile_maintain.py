@@ -35,6 +35,8 @@ Examples::
     python bench/profile_maintain.py --n 1000000 --kernels
     python bench/profile_maintain.py --n 1000000 --cells 4096 --assign-variants
     BENCH_TMP=/tmp python bench/profile_maintain.py --n 10000000 --model none
+    python bench/profile_maintain.py --n 10000000 --ingest-only /tmp/ais-10m
+    python bench/profile_maintain.py --n 10000000 --reuse /tmp/ais-10m --model none
 
 Above 2M points the vectors are generated and written 100k at a time
 (10M 512-d float32 is 20 GB): 10M needs ~30 GB of disk under
@@ -484,6 +486,16 @@ def main(argv=None):
     p.add_argument("--cells", type=int, default=None,
                    help="--assign-variants: this many cells (default: as "
                    "maintain splits --n points)")
+    p.add_argument("--ingest-only", metavar="DIR", default=None,
+                   help="write the --n points into an index in DIR (made, "
+                   "kept) and stop: a later --reuse DIR times maintain on "
+                   "it (10M takes ~30 min to write)")
+    p.add_argument("--reuse", metavar="DIR", default=None,
+                   help="time maintain on the index that --ingest-only "
+                   "wrote in DIR (it is changed by the pass, then deleted "
+                   "unless --keep)")
+    p.add_argument("--keep", action="store_true",
+                   help="with --reuse: keep DIR after the run")
     p.add_argument("--model", default="ViT-B-32",
                    help="the index's model, whose generic prompts the "
                    "audit gets as maintain_index does: stored by the sync, "
@@ -504,13 +516,45 @@ def main(argv=None):
     world = ClipLike(args.dim, 1000, seed=0, uneven=True, **CLIP_B32_PARAMS)
     rng = np.random.default_rng(100)
     stream = args.n > STREAM_ABOVE
-    db = None if stream else world.images(world.labels(args.n, rng), rng)
-    prompts = world.texts(world.labels(len(audit.GENERIC_PROMPTS), rng),
-                          rng)
-    tmp = tempfile.mkdtemp(prefix="profile-maintain-",
-                           dir=os.environ.get("BENCH_TMP"))
+    if args.ingest_only or args.reuse:
+        # the prompts from a generator of their own: a --reuse run does not
+        # replay the ingest's draws
+        stream = True
+        db = None
+        prompts = world.texts(world.labels(len(audit.GENERIC_PROMPTS),
+                                           np.random.default_rng(101)),
+                              np.random.default_rng(102))
+    else:
+        db = None if stream else world.images(world.labels(args.n, rng),
+                                              rng)
+        prompts = world.texts(world.labels(len(audit.GENERIC_PROMPTS), rng),
+                              rng)
+    if args.ingest_only:
+        os.makedirs(args.ingest_only, exist_ok=False)
+        tmp = args.ingest_only
+    elif args.reuse:
+        tmp = args.reuse
+    else:
+        tmp = tempfile.mkdtemp(prefix="profile-maintain-",
+                               dir=os.environ.get("BENCH_TMP"))
     try:
-        if stream:
+        if args.reuse:
+            from fiftyone_ai_search.store import EdgeStore
+
+            w = time.perf_counter()
+            store = EdgeStore("audit", tmp, lock_timeout=600)
+            seconds = time.perf_counter() - w
+            print(f"reused the index in {tmp} ({store.count()} points, "
+                  f"{_du_mb(tmp):.0f} MB; opened in {seconds:.1f} s)",
+                  flush=True)
+        elif args.ingest_only:
+            store, seconds = streamed_store(tmp, world, args.n, rng)
+            store.close()
+            print(f"upsert {args.n}: {seconds:.1f} s, load average "
+                  f"{os.getloadavg()[0]:.1f}; kept in {tmp} "
+                  f"({_du_mb(tmp):.0f} MB)", flush=True)
+            return
+        elif stream:
             store, seconds = streamed_store(tmp, world, args.n, rng)
         else:
             store, seconds = filled_store(tmp, db)
@@ -609,7 +653,8 @@ def main(argv=None):
               flush=True)
         store.close()
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not args.ingest_only and not (args.reuse and args.keep):
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

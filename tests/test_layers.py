@@ -286,3 +286,40 @@ def test_the_plugin_imports_the_facade_or_the_app_only():
             for alias in node.names:
                 if alias.name.split(".")[0] == PACKAGE:
                     assert alias.name in (PACKAGE, f"{PACKAGE}.app")
+
+
+def _class_bases(tree):
+    """``{class name: [base names]}`` of a module's classes (a base
+    written ``errors.X`` or ``X`` both read ``X``)."""
+    return {node.name: [ast.unparse(b).rpartition(".")[2] for b in node.bases]
+            for node in ast.walk(tree) if isinstance(node, ast.ClassDef)}
+
+
+def test_every_public_error_is_defined_in_errors_py():
+    """The package's errors (every subclass of ``AISearchError``) are
+    defined in ``errors.py``, in one place a caller can read; the modules
+    that raise them import them from there (and may re-export them under
+    an old path)."""
+    errors = set(_class_bases(ast.parse((ROOT / "errors.py").read_text())))
+    assert "AISearchError" in errors
+    elsewhere = []
+    for name, path in _modules().items():
+        if name == "errors":
+            continue
+        for cls, bases in _class_bases(ast.parse(path.read_text())).items():
+            if set(bases) & errors:
+                elsewhere.append(f"{name}.{cls}({', '.join(bases)})")
+    assert not elsewhere, (
+        "define these errors in errors.py (re-export them here if an old "
+        f"path must keep working): {elsewhere}")
+
+
+def test_the_moved_errors_keep_their_old_paths():
+    from fiftyone_ai_search import errors
+    from fiftyone_ai_search.index import state
+    from fiftyone_ai_search.sync import images
+
+    assert state.StaleGeneration is errors.StaleGeneration
+    assert images.SyncCancelled is errors.SyncCancelled
+    assert issubclass(errors.SyncCancelled, errors.AISearchError)
+    assert issubclass(errors.StaleGeneration, errors.AISearchError)

@@ -17,12 +17,11 @@ from importlib.metadata import PackageNotFoundError, version
 import fiftyone_ai_search as ais
 
 from .embeddings import forget_deleted, maintain_index
-from .errors import AISearchError
+from .errors import AISearchError, SyncCancelled
 from .index import state as st
 from .index.state import dataset_exists, dataset_key
 from .index.targets import target_of
 from .scheduler import Refresher, refresh_all
-from .sync.images import SyncCancelled
 
 PROG = "fiftyone-ai-search"
 

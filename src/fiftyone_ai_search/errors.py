@@ -83,6 +83,23 @@ class UnsupportedPlatformError(AISearchError, RuntimeError):
     """
 
 
+class StaleGeneration(AISearchError):
+    """Exception raised inside a computation when the state changed
+    (enable, model change, rebuild, disable) since it started: it must
+    write nothing more.
+
+    Also ``fiftyone_ai_search.index.state.StaleGeneration``.
+    """
+
+
+class SyncCancelled(AISearchError):
+    """Exception raised when AI search was disabled while the computation
+    ran (or before it started).
+
+    Also ``fiftyone_ai_search.sync.images.SyncCancelled``.
+    """
+
+
 # --- the index ----------------------------------------------------------------
 
 

@@ -37,7 +37,7 @@ import time
 from . import refreshers, validate
 from .config import MAX_REFRESH_MINUTES, get_settings
 from .embeddings import finish_disable
-from .errors import IndexDamagedError, StateDamagedError
+from .errors import IndexDamagedError, StateDamagedError, SyncCancelled
 from .index import state as st
 from .index.indexes import open_index
 from .index import targets
@@ -45,7 +45,7 @@ from .index.targets import field_of
 from .lifecycle import forget_deleted, maintain_index
 from .store import IndexNotFoundError
 from .sync.frames import frames_consistent
-from .sync.images import SyncCancelled, has_changes, is_consistent
+from .sync.images import has_changes, is_consistent
 from .sync.runner import run_sync
 
 logger = logging.getLogger(__name__)

@@ -58,7 +58,7 @@ from typing import TYPE_CHECKING
 import pymongo
 from bson import ObjectId
 
-from ..errors import AISearchError, StateDamagedError
+from ..errors import StaleGeneration, StateDamagedError
 from ..store import base
 from . import targets
 from .targets import dataset_key  # the key of a state: one definition
@@ -122,11 +122,6 @@ def _failures():
     coll = database()[FAILURES_COLLECTION]
     coll.create_index([("dataset_id", 1), ("sample_id", 1)], unique=True)
     return coll
-
-
-class StaleGeneration(AISearchError):
-    """The state changed (enable, model change, rebuild, disable) since the
-    computation started: it must write nothing more."""
 
 
 #: the fields of an index reference (``index``, ``build``, ``retired``);

@@ -39,7 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from bson import ObjectId
 
-from ..errors import AISearchError
+from ..errors import AISearchError, SyncCancelled  # noqa: F401 (its old path)
 from ..index import state as st
 from ..index import targets
 from ..store import IndexInfo, IndexNotFoundError
@@ -59,10 +59,6 @@ PAGE_SIZE = 10000
 #: stamps ``last_modified_at`` with the writer's clock) are re-examined
 #: (cheaply) next time
 WATERMARK_MARGIN = datetime.timedelta(seconds=2)
-
-
-class SyncCancelled(AISearchError):
-    """AI search was disabled while the computation ran."""
 
 
 @dataclasses.dataclass

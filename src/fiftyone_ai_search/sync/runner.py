@@ -19,13 +19,13 @@ import sys
 import time
 
 from ..config import get_settings
-from ..errors import IndexDamagedError, StateDamagedError
+from ..errors import IndexDamagedError, StateDamagedError, SyncCancelled
 from ..index import audit_prompts, indexes
 from ..index import state as st
 from ..index import targets
 from ..store import IndexMismatchError
 from .existing import ExistingEmbeddings
-from .images import SyncCancelled, Synchronizer, has_changes
+from .images import Synchronizer, has_changes
 from .frames import FrameSynchronizer, sampling_of
 from .objects import ObjectSynchronizer, crop_settings
 

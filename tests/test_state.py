@@ -187,6 +187,25 @@ def test_the_progress_of_a_run_is_a_type_that_computes_its_share():
     assert st.load(dataset).progress.started_at is not None
 
 
+def test_a_run_writes_its_progress_through_the_type():
+    """The progress's stored shape has one definition (Progress): a run
+    starts a phase with one and sets its fields as it goes."""
+    started = datetime.datetime(2026, 1, 1)
+    p = st.Progress(done=0, total=120, started_at=started, building=True,
+                    index="dataset_x_2")
+    assert st.Progress.from_doc(p.to_doc()) == p
+    assert "frames" not in p.to_doc()  # an image or object index's
+    dataset = _dataset()
+    st.start_progress(dataset, p)
+    st.set_progress(dataset, done=30)
+    st.set_progress(dataset, total=100, frames=7)
+    loaded = st.load(dataset).progress
+    assert (loaded.done, loaded.total, loaded.frames, loaded.building,
+            loaded.index) == (30, 100, 7, True, "dataset_x_2")
+    with pytest.raises(ValueError, match="no field"):
+        st.set_progress(dataset, percent=3)
+
+
 def test_a_failure_record_says_what_it_holds():
     from fiftyone_ai_search.index import targets
 

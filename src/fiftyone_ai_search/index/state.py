@@ -180,6 +180,16 @@ class Progress:
         :attr:`fraction`."""
         return 100 * self.done // self.total if self.total else None
 
+    def to_doc(self) -> dict:
+        """Its stored form, as :func:`start_progress` writes it (a frame
+        index's ``frames`` once it has counted some)."""
+        doc = {"done": self.done, "total": self.total,
+               "started_at": self.started_at, "building": self.building,
+               "index": self.index}
+        if self.frames is not None:
+            doc["frames"] = self.frames
+        return doc
+
     def to_status(self) -> dict:
         """What :func:`fiftyone_ai_search.get_status` says of it: the stored
         dict less ``started_at``, with the ``fraction`` once the total is
@@ -938,6 +948,30 @@ def delete_key(key):
 def update(target: "AnyTarget", **fields):
     """Sets fields of the state document of ``target``."""
     _states().update_one({"_id": dataset_key(target)}, {"$set": fields})
+
+
+def start_progress(target: "AnyTarget", progress: Progress):
+    """Records the progress of a run's phase that starts (``progress``,
+    usually at 0 done), in place of the last phase's."""
+    update(target, progress=progress.to_doc())
+
+
+#: what a run sets of its progress as it goes (see :func:`set_progress`)
+_PROGRESS_FIELDS = frozenset(f.name for f in dataclasses.fields(Progress)
+                             if not f.name.startswith("_"))
+
+
+def set_progress(target: "AnyTarget", **fields):
+    """Sets fields of the running phase's progress (``done``, ``total``,
+    ``frames``: those of :class:`Progress`), the others left as they are.
+
+    Raises:
+        ValueError: for a field :class:`Progress` does not have
+    """
+    unknown = sorted(set(fields) - _PROGRESS_FIELDS)
+    if unknown:
+        raise ValueError(f"Progress has no field {unknown}")
+    update(target, **{f"progress.{k}": v for k, v in fields.items()})
 
 
 # -- failures -----------------------------------------------------------------

@@ -241,7 +241,7 @@ class FrameSynchronizer(ObjectSynchronizer):
             with self.store.session():
                 self.store.upsert(keys, part.vectors[rows], payloads)
             self._frames_done += len(keys)
-            st.update(self.target, **{"progress.frames": self._frames_done})
+            st.set_progress(self.target, frames=self._frames_done)
 
     def _end(self, end, unit, stream, report):
         """Completes a video: its frames it no longer has go, then its
@@ -275,7 +275,7 @@ class FrameSynchronizer(ObjectSynchronizer):
                                   [payload])
             st.clear_failures(self.target, [unit.key])
             self._frames_done += 1
-            st.update(self.target, **{"progress.frames": self._frames_done})
+            st.set_progress(self.target, frames=self._frames_done)
             if unit.new:
                 report.added += 1
             else:

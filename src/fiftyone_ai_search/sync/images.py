@@ -712,11 +712,9 @@ class Synchronizer:
     def _start_progress(self, total):
         """Starts the progress of a phase that embeds at most ``total``."""
         self._done, self._total = 0, total
-        st.update(
-            self.target,
-            progress={"done": 0, "total": total, "started_at": st.utcnow(),
-                      "building": self.building, "index": self.store.name},
-        )
+        st.start_progress(self.target, st.Progress(
+            done=0, total=total, started_at=st.utcnow(),
+            building=self.building, index=self.store.name))
         if self.progress:
             self.progress(0, total)
 
@@ -726,7 +724,7 @@ class Synchronizer:
         total = max(total, self._done)
         if total != self._total:
             self._total = total
-            st.update(self.target, **{"progress.total": total})
+            st.set_progress(self.target, total=total)
             if self.progress:
                 self.progress(self._done, total)
 
@@ -800,7 +798,7 @@ class Synchronizer:
 
     def _commit_progress(self, count):
         self._done += count
-        st.update(self.target, **{"progress.done": self._done})
+        st.set_progress(self.target, done=self._done)
         if self.progress:
             self.progress(self._done, max(self._total, self._done))
 

@@ -866,3 +866,62 @@ def test_a_compaction_beside_killed_at_any_step_leaves_a_whole_index(
     assert store.query(vectors[7], LIMIT)[0][0] == ids[7]
     store.close()
     assert _leftovers(tmp_path) == []
+
+
+#: commits of the holder killed with its changes unflushed
+UNFLUSHED_COMMITS = 5
+
+
+def _unflushed_holder(root, holding):
+    """Commits in sessions, as a sync does, and is killed holding the
+    shard with none of them flushed (a kept shard is flushed once idle,
+    here never)."""
+    from fiftyone_ai_search.store import edge
+
+    edge.FLUSH_IDLE_S = 3600.0
+    store = EdgeStore(NAME, root)
+    for k in range(UNFLUSHED_COMMITS):
+        ids = _ids(10 * N + k * SMALL, SMALL)
+        with store.session():
+            store.upsert(ids, _written_vectors(SMALL, 10 * N + k * SMALL),
+                         _payloads(ids))
+    # the sessions' ends flushed nothing: the shard is kept, changed
+    holding.put({"flushes": edge.stats["flushes"],
+                 "dirty": edge._shared_for(store.path).dirty})
+    while True:  # keeps the shard open, and answers, until killed
+        with store.session():
+            store.count()
+        time.sleep(0.05)
+
+
+def test_a_holder_killed_with_unflushed_commits_loses_none(tmp_path):
+    import signal
+
+    store = EdgeStore(NAME, tmp_path, lock_timeout=120)
+    store.ensure(INFO)
+    ids = _ids(0, 200)
+    vectors = _base_vectors()[:200]
+    store.upsert(ids, vectors, _payloads(ids))
+    store.close()
+
+    holding = SPAWN.Queue()
+    holder = SPAWN.Process(target=_unflushed_holder,
+                           args=(str(tmp_path), holding))
+    holder.start()
+    try:
+        kept = holding.get(timeout=300)
+        assert kept == {"flushes": 0, "dirty": True}
+        # answered by the holder: its commits are there
+        assert store.count() == 200 + UNFLUSHED_COMMITS * SMALL
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.join(60)
+        # opened here: the engine's write-ahead log is replayed
+        assert store.count() == 200 + UNFLUSHED_COMMITS * SMALL
+        last = 10 * N + (UNFLUSHED_COMMITS - 1) * SMALL
+        written = _written_vectors(SMALL, last)
+        assert store.query(written[3], 1)[0][0] == _ids(last, SMALL)[3]
+        assert store.query(vectors[7], 5)[0][0] == ids[7]
+    finally:
+        if holder.is_alive():
+            holder.kill()
+        store.close()

@@ -71,8 +71,11 @@ outside a session closes it at its end, unless it is kept open already):
 a watcher thread closes it as soon as another process asks for the index
 (within :data:`KEEP_OPEN_POLL` seconds), when it has been idle that long, on
 :meth:`EdgeStore.close`, or at exit.
-Changes are flushed before the shard is kept, so a kept shard holds nothing
-that is not on disk.
+A kept shard is flushed once idle (:data:`FLUSH_IDLE_S`), at its closing,
+before a compaction, or past a bound (:data:`FLUSH_MAX_S`,
+:data:`FLUSH_MAX_POINTS`), not at each session's end: a flush holds the GIL,
+and what is not flushed is in the engine's write-ahead log, which the next
+opening replays where the holder was killed.
 """
 
 import atexit
@@ -162,6 +165,27 @@ KEEP_OPEN = 30.0
 #: for it, and so the most that process waits for a kept shard
 KEEP_OPEN_POLL = 0.02
 
+#: a shard kept open (see ``EdgeStore.session``) is not flushed at each
+#: session's end: Qdrant Edge's ``flush`` holds the GIL (~0.3 s after
+#: 100,000 points, more than a search: the server answers nobody
+#: meanwhile), and a process killed with unflushed changes loses none of
+#: them (its write-ahead log is replayed at the next opening: measured 30k
+#: points written unflushed, ``kill -9``, all 30k there, ~1.0 s of CPU to
+#: replay them). So it is flushed once the shard has been idle (no
+#: operation of this process, no request of another) for this many
+#: seconds, at its closing, before a compaction, and where one of the
+#: bounds below is passed
+FLUSH_IDLE_S = 5.0
+
+#: the longest a kept-open shard stays unflushed while in use (seconds
+#: since its first unflushed change): a session's end past it flushes
+FLUSH_MAX_S = 120.0
+
+#: the most points written unflushed: a session's end past it flushes. It
+#: bounds what a holder killed with ``kill -9`` leaves the next opening to
+#: replay (~35 us of CPU a point: ~7 s for 200,000)
+FLUSH_MAX_POINTS = 200_000
+
 #: a compaction in place (where none beside can be, see
 #: :data:`COMPACT_BESIDE`) is put off while another process searches the
 #: index through this one: one that asked within this many seconds. Qdrant Edge's
@@ -224,7 +248,13 @@ class _Shared:
         self.held_since = 0.0
         self.shard = None
         self.info = None
-        self.dirty = False
+        #: unflushed changes: since when (monotonic; see ``dirty``), and
+        #: how many points were written (see :data:`FLUSH_MAX_POINTS`)
+        self.dirty_since = None
+        self.unflushed_points = 0
+        #: when this process last used the index (the end of a hold,
+        #: monotonic): a kept shard is flushed once idle (FLUSH_IDLE_S)
+        self.used_at = 0.0
         #: a session asked to keep the shard open after it
         self.keep_requested = False
         #: while the shard is kept open: when to close it (monotonic time)
@@ -261,6 +291,30 @@ class _Shared:
         #: marker is its own, not a killed one's to recover at an opening
         self.compacting = False
 
+    @property
+    def dirty(self):
+        """Whether the shard has changes not flushed yet."""
+        return self.dirty_since is not None
+
+    @dirty.setter
+    def dirty(self, value):
+        if not value:
+            self.dirty_since = None
+            self.unflushed_points = 0
+        elif self.dirty_since is None:
+            self.dirty_since = time.monotonic()
+
+    def flush_due(self, now):
+        """Whether a session's end must flush the kept shard (a bound
+        passed: :data:`FLUSH_MAX_S`, :data:`FLUSH_MAX_POINTS`)."""
+        return self.dirty and (now - self.dirty_since >= FLUSH_MAX_S
+                               or self.unflushed_points >= FLUSH_MAX_POINTS)
+
+    def idle_since(self):
+        """When the index was last used here or asked for from elsewhere
+        (monotonic)."""
+        return max(self.used_at, self.asked_at or 0.0)
+
 
 #: what this process did with its indexes (all of them), for benchmarks and
 #: tests: shards opened; searches and counts answered for another process
@@ -279,13 +333,14 @@ class _Shared:
 #: ``last_compaction``), and put off while another process searched
 #: (``compactions_put_off``, see :data:`COMPACT_QUIET_S`); reads
 #: of a thread answered beside another thread's session
-#: (``beside_a_session``, also counted in ``served``)
+#: (``beside_a_session``, also counted in ``served``); flushes of a kept
+#: shard (``flushes``: once idle or past a bound, see :data:`FLUSH_IDLE_S`)
 stats = {"opens": 0, "served": 0, "asked": 0, "turns_waited": 0,
          "side_reads": 0, "lent_reads": 0, "lent_turns": 0, "releases": 0,
          "not_served": None, "read_ahead": 0, "read_ahead_read": 0,
          "compactions": 0, "compactions_put_off": 0,
          "compactions_beside": 0, "last_compaction": None,
-         "beside_a_session": 0}
+         "beside_a_session": 0, "flushes": 0}
 
 
 _registry = {}
@@ -669,10 +724,13 @@ class EdgeStore(VectorStore):
         # round, which a watcher polling for it would never see)
         if (keep and shared.shard is not None and self.exists()
                 and not shared.process_lock.wanted()):
-            if shared.dirty:
-                shared.shard.flush()
-                shared.dirty = False
-            shared.keep_until = time.monotonic() + KEEP_OPEN
+            now = time.monotonic()
+            shared.used_at = now
+            if shared.flush_due(now):
+                self._flush(shared)
+            # else flushed once idle (the watcher), or at the closing: a
+            # flush holds the GIL, so a search that comes waits for it
+            shared.keep_until = now + KEEP_OPEN
             if shared.keeper is None:
                 shared.keeper = threading.Thread(
                     target=self._keep_open, args=(shared,),
@@ -682,9 +740,18 @@ class EdgeStore(VectorStore):
             return
         self._release_index(shared)
 
+    @staticmethod
+    def _flush(shared):
+        """Flushes the shard's changes (the thread lock held)."""
+        if shared.dirty and shared.shard is not None:
+            shared.shard.flush()
+            stats["flushes"] += 1
+        shared.dirty = False
+
     def _keep_open(self, shared):
         """The watcher of a kept-open shard (a daemon thread): closes it
-        when another process waits for the index, or once it is idle."""
+        when another process waits for the index, or once it is idle;
+        flushes it once idle for :data:`FLUSH_IDLE_S`."""
         lock = shared.thread_lock
         while True:
             time.sleep(KEEP_OPEN_POLL)
@@ -701,6 +768,9 @@ class EdgeStore(VectorStore):
                         self._release_index(shared)
                     shared.keeper = None
                     return
+                if (shared.dirty and time.monotonic() - shared.idle_since()
+                        >= FLUSH_IDLE_S):
+                    self._flush(shared)
             except BaseException:
                 shared.keeper = None
                 raise
@@ -985,6 +1055,7 @@ class EdgeStore(VectorStore):
                 work(shard, info, slice(start, start + size))
                 if writes:
                     shared.dirty = True
+                    shared.unflushed_points += min(size, n - start)
 
     def _check_space(self, num_points, dim):
         """Refuses a write of ``num_points`` vectors of size ``dim`` unless
@@ -1447,9 +1518,12 @@ class EdgeStore(VectorStore):
                 "for it (a copy beside needs %s free, %s are)", self.name,
                 _mib(needed), _mib(free))
             return False
-        if shared.dirty:
-            shared.shard.flush()  # the copy is of what is on disk
-            shared.dirty = False
+        # not flushed first (a flush holds the GIL, ~0.3 s after 100,000
+        # points: a search that comes waits): the copy takes the
+        # write-ahead log with it, which the child's opening replays, as
+        # after a kill -9 (nothing writes to the shard meanwhile, and what
+        # the engine wrote through its memory maps is in the page cache
+        # that the copy reads)
         # owed until the copy is in: a process killed meanwhile leaves
         # it owed, and the next pass compacts
         self._owe_compaction()
@@ -2001,8 +2075,8 @@ _cells_cache = {}
 
 
 def _close_kept_open():
-    """At exit: closes the shards kept open (they hold no unflushed data,
-    but a clean close is cheaper for the next opening)."""
+    """At exit: closes the shards kept open (flushed: the next opening
+    replays no write-ahead log)."""
     with _registry_lock:
         items = list(_registry.items())
     for path, shared in items:

@@ -6,7 +6,7 @@ the few listed in :data:`LAZY` with the reason each needs to wait.
 The layers, lowest first (a module may import its own layer and those
 below; the folders are the layers):
 
-- base: ``config``, ``errors``, ``validate`` (and the bundled demo world,
+- base: ``config``, ``errors``, ``validate``, ``words`` (and the bundled demo world,
   ``demo.shapes``, whose tiny CLIP the model's messages name);
 - ``store/``: the vector stores;
 - ``embedding/``: the model, decoding, crops, the pipeline and its workers;
@@ -40,7 +40,7 @@ ENTRY = 7
 
 #: the layer of each top-level module or folder of the package
 LAYERS = {
-    "config": BASE, "errors": BASE, "validate": BASE,
+    "config": BASE, "errors": BASE, "validate": BASE, "words": BASE,
     "demo": BASE, "demo.shapes": BASE,
     "store": STORE,
     "embedding": EMBEDDING,

@@ -22,6 +22,7 @@ from .index import state as st
 from .index.state import dataset_exists, dataset_key
 from .index.targets import target_of
 from .scheduler import Refresher, refresh_all
+from .words import counted
 
 PROG = "fiftyone-ai-search"
 
@@ -190,24 +191,7 @@ def _cmd_status(args):
     if not status.get("enabled"):
         print(f"AI search: off for {_what(args)}")
         return
-    model = " / ".join(str(status[k]) for k in ("model", "pretrained")
-                       if status.get(k))
-    rows = [("AI search", f"on for {_what(args)}"), ("model", model),
-            ("backend", status.get("backend"))]
-    if status.get("in_progress"):
-        p = st.Progress.from_doc(status.get("progress")) or st.Progress()
-        total = "?" if p.total is None else p.total
-        rows.append(("computing", f"{p.done} of {total}"))
-    if status.get("rebuild"):
-        rows.append(("rebuilding with", status["rebuild"].get("model")))
-    counts = status.get("counts") or {}
-    rows.append(("counts", _pairs(counts)))
-    if status.get("last_report"):
-        rows.append(("last report", _pairs(status["last_report"])))
-    rows += [(k.replace("_", " "), status.get(k)) for k in
-             ("updated_at", "last_error", "index_error") if status.get(k)]
-    if status.get("object_fields"):
-        rows.append(("object search of", ", ".join(status["object_fields"])))
+    rows = status_rows(status, _what(args))
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key + ':':<{width + 1}} {value}")
@@ -216,10 +200,46 @@ def _cmd_status(args):
         print(f"failed: {where}: {failure.get('reason')}")
 
 
+def _model_of(values):
+    """``"ViT-B-32 / laion2b_s34b_b79k"`` of a status's (or its index
+    reference's) ``model`` and ``pretrained``."""
+    return " / ".join(str(values[k]) for k in ("model", "pretrained")
+                      if values.get(k))
+
+
+def status_rows(status, what):
+    """The ``(name, value)`` rows that ``status`` prints of an enabled
+    index's :func:`fiftyone_ai_search.get_status` (``what``: the index's
+    dataset, or the objects of its field, in words)."""
+    rows = [("AI search", f"on for {what}"), ("model", _model_of(status)),
+            ("backend", status.get("backend"))]
+    if status.get("in_progress"):
+        p = st.Progress.from_doc(status.get("progress")) or st.Progress()
+        total = "?" if p.total is None else p.total
+        computing = f"{p.done} of {total}"
+        if p.frames is not None:  # a frame index counts videos, and frames
+            computing += f" videos, {counted(p.frames, 'frame')}"
+        rows.append(("computing", computing))
+    if status.get("rebuild"):
+        rows.append(("rebuilding with", _model_of(status["rebuild"])))
+    counts = status.get("counts") or {}
+    rows.append(("counts", _pairs(counts)))
+    if status.get("last_report"):
+        rows.append(("last report", _pairs(status["last_report"])))
+    rows += [(k.replace("_", " "), status.get(k)) for k in
+             ("updated_at", "last_error", "index_error") if status.get(k)]
+    if status.get("object_fields"):
+        rows.append(("object search of", ", ".join(status["object_fields"])))
+    return rows
+
+
 def _pairs(values):
-    """``{"num_added": 3, "seconds": 1.23}`` as ``added 3 in 1.2 s``."""
-    text = ", ".join(f"{k.replace('num_', '')} {v}"
-                     for k, v in values.items() if k != "seconds")
+    """``{"num_added": 3, "rebuilt": True, "seconds": 1.23}`` as ``added 3,
+    rebuilt in 1.2 s``: a flag by its name where it is true, left out
+    where it is not."""
+    text = ", ".join(
+        k.replace("num_", "") if v is True else f"{k.replace('num_', '')} {v}"
+        for k, v in values.items() if k != "seconds" and v is not False)
     if "seconds" in values:
         text += f" in {values['seconds']:.1f} s"
     return text
@@ -272,8 +292,8 @@ def _print_results(dataset, name, args, min_score=None, max_score=None):
         else:
             print(f"{row['score']:.4f}  {row['id']}  {row['filepath']}")
     if not args.paths:
-        print(f"{len(rows)} results in collection '{name}' of dataset "
-              f"'{dataset.name}'", file=sys.stderr)
+        print(f"{counted(len(rows), 'result')} in collection '{name}' of "
+              f"dataset '{dataset.name}'", file=sys.stderr)
 
 
 def _cmd_collections_list(args):
@@ -289,7 +309,7 @@ def _cmd_collections_list(args):
                               "image_name", "label_id", "score_range"))
         objects = f" (objects of {row['patches_field']})" \
             if row.get("patches_field") else ""
-        print(f"{row['name']}: {row['size']} results{objects}, "
+        print(f"{row['name']}: {counted(row['size'], 'result')}{objects}, "
               f"{row['created_at']:%Y-%m-%d %H:%M}"
               + (f", {query}" if query else ""))
     if not rows:

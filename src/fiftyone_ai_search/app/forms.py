@@ -35,6 +35,7 @@ from fiftyone_ai_search.errors import UnsupportedPlatformError
 from fiftyone_ai_search.results import collection_summary
 from fiftyone_ai_search.search import UPLOAD_MARK
 from fiftyone_ai_search.store.portability import check_embedded_index
+from fiftyone_ai_search.words import counted
 
 SEARCH_MODES = ("prompt", "similar", "image", "diverse")
 DEFAULT_LIMIT = 100
@@ -205,8 +206,8 @@ def progress_text(status):
         return "starting the worker"
     percent = f"({p.percent}%)"
     if "sampling" in status:  # a frame index counts videos, and frames
-        return (f"{p.done} / {p.total} videos {percent}, "
-                f"{p.frames or 0} frames")
+        return (f"{p.done} / {counted(p.total, 'video')} {percent}, "
+                f"{counted(p.frames or 0, 'frame')}")
     return f"{p.done} / {p.total} {percent}"
 
 
@@ -266,10 +267,10 @@ def status_text(status):
     text += ")"
     counts = status.get("counts")
     if counts and frames:
-        text += (f": {counts['num_indexed']} frames of "
-                 f"{counts.get('num_videos')} videos indexed "
+        text += (f": {counted(counts['num_indexed'], 'frame')} of "
+                 f"{counted(counts.get('num_videos'), 'video')} indexed "
                  f"({sampling_text(status['sampling'])}), "
-                 f"{counts['num_failed']} videos failed")
+                 f"{counted(counts['num_failed'], 'video')} failed")
     elif counts:
         noun, total = (("samples", counts.get("num_samples")) if field is None
                        else ("objects", counts.get("num_objects")))

@@ -15,11 +15,19 @@ are, by ``(sample id, first frame)``: like a frames view's, a clips view's
 ids are generated anew with its clips dataset, so the stage never names
 them (see :mod:`fiftyone_ai_search.frame_views`).
 
-FiftyOne generates manual clips by writing their supports on the source
-videos for a moment (a ``_support`` field, unset again at once): that
-bumps the hit videos' ``last_modified_at`` each time the clips dataset is
-generated. The frame index's sync then checks those videos' frame 1 and
-embeds nothing (a video's fingerprint is its file's).
+FiftyOne generates manual clips (and clips of an expression) by writing
+their supports on the source videos for a moment (a ``_support`` field,
+unset again at once): that would bump the hit videos'
+``last_modified_at`` each time a clips view of results is built, and the
+frame index's next sync would check them again; only a field of the
+dataset's schema (a ``FrameSupportField`` or temporal detections) is
+clipped without a write, and adding one would show in the user's
+sidebar. So the clips dataset is written here, by one aggregation over
+the videos that reads them and writes the clips dataset alone
+(:func:`_write_clips_dataset`), and the ``to_clips`` stage names it in
+its state: FiftyOne reuses a clips dataset its stage names while the
+stage's inputs are unchanged (the App's rebuilds of the view included),
+and generates it anew itself only when it is gone.
 
 | Copyright the fiftyone-ai-search authors, Apache-2.0.
 """
@@ -109,10 +117,51 @@ def clips_of(dataset: fod.Dataset, hits: list[tuple], fps: float
             starts.append((video, support[0]))
     if not starts:
         return dataset.limit(0)
-    # (FiftyOne's manual clips: one list of supports per sample, in the
-    # view's order)
-    view = view.to_clips([per_video[v] for v in ids])
+    supports = [per_video[v] for v in ids]
+    clips = _write_clips_dataset(view, ids, supports)
+    # the state FiftyOne's ToClips.load_view records for these inputs,
+    # naming the dataset written above: it reuses it rather than
+    # generating (and writing on the videos)
+    state = {"dataset_id": str(view._root_dataset._doc.id),
+             "stages": view.view()._serialize(include_uuids=False),
+             "field_or_expr": supports, "config": None,
+             "name": clips.name}
+    view = view.add_stage(fos.ToClips(supports, _state=state))
     return view.add_stage(fos.Mongo(_rank_pipeline(starts)))
+
+
+def _write_clips_dataset(view, ids, supports):
+    """The clips dataset of the videos ``view`` (ids ``ids``, in its
+    order), the clips of each ``supports[i]``: what FiftyOne's
+    ``make_clips_dataset`` writes for manual clips (one sample per clip,
+    with its video's id, support, media fields and tags; the frames are
+    the videos' own), written by one aggregation that only reads the
+    videos."""
+    import fiftyone.core.dataset as fod  # start-up: FiftyOne, on first use
+    import fiftyone.core.fields as fof
+    import fiftyone.core.media as fom
+
+    clips = fod.Dataset(_clips=True, _src_collection=view)
+    clips.media_type = fom.VIDEO
+    clips.add_sample_field("sample_id", fof.ObjectIdField)
+    clips.add_sample_field("support", fof.FrameSupportField)
+    clips.create_index("sample_id")
+    # each video's supports, found by its id (plain JSON: strings)
+    support = {"$arrayElemAt": [
+        {"$literal": [[list(map(int, s)) for s in clips_of_video]
+                      for clips_of_video in supports]},
+        {"$indexOfArray": [list(ids), {"$toString": "$_id"}]}]}
+    view._aggregate(post_pipeline=[
+        {"$project": {"_id": False, "_sample_id": "$_id",
+                      "_media_type": True, "filepath": True,
+                      "support": support, "metadata": True, "tags": True,
+                      "created_at": True, "last_modified_at": True}},
+        {"$unwind": "$support"},
+        {"$addFields": {"_rand": {"$rand": {}},
+                        "_dataset_id": clips._doc.id}},
+        {"$out": clips._sample_collection_name},
+    ])
+    return clips
 
 
 def _rank_pipeline(starts):

@@ -77,8 +77,37 @@ def test_the_pages_are_found():
     assert {"README.md", "docs/sdk.md", "docs/app.md", "docs/brain.md",
             "docs/objects.md", "docs/large-datasets.md",
             "docs/configuration.md", "docs/design.md",
-            "docs/benchmarks.md"} <= set(PAGES)
+            "docs/benchmarks.md", "docs/videos.md", "docs/cli.md",
+            "docs/install.md", "docs/development.md"} <= set(PAGES)
     assert len(all_blocks()) >= 15
+
+
+def test_every_page_of_the_docs_is_run():
+    """Every markdown page under docs/ (in any folder) is one whose blocks
+    run: a page added next week is run without a line here."""
+    found = {os.path.relpath(p, REPO) for p in glob.glob(
+        os.path.join(REPO, "docs", "**", "*.md"), recursive=True)}
+    assert found and found <= set(PAGES), sorted(found - set(PAGES))
+
+
+#: the first line of code that reads as Python
+PYTHON = re.compile(r"^\s*(import \w|from [\w.]+ import |ais\.|fo\.|"
+                    r"dataset\s*=)", re.M)
+
+
+def test_no_python_hides_in_a_block_of_another_language():
+    """A Python block is fenced ```python (else it would not be run): no
+    block without a language, or of another, reads as Python."""
+    hidden = []
+    for page in PAGES:
+        with open(os.path.join(REPO, page)) as f:
+            text = f.read()
+        for match in FENCE.finditer(text):
+            if match.group(2) != "python" and PYTHON.search(
+                    textwrap.dedent(match.group(3))):
+                line = text.count("\n", 0, match.start()) + 1
+                hidden.append(f"{page}:{line} (```{match.group(2)})")
+    assert not hidden, hidden
 
 
 def test_every_skip_marker_stands_before_a_python_block_and_says_why():

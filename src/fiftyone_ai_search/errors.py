@@ -135,7 +135,10 @@ class QdrantUnreachableError(AISearchError, ConnectionError):
 
 class UnsupportedMediaError(AISearchError, ValueError):
     """Exception raised when the samples are of a kind AI search does not
-    index (videos, 3D, point clouds, frames or clips views)."""
+    index (3D, point clouds), or not that way: the images of a video
+    dataset, a frames or clips view given where images are searched. The
+    message says what is indexed, and for videos how their frames are
+    (``frames=True``)."""
 
 
 class ObjectFieldError(AISearchError, ValueError):

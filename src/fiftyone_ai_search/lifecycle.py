@@ -423,6 +423,10 @@ def calculate_embeddings(dataset: fod.Dataset, force: bool = False,
     Returns:
         a :class:`fiftyone_ai_search.sync.images.SyncReport` if ``wait=True``, else
         None
+
+    Raises:
+        fiftyone_ai_search.errors.SyncCancelled: with ``wait=True``, if AI
+            search is switched off for it while the call waits or computes
     """
     force = validate.boolean(force, "force")
     wait = validate.boolean(wait, "wait")

@@ -8,9 +8,11 @@ process that runs tests has its own; an interrupted run stops it too
 """
 
 import os
+import resource
 import signal
 import subprocess
 import sys
+import time
 
 import psutil
 import pytest
@@ -137,6 +139,53 @@ def pytest_xdist_make_scheduler(config, log):
             super()._assign_work_unit(node)
 
     return LongestFirst(config, log)
+
+
+def _cpu_now() -> tuple:
+    """(this process, its reaped children, its mongod): user + sys CPU s."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    mongod = 0.0
+    for child in psutil.Process().children():
+        try:
+            if child.name() == "mongod":
+                times = child.cpu_times()
+                mongod += times.user + times.system
+        except psutil.Error:
+            pass
+    return (own.ru_utime + own.ru_stime, kids.ru_utime + kids.ru_stime,
+            mongod)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """With ``AIS_TEST_CPU=DIR``, each test process appends a row per test
+    to ``DIR/<worker>.tsv``: its wall and the CPU it cost (this process,
+    the subprocesses it waited for, its ``mongod``), its module fixtures'
+    set-up and teardown included (in the first and last test of the file),
+    whether it is ``slow``; the first row, ``<collection>``, is the CPU
+    spent before the first test. CPU rather than wall, since the machines
+    this is measured on are shared (docs/development.md, test-time
+    budget). Not counted: processes a test leaves unreaped (Chromium)."""
+    out = os.environ.get("AIS_TEST_CPU")
+    if not out:
+        yield
+        return
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    path = os.path.join(out, f"{worker}.tsv")
+    before, start = _cpu_now(), time.monotonic()
+    if not os.path.exists(path):
+        with open(path, "w") as f:
+            f.write("test\tslow\twall\tcpu\tchildren\tmongod\n"
+                    f"<collection>\t0\t0\t{before[0]:.2f}\t{before[1]:.2f}"
+                    f"\t{before[2]:.2f}\n")
+    yield
+    after = _cpu_now()
+    slow = int(item.get_closest_marker("slow") is not None)
+    with open(path, "a") as f:
+        f.write(f"{item.nodeid}\t{slow}\t{time.monotonic() - start:.2f}\t"
+                + "\t".join(f"{a - b:.2f}" for a, b in zip(after, before))
+                + "\n")
 
 
 @pytest.fixture(scope="session")

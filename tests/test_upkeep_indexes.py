@@ -1,0 +1,176 @@
+"""The payload indexes the upkeep relies on (store/upkeep.py): the cell's
+and the rank's.
+
+What a user relies on: a new embedded index keeps both from its first
+point, so the first maintenance pass of a large index builds neither (at
+10M points each build read every point's payload: ~60 s); an index of an
+older version, made without them and written without ranks, gets them and
+every point its rank from the next pass, also after points written
+without a rank later, and after a pass killed with ``kill -9`` while it
+gave the ranks.
+"""
+
+import multiprocessing
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+
+from fiftyone_ai_search.store import base, cells as cl, edge, ranks, upkeep
+from fiftyone_ai_search.store import sample_id_to_point_id
+from fiftyone_ai_search.store.edge import EdgeStore
+from tests.helpers import hold_at
+from tests.test_store import DIM, INFO
+
+SPAWN = multiprocessing.get_context("spawn")
+
+#: points of the test indexes: above the passes' min_points (1,000)
+N = 3000
+
+
+def _vectors(n, seed=0):
+    x = np.random.default_rng(seed).standard_normal((n, DIM))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _ids(n, start=1):
+    return [f"{i:024x}" for i in range(start, start + n)]
+
+
+def _indexed(store):
+    """``({payload key: points its index counts}, points)`` of the shard."""
+    with store._locked() as shared:
+        shard, _ = store._open(shared)
+        info = shard.info()
+        return ({k: v.points for k, v in info.payload_schema.items()},
+                info.points_count)
+
+
+def _write_as_before_ranks(store, ids, x):
+    """Points as a version before the ranks and cells wrote them: the
+    sample id alone in their payload."""
+    store._upsert_points([sample_id_to_point_id(i) for i in ids],
+                         base.normalize_rows(x),
+                         [{"sample_id": i} for i in ids])
+
+
+def _old_index(root, name, monkeypatch):
+    """An embedded index as a version before the payload indexes at
+    creation made it (none), holding :data:`N` points written without
+    their rank or cell."""
+    store = EdgeStore(name, root, lock_timeout=60)
+    with monkeypatch.context() as m:
+        m.setattr(edge, "_upkeep_indexes", dict)
+        store.ensure(INFO)
+    x = _vectors(N)
+    ids = _ids(N)
+    _write_as_before_ranks(store, ids, x)
+    assert _indexed(store) == ({}, N)
+    return store, ids, x
+
+
+def _assert_ranked(store, ids):
+    """Every point holds its rank, and the rank's index counts them all."""
+    assert store.ranked()
+    counts, points = _indexed(store)
+    assert points == len(ids) and counts[ranks.RANK_KEY] == len(ids)
+    rank = {i: ranks.rank_of(i) for i in ids}
+    for bucket in ranks.bucket_order(3)[:20].tolist():
+        got = [str(r.id) for r in store._points_in(ranks.RANK_KEY, [bucket],
+                                              with_vector=False)]
+        assert sorted(got) == sorted(
+            sample_id_to_point_id(i) for i in ids if rank[i] == bucket)
+
+
+def test_a_new_index_keeps_the_upkeep_payload_indexes_from_its_first_point(
+        tmp_path):
+    store = EdgeStore("fresh", tmp_path, lock_timeout=60)
+    store.ensure(INFO)
+    assert _indexed(store) == ({cl.CELL_KEY: 0, ranks.RANK_KEY: 0}, 0)
+    x, ids = _vectors(N), _ids(N)
+    store.upsert(ids, x, [{} for _ in ids])
+    # every write kept them: nothing left for the first pass to build
+    assert _indexed(store) == ({cl.CELL_KEY: N, ranks.RANK_KEY: N}, N)
+    assert store.ranked()
+    assert store.maintain(min_points=1000) == N
+    assert store.cells().complete
+    _assert_ranked(store, ids)
+    for i in range(0, N, 300):
+        assert store.query(x[i], 1)[0][0] == ids[i]
+    store.close()
+
+
+def test_an_old_index_gets_its_payload_indexes_and_ranks_from_a_pass(
+        tmp_path, monkeypatch):
+    store, ids, x = _old_index(tmp_path, "old", monkeypatch)
+    assert not store.ranked()
+    assert store.maintain(min_points=1000) == N
+    assert store.cells().complete
+    counts, _ = _indexed(store)
+    assert counts[cl.CELL_KEY] == N
+    _assert_ranked(store, ids)
+
+    # an older version writes on: its points lack a rank (and a cell),
+    # whatever the index knew before; the next pass finds them
+    more, y = _ids(200, start=N + 1), _vectors(200, seed=1)
+    _write_as_before_ranks(store, more, y)
+    assert not store.ranked()
+    assert _indexed(store)[0][ranks.RANK_KEY] == N
+    assert store.maintain(min_points=1000) == 200
+    _assert_ranked(store, ids + more)
+    store.close()
+
+
+def _maintain_held(root, name, held, reached):
+    """A pass over an old index in a process of its own, held at ``held``
+    (``(owner, function, call)``) for its kill; ranks given 500 a round."""
+    upkeep.RANK_CHUNK = 500
+    where, function, call = held
+    owner = {"upkeep": upkeep, "EdgeStore": EdgeStore}[where]
+    hold_at(owner, function, reached, call)
+    EdgeStore(name, root, lock_timeout=60).maintain(min_points=1000)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("held", [
+    ("EdgeStore", "_set_field", 3),  # two rounds of ranks written
+    ("upkeep", "_learn", 1),  # every rank written, nothing after
+], ids=["mid-ranks", "after-the-last-rank"])
+def test_a_pass_killed_while_it_gives_ranks_leaves_them_to_the_next(
+        tmp_path, monkeypatch, held):
+    store, ids, x = _old_index(tmp_path, "killed", monkeypatch)
+    store.close()
+    reached = SPAWN.Event()
+    p = SPAWN.Process(target=_maintain_held,
+                      args=(str(tmp_path), "killed", held, reached))
+    p.start()
+    deadline = time.monotonic() + 120
+    try:
+        while not reached.wait(0.05):
+            assert p.is_alive(), f"the pass ended before {held}"
+            assert time.monotonic() < deadline, f"never reached {held}"
+    finally:
+        os.kill(p.pid, signal.SIGKILL)
+        p.join()
+
+    # what the killed pass wrote is there, no more: the rank's index
+    # counts the points it gave a rank, which each hold their own
+    counts, points = _indexed(store)
+    assert points == N
+    given = counts[ranks.RANK_KEY]
+    if held[1] == "_set_field":
+        assert given == 1000 and not store.ranked()
+    else:
+        assert given == N and store.ranked()
+    lacking = {str(r.id) for r in store._points_lacking(ranks.RANK_KEY, N, False,
+                                                   ())}
+    assert len(lacking) == N - given
+    # the next pass finishes the job
+    assert store.maintain(min_points=1000) == N
+    assert store.cells().complete
+    _assert_ranked(store, ids)
+    for i in range(0, N, 300):
+        assert store.query(x[i], 1)[0][0] == ids[i]
+    store.close()

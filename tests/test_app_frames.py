@@ -316,6 +316,45 @@ def test_diverse_frames_and_a_frames_view_as_scope(red_circles):
         "id"))
 
 
+def test_a_collection_saved_from_clips_opens_at_the_hits(red_circles):
+    """Results shown as clips ("Open as clips", the default) and saved
+    from the panel open as clips again from the collection list (the
+    panel's Load selects the saved view by name; FiftyOne's saved views
+    list loads it alike); results shown as frames are saved as frames.
+    Opening them writes nothing on the videos."""
+    dataset = red_circles
+    out, clips = run("ai_search", dataset, mode="prompt",
+                     prompt="a red circle", limit=6)
+    stamps = dataset.values("last_modified_at")
+    run("save_collection", dataset, view=clips, name="red clips")
+    out, frames = run("ai_search", dataset, mode="prompt",
+                      prompt="a red circle", limit=6, as_clips=False)
+    run("save_collection", dataset, view=frames, name="red frames")
+    try:
+        # what the App loads for set_view(name=...)
+        saved = fo.load_dataset(dataset.name).load_saved_view("red clips")
+        assert saved._is_clips
+        assert list(zip(*saved.values(["sample_id", "support"]))) == list(
+            zip(*clips.values(["sample_id", "support"])))
+        # the App's server builds it again from its stages: the same clips
+        doc = fo.load_dataset(dataset.name)._get_saved_view_doc("red clips")
+        stages = [json_util.loads(s) for s in doc.view_stages]
+        again = fov.DatasetView._build(dataset, stages)
+        assert again.values("support") == clips.values("support")
+        assert fo.load_dataset(dataset.name).load_saved_view(
+            "red frames")._is_frames
+        # a score range of the saved clips (filter_by_score) stays clips
+        scores = [s for _, s in ais.get_collection_scores(dataset,
+                                                          "red clips")]
+        out, ranged = run("filter_by_score", dataset, view=saved,
+                          collection="red clips", min_score=scores[2])
+        assert ranged._is_clips and out["count"] == len(ranged) >= 3
+        assert dataset.values("last_modified_at") == stamps
+    finally:
+        ais.delete_collection(dataset, "red clips")
+        ais.delete_collection(dataset, "red frames")
+
+
 def test_disable_from_the_app_removes_the_frame_index(tmp_path):
     dataset = with_metadata(video_dataset(tmp_path, [[RED, BLUE]]))
     ais.enable_embeddings(dataset, model=tiny_clip_model_name(), frames=True,

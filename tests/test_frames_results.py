@@ -427,3 +427,77 @@ def test_only_frames_open_as_clips(videos, tmp_path):
     images = ais.perform_ai_search(dataset, prompt="a red circle", limit=3)
     with pytest.raises(ValueError, match="as_clips.*not of video frames"):
         ais.get_collection(dataset, images, as_clips=True)
+
+
+def test_a_collection_saved_as_clips_opens_at_the_hits(videos):
+    """A frame collection kept as clips (the App's "Open as clips") opens
+    as clips starting at its hits: by get_collection's default, and as its
+    saved view (FiftyOne's saved views list, the panel's Load), without a
+    write on the videos; as_clips=False still gives its frames."""
+    name = ais.perform_frame_search(videos, prompt="a red circle", limit=6)
+    hits = ais.get_frame_hits(videos, name)
+    expected = [(h["sample_id"], [h["frame_number"], h["frame_number"] + 9])
+                for h in hits]
+    ais.calculate_embeddings(videos, frames=True, wait=True, progress=False)
+    stamps = videos.values("last_modified_at")
+    # the App records its choice on the latest results; a save keeps it
+    from fiftyone_ai_search import results
+
+    results.keep_clips_choice(videos, name, True)
+    ais.save_collection(videos, "red clips")
+    ais.save_collection(videos, "red frames", as_clips=False)
+    try:
+        clips = ais.get_collection(videos, "red clips")
+        assert clips._is_clips and _clips(clips) == expected
+        saved = fo.load_dataset(videos.name).load_saved_view("red clips")
+        assert saved._is_clips and _clips(saved) == expected
+        assert saved._dataset.persistent  # kept with its saved view
+        # a score range and the best per video stay clips
+        ranged = ais.get_collection(videos, "red clips",
+                                    min_score=hits[2]["score"])
+        assert _clips(ranged) == expected[:len(ranged)]
+        best = ais.get_frame_collection(videos, "red clips",
+                                        best_per_video=True)
+        assert best._is_clips and len(best) == 3
+        assert ais.get_collection(videos, "red clips",
+                                  as_clips=False)._is_frames
+        # the choice is the collection's: the other one opens as frames
+        assert ais.get_collection(videos, "red frames")._is_frames
+        assert fo.load_dataset(videos.name).load_saved_view(
+            "red frames")._is_frames
+        # saved again over itself: the old clips dataset is let go
+        old = saved._dataset.name
+        ais.save_collection(videos, "red clips", source="red clips",
+                            overwrite=True, min_score=hits[1]["score"])
+        assert not fo.load_dataset(old).persistent
+        again = fo.load_dataset(videos.name).load_saved_view("red clips")
+        assert _clips(again) == expected[:len(again)]
+        assert videos.values("last_modified_at") == stamps
+        report = ais.calculate_embeddings(videos, frames=True, wait=True,
+                                          progress=False)
+        assert (report.added, report.updated, report.skipped) == (0, 0, 0)
+        # deleted: FiftyOne lets its clips dataset go with the saved view
+        kept = again._dataset.name
+        ais.delete_collection(videos, "red clips")
+        assert not fo.load_dataset(kept).persistent
+    finally:
+        for saved_name in ("red clips", "red frames"):
+            if ais.is_frame_collection(videos, saved_name):
+                ais.delete_collection(videos, saved_name)
+    with pytest.raises(ValueError, match="as_clips"):
+        ais.save_collection(videos, "x", as_clips="yes")
+
+
+def test_only_a_frame_collection_is_kept_as_clips(tmp_path):
+    from tests.helpers import shapes_dataset
+    from fiftyone_ai_search import results
+
+    dataset = shapes_dataset(tmp_path, num_samples=8)
+    ais.calculate_embeddings(dataset, wait=True, progress=False)
+    name = ais.perform_ai_search(dataset, prompt="a red circle", limit=3)
+    with pytest.raises(ValueError, match="as_clips.*not of video frames"):
+        ais.save_collection(dataset, "kept", as_clips=True)
+    with pytest.raises(ValueError, match="as_clips.*not of video frames"):
+        results.keep_clips_choice(dataset, name, True)
+    results.keep_clips_choice(dataset, name, False)  # nothing to keep
+    assert not ais.get_collection(dataset, name)._is_clips

@@ -89,12 +89,15 @@ def clip_supports(hits, fps, frame_rates, frame_counts=None):
     return out
 
 
-def clips_of(dataset: fod.Dataset, hits: list[tuple], fps: float
-             ) -> fov.DatasetView:
+def clips_of(dataset: fod.Dataset, hits: list[tuple], fps: float,
+             persistent: bool = False) -> fov.DatasetView:
     """The clips view of ``hits`` (``(video id, frame number)`` pairs, best
     first), a clip starting at each hit (:func:`clip_supports`), in this
     order; a hit given twice shows once, where it first appears. The
-    videos' metadata gives their frame rates and lengths."""
+    videos' metadata gives their frame rates and lengths. ``persistent``:
+    its clips dataset outlives this process (a saved view's, as FiftyOne
+    makes a saved view's generated dataset; FiftyOne makes it
+    non-persistent again when the saved view is deleted)."""
     import fiftyone.core.stages as fos  # start-up: FiftyOne, on first use
 
     hits = list(dict.fromkeys((str(v), int(n)) for v, n in hits))
@@ -118,7 +121,7 @@ def clips_of(dataset: fod.Dataset, hits: list[tuple], fps: float
     if not starts:
         return dataset.limit(0)
     supports = [per_video[v] for v in ids]
-    clips = _write_clips_dataset(view, ids, supports)
+    clips = _write_clips_dataset(view, ids, supports, persistent)
     # the state FiftyOne's ToClips.load_view records for these inputs,
     # naming the dataset written above: it reuses it rather than
     # generating (and writing on the videos)
@@ -130,7 +133,7 @@ def clips_of(dataset: fod.Dataset, hits: list[tuple], fps: float
     return view.add_stage(fos.Mongo(_rank_pipeline(starts)))
 
 
-def _write_clips_dataset(view, ids, supports):
+def _write_clips_dataset(view, ids, supports, persistent=False):
     """The clips dataset of the videos ``view`` (ids ``ids``, in its
     order), the clips of each ``supports[i]``: what FiftyOne's
     ``make_clips_dataset`` writes for manual clips (one sample per clip,
@@ -141,7 +144,8 @@ def _write_clips_dataset(view, ids, supports):
     import fiftyone.core.fields as fof
     import fiftyone.core.media as fom
 
-    clips = fod.Dataset(_clips=True, _src_collection=view)
+    clips = fod.Dataset(persistent=persistent, _clips=True,
+                        _src_collection=view)
     clips.media_type = fom.VIDEO
     clips.add_sample_field("sample_id", fof.ObjectIdField)
     clips.add_sample_field("support", fof.FrameSupportField)

@@ -140,21 +140,25 @@ def ranked_keys(view, rank_field) -> list[tuple] | None:
 
 
 def release_generated(stage_strings):
-    """Marks the frames datasets that FiftyOne generated for these saved
-    view stages (JSON strings, as a saved view stores them) non-persistent,
-    so that FiftyOne deletes them once no process uses them, as it does
-    for a saved view it deletes itself.
+    """Marks the frames (or clips) datasets generated for these saved view
+    stages (JSON strings, as a saved view stores them) non-persistent, so
+    that FiftyOne deletes them once no process uses them, as it does for a
+    saved view it deletes itself.
 
     FiftyOne names the frames dataset of a saved frames view in its
     ``to_frames`` stage's ``_state`` and makes it persistent when it loads
     the view (``load_saved_view``); a frame collection's stages are
-    rewritten without it at each search, which would leave it behind."""
+    rewritten without it at each search, which would leave it behind. A
+    frame collection kept as clips names the persistent clips dataset
+    written for it (:mod:`fiftyone_ai_search.clip_views`) in its
+    ``to_clips`` stage's ``_state`` alike."""
     import fiftyone.core.dataset as fod  # start-up: FiftyOne, on first use
 
     names = []
     for text in stage_strings:
         stage = json_util.loads(text)
-        if not str(stage.get("_cls", "")).endswith(".ToFrames"):
+        if not str(stage.get("_cls", "")).endswith((".ToFrames",
+                                                    ".ToClips")):
             continue
         state = dict(stage.get("kwargs") or []).get("_state") or {}
         if state.get("name"):

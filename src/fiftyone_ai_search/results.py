@@ -16,7 +16,9 @@ the frame index's rate; its ids are frame keys ``(video, frame number)``,
 never a frames view's ids, which FiftyOne generates anew (see
 :mod:`fiftyone_ai_search.frame_views`). It also opens as a clips view, a
 clip starting at each hit, which the App's video player opens at the hit
-(:mod:`fiftyone_ai_search.clip_views`).
+(:mod:`fiftyone_ai_search.clip_views`); a collection kept so (the App's
+"Open as clips", ``save_collection(..., as_clips=True)``) opens as clips
+by default, its saved view too.
 
 A collection of a grouped dataset selects from all its image slices
 (``select_group_slices(media_type="image")``, a flat view): FiftyOne's
@@ -131,7 +133,9 @@ def write_collection(dataset, name, sample_ids, scores, query=None,
         frames (None): the ids are frame keys of a video dataset's frame
             index: a dict ``fps`` (the index's rate, the frames view's),
             ``timestamps`` and ``shown`` (each frame's grid frame number
-            in the frames view, see :func:`_frame_fields`), one a frame
+            in the frames view, see :func:`_frame_fields`), one a frame,
+            and optionally ``clips`` (the collection opens as clips, its
+            saved view a clips view)
 
     Returns:
         the name
@@ -211,6 +215,11 @@ def _write_view(dataset, view_doc, key, version):
 
 def _stages(dataset, doc):
     """The serialized view stages of the scores document ``doc``."""
+    if doc.get("frames") and doc["frames"].get("clips"):
+        # a clip per hit, its clips dataset written now and kept with the
+        # saved view (FiftyOne would write on the videos to generate it)
+        return _clips_view(dataset, doc, _rows(doc), persistent=True
+                           )._serialize(include_uuids=False)
     if doc.get("frames"):
         shown = _shown(doc, _rows(doc))
         return frame_views.serialized_stages(
@@ -223,7 +232,8 @@ def _stages(dataset, doc):
 
 def _frame_fields(frames):
     """The fields of a frame collection's scores document: ``frames``
-    (``{"fps": ...}``, None for other collections), and per frame its
+    (``{"fps": ..., "clips": whether it opens as clips}``, None for other
+    collections), and per frame its
     ``timestamps`` (seconds) and ``shown`` frame number: the frame itself,
     or, for a scene-change frame off the grid, its video's nearest grid
     frame, which the frames view shows in its place."""
@@ -231,7 +241,9 @@ def _frame_fields(frames):
         return {"frames": None, "frames_state": None}
     # frames_state: none yet (see _frames_view): a rewrite's videos are
     # generated anew once, their metadata as it is now
-    return {"frames": {"fps": float(frames["fps"])}, "frames_state": None,
+    return {"frames": {"fps": float(frames["fps"]),
+                       "clips": bool(frames.get("clips", False))},
+            "frames_state": None,
             "timestamps": [None if t is None else float(t)
                            for t in frames["timestamps"]],
             "shown": [int(n) for n in frames["shown"]]}
@@ -325,7 +337,7 @@ def get_collection_scores(dataset: fod.Dataset, name: str
 def get_collection(dataset: fod.Dataset, name: str,
                    min_score: float | None = None,
                    max_score: float | None = None,
-                   as_clips: bool = False) -> fov.DatasetView:
+                   as_clips: bool | None = None) -> fov.DatasetView:
     """The samples of a collection, in its order, optionally cut to a score
     range. No model is run.
 
@@ -337,7 +349,10 @@ def get_collection(dataset: fod.Dataset, name: str,
     (to the frame before the next one the index samples), in the same
     order: the App's video player opens a clip at its first frame, where
     it opens a frame of a frames view at the start of its video (see
-    :mod:`fiftyone_ai_search.clip_views`).
+    :mod:`fiftyone_ai_search.clip_views`). A collection kept as clips (the
+    App's "Open as clips", ``save_collection(..., as_clips=True)``) opens
+    as clips unless ``as_clips=False``. Opening clips writes nothing on
+    the videos.
 
     Examples::
 
@@ -353,8 +368,9 @@ def get_collection(dataset: fod.Dataset, name: str,
         min_score (None): keep samples scoring ``>= min_score``, in [-1, 1]
         max_score (None): keep samples scoring ``<= max_score``, in [-1, 1],
             not below ``min_score``
-        as_clips (False): a collection of frames as a clips view of its
-            hits (only for one)
+        as_clips (None): a collection of frames as a clips view of its
+            hits (True; only for one) or a frames view (False); None: as
+            the collection was kept (frames unless kept as clips)
 
     Returns:
         a :class:`fiftyone.core.view.DatasetView`
@@ -365,11 +381,10 @@ def get_collection(dataset: fod.Dataset, name: str,
     """
     dataset = media.source_dataset(dataset, "dataset")
     min_score, max_score = validate.score_range(min_score, max_score)
-    as_clips = validate.boolean(as_clips, "as_clips")
+    if as_clips is not None:
+        as_clips = validate.boolean(as_clips, "as_clips")
     doc = _load(dataset, name)
-    if as_clips:
-        if not is_frames(doc):
-            raise _not_frames(dataset, name, "as_clips")
+    if _opens_as_clips(dataset, name, doc, as_clips):
         return _clips_view(dataset, doc,
                            _in_range(_rows(doc), min_score, max_score))
     if min_score is None and max_score is None and not is_frames(doc) \
@@ -472,7 +487,7 @@ def get_frame_collection(dataset: fod.Dataset, name: str,
                          min_score: float | None = None,
                          max_score: float | None = None,
                          best_per_video: bool = False,
-                         as_clips: bool = False) -> fov.DatasetView:
+                         as_clips: bool | None = None) -> fov.DatasetView:
     """A collection of frames as a FiftyOne frames view, in its order, as
     :func:`get_collection` opens it; with ``best_per_video``, the best
     frame of each video only, best first; with ``as_clips``, a clips view
@@ -492,8 +507,9 @@ def get_frame_collection(dataset: fod.Dataset, name: str,
         min_score (None): keep frames scoring ``>= min_score``
         max_score (None): keep frames scoring ``<= max_score``
         best_per_video (False): only the best frame of each video
-        as_clips (False): a clips view (a clip from each hit to the frame
-            before the next one the index samples) instead of frames
+        as_clips (None): a clips view (a clip from each hit to the frame
+            before the next one the index samples) instead of frames;
+            None: as the collection was kept (frames unless kept as clips)
 
     Returns:
         a :class:`fiftyone.core.view.DatasetView` of frames, or of clips
@@ -505,7 +521,8 @@ def get_frame_collection(dataset: fod.Dataset, name: str,
     """
     dataset = media.source_dataset(dataset, "dataset")
     best_per_video = validate.boolean(best_per_video, "best_per_video")
-    as_clips = validate.boolean(as_clips, "as_clips")
+    if as_clips is not None:
+        as_clips = validate.boolean(as_clips, "as_clips")
     validate.score_range(min_score, max_score)
     if not best_per_video:
         if not is_frame_collection(dataset, name):
@@ -513,18 +530,50 @@ def get_frame_collection(dataset: fod.Dataset, name: str,
         return get_collection(dataset, name, min_score, max_score, as_clips)
     doc = _load(dataset, name)
     rows = _frame_rows(dataset, name, min_score, max_score, True, doc)
-    if as_clips:
+    if _opens_as_clips(dataset, name, doc, as_clips):
         return _clips_view(dataset, doc, rows)
     return _frames_view(dataset, doc, rows)
 
 
-def _clips_view(dataset, doc, rows):
+def _opens_as_clips(dataset, name, doc, as_clips):
+    """Whether collection ``name`` (scores document ``doc``) opens as
+    clips: ``as_clips``, or when None as it was kept. Refuses clips of a
+    collection that is not of frames."""
+    if as_clips is None:
+        return bool(is_frames(doc) and doc["frames"].get("clips"))
+    as_clips = validate.boolean(as_clips, "as_clips")
+    if as_clips and not is_frames(doc):
+        raise _not_frames(dataset, name, "as_clips")
+    return as_clips
+
+
+def keep_clips_choice(dataset: fod.Dataset, name: str,
+                      as_clips: bool) -> None:
+    """Records on the frame collection ``name`` whether it opens as clips
+    (the App's "Open as clips" on the latest results), which
+    :func:`save_collection` keeps with a collection saved from it. Its own
+    saved view is not rewritten (the latest results' stays a frames view,
+    rewritten by each search)."""
+    dataset = media.source_dataset(dataset, "dataset")
+    as_clips = validate.boolean(as_clips, "as_clips")
+    doc = _load(dataset, name)
+    if not is_frames(doc):
+        if as_clips:
+            raise _not_frames(dataset, name, "as_clips")
+        return
+    # only this version: a newer search's results carry their own choice
+    _scores().update_one({"_id": doc["_id"], "version": doc["version"]},
+                         {"$set": {"frames.clips": as_clips}})
+
+
+def _clips_view(dataset, doc, rows, persistent=False):
     """The clips view of ``rows`` of the frame collection of the scores
     document ``doc``: a clip starting at each hit frame itself (a
     scene-change frame too, which a frames view shows as its nearest grid
-    frame)."""
+    frame); ``persistent``: its clips dataset outlives this process (a
+    saved view's)."""
     return clip_views.clips_of(dataset, [split_frame_key(r[0]) for r in rows],
-                               doc["frames"]["fps"])
+                               doc["frames"]["fps"], persistent=persistent)
 
 
 def _frames_view(dataset, doc, rows):
@@ -619,7 +668,8 @@ def collection_summary(dataset: fod.Dataset, name: str) -> dict | None:
 def save_collection(dataset: fod.Dataset, name: str,
                     source: str = TEMPORARY_COLLECTION,
                     overwrite: bool = False, min_score: float | None = None,
-                    max_score: float | None = None) -> str:
+                    max_score: float | None = None,
+                    as_clips: bool | None = None) -> str:
     """Keeps a collection (by default the latest search results) under a name.
 
     With ``min_score`` / ``max_score``, only the samples of that score range
@@ -631,6 +681,10 @@ def save_collection(dataset: fod.Dataset, name: str,
         ais.save_collection(dataset, "scratches")
         ais.save_collection(dataset, "clear scratches", min_score=0.3)
 
+        # frames: a collection that opens at the hits in the video player
+        ais.perform_frame_search(videos, prompt="a red circle")
+        ais.save_collection(videos, "red circles", as_clips=True)
+
     Args:
         dataset: a :class:`fiftyone.core.dataset.Dataset`
         name: the new collection's name
@@ -640,14 +694,20 @@ def save_collection(dataset: fod.Dataset, name: str,
             [-1, 1]
         max_score (None): keep only samples scoring ``<= max_score``, in
             [-1, 1], not below ``min_score``
+        as_clips (None): a collection of frames kept as clips (True: its
+            saved view, and :func:`get_collection` by default, open a clip
+            starting at each hit, where the App's video player opens at
+            the hit) or frames (False); None: as ``source`` was kept (the
+            App's "Open as clips" choice)
 
     Returns:
         the name
 
     Raises:
         ValueError: for invalid arguments (the message names the argument),
-            if the name is taken (and not ``overwrite``), or if no sample of
-            ``source`` is in the score range
+            if the name is taken (and not ``overwrite``), if no sample of
+            ``source`` is in the score range, or for ``as_clips=True`` of a
+            collection that is not of frames
         CollectionNotFoundError: if there is no collection ``source``
     """
     dataset = media.source_dataset(dataset, "dataset")
@@ -661,6 +721,7 @@ def save_collection(dataset: fod.Dataset, name: str,
             f"{name!r}; pass overwrite=True to replace it"
         )
     doc = _load(dataset, source, "source")
+    as_clips = _opens_as_clips(dataset, source, doc, as_clips)
     rows = _in_range(_rows(doc), min_score, max_score)
     if not rows:
         raise ValueError(
@@ -673,7 +734,8 @@ def save_collection(dataset: fod.Dataset, name: str,
     return write_collection(
         dataset, name, [r[0] for r in rows], [r[1] for r in rows], query,
         patches_field=doc.get("patches_field"),
-        source_ids=_sources(doc, rows), frames=_frames(doc, rows),
+        source_ids=_sources(doc, rows),
+        frames=_frames(doc, rows, as_clips),
     )
 
 
@@ -696,14 +758,15 @@ def _shown(doc, rows):
             for r in rows]
 
 
-def _frames(doc, rows):
+def _frames(doc, rows, as_clips=False):
     """The ``frames`` of :func:`write_collection` for ``rows`` of a frame
-    collection's scores doc (None for another collection)."""
+    collection's scores doc (None for another collection), opening as
+    clips with ``as_clips``."""
     if not doc.get("frames"):
         return None
     shown = _shown(doc, rows)
     return {"fps": doc["frames"]["fps"], "timestamps": [r[3] for r in rows],
-            "shown": [n for _, n in shown]}
+            "shown": [n for _, n in shown], "clips": bool(as_clips)}
 
 
 def is_frames(doc) -> bool:

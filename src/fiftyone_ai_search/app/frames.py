@@ -13,7 +13,10 @@ where it plays a frames view's sample from the video's beginning, and
 offers a plugin no other way to open the player at a frame. Unticking
 "Open as clips" shows FiftyOne's frames view of the hits instead (each
 tile the hit frame; its player starts at the video's beginning). The
-panel's histogram, score range and saving work on them as on images.
+panel's histogram, score range and saving work on them as on images; the
+choice is kept with the results, and a collection saved from them opens
+so (as clips at the hits, from the panel's list or FiftyOne's saved
+views).
 
 By example, a search starts from a frame: the one selected in a frames
 view (the results, or any frames view on the index's grid), the hit of a
@@ -24,6 +27,7 @@ import fiftyone.operators.types as types
 
 import fiftyone_ai_search as ais
 from fiftyone_ai_search import clip_views
+from fiftyone_ai_search import results
 
 from . import forms
 
@@ -229,8 +233,10 @@ def search_and_show(ctx, params, selected):
     if name is None:
         ctx.ops.notify("Nothing matched", variant="warning")
         return {"collection": None, "count": 0}
-    view = ais.get_collection(ctx.dataset, name,
-                              as_clips=bool(params.get("as_clips", True)))
+    as_clips = bool(params.get("as_clips", True))
+    # kept with the results: a collection saved from them opens so too
+    results.keep_clips_choice(ctx.dataset, name, as_clips)
+    view = ais.get_collection(ctx.dataset, name, as_clips=as_clips)
     if len(view) == 0:
         raise ValueError(
             "Frames matched, but FiftyOne cannot show frames of videos "

@@ -1,7 +1,11 @@
 """The vector-store interface that every backend implements.
 
-A store holds one index per dataset: one vector per sample, keyed by the
-sample id, with a small payload (``filepath``, ``fingerprint``). It also
+A store holds one index per target (a dataset's images, the objects of one
+of its label fields, or a video dataset's frames: see
+:mod:`fiftyone_ai_search.index.targets`): one vector per item, keyed by the
+item's key (a sample id, an object's label id, or a frame's key: its
+video's id and frame number), with a small payload (``filepath``,
+``fingerprint``). The "sample ids" of this interface are those keys. It also
 records which model produced the vectors (:class:`IndexInfo`), so an index can
 never hold vectors of two models.
 """

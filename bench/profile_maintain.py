@@ -11,9 +11,12 @@ audit asks as many prompts as there are generic ones, drawn from the
 CLIP-like world (the model's would mean nothing in it). ``--profile`` adds
 a cProfile of ``maintain`` (top 30 by cumulative time).
 
-The assignment runs in a thread beside the conversion of the next
-stretch of vectors (``records_to_matrix``): their wall times overlap, and
-the CPU seconds of a phase are the process's during its calls.
+The assignment runs in a thread beside the reading of the next stretch
+of vectors (from the segments' files where their layout is understood,
+``SegmentVectors.rows``; else converted out of the engine's lists,
+``records_to_matrix``, which also converts the sample of rows checked
+against the engine): their wall times overlap, and the CPU seconds of a
+phase are the process's during its calls.
 
 ``--kernels`` times only the two numeric phases that ``store/cells.py``
 owns, at the sizes ``maintain`` gives them for ``--n`` points (k-means on
@@ -69,6 +72,10 @@ PHASES = (
     ("base", "VectorStore.get_bucket_vectors", "learning sample read"),
     ("cells", "learn", "k-means learning"),
     ("edge", "EdgeStore._points_lacking", "scans of points lacking a cell"),
+    ("edge", "EdgeStore._segment_vectors",
+     "the vectors' places read from the segments' files"),
+    ("segment_vectors", "SegmentVectors.rows",
+     "vectors read from the segments' files"),
     ("base", "records_to_matrix", "records_to_matrix"),
     ("cells", "Cells.assign", "assignment"),
     ("upkeep", "_grouped", "grouping by cell"),
@@ -169,12 +176,13 @@ def streamed_store(tmp, world, n, rng, chunk=100_000):
 
 
 def instrument():
-    from fiftyone_ai_search.store import audit, base, cells, edge, upkeep
+    from fiftyone_ai_search.store import (audit, base, cells, edge,
+                                          segment_vectors, upkeep)
 
     _watch_vectors_ahead(edge)
 
     modules = {"audit": audit, "base": base, "cells": cells, "edge": edge,
-               "upkeep": upkeep}
+               "segment_vectors": segment_vectors, "upkeep": upkeep}
     for owner, attr, name in PHASES:
         obj = modules[owner]
         parts = attr.split(".")

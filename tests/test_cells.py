@@ -26,6 +26,7 @@ from fiftyone_ai_search.index import state as st
 from fiftyone_ai_search.store import cells as cl
 from fiftyone_ai_search.store import point_id_to_sample_id
 from fiftyone_ai_search.store import ranks
+from fiftyone_ai_search.store.base import IndexInfo
 from fiftyone_ai_search.store.edge import EdgeStore
 from fiftyone_ai_search.store.server import ServerStore
 from tests.helpers import hold_at, shapes_dataset
@@ -797,3 +798,131 @@ def test_a_thread_that_reuses_its_block_of_scores_gets_the_same_cells():
     # grown to the largest stretch scored at once, of the last cells' number
     assert answers[-1] == (cl._ROWS, len(small))
     assert getattr(cl._kept, "block", None) is None
+
+
+WIDE = IndexInfo(model="ViT-B-32", pretrained="laion2b",
+                 model_identity="vitb32@abc", dim=512)
+
+
+def _wide_index(tmp_path, n=17000):
+    """An index of ``n`` 512-d points (more than one chunk file of the
+    engine's appendable segment: 16,384 such vectors a chunk), some
+    deleted, some deleted and written again, some written again in place."""
+    store = EdgeStore("wide", str(tmp_path))
+    store.ensure(WIDE)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((n, WIDE.dim)).astype(np.float32)
+    ids = make_ids(n)
+    store.upsert(ids, x, [{} for _ in ids])
+    store.delete(ids[100:200])
+    again = rng.standard_normal((30, WIDE.dim)).astype(np.float32)
+    # across the first chunk's end where there are two
+    at = min(16380, n - 20)
+    store.upsert(ids[150:160] + ids[at : at + 20], again,
+                 [{} for _ in range(30)])
+    return store
+
+
+def test_the_vectors_read_from_the_files_are_the_engines(tmp_path):
+    """A pass over every point reads the original vectors straight from
+    the appendable segments' files (store/segment_vectors.py): each row
+    equals the engine's own vector of the point, deleted points are not
+    found, and points written again are read where they now are."""
+    store = _wide_index(tmp_path)
+    direct = store._segment_vectors()
+    assert direct is not None and len(direct) == 17000 - 100 + 10
+    records = store._scroll_points(True)
+    expected = store._stored_rows(records, unit=False)
+    rows, found = direct.rows([r.id for r in records])
+    assert found.all()
+    np.testing.assert_array_equal(rows, expected)
+    # as the ids' strings too, and a point that is not there
+    rows, found = direct.rows([str(records[7].id), "0" * 8 + "-0000-0000"
+                               "-0000-" + "f" * 12])
+    assert found.tolist() == [True, False]
+    np.testing.assert_array_equal(rows[0], expected[7])
+    assert not rows[1].any()
+    # a pass's hook: the same rows
+    store._direct = direct
+    np.testing.assert_array_equal(store._original_rows(records), expected)
+    assert store._direct is direct
+    store._direct = None
+
+    # compacted: its segment's layout is not the one read (the engine's)
+    assert store._compact() is not False
+    assert store._segment_vectors() is None
+    records = store._scroll_points(True)
+    np.testing.assert_array_equal(store._original_rows(records),
+                                  store._stored_rows(records, unit=False))
+    store.close()
+
+
+def test_vectors_are_read_through_the_engine_where_the_files_are_not_understood(
+        tmp_path, monkeypatch):
+    """An engine version the layout was not checked on, files changed
+    since they were read, or rows that differ from the engine's sample of
+    them: the rows come from the engine (and a compacted segment, above)."""
+    from fiftyone_ai_search.store import edge, segment_vectors
+
+    store = _wide_index(tmp_path, n=3000)
+    records = store._scroll_points(True)
+    expected = store._stored_rows(records, unit=False)
+
+    monkeypatch.setattr(segment_vectors, "KNOWN_VERSIONS", ("0.0.",))
+    assert store._segment_vectors() is None
+    monkeypatch.undo()
+
+    # another holder's write since the files were read: read again
+    direct = store._segment_vectors()
+    store.upsert(make_ids(1, start=5000), expected[:1], [{}])
+    assert not direct.current()
+    store._direct = direct
+    np.testing.assert_array_equal(store._original_rows(records), expected)
+    assert store._direct is not direct and store._direct.current()
+
+    # rows that differ from the engine's: the rest of the pass through it
+    monkeypatch.setattr(edge, "DIRECT_CHECK_EVERY", 1000)
+    real = segment_vectors.SegmentVectors.rows
+
+    def shifted(self, point_ids):
+        rows, found = real(self, point_ids)
+        return np.roll(rows, 1, axis=0), found
+
+    monkeypatch.setattr(segment_vectors.SegmentVectors, "rows", shifted)
+    np.testing.assert_array_equal(store._original_rows(records), expected)
+    assert store._direct is None
+    monkeypatch.undo()
+
+    store.close()
+
+
+def test_a_pass_reading_the_files_gives_the_cells_of_the_engines_vectors(
+        tmp_path, small_cells):
+    """Every point of a pass that read its vector from the files gets the
+    cell of the most similar centre to its vector as the engine holds it."""
+    store = EdgeStore("cells", str(tmp_path))
+    store.ensure(INFO)
+    x, _ = clustered(3000)
+    ids = make_ids(len(x))
+    store.upsert(ids, x, [{} for _ in ids])
+    read = []
+    original = store._original_rows
+
+    def counted(records):
+        read.append(store._direct is not None)
+        return original(records)
+
+    store._original_rows = counted
+    store.maintain(min_points=1000)
+    assert read and all(read)
+    cells = store.cells()
+    records = store._retrieve_points(
+        [r.id for r in store._scroll_points(False)], False, True)
+    by_id = dict(zip((str(r.id) for r in records),
+                     store._stored_rows(records, unit=False)))
+    from fiftyone_ai_search.store import sample_id_to_point_id
+
+    vectors = np.stack([by_id[sample_id_to_point_id(i)] for i in ids])
+    np.testing.assert_array_equal(stored_cells(store, ids),
+                                  cells.assign(vectors))
+    store.close()

@@ -504,6 +504,12 @@ class VectorStore(abc.ABC):
         return self._checked_rows(records_to_matrix(records),
                                   [r.id for r in records], unit)
 
+    def _original_rows(self, records):
+        """The vectors of ``records`` of a pass over every point, as stored
+        (see :meth:`_stored_rows` with ``unit=False``); a backend may read
+        them from its files rather than from ``records``."""
+        return self._stored_rows(records, unit=False)
+
     def _checked_rows(self, vectors, point_ids, unit=True):
         """:meth:`_stored_rows` of the rows ``vectors`` read already, of
         ``point_ids``."""

@@ -74,6 +74,8 @@ class Upkept(Protocol):
 
     def _stored_rows(self, records, unit=True) -> np.ndarray: ...
 
+    def _original_rows(self, records) -> np.ndarray: ...
+
     def _points_lacking(self, key, limit, with_vector, values,
                         after=None): ...
 
@@ -213,11 +215,14 @@ def _assign_round(store, known, lacking, after, assigner, exact=None):
         if not records:
             return None
         # a stretch's cells are computed in ``assigner`` while the next
-        # stretch is converted: at 1M points the conversion (17 s) and the
-        # products (11 s on 2 cores) took 28 s one after the other. A cell
+        # stretch is read: at 1M points the conversion out of the engine's
+        # lists (17 s) and the products (11 s on 2 cores) took 28 s one
+        # after the other. Where the backend reads the vectors from its
+        # files (the embedded index: ~0.2 s a 65k round at 512-d), the
+        # products have both cores (numpy's BLAS runs 2 threads). A cell
         # is the most similar centre: any positive length
-        pending = [assigner.submit(_cells_of, known, store._stored_rows(
-            records[start : start + ASSIGN_STRETCH], unit=False), exact)
+        pending = [assigner.submit(_cells_of, known, store._original_rows(
+            records[start : start + ASSIGN_STRETCH]), exact)
             for start in range(0, len(records), ASSIGN_STRETCH)]
         where = np.concatenate([p.result() for p in pending])
         ids = [str(r.id) for r in records]

@@ -306,9 +306,10 @@ def test_compute_similarity_on_videos_or_clips_is_refused(video, kind,
                                                           brain_key):
     # the Brain runs a clips view's run on the video dataset
     view = video.to_clips("frames.objects") if kind == "clips" else video
-    with pytest.raises(ais.UnsupportedMediaError,
-                       match=f"Dataset '{video.name}' is a video dataset"
-                       ) as e:
+    what = (f"samples is a clips view of the video dataset '{video.name}'"
+            if kind == "clips" else
+            f"Dataset '{video.name}' is a video dataset")
+    with pytest.raises(ais.UnsupportedMediaError, match=what) as e:
         fob.compute_similarity(view, backend="ai_search",
                                brain_key=brain_key, **TINY)
     message = str(e.value)
@@ -320,6 +321,65 @@ def test_compute_similarity_on_videos_or_clips_is_refused(video, kind,
     assert video.list_brain_runs() == []
     assert not ais.is_embeddings_enabled(video, frames=True)
     assert st.get(targets.Frames(video)) is None
+
+
+@pytest.fixture(scope="module")
+def grouped(tmp_path_factory):
+    """A grouped dataset: an image slice ("left", the default) and two
+    video slices ("front", "rear"), 3 groups."""
+    from tests.test_frames_grouped import grouped_dataset
+
+    dataset = grouped_dataset(tmp_path_factory.mktemp("grouped"))
+    yield dataset
+    dataset.delete()
+
+
+@pytest.mark.parametrize("kind", ["slice", "clips", "active"])
+def test_compute_similarity_on_a_video_slice_is_refused_up_front(grouped,
+                                                                 kind):
+    """The Brain hands the backend a grouped dataset for a view of its
+    video slice: the run would be of images, and the Brain would embed
+    every frame of the videos for it, to fail on the first vectors. It is
+    refused before anything is embedded, naming the frames view of the
+    slice, and nothing stays registered or switched on."""
+    front = grouped.select_group_slices("front")
+    if kind == "clips":
+        view = front.to_clips([[(1, 5)]] * len(front))
+    elif kind == "active":  # the grouped dataset, showing a video slice
+        view = grouped.view()
+        view.group_slice = "front"
+    else:
+        view = front
+    with pytest.raises(ais.UnsupportedMediaError) as e:
+        fob.compute_similarity(view, backend="ai_search", brain_key="sim",
+                               **TINY)
+    message = str(e.value)
+    assert f"the grouped dataset '{grouped.name}'" in message
+    slices = ("select_group_slices(media_type='video')" if kind == "active"
+              else "select_group_slices('front')")
+    assert (f"fob.compute_similarity(grouped_dataset.{slices}.to_frames("
+            "sample_frames='dynamic', fps=1)") in message
+    assert "enable_embeddings(grouped_dataset, frames=True" in message
+    _names_frame_search(message)
+    assert grouped.list_brain_runs() == []
+    assert not ais.is_embeddings_enabled(grouped)
+    assert not ais.is_embeddings_enabled(grouped, frames=True)
+
+
+def test_the_image_slice_of_a_grouped_dataset_is_still_an_image_run(
+        grouped):
+    left = grouped.select_group_slices("left")
+    try:
+        results = fob.compute_similarity(left, backend="ai_search",
+                                         brain_key="sim", **TINY)
+        assert not results.config.frames
+        assert grouped.list_brain_runs() == ["sim"]
+        assert len(left.sort_by_similarity("a gray square", k=2,
+                                           brain_key="sim")) == 2
+    finally:
+        if "sim" in grouped.list_brain_runs():
+            grouped.delete_brain_run("sim")
+        ais.disable_embeddings(grouped)
 
 
 def test_a_frames_run_refuses_videos_clips_and_vectors(red_circles):

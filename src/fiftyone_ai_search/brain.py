@@ -249,15 +249,17 @@ class AISearchSimilarity(Similarity):
         when the run names its model; else the model of the first vectors
         added decides."""
         # (the Brain gives a frames view's run its frames view, a clips
-        # view's the video dataset)
+        # view's the video dataset, a video slice's the grouped dataset:
+        # what it was given is read from its call)
         if samples._is_frames and not samples._is_clips:
             return brain_frames.initialize(self, samples, brain_key)
-        if samples._is_clips or samples.media_type == "video":
+        given = brain_frames.given_samples(samples)
+        if brain_frames.is_of_videos(given):
             # the Brain registered the run before this: a run left without
             # results would break every later use of its key
             if brain_key is not None:
                 self.delete_run(samples, brain_key, cleanup=False)
-            raise brain_frames.refuse_videos(samples)
+            raise brain_frames.refuse_videos(given)
         dataset = media.source_dataset(samples)
         if self.config.plain or not self.config.names_a_model:
             return self._initialize_plain(dataset, brain_key)

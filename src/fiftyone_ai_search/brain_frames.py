@@ -47,6 +47,8 @@ Examples::
 | Copyright the fiftyone-ai-search authors, Apache-2.0.
 """
 
+import sys
+
 import numpy as np
 from bson import ObjectId
 
@@ -92,16 +94,75 @@ def view_sampling(frames_view):
     return FrameSampling(fps=float(fps)) if fps else FrameSampling()
 
 
+#: the Brain's function that starts a run (it calls the backend's
+#: ``initialize``), and the module that defines it
+_COMPUTE = ("compute_similarity", "fiftyone.brain.similarity")
+
+
+def given_samples(samples):
+    """The collection ``fob.compute_similarity`` was given, for the run its
+    backend initializes on ``samples``; ``samples`` itself when it is not
+    found.
+
+    The Brain hands the backend the root dataset of any collection but a
+    frames view: a view of a grouped dataset's video slice
+    (``grouped.select_group_slices("front")``) or its clips reach
+    ``initialize`` as the grouped dataset, whose run is of images, and the
+    Brain then embeds the videos' frames for it, to fail on the first
+    vectors with the run registered. The collection itself is read from
+    the Brain's call (its ``samples``), so that such a run is refused
+    before anything is embedded or switched on."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        code = frame.f_code
+        if (code.co_name, frame.f_globals.get("__name__")) == _COMPUTE:
+            given = frame.f_locals.get("samples")
+            if isinstance(given, foc.SampleCollection) and (
+                    given._root_dataset.name == samples._root_dataset.name):
+                return given
+            break
+        frame = frame.f_back
+    return samples
+
+
+def is_of_videos(samples):
+    """Whether ``samples`` are videos or clips (of a video dataset, or of a
+    grouped dataset's video slices, or a grouped collection whose active
+    slice, which it iterates, is of videos): what a run refuses (a frames
+    view of them is what it takes)."""
+    if samples._is_clips:
+        return True
+    if samples._is_frames:
+        return False
+    if media.is_grouped(samples):
+        slices = samples.group_media_types or {}
+        return slices.get(samples.group_slice) == "video"
+    return samples.media_type == "video"
+
+
+def _slices_selected(samples):
+    """The group slices a view of a grouped dataset selects by name
+    (``select_group_slices("front")``), else None."""
+    # (_all_stages: a clips view's own stages follow its source's)
+    for stage in getattr(samples, "_all_stages", None) or []:
+        if type(stage).__name__ == "SelectGroupSlices" and stage.slices:
+            return stage.slices
+    return None
+
+
 def refuse_videos(samples):
     """Why a run of the ``ai_search`` backend refuses a video dataset, a
-    view of its videos or a clips view: its frames are searched through a
-    frames view."""
+    view of its videos or a clips view (of a grouped dataset's video
+    slices too): its frames are searched through a frames view."""
     root = samples._root_dataset
     name = root.name
     grouped = media.is_grouped(root)
-    # (a grouped dataset's videos: the frames view of its video slices)
+    # (a grouped dataset's videos: the frames view of its video slices, or
+    # of the slices the view selected)
     target = "grouped_dataset" if grouped else "video_dataset"
-    videos = (f"{target}.select_group_slices(media_type='video')"
+    slices = _slices_selected(samples) if grouped else None
+    videos = (f"{target}.select_group_slices({slices!r})" if slices
+              else f"{target}.select_group_slices(media_type='video')"
               if grouped else target)
     of = (f"the video slices of the grouped dataset '{name}'" if grouped
           else f"the video dataset '{name}'")

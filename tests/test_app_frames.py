@@ -4,7 +4,8 @@ runs them), on small synthetic videos and the tiny CLIP: enabling the
 frame index from the App, its status, searching frames by prompt, by a
 frame selected in a frames view (or a clip of the results) and by an
 uploaded image, the results shown as clips starting at the hits (the
-video player opens at the hit) or as a frames view, best first."""
+video player opens at the hit) or as a frames view, best first; and the
+same in a grouped dataset with video slices, in the slice the App shows."""
 
 import base64
 import io
@@ -25,7 +26,9 @@ from fiftyone_ai_search.app import PLUGIN_NAME
 from fiftyone_ai_search.demo import shapes, tiny_clip_model_name
 
 from tests.conftest import REPO_DIR
-from tests.test_operators import _blocking, _context, _form
+from tests.test_frames_grouped import _shown as grouped_shown
+from tests.test_frames_grouped import grouped_dataset
+from tests.test_operators import _Panel, _blocking, _context, _form
 from tests.videos import FRAME_RATE, video_dataset
 
 RED = ("red", "circle")
@@ -75,10 +78,13 @@ def red_circles(tmp_path_factory, repo_as_plugin):
 
 
 def run(operator, dataset, view=None, selected=None, current_sample=None,
-        **params):
-    """Executes an operator as the App does; returns ``(result, view the
-    operator showed or None)``."""
+        group_slice=None, **params):
+    """Executes an operator as the App does (showing ``group_slice`` of a
+    grouped dataset); returns ``(result, view the operator showed or
+    None)``."""
     ctx = {"dataset": dataset, "params": params, "selected": selected or []}
+    if group_slice is not None:
+        ctx["group_slice"] = group_slice
     if view is not None:
         ctx["view"] = view
     if current_sample is not None:
@@ -382,3 +388,211 @@ def test_the_status_lists_a_frame_index_failures_as_videos(tmp_path):
     assert form["failures"]["view"]["label"] == "Failed videos"
     assert [f["filepath"] for f in form["failures"]["default"]] == [
         broken.filepath]
+
+
+# -- a grouped dataset with video slices --------------------------------------
+#
+# The App works in the slice it shows (FiftyOne sets it on ctx.dataset): a
+# video slice searches frames, as a video dataset does, an image slice the
+# images (and says how to search the frames).
+
+
+def grouped_form(dataset, group_slice, operator="ai_search", **kwargs):
+    """The properties of an operator's form with ``group_slice`` shown
+    (``kwargs``: test_operators' ``_context``)."""
+    ctx = _context(dataset, operator=operator, **kwargs)
+    ctx.request_params["group_slice"] = group_slice
+    form = foo.get_operator(uri(operator)).resolve_input(ctx).to_json()
+    return form["type"]["properties"]
+
+
+def grouped_button(dataset, group_slice):
+    request = {"dataset_name": dataset.name, "params": {},
+               "group_slice": group_slice}
+    placement = resolve_placement(foo.get_operator(uri("ai_search")), request)
+    return placement.to_json()["view"]["label"]
+
+
+def _shown(dataset, clips_pairs):
+    """What the first frame of each ``(video id, support)`` shows."""
+    return grouped_shown(dataset, [(v, s[0]) for v, s in clips_pairs])
+
+
+def slice_of(dataset, view):
+    """The slice of each video of a clips or frames view, in its order."""
+    slices = dict(zip(*dataset.select_group_slices(media_type="video").values(
+        ["id", "group.name"])))
+    return [slices[v] for v in view.values("sample_id")]
+
+
+@pytest.fixture(scope="module")
+def grouped(tmp_path_factory, repo_as_plugin):
+    """tests/test_frames_grouped.py's grouped dataset: 3 groups of an image
+    ("left", the default slice) and two videos ("front", "rear"); its frame
+    index enabled from the grid button with 'front' shown (the first test)."""
+    dataset = grouped_dataset(tmp_path_factory.mktemp("app-grouped"))
+    yield dataset
+    ais.disable_embeddings(dataset, frames=True)
+    dataset.delete()
+
+
+def test_a_grouped_dataset_is_searched_in_the_slice_shown(grouped):
+    dataset = grouped
+    # an image slice: the images, and how to search the frames
+    assert grouped_button(dataset, "left") == "AI Search: off"
+    form = grouped_form(dataset, "left")
+    assert "frames_intro" not in form
+    assert ("To search the frames of the videos ('front', 'rear'), show a "
+            "video slice") in form["video_slices"]["view"]["label"]
+
+    # a video slice: its frame index, enabled from the grid button
+    assert grouped_button(dataset, "front") == "AI Search: off"
+    form = grouped_form(dataset, "front")
+    assert ("AI search is off** for the video slices ('front', 'rear')"
+            in form["status"]["default"])
+    assert "every video slice ('front', 'rear'" in form["frames_intro"][
+        "view"]["label"]
+    assert "video_slices" not in form
+    # near-duplicates are of images: not offered on a video slice
+    request = {"dataset_name": dataset.name, "params": {},
+               "group_slice": "front"}
+    assert resolve_placement(foo.get_operator(uri("find_near_duplicates")),
+                             request) is None
+    out, _ = run("ai_search", dataset, group_slice="front",
+                 model_choice=tiny_clip_model_name(), fps=1.0)
+    assert out == {"enabled": True}
+    assert ais.is_embeddings_enabled(dataset, frames=True)
+    assert not ais.is_embeddings_enabled(dataset)  # (not the images)
+    wait_until_idle(dataset)
+    assert grouped_button(dataset, "front") == "AI Search: ready"
+    assert grouped_button(dataset, "rear") == "AI Search: ready"
+    assert grouped_button(dataset, "left") == "AI Search: off"  # images
+    status = grouped_form(dataset, "rear", operator="ai_search_status")
+    assert "18 frames of 6 videos indexed" in status["status"]["default"]
+
+
+def test_a_prompt_on_a_video_slice_opens_clips_at_its_hits(grouped):
+    dataset = grouped
+    form = grouped_form(dataset, "front")
+    assert form["mode"]["type"]["values"] == ["prompt", "similar", "image",
+                                              "diverse"]
+    assert form["as_clips"]["default"] is True
+    assert form["scope"]["view"]["label"] == (
+        "Searching the frames of the 3 videos of slice 'front'.")
+    assert "'front', 'rear'" in form["all_slices"]["view"]["description"]
+    assert "whole_dataset" not in form  # (it is the whole dataset)
+
+    # the slice shown: its videos' frames, clips at the hits, best first
+    out, clips = run("ai_search", dataset, group_slice="front", mode="prompt",
+                     prompt="a red circle", limit=3)
+    assert out == {"collection": ais.TEMPORARY_COLLECTION, "count": 3}
+    assert clips._is_clips and slice_of(dataset, clips) == ["front"] * 3
+    # (the 3 seconds of the front videos that show a red circle)
+    assert _shown(dataset, zip(*clips.values(["sample_id", "support"]))) == [
+        "red circle"] * 3
+    hits = ais.search_frames(dataset.select_group_slices("front"),
+                             prompt="a red circle", limit=3)
+    assert list(zip(*clips.values(["sample_id", "support"]))) == [
+        (h["sample_id"], [h["frame_number"], h["frame_number"] + 9])
+        for h in hits]
+    assert ais.is_latest_results(clips)
+
+    # every video slice, when asked
+    label = grouped_form(dataset, "front", params={"all_slices": True})[
+        "scope"]["view"]["label"]
+    assert label == ("Searching the frames of the 6 videos of the video "
+                     "slices 'front', 'rear'.")
+    out, frames = run("ai_search", dataset, group_slice="front", mode="prompt",
+                      prompt="a red circle", limit=5,
+                      all_slices=True, as_clips=False)
+    assert frames._is_frames
+    assert set(slice_of(dataset, frames)) == {"front", "rear"}
+    hits = ais.search_frames(dataset, prompt="a red circle", limit=5)
+    assert list(zip(*frames.values(["sample_id", "frame_number"]))) == [
+        (h["sample_id"], h["frame_number"]) for h in hits]
+
+    # within a view of the grouped dataset: its groups' videos of the slice
+    first = dataset.first().group.id
+    view = dataset.select_groups([first])
+    label = grouped_form(dataset, "rear", view=view)["scope"]["view"]["label"]
+    assert label == ("Searching the frames of the 1 video of slice 'rear' "
+                     "in the current view.")
+    out, clips = run("ai_search", dataset, group_slice="rear", view=view,
+                     mode="prompt", prompt="a red circle", limit=2)
+    assert set(clips.values("sample_id")) == set(
+        view.select_group_slices("rear").values("id"))
+
+
+def test_by_example_and_diverse_on_a_video_slice(grouped, tmp_path):
+    dataset = grouped
+    _, results = run("ai_search", dataset, group_slice="front", mode="prompt",
+                     prompt="a red circle", limit=3, as_clips=False)
+    # a frame of the results selected: similar frames of the slice
+    ref = results.first()
+    form = grouped_form(dataset, "front", view=results, selected=[ref.id])
+    assert form["mode"]["default"] == "similar"
+    assert "never searches the latest results" in form["scope"]["view"][
+        "label"]
+    out, clips = run("ai_search", dataset, group_slice="front", view=results,
+                     selected=[ref.id], mode="similar", limit=4)
+    assert (clips.first().sample_id, clips.first().support[0]) == (
+        ref.sample_id, ref.frame_number)
+    assert slice_of(dataset, clips) == ["front"] * 4
+
+    # the results shown while the App's slice is an image slice (a
+    # flattened view shows none): still frames, of every video slice
+    form = grouped_form(dataset, "left", view=clips)
+    assert "prompt" in form["mode"]["type"]["values"]
+    assert "the 6 videos of the video slices" in form["scope"]["view"][
+        "label"]
+
+    # an uploaded image
+    spec = shapes.sample_spec(7, 0, color="red", shape="circle")
+    data = io.BytesIO()
+    shapes.render(spec).save(data, format="PNG")
+    upload = {"name": "red.png", "type": "image/png",
+              "size": len(data.getvalue()),
+              "content": base64.b64encode(data.getvalue()).decode()}
+    out, frames = run("ai_search", dataset, group_slice="rear", mode="image",
+                      image_source="upload", image_upload=upload,
+                      limit=2, as_clips=False)
+    assert out["count"] == 2 and slice_of(dataset, frames) == ["rear"] * 2
+
+    # a diverse spread of the slice's frames
+    out, frames = run("ai_search", dataset, group_slice="front",
+                      mode="diverse", method="random",
+                      clustering_method="kmeans", num_clusters=3, limit=4,
+                      as_clips=False)
+    assert out["count"] == len(frames) == 4
+    assert slice_of(dataset, frames) == ["front"] * 4
+
+
+class SlicePanel(_Panel):
+    """The panel on one App context, the App showing ``group_slice``."""
+
+    group_slice = None
+
+    def _context(self, **kwargs):
+        ctx = _context(self.dataset, panel_state=self.state, **kwargs)
+        ctx.request_params["group_slice"] = self.group_slice
+        return ctx
+
+    def __call__(self, method, **params):
+        ctx = self._context(params=params, **self.context)
+        getattr(self.panel, method)(ctx)
+        self.state = ctx.panel.state._data
+        return ctx
+
+
+def test_the_panel_follows_the_slice_shown(grouped):
+    panel = SlicePanel(grouped)
+    panel.group_slice = "left"
+    panel("on_load")
+    assert panel.state["status"] == "**AI search is off** for this dataset."
+    assert panel.state["readiness"] == "off"
+    # the App shows a video slice: the panel is of the frame index
+    panel.group_slice = "rear"
+    panel("on_change_group_slice")
+    assert panel.state["status"].startswith("**Frame index: ready**")
+    assert panel.state["readiness"] == "ready"
+    assert panel.state["enable_objects"] is None

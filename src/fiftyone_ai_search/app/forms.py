@@ -92,7 +92,7 @@ def patches_field_of(view):
     return getattr(view, "_patches_field", None)  # None: evaluation patches
 
 
-def statuses(dataset, counts=False):
+def statuses(dataset, counts=False, frames=None):
     """The status of the dataset's images and of each label field with
     object search on, images first: ``{None: status, field: status}``.
 
@@ -100,11 +100,16 @@ def statuses(dataset, counts=False):
         counts (False): also count the index and the samples (objects) of
             each one not being computed. Opens their indexes: not for
             polling; without, only state is read
+        frames (None): whether the App searches frames here (the frame
+            index's status alone); None: :func:`is_video` of ``dataset``
     """
-    if is_video(dataset):
+    if is_video(dataset) if frames is None else frames:
         # a video dataset's one index: the frames of its videos (no image
         # or object index), under the key of the images
-        return {None: ais.get_status(dataset, frames=True, counts=counts)}
+        status = ais.get_status(dataset, frames=True, counts=counts)
+        if media.is_grouped(dataset):  # (what status_text names)
+            status["video_slices"] = video_slices(dataset)
+        return {None: status}
     images = ais.get_status(dataset, counts=False)
     out = {None: images}
     for field in images["object_fields"]:
@@ -117,10 +122,66 @@ def statuses(dataset, counts=False):
     return out
 
 
-def is_video(dataset):
-    """Whether ``dataset`` is a video dataset: the App searches the frames
-    of its videos (the frame index, :mod:`.frames`)."""
-    return dataset is not None and dataset.media_type == "video"
+def is_video(dataset, view=None):
+    """Whether the App searches frames in ``dataset``: the frames of its
+    videos (the frame index, :mod:`.frames`).
+
+    A video dataset; a grouped dataset where the App shows a video slice
+    (FiftyOne sets the App's active slice on ``ctx.dataset``), or shows
+    frames or clips of its video slices (``view``: frame search results,
+    where the App shows no slice). As FiftyOne's App does everything else
+    in a grouped dataset, AI search follows the slice shown: an image
+    slice searches the images.
+
+    Args:
+        dataset: a :class:`fiftyone.core.dataset.Dataset`, or None
+        view (None): the App's view (``ctx.view``), if known
+    """
+    if dataset is None:
+        return False
+    if dataset.media_type == "video":
+        return True
+    if not media.is_grouped(dataset):
+        return False
+    if view is not None and (view._is_frames or view._is_clips):
+        return True
+    return dataset.group_slice in video_slices(dataset)
+
+
+def video_slices(dataset):
+    """The names of the video slices of a grouped dataset (none for any
+    other dataset)."""
+    if dataset is None or not media.is_grouped(dataset):
+        return []
+    return [name for name, kind in (dataset.group_media_types or {}).items()
+            if kind == "video"]
+
+
+def video_slices_note(dataset, inputs):
+    """Says, in a grouped dataset with video slices where the App shows an
+    image slice, that their frames are searched with a video slice shown:
+    the App's slice selector picks what AI search works on, as it does for
+    the rest of the App."""
+    slices = video_slices(dataset)
+    if not slices or is_video(dataset):
+        return
+    named = ", ".join(f"'{s}'" for s in slices)
+    inputs.view("video_slices", types.Notice(label=(
+        f"This searches the images of slice '{dataset.group_slice}'. To "
+        f"search the frames of the videos ({named}), show a video slice: "
+        "pick it in the slice selector above the grid.")))
+
+
+def searches_frames(ctx):
+    """Whether the App's search in ``ctx`` is of frames (see
+    :func:`is_video`)."""
+    return is_video(ctx.dataset, ctx.view)
+
+
+def app_statuses(ctx, counts=False):
+    """:func:`statuses` of what the App searches in ``ctx``: the frame
+    index where it searches frames (:func:`searches_frames`)."""
+    return statuses(ctx.dataset, counts=counts, frames=searches_frames(ctx))
 
 
 def ready_targets(dataset, all_statuses=None):
@@ -242,6 +303,11 @@ def status_text(status):
     if state == "off":
         if field is not None:
             return f"**Object search of {field} is off**."
+        if frames and status.get("video_slices"):  # of a grouped dataset
+            named = ", ".join(f"'{s}'" for s in status["video_slices"])
+            return (f"**AI search is off** for the video slices ({named}) "
+                    "of this dataset: enabling it indexes the frames of "
+                    "their videos.")
         if frames:
             return ("**AI search is off** for this video dataset: enabling "
                     "it indexes the frames of its videos.")
@@ -370,7 +436,7 @@ def require_ready(ctx, inputs, objects=False):
     Returns:
         whether it is ready
     """
-    all_statuses = statuses(ctx.dataset) if objects else {
+    all_statuses = app_statuses(ctx) if objects else {
         None: ais.get_status(ctx.dataset, counts=False)}
     if search_readiness(all_statuses) == "ready":
         return True
@@ -388,13 +454,23 @@ def enable_form(inputs, params, dataset=None):
     ``dataset``, if it has such fields), the model choice (with what is on
     this machine) and the index backend."""
     video = is_video(dataset)
-    if video:
+    slices = ", ".join(f"'{s}'" for s in video_slices(dataset))
+    if video and slices:
+        inputs.view("frames_intro", types.Notice(label=(
+            f"A video slice: AI search indexes the frames of the videos of "
+            f"every video slice ({slices}; those of FiftyOne's "
+            "to_frames(fps=...)), embedded in the background and kept in "
+            "sync; a search finds frames, which open as clips starting at "
+            "each hit (or as a frames view).")))
+    elif video:
         inputs.view("frames_intro", types.Notice(label=(
             "A video dataset: AI search indexes the frames of its videos "
             "(those of FiftyOne's to_frames(fps=...)), embedded in the "
             "background and kept in sync; a search finds frames, which "
             "open as clips starting at each hit (or as a frames view).")))
-    elif _enable_target_form(inputs, params, dataset):
+    else:
+        video_slices_note(dataset, inputs)
+    if not video and _enable_target_form(inputs, params, dataset):
         return  # objects of a field: the image index's model and backend
 
     choices = ais.available_models()
@@ -560,7 +636,7 @@ def enable_from_params(ctx, params, secrets):
     """Enables AI search (of the images, or of the objects of a field; of
     the frames of a video dataset's videos) as the enable form says; loads
     no model here (the background worker does)."""
-    if is_video(ctx.dataset):  # the frames of its videos
+    if searches_frames(ctx):  # the frames of its videos
         model, pretrained = model_from_params(params)
         return ais.enable_embeddings(
             ctx.dataset, model=model, pretrained=pretrained,
@@ -682,6 +758,7 @@ def scope_form(ctx, inputs, params, on_change=None, field=None):
         # a grouped dataset is searched in its active slice
         whole = (f"Searching slice '{ctx.dataset.group_slice}' of the "
                  f"dataset: {size}")
+        video_slices_note(ctx.dataset, inputs)
     if scope is ctx.dataset:
         note = ""
         if showing_results(ctx.view):

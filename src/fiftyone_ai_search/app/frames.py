@@ -1,7 +1,9 @@
 """Frame search in the App: the search form of a video dataset (whose
 index is of the frames of its videos, see :mod:`fiftyone_ai_search.frame_search`)
 and the search it runs, shared by the grid's AI Search button, the panel
-and "Find similar" in the sample modal.
+and "Find similar" in the sample modal. In a grouped dataset, the same
+where the App shows a video slice: it searches the frames of that slice's
+videos (or, asked, of every video slice).
 
 The hits are kept as the latest results (a frame collection, as
 :func:`fiftyone_ai_search.perform_frame_search` keeps them) and open, by
@@ -28,6 +30,8 @@ import fiftyone.operators.types as types
 import fiftyone_ai_search as ais
 from fiftyone_ai_search import clip_views
 from fiftyone_ai_search import results
+from fiftyone_ai_search.index import media
+from fiftyone_ai_search.words import counted
 
 from . import forms
 
@@ -61,20 +65,92 @@ def search_scope(ctx, params):
     videos: their frames; a frames view: its frames), or the whole dataset
     when the App shows the latest results (or a score range of them), when
     the view has no stages or is of clips, or when the user asked for the
-    whole dataset."""
+    whole dataset.
+
+    In a grouped dataset, as FiftyOne's App works in the slice it shows,
+    that is the videos of the active video slice (of the view), or of
+    every video slice when the user asked for them all (``all_slices``) or
+    when the App shows no video slice (frames or clips of the results).
+    """
     view = ctx.view
     # (a frames view has no stages of its own: its stages are those of the
     # frames dataset FiftyOne generates for it)
     whole = not view._stages and not view._is_generated
+    scope = view
     if (params.get("whole_dataset") or whole or view._is_clips
             or forms.showing_results(view)):
-        return ctx.dataset
-    return view
+        scope = ctx.dataset
+    active = _active_video_slice(ctx)
+    if (active is not None and scope.media_type == "group"
+            and not params.get("all_slices")):
+        return scope.select_group_slices(active)
+    return scope
+
+
+def _active_video_slice(ctx):
+    """The grouped dataset's slice the App shows, if it is a video slice."""
+    dataset = ctx.dataset
+    if dataset.group_slice in forms.video_slices(dataset):
+        return dataset.group_slice
+    return None
+
+
+def _narrower(ctx):
+    """Whether the App's view is narrower than the dataset: a view of the
+    user's, not the latest results nor a clips view (searched as the whole
+    dataset, see :func:`search_scope`)."""
+    view = ctx.view
+    return ((bool(view._stages) or view._is_generated) and not view._is_clips
+            and not forms.showing_results(view))
+
+
+def _named(slices):
+    return ", ".join(f"'{s}'" for s in slices)
+
+
+def _videos(count):
+    return f"the {counted(count, 'video')}"
+
+
+def _grouped_scope_form(ctx, inputs, params, on_change):
+    """:func:`scope_form` in a grouped dataset: which video slice (and
+    which of its videos) is searched; offers every video slice."""
+    scope = search_scope(ctx, params)
+    slices = forms.video_slices(ctx.dataset)
+    active = _active_video_slice(ctx)
+    narrower = _narrower(ctx) and not params.get("whole_dataset")
+    where = " in the current view" if narrower else ""
+    if scope._is_frames:
+        label = f"Searching the {scope.count()} frames of the current view."
+    elif scope.media_type == "group":  # every video slice
+        count = scope.select_group_slices(media_type="video").count()
+        label = (f"Searching the frames of {_videos(count)} of the video "
+                 f"slices {_named(slices)}{where}.")
+    else:
+        of = f" of slice '{active}'" if active else ""
+        label = (f"Searching the frames of {_videos(scope.count())}{of}"
+                 f"{where}.")
+    if forms.showing_results(ctx.view):
+        label += " A new search never searches the latest results."
+    inputs.view("scope", types.Notice(label=label))
+    if active is not None and len(slices) > 1:
+        inputs.bool("all_slices", label="Search every video slice",
+                    default=False, on_change=on_change,
+                    description=f"The frames of the videos of "
+                    f"{_named(slices)}, not of '{active}' alone (the slice "
+                    "shown)")
+    if _narrower(ctx):
+        inputs.bool("whole_dataset", label="Search the whole dataset "
+                    "instead", default=False, on_change=on_change)
 
 
 def scope_form(ctx, inputs, params, on_change=None):
     """Says what a frame search searches; offers the whole dataset when
-    the App's view is a narrower one."""
+    the App's view is a narrower one (and, in a grouped dataset, every
+    video slice)."""
+    if media.is_grouped(ctx.dataset):
+        _grouped_scope_form(ctx, inputs, params, on_change)
+        return
     scope = search_scope(ctx, params)
     whole = (f"Searching the frames of all {len(ctx.dataset)} videos of the "
              "dataset")

@@ -140,7 +140,7 @@ class DisableAISearch(_Operator):
             forms.blocked(inputs, "off", "AI search is already off.",
                           types.Notice)
             return
-        if field is None and forms.is_video(ctx.dataset):
+        if field is None and forms.searches_frames(ctx):
             inputs.view("warning", types.Warning(
                 label="Disable AI search? This deletes the index of the "
                 "frames of the dataset's videos. Enabling again computes "
@@ -163,7 +163,7 @@ class DisableAISearch(_Operator):
         showing_results = forms.showing_results(ctx.view)
         ais.disable_embeddings(ctx.dataset, patches_field=field,
                                secrets=_secrets(ctx),
-                               frames=forms.is_video(ctx.dataset))
+                               frames=forms.searches_frames(ctx))
         if showing_results and not forms.has_latest_results(ctx.dataset):
             # they went with the index (also when open as a saved view);
             # the new view reloads the App's page, saved views list too
@@ -202,7 +202,7 @@ class ComputeEmbeddings(_Operator):
         field = _chosen_enabled(ctx)
         force = bool(ctx.params.get("force", False))
         verify_files = bool(ctx.params.get("verify_files", False))
-        video = forms.is_video(ctx.dataset)  # its frame index
+        video = forms.searches_frames(ctx)  # its frame index
         if not ctx.delegated:
             # immediate: never in the App server's process; a background
             # worker computes, and the panel follows it
@@ -241,7 +241,7 @@ class AISearchStatus(_Operator):
                               ("reason", "Reason"))
 
     def form(self, ctx, inputs):
-        video = forms.is_video(ctx.dataset)
+        video = forms.searches_frames(ctx)
         status = ais.get_status(ctx.dataset, frames=video)
         inputs.md(forms.status_text(status), name="status")
         # a frame index's failures are videos (their frames unread)
@@ -270,7 +270,7 @@ class AISearchStatus(_Operator):
 
     def execute(self, ctx):
         status = ais.get_status(ctx.dataset,
-                                frames=forms.is_video(ctx.dataset))
+                                frames=forms.searches_frames(ctx))
         status["objects"] = {
             field: ais.get_status(ctx.dataset, patches_field=field)
             for field in status["object_fields"]}
@@ -319,7 +319,7 @@ class AISearch(_Operator):
     BUTTON = (types.Places.SAMPLES_GRID_ACTIONS, "AI Search")
 
     def button_label(self, ctx):
-        return forms.button_label(forms.statuses(ctx.dataset))
+        return forms.button_label(forms.app_statuses(ctx))
 
     def resolve_placement(self, ctx):
         # a text button, no icon: FiftyOne draws an icon button's label only
@@ -328,14 +328,14 @@ class AISearch(_Operator):
             label=self.button_label(ctx), prompt=True))
 
     def title(self, ctx):
-        state = forms.search_readiness(forms.statuses(ctx.dataset))
+        state = forms.search_readiness(forms.app_statuses(ctx))
         return "AI search: enable" if state in ("off", "failed") else (
             "AI search")
 
     def form(self, ctx, inputs):
-        all_statuses = forms.statuses(ctx.dataset)
+        all_statuses = forms.app_statuses(ctx)
         state = forms.search_readiness(all_statuses)
-        if state == "ready" and forms.is_video(ctx.dataset):
+        if state == "ready" and forms.searches_frames(ctx):
             frames.search_form(ctx, inputs, ctx.params, ctx.selected or [])
             return
         if state == "ready":
@@ -350,7 +350,7 @@ class AISearch(_Operator):
                 "the AI Search panel shows the progress live."), types.Notice)
             return
         inputs.md(forms.status_text(all_statuses[None]), name="status")
-        if forms.is_video(ctx.dataset):
+        if forms.searches_frames(ctx):
             # the enable form says what is indexed: the frames
             forms.enable_form(inputs, ctx.params, ctx.dataset)
             return
@@ -360,12 +360,12 @@ class AISearch(_Operator):
         forms.enable_form(inputs, ctx.params, ctx.dataset)
 
     def execute(self, ctx):
-        if forms.search_readiness(forms.statuses(ctx.dataset)) in (
+        if forms.search_readiness(forms.app_statuses(ctx)) in (
                 "off", "failed"):
             forms.enable_from_params(ctx, ctx.params, _secrets(ctx))
             ctx.ops.open_panel(PANEL_NAME, layout="horizontal")  # beside the grid: progress
             return {"enabled": True}
-        if forms.is_video(ctx.dataset):
+        if forms.searches_frames(ctx):
             return frames.search_and_show(ctx, ctx.params,
                                           ctx.selected or [])
         return forms.search_and_show(ctx, ctx.params, ctx.selected or [])
@@ -396,7 +396,7 @@ class SearchSimilar(_Operator):
         if not forms.require_ready(ctx, inputs, objects=True):
             return
         params = dict(ctx.params, mode="similar")
-        if forms.is_video(ctx.dataset):  # frames like the frame open
+        if forms.searches_frames(ctx):  # frames like the frame open
             frames.search_form(ctx, inputs, params, self._references(ctx),
                                modes=("similar",))
             return
@@ -406,7 +406,7 @@ class SearchSimilar(_Operator):
 
     def execute(self, ctx):
         params = dict(ctx.params, mode="similar")
-        if forms.is_video(ctx.dataset):
+        if forms.searches_frames(ctx):
             result = frames.search_and_show(ctx, params,
                                             self._references(ctx))
         else:
@@ -435,12 +435,12 @@ class FindNearDuplicates(_Operator):
     BUTTON = (types.Places.SAMPLES_GRID_ACTIONS, "Find near-duplicates")
 
     def resolve_placement(self, ctx):
-        if forms.is_video(ctx.dataset):
+        if forms.searches_frames(ctx):
             return None  # images only: not offered over frames
         return super().resolve_placement(ctx)
 
     def form(self, ctx, inputs):
-        if forms.is_video(ctx.dataset):
+        if forms.searches_frames(ctx):
             forms.blocked(inputs, "video", "Near-duplicates are found among "
                           "images; a video dataset's frames are not "
                           "searched for near-duplicates.")

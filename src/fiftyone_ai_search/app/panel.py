@@ -189,6 +189,12 @@ class AISearchPanel(foo.Panel):
         self._refresh(ctx)
 
     @_reported
+    def on_change_group_slice(self, ctx):
+        # a grouped dataset: the panel is of what the slice shown holds
+        # (images: the image index; videos: the frame index)
+        self._refresh(ctx)
+
+    @_reported
     def on_change_view(self, ctx):
         # The App sends each change of view 3-4 times at once: one copy at
         # a time does the work, the others find it done (_SHOWN, _WRITTEN)
@@ -374,7 +380,7 @@ class AISearchPanel(foo.Panel):
             _set(ctx, f"score_range_{number}", default)
 
     def _refresh(self, ctx, counts=True):
-        all_statuses = forms.statuses(ctx.dataset, counts=counts)
+        all_statuses = forms.app_statuses(ctx, counts=counts)
         images = all_statuses[None]
         objects = [s for t, s in all_statuses.items() if t is not None]
         ready = forms.ready_targets(ctx.dataset, all_statuses)
@@ -390,7 +396,8 @@ class AISearchPanel(foo.Panel):
             "in_progress": forms.computing(all_statuses) is not None,
             "num_failed": (images.get("counts") or {}).get("num_failed", 0),
             # a label field of objects without object search: offered
-            "enable_objects": next(
+            # (not where frames are searched: objects are of images)
+            "enable_objects": None if forms.searches_frames(ctx) else next(
                 (f for f in ais.object_label_fields(ctx.dataset)
                  if f not in all_statuses), None),
         })

@@ -897,9 +897,16 @@ def test_vectors_are_read_through_the_engine_where_the_files_are_not_understood(
 
 
 def test_a_pass_reading_the_files_gives_the_cells_of_the_engines_vectors(
-        tmp_path, small_cells):
+        tmp_path, small_cells, monkeypatch):
     """Every point of a pass that read its vector from the files gets the
-    cell of the most similar centre to its vector as the engine holds it."""
+    cell of the most similar centre to its vector as the engine holds it,
+    once: its rounds read their points a stretch at a time (each scan
+    starts at the last point of the stretch before, not yet given its
+    cell)."""
+    from fiftyone_ai_search.store import upkeep
+
+    monkeypatch.setattr(upkeep, "ASSIGN_STRETCH", 64)
+    monkeypatch.setattr(upkeep, "ASSIGN_CHUNK", 200)
     store = EdgeStore("cells", str(tmp_path))
     store.ensure(INFO)
     x, _ = clustered(3000)
@@ -913,8 +920,9 @@ def test_a_pass_reading_the_files_gives_the_cells_of_the_engines_vectors(
         return original(records)
 
     store._original_rows = counted
-    store.maintain(min_points=1000)
-    assert read and all(read)
+    assert store.maintain(min_points=1000) == len(ids)
+    # 15 rounds of 3 stretches of 64 and one of 8 (200 = 3 x 64 + 8)
+    assert len(read) == 15 * 4 and all(read)
     cells = store.cells()
     records = store._retrieve_points(
         [r.id for r in store._scroll_points(False)], False, True)

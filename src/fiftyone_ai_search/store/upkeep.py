@@ -210,26 +210,45 @@ def _assign_round(store, known, lacking, after, assigner, exact=None):
     # each at 1M points); it is still handed over between rounds to
     # whoever waits
     with store.session():
-        records = store._points_lacking(cl.CELL_KEY, ASSIGN_CHUNK, True,
-                                        lacking, after)
+        # read a stretch at a time, each stretch's cells computed in
+        # ``assigner`` while the next is scanned and read: at 1M points
+        # the conversion out of the engine's lists (17 s) and the products
+        # (11 s on 2 cores) took 28 s one after the other; where the
+        # backend reads the vectors from its files (the embedded index),
+        # the scans (107 s at 10M) overlap the products instead. A cell is
+        # the most similar centre: any positive length
+        records, pending = [], []
+        while len(records) < ASSIGN_CHUNK:
+            stretch = _next_stretch(
+                store, lacking, after,
+                min(ASSIGN_STRETCH, ASSIGN_CHUNK - len(records)))
+            if not stretch:
+                break
+            pending.append(assigner.submit(
+                _cells_of, known, store._original_rows(stretch), exact))
+            records.extend(stretch)
+            after = max(str(r.id) for r in stretch)
         if not records:
             return None
-        # a stretch's cells are computed in ``assigner`` while the next
-        # stretch is read: at 1M points the conversion out of the engine's
-        # lists (17 s) and the products (11 s on 2 cores) took 28 s one
-        # after the other. Where the backend reads the vectors from its
-        # files (the embedded index: ~0.2 s a 65k round at 512-d), the
-        # products have both cores (numpy's BLAS runs 2 threads). A cell
-        # is the most similar centre: any positive length
-        pending = [assigner.submit(_cells_of, known, store._original_rows(
-            records[start : start + ASSIGN_STRETCH]), exact)
-            for start in range(0, len(records), ASSIGN_STRETCH)]
         where = np.concatenate([p.result() for p in pending])
         ids = [str(r.id) for r in records]
         # only points still lacking: one written again meanwhile got its
         # cell from its writer
         store._set_field(cl.CELL_KEY, _grouped(ids, where), lacking)
     return records
+
+
+def _next_stretch(store, lacking, after, size):
+    """The next ``size`` points lacking a cell (values ``lacking``) after
+    the point id ``after`` (or from the first): a scan starts at the id
+    it is given, and the points of the stretch before, read but not yet
+    given their cell, still lack one."""
+    more = after is not None
+    records = store._points_lacking(cl.CELL_KEY, size + more, True, lacking,
+                                    after)
+    if more and records and str(records[0].id) == after:
+        records = records[1:]
+    return records[:size]
 
 
 def _cells_of(known, rows, exact):

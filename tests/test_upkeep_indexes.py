@@ -174,3 +174,20 @@ def test_a_pass_killed_while_it_gives_ranks_leaves_them_to_the_next(
     for i in range(0, N, 300):
         assert store.query(x[i], 1)[0][0] == ids[i]
     store.close()
+
+
+def test_a_field_written_by_ids_skips_a_point_gone(tmp_path):
+    """The upkeep writes a group's value by the points' ids (the engine
+    refuses a missing one): a point gone meanwhile, which the round's
+    lock rules out, would not fail the others."""
+    store = EdgeStore("gone", tmp_path, lock_timeout=60)
+    store.ensure(INFO)
+    ids = _ids(10)
+    store.upsert(ids, _vectors(10), [{} for _ in ids])
+    points = [sample_id_to_point_id(i) for i in ids]
+    store.delete(ids[:1])
+    store._set_field(cl.CELL_KEY, {7: points[:5], 9: points[5:]}, None)
+    got = {str(r.id): r.payload[cl.CELL_KEY]
+           for r in store._retrieve_points(points, True, False)}
+    assert got == {p: 7 if k < 5 else 9 for k, p in enumerate(points) if k}
+    store.close()

@@ -1488,10 +1488,23 @@ class EdgeStore(VectorStore):
                 # ~1 s): others' reads are answered between two, and
                 # change nothing the round relies on
                 self._let_reads_in(shared)
-                shard.update(qe.UpdateOperation.set_payload_by_filter(
-                    qe.Filter(must=[qe.HasIdCondition(set(point_ids))]),
-                    {key: int(value)}))
+                payload = {key: int(value)}
+                try:
+                    # by their ids, not by a filter of them: ~25% less of
+                    # the engine's CPU (200k points, groups as at 1M: 1.65
+                    # against 2.2 s)
+                    shard.update(qe.UpdateOperation.set_payload(
+                        list(point_ids), payload))
+                except Exception as e:
+                    # one is gone (which the lock rules out): the others,
+                    # as the filter skips it
+                    if "no point with id" not in str(e).lower():
+                        raise
+                    shard.update(qe.UpdateOperation.set_payload_by_filter(
+                        qe.Filter(must=[qe.HasIdCondition(set(point_ids))]),
+                        payload))
             shared.dirty = True
+            shared.unflushed_points += sum(map(len, groups.values()))
 
     def _compact(self):
         """Compacts the shard: on a copy beside the holder where it can

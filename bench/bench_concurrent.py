@@ -691,9 +691,15 @@ def main(args):
                 lat_row(lat),
                 f"{len(lat)} searches in its {c['to'] - c['from']:.1f} s: "
                 f"copy of {c['bytes'] / 2**30:.2f} GiB {c['copy_s']:.1f} s, "
-                f"child's optimize {c['optimize_s']:.1f} s, read-ahead "
-                f"{c['read_ahead_s']:.1f} s; swap {c['swap_s']:.1f} s, "
-                f"reopening {c['reopen_s']:.1f} s (the searches wait)"))
+                f"child's optimize {c['optimize_s']:.1f} s, "
+                + (f"copy to swap in and read-ahead "
+                   f"{c['copy_for_swap_s']:.1f} s" if "copy_for_swap_s" in c
+                   else f"read-ahead {c.get('read_ahead_s', 0):.1f} s")
+                + f"; swap {c['swap_s']:.1f} s, reopening "
+                f"{c['reopen_s']:.1f} s "
+                + ("(the searches wait)" if c.get("relayed") is None else
+                   f"(the child answered {c['relayed']} requests "
+                   "meanwhile)")))
     for label, res, phase in (("alone", solo_w, "writer alone"),
                               ("beside the searcher", conc_w, "together")):
         note = (f"{res['commits']} commits: first {ms(res['commit_s'][0])}"

@@ -698,15 +698,17 @@ def test_exact_searches_go_by_small_batches_while_another_process_searches(
 SEARCHES_IN_COMPACTION = 6
 
 #: the steps of a compaction beside the holder, in order (edge._compact_hook)
-COMPACT_STEPS = ["copied", "optimizing", "optimized", "retired", "swapped",
-                 "removed"]
+COMPACT_STEPS = ["copied", "optimizing", "optimized", "relayed", "retired",
+                 "swapped", "removed"]
 
 
-def _compacting_writer(root, holding, compacting, searched, result):
+def _compacting_writer(root, holding, compacting, searched, result,
+                       wait_at="optimizing"):
     """Writes points without their cells, then runs an upkeep pass that
     assigns them and compacts on a copy beside (forced on at this size):
-    the compaction waits, once its child is started, until the other
-    process was answered its searches."""
+    the compaction waits at step ``wait_at`` (once its child is started,
+    or once the child relays and the shard is swapped, before the
+    reopening) until the other process was answered its searches."""
     from fiftyone_ai_search.store import edge
 
     edge.COMPACT_BESIDE_MIN_BYTES = 0
@@ -717,7 +719,7 @@ def _compacting_writer(root, holding, compacting, searched, result):
 
     def step(name):
         events.append((name, edge.stats["served"], edge.stats["side_reads"]))
-        if name == "optimizing":
+        if name == wait_at:
             compacting.set()
             # not timing: the deadline only keeps a broken test from hanging
             searched.wait(300)
@@ -731,6 +733,7 @@ def _compacting_writer(root, holding, compacting, searched, result):
     result.put(("writer", {
         "assigned": assigned, "events": events,
         "owed": store._compaction_owed(),
+        "relayed": edge.stats["last_compaction"]["relayed"],
         **{k: edge.stats[k] - before[k] for k in (
             "compactions", "compactions_beside", "compactions_put_off")}}))
     store.close()
@@ -925,3 +928,51 @@ def test_a_holder_killed_with_unflushed_commits_loses_none(tmp_path):
         if holder.is_alive():
             holder.kill()
         store.close()
+
+
+def _relayed_writer(root, holding, compacting, searched, result):
+    _compacting_writer(root, holding, compacting, searched, result,
+                       wait_at="swapped")
+
+
+def test_the_compactions_child_answers_during_the_reopening(tmp_path):
+    """Between the swap and the holder's reopening (an opening holds the
+    GIL: its server could answer nobody), the compaction's child answers
+    on the holder's address, on its compacted copy, with right results;
+    the holder then answers again."""
+    _index_with_cells(tmp_path)
+    holding, compacting, searched = (SPAWN.Event() for _ in range(3))
+    result = SPAWN.Queue()
+    procs = [SPAWN.Process(target=target, args=(
+        str(tmp_path), holding, compacting, searched, result))
+        for target in (_relayed_writer, _compaction_searcher)]
+    for p in procs:
+        p.start()
+    try:
+        got = dict(result.get(timeout=300) for _ in procs)
+        for p in procs:
+            p.join(60)
+            assert p.exitcode == 0
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+    writer, searcher = got["writer"], got["searcher"]
+    seen = f"writer {writer}, searcher {searcher}"
+
+    assert writer["compactions"] == writer["compactions_beside"] == 1, seen
+    events = writer["events"]
+    assert [e[0] for e in events] == (
+        COMPACT_STEPS[:-1] + ["searched"] + COMPACT_STEPS[-1:]), seen
+    during = {name: (served, side) for name, served, side in events}
+    asked = 2 * SEARCHES_IN_COMPACTION  # a query and a count each
+    # none of them by the holder, all by its child, none opened the index
+    assert during["searched"] == during["swapped"], seen
+    assert writer["relayed"] >= asked, seen
+    assert searcher["asked"] == asked, seen
+    assert searcher["opens"] == 0, seen
+    assert searcher["wrong"] == [], seen
+    assert searcher["counts"] == [N + UNASSIGNED] * SEARCHES_IN_COMPACTION
+
+    _assert_assigned_and_compacted(tmp_path)
+    assert _leftovers(tmp_path) == []

@@ -6,10 +6,10 @@ Qdrant Edge's ``optimize`` holds the GIL from its start to its end
 for a first compaction of 1M), and a shard opens in one process at a time:
 compacted in the holder's process, it answers nobody meanwhile. So the
 holder, which lets nobody write meanwhile (it keeps its thread lock),
-copies its flushed shard beside it, a child process opens the copy and
+copies its shard beside it, a child process opens the copy and
 optimizes it, while the holder goes on answering the other processes'
 searches on the original, and the holder then swaps the compacted copy in
-and reopens it: a search waits for that opening only (~1.2 s of CPU at 1M).
+and reopens it, while the child answers (below).
 
 qdrant-edge-py 0.9 offers no cheaper way: it creates no snapshot (it only
 unpacks and applies one), opens no shard read-only beside another
@@ -20,12 +20,25 @@ writes in place (a segment's deletion flags and versions, its payloads),
 and that it never writes them during an optimize of its own copy could
 not be shown. Measured in ``bench/README.md`` (issue 29).
 
+The reopening (1.7 s at 1M quiet, with the GIL held: the holder's server
+answers nobody meanwhile) is hidden too: the child keeps its compacted
+copy open, the holder makes a second copy of it to swap in, and while the
+holder closes, swaps and reopens, the child answers the index's searches
+on the socket (a *relay*, :func:`relay`): the holder stops its server, the
+child takes the address, and gives it back once the holder has reopened.
+A search meets at most the few milliseconds in which neither listens (it
+asks again, ``edge.ASK_GRACE``). The price: a second copy's I/O (~4 s at
+1M, quiet), while nothing is written (writers wait for the whole
+compaction, as before).
+
 The swap, in the index directory (``shard`` the live shard)::
 
     compact.swap        written first (the marker), removed last
-    shard.compacting/   the copy; the child optimizes it
+    shard.compacting/   the copy; the child optimizes it, and keeps it open
+    shard.swapin/       a copy of the compacted copy (the relay's), read ahead
     shard -> shard.old  the old shard retired
-    shard.compacting -> shard
+    shard.swapin -> shard
+    shard.compacting/   removed once the child is gone
     shard.old/          removed
 
 A process killed at any line leaves ``shard`` or ``shard.old`` whole: the
@@ -34,20 +47,26 @@ old shard back where ``shard`` is missing and removes the rest (the
 compaction is then owed again, see ``edge.COMPACT_FILE``). Nothing is
 written to the shard between the copy and the swap (the holder keeps the
 thread lock; other processes' writes wait for the index), so the copy
-loses nothing.
+loses nothing. The shard is copied unflushed (a flush holds the GIL: a
+search would wait for it): its write-ahead log goes with the copy, and
+the child's opening replays it, as after a ``kill -9``. The child dies
+with the holder (``kill -9`` included), and its socket with it.
 
-This module imports nothing of the package: the child runs it by its file
-path (``python compaction.py <shard> <parent pid>``), without the
-package's imports.
+The child runs this module by its file path (``python compaction.py
+<shard> <parent pid>``), without the package's imports until it relays
+(it imports the package's answering code while the holder copies).
 """
 
 import contextlib
 import ctypes
 import json
 import os
+import select
 import shutil
 import subprocess
 import sys
+import tempfile
+import time
 
 #: the marker of a compaction beside the holder, in the index directory
 SWAP_FILE = "compact.swap"
@@ -57,6 +76,18 @@ COPY_SUFFIX = ".compacting"
 
 #: the old shard between the swap and its removal
 OLD_SUFFIX = ".old"
+
+#: the copy of the compacted copy, swapped in (the child keeps the other
+#: open, to answer searches during the holder's reopening)
+SWAP_SUFFIX = ".swapin"
+
+#: the most seconds the holder waits for the child to start or stop
+#: relaying; past it the child is killed (searches then wait for the
+#: reopening, as without a relay)
+RELAY_TIMEOUT = 30.0
+
+#: tries of the relay's child at the holder's address, 10 ms apart
+RELAY_BIND_TRIES = 100
 
 #: the child's exit status where the engine refused for want of space
 NO_SPACE_EXIT = 3
@@ -68,6 +99,10 @@ def copy_path(shard_path):
 
 def old_path(shard_path):
     return shard_path + OLD_SUFFIX
+
+
+def swap_path(shard_path):
+    return shard_path + SWAP_SUFFIX
 
 
 def marker_path(shard_path):
@@ -97,12 +132,17 @@ def recover(shard_path):
     if not os.path.exists(marker):
         return False
     old = old_path(shard_path)
-    lost = os.path.isdir(copy_path(shard_path))
+    # the copies are removed before the old shard (finish): with the old
+    # shard there, the new one is in
+    lost = ((os.path.isdir(copy_path(shard_path))
+             or os.path.isdir(swap_path(shard_path)))
+            and not os.path.isdir(old))
     if not os.path.isdir(shard_path) and os.path.isdir(old):
-        # killed between the two renames: the old shard is whole (flushed
-        # before the copy, nothing written since)
+        # killed between the two renames: the old shard is whole (nothing
+        # written since the copy; what was not flushed is in its log)
         os.rename(old, shard_path)
         lost = True
+    shutil.rmtree(swap_path(shard_path), ignore_errors=True)
     shutil.rmtree(copy_path(shard_path), ignore_errors=True)
     shutil.rmtree(old, ignore_errors=True)
     _sync_dir(os.path.dirname(shard_path))
@@ -129,17 +169,110 @@ def start(shard_path):
                     copy_function=shutil.copyfile)
 
 
+class Child:
+    """The child process that optimizes the copy and may relay (see
+    :func:`main`): a ``subprocess.Popen`` spoken to by lines on its
+    standard input and output."""
+
+    def __init__(self, shard_path):
+        # errors to a file: a pipe nobody reads could fill and block it
+        self._err = tempfile.TemporaryFile()
+        self.popen = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__),
+             copy_path(shard_path), str(os.getpid())],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err)
+
+    @property
+    def returncode(self):
+        return self.popen.returncode
+
+    def _line(self, timeout=None):
+        """The child's next line ('' at its end, or past ``timeout``)."""
+        out = self.popen.stdout
+        if timeout is not None and not select.select([out], [], [],
+                                                      timeout)[0]:
+            return ""
+        return out.readline().decode(errors="replace").strip()
+
+    def _say(self, line):
+        try:
+            self.popen.stdin.write(line.encode() + b"\n")
+            self.popen.stdin.flush()
+            return True
+        except OSError:  # it died
+            return False
+
+    def optimized(self):
+        """Waits for the child's optimize (no limit: ~5 s at 1M after
+        100,000 new points, minutes for a first compaction of 10M).
+
+        Returns:
+            True if the compacted copy is flushed (the child keeps it open
+            until :meth:`end`); else the child has ended (see :meth:`error`)
+        """
+        if self._line() == "optimized":
+            return True
+        self.popen.wait()
+        return False
+
+    def error(self):
+        """What the child said of its failure."""
+        self._err.seek(0)
+        return self._err.read().decode(errors="replace").strip() or (
+            f"exit status {self.popen.returncode}")
+
+    def relay(self, dirpath):
+        """Has the child answer the index's requests on its copy (the
+        caller stopped its server).
+
+        Returns:
+            True if it listens; else the caller answers again itself
+        """
+        return (self._say(f"serve {dirpath}")
+                and self._line(RELAY_TIMEOUT) == "serving")
+
+    def end(self):
+        """Ends the child (its relay first, whose address is free when
+        this returns): kills it where it does not answer.
+
+        Returns:
+            the requests its relay answered
+        """
+        served = 0
+        if self._say("stop"):
+            said = self._line(RELAY_TIMEOUT).split()
+            if said[:1] == ["stopped"] and len(said) == 2:
+                served = int(said[1])
+        with contextlib.suppress(OSError):
+            self.popen.stdin.close()
+        try:
+            self.popen.wait(RELAY_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.kill()
+        return served
+
+    def kill(self):
+        if self.popen.returncode is None:
+            self.popen.kill()
+            self.popen.wait()
+        self.popen.stdout.close()
+        self._err.close()
+
+
 def spawn(shard_path):
     """Starts the child that optimizes the copy (see :func:`main`).
 
     Returns:
-        the ``subprocess.Popen``
+        a :class:`Child`
     """
-    return subprocess.Popen(
-        [sys.executable, os.path.abspath(__file__), copy_path(shard_path),
-         str(os.getpid())],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE)
+    return Child(shard_path)
+
+
+def copy_for_swap(shard_path):
+    """Copies the compacted copy (flushed, open in the child, which writes
+    nothing) to the one swapped in."""
+    shutil.copytree(copy_path(shard_path), swap_path(shard_path),
+                    copy_function=shutil.copyfile)
 
 
 def swap_in(shard_path, at=None):
@@ -149,15 +282,17 @@ def swap_in(shard_path, at=None):
     at = at or (lambda step: None)
     os.rename(shard_path, old_path(shard_path))
     at("retired")
-    os.rename(copy_path(shard_path), shard_path)
+    os.rename(swap_path(shard_path), shard_path)
     _sync_dir(os.path.dirname(shard_path))
     at("swapped")
 
 
 def finish(shard_path, at=None):
-    """Removes the old shard, then the marker: the compaction is over (the
-    new shard may be open meanwhile: the old one is nobody's)."""
+    """Removes the child's copy, the old shard, then the marker: the
+    compaction is over (the new shard may be open meanwhile: the others
+    are nobody's)."""
     at = at or (lambda step: None)
+    shutil.rmtree(copy_path(shard_path))
     shutil.rmtree(old_path(shard_path))
     at("removed")
     os.remove(marker_path(shard_path))
@@ -190,19 +325,79 @@ def _die_with_parent(parent_pid):
         sys.exit(1)  # the parent died before the prctl
 
 
+def _tell_parent(line):
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def _answering_code():
+    """In the child: the package's serving and answering code (the same
+    answers as the holder's), imported while it optimizes; None where it
+    does not import (then it does not relay)."""
+    src = os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))))
+    if src not in sys.path:
+        sys.path.insert(0, src)
+    try:
+        from fiftyone_ai_search.store import serve
+        from fiftyone_ai_search.store.edge import EdgeStore
+    except Exception as e:
+        sys.stderr.write(f"no relay: {type(e).__name__}: {e}\n")
+        return None
+    return serve, EdgeStore
+
+
+def relay(shard, dirpath, code):
+    """In the child: answers the index's requests on its compacted copy,
+    on the holder's address, until the holder says ``stop`` (or goes).
+
+    Returns:
+        the requests answered
+    """
+    serve, store_class = code
+
+    def answer(request):
+        return {"result": store_class._answer(shard, request), "turns": 0}
+
+    # the holder's server let the address go as this starts: a few tries
+    for _ in range(RELAY_BIND_TRIES):
+        server = serve.Server(dirpath, answer, name="ai-search-relay")
+        if server.listening:
+            break
+        time.sleep(0.01)
+    _tell_parent("serving" if server.listening else "not serving")
+    sys.stdin.readline()  # "stop", or '' where the holder went
+    server.stop()
+    server.join()  # a request under way is answered before the closing
+    return server.served
+
+
 def main(argv):
-    """The child: optimizes the shard copy at ``argv[0]``."""
+    """The child: optimizes the shard copy at ``argv[0]``, says so, and
+    keeps it open for a relay (:func:`relay`) if the holder asks."""
     path, parent_pid = argv[0], int(argv[1])
     _die_with_parent(parent_pid)
     import qdrant_edge as qe  # after the prctl: dies with its parent
 
+    code = _answering_code()
     shard = qe.EdgeShard.load(path)
     try:
-        shard.optimize()
-        shard.flush()
-    except Exception as e:
-        sys.stderr.write(f"{type(e).__name__}: {e}\n")
-        return NO_SPACE_EXIT if "not enough space" in str(e).lower() else 2
+        try:
+            shard.optimize()
+            shard.flush()
+        except Exception as e:
+            sys.stderr.write(f"{type(e).__name__}: {e}\n")
+            return NO_SPACE_EXIT if "not enough space" in str(e).lower() else 2
+        _tell_parent("optimized")
+        said = sys.stdin.readline().split(maxsplit=1)
+        if said[:1] == ["serve"] and len(said) == 2:
+            if code is None:
+                _tell_parent("not serving")
+                sys.stdin.readline()
+                _tell_parent("stopped 0")
+            else:
+                served = relay(shard, said[1].strip(), code)
+                _tell_parent(f"stopped {served}")
     finally:
         shard.close()
     return 0

@@ -50,8 +50,8 @@ from elsewhere waits for the holder's turn under way (one chunk, one round of
 upkeep, one commit: the thread lock passes to the answering thread between
 two chunks, the shard staying open). A compaction runs on a copy of the
 shard in a child process while the holder answers on the original, then
-the copy is swapped in (:mod:`~fiftyone_ai_search.store.compaction`): a
-search waits for the reopening only. Where that cannot be (a small shard,
+the copy is swapped in (:mod:`~fiftyone_ai_search.store.compaction`),
+its child answering the searches while the holder reopens. Where that cannot be (a small shard,
 too little disk for the copy) it runs in place, answering nobody until
 its end (the engine holds the GIL), so it is then put off while another
 process searches (:data:`COMPACT_QUIET_S`), and a later pass does it. Inside a
@@ -291,6 +291,10 @@ class _Shared:
         #: a compaction beside (see compaction.py) is under way here: its
         #: marker is its own, not a killed one's to recover at an opening
         self.compacting = False
+        #: the compaction's child answers on this process's address while
+        #: it reopens (see compaction.py): a request that waits here for
+        #: the thread lock is sent to ask again
+        self.relaying = False
 
     @property
     def dirty(self):
@@ -610,10 +614,13 @@ class EdgeStore(VectorStore):
             # way or a session lends its shard
             while not lock.acquire(
                     timeout=max(0.0, deadline - time.monotonic()),
-                    abandon=lambda: shared.side_shard is not None):
+                    abandon=lambda: (shared.side_shard is not None
+                                     or shared.relaying)):
                 with shared.side_cond:
                     shard = shared.side_shard
                     if shard is None:
+                        if shared.relaying:
+                            raise sv.NotServed("relayed", retry=True)
                         if time.monotonic() >= deadline:
                             raise sv.NotServed("busy")
                         continue  # taken back meanwhile
@@ -1611,7 +1618,8 @@ class EdgeStore(VectorStore):
 
     def _compact_copy(self, shared, size):
         """The copy, the child's optimize and the swap of
-        :meth:`_compact_beside`."""
+        :meth:`_compact_beside`; the child answers the searches while this
+        process reopens (its relay, see compaction.py)."""
         self._lend_for_compaction(shared)
         child, error, steps = None, None, {}
         start = time.monotonic()
@@ -1621,24 +1629,23 @@ class EdgeStore(VectorStore):
             _compact_step("copied")
             child = cp.spawn(self._shard_path)
             _compact_step("optimizing")
-            _, err = child.communicate()
-            steps["optimize_s"] = time.monotonic() - start - steps["copy_s"]
-            if child.returncode:
-                error = err.decode(errors="replace").strip() or (
-                    f"exit status {child.returncode}")
+            if not child.optimized():
+                error = child.error()
             else:
+                steps["optimize_s"] = (time.monotonic() - start
+                                       - steps["copy_s"])
+                mark = time.monotonic()
+                # the copy swapped in: the child keeps its own open
+                cp.copy_for_swap(self._shard_path)
                 # read into the page cache now, while searches are still
                 # answered, not in the reopening (see _read_ahead)
-                _read_ahead(cp.copy_path(self._shard_path))
-                steps["read_ahead_s"] = (time.monotonic() - start
-                                         - steps["copy_s"]
-                                         - steps["optimize_s"])
+                _read_ahead(cp.swap_path(self._shard_path))
+                steps["copy_for_swap_s"] = time.monotonic() - mark
         except OSError as e:
             error = f"{type(e).__name__}: {e}"
         finally:
-            if child is not None and child.returncode is None:
+            if error is not None and child is not None:
                 child.kill()
-                child.wait()
             self._end_compaction_lend(shared)
         if error is not None:
             cp.abandon(self._shard_path)
@@ -1647,16 +1654,29 @@ class EdgeStore(VectorStore):
                            error)
             return False
         _compact_step("optimized")
-        # what a search waits for: the swap and one opening
+        # what a search would wait for: the swap and one opening, with the
+        # GIL held; the child answers meanwhile, on the compacted copy
         mark = time.monotonic()
-        self._close_shard(shared)  # nothing written since the copy
-        cp.swap_in(self._shard_path, at=_compact_step)
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(self._compact_path)
-        steps["swap_s"] = time.monotonic() - mark
-        self._open(shared)
-        steps["reopen_s"] = time.monotonic() - mark - steps["swap_s"]
-        # the old shard goes while searches are answered on the new
+        relayed = self._relay(shared, child)
+        try:
+            if relayed:
+                _compact_step("relayed")
+            self._close_shard(shared)  # nothing written since the copy
+            cp.swap_in(self._shard_path, at=_compact_step)
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self._compact_path)
+            steps["swap_s"] = time.monotonic() - mark
+            self._open(shared)
+            steps["reopen_s"] = time.monotonic() - mark - steps["swap_s"]
+        finally:
+            # the child's address free, then this process's again
+            served = child.end()
+            child.kill()
+            if relayed:
+                steps["relayed"] = served
+                self._serve_again(shared)
+        # the old shard and the child's copy go while searches are
+        # answered on the new
         self._lend_for_compaction(shared)
         try:
             cp.finish(self._shard_path, at=_compact_step)
@@ -1667,6 +1687,44 @@ class EdgeStore(VectorStore):
         stats["compactions_beside"] += 1
         stats["last_compaction"] = steps
         return True
+
+    def _relay(self, shared, child):
+        """Hands this process's address over to the compaction's child,
+        which answers on its compacted copy (see compaction.py) while this
+        process closes, swaps and reopens.
+
+        Returns:
+            True if the child listens (:meth:`_serve_again` takes the
+            address back once :meth:`cp.Child.end` freed it)
+        """
+        server = shared.server
+        if server is None or not server.listening:
+            return False  # nobody asks through this process
+        # a request waiting for the thread lock is sent to ask again
+        # (_serve): the child answers it
+        shared.relaying = True
+        shared.server = None
+        server.stop()
+        # its thread holds the address until its accept() returns
+        server.join(self.lock_timeout)
+        if child.relay(self.path):
+            return True
+        self._serve_again(shared)
+        return False
+
+    def _serve_again(self, shared):
+        """Listens again on the index's address (this process holds it)."""
+        shared.relaying = False
+        for _ in range(cp.RELAY_BIND_TRIES):
+            if shared.server is not None or not shared.process_lock.held:
+                return
+            server = sv.Server(
+                self.path, lambda request: self._serve(shared, request),
+                name=f"ai-search-serve-{self.name}")
+            if server.listening or not sv.SUPPORTED:
+                shared.server = server
+                return
+            time.sleep(0.01)  # the child's relay lets the address go
 
     @staticmethod
     def _lend_for_compaction(shared):

@@ -9,8 +9,10 @@ while it holds it, and another process's search is sent there instead of
 taking the index away from it: the search waits for at most what the holder
 is doing at that moment (one chunk of a write, one page read or one cell's
 write of an upkeep round, see :mod:`fiftyone_ai_search.store.edge`), never
-for a closing and an opening. A compaction answers nobody until its end
-(the engine holds the GIL): the holder puts it off while others search.
+for a closing and an opening. A compaction runs in a child process on a
+copy of the shard while the holder answers, and the child answers on the
+holder's address while the holder reopens the compacted shard (see
+:mod:`~fiftyone_ai_search.store.compaction`).
 
 - The socket is a Linux *abstract* Unix socket named after the index
   directory: it has no file, so nothing is left behind, and it disappears
@@ -207,6 +209,13 @@ class Server:
         except OSError:
             pass
         sock.close()
+
+    def join(self, timeout=None):
+        """After :meth:`stop`: waits for the request under way, if any,
+        to be answered."""
+        thread = getattr(self, "_thread", None)
+        if thread is not None:
+            thread.join(timeout)
 
     def _run(self, sock):
         uid = os.getuid()

@@ -94,6 +94,11 @@ def parse_args(argv=None):
                         "1, 2, ... (exact searches), each estimate beside "
                         "the truth on the fresh queries; past 1, only "
                         "these rows (no MatchAny nor floor rows)")
+    p.add_argument("--brief", action="store_true",
+                   help="only the rows of the rules and the peers: no "
+                        "rows of what earlier commits changed (MatchAny, "
+                        "the ring, oversampling, numpy rescoring, the "
+                        "floor of ties)")
     p.add_argument("--lancedb", default="",
                    help="members also run on LanceDB (comma-separated; "
                         "'all')")
@@ -309,6 +314,24 @@ def run_member(name, args, table):
         # kept as recent ones: the audit asks only its own prompts, so its
         # estimate is measured on queries apart from the truth's
         store.forget_recent_queries()
+        # the audit as before the spreads (each band's depth alone), the
+        # same queries and exact answers: what the spreads change
+        spreads, audit.SPREADS = audit.SPREADS, np.zeros(1)
+        try:
+            rule = audit.audit(store, prompts, exact=exact)
+        finally:
+            audit.SPREADS = spreads
+        fi, ms_i = run_queries(fn, qi)
+        ft, ms_t = run_queries(fn, qt)
+        store.forget_recent_queries()
+        rt, ri = per_query_recall(ft, gt), per_query_recall(fi, gi)
+        est = rule["estimates"]
+        table.add(*head, f"ours, audited rule, depths alone (before the "
+                  f"spreads; depths {rule['depths']}, cells scanned "
+                  f"{_scanned(est)})", _fmt(rt), _fmt(ri), ms_t, ms_i,
+                  f"{est['text']['recall']:.4f} / "
+                  f"{est['image']['recall']:.4f}",
+                  f"audit {rule['seconds']:.1f} s", "")
         for seed in range(args.audits):
             # the first as the upkeep runs it; the others drawn anew
             rule = audit.audit(store, prompts, seed=seed,
@@ -321,7 +344,9 @@ def run_member(name, args, table):
             shares = {k: est[k]["exact"] for k in ("text", "image")
                       if est[k]["exact"]}
             table.add(*head, f"ours, audited rule (seed {seed}, depths "
-                      f"{rule['depths']}, margins {rule['margins']}"
+                      f"{rule['depths']}, spreads {rule.get('spreads')}, "
+                      f"cells scanned {_scanned(est)}, margins "
+                      f"{rule['margins']}"
                       + (f", exact shares {shares}" if shares else "")
                       + ")", _fmt(rt), _fmt(ri), ms_t, ms_i,
                       f"{est['text']['recall']:.4f} / "
@@ -332,6 +357,10 @@ def run_member(name, args, table):
                       f"{rule['truth']})", "")
         if args.audits > 1:
             return
+        if args.brief:
+            return _peers(args, table, head, store, db, queries_of(
+                qt, gt, qi, gi), cells, {"text": rt.mean(),
+                                         "image": ri.mean()}, name)
         # the same rule with the cells asked as one MatchAny, as before
         # 4b18388: what the filter's shape costs the engine, same run
         shape, edge._cells_filter = edge._cells_filter, _one_match_any
@@ -390,20 +419,34 @@ def run_member(name, args, table):
         table.add(*head, "ours, audited rule without the floor of ties",
                   _fmt(per_query_recall(ft, gt)),
                   _fmt(per_query_recall(fi, gi)), ms_t, ms_i, "", "", "")
-        store.close()
-        ours = {"text": rt.mean(), "image": ri.mean()}
-        queries = {"text": (qt, gt), "image": (qi, gi)}
-        if not args.skip_faiss:
-            probes = bench_faiss_ivf(args, table, head, db, queries,
-                                     len(cells), ours)
-            same_probes(table, head, store, queries, probes)
-        if args.lancedb in ("all",) or name in args.lancedb.split(","):
-            bench_lancedb(args, table, head, db, queries, len(cells), ours)
+        _peers(args, table, head, store, db, queries_of(qt, gt, qi, gi),
+               cells, {"text": rt.mean(), "image": ri.mean()}, name)
     finally:
         if store is not None:
             store.close()
         if not args.keep:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def queries_of(qt, gt, qi, gi):
+    return {"text": (qt, gt), "image": (qi, gi)}
+
+
+def _scanned(est):
+    """The share of the cells the audit's queries scan, text / image."""
+    return (f"{est['text']['cells_scanned']:.3f} / "
+            f"{est['image']['cells_scanned']:.3f}")
+
+
+def _peers(args, table, head, store, db, queries, cells, ours, name):
+    """faiss (and LanceDB) beside ours, at our audited recall ``ours``."""
+    store.close()
+    if not args.skip_faiss:
+        probes = bench_faiss_ivf(args, table, head, db, queries,
+                                 len(cells), ours)
+        same_probes(table, head, store, queries, probes)
+    if args.lancedb in ("all",) or name in args.lancedb.split(","):
+        bench_lancedb(args, table, head, db, queries, len(cells), ours)
 
 
 def same_probes(table, head, store, queries, probes):

@@ -77,6 +77,7 @@ def test_the_audit_finds_poor_prompt_recall_and_its_rule_holds_it(indexed):
     rule = audit.audit(index, prompts(60, seed=3, gap=2.0), k=50,
                        image_queries=60)
     assert index.cells().rule == rule  # stored: every process uses it
+    assert len(rule["spreads"]) == len(rule["depths"])
     after, _ = recall(index, ids, x, fresh)  # prompts it never saw
     assert after >= audit.TARGET
     images = x[np.random.default_rng(5).choice(len(x), 30, replace=False)]
@@ -329,6 +330,74 @@ def test_a_query_among_near_equal_centres_scans_every_tied_cell(monkeypatch):
     assert exact.probe(base) is None
 
 
+def test_a_spread_scans_every_cell_near_a_querys_nearest():
+    # the band's spread (cells.rule_depth): a query scans every cell whose
+    # centre scores within it of its nearest's, at most the rule's cap;
+    # a rule from before spreads scans its depth (and the ties) alone
+    q = np.zeros(DIM, dtype=np.float32)
+    q[0] = 1.0
+    near = [0.9, 0.85, 0.82, 0.78, 0.5, 0.3, 0.2, 0.1]
+    centres = np.zeros((len(near), DIM), dtype=np.float32)
+    for i, c in enumerate(near):
+        centres[i, 0], centres[i, i + 1] = c, np.sqrt(1 - c * c)
+    scores = centres @ q
+    assert cl.tied(scores) == 1  # no ties within TIE_MARGIN
+    rule = {"edges": [], "depths": [1], "spreads": [0.1], "cap": 10}
+    known = cl.Cells(centres, generation=1, complete=True, rule=rule)
+    assert sorted(known.probe(q)[1:]) == [0, 1, 2]  # 0.9, 0.85, 0.82
+    assert len(known.probe(q)) - 1 == cl.rule_depth(
+        rule, 0.9, 1, scores.max() - scores)
+    # at most the cap
+    capped = dict(rule, cap=2)
+    assert len(cl.Cells(centres, generation=1, complete=True,
+                        rule=capped).probe(q)) - 1 == 2
+    # the band's depth when it is more; no spread: the depth alone
+    deeper = dict(rule, depths=[5])
+    assert len(cl.Cells(centres, generation=1, complete=True,
+                        rule=deeper).probe(q)) - 1 == 5
+    for old in ({"edges": [], "depths": [1]},
+                dict(rule, spreads=[0.0])):
+        assert cl.Cells(centres, generation=1, complete=True,
+                        rule=old).probe(q)[1:] == [0]
+    # an exact band stays exact, whatever its spread
+    exact = dict(rule, depths=[None])
+    assert cl.Cells(centres, generation=1, complete=True,
+                    rule=exact).probe(q) is None
+
+
+@SERVER_SLOW
+def test_spreads_scan_no_more_cells_than_depths_alone(indexed, monkeypatch):
+    """The audit chooses each band's depth and spread among pairs that
+    include the depth alone (spread 0): on the queries that choose, the
+    rule scans no more cells than depths alone would, and holds the
+    target for each kind of query."""
+    index, ids, x = indexed
+    known = index.cells()
+    images = x[np.random.default_rng(5).choice(len(x), 60, replace=False)]
+    texts = prompts(60, seed=3, gap=2.0)
+    measured = audit._measure(index, known, np.vstack([images, texts]),
+                              ["image"] * 60 + ["text"] * 60, 50)
+
+    def scanned(rule):
+        depths = [cl.rule_depth(rule, m.nearest, m.ties, m.gaps)
+                  for m in measured]
+        cells = np.mean([len(known) if d is None else d for d in depths])
+        recalls = {kind: np.mean([m.recall(d) for m, d in
+                                  zip(measured, depths) if m.kind == kind])
+                   for kind in ("image", "text")}
+        return cells, recalls
+
+    with_spreads = audit.choose(measured, len(known))
+    monkeypatch.setattr(audit, "SPREADS", np.zeros(1))
+    alone = audit.choose(measured, len(known))
+    assert alone["spreads"] == [0.0] * len(alone["depths"])
+    cells, recalls = scanned(with_spreads)
+    cells_alone, recalls_alone = scanned(alone)
+    assert cells <= cells_alone + 1e-9
+    for got in (recalls, recalls_alone):
+        assert min(got.values()) >= audit.TARGET + audit.MARGIN - 1e-9
+
+
 def test_the_audited_images_are_not_the_points_the_cells_were_learned_from():
     """k-means fits its centres to its own sample: from the size where
     cells turn on, the audit's image queries are drawn from other buckets,
@@ -341,8 +410,9 @@ def test_the_audited_images_are_not_the_points_the_cells_were_learned_from():
 
 def _rule_of(rule):
     """What an audit chose and estimated (not when, nor how long)."""
-    return {key: rule[key] for key in ("edges", "depths", "margins",
-                                       "estimates", "points", "recent")}
+    return {key: rule[key] for key in ("edges", "depths", "spreads",
+                                       "margins", "estimates", "points",
+                                       "recent")}
 
 
 @SERVER_SLOW

@@ -21,9 +21,12 @@ measures itself, in the background (:func:`audit`):
    recall at every probe depth at once, with no approximate search run;
 3. a probe rule: queries are banded by how near their nearest centre lies
    (the modality gap shows there: prompts score lower), and each band gets
-   the fewest cells whose mean recall@k holds :data:`TARGET` (with
-   :data:`MARGIN`) for each kind of query in it; a band that needs more
-   than :data:`MAX_SHARE` of the cells is searched exactly;
+   a depth and a spread (a query scans the depth's nearest cells and every
+   cell whose centre scores within the spread of its nearest's), the pair
+   that scans the fewest cells while the mean recall@k holds
+   :data:`TARGET` (with :data:`MARGIN`) for each kind of query in it; a
+   band that needs more than :data:`MAX_SHARE` of the cells is searched
+   exactly;
 4. estimates: the recall each kind of query gets under the rule, measured
    on queries that did not choose it (leave-one-out), with a 95% lower
    bound; a kind whose estimate falls below :data:`TARGET` gets a larger
@@ -116,6 +119,10 @@ class _Measured:
     #: how many cells tie with its nearest (see cells.tied): it scans at
     #: least these
     ties: int = 0
+    #: its nearest centre's score minus the others', ascending, as far as
+    #: the cost bound (see :func:`_measure`): the cells a spread holds
+    gaps: np.ndarray = dataclasses.field(
+        default_factory=lambda: np.zeros(1))
 
     def recall(self, depth):
         """Its recall@k when the ``depth`` nearest cells are scanned (None:
@@ -392,10 +399,11 @@ def settle(measured, num_cells):
         used) and ``{kind: estimate}`` (see :func:`_estimate`)
     """
     curves = _curves(measured, num_cells)
+    within = _within(measured, num_cells)
     kinds = sorted({m.kind for m in measured})
     margins = {kind: MARGIN for kind in kinds}
     while True:
-        depths = _held_out(measured, curves, num_cells, margins)
+        depths = _held_out(measured, curves, within, num_cells, margins)
         estimates = {
             kind: _estimate([(m, d) for m, d in zip(measured, depths)
                              if m.kind == kind], num_cells)
@@ -411,7 +419,7 @@ def settle(measured, num_cells):
         for kind in short:
             margins[kind] = round(min(margins[kind] + MARGIN_STEP,
                                       1.0 - TARGET), 4)
-    rule = choose(measured, num_cells, margins, curves)
+    rule = choose(measured, num_cells, margins, curves, within=within)
     rule["margins"] = margins
     return rule, estimates
 
@@ -419,7 +427,7 @@ def settle(measured, num_cells):
 def _curves(measured, num_cells):
     """Each query's recall at every depth ``0 .. bound`` (the cost bound,
     :data:`MAX_SHARE` of the cells): an ``(n, bound + 1)`` array."""
-    bound = max(1, int(MAX_SHARE * num_cells))
+    bound = _bound(num_cells)
     depths = np.arange(bound + 1)
     out = np.ones((len(measured), bound + 1))
     for i, m in enumerate(measured):
@@ -429,28 +437,40 @@ def _curves(measured, num_cells):
     return out
 
 
-def _held_out(measured, curves, num_cells, margins):
+def _held_out(measured, curves, within, num_cells, margins):
     """Each query's depth under the rule that the other queries choose."""
     everyone = np.ones(len(measured), dtype=bool)
     depths = []
     for i, m in enumerate(measured):
         everyone[i] = False
-        rule = choose(measured, num_cells, margins, curves, everyone)
+        rule = choose(measured, num_cells, margins, curves, everyone, within)
         everyone[i] = True
-        depths.append(cl.rule_depth(rule, m.nearest, m.ties))
+        depths.append(cl.rule_depth(rule, m.nearest, m.ties, m.gaps))
     return depths
 
 
-def choose(measured, num_cells, margins=None, curves=None, chosen=None):
-    """The probe rule of ``measured`` queries: band edges (scores of the
-    nearest centre) and, per band, the fewest cells that hold ``TARGET``
-    plus the kind's margin (``margins``, default :data:`MARGIN`) of recall
-    on average for each kind of query in it (None: exact).
+#: the spreads a band's rule may take (see cells.rule_depth): 0 (its
+#: depth alone) to 0.25 of cosine similarity
+SPREADS = np.round(np.arange(0.0, 0.2501, 0.005), 4)
 
-    ``curves`` (of :func:`_curves`) and ``chosen`` (a boolean mask: the
-    queries that choose) spare recomputing for subsets."""
+
+def choose(measured, num_cells, margins=None, curves=None, chosen=None,
+           within=None):
+    """The probe rule of ``measured`` queries: band edges (scores of the
+    nearest centre) and, per band, a depth and a spread (see
+    :func:`~fiftyone_ai_search.store.cells.rule_depth`): of the pairs that
+    hold ``TARGET`` plus the kind's margin (``margins``, default
+    :data:`MARGIN`) of recall on average for each kind of query in the
+    band, the one that scans the fewest cells on average (depth None:
+    exact). A spread of 0 is a depth alone (with the floor of ties).
+
+    ``curves`` (of :func:`_curves`), ``within`` (of :func:`_within`) and
+    ``chosen`` (a boolean mask: the queries that choose) spare recomputing
+    for subsets."""
     if curves is None:
         curves = _curves(measured, num_cells)
+    if within is None:
+        within = _within(measured, num_cells)
     if chosen is None:
         chosen = np.ones(len(measured), dtype=bool)
     margins = margins or {}
@@ -460,27 +480,77 @@ def choose(measured, num_cells, margins=None, curves=None, chosen=None):
     edges = (list(np.quantile(nearest[chosen], np.arange(1, bands) / bands))
              if chosen.any() else [])
     band = np.searchsorted(edges, nearest, side="right")
-    depths = []
+    depths, spreads = [], []
     for b in range(len(edges) + 1):
         members = chosen & (band == b)
+        kinds = sorted(set(kind[members].tolist()))
+        if not kinds:
+            depths.append(cl.num_probed(num_cells))
+            spreads.append(0.0)
+            continue
         # the target holds for each kind of query, not for their mixture:
         # a band's many prompts must not lift its few images' mean
-        need = [_fewest_cells(curves[members & (kind == k)],
-                              TARGET + margins.get(k, MARGIN))
-                for k in sorted(set(kind[members].tolist()))]
-        if not need:
-            depths.append(cl.num_probed(num_cells))
+        need = np.ones(len(SPREADS), dtype=np.int64)
+        short = np.zeros(len(SPREADS), dtype=bool)
+        for k in kinds:
+            one = members & (kind == k)
+            fewest = _fewest_cells(curves[one], within[one],
+                                   TARGET + margins.get(k, MARGIN))
+            short |= fewest < 0
+            need = np.maximum(need, fewest)
+        # what each pair costs: the band's mean cells scanned
+        cost = np.maximum(need[None, :], within[members]).mean(axis=0)
+        cost[short] = np.inf
+        best = int(np.argmin(cost))
+        if not np.isfinite(cost[best]):
+            depths.append(None)
+            spreads.append(0.0)
         else:
-            depths.append(None if None in need else max(need))
-    return {"edges": [float(e) for e in edges], "depths": depths}
+            depths.append(int(need[best]))
+            spreads.append(float(SPREADS[best]))
+    return {"edges": [float(e) for e in edges], "depths": depths,
+            "spreads": spreads, "cap": _bound(num_cells)}
 
 
-def _fewest_cells(curves, wanted):
-    """The fewest cells (at least 1) whose mean recall over the queries of
-    ``curves`` holds ``wanted``, or None (exact) past the cost bound."""
-    mean = curves.mean(axis=0)
-    enough = np.flatnonzero(mean[1:] >= wanted - 1e-12)
-    return int(enough[0]) + 1 if len(enough) else None
+def _bound(num_cells):
+    """The cost bound: the most cells a query scans short of exact."""
+    return max(1, int(MAX_SHARE * num_cells))
+
+
+def _within(measured, num_cells):
+    """Each query's cells at each of :data:`SPREADS` (at least its ties,
+    at most the cost bound): an ``(n, len(SPREADS))`` int array."""
+    bound = _bound(num_cells)
+    out = np.empty((len(measured), len(SPREADS)), dtype=np.int64)
+    for i, m in enumerate(measured):
+        count = np.searchsorted(m.gaps, SPREADS + cl.SPREAD_EPS,
+                                side="right")
+        out[i] = np.clip(np.maximum(count, m.ties), 1, bound)
+    return out
+
+
+def _fewest_cells(curves, within, wanted):
+    """For each of :data:`SPREADS`, the fewest cells (at least 1) whose
+    mean recall over the queries of ``curves`` (each scanning at least its
+    ``within`` cells) holds ``wanted``, or -1 past the cost bound: a
+    search of the depth for each spread at once (the recall grows with
+    the depth)."""
+    bound = curves.shape[1] - 1
+    rows = np.arange(len(curves))[:, None]
+
+    def holds(depth):
+        scanned = np.maximum(depth[None, :], within)
+        return curves[rows, scanned].mean(axis=0) >= wanted - 1e-12
+
+    lo = np.ones(len(SPREADS), dtype=np.int64)
+    hi = np.full(len(SPREADS), bound, dtype=np.int64)
+    feasible = holds(hi)
+    while np.any(lo < hi):
+        mid = (lo + hi) // 2
+        ok = holds(mid)
+        hi = np.where(ok, mid, hi)
+        lo = np.where(ok, lo, np.minimum(mid + 1, hi))
+    return np.where(feasible, hi, -1)
 
 
 def _estimate(pairs, num_cells):
@@ -521,14 +591,17 @@ def _measure(store, known, queries, kinds, k, found=None):
         cells = (np.concatenate(found) - known.offset if sum(counts)
                  else np.zeros(0, dtype=np.int64))
     out = []
+    bound = _bound(len(known))
     for vector, kind, part in zip(queries, kinds, np.split(
             cells, np.cumsum(counts)[:-1])):
         scores = known.centres @ vector
         order = np.argsort(-scores, kind="stable")
         rank_of = np.empty(len(order), dtype=np.int64)
         rank_of[order] = np.arange(len(order))
-        out.append(_Measured(kind, float(scores.max()),
-                             np.sort(rank_of[part]), cl.tied(scores)))
+        nearest = float(scores[order[0]])
+        out.append(_Measured(kind, nearest, np.sort(rank_of[part]),
+                             cl.tied(scores),
+                             nearest - scores[order[: bound + 1]]))
     return out
 
 

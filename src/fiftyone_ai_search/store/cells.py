@@ -260,8 +260,9 @@ class Cells:
         scores = self.centres @ vector
         if count is None:
             if self.rule is not None and not near:
-                count = rule_depth(self.rule, float(scores.max()),
-                                   tied(scores))
+                best_score = float(scores.max())
+                count = rule_depth(self.rule, best_score, tied(scores),
+                                   best_score - scores)
                 if count is None:
                     return None
             else:
@@ -276,15 +277,39 @@ class Cells:
         return probed
 
 
-def rule_depth(rule, nearest, ties=0):
+def rule_depth(rule, nearest, ties=0, gaps=None):
     """How many cells an audited ``rule`` (see
     :mod:`~fiftyone_ai_search.store.audit`) probes for a query whose
     nearest centre scores ``nearest``: the depth of the band it falls in
-    (bands beyond the audited range take the nearest band's), and at least
-    its ``ties`` (see :func:`tied`); None for exact."""
-    band = int(np.searchsorted(rule["edges"], nearest, side="right"))
-    depth = rule["depths"][min(band, len(rule["depths"]) - 1)]
-    return None if depth is None else max(depth, ties)
+    (bands beyond the audited range take the nearest band's), at least its
+    ``ties`` (see :func:`tied`), and at least the cells whose centre scores
+    within the band's *spread* of its nearest centre's (``gaps``: the
+    nearest centre's score minus each cell's, any order; a rule from
+    before spreads has none), at most the rule's ``cap``; None for exact.
+
+    The spread makes the depth a query's own: where its centres' scores
+    fall away fast its neighbours lie in few cells, where they stay flat
+    (a prompt far from every image, between clusters) in many. Measured
+    offline on bench_audit.py's clip-b32 world at 300k (the tune member;
+    the audit choosing per band the pair of depth and spread that scans
+    the fewest cells): prompts 0.9918 recall@100 for 78k points scanned
+    against 0.9915 for 97k with depths alone, images 0.9925 for 16k
+    against 0.9936 for 41k."""
+    band = min(int(np.searchsorted(rule["edges"], nearest, side="right")),
+               len(rule["depths"]) - 1)
+    depth = rule["depths"][band]
+    if depth is None:
+        return None
+    spreads = rule.get("spreads")
+    if spreads and gaps is not None and spreads[band] > 0:
+        within = int(np.count_nonzero(np.asarray(gaps)
+                                      <= spreads[band] + SPREAD_EPS))
+        depth = max(depth, min(within, rule.get("cap", within)))
+    return max(depth, ties)
+
+
+#: scores within this of a spread count as within it (float32 centres)
+SPREAD_EPS = 1e-6
 
 
 def tied(scores):

@@ -40,6 +40,8 @@ def test_every_load_sends_the_histogram_of_the_results_shown(searched):
     (chart,) = _histograms(panel)
     assert _bars(chart) == 8
     assert "8 samples" in panel.render()["results_title"]["default"]
+    assert panel.render()["range_text"]["default"] == (
+        "Showing all 8 results.")
 
     # the page loaded again: the workspace gives the panel its state back
     # (the results it showed, its slider), its data is gone
@@ -55,6 +57,14 @@ def test_every_load_sends_the_histogram_of_the_results_shown(searched):
     (chart,) = _histograms(again)
     assert _bars(chart) == 8
     assert not again.asked("patch_panel_state")
+
+
+def test_one_result_is_said_in_the_singular(searched):
+    ais.perform_ai_search(searched, prompt="a red circle", limit=1)
+    panel = _Panel(searched)
+    panel("on_load")
+    assert panel.render()["range_text"]["default"] == (
+        "Showing the 1 result.")
 
 
 def test_no_results_no_histogram(tmp_path):

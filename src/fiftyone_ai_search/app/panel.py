@@ -33,6 +33,7 @@ import fiftyone.operators.types as types
 
 import fiftyone_ai_search as ais
 from fiftyone_ai_search.results import collection_summary
+from fiftyone_ai_search.words import counted
 
 from . import forms
 from .manifest import PANEL_NAMES
@@ -528,12 +529,14 @@ class AISearchPanel(foo.Panel):
         shown = state.get("range")
         if shown:
             panel.md(f"Showing scores {shown[0]:.3f} to {shown[1]:.3f}: "
-                     f"{state.get('range_count', 0)} of {results['count']} "
-                     "results.", name="range_text")
+                     f"{state.get('range_count', 0)} of "
+                     f"{counted(results['count'], 'result')}.",
+                     name="range_text")
             panel.btn("reset_range", label="Show all results",
                       on_click=self.on_reset_range)
         else:
-            panel.md(f"Showing all {results['count']} results.",
+            every = "all " if results["count"] != 1 else "the "
+            panel.md(f"Showing {every}{counted(results['count'], 'result')}.",
                      name="range_text")
         panel.btn("save", label="Save what is shown as a collection",
                   on_click=self.on_save)

@@ -17,6 +17,7 @@ from fiftyone_ai_search.__main__ import _parser, main
 from fiftyone_ai_search.demo import make_scenes_dataset, tiny_clip_model_name
 
 from tests.helpers import shapes_dataset
+from tests.videos import video_dataset
 
 TINY = tiny_clip_model_name()
 
@@ -203,6 +204,52 @@ def test_mistakes_are_one_line_errors_with_status_2(tmp_path, capsys):
         main(["search", on.name, "a dog", "--diverse", "random"])
     assert e.value.code == 2
     assert "not allowed with" in capsys.readouterr().err
+
+
+def test_frames_enable_status_disable(tmp_path, capsys):
+    # --frames as the SDK's frames=True, on enable, status, disable (and
+    # sync): the frame index of a video dataset, its images untouched
+    videos = video_dataset(tmp_path, [[("red", "circle"), ("blue", "square")]])
+    name = videos.name
+
+    code, out, _ = _run(capsys, "status", name, "--frames")
+    assert code == 0 and f"off for the frames of dataset '{name}'" in out
+    assert _json(capsys, "status", name, "--frames")["sampling"] is None
+    code, _, err = _run(capsys, "disable", name, "--frames")
+    _assert_one_line_error(code, err, "frame search is off",
+                           f"fiftyone-ai-search enable {name} --frames")
+
+    code, out, err = _run(capsys, "enable", name, "--frames", "--model",
+                          TINY, "--wait", "--quiet")
+    assert code == 0, err
+    assert f"on for the frames of dataset '{name}'" in out
+    assert "added 1" in out  # one video
+    assert ais.is_embeddings_enabled(videos, frames=True)
+    assert not ais.is_embeddings_enabled(videos)
+
+    code, out, _ = _run(capsys, "status", name, "--frames")
+    assert code == 0 and "sampling:" in out and "fps 1.0" in out
+    assert "videos 1" in out and "indexed 2" in out  # 1 frame a second
+    status = _json(capsys, "status", name, "--frames")
+    assert status["enabled"] and status["counts"]["num_indexed"] == 2
+    code, out, _ = _run(capsys, "status", name)  # the images: off
+    assert code == 0 and "off" in out
+
+    # one index at a time, as the SDK's frames= and patches_field=
+    with pytest.raises(SystemExit) as e:
+        main(["status", name, "--frames", "--patches-field", "x"])
+    assert e.value.code == 2
+    assert "not allowed with" in capsys.readouterr().err
+    # an image dataset has no frames: one line, the SDK's refusal
+    images = shapes_dataset(tmp_path, num_samples=2, enable=False)
+    capsys.readouterr()
+    code, _, err = _run(capsys, "enable", images.name, "--frames")
+    _assert_one_line_error(code, err, "not a video dataset")
+
+    code, out, err = _run(capsys, "disable", name, "--frames")
+    assert code == 0, err
+    assert f"off for the frames of dataset '{name}'" in out
+    assert not ais.is_embeddings_enabled(videos, frames=True)
 
 
 @pytest.mark.slow  # real processes, each importing FiftyOne

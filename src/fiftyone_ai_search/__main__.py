@@ -85,9 +85,17 @@ def _load_dataset(name=None, dataset_id=None):
     return fo.load_dataset(name)
 
 
-def _enabled_dataset(name, patches_field=None):
-    """The dataset ``name``, whose AI search (of ``patches_field``) is on."""
+def _enabled_dataset(name, patches_field=None, frames=False):
+    """The dataset ``name``, whose AI search (of ``patches_field``, or of
+    its videos' frames with ``frames``) is on."""
     dataset = _load_dataset(name)
+    if frames:
+        if not ais.get_status(dataset, frames=True,
+                              counts=False).get("enabled"):
+            raise CommandError(
+                f"frame search is off for dataset '{name}'; switch it on "
+                f"with `{PROG} enable {name} --frames`")
+        return dataset
     status = ais.get_status(dataset, counts=False)
     if not status.get("enabled"):
         raise CommandError(f"AI search is off for dataset '{name}'; switch "
@@ -149,34 +157,47 @@ def _cmd_enable(args):
     status = ais.enable_embeddings(
         dataset, model=args.model, pretrained=args.pretrained,
         backend=args.backend, patches_field=args.patches_field,
-        compute=not (args.wait or args.no_compute),
+        frames=args.frames, compute=not (args.wait or args.no_compute),
     )
     model = status.get("model")
     print(f"AI search is on for {what} (model {model}, "
           f"{status.get('backend')} index)")
     if args.wait:
         report = ais.calculate_embeddings(
-            dataset, patches_field=args.patches_field, wait=True,
-            progress=not args.quiet)
+            dataset, patches_field=args.patches_field, frames=args.frames,
+            wait=True, progress=not args.quiet)
         print(f"AI search sync of {what}: {report}")
     elif args.no_compute:
         print(f"Nothing computed yet: `{PROG} sync --dataset "
-              f"{args.dataset}` computes the embeddings")
+              f"{args.dataset}{_target_args(args)}` computes the "
+              "embeddings")
     else:
         print(f"Computing the embeddings in the background: `{PROG} status "
-              f"{args.dataset}` follows it")
+              f"{args.dataset}{_target_args(args)}` follows it")
 
 
 def _what(args):
     field = getattr(args, "patches_field", None)
     if field:
         return f"the objects of '{field}' of dataset '{args.dataset}'"
+    if getattr(args, "frames", False):
+        return f"the frames of dataset '{args.dataset}'"
     return f"dataset '{args.dataset}'"
 
 
+def _target_args(args):
+    """The options that name the index a command was given (for the
+    commands a message suggests next): ``" --frames"``, ``""``..."""
+    field = getattr(args, "patches_field", None)
+    if field:
+        return f" --patches-field {field}"
+    return " --frames" if getattr(args, "frames", False) else ""
+
+
 def _cmd_disable(args):
-    dataset = _enabled_dataset(args.dataset, args.patches_field)
-    ais.disable_embeddings(dataset, patches_field=args.patches_field)
+    dataset = _enabled_dataset(args.dataset, args.patches_field, args.frames)
+    ais.disable_embeddings(dataset, patches_field=args.patches_field,
+                           frames=args.frames)
     print(f"AI search is off for {_what(args)}: its index is deleted "
           "(named collections stay, as saved views)")
 
@@ -184,6 +205,7 @@ def _cmd_disable(args):
 def _cmd_status(args):
     dataset = _load_dataset(args.dataset)
     status = ais.get_status(dataset, patches_field=args.patches_field,
+                            frames=args.frames,
                             max_failures=args.max_failures)
     if args.json:
         _print_json(status)
@@ -210,7 +232,7 @@ def _model_of(values):
 def status_rows(status, what):
     """The ``(name, value)`` rows that ``status`` prints of an enabled
     index's :func:`fiftyone_ai_search.get_status` (``what``: the index's
-    dataset, or the objects of its field, in words)."""
+    dataset, the objects of its field or its videos' frames, in words)."""
     rows = [("AI search", f"on for {what}"), ("model", _model_of(status)),
             ("backend", status.get("backend"))]
     if status.get("in_progress"):
@@ -222,6 +244,10 @@ def status_rows(status, what):
         rows.append(("computing", computing))
     if status.get("rebuild"):
         rows.append(("rebuilding with", _model_of(status["rebuild"])))
+    if status.get("sampling"):  # a frame index's rule
+        rows.append(("sampling", ", ".join(
+            f"{k.replace('_', ' ')} {v}"
+            for k, v in status["sampling"].items() if v is not None)))
     counts = status.get("counts") or {}
     rows.append(("counts", _pairs(counts)))
     if status.get("last_report"):
@@ -392,6 +418,18 @@ def _add_patches_field(p, what):
                         "images")
 
 
+def _add_target(p, what):
+    """``--patches-field FIELD`` or ``--frames``: which index of the
+    dataset a command is about (its images without either), as the SDK's
+    ``patches_field=`` and ``frames=True``."""
+    target = p.add_mutually_exclusive_group()
+    _add_patches_field(target, what)
+    target.add_argument("--frames", action="store_true",
+                        help=f"{what} of the frames of the videos of a "
+                             "video dataset (or of a grouped dataset's "
+                             "video slices), not of the images")
+
+
 def _add_json(p, what):
     p.add_argument("--json", action="store_true",
                    help=f"print {what} as JSON, for scripts")
@@ -446,7 +484,7 @@ def _parser():
     p.add_argument("--backend", choices=("edge", "server"), default=None,
                    help="edge: the embedded index (default); server: the "
                         "Qdrant server of FIFTYONE_AI_SEARCH_QDRANT_URL")
-    _add_patches_field(p, "object search: switch on the index")
+    _add_target(p, "switch on the index")
     when = p.add_mutually_exclusive_group()
     when.add_argument("--wait", action="store_true",
                       help="compute the embeddings here, with a progress "
@@ -461,12 +499,12 @@ def _parser():
     p = sub.add_parser("disable", help="switch AI search off for a dataset "
                                        "(deletes its index)")
     _add_dataset(p)
-    _add_patches_field(p, "switch off the index")
+    _add_target(p, "switch off the index")
     p.set_defaults(func=_cmd_disable)
 
     p = sub.add_parser("status", help="print a dataset's AI search status")
     _add_dataset(p)
-    _add_patches_field(p, "the status of the index")
+    _add_target(p, "the status of the index")
     p.add_argument("--max-failures", type=int, default=10,
                    help="the most failed samples to list (default: "
                         "%(default)s)")
@@ -572,9 +610,7 @@ def _parser():
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--dataset", help="dataset name")
     group.add_argument("--dataset-id", help="dataset id")
-    _add_patches_field(p, "sync the index")
-    p.add_argument("--frames", action="store_true",
-                   help="sync the frame index of a video dataset")
+    _add_target(p, "sync the index")
     p.add_argument("--force", action="store_true", help="rebuild the index")
     p.add_argument("--verify-files", action="store_true",
                    help="check every file's fingerprint")

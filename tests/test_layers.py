@@ -22,7 +22,9 @@ below; the folders are the layers):
 """
 
 import ast
+import fnmatch
 import pathlib
+import re
 
 import pytest
 
@@ -323,3 +325,47 @@ def test_the_moved_errors_keep_their_old_paths():
     assert images.SyncCancelled is errors.SyncCancelled
     assert issubclass(errors.SyncCancelled, errors.AISearchError)
     assert issubclass(errors.StaleGeneration, errors.AISearchError)
+
+
+#: docs/development.md, whose "Layout" block names every module
+DEVELOPMENT = ROOT.parents[1] / "docs" / "development.md"
+
+
+def _layout_names():
+    """``{folder: names}`` of the modules docs/development.md's "Layout"
+    block names (``"recent*.py"`` too) in each folder's section of
+    ``src/fiftyone_ai_search/`` (``""``: the package's top level). A
+    section is a line indented by two under the package's line (``store/
+    ...`` opens one, ``config.py ...`` the top level's), with the lines
+    indented deeper that follow it."""
+    text = DEVELOPMENT.read_text()
+    block = text.split("## Layout", 1)[1].split("```", 2)[1]
+    names, section = {}, None
+    for line in block.splitlines():
+        if not line.startswith(" "):
+            section = None  # the package's own line, or the repository's
+        elif not line.startswith("   ") and line.strip():
+            first = line.split()[0]
+            section = first[:-1] if first.endswith("/") else ""
+        if section is not None:
+            names.setdefault(section, set()).update(
+                re.findall(r"[\w*]+\.py\b", line))
+    return names
+
+
+def test_the_layout_in_the_docs_names_every_module():
+    """A module added under src/ is named in docs/development.md's layout
+    (the newcomer's map), in its folder's section; a folder's
+    ``__init__.py`` goes without saying."""
+    names = _layout_names()
+    missing = []
+    for path in sorted(ROOT.rglob("*.py")):
+        relative = path.relative_to(ROOT)
+        folder = "/".join(relative.parts[:-1])
+        if folder and relative.name == "__init__.py":
+            continue
+        if not any(fnmatch.fnmatch(relative.name, name)
+                   for name in names.get(folder, ())):
+            missing.append(str(relative))
+    assert not missing, (
+        f"not named in docs/development.md's layout: {missing}")

@@ -55,7 +55,7 @@ from .errors import (AISearchError, AISearchNotEnabledError,
                      IndexNotReadyError,
                      ModelUnavailableError, ObjectFieldError,
                      QdrantUnreachableError, StateDamagedError,
-                     UnsupportedMediaError, UnsupportedPlatformError,
+                     SyncCancelled, UnsupportedMediaError, UnsupportedPlatformError,
                      VideoDecodeError)
 from .embeddings import (
     calculate_embeddings,
@@ -105,6 +105,7 @@ __all__ = [
     "ObjectFieldError",
     "QdrantUnreachableError",
     "StateDamagedError",
+    "SyncCancelled",
     "SyncReport",
     "TEMPORARY_COLLECTION",
     "UnsupportedMediaError",

@@ -99,6 +99,13 @@ def parse_args(argv=None):
                         "rows of what earlier commits changed (MatchAny, "
                         "the ring, oversampling, numpy rescoring, the "
                         "floor of ties)")
+    p.add_argument("--cells", type=int, default=0,
+                   help="split each member's index into this many cells "
+                        "instead of cells.num_cells's (faiss's lists "
+                        "follow: the same count)")
+    p.add_argument("--faiss-lists", default="",
+                   help="faiss also over these numbers of lists "
+                        "(comma-separated): its best beside ours")
     p.add_argument("--lancedb", default="",
                    help="members also run on LanceDB (comma-separated; "
                         "'all')")
@@ -286,6 +293,8 @@ def run_member(name, args, table):
             store._write_cells(dataclasses.replace(cells, rule=None))
             built = "reused (kept)"
         else:
+            if args.cells:
+                cl.num_cells = lambda n, count=args.cells: count
             store, t_upsert = filled_store(tmp, db)
             # as maintain_index does: the pass that learns the cells takes
             # the audit's exact answers
@@ -445,6 +454,10 @@ def _peers(args, table, head, store, db, queries, cells, ours, name):
         probes = bench_faiss_ivf(args, table, head, db, queries,
                                  len(cells), ours)
         same_probes(table, head, store, queries, probes)
+        for lists in (int(x) for x in args.faiss_lists.split(",") if x):
+            if lists != len(cells):
+                bench_faiss_ivf(args, table, head, db, queries, lists, ours,
+                                flat=False)
     if args.lancedb in ("all",) or name in args.lancedb.split(","):
         bench_lancedb(args, table, head, db, queries, len(cells), ours)
 
@@ -508,7 +521,8 @@ def sweep(table, head, label, search, set_probe, probes, queries, ours,
     return {kind: found[kind][0] for kind in found}
 
 
-def bench_faiss_ivf(args, table, head, db, queries, lists, ours):
+def bench_faiss_ivf(args, table, head, db, queries, lists, ours,
+                    flat=True):
     """faiss IVFFlat with as many lists, then IVF + SQ8 (int8 codes) with
     2x rescoring on the originals over the same lists: the smallest nprobe
     reaching our audited recall, for each kind of query. Returns SQ8's
@@ -540,9 +554,10 @@ def bench_faiss_ivf(args, table, head, db, queries, lists, ours):
     def search(q):
         return index.search(q[None], K)[1][0]
 
-    sweep(table, head, f"faiss IVFFlat {lists}, nprobe", search,
-          lambda p: setattr(index, "nprobe", p), probes, queries, ours,
-          build, size)
+    if flat:  # else IVF + SQ8 only
+        sweep(table, head, f"faiss IVFFlat {lists}, nprobe", search,
+              lambda p: setattr(index, "nprobe", p), probes, queries, ours,
+              build, size)
     index.reset()  # its lists freed
 
     faiss.omp_set_num_threads(os.cpu_count() or 1)

@@ -9,7 +9,8 @@ from the grid's AI Search button (the frame index: 1 frame per second),
 watch the panel follow it, search the frames by prompt (the grid shows a
 clip starting at each hit, red circles first), open the best result (the
 sample modal's video player is at the hit, 2 s or more into its video, not
-at its start) and find frames similar to it from the modal.
+at its start), find frames similar to it from the modal, and save them
+as a collection that the panel's list loads again as clips.
 
 The tests share one page and run in file order, each from where the previous
 one left it. Screenshots go to ``tests/artifacts/browser/frames-*.png``.
@@ -231,4 +232,31 @@ def test_the_best_result_opens_at_its_hit_and_finds_similar_frames(
     app.wait_for_count(8)
     app.wait(app.tiles_drawn, "the similar clips' tiles drawn")
     app.screenshot("frames-06-similar-frames")
+    assert console_errors(app) == []
+
+
+def test_a_collection_saved_from_clips_loads_as_clips(app, app_dataset):
+    """Frame results shown as clips, saved from the panel, open as clips
+    at their hits again from the panel's collection list (Load selects
+    the saved view in FiftyOne's list), and opening them stamps no
+    video."""
+    saved = clips_of(app)
+    stamps = app_dataset.values("last_modified_at")
+    app.click_button("Save what is shown as a collection", root=panel(app))
+    app.prompt()
+    app.fill("Name", "red clips", root=app.prompt)
+    app.execute_prompt()
+    app.wait_for_notification("Saved collection")
+    app.clear_view()
+    app.wait_for_count(6)
+    app.wait_for_text("Collections", root=panel(app))
+    app.click_button("Load", root=panel(app))
+    app.wait(lambda: app.current_saved_view() == "red clips",
+             "'red clips' selected in the saved views list")
+    app.wait_for_view(lambda v: len(v) == len(saved), "the saved clips")
+    assert clips_of(app) == saved
+    app.wait_for_count(len(saved))
+    app.wait(app.tiles_drawn, "the saved clips' tiles drawn")
+    app.screenshot("frames-07-saved-clips-loaded")
+    assert app_dataset.values("last_modified_at") == stamps
     assert console_errors(app) == []

@@ -482,7 +482,7 @@ def test_a_collection_saved_as_clips_opens_at_the_hits(videos):
         assert not fo.load_dataset(kept).persistent
     finally:
         for saved_name in ("red clips", "red frames"):
-            if ais.is_frame_collection(videos, saved_name):
+            if videos.has_saved_view(saved_name):
                 ais.delete_collection(videos, saved_name)
     with pytest.raises(ValueError, match="as_clips"):
         ais.save_collection(videos, "x", as_clips="yes")

@@ -101,6 +101,7 @@ LONG_FILES = (
     "tests/test_app_browser_upload.py",
     "tests/test_app_browser_duplicates.py",
     "tests/test_app_browser_frames.py",
+    "tests/test_app_browser_grouped.py",
     "tests/test_hostile.py",
     "tests/test_cells.py",
     "tests/test_peer_brain.py",

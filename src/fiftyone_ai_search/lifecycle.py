@@ -615,10 +615,7 @@ def get_status(dataset: fod.Dataset, max_failures: int = 100,
         status = dict.fromkeys(_STATUS_KEYS)
         status.update(enabled=False, in_progress=False,
                       object_fields=object_fields(dataset))
-        if patches_field is not None:
-            status["patches_field"] = patches_field
-        if targets.of(target).is_frames:
-            status["sampling"] = None
+        status.update(targets.of(target).status_fields(None))
         if counts:
             status.update(counts=_item_counts(target, num_indexed=0,
                                               num_failed=0),
@@ -648,10 +645,7 @@ def get_status(dataset: fod.Dataset, max_failures: int = 100,
         "last_error": doc.last_error,
         "object_fields": object_fields(dataset),
     }
-    if patches_field is not None:
-        status.update(patches_field=patches_field, crop=doc.crop)
-    if targets.of(target).is_frames:
-        status["sampling"] = doc.sampling
+    status.update(targets.of(target).status_fields(doc))
     if not counts:
         return status
 

@@ -717,7 +717,6 @@ def enable(target: "AnyTarget", model, pretrained, model_identity,
         return load(target)
 
     generation = _new_generation()
-    frames = targets.of(target).is_frames
     fields = {
         "schema_version": STATE_SCHEMA_VERSION,
         "dataset_name": target.name,
@@ -731,7 +730,7 @@ def enable(target: "AnyTarget", model, pretrained, model_identity,
         "sampling": sampling,
         "dataset_id": targets.split_key(key)[0],
         # (a frame index is of no label field: object_fields leaves it out)
-        "patches_field": None if frames else targets.split_key(key)[1],
+        "patches_field": targets.of(target).field,
         "rerun_requested": False,
     }
     retired = []
@@ -1007,9 +1006,8 @@ def _failure_record(target, doc):
     record = dict(doc)
     key = record.pop(_STORED_KEY)
     sample_id = record.pop(_STORED_SAMPLE, key)
-    record.update(key=key, sample_id=sample_id)
-    if targets.of(target).is_objects:
-        record["label_id"] = key
+    record.update(key=key, sample_id=sample_id,
+                  **targets.of(target).failure_ids(key))
     return record
 
 

@@ -87,6 +87,11 @@ class Target:
     is_objects = False
     #: whether it is the frames of the videos of a video dataset
     is_frames = False
+    #: which kind of target it is, ``"images"``, ``"objects"`` or
+    #: ``"frames"``: what the layers above key their own per-kind behaviour
+    #: by (the synchronizer, the consistency check, the Brain run, the
+    #: scope of a search), as they sit above this module
+    kind = "images"
     #: whether a vector's key is its sample's id (images); else it is an
     #: object's label id or a frame's key, whose sample is kept beside it
     keyed_by_sample = True
@@ -129,6 +134,26 @@ class Target:
     def not_embedded(self) -> str:
         """Why an id has no vector, when no failure is recorded for it."""
         return "not embedded yet"
+
+    @property
+    def sync_args(self) -> list:
+        """The arguments that name the target on the command line
+        (``python -m fiftyone_ai_search sync --dataset-id ID ...``):
+        none for images."""
+        return []
+
+    def failure_ids(self, key: str) -> dict:
+        """The ids a failure record of the item keyed ``key`` carries
+        beside its ``key`` and ``sample_id``: none for images (the key is
+        the sample id)."""
+        return {}
+
+    def status_fields(self, doc) -> dict:
+        """What a status says of the target itself, beside what every
+        status holds: nothing for images. ``doc``: its
+        :class:`~fiftyone_ai_search.index.state.IndexState`, None when
+        its search is off."""
+        return {}
 
     def count(self, samples) -> int:
         """How many vectors a complete index of ``samples`` holds (failures
@@ -214,8 +239,23 @@ class Objects(Target):
             return objects
 
     is_objects = True
+    kind = "objects"
     keyed_by_sample = False
     count_key = "num_objects"
+
+    @property
+    def sync_args(self) -> list:
+        return ["--patches-field", self.field]
+
+    def failure_ids(self, key: str) -> dict:
+        # an object's failure is keyed by its label id
+        return {"label_id": key}
+
+    def status_fields(self, doc) -> dict:
+        fields = {"patches_field": self.field}
+        if doc is not None:
+            fields["crop"] = doc.crop
+        return fields
 
     @property
     def key(self) -> str:
@@ -327,8 +367,17 @@ class Frames(Target):
         return f"video dataset '{self.name}'"
 
     is_frames = True
+    kind = "frames"
     keyed_by_sample = False
     count_key = "num_videos"
+
+    @property
+    def sync_args(self) -> list:
+        return ["--frames"]
+
+    def status_fields(self, doc) -> dict:
+        # its sampling rule (None when off: the same keys either way)
+        return {"sampling": None if doc is None else doc.sampling}
 
     @property
     def key(self) -> str:

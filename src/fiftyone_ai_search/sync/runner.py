@@ -207,23 +207,11 @@ def _sync_pass(dataset, doc, settings, verify_files, progress):
         # the model is loaded: its audit prompts are encoded once for good
         # (the upkeep's audit need not load it, see audit_prompts)
         audit_prompts.keep(model, settings)
-        if targets.of(dataset).is_frames:
-            sync = FrameSynchronizer(dataset, store, model, settings,
-                                     doc.generation, building=building,
-                                     progress=progress,
-                                     sampling=sampling_of(ref))
-        elif targets.of(dataset).is_objects:
-            sync = ObjectSynchronizer(dataset, store, model, settings,
-                                      doc.generation, building=building,
-                                      progress=progress,
-                                      crop=crop_settings(ref))
-        else:
-            existing = (ExistingEmbeddings.from_ref(dataset,
-                                                    ref.existing)
-                        if building else None)
-            sync = Synchronizer(dataset, store, model, settings,
-                                doc.generation, building=building,
-                                progress=progress, existing=existing)
+        synchronizer, given = _SYNCHRONIZERS[targets.of(dataset).kind](
+            dataset, ref, building)
+        sync = synchronizer(dataset, store, model, settings,
+                            doc.generation, building=building,
+                            progress=progress, **given)
         return sync.run(
             watermark=doc.watermark,
             deletion_watermark=doc.deletion_watermark,
@@ -231,6 +219,28 @@ def _sync_pass(dataset, doc, settings, verify_files, progress):
         )
     finally:
         store.close()
+
+
+def _images(dataset, ref, building):
+    # the embeddings a build brings from a field or a Brain run
+    existing = (ExistingEmbeddings.from_ref(dataset, ref.existing)
+                if building else None)
+    return Synchronizer, {"existing": existing}
+
+
+def _objects(dataset, ref, building):
+    return ObjectSynchronizer, {"crop": crop_settings(ref)}
+
+
+def _frames(dataset, ref, building):
+    return FrameSynchronizer, {"sampling": sampling_of(ref)}
+
+
+#: the synchronizer of each kind of target
+#: (:attr:`~fiftyone_ai_search.index.targets.Target.kind`), and what it is
+#: given beside what every synchronizer is: ``kind -> f(dataset, index
+#: ref, building) -> (class, keyword arguments)``
+_SYNCHRONIZERS = {"images": _images, "objects": _objects, "frames": _frames}
 
 
 def _log_path(dataset, settings):
@@ -276,11 +286,8 @@ def start_background(dataset, force=False, verify_files=False, secrets=None):
 
     target = targets.of(dataset)
     cmd = [sys.executable, "-m", "fiftyone_ai_search", "sync",
-           "--dataset-id", targets.dataset_key(target.dataset)]
-    if target.is_objects:
-        cmd += ["--patches-field", target.field]
-    if target.is_frames:
-        cmd.append("--frames")
+           "--dataset-id", targets.dataset_key(target.dataset),
+           *target.sync_args]
     if verify_files:
         cmd.append("--verify-files")
 

@@ -393,8 +393,12 @@ def register(target, doc, brain_key):
     ``brain_key``: a run of the whole index. Other runs of the index stay;
     an existing run of that key keeps what it holds and learns the
     index's model."""
-    if targets.of(target).is_frames:
-        return _register_frames(target, doc, brain_key)
+    _REGISTER[targets.of(target).kind](target, doc, brain_key)
+
+
+def _register_samples(target, doc, brain_key):
+    """Registers the Brain run of an image or object index under
+    ``brain_key`` (see :func:`register`)."""
     dataset, field = targets.dataset_of(target), targets.field_of(target)
     check_brain_key(dataset, brain_key, field)
     if brain_key in dataset.list_brain_runs() and dataset.load_brain_results(
@@ -444,6 +448,13 @@ def _register_frames(target, doc, brain_key):
                                            backend=method))
     if doc.brain_key is None:
         st.update(target, brain_key=brain_key)
+
+
+#: how each kind of target
+#: (:attr:`~fiftyone_ai_search.index.targets.Target.kind`) registers the
+#: Brain run of its index
+_REGISTER = {"images": _register_samples, "objects": _register_samples,
+             "frames": _register_frames}
 
 
 def unregister(dataset, brain_key):

@@ -167,6 +167,13 @@ def _label(target):
     return target.name if field is None else f"{target.name} ({field})"
 
 
+#: the consistency check of each kind of target
+#: (:attr:`~fiftyone_ai_search.index.targets.Target.kind`): a frame index
+#: counts its points by its videos' frame 1
+_CONSISTENT = {"images": is_consistent, "objects": is_consistent,
+               "frames": frames_consistent}
+
+
 def _consistent(dataset, doc, settings):
     """The consistency check of a dataset with nothing new: a mismatch
     (an index changed behind our back) makes the pass sync it, which
@@ -174,10 +181,7 @@ def _consistent(dataset, doc, settings):
     store = open_index(dataset, settings, doc)
     try:
         store.check()
-        if targets.of(dataset).is_frames:
-            # a frame index counts its points by its videos' frame 1
-            return frames_consistent(dataset, store)
-        return is_consistent(dataset, store)
+        return _CONSISTENT[targets.of(dataset).kind](dataset, store)
     except IndexNotFoundError:
         return False  # the sync rebuilds it
     except IndexDamagedError as e:

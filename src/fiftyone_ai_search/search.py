@@ -270,9 +270,15 @@ def _live(scope, target, doc):
     if scope is not None or not deletions_pending(target, doc):
         return scope
     target = targets.of(target)
-    live = media.indexed_samples(target.dataset)
-    return ObjectsOfView(live, target) if target.is_objects else \
-        ViewScope(live)
+    return _LIVE[target.kind](media.indexed_samples(target.dataset), target)
+
+
+#: the scope of the samples a dataset still holds, for each kind of
+#: target (:attr:`~fiftyone_ai_search.index.targets.Target.kind`): their
+#: objects for an object index, else the samples themselves
+_LIVE = {"images": lambda live, target: ViewScope(live),
+         "objects": ObjectsOfView,
+         "frames": lambda live, target: ViewScope(live)}
 
 
 def _search(target, doc, query, scope):

@@ -52,13 +52,11 @@ search would wait for it): its write-ahead log goes with the copy, and
 the child's opening replays it, as after a ``kill -9``. The child dies
 with the holder (``kill -9`` included), and its socket with it.
 
-The child runs this module by its file path (``python compaction.py
-<shard> <parent pid>``), without the package's imports until it relays
-(it imports the package's answering code while the holder copies).
+The child runs :mod:`~fiftyone_ai_search.store.compaction_child`
+(``python -m``), the child's side of this exchange.
 """
 
 import contextlib
-import ctypes
 import json
 import os
 import select
@@ -66,7 +64,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 
 #: the marker of a compaction beside the holder, in the index directory
 SWAP_FILE = "compact.swap"
@@ -91,6 +88,13 @@ RELAY_BIND_TRIES = 100
 
 #: the child's exit status where the engine refused for want of space
 NO_SPACE_EXIT = 3
+
+#: the module the child runs (``python -m``)
+CHILD_MODULE = "fiftyone_ai_search.store.compaction_child"
+
+#: the folder that holds this package: first on the child's path
+_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
 
 
 def copy_path(shard_path):
@@ -177,10 +181,16 @@ class Child:
     def __init__(self, shard_path):
         # errors to a file: a pipe nobody reads could fill and block it
         self._err = tempfile.TemporaryFile()
+        # the child imports this very package (the holder's code, not
+        # another installed copy): its folder first on the child's path
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            [_PACKAGE_PARENT] + [p for p in [env.get("PYTHONPATH")] if p])
         self.popen = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__),
+            [sys.executable, "-m", CHILD_MODULE,
              copy_path(shard_path), str(os.getpid())],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err)
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err,
+            env=env)
 
     @property
     def returncode(self):
@@ -312,96 +322,3 @@ def _sync_dir(path):
             os.fsync(fd)
         finally:
             os.close(fd)
-
-
-def _die_with_parent(parent_pid):
-    """The child dies with the holder (kill -9 included), so that it never
-    writes a copy that the next holder removes (Linux; elsewhere it runs to
-    its end, on a copy nobody uses)."""
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
-    if os.getppid() != parent_pid:
-        sys.exit(1)  # the parent died before the prctl
-
-
-def _tell_parent(line):
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
-
-
-def _answering_code():
-    """In the child: the package's serving and answering code (the same
-    answers as the holder's), imported while it optimizes; None where it
-    does not import (then it does not relay)."""
-    src = os.path.dirname(os.path.dirname(os.path.dirname(
-        os.path.abspath(__file__))))
-    if src not in sys.path:
-        sys.path.insert(0, src)
-    try:
-        from fiftyone_ai_search.store import serve
-        from fiftyone_ai_search.store.edge import EdgeStore
-    except Exception as e:
-        sys.stderr.write(f"no relay: {type(e).__name__}: {e}\n")
-        return None
-    return serve, EdgeStore
-
-
-def relay(shard, dirpath, code):
-    """In the child: answers the index's requests on its compacted copy,
-    on the holder's address, until the holder says ``stop`` (or goes).
-
-    Returns:
-        the requests answered
-    """
-    serve, store_class = code
-
-    def answer(request):
-        return {"result": store_class._answer(shard, request), "turns": 0}
-
-    # the holder's server let the address go as this starts: a few tries
-    for _ in range(RELAY_BIND_TRIES):
-        server = serve.Server(dirpath, answer, name="ai-search-relay")
-        if server.listening:
-            break
-        time.sleep(0.01)
-    _tell_parent("serving" if server.listening else "not serving")
-    sys.stdin.readline()  # "stop", or '' where the holder went
-    server.stop()
-    server.join()  # a request under way is answered before the closing
-    return server.served
-
-
-def main(argv):
-    """The child: optimizes the shard copy at ``argv[0]``, says so, and
-    keeps it open for a relay (:func:`relay`) if the holder asks."""
-    path, parent_pid = argv[0], int(argv[1])
-    _die_with_parent(parent_pid)
-    import qdrant_edge as qe  # after the prctl: dies with its parent
-
-    code = _answering_code()
-    shard = qe.EdgeShard.load(path)
-    try:
-        try:
-            shard.optimize()
-            shard.flush()
-        except Exception as e:
-            sys.stderr.write(f"{type(e).__name__}: {e}\n")
-            return NO_SPACE_EXIT if "not enough space" in str(e).lower() else 2
-        _tell_parent("optimized")
-        said = sys.stdin.readline().split(maxsplit=1)
-        if said[:1] == ["serve"] and len(said) == 2:
-            if code is None:
-                _tell_parent("not serving")
-                sys.stdin.readline()
-                _tell_parent("stopped 0")
-            else:
-                served = relay(shard, said[1].strip(), code)
-                _tell_parent(f"stopped {served}")
-    finally:
-        shard.close()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -12,8 +12,8 @@ images and says how to search the frames: show a video slice. With
 works in the slice it shows), the button enables the frame index of
 every video slice, the panel follows it, a prompt searches the frames of
 the slice shown (the grid shows a clip starting at each hit, red circles
-first), and the best result opens in the video player at the hit. The
-panel follows the slice shown (the image index's status on "left").
+first), a search from them searches every video slice, and the best
+result opens in the video player at the hit.
 
 The tests share one page and run in file order, each from where the previous
 one left it. Screenshots go to ``tests/artifacts/browser/grouped-*.png``.
@@ -171,15 +171,6 @@ def test_a_video_slice_enables_frame_search(app, app_dataset):
     assert console_errors(app) == []
 
 
-def test_the_panel_follows_the_slice_shown(app, app_dataset):
-    show_slice(app, "left")
-    app.wait_for_text("AI search is off for this dataset", root=panel(app))
-    app.screenshot("grouped-04-panel-image-slice")
-    show_slice(app, "front")
-    app.wait_for_text("Frame index: ready", root=panel(app))
-    assert console_errors(app) == []
-
-
 def test_a_prompt_finds_red_circles_in_the_slice_and_opens_a_hit(
         app, app_dataset):
     app.click_placement(f"{PLUGIN_NAME}/ai_search")
@@ -189,7 +180,7 @@ def test_a_prompt_finds_red_circles_in_the_slice_and_opens_a_hit(
     assert "Search every video slice" in text and "Open as clips" in text
     app.fill("Prompt", "a red circle", root=app.prompt)
     app.fill("Limit", 4, root=app.prompt)
-    app.screenshot("grouped-05-search-form")
+    app.screenshot("grouped-04-search-form")
     app.execute_prompt()
 
     # a clip starting at each hit, best first, of the slice shown
@@ -205,7 +196,14 @@ def test_a_prompt_finds_red_circles_in_the_slice_and_opens_a_hit(
                       root=panel(app))
     app.wait_for_count(4)
     app.wait(app.tiles_drawn, "the clips' tiles drawn")
-    app.screenshot("grouped-06-red-circle-clips")
+    app.screenshot("grouped-05-red-circle-clips")
+    # a search from them: every video slice (the App shows no slice in
+    # the clips, a flattened view without the slice selector)
+    app.click_placement(f"{PLUGIN_NAME}/ai_search")
+    app.wait_for_text("Searching the frames of the 6 videos of the video "
+                      "slices 'front', 'rear'. A new search never searches "
+                      "the latest results.", root=app.prompt)
+    app.cancel_prompt()
 
     # the best one opens in the video player at its hit, not at the start
     video, number = clips[0]
@@ -215,6 +213,5 @@ def test_a_prompt_finds_red_circles_in_the_slice_and_opens_a_hit(
     hit = (number - 1) / FRAME_RATE
     app.wait(lambda: player_time(app) == pytest.approx(hit, abs=0.01),
              f"the player at the hit, {hit:.2f} s", interval=0.25)
-    app.screenshot("grouped-07-hit-opened")
+    app.screenshot("grouped-06-hit-opened")
     assert console_errors(app) == []
-

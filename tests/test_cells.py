@@ -842,11 +842,17 @@ def test_the_vectors_read_from_the_files_are_the_engines(tmp_path):
     assert found.tolist() == [True, False]
     np.testing.assert_array_equal(rows[0], expected[7])
     assert not rows[1].any()
-    # a pass's hook: the same rows
+    # a pass's hook: the same rows, from records the scan brought with
+    # their vectors or without (what a pass reading the files scans)
     store._direct = direct
+    assert store._pass_reads_files()
     np.testing.assert_array_equal(store._original_rows(records), expected)
+    bare = store._scroll_points(False)
+    assert [r.id for r in bare] == [r.id for r in records]
+    np.testing.assert_array_equal(store._original_rows(bare), expected)
     assert store._direct is direct
     store._direct = None
+    assert not store._pass_reads_files()
 
     # compacted: its segment's layout is not the one read (the engine's)
     assert store._compact() is not False
@@ -891,6 +897,13 @@ def test_vectors_are_read_through_the_engine_where_the_files_are_not_understood(
     monkeypatch.setattr(segment_vectors.SegmentVectors, "rows", shifted)
     np.testing.assert_array_equal(store._original_rows(records), expected)
     assert store._direct is None
+    # the same where the scan brought no vectors: the engine's retrieved
+    store._direct = store._segment_vectors()
+    bare = store._scroll_points(False)
+    np.testing.assert_array_equal(
+        store._original_rows(bare),
+        store._stored_rows(store._scroll_points(True), unit=False))
+    assert store._direct is None
     monkeypatch.undo()
 
     store.close()
@@ -916,7 +929,9 @@ def test_a_pass_reading_the_files_gives_the_cells_of_the_engines_vectors(
     original = store._original_rows
 
     def counted(records):
-        read.append(store._direct is not None)
+        # read from the files, and scanned without the engine's vectors
+        read.append(store._direct is not None
+                    and all(r.vector is None for r in records))
         return original(records)
 
     store._original_rows = counted

@@ -510,6 +510,11 @@ class VectorStore(abc.ABC):
         them from its files rather than from ``records``."""
         return self._stored_rows(records, unit=False)
 
+    def _pass_reads_files(self):
+        """Whether :meth:`_original_rows` reads the pass's vectors from the
+        backend's files: its scans then need not bring them."""
+        return False
+
     def _checked_rows(self, vectors, point_ids, unit=True):
         """:meth:`_stored_rows` of the rows ``vectors`` read already, of
         ``point_ids``."""

@@ -76,6 +76,8 @@ class Upkept(Protocol):
 
     def _original_rows(self, records) -> np.ndarray: ...
 
+    def _pass_reads_files(self) -> bool: ...
+
     def _points_lacking(self, key, limit, with_vector, values,
                         after=None): ...
 
@@ -244,7 +246,8 @@ def _next_stretch(store, lacking, after, size):
     it is given, and the points of the stretch before, read but not yet
     given their cell, still lack one."""
     more = after is not None
-    records = store._points_lacking(cl.CELL_KEY, size + more, True, lacking,
+    records = store._points_lacking(cl.CELL_KEY, size + more,
+                                    not store._pass_reads_files(), lacking,
                                     after)
     if more and records and str(records[0].id) == after:
         records = records[1:]

@@ -7,6 +7,7 @@ tiny CLIP."""
 
 import json
 import os
+import time
 
 import numpy as np
 import pytest
@@ -381,8 +382,13 @@ def test_opening_clips_leaves_the_videos_and_their_index_alone(videos):
     videos for a moment, which stamps their last_modified_at: the clips
     of results are written without touching the videos, so opening them
     (again, as the App rebuilds them from JSON) changes no video and the frame index's next sync checks none."""
+    from fiftyone_ai_search.sync.images import WATERMARK_MARGIN
+
     name = ais.perform_frame_search(videos, prompt="a red circle", limit=5)
-    # (the videos settled: earlier tests' edits synced)
+    # the videos settled: earlier tests' edits synced, and older than the
+    # watermark's margin before this sync (else the next sync checks them
+    # again, whatever opening the clips does)
+    time.sleep(WATERMARK_MARGIN.total_seconds() + 0.1)
     ais.calculate_embeddings(videos, frames=True, wait=True, progress=False)
     schema = set(videos.get_field_schema())
     stamps = videos.values("last_modified_at")

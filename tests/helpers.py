@@ -164,6 +164,29 @@ def hold_at(owner, name, reached, call=1):
     setattr(owner, name, held)
 
 
+def kill_once_held(target, args, what, timeout=120):
+    """Runs ``target(*args, reached)`` in a spawned process, where it
+    holds itself at a line with :func:`hold_at` (``reached`` set there),
+    and kills it with SIGKILL once it is held; fails if it ended before,
+    or never got there within ``timeout`` s (a deadline, not a speed
+    check). ``what``: the place, named in the failure."""
+    import multiprocessing
+    import signal
+
+    spawn = multiprocessing.get_context("spawn")
+    reached = spawn.Event()
+    p = spawn.Process(target=target, args=(*args, reached))
+    p.start()
+    deadline = time.monotonic() + timeout
+    try:
+        while not reached.wait(0.05):
+            assert p.is_alive(), f"the pass ended before {what}"
+            assert time.monotonic() < deadline, f"never reached {what}"
+    finally:
+        os.kill(p.pid, signal.SIGKILL)
+        p.join()
+
+
 def kill_sync_worker_midway(target, args, done=20, timeout=120):
     """Starts a sync worker (``python -m fiftyone_ai_search sync --quiet
     ARGS``, two images a batch), waits until it committed ``done`` of

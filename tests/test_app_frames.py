@@ -290,14 +290,19 @@ def test_search_by_a_selected_frame_and_in_the_modal(red_circles):
     assert "Nothing selected" in blocked["selected"]
 
 
-def test_search_by_an_uploaded_image(red_circles, tmp_path):
-    dataset = red_circles
+def _red_circle_upload():
+    """A red circle as the App's file input sends an upload."""
     spec = shapes.sample_spec(7, 0, color="red", shape="circle")
     data = io.BytesIO()
     shapes.render(spec).save(data, format="PNG")
-    upload = {"name": "red.png", "type": "image/png",
-              "size": len(data.getvalue()),
-              "content": base64.b64encode(data.getvalue()).decode()}
+    return {"name": "red.png", "type": "image/png",
+            "size": len(data.getvalue()),
+            "content": base64.b64encode(data.getvalue()).decode()}
+
+
+def test_search_by_an_uploaded_image(red_circles, tmp_path):
+    dataset = red_circles
+    upload = _red_circle_upload()
     out, frames = run("ai_search", dataset, mode="image",
                       image_source="upload", image_upload=upload, limit=10,
                       as_clips=False)
@@ -547,12 +552,7 @@ def test_by_example_and_diverse_on_a_video_slice(grouped, tmp_path):
         "label"]
 
     # an uploaded image
-    spec = shapes.sample_spec(7, 0, color="red", shape="circle")
-    data = io.BytesIO()
-    shapes.render(spec).save(data, format="PNG")
-    upload = {"name": "red.png", "type": "image/png",
-              "size": len(data.getvalue()),
-              "content": base64.b64encode(data.getvalue()).decode()}
+    upload = _red_circle_upload()
     out, frames = run("ai_search", dataset, group_slice="rear", mode="image",
                       image_source="upload", image_upload=upload,
                       limit=2, as_clips=False)

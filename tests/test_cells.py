@@ -10,7 +10,6 @@ go with the index.
 
 import multiprocessing
 import os
-import signal
 import threading
 import time
 
@@ -29,7 +28,7 @@ from fiftyone_ai_search.store import ranks
 from fiftyone_ai_search.store.base import IndexInfo
 from fiftyone_ai_search.store.edge import EdgeStore
 from fiftyone_ai_search.store.server import ServerStore
-from tests.helpers import hold_at, shapes_dataset
+from tests.helpers import hold_at, kill_once_held, shapes_dataset
 from tests.test_store import (  # noqa: F401 (store: a fixture)
     DIM, INFO, SERVER_SLOW, store)
 
@@ -340,18 +339,7 @@ def _maintain(root, name, chunk, small_cells=False, held=None,
 def _kill_maintenance_held_at(root, name, chunk, held, small_cells=False):
     """Runs :func:`_maintain` in a spawned process and kills it with
     SIGKILL where ``held`` holds it; fails if it never got there."""
-    reached = SPAWN.Event()
-    p = SPAWN.Process(target=_maintain, args=(
-        root, name, chunk, small_cells, held, reached))
-    p.start()
-    deadline = time.monotonic() + 120
-    try:
-        while not reached.wait(0.05):
-            assert p.is_alive(), f"the pass ended before {held}"
-            assert time.monotonic() < deadline, f"never reached {held}"
-    finally:
-        os.kill(p.pid, signal.SIGKILL)
-        p.join()
+    kill_once_held(_maintain, (root, name, chunk, small_cells, held), held)
 
 
 @pytest.mark.slow

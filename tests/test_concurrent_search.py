@@ -763,16 +763,16 @@ def _compaction_searcher(root, holding, compacting, searched, result):
                              **edge.stats}))
 
 
-def test_searches_are_answered_during_a_compaction_beside(tmp_path):
-    """The compaction runs on a copy in a child process: the holder answers
-    the other process's searches meanwhile, on the original shard, with
-    right results, then swaps the compacted copy in."""
+def _compaction_beside_searched(tmp_path, writer_target):
+    """Runs ``writer_target`` (a compaction beside, with its hooks) and
+    :func:`_compaction_searcher` in two processes on an index with cells;
+    returns what each reported, and both in words for the asserts."""
     _index_with_cells(tmp_path)
     holding, compacting, searched = (SPAWN.Event() for _ in range(3))
     result = SPAWN.Queue()
     procs = [SPAWN.Process(target=target, args=(
         str(tmp_path), holding, compacting, searched, result))
-        for target in (_compacting_writer, _compaction_searcher)]
+        for target in (writer_target, _compaction_searcher)]
     for p in procs:
         p.start()
     try:
@@ -785,7 +785,14 @@ def test_searches_are_answered_during_a_compaction_beside(tmp_path):
             if p.is_alive():
                 p.kill()
     writer, searcher = got["writer"], got["searcher"]
-    seen = f"writer {writer}, searcher {searcher}"
+    return writer, searcher, f"writer {writer}, searcher {searcher}"
+
+
+def test_searches_are_answered_during_a_compaction_beside(tmp_path):
+    """The compaction runs on a copy in a child process: the holder answers
+    the other process's searches meanwhile, on the original shard, with
+    right results, then swaps the compacted copy in."""
+    writer, searcher, seen = _compaction_beside_searched(tmp_path, _compacting_writer)
 
     # compacted on a copy, not put off, though the other process searched
     assert writer["assigned"] == UNASSIGNED, seen
@@ -940,25 +947,7 @@ def test_the_compactions_child_answers_during_the_reopening(tmp_path):
     GIL: its server could answer nobody), the compaction's child answers
     on the holder's address, on its compacted copy, with right results;
     the holder then answers again."""
-    _index_with_cells(tmp_path)
-    holding, compacting, searched = (SPAWN.Event() for _ in range(3))
-    result = SPAWN.Queue()
-    procs = [SPAWN.Process(target=target, args=(
-        str(tmp_path), holding, compacting, searched, result))
-        for target in (_relayed_writer, _compaction_searcher)]
-    for p in procs:
-        p.start()
-    try:
-        got = dict(result.get(timeout=300) for _ in procs)
-        for p in procs:
-            p.join(60)
-            assert p.exitcode == 0
-    finally:
-        for p in procs:
-            if p.is_alive():
-                p.kill()
-    writer, searcher = got["writer"], got["searcher"]
-    seen = f"writer {writer}, searcher {searcher}"
+    writer, searcher, seen = _compaction_beside_searched(tmp_path, _relayed_writer)
 
     assert writer["compactions"] == writer["compactions_beside"] == 1, seen
     events = writer["events"]

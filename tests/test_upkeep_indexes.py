@@ -11,9 +11,6 @@ gave the ranks.
 """
 
 import multiprocessing
-import os
-import signal
-import time
 
 import numpy as np
 import pytest
@@ -21,7 +18,7 @@ import pytest
 from fiftyone_ai_search.store import base, cells as cl, edge, ranks, upkeep
 from fiftyone_ai_search.store import sample_id_to_point_id
 from fiftyone_ai_search.store.edge import EdgeStore
-from tests.helpers import hold_at
+from tests.helpers import hold_at, kill_once_held
 from tests.test_store import DIM, INFO
 
 SPAWN = multiprocessing.get_context("spawn")
@@ -84,6 +81,17 @@ def _assert_ranked(store, ids):
             sample_id_to_point_id(i) for i in ids if rank[i] == bucket)
 
 
+def _assert_a_pass_completes(store, ids, x):
+    """A pass gives every point its cell and its rank, and searches find
+    each point (closes ``store``)."""
+    assert store.maintain(min_points=1000) == len(ids)
+    assert store.cells().complete
+    _assert_ranked(store, ids)
+    for i in range(0, len(ids), 300):
+        assert store.query(x[i], 1)[0][0] == ids[i]
+    store.close()
+
+
 def test_a_new_index_keeps_the_upkeep_payload_indexes_from_its_first_point(
         tmp_path):
     store = EdgeStore("fresh", tmp_path, lock_timeout=60)
@@ -94,12 +102,7 @@ def test_a_new_index_keeps_the_upkeep_payload_indexes_from_its_first_point(
     # every write kept them: nothing left for the first pass to build
     assert _indexed(store) == ({cl.CELL_KEY: N, ranks.RANK_KEY: N}, N)
     assert store.ranked()
-    assert store.maintain(min_points=1000) == N
-    assert store.cells().complete
-    _assert_ranked(store, ids)
-    for i in range(0, N, 300):
-        assert store.query(x[i], 1)[0][0] == ids[i]
-    store.close()
+    _assert_a_pass_completes(store, ids, x)
 
 
 def test_an_old_index_gets_its_payload_indexes_and_ranks_from_a_pass(
@@ -142,18 +145,7 @@ def test_a_pass_killed_while_it_gives_ranks_leaves_them_to_the_next(
         tmp_path, monkeypatch, held):
     store, ids, x = _old_index(tmp_path, "killed", monkeypatch)
     store.close()
-    reached = SPAWN.Event()
-    p = SPAWN.Process(target=_maintain_held,
-                      args=(str(tmp_path), "killed", held, reached))
-    p.start()
-    deadline = time.monotonic() + 120
-    try:
-        while not reached.wait(0.05):
-            assert p.is_alive(), f"the pass ended before {held}"
-            assert time.monotonic() < deadline, f"never reached {held}"
-    finally:
-        os.kill(p.pid, signal.SIGKILL)
-        p.join()
+    kill_once_held(_maintain_held, (str(tmp_path), "killed", held), held)
 
     # what the killed pass wrote is there, no more: the rank's index
     # counts the points it gave a rank, which each hold their own
@@ -168,12 +160,7 @@ def test_a_pass_killed_while_it_gives_ranks_leaves_them_to_the_next(
                                                    ())}
     assert len(lacking) == N - given
     # the next pass finishes the job
-    assert store.maintain(min_points=1000) == N
-    assert store.cells().complete
-    _assert_ranked(store, ids)
-    for i in range(0, N, 300):
-        assert store.query(x[i], 1)[0][0] == ids[i]
-    store.close()
+    _assert_a_pass_completes(store, ids, x)
 
 
 def test_a_field_written_by_ids_skips_a_point_gone(tmp_path):

@@ -327,31 +327,6 @@ def test_the_moved_errors_keep_their_old_paths():
     assert issubclass(errors.StaleGeneration, errors.AISearchError)
 
 
-#: the errors of errors.py that no caller of the package meets: raised and
-#: caught inside a computation (-> why)
-INTERNAL_ERRORS = {
-    "StaleGeneration": "a computation's own stop, caught by the runner",
-}
-
-
-def test_every_error_a_caller_meets_is_at_the_package_top():
-    """As ``ais.IndexNotReadyError``: every public error of errors.py
-    (``SyncCancelled`` of ``calculate_embeddings(wait=True)`` included)
-    is ``fiftyone_ai_search.<name>`` and in its ``__all__``, but the
-    internal ones listed in :data:`INTERNAL_ERRORS`."""
-    import fiftyone_ai_search as ais
-    from fiftyone_ai_search import errors
-
-    public = {name for name in _class_bases(ast.parse(
-        (ROOT / "errors.py").read_text())) if not name.startswith("_")}
-    assert set(INTERNAL_ERRORS) <= public
-    missing = sorted(name for name in public - set(INTERNAL_ERRORS)
-                     if getattr(ais, name, None) is not getattr(errors, name)
-                     or name not in ais.__all__)
-    assert not missing, f"export these in __init__.py: {missing}"
-    assert ais.SyncCancelled is errors.SyncCancelled
-
-
 #: docs/development.md, whose "Layout" block names every module
 DEVELOPMENT = ROOT.parents[1] / "docs" / "development.md"
 

@@ -400,11 +400,20 @@ def test_the_installed_package_says_it_is_typed():
     assert marker.is_file()
 
 
+#: the errors of errors.py that no caller of the package meets: raised and
+#: caught inside a computation (-> why)
+INTERNAL_ERRORS = {
+    "StaleGeneration": "a computation's own stop, caught by the runner",
+}
+
+
 def test_every_public_error_is_exported_from_the_package():
     """A caller catches what the docs name as ``ais.<Name>Error``: every
-    public error of errors.py is exported, and every error the README or
-    docs/ name exists there (issue 26, item 5: three README errors were not
-    exported)."""
+    public error of errors.py (``SyncCancelled`` of
+    ``calculate_embeddings(wait=True)`` included) is exported, but the
+    internal ones listed in :data:`INTERNAL_ERRORS`, and every error the
+    README or docs/ name exists there (issue 26, item 5: three README
+    errors were not exported)."""
     import re
     from pathlib import Path
 
@@ -414,8 +423,9 @@ def test_every_public_error_is_exported_from_the_package():
     public = {name for name, value in vars(errors).items()
               if isinstance(value, type) and issubclass(value, Exception)
               and not name.startswith("_")}
-    assert public - set(ais.__all__) == set()
-    for name in public:
+    assert set(INTERNAL_ERRORS) <= public
+    assert public - set(INTERNAL_ERRORS) - set(ais.__all__) == set()
+    for name in public - set(INTERNAL_ERRORS):
         assert getattr(ais, name) is getattr(errors, name)
     root = Path(__file__).resolve().parent.parent
     pages = [root / "README.md", *sorted((root / "docs").glob("*.md"))]

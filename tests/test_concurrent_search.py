@@ -193,15 +193,32 @@ def test_search_beside_a_writing_and_maintaining_process(tmp_path):
     store.close()
 
 
+def _closed_index_of_200(tmp_path):
+    """An index of 200 points, closed (for a holder in another process);
+    the store, their ids and vectors."""
+    store = EdgeStore(NAME, tmp_path, lock_timeout=120)
+    store.ensure(INFO)
+    ids = _ids(0, 200)
+    vectors = _base_vectors()[:200]
+    store.upsert(ids, vectors, _payloads(ids))
+    store.close()
+    return store, ids, vectors
+
+
+def _answer_until_killed(store):
+    """Keeps the shard of ``store`` open, and answers, until killed."""
+    while True:
+        with store.session():
+            store.count()
+        time.sleep(0.05)
+
+
 def _hold(root, holding):
     store = EdgeStore(NAME, root)
     with store.session():
         store.count()
     holding.set()
-    while True:  # keeps the shard open, and answers, until killed
-        with store.session():
-            store.count()
-        time.sleep(0.05)
+    _answer_until_killed(store)
 
 
 def test_a_holder_answers_and_a_killed_one_blocks_nobody(tmp_path):
@@ -209,12 +226,7 @@ def test_a_holder_answers_and_a_killed_one_blocks_nobody(tmp_path):
 
     from fiftyone_ai_search.store import edge
 
-    store = EdgeStore(NAME, tmp_path, lock_timeout=120)
-    store.ensure(INFO)
-    ids = _ids(0, 200)
-    vectors = _base_vectors()[:200]
-    store.upsert(ids, vectors, _payloads(ids))
-    store.close()
+    store, ids, vectors = _closed_index_of_200(tmp_path)
 
     holding = SPAWN.Event()
     holder = SPAWN.Process(target=_hold, args=(str(tmp_path), holding))
@@ -898,21 +910,13 @@ def _unflushed_holder(root, holding):
     # the sessions' ends flushed nothing: the shard is kept, changed
     holding.put({"flushes": edge.stats["flushes"],
                  "dirty": edge._shared_for(store.path).dirty})
-    while True:  # keeps the shard open, and answers, until killed
-        with store.session():
-            store.count()
-        time.sleep(0.05)
+    _answer_until_killed(store)
 
 
 def test_a_holder_killed_with_unflushed_commits_loses_none(tmp_path):
     import signal
 
-    store = EdgeStore(NAME, tmp_path, lock_timeout=120)
-    store.ensure(INFO)
-    ids = _ids(0, 200)
-    vectors = _base_vectors()[:200]
-    store.upsert(ids, vectors, _payloads(ids))
-    store.close()
+    store, ids, vectors = _closed_index_of_200(tmp_path)
 
     holding = SPAWN.Queue()
     holder = SPAWN.Process(target=_unflushed_holder,

@@ -821,14 +821,20 @@ def test_searches_are_answered_during_a_compaction_beside(tmp_path):
     asked = 2 * SEARCHES_IN_COMPACTION  # a query and a count each
     assert during["searched"][0] - during["optimizing"][0] >= asked, seen
     assert during["searched"][1] - during["optimizing"][1] >= asked, seen
-    assert searcher["asked"] == asked, seen
-    assert searcher["opens"] == 0, seen
-    # with right results, on the whole index
-    assert searcher["wrong"] == [], seen
-    assert searcher["counts"] == [N + UNASSIGNED] * SEARCHES_IN_COMPACTION
+    _assert_searcher_answered_right(searcher, asked, seen)
 
     _assert_assigned_and_compacted(tmp_path)
     assert _leftovers(tmp_path) == []
+
+
+def _assert_searcher_answered_right(searcher, asked, seen):
+    """The searcher of a compaction beside asked all its ``asked``
+    questions without opening the index, with right results, on the
+    whole index."""
+    assert searcher["asked"] == asked, seen
+    assert searcher["opens"] == 0, seen
+    assert searcher["wrong"] == [], seen
+    assert searcher["counts"] == [N + UNASSIGNED] * SEARCHES_IN_COMPACTION
 
 
 def _leftovers(root):
@@ -962,10 +968,7 @@ def test_the_compactions_child_answers_during_the_reopening(tmp_path):
     # none of them by the holder, all by its child, none opened the index
     assert during["searched"] == during["swapped"], seen
     assert writer["relayed"] >= asked, seen
-    assert searcher["asked"] == asked, seen
-    assert searcher["opens"] == 0, seen
-    assert searcher["wrong"] == [], seen
-    assert searcher["counts"] == [N + UNASSIGNED] * SEARCHES_IN_COMPACTION
+    _assert_searcher_answered_right(searcher, asked, seen)
 
     _assert_assigned_and_compacted(tmp_path)
     assert _leftovers(tmp_path) == []

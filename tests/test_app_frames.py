@@ -77,6 +77,19 @@ def red_circles(tmp_path_factory, repo_as_plugin):
     return dataset
 
 
+@pytest.fixture
+def indexed(red_circles):
+    """The red circles with their frame index computed: the file's first
+    test enables it from the App's grid button; a test run on its own (or
+    after that test failed) enables it here the same way, through the SDK,
+    so that no test depends on the order of the file."""
+    if not ais.is_embeddings_enabled(red_circles, frames=True):
+        ais.enable_embeddings(red_circles, model=tiny_clip_model_name(),
+                              frames=True)
+    ais.calculate_embeddings(red_circles, frames=True, wait=True)
+    return red_circles
+
+
 def run(operator, dataset, view=None, selected=None, current_sample=None,
         group_slice=None, **params):
     """Executes an operator as the App does (showing ``group_slice`` of a
@@ -160,8 +173,8 @@ def test_a_video_dataset_is_enabled_from_the_grid_button(red_circles):
     assert out["counts"]["num_indexed"] == 36 and out["sampling"]["fps"] == 1
 
 
-def test_prompt_search_shows_the_red_circle_frames_first(red_circles):
-    dataset = red_circles
+def test_prompt_search_shows_the_red_circle_frames_first(indexed):
+    dataset = indexed
     form = _form(dataset)
     modes = form["mode"]["type"]["values"]
     assert modes == ["prompt", "similar", "image", "diverse"]
@@ -217,8 +230,8 @@ def test_prompt_search_shows_the_red_circle_frames_first(red_circles):
     assert set(clips.values("sample_id")) <= set(view.values("id"))
 
 
-def test_search_by_a_selected_frame_and_in_the_modal(red_circles):
-    dataset = red_circles
+def test_search_by_a_selected_frame_and_in_the_modal(indexed):
+    dataset = indexed
     _, results = run("ai_search", dataset, mode="prompt",
                      prompt="a red circle", limit=10, as_clips=False)
 
@@ -300,8 +313,8 @@ def _red_circle_upload():
             "content": base64.b64encode(data.getvalue()).decode()}
 
 
-def test_search_by_an_uploaded_image(red_circles, tmp_path):
-    dataset = red_circles
+def test_search_by_an_uploaded_image(indexed):
+    dataset = indexed
     upload = _red_circle_upload()
     out, frames = run("ai_search", dataset, mode="image",
                       image_source="upload", image_upload=upload, limit=10,
@@ -310,8 +323,8 @@ def test_search_by_an_uploaded_image(red_circles, tmp_path):
     assert shown_layout(dataset, frames).count("red circle") >= 8
 
 
-def test_diverse_frames_and_a_frames_view_as_scope(red_circles):
-    dataset = red_circles
+def test_diverse_frames_and_a_frames_view_as_scope(indexed):
+    dataset = indexed
     out, frames = run("ai_search", dataset, mode="diverse", method="random",
                       clustering_method="kmeans", num_clusters=4, limit=8,
                       as_clips=False)
@@ -327,13 +340,13 @@ def test_diverse_frames_and_a_frames_view_as_scope(red_circles):
         "id"))
 
 
-def test_a_collection_saved_from_clips_opens_at_the_hits(red_circles):
+def test_a_collection_saved_from_clips_opens_at_the_hits(indexed):
     """Results shown as clips ("Open as clips", the default) and saved
     from the panel open as clips again from the collection list (the
     panel's Load selects the saved view by name; FiftyOne's saved views
     list loads it alike); results shown as frames are saved as frames.
     Opening them writes nothing on the videos."""
-    dataset = red_circles
+    dataset = indexed
     out, clips = run("ai_search", dataset, mode="prompt",
                      prompt="a red circle", limit=6)
     stamps = dataset.values("last_modified_at")

@@ -271,8 +271,8 @@ def test_console_script_and_reports_said_once(tmp_path):
     result = _subprocess("sync", "--dataset", scenes.name, "--patches-field",
                          "ground_truth", "--quiet")
     assert result.returncode == 0, result.stderr
-    assert f"AI search sync of '{scenes.name}' (ground_truth): added" in (
-        result.stdout)
+    assert (f"AI search sync of the objects of 'ground_truth' of dataset "
+            f"'{scenes.name}': added") in result.stdout
     assert (result.stdout + result.stderr).count("added") == 1, result
 
     result = _subprocess("refresher", "--once", "--dataset", scenes.name)

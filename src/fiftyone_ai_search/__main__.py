@@ -117,9 +117,6 @@ def _cmd_sync(args):
     frames = getattr(args, "frames", False)
     target = target_of(dataset, args.patches_field, frames=frames)
     name, key = dataset.name, dataset_key(target)
-    label = f"'{name}'" + (f" ({args.patches_field})"
-                           if args.patches_field else "") + (
-        " (frames)" if frames else "")
     try:
         report = ais.calculate_embeddings(
             dataset,
@@ -130,7 +127,8 @@ def _cmd_sync(args):
             wait=True,
             progress=not args.quiet,
         )
-        print(f"AI search sync of {label}: {report}")
+        # the target names itself: "objects of 'gt' of dataset 'x'"
+        print(f"AI search sync of the {target}: {report}")
         # after the sync, so that nobody waits for it (see maintain_index)
         assigned = maintain_index(target)
     except SyncCancelled as e:

@@ -516,14 +516,36 @@ def _upkeep_writer(root, holding, asking, ending, go_on, done, result):
         return records
 
     upkeep._assign_round = a_round
+    # the BLAS threads each product of the pass ran on, and the process's
+    # own before and after it
+    blas = _blas_threads()
+    products = []
+    cells_of = upkeep._cells_of
+
+    def counted(*args):
+        where = cells_of(*args)
+        products.append(args[-1])  # one_core
+        return where
+
+    assign = type(store.cells()).assign
+
+    def assign_counted(cells, vectors):
+        products.append(_blas_threads())
+        return assign(cells, vectors)
+
+    upkeep._cells_of = counted
+    type(store.cells()).assign = assign_counted
     # searched within the quiet time, whatever this machine's speed
     edge.COMPACT_QUIET_S = 3600.0
     before = dict(edge.stats)
     assigned = store.maintain(min_points=1000)
+    upkeep._cells_of = cells_of
+    type(store.cells()).assign = assign
     first = {k: edge.stats[k] - before[k]
              for k in ("served", "compactions", "compactions_put_off")}
     done.put(("first", {"assigned": assigned, "rounds": rounds,
-                        "answered": answered,
+                        "answered": answered, "blas_before": blas,
+                        "products": products, "blas_after": _blas_threads(),
                         "owed": store._compaction_owed(), **first}))
     upkeep._assign_round = assign_round
     ending.set()  # the searcher stops
@@ -537,6 +559,14 @@ def _upkeep_writer(root, holding, asking, ending, go_on, done, result):
         "compactions": edge.stats["compactions"] - before["compactions"],
         "opens": edge.stats["opens"]}))
     store.close()
+
+
+def _blas_threads():
+    """The threads numpy's BLAS runs a product on now."""
+    from threadpoolctl import threadpool_info
+
+    return max(i["num_threads"] for i in threadpool_info()
+               if i["user_api"] == "blas")
 
 
 def test_an_upkeep_pass_answers_searches_and_puts_its_compaction_off(
@@ -573,6 +603,10 @@ def test_an_upkeep_pass_answers_searches_and_puts_its_compaction_off(
         UNASSIGNED - PASS_ROUND * (rounds - 1)], seen
     assert all(first["answered"]), seen
     assert first["served"] >= len(first["rounds"]), seen
+    # its products left the searches a core: one BLAS thread each, the
+    # process's own number of threads back after the pass
+    assert first["products"] == [1, True] * rounds, seen
+    assert first["blas_after"] == first["blas_before"], seen
     # the compaction it owed was put off: the engine's optimize answers
     # nobody until its end, and the other process was searching
     assert first["compactions"] == 0, seen

@@ -873,6 +873,12 @@ class VectorStore(abc.ABC):
         """Whether a compaction was put off, for a later pass to do."""
         return False
 
+    def _shares_cpu(self):
+        """Whether another process searches the index through this one
+        now, whose answers this process computes: the upkeep's products
+        then leave it a core (this default: the engine is elsewhere)."""
+        return False
+
     @abc.abstractmethod
     def _set_field(self, key, groups, lacking):
         """Sets the payload ``key`` of points: ``groups`` is

@@ -13,6 +13,7 @@ hooks that scan and write the points' payloads.
 """
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import logging
 import time
@@ -92,6 +93,8 @@ class Upkept(Protocol):
     def _compact(self) -> Optional[bool]: ...
 
     def _compaction_owed(self) -> bool: ...
+
+    def _shares_cpu(self) -> bool: ...
 
 
 def maintain(store: Upkept, min_points: int = cl.MIN_POINTS, seed: int = 0,
@@ -220,6 +223,9 @@ def _assign_round(store, known, lacking, after, assigner, exact=None):
         # the scans (107 s at 10M) overlap the products instead. A cell is
         # the most similar centre: any positive length
         records, pending = [], []
+        # another process searches through this one: its answers are
+        # computed here, on a core the products would otherwise take
+        one_core = store._shares_cpu()
         while len(records) < ASSIGN_CHUNK:
             stretch = _next_stretch(
                 store, lacking, after,
@@ -227,7 +233,8 @@ def _assign_round(store, known, lacking, after, assigner, exact=None):
             if not stretch:
                 break
             pending.append(assigner.submit(
-                _cells_of, known, store._original_rows(stretch), exact))
+                _cells_of, known, store._original_rows(stretch), exact,
+                one_core))
             records.extend(stretch)
             after = max(str(r.id) for r in stretch)
         if not records:
@@ -254,17 +261,36 @@ def _next_stretch(store, lacking, after, size):
     return records[:size]
 
 
-def _cells_of(known, rows, exact):
+def _cells_of(known, rows, exact, one_core=False):
     """The cells of ``known`` of a stretch of ``rows``; and where the pass
     takes the audit's exact answers (``exact``, see
     :class:`~fiftyone_ai_search.store.audit.ExactTopK`), the rows scored
     against its queries, in the same worker thread (one product, no GIL):
     the audit's exact searches of every vector again cost 10.8 s of one
-    core at 1M points (the engine holds the GIL), ~129 s at 10M."""
-    where = known.assign(rows)
-    if exact is not None:
-        exact.add(rows, where)
+    core at 1M points (the engine holds the GIL), ~129 s at 10M.
+
+    ``one_core``: the products on one BLAS thread, a core left to the
+    searches another process makes through this one (see
+    :func:`_blas_threads`)."""
+    with _blas_threads(1 if one_core else None):
+        where = known.assign(rows)
+        if exact is not None:
+            exact.add(rows, where)
     return where
+
+
+def _blas_threads(limit):
+    """A context in which numpy's BLAS runs on at most ``limit`` threads
+    (None: as configured). The limit is the process's, not the thread's:
+    while it holds, the answers this process computes for another's
+    searches get the core that a product on every core would take (at 1M
+    points their p95 doubled during an upkeep pass beside them, see
+    bench/README.md, issue 29), at the cost of a slower assignment."""
+    if limit is None:
+        return contextlib.nullcontext()
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=limit, user_api="blas")
 
 
 def _learn(store, total, seed, previous):

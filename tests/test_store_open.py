@@ -196,3 +196,56 @@ def test_a_compaction_beside_and_in_place_where_the_disk_lacks_room(
     assert store.query(_vectors()[4], 5)[0][0] == _ids()[4]
     store.close()
     assert _leftovers(tmp_path) == []
+
+
+def _hold_until(root, holding, done):
+    """Holds the index (a session's shard kept open, answering the other
+    processes) until it is asked for, then until ``done``."""
+    store = EdgeStore(NAME, root, lock_timeout=60)
+    with store.session():
+        store.count()
+    holding.set()
+    done.wait(120)
+    store.close()
+
+
+def test_a_taker_reads_the_shard_ahead_before_its_turn(tmp_path, monkeypatch):
+    """A process that takes the index over from a holder reads the shard's
+    files while the holder still answers, before it asks for its turn:
+    from the holder's letting go to the end of the taker's opening nobody
+    answers, and the reads would lengthen that window."""
+    root = str(tmp_path)
+    store = _index(root)
+    holding, done = SPAWN.Event(), SPAWN.Event()
+    holder = SPAWN.Process(target=_hold_until, args=(root, holding, done))
+    holder.start()
+    try:
+        assert holding.wait(120)
+        shared = edge._shared_for(store.path)
+        held_at_reads = []
+        read_ahead = edge._read_ahead
+
+        def recorded(path):
+            if threading.current_thread() is threading.main_thread():
+                held_at_reads.append(shared.process_lock.held)
+            return read_ahead(path)
+
+        monkeypatch.setattr(edge, "_read_ahead", recorded)
+        before = dict(edge.stats)
+        with store.session():
+            assert store.count() == N  # the holder answers
+            assert held_at_reads == []
+            store.upsert([f"{N + 1:024x}"], _vectors()[:1], [{}])
+            assert store.count() == N + 1
+    finally:
+        done.set()
+        holder.join(60)
+        if holder.is_alive():
+            holder.kill()
+    assert holder.exitcode == 0
+    store.close()
+    # read once before its turn (another process held the index), then
+    # its opening's own check, the index its own
+    assert held_at_reads == [False, True]
+    assert edge.stats["asked"] - before["asked"] == 1
+    assert edge.stats["opens"] - before["opens"] == 1

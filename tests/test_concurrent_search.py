@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from fiftyone_ai_search.store import IndexInfo, ranks
-from fiftyone_ai_search.store.edge import CHUNK, WRITE_CHUNK, EdgeStore
+from fiftyone_ai_search.store.edge import (CHUNK, WRITE_CHUNK,
+                                           WRITE_CHUNK_BESIDE, EdgeStore)
 
 # processes race on one index: the full suite runs it, not the fast tier
 pytestmark = pytest.mark.slow
@@ -296,13 +297,26 @@ def _session_writer(root, holding, asking, ending, done, result,
     next_id = 10 * N
     chunks = []  # the sizes of the chunks written, in order
 
+    in_chunks = EdgeStore._in_chunks
+
+    def recorded(self, n, work, writes=False):
+        def chunk_recorded(shard, info, chunk):
+            work(shard, info, chunk)
+            chunks.append(min(chunk.stop, n) - chunk.start)
+
+        return in_chunks(self, n, chunk_recorded if writes else work, writes)
+
+    EdgeStore._in_chunks = recorded
+    large = []  # the chunks of the large writes
+
     def write(count):
         nonlocal next_id
         ids = _ids(next_id, count)
+        mark = len(chunks)
         store.upsert(ids, _written_vectors(count, next_id), _payloads(ids))
+        if count == LARGE:
+            large.extend(chunks[mark:])
         next_id += count
-        chunks.extend(min(WRITE_CHUNK, count - at)
-                      for at in range(0, count, WRITE_CHUNK))
 
     writes = 0
     with store.session():
@@ -324,7 +338,8 @@ def _session_writer(root, holding, asking, ending, done, result,
         # first points read back as written
         count = store.count()
         first = store.get_payloads(_ids(10 * N, 3))
-        done.put(("writer", {"chunks": chunks, "count": count,
+        done.put(("writer", {"chunks": chunks, "large": large,
+                             "count": count,
                              "first": sorted(first), "writes": writes,
                              "served_in_session": served_in_session,
                              **edge.stats}))
@@ -419,6 +434,11 @@ def test_a_long_write_session_lets_other_processes_search(tmp_path):
     # with right results, and each count a whole number of chunks
     assert found["num_wrong"] == 0, seen
     assert set(found["counts"]) <= _possible_counts(wrote["chunks"]), seen
+    # the large writes, made while the other process searched, went in
+    # the small chunks that keep its searches' waits short
+    assert wrote["large"], seen
+    assert set(wrote["large"]) <= {WRITE_CHUNK_BESIDE,
+                                   LARGE % WRITE_CHUNK_BESIDE}, seen
 
     store = EdgeStore(NAME, tmp_path)
     assert store.count() == N + sum(wrote["chunks"])

@@ -129,6 +129,13 @@ CHUNK = 2048
 #: and at 1M points under load a chunk of 2,048 took ~0.4-1 s
 WRITE_CHUNK = 512
 
+#: the same while another process searches through this one (see
+#: :data:`COMPACT_QUIET_S`): its search waits for the chunk under way,
+#: which at 1M points made the p95 of searches beside a large write twice
+#: their solo p95 (see bench/README.md, issue 29); smaller chunks, only
+#: then, as each costs a call
+WRITE_CHUNK_BESIDE = 128
+
 #: points per scroll page when only ids are read
 ID_PAGE = 10000
 
@@ -1091,16 +1098,19 @@ class EdgeStore(VectorStore):
         ``range(n)``, holding the index; between two chunks, hands it over
         to anyone waiting. With ``n == 0`` it still opens the index, so a
         missing one raises :class:`IndexNotFoundError`."""
-        size = WRITE_CHUNK if writes else CHUNK
         with self._locked() as shared:
             shard, info = self._open(shared)
-            for start in range(0, n, size):
+            start = 0
+            while start < n:
                 if start:
                     shard, info = self._yield_if_wanted(shared)
+                size = (CHUNK if not writes else WRITE_CHUNK_BESIDE
+                        if self._searched_lately(shared) else WRITE_CHUNK)
                 work(shard, info, slice(start, start + size))
                 if writes:
                     shared.dirty = True
                     shared.unflushed_points += min(size, n - start)
+                start += size
 
     def _check_space(self, num_points, dim):
         """Refuses a write of ``num_points`` vectors of size ``dim`` unless

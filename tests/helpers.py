@@ -1,7 +1,6 @@
 """Shared test helpers: datasets of real shape images, the bundled tiny CLIP."""
 
 import contextlib
-import functools
 import json
 import os
 import time
@@ -140,51 +139,6 @@ def at_the_check_before_a_commit(monkeypatch, target, done, action):
 
     monkeypatch.setattr(state, "check_generation", check_after)
     return ran
-
-
-def hold_at(owner, name, reached, call=1):
-    """In a process that is about to be killed (``kill -9``): call number
-    ``call`` of ``owner.name`` (a module's function, or a class's method)
-    sets ``reached`` (a multiprocessing event) and waits there, without
-    running, for the kill. The kill lands at that line whatever the
-    machine's speed, where a sleep before the kill lands anywhere, or past
-    the end on a fast machine. The process's other calls run as before."""
-    original = getattr(owner, name)
-    calls = []
-
-    @functools.wraps(original)
-    def held(*args, **kwargs):
-        calls.append(name)
-        if len(calls) == call:
-            reached.set()
-            while True:  # until killed
-                time.sleep(60)
-        return original(*args, **kwargs)
-
-    setattr(owner, name, held)
-
-
-def kill_once_held(target, args, what, timeout=120):
-    """Runs ``target(*args, reached)`` in a spawned process, where it
-    holds itself at a line with :func:`hold_at` (``reached`` set there),
-    and kills it with SIGKILL once it is held; fails if it ended before,
-    or never got there within ``timeout`` s (a deadline, not a speed
-    check). ``what``: the place, named in the failure."""
-    import multiprocessing
-    import signal
-
-    spawn = multiprocessing.get_context("spawn")
-    reached = spawn.Event()
-    p = spawn.Process(target=target, args=(*args, reached))
-    p.start()
-    deadline = time.monotonic() + timeout
-    try:
-        while not reached.wait(0.05):
-            assert p.is_alive(), f"the pass ended before {what}"
-            assert time.monotonic() < deadline, f"never reached {what}"
-    finally:
-        os.kill(p.pid, signal.SIGKILL)
-        p.join()
 
 
 def kill_sync_worker_midway(target, args, done=20, timeout=120):

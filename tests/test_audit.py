@@ -4,10 +4,7 @@ count is found out, and the rule it stores holds the target on prompts it
 was not audited with; a query the rule cannot serve within its cost bound
 is exact; the estimate is what queries then get."""
 
-import multiprocessing
 import os
-import signal
-import time
 
 import numpy as np
 import pytest
@@ -17,7 +14,7 @@ from fiftyone_ai_search.store import cells as cl
 from fiftyone_ai_search.store import upkeep
 from fiftyone_ai_search.store.edge import EdgeStore
 
-from tests.helpers import hold_at
+from tests.store_processes import audit_until_killed, kill_once_held
 from tests.test_cells import clustered, exact_in, make_ids, unit
 from tests.test_store import (  # noqa: F401 (store: a fixture)
     DIM, INFO, SERVER_SLOW, store)
@@ -187,20 +184,6 @@ def test_perform_ai_search_exact_is_a_flag(tmp_path):
                                  exact=True)
 
 
-def _audit_in_child(root, name, held, reached):
-    """Audits until killed, held for its kill at ``held``: ``(where,
-    name, call)`` (tests.helpers.hold_at), ``where`` "audit" (the module)
-    or "EdgeStore" (the class)."""
-    cl.MIN_PROBED = 4
-    where, function, call = held
-    hold_at({"audit": audit, "EdgeStore": EdgeStore}[where], function,
-            reached, call)
-    index = EdgeStore(name, root, lock_timeout=60)
-    while True:
-        audit.audit(index, prompts(60, seed=3, gap=2.0), k=50,
-                    image_queries=60)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("held", [
     ("audit", "_measure", 1),  # the first audit's exact searches
@@ -216,19 +199,12 @@ def test_an_audit_killed_at_any_moment_leaves_index_and_estimate_whole(
     index.upsert(ids, x, [{} for _ in ids])
     index.maintain(min_points=1000)
     index.close()
-    spawn = multiprocessing.get_context("spawn")
-    reached = spawn.Event()
-    p = spawn.Process(target=_audit_in_child,
-                      args=(str(tmp_path), "audited", held, reached))
-    p.start()
-    deadline = time.monotonic() + 120
-    try:
-        while not reached.wait(0.05):  # the kill lands at a known line
-            assert p.is_alive(), f"the audit ended before {held}"
-            assert time.monotonic() < deadline, f"never reached {held}"
-    finally:
-        os.kill(p.pid, signal.SIGKILL)
-        p.join()
+    # audits in a process of its own until killed at ``held`` (``where``
+    # "audit", the module, or "EdgeStore", the class), probing as few
+    # cells as this one (few_probed_cells)
+    kill_once_held(audit_until_killed, (
+        str(tmp_path), "audited", {"cells.MIN_PROBED": 4},
+        prompts(60, seed=3, gap=2.0), held), held)
 
     cells = index.cells()  # readable: the old cells, or with a whole rule
     assert cells.complete and len(cells) == 64

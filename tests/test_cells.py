@@ -28,7 +28,9 @@ from fiftyone_ai_search.store import ranks
 from fiftyone_ai_search.store.base import IndexInfo
 from fiftyone_ai_search.store.edge import EdgeStore
 from fiftyone_ai_search.store.server import ServerStore
-from tests.helpers import hold_at, kill_once_held, shapes_dataset
+from tests.helpers import shapes_dataset
+from tests.store_processes import (
+    SMALL_CELLS, kill_once_held, maintain, write_in_steps)
 from tests.test_store import (  # noqa: F401 (store: a fixture)
     DIM, INFO, SERVER_SLOW, store)
 
@@ -318,28 +320,23 @@ def test_cells_go_with_the_index(index):
     assert index.query(x[3], 1)[0][0] == ids[3]
 
 
-def _maintain(root, name, chunk, small_cells=False, held=None,
-              reached=None):
-    """A maintenance pass in a process of its own; ``held``: ``(where,
-    name, call)``, the call it is held at for its kill (tests.helpers.
-    hold_at), ``where`` "upkeep" (the module) or "EdgeStore" (the class)."""
-    from fiftyone_ai_search.store import upkeep
-
-    upkeep.ASSIGN_CHUNK = chunk  # many small rounds: a kill lands mid-way
-    cl.MIN_PROBED = 6
-    if small_cells:
-        _use_small_cells(cl)
-    if held is not None:
-        where, function, call = held
-        owner = {"upkeep": upkeep, "EdgeStore": EdgeStore}[where]
-        hold_at(owner, function, reached, call)
-    EdgeStore(name, root, lock_timeout=60).maintain(min_points=1000)
-
-
 def _kill_maintenance_held_at(root, name, chunk, held, small_cells=False):
-    """Runs :func:`_maintain` in a spawned process and kills it with
-    SIGKILL where ``held`` holds it; fails if it never got there."""
-    kill_once_held(_maintain, (root, name, chunk, small_cells, held), held)
+    """Runs a maintenance pass (``chunk`` points a round: a kill lands
+    mid-way) in a spawned process and kills it with SIGKILL where ``held``
+    holds it (``(where, function, call)``, tests.store_processes.hold_at,
+    ``where`` "upkeep" or "EdgeStore"); fails if it never got there."""
+    kill_once_held(maintain, (root, name, _child_settings(chunk, small_cells),
+                              held), held)
+
+
+def _child_settings(chunk, small_cells):
+    """What a maintenance pass in another process must share with this
+    one's: its round size, the probe count (few_probed_cells), the cells'
+    size (small_cells)."""
+    settings = {"upkeep.ASSIGN_CHUNK": chunk, "cells.MIN_PROBED": 6}
+    if small_cells:
+        settings.update({f"cells.{k}": v for k, v in SMALL_CELLS.items()})
+    return settings
 
 
 @pytest.mark.slow
@@ -448,13 +445,6 @@ def test_a_server_collection_is_made_as_configured(monkeypatch):
 # -- cells learned again as the index grows ------------------------------------
 
 
-def _use_small_cells(module):
-    """Cells of 25 points: a few thousand points outgrow their cells."""
-    module.POINTS_PER_CELL = 25
-    module.MIN_CELLS = 8
-    module.SWITCH_GRACE_S = 0.0
-
-
 def outgrown(tmp_path, name, ids, x, grown_to):
     """An embedded index whose cells were learned from its first 1000
     points, grown to ``grown_to`` since (written with those cells)."""
@@ -469,8 +459,8 @@ def outgrown(tmp_path, name, ids, x, grown_to):
 
 @pytest.fixture
 def small_cells(monkeypatch):
-    for name, value in (("POINTS_PER_CELL", 25), ("MIN_CELLS", 8),
-                        ("SWITCH_GRACE_S", 0.0)):
+    """Cells of 25 points: a few thousand points outgrow their cells."""
+    for name, value in SMALL_CELLS.items():
         monkeypatch.setattr(cl, name, value)
 
 
@@ -611,16 +601,6 @@ def test_a_move_to_new_cells_killed_at_any_moment_resumes(tmp_path, call,
     store.close()
 
 
-def _write_more(root, name, ids, x, started):
-    store = EdgeStore(name, root, lock_timeout=60)
-    started.set()
-    for start in range(0, len(ids), 50):
-        store.upsert(ids[start:start + 50], x[start:start + 50],
-                     [{} for _ in ids[start:start + 50]])
-        time.sleep(0.01)
-    store.close()
-
-
 @pytest.mark.slow
 def test_points_written_by_another_process_during_a_move_are_not_lost(
         tmp_path, small_cells):
@@ -637,11 +617,11 @@ def test_points_written_by_another_process_during_a_move_are_not_lost(
     final[1000:2000] = replaced
     written = list(range(1000, 2000)) + list(range(4000, 5000))
     started = SPAWN.Event()
-    writer = SPAWN.Process(target=_write_more, args=(
+    writer = SPAWN.Process(target=write_in_steps, args=(
         str(tmp_path), "busy", [ids[i] for i in written], final[written],
         started))
-    mover = SPAWN.Process(target=_maintain,
-                          args=(str(tmp_path), "busy", 128, True))
+    mover = SPAWN.Process(target=maintain, args=(
+        str(tmp_path), "busy", _child_settings(128, small_cells=True)))
     writer.start()
     started.wait(60)
     mover.start()

@@ -10,18 +10,14 @@ without a rank later, and after a pass killed with ``kill -9`` while it
 gave the ranks.
 """
 
-import multiprocessing
-
 import numpy as np
 import pytest
 
-from fiftyone_ai_search.store import base, cells as cl, edge, ranks, upkeep
+from fiftyone_ai_search.store import base, cells as cl, edge, ranks
 from fiftyone_ai_search.store import sample_id_to_point_id
 from fiftyone_ai_search.store.edge import EdgeStore
-from tests.helpers import hold_at, kill_once_held
+from tests.store_processes import kill_once_held, maintain
 from tests.test_store import DIM, INFO
-
-SPAWN = multiprocessing.get_context("spawn")
 
 #: points of the test indexes: above the passes' min_points (1,000)
 N = 3000
@@ -126,16 +122,6 @@ def test_an_old_index_gets_its_payload_indexes_and_ranks_from_a_pass(
     store.close()
 
 
-def _maintain_held(root, name, held, reached):
-    """A pass over an old index in a process of its own, held at ``held``
-    (``(owner, function, call)``) for its kill; ranks given 500 a round."""
-    upkeep.RANK_CHUNK = 500
-    where, function, call = held
-    owner = {"upkeep": upkeep, "EdgeStore": EdgeStore}[where]
-    hold_at(owner, function, reached, call)
-    EdgeStore(name, root, lock_timeout=60).maintain(min_points=1000)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("held", [
     ("EdgeStore", "_set_field", 3),  # two rounds of ranks written
@@ -145,7 +131,9 @@ def test_a_pass_killed_while_it_gives_ranks_leaves_them_to_the_next(
         tmp_path, monkeypatch, held):
     store, ids, x = _old_index(tmp_path, "killed", monkeypatch)
     store.close()
-    kill_once_held(_maintain_held, (str(tmp_path), "killed", held), held)
+    # a pass in a process of its own, ranks given 500 a round
+    kill_once_held(maintain, (str(tmp_path), "killed",
+                              {"upkeep.RANK_CHUNK": 500}, held), held)
 
     # what the killed pass wrote is there, no more: the rank's index
     # counts the points it gave a rank, which each hold their own

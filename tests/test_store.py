@@ -25,7 +25,6 @@ from fiftyone_ai_search.store import (
     open_store,
 )
 from fiftyone_ai_search.store.edge import EdgeStore
-from fiftyone_ai_search.store.server import ServerStore
 
 DIM = 16
 INFO = IndexInfo(
@@ -97,6 +96,16 @@ def assert_same_results(got, expected, atol=1e-5):
 #: for a test whose server run is slow (qdrant-client's local mode computes
 #: in Python): ``@SERVER_SLOW`` keeps its Edge run in the fast tier and puts
 #: its server run in the full suite only (``pytest -m "not slow"``)
+def _server_store(*args, **kwargs):
+    """A :class:`ServerStore`. qdrant-client is imported where a test asks
+    for one, not with this module: the processes its tests spawn (and
+    tests/test_hostile.py's) import this module and need no server, and
+    qdrant-client costs each of them ~1.5 s of CPU."""
+    from fiftyone_ai_search.store.server import ServerStore
+
+    return ServerStore(*args, **kwargs)
+
+
 SERVER_SLOW = pytest.mark.parametrize(
     "store", ["edge", pytest.param("server", marks=pytest.mark.slow)],
     indirect=True)
@@ -108,7 +117,7 @@ def store(request, tmp_path):
     if request.param == "edge":
         s = EdgeStore(name, tmp_path / "indexes", lock_timeout=20)
     else:
-        s = ServerStore(name, location=":memory:")
+        s = _server_store(name, location=":memory:")
     yield s
     s.drop()
 
@@ -347,6 +356,8 @@ def test_threads_share_a_store(filled):
 
 
 def test_open_store(tmp_path):
+    from fiftyone_ai_search.store.server import ServerStore
+
     edge = open_store("ds_a", Settings(backend="edge", storage_dir=str(tmp_path)))
     assert isinstance(edge, EdgeStore)
     assert edge.path == os.path.join(str(tmp_path), "ds_a")
@@ -374,7 +385,7 @@ def test_open_store(tmp_path):
 def test_server_never_shows_api_key(caplog):
     secret = "s3cret-KEY-" + uuid.uuid4().hex
     caplog.set_level(logging.DEBUG)
-    s = ServerStore("x", url="http://user:pw@127.0.0.1:1", api_key=secret)
+    s = _server_store("x", url="http://user:pw@127.0.0.1:1", api_key=secret)
     assert secret not in repr(s) and secret not in str(s)
     assert "pw" not in repr(s)
     with pytest.raises(Exception) as excinfo:
@@ -387,7 +398,7 @@ def test_server_never_shows_api_key(caplog):
 def test_server_foreign_collection_is_never_reused():
     from qdrant_client import models
 
-    s = ServerStore("foreign_" + uuid.uuid4().hex[:8], location=":memory:")
+    s = _server_store("foreign_" + uuid.uuid4().hex[:8], location=":memory:")
     s._client.create_collection(
         s.collection_name,
         vectors_config=models.VectorParams(size=DIM, distance=models.Distance.COSINE),

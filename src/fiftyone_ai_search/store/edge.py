@@ -347,15 +347,13 @@ class _Shared:
 #: (``compactions_put_off``, see :data:`COMPACT_QUIET_S`); reads
 #: of a thread answered beside another thread's session
 #: (``beside_a_session``, also counted in ``served``); flushes of a kept
-#: shard (``flushes``: once idle or past a bound, see :data:`FLUSH_IDLE_S`);
-#: bytes read ahead before taking the index from another holder
-#: (``read_before_turn``, see :meth:`EdgeStore._wait_for_index`)
+#: shard (``flushes``: once idle or past a bound, see :data:`FLUSH_IDLE_S`)
 stats = {"opens": 0, "served": 0, "asked": 0, "turns_waited": 0,
          "side_reads": 0, "lent_reads": 0, "lent_turns": 0, "releases": 0,
          "not_served": None, "read_ahead": 0, "read_ahead_read": 0,
          "compactions": 0, "compactions_put_off": 0,
          "compactions_beside": 0, "last_compaction": None,
-         "beside_a_session": 0, "flushes": 0, "read_before_turn": 0}
+         "beside_a_session": 0, "flushes": 0}
 
 
 _registry = {}
@@ -524,7 +522,7 @@ class EdgeStore(VectorStore):
                     self._now_holding(shared)
                 return
             # create: the directory may not exist yet (a new index)
-            ok = self._wait_for_index(shared, deadline)
+            ok = shared.process_lock.acquire(deadline, create=True)
         except (FileExistsError, NotADirectoryError):
             shared.thread_lock.release()
             raise self._damaged("it is a file, not a directory") from None
@@ -540,32 +538,12 @@ class EdgeStore(VectorStore):
         """Takes the process lock inside a hold of the thread lock that
         went without it (``ask``), waiting in turn."""
         try:
-            ok = self._wait_for_index(shared, deadline)
+            ok = shared.process_lock.acquire(deadline, create=True)
         except (FileExistsError, NotADirectoryError):
             raise self._damaged("it is a file, not a directory") from None
         if not ok:
             raise self._busy_error("another process")
         self._now_holding(shared)
-
-    def _wait_for_index(self, shared, deadline):
-        """Takes the process lock (the directory created if need be),
-        waiting in turn until ``deadline``; returns whether it got it.
-
-        Where another process holds the index, the shard's files are read
-        into the page cache first (:func:`_read_ahead`), before this
-        process asks for its turn: the holder answers the searches until
-        it lets go, and from then until this process's opening ends
-        nobody does. Read in that window, they lengthened it (a holder
-        that opened the shard lately is still reading them back,
-        :func:`_rewarm`); read before, the window is the engine's load."""
-        lock = shared.process_lock
-        if shared.shard is None and not lock.try_acquire(create=True):
-            covered, read = _read_ahead(self._shard_path)
-            stats["read_ahead"] += covered
-            stats["read_ahead_read"] += read
-            stats["read_before_turn"] += read
-            return lock.acquire(deadline, create=True)
-        return True
 
     def _now_holding(self, shared):
         """This process just took the index: it answers the others' searches

@@ -196,4 +196,3 @@ def test_a_compaction_beside_and_in_place_where_the_disk_lacks_room(
     assert store.query(_vectors()[4], 5)[0][0] == _ids()[4]
     store.close()
     assert _leftovers(tmp_path) == []
-

@@ -8,9 +8,9 @@ text, label or tooltip, not by CSS paths, so the tests survive changes of our
 panel's layout. The few selectors used are FiftyOne's own ``data-cy`` test
 hooks (its e2e tests use them) and MUI / Plotly class names.
 
-Use it from a test module::
-
-    from app_browser import app, app_session, browser, browser_artifacts  # noqa: F401
+tests/conftest.py registers the fixtures for every test module (one
+Chromium and one App server a test process, whatever the number of browser
+files). Use them from a test module::
 
     @pytest.fixture(scope="module")
     def app_dataset(tmp_path_factory):
@@ -209,39 +209,137 @@ def browser() -> Iterator["webdriver.Chrome"]:
         driver.quit()
 
 
-@pytest.fixture(scope="module")
-def app_session(app_dataset) -> Iterator[Any]:
-    """The App server, with our plugin installed, for the module's
-    ``app_dataset``: a remote ``fo.Session`` on a free port of 127.0.0.1.
+class AppServer:
+    """The App server of this test process, started when first needed and
+    kept for the next browser file: a server's start (a process that
+    imports FiftyOne and its server) is paid once a process (an xdist
+    worker), and the plugin's Python code in it (the model it loaded)
+    stays warm.
 
     The server is a child process that inherits this process's environment
     (the private mongod and plugins dir of ``isolated_fiftyone``); the
-    plugin's Python code, and any worker it spawns, runs there. The session
-    subscribes to the server's state, so ``session.view``/``selected``
-    follow the browser (within ~1 s).
+    plugin's Python code, and any worker it spawns, runs there. A module
+    whose fixtures set FiftyOne's environment otherwise (e.g.
+    ``FIFTYONE_ALLOW_LEGACY_ORCHESTRATORS``) gets a server started in it:
+    :meth:`session` starts another when ``FIFTYONE_*`` differ from the
+    running server's.
     """
-    require_browser()  # no server without a browser to look at it
-    import fiftyone as fo
-    import fiftyone.core.service as fos
 
+    def __init__(self) -> None:
+        self._session: Any = None
+        self._environment: dict = {}
+
+    @staticmethod
+    def _fiftyone_environment() -> dict:
+        return {k: v for k, v in os.environ.items() if k.startswith("FIFTYONE_")}
+
+    def session(self, dataset: Any) -> Any:
+        """A remote ``fo.Session`` on ``dataset``, on a free port of
+        127.0.0.1, whose server runs in this process's environment now.
+        The session subscribes to the server's state, so ``session.view`` /
+        ``selected`` follow the browser (within ~1 s)."""
+        environment = self._fiftyone_environment()
+        if self._session is not None and environment != self._environment:
+            self.close()
+        if self._session is None:
+            self._session = self._launch(dataset)
+            self._environment = environment
+        else:
+            self.show(dataset)
+        return self._session
+
+    def show(self, dataset: Any) -> None:
+        """Sets the session's dataset (None: none). The session's client
+        connects to the server in a thread of its own (again after a lost
+        connection): a state sent before it is connected is refused
+        ("Client is not connected"), and sent again."""
+        deadline = time.monotonic() + scaled(TIMEOUT)
+        while True:
+            try:
+                self._session.dataset = dataset
+                return
+            except RuntimeError as e:
+                if "not connected" not in str(e) or time.monotonic() > deadline:
+                    raise
+            time.sleep(0.2)
+
+    @staticmethod
+    def _launch(dataset: Any) -> Any:
+        import fiftyone as fo
+        import fiftyone.core.service as fos
+
+        with pytest.MonkeyPatch.context() as mp:
+            # FiftyOne gives its server 60 s to listen, whatever the load:
+            # on a loaded machine the server's imports alone take longer
+            wait = fos.Service._wait_for_child_port
+            mp.setattr(fos.Service, "_wait_for_child_port",
+                       functools.partialmethod(
+                           wait, timeout=scaled(SERVER_START_TIMEOUT)))
+            return fo.launch_app(dataset, remote=True, address="127.0.0.1",
+                                 port=free_port())
+
+    def close(self) -> None:
+        if self._session is not None:
+            # stops the server child (it waits on it) once no session uses it
+            self._session.close()
+            self._session = None
+
+
+@pytest.fixture(scope="session")
+def app_server() -> Iterator[AppServer]:
+    """This test process's :class:`AppServer`, stopped at the end."""
+    require_browser()  # no server without a browser to look at it
+    server = AppServer()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(scope="module")
+def app_session(app_server, app_dataset, browser) -> Iterator[Any]:
+    """The process's App server (:class:`AppServer`) on the module's
+    ``app_dataset``, with our plugin installed: its ``fo.Session``.
+
+    The plugin is there only while the module runs: other test files put
+    the repository under the plugins dir as the same plugin, and two of
+    one name would clash. At the end the App's cookies and local and
+    session storage are cleared (the next file's page starts as a new
+    profile's would; the HTTP cache is kept: the App's scripts load once a
+    process), and the browser leaves the App for a blank page before the
+    module's dataset is deleted, the session letting the dataset go: no
+    page asks the server about a deleted dataset.
+    """
     from fiftyone_ai_search.app.install import install_plugin
 
     plugin_dir = install_plugin()
-    with pytest.MonkeyPatch.context() as mp:
-        # FiftyOne gives its server 60 s to listen, whatever the load: on a
-        # loaded machine the server's imports alone take longer
-        wait = fos.Service._wait_for_child_port
-        mp.setattr(fos.Service, "_wait_for_child_port", functools.partialmethod(
-            wait, timeout=scaled(SERVER_START_TIMEOUT)))
-        session = fo.launch_app(app_dataset, remote=True, address="127.0.0.1",
-                                port=free_port())
     try:
-        yield session
+        session = app_server.session(app_dataset)
+        try:
+            yield session
+        finally:
+            _leave_the_app(browser, _app_url(session))
+            app_server.show(None)
     finally:
-        # stops the server child (it waits on it) once no session uses it
-        session.close()
         # other tests install the plugin their own way, under the same name
         shutil.rmtree(os.path.dirname(plugin_dir), ignore_errors=True)
+
+
+def _leave_the_app(driver: "webdriver.Chrome", url: str) -> None:
+    """Forgets what the App's page stored (it can only be cleared from a
+    page of its origin: the App's, where the tests leave the browser),
+    then goes to a blank page."""
+    with contextlib.suppress(WebDriverException):
+        if driver.current_url.startswith(url):
+            driver.execute_script(
+                "localStorage.clear(); sessionStorage.clear();")
+        driver.delete_all_cookies()
+    with contextlib.suppress(WebDriverException):
+        driver.get("about:blank")
+
+
+def _app_url(session: Any) -> str:
+    return f"http://{session.server_address}:{session.server_port}"
 
 
 @pytest.fixture
@@ -249,8 +347,7 @@ def app(request, browser, app_session, browser_artifacts) -> Iterator["App"]:
     """An :class:`App` on the module's server. On a failed test it saves a
     screenshot and prints the console errors, to see what went wrong."""
     failed_before = request.session.testsfailed
-    url = f"http://{app_session.server_address}:{app_session.server_port}"
-    driver = App(browser, url, session=app_session,
+    driver = App(browser, _app_url(app_session), session=app_session,
                  artifacts=browser_artifacts)
     driver.console_errors()  # forget what earlier tests logged
     yield driver
@@ -1406,8 +1503,10 @@ class App:
 
 __all__ = [
     "App",
+    "AppServer",
     "TIMEOUT",
     "app",
+    "app_server",
     "app_session",
     "browser",
     "browser_artifacts",

@@ -88,20 +88,31 @@ from tests import app_browser  # noqa: E402 (after the set-up above)
 
 sys.modules.setdefault("app_browser", app_browser)
 
+# The browser files' fixtures, registered here once for the whole tests/
+# folder. Imported into each test module instead, each module would hold
+# fixtures of its own, "session" scope notwithstanding: a Chromium per
+# file, kept to the end of the run. Here a worker has one Chromium and one
+# App server for all the browser files it runs (tests/app_browser.py).
+from tests.app_browser import (  # noqa: E402,F401 (fixtures, by name)
+    app, app_server, app_session, browser, browser_artifacts)
+
 #: the longest test files, longest first (by the durations CI lists; the
-#: browser files lead, each with its App server and Chromium): the
-#: scheduler hands them out first, so that the two workers end together
-#: rather than one running a long file alone at the end. Files not listed
-#: follow in pytest-xdist's own order (most tests first); the order need
-#: only be roughly right.
+#: browser files lead): the scheduler hands them out first, so that the two
+#: workers end together rather than one running a long file alone at the
+#: end. Files not listed follow in pytest-xdist's own order (most tests
+#: first); the order need only be roughly right. The duplicates' file is
+#: the last browser file: its App server runs in another environment (it
+#: lets the App schedule operations), so the worker's server is started
+#: again for it (tests/app_browser.py, AppServer), and after it only if
+#: another browser file followed.
 LONG_FILES = (
     "tests/test_app_browser_curator.py",
     "tests/test_app_browser.py",
     "tests/test_app_browser_objects.py",
     "tests/test_app_browser_upload.py",
-    "tests/test_app_browser_duplicates.py",
     "tests/test_app_browser_frames.py",
     "tests/test_app_browser_grouped.py",
+    "tests/test_app_browser_duplicates.py",
     "tests/test_hostile.py",
     "tests/test_cells.py",
     "tests/test_peer_brain.py",
@@ -120,9 +131,10 @@ def pytest_xdist_make_scheduler(config, log):
     first (:data:`LONG_FILES`). Each worker is a process of its own, with
     its own ``mongod`` and scratch directory (``isolated_fiftyone`` at this
     module's import), and, for the browser files, its own App server (on a
-    free port) and Chromium (with a profile of its own): workers share
-    nothing but the checkout, so the browser files, the longest, run on
-    both workers at once."""
+    free port) and Chromium (with a profile of its own), each started once
+    and kept for the worker's next browser file: workers share nothing but
+    the checkout, so the browser files, the longest, run on both workers
+    at once."""
     if config.getvalue("dist") != "loadfile":
         return None  # xdist's own scheduling
     # here, not at the top: pytest-xdist is needed only to run in parallel

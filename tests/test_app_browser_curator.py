@@ -20,7 +20,6 @@ from fiftyone import ViewField as F
 
 import fiftyone_ai_search as ais
 from fiftyone_ai_search.app import PLUGIN_NAME
-from tests.app_browser import app, app_session, browser, browser_artifacts  # noqa: F401
 from tests.helpers import shapes_dataset
 
 pytestmark = pytest.mark.slow

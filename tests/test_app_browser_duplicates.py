@@ -17,7 +17,6 @@ from selenium.webdriver.common.by import By
 import fiftyone_ai_search as ais
 from fiftyone_ai_search.app import PLUGIN_NAME
 from fiftyone_ai_search.app.forms import DUPLICATES_COLLECTION
-from tests.app_browser import app, app_session, browser, browser_artifacts  # noqa: F401
 from tests.helpers import shapes_dataset
 
 pytestmark = pytest.mark.slow

@@ -30,8 +30,7 @@ import fiftyone as fo
 
 import fiftyone_ai_search as ais
 from fiftyone_ai_search.app import PLUGIN_NAME
-from tests.app_browser import (  # noqa: F401
-    app, app_session, browser, browser_artifacts, unavailable)
+from tests.app_browser import unavailable
 from tests.videos import FRAME_RATE, video_dataset
 
 pytestmark = pytest.mark.slow

@@ -32,8 +32,7 @@ import fiftyone as fo
 import fiftyone_ai_search as ais
 from fiftyone_ai_search.app import PLUGIN_NAME
 from fiftyone_ai_search.demo import shapes
-from tests.app_browser import (  # noqa: F401
-    app, app_session, browser, browser_artifacts, unavailable)
+from tests.app_browser import unavailable
 from tests.test_app_browser_frames import (console_errors, panel,
                                            player_time, webm_copy)
 from tests.videos import FRAME_RATE, write_video

@@ -24,7 +24,6 @@ import fiftyone_ai_search as ais
 from fiftyone_ai_search.app import PLUGIN_NAME
 from fiftyone_ai_search.demo import make_scenes_dataset
 from fiftyone_ai_search.index.targets import Objects
-from tests.app_browser import app, app_session, browser, browser_artifacts  # noqa: F401
 from tests.helpers import worker_paused_midway
 
 pytestmark = pytest.mark.slow

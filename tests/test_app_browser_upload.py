@@ -20,7 +20,6 @@ from fiftyone_ai_search import refreshers
 from fiftyone_ai_search.demo import shapes
 from selenium.webdriver.common.by import By
 
-from tests.app_browser import app, app_session, browser, browser_artifacts  # noqa: F401
 from tests.helpers import shapes_dataset
 
 pytestmark = pytest.mark.slow

@@ -204,6 +204,18 @@ def _one_match_any(cells):
         cl.CELL_KEY, match=qe.MatchAny([int(c) for c in cells]))])
 
 
+def _conditions_anew(cells):
+    """The probed cells' conditions made anew at each search, as before
+    edge._cell_condition kept them."""
+    import qdrant_edge as qe
+
+    from fiftyone_ai_search.store import cells as cl
+
+    return qe.Filter(should=[
+        qe.FieldCondition(cl.CELL_KEY, match=qe.MatchValue(int(c)))
+        for c in cells])
+
+
 def _ring_as_before(store):
     """A search's write of the recent queries as it was before recent_ring
     (aba6d8a): the whole ring saved to a temporary ``.npy`` renamed over
@@ -366,21 +378,36 @@ def run_member(name, args, table):
                       f"{rule['truth']})", "")
         if args.audits > 1:
             return
+
+        def swapped_row(owner, attr, value, label):
+            """A row of the same rule with ``owner.attr`` set to ``value``
+            (what an earlier commit did, or a setting tried) meanwhile."""
+            kept = getattr(owner, attr)
+            setattr(owner, attr, value)
+            try:
+                fi, ms_i = run_queries(fn, qi)
+                ft, ms_t = run_queries(fn, qt)
+            finally:
+                setattr(owner, attr, kept)
+                store.forget_recent_queries()
+            table.add(*head, label, _fmt(per_query_recall(ft, gt)),
+                      _fmt(per_query_recall(fi, gi)), ms_t, ms_i, "", "",
+                      "")
+
+        # each cell's condition made anew a search, as before
+        # edge._cell_condition: what building the request costs
+        swapped_row(edge, "_cells_filter", _conditions_anew,
+                    "ours, audited rule, the cells' conditions made anew a "
+                    "search (before they were kept)")
         if args.brief:
             return _peers(args, table, head, store, db, queries_of(
                 qt, gt, qi, gi), cells, {"text": rt.mean(),
                                          "image": ri.mean()}, name)
         # the same rule with the cells asked as one MatchAny, as before
         # 4b18388: what the filter's shape costs the engine, same run
-        shape, edge._cells_filter = edge._cells_filter, _one_match_any
-        try:
-            fi, ms_i = run_queries(fn, qi)
-            ft, ms_t = run_queries(fn, qt)
-        finally:
-            edge._cells_filter = shape
-        table.add(*head, "ours, audited rule, the cells as one MatchAny "
-                  "(before 4b18388)", _fmt(per_query_recall(ft, gt)),
-                  _fmt(per_query_recall(fi, gi)), ms_t, ms_i, "", "", "")
+        swapped_row(edge, "_cells_filter", _one_match_any,
+                    "ours, audited rule, the cells as one MatchAny (before "
+                    "4b18388)")
         # the recent queries written as before aba6d8a (the whole ring
         # rewritten and renamed at each search): what a search saves
         store._remember_query = _ring_as_before(store)
@@ -397,15 +424,9 @@ def run_member(name, args, table):
         # fewer points rescored on the originals: what the rescoring's
         # fixed cost buys in recall
         for factor in args.oversampling:
-            shipped, cl.OVERSAMPLING = cl.OVERSAMPLING, factor
-            try:
-                fi, ms_i = run_queries(fn, qi)
-                ft, ms_t = run_queries(fn, qt)
-            finally:
-                cl.OVERSAMPLING = shipped
-            table.add(*head, f"ours, audited rule, oversampling {factor} "
-                      f"(shipped {shipped})", _fmt(per_query_recall(ft, gt)),
-                      _fmt(per_query_recall(fi, gi)), ms_t, ms_i, "", "", "")
+            swapped_row(cl, "OVERSAMPLING", factor,
+                        f"ours, audited rule, oversampling {factor} "
+                        f"(shipped {cl.OVERSAMPLING})")
         # the rescoring outside the engine: originals read in one go
         store._query_points = _rescored_in_numpy(store)
         try:
@@ -419,15 +440,8 @@ def run_member(name, args, table):
                   _fmt(per_query_recall(fi, gi)), ms_t, ms_i, "", "", "")
         # the same rule without the floor of single queries (cells.tied):
         # what the floor costs and buys
-        cap, cl.TIE_CAP = cl.TIE_CAP, 0
-        try:
-            fi, ms_i = run_queries(fn, qi)
-            ft, ms_t = run_queries(fn, qt)
-        finally:
-            cl.TIE_CAP = cap
-        table.add(*head, "ours, audited rule without the floor of ties",
-                  _fmt(per_query_recall(ft, gt)),
-                  _fmt(per_query_recall(fi, gi)), ms_t, ms_i, "", "", "")
+        swapped_row(cl, "TIE_CAP", 0,
+                    "ours, audited rule without the floor of ties")
         _peers(args, table, head, store, db, queries_of(qt, gt, qi, gi),
                cells, {"text": rt.mean(), "image": ri.mean()}, name)
     finally:

@@ -21,6 +21,7 @@ import uuid
 from typing import Callable, Optional, Protocol
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from . import cells as cl
 from . import ranks
@@ -288,8 +289,6 @@ def _blas_threads(limit):
     bench/README.md, issue 29), at the cost of a slower assignment."""
     if limit is None:
         return contextlib.nullcontext()
-    from threadpoolctl import threadpool_limits
-
     return threadpool_limits(limits=limit, user_api="blas")
 
 

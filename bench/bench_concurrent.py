@@ -118,6 +118,9 @@ def parse_args(argv=None):
                         "server answered and how, its compactions and turns "
                         "given; printed for each search over twice the "
                         "solo p95")
+    p.add_argument("--trace-out",
+                   help="with --trace: the searches beside the writer and "
+                        "the writer's traced events, as JSON, to this file")
     p.add_argument("--until",
                    help="the writer stops once this file exists (or after "
                         "--seconds)")
@@ -240,16 +243,17 @@ def role_searcher(args):
 
     store = _store(args)
     queries = _queries(256, seed=8)
-    latencies, asked, at, by_holder = [], 0, [], []
+    latencies, asked, at, by_holder, cpu_each = [], 0, [], [], []
     start = time.monotonic()
     k = 0
     while time.monotonic() - start < args.seconds or (
             args.done_file and not os.path.exists(args.done_file)):
         before = edge.stats["asked"]
-        t, wall = time.monotonic(), time.time()
+        t, wall, c = time.monotonic(), time.time(), time.process_time()
         with store.session():
             got = store.query(queries[k % len(queries)], 100)
         latencies.append(time.monotonic() - t)
+        cpu_each.append(time.process_time() - c)
         at.append(wall)
         asked += edge.stats["asked"] > before
         by_holder.append(edge.stats["asked"] > before)
@@ -262,6 +266,7 @@ def role_searcher(args):
     # the first search opens the shard, or finds it held: reported apart
     return {"first": latencies[0], "latencies": latencies[1:], "at": at[1:],
             "by_holder": by_holder[1:], "asked": asked,
+            "cpu_each": cpu_each[1:],
             "turns_waited": edge.stats["turns_waited"],
             "opens": edge.stats["opens"], "cpu_s": _cpu_s()}
 
@@ -297,6 +302,21 @@ def _large_write(args, store, world, rng, next_id):
     return {"points": block, "s": time.monotonic() - t0, "from": wall,
             "to": time.time(), "batch_s": batch_s, "make_s": make_s,
             **{k: edge.stats[k] - v for k, v in before.items()}}
+
+
+def _solo_queries(store, count=20):
+    """``count`` searches of this process on its own shard, nothing else
+    running in it: their wall and process CPU seconds."""
+    queries = _queries(count + 2, seed=8)
+    wall, cpu = [], []
+    with store.session():
+        for k, q in enumerate(queries):
+            t, c = time.monotonic(), time.process_time()
+            store.query(q, 100)
+            if k >= 2:  # the first two warm the shard's pages
+                wall.append(time.monotonic() - t)
+                cpu.append(time.process_time() - c)
+    return {"wall": wall, "cpu": cpu}
 
 
 class Tracer:
@@ -377,6 +397,12 @@ class Tracer:
         def traced_serve(store, shared, request):
             before = dict(edge.stats)
             start = time.time()
+            # where the answer's time went: the process's CPU (the
+            # engine's query runs on its own threads, some short-lived)
+            # and page faults, and each live thread's time on a core and
+            # waiting for one (schedstat)
+            ru0, sched0 = resource.getrusage(resource.RUSAGE_SELF), \
+                _threads_sched()
             try:
                 return serve(store, shared, request)
             finally:
@@ -385,8 +411,23 @@ class Tracer:
                        else "compacting"
                        if edge.stats["side_reads"] > before["side_reads"]
                        else "thread lock")
-                tracer._add("served", f"{request.get('op')} ({how})", start,
-                            time.time())
+                ru1, sched1 = resource.getrusage(resource.RUSAGE_SELF), \
+                    _threads_sched()
+                ran = []
+                for name, (run, wait) in sorted(sched1.items()):
+                    run0, wait0 = sched0.get(name, (0, 0))
+                    if run - run0 >= 0.002 or wait - wait0 >= 0.002:
+                        ran.append(f"{name} {1000 * (run - run0):.0f}"
+                                   f"+{1000 * (wait - wait0):.0f}")
+                cpu_ms = 1000 * (ru1.ru_utime + ru1.ru_stime
+                                 - ru0.ru_utime - ru0.ru_stime)
+                tracer._add(
+                    "served",
+                    f"{request.get('op')} ({how}; process CPU {cpu_ms:.0f}"
+                    f" ms, faults {ru1.ru_minflt - ru0.ru_minflt} minor "
+                    f"{ru1.ru_majflt - ru0.ru_majflt} major; threads' ms "
+                    f"on a core+waiting: {', '.join(ran) or 'none'})",
+                    start, time.time())
 
         def traced_compact(store):
             start = step_at[0] = time.time()
@@ -421,6 +462,23 @@ class Tracer:
                 self.events.append(("no-gil", "ticker late", last, now,
                                     "bench-gil-ticker"))
             last = now
+
+
+def _threads_sched():
+    """``{thread name: (seconds on a core, seconds waiting for one)}`` of
+    this process's live threads (``/proc/self/task/*/schedstat``; the
+    engine's threads by their tid)."""
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    times = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/schedstat") as f:
+                run, wait = f.read().split()[:2]
+        except OSError:
+            continue  # ended meanwhile
+        times[names.get(int(tid), f"tid {tid}")] = (int(run) / 1e9,
+                                                    int(wait) / 1e9)
+    return times
 
 
 def print_trace(searcher, writer, slow_s=0.3):
@@ -496,6 +554,11 @@ def role_writer(args):
                 block = _large_write(args, store, world, rng, next_id)
                 next_id += block["points"]
                 extra += block["points"]
+                if args.trace and not args.done_file:
+                    # alone: what a search costs on the index as the
+                    # large write left it (its points scanned by every
+                    # query until the pass gives them their cells)
+                    block["solo_after"] = _solo_queries(store)
             before = {k: edge.stats.get(k, 0) for k in (
                 "served", "side_reads", "compactions", "compactions_put_off",
                 "compactions_beside")}
@@ -700,6 +763,18 @@ def main(args):
                 + ("(the searches wait)" if c.get("relayed") is None else
                    f"(the child answered {c['relayed']} requests "
                    "meanwhile)")))
+    after = (solo_w["block"] or {}).get("solo_after")
+    if after:
+        rows.append((
+            "a search on the index the large write left, alone: p50 / p95 "
+            "/ max", lat_row(after["wall"]),
+            f"{len(after['wall'])} searches in the writer's process (alone, "
+            f"before its pass), process CPU p50 "
+            f"{ms(pct(after['cpu'], 50))}"))
+        rows.append((
+            "a search before the large write, alone: CPU p50",
+            ms(pct(solo_s["cpu_each"], 50)) if solo_s.get("cpu_each")
+            else "-", "the searcher alone"))
     for label, res, phase in (("alone", solo_w, "writer alone"),
                               ("beside the searcher", conc_w, "together")):
         note = (f"{res['commits']} commits: first {ms(res['commit_s'][0])}"
@@ -749,6 +824,12 @@ def main(args):
           f"{cpu.ru_stime - cpu0.ru_stime:.0f} s sys\n")
     for name, value, note in rows:
         print(f"| {name:<{width}} | {value:>22} | {note}")
+    if args.trace and args.trace_out:
+        with open(args.trace_out, "w") as f:
+            json.dump({"searcher": conc_s, "solo": solo_s,
+                       "trace": conc_w["trace"],
+                       "maintain_at": conc_w["maintain_at"],
+                       "block": conc_w["block"]}, f)
     if args.trace:
         print_trace(conc_s, conc_w,
                     slow_s=2 * pct(solo_s["latencies"], 95))

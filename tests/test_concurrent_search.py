@@ -539,12 +539,14 @@ def _upkeep_writer(root, holding, asking, ending, go_on, done, result):
     # the BLAS threads each product of the pass ran on, and the process's
     # own before and after it
     blas = _blas_threads()
-    products = []
+    products, gives_way = [], []
     cells_of = upkeep._cells_of
 
-    def counted(*args):
-        where = cells_of(*args)
-        products.append(args[-1])  # one_core
+    def counted(known, rows, exact, one_core, give_way):
+        where = cells_of(known, rows, exact, one_core, give_way)
+        products.append(one_core)
+        # each product first waits while a search is answered here
+        gives_way.append(give_way == store._give_way)
         return where
 
     assign = type(store.cells()).assign
@@ -566,6 +568,7 @@ def _upkeep_writer(root, holding, asking, ending, go_on, done, result):
     done.put(("first", {"assigned": assigned, "rounds": rounds,
                         "answered": answered, "blas_before": blas,
                         "products": products, "blas_after": _blas_threads(),
+                        "gives_way": gives_way,
                         "owed": store._compaction_owed(), **first}))
     upkeep._assign_round = assign_round
     ending.set()  # the searcher stops
@@ -626,6 +629,7 @@ def test_an_upkeep_pass_answers_searches_and_puts_its_compaction_off(
     # its products left the searches a core: one BLAS thread each, the
     # process's own number of threads back after the pass
     assert first["products"] == [1, True] * rounds, seen
+    assert first["gives_way"] == [True] * rounds, seen
     assert first["blas_after"] == first["blas_before"], seen
     # the compaction it owed was put off: the engine's optimize answers
     # nobody until its end, and the other process was searching
@@ -712,6 +716,96 @@ def test_another_thread_searches_during_a_long_session(tmp_path):
     assert found["answers"] >= SERVED_IN_SESSION, found
     assert not found["wrong"], found
     assert set(found["counts"]) <= _possible_counts(chunks), found
+
+
+def test_the_upkeep_gives_way_while_a_search_is_answered(tmp_path):
+    """The upkeep's work outside the engine (its reads of the vectors, its
+    products, its reads ahead) waits at its next step while the holder
+    computes an answer for another's search (they would share the cores),
+    and goes on once it is answered, or after a bounded wait."""
+    import threading
+
+    from fiftyone_ai_search.store import edge
+
+    store = EdgeStore(NAME, tmp_path, lock_timeout=120)
+    store.ensure(INFO)
+    ids = _ids(0, N)
+    vectors = _base_vectors()
+    store.upsert(ids, vectors, _payloads(ids))
+    answer = EdgeStore._answer
+    started, release = threading.Event(), threading.Event()
+    order = []
+
+    def held(shard, request):
+        # the search's answer, computed on the shard the session lends,
+        # held until the test lets it end
+        started.set()
+        assert release.wait(120)
+        got = answer(shard, request)
+        order.append("answered")
+        return got
+
+    def gives_way():
+        store._give_way()
+        order.append("went on")
+
+    def search_during(step):
+        """A search of another thread, answered beside this thread's
+        session while ``step`` runs; returns its results."""
+        found = []
+        searcher = threading.Thread(
+            target=lambda: found.extend(store.query(vectors[7], LIMIT)))
+        searcher.start()
+        assert started.wait(120)
+        step()
+        release.set()
+        searcher.join(120)
+        started.clear()
+        release.clear()
+        return found
+
+    edge.EdgeStore._answer = staticmethod(held)
+    bound = edge.GIVE_WAY_MAX_S
+    try:
+        with store.session():
+            # an operation: the session lends its shard after it
+            assert store.count() == N
+            # no answer under way: the upkeep goes on at once
+            gives_way()
+            assert order == ["went on"]
+            order.clear()
+
+            # an answer under way: the upkeep's step waits for it
+            edge.GIVE_WAY_MAX_S = 3600.0
+            before = edge.stats["gave_way"]
+            upkeep = threading.Thread(target=gives_way)
+
+            def waits():
+                upkeep.start()
+                # until it waits (the deadline only keeps a broken test
+                # from hanging)
+                deadline = time.monotonic() + 120
+                while (edge.stats["gave_way"] == before
+                       and time.monotonic() < deadline):
+                    time.sleep(0.001)
+
+            found = search_during(waits)
+            upkeep.join(120)
+            assert order == ["answered", "went on"], order
+            assert [sid for sid, _ in found][:1] == [ids[7]]
+            order.clear()
+
+            # an answer that does not end holds the upkeep up for at most
+            # GIVE_WAY_MAX_S: it goes on while the answer is still held
+            edge.GIVE_WAY_MAX_S = 0.01
+            found = search_during(gives_way)
+            assert order == ["went on", "answered"], order
+            assert [sid for sid, _ in found][:1] == [ids[7]]
+    finally:
+        edge.EdgeStore._answer = staticmethod(answer)
+        edge.GIVE_WAY_MAX_S = bound
+        release.set()
+    store.close()
 
 
 def test_exact_searches_go_by_small_batches_while_another_process_searches(

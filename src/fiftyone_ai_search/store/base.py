@@ -879,6 +879,12 @@ class VectorStore(abc.ABC):
         then leave it a core (this default: the engine is elsewhere)."""
         return False
 
+    def _give_way(self):
+        """Between two steps of the upkeep's work outside the engine:
+        waits, a bounded while, for the answers this process is computing
+        for another's searches (this default: none are, the engine is
+        elsewhere)."""
+
     @abc.abstractmethod
     def _set_field(self, key, groups, lacking):
         """Sets the payload ``key`` of points: ``groups`` is

@@ -139,6 +139,13 @@ WRITE_CHUNK_BESIDE = 128
 #: points per scroll page when only ids are read
 ID_PAGE = 10000
 
+#: the longest (seconds) the upkeep's work outside the engine (its reads of
+#: the vectors, its products, its reads ahead) waits, at one of its steps,
+#: for the answers this process computes for another's searches (see
+#: ``EdgeStore._give_way``): an answer is ~10-50 ms at 1M points, and a
+#: stream of them must not stop the pass
+GIVE_WAY_MAX_S = 0.5
+
 #: how long (seconds) a search keeps asking where the index is held but
 #: nobody answers for it, before waiting for its turn on the index: the
 #: holder may be taking over from another process (the turnstile, then its
@@ -303,6 +310,9 @@ class _Shared:
         #: it reopens (see compaction.py): a request that waits here for
         #: the thread lock is sent to ask again
         self.relaying = False
+        #: the server's answers being computed now (guarded by side_cond):
+        #: the upkeep's own work waits for them (EdgeStore._give_way)
+        self.answering = 0
 
     @property
     def dirty(self):
@@ -347,13 +357,15 @@ class _Shared:
 #: (``compactions_put_off``, see :data:`COMPACT_QUIET_S`); reads
 #: of a thread answered beside another thread's session
 #: (``beside_a_session``, also counted in ``served``); flushes of a kept
-#: shard (``flushes``: once idle or past a bound, see :data:`FLUSH_IDLE_S`)
+#: shard (``flushes``: once idle or past a bound, see :data:`FLUSH_IDLE_S`);
+#: steps of the upkeep that waited for an answer being computed
+#: (``gave_way``, see :data:`GIVE_WAY_MAX_S`)
 stats = {"opens": 0, "served": 0, "asked": 0, "turns_waited": 0,
          "side_reads": 0, "lent_reads": 0, "lent_turns": 0, "releases": 0,
          "not_served": None, "read_ahead": 0, "read_ahead_read": 0,
          "compactions": 0, "compactions_put_off": 0,
          "compactions_beside": 0, "last_compaction": None,
-         "beside_a_session": 0, "flushes": 0}
+         "beside_a_session": 0, "flushes": 0, "gave_way": 0}
 
 
 _registry = {}
@@ -369,6 +381,19 @@ def _shared_for(dirpath):
         if shared is None:
             shared = _registry[dirpath] = _Shared(dirpath)
         return shared
+
+
+@contextlib.contextmanager
+def _answering(shared):
+    """While the server computes an answer (see ``EdgeStore._give_way``)."""
+    with shared.side_cond:
+        shared.answering += 1
+    try:
+        yield
+    finally:
+        with shared.side_cond:
+            shared.answering -= 1
+            shared.side_cond.notify_all()
 
 
 def _after_fork_in_child():
@@ -636,7 +661,8 @@ class EdgeStore(VectorStore):
                     lent = shared.lent
                     stop_waiting()
                 try:
-                    result = self._answer(shard, request)
+                    with _answering(shared):
+                        result = self._answer(shard, request)
                     stats["lent_reads" if lent else "side_reads"] += 1
                     stats["served"] += 1
                     return {"result": result, "turns": 0}
@@ -654,7 +680,8 @@ class EdgeStore(VectorStore):
             if not self.exists():
                 raise sv.NotServed("no index")
             shard, _ = self._open(shared)
-            result = self._answer(shard, request)
+            with _answering(shared):
+                result = self._answer(shard, request)
             if shared.keep_until is not None:
                 # searched from elsewhere: still in use
                 shared.keep_until = time.monotonic() + KEEP_OPEN
@@ -1793,6 +1820,27 @@ class EdgeStore(VectorStore):
             shared = _registry.get(self.path)
         return shared is not None and self._searched_lately(shared)
 
+    def _give_way(self):
+        # the upkeep's work outside the engine ran beside the answers: at
+        # 1M points the engine's query of a search answered during the pass
+        # took 4x its time alone, its threads waiting for a core while the
+        # products and the reads of the vectors had both (bench/README.md,
+        # issue 29). Waiting here costs the pass what the answers take
+        with _registry_lock:
+            shared = _registry.get(self.path)
+        if shared is None:
+            return
+        deadline = time.monotonic() + GIVE_WAY_MAX_S
+        with shared.side_cond:
+            if not shared.answering:
+                return
+            stats["gave_way"] += 1
+            while shared.answering:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                shared.side_cond.wait(left)
+
     @property
     def _compact_path(self):
         return os.path.join(self.path, COMPACT_FILE)
@@ -1840,7 +1888,8 @@ class EdgeStore(VectorStore):
         window = min(VECTORS_AHEAD_WINDOW, VECTORS_AHEAD_SHARE * available)
         if window < READ_AHEAD_CHUNK:
             return None
-        ahead = _VectorsAhead(segments, self.estimate_count(), int(window))
+        ahead = _VectorsAhead(segments, self.estimate_count(), int(window),
+                              give_way=self._give_way)
         self._ahead = ahead
         thread = threading.Thread(target=ahead.run,
                                   name="ai-search-vectors-ahead", daemon=True)
@@ -2042,8 +2091,10 @@ class _VectorsAhead:
     only their waits for the disk are not saved.
     """
 
-    def __init__(self, segments, num_points, window):
+    def __init__(self, segments, num_points, window, give_way=None):
         self.segments = segments
+        #: called before each read: waits while a search is answered
+        self._give_way = give_way
         self.num_points = max(int(num_points), 1)
         self.window = window
         self.total = sum(size for files in segments for _, size in files)
@@ -2093,6 +2144,8 @@ class _VectorsAhead:
                     if length <= 0:
                         at[0], at[1] = at[0] + 1, 0
                         continue
+                    if self._give_way is not None:
+                        self._give_way()
                     got = _read_stretch(path, at[1], memoryview(buf)[:length])
                     self.read += got
                     at[1] += length
@@ -2157,9 +2210,50 @@ def _rewarm(shard_path):
     """Reads the shard's files back into the page cache (what Qdrant just
     dropped, see :func:`_read_ahead`), in a background thread, so that the
     next process to open the shard finds them there: at 1M 512-d points
-    ~0.6 GB, from disk, while this process searches from its own copy."""
-    threading.Thread(target=_read_ahead, args=(shard_path,),
+    ~0.6 GB, from disk, while this process searches from its own copy.
+    Then the original vectors, where they fit (see :func:`_warm_originals`).
+    """
+    threading.Thread(target=_rewarm_all, args=(shard_path,),
                      name="ai-search-rewarm", daemon=True).start()
+
+
+def _rewarm_all(shard_path):
+    _read_ahead(shard_path)
+    _warm_originals(shard_path)
+
+
+#: the original vectors are read into the page cache after an opening
+#: (:func:`_warm_originals`) where they take at most this share of the
+#: memory available: 2 GB at 1M 512-d points, not 20 GB at 10M
+WARM_ORIGINALS_SHARE = 0.25
+
+
+def _warm_originals(shard_path):
+    """Reads the original vectors into the page cache, where they take at
+    most :data:`WARM_ORIGINALS_SHARE` of the memory available.
+
+    A search by cells rescores its best ~200 points on their originals,
+    which Qdrant maps from disk and drops from the page cache when it closes
+    the shard: each search of a process that opened the shard read its own
+    from disk, ~1.2 ms a search where its cells are few (measured at 300k
+    points on ``even``, 2-3 cells: 1.7-2.1 ms with ~8 reads from disk a
+    search, 0.46-0.63 ms with the originals in the page cache; ~0.4 s of CPU
+    a GB read; bench/README.md, issue 25). The rest of a search is not
+    slowed: the originals are read by large sequential reads in this
+    background thread, and only those of the probed cells are ever mapped.
+
+    Returns:
+        ``(bytes covered, bytes read)``, or None where they do not fit
+    """
+    paths = _shard_files(shard_path, cold=True)
+    size = 0
+    for path in paths:
+        with contextlib.suppress(OSError):  # replaced by a compaction
+            size += os.path.getsize(path)
+    available = _memory_available()
+    if available is None or size > WARM_ORIGINALS_SHARE * available:
+        return None
+    return _read_files(paths)
 
 
 class _Scored:

@@ -97,6 +97,8 @@ class Upkept(Protocol):
 
     def _shares_cpu(self) -> bool: ...
 
+    def _give_way(self): ...
+
 
 def maintain(store: Upkept, min_points: int = cl.MIN_POINTS, seed: int = 0,
              progress: Optional[Callable] = None, exact=None) -> int:
@@ -233,9 +235,12 @@ def _assign_round(store, known, lacking, after, assigner, exact=None):
                 min(ASSIGN_STRETCH, ASSIGN_CHUNK - len(records)))
             if not stretch:
                 break
+            # this process answers another's search now: its engine call
+            # gets the cores, the reads and products of the pass wait
+            store._give_way()
             pending.append(assigner.submit(
                 _cells_of, known, store._original_rows(stretch), exact,
-                one_core))
+                one_core, store._give_way))
             records.extend(stretch)
             after = max(str(r.id) for r in stretch)
         if not records:
@@ -262,7 +267,7 @@ def _next_stretch(store, lacking, after, size):
     return records[:size]
 
 
-def _cells_of(known, rows, exact, one_core=False):
+def _cells_of(known, rows, exact, one_core=False, give_way=None):
     """The cells of ``known`` of a stretch of ``rows``; and where the pass
     takes the audit's exact answers (``exact``, see
     :class:`~fiftyone_ai_search.store.audit.ExactTopK`), the rows scored
@@ -272,7 +277,10 @@ def _cells_of(known, rows, exact, one_core=False):
 
     ``one_core``: the products on one BLAS thread, a core left to the
     searches another process makes through this one (see
-    :func:`_blas_threads`)."""
+    :func:`_blas_threads`). ``give_way``: called first, waits while
+    such a search is answered (see the backend's hook)."""
+    if give_way is not None:
+        give_way()
     with _blas_threads(1 if one_core else None):
         where = known.assign(rows)
         if exact is not None:

@@ -51,6 +51,11 @@ def _segment_files(root):
 
 
 def _drop_from_page_cache(paths):
+    # this process's openings read the files back in the background
+    # (edge._rewarm): done first, or they could come back after the drop
+    for thread in threading.enumerate():
+        if thread.name == "ai-search-rewarm":
+            thread.join()
     for path in paths:
         fd = os.open(path, os.O_RDONLY)
         try:
@@ -143,6 +148,28 @@ def test_read_ahead_skips_the_originals_and_vanished_files(tmp_path):
     # no shard (dropped meanwhile): nothing read, nothing raised
     assert edge._read_ahead(os.path.join(root, "missing")) == (0, 0)
 
+
+
+def test_the_originals_are_read_where_they_fit_in_memory(tmp_path,
+                                                          monkeypatch):
+    # a search by cells rescores its best on the originals: read into the
+    # page cache after an opening where they fit, never where they do not
+    root = str(tmp_path)
+    store = EdgeStore(NAME, root)
+    store.ensure(INFO)
+    store.upsert(_ids()[:100], _vectors()[:100], [{} for _ in range(100)])
+    store.close()
+    shard = os.path.join(root, NAME, edge.SHARD_DIR)
+    originals = edge._shard_files(shard, cold=True)
+    total = sum(os.path.getsize(p) for p in originals)
+    assert total > 0
+    monkeypatch.setattr(edge, "WARM_ORIGINALS_SHARE", 0.0)
+    assert edge._warm_originals(shard) is None
+    monkeypatch.undo()
+    covered, read = edge._warm_originals(shard)
+    assert covered == total and read <= total
+    # no shard (dropped meanwhile): nothing read, nothing raised
+    assert edge._warm_originals(os.path.join(root, "missing")) == (0, 0)
 
 def _index(root):
     store = EdgeStore(NAME, root)

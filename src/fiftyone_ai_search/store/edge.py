@@ -2238,9 +2238,9 @@ def _warm_originals(shard_path):
     from disk, ~1.2 ms a search where its cells are few (measured at 300k
     points on ``even``, 2-3 cells: 1.7-2.1 ms with ~8 reads from disk a
     search, 0.46-0.63 ms with the originals in the page cache; ~0.4 s of CPU
-    a GB read; bench/README.md, issue 25). The rest of a search is not
-    slowed: the originals are read by large sequential reads in this
-    background thread, and only those of the probed cells are ever mapped.
+    a GB read; bench/README.md, issue 25): what a faiss index, whose
+    originals are in RAM, does not pay. A 10M index's (20 GB) are left to
+    the searches.
 
     Returns:
         ``(bytes covered, bytes read)``, or None where they do not fit

@@ -14,6 +14,20 @@ import subprocess
 import sys
 import time
 
+# One torch thread in each test process and in the processes it starts (sync
+# workers, App servers, refreshers: they inherit it), unless the caller chose.
+# `-n auto` runs a test process per core beside Chromium and the servers:
+# torch's OpenMP threads, one per core in each process, spin waiting for
+# each other on busy cores. Embedding 1,500 shapes here took 9-13 s of CPU
+# with torch's 2 threads and 2 s with one, at load 10-20 on 2 cores
+# (docs/development.md, test-time budget). numpy's BLAS keeps its own
+# default, the core count (OpenBLAS reads OMP_NUM_THREADS too): the tests of
+# the upkeep's BLAS threads see what they saw before. The tests of torch's
+# thread handling set the count themselves (test_embedder.py).
+if "OMP_NUM_THREADS" not in os.environ:
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", str(os.cpu_count() or 1))
+
 import psutil
 import pytest
 

@@ -129,6 +129,7 @@ LONG_FILES = (
     "tests/test_app_browser_duplicates.py",
     "tests/test_hostile.py",
     "tests/test_cells.py",
+    "tests/test_audit.py",
     "tests/test_peer_brain.py",
     "tests/test_store.py",
     "tests/test_objects.py",

@@ -61,7 +61,10 @@ chunks of one: the search
 is answered on it, without the thread lock, and may see a part of the
 session's writes (a chunk is written whole); it changes nothing, so what
 the session reads and writes stays its own. So a search beside a sync
-never pays an opening, and the holder is not interrupted.
+never pays an opening, and the holder is not interrupted. While an answer
+is computed, the upkeep's own work outside the engine (its reads of the
+vectors, its products, its reads ahead) waits at its next step, a bounded
+while (:data:`GIVE_WAY_MAX_S`), rather than share the cores with it.
 
 A session's caller comes back (the App re-runs a search as its limit or
 threshold changes; a sync reads and commits page after page; the upkeep
@@ -1823,9 +1826,11 @@ class EdgeStore(VectorStore):
     def _give_way(self):
         # the upkeep's work outside the engine ran beside the answers: at
         # 1M points the engine's query of a search answered during the pass
-        # took 4x its time alone, its threads waiting for a core while the
-        # products and the reads of the vectors had both (bench/README.md,
-        # issue 29). Waiting here costs the pass what the answers take
+        # took 4x its time alone, ~2x of it the cores (its threads waiting
+        # for one while the pass's product and reads of the vectors had
+        # both), the rest the points without a cell it scans
+        # (bench/README.md, issue 29). Waiting here costs the pass what
+        # the answers take
         with _registry_lock:
             shared = _registry.get(self.path)
         if shared is None:

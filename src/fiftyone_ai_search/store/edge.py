@@ -1826,9 +1826,9 @@ class EdgeStore(VectorStore):
     def _give_way(self):
         # the upkeep's work outside the engine ran beside the answers: at
         # 1M points the engine's query of a search answered during the pass
-        # took 4x its time alone, ~2x of it the cores (its threads waiting
-        # for one while the pass's product and reads of the vectors had
-        # both), the rest the points without a cell it scans
+        # took 4x its time alone: 1.8-3.2x of CPU from the points without
+        # a cell it scans, the rest its threads waiting for a core while
+        # the pass's product and reads of the vectors had both
         # (bench/README.md, issue 29). Waiting here costs the pass what
         # the answers take
         with _registry_lock:

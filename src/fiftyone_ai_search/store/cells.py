@@ -263,16 +263,26 @@ class Cells:
         query whose nearest centre lies as near as this one's, else
         :func:`num_probed` (of ``near``: a query among the images)."""
         scores = self.centres @ vector
+        nearest = None
         if count is None:
             if self.rule is not None and not near:
-                best_score = float(scores.max())
-                count = rule_depth(self.rule, best_score, tied(scores),
-                                   best_score - scores)
+                # each numpy call is ~3-10 us of a search whose own scan is
+                # ~0.25 ms (an image's, 2-3 cells at 1M): the best score
+                # found once, the gaps made only for a band with a spread
+                nearest = int(np.argmax(scores))
+                best_score = float(scores[nearest])
+                count = rule_depth(self.rule, best_score,
+                                   tied(scores, best_score),
+                                   lambda: best_score - scores)
                 if count is None:
                     return None
             else:
                 count = num_probed(len(self), near)
-        if count < len(scores):
+        if count == 1 and nearest is not None:
+            # no other centre within TIE_MARGIN of it (tied() is 1): the
+            # one cell argpartition would pick
+            best = np.array([nearest])
+        elif count < len(scores):
             best = np.argpartition(-scores, count - 1)[:count]
         else:
             best = np.arange(len(scores))
@@ -291,7 +301,8 @@ def rule_depth(rule, nearest, ties=0, gaps=None):
     (bands beyond the audited range take the nearest band's), at least its
     ``ties`` (see :func:`tied`), and at least the cells whose centre scores
     within the band's *spread* of its nearest centre's (``gaps``: the
-    nearest centre's score minus each cell's, any order; a rule from
+    nearest centre's score minus each cell's, any order, or a function
+    that makes them, called only for a band with a spread; a rule from
     before spreads has none), at most the rule's ``cap``; None for exact.
 
     The spread makes the depth a query's own: where its centres' scores
@@ -310,6 +321,8 @@ def rule_depth(rule, nearest, ties=0, gaps=None):
         return None
     spreads = rule.get("spreads")
     if spreads and gaps is not None and spreads[band] > 0:
+        if callable(gaps):
+            gaps = gaps()
         within = int(np.count_nonzero(np.asarray(gaps)
                                       <= spreads[band] + SPREAD_EPS))
         depth = max(depth, min(within, rule.get("cap", within)))
@@ -320,12 +333,13 @@ def rule_depth(rule, nearest, ties=0, gaps=None):
 SPREAD_EPS = 1e-6
 
 
-def tied(scores):
+def tied(scores, best=None):
     """How many cells tie with a query's nearest, of its ``scores``
     against the centres: those whose centre scores within
-    :data:`TIE_MARGIN` of the best (itself included), at most
-    :data:`TIE_CAP`."""
-    best = float(scores.max())
+    :data:`TIE_MARGIN` of the best (``best``: its score, where the caller
+    has it; itself included), at most :data:`TIE_CAP`."""
+    if best is None:
+        best = float(scores.max())
     return int(min(TIE_CAP, np.count_nonzero(scores >= best - TIE_MARGIN)))
 
 

@@ -7,6 +7,7 @@ Real processes on a real shard; what is asserted is counted (bytes read,
 openings, results), never timed.
 """
 
+import json
 import multiprocessing
 import os
 import threading
@@ -170,6 +171,40 @@ def test_the_originals_are_read_where_they_fit_in_memory(tmp_path,
     assert covered == total and read <= total
     # no shard (dropped meanwhile): nothing read, nothing raised
     assert edge._warm_originals(os.path.join(root, "missing")) == (0, 0)
+
+
+def _persisted(root):
+    with open(os.path.join(root, NAME, edge.SHARD_DIR,
+                           "edge_config.json")) as f:
+        return json.load(f)
+
+
+def test_searches_run_on_the_engines_threads_the_config_gives(tmp_path):
+    # the engine's search pool cost a small search more than its scan (see
+    # edge.SEARCH_THREADS): a new shard is made with it, a shard made
+    # before gets it at its first opening, answers unchanged
+    store = _index(tmp_path)
+    assert _persisted(tmp_path)["max_search_threads"] == edge.SEARCH_THREADS
+    expected = store.query(_vectors()[7], 10)
+
+    config = _persisted(tmp_path)
+    del config["max_search_threads"]  # as the previous version made it
+    with open(os.path.join(tmp_path, NAME, edge.SHARD_DIR,
+                           "edge_config.json"), "w") as f:
+        json.dump(config, f)
+    shard = os.path.join(tmp_path, NAME, edge.SHARD_DIR)
+    assert edge._load_config(shard) is not None
+    assert store.query(_vectors()[7], 10) == expected
+    store.close()
+    assert _persisted(tmp_path)["max_search_threads"] == edge.SEARCH_THREADS
+    assert edge._load_config(shard) is None  # passed once only
+
+    # a shard this version did not make (another quantile) is left as it is
+    config["vectors"][""]["quantization_config"]["scalar"]["quantile"] = 0.5
+    with open(os.path.join(shard, "edge_config.json"), "w") as f:
+        json.dump(config, f)
+    assert edge._load_config(shard) is None
+
 
 def _index(root):
     store = EdgeStore(NAME, root)

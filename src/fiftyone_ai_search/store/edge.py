@@ -989,7 +989,8 @@ class EdgeStore(VectorStore):
         attempt = 0
         while True:
             try:
-                return qe.EdgeShard.load(self._shard_path)
+                return qe.EdgeShard.load(self._shard_path,
+                                         _load_config(self._shard_path))
             except Exception as e:
                 # only a process that does not take our locks (e.g. one
                 # forked while the shard was open) can get here
@@ -1923,6 +1924,7 @@ def _shard_config(dim):
     quantizes them (~40 s at 1M points) rather than building a graph; the
     probed cells are scanned on the int8 copy and the best rescored on the
     originals (measured at 300k: 11-15 ms instead of 25-32 ms, same recall).
+    Searches run on :data:`SEARCH_THREADS` of the engine's threads.
     """
     return qe.EdgeConfig(
         vectors=qe.EdgeVectorParams(
@@ -1932,6 +1934,7 @@ def _shard_config(dim):
         ),
         hnsw_config=qe.HnswIndexConfig(m=0, ef_construct=100,
                                        full_scan_threshold=10_000),
+        max_search_threads=SEARCH_THREADS,
     )
 
 
@@ -1946,17 +1949,61 @@ def _upkeep_indexes():
     }
 
 
-def _has_shard_config(shard_path):
-    """Whether the shard at ``shard_path`` was made with
-    :func:`_shard_config` (no HNSW graph, an int8 copy)."""
+#: threads of the engine's search pool. Its default (derived from the CPUs:
+#: 8 threads on this 2-core machine) hands each segment's scan of a search
+#: to the pool, and waking it cost a small search more than the scan: an
+#: image query of 2-3 cells at 300k points 0.890 ms of CPU with the pool of
+#: 8 against 0.552 with one thread, the same answers; prompts (~90 cells)
+#: the same CPU, 6% more wall (bench/README.md, issue 25). A compacted
+#: index is one large segment and a small appendable one, so there is
+#: little to scan side by side, and a process searches one query at a time
+#: (its thread lock). Set on new shards, and once on older ones at their
+#: opening (:func:`_load_config`)
+SEARCH_THREADS = 1
+
+
+def _load_config(shard_path):
+    """The configuration to open the shard at ``shard_path`` with: None
+    (as it is) unless it was made with :func:`_shard_config` but another
+    :data:`SEARCH_THREADS`; then :func:`_shard_config`, which the engine
+    checks against the shard and keeps (its ``edge_config.json``), so
+    that only the first opening passes it. A shard made before the cells
+    gets it with their configuration (``_write_cells``)."""
+    config = _persisted_config(shard_path)
+    if (config is None or not _is_cells_config(config)
+            or config.get("max_search_threads") == SEARCH_THREADS):
+        return None
+    vector = config["vectors"][""]
+    ours = {"size": vector.get("size"), "distance": "Cosine", "on_disk": True,
+            "quantization_config": {"scalar": {
+                "type": "int8", "quantile": cl.QUANTILE, "always_ram": True}}}
+    if any(vector.get(key) != value for key, value in ours.items()):
+        return None  # not what this version makes: left as it is
+    return _shard_config(vector["size"])
+
+
+def _persisted_config(shard_path):
+    """The shard's configuration as the engine keeps it, or None where it
+    cannot be read."""
     try:
         with open(os.path.join(shard_path, "edge_config.json")) as f:
             config = json.load(f)
     except (OSError, ValueError):
-        return False
+        return None
+    return config if isinstance(config, dict) else None
+
+
+def _is_cells_config(config):
     vector = (config.get("vectors") or {}).get("") or {}
     return ((config.get("hnsw_config") or {}).get("m") == 0
             and "scalar" in (vector.get("quantization_config") or {}))
+
+
+def _has_shard_config(shard_path):
+    """Whether the shard at ``shard_path`` was made with
+    :func:`_shard_config` (no HNSW graph, an int8 copy)."""
+    config = _persisted_config(shard_path)
+    return config is not None and _is_cells_config(config)
 
 
 #: what of a shard's segments an opening does not read whole (see

@@ -171,6 +171,14 @@ def test_the_originals_are_read_where_they_fit_in_memory(tmp_path,
     assert covered == total and read <= total
     # no shard (dropped meanwhile): nothing read, nothing raised
     assert edge._warm_originals(os.path.join(root, "missing")) == (0, 0)
+    # another process searches through this one: not read, and a read
+    # under way stops at its next chunk
+    _drop_from_page_cache(originals)
+    assert edge._warm_originals(shard, stop=lambda: True) == (0, 0)
+    asked = iter([False, True])
+    monkeypatch.setattr(edge, "READ_AHEAD_CHUNK", 4096)
+    covered, read = edge._warm_originals(shard, stop=lambda: next(asked))
+    assert 0 < covered <= 4096 and covered < total and read <= covered
 
 
 def _persisted(root):

@@ -982,7 +982,8 @@ class EdgeStore(VectorStore):
             shared.info = info
             shared.dirty = False
             stats["opens"] += 1
-            _rewarm(self._shard_path)
+            _rewarm(self._shard_path,
+                    lambda: self._searched_lately(shared))
         return shared.shard, shared.info
 
     def _load(self, deadline):
@@ -2064,10 +2065,11 @@ def _shard_files(shard_path, cold):
     return paths
 
 
-def _read_files(paths, skip_cached=True):
+def _read_files(paths, skip_cached=True, stop=None):
     """Reads ``paths`` into the page cache in sequence, but for the
-    stretches there already (``skip_cached``, see :func:`_cached`);
-    ``(bytes covered, bytes read)``."""
+    stretches there already (``skip_cached``, see :func:`_cached`), until
+    ``stop()`` (checked before each chunk) says so; ``(bytes covered,
+    bytes read)``."""
     covered = done = 0
     buf = bytearray(READ_AHEAD_CHUNK)
     for path in paths:
@@ -2080,6 +2082,8 @@ def _read_files(paths, skip_cached=True):
             try:
                 size = os.fstat(f.fileno()).st_size
                 for at in range(0, size, READ_AHEAD_CHUNK):
+                    if stop is not None and stop():
+                        return covered, done
                     length = min(READ_AHEAD_CHUNK, size - at)
                     covered += length
                     if skip_cached and _cached(f.fileno(), at, length):
@@ -2258,20 +2262,22 @@ def _cached(fd, offset, length):
     return True
 
 
-def _rewarm(shard_path):
+def _rewarm(shard_path, searched=lambda: False):
     """Reads the shard's files back into the page cache (what Qdrant just
     dropped, see :func:`_read_ahead`), in a background thread, so that the
     next process to open the shard finds them there: at 1M 512-d points
     ~0.6 GB, from disk, while this process searches from its own copy.
-    Then the original vectors, where they fit (see :func:`_warm_originals`).
+    Then the original vectors, where they fit (see :func:`_warm_originals`),
+    unless and until ``searched()``: another process searches through
+    this one.
     """
-    threading.Thread(target=_rewarm_all, args=(shard_path,),
+    threading.Thread(target=_rewarm_all, args=(shard_path, searched),
                      name="ai-search-rewarm", daemon=True).start()
 
 
-def _rewarm_all(shard_path):
+def _rewarm_all(shard_path, searched):
     _read_ahead(shard_path)
-    _warm_originals(shard_path)
+    _warm_originals(shard_path, stop=searched)
 
 
 #: the original vectors are read into the page cache after an opening
@@ -2280,9 +2286,10 @@ def _rewarm_all(shard_path):
 WARM_ORIGINALS_SHARE = 0.25
 
 
-def _warm_originals(shard_path):
+def _warm_originals(shard_path, stop=lambda: False):
     """Reads the original vectors into the page cache, where they take at
-    most :data:`WARM_ORIGINALS_SHARE` of the memory available.
+    most :data:`WARM_ORIGINALS_SHARE` of the memory available; stops
+    where ``stop()`` (checked before each chunk) says so.
 
     A search by cells rescores its best ~200 points on their originals,
     which Qdrant maps from disk and drops from the page cache when it closes
@@ -2293,6 +2300,14 @@ def _warm_originals(shard_path):
     a GB read; bench/README.md, issue 25): what a faiss index, whose
     originals are in RAM, does not pay. A 10M index's (20 GB) are left to
     the searches.
+
+    Not while another process searches through this one (``stop``: a
+    writer that took the index over from a searcher): at 1M points its
+    2 GB read beside the other process's searches, which this one
+    answers, made the search after the takeover 129 ms (major faults,
+    threads waiting for a core) and the takeover itself 2.6 s against
+    1.4 s without it (bench_concurrent.py, quiet; bench/README.md,
+    issue 29). Those searches read their few originals from disk instead.
 
     Returns:
         ``(bytes covered, bytes read)``, or None where they do not fit
@@ -2305,7 +2320,7 @@ def _warm_originals(shard_path):
     available = _memory_available()
     if available is None or size > WARM_ORIGINALS_SHARE * available:
         return None
-    return _read_files(paths)
+    return _read_files(paths, stop=stop)
 
 
 class _Scored:

@@ -110,6 +110,12 @@ _CONTROLS = ("input:not([type=hidden]), textarea, select, [role=combobox], "
 # Material icons are ligatures (the text "travel_explore" draws the icon),
 # so a button's full textContent is "travel_exploreAI Search": matching an
 # element's OWN text nodes avoids that.
+#: what a notification (``ctx.ops.notify``) is on the page
+_NOTIFICATIONS_JS = r"""
+const NOTE_SELECTOR =
+  "[role=alert], .MuiSnackbar-root, .MuiAlert-root, [id^=notistack]";
+"""
+
 _JS_LIB = r"""
 const norm = s => (s || "").replace(/[\s\u200b]+/g, " ").trim();
 const visible = e => {
@@ -530,20 +536,53 @@ class App:
         return path
 
     def notifications(self) -> list[str]:
-        """Texts of the snackbars/alerts now shown (``ctx.ops.notify``)."""
-        return self.js("""
-            const els = document.querySelectorAll(
-              "[role=alert], .MuiSnackbar-root, .MuiAlert-root, [id^=notistack]");
-            return [...new Set([...els].filter(visible)
-                               .map(e => norm(e.innerText)).filter(Boolean))];
+        """Texts of the snackbars/alerts now shown (``ctx.ops.notify``),
+        then those shown since :meth:`record_notifications` and not yet
+        waited for."""
+        return self.js(_NOTIFICATIONS_JS + """
+            const els = document.querySelectorAll(NOTE_SELECTOR);
+            const shown = [...els].filter(visible)
+                .map(e => norm(e.innerText)).filter(Boolean);
+            return [...new Set([...shown, ...(window.__aisNotes || [])])];
+        """)
+
+    def record_notifications(self) -> None:
+        """Keeps every notification the page shows from now on (until it is
+        loaded again): a snackbar hides itself after a few seconds, and
+        one shown while a prompt closed could be gone before the first
+        look (seen in CI: an operator's result notified, never seen)."""
+        self.js(_NOTIFICATIONS_JS + """
+            if (window.__aisNotes) return;
+            window.__aisNotes = [];
+            const last = new WeakMap();
+            const scan = () => {
+              for (const e of document.querySelectorAll(NOTE_SELECTOR)) {
+                const text = norm(e.innerText);
+                if (text && last.get(e) !== text) {
+                  last.set(e, text);
+                  window.__aisNotes.push(text);
+                }
+              }
+            };
+            new MutationObserver(scan).observe(document.body, {
+              childList: true, subtree: true, characterData: true});
         """)
 
     def wait_for_notification(self, text: str,
                               timeout: Optional[float] = None) -> str:
-        """Waits for a notification containing ``text``; returns it."""
-        return self.wait(lambda: next((n for n in self.notifications()
-                                       if text in n), None),
-                         f"a notification {text!r}", timeout)
+        """Waits for a notification containing ``text`` (shown now, or kept
+        since :meth:`record_notifications`); returns it. A kept one matches
+        one wait only."""
+        self.record_notifications()
+        found = self.wait(lambda: next((n for n in self.notifications()
+                                        if text in n), None),
+                          f"a notification {text!r}", timeout)
+        self.js("""
+            const notes = window.__aisNotes || [];
+            const at = notes.indexOf(arguments[0]);
+            if (at >= 0) notes.splice(at, 1);
+        """, found)
+        return found
 
     # -- clicking and forms -------------------------------------------------------------
 
@@ -926,6 +965,7 @@ class App:
         stay open: their Close/Done button is pressed after."""
         prompt = self.prompt()
         self.wait_executable()
+        self.record_notifications()  # the result's may come and go at once
         self.click(self.execute_button())
 
         def closed() -> bool:

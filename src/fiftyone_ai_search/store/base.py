@@ -112,7 +112,9 @@ def sample_id_to_point_id(sample_id):
 def point_id_to_sample_id(point_id):
     """Inverse of :func:`sample_id_to_point_id`."""
     if isinstance(point_id, uuid.UUID):
-        h = point_id.hex
+        # as the embedded engine hands ids over: the digits of its int are
+        # what UUID.hex gives, made cheaper (a search maps 100 of them)
+        h = "%032x" % point_id.int
         return h[:24] if h[24:] == _SAMPLE_TAIL else h
     p = point_id
     if (isinstance(p, str) and len(p) == 36
@@ -123,23 +125,6 @@ def point_id_to_sample_id(point_id):
             return (p[:8] + p[9:13] + p[14:18] + p[19:23] + p[24:28]).lower()
         return (p[:8] + p[9:13] + p[14:18] + p[19:23] + p[24:]).lower()
     return point_id_to_sample_id(uuid.UUID(str(p)))
-
-
-def hits_of(points):
-    """``(sample_id, score)`` of each scored point (``id``, ``score``), in
-    order: :func:`point_id_to_sample_id` of each id. The embedded engine
-    hands over ``uuid.UUID`` ids: their digits are read from ``int`` here,
-    in one pass (a search's 100 hits, ~0.015 ms less than a call a hit)."""
-    out = []
-    for p in points:
-        pid = p.id
-        if type(pid) is uuid.UUID:
-            h = "%032x" % pid.int  # what UUID.hex is
-            out.append((h[:24] if h[24:] == _SAMPLE_TAIL else h,
-                        float(p.score)))
-        else:
-            out.append((point_id_to_sample_id(pid), float(p.score)))
-    return out
 
 
 class VectorStore(abc.ABC):
@@ -671,7 +656,7 @@ class VectorStore(abc.ABC):
             None if min_score is None else float(min_score),
             cells=probed,
         )
-        return hits_of(points)
+        return [(point_id_to_sample_id(p.id), float(p.score)) for p in points]
 
     # -- approximate search (see cells.py) ---------------------------------
 

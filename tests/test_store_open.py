@@ -10,9 +10,11 @@ openings, results), never timed.
 import json
 import multiprocessing
 import os
+import sys
 import threading
 
 import numpy as np
+import pytest
 
 from fiftyone_ai_search.store import IndexInfo
 from fiftyone_ai_search.store import compaction as cp
@@ -266,3 +268,33 @@ def test_a_compaction_beside_and_in_place_where_the_disk_lacks_room(
     assert store.query(_vectors()[4], 5)[0][0] == _ids()[4]
     store.close()
     assert _leftovers(tmp_path) == []
+
+
+def _priority_here():
+    tid = threading.get_native_id()
+    return tid, os.getpriority(os.PRIO_PROCESS, tid)
+
+
+def _fails(message):
+    raise ValueError(message)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"),
+                    reason="a thread's own niceness is Linux's")
+def test_a_compactions_own_work_runs_at_a_low_priority_beside_the_caller():
+    """The copies, opening and optimize of a compaction beside run at
+    ``compaction.NICENESS`` on a thread of their own, so that the searches
+    answered meanwhile come first on a busy machine; the calling thread
+    keeps its priority (an unprivileged process could not raise it back),
+    and gets what the work returns or raises."""
+    caller, before = _priority_here()
+    tid, priority = cp.run_niced(_priority_here)
+    assert tid != caller
+    assert priority == max(before, cp.NICENESS)
+    assert os.getpriority(os.PRIO_PROCESS, caller) == before
+    try:
+        cp.run_niced(_fails, "no room")
+    except ValueError as e:
+        assert str(e) == "no room"
+    else:
+        raise AssertionError("the work's error did not reach the caller")

@@ -62,16 +62,22 @@ def relay(shard, dirpath):
     return server.served
 
 
+def _optimize(shard):
+    shard.optimize()
+    shard.flush()
+
+
 def main(argv):
     """The child: optimizes the shard copy at ``argv[0]``, says so, and
     keeps it open for a relay (:func:`relay`) if the holder asks."""
     path, parent_pid = argv[0], int(argv[1])
     _die_with_parent(parent_pid)
-    shard = qe.EdgeShard.load(path)
+    # the opening (a replay of the copied log) and the optimize at a low
+    # priority, the relay (searches) at the process's own
+    shard = cp.run_niced(qe.EdgeShard.load, path)
     try:
         try:
-            shard.optimize()
-            shard.flush()
+            cp.run_niced(_optimize, shard)
         except Exception as e:
             sys.stderr.write(f"{type(e).__name__}: {e}\n")
             full = "not enough space" in str(e).lower()

@@ -1691,7 +1691,9 @@ class EdgeStore(VectorStore):
         child, error, steps = None, None, {}
         start = time.monotonic()
         try:
-            cp.start(self._shard_path)
+            # the copies at a low priority: the server thread answers
+            # meanwhile (sendfile frees the GIL)
+            cp.run_niced(cp.start, self._shard_path)
             steps["copy_s"] = time.monotonic() - start
             _compact_step("copied")
             child = cp.spawn(self._shard_path)
@@ -1702,11 +1704,10 @@ class EdgeStore(VectorStore):
                 steps["optimize_s"] = (time.monotonic() - start
                                        - steps["copy_s"])
                 mark = time.monotonic()
-                # the copy swapped in: the child keeps its own open
-                cp.copy_for_swap(self._shard_path)
-                # read into the page cache now, while searches are still
+                # the copy swapped in: the child keeps its own open; read
+                # into the page cache now, while searches are still
                 # answered, not in the reopening (see _read_ahead)
-                _read_ahead(cp.swap_path(self._shard_path))
+                cp.run_niced(self._copy_for_swap)
                 steps["copy_for_swap_s"] = time.monotonic() - mark
         except OSError as e:
             error = f"{type(e).__name__}: {e}"
@@ -1754,6 +1755,10 @@ class EdgeStore(VectorStore):
         stats["compactions_beside"] += 1
         stats["last_compaction"] = steps
         return True
+
+    def _copy_for_swap(self):
+        cp.copy_for_swap(self._shard_path)
+        _read_ahead(cp.swap_path(self._shard_path))
 
     def _relay(self, shared, child):
         """Hands this process's address over to the compaction's child,

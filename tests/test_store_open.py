@@ -18,6 +18,7 @@ import pytest
 
 from fiftyone_ai_search.store import IndexInfo
 from fiftyone_ai_search.store import compaction as cp
+from fiftyone_ai_search.store import page_cache
 from fiftyone_ai_search.store import edge
 from fiftyone_ai_search.store.edge import EdgeStore
 
@@ -298,3 +299,60 @@ def test_a_compactions_own_work_runs_at_a_low_priority_beside_the_caller():
         assert str(e) == "no room"
     else:
         raise AssertionError("the work's error did not reach the caller")
+
+
+def _originals(root):
+    return edge._shard_files(os.path.join(root, NAME, edge.SHARD_DIR),
+                             cold=True)
+
+
+def _read_whole(paths):
+    for path in paths:
+        with open(path, "rb") as f:
+            while f.read(1 << 20):
+                pass
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"),
+                    reason="the page cache is asked with Linux's mincore")
+def test_a_hand_over_leaves_the_cached_originals_to_the_next_holder(tmp_path):
+    """Qdrant drops a shard's original vectors from the page cache when it
+    closes it; a process that gives the index up to another keeps what was
+    cached there for the next holder (page_cache.py), where a closing that
+    drops the index does not."""
+    root = str(tmp_path)
+    store = EdgeStore(NAME, root)
+    store.ensure(INFO)
+    store.upsert(_ids(), _vectors(), [{} for _ in range(N)])
+    store.close()
+    originals = _originals(root)
+    assert originals
+
+    def cached():
+        return sum(page_cache.cached_pages(p) or 0 for p in originals)
+
+    def opened_with_originals_cached():
+        for thread in threading.enumerate():
+            if thread.name == "ai-search-rewarm":
+                thread.join()
+        with store.session():  # opens the shard and keeps it open
+            store.query(_vectors()[0], 5)
+        _read_whole(originals)
+        full = cached()
+        assert full > 0
+        return full
+
+    # the hand-over (the index given up): the pages stay cached
+    full = opened_with_originals_cached()
+    kept_before = edge.stats["kept_cached"]
+    store.close()
+    assert cached() == full
+    assert edge.stats["kept_cached"] - kept_before >= full * page_cache.PAGE
+
+    # the same closing without keeping them: Qdrant drops them (what the
+    # hand-over prevents)
+    opened_with_originals_cached()
+    with store._locked() as shared:
+        store._close_shard(shared)
+    assert cached() < full
+    store.close()

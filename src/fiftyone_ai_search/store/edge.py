@@ -78,7 +78,10 @@ A kept shard is flushed once idle (:data:`FLUSH_IDLE_S`), at its closing,
 before a compaction, or past a bound (:data:`FLUSH_MAX_S`,
 :data:`FLUSH_MAX_POINTS`), not at each session's end: a flush holds the GIL,
 and what is not flushed is in the engine's write-ahead log, which the next
-opening replays where the holder was killed.
+opening replays where the holder was killed. A process that gives the
+index up keeps what the page cache holds of the shard's files there
+through its closing (Qdrant drops them; see page_cache.py): the next holder
+does not read them back from disk.
 """
 
 import atexit
@@ -99,6 +102,7 @@ from ..errors import (DiskFullError, IndexBusyError, IndexDamagedError,
                       IndexExistsError)
 from . import cells as cl
 from . import compaction as cp
+from . import page_cache
 from . import ranks as rk
 from . import recent_ring as rr
 from . import serve as sv
@@ -362,13 +366,16 @@ class _Shared:
 #: (``beside_a_session``, also counted in ``served``); flushes of a kept
 #: shard (``flushes``: once idle or past a bound, see :data:`FLUSH_IDLE_S`);
 #: steps of the upkeep that waited for an answer being computed
-#: (``gave_way``, see :data:`GIVE_WAY_MAX_S`)
+#: (``gave_way``, see :data:`GIVE_WAY_MAX_S`); bytes of a shard's files
+#: kept in the page cache through its closing at a hand-over
+#: (``kept_cached``, see page_cache.py)
 stats = {"opens": 0, "served": 0, "asked": 0, "turns_waited": 0,
          "side_reads": 0, "lent_reads": 0, "lent_turns": 0, "releases": 0,
          "not_served": None, "read_ahead": 0, "read_ahead_read": 0,
          "compactions": 0, "compactions_put_off": 0,
          "compactions_beside": 0, "last_compaction": None,
-         "beside_a_session": 0, "flushes": 0, "gave_way": 0}
+         "beside_a_session": 0, "flushes": 0, "gave_way": 0,
+         "kept_cached": 0}
 
 
 _registry = {}
@@ -852,7 +859,8 @@ class EdgeStore(VectorStore):
             server.stop()  # before the lock goes: nobody answers for it
         stats["releases"] += 1
         try:
-            self._close_shard(shared)
+            # the next holder (another process) finds the files cached
+            self._close_shard(shared, keep_cached=True)
         finally:
             if not os.path.exists(self._info_path):
                 # no index (dropped, never created, or a failed creation):
@@ -1009,7 +1017,11 @@ class EdgeStore(VectorStore):
             time.sleep(backoff(attempt))
             attempt += 1
 
-    def _close_shard(self, shared):
+    def _close_shard(self, shared, keep_cached=False):
+        """Closes the shard (flushed first where it changed). With
+        ``keep_cached``, what of its files the page cache holds stays there
+        for the next process to open it (see page_cache.py); not where the
+        shard is being dropped, recreated or swapped out."""
         shard, shared.shard, shared.info = shared.shard, None, None
         if shard is None:
             return
@@ -1019,7 +1031,12 @@ class EdgeStore(VectorStore):
                 shard.flush()
         finally:
             shared.dirty = False
-            shard.close()
+            paths = (_shard_files(self._shard_path, cold=False)
+                     + _shard_files(self._shard_path, cold=True)
+                     if keep_cached else [])
+            with page_cache.kept(paths) as pages:
+                shard.close()
+            stats["kept_cached"] += pages * page_cache.PAGE
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -1427,7 +1444,7 @@ class EdgeStore(VectorStore):
                 # an index made before the cells: reopened with no HNSW (or
                 # its first compaction would build a graph, ~10 min at 1M)
                 # and an int8 copy
-                self._close_shard(shared)
+                self._close_shard(shared, keep_cached=True)
                 shared.shard = qe.EdgeShard.load(self._shard_path,
                                                  _shard_config(info.dim))
                 shared.info = info

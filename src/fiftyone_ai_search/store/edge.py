@@ -1754,12 +1754,14 @@ class EdgeStore(VectorStore):
             self._open(shared)
             steps["reopen_s"] = time.monotonic() - mark - steps["swap_s"]
         finally:
-            # the child's address free, then this process's again
-            served = child.end()
-            child.kill()
+            # the child's address free, then this process's again, then
+            # the child's end (it closes its copy meanwhile)
+            served = child.stop_relay()
             if relayed:
                 steps["relayed"] = served
                 self._serve_again(shared)
+            child.end()
+            child.kill()
         # the old shard and the child's copy go while searches are
         # answered on the new
         self._lend_for_compaction(shared)

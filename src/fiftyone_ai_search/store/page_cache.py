@@ -13,9 +13,9 @@ closing, :func:`kept` maps the files and touches the pages of theirs that
 are in the page cache (``mincore``: never one that is not, which would be
 a read from disk), lets Qdrant close, and unmaps them: the pages stay
 cached, unowned, as any file's pages do, for whoever opens the shard
-next. It costs a mapping of what is there (at 1M points ~40k minor faults,
-one a 64 kB stretch: the kernel maps the cached pages around a fault) and
-no read. Elsewhere than Linux it does nothing.
+next. It costs a mapping of what is there (a minor fault a 64 kB stretch
+at most: the kernel maps the cached pages around a fault) and no read.
+Elsewhere than Linux it does nothing.
 """
 
 import contextlib
@@ -29,11 +29,6 @@ import numpy as np
 
 #: the page size (mincore's unit)
 PAGE = mmap.PAGESIZE
-
-#: pages the kernel maps around one fault on a file mapping, where they are
-#: cached (``fault_around_bytes``, 64 kB by default): one page touched
-#: each such stretch maps the rest
-_AROUND = max(1, 65536 // PAGE)
 
 
 def _libc():
@@ -79,16 +74,15 @@ class _Mapping:
             del view  # no exported buffer left: the map can close
 
     def touch_cached(self):
-        """Touches one cached page of each stretch the kernel maps around a
-        fault; returns the cached pages found."""
+        """Touches every cached page (a read of one byte each: its mapping
+        made); returns how many. Most are mapped by the kernel around
+        the fault of a neighbour and cost no fault of their own; the
+        kernel maps those best-effort (a page it cannot lock at once is
+        left), so each is touched, not one a stretch."""
         cached = self.cached()
         if len(cached):
-            stretch = cached // _AROUND
-            first = np.ones(len(cached), dtype=bool)
-            first[1:] = stretch[1:] != stretch[:-1]
             view = np.frombuffer(self.map, dtype=np.uint8)
-            # a read of one byte a stretch: its mapping made
-            view[cached[first] * PAGE].sum()
+            view[cached * PAGE].sum()
             del view
         return len(cached)
 

@@ -344,6 +344,9 @@ def test_a_hand_over_leaves_the_cached_originals_to_the_next_holder(tmp_path):
 
     # the hand-over (the index given up): the pages stay cached
     full = opened_with_originals_cached()
+    for thread in threading.enumerate():  # the opening's reads back done
+        if thread.name == "ai-search-rewarm":
+            thread.join()
     kept_before = edge.stats["kept_cached"]
     store.close()
     assert cached() == full

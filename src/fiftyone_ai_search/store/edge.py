@@ -1031,6 +1031,10 @@ class EdgeStore(VectorStore):
                 shard.flush()
         finally:
             shared.dirty = False
+            # not while this process reads the files back (_rewarm): what
+            # it reads between the look at the cache and the closing would
+            # be dropped, and it reads back what the closing drops anyway
+            keep_cached = keep_cached and not _rewarming()
             paths = (_shard_files(self._shard_path, cold=False)
                      + _shard_files(self._shard_path, cold=True)
                      if keep_cached else [])
@@ -2297,6 +2301,12 @@ def _rewarm(shard_path, searched=lambda: False):
     """
     threading.Thread(target=_rewarm_all, args=(shard_path, searched),
                      name="ai-search-rewarm", daemon=True).start()
+
+
+def _rewarming():
+    """Whether a thread of :func:`_rewarm` is reading files back."""
+    return any(t.name == "ai-search-rewarm" and t.is_alive()
+               for t in threading.enumerate())
 
 
 def _rewarm_all(shard_path, searched):

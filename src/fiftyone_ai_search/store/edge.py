@@ -313,6 +313,9 @@ class _Shared:
         #: a compaction beside (see compaction.py) is under way here: its
         #: marker is its own, not a killed one's to recover at an opening
         self.compacting = False
+        #: the thread reading the open shard's files back after its
+        #: opening (_rewarm), if any
+        self.rewarm = None
         #: the compaction's child answers on this process's address while
         #: it reopens (see compaction.py): a request that waits here for
         #: the thread lock is sent to ask again
@@ -990,8 +993,8 @@ class EdgeStore(VectorStore):
             shared.info = info
             shared.dirty = False
             stats["opens"] += 1
-            _rewarm(self._shard_path,
-                    lambda: self._searched_lately(shared))
+            shared.rewarm = _rewarm(self._shard_path,
+                                    lambda: self._searched_lately(shared))
         return shared.shard, shared.info
 
     def _load(self, deadline):
@@ -1034,7 +1037,8 @@ class EdgeStore(VectorStore):
             # not while this process reads the files back (_rewarm): what
             # it reads between the look at the cache and the closing would
             # be dropped, and it reads back what the closing drops anyway
-            keep_cached = keep_cached and not _rewarming()
+            rewarm, shared.rewarm = shared.rewarm, None
+            keep_cached = keep_cached and not (rewarm and rewarm.is_alive())
             paths = (_shard_files(self._shard_path, cold=False)
                      + _shard_files(self._shard_path, cold=True)
                      if keep_cached else [])
@@ -2298,15 +2302,14 @@ def _rewarm(shard_path, searched=lambda: False):
     Then the original vectors, where they fit (see :func:`_warm_originals`),
     unless and until ``searched()``: another process searches through
     this one.
+
+    Returns:
+        the thread
     """
-    threading.Thread(target=_rewarm_all, args=(shard_path, searched),
-                     name="ai-search-rewarm", daemon=True).start()
-
-
-def _rewarming():
-    """Whether a thread of :func:`_rewarm` is reading files back."""
-    return any(t.name == "ai-search-rewarm" and t.is_alive()
-               for t in threading.enumerate())
+    thread = threading.Thread(target=_rewarm_all, args=(shard_path, searched),
+                              name="ai-search-rewarm", daemon=True)
+    thread.start()
+    return thread
 
 
 def _rewarm_all(shard_path, searched):

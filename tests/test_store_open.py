@@ -10,6 +10,7 @@ openings, results), never timed.
 import json
 import multiprocessing
 import os
+import re
 import sys
 import threading
 
@@ -359,3 +360,117 @@ def test_a_hand_over_leaves_the_cached_originals_to_the_next_holder(tmp_path):
         store._close_shard(shared)
     assert cached() < full
     store.close()
+
+
+def _advised_at_random(paths):
+    """``{path: whether this process's maps of it are advised random}``
+    (the kernel's own flag, ``rr`` in /proc/self/smaps), for the mapped
+    ones of ``paths``."""
+    wanted = {os.path.realpath(p) for p in paths}
+    advised, current = {}, None
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            fields = line.split()
+            if re.match(r"[0-9a-f]+-[0-9a-f]+$", fields[0]):
+                # a mapping's first line; an anonymous one names no file
+                path = fields[5] if len(fields) >= 6 else None
+                current = path if path in wanted else None
+            elif current and fields[0] == "VmFlags:":
+                advised[current] = advised.get(current, True) and (
+                    "rr" in fields[1:])
+    return advised
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"),
+                    reason="the advice is Linux's madvise")
+def test_random_access_advises_the_maps_of_the_files_named_only(tmp_path):
+    import mmap
+
+    paths = []
+    for name in ("a", "b"):
+        path = tmp_path / name
+        path.write_bytes(b"x" * (4 * page_cache.PAGE))
+        paths.append(str(path))
+    files = [open(p, "rb") for p in paths]
+    maps = [mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) for f in files]
+    try:
+        assert _advised_at_random(paths) == {paths[0]: False,
+                                             paths[1]: False}
+        assert page_cache.random_access([paths[0]]) == 4 * page_cache.PAGE
+        assert _advised_at_random(paths) == {paths[0]: True,
+                                             paths[1]: False}
+        assert page_cache.random_access([str(tmp_path / "c")]) == 0
+    finally:
+        for m, f in zip(maps, files):
+            m.close()
+            f.close()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"),
+                    reason="the advice is Linux's madvise")
+def test_a_compaction_reads_originals_that_do_not_fit_a_page_a_fault(
+        tmp_path, monkeypatch):
+    """Where the original vectors do not fit in memory beside what the
+    compaction writes, the engine's maps of them are advised random before
+    its optimize (one page read a fault, not the kernel's read-around);
+    where they fit, left as they are. The index is the same either way."""
+    store = _index(tmp_path)
+    seen = []
+    advise = page_cache.random_access
+
+    def spied(paths):
+        advised = advise(paths)
+        seen.append((advised, _advised_at_random(paths)))
+        return advised
+
+    monkeypatch.setattr(page_cache, "random_access", spied)
+    monkeypatch.setattr(edge, "COMPACT_BESIDE", False)  # in this process
+    before = edge.stats["optimized_at_random"]
+    with store.session():
+        store.query(_vectors()[0], 5)  # the shard open: its maps made
+        assert store._compact()
+    assert seen == []  # 2000 points fit
+    assert edge.stats["optimized_at_random"] == before
+
+    monkeypatch.setattr(edge, "OPTIMIZE_IN_MEMORY_SHARE", 0.0)
+    store.upsert(_ids()[:10], _vectors()[:10], [{"filepath": "b"}] * 10)
+    with store.session():
+        store.query(_vectors()[0], 5)
+        assert store._compact()
+    assert len(seen) == 1
+    advised, flags = seen[0]
+    assert advised > 0
+    assert flags and all(flags.values())
+    assert edge.stats["optimized_at_random"] == before + 1
+    assert store.count() == N
+    assert [h[0] for h in store.query(_vectors()[4], 3)][0] == _ids()[4]
+    store.close()
+
+
+@pytest.mark.skipif(not os.access("/sys/fs/cgroup/memory", os.W_OK),
+                    reason="needs a writable cgroup v1 memory controller")
+def test_the_memory_available_is_bounded_by_the_process_memory_cgroup():
+    """In a container (a memory cgroup with a limit), the page cache holds
+    what the limit allows, not the machine's free memory: what decides
+    whether the originals are read ahead, and how a compaction reads."""
+    import subprocess
+
+    group = f"/sys/fs/cgroup/memory/ais-test-{os.getpid()}"
+    limit = 512 * 2**20
+    os.mkdir(group)
+    try:
+        with open(os.path.join(group, "memory.limit_in_bytes"), "w") as f:
+            f.write(str(limit))
+        code = ("import os, sys; "
+                f"open('{group}/cgroup.procs', 'w').write(str(os.getpid())); "
+                "from fiftyone_ai_search.store import page_cache; "
+                "print(page_cache.memory_available())")
+        out = subprocess.run([sys.executable, "-c", code], check=True,
+                             capture_output=True, text=True).stdout
+        available = int(out.strip())
+        assert 0 < available <= limit
+        # the process's own memory is counted against the limit
+        assert available < limit
+    finally:
+        os.rmdir(group)
+    assert page_cache.memory_available() > limit  # this machine's, here

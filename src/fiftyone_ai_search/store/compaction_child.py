@@ -20,7 +20,7 @@ import qdrant_edge as qe
 
 from . import compaction as cp
 from . import serve
-from .edge import EdgeStore
+from .edge import EdgeStore, _optimize_reads
 
 
 def _die_with_parent(parent_pid):
@@ -62,7 +62,8 @@ def relay(shard, dirpath):
     return server.served
 
 
-def _optimize(shard):
+def _optimize(shard, path):
+    _optimize_reads(path)
     shard.optimize()
     shard.flush()
 
@@ -77,7 +78,7 @@ def main(argv):
     shard = cp.run_niced(qe.EdgeShard.load, path)
     try:
         try:
-            cp.run_niced(_optimize, shard)
+            cp.run_niced(_optimize, shard, path)
         except Exception as e:
             sys.stderr.write(f"{type(e).__name__}: {e}\n")
             full = "not enough space" in str(e).lower()

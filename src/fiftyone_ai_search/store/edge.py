@@ -371,14 +371,16 @@ class _Shared:
 #: steps of the upkeep that waited for an answer being computed
 #: (``gave_way``, see :data:`GIVE_WAY_MAX_S`); bytes of a shard's files
 #: kept in the page cache through its closing at a hand-over
-#: (``kept_cached``, see page_cache.py)
+#: (``kept_cached``, see page_cache.py); compactions whose reads of the
+#: original vectors were made one page a fault (``optimized_at_random``,
+#: see :func:`_optimize_reads`; in this process: not a child's)
 stats = {"opens": 0, "served": 0, "asked": 0, "turns_waited": 0,
          "side_reads": 0, "lent_reads": 0, "lent_turns": 0, "releases": 0,
          "not_served": None, "read_ahead": 0, "read_ahead_read": 0,
          "compactions": 0, "compactions_put_off": 0,
          "compactions_beside": 0, "last_compaction": None,
          "beside_a_session": 0, "flushes": 0, "gave_way": 0,
-         "kept_cached": 0}
+         "kept_cached": 0, "optimized_at_random": 0}
 
 
 _registry = {}
@@ -1641,6 +1643,7 @@ class EdgeStore(VectorStore):
             with shared.side_cond:
                 shared.side_shard = shard
             try:
+                _optimize_reads(self._shard_path)
                 shard.optimize()
             except Exception as e:
                 # Qdrant rewrites the segments beside the old ones, which
@@ -1921,7 +1924,7 @@ class EdgeStore(VectorStore):
             self._open(shared)
             self._direct = self._segment_vectors()
         segments = _vector_files(self._shard_path)
-        available = _memory_available()
+        available = page_cache.memory_available()
         if not segments or available is None:
             return None
         window = min(VECTORS_AHEAD_WINDOW, VECTORS_AHEAD_SHARE * available)
@@ -2260,19 +2263,6 @@ def _read_stretch(path, offset, buf):
         return 0
 
 
-def _memory_available():
-    """The bytes of memory available (Linux's estimate, ``MemAvailable``),
-    or None where it cannot be read."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
 #: whether a read can be told not to wait for the disk (Linux)
 _NOWAIT = getattr(os, "RWF_NOWAIT", None) if hasattr(os, "preadv") else None
 
@@ -2317,6 +2307,48 @@ def _rewarm_all(shard_path, searched):
     _warm_originals(shard_path, stop=searched)
 
 
+#: a compaction reads the original vectors in the order of the cells, not
+#: of the files: where they take more than this share of the memory
+#: available (with what it writes beside, as much again, they do not stay
+#: in the page cache), its reads are made one page a fault
+#: (:func:`_optimize_reads`)
+OPTIMIZE_IN_MEMORY_SHARE = 0.5
+
+
+def _optimize_reads(shard_path):
+    """Readies this process's maps of the shard's original vectors for the
+    engine's ``optimize``: where they do not fit in memory
+    (:data:`OPTIMIZE_IN_MEMORY_SHARE`), read at random, one page a fault
+    (:func:`page_cache.random_access`). The cell's payload index is the
+    shard's principal key, so the optimize copies each cell's points
+    together, reading the originals of 10M points (20 GB, more than this
+    machine's page cache holds beside what it writes) out of their order:
+    with the kernel's read-around each fault read up to 8 MB, the whole
+    compaction ~140 GB for a 20 GB index (689 s, 5.7M faults;
+    bench/README.md, issue 25). Where they fit, the reads around a fault
+    are the next faults' and are left as they are.
+
+    Returns:
+        the bytes advised (0 where they fit)
+    """
+    size = 0
+    paths = _shard_files(shard_path, cold=True)
+    for path in paths:
+        with contextlib.suppress(OSError):
+            size += os.path.getsize(path)
+    available = page_cache.memory_available()
+    if available is None or size <= OPTIMIZE_IN_MEMORY_SHARE * available:
+        return 0
+    advised = page_cache.random_access(paths)
+    if advised:
+        stats["optimized_at_random"] += 1
+        logger.info("AI search index at %s: its %s of original vectors do "
+                    "not fit in the %s of memory available; compacted with "
+                    "a page read a fault", shard_path, _mib(size),
+                    _mib(available))
+    return advised
+
+
 #: the original vectors are read into the page cache after an opening
 #: (:func:`_warm_originals`) where they take at most this share of the
 #: memory available: 2 GB at 1M 512-d points, not 20 GB at 10M
@@ -2354,7 +2386,7 @@ def _warm_originals(shard_path, stop=lambda: False):
     for path in paths:
         with contextlib.suppress(OSError):  # replaced by a compaction
             size += os.path.getsize(path)
-    available = _memory_available()
+    available = page_cache.memory_available()
     if available is None or size > WARM_ORIGINALS_SHARE * available:
         return None
     return _read_files(paths, stop=stop)

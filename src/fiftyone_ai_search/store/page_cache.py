@@ -16,6 +16,13 @@ cached, unowned, as any file's pages do, for whoever opens the shard
 next. It costs a mapping of what is there (a minor fault a 64 kB stretch
 at most: the kernel maps the cached pages around a fault) and no read.
 Elsewhere than Linux it does nothing.
+
+Two more things here about a shard's files and memory:
+:func:`memory_available` (what the page cache can hold for this process:
+Linux's estimate, bounded by the process's memory cgroup, a container's
+limit) and :func:`random_access`, which tells the kernel that the engine
+reads a file it has mapped at random (a compaction that does not fit in
+memory, see ``edge._optimize_reads``).
 """
 
 import contextlib
@@ -40,6 +47,9 @@ def _libc():
         libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t,
                                  ctypes.c_void_p]
         libc.mincore.restype = ctypes.c_int
+        libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t,
+                                 ctypes.c_int]
+        libc.madvise.restype = ctypes.c_int
         return libc
     except (OSError, AttributeError):
         return None
@@ -131,3 +141,104 @@ def kept(paths):
     finally:
         for mapping in mappings:
             mapping.close()
+
+
+#: ``madvise``'s advice that a mapping is read at random (Linux's value)
+_MADV_RANDOM = 1
+
+
+def random_access(paths):
+    """Tells the kernel that this process reads its maps of the files at
+    ``paths`` (the engine's, made when it opened a shard) at random: a page
+    fault then reads that page from disk, not the stretch around it.
+
+    The kernel reads around a fault in a mapped file (the device's
+    read-ahead, 8 MB on this machine's disk) on the guess that the next
+    reads are near. A compaction ordered by cell reads the original
+    vectors out of the order they lie in; where they do not fit in memory,
+    each fault then read megabytes of which it used 2 kB, and pushed out
+    of the page cache the pages that the next faults wanted (a 1M index in
+    a 2.4 GB memory cgroup: 486 s and 284 s of CPU for the compaction,
+    145 s and 67 s with this advice; bench/README.md, issue 25).
+
+    Returns:
+        the bytes of the mappings advised (0 elsewhere than Linux, or where
+        none of the files is mapped)
+    """
+    if _LIBC is None:
+        return 0
+    wanted = {os.path.realpath(p) for p in paths}
+    advised = 0
+    try:
+        with open("/proc/self/maps") as f:
+            lines = f.readlines()
+    except OSError:
+        return 0
+    for line in lines:
+        # "start-end perms offset dev inode path"
+        fields = line.split(None, 5)
+        if len(fields) < 6 or fields[5].rstrip("\n") not in wanted:
+            continue
+        start, end = (int(x, 16) for x in fields[0].split("-"))
+        if _LIBC.madvise(start, end - start, _MADV_RANDOM) == 0:
+            advised += end - start
+    return advised
+
+
+def memory_available():
+    """The bytes of memory that the page cache can hold for this process:
+    Linux's estimate (``MemAvailable``), or less where the process's
+    memory cgroup (a container) is limited: its limit less its own
+    anonymous memory. None where it cannot be read."""
+    available = _meminfo_available()
+    limited = _cgroup_available()
+    if available is None:
+        return limited
+    return available if limited is None else min(available, limited)
+
+
+def _meminfo_available():
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _cgroup_available():
+    """The memory cgroup's limit less its anonymous memory (cgroup v2 or
+    v1), or None where it has no limit or none can be read."""
+    try:
+        with open("/proc/self/cgroup") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        # v2: "0::/path"; v1: "N:memory:/path" (or with other controllers)
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        if hierarchy == "0" and controllers == "":
+            base, limit_file, anon_key = ("/sys/fs/cgroup", "memory.max",
+                                          "anon")
+        elif "memory" in controllers.split(","):
+            base, limit_file, anon_key = ("/sys/fs/cgroup/memory",
+                                          "memory.limit_in_bytes",
+                                          "total_rss")
+        else:
+            continue
+        folder = os.path.join(base, path.lstrip("/"))
+        try:
+            with open(os.path.join(folder, limit_file)) as f:
+                limit = f.read().strip()
+            if limit == "max" or int(limit) >= 2**60:
+                return None  # no limit (v1 writes a huge number)
+            with open(os.path.join(folder, "memory.stat")) as f:
+                anon = next(int(value) for key, value in
+                            (row.split() for row in f) if key == anon_key)
+        except (OSError, ValueError, StopIteration):
+            continue
+        return max(0, int(limit) - anon)
+    return None

@@ -118,6 +118,12 @@ def parse_args(argv=None):
                         "server answered and how, its compactions and turns "
                         "given; printed for each search over twice the "
                         "solo p95")
+    p.add_argument("--trace-pages", action="store_true",
+                   help="with --trace: for each request the writer answers, "
+                        "the pages of the shard's files that came into the "
+                        "page cache meanwhile, by kind of file (mincore "
+                        "before and after: a diagnosis, it slows each "
+                        "answer by the files' scan)")
     p.add_argument("--trace-out",
                    help="with --trace: the searches beside the writer and "
                         "the writer's traced events, as JSON, to this file")
@@ -334,12 +340,15 @@ class Tracer:
     TICK_S = 0.005
     LATE_S = 0.1
 
-    def __init__(self):
+    def __init__(self, root=None):
         import qdrant_edge
 
         from fiftyone_ai_search.store import edge
 
         self.events = []
+        # --trace-pages: the shard's files under root, scanned around each
+        # answer
+        pages = _ShardPages(root) if root else None
         self._edge = edge
         tracer = self
         step_at = [time.time()]
@@ -401,11 +410,14 @@ class Tracer:
             # engine's query runs on its own threads, some short-lived)
             # and page faults, and each live thread's time on a core and
             # waiting for one (schedstat)
+            cached0 = pages.snapshot() if pages else None
             ru0, sched0 = resource.getrusage(resource.RUSAGE_SELF), \
                 _threads_sched()
             try:
                 return serve(store, shared, request)
             finally:
+                came = (_ShardPages.came(cached0, pages.snapshot())
+                        if pages else "")
                 how = ("lent"
                        if edge.stats["lent_reads"] > before["lent_reads"]
                        else "compacting"
@@ -426,7 +438,8 @@ class Tracer:
                     f"{request.get('op')} ({how}; process CPU {cpu_ms:.0f}"
                     f" ms, faults {ru1.ru_minflt - ru0.ru_minflt} minor "
                     f"{ru1.ru_majflt - ru0.ru_majflt} major; threads' ms "
-                    f"on a core+waiting: {', '.join(ran) or 'none'})",
+                    f"on a core+waiting: {', '.join(ran) or 'none'})"
+                    + (f"; pages cached meanwhile: {came}" if pages else ""),
                     start, time.time())
 
         def traced_compact(store):
@@ -462,6 +475,55 @@ class Tracer:
                 self.events.append(("no-gil", "ticker late", last, now,
                                     "bench-gil-ticker"))
             last = now
+
+
+class _ShardPages:
+    """``--trace-pages``: the cached pages of the shard's files under
+    ``root``, by kind of file."""
+
+    # the int8 copy lies in vector_storage too: asked first
+    KINDS = (("int8 copy", ("quantized",)),
+             ("originals", ("vector_storage",)),
+             ("payload index", ("payload_index",)),
+             ("payloads", ("payload_storage",)),
+             ("ids", ("id_tracker", "mappings", "versions")),
+             ("log", (os.sep + "wal" + os.sep,)))
+
+    def __init__(self, root):
+        self.root = root
+
+    @classmethod
+    def kind(cls, path):
+        for name, needles in cls.KINDS:
+            if any(n in path for n in needles):
+                return name
+        return "other"
+
+    def snapshot(self):
+        from fiftyone_ai_search.store import page_cache
+
+        cached = {}
+        for dirpath, _, names in os.walk(self.root):
+            for name in names:
+                path = os.path.join(dirpath, name)
+                try:
+                    cached[path] = page_cache.cached_pages(path) or 0
+                except (OSError, ValueError):
+                    continue
+        return cached
+
+    @classmethod
+    def came(cls, before, after):
+        """What came into the cache between two snapshots, by kind: pages
+        (MB)."""
+        by_kind = {}
+        for path, count in after.items():
+            more = count - before.get(path, 0)
+            if more > 0:
+                kind = cls.kind(path)
+                by_kind[kind] = by_kind.get(kind, 0) + more
+        return ", ".join(f"{k} {v} ({v * 4096 / 2**20:.1f} MB)"
+                         for k, v in sorted(by_kind.items())) or "none"
 
 
 def _threads_sched():
@@ -505,7 +567,9 @@ def print_trace(searcher, writer, slow_s=0.3):
 def role_writer(args):
     from fiftyone_ai_search.store import edge
 
-    tracer = Tracer() if args.trace else None
+    tracer = (Tracer(os.path.join(args.root, args.name or f"concurrent_{args.n}")
+                     if args.trace_pages else None)
+              if args.trace else None)
     # when a compaction beside ran (wall times), for the searches within
     beside, compacted_at = edge.EdgeStore._compact_beside, []
 
@@ -615,6 +679,8 @@ def spawn(args, role, first_id=0, extra=()):
         cmd += ["--large-write", args.large_write]
     if role == "writer" and args.trace:
         cmd += ["--trace"]
+    if role == "writer" and args.trace_pages:
+        cmd += ["--trace-pages"]
     return subprocess.Popen(cmd), out
 
 

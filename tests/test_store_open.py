@@ -410,10 +410,10 @@ def test_random_access_advises_the_maps_of_the_files_named_only(tmp_path):
                     reason="the advice is Linux's madvise")
 def test_a_compaction_reads_originals_that_do_not_fit_a_page_a_fault(
         tmp_path, monkeypatch):
-    """Where the original vectors do not fit in memory beside what the
-    compaction writes, the engine's maps of them are advised random before
-    its optimize (one page read a fault, not the kernel's read-around);
-    where they fit, left as they are. The index is the same either way."""
+    """Where the original vectors far exceed the memory available, the
+    engine's maps of them are advised random before its optimize (one page
+    read a fault, not the kernel's read-around); elsewhere left as they
+    are. The index is the same either way."""
     store = _index(tmp_path)
     seen = []
     advise = page_cache.random_access
@@ -432,7 +432,7 @@ def test_a_compaction_reads_originals_that_do_not_fit_a_page_a_fault(
     assert seen == []  # 2000 points fit
     assert edge.stats["optimized_at_random"] == before
 
-    monkeypatch.setattr(edge, "OPTIMIZE_IN_MEMORY_SHARE", 0.0)
+    monkeypatch.setattr(edge, "OPTIMIZE_RANDOM_ABOVE", 0.0)
     store.upsert(_ids()[:10], _vectors()[:10], [{"filepath": "b"}] * 10)
     with store.session():
         store.query(_vectors()[0], 5)

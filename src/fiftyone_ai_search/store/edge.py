@@ -2307,13 +2307,26 @@ def _rewarm_all(shard_path, searched):
     _warm_originals(shard_path, stop=searched)
 
 
+def _files_size(paths):
+    """The bytes of the files at ``paths``, but those gone (replaced by a
+    compaction meanwhile)."""
+    size = 0
+    for path in paths:
+        with contextlib.suppress(OSError):
+            size += os.path.getsize(path)
+    return size
+
+
 #: a compaction reads the original vectors in the order of the cells, not
 #: of the files: where they take more than this many times the memory
 #: available, its reads are made one page a fault (:func:`_optimize_reads`).
-#: Measured on both sides of it: a 1M index in a 2.4 GB memory cgroup (~2x)
-#: compacted 3-5x faster so; 10M on this 23 GB machine (~1x) 1.5x slower
-#: (1,052 s against 689 s: the pages read around a fault were mostly used
-#: later, as most stayed cached). Between the two it is not measured
+#: Measured: a 1M index compacted in place in a 2.4 GB memory cgroup
+#: (~2.2x) 3.3x faster so (a compaction beside there, whose child saw
+#: less than 2x, 5x faster when advised at 0.5x); 10M on this 23 GB
+#: machine (~1x) 1.5x slower (1,052 s against 689 s: the pages read
+#: around a fault were mostly used later, as most stayed cached). Where
+#: between ~1x and ~2x the advice starts to pay is not measured
+#: (bench/README.md, issue 25)
 OPTIMIZE_RANDOM_ABOVE = 2.0
 
 
@@ -2335,11 +2348,8 @@ def _optimize_reads(shard_path):
     Returns:
         the bytes advised (0 where they fit)
     """
-    size = 0
     paths = _shard_files(shard_path, cold=True)
-    for path in paths:
-        with contextlib.suppress(OSError):
-            size += os.path.getsize(path)
+    size = _files_size(paths)
     available = page_cache.memory_available()
     if available is None or size <= OPTIMIZE_RANDOM_ABOVE * available:
         return 0
@@ -2386,10 +2396,7 @@ def _warm_originals(shard_path, stop=lambda: False):
         ``(bytes covered, bytes read)``, or None where they do not fit
     """
     paths = _shard_files(shard_path, cold=True)
-    size = 0
-    for path in paths:
-        with contextlib.suppress(OSError):  # replaced by a compaction
-            size += os.path.getsize(path)
+    size = _files_size(paths)
     available = page_cache.memory_available()
     if available is None or size > WARM_ORIGINALS_SHARE * available:
         return None

@@ -40,6 +40,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional, TypeVar, Union
 
+import psutil
 import pytest
 
 try:  # selenium is optional: without it the browser tests skip (or fail in CI)
@@ -364,6 +365,59 @@ def app(request, browser, app_session, browser_artifacts) -> Iterator["App"]:
             print(f"url: {driver.driver.current_url}")
             for line in driver.console_errors():
                 print(f"console: {line}")
+        # what the page and the App server were doing: a prompt whose
+        # Execute stays disabled, an operation that never ends (once under
+        # CI's load; the screenshot stays on the CI machine)
+        with contextlib.suppress(Exception):
+            print(f"open prompt: {driver.open_prompt_text()!r}")
+        for line in _server_states():
+            print(line)
+
+
+def _server_states(gap: float = 2.0) -> list[str]:
+    """One line per FiftyOne service (the App server, its database) that
+    this process started: its state and the CPU it used over ``gap``
+    seconds (busy, or waiting on something)."""
+    servers = [p for p in psutil.Process().children(recursive=True)
+               if "--51-service" in " ".join(_cmdline(p))]
+    before = {p.pid: _cpu(p) for p in servers}
+    time.sleep(gap)
+    return [f"FiftyOne service {_service_name(p)} (pid {p.pid}): "
+            f"{_status(p)}, {_cpu(p) - before[p.pid]:.2f} s of CPU in the last {gap:.0f} s, "
+            f"{_cpu(p):.1f} s in all" for p in servers]
+
+
+def _cmdline(process: Any) -> list[str]:
+    with contextlib.suppress(Exception):
+        return process.cmdline()
+    return []
+
+
+def _service_name(process: Any) -> str:
+    args = _cmdline(process)
+    return next((b for a, b in zip(args, args[1:]) if a == "--51-service"),
+                "?")
+
+
+def _cpu(process: Any) -> float:
+    with contextlib.suppress(Exception):
+        times = process.cpu_times()
+        return times.user + times.system
+    return float("nan")
+
+
+def _status(process: Any) -> str:
+    with contextlib.suppress(Exception):
+        return f"{process.status()}, {process.num_threads()} threads"
+    return "gone"
+
+
+#: the open operator prompt: the last visible dialog with an Execute button
+_OPEN_PROMPT = """
+    const ds = [...document.querySelectorAll(
+        "[data-cy=operators-prompt-modal], [role=dialog]")].filter(visible);
+    return ds.reverse().find(d => byText(d, "Execute", true).length) || null;
+"""
 
 
 def _js_arg(value: Any) -> Any:
@@ -939,11 +993,14 @@ class App:
 
     def prompt(self, timeout: Optional[float] = None) -> WebElement:
         """The open operator prompt (a dialog with an Execute button)."""
-        return self.wait(lambda: self.js("""
-            const ds = [...document.querySelectorAll(
-                "[data-cy=operators-prompt-modal], [role=dialog]")].filter(visible);
-            return ds.reverse().find(d => byText(d, "Execute", true).length) || null;
-        """), "an operator prompt", timeout)
+        return self.wait(lambda: self.js(_OPEN_PROMPT), "an operator prompt",
+                         timeout)
+
+    def open_prompt_text(self) -> Optional[str]:
+        """The text of the open operator prompt, None if none is open (no
+        wait: for a failure's report)."""
+        prompt = self.js(_OPEN_PROMPT)
+        return None if prompt is None else self.text(prompt)
 
     def execute_button(self) -> WebElement:
         return self._clickable("Execute", self.prompt())

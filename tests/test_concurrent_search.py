@@ -299,12 +299,13 @@ def _session_writer(root, holding, asking, ending, done, result,
 
     in_chunks = EdgeStore._in_chunks
 
-    def recorded(self, n, work, writes=False):
-        def chunk_recorded(shard, info, chunk):
-            work(shard, info, chunk)
+    def recorded(self, n, work, writes=False, prepare=None):
+        def chunk_recorded(shard, info, chunk, *prepared):
+            work(shard, info, chunk, *prepared)
             chunks.append(min(chunk.stop, n) - chunk.start)
 
-        return in_chunks(self, n, chunk_recorded if writes else work, writes)
+        return in_chunks(self, n, chunk_recorded if writes else work, writes,
+                         prepare)
 
     EdgeStore._in_chunks = recorded
     large = []  # the chunks of the large writes
@@ -329,7 +330,8 @@ def _session_writer(root, holding, asking, ending, done, result,
                and writes < MAX_WRITES):
             write(SMALL)
             writes += 1
-        while (edge.stats["lent_turns"] - lent_turns < SERVED_IN_SESSION
+        while ((edge.stats["lent_turns"] - lent_turns < SERVED_IN_SESSION
+                or not edge.stats["lent_while_preparing"])
                and writes < MAX_WRITES):
             write(LARGE)
             writes += 1
@@ -428,6 +430,9 @@ def test_a_long_write_session_lets_other_processes_search(tmp_path):
     # and between two chunks of one write, by the session's process
     assert wrote["served_in_session"] >= SERVED_IN_SESSION, seen
     assert wrote["lent_turns"] >= SERVED_IN_SESSION, seen
+    # and while the write made a chunk's points, not only between chunks:
+    # a search waits for the engine's part of a chunk only
+    assert wrote["lent_while_preparing"] >= 1, seen
     assert found["answers"] >= SERVED_IN_SESSION, seen
     assert found["opens_in_session"] == 0, seen
     assert got["writer"]["opens"] == 1, seen

@@ -410,7 +410,7 @@ def test_random_access_advises_the_maps_of_the_files_named_only(tmp_path):
                     reason="the advice is Linux's madvise")
 def test_a_compaction_reads_originals_that_do_not_fit_a_page_a_fault(
         tmp_path, monkeypatch):
-    """Where the original vectors far exceed the memory available, the
+    """Where the original vectors exceed the memory available, the
     engine's maps of them are advised random before its optimize (one page
     read a fault, not the kernel's read-around); elsewhere left as they
     are. The index is the same either way."""

@@ -354,8 +354,10 @@ class _Shared:
 #: (``served``) and by another process (``asked``); the most turns of the
 #: holder's thread lock an asked search waited for (``turns_waited``: a turn
 #: is one chunk of a write, one round of upkeep, one operation); searches
-#: answered during a compaction (``side_reads``), or on the shard a session
-#: lent between two of its operations or chunks (``lent_reads``); the steps
+#: answered during a compaction (``side_reads``), or on a shard lent: by a
+#: session between two of its operations or chunks, or by a write while it
+#: made a chunk's points (``lent_reads``; of which the latter:
+#: ``lent_while_preparing``); the steps
 #: of an operation that keeps the index (chunks of a write in a session,
 #: groups of an upkeep round) between which waiting reads were let in
 #: (``lent_turns``); bytes of the shards' files
@@ -380,7 +382,8 @@ stats = {"opens": 0, "served": 0, "asked": 0, "turns_waited": 0,
          "compactions": 0, "compactions_put_off": 0,
          "compactions_beside": 0, "last_compaction": None,
          "beside_a_session": 0, "flushes": 0, "gave_way": 0,
-         "kept_cached": 0, "optimized_at_random": 0}
+         "kept_cached": 0, "optimized_at_random": 0,
+         "lent_while_preparing": 0}
 
 
 _registry = {}
@@ -906,6 +909,18 @@ class EdgeStore(VectorStore):
             while shared.side_readers:
                 shared.side_cond.wait()
 
+    def _lent_while(self, shared, work, *args):
+        """Returns ``work(*args)``, run with the shard lent to the server
+        (:meth:`_lend`): ``work`` must not touch the shard. Reads answered
+        meanwhile count in ``stats["lent_while_preparing"]``."""
+        before = stats["lent_reads"]
+        self._lend(shared)
+        try:
+            return work(*args)
+        finally:
+            self._take_back(shared)
+            stats["lent_while_preparing"] += stats["lent_reads"] - before
+
     def _let_reads_in(self, shared):
         """Between two steps of an operation that must keep the index (a
         session's, an upkeep round's): lets the other processes' reads that
@@ -1130,20 +1145,29 @@ class EdgeStore(VectorStore):
 
     # -- engine --------------------------------------------------------------
 
-    def _in_chunks(self, n, work, writes=False):
+    def _in_chunks(self, n, work, writes=False, prepare=None):
         """Runs ``work(shard, info, chunk)`` for each ``chunk`` (a slice) of
         ``range(n)``, holding the index; between two chunks, hands it over
         to anyone waiting. With ``n == 0`` it still opens the index, so a
-        missing one raises :class:`IndexNotFoundError`."""
+        missing one raises :class:`IndexNotFoundError`.
+
+        With ``prepare``, ``work(shard, info, chunk, prepare(info, chunk))``:
+        what ``prepare`` does (converting a chunk's points, not touching the
+        shard) runs with the shard lent to the server, so that another
+        process's search waits only for the engine's part of a chunk (at
+        1M, a write's conversion took more of each chunk than its update)."""
         with self._locked() as shared:
             shard, info = self._open(shared)
             start = 0
             while start < n:
-                if start:
-                    shard, info = self._yield_if_wanted(shared)
                 size = (CHUNK if not writes else WRITE_CHUNK_BESIDE
                         if self._searched_lately(shared) else WRITE_CHUNK)
-                work(shard, info, slice(start, start + size))
+                chunk = slice(start, start + size)
+                args = () if prepare is None else (
+                    self._lent_while(shared, prepare, info, chunk),)
+                if start:
+                    shard, info = self._yield_if_wanted(shared)
+                work(shard, info, chunk, *args)
                 if writes:
                     shared.dirty = True
                     shared.unflushed_points += min(size, n - start)
@@ -1177,23 +1201,28 @@ class EdgeStore(VectorStore):
             )
 
     def _upsert_points(self, point_ids, vectors, payloads):
-        def upsert(shard, info, chunk):
-            # per chunk: a hand-over may have let the index be recreated
+        def points_of(info, chunk):
             check_dim(vectors, info.dim)
             # room for all that is left of the write, not this chunk only:
             # a write that does not fit is refused before any of it is
             # written (its chunks of WRITE_CHUNK are smaller than a sync's
             # batch)
             self._check_space(len(point_ids) - chunk.start, info.dim)
-            points = [
+            return [
                 qe.Point(pid, vec, payload)
                 for pid, vec, payload in zip(
                     point_ids[chunk], vectors[chunk].tolist(), payloads[chunk]
                 )
             ]
+
+        def upsert(shard, info, chunk, points):
+            # again: a hand-over since the points were made may have let
+            # the index be recreated
+            check_dim(vectors, info.dim)
             shard.update(qe.UpdateOperation.upsert_points(points))
 
-        self._in_chunks(len(point_ids), upsert, writes=True)
+        self._in_chunks(len(point_ids), upsert, writes=True,
+                        prepare=points_of)
 
     def _delete_points(self, point_ids):
         def delete(shard, info, chunk):
@@ -2320,30 +2349,28 @@ def _files_size(paths):
 #: a compaction reads the original vectors in the order of the cells, not
 #: of the files: where they take more than this many times the memory
 #: available, its reads are made one page a fault (:func:`_optimize_reads`).
-#: Measured: a 1M index compacted in place in a 2.4 GB memory cgroup
-#: (~2.2x) 3.3x faster so (a compaction beside there, whose child saw
-#: less than 2x, 5x faster when advised at 0.5x); 10M on this 23 GB
-#: machine (~1x) 1.5x slower (1,052 s against 689 s: the pages read
-#: around a fault were mostly used later, as most stayed cached). Where
-#: between ~1x and ~2x the advice starts to pay is not measured
-#: (bench/README.md, issue 25)
-OPTIMIZE_RANDOM_ABOVE = 2.0
+#: Measured on a 1M index compacted beside in memory cgroups (the child's
+#: originals against its memory available; bench/README.md, issue 25):
+#: at 0.73x and 0.93x the advice made it slower (145 s against 94, 184
+#: against 99), at 1.08x and 1.31x faster (157 against 310, 171 against
+#: 977): the line is where the originals stop fitting. 10M on this 23 GB
+#: machine lies on it (~1x; 1,052 s advised against 689)
+OPTIMIZE_RANDOM_ABOVE = 1.0
 
 
 def _optimize_reads(shard_path):
     """Readies this process's maps of the shard's original vectors for the
-    engine's ``optimize``: where they are far larger than the memory
+    engine's ``optimize``: where they are larger than the memory
     available (:data:`OPTIMIZE_RANDOM_ABOVE`), read at random, one page a
     fault (:func:`page_cache.random_access`). The cell's payload index is
     the shard's principal key, so the optimize copies each cell's points
-    together, reading the originals out of their order. Where little of
-    them stays cached, each fault's read-around (up to the disk's
+    together, reading the originals out of their order. Where they do not
+    all stay cached, each fault's read-around (up to the disk's
     read-ahead, 8 MB here) is mostly pushed out before it is used and
     pushes out what the next faults want (a 1M index in a 2.4 GB cgroup:
-    486 s in place, 146 s advised). Where most of them stay cached (10M
-    on this machine: 20 GB of originals, ~20 GB of memory available), the
-    pages read around a fault are mostly the later faults' own, and they
-    are left as they are (bench/README.md, issue 25).
+    486 s in place, 146 s advised). Where they fit, the pages read around
+    a fault are the later faults' own, and they are left as they are
+    (bench/README.md, issue 25).
 
     Returns:
         the bytes advised (0 where they fit)
@@ -2357,7 +2384,7 @@ def _optimize_reads(shard_path):
     if advised:
         stats["optimized_at_random"] += 1
         logger.info("AI search index at %s: its %s of original vectors "
-                    "far exceed the %s of memory available; compacted with "
+                    "exceed the %s of memory available; compacted with "
                     "a page read a fault", shard_path, _mib(size),
                     _mib(available))
     return advised

@@ -137,7 +137,8 @@ CHUNK = 2048
 WRITE_CHUNK = 512
 
 #: the same while another process searches through this one (see
-#: :data:`COMPACT_QUIET_S`): its search waits for the chunk under way,
+#: :data:`COMPACT_QUIET_S`): its search waits for the chunk's update under
+#: way (not its points' conversion, made with the shard lent),
 #: which at 1M points made the p95 of searches beside a large write twice
 #: their solo p95 (see bench/README.md, issue 29); smaller chunks, only
 #: then, as each costs a call

@@ -382,9 +382,13 @@ def _server_states(gap: float = 2.0) -> list[str]:
                if "--51-service" in " ".join(_cmdline(p))]
     before = {p.pid: _cpu(p) for p in servers}
     time.sleep(gap)
-    return [f"FiftyOne service {_service_name(p)} (pid {p.pid}): "
-            f"{_status(p)}, {_cpu(p) - before[p.pid]:.2f} s of CPU in the last {gap:.0f} s, "
-            f"{_cpu(p):.1f} s in all" for p in servers]
+    lines = []
+    for p in servers:
+        used = _cpu(p)
+        lines.append(f"FiftyOne service {_service_name(p)} (pid {p.pid}): "
+                     f"{_status(p)}, {used - before[p.pid]:.2f} s of CPU in "
+                     f"the last {gap:.0f} s, {used:.1f} s in all")
+    return lines
 
 
 def _cmdline(process: Any) -> list[str]:

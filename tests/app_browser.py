@@ -365,13 +365,30 @@ def app(request, browser, app_session, browser_artifacts) -> Iterator["App"]:
             print(f"url: {driver.driver.current_url}")
             for line in driver.console_errors():
                 print(f"console: {line}")
-        # what the page and the App server were doing: a prompt whose
-        # Execute stays disabled, an operation that never ends (once under
-        # CI's load; the screenshot stays on the CI machine)
-        with contextlib.suppress(Exception):
-            print(f"open prompt: {driver.open_prompt_text()!r}")
-        for line in _server_states():
-            print(line)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: Any, call: Any) -> Iterator[None]:
+    """A failed browser test's one-line summary (``FAILED ... - ...``)
+    also says what the page and the App server were doing: the open
+    prompt's text, the notifications shown, each FiftyOne service's state
+    and CPU. The CI's report keeps the summary lines; the screenshot and
+    the captured output stay on the CI machine."""
+    outcome = yield
+    report = outcome.get_result()
+    driver = getattr(item, "funcargs", {}).get("app")
+    if report.when != "call" or not report.failed or driver is None:
+        return
+    lines = []
+    with contextlib.suppress(Exception):
+        lines.append(f"open prompt: {driver.open_prompt_text()!r}")
+    with contextlib.suppress(Exception):
+        lines.append(f"notifications: {driver.notifications()!r}")
+    with contextlib.suppress(Exception):
+        lines.extend(_server_states())
+    with contextlib.suppress(AttributeError):
+        report.longrepr.reprcrash.message += "".join(
+            f"\n    {line}" for line in lines)
 
 
 def _server_states(gap: float = 2.0) -> list[str]:
@@ -1081,8 +1098,15 @@ class App:
         return int(match.group().replace(",", "")) if match else None
 
     def wait_for_count(self, count: int, timeout: Optional[float] = None) -> None:
-        self.wait(lambda: self.sample_count() == count,
-                  f"the grid to show {count} samples", timeout)
+        last: list[Any] = [None]
+
+        def check() -> bool:
+            last[0] = self.sample_count()
+            return last[0] == count
+        try:
+            self.wait(check, f"the grid to show {count} samples", timeout)
+        except TimeoutError as e:
+            raise TimeoutError(f"{e}; it last showed {last[0]}") from None
 
     _TILES_JS = """
         const ts = [...document.querySelectorAll(
@@ -1588,10 +1612,17 @@ class App:
                       timeout: Optional[float] = None) -> list[str]:
         """Waits until the App's view ids satisfy ``predicate``; returns them.
         (The session hears of a new view ~0.7-2 s after the click.)"""
+        last: list[str] = []
+
         def check() -> Optional[list[str]]:
-            ids = self.view_ids()
-            return ids if predicate(ids) else None
-        return self.wait(check, what, timeout, interval=0.2)
+            last[:] = self.view_ids()
+            return last if predicate(last) else None
+        try:
+            return self.wait(check, what, timeout, interval=0.2)
+        except TimeoutError as e:
+            # what it showed instead (ids shortened to their last 6 digits)
+            raise TimeoutError(f"{e}; the view held {len(last)} samples: "
+                               f"{[i[-6:] for i in last]}") from None
 
     def view_slug(self) -> Optional[str]:
         """The saved view's slug in the URL (``?view=<slug>``), if any."""

@@ -107,8 +107,9 @@ sys.modules.setdefault("app_browser", app_browser)
 # fixtures of its own, "session" scope notwithstanding: a Chromium per
 # file, kept to the end of the run. Here a worker has one Chromium and one
 # App server for all the browser files it runs (tests/app_browser.py).
-from tests.app_browser import (  # noqa: E402,F401 (fixtures, by name)
-    app, app_server, app_session, browser, browser_artifacts)
+from tests.app_browser import (  # noqa: E402,F401 (fixtures and a hook)
+    app, app_server, app_session, browser, browser_artifacts,
+    pytest_runtest_makereport)
 
 #: the longest test files, longest first (by the durations CI lists; the
 #: browser files lead): the scheduler hands them out first, so that the two

@@ -54,6 +54,11 @@ def expected_layout(dataset):
     return [[kept] + [d for d, _ in dups] for kept, dups in ordered]
 
 
+def short(ids):
+    """Ids (or lists of them) by their last 6 digits, for a message."""
+    return [short(i) if isinstance(i, list) else i[-6:] for i in ids]
+
+
 def labels_of(dataset, ids):
     by_id = dict(zip(*dataset.values(["id", "ground_truth.label"])))
     return [by_id[i] for i in ids]
@@ -113,8 +118,16 @@ def test_find_near_duplicates_shows_the_groups(app, app_dataset):
     expected = [i for group in groups for i in group]
     app.wait_for_notification(f"Found {len(expected) - len(groups)} "
                               f"near-duplicates of {len(groups)} images")
-    app.wait_for_view(lambda v: v == expected,
-                      "the grid to show the groups, kept images first")
+    try:
+        app.wait_for_view(lambda v: v == expected,
+                          "the grid to show the groups, kept images first")
+    except TimeoutError as e:
+        # the groups the App's operator wrote against the SDK's (ids by
+        # their last 6 digits): a different grouping, or a view not shown
+        written = ais.duplicates.duplicate_groups_in(app_dataset)
+        raise TimeoutError(f"{e}; wanted {short(expected)}; the App's "
+                           f"collection has the groups {short(written)}, "
+                           f"the SDK finds {short(groups)}") from None
     assert ais.duplicates.duplicate_groups_in(app_dataset) == groups
     wait_for_grid(app, app_dataset, expected)
     app.screenshot("duplicates-02-groups")

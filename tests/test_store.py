@@ -24,6 +24,7 @@ from fiftyone_ai_search.store import (
     IndexNotFoundError,
     open_store,
 )
+from fiftyone_ai_search.store import locks
 from fiftyone_ai_search.store.edge import EdgeStore
 
 DIM = 16
@@ -587,8 +588,13 @@ def test_edge_busy_error_after_lock_timeout(tmp_path):
         # while that process still held the index, having written nothing
         with pytest.raises(IndexBusyError,
                            match="in use by another process and stayed "
-                                 "busy for more than 1 s"):
+                                 "busy for more than 1 s") as busy:
             store.upsert(ids, make_vectors(1), payloads_for(ids))
+        # it names the process that holds the index, and says that this
+        # process does not (a user tells a long sync from a stuck process)
+        assert f"pid {p.pid}, a child of this process holds: " in str(
+            busy.value)
+        assert "this process (pid" not in str(busy.value)
         assert p.is_alive()
         assert store.count() == 0
         # lock-free metadata still answers
@@ -599,6 +605,13 @@ def test_edge_busy_error_after_lock_timeout(tmp_path):
 
     # the kernel released the dead holder's locks
     assert store.count() == 0
+
+
+def _kill_forked(pid, *fds):
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    for fd in fds:
+        os.close(fd)
 
 
 @pytest.mark.slow
@@ -624,7 +637,44 @@ def test_edge_fork_while_open_does_not_lock_the_index(tmp_path):
         qdrant_edge.EdgeShard.load(os.path.join(store.path, "shard")).close()
         assert store.count() == 0
     finally:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        os.close(ready_r)
-        os.close(ready_w)
+        _kill_forked(pid, ready_r, ready_w)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lock_file", [locks.GATE_FILE, locks.MUTEX_FILE])
+def test_edge_fork_while_a_thread_has_a_lock_file_in_hand(tmp_path,
+                                                            lock_file):
+    """A child forked while another thread of the parent has a lock
+    file's descriptor in hand (the keeper of a kept-open index looks at
+    the turnstile 50 times a second; an acquire under way holds it or the
+    mutex before it records it) closes that descriptor: else the child
+    holds the turnstile or the index for its lifetime, and the parent's
+    next turn waits out its lock timeout (a CI run: a data loader's
+    workers forked while the index was kept open)."""
+    store = EdgeStore("fork", tmp_path)
+    store.ensure(INFO)
+    ready_r, ready_w = os.pipe()
+    with store.session():
+        store.count()  # the shard is open and kept open
+    if lock_file == locks.MUTEX_FILE:
+        store.close()  # the mutex: as a thread taking the index has it
+    # what another thread holds for a moment, in no lock's record
+    in_hand = locks._try_flock(os.path.join(store.path, lock_file), False)
+    assert in_hand is not None
+    pid = os.fork()
+    if pid == 0:  # a worker forked at that moment: it just lives on
+        os.write(ready_w, b"x")
+        time.sleep(30)
+        os._exit(0)
+    os.close(in_hand)
+    store.close()
+    try:
+        assert os.read(ready_r, 1) == b"x"
+        # the child's copy was closed: the lock is free for anyone (a lock
+        # of its own is another process's as far as flock is concerned)
+        other = locks.ProcessLock(store.path)
+        assert other.acquire(time.monotonic() + 2)
+        other.release()
+        assert store.count() == 0
+    finally:
+        _kill_forked(pid, ready_r, ready_w)

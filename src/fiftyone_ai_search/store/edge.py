@@ -102,6 +102,7 @@ from ..errors import (DiskFullError, IndexBusyError, IndexDamagedError,
                       IndexExistsError)
 from . import cells as cl
 from . import compaction as cp
+from . import locks
 from . import page_cache
 from . import ranks as rk
 from . import recent_ring as rr
@@ -985,10 +986,15 @@ class EdgeStore(VectorStore):
             self.cells()
 
     def _busy_error(self, holder):
+        # who, where the system says: a user can tell a long sync from a
+        # stuck process (and a holder that should not exist is found)
+        who = (locks.describe_holders(self.path)
+               if holder == "another process" else "")
         return IndexBusyError(
             f"The AI search index '{self.name}' ({self.path}) is in use by "
-            f"{holder} and stayed busy for more than {self.lock_timeout:g} s. "
-            "Try again later, or raise FIFTYONE_AI_SEARCH_LOCK_TIMEOUT."
+            f"{holder} and stayed busy for more than {self.lock_timeout:g} s"
+            + (f" ({who})" if who else "") + ". Try again later, or raise "
+            "FIFTYONE_AI_SEARCH_LOCK_TIMEOUT."
         )
 
     # -- shard ---------------------------------------------------------------

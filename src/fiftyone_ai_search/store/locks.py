@@ -16,6 +16,7 @@ leaves an index locked.
 """
 
 import collections
+import contextlib
 import errno
 import os
 import random
@@ -298,8 +299,111 @@ _ALL_LOCKS = weakref.WeakSet()
 
 
 def _after_fork_in_child():
+    lock_files = set()
     for lock in list(_ALL_LOCKS):
         lock._forget_after_fork()
+        lock_files.update((lock._mutex_path, lock._gate_path))
+    _close_descriptors_of(lock_files)
+
+
+def _close_descriptors_of(paths):
+    """Closes this process's descriptors of the files ``paths``: those
+    that another thread of the parent held at the fork, in no lock's
+    ``_fd`` (the keeper's look at the turnstile, an acquire under way).
+    The child's copy shares the parent's lock: kept, it would hold the
+    index (or its turnstile) for the child's lifetime, e.g. a data
+    loader's workers forked while the index is kept open."""
+    wanted = set()
+    for path in paths:
+        with contextlib.suppress(OSError):
+            st = os.stat(path)
+            wanted.add((st.st_dev, st.st_ino))
+    if not wanted:
+        return
+    try:
+        fds = [int(fd) for fd in os.listdir("/dev/fd")]  # Linux, macOS
+    except OSError:
+        return
+    for fd in fds:
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            continue  # the listing's own descriptor, closed by now
+        if (st.st_dev, st.st_ino) in wanted:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+# -- who holds an index (for messages) -------------------------------------------
+
+
+def holders(dirpath):
+    """The processes that have the lock files of ``dirpath`` open: those
+    with the mutex hold the index (a process closes a lock file it did
+    not get), those with only the turnstile wait for it. For an
+    :class:`~fiftyone_ai_search.errors.IndexBusyError` to name who keeps
+    the index busy; Linux only (``/proc``), else empty.
+
+    Returns:
+        a list of ``(pid, role, command)``, ``role`` "holds" or "waits",
+        ``command`` the process's command line (shortened)
+    """
+    wanted = {}
+    for name, role in ((MUTEX_FILE, "holds"), (GATE_FILE, "waits")):
+        try:
+            st = os.stat(os.path.join(dirpath, name))
+        except OSError:
+            continue
+        wanted[(st.st_dev, st.st_ino)] = role
+    try:
+        pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return []
+    found = {}
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue  # gone, or another user's
+        for fd in fds:
+            try:
+                st = os.stat(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            role = wanted.get((st.st_dev, st.st_ino))
+            if role and found.get(pid) != "holds":
+                found[pid] = role
+    return [(pid, role, _command(pid)) for pid, role in sorted(
+        found.items(), key=lambda kv: (kv[1] != "holds", kv[0]))]
+
+
+def _command(pid, most=120):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            args = f.read().split(b"\0")
+    except OSError:
+        return "?"
+    line = " ".join(a.decode("utf-8", "replace") for a in args if a)
+    return line if len(line) <= most else line[: most - 3] + "..."
+
+
+def describe_holders(dirpath):
+    """What :func:`holders` finds, as a clause of a message ("" if
+    nothing): who holds the index, and whether that is this process or
+    a child of it (a descriptor it should not have)."""
+    me = os.getpid()
+    parts = []
+    for pid, role, command in holders(dirpath):
+        if pid == me:
+            who = f"this process (pid {pid})"
+        else:
+            who = f"pid {pid}"
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                with open(f"/proc/{pid}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == me:
+                        who += ", a child of this process"
+        parts.append(f"{who} {role}: {command}")
+    return "; ".join(parts)

@@ -386,6 +386,14 @@ def pytest_runtest_makereport(item: Any, call: Any) -> Iterator[None]:
         lines.append(f"notifications: {driver.notifications()!r}")
     with contextlib.suppress(Exception):
         lines.extend(_server_states())
+    with contextlib.suppress(Exception):
+        # a session that lost the server sends its state again when it
+        # reconnects (FiftyOne's client: every 10 s): the App's view resets
+        client = driver.session._client
+        lines.append(f"the test's session: connected {client._connected}, "
+                     f"its thread alive {client._thread.is_alive()}")
+    if "Could not connect session" in (report.capstdout or ""):
+        lines.append("the test's session lost the App server meanwhile")
     with contextlib.suppress(AttributeError):
         report.longrepr.reprcrash.message += "".join(
             f"\n    {line}" for line in lines)

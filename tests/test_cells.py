@@ -216,6 +216,47 @@ def test_points_written_later_are_searchable_at_once(index):
     assert index.maintain(min_points=1000) == 0
 
 
+def test_a_syncs_points_are_compacted_once_they_are_many(tmp_path):
+    """Points a writer gives their cell itself (a sync's) leave the upkeep
+    nothing to assign, but Qdrant Edge keeps them outside its segments'
+    order, scanned slower, until a compaction: the upkeep compacts once
+    those written since the last one are COMPACT_SHARE of the index. The
+    count is kept with the index, across processes (written.json)."""
+    from fiftyone_ai_search.store import edge, upkeep
+
+    x, _ = clustered(2600)
+    ids = make_ids(len(x))
+    store = EdgeStore("written", tmp_path)
+    store.ensure(INFO)
+    store.upsert(ids[:2000], x[:2000], [{} for _ in range(2000)])
+    assert store.maintain(min_points=1000) == 2000  # learned, compacted
+    store.close()
+    assert edge.written_since_compaction(store.path) == 0
+    share = int(upkeep.COMPACT_SHARE * store.cells().learned_from)
+
+    compactions = edge.stats["compactions"]
+    half = share // 2
+    store.upsert(ids[2000:2000 + half], x[2000:2000 + half],
+                 [{} for _ in range(half)])
+    assert store.maintain(min_points=1000) == 0  # their cells: theirs
+    assert edge.stats["compactions"] == compactions  # not many yet
+    store.close()
+    assert edge.written_since_compaction(store.path) == half
+
+    rest = ids[2000 + half:2000 + share], x[2000 + half:2000 + share]
+    store.upsert(*rest, [{} for _ in rest[0]])
+    store.delete(ids[:1])  # deletes count too
+    store.close()
+    assert edge.written_since_compaction(store.path) == share + 1
+    assert store.maintain(min_points=1000) == 0
+    assert edge.stats["compactions"] == compactions + 1
+    store.close()
+    assert edge.written_since_compaction(store.path) == 0
+    for i in range(1, 2000 + share, 40):
+        assert store.query(x[i], 1)[0][0] == ids[i]
+    store.drop()
+
+
 @pytest.mark.slow
 def test_points_written_without_their_cell_are_scanned_then_assigned():
     """Points without a cell: written by an older version of this package

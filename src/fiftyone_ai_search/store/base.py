@@ -875,6 +875,13 @@ class VectorStore(abc.ABC):
         """Whether a compaction was put off, for a later pass to do."""
         return False
 
+    def _written_since_compaction(self):
+        """How many points were written (upserted, deleted, given a
+        payload) since the last compaction, where the engine leaves them
+        for a compaction to put in order (this default: a Qdrant server
+        optimizes its segments by itself)."""
+        return 0
+
     def _shares_cpu(self):
         """Whether another process searches the index through this one
         now, whose answers this process computes: the upkeep's products

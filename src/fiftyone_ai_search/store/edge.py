@@ -231,6 +231,15 @@ COMPACT_DEFER_MAX_S = 3600.0
 #: holder): ``{"since": epoch}``
 COMPACT_FILE = "compact.due"
 
+#: the points written (upserted, deleted, or given a payload: the engine
+#: moves those to its appendable segment) since the last compaction, by
+#: every process: ``{"points": n}``. Unlike Qdrant's server, Qdrant Edge
+#: never rewrites its segments by itself: those points are scanned in full
+#: precision, outside the cells' order, until a compaction (at 1M points,
+#: 100,000 of them made a search 1.7x slower: bench/README.md), which the
+#: upkeep runs once they are many (upkeep.COMPACT_SHARE)
+WRITTEN_FILE = "written.json"
+
 #: compact a copy of the shard in a child process while the holder answers
 #: searches on the original, then swap it in (see compaction.py), where
 #: the disk has room for it; else in place, put off while others search
@@ -267,6 +276,7 @@ class _Shared:
     """What the threads of one process share about one index directory."""
 
     def __init__(self, dirpath):
+        self.dirpath = dirpath
         self.shard_path = os.path.join(dirpath, SHARD_DIR)
         self.thread_lock = FairLock()
         self.process_lock = ProcessLock(dirpath)
@@ -277,6 +287,9 @@ class _Shared:
         #: how many points were written (see :data:`FLUSH_MAX_POINTS`)
         self.dirty_since = None
         self.unflushed_points = 0
+        #: points written here and not yet added to WRITTEN_FILE (at the
+        #: next flush or closing)
+        self.written = 0
         #: when this process last used the index (the end of a hold,
         #: monotonic): a kept shard is flushed once idle (FLUSH_IDLE_S)
         self.used_at = 0.0
@@ -813,6 +826,7 @@ class EdgeStore(VectorStore):
             shared.shard.flush()
             stats["flushes"] += 1
         shared.dirty = False
+        _record_written(shared)
 
     def _keep_open(self, shared):
         """The watcher of a kept-open shard (a daemon thread): closes it
@@ -1058,6 +1072,7 @@ class EdgeStore(VectorStore):
                 shard.flush()
         finally:
             shared.dirty = False
+            _record_written(shared)
             # not while this process reads the files back (_rewarm): what
             # it reads between the look at the cache and the closing would
             # be dropped, and it reads back what the closing drops anyway
@@ -1178,6 +1193,7 @@ class EdgeStore(VectorStore):
                 if writes:
                     shared.dirty = True
                     shared.unflushed_points += min(size, n - start)
+                    shared.written += min(size, n - start)
                 start += size
 
     def _check_space(self, num_points, dim):
@@ -1642,6 +1658,7 @@ class EdgeStore(VectorStore):
                         payload))
             shared.dirty = True
             shared.unflushed_points += sum(map(len, groups.values()))
+            shared.written += sum(map(len, groups.values()))
 
     def _compact(self):
         """Compacts the shard: on a copy beside the holder where it can
@@ -1701,6 +1718,7 @@ class EdgeStore(VectorStore):
             stats["compactions"] += 1
             with contextlib.suppress(FileNotFoundError):
                 os.remove(self._compact_path)
+            _record_written(shared, compacted=True)
             return True
 
     def _compact_beside(self, shared):
@@ -1817,6 +1835,7 @@ class EdgeStore(VectorStore):
         finally:
             self._end_compaction_lend(shared)
         steps["bytes"] = size
+        _record_written(shared, compacted=True)
         stats["compactions"] += 1
         stats["compactions_beside"] += 1
         stats["last_compaction"] = steps
@@ -1936,6 +1955,12 @@ class EdgeStore(VectorStore):
 
     def _compaction_owed(self):
         return self._compaction_owed_since() is not None
+
+    def _written_since_compaction(self):
+        with _registry_lock:
+            shared = _registry.get(self.path)
+        pending = shared.written if shared is not None else 0
+        return written_since_compaction(self.path) + pending
 
     def _read_vectors_ahead(self):
         # a pass over every point reads all the original vectors, which
@@ -2592,6 +2617,37 @@ def _compact_step(step):
     """A step of a compaction beside the holder done (for tests)."""
     if _compact_hook is not None:
         _compact_hook(step)
+
+
+def written_since_compaction(dirpath):
+    """The points written to the index in ``dirpath`` since its last
+    compaction, as recorded (:data:`WRITTEN_FILE`); 0 if none were."""
+    try:
+        with open(os.path.join(dirpath, WRITTEN_FILE)) as f:
+            return max(0, int(json.load(f)["points"]))
+    except FileNotFoundError:
+        return 0
+    except (OSError, ValueError, TypeError, KeyError):
+        return 0  # unreadable: rewritten at the next record
+
+
+def _record_written(shared, compacted=False):
+    """Adds the points written here since the last record to
+    :data:`WRITTEN_FILE` (the process lock held: one writer at a time),
+    or, after a compaction, starts it again from 0 (the few points a
+    compaction beside replays after its copy are not counted). A kill
+    before the record loses that count: a compaction comes later than it
+    would, nothing else."""
+    pending, shared.written = shared.written, 0
+    if not pending and not compacted:
+        return
+    if not os.path.isdir(shared.dirpath):
+        return  # dropped
+    total = 0 if compacted else (
+        written_since_compaction(shared.dirpath) + pending)
+    with contextlib.suppress(OSError):  # a full disk: only the count lost
+        _write_json_atomic(os.path.join(shared.dirpath, WRITTEN_FILE),
+                           {"points": total})
 
 
 def _write_json_atomic(path, data):

@@ -275,6 +275,7 @@ class AppServer:
         import fiftyone as fo
         import fiftyone.core.service as fos
 
+        _patient_ping()
         with pytest.MonkeyPatch.context() as mp:
             # FiftyOne gives its server 60 s to listen, whatever the load:
             # on a loaded machine the server's imports alone take longer
@@ -282,14 +283,58 @@ class AppServer:
             mp.setattr(fos.Service, "_wait_for_child_port",
                        functools.partialmethod(
                            wait, timeout=scaled(SERVER_START_TIMEOUT)))
-            return fo.launch_app(dataset, remote=True, address="127.0.0.1",
-                                 port=free_port())
+            session = fo.launch_app(dataset, remote=True,
+                                    address="127.0.0.1", port=free_port())
+        _resend_the_latest_state(session)
+        return session
 
     def close(self) -> None:
         if self._session is not None:
             # stops the server child (it waits on it) once no session uses it
             self._session.close()
             self._session = None
+
+
+def _resend_the_latest_state(session: Any) -> None:
+    """Makes the session's client, when it connects again, send the App
+    the state it has now, not its first. FiftyOne's client sends the state
+    it was opened with each time it connects (``Client.open``), and the
+    server makes it the App's: a session that lost the server once (a
+    ping that found it not answering yet, under load) reset the App's view
+    to the whole dataset 10 s later, over the view a test had the App show
+    (a CI run: the duplicates' groups). The session replaces its state on
+    each update: the first one follows it."""
+    first = session._state
+
+    def follow(event: Any) -> None:
+        if event.state is not first:
+            first.__dict__.update(vars(event.state))
+    session._client.add_event_listener("state_update", follow)
+
+
+def _patient_ping() -> None:
+    """FiftyOne's session client gives a server 10 s to answer its ping,
+    then connects again 10 s later (resending its state, see above): a
+    server just started on a loaded machine can take longer. The client
+    looks the function up at each connection: it pings up to the
+    server's start time here, scaled by the load."""
+    import fiftyone.core.session.client as client
+
+    ping = client._ping
+    if getattr(ping, "patient", False):
+        return
+
+    def patient(url: str) -> None:
+        deadline = time.monotonic() + scaled(SERVER_START_TIMEOUT)
+        while True:
+            try:
+                return ping(url)  # itself retried for 10 s
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+
+    patient.patient = True  # type: ignore[attr-defined]
+    client._ping = patient
 
 
 @pytest.fixture(scope="session")

@@ -447,18 +447,13 @@ def _after_fork_in_child():
 
 
 def _close_descriptors_under(paths):
-    try:
-        fds = os.listdir("/proc/self/fd")  # Linux; elsewhere nothing to do
-    except OSError:
-        return
-    for fd in fds:
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
-        if any(target == p or target.startswith(p + os.sep) for p in paths):
-            with contextlib.suppress(OSError):
-                os.close(int(fd))
+    def under(fd):
+        # Linux; elsewhere readlink fails and nothing is closed
+        target = os.readlink(f"/proc/self/fd/{fd}")
+        return any(target == p or target.startswith(p + os.sep)
+                   for p in paths)
+
+    locks.close_descriptors(under)
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

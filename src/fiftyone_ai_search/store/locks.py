@@ -318,18 +318,29 @@ def _close_descriptors_of(paths):
         with contextlib.suppress(OSError):
             st = os.stat(path)
             wanted.add((st.st_dev, st.st_ino))
-    if not wanted:
-        return
+    if wanted:
+        close_descriptors(lambda fd: _file_id(fd) in wanted)
+
+
+def _file_id(fd):
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino
+
+
+def close_descriptors(match):
+    """Closes each of this process's descriptors ``fd`` for which
+    ``match(fd)`` is True (an ``OSError`` in it: not closed). For a forked
+    child's hooks, which close the copies of what the parent holds."""
     try:
         fds = [int(fd) for fd in os.listdir("/dev/fd")]  # Linux, macOS
     except OSError:
         return
     for fd in fds:
         try:
-            st = os.fstat(fd)
+            matched = match(fd)
         except OSError:
             continue  # the listing's own descriptor, closed by now
-        if (st.st_dev, st.st_ino) in wanted:
+        if matched:
             with contextlib.suppress(OSError):
                 os.close(fd)
 

@@ -718,11 +718,17 @@ class EdgeStore(VectorStore):
         finally:
             lock.release()
 
+    def _shared_here(self):
+        """What this process's threads share about the index, if any of
+        them used it (None: none did; unlike ``_shared_for``, nothing is
+        made)."""
+        with _registry_lock:
+            return _registry.get(self.path)
+
     def _beside_a_session_possible(self):
         """Whether another thread of this process holds the index in a
         session (see :meth:`_beside_a_session`)."""
-        with _registry_lock:
-            shared = _registry.get(self.path)
+        shared = self._shared_here()
         return (shared is not None and shared.lends
                 and shared.process_lock.held
                 and not shared.thread_lock.is_owned())
@@ -858,8 +864,7 @@ class EdgeStore(VectorStore):
         Inside a session of this thread, nothing happens: the session
         closes the shard when it ends.
         """
-        with _registry_lock:
-            shared = _registry.get(self.path)
+        shared = self._shared_here()
         if shared is None:
             return
         if not shared.thread_lock.acquire(timeout=self.lock_timeout):
@@ -1906,8 +1911,7 @@ class EdgeStore(VectorStore):
     def _shares_cpu(self):
         # the server answers the other processes' searches here; one that
         # searched within COMPACT_QUIET_S is taken to search on
-        with _registry_lock:
-            shared = _registry.get(self.path)
+        shared = self._shared_here()
         return shared is not None and self._searched_lately(shared)
 
     def _give_way(self):
@@ -1918,8 +1922,7 @@ class EdgeStore(VectorStore):
         # the pass's product and reads of the vectors had both
         # (bench/README.md, issue 29). Waiting here costs the pass what
         # the answers take
-        with _registry_lock:
-            shared = _registry.get(self.path)
+        shared = self._shared_here()
         if shared is None:
             return
         deadline = time.monotonic() + GIVE_WAY_MAX_S
@@ -1952,8 +1955,7 @@ class EdgeStore(VectorStore):
         return self._compaction_owed_since() is not None
 
     def _written_since_compaction(self):
-        with _registry_lock:
-            shared = _registry.get(self.path)
+        shared = self._shared_here()
         pending = shared.written if shared is not None else 0
         return written_since_compaction(self.path) + pending
 

@@ -958,3 +958,44 @@ def test_a_pass_reading_the_files_gives_the_cells_of_the_engines_vectors(
     np.testing.assert_array_equal(stored_cells(store, ids),
                                   cells.assign(vectors))
     store.close()
+
+
+def _other_threads_cpu_s():
+    """The CPU seconds of this process's threads but the calling one."""
+    me, total = threading.get_native_id(), 0
+    for tid in os.listdir("/proc/self/task"):
+        if int(tid) == me:
+            continue
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"),
+                    reason="threads' CPU is read from Linux's /proc")
+def test_a_search_leaves_no_thread_working_behind_it():
+    """A search's product of its query with the cells' centres (2,000 of
+    512-d at 1M points) runs on the searching thread: OpenBLAS's pool,
+    which takes a product of 1,000 rows or more, spun a core for ~0.1 s
+    after each search, and on 2 cores that is the core another process's
+    search or write needs (issue 29)."""
+    from threadpoolctl import threadpool_info
+    if max([i["num_threads"] for i in threadpool_info()
+            if i["user_api"] == "blas"] or [1]) < 2:
+        pytest.skip("BLAS runs on one thread here: nothing could spin")
+    rng = np.random.default_rng(3)
+    cells = cl.Cells(unit(rng.standard_normal((2000, 512))), generation=1,
+                     complete=True)
+    queries = unit(rng.standard_normal((11, 512)))
+    cells.probe(queries[0])
+    before = _other_threads_cpu_s()
+    for q in queries[1:]:
+        assert len(cells.probe(q)) == cl.num_probed(len(cells)) + 1
+        time.sleep(0.05)  # a user's pace: the pool would spin meanwhile
+    spun = _other_threads_cpu_s() - before
+    # ~0.5 s of another thread's CPU for 10 searches where the pool spun
+    assert spun < 0.15, f"other threads worked {spun:.2f} s beside 10 searches"

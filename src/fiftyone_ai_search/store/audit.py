@@ -46,6 +46,7 @@ import time
 import numpy as np
 
 from . import cells as cl
+from . import products
 from . import ranks
 
 #: the recall@k the rule must hold, on average, for every kind of query
@@ -594,7 +595,7 @@ def _measure(store, known, queries, kinds, k, found=None):
     bound = _bound(len(known))
     for vector, kind, part in zip(queries, kinds, np.split(
             cells, np.cumsum(counts)[:-1])):
-        scores = known.centres @ vector
+        scores = products.scores(known.centres, vector)
         order = np.argsort(-scores, kind="stable")
         rank_of = np.empty(len(order), dtype=np.int64)
         rank_of[order] = np.arange(len(order))

@@ -42,6 +42,8 @@ from typing import Optional
 
 import numpy as np
 
+from . import products
+
 #: the payload key of a point's cell
 CELL_KEY = "cell"
 
@@ -262,7 +264,7 @@ class Cells:
         ``count`` defaults to what the audited :attr:`rule` says for a
         query whose nearest centre lies as near as this one's, else
         :func:`num_probed` (of ``near``: a query among the images)."""
-        scores = self.centres @ vector
+        scores = products.scores(self.centres, vector)
         nearest = None
         if count is None:
             if self.rule is not None and not near:

@@ -12,7 +12,9 @@ a searcher process on one embedded index, side by side and alone.
    generator of ``bench_scale.py``) with its cells learned and compacted,
    under ``--root`` (kept for the next run; ``--drop`` removes it at the end).
 2. Opening: a fresh process times ``qe.EdgeShard.load`` alone and its first
-   search (``store.query``, what the App's first search pays).
+   search (``store.query``, what the App's first search pays), nobody
+   holding the index; then its first search where another process holds
+   the index (as a syncing worker does), which answers it.
 3. Alone, for ``--seconds`` each: the searcher (a text-like query every
    ``--search-every`` s, top 100, in a ``session()`` as the App
    does), then the writer (a sync-like commit of ``--batch`` new vectors
@@ -79,7 +81,7 @@ def parse_args(argv=None):
     p.add_argument("--openings-only", action="store_true",
                    help="only the fresh processes' first searches")
     # internal: one role in a subprocess
-    p.add_argument("--role", choices=["open", "searcher", "writer"])
+    p.add_argument("--role", choices=["open", "hold", "searcher", "writer"])
     p.add_argument("--first-id", type=int, default=0)
     p.add_argument("--out")
     # internal, for another bench's writer (bench_search.py --beside-writer)
@@ -106,6 +108,10 @@ def parse_args(argv=None):
                    help="searcher: searches until this file exists (and "
                         "for --seconds at least); writer: creates it at "
                         "its end")
+    p.add_argument("--held", action="store_true",
+                   help="open: another process holds the index (a worker "
+                        "syncing, the App): the first search is answered "
+                        "by it")
     p.add_argument("--cold", action="store_true",
                    help="open: the shard's files dropped from the page "
                         "cache first (as after a reboot)")
@@ -211,6 +217,8 @@ def role_open(args):
 
     store = _store(args)
     shard_path = os.path.join(store.path, "shard")
+    if args.held:
+        return _first_searches(store)
     if args.cold:
         _drop_page_cache(shard_path)
     if args.no_read_ahead:
@@ -236,6 +244,59 @@ def role_open(args):
     return {"first_search_s": first_s, "first_search_cpu_s": first_cpu,
             "second_search_s": second_s, "load_s": load_s,
             "read_ahead_s": qe_s - start, "opens": edge.stats["opens"]}
+
+
+def _first_searches(store):
+    """A fresh process's first two searches where another process holds
+    the index (``--held``): both answered by the holder, nothing opened."""
+    from fiftyone_ai_search.store import edge
+
+    query, again = _queries(2, seed=7)
+    start, cpu = time.monotonic(), time.process_time()
+    with store.session():
+        assert len(store.query(query, 100)) == 100
+        first_s = time.monotonic() - start
+        first_cpu = time.process_time() - cpu
+        start = time.monotonic()
+        store.query(again, 100)
+        second_s = time.monotonic() - start
+    store.close()
+    return {"first_search_s": first_s, "first_search_cpu_s": first_cpu,
+            "second_search_s": second_s, "opens": edge.stats["opens"],
+            "asked": edge.stats["asked"]}
+
+
+def role_hold(args):
+    """Holds the index, as a syncing worker does between its commits (one
+    search, then a kept-open session), until ``--done-file`` exists;
+    ``<done-file>.ready`` says it holds it."""
+    store = _store(args)
+    with store.session():
+        store.query(_queries(1, seed=9)[0], 100)
+        open(args.done_file + ".ready", "w").close()
+        while not os.path.exists(args.done_file):
+            time.sleep(0.05)
+    store.close()
+    return {}
+
+
+def _held_opening(args):
+    """``--held``'s row: a fresh process's first search while a holder
+    process (:func:`role_hold`) keeps the index open."""
+    done = tempfile.mktemp(prefix="ais-cc-hold-")
+    holder = spawn(args, "hold", extra=("--done-file", done))
+    try:
+        while not os.path.exists(done + ".ready"):
+            if holder[0].poll() is not None:
+                raise SystemExit("the holder process failed")
+            time.sleep(0.05)
+        (got,) = collect(spawn(args, "open", extra=("--held",)))
+    finally:
+        open(done, "w").close()
+    collect(holder)
+    for path in (done, done + ".ready"):
+        os.remove(path)
+    return got
 
 
 def _cpu_s():
@@ -662,7 +723,8 @@ OPENINGS = (("files as the last holder left them", ()),
             ("page cache dropped, no read-ahead (before)",
              ("--cold", "--no-read-ahead")))
 
-ROLES = {"open": role_open, "searcher": role_searcher, "writer": role_writer}
+ROLES = {"open": role_open, "hold": role_hold, "searcher": role_searcher,
+         "writer": role_writer}
 
 
 def spawn(args, role, first_id=0, extra=()):
@@ -751,9 +813,13 @@ def main(args):
         for _ in range(2):
             opening.append((label, collect(spawn(args, "open",
                                                  extra=extra))[0]))
+    held = ([] if args.no_openings
+            else [_held_opening(args) for _ in range(2)])
     if args.openings_only:
         for label, o in opening:
             print(f"{label}: {json.dumps(o)}")
+        for o in held:
+            print(f"another process holds the index: {json.dumps(o)}")
         return
     load.phase = "searcher alone"
     (solo_s,) = collect(spawn(args, "searcher"))
@@ -872,6 +938,12 @@ def main(args):
                      f"{ms(o['second_search_s'])}; then reads ahead "
                      f"{o['read_ahead_s']:.2f} s + shard load "
                      f"{o['load_s']:.2f} s"))
+    for o in held:
+        rows.append(("fresh process, another process holds the index: "
+                     "first search", f"{o['first_search_s']:.2f} s",
+                     f"{o['first_search_cpu_s']:.2f} s CPU, answered by the "
+                     f"holder ({o['asked']} asked, {o['opens']} openings); "
+                     f"then a search {ms(o['second_search_s'])}"))
     p95 = pct(conc_s["latencies"], 95) / pct(solo_s["latencies"], 95)
     drop = 1 - ((conc_w["commits"] / conc_w["elapsed"])
                 / (solo_w["commits"] / solo_w["elapsed"]))

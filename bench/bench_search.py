@@ -459,7 +459,7 @@ def main(argv=None):
             table.add(label, *paired(ours_fn, brain_fn, args.repeat), note=note)
         else:
             table.add(label, median_s(ours_fn, args.repeat), note=note)
-    doc = st.get(dataset)
+    doc = st.load(dataset)  # the typed state open_index reads
 
     def ours_prompt(samples, prompt):
         name = ais.perform_ai_search(samples, prompt=prompt, limit=LIMIT)

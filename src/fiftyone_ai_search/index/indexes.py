@@ -41,14 +41,15 @@ def index_size(ref, settings=None):
 
 def open_index(dataset, settings=None, doc=None):
     """Opens the index that searches of a dataset use; given its state
-    ``doc`` (an :class:`~fiftyone_ai_search.index.state.IndexState`),
-    ``dataset`` is not read (it may no longer exist).
+    ``doc`` (an :class:`~fiftyone_ai_search.index.state.IndexState`, or
+    its stored document), ``dataset`` is not read (it may no longer
+    exist).
 
     Returns:
         a :class:`fiftyone_ai_search.store.VectorStore`, or None if the
         dataset has no complete index yet
     """
-    doc = doc or st.load(dataset)
+    doc = st.as_state(doc) if doc is not None else st.load(dataset)
     ref = doc.index
     return open_ref(ref, settings) if ref else None
 

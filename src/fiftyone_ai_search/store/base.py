@@ -572,15 +572,20 @@ class VectorStore(abc.ABC):
         """
         buckets = [int(b) for b in buckets]
         position = {b: i for i, b in enumerate(buckets)}
-        records = self._points_in(ranks.RANK_KEY, buckets) if buckets else []
-        ids = [point_id_to_sample_id(r.id) for r in records]
+        # one matrix, as the engine (or the index's holder) hands it over:
+        # records of Python floats made a matrix again cost ~0.4 s of a
+        # 10k-point stretch read through a holder (bench/README.md)
+        point_ids, vectors = (self._vectors_in(ranks.RANK_KEY, buckets)
+                              if buckets else ([], None))
+        ids = [point_id_to_sample_id(p) for p in point_ids]
+        if vectors is None or not ids:
+            return [], np.zeros((0, self._require_info().dim),
+                                dtype=np.float32)
         order = sorted(range(len(ids)),
                        key=lambda i: (position[ranks.rank_of(ids[i])], ids[i]))
-        ids = [ids[i] for i in order]
-        if not ids:
-            return ids, np.zeros((0, self._require_info().dim),
-                                 dtype=np.float32)
-        return ids, self._stored_rows([records[i] for i in order])
+        return ([ids[i] for i in order],
+                self._checked_rows(vectors[order],
+                                   [point_ids[i] for i in order]))
 
     def get_cell_vectors(self, values):
         """Returns ``(sample_ids, vectors)`` of the points whose cell value

@@ -102,10 +102,8 @@ def _encode(data):
     return json.dumps(data, separators=(",", ":")).encode()
 
 
-def _send(sock, data=None, body=None):
-    """Sends ``data``, or the ``body`` :func:`_encode` made of it."""
-    if body is None:
-        body = _encode(data)
+def _send(sock, body):
+    """Sends a message's ``body`` (see :func:`_encode`)."""
     # two writes, not one of header + body: that would copy the body
     # (~27 MB for a diverse search's 10k vectors)
     sock.sendall(_HEADER.pack(len(body)))
@@ -156,7 +154,7 @@ def ask(dirpath, request, timeout):
         except (ConnectionRefusedError, FileNotFoundError):
             raise NotServed("no holder listens", retry=True) from None
         try:
-            _send(sock, request)
+            _send(sock, _encode(request))
             answer = _recv(sock)
         except socket.timeout:
             raise TimeoutError("the holder did not answer") from None
@@ -255,7 +253,7 @@ class Server:
                         body = _encode(
                             {"error": f"{type(e).__name__}: {e}"})
                     conn.settimeout(None)
-                    _send(conn, body=body)
+                    _send(conn, body)
                 except (OSError, ValueError):
                     continue  # the asker went away
                 except Exception:  # never the end of the server

@@ -9,8 +9,8 @@ more makes such a product (its query against the cells' centres: 2,000 x
 ~65 ms after every search: 6.4 s of CPU for 100 searches of a process
 that searched every 0.2 s and did nothing else. On 2 cores that is the
 core a holder needs to answer another process's search, or a writer to
-write; with the spin gone, a search beside a writer went from 3.4x its
-solo p95 to 1.2x (``bench/README.md``, issue 29). ``einsum`` computes the
+write; with the spin gone, a search beside a writer's large import went
+from 4.2x its solo p95 to 1.2-2.2x (``bench/README.md``, issue 29). ``einsum`` computes the
 same scores in numpy's own loops on this thread: ~0.2 ms for 2,000 x 512,
 against ~0.04 ms and a spinning core for the pool's; they agree to ~2e-5.
 

@@ -1607,8 +1607,8 @@ class EdgeStore(VectorStore):
             if answer is not None:
                 # the holder's block of rows as it came: no Python floats
                 vectors = answer["vectors"]
-                return answer["ids"], (sv.unpack(vectors) if vectors
-                                       else None)
+                return answer["ids"], (None if vectors is None
+                                       else sv.unpack(vectors))
             return rows_of_pages(self._scroll_pages(
                 CHUNK, None, True, _where_in(key, values)))
 
@@ -2489,7 +2489,8 @@ def _pack_records(records, with_vector):
 
 def _unpack_records(answer):
     """The records of :func:`_pack_records`' answer."""
-    rows = sv.unpack(answer["vectors"]).tolist() if answer["vectors"] else None
+    vectors = answer["vectors"]
+    rows = None if vectors is None else sv.unpack(vectors).tolist()
     return [_Record(pid, payload, None if rows is None else rows[i])
             for i, (pid, payload) in enumerate(zip(answer["ids"],
                                                    answer["payloads"]))]

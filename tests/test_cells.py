@@ -834,9 +834,9 @@ def _wide_index(tmp_path, n=17000):
 
 def test_the_vectors_read_from_the_files_are_the_engines(tmp_path):
     """A pass over every point reads the original vectors straight from
-    the appendable segments' files (store/segment_vectors.py): each row
-    equals the engine's own vector of the point, deleted points are not
-    found, and points written again are read where they now are."""
+    the segments' files (store/segment_vectors.py), appendable or compacted:
+    each row equals the engine's own vector of the point, deleted points
+    are not found, and points written again are read where they now are."""
     store = _wide_index(tmp_path)
     direct = store._segment_vectors()
     assert direct is not None and len(direct) == 17000 - 100 + 10
@@ -863,10 +863,35 @@ def test_the_vectors_read_from_the_files_are_the_engines(tmp_path):
     store._direct = None
     assert not store._pass_reads_files()
 
-    # compacted: its segment's layout is not the one read (the engine's)
+    # compacted: an immutable segment's one file of rows, read as well
     assert store._compact() is not False
-    assert store._segment_vectors() is None
+    direct = store._segment_vectors()
+    assert direct is not None and len(direct) == 17000 - 100 + 10
+    assert any(files.single for files in direct._segments)
     records = store._scroll_points(True)
+    rows, found = direct.rows([r.id for r in records])
+    assert found.all()
+    np.testing.assert_array_equal(rows, store._stored_rows(records,
+                                                           unit=False))
+    # then some of its points deleted, some written again (the write goes
+    # to an appendable segment, the immutable one marks its row deleted)
+    ids = [r.id for r in records]
+    samples = [point_id_to_sample_id(i) for i in ids]
+    store.delete(samples[:50])
+    again = np.random.default_rng(6).standard_normal(
+        (40, WIDE.dim)).astype(np.float32)
+    store.upsert(samples[1000:1040], again, [{} for _ in range(40)])
+    assert not direct.current()
+    direct = store._segment_vectors()
+    assert len(direct) == 17000 - 100 + 10 - 50
+    rows, found = direct.rows(ids)
+    assert not found[:50].any() and found[50:].all()
+    records = store._scroll_points(True)
+    assert [r.id for r in records] == ids[50:]
+    np.testing.assert_array_equal(rows[50:], store._stored_rows(
+        records, unit=False))
+    # as a pass reads them
+    store._direct = direct
     np.testing.assert_array_equal(store._original_rows(records),
                                   store._stored_rows(records, unit=False))
     store.close()
@@ -876,7 +901,7 @@ def test_vectors_are_read_through_the_engine_where_the_files_are_not_understood(
         tmp_path, monkeypatch):
     """An engine version the layout was not checked on, files changed
     since they were read, or rows that differ from the engine's sample of
-    them: the rows come from the engine (and a compacted segment, above)."""
+    them: the rows come from the engine."""
     from fiftyone_ai_search.store import edge, segment_vectors
 
     store = _wide_index(tmp_path, n=3000)

@@ -8,25 +8,36 @@ that conversion took 426 s of CPU (``bench/README.md``), more than the
 products that choose the cells. The files hold the same float32 values;
 reading them costs a copy.
 
-Only the layout of an **appendable** segment is read (where a written
-index's points are until its first compaction), and only that of the
-engine's versions it was checked on (:data:`KNOWN_VERSIONS`); anything else
-makes :meth:`SegmentVectors.open` answer None, and the caller reads through
-the engine. The layout (qdrant ``lib/segment``, read to write this):
+The layouts of an **appendable** segment (where a written index's points
+are until its first compaction) and of an **immutable** one with its
+vectors in one memory-mapped file (what a compaction makes of them) are
+read, on the engine's versions they were checked on (:data:`KNOWN_VERSIONS`);
+any other kind of segment in the shard, or another engine version, makes
+:meth:`SegmentVectors.open` answer None (the caller then reads every vector
+through the engine). The layouts (qdrant
+``lib/segment``, read to write this):
 
-- ``<segment>/mutable_id_tracker.mappings``: a log of the segment's
-  mapping changes, concatenated, each a type byte and then: 1 (insert of a
-  numeric id): u64 id, u32 offset; 2 (insert of a UUID): its 16 bytes in
-  order, u32 offset; 3 / 4: a delete of a numeric id / a UUID (no offset).
-  Little-endian. Written at each flush; a crash may leave an incomplete
-  entry at its end, which the engine drops at its next opening.
-- ``<segment>/vector_storage/vectors/``: ``config.json``
+- appendable, ``<segment>/mutable_id_tracker.mappings``: a log of the
+  segment's mapping changes, concatenated, each a type byte and then: 1
+  (insert of a numeric id): u64 id, u32 offset; 2 (insert of a UUID): its
+  16 bytes in order, u32 offset; 3 / 4: a delete of a numeric id / a UUID
+  (no offset). Little-endian. Written at each flush; a crash may leave an
+  incomplete entry at its end, which the engine drops at its next opening.
+- appendable, ``<segment>/vector_storage/vectors/``: ``config.json``
   (``chunk_size_vectors``, ``dim``), ``status.dat`` (the number of vectors
   written, a native u64) and ``chunk_<n>.mmap``: the float32 vector at an
   offset ``k`` lies in chunk ``k // chunk_size_vectors`` at row
   ``k % chunk_size_vectors``, no header. An update of a point's vector
   writes its row in place; a point deleted and written again gets a new
   offset (its old row stays, unreachable).
+- immutable, ``<segment>/id_tracker.mappings``: a u64 count, then that many
+  entries, each a type byte (0: a numeric id, u64; 1: a UUID, its 16 bytes
+  in order) and the u32 offset; written once. ``id_tracker.deleted``: a
+  bit per offset (least significant bit first), set where the point was
+  deleted or written again elsewhere since (a write goes to an appendable
+  segment); rewritten at a flush.
+- immutable, ``<segment>/vector_storage/matrix.dat``: the 4 bytes ``data``,
+  then the float32 vector at offset ``k`` at row ``k``.
 
 What makes a wrong row unlikely to go unnoticed: a point found in two
 segments, or inserted twice without a delete between (the engine's
@@ -36,12 +47,13 @@ sample of every block with the engine's own vectors (see
 :meth:`fiftyone_ai_search.store.edge.EdgeStore._original_rows`).
 """
 
+import hashlib
 import importlib.metadata
 import json
 import logging
 import os
 import uuid
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import numpy as np
 
@@ -53,6 +65,12 @@ KNOWN_VERSIONS = ("0.9.",)
 
 _MAPPINGS = "mutable_id_tracker.mappings"
 _VECTORS = os.path.join("vector_storage", "vectors")
+_FIXED_MAPPINGS = "id_tracker.mappings"
+_FIXED_DELETED = "id_tracker.deleted"
+_MATRIX = os.path.join("vector_storage", "matrix.dat")
+_MATRIX_MAGIC = b"data"
+#: an immutable segment's entry: a type byte, a UUID, a u32 offset
+_FIXED_UUID, _FIXED_ENTRY = 1, 21
 
 #: a mapping change's type byte -> its size in bytes
 _ENTRY_SIZE = {1: 13, 2: 21, 3: 9, 4: 17}
@@ -80,7 +98,7 @@ class SegmentVectors:
         #: the segment (index in ``_segments``) and offset of each key
         self._segment = segment
         self._offset = offset
-        #: per segment: (vectors directory, chunk_size_vectors)
+        #: per segment: where its rows lie (:class:`_Files`)
         self._segments = segments
         self._signature = signature
 
@@ -101,21 +119,22 @@ class SegmentVectors:
             return None
         keys, segs, offsets, segments = [], [], [], []
         for path in _segment_dirs(shard_path):
-            layout = _layout(path, dim)
-            if layout is None:
+            found = _appendable(path, dim)
+            if found is None:
+                found = _immutable(path, dim)
+            if found is None:
+                # another kind of segment: all are read through the engine
+                # (a point in this one and another could not be told)
+                logger.debug("segment %s: layout not read", path)
                 return None
-            if layout[2] == 0:
-                continue  # empty (its mappings may not be written yet)
+            files, k, o = found
+            if not len(k):
+                continue
             index = len(segments)
-            mapped = _read_mappings(os.path.join(path, _MAPPINGS),
-                                    layout[2])
-            if mapped is None:
-                return None
-            k, o = mapped
             keys.append(k)
             offsets.append(o)
             segs.append(np.full(len(k), index, dtype=np.uint16))
-            segments.append((os.path.join(path, _VECTORS), layout[0]))
+            segments.append(files)
         if not segments:
             return None
         keys = np.concatenate(keys)
@@ -165,26 +184,43 @@ class SegmentVectors:
         rows, seg, off = rows[order], seg[order], off[order]
         buf = np.empty((len(rows), self.dim), dtype=np.float32)
         row_bytes = self.dim * 4
-        # runs of consecutive offsets in one chunk file: one read each
+        # runs of consecutive offsets in one file: one read each
         start = 0
         while start < len(rows):
-            directory, per_chunk = self._segments[seg[start]]
-            chunk = off[start] // per_chunk
+            files = self._segments[seg[start]]
+            chunk = off[start] // files.per_chunk
             end = start + 1
             while (end < len(rows) and seg[end] == seg[start]
                    and off[end] == off[end - 1] + 1
-                   and off[end] // per_chunk == chunk):
+                   and off[end] // files.per_chunk == chunk):
                 end += 1
-            path = os.path.join(directory, f"chunk_{chunk}.mmap")
+            path = files.path(chunk)
             want = (end - start) * row_bytes
             with open(path, "rb", buffering=0) as f:
                 got = os.preadv(f.fileno(), [memoryview(buf[start:end])],
-                                (off[start] % per_chunk) * row_bytes)
+                                files.header
+                                + (off[start] % files.per_chunk) * row_bytes)
             if got != want:
                 raise OSError(f"Short read of {path}: {got} of {want} bytes")
             start = end
         out[rows] = buf
         return out, found
+
+
+class _Files(NamedTuple):
+    """Where a segment's rows lie: numbered chunk files of ``per_chunk``
+    rows in ``directory`` (appendable), or the one file ``single`` whose
+    rows follow ``header`` bytes (immutable)."""
+
+    directory: str
+    per_chunk: int
+    single: Optional[str] = None
+    header: int = 0
+
+    def path(self, chunk):
+        if self.single is not None:
+            return self.single
+        return os.path.join(self.directory, f"chunk_{chunk}.mmap")
 
 
 def _uuid_bytes(point_id):
@@ -201,9 +237,10 @@ def _segment_dirs(shard_path):
 def _signature(shard_path):
     """What of the shard's files :meth:`SegmentVectors.open` depends on:
     the segments, their mappings logs' sizes and times (appended to at a
-    flush that has changes), and their counts of vectors written (the
-    count's file is rewritten at every flush: its content, not its
-    time)."""
+    flush that has changes), their counts of vectors written (the count's
+    file is rewritten at every flush: its content, not its time), and an
+    immutable segment's deleted bits (written in place at a flush: their
+    content)."""
     try:
         parts = []
         for path in _segment_dirs(shard_path):
@@ -218,10 +255,91 @@ def _signature(shard_path):
                     written = f.read(8)
             except FileNotFoundError:
                 written = None
-            parts.append((path, mappings, written))
+            try:
+                with open(os.path.join(path, _FIXED_DELETED), "rb") as f:
+                    deleted = hashlib.blake2b(f.read(),
+                                              digest_size=16).digest()
+            except FileNotFoundError:
+                deleted = None
+            parts.append((path, mappings, written, deleted))
         return tuple(parts)
     except OSError:
         return None
+
+
+def _appendable(path, dim):
+    """``(files, keys, offsets)`` of the appendable segment at ``path``,
+    or None where it is another kind of segment or holds what is not read
+    here (see :func:`_layout`, :func:`_read_mappings`)."""
+    layout = _layout(path, dim)
+    if layout is None:
+        return None
+    per_chunk, _, written = layout
+    files = _Files(os.path.join(path, _VECTORS), per_chunk)
+    if written == 0:
+        # empty (its mappings may not be written yet)
+        return files, np.zeros(0, dtype="S16"), np.zeros(0, dtype=np.uint32)
+    mapped = _read_mappings(os.path.join(path, _MAPPINGS), written)
+    if mapped is None:
+        return None
+    return (files, *mapped)
+
+
+def _immutable(path, dim):
+    """``(files, keys, offsets)`` of the live points of the immutable
+    segment at ``path`` whose one unnamed dense float32 vector of ``dim``
+    lies in one memory-mapped file, or None where it is another kind of
+    segment or holds numeric ids."""
+    matrix = os.path.join(path, _MATRIX)
+    try:
+        with open(os.path.join(path, "segment.json")) as f:
+            meta = json.load(f)
+        with open(matrix, "rb") as f:
+            magic = f.read(len(_MATRIX_MAGIC))
+        size = os.path.getsize(matrix)
+        data = np.fromfile(os.path.join(path, _FIXED_MAPPINGS),
+                           dtype=np.uint8)
+        deleted = np.fromfile(os.path.join(path, _FIXED_DELETED),
+                              dtype=np.uint8)
+    except (OSError, ValueError):
+        return None
+    if not _one_dense_vector(meta, dim, "Mmap") or magic != _MATRIX_MAGIC:
+        return None
+    row_bytes = dim * 4
+    written, extra = divmod(size - len(_MATRIX_MAGIC), row_bytes)
+    if extra or len(data) < 8:
+        return None
+    count = int(data[:8].view("<u8")[0])
+    entries = data[8:]
+    if len(entries) != count * _FIXED_ENTRY:
+        return None  # numeric ids among them, or not the layout read
+    entries = entries.reshape(count, _FIXED_ENTRY)
+    if count and not np.all(entries[:, 0] == _FIXED_UUID):
+        return None
+    keys = np.ascontiguousarray(entries[:, 1:17]).view("S16").ravel()
+    offsets = np.ascontiguousarray(entries[:, 17:21]).view("<u4").ravel()
+    bits = np.unpackbits(deleted, bitorder="little")
+    if len(offsets) and int(offsets.max()) >= len(bits):
+        return None
+    live = ~bits[offsets].astype(bool)
+    kept = _below(keys[live], offsets[live].astype(np.uint32), written)
+    if kept is None:
+        return None
+    files = _Files(path, max(written, 1), single=matrix,
+                   header=len(_MATRIX_MAGIC))
+    return (files, *kept)
+
+
+def _one_dense_vector(meta, dim, storage_type):
+    """Whether a segment's ``segment.json`` (``meta``) holds one unnamed
+    dense float32 vector of ``dim`` stored as ``storage_type``."""
+    vectors = ((meta.get("config") or {}).get("vector_data") or {})
+    ours = vectors.get("")
+    return (len(vectors) == 1 and isinstance(ours, dict)
+            and ours.get("storage_type") == storage_type
+            and ours.get("size") == dim
+            and ours.get("datatype") in (None, "float32")
+            and ours.get("multivector_config") is None)
 
 
 def _layout(path, dim):
@@ -240,14 +358,7 @@ def _layout(path, dim):
             return None
     except (OSError, ValueError):
         return None
-    vectors = ((meta.get("config") or {}).get("vector_data") or {})
-    ours = vectors.get("")
-    if (len(vectors) != 1 or not isinstance(ours, dict)
-            or ours.get("storage_type") != "ChunkedMmap"
-            or ours.get("size") != dim
-            or ours.get("datatype") not in (None, "float32")
-            or ours.get("multivector_config") is not None
-            or len(status) != 8):
+    if not _one_dense_vector(meta, dim, "ChunkedMmap") or len(status) != 8:
         return None
     per_chunk = config.get("chunk_size_vectors")
     if (config.get("dim") != dim or not isinstance(per_chunk, int)

@@ -436,6 +436,11 @@ def main(argv=None):
         cells = indexes.open_index(dataset).cells()
         print(f"maintain_index: {assigned:,} points given their cell of "
               f"{len(cells) if cells else 0} cells in {t:.1f} s", flush=True)
+        # what the audit set: the searches' cost follows its probe depths
+        rule = cells.rule if cells else None
+        if rule:
+            print(f"  audit: estimates {rule['estimates']}, probe depths "
+                  f"{rule.get('depths')}", flush=True)
 
     brain = "brain" not in skip
     results = None

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from fiftyone_ai_search.store import audit
+from fiftyone_ai_search.store import point_id_to_sample_id
 from fiftyone_ai_search.store import cells as cl
 from fiftyone_ai_search.store import upkeep
 from fiftyone_ai_search.store.edge import EdgeStore
@@ -102,6 +103,19 @@ def test_a_band_past_the_cost_bound_is_exact(indexed, monkeypatch):
              is None for q in fresh]
     assert all(r == 1.0 for r, e in zip(each, exact) if e)
     assert rule["estimates"]["text"]["exact"] > 0
+
+    # a diverse search's cluster centre in an exact band scans the cost
+    # bound's nearest cells, and is not taken for one of the user's queries
+    q = next(q for q, e in zip(fresh, exact) if e)
+    known = index.cells()
+    remembered = len(index.recent_queries())
+    got = index.query(q, 10, centre=True)
+    bounded = known.probe(q, count=rule["cap"])
+    expected = [(point_id_to_sample_id(p.id), p.score)
+                for p in index._query_points(q, 10, None, None, bounded)]
+    assert [g[0] for g in got] == [e[0] for e in expected]
+    assert len(index.recent_queries()) == remembered
+    assert index.query(q, 10) == index.query(q, 10, exact=True)
 
 
 @SERVER_SLOW
@@ -339,6 +353,11 @@ def test_a_spread_scans_every_cell_near_a_querys_nearest():
     exact = dict(rule, depths=[None])
     assert cl.Cells(centres, generation=1, complete=True,
                     rule=exact).probe(q) is None
+    # but for the centre of a group of images (a diverse search's
+    # cluster): the cap's nearest cells
+    assert sorted(cl.Cells(centres, generation=1, complete=True,
+                           rule=dict(exact, cap=2)).probe(
+        q, centre=True)[1:]) == [0, 1]
 
 
 @SERVER_SLOW

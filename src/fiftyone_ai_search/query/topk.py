@@ -77,17 +77,21 @@ def _use_id_filter(scope_size, limit, total):
 
 
 def top_k(store, vector, limit, scope, threshold, total, near=False,
-           exact=False):
+           exact=False, centre=False):
+    """The best ``limit`` ``(sample_id, score)`` of ``vector`` within
+    ``scope`` (None: the whole index) scoring at least ``threshold``;
+    ``near``, ``exact`` and ``centre`` as for the store's ``query``."""
     if scope is None:
         return store.query(vector, limit, min_score=threshold, near=near,
-                           exact=exact)
+                           exact=exact, centre=centre)
     share = None
     if isinstance(scope, ViewScope) and scope.size is None:
         # counting a view costs ~1 s at 1M samples, more than the search:
         # a first over-fetch as if the view held half the index, and its
         # hits tell whether the view is large enough to go on so
         k = math.ceil(2 * OVER_FETCH * limit) + 16
-        hits, kept = _hits_in(store, vector, k, scope, threshold, exact)
+        hits, kept = _hits_in(store, vector, k, scope, threshold, exact,
+                              centre)
         if _enough(hits, kept, k, limit):
             return kept[:limit]
         share = max(len(kept), 1) / max(len(hits), 1)
@@ -104,7 +108,7 @@ def top_k(store, vector, limit, scope, threshold, total, near=False,
         share = size / total
         k = math.ceil(OVER_FETCH * limit / share) + 16
     return _over_fetch(store, vector, limit, scope, threshold, total, k,
-                       exact)
+                       exact, centre)
 
 
 def _filtered(store, vector, limit, scope, threshold):
@@ -113,9 +117,10 @@ def _filtered(store, vector, limit, scope, threshold):
     return store.query(vector, limit, sample_ids=ids, min_score=threshold)
 
 
-def _hits_in(store, vector, k, scope, threshold, exact=False):
+def _hits_in(store, vector, k, scope, threshold, exact=False, centre=False):
     """The unscoped top-``k`` hits, and those of them in ``scope``."""
-    hits = store.query(vector, k, min_score=threshold, exact=exact)
+    hits = store.query(vector, k, min_score=threshold, exact=exact,
+                       centre=centre)
     if isinstance(scope, ViewScope):
         inside = scope.contains([h[0] for h in hits])
     else:
@@ -131,14 +136,15 @@ def _enough(hits, kept, k, limit):
 
 
 def _over_fetch(store, vector, limit, scope, threshold, total, k,
-                exact=False):
+                exact=False, centre=False):
     """Top-``limit`` within a large scope: fetches the unscoped top-k and
     keeps what is in scope; k doubles until :func:`_enough`. Once k passes
     the (estimated) index size, the id filter decides, exactly."""
     while True:
         if k >= total:
             return _filtered(store, vector, limit, scope, threshold)
-        hits, kept = _hits_in(store, vector, k, scope, threshold, exact)
+        hits, kept = _hits_in(store, vector, k, scope, threshold, exact,
+                              centre)
         if _enough(hits, kept, k, limit):
             return kept[:limit]
         k *= 2

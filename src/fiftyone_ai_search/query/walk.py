@@ -87,7 +87,7 @@ class IndexSource:
     def nearest(self, vector, k, share=None):
         with self.store.session():
             hits = top_k(self.store, vector, k, self.scope, None, self.total,
-                          near=self._near(share))
+                          near=self._near(share), centre=True)
         if self.bucketed:  # the whole index: every hit is in scope
             return np.array([self._row(i) for i, _ in hits], dtype=int)
         # a sample added meanwhile by a sync is not part of this search

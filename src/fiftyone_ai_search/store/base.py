@@ -619,7 +619,7 @@ class VectorStore(abc.ABC):
         return rows_of_pages([self._points_in(key, values)])
 
     def query(self, vector, limit, sample_ids=None, min_score=None,
-              near=False, exact=False):
+              near=False, exact=False, centre=False):
         """Nearest neighbours of ``vector`` by cosine similarity: exact, or
         exact within the probed cells of a large index (see
         :mod:`~fiftyone_ai_search.store.cells`).
@@ -632,6 +632,10 @@ class VectorStore(abc.ABC):
             near (False): whether ``vector`` lies among the images (a
                 centre of a cluster of them): fewer cells are probed
             exact (False): scan every point, whatever the cells
+            centre (False): whether ``vector`` is the centre of a group of
+                images (a diverse search's cluster): never exact for want
+                of recall (see :meth:`~.cells.Cells.probe`), and not one
+                of the user's queries the audit asks
 
         Returns:
             a list of ``(sample_id, score)``, best first
@@ -650,8 +654,9 @@ class VectorStore(abc.ABC):
             # whole index is worth the cells
             known = self.cells()
             if known is not None and known.searchable:
-                probed = known.probe(vector, near=near)  # None: exact
-                if not near:
+                # None: exact
+                probed = known.probe(vector, near=near, centre=centre)
+                if not (near or centre):
                     # what the self-audit asks first (see recent.py)
                     self._remember_query(vector)
         points = self._query_points(

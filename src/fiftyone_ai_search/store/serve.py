@@ -174,7 +174,9 @@ def _recv_into(sock, buffer):
 
 
 def _recv_exactly(sock, size):
-    return bytes(_recv_into(sock, bytearray(size)))
+    # the buffer itself: json and struct read it as it is (a copy to bytes
+    # would cost an old holder's 27 MB base64 answer once more)
+    return _recv_into(sock, bytearray(size))
 
 
 def _recv(sock):

@@ -20,6 +20,8 @@ import pytest
 from fiftyone_ai_search.store import IndexInfo
 from fiftyone_ai_search.store import compaction as cp
 from fiftyone_ai_search.store import page_cache
+from fiftyone_ai_search.store import priority
+from fiftyone_ai_search.store import upkeep
 from fiftyone_ai_search.store import edge
 from fiftyone_ai_search.store.edge import EdgeStore
 
@@ -285,21 +287,50 @@ def _fails(message):
                     reason="a thread's own niceness is Linux's")
 def test_a_compactions_own_work_runs_at_a_low_priority_beside_the_caller():
     """The copies, opening and optimize of a compaction beside run at
-    ``compaction.NICENESS`` on a thread of their own, so that the searches
+    ``priority.NICENESS`` on a thread of their own, so that the searches
     answered meanwhile come first on a busy machine; the calling thread
     keeps its priority (an unprivileged process could not raise it back),
     and gets what the work returns or raises."""
     caller, before = _priority_here()
-    tid, priority = cp.run_niced(_priority_here)
+    tid, niceness = priority.run_niced(_priority_here)
     assert tid != caller
-    assert priority == max(before, cp.NICENESS)
+    assert niceness == max(before, priority.NICENESS)
     assert os.getpriority(os.PRIO_PROCESS, caller) == before
     try:
-        cp.run_niced(_fails, "no room")
+        priority.run_niced(_fails, "no room")
     except ValueError as e:
         assert str(e) == "no room"
     else:
         raise AssertionError("the work's error did not reach the caller")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"),
+                    reason="a thread's own niceness is Linux's")
+def test_an_upkeep_pass_assigns_cells_at_a_low_priority(tmp_path, monkeypatch):
+    """An upkeep pass computes the points' cells on a worker thread at
+    ``priority.NICENESS`` (a search another process asks the holder
+    meanwhile gets the core first), never on the caller's thread, which
+    keeps its priority."""
+    seen = []
+    assign = upkeep._cells_of
+
+    def spy(*args, **kwargs):
+        seen.append(_priority_here())
+        return assign(*args, **kwargs)
+
+    monkeypatch.setattr(upkeep, "_cells_of", spy)
+    caller, before = _priority_here()
+    store = EdgeStore(NAME, str(tmp_path))
+    store.ensure(IndexInfo("m", None, "m", DIM))
+    vectors = np.random.default_rng(3).standard_normal((1500, DIM))
+    ids = [f"{i:024x}" for i in range(len(vectors))]
+    store.upsert(ids, vectors.astype(np.float32), [{} for _ in ids])
+    assert store.maintain(min_points=1000) == len(ids)
+    store.close()
+    assert seen, "no cells were computed"
+    assert all(tid != caller for tid, _ in seen)
+    assert {n for _, n in seen} == {max(before, priority.NICENESS)}
+    assert os.getpriority(os.PRIO_PROCESS, caller) == before
 
 
 def _originals(root):

@@ -64,7 +64,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 
 #: the marker of a compaction beside the holder, in the index directory
 SWAP_FILE = "compact.swap"
@@ -89,14 +88,6 @@ RELAY_BIND_TRIES = 100
 
 #: the child's exit status where the engine refused for want of space
 NO_SPACE_EXIT = 3
-
-#: the niceness of the compaction's own work: the holder's copies, the
-#: child's opening and optimize. The searches answered meanwhile (the
-#: holder's server thread, the child's relay) stay at the process's own:
-#: on 2 cores the optimize and a copy took both, and a search answered
-#: beside them waited for a core as long as it ran on one (issue 29,
-#: bench/README.md)
-NICENESS = 19
 
 #: the module the child runs (``python -m``)
 CHILD_MODULE = "fiftyone_ai_search.store.compaction_child"
@@ -162,39 +153,6 @@ def recover(shard_path):
     with contextlib.suppress(FileNotFoundError):
         os.remove(marker)
     return lost
-
-
-def run_niced(fn, *args):
-    """Runs ``fn(*args)`` on a thread of its own at :data:`NICENESS` (Linux:
-    a thread's niceness is its own, and what it starts inherits it) and
-    returns what it returns, or raises what it raises.
-
-    A thread of its own, not the caller's lowered and restored: an
-    unprivileged process may lower its priority, never raise it back. The
-    engine's optimize, opening and flush run on the calling thread (no
-    pool of their own, seen in /proc), so they are niced whole.
-    """
-    outcome = {}
-
-    def run():
-        if sys.platform.startswith("linux"):
-            tid = threading.get_native_id()
-            with contextlib.suppress(OSError):
-                # never a higher priority than the process's (root may)
-                if os.getpriority(os.PRIO_PROCESS, tid) < NICENESS:
-                    os.setpriority(os.PRIO_PROCESS, tid, NICENESS)
-        try:
-            outcome["result"] = fn(*args)
-        except BaseException as e:  # handed to the caller's thread
-            outcome["error"] = e
-
-    thread = threading.Thread(target=run, name="ai-search-compaction",
-                              daemon=True)
-    thread.start()
-    thread.join()
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["result"]
 
 
 def start(shard_path):

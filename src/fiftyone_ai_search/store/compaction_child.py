@@ -19,6 +19,7 @@ import time
 import qdrant_edge as qe
 
 from . import compaction as cp
+from . import priority
 from . import serve
 from .edge import EdgeStore, _optimize_reads
 
@@ -75,10 +76,10 @@ def main(argv):
     _die_with_parent(parent_pid)
     # the opening (a replay of the copied log) and the optimize at a low
     # priority, the relay (searches) at the process's own
-    shard = cp.run_niced(qe.EdgeShard.load, path)
+    shard = priority.run_niced(qe.EdgeShard.load, path)
     try:
         try:
-            cp.run_niced(_optimize, shard, path)
+            priority.run_niced(_optimize, shard, path)
         except Exception as e:
             sys.stderr.write(f"{type(e).__name__}: {e}\n")
             full = "not enough space" in str(e).lower()

@@ -104,6 +104,7 @@ from . import cells as cl
 from . import compaction as cp
 from . import locks
 from . import page_cache
+from . import priority
 from . import ranks as rk
 from . import recent_ring as rr
 from . import serve as sv
@@ -1775,7 +1776,7 @@ class EdgeStore(VectorStore):
         try:
             # the copies at a low priority: the server thread answers
             # meanwhile (sendfile frees the GIL)
-            cp.run_niced(cp.start, self._shard_path)
+            priority.run_niced(cp.start, self._shard_path)
             steps["copy_s"] = time.monotonic() - start
             _compact_step("copied")
             child = cp.spawn(self._shard_path)
@@ -1789,7 +1790,7 @@ class EdgeStore(VectorStore):
                 # the copy swapped in: the child keeps its own open; read
                 # into the page cache now, while searches are still
                 # answered, not in the reopening (see _read_ahead)
-                cp.run_niced(self._copy_for_swap)
+                priority.run_niced(self._copy_for_swap)
                 steps["copy_for_swap_s"] = time.monotonic() - mark
         except OSError as e:
             error = f"{type(e).__name__}: {e}"

@@ -358,6 +358,15 @@ def test_a_spread_scans_every_cell_near_a_querys_nearest():
     assert sorted(cl.Cells(centres, generation=1, complete=True,
                            rule=dict(exact, cap=2)).probe(
         q, centre=True)[1:]) == [0, 1]
+    # and at least the cells that tie with its nearest, as any band's
+    # depth: three within TIE_MARGIN of 0.9, a cap of 2
+    tight = np.zeros((len(near), DIM), dtype=np.float32)
+    for i, c in enumerate([0.9, 0.89, 0.88] + near[3:]):
+        tight[i, 0], tight[i, i + 1] = c, np.sqrt(1 - c * c)
+    assert cl.tied(tight @ q) == 3
+    assert sorted(cl.Cells(tight, generation=1, complete=True,
+                           rule=dict(exact, cap=2)).probe(
+        q, centre=True)[1:]) == [0, 1, 2]
 
 
 @SERVER_SLOW

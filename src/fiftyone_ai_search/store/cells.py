@@ -281,11 +281,13 @@ class Cells:
                 # found once, the gaps made only for a band with a spread
                 nearest = int(np.argmax(scores))
                 best_score = float(scores[nearest])
-                count = rule_depth(self.rule, best_score,
-                                   tied(scores, best_score),
+                ties = tied(scores, best_score)
+                count = rule_depth(self.rule, best_score, ties,
                                    lambda: best_score - scores)
                 if count is None and centre:
-                    count = self.rule.get("cap") or num_probed(len(self))
+                    # at least its ties, as any band's depth is
+                    count = max(self.rule.get("cap") or num_probed(len(self)),
+                                ties)
                     nearest = None
                 if count is None:
                     return None

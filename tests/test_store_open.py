@@ -505,3 +505,46 @@ def test_the_memory_available_is_bounded_by_the_process_memory_cgroup():
     finally:
         os.rmdir(group)
     assert page_cache.memory_available() > limit  # this machine's, here
+
+
+def _blas_threads_now():
+    from threadpoolctl import threadpool_info
+
+    return max((i["num_threads"] for i in threadpool_info()
+                if i["user_api"] == "blas"), default=1)
+
+
+def test_a_write_beside_a_search_computes_its_cells_on_one_blas_thread(
+        tmp_path, monkeypatch):
+    """A write's cells (its points' product against the centres) are
+    computed on one BLAS thread while another process searches through
+    this one (the answers get the other core), on all of them otherwise;
+    the process's BLAS threads are as before after it."""
+    default = _blas_threads_now()
+    if default < 2:
+        pytest.skip("numpy's BLAS runs on one thread here")
+    store = EdgeStore(NAME, str(tmp_path))
+    store.ensure(IndexInfo("m", None, "m", DIM))
+    rng = np.random.default_rng(4)
+    ids = [f"{i:024x}" for i in range(1500)]
+    store.upsert(ids, rng.standard_normal((len(ids), DIM)).astype(np.float32),
+                 [{} for _ in ids])
+    store.maintain(min_points=1000)
+    known = store.cells()
+    assert known is not None
+    seen = []
+    assign = type(known).assign
+
+    def spy(cells, vectors):
+        seen.append(_blas_threads_now())
+        return assign(cells, vectors)
+
+    monkeypatch.setattr(type(known), "assign", spy)
+    more = [f"{i:024x}" for i in range(2000, 2100)]
+    for searched in (True, False):
+        monkeypatch.setattr(store, "_shares_cpu", lambda: searched)
+        store.upsert(more, rng.standard_normal((len(more), DIM)).astype(
+            np.float32), [{} for _ in more])
+    store.close()
+    assert seen == [1, default]
+    assert _blas_threads_now() == default

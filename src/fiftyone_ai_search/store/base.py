@@ -23,7 +23,7 @@ from .. import validate
 from ..errors import (IndexDamagedError, IndexExistsError,
                       IndexMismatchError, IndexNotFoundError)
 from . import cells as cl
-from . import ranks, recent
+from . import products, ranks, recent
 
 #: Version of the on-disk / in-collection layout of an index. Bump it, and
 #: teach the backends to migrate (or rebuild) older indexes, whenever the
@@ -294,8 +294,15 @@ class VectorStore(abc.ABC):
         # that uses the cells scans those too (see cells.py); and its rank
         # (see ranks.py)
         known = self.cells()
-        where = (known.assign(vectors) if known is not None
-                 else [cl.UNASSIGNED] * len(vectors))
+        if known is None:
+            where = [cl.UNASSIGNED] * len(vectors)
+        else:
+            # while another process searches through this one, on one BLAS
+            # thread: a large import's product of 4,096 points on every
+            # core (and the pool's spin after it) took the core its
+            # answers need
+            with products.blas_threads(1 if self._shares_cpu() else None):
+                where = known.assign(vectors)
         payloads = [
             {**payload, "sample_id": sid, cl.CELL_KEY: int(cell),
              ranks.RANK_KEY: ranks.rank_of(sid)}

@@ -14,14 +14,31 @@ from 4.2x its solo p95 to 1.2-2.2x (``bench/README.md``, issue 29). ``einsum`` c
 same scores in numpy's own loops on this thread: ~0.2 ms for 2,000 x 512,
 against ~0.04 ms and a spinning core for the pool's; they agree to ~2e-5.
 
-Products of many vectors at once (the upkeep's assignment, the audit's
-exact searches) stay with BLAS: there the pool's threads do real work.
+Products of many vectors at once (a write's or the upkeep's assignment of
+cells, the audit's exact searches) stay with BLAS: there the pool's
+threads do real work, on one of them while another process searches
+through this one (:func:`blas_threads`).
 """
 
+import contextlib
+
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 
 def scores(matrix, vector):
     """``matrix @ vector`` (``(n, dim)`` and ``(dim,)``: ``(n,)``) on this
     thread, never OpenBLAS's pool (see the module's docstring)."""
     return np.einsum("ij,j->i", matrix, vector)
+
+
+def blas_threads(limit):
+    """A context in which numpy's BLAS runs on at most ``limit`` threads
+    (None: as configured). The limit is the process's, not the thread's:
+    while it holds, the answers this process computes for another's
+    searches get the core that a product on every core would take (at 1M
+    points their p95 doubled during an upkeep pass beside them, see
+    bench/README.md, issue 29), at the cost of a slower product."""
+    if limit is None:
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=limit, user_api="blas")

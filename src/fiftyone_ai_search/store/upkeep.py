@@ -13,7 +13,6 @@ hooks that scan and write the points' payloads.
 """
 
 import concurrent.futures
-import contextlib
 import dataclasses
 import logging
 import time
@@ -21,10 +20,10 @@ import uuid
 from typing import Callable, Optional, Protocol
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from . import cells as cl
 from . import priority
+from . import products
 from . import ranks
 from .base import point_id_to_sample_id
 
@@ -288,11 +287,11 @@ def _cells_of(known, rows, exact, one_core=False, give_way=None):
 
     ``one_core``: the products on one BLAS thread, a core left to the
     searches another process makes through this one (see
-    :func:`_blas_threads`). ``give_way``: called first, waits while
+    :func:`~.products.blas_threads`). ``give_way``: called first, waits while
     such a search is answered (see the backend's hook)."""
     if give_way is not None:
         give_way()
-    with _blas_threads(1 if one_core else None):
+    with products.blas_threads(1 if one_core else None):
         where = known.assign(rows)
         if exact is not None:
             exact.add(rows, where)
@@ -307,18 +306,6 @@ def _assigner_start():
     into one block of scores (see :func:`~.cells.reuse_scores`)."""
     priority.lower_this_thread()
     cl.reuse_scores()
-
-
-def _blas_threads(limit):
-    """A context in which numpy's BLAS runs on at most ``limit`` threads
-    (None: as configured). The limit is the process's, not the thread's:
-    while it holds, the answers this process computes for another's
-    searches get the core that a product on every core would take (at 1M
-    points their p95 doubled during an upkeep pass beside them, see
-    bench/README.md, issue 29), at the cost of a slower assignment."""
-    if limit is None:
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=limit, user_api="blas")
 
 
 def _learn(store, total, seed, previous):

@@ -104,13 +104,17 @@ def test_a_band_past_the_cost_bound_is_exact(indexed, monkeypatch):
     assert all(r == 1.0 for r, e in zip(each, exact) if e)
     assert rule["estimates"]["text"]["exact"] > 0
 
-    # a diverse search's cluster centre in an exact band scans the cost
-    # bound's nearest cells, and is not taken for one of the user's queries
+    # a diverse search's cluster centre in an exact band scans the nearest
+    # cells a query away from the images scans unaudited, within the cost
+    # bound (and its ties), and is not taken for one of the user's queries
     q = next(q for q, e in zip(fresh, exact) if e)
     known = index.cells()
     remembered = len(index.recent_queries())
     got = index.query(q, 10, centre=True)
-    bounded = known.probe(q, count=rule["cap"])
+    depth = max(min(rule["cap"], cl.num_probed(len(known))),
+                cl.tied(known.centres @ q))
+    assert depth < len(known)
+    bounded = known.probe(q, count=depth)
     expected = [(point_id_to_sample_id(p.id), p.score)
                 for p in index._query_points(q, 10, None, None, bounded)]
     assert [g[0] for g in got] == [e[0] for e in expected]
@@ -354,7 +358,7 @@ def test_a_spread_scans_every_cell_near_a_querys_nearest():
     assert cl.Cells(centres, generation=1, complete=True,
                     rule=exact).probe(q) is None
     # but for the centre of a group of images (a diverse search's
-    # cluster): the cap's nearest cells
+    # cluster): the nearest cells, as unaudited, at most the cap
     assert sorted(cl.Cells(centres, generation=1, complete=True,
                            rule=dict(exact, cap=2)).probe(
         q, centre=True)[1:]) == [0, 1]

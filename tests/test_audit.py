@@ -362,6 +362,17 @@ def test_a_spread_scans_every_cell_near_a_querys_nearest():
     assert sorted(cl.Cells(centres, generation=1, complete=True,
                            rule=dict(exact, cap=2)).probe(
         q, centre=True)[1:]) == [0, 1]
+    # and never more than a query away from the images scans unaudited,
+    # where the rule's band would scan more
+    many = np.random.default_rng(2).standard_normal((200, DIM))
+    many = (many / np.linalg.norm(many, axis=1, keepdims=True)).astype(
+        np.float32)
+    deep = {"edges": [], "depths": [150], "spreads": [0.0], "cap": 180}
+    wide = cl.Cells(many, generation=1, complete=True, rule=deep)
+    assert len(wide.probe(q)) - 1 == 150
+    assert cl.num_probed(200) < 150
+    assert len(wide.probe(q, centre=True)) - 1 == max(
+        cl.num_probed(200), cl.tied(many @ q))
     # and at least the cells that tie with its nearest, as any band's
     # depth: three within TIE_MARGIN of 0.9, a cap of 2
     tight = np.zeros((len(near), DIM), dtype=np.float32)

@@ -24,6 +24,7 @@ from fiftyone_ai_search.store import priority
 from fiftyone_ai_search.store import upkeep
 from fiftyone_ai_search.store import edge
 from fiftyone_ai_search.store.edge import EdgeStore
+from tests.test_concurrent_search import _blas_threads
 
 DIM = 32
 N = 2000
@@ -507,20 +508,13 @@ def test_the_memory_available_is_bounded_by_the_process_memory_cgroup():
     assert page_cache.memory_available() > limit  # this machine's, here
 
 
-def _blas_threads_now():
-    from threadpoolctl import threadpool_info
-
-    return max((i["num_threads"] for i in threadpool_info()
-                if i["user_api"] == "blas"), default=1)
-
-
 def test_a_write_beside_a_search_computes_its_cells_on_one_blas_thread(
         tmp_path, monkeypatch):
     """A write's cells (its points' product against the centres) are
     computed on one BLAS thread while another process searches through
     this one (the answers get the other core), on all of them otherwise;
     the process's BLAS threads are as before after it."""
-    default = _blas_threads_now()
+    default = _blas_threads()
     if default < 2:
         pytest.skip("numpy's BLAS runs on one thread here")
     store = EdgeStore(NAME, str(tmp_path))
@@ -536,7 +530,7 @@ def test_a_write_beside_a_search_computes_its_cells_on_one_blas_thread(
     assign = type(known).assign
 
     def spy(cells, vectors):
-        seen.append(_blas_threads_now())
+        seen.append(_blas_threads())
         return assign(cells, vectors)
 
     monkeypatch.setattr(type(known), "assign", spy)
@@ -547,4 +541,4 @@ def test_a_write_beside_a_search_computes_its_cells_on_one_blas_thread(
             np.float32), [{} for _ in more])
     store.close()
     assert seen == [1, default]
-    assert _blas_threads_now() == default
+    assert _blas_threads() == default

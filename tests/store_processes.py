@@ -108,3 +108,20 @@ def write_in_steps(root, name, ids, x, started):
                      [{} for _ in ids[start:start + 50]])
         time.sleep(0.01)
     store.close()
+
+
+def take_then_replace(root, name, ids, x, take, taken, replace, replaced):
+    """Once ``take`` is set, takes the embedded index ``name`` (a session's
+    write of ``ids[0]``'s own vector, the index kept open after it, as a
+    sync's worker holds it) and sets ``taken``; once ``replace`` is set,
+    writes ``x`` under ``ids`` and sets ``replaced``."""
+    store = EdgeStore(name, root, lock_timeout=60)
+    take.wait(120)
+    with store.session():
+        store.upsert(ids[:1], x[:1], [{}])
+    taken.set()
+    replace.wait(120)
+    with store.session():
+        store.upsert(ids, x, [{} for _ in ids])
+    replaced.set()
+    store.close()

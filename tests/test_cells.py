@@ -30,7 +30,7 @@ from fiftyone_ai_search.store.edge import EdgeStore
 from fiftyone_ai_search.store.server import ServerStore
 from tests.helpers import shapes_dataset
 from tests.store_processes import (
-    SMALL_CELLS, kill_once_held, maintain, write_in_steps)
+    SMALL_CELLS, kill_once_held, maintain, take_then_replace, write_in_steps)
 from tests.test_store import (  # noqa: F401 (store: a fixture)
     DIM, INFO, SERVER_SLOW, store)
 
@@ -682,6 +682,65 @@ def test_points_written_by_another_process_during_a_move_are_not_lost(
     store.close()
 
 
+def test_a_round_holds_the_index_from_its_reads_to_its_writes(
+        tmp_path, small_cells, monkeypatch):
+    """Another process took the index (a worker's sync, kept open) when a
+    pass's round began, and replaced the round's points between the round's
+    reads of their vectors and its write of their cells: the round must not
+    give them the cells of the vectors it read. It holds the index from its
+    reads to its writes, so the replacement waits for the round's end and
+    gets its own cells."""
+    from fiftyone_ai_search.store import upkeep
+
+    x, _ = clustered(3000, seed=5)
+    replaced, _ = clustered(3000, seed=6)
+    ids = make_ids(len(x))
+    store = EdgeStore("taken", tmp_path, lock_timeout=60)
+    store.ensure(INFO)
+    store.upsert(ids, x, [{} for _ in ids])  # no cells yet: all learned
+    store.close()
+
+    take, taken = SPAWN.Event(), SPAWN.Event()
+    replace, done = SPAWN.Event(), SPAWN.Event()
+    other = SPAWN.Process(target=take_then_replace, args=(
+        str(tmp_path), "taken", ids, replaced, take, taken, replace, done))
+    other.start()
+    monkeypatch.setattr(upkeep, "ASSIGN_CHUNK", 500)
+    first_round, first_write = upkeep._assign_round, EdgeStore._set_field
+    rounds, writes = [], []
+
+    def round_begins(*args, **kwargs):
+        rounds.append(1)
+        if len(rounds) == 1:
+            # the other process takes the index before the first round
+            take.set()
+            assert taken.wait(120)
+        return first_round(*args, **kwargs)
+
+    def write_cells(self, key, groups, lacking):
+        if key == cl.CELL_KEY and not writes:
+            writes.append(1)
+            # read, not yet written: the other process replaces the
+            # points now if the round let go of the index; else its
+            # write waits for the round's end (this wait then ends
+            # first, its bound a deadline, never what is checked)
+            replace.set()
+            done.wait(3)
+        return first_write(self, key, groups, lacking)
+
+    monkeypatch.setattr(upkeep, "_assign_round", round_begins)
+    monkeypatch.setattr(EdgeStore, "_set_field", write_cells)
+    store = EdgeStore("taken", tmp_path, lock_timeout=60)
+    store.maintain(min_points=1000)
+    other.join(120)
+    assert other.exitcode == 0 and writes
+    monkeypatch.undo()
+    store.maintain(min_points=1000)  # whatever the other left lacking
+    np.testing.assert_array_equal(stored_cells(store, ids),
+                                  store.cells().assign(replaced))
+    store.close()
+
+
 @SERVER_SLOW
 def test_a_pass_finds_points_written_behind_its_scan(index, monkeypatch):
     """A pass's rounds scan on from where the round before stopped; points
@@ -894,6 +953,31 @@ def test_the_vectors_read_from_the_files_are_the_engines(tmp_path):
     store._direct = direct
     np.testing.assert_array_equal(store._original_rows(records),
                                   store._stored_rows(records, unit=False))
+    store.close()
+
+
+def test_vectors_this_process_wrote_since_the_files_were_read_are_read_as_written(
+        tmp_path):
+    """A write of this process (another thread's, between two rounds of a
+    pass) leaves the files as they were until the kept-open shard is
+    flushed: a point written again is still found in its compacted
+    segment, with its old vector. The rows are read again, flushed."""
+    store = _wide_index(tmp_path)
+    assert store._compact() is not False
+    with store.session():  # the shard kept open after, as a worker's
+        store._direct = direct = store._segment_vectors()
+    records = store._scroll_points(True)[:10]
+    again = np.random.default_rng(7).standard_normal(
+        (1, WIDE.dim)).astype(np.float32)
+    with store.session():
+        store.upsert([point_id_to_sample_id(records[5].id)], again, [{}])
+        assert direct.current()  # nothing of it in the files yet
+        # (the first row, unchanged, is the one compared with the engine)
+        rows = store._original_rows(records)
+    np.testing.assert_array_equal(
+        rows, store._stored_rows(store._scroll_points(True)[:10],
+                                 unit=False))
+    assert store._direct is not direct
     store.close()
 
 

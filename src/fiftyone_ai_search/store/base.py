@@ -252,6 +252,16 @@ class VectorStore(abc.ABC):
         yield self
 
     @contextlib.contextmanager
+    def _round(self):
+        """Holds the index for a round of upkeep, from its reads of the
+        points' vectors to its writes of their cells, so that no other
+        writer comes between (a point replaced meanwhile would get the cell
+        of the vector the round read). A session where a backend cannot
+        hold it: its rounds then rely on :attr:`_cells_read_age_s`."""
+        with self.session():
+            yield self
+
+    @contextlib.contextmanager
     def _held(self):
         """Holds the index for one operation that reads and then writes
         (:meth:`ensure`: the check, then the creation), so that no other

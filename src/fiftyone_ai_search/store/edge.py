@@ -291,6 +291,10 @@ class _Shared:
         #: points written here and not yet added to WRITTEN_FILE (at the
         #: next flush or closing)
         self.written = 0
+        #: writes (upserts, deletes) of vectors through this process, a
+        #: count that only grows: the files of a kept-open shard show them
+        #: only once flushed (see EdgeStore._original_rows)
+        self.vector_writes = 0
         #: when this process last used the index (the end of a hold,
         #: monotonic): a kept shard is flushed once idle (FLUSH_IDLE_S)
         self.used_at = 0.0
@@ -485,6 +489,9 @@ class EdgeStore(VectorStore):
         #: during such a pass: where the original vectors lie in the
         #: shard's files, read from there (see _original_rows), or None
         self._direct = None
+        #: this process's writes of vectors when ``_direct`` was read
+        #: (``_Shared.vector_writes``)
+        self._direct_writes = 0
 
     def __repr__(self):
         return f"EdgeStore(name={self.name!r}, path={self.path!r})"
@@ -520,6 +527,16 @@ class EdgeStore(VectorStore):
         processes' writes, wait for the session's end.
         """
         with self._locked(keep_open=True, ask=True, lend=True):
+            yield self
+
+    @contextlib.contextmanager
+    def _round(self):
+        # the index itself, taken from whoever holds it: a session's hold
+        # goes without it where another process holds the index (its
+        # reads are asked of that process), and that process's writes
+        # then came between a round's reads and its writes of the cells,
+        # which carry no guard (see _set_field)
+        with self._locked(keep_open=True, lend=True):
             yield self
 
     @contextlib.contextmanager
@@ -1193,6 +1210,7 @@ class EdgeStore(VectorStore):
                 work(shard, info, chunk, *args)
                 if writes:
                     shared.dirty = True
+                    shared.vector_writes += 1
                     shared.unflushed_points += min(size, n - start)
                     shared.written += min(size, n - start)
                 start += size
@@ -1389,8 +1407,14 @@ class EdgeStore(VectorStore):
             # reads ahead follow the rows read here instead
             self._ahead.scanned(len(records))
         direct = self._direct
-        if direct is not None and not direct.current():
-            # written by another holder since: read again
+        shared = self._shared_here()
+        if direct is not None and (
+                not direct.current() or shared is not None
+                and shared.vector_writes != self._direct_writes):
+            # written by another holder since, or by this process (another
+            # thread's write between two rounds), unflushed: a point
+            # written again is still found where it was, with its old
+            # vector, until the shard is flushed. Read again, flushed
             direct = self._direct = self._segment_vectors()
         if direct is None or not records:
             return self._engine_rows(records)
@@ -1442,6 +1466,7 @@ class EdgeStore(VectorStore):
             shard, info = self._open(shared)
             # the mappings on disk are those of the last flush
             shard.flush()
+            self._direct_writes = shared.vector_writes
             try:
                 return SegmentVectors.open(self._shard_path, info.dim)
             except (OSError, ValueError) as e:

@@ -70,6 +70,8 @@ class Upkept(Protocol):
 
     def session(self): ...
 
+    def _round(self): ...
+
     def count(self) -> int: ...
 
     def estimate_count(self) -> int: ...
@@ -223,11 +225,13 @@ def _assign_round(store, known, lacking, after, assigner, exact=None):
     points lacking one (values ``lacking``), from the point id ``after``
     on, scored for ``exact`` too (see :func:`_cells_of`); returns their
     records, or None when there were none."""
-    # one session a round: an embedded index stays open from one round to
-    # the next, else it would be closed and opened twice a round (~2.5 s
-    # each at 1M points); it is still handed over between rounds to
-    # whoever waits
-    with store.session():
+    # one hold a round, from its reads to its writes (no writer comes
+    # between: the cells are written without a guard on what the points
+    # hold, see the backend's _set_field): an embedded index stays open
+    # from one round to the next, else it would be closed and opened twice
+    # a round (~2.5 s each at 1M points); it is still handed over between
+    # rounds to whoever waits
+    with store._round():
         # read a stretch at a time, each stretch's cells computed in
         # ``assigner`` while the next is scanned and read: at 1M points
         # the conversion out of the engine's lists (17 s) and the products

@@ -16,7 +16,7 @@ from fiftyone_ai_search.store import upkeep
 from fiftyone_ai_search.store.edge import EdgeStore
 
 from tests.store_processes import audit_until_killed, kill_once_held
-from tests.test_cells import clustered, exact_in, make_ids, unit
+from tests.test_cells import clustered, exact_in, make_ids, sized, unit
 from tests.test_store import (  # noqa: F401 (store: a fixture)
     DIM, INFO, SERVER_SLOW, store)
 
@@ -55,7 +55,9 @@ def recall(index, ids, x, queries, k=50):
 
 @pytest.fixture
 def indexed(store):
+    # the first points of the world prompts() shifts (see sized())
     x, _ = clustered(4000)
+    x = x[:sized(store, len(x))]
     ids = make_ids(len(x))
     store.ensure(INFO)
     store.upsert(ids, x, [{} for _ in ids])
@@ -124,11 +126,11 @@ def test_a_band_past_the_cost_bound_is_exact(indexed, monkeypatch):
 
 @SERVER_SLOW
 def test_an_audit_is_due_when_the_cells_are_new_or_the_index_grew(indexed):
-    index, _, _ = indexed
-    assert audit.due(index.cells(), 4000)
+    index, _, x = indexed
+    assert audit.due(index.cells(), len(x))
     audit.audit(index, prompts(20, seed=3, gap=2.0), k=20, image_queries=20)
-    assert not audit.due(index.cells(), 4000)
-    assert audit.due(index.cells(), 5000)
+    assert not audit.due(index.cells(), len(x))
+    assert audit.due(index.cells(), len(x) * 5 // 4)
     summary = audit.summary(index.cells())
     assert summary["audited"] and summary["estimates"]["text"]["queries"] == 20
 
@@ -442,7 +444,8 @@ def test_the_pass_that_learns_the_cells_takes_the_audits_exact_answers(
     Same answers, so the same rule and estimates, as the exact searches
     give; duplicated points tie everywhere (they have the same cell)."""
     x, _ = clustered(4000)
-    x = np.vstack([x, x[:800]])  # ties: 800 points stored twice
+    x = x[:sized(store, len(x))]
+    x = np.vstack([x, x[:len(x) // 5]])  # ties: a fifth stored twice
     ids = make_ids(len(x))
     store.ensure(INFO)
     store.upsert(ids, x, [{} for _ in ids])

@@ -211,12 +211,11 @@ def test_prompt_search_latency_with_the_panel_open_and_closed(
         grid_drawn(app, limit)
         return time.monotonic() - start
 
-    times = {"open": [], "closed": []}
-    for i, text in enumerate(("a red circle", "a blue square")):
-        times["open"].append(search(text, 40 + i))
+    # one search each way (the time is bench/'s to measure: a search at
+    # this size costs the suite ~8 s of the App's and Chromium's CPU)
+    times = {"open": [search("a red circle", 40)]}
     app.close_panel(PANEL)
-    for i, text in enumerate(("a green star", "a yellow cross")):
-        times["closed"].append(search(text, 50 + i))
+    times["closed"] = [search("a green star", 50)]
     (browser_artifacts / "curator-latency.json").write_text(
         json.dumps(times, indent=1))
     print(f"\nclick to grid drawn, s: {times}")

@@ -111,33 +111,44 @@ from tests.app_browser import (  # noqa: E402,F401 (fixtures and a hook)
     app, app_server, app_session, browser, browser_artifacts,
     pytest_runtest_makereport)
 
-#: the longest test files, longest first (by the durations CI lists; the
-#: browser files lead): the scheduler hands them out first, so that the two
-#: workers end together rather than one running a long file alone at the
-#: end. Files not listed follow in pytest-xdist's own order (most tests
-#: first); the order need only be roughly right. The duplicates' file is
-#: the last browser file: its App server runs in another environment (it
-#: lets the App schedule operations), so the worker's server is started
-#: again for it (tests/app_browser.py, AppServer), and after it only if
-#: another browser file followed.
+#: the longest test files, longest first (by their tests' durations in a
+#: full run, 2026-12-07; the browser files lead): the scheduler hands them
+#: out first, so that the two workers end together rather than one running
+#: a long file alone at the end (a 33 s file handed out last left the other
+#: worker idle for 40 s). Files not listed, each under ~15 s, follow in
+#: pytest-xdist's own order (most tests first); the order need only be
+#: roughly right. The duplicates' file is the last browser file: its App
+#: server runs in another environment (it lets the App schedule
+#: operations), so the worker's server is started again for it
+#: (tests/app_browser.py, AppServer), and after it only if another browser
+#: file followed.
 LONG_FILES = (
-    "tests/test_app_browser_curator.py",
     "tests/test_app_browser.py",
+    "tests/test_app_browser_curator.py",
     "tests/test_app_browser_objects.py",
     "tests/test_app_browser_upload.py",
     "tests/test_app_browser_frames.py",
     "tests/test_app_browser_grouped.py",
     "tests/test_app_browser_duplicates.py",
-    # the others by the CPU each took in one process (docs/development.md,
-    # test-time budget), but test_hostile.py early: it waits on the
-    # processes it damages (its wall ~5x its CPU, loaded)
-    "tests/test_peer_brain.py",
-    "tests/test_hostile.py",
-    "tests/test_cells.py",
-    "tests/test_audit.py",
     "tests/test_operators.py",
+    "tests/test_cells.py",
     "tests/test_generations.py",
+    "tests/test_peer_brain.py",
+    "tests/test_concurrent_search.py",
+    "tests/test_audit.py",
+    "tests/test_brain.py",
+    "tests/test_hostile.py",
+    "tests/test_benches.py",
+    "tests/test_sync.py",
+    "tests/test_docs.py",
+    "tests/test_frames_sync.py",
+    "tests/test_cli.py",
+    "tests/test_refresher.py",
     "tests/test_objects.py",
+    "tests/test_app_frames.py",
+    "tests/test_interrupted_run.py",
+    "tests/test_near_duplicates.py",
+    "tests/test_brain_contract.py",
     "tests/test_store.py",
 )
 

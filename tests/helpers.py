@@ -178,7 +178,13 @@ def worker_paused_midway(target, beyond=0, timeout=180, step=0.02):
     state shows more than ``beyond`` but not all units embedded, and
     yields that progress (``{"done", "total", ...}``); the worker runs on
     when the block exits.
-    A fast machine can then not finish before a poll sees the progress."""
+    A fast machine can then not finish before a poll sees the progress.
+
+    Until the run has started its progress (before its first commit), the
+    worker runs free, looked at every ``step`` seconds, and is stopped once
+    it has: that start (its imports, its model, its look at what to embed:
+    seconds of CPU) single-stepped held the worker to a third of a core
+    for all of it, ~11 s of a browser test's 32."""
     import signal
 
     from fiftyone_ai_search.index import state
@@ -194,6 +200,9 @@ def worker_paused_midway(target, beyond=0, timeout=180, step=0.02):
         assert time.time() < deadline, f"no worker took the lease: {doc()}"
         time.sleep(0.01)
     group = os.getpgid(pid)  # the worker leads its session (and its pool)
+    while not doc().get("progress"):
+        assert time.time() < deadline, f"no progress started: {doc()}"
+        time.sleep(step)
     os.killpg(group, signal.SIGSTOP)
     try:
         while True:

@@ -241,7 +241,11 @@ def test_unreachable_server_names_the_url_without_secrets():
     # at once: a connection that fails is never tried again (counted where
     # a port can count: one that accepts and drops each connection)
     with _dropping_server() as (dropping, connections):
-        with pytest.raises(QdrantUnreachableError, match="reset"):
+        # the drop reads as a reset, a disconnect or a broken pipe, as the
+        # reset reached the client before, while or after it wrote (CI saw
+        # the first two)
+        with pytest.raises(QdrantUnreachableError,
+                           match="reset|disconnected|[Bb]roken pipe"):
             check_server(f"http://127.0.0.1:{dropping}", timeout=60)
     assert len(connections) == 1
 

@@ -184,7 +184,7 @@ def worker_paused_midway(target, beyond=0, timeout=180, step=0.02):
     worker runs free, looked at every ``step`` seconds, and is stopped once
     it has: that start (its imports, its model, its look at what to embed:
     seconds of CPU) single-stepped held the worker to a third of a core
-    for all of it, ~11 s of a browser test's 32."""
+    for all of it, ~13 s of a browser test's 32 here."""
     import signal
 
     from fiftyone_ai_search.index import state

@@ -16,8 +16,10 @@ import threading
 
 import numpy as np
 import pytest
+import qdrant_edge as qe
 
 from fiftyone_ai_search.store import IndexInfo
+from fiftyone_ai_search.store import cells as cl
 from fiftyone_ai_search.store import compaction as cp
 from fiftyone_ai_search.store import page_cache
 from fiftyone_ai_search.store import priority
@@ -445,7 +447,16 @@ def test_a_compaction_reads_originals_that_do_not_fit_a_page_a_fault(
     """Where the original vectors exceed the memory available, the
     engine's maps of them are advised random before its optimize (one page
     read a fault, not the kernel's read-around); elsewhere left as they
-    are. The index is the same either way."""
+    are. The index is the same either way. A shard with places (made by
+    this version) is never advised: its optimize reads one stretch of the
+    files at a time."""
+    placed = _index(tmp_path / "placed")
+    # a shard made before the places: ordered by cell alone
+    made_before = edge._upkeep_indexes()
+    made_before.pop(cl.PLACE_KEY)
+    made_before[cl.CELL_KEY] = qe.IntegerIndexParams(
+        lookup=True, range=False, is_principal=True)
+    monkeypatch.setattr(edge, "_upkeep_indexes", lambda: made_before)
     store = _index(tmp_path)
     seen = []
     advise = page_cache.random_access
@@ -477,6 +488,14 @@ def test_a_compaction_reads_originals_that_do_not_fit_a_page_a_fault(
     assert store.count() == N
     assert [h[0] for h in store.query(_vectors()[4], 3)][0] == _ids()[4]
     store.close()
+
+    placed.upsert(_ids()[:10], _vectors()[:10], [{"filepath": "b"}] * 10)
+    with placed.session():
+        placed.query(_vectors()[0], 5)
+        assert placed._compact()
+    assert len(seen) == 1
+    assert edge.stats["optimized_at_random"] == before + 1
+    placed.close()
 
 
 @pytest.mark.skipif(not os.access("/sys/fs/cgroup/memory", os.W_OK),

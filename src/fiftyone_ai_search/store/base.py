@@ -894,7 +894,7 @@ class VectorStore(abc.ABC):
     @abc.abstractmethod
     def _compact(self):
         """Lets the engine rewrite its segments so that each cell's points
-        lie together (the principal payload index), where it does not do so
+        lie together (by the principal payload index), where it does not do so
         by itself; returns False where it put that off (then
         :meth:`_compaction_owed`)."""
 
@@ -943,7 +943,7 @@ class VectorStore(abc.ABC):
 _recent_rings = {}
 
 #: payload keys of the store's own, never handed to callers
-_STORE_KEYS = frozenset({cl.CELL_KEY, ranks.RANK_KEY})
+_STORE_KEYS = frozenset({cl.CELL_KEY, cl.PLACE_KEY, ranks.RANK_KEY})
 
 
 def _record_vector(record):

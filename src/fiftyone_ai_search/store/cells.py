@@ -9,8 +9,9 @@ in ``bench/bench_scale.py``). So the approximate search is an inverted file
 (IVF) kept *inside* Qdrant, which works alike for both backends:
 
 - the vectors are split into cells by spherical k-means; every point carries
-  its cell in the payload key :data:`CELL_KEY`, under a payload index that
-  keeps each cell's points together on disk (Qdrant's *principal* index);
+  its cell in the payload key :data:`CELL_KEY`; each cell's points lie
+  together on disk (Qdrant's *principal* index: the cell's on a server,
+  the :data:`PLACE_KEY` in the embedded index);
 - a query ranks the cells by their centre's similarity to it, and scores
   *exactly* the points of the best :func:`num_probed` cells (a filter on
   the cell key): a text query's neighbours lie in the image cells nearest
@@ -46,6 +47,16 @@ from . import products
 
 #: the payload key of a point's cell
 CELL_KEY = "cell"
+
+#: the payload key an embedded index orders its points by when it compacts
+#: them (its principal key): the stretch of the files the point lay in,
+#: then its cell (:func:`place`). Each cell's points lie together within
+#: a stretch, and the engine copies one stretch after the other
+PLACE_KEY = "place"
+
+#: the places of one stretch: ``stretch * STRETCH_SPAN + cell value``
+#: (cell values stay below ``2**40``: see :data:`SPAN`)
+STRETCH_SPAN = 1 << 40
 
 #: the cell of a point written while its index had no cells: scanned by
 #: every query
@@ -123,6 +134,7 @@ ITERATIONS = 12
 #: the values of one generation of cells: ``ordinal * SPAN + cell``
 SPAN = 1 << 20
 
+
 #: cells are learned again once the index holds this many times the points
 #: they were learned from, and would be split into more cells: cells learned
 #: at 200k points would otherwise hold ~25k points each at 10M, and every
@@ -134,6 +146,13 @@ RELEARN_GROWTH = 2.0
 #: cells, which is at most a few seconds old (the server backend caches it
 #: for ``CELLS_TTL``)
 SWITCH_GRACE_S = 60.0
+
+
+def place(values, stretches=0):
+    """The places (:data:`PLACE_KEY`) of points of cell ``values`` in
+    ``stretches`` of the files (0: the first, or not known)."""
+    return (np.asarray(values, dtype=np.int64)
+            + np.asarray(stretches, dtype=np.int64) * STRETCH_SPAN)
 
 
 def num_cells(num_points):

@@ -64,7 +64,7 @@ def relay(shard, dirpath):
 
 
 def _optimize(shard, path):
-    _optimize_reads(path)
+    _optimize_reads(shard, path)
     shard.optimize()
     shard.flush()
 

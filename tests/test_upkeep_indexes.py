@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import qdrant_edge as qe
 
-from fiftyone_ai_search.store import base, cells as cl, edge, ranks
+from fiftyone_ai_search.store import base, cells as cl, edge, ranks, upkeep
 from fiftyone_ai_search.store import segment_vectors
 from fiftyone_ai_search.store import sample_id_to_point_id
 from fiftyone_ai_search.store.edge import EdgeStore
@@ -198,15 +198,17 @@ def test_a_pass_places_each_cell_within_its_stretch_of_the_files(
         tmp_path, monkeypatch):
     """Where the original vectors exceed what the page cache holds, a
     compaction ordered by cell alone read them at random over all the
-    files (10M points on 23 GB: 689 s of maintain's 1,372 s). A pass gives
-    each point its place: the stretch of the files it lies in, then its
+    files (10M points on 23 GB: 689 s of maintain's 1,372 s). A pass that
+    learns the cells gives each point its place: its stretch of the files
+    (in the order the pass writes the points, that of their ids), then its
     cell; the compaction then copies one stretch after the other, each
     cell's points together within it. A writer's points go to the first
     stretch. What a search finds is unchanged."""
     monkeypatch.setattr(edge, "COMPACT_BESIDE", False)
     # four stretches of the files, as where a quarter of the vectors
-    # takes edge.STRETCH_SHARE of the memory available
+    # takes edge.STRETCH_SHARE of the memory available; rounds of 500
     monkeypatch.setattr(edge, "_stretch_rows", lambda dim: N // 4)
+    monkeypatch.setattr(upkeep, "ASSIGN_CHUNK", 500)
     made = edge._shard_config
 
     def compacted_small(dim):
@@ -223,19 +225,22 @@ def test_a_pass_places_each_cell_within_its_stretch_of_the_files(
     store.ensure(INFO)
     x, ids = _vectors(N), _ids(N)
     store.upsert(ids, x, [{} for _ in ids])
-    # the row of each point in the files (the engine lays a write's
-    # points in an order of its own)
-    row = {k: r for r, k in enumerate(_laid_out(store))}
     assert store.maintain(min_points=1000) == N
     cells = store.cells().assign(base.normalize_rows(x))
-    places = _places(store, ids)
-    stretch = [row[sample_id_to_point_id(i)] // (N // 4) for i in ids]
-    assert [places[i] for i in ids] == cl.place(cells, stretch).tolist()
-    assert sorted(set(stretch)) == [0, 1, 2, 3]
+    held = _places(store, ids)
+    places = np.array([held[i] for i in ids])
+    stretch = places // cl.STRETCH_SPAN
+    assert (places == cl.place(cells, stretch)).all()
+    assert np.bincount(stretch).tolist() == [N // 4] * 4
+    # a round's points (500 ids in order) lie in the stretch(es) of the
+    # rows the pass writes them to
+    first = np.arange(N) // 500 * 500
+    assert ((stretch >= first // (N // 4))
+            & (stretch <= (first + 499) // (N // 4))).all()
 
     # compacted (the pass's end): the points lie in the order of their
     # places, the stretches one after the other
-    by_point = {sample_id_to_point_id(i): places[i] for i in ids}
+    by_point = {sample_id_to_point_id(i): p for i, p in zip(ids, places)}
     laid = [by_point[k] for k in _laid_out(store)]
     assert laid == sorted(laid)
     assert [h[0] for h in store.query(x[5], 3)][0] == ids[5]
@@ -243,6 +248,7 @@ def test_a_pass_places_each_cell_within_its_stretch_of_the_files(
     # a writer's points: their cell in the first stretch
     more, y = _ids(10, start=N + 1), _vectors(10, seed=2)
     store.upsert(more, y, [{} for _ in more])
-    assert [_places(store, more)[i] for i in more] == cl.place(
+    held = _places(store, more)
+    assert [held[i] for i in more] == cl.place(
         store.cells().assign(base.normalize_rows(y))).tolist()
     store.close()

@@ -492,9 +492,11 @@ class EdgeStore(VectorStore):
         #: this process's writes of vectors when ``_direct`` was read
         #: (``_Shared.vector_writes``)
         self._direct_writes = 0
-        #: the rows of a stretch of the files when ``_direct`` was read
+        #: during a pass that learns the cells: the points of a stretch of
+        #: the files, and how many the pass has given their cell so far
         #: (see _payloads)
         self._stretch_rows = None
+        self._given = 0
 
     def __repr__(self):
         return f"EdgeStore(name={self.name!r}, path={self.path!r})"
@@ -1256,7 +1258,7 @@ class EdgeStore(VectorStore):
             # a writer's points go to the first stretch (cells.place): it
             # does not know where the engine puts them
             return [
-                qe.Point(pid, vec, _placed(payload))
+                qe.Point(pid, vec, _with_place(payload))
                 for pid, vec, payload in zip(
                     point_ids[chunk], vectors[chunk].tolist(), payloads[chunk]
                 )
@@ -1398,7 +1400,7 @@ class EdgeStore(VectorStore):
             ahead, self._ahead = self._ahead, None
             if ahead is not None:
                 ahead.stop()
-            self._direct = None
+            self._direct = self._stretch_rows = None
 
     def _original_rows(self, records):
         # the vectors read from the segments' files where their layout is
@@ -1472,7 +1474,6 @@ class EdgeStore(VectorStore):
             # the mappings on disk are those of the last flush
             shard.flush()
             self._direct_writes = shared.vector_writes
-            self._stretch_rows = _stretch_rows(info.dim)
             try:
                 return SegmentVectors.open(self._shard_path, info.dim)
             except (OSError, ValueError) as e:
@@ -1695,20 +1696,30 @@ class EdgeStore(VectorStore):
 
     def _payloads(self, key, groups):
         """The writes of :meth:`_set_field`: ``(payload, point ids)``, one
-        a value of ``groups``; a cell's, one a stretch of the files its
-        points lie in, each with the points' place (:func:`cells.place`:
-        the stretch, then the cell). Where the pass reads the vectors
-        through the engine, every point's place is in the first stretch:
-        the files' rows are not known."""
-        direct = self._direct if key == cl.CELL_KEY else None
+        a value of ``groups``; for cells, each with the points' place
+        (:func:`cells.place`), one a stretch.
+
+        In a pass that learns the cells, a point's stretch is where it
+        lies once written: the pass writes every point, in the order of
+        their ids, and the points lie in that order after it. Those of an
+        index compacted before move to the engine's appendable segment as
+        they are given their cell, in the order written; those of an index
+        never compacted (a large import) lie in the order they were
+        imported, which is that of their ids (FiftyOne's ids grow with
+        time). Outside such a pass (a few points written by an older
+        version), the first stretch."""
         for value, point_ids in groups.items():
             value = int(value)
             if key != cl.CELL_KEY:
                 yield {key: value}, point_ids
                 continue
-            stretches = (np.zeros(len(point_ids), dtype=np.int64)
-                         if direct is None else
-                         direct.stretches(point_ids, self._stretch_rows))
+            if self._stretch_rows is None:
+                yield ({key: value, cl.PLACE_KEY: int(cl.place(value))},
+                       point_ids)
+                continue
+            stretches = ((self._given + np.arange(len(point_ids)))
+                         // self._stretch_rows)
+            self._given += len(point_ids)
             for stretch in np.unique(stretches).tolist():
                 at = np.flatnonzero(stretches == stretch)
                 ids = (point_ids if len(at) == len(point_ids)
@@ -2035,8 +2046,9 @@ class EdgeStore(VectorStore):
         # (20 GB) do not fit in this machine's memory, and read all at
         # once they would push each other out before the scans reach them
         with self.session(), self._locked() as shared:
-            self._open(shared)
+            _, info = self._open(shared)
             self._direct = self._segment_vectors()
+            self._stretch_rows, self._given = _stretch_rows(info.dim), 0
         segments = _vector_files(self._shard_path)
         available = page_cache.memory_available()
         if not segments or available is None:
@@ -2106,7 +2118,7 @@ def _upkeep_indexes():
     }
 
 
-def _placed(payload):
+def _with_place(payload):
     """``payload`` with the place of its cell in the first stretch, where
     it has a cell (see :data:`cells.PLACE_KEY`)."""
     if cl.CELL_KEY not in payload:

@@ -90,7 +90,7 @@ class SegmentVectors:
     the module's docstring), and reads of them."""
 
     def __init__(self, shard_path, dim, keys, segment, offset, segments,
-                 signature, spans=None):
+                 signature):
         self.shard_path = shard_path
         self.dim = dim
         #: the points' UUIDs (16 bytes each), sorted
@@ -101,11 +101,6 @@ class SegmentVectors:
         #: per segment: where its rows lie (:class:`_Files`)
         self._segments = segments
         self._signature = signature
-        #: per segment: the rows before it, its files laid one after the
-        #: other in the order of ``_segments`` (see :meth:`stretches`)
-        spans = (np.zeros(len(segments), dtype=np.int64) if spans is None
-                 else np.asarray(spans, dtype=np.int64))
-        self._before = np.r_[0, np.cumsum(spans)[:-1]].astype(np.int64)
 
     def __len__(self):
         return len(self._keys)
@@ -122,7 +117,7 @@ class SegmentVectors:
         signature = _signature(shard_path)
         if signature is None:
             return None
-        keys, segs, offsets, segments, spans = [], [], [], [], []
+        keys, segs, offsets, segments = [], [], [], []
         for path in _segment_dirs(shard_path):
             found = _appendable(path, dim)
             if found is None:
@@ -138,7 +133,6 @@ class SegmentVectors:
             index = len(segments)
             keys.append(k)
             offsets.append(o)
-            spans.append(int(o.max()) + 1)
             segs.append(np.full(len(k), index, dtype=np.uint16))
             segments.append(files)
         if not segments:
@@ -159,7 +153,7 @@ class SegmentVectors:
         if twice.any():
             keys, segment, offset = keys[~twice], segment[~twice], offset[~twice]
         return cls(shard_path, dim, keys, segment, offset, segments,
-                   signature, spans)
+                   signature)
 
     def current(self) -> bool:
         """Whether none of the files read by :meth:`open` changed since
@@ -176,7 +170,11 @@ class SegmentVectors:
         found = np.zeros(n, dtype=bool)
         if not n or not len(self._keys):
             return out, found
-        at, found = self._find(point_ids)
+        wanted = np.frombuffer(b"".join(_uuid_bytes(p) for p in point_ids),
+                               dtype="S16")
+        at = np.minimum(np.searchsorted(self._keys, wanted),
+                        len(self._keys) - 1)
+        found = self._keys[at] == wanted
         rows = np.flatnonzero(found)
         if not len(rows):
             return out, found
@@ -207,35 +205,6 @@ class SegmentVectors:
             start = end
         out[rows] = buf
         return out, found
-
-
-    def _find(self, point_ids):
-        """Where each of ``point_ids`` is in the sorted keys, and whether
-        it is there: ``(at, found)``."""
-        wanted = np.frombuffer(b"".join(_uuid_bytes(p) for p in point_ids),
-                               dtype="S16")
-        at = np.minimum(np.searchsorted(self._keys, wanted),
-                        len(self._keys) - 1)
-        return at, self._keys[at] == wanted
-
-    def stretches(self, point_ids, rows):
-        """The stretch of the files each of ``point_ids`` lies in: its
-        row, counted over the segments' files one after the other, over
-        ``rows`` (0 for a point not found: the engine's). A compaction
-        that orders the points by stretch first (see
-        :data:`~fiftyone_ai_search.store.cells.PLACE_KEY`) then reads one
-        stretch of the original vectors after the other, each at random
-        within it, where ordered by cell alone it read at random over all
-        the files."""
-        out = np.zeros(len(point_ids), dtype=np.int64)
-        if not len(point_ids) or not len(self._keys):
-            return out
-        at, found = self._find(point_ids)
-        at = at[found]
-        row = (self._before[self._segment[at].astype(np.int64)]
-               + self._offset[at].astype(np.int64))
-        out[found] = row // max(1, int(rows))
-        return out
 
 
 class _Files(NamedTuple):

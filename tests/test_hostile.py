@@ -432,7 +432,9 @@ def test_a_full_disk_refuses_writes_and_keeps_serving_searches(tmp_path):
 
     root = tmp_path / "small"
     root.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=80m", "tmpfs",
+    # room for a few writes above the reserve (edge.RESERVE_BYTES) beside
+    # the empty shard (~6 MB: its three payload indexes), then a full disk
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96m", "tmpfs",
                        str(root)], capture_output=True).returncode:
         pytest.skip("cannot mount a small tmpfs here (not root?)")
     try:

@@ -2474,10 +2474,10 @@ OPTIMIZE_RANDOM_ABOVE = 1.0
 #: the memory available (at the pass's start) of original vectors: a
 #: compaction reads one stretch at random, then the next; what it reads
 #: stays cached while it is wanted, beside what the compaction writes and
-#: the process's own memory. Measured on a 1M index (2 GB of originals,
-#: written in one stretch) in a 2.4 GB memory cgroup: compacted in 335 s
-#: ordered by cell alone, ~57 s in 5 stretches of 0.25 each; searches
-#: unchanged (5.6 / 4.7 ms an image / a prompt both ways; bench/README.md)
+#: the process's own memory. Measured on a 1M index (2 GB of originals)
+#: in a 2.4 GB memory cgroup (~1.5 GB available): compacted in 335 s
+#: ordered by cell alone, 58 s in 5 stretches; searches unchanged (5.6 /
+#: 4.7 ms an image / a prompt either way; bench/README.md, issue 25)
 STRETCH_SHARE = 0.25
 
 

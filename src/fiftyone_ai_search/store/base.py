@@ -894,7 +894,7 @@ class VectorStore(abc.ABC):
     @abc.abstractmethod
     def _compact(self):
         """Lets the engine rewrite its segments so that each cell's points
-        lie together (by the principal payload index), where it does not do so
+        lie together (the principal payload index), where it does not do so
         by itself; returns False where it put that off (then
         :meth:`_compaction_owed`)."""
 

@@ -49,9 +49,10 @@ from . import products
 CELL_KEY = "cell"
 
 #: the payload key an embedded index orders its points by when it compacts
-#: them (its principal key): the stretch of the files the point lay in,
-#: then its cell (:func:`place`). Each cell's points lie together within
-#: a stretch, and the engine copies one stretch after the other
+#: them (its principal key): the stretch of the files the point lies in
+#: once the pass that learned the cells wrote it, then its cell
+#: (:func:`place`). Each cell's points lie together within a stretch, and
+#: the engine copies one stretch after the other
 PLACE_KEY = "place"
 
 #: the places of one stretch: ``stretch * STRETCH_SPAN + cell value``
@@ -133,7 +134,6 @@ ITERATIONS = 12
 
 #: the values of one generation of cells: ``ordinal * SPAN + cell``
 SPAN = 1 << 20
-
 
 #: cells are learned again once the index holds this many times the points
 #: they were learned from, and would be split into more cells: cells learned

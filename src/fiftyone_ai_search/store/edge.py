@@ -1714,12 +1714,11 @@ class EdgeStore(VectorStore):
                 yield {key: value}, point_ids
                 continue
             if self._stretch_rows is None:
-                yield ({key: value, cl.PLACE_KEY: int(cl.place(value))},
-                       point_ids)
-                continue
-            stretches = ((self._given + np.arange(len(point_ids)))
-                         // self._stretch_rows)
-            self._given += len(point_ids)
+                stretches = np.zeros(len(point_ids), dtype=np.int64)
+            else:
+                stretches = ((self._given + np.arange(len(point_ids)))
+                             // self._stretch_rows)
+                self._given += len(point_ids)
             for stretch in np.unique(stretches).tolist():
                 at = np.flatnonzero(stretches == stretch)
                 ids = (point_ids if len(at) == len(point_ids)

@@ -519,7 +519,7 @@ def main(argv=None):
 
     from fiftyone_ai_search.config import get_settings
     from fiftyone_ai_search.index import audit_prompts
-    from fiftyone_ai_search.store import audit
+    from fiftyone_ai_search.store import audit, edge
 
     world = ClipLike(args.dim, 1000, seed=0, uneven=True, **CLIP_B32_PARAMS)
     rng = np.random.default_rng(100)
@@ -599,6 +599,10 @@ def main(argv=None):
                   f"{window / 2**20:.0f} MiB): {done / 2**20:.0f} of "
                   f"{total / 2**20:.0f} MiB, {seconds:.1f} s spent reading "
                   f"over {lived:.1f} s")
+        if edge.stats["builder_read_ahead"]:
+            print(f"the compaction's copy of the originals read ahead of "
+                  f"the engine (builder_reads): "
+                  f"{edge.stats['builder_read_ahead'] / 2**20:.0f} MiB")
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"peak RSS so far {peak:.0f} MiB; index on disk "
               f"{_du_mb(tmp):.0f} MB", flush=True)

@@ -64,8 +64,8 @@ def relay(shard, dirpath):
 
 
 def _optimize(shard, path):
-    _optimize_reads(shard, path)
-    shard.optimize()
+    with _optimize_reads(shard, path):
+        shard.optimize()
     shard.flush()
 
 

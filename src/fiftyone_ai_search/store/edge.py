@@ -100,6 +100,7 @@ import numpy as np
 
 from ..errors import (DiskFullError, IndexBusyError, IndexDamagedError,
                       IndexExistsError)
+from . import builder_reads
 from . import cells as cl
 from . import compaction as cp
 from . import locks
@@ -403,6 +404,7 @@ stats = {"opens": 0, "served": 0, "asked": 0, "turns_waited": 0,
          "compactions_beside": 0, "last_compaction": None,
          "beside_a_session": 0, "flushes": 0, "gave_way": 0,
          "kept_cached": 0, "optimized_at_random": 0,
+         "builder_read_ahead": 0,
          "lent_while_preparing": 0}
 
 
@@ -1762,8 +1764,8 @@ class EdgeStore(VectorStore):
             with shared.side_cond:
                 shared.side_shard = shard
             try:
-                _optimize_reads(shard, self._shard_path)
-                shard.optimize()
+                with _optimize_reads(shard, self._shard_path):
+                    shard.optimize()
             except Exception as e:
                 # Qdrant rewrites the segments beside the old ones, which
                 # needs about twice the index's size free (10M 512-d points:
@@ -2052,7 +2054,7 @@ class EdgeStore(VectorStore):
         available = page_cache.memory_available()
         if not segments or available is None:
             return None
-        window = min(VECTORS_AHEAD_WINDOW, VECTORS_AHEAD_SHARE * available)
+        window = _window(available)
         if window < READ_AHEAD_CHUNK:
             return None
         ahead = _VectorsAhead(segments, self.estimate_count(), int(window),
@@ -2279,6 +2281,12 @@ def _read_files(paths, skip_cached=True, stop=None):
 VECTORS_AHEAD_WINDOW = 2 * 2**30
 VECTORS_AHEAD_SHARE = 0.5
 
+def _window(available):
+    """How far ahead of its reader a file is read: :data:`VECTORS_AHEAD_WINDOW`,
+    at most :data:`VECTORS_AHEAD_SHARE` of the memory ``available``."""
+    return int(min(VECTORS_AHEAD_WINDOW, VECTORS_AHEAD_SHARE * available))
+
+
 #: a reader ahead of a pass whose scans have not moved for this many
 #: seconds stops (the pass ends it anyway, see EdgeStore.maintain)
 VECTORS_AHEAD_IDLE_S = 1800.0
@@ -2490,43 +2498,68 @@ def _stretch_rows(dim):
     return max(1, int(STRETCH_SHARE * available) // (4 * int(dim)))
 
 
+@contextlib.contextmanager
 def _optimize_reads(shard, shard_path):
-    """Readies this process's maps of the shard's original vectors for the
-    engine's ``optimize``: where they are larger than the memory
-    available (:data:`OPTIMIZE_RANDOM_ABOVE`), read at random, one page a
-    fault (:func:`page_cache.random_access`), in a shard made before the
-    places (:data:`cells.PLACE_KEY`): its cell's payload index is its
-    principal key, so the optimize copies each cell's points together,
-    reading the originals out of their order. Where they do not
-    all stay cached, each fault's read-around (up to the disk's
-    read-ahead, 8 MB here) is mostly pushed out before it is used and
-    pushes out what the next faults want (a 1M index in a 2.4 GB cgroup:
-    486 s in place, 146 s advised). Where they fit, the pages read around
-    a fault are the later faults' own, and they are left as they are
-    (bench/README.md, issue 25).
+    """Readies the engine's reads of an ``optimize`` of the shard for the
+    ``with`` block where it runs.
 
-    A shard with places is left as it is: its optimize reads one stretch
-    of the files at a time, each of which fits.
+    A shard made before the places (:data:`cells.PLACE_KEY`) has its
+    cell's payload index principal, so the optimize copies each cell's
+    points together, reading the originals out of their order: where they
+    are larger than the memory available (:data:`OPTIMIZE_RANDOM_ABOVE`),
+    this process's maps of them are read at random, one page a fault
+    (:func:`page_cache.random_access`). Where they do not all stay cached,
+    each fault's read-around (up to the disk's read-ahead, 8 MB here) is
+    mostly pushed out before it is used and pushes out what the next
+    faults want (a 1M index in a 2.4 GB cgroup: 486 s in place, 146 s
+    advised). Where they fit, the pages read around a fault are the later
+    faults' own, and they are left as they are (bench/README.md,
+    issue 25).
 
-    Returns:
+    A shard with places is read one stretch of the files at a time, each
+    of which fits; where its originals take more than
+    :data:`READ_BUILDER_ABOVE` of the memory available, the copy the
+    engine writes of them does not stay cached until it reads it back,
+    and a process reads it ahead of the engine
+    (:mod:`~fiftyone_ai_search.store.builder_reads`).
+
+    Yields:
         the bytes advised (0 where they fit, or the shard has places)
     """
-    if cl.PLACE_KEY in shard.info().payload_schema:
-        # ordered by stretch first: each stretch's reads stay cached
-        return 0
     paths = _shard_files(shard_path, cold=True)
     size = _files_size(paths)
     available = page_cache.memory_available()
-    if available is None or size <= OPTIMIZE_RANDOM_ABOVE * available:
-        return 0
-    advised = page_cache.random_access(paths)
+    if cl.PLACE_KEY in shard.info().payload_schema:
+        reader = None
+        if available is not None and size > READ_BUILDER_ABOVE * available:
+            reader = builder_reads.start(os.getpid(), shard_path,
+                                         _window(available))
+        try:
+            yield 0
+        finally:
+            read = builder_reads.stop(reader)
+            if read is not None and read["followed"]:
+                stats["builder_read_ahead"] += read["read"]
+                logger.info("AI search index at %s: %s of the compacted "
+                            "vectors read ahead of the engine", shard_path,
+                            _mib(read["read"]))
+        return
+    advised = 0
+    if available is not None and size > OPTIMIZE_RANDOM_ABOVE * available:
+        advised = page_cache.random_access(paths)
     if advised:
         stats["optimized_at_random"] += 1
         logger.info("AI search index at %s: its %s of original vectors "
                     "exceed the %s of memory available; compacted with "
                     "a page read a fault", shard_path, _mib(size),
                     _mib(available))
-    return advised
+    yield advised
+
+
+#: a compaction holds the source's original vectors and the copy it writes
+#: of them: where they take more than this share of the memory available,
+#: the copy is read ahead of the engine (:func:`_optimize_reads`)
+READ_BUILDER_ABOVE = 0.5
 
 
 #: the original vectors are read into the page cache after an opening

@@ -79,8 +79,8 @@ def _step(proc, until):
 
 def test_the_reader_follows_the_builder_a_window_ahead(tmp_path):
     """Nothing is read before the builder reads its file; then the file is
-    read ahead of it, never more than the window (and one read) ahead, up
-    to its end; the reader says what it read."""
+    read ahead of it, never more than the window (and one read) ahead, to
+    its end; the reader says what it read."""
     size, window = 64 * MB, 16 * MB
     builder, path = _builder(tmp_path, size)
     reader = subprocess.Popen(
@@ -101,8 +101,30 @@ def test_the_reader_follows_the_builder_a_window_ahead(tmp_path):
         for proc in (builder, reader):
             if proc.poll() is None:
                 proc.kill()
-    assert builder_reads._said(out) == {
-        "followed": True, "read": size, "size": size}
+    said = builder_reads._said(out)
+    assert said["followed"] and said["size"] == size
+    # what it read ahead, at the least; what the builder overtook, not
+    assert window - builder_reads.CHUNK <= said["read"] <= size
+
+
+def test_a_reader_started_late_follows_the_builder_from_where_it_is(
+        tmp_path):
+    """A reader that finds the builder well into its file reads on from
+    there, not from the file's beginning."""
+    size, window = 64 * MB, 8 * MB
+    builder, path = _builder(tmp_path, size)
+    try:
+        at = _step(builder, 32 * MB)
+        reader = builder_reads.start(builder.pid, str(tmp_path), window)
+        _wait(lambda: _cached(path) >= at + window - builder_reads.CHUNK)
+        assert _step(builder, size) == size
+        builder.wait(timeout=60)
+        out, _ = reader.communicate(timeout=60)
+    finally:
+        builder.kill()
+    said = builder_reads._said(out)
+    assert said["followed"] and said["size"] == size
+    assert said["read"] <= size - at + builder_reads.LOOK_PAST
 
 
 def test_a_reader_with_no_builder_to_follow_reads_nothing(tmp_path):

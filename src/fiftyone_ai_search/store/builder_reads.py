@@ -49,6 +49,10 @@ BUILDER_DIR = "temp_segments"
 #: bytes read at a time
 CHUNK = 8 * 2**20
 
+#: how far past its reads the builder is looked for: one that overtakes
+#: them (the reader started late) is followed from where it is
+LOOK_PAST = 4 * CHUNK
+
 #: seconds between two looks at the holder's maps, or at the builder's
 #: progress where the reads are a window ahead of it
 POLL_S = 0.02
@@ -86,8 +90,9 @@ def stop(process, timeout=10.0):
 
     Returns:
         ``{"followed": bool, "read": bytes, "size": bytes}``: whether it
-        found the builder reading its file, what it read of it, the file's
-        size; None where it said nothing
+        found the builder reading its file, what it read of it (not what
+        the builder had read before it), the file's size; None where it
+        said nothing
     """
     if process is None:
         return None
@@ -118,7 +123,7 @@ class _Reader:
         self.prefix = os.path.join(shard_path, BUILDER_DIR) + os.sep
         self.pagemap = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY)
         self.followed = False
-        self.read = self.size = 0
+        self.read = self.skipped = self.size = 0
 
     def builder_maps(self):
         """The holder's maps of a builder's file: ``[(start, end, path)]``
@@ -172,19 +177,26 @@ class _Reader:
         self.followed = True
         fd = os.open(path, os.O_RDONLY)
         try:
+            # each read reads what it asks, no more: the kernel's read-ahead
+            # past it (8 MB here) would run past the window
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
             self.size = os.fstat(fd).st_size
             buf = memoryview(bytearray(CHUNK))
             mapped = min(self.size, end - start)
             builder = 0  # bytes: past the furthest page it has mapped
             while self.read < self.size:
-                # only the pages between the builder and the reads can have
-                # become present since the last look
+                # the builder moved on from where it was last seen: up to
+                # the reads, or a little past them where it overtook them
                 first = builder // _PAGE
-                last = max(first + 1, min(self.read, mapped) // _PAGE)
+                last = min(mapped, max(self.read, builder) + LOOK_PAST)
+                last = max(first + 1, last // _PAGE)
                 present = np.flatnonzero(
                     self.present(start + first * _PAGE, last - first))
                 if len(present):
                     builder = (first + int(present[-1]) + 1) * _PAGE
+                # what it has read is not read again
+                self.skipped += max(0, builder - self.read)
+                self.read = max(self.read, builder)
                 until = min(self.size, builder + self.window)
                 if self.read >= until:
                     time.sleep(POLL_S)
@@ -199,7 +211,8 @@ class _Reader:
 
     def report(self):
         kind = "followed" if self.followed else "waited"
-        sys.stdout.write(f"read {kind} {self.read} {self.size}\n")
+        read = self.read - self.skipped
+        sys.stdout.write(f"read {kind} {read} {self.size}\n")
         sys.stdout.flush()
 
 

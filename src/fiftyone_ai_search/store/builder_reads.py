@@ -31,7 +31,7 @@ None).
 """
 
 import contextlib
-import ctypes
+import mmap
 import os
 import signal
 import subprocess
@@ -39,6 +39,8 @@ import sys
 import time
 
 import numpy as np
+
+from . import children
 
 #: the file of the builder's copy of the original vectors, under the shard
 BUILDER_FILE = os.path.join("vector_storage", "matrix.dat")
@@ -60,7 +62,7 @@ POLL_S = 0.02
 #: a page table entry's "present" bit (/proc/<pid>/pagemap)
 _PRESENT = np.uint64(1 << 63)
 
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+_PAGE = mmap.PAGESIZE
 
 
 def start(pid, shard_path, window):
@@ -216,20 +218,11 @@ class _Reader:
         sys.stdout.flush()
 
 
-def _die_with_parent(parent_pid):
-    # the reader never outlives its holder (kill -9 included)
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
-    if os.getppid() != parent_pid:
-        sys.exit(1)
-
-
 def main(argv):
     """The reader: ``<holder's pid> <shard path> <window bytes>``."""
     pid, shard_path, window = int(argv[0]), argv[1], int(argv[2])
     if pid == os.getppid():
-        _die_with_parent(pid)
+        children.die_with_parent(pid)
     try:
         reader = _Reader(pid, shard_path, window)
     except OSError:

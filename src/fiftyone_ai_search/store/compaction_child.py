@@ -10,29 +10,16 @@ Its own module so that the holder's side imports nothing of the store's
 package's own answering code (``EdgeStore._answer``, ``serve.Server``).
 """
 
-import contextlib
-import ctypes
-import os
 import sys
 import time
 
 import qdrant_edge as qe
 
+from . import children
 from . import compaction as cp
 from . import priority
 from . import serve
 from .edge import EdgeStore, _optimize_reads
-
-
-def _die_with_parent(parent_pid):
-    """The child dies with the holder (kill -9 included), so that it never
-    writes a copy that the next holder removes (Linux; elsewhere it runs to
-    its end, on a copy nobody uses)."""
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
-    if os.getppid() != parent_pid:
-        sys.exit(1)  # the parent died before the prctl
 
 
 def _tell_parent(line):
@@ -73,7 +60,7 @@ def main(argv):
     """The child: optimizes the shard copy at ``argv[0]``, says so, and
     keeps it open for a relay (:func:`relay`) if the holder asks."""
     path, parent_pid = argv[0], int(argv[1])
-    _die_with_parent(parent_pid)
+    children.die_with_parent(parent_pid)
     # the opening (a replay of the copied log) and the optimize at a low
     # priority, the relay (searches) at the process's own
     shard = priority.run_niced(qe.EdgeShard.load, path)

@@ -2057,7 +2057,7 @@ class EdgeStore(VectorStore):
         window = _window(available)
         if window < READ_AHEAD_CHUNK:
             return None
-        ahead = _VectorsAhead(segments, self.estimate_count(), int(window),
+        ahead = _VectorsAhead(segments, self.estimate_count(), window,
                               give_way=self._give_way)
         self._ahead = ahead
         thread = threading.Thread(target=ahead.run,
@@ -2280,6 +2280,7 @@ def _read_files(paths, skip_cached=True, stop=None):
 #: them
 VECTORS_AHEAD_WINDOW = 2 * 2**30
 VECTORS_AHEAD_SHARE = 0.5
+
 
 def _window(available):
     """How far ahead of its reader a file is read: :data:`VECTORS_AHEAD_WINDOW`,

@@ -1063,9 +1063,16 @@ class EdgeStore(VectorStore):
     def _load(self, deadline):
         attempt = 0
         while True:
+            config = _load_config(self._shard_path)
+            if config is not None and _requantizes(
+                    _persisted_config(self._shard_path)):
+                # int8 codes of an earlier version: the next maintenance
+                # pass compacts, which quantizes the segments again with
+                # this configuration (owed first: the engine keeps the
+                # new configuration as it opens)
+                self._owe_compaction()
             try:
-                return qe.EdgeShard.load(self._shard_path,
-                                         _load_config(self._shard_path))
+                return qe.EdgeShard.load(self._shard_path, config)
             except Exception as e:
                 # only a process that does not take our locks (e.g. one
                 # forked while the shard was open) can get here
@@ -2081,24 +2088,50 @@ def _info_of(data):
 
 def _shard_config(dim):
     """The shard's configuration: one unnamed cosine vector, its originals
-    on disk and an int8 copy in RAM, and no HNSW graph (``m=0``). Searches
-    are exact, or exact within the probed cells (see cells.py), so a
-    compaction only merges segments, orders their points by cell and
-    quantizes them (~40 s at 1M points) rather than building a graph; the
-    probed cells are scanned on the int8 copy and the best rescored on the
-    originals (measured at 300k: 11-15 ms instead of 25-32 ms, same recall).
-    Searches run on :data:`SEARCH_THREADS` of the engine's threads.
+    on disk and a 4-bit copy in RAM (:func:`_quantization`), and no HNSW
+    graph (``m=0``). Searches are exact, or exact within the probed cells
+    (see cells.py), so a compaction only merges segments, orders their
+    points by cell and quantizes them (~40 s at 1M points) rather than
+    building a graph; the probed cells are scanned on the 4-bit copy and
+    the best rescored on the originals (measured at 300k: 11-15 ms instead
+    of 25-32 ms, same recall, with int8 codes then). Searches run on
+    :data:`SEARCH_THREADS` of the engine's threads.
     """
     return qe.EdgeConfig(
         vectors=qe.EdgeVectorParams(
             size=int(dim), distance=qe.Distance.Cosine, on_disk=True,
-            quantization_config=qe.ScalarQuantizationConfig(
-                type=qe.ScalarType.Int8, quantile=cl.QUANTILE, always_ram=True),
+            quantization_config=_quantization(),
         ),
         hnsw_config=qe.HnswIndexConfig(m=0, ef_construct=100,
                                        full_scan_threshold=10_000),
         max_search_threads=SEARCH_THREADS,
     )
+
+
+def _quantization():
+    """The copy of the vectors the probed cells are scanned on: the
+    engine's TurboQuant codes of 4 bits a coordinate (a random rotation,
+    then 4 bits each), in RAM.
+
+    A search's cost is its scan of the probed cells, and the engine scans
+    these twice as fast as int8 codes. Measured on 1M CLIP-like 512-d
+    points of bench_audit.py's gap-wide world, 2,000 cells, text queries,
+    one thread (bench/README.md, issue 25): 14 ns a point unfiltered and
+    30 ns over 1/12 of the cells, against 40 and 52 ns with int8
+    (``ScalarType.Int8``, what indexes made before kept: see
+    :func:`_load_config`); recall@100 within the probed cells 1.000 with
+    :data:`cells.OVERSAMPLING`. Half the RAM too (256 B a point at 512-d
+    against 512). 2 bits a coordinate scanned no faster through the filter
+    (41 ns) and lost recall (0.87 at 2x)."""
+    return qe.TurboQuantQuantizationConfig(bits=qe.TurboQuantBitSize.Bits4,
+                                           always_ram=True)
+
+
+#: :func:`_quantization` as the engine keeps it in ``edge_config.json``
+_QUANTIZATION_KEPT = {"turbo": {"always_ram": True, "bits": "bits4"}}
+
+#: the int8 codes of the versions before, as the engine keeps them
+_INT8_KEPT = {"scalar": {"type": "int8", "quantile": 0.99, "always_ram": True}}
 
 
 def _upkeep_indexes():
@@ -2142,22 +2175,40 @@ SEARCH_THREADS = 1
 
 def _load_config(shard_path):
     """The configuration to open the shard at ``shard_path`` with: None
-    (as it is) unless it was made with :func:`_shard_config` but another
-    :data:`SEARCH_THREADS`; then :func:`_shard_config`, which the engine
+    (as it is) unless it was made with an earlier :func:`_shard_config`:
+    another :data:`SEARCH_THREADS`, or int8 codes rather than
+    :func:`_quantization`'s; then :func:`_shard_config`, which the engine
     checks against the shard and keeps (its ``edge_config.json``), so
     that only the first opening passes it. A shard made before the cells
-    gets it with their configuration (``_write_cells``)."""
+    gets it with their configuration (``_write_cells``).
+
+    The engine quantizes a segment again at its next optimize only: until
+    the compaction this opening makes owed (:func:`_requantizes`), the
+    index is searched on its int8 codes, as before."""
     config = _persisted_config(shard_path)
-    if (config is None or not _is_cells_config(config)
-            or config.get("max_search_threads") == SEARCH_THREADS):
+    if config is None or not _is_cells_config(config):
         return None
     vector = config["vectors"][""]
-    ours = {"size": vector.get("size"), "distance": "Cosine", "on_disk": True,
-            "quantization_config": {"scalar": {
-                "type": "int8", "quantile": cl.QUANTILE, "always_ram": True}}}
-    if any(vector.get(key) != value for key, value in ours.items()):
-        return None  # not what this version makes: left as it is
+    ours = {"size": vector.get("size"), "distance": "Cosine", "on_disk": True}
+    if (any(vector.get(key) != value for key, value in ours.items())
+            or vector.get("quantization_config") not in (
+                _QUANTIZATION_KEPT, _INT8_KEPT)):
+        return None  # not what a version of ours made: left as it is
+    if (config.get("max_search_threads") == SEARCH_THREADS
+            and not _requantizes(config)):
+        return None
     return _shard_config(vector["size"])
+
+
+def _requantizes(config):
+    """Whether a shard of ours whose configuration is ``config`` (as the
+    engine keeps it) holds other codes than :func:`_quantization`'s: one
+    made by a version that kept int8 codes. Opened with
+    :func:`_load_config`'s, its next compaction quantizes it again."""
+    if not isinstance(config, dict):
+        return False
+    vector = (config.get("vectors") or {}).get("") or {}
+    return vector.get("quantization_config") == _INT8_KEPT
 
 
 def _persisted_config(shard_path):
@@ -2172,14 +2223,17 @@ def _persisted_config(shard_path):
 
 
 def _is_cells_config(config):
+    # int8 codes ("scalar") in shards of earlier versions
     vector = (config.get("vectors") or {}).get("") or {}
+    codes = vector.get("quantization_config") or {}
     return ((config.get("hnsw_config") or {}).get("m") == 0
-            and "scalar" in (vector.get("quantization_config") or {}))
+            and ("scalar" in codes or "turbo" in codes))
 
 
 def _has_shard_config(shard_path):
     """Whether the shard at ``shard_path`` was made with
-    :func:`_shard_config` (no HNSW graph, an int8 copy)."""
+    :func:`_shard_config`, this version's or an earlier one (no HNSW
+    graph, a quantized copy)."""
     config = _persisted_config(shard_path)
     return config is not None and _is_cells_config(config)
 

@@ -18,7 +18,9 @@ the shipped default rule before the audit and with the audited rule after
 it, the audit's own estimate beside the truth, and faiss ``IndexIVFFlat``
 over as many lists at the smallest ``nprobe`` that reaches the same recall,
 in the same run; and beside it faiss IVF + SQ8 (int8) with 2x rescoring
-on the originals (the algorithm of our cells), and LanceDB (``--lancedb``;
+and IVF + SQ4 (4-bit codes) with 4x rescoring on the originals (the
+algorithm of our cells, which scan 4-bit codes and rescore 4x), and
+LanceDB (``--lancedb``;
 a bench-only install: ``pip install lancedb``) at its best setting tried.
 
 Times are milliseconds of CPU per query (this process, all its threads;
@@ -84,10 +86,10 @@ def parse_args(argv=None):
     p.add_argument("--nprobes", default="4,6,8,10,12,16,20,24,32,40,48,64,"
                    "80,96,128,160,192,256,320,384,512,800")
     p.add_argument("--skip-faiss", action="store_true")
-    p.add_argument("--oversampling", default="1.5,1.25,1.0",
+    p.add_argument("--oversampling", default="2,3",
                    type=lambda v: [float(f) for f in v.split(",") if f],
                    help="oversampling factors tried beside the shipped one "
-                        "with the audited rule (a row each)")
+                        "with the audited rule (a row each, --brief too)")
     p.add_argument("--audits", type=int, default=1,
                    help="audits of the member's cells: the first as the "
                         "upkeep runs it (its exact top-k taken by the pass "
@@ -243,7 +245,7 @@ def _ring_as_before(store):
 
 
 def _rescored_in_numpy(store):
-    """``store._query_points`` with the engine's rescoring off: the int8
+    """``store._query_points`` with the engine's rescoring off: the quantized
     copy's best ``OVERSAMPLING x limit``, their originals read in one
     retrieve and rescored with numpy."""
     import qdrant_edge as qe
@@ -414,6 +416,12 @@ def run_member(name, args, table):
         swapped_row(edge, "_cells_filter", _conditions_anew,
                     "ours, audited rule, the cells' conditions made anew a "
                     "search (before they were kept)")
+        # fewer points rescored on the originals: what the rescoring's
+        # fixed cost buys in recall (the rule as audited at the shipped)
+        for factor in args.oversampling:
+            swapped_row(cl, "OVERSAMPLING", factor,
+                        f"ours, audited rule, oversampling {factor:g} "
+                        f"(shipped {cl.OVERSAMPLING:g})")
         if args.brief:
             return _peers(args, table, head, store, db, queries_of(
                 qt, gt, qi, gi), cells, {"text": rt.mean(),
@@ -436,12 +444,6 @@ def run_member(name, args, table):
                   "rewritten whole a search (before aba6d8a)",
                   _fmt(per_query_recall(ft, gt)),
                   _fmt(per_query_recall(fi, gi)), ms_t, ms_i, "", "", "")
-        # fewer points rescored on the originals: what the rescoring's
-        # fixed cost buys in recall
-        for factor in args.oversampling:
-            swapped_row(cl, "OVERSAMPLING", factor,
-                        f"ours, audited rule, oversampling {factor} "
-                        f"(shipped {cl.OVERSAMPLING})")
         # the rescoring outside the engine: originals read in one go
         store._query_points = _rescored_in_numpy(store)
         try:
@@ -449,8 +451,8 @@ def run_member(name, args, table):
             ft, ms_t = run_queries(fn, qt)
         finally:
             del store._query_points
-        table.add(*head, "ours, audited rule, rescored in numpy (the int8 "
-                  "best, originals read in one retrieve)",
+        table.add(*head, "ours, audited rule, rescored in numpy (the "
+                  "quantized copy's best, originals read in one retrieve)",
                   _fmt(per_query_recall(ft, gt)),
                   _fmt(per_query_recall(fi, gi)), ms_t, ms_i, "", "", "")
         # the same rule without the floor of single queries (cells.tied):
@@ -553,9 +555,10 @@ def sweep(table, head, label, search, set_probe, probes, queries, ours,
 def bench_faiss_ivf(args, table, head, db, queries, lists, ours,
                     flat=True):
     """faiss IVFFlat with as many lists, then IVF + SQ8 (int8 codes) with
-    2x rescoring on the originals over the same lists: the smallest nprobe
-    reaching our audited recall, for each kind of query. Returns SQ8's
-    ``{kind: nprobe}``."""
+    2x rescoring on the originals, and IVF + SQ4 (4-bit codes, as our
+    index's) with 4x, over the same lists: the smallest nprobe reaching
+    our audited recall, for each kind of query. Returns SQ8's ``{kind:
+    nprobe}``."""
     import faiss
 
     faiss.omp_set_num_threads(os.cpu_count() or 1)
@@ -589,26 +592,32 @@ def bench_faiss_ivf(args, table, head, db, queries, lists, ours,
               build, size)
     index.reset()  # its lists freed
 
-    faiss.omp_set_num_threads(os.cpu_count() or 1)
-    sq = faiss.IndexIVFScalarQuantizer(
-        quantizer, dim, lists, faiss.ScalarQuantizer.QT_8bit,
-        faiss.METRIC_INNER_PRODUCT)
-    t0 = time.time()
-    sq.train(db[:100_000])  # the codes' ranges; the lists are trained
-    sq.add_core(len(db), faiss.swig_ptr(db), None, faiss.swig_ptr(where))
-    refined = faiss.IndexRefineFlat(sq, faiss.swig_ptr(db))
-    refined.k_factor = 2.0
-    build = (f"same lists; codes + add {time.time() - t0:.0f} s")
-    size = (f"{mib(len(faiss.serialize_index(sq)))} + originals "
-            f"{mib(db.nbytes)}")
-    faiss.omp_set_num_threads(1)
+    found = None
+    for codes, bits, k_factor in ((faiss.ScalarQuantizer.QT_8bit, 8, 2.0),
+                                  (faiss.ScalarQuantizer.QT_4bit, 4, 4.0)):
+        faiss.omp_set_num_threads(os.cpu_count() or 1)
+        sq = faiss.IndexIVFScalarQuantizer(
+            quantizer, dim, lists, codes, faiss.METRIC_INNER_PRODUCT)
+        t0 = time.time()
+        sq.train(db[:100_000])  # the codes' ranges; the lists are trained
+        sq.add_core(len(db), faiss.swig_ptr(db), None, faiss.swig_ptr(where))
+        refined = faiss.IndexRefineFlat(sq, faiss.swig_ptr(db))
+        refined.k_factor = k_factor
+        build = (f"same lists; codes + add {time.time() - t0:.0f} s")
+        size = (f"{mib(len(faiss.serialize_index(sq)))} + originals "
+                f"{mib(db.nbytes)}")
+        faiss.omp_set_num_threads(1)
 
-    def search_sq(q):
-        return refined.search(q[None], K)[1][0]
+        def search_sq(q, refined=refined):
+            return refined.search(q[None], K)[1][0]
 
-    found = sweep(table, head, f"faiss IVF{lists},SQ8 + 2x rescoring, "
-                  "nprobe", search_sq, lambda p: setattr(sq, "nprobe", p),
-                  probes, queries, ours, build, size)
+        probes_sq = sweep(
+            table, head, f"faiss IVF{lists},SQ{bits} + {k_factor:g}x "
+            "rescoring, nprobe", search_sq,
+            lambda p, sq=sq: setattr(sq, "nprobe", p), probes, queries,
+            ours, build, size)
+        found = probes_sq if found is None else found
+        del refined, sq
     faiss.omp_set_num_threads(os.cpu_count() or 1)
     return found
 

@@ -216,11 +216,77 @@ def test_searches_run_on_the_engines_threads_the_config_gives(tmp_path):
     assert _persisted(tmp_path)["max_search_threads"] == edge.SEARCH_THREADS
     assert edge._load_config(shard) is None  # passed once only
 
-    # a shard this version did not make (another quantile) is left as it is
-    config["vectors"][""]["quantization_config"]["scalar"]["quantile"] = 0.5
+    # a shard no version of ours made (int8 codes of another quantile) is
+    # left as it is
+    config["vectors"][""]["quantization_config"] = {"scalar": {
+        "type": "int8", "quantile": 0.5, "always_ram": True}}
     with open(os.path.join(shard, "edge_config.json"), "w") as f:
         json.dump(config, f)
     assert edge._load_config(shard) is None
+
+
+def _codes(root):
+    """The kinds of codes the shard's segments hold, as the engine wrote
+    them (a segment holds none before its first optimize)."""
+    segments = os.path.join(root, NAME, edge.SHARD_DIR, "segments")
+    found = set()
+    for segment in os.listdir(segments):
+        path = os.path.join(segments, segment, "vector_storage",
+                            "quantized.config.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                found.update(json.load(f)["quantization_config"])
+    return found
+
+
+def test_an_index_of_int8_codes_is_quantized_again_by_its_next_upkeep(
+        tmp_path, monkeypatch):
+    """An index made by a version that scanned int8 codes: opened by this
+    one, it answers as before and owes a compaction; the next maintenance
+    pass quantizes it with this version's 4-bit codes, answers unchanged
+    for queries whose neighbours are clear. (The engine quantizes a
+    segment past ~10 MB of vectors: 6,000 512-d points.)"""
+    dim, count = 512, 6000
+    info = IndexInfo("m", None, "m@1", dim)
+    vectors = np.random.default_rng(1).standard_normal(
+        (count, dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    queries = vectors[[3, 7]]
+    with monkeypatch.context() as before:
+        # what the versions before made: int8 codes, nothing to quantize
+        # again
+        before.setattr(edge, "_quantization",
+                       lambda: qe.ScalarQuantizationConfig(
+                           type=qe.ScalarType.Int8, quantile=0.99,
+                           always_ram=True))
+        before.setattr(edge, "_QUANTIZATION_KEPT", edge._INT8_KEPT)
+        before.setattr(edge, "_INT8_KEPT", None)
+        store = EdgeStore(NAME, tmp_path)
+        store.ensure(info)
+        store.upsert([f"{i:024x}" for i in range(1, count + 1)], vectors,
+                     [{"filepath": "a"}] * count)
+        store.maintain(min_points=1000)
+        assert store.cells() is not None and not store._compaction_owed()
+        expected = [store.query(q, 10) for q in queries]
+        store.close()
+    assert _codes(tmp_path) == {"scalar"}
+
+    assert [store.query(q, 10) for q in queries] == expected
+    assert store._compaction_owed()
+    assert (_persisted(tmp_path)["vectors"][""]["quantization_config"]
+            == edge._QUANTIZATION_KEPT)
+    assert _codes(tmp_path) == {"scalar"}  # until the compaction
+
+    store.maintain(min_points=1000)
+    assert not store._compaction_owed()
+    got = [store.query(q, 10) for q in queries]
+    assert [[hit[0] for hit in hits] for hits in got] == [
+        [hit[0] for hit in hits] for hits in expected]
+    store.close()
+    # (the segments replaced go at the closing)
+    assert _codes(tmp_path) == {"turbo"}
+    shard = os.path.join(tmp_path, NAME, edge.SHARD_DIR)
+    assert edge._load_config(shard) is None  # done once
 
 
 def _index(root):

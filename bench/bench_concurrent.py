@@ -542,8 +542,8 @@ class _ShardPages:
     """``--trace-pages``: the cached pages of the shard's files under
     ``root``, by kind of file."""
 
-    # the int8 copy lies in vector_storage too: asked first
-    KINDS = (("int8 copy", ("quantized",)),
+    # the quantized copy lies in vector_storage too: asked first
+    KINDS = (("quantized copy", ("quantized",)),
              ("originals", ("vector_storage",)),
              ("payload index", ("payload_index",)),
              ("payloads", ("payload_storage",)),

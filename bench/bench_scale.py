@@ -643,7 +643,7 @@ def bench_ours(args, table, db, qi, qt, gi, gt):
     """The project's own index, through the code every search runs
     (``EdgeStore.query``): exact as every index below the size threshold,
     then after the background upkeep (``maintain``: cells learned, points
-    assigned, compacted: int8 copy, points ordered by cell)."""
+    assigned, compacted: quantized copy, points ordered by cell)."""
 
     from fiftyone_ai_search.store import cells as cl
 
@@ -668,7 +668,7 @@ def bench_ours(args, table, db, qi, qt, gi, gt):
         note = "exact (below the threshold)"
         if cells is not None:
             note = (f"{len(cells)} cells, {cl.num_probed(len(cells))} "
-                    f"probed, int8 + rescore x{cl.OVERSAMPLING:g}")
+                    f"probed, quantized + rescore x{cl.OVERSAMPLING:g}")
         fn(qi[0])  # opened again after the compaction
         measure(table, "ours: cells (after maintain)", note, fn, fn,
                 qi, qt, gi, gt, f"{t_m:.0f} maintain",

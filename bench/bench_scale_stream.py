@@ -145,7 +145,7 @@ def main(argv=None):
         note = "exact (below the threshold)"
         if cells is not None:
             note = (f"{len(cells)} cells, {cl.num_probed(len(cells))} "
-                    f"probed, int8 + rescore x{cl.OVERSAMPLING:g}")
+                    f"probed, quantized + rescore x{cl.OVERSAMPLING:g}")
         measure(table, "ours: cells (after maintain)", note, ours, ours,
                 qi, qt, gi, gt, f"{t_m:.0f} maintain",
                 f"{du_mb(tmp) - _npy_mb(memmap):.0f} MB disk, RSS "

@@ -61,6 +61,17 @@ def _wait(condition, timeout=120.0):
         time.sleep(0.05)
 
 
+def _catches_sigterm(pid):
+    """Whether process ``pid`` has its handler of SIGTERM (the reader's
+    report on its way out) installed."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("SigCgt:"):
+                return bool(int(line.split()[1], 16)
+                            >> (signal.SIGTERM - 1) & 1)
+    return False
+
+
 def _builder(shard, size):
     path = os.path.join(str(shard), builder_reads.BUILDER_DIR,
                         "segment_builder_x", builder_reads.BUILDER_FILE)
@@ -135,6 +146,9 @@ def test_a_reader_with_no_builder_to_follow_reads_nothing(tmp_path):
                                 "import time; time.sleep(600)"])
     try:
         reader = builder_reads.start(sleeper.pid, str(tmp_path), 16 * MB)
+        # looking for the builder (a stop before it has started, e.g.
+        # while a loaded machine imports its modules, kills it silently)
+        _wait(lambda: _catches_sigterm(reader.pid))
         time.sleep(0.5)
         assert reader.poll() is None
         assert builder_reads.stop(reader) == {

@@ -19,7 +19,7 @@ possible while a long computation commits; a session kept open is let go at
 its end when another process waits (a maintenance pass's rounds follow one
 another at once). Changes are flushed before each close.
 
-Opening a shard: Qdrant reads what it keeps in memory (the int8 copy, 512 MB
+Opening a shard: Qdrant reads what it keeps in memory (the 4-bit copy, 256 MB
 at 1M 512-d points; the id tracker; the payload indexes) through memory
 maps, page fault after page fault, and then drops those files from the page
 cache. So an opening first reads those files in sequence, but for what the
@@ -37,9 +37,9 @@ wall time. What a new process pays depends on who holds the index:
 - nobody does (a notebook started cold, the App's first search after it
   was idle): the first search opens the shard, as above.
 
-Alternatives measured and not taken: the int8 copy on disk (``Memory.Cold``)
-opens in ~1 s at 1M but searches read it from disk (711 ms first, 120 ms
-median); kept in the page cache instead of the heap (``Memory.Cached``,
+Alternatives measured (with int8 codes then) and not taken: the copy on
+disk (``Memory.Cold``) opens in ~1 s at 1M but searches read it from disk
+(711 ms first, 120 ms median); kept in the page cache instead of the heap (``Memory.Cached``,
 which needs a re-quantization of existing shards, ~1 min at 1M), 100k
 points opened with ~30% less CPU and searched as fast, a smaller gain than
 the read-ahead, for a change of every index's configuration.
@@ -264,7 +264,7 @@ _compact_hook = None
 RESERVE_BYTES = 64 * 2**20
 
 #: about what a point costs on disk, in its write-ahead log and its segment
-#: (the vector as float32 twice and as int8, its payload): bytes per
+#: (the vector as float32 twice and quantized, its payload): bytes per
 #: dimension, and per point
 BYTES_PER_DIM = 16
 BYTES_PER_POINT = 2048
@@ -2260,7 +2260,7 @@ def _read_ahead(shard_path):
     """Reads the files of the shard that an opening reads whole into the
     page cache, by large sequential reads, but for what is there already.
 
-    Qdrant reads what it keeps in memory (the int8 copy, the id tracker,
+    Qdrant reads what it keeps in memory (the 4-bit copy, the id tracker,
     the payload indexes) through memory maps, page fault after page fault,
     and then drops those files from the page cache
     (``POSIX_FADV_DONTNEED``). From a cold page cache those faults are
@@ -2269,7 +2269,7 @@ def _read_ahead(shard_path):
     0.11-0.14 s of reads and then 0.14-0.24 s of opening; at 1M see
     ``bench/README.md``). A stretch already in the page cache (as the
     last holder's :func:`_rewarm` left it) is not read again: copying it
-    would cost ~0.1 s per 100 MB here, and the int8 copy is 512 MB at 1M
+    would cost ~0.1 s per 100 MB here, and the 4-bit copy is 256 MB at 1M
     points (see :func:`_cached`).
 
     Returns:
@@ -2768,8 +2768,8 @@ def _cell_condition(cell):
 
 def _search_params(cells):
     """Exact (the originals, every point) unless searching probed cells:
-    there the int8 copy, rescored (there is no graph: still a full scan of
-    what is probed)."""
+    there the quantized copy, rescored (there is no graph: still a full
+    scan of what is probed)."""
     if cells is None:
         return qe.SearchParams(exact=True)
     return qe.SearchParams(exact=False, quantization=qe.QuantizationSearchParams(

@@ -197,7 +197,7 @@ def maintain(store: Upkept, min_points: int = cl.MIN_POINTS, seed: int = 0,
     if (changed and (not known.complete or changed >= share)
             or (written and written >= share)
             or store._compaction_owed()):
-        # each cell's points together, and the int8 copy: the probed
+        # each cell's points together, and quantized: the probed
         # cells are scanned 2-3x faster (measured at 300k points). A
         # backend may put it off (the embedded index, where it cannot
         # compact a copy beside and must do it in place, while another

@@ -211,10 +211,10 @@ def test_a_pass_places_each_cell_within_its_stretch_of_the_files(
     monkeypatch.setattr(upkeep, "ASSIGN_CHUNK", 500)
     made = edge._shard_config
 
-    def compacted_small(dim):
+    def compacted_small(dim, codes=True):
         # the engine lays out a segment of this few points only above its
         # indexing threshold (a real index's 200,000 points are far above)
-        config = made(dim)
+        config = made(dim, codes)
         return qe.EdgeConfig(
             vectors=config.vectors, hnsw_config=config.hnsw_config,
             max_search_threads=config.max_search_threads,

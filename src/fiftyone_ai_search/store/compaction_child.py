@@ -19,7 +19,7 @@ from . import children
 from . import compaction as cp
 from . import priority
 from . import serve
-from .edge import EdgeStore, _optimize_reads
+from .edge import EdgeStore, _compaction_config, _optimize_reads
 
 
 def _tell_parent(line):
@@ -63,7 +63,9 @@ def main(argv):
     children.die_with_parent(parent_pid)
     # the opening (a replay of the copied log) and the optimize at a low
     # priority, the relay (searches) at the process's own
-    shard = priority.run_niced(qe.EdgeShard.load, path)
+    # (its codes, where it has none yet, come with the optimize)
+    shard = priority.run_niced(qe.EdgeShard.load, path,
+                               _compaction_config(path))
     try:
         try:
             priority.run_niced(_optimize, shard, path)

@@ -1064,12 +1064,11 @@ class EdgeStore(VectorStore):
         attempt = 0
         while True:
             config = _load_config(self._shard_path)
-            if config is not None and _requantizes(
-                    _persisted_config(self._shard_path)):
+            if (_requantizes(_persisted_config(self._shard_path))
+                    and not self._compaction_owed()):
                 # int8 codes of an earlier version: the next maintenance
-                # pass compacts, which quantizes the segments again with
-                # this configuration (owed first: the engine keeps the
-                # new configuration as it opens)
+                # pass compacts, which quantizes the segments again (owed
+                # before the opening, which may keep a new configuration)
                 self._owe_compaction()
             try:
                 return qe.EdgeShard.load(self._shard_path, config)
@@ -1150,7 +1149,7 @@ class EdgeStore(VectorStore):
             self._remove_cells()
             self._check_space(0, info.dim)
             shard = qe.EdgeShard.create(self._shard_path,
-                                        _shard_config(info.dim))
+                                        _shard_config(info.dim, codes=False))
             try:
                 # the cell's and the rank's payload indexes from the first
                 # point on: each write keeps them. Built by the first
@@ -1546,11 +1545,11 @@ class EdgeStore(VectorStore):
             shard, info = self._open(shared)
             if not _has_shard_config(self._shard_path):
                 # an index made before the cells: reopened with no HNSW (or
-                # its first compaction would build a graph, ~10 min at 1M)
-                # and an int8 copy
+                # its first compaction would build a graph, ~10 min at 1M);
+                # its codes come with that compaction
                 self._close_shard(shared, keep_cached=True)
-                shared.shard = qe.EdgeShard.load(self._shard_path,
-                                                 _shard_config(info.dim))
+                shared.shard = qe.EdgeShard.load(
+                    self._shard_path, _shard_config(info.dim, codes=False))
                 shared.info = info
                 shard = shared.shard
             if cl.CELL_KEY not in shard.info().payload_schema:
@@ -1749,7 +1748,7 @@ class EdgeStore(VectorStore):
             shard, _ = self._open(shared)
             if self._compact_beside(shared):
                 return True
-            shard, _ = self._open(shared)
+            shard, info = self._open(shared)
             since = self._compaction_owed_since()
             now = time.time()
             if self._searched_lately(shared) and (
@@ -1764,6 +1763,14 @@ class EdgeStore(VectorStore):
                     "process searches it (owed for %.0f s)", self.name,
                     0.0 if since is None else now - since)
                 return False
+            config = _compaction_config(self._shard_path)
+            if config is not None:
+                # its codes come with the compaction: the engine builds
+                # them as it optimizes
+                self._close_shard(shared, keep_cached=True)
+                shard = shared.shard = qe.EdgeShard.load(self._shard_path,
+                                                         config)
+                shared.info = info
             # reads that wait now are answered first
             self._let_reads_in(shared)
             # the server may answer on the shard meanwhile, but the engine
@@ -2086,21 +2093,29 @@ def _info_of(data):
     return info if fine else None
 
 
-def _shard_config(dim):
+def _shard_config(dim, codes=True):
     """The shard's configuration: one unnamed cosine vector, its originals
-    on disk and a 4-bit copy in RAM (:func:`_quantization`), and no HNSW
-    graph (``m=0``). Searches are exact, or exact within the probed cells
-    (see cells.py), so a compaction only merges segments, orders their
-    points by cell and quantizes them (~40 s at 1M points) rather than
-    building a graph; the probed cells are scanned on the 4-bit copy and
-    the best rescored on the originals (measured at 300k: 11-15 ms instead
-    of 25-32 ms, same recall, with int8 codes then). Searches run on
-    :data:`SEARCH_THREADS` of the engine's threads.
+    on disk and, with ``codes``, a 4-bit copy in RAM (:func:`_quantization`),
+    and no HNSW graph (``m=0``). Searches are exact, or exact within the
+    probed cells (see cells.py), so a compaction only merges segments,
+    orders their points by cell and quantizes them (~40 s at 1M points)
+    rather than building a graph; the probed cells are scanned on the
+    4-bit copy and the best rescored on the originals (measured at 300k:
+    11-15 ms instead of 25-32 ms, same recall, with int8 codes then).
+    Searches run on :data:`SEARCH_THREADS` of the engine's threads.
+
+    A new shard has no ``codes`` until its first compaction
+    (:func:`_compaction_config`): the engine keeps these codes for the
+    points of its appendable segments too, and a large import written
+    before the first compaction (10M points: 2.4 GB of codes) then made
+    the compaction ask that much twice more free disk (47.7 GiB beside a
+    26 GB index, against 42.8 without them), while its searches, exact
+    until the cells exist, never read them.
     """
     return qe.EdgeConfig(
         vectors=qe.EdgeVectorParams(
             size=int(dim), distance=qe.Distance.Cosine, on_disk=True,
-            quantization_config=_quantization(),
+            quantization_config=_quantization() if codes else None,
         ),
         hnsw_config=qe.HnswIndexConfig(m=0, ef_construct=100,
                                        full_scan_threshold=10_000),
@@ -2175,40 +2190,62 @@ SEARCH_THREADS = 1
 
 def _load_config(shard_path):
     """The configuration to open the shard at ``shard_path`` with: None
-    (as it is) unless it was made with an earlier :func:`_shard_config`:
-    another :data:`SEARCH_THREADS`, or int8 codes rather than
-    :func:`_quantization`'s; then :func:`_shard_config`, which the engine
+    (as it is) unless it was made with :func:`_shard_config` but another
+    :data:`SEARCH_THREADS`; then :func:`_shard_config`, which the engine
     checks against the shard and keeps (its ``edge_config.json``), so
     that only the first opening passes it. A shard made before the cells
-    gets it with their configuration (``_write_cells``).
+    gets it with their configuration (``_write_cells``). Its codes stay
+    as they are until its next compaction (:func:`_compaction_config`),
+    but int8 codes, which this version no longer makes, turn into 4-bit
+    ones here."""
+    config = _ours(shard_path)
+    if config is None or config.get("max_search_threads") == SEARCH_THREADS:
+        return None
+    return _shard_config(config["vectors"][""]["size"],
+                         codes=_kept_codes(config) is not None)
 
-    The engine quantizes a segment again at its next optimize only: until
-    the compaction this opening makes owed (:func:`_requantizes`), the
-    index is searched on its int8 codes, as before."""
+
+def _compaction_config(shard_path):
+    """The configuration a compaction opens the shard at ``shard_path``
+    with: :func:`_shard_config`'s where the shard has not its codes yet
+    (a new shard's first compaction, or one of int8 codes that an earlier
+    version made: :func:`_requantizes`), which the engine then builds as
+    it compacts; else None (as it is)."""
+    config = _ours(shard_path)
+    if config is None or _kept_codes(config) == _QUANTIZATION_KEPT:
+        return None
+    return _shard_config(config["vectors"][""]["size"])
+
+
+def _ours(shard_path):
+    """The configuration the engine keeps of the shard at ``shard_path``,
+    where a version of ours made it with :func:`_shard_config` (no HNSW
+    graph; 4-bit codes, int8 ones, or none yet); else None."""
     config = _persisted_config(shard_path)
     if config is None or not _is_cells_config(config):
         return None
     vector = config["vectors"][""]
     ours = {"size": vector.get("size"), "distance": "Cosine", "on_disk": True}
     if (any(vector.get(key) != value for key, value in ours.items())
-            or vector.get("quantization_config") not in (
-                _QUANTIZATION_KEPT, _INT8_KEPT)):
+            or _kept_codes(config) not in (None, _QUANTIZATION_KEPT,
+                                           _INT8_KEPT)):
         return None  # not what a version of ours made: left as it is
-    if (config.get("max_search_threads") == SEARCH_THREADS
-            and not _requantizes(config)):
-        return None
-    return _shard_config(vector["size"])
+    return config
+
+
+def _kept_codes(config):
+    """The codes a kept configuration ``config`` gives, as the engine
+    keeps them (None: none)."""
+    vector = (config.get("vectors") or {}).get("") or {}
+    return vector.get("quantization_config")
 
 
 def _requantizes(config):
     """Whether a shard of ours whose configuration is ``config`` (as the
-    engine keeps it) holds other codes than :func:`_quantization`'s: one
-    made by a version that kept int8 codes. Opened with
-    :func:`_load_config`'s, its next compaction quantizes it again."""
-    if not isinstance(config, dict):
-        return False
-    vector = (config.get("vectors") or {}).get("") or {}
-    return vector.get("quantization_config") == _INT8_KEPT
+    engine keeps it, or None) holds int8 codes, which an earlier version
+    made: its next compaction quantizes it again
+    (:func:`_compaction_config`)."""
+    return isinstance(config, dict) and _kept_codes(config) == _INT8_KEPT
 
 
 def _persisted_config(shard_path):
@@ -2223,17 +2260,18 @@ def _persisted_config(shard_path):
 
 
 def _is_cells_config(config):
-    # int8 codes ("scalar") in shards of earlier versions
-    vector = (config.get("vectors") or {}).get("") or {}
-    codes = vector.get("quantization_config") or {}
+    # 4-bit codes, none yet (before the first compaction), or the int8
+    # codes ("scalar") of earlier versions; a shard made before the cells
+    # has an HNSW graph
+    codes = _kept_codes(config) or {}
     return ((config.get("hnsw_config") or {}).get("m") == 0
-            and ("scalar" in codes or "turbo" in codes))
+            and (not codes or "scalar" in codes or "turbo" in codes))
 
 
 def _has_shard_config(shard_path):
     """Whether the shard at ``shard_path`` was made with
     :func:`_shard_config`, this version's or an earlier one (no HNSW
-    graph, a quantized copy)."""
+    graph)."""
     config = _persisted_config(shard_path)
     return config is not None and _is_cells_config(config)
 

@@ -39,10 +39,11 @@ wall time. What a new process pays depends on who holds the index:
 
 Alternatives measured (with int8 codes then) and not taken: the copy on
 disk (``Memory.Cold``) opens in ~1 s at 1M but searches read it from disk
-(711 ms first, 120 ms median); kept in the page cache instead of the heap (``Memory.Cached``,
-which needs a re-quantization of existing shards, ~1 min at 1M), 100k
-points opened with ~30% less CPU and searched as fast, a smaller gain than
-the read-ahead, for a change of every index's configuration.
+(711 ms first, 120 ms median); kept in the page cache instead of the heap
+(``Memory.Cached``, which needs a re-quantization of existing shards, ~1
+min at 1M), 100k points opened with ~30% less CPU and searched as fast, a
+smaller gain than the read-ahead, for a change of every index's
+configuration.
 
 While it holds the index, a process answers the other processes' searches,
 counts and small reads (:mod:`~fiftyone_ai_search.store.serve`): a search
@@ -2134,7 +2135,7 @@ def _quantization():
     one thread (bench/README.md, issue 25): 14 ns a point unfiltered and
     30 ns over 1/12 of the cells, against 40 and 52 ns with int8
     (``ScalarType.Int8``, what indexes made before kept: see
-    :func:`_load_config`); recall@100 within the probed cells 1.000 with
+    :func:`_compaction_config`); recall@100 within the probed cells 1.000 with
     :data:`cells.OVERSAMPLING`. Half the RAM too (256 B a point at 512-d
     against 512). 2 bits a coordinate scanned no faster through the filter
     (41 ns) and lost recall (0.87 at 2x)."""
@@ -2198,7 +2199,7 @@ def _load_config(shard_path):
     as they are until its next compaction (:func:`_compaction_config`),
     but int8 codes, which this version no longer makes, turn into 4-bit
     ones here."""
-    config = _ours(shard_path)
+    config = _our_config(shard_path)
     if config is None or config.get("max_search_threads") == SEARCH_THREADS:
         return None
     return _shard_config(config["vectors"][""]["size"],
@@ -2211,13 +2212,13 @@ def _compaction_config(shard_path):
     (a new shard's first compaction, or one of int8 codes that an earlier
     version made: :func:`_requantizes`), which the engine then builds as
     it compacts; else None (as it is)."""
-    config = _ours(shard_path)
+    config = _our_config(shard_path)
     if config is None or _kept_codes(config) == _QUANTIZATION_KEPT:
         return None
     return _shard_config(config["vectors"][""]["size"])
 
 
-def _ours(shard_path):
+def _our_config(shard_path):
     """The configuration the engine keeps of the shard at ``shard_path``,
     where a version of ours made it with :func:`_shard_config` (no HNSW
     graph; 4-bit codes, int8 ones, or none yet); else None."""

@@ -1065,11 +1065,11 @@ class EdgeStore(VectorStore):
         attempt = 0
         while True:
             config = _load_config(self._shard_path)
-            if (_requantizes(_persisted_config(self._shard_path))
-                    and not self._compaction_owed()):
+            if _requantizes(_persisted_config(self._shard_path)):
                 # int8 codes of an earlier version: the next maintenance
                 # pass compacts, which quantizes the segments again (owed
-                # before the opening, which may keep a new configuration)
+                # before the opening, which may keep a new configuration;
+                # a debt already owed keeps its first date)
                 self._owe_compaction()
             try:
                 return qe.EdgeShard.load(self._shard_path, config)
@@ -1089,6 +1089,15 @@ class EdgeStore(VectorStore):
                     ) from None
             time.sleep(backoff(attempt))
             attempt += 1
+
+    def _reopen(self, shared, info, config):
+        """Reopens the shard held in ``shared`` with ``config``, which the
+        engine checks against it and keeps, what of its files the page
+        cache holds kept for the opening; returns it."""
+        self._close_shard(shared, keep_cached=True)
+        shared.shard = qe.EdgeShard.load(self._shard_path, config)
+        shared.info = info
+        return shared.shard
 
     def _close_shard(self, shared, keep_cached=False):
         """Closes the shard (flushed first where it changed). With
@@ -1548,11 +1557,8 @@ class EdgeStore(VectorStore):
                 # an index made before the cells: reopened with no HNSW (or
                 # its first compaction would build a graph, ~10 min at 1M);
                 # its codes come with that compaction
-                self._close_shard(shared, keep_cached=True)
-                shared.shard = qe.EdgeShard.load(
-                    self._shard_path, _shard_config(info.dim, codes=False))
-                shared.info = info
-                shard = shared.shard
+                shard = self._reopen(shared, info,
+                                     _shard_config(info.dim, codes=False))
             if cl.CELL_KEY not in shard.info().payload_schema:
                 # an index created before its payload indexes were (one
                 # with the cell's index has it principal: no second one)
@@ -1768,10 +1774,7 @@ class EdgeStore(VectorStore):
             if config is not None:
                 # its codes come with the compaction: the engine builds
                 # them as it optimizes
-                self._close_shard(shared, keep_cached=True)
-                shard = shared.shard = qe.EdgeShard.load(self._shard_path,
-                                                         config)
-                shared.info = info
+                shard = self._reopen(shared, info, config)
             # reads that wait now are answered first
             self._let_reads_in(shared)
             # the server may answer on the shard meanwhile, but the engine
